@@ -1,0 +1,128 @@
+"""Instance runtime: one running copy of a vertex's NF.
+
+Theory of operation
+-------------------
+An instance owns its NF object, the handles of its declared state objects
+(bound per state model, :mod:`chc.core.state`), its input queue (owned by the
+framework, §4.2: upstream splitters append, the instance drains in batches) and
+the timers its NF set through ``ctx.set_timer``.
+
+``run(batch)`` processes packets in queue order.  Before each packet, timers whose
+deadline the packet's timestamp has reached fire in (deadline, arming order), so
+an NF's timeouts depend on input timestamps only, never on how input is batched.
+An exception in NF code is contained: the packet is dropped and counted under
+``nf_errors`` (the first error is kept for the summary), and the run goes on.
+
+Input: batches of packets.  Output: batches of packets for the splitter(s) after
+the instance, alerts in ``ctx.alerts``.  No I/O.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import traceback
+from collections import deque
+from typing import Any
+
+from ..nf import NF, Context
+from ..packet import Packet
+from .state import LocalObject
+
+log = logging.getLogger("chc.instance")
+
+MODELS = ("T",)
+
+
+class Instance:
+    __slots__ = ("vertex", "instance_id", "nf", "ctx", "queue", "objects",
+                 "packets_in", "packets_out", "dropped", "nf_errors", "first_error")
+
+    def __init__(self, vertex: str, instance_id: int, nf_cls: type[NF], config: Any,
+                 model: str = "T") -> None:
+        if model not in MODELS:
+            raise ValueError(f"unknown state model {model!r} (available: {', '.join(MODELS)})")
+        self.vertex = vertex
+        self.instance_id = instance_id
+        self.nf = nf_cls(config)
+        self.ctx = Context(vertex, instance_id)
+        self.queue: deque[Packet] = deque()
+        # Bind every declared object to a handle; NF code reaches them as self.<name>.
+        self.objects: dict[str, LocalObject] = {}
+        for name, decl in nf_cls.state_objects().items():
+            handle = LocalObject(decl, config)
+            self.objects[name] = handle
+            setattr(self.nf, name, handle)
+        self.packets_in = 0
+        self.packets_out = 0
+        self.dropped = 0
+        self.nf_errors = 0
+        self.first_error: str | None = None
+
+    def drain(self, max_batch: int = 0) -> list[Packet]:
+        """Take up to ``max_batch`` packets (all if 0) from the input queue, run them."""
+        q = self.queue
+        if not q:
+            return []
+        if max_batch <= 0 or len(q) <= max_batch:
+            batch = list(q)
+            q.clear()
+        else:
+            batch = [q.popleft() for _ in range(max_batch)]
+        return self.run(batch)
+
+    def run(self, batch: list[Packet]) -> list[Packet]:
+        ctx = self.ctx
+        process = self.nf.process
+        timers = ctx._timers
+        out: list[Packet] = []
+        append = out.append
+        for pkt in batch:
+            if timers and timers[0][0] <= pkt.ts:
+                self._fire(pkt.ts)
+            ctx.clock = pkt.clock
+            ctx.now = pkt.ts
+            ctx.index = pkt.index
+            try:
+                res = process(pkt, ctx)
+            except Exception as exc:        # contain NF bugs: count, keep going
+                self._error(pkt, exc)
+                continue
+            if res is None:
+                self.dropped += 1
+            elif res.__class__ is Packet:
+                append(res)
+            else:
+                out.extend(res)
+        self.packets_in += len(batch)
+        self.packets_out += len(out)
+        return out
+
+    def finish(self) -> None:
+        """End of input: fire every remaining timer."""
+        self._fire(None)
+
+    def _fire(self, until: int | None) -> None:
+        ctx = self.ctx
+        timers = ctx._timers
+        saved = (ctx.clock, ctx.now, ctx.index)
+        while timers and (until is None or timers[0][0] <= until):
+            deadline, _seq, key, clock, index = heapq.heappop(timers)
+            # A timer runs with the clock of the packet that armed it.
+            ctx.clock, ctx.now, ctx.index = clock, deadline, index
+            try:
+                self.nf.on_timer(key, ctx)
+            except Exception as exc:
+                self._error(None, exc)
+        ctx.clock, ctx.now, ctx.index = saved
+
+    def _error(self, pkt: Packet | None, exc: Exception) -> None:
+        self.nf_errors += 1
+        if self.first_error is None:
+            where = f"packet #{pkt.index}" if pkt is not None else "timer"
+            self.first_error = f"{self.vertex}[{self.instance_id}] {where}: {type(exc).__name__}: {exc}"
+            log.warning("NF error (packet dropped): %s\n%s", self.first_error, traceback.format_exc())
+
+    def state(self) -> dict[str, dict]:
+        """This instance's state objects as {object: {key: value}} (non-initial keys)."""
+        return {name: dict(h.items()) for name, h in self.objects.items()}

@@ -1,0 +1,97 @@
+"""State handles: how an instance holds one declared state object.
+
+Theory of operation
+-------------------
+An NF declares state objects (:mod:`chc.nf`); an instance runtime binds each
+declaration to a *handle* with the operations of Table 2 (§4.3): ``get``,
+``set``, ``incr``/``decr``, ``push``/``pop``, ``cas`` (compare-and-update) and
+``delete``.  Every handle keeps the same signatures, so NF code is the same in
+every state model:
+
+* :class:`LocalObject` is model ``T``, the paper's traditional NF: the object
+  lives in a dict inside the instance (one dict entry per key of the object's
+  scope; key ``None`` for scope ``global``).
+
+The externalized models (``EO``, ``EO+C``, ``EO+C+NA``) provide handles with the
+same methods that offload each operation to the store client.
+
+No I/O happens here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+from ..nf import StateObject
+
+_MISSING = object()
+
+
+class LocalObject:
+    """Model T: one state object family in a local dict (Table 2 operations)."""
+
+    __slots__ = ("decl", "config", "values", "_init", "_init_mutable")
+
+    def __init__(self, decl: StateObject, config: Any) -> None:
+        self.decl = decl
+        self.config = config
+        self.values: dict[Hashable, Any] = {}
+        self._init = self._fresh()
+        self._init_mutable = isinstance(self._init, (deque, dict, set))
+
+    def _fresh(self) -> Any:
+        v = self.decl.initial(self.config)
+        # Lists are popped at the head (the NAT's free-port pool): a deque keeps
+        # that O(1) where list.pop(0) moves the whole pool.
+        return deque(v) if self.decl.kind == "list" else v
+
+    def _slot(self, key: Hashable) -> Any:
+        v = self.values.get(key, _MISSING)
+        if v is _MISSING:
+            v = self.values[key] = self._fresh()
+        return v
+
+    # -- Table 2 ------------------------------------------------------------------
+    def get(self, key: Hashable = None) -> Any:
+        v = self.values.get(key, _MISSING)
+        if v is _MISSING:
+            return self._fresh() if self._init_mutable else self._init
+        return v
+
+    def set(self, value: Any, key: Hashable = None) -> None:
+        self.values[key] = value
+
+    def incr(self, by: int = 1, key: Hashable = None) -> int:
+        v = self.values[key] = self.values.get(key, self._init) + by
+        return v
+
+    def decr(self, by: int = 1, key: Hashable = None) -> int:
+        return self.incr(-by, key)
+
+    def push(self, value: Any, key: Hashable = None) -> None:
+        self._slot(key).append(value)
+
+    def pop(self, key: Hashable = None) -> Any:
+        """Remove and return the head of a list object (None when empty)."""
+        lst = self._slot(key)
+        return lst.popleft() if lst else None
+
+    def cas(self, expected: Any, new: Any, key: Hashable = None) -> bool:
+        """Compare-and-update: set ``new`` iff the current value equals ``expected``."""
+        if self.get(key) != expected:
+            return False
+        self.values[key] = new
+        return True
+
+    def delete(self, key: Hashable = None) -> None:
+        self.values.pop(key, None)
+
+    # -- introspection (COE checker, digest) ----------------------------------------
+    def items(self) -> Iterator[tuple[Hashable, Any]]:
+        """Keys whose value differs from the initial value, with their values."""
+        init = self._init
+        for k, v in self.values.items():
+            if v != init:
+                yield k, list(v) if isinstance(v, deque) else v

@@ -1,0 +1,302 @@
+"""The NF API: a vertex program declares its state objects and processes packets.
+
+Theory of operation
+-------------------
+An NF is a subclass of :class:`NF`.  It *declares* its state as class attributes
+(:class:`Counter`, :class:`Value`, :class:`List`, :class:`Map`), each with a
+scope (which header fields key it, §4.1), an access pattern (Table 1) and an
+initial value.  When the framework creates an instance it binds every declaration
+to a concrete handle chosen by the state model (``T``: a local dict; the
+externalized models plug in the store client here), and stores the handle on the
+instance under the same name.  NF code therefore reads and updates state only
+through ``self.<object>.<op>(...)`` with the operations of Table 2 (get, set,
+incr/decr, push/pop, compare-and-update), and the very same code runs unchanged
+against any backend.
+
+``process(pkt, ctx)`` returns the packet to forward (possibly rewritten),
+``None`` to drop it, or a list of packets; alerts go through ``ctx.alert``.
+``ctx`` also carries the packet's logical clock (§5.2) and timestamp, and a timer
+service owned by the framework (fired in timestamp order before the packet whose
+timestamp passes the deadline, and at end of input), so an NF needs no private
+state outside its declarations.
+
+Operator configuration is a dataclass ``Config`` nested in the NF class; the chain
+spec's ``config:`` mapping is checked against it field by field (see
+:func:`build_config`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+import heapq
+import zlib
+from collections.abc import Callable, Hashable
+from typing import Any, ClassVar
+
+from .packet import TCP_ACK, TCP_RST, TCP_SYN, Packet
+
+# -- scopes (§4.1) -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    """The header fields that key a state object (§4.1).
+
+    ``key(pkt)`` gives the object key for a packet; ``partition(pkt)`` gives the
+    bytes the upstream splitter hashes so that every packet touching the same
+    object reaches the same instance.  ``rank`` orders scopes from fine (0) to
+    coarse; ``per_flow`` selects the Table 1 column.
+    """
+
+    name: str
+    rank: int
+    per_flow: bool
+    key: Callable[[Packet], Hashable]
+    partition: Callable[[Packet], bytes]
+
+
+def _flow_key(p: Packet) -> Hashable:
+    # Both directions of a connection share one key, so request and reply reach
+    # the same instance and the same per-flow object.
+    a = (p.src, p.sport)
+    b = (p.dst, p.dport)
+    return (a, b, p.proto) if a <= b else (b, a, p.proto)
+
+
+def _flow_bytes(p: Packet) -> bytes:
+    a = p.src + p.sport.to_bytes(2, "big")
+    b = p.dst + p.dport.to_bytes(2, "big")
+    return (a + b if a <= b else b + a) + bytes((p.proto,))
+
+
+def _is_response(p: Packet) -> bool:
+    # A SYN-ACK or an RST answers a connection attempt made by the destination.
+    f = p.flags
+    return bool(f & TCP_RST) or (f & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)
+
+
+def _initiator(p: Packet) -> bytes:
+    return p.dst if _is_response(p) else p.src
+
+
+FLOW = Scope("5-tuple", 0, True, _flow_key, _flow_bytes)
+SRC_IP = Scope("src-ip", 2, False, lambda p: p.src, lambda p: p.src)
+DST_IP = Scope("dst-ip", 2, False, lambda p: p.dst, lambda p: p.dst)
+# The host that initiated the connection a packet belongs to, as far as one
+# packet tells (responses are attributed to their destination).  Used by
+# detectors that keep per-host state about connection attempts.
+INITIATOR = Scope("initiator-ip", 2, False, _initiator, _initiator)
+GLOBAL = Scope("global", 9, False, lambda p: None, lambda p: b"")
+
+SCOPES = {s.name: s for s in (FLOW, SRC_IP, DST_IP, INITIATOR, GLOBAL)}
+
+
+def stable_hash(data: bytes) -> int:
+    """Process-independent hash for partitioning (Python's hash() is salted)."""
+    return zlib.crc32(data)
+
+
+class Access(enum.Enum):
+    """Access patterns of Table 1."""
+
+    WRITE_MOSTLY = "write-mostly"      # write mostly, read rarely
+    READ_HEAVY = "read-heavy"          # write rarely, read mostly
+    READ_WRITE = "read-write-often"    # write/read often
+
+
+# -- state declarations ----------------------------------------------------------
+
+
+class StateObject:
+    """Declaration of one state object family of an NF (Table 4).
+
+    ``init`` is the initial value of every key, or a callable taking the NF's
+    config and returning it (e.g. the NAT's port list from its port range).
+    Mutable initial values are copied per key.
+    """
+
+    kind: ClassVar[str] = "value"
+
+    def __init__(self, scope: Scope, access: Access, init: Any = None, doc: str = "") -> None:
+        self.scope = scope
+        self.access = access
+        self.init = init
+        self.doc = doc
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def initial(self, config: Any) -> Any:
+        return self.init(config) if callable(self.init) else copy.deepcopy(self.init)
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.name} scope={self.scope.name} access={self.access.value}>"
+
+
+class Counter(StateObject):
+    kind = "counter"
+
+    def __init__(self, scope: Scope, access: Access, init: int = 0, doc: str = "") -> None:
+        super().__init__(scope, access, init, doc)
+
+
+class Value(StateObject):
+    kind = "value"
+
+
+class List(StateObject):
+    kind = "list"
+
+    def __init__(self, scope: Scope, access: Access, init: Any = (), doc: str = "") -> None:
+        super().__init__(scope, access, init, doc)
+
+    def initial(self, config: Any) -> list:
+        return list(super().initial(config))
+
+
+class Map(StateObject):
+    kind = "map"
+
+    def __init__(self, scope: Scope, access: Access, init: Any = None, doc: str = "") -> None:
+        super().__init__(scope, access, init, doc)
+
+    def initial(self, config: Any) -> dict:
+        v = super().initial(config)
+        return {} if v is None else dict(v)
+
+
+# -- context ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Alert:
+    vertex: str
+    instance: int
+    kind: str
+    host: str
+    packet_index: int
+    clock: int
+    detail: dict = dataclasses.field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        out = {"vertex": self.vertex, "instance": self.instance, "kind": self.kind,
+               "host": self.host, "packet_index": self.packet_index, "clock": self.clock}
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+class Context:
+    """What an NF sees besides the packet: clock, time, alerts, timers."""
+
+    __slots__ = ("vertex", "instance", "clock", "now", "index", "alerts", "_timers", "_timer_seq")
+
+    def __init__(self, vertex: str, instance: int) -> None:
+        self.vertex = vertex
+        self.instance = instance
+        self.clock = 0          # §5.2 logical clock of the packet being processed
+        self.now = 0            # its capture timestamp (ns)
+        self.index = 0          # its position in the input
+        self.alerts: list[Alert] = []
+        self._timers: list = []
+        self._timer_seq = 0
+
+    def alert(self, kind: str, host: str, **detail: Any) -> None:
+        self.alerts.append(Alert(self.vertex, self.instance, kind, host, self.index,
+                                 self.clock, detail))
+
+    def set_timer(self, deadline_ns: int, key: Hashable) -> None:
+        """Call ``nf.on_timer(key, ctx)`` once input time reaches ``deadline_ns``."""
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline_ns, self._timer_seq, key, self.clock, self.index))
+
+
+# -- the NF base class -------------------------------------------------------------
+
+
+class NF:
+    """Base class of vertex programs.  Subclasses declare state and ``process``."""
+
+    #: name used as ``nf:`` in chain specs
+    kind: ClassVar[str] = ""
+    #: operator configuration schema; override with a dataclass
+    Config: ClassVar[type] = type("Config", (), {})
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @classmethod
+    def state_objects(cls) -> dict[str, StateObject]:
+        out: dict[str, StateObject] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                if isinstance(value, StateObject):
+                    out[name] = value
+        return out
+
+    @classmethod
+    def scopes(cls) -> list[Scope]:
+        """``.scope()`` of §4.1: the vertex's scopes, finest first."""
+        return sorted({o.scope for o in cls.state_objects().values()}, key=lambda s: s.rank)
+
+    @classmethod
+    def partition_scope(cls) -> Scope:
+        """The scope the upstream splitter partitions on.
+
+        §4.1 starts from the coarsest scope and refines until load is even; with
+        no load information yet we take the coarsest non-global scope, which never
+        splits an object across instances; an NF may override it.
+        """
+        scopes = [s for s in cls.scopes() if s is not GLOBAL]
+        return scopes[-1] if scopes else FLOW
+
+    def process(self, pkt: Packet, ctx: Context) -> Packet | list[Packet] | None:
+        raise NotImplementedError
+
+    def on_timer(self, key: Hashable, ctx: Context) -> None:
+        """A timer set with ``ctx.set_timer`` has expired."""
+
+
+# -- config validation ---------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """Bad NF configuration; ``field`` names the offending key."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def build_config(nf_cls: type[NF], raw: Any, where: str) -> Any:
+    """Check ``raw`` (a mapping from the spec) against ``nf_cls.Config``."""
+    schema = nf_cls.Config
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(where, f"must be a mapping, got {type(raw).__name__}")
+    if not dataclasses.is_dataclass(schema):
+        if raw:
+            raise ConfigError(where, f"NF '{nf_cls.kind}' takes no config")
+        return None
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{where}.{key}", f"unknown option (known: {', '.join(sorted(fields))})")
+    for f in fields.values():
+        if f.name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}.{f.name}", "required option missing")
+    try:
+        cfg = schema(**raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(where, str(exc)) from None
+    check = getattr(cfg, "validate", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{exc.field}", str(exc).split(": ", 1)[-1]) from None
+    return cfg

@@ -1,0 +1,113 @@
+"""NAT (Table 4): source NAT for connections initiated from the internal prefixes.
+
+State, exactly as Table 4 of the paper:
+
+* ``ports``: the available external ports, cross-flow, write/read often.  A new
+  connection pops one (the store pops on the NF's behalf, §6); a closed
+  connection pushes it back at the tail, so a port is reused as late as possible.
+* ``tcp_packets`` and ``packets``: L4/L3 packet counters, cross-flow, write
+  mostly / read rarely (updated on every packet, never read on the data path).
+* ``mapping``: per-connection port mapping, per-flow, write rarely / read mostly:
+  ``(external port, close state)`` keyed by the connection's 5-tuple.
+
+Translation.  A packet from an internal host to an external one gets source
+``external_ip:port``.  Replies are translated to their form on the external wire
+too: a capture replayed through the chain is the *inside* view of each
+connection, and the NAT's output is the outside view, so the reply
+``remote -> internal:iport`` leaves as ``remote -> external_ip:port``.  Both
+directions of a connection therefore carry the same external port in the
+output capture.  Packets between internal hosts, IPv6, and non-TCP/UDP packets
+pass unchanged; unsolicited packets from outside to an internal host pass or are
+dropped according to ``unsolicited``.  When the pool is empty a new connection
+is dropped with a ``nat-ports-exhausted`` alert naming the internal host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..nf import FLOW, GLOBAL, NF, Access, ConfigError, Context, Counter, List, Value
+from ..packet import PROTO_TCP, PROTO_UDP, TCP_FIN, TCP_RST, Packet, ip_str, rewrite_dst, rewrite_src
+from ._common import CLOSED, Prefixes, needs_new_mapping, parse_ip, track_close
+
+
+@dataclasses.dataclass
+class NATConfig:
+    external_ip: str
+    internal: list = dataclasses.field(default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"])
+    port_range: list = dataclasses.field(default_factory=lambda: [1024, 65535])
+    unsolicited: str = "pass"
+    external: bytes = dataclasses.field(init=False, default=b"")
+    inside: Prefixes = dataclasses.field(init=False, default=None)
+
+    def validate(self) -> None:
+        self.external = parse_ip("external_ip", self.external_ip)
+        if len(self.external) != 4:
+            raise ConfigError("external_ip", "the NAT translates IPv4 only")
+        self.inside = Prefixes("internal", self.internal)
+        pr = self.port_range
+        if (not isinstance(pr, list) or len(pr) != 2 or not all(isinstance(p, int) for p in pr)
+                or not 1 <= pr[0] <= pr[1] <= 65535):
+            raise ConfigError("port_range", f"expected [low, high] with 1 <= low <= high <= 65535, got {pr!r}")
+        if self.unsolicited not in ("pass", "drop"):
+            raise ConfigError("unsolicited", f"expected 'pass' or 'drop', got {self.unsolicited!r}")
+
+
+class NAT(NF):
+    kind = "nat"
+    Config = NATConfig
+
+    ports = List(GLOBAL, Access.READ_WRITE,
+                 init=lambda cfg: range(cfg.port_range[0], cfg.port_range[1] + 1),
+                 doc="available external ports")
+    tcp_packets = Counter(GLOBAL, Access.WRITE_MOSTLY, doc="total TCP packets")
+    packets = Counter(GLOBAL, Access.WRITE_MOSTLY, doc="total packets")
+    mapping = Value(FLOW, Access.READ_HEAVY, doc="per-connection (external port, close state)")
+
+    def __init__(self, config: NATConfig) -> None:
+        super().__init__(config)
+        self.external = config.external
+        self.inside = config.inside
+        self.drop_unsolicited = config.unsolicited == "drop"
+
+    def process(self, pkt: Packet, ctx: Context) -> Packet | None:
+        self.packets.incr()
+        proto = pkt.proto
+        if proto == PROTO_TCP:
+            self.tcp_packets.incr()
+        elif proto != PROTO_UDP:
+            return pkt
+        if pkt.l3 != 4 or pkt.frag:
+            return pkt
+        inside = self.inside
+        src_in = pkt.src in inside
+        dst_in = pkt.dst in inside
+        if src_in == dst_in:
+            return pkt
+        key = FLOW.key(pkt)
+        entry = self.mapping.get(key)
+        if src_in:
+            if needs_new_mapping(entry, pkt.flags):
+                entry = self._open(key)
+                if entry is None:
+                    ctx.alert("nat-ports-exhausted", ip_str(pkt.src))
+                    return None
+            rewrite_src(pkt, self.external, entry[0])
+        else:
+            if entry is None:
+                return None if self.drop_unsolicited else pkt
+            rewrite_dst(pkt, self.external, entry[0])
+        if proto == PROTO_TCP and pkt.flags & (TCP_FIN | TCP_RST) and not entry[1] & CLOSED:
+            state = track_close(entry[1], pkt.flags, src_in)
+            if state & CLOSED:
+                self.ports.push(entry[0])
+            self.mapping.set((entry[0], state), key)
+        return pkt
+
+    def _open(self, key) -> tuple[int, int] | None:
+        port = self.ports.pop()
+        if port is None:
+            return None
+        entry = (port, 0)
+        self.mapping.set(entry, key)
+        return entry

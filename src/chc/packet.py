@@ -1,0 +1,382 @@
+"""Packets: raw frame bytes, the L2-L4 fields NFs need, and CHC metadata.
+
+Theory of operation
+-------------------
+A :class:`Packet` wraps one captured frame.  :func:`parse` walks the headers once
+(Ethernet, any number of 802.1Q/802.1ad tags, IPv4 with options, IPv6 with its
+extension headers, TCP/UDP/ICMP/ICMPv6) with precompiled ``struct`` formats and
+stores *offsets and the few fields NFs key on* (5-tuple, TCP flags, lengths,
+payload offset).  The payload is never copied: NFs that inspect it read
+``pkt.payload`` (a ``memoryview`` slice) only when they need it.
+
+A frame that is not IP gets ``l3 == 0``; a frame whose headers are cut short or
+inconsistent gets ``malformed`` set to a short reason.  Neither raises: the root
+counts them and passes or drops them by the chain's policy.
+
+Rewrites (NAT, load balancer) go through :func:`rewrite_src` / :func:`rewrite_dst`,
+which patch the address and port in place and update the IPv4 header checksum and
+the TCP/UDP checksum incrementally (RFC 1624, eqn. 3), so a rewritten packet is
+valid on a wire without recomputing checksums over the payload.
+
+CHC metadata slots (filled by later components): ``clock`` (the root's logical
+clock, root id in the high bits, §5), ``xor`` (the 32-bit commit vector, §5.4),
+``marks`` (``last``/``first`` handover marks §5.1, replay marks §5.3).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+ETH_IPV4 = 0x0800
+ETH_IPV6 = 0x86DD
+ETH_VLAN = (0x8100, 0x88A8, 0x9100)
+
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTO_ICMP6 = 58
+
+FRAG_FIRST = 1   # first fragment: L4 header present, checksum covers the datagram
+FRAG_LATER = 2   # later fragment: no L4 header in this frame
+
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_PSH = 0x08
+TCP_ACK = 0x10
+
+# IPv6 extension headers that use the generic (next header, length) layout.
+_IP6_EXT = frozenset((0, 43, 60, 135, 139, 140))
+_IP6_FRAG = 44
+_IP6_AH = 51
+
+_ETH = struct.Struct("!6s6sH")
+_U16 = struct.Struct("!H")
+_IP4 = struct.Struct("!BBHHHBBH4s4s")
+_IP6 = struct.Struct("!IHBB16s16s")
+_PORTS = struct.Struct("!HH")
+_TCP_OFF_FLAGS = struct.Struct("!BB")
+
+
+class Packet:
+    """One frame: bytes, parsed header fields (see :func:`parse`), CHC metadata."""
+
+    __slots__ = (
+        "data", "ts", "index",
+        "l3", "ip_off", "l4_off", "payload_off", "ip_end",
+        "proto", "src", "dst", "sport", "dport", "flags", "frag", "malformed",
+        "clock", "xor", "marks",
+    )
+
+    def __init__(self, data: bytes | bytearray, ts: int = 0, index: int = 0) -> None:
+        self.data = data
+        self.ts = ts            # capture timestamp, integer nanoseconds
+        self.index = index      # position in the input (0-based)
+        self.clock = index      # §5 logical clock; the root overwrites it
+        self.xor = 0            # §5.4 XOR commit vector
+        self.marks = 0          # §5.1 / §5.3 marks (bit flags)
+        parse(self)
+
+    def copy(self) -> Packet:
+        """An independent copy (off-path taps, several successors): same fields,
+        its own bytes, so a rewrite of one never shows in the other."""
+        c = Packet.__new__(Packet)
+        for name in Packet.__slots__:
+            setattr(c, name, getattr(self, name))
+        if isinstance(self.data, bytearray):
+            c.data = bytes(self.data)
+        return c
+
+    # -- derived views, computed on demand (not on the hot path) --------------
+    @property
+    def flow(self) -> tuple[bytes, bytes, int, int, int]:
+        """Directional 5-tuple (src, dst, sport, dport, proto)."""
+        return (self.src, self.dst, self.sport, self.dport, self.proto)
+
+    @property
+    def payload(self) -> memoryview:
+        """L4 payload, up to the end of the IP datagram (no copy)."""
+        return memoryview(self.data)[self.payload_off:self.ip_end]
+
+    @property
+    def is_ip(self) -> bool:
+        return self.l3 != 0 and self.malformed is None
+
+    def __repr__(self) -> str:
+        if not self.l3:
+            return f"<Packet #{self.index} non-IP {len(self.data)}B>"
+        return (f"<Packet #{self.index} {ip_str(self.src)}:{self.sport} -> "
+                f"{ip_str(self.dst)}:{self.dport} proto={self.proto} flags={self.flags:#x}"
+                f"{' malformed=' + self.malformed if self.malformed else ''}>")
+
+
+def ip_str(addr: bytes) -> str:
+    """Printable form of a packed IPv4/IPv6 address."""
+    if len(addr) == 4:
+        return socket.inet_ntop(socket.AF_INET, addr)
+    if len(addr) == 16:
+        return socket.inet_ntop(socket.AF_INET6, addr)
+    return addr.hex()
+
+
+def ip_bytes(text: str) -> bytes:
+    """Packed form of a printable IPv4/IPv6 address (raises ValueError)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_pton(family, text)
+        except OSError:
+            continue
+    raise ValueError(f"not an IP address: {text!r}")
+
+
+def _reset(pkt: Packet) -> None:
+    pkt.l3 = 0
+    pkt.ip_off = pkt.l4_off = pkt.payload_off = pkt.ip_end = 0
+    pkt.proto = pkt.sport = pkt.dport = pkt.flags = 0
+    pkt.src = pkt.dst = b""
+    pkt.frag = 0
+    pkt.malformed = None
+
+
+def parse(pkt: Packet) -> None:
+    """Fill the header fields of ``pkt`` from ``pkt.data`` (Ethernet framing)."""
+    _reset(pkt)
+    data = pkt.data
+    n = len(data)
+    if n < 14:
+        pkt.malformed = "short ethernet header"
+        return
+    etype = _U16.unpack_from(data, 12)[0]
+    off = 14
+    while etype in ETH_VLAN:
+        if n < off + 4:
+            pkt.malformed = "short 802.1Q tag"
+            return
+        etype = _U16.unpack_from(data, off + 2)[0]
+        off += 4
+    if etype == ETH_IPV4:
+        _parse_ipv4(pkt, data, off, n)
+    elif etype == ETH_IPV6:
+        _parse_ipv6(pkt, data, off, n)
+
+
+def _parse_ipv4(pkt: Packet, data, off: int, n: int) -> None:
+    if n < off + 20:
+        pkt.malformed = "short IPv4 header"
+        return
+    vihl, _tos, tot_len, _id, frag, _ttl, proto, _csum, src, dst = _IP4.unpack_from(data, off)
+    ihl = (vihl & 0x0F) * 4
+    if vihl >> 4 != 4 or ihl < 20:
+        pkt.malformed = "bad IPv4 version/IHL"
+        return
+    if tot_len < ihl or off + ihl > n:
+        pkt.malformed = "bad IPv4 length"
+        return
+    pkt.l3 = 4
+    pkt.ip_off = off
+    pkt.proto = proto
+    pkt.src = src
+    pkt.dst = dst
+    # Trailing Ethernet padding is not part of the datagram; a snapped capture may
+    # hold less than tot_len, so the datagram ends at whichever comes first.
+    end = off + tot_len
+    pkt.ip_end = end if end <= n else n
+    l4 = off + ihl
+    pkt.l4_off = pkt.payload_off = l4
+    if frag & 0x1FFF:               # non-first fragment: no L4 header here
+        pkt.frag = FRAG_LATER
+        return
+    if frag & 0x2000:
+        pkt.frag = FRAG_FIRST
+    _parse_l4(pkt, data, l4, pkt.ip_end)
+
+
+def _parse_ipv6(pkt: Packet, data, off: int, n: int) -> None:
+    if n < off + 40:
+        pkt.malformed = "short IPv6 header"
+        return
+    vtcfl, plen, nxt, _hlim, src, dst = _IP6.unpack_from(data, off)
+    if vtcfl >> 28 != 6:
+        pkt.malformed = "bad IPv6 version"
+        return
+    pkt.l3 = 6
+    pkt.ip_off = off
+    pkt.src = src
+    pkt.dst = dst
+    end = off + 40 + plen
+    pkt.ip_end = end if end <= n else n
+    l4 = off + 40
+    while nxt in _IP6_EXT or nxt in (_IP6_FRAG, _IP6_AH):
+        if l4 + 8 > pkt.ip_end:
+            pkt.malformed = "short IPv6 extension header"
+            return
+        if nxt == _IP6_FRAG:
+            offlg = _U16.unpack_from(data, l4 + 2)[0]
+            if offlg & 0xFFF8:                              # non-first fragment
+                pkt.frag = FRAG_LATER
+                pkt.proto = data[l4]
+                pkt.l4_off = pkt.payload_off = l4 + 8
+                return
+            if offlg & 1:       # M flag; offset 0 without M is an atomic fragment (RFC 6946)
+                pkt.frag = FRAG_FIRST
+            size = 8
+        elif nxt == _IP6_AH:
+            size = (data[l4 + 1] + 2) * 4
+        else:
+            size = (data[l4 + 1] + 1) * 8
+        nxt = data[l4]
+        l4 += size
+        if l4 > pkt.ip_end:
+            pkt.malformed = "short IPv6 extension header"
+            return
+    pkt.proto = nxt
+    pkt.l4_off = pkt.payload_off = l4
+    _parse_l4(pkt, data, l4, pkt.ip_end)
+
+
+def _parse_l4(pkt: Packet, data, l4: int, end: int) -> None:
+    proto = pkt.proto
+    if proto == PROTO_TCP:
+        if end < l4 + 20:
+            pkt.malformed = "short TCP header"
+            return
+        pkt.sport, pkt.dport = _PORTS.unpack_from(data, l4)
+        doff, flags = _TCP_OFF_FLAGS.unpack_from(data, l4 + 12)
+        doff = (doff >> 4) * 4
+        if doff < 20 or l4 + doff > end:
+            pkt.malformed = "bad TCP data offset"
+            return
+        pkt.flags = flags
+        pkt.payload_off = l4 + doff
+    elif proto == PROTO_UDP:
+        if end < l4 + 8:
+            pkt.malformed = "short UDP header"
+            return
+        pkt.sport, pkt.dport = _PORTS.unpack_from(data, l4)
+        pkt.payload_off = l4 + 8
+    elif proto in (PROTO_ICMP, PROTO_ICMP6):
+        if end < l4 + 4:
+            pkt.malformed = "short ICMP header"
+            return
+        pkt.payload_off = l4 + 4 if proto == PROTO_ICMP6 else l4 + 8 if end >= l4 + 8 else l4 + 4
+
+
+# -- checksums -----------------------------------------------------------------
+
+def _fold(total: int) -> int:
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def ones_sum(buf) -> int:
+    """16-bit one's-complement sum of ``buf`` (odd length padded with a zero)."""
+    if len(buf) & 1:
+        buf = bytes(buf) + b"\0"
+    return _fold(sum(struct.unpack(f"!{len(buf) // 2}H", buf)))
+
+
+def _csum_update(old_csum: int, old: bytes, new: bytes) -> int:
+    """RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') over the changed 16-bit words."""
+    total = (~old_csum & 0xFFFF) + ((~ones_sum(old)) & 0xFFFF) + ones_sum(new)
+    return ~_fold(total) & 0xFFFF
+
+
+def l4_checksum_offset(pkt: Packet) -> int | None:
+    """Offset of the TCP/UDP checksum field in ``pkt.data``, or None."""
+    if pkt.malformed or pkt.frag == FRAG_LATER:
+        return None
+    if pkt.proto == PROTO_TCP:
+        return pkt.l4_off + 16
+    if pkt.proto == PROTO_UDP:
+        return pkt.l4_off + 6
+    return None
+
+
+def _rewrite(pkt: Packet, addr_at: int, port_at: int | None, ip: bytes, port: int | None) -> None:
+    if not pkt.is_ip:
+        raise ValueError("cannot rewrite a non-IP or malformed packet")
+    if len(ip) != len(pkt.src):
+        raise ValueError("address family mismatch in rewrite")
+    data = pkt.data
+    if not isinstance(data, bytearray):
+        data = pkt.data = bytearray(data)
+    old = bytes(data[addr_at:addr_at + len(ip)])
+    new_words_old, new_words_new = old, ip
+    if port is not None and port_at is not None:
+        old_port = bytes(data[port_at:port_at + 2])
+        new_port = _U16.pack(port)
+        data[port_at:port_at + 2] = new_port
+        new_words_old += old_port
+        new_words_new += new_port
+    data[addr_at:addr_at + len(ip)] = ip
+    if pkt.l3 == 4:
+        # §RFC 1624: the IP header checksum covers the address only.
+        c_at = pkt.ip_off + 10
+        old_c = _U16.unpack_from(data, c_at)[0]
+        _U16.pack_into(data, c_at, _csum_update(old_c, old, ip))
+    c_at = l4_checksum_offset(pkt)
+    if c_at is None and pkt.proto == PROTO_ICMP6 and pkt.l3 == 6 and pkt.frag != FRAG_LATER:
+        c_at = pkt.l4_off + 2     # the ICMPv6 checksum covers the pseudo-header too (RFC 4443 §2.3)
+    if c_at is not None and c_at + 2 <= pkt.ip_end:
+        old_c = _U16.unpack_from(data, c_at)[0]
+        if not (pkt.proto == PROTO_UDP and old_c == 0 and pkt.l3 == 4):   # UDP/IPv4: 0 = no checksum
+            new_c = _csum_update(old_c, new_words_old, new_words_new)
+            if pkt.proto == PROTO_UDP and new_c == 0:
+                new_c = 0xFFFF
+            _U16.pack_into(data, c_at, new_c)
+
+
+def _has_ports(pkt: Packet) -> bool:
+    return (pkt.proto == PROTO_TCP or pkt.proto == PROTO_UDP) and pkt.frag != FRAG_LATER
+
+
+def rewrite_src(pkt: Packet, ip: bytes, port: int | None = None) -> None:
+    """Set source address (and port) in place, updating checksums incrementally."""
+    addr_at = pkt.ip_off + (12 if pkt.l3 == 4 else 8)
+    _rewrite(pkt, addr_at, pkt.l4_off if _has_ports(pkt) else None, ip, port)
+    pkt.src = ip
+    if port is not None and _has_ports(pkt):
+        pkt.sport = port
+
+
+def rewrite_dst(pkt: Packet, ip: bytes, port: int | None = None) -> None:
+    """Set destination address (and port) in place, updating checksums incrementally."""
+    addr_at = pkt.ip_off + (16 if pkt.l3 == 4 else 24)
+    _rewrite(pkt, addr_at, pkt.l4_off + 2 if _has_ports(pkt) else None, ip, port)
+    pkt.dst = ip
+    if port is not None and _has_ports(pkt):
+        pkt.dport = port
+
+
+def ipv4_header_ok(pkt: Packet) -> bool:
+    """From-scratch check of the IPv4 header checksum."""
+    ihl = (pkt.data[pkt.ip_off] & 0x0F) * 4
+    return ones_sum(pkt.data[pkt.ip_off:pkt.ip_off + ihl]) == 0xFFFF
+
+
+def l4_checksum_ok(pkt: Packet) -> bool | None:
+    """From-scratch check of the TCP/UDP checksum; None when not checkable
+    (fragment, snapped capture, UDP without checksum, not TCP/UDP)."""
+    c_at = l4_checksum_offset(pkt)
+    if c_at is None or pkt.frag:
+        return None
+    data = pkt.data
+    ip = pkt.ip_off
+    if pkt.l3 == 4:
+        tot = _U16.unpack_from(data, ip + 2)[0]
+        if ip + tot > len(data):
+            return None
+        seg_len = ip + tot - pkt.l4_off
+        pseudo = pkt.src + pkt.dst + struct.pack("!BBH", 0, pkt.proto, seg_len)
+    else:
+        plen = _U16.unpack_from(data, ip + 4)[0]
+        if ip + 40 + plen > len(data):
+            return None
+        seg_len = ip + 40 + plen - pkt.l4_off
+        pseudo = pkt.src + pkt.dst + struct.pack("!IxxxB", seg_len, pkt.proto)
+    if pkt.proto == PROTO_UDP and pkt.l3 == 4 and _U16.unpack_from(data, c_at)[0] == 0:
+        return None
+    total = ones_sum(pseudo) + ones_sum(data[pkt.l4_off:pkt.l4_off + seg_len])
+    return _fold(total) == 0xFFFF

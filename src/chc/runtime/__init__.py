@@ -1,0 +1,1 @@
+"""Runtimes that drive the core state machines: ``sim`` (deterministic, one process)."""

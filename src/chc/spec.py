@@ -1,0 +1,247 @@
+"""Chain specs: the operator's logical chain, validated and compiled.
+
+Theory of operation
+-------------------
+A chain spec (YAML, or the same structure as Python dicts) names the logical
+chain's vertices (NF type, config, parallelism), the on-path edges between them,
+and off-path edges (copies, e.g. the Trojan detector beside the NAT, §7.1).
+:func:`load_spec` / :func:`parse_spec` check every field and raise
+:class:`SpecError` naming the bad one (``vertices.nat.config.port_range: ...``).
+
+:func:`compile_chain` turns the logical chain into the physical one (Figure 3b):
+a root in front of the entry vertex, ``parallelism`` instances per vertex, and a
+splitter after the root and after every instance that partitions traffic to the
+next vertex's instances on that vertex's partition scope (§4.1).  The result is
+a plain description; runtimes (``chc.runtime``) instantiate it.
+
+Spec format::
+
+    name: paper-chain
+    input: {malformed: drop, non_ip: pass}     # policies for frames NFs can't use
+    vertices:
+      nat:      {nf: nat, parallelism: 1, config: {external_ip: 198.51.100.1}}
+      portscan: {nf: portscan}
+      trojan:   {nf: trojan}
+    edges:   ["nat -> portscan"]               # or [[nat, portscan]]
+    offpath: [{from: nat, to: trojan, tap: input}]   # tap: input | output
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any
+
+import yaml
+
+from .nf import NF, ConfigError, Scope, build_config
+from .nfs import REGISTRY
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+POLICIES = {"malformed": ("drop", "pass"), "non_ip": ("pass", "drop")}
+
+
+class SpecError(ValueError):
+    """An invalid chain spec; the message names the offending field."""
+
+
+@dataclasses.dataclass
+class Vertex:
+    name: str
+    nf: type[NF]
+    config: Any
+    parallelism: int
+    successors: list[str] = dataclasses.field(default_factory=list)
+    taps_in: list[str] = dataclasses.field(default_factory=list)    # off-path copies of input
+    taps_out: list[str] = dataclasses.field(default_factory=list)   # off-path copies of output
+    offpath: bool = False
+
+    @property
+    def partition(self) -> Scope:
+        return self.nf.partition_scope()
+
+
+@dataclasses.dataclass
+class Chain:
+    """The compiled (physical) chain description."""
+
+    name: str
+    vertices: dict[str, Vertex]          # in topological order
+    entry: str
+    policies: dict[str, str]
+
+    def with_parallelism(self, parallelism: int | dict[str, int]) -> Chain:
+        """A copy with other instance counts (all vertices, or by name)."""
+        out = dataclasses.replace(self, vertices={})
+        for name, v in self.vertices.items():
+            p = parallelism.get(name, v.parallelism) if isinstance(parallelism, dict) else parallelism
+            out.vertices[name] = dataclasses.replace(v, parallelism=p)
+        return out
+
+
+def load_spec(path: str | os.PathLike) -> Chain:
+    """Read, validate and compile a YAML chain spec."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except OSError as exc:
+        raise SpecError(f"{path}: {exc.strerror or exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(f"{path}: not valid YAML ({first})") from None
+    try:
+        return parse_spec(raw)
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+
+
+def parse_spec(raw: Any) -> Chain:
+    """Validate a spec given as Python data and compile it."""
+    if not isinstance(raw, dict):
+        raise SpecError("the spec must be a mapping with 'vertices' and 'edges'")
+    known = {"name", "input", "vertices", "edges", "offpath"}
+    for key in raw:
+        if key not in known:
+            raise SpecError(f"{key}: unknown top-level field (known: {', '.join(sorted(known))})")
+    name = raw.get("name", "chain")
+    if not isinstance(name, str):
+        raise SpecError("name: must be a string")
+    policies = _policies(raw.get("input"))
+    vertices = _vertices(raw.get("vertices"))
+    for src, dst in _edges(raw.get("edges"), vertices, "edges"):
+        if dst in vertices[src].successors:
+            raise SpecError(f"edges: duplicate edge {src} -> {dst}")
+        vertices[src].successors.append(dst)
+    _offpath(raw.get("offpath"), vertices)
+    return compile_chain(name, vertices, policies)
+
+
+def _policies(raw: Any) -> dict[str, str]:
+    out = {k: v[0] for k, v in POLICIES.items()}
+    if raw is None:
+        return out
+    if not isinstance(raw, dict):
+        raise SpecError("input: must be a mapping of policies")
+    for key, value in raw.items():
+        if key not in POLICIES:
+            raise SpecError(f"input.{key}: unknown policy (known: {', '.join(POLICIES)})")
+        if value not in POLICIES[key]:
+            raise SpecError(f"input.{key}: expected one of {', '.join(POLICIES[key])}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def _vertices(raw: Any) -> dict[str, Vertex]:
+    if not isinstance(raw, dict) or not raw:
+        raise SpecError("vertices: must be a non-empty mapping of vertex name -> {nf, config, parallelism}")
+    out: dict[str, Vertex] = {}
+    for name, body in raw.items():
+        where = f"vertices.{name}"
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise SpecError(f"{where}: vertex names are letters, digits, '_' and '-'")
+        if not isinstance(body, dict):
+            raise SpecError(f"{where}: must be a mapping with at least 'nf'")
+        for key in body:
+            if key not in ("nf", "config", "parallelism"):
+                raise SpecError(f"{where}.{key}: unknown field (known: config, nf, parallelism)")
+        kind = body.get("nf")
+        if kind not in REGISTRY:
+            raise SpecError(f"{where}.nf: unknown NF {kind!r} (known: {', '.join(sorted(REGISTRY))})")
+        par = body.get("parallelism", 1)
+        if not isinstance(par, int) or isinstance(par, bool) or par < 1:
+            raise SpecError(f"{where}.parallelism: must be an integer >= 1, got {par!r}")
+        nf_cls = REGISTRY[kind]
+        try:
+            config = build_config(nf_cls, body.get("config"), f"{where}.config")
+        except ConfigError as exc:
+            raise SpecError(str(exc)) from None
+        out[name] = Vertex(name, nf_cls, config, par)
+    return out
+
+
+def _edge(raw: Any, where: str) -> tuple[Any, Any]:
+    if isinstance(raw, str) and "->" in raw:
+        a, b = (s.strip() for s in raw.split("->", 1))
+        return a, b
+    if isinstance(raw, (list, tuple)) and len(raw) == 2:
+        return raw[0], raw[1]
+    if isinstance(raw, dict) and set(raw) - {"tap"} == {"from", "to"}:
+        return raw["from"], raw["to"]
+    raise SpecError(f"{where}: an edge is 'a -> b', [a, b] or {{from: a, to: b}}, got {raw!r}")
+
+
+def _edges(raw: Any, vertices: dict[str, Vertex], field: str) -> list[tuple[str, str]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise SpecError(f"{field}: must be a list of edges")
+    out = []
+    for i, item in enumerate(raw):
+        where = f"{field}[{i}]"
+        src, dst = _edge(item, where)
+        for end in (src, dst):
+            if end not in vertices:
+                raise SpecError(f"{where}: unknown vertex {end!r} (known: {', '.join(vertices)})")
+        if src == dst:
+            raise SpecError(f"{where}: a vertex cannot feed itself")
+        out.append((src, dst))
+    return out
+
+
+def _offpath(raw: Any, vertices: dict[str, Vertex]) -> None:
+    edges = _edges(raw, vertices, "offpath")
+    for i, (src, dst) in enumerate(edges):
+        tap = raw[i].get("tap", "output") if isinstance(raw[i], dict) else "output"
+        if tap not in ("input", "output"):
+            raise SpecError(f"offpath[{i}].tap: expected 'input' or 'output', got {tap!r}")
+        target = vertices[dst]
+        if target.successors:
+            raise SpecError(f"offpath[{i}]: off-path vertex {dst!r} cannot have on-path successors")
+        target.offpath = True
+        (vertices[src].taps_in if tap == "input" else vertices[src].taps_out).append(dst)
+
+
+def compile_chain(name: str, vertices: dict[str, Vertex], policies: dict[str, str]) -> Chain:
+    """Check the graph and order it: one entry vertex, acyclic, off-path sinks."""
+    _check_acyclic(vertices)
+    fed = {d for v in vertices.values() for d in v.successors}
+    for v in vertices.values():
+        if v.offpath and v.name in fed:
+            raise SpecError(f"vertices.{v.name}: is both on-path (an edge leads to it) and off-path")
+    entries = [n for n, v in vertices.items() if n not in fed and not v.offpath]
+    if len(entries) != 1:
+        what = "no vertex" if not entries else ", ".join(entries)
+        raise SpecError(f"edges: the chain needs exactly one entry vertex (one with no incoming edge), found {what}")
+    order = _topological(vertices, [entries[0]])
+    unreachable = [n for n in vertices if n not in order]
+    if unreachable:
+        raise SpecError(f"vertices.{unreachable[0]}: not reachable from the entry vertex {entries[0]!r}")
+    return Chain(name, {n: vertices[n] for n in order}, entries[0], policies)
+
+
+def _check_acyclic(vertices: dict[str, Vertex]) -> None:
+    _topological(vertices, list(vertices))
+
+
+def _topological(vertices: dict[str, Vertex], starts: list[str]) -> list[str]:
+    """Vertices reachable from ``starts`` in topological order; SpecError on a cycle."""
+    order: list[str] = []
+    state: dict[str, int] = {}       # 1 = on the DFS stack, 2 = done
+
+    def visit(n: str, path: list[str]) -> None:
+        if state.get(n) == 2:
+            return
+        if state.get(n) == 1:
+            cycle = " -> ".join(path[path.index(n):] + [n])
+            raise SpecError(f"edges: cycle {cycle}")
+        state[n] = 1
+        v = vertices[n]
+        for m in v.successors + v.taps_in + v.taps_out:
+            visit(m, path + [n])
+        state[n] = 2
+        order.append(n)
+
+    for start in starts:
+        visit(start, [])
+    return order[::-1]

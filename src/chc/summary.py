@@ -1,0 +1,118 @@
+"""The run summary: a stable JSON contract, a readable text form, the state digest.
+
+JSON keys (``chc run --summary-json``), stable for scripts:
+
+``chain``, ``model``, ``packets_in``, ``packets_out``, ``dropped``, ``malformed``,
+``non_ip``, ``bypassed``, ``nf_errors``, ``elapsed_s``, ``pps``,
+``vertices`` (name -> ``nf``, ``instances``, ``packets_in``, ``packets_out``,
+``dropped``, ``alerts``), ``alerts`` (list of ``vertex``, ``instance``, ``kind``,
+``host``, ``packet_index``, ``clock`` and optional ``detail``),
+``state_digest`` (SHA-256 of every NF's final logical state in canonical form),
+``capture`` (``path``, ``format``, ``truncated``, ``warnings``).
+
+Logical state: per vertex and object, the union over instances of every key
+whose value differs from the object's initial value.  In model ``T`` a shared
+(cross-flow) object exists once per instance; when instances disagree on a key
+the logical value is the list of per-instance values, which makes the
+non-equivalence of ``T`` with parallelism > 1 visible in the digest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from .packet import ip_str
+
+
+def canonical(value: Any) -> Any:
+    """JSON-able canonical form: addresses printable, tuples as lists, maps sorted."""
+    if isinstance(value, (bytes, bytearray)):
+        return ip_str(bytes(value)) if len(value) in (4, 16) else bytes(value).hex()
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value):
+            return {k: canonical(value[k]) for k in sorted(value)}
+        items = [(canonical(k), canonical(v)) for k, v in value.items()]
+        return [list(kv) for kv in sorted(items, key=lambda kv: json.dumps(kv[0], sort_keys=True))]
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted((canonical(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+    return value
+
+
+def merge_states(per_instance: list[dict[str, dict]]) -> dict[str, dict]:
+    """Logical state of one vertex from its instances' states (see module doc)."""
+    merged: dict[str, dict] = {}
+    for state in per_instance:
+        for obj, entries in state.items():
+            dst = merged.setdefault(obj, {})
+            for key, value in entries.items():
+                dst.setdefault(key, []).append(value)
+    return {obj: {k: vs[0] if all(v == vs[0] for v in vs) else vs for k, vs in entries.items()}
+            for obj, entries in merged.items()}
+
+
+def state_digest(logical: dict[str, dict[str, dict]]) -> str:
+    blob = json.dumps(canonical(logical), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class Summary:
+    chain: str
+    model: str
+    packets_in: int = 0
+    packets_out: int = 0
+    dropped: int = 0
+    malformed: int = 0
+    non_ip: int = 0
+    bypassed: int = 0
+    nf_errors: int = 0
+    elapsed_s: float = 0.0
+    vertices: dict[str, dict] = dataclasses.field(default_factory=dict)
+    alerts: list[dict] = dataclasses.field(default_factory=list)
+    state_digest: str = ""
+    capture: dict = dataclasses.field(default_factory=dict)
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def pps(self) -> float:
+        return self.packets_in / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["pps"] = round(self.pps, 1)
+        out["elapsed_s"] = round(self.elapsed_s, 6)
+        return out
+
+    def render(self) -> str:
+        """Human-readable summary for the terminal."""
+        lines = [
+            f"chain {self.chain!r} (model {self.model}): {self.packets_in:,} packets in, "
+            f"{self.packets_out:,} out, {self.dropped:,} dropped, {self.malformed:,} malformed, "
+            f"{self.non_ip:,} non-IP",
+            f"{self.elapsed_s:.2f} s, {self.pps:,.0f} packets/s",
+            "",
+            f"  {'vertex':<14}{'nf':<10}{'inst':>5}{'in':>12}{'out':>12}{'dropped':>10}{'alerts':>8}",
+        ]
+        for name, v in self.vertices.items():
+            lines.append(f"  {name:<14}{v['nf']:<10}{v['instances']:>5}{v['packets_in']:>12,}"
+                         f"{v['packets_out']:>12,}{v['dropped']:>10,}{v['alerts']:>8,}")
+        if self.alerts:
+            lines += ["", f"alerts ({len(self.alerts)}):"]
+            shown = self.alerts[:20]
+            for a in shown:
+                lines.append(f"  packet {a['packet_index']:>9,}  {a['vertex']:<12}{a['kind']:<22}{a['host']}")
+            if len(self.alerts) > len(shown):
+                lines.append(f"  ... {len(self.alerts) - len(shown)} more (see --summary-json)")
+        if self.nf_errors:
+            lines += ["", f"NF errors: {self.nf_errors} packets dropped; first: {self.errors[0]}"]
+        for w in self.capture.get("warnings", []):
+            lines.append(f"warning: {w}")
+        lines += ["", f"state digest {self.state_digest}"]
+        return "\n".join(lines)

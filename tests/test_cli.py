@@ -1,0 +1,161 @@
+"""`chc run` end to end: bundled captures, bad input, the summary contract."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chc.capture import open_capture
+from chc.cli import main
+from chc.packet import Packet, ip_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAIN = str(ROOT / "examples/paper_chain.yaml")
+LAN = str(ROOT / "traces/pathspider/lan-2012.pcap.gz")
+GARBAGE = str(ROOT / "traces/pathspider/random-garbage.pcap")
+CAPTURES = sorted(str(p) for p in (ROOT / "traces").rglob("*.pcap*"))
+
+SUMMARY_KEYS = {"packets_in", "packets_out", "dropped", "malformed", "elapsed_s", "pps",
+                "vertices", "alerts", "state_digest"}
+
+
+def run(tmp_path, *args: str) -> dict:
+    out = tmp_path / "summary.json"
+    assert main(["run", *args, "--summary-json", str(out), "--no-progress", "-q"]) == 0
+    return json.loads(out.read_text())
+
+
+def test_bundled_captures_are_all_there():
+    names = {Path(p).name for p in CAPTURES}
+    assert {"lan-2012.pcap.gz", "random-garbage.pcap", "ftp_retr.pcap", "ssh_single-conn.pcap",
+            "irc-basic.pcap", "pe_pe.pcap"} <= names
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: Path(p).name)
+def test_run_completes_on_every_capture(tmp_path, capture):
+    s = run(tmp_path, CHAIN, capture)
+    assert set(s) >= SUMMARY_KEYS
+    n = sum(1 for _ in open_capture(capture))
+    assert s["packets_in"] == n
+    # Nothing is lost silently: every packet is out or counted as dropped.
+    assert s["packets_out"] + s["dropped"] == n
+    assert s["nf_errors"] == 0
+    for v in s["vertices"].values():
+        assert {"instances", "packets_in", "packets_out", "alerts"} <= set(v)
+
+
+def test_lan_summary(tmp_path):
+    s = run(tmp_path, CHAIN, LAN)
+    assert s["packets_in"] == 62781
+    assert s["non_ip"] == 743 and s["malformed"] == 0
+    assert s["vertices"]["nat"]["packets_in"] == 62781 - 743
+    assert s["vertices"]["trojan"]["packets_in"] == s["vertices"]["nat"]["packets_in"]
+    assert len(s["state_digest"]) == 64
+
+
+def test_garbage_frames_are_counted_not_fatal(tmp_path, capsys):
+    s = run(tmp_path, CHAIN, GARBAGE)
+    assert s["packets_in"] == 5000
+    # Every frame is accounted for by the root's screening or by the NFs.
+    assert s["malformed"] + s["non_ip"] + s["vertices"]["nat"]["packets_in"] == 5000
+    assert s["non_ip"] > 4900                 # random EtherTypes: not IP
+    assert s["packets_out"] + s["dropped"] == 5000
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(Path(CHAIN).read_text().replace("non_ip: pass", "non_ip: drop"))
+    s = run(tmp_path, str(strict), GARBAGE)
+    assert s["dropped"] == 5000 and s["packets_out"] == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, this is not a capture\n", b"\x00" * 3])
+def test_non_capture_is_one_line_error_exit_2(tmp_path, capsys, content):
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(content)
+    assert main(["run", CHAIN, str(bad), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bad.pcap" in err and err.startswith("chc: error:")
+
+
+def test_bad_spec_is_exit_2(tmp_path, capsys):
+    spec = tmp_path / "chain.yaml"
+    spec.write_text("vertices: {a: {nf: nope}}\n")
+    assert main(["run", str(spec), LAN, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "vertices.a.nf" in err and err.count("\n") == 1
+
+
+def test_results_do_not_depend_on_batch_size(tmp_path):
+    results = []
+    for size in ("1", "7", "256", "5000"):
+        out = tmp_path / f"out{size}.pcap"
+        s = run(tmp_path, CHAIN, LAN, "--batch-size", size, "--out", str(out))
+        results.append((s["alerts"], s["state_digest"], s["packets_out"], out.read_bytes()))
+    assert all(r == results[0] for r in results[1:])
+
+
+def _records(path):
+    return [Packet(data, ts, i) for i, (ts, data) in enumerate(open_capture(path))]
+
+
+def test_nat_translation_is_consistent_both_ways(tmp_path):
+    out = tmp_path / "nat.pcap"
+    run(tmp_path, CHAIN, LAN, "--out", str(out))
+    ext = ip_bytes("198.51.100.7")
+    inside = ip_bytes("10.64.0.0")[:2]
+    before, after = _records(LAN), _records(str(out))
+    assert len(before) == len(after)      # parallelism 1, no drops: one to one, in order
+    port_of: dict = {}
+    ports_used: list[int] = []
+    translated = 0
+    for a, b in zip(before, after, strict=True):
+        if not a.is_ip or a.proto not in (6, 17) or (a.src[:2] == inside) == (a.dst[:2] == inside):
+            continue
+        if a.src[:2] == inside:            # outbound: source becomes external_ip:port
+            assert b.src == ext and b.dst == a.dst and b.dport == a.dport
+            key, port = (a.src, a.sport, a.dst, a.dport, a.proto), b.sport
+            if a.flags & 0x12 == 0x02 and port_of.get(key) != port:   # a SYN reopening the 5-tuple
+                port_of.pop(key, None)
+        else:
+            if b.dst != ext:              # unsolicited inbound passes unchanged
+                assert b.data == a.data
+                continue
+            assert b.src == a.src and b.sport == a.sport
+            key, port = (a.dst, a.dport, a.src, a.sport, a.proto), b.dport
+        translated += 1
+        if key not in port_of:
+            ports_used.append(port)
+        assert port_of.setdefault(key, port) == port, f"connection {key} changed port"
+    assert translated > 30000
+    assert len(set(ports_used)) == len(ports_used)      # no two connections share a port
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+def test_output_has_no_checksum_errors_in_tshark(tmp_path):
+    out = tmp_path / "out.pcap"
+    run(tmp_path, CHAIN, LAN, "--out", str(out))
+    prefs = ["-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE"]
+
+    def count(filt: str) -> int:
+        res = subprocess.run(["tshark", "-r", str(out), *prefs, "-Y", filt, "-T", "fields", "-e", "frame.number"],
+                             capture_output=True, text=True, check=True)
+        return len(res.stdout.split())
+
+    assert count("ip.src == 198.51.100.7 || ip.dst == 198.51.100.7") > 30000    # the NAT rewrote
+    assert count("tcp.checksum.status == 1") > 30000                          # tshark did verify
+    assert count("ip.checksum.status == 0 || tcp.checksum.status == 0 || udp.checksum.status == 0") == 0
+
+
+def test_console_script_help_and_run(tmp_path):
+    exe = shutil.which("chc") or sys.executable
+    cmd = [exe] if exe.endswith("chc") else [exe, "-m", "chc.cli"]
+    res = subprocess.run([*cmd, "run", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "--summary-json" in res.stdout
+    res = subprocess.run([*cmd, "run", CHAIN, str(ROOT / "traces/zeek/ftp_retr.pcap"), "--no-progress"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "67 packets in" in res.stdout and "state digest" in res.stdout

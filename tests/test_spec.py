@@ -1,0 +1,97 @@
+"""Chain spec validation: every bad field is named; good specs compile."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from chc.nfs import NAT, LoadBalancer, PortScanDetector, TrojanDetector
+from chc.spec import SpecError, load_spec, parse_spec
+
+GOOD = {
+    "name": "t",
+    "vertices": {
+        "nat": {"nf": "nat", "config": {"external_ip": "198.51.100.1", "internal": ["10.0.0.0/8"]}},
+        "scan": {"nf": "portscan", "parallelism": 2},
+        "lb": {"nf": "lb", "config": {"vip": "10.1.1.1", "backends": ["10.2.0.1", "10.2.0.2"]}},
+        "troj": {"nf": "trojan"},
+    },
+    "edges": ["nat -> scan", ["scan", "lb"]],
+    "offpath": [{"from": "nat", "to": "troj", "tap": "input"}],
+}
+
+
+def test_paper_chain_compiles():
+    chain = load_spec("examples/paper_chain.yaml")
+    assert chain.entry == "nat"
+    assert list(chain.vertices) == ["nat", "trojan", "portscan", "lb"]
+    v = chain.vertices
+    assert v["nat"].nf is NAT and v["portscan"].nf is PortScanDetector
+    assert v["lb"].nf is LoadBalancer and v["trojan"].nf is TrojanDetector
+    assert v["nat"].successors == ["portscan"] and v["nat"].taps_in == ["trojan"]
+    assert v["trojan"].offpath and not v["lb"].successors
+
+
+def test_good_spec_and_parallelism_override():
+    chain = parse_spec(copy.deepcopy(GOOD))
+    assert chain.vertices["scan"].parallelism == 2
+    assert {v.parallelism for v in chain.with_parallelism(3).vertices.values()} == {3}
+    assert chain.with_parallelism({"lb": 4}).vertices["lb"].parallelism == 4
+
+
+def test_partition_scopes_follow_declarations():
+    # §4.1: the splitter partitions on the coarsest non-global declared scope.
+    assert NAT.partition_scope().name == "5-tuple"
+    assert PortScanDetector.partition_scope().name == "initiator-ip"
+    assert TrojanDetector.partition_scope().name == "src-ip"
+    assert [s.name for s in NAT.scopes()] == ["5-tuple", "global"]
+
+
+def _bad(mutate) -> str:
+    spec = copy.deepcopy(GOOD)
+    mutate(spec)
+    with pytest.raises(SpecError) as err:
+        parse_spec(spec)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda s: s["vertices"]["nat"].update(nf="natt"), "vertices.nat.nf"),
+    (lambda s: s["vertices"]["nat"].update(parallelism=0), "vertices.nat.parallelism"),
+    (lambda s: s["vertices"]["nat"].update(parallelism="2"), "vertices.nat.parallelism"),
+    (lambda s: s["vertices"]["nat"].update(color="red"), "vertices.nat.color"),
+    (lambda s: s["vertices"]["nat"]["config"].update(external_ip="1.2.3"), "vertices.nat.config.external_ip"),
+    (lambda s: s["vertices"]["nat"]["config"].pop("external_ip"), "vertices.nat.config.external_ip"),
+    (lambda s: s["vertices"]["nat"]["config"].update(port_range=[10, 5]), "vertices.nat.config.port_range"),
+    (lambda s: s["vertices"]["nat"]["config"].update(internal=["10.0.0.0/33"]), "vertices.nat.config.internal[0]"),
+    (lambda s: s["vertices"]["nat"]["config"].update(bogus=1), "vertices.nat.config.bogus"),
+    (lambda s: s["vertices"]["scan"].update(config={"theta0": 1.5}), "vertices.scan.config.theta0"),
+    (lambda s: s["vertices"]["lb"]["config"].update(backends=[]), "vertices.lb.config.backends"),
+    (lambda s: s["vertices"]["lb"]["config"].update(backends=["10.2.0.1", "nope"]), "vertices.lb.config.backends[1]"),
+    (lambda s: s["vertices"]["troj"].update(config={"ssh_ports": [0]}), "vertices.troj.config.ssh_ports"),
+    (lambda s: s["edges"].append("lb -> ghost"), "edges[2]"),
+    (lambda s: s["edges"].append("lb -> nat"), "cycle nat -> scan -> lb -> nat"),
+    (lambda s: s["edges"].append("nat -> nat"), "edges[2]"),
+    (lambda s: s["edges"].append(42), "edges[2]"),
+    (lambda s: s["edges"].pop(0), "exactly one entry vertex"),
+    (lambda s: s["offpath"][0].update(tap="sideways"), "offpath[0].tap"),
+    (lambda s: s.update(input={"malformed": "explode"}), "input.malformed"),
+    (lambda s: s.update(extra=1), "extra: unknown top-level field"),
+    (lambda s: s.update(vertices={}), "vertices:"),
+])
+def test_bad_field_is_named(mutate, field):
+    assert field in _bad(mutate)
+
+
+def test_yaml_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vertices: [unclosed\n")
+    with pytest.raises(SpecError, match="bad.yaml: not valid YAML"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="missing.yaml"):
+        load_spec(tmp_path / "missing.yaml")
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(SpecError, match="list.yaml: the spec must be a mapping"):
+        load_spec(listy)
