@@ -5,6 +5,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
+from chc.core.instance import Instance
+from chc.nf import INITIATOR, build_config
+from chc.nfs import NAT, LoadBalancer, PortScanDetector, TrojanDetector
+from chc.packet import Packet, ip_bytes, ipv4_header_ok, l4_checksum_ok
 from frames import (
     ACK,
     FIN_ACK,
@@ -20,11 +25,6 @@ from frames import (
     tcp,
     udp,
 )
-
-from chc.core.instance import Instance
-from chc.nf import INITIATOR, build_config
-from chc.nfs import LoadBalancer, NAT, PortScanDetector, TrojanDetector
-from chc.packet import Packet, ip_bytes, ipv4_header_ok, l4_checksum_ok
 
 # -- helpers ------------------------------------------------------------------------
 
@@ -223,7 +223,13 @@ def test_nat_unsolicited_inbound_pass_unchanged():
     out = run_one(inst, frame)
     assert out is not None and bytes(out.data) == frame
     assert inst.dropped == 0
-    assert inst.state()["mapping"] == {}
+    # The connection opened from outside is recorded as untranslated (port 0) ...
+    assert list(inst.state()["mapping"].values()) == [(0, 0)]
+    # ... so the internal host's answer passes unchanged too and takes no port.
+    answer = tcp(H1, R1, 40000, 80, SYN_ACK)
+    out = run_one(inst, answer, 1)
+    assert out is not None and bytes(out.data) == answer
+    assert pool(inst) == list(range(5000, 5010))
 
 
 def test_nat_pool_exhaustion_drops_third_connection_with_alert():

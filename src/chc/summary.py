@@ -8,7 +8,9 @@ JSON keys (``chc run --summary-json``), stable for scripts:
 ``dropped``, ``alerts``), ``alerts`` (list of ``vertex``, ``instance``, ``kind``,
 ``host``, ``packet_index``, ``clock`` and optional ``detail``),
 ``state_digest`` (SHA-256 of every NF's final logical state in canonical form),
-``capture`` (``path``, ``format``, ``truncated``, ``warnings``).
+``capture`` (``path``, ``format``, ``truncated``, ``warnings``),
+``store`` (``backend``, ``model``, ``blocking_ops``, ``nonblocking_ops``,
+``cache_hits``, ``round_trips``).
 
 Logical state: per vertex and object, the union over instances of every key
 whose value differs from the object's initial value.  In model ``T`` a shared
@@ -54,7 +56,7 @@ def merge_states(per_instance: list[dict[str, dict]]) -> dict[str, dict]:
             for key, value in entries.items():
                 dst.setdefault(key, []).append(value)
     return {obj: {k: vs[0] if all(v == vs[0] for v in vs) else vs for k, vs in entries.items()}
-            for obj, entries in merged.items()}
+            for obj, entries in merged.items() if entries}
 
 
 def state_digest(logical: dict[str, dict[str, dict]]) -> str:
@@ -78,6 +80,7 @@ class Summary:
     alerts: list[dict] = dataclasses.field(default_factory=list)
     state_digest: str = ""
     capture: dict = dataclasses.field(default_factory=dict)
+    store: dict = dataclasses.field(default_factory=dict)
     errors: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -114,5 +117,11 @@ class Summary:
             lines += ["", f"NF errors: {self.nf_errors} packets dropped; first: {self.errors[0]}"]
         for w in self.capture.get("warnings", []):
             lines.append(f"warning: {w}")
+        st = self.store
+        if st and st.get("backend") != "local":
+            rt = st["round_trips"] / self.packets_in if self.packets_in else 0.0
+            lines += ["", f"store {st['backend']}: {st['blocking_ops']:,} blocking ops, "
+                          f"{st['nonblocking_ops']:,} non-blocking, {st['cache_hits']:,} cache hits, "
+                          f"{st['round_trips']:,} round trips ({rt:.3f} per packet)"]
         lines += ["", f"state digest {self.state_digest}"]
         return "\n".join(lines)

@@ -89,9 +89,9 @@ class LoadBalancer(NF):
         return pkt
 
     def _assign(self, key) -> tuple[int, int]:
-        loads = [self.active.get(i) for i in range(len(self.backends))]
-        server = loads.index(min(loads))
-        self.active.incr(1, server)
+        # One atomic operation, so that instances racing for the least-loaded
+        # backend are serialized by the store (§4.3).
+        server = self.active.incr_least(range(len(self.backends)))
         entry = (server, 0)
         self.mapping.set(entry, key)
         return entry

@@ -18,7 +18,9 @@ connection, and the NAT's output is the outside view, so the reply
 directions of a connection therefore carry the same external port in the
 output capture.  Packets between internal hosts, IPv6, and non-TCP/UDP packets
 pass unchanged; unsolicited packets from outside to an internal host pass or are
-dropped according to ``unsolicited``.  When the pool is empty a new connection
+dropped according to ``unsolicited``; a connection opened from outside that is
+passed gets an untranslated mapping (port 0), so its packets pass unchanged in
+both directions and use no port of the pool.  When the pool is empty a new connection
 is dropped with a ``nat-ports-exhausted`` alert naming the internal host.
 """
 
@@ -29,6 +31,8 @@ import dataclasses
 from ..nf import FLOW, GLOBAL, NF, Access, ConfigError, Context, Counter, List, Value
 from ..packet import PROTO_TCP, PROTO_UDP, TCP_FIN, TCP_RST, Packet, ip_str, rewrite_dst, rewrite_src
 from ._common import CLOSED, Prefixes, needs_new_mapping, parse_ip, track_close
+
+_UNTRANSLATED = 0      # mapping of a connection opened from outside (passed as is)
 
 
 @dataclasses.dataclass
@@ -86,6 +90,8 @@ class NAT(NF):
             return pkt
         key = FLOW.key(pkt)
         entry = self.mapping.get(key)
+        if entry is not None and entry[0] == _UNTRANSLATED:
+            return pkt
         if src_in:
             if needs_new_mapping(entry, pkt.flags):
                 entry = self._open(key)
@@ -95,7 +101,11 @@ class NAT(NF):
             rewrite_src(pkt, self.external, entry[0])
         else:
             if entry is None:
-                return None if self.drop_unsolicited else pkt
+                if self.drop_unsolicited:
+                    return None
+                # A connection opened from outside stays untranslated both ways.
+                self.mapping.set((_UNTRANSLATED, 0), key)
+                return pkt
             rewrite_dst(pkt, self.external, entry[0])
         if proto == PROTO_TCP and pkt.flags & (TCP_FIN | TCP_RST) and not entry[1] & CLOSED:
             state = track_close(entry[1], pkt.flags, src_in)

@@ -113,4 +113,12 @@ class TrojanDetector(NF):
         done = None if alerted else completion_clock(ssh, ftp, irc)
         self.steps.set((ssh, ftp, irc, alerted or done is not None), host)
         if done is not None:
-            ctx.alert("trojan", ip_str(host), clock=done)
+            # The alert belongs to the IRC step that completed the sequence, which
+            # may have arrived before the packet that revealed it (R4): stamp it
+            # with that step's clock, as the in-order chain would.
+            arrival = ctx.clock
+            ctx.clock = done
+            try:
+                ctx.alert("trojan", ip_str(host), clock=done)
+            finally:
+                ctx.clock = arrival
