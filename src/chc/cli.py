@@ -13,8 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .backends import open_store
 from .capture import LINKTYPE_ETHERNET, CaptureError, CaptureWriter, open_capture
-from .core.instance import MODELS
+from .core.client import MODELS
+from .core.store import StoreError
 from .runtime.sim import DEFAULT_BATCH, SimRuntime
 from .spec import SpecError, load_spec
 
@@ -51,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="OUT", help="write the chain's output packets here (.pcap or .pcapng)")
     run.add_argument("--summary-json", metavar="FILE", help="write the summary as JSON (see docs/summary.md)")
     run.add_argument("--state-json", metavar="FILE", help="write every NF's final logical state as JSON")
-    run.add_argument("--model", choices=MODELS, default="T", help="state model (default: %(default)s)")
+    run.add_argument("--model", choices=MODELS, default="EO+C+NA",
+                     help="state model: T local state; EO externalized, offloaded ops; EO+C plus "
+                          "caching; EO+C+NA plus non-blocking ops (default: %(default)s)")
+    run.add_argument("--store", default="memory", metavar="URL",
+                     help="state store: 'memory' (in-process) or redis://HOST:PORT[/DB][,redis://...] "
+                          "(objects sharded over the servers); default: %(default)s")
     run.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH,
                      help="packets per batch on the data path (default: %(default)s); "
                           "results do not depend on it")
@@ -70,7 +77,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if reader.linktype != LINKTYPE_ETHERNET:
         reader.close()
         raise UsageError(f"{args.capture}: link type {reader.linktype} is not supported (Ethernet captures only)")
-    runtime = SimRuntime(chain, model=args.model, batch_size=args.batch_size)
+    store = None
+    if args.model != "T":
+        try:
+            store = open_store(args.store)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    runtime = SimRuntime(chain, model=args.model, batch_size=args.batch_size, store=store)
     writer = CaptureWriter(args.out, nanosecond=reader.nanosecond) if args.out else None
     emit = None
     if writer is not None:
@@ -128,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command](args)
-    except (CaptureError, SpecError, UsageError) as exc:
+    except (CaptureError, SpecError, UsageError, StoreError) as exc:
         print(f"chc: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

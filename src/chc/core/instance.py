@@ -27,19 +27,20 @@ from typing import Any
 
 from ..nf import NF, Context
 from ..packet import Packet
+from .client import MODELS, StoreClient
 from .state import LocalObject
 
 log = logging.getLogger("chc.instance")
 
-MODELS = ("T",)
+_TIMER_TAGS = 1 << 20      # clock-log tags of timer updates start here (never a packet's)
 
 
 class Instance:
-    __slots__ = ("vertex", "instance_id", "nf", "ctx", "queue", "objects",
+    __slots__ = ("vertex", "instance_id", "nf", "ctx", "queue", "objects", "client",
                  "packets_in", "packets_out", "dropped", "nf_errors", "first_error")
 
     def __init__(self, vertex: str, instance_id: int, nf_cls: type[NF], config: Any,
-                 model: str = "T") -> None:
+                 model: str = "T", store: Any = None, exclusive: bool = True) -> None:
         if model not in MODELS:
             raise ValueError(f"unknown state model {model!r} (available: {', '.join(MODELS)})")
         self.vertex = vertex
@@ -47,10 +48,18 @@ class Instance:
         self.nf = nf_cls(config)
         self.ctx = Context(vertex, instance_id)
         self.queue: deque[Packet] = deque()
+        self.client: StoreClient | None = None
+        if model != "T":
+            if store is None:
+                raise ValueError(f"model {model} needs a store")
+            self.client = StoreClient(store, vertex, instance_id, model, exclusive)
         # Bind every declared object to a handle; NF code reaches them as self.<name>.
         self.objects: dict[str, LocalObject] = {}
         for name, decl in nf_cls.state_objects().items():
-            handle = LocalObject(decl, config)
+            if self.client is None:
+                handle = LocalObject(decl, config)
+            else:
+                handle = self.client.bind(decl, config)
             self.objects[name] = handle
             setattr(self.nf, name, handle)
         self.packets_in = 0
@@ -77,9 +86,12 @@ class Instance:
         timers = ctx._timers
         out: list[Packet] = []
         append = out.append
+        client = self.client
         for pkt in batch:
             if timers and timers[0][0] <= pkt.ts:
                 self._fire(pkt.ts)
+            if client is not None:
+                client.begin_packet(pkt.clock)
             ctx.clock = pkt.clock
             ctx.now = pkt.ts
             ctx.index = pkt.index
@@ -94,22 +106,29 @@ class Instance:
                 append(res)
             else:
                 out.extend(res)
+        if client is not None:
+            client.flush()                  # §4.3: one pipelined request per batch
         self.packets_in += len(batch)
         self.packets_out += len(out)
         return out
 
     def finish(self) -> None:
-        """End of input: fire every remaining timer."""
+        """End of input: fire every remaining timer, push out every queued update."""
         self._fire(None)
+        if self.client is not None:
+            self.client.flush()
 
     def _fire(self, until: int | None) -> None:
         ctx = self.ctx
         timers = ctx._timers
         saved = (ctx.clock, ctx.now, ctx.index)
         while timers and (until is None or timers[0][0] <= until):
-            deadline, _seq, key, clock, index = heapq.heappop(timers)
+            deadline, seq, key, clock, index = heapq.heappop(timers)
             # A timer runs with the clock of the packet that armed it.
             ctx.clock, ctx.now, ctx.index = clock, deadline, index
+            if self.client is not None:
+                self.client.begin_packet(clock)
+                self.client.n_in_packet = _TIMER_TAGS + (seq << 10)
             try:
                 self.nf.on_timer(key, ctx)
             except Exception as exc:
@@ -124,5 +143,6 @@ class Instance:
             log.warning("NF error (packet dropped): %s\n%s", self.first_error, traceback.format_exc())
 
     def state(self) -> dict[str, dict]:
-        """This instance's state objects as {object: {key: value}} (non-initial keys)."""
+        """This instance's local state objects as {object: {key: value}} (non-initial
+        keys); in the externalized models the store holds the state instead."""
         return {name: dict(h.items()) for name, h in self.objects.items()}

@@ -12,8 +12,10 @@ every state model:
   lives in a dict inside the instance (one dict entry per key of the object's
   scope; key ``None`` for scope ``global``).
 
-The externalized models (``EO``, ``EO+C``, ``EO+C+NA``) provide handles with the
-same methods that offload each operation to the store client.
+The externalized models (``EO``, ``EO+C``, ``EO+C+NA``) use the handles of
+:mod:`chc.core.client`, which have the same methods and offload operations to
+the store.  Besides Table 2, ``incr_least(keys)`` picks and increments the
+least counter atomically (the load balancer's choice; a custom store op).
 
 No I/O happens here.
 """
@@ -87,6 +89,14 @@ class LocalObject:
 
     def delete(self, key: Hashable = None) -> None:
         self.values.pop(key, None)
+
+    def incr_least(self, keys: list) -> int:
+        """Index of the least counter among ``keys``, incremented by one (first on
+        ties), as one atomic operation; the store runs it as a custom op."""
+        loads = [self.get(k) for k in keys]
+        best = loads.index(min(loads))
+        self.incr(1, keys[best])
+        return best
 
     # -- introspection (COE checker, digest) ----------------------------------------
     def items(self) -> Iterator[tuple[Hashable, Any]]:

@@ -24,7 +24,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from operator import attrgetter
+from typing import Any
 
+from ..backends.memory import MemoryStore
 from ..core.instance import Instance
 from ..core.root import Root
 from ..core.splitter import Splitter
@@ -37,15 +39,20 @@ _by_clock = attrgetter("clock")
 
 
 class SimRuntime:
-    def __init__(self, chain: Chain, model: str = "T", batch_size: int = DEFAULT_BATCH) -> None:
+    def __init__(self, chain: Chain, model: str = "T", batch_size: int = DEFAULT_BATCH,
+                 store: Any = None) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         self.chain = chain
         self.model = model
         self.batch_size = batch_size
+        if model != "T" and store is None:
+            store = MemoryStore()
+        self.store = store if model != "T" else None
         self.root = Root(0, chain.policies)
         self.instances: dict[str, list[Instance]] = {
-            name: [Instance(name, i, v.nf, v.config, model) for i in range(v.parallelism)]
+            name: [Instance(name, i, v.nf, v.config, model, self.store, exclusive=v.parallelism == 1)
+                   for i in range(v.parallelism)]
             for name, v in chain.vertices.items()
         }
         # One splitter per upstream (root or instance) and downstream vertex it feeds,
@@ -96,6 +103,10 @@ class SimRuntime:
                     self._deliver(d, part, splitters)
         out.sort(key=_by_clock)
         self.packets_out += len(out)
+        if self.store is not None:
+            # With no delays every packet of the batch is done in the whole chain:
+            # its clock-log entries can go (§5.3).
+            self.store.prune_below(self.root.next_seq)
         return out
 
     def finish(self) -> None:
@@ -131,7 +142,32 @@ class SimRuntime:
 
     # -- results -----------------------------------------------------------------------
     def logical_state(self) -> dict[str, dict]:
-        return {name: merge_states([i.state() for i in insts]) for name, insts in self.instances.items()}
+        if self.store is None:
+            return {name: merge_states([i.state() for i in insts]) for name, insts in self.instances.items()}
+        return {name: self._stored_state(name) for name in self.instances}
+
+    def _stored_state(self, vertex: str) -> dict[str, dict]:
+        """A vertex's logical state read back from the store (non-initial values)."""
+        handles = self.instances[vertex][0].objects
+        stored = self.store.objects(vertex)
+        out: dict[str, dict] = {}
+        for name, handle in handles.items():
+            init = handle._init                   # the declared initial value
+            entries = {k: v for k, v in stored.get(name, {}).items() if not _same(v, init)}
+            if entries:
+                out[name] = entries
+        return out
+
+    def store_stats(self) -> dict:
+        clients = [i.client for insts in self.instances.values() for i in insts if i.client]
+        return {
+            "backend": self.store.describe() if self.store is not None else "local",
+            "model": self.model,
+            "blocking_ops": sum(c.blocking_ops for c in clients),
+            "nonblocking_ops": sum(c.nonblocking_ops for c in clients),
+            "cache_hits": sum(c.cache_hits for c in clients),
+            "round_trips": self.store.round_trips if self.store is not None else 0,
+        }
 
     def alerts(self) -> list[dict]:
         found = [a for insts in self.instances.values() for i in insts for a in i.ctx.alerts]
@@ -164,4 +200,12 @@ class SimRuntime:
                 dropped += stats["dropped"]
         s.dropped = dropped
         s.state_digest = state_digest(self.logical_state())
+        s.store = self.store_stats()
         return s
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as state values: tuples and lists with equal items are the same."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b

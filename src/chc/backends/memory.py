@@ -1,0 +1,91 @@
+"""The ``memory`` store backend: the store engine in the same process.
+
+Every ``execute`` counts as one round trip, as a pipelined request would on a
+network store; there is no network, so the cost of a round trip here is only
+the call.  Notifications (callbacks, ownership changes) are routed to
+per-client inboxes that clients poll after each request.
+
+Fault injection for tests and scenarios: ``fail_next(n)`` makes the next ``n``
+requests fail before reaching the engine (the client keeps and retransmits its
+non-blocking ops), and ``hold_commits`` keeps commit reports back (§5.4 tests).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Hashable
+from typing import Any
+
+from ..core.client import StoreUnavailable
+from ..core.store import CustomOp, ObjectKey, Op, StoreEngine
+
+
+class MemoryStore:
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.engine = StoreEngine()
+        self.inboxes: dict[str, list[tuple]] = defaultdict(list)
+        self.round_trips = 0
+        self.ops = 0
+        self._fail = 0
+        self.dropped_requests = 0
+
+    def execute(self, ops: list[Op]) -> list[Any]:
+        self.round_trips += 1
+        if self._fail:
+            self._fail -= 1
+            self.dropped_requests += 1
+            raise StoreUnavailable("memory store: injected request loss")
+        apply = self.engine.apply
+        results = [apply(op) for op in ops]
+        self.ops += len(ops)
+        self._route()
+        return results
+
+    def _route(self) -> None:
+        for client, msg in self.engine.drain_notifications():
+            self.inboxes[client].append(msg)
+
+    def notifications(self, client: str) -> list[tuple]:
+        box = self.inboxes.get(client)
+        if not box:
+            return []
+        out = list(box)
+        box.clear()
+        return out
+
+    def declare(self, key: ObjectKey, initial: Any) -> None:
+        self.engine.declare(key, initial)
+
+    def subscribe(self, key: ObjectKey, client: str) -> Any:
+        self.round_trips += 1
+        return self.engine.subscribe(key, client)
+
+    def register(self, name: str, fn: CustomOp, lua: str | None = None) -> None:
+        self.engine.register(name, fn)
+
+    def release(self, key: ObjectKey, instance: int) -> None:
+        self.engine.release(key, instance)
+        self._route()
+
+    def take(self, key: ObjectKey, client: str, instance: int) -> bool:
+        return self.engine.take(key, client, instance)
+
+    def prune_below(self, clock: int) -> int:
+        return self.engine.prune_below(clock)
+
+    def commits(self) -> list[tuple[int, int]]:
+        return self.engine.drain_commits()
+
+    def objects(self, vertex: str) -> dict[str, dict[Hashable, Any]]:
+        return self.engine.objects(vertex)
+
+    def fail_next(self, n: int = 1) -> None:
+        self._fail += n
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "memory"

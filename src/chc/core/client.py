@@ -1,0 +1,326 @@
+"""Store client library: the Table 1 strategies between NF code and the store.
+
+Theory of operation
+-------------------
+Each instance has one :class:`StoreClient`.  At bind time it gives every state
+declaration a handle with the Table 2 operations (the same methods as model
+``T``'s :class:`~chc.core.state.LocalObject`), chosen from the model and the
+object's scope and access pattern (Table 1, §4.3):
+
+=============  =================================================================
+model          handle
+=============  =================================================================
+``EO``         every op offloaded to the store and waited for (§7.1 model #1)
+``EO+C``       write-mostly: offloaded updates, no cache; per-flow: cached, updates
+               flushed per batch; cross-flow read-heavy: cached, refreshed by
+               callbacks, updates sent at once; cross-flow write/read-often:
+               cached while this instance is its only user (the splitter says so;
+               with one instance per vertex it is), else offloaded blocking ops
+``EO+C+NA``    as ``EO+C``, and non-blocking ops are never waited for: they go out
+               as one pipelined request per batch and are retransmitted until
+               acknowledged (§4.3)
+=============  =================================================================
+
+Ordering.  A client's ops reach the store in issue order: a blocking op first
+sends every queued non-blocking op in the same pipelined request, so a read
+sees all of this client's earlier updates (§4.3).
+
+Exactly-once.  Every op carries ``(client id, seq)``; the store ignores a
+retransmitted op it already applied.  Unacknowledged ops stay queued and go out
+again with the next request.
+
+Clock log tags.  Updates carry ``(clock, n)``: the logical clock of the packet
+being processed and the number of updates this instance issued for it so far,
+so the store can recognise a replayed packet's updates (§5.3).
+
+The client does no I/O itself: it hands op lists to a backend's ``execute``
+(in-process engine or Redis).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+from typing import Any
+
+from ..nf import StateObject
+from .state import LocalObject
+from .store import ObjectKey, Op, StoreError
+
+MODELS = ("T", "EO", "EO+C", "EO+C+NA")
+_MISSING = object()
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (the message names its address)."""
+
+
+class StoreClient:
+    def __init__(self, backend: Any, vertex: str, instance: int, model: str,
+                 exclusive: bool = True) -> None:
+        if model not in MODELS or model == "T":
+            raise ValueError(f"the store client serves models EO, EO+C, EO+C+NA, not {model!r}")
+        self.backend = backend
+        self.vertex = vertex
+        self.instance = instance
+        self.client_id = f"{vertex}/{instance}"
+        self.caching = model != "EO"
+        self.no_ack_wait = model == "EO+C+NA"
+        self.exclusive = exclusive          # sole user of cross-flow objects (splitter)
+        self.seq = 0
+        self.pending: list[Op] = []         # non-blocking ops not yet acknowledged
+        self.clock = 0
+        self.n_in_packet = 0
+        self.callback_caches: dict[ObjectKey, CallbackObject] = {}
+        # statistics for the summary's `store` section
+        self.blocking_ops = 0
+        self.nonblocking_ops = 0
+        self.cache_hits = 0
+
+    # -- per packet -------------------------------------------------------------------
+    def begin_packet(self, clock: int) -> None:
+        self.clock = clock
+        self.n_in_packet = 0
+
+    def _tag(self) -> tuple[int, int]:
+        self.n_in_packet += 1
+        return (self.clock, self.n_in_packet)
+
+    def op(self, code: str, key: ObjectKey, args: tuple = (), default: Any = None,
+           update: bool = True) -> Op:
+        self.seq += 1
+        return Op(code, key, args, self.client_id, self.seq, self.instance,
+                  self._tag() if update else None, 0, default)
+
+    # -- sending ------------------------------------------------------------------------
+    def call(self, op: Op) -> Any:
+        """Blocking: send queued non-blocking ops and ``op`` together, wait for all."""
+        self.blocking_ops += 1
+        ops = self.pending + [op]
+        results = self.backend.execute(ops)
+        self.pending = []
+        self._notifications()
+        return results[-1]
+
+    def send(self, op: Op) -> None:
+        """Non-blocking update: in EO+C+NA queued for the batch flush (never waited
+        for); otherwise sent now and its acknowledgement awaited."""
+        self.nonblocking_ops += 1
+        self.pending.append(op)
+        if not self.no_ack_wait:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send queued ops as one pipelined request; keep them if it fails (retransmit)."""
+        if not self.pending:
+            return
+        ops = self.pending
+        try:
+            self.backend.execute(ops)
+        except StoreUnavailable:
+            if not self.no_ack_wait:
+                raise
+            return                          # retransmitted with the next request
+        self.pending = []
+        self._notifications()
+
+    def _notifications(self) -> None:
+        if not self.callback_caches:
+            return
+        for msg in self.backend.notifications(self.client_id):
+            if msg[0] == "update":
+                cache = self.callback_caches.get(msg[1])
+                if cache is not None:
+                    cache.values[msg[1].key] = msg[2]
+
+    # -- binding ---------------------------------------------------------------------------
+    def bind(self, decl: StateObject, config: Any) -> Any:
+        from ..nf import Access
+
+        handle: Any
+        per_flow = decl.scope.per_flow
+        if not self.caching or decl.access is Access.WRITE_MOSTLY:
+            handle = RemoteObject(self, decl, config)
+        elif per_flow or (decl.access is Access.READ_WRITE and self.exclusive):
+            handle = CachedObject(self, decl, config)
+        elif decl.access is Access.READ_HEAVY:
+            handle = CallbackObject(self, decl, config)
+        else:
+            handle = RemoteObject(self, decl, config)
+        handle.declare()
+        return handle
+
+
+class _Handle(LocalObject):
+    """Common parts of the store-backed handles: addressing and the initial value."""
+
+    __slots__ = ("client", "name", "per_flow", "_keys")
+
+    def __init__(self, client: StoreClient, decl: StateObject, config: Any) -> None:
+        super().__init__(decl, config)
+        self.client = client
+        self.name = decl.name
+        self.per_flow = decl.scope.per_flow
+        self._keys: dict[Hashable, ObjectKey] = {}
+
+    def key(self, key: Hashable) -> ObjectKey:
+        k = self._keys.get(key)
+        if k is None:
+            k = self._keys[key] = ObjectKey(self.client.vertex, self.name, key, self.per_flow)
+        return k
+
+    def _default(self) -> Any:
+        init = self._init
+        return list(init) if isinstance(init, deque) else init
+
+    def declare(self) -> None:
+        """Shared list objects start with their initial contents in the store."""
+        if self.decl.kind == "list" and self._init and not self.per_flow:
+            self.client.backend.declare(self.key(None), list(self._init))
+
+
+class RemoteObject(_Handle):
+    """Offloaded operations, no cache (EO; write-mostly objects; shared objects
+    with several users)."""
+
+    __slots__ = ()
+
+    def _read(self, key: Hashable) -> Any:
+        c = self.client
+        v = c.call(c.op("get", self.key(key), default=_MISSING, update=False))
+        if v is _MISSING or v is None:
+            return self._fresh_value()
+        return v
+
+    def _fresh_value(self) -> Any:
+        v = self._fresh()
+        return list(v) if isinstance(v, deque) else v
+
+    def _update(self, code: str, key: Hashable, args: tuple, blocking: bool) -> Any:
+        c = self.client
+        op = c.op(code, self.key(key), args, self._default())
+        if blocking:
+            return c.call(op)
+        c.send(op)
+        return None
+
+    @property
+    def _fire_and_forget(self) -> bool:
+        from ..nf import Access
+        return self.decl.access is Access.WRITE_MOSTLY
+
+    def get(self, key: Hashable = None) -> Any:
+        return self._read(key)
+
+    def set(self, value: Any, key: Hashable = None) -> None:
+        self._update("set", key, (value,), False)
+
+    def incr(self, by: int = 1, key: Hashable = None) -> int | None:
+        return self._update("incr", key, (by,), not self._fire_and_forget)
+
+    def push(self, value: Any, key: Hashable = None) -> None:
+        self._update("push", key, (value,), False)
+
+    def pop(self, key: Hashable = None) -> Any:
+        return self._update("pop", key, (), True)
+
+    def cas(self, expected: Any, new: Any, key: Hashable = None) -> bool:
+        return bool(self._update("cas", key, (expected, new), True))
+
+    def delete(self, key: Hashable = None) -> None:
+        self._update("delete", key, (), False)
+
+    def incr_least(self, keys: list) -> int:
+        c = self.client
+        op = c.op("custom", self.key(None), ("argmin_incr", [self.key(k) for k in keys]))
+        return c.call(op)
+
+
+class CachedObject(_Handle):
+    """Cached at the instance; every update applied locally and also queued to
+    the store as a non-blocking op (per-flow objects; exclusive shared ones)."""
+
+    __slots__ = ()
+
+    def _slot_value(self, key: Hashable) -> Any:
+        v = self.values.get(key, _MISSING)
+        if v is not _MISSING:
+            self.client.cache_hits += 1
+            return v
+        c = self.client
+        v = c.call(c.op("get", self.key(key), default=_MISSING, update=False))
+        if v is _MISSING or v is None:
+            v = self._fresh()
+        elif self.decl.kind == "list":
+            v = deque(v)
+        self.values[key] = v
+        return v
+
+    def _queue(self, code: str, key: Hashable, args: tuple) -> None:
+        c = self.client
+        c.send(c.op(code, self.key(key), args, self._default()))
+
+    def get(self, key: Hashable = None) -> Any:
+        v = self._slot_value(key)
+        return list(v) if isinstance(v, deque) else v
+
+    def set(self, value: Any, key: Hashable = None) -> None:
+        self.values[key] = value
+        self._queue("set", key, (value,))
+
+    def incr(self, by: int = 1, key: Hashable = None) -> int:
+        v = self.values[key] = self._slot_value(key) + by
+        self._queue("incr", key, (by,))
+        return v
+
+    def push(self, value: Any, key: Hashable = None) -> None:
+        self._slot_value(key).append(value)
+        self._queue("push", key, (value,))
+
+    def pop(self, key: Hashable = None) -> Any:
+        lst = self._slot_value(key)
+        if not lst:
+            return None
+        self._queue("pop", key, ())
+        return lst.popleft()
+
+    def cas(self, expected: Any, new: Any, key: Hashable = None) -> bool:
+        if self._slot_value(key) != expected:
+            return False
+        self.set(new, key)
+        return True
+
+    def delete(self, key: Hashable = None) -> None:
+        self.values.pop(key, None)
+        self._queue("delete", key, ())
+
+    def incr_least(self, keys: list) -> int:
+        loads = [self._slot_value(k) for k in keys]
+        best = loads.index(min(loads))
+        self.incr(1, keys[best])
+        return best
+
+
+class CallbackObject(CachedObject):
+    """Cross-flow, read-heavy: cached and refreshed by store callbacks; updates go
+    to the store at once (Table 1)."""
+
+    __slots__ = ()
+
+    def _slot_value(self, key: Hashable) -> Any:
+        v = self.values.get(key, _MISSING)
+        if v is not _MISSING:
+            self.client.cache_hits += 1
+            return v
+        c = self.client
+        k = self.key(key)
+        c.callback_caches[k] = self
+        v = c.backend.subscribe(k, c.client_id)
+        if v is None:
+            v = self._fresh()
+        self.values[key] = v
+        return v
+
+    def _queue(self, code: str, key: Hashable, args: tuple) -> None:
+        c = self.client
+        c.call(c.op(code, self.key(key), args, self._default()))

@@ -1,0 +1,261 @@
+"""Store engine: the datastore's semantics, as a state machine with no I/O.
+
+Theory of operation
+-------------------
+The store holds every externalized NF state object (§4.3) and applies the
+operations NF instances offload to it (Table 2).  One :class:`Op` in, one result
+out, plus *notifications* for other clients (callbacks, ownership changes);
+:meth:`StoreEngine.apply` is atomic per op, and ops on one object are applied in
+one global order (the order ``apply`` is called).  The ``memory`` backend calls
+this engine in-process; the ``redis`` backend implements the same semantics as
+server-side functions (``chc/backends/redis_functions.lua``) and is held to it
+by the same conformance suite.
+
+Object keys (§4.3).  A shared (cross-flow) object is ``vertex + object + key``;
+a per-flow object additionally records its owning instance: only the owner may
+update it, any other instance is refused with :class:`OwnershipError`.
+Ownership is released and taken explicitly (handover, §5.1 Figure 4); an
+instance that asks to take an object another instance owns is queued and
+notified when it is released.
+
+Exactly-once per client.  Every op carries ``(client, seq)``; the store keeps the
+highest applied ``seq`` per client and acknowledges a retransmitted op (same or
+lower ``seq``) without applying it again, so the client library can resend
+unacknowledged non-blocking ops freely (§4.3).
+
+Clock log (§5.3, Figure 5b).  An update may carry the logical clock of the
+packet that caused it, as ``tag = (clock, n)`` with ``n`` numbering the packet's
+updates at that instance.  The store records, per object, tag -> result; a
+second update with a recorded tag (a replayed packet at a clone or a recovering
+instance) is *emulated*: the recorded result is returned and nothing changes.
+Entries are pruned once the root reports their clocks done (``prune_below``).
+
+Callbacks.  A client may subscribe to an object; every update made by another
+client produces a notification ``(subscriber, ("update", key, value))``: the
+read-heavy cache strategy of Table 1.
+
+Commit reports (§5.4).  Each applied update that carries a tag is reported as
+``(clock, xor id)`` in ``commits`` so the root can check the packet's XOR vector.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Any
+
+READS = frozenset(("get",))
+UPDATES = frozenset(("set", "incr", "push", "pop", "cas", "delete", "custom"))
+
+
+class StoreError(Exception):
+    """An operation the store refuses (bad op, wrong type)."""
+
+
+class OwnershipError(StoreError):
+    """A per-flow object updated by an instance that does not own it (§4.3)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ObjectKey:
+    """Store address of one object: vertex + object name + scope key (§4.3)."""
+
+    vertex: str
+    obj: str
+    key: Hashable
+    per_flow: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class Op:
+    code: str                       # get set incr push pop cas delete custom
+    key: ObjectKey
+    args: tuple = ()
+    client: str = ""
+    seq: int = 0                    # per-client sequence number, 0 = not deduplicated
+    instance: int | None = None     # the issuing instance, for ownership checks
+    tag: tuple[int, int] | None = None   # (clock, n): clock-log tag (§5.3)
+    xor_id: int = 0                 # (instance, object) id reported on commit (§5.4)
+    default: Any = None             # value of an absent object
+
+
+CustomOp = Callable[["StoreEngine", Op], Any]
+
+
+def _argmin_incr(engine: StoreEngine, op: Op) -> int:
+    """Built-in custom op: index of the least counter among ``args[0]`` (object
+    keys), incremented by one atomically (the load balancer's choice, §6)."""
+    keys: list[ObjectKey] = op.args[0]
+    values = [engine.data.get(k, 0) for k in keys]
+    best = values.index(min(values))
+    engine.data[keys[best]] = values[best] + 1
+    return best
+
+
+class StoreEngine:
+    """One store node's state; ``apply`` is its only way in."""
+
+    def __init__(self) -> None:
+        self.data: dict[ObjectKey, Any] = {}
+        self.owner: dict[ObjectKey, int] = {}
+        self.waiting: dict[ObjectKey, deque[tuple[str, int]]] = {}
+        self.applied_seq: dict[str, int] = {}
+        self.subscribers: dict[ObjectKey, set[str]] = {}
+        self.clock_log: dict[ObjectKey, dict[tuple[int, int], Any]] = {}
+        self.log_order: deque[tuple[int, ObjectKey, tuple[int, int]]] = deque()
+        self.customs: dict[str, CustomOp] = {"argmin_incr": _argmin_incr}
+        self.notifications: list[tuple[str, tuple]] = []
+        self.commits: list[tuple[int, int]] = []
+        self.ops_applied = 0
+
+    # -- operations ---------------------------------------------------------------
+    def apply(self, op: Op) -> Any:
+        """Apply one op atomically and return its result."""
+        if op.seq:
+            last = self.applied_seq.get(op.client, 0)
+            if op.seq <= last:
+                return None                 # retransmission of an applied op
+            self.applied_seq[op.client] = op.seq
+        code = op.code
+        if code in READS:
+            return self.data.get(op.key, op.default)
+        if code not in UPDATES:
+            raise StoreError(f"unknown operation {code!r}")
+        key = op.key
+        if key.per_flow:
+            self._check_owner(op)
+        tag = op.tag
+        if tag is not None:
+            log = self.clock_log.get(key)
+            if log is not None and tag in log:
+                return log[tag]             # §5.3: emulate a duplicate update
+        result = self._update(op)
+        self.ops_applied += 1
+        if tag is not None:
+            self.clock_log.setdefault(key, {})[tag] = result
+            self.log_order.append((tag[0], key, tag))
+            if op.xor_id:
+                self.commits.append((tag[0], op.xor_id))
+        subs = self.subscribers.get(key)
+        if subs:
+            value = self.data.get(key, op.default)
+            for client in subs:
+                if client != op.client:
+                    self.notifications.append((client, ("update", key, value)))
+        return result
+
+    def _update(self, op: Op) -> Any:
+        code, key, args, data = op.code, op.key, op.args, self.data
+        if code == "set":
+            data[key] = args[0]
+            return None
+        if code == "incr":
+            value = data.get(key, op.default or 0) + args[0]
+            data[key] = value
+            return value
+        if code == "push":
+            lst = self._list(key, op.default)
+            lst.append(args[0])
+            return len(lst)
+        if code == "pop":
+            lst = self._list(key, op.default)
+            return lst.popleft() if lst else None
+        if code == "cas":
+            expected, new = args
+            if data.get(key, op.default) != expected:
+                return False
+            data[key] = new
+            return True
+        if code == "delete":
+            data.pop(key, None)
+            return None
+        fn = self.customs.get(args[0])
+        if fn is None:
+            raise StoreError(f"unknown custom operation {args[0]!r}")
+        return fn(self, dataclasses.replace(op, args=args[1:]))
+
+    def _list(self, key: ObjectKey, default: Any) -> deque:
+        lst = self.data.get(key)
+        if lst is None:
+            lst = self.data[key] = deque(default or ())
+        elif not isinstance(lst, deque):
+            raise StoreError(f"{key.obj}: push/pop on a non-list value")
+        return lst
+
+    def register(self, name: str, fn: CustomOp) -> None:
+        """Load a custom operation (§4.3: developers can load custom operations)."""
+        self.customs[name] = fn
+
+    def declare(self, key: ObjectKey, initial: Any) -> None:
+        """Create an object with its initial value unless it exists (idempotent)."""
+        if key not in self.data:
+            self.data[key] = deque(initial) if isinstance(initial, (list, tuple, range)) else initial
+
+    # -- ownership (§4.3, §5.1) ------------------------------------------------------
+    def _check_owner(self, op: Op) -> None:
+        owner = self.owner.get(op.key)
+        if owner is None:
+            if op.instance is not None:
+                self.owner[op.key] = op.instance
+        elif op.instance != owner:
+            raise OwnershipError(
+                f"{op.key.vertex}.{op.key.obj}[{op.key.key!r}] is owned by instance {owner}; "
+                f"instance {op.instance} may not update it")
+
+    def release(self, key: ObjectKey, instance: int) -> None:
+        """The owner gives up ``key``; the first waiting instance gets it and is notified."""
+        if self.owner.get(key) not in (None, instance):
+            raise OwnershipError(f"instance {instance} cannot release an object it does not own")
+        self.owner.pop(key, None)
+        queue = self.waiting.get(key)
+        if queue:
+            client, nxt = queue.popleft()
+            self.owner[key] = nxt
+            self.notifications.append((client, ("owned", key, nxt)))
+
+    def take(self, key: ObjectKey, client: str, instance: int) -> bool:
+        """Become the owner now (True) or queue for it and be notified (False)."""
+        owner = self.owner.get(key)
+        if owner is None or owner == instance:
+            self.owner[key] = instance
+            return True
+        self.waiting.setdefault(key, deque()).append((client, instance))
+        return False
+
+    # -- callbacks (Table 1: read-heavy cross-flow objects) ------------------------------
+    def subscribe(self, key: ObjectKey, client: str) -> Any:
+        self.subscribers.setdefault(key, set()).add(client)
+        return self.data.get(key)
+
+    def drain_notifications(self) -> list[tuple[str, tuple]]:
+        out, self.notifications = self.notifications, []
+        return out
+
+    def drain_commits(self) -> list[tuple[int, int]]:
+        out, self.commits = self.commits, []
+        return out
+
+    # -- clock log pruning (§5.3) ---------------------------------------------------------
+    def prune_below(self, clock: int) -> int:
+        """Forget clock-log entries of clocks < ``clock`` (done in the whole chain)."""
+        order = self.log_order
+        n = 0
+        while order and order[0][0] < clock:
+            _, key, tag = order.popleft()
+            log = self.clock_log.get(key)
+            if log is not None:
+                log.pop(tag, None)
+                if not log:
+                    del self.clock_log[key]
+            n += 1
+        return n
+
+    # -- introspection --------------------------------------------------------------------
+    def objects(self, vertex: str) -> dict[str, dict[Hashable, Any]]:
+        """Every stored object of ``vertex`` as {object name: {key: value}}."""
+        out: dict[str, dict[Hashable, Any]] = {}
+        for k, v in self.data.items():
+            if k.vertex == vertex:
+                out.setdefault(k.obj, {})[k.key] = list(v) if isinstance(v, deque) else v
+        return out
