@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Any
 
-from ..nf import StateObject
+from ..nf import Access, StateObject
 from .state import LocalObject
 from .store import ObjectKey, Op, StoreError
 
@@ -135,8 +135,6 @@ class StoreClient:
 
     # -- binding ---------------------------------------------------------------------------
     def bind(self, decl: StateObject, config: Any) -> Any:
-        from ..nf import Access
-
         handle: Any
         per_flow = decl.scope.per_flow
         if not self.caching or decl.access is Access.WRITE_MOSTLY:
@@ -154,7 +152,7 @@ class StoreClient:
 class _Handle(LocalObject):
     """Common parts of the store-backed handles: addressing and the initial value."""
 
-    __slots__ = ("client", "name", "per_flow", "_keys")
+    __slots__ = ("client", "name", "per_flow", "_keys", "_absent", "_write_mostly")
 
     def __init__(self, client: StoreClient, decl: StateObject, config: Any) -> None:
         super().__init__(decl, config)
@@ -162,16 +160,17 @@ class _Handle(LocalObject):
         self.name = decl.name
         self.per_flow = decl.scope.per_flow
         self._keys: dict[Hashable, ObjectKey] = {}
+        # What the store takes for an absent object.  Shared lists are declared
+        # with their contents up front (declare), so no op needs to carry them.
+        self._absent = None if isinstance(self._init, deque) else self._init
+        # Write-mostly updates are non-blocking: their results are never waited for.
+        self._write_mostly = decl.access is Access.WRITE_MOSTLY
 
     def key(self, key: Hashable) -> ObjectKey:
         k = self._keys.get(key)
         if k is None:
             k = self._keys[key] = ObjectKey(self.client.vertex, self.name, key, self.per_flow)
         return k
-
-    def _default(self) -> Any:
-        init = self._init
-        return list(init) if isinstance(init, deque) else init
 
     def declare(self) -> None:
         """Shared list objects start with their initial contents in the store."""
@@ -198,16 +197,11 @@ class RemoteObject(_Handle):
 
     def _update(self, code: str, key: Hashable, args: tuple, blocking: bool) -> Any:
         c = self.client
-        op = c.op(code, self.key(key), args, self._default())
+        op = c.op(code, self.key(key), args, self._absent)
         if blocking:
             return c.call(op)
         c.send(op)
         return None
-
-    @property
-    def _fire_and_forget(self) -> bool:
-        from ..nf import Access
-        return self.decl.access is Access.WRITE_MOSTLY
 
     def get(self, key: Hashable = None) -> Any:
         return self._read(key)
@@ -216,7 +210,7 @@ class RemoteObject(_Handle):
         self._update("set", key, (value,), False)
 
     def incr(self, by: int = 1, key: Hashable = None) -> int | None:
-        return self._update("incr", key, (by,), not self._fire_and_forget)
+        return self._update("incr", key, (by,), not self._write_mostly)
 
     def push(self, value: Any, key: Hashable = None) -> None:
         self._update("push", key, (value,), False)
@@ -258,7 +252,7 @@ class CachedObject(_Handle):
 
     def _queue(self, code: str, key: Hashable, args: tuple) -> None:
         c = self.client
-        c.send(c.op(code, self.key(key), args, self._default()))
+        c.send(c.op(code, self.key(key), args, self._absent))
 
     def get(self, key: Hashable = None) -> Any:
         v = self._slot_value(key)
@@ -323,4 +317,4 @@ class CallbackObject(CachedObject):
 
     def _queue(self, code: str, key: Hashable, args: tuple) -> None:
         c = self.client
-        c.call(c.op(code, self.key(key), args, self._default()))
+        c.call(c.op(code, self.key(key), args, self._absent))

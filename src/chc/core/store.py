@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, NamedTuple
 
 READS = frozenset(("get",))
 UPDATES = frozenset(("set", "incr", "push", "pop", "cas", "delete", "custom"))
@@ -57,9 +57,10 @@ class OwnershipError(StoreError):
     """A per-flow object updated by an instance that does not own it (§4.3)."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ObjectKey:
-    """Store address of one object: vertex + object name + scope key (§4.3)."""
+class ObjectKey(NamedTuple):
+    """Store address of one object: vertex + object name + scope key (§4.3).
+
+    A tuple, so hashing and comparing it stay in C on the store's hot path."""
 
     vertex: str
     obj: str

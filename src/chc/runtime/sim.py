@@ -22,6 +22,7 @@ Later issues add virtual time, per-instance delays and fault injection here.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from operator import attrgetter
 from typing import Any
@@ -153,6 +154,8 @@ class SimRuntime:
         out: dict[str, dict] = {}
         for name, handle in handles.items():
             init = handle._init                   # the declared initial value
+            if isinstance(init, deque):
+                init = list(init)
             entries = {k: v for k, v in stored.get(name, {}).items() if not _same(v, init)}
             if entries:
                 out[name] = entries

@@ -1,0 +1,120 @@
+"""The same NF code in four state models (T, EO, EO+C, EO+C+NA) gives the same
+output bytes, alerts and final state (issue: external store and client library)."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from pathlib import Path
+
+import pytest
+
+from chc.backends.memory import MemoryStore
+from chc.capture import open_capture
+from chc.core.client import CachedObject, CallbackObject, RemoteObject, StoreClient, StoreUnavailable
+from chc.nfs import NAT
+from chc.runtime.sim import SimRuntime
+from chc.spec import load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAIN = ROOT / "examples/paper_chain.yaml"
+LAN = ROOT / "traces/pathspider/lan-2012.pcap.gz"
+CAPTURES = sorted(str(p) for p in (ROOT / "traces").rglob("*.pcap*") if "garbage" not in p.name)
+MODELS = ("T", "EO", "EO+C", "EO+C+NA")
+
+
+def run_chain(chain, records, model, store=None, batch_size=64):
+    rt = SimRuntime(chain, model=model, batch_size=batch_size, store=store)
+    out: list[bytes] = []
+    rt.run(records, emit=lambda pkts: out.extend(bytes(p.data) for p in pkts))
+    s = rt.summary()
+    return out, s.alerts, s.state_digest, rt
+
+
+def first(path, n):
+    return list(itertools.islice(open_capture(path), n))
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: Path(p).name)
+def test_every_model_gives_identical_results(capture):
+    chain = load_spec(CHAIN)
+    records = first(capture, 20000)
+    reference = run_chain(chain, records, "T")[:3]
+    for model in MODELS[1:]:
+        assert run_chain(chain, records, model)[:3] == reference, model
+
+
+NAT_ONLY = {"vertices": {"nat": {"nf": "nat", "config": {
+    "external_ip": "198.51.100.7", "internal": ["10.64.0.0/16"], "port_range": [20000, 59999]}}}}
+
+
+def test_round_trips_per_packet_follow_the_paper():
+    """§7.1: the NAT needs 3 round trips per packet in EO (mapping read and two
+    counter updates) and about 0 in EO+C+NA (one pipelined request per batch)."""
+    chain = parse_spec(NAT_ONLY)
+    records = first(LAN, 5000)
+    per_packet = {}
+    for model in MODELS[1:]:
+        store = MemoryStore()
+        run_chain(chain, records, model, store, batch_size=256)
+        per_packet[model] = store.round_trips / len(records)
+    assert 2.5 < per_packet["EO"] < 3.5
+    assert 1.5 < per_packet["EO+C"] < 2.5       # the mapping is cached, the counters are not
+    assert per_packet["EO+C+NA"] < 0.1
+
+
+def test_table1_strategy_per_object():
+    def handles(model, exclusive=True):
+        client = StoreClient(MemoryStore(), "nat", 0, model, exclusive)
+        cfg = chain.vertices["nat"].config
+        return {name: type(client.bind(d, cfg)) for name, d in NAT.state_objects().items()}
+
+    chain = parse_spec(NAT_ONLY)
+    assert set(handles("EO").values()) == {RemoteObject}
+    c = handles("EO+C+NA")
+    assert c["packets"] is RemoteObject and c["tcp_packets"] is RemoteObject   # write mostly: no cache
+    assert c["mapping"] is CachedObject                                         # per-flow: cached
+    assert c["ports"] is CachedObject                                           # shared, sole user: cached
+    assert handles("EO+C+NA", exclusive=False)["ports"] is RemoteObject         # shared by several: offloaded
+    assert CallbackObject.__mro__[1] is CachedObject
+
+
+def test_lost_requests_are_retransmitted():
+    """EO+C+NA never waits for ACKs; a request that never reached the store is
+    sent again with the next one, so no update is lost."""
+    chain = load_spec(CHAIN)
+    records = first(LAN, 8000)
+    reference = run_chain(chain, records, "T")[:3]
+    store = FlakyStore(every=5)
+    assert run_chain(chain, records, "EO+C+NA", store)[:3] == reference
+    assert store.dropped_requests > 20
+
+
+def test_without_retransmission_updates_are_lost(monkeypatch):
+    """The same run with retransmission switched off loses updates: the state
+    digest diverges, so the test above would catch a broken mechanism."""
+    def flush_and_forget(self):
+        ops, self.pending = self.pending, []
+        with contextlib.suppress(StoreUnavailable):
+            self.backend.execute(ops)
+
+    monkeypatch.setattr(StoreClient, "flush", flush_and_forget)
+    chain = load_spec(CHAIN)
+    records = first(LAN, 8000)
+    reference = run_chain(chain, records, "T")[2]
+    assert run_chain(chain, records, "EO+C+NA", FlakyStore(every=5))[2] != reference
+
+
+class FlakyStore(MemoryStore):
+    """Loses every n-th non-blocking request before it reaches the engine."""
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        self.every = every
+        self.calls = 0
+
+    def execute(self, ops):
+        self.calls += 1
+        if self.calls % self.every == 0 and all(op.code != "get" for op in ops):
+            self.fail_next(1)
+        return super().execute(ops)
