@@ -66,7 +66,7 @@ class Packet:
         "data", "ts", "index",
         "l3", "ip_off", "l4_off", "payload_off", "ip_end",
         "proto", "src", "dst", "sport", "dport", "flags", "frag", "malformed",
-        "clock", "xor", "marks",
+        "clock", "xor", "marks", "vt",
     )
 
     def __init__(self, data: bytes | bytearray, ts: int = 0, index: int = 0) -> None:
@@ -76,6 +76,7 @@ class Packet:
         self.clock = index      # §5 logical clock; the root overwrites it
         self.xor = 0            # §5.4 XOR commit vector
         self.marks = 0          # §5.1 / §5.3 marks (bit flags)
+        self.vt = 0             # sim runtime: virtual time at the current hop (ns)
         parse(self)
 
     def copy(self) -> Packet:

@@ -56,6 +56,12 @@ class Vertex:
     taps_in: list[str] = dataclasses.field(default_factory=list)    # off-path copies of input
     taps_out: list[str] = dataclasses.field(default_factory=list)   # off-path copies of output
     offpath: bool = False
+    match: Any = None          # entry vertices: None (all), "other", or a port set
+
+    def accepts(self, pkt: Any) -> bool:
+        """Does this entry vertex take ``pkt`` (its ``match``, any TCP/UDP port)?"""
+        m = self.match
+        return m is None or (m != "other" and (pkt.sport in m or pkt.dport in m))
 
     @property
     def partition(self) -> Scope:
@@ -68,8 +74,13 @@ class Chain:
 
     name: str
     vertices: dict[str, Vertex]          # in topological order
-    entry: str
+    entries: list[str]
     policies: dict[str, str]
+    roots: int = 1
+
+    @property
+    def entry(self) -> str:
+        return self.entries[0]
 
     def with_parallelism(self, parallelism: int | dict[str, int]) -> Chain:
         """A copy with other instance counts (all vertices, or by name)."""
@@ -100,7 +111,7 @@ def parse_spec(raw: Any) -> Chain:
     """Validate a spec given as Python data and compile it."""
     if not isinstance(raw, dict):
         raise SpecError("the spec must be a mapping with 'vertices' and 'edges'")
-    known = {"name", "input", "vertices", "edges", "offpath"}
+    known = {"name", "input", "vertices", "edges", "offpath", "roots"}
     for key in raw:
         if key not in known:
             raise SpecError(f"{key}: unknown top-level field (known: {', '.join(sorted(known))})")
@@ -114,7 +125,12 @@ def parse_spec(raw: Any) -> Chain:
             raise SpecError(f"edges: duplicate edge {src} -> {dst}")
         vertices[src].successors.append(dst)
     _offpath(raw.get("offpath"), vertices)
-    return compile_chain(name, vertices, policies)
+    roots = raw.get("roots", 1)
+    if not isinstance(roots, int) or isinstance(roots, bool) or not 1 <= roots <= 64:
+        raise SpecError(f"roots: must be an integer from 1 to 64, got {roots!r}")
+    chain = compile_chain(name, vertices, policies)
+    chain.roots = roots
+    return chain
 
 
 def _policies(raw: Any) -> dict[str, str]:
@@ -143,8 +159,8 @@ def _vertices(raw: Any) -> dict[str, Vertex]:
         if not isinstance(body, dict):
             raise SpecError(f"{where}: must be a mapping with at least 'nf'")
         for key in body:
-            if key not in ("nf", "config", "parallelism"):
-                raise SpecError(f"{where}.{key}: unknown field (known: config, nf, parallelism)")
+            if key not in ("nf", "config", "parallelism", "match"):
+                raise SpecError(f"{where}.{key}: unknown field (known: config, match, nf, parallelism)")
         kind = body.get("nf")
         if kind not in REGISTRY:
             raise SpecError(f"{where}.nf: unknown NF {kind!r} (known: {', '.join(sorted(REGISTRY))})")
@@ -156,8 +172,21 @@ def _vertices(raw: Any) -> dict[str, Vertex]:
             config = build_config(nf_cls, body.get("config"), f"{where}.config")
         except ConfigError as exc:
             raise SpecError(str(exc)) from None
-        out[name] = Vertex(name, nf_cls, config, par)
+        out[name] = Vertex(name, nf_cls, config, par, match=_match(body.get("match"), f"{where}.match"))
     return out
+
+
+def _match(raw: Any, where: str) -> Any:
+    """Traffic class of an entry vertex: ``other`` or ``{ports: [..]}``."""
+    if raw is None or raw == "other":
+        return raw
+    if not isinstance(raw, dict) or set(raw) != {"ports"}:
+        raise SpecError(f"{where}: expected 'other' or {{ports: [...]}}, got {raw!r}")
+    ports = raw["ports"]
+    if not isinstance(ports, list) or not ports or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports):
+        raise SpecError(f"{where}.ports: expected a non-empty list of port numbers, got {ports!r}")
+    return frozenset(ports)
 
 
 def _edge(raw: Any, where: str) -> tuple[Any, Any]:
@@ -210,14 +239,31 @@ def compile_chain(name: str, vertices: dict[str, Vertex], policies: dict[str, st
         if v.offpath and v.name in fed:
             raise SpecError(f"vertices.{v.name}: is both on-path (an edge leads to it) and off-path")
     entries = [n for n, v in vertices.items() if n not in fed and not v.offpath]
-    if len(entries) != 1:
-        what = "no vertex" if not entries else ", ".join(entries)
-        raise SpecError(f"edges: the chain needs exactly one entry vertex (one with no incoming edge), found {what}")
-    order = _topological(vertices, [entries[0]])
+    if not entries:
+        raise SpecError("edges: the chain needs an entry vertex (one with no incoming edge), found none")
+    _check_entries(vertices, entries)
+    order = _topological(vertices, entries)
     unreachable = [n for n in vertices if n not in order]
     if unreachable:
-        raise SpecError(f"vertices.{unreachable[0]}: not reachable from the entry vertex {entries[0]!r}")
-    return Chain(name, {n: vertices[n] for n in order}, entries[0], policies)
+        raise SpecError(f"vertices.{unreachable[0]}: not reachable from an entry vertex")
+    return Chain(name, {n: vertices[n] for n in order}, entries, policies)
+
+
+def _check_entries(vertices: dict[str, Vertex], entries: list[str]) -> None:
+    """One entry, or several that split traffic by class (``match``), one of them
+    ``other`` so that every packet enters the chain."""
+    for n, v in vertices.items():
+        if v.match is not None and n not in entries:
+            raise SpecError(f"vertices.{n}.match: only entry vertices (no incoming edge) take a match")
+    if len(entries) == 1:
+        return
+    loose = [n for n in entries if vertices[n].match is None]
+    if loose:
+        raise SpecError(f"vertices.{loose[0]}: several entry vertices ({', '.join(entries)}) need a "
+                        f"'match' each, to split traffic between them")
+    if not any(vertices[n].match == "other" for n in entries):
+        raise SpecError(f"vertices.{entries[0]}.match: one entry vertex must match 'other' "
+                        f"so that every packet enters the chain")
 
 
 def _check_acyclic(vertices: dict[str, Vertex]) -> None:

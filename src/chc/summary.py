@@ -10,7 +10,8 @@ JSON keys (``chc run --summary-json``), stable for scripts:
 ``state_digest`` (SHA-256 of every NF's final logical state in canonical form),
 ``capture`` (``path``, ``format``, ``truncated``, ``warnings``),
 ``store`` (``backend``, ``model``, ``blocking_ops``, ``nonblocking_ops``,
-``cache_hits``, ``round_trips``).
+``cache_hits``, ``round_trips``), ``log`` (``mode``, ``roots``, ``logged``,
+``deleted``, ``remaining``, ``dropped_overflow``).
 
 Logical state: per vertex and object, the union over instances of every key
 whose value differs from the object's initial value.  In model ``T`` a shared
@@ -81,6 +82,7 @@ class Summary:
     state_digest: str = ""
     capture: dict = dataclasses.field(default_factory=dict)
     store: dict = dataclasses.field(default_factory=dict)
+    log: dict = dataclasses.field(default_factory=dict)
     errors: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -123,5 +125,9 @@ class Summary:
             lines += ["", f"store {st['backend']}: {st['blocking_ops']:,} blocking ops, "
                           f"{st['nonblocking_ops']:,} non-blocking, {st['cache_hits']:,} cache hits, "
                           f"{st['round_trips']:,} round trips ({rt:.3f} per packet)"]
+        lg = self.log
+        if lg:
+            lines.append(f"packet log ({lg['mode']}): {lg['logged']:,} logged, {lg['deleted']:,} deleted, "
+                         f"{lg['remaining']:,} remaining, {lg['dropped_overflow']:,} dropped on overflow")
         lines += ["", f"state digest {self.state_digest}"]
         return "\n".join(lines)

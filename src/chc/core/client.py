@@ -39,6 +39,7 @@ The client does no I/O itself: it hands op lists to a backend's ``execute``
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 from collections.abc import Hashable
 from typing import Any
@@ -71,6 +72,8 @@ class StoreClient:
         self.pending: list[Op] = []         # non-blocking ops not yet acknowledged
         self.clock = 0
         self.n_in_packet = 0
+        self.packet_xor = 0                 # §5.4: XOR of this packet's update ids
+        self.in_timer = False
         self.callback_caches: dict[ObjectKey, CallbackObject] = {}
         # statistics for the summary's `store` section
         self.blocking_ops = 0
@@ -78,19 +81,26 @@ class StoreClient:
         self.cache_hits = 0
 
     # -- per packet -------------------------------------------------------------------
-    def begin_packet(self, clock: int) -> None:
+    def begin_packet(self, clock: int, in_timer: bool = False) -> None:
         self.clock = clock
         self.n_in_packet = 0
-
-    def _tag(self) -> tuple[int, int]:
-        self.n_in_packet += 1
-        return (self.clock, self.n_in_packet)
+        self.packet_xor = 0
+        self.in_timer = in_timer
 
     def op(self, code: str, key: ObjectKey, args: tuple = (), default: Any = None,
-           update: bool = True) -> Op:
+           update: bool = True, xor_base: int = 0) -> Op:
+        """A store op from this client; an update gets its clock-log tag (§5.3) and
+        an XOR id (§5.4) that is folded into the packet's vector."""
         self.seq += 1
+        if not update:
+            return Op(code, key, args, self.client_id, self.seq, self.instance, None, 0, default)
+        self.n_in_packet = n = self.n_in_packet + 1
+        xor_id = 0
+        if not self.in_timer:
+            xor_id = ((xor_base + n * 0x9E3779B1) & 0xFFFFFFFF) or 1
+            self.packet_xor ^= xor_id
         return Op(code, key, args, self.client_id, self.seq, self.instance,
-                  self._tag() if update else None, 0, default)
+                  (self.clock, n), xor_id, default)
 
     # -- sending ------------------------------------------------------------------------
     def call(self, op: Op) -> Any:
@@ -152,7 +162,7 @@ class StoreClient:
 class _Handle(LocalObject):
     """Common parts of the store-backed handles: addressing and the initial value."""
 
-    __slots__ = ("client", "name", "per_flow", "_keys", "_absent", "_write_mostly")
+    __slots__ = ("client", "name", "per_flow", "_keys", "_absent", "_write_mostly", "_xor_base")
 
     def __init__(self, client: StoreClient, decl: StateObject, config: Any) -> None:
         super().__init__(decl, config)
@@ -165,6 +175,8 @@ class _Handle(LocalObject):
         self._absent = None if isinstance(self._init, deque) else self._init
         # Write-mostly updates are non-blocking: their results are never waited for.
         self._write_mostly = decl.access is Access.WRITE_MOSTLY
+        # §5.4: ids XORed into a packet's vector name (instance, object, n).
+        self._xor_base = zlib.crc32(f"{client.client_id}/{decl.name}".encode())
 
     def key(self, key: Hashable) -> ObjectKey:
         k = self._keys.get(key)
@@ -186,8 +198,8 @@ class RemoteObject(_Handle):
 
     def _read(self, key: Hashable) -> Any:
         c = self.client
-        v = c.call(c.op("get", self.key(key), default=_MISSING, update=False))
-        if v is _MISSING or v is None:
+        v = c.call(c.op("get", self.key(key), update=False))
+        if v is None:
             return self._fresh_value()
         return v
 
@@ -197,7 +209,7 @@ class RemoteObject(_Handle):
 
     def _update(self, code: str, key: Hashable, args: tuple, blocking: bool) -> Any:
         c = self.client
-        op = c.op(code, self.key(key), args, self._absent)
+        op = c.op(code, self.key(key), args, self._absent, xor_base=self._xor_base)
         if blocking:
             return c.call(op)
         c.send(op)
@@ -226,7 +238,8 @@ class RemoteObject(_Handle):
 
     def incr_least(self, keys: list) -> int:
         c = self.client
-        op = c.op("custom", self.key(None), ("argmin_incr", [self.key(k) for k in keys]))
+        op = c.op("custom", self.key(None), ("argmin_incr", [self.key(k) for k in keys]),
+                  xor_base=self._xor_base)
         return c.call(op)
 
 
@@ -242,8 +255,8 @@ class CachedObject(_Handle):
             self.client.cache_hits += 1
             return v
         c = self.client
-        v = c.call(c.op("get", self.key(key), default=_MISSING, update=False))
-        if v is _MISSING or v is None:
+        v = c.call(c.op("get", self.key(key), update=False))
+        if v is None:
             v = self._fresh()
         elif self.decl.kind == "list":
             v = deque(v)
@@ -252,7 +265,7 @@ class CachedObject(_Handle):
 
     def _queue(self, code: str, key: Hashable, args: tuple) -> None:
         c = self.client
-        c.send(c.op(code, self.key(key), args, self._absent))
+        c.send(c.op(code, self.key(key), args, self._absent, xor_base=self._xor_base))
 
     def get(self, key: Hashable = None) -> Any:
         v = self._slot_value(key)
@@ -317,4 +330,4 @@ class CallbackObject(CachedObject):
 
     def _queue(self, code: str, key: Hashable, args: tuple) -> None:
         c = self.client
-        c.call(c.op(code, self.key(key), args, self._absent))
+        c.call(c.op(code, self.key(key), args, self._absent, xor_base=self._xor_base))

@@ -37,6 +37,7 @@ _TIMER_TAGS = 1 << 20      # clock-log tags of timer updates start here (never a
 
 class Instance:
     __slots__ = ("vertex", "instance_id", "nf", "ctx", "queue", "objects", "client",
+                 "delay", "free_at", "arrival_clocks", "arrivals", "finished", "forks",
                  "packets_in", "packets_out", "dropped", "nf_errors", "first_error")
 
     def __init__(self, vertex: str, instance_id: int, nf_cls: type[NF], config: Any,
@@ -48,6 +49,14 @@ class Instance:
         self.nf = nf_cls(config)
         self.ctx = Context(vertex, instance_id)
         self.queue: deque[Packet] = deque()
+        self.delay: Any = None              # sim: per-packet processing delay sampler
+        self.free_at = 0                    # sim: virtual time the instance is next idle
+        # R4 switched off (tests, `--break no-clocks`): the NF sees arrival order
+        # at this instance instead of the packets' logical clocks.
+        self.arrival_clocks = False
+        self.arrivals = 0
+        self.finished: list[tuple[int, int]] = []   # (clock, XOR vector) of packets ended here
+        self.forks: list[tuple[int, int]] = []      # (clock, extra copies) made here
         self.client: StoreClient | None = None
         if model != "T":
             if store is None:
@@ -81,36 +90,69 @@ class Instance:
         return self.run(batch)
 
     def run(self, batch: list[Packet]) -> list[Packet]:
+        """Process ``batch`` in order; return the output packets.
+
+        Packets this instance drops are reported in ``finished`` with their XOR
+        vector (§5.4): the root must hear of every copy that ends.  With a
+        ``delay``, the instance is a FIFO server in virtual time and each output
+        leaves at its finishing time (``vt``).
+        """
         ctx = self.ctx
         process = self.nf.process
         timers = ctx._timers
         out: list[Packet] = []
         append = out.append
         client = self.client
+        delay = self.delay
         for pkt in batch:
             if timers and timers[0][0] <= pkt.ts:
                 self._fire(pkt.ts)
+            clock = pkt.clock
+            if self.arrival_clocks:
+                self.arrivals += 1
+                ctx.clock = self.arrivals
+            else:
+                ctx.clock = clock
             if client is not None:
-                client.begin_packet(pkt.clock)
-            ctx.clock = pkt.clock
+                client.begin_packet(clock)
             ctx.now = pkt.ts
             ctx.index = pkt.index
+            if delay is not None:
+                start = pkt.vt if pkt.vt > self.free_at else self.free_at
+                self.free_at = pkt.vt = start + delay.sample()
             try:
                 res = process(pkt, ctx)
             except Exception as exc:        # contain NF bugs: count, keep going
                 self._error(pkt, exc)
-                continue
+                res = None
+            # §5.4: the updates this packet caused, folded into its XOR vector.
+            vector = pkt.xor ^ client.packet_xor if client is not None else pkt.xor
             if res is None:
                 self.dropped += 1
+                self.finished.append((clock, vector))
             elif res.__class__ is Packet:
+                res.xor = vector
                 append(res)
             else:
-                out.extend(res)
+                self._emit_many(pkt, res, vector, out)
         if client is not None:
             client.flush()                  # §4.3: one pipelined request per batch
         self.packets_in += len(batch)
         self.packets_out += len(out)
         return out
+
+    def _emit_many(self, pkt: Packet, res: list[Packet], vector: int, out: list[Packet]) -> None:
+        if not res:
+            self.dropped += 1
+            self.finished.append((pkt.clock, vector))
+            return
+        for i, p in enumerate(res):
+            p.clock = pkt.clock
+            p.vt = pkt.vt
+            p.xor = vector if i == 0 else 0   # each update's id travels on one copy only
+        if len(res) > 1:
+            self.forks.append((pkt.clock, len(res) - 1))
+        out.extend(res)
 
     def finish(self) -> None:
         """End of input: fire every remaining timer, push out every queued update."""
@@ -127,13 +169,16 @@ class Instance:
             # A timer runs with the clock of the packet that armed it.
             ctx.clock, ctx.now, ctx.index = clock, deadline, index
             if self.client is not None:
-                self.client.begin_packet(clock)
+                # Timer updates belong to no packet's processing: tagged apart, no XOR id.
+                self.client.begin_packet(clock, in_timer=True)
                 self.client.n_in_packet = _TIMER_TAGS + (seq << 10)
             try:
                 self.nf.on_timer(key, ctx)
             except Exception as exc:
                 self._error(None, exc)
         ctx.clock, ctx.now, ctx.index = saved
+        if self.client is not None:
+            self.client.begin_packet(ctx.clock)
 
     def _error(self, pkt: Packet | None, exc: Exception) -> None:
         self.nf_errors += 1

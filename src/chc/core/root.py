@@ -1,68 +1,197 @@
-"""Root: the chain's entry; stamps logical clocks and screens unusable frames.
+"""Root: the chain's entry; logical clocks, the packet log, the XOR commit check.
 
 Theory of operation
 -------------------
-The root (§4.1, §5) receives every input frame.  It gives each packet a unique,
-increasing logical clock with the root id in the high bits (§5: clocks of
-different roots never collide, and the root that owns a clock is found from the
-clock alone), and applies the chain's input policies to frames no NF can use:
-malformed frames (``malformed: drop|pass``) and non-IP frames
-(``non_ip: pass|drop``).  A frame that "passes" bypasses the NFs and leaves the
-chain unchanged; a dropped one is only counted.  Everything else goes to the
-splitter in front of the entry vertex.
+The root (§4.1, §5) receives every input frame of its share of the traffic.
 
-Input: a batch of packets.  Output: (packets for the entry vertex, packets that
-bypass the chain).  No I/O.  Later: packet log, deletes with the XOR check
-(§5.4), clock persistence (§7.2).
+Clocks (§5).  Each packet gets a unique, increasing logical clock with the root
+id in the high bits (``CLOCK_BITS``), so clocks of different roots never collide
+and the root that owns a clock is found from the clock alone (:func:`root_of`).
+Every ``persist_every``-th clock is written to the store; a root restarted after
+a failure resumes at ``last persisted + persist_every``, which is above every
+clock the failed root can have used, so clocks keep following arrival order
+(§7.2, footnote 5).
+
+Screening.  Frames no NF can use, malformed and non-IP frames, are dropped or
+passed around the NFs by the chain's input policies; they are counted, not logged.
+
+Packet log (§5, §7.2).  Every admitted packet is logged with its clock and the
+entry instance it went to, until the chain is done with it.  The log entry keeps
+a reference count of the packet's live copies (1, plus one per ``fork``: an
+off-path tap or a second successor) and an XOR accumulator.  Messages in:
+
+* ``fork(clock, k)``: k more copies of the packet exist downstream;
+* ``done(clock, vector)``: a copy reached the end of its path (the last NF output
+  it, dropped it, or consumed it off-path), with the packet's 32-bit XOR vector
+  (§5.4): every instance that issued a state update for the packet XORed
+  (instance, object, n) into it;
+* ``commit(clock, id)``: the store committed one such update.
+
+A packet is deleted when no copy is live and ``vector XOR all commits == 0``
+(Figure 6): a packet whose non-blocking update has not committed stays logged,
+so it can be replayed after a failure.  When the log holds ``log_limit``
+packets, new input is dropped and counted (back-pressure, not buffer bloat).
+
+The log lives in the root's memory (``local``) or in the store (``store``:
+entries are written and deleted through store ops, batched per input batch).
+No I/O happens here: store writes are returned as ops for the runtime to send.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from ..packet import Packet
+from .store import ObjectKey, Op
 
 CLOCK_BITS = 48          # per-root sequence space; the root id sits above it
+_SEQ_MASK = (1 << CLOCK_BITS) - 1
+
+
+def root_of(clock: int) -> int:
+    """The id of the root that stamped ``clock`` (§5: high bits)."""
+    return clock >> CLOCK_BITS
+
+
+def clock_key(root_id: int) -> ObjectKey:
+    return ObjectKey("root", "clock", root_id)
+
+
+class LogEntry:
+    __slots__ = ("packet", "instance", "live", "vector")
+
+    def __init__(self, packet: Packet | None, instance: int) -> None:
+        self.packet = packet
+        self.instance = instance
+        self.live = 1
+        self.vector = 0
 
 
 class Root:
-    __slots__ = ("root_id", "next_seq", "drop_malformed", "drop_non_ip",
-                 "packets_in", "malformed", "non_ip", "dropped", "bypassed")
-
-    def __init__(self, root_id: int = 0, policies: dict[str, str] | None = None) -> None:
+    def __init__(self, root_id: int = 0, policies: dict[str, str] | None = None, *,
+                 persist_every: int = 1000, resume_from: int | None = None,
+                 log_mode: str = "local", log_limit: int = 0) -> None:
+        if not 0 <= root_id < 1 << 15:
+            raise ValueError("root id out of range")
+        if persist_every < 1:
+            raise ValueError("clock persistence interval must be >= 1")
+        if log_mode not in ("local", "store", "off"):
+            raise ValueError(f"packet log must be local, store or off, not {log_mode!r}")
         policies = policies or {}
         self.root_id = root_id
-        self.next_seq = 0
+        self.persist_every = persist_every
+        # §7.2 fn. 5: a restarted root starts above anything its predecessor used.
+        self.next_seq = 0 if resume_from is None else (resume_from & _SEQ_MASK) + persist_every
         self.drop_malformed = policies.get("malformed", "drop") == "drop"
         self.drop_non_ip = policies.get("non_ip", "pass") == "drop"
+        self.log_mode = log_mode
+        self.log_limit = log_limit
+        self.log: dict[int, LogEntry] = {}
+        self.outbox: list[Op] = []        # store writes (clock persistence, store log)
         self.packets_in = 0
         self.malformed = 0
         self.non_ip = 0
         self.dropped = 0
         self.bypassed = 0
+        self.logged = 0
+        self.deleted = 0
+        self.dropped_overflow = 0
+
+    @property
+    def base(self) -> int:
+        return self.root_id << CLOCK_BITS
 
     def ingest(self, batch: list[Packet]) -> tuple[list[Packet], list[Packet]]:
-        """Stamp clocks (§5); return (to the entry vertex, bypassing the chain)."""
-        base = self.root_id << CLOCK_BITS
+        """Stamp clocks (§5); return (to the entry vertices, bypassing the chain)."""
+        base = self.base
         seq = self.next_seq
+        every = self.persist_every
         admitted: list[Packet] = []
         bypass: list[Packet] = []
+        logging = self.log_mode != "off"
         for pkt in batch:
+            if pkt.malformed is not None or not pkt.l3:
+                if self._screen(pkt):
+                    pkt.clock = base | seq      # unique, though never logged
+                    seq += 1
+                    bypass.append(pkt)
+                continue
+            if logging and self.log_limit and len(self.log) >= self.log_limit:
+                self.dropped_overflow += 1
+                self.dropped += 1
+                continue
             pkt.clock = base | seq
+            pkt.xor = 0
+            if seq % every == 0:
+                self.outbox.append(Op("set", clock_key(self.root_id), (base | seq,)))
             seq += 1
-            if pkt.malformed is not None:
-                self.malformed += 1
-                if self.drop_malformed:
-                    self.dropped += 1
-                else:
-                    bypass.append(pkt)
-            elif not pkt.l3:
-                self.non_ip += 1
-                if self.drop_non_ip:
-                    self.dropped += 1
-                else:
-                    bypass.append(pkt)
-            else:
-                admitted.append(pkt)
+            admitted.append(pkt)
         self.packets_in += len(batch)
         self.next_seq = seq
         self.bypassed += len(bypass)
         return admitted, bypass
+
+    def _screen(self, pkt: Packet) -> bool:
+        """Count a frame no NF can use; True if it passes around the chain."""
+        if pkt.malformed is not None:
+            self.malformed += 1
+            drop = self.drop_malformed
+        else:
+            self.non_ip += 1
+            drop = self.drop_non_ip
+        if drop:
+            self.dropped += 1
+        return not drop
+
+    # -- packet log (§5, §5.4) ------------------------------------------------------
+    def record(self, pkts: Iterable[Packet], instance: int) -> None:
+        """Log packets sent to an entry ``instance``."""
+        if self.log_mode == "off":
+            return
+        log = self.log
+        in_store = self.log_mode == "store"
+        n = 0
+        for pkt in pkts:
+            log[pkt.clock] = LogEntry(None if in_store else pkt, instance)
+            if in_store:
+                self.outbox.append(Op("set", ObjectKey("root", "log", pkt.clock),
+                                      (bytes(pkt.data), pkt.ts, instance)))
+            n += 1
+        self.logged += n
+
+    def fork(self, clock: int, copies: int) -> None:
+        entry = self.log.get(clock)
+        if entry is not None:
+            entry.live += copies
+
+    def done(self, clock: int, vector: int) -> None:
+        entry = self.log.get(clock)
+        if entry is None:
+            return
+        entry.live -= 1
+        entry.vector ^= vector
+        if entry.live <= 0 and entry.vector == 0:
+            self._delete(clock)
+
+    def commit(self, clock: int, xor_id: int) -> None:
+        entry = self.log.get(clock)
+        if entry is None:
+            return
+        entry.vector ^= xor_id
+        if entry.live <= 0 and entry.vector == 0:
+            self._delete(clock)
+
+    def _delete(self, clock: int) -> None:
+        del self.log[clock]
+        self.deleted += 1
+        if self.log_mode == "store":
+            self.outbox.append(Op("delete", ObjectKey("root", "log", clock)))
+
+    def drain_outbox(self) -> list[Op]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {"mode": self.log_mode, "logged": self.logged, "deleted": self.deleted,
+                "remaining": len(self.log), "dropped_overflow": self.dropped_overflow}

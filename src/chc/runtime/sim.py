@@ -2,21 +2,33 @@
 
 Theory of operation
 -------------------
-``SimRuntime`` instantiates a compiled :class:`~chc.spec.Chain`: one root, the
-instances of every vertex, and a splitter per (upstream, downstream vertex) pair
-(§4.1, Figure 3b).  Input moves in batches: the root stamps clocks and screens
-frames, the root's splitter fills the entry vertex's per-instance input queues
-(§4.2), and then every vertex, in topological order, drains its instances'
-queues and hands the output to its splitters, off-path taps (copies) and, for
-sinks, the chain's output.
+``SimRuntime`` instantiates a compiled :class:`~chc.spec.Chain`: ``roots`` roots,
+the instances of every vertex, and a splitter per (upstream, downstream vertex)
+pair (§4.1, Figure 3b).  Input moves in batches: the pacer gives each packet a
+virtual arrival time (tcpreplay's conventions), a root stamps clocks, logs and
+screens, the root's splitters fill the entry vertices' per-instance input queues
+(§4.2), and then every vertex, in topological order, drains its instances' queues
+and hands the output to its splitters, off-path taps (copies) and, for sinks, the
+chain's output.
 
-Determinism: the run depends only on the input and the chain, never on batch
-size.  Each instance sees its packets in input order whatever the batching, NF
-timers fire by packet timestamps, and the chain's output of each batch is
-emitted in clock order (with no delays every output of a batch has a clock from
-that batch, so the whole output is in clock order).
+Virtual time.  An instance without a delay model processes a packet the moment
+it arrives; one with a delay model is a FIFO server whose packets leave at their
+finishing times, so a slowed instance reorders what a downstream vertex fed by
+several upstreams sees (§2.1 R4, §7.3).  Each step has a *horizon*, the arrival
+time of its last input packet: an instance processes exactly the queued packets
+that arrived by the horizon, in (arrival time, clock) order.  Every packet that
+can arrive by the horizon has been delivered by then (upstreams run first and
+delays only add time), so each instance sees the same sequence whatever the
+batch size: results never depend on batching.
 
-Later issues add virtual time, per-instance delays and fault injection here.
+Completion (§5, §5.4).  Every copy of a packet that ends (output by a sink,
+dropped, consumed off-path) is reported to its root with the packet's XOR
+vector; every copy made (taps, several successors or entries) is reported as a
+fork; every update the store commits is reported as a commit.  The root deletes
+the logged packet when no copy is live and the vector XOR the commits is zero.
+A sink's report is made before its output is emitted (§5.4).
+
+Determinism: seeded delays, stable hashes, sorted merges; no wall clock inside.
 """
 
 from __future__ import annotations
@@ -24,24 +36,37 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from operator import attrgetter
 from typing import Any
+from zlib import crc32
 
 from ..backends.memory import MemoryStore
+from ..core.client import StoreUnavailable
 from ..core.instance import Instance
-from ..core.root import Root
+from ..core.root import CLOCK_BITS, Root, clock_key, root_of
 from ..core.splitter import Splitter
+from ..core.store import Op
 from ..packet import Packet
 from ..spec import Chain
 from ..summary import Summary, merge_states, state_digest
+from .pacing import Delay, Pacer
 
 DEFAULT_BATCH = 256
-_by_clock = attrgetter("clock")
+_INF = float("inf")
+
+
+def _by_clock(p: Packet) -> int:
+    return p.clock
+
+
+def _by_time(p: Packet) -> tuple[int, int]:
+    return (p.vt, p.clock)
 
 
 class SimRuntime:
     def __init__(self, chain: Chain, model: str = "T", batch_size: int = DEFAULT_BATCH,
-                 store: Any = None) -> None:
+                 store: Any = None, *, pacer: Pacer | None = None,
+                 delays: dict[str, str] | None = None, seed: int = 0, clocks: bool = True,
+                 log_mode: str = "local", log_limit: int = 0, persist_every: int = 1000) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         self.chain = chain
@@ -50,21 +75,67 @@ class SimRuntime:
         if model != "T" and store is None:
             store = MemoryStore()
         self.store = store if model != "T" else None
-        self.root = Root(0, chain.policies)
+        # Root metadata (persisted clocks, a store-held packet log) needs a store
+        # even when NF state is local.
+        self.meta_store = store if store is not None else MemoryStore()
+        self.pacer = pacer or Pacer("topspeed")
+        self.roots = [Root(r, chain.policies, log_mode=log_mode, log_limit=log_limit,
+                           persist_every=persist_every) for r in range(chain.roots)]
         self.instances: dict[str, list[Instance]] = {
             name: [Instance(name, i, v.nf, v.config, model, self.store, exclusive=v.parallelism == 1)
                    for i in range(v.parallelism)]
             for name, v in chain.vertices.items()
         }
-        # One splitter per upstream (root or instance) and downstream vertex it feeds,
-        # off-path taps included.
-        self.root_splitters = self._splitters([chain.entry])
+        self._delays(delays or {}, seed)
+        if not clocks:
+            for inst in self._all_instances():
+                inst.arrival_clocks = True
+        # One splitter per upstream (a root or an instance) and downstream vertex it
+        # feeds, off-path taps included.
+        self.root_splitters = [self._splitters(chain.entries) for _ in self.roots]
         self.splitters: dict[str, list[dict[str, Splitter]]] = {
             name: [self._splitters(v.successors + v.taps_out) for _ in range(v.parallelism)]
             for name, v in chain.vertices.items()
         }
+        self._order = self._ordering()
+        self.timed = any(i.delay is not None for i in self._all_instances())
+        self.horizon: float = 0
+        self._meta_pending: list[Op] = []
         self.packets_out = 0
         self.elapsed = 0.0
+
+    def _all_instances(self) -> list[Instance]:
+        return [i for insts in self.instances.values() for i in insts]
+
+    def _delays(self, delays: dict[str, str], seed: int) -> None:
+        """``{"vertex": spec}`` for every instance of a vertex, ``{"vertex[i]": spec}`` for one."""
+        for target, spec in delays.items():
+            name, _, rest = target.partition("[")
+            if name not in self.instances:
+                raise ValueError(f"delay for unknown vertex {name!r} (vertices: {', '.join(self.instances)})")
+            insts = self.instances[name]
+            if rest:
+                idx = rest.rstrip("]")
+                if not idx.isdigit() or int(idx) >= len(insts):
+                    raise ValueError(f"delay target {target!r}: no such instance")
+                insts = [insts[int(idx)]]
+            for inst in insts:
+                inst.delay = Delay(spec, seed, f"{inst.vertex}[{inst.instance_id}]")
+
+    def _ordering(self) -> dict[str, bool]:
+        """Vertices whose queues need sorting: fed by more than one upstream instance."""
+        feeders: dict[str, int] = {n: 0 for n in self.chain.vertices}
+        for n in self.chain.entries:
+            feeders[n] += len(self.roots)
+        for v in self.chain.vertices.values():
+            for d in v.successors + v.taps_out:
+                feeders[d] += v.parallelism
+                for t in self.chain.vertices[d].taps_in:
+                    feeders[t] += v.parallelism
+        for n in self.chain.entries:
+            for t in self.chain.vertices[n].taps_in:
+                feeders[t] += len(self.roots)
+        return {n: k > 1 for n, k in feeders.items()}
 
     def _splitters(self, targets: list[str]) -> dict[str, Splitter]:
         """Splitters for the given downstream vertices and their input taps."""
@@ -73,47 +144,187 @@ class SimRuntime:
         return {d: Splitter(vs[d].partition, vs[d].parallelism) for d in names}
 
     # -- data path ------------------------------------------------------------------
-    def _deliver(self, vertex: str, batch: list[Packet], splitters: dict[str, Splitter]) -> None:
-        """Into ``vertex``'s input queues, with copies to its input taps."""
-        for tap in self.chain.vertices[vertex].taps_in:
-            self._enqueue(tap, [p.copy() for p in batch], splitters[tap])
-        self._enqueue(vertex, batch, splitters[vertex])
+    def _root_of_packet(self, pkt: Packet) -> int:
+        # §4.1: roots take disjoint traffic; both directions of a host pair go to one.
+        a, b = pkt.src, pkt.dst
+        return crc32(a + b if a <= b else b + a) % len(self.roots)
+
+    def _enter(self, batch: list[Packet], bypass_out: list[Packet]) -> None:
+        if len(self.roots) == 1:
+            parts = [batch]
+        else:
+            parts = [[] for _ in self.roots]
+            for p in batch:
+                parts[self._root_of_packet(p) if p.l3 and p.malformed is None else 0].append(p)
+        entries = self.chain.entries
+        vs = self.chain.vertices
+        for root, splitters, part in zip(self.roots, self.root_splitters, parts, strict=True):
+            admitted, bypass = root.ingest(part)
+            bypass_out.extend(bypass)
+            if not admitted:
+                continue
+            if len(entries) == 1:
+                routed = {entries[0]: admitted}
+            else:
+                routed = self._classify(root, admitted)
+            first = True
+            for name, pkts in routed.items():
+                if not pkts:
+                    continue
+                for tap in vs[name].taps_in:
+                    self._copy_to(tap, pkts, splitters[tap])
+                for inst, sub in zip(self.instances[name], splitters[name].split(pkts), strict=True):
+                    if sub:
+                        if first:
+                            root.record(sub, inst.instance_id)
+                        inst.queue.extend(sub)
+                first = False
+
+    def _classify(self, root: Root, admitted: list[Packet]) -> dict[str, list[Packet]]:
+        """Traffic classes (entry ``match``): each packet to every entry that takes it,
+        ``other`` when none does; a packet taken by several is copied (a fork)."""
+        vs = self.chain.vertices
+        entries = self.chain.entries
+        other = next(n for n in entries if vs[n].match == "other")
+        routed: dict[str, list[Packet]] = {n: [] for n in entries}
+        for pkt in admitted:
+            hits = [n for n in entries if n != other and vs[n].accepts(pkt)]
+            if not hits:
+                routed[other].append(pkt)
+                continue
+            routed[hits[0]].append(pkt)
+            for n in hits[1:]:
+                routed[n].append(_copy(pkt))
+            if len(hits) > 1:
+                root.fork(pkt.clock, len(hits) - 1)
+        return routed
+
+    def _copy_to(self, vertex: str, pkts: list[Packet], splitter: Splitter) -> None:
+        copies = [_copy(p) for p in pkts]
+        for p in pkts:
+            self._fork(p.clock, 1)
+        self._enqueue(vertex, copies, splitter)
+
+    def _fork(self, clock: int, k: int) -> None:
+        self.roots[root_of(clock)].fork(clock, k)
+
+    def _done(self, clock: int, vector: int) -> None:
+        self.roots[root_of(clock)].done(clock, vector)
 
     def _enqueue(self, vertex: str, batch: list[Packet], splitter: Splitter) -> None:
         for inst, part in zip(self.instances[vertex], splitter.split(batch), strict=True):
             if part:
                 inst.queue.extend(part)
 
-    def step(self, batch: list[Packet]) -> list[Packet]:
-        """Push one input batch through the chain; return its output in clock order."""
-        admitted, out = self.root.ingest(batch)
-        if admitted:
-            self._deliver(self.chain.entry, admitted, self.root_splitters)
+    def _ready(self, inst: Instance, ordered: bool) -> list[Packet]:
+        """The queued packets that arrived by the horizon, in (time, clock) order."""
+        q = inst.queue
+        if not q:
+            return []
+        if not self.timed:
+            batch = list(q)
+            q.clear()
+            if ordered:
+                batch.sort(key=_by_clock)
+            return batch
+        horizon = self.horizon
+        batch = [p for p in q if p.vt <= horizon]
+        if len(batch) != len(q):
+            keep = [p for p in q if p.vt > horizon]
+            q.clear()
+            q.extend(keep)
+        else:
+            q.clear()
+        batch.sort(key=_by_time)
+        return batch
+
+    def _pass(self, out: list[Packet]) -> None:
+        """Run every vertex once, in topological order, on what is ready."""
         for name, v in self.chain.vertices.items():
+            ordered = self._order[name]
             for inst, splitters in zip(self.instances[name], self.splitters[name], strict=True):
-                produced = inst.drain()
-                if not produced or v.offpath:
+                batch = self._ready(inst, ordered)
+                if not batch:
+                    continue
+                produced = inst.run(batch)
+                self._report(inst)
+                if not produced:
+                    continue
+                if v.offpath:
+                    for p in produced:
+                        self._done(p.clock, p.xor)
                     continue
                 for tap in v.taps_out:
-                    self._enqueue(tap, [p.copy() for p in produced], splitters[tap])
+                    self._copy_to(tap, produced, splitters[tap])
                 succ = v.successors
                 if not succ:
+                    for p in produced:           # §5.4: delete before the output is emitted
+                        self._done(p.clock, p.xor)
                     out.extend(produced)
+                    continue
                 for i, d in enumerate(succ):
-                    part = produced if i == len(succ) - 1 else [p.copy() for p in produced]
-                    self._deliver(d, part, splitters)
-        out.sort(key=_by_clock)
-        self.packets_out += len(out)
+                    if i < len(succ) - 1:
+                        part = [_copy(p) for p in produced]
+                        for p in produced:
+                            self._fork(p.clock, 1)
+                    else:
+                        part = produced
+                    for tap in self.chain.vertices[d].taps_in:
+                        self._copy_to(tap, part, splitters[tap])
+                    self._enqueue(d, part, splitters[d])
+
+    def _report(self, inst: Instance) -> None:
+        if inst.forks:
+            for clock, k in inst.forks:
+                self._fork(clock, k)
+            inst.forks.clear()
+        if inst.finished:
+            for clock, vector in inst.finished:
+                self._done(clock, vector)
+            inst.finished.clear()
+
+    def _settle(self) -> None:
+        """Commit reports to the roots (§5.4); root writes to the store; clock-log pruning."""
         if self.store is not None:
-            # With no delays every packet of the batch is done in the whole chain:
-            # its clock-log entries can go (§5.3).
-            self.store.prune_below(self.root.next_seq)
+            for clock, xor_id in self.store.commits():
+                self.roots[root_of(clock)].commit(clock, xor_id)
+        ops = self._meta_pending + [op for r in self.roots for op in r.drain_outbox()]
+        if ops:
+            try:
+                self.meta_store.execute(ops)
+                self._meta_pending = []
+            except StoreUnavailable:
+                self._meta_pending = ops        # retransmitted with the next batch
+        if self.store is not None and len(self.roots) == 1:
+            root = self.roots[0]
+            oldest = min(root.log) if root.log else root.base | root.next_seq
+            self.store.prune_below(oldest)     # §5.3: clocks done in the whole chain
+
+    def step(self, batch: list[Packet]) -> list[Packet]:
+        """Push one input batch through the chain; return the output it releases."""
+        out: list[Packet] = []
+        if batch:
+            self.horizon = max(self.horizon, batch[-1].vt)
+        self._enter(batch, out)
+        self._pass(out)
+        self._settle()
+        return self._release(out)
+
+    def _release(self, out: list[Packet]) -> list[Packet]:
+        out.sort(key=_by_time if self.timed else _by_clock)
+        self.packets_out += len(out)
         return out
 
-    def finish(self) -> None:
-        for insts in self.instances.values():
-            for inst in insts:
-                inst.finish()
+    def drain(self) -> list[Packet]:
+        """End of input: let everything still queued (delayed packets) finish."""
+        self.horizon = _INF
+        out: list[Packet] = []
+        while any(i.queue for i in self._all_instances()):
+            self._pass(out)
+        for inst in self._all_instances():
+            inst.finish()
+        self._settle()
+        return self._release(out)
 
     def run(self, records: Iterable[tuple[int, bytes]],
             emit: Callable[[list[Packet]], None] | None = None,
@@ -121,25 +332,41 @@ class SimRuntime:
         """Run the chain over ``(timestamp ns, frame)`` records."""
         started = time.perf_counter()
         size = self.batch_size
+        pace = self.pacer.arrival
         batch: list[Packet] = []
-        index = self.root.packets_in
+        index = sum(r.packets_in for r in self.roots)
         for ts, data in records:
-            batch.append(Packet(data, ts, index))
+            pkt = Packet(data, ts, index)
+            pkt.vt = pace(ts, len(data))
+            batch.append(pkt)
             index += 1
             if len(batch) >= size:
-                self._step_emit(batch, emit, progress)
+                self._emit(self.step(batch), emit)
+                if progress is not None:
+                    progress(len(batch))
                 batch = []
         if batch:
-            self._step_emit(batch, emit, progress)
-        self.finish()
+            self._emit(self.step(batch), emit)
+            if progress is not None:
+                progress(len(batch))
+        self._emit(self.drain(), emit)
         self.elapsed += time.perf_counter() - started
 
-    def _step_emit(self, batch, emit, progress) -> None:
-        out = self.step(batch)
+    @staticmethod
+    def _emit(out: list[Packet], emit: Callable[[list[Packet]], None] | None) -> None:
         if emit is not None and out:
             emit(out)
-        if progress is not None:
-            progress(len(batch))
+
+    # -- failures (§7.2 footnote 5) -----------------------------------------------------
+    def restart_root(self, root_id: int = 0) -> Root:
+        """Replace a root by a fresh one that resumes its clock from the store."""
+        old = self.roots[root_id]
+        persisted = self.meta_store.execute([_get(clock_key(root_id))])[0]
+        new = Root(root_id, self.chain.policies, persist_every=old.persist_every,
+                   resume_from=persisted, log_mode=old.log_mode, log_limit=old.log_limit)
+        new.log = old.log          # the log survives in the store or is replayed (§5.4)
+        self.roots[root_id] = new
+        return new
 
     # -- results -----------------------------------------------------------------------
     def logical_state(self) -> dict[str, dict]:
@@ -162,7 +389,7 @@ class SimRuntime:
         return out
 
     def store_stats(self) -> dict:
-        clients = [i.client for insts in self.instances.values() for i in insts if i.client]
+        clients = [i.client for i in self._all_instances() if i.client]
         return {
             "backend": self.store.describe() if self.store is not None else "local",
             "model": self.model,
@@ -172,18 +399,29 @@ class SimRuntime:
             "round_trips": self.store.round_trips if self.store is not None else 0,
         }
 
+    def log_stats(self) -> dict:
+        out = {"logged": 0, "deleted": 0, "remaining": 0, "dropped_overflow": 0}
+        for r in self.roots:
+            for k, v in r.stats().items():
+                if k in out:
+                    out[k] += v
+        out["mode"] = self.roots[0].log_mode
+        out["roots"] = len(self.roots)
+        return out
+
     def alerts(self) -> list[dict]:
-        found = [a for insts in self.instances.values() for i in insts for a in i.ctx.alerts]
+        found = [a for i in self._all_instances() for a in i.ctx.alerts]
         found.sort(key=lambda a: (a.clock, a.vertex, a.kind, a.host))
         return [a.as_json() for a in found]
 
     def summary(self) -> Summary:
-        root = self.root
-        s = Summary(chain=self.chain.name, model=self.model, packets_in=root.packets_in,
-                    packets_out=self.packets_out, malformed=root.malformed, non_ip=root.non_ip,
-                    bypassed=root.bypassed, elapsed_s=self.elapsed)
+        roots = self.roots
+        s = Summary(chain=self.chain.name, model=self.model,
+                    packets_in=sum(r.packets_in for r in roots), packets_out=self.packets_out,
+                    malformed=sum(r.malformed for r in roots), non_ip=sum(r.non_ip for r in roots),
+                    bypassed=sum(r.bypassed for r in roots), elapsed_s=self.elapsed)
         s.alerts = self.alerts()
-        dropped = root.dropped
+        dropped = sum(r.dropped for r in roots)
         for name, insts in self.instances.items():
             v = self.chain.vertices[name]
             stats = {
@@ -192,7 +430,7 @@ class SimRuntime:
                 "offpath": v.offpath,
                 "packets_in": sum(i.packets_in for i in insts),
                 "packets_out": sum(i.packets_out for i in insts),
-                "dropped": sum(i.dropped + i.nf_errors for i in insts),
+                "dropped": sum(i.dropped for i in insts),
                 "nf_errors": sum(i.nf_errors for i in insts),
                 "alerts": sum(len(i.ctx.alerts) for i in insts),
             }
@@ -204,7 +442,18 @@ class SimRuntime:
         s.dropped = dropped
         s.state_digest = state_digest(self.logical_state())
         s.store = self.store_stats()
+        s.log = self.log_stats()
         return s
+
+
+def _copy(p: Packet) -> Packet:
+    c = p.copy()
+    c.xor = 0            # §5.4: each update id travels on exactly one copy
+    return c
+
+
+def _get(key: Any) -> Op:
+    return Op("get", key)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -212,3 +461,6 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
+
+
+__all__ = ["SimRuntime", "DEFAULT_BATCH", "CLOCK_BITS"]
