@@ -17,6 +17,7 @@ from .backends import open_store
 from .capture import LINKTYPE_ETHERNET, CaptureError, CaptureWriter, open_capture
 from .core.client import MODELS
 from .core.store import StoreError
+from .runtime.pacing import Pacer
 from .runtime.sim import DEFAULT_BATCH, SimRuntime
 from .spec import SpecError, load_spec
 
@@ -64,6 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
                           "results do not depend on it")
     run.add_argument("--parallelism", type=_positive, metavar="N",
                      help="override every vertex's parallelism with N instances")
+    pace = run.add_argument_group("pacing and timing (virtual time; tcpreplay's conventions)")
+    how = pace.add_mutually_exclusive_group()
+    how.add_argument("--multiplier", type=float, metavar="X",
+                     help="replay X times faster than the capture's timestamps (default: 1)")
+    how.add_argument("--pps", type=float, metavar="N", help="replay at N packets per second")
+    how.add_argument("--mbps", type=float, metavar="N", help="replay at N Mbit/s")
+    how.add_argument("--topspeed", action="store_true", help="every packet available at once")
+    pace.add_argument("--delay", action="append", default=[], metavar="VERTEX[i]=DIST",
+                      help="per-packet processing delay of a vertex's instances (or instance i): "
+                           "uniform:LOW:HIGH, const:X or exp:MEAN in microseconds; repeatable")
+    pace.add_argument("--seed", type=int, default=0, help="seed of the delay distributions (default: 0)")
+    meta = run.add_argument_group("metadata (§5, §7.2)")
+    meta.add_argument("--packet-log", choices=("local", "store", "off"), default="local",
+                      help="where roots log packets until the chain is done with them (default: local)")
+    meta.add_argument("--log-limit", type=int, default=1_000_000, metavar="N",
+                      help="drop new input while N packets are logged; 0 = no limit (default: %(default)s)")
+    meta.add_argument("--clock-persist", type=_positive, default=1000, metavar="N",
+                      help="persist each root's clock every N packets (default: %(default)s)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
     return parser
@@ -83,7 +102,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             store = open_store(args.store)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    runtime = SimRuntime(chain, model=args.model, batch_size=args.batch_size, store=store)
+    try:
+        runtime = SimRuntime(chain, model=args.model, batch_size=args.batch_size, store=store,
+                             pacer=_pacer(args), delays=_delays(args.delay), seed=args.seed,
+                             log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
+                             persist_every=args.clock_persist)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     writer = CaptureWriter(args.out, nanosecond=reader.nanosecond) if args.out else None
     emit = None
     if writer is not None:
@@ -109,6 +134,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(summary.render())
     return 0
+
+
+def _pacer(args: argparse.Namespace) -> Pacer:
+    if args.topspeed:
+        return Pacer("topspeed")
+    for mode in ("pps", "mbps", "multiplier"):
+        value = getattr(args, mode)
+        if value is not None:
+            return Pacer(mode, value)
+    return Pacer("multiplier", 1.0)
+
+
+def _delays(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        target, sep, spec = item.partition("=")
+        if not sep or not target or not spec:
+            raise UsageError(f"--delay {item!r}: expected VERTEX=DIST or VERTEX[i]=DIST")
+        out[target] = spec
+    return out
 
 
 def _progress_bar(args: argparse.Namespace):

@@ -30,6 +30,7 @@ class MemoryStore:
         self.ops = 0
         self._fail = 0
         self.dropped_requests = 0
+        self.hold_commits = False       # keep commit reports back (a slow store, §5.4)
 
     def execute(self, ops: list[Op]) -> list[Any]:
         self.round_trips += 1
@@ -76,6 +77,8 @@ class MemoryStore:
         return self.engine.prune_below(clock)
 
     def commits(self) -> list[tuple[int, int]]:
+        if self.hold_commits:
+            return []
         return self.engine.drain_commits()
 
     def objects(self, vertex: str) -> dict[str, dict[Hashable, Any]]:

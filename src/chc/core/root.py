@@ -61,9 +61,9 @@ def clock_key(root_id: int) -> ObjectKey:
 class LogEntry:
     __slots__ = ("packet", "instance", "live", "vector")
 
-    def __init__(self, packet: Packet | None, instance: int) -> None:
+    def __init__(self, packet: Packet | None) -> None:
         self.packet = packet
-        self.instance = instance
+        self.instance: tuple[str, int] | None = None     # entry (vertex, instance) it went to
         self.live = 1
         self.vector = 0
 
@@ -112,21 +112,20 @@ class Root:
         logging = self.log_mode != "off"
         for pkt in batch:
             if pkt.malformed is not None or not pkt.l3:
-                if self._screen(pkt):
-                    pkt.clock = base | seq      # unique, though never logged
-                    seq += 1
-                    bypass.append(pkt)
-                continue
-            if logging and self.log_limit and len(self.log) >= self.log_limit:
+                if not self._screen(pkt):
+                    continue
+                bypass.append(pkt)          # gets a unique clock, though never logged
+            elif logging and self.log_limit and len(self.log) + len(admitted) >= self.log_limit:
                 self.dropped_overflow += 1
                 self.dropped += 1
                 continue
+            else:
+                pkt.xor = 0
+                admitted.append(pkt)
             pkt.clock = base | seq
-            pkt.xor = 0
             if seq % every == 0:
                 self.outbox.append(Op("set", clock_key(self.root_id), (base | seq,)))
             seq += 1
-            admitted.append(pkt)
         self.packets_in += len(batch)
         self.next_seq = seq
         self.bypassed += len(bypass)
@@ -145,20 +144,28 @@ class Root:
         return not drop
 
     # -- packet log (§5, §5.4) ------------------------------------------------------
-    def record(self, pkts: Iterable[Packet], instance: int) -> None:
-        """Log packets sent to an entry ``instance``."""
+    def record(self, pkts: list[Packet]) -> None:
+        """Log admitted packets (§5) until the chain is done with them."""
         if self.log_mode == "off":
             return
         log = self.log
-        in_store = self.log_mode == "store"
-        n = 0
+        if self.log_mode == "store":
+            for pkt in pkts:
+                log[pkt.clock] = LogEntry(None)
+                self.outbox.append(Op("set", ObjectKey("root", "log", pkt.clock), (bytes(pkt.data), pkt.ts)))
+        else:
+            for pkt in pkts:
+                log[pkt.clock] = LogEntry(pkt)
+        self.logged += len(pkts)
+
+    def place(self, pkts: Iterable[Packet], vertex: str, instance: int) -> None:
+        """Note the entry instance the logged packets went to (for replay)."""
+        log = self.log
+        where = (vertex, instance)
         for pkt in pkts:
-            log[pkt.clock] = LogEntry(None if in_store else pkt, instance)
-            if in_store:
-                self.outbox.append(Op("set", ObjectKey("root", "log", pkt.clock),
-                                      (bytes(pkt.data), pkt.ts, instance)))
-            n += 1
-        self.logged += n
+            entry = log.get(pkt.clock)
+            if entry is not None and entry.instance is None:
+                entry.instance = where
 
     def fork(self, clock: int, copies: int) -> None:
         entry = self.log.get(clock)

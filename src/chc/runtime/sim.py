@@ -163,22 +163,16 @@ class SimRuntime:
             bypass_out.extend(bypass)
             if not admitted:
                 continue
-            if len(entries) == 1:
-                routed = {entries[0]: admitted}
-            else:
-                routed = self._classify(root, admitted)
-            first = True
+            # Log first (§5): the forks and completions that follow refer to the entries.
+            root.record(admitted)
+            routed = {entries[0]: admitted} if len(entries) == 1 else self._classify(root, admitted)
             for name, pkts in routed.items():
-                if not pkts:
-                    continue
-                for tap in vs[name].taps_in:
-                    self._copy_to(tap, pkts, splitters[tap])
                 for inst, sub in zip(self.instances[name], splitters[name].split(pkts), strict=True):
                     if sub:
-                        if first:
-                            root.record(sub, inst.instance_id)
+                        root.place(sub, name, inst.instance_id)
                         inst.queue.extend(sub)
-                first = False
+                for tap in vs[name].taps_in:
+                    self._copy_to(tap, pkts, splitters[tap])
 
     def _classify(self, root: Root, admitted: list[Packet]) -> dict[str, list[Packet]]:
         """Traffic classes (entry ``match``): each packet to every entry that takes it,
