@@ -9,12 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 
-def open_store(url: str) -> Any:
-    """``memory`` or ``redis://HOST:PORT[/DB][,redis://...]`` -> a backend."""
+def open_store(url: str, fresh: bool = True) -> Any:
+    """``memory`` or ``redis://HOST:PORT[/DB][,redis://...]`` -> a backend.
+
+    ``fresh``: a run starts from empty state, so CHC's keys left in Redis by an
+    earlier run (state, client sequence numbers, logs) are deleted first; other
+    keys of the database are left alone."""
     if url == "memory":
         from .memory import MemoryStore
         return MemoryStore()
     if url.startswith("redis://"):
         from .redis import RedisStore
-        return RedisStore(url.split(","))
+        return RedisStore(url.split(","), fresh=fresh)
     raise ValueError(f"unknown store {url!r}: use 'memory' or 'redis://HOST:PORT[/DB][,redis://...]'")

@@ -1,0 +1,911 @@
+"""The ``redis`` store backend: CHC's store on one or more Redis 7 servers.
+
+Theory of operation
+-------------------
+Every CHC operation is *one* call of the server-side function ``chc_op`` of the
+Redis Functions library ``chc`` (``redis_functions.lua``, loaded with FUNCTION
+LOAD REPLACE when a :class:`RedisStore` connects).  In that one atomic server
+step it does what :class:`chc.core.store.StoreEngine` does for an op: the
+client-sequence dedup (exactly-once, §4.3), the per-flow ownership check, the
+clock-log check and record (§5.3), the operation itself (Table 2, or a custom
+operation), the commit report (§5.4) and the callbacks to subscribed clients.
+The conformance suite (``tests/test_store_conformance.py``) runs the same tests
+against this backend and the in-process ``memory`` one.
+
+Requests.  ``execute(ops)`` sends the ops of a request as one pipeline of FCALLs
+per server touched, to all servers before reading any reply: one round trip
+(``round_trips`` counts one per ``execute``).  Ops of one server run in request
+order, so a read sees every earlier update of its request (non-blocking ops go
+out ahead of the blocking op that flushes them).  If an op is refused
+(:class:`OwnershipError`, :class:`StoreError`) the first refusal in op order is
+raised after the whole request ran; unlike the memory store, the later ops of
+that request have been applied (retransmitting them is harmless: their seqs are
+recorded).
+
+Encoding.  Object key: ``b"chc:" + vertex + b":" + object + b":" +
+msgpack(scope key)`` (``%`` and ``:`` in names are %-escaped).  A value is one
+msgpack string (``use_bin_type=True``), decoded with ``raw=False,
+use_list=False``: tuples, bytes, str, ints, floats, None, bools and dicts round
+trip; a Python list stored with ``set`` comes back as a tuple.  A list object
+(push/pop, or ``declare`` with a list/tuple/range) is a Redis list of msgpack
+items and reads back as a Python list (``get``, ``objects``; a ``deque`` from
+``subscribe`` and callbacks, which seed caches).  ``incr`` keeps ints ints and
+floats floats, exactly for integers up to 2**53 (Lua numbers are doubles; the
+store refuses beyond).  Values msgpack cannot carry (sets, ints beyond 64 bits,
+arbitrary objects) are refused with :class:`StoreError` before anything is sent.
+
+Sharding.  With several servers each object lives on exactly one,
+``zlib.crc32(k) % n``: for per-flow objects ``k`` is the full object key; for
+shared (cross-flow) objects it is ``b"chc:" + vertex + b":" + object``, so every
+key of one object family is on one server and a custom op over counters of one
+family (``argmin_incr``) is one atomic step.  A custom op whose ObjectKey
+arguments span servers is refused.  Client-sequence dedup state is per server:
+each server sees the subsequence of a client's ops addressed to it, still in
+increasing seq order.  Commit reports of several servers are returned server by
+server.
+
+Notifications.  Callbacks and ownership handovers are published on a channel
+per client; one pub/sub connection per server listens for the clients that
+called ``subscribe``/``take`` through this store.  ``notifications(client)``
+first PINGs each pub/sub connection and reads up to the PONG, so every
+notification caused by an already acknowledged update is delivered (as with the
+memory store), without waiting otherwise.
+
+Failures.  An unreachable server raises :class:`StoreUnavailable` naming its
+address; ``execute`` retries a failed server's part of a request a few times
+with backoff (about 2 s in all) first.  Retransmission is exactly-once for ops
+with a seq (the client library always sets one) and for tagged updates.  A Redis
+restart keeps every acknowledged update if the server runs with ``appendonly
+yes`` and ``appendfsync always`` (the test fixtures start it so): the reply is
+sent after the AOF write.  The dedup state (highest seq per client), clock logs,
+owners and the function library live in Redis too, so a request retransmitted
+after the reconnect is not applied twice.  Notifications published while a
+pub/sub connection is down are lost (a callback cache may then be stale until
+the next update of that object).
+
+A run needs an empty database: client ids are ``vertex/instance`` with seqs
+from 1, so another run's dedup state would make this run's ops look like
+retransmissions (a warning is issued when a store holding CHC state is opened).
+Custom operations (``register``) and value operations (``apply``; the Lua
+chunks of :func:`chc.nf.value_op`, added to the library when the store connects
+or on first use) live in the ``chc`` library that every :class:`RedisStore`
+loads (FUNCTION LOAD REPLACE) when it connects: a process must register its
+custom ops itself.  Lua has one number type: a value op's new value keeps the
+number types of the value it replaces; other integral results come back as
+floats when the value or an argument held a float, else as ints (a Lua chunk
+can say which with ``CHC.float(x)`` / ``CHC.int(x)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import socket
+import threading
+import time
+import warnings
+import zlib
+from collections import deque
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from redis.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..core.client import StoreUnavailable
+from ..core.store import CustomOp, ObjectKey, Op, OwnershipError, StoreError
+from ..nf import VALUE_OPS
+
+try:                                    # the C reply parser, when installed (not required)
+    import hiredis
+except ImportError:                     # pragma: no cover - depends on the environment
+    hiredis = None
+
+LIBRARY = (Path(__file__).with_name("redis_functions.lua")).read_text(encoding="utf-8")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_KEY_CACHE_MAX = 100_000
+_NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_CHANNEL = b"chc:n:"
+_RETRY_LATER = ("LOADING", "MASTERDOWN", "TRYAGAIN")     # error replies of a server not ready yet
+_BIG_DEFAULT = 64           # list defaults longer than this are sent by reference
+_NO_TAG = b"$0\r\n\r\n$1\r\n0\r\n"
+_NO_INSTANCE = b"$0\r\n\r\n"
+# "*<argc>" + FCALL chc_op 1, for ops with 0, 1 or 2 operands after the default
+_OP_HEADS = [b"*%d\r\n$5\r\nFCALL\r\n$6\r\nchc_op\r\n$1\r\n1\r\n" % (13 + n) for n in range(3)]
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
+
+
+def _encode(value: Any, what: str = "value") -> bytes:
+    try:
+        return _pack(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise StoreError(f"the redis store cannot hold {what} {value!r}: {exc}") from None
+
+
+def _esc(name: str) -> bytes:
+    return name.replace("%", "%25").replace(":", "%3A").encode()
+
+
+def _unesc(raw: bytes) -> str:
+    return raw.decode().replace("%3A", ":").replace("%25", "%")
+
+
+def _glob_escape(raw: bytes) -> bytes:
+    return re.sub(rb"([*?\[\]\\])", rb"\\\1", raw)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if "refused" in text.lower():
+        return "connection refused"
+    return text
+
+
+def _bulk(arg: Any) -> bytes:
+    if isinstance(arg, bytes):
+        b = arg
+    elif isinstance(arg, str):
+        b = arg.encode()
+    else:
+        b = b"%d" % arg
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def _command(*args: Any) -> bytes:
+    """One command in RESP."""
+    return b"*%d\r\n" % len(args) + b"".join(map(_bulk, args))
+
+
+class _Connection:
+    """A minimal RESP2 connection (pipelined sends, replies read from one buffer).
+
+    redis-py's connection costs more per round trip than the server spends on an
+    op (without hiredis); this one is a few lines and does what the store needs.
+    Replies are parsed by hiredis when it is installed, else in Python.  Error
+    replies are returned as ResponseError objects, not raised.
+    """
+
+    def __init__(self, params: dict, connect_timeout: float, timeout: float) -> None:
+        if params.get("path"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(connect_timeout)
+            sock.connect(params["path"])
+        else:
+            sock = socket.create_connection((params.get("host") or "127.0.0.1", int(params.get("port") or 6379)),
+                                            timeout=connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(timeout)
+        self.sock = sock
+        self.buf = b""
+        self.pos = 0
+        self.parser = hiredis.Reader(replyError=ResponseError) if hiredis is not None else None
+        setup = []
+        if params.get("password"):
+            setup.append(_command("AUTH", *([params["username"]] if params.get("username") else []),
+                                  params["password"]))
+        if params.get("db"):
+            setup.append(_command("SELECT", int(params["db"])))
+        if setup:
+            self.send(b"".join(setup))
+            for r in self.read(len(setup)):
+                if isinstance(r, ResponseError):
+                    self.close()
+                    raise StoreError(f"redis: {r}")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> None:
+        data = self.sock.recv(262144)
+        if not data:
+            raise RedisConnectionError("connection closed by the server")
+        self.buf = self.buf[self.pos:] + data if self.pos < len(self.buf) else data
+        self.pos = 0
+
+    def _line(self) -> bytes:
+        while True:
+            i = self.buf.find(b"\r\n", self.pos)
+            if i >= 0:
+                line = self.buf[self.pos:i]
+                self.pos = i + 2
+                return line
+            self._fill()
+
+    def reply(self) -> Any:
+        parser = self.parser
+        if parser is not None:
+            while True:
+                r = parser.gets()
+                if r is not False:
+                    return r
+                data = self.sock.recv(262144)
+                if not data:
+                    raise RedisConnectionError("connection closed by the server")
+                parser.feed(data)
+        line = self._line()
+        t = line[:1]
+        if t == b"$":
+            n = int(line[1:])
+            if n < 0:
+                return None
+            while len(self.buf) < self.pos + n + 2:
+                self._fill()
+            data = self.buf[self.pos:self.pos + n]
+            self.pos += n + 2
+            return data
+        if t == b"*":
+            n = int(line[1:])
+            return None if n < 0 else [self.reply() for _ in range(n)]
+        if t == b":":
+            return int(line[1:])
+        if t == b"+":
+            return line[1:]
+        if t == b"-":
+            return ResponseError(line[1:].decode("utf-8", "replace"))
+        raise RedisConnectionError(f"protocol error: unexpected reply {line[:40]!r}")
+
+    def read(self, n: int) -> list[Any]:
+        return [self.reply() for _ in range(n)]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class _Server:
+    """One Redis server: a command connection and, once needed, a pub/sub one."""
+
+    def __init__(self, url: str, connect_timeout: float, timeout: float) -> None:
+        self.url = url
+        try:
+            self.params = parse_url(url)
+        except ValueError as exc:
+            raise StoreError(f"{url}: {exc}") from None
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.db = int(self.params.get("db") or 0)
+        self.conn: _Connection | None = None
+        self.lock = threading.RLock()
+        self.pubsub: _Connection | None = None
+        self.channels: set[bytes] = set()
+        self.plock = threading.RLock()
+
+    def _connect(self) -> _Connection:
+        return _Connection(self.params, self.connect_timeout, self.timeout)
+
+    def reset(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def send(self, data: bytes) -> None:
+        if self.conn is None:
+            self.conn = self._connect()
+        self.conn.send(data)
+
+    def read(self, n: int) -> list[Any]:
+        assert self.conn is not None
+        return self.conn.read(n)
+
+    # -- pub/sub --------------------------------------------------------------------
+    def pubsub_connection(self, sink: list) -> _Connection:
+        if self.pubsub is None:
+            conn = self._connect()
+            for ch in self.channels:
+                conn.send(_command("SUBSCRIBE", ch))
+                self._await(conn, b"subscribe", ch, sink)
+            self.pubsub = conn
+        return self.pubsub
+
+    def reset_pubsub(self) -> None:
+        if self.pubsub is not None:
+            self.pubsub.close()
+            self.pubsub = None
+
+    @staticmethod
+    def _await(conn: _Connection, kind: bytes, channel: bytes | None, sink: list) -> None:
+        """Read pub/sub replies up to the ``kind`` one; published messages go to ``sink``."""
+        while True:
+            msg = conn.reply()
+            if isinstance(msg, ResponseError):
+                raise StoreError(f"redis pub/sub: {msg}")
+            if not isinstance(msg, list):
+                msg = [b"pong", msg]
+            if msg[0] == b"message":
+                sink.append((msg[1], msg[2]))
+                continue
+            if msg[0] == kind and (channel is None or msg[1] == channel):
+                return
+
+    def subscribe(self, channel: bytes, sink: list) -> None:
+        with self.plock:
+            if channel in self.channels:
+                return
+            self.channels.add(channel)
+            if self.pubsub is None:
+                self.pubsub_connection(sink)      # subscribes every channel, this one included
+                return
+            try:
+                self.pubsub.send(_command("SUBSCRIBE", channel))
+                self._await(self.pubsub, b"subscribe", channel, sink)
+            except _NETWORK_ERRORS:
+                self.reset_pubsub()
+                self.pubsub_connection(sink)
+
+    def drain(self, sink: list) -> None:
+        """Every message published before now (PING, then read up to the PONG)."""
+        with self.plock:
+            if not self.channels:
+                return
+            for attempt in range(2):
+                try:
+                    conn = self.pubsub_connection(sink)
+                    conn.send(_command("PING"))
+                    self._await(conn, b"pong", None, sink)
+                    return
+                except _NETWORK_ERRORS:
+                    self.reset_pubsub()
+                    if attempt:
+                        return              # best effort: callbacks refresh caches only
+
+    def close(self) -> None:
+        self.reset()
+        self.reset_pubsub()
+
+
+class RedisStore:
+    """CHC's store on Redis (see the module docstring); the interface of MemoryStore."""
+
+    name = "redis"
+
+    def __init__(self, urls: list[str] | str, *, attempts: int = 5, backoff: float = 0.1,
+                 connect_timeout: float = 2.0, timeout: float = 30.0, fresh: bool = False) -> None:
+        if isinstance(urls, str):
+            urls = urls.split(",")
+        urls = [u.strip() for u in urls if u.strip()]
+        if not urls:
+            raise StoreError("the redis store needs at least one redis://HOST:PORT[/DB] address")
+        self.urls = urls
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self.servers = [_Server(u, connect_timeout, timeout) for u in urls]
+        self.n = len(self.servers)
+        self.round_trips = 0
+        self.ops = 0
+        self.customs: dict[str, str] = {}
+        self.value_ops: dict[str, str] = {name: v.lua for name, v in VALUE_OPS.items()
+                                          if v.lua and _NAME.match(name)}
+        self._keys: dict[ObjectKey, tuple[bytes, int, bytes, bytes]] = {}   # rkey, server, RESP parts
+        self._wire: dict[tuple[str, int], bytes] = {}   # (client id, db) -> wire id
+        self._wire_bulks: dict[tuple[str, int], bytes] = {}
+        self._big: dict[tuple[type, int], list[tuple]] = {}         # big defaults: (copy, digest, msgpack)
+        self._big_ids: dict[int, tuple] = {}
+        self._uploaded: list[set[bytes]] = [set() for _ in self.servers]
+        self._clients: dict[bytes, str] = {}          # channel -> client id
+        self._listening: set[str] = set()             # clients whose channels are subscribed
+        self._watched: dict[bytes, ObjectKey] = {}    # redis key -> ObjectKey (subscribe/take)
+        self._inbox: dict[str, list[tuple]] = {}
+        self._inbox_lock = threading.Lock()
+        used = False
+        for i in range(self.n):
+            try:
+                self._call(i, [("FUNCTION", "LOAD", "REPLACE", self._library())], attempts=min(self.attempts, 3))
+            except StoreUnavailable:
+                raise
+            except StoreError as exc:
+                if "unknown command" in str(exc).lower():
+                    raise StoreError(f"{self.servers[i].url}: the redis store needs Redis 7 or later "
+                                     f"(Redis Functions): {exc}") from None
+                raise
+            if fresh:
+                self._clear(i)
+            used = used or bool(self._call(i, [("EXISTS", "chcq")], attempts=1)[0])
+        if used:
+            warnings.warn(f"{self.describe()}: the store already holds CHC state (client sequence numbers of "
+                          "an earlier run); ops of clients with the same ids count as retransmissions - "
+                          "use an empty database for a new run", RuntimeWarning, stacklevel=2)
+
+    def _clear(self, i: int) -> int:
+        """Delete every CHC key (prefix ``chc``) of server ``i``; other keys stay."""
+        cursor, n = b"0", 0
+        while True:
+            cursor, keys = self._call(i, [("SCAN", cursor, "MATCH", "chc*", "COUNT", 1000)], attempts=1)[0]
+            if keys:
+                self._call(i, [("UNLINK", *keys)], attempts=1)
+                n += len(keys)
+            if cursor in (b"0", 0, "0"):
+                return n
+
+    # -- transport ------------------------------------------------------------------------
+    def _library(self) -> str:
+        parts = [LIBRARY]
+        for name, body in self.customs.items():
+            parts.append(f"\nCUSTOM['{name}'] = function(op)\n{body}\nend\n")
+        for name, body in self.value_ops.items():
+            parts.append(f"\nVALUE_OPS['{name}'] = function(value, args)\n{body}\nend\n")
+        return "".join(parts)
+
+    def _reload(self) -> None:
+        for i in range(self.n):
+            self._call(i, [("FUNCTION", "LOAD", "REPLACE", self._library())])
+
+    def _load_value_op(self, name: str) -> None:
+        """Add a value operation (chc.nf.value_op) to the library, from its Lua chunk."""
+        vop = VALUE_OPS.get(name)
+        if vop is None or not isinstance(name, str) or not _NAME.match(name):
+            return                              # the store refuses it: unknown value operation
+        if not vop.lua:
+            raise StoreError(f"value operation {name!r} has no Lua chunk: the redis store runs value "
+                             "operations inside Redis (chc.nf.value_op(name, lua=...))")
+        self.value_ops[name] = vop.lua
+        try:
+            self._reload()
+        except StoreError as exc:
+            del self.value_ops[name]
+            self._reload()
+            raise StoreError(f"value operation {name!r}: its Lua chunk does not load: {exc}") from None
+
+    def _unavailable(self, server: _Server, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(f"{server.url}: {_reason(exc)}")
+
+    def _round_trip(self, groups: dict[int, list[bytes]], attempts: int | None = None) -> dict[int, list]:
+        """Send each server its (RESP-encoded) commands, to all servers before reading any
+        reply; retry the failed servers' parts."""
+        attempts = self.attempts if attempts is None else attempts
+        order = sorted(groups)
+        locks = [self.servers[i].lock for i in order]
+        for lock in locks:
+            lock.acquire()
+        try:
+            replies: dict[int, list] = {}
+            pending = order
+            tries = 0
+            while True:
+                failed: dict[int, BaseException] = {}
+                sent = []
+                for i in pending:
+                    try:
+                        self.servers[i].send(b"".join(groups[i]))
+                        sent.append(i)
+                    except _NETWORK_ERRORS as exc:
+                        failed[i] = exc
+                        self.servers[i].reset()
+                for i in sent:
+                    try:
+                        out = self.servers[i].read(len(groups[i]))
+                    except _NETWORK_ERRORS as exc:
+                        failed[i] = exc
+                        self.servers[i].reset()
+                        continue
+                    busy = next((r for r in out if isinstance(r, ResponseError)
+                                 and str(r).startswith(_RETRY_LATER)), None)
+                    if busy is not None:
+                        # A restarted server still loading its data refuses every command: none
+                        # of this request was applied there; send it again.
+                        failed[i] = RedisConnectionError(str(busy))
+                        continue
+                    if any(isinstance(r, ResponseError) and "function not found" in str(r).lower()
+                           for r in out):
+                        # The library is gone (a restart without persistence): nothing of this
+                        # request was applied there; load it and send again.
+                        self._uploaded[i].clear()
+                        try:
+                            self.servers[i].send(_command("FUNCTION", "LOAD", "REPLACE", self._library()))
+                            self.servers[i].read(1)
+                        except _NETWORK_ERRORS as exc:
+                            self.servers[i].reset()
+                            exc2: BaseException = exc
+                        else:
+                            exc2 = ConnectionError("function library reloaded")
+                        failed[i] = exc2
+                        continue
+                    replies[i] = out
+                if not failed:
+                    return replies
+                tries += 1
+                if tries >= attempts:
+                    i, exc = next(iter(failed.items()))
+                    raise self._unavailable(self.servers[i], exc)
+                time.sleep(self.backoff * (2 ** (tries - 1)))
+                pending = sorted(failed)
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
+    def _call(self, i: int, commands: list[tuple], attempts: int | None = None) -> list:
+        out = self._round_trip({i: [_command(*c) for c in commands]}, attempts)[i]
+        for r in out:
+            if isinstance(r, ResponseError):
+                raise StoreError(f"{self.servers[i].url}: {_clean(r)}")
+        return out
+
+    # -- addressing -----------------------------------------------------------------------
+    def _locate(self, key: ObjectKey) -> tuple[bytes, int, bytes, bytes]:
+        ent = self._keys.get(key)
+        if ent is None:
+            if len(self._keys) > _KEY_CACHE_MAX:
+                self._keys.clear()
+            family = b"chc:" + _esc(key.vertex) + b":" + _esc(key.obj)
+            rkey = family + b":" + _encode(key.key, "the scope key")
+            if self.n == 1:
+                srv = 0
+            else:
+                srv = zlib.crc32(rkey if key.per_flow else family) % self.n
+            ent = self._keys[key] = (rkey, srv, _bulk(b"1" if key.per_flow else b"0"), _bulk(rkey))
+        return ent
+
+    def server_of(self, key: ObjectKey) -> int:
+        """Index of the server holding ``key`` (see the module docstring)."""
+        return self._locate(key)[1]
+
+    def _wire_id(self, client: str, srv: int) -> bytes:
+        """The client's id on the wire: db-qualified, as pub/sub channels are server-wide."""
+        db = self.servers[srv].db
+        w = self._wire.get((client, db))
+        if w is None:
+            w = self._wire[(client, db)] = f"{db}|{client}".encode()
+        return w
+
+    def _wire_bulk(self, client: str, srv: int) -> bytes:
+        w = self._wire_bulks.get((client, srv))
+        if w is None:
+            w = self._wire_bulks[(client, srv)] = _bulk(self._wire_id(client, srv))
+        return w
+
+    def _key_of(self, rkey: bytes) -> ObjectKey:
+        key = self._watched.get(rkey)
+        if key is not None:
+            return key
+        _, vertex, obj, scope = rkey.split(b":", 3)
+        return ObjectKey(_unesc(vertex), _unesc(obj), _unpack(scope))
+
+    # -- operations -----------------------------------------------------------------------
+    def _default(self, default: Any, srv: int, pre: list[bytes], uploading: set) -> bytes:
+        """The default argument: inline, or for a big list default (the NAT's port pool) a
+        reference to a copy stored once per server (``chcd:<sha1>``), uploaded by a command
+        added to ``pre`` (and known to be there once the request succeeds).  Python-equal
+        big defaults share one stored copy."""
+        if not isinstance(default, (list, tuple)) or len(default) <= _BIG_DEFAULT:
+            return _encode(default, "the default")
+        ent = self._big_ids.get(id(default))
+        if ent is None or ent[0] is not default:
+            ent = None
+            memo = self._big.setdefault((type(default), len(default)), [])
+            for cand in memo:
+                if cand[0] == default:
+                    ent = cand
+                    break
+            if ent is None:
+                packed = _encode(default, "the default")
+                ent = (type(default)(default), hashlib.sha1(packed).hexdigest().encode(), packed)
+                if len(memo) >= 4:
+                    memo.pop(0)
+                memo.append(ent)
+            if isinstance(default, tuple):
+                if len(self._big_ids) > 64:
+                    self._big_ids.clear()
+                self._big_ids[id(default)] = (default, ent[1], ent[2])
+        digest = ent[1]
+        if digest not in self._uploaded[srv] and (srv, digest) not in uploading:
+            pre.append(_command("SET", b"chcd:" + digest, ent[2]))
+            uploading.add((srv, digest))
+        return b"\xc1" + digest
+
+    def _op_command(self, op: Op, uploading: set) -> tuple[int, bytes, list[bytes]]:
+        """``op`` as one ``FCALL chc_op`` (RESP), the index of its server and commands that
+        must precede it there (uploads of big defaults)."""
+        rkey, srv, per_flow, rkey_bulk = self._locate(op.key)
+        pre: list[bytes] = []
+        code = op.code
+        args = op.args
+        default = b""
+        extra: tuple = ()
+        if code == "get":
+            pass
+        elif code == "set":
+            extra = (_encode(args[0]),)
+        elif code == "incr":
+            extra = (_encode(args[0]),)
+            default = _encode(op.default or 0, "the default")
+        elif code == "push":
+            extra = (_encode(args[0]),)
+            default = self._default(op.default, srv, pre, uploading)
+        elif code == "pop":
+            default = self._default(op.default, srv, pre, uploading)
+        elif code == "cas":
+            expected, new = args
+            extra = (_encode(expected), _encode(new))
+            default = self._default(op.default, srv, pre, uploading)
+        elif code == "apply":
+            name = args[0]
+            if name not in self.value_ops:
+                self._load_value_op(name)
+            extra = (str(name), _encode(args[1:], "the arguments"))
+            default = self._default(op.default, srv, pre, uploading)
+        elif code == "custom":
+            name = args[0]
+            keys: set[int] = set()
+            payload = _encode(self._replace_keys(args[1:], keys), "the arguments")
+            if keys - {srv}:
+                raise StoreError(f"custom operation {name!r}: its objects are on different servers "
+                                 f"({self.describe()}); keys of one shared object family share a server")
+            extra = (str(name), payload)
+            default = self._default(op.default, srv, pre, uploading)
+        tag = op.tag
+        if tag is None:
+            tag_clock = _NO_TAG
+        else:
+            tag_clock = _bulk(f"{tag[0]}:{tag[1]}") + _bulk(tag[0])
+        inst = _NO_INSTANCE if op.instance is None else _bulk(op.instance)
+        head = _OP_HEADS[len(extra)]
+        return srv, b"".join((head, rkey_bulk, self._wire_bulk(op.client, srv), _bulk(op.seq), inst, _bulk(code),
+                              per_flow, tag_clock, _bulk(op.xor_id), _bulk(default), *map(_bulk, extra))), pre
+
+    def _replace_keys(self, value: Any, servers: set[int]) -> Any:
+        if isinstance(value, ObjectKey):
+            rkey, srv, *_ = self._locate(value)
+            servers.add(srv)
+            return rkey
+        if isinstance(value, (list, tuple)):
+            return [self._replace_keys(v, servers) for v in value]
+        if isinstance(value, range):
+            return list(value)
+        return value
+
+    def execute(self, ops: list[Op]) -> list[Any]:
+        """Apply ``ops`` in order (one pipelined round trip per server); return their results."""
+        self.round_trips += 1
+        self.ops += len(ops)
+        if not ops:
+            return []
+        groups: dict[int, list[bytes]] = {}
+        where = []
+        uploading: set[tuple[int, bytes]] = set()       # big defaults this request uploads
+        for op in ops:
+            srv, cmd, pre = self._op_command(op, uploading)
+            g = groups.get(srv)
+            if g is None:
+                g = groups[srv] = []
+            if pre:
+                g.extend(pre)
+            where.append((srv, len(g)))
+            g.append(cmd)
+        per = self._round_trip(groups)
+        for srv, digest in uploading:
+            self._uploaded[srv].add(digest)
+        replies = [per[s][j] for s, j in where]
+        results = []
+        error: Exception | None = None
+        for op, reply in zip(ops, replies, strict=True):
+            if isinstance(reply, ResponseError):
+                if "CHCNODEF" in str(reply):
+                    self._uploaded[self._locate(op.key)[1]].clear()   # the server lost its data
+                if error is None:
+                    error = self._error(op, reply)
+                results.append(None)
+                continue
+            results.append(self._result(op, reply))
+        if error is not None:
+            raise error
+        return results
+
+    @staticmethod
+    def _result(op: Op, reply: bytes | None) -> Any:
+        if reply is None:
+            return None                         # a retransmission: acknowledged, not applied
+        kind = reply[:1]
+        if kind == b"V":
+            return _unpack(reply[1:])
+        if kind == b"A":
+            return op.default
+        return list(_unpack(reply[1:]))
+
+    def _error(self, op: Op, reply: ResponseError) -> StoreError:
+        text = _clean(reply)
+        k = op.key
+        if text.startswith("CHCOWN "):
+            owner = text[7:]
+            return OwnershipError(f"{k.vertex}.{k.obj}[{k.key!r}] is owned by instance {owner}; "
+                                  f"instance {op.instance} may not update it")
+        if text.startswith("CHCERR "):
+            return StoreError(f"{k.vertex}.{k.obj}[{k.key!r}]: {text[7:]}")
+        url = self.servers[self._locate(k)[1]].url
+        return StoreError(f"{url}: {op.code} on {k.vertex}.{k.obj}[{k.key!r}]: {text}")
+
+    # -- notifications --------------------------------------------------------------------
+    def _listen(self, client: str) -> None:
+        """Subscribe the client's channel on every server (before anything can be published)."""
+        for i, server in enumerate(self.servers):
+            channel = _CHANNEL + self._wire_id(client, i)
+            if channel in server.channels:
+                continue
+            self._clients[channel] = client
+            self._listening.add(client)
+            sink: list = []
+            try:
+                server.subscribe(channel, sink)
+            except _NETWORK_ERRORS as exc:
+                raise self._unavailable(server, exc) from None
+            self._route(sink)
+
+    def _route(self, messages: list[tuple[bytes, bytes]]) -> None:
+        if not messages:
+            return
+        with self._inbox_lock:
+            for channel, data in messages:
+                client = self._clients.get(channel)
+                if client is None:
+                    continue
+                n = int.from_bytes(data[1:5], "big")
+                rkey = data[5:5 + n]
+                rest = data[5 + n:]
+                key = self._key_of(rkey)
+                if data[:1] == b"U":
+                    value = _unpack(rest[1:])
+                    if rest[:1] == b"L":
+                        value = deque(value)
+                    msg: tuple = ("update", key, value)
+                else:
+                    msg = ("owned", key, int(rest))
+                self._inbox.setdefault(client, []).append(msg)
+
+    def notifications(self, client: str) -> list[tuple]:
+        """Callbacks and ownership changes for ``client`` so far (never waits for new ones)."""
+        if client not in self._listening:
+            return []
+        for server in self.servers:
+            sink: list = []
+            server.drain(sink)
+            self._route(sink)
+        with self._inbox_lock:
+            return self._inbox.pop(client, [])
+
+    def subscribe(self, key: ObjectKey, client: str) -> Any:
+        """Callbacks for ``key`` to ``client`` from now on; returns the current value."""
+        self.round_trips += 1
+        rkey, srv, *_ = self._locate(key)
+        self._watched[rkey] = key
+        self._listen(client)
+        reply = self._call(srv, [("FCALL", "chc_subscribe", 1, rkey, self._wire_id(client, srv))])[0]
+        if reply is None:
+            return None
+        value = _unpack(reply[1:])
+        return deque(value) if reply[:1] == b"L" else value
+
+    # -- objects, ownership ---------------------------------------------------------------
+    def declare(self, key: ObjectKey, initial: Any) -> None:
+        """Create an object with its initial value unless it exists (idempotent)."""
+        rkey, srv, *_ = self._locate(key)
+        if isinstance(initial, (list, tuple, range)):
+            cmd = ("FCALL", "chc_declare", 1, rkey, "L", *[_encode(v) for v in initial])
+        else:
+            cmd = ("FCALL", "chc_declare", 1, rkey, "V", _encode(initial))
+        self._call(srv, [cmd])
+
+    def register(self, name: str, fn: CustomOp, lua: str | None = None) -> None:
+        """Load a custom operation: ``lua`` is the body of ``function(op)`` run in the store.
+
+        ``fn`` is the in-process version (memory store); Redis needs the Lua body.  In the
+        body: ``op.key`` (the object's Redis key), ``op.args`` (the op's arguments after the
+        name, ObjectKeys as Redis keys; arrays are tables with ``n``), ``op.default``,
+        ``op.client``, ``op.instance``, and the helpers ``CHC.read(key)``,
+        ``CHC.write(key, value)``, ``CHC.read_number(key)`` -> value, isfloat,
+        ``CHC.write_number(key, n, isfloat)``, ``CHC.read_raw``/``CHC.write_raw`` (msgpack
+        strings), ``CHC.encode``/``CHC.decode``.  The returned Lua value is the result:
+        integral numbers come back as ints (``CHC.float(x)`` makes one a float), ASCII
+        strings as str, other strings as bytes.
+        """
+        if not lua:
+            raise StoreError(f"custom operation {name!r}: the redis store runs custom operations inside "
+                             "Redis and needs their Lua body: register(name, fn, lua='...')")
+        if not _NAME.match(name):
+            raise StoreError(f"custom operation {name!r}: the name must be an identifier")
+        previous = self.customs.get(name)
+        self.customs[name] = lua
+        try:
+            self._reload()
+        except StoreError as exc:
+            if previous is None:
+                del self.customs[name]
+            else:
+                self.customs[name] = previous
+            self._reload()
+            raise StoreError(f"custom operation {name!r} does not load: {exc}") from None
+
+    def release(self, key: ObjectKey, instance: int) -> None:
+        """The owner gives up ``key``; the first waiting instance gets it and is notified."""
+        rkey, srv, *_ = self._locate(key)
+        try:
+            self._call(srv, [("FCALL", "chc_release", 1, rkey, str(instance))])
+        except StoreError as exc:
+            if "CHCOWN" in str(exc):
+                raise OwnershipError(f"instance {instance} cannot release an object it does not own") from None
+            raise
+
+    def take(self, key: ObjectKey, client: str, instance: int) -> bool:
+        """Become the owner now (True) or queue for it and be notified (False)."""
+        rkey, srv, *_ = self._locate(key)
+        self._watched[rkey] = key
+        self._listen(client)
+        reply = self._call(srv, [("FCALL", "chc_take", 1, rkey, self._wire_id(client, srv), str(instance))])[0]
+        return reply == b"1"
+
+    def prune_below(self, clock: int) -> int:
+        """Forget clock-log entries of clocks < ``clock``; returns how many."""
+        groups = {i: [_command("FCALL", "chc_prune", 0, int(clock))] for i in range(self.n)}
+        return sum(int(r[0]) for r in self._checked(self._round_trip(groups)).values())
+
+    def commits(self) -> list[tuple[int, int]]:
+        """Drain the commit reports ``(clock, xor id)`` (server by server)."""
+        groups = {i: [_command("FCALL", "chc_commits", 0)] for i in range(self.n)}
+        per = self._checked(self._round_trip(groups))
+        out = []
+        for i in range(self.n):
+            for item in per[i][0]:
+                clock, _, xor = item.partition(b":")
+                out.append((int(clock), int(xor)))
+        return out
+
+    def _checked(self, per: dict[int, list]) -> dict[int, list]:
+        for i, out in per.items():
+            for r in out:
+                if isinstance(r, ResponseError):
+                    raise StoreError(f"{self.servers[i].url}: {_clean(r)}")
+        return per
+
+    def objects(self, vertex: str) -> dict[str, dict[Hashable, Any]]:
+        """Every stored object of ``vertex`` as {object name: {key: value}}."""
+        prefix = b"chc:" + _esc(vertex) + b":"
+        match = _glob_escape(prefix) + b"*"
+        out: dict[str, dict[Hashable, Any]] = {}
+        for i in range(self.n):
+            cursor = 0
+            while True:
+                cursor, keys = self._call(i, [("SCAN", cursor, "MATCH", match, "COUNT", 1000)])[0]
+                cursor = int(cursor)
+                keys = [k for k in keys if k.count(b":", len(prefix)) >= 1]
+                if keys:
+                    values = self._call(i, [("FCALL_RO", "chc_peek", 1, k) for k in keys])
+                    for k, v in zip(keys, values, strict=True):
+                        if v is None:
+                            continue                  # deleted meanwhile
+                        obj, _, scope = k[len(prefix):].partition(b":")
+                        value = _unpack(v[1:])
+                        out.setdefault(_unesc(obj), {})[_unpack(scope)] = \
+                            list(value) if v[:1] == b"L" else value
+                if cursor == 0:
+                    break
+        return out
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    def describe(self) -> str:
+        if self.n == 1:
+            return self.urls[0]
+        return f"{self.urls[0]} ({self.n} servers)"
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.urls!r})"
+
+
+def _clean(exc: ResponseError) -> str:
+    """The server's error text without the script location Redis appends."""
+    text = str(exc)
+    cut = text.find(" script: ")
+    return text[:cut] if cut >= 0 else text
+
+
+__all__ = ["RedisStore"]

@@ -1,0 +1,206 @@
+"""Shared fixtures: private ``redis-server`` processes and a store per backend.
+
+Redis-backed tests need ``redis-server`` (Redis 7) on PATH.  Without it they are
+skipped, unless the environment variable ``CI`` is set (``CI=true``): then they
+fail, so CI cannot pass without exercising the Redis backend.
+
+Servers run with ``--appendonly yes --appendfsync always`` (an acknowledged
+update is on disk before the reply, so it survives a kill -9), in a directory on
+tmpfs when there is one (fsync is then cheap; a process kill keeps the page
+cache either way).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+STORES = ["memory", "redis", "redis-2shards"]
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _unavailable(msg: str) -> None:
+    if _ci():
+        pytest.fail(f"CI is set and {msg}", pytrace=False)
+    pytest.skip(msg)
+
+
+def require_redis_server() -> str:
+    """Path of a Redis 7+ redis-server, or skip (fail under CI) with the reason."""
+    path = shutil.which("redis-server")
+    if path is None:
+        _unavailable("redis-server (Redis 7) is not on PATH: install it (e.g. apt-get install redis-server) "
+                     "to run the Redis backend tests")
+    version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"v=(\d+)\.", version)
+    if match is None or int(match.group(1)) < 7:
+        _unavailable(f"{path} is not Redis 7 or later ({version.strip()!r}); the Redis backend needs "
+                     "Redis Functions")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisProcess:
+    """One private redis-server: start, kill -9, restart on the same port and directory."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.dir = directory
+        self.port = _free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log = directory / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir),
+                 "--daemonize", "no"],
+                stdout=log, stderr=subprocess.STDOUT)
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        import redis
+
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        try:
+            while True:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {self.port} exited: "
+                                       f"{self.log.read_text(errors='replace')[-2000:]}")
+                try:
+                    if client.ping():
+                        return
+                except redis.exceptions.RedisError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on port {self.port} did not answer PING in {timeout} s")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()                  # SIGKILL: no shutdown, no final AOF flush
+            self.proc.wait(10)
+        self.proc = None
+
+    def flush(self) -> None:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        try:
+            client.flushall()
+            client.function_flush()
+        finally:
+            client.close()
+
+
+def _base_dir() -> str | None:
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+@pytest.fixture(scope="session")
+def redis_servers() -> Iterator[list[RedisProcess]]:
+    """Two private redis-server processes for the whole session."""
+    binary = require_redis_server()
+    base = tempfile.mkdtemp(prefix="chc-redis-", dir=_base_dir())
+    servers = [RedisProcess(binary, Path(base) / f"s{i}") for i in range(2)]
+    try:
+        for s in servers:
+            s.start()
+        yield servers
+    finally:
+        for s in servers:
+            s.kill()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_urls(redis_servers) -> list[str]:
+    """URLs of the two session servers, flushed (data and functions) for this test."""
+    for s in redis_servers:
+        s.flush()
+    return [s.url for s in redis_servers]
+
+
+@pytest.fixture
+def dedicated_redis() -> Iterator[RedisProcess]:
+    """A redis-server of this test alone (it may be killed and restarted)."""
+    binary = require_redis_server()
+    base = tempfile.mkdtemp(prefix="chc-redis-own-", dir=_base_dir())
+    server = RedisProcess(binary, Path(base))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def make_store(kind: str, urls: list[str] | None = None):
+    if kind == "memory":
+        from chc.backends.memory import MemoryStore
+        return MemoryStore()
+    from chc.backends.redis import RedisStore
+    assert urls is not None
+    return RedisStore(urls[:1] if kind == "redis" else urls[:2])
+
+
+@pytest.fixture(params=STORES)
+def store_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store(request, store_kind):
+    """A fresh backend of each kind: memory, redis (1 server), redis-2shards."""
+    urls = request.getfixturevalue("redis_urls") if store_kind != "memory" else None
+    backend = make_store(store_kind, urls)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+@pytest.fixture
+def connect():
+    """Another connection to a store: a new RedisStore on the same servers (memory: the
+    same object, as there is nothing to connect to).  Closed at the end of the test."""
+    made = []
+
+    def factory(first):
+        if first.name == "memory":
+            return first
+        from chc.backends.redis import RedisStore
+        s = RedisStore(first.urls)
+        made.append(s)
+        return s
+
+    yield factory
+    for s in made:
+        s.close()

@@ -1,0 +1,709 @@
+"""One conformance suite for every store backend: memory, redis, redis on 2 shards.
+
+The store engine (:mod:`chc.core.store`) is the reference semantics; the Redis
+backend implements them as server-side functions and must give the same
+results, values and notifications for the same op sequences (§4.3, §5.3).
+Tests that only make sense for Redis (unreachable servers, restarts,
+sharding, Lua limits) are at the end; the last test runs the paper's chain end
+to end on Redis and compares it with model T.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import deque
+from itertools import islice
+from pathlib import Path
+
+import pytest
+
+from chc.core.client import StoreUnavailable
+from chc.core.store import ObjectKey, Op, OwnershipError, StoreError
+from chc.nf import value_op
+
+ROOT = Path(__file__).resolve().parent.parent
+
+COUNTER = ObjectKey("nat", "packets", None)
+VALUE = ObjectKey("lb", "mapping", (b"\x0a\x00\x00\x01", 80), per_flow=True)
+LIST = ObjectKey("nat", "ports", None)
+
+
+def run(store, *ops: Op) -> list:
+    return store.execute(list(ops))
+
+
+def get(store, key: ObjectKey, default=None):
+    return store.execute([Op("get", key, default=default)])[0]
+
+
+def seqs(client: str):
+    """Ops with increasing seqs for ``client`` (as the client library issues them)."""
+    n = 0
+
+    def make(code: str, key: ObjectKey, args: tuple = (), **kw) -> Op:
+        nonlocal n
+        n += 1
+        return Op(code, key, args, client, n, **kw)
+    return make
+
+
+def typed_equal(a, b) -> bool:
+    """Equal and of the same types all the way down (1 != 1.0 != True here)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(typed_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(typed_equal(a[k], b[k]) for k in a)
+    if isinstance(a, float):
+        return repr(a) == repr(b)
+    return a == b
+
+
+# -- Table 2 operations ---------------------------------------------------------------------
+
+
+def test_backend_interface(store):
+    assert store.name in ("memory", "redis")
+    assert isinstance(store.describe(), str) and store.describe()
+    before = store.round_trips
+    assert run(store) == []
+    assert run(store, Op("get", COUNTER), Op("get", VALUE), Op("get", LIST)) == [None, None, None]
+    assert store.round_trips == before + 2          # one per execute, whatever the servers
+    if store.name == "redis":
+        assert store.describe().startswith("redis://127.0.0.1:")
+        assert store.describe().endswith("(2 servers)") == (len(store.urls) == 2)
+
+
+def test_get_absent_returns_the_default(store):
+    marker = object()
+    assert get(store, COUNTER) is None
+    assert get(store, COUNTER, default=7) == 7
+    assert get(store, COUNTER, default=marker) is marker     # any object, even one msgpack can't carry
+    assert get(store, VALUE, default=(0, "open")) == (0, "open")
+    assert store.objects("nat") == {}
+
+
+def test_set_get_delete(store):
+    assert run(store, Op("set", VALUE, ((2, "open"),), instance=1)) == [None]
+    assert get(store, VALUE) == (2, "open")
+    assert run(store, Op("set", VALUE, (None,), instance=1)) == [None]
+    assert get(store, VALUE, default="absent") is None       # a stored None is not absent
+    assert run(store, Op("delete", VALUE, instance=1)) == [None]
+    assert get(store, VALUE, default="absent") == "absent"
+    assert run(store, Op("delete", VALUE, instance=1)) == [None]    # deleting nothing is fine
+
+
+def test_incr_and_defaults(store):
+    assert run(store, Op("incr", COUNTER, (1,))) == [1]                     # absent, no default: 0
+    assert run(store, Op("incr", COUNTER, (-3,))) == [-2]
+    fresh = ObjectKey("nat", "tcp", None)
+    assert run(store, Op("incr", fresh, (2,), default=40)) == [42]          # absent: the default
+    assert run(store, Op("incr", fresh, (2,), default=40)) == [44]          # present: the default is ignored
+    f = ObjectKey("portscan", "likelihood", b"\x0a\x00\x00\x02")
+    r = run(store, Op("incr", f, (0.5,), default=1.0), Op("incr", f, (2,), default=1.0))
+    assert typed_equal(r[0], 1.5) and typed_equal(r[1], 3.5)
+    z = ObjectKey("portscan", "z", None)
+    r = run(store, Op("incr", z, (1,), default=0.0))      # `default or 0`: a zero float default is int 0
+    assert typed_equal(r[0], 1)
+    b = ObjectKey("portscan", "b", None)
+    run(store, Op("set", b, (True,)))
+    assert typed_equal(run(store, Op("incr", b, (1,)))[0], 2)                # True + 1 == 2
+    assert typed_equal(get(store, f), 3.5)
+
+
+def test_list_fifo(store):
+    assert run(store, Op("push", LIST, ("a",)), Op("push", LIST, (b"b",)), Op("push", LIST, ((1, 2),))) == [1, 2, 3]
+    assert list(get(store, LIST)) == ["a", b"b", (1, 2)]
+    assert run(store, Op("pop", LIST), Op("pop", LIST)) == ["a", b"b"]     # head first
+    assert run(store, Op("push", LIST, ("c",))) == [2]                      # tail
+    assert run(store, Op("pop", LIST), Op("pop", LIST)) == [(1, 2), "c"]
+    assert run(store, Op("pop", LIST)) == [None]                            # empty
+    # An emptied list object stays (empty), it is not absent.
+    assert list(get(store, LIST, default="absent")) == []
+    assert {k: list(v) for k, v in store.objects("nat")["ports"].items()} == {None: []}
+
+
+def test_list_ops_on_absent_start_from_the_default(store):
+    a = ObjectKey("nat", "pool", 1)
+    b = ObjectKey("nat", "pool", 2)
+    c = ObjectKey("nat", "pool", 3)
+    assert run(store, Op("push", a, (9,), default=[1, 2])) == [3]
+    assert list(get(store, a)) == [1, 2, 9]
+    assert run(store, Op("pop", b, default=[7, 8])) == [7]
+    assert list(get(store, b)) == [8]
+    assert run(store, Op("pop", c, default=None)) == [None]
+    assert list(get(store, c, default="absent")) == []
+    big = list(range(20000, 60000))                  # the NAT's port pool: sent once, then by reference
+    d = ObjectKey("nat", "pool", 4)
+    e = ObjectKey("nat", "pool", 5)
+    assert run(store, Op("pop", d, default=list(big)), Op("pop", d, default=list(big)),
+               Op("pop", e, default=list(big))) == [20000, 20001, 20000]
+    assert run(store, Op("pop", d, default=list(big))) == [20002]
+    assert len(get(store, e)) == 39999
+
+
+def test_push_pop_on_a_value_is_refused(store):
+    run(store, Op("set", COUNTER, (5,)))
+    with pytest.raises(StoreError, match="non-list"):
+        run(store, Op("push", COUNTER, (1,)))
+    with pytest.raises(StoreError, match="non-list"):
+        run(store, Op("pop", COUNTER))
+    assert get(store, COUNTER) == 5
+
+
+def test_declare(store):
+    store.declare(LIST, list(range(5000, 5005)))
+    store.declare(LIST, [1])                                  # idempotent: exists already
+    assert run(store, Op("pop", LIST)) == [5000]
+    assert list(get(store, LIST)) == [5001, 5002, 5003, 5004]
+    store.declare(COUNTER, 10)
+    store.declare(COUNTER, 99)
+    assert run(store, Op("incr", COUNTER, (1,))) == [11]
+    empty = ObjectKey("nat", "empty", None)
+    store.declare(empty, ())
+    assert run(store, Op("pop", empty), Op("push", empty, ("x",))) == [None, 1]
+    big = ObjectKey("nat", "big", None)
+    store.declare(big, range(20000, 60000))
+    assert run(store, Op("pop", big), Op("pop", big)) == [20000, 20001]
+    assert len(store.objects("nat")["big"][None]) == 39998
+
+
+def test_cas(store):
+    key = ObjectKey("trojan", "steps", b"\x0a\x00\x00\x03")
+    # absent: compared with the default
+    assert run(store, Op("cas", key, ((0, 0), (1, 0)), default=(0, 0))) == [True]
+    assert run(store, Op("cas", key, ((0, 0), (2, 0)), default=(0, 0))) == [False]
+    assert get(store, key) == (1, 0)
+    assert run(store, Op("cas", key, ((1, 0), (1, 1)))) == [True]
+    assert get(store, key) == (1, 1)
+    # Python equality: 1 == 1.0 == True, dict order does not matter, str != bytes
+    n = ObjectKey("trojan", "n", None)
+    run(store, Op("set", n, (1,)))
+    assert run(store, Op("cas", n, (1.0, 2))) == [True]
+    assert run(store, Op("cas", n, (True, 3))) == [False]                   # it is 2 now
+    assert run(store, Op("cas", n, (2.0, {"a": 1, "b": 2}))) == [True]
+    assert run(store, Op("cas", n, ({"b": 2, "a": 1}, "s"))) == [True]
+    assert run(store, Op("cas", n, (b"s", "t"))) == [False]
+    assert run(store, Op("cas", n, ("s", None))) == [True]
+    assert run(store, Op("cas", n, (None, 0.5))) == [True]
+    assert typed_equal(get(store, n), 0.5)
+    absent = ObjectKey("trojan", "absent", None)
+    assert run(store, Op("cas", absent, (None, 1))) == [True]              # absent, default None
+    run(store, Op("push", LIST, (1,)))
+    assert run(store, Op("cas", LIST, ([1], 5))) == [False]                # a list object never equals
+
+
+# -- custom operations ----------------------------------------------------------------------------
+
+
+def test_argmin_incr(store):
+    keys = [ObjectKey("lb", "active", i) for i in range(3)]
+    op_key = ObjectKey("lb", "active", None)
+    run(store, Op("set", keys[0], (2,)), Op("set", keys[1], (1,)))         # keys[2] absent: 0
+    picks = [run(store, Op("custom", op_key, ("argmin_incr", keys)))[0] for _ in range(5)]
+    assert picks == [2, 1, 2, 0, 1]                                        # least, first on ties
+    assert [get(store, k) for k in keys] == [3, 3, 2]
+
+
+def _scale(engine, op):
+    value = engine.data.get(op.key, op.default or 1) * op.args[0]
+    engine.data[op.key] = value
+    return value
+
+
+SCALE_LUA = """
+local v = CHC.read(op.key)
+if v == nil then v = op.default or 1 end
+v = v * op.args[1]
+CHC.write(op.key, v)
+return v
+"""
+
+
+def test_registered_custom_op(store):
+    store.register("scale", _scale, lua=SCALE_LUA)
+    key = ObjectKey("lb", "weight", 1)
+    assert run(store, Op("custom", key, ("scale", 3))) == [3]              # absent: 1 * 3
+    assert run(store, Op("custom", key, ("scale", 5)), Op("get", key)) == [15, 15]
+    other = ObjectKey("lb", "weight", 2)
+    assert run(store, Op("custom", other, ("scale", 2), default=10)) == [20]
+    with pytest.raises(StoreError, match="unknown custom operation 'nope'"):
+        run(store, Op("custom", key, ("nope",)))
+
+
+def test_register_without_lua(store):
+    if store.name == "memory":
+        store.register("scale", _scale)            # the memory store runs the Python function
+        assert run(store, Op("custom", COUNTER, ("scale", 4))) == [4]
+    else:
+        with pytest.raises(StoreError, match="Lua body"):
+            store.register("scale", _scale)
+
+
+@value_op("conformance_mul_add", lua="""
+local v = value or 0
+local n = v * args[1] + args[2]
+if n > 100 then return v, nil end
+return n, n - v
+""")
+def _mul_add(value, k, d):
+    v = 0 if value is None else value
+    n = v * k + d
+    if n > 100:
+        return v, None
+    return n, n - v
+
+
+@value_op("conformance_no_lua")
+def _no_lua(value):
+    return value, None
+
+
+def test_value_operations(store):
+    key = ObjectKey("portscan", "likelihood", b"\x0a\x00\x00\x09")
+
+    def apply(*args, default=None):
+        return run(store, Op("apply", key, ("conformance_mul_add", *args), default=default))[0]
+
+    assert apply(2, 3) == (3, 3)                      # absent, default None: 0 * 2 + 3
+    assert apply(2, 3) == (9, 6)
+    r = apply(0.5, 0)
+    assert typed_equal(r, (4.5, -4.5))
+    r = apply(2, 0)
+    assert typed_equal(r, (9.0, 4.5))                 # a float value stays float (9.0, not 9)
+    r = apply(20, 0)
+    assert typed_equal(r, (9.0, None))                # refused by the op: unchanged
+    assert typed_equal(get(store, key), 9.0)
+    other = ObjectKey("portscan", "likelihood", b"\x0a\x00\x00\x0a")
+    r = run(store, Op("apply", other, ("conformance_mul_add", 3, 0), default=1.0))[0]
+    assert typed_equal(r, (3.0, 2.0))                 # absent: the (float) default
+    with pytest.raises(StoreError, match="unknown value operation 'nope'"):
+        run(store, Op("apply", key, ("nope", 1)))
+    if store.name == "redis":
+        with pytest.raises(StoreError, match="no Lua chunk"):
+            run(store, Op("apply", key, ("conformance_no_lua",)))
+
+
+# -- ownership (§4.3, §5.1) -------------------------------------------------------------------------
+
+
+def test_per_flow_ownership(store):
+    assert run(store, Op("set", VALUE, ((0, "open"),), instance=1)) == [None]      # 1 becomes the owner
+    with pytest.raises(OwnershipError, match="owned by instance 1") as err:
+        run(store, Op("set", VALUE, ((1, "open"),), instance=2))
+    assert "instance 2 may not update it" in str(err.value)
+    assert get(store, VALUE) == (0, "open")                                     # reads are not owned
+    assert run(store, Op("incr", ObjectKey("lb", "mapping", 7, per_flow=True), (1,), instance=2)) == [1]
+    with pytest.raises(OwnershipError):
+        store.release(VALUE, 2)
+    store.release(VALUE, 1)
+    assert store.take(VALUE, "lb/2", 2) is True
+    assert run(store, Op("set", VALUE, ((1, "open"),), instance=2)) == [None]
+    with pytest.raises(OwnershipError, match="owned by instance 2"):
+        run(store, Op("delete", VALUE, instance=1))
+
+
+def test_release_take_notifies_the_waiting_client(store, connect):
+    other = connect(store)                        # the waiting instance's own connection
+    run(store, Op("set", VALUE, ((0, "open"),), instance=1))
+    assert store.take(VALUE, "lb/1", 1) is True    # the owner already
+    assert other.take(VALUE, "lb/2", 2) is False   # queued
+    assert other.notifications("lb/2") == []
+    store.release(VALUE, 1)
+    assert other.notifications("lb/2") == [("owned", VALUE, 2)]
+    assert other.notifications("lb/2") == []
+    assert run(other, Op("set", VALUE, ((5, "closed"),), instance=2)) == [None]
+    with pytest.raises(OwnershipError, match="owned by instance 2"):
+        run(store, Op("set", VALUE, ((6, "closed"),), instance=1))
+
+
+# -- callbacks (Table 1) ---------------------------------------------------------------------------------
+
+
+def test_callbacks_reach_other_subscribers_not_the_issuer(store, connect):
+    key = ObjectKey("portscan", "likelihood", b"\x0a\x00\x00\x05")
+    a, b = store, connect(store)
+    assert a.subscribe(key, "portscan/0") is None                 # absent
+    run(a, Op("set", key, (2.0,), client="portscan/0", seq=1))
+    assert b.subscribe(key, "portscan/1") == 2.0                  # the current value
+    run(a, Op("incr", key, (0.5,), client="portscan/0", seq=2))
+    run(b, Op("incr", key, (1,), client="portscan/1", seq=1))
+    assert a.notifications("portscan/0") == [("update", key, 3.5)]             # b's update only
+    assert b.notifications("portscan/1") == [("update", key, 2.5)]             # a's update only
+    assert b.notifications("portscan/1") == []
+    assert a.notifications("nobody") == []
+    # list objects: the value is the whole list
+    run(a, Op("push", LIST, (1,), client="nat/0", seq=1))
+    b.subscribe(LIST, "nat/1")
+    run(a, Op("push", LIST, (2,), client="nat/0", seq=2))
+    [(kind, k, v)] = b.notifications("nat/1")
+    assert (kind, k, list(v)) == ("update", LIST, [1, 2])
+
+
+# -- exactly-once per client (§4.3) -----------------------------------------------------------------------
+
+
+def test_retransmissions_are_not_applied_twice(store):
+    first = [Op("incr", COUNTER, (1,), "nat/0", 1), Op("incr", COUNTER, (10,), "nat/0", 2)]
+    assert store.execute(first) == [1, 11]
+    assert store.execute(first) == [None, None]                   # acknowledged, not applied
+    assert store.execute(first + [Op("incr", COUNTER, (100,), "nat/0", 3)]) == [None, None, 111]
+    assert store.execute([Op("incr", COUNTER, (1,), "nat/0", 2)]) == [None]      # older seq
+    assert store.execute([Op("get", COUNTER, (), "nat/0", 3)]) == [None]         # reads count too
+    assert store.execute([Op("incr", COUNTER, (1,), "nat/1", 1)]) == [112]       # another client
+    assert store.execute([Op("incr", COUNTER, (1,)), Op("incr", COUNTER, (1,))]) == [113, 114]  # seq 0: no dedup
+    assert get(store, COUNTER) == 114
+
+
+def test_a_refused_op_consumes_its_seq(store):
+    run(store, Op("set", VALUE, (1,), instance=1))
+    with pytest.raises(OwnershipError):
+        run(store, Op("set", VALUE, (2,), "lb/2", 1, instance=2))
+    assert run(store, Op("set", VALUE, (2,), "lb/2", 1, instance=2)) == [None]   # retransmission: acknowledged
+    assert get(store, VALUE) == 1
+
+
+# -- clock log (§5.3) -----------------------------------------------------------------------------------------
+
+
+def test_clock_log_emulates_duplicate_updates(store):
+    assert run(store, Op("incr", COUNTER, (5,), tag=(7, 1))) == [5]
+    assert run(store, Op("incr", COUNTER, (5,), tag=(7, 1))) == [5]       # replayed: the recorded result
+    assert get(store, COUNTER) == 5
+    assert run(store, Op("incr", COUNTER, (5,), tag=(7, 2))) == [10]      # another update of packet 7
+    assert run(store, Op("incr", COUNTER, (5,), tag=(8, 1))) == [15]
+    # the log is per object: the same tag on another object applies
+    assert run(store, Op("incr", ObjectKey("nat", "tcp", None), (1,), tag=(7, 1))) == [1]
+    # a clone (another client) replaying packet 7 is suppressed too
+    assert run(store, Op("incr", COUNTER, (5,), "nat/9", 1, tag=(7, 2))) == [10]
+    # every kind of update is emulated, with its own recorded result
+    assert run(store, Op("push", LIST, ("x",), tag=(7, 3)), Op("push", LIST, ("x",), tag=(7, 3))) == [1, 1]
+    assert run(store, Op("pop", LIST, tag=(7, 4)), Op("pop", LIST, tag=(7, 4))) == ["x", "x"]
+    assert list(get(store, LIST)) == []
+    assert get(store, COUNTER) == 15
+
+
+def test_prune_below(store):
+    # (clocks in the order updates arrive: the memory engine prunes its log front to back)
+    run(store, Op("incr", COUNTER, (1,), tag=(3, 1)), Op("incr", ObjectKey("nat", "tcp", None), (1,), tag=(4, 1)),
+        Op("incr", COUNTER, (1,), tag=(7, 1)))
+    assert store.prune_below(5) == 2                                      # (3,1) and (4,1)
+    assert store.prune_below(5) == 0
+    assert run(store, Op("incr", COUNTER, (1,), tag=(3, 1))) == [3]       # forgotten: applies again
+    assert run(store, Op("incr", COUNTER, (1,), tag=(7, 1))) == [2]       # still recorded
+    assert store.prune_below(100) == 2
+    assert run(store, Op("incr", COUNTER, (1,), tag=(7, 1))) == [4]
+
+
+def test_commit_reports(store):
+    run(store,
+        Op("incr", COUNTER, (1,), tag=(7, 1), xor_id=0xA1),
+        Op("incr", COUNTER, (1,), tag=(7, 1), xor_id=0xA1),              # emulated: no report
+        Op("set", VALUE, (1,), tag=(8, 1), xor_id=0xB2, instance=1),
+        Op("incr", COUNTER, (1,), tag=(9, 1)),                            # xor id 0: no report
+        Op("incr", COUNTER, (1,), xor_id=0xC3))                           # no tag: no report
+    assert sorted(store.commits()) == [(7, 0xA1), (8, 0xB2)]
+    assert store.commits() == []                                          # drained
+
+
+# -- requests ---------------------------------------------------------------------------------------------------
+
+
+def test_a_request_is_applied_in_order(store):
+    make = seqs("nat/0")
+    r = store.execute([make("incr", COUNTER, (1,)), make("incr", COUNTER, (1,)), make("get", COUNTER),
+                       make("set", COUNTER, (40,)), make("incr", COUNTER, (2,)), make("get", COUNTER),
+                       make("push", LIST, (1,)), make("get", LIST)])
+    assert r[:6] == [1, 2, 2, None, 42, 42]
+    assert list(r[7]) == [1]
+    # non-blocking ops queued ahead of a blocking read (EO+C+NA): the read sees them all
+    ops = [make("incr", ObjectKey("nat", "k", i), (i,)) for i in range(50)] + \
+          [make("set", VALUE, ("v",), instance=1), make("get", ObjectKey("nat", "k", 49))]
+    assert store.execute(ops)[-1] == 49
+
+
+def test_refusals_name_the_first_failing_op(store):
+    run(store, Op("set", VALUE, (1,), instance=1))
+    with pytest.raises(OwnershipError, match="owned by instance 1"):
+        run(store, Op("incr", COUNTER, (1,)), Op("set", VALUE, (2,), instance=2))
+    assert get(store, COUNTER) == 1                          # the ops before it were applied
+
+
+def test_concurrent_clients_lose_no_update(store, connect):
+    connections = [connect(store) for _ in range(4)]
+    errors = []
+
+    def worker(i: int, s) -> None:
+        try:
+            for seq in range(1, 501):
+                s.execute([Op("incr", COUNTER, (1,), f"nat/{i}", seq)])
+        except Exception as exc:       # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i, s)) for i, s in enumerate(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert get(store, COUNTER) == 2000
+
+
+# -- values ---------------------------------------------------------------------------------------------------------
+
+VALUES = [0, -1, 255, -33, 2**31, 2**53 + 1, 2**63 - 1, -2**63, 2**64 - 1, 1.5, -0.0, 1e300, math.inf,
+          None, True, False, "text", "ünïcödé", "", b"", b"\x00\xff\r\n", (1, 2), (),
+          ((1, b"a"), ("x", (None, 2.5, (True,)))), {"a": 1, "b": (1, 2)}, {(1, 2): b"x", 3: None},
+          (b"\x0a\x00\x00\x01", 20000, "open"), "x" * 100_000]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: repr(v)[:24])
+def test_values_round_trip(store, value):
+    run(store, Op("set", VALUE, (value,), instance=1))
+    assert typed_equal(get(store, VALUE), value)
+    assert typed_equal(store.objects("lb")["mapping"][VALUE.key], value)
+
+
+def test_list_items_round_trip(store):
+    items = [v for v in VALUES if not isinstance(v, dict)]
+    for v in items:
+        run(store, Op("push", LIST, (v,)))
+    stored = get(store, LIST)
+    assert len(stored) == len(items) and all(typed_equal(a, b) for a, b in zip(stored, items, strict=True))
+    for v in items:
+        assert typed_equal(run(store, Op("pop", LIST))[0], v)
+
+
+def test_objects_by_vertex_and_scope_key(store):
+    scope_keys = [None, 0, 5, "str", b"\x0a\x00\x00\x01", (b"\x0a\x00\x00\x01", 80), ((b"a", 1), (b"b", 2), 6)]
+    for i, k in enumerate(scope_keys):
+        run(store, Op("set", ObjectKey("a", "obj", k), (i,)))
+    run(store, Op("set", ObjectKey("a", "other", None), ("x",)))
+    run(store, Op("set", ObjectKey("a:b", "obj", None), ("not a",)))     # another vertex
+    run(store, Op("set", ObjectKey("ab", "obj", None), ("not a",)))
+    run(store, Op("push", ObjectKey("a", "lst", 1), ("y",)))
+    objs = store.objects("a")
+    assert objs["obj"] == {k: i for i, k in enumerate(scope_keys)}
+    assert objs["other"] == {None: "x"}
+    assert {k: list(v) for k, v in objs["lst"].items()} == {1: ["y"]}
+    assert set(objs) == {"obj", "other", "lst"}
+    assert store.objects("a:b") == {"obj": {None: "not a"}}
+    assert store.objects("nothing") == {}
+
+
+# -- Redis only: sharding, limits, failures ----------------------------------------------------------------------------
+
+
+def _redis_only(store):
+    if store.name != "redis":
+        pytest.skip("Redis backend behaviour")
+
+
+def test_sharding(store):
+    _redis_only(store)
+    n = len(store.urls)
+    family = [ObjectKey("portscan", "likelihood", bytes([10, 0, 0, i])) for i in range(40)]
+    assert len({store.server_of(k) for k in family}) == 1         # a shared family is on one server
+    flows = [ObjectKey("nat", "mapping", (i, 80), per_flow=True) for i in range(40)]
+    assert len({store.server_of(k) for k in flows}) == n          # per-flow objects spread
+    if n > 1:
+        a = next(k for k in flows if store.server_of(k) == 0)
+        b = next(k for k in flows if store.server_of(k) == 1)
+        with pytest.raises(StoreError, match="different servers"):
+            run(store, Op("custom", a, ("argmin_incr", [a, b]), instance=1))
+        # one request over both servers: one round trip, results in op order
+        before = store.round_trips
+        assert run(store, Op("incr", a, (1,), instance=1), Op("incr", b, (2,), instance=1),
+                   Op("get", a), Op("get", b)) == [1, 2, 1, 2]
+        assert store.round_trips == before + 1
+
+
+def test_incr_beyond_2_53_is_refused_not_rounded(store):
+    _redis_only(store)
+    run(store, Op("set", COUNTER, (2**53 - 1,)))
+    assert run(store, Op("incr", COUNTER, (-1,))) == [2**53 - 2]
+    with pytest.raises(StoreError, match="2\\^53"):
+        run(store, Op("incr", COUNTER, (10,)))
+    run(store, Op("set", COUNTER, (2**60,)))
+    with pytest.raises(StoreError, match="2\\^53"):
+        run(store, Op("incr", COUNTER, (1,)))
+    assert get(store, COUNTER) == 2**60
+
+
+def test_values_msgpack_cannot_carry_are_refused(store):
+    _redis_only(store)
+    with pytest.raises(StoreError, match="cannot hold"):
+        run(store, Op("set", COUNTER, ({1, 2},)))
+    with pytest.raises(StoreError, match="cannot hold"):
+        run(store, Op("set", COUNTER, (2**70,)))
+
+
+def test_a_lost_function_library_is_reloaded(store, redis_servers):
+    _redis_only(store)
+    import redis
+
+    run(store, Op("incr", COUNTER, (1,), "nat/0", 1))
+    for s in redis_servers:
+        r = redis.Redis(host="127.0.0.1", port=s.port)
+        r.function_flush()                      # as after a restart without persistence
+        r.close()
+    assert run(store, Op("incr", COUNTER, (1,), "nat/0", 2), Op("get", COUNTER, (), "nat/0", 3)) == [2, 2]
+
+
+def test_unreachable_store_at_construction():
+    pytest.importorskip("redis")
+    from chc.backends.redis import RedisStore
+
+    with pytest.raises(StoreUnavailable, match=r"redis://127\.0\.0\.1:1: connection refused"):
+        RedisStore(["redis://127.0.0.1:1"], attempts=2, backoff=0.01)
+
+
+def test_open_store_url(redis_urls):
+    from chc.backends import open_store
+
+    s = open_store(",".join(redis_urls))
+    try:
+        assert s.name == "redis" and s.describe() == f"{redis_urls[0]} (2 servers)"
+        assert s.execute([Op("incr", COUNTER, (1,))]) == [1]
+    finally:
+        s.close()
+    s = open_store(redis_urls[0] + "/3")                         # another DB of the same server
+    try:
+        assert s.execute([Op("get", COUNTER)]) == [None]
+    finally:
+        s.close()
+
+
+def test_unreachable_mid_run(dedicated_redis):
+    from chc.backends.redis import RedisStore
+
+    s = RedisStore([dedicated_redis.url], attempts=3, backoff=0.02)
+    try:
+        assert s.execute([Op("incr", COUNTER, (1,), "nat/0", 1)]) == [1]
+        dedicated_redis.kill()
+        with pytest.raises(StoreUnavailable, match=f"{dedicated_redis.url}: "):
+            s.execute([Op("incr", COUNTER, (1,), "nat/0", 2)])
+    finally:
+        s.close()
+
+
+def test_restart_keeps_acknowledged_updates_and_dedup(dedicated_redis):
+    from chc.backends.redis import RedisStore
+
+    s = RedisStore([dedicated_redis.url], attempts=10, backoff=0.05)
+    try:
+        ops = [Op("incr", COUNTER, (1,), "nat/0", seq, tag=(seq, 1)) for seq in range(1, 11)]
+        for op in ops:
+            s.execute([op])                                     # each one acknowledged
+        dedicated_redis.kill()                                  # kill -9: nothing flushed at exit
+        restart = threading.Timer(0.3, dedicated_redis.start)   # back while execute retries
+        restart.start()
+        try:
+            assert s.execute(ops[4:]) == [None] * 6            # retransmitted: not applied again
+        finally:
+            restart.join()
+        assert s.execute([Op("get", COUNTER)]) == [10]
+        assert s.execute([Op("incr", COUNTER, (1,), "nat/0", 11)]) == [11]
+        dedicated_redis.kill()
+        dedicated_redis.start()
+        assert s.execute([Op("get", COUNTER)]) == [11]
+    finally:
+        s.close()
+
+
+# -- end to end: the paper's chain on Redis gives model T's output -----------------------------------------------------
+
+E2E_PACKETS = 6000
+SCAN = ROOT / "traces/scans/nmap-syn-scan.pcap"
+
+
+@pytest.fixture(scope="module")
+def lan_head(tmp_path_factory):
+    """``lan_head(n)``: a capture of the first n packets of the LAN trace (the whole one
+    takes minutes in model EO)."""
+    from chc.capture import CaptureWriter, open_capture
+
+    made: dict[int, str] = {}
+
+    def make(n: int) -> str:
+        if n not in made:
+            path = tmp_path_factory.mktemp("e2e") / f"lan-head-{n}.pcap"
+            with open_capture(ROOT / "traces/pathspider/lan-2012.pcap.gz") as reader:
+                writer = CaptureWriter(path, nanosecond=reader.nanosecond)
+                writer.write_many(islice(iter(reader), n))
+                writer.close()
+            made[n] = str(path)
+        return made[n]
+    return make
+
+
+def _chc_run(tmp_path, capture: str, model: str, store: str | None, name: str,
+             *extra: str) -> tuple[bytes, dict]:
+    from chc.cli import main
+
+    out, summary = tmp_path / f"{name}.pcap", tmp_path / f"{name}.json"
+    args = ["run", str(ROOT / "examples/paper_chain.yaml"), capture, "--model", model, "--out", str(out),
+            "--summary-json", str(summary), "--no-progress", "-q", *extra]
+    if store is not None:
+        args += ["--store", store]
+    assert main(args) == 0
+    return out.read_bytes(), json.loads(summary.read_text())
+
+
+def _same_run(got: tuple[bytes, dict], want: tuple[bytes, dict], what: str) -> None:
+    out, summary = got
+    assert summary["store"]["backend"].startswith("redis://"), what
+    assert summary["store"]["round_trips"] > 0, what
+    assert summary["nf_errors"] == 0, (what, summary.get("errors"))
+    assert out == want[0], f"{what}: output packets differ"
+    assert summary["state_digest"] == want[1]["state_digest"], f"{what}: final state differs"
+    assert summary["packets_out"] == want[1]["packets_out"], what
+    assert summary["alerts"] == want[1]["alerts"], what
+
+
+def test_paper_chain_on_redis_matches_model_t(tmp_path, redis_servers, lan_head):
+    small_lan = lan_head(E2E_PACKETS)
+    want = _chc_run(tmp_path, small_lan, "T", None, "t")
+    assert want[1]["packets_in"] == E2E_PACKETS
+    for shards in (1, 2):
+        url = ",".join(s.url for s in redis_servers[:shards])
+        for model in ("EO", "EO+C+NA"):
+            for s in redis_servers:
+                s.flush()                       # a run needs an empty store
+            got = _chc_run(tmp_path, small_lan, model, url, f"{model}-{shards}")
+            _same_run(got, want, f"{model} on {shards} Redis shard(s)")
+
+
+def test_scan_alerts_on_redis_match_model_t(tmp_path, redis_servers):
+    """The portscan detector's offloaded TRW steps (a Lua value op) raise T's alerts."""
+    if not SCAN.exists():
+        pytest.skip(f"{SCAN} is not there")
+    want = _chc_run(tmp_path, str(SCAN), "T", None, "t")
+    assert want[1]["alerts"], "the scan trace should raise an alert"
+    for s in redis_servers:
+        s.flush()
+    got = _chc_run(tmp_path, str(SCAN), "EO", ",".join(s.url for s in redis_servers), "eo")
+    _same_run(got, want, "EO on 2 Redis shards")
+
+
+def test_parallel_chain_on_redis_matches_the_memory_store(tmp_path, redis_servers, lan_head):
+    """Two instances per vertex share state through the store (callbacks, ownership)."""
+    small_lan = lan_head(E2E_PACKETS // 2)
+    for model in ("EO+C", "EO+C+NA"):
+        want = _chc_run(tmp_path, small_lan, model, "memory", f"mem-{model}", "--parallelism", "2")
+        for s in redis_servers:
+            s.flush()
+        got = _chc_run(tmp_path, small_lan, model, ",".join(s.url for s in redis_servers), f"redis-{model}",
+                       "--parallelism", "2")
+        want[1]["store"]["backend"] = "redis://"
+        _same_run(got, want, f"{model} with 2 instances per vertex on 2 Redis shards")
+
+
+def test_deque_is_what_callbacks_seed_caches_with(store):
+    """subscribe and callbacks hand list objects over as deques (a cache pops at the head)."""
+    run(store, Op("push", LIST, (1,)))
+    v = store.subscribe(LIST, "nat/1")
+    assert isinstance(v, deque) and list(v) == [1]
