@@ -31,6 +31,7 @@ TRACES = Path(__file__).resolve().parent.parent / "traces"
 TRACE_COUNTS = {
     "pathspider/lan-2012.pcap.gz": 62781,
     "pathspider/random-garbage.pcap": 5000,
+    "scans/nmap-syn-scan.pcap": 1242,
     "zeek/echo-connections.pcap.gz": 82582,
     "zeek/ftp_bruteforce.pcap": 606,
     "zeek/ftp_ipv4.pcap": 95,
