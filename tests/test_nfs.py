@@ -9,6 +9,7 @@ import pytest
 from chc.core.instance import Instance
 from chc.nf import INITIATOR, build_config
 from chc.nfs import NAT, LoadBalancer, PortScanDetector, TrojanDetector
+from chc.nfs.portscan import HOST_PAIR
 from chc.packet import Packet, ip_bytes, ipv4_header_ok, l4_checksum_ok
 from frames import (
     ACK,
@@ -335,12 +336,21 @@ def portscan(**over) -> Instance:
 
 
 def lam(inst: Instance, host: str = SCANNER) -> float:
-    return inst.objects["likelihood"].get(ip(host))
+    """Lambda from the host's record (successes, failures, verdict)."""
+    s, f, _ = inst.objects["likelihood"].get(ip(host))
+    return (0.2 / 0.8) ** s * (0.8 / 0.2) ** f
 
 
-def test_portscan_partitions_on_initiator():
-    # likelihood, pending and first-contact state must all live at one instance
-    assert PortScanDetector.partition_scope() is INITIATOR
+def test_portscan_partitions_on_host_pair():
+    # Both directions of a connection, its pending record and the pair's
+    # first-contact record live at one instance; the per-host likelihood is
+    # shared and updated by one atomic value op.
+    scope = PortScanDetector.partition_scope()
+    assert scope is HOST_PAIR and scope is not INITIATOR
+    a, b = tcp(H1, R1, 40000, 80, SYN), tcp(R1, H1, 80, 40000, SYN_ACK)
+    c = tcp(H1, R1, 40001, 443, ACK)
+    keys = {scope.partition(Packet(f)) for f in (a, b, c)}
+    assert len(keys) == 1
 
 
 def test_portscan_flagged_after_exactly_four_failures():

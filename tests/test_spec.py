@@ -43,7 +43,7 @@ def test_good_spec_and_parallelism_override():
 def test_partition_scopes_follow_declarations():
     # §4.1: the splitter partitions on the coarsest non-global declared scope.
     assert NAT.partition_scope().name == "5-tuple"
-    assert PortScanDetector.partition_scope().name == "initiator-ip"
+    assert PortScanDetector.partition_scope().name == "host-pair"      # overridden, see portscan.py
     assert TrojanDetector.partition_scope().name == "src-ip"
     assert [s.name for s in NAT.scopes()] == ["5-tuple", "global"]
 

@@ -106,7 +106,40 @@ class Access(enum.Enum):
     READ_WRITE = "read-write-often"    # write/read often
 
 
+# -- offloaded value operations (§4.3 "developers can load custom operations") -----
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueOp:
+    """A read-modify-write on one state value, run atomically wherever the value
+    lives: in the instance (model T, cached objects) or in the store (offloaded).
+
+    ``fn(value, *args) -> (new value, result)`` must be deterministic.  ``lua`` is
+    the same function for the Redis backend: a Lua chunk that receives ``value``
+    and ``args`` and returns ``new, result``.
+    """
+
+    name: str
+    fn: Callable[..., tuple[Any, Any]]
+    lua: str | None = None
+
+
+VALUE_OPS: dict[str, ValueOp] = {}
+
+
+def value_op(name: str, lua: str | None = None) -> Callable:
+    """Register a function as an offloadable value operation (usable as
+    ``self.<object>.apply(name, *args, key=...)`` in NF code)."""
+    def register(fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
+        VALUE_OPS[name] = ValueOp(name, fn, lua)
+        return fn
+    return register
+
+
 # -- state declarations ----------------------------------------------------------
+
+
+EQUIVALENCES = ("exact", "multiset")
 
 
 class StateObject:
@@ -119,11 +152,18 @@ class StateObject:
 
     kind: ClassVar[str] = "value"
 
-    def __init__(self, scope: Scope, access: Access, init: Any = None, doc: str = "") -> None:
+    def __init__(self, scope: Scope, access: Access, init: Any = None, doc: str = "",
+                 equivalence: str = "exact") -> None:
+        if equivalence not in EQUIVALENCES:
+            raise ValueError(f"equivalence must be one of {', '.join(EQUIVALENCES)}")
         self.scope = scope
         self.access = access
         self.init = init
         self.doc = doc
+        # How the COE checker compares this object's final value with the logical
+        # chain's: "exact", or "multiset" for a list whose order carries no meaning
+        # (the NAT's free ports: concurrent releases may push them in any order).
+        self.equivalence = equivalence
         self.name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -150,8 +190,9 @@ class Value(StateObject):
 class List(StateObject):
     kind = "list"
 
-    def __init__(self, scope: Scope, access: Access, init: Any = (), doc: str = "") -> None:
-        super().__init__(scope, access, init, doc)
+    def __init__(self, scope: Scope, access: Access, init: Any = (), doc: str = "",
+                 equivalence: str = "exact") -> None:
+        super().__init__(scope, access, init, doc, equivalence)
 
     def initial(self, config: Any) -> list:
         return list(super().initial(config))
@@ -192,12 +233,14 @@ class Alert:
 class Context:
     """What an NF sees besides the packet: clock, time, alerts, timers."""
 
-    __slots__ = ("vertex", "instance", "clock", "now", "index", "alerts", "_timers", "_timer_seq")
+    __slots__ = ("vertex", "instance", "clock", "packet_clock", "now", "index", "alerts",
+                 "_timers", "_timer_seq")
 
     def __init__(self, vertex: str, instance: int) -> None:
         self.vertex = vertex
         self.instance = instance
         self.clock = 0          # §5.2 logical clock of the packet being processed
+        self.packet_clock = 0   # the same, even when NFs are shown arrival order (checker)
         self.now = 0            # its capture timestamp (ns)
         self.index = 0          # its position in the input
         self.alerts: list[Alert] = []

@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Any
 
-from ..nf import Access, StateObject
+from ..nf import VALUE_OPS, Access, StateObject
 from .state import LocalObject
 from .store import ObjectKey, Op, StoreError
 
@@ -74,6 +74,10 @@ class StoreClient:
         self.n_in_packet = 0
         self.packet_xor = 0                 # §5.4: XOR of this packet's update ids
         self.in_timer = False
+        # COE checker: results of blocking updates by (key, tag), i.e. the outcome
+        # of the store's serialization for this client's order-dependent ops.
+        self.record: dict | None = None
+        self.faults: Any = None             # fault injection (chc check --break)
         self.callback_caches: dict[ObjectKey, CallbackObject] = {}
         # statistics for the summary's `store` section
         self.blocking_ops = 0
@@ -110,12 +114,16 @@ class StoreClient:
         results = self.backend.execute(ops)
         self.pending = []
         self._notifications()
+        if self.record is not None and op.tag is not None:
+            self.record[(op.key, op.tag)] = results[-1]
         return results[-1]
 
     def send(self, op: Op) -> None:
         """Non-blocking update: in EO+C+NA queued for the batch flush (never waited
         for); otherwise sent now and its acknowledgement awaited."""
         self.nonblocking_ops += 1
+        if self.faults is not None and self.faults.swallow(op):
+            return                          # injected loss: never sent, never retransmitted
         self.pending.append(op)
         if not self.no_ack_wait:
             self.flush()
@@ -228,19 +236,35 @@ class RemoteObject(_Handle):
         self._update("push", key, (value,), False)
 
     def pop(self, key: Hashable = None) -> Any:
-        return self._update("pop", key, (), True)
+        v = self._update("pop", key, (), True)
+        if self.recorder is not None:
+            self.recorder(self.name, key, "pop", v)
+        return v
 
     def cas(self, expected: Any, new: Any, key: Hashable = None) -> bool:
-        return bool(self._update("cas", key, (expected, new), True))
+        ok = bool(self._update("cas", key, (expected, new), True))
+        if self.recorder is not None:
+            self.recorder(self.name, key, "cas", ok)
+        return ok
 
     def delete(self, key: Hashable = None) -> None:
         self._update("delete", key, (), False)
+
+    def apply(self, op: str, *args: Any, key: Hashable = None) -> Any:
+        """Offloaded value operation: one atomic step in the store (§4.3)."""
+        new, result = self._update("apply", key, (op, *args), True)
+        if self.recorder is not None:
+            self.recorder(self.name, key, "apply", (new, result))
+        return result
 
     def incr_least(self, keys: list) -> int:
         c = self.client
         op = c.op("custom", self.key(None), ("argmin_incr", [self.key(k) for k in keys]),
                   xor_base=self._xor_base)
-        return c.call(op)
+        best = c.call(op)
+        if self.recorder is not None:
+            self.recorder(self.name, None, "incr_least", best)
+        return best
 
 
 class CachedObject(_Handle):
@@ -286,25 +310,40 @@ class CachedObject(_Handle):
 
     def pop(self, key: Hashable = None) -> Any:
         lst = self._slot_value(key)
-        if not lst:
-            return None
-        self._queue("pop", key, ())
-        return lst.popleft()
+        v = None
+        if lst:
+            self._queue("pop", key, ())
+            v = lst.popleft()
+        if self.recorder is not None:
+            self.recorder(self.name, key, "pop", v)
+        return v
 
     def cas(self, expected: Any, new: Any, key: Hashable = None) -> bool:
-        if self._slot_value(key) != expected:
-            return False
-        self.set(new, key)
-        return True
+        ok = self._slot_value(key) == expected
+        if ok:
+            self.set(new, key)
+        if self.recorder is not None:
+            self.recorder(self.name, key, "cas", ok)
+        return ok
 
     def delete(self, key: Hashable = None) -> None:
         self.values.pop(key, None)
         self._queue("delete", key, ())
 
+    def apply(self, op: str, *args: Any, key: Hashable = None) -> Any:
+        new, result = VALUE_OPS[op].fn(self._slot_value(key), *args)
+        self.values[key] = new
+        self._queue("apply", key, (op, *args))
+        if self.recorder is not None:
+            self.recorder(self.name, key, "apply", (new, result))
+        return result
+
     def incr_least(self, keys: list) -> int:
         loads = [self._slot_value(k) for k in keys]
         best = loads.index(min(loads))
         self.incr(1, keys[best])
+        if self.recorder is not None:
+            self.recorder(self.name, None, "incr_least", best)
         return best
 
 

@@ -41,7 +41,8 @@ class Instance:
                  "packets_in", "packets_out", "dropped", "nf_errors", "first_error")
 
     def __init__(self, vertex: str, instance_id: int, nf_cls: type[NF], config: Any,
-                 model: str = "T", store: Any = None, exclusive: bool = True) -> None:
+                 model: str = "T", store: Any = None, exclusive: bool = True,
+                 client: Any = None) -> None:
         if model not in MODELS:
             raise ValueError(f"unknown state model {model!r} (available: {', '.join(MODELS)})")
         self.vertex = vertex
@@ -57,7 +58,9 @@ class Instance:
         self.arrivals = 0
         self.finished: list[tuple[int, int]] = []   # (clock, XOR vector) of packets ended here
         self.forks: list[tuple[int, int]] = []      # (clock, extra copies) made here
-        self.client: StoreClient | None = None
+        # The store client of the externalized models; in model T an optional
+        # stand-in with the same binding interface (the COE checker's reference).
+        self.client: StoreClient | None = client
         if model != "T":
             if store is None:
                 raise ValueError(f"model {model} needs a store")
@@ -107,7 +110,7 @@ class Instance:
         for pkt in batch:
             if timers and timers[0][0] <= pkt.ts:
                 self._fire(pkt.ts)
-            clock = pkt.clock
+            ctx.packet_clock = clock = pkt.clock
             if self.arrival_clocks:
                 self.arrivals += 1
                 ctx.clock = self.arrivals
@@ -167,7 +170,8 @@ class Instance:
         while timers and (until is None or timers[0][0] <= until):
             deadline, seq, key, clock, index = heapq.heappop(timers)
             # A timer runs with the clock of the packet that armed it.
-            ctx.clock, ctx.now, ctx.index = clock, deadline, index
+            ctx.clock = ctx.packet_clock = clock
+            ctx.now, ctx.index = deadline, index
             if self.client is not None:
                 # Timer updates belong to no packet's processing: tagged apart, no XOR id.
                 self.client.begin_packet(clock, in_timer=True)

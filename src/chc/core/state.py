@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Hashable, Iterator
 from typing import Any
 
-from ..nf import StateObject
+from ..nf import VALUE_OPS, StateObject
 
 _MISSING = object()
 
@@ -34,12 +34,16 @@ _MISSING = object()
 class LocalObject:
     """Model T: one state object family in a local dict (Table 2 operations)."""
 
-    __slots__ = ("decl", "config", "values", "_init", "_init_mutable")
+    __slots__ = ("decl", "config", "values", "_init", "_init_mutable", "recorder")
 
     def __init__(self, decl: StateObject, config: Any) -> None:
         self.decl = decl
         self.config = config
         self.values: dict[Hashable, Any] = {}
+        # COE checker: called with (object, key, op, result) for the ops whose
+        # result depends on the order the store serializes them in (pop, cas,
+        # incr_least), so the reference run can follow the same serialization.
+        self.recorder: Any = None
         self._init = self._fresh()
         self._init_mutable = isinstance(self._init, (deque, dict, set))
 
@@ -78,17 +82,30 @@ class LocalObject:
     def pop(self, key: Hashable = None) -> Any:
         """Remove and return the head of a list object (None when empty)."""
         lst = self._slot(key)
-        return lst.popleft() if lst else None
+        v = lst.popleft() if lst else None
+        if self.recorder is not None:
+            self.recorder(self.decl.name, key, "pop", v)
+        return v
 
     def cas(self, expected: Any, new: Any, key: Hashable = None) -> bool:
         """Compare-and-update: set ``new`` iff the current value equals ``expected``."""
-        if self.get(key) != expected:
-            return False
-        self.values[key] = new
-        return True
+        ok = self.get(key) == expected
+        if ok:
+            self.values[key] = new
+        if self.recorder is not None:
+            self.recorder(self.decl.name, key, "cas", ok)
+        return ok
 
     def delete(self, key: Hashable = None) -> None:
         self.values.pop(key, None)
+
+    def apply(self, op: str, *args: Any, key: Hashable = None) -> Any:
+        """Run the registered value operation ``op`` on the value (atomic)."""
+        new, result = VALUE_OPS[op].fn(self.get(key), *args)
+        self.values[key] = new
+        if self.recorder is not None:
+            self.recorder(self.decl.name, key, "apply", (new, result))
+        return result
 
     def incr_least(self, keys: list) -> int:
         """Index of the least counter among ``keys``, incremented by one (first on
@@ -96,6 +113,8 @@ class LocalObject:
         loads = [self.get(k) for k in keys]
         best = loads.index(min(loads))
         self.incr(1, keys[best])
+        if self.recorder is not None:
+            self.recorder(self.decl.name, None, "incr_least", best)
         return best
 
     # -- introspection (COE checker, digest) ----------------------------------------

@@ -45,8 +45,10 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
+from ..nf import VALUE_OPS
+
 READS = frozenset(("get",))
-UPDATES = frozenset(("set", "incr", "push", "pop", "cas", "delete", "custom"))
+UPDATES = frozenset(("set", "incr", "push", "pop", "cas", "delete", "custom", "apply"))
 
 
 class StoreError(Exception):
@@ -171,6 +173,14 @@ class StoreEngine:
         if code == "delete":
             data.pop(key, None)
             return None
+        if code == "apply":
+            # A registered value operation (chc.nf.value_op): read-modify-write in one step.
+            vop = VALUE_OPS.get(args[0])
+            if vop is None:
+                raise StoreError(f"unknown value operation {args[0]!r}")
+            new, result = vop.fn(data.get(key, op.default), *args[1:])
+            data[key] = new
+            return (new, result)
         fn = self.customs.get(args[0])
         if fn is None:
             raise StoreError(f"unknown custom operation {args[0]!r}")

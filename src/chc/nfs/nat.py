@@ -63,7 +63,7 @@ class NAT(NF):
 
     ports = List(GLOBAL, Access.READ_WRITE,
                  init=lambda cfg: range(cfg.port_range[0], cfg.port_range[1] + 1),
-                 doc="available external ports")
+                 doc="available external ports", equivalence="multiset")
     tcp_packets = Counter(GLOBAL, Access.WRITE_MOSTLY, doc="total TCP packets")
     packets = Counter(GLOBAL, Access.WRITE_MOSTLY, doc="total packets")
     mapping = Value(FLOW, Access.READ_HEAVY, doc="per-connection (external port, close state)")

@@ -12,7 +12,9 @@ four failed first contacts flag a host (4^4 = 256) and four successes clear it.
 
 State (Table 4):
 
-* ``likelihood``: Lambda per host, cross-flow, write/read often;
+* ``likelihood``: Lambda per host, cross-flow, write/read often, held as the
+  counts of successful and failed first contacts and the verdict (Lambda is
+  (theta1/theta0)^s * ((1-theta1)/(1-theta0))^f, computed from them);
 * ``pending``: pending connection initiation per flow with its timestamp and
   initiator, per-flow, write/read often;
 * ``contacted``: the first-contact record TRW needs per (host, destination); the
@@ -20,6 +22,12 @@ State (Table 4):
 
 Unanswered attempts are resolved by a framework timer (``ctx.set_timer``), so
 the outcome depends only on packet timestamps, never on batching.
+
+Partitioning: on the unordered host pair, so that both directions of a
+connection (and its pending record, and the pair's first-contact record) stay
+on one instance and in order.  A host's likelihood is then shared by the
+instances that see its connections; each TRW step is one offloaded, atomic
+value operation (``trw_step``) so concurrent steps are serialized by the store.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Hashable
 
-from ..nf import FLOW, INITIATOR, NF, Access, ConfigError, Context, Scope, Value, _initiator
+from ..nf import FLOW, INITIATOR, NF, Access, ConfigError, Context, Scope, Value, _initiator, value_op
 from ..packet import PROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN, Packet, ip_str
 
 _SYN_ACK = TCP_SYN | TCP_ACK
@@ -38,7 +46,46 @@ def _pair_key(p: Packet) -> Hashable:
     return (init, p.src if init == p.dst else p.dst)
 
 
-HOST_PAIR = Scope("host-pair", 1, False, _pair_key, lambda p: b"".join(_pair_key(p)))
+def _pair_bytes(p: Packet) -> bytes:
+    a, b = p.src, p.dst
+    return a + b if a <= b else b + a
+
+
+# Both directions of every connection between two hosts: the partition keeps a
+# connection's packets together (per-flow order) and a (host, destination)
+# first-contact record on one instance; the per-host likelihood is shared.
+HOST_PAIR = Scope("host-pair", 1, False, _pair_key, _pair_bytes)
+
+
+SCANNER, UNDECIDED, BENIGN = 1, 0, -1
+
+
+@value_op("trw_step", lua="""
+local s, f, verdict = 0, 0, 0
+if value then s, f, verdict = value[1], value[2], value[3] end
+if verdict ~= 0 then return value, nil end
+local success, up_s, up_f, eta0, eta1 = args[1], args[2], args[3], args[4], args[5]
+if success then s = s + 1 else f = f + 1 end
+local lam = (up_s ^ s) * (up_f ^ f)
+if lam >= eta1 then verdict = 1 elseif lam <= eta0 then verdict = -1 end
+return {s, f, verdict}, lam
+""")
+def trw_step(value: tuple | None, success: bool, up_s: float, up_f: float,
+             eta0: float, eta1: float) -> tuple[tuple[int, int, int], float | None]:
+    """One TRW step on a host's record ``(successes, failures, verdict)``, atomic
+    wherever it runs.  Lambda is computed from the counts, so the record after
+    any set of steps is exact and independent of their order (until a verdict,
+    which is final).  Returns the new Lambda, or None once decided."""
+    s, f, verdict = value if value is not None else (0, 0, UNDECIDED)
+    if verdict != UNDECIDED:
+        return (s, f, verdict), None
+    if success:
+        s += 1
+    else:
+        f += 1
+    lam = up_s ** s * up_f ** f
+    verdict = SCANNER if lam >= eta1 else BENIGN if lam <= eta0 else UNDECIDED
+    return (s, f, verdict), lam
 
 
 @dataclasses.dataclass
@@ -67,7 +114,12 @@ class PortScanDetector(NF):
     kind = "portscan"
     Config = TRWConfig
 
-    likelihood = Value(INITIATOR, Access.READ_WRITE, init=1.0, doc="TRW likelihood ratio per host")
+    @classmethod
+    def partition_scope(cls) -> Scope:
+        return HOST_PAIR
+
+    likelihood = Value(INITIATOR, Access.READ_WRITE, init=(0, 0, UNDECIDED),
+                       doc="TRW likelihood per host: (successes, failures, verdict)")
     pending = Value(FLOW, Access.READ_WRITE, doc="pending initiation: (timestamp ns, initiator)")
     contacted = Value(HOST_PAIR, Access.READ_WRITE, init=False, doc="first contact made")
 
@@ -81,7 +133,7 @@ class PortScanDetector(NF):
         self.block = config.block
 
     def process(self, pkt: Packet, ctx: Context) -> Packet | None:
-        if self.block and self.likelihood.get(pkt.src) >= self.eta1:
+        if self.block and self.likelihood.get(pkt.src)[2] == SCANNER:
             return None
         if pkt.proto != PROTO_TCP:
             return pkt
@@ -107,6 +159,11 @@ class PortScanDetector(NF):
         if entry is None or entry[1] != pkt.dst:
             return                          # not an answer to a pending first contact
         self.pending.delete(flow)
+        # An answer after the timeout is a failure, as the timer would have decided
+        # had the packets arrived in input order (they may not, downstream of
+        # slowed or parallel instances).
+        if pkt.ts > entry[0] + self.timeout_ns:
+            success = False
         self._outcome(entry[1], success, ctx)
 
     def on_timer(self, key: Hashable, ctx: Context) -> None:
@@ -117,10 +174,9 @@ class PortScanDetector(NF):
             self._outcome(entry[1], False, ctx)
 
     def _outcome(self, host: bytes, success: bool, ctx: Context) -> None:
-        lam = self.likelihood.get(host)
-        if lam >= self.eta1 or lam <= self.eta0:
-            return                          # decision already made
-        lam *= self.up_success if success else self.up_failure
-        self.likelihood.set(lam, host)
-        if lam >= self.eta1:
+        # One offloaded read-modify-write (§4.3): instances sharing a host's
+        # likelihood never lose each other's steps.
+        lam = self.likelihood.apply("trw_step", success, self.up_success, self.up_failure,
+                                    self.eta0, self.eta1, key=host)
+        if lam is not None and lam >= self.eta1:
             ctx.alert("portscan", ip_str(host), likelihood=lam)

@@ -33,6 +33,7 @@ Determinism: seeded delays, stable hashes, sorted merges; no wall clock inside.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -40,7 +41,7 @@ from typing import Any
 from zlib import crc32
 
 from ..backends.memory import MemoryStore
-from ..core.client import StoreUnavailable
+from ..core.client import StoreClient, StoreUnavailable
 from ..core.instance import Instance
 from ..core.root import CLOCK_BITS, Root, clock_key, root_of
 from ..core.splitter import Splitter
@@ -66,7 +67,8 @@ class SimRuntime:
     def __init__(self, chain: Chain, model: str = "T", batch_size: int = DEFAULT_BATCH,
                  store: Any = None, *, pacer: Pacer | None = None,
                  delays: dict[str, str] | None = None, seed: int = 0, clocks: bool = True,
-                 log_mode: str = "local", log_limit: int = 0, persist_every: int = 1000) -> None:
+                 log_mode: str = "local", log_limit: int = 0, persist_every: int = 1000,
+                 events: list | None = None, clients: Callable[[str, int], Any] | None = None) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         self.chain = chain
@@ -81,12 +83,19 @@ class SimRuntime:
         self.pacer = pacer or Pacer("topspeed")
         self.roots = [Root(r, chain.policies, log_mode=log_mode, log_limit=log_limit,
                            persist_every=persist_every) for r in range(chain.roots)]
+        # ``clients`` supplies a stand-in client per instance (the COE checker's reference).
         self.instances: dict[str, list[Instance]] = {
-            name: [Instance(name, i, v.nf, v.config, model, self.store, exclusive=v.parallelism == 1)
+            name: [Instance(name, i, v.nf, v.config, model, self.store, exclusive=v.parallelism == 1,
+                            client=clients(name, i) if clients else None)
                    for i in range(v.parallelism)]
             for name, v in chain.vertices.items()
         }
+        self.seed = seed
         self._delays(delays or {}, seed)
+        self.events = sorted(events or [], key=lambda e: (e.at_packet is None, e.at_packet or 0,
+                                                          e.at_time_ns or 0))
+        for ev in self.events:
+            self.targets(ev.target)         # fail early on a bad target
         if not clocks:
             for inst in self._all_instances():
                 inst.arrival_clocks = True
@@ -107,19 +116,31 @@ class SimRuntime:
     def _all_instances(self) -> list[Instance]:
         return [i for insts in self.instances.values() for i in insts]
 
+    def targets(self, target: str | None) -> list[Instance]:
+        """Instances named by ``vertex`` (all of them) or ``vertex[i]`` (one)."""
+        if not target:
+            raise ValueError("an instance target (vertex or vertex[i]) is required")
+        name, _, rest = target.partition("[")
+        if name not in self.instances:
+            raise ValueError(f"unknown vertex {name!r} in {target!r} (vertices: {', '.join(self.instances)})")
+        insts = self.instances[name]
+        if rest:
+            idx = rest.rstrip("]")
+            if not idx.isdigit() or int(idx) >= len(insts):
+                raise ValueError(f"{target!r}: {name} has instances 0-{len(insts) - 1}")
+            insts = [insts[int(idx)]]
+        return insts
+
+    def set_delay(self, target: str, spec: str | None) -> None:
+        for inst in self.targets(target):
+            inst.delay = None if spec is None else Delay(spec, self.seed, f"{inst.vertex}[{inst.instance_id}]")
+        if spec is not None:
+            self.timed = True
+
     def _delays(self, delays: dict[str, str], seed: int) -> None:
         """``{"vertex": spec}`` for every instance of a vertex, ``{"vertex[i]": spec}`` for one."""
         for target, spec in delays.items():
-            name, _, rest = target.partition("[")
-            if name not in self.instances:
-                raise ValueError(f"delay for unknown vertex {name!r} (vertices: {', '.join(self.instances)})")
-            insts = self.instances[name]
-            if rest:
-                idx = rest.rstrip("]")
-                if not idx.isdigit() or int(idx) >= len(insts):
-                    raise ValueError(f"delay target {target!r}: no such instance")
-                insts = [insts[int(idx)]]
-            for inst in insts:
+            for inst in self.targets(target):
                 inst.delay = Delay(spec, seed, f"{inst.vertex}[{inst.instance_id}]")
 
     def _ordering(self) -> dict[str, bool]:
@@ -329,9 +350,17 @@ class SimRuntime:
         pace = self.pacer.arrival
         batch: list[Packet] = []
         index = sum(r.packets_in for r in self.roots)
+        events = list(self.events)
         for ts, data in records:
             pkt = Packet(data, ts, index)
             pkt.vt = pace(ts, len(data))
+            if events and _due(events[0], pkt):
+                # An event fires before the packet it names, at a batch boundary.
+                if batch:
+                    self._emit(self.step(batch), emit)
+                    batch = []
+                while events and _due(events[0], pkt):
+                    self.apply(events.pop(0))
             batch.append(pkt)
             index += 1
             if len(batch) >= size:
@@ -345,6 +374,9 @@ class SimRuntime:
                 progress(len(batch))
         self._emit(self.drain(), emit)
         self.elapsed += time.perf_counter() - started
+
+    def apply(self, event: Any) -> None:
+        ACTIONS[event.action].apply(self, event)
 
     @staticmethod
     def _emit(out: list[Packet], emit: Callable[[list[Packet]], None] | None) -> None:
@@ -383,7 +415,7 @@ class SimRuntime:
         return out
 
     def store_stats(self) -> dict:
-        clients = [i.client for i in self._all_instances() if i.client]
+        clients = [i.client for i in self._all_instances() if isinstance(i.client, StoreClient)]
         return {
             "backend": self.store.describe() if self.store is not None else "local",
             "model": self.model,
@@ -438,6 +470,46 @@ class SimRuntime:
         s.store = self.store_stats()
         s.log = self.log_stats()
         return s
+
+
+def _due(event: Any, pkt: Packet) -> bool:
+    if event.at_packet is not None:
+        return pkt.index >= event.at_packet
+    return pkt.vt >= event.at_time_ns
+
+
+# -- scenario event actions --------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    """A scenario event: ``check`` validates its parameters, ``apply`` performs it."""
+
+    check: Callable[[Any], None]
+    apply: Callable[[SimRuntime, Any], None]
+
+
+def _check_delay(event: Any, required: bool) -> None:
+    if not event.target:
+        raise ValueError("needs a target: vertex or vertex[i]")
+    unknown = set(event.params) - {"delay"}
+    if unknown:
+        raise ValueError(f"unknown parameter {sorted(unknown)[0]!r} (known: delay)")
+    spec = event.params.get("delay")
+    if spec is None:
+        if required:
+            raise ValueError("needs delay: DIST (e.g. uniform:200:400, µs)")
+        return
+    Delay(str(spec), 0, "check")
+
+
+ACTIONS: dict[str, Action] = {
+    # Slow an instance down: a new per-packet delay distribution from here on.
+    "slow": Action(lambda e: _check_delay(e, True),
+                   lambda rt, e: rt.set_delay(e.target, str(e.params["delay"]))),
+    # Speed it up again: a faster distribution, or none (instant processing).
+    "speed-up": Action(lambda e: _check_delay(e, False),
+                       lambda rt, e: rt.set_delay(e.target, e.params.get("delay"))),
+}
 
 
 def _copy(p: Packet) -> Packet:

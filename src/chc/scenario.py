@@ -1,0 +1,181 @@
+"""Scenarios: what happens to the physical chain during a sim run.
+
+A scenario (YAML, or the same data in Python) sets the run's dynamics:
+parallelism per vertex, state model and store, batch size, input pacing,
+per-instance delay distributions, a seed, and timed events::
+
+    name: parallel
+    parallelism: 3                  # every vertex, or {vertex: n}
+    model: EO+C+NA                  # T | EO | EO+C | EO+C+NA
+    store: memory                   # or redis://HOST:PORT[,...]
+    batch_size: 64
+    pacing: {mbps: 10000}           # {multiplier: X} | {pps: N} | {mbps: N} | topspeed
+    delays: {"*": "uniform:50:100"} # vertex, vertex[i] or "*" -> distribution (µs)
+    seed: 7
+    events:
+      - {at: {packets: 20000}, do: slow, target: "nat[1]", delay: "uniform:200:400"}
+      - {at: {time_us: 9000}, do: speed-up, target: "nat[1]"}
+
+Events fire before the input packet they name (``packets``: its index;
+``time_us``: the first packet arriving at or after that virtual time), so a run
+with events is as deterministic and batch-size independent as one without.
+An event is ``{at, do, target, ...parameters}``; the actions live in
+:data:`chc.runtime.sim.ACTIONS` (``slow``, ``speed-up`` today), so later ones
+(reallocate flows, clone a straggler, crash and restart an NF, root or store
+instance) are new entries of that table with their own parameters, not a new
+format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import yaml
+
+from .core.client import MODELS
+from .runtime.pacing import Delay, Pacer
+
+
+class ScenarioError(ValueError):
+    """An invalid scenario; the message names the offending field."""
+
+
+@dataclasses.dataclass
+class Event:
+    action: str
+    target: str | None = None
+    params: dict = dataclasses.field(default_factory=dict)
+    at_packet: int | None = None
+    at_time_ns: int | None = None
+
+
+@dataclasses.dataclass
+class Scenario:
+    name: str = "scenario"
+    parallelism: int | dict[str, int] | None = None
+    model: str | None = None
+    store: str | None = None
+    batch_size: int | None = None
+    pacing: Pacer | None = None
+    delays: dict[str, str] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    events: list[Event] = dataclasses.field(default_factory=list)
+
+    def expand_delays(self, vertices: list[str]) -> dict[str, str]:
+        """``*`` -> every vertex; explicit entries win."""
+        out = {v: self.delays["*"] for v in vertices} if "*" in self.delays else {}
+        out.update({k: v for k, v in self.delays.items() if k != "*"})
+        return out
+
+
+def load_scenario(path: str | os.PathLike) -> Scenario:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ScenarioError(f"{path}: {exc.strerror or exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ScenarioError(f"{path}: not valid YAML ({first})") from None
+    try:
+        return parse_scenario(raw if raw is not None else {})
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+
+
+_FIELDS = ("name", "parallelism", "model", "store", "batch_size", "pacing", "delays", "seed", "events")
+
+
+def parse_scenario(raw: Any) -> Scenario:
+    if not isinstance(raw, dict):
+        raise ScenarioError("a scenario is a mapping")
+    for key in raw:
+        if key not in _FIELDS:
+            raise ScenarioError(f"{key}: unknown field (known: {', '.join(_FIELDS)})")
+    sc = Scenario(name=str(raw.get("name", "scenario")))
+    sc.parallelism = _parallelism(raw.get("parallelism"))
+    model = raw.get("model")
+    if model is not None and model not in MODELS:
+        raise ScenarioError(f"model: expected one of {', '.join(MODELS)}, got {model!r}")
+    sc.model = model
+    store = raw.get("store")
+    if store is not None and not (store == "memory" or (isinstance(store, str) and store.startswith("redis://"))):
+        raise ScenarioError(f"store: expected 'memory' or redis://HOST:PORT, got {store!r}")
+    sc.store = store
+    bs = raw.get("batch_size")
+    if bs is not None and (not isinstance(bs, int) or isinstance(bs, bool) or bs < 1):
+        raise ScenarioError(f"batch_size: must be a positive integer, got {bs!r}")
+    sc.batch_size = bs
+    sc.pacing = _pacing(raw.get("pacing"))
+    sc.delays = _delays(raw.get("delays"))
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ScenarioError(f"seed: must be an integer, got {seed!r}")
+    sc.seed = seed
+    sc.events = [_event(e, f"events[{i}]") for i, e in enumerate(raw.get("events") or [])]
+    return sc
+
+
+def _parallelism(raw: Any) -> int | dict[str, int] | None:
+    def ok(n: Any) -> bool:
+        return isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 64
+    if raw is None:
+        return None
+    if ok(raw):
+        return raw
+    if isinstance(raw, dict) and all(isinstance(k, str) and ok(v) for k, v in raw.items()):
+        return dict(raw)
+    raise ScenarioError(f"parallelism: an integer 1-64 or {{vertex: n}}, got {raw!r}")
+
+
+def _pacing(raw: Any) -> Pacer | None:
+    if raw is None:
+        return None
+    if raw == "topspeed":
+        return Pacer("topspeed")
+    if isinstance(raw, dict) and len(raw) == 1:
+        (mode, value), = raw.items()
+        try:
+            return Pacer(mode, float(value))
+        except (ValueError, TypeError) as exc:
+            raise ScenarioError(f"pacing.{mode}: {exc}") from None
+    raise ScenarioError(f"pacing: topspeed or one of {{multiplier|pps|mbps: N}}, got {raw!r}")
+
+
+def _delays(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ScenarioError("delays: a mapping of vertex (or vertex[i], or *) -> distribution")
+    for target, spec in raw.items():
+        try:
+            Delay(str(spec), 0, str(target))
+        except ValueError as exc:
+            raise ScenarioError(f"delays.{target}: {exc}") from None
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def _event(raw: Any, where: str) -> Event:
+    from .runtime.sim import ACTIONS
+
+    if not isinstance(raw, dict) or "do" not in raw or "at" not in raw:
+        raise ScenarioError(f"{where}: an event is {{at: {{packets|time_us: N}}, do: ACTION, ...}}")
+    action = raw["do"]
+    if action not in ACTIONS:
+        raise ScenarioError(f"{where}.do: unknown action {action!r} (known: {', '.join(sorted(ACTIONS))})")
+    at = raw["at"]
+    ev = Event(action, raw.get("target"), {k: v for k, v in raw.items() if k not in ("at", "do", "target")})
+    if isinstance(at, dict) and set(at) == {"packets"} and isinstance(at["packets"], int) and at["packets"] >= 0:
+        ev.at_packet = at["packets"]
+    elif isinstance(at, dict) and set(at) == {"time_us"} and isinstance(at["time_us"], (int, float)):
+        ev.at_time_ns = int(at["time_us"] * 1000)
+    else:
+        raise ScenarioError(f"{where}.at: expected {{packets: N}} or {{time_us: T}}, got {at!r}")
+    check = ACTIONS[action].check
+    try:
+        check(ev)
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    return ev
