@@ -403,12 +403,10 @@ def variant(chain: Chain, scenario: Any, seed: int, stores: list[str]) -> Varian
 def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v: Variant,
                   breaks: tuple[str, ...] = (), open_store: Any = None) -> tuple[CheckResult, str]:
     """Run one seeded variant; returns the result and a note on injected faults."""
-    from .runtime.pacing import Pacer
-
     physical = chain.with_parallelism(v.parallelism)
     store = open_store(v.store) if (open_store is not None and v.model != "T") else None
     kw: dict[str, Any] = dict(model=v.model, batch_size=v.batch_size, store=store,
-                              pacer=scenario.pacing or Pacer("multiplier", 1.0),
+                              pacer=scenario.pacer(),
                               delays=scenario.expand_delays(list(chain.vertices)),
                               seed=v.seed, events=scenario.events, clocks="no-clocks" not in breaks)
     faults = None

@@ -58,10 +58,14 @@ class Scenario:
     model: str | None = None
     store: str | None = None
     batch_size: int | None = None
-    pacing: Pacer | None = None
+    pacing: tuple[str, float] | None = None     # (mode, value); a fresh Pacer per run
     delays: dict[str, str] = dataclasses.field(default_factory=dict)
     seed: int = 0
     events: list[Event] = dataclasses.field(default_factory=list)
+
+    def pacer(self) -> Pacer:
+        """A new pacer for one run (pacers keep state: the first timestamp seen)."""
+        return Pacer(*self.pacing) if self.pacing else Pacer("multiplier", 1.0)
 
     def expand_delays(self, vertices: list[str]) -> dict[str, str]:
         """``*`` -> every vertex; explicit entries win."""
@@ -130,17 +134,18 @@ def _parallelism(raw: Any) -> int | dict[str, int] | None:
     raise ScenarioError(f"parallelism: an integer 1-64 or {{vertex: n}}, got {raw!r}")
 
 
-def _pacing(raw: Any) -> Pacer | None:
+def _pacing(raw: Any) -> tuple[str, float] | None:
     if raw is None:
         return None
     if raw == "topspeed":
-        return Pacer("topspeed")
+        return ("topspeed", 0.0)
     if isinstance(raw, dict) and len(raw) == 1:
         (mode, value), = raw.items()
         try:
-            return Pacer(mode, float(value))
+            Pacer(mode, float(value))
         except (ValueError, TypeError) as exc:
             raise ScenarioError(f"pacing.{mode}: {exc}") from None
+        return (mode, float(value))
     raise ScenarioError(f"pacing: topspeed or one of {{multiplier|pps|mbps: N}}, got {raw!r}")
 
 

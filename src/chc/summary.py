@@ -112,7 +112,7 @@ class Summary:
             lines += ["", f"alerts ({len(self.alerts)}):"]
             shown = self.alerts[:20]
             for a in shown:
-                lines.append(f"  packet {a['packet_index']:>9,}  {a['vertex']:<12}{a['kind']:<22}{a['host']}")
+                lines.append(f"  clock {a['clock']:>10,}  {a['vertex']:<12}{a['kind']:<22}{a['host']}")
             if len(self.alerts) > len(shown):
                 lines.append(f"  ... {len(self.alerts) - len(shown)} more (see --summary-json)")
         if self.nf_errors:

@@ -123,6 +123,8 @@ class Instance:
             if delay is not None:
                 start = pkt.vt if pkt.vt > self.free_at else self.free_at
                 self.free_at = pkt.vt = start + delay.sample()
+            elif pkt.vt < self.free_at:
+                pkt.vt = self.free_at       # FIFO: no overtaking what is still in service
             try:
                 res = process(pkt, ctx)
             except Exception as exc:        # contain NF bugs: count, keep going
