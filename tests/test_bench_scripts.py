@@ -1,0 +1,38 @@
+"""The R4 and metadata benchmark scripts run and write well-formed results
+(no timing assertions: numbers are for the notes, not for pass/fail)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_r4_trojan_script(tmp_path):
+    out = tmp_path / "r4.json"
+    table = load("r4_trojan").main(["--json", str(out), "--count", "3", "--gap", "20"])
+    data = json.loads(out.read_text())
+    assert data == table and set(data) == {"W1", "W2", "W3"}
+    for row in data.values():
+        # With clocks every planted sequence is found and nothing else (R4).
+        assert row["with_clocks"] == row["instances"] == 3
+        assert row["false_alarms"] == 0
+        assert 0 <= row["without_clocks"] <= 3
+
+
+def test_metadata_overhead_script(tmp_path):
+    out = tmp_path / "meta.json"
+    load("metadata_overhead").main(["--json", str(out), "--packets", "1500", "--repeat", "1"])
+    data = json.loads(out.read_text())
+    assert data["packets"] == 1500
+    assert set(data["variants"]) == {"off", "local", "store"}
+    assert all(v["pps"] > 0 for v in data["variants"].values())
