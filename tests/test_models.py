@@ -44,6 +44,22 @@ def test_every_model_gives_identical_results(capture):
         assert run_chain(chain, records, model)[:3] == reference, model
 
 
+@pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: Path(p).name)
+def test_every_model_gives_identical_results_on_redis(capture, redis_urls):
+    """The same on a real Redis (two shards): output bytes, alerts, digest."""
+    from chc.backends.redis import RedisStore
+
+    chain = load_spec(CHAIN)
+    records = first(capture, 3000)
+    reference = run_chain(chain, records, "T")[:3]
+    for model in MODELS[1:]:
+        store = RedisStore(redis_urls[:2], fresh=True)
+        try:
+            assert run_chain(chain, records, model, store)[:3] == reference, model
+        finally:
+            store.close()
+
+
 NAT_ONLY = {"vertices": {"nat": {"nf": "nat", "config": {
     "external_ip": "198.51.100.7", "internal": ["10.64.0.0/16"], "port_range": [20000, 59999]}}}}
 
