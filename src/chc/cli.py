@@ -14,7 +14,9 @@ from collections.abc import Sequence
 
 from . import __version__
 from .backends import open_store
+from .bench import cmd_bench, register_bench
 from .capture import LINKTYPE_ETHERNET, CaptureError, CaptureWriter, open_capture
+from .cliargs import int_at_least
 from .core.client import MODELS
 from .core.store import StoreError
 from .runtime.pacing import Pacer
@@ -28,14 +30,7 @@ class UsageError(Exception):
     """Bad command-line input: reported in one line, exit code 2."""
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+_positive = int_at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
     register_trace(sub)
+    register_bench(sub)
     chk = sub.add_parser(
         "check", help="check chain output equivalence (COE) over seeded scenario variants",
         description="Run the physical chain of CHAIN under SCENARIO (parallelism, delays, events, "
@@ -265,7 +261,7 @@ def _write_json(path: str, data) -> None:
         raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "trace": cmd_trace}
+COMMANDS = {"run": cmd_run, "check": cmd_check, "trace": cmd_trace, "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

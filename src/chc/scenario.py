@@ -32,10 +32,9 @@ import dataclasses
 import os
 from typing import Any
 
-import yaml
-
 from .core.client import MODELS
 from .runtime.pacing import Delay, Pacer
+from .spec import read_yaml
 
 
 class ScenarioError(ValueError):
@@ -75,14 +74,7 @@ class Scenario:
 
 
 def load_scenario(path: str | os.PathLike) -> Scenario:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
-    except OSError as exc:
-        raise ScenarioError(f"{path}: {exc.strerror or exc}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ScenarioError(f"{path}: not valid YAML ({first})") from None
+    raw = read_yaml(path, ScenarioError)
     try:
         return parse_scenario(raw if raw is not None else {})
     except ScenarioError as exc:

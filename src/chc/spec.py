@@ -91,16 +91,21 @@ class Chain:
         return out
 
 
-def load_spec(path: str | os.PathLike) -> Chain:
-    """Read, validate and compile a YAML chain spec."""
+def read_yaml(path: str | os.PathLike, error: type[Exception]) -> Any:
+    """A YAML file's data; ``error`` with a one-line message naming the file."""
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
+            return yaml.safe_load(fh)
     except OSError as exc:
-        raise SpecError(f"{path}: {exc.strerror or exc}") from None
+        raise error(f"{path}: {exc.strerror or exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SpecError(f"{path}: not valid YAML ({first})") from None
+        raise error(f"{path}: not valid YAML ({first})") from None
+
+
+def load_spec(path: str | os.PathLike) -> Chain:
+    """Read, validate and compile a YAML chain spec."""
+    raw = read_yaml(path, SpecError)
     try:
         return parse_spec(raw)
     except SpecError as exc:

@@ -278,14 +278,18 @@ class CachedObject(_Handle):
         if v is not _MISSING:
             self.client.cache_hits += 1
             return v
-        c = self.client
-        v = c.call(c.op("get", self.key(key), update=False))
+        v = self._load(key)
         if v is None:
             v = self._fresh()
         elif self.decl.kind == "list":
             v = deque(v)
         self.values[key] = v
         return v
+
+    def _load(self, key: Hashable) -> Any:
+        """A cache miss: the value in the store (None when absent)."""
+        c = self.client
+        return c.call(c.op("get", self.key(key), update=False))
 
     def _queue(self, code: str, key: Hashable, args: tuple) -> None:
         c = self.client
@@ -353,19 +357,12 @@ class CallbackObject(CachedObject):
 
     __slots__ = ()
 
-    def _slot_value(self, key: Hashable) -> Any:
-        v = self.values.get(key, _MISSING)
-        if v is not _MISSING:
-            self.client.cache_hits += 1
-            return v
+    def _load(self, key: Hashable) -> Any:
+        """A cache miss: subscribe to the object's updates and take its value."""
         c = self.client
         k = self.key(key)
         c.callback_caches[k] = self
-        v = c.backend.subscribe(k, c.client_id)
-        if v is None:
-            v = self._fresh()
-        self.values[key] = v
-        return v
+        return c.backend.subscribe(k, c.client_id)
 
     def _queue(self, code: str, key: Hashable, args: tuple) -> None:
         c = self.client

@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from ..capture import CaptureError
+from ..cliargs import int_at_least
 
 __all__ = ["cmd_trace", "register_trace"]
 
@@ -27,24 +28,8 @@ def _usage(msg: str) -> Exception:
     return UsageError(msg)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
+_positive_int = int_at_least(1)
+_nonneg_int = int_at_least(0)
 
 
 def _share(text: str) -> float:
