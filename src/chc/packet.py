@@ -88,7 +88,8 @@ class Packet:
         data = self.data
         c.data = bytes(data) if data.__class__ is bytearray else data
         c.ts, c.index, c.clock, c.xor, c.marks, c.vt = self.ts, self.index, self.clock, self.xor, self.marks, self.vt
-        c.l3, c.ip_off, c.l4_off, c.payload_off, c.ip_end = self.l3, self.ip_off, self.l4_off, self.payload_off, self.ip_end
+        c.l3, c.ip_off, c.l4_off = self.l3, self.ip_off, self.l4_off
+        c.payload_off, c.ip_end = self.payload_off, self.ip_end
         c.proto, c.src, c.dst, c.sport, c.dport = self.proto, self.src, self.dst, self.sport, self.dport
         c.flags, c.frag, c.malformed = self.flags, self.frag, self.malformed
         return c

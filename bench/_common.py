@@ -1,0 +1,27 @@
+"""Shared by the ``bench/`` scripts: run sections of :mod:`chc.bench` from this checkout.
+
+Each script is a thin wrapper: ``python bench/<script>.py --json out.json`` runs
+its section(s) with the options of ``chc bench`` (``--help`` lists them), prints
+the summary table (ratios against the baseline measured in the same run, and
+absolute packets/s), and writes JSON (``--json``) and PNG plots (``--png DIR``).
+The measurement code lives in the installed package (``chc.bench``) so that
+``chc bench`` and these scripts run the same code; ``src/`` of this checkout is
+put first on ``sys.path``, so a clean checkout runs without ``pip install -e``
+as long as the dependencies (PyYAML, msgpack, redis) are installed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(sections: tuple[str, ...], prog: str) -> int:
+    src = ROOT / "src"
+    if (src / "chc").is_dir() and str(src) not in sys.path:
+        sys.path.insert(0, str(src))
+    from chc.bench import main
+
+    return main(sys.argv[1:], sections, prog)
