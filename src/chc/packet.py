@@ -289,10 +289,25 @@ def ones_sum(buf) -> int:
     return _fold(sum(words.unpack(buf)))
 
 
-def _csum_update(old_csum: int, old: bytes, new: bytes) -> int:
-    """RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') over the changed 16-bit words."""
-    total = (~old_csum & 0xFFFF) + ((~ones_sum(old)) & 0xFFFF) + ones_sum(new)
-    return ~_fold(total) & 0xFFFF
+def _word_sum(b: bytes) -> int:
+    """Unfolded sum of the 16-bit words of an address (4 or 16 bytes)."""
+    n = int.from_bytes(b, "big")
+    total = 0
+    while n:
+        total += n & 0xFFFF
+        n >>= 16
+    return total
+
+
+def _csum_update(old_csum: int, old_sum: int, new_sum: int, words: int) -> int:
+    """RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), over ``words`` changed 16-bit words
+    whose plain sums are ``old_sum`` (m) and ``new_sum`` (m').  Integer arithmetic
+    throughout: the struct/bytes version cost the NAT a third of its time (py-spy,
+    issue 7 profile)."""
+    total = (~old_csum & 0xFFFF) + (words * 0xFFFF - old_sum) + new_sum
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
 
 
 def l4_checksum_offset(pkt: Packet) -> int | None:
@@ -312,29 +327,32 @@ def _rewrite(pkt: Packet, addr_at: int, port_at: int | None, ip: bytes, port: in
     if len(ip) != len(pkt.src):
         raise ValueError("address family mismatch in rewrite")
     data = pkt.data
-    if not isinstance(data, bytearray):
+    if data.__class__ is not bytearray:
         data = pkt.data = bytearray(data)
-    old = bytes(data[addr_at:addr_at + len(ip)])
-    new_words_old, new_words_new = old, ip
+    n = len(ip)
+    words = n >> 1
+    old_sum = _word_sum(data[addr_at:addr_at + n])
+    new_sum = _word_sum(ip)
+    addr_old, addr_new = old_sum, new_sum
     if port is not None and port_at is not None:
-        old_port = bytes(data[port_at:port_at + 2])
-        new_port = _U16.pack(port)
-        data[port_at:port_at + 2] = new_port
-        new_words_old += old_port
-        new_words_new += new_port
-    data[addr_at:addr_at + len(ip)] = ip
+        old_sum += (data[port_at] << 8) | data[port_at + 1]
+        new_sum += port
+        words += 1
+        data[port_at] = port >> 8
+        data[port_at + 1] = port & 0xFF
+    data[addr_at:addr_at + n] = ip
     if pkt.l3 == 4:
-        # §RFC 1624: the IP header checksum covers the address only.
+        # RFC 1624: the IP header checksum covers the address only.
         c_at = pkt.ip_off + 10
-        old_c = _U16.unpack_from(data, c_at)[0]
-        _U16.pack_into(data, c_at, _csum_update(old_c, old, ip))
+        old_c = (data[c_at] << 8) | data[c_at + 1]
+        _U16.pack_into(data, c_at, _csum_update(old_c, addr_old, addr_new, n >> 1))
     c_at = l4_checksum_offset(pkt)
     if c_at is None and pkt.proto == PROTO_ICMP6 and pkt.l3 == 6 and pkt.frag != FRAG_LATER:
         c_at = pkt.l4_off + 2     # the ICMPv6 checksum covers the pseudo-header too (RFC 4443 §2.3)
     if c_at is not None and c_at + 2 <= pkt.ip_end:
-        old_c = _U16.unpack_from(data, c_at)[0]
+        old_c = (data[c_at] << 8) | data[c_at + 1]
         if not (pkt.proto == PROTO_UDP and old_c == 0 and pkt.l3 == 4):   # UDP/IPv4: 0 = no checksum
-            new_c = _csum_update(old_c, new_words_old, new_words_new)
+            new_c = _csum_update(old_c, old_sum, new_sum, words)
             if pkt.proto == PROTO_UDP and new_c == 0:
                 new_c = 0xFFFF
             _U16.pack_into(data, c_at, new_c)
