@@ -86,6 +86,7 @@ class ReferenceClient:
         self.clock = 0
         self.packet_xor = 0
         self.n_in_packet = 0
+        self.prefetchable: list = []        # nothing to prefetch: the state is local
 
     def begin_packet(self, clock: int, in_timer: bool = False) -> None:
         self.clock = clock

@@ -78,6 +78,7 @@ class StoreClient:
         # of the store's serialization for this client's order-dependent ops.
         self.record: dict | None = None
         self.faults: Any = None             # fault injection (chc check --break)
+        self.prefetchable: list[CachedObject] = []   # cached per-flow objects
         self.callback_caches: dict[ObjectKey, CallbackObject] = {}
         # statistics for the summary's `store` section
         self.blocking_ops = 0
@@ -164,7 +165,35 @@ class StoreClient:
         else:
             handle = RemoteObject(self, decl, config)
         handle.declare()
+        if per_flow and type(handle) is CachedObject:
+            self.prefetchable.append(handle)
         return handle
+
+    def prefetch(self, batch: list) -> None:
+        """Load the per-flow objects a batch will touch in one request (§4.3, batch
+        everywhere): without it each new flow's first packet costs a blocking read,
+        a fifth of the NAT's time in the profile (docs/benchmarks.md)."""
+        ops: list[Op] = []
+        slots: list[tuple[CachedObject, Hashable]] = []
+        for h in self.prefetchable:
+            key_of = h.decl.scope.key
+            values = h.values
+            seen: set = set()
+            for pkt in batch:
+                k = key_of(pkt)
+                if k in values or k in seen:
+                    continue
+                seen.add(k)
+                ops.append(self.op("get", h.key(k), update=False))
+                slots.append((h, k))
+        if not ops:
+            return
+        self.blocking_ops += 1
+        results = self.backend.execute(self.pending + ops)[len(self.pending):]
+        self.pending = []
+        self._notifications()
+        for (h, k), v in zip(slots, results, strict=True):
+            h.values[k] = h._cached(v)
 
 
 class _Handle(LocalObject):
@@ -278,13 +307,14 @@ class CachedObject(_Handle):
         if v is not _MISSING:
             self.client.cache_hits += 1
             return v
-        v = self._load(key)
-        if v is None:
-            v = self._fresh()
-        elif self.decl.kind == "list":
-            v = deque(v)
-        self.values[key] = v
+        v = self.values[key] = self._cached(self._load(key))
         return v
+
+    def _cached(self, stored: Any) -> Any:
+        """The cache's form of a value read from the store (None: absent)."""
+        if stored is None:
+            return self._fresh()
+        return deque(stored) if self.decl.kind == "list" else stored
 
     def _load(self, key: Hashable) -> Any:
         """A cache miss: the value in the store (None when absent)."""

@@ -107,6 +107,8 @@ class Instance:
         append = out.append
         client = self.client
         delay = self.delay
+        if client is not None and client.prefetchable:
+            client.prefetch(batch)
         for pkt in batch:
             if timers and timers[0][0] <= pkt.ts:
                 self._fire(pkt.ts)
