@@ -980,29 +980,26 @@ def _store_ops(entries: int, shard_families: int = 16, seed: int = 7) -> dict[st
     }
 
 
-def _time_engine(ops: list[Op], apply: Callable[[Op], Any]) -> float:
+def _ops_per_s(units: list, call: Callable[[Any], Any], n_ops: int) -> float:
+    """``call`` on every unit (an op, or a pipelined batch), timed with GC frozen."""
     gc.collect()
     gc.freeze()
     try:
         t0 = _pc()
-        for op in ops:
-            apply(op)
-        return len(ops) / (_pc() - t0) * 1e9
+        for u in units:
+            call(u)
+        return n_ops / (_pc() - t0) * 1e9
     finally:
         gc.unfreeze()
+
+
+def _time_engine(ops: list[Op], apply: Callable[[Op], Any]) -> float:
+    return _ops_per_s(ops, apply, len(ops))
 
 
 def _time_execute(ops: list[Op], execute: Callable[[list[Op]], Any], pipeline: int) -> float:
     batches = [ops[i:i + pipeline] for i in range(0, len(ops), pipeline)]
-    gc.collect()
-    gc.freeze()
-    try:
-        t0 = _pc()
-        for b in batches:
-            execute(b)
-        return len(ops) / (_pc() - t0) * 1e9
-    finally:
-        gc.unfreeze()
+    return _ops_per_s(batches, execute, len(ops))
 
 
 def bench_store(stores: list[StoreSpec], entries: int, pipeline: int, repeat: int) -> dict:

@@ -39,6 +39,7 @@ checker's power is shown by ``--break no-clocks`` and ``--break drop-update``.
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections import deque
 from collections.abc import Hashable
 from typing import Any
@@ -180,13 +181,6 @@ def _collect(rt: SimRuntime, records: list[tuple[int, bytes]]) -> RunResult:
     s = rt.summary()
     alerts = sorted((a["vertex"], a["kind"], a["host"], a["clock"]) for a in s.alerts)
     return RunResult(out, alerts, canonical(rt.logical_state()), s)
-
-
-def physical_run(chain: Chain, records: list[tuple[int, bytes]], **runtime_kw: Any) -> tuple[RunResult, Oracle]:
-    rt = SimRuntime(chain, **runtime_kw)
-    rec = Recorder()
-    rec.attach(rt)
-    return _collect(rt, records), rec.results
 
 
 def reference_run(chain: Chain, records: list[tuple[int, bytes]], oracle: Oracle | None = None,
@@ -332,9 +326,17 @@ class CheckResult:
 def check(chain: Chain, records: list[tuple[int, bytes]], **runtime_kw: Any) -> CheckResult:
     """Run the physical chain (``runtime_kw`` for :class:`SimRuntime`) and the
     logical chain under the store's serialization; compare."""
-    phys, oracle = physical_run(chain, records, **runtime_kw)
+    return check_runtime(chain, SimRuntime(chain, **runtime_kw), records)
+
+
+def check_runtime(chain: Chain, rt: SimRuntime, records: list[tuple[int, bytes]]) -> CheckResult:
+    """Run ``rt`` (the physical chain of ``chain``) recording the store's
+    serialization, then the logical chain following it; compare the two."""
+    rec = Recorder()
+    rec.attach(rt)
+    phys = _collect(rt, records)
     notes: list[str] = []
-    ref = reference_run(chain, records, oracle, notes)
+    ref = reference_run(chain, records, rec.results, notes)
     divs = compare(ref, phys, chain)
     return CheckResult(not divs, divs, notes, phys, ref)
 
@@ -383,8 +385,6 @@ class Variant:
 def variant(chain: Chain, scenario: Any, seed: int, stores: list[str]) -> Variant:
     """What seed ``seed`` runs: the scenario's settings where it fixes them,
     seeded random choices elsewhere (parallelism 1-4, model, batch size, store)."""
-    import random
-
     rng = random.Random(seed)
     fixed = scenario.parallelism
     par = {}
@@ -420,12 +420,9 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
         for insts in rt.instances.values():
             for inst in insts:
                 inst.client.faults = faults
-    rec = Recorder()
-    rec.attach(rt)
-    phys = _collect(rt, records)
-    if store is not None:
-        store.close()
-    notes: list[str] = []
-    ref = reference_run(chain, records, rec.results, notes)
-    divs = compare(ref, phys, chain)
-    return CheckResult(not divs, divs, notes, phys, ref), (faults.describe() if faults else "")
+    try:
+        result = check_runtime(chain, rt, records)
+    finally:
+        if store is not None:
+            store.close()
+    return result, (faults.describe() if faults else "")

@@ -33,6 +33,10 @@ Clock log tags.  Updates carry ``(clock, n)``: the logical clock of the packet
 being processed and the number of updates this instance issued for it so far,
 so the store can recognise a replayed packet's updates (§5.3).
 
+Order-dependent shared updates go to the store as one atomic step: ``pop``,
+``cas``, ``incr_least`` (custom op ``argmin_incr``) and registered value
+operations (``apply``, :func:`chc.nf.value_op`).
+
 The client does no I/O itself: it hands op lists to a backend's ``execute``
 (in-process engine or Redis).
 """

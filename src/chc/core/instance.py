@@ -13,6 +13,12 @@ an NF's timeouts depend on input timestamps only, never on how input is batched.
 An exception in NF code is contained: the packet is dropped and counted under
 ``nf_errors`` (the first error is kept for the summary), and the run goes on.
 
+In the externalized models a batch starts with one request that loads the
+per-flow objects its packets will touch and ends with one pipelined flush of
+the batch's non-blocking updates (§4.3).  Each packet's update ids are folded
+into its XOR vector (§5.4); packets that end here are listed in ``finished``
+and copies made here in ``forks`` for the root.
+
 Input: batches of packets.  Output: batches of packets for the splitter(s) after
 the instance, alerts in ``ctx.alerts``.  No I/O.
 """
