@@ -3,6 +3,7 @@ output bytes, alerts and final state (issue: external store and client library).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 from pathlib import Path
@@ -11,7 +12,16 @@ import pytest
 
 from chc.backends.memory import MemoryStore
 from chc.capture import open_capture
-from chc.core.client import CachedObject, CallbackObject, RemoteObject, StoreClient, StoreUnavailable
+from chc.core.client import (
+    CachedObject,
+    CallbackObject,
+    CoalescedObject,
+    RemoteObject,
+    StoreClient,
+    StoreUnavailable,
+)
+from chc.core.store import ObjectKey
+from chc.nf import GLOBAL, Access, Counter
 from chc.nfs import NAT
 from chc.runtime.sim import SimRuntime
 from chc.spec import load_spec, parse_spec
@@ -88,7 +98,9 @@ def test_table1_strategy_per_object():
     chain = parse_spec(NAT_ONLY)
     assert set(handles("EO").values()) == {RemoteObject}
     c = handles("EO+C+NA")
-    assert c["packets"] is RemoteObject and c["tcp_packets"] is RemoteObject   # write mostly: no cache
+    # write mostly: no cache; in EO+C+NA increments coalesce per batch
+    assert c["packets"] is CoalescedObject and c["tcp_packets"] is CoalescedObject
+    assert handles("EO+C")["packets"] is RemoteObject
     assert c["mapping"] is CachedObject                                         # per-flow: cached
     assert c["ports"] is CachedObject                                           # shared, sole user: cached
     assert handles("EO+C+NA", exclusive=False)["ports"] is RemoteObject         # shared by several: offloaded
@@ -134,3 +146,100 @@ class FlakyStore(MemoryStore):
         if self.calls % self.every == 0 and all(op.code != "get" for op in ops):
             self.fail_next(1)
         return super().execute(ops)
+
+
+# -- §4.3 coalescing of write-mostly increments (EO+C+NA) ------------------------------------
+
+
+class RecordingStore(MemoryStore):
+    """Remembers every request's ops; ``lose_ack`` applies the next n requests
+    but reports them failed (an acknowledgement lost on the way back)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[list] = []
+        self.lose_ack = 0
+
+    def execute(self, ops):
+        self.requests.append([op.code for op in ops])
+        results = super().execute(ops)
+        if self.lose_ack:
+            self.lose_ack -= 1
+            raise StoreUnavailable("ack lost")
+        return results
+
+    def value(self, key):
+        return self.engine.data.get(ObjectKey("v", "hits", key, False))
+
+
+def write_mostly_counter(store):
+    decl = Counter(GLOBAL, Access.WRITE_MOSTLY)
+    decl.name = "hits"
+    client = StoreClient(store, "v", 0, "EO+C+NA")
+    return client, client.bind(decl, None)
+
+
+def test_a_batch_of_increments_is_one_op_per_key():
+    """The NAT's two write-mostly counters cost one store op each per batch,
+    not one per packet, with the same final state as model T."""
+    chain = parse_spec(NAT_ONLY)
+    records = first(LAN, 3000)
+    store = RecordingStore()
+    _, _, digest, _ = run_chain(chain, records, "EO+C+NA", store, batch_size=256)
+    assert digest == run_chain(chain, records, "T")[2]
+    assert max(r.count("incr_many") for r in store.requests) == 2     # packets, tcp_packets
+    assert sum(r.count("incr_many") for r in store.requests) < 3000 // 50      # ~2 per batch
+    assert sum(r.count("incr") for r in store.requests) == 0
+    assert store.engine.data[ObjectKey("nat", "packets", None, False)] > 2900
+
+
+def test_increments_never_move_past_another_op_on_their_key():
+    store = RecordingStore()
+    client, hits = write_mostly_counter(store)
+    client.begin_packet(1)
+    hits.incr(5)
+    hits.set(100)                       # closes the open incr_many of this key
+    hits.incr(1)
+    hits.incr(2, key="other")
+    hits.incr(1)
+    client.begin_packet(2)
+    hits.incr(1, key="other")
+    client.flush()
+    assert store.requests == [["incr_many", "set", "incr_many", "incr_many"]]
+    assert (store.value(None), store.value("other")) == (102, 3)
+
+
+def test_no_increment_joins_an_op_already_sent():
+    """A request whose acknowledgement is lost is retransmitted (and deduplicated
+    by the store); increments issued after it go in a new op, or they would be
+    deduplicated away with it."""
+    store = RecordingStore()
+    client, hits = write_mostly_counter(store)
+    client.begin_packet(1)
+    hits.incr(1)
+    hits.incr(1)
+    store.lose_ack = 1
+    client.flush()                      # applied, but the client does not know
+    client.begin_packet(2)
+    hits.incr(1)
+    client.flush()
+    assert store.requests[-1] == ["incr_many", "incr_many"]
+    assert store.value(None) == 3
+
+
+def test_coalesced_increments_keep_their_xor_ids():
+    """§5.4: the commit reports of a coalesced op XOR to each packet's vector."""
+    store = MemoryStore()
+    client, hits = write_mostly_counter(store)
+    vectors = {}
+    for clock in (7, 8):
+        client.begin_packet(clock)
+        hits.incr(1)
+        hits.incr(4, key="b")
+        hits.incr(2)
+        vectors[clock] = client.packet_xor
+    client.flush()
+    reported: dict[int, int] = collections.defaultdict(int)
+    for clock, xor_id in store.commits():
+        reported[clock] ^= xor_id
+    assert reported == vectors and all(vectors.values())

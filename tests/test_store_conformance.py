@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from chc.core.client import StoreUnavailable
-from chc.core.store import ObjectKey, Op, OwnershipError, StoreError
+from chc.core.store import Increments, ObjectKey, Op, OwnershipError, StoreError
 from chc.nf import value_op
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -407,6 +407,39 @@ def test_commit_reports(store):
         Op("incr", COUNTER, (1,), xor_id=0xC3))                           # no tag: no report
     assert sorted(store.commits()) == [(7, 0xA1), (8, 0xB2)]
     assert store.commits() == []                                          # drained
+
+
+def increments(*items: tuple[int, int, int, int]) -> tuple[Increments]:
+    """``incr_many`` arguments from (clock, n, by, xor id) items."""
+    inc = Increments()
+    for item in items:
+        inc.add(*item)
+    return (inc,)
+
+
+def test_coalesced_increments(store):
+    """§4.3 incr_many: one addition, yet per increment a clock-log entry and a commit."""
+    assert run(store, Op("incr_many", COUNTER, increments((5, 1, 2, 0xA1), (9, 1, 3, 0), (10, 2, 1, 0xB2)),
+                         default=100)) == [106]
+    assert sorted(store.commits()) == [(5, 0xA1), (10, 0xB2)]
+    # each increment is in the clock log: a replayed one alone is emulated ...
+    assert run(store, Op("incr", COUNTER, (3,), tag=(9, 1))) == [106]
+    # ... and in a later incr_many it is left out of the sum and not reported again
+    assert run(store, Op("incr_many", COUNTER, increments((9, 1, 3, 0), (11, 1, 4, 0xC3), (5, 1, 2, 0xA1)))) == [110]
+    assert store.commits() == [(11, 0xC3)]
+    assert get(store, COUNTER) == 110
+    assert store.prune_below(12) == 4                                      # (5,1) (9,1) (10,2) (11,1)
+    assert run(store, Op("incr_many", COUNTER, increments((9, 1, 3, 0)))) == [113]   # forgotten: applies
+    big = (1 << 62) + 5                                                   # the root id sits up high
+    assert run(store, Op("incr_many", COUNTER, increments((big, 1, 1, 0xD4), (big, 2, 1, 0xE5)))) == [115]
+    assert store.commits() == [(big, 0xD4), (big, 0xE5)]
+    assert run(store, Op("incr_many", COUNTER, increments((big, 2, 1, 0xE5)))) == [115]
+
+
+def test_coalesced_increments_on_a_list_are_refused(store):
+    store.declare(LIST, [1])
+    with pytest.raises(StoreError, match="incr"):
+        run(store, Op("incr_many", LIST, increments((1, 1, 1, 0))))
 
 
 # -- requests ---------------------------------------------------------------------------------------------------

@@ -115,8 +115,8 @@ _RETRY_LATER = ("LOADING", "MASTERDOWN", "TRYAGAIN")     # error replies of a se
 _BIG_DEFAULT = 64           # list defaults longer than this are sent by reference
 _NO_TAG = b"$0\r\n\r\n$1\r\n0\r\n"
 _NO_INSTANCE = b"$0\r\n\r\n"
-# "*<argc>" + FCALL chc_op 1, for ops with 0, 1 or 2 operands after the default
-_OP_HEADS = [b"*%d\r\n$5\r\nFCALL\r\n$6\r\nchc_op\r\n$1\r\n1\r\n" % (13 + n) for n in range(3)]
+# "*<argc>" + FCALL chc_op 1, for ops with 0 to 4 operands after the default
+_OP_HEADS = [b"*%d\r\n$5\r\nFCALL\r\n$6\r\nchc_op\r\n$1\r\n1\r\n" % (13 + n) for n in range(5)]
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 
@@ -617,6 +617,12 @@ class RedisStore:
         elif code == "incr":
             extra = (_encode(args[0]),)
             default = _encode(op.default or 0, "the default")
+        elif code == "incr_many":
+            # §4.3 coalesced increments: tags and commits as text (clocks exceed Lua's 2^53).
+            inc = args[0]
+            extra = (_encode(inc.total), " ".join([f"{c}:{n}" for c, n in inc.tags]),
+                     _encode(inc.amounts), " ".join(map(str, inc.xor_ids)))
+            default = _encode(op.default or 0, "the default")
         elif code == "push":
             extra = (_encode(args[0]),)
             default = self._default(op.default, srv, pre, uploading)
@@ -642,7 +648,7 @@ class RedisStore:
             extra = (str(name), payload)
             default = self._default(op.default, srv, pre, uploading)
         tag = op.tag
-        if tag is None:
+        if tag is None or code == "incr_many":      # incr_many logs its tags itself
             tag_clock = _NO_TAG
         else:
             tag_clock = _bulk(f"{tag[0]}:{tag[1]}") + _bulk(tag[0])

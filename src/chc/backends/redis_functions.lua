@@ -439,6 +439,53 @@ UPDATE['incr'] = function(k, args)
   return 'V' .. r
 end
 
+-- §4.3 coalesced increments of one counter: ARGV[10] = total, [11] = tags "clock:n ...",
+-- [12] = msgpack amounts, [13] = XOR ids "x ..." (both aligned with the tags; 0 = a timer's).
+-- One addition; each increment keeps its clock-log entry (§5.3: one already recorded, a
+-- replayed packet's, is left out of the sum and not reported again) and commit (§5.4).
+UPDATE['incr_many'] = function(k, args)
+  local lk = derived('chcl', k)
+  local tags, xors = {}, {}
+  for t in string.gmatch(args[11], '%S+') do tags[#tags + 1] = t end
+  for x in string.gmatch(args[13], '%S+') do xors[#xors + 1] = x end
+  local by, bf = number_of(args[10])
+  local recorded = {}
+  if redis.call('EXISTS', lk) == 1 then
+    local amounts = decode(args[12], 1)
+    for i = 1, #tags, CHUNK do
+      local got = redis.call('HMGET', lk, unpack(tags, i, math.min(i + CHUNK - 1, #tags)))
+      for j = 1, #got do
+        if got[j] then
+          recorded[i + j - 1] = true
+          by = by - amounts[i + j - 1]
+        end
+      end
+    end
+  end
+  local v, vf = number_at(k, args[9])
+  local r = 'V' .. enc_number(v + by, vf or bf)
+  redis.call('SET', k, string.sub(r, 2))
+  local fields, members, commits = {}, {}, {}
+  for i, t in ipairs(tags) do
+    if not recorded[i] then
+      local clock = string.sub(t, 1, string.find(t, ':', 1, true) - 1)
+      fields[#fields + 1] = t
+      fields[#fields + 1] = r
+      members[#members + 1] = clock
+      members[#members + 1] = t .. ' ' .. lk
+      if xors[i] ~= '0' then commits[#commits + 1] = clock .. ':' .. xors[i] end
+    end
+  end
+  for i = 1, #fields, CHUNK do
+    redis.call('HSET', lk, unpack(fields, i, math.min(i + CHUNK - 1, #fields)))
+    redis.call('ZADD', 'chclz', unpack(members, i, math.min(i + CHUNK - 1, #members)))
+  end
+  for i = 1, #commits, CHUNK do
+    redis.call('RPUSH', 'chcc', unpack(commits, i, math.min(i + CHUNK - 1, #commits)))
+  end
+  return r
+end
+
 UPDATE['push'] = function(k, args)
   local n = redis.pcall('RPUSHX', k, args[10])
   if type(n) == 'number' and n > 0 then return 'V' .. enc_int(n) end

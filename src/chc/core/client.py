@@ -33,6 +33,13 @@ Clock log tags.  Updates carry ``(clock, n)``: the logical clock of the packet
 being processed and the number of updates this instance issued for it so far,
 so the store can recognise a replayed packet's updates (§5.3).
 
+Coalescing (EO+C+NA, write-mostly objects).  The increments a batch makes to one
+counter key join one queued ``incr_many`` op (placed where the first of them was
+issued), each with its own tag and XOR id: the store does one addition instead
+of one op per packet.  Only increments coalesce; any other op on that key, and
+every request sent, closes the open op, so no increment moves past another op
+on its key and none joins an op already sent (retransmission stays exact).
+
 Order-dependent shared updates go to the store as one atomic step: ``pop``,
 ``cas``, ``incr_least`` (custom op ``argmin_incr``) and registered value
 operations (``apply``, :func:`chc.nf.value_op`).
@@ -50,7 +57,7 @@ from typing import Any
 
 from ..nf import VALUE_OPS, Access, StateObject
 from .state import LocalObject
-from .store import ObjectKey, Op, StoreError
+from .store import Increments, ObjectKey, Op, StoreError
 
 MODELS = ("T", "EO", "EO+C", "EO+C+NA")
 _MISSING = object()
@@ -74,6 +81,7 @@ class StoreClient:
         self.exclusive = exclusive          # sole user of cross-flow objects (splitter)
         self.seq = 0
         self.pending: list[Op] = []         # non-blocking ops not yet acknowledged
+        self.open_incr: dict[ObjectKey, Increments] = {}   # coalescing, until the next send
         self.clock = 0
         self.n_in_packet = 0
         self.packet_xor = 0                 # §5.4: XOR of this packet's update ids
@@ -103,19 +111,54 @@ class StoreClient:
         self.seq += 1
         if not update:
             return Op(code, key, args, self.client_id, self.seq, self.instance, None, 0, default)
-        self.n_in_packet = n = self.n_in_packet + 1
-        xor_id = 0
-        if not self.in_timer:
-            xor_id = ((xor_base + n * 0x9E3779B1) & 0xFFFFFFFF) or 1
-            self.packet_xor ^= xor_id
+        n, xor_id = self._next_update(xor_base)
         return Op(code, key, args, self.client_id, self.seq, self.instance,
                   (self.clock, n), xor_id, default)
+
+    def _next_update(self, xor_base: int) -> tuple[int, int]:
+        """Number the packet's next update (§5.3 tag) and fold its id into the vector (§5.4)."""
+        self.n_in_packet = n = self.n_in_packet + 1
+        if self.in_timer:
+            return n, 0                     # timer updates belong to no packet
+        xor_id = ((xor_base + n * 0x9E3779B1) & 0xFFFFFFFF) or 1
+        self.packet_xor ^= xor_id
+        return n, xor_id
+
+    def add(self, key: ObjectKey, by: Any, default: Any, xor_base: int) -> None:
+        """A write-mostly increment in EO+C+NA: joins the batch's open ``incr_many``
+        op of ``key`` (see Coalescing above)."""
+        n, xor_id = self._next_update(xor_base)
+        clock = self.clock
+        self.nonblocking_ops += 1
+        inc = self.open_incr.get(key)
+        if inc is None:
+            self.seq += 1
+            inc = Increments()
+            op = Op("incr_many", key, (inc,), self.client_id, self.seq, self.instance,
+                    (clock, n), 0, default)
+            if self.faults is not None and self.faults.swallow(op):
+                return                      # injected loss (this increment only)
+            self.pending.append(op)
+            self.open_incr[key] = inc
+        inc.add(clock, n, by, xor_id)
+
+    def close(self, key: ObjectKey) -> None:
+        """Another op on ``key`` follows: later increments must not move before it."""
+        if self.open_incr:
+            self.open_incr.pop(key, None)
+
+    def _take_pending(self) -> list[Op]:
+        """The queued ops, to be sent now; an op once sent takes no more increments."""
+        ops = self.pending
+        if self.open_incr:
+            self.open_incr = {}
+        return ops
 
     # -- sending ------------------------------------------------------------------------
     def call(self, op: Op) -> Any:
         """Blocking: send queued non-blocking ops and ``op`` together, wait for all."""
         self.blocking_ops += 1
-        ops = self.pending + [op]
+        ops = self._take_pending() + [op]
         results = self.backend.execute(ops)
         self.pending = []
         self._notifications()
@@ -137,7 +180,7 @@ class StoreClient:
         """Send queued ops as one pipelined request; keep them if it fails (retransmit)."""
         if not self.pending:
             return
-        ops = self.pending
+        ops = self._take_pending()
         try:
             self.backend.execute(ops)
         except StoreUnavailable:
@@ -160,7 +203,9 @@ class StoreClient:
     def bind(self, decl: StateObject, config: Any) -> Any:
         handle: Any
         per_flow = decl.scope.per_flow
-        if not self.caching or decl.access is Access.WRITE_MOSTLY:
+        if decl.access is Access.WRITE_MOSTLY and self.no_ack_wait:
+            handle = CoalescedObject(self, decl, config)
+        elif not self.caching or decl.access is Access.WRITE_MOSTLY:
             handle = RemoteObject(self, decl, config)
         elif per_flow or (decl.access is Access.READ_WRITE and self.exclusive):
             handle = CachedObject(self, decl, config)
@@ -193,7 +238,8 @@ class StoreClient:
         if not ops:
             return
         self.blocking_ops += 1
-        results = self.backend.execute(self.pending + ops)[len(self.pending):]
+        queued = self._take_pending()
+        results = self.backend.execute(queued + ops)[len(queued):]
         self.pending = []
         self._notifications()
         for (h, k), v in zip(slots, results, strict=True):
@@ -298,6 +344,20 @@ class RemoteObject(_Handle):
         if self.recorder is not None:
             self.recorder(self.name, None, "incr_least", best)
         return best
+
+
+class CoalescedObject(RemoteObject):
+    """Write-mostly objects in EO+C+NA: increments coalesce per batch and key
+    (:meth:`StoreClient.add`); every other op is offloaded as in :class:`RemoteObject`."""
+
+    __slots__ = ()
+
+    def incr(self, by: int = 1, key: Hashable = None) -> None:
+        self.client.add(self.key(key), by, self._absent, self._xor_base)
+
+    def _update(self, code: str, key: Hashable, args: tuple, blocking: bool) -> Any:
+        self.client.close(self.key(key))
+        return super()._update(code, key, args, blocking)
 
 
 class CachedObject(_Handle):

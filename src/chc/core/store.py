@@ -36,6 +36,11 @@ read-heavy cache strategy of Table 1.
 
 Commit reports (§5.4).  Each applied update that carries a tag is reported as
 ``(clock, xor id)`` in ``commits`` so the root can check the packet's XOR vector.
+
+Coalesced increments (§4.3 batching).  ``incr_many`` carries one batch's
+write-mostly increments of one counter (:class:`Increments`): it is applied as
+one addition, yet each increment keeps its own clock-log tag (a replayed one is
+left out of the sum) and its own commit report.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from typing import Any, NamedTuple
 from ..nf import VALUE_OPS
 
 READS = frozenset(("get",))
-UPDATES = frozenset(("set", "incr", "push", "pop", "cas", "delete", "custom", "apply"))
+UPDATES = frozenset(("set", "incr", "incr_many", "push", "pop", "cas", "delete", "custom", "apply"))
 
 
 class StoreError(Exception):
@@ -83,6 +88,31 @@ class Op:
     default: Any = None             # value of an absent object
 
 
+class Increments:
+    """Argument of ``incr_many``: increments of one counter, in issue order, with
+    their clock-log tags (§5.3) and commit reports ``(clock, xor id)`` (§5.4)."""
+
+    __slots__ = ("total", "tags", "amounts", "xor_ids", "commits")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.tags: list[tuple[int, int]] = []
+        self.amounts: list[int] = []
+        self.xor_ids: list[int] = []                # aligned with tags; 0 = a timer's update
+        self.commits: list[tuple[int, int]] = []    # (clock, xor id) of the nonzero ones
+
+    def add(self, clock: int, n: int, by: Any, xor_id: int) -> None:
+        self.total += by
+        self.tags.append((clock, n))
+        self.amounts.append(by)
+        self.xor_ids.append(xor_id)
+        if xor_id:
+            self.commits.append((clock, xor_id))
+
+    def __repr__(self) -> str:
+        return f"Increments(total={self.total}, n={len(self.tags)})"
+
+
 CustomOp = Callable[["StoreEngine", Op], Any]
 
 
@@ -94,6 +124,13 @@ def _argmin_incr(engine: StoreEngine, op: Op) -> int:
     best = values.index(min(values))
     engine.data[keys[best]] = values[best] + 1
     return best
+
+
+def _add(value: Any, by: Any, key: ObjectKey) -> Any:
+    try:
+        return value + by
+    except TypeError:
+        raise StoreError(f"{key.obj}: incr on a non-number value") from None
 
 
 class StoreEngine:
@@ -128,18 +165,21 @@ class StoreEngine:
         key = op.key
         if key.per_flow:
             self._check_owner(op)
-        tag = op.tag
-        if tag is not None:
-            log = self.clock_log.get(key)
-            if log is not None and tag in log:
-                return log[tag]             # §5.3: emulate a duplicate update
-        result = self._update(op)
+        if code == "incr_many":
+            result = self._incr_many(op)
+        else:
+            tag = op.tag
+            if tag is not None:
+                log = self.clock_log.get(key)
+                if log is not None and tag in log:
+                    return log[tag]         # §5.3: emulate a duplicate update
+            result = self._update(op)
+            if tag is not None:
+                self.clock_log.setdefault(key, {})[tag] = result
+                self.log_order.append((tag[0], key, tag))
+                if op.xor_id:
+                    self.commits.append((tag[0], op.xor_id))
         self.ops_applied += 1
-        if tag is not None:
-            self.clock_log.setdefault(key, {})[tag] = result
-            self.log_order.append((tag[0], key, tag))
-            if op.xor_id:
-                self.commits.append((tag[0], op.xor_id))
         subs = self.subscribers.get(key)
         if subs:
             value = self.data.get(key, op.default)
@@ -148,14 +188,39 @@ class StoreEngine:
                     self.notifications.append((client, ("update", key, value)))
         return result
 
+    def _incr_many(self, op: Op) -> Any:
+        """§4.3 coalesced increments; per increment, the §5.3 clock log and §5.4 commit."""
+        inc: Increments = op.args[0]
+        key = op.key
+        tags = inc.tags
+        log = self.clock_log.get(key)
+        if log is None:
+            log = self.clock_log[key] = {}
+        by = inc.total
+        commits = inc.commits
+        if log and not log.keys().isdisjoint(tags):
+            # Some were applied before (a replayed packet): emulate those, add the rest.
+            fresh = [(t, a, x) for t, a, x in zip(tags, inc.amounts, inc.xor_ids, strict=True)
+                     if t not in log]
+            tags = [t for t, _, _ in fresh]
+            by = sum(a for _, a, _ in fresh)
+            commits = [(t[0], x) for t, _, x in fresh if x]
+        value = self.data[key] = _add(self.data.get(key, op.default or 0), by, key)
+        if tags:
+            log.update(dict.fromkeys(tags, value))
+            self.log_order.append((max(t[0] for t in tags), key, tags))
+        elif not log:
+            del self.clock_log[key]
+        self.commits.extend(commits)
+        return value
+
     def _update(self, op: Op) -> Any:
         code, key, args, data = op.code, op.key, op.args, self.data
         if code == "set":
             data[key] = args[0]
             return None
         if code == "incr":
-            value = data.get(key, op.default or 0) + args[0]
-            data[key] = value
+            value = data[key] = _add(data.get(key, op.default or 0), args[0], key)
             return value
         if code == "push":
             lst = self._list(key, op.default)
@@ -254,12 +319,14 @@ class StoreEngine:
         n = 0
         while order and order[0][0] < clock:
             _, key, tag = order.popleft()
+            tags = tag if tag.__class__ is list else (tag,)     # incr_many logs a list
             log = self.clock_log.get(key)
             if log is not None:
-                log.pop(tag, None)
+                for t in tags:
+                    log.pop(t, None)
                 if not log:
                     del self.clock_log[key]
-            n += 1
+            n += len(tags)
         return n
 
     # -- introspection --------------------------------------------------------------------
