@@ -150,28 +150,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 # -- inputs -------------------------------------------------------------------------------
 
 def _copy(p: Packet) -> Packet:
-    """A fresh packet with the same fields and (immutable) bytes."""
-    c = Packet.__new__(Packet)
-    c.data = p.data
-    c.ts = p.ts
-    c.index = p.index
-    c.l3 = p.l3
-    c.ip_off = p.ip_off
-    c.l4_off = p.l4_off
-    c.payload_off = p.payload_off
-    c.ip_end = p.ip_end
-    c.proto = p.proto
-    c.src = p.src
-    c.dst = p.dst
-    c.sport = p.sport
-    c.dport = p.dport
-    c.flags = p.flags
-    c.frag = p.frag
-    c.malformed = p.malformed
+    """A fresh packet with the same fields and (immutable) bytes, as the root makes it."""
+    c = p.copy()
     c.clock = p.index
-    c.xor = 0
-    c.marks = 0
-    c.vt = 0
+    c.xor = c.marks = c.vt = 0
     return c
 
 

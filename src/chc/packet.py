@@ -1,3 +1,4 @@
+# cython: infer_types=True
 """Packets: raw frame bytes, the L2-L4 fields NFs need, and CHC metadata.
 
 Theory of operation
@@ -289,16 +290,6 @@ def ones_sum(buf) -> int:
     return _fold(sum(words.unpack(buf)))
 
 
-def _word_sum(b: bytes) -> int:
-    """Unfolded sum of the 16-bit words of an address (4 or 16 bytes)."""
-    n = int.from_bytes(b, "big")
-    total = 0
-    while n:
-        total += n & 0xFFFF
-        n >>= 16
-    return total
-
-
 def _csum_update(old_csum: int, old_sum: int, new_sum: int, words: int) -> int:
     """RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), over ``words`` changed 16-bit words
     whose plain sums are ``old_sum`` (m) and ``new_sum`` (m').  Integer arithmetic
@@ -321,62 +312,90 @@ def l4_checksum_offset(pkt: Packet) -> int | None:
     return None
 
 
-def _rewrite(pkt: Packet, addr_at: int, port_at: int | None, ip: bytes, port: int | None) -> None:
-    if not pkt.is_ip:
+def _writable(pkt: Packet, ip: bytes) -> bytearray:
+    """The packet's bytes, made mutable, once the rewrite of an address is known legal."""
+    if pkt.l3 == 0 or pkt.malformed is not None:
         raise ValueError("cannot rewrite a non-IP or malformed packet")
     if len(ip) != len(pkt.src):
         raise ValueError("address family mismatch in rewrite")
-    data = pkt.data
-    if data.__class__ is not bytearray:
-        data = pkt.data = bytearray(data)
+    if pkt.data.__class__ is not bytearray:
+        pkt.data = bytearray(pkt.data)
+    return pkt.data
+
+
+def _rewrite(pkt: Packet, data: bytearray, addr_at: int, port_at: int, ip: bytes, port: int) -> None:
+    """Write ``ip`` at ``addr_at`` (and ``port`` at ``port_at`` unless either is
+    negative) and update the checksums that cover them (RFC 1624).  Byte-indexed
+    so that the compiled build (packet.pxd) runs it as C; the checksum fields are
+    big-endian words."""
     n = len(ip)
+    old_sum = 0
+    new_sum = 0
+    for i in range(addr_at, addr_at + n, 2):
+        old_sum += (data[i] << 8) | data[i + 1]
+    for i in range(0, n, 2):
+        new_sum += (ip[i] << 8) | ip[i + 1]
+    data[addr_at:addr_at + n] = ip
+    if pkt.l3 == 4:
+        # RFC 1624: the IP header checksum covers the address only.
+        at = pkt.ip_off + 10
+        c = _csum_update((data[at] << 8) | data[at + 1], old_sum, new_sum, n >> 1)
+        data[at] = c >> 8
+        data[at + 1] = c & 0xFF
     words = n >> 1
-    old_sum = _word_sum(data[addr_at:addr_at + n])
-    new_sum = _word_sum(ip)
-    addr_old, addr_new = old_sum, new_sum
-    if port is not None and port_at is not None:
+    if port >= 0 and port_at >= 0:
         old_sum += (data[port_at] << 8) | data[port_at + 1]
         new_sum += port
         words += 1
         data[port_at] = port >> 8
         data[port_at + 1] = port & 0xFF
-    data[addr_at:addr_at + n] = ip
-    if pkt.l3 == 4:
-        # RFC 1624: the IP header checksum covers the address only.
-        c_at = pkt.ip_off + 10
-        old_c = (data[c_at] << 8) | data[c_at + 1]
-        _U16.pack_into(data, c_at, _csum_update(old_c, addr_old, addr_new, n >> 1))
-    c_at = l4_checksum_offset(pkt)
-    if c_at is None and pkt.proto == PROTO_ICMP6 and pkt.l3 == 6 and pkt.frag != FRAG_LATER:
-        c_at = pkt.l4_off + 2     # the ICMPv6 checksum covers the pseudo-header too (RFC 4443 §2.3)
-    if c_at is not None and c_at + 2 <= pkt.ip_end:
-        old_c = (data[c_at] << 8) | data[c_at + 1]
-        if not (pkt.proto == PROTO_UDP and old_c == 0 and pkt.l3 == 4):   # UDP/IPv4: 0 = no checksum
-            new_c = _csum_update(old_c, old_sum, new_sum, words)
-            if pkt.proto == PROTO_UDP and new_c == 0:
-                new_c = 0xFFFF
-            _U16.pack_into(data, c_at, new_c)
+    proto = pkt.proto
+    if pkt.frag == FRAG_LATER:
+        return
+    if proto == PROTO_TCP:
+        at = pkt.l4_off + 16
+    elif proto == PROTO_UDP:
+        at = pkt.l4_off + 6
+    elif proto == PROTO_ICMP6 and pkt.l3 == 6:
+        at = pkt.l4_off + 2     # the ICMPv6 checksum covers the pseudo-header too (RFC 4443 §2.3)
+    else:
+        return
+    if at + 2 > pkt.ip_end:
+        return
+    c = (data[at] << 8) | data[at + 1]
+    if proto == PROTO_UDP and c == 0 and pkt.l3 == 4:
+        return                  # UDP/IPv4: 0 = no checksum
+    c = _csum_update(c, old_sum, new_sum, words)
+    if proto == PROTO_UDP and c == 0:
+        c = 0xFFFF
+    data[at] = c >> 8
+    data[at + 1] = c & 0xFF
 
 
-def _has_ports(pkt: Packet) -> bool:
-    return (pkt.proto == PROTO_TCP or pkt.proto == PROTO_UDP) and pkt.frag != FRAG_LATER
+def _port_at(pkt: Packet, offset: int) -> int:
+    """Offset of a TCP/UDP port field, or -1 when the packet has none."""
+    if (pkt.proto == PROTO_TCP or pkt.proto == PROTO_UDP) and pkt.frag != FRAG_LATER:
+        return pkt.l4_off + offset
+    return -1
 
 
 def rewrite_src(pkt: Packet, ip: bytes, port: int | None = None) -> None:
     """Set source address (and port) in place, updating checksums incrementally."""
-    addr_at = pkt.ip_off + (12 if pkt.l3 == 4 else 8)
-    _rewrite(pkt, addr_at, pkt.l4_off if _has_ports(pkt) else None, ip, port)
+    data = _writable(pkt, ip)
+    port_at = _port_at(pkt, 0)
+    _rewrite(pkt, data, pkt.ip_off + (12 if pkt.l3 == 4 else 8), port_at, ip, -1 if port is None else port)
     pkt.src = ip
-    if port is not None and _has_ports(pkt):
+    if port is not None and port_at >= 0:
         pkt.sport = port
 
 
 def rewrite_dst(pkt: Packet, ip: bytes, port: int | None = None) -> None:
     """Set destination address (and port) in place, updating checksums incrementally."""
-    addr_at = pkt.ip_off + (16 if pkt.l3 == 4 else 24)
-    _rewrite(pkt, addr_at, pkt.l4_off + 2 if _has_ports(pkt) else None, ip, port)
+    data = _writable(pkt, ip)
+    port_at = _port_at(pkt, 2)
+    _rewrite(pkt, data, pkt.ip_off + (16 if pkt.l3 == 4 else 24), port_at, ip, -1 if port is None else port)
     pkt.dst = ip
-    if port is not None and _has_ports(pkt):
+    if port is not None and port_at >= 0:
         pkt.dport = port
 
 

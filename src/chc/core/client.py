@@ -1,3 +1,4 @@
+# cython: infer_types=True
 """Store client library: the Table 1 strategies between NF code and the store.
 
 Theory of operation
@@ -79,6 +80,7 @@ class StoreClient:
         self.caching = model != "EO"
         self.no_ack_wait = model == "EO+C+NA"
         self.exclusive = exclusive          # sole user of cross-flow objects (splitter)
+        self.retransmit = True              # off only to show what it prevents (tests)
         self.seq = 0
         self.pending: list[Op] = []         # non-blocking ops not yet acknowledged
         self.open_incr: dict[ObjectKey, Increments] = {}   # coalescing, until the next send
@@ -186,7 +188,8 @@ class StoreClient:
         except StoreUnavailable:
             if not self.no_ack_wait:
                 raise
-            return                          # retransmitted with the next request
+            if self.retransmit:
+                return                      # retransmitted with the next request
         self.pending = []
         self._notifications()
 

@@ -1,0 +1,52 @@
+# Types for the compiled build of client.py (Cython pure-Python mode; see setup.py).
+cimport cython
+
+from .state cimport LocalObject
+from .store cimport Increments
+
+
+cdef class StoreClient:
+    cdef public object backend, vertex, client_id, record, faults, clock
+    cdef public object instance
+    cdef public bint caching, no_ack_wait, exclusive, in_timer, retransmit
+    cdef public long long seq, n_in_packet, blocking_ops, nonblocking_ops, cache_hits
+    cdef public unsigned long long packet_xor
+    cdef public list pending, prefetchable
+    cdef public dict open_incr, callback_caches
+
+    cpdef begin_packet(self, object clock, bint in_timer=*)
+    cdef (long long, unsigned long long) _next_update(self, unsigned long long xor_base)
+    @cython.locals(inc=Increments)
+    cpdef add(self, object key, object by, object default, unsigned long long xor_base)
+    cpdef close(self, object key)
+    cdef list _take_pending(self)
+    cpdef send(self, object op)
+    cpdef flush(self)
+
+
+cdef class _Handle(LocalObject):
+    cdef public StoreClient client
+    cdef public object name, _absent
+    cdef public bint per_flow, _write_mostly
+    cdef public dict _keys
+    cdef public unsigned long long _xor_base
+    cpdef key(self, object key)
+
+
+cdef class RemoteObject(_Handle):
+    pass
+
+
+cdef class CoalescedObject(RemoteObject):
+    pass
+
+
+cdef class CachedObject(_Handle):
+    cpdef _slot_value(self, object key)
+    cpdef _load(self, object key)
+    cpdef _queue(self, str code, object key, tuple args)
+
+
+cdef class CallbackObject(CachedObject):
+    cpdef _load(self, object key)
+    cpdef _queue(self, str code, object key, tuple args)
