@@ -33,7 +33,13 @@ COMPILED = [
 
 
 class OptionalBuildExt(build_ext):
-    """A failed compile leaves the pure-Python module in place (with a warning)."""
+    """A failed compile leaves the pure-Python module in place (with a warning);
+    modules compile in parallel, one per core."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1
 
     def run(self) -> None:
         try:

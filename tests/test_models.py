@@ -20,8 +20,9 @@ from chc.core.client import (
     StoreUnavailable,
 )
 from chc.core.store import ObjectKey
-from chc.nf import GLOBAL, Access, Counter
+from chc.nf import FLOW, GLOBAL, Access, Counter
 from chc.nfs import NAT
+from chc.packet import Packet, ip_bytes
 from chc.runtime.sim import SimRuntime
 from chc.spec import load_spec, parse_spec
 
@@ -240,3 +241,21 @@ def test_coalesced_increments_keep_their_xor_ids():
     for clock, xor_id in store.commits():
         reported[clock] ^= xor_id
     assert reported == vectors and all(vectors.values())
+
+
+def test_the_lb_prefetches_only_the_vips_flows():
+    """§4.3 batch prefetch with the NF's reads_flow_state hint: the LB loads the
+    mappings of the VIP's connections only, not of every flow passing by."""
+    lb_only = {"vertices": {"lb": {"nf": "lb", "config": {
+        "vip": "10.151.119.2", "port": 10050, "backends": ["10.151.119.11", "10.151.119.12"]}}}}
+    chain = parse_spec(lb_only)
+    records = first(LAN, 4000)
+    store = RecordingStore()
+    out, _, digest, _ = run_chain(chain, records, "EO+C+NA", store, batch_size=256)
+    assert (out, digest) == tuple(run_chain(chain, records, "T")[i] for i in (0, 2))
+    vip = ip_bytes("10.151.119.2")
+    pkts = [Packet(data) for _, data in records]
+    flows = {FLOW.key(p) for p in pkts if p.is_ip}
+    vip_flows = {FLOW.key(p) for p in pkts if p.is_ip and vip in (p.src, p.dst)}
+    reads = sum(r.count("get") for r in store.requests)     # + the 2 backends' load counters
+    assert 0 < reads <= len(vip_flows) + 2 < len(flows)     # without the hint: 405

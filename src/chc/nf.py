@@ -299,6 +299,12 @@ class NF:
     def process(self, pkt: Packet, ctx: Context) -> Packet | list[Packet] | None:
         raise NotImplementedError
 
+    #: Optional hint, a method ``reads_flow_state(pkt) -> bool``: whether ``process``
+    #: will read this packet's per-flow state.  The externalized models load the
+    #: per-flow state of a whole batch in one request (§4.3) and leave out the
+    #: packets it says no to; a wrong "no" costs one blocking read, never correctness.
+    reads_flow_state: ClassVar[Callable[[Any, Packet], bool] | None] = None
+
     def on_timer(self, key: Hashable, ctx: Context) -> None:
         """A timer set with ``ctx.set_timer`` has expired."""
 

@@ -221,10 +221,13 @@ class StoreClient:
             self.prefetchable.append(handle)
         return handle
 
-    def prefetch(self, batch: list) -> None:
+    def prefetch(self, batch: list, reads: Any = None) -> None:
         """Load the per-flow objects a batch will touch in one request (§4.3, batch
         everywhere): without it each new flow's first packet costs a blocking read,
-        a fifth of the NAT's time in the profile (docs/benchmarks.md)."""
+        a fifth of the NAT's time in the profile (docs/benchmarks.md).  ``reads``
+        (the NF's ``reads_flow_state`` hint) leaves out packets that touch none."""
+        if reads is not None:
+            batch = [p for p in batch if reads(p)]
         ops: list[Op] = []
         slots: list[tuple[CachedObject, Hashable]] = []
         for h in self.prefetchable:

@@ -114,7 +114,7 @@ class Instance:
         client = self.client
         delay = self.delay
         if client is not None and client.prefetchable:
-            client.prefetch(batch)
+            client.prefetch(batch, self.nf.reads_flow_state)
         for pkt in batch:
             if timers and timers[0][0] <= pkt.ts:
                 self._fire(pkt.ts)

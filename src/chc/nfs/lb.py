@@ -88,6 +88,10 @@ class LoadBalancer(NF):
             self.mapping.set((server, state), key)
         return pkt
 
+    def reads_flow_state(self, pkt: Packet) -> bool:
+        """Only the VIP's traffic reads a mapping (the batch prefetch's hint)."""
+        return pkt.dst == self.vip or pkt.src == self.vip
+
     def _assign(self, key) -> tuple[int, int]:
         # One atomic operation, so that instances racing for the least-loaded
         # backend are serialized by the store (§4.3).
