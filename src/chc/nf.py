@@ -59,10 +59,14 @@ class Scope:
 
 def _flow_key(p: Packet) -> Hashable:
     # Both directions of a connection share one key, so request and reply reach
-    # the same instance and the same per-flow object.
-    a = (p.src, p.sport)
-    b = (p.dst, p.dport)
-    return (a, b, p.proto) if a <= b else (b, a, p.proto)
+    # the same instance and the same per-flow object.  Kept on the packet (until
+    # a rewrite changes the 5-tuple): the batch prefetch and the NF both need it.
+    k = p.flow_key
+    if k is None:
+        a = (p.src, p.sport)
+        b = (p.dst, p.dport)
+        k = p.flow_key = (a, b, p.proto) if a <= b else (b, a, p.proto)
+    return k
 
 
 def _flow_bytes(p: Packet) -> bytes:

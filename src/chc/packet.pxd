@@ -6,7 +6,7 @@ cdef class Packet:
     cdef public int l3, ip_off, l4_off, payload_off, ip_end
     cdef public int proto, sport, dport, flags, frag
     cdef public object src, dst, malformed
-    cdef public object clock, xor, marks, vt
+    cdef public object clock, xor, marks, vt, flow_key
     cpdef Packet copy(self)
 
 cpdef void parse(Packet pkt)

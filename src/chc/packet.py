@@ -67,7 +67,7 @@ class Packet:
         "data", "ts", "index",
         "l3", "ip_off", "l4_off", "payload_off", "ip_end",
         "proto", "src", "dst", "sport", "dport", "flags", "frag", "malformed",
-        "clock", "xor", "marks", "vt",
+        "clock", "xor", "marks", "vt", "flow_key",
     )
 
     def __init__(self, data: bytes | bytearray, ts: int = 0, index: int = 0) -> None:
@@ -78,6 +78,7 @@ class Packet:
         self.xor = 0            # §5.4 XOR commit vector
         self.marks = 0          # §5.1 / §5.3 marks (bit flags)
         self.vt = 0             # sim runtime: virtual time at the current hop (ns)
+        self.flow_key = None    # chc.nf.FLOW's key, once computed (reset by rewrites)
         parse(self)
 
     def copy(self) -> Packet:
@@ -93,6 +94,7 @@ class Packet:
         c.payload_off, c.ip_end = self.payload_off, self.ip_end
         c.proto, c.src, c.dst, c.sport, c.dport = self.proto, self.src, self.dst, self.sport, self.dport
         c.flags, c.frag, c.malformed = self.flags, self.frag, self.malformed
+        c.flow_key = self.flow_key
         return c
 
     # -- derived views, computed on demand (not on the hot path) --------------
@@ -138,6 +140,7 @@ def ip_bytes(text: str) -> bytes:
 
 
 def _reset(pkt: Packet) -> None:
+    pkt.flow_key = None
     pkt.l3 = 0
     pkt.ip_off = pkt.l4_off = pkt.payload_off = pkt.ip_end = 0
     pkt.proto = pkt.sport = pkt.dport = pkt.flags = 0
@@ -320,6 +323,7 @@ def _writable(pkt: Packet, ip: bytes) -> bytearray:
         raise ValueError("address family mismatch in rewrite")
     if pkt.data.__class__ is not bytearray:
         pkt.data = bytearray(pkt.data)
+    pkt.flow_key = None             # the 5-tuple changes
     return pkt.data
 
 

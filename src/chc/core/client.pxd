@@ -5,6 +5,9 @@ from .state cimport LocalObject
 from .store cimport Increments
 
 
+cdef class CoalescedObject
+
+
 cdef class StoreClient:
     cdef public object backend, vertex, client_id, record, faults, clock
     cdef public object instance
@@ -12,13 +15,13 @@ cdef class StoreClient:
     cdef public long long seq, n_in_packet, blocking_ops, nonblocking_ops, cache_hits
     cdef public unsigned long long packet_xor
     cdef public list pending, prefetchable
-    cdef public dict open_incr, callback_caches
+    cdef public dict callback_caches
+    cdef public list coalesced
 
     cpdef begin_packet(self, object clock, bint in_timer=*)
     cdef (long long, unsigned long long) _next_update(self, unsigned long long xor_base)
-    @cython.locals(inc=Increments)
-    cpdef add(self, object key, object by, object default, unsigned long long xor_base)
-    cpdef close(self, object key)
+    cpdef Increments open_increments(self, object key, long long n, object default)
+    @cython.locals(h=CoalescedObject)
     cdef list _take_pending(self)
     cpdef send(self, object op)
     cpdef flush(self)
@@ -38,7 +41,9 @@ cdef class RemoteObject(_Handle):
 
 
 cdef class CoalescedObject(RemoteObject):
-    pass
+    cdef public dict _open
+    @cython.locals(inc=Increments)
+    cpdef incr(self, object by=*, object key=*)
 
 
 cdef class CachedObject(_Handle):

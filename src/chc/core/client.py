@@ -40,6 +40,7 @@ issued), each with its own tag and XOR id: the store does one addition instead
 of one op per packet.  Only increments coalesce; any other op on that key, and
 every request sent, closes the open op, so no increment moves past another op
 on its key and none joins an op already sent (retransmission stays exact).
+:class:`CoalescedObject` keeps the open ops; the client closes them all on send.
 
 Order-dependent shared updates go to the store as one atomic step: ``pop``,
 ``cas``, ``incr_least`` (custom op ``argmin_incr``) and registered value
@@ -83,7 +84,7 @@ class StoreClient:
         self.retransmit = True              # off only to show what it prevents (tests)
         self.seq = 0
         self.pending: list[Op] = []         # non-blocking ops not yet acknowledged
-        self.open_incr: dict[ObjectKey, Increments] = {}   # coalescing, until the next send
+        self.coalesced: list[CoalescedObject] = []   # handles whose increments coalesce
         self.clock = 0
         self.n_in_packet = 0
         self.packet_xor = 0                 # §5.4: XOR of this packet's update ids
@@ -126,35 +127,24 @@ class StoreClient:
         self.packet_xor ^= xor_id
         return n, xor_id
 
-    def add(self, key: ObjectKey, by: Any, default: Any, xor_base: int) -> None:
-        """A write-mostly increment in EO+C+NA: joins the batch's open ``incr_many``
-        op of ``key`` (see Coalescing above)."""
-        n, xor_id = self._next_update(xor_base)
-        clock = self.clock
-        self.nonblocking_ops += 1
-        inc = self.open_incr.get(key)
-        if inc is None:
-            self.seq += 1
-            inc = Increments()
-            op = Op("incr_many", key, (inc,), self.client_id, self.seq, self.instance,
-                    (clock, n), 0, default)
-            if self.faults is not None and self.faults.swallow(op):
-                return                      # injected loss (this increment only)
-            self.pending.append(op)
-            self.open_incr[key] = inc
-        inc.add(clock, n, by, xor_id)
-
-    def close(self, key: ObjectKey) -> None:
-        """Another op on ``key`` follows: later increments must not move before it."""
-        if self.open_incr:
-            self.open_incr.pop(key, None)
+    def open_increments(self, key: ObjectKey, n: int, default: Any) -> Increments | None:
+        """Queue a new ``incr_many`` op for ``key`` (see Coalescing above), tagged
+        with its first increment; None when fault injection swallowed it."""
+        self.seq += 1
+        inc = Increments()
+        op = Op("incr_many", key, (inc,), self.client_id, self.seq, self.instance,
+                (self.clock, n), 0, default)
+        if self.faults is not None and self.faults.swallow(op):
+            return None                     # injected loss (this increment only)
+        self.pending.append(op)
+        return inc
 
     def _take_pending(self) -> list[Op]:
         """The queued ops, to be sent now; an op once sent takes no more increments."""
-        ops = self.pending
-        if self.open_incr:
-            self.open_incr = {}
-        return ops
+        for h in self.coalesced:
+            if h._open:
+                h._open = {}
+        return self.pending
 
     # -- sending ------------------------------------------------------------------------
     def call(self, op: Op) -> Any:
@@ -208,6 +198,7 @@ class StoreClient:
         per_flow = decl.scope.per_flow
         if decl.access is Access.WRITE_MOSTLY and self.no_ack_wait:
             handle = CoalescedObject(self, decl, config)
+            self.coalesced.append(handle)
         elif not self.caching or decl.access is Access.WRITE_MOSTLY:
             handle = RemoteObject(self, decl, config)
         elif per_flow or (decl.access is Access.READ_WRITE and self.exclusive):
@@ -353,16 +344,30 @@ class RemoteObject(_Handle):
 
 
 class CoalescedObject(RemoteObject):
-    """Write-mostly objects in EO+C+NA: increments coalesce per batch and key
-    (:meth:`StoreClient.add`); every other op is offloaded as in :class:`RemoteObject`."""
+    """Write-mostly objects in EO+C+NA: the increments of one key join the op
+    queued for it until the next request goes out (see Coalescing above); every
+    other op is offloaded as in :class:`RemoteObject` and closes that op."""
 
-    __slots__ = ()
+    __slots__ = ("_open",)
+
+    def __init__(self, client: StoreClient, decl: StateObject, config: Any) -> None:
+        super().__init__(client, decl, config)
+        self._open: dict[Hashable, Increments] = {}     # scope key -> its queued incr_many
 
     def incr(self, by: int = 1, key: Hashable = None) -> None:
-        self.client.add(self.key(key), by, self._absent, self._xor_base)
+        c = self.client
+        n, xor_id = c._next_update(self._xor_base)
+        c.nonblocking_ops += 1
+        inc = self._open.get(key)
+        if inc is None:
+            inc = c.open_increments(self.key(key), n, self._absent)
+            if inc is None:
+                return
+            self._open[key] = inc
+        inc.add(c.clock, n, by, xor_id)
 
     def _update(self, code: str, key: Hashable, args: tuple, blocking: bool) -> Any:
-        self.client.close(self.key(key))
+        self._open.pop(key, None)
         return super()._update(code, key, args, blocking)
 
 
