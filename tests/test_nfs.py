@@ -115,7 +115,7 @@ def test_nat_outbound_syn_gets_external_ip_and_first_port():
     assert len(p.data) == len(frame)
     assert bytes(p.data[54:]) == frame[54:]
     assert pool(inst)[0] == 5001 and len(pool(inst)) == 9
-    assert inst.state()["mapping"] == {((ip(H1), 40000), (ip(R1), 80), 6): (5000, 0)}
+    assert inst.state()["mapping"] == {flow_key(H1, R1, 40000, 80): (5000, 0)}
 
 
 def test_nat_reply_and_both_directions_use_one_port():
@@ -178,7 +178,7 @@ def test_nat_closed_port_returns_to_pool_tail_and_new_syn_gets_new_port(closer):
     assert again.sport == 5002
     assert feed(tcp(R1, H1, 80, 40000, SYN_ACK)).dport == 5002
     assert pool(inst) == [*range(5003, 5010), 5000]
-    key = ((ip(H1), 40000), (ip(R1), 80), 6)
+    key = flow_key(H1, R1, 40000, 80)
     assert inst.state()["mapping"][key] == (5002, 0)
     # an RST closes the new connection (5002 goes back); a second RST pushes nothing
     feed(tcp(H1, R1, 40000, 80, RST))
@@ -443,9 +443,9 @@ def test_portscan_unanswered_syns_fail_by_timeout():
     assert inst.state()["pending"] == {flow_key(other, target(9), 1, 80): (8 * SEC - 1, ip(other))}
 
 
-def flow_key(src: str, dst: str, sport: int, dport: int) -> tuple:
-    a, b = (ip(src), sport), (ip(dst), dport)
-    return (a, b, 6) if a <= b else (b, a, 6)
+def flow_key(src: str, dst: str, sport: int, dport: int) -> bytes:
+    a, b = ip(src) + sport.to_bytes(2, "big"), ip(dst) + dport.to_bytes(2, "big")
+    return (a + b if a <= b else b + a) + b"\x06"
 
 
 def test_portscan_answer_before_timeout_is_not_a_failure():

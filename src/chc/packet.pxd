@@ -1,5 +1,6 @@
 # Types for the compiled build of packet.py (Cython, pure-Python mode): the same
 # source runs interpreted when the extension is not built (see setup.py).
+cimport cython
 
 cdef class Packet:
     cdef public object data, ts, index
@@ -9,6 +10,8 @@ cdef class Packet:
     cdef public object clock, xor, marks, vt, flow_key
     cpdef Packet copy(self)
 
+@cython.locals(src=bytes, dst=bytes, sport=int, dport=int)
+cpdef bytes flow_key(Packet pkt)
 cpdef void parse(Packet pkt)
 cdef void _reset(Packet pkt)
 cdef void _parse_ipv4(Packet pkt, object data, int off, int n)

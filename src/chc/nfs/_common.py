@@ -35,9 +35,13 @@ class Prefixes:
     def __contains__(self, addr: bytes) -> bool:
         hit = self._memo.get(addr)
         if hit is None:
-            a = ipaddress.ip_address(addr)
-            hit = self._memo[addr] = any(a in n for n in self.nets if n.version == a.version)
+            hit = self._memo[addr] = self._lookup(addr)
         return hit
+
+    def _lookup(self, addr: bytes) -> bool:
+        # Apart from __contains__: its generator would cost every (memoised) call.
+        a = ipaddress.ip_address(addr)
+        return any(a in n for n in self.nets if n.version == a.version)
 
 
 # -- TCP connection close tracking (NAT and LB mappings) ---------------------------
