@@ -620,7 +620,7 @@ class RedisStore:
         elif code == "incr_many":
             # §4.3 coalesced increments: tags and commits as text (clocks exceed Lua's 2^53).
             inc = args[0]
-            extra = (_encode(inc.total), " ".join([f"{c}:{n}" for c, n in inc.tags]),
+            extra = (_encode(inc.total), " ".join([f"{c}:{n}" for c, n in zip(inc.clocks, inc.ns, strict=True)]),
                      _encode(inc.amounts), " ".join(map(str, inc.xor_ids)))
             default = _encode(op.default or 0, "the default")
         elif code == "push":

@@ -1,6 +1,8 @@
 # Types for the compiled build of client.py (Cython pure-Python mode; see setup.py).
 cimport cython
 
+cdef unsigned long long _XOR_STEP
+
 from .state cimport LocalObject
 from .store cimport Increments
 
@@ -19,6 +21,7 @@ cdef class StoreClient:
     cdef public list coalesced
 
     cpdef begin_packet(self, object clock, bint in_timer=*)
+    @cython.locals(n=cython.longlong, xor_id=cython.ulonglong)
     cdef (long long, unsigned long long) _next_update(self, unsigned long long xor_base)
     cpdef Increments open_increments(self, object key, long long n, object default)
     @cython.locals(h=CoalescedObject)

@@ -62,6 +62,7 @@ from .state import LocalObject
 from .store import Increments, ObjectKey, Op, StoreError
 
 MODELS = ("T", "EO", "EO+C", "EO+C+NA")
+_XOR_STEP = 0x9E3779B1          # §5.4 ids of one object's successive updates in a packet
 _MISSING = object()
 
 
@@ -123,7 +124,9 @@ class StoreClient:
         self.n_in_packet = n = self.n_in_packet + 1
         if self.in_timer:
             return n, 0                     # timer updates belong to no packet
-        xor_id = ((xor_base + n * 0x9E3779B1) & 0xFFFFFFFF) or 1
+        xor_id = (xor_base + n * _XOR_STEP) & 0xFFFFFFFF
+        if xor_id == 0:
+            xor_id = 1
         self.packet_xor ^= xor_id
         return n, xor_id
 

@@ -2,8 +2,8 @@
 
 cdef class Increments:
     cdef public object total
-    cdef public list tags, amounts, xor_ids, commits
-    cpdef add(self, object clock, object n, object by, unsigned long long xor_id)
+    cdef public list clocks, ns, amounts, xor_ids
+    cpdef add(self, object clock, object n, object by, object xor_id)
 
 
 cdef class Op:

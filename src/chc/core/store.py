@@ -110,28 +110,38 @@ class Op:
 
 
 class Increments:
-    """Argument of ``incr_many``: increments of one counter, in issue order, with
-    their clock-log tags (§5.3) and commit reports ``(clock, xor id)`` (§5.4)."""
+    """Argument of ``incr_many``: increments of one counter, in issue order, each
+    with its clock-log tag ``(clock, n)`` (§5.3) and XOR id (§5.4; 0 for a
+    timer's update, which reports no commit).  Flat lists: the client appends
+    what it has, the store builds tags and commit reports once per op."""
 
-    __slots__ = ("total", "tags", "amounts", "xor_ids", "commits")
+    __slots__ = ("total", "clocks", "ns", "amounts", "xor_ids")
 
     def __init__(self) -> None:
         self.total = 0
-        self.tags: list[tuple[int, int]] = []
+        self.clocks: list[int] = []
+        self.ns: list[int] = []
         self.amounts: list[int] = []
-        self.xor_ids: list[int] = []                # aligned with tags; 0 = a timer's update
-        self.commits: list[tuple[int, int]] = []    # (clock, xor id) of the nonzero ones
+        self.xor_ids: list[int] = []
 
     def add(self, clock: int, n: int, by: Any, xor_id: int) -> None:
         self.total += by
-        self.tags.append((clock, n))
+        self.clocks.append(clock)
+        self.ns.append(n)
         self.amounts.append(by)
         self.xor_ids.append(xor_id)
-        if xor_id:
-            self.commits.append((clock, xor_id))
+
+    @property
+    def tags(self) -> list[tuple[int, int]]:
+        return list(zip(self.clocks, self.ns, strict=True))
+
+    @property
+    def commits(self) -> list[tuple[int, int]]:
+        """Commit reports ``(clock, xor id)`` of the packets' increments."""
+        return [(c, x) for c, x in zip(self.clocks, self.xor_ids, strict=True) if x]
 
     def __repr__(self) -> str:
-        return f"Increments(total={self.total}, n={len(self.tags)})"
+        return f"Increments(total={self.total}, n={len(self.clocks)})"
 
 
 CustomOp = Callable[["StoreEngine", Op], Any]
@@ -218,18 +228,20 @@ class StoreEngine:
         if log is None:
             log = self.clock_log[key] = {}
         by = inc.total
-        commits = inc.commits
+        clocks = inc.clocks
         if log and not log.keys().isdisjoint(tags):
             # Some were applied before (a replayed packet): emulate those, add the rest.
-            fresh = [(t, a, x) for t, a, x in zip(tags, inc.amounts, inc.xor_ids, strict=True)
-                     if t not in log]
-            tags = [t for t, _, _ in fresh]
-            by = sum(a for _, a, _ in fresh)
-            commits = [(t[0], x) for t, _, x in fresh if x]
+            fresh = [i for i, t in enumerate(tags) if t not in log]
+            tags = [tags[i] for i in fresh]
+            clocks = [inc.clocks[i] for i in fresh]
+            by = sum([inc.amounts[i] for i in fresh])
+            commits = [(inc.clocks[i], inc.xor_ids[i]) for i in fresh if inc.xor_ids[i]]
+        else:
+            commits = inc.commits
         value = self.data[key] = _add(self.data.get(key, op.default or 0), by, key)
         if tags:
             log.update(dict.fromkeys(tags, value))
-            self.log_order.append((max(t[0] for t in tags), key, tags))
+            self.log_order.append((max(clocks), key, tags))
         elif not log:
             del self.clock_log[key]
         self.commits.extend(commits)
