@@ -1,7 +1,7 @@
 # Types for the compiled build of client.py (Cython pure-Python mode; see setup.py).
 cimport cython
 
-cdef unsigned long long _XOR_STEP
+cdef unsigned long long _XOR_STEP, _MASK32
 
 from .state cimport LocalObject
 from .store cimport Increments

@@ -63,7 +63,9 @@ from .store import Increments, ObjectKey, Op, StoreError
 
 MODELS = ("T", "EO", "EO+C", "EO+C+NA")
 _XOR_STEP = 0x9E3779B1          # §5.4 ids of one object's successive updates in a packet
+_MASK32 = 0xFFFFFFFF
 _MISSING = object()
+_new_tuple = tuple.__new__
 
 
 class StoreUnavailable(StoreError):
@@ -124,7 +126,7 @@ class StoreClient:
         self.n_in_packet = n = self.n_in_packet + 1
         if self.in_timer:
             return n, 0                     # timer updates belong to no packet
-        xor_id = (xor_base + n * _XOR_STEP) & 0xFFFFFFFF
+        xor_id = (xor_base + n * _XOR_STEP) & _MASK32
         if xor_id == 0:
             xor_id = 1
         self.packet_xor ^= xor_id
@@ -268,7 +270,8 @@ class _Handle(LocalObject):
     def key(self, key: Hashable) -> ObjectKey:
         k = self._keys.get(key)
         if k is None:
-            k = self._keys[key] = ObjectKey(self.client.vertex, self.name, key, self.per_flow)
+            # tuple.__new__: the NamedTuple constructor is a Python-level function
+            k = self._keys[key] = _new_tuple(ObjectKey, (self.client.vertex, self.name, key, self.per_flow))
         return k
 
     def declare(self) -> None:
@@ -391,7 +394,7 @@ class CachedObject(_Handle):
     def _cached(self, stored: Any) -> Any:
         """The cache's form of a value read from the store (None: absent)."""
         if stored is None:
-            return self._fresh()
+            return self._fresh() if self._init_mutable else self._init
         return deque(stored) if self.decl.kind == "list" else stored
 
     def _load(self, key: Hashable) -> Any:
