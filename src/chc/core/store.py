@@ -115,10 +115,11 @@ class Increments:
     timer's update, which reports no commit).  Flat lists: the client appends
     what it has, the store builds tags and commit reports once per op."""
 
-    __slots__ = ("total", "clocks", "ns", "amounts", "xor_ids")
+    __slots__ = ("total", "clocks", "ns", "amounts", "xor_ids", "result")
 
     def __init__(self) -> None:
         self.total = 0
+        self.result: Any = None     # the counter after the op (what the clock log recalls)
         self.clocks: list[int] = []
         self.ns: list[int] = []
         self.amounts: list[int] = []
@@ -178,6 +179,7 @@ class StoreEngine:
         self.customs: dict[str, CustomOp] = {"argmin_incr": _argmin_incr}
         self.notifications: list[tuple[str, tuple]] = []
         self.commits: list[tuple[int, int]] = []
+        self._commit_runs: list[Increments] = []     # incr_many ops' commits, not yet paired
         self.ops_applied = 0
 
     # -- operations ---------------------------------------------------------------
@@ -203,7 +205,8 @@ class StoreEngine:
             if tag is not None:
                 log = self.clock_log.get(key)
                 if log is not None and tag in log:
-                    return log[tag]         # §5.3: emulate a duplicate update
+                    r = log[tag]            # §5.3: emulate a duplicate update
+                    return r.result if r.__class__ is Increments else r
             result = self._update(op)
             if tag is not None:
                 self.clock_log.setdefault(key, {})[tag] = result
@@ -227,24 +230,27 @@ class StoreEngine:
         log = self.clock_log.get(key)
         if log is None:
             log = self.clock_log[key] = {}
+        # One pass, one hash per tag: each tag is recorded with this op (whose result
+        # is filled in below); a tag found already recorded is a replayed packet's.
+        setdefault = log.setdefault
+        replayed = [i for i, t in enumerate(tags) if setdefault(t, inc) is not inc]
         by = inc.total
         clocks = inc.clocks
-        if log and not log.keys().isdisjoint(tags):
-            # Some were applied before (a replayed packet): emulate those, add the rest.
-            fresh = [i for i, t in enumerate(tags) if t not in log]
+        if replayed:
+            # Emulate those (§5.3: not applied, not reported again), add the rest.
+            again = set(replayed)
+            fresh = [i for i in range(len(tags)) if i not in again]
             tags = [tags[i] for i in fresh]
             clocks = [inc.clocks[i] for i in fresh]
             by = sum([inc.amounts[i] for i in fresh])
-            commits = [(inc.clocks[i], inc.xor_ids[i]) for i in fresh if inc.xor_ids[i]]
+            self.commits.extend([(inc.clocks[i], inc.xor_ids[i]) for i in fresh if inc.xor_ids[i]])
         else:
-            commits = inc.commits
-        value = self.data[key] = _add(self.data.get(key, op.default or 0), by, key)
+            self._commit_runs.append(inc)   # (clock, xor id) pairs made when the root drains
+        value = inc.result = self.data[key] = _add(self.data.get(key, op.default or 0), by, key)
         if tags:
-            log.update(dict.fromkeys(tags, value))
             self.log_order.append((max(clocks), key, tags))
         elif not log:
             del self.clock_log[key]
-        self.commits.extend(commits)
         return value
 
     def _update(self, op: Op) -> Any:
@@ -343,6 +349,9 @@ class StoreEngine:
 
     def drain_commits(self) -> list[tuple[int, int]]:
         out, self.commits = self.commits, []
+        for inc in self._commit_runs:
+            out.extend(inc.commits)
+        self._commit_runs = []
         return out
 
     # -- clock log pruning (§5.3) ---------------------------------------------------------
