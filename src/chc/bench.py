@@ -85,6 +85,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from . import packet as packet_module
 from .backends.memory import MemoryStore
 from .capture import open_capture
 from .core.instance import Instance
@@ -1186,6 +1187,8 @@ def _meta(args: argparse.Namespace, conf: dict, sections: tuple[str, ...]) -> di
         "chc": __version__, "python": platform.python_version(), "implementation": platform.python_implementation(),
         "machine": platform.machine(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_start": _loadavg(), "hiredis": has_hiredis,
+        # the compiled build (setup.py) or the pure-Python fallback
+        "compiled": not packet_module.__file__.endswith(".py"),
         "quick": bool(args.quick), "sections": list(sections), "batch": args.batch, "packets_limit": args.packets,
         **{k: v for k, v in conf.items()},
     }
