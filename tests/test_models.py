@@ -8,6 +8,8 @@ import itertools
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chc.backends.memory import MemoryStore
 from chc.capture import open_capture
@@ -19,6 +21,7 @@ from chc.core.client import (
     StoreClient,
     StoreUnavailable,
 )
+from chc.core.state import LocalObject
 from chc.core.store import ObjectKey
 from chc.nf import FLOW, GLOBAL, Access, Counter
 from chc.nfs import NAT
@@ -259,3 +262,70 @@ def test_the_lb_prefetches_only_the_vips_flows():
     vip_flows = {FLOW.key(p) for p in pkts if p.is_ip and vip in (p.src, p.dst)}
     reads = sum(r.count("get") for r in store.requests)     # + the 2 backends' load counters
     assert 0 < reads <= len(vip_flows) + 2 < len(flows)     # without the hint: 405
+
+
+class LossyStore(RecordingStore):
+    """Requests are lost on the way in (never applied) or their acknowledgement on
+    the way back (applied, reported failed), as the test schedules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.next_faults: list[str] = []
+
+    def execute(self, ops):
+        fault = self.next_faults.pop(0) if self.next_faults else None
+        if fault == "request":
+            self.fail_next(1)
+        results = super().execute(ops)
+        if fault == "ack":
+            raise StoreUnavailable("ack lost")
+        return results
+
+
+ACTIONS = st.one_of(
+    st.tuples(st.just("incr"), st.sampled_from([None, "a", "b"]), st.integers(1, 5)),
+    st.tuples(st.just("set"), st.sampled_from([None, "a", "b"]), st.integers(0, 100)),
+    st.tuples(st.just("delete"), st.sampled_from([None, "a", "b"]), st.just(0)),
+    st.tuples(st.sampled_from(["packet", "flush", "lose-request", "lose-ack"]), st.none(), st.just(0)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ACTIONS, max_size=60))
+def test_coalescing_keeps_order_state_and_commits(actions):
+    """§4.3 coalescing under lost requests and lost acknowledgements: the store
+    ends with model T's values, and each packet's commit reports XOR to its
+    vector (§5.4), exactly once."""
+    store = LossyStore()
+    client, hits = write_mostly_counter(store)
+    local = LocalObject(hits.decl, None)
+    clock, vectors = 1, {}
+    client.begin_packet(clock)
+    for what, key, arg in actions:
+        if what == "incr":
+            hits.incr(arg, key)
+            local.incr(arg, key)
+        elif what == "set":
+            hits.set(arg, key)
+            local.set(arg, key)
+        elif what == "delete":
+            hits.delete(key)
+            local.delete(key)
+        elif what == "packet":
+            vectors[clock] = client.packet_xor
+            clock += 1
+            client.begin_packet(clock)
+        elif what == "flush":
+            client.flush()
+        else:
+            store.next_faults.append(what.removeprefix("lose-"))
+    vectors[clock] = client.packet_xor
+    store.next_faults.clear()
+    client.flush()
+    assert client.pending == []
+    for key in (None, "a", "b"):
+        assert store.value(key) == local.values.get(key), key
+    reported: dict[int, int] = collections.defaultdict(int)
+    for c, xor_id in store.commits():
+        reported[c] ^= xor_id
+    assert {c: v for c, v in reported.items() if v} == {c: v for c, v in vectors.items() if v}
