@@ -28,6 +28,8 @@ from chc.packet import (
     PROTO_TCP,
     PROTO_UDP,
     Packet,
+    describe_flow,
+    flow_key,
     ip_bytes,
     ip_str,
     ipv4_header_ok,
@@ -765,3 +767,16 @@ def test_rewrite_refuses_address_family_mismatch():
     with pytest.raises(ValueError):
         rewrite_dst(pkt, b"\1\2\3", 5)
     assert bytes(pkt.data) == frame and (pkt.src, pkt.sport) == (g_src, 1)
+
+
+def test_a_rewrite_renews_the_cached_flow_key():
+    """The flow key is kept on the packet; a rewrite changes the 5-tuple, so the
+    key (which keys per-flow state and partitions traffic) must follow it."""
+    src, dst = ip_bytes("10.0.0.1"), ip_bytes("10.0.0.2")
+    udp = struct.pack("!HHHH", 1234, 53, 8, 0)
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 1, 0, 64, PROTO_UDP, 0, src, dst)
+    pkt = Packet(b"\x02" * 12 + b"\x08\x00" + hdr + udp)
+    assert describe_flow(flow_key(pkt)) == "10.0.0.1:1234 <-> 10.0.0.2:53 udp"
+    rewrite_src(pkt, ip_bytes("198.51.100.7"), 40000)
+    assert describe_flow(flow_key(pkt)) == "10.0.0.2:53 <-> 198.51.100.7:40000 udp"
+    assert flow_key(pkt) == flow_key(Packet(bytes(pkt.data)))

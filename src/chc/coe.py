@@ -45,8 +45,8 @@ from collections.abc import Hashable
 from typing import Any
 
 from .core.state import LocalObject
-from .nf import VALUE_OPS, StateObject, describe_flow
-from .packet import Packet, ip_str
+from .nf import VALUE_OPS, StateObject
+from .packet import Packet, describe_flow, ip_str
 from .runtime.sim import SimRuntime
 from .spec import Chain
 from .summary import canonical
@@ -304,7 +304,7 @@ def _hashable(v: Any) -> Hashable:
 
 
 def _show(v: Any, limit: int = 120) -> str:
-    text = describe_flow(v) if isinstance(v, bytes) and len(v) in (13, 37) else repr(v)
+    text = describe_flow(v) if isinstance(v, bytes) else repr(v)
     return text if len(text) <= limit else text[:limit] + "..."
 
 

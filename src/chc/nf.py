@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Callable, Hashable
 from typing import Any, ClassVar
 
-from .packet import TCP_ACK, TCP_RST, TCP_SYN, Packet, flow_key, ip_str
+from .packet import TCP_ACK, TCP_RST, TCP_SYN, Packet, flow_key
 
 # -- scopes (§4.1) -------------------------------------------------------------
 
@@ -55,16 +55,6 @@ class Scope:
     per_flow: bool
     key: Callable[[Packet], Hashable]
     partition: Callable[[Packet], bytes]
-
-
-def describe_flow(key: bytes) -> str:
-    """A FLOW key for people: ``10.0.0.1:1234 <-> 10.0.0.2:80 tcp``."""
-    n = (len(key) - 5) // 2
-    if n not in (4, 16) or len(key) != 2 * n + 5:
-        return repr(key)
-    ends = [f"{ip_str(key[i:i + n])}:{int.from_bytes(key[i + n:i + n + 2], 'big')}" for i in (0, n + 2)]
-    proto = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6"}.get(key[-1], f"proto {key[-1]}")
-    return f"{ends[0]} <-> {ends[1]} {proto}"
 
 
 def _is_response(p: Packet) -> bool:

@@ -19,6 +19,7 @@ cdef void _parse_ipv6(Packet pkt, object data, int off, int n)
 cdef void _parse_l4(Packet pkt, object data, int l4, int end)
 cdef int _csum_update(long old_csum, long old_sum, long new_sum, long words) noexcept
 cdef int _port_at(Packet pkt, int offset) noexcept
+cdef int _csum_at(Packet pkt, bint icmp6) except? -2
 cdef bytearray _writable(Packet pkt, bytes ip)
 cdef void _rewrite(Packet pkt, bytearray data, int addr_at, int port_at, bytes ip, long port) except *
 cpdef void rewrite_src(Packet pkt, bytes ip, object port=*) except *

@@ -21,7 +21,8 @@ valid on a wire without recomputing checksums over the payload.
 
 CHC metadata slots (filled by later components): ``clock`` (the root's logical
 clock, root id in the high bits, §5), ``xor`` (the 32-bit commit vector, §5.4),
-``marks`` (``last``/``first`` handover marks §5.1, replay marks §5.3).
+``marks`` (``last``/``first`` handover marks §5.1, replay marks §5.3), and
+``flow_key`` (:func:`flow_key`, computed once, cleared by a rewrite).
 """
 
 from __future__ import annotations
@@ -143,6 +144,17 @@ def flow_key(pkt: Packet) -> bytes:
             k = b"".join((dst, _U16_BYTES[dport], src, _U16_BYTES[sport], _U8_BYTES[pkt.proto]))
         pkt.flow_key = k
     return k
+
+
+def describe_flow(key: bytes) -> str:
+    """A :func:`flow_key` for people: ``10.0.0.1:1234 <-> 10.0.0.2:80 tcp``; other
+    bytes as their repr."""
+    n = (len(key) - 5) // 2
+    if n not in (4, 16) or len(key) != 2 * n + 5:
+        return repr(key)
+    ends = [f"{ip_str(key[i:i + n])}:{int.from_bytes(key[i + n:i + n + 2], 'big')}" for i in (0, n + 2)]
+    proto = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6"}.get(key[-1], f"proto {key[-1]}")
+    return f"{ends[0]} <-> {ends[1]} {proto}"
 
 
 def ip_str(addr: bytes) -> str:
@@ -329,15 +341,24 @@ def _csum_update(old_csum: int, old_sum: int, new_sum: int, words: int) -> int:
     return ~total & 0xFFFF
 
 
-def l4_checksum_offset(pkt: Packet) -> int | None:
-    """Offset of the TCP/UDP checksum field in ``pkt.data``, or None."""
+def _csum_at(pkt: Packet, icmp6: bool) -> int:
+    """Offset of the L4 checksum that covers the pseudo-header (TCP, UDP, and with
+    ``icmp6`` ICMPv6: RFC 4443 §2.3) in ``pkt.data``, or -1."""
     if pkt.malformed or pkt.frag == FRAG_LATER:
-        return None
+        return -1
     if pkt.proto == PROTO_TCP:
         return pkt.l4_off + 16
     if pkt.proto == PROTO_UDP:
         return pkt.l4_off + 6
-    return None
+    if icmp6 and pkt.proto == PROTO_ICMP6 and pkt.l3 == 6:
+        return pkt.l4_off + 2
+    return -1
+
+
+def l4_checksum_offset(pkt: Packet) -> int | None:
+    """Offset of the TCP/UDP checksum field in ``pkt.data``, or None."""
+    at = _csum_at(pkt, False)
+    return at if at >= 0 else None
 
 
 def _writable(pkt: Packet, ip: bytes) -> bytearray:
@@ -380,17 +401,8 @@ def _rewrite(pkt: Packet, data: bytearray, addr_at: int, port_at: int, ip: bytes
         data[port_at] = port >> 8
         data[port_at + 1] = port & 0xFF
     proto = pkt.proto
-    if pkt.frag == FRAG_LATER:
-        return
-    if proto == PROTO_TCP:
-        at = pkt.l4_off + 16
-    elif proto == PROTO_UDP:
-        at = pkt.l4_off + 6
-    elif proto == PROTO_ICMP6 and pkt.l3 == 6:
-        at = pkt.l4_off + 2     # the ICMPv6 checksum covers the pseudo-header too (RFC 4443 §2.3)
-    else:
-        return
-    if at + 2 > pkt.ip_end:
+    at = _csum_at(pkt, True)
+    if at < 0 or at + 2 > pkt.ip_end:
         return
     c = (data[at] << 8) | data[at + 1]
     if proto == PROTO_UDP and c == 0 and pkt.l3 == 4:

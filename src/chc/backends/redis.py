@@ -618,7 +618,7 @@ class RedisStore:
             extra = (_encode(args[0]),)
             default = _encode(op.default or 0, "the default")
         elif code == "incr_many":
-            # §4.3 coalesced increments: tags and commits as text (clocks exceed Lua's 2^53).
+            # §4.3 coalesced increments: tags and XOR ids as text (clocks exceed Lua's 2^53).
             inc = args[0]
             extra = (_encode(inc.total), " ".join([f"{c}:{n}" for c, n in zip(inc.clocks, inc.ns, strict=True)]),
                      _encode(inc.amounts), " ".join(map(str, inc.xor_ids)))

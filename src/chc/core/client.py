@@ -394,7 +394,7 @@ class CachedObject(_Handle):
     def _cached(self, stored: Any) -> Any:
         """The cache's form of a value read from the store (None: absent)."""
         if stored is None:
-            return self._fresh() if self._init_mutable else self._init
+            return self._initial_value()
         return deque(stored) if self.decl.kind == "list" else stored
 
     def _load(self, key: Hashable) -> Any:

@@ -53,6 +53,11 @@ class LocalObject:
         # that O(1) where list.pop(0) moves the whole pool.
         return deque(v) if self.decl.kind == "list" else v
 
+    def _initial_value(self) -> Any:
+        """The value of an absent key: the shared initial value, or a fresh copy
+        when it is mutable."""
+        return self._fresh() if self._init_mutable else self._init
+
     def _slot(self, key: Hashable) -> Any:
         v = self.values.get(key, _MISSING)
         if v is _MISSING:
@@ -63,7 +68,7 @@ class LocalObject:
     def get(self, key: Hashable = None) -> Any:
         v = self.values.get(key, _MISSING)
         if v is _MISSING:
-            return self._fresh() if self._init_mutable else self._init
+            return self._initial_value()
         return v
 
     def set(self, value: Any, key: Hashable = None) -> None:
