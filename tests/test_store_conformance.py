@@ -18,10 +18,13 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from chc.core.client import StoreUnavailable
 from chc.core.store import Increments, ObjectKey, Op, OwnershipError, StoreError
 from chc.nf import value_op
+from conftest import make_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -485,6 +488,233 @@ def test_concurrent_clients_lose_no_update(store, connect):
     assert get(store, COUNTER) == 2000
 
 
+# -- retransmission on a lossy network: exactly once (§4.3) with the clock log (§5.3) -------------------------
+# A client resends every unacknowledged op, in seq order, ahead of each new request; a request or its
+# reply may be lost, duplicated, delayed or reordered on the way.
+
+
+def test_a_blocking_update_retransmitted_after_its_reply_was_lost_gets_its_result(store):
+    """A blocking update applied whose reply was lost: the retransmission gets the result the
+    lost reply carried (recorded in the clock log, §5.3) and changes nothing: a popped port
+    is not lost, a cas or value operation is not applied twice."""
+    make = seqs("nat/0")
+    steps = ObjectKey("trojan", "steps", b"\x0a\x00\x00\x03")
+    score = ObjectKey("portscan", "likelihood", b"\x0a\x00\x00\x07")
+    pop = make("pop", LIST, default=[20000, 20001], tag=(3, 1), xor_id=0xA1)
+    cas = make("cas", steps, ((0, 0), (1, 0)), default=(0, 0), tag=(3, 2), xor_id=0xA2)
+    apply = make("apply", score, ("conformance_mul_add", 2, 3), tag=(3, 3), xor_id=0xA3)
+    for op, want in ((pop, 20000), (cas, True), (apply, (3, 3))):
+        assert run(store, op) == [want]                     # applied; the reply is lost
+        assert run(store, op) == [want]                     # the retransmission: the same result
+    assert run(store, pop, cas, apply) == [20000, True, (3, 3)]     # a late copy of an older request
+    assert list(get(store, LIST)) == [20001]
+    assert get(store, steps) == (1, 0)
+    assert get(store, score) == 3
+    assert sorted(store.commits()) == [(3, 0xA1), (3, 0xA2), (3, 0xA3)]
+    assert run(store, make("pop", LIST, default=[20000, 20001], tag=(4, 1))) == [20001]
+
+
+def test_a_retransmitted_incr_many_adds_once(store):
+    """§4.3 coalesced increments resent after a lost reply, as the same object (the in-process
+    simulation resends it) or as an equal copy (what a network delivers): added once, each
+    commit reported once, and the recorded counter value returned."""
+    make = seqs("nat/0")
+    items = ((5, 1, 2, 0xA1), (6, 1, 3, 0), (7, 1, 1, 0xB2))
+    op = make("incr_many", COUNTER, increments(*items), default=100, tag=(5, 1))
+    assert run(store, op) == [106]
+    assert run(store, op) == [106]                                      # the same object
+    assert run(store, op.replace(args=increments(*items))) == [106]     # an equal copy
+    later = make("incr", COUNTER, (1,), tag=(8, 1))
+    assert run(store, op, later) == [106, 107]
+    assert run(store, op, later) == [106, 107]
+    assert get(store, COUNTER) == 107
+    assert sorted(store.commits()) == [(5, 0xA1), (7, 0xB2)]
+    # Without a seq only the clock log knows it again: the same object is emulated all the same.
+    again = Op("incr_many", COUNTER, increments((9, 1, 5, 0xC3), (9, 2, 5, 0xC4)))
+    assert run(store, again) == [117]
+    assert run(store, again) == [117]
+    assert get(store, COUNTER) == 117
+    assert sorted(store.commits()) == [(9, 0xC3), (9, 0xC4)]
+
+
+def test_an_acknowledged_retransmission_whose_tag_was_pruned_is_not_applied(store):
+    """A copy of a request that arrives after the root pruned its clocks (§5.3): its seqs are
+    at or below the client's high-water mark, so it was applied and acknowledged: not applied
+    again, result None.  An op whose tag is still in the log still gets its result."""
+    make = seqs("nat/0")
+    a = make("incr", COUNTER, (5,), tag=(3, 1), xor_id=0xA1)
+    b = make("incr_many", COUNTER, increments((4, 1, 10, 0xA2), (5, 1, 20, 0xA3)), tag=(4, 1))
+    c = make("push", LIST, ("x",), tag=(7, 1), xor_id=0xA4)
+    assert run(store, a, b, c) == [5, 35, 1]
+    assert store.prune_below(6) == 3                                    # (3,1) (4,1) (5,1)
+    assert run(store, a, b, c) == [None, None, 1]
+    assert store.prune_below(8) == 1
+    assert run(store, a, b, c) == [None, None, None]
+    assert get(store, COUNTER) == 35
+    assert list(get(store, LIST)) == ["x"]
+    assert sorted(store.commits()) == [(3, 0xA1), (4, 0xA2), (5, 0xA3), (7, 0xA4)]
+
+
+def test_a_request_resending_applied_ops_applies_only_its_new_ones(store):
+    """Ops applied before (the reply was lost) ahead of new ones in one request: the old ones
+    get their recorded results (None when untagged) and change nothing; the new ones apply."""
+    make = seqs("nat/0")
+    sent = [make("incr", COUNTER, (1,), tag=(1, 1), xor_id=0x11),
+            make("incr_many", COUNTER, increments((1, 2, 2, 0x12), (2, 1, 4, 0x21)), tag=(1, 2)),
+            make("push", LIST, ("a",), tag=(2, 2), xor_id=0x22),
+            make("set", VALUE, ("v",), instance=1)]                     # untagged
+    assert store.execute(sent) == [1, 7, 1, None]                      # the reply is lost
+    new = [make("pop", LIST, tag=(3, 1), xor_id=0x31), make("incr", COUNTER, (10,), tag=(3, 2), xor_id=0x32)]
+    assert store.execute(sent + new) == [1, 7, 1, None, "a", 17]
+    assert get(store, COUNTER) == 17
+    assert list(get(store, LIST)) == []
+    assert get(store, VALUE) == "v"
+    assert sorted(store.commits()) == [(1, 0x11), (1, 0x12), (2, 0x21), (2, 0x22), (3, 0x31), (3, 0x32)]
+
+
+CHOICE = ObjectKey("lb", "choice", None)
+NET_STEPS = st.one_of(
+    st.tuples(st.just("issue"), st.integers(0, 1), st.sampled_from(["incr", "incr_many", "push", "pop", "cas"]),
+              st.integers(0, 3)),
+    # the last item: whether the root prunes the clocks done once a reply is accepted
+    st.tuples(st.just("send"), st.integers(0, 1),
+              st.sampled_from(["deliver", "lose-request", "lose-reply", "duplicate", "delay"]), st.booleans()),
+    st.tuples(st.just("arrive"), st.integers(0, 7), st.sampled_from(["reply", "lose-reply"]), st.booleans()),
+)
+
+
+class _Reference:
+    """What the store must end with: each distinct op applied once, in first-arrival order."""
+
+    def __init__(self) -> None:
+        self.counter = 0
+        self.items: deque = deque()
+        self.choice = 0
+        self.results: dict[tuple[str, int], object] = {}
+
+    def arrive(self, op: Op) -> None:
+        if (op.client, op.seq) not in self.results:
+            self.results[(op.client, op.seq)] = self._apply(op)
+
+    def _apply(self, op: Op) -> object:
+        if op.code == "incr":
+            self.counter += op.args[0]
+            return self.counter
+        if op.code == "incr_many":
+            self.counter += op.args[0].total
+            return self.counter
+        if op.code == "push":
+            self.items.append(op.args[0])
+            return len(self.items)
+        if op.code == "pop":
+            return self.items.popleft() if self.items else None
+        expected, new = op.args
+        if self.choice != expected:
+            return False
+        self.choice = new
+        return True
+
+
+def _lossy_network_run(store, steps: list[tuple]) -> None:
+    """Two clients' tagged ops over a network that loses, duplicates, delays and reorders
+    requests and replies; each client resends its unacknowledged ops ahead of each request."""
+    ref = _Reference()
+    pending: list[list[Op]] = [[], []]
+    seq = [0, 0]
+    clock = 1
+    commits: list[tuple[int, int]] = []
+    held: list[tuple[int, list[Op]]] = []           # delayed requests
+    sent: list[tuple[int, list[Op]]] = []           # every request sent
+
+    def deliver(who: int, request: list[Op], reply: bool, prune: bool = False) -> None:
+        for op in request:
+            ref.arrive(op)
+        results = store.execute(request)
+        if reply:
+            for op, r in zip(request, results, strict=True):
+                if op in pending[who]:               # (a late reply of an acknowledged op is ignored)
+                    assert r == ref.results[(op.client, op.seq)], op
+            pending[who] = [op for op in pending[who] if op not in request]
+            if prune:
+                # §5.3: the root prunes the clocks done in the whole chain (every update acknowledged).
+                store.prune_below(min([op.tag[0] for ops in pending for op in ops], default=clock))
+
+    for step, who, what, arg in steps:
+        prune = step != "issue" and bool(arg)
+        if step == "issue":
+            seq[who] += 1
+            client = f"nf/{who}"
+            tag = (clock, 1)
+            if what == "incr_many":
+                inc = Increments()
+                for i in range(arg + 1):
+                    inc.add(clock + i, 1, i + 1, clock + i)
+                    commits.append((clock + i, clock + i))
+                op = Op("incr_many", COUNTER, (inc,), client, seq[who], tag=tag)
+                clock += arg
+            else:
+                args = {"incr": (arg + 1,), "push": (who * 1000 + seq[who],), "pop": (),
+                        "cas": (arg % 2, arg // 2 + 1)}[what]
+                key = {"incr": COUNTER, "push": LIST, "pop": LIST, "cas": CHOICE}[what]
+                op = Op(what, key, args, client, seq[who], tag=tag, xor_id=clock,
+                        default=0 if what == "cas" else None)
+                commits.append((clock, clock))
+            clock += 1
+            pending[who].append(op)
+        elif step == "send" and pending[who]:
+            request = list(pending[who])
+            sent.append((who, request))
+            if what == "deliver":
+                deliver(who, request, True, prune)
+            elif what == "lose-reply":
+                deliver(who, request, False)
+            elif what == "duplicate":
+                deliver(who, request, False)
+                deliver(who, request, True, prune)
+            elif what == "delay":
+                held.append((who, request))
+        elif step == "arrive" and held:
+            deliver(*held.pop(who % len(held)), what == "reply", prune)
+    for who, request in held:
+        deliver(who, request, True)
+    for who in (0, 1):
+        if pending[who]:
+            deliver(who, list(pending[who]), True)
+        assert pending[who] == []
+    # Late copies of every request sent arrive once more, before and after the root prunes all.
+    for who, request in sent:
+        deliver(who, request, False)
+    store.prune_below(clock)
+    for who, request in sent:
+        deliver(who, request, False)
+    assert get(store, COUNTER, default=0) == ref.counter
+    assert list(get(store, LIST, default=())) == list(ref.items)
+    assert get(store, CHOICE, default=0) == ref.choice
+    assert sorted(store.commits()) == sorted(commits)
+
+
+def test_a_lossy_network_applies_each_op_once_in_first_arrival_order(store_kind, request):
+    """Property: under any interleaving of sends, losses, duplicates, delays and retransmissions
+    of two clients' tagged ops, the store ends as if each distinct op were applied once in
+    first-arrival order, every reply a client accepts carries that op's result, and every
+    update's commit is reported once (§4.3, §5.3, §5.4)."""
+    servers = request.getfixturevalue("redis_servers") if store_kind != "memory" else []
+
+    @settings(max_examples=200 if store_kind == "memory" else 40, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(NET_STEPS, max_size=60))
+    def check(steps: list[tuple]) -> None:
+        for s in servers:
+            s.flush()
+        backend = make_store(store_kind, [s.url for s in servers])
+        try:
+            _lossy_network_run(backend, steps)
+        finally:
+            backend.close()
+
+    check()
+
+
 # -- values ---------------------------------------------------------------------------------------------------------
 
 VALUES = [0, -1, 255, -33, 2**31, 2**53 + 1, 2**63 - 1, -2**63, 2**64 - 1, 1.5, -0.0, 1e300, math.inf,
@@ -635,7 +865,8 @@ def test_restart_keeps_acknowledged_updates_and_dedup(dedicated_redis):
         restart = threading.Timer(0.3, dedicated_redis.start)   # back while execute retries
         restart.start()
         try:
-            assert s.execute(ops[4:]) == [None] * 6            # retransmitted: not applied again
+            # retransmitted: not applied again, and the clock log kept their results (§5.3)
+            assert s.execute(ops[4:]) == [5, 6, 7, 8, 9, 10]
         finally:
             restart.join()
         assert s.execute([Op("get", COUNTER)]) == [10]

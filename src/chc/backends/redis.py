@@ -54,14 +54,15 @@ memory store), without waiting otherwise.
 Failures.  An unreachable server raises :class:`StoreUnavailable` naming its
 address; ``execute`` retries a failed server's part of a request a few times
 with backoff (about 2 s in all) first.  Retransmission is exactly-once for ops
-with a seq (the client library always sets one) and for tagged updates.  A Redis
-restart keeps every acknowledged update if the server runs with ``appendonly
-yes`` and ``appendfsync always`` (the test fixtures start it so): the reply is
-sent after the AOF write.  The dedup state (highest seq per client), clock logs,
-owners and the function library live in Redis too, so a request retransmitted
-after the reconnect is not applied twice.  Notifications published while a
-pub/sub connection is down are lost (a callback cache may then be stale until
-the next update of that object).
+with a seq (the client library always sets one) and for tagged updates; a
+retransmitted update whose tag is still in the clock log gets its recorded
+result, as from the memory engine (see :mod:`chc.core.store`).  A Redis restart keeps every acknowledged update if
+the server runs with ``appendonly yes`` and ``appendfsync always`` (the test
+fixtures start it so): the reply is sent after the AOF write.  The dedup state
+(highest seq per client), clock logs, owners and the function library live in
+Redis too, so a request retransmitted after the reconnect is not applied twice.
+Notifications published while a pub/sub connection is down are lost (a callback
+cache may then be stale until the next update of that object).
 
 A run needs an empty database: client ids are ``vertex/instance`` with seqs
 from 1, so another run's dedup state would make this run's ops look like

@@ -29,8 +29,9 @@ Notifications are published on "chc:n:" .. wire client id; a payload is
 Results are bulk strings tagged by their first byte: "V" .. msgpack value,
 "L" .. msgpack array (the contents of a list object), "A" (get of an absent
 object: the caller substitutes its default); nil = a retransmitted op that
-was acknowledged without being applied.  Errors are "CHCOWN <owner>"
-(ownership) and "CHCERR <text>" (refused operation).
+was acknowledged without being applied (a retransmitted update whose tag is
+still in the clock log gets its recorded result instead).  Errors are
+"CHCOWN <owner>" (ownership) and "CHCERR <text>" (refused operation).
 
 Numbers: Lua numbers are doubles, so incr/argmin_incr are exact for integers
 up to 2^53 and refuse beyond; floats stay floats (msgpack float64).  The
@@ -585,13 +586,32 @@ end
 
 -- -- the operation ---------------------------------------------------------------------------
 
+-- §4.3 a retransmission (seq at or below the client's mark: applied or refused before) is not
+-- applied again.  An update whose tag is still in the clock log gets its recorded result (§5.3:
+-- the reply that was lost carried it; incr_many: that of its first tag still recorded); any
+-- other (untagged, or pruned: acknowledged) gets nil.
+local function retransmitted(k, args)
+  local code = args[4]
+  if code == 'get' or UPDATE[code] == nil then return nil end
+  local lk = derived('chcl', k)
+  if code == 'incr_many' then
+    for t in string.gmatch(args[11], '%S+') do
+      local r = redis.call('HGET', lk, t)
+      if r then return r end
+    end
+    return nil
+  end
+  if args[6] == '' then return nil end
+  return redis.call('HGET', lk, args[6]) or nil
+end
+
 -- KEYS[1] = object; ARGV = client seq instance code per_flow tag clock xor_id default, operands...
 local function chc_op(keys, args)
   local k = keys[1]
   local client, seq = args[1], args[2]
   if seq ~= '0' then
     local last = redis.call('HGET', 'chcq', client)
-    if last and tonumber(seq) <= tonumber(last) then return nil end    -- retransmission
+    if last and tonumber(seq) <= tonumber(last) then return retransmitted(k, args) end
     redis.call('HSET', 'chcq', client, seq)
   end
   local code = args[4]

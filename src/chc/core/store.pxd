@@ -1,7 +1,7 @@
 # Types for the compiled build of store.py (Cython pure-Python mode; see setup.py).
 
 cdef class Increments:
-    cdef public object total, result
+    cdef public object total
     cdef public list clocks, ns, amounts, xor_ids
     cpdef add(self, object clock, object n, object by, object xor_id)
 

@@ -18,10 +18,14 @@ Ownership is released and taken explicitly (handover, §5.1 Figure 4); an
 instance that asks to take an object another instance owns is queued and
 notified when it is released.
 
-Exactly-once per client.  Every op carries ``(client, seq)``; the store keeps the
-highest applied ``seq`` per client and acknowledges a retransmitted op (same or
-lower ``seq``) without applying it again, so the client library can resend
-unacknowledged non-blocking ops freely (§4.3).
+Exactly-once per client (§4.3).  Every op carries ``(client, seq)``; the store
+keeps the highest applied ``seq`` per client.  The client resends every
+unacknowledged op, in seq order, ahead of each new request, so an op at or below
+that mark was applied (or refused) before: an op missing from an applied request
+had been acknowledged.  Such a retransmission is never applied again; its result
+is the one recorded for its clock-log tag while the tag is in the log (the reply
+that was lost carried it: a blocking ``pop`` must not lose its port), else None
+(an untagged op, or one whose tag was pruned: it was acknowledged).
 
 Clock log (§5.3, Figure 5b).  An update may carry the logical clock of the
 packet that caused it, as ``tag = (clock, n)`` with ``n`` numbering the packet's
@@ -115,11 +119,10 @@ class Increments:
     timer's update, which reports no commit).  Flat lists: the client appends
     what it has, the store builds tags and commit reports once per op."""
 
-    __slots__ = ("total", "clocks", "ns", "amounts", "xor_ids", "result")
+    __slots__ = ("total", "clocks", "ns", "amounts", "xor_ids")
 
     def __init__(self) -> None:
         self.total = 0
-        self.result: Any = None     # the counter after the op (what the clock log recalls)
         self.clocks: list[int] = []
         self.ns: list[int] = []
         self.amounts: list[int] = []
@@ -165,6 +168,18 @@ def _add(value: Any, by: Any, key: ObjectKey) -> Any:
         raise StoreError(f"{key.obj}: incr on a non-number value") from None
 
 
+class _Recorded:
+    """What an ``incr_many`` application records for each of its tags (§5.3): one fresh
+    object per application, so a tag recorded by an earlier application, even of the same
+    :class:`Increments` object resent, is told from one this application records; the
+    counter value after the addition is filled in once known."""
+
+    __slots__ = ("result",)
+
+    def __init__(self) -> None:
+        self.result: Any = None
+
+
 class StoreEngine:
     """One store node's state; ``apply`` is its only way in."""
 
@@ -185,11 +200,12 @@ class StoreEngine:
     # -- operations ---------------------------------------------------------------
     def apply(self, op: Op) -> Any:
         """Apply one op atomically and return its result."""
-        if op.seq:
-            last = self.applied_seq.get(op.client, 0)
-            if op.seq <= last:
-                return None                 # retransmission of an applied op
-            self.applied_seq[op.client] = op.seq
+        seq = op.seq
+        if seq:
+            if seq > self.applied_seq.get(op.client, 0):
+                self.applied_seq[op.client] = seq
+            else:
+                return self._retransmitted(op)
         code = op.code
         if code in READS:
             return self.data.get(op.key, op.default)
@@ -206,7 +222,7 @@ class StoreEngine:
                 log = self.clock_log.get(key)
                 if log is not None and tag in log:
                     r = log[tag]            # §5.3: emulate a duplicate update
-                    return r.result if r.__class__ is Increments else r
+                    return r.result if r.__class__ is _Recorded else r
             result = self._update(op)
             if tag is not None:
                 self.clock_log.setdefault(key, {})[tag] = result
@@ -222,6 +238,26 @@ class StoreEngine:
                     self.notifications.append((client, ("update", key, value)))
         return result
 
+    def _retransmitted(self, op: Op) -> Any:
+        """§4.3 an op at or below its client's seq mark: applied before, not applied again.
+        Its result is the one recorded for its tag (§5.3; for ``incr_many``, for its first
+        tag still recorded) while that is in the clock log, else None."""
+        log = self.clock_log.get(op.key)
+        if log is None or op.code not in UPDATES:
+            return None
+        if op.code == "incr_many":
+            inc: Increments = op.args[0]
+            tags: Any = zip(inc.clocks, inc.ns, strict=True)
+        elif op.tag is not None:
+            tags = (op.tag,)
+        else:
+            return None
+        for t in tags:
+            if t in log:
+                r = log[t]
+                return r.result if r.__class__ is _Recorded else r
+        return None
+
     def _incr_many(self, op: Op) -> Any:
         """§4.3 coalesced increments; per increment, the §5.3 clock log and §5.4 commit."""
         inc: Increments = op.args[0]
@@ -230,10 +266,12 @@ class StoreEngine:
         log = self.clock_log.get(key)
         if log is None:
             log = self.clock_log[key] = {}
-        # One pass, one hash per tag: each tag is recorded with this op (whose result
-        # is filled in below); a tag found already recorded is a replayed packet's.
+        # One pass, one hash per tag: each tag is recorded with this application's token
+        # (whose result is filled in below); a tag found recorded with another token was
+        # recorded before: a replayed packet's, or this very op's if it is a copy resent.
+        token = _Recorded()
         setdefault = log.setdefault
-        replayed = [i for i, t in enumerate(tags) if setdefault(t, inc) is not inc]
+        replayed = [i for i, t in enumerate(tags) if setdefault(t, token) is not token]
         by = inc.total
         clocks = inc.clocks
         if replayed:
@@ -246,7 +284,7 @@ class StoreEngine:
             self.commits.extend([(inc.clocks[i], inc.xor_ids[i]) for i in fresh if inc.xor_ids[i]])
         else:
             self._commit_runs.append(inc)   # (clock, xor id) pairs made when the root drains
-        value = inc.result = self.data[key] = _add(self.data.get(key, op.default or 0), by, key)
+        value = token.result = self.data[key] = _add(self.data.get(key, op.default or 0), by, key)
         if tags:
             self.log_order.append((max(clocks), key, tags))
         elif not log:
