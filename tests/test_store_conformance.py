@@ -572,6 +572,31 @@ def test_a_request_resending_applied_ops_applies_only_its_new_ones(store):
     assert sorted(store.commits()) == [(1, 0x11), (1, 0x12), (2, 0x21), (2, 0x22), (3, 0x31), (3, 0x32)]
 
 
+def test_dedup_off_applies_every_copy(store):
+    """``dedup = False`` (the checker's ``--break no-dedup``; memory store only): every copy of
+    an op is applied, whatever its seq or clock-log tag, and still recorded and reported."""
+    if store.name != "memory":
+        assert store.dedup is True
+        with pytest.raises(StoreError, match="memory store only"):
+            store.dedup = False
+        assert store.dedup is True
+        return
+    assert store.dedup is True and store.engine.dedup is True
+    store.dedup = False
+    assert store.engine.dedup is False
+    make = seqs("nat/0")
+    a = make("incr", COUNTER, (1,), tag=(1, 1), xor_id=0xA1)
+    b = make("incr_many", COUNTER, increments((1, 2, 2, 0xA2), (2, 1, 4, 0xB1)), tag=(1, 2))
+    c = make("pop", LIST, default=[7, 8], tag=(2, 2), xor_id=0xB2)
+    assert run(store, a, b, c) == [1, 7, 7]
+    assert run(store, a, b, c) == [8, 14, 8]                        # the same seqs: applied again
+    assert run(store, Op("incr", COUNTER, (1,), tag=(1, 1))) == [15]     # a recorded tag: applied again
+    assert sorted(store.commits()) == sorted([(1, 0xA1), (1, 0xA2), (2, 0xB1), (2, 0xB2)] * 2)
+    store.dedup = True
+    assert run(store, a, b, c) == [15, 14, 8]                       # the results recorded last
+    assert get(store, COUNTER) == 15
+
+
 CHOICE = ObjectKey("lb", "choice", None)
 NET_STEPS = st.one_of(
     st.tuples(st.just("issue"), st.integers(0, 1), st.sampled_from(["incr", "incr_many", "push", "pop", "cas"]),

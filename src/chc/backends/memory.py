@@ -7,7 +7,9 @@ per-client inboxes that clients poll after each request.
 
 Fault injection for tests and scenarios: ``fail_next(n)`` makes the next ``n``
 requests fail before reaching the engine (the client keeps and retransmits its
-non-blocking ops), and ``hold_commits`` keeps commit reports back (§5.4 tests).
+non-blocking ops), ``hold_commits`` keeps commit reports back (§5.4 tests), and
+``dedup = False`` makes the engine apply every copy of a retransmitted op (the
+COE checker's ``--break no-dedup``; only this backend has the switch).
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ class MemoryStore:
         self._fail = 0
         self.dropped_requests = 0
         self.hold_commits = False       # keep commit reports back (a slow store, §5.4)
+
+    @property
+    def dedup(self) -> bool:
+        """Whether retransmitted ops are recognised (seq mark, clock log: §4.3, §5.3)."""
+        return self.engine.dedup
+
+    @dedup.setter
+    def dedup(self, on: bool) -> None:
+        self.engine.dedup = on
 
     def execute(self, ops: list[Op]) -> list[Any]:
         self.round_trips += 1

@@ -56,7 +56,9 @@ address; ``execute`` retries a failed server's part of a request a few times
 with backoff (about 2 s in all) first.  Retransmission is exactly-once for ops
 with a seq (the client library always sets one) and for tagged updates; a
 retransmitted update whose tag is still in the clock log gets its recorded
-result, as from the memory engine (see :mod:`chc.core.store`).  A Redis restart keeps every acknowledged update if
+result, as from the memory engine (see :mod:`chc.core.store`).  The dedup
+cannot be turned off here: ``dedup`` is always True (``--break no-dedup``
+needs the memory store).  A Redis restart keeps every acknowledged update if
 the server runs with ``appendonly yes`` and ``appendfsync always`` (the test
 fixtures start it so): the reply is sent after the AOF write.  The dedup state
 (highest seq per client), clock logs, owners and the function library live in
@@ -415,6 +417,17 @@ class RedisStore:
             warnings.warn(f"{self.describe()}: the store already holds CHC state (client sequence numbers of "
                           "an earlier run); ops of clients with the same ids count as retransmissions - "
                           "use an empty database for a new run", RuntimeWarning, stacklevel=2)
+
+    @property
+    def dedup(self) -> bool:
+        """Retransmitted ops are always recognised here (§4.3, §5.3)."""
+        return True
+
+    @dedup.setter
+    def dedup(self, on: bool) -> None:
+        if not on:
+            raise StoreError("turning the store's dedup off (--break no-dedup) is for the memory store only: "
+                             "the redis store's Lua function always deduplicates")
 
     def _clear(self, i: int) -> int:
         """Delete every CHC key (prefix ``chc``) of server ``i``; other keys stay."""

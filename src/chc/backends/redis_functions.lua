@@ -30,7 +30,8 @@ Results are bulk strings tagged by their first byte: "V" .. msgpack value,
 "L" .. msgpack array (the contents of a list object), "A" (get of an absent
 object: the caller substitutes its default); nil = a retransmitted op that
 was acknowledged without being applied (a retransmitted update whose tag is
-still in the clock log gets its recorded result instead).  Errors are
+still in the clock log gets its recorded result instead; no switch turns this
+dedup off: ``--break no-dedup`` is the memory store's alone).  Errors are
 "CHCOWN <owner>" (ownership) and "CHCERR <text>" (refused operation).
 
 Numbers: Lua numbers are doubles, so incr/argmin_incr are exact for integers

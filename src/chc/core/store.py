@@ -25,7 +25,9 @@ that mark was applied (or refused) before: an op missing from an applied request
 had been acknowledged.  Such a retransmission is never applied again; its result
 is the one recorded for its clock-log tag while the tag is in the log (the reply
 that was lost carried it: a blocking ``pop`` must not lose its port), else None
-(an untagged op, or one whose tag was pruned: it was acknowledged).
+(an untagged op, or one whose tag was pruned: it was acknowledged).  ``dedup =
+False`` turns both checks off (every copy is applied: what the COE checker's
+``--break no-dedup`` shows).
 
 Clock log (§5.3, Figure 5b).  An update may carry the logical clock of the
 packet that caused it, as ``tag = (clock, n)`` with ``n`` numbering the packet's
@@ -184,6 +186,7 @@ class StoreEngine:
     """One store node's state; ``apply`` is its only way in."""
 
     def __init__(self) -> None:
+        self.dedup = True               # False: apply every copy of an op (--break no-dedup)
         self.data: dict[ObjectKey, Any] = {}
         self.owner: dict[ObjectKey, int] = {}
         self.waiting: dict[ObjectKey, deque[tuple[str, int]]] = {}
@@ -204,7 +207,7 @@ class StoreEngine:
         if seq:
             if seq > self.applied_seq.get(op.client, 0):
                 self.applied_seq[op.client] = seq
-            else:
+            elif self.dedup:
                 return self._retransmitted(op)
         code = op.code
         if code in READS:
@@ -220,7 +223,7 @@ class StoreEngine:
             tag = op.tag
             if tag is not None:
                 log = self.clock_log.get(key)
-                if log is not None and tag in log:
+                if log is not None and tag in log and self.dedup:
                     r = log[tag]            # §5.3: emulate a duplicate update
                     return r.result if r.__class__ is _Recorded else r
             result = self._update(op)
@@ -274,6 +277,10 @@ class StoreEngine:
         replayed = [i for i, t in enumerate(tags) if setdefault(t, token) is not token]
         by = inc.total
         clocks = inc.clocks
+        if replayed and not self.dedup:
+            for i in replayed:
+                log[tags[i]] = token        # applied again (no-dedup): recorded anew
+            replayed = []
         if replayed:
             # Emulate those (§5.3: not applied, not reported again), add the rest.
             again = set(replayed)
