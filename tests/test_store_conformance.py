@@ -355,7 +355,7 @@ def test_retransmissions_are_not_applied_twice(store):
     assert store.execute(first) == [None, None]                   # acknowledged, not applied
     assert store.execute(first + [Op("incr", COUNTER, (100,), "nat/0", 3)]) == [None, None, 111]
     assert store.execute([Op("incr", COUNTER, (1,), "nat/0", 2)]) == [None]      # older seq
-    assert store.execute([Op("get", COUNTER, (), "nat/0", 3)]) == [None]         # reads count too
+    assert store.execute([Op("get", COUNTER, (), "nat/0", 3)]) == [111]          # a resent read is answered
     assert store.execute([Op("incr", COUNTER, (1,), "nat/1", 1)]) == [112]       # another client
     assert store.execute([Op("incr", COUNTER, (1,)), Op("incr", COUNTER, (1,))]) == [113, 114]  # seq 0: no dedup
     assert get(store, COUNTER) == 114
@@ -512,6 +512,17 @@ def test_a_blocking_update_retransmitted_after_its_reply_was_lost_gets_its_resul
     assert get(store, score) == 3
     assert sorted(store.commits()) == [(3, 0xA1), (3, 0xA2), (3, 0xA3)]
     assert run(store, make("pop", LIST, default=[20000, 20001], tag=(4, 1))) == [20001]
+
+
+def test_a_read_resent_after_its_reply_was_lost_is_answered_again(store):
+    """A blocking read whose reply was lost is resent with the same seq: the store answers
+    it again (with the value now), it is not taken for an acknowledged duplicate."""
+    make = seqs("lb/0")
+    key = ObjectKey("lb", "active", 1)
+    read = make("get", key, default=0)
+    assert run(store, make("incr", key, (2,), default=0, tag=(5, 1))) == [2]
+    assert run(store, read) == [2]                          # applied; the reply is lost
+    assert run(store, read) == [2]                          # the resend: answered, not None
 
 
 def test_a_retransmitted_incr_many_adds_once(store):

@@ -610,12 +610,16 @@ end
 local function chc_op(keys, args)
   local k = keys[1]
   local client, seq = args[1], args[2]
+  local code = args[4]
   if seq ~= '0' then
     local last = redis.call('HGET', 'chcq', client)
-    if last and tonumber(seq) <= tonumber(last) then return retransmitted(k, args) end
-    redis.call('HSET', 'chcq', client, seq)
+    if last and tonumber(seq) <= tonumber(last) then
+      -- a resent read is answered again: its first reply may have been lost
+      if code ~= 'get' then return retransmitted(k, args) end
+    else
+      redis.call('HSET', 'chcq', client, seq)
+    end
   end
-  local code = args[4]
   if code == 'get' then return tagged(k) or 'A' end
   local update = UPDATE[code]
   if update == nil then fail("unknown operation '" .. code .. "'") end

@@ -204,13 +204,14 @@ class StoreEngine:
     def apply(self, op: Op) -> Any:
         """Apply one op atomically and return its result."""
         seq = op.seq
+        code = op.code
         if seq:
             if seq > self.applied_seq.get(op.client, 0):
                 self.applied_seq[op.client] = seq
-            elif self.dedup:
+            elif self.dedup and code not in READS:
                 return self._retransmitted(op)
-        code = op.code
         if code in READS:
+            # A read is answered again when resent: its first reply may have been lost.
             return self.data.get(op.key, op.default)
         if code not in UPDATES:
             raise StoreError(f"unknown operation {code!r}")
