@@ -321,8 +321,8 @@ def test_coalescing_keeps_order_state_and_commits(actions):
             store.next_faults.append(what.removeprefix("lose-"))
     vectors[clock] = client.packet_xor
     store.next_faults.clear()
-    client.flush()
-    assert client.pending == []
+    client.settle()
+    assert client.pending == [] and client.unacked == []
     for key in (None, "a", "b"):
         assert store.value(key) == local.values.get(key), key
     reported: dict[int, int] = collections.defaultdict(int)

@@ -11,12 +11,12 @@ cdef class CoalescedObject
 
 
 cdef class StoreClient:
-    cdef public object backend, vertex, client_id, record, faults, clock
+    cdef public object backend, vertex, client_id, faults, clock, issued
     cdef public object instance
     cdef public bint caching, no_ack_wait, exclusive, in_timer, retransmit
-    cdef public long long seq, n_in_packet, blocking_ops, nonblocking_ops, cache_hits
+    cdef public long long seq, n_in_packet, blocking_ops, nonblocking_ops, cache_hits, abandoned
     cdef public unsigned long long packet_xor
-    cdef public list pending, prefetchable
+    cdef public list pending, prefetchable, unacked
     cdef public dict callback_caches
     cdef public list coalesced
 
@@ -28,6 +28,8 @@ cdef class StoreClient:
     cdef list _take_pending(self)
     cpdef send(self, object op)
     cpdef flush(self)
+    cpdef _acked(self, long long seq)
+    cdef list _resend(self)
 
 
 cdef class _Handle(LocalObject):

@@ -26,9 +26,17 @@ Ordering.  A client's ops reach the store in issue order: a blocking op first
 sends every queued non-blocking op in the same pipelined request, so a read
 sees all of this client's earlier updates (§4.3).
 
-Exactly-once.  Every op carries ``(client id, seq)``; the store ignores a
-retransmitted op it already applied.  Unacknowledged ops stay queued and go out
-again with the next request.
+Exactly-once and retransmission (§4.3).  Every op gets ``(client id, seq)``
+when it is first sent, seqs increasing in send order; the store keeps the
+highest applied seq per client and answers a retransmitted update from its clock
+log (or ignores it once acknowledged).  Non-blocking ops stay in ``unacked``
+until the store's reply acknowledges them, and every request resends the
+un-ACKed ops in front of its own (go-back-N): a request the store applies then
+never overtakes a lost earlier one, so the high-water mark stays exact however
+the network drops, duplicates or reorders requests.  A backend with ``submit``
+(the sim's network links) really does not wait: the reply comes later and
+acknowledges up to its highest seq; at the end of input ``settle`` resends
+what is still un-ACKed after each timeout.
 
 Clock log tags.  Updates carry ``(clock, n)``: the logical clock of the packet
 being processed and the number of updates this instance issued for it so far,
@@ -85,16 +93,17 @@ class StoreClient:
         self.no_ack_wait = model == "EO+C+NA"
         self.exclusive = exclusive          # sole user of cross-flow objects (splitter)
         self.retransmit = True              # off only to show what it prevents (tests)
-        self.seq = 0
-        self.pending: list[Op] = []         # non-blocking ops not yet acknowledged
+        self.seq = 0                        # the last seq given to a sent op
+        self.pending: list[Op] = []         # non-blocking ops not yet sent
+        self.unacked: list[Op] = []         # sent non-blocking ops not yet acknowledged
+        self.abandoned = 0                  # un-ACKed ops not resent (retransmit off)
+        # COE checker: (object key, tag) of every update issued, lost or not.
+        self.issued: list | None = None
         self.coalesced: list[CoalescedObject] = []   # handles whose increments coalesce
         self.clock = 0
         self.n_in_packet = 0
         self.packet_xor = 0                 # §5.4: XOR of this packet's update ids
         self.in_timer = False
-        # COE checker: results of blocking updates by (key, tag), i.e. the outcome
-        # of the store's serialization for this client's order-dependent ops.
-        self.record: dict | None = None
         self.faults: Any = None             # fault injection (chc check --break)
         self.prefetchable: list[CachedObject] = []   # cached per-flow objects
         self.callback_caches: dict[ObjectKey, CallbackObject] = {}
@@ -114,11 +123,12 @@ class StoreClient:
            update: bool = True, xor_base: int = 0) -> Op:
         """A store op from this client; an update gets its clock-log tag (§5.3) and
         an XOR id (§5.4) that is folded into the packet's vector."""
-        self.seq += 1
         if not update:
-            return Op(code, key, args, self.client_id, self.seq, self.instance, None, 0, default)
+            return Op(code, key, args, self.client_id, 0, self.instance, None, 0, default)
         n, xor_id = self._next_update(xor_base)
-        return Op(code, key, args, self.client_id, self.seq, self.instance,
+        if self.issued is not None:
+            self.issued.append((key, (self.clock, n)))
+        return Op(code, key, args, self.client_id, 0, self.instance,
                   (self.clock, n), xor_id, default)
 
     def _next_update(self, xor_base: int) -> tuple[int, int]:
@@ -135,9 +145,8 @@ class StoreClient:
     def open_increments(self, key: ObjectKey, n: int, default: Any) -> Increments | None:
         """Queue a new ``incr_many`` op for ``key`` (see Coalescing above), tagged
         with its first increment; None when fault injection swallowed it."""
-        self.seq += 1
         inc = Increments()
-        op = Op("incr_many", key, (inc,), self.client_id, self.seq, self.instance,
+        op = Op("incr_many", key, (inc,), self.client_id, 0, self.instance,
                 (self.clock, n), 0, default)
         if self.faults is not None and self.faults.swallow(op):
             return None                     # injected loss (this increment only)
@@ -145,23 +154,49 @@ class StoreClient:
         return inc
 
     def _take_pending(self) -> list[Op]:
-        """The queued ops, to be sent now; an op once sent takes no more increments."""
+        """The queued ops, to be sent now, numbered in send order; an op once sent
+        takes no more increments."""
         for h in self.coalesced:
             if h._open:
                 h._open = {}
-        return self.pending
+        ops = self.pending
+        seq = self.seq
+        for op in ops:
+            seq += 1
+            op.seq = seq
+        self.seq = seq
+        return ops
+
+    def _resend(self) -> list[Op]:
+        """The un-ACKed ops, to go out again in front of the next request (go-back-N)."""
+        ops = self.unacked
+        if not ops:
+            return ops
+        self.unacked = []
+        if not self.retransmit:
+            self.abandoned += len(ops)      # broken on purpose: lost if their request was
+            return []
+        return ops
 
     # -- sending ------------------------------------------------------------------------
     def call(self, op: Op) -> Any:
-        """Blocking: send queued non-blocking ops and ``op`` together, wait for all."""
+        """Blocking: send un-ACKed and queued non-blocking ops and ``op`` together,
+        wait for the reply (which acknowledges them all)."""
         self.blocking_ops += 1
-        ops = self._take_pending() + [op]
-        results = self.backend.execute(ops)
+        self.pending.append(op)
+        ops = self._resend() + self._take_pending()
         self.pending = []
+        results = self.backend.execute(ops)
         self._notifications()
-        if self.record is not None and op.tag is not None:
-            self.record[(op.key, op.tag)] = results[-1]
         return results[-1]
+
+    def _acked(self, seq: int) -> None:
+        """The store acknowledged every op up to ``seq``."""
+        unacked = self.unacked
+        if unacked and unacked[-1].seq <= seq:
+            self.unacked = []
+        elif unacked:
+            self.unacked = [op for op in unacked if op.seq > seq]
 
     def send(self, op: Op) -> None:
         """Non-blocking update: in EO+C+NA queued for the batch flush (never waited
@@ -174,19 +209,52 @@ class StoreClient:
             self.flush()
 
     def flush(self) -> None:
-        """Send queued ops as one pipelined request; keep them if it fails (retransmit)."""
+        """Send queued ops as one pipelined request.  In EO+C+NA over a backend that
+        can (``submit``), do not wait: the reply acknowledges them later.  Otherwise
+        wait; in EO+C+NA a failed request's ops stay un-ACKed and go out again."""
         if not self.pending:
             return
-        ops = self._take_pending()
+        fresh = self._take_pending()
+        self.pending = []
+        ops = self._resend() + fresh
+        if self.no_ack_wait:
+            self.unacked = ops if self.retransmit else []
+            submit = getattr(self.backend, "submit", None)
+            if submit is not None:
+                submit(ops, self._acked)
+                self._notifications()
+                return
         try:
             self.backend.execute(ops)
         except StoreUnavailable:
             if not self.no_ack_wait:
                 raise
-            if self.retransmit:
-                return                      # retransmitted with the next request
-        self.pending = []
+            return                          # un-ACKed: resent with the next request
+        self.unacked = []
         self._notifications()
+
+    def settle(self) -> None:
+        """End of input: every non-blocking op sent and acknowledged."""
+        self.flush()
+        if not self.unacked:
+            return
+        settle = getattr(self.backend, "settle", None)
+        if settle is None:
+            try:
+                self.backend.execute(self._resend())
+            except StoreUnavailable:
+                return
+            return
+        settle(self._resubmit)
+
+    def _resubmit(self) -> bool:
+        """Resend what is still un-ACKed (at the end of input); False when nothing is."""
+        ops = self._resend()
+        if not ops:
+            return False
+        self.unacked = ops
+        self.backend.submit(ops, self._acked)
+        return True
 
     def _notifications(self) -> None:
         if not self.callback_caches:
@@ -240,9 +308,10 @@ class StoreClient:
         if not ops:
             return
         self.blocking_ops += 1
-        queued = self._take_pending()
-        results = self.backend.execute(queued + ops)[len(queued):]
+        self.pending.extend(ops)
+        sent = self._resend() + self._take_pending()
         self.pending = []
+        results = self.backend.execute(sent)[len(sent) - len(ops):]
         self._notifications()
         for (h, k), v in zip(slots, results, strict=True):
             h.values[k] = h._cached(v)
@@ -364,6 +433,8 @@ class CoalescedObject(RemoteObject):
         c = self.client
         n, xor_id = c._next_update(self._xor_base)
         c.nonblocking_ops += 1
+        if c.issued is not None:
+            c.issued.append((self.key(key), (c.clock, n)))
         inc = self._open.get(key)
         if inc is None:
             inc = c.open_increments(self.key(key), n, self._absent)

@@ -11,7 +11,7 @@ cdef class Instance:
     cdef public object queue
     cdef public dict objects
     cdef public bint arrival_clocks
-    cdef public long long arrivals, packets_in, packets_out, dropped, nf_errors
+    cdef public long long arrivals, inversions, last_clock, packets_in, packets_out, dropped, nf_errors
     cdef public list finished, forks
 
     @cython.locals(pkt=Packet, res=object, ctx=Context, out=list, timers=list)

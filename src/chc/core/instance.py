@@ -43,7 +43,7 @@ _TIMER_TAGS = 1 << 20      # clock-log tags of timer updates start here (never a
 
 class Instance:
     __slots__ = ("vertex", "instance_id", "nf", "ctx", "queue", "objects", "client",
-                 "delay", "free_at", "arrival_clocks", "arrivals", "finished", "forks",
+                 "delay", "free_at", "arrival_clocks", "arrivals", "inversions", "last_clock", "finished", "forks",
                  "packets_in", "packets_out", "dropped", "nf_errors", "first_error")
 
     def __init__(self, vertex: str, instance_id: int, nf_cls: type[NF], config: Any,
@@ -62,6 +62,8 @@ class Instance:
         # at this instance instead of the packets' logical clocks.
         self.arrival_clocks = False
         self.arrivals = 0
+        self.inversions = 0                 # packets seen after a later clock (with arrival clocks)
+        self.last_clock = -1
         self.finished: list[tuple[int, int]] = []   # (clock, XOR vector) of packets ended here
         self.forks: list[tuple[int, int]] = []      # (clock, extra copies) made here
         # The store client of the externalized models; in model T an optional
@@ -122,6 +124,10 @@ class Instance:
             if self.arrival_clocks:
                 self.arrivals += 1
                 ctx.clock = self.arrivals
+                if clock < self.last_clock:
+                    self.inversions += 1    # arrival order differs from clock order here
+                else:
+                    self.last_clock = clock
             else:
                 ctx.clock = clock
             if client is not None:
@@ -171,7 +177,7 @@ class Instance:
         """End of input: fire every remaining timer, push out every queued update."""
         self._fire(None)
         if self.client is not None:
-            self.client.flush()
+            self.client.settle()            # every update sent and acknowledged
 
     def _fire(self, until: int | None) -> None:
         ctx = self.ctx

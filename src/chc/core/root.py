@@ -88,6 +88,9 @@ class Root:
         self.log_mode = log_mode
         self.log_limit = log_limit
         self.log: dict[int, LogEntry] = {}
+        self.xor_check = True             # off only to show what it prevents (--break no-xor)
+        self.xor_skipped = 0              # deletions the XOR check would have held back
+        self.observer: Any = None         # COE checker: called with each deleted clock
         self.outbox: list[Op] = []        # store writes (clock persistence, store log)
         self.packets_in = 0
         self.malformed = 0
@@ -178,7 +181,9 @@ class Root:
             return
         entry.live -= 1
         entry.vector ^= vector
-        if entry.live <= 0 and entry.vector == 0:
+        if entry.live <= 0 and (entry.vector == 0 or not self.xor_check):
+            if entry.vector:
+                self.xor_skipped += 1
             self._delete(clock)
 
     def commit(self, clock: int, xor_id: int) -> None:
@@ -192,6 +197,8 @@ class Root:
     def _delete(self, clock: int) -> None:
         del self.log[clock]
         self.deleted += 1
+        if self.observer is not None:
+            self.observer(clock)
         if self.log_mode == "store":
             self.outbox.append(Op("delete", ObjectKey("root", "log", clock)))
 
