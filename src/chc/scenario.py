@@ -12,18 +12,25 @@ per-instance delay distributions, a seed, and timed events::
     pacing: {mbps: 10000}           # {multiplier: X} | {pps: N} | {mbps: N} | topspeed
     delays: {"*": "uniform:50:100"} # vertex, vertex[i] or "*" -> distribution (µs)
     seed: 7
+    network:                        # simulated links (chc.runtime.simnet), µs
+      store: {latency: "uniform:5:50", drop: 0.01, duplicate: 0.01, reorder: 0.02}
+      data: {latency: "uniform:1:10"}         # FIFO: latency only
+      commits: {latency: "uniform:1:100"}     # FIFO: latency only
     events:
       - {at: {packets: 20000}, do: slow, target: "nat[1]", delay: "uniform:200:400"}
       - {at: {time_us: 9000}, do: speed-up, target: "nat[1]"}
+      - {at: {packets: 500}, do: partition, target: "nat[0]", duration_us: 2000}
+      - {at: {packets: 900}, do: drop, target: "portscan", count: 3}
+      - {at: {packets: 1200}, do: crash, target: "nat[1]"}
 
 Events fire before the input packet they name (``packets``: its index;
 ``time_us``: the first packet arriving at or after that virtual time), so a run
 with events is as deterministic and batch-size independent as one without.
 An event is ``{at, do, target, ...parameters}``; the actions live in
-:data:`chc.runtime.sim.ACTIONS` (``slow``, ``speed-up`` today), so later ones
-(reallocate flows, clone a straggler, crash and restart an NF, root or store
-instance) are new entries of that table with their own parameters, not a new
-format.
+:data:`chc.runtime.sim.ACTIONS` (``slow``, ``speed-up``; store-link faults
+``drop``, ``duplicate``, ``delay``, ``partition``; ``crash``), so later ones
+(reallocate flows, clone a straggler, recover a crashed component) are new
+entries of that table with their own parameters, not a new format.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from typing import Any
 
 from .core.client import MODELS
 from .runtime.pacing import Delay, Pacer
+from .runtime.simnet import LinkModel, parse_network
 from .spec import read_yaml
 
 
@@ -60,6 +68,7 @@ class Scenario:
     pacing: tuple[str, float] | None = None     # (mode, value); a fresh Pacer per run
     delays: dict[str, str] = dataclasses.field(default_factory=dict)
     seed: int = 0
+    network: dict[str, LinkModel] = dataclasses.field(default_factory=dict)
     events: list[Event] = dataclasses.field(default_factory=list)
 
     def pacer(self) -> Pacer:
@@ -81,7 +90,7 @@ def load_scenario(path: str | os.PathLike) -> Scenario:
         raise ScenarioError(f"{path}: {exc}") from None
 
 
-_FIELDS = ("name", "parallelism", "model", "store", "batch_size", "pacing", "delays", "seed", "events")
+_FIELDS = ("name", "parallelism", "model", "store", "batch_size", "pacing", "delays", "seed", "network", "events")
 
 
 def parse_scenario(raw: Any) -> Scenario:
@@ -110,6 +119,7 @@ def parse_scenario(raw: Any) -> Scenario:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ScenarioError(f"seed: must be an integer, got {seed!r}")
     sc.seed = seed
+    sc.network = parse_network(raw.get("network"), ScenarioError)
     sc.events = [_event(e, f"events[{i}]") for i, e in enumerate(raw.get("events") or [])]
     return sc
 

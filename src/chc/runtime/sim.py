@@ -28,6 +28,21 @@ fork; every update the store commits is reported as a commit.  The root deletes
 the logged packet when no copy is live and the vector XOR the commits is zero.
 A sink's report is made before its output is emitted (§5.4).
 
+Messages (:mod:`chc.runtime.simnet`).  Store requests and replies and commit
+reports are messages on a simulated network with per-link latencies and the
+faults a scenario draws (drop, duplicate, reorder on store links; delays on
+every link).  Each instance's client reaches the store through its own
+:class:`~chc.runtime.simnet.StoreLink`, so in EO+C+NA a batch's updates are
+really in flight while the instance goes on; the network delivers messages
+whenever someone waits (a blocking op, the end of a step, the end of input).
+Data links (packets between root and instances) are FIFO: a latency only adds
+to a packet's virtual arrival time.  Without latencies or faults every message
+is delivered the moment it is sent.
+
+Crashes.  A scenario may crash an instance, a root or the store.  Recovery of
+NF instances, roots and store shards is not built yet (R6, issue 14), so a crash
+stops the run with :class:`Unrecoverable`; the COE checker reports it as such.
+
 Determinism: seeded delays, stable hashes, sorted merges; no wall clock inside.
 """
 
@@ -50,9 +65,14 @@ from ..packet import Packet
 from ..spec import Chain
 from ..summary import Summary, merge_states, state_digest
 from .pacing import Delay, Pacer
+from .simnet import LinkModel, Network, StoreLink, StoreNode
 
 DEFAULT_BATCH = 256
 _INF = float("inf")
+
+
+class Unrecoverable(Exception):
+    """A component crashed and nothing can recover it (yet): the message says which."""
 
 
 def _by_clock(p: Packet) -> int:
@@ -68,7 +88,8 @@ class SimRuntime:
                  store: Any = None, *, pacer: Pacer | None = None,
                  delays: dict[str, str] | None = None, seed: int = 0, clocks: bool = True,
                  log_mode: str = "local", log_limit: int = 0, persist_every: int = 1000,
-                 events: list | None = None, clients: Callable[[str, int], Any] | None = None) -> None:
+                 events: list | None = None, clients: Callable[[str, int], Any] | None = None,
+                 network: dict[str, LinkModel] | None = None, recorder: Any = None) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         self.chain = chain
@@ -81,11 +102,16 @@ class SimRuntime:
         # even when NF state is local.
         self.meta_store = store if store is not None else MemoryStore()
         self.pacer = pacer or Pacer("topspeed")
+        self.net = Network(network, seed)
+        self.node = StoreNode(self.net, self.store) if self.store is not None else None
+        if self.node is not None:
+            self.node.record = recorder
+        self.links: dict[tuple[str, int], StoreLink] = {}
         self.roots = [Root(r, chain.policies, log_mode=log_mode, log_limit=log_limit,
                            persist_every=persist_every) for r in range(chain.roots)]
         # ``clients`` supplies a stand-in client per instance (the COE checker's reference).
         self.instances: dict[str, list[Instance]] = {
-            name: [Instance(name, i, v.nf, v.config, model, self.store, exclusive=v.parallelism == 1,
+            name: [Instance(name, i, v.nf, v.config, model, self._link(name, i), exclusive=v.parallelism == 1,
                             client=clients(name, i) if clients else None)
                    for i in range(v.parallelism)]
             for name, v in chain.vertices.items()
@@ -95,7 +121,7 @@ class SimRuntime:
         self.events = sorted(events or [], key=lambda e: (e.at_packet is None, e.at_packet or 0,
                                                           e.at_time_ns or 0))
         for ev in self.events:
-            self.targets(ev.target)         # fail early on a bad target
+            ACTIONS[ev.action].resolve(self, ev)     # fail early on a bad target
         if not clocks:
             for inst in self._all_instances():
                 inst.arrival_clocks = True
@@ -107,11 +133,19 @@ class SimRuntime:
             for name, v in chain.vertices.items()
         }
         self._order = self._ordering()
-        self.timed = any(i.delay is not None for i in self._all_instances())
+        self.timed = (any(i.delay is not None for i in self._all_instances())
+                      or self.net.data_latency is not None)
         self.horizon: float = 0
         self._meta_pending: list[Op] = []
         self.packets_out = 0
         self.elapsed = 0.0
+
+    def _link(self, vertex: str, i: int) -> StoreLink | None:
+        """The store link of instance ``vertex[i]`` (None in model T)."""
+        if self.node is None:
+            return None
+        link = self.links[(vertex, i)] = StoreLink(self.net, self.node, f"{vertex}[{i}]")
+        return link
 
     def _all_instances(self) -> list[Instance]:
         return [i for insts in self.instances.values() for i in insts]
@@ -188,12 +222,13 @@ class SimRuntime:
             root.record(admitted)
             routed = {entries[0]: admitted} if len(entries) == 1 else self._classify(root, admitted)
             for name, pkts in routed.items():
+                src = ("root", root.root_id)
                 for inst, sub in zip(self.instances[name], splitters[name].split(pkts), strict=True):
                     if sub:
                         root.place(sub, name, inst.instance_id)
-                        inst.queue.extend(sub)
+                        self._deliver(src, inst, sub)
                 for tap in vs[name].taps_in:
-                    self._copy_to(tap, pkts, splitters[tap])
+                    self._copy_to(src, tap, pkts, splitters[tap])
 
     def _classify(self, root: Root, admitted: list[Packet]) -> dict[str, list[Packet]]:
         """Traffic classes (entry ``match``): each packet to every entry that takes it,
@@ -214,11 +249,11 @@ class SimRuntime:
                 root.fork(pkt.clock, len(hits) - 1)
         return routed
 
-    def _copy_to(self, vertex: str, pkts: list[Packet], splitter: Splitter) -> None:
+    def _copy_to(self, src: tuple, vertex: str, pkts: list[Packet], splitter: Splitter) -> None:
         copies = [_copy(p) for p in pkts]
         for p in pkts:
             self._fork(p.clock, 1)
-        self._enqueue(vertex, copies, splitter)
+        self._enqueue(src, vertex, copies, splitter)
 
     def _fork(self, clock: int, k: int) -> None:
         self.roots[root_of(clock)].fork(clock, k)
@@ -226,10 +261,19 @@ class SimRuntime:
     def _done(self, clock: int, vector: int) -> None:
         self.roots[root_of(clock)].done(clock, vector)
 
-    def _enqueue(self, vertex: str, batch: list[Packet], splitter: Splitter) -> None:
+    def _enqueue(self, src: tuple, vertex: str, batch: list[Packet], splitter: Splitter) -> None:
         for inst, part in zip(self.instances[vertex], splitter.split(batch), strict=True):
             if part:
-                inst.queue.extend(part)
+                self._deliver(src, inst, part)
+
+    def _deliver(self, src: tuple, inst: Instance, pkts: list[Packet]) -> None:
+        """Packets onto the FIFO data link from ``src`` to ``inst`` (its input queue)."""
+        net = self.net
+        if net.data_latency is not None:
+            link = (src, inst.vertex, inst.instance_id)
+            for p in pkts:
+                p.vt = net.data_arrival(link, p.vt)
+        inst.queue.extend(pkts)
 
     def _ready(self, inst: Instance, ordered: bool) -> list[Packet]:
         """The queued packets that arrived by the horizon, in (time, clock) order."""
@@ -261,7 +305,12 @@ class SimRuntime:
                 batch = self._ready(inst, ordered)
                 if not batch:
                     continue
+                if self.links:
+                    link = self.links[(name, inst.instance_id)]
+                    if batch[0].vt > link.t:
+                        link.t = batch[0].vt    # the client sends at its batch's time
                 produced = inst.run(batch)
+                src = (name, inst.instance_id)
                 self._report(inst)
                 if not produced:
                     continue
@@ -270,7 +319,7 @@ class SimRuntime:
                         self._done(p.clock, p.xor)
                     continue
                 for tap in v.taps_out:
-                    self._copy_to(tap, produced, splitters[tap])
+                    self._copy_to(src, tap, produced, splitters[tap])
                 succ = v.successors
                 if not succ:
                     for p in produced:           # §5.4: delete before the output is emitted
@@ -285,8 +334,8 @@ class SimRuntime:
                     else:
                         part = produced
                     for tap in self.chain.vertices[d].taps_in:
-                        self._copy_to(tap, part, splitters[tap])
-                    self._enqueue(d, part, splitters[d])
+                        self._copy_to(src, tap, part, splitters[tap])
+                    self._enqueue(src, d, part, splitters[d])
 
     def _report(self, inst: Instance) -> None:
         if inst.forks:
@@ -299,10 +348,17 @@ class SimRuntime:
             inst.finished.clear()
 
     def _settle(self) -> None:
-        """Commit reports to the roots (§5.4); root writes to the store; clock-log pruning."""
-        if self.store is not None:
-            for clock, xor_id in self.store.commits():
-                self.roots[root_of(clock)].commit(clock, xor_id)
+        """Messages due by the horizon; commit reports to the roots (§5.4); root
+        writes to the store; clock-log pruning."""
+        net = self.net
+        if self.node is not None:
+            net.run_until(self.horizon)
+            commits = self.node.commits()
+            if commits:
+                if net.commits_instant:
+                    self._commits(commits)
+                else:
+                    net.send("commits", "root", max(self.horizon, net.now), lambda: self._commits(commits))
         ops = self._meta_pending + [op for r in self.roots for op in r.drain_outbox()]
         if ops:
             try:
@@ -314,6 +370,11 @@ class SimRuntime:
             root = self.roots[0]
             oldest = min(root.log) if root.log else root.base | root.next_seq
             self.store.prune_below(oldest)     # §5.3: clocks done in the whole chain
+
+    def _commits(self, commits: list[tuple[int, int]]) -> None:
+        roots = self.roots
+        for clock, xor_id in commits:
+            roots[root_of(clock)].commit(clock, xor_id)
 
     def step(self, batch: list[Packet]) -> list[Packet]:
         """Push one input batch through the chain; return the output it releases."""
@@ -338,6 +399,9 @@ class SimRuntime:
             self._pass(out)
         for inst in self._all_instances():
             inst.finish()
+        self._settle()
+        while self.net.run_next():          # the last commit reports
+            self._settle()
         self._settle()
         return self._release(out)
 
@@ -480,12 +544,61 @@ def _due(event: Any, pkt: Packet) -> bool:
 
 # -- scenario event actions --------------------------------------------------------------
 
+def _instance_targets(rt: SimRuntime, event: Any) -> list[Instance]:
+    return rt.targets(event.target)
+
+
+def _link_targets(rt: SimRuntime, event: Any) -> list[str | None]:
+    """Store links named by an event: every link (no target, or ``*``), a vertex's, one instance's."""
+    if event.target in (None, "*"):
+        return [None]
+    if rt.node is None:
+        raise ValueError("store-link faults need an externalized model (EO, EO+C, EO+C+NA)")
+    return [f"{i.vertex}[{i.instance_id}]" for i in rt.targets(event.target)]
+
+
+def _crash_target(rt: SimRuntime, event: Any) -> str:
+    target = event.target or ""
+    name, _, rest = target.partition("[")
+    if target == "store" or name == "root":
+        if name == "root" and rest.rstrip("]") not in {str(r) for r in range(len(rt.roots))}:
+            raise ValueError(f"{target!r}: the chain has roots 0-{len(rt.roots) - 1}")
+        return target
+    rt.targets(target)
+    return target
+
+
+def _crash(rt: SimRuntime, event: Any) -> None:
+    target = _crash_target(rt, event)
+    at = f"packet {event.at_packet}" if event.at_packet is not None else f"{event.at_time_ns / 1000:g} µs"
+    what = ("store recovery from checkpoints and write-ahead logs" if target == "store"
+            else "root failover" if target.startswith("root") else "NF instance failover")
+    raise Unrecoverable(f"{target} crashed at {at}: no recovery path ({what} is not built yet, R6)")
+
+
+def _fault(kind: str) -> Callable[[SimRuntime, Any], None]:
+    def apply(rt: SimRuntime, event: Any) -> None:
+        extra = int(float(event.params.get("by_us", 0)) * 1000)
+        for endpoint in _link_targets(rt, event):
+            rt.net.scripted.append([kind, endpoint, int(event.params.get("count", 1)), extra])
+    return apply
+
+
+def _partition(rt: SimRuntime, event: Any) -> None:
+    start = event.at_time_ns if event.at_time_ns is not None else rt.horizon
+    until = int(start + float(event.params["duration_us"]) * 1000)
+    for endpoint in _link_targets(rt, event):
+        rt.net.partitions.append((endpoint, until))
+
+
 @dataclasses.dataclass(frozen=True)
 class Action:
-    """A scenario event: ``check`` validates its parameters, ``apply`` performs it."""
+    """A scenario event: ``check`` validates its parameters, ``resolve`` its target
+    against a runtime, ``apply`` performs it."""
 
     check: Callable[[Any], None]
     apply: Callable[[SimRuntime, Any], None]
+    resolve: Callable[[SimRuntime, Any], Any] = _instance_targets
 
 
 def _check_delay(event: Any, required: bool) -> None:
@@ -502,6 +615,37 @@ def _check_delay(event: Any, required: bool) -> None:
     Delay(str(spec), 0, "check")
 
 
+def _check_params(event: Any, allowed: dict[str, Callable[[Any], bool]], required: tuple = ()) -> None:
+    for name in required:
+        if name not in event.params:
+            raise ValueError(f"needs {name}")
+    for name, value in event.params.items():
+        ok = allowed.get(name)
+        if ok is None:
+            raise ValueError(f"unknown parameter {name!r} (known: {', '.join(allowed) or 'none'})")
+        if not ok(value):
+            raise ValueError(f"{name}: a positive number, got {value!r}")
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+def _check_fault(event: Any) -> None:
+    _check_params(event, {"count": lambda v: _positive(v) and isinstance(v, int)})
+
+
+def _check_delay_fault(event: Any) -> None:
+    _check_params(event, {"count": lambda v: _positive(v) and isinstance(v, int), "by_us": _positive},
+                  ("by_us",))
+
+
+def _check_crash(event: Any) -> None:
+    if not event.target:
+        raise ValueError("needs a target: vertex[i], root[i] or store")
+    _check_params(event, {})
+
+
 ACTIONS: dict[str, Action] = {
     # Slow an instance down: a new per-packet delay distribution from here on.
     "slow": Action(lambda e: _check_delay(e, True),
@@ -509,6 +653,16 @@ ACTIONS: dict[str, Action] = {
     # Speed it up again: a faster distribution, or none (instant processing).
     "speed-up": Action(lambda e: _check_delay(e, False),
                        lambda rt, e: rt.set_delay(e.target, e.params.get("delay"))),
+    # Store-link faults of one instance (target), a vertex's or every link (no target):
+    # lose, duplicate or hold back (by_us) the next `count` messages (requests or replies).
+    "drop": Action(_check_fault, _fault("drop"), _link_targets),
+    "duplicate": Action(_check_fault, _fault("duplicate"), _link_targets),
+    "delay": Action(_check_delay_fault, _fault("delay"), _link_targets),
+    # Cut store links for duration_us of virtual time: every message sent meanwhile is lost.
+    "partition": Action(lambda e: _check_params(e, {"duration_us": _positive}, ("duration_us",)),
+                        _partition, _link_targets),
+    # Crash an instance, a root or the store: its memory is lost (recovery: R6).
+    "crash": Action(_check_crash, _crash, _crash_target),
 }
 
 
@@ -529,4 +683,4 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-__all__ = ["SimRuntime", "DEFAULT_BATCH", "CLOCK_BITS"]
+__all__ = ["SimRuntime", "DEFAULT_BATCH", "CLOCK_BITS", "Unrecoverable"]

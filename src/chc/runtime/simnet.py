@@ -1,0 +1,392 @@
+"""The sim runtime's network: messages between components in virtual time.
+
+Theory of operation
+-------------------
+Every store request and reply, and every commit report, is a message on a
+simulated link with a latency distribution and, where the real transport allows
+it, faults drawn from the run's seed.  Messages wait in one queue ordered by
+(delivery time, send order); whoever waits for something (a client blocked on a
+reply, the runtime at the end of a step) delivers them in that order, so a seed
+replays a run exactly.  With no latency and no faults configured (``chc run``)
+a message is delivered the moment it is sent: the data path keeps its speed.
+
+Links, and what may happen on them (the transports of the ``proc`` runtime):
+
+``data``     root -> instance and instance -> instance packet batches: ZeroMQ
+             PUSH/PULL over one TCP or ipc connection per pair, FIFO and
+             reliable while both ends live.  Latency only; FIFO is kept.
+``store``    instance <-> store requests and replies (§4.3).  One connection is
+             FIFO, but the client library gives up on a connection that does
+             not answer in time and resends on a new one, so a request or its
+             reply can be lost, a resent request can arrive after newer ones
+             (reorder) or beside a copy still travelling (duplicate).  Latency,
+             drop, duplicate and reorder.
+``commits``  store -> root commit reports (§5.4): FIFO, latency only.
+
+Reports of finished and forked packets (instance -> root) are delivered at
+once: a fork must reach the root before any report of the copy's end, which a
+real deployment gets by sending both on the instance's one connection to its
+root (see docs/coe.md).
+
+:class:`StoreNode` is the store server's side: it applies each request it
+receives to the backend (the in-process engine or Redis), answers it, sends
+the commit reports the request produced, and records the serialization it
+produced for the COE checker (:class:`chc.reference.StoreStep`).
+:class:`StoreLink` is one client's connection: the backend its
+:class:`~chc.core.client.StoreClient` talks to.  ``execute`` is a blocking
+request (resent after a timeout until answered); ``submit`` sends a
+non-blocking request and calls back with the highest acknowledged sequence
+number when the reply arrives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import random
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from ..core.client import StoreUnavailable
+from ..core.store import Op, StoreError
+from .pacing import Delay
+
+LINKS = {"data": ("latency",), "store": ("latency", "drop", "duplicate", "reorder", "timeout_us"),
+         "commits": ("latency",)}
+FIFO = {"data": "ZeroMQ PUSH/PULL over one TCP or ipc connection: FIFO and reliable",
+        "commits": "commit reports travel on one FIFO connection to the root"}
+DEFAULT_TIMEOUT_NS = 1_000_000          # retransmission timeout of a store request: 1 ms
+MAX_TRIES = 10_000                      # a blocking request resent this often: the store is gone
+
+
+@dataclasses.dataclass
+class LinkModel:
+    """How one class of links behaves: latency (µs distribution) and fault rates."""
+
+    latency: str | None = None
+    drop: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    timeout_us: float | None = None
+
+    @property
+    def faulty(self) -> bool:
+        return bool(self.drop or self.duplicate or self.reorder)
+
+
+def parse_network(raw: Any, error: Callable[[str], Exception]) -> dict[str, LinkModel]:
+    """``{link: {latency: DIST, drop: P, ...}}`` from a scenario, validated by field."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise error("network: a mapping of link (data, store, commits) -> {latency, drop, duplicate, reorder}")
+    out: dict[str, LinkModel] = {}
+    for link, spec in raw.items():
+        where = f"network.{link}"
+        if link not in LINKS:
+            raise error(f"{where}: unknown link (known: {', '.join(LINKS)})")
+        if not isinstance(spec, dict):
+            raise error(f"{where}: a mapping of {', '.join(LINKS[link])}")
+        model = LinkModel()
+        for field, value in spec.items():
+            if field not in LINKS[link]:
+                if link in FIFO and field in ("drop", "duplicate", "reorder"):
+                    raise error(f"{where}.{field}: the {link} link cannot {field} messages "
+                                f"({FIFO[link]}); it can only be delayed (latency)")
+                raise error(f"{where}.{field}: unknown field (known: {', '.join(LINKS[link])})")
+            if field == "latency":
+                try:
+                    Delay(str(value), 0, where)
+                except ValueError as exc:
+                    raise error(f"{where}.latency: {exc}") from None
+                model.latency = str(value)
+            elif field == "timeout_us":
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                    raise error(f"{where}.timeout_us: a positive number of microseconds, got {value!r}")
+                model.timeout_us = float(value)
+            else:
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+                    raise error(f"{where}.{field}: a probability in [0, 1), got {value!r}")
+                setattr(model, field, float(value))
+        out[link] = model
+    return out
+
+
+class Network:
+    """The message queue in virtual time (ns), the links' models and the faults."""
+
+    def __init__(self, links: dict[str, LinkModel] | None = None, seed: int = 0) -> None:
+        self.links = links or {}
+        self.seed = seed
+        self.rng = random.Random(seed * 7919 + 17)
+        self._latency = {name: Delay(m.latency, seed, f"link:{name}")
+                         for name, m in self.links.items() if m.latency}
+        self.queue: list[tuple[int, int, Callable[[], None]]] = []
+        self.sent = 0
+        self.now = 0
+        self.stats: Counter = Counter()
+        # Scripted faults (scenario events): (kind, endpoint or None, remaining count, extra ns).
+        self.scripted: list[list] = []
+        # Partitions: (endpoint or None for every endpoint, until ns).
+        self.partitions: list[tuple[str | None, int]] = []
+        store = self.links.get("store", LinkModel())
+        self.timeout_ns = int(store.timeout_us * 1000) if store.timeout_us else DEFAULT_TIMEOUT_NS
+        self.store_instant = store.latency is None and not store.faulty
+        self.commits_instant = "commits" not in self._latency
+        self.data_latency = self._latency.get("data")
+        self._data_last: dict[tuple, int] = {}
+
+    @property
+    def instant(self) -> bool:
+        """No message on a store link can be delayed or lost right now."""
+        return self.store_instant and not self.scripted and not self.partitions
+
+    # -- sending -------------------------------------------------------------------------
+    def send(self, link: str, endpoint: str, t: int, deliver: Callable[[], None]) -> None:
+        """Send a message at virtual time ``t``; ``deliver`` runs when (if) it arrives."""
+        self.stats[f"{link}.sent"] += 1
+        if self._partitioned(endpoint, t):
+            self.stats[f"{link}.partitioned"] += 1
+            return
+        extra, copies = self._scripted(endpoint)
+        model = self.links.get(link)
+        if copies == 0:
+            self.stats[f"{link}.dropped"] += 1
+            return
+        if model is not None and model.faulty:
+            rng = self.rng
+            if model.drop and rng.random() < model.drop:
+                self.stats[f"{link}.dropped"] += 1
+                return
+            if model.duplicate and rng.random() < model.duplicate:
+                self.stats[f"{link}.duplicated"] += 1
+                copies += 1
+        for _ in range(copies):
+            at = t + extra + self._delay(link)
+            if model is not None and model.reorder and self.rng.random() < model.reorder:
+                # Held back by up to a timeout: later messages overtake it.
+                self.stats[f"{link}.reordered"] += 1
+                at += int(self.rng.uniform(0, self.timeout_ns))
+            self.sent += 1
+            heapq.heappush(self.queue, (at, self.sent, deliver))
+
+    def _delay(self, link: str) -> int:
+        d = self._latency.get(link)
+        return d.sample() if d is not None else 0
+
+    def _partitioned(self, endpoint: str, t: int) -> bool:
+        if not self.partitions:
+            return False
+        self.partitions = [(e, until) for e, until in self.partitions if until > t]
+        return any(e is None or e == endpoint for e, _ in self.partitions)
+
+    def _scripted(self, endpoint: str) -> tuple[int, int]:
+        """Scripted faults for the next message of ``endpoint``: (extra delay, copies)."""
+        extra, copies = 0, 1
+        for fault in self.scripted:
+            kind, target, _, more = fault
+            if target is not None and target != endpoint:
+                continue
+            fault[2] -= 1
+            self.stats[f"scripted.{kind}"] += 1
+            if kind == "drop":
+                copies = 0
+            elif kind == "duplicate":
+                copies = 2
+            else:
+                extra += more
+        self.scripted = [f for f in self.scripted if f[2] > 0]
+        return extra, copies
+
+    def data_arrival(self, link: tuple, vt: int) -> int:
+        """Arrival time of a packet sent at ``vt`` on a FIFO data link."""
+        at = vt + self.data_latency.sample()
+        last = self._data_last.get(link, 0)
+        if at < last:
+            at = last
+        self._data_last[link] = at
+        return at
+
+    # -- delivering ------------------------------------------------------------------------
+    def run_until(self, t: float) -> None:
+        """Deliver every message due by ``t``, in (time, send order)."""
+        q = self.queue
+        while q and q[0][0] <= t:
+            at, _, deliver = heapq.heappop(q)
+            if at > self.now:
+                self.now = at
+            deliver()
+
+    def run_next(self) -> bool:
+        """Deliver the next message; False when none is travelling."""
+        if not self.queue:
+            return False
+        at, _, deliver = heapq.heappop(self.queue)
+        if at > self.now:
+            self.now = at
+        deliver()
+        return True
+
+    def next_time(self) -> float:
+        return self.queue[0][0] if self.queue else float("inf")
+
+    def describe(self) -> dict[str, int]:
+        return dict(sorted(self.stats.items()))
+
+
+class StoreNode:
+    """The store server's side of the store links: requests in, replies and commit
+    reports out, and the record of the serialization it produced."""
+
+    def __init__(self, net: Network, backend: Any) -> None:
+        self.net = net
+        self.backend = backend
+        self.record: Any = None             # COE checker: a StoreSteps recorder
+        self.on_commits: Callable[[list[tuple[int, int]]], None] | None = None
+        self.crashed = False
+        self.requests = 0
+
+    def handle(self, ops: list[Op]) -> list[Any]:
+        """Apply one request to the backend: its results (raises StoreError)."""
+        self.requests += 1
+        if self.record is None:
+            return self.backend.execute(ops)
+        try:
+            results = self.backend.execute(ops)
+        except StoreError:
+            raise
+        self.record.request(ops, results)
+        return results
+
+    def commits(self) -> list[tuple[int, int]]:
+        return self.backend.commits()
+
+    def declare(self, key: Any, initial: Any) -> None:
+        self.backend.declare(key, initial)
+        if self.record is not None:
+            self.record.declare(key, initial)
+
+    def request(self, link: StoreLink, rid: int, ops: list[Op]) -> None:
+        """A request message arrived: apply it, send the reply and the commit reports."""
+        if self.crashed:
+            return
+        try:
+            reply: Any = self.handle(ops)
+        except StoreUnavailable:
+            return                          # the backend itself is down: no reply
+        except StoreError as exc:
+            reply = exc
+        net = self.net
+        net.send("store", link.name, net.now, lambda: link.reply(rid, reply))
+        if not net.commits_instant and self.on_commits is not None:
+            commits = self.backend.commits()
+            if commits:
+                deliver = self.on_commits
+                net.send("commits", "root", net.now, lambda: deliver(commits))
+
+
+class StoreLink:
+    """One client's connection to the store through the network: the backend of its
+    :class:`~chc.core.client.StoreClient`."""
+
+    def __init__(self, net: Network, node: StoreNode, name: str) -> None:
+        self.net = net
+        self.node = node
+        self.name = name
+        self.backend = node.backend
+        self.t = 0                          # the client's virtual time (ns)
+        self._rid = 0
+        self._replies: dict[int, Any] = {}
+        self._acks: dict[int, tuple[int, Callable[[int], None]]] = {}
+        self.retransmissions = 0
+
+    # -- requests ---------------------------------------------------------------------------
+    def execute(self, ops: list[Op]) -> list[Any]:
+        """A blocking request: sent, resent after each timeout, until answered."""
+        net = self.net
+        if net.instant:
+            return self.node.handle(ops)
+        self._rid += 1
+        rid = self._rid
+        for tries in range(MAX_TRIES):
+            if tries:
+                self.retransmissions += 1
+            self._send(rid, ops)
+            deadline = self.t + net.timeout_ns
+            while rid not in self._replies and net.next_time() <= deadline:
+                net.run_next()
+            if rid in self._replies:
+                if net.now > self.t:
+                    self.t = net.now
+                reply = self._replies.pop(rid)
+                if isinstance(reply, BaseException):
+                    raise reply
+                return reply
+            self.t = deadline
+        raise StoreUnavailable(f"sim store: no reply to {self.name} after {MAX_TRIES} tries")
+
+    def submit(self, ops: list[Op], on_ack: Callable[[int], None]) -> None:
+        """A non-blocking request; ``on_ack(highest seq)`` when its reply arrives."""
+        net = self.net
+        if net.instant:
+            try:
+                self.node.handle(ops)
+            except StoreUnavailable:
+                return                      # lost: un-ACKed, resent with the next request
+            on_ack(ops[-1].seq)
+            return
+        self._rid += 1
+        rid = self._rid
+        self._acks[rid] = (ops[-1].seq, on_ack)
+        self._send(rid, ops)
+        net.run_until(self.t)
+
+    def _send(self, rid: int, ops: list[Op]) -> None:
+        node = self.node
+        net = self.net
+        if net.now > self.t:
+            self.t = net.now                # nothing is sent into the network's past
+        net.send("store", self.name, self.t, lambda: node.request(self, rid, ops))
+
+    def reply(self, rid: int, reply: Any) -> None:
+        ack = self._acks.pop(rid, None)
+        if ack is not None:
+            if not isinstance(reply, BaseException):
+                ack[1](ack[0])
+            return
+        if rid == self._rid and rid not in self._replies:
+            self._replies[rid] = reply      # the awaited reply (later copies are ignored)
+
+    def settle(self, resend: Callable[[], bool]) -> None:
+        """End of input: wait for every acknowledgement, resending after each timeout
+        (``resend()`` sends what is still un-ACKed; False when nothing is)."""
+        net = self.net
+        for _ in range(MAX_TRIES):
+            deadline = self.t + net.timeout_ns
+            while net.next_time() <= deadline:
+                net.run_next()
+            self.t = max(self.t, deadline)
+            if not resend():
+                return
+            self.retransmissions += 1
+        raise StoreUnavailable(f"sim store: {self.name} still has unacknowledged updates after {MAX_TRIES} tries")
+
+    # -- the control plane (bind time, ownership): direct calls ---------------------------------
+    def declare(self, key: Any, initial: Any) -> None:
+        self.node.declare(key, initial)
+
+    def subscribe(self, key: Any, client: str) -> Any:
+        return self.backend.subscribe(key, client)
+
+    def notifications(self, client: str) -> list[tuple]:
+        return self.backend.notifications(client)
+
+    def register(self, *args: Any, **kw: Any) -> None:
+        self.backend.register(*args, **kw)
+
+    def release(self, key: Any, instance: int) -> None:
+        self.backend.release(key, instance)
+
+    def take(self, key: Any, client: str, instance: int) -> bool:
+        return self.backend.take(key, client, instance)
