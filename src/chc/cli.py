@@ -86,93 +86,65 @@ def build_parser() -> argparse.ArgumentParser:
     register_bench(sub)
     chk = sub.add_parser(
         "check", help="check chain output equivalence (COE) over seeded scenario variants",
-        description="Run the physical chain of CHAIN under SCENARIO (parallelism, delays, events, "
-                    "model, store) on CAPTURE, run the logical chain (one instance per vertex, no "
-                    "delays, input order) on the same input, and compare outputs, alerts and final "
-                    "state; report the first divergence. Each seed picks what the scenario leaves "
-                    "open (parallelism 1-4, model, batch size, store) and seeds the delays; a "
-                    "failing seed reproduces exactly with --seed. Exit 0 if every seed passes, 1 if "
-                    "any diverges, 2 on bad input.")
-    chk.add_argument("chain", metavar="CHAIN", help="chain spec (YAML)")
-    chk.add_argument("scenario", metavar="SCENARIO", help="scenario (YAML), e.g. examples/scenarios/parallel.yaml")
-    chk.add_argument("capture", metavar="CAPTURE", help="input capture")
+        description="Run the physical chain of CHAIN under SCENARIO (parallelism, delays, network "
+                    "faults, events, model, store) on CAPTURE, run the logical chain (one instance per "
+                    "vertex, no delays, input order) on the same input following the store's "
+                    "serialization, and compare outputs, per-flow order, alerts, final state, the "
+                    "store's answers and the packet log; report the first divergence. Each seed picks "
+                    "what the scenario leaves open (parallelism 1-4, model, batch size, store) and "
+                    "seeds delays and faults; a failing seed reproduces exactly with --seed. Exit 0 "
+                    "if every seed passes, 1 if any diverges or crashed without recovery, 2 on bad "
+                    "input or when nothing was checked, 3 when a --break was never caught.")
+    chk.add_argument("chain", metavar="CHAIN", nargs="?", help="chain spec (YAML)")
+    chk.add_argument("scenario", metavar="SCENARIO", nargs="?",
+                     help="scenario (YAML), e.g. examples/scenarios/faults.yaml")
+    chk.add_argument("capture", metavar="CAPTURE", nargs="?", help="input capture")
     which = chk.add_mutually_exclusive_group()
     which.add_argument("--seeds", type=_positive, default=10, metavar="N", help="run seeds 0..N-1 (default: 10)")
     which.add_argument("--seed", type=int, metavar="S", help="run only seed S (reproduce a failure)")
-    chk.add_argument("--break", dest="breaks", action="append", default=[], choices=("no-clocks", "drop-update"),
-                     help="switch a mechanism off to test the checker: no-clocks (NFs see arrival order), "
-                          "drop-update (one non-blocking update is lost)")
+    chk.add_argument("--jobs", "-j", type=_positive, default=1, metavar="J",
+                     help="run seeds in J parallel processes (default: 1)")
+    chk.add_argument("--break", dest="breaks", action="append", default=[], metavar="NAME",
+                     help="switch a mechanism off (or corrupt one compared thing) in the physical run to "
+                          "test the checker; see --list-breaks")
+    chk.add_argument("--list-breaks", action="store_true", help="list the --break switches and exit")
     chk.add_argument("--store", action="append", default=[], metavar="URL",
                      help="stores seeds may use (default: memory); repeat to add redis://HOST:PORT")
     chk.add_argument("--packets", type=_positive, metavar="N", help="use only the first N packets of CAPTURE")
     chk.add_argument("--save-failures", metavar="FILE",
                      help="append failing seeds to FILE (YAML) to keep them as regression cases")
-    chk.add_argument("--json", metavar="FILE", help="write per-seed results as JSON")
+    chk.add_argument("--json", metavar="FILE", help="write every seed's verdict as JSON")
     return parser
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    import itertools
-    import time
+    from . import checkrun
 
-    from .coe import check_variant, variant
-    from .scenario import load_scenario
-
-    chain = load_spec(args.chain)
-    scenario = load_scenario(args.scenario)
-    with open_capture(args.capture) as reader:
-        records = list(itertools.islice(reader, args.packets) if args.packets else reader)
-    stores = args.store or ["memory"]
-    seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
-    results = []
-    failed = 0
-    for seed in seeds:
-        v = variant(chain, scenario, seed, stores)
-        started = time.perf_counter()
-        try:
-            res, fault = check_variant(chain, scenario, records, v, tuple(args.breaks), _open_store_or_fail)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        took = time.perf_counter() - started
-        status = "PASS" if res.ok else "FAIL"
-        failed += not res.ok
-        print(f"seed {seed}: {status}  ({v.describe()}; {took:.1f} s)")
-        if fault:
-            print(f"    injected: {fault}")
-        if not res.ok:
-            print(f"    first divergence: {res.first}")
-            for extra in res.divergences[1:3]:
-                print(f"    also: {extra}")
-        results.append({"seed": seed, "ok": res.ok, "variant": v.describe(),
-                        "divergences": [str(d) for d in res.divergences], "fault": fault,
-                        "seconds": round(took, 3)})
-    print(f"{len(seeds) - failed} of {len(seeds)} seeds passed"
-          + (f"; rerun a failure with --seed {next(r['seed'] for r in results if not r['ok'])}" if failed else ""))
-    if args.json:
-        _write_json(args.json, {"chain": args.chain, "scenario": args.scenario, "capture": args.capture,
-                                "breaks": args.breaks, "results": results})
-    if args.save_failures and failed:
-        _save_failures(args, [r for r in results if not r["ok"]])
-    return 1 if failed else 0
-
-
-def _open_store_or_fail(url: str):
+    if args.list_breaks:
+        print(checkrun.list_breaks())
+        return 0
+    missing = [n for n in ("chain", "scenario", "capture") if getattr(args, n) is None]
+    if missing:
+        raise UsageError(f"check needs CHAIN SCENARIO CAPTURE (missing: {', '.join(missing).upper()})")
+    unknown = [b for b in args.breaks if b not in checkrun.BREAKS]
+    if unknown:
+        raise UsageError(f"--break {unknown[0]}: unknown (known: {', '.join(checkrun.BREAKS)})")
     try:
-        return open_store(url)
-    except ValueError as exc:
+        job = checkrun.Job.load(args.chain, args.scenario, args.capture, args.packets,
+                                args.store or ["memory"], tuple(args.breaks))
+        seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+        report = checkrun.run_seeds(job, seeds, args.jobs, print)
+    except (ValueError, checkrun.NothingChecked) as exc:
         raise UsageError(str(exc)) from None
-
-
-def _save_failures(args: argparse.Namespace, failures: list[dict]) -> None:
-    import yaml
-    entries = [{"chain": args.chain, "scenario": args.scenario, "capture": args.capture,
-                "packets": args.packets, "seed": r["seed"], "breaks": args.breaks,
-                "first_divergence": r["divergences"][0] if r["divergences"] else ""} for r in failures]
-    try:
-        with open(args.save_failures, "a", encoding="utf-8") as fh:
-            yaml.safe_dump(entries, fh, sort_keys=False)
-    except OSError as exc:
-        raise UsageError(f"{args.save_failures}: cannot write ({exc.strerror or exc})") from None
+    print(report.summary_line())
+    if args.json:
+        _write_json(args.json, report.as_json())
+    if args.save_failures and report.failures():
+        try:
+            checkrun.save_failures(args.save_failures, job, report.failures())
+        except OSError as exc:
+            raise UsageError(f"{args.save_failures}: cannot write ({exc.strerror or exc})") from None
+    return report.exit_code()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -3,169 +3,94 @@
 Theory of operation
 -------------------
 Chain output equivalence: whatever happens inside the physical chain (many
-instances, shared state, slow instances; later reallocation, clones, crashes),
-its outputs, alerts and final state equal those of the *logical chain*: one
+instances, shared state, slow instances, a network that loses, duplicates,
+delays and reorders store messages; later reallocation, clones, crashes), its
+outputs, alerts and final state equal those of the *logical chain*: one
 instance per vertex, no delays, no faults, every packet in input order.
 
-Where the logical chain itself leaves a choice, the store decides (§4.3): which
-free port a NAT instance pops from the shared pool, which backend wins when two
+Where the logical chain leaves a choice, the store decides (§4.3): which free
+port a NAT instance pops from the shared pool, which backend wins when two
 load-balancer instances race for the least-loaded one.  The physical run is
 correct iff it equals the logical chain *under the serialization the store
-chose*.  The checker therefore works like a history checker (Jepsen-style):
+chose*.  The checker works like a history checker (Jepsen-style):
 
-1. The physical run records, per packet clock, the result of every
-   order-dependent operation on shared state (``pop``, ``cas``, ``incr_least``)
-   its instances performed (``LocalObject.recorder``).
-2. The reference run executes the logical chain in input order with model ``T``,
-   except that each order-dependent operation takes the physical result for the
-   same packet and object, and applies it to its own state *only if that result
-   is legal there* (a popped port must be in the reference's pool).  Every
-   other operation, every read, every per-flow object and every NF decision is
-   computed by the reference itself.
-3. Outputs (per flow in clock order; across flows as a multiset keyed by clock),
-   alerts (vertex, kind, host, clock) and every NF's final logical state (read
-   from the store and caches across instances) must then be equal.  The report
-   names the first divergence: the output or alert at the smallest clock, or
-   the state object and key, with reference and physical values.
+1. The physical run (:class:`~chc.runtime.sim.SimRuntime`) records, at the
+   store server's side of the simulated network, every operation the store
+   received and what it answered, in the order it applied them
+   (:class:`Serialization`, :class:`chc.reference.StoreStep`); the clients
+   record every update they issued; the roots record every packet they
+   deleted from the log and when (as a position in that serialization).
+2. :func:`chc.reference.replay` re-executes the serialization with its own
+   implementation of Table 2 and the clock log: every answer the store gave
+   must be what its own serialization yields, and the store must end holding
+   what it yields (``store`` divergences).  Every issued update must have been
+   applied (exactly once: duplicates are emulated), and no packet may leave a
+   root's log before all its updates were applied (§5.4; ``log``).
+3. :func:`chc.reference.logical_run` interprets the logical chain on its own
+   (it shares the NF code and nothing else), taking for order-dependent
+   operations on shared state the *re-executed* results of the store's order,
+   never the physical answers.
+4. Outputs (per clock, and per flow in clock order), alerts with their clocks,
+   and every NF's final state must be equal.  The report names the first
+   divergence of each kind.
 
-An NF thus declares its equivalence through its state declarations: cross-flow
-objects it updates with order-dependent operations are "any serialization"
-(NAT ``ports``: which port; LB ``active``: which backend); everything else is
-exact.  A lost update, a duplicate, an alert computed from a wrong order, a
-packet lost, duplicated or altered on the wire all remain divergences; the
-checker's power is shown by ``--break no-clocks`` and ``--break drop-update``.
+Mechanism switches (``--break``, :data:`BREAKS`) switch one mechanism off, or
+corrupt one compared thing, in the physical run only, to show each comparison
+catches what it is for.  A break that had nothing to act on in a seed (no alert
+to shift, no duplicate to apply twice) is reported as *not exercised*, never as
+a pass; one that acted and was not caught is *uncaught*, a hole in the checker.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
-from .core.state import LocalObject
-from .nf import VALUE_OPS, StateObject
+from .core.store import ObjectKey, Op
 from .packet import Packet, describe_flow, ip_str
-from .runtime.sim import SimRuntime
+from .reference import LogicalRun, Replay, StoreStep, logical_run, replay, same
+from .runtime.sim import SimRuntime, Unrecoverable
 from .spec import Chain
 from .summary import canonical
 
-Oracle = dict[tuple[str, str, Hashable, int], deque]
+# -- the physical run's records ---------------------------------------------------------------
 
 
-class Recorder:
-    """Collects the physical run's order-dependent results by (vertex, object, key, clock)."""
+class Serialization:
+    """What the store received and answered, in its order (attached to the sim's
+    :class:`~chc.runtime.simnet.StoreNode`)."""
 
     def __init__(self) -> None:
-        self.results: Oracle = {}
+        self.steps: list[StoreStep] = []
 
-    def attach(self, runtime: SimRuntime) -> None:
-        for insts in runtime.instances.values():
-            for inst in insts:
-                hook = self._hook(inst.vertex, inst.ctx)
-                for handle in inst.objects.values():
-                    if not handle.decl.scope.per_flow:
-                        handle.recorder = hook
+    def declare(self, key: ObjectKey, initial: Any) -> None:
+        self.steps.append(StoreStep(key.vertex, key.obj, key.key, key.per_flow, "declare",
+                                    (list(initial),), None, None, None, False))
 
-    def _hook(self, vertex: str, ctx: Any):
-        results = self.results
+    def request(self, ops: list[Op], results: list[Any]) -> None:
+        add = self.steps.append
+        for op, result in zip(ops, results, strict=True):
+            k = op.key
+            code, args = op.code, op.args
+            if code == "incr_many":
+                inc = args[0]
+                for clock, n, by in zip(inc.clocks, inc.ns, inc.amounts, strict=True):
+                    add(StoreStep(k.vertex, k.obj, k.key, k.per_flow, "incr", (by,), (clock, n),
+                                  op.default, None, False, op.client))
+                continue
+            if code == "custom":
+                if args[0] != "argmin_incr":
+                    raise ValueError(f"the COE checker cannot re-execute custom operation {args[0]!r}")
+                code, args = "argmin_incr", ([x.key for x in args[1]],)
+            add(StoreStep(k.vertex, k.obj, k.key, k.per_flow, code, tuple(args), op.tag,
+                          op.default, result, True, op.client))
 
-        def record(obj: str, key: Hashable, code: str, result: Any) -> None:
-            results.setdefault((vertex, obj, key, ctx.packet_clock), deque()).append((code, result))
-        return record
+    @property
+    def position(self) -> int:
+        return len(self.steps)
 
-
-class ReferenceClient:
-    """Stand-in store client of the reference run: binds every shared object to an
-    :class:`OracleObject` that follows the physical serialization."""
-
-    def __init__(self, vertex: str, oracle: Oracle, notes: list[str]) -> None:
-        self.vertex = vertex
-        self.oracle = oracle
-        self.notes = notes
-        self.clock = 0
-        self.packet_xor = 0
-        self.n_in_packet = 0
-        self.prefetchable: list = []        # nothing to prefetch: the state is local
-
-    def begin_packet(self, clock: int, in_timer: bool = False) -> None:
-        self.clock = clock
-
-    def flush(self) -> None:
-        pass
-
-    def bind(self, decl: StateObject, config: Any) -> LocalObject:
-        if decl.scope.per_flow:
-            return LocalObject(decl, config)
-        return OracleObject(decl, config, self)
-
-
-class OracleObject(LocalObject):
-    """Model T state whose order-dependent ops take the store's choice, if legal."""
-
-    __slots__ = ("client",)
-
-    def __init__(self, decl: StateObject, config: Any, client: ReferenceClient) -> None:
-        super().__init__(decl, config)
-        self.client = client
-
-    def _physical(self, key: Hashable, code: str) -> tuple[bool, Any]:
-        c = self.client
-        q = c.oracle.get((c.vertex, self.decl.name, key, c.clock))
-        if not q or q[0][0] != code:
-            return False, None
-        return True, q.popleft()[1]
-
-    def _note(self, what: str) -> None:
-        self.client.notes.append(f"clock {self.client.clock}: {self.client.vertex}.{self.decl.name}: {what}")
-
-    def pop(self, key: Hashable = None) -> Any:
-        found, value = self._physical(key, "pop")
-        if not found:
-            return super().pop(key)
-        lst = self._slot(key)
-        if value is None:
-            if lst:
-                self._note(f"the store found the list empty, the reference holds {len(lst)} items")
-            return None
-        try:
-            lst.remove(value)
-        except ValueError:
-            self._note(f"the store popped {value!r}, which the reference does not hold")
-            return super().pop(key)
-        return value
-
-    def cas(self, expected: Any, new: Any, key: Hashable = None) -> bool:
-        found, ok = self._physical(key, "cas")
-        if not found:
-            return super().cas(expected, new, key)
-        if ok:
-            self.values[key] = new
-        return bool(ok)
-
-    def apply(self, op: str, *args: Any, key: Hashable = None) -> Any:
-        found, outcome = self._physical(key, "apply")
-        if not found:
-            return super().apply(op, *args, key=key)
-        # The NF sees the store's result; the reference's own value advances by the
-        # same operation in input order.  For commutative steps (TRW's
-        # multiplications, counters) both orders end in the same value; a
-        # serialization that makes a step decide differently shows as a state
-        # divergence: the checker errs on the side of reporting.
-        self.values[key] = VALUE_OPS[op].fn(self.get(key), *args)[0]
-        return outcome[1]
-
-    def incr_least(self, keys: list) -> int:
-        found, best = self._physical(None, "incr_least")
-        keys = list(keys)
-        if not found or not isinstance(best, int) or not 0 <= best < len(keys):
-            return super().incr_least(keys)
-        self.incr(1, keys[best])
-        return best
-
-
-# -- runs ------------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class RunResult:
@@ -173,6 +98,7 @@ class RunResult:
     alerts: list[tuple]
     state: dict
     summary: Any
+    store: dict = dataclasses.field(default_factory=dict)     # (vertex, obj, key) -> value
 
 
 def _collect(rt: SimRuntime, records: list[tuple[int, bytes]]) -> RunResult:
@@ -180,24 +106,26 @@ def _collect(rt: SimRuntime, records: list[tuple[int, bytes]]) -> RunResult:
     rt.run(records, emit=lambda pkts: out.extend((p.clock, bytes(p.data)) for p in pkts))
     s = rt.summary()
     alerts = sorted((a["vertex"], a["kind"], a["host"], a["clock"]) for a in s.alerts)
-    return RunResult(out, alerts, canonical(rt.logical_state()), s)
+    stored: dict = {}
+    if rt.store is not None:
+        for vertex in rt.chain.vertices:
+            for obj, entries in rt.store.objects(vertex).items():
+                for key, value in entries.items():
+                    stored[(vertex, obj, key)] = value
+    return RunResult(out, alerts, canonical(rt.logical_state()), s, stored)
 
 
-def reference_run(chain: Chain, records: list[tuple[int, bytes]], oracle: Oracle | None = None,
-                  notes: list[str] | None = None) -> RunResult:
-    """The logical chain: one instance per vertex, model T, no delays, input order."""
-    logical = chain.with_parallelism(1)
-    oracle = oracle if oracle is not None else {}
-    notes = notes if notes is not None else []
-    rt = SimRuntime(logical, model="T", clients=lambda v, i: ReferenceClient(v, oracle, notes))
-    return _collect(rt, records)
+def reference_run(chain: Chain, records: list[tuple[int, bytes]], serial: Replay | None = None) -> LogicalRun:
+    """The logical chain (one instance per vertex, input order, no delays), following
+    the store's re-executed serialization for order-dependent shared operations."""
+    return logical_run(chain, records, serial)
 
 
 # -- comparison ----------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class Divergence:
-    what: str           # "output", "alert", "state"
+    what: str           # output, order, alert, state, store, log
     where: str          # object / output / alert description
     clock: int | None
     reference: Any
@@ -217,10 +145,12 @@ def _describe(frame: bytes | None) -> str:
     return f"{ip_str(p.src)}:{p.sport} -> {ip_str(p.dst)}:{p.dport} proto {p.proto} ({len(frame)} B)"
 
 
-def compare(ref: RunResult, phys: RunResult, chain: Chain | None = None) -> list[Divergence]:
-    """Every divergence, the earliest first within each kind: outputs, alerts, state."""
+def compare(ref: Any, phys: RunResult, chain: Chain | None = None) -> list[Divergence]:
+    """Divergences of outputs, per-flow order, alerts and state, the earliest first
+    within each kind."""
     found: list[Divergence] = []
     found += _compare_outputs(ref.outputs, phys.outputs)
+    found += _compare_order(phys.outputs)
     found += _compare_alerts(ref.alerts, phys.alerts)
     unordered = set()
     if chain is not None:
@@ -231,7 +161,6 @@ def compare(ref: RunResult, phys: RunResult, chain: Chain | None = None) -> list
 
 
 def _compare_outputs(ref: list[tuple[int, bytes]], phys: list[tuple[int, bytes]]) -> list[Divergence]:
-    out: list[Divergence] = []
     by_clock_ref: dict[int, list[bytes]] = {}
     by_clock_phys: dict[int, list[bytes]] = {}
     for c, f in ref:
@@ -241,28 +170,24 @@ def _compare_outputs(ref: list[tuple[int, bytes]], phys: list[tuple[int, bytes]]
     for c in sorted(set(by_clock_ref) | set(by_clock_phys)):
         a, b = sorted(by_clock_ref.get(c, [])), sorted(by_clock_phys.get(c, []))
         if a != b:
-            out.append(Divergence("output", f"packet #{c & ((1 << 48) - 1)}", c,
-                                  "; ".join(_describe(f) for f in a) or "(dropped)",
-                                  "; ".join(_describe(f) for f in b) or "(dropped)"))
-            break
-    # Per flow (one direction of a connection), the physical chain must keep the
-    # logical (clock) order.
+            return [Divergence("output", f"packet #{c & ((1 << 48) - 1)}", c,
+                               "; ".join(_describe(f) for f in a) or "(dropped)",
+                               "; ".join(_describe(f) for f in b) or "(dropped)")]
+    return []
+
+
+def _compare_order(phys: list[tuple[int, bytes]]) -> list[Divergence]:
+    """Per flow (one direction of a connection), the physical chain must keep the
+    logical (clock) order: the two directions may be partitioned apart."""
     last: dict[Hashable, int] = {}
     for c, f in phys:
         p = Packet(f)
-        key = _flow(p)
+        key = (p.src, p.sport, p.dst, p.dport, p.proto)
         if key in last and c < last[key]:
-            out.append(Divergence("output", f"order of flow {_describe(f)}", c,
-                                  f"after clock {last[key]}", f"clock {c} emitted after clock {last[key]}"))
-            break
+            return [Divergence("order", f"of flow {_describe(f)}", c,
+                               f"after clock {last[key]}", f"clock {c} emitted after clock {last[key]}")]
         last[key] = c
-    return out
-
-
-def _flow(p: Packet) -> Hashable:
-    # A flow is one direction of a connection: the two directions may be
-    # partitioned apart (e.g. by initiator scope) and interleave differently.
-    return (p.src, p.sport, p.dst, p.dport, p.proto)
+    return []
 
 
 def _compare_alerts(ref: list[tuple], phys: list[tuple]) -> list[Divergence]:
@@ -299,6 +224,54 @@ def _compare_state(ref: dict, phys: dict, unordered: set[tuple[str, str]]) -> li
     return []
 
 
+def _compare_store(serial: Serialization, rep: Replay, phys: RunResult, issued: set,
+                   deleted: list[tuple[int, int]]) -> list[Divergence]:
+    """The store against its own serialization; exactly-once; the log's safety (§5.4)."""
+    found: list[Divergence] = []
+    if rep.mismatches:
+        m = rep.mismatches[0]
+        s = m.step
+        found.append(Divergence("store", f"answer to {s.code} on {s.vertex}.{s.obj}[{_show(s.key, 60)}]",
+                                s.tag[0] if s.tag else None, _show(m.expected), _show(s.result)))
+    for addr in sorted(set(rep.final) | set(phys.store), key=repr):
+        if addr[0] == "root":
+            continue
+        want, got = rep.final.get(addr), phys.store.get(addr)
+        if not same(want, got) and not (want is None and got is None):
+            found.append(Divergence("store", f"value of {addr[0]}.{addr[1]}[{_show(addr[2], 60)}]", None,
+                                    f"{_show(want)} (its serialization)", _show(got)))
+            break
+    lost = sorted(issued - rep.applied, key=lambda u: u[3])
+    if lost:
+        v, o, k, tag = lost[0]
+        found.append(Divergence("store", f"update of {v}.{o}[{_show(k, 60)}] (tag {tag})", tag[0],
+                                "applied once", f"never applied ({len(lost)} updates lost)"))
+    found += _log_safety(serial, deleted)
+    return found
+
+
+def _log_safety(serial: Serialization, deleted: list[tuple[int, int]]) -> list[Divergence]:
+    """§5.4: a root deletes a logged packet only once every update of it was applied."""
+    if not deleted:
+        return []
+    last_applied: dict[int, int] = {}
+    seen: set = set()
+    for i, s in enumerate(serial.steps):
+        if s.tag is None or s.code in ("get", "declare"):
+            continue
+        ident = (s.vertex, s.obj, s.key, s.tag)
+        if ident not in seen:
+            seen.add(ident)
+            last_applied[s.tag[0]] = i
+    for clock, position in deleted:
+        at = last_applied.get(clock)
+        if at is not None and at >= position:
+            return [Divergence("log", f"packet #{clock & ((1 << 48) - 1)}", clock,
+                               "deleted after its updates were applied",
+                               f"deleted from the root's log before its update at store step {at} (§5.4)")]
+    return []
+
+
 def _hashable(v: Any) -> Hashable:
     return tuple(_hashable(x) for x in v) if isinstance(v, list) else v
 
@@ -312,60 +285,251 @@ def _show(v: Any, limit: int = 120) -> str:
 
 @dataclasses.dataclass
 class CheckResult:
-    ok: bool
     divergences: list[Divergence]
     notes: list[str]
-    physical: RunResult
-    reference: RunResult
+    physical: RunResult | None
+    reference: LogicalRun | None
+    unrecoverable: str | None = None
+    network: dict = dataclasses.field(default_factory=dict)
+    steps: int = 0                       # store operations recorded
+
+    @property
+    def ok(self) -> bool:
+        return not self.divergences and self.unrecoverable is None
 
     @property
     def first(self) -> Divergence | None:
         return self.divergences[0] if self.divergences else None
 
 
+class Observers:
+    """The physical run's records: the serialization, issued updates, log deletions."""
+
+    def __init__(self) -> None:
+        self.serial = Serialization()
+        self.issued: list = []
+        self.deleted: list[tuple[int, int]] = []
+
+    def attach(self, rt: SimRuntime) -> None:
+        for inst in (i for insts in rt.instances.values() for i in insts):
+            if inst.client is not None and hasattr(inst.client, "issued"):
+                inst.client.issued = self.issued
+        serial, deleted = self.serial, self.deleted
+        for root in rt.roots:
+            root.observer = lambda clock: deleted.append((clock, serial.position))
+
+    def issued_updates(self) -> set:
+        return {(k.vertex, k.obj, k.key, tag) for k, tag in self.issued}
+
+
 def check(chain: Chain, records: list[tuple[int, bytes]], **runtime_kw: Any) -> CheckResult:
     """Run the physical chain (``runtime_kw`` for :class:`SimRuntime`) and the
     logical chain under the store's serialization; compare."""
-    return check_runtime(chain, SimRuntime(chain, **runtime_kw), records)
+    obs = Observers()
+    rt = SimRuntime(chain, recorder=obs.serial, **runtime_kw)
+    return check_runtime(chain, rt, records, obs)
 
 
-def check_runtime(chain: Chain, rt: SimRuntime, records: list[tuple[int, bytes]]) -> CheckResult:
-    """Run ``rt`` (the physical chain of ``chain``) recording the store's
-    serialization, then the logical chain following it; compare the two."""
-    rec = Recorder()
-    rec.attach(rt)
-    phys = _collect(rt, records)
-    notes: list[str] = []
-    ref = reference_run(chain, records, rec.results, notes)
-    divs = compare(ref, phys, chain)
-    return CheckResult(not divs, divs, notes, phys, ref)
+def check_runtime(chain: Chain, rt: SimRuntime, records: list[tuple[int, bytes]],
+                  obs: Observers | None = None, tamper: Callable[[SimRuntime, RunResult], None] | None = None
+                  ) -> CheckResult:
+    """Run ``rt`` (the physical chain of ``chain``, built with ``obs.serial`` as its
+    store recorder) and the logical chain following the store's order; compare."""
+    obs = obs or Observers()
+    obs.attach(rt)
+    try:
+        phys = _collect(rt, records)
+    except Unrecoverable as exc:
+        return CheckResult([], [], None, None, unrecoverable=str(exc), network=rt.net.describe())
+    if tamper is not None:
+        tamper(rt, phys)
+    rep = replay(obs.serial.steps)
+    ref = reference_run(chain, records, rep)
+    divs = _compare_store(obs.serial, rep, phys, obs.issued_updates(), obs.deleted) if rt.store is not None else []
+    divs = compare(ref, phys, chain) + divs
+    return CheckResult(divs, ref.notes, phys, ref, network=rt.net.describe(), steps=len(obs.serial.steps))
 
 
-# -- scenarios, seeds and mechanism switches -------------------------------------------------
+# -- mechanism switches ------------------------------------------------------------------------
 
-BREAKS = ("no-clocks", "drop-update")
+@dataclasses.dataclass(frozen=True)
+class Break:
+    """One ``--break``: what it switches off or corrupts, and what should catch it."""
+
+    name: str
+    what: str
+    caught_as: str               # the divergence kind that names it
+    needs_store: bool = False    # only meaningful in an externalized model
+    memory_only: bool = False
+
+
+BREAKS: dict[str, Break] = {b.name: b for b in (
+    Break("no-clocks", "NFs see arrival order at each instance instead of logical clocks (R4)", "alert"),
+    Break("drop-update", "one non-blocking update is lost: never sent, never retransmitted", "store", True),
+    Break("wrong-value-op", "the store applies one value operation twice and answers the second result",
+          "store", True),
+    Break("reorder-flow", "two output packets of one flow leave in swapped order", "order"),
+    Break("alert-clock", "one alert is reported with the next packet's clock", "alert"),
+    Break("lose-output", "one output packet is lost after the chain processed it", "output"),
+    Break("state-drift", "one stored counter is off by one after the last update", "state", True, True),
+    Break("no-xor", "roots delete logged packets ignoring the XOR vector (§5.4)", "log", True),
+    Break("no-dedup", "the store applies retransmitted duplicates again (§4.3, §5.3)", "store", True, True),
+    Break("no-retransmit", "clients never resend un-ACKed non-blocking updates (§4.3)", "store", True),
+)}
+
+
+class BreakState:
+    """The breaks of one seed, and whether each found something to act on."""
+
+    def __init__(self, names: tuple[str, ...], from_clock: int) -> None:
+        self.names = names
+        self.from_clock = from_clock
+        self.acted: dict[str, str] = {}      # break -> what it did
+
+    def install(self, rt: SimRuntime) -> None:
+        insts = [i for insts in rt.instances.values() for i in insts]
+        if "no-clocks" in self.names:
+            for inst in insts:
+                inst.arrival_clocks = True
+        if "drop-update" in self.names:
+            drop = DropOneUpdate(self, self.from_clock)
+            for inst in insts:
+                inst.client.faults = drop
+        if "no-retransmit" in self.names:
+            for inst in insts:
+                inst.client.retransmit = False
+        if "no-xor" in self.names and rt.model == "EO+C+NA":
+            # Only non-blocking updates can still be in flight when a packet is done.
+            for root in rt.roots:
+                root.xor_check = False
+        if "no-dedup" in self.names:
+            engine = getattr(rt.store, "engine", None)
+            if engine is None:
+                raise ValueError("--break no-dedup needs the memory store")
+            engine.dedup = False
+        if "wrong-value-op" in self.names:
+            rt.node.backend = DoubleValueOp(rt.node.backend, self)
+
+    def observe(self, rt: SimRuntime, obs: Observers) -> None:
+        """After the run: what the switched-off mechanisms would have had to do."""
+        insts = [i for insts in rt.instances.values() for i in insts]
+        if "no-clocks" in self.names:
+            inversions = sum(i.inversions for i in insts)
+            alerts = sum(len(i.ctx.alerts) for i in insts)
+            if inversions or alerts:
+                self.acted["no-clocks"] = f"{inversions} packets seen out of clock order, {alerts} alerts"
+        if "no-retransmit" in self.names:
+            lost = rt.net.stats["store.dropped"] + rt.net.stats["store.partitioned"]
+            abandoned = sum(i.client.abandoned for i in insts)
+            if lost and abandoned:
+                self.acted["no-retransmit"] = f"{lost} store messages lost, {abandoned} ops never resent"
+        if "no-xor" in self.names:
+            skipped = sum(r.xor_skipped for r in rt.roots)
+            if skipped:
+                self.acted["no-xor"] = f"{skipped} packets deleted with updates not yet committed"
+        if "no-dedup" in self.names:
+            seen: set = set()
+            dups = 0
+            for s in obs.serial.steps:
+                if s.tag is not None and s.code not in ("get", "declare"):
+                    ident = (s.vertex, s.obj, s.key, s.tag)
+                    dups += ident in seen
+                    seen.add(ident)
+            if dups:
+                self.acted["no-dedup"] = f"{dups} duplicate updates reached the store"
+
+    def tamper(self, rt: SimRuntime, phys: RunResult) -> None:
+        """The breaks that corrupt what the physical run reports."""
+        if "reorder-flow" in self.names:
+            self._reorder(phys)
+        if "alert-clock" in self.names and phys.alerts:
+            i = len(phys.alerts) // 2
+            a = phys.alerts[i]
+            phys.alerts[i] = (*a[:3], a[3] + 1)
+            self.acted["alert-clock"] = f"alert {a[1]} on {a[2]} moved from clock {a[3]} to {a[3] + 1}"
+        if "lose-output" in self.names:
+            later = [i for i, (c, _) in enumerate(phys.outputs) if c & ((1 << 48) - 1) >= self.from_clock]
+            if later:
+                c, _ = phys.outputs.pop(later[0])
+                self.acted["lose-output"] = f"output of packet #{c & ((1 << 48) - 1)} lost"
+        if "state-drift" in self.names:
+            self._drift(rt, phys)
+
+    def _reorder(self, phys: RunResult) -> None:
+        first: dict[Hashable, int] = {}
+        for i, (_, f) in enumerate(phys.outputs):
+            p = Packet(f)
+            if not p.l3:
+                continue
+            key = (p.src, p.sport, p.dst, p.dport, p.proto)
+            if key in first:
+                j = first[key]
+                out = phys.outputs
+                out[i], out[j] = out[j], out[i]
+                self.acted["reorder-flow"] = f"outputs of clocks {out[j][0]} and {out[i][0]} swapped"
+                return
+            first[key] = i
+
+    def _drift(self, rt: SimRuntime, phys: RunResult) -> None:
+        for addr in sorted(phys.store, key=repr):
+            value = phys.store[addr]
+            if isinstance(value, int) and not isinstance(value, bool) and addr[0] != "root":
+                key = ObjectKey(addr[0], addr[1], addr[2], False)
+                data = rt.store.engine.data
+                if key not in data:
+                    key = key._replace(per_flow=True)
+                data[key] = value + 1
+                phys.store[addr] = value + 1
+                phys.state = canonical(rt.logical_state())
+                self.acted["state-drift"] = f"{addr[0]}.{addr[1]}[{_show(addr[2], 60)}] {value} -> {value + 1}"
+                return
 
 
 class DropOneUpdate:
     """``--break drop-update``: the first non-blocking update issued for a packet
     at or after ``from_clock`` is lost: never sent, never retransmitted."""
 
-    def __init__(self, from_clock: int) -> None:
+    def __init__(self, state: BreakState, from_clock: int) -> None:
+        self.state = state
         self.from_clock = from_clock
         self.dropped: Any = None
 
     def swallow(self, op: Any) -> bool:
         if self.dropped is None and op.tag is not None and op.tag[0] >= self.from_clock:
             self.dropped = op
+            self.state.acted["drop-update"] = (f"dropped {op.code} on {op.key.vertex}.{op.key.obj}"
+                                               f"[{_show(op.key.key, 60)}] at clock {op.tag[0]}")
             return True
         return False
 
-    def describe(self) -> str:
-        op = self.dropped
-        if op is None:
-            return "no update was dropped"
-        return f"dropped {op.code} on {op.key.vertex}.{op.key.obj}[{_show(op.key.key, 60)}] at clock {op.tag[0]}"
 
+class DoubleValueOp:
+    """``--break wrong-value-op``: a store that applies the first value operation
+    at or after the break's clock twice and answers the second result."""
+
+    def __init__(self, backend: Any, state: BreakState) -> None:
+        self._backend = backend
+        self._state = state
+
+    def execute(self, ops: list[Op]) -> list[Any]:
+        results = self._backend.execute(ops)
+        st = self._state
+        if "wrong-value-op" in st.acted:
+            return results
+        for i, op in enumerate(ops):
+            if op.code == "apply" and op.tag is not None and op.tag[0] >= st.from_clock:
+                again = op.replace(tag=None, seq=0, xor_id=0)
+                results[i] = self._backend.execute([again])[0]
+                st.acted["wrong-value-op"] = (f"{op.args[0]} on {op.key.vertex}.{op.key.obj}"
+                                              f"[{_show(op.key.key, 60)}] applied twice at clock {op.tag[0]}")
+                break
+        return results
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
+# -- seeds -----------------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class Variant:
@@ -380,6 +544,9 @@ class Variant:
     def describe(self) -> str:
         par = ",".join(f"{k}={v}" for k, v in self.parallelism.items())
         return f"model {self.model}, store {self.store}, batch {self.batch_size}, parallelism {par}"
+
+    def as_json(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def variant(chain: Chain, scenario: Any, seed: int, stores: list[str]) -> Variant:
@@ -401,28 +568,59 @@ def variant(chain: Chain, scenario: Any, seed: int, stores: list[str]) -> Varian
     return Variant(seed, par, model, store, batch)
 
 
+@dataclasses.dataclass
+class SeedResult:
+    """One seed's verdict: pass, diverged, unrecoverable, not-exercised or uncaught."""
+
+    variant: Variant
+    result: CheckResult
+    verdict: str
+    breaks: dict[str, str]            # break -> what it did ("" when it found nothing)
+
+    def as_json(self) -> dict:
+        r = self.result
+        return {"seed": self.variant.seed, "verdict": self.verdict, "ok": self.verdict == "pass",
+                "variant": self.variant.as_json(), "drawn": self.variant.describe(),
+                "faults": r.network, "breaks": self.breaks, "store_steps": r.steps,
+                "unrecoverable": r.unrecoverable,
+                "first_divergence": str(r.first) if r.first else None,
+                "divergences": [str(d) for d in r.divergences], "notes": r.notes[:5]}
+
+
 def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v: Variant,
-                  breaks: tuple[str, ...] = (), open_store: Any = None) -> tuple[CheckResult, str]:
-    """Run one seeded variant; returns the result and a note on injected faults."""
+                  breaks: tuple[str, ...] = (), open_store: Any = None) -> SeedResult:
+    """Run one seeded variant of ``scenario`` (with ``breaks`` switched on) and judge it."""
+    for name in breaks:
+        b = BREAKS.get(name)
+        if b is None:
+            raise ValueError(f"unknown break {name!r} (known: {', '.join(BREAKS)})")
+        if b.needs_store and v.model == "T":
+            raise ValueError(f"--break {name} needs an externalized model (EO, EO+C, EO+C+NA)")
+        if b.memory_only and v.store != "memory":
+            raise ValueError(f"--break {name} needs the memory store")
     physical = chain.with_parallelism(v.parallelism)
     store = open_store(v.store) if (open_store is not None and v.model != "T") else None
-    kw: dict[str, Any] = dict(model=v.model, batch_size=v.batch_size, store=store,
-                              pacer=scenario.pacer(),
-                              delays=scenario.expand_delays(list(chain.vertices)),
-                              seed=v.seed, events=scenario.events, clocks="no-clocks" not in breaks)
-    faults = None
-    if "drop-update" in breaks:
-        if v.model == "T":
-            raise ValueError("--break drop-update needs an externalized model (EO, EO+C, EO+C+NA)")
-        faults = DropOneUpdate(from_clock=len(records) // 2)
-    rt = SimRuntime(physical, **kw)
-    if faults is not None:
-        for insts in rt.instances.values():
-            for inst in insts:
-                inst.client.faults = faults
+    obs = Observers()
+    state = BreakState(tuple(breaks), from_clock=len(records) // 2)
     try:
-        result = check_runtime(chain, rt, records)
+        rt = SimRuntime(physical, model=v.model, batch_size=v.batch_size, store=store,
+                        pacer=scenario.pacer(), delays=scenario.expand_delays(list(chain.vertices)),
+                        seed=v.seed, events=scenario.events, network=scenario.network, recorder=obs.serial)
+        state.install(rt)
+        result = check_runtime(chain, rt, records, obs, tamper=state.tamper)
+        if result.unrecoverable is None:
+            state.observe(rt, obs)
     finally:
         if store is not None:
             store.close()
-    return result, (faults.describe() if faults else "")
+    return SeedResult(v, result, _verdict(result, breaks, state.acted), {b: state.acted.get(b, "") for b in breaks})
+
+
+def _verdict(result: CheckResult, breaks: tuple[str, ...], acted: dict[str, str]) -> str:
+    if result.unrecoverable is not None:
+        return "unrecoverable"
+    if result.divergences:
+        return "diverged"
+    if not breaks:
+        return "pass"
+    return "uncaught" if any(b in acted for b in breaks) else "not-exercised"

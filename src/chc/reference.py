@@ -419,6 +419,13 @@ class RefObject:
                 self.incr(1, keys[best])
                 return best
             self._note(f"the store chose index {best!r} among {len(keys)} keys")
+        else:
+            # A sole user caches the object and sends its choice as an increment of
+            # the chosen key: that increment's place in the store's order is the choice.
+            for i, k in enumerate(keys):
+                if self._take(k, "incr")[0]:
+                    self.incr(1, k)
+                    return i
         loads = [self.get(k) for k in keys]
         best = loads.index(min(loads))
         self.incr(1, keys[best])

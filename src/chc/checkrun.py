@@ -1,0 +1,207 @@
+"""``chc check``'s driver: seeds in parallel processes, verdicts, the report.
+
+Seeds are the unit of confidence, so they run in ``--jobs`` worker processes
+(forked after the chain, scenario and input are loaded, so each worker starts
+with them in memory) and come back as plain JSON-able verdicts
+(:meth:`chc.coe.SeedResult.as_json`), printed in seed order.
+
+Verdicts: ``pass``; ``diverged`` (the first divergence is named);
+``unrecoverable`` (a component crashed and nothing can recover it yet);
+with ``--break``: ``not-exercised`` (the break found nothing to act on in that
+seed) and ``uncaught`` (it acted and the checker saw nothing: a hole).
+Exit codes: 0 every seed passed; 1 a seed diverged or was unrecoverable; 2 bad
+input, or nothing was checked; 3 a ``--break`` run in which no seed caught it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from .backends import open_store
+from .capture import open_capture
+from .coe import BREAKS, check_variant, variant
+from .scenario import Scenario, load_scenario
+from .spec import Chain, load_spec
+
+
+class NothingChecked(Exception):
+    """The run would check nothing (an empty input): exit 2 with the reason."""
+
+
+@dataclasses.dataclass
+class Job:
+    chain_path: str
+    scenario_path: str
+    capture_path: str
+    packets: int | None
+    chain: Chain
+    scenario: Scenario
+    records: list[tuple[int, bytes]]
+    stores: list[str]
+    breaks: tuple[str, ...]
+
+    @classmethod
+    def load(cls, chain: str, scenario: str, capture: str, packets: int | None, stores: list[str],
+             breaks: tuple[str, ...]) -> Job:
+        spec = load_spec(chain)
+        sc = load_scenario(scenario)
+        with open_capture(capture) as reader:
+            records = list(itertools.islice(reader, packets) if packets else reader)
+        if not records:
+            raise NothingChecked(f"{capture}: no packets to check (an empty capture checks nothing)")
+        for url in stores:
+            if url != "memory":
+                open_store(url).close()      # unreachable or malformed: a clear error now
+        return cls(chain, scenario, capture, packets, spec, sc, records, stores, breaks)
+
+    def run(self, seed: int) -> dict:
+        started = time.perf_counter()
+        v = variant(self.chain, self.scenario, seed, self.stores)
+        res = check_variant(self.chain, self.scenario, self.records, v, self.breaks, open_store)
+        out = res.as_json()
+        out["seconds"] = round(time.perf_counter() - started, 3)
+        return out
+
+
+_JOB: Job | None = None         # the job of a forked worker
+
+
+def _run_in_worker(seed: int) -> dict:
+    assert _JOB is not None
+    try:
+        return _JOB.run(seed)
+    except ValueError as exc:
+        return {"seed": seed, "error": str(exc)}
+
+
+@dataclasses.dataclass
+class Report:
+    job: Job
+    results: list[dict]
+    seconds: float
+    jobs: int
+
+    def counts(self) -> Counter:
+        return Counter(r["verdict"] for r in self.results)
+
+    def failures(self) -> list[dict]:
+        return [r for r in self.results if r["verdict"] in ("diverged", "unrecoverable")]
+
+    def exit_code(self) -> int:
+        c = self.counts()
+        if c["diverged"] or c["unrecoverable"]:
+            return 1
+        if self.job.breaks:
+            return 3
+        return 0
+
+    def summary_line(self) -> str:
+        c = self.counts()
+        n = len(self.results)
+        rate = n / self.seconds if self.seconds else 0.0
+        parts = [f"{c[v]} {v}" for v in ("pass", "diverged", "unrecoverable", "not-exercised", "uncaught") if c[v]]
+        line = f"{n} seeds: {', '.join(parts)} ({rate:.2f} seeds/s, {self.jobs} jobs)"
+        if not self.job.breaks:
+            line = f"{c['pass']} of {n} seeds passed; " + line
+        fails = self.failures()
+        if fails:
+            line += f"; rerun a failure with --seed {fails[0]['seed']}"
+        if self.job.breaks and not c["diverged"]:
+            line += f"; the break ({', '.join(self.job.breaks)}) was never caught"
+        return line
+
+    def as_json(self) -> dict:
+        return {"chain": self.job.chain_path, "scenario": self.job.scenario_path,
+                "capture": self.job.capture_path, "packets": len(self.job.records),
+                "breaks": list(self.job.breaks), "jobs": self.jobs, "seconds": round(self.seconds, 3),
+                "seeds_per_second": round(len(self.results) / self.seconds, 3) if self.seconds else None,
+                "verdicts": dict(self.counts()), "results": self.results}
+
+
+def run_seeds(job: Job, seeds: list[int], jobs: int, say: Callable[[str], Any]) -> Report:
+    """Run every seed (in ``jobs`` processes) and print each verdict as it is known."""
+    global _JOB
+    if jobs > 1 and len(seeds) > 1 and any(url != "memory" for url in job.stores):
+        raise ValueError("--jobs > 1 needs the memory store: parallel seeds would share one Redis database")
+    started = time.perf_counter()
+    results: list[dict] = []
+    if jobs > 1 and len(seeds) > 1:
+        _JOB = job
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(min(jobs, len(seeds))) as pool:
+            for r in pool.imap(_run_in_worker, seeds):
+                _take(r, results, say)
+        _JOB = None
+    else:
+        for seed in seeds:
+            _take(job.run(seed), results, say)
+    return Report(job, results, time.perf_counter() - started, jobs)
+
+
+def _take(r: dict, results: list[dict], say: Callable[[str], Any]) -> None:
+    if "error" in r:
+        raise ValueError(r["error"])
+    results.append(r)
+    say(describe(r))
+
+
+def describe(r: dict) -> str:
+    """One seed's lines for the terminal."""
+    verdict = r["verdict"].upper()
+    lines = [f"seed {r['seed']}: {verdict}  ({r['drawn']}; {r['seconds']:.1f} s)"]
+    faults = {k: v for k, v in r["faults"].items() if not k.endswith(".sent") and v}
+    if faults:
+        lines.append("    faults: " + ", ".join(f"{k} {v}" for k, v in faults.items()))
+    for name, did in r["breaks"].items():
+        lines.append(f"    break {name}: {did or 'found nothing to act on (not exercised)'}")
+    if r["unrecoverable"]:
+        lines.append(f"    {r['unrecoverable']}")
+    if r["first_divergence"]:
+        lines.append(f"    first divergence: {r['first_divergence']}")
+        lines += [f"    also: {d}" for d in r["divergences"][1:3]]
+    return "\n".join(lines)
+
+
+def list_breaks() -> str:
+    width = max(len(n) for n in BREAKS)
+    return "\n".join(f"{b.name:<{width}}  {b.what} (caught as: {b.caught_as})" for b in BREAKS.values())
+
+
+def save_failures(path: str, job: Job, failures: list[dict]) -> None:
+    """Append failing seeds as regression entries the test suite loads
+    (tests/test_coe.py): plain YAML, paths relative to the working directory."""
+    def rel(p: str) -> str:
+        full = os.path.abspath(p)
+        here = os.getcwd()
+        return os.path.relpath(full, here) if full.startswith(here + os.sep) else full
+
+    entries = []
+    for r in failures:
+        entry = {"chain": rel(job.chain_path), "scenario": rel(job.scenario_path),
+                 "capture": rel(job.capture_path), "packets": job.packets, "seed": r["seed"],
+                 "breaks": list(job.breaks),
+                 "expect": "diverged" if job.breaks else "pass",
+                 "why": f"{r['verdict']}: {r['unrecoverable'] or r['first_divergence']}"}
+        entries.append(entry)
+    text = yaml.dump(entries, Dumper=_NoAliases, sort_keys=False, allow_unicode=True, width=100)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Plain YAML: no anchors or aliases (a list shared by two entries is written twice)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+__all__ = ["BREAKS", "Job", "NothingChecked", "Report", "describe", "list_breaks", "run_seeds", "save_failures"]
