@@ -22,7 +22,7 @@ from .core.store import StoreError
 from .runtime.pacing import Pacer
 from .runtime.sim import DEFAULT_BATCH, SimRuntime
 from .scenario import ScenarioError
-from .spec import SpecError, load_spec
+from .spec import MAX_PARALLELISM, SpecError, load_spec
 from .trace.cli import cmd_trace, register_trace
 
 
@@ -31,6 +31,7 @@ class UsageError(Exception):
 
 
 _positive = int_at_least(1)
+_parallelism = int_at_least(1, MAX_PARALLELISM, "the parallelism limit")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH,
                      help="packets per batch on the data path (default: %(default)s); "
                           "results do not depend on it")
-    run.add_argument("--parallelism", type=_positive, metavar="N",
-                     help="override every vertex's parallelism with N instances")
+    run.add_argument("--parallelism", type=_parallelism, metavar="N",
+                     help=f"override every vertex's parallelism with N instances (1-{MAX_PARALLELISM})")
     pace = run.add_argument_group("pacing and timing (virtual time; tcpreplay's conventions)")
     how = pace.add_mutually_exclusive_group()
     how.add_argument("--multiplier", type=float, metavar="X",
