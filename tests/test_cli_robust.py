@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -19,9 +21,22 @@ from pathlib import Path
 
 import pytest
 
-from chc.capture import LINKTYPE_ETHERNET, CaptureWriter, open_capture
-from chc.cli import main
+from chc.capture import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+    CaptureWriter,
+    open_capture,
+)
+from chc.cli import Progress, main
 from chc.feed import Feed
+from chc.linktypes import LinkAdapter
+from chc.packet import Packet
 from chc.spec import MAX_PARALLELISM, SpecError, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,3 +280,221 @@ def test_interrupt_flag_stops_the_feed_between_records(tmp_path):
         assert len(taken) == 10 and feed.stopped_by == "interrupt"
         with pytest.raises(KeyboardInterrupt):
             feed.interrupt()        # a second Ctrl-C aborts
+
+
+# -- stdin and stdout, as tcpdump -w - | chc run chain - ------------------------------
+
+def test_stdin_capture_and_stdout_output_match_files(tmp_path):
+    js_file, js_pipe, out = tmp_path / "f.json", tmp_path / "p.json", tmp_path / "o.pcap"
+    assert main(["run", CHAIN, SMB, "--out", str(out), "--summary-json", str(js_file), "--no-progress", "-q"]) == 0
+    with open(SMB, "rb") as stdin:
+        res = chc("run", CHAIN, "-", "--out", "-", "--summary-json", str(js_pipe), "--no-progress", stdin=stdin)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == out.read_bytes()                    # pcap on the pipe, byte for byte
+    assert "1,178 packets in" in res.stderr.decode()         # the summary moved to stderr
+    a, b = json.loads(js_file.read_text()), json.loads(js_pipe.read_text())
+    assert a["state_digest"] == b["state_digest"] and b["capture"]["path"] == "-"
+
+
+def test_gzip_capture_on_stdin_arriving_in_small_pieces(tmp_path):
+    proc = subprocess.Popen([*CHC, "run", CHAIN, "-", "--no-progress", "-q", "--summary-json",
+                             str(tmp_path / "s.json")], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    data = Path(LAN).read_bytes()[:200_000]
+    proc.stdin.write(data[:1])      # a pipe may hand over one byte first
+    proc.stdin.flush()
+    time.sleep(0.2)
+    proc.stdin.write(data[1:])
+    proc.stdin.close()
+    assert proc.wait(timeout=120) == 3            # the cut gzip stream is reported, not hidden
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["capture"]["format"] == "pcap" and s["packets_in"] > 1000
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+def test_stdout_output_reads_in_tshark():
+    chc_run = subprocess.Popen([*CHC, "run", CHAIN, SMB, "--out", "-", "--no-progress", "-q"],
+                               stdout=subprocess.PIPE)
+    res = subprocess.run(["tshark", "-r", "-", "-T", "fields", "-e", "frame.number"], stdin=chc_run.stdout,
+                         capture_output=True, text=True, timeout=300)
+    chc_run.stdout.close()
+    assert chc_run.wait(timeout=300) == 0
+    assert len(res.stdout.split()) == 1178
+
+
+def test_binary_output_to_a_terminal_is_refused(monkeypatch, capsys):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(["run", CHAIN, SMB, "--out", "-", "--no-progress"]) == 2
+    assert "terminal" in capsys.readouterr().err
+
+
+# -- link types: Linux cooked v1/v2, raw IP, null/loopback -----------------------------
+
+def _family(ethertype: int, ipv6: int) -> int:
+    return 2 if ethertype == 0x0800 else ipv6
+
+
+def _as_linktype(frame: bytes, linktype: int) -> bytes:
+    """An Ethernet frame as a capture of ``linktype`` would hold it (no VLAN tags)."""
+    proto, rest = frame[12:14], frame[14:]
+    ethertype = int.from_bytes(proto, "big")
+    src = frame[6:12] + b"\0\0"
+    return {
+        LINKTYPE_LINUX_SLL: struct.pack("!HHH", 0, 1, 6) + src + proto + rest,
+        LINKTYPE_LINUX_SLL2: proto + b"\0\0" + struct.pack("!IHBB", 3, 1, 4, 6) + src + rest,
+        LINKTYPE_RAW: rest,
+        LINKTYPE_IPV4: rest,
+        LINKTYPE_IPV6: rest,
+        LINKTYPE_NULL: struct.pack("<I", _family(ethertype, 30)) + rest,
+        LINKTYPE_LOOP: struct.pack("!I", _family(ethertype, 24)) + rest,
+    }[linktype]
+
+
+def _mixed() -> list[tuple[int, bytes]]:
+    """IPv4 from the LAN capture (with ARP), then wikipedia.pcap's IPv6, in time order."""
+    lan = records(LAN)[:2500]
+    wiki = records(ROOT / "traces/zeek/wikipedia.pcap")
+    shift = lan[-1][0] + 1000 - wiki[0][0]
+    return lan + [(ts + shift, data) for ts, data in wiki]
+
+
+def _keeps(linktype: int, frame: bytes) -> bool:
+    ethertype = frame[12:14]
+    if linktype == LINKTYPE_IPV4:
+        return ethertype == b"\x08\x00"
+    if linktype == LINKTYPE_IPV6:
+        return ethertype == b"\x86\xdd"
+    # Only Linux cooked captures carry a protocol number for ARP and the like.
+    return linktype in (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2) or ethertype in (b"\x08\x00", b"\x86\xdd")
+
+
+@pytest.mark.parametrize("linktype", [LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW, LINKTYPE_IPV4,
+                                      LINKTYPE_IPV6, LINKTYPE_NULL, LINKTYPE_LOOP])
+def test_link_type_runs_like_ethernet_and_is_kept_on_output(tmp_path, linktype):
+    recs = [(ts, f) for ts, f in _mixed() if _keeps(linktype, f)]
+    ether_in = write_pcap(tmp_path / "ether.pcap", recs)
+    other_in = write_pcap(tmp_path / "other.pcap", [(ts, _as_linktype(f, linktype)) for ts, f in recs], linktype)
+    ether_out, other_out = tmp_path / "ether-out.pcap", tmp_path / "other-out.pcapng"
+    a = summary_of(tmp_path, CHAIN, str(ether_in), "--out", str(ether_out))
+    b = summary_of(tmp_path, CHAIN, str(other_in), "--out", str(other_out))
+    assert a["packets_in"] == b["packets_in"] == len(recs) > 4
+    for key in ("packets_out", "dropped", "malformed", "non_ip", "alerts", "state_digest"):
+        assert a[key] == b[key], key
+    assert b["capture"]["linktype"] == linktype
+    with open_capture(other_out) as reader:
+        assert reader.linktype == linktype
+        got = list(reader)
+    # Same packets, same rewrites, each with its own link header restored.
+    assert got == [(ts, _as_linktype(f, linktype)) for ts, f in records(ether_out)]
+    if linktype != LINKTYPE_IPV6:
+        assert any(f[12:14] == b"\x08\x00" and f[26:30] != o[26:30] for (_, f), (_, o) in
+                   zip(records(ether_out), recs, strict=True))       # the NAT did rewrite
+
+
+def test_unsupported_link_type_is_exit_2_listing_the_supported(tmp_path, capsys):
+    path = write_pcap(tmp_path / "wifi.pcap", [(0, b"\0" * 40)], linktype=105)
+    assert main(["run", CHAIN, str(path), "--no-progress", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "link type 105" in err and "113" in err and "276" in err and err.count("\n") == 1
+
+
+def test_link_adapter_round_trips_short_and_odd_frames():
+    for linktype in (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL, LINKTYPE_RAW):
+        adapter = LinkAdapter(linktype)
+        for frame in (b"", b"\x45", b"\0" * 3, bytes(range(40)), b"\x60" + bytes(60)):
+            ether = adapter.to_ether(frame)
+            assert adapter.from_ether(ether) == frame
+    with pytest.raises(ValueError, match="MAC"):
+        LinkAdapter(LINKTYPE_RAW).from_ether(b"\0" * 40)
+
+
+# -- --filter (libpcap's BPF) and -c/--count -------------------------------------------
+
+def _expected(recs, predicate) -> int:
+    return sum(1 for _, f in recs if predicate(Packet(f)))
+
+
+def test_filter_keeps_what_tcpdump_would(tmp_path):
+    recs = records(LAN)[:5000]
+    smb = _expected(recs, lambda p: p.proto == 6 and 139 in (p.sport, p.dport))
+    s = summary_of(tmp_path, CHAIN, LAN, "--filter", "tcp port 139", "-c", "100000")
+    assert s["capture"]["filter"] == "tcp port 139"
+    assert s["packets_in"] + s["capture"]["filtered_out"] == 62781
+    head = write_pcap(tmp_path / "head.pcap", recs)
+    s = summary_of(tmp_path, CHAIN, str(head), "--filter", "tcp port 139")
+    assert s["packets_in"] == smb >= 32
+    dns = summary_of(tmp_path, CHAIN, str(head), "--filter", "udp and port 53 and not tcp")
+    assert dns["packets_in"] == _expected(recs, lambda p: p.proto == 17 and 53 in (p.sport, p.dport)) >= 32
+    arp = summary_of(tmp_path, CHAIN, str(head), "--filter", "arp")
+    assert arp["packets_in"] == sum(1 for _, f in recs if f[12:14] == b"\x08\x06") == arp["non_ip"]
+
+
+def test_filter_applies_to_the_input_link_type(tmp_path):
+    recs = [(ts, _as_linktype(f, LINKTYPE_LINUX_SLL2)) for ts, f in records(LAN)[:3000]]
+    path = write_pcap(tmp_path / "any.pcap", recs, LINKTYPE_LINUX_SLL2)
+    ether = summary_of(tmp_path, CHAIN, LAN, "--filter", "udp", "-c", "3000")
+    s = summary_of(tmp_path, CHAIN, str(path), "--filter", "udp")
+    assert s["packets_in"] == _expected(records(LAN)[:3000], lambda p: p.proto == 17) > 0
+    assert ether["packets_in"] <= 3000
+
+
+def test_bad_filter_is_one_line_exit_2(capsys):
+    assert main(["run", CHAIN, SMB, "--filter", "tcp port", "--no-progress", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chc: error:") and "tcp port" in err and err.count("\n") == 1
+
+
+def test_count_stops_after_n_packets_and_is_not_partial(tmp_path):
+    s = summary_of(tmp_path, CHAIN, LAN, "-c", "100")
+    assert s["packets_in"] == 100 and s["partial"] is False and s["capture"]["count"] == 100
+    s = summary_of(tmp_path, CHAIN, LAN, "--count", "7", "--filter", "udp")
+    assert s["packets_in"] == 7 and s["vertices"]["nat"]["packets_in"] == 7
+
+
+# -- progress: percentage, rate and time left when the size is known -------------------
+
+def test_progress_shows_percentage_rate_and_eta_for_a_file():
+    text = io.StringIO()
+    with open_capture(LAN) as reader:
+        bar = Progress(reader, os.path.getsize(LAN), file=text, disable=False)
+        n = 0
+        for _ in reader:
+            n += 1
+            if n % 20000 == 0:
+                time.sleep(0.6)         # past the bar's refresh interval
+                bar.update(20000)
+        bar.update(n % 20000)
+        bar.close()
+    shown = text.getvalue()
+    assert "%" in shown and "pkt/s" in shown and "<" in shown    # tqdm's [elapsed<remaining, rate]
+    assert "100%" in shown or bar.bar.n == os.path.getsize(LAN)
+
+
+def test_progress_counts_packets_on_a_pipe():
+    text = io.StringIO()
+    with open(SMB, "rb") as fh, open_capture(f"/dev/fd/{fh.fileno()}") as reader:
+        bar = Progress(reader, None, file=text, disable=False)
+        bar.update(1178)
+        bar.close()
+    assert "pkt" in text.getvalue() and "%" not in text.getvalue()
+
+
+# -- item 8: documented examples write under out/ or /tmp, never into the checkout ------
+
+_OUTPUT_FLAG = re.compile(r"(?:^|\s)(-o|--out|--json|--png|--summary-json|--state-json|--truth|--save-failures)"
+                          r"[ =]([^\s`'\"\\]+)")
+
+
+def _documented_outputs() -> list[tuple[str, str, str]]:
+    files = [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("examples/**/*.yaml"), *ROOT.glob("bench/*.py")]
+    return [(f.relative_to(ROOT).as_posix(), flag, path) for f in files
+            for flag, path in _OUTPUT_FLAG.findall(f.read_text(encoding="utf-8"))]
+
+
+def test_documented_examples_write_under_out_or_tmp():
+    found = _documented_outputs()
+    assert len(found) > 15                     # the scan does see the examples
+    stray = [(doc, flag, path) for doc, flag, path in found
+             if not (path.startswith(("out/", "/tmp/", "-")) or path.split(".")[0].isupper() or path[0] in "<{$"
+                     or (flag == "--save-failures" and path.startswith("tests/regressions/")))]
+    assert stray == []                         # was: m.pcap, t1.pcap.gz, quick.json, ... in the root
+    assert "/out/" in (ROOT / ".gitignore").read_text().split()

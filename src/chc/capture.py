@@ -254,6 +254,7 @@ class CaptureReader:
         self.stop_offset = None
         self.warnings = []
         self._base = 0  # bytes of the (decompressed) capture before the current chunk
+        self._position: int | None = None  # the file's offset when last asked or closed
         self._gunzip: _Gunzip | None = None
         self._read: Callable[[int], bytes] = _no_data
         self._gen: _Records | None = None
@@ -434,7 +435,7 @@ class CaptureReader:
                 off = 0
                 n = len(buf)
         finally:
-            self._raw.close()
+            self._close_raw()
 
     # -- pcapng ----------------------------------------------------------
 
@@ -490,7 +491,7 @@ class CaptureReader:
                 off = 0
                 n = len(buf)
         finally:
-            self._raw.close()
+            self._close_raw()
 
     def _pcapng_block(
         self, sec: _Section, buf: bytes, off: int, count: int
@@ -610,17 +611,24 @@ class CaptureReader:
     def position(self) -> int | None:
         """Bytes of the file read so far (compressed bytes for gzip), or None on
         a pipe: with the file's size, how far a run has come."""
-        try:
-            return self._raw.tell()
-        except (OSError, ValueError):
-            return None
+        if not self._raw.closed:
+            try:
+                self._position = self._raw.tell()
+            except OSError:         # a pipe cannot tell
+                return None
+        return self._position
+
+    def _close_raw(self) -> None:
+        if not self._raw.closed:
+            self.position  # noqa: B018 - keeps where reading ended
+            self._raw.close()
 
     def close(self) -> None:
         """Stop reading and close the file (idempotent)."""
         gen = self._gen
         if gen is not None:
             gen.close()
-        self._raw.close()
+        self._close_raw()
 
     def __enter__(self) -> Self:
         return self
