@@ -498,3 +498,19 @@ def test_documented_examples_write_under_out_or_tmp():
                      or (flag == "--save-failures" and path.startswith("tests/regressions/")))]
     assert stray == []                         # was: m.pcap, t1.pcap.gz, quick.json, ... in the root
     assert "/out/" in (ROOT / ".gitignore").read_text().split()
+
+
+@pytest.mark.parametrize("command", [
+    ["rewrite", "{cap}", "-o", "{cap}", "--map", "10.0.0.11=10.9.9.9"],
+    ["merge", str(ROOT / "traces/zeek/http_get.pcap"), "{cap}", "-o", "{cap}"],
+    ["trojan", "{cap}", "-o", "{cap}", "--count", "1", "--truth", "{dir}/t.json"],
+    ["scan", "{cap}", "-o", "{dir}/o.pcap", "--truth", "{cap}"],
+])
+def test_trace_outputs_never_overwrite_an_input(tmp_path, capsys, command):
+    capture = tmp_path / "s.pcap"
+    shutil.copy(SMB, capture)
+    before = capture.read_bytes()
+    args = [a.format(cap=capture, dir=tmp_path) for a in command]
+    assert main(["trace", *args]) == 2
+    assert capture.read_bytes() == before
+    assert "refusing to overwrite" in capsys.readouterr().err
