@@ -1,6 +1,6 @@
 """Shared by the ``bench/`` scripts: run sections of :mod:`chc.bench` from this checkout.
 
-Each script is a thin wrapper: ``python bench/<script>.py --json out.json`` runs
+Each script is a thin wrapper: ``python bench/<script>.py --json out/results.json`` runs
 its section(s) with the options of ``chc bench`` (``--help`` lists them), prints
 the summary table (ratios against the baseline measured in the same run, and
 absolute packets/s), and writes JSON (``--json``) and PNG plots (``--png DIR``).

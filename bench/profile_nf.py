@@ -2,7 +2,7 @@
 nfs section, e.g. ``python bench/profile_nf.py --nf nat --model EO+C+NA``.
 
 For a sampling profile without tracing overhead, run py-spy on it:
-``py-spy record -o nat.txt --format raw -- python bench/profile_nf.py --runs 5``.
+``py-spy record -o out/nat.txt --format raw -- python bench/profile_nf.py --runs 5``.
 """
 
 from __future__ import annotations

@@ -298,7 +298,8 @@ def test_truncated_pcap(tmp_path: Path, cut: str, caplog: pytest.LogCaptureFixtu
         got, reader = read_all(path)
     assert got == read_all(src)[0][:13]
     assert reader.truncated and not reader.corrupt
-    assert reader.warnings == [f"{path}: last record truncated after 13 packets"]
+    assert reader.warnings == [f"{path}: last record truncated after 13 packets at byte {start:,}"]
+    assert (reader.stop_reason, reader.stop_offset) == ("last record truncated", start)
     assert "cut.pcap" in caplog.text
 
 
@@ -309,6 +310,7 @@ def test_cut_at_record_boundary_is_not_truncated(tmp_path: Path) -> None:
     got, reader = read_all(path)
     assert len(got) == 13
     assert not reader.truncated and reader.warnings == []
+    assert reader.stop_reason is None and reader.stop_offset is None
 
 
 def test_truncated_gzip_stream(tmp_path: Path) -> None:
@@ -341,7 +343,9 @@ def test_truncated_pcapng(tmp_path: Path) -> None:
     got, reader = read_all(path)
     assert got == [(10_000, b"a" * 40)]
     assert reader.truncated
-    assert reader.warnings == [f"{path}: last record truncated after 1 packets"]
+    second = len(shb("<") + idb("<", 1) + epb("<", 0, 10, b"a" * 40))
+    assert reader.warnings == [f"{path}: last record truncated after 1 packets at byte {second}"]
+    assert reader.stop_offset == second
 
 
 # -- hand-built pcap / pcapng ------------------------------------------------
@@ -601,4 +605,4 @@ def test_warnings_are_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
         _, reader = read_all(path)
     assert [r.getMessage() for r in caplog.records] == reader.warnings
     assert caplog.records[0].name == "chc.capture"
-    assert reader.warnings == [f"{path}: last record truncated after 0 packets"]
+    assert reader.warnings == [f"{path}: last record truncated after 0 packets at byte 24"]

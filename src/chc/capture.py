@@ -18,13 +18,18 @@ chunk with ``struct.Struct.unpack_from`` and a slice, and the unparsed tail of
 a chunk is carried over to the next one.  Memory is bounded by one chunk plus
 one record, whatever the size of the file.
 
+The path ``-`` reads standard input (a pipe from ``tcpdump -w -``); the
+reader never seeks, so pipes, FIFOs and files behave alike.
+
 Damage never raises once the header is accepted.  A record cut short at the
 end of the file (or a gzip stream that ends early) stops the iteration and
 sets ``truncated``; a record whose length is absurd (more than 256 KiB, or
 more than 4 x the snap length and 64 KiB) or a malformed pcapng block stops
-it and sets ``corrupt``.  In both cases a one-line message naming the file
-and the number of packets read is appended to ``warnings`` and logged on the
-``chc.capture`` logger; the caller decides whether to print it.
+it and sets ``corrupt``.  Either way ``stop_reason`` says why and
+``stop_offset`` where: the byte offset, in the (decompressed) capture, of the
+first record not read.  A one-line message naming the file and the number of
+packets read is appended to ``warnings`` and logged on the ``chc.capture``
+logger; the caller decides whether to print it.
 
 pcapng: every section (SHB, either byte order) resets the interface table;
 each Interface Description Block carries its own link type, snap length and
@@ -47,6 +52,7 @@ import gzip
 import logging
 import os
 import struct
+import sys
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from itertools import chain
@@ -63,6 +69,7 @@ __all__ = [
     "LINKTYPE_NULL",
     "LINKTYPE_RAW",
     "MAX_CAPLEN",
+    "STDIN",
     "CaptureError",
     "CaptureReader",
     "CaptureWriter",
@@ -98,6 +105,9 @@ _MAX_PACKET_BLOCK = MAX_CAPLEN + 64 * 1024  # caplen + header + options
 _CHUNK = 256 * 1024  # bytes read (or decompressed) per chunk
 _GZ_IN_CHUNK = 64 * 1024  # compressed bytes fed to zlib at a time (a zlib
 # error loses the output of one call, so keep calls small)
+
+#: The capture path that means standard input (as for tcpdump -r and tshark -r).
+STDIN = "-"
 
 PCAP_MAGIC_USEC = 0xA1B2C3D4
 PCAP_MAGIC_NSEC = 0xA1B23C4D
@@ -227,24 +237,31 @@ class CaptureReader:
     snaplen: int
     truncated: bool
     corrupt: bool
+    stop_reason: str | None
+    stop_offset: int | None
     warnings: list[str]
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = name = os.fspath(path)
+        name = os.fspath(path)
+        self.path = "<stdin>" if name == STDIN else name   # as messages name it
         self.format = ""
         self.linktype = -1
         self.nanosecond = False
         self.snaplen = 0
         self.truncated = False
         self.corrupt = False
+        self.stop_reason = None
+        self.stop_offset = None
         self.warnings = []
+        self._base = 0  # bytes of the (decompressed) capture before the current chunk
+        self._position: int | None = None  # the file's offset when last asked or closed
         self._gunzip: _Gunzip | None = None
         self._read: Callable[[int], bytes] = _no_data
         self._gen: _Records | None = None
         self._linktype_warned = False
         self._iface_warned = False
         try:
-            raw: BinaryIO = open(name, "rb", buffering=0)  # noqa: SIM115
+            raw: BinaryIO = _open_raw(name)
         except FileNotFoundError:
             raise CaptureError(f"{name}: no such file") from None
         except IsADirectoryError:
@@ -265,7 +282,7 @@ class CaptureReader:
     def _start(self) -> Iterator[tuple[int, bytes]]:
         name = self.path
         try:
-            first = self._raw.read(_GZ_IN_CHUNK)
+            first = _read_at_least(self._raw, 4, _GZ_IN_CHUNK)
         except IsADirectoryError:
             raise CaptureError(f"{name}: is a directory, not a capture file") from None
         except OSError as exc:
@@ -341,21 +358,30 @@ class CaptureReader:
         self.warnings.append(msg)
         log.warning("%s", msg)
 
-    def _stop_corrupt(self, count: int, detail: str) -> None:
-        self.corrupt = True
-        self._warn(f"{self.path}: corrupt data after {count} packets ({detail}); stopped reading")
+    def _stopped(self, offset: int, reason: str) -> None:
+        self.stop_reason = reason
+        self.stop_offset = self._base + offset
 
-    def _finish(self, count: int, leftover: int) -> None:
-        """End of input: report a cut-short record or a damaged gzip stream."""
+    def _stop_corrupt(self, count: int, detail: str, offset: int) -> None:
+        self.corrupt = True
+        self._stopped(offset, f"corrupt data: {detail}")
+        self._warn(f"{self.path}: corrupt data after {count} packets at byte {self.stop_offset:,} "
+                   f"({detail}); stopped reading")
+
+    def _finish(self, count: int, off: int, end: int) -> None:
+        """End of input at ``end`` with the record at ``off`` unread: report a
+        cut-short record or a damaged gzip stream."""
         gz = self._gunzip
         if gz is not None and gz.error:
-            self._stop_corrupt(count, f"gzip data corrupt: {gz.error}")
-        elif leftover:
+            self._stop_corrupt(count, f"gzip data corrupt: {gz.error}", off)
+        elif off < end:
             self.truncated = True
-            self._warn(f"{self.path}: last record truncated after {count} packets")
+            self._stopped(off, "last record truncated")
+            self._warn(f"{self.path}: last record truncated after {count} packets at byte {self.stop_offset:,}")
         elif gz is not None and gz.truncated:
             self.truncated = True
-            self._warn(f"{self.path}: gzip stream truncated after {count} packets")
+            self._stopped(off, "gzip stream truncated")
+            self._warn(f"{self.path}: gzip stream truncated after {count} packets at byte {self.stop_offset:,}")
         if gz is not None and gz.trailing:
             self._warn(f"{self.path}: ignored trailing bytes after the gzip stream")
 
@@ -391,7 +417,7 @@ class CaptureReader:
                 while n - off >= 16:
                     sec, frac, caplen, _wirelen = unpack_from(buf, off)
                     if caplen > limit:
-                        self._stop_corrupt(count, f"record claims {caplen} captured bytes, limit {limit}")
+                        self._stop_corrupt(count, f"record claims {caplen} captured bytes, limit {limit}", off)
                         return
                     start = off + 16
                     end = start + caplen
@@ -402,13 +428,14 @@ class CaptureReader:
                     yield sec * 1_000_000_000 + frac * mult, buf[start:end]
                 chunk = read_more()
                 if not chunk:
-                    self._finish(count, n - off)
+                    self._finish(count, off, n)
                     return
+                self._base += off
                 buf = buf[off:] + chunk
                 off = 0
                 n = len(buf)
         finally:
-            self._raw.close()
+            self._close_raw()
 
     # -- pcapng ----------------------------------------------------------
 
@@ -443,7 +470,7 @@ class CaptureReader:
                                 continue
                     end, rec, problem = self._pcapng_block(sec, buf, off, count)
                     if problem:
-                        self._stop_corrupt(count, problem)
+                        self._stop_corrupt(count, problem, off)
                         return
                     if end < 0:  # block continues in the next chunk
                         break
@@ -457,13 +484,14 @@ class CaptureReader:
                         yield rec
                 chunk = read_more()
                 if not chunk:
-                    self._finish(count, n - off)
+                    self._finish(count, off, n)
                     return
+                self._base += off
                 buf = buf[off:] + chunk
                 off = 0
                 n = len(buf)
         finally:
-            self._raw.close()
+            self._close_raw()
 
     def _pcapng_block(
         self, sec: _Section, buf: bytes, off: int, count: int
@@ -579,12 +607,28 @@ class CaptureReader:
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
         return self._it
 
+    @property
+    def position(self) -> int | None:
+        """Bytes of the file read so far (compressed bytes for gzip), or None on
+        a pipe: with the file's size, how far a run has come."""
+        if not self._raw.closed:
+            try:
+                self._position = self._raw.tell()
+            except OSError:         # a pipe cannot tell
+                return None
+        return self._position
+
+    def _close_raw(self) -> None:
+        if not self._raw.closed:
+            self.position  # noqa: B018 - keeps where reading ended
+            self._raw.close()
+
     def close(self) -> None:
         """Stop reading and close the file (idempotent)."""
         gen = self._gen
         if gen is not None:
             gen.close()
-        self._raw.close()
+        self._close_raw()
 
     def __enter__(self) -> Self:
         return self
@@ -602,12 +646,32 @@ class CaptureReader:
 
 
 def open_capture(path: str | os.PathLike[str]) -> CaptureReader:
-    """Open a pcap / pcapng file (optionally gzip-compressed) for streaming.
+    """Open a pcap / pcapng file (optionally gzip-compressed) for streaming;
+    ``-`` is standard input.
 
     The header is read and checked at once: a missing, empty or non-capture
     file raises :class:`CaptureError` here, before any record is read.
     """
     return CaptureReader(path)
+
+
+def _open_raw(name: str) -> BinaryIO:
+    if name == STDIN:
+        # Unbuffered, and stdin itself stays open for whoever owns it.
+        return open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115
+    return open(name, "rb", buffering=0)  # noqa: SIM115
+
+
+def _read_at_least(raw: BinaryIO, least: int, size: int) -> bytes:
+    """Up to ``size`` bytes, and at least ``least`` unless the input ends first: a
+    pipe hands over what the writer has written so far, maybe one byte."""
+    data = raw.read(size)
+    while data and len(data) < least:
+        more = raw.read(size - len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 # -- writing -------------------------------------------------------------
@@ -623,8 +687,11 @@ class CaptureWriter:
     """Write a capture; the format follows the suffix.
 
     ``.pcap`` / ``.pcapng``, each optionally followed by ``.gz`` (gzip
-    output).  Frames longer than ``snaplen`` are truncated to it (the original
-    length is kept in the record, as a capture tool would).
+    output); ``-`` is pcap on standard output (as ``tcpdump -w -``).  Frames
+    longer than ``snaplen`` are truncated to it (the original length is kept
+    in the record, as a capture tool would).  With ``stream``, the records go
+    there instead of to ``path`` (which still chooses the format), and
+    :meth:`close` flushes the stream but leaves it open for its owner.
     """
 
     def __init__(
@@ -633,12 +700,16 @@ class CaptureWriter:
         linktype: int = LINKTYPE_ETHERNET,
         nanosecond: bool = False,
         snaplen: int = MAX_CAPLEN,
+        stream: BinaryIO | None = None,
     ) -> None:
         self.path = name = os.fspath(path)
         lower = name.lower()
         gz = lower.endswith(".gz")
         base = lower[:-3] if gz else lower
-        if base.endswith(".pcapng"):
+        if name == STDIN:
+            self.format = "pcap"
+            stream = sys.stdout.buffer if stream is None else stream
+        elif base.endswith(".pcapng"):
             self.format = "pcapng"
         elif base.endswith(".pcap"):
             self.format = "pcap"
@@ -654,11 +725,14 @@ class CaptureWriter:
         self.compressed = gz
         self._buf = bytearray()
         self._closed = False
-        try:
-            self._raw: BinaryIO = open(name, "wb")  # noqa: SIM115
-        except OSError as exc:
-            msg = f"{name}: cannot create ({exc.strerror or exc})"
-            raise CaptureError(msg) from None
+        self._owned = stream is None
+        if stream is None:
+            try:
+                stream = open(name, "wb")  # noqa: SIM115
+            except OSError as exc:
+                msg = f"{name}: cannot create ({exc.strerror or exc})"
+                raise CaptureError(msg) from None
+        self._raw: BinaryIO = stream
         self._out: BinaryIO = self._raw
         if gz:
             self._out = gzip.GzipFile(  # type: ignore[assignment]
@@ -720,7 +794,7 @@ class CaptureWriter:
             self._buf = bytearray()
 
     def close(self) -> None:
-        """Flush and close the file (idempotent)."""
+        """Flush and close the file, or flush a given stream (idempotent)."""
         if self._closed:
             return
         self._closed = True
@@ -728,8 +802,10 @@ class CaptureWriter:
             self._flush()
             if self._out is not self._raw:
                 self._out.close()
+            self._raw.flush()
         finally:
-            self._raw.close()
+            if self._owned:
+                self._raw.close()
 
     def __enter__(self) -> Self:
         return self

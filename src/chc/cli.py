@@ -1,7 +1,11 @@
 """Command line: ``chc run`` runs a chain spec over a capture.
 
-Exit codes: 0 success; 2 bad input (capture, chain spec, options), with a
-one-line message on stderr; 1 an internal error.
+Exit codes (docs/cli.md): 0 success; 1 an internal error (``chc check``: a seed
+diverged); 2 bad input (capture, chain spec, options), with a one-line message
+on stderr; 3 the capture stopped early (truncated or corrupt) and the summary is
+partial, unless ``--allow-partial``; 130 interrupted (Ctrl-C; ``chc run`` first
+finishes and reports what it processed); 141 standard output was closed (a
+pipe into ``head``), as for a tool killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -9,20 +13,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import select
+import stat
 import sys
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from . import __version__
 from .backends import open_store
 from .bench import cmd_bench, register_bench
-from .capture import LINKTYPE_ETHERNET, CaptureError, CaptureWriter, open_capture
+from .bpf import compile_filter
+from .capture import STDIN, CaptureError, CaptureReader, CaptureWriter, open_capture
 from .cliargs import int_at_least
 from .core.client import MODELS
 from .core.store import StoreError
+from .feed import Feed, stop_on_interrupt
+from .linktypes import adapter_for
+from .outfiles import ClobberError, Outputs, refuse_clobber
 from .runtime.pacing import Pacer
 from .runtime.sim import DEFAULT_BATCH, SimRuntime
 from .scenario import ScenarioError
-from .spec import SpecError, load_spec
+from .spec import MAX_PARALLELISM, SpecError, load_spec
 from .trace.cli import cmd_trace, register_trace
 
 
@@ -30,7 +42,13 @@ class UsageError(Exception):
     """Bad command-line input: reported in one line, exit code 2."""
 
 
+EXIT_PARTIAL = 3          # the capture stopped early: the results cover part of it
+EXIT_INTERRUPTED = 130    # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_CLOSED_STDOUT = 141  # 128 + SIGPIPE, as a shell reports `tool | head`
+
+
 _positive = int_at_least(1)
+_parallelism = int_at_least(1, MAX_PARALLELISM, "the parallelism limit")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "chain's output packets to --out, and print a summary of packets, drops, "
                     "per-vertex counts and alerts.")
     run.add_argument("chain", metavar="CHAIN", help="chain spec (YAML), e.g. examples/paper_chain.yaml")
-    run.add_argument("capture", metavar="CAPTURE", help="input capture: .pcap, .pcapng, optionally .gz")
-    run.add_argument("--out", metavar="OUT", help="write the chain's output packets here (.pcap or .pcapng)")
+    run.add_argument("capture", metavar="CAPTURE",
+                     help="input capture: .pcap, .pcapng, optionally .gz; '-' reads standard input")
+    run.add_argument("--out", metavar="OUT",
+                     help="write the chain's output packets here (.pcap, .pcapng, optionally .gz; '-' is "
+                          "pcap on standard output, and the summary then goes to stderr); the input's "
+                          "link type is kept")
+    run.add_argument("--filter", metavar="EXPR",
+                     help="only packets matching this BPF expression (tcpdump syntax, e.g. 'tcp port 80') "
+                          "enter the chain")
+    run.add_argument("-c", "--count", type=_positive, metavar="N",
+                     help="stop after N packets have entered the chain (after --filter)")
+    run.add_argument("--allow-partial", action="store_true",
+                     help="exit 0, not 3, when the capture stops early (truncated or corrupt); the "
+                          "summary says so either way")
     run.add_argument("--summary-json", metavar="FILE", help="write the summary as JSON (see docs/summary.md)")
     run.add_argument("--state-json", metavar="FILE", help="write every NF's final logical state as JSON")
     run.add_argument("--model", choices=MODELS, default="EO+C+NA",
@@ -60,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH,
                      help="packets per batch on the data path (default: %(default)s); "
                           "results do not depend on it")
-    run.add_argument("--parallelism", type=_positive, metavar="N",
-                     help="override every vertex's parallelism with N instances")
+    run.add_argument("--parallelism", type=_parallelism, metavar="N",
+                     help=f"override every vertex's parallelism with N instances (1-{MAX_PARALLELISM})")
     pace = run.add_argument_group("pacing and timing (virtual time; tcpreplay's conventions)")
     how = pace.add_mutually_exclusive_group()
     how.add_argument("--multiplier", type=float, metavar="X",
@@ -151,48 +181,106 @@ def cmd_run(args: argparse.Namespace) -> int:
     chain = load_spec(args.chain)
     if args.parallelism:
         chain = chain.with_parallelism(args.parallelism)
-    reader = open_capture(args.capture)
-    if reader.linktype != LINKTYPE_ETHERNET:
-        reader.close()
-        raise UsageError(f"{args.capture}: link type {reader.linktype} is not supported (Ethernet captures only)")
+    _check_outputs(args)
     store = None
     if args.model != "T":
         try:
             store = open_store(args.store)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    with open_capture(args.capture) as reader:
+        feed = _feed(args, reader)
+        try:
+            runtime = SimRuntime(chain, model=args.model, batch_size=args.batch_size, store=store,
+                                 pacer=_pacer(args), delays=_delays(args.delay), seed=args.seed,
+                                 log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
+                                 persist_every=args.clock_persist)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        outputs = Outputs()
+        with outputs.transaction():
+            _run_feed(args, runtime, feed, outputs)
+            summary = runtime.summary()
+            summary.capture = _capture_summary(args, feed)
+            if reader.stop_reason:
+                summary.mark_partial(f"the capture stopped early at byte {reader.stop_offset:,} "
+                                     f"({reader.stop_reason})")
+            if feed.stopped_by == "interrupt":
+                summary.mark_partial(f"interrupted after {feed.read:,} packets read")
+            if args.summary_json:
+                _write_json(args.summary_json, summary.as_json(), outputs)
+            if args.state_json:
+                from .summary import canonical
+                _write_json(args.state_json, canonical(runtime.logical_state()), outputs)
+    if not args.quiet:
+        # With the packets on stdout, the summary goes where tcpdump puts its counts.
+        print(summary.render(), file=sys.stderr if args.out == STDIN else sys.stdout)
+    if feed.stopped_by == "interrupt":
+        return EXIT_INTERRUPTED
+    return EXIT_PARTIAL if reader.stop_reason and not args.allow_partial else 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, outputs that would destroy an input or each other."""
     try:
-        runtime = SimRuntime(chain, model=args.model, batch_size=args.batch_size, store=store,
-                             pacer=_pacer(args), delays=_delays(args.delay), seed=args.seed,
-                             log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
-                             persist_every=args.clock_persist)
-    except ValueError as exc:
+        refuse_clobber({"--out": args.out, "--summary-json": args.summary_json, "--state-json": args.state_json},
+                       {"capture": args.capture, "chain spec": args.chain})
+    except ClobberError as exc:
         raise UsageError(str(exc)) from None
-    writer = CaptureWriter(args.out, nanosecond=reader.nanosecond) if args.out else None
+    if args.out == STDIN and sys.stdout.isatty():
+        raise UsageError("--out -: standard output is a terminal; pipe it (| tshark -r -) or redirect it")
+
+
+def _feed(args: argparse.Namespace, reader: CaptureReader) -> Feed:
+    try:
+        adapter = adapter_for(reader.linktype)
+        match = compile_filter(args.filter, reader.linktype) if args.filter else None
+    except ValueError as exc:       # FilterError is one
+        raise UsageError(f"{args.capture}: {exc}") from None
+    return Feed(reader, adapter, match, args.count)
+
+
+def _run_feed(args: argparse.Namespace, runtime: SimRuntime, feed: Feed, outputs: Outputs) -> None:
+    """Run the chain over the feed, the output packets into --out (in ``outputs``)."""
+    reader = feed.reader
+    writer = None
+    if args.out:
+        stream = None if args.out == STDIN else outputs.open(args.out)
+        writer = CaptureWriter(args.out, linktype=reader.linktype, nanosecond=reader.nanosecond, stream=stream)
     emit = None
     if writer is not None:
+        back = feed.adapter.from_ether if feed.adapter is not None else bytes
+
         def emit(packets):
-            writer.write_many((p.ts, p.data) for p in packets)
-    progress = _progress_bar(args)
+            writer.write_many((p.ts, back(p.data)) for p in packets)
+    progress = None if args.no_progress or args.quiet else Progress(reader, _size(args.capture))
     try:
-        with reader:
-            runtime.run(reader, emit=emit, progress=None if progress is None else progress.update)
+        with stop_on_interrupt(feed):
+            runtime.run(feed, emit=emit, progress=None if progress is None else progress.update)
+        if writer is not None:
+            writer.close()
     finally:
         if progress is not None:
             progress.close()
-        if writer is not None:
-            writer.close()
-    summary = runtime.summary()
-    summary.capture = {"path": str(args.capture), "format": reader.format,
-                       "truncated": reader.truncated, "warnings": list(reader.warnings)}
-    if args.summary_json:
-        _write_json(args.summary_json, summary.as_json())
-    if args.state_json:
-        from .summary import canonical
-        _write_json(args.state_json, canonical(runtime.logical_state()))
-    if not args.quiet:
-        print(summary.render())
-    return 0
+
+
+def _size(path: str) -> int | None:
+    """The capture's size in bytes if it is a regular file (not a pipe)."""
+    if path == STDIN:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) and st.st_size else None
+
+
+def _capture_summary(args: argparse.Namespace, feed: Feed) -> dict[str, Any]:
+    reader = feed.reader
+    return {"path": str(args.capture), "format": reader.format, "linktype": reader.linktype,
+            "truncated": reader.stop_reason is not None, "reason": reader.stop_reason,
+            "offset": reader.stop_offset, "warnings": list(reader.warnings),
+            "filter": args.filter, "filtered_out": feed.filtered_out, "count": args.count}
 
 
 def _pacer(args: argparse.Namespace) -> Pacer:
@@ -215,20 +303,52 @@ def _delays(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _progress_bar(args: argparse.Namespace):
-    if args.no_progress or args.quiet:
-        return None
-    from tqdm import tqdm
-    # disable=None: only on a terminal, so logs and CI stay clean.
-    return tqdm(unit=" pkt", unit_scale=True, desc="chc run", disable=None, leave=False,
-                mininterval=0.5, file=sys.stderr)
+class Progress:
+    """A progress bar on stderr: percentage, rate and time left when the capture's
+    size is known (a file), packets and packets/s otherwise (a pipe)."""
+
+    def __init__(self, reader: CaptureReader, size: int | None, file: TextIO | None = None,
+                 disable: bool | None = None) -> None:
+        from tqdm import tqdm
+        # disable=None: only on a terminal, so logs, pipes and CI stay clean.
+        common = {"desc": "chc run", "disable": disable, "leave": False, "mininterval": 0.5,
+                  "file": sys.stderr if file is None else file}
+        self._reader = reader
+        self._by_bytes = size is not None and reader.position is not None
+        self.packets = 0
+        if self._by_bytes:
+            self.bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, **common)
+        else:
+            self.bar = tqdm(unit=" pkt", unit_scale=True, **common)
+
+    def update(self, packets: int) -> None:
+        """``packets`` more have entered the chain."""
+        self.packets += packets
+        bar = self.bar
+        if not self._by_bytes:
+            bar.update(packets)
+            return
+        position = self._reader.position
+        if position is not None and position > bar.n:
+            elapsed = bar.format_dict["elapsed"]
+            rate = f", {self.packets / elapsed:,.0f} pkt/s" if elapsed > 0 else ""
+            bar.set_postfix_str(f"{self.packets:,} pkt{rate}", refresh=False)
+            bar.update(position - bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
-def _write_json(path: str, data) -> None:
+def _write_json(path: str, data, outputs: Outputs | None = None) -> None:
+    """Write ``data`` as JSON to ``path``: renamed into place with ``outputs``, or
+    at once if none is given; a failed write leaves no half file."""
+    if outputs is None:
+        with Outputs().transaction() as own:
+            _write_json(path, data, own)
+        return
     try:
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
+        fh = outputs.open(path)
+        fh.write(json.dumps(data, indent=2, sort_keys=False).encode() + b"\n")
     except OSError as exc:
         raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
@@ -250,7 +370,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("chc: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise           # another pipe or socket (a store connection): a real error
+        _silence_stdout()
+        return EXIT_CLOSED_STDOUT
+
+
+def _stdout_closed() -> bool:
+    """Has the reader of standard output gone away (``chc ... | head -1``)?"""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)     # a closed pipe's writer always sees POLLERR
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):   # not a file descriptor: not the pipe that broke
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush of what is
+    still buffered does not report the closed pipe again (Python's documented way)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

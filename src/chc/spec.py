@@ -40,6 +40,10 @@ from .nfs import REGISTRY
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 POLICIES = {"malformed": ("drop", "pass"), "non_ip": ("pass", "drop")}
+#: Most instances of one vertex, in a spec, a scenario or ``--parallelism``.  The
+#: sim runtime builds every instance and its queues up front, so an unchecked
+#: 100,000 exhausted memory (issue 18); 64 is well past the paper's largest chain.
+MAX_PARALLELISM = 64
 
 
 class SpecError(ValueError):
@@ -87,8 +91,16 @@ class Chain:
         out = dataclasses.replace(self, vertices={})
         for name, v in self.vertices.items():
             p = parallelism.get(name, v.parallelism) if isinstance(parallelism, dict) else parallelism
-            out.vertices[name] = dataclasses.replace(v, parallelism=p)
+            out.vertices[name] = dataclasses.replace(v, parallelism=check_parallelism(p, f"{name}.parallelism"))
         return out
+
+
+def check_parallelism(value: Any, where: str) -> int:
+    """``value`` if it is an instance count from 1 to :data:`MAX_PARALLELISM`, else SpecError."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_PARALLELISM:
+        raise SpecError(f"{where}: must be an integer from 1 to {MAX_PARALLELISM} "
+                        f"(the parallelism limit), got {value!r}")
+    return value
 
 
 def read_yaml(path: str | os.PathLike, error: type[Exception]) -> Any:
@@ -98,6 +110,11 @@ def read_yaml(path: str | os.PathLike, error: type[Exception]) -> Any:
             return yaml.safe_load(fh)
     except OSError as exc:
         raise error(f"{path}: {exc.strerror or exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        # PyYAML's marks are 0-based; editors and compilers count from 1.
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise error(f"{where}: not valid YAML ({exc.problem or exc.context or 'syntax error'})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise error(f"{path}: not valid YAML ({first})") from None
@@ -166,12 +183,12 @@ def _vertices(raw: Any) -> dict[str, Vertex]:
         for key in body:
             if key not in ("nf", "config", "parallelism", "match"):
                 raise SpecError(f"{where}.{key}: unknown field (known: config, match, nf, parallelism)")
-        kind = body.get("nf")
+        if "nf" not in body:
+            raise SpecError(f"{where}.nf: missing (the NF type; known: {', '.join(sorted(REGISTRY))})")
+        kind = body["nf"]
         if kind not in REGISTRY:
             raise SpecError(f"{where}.nf: unknown NF {kind!r} (known: {', '.join(sorted(REGISTRY))})")
-        par = body.get("parallelism", 1)
-        if not isinstance(par, int) or isinstance(par, bool) or par < 1:
-            raise SpecError(f"{where}.parallelism: must be an integer >= 1, got {par!r}")
+        par = check_parallelism(body.get("parallelism", 1), f"{where}.parallelism")
         nf_cls = REGISTRY[kind]
         try:
             config = build_config(nf_cls, body.get("config"), f"{where}.config")

@@ -8,7 +8,10 @@ JSON keys (``chc run --summary-json``), stable for scripts:
 ``dropped``, ``alerts``), ``alerts`` (list of ``vertex``, ``instance``, ``kind``,
 ``host``, ``packet_index``, ``clock`` and optional ``detail``),
 ``state_digest`` (SHA-256 of every NF's final logical state in canonical form),
-``capture`` (``path``, ``format``, ``truncated``, ``warnings``),
+``capture`` (``path``, ``format``, ``linktype``, ``truncated``, ``reason``, ``offset``,
+``warnings``, ``filter``, ``filtered_out``, ``count``), ``partial`` and
+``partial_reasons`` (the run saw only part of its input: a capture that stopped
+early, or Ctrl-C),
 ``store`` (``backend``, ``model``, ``blocking_ops``, ``nonblocking_ops``,
 ``cache_hits``, ``round_trips``), ``log`` (``mode``, ``roots``, ``logged``,
 ``deleted``, ``remaining``, ``dropped_overflow``).
@@ -84,6 +87,13 @@ class Summary:
     store: dict = dataclasses.field(default_factory=dict)
     log: dict = dataclasses.field(default_factory=dict)
     errors: list[str] = dataclasses.field(default_factory=list)
+    partial: bool = False
+    partial_reasons: list[str] = dataclasses.field(default_factory=list)
+
+    def mark_partial(self, reason: str) -> None:
+        """The run processed only part of its input, for ``reason``."""
+        self.partial = True
+        self.partial_reasons.append(reason)
 
     @property
     def pps(self) -> float:
@@ -97,7 +107,7 @@ class Summary:
 
     def render(self) -> str:
         """Human-readable summary for the terminal."""
-        lines = [
+        lines = [f"PARTIAL: {reason}" for reason in self.partial_reasons] + [
             f"chain {self.chain!r} (model {self.model}): {self.packets_in:,} packets in, "
             f"{self.packets_out:,} out, {self.dropped:,} dropped, {self.malformed:,} malformed, "
             f"{self.non_ip:,} non-IP",

@@ -290,11 +290,25 @@ _SUBCOMMANDS = {"gen": _gen, "inspect": _inspect, "merge": _merge, "rewrite": _r
                 "trojan": _trojan, "scan": _scan}
 
 
+def _refuse_clobber(args: argparse.Namespace) -> None:
+    """An output (-o, --truth) must not be an input capture or the other output:
+    ``chc trace rewrite in.pcap -o in.pcap`` would read what it is overwriting."""
+    from ..outfiles import ClobberError, refuse_clobber
+    sources = [*(getattr(args, "inputs", None) or []), getattr(args, "capture", None),
+               getattr(args, "background", None)]
+    try:
+        refuse_clobber({"-o": getattr(args, "out", None), "--truth": getattr(args, "truth", None)},
+                       {f"input {k + 1}": path for k, path in enumerate(p for p in sources if p)})
+    except ClobberError as exc:
+        raise _usage(str(exc)) from None
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     """Run ``chc trace SUBCOMMAND``."""
     name = getattr(args, "trace_command", None)
     if not name:
         raise _usage("chc trace: choose a subcommand: " + ", ".join(_SUBCOMMANDS) + " (chc trace -h)")
+    _refuse_clobber(args)
     try:
         return _SUBCOMMANDS[name](args)
     except CaptureError:
