@@ -42,7 +42,7 @@ from typing import Any
 from .core.client import MODELS
 from .runtime.pacing import Delay, Pacer
 from .runtime.simnet import LinkModel, parse_network
-from .spec import read_yaml
+from .spec import MAX_PARALLELISM, read_yaml
 
 
 class ScenarioError(ValueError):
@@ -126,14 +126,15 @@ def parse_scenario(raw: Any) -> Scenario:
 
 def _parallelism(raw: Any) -> int | dict[str, int] | None:
     def ok(n: Any) -> bool:
-        return isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 64
+        return isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_PARALLELISM
     if raw is None:
         return None
     if ok(raw):
         return raw
     if isinstance(raw, dict) and all(isinstance(k, str) and ok(v) for k, v in raw.items()):
         return dict(raw)
-    raise ScenarioError(f"parallelism: an integer 1-64 or {{vertex: n}}, got {raw!r}")
+    raise ScenarioError(f"parallelism: an integer 1-{MAX_PARALLELISM} (MAX_PARALLELISM) or {{vertex: n}}, "
+                        f"got {raw!r}")
 
 
 def _pacing(raw: Any) -> tuple[str, float] | None:
