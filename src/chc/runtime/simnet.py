@@ -250,13 +250,9 @@ class StoreNode:
     def handle(self, ops: list[Op]) -> list[Any]:
         """Apply one request to the backend: its results (raises StoreError)."""
         self.requests += 1
-        if self.record is None:
-            return self.backend.execute(ops)
-        try:
-            results = self.backend.execute(ops)
-        except StoreError:
-            raise
-        self.record.request(ops, results)
+        results = self.backend.execute(ops)
+        if self.record is not None:
+            self.record.request(ops, results)
         return results
 
     def commits(self) -> list[tuple[int, int]]:
