@@ -45,10 +45,11 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from .core.store import ObjectKey, Op
+from .core.store import ObjectKey, Op, StoreError
 from .packet import Packet, describe_flow, ip_str
 from .reference import LogicalRun, Replay, StoreStep, logical_run, replay, same
 from .runtime.sim import SimRuntime, Unrecoverable
@@ -84,6 +85,8 @@ class Serialization:
                 if args[0] != "argmin_incr":
                     raise ValueError(f"the COE checker cannot re-execute custom operation {args[0]!r}")
                 code, args = "argmin_incr", ([x.key for x in args[1]],)
+            if isinstance(result, (deque, list)):
+                result = list(result)       # a snapshot: the store's list lives on
             add(StoreStep(k.vertex, k.obj, k.key, k.per_flow, code, tuple(args), op.tag,
                           op.default, result, True, op.client))
 
@@ -312,11 +315,15 @@ class Observers:
 
     def attach(self, rt: SimRuntime) -> None:
         for inst in (i for insts in rt.instances.values() for i in insts):
-            if inst.client is not None and hasattr(inst.client, "issued"):
-                inst.client.issued = self.issued
+            self._hook(inst)
+        rt.instance_hooks.append(self._hook)
         serial, deleted = self.serial, self.deleted
         for root in rt.roots:
             root.observer = lambda clock: deleted.append((clock, serial.position))
+
+    def _hook(self, inst: Any) -> None:
+        if inst.client is not None and hasattr(inst.client, "issued"):
+            inst.client.issued = self.issued
 
     def issued_updates(self) -> set:
         return {(k.vertex, k.obj, k.key, tag) for k, tag in self.issued}
@@ -341,6 +348,12 @@ def check_runtime(chain: Chain, rt: SimRuntime, records: list[tuple[int, bytes]]
         phys = _collect(rt, records)
     except Unrecoverable as exc:
         return CheckResult([], [], None, None, unrecoverable=str(exc), network=rt.net.describe())
+    except StoreError as exc:
+        # The store refused the physical run (e.g. two instances updating one flow's
+        # state): a divergence in itself, reported rather than raised.
+        div = Divergence("store", "refused an operation and stopped the physical run", None,
+                         "every operation accepted", f"{type(exc).__name__}: {exc}")
+        return CheckResult([div], [], None, None, network=rt.net.describe())
     if tamper is not None:
         tamper(rt, phys)
     rep = replay(obs.serial.steps)
@@ -375,6 +388,10 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
     Break("no-xor", "roots delete logged packets ignoring the XOR vector (§5.4)", "log", True),
     Break("no-dedup", "the store applies retransmitted duplicates again (§4.3, §5.3)", "store", True, True),
     Break("no-retransmit", "clients never resend un-ACKed non-blocking updates (§4.3)", "store", True),
+    Break("naive-move", "flow groups move without last/first marks, buffering or handover (§5.1)",
+          "store|output|order|state", True),
+    Break("no-flush", "an instance keeps caching a cross-flow object after a split made it shared (R3)",
+          "output", True),
 )}
 
 
@@ -391,13 +408,12 @@ class BreakState:
         if "no-clocks" in self.names:
             for inst in insts:
                 inst.arrival_clocks = True
-        if "drop-update" in self.names:
-            drop = DropOneUpdate(self, self.from_clock)
-            for inst in insts:
-                inst.client.faults = drop
-        if "no-retransmit" in self.names:
-            for inst in insts:
-                inst.client.retransmit = False
+        self._drop = DropOneUpdate(self, self.from_clock) if "drop-update" in self.names else None
+        for inst in insts:
+            self._instance(inst)
+        rt.instance_hooks.append(self._instance)
+        rt.naive_moves = "naive-move" in self.names
+        rt.share_on_split = "no-flush" not in self.names
         if "no-xor" in self.names and rt.model == "EO+C+NA":
             # Only non-blocking updates can still be in flight when a packet is done.
             for root in rt.roots:
@@ -409,6 +425,13 @@ class BreakState:
             engine.dedup = False
         if "wrong-value-op" in self.names:
             rt.node.backend = DoubleValueOp(rt.node.backend, self)
+
+    def _instance(self, inst: Any) -> None:
+        """The per-instance switches, also for instances a scale-out adds later."""
+        if self._drop is not None:
+            inst.client.faults = self._drop
+        if "no-retransmit" in self.names:
+            inst.client.retransmit = False
 
     def observe(self, rt: SimRuntime, obs: Observers) -> None:
         """After the run: what the switched-off mechanisms would have had to do."""
@@ -427,6 +450,10 @@ class BreakState:
             skipped = sum(r.xor_skipped for r in rt.roots)
             if skipped:
                 self.acted["no-xor"] = f"{skipped} packets deleted with updates not yet committed"
+        if "naive-move" in self.names and rt.naive_skipped:
+            self.acted["naive-move"] = f"{rt.naive_skipped} moves made while the old instance had packets queued"
+        if "no-flush" in self.names and rt.unshared_skipped:
+            self.acted["no-flush"] = f"{rt.unshared_skipped} splits kept an exclusive cache"
         if "no-dedup" in self.names:
             seen: set = set()
             dups = 0

@@ -223,7 +223,7 @@ class Context:
     """What an NF sees besides the packet: clock, time, alerts, timers."""
 
     __slots__ = ("vertex", "instance", "clock", "packet_clock", "now", "index", "alerts",
-                 "_timers", "_timer_seq")
+                 "_timers", "_timer_seq", "packet", "partition")
 
     def __init__(self, vertex: str, instance: int) -> None:
         self.vertex = vertex
@@ -235,6 +235,11 @@ class Context:
         self.alerts: list[Alert] = []
         self._timers: list = []
         self._timer_seq = 0
+        # The packet being processed and the vertex's partition function: a timer
+        # remembers the flow group that armed it, so a handover moves it with the
+        # flow (§5.1); None in a timer or where nothing moves.
+        self.packet: Any = None
+        self.partition: Any = None
 
     def alert(self, kind: str, host: str, **detail: Any) -> None:
         self.alerts.append(Alert(self.vertex, self.instance, kind, host, self.index,
@@ -243,7 +248,10 @@ class Context:
     def set_timer(self, deadline_ns: int, key: Hashable) -> None:
         """Call ``nf.on_timer(key, ctx)`` once input time reaches ``deadline_ns``."""
         self._timer_seq += 1
-        heapq.heappush(self._timers, (deadline_ns, self._timer_seq, key, self.clock, self.index))
+        part = None
+        if self.partition is not None and self.packet is not None:
+            part = self.partition(self.packet)
+        heapq.heappush(self._timers, (deadline_ns, self._timer_seq, key, self.clock, self.index, part))
 
 
 # -- the NF base class -------------------------------------------------------------

@@ -497,7 +497,7 @@ class _Node:
         timers = ctx._timers
         saved = (ctx.clock, ctx.now, ctx.index)
         while timers and (until is None or timers[0][0] <= until):
-            deadline, _, key, clock, index = heapq.heappop(timers)
+            deadline, _, key, clock, index = heapq.heappop(timers)[:5]
             ctx.clock = ctx.packet_clock = clock
             ctx.now, ctx.index = deadline, index
             try:

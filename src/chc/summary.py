@@ -87,6 +87,7 @@ class Summary:
     store: dict = dataclasses.field(default_factory=dict)
     log: dict = dataclasses.field(default_factory=dict)
     errors: list[str] = dataclasses.field(default_factory=list)
+    events: list[dict] = dataclasses.field(default_factory=list)   # scaling and moves (§5.1)
     partial: bool = False
     partial_reasons: list[str] = dataclasses.field(default_factory=list)
 

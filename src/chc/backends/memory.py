@@ -81,6 +81,11 @@ class MemoryStore:
         self.engine.release(key, instance)
         self._route()
 
+    def release_instance(self, vertex: str, instance: int) -> int:
+        n = self.engine.release_instance(vertex, instance)
+        self._route()
+        return n
+
     def take(self, key: ObjectKey, client: str, instance: int) -> bool:
         return self.engine.take(key, client, instance)
 

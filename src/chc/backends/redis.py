@@ -852,6 +852,26 @@ class RedisStore:
                 raise OwnershipError(f"instance {instance} cannot release an object it does not own") from None
             raise
 
+    def release_instance(self, vertex: str, instance: int) -> int:
+        """Handover (§5.1 step 5): ``instance`` of ``vertex`` gives up every per-flow
+        object it owns (owner keys found with SCAN, released one by one)."""
+        pattern = b"chco:" + _glob_escape(_esc(vertex)) + b":*"
+        me = str(instance).encode()
+        n = 0
+        for srv in range(self.n):
+            cursor: Any = b"0"
+            while True:
+                cursor, keys = self._call(srv, [("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)])[0]
+                if keys:
+                    owners = self._call(srv, [("GET", k) for k in keys])
+                    mine = [k for k, o in zip(keys, owners, strict=True) if o == me]
+                    if mine:
+                        self._call(srv, [("FCALL", "chc_release", 1, b"chc" + k[4:], str(instance)) for k in mine])
+                        n += len(mine)
+                if cursor in (b"0", 0, "0"):
+                    break
+        return n
+
     def take(self, key: ObjectKey, client: str, instance: int) -> bool:
         """Become the owner now (True) or queue for it and be notified (False)."""
         rkey, srv, *_ = self._locate(key)

@@ -247,6 +247,17 @@ class StoreClient:
             return
         settle(self._resubmit)
 
+    def hand_over(self) -> None:
+        """§5.1 step 5, after the ``last`` packet of moved flows: every update sent
+        and acknowledged, the per-flow cache dropped, per-flow ownership given up.
+        A key does not say which flow group it belongs to, so all per-flow objects
+        are released; the flows this instance keeps take theirs back with their
+        next update, as the splitter sends no one else their packets."""
+        self.settle()
+        for h in self.prefetchable:
+            h.values.clear()
+        self.backend.release_instance(self.vertex, self.instance)
+
     def _resubmit(self) -> bool:
         """Resend what is still un-ACKed (at the end of input); False when nothing is."""
         ops = self._resend()

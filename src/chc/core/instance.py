@@ -31,7 +31,7 @@ import traceback
 from collections import deque
 from typing import Any
 
-from ..nf import NF, Context
+from ..nf import NF, Access, Context
 from ..packet import Packet
 from .client import MODELS, StoreClient
 from .state import LocalObject
@@ -55,6 +55,7 @@ class Instance:
         self.instance_id = instance_id
         self.nf = nf_cls(config)
         self.ctx = Context(vertex, instance_id)
+        self.ctx.partition = nf_cls.partition_scope().partition
         self.queue: deque[Packet] = deque()
         self.delay: Any = None              # sim: per-packet processing delay sampler
         self.free_at = 0                    # sim: virtual time the instance is next idle
@@ -134,6 +135,7 @@ class Instance:
                 client.begin_packet(clock)
             ctx.now = pkt.ts
             ctx.index = pkt.index
+            ctx.packet = pkt
             if delay is not None:
                 start = pkt.vt if pkt.vt > self.free_at else self.free_at
                 self.free_at = pkt.vt = start + delay.sample()
@@ -179,12 +181,41 @@ class Instance:
         if self.client is not None:
             self.client.settle()            # every update sent and acknowledged
 
+    def hand_over(self) -> None:
+        """§5.1 step 5: this instance processed its ``last`` packet of moved flows."""
+        if self.client is not None:
+            self.client.hand_over()
+
+    def set_exclusive(self, exclusive: bool) -> None:
+        """R3 (Table 1, last column): the vertex's cross-flow read/write-often objects
+        are cached only while this instance is their sole user.  Rebinding flushes
+        first, so the store holds every update before another instance reads it."""
+        client = self.client
+        if client is None or client.exclusive == exclusive:
+            return
+        client.settle()
+        client.exclusive = exclusive
+        for name, decl in type(self.nf).state_objects().items():
+            if decl.scope.per_flow or decl.access is not Access.READ_WRITE:
+                continue
+            handle = client.bind(decl, self.nf.config)
+            self.objects[name] = handle
+            setattr(self.nf, name, handle)
+
+    def tick(self, until: int) -> None:
+        """Fire the timers due by ``until`` (an instance that gets no packets any more)."""
+        if self.ctx._timers:
+            self._fire(until)
+            if self.client is not None:
+                self.client.flush()
+
     def _fire(self, until: int | None) -> None:
         ctx = self.ctx
         timers = ctx._timers
         saved = (ctx.clock, ctx.now, ctx.index)
+        ctx.packet = None                   # a timer re-armed here belongs to no flow group
         while timers and (until is None or timers[0][0] <= until):
-            deadline, seq, key, clock, index = heapq.heappop(timers)
+            deadline, seq, key, clock, index = heapq.heappop(timers)[:5]
             # A timer runs with the clock of the packet that armed it.
             ctx.clock = ctx.packet_clock = clock
             ctx.now, ctx.index = deadline, index

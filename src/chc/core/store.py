@@ -375,6 +375,14 @@ class StoreEngine:
             self.owner[key] = nxt
             self.notifications.append((client, ("owned", key, nxt)))
 
+    def release_instance(self, vertex: str, instance: int) -> int:
+        """Handover (§5.1 step 5): ``instance`` of ``vertex`` gives up every per-flow
+        object it owns; how many."""
+        mine = [k for k, o in self.owner.items() if o == instance and k.vertex == vertex]
+        for k in mine:
+            self.release(k, instance)
+        return len(mine)
+
     def take(self, key: ObjectKey, client: str, instance: int) -> bool:
         """Become the owner now (True) or queue for it and be notified (False)."""
         owner = self.owner.get(key)

@@ -49,6 +49,7 @@ Determinism: seeded delays, stable hashes, sorted merges; no wall clock inside.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -59,7 +60,7 @@ from ..backends.memory import MemoryStore
 from ..core.client import StoreClient, StoreUnavailable
 from ..core.instance import Instance
 from ..core.root import CLOCK_BITS, Root, clock_key, root_of
-from ..core.splitter import Splitter
+from ..core.splitter import FlowMap, Splitter
 from ..core.store import Op
 from ..packet import Packet
 from ..spec import Chain
@@ -73,6 +74,21 @@ _INF = float("inf")
 
 class Unrecoverable(Exception):
     """A component crashed and nothing can recover it (yet): the message says which."""
+
+
+@dataclasses.dataclass
+class Handover:
+    """One move of flow groups from an old to a new instance, until the old one has
+    processed its ``last`` packet of them (§5.1, Figure 4)."""
+
+    vertex: str
+    old: int
+    new: int
+    groups: set[int]
+    last: Packet | None
+    buffer: list[Packet]
+    started: float
+    until: float = 0                # after completion: moved flows start no earlier
 
 
 def _by_clock(p: Packet) -> int:
@@ -117,7 +133,22 @@ class SimRuntime:
             for name, v in chain.vertices.items()
         }
         self.seed = seed
-        self._delays(delays or {}, seed)
+        self.delay_specs = dict(delays or {})
+        self._delays(self.delay_specs, seed)
+        # §5.1 elasticity: one flow-group map per vertex, shared by its upstream splitters.
+        self.flowmaps = {name: FlowMap(v.parallelism) for name, v in chain.vertices.items()}
+        self.retired: set[tuple[str, int]] = set()
+        self.retiring: set[tuple[str, int]] = set()
+        self.handovers: list[Handover] = []
+        self.holds: list[Handover] = []
+        self.deferred: list[tuple[str, Callable[[], None]]] = []
+        self.events_log: list[dict] = []
+        self.instance_hooks: list[Callable[[Instance], None]] = []   # (the COE checker's)
+        self.clocks = clocks
+        self.share_on_split = True          # off only for --break no-flush
+        self.naive_moves = False            # on only for --break naive-move
+        self.naive_skipped = 0              # moves that would have needed a handover
+        self.unshared_skipped = 0           # splits that kept an exclusive cache
         self.events = sorted(events or [], key=lambda e: (e.at_packet is None, e.at_packet or 0,
                                                           e.at_time_ns or 0))
         for ev in self.events:
@@ -183,10 +214,11 @@ class SimRuntime:
         for n in self.chain.entries:
             feeders[n] += len(self.roots)
         for v in self.chain.vertices.values():
+            k = len(self.instances[v.name])
             for d in v.successors + v.taps_out:
-                feeders[d] += v.parallelism
+                feeders[d] += k
                 for t in self.chain.vertices[d].taps_in:
-                    feeders[t] += v.parallelism
+                    feeders[t] += k
         for n in self.chain.entries:
             for t in self.chain.vertices[n].taps_in:
                 feeders[t] += len(self.roots)
@@ -196,7 +228,7 @@ class SimRuntime:
         """Splitters for the given downstream vertices and their input taps."""
         vs = self.chain.vertices
         names = targets + [t for d in targets for t in vs[d].taps_in]
-        return {d: Splitter(vs[d].partition, vs[d].parallelism) for d in names}
+        return {d: Splitter(vs[d].partition, self.flowmaps[d]) for d in names}
 
     # -- data path ------------------------------------------------------------------
     def _root_of_packet(self, pkt: Packet) -> int:
@@ -267,12 +299,15 @@ class SimRuntime:
                 self._deliver(src, inst, part)
 
     def _deliver(self, src: tuple, inst: Instance, pkts: list[Packet]) -> None:
-        """Packets onto the FIFO data link from ``src`` to ``inst`` (its input queue)."""
+        """Packets onto the FIFO data link from ``src`` to ``inst`` (its input queue);
+        a moved flow's packets wait in the handover's buffer (§5.1 step 4)."""
         net = self.net
         if net.data_latency is not None:
             link = (src, inst.vertex, inst.instance_id)
             for p in pkts:
                 p.vt = net.data_arrival(link, p.vt)
+        if self.handovers or self.holds:
+            pkts = self._hold_moved(inst, pkts)
         inst.queue.extend(pkts)
 
     def _ready(self, inst: Instance, ordered: bool) -> list[Packet]:
@@ -301,15 +336,20 @@ class SimRuntime:
         """Run every vertex once, in topological order, on what is ready."""
         for name, v in self.chain.vertices.items():
             ordered = self._order[name]
+            latest = 0
             for inst, splitters in zip(self.instances[name], self.splitters[name], strict=True):
                 batch = self._ready(inst, ordered)
                 if not batch:
                     continue
+                if batch[-1].ts > latest:
+                    latest = batch[-1].ts
                 if self.links:
                     link = self.links[(name, inst.instance_id)]
                     if batch[0].vt > link.t:
                         link.t = batch[0].vt    # the client sends at its batch's time
                 produced = inst.run(batch)
+                if self.handovers:
+                    self._handed_over(inst, batch)
                 src = (name, inst.instance_id)
                 self._report(inst)
                 if not produced:
@@ -336,6 +376,12 @@ class SimRuntime:
                     for tap in self.chain.vertices[d].taps_in:
                         self._copy_to(src, tap, part, splitters[tap])
                     self._enqueue(src, d, part, splitters[d])
+            if self.retired and latest:
+                # A retired instance still owns the timers its flows armed: they fire
+                # by the timestamps its vertex sees.
+                for inst in self.instances[name]:
+                    if (name, inst.instance_id) in self.retired:
+                        inst.tick(latest)
 
     def _report(self, inst: Instance) -> None:
         if inst.forks:
@@ -381,6 +427,9 @@ class SimRuntime:
         out: list[Packet] = []
         if batch:
             self.horizon = max(self.horizon, batch[-1].vt)
+            if self.holds:
+                # Every packet from now on arrives at or after batch[0].vt.
+                self.holds = [h for h in self.holds if h.until > batch[0].vt]
         self._enter(batch, out)
         self._pass(out)
         self._settle()
@@ -397,6 +446,8 @@ class SimRuntime:
         out: list[Packet] = []
         while any(i.queue for i in self._all_instances()):
             self._pass(out)
+        for vertex, i in list(self.retiring):
+            self._retire_if_done(vertex, i)
         for inst in self._all_instances():
             inst.finish()
         self._settle()
@@ -446,6 +497,216 @@ class SimRuntime:
     def _emit(out: list[Packet], emit: Callable[[list[Packet]], None] | None) -> None:
         if emit is not None and out:
             emit(out)
+
+    # -- elasticity (§5.1, Figure 4) -------------------------------------------------------
+    def active(self, vertex: str) -> list[Instance]:
+        """The instances of ``vertex`` that take traffic (neither retired nor retiring)."""
+        return [i for i in self.instances[vertex]
+                if (vertex, i.instance_id) not in self.retired and (vertex, i.instance_id) not in self.retiring]
+
+    def _busy(self, vertex: str) -> bool:
+        return any(h.vertex == vertex for h in self.handovers)
+
+    def _when_idle(self, vertex: str, action: Callable[[], None]) -> None:
+        """Run ``action`` now, or once the vertex's handovers are done (one move at a time)."""
+        if self._busy(vertex):
+            self.deferred.append((vertex, action))
+        else:
+            action()
+
+    def scale_out(self, vertex: str) -> None:
+        """Add an instance and give it an even share of the flow groups (§3, §5.1)."""
+        self._when_idle(vertex, lambda: self._scale_out(vertex))
+
+    def _scale_out(self, vertex: str) -> None:
+        v = self.chain.vertices[vertex]
+        was = self.active(vertex)
+        i = self.flowmaps[vertex].add_instance()
+        inst = Instance(vertex, i, v.nf, v.config, self.model, self._link(vertex, i), exclusive=False)
+        inst.arrival_clocks = not self.clocks
+        spec = self.delay_specs.get(f"{vertex}[{i}]") or self.delay_specs.get(vertex)
+        if spec is not None:
+            inst.delay = Delay(spec, self.seed, f"{vertex}[{i}]")
+        self.instances[vertex].append(inst)
+        self.splitters[vertex].append(self._splitters(v.successors + v.taps_out))
+        self._order = self._ordering()
+        for hook in self.instance_hooks:
+            hook(inst)
+        if len(was) == 1:
+            if self.share_on_split:
+                was[0].set_exclusive(False)     # R3: a cross-flow object becomes shared
+            elif was[0].client is not None and was[0].client.caching:
+                self.unshared_skipped += 1
+        self._log("scale-out", vertex, i)
+        self._rebalance(vertex)
+
+    def scale_in(self, vertex: str, instance: int | None = None) -> None:
+        """Retire an instance: its flow groups move to the others first (§5.1)."""
+        self._when_idle(vertex, lambda: self._scale_in(vertex, instance))
+
+    def _scale_in(self, vertex: str, instance: int | None) -> None:
+        active = self.active(vertex)
+        if len(active) < 2:
+            self._log("scale-in-refused", vertex, instance, reason="the last active instance stays")
+            return
+        victim = active[-1] if instance is None else next((a for a in active if a.instance_id == instance), None)
+        if victim is None:
+            self._log("scale-in-refused", vertex, instance, reason="not an active instance")
+            return
+        self.retiring.add((vertex, victim.instance_id))
+        rest = [a.instance_id for a in active if a is not victim]
+        groups = self.flowmaps[vertex].groups_of(victim.instance_id)
+        self._log("scale-in", vertex, victim.instance_id)
+        for k, to in enumerate(rest):
+            self._move(vertex, groups[k::len(rest)], to)
+        self._retire_if_done(vertex, victim.instance_id)
+
+    def move(self, vertex: str, source: int, to: int, fraction: float) -> None:
+        """Move ``fraction`` of ``source``'s flow groups to instance ``to``."""
+        def go() -> None:
+            groups = self.flowmaps[vertex].groups_of(source)
+            self._move(vertex, groups[:int(len(groups) * fraction)], to)
+        self._when_idle(vertex, go)
+
+    def _rebalance(self, vertex: str) -> None:
+        """Even flow-group counts over the active instances."""
+        active = [a.instance_id for a in self.active(vertex)]
+        fm = self.flowmaps[vertex]
+        load = fm.load()
+        share = len(fm.table) // len(active)
+        spare = []
+        for i in active:
+            groups = fm.groups_of(i)
+            spare += groups[share:]
+        for i in active:
+            need = share - min(load.get(i, 0), share)
+            if need > 0 and spare:
+                self._move(vertex, spare[:need], i)
+                spare = spare[need:]
+
+    def _move(self, vertex: str, groups: list[int], to: int) -> None:
+        """Reassign flow groups; each old instance hands over (Figure 4)."""
+        if not groups:
+            return
+        fm = self.flowmaps[vertex]
+        part = self.chain.vertices[vertex].partition.partition
+        lost = fm.move(groups, to)
+        size = len(fm.table)
+        new = self.instances[vertex][to]
+        for old_id, moved in lost.items():
+            old = self.instances[vertex][old_id]
+            h = Handover(vertex, old_id, to, set(moved), None, [], self.horizon)
+            # Step 1: the last packet of the moved groups queued at the old instance.
+            for p in reversed(old.queue):
+                if crc32(part(p)) % size in h.groups:
+                    h.last = p
+                    break
+            if self.naive_moves:
+                self.naive_skipped += h.last is not None
+                h.last = None
+            if h.last is None:
+                self._complete(h, old, new)
+            else:
+                self.handovers.append(h)
+
+    def _hold_moved(self, inst: Instance, pkts: list[Packet]) -> list[Packet]:
+        """Step 4: the new instance's packets of flows still being handed over wait;
+        step 8: those of flows the old instance may still have in service start no
+        earlier than it finishes them."""
+        key = (inst.vertex, inst.instance_id)
+        mine = [h for h in self.handovers if (h.vertex, h.new) == key]
+        holds = [h for h in self.holds if (h.vertex, h.new) == key]
+        if not mine and not holds:
+            return pkts
+        size = len(self.flowmaps[inst.vertex].table)
+        part = self.chain.vertices[inst.vertex].partition.partition
+        keep = []
+        for p in pkts:
+            g = crc32(part(p)) % size
+            for h in holds:
+                if g in h.groups and p.vt < h.until:
+                    p.vt = h.until
+            for h in mine:
+                if g in h.groups:
+                    h.buffer.append(p)
+                    break
+            else:
+                keep.append(p)
+        return keep
+
+    def _handed_over(self, inst: Instance, batch: list[Packet]) -> None:
+        """After a run of ``inst``: handovers whose ``last`` packet it processed complete."""
+        mine = [h for h in self.handovers if h.vertex == inst.vertex and h.old == inst.instance_id]
+        if not mine:
+            return
+        ids = {id(p) for p in batch}
+        for h in mine:
+            if id(h.last) in ids:
+                self.handovers.remove(h)
+                self._complete(h, inst, self.instances[h.vertex][h.new])
+        self._retry_deferred()
+
+    def _complete(self, h: Handover, old: Instance, new: Instance) -> None:
+        """Steps 5-8: the old instance flushes and gives up its per-flow state; the
+        new one takes the buffered packets, after the old one's last packet."""
+        if not self.naive_moves:
+            old.hand_over()
+            self._move_timers(h, old, new)
+        # Step 8: the old instance finishes what it has in service (its `last` packet
+        # and anything before it) at `done`; nothing of the moved flows starts earlier.
+        done = max(h.last.vt if h.last is not None else 0, old.free_at, 0)
+        for p in h.buffer:
+            if p.vt < done:
+                p.vt = done
+        new.queue.extend(h.buffer)
+        if done > self.horizon:
+            h.until = done
+            self.holds.append(h)
+        self._log("move", h.vertex, h.new, source=h.old, groups=len(h.groups), buffered=len(h.buffer),
+                  clock=h.last.clock if h.last is not None else None,
+                  started_vt=h.started, handover_ns=max(0, int(done - h.started)))
+        self._retire_if_done(h.vertex, h.old)
+
+    def _move_timers(self, h: Handover, old: Instance, new: Instance) -> None:
+        """The moved flows' timers go with them: they fire by the new instance's
+        packets, after the answers it processes in order."""
+        size = len(self.flowmaps[h.vertex].table)
+        keep, moved = [], []
+        for t in old.ctx._timers:
+            part = t[5]
+            (moved if part is not None and crc32(part) % size in h.groups else keep).append(t)
+        if not moved:
+            return
+        heapq.heapify(keep)
+        old.ctx._timers = keep
+        ctx = new.ctx
+        for t in sorted(moved):
+            ctx._timer_seq += 1
+            heapq.heappush(ctx._timers, (t[0], ctx._timer_seq, *t[2:]))
+
+    def _retire_if_done(self, vertex: str, i: int) -> None:
+        if (vertex, i) not in self.retiring or any(h.vertex == vertex and h.old == i for h in self.handovers):
+            return
+        inst = self.instances[vertex][i]
+        if inst.queue:
+            return                          # still has packets of its own to finish
+        self.retiring.discard((vertex, i))
+        self.retired.add((vertex, i))
+        if inst.client is not None:
+            inst.client.settle()
+        active = self.active(vertex)
+        if len(active) == 1:
+            active[0].set_exclusive(True)   # R3: sole user again, caching resumes
+        self._log("retired", vertex, i)
+
+    def _retry_deferred(self) -> None:
+        waiting, self.deferred = self.deferred, []
+        for vertex, action in waiting:
+            self._when_idle(vertex, action)
+
+    def _log(self, kind: str, vertex: str, instance: int | None, **more: Any) -> None:
+        self.events_log.append({"kind": kind, "vertex": vertex, "instance": instance,
+                                "packet": sum(r.packets_in for r in self.roots), "vt": self.horizon, **more})
 
     # -- failures (§7.2 footnote 5) -----------------------------------------------------
     def restart_root(self, root_id: int = 0) -> Root:
@@ -516,7 +777,8 @@ class SimRuntime:
             v = self.chain.vertices[name]
             stats = {
                 "nf": v.nf.kind,
-                "instances": len(insts),
+                "instances": len(insts) - sum((name, i.instance_id) in self.retired for i in insts),
+                "retired": sum((name, i.instance_id) in self.retired for i in insts),
                 "offpath": v.offpath,
                 "packets_in": sum(i.packets_in for i in insts),
                 "packets_out": sum(i.packets_out for i in insts),
@@ -531,6 +793,7 @@ class SimRuntime:
                 dropped += stats["dropped"]
         s.dropped = dropped
         s.state_digest = state_digest(self.logical_state())
+        s.events = list(self.events_log)
         s.store = self.store_stats()
         s.log = self.log_stats()
         return s
@@ -646,6 +909,47 @@ def _check_crash(event: Any) -> None:
     _check_params(event, {})
 
 
+def _vertex(rt: SimRuntime, event: Any) -> str:
+    name = (event.target or "").partition("[")[0]
+    if name not in rt.instances:
+        raise ValueError(f"unknown vertex {name!r} in {event.target!r} (vertices: {', '.join(rt.instances)})")
+    return name
+
+
+def _index(event: Any) -> int | None:
+    _, bracket, rest = (event.target or "").partition("[")
+    return int(rest.rstrip("]")) if bracket else None
+
+
+def _check_scale(event: Any) -> None:
+    if not event.target:
+        raise ValueError("needs a target: vertex (or vertex[i] for scale-in)")
+    _, bracket, rest = event.target.partition("[")
+    if bracket and not rest.rstrip("]").isdigit():
+        raise ValueError(f"target {event.target!r}: expected vertex or vertex[i]")
+    _check_params(event, {})
+
+
+def _is_index(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_move(event: Any) -> None:
+    if not event.target or "[" in event.target:
+        raise ValueError("needs a target: the vertex whose flow groups move")
+    _check_params(event, {"from": _is_index, "to": _is_index,
+                          "fraction": lambda v: _positive(v) and v <= 1}, ("from", "to"))
+
+
+def _apply_move(rt: SimRuntime, event: Any) -> None:
+    vertex = _vertex(rt, event)
+    n = len(rt.instances[vertex])
+    src, to = event.params["from"], event.params["to"]
+    if src >= n or to >= n:
+        raise ValueError(f"move on {vertex}: instances are 0-{n - 1}, got from {src} to {to}")
+    rt.move(vertex, src, to, float(event.params.get("fraction", 0.5)))
+
+
 ACTIONS: dict[str, Action] = {
     # Slow an instance down: a new per-packet delay distribution from here on.
     "slow": Action(lambda e: _check_delay(e, True),
@@ -661,6 +965,12 @@ ACTIONS: dict[str, Action] = {
     # Cut store links for duration_us of virtual time: every message sent meanwhile is lost.
     "partition": Action(lambda e: _check_params(e, {"duration_us": _positive}, ("duration_us",)),
                         _partition, _link_targets),
+    # Elasticity (§5.1): add an instance of a vertex (flow groups rebalanced), retire
+    # one (vertex: its newest active instance; vertex[i]: that one), move a fraction
+    # of one instance's flow groups to another.
+    "scale-out": Action(_check_scale, lambda rt, e: rt.scale_out(_vertex(rt, e)), _vertex),
+    "scale-in": Action(_check_scale, lambda rt, e: rt.scale_in(_vertex(rt, e), _index(e)), _vertex),
+    "move": Action(_check_move, _apply_move, _vertex),
     # Crash an instance, a root or the store: its memory is lost (recovery: R6).
     "crash": Action(_check_crash, _crash, _crash_target),
 }

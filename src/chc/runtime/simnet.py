@@ -386,3 +386,6 @@ class StoreLink:
 
     def take(self, key: Any, client: str, instance: int) -> bool:
         return self.backend.take(key, client, instance)
+
+    def release_instance(self, vertex: str, instance: int) -> int:
+        return self.backend.release_instance(vertex, instance)
