@@ -88,6 +88,7 @@ from . import __version__
 from . import packet as packet_module
 from .backends.memory import MemoryStore
 from .capture import open_capture
+from .cliargs import UsageError
 from .core.instance import Instance
 from .core.splitter import Splitter
 from .core.store import ObjectKey, Op, StoreEngine
@@ -1450,7 +1451,6 @@ def register_bench(sub: Any) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .cli import UsageError
     try:
         res = run(args)
     except BenchError as exc:
