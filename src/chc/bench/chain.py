@@ -34,6 +34,7 @@ from .harness import (
     ratio,
     rounds,
     save_plot,
+    throughput,
 )
 from .inputs import BenchInput
 from .stores import StoreSpec
@@ -80,10 +81,7 @@ def run_chain(inp: BenchInput, model: str, store_spec: StoreSpec, batch: int, la
         cpu += cpu_ns() - c0
         s = rt.summary()
         res: dict[str, Any] = {
-            "packets": n, "bytes": nbytes, "seconds": round(total / 1e9, 6),
-            "pps": round(n / total * 1e9, 1) if total else None,
-            "gbps": round(nbytes * 8 / total, 4) if total else None,
-            "pps_cpu": round(n / cpu * 1e9, 1) if cpu else None,
+            **throughput(n, nbytes, total, cpu),
             "out": out, "dropped": s.dropped, "alerts": len(s.alerts), "nf_errors": s.nf_errors,
             "rt_per_pkt": round(s.store.get("round_trips", 0) / n, 4) if n and store is not None else 0.0,
         }

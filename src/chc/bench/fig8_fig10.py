@@ -45,6 +45,7 @@ from .harness import (
     ratio,
     rounds,
     save_plot,
+    throughput,
 )
 from .inputs import BenchInput
 from .stores import StoreSpec
@@ -107,10 +108,7 @@ def run_nf(inp: BenchInput, nf: str, model: str, store_spec: StoreSpec, batch: i
             rts += store.round_trips - rt0
         client = inst.client
         res: dict[str, Any] = {
-            "packets": n, "bytes": nbytes, "seconds": round(total / 1e9, 6),
-            "pps": round(n / total * 1e9, 1) if total else None,
-            "gbps": round(nbytes * 8 / total, 4) if total else None,
-            "pps_cpu": round(n / cpu * 1e9, 1) if cpu else None,
+            **throughput(n, nbytes, total, cpu),
             "rt_per_pkt": round(rts / n, 4) if n else 0.0,
             "blocking_per_pkt": round(client.blocking_ops / n, 4) if client is not None and n else 0.0,
             "nonblocking_per_pkt": round(client.nonblocking_ops / n, 4) if client is not None and n else 0.0,

@@ -90,6 +90,16 @@ def ratio(a: float | None, b: float | None) -> float | None:
         return None
     return round(a / b, 3)
 
+def throughput(n: int, nbytes: int, total: int, cpu: int) -> dict[str, Any]:
+    """The rate of a run of ``n`` packets (``nbytes``) in ``total`` wall and ``cpu`` CPU ns."""
+    return {
+        "packets": n, "bytes": nbytes, "seconds": round(total / 1e9, 6),
+        "pps": round(n / total * 1e9, 1) if total else None,
+        "gbps": round(nbytes * 8 / total, 4) if total else None,
+        "pps_cpu": round(n / cpu * 1e9, 1) if cpu else None,
+    }
+
+
 # -- timing per packet ----------------------------------------------------------------------
 
 def maintain(store: Any, clock: int) -> None:
