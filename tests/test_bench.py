@@ -167,10 +167,11 @@ def test_large_inputs_are_streamed(monkeypatch, tmp_path):
     """Inputs beyond the in-memory limit are re-read from disk chunk by chunk; the
     runs see the same packets."""
     import chc.bench as bench
+    import chc.bench.inputs as inputs
     inp = bench.trace2_input(0.0001, str(tmp_path), limit=300)
     cached = bench.run_nf(inp, "nat", "EO+C+NA", bench.StoreSpec("memory"), 64, latency=True)
-    monkeypatch.setattr(bench, "CACHE_MAX", 50)
-    monkeypatch.setattr(bench, "CHUNK", 64)
+    monkeypatch.setattr(inputs, "CACHE_MAX", 50)
+    monkeypatch.setattr(inputs, "CHUNK", 64)
     streamed_inp = bench.trace2_input(0.0001, str(tmp_path), limit=300)
     assert streamed_inp._base is None
     streamed = bench.run_nf(streamed_inp, "nat", "EO+C+NA", bench.StoreSpec("memory"), 64, latency=True)

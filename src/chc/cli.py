@@ -25,7 +25,7 @@ from .backends import open_store
 from .bench import cmd_bench, register_bench
 from .bpf import compile_filter
 from .capture import STDIN, CaptureError, CaptureReader, CaptureWriter, open_capture
-from .cliargs import int_at_least
+from .cliargs import UsageError, int_at_least
 from .core.client import MODELS
 from .core.store import StoreError
 from .feed import Feed, stop_on_interrupt
@@ -36,11 +36,6 @@ from .runtime.sim import DEFAULT_BATCH, SimRuntime
 from .scenario import ScenarioError
 from .spec import MAX_PARALLELISM, SpecError, load_spec
 from .trace.cli import cmd_trace, register_trace
-
-
-class UsageError(Exception):
-    """Bad command-line input: reported in one line, exit code 2."""
-
 
 EXIT_PARTIAL = 3          # the capture stopped early: the results cover part of it
 EXIT_INTERRUPTED = 130    # 128 + SIGINT, as a shell reports Ctrl-C

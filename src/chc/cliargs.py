@@ -1,9 +1,18 @@
-"""Argument types shared by the command-line modules."""
+"""What the command-line modules share: argument types and :class:`UsageError`.
+
+``chc.cli`` imports the subcommand modules (``chc.trace.cli``, ``chc.bench``), and
+they raise the same usage error; it lives here, in a module that imports nothing
+of chc, so that no subcommand module has to import ``chc.cli`` back.
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported in one line, exit code 2."""
 
 
 def int_at_least(minimum: int, maximum: int | None = None, limit: str = "") -> Callable[[str], int]:

@@ -18,14 +18,9 @@ import sys
 from typing import Any
 
 from ..capture import CaptureError
-from ..cliargs import int_at_least
+from ..cliargs import UsageError, int_at_least
 
 __all__ = ["cmd_trace", "register_trace"]
-
-
-def _usage(msg: str) -> Exception:
-    from ..cli import UsageError  # late: chc.cli imports this module
-    return UsageError(msg)
 
 
 _positive_int = int_at_least(1)
@@ -171,7 +166,7 @@ def _write_json(path: str, data: Any) -> None:
             json.dump(data, fh, indent=2)
             fh.write("\n")
     except OSError as exc:
-        raise _usage(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def _gen(args: argparse.Namespace) -> int:
@@ -179,13 +174,13 @@ def _gen(args: argparse.Namespace) -> int:
     try:
         profile = resolve_profile(args.profile, args.packets, args.connections, args.scale)
     except ValueError as exc:
-        raise _usage(str(exc)) from None
+        raise UsageError(str(exc)) from None
     bar = _bar(args, f"chc trace gen {profile.name}", total=profile.packets)
     try:
         summary = generate(args.out, profile, seed=args.seed, nanosecond=args.nanosecond,
                            progress=None if bar is None else bar.update)
     except ValueError as exc:
-        raise _usage(str(exc)) from None
+        raise UsageError(str(exc)) from None
     finally:
         if bar is not None:
             bar.close()
@@ -219,14 +214,14 @@ def _merge(args: argparse.Namespace) -> int:
     for spec in args.shift or []:
         name, sep, off = spec.rpartition("=")
         if not sep:
-            raise _usage(f"--shift {spec!r}: expected INPUT=OFFSET")
+            raise UsageError(f"--shift {spec!r}: expected INPUT=OFFSET")
         hits = [k for k, p in enumerate(args.inputs) if name in (p, Path(p).name, str(k + 1))]
         if len(hits) != 1:
-            raise _usage(f"--shift {spec!r}: {name!r} names {'no' if not hits else 'more than one'} input")
+            raise UsageError(f"--shift {spec!r}: {name!r} names {'no' if not hits else 'more than one'} input")
         try:
             shifts[hits[0]] += parse_offset(off)
         except ValueError as exc:
-            raise _usage(str(exc)) from None
+            raise UsageError(str(exc)) from None
     res = merge_captures(args.inputs, args.out, shifts, align=args.align)
     print(f"{args.out}: {res['packets']:,} packets from {len(args.inputs)} inputs")
     return 0
@@ -237,7 +232,7 @@ def _rewrite(args: argparse.Namespace) -> int:
     try:
         mapping = parse_address_map(args.map)
     except ValueError as exc:
-        raise _usage(str(exc)) from None
+        raise UsageError(str(exc)) from None
     res = rewrite_capture(args.capture, args.out, mapping, fix=args.fix_checksums)
     print(f"{args.out}: {res['packets']:,} packets, {res['rewritten']:,} rewritten, "
           f"{res['checksums_fixed']:,} checksums fixed")
@@ -251,7 +246,7 @@ def _trojan(args: argparse.Namespace) -> int:
         try:
             positions = [int(x) for x in _csv(args.at)]
         except ValueError:
-            raise _usage(f"--at: expected comma-separated packet indices, got {args.at!r}") from None
+            raise UsageError(f"--at: expected comma-separated packet indices, got {args.at!r}") from None
     try:
         sessions = load_sessions(ZEEK / "ssh_single-conn.pcap", ZEEK / "pe_pe.pcap", ZEEK / "irc-basic.pcap",
                                  ftp_file=args.ftp_file)
@@ -259,7 +254,7 @@ def _trojan(args: argparse.Namespace) -> int:
                               hosts=_csv(args.host) or None, gap=args.gap_packets, spread=args.spread,
                               sessions=sessions)
     except ValueError as exc:
-        raise _usage(str(exc)) from None
+        raise UsageError(str(exc)) from None
     _write_json(args.truth, truth)
     print(f"{args.out}: {truth['packets']:,} packets ({truth['planted_packets']:,} planted), "
           f"{len(truth['instances'])} Trojan instance(s), expected alerts: "
@@ -275,7 +270,7 @@ def _scan(args: argparse.Namespace) -> int:
                             hosts=_csv(args.host) or None, start_s=args.start, seed=args.seed,
                             ensure_flagged=not args.any_order)
     except ValueError as exc:
-        raise _usage(str(exc)) from None
+        raise UsageError(str(exc)) from None
     _write_json(args.truth, truth)
     missed = [x["host"] for x in truth["scanners"] if not x["trw_flagged"]]
     print(f"{args.out}: {truth['packets']:,} packets ({truth['planted_packets']:,} planted), "
@@ -300,18 +295,18 @@ def _refuse_clobber(args: argparse.Namespace) -> None:
         refuse_clobber({"-o": getattr(args, "out", None), "--truth": getattr(args, "truth", None)},
                        {f"input {k + 1}": path for k, path in enumerate(p for p in sources if p)})
     except ClobberError as exc:
-        raise _usage(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     """Run ``chc trace SUBCOMMAND``."""
     name = getattr(args, "trace_command", None)
     if not name:
-        raise _usage("chc trace: choose a subcommand: " + ", ".join(_SUBCOMMANDS) + " (chc trace -h)")
+        raise UsageError("chc trace: choose a subcommand: " + ", ".join(_SUBCOMMANDS) + " (chc trace -h)")
     _refuse_clobber(args)
     try:
         return _SUBCOMMANDS[name](args)
     except CaptureError:
         raise
     except OSError as exc:
-        raise _usage(f"{getattr(exc, 'filename', None) or 'output'}: {exc.strerror or exc}") from None
+        raise UsageError(f"{getattr(exc, 'filename', None) or 'output'}: {exc.strerror or exc}") from None

@@ -1,0 +1,147 @@
+"""Store performance (section ``store``, §7.1 "Datastore performance").
+
+Theory of operation
+-------------------
+get/set/incr ops/s with 128-bit (16-byte) scope keys and 64-bit values over
+``--entries`` keys per shard: the engine (``StoreEngine.apply`` in a loop), the
+memory backend (``execute`` of pipelined batches) and Redis (pipelined batches,
+one and two shards).  ``incr_chc`` is an increment as a CHC client sends it
+(exactly-once sequence number, clock-log tag, XOR id).  No capture is read.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+from ..backends.memory import MemoryStore
+from ..core.store import ObjectKey, Op, StoreEngine
+from .harness import RunContext, Section, fmt, now_ns, progress, save_plot
+from .stores import StoreSpec
+
+
+def _store_ops(entries: int, shard_families: int = 16, seed: int = 7) -> dict[str, list[Op]]:
+    rng = random.Random(seed)
+    keys = [ObjectKey("bench", f"f{i % shard_families}", rng.getrandbits(128).to_bytes(16, "big"), False)
+            for i in range(entries)]
+    values = [rng.getrandbits(52) for _ in range(entries)]   # 64-bit slots; < 2^53 for Redis (Lua doubles)
+    return {
+        "set": [Op("set", k, (v,)) for k, v in zip(keys, values, strict=True)],
+        "get": [Op("get", k) for k in keys],
+        "incr": [Op("incr", k, (1,), default=0) for k in keys],
+        # as a CHC client sends an update: exactly-once seq, clock-log tag (§5.3), XOR id (§5.4)
+        "incr_chc": [Op("incr", k, (1,), "bench/0", i + 1, 0, (i, 1), (i * 0x9E3779B1) & 0xFFFFFFFF or 1, 0)
+                     for i, k in enumerate(keys)],
+    }
+
+
+def _ops_per_s(units: list, call: Callable[[Any], Any], n_ops: int) -> float:
+    """``call`` on every unit (an op, or a pipelined batch), timed with GC frozen."""
+    gc.collect()
+    gc.freeze()
+    try:
+        t0 = now_ns()
+        for u in units:
+            call(u)
+        return n_ops / (now_ns() - t0) * 1e9
+    finally:
+        gc.unfreeze()
+
+
+def _time_engine(ops: list[Op], apply: Callable[[Op], Any]) -> float:
+    return _ops_per_s(ops, apply, len(ops))
+
+
+def _time_execute(ops: list[Op], execute: Callable[[list[Op]], Any], pipeline: int) -> float:
+    batches = [ops[i:i + pipeline] for i in range(0, len(ops), pipeline)]
+    return _ops_per_s(batches, execute, len(ops))
+
+
+def bench_store(stores: list[StoreSpec], entries: int, pipeline: int, repeat: int) -> dict:
+    """ops/s per op kind for the engine, the memory backend and Redis (1 and 2 shards)."""
+    out: dict[str, Any] = {"entries_per_shard": entries, "key_bytes": 16, "value_bits": 64,
+                           "pipeline": pipeline, "backends": {}}
+    kinds = ("set", "get", "incr", "incr_chc")
+
+    def record(name: str, fn: Callable[[dict[str, list[Op]]], dict[str, float]], n: int, note: str) -> None:
+        ops = _store_ops(n)
+        runs = [fn(ops) for _ in range(repeat)]
+        res = {k: round(statistics.median(r[k] for r in runs)) for k in kinds}
+        res["note"] = note
+        res["entries"] = n
+        out["backends"][name] = res
+        progress(f"  store {name:<16} " + "  ".join(f"{k} {res[k] / 1e6:6.3f} Mops/s" for k in kinds))
+
+    def engine(ops: dict[str, list[Op]]) -> dict[str, float]:
+        e = StoreEngine()
+        return {k: _time_engine(ops[k], e.apply) for k in kinds}
+
+    def memory(ops: dict[str, list[Op]]) -> dict[str, float]:
+        s = MemoryStore()
+        return {k: _time_execute(ops[k], s.execute, pipeline) for k in kinds}
+
+    record("engine", engine, entries, "StoreEngine.apply in a loop (one Python thread)")
+    record("memory", memory, entries, f"MemoryStore.execute, {pipeline} ops per request")
+    for st in stores:
+        if st.name == "memory":
+            continue
+        shards = len(st.urls or [])
+
+        def redis(ops: dict[str, list[Op]], st: StoreSpec = st) -> dict[str, float]:
+            s = st.open()
+            try:
+                return {k: _time_execute(ops[k], s.execute, pipeline) for k in kinds}
+            finally:
+                s.close()
+
+        record(st.name, redis, entries * shards,
+               f"RedisStore.execute, {pipeline} ops per request, {shards} server(s), one client thread")
+    return out
+
+
+def run_section(ctx: RunContext) -> dict:
+    """The engine and the memory backend always; Redis on one server and, given two, sharded."""
+    stores = []
+    urls = ctx.redis_urls
+    if urls:
+        stores.append(StoreSpec("redis", urls[:1]))
+        if len(urls) >= 2:
+            stores.append(StoreSpec("redis-2shards", urls[:2]))
+    return {"store_engine": bench_store(stores, ctx.conf["entries"], 1000, 1 if ctx.args.quick else 3)}
+
+
+def table_rows(res: dict) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    se = res.get("store_engine")
+    if se:
+        for name, d in se["backends"].items():
+            rows.append(("store " + name, "-", "-", "Mops/s: get set incr incr-tagged", fmt(d["get"] / 1e6, 3),
+                         fmt(d["set"] / 1e6, 3), fmt(d["incr"] / 1e6, 3), fmt(d["incr_chc"] / 1e6, 3),
+                         f"{d['entries']} keys"))
+    return rows
+
+
+def plots(res: dict, plt: Any, outdir: str) -> list[str]:
+    """ops/s per op kind and backend."""
+    files = []
+    if res.get("store_engine"):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        backends = res["store_engine"]["backends"]
+        for i, d in enumerate(backends.values()):
+            for j, k in enumerate(("get", "set", "incr", "incr_chc")):
+                ax.bar(i * 5 + j, d[k] / 1e6, color=("#4c72b0", "#55a868", "#c44e52", "#8172b2")[j],
+                       label=k if i == 0 else None)
+        ax.set_xticks([i * 5 + 1.5 for i in range(len(backends))], list(backends))
+        ax.set_yscale("log")
+        ax.set_ylabel("Mops/s")
+        ax.set_title("Store: 16-byte keys, 64-bit values")
+        ax.legend(fontsize=8)
+        files.append(save_plot(fig, outdir, "store_engine.png"))
+    return files
+
+
+SECTION = Section("store", "store engine: get/set/incr, 16-byte keys, 64-bit values", run_section, table_rows,
+                  plots, uses_inputs=False, redis_servers=2)
