@@ -361,6 +361,24 @@ def test_retransmissions_are_not_applied_twice(store):
     assert get(store, COUNTER) == 114
 
 
+def test_release_instance_gives_up_every_per_flow_object_of_one_instance(store):
+    """A handover (§5.1 step 5): instance 1 of nat gives up all its per-flow objects,
+    and only those: another instance may then update them, not instance 2's."""
+    a = ObjectKey("nat", "mapping", b"flow-a", True)
+    b = ObjectKey("nat", "mapping", b"flow-b", True)
+    c = ObjectKey("nat", "mapping", b"flow-c", True)
+    other = ObjectKey("lb", "mapping", b"flow-a", True)
+    run(store, Op("set", a, (1,), instance=1), Op("set", b, (2,), instance=1), Op("set", c, (3,), instance=2),
+        Op("set", other, (4,), instance=1))
+    assert store.release_instance("nat", 1) == 2
+    run(store, Op("set", a, (10,), instance=3), Op("set", b, (20,), instance=3))
+    with pytest.raises(OwnershipError):
+        run(store, Op("set", c, (30,), instance=3))
+    with pytest.raises(OwnershipError):
+        run(store, Op("set", other, (40,), instance=3))
+    assert (get(store, a), get(store, b), get(store, c)) == (10, 20, 3)
+
+
 def test_a_refused_op_consumes_its_seq(store):
     run(store, Op("set", VALUE, (1,), instance=1))
     with pytest.raises(OwnershipError):
