@@ -101,11 +101,14 @@ def test_faults_scenario_passes_on_redis(lan_slice, redis_urls):
         assert res.result.network.get("store.dropped", 0) > 0
 
 
-def test_parallel_seeds_on_one_redis_are_refused(capsys, lan_slice, redis_urls):
-    code = main(["check", str(PAPER), str(FAULTS), str(lan_slice), "--seeds", "2", "--jobs", "2",
-                 "--store", redis_urls[0]])
-    assert code == 2
-    assert "--jobs" in capsys.readouterr().err
+def test_parallel_seeds_on_redis_use_a_database_each(capsys, lan_slice, redis_urls, tmp_path):
+    code, text, data = run_check(capsys, str(PAPER), str(FAULTS), str(lan_slice), "--seeds", "2", "--jobs", "2",
+                                 "--packets", "1500", "--store", redis_urls[0], "--json", str(tmp_path / "r.json"))
+    assert code == 0, text
+    assert [r["verdict"] for r in data["results"]] == ["pass", "pass"]
+    assert main(["check", str(PAPER), str(FAULTS), str(lan_slice), "--seeds", "2", "--jobs", "2",
+                 "--store", redis_urls[0] + "/3"]) == 2
+    assert "own Redis database" in capsys.readouterr().err
 
 
 def test_scaling_out_and_in_and_moving_flows_keeps_coe(capsys, trojan_slice, tmp_path):

@@ -83,6 +83,24 @@ def _run_in_worker(seed: int) -> dict:
         return {"seed": seed, "error": str(exc)}
 
 
+def _own_database() -> None:
+    """A worker's Redis seeds use a database of their own (worker k: database k),
+    so parallel seeds never share CHC's keys."""
+    assert _JOB is not None
+    k = multiprocessing.current_process()._identity[0]
+    _JOB.stores = [_with_db(url, k) for url in _JOB.stores]
+
+
+def _with_db(url: str, db: int) -> str:
+    if url == "memory":
+        return url
+    return ",".join(f"{u.rstrip('/')}/{db}" for u in url.split(","))
+
+
+def _has_db(url: str) -> bool:
+    return any(u.split("://", 1)[-1].count("/") for u in url.split(",") if u != "memory")
+
+
 @dataclasses.dataclass
 class Report:
     job: Job
@@ -130,14 +148,15 @@ class Report:
 def run_seeds(job: Job, seeds: list[int], jobs: int, say: Callable[[str], Any]) -> Report:
     """Run every seed (in ``jobs`` processes) and print each verdict as it is known."""
     global _JOB
-    if jobs > 1 and len(seeds) > 1 and any(url != "memory" for url in job.stores):
-        raise ValueError("--jobs > 1 needs the memory store: parallel seeds would share one Redis database")
+    if jobs > 1 and len(seeds) > 1 and any(_has_db(url) for url in job.stores):
+        raise ValueError("--jobs > 1 gives each worker its own Redis database (worker k: database k): "
+                         "give the Redis URL without a /DB")
     started = time.perf_counter()
     results: list[dict] = []
     if jobs > 1 and len(seeds) > 1:
         _JOB = job
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(min(jobs, len(seeds))) as pool:
+        with ctx.Pool(min(jobs, len(seeds)), initializer=_own_database) as pool:
             for r in pool.imap(_run_in_worker, seeds):
                 _take(r, results, say)
         _JOB = None
