@@ -130,3 +130,18 @@ def test_no_network_model_delivers_at_once(records):
     """chc run's path: nothing configured, every request answered when sent."""
     rt, _ = run(records, "EO+C+NA")
     assert rt.net.instant and not rt.net.queue and rt.net.sent == 0
+
+
+def test_scripted_faults_never_touch_fifo_links():
+    """An untargeted drop or partition hits store messages only: commit reports
+    travel on a FIFO connection (docs/coe.md)."""
+    net = Network({"store": LinkModel(latency="const:1")})
+    net.scripted.append(["drop", None, 3, 0])
+    net.partitions.append((None, 10**12))
+    got = []
+    net.send("commits", "root", 0, lambda: got.append("commit"))
+    net.send("store", "nat[0]", 0, lambda: got.append("store"))
+    while net.run_next():
+        pass
+    assert got == ["commit"]
+    assert net.stats["store.partitioned"] == 1 and not net.stats["commits.dropped"]

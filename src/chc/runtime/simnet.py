@@ -146,10 +146,12 @@ class Network:
     def send(self, link: str, endpoint: str, t: int, deliver: Callable[[], None]) -> None:
         """Send a message at virtual time ``t``; ``deliver`` runs when (if) it arrives."""
         self.stats[f"{link}.sent"] += 1
-        if self._partitioned(endpoint, t):
-            self.stats[f"{link}.partitioned"] += 1
-            return
-        extra, copies = self._scripted(endpoint)
+        extra, copies = 0, 1
+        if link == "store":                 # scripted faults and partitions: store links only
+            if self._partitioned(endpoint, t):
+                self.stats[f"{link}.partitioned"] += 1
+                return
+            extra, copies = self._scripted(endpoint)
         model = self.links.get(link)
         if copies == 0:
             self.stats[f"{link}.dropped"] += 1
