@@ -654,7 +654,7 @@ class SimRuntime:
             self._move_timers(h, old, new)
         # Step 8: the old instance finishes what it has in service (its `last` packet
         # and anything before it) at `done`; nothing of the moved flows starts earlier.
-        done = max(h.last.vt if h.last is not None else 0, old.free_at, 0)
+        done = max(h.last.vt if h.last is not None else 0, old.free_at)
         for p in h.buffer:
             if p.vt < done:
                 p.vt = done

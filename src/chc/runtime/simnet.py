@@ -29,9 +29,10 @@ real deployment gets by sending both on the instance's one connection to its
 root (see docs/coe.md).
 
 :class:`StoreNode` is the store server's side: it applies each request it
-receives to the backend (the in-process engine or Redis), answers it, sends
-the commit reports the request produced, and records the serialization it
-produced for the COE checker (:class:`chc.reference.StoreStep`).
+receives to the backend (the in-process engine or Redis), answers it, and
+records the serialization it produced for the COE checker
+(:class:`chc.reference.StoreStep`); the runtime drains the commit reports at
+the end of each step and sends them on the ``commits`` link.
 :class:`StoreLink` is one client's connection: the backend its
 :class:`~chc.core.client.StoreClient` talks to.  ``execute`` is a blocking
 request (resent after a timeout until answered); ``submit`` sends a
@@ -238,20 +239,17 @@ class Network:
 
 
 class StoreNode:
-    """The store server's side of the store links: requests in, replies and commit
-    reports out, and the record of the serialization it produced."""
+    """The store server's side of the store links: requests in, replies out, and the
+    record of the serialization it produced."""
 
     def __init__(self, net: Network, backend: Any) -> None:
         self.net = net
         self.backend = backend
         self.record: Any = None             # COE checker: a StoreSteps recorder
-        self.on_commits: Callable[[list[tuple[int, int]]], None] | None = None
         self.crashed = False
-        self.requests = 0
 
     def handle(self, ops: list[Op]) -> list[Any]:
         """Apply one request to the backend: its results (raises StoreError)."""
-        self.requests += 1
         results = self.backend.execute(ops)
         if self.record is not None:
             self.record.request(ops, results)
@@ -277,11 +275,6 @@ class StoreNode:
             reply = exc
         net = self.net
         net.send("store", link.name, net.now, lambda: link.reply(rid, reply))
-        if not net.commits_instant and self.on_commits is not None:
-            commits = self.backend.commits()
-            if commits:
-                deliver = self.on_commits
-                net.send("commits", "root", net.now, lambda: deliver(commits))
 
 
 class StoreLink:
