@@ -145,3 +145,21 @@ def test_scripted_faults_never_touch_fifo_links():
         pass
     assert got == ["commit"]
     assert net.stats["store.partitioned"] == 1 and not net.stats["commits.dropped"]
+
+
+def test_a_moved_flows_timers_move_with_it(records):
+    """§5.1: a timer armed by a flow fires at the instance the flow moved to (the
+    port-scan detector's timeout must see the answer the new instance processes)."""
+    from chc.packet import Packet
+
+    chain = load_spec(PAPER).with_parallelism(2)
+    rt = SimRuntime(chain, model="EO", batch_size=64, store=MemoryStore(), pacer=Pacer("multiplier", 1))
+    old, new = rt.instances["portscan"]
+    pkt = next(p for p in (Packet(d, ts, i) for i, (ts, d) in enumerate(records)) if p.l3)
+    old.ctx.packet = pkt
+    old.ctx.set_timer(10**18, "flow timeout")
+    old.ctx.packet = None
+    old.ctx.set_timer(10**18, "no flow")        # armed outside a packet: stays
+    rt.move("portscan", 0, 1, 1.0)
+    assert [t[2] for t in new.ctx._timers] == ["flow timeout"]
+    assert [t[2] for t in old.ctx._timers] == ["no flow"]
