@@ -2,27 +2,32 @@
 --[[
 CHC store operations as Redis 7 functions (library ``chc``).
 
-Every CHC operation is one call of ``chc_op``: the client-sequence dedup, the
-per-flow ownership check, the clock-log check, the operation itself, the
-clock-log record, the commit report and the callbacks happen in one atomic
-server step.  ``chc/backends/redis.py`` loads this file with FUNCTION LOAD
-REPLACE (plus the Lua bodies of custom operations registered at run time) and
-holds it to the semantics of ``chc.core.store.StoreEngine``.
+The ops of one request for this server are one call of ``chc_batch``: for
+each op, the client-sequence dedup, the per-flow ownership check, the
+clock-log check, the operation itself, the clock-log record, the commit report
+and the callbacks happen in one atomic server step.  Reads are gathered with
+one variadic command per kind and writes of clock-log records, commit reports
+and sequence marks go out with one each at the end (see chc_batch).
+``chc/backends/redis.py`` loads this file with FUNCTION LOAD REPLACE (plus the
+Lua bodies of custom operations registered at run time) and holds it to the
+semantics of ``chc.core.store.StoreEngine``.
 
-Keys (K = "chc:" .. rest, rest = vertex ":" object ":" msgpack(scope key)):
+Keys (P = the namespace prefix, e.g. "chc:", passed as ARGV[1] to every
+function; K = P "k:" rest, rest = vertex ":" object ":" msgpack(scope key)):
   K             the object: a string holding one msgpack value, or a Redis
                 list of msgpack values (a list object: push/pop), or the
                 string EMPTY (0xc1, never valid msgpack) for an empty list
                 object (Redis deletes empty lists; the object must stay).
-  "chcl" rest   hash: clock-log tag "clock:n" -> recorded result
-  "chco" rest   string: owning instance of a per-flow object
-  "chcw" rest   list: instances waiting to take the object, "inst client"
-  "chcs" rest   set: subscribed (wire) client ids
-  chcq          hash: wire client id -> highest applied seq
-  chclz         sorted set: "clock:n K-of-log" scored by clock (pruning)
-  chcc          list: commit reports "clock:xor_id"
-  "chcd:" digest  a big default (msgpack), referenced by ops as 0xc1 .. digest
-Notifications are published on "chc:n:" .. wire client id; a payload is
+  P "o:" rest   string: owning instance of a per-flow object
+  P "w:" rest   list: instances waiting to take the object, "inst client"
+  P "s:" rest   set: subscribed (wire) client ids
+  P "S"         set: the objects that have subscribers
+  P "l"         hash: clock log, "clock:n K" -> recorded result
+  P "lz"        sorted set: "clock:n K" scored by clock (pruning)
+  P "q"         hash: wire client id -> highest applied seq
+  P "c"         list: commit reports "clock:xor_id"
+  P "d:" digest a big default (msgpack), referenced by ops as 0xc1 .. digest
+Notifications are published on P "n:" .. wire client id; a payload is
 "U" or "O", a 4-byte big-endian key length, the key, then the tagged value
 ("U") or the new owner instance ("O").
 
@@ -54,8 +59,11 @@ local function fail(text)
   error({err = 'CHCERR ' .. text})
 end
 
-local function derived(prefix, k)
-  return prefix .. string.sub(k, 4)       -- "chc:rest" -> prefix .. ":rest"
+-- The namespace prefix of the call being run (every function gets it as ARGV[1]).
+local PREFIX = ''
+
+local function derived(kind, k)
+  return PREFIX .. kind .. string.sub(k, #PREFIX + 2)     -- P "k:rest" -> P kind ":rest"
 end
 
 -- -- msgpack ---------------------------------------------------------------------------------
@@ -346,7 +354,7 @@ end
 -- "chcd:" .. digest, by the client) -> its msgpack string.
 local function resolve(default)
   if string.byte(default, 1) == 0xc1 then
-    local blob = redis.call('GET', 'chcd:' .. string.sub(default, 2))
+    local blob = redis.call('GET', PREFIX .. 'd:' .. string.sub(default, 2))
     if not blob then fail('CHCNODEF the default ' .. string.sub(default, 2) .. ' is not in the store') end
     return blob
   end
@@ -426,6 +434,41 @@ local CHC = {
   write_number = function(k, n, isfloat) redis.call('SET', k, enc_number(n, isfloat)) end,
 }
 
+-- Clock-log records, commit reports and seq marks of one batch, written at its end with one
+-- variadic command each (a redis.call costs more than the work of most ops).
+local batch = nil
+
+local function logged(field)
+  local r = batch.log[field]
+  if r == nil then
+    r = batch.pre[field]
+    if r == nil then
+      r = redis.call('HGET', batch.P .. 'l', field)
+      batch.pre[field] = r
+    end
+  end
+  return r
+end
+
+local function record(field, clock, result)
+  local b = batch
+  if b.log[field] == nil then
+    local n = b.nlog
+    b.fields[n * 2 + 1] = field
+    b.fields[n * 2 + 2] = result
+    b.members[n * 2 + 1] = clock
+    b.members[n * 2 + 2] = field
+    b.nlog = n + 1
+  end
+  b.log[field] = result
+end
+
+local function commit(clock, xor)
+  local b = batch
+  b.ncommits = b.ncommits + 1
+  b.commits[b.ncommits] = clock .. ':' .. xor
+end
+
 local UPDATE = {}
 
 UPDATE['set'] = function(k, args)
@@ -446,44 +489,27 @@ end
 -- One addition; each increment keeps its clock-log entry (§5.3: one already recorded, a
 -- replayed packet's, is left out of the sum and not reported again) and commit (§5.4).
 UPDATE['incr_many'] = function(k, args)
-  local lk = derived('chcl', k)
   local tags, xors = {}, {}
   for t in string.gmatch(args[11], '%S+') do tags[#tags + 1] = t end
   for x in string.gmatch(args[13], '%S+') do xors[#xors + 1] = x end
   local by, bf = number_of(args[10])
-  local recorded = {}
-  if redis.call('EXISTS', lk) == 1 then
-    local amounts = decode(args[12], 1)
-    for i = 1, #tags, CHUNK do
-      local got = redis.call('HMGET', lk, unpack(tags, i, math.min(i + CHUNK - 1, #tags)))
-      for j = 1, #got do
-        if got[j] then
-          recorded[i + j - 1] = true
-          by = by - amounts[i + j - 1]
-        end
-      end
+  local recorded, amounts = {}, nil
+  for i, t in ipairs(tags) do
+    if logged(t .. ' ' .. k) then
+      amounts = amounts or decode(args[12], 1)
+      recorded[i] = true
+      by = by - amounts[i]
     end
   end
   local v, vf = number_at(k, args[9])
   local r = 'V' .. enc_number(v + by, vf or bf)
   redis.call('SET', k, string.sub(r, 2))
-  local fields, members, commits = {}, {}, {}
   for i, t in ipairs(tags) do
     if not recorded[i] then
       local clock = string.sub(t, 1, string.find(t, ':', 1, true) - 1)
-      fields[#fields + 1] = t
-      fields[#fields + 1] = r
-      members[#members + 1] = clock
-      members[#members + 1] = t .. ' ' .. lk
-      if xors[i] ~= '0' then commits[#commits + 1] = clock .. ':' .. xors[i] end
+      record(t .. ' ' .. k, clock, r)
+      if xors[i] ~= '0' then commit(clock, xors[i]) end
     end
-  end
-  for i = 1, #fields, CHUNK do
-    redis.call('HSET', lk, unpack(fields, i, math.min(i + CHUNK - 1, #fields)))
-    redis.call('ZADD', 'chclz', unpack(members, i, math.min(i + CHUNK - 1, #members)))
-  end
-  for i = 1, #commits, CHUNK do
-    redis.call('RPUSH', 'chcc', unpack(commits, i, math.min(i + CHUNK - 1, #commits)))
   end
   return r
 end
@@ -590,146 +616,320 @@ end
 -- §4.3 a retransmission (seq at or below the client's mark: applied or refused before) is not
 -- applied again.  An update whose tag is still in the clock log gets its recorded result (§5.3:
 -- the reply that was lost carried it; incr_many: that of its first tag still recorded); any
--- other (untagged, or pruned: acknowledged) gets nil.
+-- other (untagged, or pruned: acknowledged) gets nil (false).
 local function retransmitted(k, args)
   local code = args[4]
-  if code == 'get' or UPDATE[code] == nil then return nil end
-  local lk = derived('chcl', k)
+  if code == 'get' or UPDATE[code] == nil then return false end
   if code == 'incr_many' then
     for t in string.gmatch(args[11], '%S+') do
-      local r = redis.call('HGET', lk, t)
+      local r = logged(t .. ' ' .. k)
       if r then return r end
     end
-    return nil
+    return false
   end
-  if args[6] == '' then return nil end
-  return redis.call('HGET', lk, args[6]) or nil
+  if args[6] == '' then return false end
+  return logged(args[6] .. ' ' .. k) or false
 end
 
--- KEYS[1] = object; ARGV = client seq instance code per_flow tag clock xor_id default, operands...
-local function chc_op(keys, args)
-  local k = keys[1]
-  local client, seq = args[1], args[2]
-  local code = args[4]
-  if seq ~= '0' then
-    local last = redis.call('HGET', 'chcq', client)
-    if last and tonumber(seq) <= tonumber(last) then
-      -- a resent read is answered again: its first reply may have been lost
-      if code ~= 'get' then return retransmitted(k, args) end
+local function variadic(cmd, key, items, n, step)
+  for i = 1, n, CHUNK * step do
+    if key then
+      redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK * step - 1, n)))
     else
-      redis.call('HSET', 'chcq', client, seq)
+      redis.call(cmd, unpack(items, i, math.min(i + CHUNK * step - 1, n)))
     end
   end
-  if code == 'get' then return tagged(k) or 'A' end
+end
+
+-- get/set/incr on a string value work on the batch's value cache (filled by one MGET, written
+-- back by one MSET): a redis.call costs more than such an op.  Every other op reads and writes
+-- Redis itself, after the cache is written back, and invalidates what it may have changed.
+-- {k1, values[k1], k2, values[k2], ...} for the keys of the set keys, and its length.
+local function flat(keys, values)
+  local out, n = {}, 0
+  for k in pairs(keys) do
+    out[n + 1] = k
+    out[n + 2] = values[k]
+    n = n + 2
+  end
+  return out, n
+end
+
+local function flush()
+  local b = batch
+  if b.ndirty > 0 then
+    local kv, n = flat(b.dirty, b.cache)
+    variadic('MSET', nil, kv, n, 2)
+    b.dirty, b.ndirty = {}, 0
+  end
+end
+
+local function cache_write(k, v)
+  local b = batch
+  b.cache[k] = v
+  if not b.dirty[k] then
+    b.dirty[k] = true
+    b.ndirty = b.ndirty + 1
+  end
+end
+
+-- One op: argv[i] .. = code client# seq instance per_flow tag clock xor_id key default operands...
+-- (UPDATE functions, retransmitted and custom ops get the table args = client seq instance code
+-- per_flow tag clock xor_id default operands..., built only for them).
+local function op_args(argv, i, client, ne)
+  local args = {client, argv[i + 2], argv[i + 3], argv[i], argv[i + 4], argv[i + 5], argv[i + 6], argv[i + 7],
+                argv[i + 9]}
+  for j = 1, ne do args[9 + j] = argv[i + 9 + j] end
+  return args
+end
+
+local function one_op(argv, i, client, ne)
+  local b = batch
+  local code, seq, k = argv[i], argv[i + 2], argv[i + 8]
+  if seq ~= '0' then
+    local last = b.seqs[client]
+    if last == nil then
+      last = tonumber(redis.call('HGET', b.P .. 'q', client) or '0')
+      b.seqs[client] = last
+    end
+    local s = tonumber(seq)
+    if s <= last then
+      -- a resent read is answered again: its first reply may have been lost
+      if code ~= 'get' then return retransmitted(k, op_args(argv, i, client, ne)) end
+    else
+      b.seqs[client] = s
+      b.dirty_seqs[client] = true
+    end
+  end
+  local cached = b.fast and b.cache[k]
+  if code == 'get' then
+    if cached then
+      if cached == EMPTY then return 'L\144' end
+      return 'V' .. cached
+    end
+    return tagged(k) or 'A'
+  end
   local update = UPDATE[code]
   if update == nil then fail("unknown operation '" .. code .. "'") end
-  if args[5] == '1' then
-    local ok = derived('chco', k)
-    local owner = redis.call('GET', ok)
-    local inst = args[3]
+  if argv[i + 4] == '1' then
+    local ok = derived('o', k)
+    local owner = b.owners[ok]
+    if owner == nil then
+      owner = redis.call('GET', ok)
+      b.owners[ok] = owner
+    end
+    local inst = argv[i + 3]
     if not owner then
-      if inst ~= '' then redis.call('SET', ok, inst) end
+      if inst ~= '' then
+        redis.call('SET', ok, inst)
+        b.owners[ok] = inst
+      end
     elseif owner ~= inst then
-      return redis.error_reply('CHCOWN ' .. owner)
+      return {err = 'CHCOWN ' .. owner}
     end
   end
-  local tag = args[6]
-  local lk
+  local tag = argv[i + 5]
+  local field
   if tag ~= '' then
-    lk = derived('chcl', k)
-    local recorded = redis.call('HGET', lk, tag)
-    if recorded then return recorded end              -- §5.3: emulate the duplicate
+    field = tag .. ' ' .. k
+    local r = logged(field)
+    if r then return r end                            -- §5.3: emulate the duplicate
   end
-  local result = update(k, args)
-  if tag ~= '' then
-    redis.call('HSET', lk, tag, result)
-    redis.call('ZADD', 'chclz', args[7], tag .. ' ' .. lk)
-    if args[8] ~= '0' then redis.call('RPUSH', 'chcc', args[7] .. ':' .. args[8]) end
+  local result
+  if b.fast and code == 'set' then
+    cache_write(k, argv[i + 10])
+    result = R_NIL
+  elseif code == 'incr' and cached and cached ~= EMPTY then
+    local v, vf = number_of(cached)
+    local by, bf = number_of(argv[i + 10])
+    local r = enc_number(v + by, vf or bf)
+    cache_write(k, r)
+    result = 'V' .. r
+  else
+    flush()
+    result = update(k, op_args(argv, i, client, ne))
+    if code == 'custom' then b.cache = {} else b.cache[k] = nil end
   end
-  local subs = redis.call('SMEMBERS', derived('chcs', k))
-  if #subs > 0 then
+  if field then
+    record(field, argv[i + 6], result)
+    if argv[i + 7] ~= '0' then commit(argv[i + 6], argv[i + 7]) end
+  end
+  if b.watched and redis.call('SISMEMBER', b.P .. 'S', k) == 1 then
     local v = tagged(k)
     if v == nil then
-      v = resolve(args[9])
+      v = resolve(argv[i + 9])
       if v == '' then v = NIL end
       v = 'V' .. v
     end
     local payload = 'U' .. struct.pack('>I4', #k) .. k .. v
-    for _, s in ipairs(subs) do
-      if s ~= client then redis.call('PUBLISH', 'chc:n:' .. s, payload) end
+    for _, s in ipairs(redis.call('SMEMBERS', derived('s', k))) do
+      if s ~= client then redis.call('PUBLISH', b.P .. 'n:' .. s, payload) end
     end
   end
   return result
 end
 
--- KEYS[1] = object; ARGV = kind ('L' list object, 'V' value), msgpack items...
+-- Operands after the default, per op code.
+local OPERANDS = {get = 0, set = 1, incr = 1, incr_many = 4, push = 1, pop = 0, cas = 2, delete = 0, custom = 2,
+                  apply = 2}
+
+-- ARGV = prefix, number of clients, wire clients..., then per op: code client# seq instance
+-- per_flow tag clock xor_id key default operands (how many: OPERANDS[code]).  Native arguments,
+-- not one encoded string: Redis splits them in C, Lua string parsing cost more than the ops.
+-- Returns {lengths, results, errors...}: the results of the ops concatenated, their lengths
+-- ("-1": nil, a retransmission; "-2": refused) and "index text" per refused op (the other ops
+-- still run).
+local function chc_batch(keys, argv)
+  local P = argv[1]
+  PREFIX = P
+  local nc = tonumber(argv[2])
+  local watched = redis.call('EXISTS', P .. 'S') == 1
+  batch = {P = P, log = {}, pre = {}, fields = {}, members = {}, nlog = 0, commits = {}, ncommits = 0,
+           seqs = {}, dirty_seqs = {}, watched = watched, fast = not watched, cache = {}, dirty = {},
+           ndirty = 0, owners = {}}
+  local starts, nops = {}, 0
+  local tagfields, nt = {}, 0
+  local reads, nr = {}, 0
+  local i, n = 3 + nc, #argv
+  while i <= n do
+    local code = argv[i]
+    local ne = OPERANDS[code]
+    if ne == nil then fail("unknown operation '" .. code .. "'") end
+    nops = nops + 1
+    starts[nops] = i
+    local tag, k = argv[i + 5], argv[i + 8]
+    if tag ~= '' then
+      nt = nt + 1
+      tagfields[nt] = tag .. ' ' .. k
+    elseif code == 'incr_many' then
+      for t in string.gmatch(argv[i + 11], '%S+') do
+        nt = nt + 1
+        tagfields[nt] = t .. ' ' .. k
+      end
+    end
+    if code == 'incr' or code == 'get' then
+      nr = nr + 1
+      reads[nr] = k
+    end
+    i = i + 10 + ne
+  end
+  for j = 1, nt, CHUNK do
+    local got = redis.call('HMGET', P .. 'l', unpack(tagfields, j, math.min(j + CHUNK - 1, nt)))
+    for m = 1, #got do batch.pre[tagfields[j + m - 1]] = got[m] end
+  end
+  if batch.fast then
+    local cache = batch.cache
+    for j = 1, nr, CHUNK do
+      local got = redis.call('MGET', unpack(reads, j, math.min(j + CHUNK - 1, nr)))
+      for m = 1, #got do
+        if got[m] then cache[reads[j + m - 1]] = got[m] end      -- false: absent or a list
+      end
+    end
+  end
+  local lens, results, nres, out = {}, {}, 0, {'', ''}
+  for j = 1, nops do
+    local s = starts[j]
+    local ok, r = pcall(one_op, argv, s, argv[3 + tonumber(argv[s + 1])], OPERANDS[argv[s]])
+    if ok and type(r) ~= 'table' then
+      if r then
+        lens[j] = #r
+        nres = nres + 1
+        results[nres] = r
+      else
+        lens[j] = -1
+      end
+    else
+      if type(r) == 'table' then r = r.err else r = 'ERR ' .. tostring(r) end
+      lens[j] = -2
+      out[#out + 1] = j .. ' ' .. tostring(r)
+    end
+  end
+  local b = batch
+  flush()
+  if b.nlog > 0 then
+    variadic('HSET', P .. 'l', b.fields, b.nlog * 2, 2)
+    variadic('ZADD', P .. 'lz', b.members, b.nlog * 2, 2)
+  end
+  if b.ncommits > 0 then variadic('RPUSH', P .. 'c', b.commits, b.ncommits, 1) end
+  local marks, nm = flat(b.dirty_seqs, b.seqs)
+  if nm > 0 then redis.call('HSET', P .. 'q', unpack(marks)) end
+  batch = nil
+  out[1] = table.concat(lens, ' ')
+  out[2] = table.concat(results)
+  return out
+end
+
+-- KEYS[1] = object; ARGV = prefix, kind ('L' list object, 'V' value), msgpack items...
 local function chc_declare(keys, args)
   local k = keys[1]
   if redis.call('EXISTS', k) == 1 then return 0 end
-  if args[1] == 'V' then
-    redis.call('SET', k, args[2])
-  elseif #args == 1 then
+  if args[2] == 'V' then
+    redis.call('SET', k, args[3])
+  elseif #args == 2 then
     redis.call('SET', k, EMPTY)
   else
     local items = {}
-    for i = 2, #args do items[i - 1] = args[i] end
+    for i = 3, #args do items[i - 2] = args[i] end
     rpush_all(k, items)
   end
   return 1
 end
 
--- KEYS[1] = object; ARGV = wire client.  Returns the tagged current value (nil if absent).
+-- KEYS[1] = object; ARGV = prefix, wire client.  Returns the tagged current value (nil if absent).
 local function chc_subscribe(keys, args)
-  redis.call('SADD', derived('chcs', keys[1]), args[1])
+  PREFIX = args[1]
+  redis.call('SADD', derived('s', keys[1]), args[2])
+  redis.call('SADD', PREFIX .. 'S', keys[1])             -- lets a batch skip unwatched objects
   return tagged(keys[1])
 end
 
--- KEYS[1] = object; ARGV = wire client, instance.  '1' = owner now, '0' = queued.
+-- KEYS[1] = object; ARGV = prefix, wire client, instance.  '1' = owner now, '0' = queued.
 local function chc_take(keys, args)
-  local ok = derived('chco', keys[1])
+  PREFIX = args[1]
+  local ok = derived('o', keys[1])
   local owner = redis.call('GET', ok)
-  if not owner or owner == args[2] then
-    redis.call('SET', ok, args[2])
+  if not owner or owner == args[3] then
+    redis.call('SET', ok, args[3])
     return '1'
   end
-  redis.call('RPUSH', derived('chcw', keys[1]), args[2] .. ' ' .. args[1])
+  redis.call('RPUSH', derived('w', keys[1]), args[3] .. ' ' .. args[2])
   return '0'
 end
 
--- KEYS[1] = object; ARGV = instance.  The first waiting instance becomes the owner and its client
--- is notified.
+-- KEYS[1] = object; ARGV = prefix, instance.  The first waiting instance becomes the owner and
+-- its client is notified.
 local function chc_release(keys, args)
+  PREFIX = args[1]
   local k = keys[1]
-  local ok = derived('chco', k)
+  local ok = derived('o', k)
   local owner = redis.call('GET', ok)
-  if owner and owner ~= args[1] then return redis.error_reply('CHCOWN ' .. owner) end
+  if owner and owner ~= args[2] then return redis.error_reply('CHCOWN ' .. owner) end
   redis.call('DEL', ok)
-  local nxt = redis.call('LPOP', derived('chcw', k))
+  local nxt = redis.call('LPOP', derived('w', k))
   if nxt then
     local sp = string.find(nxt, ' ', 1, true)
     local inst, client = string.sub(nxt, 1, sp - 1), string.sub(nxt, sp + 1)
     redis.call('SET', ok, inst)
-    redis.call('PUBLISH', 'chc:n:' .. client, 'O' .. struct.pack('>I4', #k) .. k .. inst)
+    redis.call('PUBLISH', PREFIX .. 'n:' .. client, 'O' .. struct.pack('>I4', #k) .. k .. inst)
   end
   return 'ok'
 end
 
--- ARGV = clock.  Forget clock-log entries of clocks < clock; returns how many.
+-- ARGV = prefix, clock.  Forget clock-log entries of clocks < clock; returns how many.
 local function chc_prune(keys, args)
-  local bound = '(' .. args[1]
-  local members = redis.call('ZRANGEBYSCORE', 'chclz', '-inf', bound)
-  for _, m in ipairs(members) do
-    local sp = string.find(m, ' ', 1, true)
-    redis.call('HDEL', string.sub(m, sp + 1), string.sub(m, 1, sp - 1))
+  local P, bound = args[1], '(' .. args[2]
+  local members = redis.call('ZRANGEBYSCORE', P .. 'lz', '-inf', bound)
+  for i = 1, #members, CHUNK do
+    redis.call('HDEL', P .. 'l', unpack(members, i, math.min(i + CHUNK - 1, #members)))
   end
-  if #members > 0 then redis.call('ZREMRANGEBYSCORE', 'chclz', '-inf', bound) end
+  if #members > 0 then redis.call('ZREMRANGEBYSCORE', P .. 'lz', '-inf', bound) end
   return #members
 end
 
--- Drain the commit reports ("clock:xor_id").
+-- ARGV = prefix.  Drain the commit reports ("clock:xor_id").
 local function chc_commits(keys, args)
-  local out = redis.call('LRANGE', 'chcc', 0, -1)
-  redis.call('DEL', 'chcc')
+  local out = redis.call('LRANGE', args[1] .. 'c', 0, -1)
+  redis.call('DEL', args[1] .. 'c')
   return out
 end
 
@@ -738,7 +938,7 @@ local function chc_peek(keys, args)
   return tagged(keys[1])
 end
 
-redis.register_function('chc_op', chc_op)
+redis.register_function('chc_batch', chc_batch)
 redis.register_function('chc_declare', chc_declare)
 redis.register_function('chc_subscribe', chc_subscribe)
 redis.register_function('chc_take', chc_take)
