@@ -60,24 +60,30 @@ def _free_port() -> int:
 class RedisProcess:
     """One private redis-server: start, kill -9, restart on the same port and directory."""
 
-    def __init__(self, binary: str, directory: Path) -> None:
+    def __init__(self, binary: str, directory: Path, extra: list[str] | None = None,
+                 client: dict | None = None, tls: bool = False) -> None:
         self.binary = binary
         self.dir = directory
         self.port = _free_port()
         self.proc: subprocess.Popen | None = None
         self.log = directory / "redis.log"
+        self.extra = extra or []            # more redis-server options (a password, TLS files)
+        self.client = client or {}          # what redis-py needs to PING it
+        self.tls = tls                      # TLS only: the port is --tls-port, plain TCP is off
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                [self.binary, *(["--port", "0", "--tls-port", str(self.port)] if self.tls else
+                                ["--port", str(self.port)]),
+                 "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir),
-                 "--daemonize", "no"],
+                 "--daemonize", "no", *self.extra],
                 stdout=log, stderr=subprocess.STDOUT)
         self.wait_ready(timeout)
 
@@ -85,7 +91,7 @@ class RedisProcess:
         import redis
 
         deadline = time.monotonic() + timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5, **self.client)
         try:
             while True:
                 if self.proc is not None and self.proc.poll() is not None:
@@ -111,7 +117,7 @@ class RedisProcess:
     def flush(self) -> None:
         import redis
 
-        client = redis.Redis(host="127.0.0.1", port=self.port)
+        client = redis.Redis(host="127.0.0.1", port=self.port, **self.client)
         try:
             client.flushall()
             client.function_flush()

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chc.core.client import StoreUnavailable
+from chc.core.client import StoreLost, StoreUnavailable
 from chc.core.store import Increments, ObjectKey, Op, OwnershipError, StoreError
 from chc.nf import value_op
 from conftest import make_store
@@ -901,8 +901,11 @@ def test_unreachable_mid_run(dedicated_redis):
     try:
         assert s.execute([Op("incr", COUNTER, (1,), "nat/0", 1)]) == [1]
         dedicated_redis.kill()
-        with pytest.raises(StoreUnavailable, match=f"{dedicated_redis.url}: "):
+        # mid-run, past the retry budget: fatal (the run cannot go on without its state)
+        with pytest.raises(StoreLost, match=f"{dedicated_redis.url}: connection refused: the store is unreachable"):
             s.execute([Op("incr", COUNTER, (1,), "nat/0", 2)])
+        with pytest.raises(StoreLost):
+            s.execute([Op("get", COUNTER)])                 # at once: no second wait
     finally:
         s.close()
 

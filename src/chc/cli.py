@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import __version__
-from .backends import open_store
+from .backends import namespace_of, open_store
 from .bench import cmd_bench, register_bench
 from .bpf import compile_filter
 from .capture import STDIN, CaptureError, CaptureReader, CaptureWriter, open_capture
@@ -80,8 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="state model: T local state; EO externalized, offloaded ops; EO+C plus "
                           "caching; EO+C+NA plus non-blocking ops (default: %(default)s)")
     run.add_argument("--store", default="memory", metavar="URL",
-                     help="state store: 'memory' (in-process) or redis://HOST:PORT[/DB][,redis://...] "
-                          "(objects sharded over the servers); default: %(default)s")
+                     help="state store: 'memory' (in-process) or redis://[[USER]:PASSWORD@]HOST:PORT[/DB]"
+                          "[,redis://...] (objects sharded over the servers; rediss:// for TLS); "
+                          "default: %(default)s")
+    run.add_argument("--namespace", metavar="NAME",
+                     help="Redis key namespace of this run (default: the chain's name); a run touches no "
+                          "key outside it, and a second run on a namespace in use is refused")
+    run.add_argument("--store-ca", metavar="FILE", help="rediss://: CA certificate(s) to verify the server")
+    run.add_argument("--store-cert", metavar="FILE", help="rediss://: client certificate")
+    run.add_argument("--store-key", metavar="FILE", help="rediss://: client certificate's key")
     run.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH,
                      help="packets per batch on the data path (default: %(default)s); "
                           "results do not depend on it")
@@ -180,9 +187,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = None
     if args.model != "T":
         try:
-            store = open_store(args.store)
+            store = open_store(args.store, namespace=args.namespace or namespace_of(chain.name),
+                               tls_ca=args.store_ca, tls_cert=args.store_cert, tls_key=args.store_key)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    try:
+        return _run(args, chain, store)
+    finally:
+        if store is not None:
+            store.close()           # gives up the namespace's lease at once
+
+
+def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:
     with open_capture(args.capture) as reader:
         feed = _feed(args, reader)
         try:

@@ -97,10 +97,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 import socket
+import ssl
 import threading
 import time
+import urllib.parse
+import uuid
 import warnings
 import zlib
 from collections import deque
@@ -114,7 +118,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..core.client import StoreUnavailable
+from ..core.client import StoreLost, StoreUnavailable
 from ..core.store import CustomOp, ObjectKey, Op, OwnershipError, StoreError
 from ..nf import VALUE_OPS
 
@@ -127,6 +131,10 @@ LIBRARY = (Path(__file__).with_name("redis_functions.lua")).read_text(encoding="
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _KEY_CACHE_MAX = 100_000
 _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_MAX_BACKOFF = 1.0         # seconds: the default 8 tries span about 4.5 s of outage
+_LEASE_MS = 60_000         # a run's hold on its namespace lapses this long after it stops renewing
+_LEASE_RENEW = 10.0        # seconds between renewals (during requests)
+_PASSWORD = re.compile(r"(rediss?://)([^:@/]*):[^@/]*@")
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]{1,64}\Z")
 _RETRY_LATER = ("LOADING", "MASTERDOWN", "TRYAGAIN")     # error replies of a server not ready yet
 _BIG_DEFAULT = 64           # list defaults longer than this are sent by reference
@@ -196,7 +204,7 @@ class _Connection:
     replies are returned as ResponseError objects, not raised.
     """
 
-    def __init__(self, params: dict, connect_timeout: float, timeout: float) -> None:
+    def __init__(self, params: dict, connect_timeout: float, timeout: float, url: str = "") -> None:
         if params.get("path"):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(connect_timeout)
@@ -205,6 +213,9 @@ class _Connection:
             sock = socket.create_connection((params.get("host") or "127.0.0.1", int(params.get("port") or 6379)),
                                             timeout=connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = params.get("tls")
+        if tls is not None:
+            sock = _tls_context(tls, url).wrap_socket(sock, server_hostname=params.get("host") or "127.0.0.1")
         sock.settimeout(timeout)
         self.sock = sock
         self.buf = b""
@@ -216,12 +227,14 @@ class _Connection:
                                   params["password"]))
         if params.get("db"):
             setup.append(_command("SELECT", int(params["db"])))
-        if setup:
-            self.send(b"".join(setup))
-            for r in self.read(len(setup)):
-                if isinstance(r, ResponseError):
-                    self.close()
-                    raise StoreError(f"redis: {r}")
+        # PING: a server that wants a password says so here, before the first real command
+        # (whose big arguments an unauthenticated connection gets a "Protocol error" for).
+        setup.append(_command("PING"))
+        self.send(b"".join(setup))
+        for r in self.read(len(setup)):
+            if isinstance(r, ResponseError):
+                self.close()
+                raise StoreError(f"{url}: {_auth_text(str(r))}")
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -283,15 +296,53 @@ class _Connection:
             self.sock.close()
 
 
+def redact(url: str) -> str:
+    """``url`` without its password (``redis://:***@host``), for messages and summaries."""
+    return _PASSWORD.sub(r"\1\2:***@", url)
+
+
+def _auth_text(reply: str) -> str:
+    """A one-line explanation of a refused AUTH/PING."""
+    low = reply.lower()
+    if "wrongpass" in low or "invalid password" in low or "invalid username-password" in low:
+        return "authentication failed: wrong user name or password"
+    if "noauth" in low or "authentication required" in low or "unauthenticated" in low:
+        return ("authentication required: the server wants a password "
+                "(redis://:PASSWORD@HOST:PORT, or redis://USER:PASSWORD@HOST:PORT for an ACL user)")
+    return reply
+
+
+def _tls_context(tls: dict, url: str) -> ssl.SSLContext:
+    try:
+        ctx = ssl.create_default_context(cafile=tls.get("ca") or None)
+        if tls.get("cert"):
+            ctx.load_cert_chain(tls["cert"], tls.get("key") or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise StoreError(f"{url}: TLS setup: {exc}") from None
+    return ctx
+
+
 class _Server:
     """One Redis server: a command connection and, once needed, a pub/sub one."""
 
-    def __init__(self, url: str, connect_timeout: float, timeout: float) -> None:
-        self.url = url
+    def __init__(self, url: str, connect_timeout: float, timeout: float, tls: dict | None = None) -> None:
+        self.url = redact(url)                  # what messages and summaries show
+        if url.startswith("rediss://"):
+            url = "redis://" + url[len("rediss://"):]
+            query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+            tls = {"ca": query.get("ssl_ca_certs") or (tls or {}).get("ca"),
+                   "cert": query.get("ssl_certfile") or (tls or {}).get("cert"),
+                   "key": query.get("ssl_keyfile") or (tls or {}).get("key")}
+            url = url.split("?", 1)[0]
+        elif not url.startswith(("redis://", "unix://")):
+            raise StoreError(f"{self.url}: not a redis:// or rediss:// URL")
+        else:
+            tls = None
         try:
             self.params = parse_url(url)
         except ValueError as exc:
-            raise StoreError(f"{url}: {exc}") from None
+            raise StoreError(f"{self.url}: {exc}") from None
+        self.params["tls"] = tls
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.db = int(self.params.get("db") or 0)
@@ -302,7 +353,7 @@ class _Server:
         self.plock = threading.RLock()
 
     def _connect(self) -> _Connection:
-        return _Connection(self.params, self.connect_timeout, self.timeout)
+        return _Connection(self.params, self.connect_timeout, self.timeout, self.url)
 
     def reset(self) -> None:
         if self.conn is not None:
@@ -389,9 +440,16 @@ class RedisStore:
 
     name = "redis"
 
-    def __init__(self, urls: list[str] | str, *, attempts: int = 5, backoff: float = 0.1,
+    def __init__(self, urls: list[str] | str, *, attempts: int = 8, backoff: float = 0.1,
                  connect_timeout: float = 2.0, timeout: float = 30.0, fresh: bool = False,
-                 namespace: str = "chc") -> None:
+                 namespace: str = "chc", lease: bool | None = None, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
+        """``fresh``: this store starts a run: it takes the namespace's lease (refused while
+        another run holds it; ``lease`` says otherwise), deletes the namespace's keys and
+        writes a new epoch.  Every store of the run checks the epoch on each request, so
+        one that restarted empty is noticed (:class:`StoreLost`).  ``tls_*``: CA bundle,
+        client certificate and key for ``rediss://`` servers (the URL's ``ssl_ca_certs``,
+        ``ssl_certfile``, ``ssl_keyfile`` query options win)."""
         if isinstance(urls, str):
             urls = urls.split(",")
         urls = [u.strip() for u in urls if u.strip()]
@@ -402,10 +460,11 @@ class RedisStore:
         self.namespace = namespace
         self.prefix = namespace.encode() + b":"
         self._prefix_bulk = _bulk(self.prefix)
-        self.urls = urls
         self.attempts = max(1, attempts)
         self.backoff = backoff
-        self.servers = [_Server(u, connect_timeout, timeout) for u in urls]
+        tls = {"ca": tls_ca, "cert": tls_cert, "key": tls_key}
+        self.servers = [_Server(u, connect_timeout, timeout, tls) for u in urls]
+        self.urls = [srv.url for srv in self.servers]       # passwords redacted
         self.n = len(self.servers)
         self.round_trips = 0
         self.ops = 0
@@ -423,6 +482,13 @@ class RedisStore:
         self._watched: dict[bytes, ObjectKey] = {}    # redis key -> ObjectKey (subscribe/take)
         self._inbox: dict[str, list[tuple]] = {}
         self._inbox_lock = threading.Lock()
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}".encode()
+        self.epoch = b""
+        self._epoch_bulk = _bulk(b"")
+        self._running = False               # set once connected: later failures are fatal (StoreLost)
+        self._lost = ""
+        self._lease = fresh if lease is None else lease
+        self._lease_due = 0.0
         used = False
         for i in range(self.n):
             try:
@@ -434,9 +500,20 @@ class RedisStore:
                     raise StoreError(f"{self.servers[i].url}: the redis store needs Redis 7 or later "
                                      f"(Redis Functions): {exc}") from None
                 raise
+            if self._lease:
+                self._take_lease(i)
             if fresh:
                 self._clear(i)
+                self._call(i, [("SET", self.prefix + b"epoch", self.token), ("SET", self.prefix + b"lease",
+                                                                               self.token, "PX", _LEASE_MS)])
             used = used or bool(self._call(i, [("EXISTS", self.prefix + b"q")], attempts=1)[0])
+        if fresh:
+            self.epoch = self.token
+        else:
+            self.epoch = self._call(0, [("GET", self.prefix + b"epoch")])[0] or b""
+        self._epoch_bulk = _bulk(self.epoch)
+        self._running = True
+        self._lease_due = time.monotonic() + _LEASE_RENEW
         if used:
             warnings.warn(f"{self.describe()}: the store already holds CHC state (client sequence numbers of "
                           "an earlier run); ops of clients with the same ids count as retransmissions - "
@@ -452,6 +529,19 @@ class RedisStore:
         if not on:
             raise StoreError("turning the store's dedup off (--break no-dedup) is for the memory store only: "
                              "the redis store's Lua function always deduplicates")
+
+    def _take_lease(self, i: int) -> None:
+        """Hold (or renew) the namespace's lease on server ``i``; refused while another run holds it."""
+        holder = self._call(i, [("FCALL", "chc_lease", 0, self.prefix, self.token, _LEASE_MS)])[0]
+        if holder != b"ok":
+            raise StoreError(f"{self.servers[i].url}: namespace {self.namespace!r} is in use by another run "
+                             f"({holder.decode(errors='replace')}); wait for it to end (its lease expires "
+                             f"{_LEASE_MS // 1000} s after it stops) or choose another --namespace")
+
+    def _renew(self) -> None:
+        self._lease_due = time.monotonic() + _LEASE_RENEW
+        for i in range(self.n):
+            self._take_lease(i)
 
     def _clear(self, i: int) -> int:
         """Delete every key of this store's namespace on server ``i``; other keys stay."""
@@ -501,6 +591,9 @@ class RedisStore:
         """Send each server its (RESP-encoded) commands, to all servers before reading any
         reply; retry the failed servers' parts."""
         attempts = self.attempts if attempts is None else attempts
+        if self._lost:
+            raise StoreLost(self._lost)
+        t0 = time.monotonic()
         order = sorted(groups)
         locks = [self.servers[i].lock for i in order]
         for lock in locks:
@@ -554,8 +647,15 @@ class RedisStore:
                 tries += 1
                 if tries >= attempts:
                     i, exc = next(iter(failed.items()))
+                    if self._running:
+                        # Mid-run, past the retry budget: the run cannot go on without its state
+                        # (no store failover yet), so stop now rather than drop packet after packet.
+                        self._lost = (f"{self.servers[i].url}: {_reason(exc)}: the store is unreachable "
+                                      f"(gave up after {tries} tries over {time.monotonic() - t0:.1f} s); "
+                                      "the run cannot continue without its state")
+                        raise StoreLost(self._lost)
                     raise self._unavailable(self.servers[i], exc)
-                time.sleep(self.backoff * (2 ** (tries - 1)))
+                time.sleep(min(self.backoff * (2 ** (tries - 1)), _MAX_BACKOFF))
                 pending = sorted(failed)
         finally:
             for lock in reversed(locks):
@@ -728,6 +828,8 @@ class RedisStore:
         self.ops += len(ops)
         if not ops:
             return []
+        if self._lease and time.monotonic() >= self._lease_due:
+            self._renew()
         batches: dict[int, list] = {}      # server -> [clients, RESP parts, argument count, pre, ops]
         where = []
         uploading: set[tuple[int, bytes]] = set()       # big defaults this request uploads
@@ -745,8 +847,8 @@ class RedisStore:
             b[2] += argc
         groups = {}
         for srv, (clients, parts, argc, pre, _) in batches.items():
-            groups[srv] = [*pre, b"".join((b"*%d\r\n" % (argc + 5 + len(clients)), _BATCH_HEAD, self._prefix_bulk,
-                                            _bulk(len(clients)), *map(_bulk, clients), *parts))]
+            groups[srv] = [*pre, b"".join((b"*%d\r\n" % (argc + 6 + len(clients)), _BATCH_HEAD, self._prefix_bulk,
+                                            self._epoch_bulk, _bulk(len(clients)), *map(_bulk, clients), *parts))]
         per = self._round_trip(groups)
         for srv, digest in uploading:
             self._uploaded[srv].add(digest)
@@ -754,6 +856,8 @@ class RedisStore:
         for srv, out in per.items():
             out = out[-1]
             if isinstance(out, ResponseError):      # the whole batch refused (nothing ran)
+                if str(out).startswith("CHCEPOCH"):
+                    self._check_epoch()
                 replies[srv] = [out] * batches[srv][4]
                 continue
             lens, blob, *errors = out
@@ -973,8 +1077,19 @@ class RedisStore:
                     raise StoreError(f"{self.servers[i].url}: {_clean(r)}")
         return per
 
+    def _check_epoch(self) -> None:
+        """Raise :class:`StoreLost` if a server no longer holds this run's epoch."""
+        if not self.epoch:
+            return
+        for i in range(self.n):
+            if self._call(i, [("GET", self.prefix + b"epoch")])[0] != self.epoch:
+                raise StoreLost(f"{self.servers[i].url}: the store lost this run's state (namespace "
+                                f"{self.namespace!r} has another epoch or none: the server restarted empty "
+                                "or was flushed); the run cannot continue on it")
+
     def objects(self, vertex: str) -> dict[str, dict[Hashable, Any]]:
         """Every stored object of ``vertex`` as {object name: {key: value}}."""
+        self._check_epoch()
         prefix = self.prefix + b"k:" + _esc(vertex) + b":"
         match = _glob_escape(prefix) + b"*"
         out: dict[str, dict[Hashable, Any]] = {}
@@ -999,6 +1114,12 @@ class RedisStore:
 
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
+        """Give up the namespace's lease (if held) and the connections."""
+        if self._lease:
+            self._lease = False
+            for i in range(self.n):
+                with contextlib.suppress(StoreError):
+                    self._call(i, [("FCALL", "chc_unlease", 0, self.prefix, self.token)], attempts=1)
         for server in self.servers:
             server.close()
 

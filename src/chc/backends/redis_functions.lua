@@ -773,7 +773,9 @@ end
 local OPERANDS = {get = 0, set = 1, incr = 1, incr_many = 4, push = 1, pop = 0, cas = 2, delete = 0, custom = 2,
                   apply = 2}
 
--- ARGV = prefix, number of clients, wire clients..., then per op: code client# seq instance
+-- ARGV = prefix, epoch ('' = not checked; else the namespace's epoch key must hold it: a server
+-- that restarted empty must not be written as if it held the run's state), number of clients,
+-- wire clients..., then per op: code client# seq instance
 -- per_flow tag clock xor_id key default operands (how many: OPERANDS[code]).  Native arguments,
 -- not one encoded string: Redis splits them in C, Lua string parsing cost more than the ops.
 -- Returns {lengths, results, errors...}: the results of the ops concatenated, their lengths
@@ -782,7 +784,10 @@ local OPERANDS = {get = 0, set = 1, incr = 1, incr_many = 4, push = 1, pop = 0, 
 local function chc_batch(keys, argv)
   local P = argv[1]
   PREFIX = P
-  local nc = tonumber(argv[2])
+  if argv[2] ~= '' and redis.call('GET', P .. 'epoch') ~= argv[2] then
+    return redis.error_reply('CHCEPOCH the namespace lost its state')   -- restarted empty or flushed
+  end
+  local nc = tonumber(argv[3])
   local watched = redis.call('EXISTS', P .. 'S') == 1
   batch = {P = P, log = {}, pre = {}, fields = {}, members = {}, nlog = 0, commits = {}, ncommits = 0,
            seqs = {}, dirty_seqs = {}, watched = watched, fast = not watched, cache = {}, dirty = {},
@@ -790,7 +795,7 @@ local function chc_batch(keys, argv)
   local starts, nops = {}, 0
   local tagfields, nt = {}, 0
   local reads, nr = {}, 0
-  local i, n = 3 + nc, #argv
+  local i, n = 4 + nc, #argv
   while i <= n do
     local code = argv[i]
     local ne = OPERANDS[code]
@@ -829,7 +834,7 @@ local function chc_batch(keys, argv)
   local lens, results, nres, out = {}, {}, 0, {'', ''}
   for j = 1, nops do
     local s = starts[j]
-    local ok, r = pcall(one_op, argv, s, argv[3 + tonumber(argv[s + 1])], OPERANDS[argv[s]])
+    local ok, r = pcall(one_op, argv, s, argv[4 + tonumber(argv[s + 1])], OPERANDS[argv[s]])
     if ok and type(r) ~= 'table' then
       if r then
         lens[j] = #r
@@ -915,6 +920,23 @@ local function chc_release(keys, args)
   return 'ok'
 end
 
+-- ARGV = prefix, token, ttl (ms).  Take or renew the namespace's lease for token: 'ok', or the
+-- token of the run holding it.
+local function chc_lease(keys, args)
+  local k = args[1] .. 'lease'
+  local cur = redis.call('GET', k)
+  if cur and cur ~= args[2] then return cur end
+  redis.call('SET', k, args[2], 'PX', args[3])
+  return 'ok'
+end
+
+-- ARGV = prefix, token.  Give the lease up if token holds it.
+local function chc_unlease(keys, args)
+  local k = args[1] .. 'lease'
+  if redis.call('GET', k) == args[2] then redis.call('DEL', k) end
+  return 'ok'
+end
+
 -- ARGV = prefix, clock.  Forget clock-log entries of clocks < clock; returns how many.
 local function chc_prune(keys, args)
   local P, bound = args[1], '(' .. args[2]
@@ -944,6 +966,8 @@ redis.register_function('chc_subscribe', chc_subscribe)
 redis.register_function('chc_take', chc_take)
 redis.register_function('chc_release', chc_release)
 redis.register_function('chc_prune', chc_prune)
+redis.register_function('chc_lease', chc_lease)
+redis.register_function('chc_unlease', chc_unlease)
 redis.register_function('chc_commits', chc_commits)
 redis.register_function{function_name = 'chc_peek', callback = chc_peek, flags = {'no-writes'}}
 

@@ -80,6 +80,11 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached (the message names its address)."""
 
 
+class StoreLost(StoreError):
+    """The store no longer holds this run's state (restarted empty, flushed): fatal,
+    never retried; the message names the store."""
+
+
 class StoreClient:
     def __init__(self, backend: Any, vertex: str, instance: int, model: str,
                  exclusive: bool = True) -> None:

@@ -11,7 +11,9 @@ the timers its NF set through ``ctx.set_timer``.
 deadline the packet's timestamp has reached fire in (deadline, arming order), so
 an NF's timeouts depend on input timestamps only, never on how input is batched.
 An exception in NF code is contained: the packet is dropped and counted under
-``nf_errors`` (the first error is kept for the summary), and the run goes on.
+``nf_errors`` (the first error is kept for the summary), and the run goes on;
+except :class:`~chc.core.client.StoreLost` (the store is gone or lost the run's
+state), which stops the run: every later packet would fail the same way.
 
 In the externalized models a batch starts with one request that loads the
 per-flow objects its packets will touch and ends with one pipelined flush of
@@ -33,7 +35,7 @@ from typing import Any
 
 from ..nf import NF, Access, Context
 from ..packet import Packet
-from .client import MODELS, StoreClient
+from .client import MODELS, StoreClient, StoreLost
 from .state import LocalObject
 
 log = logging.getLogger("chc.instance")
@@ -143,6 +145,8 @@ class Instance:
                 pkt.vt = self.free_at       # FIFO: no overtaking what is still in service
             try:
                 res = process(pkt, ctx)
+            except StoreLost:
+                raise                       # not the NF's fault, and no later packet would fare better
             except Exception as exc:        # contain NF bugs: count, keep going
                 self._error(pkt, exc)
                 res = None
@@ -225,6 +229,8 @@ class Instance:
                 self.client.n_in_packet = _TIMER_TAGS + (seq << 10)
             try:
                 self.nf.on_timer(key, ctx)
+            except StoreLost:
+                raise
             except Exception as exc:
                 self._error(None, exc)
         ctx.clock, ctx.now, ctx.index = saved
