@@ -1028,3 +1028,65 @@ def test_deque_is_what_callbacks_seed_caches_with(store):
     run(store, Op("push", LIST, (1,)))
     v = store.subscribe(LIST, "nat/1")
     assert isinstance(v, deque) and list(v) == [1]
+
+
+# -- Redis only: non-blocking requests (EO+C+NA over a real socket) ---------------------------------------------------
+
+
+def test_submit_does_not_wait_and_acks_on_reply(store):
+    _redis_only(store)
+    acks: list[int] = []
+    ops = [Op("incr", COUNTER, (1,), "nat/0", seq, tag=(seq, 1)) for seq in range(1, 4)]
+    store.submit(ops, acks.append)
+    assert any(s.pending for s in store.servers)        # sent, reply not read yet
+    assert acks == []
+    store.wait()
+    assert acks == [3] and not any(s.pending for s in store.servers)
+    assert get(store, COUNTER) == 3
+
+
+def test_submit_sends_an_in_flight_op_once(store, redis_servers):
+    _redis_only(store)
+    import redis
+
+    acks: list[int] = []
+    first = [Op("incr", COUNTER, (1,), "nat/0", 1, tag=(1, 1))]
+    second = [Op("incr", COUNTER, (2,), "nat/0", 2, tag=(2, 1))]
+    side = [redis.Redis(host="127.0.0.1", port=s.port) for s in redis_servers]
+    for r in side:
+        r.client_pause(60_000, all=False)           # writes wait until unpaused: surely in flight
+    try:
+        store.submit(first, acks.append)
+        store.submit(first + second, acks.append)   # go-back-N resends the un-ACKed first op
+        assert store.sent_ops == 2                  # ... which is still in flight: not sent again
+    finally:
+        for r in side:
+            r.client_unpause()
+            r.close()
+    store.wait()
+    assert acks == [1, 2] and get(store, COUNTER) == 3
+
+
+def test_submit_over_a_broken_connection_is_resent_exactly_once(dedicated_redis):
+    import redis
+
+    from chc.backends.redis import RedisStore
+
+    s = RedisStore([dedicated_redis.url], attempts=5, backoff=0.02)
+    try:
+        acks: list[int] = []
+        ops = [Op("incr", COUNTER, (1,), "nat/0", seq, tag=(seq, 1)) for seq in range(1, 6)]
+        r = redis.Redis(host="127.0.0.1", port=dedicated_redis.port)
+        r.client_pause(60_000, all=False)       # the request waits in the server ...
+        s.submit(ops[:3], acks.append)
+        r.client_kill_filter(_type="normal", skipme=True)  # ... when the store's connection drops
+        r.client_unpause()
+        r.close()
+        s.wait()                                # its replies never come: not acknowledged
+        assert acks == []
+        s.submit(ops, acks.append)              # the client resends everything un-ACKed
+        s.wait()
+        assert acks == [5]
+        assert s.execute([Op("get", COUNTER)]) == [5]     # applied exactly once each
+    finally:
+        s.close()

@@ -34,6 +34,37 @@ in op order is raised after the whole request ran; unlike the memory store, the
 later ops of that request have been applied (retransmitting them is harmless:
 their seqs are recorded).
 
+Non-blocking requests (EO+C+NA, §4.3).  ``submit(ops, on_ack)`` sends a
+request and returns without reading its reply; replies are read as they
+arrive (at the next request, without waiting), and before any blocking request
+on that connection, whose replies come after them (one connection per server:
+Redis answers in order).  A request is acknowledged (``on_ack(highest seq)``)
+when every server it went to answered without refusing an op; the client
+library keeps un-ACKed ops and resends them ahead of its next request
+(go-back-N), but an op still in flight on a healthy connection is not put on
+the wire again: TCP delivers it ahead of the new request.  When a connection
+breaks, its unanswered requests are not acknowledged and the client's resend
+carries them again; the clock log and sequence marks make that exactly-once.
+``settle`` waits for the last replies at the end of input; ``wait`` for all.
+
+Failures.  An unreachable server at start raises :class:`StoreUnavailable`
+naming its (password-redacted) address.  Mid-run, a failed request is retried
+with backoff (8 tries, about 4.5 s); past that the store raises
+:class:`StoreLost` and every later call does at once: the run cannot go on
+without its state (no store failover yet), and the runtime stops with that one
+line instead of dropping packet after packet.  A fresh store (a run's first)
+writes an epoch key into its namespace and every ``chc_batch`` checks it, as do
+``objects()`` reads: a server that restarted empty or was flushed is never
+written or read as if it still held the run's state (:class:`StoreLost`).
+
+Namespaces and leases.  A run's keys are all under its namespace; a fresh
+store takes the namespace's lease (a key with a 60 s expiry, renewed every 10 s
+by requests, deleted at ``close``) before it deletes the namespace's old keys,
+so a second run on a namespace in use is refused and nothing of the first is
+touched.  Security: ``redis://:PASSWORD@``, ``redis://USER:PASSWORD@`` (ACL)
+and ``rediss://`` (TLS; CA, client certificate and key as options); a missing
+or wrong password is a one-line :class:`StoreError`.
+
 Encoding.  Keys live in the store's namespace (``namespace`` + ``:``, default
 ``chc:``; nothing outside it is read, written or deleted).  Object key:
 ``<ns>:k:`` + vertex + ``:`` + object + ``:`` + msgpack(scope key) (``%`` and
@@ -65,24 +96,24 @@ first PINGs each pub/sub connection and reads up to the PONG, so every
 notification caused by an already acknowledged update is delivered (as with the
 memory store), without waiting otherwise.
 
-Failures.  An unreachable server raises :class:`StoreUnavailable` naming its
-address; ``execute`` retries a failed server's part of a request a few times
-with backoff (about 2 s in all) first.  Retransmission is exactly-once for ops
-with a seq (the client library always sets one) and for tagged updates; a
-retransmitted update whose tag is still in the clock log gets its recorded
-result, as from the memory engine (see :mod:`chc.core.store`).  The dedup
-cannot be turned off here: ``dedup`` is always True (``--break no-dedup``
-needs the memory store).  A Redis restart keeps every acknowledged update if
-the server runs with ``appendonly yes`` and ``appendfsync always`` (the test
-fixtures start it so): the reply is sent after the AOF write.  The dedup state
-(highest seq per client), clock logs, owners and the function library live in
-Redis too, so a request retransmitted after the reconnect is not applied twice.
-Notifications published while a pub/sub connection is down are lost (a callback
-cache may then be stale until the next update of that object).
+Retransmission is exactly-once for ops with a seq (the client library always
+sets one) and for tagged updates; a retransmitted update whose tag is still in
+the clock log gets its recorded result, as from the memory engine (see
+:mod:`chc.core.store`).  A Redis restart keeps every acknowledged update if the
+server runs with
+``appendonly yes`` and ``appendfsync always`` (the test fixtures start it so):
+the reply is sent after the AOF write.  The dedup state (highest seq per
+client), clock logs, owners and the function library live in Redis too, so a
+request retransmitted after the reconnect is not applied twice.  Notifications
+published while a pub/sub connection is down are lost (a callback cache may
+then be stale until the next update of that object).  The dedup cannot be
+turned off here: ``dedup`` is always True (``--break no-dedup`` needs the
+memory store).
 
-A run needs an empty database: client ids are ``vertex/instance`` with seqs
+A run needs an empty namespace: client ids are ``vertex/instance`` with seqs
 from 1, so another run's dedup state would make this run's ops look like
-retransmissions (a warning is issued when a store holding CHC state is opened).
+retransmissions (a fresh store clears its namespace; a warning is issued when a
+store that is not fresh finds CHC state).
 Custom operations (``register``) and value operations (``apply``; the Lua
 chunks of :func:`chc.nf.value_op`, added to the library when the store connects
 or on first use) live in the ``chc`` library that every :class:`RedisStore`
@@ -99,6 +130,7 @@ import contextlib
 import hashlib
 import os
 import re
+import select
 import socket
 import ssl
 import threading
@@ -108,7 +140,7 @@ import uuid
 import warnings
 import zlib
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +323,17 @@ class _Connection:
     def read(self, n: int) -> list[Any]:
         return [self.reply() for _ in range(n)]
 
+    def readable(self) -> bool:
+        if self.pos < len(self.buf):
+            return True
+        if self.parser is not None and self.parser.has_data():
+            return True
+        try:
+            return bool(select.select([self.sock], [], [], 0)[0]) or \
+                (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0)
+        except (OSError, ValueError):
+            return True                     # the read will tell what is wrong
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
@@ -347,6 +390,7 @@ class _Server:
         self.timeout = timeout
         self.db = int(self.params.get("db") or 0)
         self.conn: _Connection | None = None
+        self.pending: deque = deque()        # submitted requests' replies still to read, in order
         self.lock = threading.RLock()
         self.pubsub: _Connection | None = None
         self.channels: set[bytes] = set()
@@ -368,6 +412,10 @@ class _Server:
     def read(self, n: int) -> list[Any]:
         assert self.conn is not None
         return self.conn.read(n)
+
+    def readable(self) -> bool:
+        """A reply has (started to) come in: reading it will not wait on the server."""
+        return self.conn is not None and self.conn.readable()
 
     # -- pub/sub --------------------------------------------------------------------
     def pubsub_connection(self, sink: list) -> _Connection:
@@ -435,6 +483,36 @@ class _Server:
         self.reset_pubsub()
 
 
+class _Request:
+    """A submitted (non-blocking) request: acknowledged once every server it went to answered."""
+
+    __slots__ = ("ops", "seq", "on_ack", "left", "uploading", "failed", "done", "refused")
+
+    def __init__(self, ops: list[Op], seq: int, on_ack: Callable[[int], None], counts: dict[int, int],
+                 uploading: set) -> None:
+        self.ops = ops
+        self.seq = seq
+        self.on_ack = on_ack
+        self.left = dict(counts)            # server -> ops it answers
+        self.uploading = uploading
+        self.failed = False
+        self.done = False
+        self.refused = False
+
+    def answer(self, store: RedisStore, srv: int, out: Any) -> None:
+        replies = store._split(srv, out, self.left.pop(srv))
+        for digest in [d for s, d in self.uploading if s == srv]:
+            store._uploaded[srv].add(digest)
+        if any(r.__class__ is ResponseError for r in replies):
+            # A refused update (ownership, type): not acknowledged, as the simulated store
+            # does; the client sends it again and the store answers it as a retransmission.
+            self.refused = True
+        if not self.left and not self.failed:
+            self.done = True
+            if not self.refused:
+                self.on_ack(self.seq)
+
+
 class RedisStore:
     """CHC's store on Redis (see the module docstring); the interface of MemoryStore."""
 
@@ -468,6 +546,7 @@ class RedisStore:
         self.n = len(self.servers)
         self.round_trips = 0
         self.ops = 0
+        self.sent_ops = 0                   # ops submit() put on the wire (in-flight resends left out)
         self.customs: dict[str, str] = {}
         self.value_ops: dict[str, str] = {name: v.lua for name, v in VALUE_OPS.items()
                                           if v.lua and _NAME.match(name)}
@@ -486,6 +565,8 @@ class RedisStore:
         self.epoch = b""
         self._epoch_bulk = _bulk(b"")
         self._running = False               # set once connected: later failures are fatal (StoreLost)
+        self._inflight: set[tuple[str, int]] = set()     # (client, seq) of submitted, unanswered ops
+        self._inflight_reqs: deque[_Request] = deque()
         self._lost = ""
         self._lease = fresh if lease is None else lease
         self._lease_due = 0.0
@@ -593,6 +674,7 @@ class RedisStore:
         attempts = self.attempts if attempts is None else attempts
         if self._lost:
             raise StoreLost(self._lost)
+        self._drain(block=True, servers=groups)     # replies of submitted requests come first
         t0 = time.monotonic()
         order = sorted(groups)
         locks = [self.servers[i].lock for i in order]
@@ -821,18 +903,15 @@ class RedisStore:
             return list(value)
         return value
 
-    def execute(self, ops: list[Op]) -> list[Any]:
-        """Apply ``ops`` in order: one ``chc_batch`` call per server touched, sent to every
-        server before any reply is read (one round trip); return their results."""
-        self.round_trips += 1
-        self.ops += len(ops)
-        if not ops:
-            return []
+    def _encode(self, ops: list[Op]) -> tuple[dict[int, list[bytes]], list, dict[int, int], set]:
+        """``ops`` as one pipeline per server (uploads of big defaults, then one ``chc_batch``
+        call): the pipelines, each op's (server, index in its batch), the ops per server and
+        the big defaults the request uploads."""
         if self._lease and time.monotonic() >= self._lease_due:
             self._renew()
         batches: dict[int, list] = {}      # server -> [clients, RESP parts, argument count, pre, ops]
         where = []
-        uploading: set[tuple[int, bytes]] = set()       # big defaults this request uploads
+        uploading: set[tuple[int, bytes]] = set()
         for op in ops:
             srv = self._locate(op.key)[1]
             b = batches.get(srv)
@@ -849,31 +928,41 @@ class RedisStore:
         for srv, (clients, parts, argc, pre, _) in batches.items():
             groups[srv] = [*pre, b"".join((b"*%d\r\n" % (argc + 6 + len(clients)), _BATCH_HEAD, self._prefix_bulk,
                                             self._epoch_bulk, _bulk(len(clients)), *map(_bulk, clients), *parts))]
+        return groups, where, {srv: b[4] for srv, b in batches.items()}, uploading
+
+    def _split(self, srv: int, out: Any, n: int) -> list[Any]:
+        """The ``n`` per-op replies in a ``chc_batch`` reply (ResponseError for a refused op)."""
+        if isinstance(out, ResponseError):          # the whole batch refused (nothing ran)
+            if str(out).startswith("CHCEPOCH"):
+                self._check_epoch()
+            return [out] * n
+        lens, blob, *errors = out
+        refused = {}
+        for e in errors:
+            i, _, text = e.partition(b" ")
+            refused[int(i) - 1] = ResponseError(text.decode("utf-8", "replace"))
+        got: list[Any] = []
+        pos = 0
+        for j, k in enumerate(map(int, lens.split())):
+            if k >= 0:
+                got.append(blob[pos:pos + k])
+                pos += k
+            else:
+                got.append(None if k == -1 else refused[j])
+        return got
+
+    def execute(self, ops: list[Op]) -> list[Any]:
+        """Apply ``ops`` in order: one ``chc_batch`` call per server touched, sent to every
+        server before any reply is read (one round trip); return their results."""
+        self.round_trips += 1
+        self.ops += len(ops)
+        if not ops:
+            return []
+        groups, where, counts, uploading = self._encode(ops)
         per = self._round_trip(groups)
         for srv, digest in uploading:
             self._uploaded[srv].add(digest)
-        replies: dict[int, list] = {}
-        for srv, out in per.items():
-            out = out[-1]
-            if isinstance(out, ResponseError):      # the whole batch refused (nothing ran)
-                if str(out).startswith("CHCEPOCH"):
-                    self._check_epoch()
-                replies[srv] = [out] * batches[srv][4]
-                continue
-            lens, blob, *errors = out
-            refused = {}
-            for e in errors:
-                i, _, text = e.partition(b" ")
-                refused[int(i) - 1] = ResponseError(text.decode("utf-8", "replace"))
-            got: list[Any] = []
-            pos = 0
-            for j, n in enumerate(map(int, lens.split())):
-                if n >= 0:
-                    got.append(blob[pos:pos + n])
-                    pos += n
-                else:
-                    got.append(None if n == -1 else refused[j])
-            replies[srv] = got
+        replies = {srv: self._split(srv, out[-1], counts[srv]) for srv, out in per.items()}
         results = []
         error: Exception | None = None
         for op, (srv, j) in zip(ops, where, strict=True):
@@ -889,6 +978,108 @@ class RedisStore:
         if error is not None:
             raise error
         return results
+
+    # -- non-blocking requests (EO+C+NA) ---------------------------------------------------
+    def submit(self, ops: list[Op], on_ack: Callable[[int], None]) -> None:
+        """A non-blocking request: sent now, not waited for; ``on_ack(highest seq)`` once its
+        reply arrives (replies are read as they come in, at the next request, and before any
+        blocking one).  An op that is still in flight on a healthy connection (the client
+        resends every un-ACKed op, go-back-N) is not sent again: TCP delivers it ahead of
+        this request, so the reply to this request acknowledges it too.  A request whose
+        connection fails is not acknowledged; the client sends its ops again."""
+        self.round_trips += 1
+        self.ops += len(ops)
+        self._drain(block=False)
+        fresh = []
+        for op in ops:
+            if op.seq and (op.client, op.seq) in self._inflight:
+                continue
+            fresh.append(op)
+        if not fresh:
+            return                          # all in flight: their own replies acknowledge them
+        self.sent_ops += len(fresh)
+        groups, where, counts, uploading = self._encode(fresh)
+        req = _Request(fresh, ops[-1].seq, on_ack, counts, uploading)
+        for srv in sorted(groups):
+            server = self.servers[srv]
+            with server.lock:
+                try:
+                    server.send(b"".join(groups[srv]))
+                except _NETWORK_ERRORS:
+                    self._broken(srv)
+                    req.failed = True
+                    break
+                server.pending.append((req, srv, len(groups[srv])))
+        if req.failed:
+            # A connection failed: wait for this request after all, with the blocking path's
+            # retries, so that a server gone for good ends the run within its retry budget
+            # (StoreLost) instead of every later request failing quietly.
+            per = self._round_trip(groups)
+            retry = _Request(fresh, ops[-1].seq, on_ack, counts, uploading)
+            for srv, out in per.items():
+                retry.answer(self, srv, out[-1])
+            return
+        for op in fresh:
+            if op.seq:
+                self._inflight.add((op.client, op.seq))
+        self._inflight_reqs.append(req)
+
+    def _broken(self, srv: int) -> None:
+        """Server ``srv``'s connection failed: its pending requests will never be answered."""
+        server = self.servers[srv]
+        server.reset()
+        for req, _, _ in server.pending:
+            req.failed = True
+        server.pending.clear()
+        self._forget_failed()
+
+    def _forget_failed(self) -> None:
+        keep = deque()
+        for req in self._inflight_reqs:
+            if req.failed or req.done:
+                for op in req.ops:
+                    self._inflight.discard((op.client, op.seq))
+            else:
+                keep.append(req)
+        self._inflight_reqs = keep
+
+    def _drain(self, block: bool, servers: Any = None) -> None:
+        """Read the replies of submitted requests: all of them (``block``), or those already
+        arriving.  Acknowledges the requests answered on every server they went to."""
+        for srv in (range(self.n) if servers is None else servers):
+            server = self.servers[srv]
+            if not server.pending:
+                continue
+            with server.lock:
+                while server.pending:
+                    if not block and not server.readable():
+                        break
+                    req, _, n = server.pending[0]
+                    try:
+                        out = server.read(n)
+                    except _NETWORK_ERRORS:
+                        self._broken(srv)
+                        break
+                    server.pending.popleft()
+                    req.answer(self, srv, out[-1])
+        if any(req.done or req.failed for req in self._inflight_reqs):
+            self._forget_failed()
+
+    def wait(self) -> None:
+        """Block until every submitted request is answered (acknowledged or failed)."""
+        self._drain(block=True)
+
+    def settle(self, resend: Callable[[], bool]) -> None:
+        """End of input: every submitted request answered; what is still un-ACKed (a failed
+        connection's) sent again until acknowledged (``resend()``: False when nothing is)."""
+        for _ in range(self.attempts):
+            self._drain(block=True)
+            if not resend():
+                return
+        self._drain(block=True)
+        if resend():
+            raise StoreLost(f"{self.describe()}: updates still unacknowledged after {self.attempts} tries; "
+                            "the run cannot continue")
 
     @staticmethod
     def _result(op: Op, reply: bytes | None) -> Any:
