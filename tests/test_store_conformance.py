@@ -913,7 +913,7 @@ def test_unreachable_mid_run(dedicated_redis):
 def test_restart_keeps_acknowledged_updates_and_dedup(dedicated_redis):
     from chc.backends.redis import RedisStore
 
-    s = RedisStore([dedicated_redis.url], attempts=10, backoff=0.05)
+    s = RedisStore([dedicated_redis.url], attempts=40, backoff=0.05)    # ~35 s: a loaded machine restarts slowly
     try:
         ops = [Op("incr", COUNTER, (1,), "nat/0", seq, tag=(seq, 1)) for seq in range(1, 11)]
         for op in ops:

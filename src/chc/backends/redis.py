@@ -49,7 +49,7 @@ carries them again; the clock log and sequence marks make that exactly-once.
 
 Failures.  An unreachable server at start raises :class:`StoreUnavailable`
 naming its (password-redacted) address.  Mid-run, a failed request is retried
-with backoff (8 tries, about 4.5 s); past that the store raises
+with backoff (12 tries, about 9.5 s); past that the store raises
 :class:`StoreLost` and every later call does at once: the run cannot go on
 without its state (no store failover yet), and the runtime stops with that one
 line instead of dropping packet after packet.  A fresh store (a run's first)
@@ -163,7 +163,7 @@ LIBRARY = (Path(__file__).with_name("redis_functions.lua")).read_text(encoding="
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _KEY_CACHE_MAX = 100_000
 _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-_MAX_BACKOFF = 1.0         # seconds: the default 8 tries span about 4.5 s of outage
+_MAX_BACKOFF = 1.0         # seconds: the default 12 tries span about 9.5 s of outage
 _LEASE_MS = 60_000         # a run's hold on its namespace lapses this long after it stops renewing
 _LEASE_RENEW = 10.0        # seconds between renewals (during requests)
 _PASSWORD = re.compile(r"(rediss?://)([^:@/]*):[^@/]*@")
@@ -518,7 +518,7 @@ class RedisStore:
 
     name = "redis"
 
-    def __init__(self, urls: list[str] | str, *, attempts: int = 8, backoff: float = 0.1,
+    def __init__(self, urls: list[str] | str, *, attempts: int = 12, backoff: float = 0.1,
                  connect_timeout: float = 2.0, timeout: float = 30.0, fresh: bool = False,
                  namespace: str = "chc", lease: bool | None = None, tls_ca: str | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None) -> None:

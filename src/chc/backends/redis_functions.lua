@@ -23,7 +23,9 @@ function; K = P "k:" rest, rest = vertex ":" object ":" msgpack(scope key)):
   P "s:" rest   set: subscribed (wire) client ids
   P "S"         set: the objects that have subscribers
   P "l"         hash: clock log, "clock:n K" -> recorded result
-  P "lz"        sorted set: "clock:n K" scored by clock (pruning)
+  P "lc:" id    list: one batch's clock-log records, clock, "clock:n K", ... (pruning)
+  P "lz"        sorted set: those lists scored by their least clock
+  P "lseq"      counter: the last list id
   P "q"         hash: wire client id -> highest applied seq
   P "c"         list: commit reports "clock:xor_id"
   P "d:" digest a big default (msgpack), referenced by ops as 0xc1 .. digest
@@ -68,10 +70,13 @@ end
 
 -- -- msgpack ---------------------------------------------------------------------------------
 
+-- Big-endian unsigned integer of w bytes at i (struct: C speed; a byte loop cost more than the op).
 local function be(s, i, w)
-  local v = 0
-  for j = i, i + w - 1 do v = v * 256 + string.byte(s, j) end
-  return v
+  if w == 1 then return string.byte(s, i) end
+  if w == 2 then return (struct.unpack('>I2', s, i)) end
+  if w == 4 then return (struct.unpack('>I4', s, i)) end
+  local hi, lo = struct.unpack('>I4I4', s, i)
+  return hi * TWO32 + lo
 end
 
 local INT_W = {[0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8, [0xd0] = 1, [0xd1] = 2, [0xd2] = 4, [0xd3] = 8}
@@ -180,14 +185,14 @@ local function enc_int(n)
     if n < 65536 then return '\205' .. struct.pack('>I2', n) end
     if n < TWO32 then return '\206' .. struct.pack('>I4', n) end
     local hi = math.floor(n / TWO32)
-    return '\207' .. struct.pack('>I4', hi) .. struct.pack('>I4', n - hi * TWO32)
+    return '\207' .. struct.pack('>I4I4', hi, n - hi * TWO32)
   end
   if n >= -32 then return string.char(256 + n) end
   if n >= -128 then return '\208' .. string.char(256 + n) end
   if n >= -32768 then return '\209' .. struct.pack('>i2', n) end
   if n >= -2147483648 then return '\210' .. struct.pack('>i4', n) end
   local hi = math.floor(n / TWO32)
-  return '\211' .. struct.pack('>i4', hi) .. struct.pack('>I4', n - hi * TWO32)
+  return '\211' .. struct.pack('>i4I4', hi, n - hi * TWO32)
 end
 
 local function enc_float(n)
@@ -459,6 +464,8 @@ local function record(field, clock, result)
     b.members[n * 2 + 1] = clock
     b.members[n * 2 + 2] = field
     b.nlog = n + 1
+    local c = tonumber(clock)
+    if b.minclock == nil or c < b.minclock then b.minclock = c end
   end
   b.log[field] = result
 end
@@ -853,7 +860,11 @@ local function chc_batch(keys, argv)
   flush()
   if b.nlog > 0 then
     variadic('HSET', P .. 'l', b.fields, b.nlog * 2, 2)
-    variadic('ZADD', P .. 'lz', b.members, b.nlog * 2, 2)
+    -- The pruning index: this batch's (clock, field) pairs as one list, indexed by their
+    -- least clock (one ZADD per batch, not one skiplist insert per record).
+    local chunk = P .. 'lc:' .. redis.call('INCR', P .. 'lseq')
+    variadic('RPUSH', chunk, b.members, b.nlog * 2, 2)
+    redis.call('ZADD', P .. 'lz', string.format('%.17g', b.minclock), chunk)
   end
   if b.ncommits > 0 then variadic('RPUSH', P .. 'c', b.commits, b.ncommits, 1) end
   local marks, nm = flat(b.dirty_seqs, b.seqs)
@@ -937,15 +948,38 @@ local function chc_unlease(keys, args)
   return 'ok'
 end
 
--- ARGV = prefix, clock.  Forget clock-log entries of clocks < clock; returns how many.
+-- ARGV = prefix, clock.  Forget clock-log entries of clocks < clock; returns how many.  The
+-- chunks whose least clock is below go; entries of theirs at or above the bound are kept in
+-- the chunk, indexed by their new least clock.
 local function chc_prune(keys, args)
-  local P, bound = args[1], '(' .. args[2]
-  local members = redis.call('ZRANGEBYSCORE', P .. 'lz', '-inf', bound)
-  for i = 1, #members, CHUNK do
-    redis.call('HDEL', P .. 'l', unpack(members, i, math.min(i + CHUNK - 1, #members)))
+  local P, limit = args[1], tonumber(args[2])
+  local chunks = redis.call('ZRANGEBYSCORE', P .. 'lz', '-inf', '(' .. args[2])
+  local n = 0
+  for _, chunk in ipairs(chunks) do
+    local items = redis.call('LRANGE', chunk, 0, -1)
+    local gone, keep, low = {}, {}, nil
+    for i = 1, #items, 2 do
+      local c = tonumber(items[i])
+      if c < limit then
+        gone[#gone + 1] = items[i + 1]
+      else
+        keep[#keep + 1] = items[i]
+        keep[#keep + 1] = items[i + 1]
+        if low == nil or c < low then low = c end
+      end
+    end
+    for i = 1, #gone, CHUNK do
+      n = n + redis.call('HDEL', P .. 'l', unpack(gone, i, math.min(i + CHUNK - 1, #gone)))
+    end
+    redis.call('DEL', chunk)
+    if #keep > 0 then
+      variadic('RPUSH', chunk, keep, #keep, 2)
+      redis.call('ZADD', P .. 'lz', string.format('%.17g', low), chunk)
+    else
+      redis.call('ZREM', P .. 'lz', chunk)
+    end
   end
-  if #members > 0 then redis.call('ZREMRANGEBYSCORE', P .. 'lz', '-inf', bound) end
-  return #members
+  return n
 end
 
 -- ARGV = prefix.  Drain the commit reports ("clock:xor_id").
