@@ -463,6 +463,19 @@ def test_coalesced_increments_on_a_list_are_refused(store):
         run(store, Op("incr_many", LIST, increments((1, 1, 1, 0))))
 
 
+def test_incr_on_a_list_is_refused_and_leaves_it_a_list(store):
+    store.declare(LIST, [1, 2])
+    fresh = [ObjectKey("nat", "fresh", i) for i in range(3)]
+    # one request: new counters (absent) and a list object; the list must not be taken for absent
+    with pytest.raises(StoreError, match="incr"):
+        run(store, *[Op("incr", k, (1,)) for k in fresh], Op("incr", LIST, (1,)))
+    assert list(get(store, LIST)) == [1, 2]
+    assert [get(store, k) for k in fresh] == [1, 1, 1]
+    with pytest.raises(StoreError, match="incr"):
+        run(store, Op("incr", LIST, (1,)))
+    assert list(get(store, LIST)) == [1, 2]
+
+
 # -- requests ---------------------------------------------------------------------------------------------------
 
 

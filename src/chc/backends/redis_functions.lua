@@ -674,6 +674,7 @@ end
 local function cache_write(k, v)
   local b = batch
   b.cache[k] = v
+  b.absent[k] = nil
   if not b.dirty[k] then
     b.dirty[k] = true
     b.ndirty = b.ndirty + 1
@@ -714,6 +715,7 @@ local function one_op(argv, i, client, ne)
       if cached == EMPTY then return 'L\144' end
       return 'V' .. cached
     end
+    if b.fast and b.absent[k] then return 'A' end
     return tagged(k) or 'A'
   end
   local update = UPDATE[code]
@@ -746,8 +748,8 @@ local function one_op(argv, i, client, ne)
   if b.fast and code == 'set' then
     cache_write(k, argv[i + 10])
     result = R_NIL
-  elseif code == 'incr' and cached and cached ~= EMPTY then
-    local v, vf = number_of(cached)
+  elseif code == 'incr' and ((cached and cached ~= EMPTY) or (b.fast and b.absent[k])) then
+    local v, vf = number_of(cached or resolve(argv[i + 9]))
     local by, bf = number_of(argv[i + 10])
     local r = enc_number(v + by, vf or bf)
     cache_write(k, r)
@@ -755,7 +757,11 @@ local function one_op(argv, i, client, ne)
   else
     flush()
     result = update(k, op_args(argv, i, client, ne))
-    if code == 'custom' then b.cache = {} else b.cache[k] = nil end
+    if code == 'custom' then
+      b.cache, b.absent = {}, {}
+    else
+      b.cache[k], b.absent[k] = nil, nil
+    end
   end
   if field then
     record(field, argv[i + 6], result)
@@ -798,7 +804,7 @@ local function chc_batch(keys, argv)
   local watched = redis.call('EXISTS', P .. 'S') == 1
   batch = {P = P, log = {}, pre = {}, fields = {}, members = {}, nlog = 0, commits = {}, ncommits = 0,
            seqs = {}, dirty_seqs = {}, watched = watched, fast = not watched, cache = {}, dirty = {},
-           ndirty = 0, owners = {}}
+           ndirty = 0, owners = {}, absent = {}}
   local starts, nops = {}, 0
   local tagfields, nt = {}, 0
   local reads, nr = {}, 0
@@ -830,12 +836,26 @@ local function chc_batch(keys, argv)
     for m = 1, #got do batch.pre[tagfields[j + m - 1]] = got[m] end
   end
   if batch.fast then
-    local cache = batch.cache
+    local cache, misses, nm = batch.cache, {}, 0
     for j = 1, nr, CHUNK do
       local got = redis.call('MGET', unpack(reads, j, math.min(j + CHUNK - 1, nr)))
       for m = 1, #got do
-        if got[m] then cache[reads[j + m - 1]] = got[m] end      -- false: absent or a list
+        if got[m] then
+          cache[reads[j + m - 1]] = got[m]
+        else
+          nm = nm + 1
+          misses[nm] = reads[j + m - 1]                       -- absent, or a list object
+        end
       end
+    end
+    -- Usually none of the misses exists (new counters): then they are known absent and their
+    -- ops stay on the cache too; else (a list among them) they all take the general path.
+    local exist = 0
+    for j = 1, nm, CHUNK do
+      exist = exist + redis.call('EXISTS', unpack(misses, j, math.min(j + CHUNK - 1, nm)))
+    end
+    if exist == 0 then
+      for j = 1, nm do batch.absent[misses[j]] = true end
     end
   end
   local lens, results, nres, out = {}, {}, 0, {'', ''}
