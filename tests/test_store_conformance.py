@@ -1103,3 +1103,26 @@ def test_submit_over_a_broken_connection_is_resent_exactly_once(dedicated_redis)
         assert s.execute([Op("get", COUNTER)]) == [5]     # applied exactly once each
     finally:
         s.close()
+
+
+def test_the_pure_python_reply_parser(redis_urls, monkeypatch):
+    """hiredis parses replies when installed (the test extra installs it); the Python
+    parser is the fallback: requests, non-blocking requests and notifications through it."""
+    import chc.backends.redis as backend
+
+    monkeypatch.setattr(backend, "hiredis", None)
+    s = backend.RedisStore(redis_urls[:1])
+    try:
+        assert s.servers[0]._connect().parser is None
+        s.subscribe(COUNTER, "lb/1")
+        acks: list[int] = []
+        s.submit([Op("incr", COUNTER, (2,), "nat/0", 1, tag=(1, 1)), Op("push", LIST, ("a",), "nat/0", 2)],
+                 acks.append)
+        s.wait()
+        assert acks == [2]
+        assert s.execute([Op("get", COUNTER), Op("get", LIST), Op("get", VALUE, default="d")]) == [2, ["a"], "d"]
+        assert s.notifications("lb/1") == [("update", COUNTER, 2)]
+        with pytest.raises(OwnershipError):
+            s.execute([Op("set", VALUE, (1,), instance=1), Op("set", VALUE, (2,), instance=2)])
+    finally:
+        s.close()
