@@ -60,10 +60,12 @@ def _store(url: str, **kw):
     return RedisStore([url], attempts=2, backoff=0.01, **kw)
 
 
-def _chc(*args: str) -> tuple[int, str]:
-    """``chc`` in a subprocess: exit code and standard error."""
+def _chc(*args: str, out: list | None = None) -> tuple[int, str]:
+    """``chc`` in a subprocess: exit code and standard error (standard output into ``out``)."""
     proc = subprocess.run([sys.executable, "-c", "import sys; from chc.cli import main; sys.exit(main())", *args],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
+    if out is not None:
+        out.append(proc.stdout)
     return proc.returncode, proc.stderr
 
 
@@ -104,12 +106,14 @@ def test_cli_wrong_password_is_one_line_exit_2(protected, tmp_path):
 
 def test_summary_and_json_redact_the_password(protected, tmp_path):
     out = tmp_path / "s.json"
+    printed: list[str] = []
     code, err = _chc("run", str(CHAIN), str(LAN), "-c", "50", "--no-progress", "--summary-json", str(out),
-                     "--store", f"redis://:{PASSWORD}@127.0.0.1:{protected.port}")
+                     "--store", f"redis://:{PASSWORD}@127.0.0.1:{protected.port}", out=printed)
     assert code == 0, err
     backend = json.loads(out.read_text())["store"]["backend"]
     assert backend == f"redis://:***@127.0.0.1:{protected.port}"
-    assert PASSWORD not in out.read_text() and PASSWORD not in err
+    assert f"redis://:***@127.0.0.1:{protected.port}" in printed[0]          # the printed summary
+    assert PASSWORD not in out.read_text() and PASSWORD not in err and PASSWORD not in printed[0]
 
 
 # -- TLS ---------------------------------------------------------------------------------------------------------------
