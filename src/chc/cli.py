@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "results do not depend on it")
     run.add_argument("--parallelism", type=_parallelism, metavar="N",
                      help=f"override every vertex's parallelism with N instances (1-{MAX_PARALLELISM})")
+    run.add_argument("--no-scaling", action="store_true",
+                     help="ignore the spec's scaling policies: every vertex keeps its parallelism")
     pace = run.add_argument_group("pacing and timing (virtual time; tcpreplay's conventions)")
     how = pace.add_mutually_exclusive_group()
     how.add_argument("--multiplier", type=float, metavar="X",
@@ -176,6 +178,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     chain = load_spec(args.chain)
     if args.parallelism:
         chain = chain.with_parallelism(args.parallelism)
+    if args.no_scaling:
+        chain = chain.without_scaling()
     _check_outputs(args)
     store = None
     if args.model != "T":

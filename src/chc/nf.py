@@ -235,9 +235,11 @@ class Context:
         self.alerts: list[Alert] = []
         self._timers: list = []
         self._timer_seq = 0
-        # The packet being processed and the vertex's partition function: a timer
-        # remembers the flow group that armed it, so a handover moves it with the
-        # flow (§5.1); None in a timer or where nothing moves.
+        # The packet being processed and the vertex's partition function, which
+        # gives the packet's partition fields at every scope of the vertex's ladder
+        # (a tuple): a timer remembers them, so a handover moves it with the flow
+        # that armed it, even after the scope was refined (§4.1, §5.1); None in a
+        # timer or where nothing moves.
         self.packet: Any = None
         self.partition: Any = None
 
@@ -292,6 +294,14 @@ class NF:
         """
         scopes = [s for s in cls.scopes() if s is not GLOBAL]
         return scopes[-1] if scopes else FLOW
+
+    @classmethod
+    def partition_scopes(cls) -> list[Scope]:
+        """The scopes a splitter may partition on, coarsest first: ``partition_scope()``,
+        then the NF's finer declared scopes, to refine to while load is uneven (§4.1)."""
+        first = cls.partition_scope()
+        finer = [s for s in cls.scopes() if s is not GLOBAL and s.rank < first.rank]
+        return [first] + sorted(finer, key=lambda s: -s.rank)
 
     def process(self, pkt: Packet, ctx: Context) -> Packet | list[Packet] | None:
         raise NotImplementedError

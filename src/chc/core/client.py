@@ -277,15 +277,19 @@ class StoreClient:
                     cache.values[msg[1].key] = msg[2]
 
     # -- binding ---------------------------------------------------------------------------
-    def bind(self, decl: StateObject, config: Any) -> Any:
+    def bind(self, decl: StateObject, config: Any, exclusive: bool | None = None) -> Any:
+        """A handle on ``decl`` by Table 1; ``exclusive``: whether this instance is the
+        object's sole user (default: the client's ``exclusive``)."""
         handle: Any
         per_flow = decl.scope.per_flow
+        if exclusive is None:
+            exclusive = self.exclusive
         if decl.access is Access.WRITE_MOSTLY and self.no_ack_wait:
             handle = CoalescedObject(self, decl, config)
             self.coalesced.append(handle)
         elif not self.caching or decl.access is Access.WRITE_MOSTLY:
             handle = RemoteObject(self, decl, config)
-        elif per_flow or (decl.access is Access.READ_WRITE and self.exclusive):
+        elif per_flow or (decl.access is Access.READ_WRITE and exclusive):
             handle = CachedObject(self, decl, config)
         elif decl.access is Access.READ_HEAVY:
             handle = CallbackObject(self, decl, config)
