@@ -450,8 +450,9 @@ class BreakState:
             skipped = sum(r.xor_skipped for r in rt.roots)
             if skipped:
                 self.acted["no-xor"] = f"{skipped} packets deleted with updates not yet committed"
-        if "naive-move" in self.names and rt.naive_skipped:
-            self.acted["naive-move"] = f"{rt.naive_skipped} moves made while the old instance had packets queued"
+        if "naive-move" in self.names and rt.naive_raced:
+            self.acted["naive-move"] = (f"{rt.naive_skipped} moves made while the old instance had packets queued; "
+                                        f"{rt.naive_raced} moved packets overtook their flow's last one")
         if "no-flush" in self.names and rt.unshared_skipped:
             self.acted["no-flush"] = f"{rt.unshared_skipped} splits kept an exclusive cache"
         if "no-dedup" in self.names:
@@ -632,7 +633,8 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
     try:
         rt = SimRuntime(physical, model=v.model, batch_size=v.batch_size, store=store,
                         pacer=scenario.pacer(), delays=scenario.expand_delays(list(chain.vertices)),
-                        seed=v.seed, events=scenario.events, network=scenario.network, recorder=obs.serial)
+                        seed=v.seed, events=scenario.events_for(v.seed, list(chain.vertices), len(records)),
+                        network=scenario.network, recorder=obs.serial)
         state.install(rt)
         result = check_runtime(chain, rt, records, obs, tamper=state.tamper)
         if result.unrecoverable is None:

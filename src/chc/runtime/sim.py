@@ -102,6 +102,11 @@ class Handover:
         return self.covers(lambda level: ladder[level].partition(p))
 
 
+def _direction(p: Packet) -> tuple:
+    """One direction of a connection: what COE keeps in order (§2.1 R2)."""
+    return (p.src, p.sport, p.dst, p.dport, p.proto)
+
+
 def _in_groups(groups: set[int], level: int, size: int) -> Callable[[PartAt], bool]:
     return lambda part_at: crc32(part_at(level)) % size in groups
 
@@ -176,6 +181,7 @@ class SimRuntime:
         self.share_on_split = True          # off only for --break no-flush
         self.naive_moves = False            # on only for --break naive-move
         self.naive_skipped = 0              # moves that would have needed a handover
+        self._naive_watch: list[tuple[Handover, dict[tuple, Packet], list[tuple[tuple, Packet]]]] = []
         self.unshared_skipped = 0           # splits that kept an exclusive cache
         self.events = sorted(events or [], key=lambda e: (e.at_packet is None, e.at_packet or 0,
                                                           e.at_time_ns or 0))
@@ -338,6 +344,8 @@ class SimRuntime:
                 p.vt = net.data_arrival(link, p.vt)
         if self.handovers or self.holds:
             pkts = self._hold_moved(inst, pkts)
+        if self._naive_watch:
+            self._count_races(inst, pkts)
         inst.queue.extend(pkts)
 
     def _ready(self, inst: Instance, ordered: bool) -> list[Packet]:
@@ -604,6 +612,9 @@ class SimRuntime:
     def move(self, vertex: str, source: int, to: int, fraction: float) -> None:
         """Move ``fraction`` of ``source``'s flow groups to instance ``to``."""
         def go() -> None:
+            if to not in {a.instance_id for a in self.active(vertex)}:
+                self._log("move-refused", vertex, to, source=source, reason="not an active instance")
+                return
             groups = self.flowmaps[vertex].groups_of(source)
             self._move(vertex, groups[:int(len(groups) * fraction)], to)
         self._when_idle(vertex, go)
@@ -705,6 +716,7 @@ class SimRuntime:
         self._share(vertex)
         self._log("refine", vertex, None, scope=fm.scope.name, coarser=fm.ladder[a].name, **why)
         active = [i.instance_id for i in self.active(vertex)]
+        why = {**why, "scope": fm.scope.name}
         for old in active:
             for new in active:
                 if old != new:
@@ -753,7 +765,11 @@ class SimRuntime:
                 h.last = p
                 break
         if self.naive_moves:
-            self.naive_skipped += h.last is not None
+            if h.last is not None:
+                self.naive_skipped += 1
+                # To count the races it allows: each moved flow's last packet queued at old.
+                lasts = {_direction(p): p for p in old.queue if h.moves(p, ladder)}
+                self._naive_watch.append((h, lasts, []))
             h.last = None
         if h.last is None:
             self._complete(h, old, new)
@@ -783,6 +799,19 @@ class SimRuntime:
                 keep.append(p)
         return keep
 
+    def _count_races(self, inst: Instance, pkts: list[Packet]) -> None:
+        """``--break naive-move``: the moved packets of directions whose last packet
+        the old instance still had queued (what a handover holds back)."""
+        for h, lasts, sent in self._naive_watch:
+            if (h.vertex, h.new) == (inst.vertex, inst.instance_id):
+                sent += [(d, p) for p in pkts if (d := _direction(p)) in lasts]
+
+    @property
+    def naive_raced(self) -> int:
+        """After the run: moved packets that left the chain before their direction's
+        last packet at the old instance (each packet's ``vt`` is then its exit time)."""
+        return sum(p.vt < lasts[d].vt for _, lasts, sent in self._naive_watch for d, p in sent)
+
     def _handed_over(self, inst: Instance, batch: list[Packet]) -> None:
         """After a run of ``inst``: handovers whose ``last`` packet it processed complete."""
         mine = [h for h in self.handovers if h.vertex == inst.vertex and h.old == inst.instance_id]
@@ -808,7 +837,7 @@ class SimRuntime:
             if p.vt < done:
                 p.vt = done
         new.queue.extend(h.buffer)
-        if done > self.horizon:
+        if done > self.horizon and not self.naive_moves:
             h.until = done
             self.holds.append(h)
         self._log("move", h.vertex, h.new, source=h.old, groups=h.groups, buffered=len(h.buffer),
@@ -1104,13 +1133,32 @@ def _is_index(v: Any) -> bool:
 def _check_move(event: Any) -> None:
     if not event.target or "[" in event.target:
         raise ValueError("needs a target: the vertex whose flow groups move")
-    _check_params(event, {"from": _is_index, "to": _is_index,
-                          "fraction": lambda v: _positive(v) and v <= 1}, ("from", "to"))
+    fraction = {"fraction": lambda v: _positive(v) and v <= 1}
+    if "pick" in event.params:          # drawn by the seed (scenario ``random:``)
+        _check_params(event, {"pick": _is_index, **fraction}, ("pick",))
+    else:
+        _check_params(event, {"from": _is_index, "to": _is_index, **fraction}, ("from", "to"))
+
+
+def _check_refine(event: Any) -> None:
+    if not event.target or "[" in event.target:
+        raise ValueError("needs a target: the vertex to partition on a finer scope")
+    _check_params(event, {})
 
 
 def _apply_move(rt: SimRuntime, event: Any) -> None:
     vertex = _vertex(rt, event)
     n = len(rt.instances[vertex])
+    if "pick" in event.params:
+        # A seed-drawn move: two of the instances active now.
+        active = [a.instance_id for a in rt.active(vertex)]
+        if len(active) < 2:
+            return
+        k = event.params["pick"]
+        src = active[k % len(active)]
+        to = active[(k % len(active) + 1 + (k // len(active)) % (len(active) - 1)) % len(active)]
+        rt.move(vertex, src, to, float(event.params.get("fraction", 0.5)))
+        return
     src, to = event.params["from"], event.params["to"]
     if src >= n or to >= n:
         raise ValueError(f"move on {vertex}: instances are 0-{n - 1}, got from {src} to {to}")
@@ -1138,6 +1186,8 @@ ACTIONS: dict[str, Action] = {
     "scale-out": Action(_check_scale, lambda rt, e: rt.scale_out(_vertex(rt, e)), _vertex),
     "scale-in": Action(_check_scale, lambda rt, e: rt.scale_in(_vertex(rt, e), _index(e)), _vertex),
     "move": Action(_check_move, _apply_move, _vertex),
+    # §4.1: partition a vertex on the next finer scope of its NF (flows handed over).
+    "refine": Action(_check_refine, lambda rt, e: rt.refine(_vertex(rt, e)), _vertex),
     # Crash an instance, a root or the store: its memory is lost (recovery: R6).
     "crash": Action(_check_crash, _crash, _crash_target),
 }
