@@ -36,3 +36,24 @@ def test_metadata_overhead_script(tmp_path):
     assert data["packets"] == 1500
     assert set(data["variants"]) == {"off", "local", "store"}
     assert all(v["pps"] > 0 for v in data["variants"].values())
+
+
+def test_r2_move_script(tmp_path):
+    """Smoke: both moves run on small inputs and report every key (no timing asserted)."""
+    out = tmp_path / "r2.json"
+    res = load("r2_move").main(["--flows", "200", "--rounds", "1", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == res
+    for key in ("chc_ms", "opennf_ms", "ratio"):
+        assert res[key] > 0
+    assert set(res["moved_flow_latency"]["chc"]) == {"p50_us", "p90_us", "p99_us"}
+
+
+def test_r3_share_script(tmp_path):
+    """Smoke: the shared counter ends exact in both systems (checked inside), keys reported."""
+    out = tmp_path / "r3.json"
+    res = load("r3_share").main(["--instances", "2,3", "--flows", "40", "--rounds", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == res
+    for k in ("2", "3"):
+        row = res["instances"][k]
+        assert row["chc_us"] > 0 and row["opennf_us"] > 0 and row["reduction"] < 1

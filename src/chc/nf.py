@@ -116,6 +116,23 @@ class ValueOp:
 VALUE_OPS: dict[str, ValueOp] = {}
 
 
+def least_loaded(loads: list, weights: list | tuple | None = None) -> int:
+    """Index of the least loaded counter (first on ties): the load balancer's choice.
+
+    With ``weights``, weighted least-connections: the least ``loads[i] / weights[i]``
+    among positive weights, compared by cross-multiplication so that the choice is
+    exact and the same in every place that makes it (instance, store engine, Redis
+    function, COE reference).  A weight of 0 takes no new connection (draining);
+    None when every weight is 0."""
+    if weights is None:
+        return loads.index(min(loads))
+    best = None
+    for i, (v, w) in enumerate(zip(loads, weights, strict=True)):
+        if w > 0 and (best is None or v * weights[best] < loads[best] * w):
+            best = i
+    return best
+
+
 def value_op(name: str, lua: str | None = None) -> Callable:
     """Register a function as an offloadable value operation (usable as
     ``self.<object>.apply(name, *args, key=...)`` in NF code)."""
@@ -314,6 +331,18 @@ class NF:
 
     def on_timer(self, key: Hashable, ctx: Context) -> None:
         """A timer set with ``ctx.set_timer`` has expired."""
+
+    @classmethod
+    def control(cls, action: str, params: dict, current: Callable[[str], Any], config: Any
+                ) -> dict[str, Any]:
+        """An operator's change to this NF's cross-flow state while it runs (a
+        scenario action such as ``set-backends``): the new values, by object name,
+        computed from ``params`` and ``current(name)`` (the object's value now).
+        The framework writes them where the state lives (the store, whose
+        callbacks refresh every instance's cached copy; or each instance in model
+        ``T``), and the COE reference calls the same method on its own state.
+        Bad params raise :class:`ConfigError` naming the field."""
+        raise ConfigError("do", f"the {cls.kind or cls.__name__} NF has no operator control {action!r}")
 
 
 # -- config validation ---------------------------------------------------------------

@@ -131,8 +131,11 @@ class Instance:
         append = out.append
         client = self.client
         delay = self.delay
-        if client is not None and client.prefetchable:
-            client.prefetch(batch, self.nf.reads_flow_state)
+        if client is not None:
+            if client.callback_caches:
+                client.poll()               # Table 1 callbacks: refresh read-heavy caches first
+            if client.prefetchable:
+                client.prefetch(batch, self.nf.reads_flow_state)
         for pkt in batch:
             if timers and timers[0][0] <= pkt.ts:
                 self._fire(pkt.ts)

@@ -67,6 +67,7 @@ from ..nf import Access
 from ..packet import Packet, flow_key
 from ..spec import MAX_PARALLELISM, Chain
 from ..summary import Summary, merge_states, state_digest
+from . import control
 from .pacing import Delay, Pacer
 from .simnet import LinkModel, Network, StoreLink, StoreNode
 
@@ -177,6 +178,7 @@ class SimRuntime:
         self.deferred: list[tuple[str, Callable[[], None]]] = []
         self.events_log: list[dict] = []
         self.instance_hooks: list[Callable[[Instance], None]] = []   # (the COE checker's)
+        self.step_hooks: list[Callable[[SimRuntime], None]] = []     # at batch boundaries (controls)
         self.clocks = clocks
         self.share_on_split = True          # off only for --break no-flush
         self.naive_moves = False            # on only for --break naive-move
@@ -463,6 +465,8 @@ class SimRuntime:
     def step(self, batch: list[Packet]) -> list[Packet]:
         """Push one input batch through the chain; return the output it releases."""
         out: list[Packet] = []
+        for hook in self.step_hooks:
+            hook(self)
         if batch:
             self.horizon = max(self.horizon, batch[-1].vt)
             if self.holds:
@@ -484,6 +488,8 @@ class SimRuntime:
         out: list[Packet] = []
         while any(i.queue for i in self._all_instances()):
             self._pass(out)
+        for hook in self.step_hooks:
+            hook(self)                      # e.g. a control still waiting for a quiet chain
         for vertex, i in list(self.retiring):
             self._retire_if_done(vertex, i)
         for inst in self._all_instances():
@@ -1188,6 +1194,9 @@ ACTIONS: dict[str, Action] = {
     "move": Action(_check_move, _apply_move, _vertex),
     # §4.1: partition a vertex on the next finer scope of its NF (flows handed over).
     "refine": Action(_check_refine, lambda rt, e: rt.refine(_vertex(rt, e)), _vertex),
+    # Operator control (runtime/control.py): the LB's backends and weights, changed at
+    # the store, whose callbacks refresh every instance's cached copy (Table 1).
+    "set-backends": Action(control.check, control.apply, control.resolve),
     # Crash an instance, a root or the store: its memory is lost (recovery: R6).
     "crash": Action(_check_crash, _crash, _crash_target),
 }
