@@ -228,11 +228,23 @@ class Chc:
         line = self.proc.stderr.readline()
         assert line.startswith("chc: live:"), line + self.proc.stderr.read()
 
-    def stop(self) -> tuple[dict, str]:
-        self.proc.send_signal(signal.SIGTERM)
+    def stop(self, sig: int = signal.SIGTERM, code: int = 0) -> tuple[dict, str]:
+        self.proc.send_signal(sig)
         out, err = self.proc.communicate(timeout=30)
-        assert self.proc.returncode == 0, err
+        assert self.proc.returncode == code, err
         return json.loads(self.summary_path.read_text()), out
+
+
+def test_ctrl_c_drains_and_prints_the_summary(net, tmp_path):
+    chc = Chc(net, PASS, tmp_path)
+    # Three datagrams to a closed port: ARP, then each answered by an ICMP error.
+    _sh(sys.executable, "-c", "import socket, time\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for _ in range(3): s.sendto(b'x', ('10.0.2.10', 9)); time.sleep(0.2)", ns=net.cli)
+    summary, text = chc.stop(signal.SIGINT, 130)
+    assert summary["packets_out"] == summary["packets_in"] >= 5 and summary["dropped"] == 0
+    assert summary["capture"]["live"]["stopped_by"] == "interrupt"
+    assert "chain 'passthrough'" in text and "live outside out0:" in text
 
 
 def _sha(path: Path) -> str:
@@ -318,7 +330,7 @@ def test_iperf3_through_the_chain_beside_kernel_forwarding(net, tmp_path):
     assert res.returncode == 0, res.stderr
     assert _sha(got) == _sha(www / "f")
     for end in (kernel, chain):
-        assert end["sum_sent"]["bytes"] == 20 * 1024 * 1024
+        assert end["sum_sent"]["bytes"] >= 20 * 1024 * 1024     # whole 128 KiB blocks
         assert 0 < end["sum_received"]["bytes"] <= end["sum_sent"]["bytes"]
     k, c = kernel["sum_received"]["bits_per_second"], chain["sum_received"]["bits_per_second"]
     print(f"\niperf3 TCP, 20 MiB: kernel bridge {k / 1e6:,.0f} Mbit/s, chc passthrough {c / 1e6:,.1f} Mbit/s "

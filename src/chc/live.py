@@ -61,6 +61,7 @@ SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_OUTGOING = 4
+PACKET_STATISTICS = 6
 PACKET_IGNORE_OUTGOING = 23         # Linux 4.20+
 MAX_FRAME = 65536 + 64              # a GSO super-frame, should offloads be left on
 MIRROR = "~"                        # not allowed in spec names, so never a clash
@@ -80,6 +81,7 @@ class LivePort:
         self.sent = 0
         self.send_errors = 0
         self.outgoing_seen = 0          # own frames the kernel still showed us (old kernels)
+        self.kernel_drops = 0           # frames the socket's buffer had no room for
         try:
             index = socket.if_nametoindex(ifname)
         except OSError:
@@ -109,6 +111,8 @@ class LivePort:
             raise PortError(f"--live {ifname}: {exc.strerror or exc}") from None
         sock.setblocking(False)
         self.sock = sock
+        self._buf = bytearray(MAX_FRAME)
+        self._view = memoryview(self._buf)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -116,16 +120,19 @@ class LivePort:
     def recv_batch(self, limit: int) -> list[bytes]:
         """Up to ``limit`` frames that have arrived (none if nothing has)."""
         out: list[bytes] = []
-        recv = self.sock.recvfrom
+        recv = self.sock.recvfrom_into
+        buf = self._buf
+        view = self._view
         while len(out) < limit:
             try:
-                data, addr = recv(MAX_FRAME)
+                size, addr = recv(buf)
             except (BlockingIOError, InterruptedError):
                 break
             if addr[2] == PACKET_OUTGOING:
                 self.outgoing_seen += 1
                 continue
-            out.append(data)
+            # One reused buffer: recvfrom(MAX_FRAME) would allocate 64 KiB a frame.
+            out.append(bytes(view[:size]))
         self.received += len(out)
         return out
 
@@ -148,8 +155,11 @@ class LivePort:
             self.sent += 1
 
     def counters(self) -> dict[str, Any]:
+        with contextlib.suppress(OSError):      # each read returns and resets the kernel's counts
+            _, drops = struct.unpack("II", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+            self.kernel_drops += drops
         return {"interface": self.name, "received": self.received, "sent": self.sent,
-                "send_errors": self.send_errors}
+                "send_errors": self.send_errors, "kernel_drops": self.kernel_drops}
 
     def close(self) -> None:
         self.sock.close()
@@ -323,11 +333,11 @@ def cmd_live(args: argparse.Namespace, runtime_kwargs: dict[str, Any],
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        counters = {"inside": inside.counters(), "outside": outside.counters()}
         inside.close()
         outside.close()
     summary = rt.summary()
-    summary.capture = {"live": {"inside": inside.counters(), "outside": outside.counters(),
-                                "stopped_by": run.stopped_by}}
+    summary.capture = {"live": {**counters, "stopped_by": run.stopped_by}}
     if args.summary_json:
         write_json(args.summary_json, summary.as_json())
     if args.state_json:
@@ -335,8 +345,8 @@ def cmd_live(args: argparse.Namespace, runtime_kwargs: dict[str, Any],
         write_json(args.state_json, canonical(rt.logical_state()))
     if not args.quiet:
         print(summary.render())
-        for port, side in ((inside, "inside"), (outside, "outside")):
-            c = port.counters()
+        for side, c in counters.items():
             print(f"live {side} {c['interface']}: {c['received']:,} frames received, {c['sent']:,} sent, "
-                  f"{c['send_errors']:,} send errors")
+                  f"{c['send_errors']:,} send errors, {c['kernel_drops']:,} dropped by the kernel "
+                  f"(socket buffer full)")
     return 130 if run.stopped_by == "interrupt" else 0
