@@ -109,6 +109,16 @@ def _chc(*args: str, **kw) -> subprocess.CompletedProcess:
                           timeout=60, **kw)
 
 
+def test_metrics_options_are_checked():
+    res = _chc("run", str(PASS), "x.pcap", "--metrics-port", "9464")
+    assert res.returncode == 2 and "--metrics-port is for --live" in res.stderr
+    from chc.metrics import parse_listen
+    assert parse_listen("9464") == ("127.0.0.1", 9464)
+    assert parse_listen("0.0.0.0:80") == ("0.0.0.0", 80)
+    with pytest.raises(ValueError):
+        parse_listen("70000")
+
+
 def test_a_missing_interface_is_a_one_line_error():
     res = _chc("run", str(PASS), "--live", "chcnosuch0:chcnosuch1")
     assert res.returncode == 2
@@ -287,7 +297,7 @@ def _www(net: Net, tmp_path: Path, size: int) -> Path:
 
 def test_a_syn_sweep_is_flagged_and_the_scanner_blocked(net, tmp_path):
     www = _www(net, tmp_path, 50_000)
-    chc = Chc(net, PORTSCAN, tmp_path)
+    chc = Chc(net, PORTSCAN, tmp_path, "--metrics-port", "9464")
     _wait_listening(net, net.srv, 8080)
     # First contacts with 20 hosts, each answered by an RST: TRW flags after four.
     _sh("nmap", "-sS", "-Pn", "-n", "--send-ip", "-S", "10.0.1.1", "-e", "cli0", "-p", "80",
@@ -297,12 +307,39 @@ def test_a_syn_sweep_is_flagged_and_the_scanner_blocked(net, tmp_path):
     other = tmp_path / "other"
     ok = _sh("curl", "-sS", "--fail", "--max-time", "20", "--interface", "10.0.1.2", "-o", str(other),
              "http://10.0.2.10:8080/f", ns=net.cli, check=False)
+    scraped = _sh("curl", "-sS", "--fail", "--max-time", "10", "http://127.0.0.1:9464/metrics", ns=net.mid).stdout
     summary, _ = chc.stop()
+    _check_metrics(scraped, summary)
     assert [(a["kind"], a["host"]) for a in summary["alerts"]] == [("portscan", "10.0.1.1")]
     assert blocked.returncode != 0, "the flagged scanner still got through"
     assert ok.returncode == 0, ok.stderr
     assert _sha(other) == _sha(www / "f")
     assert summary["vertices"]["portscan"]["dropped"] > 0
+
+
+def _check_metrics(text: str, summary: dict) -> None:
+    """The Prometheus scrape of the sweep run: its alerts, both directions, drops."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    assert samples[("chc_alerts_total", (("kind", "portscan"), ("vertex", "portscan")))] == 1
+
+    def inst(name: str, direction: str) -> float:
+        return samples[(name, (("direction", direction), ("instance", "0"), ("vertex", "portscan")))]
+    for direction in ("forward", "reverse"):
+        assert inst("chc_instance_packets_in_total", direction) > 0
+        assert inst("chc_instance_queue_length", direction) == 0
+        assert ("chc_instance_packets_per_second", (("direction", direction), ("instance", "0"),
+                                                   ("vertex", "portscan"))) in samples
+    assert inst("chc_instance_dropped_total", "forward") > 0        # the blocked scanner's SYNs
+    # Scraped before the last frames: at most what the summary counts.
+    assert inst("chc_instance_packets_in_total", "forward") + inst("chc_instance_packets_in_total", "reverse") \
+        <= summary["vertices"]["portscan"]["packets_in"]
+    assert samples[("chc_batch_processing_seconds_count", ())] > 0
+    assert samples[("chc_port_frames_received_total", (("interface", "in0"), ("side", "inside")))] > 0
 
 
 def _iperf(net: Net, size: str) -> dict:

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(a bump in the wire; docs/live.md)")
     run.add_argument("--duration", type=float, metavar="S",
                      help="with --live: stop after S seconds (also stopped by -c, SIGTERM, Ctrl-C)")
+    run.add_argument("--metrics-port", metavar="[ADDR:]PORT",
+                     help="with --live: serve Prometheus metrics on PORT (127.0.0.1 unless ADDR is given)")
     run.add_argument("--out", metavar="OUT",
                      help="write the chain's output packets here (.pcap, .pcapng, optionally .gz; '-' is "
                           "pcap on standard output, and the summary then goes to stderr); the input's "
@@ -184,8 +186,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_live(args)
     elif args.capture is None:
         raise UsageError("run needs CAPTURE (or --live IN_IF:OUT_IF)")
-    elif args.duration is not None:
-        raise UsageError("--duration is for --live")
+    elif args.duration is not None or args.metrics_port is not None:
+        raise UsageError(f"{'--duration' if args.duration is not None else '--metrics-port'} is for --live")
     chain = load_spec(args.chain)
     if args.parallelism:
         chain = chain.with_parallelism(args.parallelism)

@@ -10,8 +10,8 @@ each (non-blocking ``recv`` until the socket is empty), stamps them with the wal
 clock, and pushes them as one batch through the ``sim`` runtime's :meth:`step`
 (real time instead of virtual time: every packet is available at once, so the
 runtime's results are those of ``--topspeed``).  Frames are read from a
-PACKET_MMAP RX ring (TPACKET_V2) where the kernel gives one: measured at about a
-quarter of the cost of a ``recvfrom_into`` per frame (bench/live_io.py).  What the chain outputs is sent
+PACKET_MMAP RX ring (TPACKET_V2) where the kernel gives one: bench/live_io.py
+measured a frame read from it at a quarter to a half of a ``recvfrom_into``.  What the chain outputs is sent
 on the other port than the frame came in on; what it drops is counted in the
 summary as in ``chc run``.  Frames the sockets themselves send are never read
 back: ``PACKET_IGNORE_OUTGOING`` where the kernel has it, and the packet type
@@ -34,6 +34,7 @@ instance may own, so ``--live`` runs them with one instance.
 Non-IP frames (ARP) pass unchanged when the chain's ``input.non_ip`` is ``pass``.
 Stopping: ``--duration``, ``--count``, SIGTERM or Ctrl-C end the loop; the runtime
 drains, and the summary is that of ``chc run``, plus the ports' counters.
+``--metrics-port`` serves Prometheus metrics meanwhile (:mod:`chc.metrics`).
 """
 
 from __future__ import annotations
@@ -129,9 +130,8 @@ class LivePort:
         self._view = memoryview(self._buf)
 
     def _map_ring(self, sock: socket.socket, ifname: str) -> None:
-        """A TPACKET_V2 RX ring (PACKET_MMAP): bench/live_io.py measured a frame
-        read from it at about a quarter of a recvfrom_into's cost.  Slots hold
-        the MTU's frames; without the ring, recv_batch falls back to recv."""
+        """A TPACKET_V2 RX ring (PACKET_MMAP; see the module doc for why).  Slots
+        hold the MTU's frames; without the ring, recv_batch falls back to recv."""
         try:
             with open(f"/sys/class/net/{ifname}/mtu") as fh:
                 mtu = int(fh.read())
@@ -310,12 +310,13 @@ class LiveRun:
     duration: float | None = None
     stopped_by: str | None = None
     entered: int = 0
+    on_step: Callable[[int, float], None] | None = None     # frames, seconds (metrics)
 
     def stop(self, why: str) -> None:
         if self.stopped_by is None:
             self.stopped_by = why
 
-    def loop(self, batch: int, on_batch: Callable[[int], None] | None = None) -> None:
+    def loop(self, batch: int) -> None:
         rt = self.runtime
         ports = (self.inside, self.outside)
         started = time.perf_counter()
@@ -333,9 +334,7 @@ class LiveRun:
             limit = batch if self.count is None else min(batch, self.count - self.entered)
             inside = self.inside.recv_batch(limit) if self.inside in ready else []
             outside = self.outside.recv_batch(limit) if self.outside in ready else []
-            n = self.push(inside, outside)
-            if on_batch is not None:
-                on_batch(n)
+            self.push(inside, outside)
             if self.count is not None and self.entered >= self.count:
                 self.stop("count")
         self.send(rt.drain())
@@ -353,7 +352,11 @@ class LiveRun:
         pkts += [Packet(f, now, base + i) for i, f in enumerate(outside)]
         rt.reverse = set(range(base, base + len(outside)))
         self.entered += len(pkts)
-        self.send(rt.step(pkts))
+        started = time.perf_counter()
+        out = rt.step(pkts)
+        if self.on_step is not None:
+            self.on_step(len(pkts), time.perf_counter() - started)
+        self.send(out)
         return len(pkts)
 
     def send(self, out: list[Packet]) -> None:
@@ -365,6 +368,23 @@ class LiveRun:
         to_out = [p.data for p in out if p.index not in reverse] if reverse else [p.data for p in out]
         self.outside.send_batch(to_out)
         self.inside.send_batch(to_in)
+
+
+def _metrics(listen: str, rt: LiveRuntime, ports: dict[str, LivePort]) -> Any:
+    """Serve Prometheus metrics on ``listen`` ([ADDR:]PORT) for the run's life."""
+    try:
+        from .metrics import LiveMetrics, parse_listen
+    except ImportError:
+        raise UsageError("--metrics-port needs prometheus-client (pip install 'chc[live]')") from None
+    try:
+        addr, port = parse_listen(listen)
+        metrics = LiveMetrics(rt, ports)
+        metrics.serve(addr, port)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"--metrics-port {listen}: {exc.strerror or exc}") from None
+    return metrics
 
 
 def _ifpair(text: str) -> tuple[str, str]:
@@ -391,6 +411,10 @@ def cmd_live(args: argparse.Namespace, runtime_kwargs: dict[str, Any],
         inside.close()
         raise
     run = LiveRun(rt, inside, outside, count=args.count, duration=args.duration)
+    metrics = None
+    if args.metrics_port is not None:
+        metrics = _metrics(args.metrics_port, rt, {"inside": inside, "outside": outside})
+        run.on_step = metrics.batch
     previous = {sig: signal.signal(sig, lambda s, f, why=why: run.stop(why))
                 for sig, why in ((signal.SIGINT, "interrupt"), (signal.SIGTERM, "terminate"))}
     try:
@@ -403,6 +427,8 @@ def cmd_live(args: argparse.Namespace, runtime_kwargs: dict[str, Any],
         counters = {"inside": inside.counters(), "outside": outside.counters()}
         inside.close()
         outside.close()
+        if metrics is not None:
+            metrics.close()
     summary = rt.summary()
     summary.capture = {"live": {**counters, "stopped_by": run.stopped_by}}
     if args.summary_json:
