@@ -39,7 +39,7 @@ from chc.live import LiveRuntime, mirrored
 from chc.packet import Packet, ip_bytes, ipv4_header_ok, l4_checksum_ok
 from chc.spec import load_spec
 from conftest import _unavailable
-from frames import ACK, SYN, SYN_ACK, tcp
+from frames import ACK, FIN_ACK, SYN, SYN_ACK, tcp
 from frames import arp as arp_frame
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +82,27 @@ def test_a_reply_crosses_lb_then_nat_and_leaves_as_the_client_expects(model):
     s = rt.summary()
     assert list(s.vertices) == ["nat", "lb"] and s.vertices["nat"]["packets_in"] == 3
     assert s.packets_in == 3 and s.packets_out == 3 and s.dropped == 0
+
+
+@pytest.mark.parametrize("closer", ["client", "server"])
+def test_a_closed_connection_gives_back_its_port_and_forgets_its_reply_entries(closer):
+    rt = LiveRuntime(load_spec(NAT_LB))
+    out = _run(rt, [tcp("10.0.1.1", "10.0.2.100", 40000, 8080, SYN)], set(), 0)
+    eport = Packet(bytes(out[0].data)).sport
+    c_fin = tcp("10.0.1.1", "10.0.2.100", 40000, 8080, FIN_ACK)
+    s_fin = tcp("10.0.2.10", "10.0.2.200", 8080, eport, FIN_ACK)
+    first, second = (c_fin, s_fin) if closer == "client" else (s_fin, c_fin)
+    rev = {0} if closer == "server" else {1}
+    out = _run(rt, [tcp("10.0.2.10", "10.0.2.200", 8080, eport, SYN_ACK)], {0}, 1)
+    out += _run(rt, [first, second], rev, 2)
+    assert len(out) == 3 and all(_valid(p) for p in out)
+    state = rt.logical_state()
+    nat, lb = state["nat"], state["lb"]
+    assert sorted(nat["ports"][None]) == list(range(20000, 30000))      # the port is back
+    # Only the inside entries stay (closed); the outside ones, (port, (ip, port)), are gone.
+    assert [type(v[1]) for v in nat["mapping"].values()] == [int]
+    assert all(v == 0 for v in lb.get("active", {}).values())
+    assert len(lb["mapping"]) == 1
 
 
 def test_unsolicited_and_non_ip_frames_from_the_outside():
