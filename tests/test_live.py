@@ -39,7 +39,7 @@ from chc.live import LiveRuntime, mirrored
 from chc.packet import Packet, ip_bytes, ipv4_header_ok, l4_checksum_ok
 from chc.spec import load_spec
 from conftest import _unavailable
-from frames import ACK, FIN_ACK, SYN, SYN_ACK, tcp
+from frames import ACK, FIN_ACK, SYN, SYN_ACK, tcp, udp
 from frames import arp as arp_frame
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -336,6 +336,43 @@ def test_a_syn_sweep_is_flagged_and_the_scanner_blocked(net, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert _sha(other) == _sha(www / "f")
     assert summary["vertices"]["portscan"]["dropped"] > 0
+
+
+_TAG_SNIFFER = """
+import socket, struct, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind(("srv0", 3))
+s.setsockopt(263, 8, 1)                 # PACKET_AUXDATA: the tag the kernel took off
+s.settimeout(20)
+print("ready", flush=True)
+while True:
+    data, anc, _, _ = s.recvmsg(65536, 1024)
+    if data[12:14] != b"\\x08\\x00" or data[36:38] != (9999).to_bytes(2, "big"):
+        continue
+    tags = [struct.unpack("IIIHHHH", cd[:20]) for level, kind, cd in anc if (level, kind) == (263, 8)]
+    status, tci = (tags[0][0], tags[0][5]) if tags else (0, 0)
+    print(f"vlan {tci & 0xfff}" if status & 16 else "untagged", flush=True)
+    break
+"""
+
+
+def test_vlan_tags_cross_the_wire(net, tmp_path):
+    # The kernel hands AF_PACKET a frame's 802.1Q tag apart from its bytes (both
+    # where chc reads and where the sniffer does); chc must put it back on.
+    sniffer = net.spawn(net.srv, sys.executable, "-c", _TAG_SNIFFER, stdout=subprocess.PIPE, text=True)
+    assert sniffer.stdout.readline().strip() == "ready"
+    chc = Chc(net, PASS, tmp_path)
+    plain = udp("10.0.1.1", "10.0.2.10", 40000, 9999, b"tagged")
+    frame = bytes.fromhex(Net.mac(net.srv, "srv0").replace(":", "")) + plain[6:12] + b"\x81\x00\x00\x0a" + plain[12:]
+    _sh(sys.executable, "-c", "import socket, sys\n"
+        "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+        "s.bind(('cli0', 0))\n"
+        "s.send(bytes.fromhex(sys.argv[1]))", frame.hex(), ns=net.cli)
+    out, _ = sniffer.communicate(timeout=30)
+    summary, _ = chc.stop()
+    assert out.strip() == "vlan 10"
+    assert summary["packets_in"] == summary["packets_out"] >= 1
+    assert summary["capture"]["live"]["inside"]["rx_ring"]
 
 
 def _check_metrics(text: str, summary: dict) -> None:

@@ -70,8 +70,13 @@ PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 TPACKET_V2 = 1
 TP_STATUS_USER = 1
+TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_VLAN_TPID_VALID = 1 << 6
+ETH_P_8021Q = 0x8100
 RING_BYTES = 8 << 20                # per port, as the socket buffer without a ring
-_TPACKET2 = struct.Struct("IIIHH")  # tp_status, tp_len, tp_snaplen, tp_mac, tp_net
+# tp_status, tp_len, tp_snaplen, tp_mac, tp_net, tp_sec, tp_nsec, tp_vlan_tci, tp_vlan_tpid
+_TPACKET2 = struct.Struct("IIIHHIIHH")
+_TAG = struct.Struct("!HH")
 _PKTTYPE_AT = 32 + 10               # sockaddr_ll.sll_pkttype, after the aligned header
 PACKET_IGNORE_OUTGOING = 23         # Linux 4.20+
 MAX_FRAME = 65536 + 64              # a GSO super-frame, should offloads be left on
@@ -183,13 +188,20 @@ class LivePort:
         slot, slots, i = self._slot, self._slots, self._next
         while len(out) < limit:
             at = i * slot
-            status, length, snap, mac, _net = unpack(mem, at)
+            status, length, snap, mac, _net, _s, _ns, tci, tpid = unpack(mem, at)
             if not status & TP_STATUS_USER:
                 break
             if mem[at + _PKTTYPE_AT] == PACKET_OUTGOING:
                 self.outgoing_seen += 1
             elif snap < length:
                 self.oversize += 1
+            elif status & TP_STATUS_VLAN_VALID:
+                # The kernel took the 802.1Q tag off the frame (VLAN offload): put it
+                # back, or a trunk's frames would leave untagged.
+                if not status & TP_STATUS_VLAN_TPID_VALID:
+                    tpid = ETH_P_8021Q
+                start = at + mac
+                out.append(b"".join((view[start:start + 12], _TAG.pack(tpid, tci), view[start + 12:start + snap])))
             else:
                 out.append(bytes(view[at + mac:at + mac + snap]))
             mem[at:at + 4] = b"\0\0\0\0"          # the slot back to the kernel
