@@ -34,6 +34,10 @@ weights.  A backend already in the pool keeps its index, so connections already
 mapped to it keep their server (counters and mappings are keyed by index); one
 left out gets weight 0: it takes no new connection and its open ones drain.  A
 new backend is appended.  At least one weight stays positive.
+
+On a wire (``wire: true``, for ``chc run --live``) replies come from the backend
+itself, ``backend -> client``, and leave as ``vip -> client``; the mapping then
+also holds each connection's backend-side 5-tuple (see the NAT's module doc).
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class LBConfig:
     backends: list
     port: int | None = None
     weights: list | None = None
+    wire: bool = False
     vip_addr: bytes = dataclasses.field(init=False, default=b"")
     backend_addrs: tuple = dataclasses.field(init=False, default=())
     backend_weights: tuple = dataclasses.field(init=False, default=())
@@ -84,6 +89,8 @@ class LBConfig:
         self.backend_weights = (1,) * n if self.weights is None else _weights("weights", self.weights, n)
         if self.port is not None and (not isinstance(self.port, int) or not 0 < self.port < 65536):
             raise ConfigError("port", f"expected a port number, got {self.port!r}")
+        if not isinstance(self.wire, bool):
+            raise ConfigError("wire", f"expected true or false, got {self.wire!r}")
 
 
 class LoadBalancer(NF):
@@ -100,17 +107,23 @@ class LoadBalancer(NF):
         super().__init__(config)
         self.vip = config.vip_addr
         self.port = config.port
+        self.wire = config.wire
 
     def process(self, pkt: Packet, ctx: Context) -> Packet:
         if pkt.dst == self.vip and (self.port is None or pkt.dport == self.port):
             to_server = True
+        elif self.wire:
+            if pkt.src in self.pool.get()[0] and (self.port is None or pkt.sport == self.port):
+                return self._reply(pkt)
+            return pkt
         elif pkt.src == self.vip and (self.port is None or pkt.sport == self.port):
             to_server = False
         else:
             return pkt
         key = FLOW.key(pkt)
         entry = self.mapping.get(key)
-        if to_server and needs_new_mapping(entry, pkt.flags):
+        fresh = to_server and needs_new_mapping(entry, pkt.flags)
+        if fresh:
             entry = self._assign(key)
         if entry is None:
             return pkt                      # reply of a connection we never saw open
@@ -121,18 +134,44 @@ class LoadBalancer(NF):
         addr = self.pool.get()[0][server]
         if to_server:
             rewrite_dst(pkt, addr)
+            if fresh and self.wire:
+                self.mapping.set(entry, FLOW.key(pkt))   # the backend-side form, for _reply
         else:
             rewrite_src(pkt, addr)
+        return self._track(pkt, key, entry, to_server)
+
+    def _track(self, pkt: Packet, key, entry: tuple[int, int], to_server: bool, backside=None) -> Packet:
+        """Close tracking: a closed connection no longer counts as active on its
+        server (and on a wire its backend-side entry goes; ``backside`` is that
+        key for a reply, whose own key after translation is the VIP one)."""
         if pkt.proto == PROTO_TCP and pkt.flags & (TCP_FIN | TCP_RST) and not entry[1] & CLOSED:
+            server = entry[0]
             state = track_close(entry[1], pkt.flags, to_server)
             if state & CLOSED:
                 self.active.decr(1, server)
+                if self.wire:
+                    self.mapping.delete(FLOW.key(pkt) if to_server else backside)
             self.mapping.set((server, state), key)
         return pkt
 
+    def _reply(self, pkt: Packet) -> Packet:
+        """A reply on the wire, ``backend -> client``: it leaves from the VIP."""
+        backside = FLOW.key(pkt)
+        entry = self.mapping.get(backside)
+        if entry is None:
+            return pkt                      # the backend's own traffic, not a balanced connection
+        server = entry[0]
+        self.bytes.incr(len(pkt.data), server)
+        rewrite_src(pkt, self.vip)
+        key = FLOW.key(pkt)
+        entry = self.mapping.get(key)
+        if entry is None or entry[0] != server:
+            return pkt                      # (a stale backend-side entry)
+        return self._track(pkt, key, entry, False, backside)
+
     def reads_flow_state(self, pkt: Packet) -> bool:
         """Only the VIP's traffic reads a mapping (the batch prefetch's hint)."""
-        return pkt.dst == self.vip or pkt.src == self.vip
+        return pkt.dst == self.vip or pkt.src == self.vip or (self.wire and pkt.src in self.pool.get()[0])
 
     def _assign(self, key) -> tuple[int, int] | None:
         # One atomic operation, so that instances racing for the least-loaded
