@@ -678,7 +678,7 @@ def test_lb_non_vip_traffic_unchanged():
               tcp(VIP, CLIENT, 80, 49999, SYN_ACK)]
     out = inst.run(packets(frames))
     assert [bytes(p.data) for p in out] == frames
-    assert inst.state() == {"active": {}, "bytes": {}, "mapping": {}}
+    assert inst.state() == {"active": {}, "bytes": {}, "mapping": {}, "pool": {}}
 
 
 def test_lb_port_filter():

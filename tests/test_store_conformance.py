@@ -211,6 +211,18 @@ def test_argmin_incr(store):
     assert [get(store, k) for k in keys] == [3, 3, 2]
 
 
+def test_weighted_argmin_incr(store):
+    """Weighted least-connections: least count / weight among positive weights, exact
+    (cross-multiplied), first on ties; no positive weight answers None, changes nothing."""
+    keys = [ObjectKey("lb", "active", i) for i in range(3)]
+    op_key = ObjectKey("lb", "active", None)
+    picks = [run(store, Op("custom", op_key, ("argmin_incr", keys, [1, 3, 0])))[0] for _ in range(8)]
+    assert picks == [0, 1, 1, 1, 0, 1, 1, 1]
+    assert [get(store, k) for k in keys] == [2, 6, None]
+    assert run(store, Op("custom", op_key, ("argmin_incr", keys, [0, 0, 0])))[0] is None
+    assert [get(store, k) for k in keys] == [2, 6, None]
+
+
 def _scale(engine, op):
     value = engine.data.get(op.key, op.default or 1) * op.args[0]
     engine.data[op.key] = value

@@ -60,8 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "chain's output packets to --out, and print a summary of packets, drops, "
                     "per-vertex counts and alerts.")
     run.add_argument("chain", metavar="CHAIN", help="chain spec (YAML), e.g. examples/paper_chain.yaml")
-    run.add_argument("capture", metavar="CAPTURE",
-                     help="input capture: .pcap, .pcapng, optionally .gz; '-' reads standard input")
+    run.add_argument("capture", metavar="CAPTURE", nargs="?",
+                     help="input capture: .pcap, .pcapng, optionally .gz; '-' reads standard input "
+                          "(not with --live)")
+    run.add_argument("--live", metavar="IN_IF:OUT_IF",
+                     help="no capture: run the chain on live interfaces, frames from IN_IF leave on "
+                          "OUT_IF and replies from OUT_IF go back through the chain to IN_IF "
+                          "(a bump in the wire; docs/live.md)")
+    run.add_argument("--duration", type=float, metavar="S",
+                     help="with --live: stop after S seconds (also stopped by -c, SIGTERM, Ctrl-C)")
+    run.add_argument("--metrics-port", metavar="[ADDR:]PORT",
+                     help="with --live: serve Prometheus metrics on PORT (127.0.0.1 unless ADDR is given)")
     run.add_argument("--out", metavar="OUT",
                      help="write the chain's output packets here (.pcap, .pcapng, optionally .gz; '-' is "
                           "pcap on standard output, and the summary then goes to stderr); the input's "
@@ -94,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "results do not depend on it")
     run.add_argument("--parallelism", type=_parallelism, metavar="N",
                      help=f"override every vertex's parallelism with N instances (1-{MAX_PARALLELISM})")
+    run.add_argument("--no-scaling", action="store_true",
+                     help="ignore the spec's scaling policies: every vertex keeps its parallelism")
     pace = run.add_argument_group("pacing and timing (virtual time; tcpreplay's conventions)")
     how = pace.add_mutually_exclusive_group()
     how.add_argument("--multiplier", type=float, metavar="X",
@@ -180,9 +191,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.live is not None:
+        _check_live(args)
+    elif args.capture is None:
+        raise UsageError("run needs CAPTURE (or --live IN_IF:OUT_IF)")
+    elif args.duration is not None or args.metrics_port is not None:
+        raise UsageError(f"{'--duration' if args.duration is not None else '--metrics-port'} is for --live")
     chain = load_spec(args.chain)
     if args.parallelism:
         chain = chain.with_parallelism(args.parallelism)
+    if args.no_scaling:
+        chain = chain.without_scaling()
     _check_outputs(args)
     store = None
     if args.model != "T":
@@ -192,6 +211,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     try:
+        if args.live is not None:
+            from .live import cmd_live
+            return cmd_live(args, {"chain": chain, "model": args.model, "batch_size": args.batch_size,
+                                   "store": store, "seed": args.seed, "log_mode": args.packet_log,
+                                   "log_limit": max(args.log_limit, 0), "persist_every": args.clock_persist},
+                            _write_json)
         return _run(args, chain, store)
     finally:
         if store is not None:
@@ -231,11 +256,24 @@ def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:
     return EXIT_PARTIAL if reader.stop_reason and not args.allow_partial else 0
 
 
+def _check_live(args: argparse.Namespace) -> None:
+    """--live reads interfaces: the capture-only options make no sense with it."""
+    given = [name for name, on in (("CAPTURE", args.capture is not None), ("--out", args.out),
+                                   ("--filter", args.filter), ("--delay", args.delay),
+                                   ("--multiplier", args.multiplier), ("--pps", args.pps),
+                                   ("--mbps", args.mbps), ("--topspeed", args.topspeed)) if on]
+    if given:
+        raise UsageError(f"--live takes no {given[0]} (it reads the interfaces, at their own pace)")
+    if args.duration is not None and not args.duration > 0:
+        raise UsageError(f"--duration {args.duration}: expected a positive number of seconds")
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before any work, outputs that would destroy an input or each other."""
     try:
         refuse_clobber({"--out": args.out, "--summary-json": args.summary_json, "--state-json": args.state_json},
-                       {"capture": args.capture, "chain spec": args.chain})
+                       {"capture": args.capture, "chain spec": args.chain} if args.capture else
+                       {"chain spec": args.chain})
     except ClobberError as exc:
         raise UsageError(str(exc)) from None
     if args.out == STDIN and sys.stdout.isatty():

@@ -52,6 +52,7 @@ from typing import Any
 from .core.store import ObjectKey, Op, StoreError
 from .packet import Packet, describe_flow, ip_str
 from .reference import LogicalRun, Replay, StoreStep, logical_run, replay, same
+from .runtime import control
 from .runtime.sim import SimRuntime, Unrecoverable
 from .spec import Chain
 from .summary import canonical
@@ -84,7 +85,7 @@ class Serialization:
             if code == "custom":
                 if args[0] != "argmin_incr":
                     raise ValueError(f"the COE checker cannot re-execute custom operation {args[0]!r}")
-                code, args = "argmin_incr", ([x.key for x in args[1]],)
+                code, args = "argmin_incr", ([x.key for x in args[1]], *args[2:])
             if isinstance(result, (deque, list)):
                 result = list(result)       # a snapshot: the store's list lives on
             add(StoreStep(k.vertex, k.obj, k.key, k.per_flow, code, tuple(args), op.tag,
@@ -118,10 +119,12 @@ def _collect(rt: SimRuntime, records: list[tuple[int, bytes]]) -> RunResult:
     return RunResult(out, alerts, canonical(rt.logical_state()), s, stored)
 
 
-def reference_run(chain: Chain, records: list[tuple[int, bytes]], serial: Replay | None = None) -> LogicalRun:
+def reference_run(chain: Chain, records: list[tuple[int, bytes]], serial: Replay | None = None,
+                  controls: list | tuple = ()) -> LogicalRun:
     """The logical chain (one instance per vertex, input order, no delays), following
-    the store's re-executed serialization for order-dependent shared operations."""
-    return logical_run(chain, records, serial)
+    the store's re-executed serialization for order-dependent shared operations, with
+    the operator controls the physical run applied, at the input positions it applied them."""
+    return logical_run(chain, records, serial, controls)
 
 
 # -- comparison ----------------------------------------------------------------------------
@@ -357,7 +360,7 @@ def check_runtime(chain: Chain, rt: SimRuntime, records: list[tuple[int, bytes]]
     if tamper is not None:
         tamper(rt, phys)
     rep = replay(obs.serial.steps)
-    ref = reference_run(chain, records, rep)
+    ref = reference_run(chain, records, rep, control.applied(rt.events_log))
     divs = _compare_store(obs.serial, rep, phys, obs.issued_updates(), obs.deleted) if rt.store is not None else []
     divs = compare(ref, phys, chain) + divs
     return CheckResult(divs, ref.notes, phys, ref, network=rt.net.describe(), steps=len(obs.serial.steps))
@@ -392,6 +395,8 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
           "store|output|order|state", True),
     Break("no-flush", "an instance keeps caching a cross-flow object after a split made it shared (R3)",
           "output", True),
+    Break("no-callback", "clients drop the store's callbacks: cached read-heavy objects go stale (Table 1)",
+          "output|state", True),
 )}
 
 
@@ -432,6 +437,8 @@ class BreakState:
             inst.client.faults = self._drop
         if "no-retransmit" in self.names:
             inst.client.retransmit = False
+        if "no-callback" in self.names:
+            inst.client.callbacks = False
 
     def observe(self, rt: SimRuntime, obs: Observers) -> None:
         """After the run: what the switched-off mechanisms would have had to do."""
@@ -450,8 +457,15 @@ class BreakState:
             skipped = sum(r.xor_skipped for r in rt.roots)
             if skipped:
                 self.acted["no-xor"] = f"{skipped} packets deleted with updates not yet committed"
-        if "naive-move" in self.names and rt.naive_skipped:
-            self.acted["naive-move"] = f"{rt.naive_skipped} moves made while the old instance had packets queued"
+        if "naive-move" in self.names and rt.naive_raced:
+            self.acted["naive-move"] = (f"{rt.naive_skipped} moves made while the old instance had packets queued; "
+                                        f"{rt.naive_raced} moved packets overtook their flow's last one")
+        if "no-callback" in self.names:
+            stale = sum(len(i.client.callback_caches) for i in insts if i.client is not None)
+            total = sum(r.packets_in for r in rt.roots)
+            changed = sum(c[0] < total for c in control.applied(rt.events_log))
+            if stale and changed:
+                self.acted["no-callback"] = f"{changed} operator changes, {stale} cached copies never refreshed"
         if "no-flush" in self.names and rt.unshared_skipped:
             self.acted["no-flush"] = f"{rt.unshared_skipped} splits kept an exclusive cache"
         if "no-dedup" in self.names:
@@ -632,7 +646,8 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
     try:
         rt = SimRuntime(physical, model=v.model, batch_size=v.batch_size, store=store,
                         pacer=scenario.pacer(), delays=scenario.expand_delays(list(chain.vertices)),
-                        seed=v.seed, events=scenario.events, network=scenario.network, recorder=obs.serial)
+                        seed=v.seed, events=scenario.events_for(v.seed, list(chain.vertices), len(records)),
+                        network=scenario.network, recorder=obs.serial)
         state.install(rt)
         result = check_runtime(chain, rt, records, obs, tamper=state.tamper)
         if result.unrecoverable is None:

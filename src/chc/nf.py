@@ -116,6 +116,23 @@ class ValueOp:
 VALUE_OPS: dict[str, ValueOp] = {}
 
 
+def least_loaded(loads: list, weights: list | tuple | None = None) -> int:
+    """Index of the least loaded counter (first on ties): the load balancer's choice.
+
+    With ``weights``, weighted least-connections: the least ``loads[i] / weights[i]``
+    among positive weights, compared by cross-multiplication so that the choice is
+    exact and the same in every place that makes it (instance, store engine, Redis
+    function, COE reference).  A weight of 0 takes no new connection (draining);
+    None when every weight is 0."""
+    if weights is None:
+        return loads.index(min(loads))
+    best = None
+    for i, (v, w) in enumerate(zip(loads, weights, strict=True)):
+        if w > 0 and (best is None or v * weights[best] < loads[best] * w):
+            best = i
+    return best
+
+
 def value_op(name: str, lua: str | None = None) -> Callable:
     """Register a function as an offloadable value operation (usable as
     ``self.<object>.apply(name, *args, key=...)`` in NF code)."""
@@ -235,9 +252,11 @@ class Context:
         self.alerts: list[Alert] = []
         self._timers: list = []
         self._timer_seq = 0
-        # The packet being processed and the vertex's partition function: a timer
-        # remembers the flow group that armed it, so a handover moves it with the
-        # flow (§5.1); None in a timer or where nothing moves.
+        # The packet being processed and the vertex's partition function, which
+        # gives the packet's partition fields at every scope of the vertex's ladder
+        # (a tuple): a timer remembers them, so a handover moves it with the flow
+        # that armed it, even after the scope was refined (§4.1, §5.1); None in a
+        # timer or where nothing moves.
         self.packet: Any = None
         self.partition: Any = None
 
@@ -293,6 +312,14 @@ class NF:
         scopes = [s for s in cls.scopes() if s is not GLOBAL]
         return scopes[-1] if scopes else FLOW
 
+    @classmethod
+    def partition_scopes(cls) -> list[Scope]:
+        """The scopes a splitter may partition on, coarsest first: ``partition_scope()``,
+        then the NF's finer declared scopes, to refine to while load is uneven (§4.1)."""
+        first = cls.partition_scope()
+        finer = [s for s in cls.scopes() if s is not GLOBAL and s.rank < first.rank]
+        return [first] + sorted(finer, key=lambda s: -s.rank)
+
     def process(self, pkt: Packet, ctx: Context) -> Packet | list[Packet] | None:
         raise NotImplementedError
 
@@ -304,6 +331,18 @@ class NF:
 
     def on_timer(self, key: Hashable, ctx: Context) -> None:
         """A timer set with ``ctx.set_timer`` has expired."""
+
+    @classmethod
+    def control(cls, action: str, params: dict, current: Callable[[str], Any], config: Any
+                ) -> dict[str, Any]:
+        """An operator's change to this NF's cross-flow state while it runs (a
+        scenario action such as ``set-backends``): the new values, by object name,
+        computed from ``params`` and ``current(name)`` (the object's value now).
+        The framework writes them where the state lives (the store, whose
+        callbacks refresh every instance's cached copy; or each instance in model
+        ``T``), and the COE reference calls the same method on its own state.
+        Bad params raise :class:`ConfigError` naming the field."""
+        raise ConfigError("do", f"the {cls.kind or cls.__name__} NF has no operator control {action!r}")
 
 
 # -- config validation ---------------------------------------------------------------

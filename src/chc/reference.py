@@ -53,7 +53,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 from zlib import crc32
 
-from .nf import NF, VALUE_OPS, Context, StateObject
+from .nf import NF, VALUE_OPS, Context, StateObject, least_loaded
 from .packet import Packet
 from .spec import Chain, Vertex
 from .summary import canonical
@@ -126,6 +126,9 @@ class Replay:
     results: dict[ResultKey, list[Any]] = dataclasses.field(default_factory=dict)
     duplicates: int = 0
     applied: set[tuple[str, str, Hashable, tuple[int, int]]] = dataclasses.field(default_factory=set)
+    # The weights each of those argmin_incr choices was made with (None: unweighted), in
+    # the same order: an instance that chose by a stale copy of its weights is not followed.
+    weights: dict[ResultKey, list[Any]] = dataclasses.field(default_factory=dict)
 
 
 class _Refuse(Exception):
@@ -193,13 +196,16 @@ def _apply(data: dict, addr: Address, step: StoreStep) -> tuple[Any, Any]:
     return (new, result)
 
 
-def _argmin_incr(data: dict, addr: Address, step: StoreStep) -> int:
+def _argmin_incr(data: dict, addr: Address, step: StoreStep) -> int | None:
     # The least counter among sibling keys of the same object; an absent
-    # counter is 0 whatever the step's default (as the store's custom op).
+    # counter is 0 whatever the step's default (as the store's custom op);
+    # with weights (args[1]) the least counter / weight among positive weights.
     vertex, obj, _ = addr
     addrs = [(vertex, obj, k) for k in step.args[0]]
     loads = [data.get(a, 0) for a in addrs]
-    best = loads.index(min(loads))
+    best = least_loaded(loads, step.args[1] if len(step.args) > 1 else None)
+    if best is None:
+        return None
     data[addrs[best]] = loads[best] + 1
     return best
 
@@ -260,6 +266,9 @@ def _replay_step(data: dict, first: dict, step: StoreStep, out: Replay) -> tuple
     if ident is not None and not isinstance(expected, Refused):
         first[ident] = expected
         out.results.setdefault((*addr, step.tag[0], step.code), []).append(expected)
+        if step.code == "argmin_incr":
+            used = list(step.args[1]) if len(step.args) > 1 else None
+            out.weights.setdefault((*addr, step.tag[0], step.code), []).append(used)
     return expected, same(step.result, expected)
 
 
@@ -272,12 +281,14 @@ class _Choices:
     """The store's results of order-dependent ops (from a :class:`Replay`), each
     taken once, in store order, by the logical run."""
 
-    __slots__ = ("results", "taken", "notes")
+    __slots__ = ("results", "taken", "notes", "weights")
 
-    def __init__(self, results: dict[ResultKey, list[Any]], notes: list[str]) -> None:
+    def __init__(self, results: dict[ResultKey, list[Any]], notes: list[str],
+                 weights: dict[ResultKey, list[Any]] | None = None) -> None:
         self.results = results
         self.taken: dict[ResultKey, int] = {}
         self.notes = notes
+        self.weights = weights or {}
 
     def unused(self) -> Iterator[tuple[ResultKey, int]]:
         """Results never taken, by key, with how many are left."""
@@ -309,6 +320,14 @@ class _Follow:
             return False, None
         c.taken[k] = i + 1
         return True, found[i]
+
+    def weights_used(self, obj: str, key: Hashable, code: str) -> Any:
+        """The weights the store's last taken result for this op was chosen with."""
+        c = self.choices
+        k = (self.vertex, obj, key, self.ctx.packet_clock, code)
+        used = c.weights.get(k)
+        i = c.taken.get(k, 0) - 1
+        return used[i] if used and 0 <= i < len(used) else None
 
     def note(self, obj: str, what: str) -> None:
         self.choices.notes.append(f"clock {self.ctx.packet_clock}: {self.vertex}.{obj}: {what}")
@@ -410,25 +429,38 @@ class RefObject:
         self._note(f"the store answered {outcome!r} to {op}, not a (value, result) pair")
         return result
 
-    def incr_least(self, keys: Iterable[Hashable]) -> int:
-        """Index of the least counter among ``keys`` (first on ties), incremented."""
+    def incr_least(self, keys: Iterable[Hashable], weights: list | tuple | None = None) -> int | None:
+        """Index of the least counter among ``keys`` (first on ties), incremented;
+        with ``weights`` the least counter / weight among positive weights.  The
+        store's choice is legal when it is an index whose weight, by the logical
+        chain's own (operator-set) weights, is positive: a physical instance that
+        chose by stale weights (a drained backend) is not followed."""
         keys = list(keys)
         found, best = self._take(None, "argmin_incr")
         if found:
-            if isinstance(best, int) and not isinstance(best, bool) and 0 <= best < len(keys):
+            mine = list(weights) if weights is not None else None
+            used = self.follow.weights_used(self.decl.name, None, "argmin_incr")
+            if used != mine:
+                self._note(f"the store chose with weights {used}, the logical chain has {mine}")
+            elif best is None and mine is not None and not any(mine):
+                return None
+            elif (isinstance(best, int) and not isinstance(best, bool) and 0 <= best < len(keys)
+                    and (weights is None or weights[best] > 0)):
                 self.incr(1, keys[best])
                 return best
-            self._note(f"the store chose index {best!r} among {len(keys)} keys")
+            else:
+                self._note(f"the store chose index {best!r} among {len(keys)} keys")
         else:
             # A sole user caches the object and sends its choice as an increment of
             # the chosen key: that increment's place in the store's order is the choice.
             for i, k in enumerate(keys):
-                if self._take(k, "incr")[0]:
+                if (weights is None or weights[i] > 0) and self._take(k, "incr")[0]:
                     self.incr(1, k)
                     return i
         loads = [self.get(k) for k in keys]
-        best = loads.index(min(loads))
-        self.incr(1, keys[best])
+        best = least_loaded(loads, weights)
+        if best is not None:
+            self.incr(1, keys[best])
         return best
 
     # -- the final state ---------------------------------------------------------------
@@ -544,12 +576,24 @@ class _Interpreter:
         self.chain = chain
         self.vs = chain.vertices
         self.notes: list[str] = []
-        self.choices = _Choices(replay.results, self.notes) if replay is not None else None
+        self.choices = _Choices(replay.results, self.notes, replay.weights) if replay is not None else None
         self.nodes = {name: _Node(v, self.choices) for name, v in chain.vertices.items()}
         self.seq = [0] * chain.roots
         self.drop = {"malformed": chain.policies.get("malformed", "drop") == "drop",
                      "non_ip": chain.policies.get("non_ip", "pass") == "drop"}
         self.run = LogicalRun([], [], {}, self.notes)
+
+    def control(self, vertex: str, action: str, params: dict) -> None:
+        """An operator's change to a vertex's cross-flow state, made on the logical state."""
+        node = self.nodes[vertex]
+        v = self.vs[vertex]
+        try:
+            values = v.nf.control(action, params, lambda name: node.objects[name].get(), v.config)
+        except ValueError as exc:
+            self.notes.append(f"{vertex}: {action} refused by the logical chain: {exc}")
+            return
+        for name, value in values.items():
+            node.objects[name].set(value)
 
     # -- the root's part ------------------------------------------------------------------
     def feed(self, ts: int, data: bytes) -> None:
@@ -668,13 +712,27 @@ class _Interpreter:
                                   f"the logical chain did not")
 
 
-def logical_run(chain: Chain, records: Iterable[tuple[int, bytes]], replay: Replay | None = None) -> LogicalRun:
+Control = tuple[int, str, str, dict]      # (first input packet that sees it, vertex, action, params)
+
+
+def logical_run(chain: Chain, records: Iterable[tuple[int, bytes]], replay: Replay | None = None,
+                controls: Iterable[Control] = ()) -> LogicalRun:
     """The logical chain of ``chain`` on ``(timestamp ns, frame)`` records: one NF
     per vertex, input order, no delays; shared order-dependent operations follow
-    ``replay`` (the store's re-executed serialization) where it is legal."""
+    ``replay`` (the store's re-executed serialization) where it is legal.
+
+    ``controls`` are operator changes (``NF.control``) with the input position the
+    physical run applied them at (its event log: the order, not the values): the
+    logical chain computes each change itself, by the NF's ``control`` on its own
+    state, before that packet."""
     interp = _Interpreter(chain, replay)
-    for ts, data in records:
+    todo = sorted(controls, key=lambda c: c[0])
+    for i, (ts, data) in enumerate(records):
+        while todo and todo[0][0] <= i:
+            interp.control(*todo.pop(0)[1:])
         interp.feed(ts, data)
+    for c in todo:
+        interp.control(*c[1:])
     return interp.finish()
 
 

@@ -22,6 +22,11 @@ per-instance delay distributions, a seed, and timed events::
       - {at: {packets: 500}, do: partition, target: "nat[0]", duration_us: 2000}
       - {at: {packets: 900}, do: drop, target: "portscan", count: 3}
       - {at: {packets: 1200}, do: crash, target: "nat[1]"}
+    random:                         # more events, drawn by each seed
+      events: 8
+      actions: [scale-out, scale-in, move, refine]   # default: scale-out, scale-in, move
+      vertices: [nat, portscan]     # default: every vertex
+      between: {packets: [200, 3000]}                # default: the whole input
 
 Events fire before the input packet they name (``packets``: its index;
 ``time_us``: the first packet arriving at or after that virtual time), so a run
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 from typing import Any
 
 from .core.client import MODELS
@@ -58,6 +64,37 @@ class Event:
     at_time_ns: int | None = None
 
 
+#: Actions a scenario's ``random:`` block may draw.
+RANDOM_ACTIONS = ("scale-out", "scale-in", "move", "refine")
+_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+
+
+@dataclasses.dataclass
+class RandomEvents:
+    """``random:``: ``events`` more events per seed, at packets drawn in ``between``."""
+
+    events: int
+    actions: tuple[str, ...] = ("scale-out", "scale-in", "move")
+    vertices: tuple[str, ...] | None = None
+    between: tuple[int, int] | None = None
+
+    def draw(self, seed: int, vertices: list[str], n_packets: int) -> list[Event]:
+        """The seed's events (the same for the same seed, chain and input length)."""
+        for v in self.vertices or ():
+            if v not in vertices:
+                raise ValueError(f"random.vertices: unknown vertex {v!r} (vertices: {', '.join(vertices)})")
+        rng = random.Random(f"{seed}/random-events")
+        lo, hi = self.between or (0, n_packets)
+        hi = max(lo + 1, min(hi, n_packets))
+        out = []
+        for _ in range(self.events):
+            action = rng.choice(self.actions)
+            vertex = rng.choice(self.vertices or vertices)
+            params = {"pick": rng.randrange(1 << 16), "fraction": rng.choice(_FRACTIONS)} if action == "move" else {}
+            out.append(Event(action, vertex, params, at_packet=rng.randrange(lo, hi)))
+        return out
+
+
 @dataclasses.dataclass
 class Scenario:
     name: str = "scenario"
@@ -70,6 +107,12 @@ class Scenario:
     seed: int = 0
     network: dict[str, LinkModel] = dataclasses.field(default_factory=dict)
     events: list[Event] = dataclasses.field(default_factory=list)
+    random: RandomEvents | None = None
+
+    def events_for(self, seed: int, vertices: list[str], n_packets: int) -> list[Event]:
+        """The scenario's events and those the seed draws."""
+        drawn = self.random.draw(seed, vertices, n_packets) if self.random else []
+        return self.events + drawn
 
     def pacer(self) -> Pacer:
         """A new pacer for one run (pacers keep state: the first timestamp seen)."""
@@ -90,7 +133,8 @@ def load_scenario(path: str | os.PathLike) -> Scenario:
         raise ScenarioError(f"{path}: {exc}") from None
 
 
-_FIELDS = ("name", "parallelism", "model", "store", "batch_size", "pacing", "delays", "seed", "network", "events")
+_FIELDS = ("name", "parallelism", "model", "store", "batch_size", "pacing", "delays", "seed", "network", "events",
+           "random")
 
 
 def parse_scenario(raw: Any) -> Scenario:
@@ -121,7 +165,41 @@ def parse_scenario(raw: Any) -> Scenario:
     sc.seed = seed
     sc.network = parse_network(raw.get("network"), ScenarioError)
     sc.events = [_event(e, f"events[{i}]") for i, e in enumerate(raw.get("events") or [])]
+    sc.random = _random(raw.get("random"))
     return sc
+
+
+def _random(raw: Any) -> RandomEvents | None:
+    if raw is None:
+        return None
+    known = ("events", "actions", "vertices", "between")
+    if not isinstance(raw, dict) or "events" not in raw:
+        raise ScenarioError("random: a mapping {events: N, actions: [...], vertices: [...], "
+                            "between: {packets: [A, B]}}")
+    for key in raw:
+        if key not in known:
+            raise ScenarioError(f"random.{key}: unknown field (known: {', '.join(known)})")
+    n = raw["events"]
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 10_000:
+        raise ScenarioError(f"random.events: an integer from 0 to 10000, got {n!r}")
+    out = RandomEvents(n)
+    actions = raw.get("actions", list(out.actions))
+    if not isinstance(actions, list) or not actions or any(a not in RANDOM_ACTIONS for a in actions):
+        raise ScenarioError(f"random.actions: a non-empty list of {', '.join(RANDOM_ACTIONS)}, got {actions!r}")
+    out.actions = tuple(actions)
+    vertices = raw.get("vertices")
+    if vertices is not None:
+        if not isinstance(vertices, list) or not vertices or not all(isinstance(v, str) for v in vertices):
+            raise ScenarioError(f"random.vertices: a non-empty list of vertex names, got {vertices!r}")
+        out.vertices = tuple(vertices)
+    between = raw.get("between")
+    if between is not None:
+        span = between.get("packets") if isinstance(between, dict) and set(between) == {"packets"} else None
+        if not (isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                  and x >= 0 for x in span) and span[0] < span[1]):
+            raise ScenarioError(f"random.between: {{packets: [FIRST, LAST]}} with 0 <= FIRST < LAST, got {between!r}")
+        out.between = (span[0], span[1])
+    return out
 
 
 def _parallelism(raw: Any) -> int | dict[str, int] | None:

@@ -20,7 +20,8 @@ Spec format::
     input: {malformed: drop, non_ip: pass}     # policies for frames NFs can't use
     vertices:
       nat:      {nf: nat, parallelism: 1, config: {external_ip: 198.51.100.1}}
-      portscan: {nf: portscan}
+      portscan: {nf: portscan,                 # a vertex manager's policy (§3):
+                 scaling: {out_above_pps: 5000, in_below_pps: 1000, min: 1, max: 4}}
       trojan:   {nf: trojan}
     edges:   ["nat -> portscan"]               # or [[nat, portscan]]
     offpath: [{from: nat, to: trojan, tap: input}]   # tap: input | output
@@ -35,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from .core.manager import PolicyError, ScalingPolicy, parse_policy
 from .nf import NF, ConfigError, Scope, build_config
 from .nfs import REGISTRY
 
@@ -61,6 +63,7 @@ class Vertex:
     taps_out: list[str] = dataclasses.field(default_factory=list)   # off-path copies of output
     offpath: bool = False
     match: Any = None          # entry vertices: None (all), "other", or a port set
+    scaling: ScalingPolicy | None = None   # the vertex manager's logic (§3)
 
     def accepts(self, pkt: Any) -> bool:
         """Does this entry vertex take ``pkt`` (its ``match``, any TCP/UDP port)?"""
@@ -85,6 +88,11 @@ class Chain:
     @property
     def entry(self) -> str:
         return self.entries[0]
+
+    def without_scaling(self) -> Chain:
+        """A copy whose vertices have no vertex-manager policy (fixed size)."""
+        return dataclasses.replace(self, vertices={n: dataclasses.replace(v, scaling=None)
+                                                   for n, v in self.vertices.items()})
 
     def with_parallelism(self, parallelism: int | dict[str, int]) -> Chain:
         """A copy with other instance counts (all vertices, or by name)."""
@@ -181,8 +189,8 @@ def _vertices(raw: Any) -> dict[str, Vertex]:
         if not isinstance(body, dict):
             raise SpecError(f"{where}: must be a mapping with at least 'nf'")
         for key in body:
-            if key not in ("nf", "config", "parallelism", "match"):
-                raise SpecError(f"{where}.{key}: unknown field (known: config, match, nf, parallelism)")
+            if key not in ("nf", "config", "parallelism", "match", "scaling"):
+                raise SpecError(f"{where}.{key}: unknown field (known: config, match, nf, parallelism, scaling)")
         if "nf" not in body:
             raise SpecError(f"{where}.nf: missing (the NF type; known: {', '.join(sorted(REGISTRY))})")
         kind = body["nf"]
@@ -194,8 +202,23 @@ def _vertices(raw: Any) -> dict[str, Vertex]:
             config = build_config(nf_cls, body.get("config"), f"{where}.config")
         except ConfigError as exc:
             raise SpecError(str(exc)) from None
-        out[name] = Vertex(name, nf_cls, config, par, match=_match(body.get("match"), f"{where}.match"))
+        out[name] = Vertex(name, nf_cls, config, par, match=_match(body.get("match"), f"{where}.match"),
+                           scaling=_scaling(body.get("scaling"), f"{where}.scaling", par))
+
     return out
+
+
+def _scaling(raw: Any, where: str, parallelism: int) -> ScalingPolicy | None:
+    if raw is None:
+        return None
+    try:
+        policy = parse_policy(raw, where, MAX_PARALLELISM)
+    except PolicyError as exc:
+        raise SpecError(str(exc)) from None
+    if not policy.min <= parallelism <= policy.max:
+        raise SpecError(f"{where}: the vertex starts with {parallelism} instances, outside "
+                        f"min..max ({policy.min}..{policy.max})")
+    return policy
 
 
 def _match(raw: Any, where: str) -> Any:

@@ -106,6 +106,23 @@ class Summary:
         out["elapsed_s"] = round(self.elapsed_s, 6)
         return out
 
+    def _render_scaling(self) -> list[str]:
+        """Per scaled vertex: its instance counts over time, scope and imbalance."""
+        out = []
+        for name, v in self.vertices.items():
+            sizes = v.get("sizes") or []
+            if len(sizes) < 2 and "imbalance" not in v:
+                continue
+            line = f"  {name}: instances {' -> '.join(map(str, sizes))}, scope {v['scope']}"
+            if "imbalance" in v:
+                line += f", imbalance {v['imbalance']:.2f} (peak {v['peak_imbalance']:.2f})"
+            out.append(line)
+        moves = [e for e in self.events if e["kind"] == "move"]
+        if out:
+            out = ["", f"scaling: {len(moves)} handovers, "
+                       f"{sum(e.get('buffered', 0) for e in moves):,} packets buffered meanwhile"] + out
+        return out
+
     def render(self) -> str:
         """Human-readable summary for the terminal."""
         lines = [f"PARTIAL: {reason}" for reason in self.partial_reasons] + [
@@ -119,6 +136,7 @@ class Summary:
         for name, v in self.vertices.items():
             lines.append(f"  {name:<14}{v['nf']:<10}{v['instances']:>5}{v['packets_in']:>12,}"
                          f"{v['packets_out']:>12,}{v['dropped']:>10,}{v['alerts']:>8,}")
+        lines += self._render_scaling()
         if self.alerts:
             lines += ["", f"alerts ({len(self.alerts)}):"]
             shown = self.alerts[:20]

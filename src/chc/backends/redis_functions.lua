@@ -605,15 +605,23 @@ UPDATE['apply'] = function(k, args)
 end
 
 -- Built-in custom operation: index of the least counter among args[1] (object keys), incremented
--- by one (the load balancer's choice, §6); the first on ties; absent counters are 0.
+-- by one (the load balancer's choice, §6); the first on ties; absent counters are 0.  With
+-- args[2] (weights): the least counter / weight among positive weights, compared by
+-- cross-multiplication as chc.nf.least_loaded does; nil (nothing incremented) when none is.
 CUSTOM['argmin_incr'] = function(op)
   local keys = op.args[1]
   if keys == nil or keys.n == 0 then fail('argmin_incr needs at least one counter') end
-  local best, bestv, bestf
+  local weights = op.args[2]
+  local best, bestv, bestf, bestw
   for i = 1, keys.n do
-    local v, f = number_at(keys[i], '\0')
-    if best == nil or v < bestv then best, bestv, bestf = i, v, f end
+    local w = 1
+    if weights ~= nil then w = weights[i] end
+    if w > 0 then
+      local v, f = number_at(keys[i], '\0')
+      if best == nil or v * bestw < bestv * w then best, bestv, bestf, bestw = i, v, f, w end
+    end
   end
+  if best == nil then return nil end
   redis.call('SET', keys[best], enc_number(bestv + 1, bestf))
   return best - 1
 end

@@ -13,7 +13,7 @@ cdef class CoalescedObject
 cdef class StoreClient:
     cdef public object backend, vertex, client_id, faults, clock, issued
     cdef public object instance
-    cdef public bint caching, no_ack_wait, exclusive, in_timer, retransmit
+    cdef public bint caching, no_ack_wait, exclusive, in_timer, retransmit, callbacks
     cdef public long long seq, n_in_packet, blocking_ops, nonblocking_ops, cache_hits, abandoned
     cdef public unsigned long long packet_xor
     cdef public list pending, prefetchable, unacked

@@ -65,7 +65,7 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Any
 
-from ..nf import VALUE_OPS, Access, StateObject
+from ..nf import VALUE_OPS, Access, StateObject, least_loaded
 from .state import LocalObject
 from .store import Increments, ObjectKey, Op, StoreError
 
@@ -98,6 +98,7 @@ class StoreClient:
         self.no_ack_wait = model == "EO+C+NA"
         self.exclusive = exclusive          # sole user of cross-flow objects (splitter)
         self.retransmit = True              # off only to show what it prevents (tests)
+        self.callbacks = True               # off: callbacks dropped, read-heavy caches go stale (tests)
         self.seq = 0                        # the last seq given to a sent op
         self.pending: list[Op] = []         # non-blocking ops not yet sent
         self.unacked: list[Op] = []         # sent non-blocking ops not yet acknowledged
@@ -272,25 +273,35 @@ class StoreClient:
         self.backend.submit(ops, self._acked)
         return True
 
+    def poll(self) -> None:
+        """Take the callbacks that arrived since the last request (the instance runs
+        this before each batch): a change another instance or the operator made to
+        a cached read-heavy object reaches this cache before the batch reads it."""
+        self._notifications()
+
     def _notifications(self) -> None:
         if not self.callback_caches:
             return
         for msg in self.backend.notifications(self.client_id):
-            if msg[0] == "update":
+            if msg[0] == "update" and self.callbacks:
                 cache = self.callback_caches.get(msg[1])
                 if cache is not None:
                     cache.values[msg[1].key] = msg[2]
 
     # -- binding ---------------------------------------------------------------------------
-    def bind(self, decl: StateObject, config: Any) -> Any:
+    def bind(self, decl: StateObject, config: Any, exclusive: bool | None = None) -> Any:
+        """A handle on ``decl`` by Table 1; ``exclusive``: whether this instance is the
+        object's sole user (default: the client's ``exclusive``)."""
         handle: Any
         per_flow = decl.scope.per_flow
+        if exclusive is None:
+            exclusive = self.exclusive
         if decl.access is Access.WRITE_MOSTLY and self.no_ack_wait:
             handle = CoalescedObject(self, decl, config)
             self.coalesced.append(handle)
         elif not self.caching or decl.access is Access.WRITE_MOSTLY:
             handle = RemoteObject(self, decl, config)
-        elif per_flow or (decl.access is Access.READ_WRITE and self.exclusive):
+        elif per_flow or (decl.access is Access.READ_WRITE and exclusive):
             handle = CachedObject(self, decl, config)
         elif decl.access is Access.READ_HEAVY:
             handle = CallbackObject(self, decl, config)
@@ -424,11 +435,13 @@ class RemoteObject(_Handle):
             self.recorder(self.name, key, "apply", (new, result))
         return result
 
-    def incr_least(self, keys: list) -> int:
+    def incr_least(self, keys: list, weights: list | tuple | None = None) -> int | None:
         c = self.client
-        op = c.op("custom", self.key(None), ("argmin_incr", [self.key(k) for k in keys]),
-                  xor_base=self._xor_base)
-        best = c.call(op)
+        # Unweighted: the op keeps its original form (stores, digests, COE steps unchanged).
+        args: tuple = ("argmin_incr", [self.key(k) for k in keys])
+        if weights is not None:
+            args += (list(weights),)
+        best = c.call(c.op("custom", self.key(None), args, xor_base=self._xor_base))
         if self.recorder is not None:
             self.recorder(self.name, None, "incr_least", best)
         return best
@@ -540,9 +553,11 @@ class CachedObject(_Handle):
             self.recorder(self.name, key, "apply", (new, result))
         return result
 
-    def incr_least(self, keys: list) -> int:
+    def incr_least(self, keys: list, weights: list | tuple | None = None) -> int | None:
         loads = [self._slot_value(k) for k in keys]
-        best = loads.index(min(loads))
+        best = least_loaded(loads, weights)
+        if best is None:
+            return None
         self.incr(1, keys[best])
         if self.recorder is not None:
             self.recorder(self.name, None, "incr_least", best)

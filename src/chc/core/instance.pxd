@@ -6,7 +6,7 @@ from ..packet cimport Packet
 
 
 cdef class Instance:
-    cdef public object vertex, instance_id, nf, client, delay, free_at, first_error
+    cdef public object vertex, instance_id, nf, client, delay, free_at, busy, first_error, shared
     cdef public Context ctx
     cdef public object queue
     cdef public dict objects

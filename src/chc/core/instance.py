@@ -43,10 +43,20 @@ log = logging.getLogger("chc.instance")
 _TIMER_TAGS = 1 << 20      # clock-log tags of timer updates start here (never a packet's)
 
 
+def _ladder_parts(ladder: list) -> Any:
+    """The partition fields of a packet at every scope of the ladder (§4.1)."""
+    if len(ladder) == 1:
+        only = ladder[0].partition
+        return lambda p: (only(p),)
+    fns = [s.partition for s in ladder]
+    return lambda p: tuple(f(p) for f in fns)
+
+
 class Instance:
     __slots__ = ("vertex", "instance_id", "nf", "ctx", "queue", "objects", "client",
-                 "delay", "free_at", "arrival_clocks", "arrivals", "inversions", "last_clock", "finished", "forks",
-                 "packets_in", "packets_out", "dropped", "nf_errors", "first_error")
+                 "delay", "free_at", "busy", "arrival_clocks", "arrivals", "inversions", "last_clock",
+                 "finished", "forks",
+                 "packets_in", "packets_out", "dropped", "nf_errors", "first_error", "shared")
 
     def __init__(self, vertex: str, instance_id: int, nf_cls: type[NF], config: Any,
                  model: str = "T", store: Any = None, exclusive: bool = True,
@@ -57,10 +67,11 @@ class Instance:
         self.instance_id = instance_id
         self.nf = nf_cls(config)
         self.ctx = Context(vertex, instance_id)
-        self.ctx.partition = nf_cls.partition_scope().partition
+        self.ctx.partition = _ladder_parts(nf_cls.partition_scopes())
         self.queue: deque[Packet] = deque()
         self.delay: Any = None              # sim: per-packet processing delay sampler
         self.free_at = 0                    # sim: virtual time the instance is next idle
+        self.busy = 0                       # sim: virtual processing time spent (vertex manager's stats)
         # R4 switched off (tests, `--break no-clocks`): the NF sees arrival order
         # at this instance instead of the packets' logical clocks.
         self.arrival_clocks = False
@@ -76,6 +87,10 @@ class Instance:
             if store is None:
                 raise ValueError(f"model {model} needs a store")
             self.client = StoreClient(store, vertex, instance_id, model, exclusive)
+        # R3: the cross-flow read/write-often objects other instances use too (not cached).
+        self.shared: frozenset[str] = frozenset() if exclusive else frozenset(
+            name for name, d in nf_cls.state_objects().items()
+            if not d.scope.per_flow and d.access is Access.READ_WRITE)
         # Bind every declared object to a handle; NF code reaches them as self.<name>.
         self.objects: dict[str, LocalObject] = {}
         for name, decl in nf_cls.state_objects().items():
@@ -118,8 +133,11 @@ class Instance:
         append = out.append
         client = self.client
         delay = self.delay
-        if client is not None and client.prefetchable:
-            client.prefetch(batch, self.nf.reads_flow_state)
+        if client is not None:
+            if client.callback_caches:
+                client.poll()               # Table 1 callbacks: refresh read-heavy caches first
+            if client.prefetchable:
+                client.prefetch(batch, self.nf.reads_flow_state)
         for pkt in batch:
             if timers and timers[0][0] <= pkt.ts:
                 self._fire(pkt.ts)
@@ -140,7 +158,9 @@ class Instance:
             ctx.packet = pkt
             if delay is not None:
                 start = pkt.vt if pkt.vt > self.free_at else self.free_at
-                self.free_at = pkt.vt = start + delay.sample()
+                service = delay.sample()
+                self.busy += service
+                self.free_at = pkt.vt = start + service
             elif pkt.vt < self.free_at:
                 pkt.vt = self.free_at       # FIFO: no overtaking what is still in service
             try:
@@ -190,21 +210,27 @@ class Instance:
         if self.client is not None:
             self.client.hand_over()
 
-    def set_exclusive(self, exclusive: bool) -> None:
-        """R3 (Table 1, last column): the vertex's cross-flow read/write-often objects
-        are cached only while this instance is their sole user.  Rebinding flushes
-        first, so the store holds every update before another instance reads it."""
+    def set_shared(self, shared: frozenset[str]) -> int:
+        """R3 (Table 1, last column): the cross-flow read/write-often objects named in
+        ``shared`` now have other users and are no longer cached; the others are
+        cached again.  Rebinding flushes first, so the store holds every update
+        before another instance reads it.  Returns how many objects changed."""
         client = self.client
-        if client is None or client.exclusive == exclusive:
-            return
+        if client is None or shared == self.shared:
+            return 0
+        changed = 0
         client.settle()
-        client.exclusive = exclusive
         for name, decl in type(self.nf).state_objects().items():
             if decl.scope.per_flow or decl.access is not Access.READ_WRITE:
                 continue
-            handle = client.bind(decl, self.nf.config)
+            if (name in shared) == (name in self.shared):
+                continue
+            handle = client.bind(decl, self.nf.config, exclusive=name not in shared)
             self.objects[name] = handle
             setattr(self.nf, name, handle)
+            changed += 1
+        self.shared = shared
+        return changed
 
     def tick(self, until: int) -> None:
         """Fire the timers due by ``until`` (an instance that gets no packets any more)."""

@@ -10,6 +10,10 @@ downstream vertex reaches the same instance (scope-aware partitioning).  The has
 is CRC-32, not Python's ``hash()``, which is salted per process: a partition must
 be the same in every process and every run.
 
+Scope refinement (§4.1).  The map also holds the vertex's partition scope:
+the coarsest that keeps each state object on one instance first, a finer one
+of the NF's declared scopes once the vertex manager finds the load uneven.
+
 Flow groups (§4.1, §5.1).  Every upstream splitter of a vertex shares one
 :class:`FlowMap`: until the vertex is first rescaled or rebalanced a packet goes
 to ``crc32 % n``; from then on to ``table[crc32 % G]``, a table of ``G`` flow
@@ -33,15 +37,44 @@ GROUPS_PER_INSTANCE = 256
 
 
 class FlowMap:
-    """A vertex's flow-group -> instance map, shared by all its upstream splitters."""
+    """A vertex's flow-group -> instance map and partition scope, shared by all its
+    upstream splitters."""
 
-    __slots__ = ("n", "table")
+    __slots__ = ("n", "table", "counts", "ladder", "level", "part")
 
-    def __init__(self, n_instances: int) -> None:
+    def __init__(self, n_instances: int, ladder: list[Scope] | None = None) -> None:
         if n_instances < 1:
             raise ValueError("a splitter needs at least one downstream instance")
         self.n = n_instances                # instances routed to (retired ones stay counted)
         self.table: list[int] | None = None
+        # Packets per flow group since the vertex manager last looked (None: nobody
+        # looks, and the splitters count nothing).
+        self.counts: list[int] | None = None
+        # §4.1: the scopes the vertex may be partitioned on, coarsest first, and the
+        # one in use (refined while load is uneven).
+        self.ladder: list[Scope] = list(ladder or [])
+        self.level = 0
+        self.part = self.ladder[0].partition if self.ladder else None
+
+    @property
+    def scope(self) -> Scope:
+        return self.ladder[self.level]
+
+    def set_level(self, level: int) -> None:
+        """Partition on ``ladder[level]`` from now on (the runtime hands the flows over)."""
+        self.level = level
+        self.part = self.ladder[level].partition
+
+    def count_groups(self) -> None:
+        """Count packets per flow group from now on (a vertex manager balances by them)."""
+        self._ensure_table()
+        self.counts = [0] * len(self.table)
+
+    def take_counts(self) -> list[int]:
+        """Packets per flow group since the last call."""
+        counts = self.counts
+        self.counts = [0] * len(self.table)
+        return counts
 
     def group(self, pkt_hash: int) -> int:
         self._ensure_table()
@@ -84,12 +117,17 @@ class FlowMap:
 
 
 class Splitter:
-    __slots__ = ("scope", "map", "_partition")
+    __slots__ = ("map",)
 
     def __init__(self, scope: Scope, flows: FlowMap | int) -> None:
-        self.scope = scope
-        self.map = flows if isinstance(flows, FlowMap) else FlowMap(flows)
-        self._partition = scope.partition
+        self.map = flows if isinstance(flows, FlowMap) else FlowMap(flows, [scope])
+        if not self.map.ladder:
+            self.map.ladder = [scope]
+            self.map.set_level(0)
+
+    @property
+    def scope(self) -> Scope:
+        return self.map.scope
 
     @property
     def n(self) -> int:
@@ -100,10 +138,13 @@ class Splitter:
         m = self.map
         if m.table is not None:
             t = m.table
-            return t[crc32(self._partition(pkt)) % len(t)]
+            g = crc32(m.part(pkt)) % len(t)
+            if m.counts is not None:
+                m.counts[g] += 1
+            return t[g]
         if m.n == 1:
             return 0
-        return crc32(self._partition(pkt)) % m.n
+        return crc32(m.part(pkt)) % m.n
 
     def split(self, batch: list[Packet]) -> list[list[Packet]]:
         """Per-instance sub-batches, each in the order of ``batch``."""
@@ -113,12 +154,19 @@ class Splitter:
         if table is None and n == 1:
             return [batch]
         out: list[list[Packet]] = [[] for _ in range(n)]
-        part = self._partition
+        part = m.part
         if table is None:
             for pkt in batch:
                 out[crc32(part(pkt)) % n].append(pkt)
-        else:
+        elif m.counts is None:
             g = len(table)
             for pkt in batch:
                 out[table[crc32(part(pkt)) % g]].append(pkt)
+        else:
+            g = len(table)
+            counts = m.counts
+            for pkt in batch:
+                k = crc32(part(pkt)) % g
+                counts[k] += 1
+                out[table[k]].append(pkt)
         return out

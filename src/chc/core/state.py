@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Hashable, Iterator
 from typing import Any
 
-from ..nf import VALUE_OPS, StateObject
+from ..nf import VALUE_OPS, StateObject, least_loaded
 
 _MISSING = object()
 
@@ -112,11 +112,15 @@ class LocalObject:
             self.recorder(self.decl.name, key, "apply", (new, result))
         return result
 
-    def incr_least(self, keys: list) -> int:
+    def incr_least(self, keys: list, weights: list | tuple | None = None) -> int | None:
         """Index of the least counter among ``keys``, incremented by one (first on
-        ties), as one atomic operation; the store runs it as a custom op."""
+        ties), as one atomic operation; the store runs it as a custom op.  With
+        ``weights``: the least ``counter / weight`` among positive weights
+        (:func:`chc.nf.least_loaded`); None, nothing incremented, when none is."""
         loads = [self.get(k) for k in keys]
-        best = loads.index(min(loads))
+        best = least_loaded(loads, weights)
+        if best is None:
+            return None
         self.incr(1, keys[best])
         if self.recorder is not None:
             self.recorder(self.decl.name, None, "incr_least", best)

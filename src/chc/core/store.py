@@ -55,7 +55,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
-from ..nf import VALUE_OPS
+from ..nf import VALUE_OPS, least_loaded
 
 READS = frozenset(("get",))
 UPDATES = frozenset(("set", "incr", "incr_many", "push", "pop", "cas", "delete", "custom", "apply"))
@@ -153,12 +153,16 @@ class Increments:
 CustomOp = Callable[["StoreEngine", Op], Any]
 
 
-def _argmin_incr(engine: StoreEngine, op: Op) -> int:
+def _argmin_incr(engine: StoreEngine, op: Op) -> int | None:
     """Built-in custom op: index of the least counter among ``args[0]`` (object
-    keys), incremented by one atomically (the load balancer's choice, §6)."""
+    keys), incremented by one atomically (the load balancer's choice, §6); with
+    ``args[1]`` (weights) the least counter / weight among positive weights
+    (:func:`chc.nf.least_loaded`), None when no weight is positive."""
     keys: list[ObjectKey] = op.args[0]
     values = [engine.data.get(k, 0) for k in keys]
-    best = values.index(min(values))
+    best = least_loaded(values, op.args[1] if len(op.args) > 1 else None)
+    if best is None:
+        return None
     engine.data[keys[best]] = values[best] + 1
     return best
 

@@ -22,6 +22,15 @@ dropped according to ``unsolicited``; a connection opened from outside that is
 passed gets an untranslated mapping (port 0), so its packets pass unchanged in
 both directions and use no port of the pool.  When the pool is empty a new connection
 is dropped with a ``nat-ports-exhausted`` alert naming the internal host.
+
+On a wire (``wire: true``, for ``chc run --live``).  Between two live hosts a
+reply reaches the NAT as the outside host sent it, ``remote -> external_ip:port``,
+and must leave as ``remote -> internal:iport``.  With ``wire`` the NAT also keeps,
+in ``mapping``, the connection's outside 5-tuple (its output form) with the
+internal endpoint, translates such replies back, and treats a packet from outside
+sent straight to an internal address as unsolicited.  The live runtime sends
+replies through the chain in reverse vertex order (:mod:`chc.live`), so the NAT
+sees a reply exactly in the form its own output had.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ class NATConfig:
     internal: list = dataclasses.field(default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"])
     port_range: list = dataclasses.field(default_factory=lambda: [1024, 65535])
     unsolicited: str = "pass"
+    wire: bool = False
     external: bytes = dataclasses.field(init=False, default=b"")
     inside: Prefixes = dataclasses.field(init=False, default=None)
 
@@ -55,6 +65,8 @@ class NATConfig:
             raise ConfigError("port_range", f"expected [low, high] with 1 <= low <= high <= 65535, got {pr!r}")
         if self.unsolicited not in ("pass", "drop"):
             raise ConfigError("unsolicited", f"expected 'pass' or 'drop', got {self.unsolicited!r}")
+        if not isinstance(self.wire, bool):
+            raise ConfigError("wire", f"expected true or false, got {self.wire!r}")
 
 
 class NAT(NF):
@@ -73,6 +85,7 @@ class NAT(NF):
         self.external = config.external
         self.inside = config.inside
         self.drop_unsolicited = config.unsolicited == "drop"
+        self.wire = config.wire
 
     def process(self, pkt: Packet, ctx: Context) -> Packet | None:
         self.packets.incr()
@@ -87,18 +100,28 @@ class NAT(NF):
         src_in = pkt.src in inside
         dst_in = pkt.dst in inside
         if src_in == dst_in:
+            if self.wire and not src_in and pkt.dst == self.external:
+                return self._inbound(pkt)
             return pkt
+        if self.wire and not src_in:
+            # On a wire, outside hosts reach inside ones only through external_ip.
+            return None if self.drop_unsolicited else pkt
         key = FLOW.key(pkt)
         entry = self.mapping.get(key)
         if entry is not None and entry[0] == _UNTRANSLATED:
             return pkt
         if src_in:
-            if needs_new_mapping(entry, pkt.flags):
+            fresh = needs_new_mapping(entry, pkt.flags)
+            if fresh:
                 entry = self._open(key)
                 if entry is None:
                     ctx.alert("nat-ports-exhausted", ip_str(pkt.src))
                     return None
+            inner = (pkt.src, pkt.sport) if fresh and self.wire else None
             rewrite_src(pkt, self.external, entry[0])
+            if fresh and self.wire:
+                # The outside form of the connection, for its replies (_inbound).
+                self.mapping.set((entry[0], inner), FLOW.key(pkt))
         else:
             if entry is None:
                 if self.drop_unsolicited:
@@ -107,12 +130,34 @@ class NAT(NF):
                 self.mapping.set((_UNTRANSLATED, 0), key)
                 return pkt
             rewrite_dst(pkt, self.external, entry[0])
-        if proto == PROTO_TCP and pkt.flags & (TCP_FIN | TCP_RST) and not entry[1] & CLOSED:
+        return self._track(pkt, key, entry, src_in)
+
+    def _track(self, pkt: Packet, key, entry: tuple[int, int], src_in: bool, outside=None) -> Packet:
+        """Close tracking of a translated connection: on close its port goes back
+        to the pool (and on a wire its outside entry goes; ``outside`` is that key
+        for a reply, whose own key after translation is the inside one)."""
+        if pkt.proto == PROTO_TCP and pkt.flags & (TCP_FIN | TCP_RST) and not entry[1] & CLOSED:
             state = track_close(entry[1], pkt.flags, src_in)
             if state & CLOSED:
                 self.ports.push(entry[0])
+                if self.wire:
+                    self.mapping.delete(FLOW.key(pkt) if src_in else outside)
             self.mapping.set((entry[0], state), key)
         return pkt
+
+    def _inbound(self, pkt: Packet) -> Packet | None:
+        """A reply on the wire, ``remote -> external_ip:port``: back to the internal host."""
+        outside = FLOW.key(pkt)
+        back = self.mapping.get(outside)
+        if back is None:
+            return None if self.drop_unsolicited else pkt
+        port, (ip, iport) = back
+        rewrite_dst(pkt, ip, iport)
+        key = FLOW.key(pkt)
+        entry = self.mapping.get(key)
+        if entry is None or entry[0] != port:
+            return pkt                      # (a stale outside entry: the connection is gone)
+        return self._track(pkt, key, entry, False, outside)
 
     def _open(self, key) -> tuple[int, int] | None:
         port = self.ports.pop()

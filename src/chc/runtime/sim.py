@@ -59,12 +59,15 @@ from zlib import crc32
 from ..backends.memory import MemoryStore
 from ..core.client import StoreClient, StoreUnavailable
 from ..core.instance import Instance
+from ..core.manager import Decision, VertexManager
 from ..core.root import CLOCK_BITS, Root, clock_key, root_of
 from ..core.splitter import FlowMap, Splitter
 from ..core.store import Op
-from ..packet import Packet
-from ..spec import Chain
+from ..nf import Access
+from ..packet import Packet, flow_key
+from ..spec import MAX_PARALLELISM, Chain
 from ..summary import Summary, merge_states, state_digest
+from . import control
 from .pacing import Delay, Pacer
 from .simnet import LinkModel, Network, StoreLink, StoreNode
 
@@ -76,19 +79,43 @@ class Unrecoverable(Exception):
     """A component crashed and nothing can recover it (yet): the message says which."""
 
 
+PartAt = Callable[[int], bytes]     # a packet's (or timer's) partition fields at a ladder level
+
+
 @dataclasses.dataclass
 class Handover:
-    """One move of flow groups from an old to a new instance, until the old one has
-    processed its ``last`` packet of them (§5.1, Figure 4)."""
+    """One move of flows from an old to a new instance, until the old one has
+    processed its ``last`` packet of them (§5.1, Figure 4).  ``covers`` says
+    whether a flow, given its partition fields per ladder level, is moved."""
 
     vertex: str
     old: int
     new: int
-    groups: set[int]
+    covers: Callable[[PartAt], bool]
+    groups: int                     # flow groups moved (for the event)
     last: Packet | None
     buffer: list[Packet]
     started: float
     until: float = 0                # after completion: moved flows start no earlier
+    why: dict = dataclasses.field(default_factory=dict)
+
+    def moves(self, p: Packet, ladder: list) -> bool:
+        return self.covers(lambda level: ladder[level].partition(p))
+
+
+def _direction(p: Packet) -> tuple:
+    """One direction of a connection: what COE keeps in order (§2.1 R2)."""
+    return (p.src, p.sport, p.dst, p.dport, p.proto)
+
+
+def _in_groups(groups: set[int], level: int, size: int) -> Callable[[PartAt], bool]:
+    return lambda part_at: crc32(part_at(level)) % size in groups
+
+
+def _rerouted(table: list[int], a: int, b: int, old: int, new: int) -> Callable[[PartAt], bool]:
+    """Flows routed to ``old`` at ladder level ``a`` and to ``new`` at level ``b``."""
+    size = len(table)
+    return lambda part_at: table[crc32(part_at(a)) % size] == old and table[crc32(part_at(b)) % size] == new
 
 
 def _by_clock(p: Packet) -> int:
@@ -136,7 +163,14 @@ class SimRuntime:
         self.delay_specs = dict(delays or {})
         self._delays(self.delay_specs, seed)
         # §5.1 elasticity: one flow-group map per vertex, shared by its upstream splitters.
-        self.flowmaps = {name: FlowMap(v.parallelism) for name, v in chain.vertices.items()}
+        self.flowmaps = {name: FlowMap(v.parallelism, v.nf.partition_scopes())
+                         for name, v in chain.vertices.items()}
+        # §3: a vertex manager per vertex with a scaling policy; they balance by the
+        # splitters' per-flow-group counts.
+        self.managers = [VertexManager(name, v.scaling) for name, v in chain.vertices.items()
+                         if v.scaling is not None]
+        for m in self.managers:
+            self.flowmaps[m.vertex].count_groups()
         self.retired: set[tuple[str, int]] = set()
         self.retiring: set[tuple[str, int]] = set()
         self.handovers: list[Handover] = []
@@ -144,10 +178,12 @@ class SimRuntime:
         self.deferred: list[tuple[str, Callable[[], None]]] = []
         self.events_log: list[dict] = []
         self.instance_hooks: list[Callable[[Instance], None]] = []   # (the COE checker's)
+        self.step_hooks: list[Callable[[SimRuntime], None]] = []     # at batch boundaries (controls)
         self.clocks = clocks
         self.share_on_split = True          # off only for --break no-flush
         self.naive_moves = False            # on only for --break naive-move
         self.naive_skipped = 0              # moves that would have needed a handover
+        self._naive_watch: list[tuple[Handover, dict[tuple, Packet], list[tuple[tuple, Packet]]]] = []
         self.unshared_skipped = 0           # splits that kept an exclusive cache
         self.events = sorted(events or [], key=lambda e: (e.at_packet is None, e.at_packet or 0,
                                                           e.at_time_ns or 0))
@@ -164,6 +200,8 @@ class SimRuntime:
             for name, v in chain.vertices.items()
         }
         self._order = self._ordering()
+        for name in self.instances:
+            self._share(name)
         self.timed = (any(i.delay is not None for i in self._all_instances())
                       or self.net.data_latency is not None)
         self.horizon: float = 0
@@ -228,7 +266,7 @@ class SimRuntime:
         """Splitters for the given downstream vertices and their input taps."""
         vs = self.chain.vertices
         names = targets + [t for d in targets for t in vs[d].taps_in]
-        return {d: Splitter(vs[d].partition, self.flowmaps[d]) for d in names}
+        return {d: Splitter(self.flowmaps[d].scope, self.flowmaps[d]) for d in names}
 
     # -- data path ------------------------------------------------------------------
     def _root_of_packet(self, pkt: Packet) -> int:
@@ -308,6 +346,8 @@ class SimRuntime:
                 p.vt = net.data_arrival(link, p.vt)
         if self.handovers or self.holds:
             pkts = self._hold_moved(inst, pkts)
+        if self._naive_watch:
+            self._count_races(inst, pkts)
         inst.queue.extend(pkts)
 
     def _ready(self, inst: Instance, ordered: bool) -> list[Packet]:
@@ -425,6 +465,8 @@ class SimRuntime:
     def step(self, batch: list[Packet]) -> list[Packet]:
         """Push one input batch through the chain; return the output it releases."""
         out: list[Packet] = []
+        for hook in self.step_hooks:
+            hook(self)
         if batch:
             self.horizon = max(self.horizon, batch[-1].vt)
             if self.holds:
@@ -446,6 +488,8 @@ class SimRuntime:
         out: list[Packet] = []
         while any(i.queue for i in self._all_instances()):
             self._pass(out)
+        for hook in self.step_hooks:
+            hook(self)                      # e.g. a control still waiting for a quiet chain
         for vertex, i in list(self.retiring):
             self._retire_if_done(vertex, i)
         for inst in self._all_instances():
@@ -466,9 +510,20 @@ class SimRuntime:
         batch: list[Packet] = []
         index = sum(r.packets_in for r in self.roots)
         events = list(self.events)
+        managers = self.managers
+        by_ts = self.pacer.mode == "topspeed"     # no virtual time: managers go by input time
         for ts, data in records:
             pkt = Packet(data, ts, index)
             pkt.vt = pace(ts, len(data))
+            if managers:
+                now = ts if by_ts else pkt.vt
+                due = [m for m in managers if m.due(now)]
+                if due:
+                    # A manager acts at an interval boundary, before the packet past it.
+                    if batch:
+                        self._emit(self.step(batch), emit)
+                        batch = []
+                    self._manage(due, now)
             if events and _due(events[0], pkt):
                 # An event fires before the packet it names, at a batch boundary.
                 if batch:
@@ -514,13 +569,16 @@ class SimRuntime:
         else:
             action()
 
-    def scale_out(self, vertex: str) -> None:
+    def scale_out(self, vertex: str, **why: Any) -> None:
         """Add an instance and give it an even share of the flow groups (§3, §5.1)."""
-        self._when_idle(vertex, lambda: self._scale_out(vertex))
+        self._when_idle(vertex, lambda: self._scale_out(vertex, why))
 
-    def _scale_out(self, vertex: str) -> None:
+    def _scale_out(self, vertex: str, why: dict) -> None:
         v = self.chain.vertices[vertex]
-        was = self.active(vertex)
+        if len(self.instances[vertex]) >= MAX_PARALLELISM:
+            self._log("scale-out-refused", vertex, None, reason=f"{vertex} has had {MAX_PARALLELISM} instances "
+                      "(MAX_PARALLELISM; retired ones count)", **why)
+            return
         i = self.flowmaps[vertex].add_instance()
         inst = Instance(vertex, i, v.nf, v.config, self.model, self._link(vertex, i), exclusive=False)
         inst.arrival_clocks = not self.clocks
@@ -532,31 +590,27 @@ class SimRuntime:
         self._order = self._ordering()
         for hook in self.instance_hooks:
             hook(inst)
-        if len(was) == 1:
-            if self.share_on_split:
-                was[0].set_exclusive(False)     # R3: a cross-flow object becomes shared
-            elif was[0].client is not None and was[0].client.caching:
-                self.unshared_skipped += 1
-        self._log("scale-out", vertex, i)
+        self._share(vertex)                 # R3: objects the split makes shared
+        self._log("scale-out", vertex, i, **why)
         self._rebalance(vertex)
 
-    def scale_in(self, vertex: str, instance: int | None = None) -> None:
+    def scale_in(self, vertex: str, instance: int | None = None, **why: Any) -> None:
         """Retire an instance: its flow groups move to the others first (§5.1)."""
-        self._when_idle(vertex, lambda: self._scale_in(vertex, instance))
+        self._when_idle(vertex, lambda: self._scale_in(vertex, instance, why))
 
-    def _scale_in(self, vertex: str, instance: int | None) -> None:
+    def _scale_in(self, vertex: str, instance: int | None, why: dict) -> None:
         active = self.active(vertex)
         if len(active) < 2:
-            self._log("scale-in-refused", vertex, instance, reason="the last active instance stays")
+            self._log("scale-in-refused", vertex, instance, reason="the last active instance stays", **why)
             return
         victim = active[-1] if instance is None else next((a for a in active if a.instance_id == instance), None)
         if victim is None:
-            self._log("scale-in-refused", vertex, instance, reason="not an active instance")
+            self._log("scale-in-refused", vertex, instance, reason="not an active instance", **why)
             return
         self.retiring.add((vertex, victim.instance_id))
         rest = [a.instance_id for a in active if a is not victim]
         groups = self.flowmaps[vertex].groups_of(victim.instance_id)
-        self._log("scale-in", vertex, victim.instance_id)
+        self._log("scale-in", vertex, victim.instance_id, **why)
         for k, to in enumerate(rest):
             self._move(vertex, groups[k::len(rest)], to)
         self._retire_if_done(vertex, victim.instance_id)
@@ -564,9 +618,16 @@ class SimRuntime:
     def move(self, vertex: str, source: int, to: int, fraction: float) -> None:
         """Move ``fraction`` of ``source``'s flow groups to instance ``to``."""
         def go() -> None:
+            if to not in {a.instance_id for a in self.active(vertex)}:
+                self._log("move-refused", vertex, to, source=source, reason="not an active instance")
+                return
             groups = self.flowmaps[vertex].groups_of(source)
             self._move(vertex, groups[:int(len(groups) * fraction)], to)
         self._when_idle(vertex, go)
+
+    def refine(self, vertex: str, **why: Any) -> None:
+        """Partition ``vertex`` on the next finer scope of its ladder (§4.1)."""
+        self._when_idle(vertex, lambda: self._refine(vertex, why))
 
     def _rebalance(self, vertex: str) -> None:
         """Even flow-group counts over the active instances."""
@@ -584,30 +645,142 @@ class SimRuntime:
                 self._move(vertex, spare[:need], i)
                 spare = spare[need:]
 
-    def _move(self, vertex: str, groups: list[int], to: int) -> None:
+    # -- vertex managers (§3) and scope refinement (§4.1) ------------------------------------
+    def _manage(self, due: list[VertexManager], now: int) -> None:
+        """Interval statistics to each due manager; its decisions carried out."""
+        for m in due:
+            vertex = m.vertex
+            fm = self.flowmaps[vertex]
+            counters = [(i.instance_id, i.packets_in, len(i.queue), i.busy) for i in self.active(vertex)]
+            counts = fm.take_counts()
+            try:
+                load, decisions = m.tick(now, counters, fm.scope.name, fm.level + 1 < len(fm.ladder))
+            except Exception as exc:        # operator code: report it, keep the vertex as it is
+                self._log("policy-error", vertex, None, error=f"{type(exc).__name__}: {exc}")
+                continue
+            for d in decisions:
+                self._decide(m, d, counts)
+
+    def _decide(self, m: VertexManager, d: Decision, counts: list[int]) -> None:
+        vertex, policy = m.vertex, m.policy
+        n = len(self.active(vertex))
+        why = {"by": "manager", "reason": d.reason} if d.reason else {"by": "manager"}
+        if d.action == "scale-out":
+            if n >= policy.max:
+                self._log("scale-out-refused", vertex, None, reason=f"at max ({policy.max})", by="manager")
+            else:
+                self.scale_out(vertex, **why)
+        elif d.action == "scale-in":
+            if n <= policy.min:
+                self._log("scale-in-refused", vertex, d.instance, reason=f"at min ({policy.min})", by="manager")
+            else:
+                self.scale_in(vertex, d.instance, **why)
+        else:
+            self._when_idle(vertex, lambda: self._balance(vertex, counts, policy.imbalance, why))
+
+    def _balance(self, vertex: str, counts: list[int], tolerance: float, why: dict) -> None:
+        """Even the measured load: move the hottest instance's flow groups to the
+        coolest, or, when one group alone is too hot for that, refine the scope."""
+        active = [a.instance_id for a in self.active(vertex)]
+        fm = self.flowmaps[vertex]
+        table = fm.table
+        if len(active) < 2 or table is None:
+            return
+        load = dict.fromkeys(active, 0)
+        for g, c in enumerate(counts):
+            if table[g] in load:
+                load[table[g]] += c
+        mean = sum(load.values()) / len(active)
+        hot = max(active, key=lambda i: (load[i], -i))
+        cold = min(active, key=lambda i: (load[i], i))
+        if mean == 0 or load[hot] <= tolerance * mean:
+            return
+        mine = sorted((g for g in range(len(table)) if table[g] == hot and counts[g]), key=lambda g: (-counts[g], g))
+        if counts[mine[0]] > tolerance * mean and fm.level + 1 < len(fm.ladder):
+            self._refine(vertex, why)
+            return
+        gap, moved, take = load[hot] - load[cold], 0, []
+        for g in mine:
+            if 2 * (moved + counts[g]) <= gap:      # never past even: no ping-pong
+                take.append(g)
+                moved += counts[g]
+        if take:
+            self._move(vertex, take, cold, why)
+
+    def _refine(self, vertex: str, why: dict) -> None:
+        """§4.1: the next finer scope of the ladder.  Every flow whose instance
+        changes is handed over (Figure 4); objects of the coarser scope become
+        shared (R3)."""
+        fm = self.flowmaps[vertex]
+        a = fm.level
+        if a + 1 >= len(fm.ladder):
+            self._log("refine-refused", vertex, None, reason=f"{fm.scope.name} is the finest scope", **why)
+            return
+        fm._ensure_table()
+        table = list(fm.table)
+        fm.set_level(a + 1)
+        self._share(vertex)
+        self._log("refine", vertex, None, scope=fm.scope.name, coarser=fm.ladder[a].name, **why)
+        active = [i.instance_id for i in self.active(vertex)]
+        why = {**why, "scope": fm.scope.name}
+        for old in active:
+            for new in active:
+                if old != new:
+                    self._hand_over(vertex, old, new, _rerouted(table, a, a + 1, old, new), len(table), why)
+
+    def _share(self, vertex: str) -> None:
+        """R3 (Table 1, last column): which cross-flow read/write-often objects of
+        ``vertex`` have several users; every instance caches exactly the others."""
+        users = [i for i in self.instances[vertex] if (vertex, i.instance_id) not in self.retired]
+        shared = self._shared_objects(vertex) if len(users) > 1 else frozenset()
+        for inst in users:
+            if self.share_on_split:
+                inst.set_shared(shared)
+            elif shared - inst.shared and inst.client is not None and inst.client.caching:
+                self.unshared_skipped += 1
+
+    def _shared_objects(self, vertex: str) -> frozenset[str]:
+        """Objects of a coarser scope than the partition's (or another scope of the
+        same rank, or global) are reached by several instances."""
+        part = self.flowmaps[vertex].scope
+        nf = self.chain.vertices[vertex].nf
+        return frozenset(name for name, d in nf.state_objects().items()
+                         if not d.scope.per_flow and d.access is Access.READ_WRITE
+                         and d.scope is not part and d.scope.rank >= part.rank)
+
+    # -- handover (§5.1, Figure 4) ------------------------------------------------------
+    def _move(self, vertex: str, groups: list[int], to: int, why: dict | None = None) -> None:
         """Reassign flow groups; each old instance hands over (Figure 4)."""
         if not groups:
             return
         fm = self.flowmaps[vertex]
-        part = self.chain.vertices[vertex].partition.partition
         lost = fm.move(groups, to)
-        size = len(fm.table)
-        new = self.instances[vertex][to]
         for old_id, moved in lost.items():
-            old = self.instances[vertex][old_id]
-            h = Handover(vertex, old_id, to, set(moved), None, [], self.horizon)
-            # Step 1: the last packet of the moved groups queued at the old instance.
-            for p in reversed(old.queue):
-                if crc32(part(p)) % size in h.groups:
-                    h.last = p
-                    break
-            if self.naive_moves:
-                self.naive_skipped += h.last is not None
-                h.last = None
-            if h.last is None:
-                self._complete(h, old, new)
-            else:
-                self.handovers.append(h)
+            self._hand_over(vertex, old_id, to, _in_groups(set(moved), fm.level, len(fm.table)), len(moved),
+                            why or {})
+
+    def _hand_over(self, vertex: str, old_id: int, to: int, covers: Callable[[PartAt], bool], groups: int,
+                   why: dict) -> None:
+        old = self.instances[vertex][old_id]
+        new = self.instances[vertex][to]
+        ladder = self.flowmaps[vertex].ladder
+        h = Handover(vertex, old_id, to, covers, groups, None, [], self.horizon, why=why)
+        # Step 1: the last packet of the moved flows queued at the old instance.
+        for p in reversed(old.queue):
+            if h.moves(p, ladder):
+                h.last = p
+                break
+        if self.naive_moves:
+            if h.last is not None:
+                self.naive_skipped += 1
+                # To count the races it allows: each moved flow's last packet queued at old.
+                lasts = {_direction(p): p for p in old.queue if h.moves(p, ladder)}
+                self._naive_watch.append((h, lasts, []))
+            h.last = None
+        if h.last is None:
+            self._complete(h, old, new)
+        else:
+            self.handovers.append(h)
 
     def _hold_moved(self, inst: Instance, pkts: list[Packet]) -> list[Packet]:
         """Step 4: the new instance's packets of flows still being handed over wait;
@@ -618,21 +791,32 @@ class SimRuntime:
         holds = [h for h in self.holds if (h.vertex, h.new) == key]
         if not mine and not holds:
             return pkts
-        size = len(self.flowmaps[inst.vertex].table)
-        part = self.chain.vertices[inst.vertex].partition.partition
+        ladder = self.flowmaps[inst.vertex].ladder
         keep = []
         for p in pkts:
-            g = crc32(part(p)) % size
             for h in holds:
-                if g in h.groups and p.vt < h.until:
+                if p.vt < h.until and h.moves(p, ladder):
                     p.vt = h.until
             for h in mine:
-                if g in h.groups:
+                if h.moves(p, ladder):
                     h.buffer.append(p)
                     break
             else:
                 keep.append(p)
         return keep
+
+    def _count_races(self, inst: Instance, pkts: list[Packet]) -> None:
+        """``--break naive-move``: the moved packets of directions whose last packet
+        the old instance still had queued (what a handover holds back)."""
+        for h, lasts, sent in self._naive_watch:
+            if (h.vertex, h.new) == (inst.vertex, inst.instance_id):
+                sent += [(d, p) for p in pkts if (d := _direction(p)) in lasts]
+
+    @property
+    def naive_raced(self) -> int:
+        """After the run: moved packets that left the chain before their direction's
+        last packet at the old instance (each packet's ``vt`` is then its exit time)."""
+        return sum(p.vt < lasts[d].vt for _, lasts, sent in self._naive_watch for d, p in sent)
 
     def _handed_over(self, inst: Instance, batch: list[Packet]) -> None:
         """After a run of ``inst``: handovers whose ``last`` packet it processed complete."""
@@ -659,22 +843,22 @@ class SimRuntime:
             if p.vt < done:
                 p.vt = done
         new.queue.extend(h.buffer)
-        if done > self.horizon:
+        if done > self.horizon and not self.naive_moves:
             h.until = done
             self.holds.append(h)
-        self._log("move", h.vertex, h.new, source=h.old, groups=len(h.groups), buffered=len(h.buffer),
+        self._log("move", h.vertex, h.new, source=h.old, groups=h.groups, buffered=len(h.buffer),
+                  flows_buffered=len({flow_key(p) for p in h.buffer}),
                   clock=h.last.clock if h.last is not None else None,
-                  started_vt=h.started, handover_ns=max(0, int(done - h.started)))
+                  started_vt=h.started, handover_ns=max(0, int(done - h.started)), **h.why)
         self._retire_if_done(h.vertex, h.old)
 
     def _move_timers(self, h: Handover, old: Instance, new: Instance) -> None:
         """The moved flows' timers go with them: they fire by the new instance's
         packets, after the answers it processes in order."""
-        size = len(self.flowmaps[h.vertex].table)
         keep, moved = [], []
         for t in old.ctx._timers:
-            part = t[5]
-            (moved if part is not None and crc32(part) % size in h.groups else keep).append(t)
+            parts = t[5]
+            (moved if parts is not None and h.covers(parts.__getitem__) else keep).append(t)
         if not moved:
             return
         heapq.heapify(keep)
@@ -688,15 +872,17 @@ class SimRuntime:
         if (vertex, i) not in self.retiring or any(h.vertex == vertex and h.old == i for h in self.handovers):
             return
         inst = self.instances[vertex][i]
-        if inst.queue:
-            return                          # still has packets of its own to finish
+        if inst.queue or self.flowmaps[vertex].groups_of(i):
+            return                          # still has packets or flow groups of its own
         self.retiring.discard((vertex, i))
         self.retired.add((vertex, i))
         if inst.client is not None:
             inst.client.settle()
-        active = self.active(vertex)
-        if len(active) == 1:
-            active[0].set_exclusive(True)   # R3: sole user again, caching resumes
+        fm = self.flowmaps[vertex]
+        if len(self.active(vertex)) == 1 and fm.level and not self._busy(vertex):
+            fm.set_level(0)                 # one instance: back to the coarsest scope, nothing moves
+            self._log("coarsen", vertex, None, scope=fm.scope.name)
+        self._share(vertex)                 # R3: a sole user again caches again
         self._log("retired", vertex, i)
 
     def _retry_deferred(self) -> None:
@@ -765,6 +951,16 @@ class SimRuntime:
         found.sort(key=lambda a: (a.clock, a.vertex, a.kind, a.host))
         return [a.as_json() for a in found]
 
+    def _sizes(self, vertex: str) -> list[int]:
+        """Active instances of ``vertex`` at the start and after each change."""
+        n = self.chain.vertices[vertex].parallelism
+        sizes = [n]
+        for e in self.events_log:
+            if e["vertex"] == vertex and e["kind"] in ("scale-out", "retired"):
+                n += 1 if e["kind"] == "scale-out" else -1
+                sizes.append(n)
+        return sizes
+
     def summary(self) -> Summary:
         roots = self.roots
         s = Summary(chain=self.chain.name, model=self.model,
@@ -785,7 +981,13 @@ class SimRuntime:
                 "dropped": sum(i.dropped for i in insts),
                 "nf_errors": sum(i.nf_errors for i in insts),
                 "alerts": sum(len(i.ctx.alerts) for i in insts),
+                "scope": self.flowmaps[name].scope.name,
+                "sizes": self._sizes(name),
             }
+            m = next((m for m in self.managers if m.vertex == name), None)
+            if m is not None and m.last_load is not None:
+                stats["imbalance"] = round(m.last_load.imbalance, 3)
+                stats["peak_imbalance"] = round(m.peak_imbalance, 3)
             s.vertices[name] = stats
             s.nf_errors += stats["nf_errors"]
             s.errors += [i.first_error for i in insts if i.first_error]
@@ -937,13 +1139,32 @@ def _is_index(v: Any) -> bool:
 def _check_move(event: Any) -> None:
     if not event.target or "[" in event.target:
         raise ValueError("needs a target: the vertex whose flow groups move")
-    _check_params(event, {"from": _is_index, "to": _is_index,
-                          "fraction": lambda v: _positive(v) and v <= 1}, ("from", "to"))
+    fraction = {"fraction": lambda v: _positive(v) and v <= 1}
+    if "pick" in event.params:          # drawn by the seed (scenario ``random:``)
+        _check_params(event, {"pick": _is_index, **fraction}, ("pick",))
+    else:
+        _check_params(event, {"from": _is_index, "to": _is_index, **fraction}, ("from", "to"))
+
+
+def _check_refine(event: Any) -> None:
+    if not event.target or "[" in event.target:
+        raise ValueError("needs a target: the vertex to partition on a finer scope")
+    _check_params(event, {})
 
 
 def _apply_move(rt: SimRuntime, event: Any) -> None:
     vertex = _vertex(rt, event)
     n = len(rt.instances[vertex])
+    if "pick" in event.params:
+        # A seed-drawn move: two of the instances active now.
+        active = [a.instance_id for a in rt.active(vertex)]
+        if len(active) < 2:
+            return
+        k = event.params["pick"]
+        src = active[k % len(active)]
+        to = active[(k % len(active) + 1 + (k // len(active)) % (len(active) - 1)) % len(active)]
+        rt.move(vertex, src, to, float(event.params.get("fraction", 0.5)))
+        return
     src, to = event.params["from"], event.params["to"]
     if src >= n or to >= n:
         raise ValueError(f"move on {vertex}: instances are 0-{n - 1}, got from {src} to {to}")
@@ -971,6 +1192,11 @@ ACTIONS: dict[str, Action] = {
     "scale-out": Action(_check_scale, lambda rt, e: rt.scale_out(_vertex(rt, e)), _vertex),
     "scale-in": Action(_check_scale, lambda rt, e: rt.scale_in(_vertex(rt, e), _index(e)), _vertex),
     "move": Action(_check_move, _apply_move, _vertex),
+    # §4.1: partition a vertex on the next finer scope of its NF (flows handed over).
+    "refine": Action(_check_refine, lambda rt, e: rt.refine(_vertex(rt, e)), _vertex),
+    # Operator control (runtime/control.py): the LB's backends and weights, changed at
+    # the store, whose callbacks refresh every instance's cached copy (Table 1).
+    "set-backends": Action(control.check, control.apply, control.resolve),
     # Crash an instance, a root or the store: its memory is lost (recovery: R6).
     "crash": Action(_check_crash, _crash, _crash_target),
 }

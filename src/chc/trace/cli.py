@@ -70,6 +70,9 @@ def register_trace(sub: Any) -> None:
     g.add_argument("--connections", type=_positive_int, help="number of connections (overrides the profile)")
     g.add_argument("--scale", type=_positive_float, default=1.0,
                    help="scale packets and connections (and duration) of the profile; default 1")
+    g.add_argument("--shape", type=_shape, default=(), metavar="W,W,...",
+                   help="rate over time: relative rates of equal slices of the trace's duration, e.g. "
+                        "1,4,1 rises to 4x and falls back (connections start at that rate); default: constant")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     g.add_argument("--nanosecond", action="store_true", help="nanosecond timestamps (default: microsecond)")
     g.add_argument("-o", "--out", required=True, metavar="OUT",
@@ -169,10 +172,20 @@ def _write_json(path: str, data: Any) -> None:
         raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
+def _shape(text: str) -> tuple[float, ...]:
+    try:
+        shape = tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,4,1, got {text!r}") from None
+    if any(not w >= 0 or w == float("inf") for w in shape) or not sum(shape) > 0:
+        raise argparse.ArgumentTypeError(f"relative rates must be finite, >= 0 and not all 0, got {text!r}")
+    return shape
+
+
 def _gen(args: argparse.Namespace) -> int:
     from .gen import generate, resolve_profile
     try:
-        profile = resolve_profile(args.profile, args.packets, args.connections, args.scale)
+        profile = resolve_profile(args.profile, args.packets, args.connections, args.scale, args.shape)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     bar = _bar(args, f"chc trace gen {profile.name}", total=profile.packets)

@@ -54,6 +54,7 @@ Trojan detector stays quiet on generated traces).
 from __future__ import annotations
 
 import array
+import bisect
 import heapq
 import math
 import random
@@ -88,6 +89,9 @@ class Profile:
     rtt_ms: float = 15.0        # median round-trip time
     clients_per_conn: float = 1 / 40   # client hosts per connection
     servers_per_conn: float = 1 / 60   # server hosts per connection
+    # Relative rate over equal slices of the duration (``--shape 1,4,1``: a rise
+    # and a fall); empty: constant.  Connections start with that density.
+    shape: tuple[float, ...] = ()
 
 
 PROFILES: dict[str, Profile] = {
@@ -99,8 +103,10 @@ PROFILES: dict[str, Profile] = {
 
 
 def resolve_profile(name: str, packets: int | None = None, connections: int | None = None,
-                    scale: float = 1.0) -> Profile:
+                    scale: float = 1.0, shape: tuple[float, ...] = ()) -> Profile:
     """The named profile, scaled by ``scale``, then with explicit overrides."""
+    if shape and (any(not w >= 0 for w in shape) or not sum(shape) > 0):
+        raise ValueError(f"shape: relative rates >= 0, not all 0, got {','.join(map(str, shape))}")
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r} (known: {', '.join(PROFILES)})")
     if not scale > 0:
@@ -110,7 +116,26 @@ def resolve_profile(name: str, packets: int | None = None, connections: int | No
     c = connections if connections is not None else max(1, round(p.connections * scale))
     # Keep the profile's packet rate: the duration follows the packet count.
     duration = p.duration_s * n / p.packets
-    return replace(p, packets=n, connections=c, duration_s=duration)
+    return replace(p, packets=n, connections=c, duration_s=duration, shape=tuple(shape))
+
+
+def _shaped(shape: tuple[float, ...]) -> Callable[[float], float]:
+    """Inverse CDF of the piecewise-constant density ``shape`` on [0, 1): maps a
+    uniform draw to a start position, so connections start at the shape's rate."""
+    if not shape:
+        return lambda u: u
+    total = sum(shape)
+    cum = [0.0]
+    for w in shape:
+        cum.append(cum[-1] + w / total)
+    k = len(shape)
+
+    def warp(u: float) -> float:
+        i = min(bisect.bisect_right(cum, u) - 1, k - 1)
+        while shape[i] == 0:            # u on a zero slice's edge: the next slice with weight
+            i += 1
+        return (i + (u - cum[i]) / (cum[i + 1] - cum[i])) / k
+    return warp
 
 
 # -- the plan ------------------------------------------------------------------------
@@ -201,6 +226,7 @@ def make_plan(profile: Profile, seed: int) -> GenPlan:
     start = array.array("q", bytes(8 * c))
     gap = array.array("q", bytes(8 * c))
     rtt = array.array("q", bytes(8 * c))
+    warp = _shaped(p.shape)
     for i in range(c):
         g = p.gap_ms * 1e6 * lognorm(0.0, 0.8)
         r = p.rtt_ms * 1e6 * lognorm(0.0, 0.5)
@@ -211,7 +237,7 @@ def make_plan(profile: Profile, seed: int) -> GenPlan:
         d = min(duration_ns, n * g + 1.1 * r)
         gap[i] = int(g)
         rtt[i] = int(r)
-        start[i] = int(rnd() * max(0.0, duration_ns - d))
+        start[i] = int(warp(rnd()) * max(0.0, duration_ns - d))
     plan = GenPlan(p, kind, size, start, gap, rtt, small)
     plan.size_table = size_table(p.median, plan.small_share)
     return plan
