@@ -32,11 +32,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .core.manager import PolicyError, ScalingPolicy, parse_policy
+if TYPE_CHECKING:       # the COE reference reads specs and must not load the manager
+    from .core.manager import ScalingPolicy
+
 from .nf import NF, ConfigError, Scope, build_config
 from .nfs import REGISTRY
 
@@ -211,6 +213,7 @@ def _vertices(raw: Any) -> dict[str, Vertex]:
 def _scaling(raw: Any, where: str, parallelism: int) -> ScalingPolicy | None:
     if raw is None:
         return None
+    from .core.manager import PolicyError, parse_policy
     try:
         policy = parse_policy(raw, where, MAX_PARALLELISM)
     except PolicyError as exc:
