@@ -1019,7 +1019,9 @@ class SimRuntime:
         #    §5.4 XOR ids are those of the one logical instance; only its client id (the
         #    §4.3 exactly-once sequence space) is its own.
         excl = straggler.client.exclusive if isinstance(straggler.client, StoreClient) else v.parallelism == 1
-        clone = Instance(vertex, s, v.nf, v.config, self.model, self._link(vertex, i), exclusive=excl)
+        # (A kept clone keeps its straggler's logical id: a clone of it gets that one.)
+        logical = straggler.client.instance if isinstance(straggler.client, StoreClient) else s
+        clone = Instance(vertex, logical, v.nf, v.config, self.model, self._link(vertex, i), exclusive=excl)
         clone.set_shared(straggler.shared)
         clone.instance_id = i
         clone.arrival_clocks = not self.clocks
@@ -1041,11 +1043,14 @@ class SimRuntime:
         self._private(pair, straggler, snap)
         self._private(pair, clone, {})
         for name, h in straggler.objects.items():
-            clone.objects[name].values = copy.deepcopy(h.values)
+            ch = clone.objects[name]
+            ch.values = copy.deepcopy(h.values)
+            if hasattr(h, "_xor_base"):
+                ch._xor_base = h._xor_base  # §5.4 the same update ids as the straggler's
         clone.ctx._timers = list(straggler.ctx._timers)     # timers are state too (same order)
         clone.ctx._timer_seq = straggler.ctx._timer_seq
         if clone.client is not None:
-            clone.client.client_id = f"{vertex}/{s}+clone{i}"
+            clone.client.client_id = f"{vertex}/{logical}+clone{i}"
         for hook in self.instance_hooks:
             hook(clone)
         # 4. Replay (§5.3): every logged packet of the straggler's flows.  Those it has
