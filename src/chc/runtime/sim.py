@@ -126,6 +126,7 @@ class Clone:
     decided: dict = dataclasses.field(default_factory=dict)    # clock -> instance whose result left
     last_vt: float = 0              # latest output time of the logical instance
     in_transit: int = 0             # replayed packets the clone processes
+    floor: int = 0                  # the clock log is kept from here while the pair runs
     replay_done_vt: float | None = None     # when the clone finished its LAST_REPLAYED packet
     alert_keys: set = dataclasses.field(default_factory=set)
     dup_outputs: int = 0            # duplicate output packets suppressed (a)
@@ -541,6 +542,10 @@ class SimRuntime:
         if self.store is not None and len(self.roots) == 1:
             root = self.roots[0]
             oldest = min(root.log) if root.log else root.base | root.next_seq
+            for pair in self.clones:
+                # §5.3: the slower copy of a pair may still send updates of packets the
+                # chain is done with; their clock-log entries must answer it.
+                oldest = min(oldest, pair.floor)
             self.store.prune_below(oldest)     # §5.3: clocks done in the whole chain
 
     def _commits(self, commits: list[tuple[int, int]]) -> None:
@@ -1036,6 +1041,7 @@ class SimRuntime:
         # output must not overtake that (the sim runs a packet's state changes when it
         # enters service, so those packets are in the state the clone starts from).
         pair.last_vt = straggler.free_at
+        pair.floor = min((min(r.log) if r.log else r.base | r.next_seq) for r in self.roots)
         # 3. The clone starts from the straggler's latest state: both get one private
         #    view (the straggler's cache, and the store's objects as they are now), so
         #    neither reads what the other has already done (see _private).
