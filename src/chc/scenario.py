@@ -33,9 +33,10 @@ Events fire before the input packet they name (``packets``: its index;
 with events is as deterministic and batch-size independent as one without.
 An event is ``{at, do, target, ...parameters}``; the actions live in
 :data:`chc.runtime.sim.ACTIONS` (``slow``, ``speed-up``; store-link faults
-``drop``, ``duplicate``, ``delay``, ``partition``; ``crash``), so later ones
-(reallocate flows, clone a straggler, recover a crashed component) are new
-entries of that table with their own parameters, not a new format.
+``drop``, ``duplicate``, ``delay``, ``partition``; ``crash``; elasticity
+``scale-out``, ``scale-in``, ``move``, ``refine``; ``clone`` a straggler, §5.3),
+so later ones (recover a crashed component) are new entries of that table with
+their own parameters, not a new format.
 """
 
 from __future__ import annotations

@@ -39,6 +39,16 @@ Data links (packets between root and instances) are FIFO: a latency only adds
 to a packet's virtual arrival time.  Without latencies or faults every message
 is delivered the moment it is sent.
 
+Stragglers (§5.3, docs/stragglers.md).  ``clone`` starts a copy of a straggler
+under its logical identity, from its flushed state; each copy of the pair keeps a
+private view (its cache, the store as it was at the start) so both compute the
+same updates with the same clock-log tags; the straggler's in-transit packets are
+replayed to the clone and its traffic replicated with the same arrival times.
+Per clock the copy that finishes first is delivered and the other's outputs,
+drops and alerts are suppressed (:meth:`SimRuntime._merge_pair`); the store
+emulates the second copy's updates from its clock log, which is kept from the
+clone's start while the pair runs.  The faster copy is kept.
+
 Crashes.  A scenario may crash an instance, a root or the store.  Recovery of
 NF instances, roots and store shards is not built yet (R6, issue 14), so a crash
 stops the run with :class:`Unrecoverable`; the COE checker reports it as such.
