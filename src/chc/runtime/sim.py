@@ -1239,6 +1239,14 @@ class SimRuntime:
             fm = self.flowmaps[vertex]
             fm.move(fm.groups_of(s.instance_id), c.instance_id)
             self._move_processed(vertex, s.instance_id, c.instance_id)
+            # The clone's queue holds copies that came over the straggler's data links;
+            # what comes next over its own links must not overtake them (FIFO, as §5.1
+            # step 8 keeps a moved flow in order).
+            last = self.net._data_last
+            for (src, vname, i), t in list(last.items()):
+                if vname == vertex and i == s.instance_id:
+                    key = (src, vertex, c.instance_id)
+                    last[key] = max(last.get(key, 0), t)
         self.retired.add((vertex, gone.instance_id))
         self._shared_view(pair, kept)
         self._share(vertex)
