@@ -63,6 +63,7 @@ FAULTS = ROOT / "examples/scenarios/faults.yaml"
 SCALE = ROOT / "examples/scenarios/scale.yaml"
 SPLIT = ROOT / "examples/scenarios/split.yaml"
 LB_BACKENDS = ROOT / "examples/scenarios/lb-backends.yaml"
+STRAGGLER = ROOT / "examples/scenarios/straggler.yaml"
 
 
 def test_parallel_scenario_passes(capsys, lan_slice, tmp_path):
@@ -198,7 +199,8 @@ def test_every_break_is_caught_and_named(capsys, trojan_slice, tmp_path, name):
     """`chc check ... --break NAME` exits 1 and names a divergence of the kind the
     break corrupts; no seed where the break acted goes uncaught."""
     capture, packets = trojan_slice
-    scenario = {"naive-move": SCALE, "no-flush": SPLIT, "no-callback": LB_BACKENDS}.get(name, FAULTS)
+    scenario = {"naive-move": SCALE, "no-flush": SPLIT, "no-callback": LB_BACKENDS,
+                "no-dup-suppression": STRAGGLER}.get(name, FAULTS)
     code, text, data = run_check(capsys, str(PAPER), str(scenario), str(capture), "--seeds", "4",
                                  "--packets", str(packets), "--break", name, "--json", str(tmp_path / "r.json"))
     assert code == 1, text

@@ -397,6 +397,8 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
           "output", True),
     Break("no-callback", "clients drop the store's callbacks: cached read-heavy objects go stale (Table 1)",
           "output|state", True),
+    Break("no-dup-suppression", "a straggler and its clone both deliver their outputs and alerts, and the store "
+          "applies both copies' updates (§5.3)", "output|alert|store|state", True, True),
 )}
 
 
@@ -430,6 +432,12 @@ class BreakState:
             engine.dedup = False
         if "wrong-value-op" in self.names:
             rt.node.backend = DoubleValueOp(rt.node.backend, self)
+        if "no-dup-suppression" in self.names:
+            engine = getattr(rt.store, "engine", None)
+            if engine is None:
+                raise ValueError("--break no-dup-suppression needs the memory store")
+            rt.dup_suppression = False
+            engine.emulate = False
 
     def _instance(self, inst: Any) -> None:
         """The per-instance switches, also for instances a scale-out adds later."""
@@ -468,6 +476,15 @@ class BreakState:
                 self.acted["no-callback"] = f"{changed} operator changes, {stale} cached copies never refreshed"
         if "no-flush" in self.names and rt.unshared_skipped:
             self.acted["no-flush"] = f"{rt.unshared_skipped} splits kept an exclusive cache"
+        if "no-dup-suppression" in self.names:
+            # What the clone pairs let through: real duplicates, not just clones made.
+            done = [e["duplicates_delivered"] for e in rt.events_log if e["kind"] == "clone-resolved"]
+            outputs = sum(d["outputs"] + d["drops"] + d["alerts"] for d in done)
+            updates = getattr(rt.store, "engine", None)
+            updates = updates.reapplied if updates is not None else 0
+            if outputs or updates:
+                self.acted["no-dup-suppression"] = (f"{len(done)} clones: {outputs} duplicate outputs, drops and "
+                                                    f"alerts delivered, {updates} duplicate updates applied")
         if "no-dedup" in self.names:
             seen: set = set()
             dups = 0

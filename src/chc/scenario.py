@@ -24,7 +24,7 @@ per-instance delay distributions, a seed, and timed events::
       - {at: {packets: 1200}, do: crash, target: "nat[1]"}
     random:                         # more events, drawn by each seed
       events: 8
-      actions: [scale-out, scale-in, move, refine]   # default: scale-out, scale-in, move
+      actions: [scale-out, scale-in, move, refine, clone]   # default: scale-out, scale-in, move
       vertices: [nat, portscan]     # default: every vertex
       between: {packets: [200, 3000]}                # default: the whole input
 
@@ -33,9 +33,10 @@ Events fire before the input packet they name (``packets``: its index;
 with events is as deterministic and batch-size independent as one without.
 An event is ``{at, do, target, ...parameters}``; the actions live in
 :data:`chc.runtime.sim.ACTIONS` (``slow``, ``speed-up``; store-link faults
-``drop``, ``duplicate``, ``delay``, ``partition``; ``crash``), so later ones
-(reallocate flows, clone a straggler, recover a crashed component) are new
-entries of that table with their own parameters, not a new format.
+``drop``, ``duplicate``, ``delay``, ``partition``; ``crash``; elasticity
+``scale-out``, ``scale-in``, ``move``, ``refine``; ``clone`` a straggler, §5.3),
+so later ones (recover a crashed component) are new entries of that table with
+their own parameters, not a new format.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class Event:
 
 
 #: Actions a scenario's ``random:`` block may draw.
-RANDOM_ACTIONS = ("scale-out", "scale-in", "move", "refine")
+RANDOM_ACTIONS = ("scale-out", "scale-in", "move", "refine", "clone")
+_CLONE_FOR = (0, 20, 200)       # input packets a drawn clone runs beside its straggler at least
 _FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
 
@@ -91,6 +93,8 @@ class RandomEvents:
             action = rng.choice(self.actions)
             vertex = rng.choice(self.vertices or vertices)
             params = {"pick": rng.randrange(1 << 16), "fraction": rng.choice(_FRACTIONS)} if action == "move" else {}
+            if action == "clone":       # §5.3: the vertex's instance furthest behind
+                params = {"for_packets": rng.choice(_CLONE_FOR)}
             out.append(Event(action, vertex, params, at_packet=rng.randrange(lo, hi)))
         return out
 

@@ -191,6 +191,11 @@ class StoreEngine:
 
     def __init__(self) -> None:
         self.dedup = True               # False: apply every copy of an op (--break no-dedup)
+        # §5.3 emulation of another client's duplicate (a clone's, a replay's); off only
+        # for --break no-dup-suppression, which then counts what it applies again.
+        self.emulate = True
+        self.emulated = 0               # duplicate updates answered from the clock log
+        self.reapplied = 0              # duplicates applied again (emulation off)
         self.data: dict[ObjectKey, Any] = {}
         self.owner: dict[ObjectKey, int] = {}
         self.waiting: dict[ObjectKey, deque[tuple[str, int]]] = {}
@@ -229,8 +234,11 @@ class StoreEngine:
             if tag is not None:
                 log = self.clock_log.get(key)
                 if log is not None and tag in log and self.dedup:
-                    r = log[tag]            # §5.3: emulate a duplicate update
-                    return r.result if r.__class__ is _Recorded else r
+                    if self.emulate:
+                        self.emulated += 1
+                        r = log[tag]            # §5.3: emulate a duplicate update
+                        return r.result if r.__class__ is _Recorded else r
+                    self.reapplied += 1
             result = self._update(op)
             if tag is not None:
                 self.clock_log.setdefault(key, {})[tag] = result
@@ -282,7 +290,11 @@ class StoreEngine:
         replayed = [i for i, t in enumerate(tags) if setdefault(t, token) is not token]
         by = inc.total
         clocks = inc.clocks
-        if replayed and not self.dedup:
+        if replayed and self.dedup and not self.emulate:
+            self.reapplied += len(replayed)
+        elif replayed and self.dedup:
+            self.emulated += len(replayed)
+        if replayed and not (self.dedup and self.emulate):
             for i in replayed:
                 log[tags[i]] = token        # applied again (no-dedup): recorded anew
             replayed = []

@@ -39,6 +39,16 @@ Data links (packets between root and instances) are FIFO: a latency only adds
 to a packet's virtual arrival time.  Without latencies or faults every message
 is delivered the moment it is sent.
 
+Stragglers (§5.3, docs/stragglers.md).  ``clone`` starts a copy of a straggler
+under its logical identity, from its flushed state; each copy of the pair keeps a
+private view (its cache, the store as it was at the start) so both compute the
+same updates with the same clock-log tags; the straggler's in-transit packets are
+replayed to the clone and its traffic replicated with the same arrival times.
+Per clock the copy that finishes first is delivered and the other's outputs,
+drops and alerts are suppressed (:meth:`SimRuntime._merge_pair`); the store
+emulates the second copy's updates from its clock log, which is kept from the
+clone's start while the pair runs.  The faster copy is kept.
+
 Crashes.  A scenario may crash an instance, a root or the store.  Recovery of
 NF instances, roots and store shards is not built yet (R6, issue 14), so a crash
 stops the run with :class:`Unrecoverable`; the COE checker reports it as such.
@@ -48,6 +58,7 @@ Determinism: seeded delays, stable hashes, sorted merges; no wall clock inside.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import heapq
 import time
@@ -57,7 +68,7 @@ from typing import Any
 from zlib import crc32
 
 from ..backends.memory import MemoryStore
-from ..core.client import StoreClient, StoreUnavailable
+from ..core.client import CachedObject, StoreClient, StoreUnavailable
 from ..core.instance import Instance
 from ..core.manager import Decision, VertexManager
 from ..core.root import CLOCK_BITS, Root, clock_key, root_of
@@ -101,6 +112,53 @@ class Handover:
 
     def moves(self, p: Packet, ladder: list) -> bool:
         return self.covers(lambda level: ladder[level].partition(p))
+
+
+# §5.3 replay marks: a replayed packet carries REPLAY and, above the mark bits, the
+# id of the clone it is replayed to; the last one also LAST_REPLAYED.
+MARK_REPLAY = 1 << 2
+MARK_LAST_REPLAYED = 1 << 3
+_MARK_TARGET_SHIFT = 8
+
+
+@dataclasses.dataclass
+class Clone:
+    """A straggler and its clone, one logical instance, until one is kept (§5.3)."""
+
+    vertex: str
+    straggler: int
+    clone: int
+    started_packet: int
+    started_vt: float
+    for_packets: int                # 0: keep the clone as soon as it has caught up
+    replayed: int = 0               # logged packets of the straggler's flows replayed
+    already_processed: int = 0      # of those, processed by the straggler before the clone started
+    decided: dict = dataclasses.field(default_factory=dict)    # clock -> instance whose result left
+    last_vt: float = 0              # latest output time of the logical instance
+    in_transit: int = 0             # replayed packets the clone processes
+    floor: int = 0                  # the clock log is kept from here while the pair runs
+    replay_done_vt: float | None = None     # when the clone finished its LAST_REPLAYED packet
+    alert_keys: set = dataclasses.field(default_factory=set)
+    dup_outputs: int = 0            # duplicate output packets suppressed (a)
+    dup_drops: int = 0              # duplicate drop reports (NF dropped the packet) suppressed
+    dup_alerts: int = 0
+    emulated_at_start: int | None = None    # the store's emulation count then (b)
+    why: dict = dataclasses.field(default_factory=dict)
+    saved: dict = dataclasses.field(default_factory=dict)      # instance -> its prefetch list
+
+    def members(self) -> tuple[int, int]:
+        return (self.straggler, self.clone)
+
+
+class _PrivateCached(CachedObject):
+    """§5.3 a clone pair's private view: a miss is an object absent when the clone
+    started (everything present then was copied in), never a store read, so neither
+    copy reads what the other has already done."""
+
+    __slots__ = ()
+
+    def _load(self, key: Any) -> Any:
+        return None
 
 
 def _direction(p: Packet) -> tuple:
@@ -185,10 +243,16 @@ class SimRuntime:
         self.naive_skipped = 0              # moves that would have needed a handover
         self._naive_watch: list[tuple[Handover, dict[tuple, Packet], list[tuple[tuple, Packet]]]] = []
         self.unshared_skipped = 0           # splits that kept an exclusive cache
+        # §5.3 stragglers: active clone pairs, and (when a clone can happen) the clocks
+        # each instance processed that its root still logs, to count what replay repeats.
+        self.clones: list[Clone] = []
+        self.dup_suppression = True         # off only for --break no-dup-suppression
+        self.processed: dict[tuple[str, int], dict[int, None]] = {}
         self.events = sorted(events or [], key=lambda e: (e.at_packet is None, e.at_packet or 0,
                                                           e.at_time_ns or 0))
         for ev in self.events:
             ACTIONS[ev.action].resolve(self, ev)     # fail early on a bad target
+        self.track_processed = any(ev.action == "clone" for ev in self.events)
         if not clocks:
             for inst in self._all_instances():
                 inst.arrival_clocks = True
@@ -349,6 +413,12 @@ class SimRuntime:
         if self._naive_watch:
             self._count_races(inst, pkts)
         inst.queue.extend(pkts)
+        if self.clones:
+            pair = self._pair(inst.vertex, inst.instance_id)
+            if pair is not None and pair.straggler == inst.instance_id:
+                # §5.3: the splitter replicates the straggler's traffic to its clone,
+                # with the same arrival times, so both see one sequence.
+                self.instances[inst.vertex][pair.clone].queue.extend([p.copy() for p in pkts])
 
     def _ready(self, inst: Instance, ordered: bool) -> list[Packet]:
         """The queued packets that arrived by the horizon, in (time, clock) order."""
@@ -377,6 +447,9 @@ class SimRuntime:
         for name, v in self.chain.vertices.items():
             ordered = self._order[name]
             latest = 0
+            pairs = [c for c in self.clones if c.vertex == name] if self.clones else ()
+            paired = {i for c in pairs for i in c.members()}
+            held: dict[int, tuple] = {}
             for inst, splitters in zip(self.instances[name], self.splitters[name], strict=True):
                 batch = self._ready(inst, ordered)
                 if not batch:
@@ -387,41 +460,60 @@ class SimRuntime:
                     link = self.links[(name, inst.instance_id)]
                     if batch[0].vt > link.t:
                         link.t = batch[0].vt    # the client sends at its batch's time
+                if inst.instance_id in paired:
+                    # §5.3: straggler and clone are one logical instance; what leaves
+                    # it is decided once both have run (_merge_pair).
+                    if self.track_processed:
+                        self.processed.setdefault((name, inst.instance_id), {}).update(dict.fromkeys(
+                            p.clock for p in batch))
+                    alerts_from = len(inst.ctx.alerts)
+                    produced = inst.run(batch)
+                    held[inst.instance_id] = (batch, produced, inst.finished, inst.forks, alerts_from)
+                    inst.finished, inst.forks = [], []
+                    continue
+                if self.track_processed:
+                    self.processed.setdefault((name, inst.instance_id), {}).update(dict.fromkeys(
+                        p.clock for p in batch))
                 produced = inst.run(batch)
                 if self.handovers:
                     self._handed_over(inst, batch)
-                src = (name, inst.instance_id)
                 self._report(inst)
-                if not produced:
-                    continue
-                if v.offpath:
-                    for p in produced:
-                        self._done(p.clock, p.xor)
-                    continue
-                for tap in v.taps_out:
-                    self._copy_to(src, tap, produced, splitters[tap])
-                succ = v.successors
-                if not succ:
-                    for p in produced:           # §5.4: delete before the output is emitted
-                        self._done(p.clock, p.xor)
-                    out.extend(produced)
-                    continue
-                for i, d in enumerate(succ):
-                    if i < len(succ) - 1:
-                        part = [_copy(p) for p in produced]
-                        for p in produced:
-                            self._fork(p.clock, 1)
-                    else:
-                        part = produced
-                    for tap in self.chain.vertices[d].taps_in:
-                        self._copy_to(src, tap, part, splitters[tap])
-                    self._enqueue(src, d, part, splitters[d])
+                if produced:
+                    self._forward(v, (name, inst.instance_id), splitters, produced, out)
+            for pair in pairs:
+                self._merge_pair(pair, v, held, out)
             if self.retired and latest:
                 # A retired instance still owns the timers its flows armed: they fire
                 # by the timestamps its vertex sees.
                 for inst in self.instances[name]:
                     if (name, inst.instance_id) in self.retired:
                         inst.tick(latest)
+
+    def _forward(self, v: Any, src: tuple, splitters: dict[str, Splitter], produced: list[Packet],
+                 out: list[Packet]) -> None:
+        """An instance's output to off-path taps, successors or the chain's output."""
+        if v.offpath:
+            for p in produced:
+                self._done(p.clock, p.xor)
+            return
+        for tap in v.taps_out:
+            self._copy_to(src, tap, produced, splitters[tap])
+        succ = v.successors
+        if not succ:
+            for p in produced:           # §5.4: delete before the output is emitted
+                self._done(p.clock, p.xor)
+            out.extend(produced)
+            return
+        for i, d in enumerate(succ):
+            if i < len(succ) - 1:
+                part = [_copy(p) for p in produced]
+                for p in produced:
+                    self._fork(p.clock, 1)
+            else:
+                part = produced
+            for tap in self.chain.vertices[d].taps_in:
+                self._copy_to(src, tap, part, splitters[tap])
+            self._enqueue(src, d, part, splitters[d])
 
     def _report(self, inst: Instance) -> None:
         if inst.forks:
@@ -452,9 +544,18 @@ class SimRuntime:
                 self._meta_pending = []
             except StoreUnavailable:
                 self._meta_pending = ops        # retransmitted with the next batch
+        if self.processed:
+            logged = sum(len(r.log) for r in self.roots)
+            for key, seen in self.processed.items():
+                if len(seen) > 2 * max(64, logged):
+                    self.processed[key] = {c: None for c in seen if self.roots[root_of(c)].log.get(c)}
         if self.store is not None and len(self.roots) == 1:
             root = self.roots[0]
             oldest = min(root.log) if root.log else root.base | root.next_seq
+            for pair in self.clones:
+                # §5.3: the slower copy of a pair may still send updates of packets the
+                # chain is done with; their clock-log entries must answer it.
+                oldest = min(oldest, pair.floor)
             self.store.prune_below(oldest)     # §5.3: clocks done in the whole chain
 
     def _commits(self, commits: list[tuple[int, int]]) -> None:
@@ -474,6 +575,8 @@ class SimRuntime:
                 self.holds = [h for h in self.holds if h.until > batch[0].vt]
         self._enter(batch, out)
         self._pass(out)
+        if self.clones:
+            self._resolve_clones()
         self._settle()
         return self._release(out)
 
@@ -490,6 +593,8 @@ class SimRuntime:
             self._pass(out)
         for hook in self.step_hooks:
             hook(self)                      # e.g. a control still waiting for a quiet chain
+        if self.clones:
+            self._resolve_clones(final=True)
         for vertex, i in list(self.retiring):
             self._retire_if_done(vertex, i)
         for inst in self._all_instances():
@@ -560,7 +665,7 @@ class SimRuntime:
                 if (vertex, i.instance_id) not in self.retired and (vertex, i.instance_id) not in self.retiring]
 
     def _busy(self, vertex: str) -> bool:
-        return any(h.vertex == vertex for h in self.handovers)
+        return any(h.vertex == vertex for h in self.handovers) or any(c.vertex == vertex for c in self.clones)
 
     def _when_idle(self, vertex: str, action: Callable[[], None]) -> None:
         """Run ``action`` now, or once the vertex's handovers are done (one move at a time)."""
@@ -731,7 +836,9 @@ class SimRuntime:
     def _share(self, vertex: str) -> None:
         """R3 (Table 1, last column): which cross-flow read/write-often objects of
         ``vertex`` have several users; every instance caches exactly the others."""
-        users = [i for i in self.instances[vertex] if (vertex, i.instance_id) not in self.retired]
+        clones = {c.clone for c in self.clones if c.vertex == vertex}     # one user with their straggler
+        users = [i for i in self.instances[vertex]
+                 if (vertex, i.instance_id) not in self.retired and i.instance_id not in clones]
         shared = self._shared_objects(vertex) if len(users) > 1 else frozenset()
         for inst in users:
             if self.share_on_split:
@@ -884,6 +991,286 @@ class SimRuntime:
             self._log("coarsen", vertex, None, scope=fm.scope.name)
         self._share(vertex)                 # R3: a sole user again caches again
         self._log("retired", vertex, i)
+
+    # -- straggler mitigation (§5.3, Figure 5) --------------------------------------------
+    def clone(self, vertex: str, instance: int | None = None, for_packets: int = 0, **why: Any) -> None:
+        """Start a clone of a straggler of ``vertex`` (``instance``, or the active one
+        furthest behind); the pair runs side by side until one is kept (§5.3)."""
+        self._when_idle(vertex, lambda: self._clone(vertex, instance, for_packets, why))
+
+    def _pair(self, vertex: str, i: int) -> Clone | None:
+        for c in self.clones:
+            if c.vertex == vertex and i in (c.straggler, c.clone):
+                return c
+        return None
+
+    def _emulated(self) -> int | None:
+        """Updates the store answered from its clock log so far (memory store only)."""
+        engine = getattr(self.store, "engine", None)
+        return engine.emulated if engine is not None else None
+
+    def _clone(self, vertex: str, instance: int | None, for_packets: int, why: dict) -> None:
+        active = self.active(vertex)
+        if instance is None:
+            # The straggler: the instance whose queue is furthest behind in virtual time.
+            straggler = max(active, key=lambda a: (a.free_at, -a.instance_id))
+        else:
+            straggler = next((a for a in active if a.instance_id == instance), None)
+            if straggler is None:
+                self._log("clone-refused", vertex, instance, reason="not an active instance", **why)
+                return
+        s = straggler.instance_id
+        if len(self.instances[vertex]) >= MAX_PARALLELISM:
+            self._log("clone-refused", vertex, s, reason=f"{vertex} has had {MAX_PARALLELISM} instances "
+                      "(MAX_PARALLELISM; retired ones count)", **why)
+            return
+        v = self.chain.vertices[vertex]
+        # 1. The straggler flushes its cache, as before a handover (§5.1 step 5): the
+        #    store then holds every update of every packet it has processed.
+        if straggler.client is not None:
+            straggler.client.settle()
+        i = self.flowmaps[vertex].add_instance()
+        # 2. The clone is built under the straggler's identity: per-flow ownership and
+        #    §5.4 XOR ids are those of the one logical instance; only its client id (the
+        #    §4.3 exactly-once sequence space) is its own.
+        excl = straggler.client.exclusive if isinstance(straggler.client, StoreClient) else v.parallelism == 1
+        # (A kept clone keeps its straggler's logical id: a clone of it gets that one.)
+        logical = straggler.client.instance if isinstance(straggler.client, StoreClient) else s
+        clone = Instance(vertex, logical, v.nf, v.config, self.model, self._link(vertex, i), exclusive=excl)
+        clone.set_shared(straggler.shared)
+        clone.instance_id = i
+        clone.arrival_clocks = not self.clocks
+        spec = self.delay_specs.get(f"{vertex}[{i}]") or self.delay_specs.get(vertex)
+        if spec is not None:
+            clone.delay = Delay(spec, self.seed, f"{vertex}[{i}]")
+        self.instances[vertex].append(clone)
+        self.splitters[vertex].append(self._splitters(v.successors + v.taps_out))
+        self._order = self._ordering()
+        pair = Clone(vertex, s, i, sum(r.packets_in for r in self.roots), self.horizon, for_packets, why=why)
+        # What the straggler has processed leaves it by its free_at; the pair's later
+        # output must not overtake that (the sim runs a packet's state changes when it
+        # enters service, so those packets are in the state the clone starts from).
+        pair.last_vt = straggler.free_at
+        pair.floor = min((min(r.log) if r.log else r.base | r.next_seq) for r in self.roots)
+        # 3. The clone starts from the straggler's latest state: both get one private
+        #    view (the straggler's cache, and the store's objects as they are now), so
+        #    neither reads what the other has already done (see _private).
+        snap = self.store.objects(vertex) if self.store is not None else {}
+        self._private(pair, straggler, snap)
+        self._private(pair, clone, {})
+        for name, h in straggler.objects.items():
+            ch = clone.objects[name]
+            ch.values = copy.deepcopy(h.values)
+            if hasattr(h, "_xor_base"):
+                ch._xor_base = h._xor_base  # §5.4 the same update ids as the straggler's
+        clone.ctx._timers = list(straggler.ctx._timers)     # timers are state too (same order)
+        clone.ctx._timer_seq = straggler.ctx._timer_seq
+        if clone.client is not None:
+            clone.client.client_id = f"{vertex}/{logical}+clone{i}"
+        for hook in self.instance_hooks:
+            hook(clone)
+        # 4. Replay (§5.3): every logged packet of the straggler's flows.  Those it has
+        #    processed are in the state the clone starts from: emulated, not re-run.
+        #    Those it has been sent and not processed (in transit) go to the clone,
+        #    marked with its id, the last one LAST_REPLAYED.
+        if self.track_processed:
+            pair.already_processed = sum(1 for c in self.processed.get((vertex, s), ())
+                                         if self.roots[root_of(c)].log.get(c) is not None)
+        mark = MARK_REPLAY | (i << _MARK_TARGET_SHIFT)
+        replay = [p.copy() for p in straggler.queue]
+        for p in replay:
+            p.marks |= mark
+        if replay:
+            replay[-1].marks |= MARK_LAST_REPLAYED
+        pair.in_transit = len(replay)
+        pair.replayed = pair.already_processed + len(replay)
+        pair.emulated_at_start = self._emulated()
+        clone.queue.extend(replay)
+        self.clones.append(pair)
+        self._log("clone", vertex, s, clone=i, replayed=pair.replayed, already_processed=pair.already_processed,
+                  in_transit=len(replay), **why)
+
+    def _private(self, pair: Clone, inst: Instance, snap: dict) -> None:
+        """§5.3 one private view per copy: cached per-flow and exclusive objects, filled
+        from ``snap`` (the store when the clone started); a miss is an object absent
+        then.  In model EO the pair caches for the clone's lifetime."""
+        c = inst.client
+        if c is None:
+            return                          # model T: the state is local already
+        pair.saved[inst.instance_id] = (c.prefetchable, c.caching)
+        if not c.caching:
+            self._rebind(inst, True)
+        c.prefetchable = []                 # no prefetching from the store either
+        for name, h in inst.objects.items():
+            if type(h) is CachedObject:
+                h.__class__ = _PrivateCached
+                values = h.values
+                for k, val in snap.get(name, {}).items():
+                    if k not in values:
+                        values[k] = h._cached(val)
+
+    def _shared_view(self, pair: Clone, inst: Instance) -> None:
+        """Back to the store: updates sent, private caches dropped (they held other
+        instances' flows too), the model's own handles again."""
+        c = inst.client
+        if c is None:
+            return
+        c.settle()
+        prefetchable, caching = pair.saved[inst.instance_id]
+        for h in inst.objects.values():
+            if type(h) is _PrivateCached:
+                h.__class__ = CachedObject
+                h.values.clear()
+        c.prefetchable = prefetchable
+        if not caching:
+            self._rebind(inst, False)
+            c.prefetchable = prefetchable
+
+    def _rebind(self, inst: Instance, caching: bool) -> None:
+        c = inst.client
+        c.caching = caching
+        for name, decl in type(inst.nf).state_objects().items():
+            h = c.bind(decl, inst.nf.config, exclusive=name not in inst.shared)
+            inst.objects[name] = h
+            setattr(inst.nf, name, h)
+
+    def _merge_pair(self, pair: Clone, v: Any, held: dict[int, tuple], out: list[Packet]) -> None:
+        """§5.3 (a): what leaves the logical instance.  Per clock, the copy that finished
+        it first (virtual time) is delivered; the other's outputs, drop reports, forks
+        and alerts are duplicates and are suppressed."""
+        if not any(i in held for i in pair.members()):
+            return
+        results: dict[int, list] = {}
+        for order, side in enumerate(pair.members()):
+            if side not in held:
+                continue
+            batch, produced, finished, forks, _ = held[side]
+            outs: dict[int, list[Packet]] = {}
+            for p in produced:
+                outs.setdefault(p.clock, []).append(p)
+            fins: dict[int, list] = {}
+            for c, vec in finished:
+                fins.setdefault(c, []).append((c, vec))
+            frk: dict[int, list] = {}
+            for c, k in forks:
+                frk.setdefault(c, []).append((c, k))
+            for p in batch:
+                if side == pair.clone and p.marks & MARK_LAST_REPLAYED:
+                    pair.replay_done_vt = p.vt
+                if p.clock not in results or all(r[2] != side for r in results[p.clock]):
+                    results.setdefault(p.clock, []).append(
+                        (p.vt, order, side, outs.get(p.clock, []), fins.get(p.clock, []), frk.get(p.clock, [])))
+        emitted: list[Packet] = []
+        suppress = self.dup_suppression
+        for clock, cands in results.items():
+            winner = pair.decided.get(clock)
+            if winner is None:
+                winner = pair.decided[clock] = min(cands, key=lambda r: (r[0], r[1]))[2]
+                first = True
+            else:
+                first = False
+            for r in cands:
+                if (first and r[2] == winner) or not suppress:
+                    emitted += r[3]
+                    for fin in r[4]:
+                        self._done(*fin)
+                    for fk in r[5]:
+                        self._fork(*fk)
+                if not first or r[2] != winner:
+                    pair.dup_outputs += len(r[3])
+                    pair.dup_drops += len(r[4])
+        insts = self.instances[pair.vertex]
+        for side in pair.members():
+            if side not in held:
+                continue
+            ctx = insts[side].ctx
+            start = held[side][4]
+            keep, seen = [], set()
+            for a in ctx.alerts[start:]:
+                key = (a.kind, a.host, a.clock)
+                if key in pair.alert_keys:
+                    pair.dup_alerts += 1
+                    if suppress:
+                        continue
+                keep.append(a)
+                seen.add(key)
+            pair.alert_keys |= seen
+            ctx.alerts[start:] = keep
+        if not emitted:
+            return
+        emitted.sort(key=_by_time if self.timed else _by_clock)
+        clear = ~(MARK_REPLAY | MARK_LAST_REPLAYED | (-1 << _MARK_TARGET_SHIFT))
+        for p in emitted:
+            p.marks &= clear                # the clone's id is cleared once it processed it
+            if p.vt < pair.last_vt:
+                p.vt = pair.last_vt         # the logical instance's output stays in order
+            else:
+                pair.last_vt = p.vt
+        s = pair.straggler
+        self._forward(v, (pair.vertex, s), self.splitters[pair.vertex][s], emitted, out)
+
+    def _resolve_clones(self, final: bool = False) -> None:
+        """Keep one copy of each pair once the clone has caught up (it processed its
+        replay) and ``for_packets`` more input packets have come; at the end of input
+        in any case.  The copy that finishes its work first is kept."""
+        now = sum(r.packets_in for r in self.roots)
+        for pair in list(self.clones):
+            caught = pair.in_transit == 0 or pair.replay_done_vt is not None
+            if final or (caught and now - pair.started_packet >= pair.for_packets):
+                insts = self.instances[pair.vertex]
+                self._keep(pair, insts[pair.clone].free_at <= insts[pair.straggler].free_at)
+
+    def _keep(self, pair: Clone, keep_clone: bool) -> None:
+        vertex = pair.vertex
+        insts = self.instances[vertex]
+        s, c = insts[pair.straggler], insts[pair.clone]
+        kept, gone = (c, s) if keep_clone else (s, c)
+        self.clones.remove(pair)
+        # The slower copy stops: its queue and timers are duplicates of the kept one's.
+        gone.queue.clear()
+        gone.ctx._timers = []
+        self._shared_view(pair, gone)
+        if gone.client is None:
+            for h in gone.objects.values():
+                h.values.clear()           # model T: the kept copy holds the same state
+        if keep_clone:
+            # Its flow groups belong to the clone now, as after a handover (§5.1): the
+            # per-flow state is already owned by the one logical instance.
+            fm = self.flowmaps[vertex]
+            fm.move(fm.groups_of(s.instance_id), c.instance_id)
+            self._move_processed(vertex, s.instance_id, c.instance_id)
+            # The clone's queue holds copies that came over the straggler's data links;
+            # what comes next over its own links must not overtake them (FIFO, as §5.1
+            # step 8 keeps a moved flow in order).
+            last = self.net._data_last
+            for (src, vname, i), t in list(last.items()):
+                if vname == vertex and i == s.instance_id:
+                    key = (src, vertex, c.instance_id)
+                    last[key] = max(last.get(key, 0), t)
+        self.retired.add((vertex, gone.instance_id))
+        self._shared_view(pair, kept)
+        self._share(vertex)
+        emulated = self._emulated()
+        updates = None if emulated is None or pair.emulated_at_start is None else emulated - pair.emulated_at_start
+        engine = getattr(self.store, "engine", None)
+        catch_up = None if pair.replay_done_vt is None else max(0, int(pair.replay_done_vt - pair.started_vt))
+        dups = {"outputs": pair.dup_outputs, "drops": pair.dup_drops, "alerts": pair.dup_alerts,
+                "updates": updates}
+        self._log("clone-resolved", vertex, pair.straggler, clone=pair.clone,
+                  kept="clone" if keep_clone else "straggler", kept_instance=kept.instance_id,
+                  retired=gone.instance_id, started_packet=pair.started_packet, started_vt=pair.started_vt,
+                  replayed=pair.replayed, already_processed=pair.already_processed, in_transit=pair.in_transit,
+                  catch_up_ns=catch_up,
+                  **({"duplicates_suppressed": dups} if self.dup_suppression else
+                     {"duplicates_delivered": dups,
+                      "updates_reapplied": engine.reapplied if engine is not None else None}),
+                  **pair.why)
+        self._retry_deferred()
+
+    def _move_processed(self, vertex: str, a: int, b: int) -> None:
+        seen = self.processed.pop((vertex, a), None)
+        if seen:
+            self.processed.setdefault((vertex, b), {}).update(seen)
 
     def _retry_deferred(self) -> None:
         waiting, self.deferred = self.deferred, []
@@ -1152,6 +1539,19 @@ def _check_refine(event: Any) -> None:
     _check_params(event, {})
 
 
+def _check_clone(event: Any) -> None:
+    if not event.target:
+        raise ValueError("needs a target: vertex (its instance furthest behind) or vertex[i]")
+    _, bracket, rest = event.target.partition("[")
+    if bracket and not rest.rstrip("]").isdigit():
+        raise ValueError(f"target {event.target!r}: expected vertex or vertex[i]")
+    for name, value in event.params.items():
+        if name != "for_packets":
+            raise ValueError(f"unknown parameter {name!r} (known: for_packets)")
+        if not _is_index(value):
+            raise ValueError(f"for_packets: a whole number of input packets (>= 0), got {value!r}")
+
+
 def _apply_move(rt: SimRuntime, event: Any) -> None:
     vertex = _vertex(rt, event)
     n = len(rt.instances[vertex])
@@ -1197,6 +1597,11 @@ ACTIONS: dict[str, Action] = {
     # Operator control (runtime/control.py): the LB's backends and weights, changed at
     # the store, whose callbacks refresh every instance's cached copy (Table 1).
     "set-backends": Action(control.check, control.apply, control.resolve),
+    # §5.3 straggler mitigation: clone vertex[i] (or the vertex's instance furthest
+    # behind); the pair runs side by side, the faster copy is kept once the clone has
+    # processed its replay and for_packets more input packets came (default 0).
+    "clone": Action(_check_clone, lambda rt, e: rt.clone(_vertex(rt, e), _index(e),
+                                                         int(e.params.get("for_packets", 0)))),
     # Crash an instance, a root or the store: its memory is lost (recovery: R6).
     "crash": Action(_check_crash, _crash, _crash_target),
 }
