@@ -17,7 +17,10 @@ carries them out with the handover of Figure 4: ``scale-out`` adds an instance,
 ``scale-in`` retires one, ``rebalance`` evens the load across instances by
 moving flow groups, or, when one flow group alone is too hot for that, refines
 the partition scope (§4.1: coarsest scope first, finer only while load is
-uneven beyond the tolerance).  The bounds ``min``/``max`` hold whatever the
+uneven beyond the tolerance), and ``clone`` starts a clone of a straggler
+instance (§5.3): with ``straggler_factor`` the declarative policy clones an
+instance whose mean service time over the interval is above that factor times
+the median of the vertex's instances.  The bounds ``min``/``max`` hold whatever the
 logic says: a decision that would cross them is refused and reported.
 
 A callable that raises or returns something that is not a decision is
@@ -33,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 #: What a vertex manager may ask the framework manager to do.
-DECISIONS = ("scale-out", "scale-in", "rebalance")
+DECISIONS = ("scale-out", "scale-in", "rebalance", "clone")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,7 @@ class VertexLoad:
     instances: tuple[InstanceLoad, ...]
     scope: str              # the partition scope in use
     finer: bool             # whether a finer scope is left to refine to
+    cloning: frozenset[int] = frozenset()   # instances in a clone pair now (§5.3)
 
     @property
     def size(self) -> int:
@@ -80,7 +84,7 @@ class VertexLoad:
 @dataclasses.dataclass(frozen=True)
 class Decision:
     action: str                     # one of DECISIONS
-    instance: int | None = None     # scale-in: which one (None: the framework picks)
+    instance: int | None = None     # scale-in, clone: which one (None: the framework picks)
     reason: str = ""
 
 
@@ -94,7 +98,8 @@ class ScalingPolicy:
 
     Declarative rule, per interval: scale out while the mean packets/s per
     instance is above ``out_above_pps``, scale in while it is below
-    ``in_below_pps``, rebalance while max/mean is above ``imbalance``.  With
+    ``in_below_pps``, rebalance while max/mean is above ``imbalance``, and clone
+    a straggler (see :meth:`straggler`) when ``straggler_factor`` is set.  With
     ``policy: module:function`` that callable decides instead (``min``/``max``
     and the interval still apply).
     """
@@ -106,6 +111,7 @@ class ScalingPolicy:
     interval_ms: float = 10.0
     imbalance: float = 1.2
     policy: str | None = None
+    straggler_factor: float | None = None
     decide_fn: Callable[[VertexLoad], Any] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
@@ -117,13 +123,45 @@ class ScalingPolicy:
             return as_decisions(self.decide_fn(load))
         n = load.size
         mean = load.mean_pps
+        slow = self.straggler(load)
+        if slow is not None:
+            # §5.3 first: a straggler holds up its flows whatever the rate, and
+            # moving flows away from it would wait behind its backlog anyway.
+            return [slow]
         if self.out_above_pps is not None and mean > self.out_above_pps and n < self.max:
             return [Decision("scale-out", reason=f"{mean:.0f} pps per instance > {self.out_above_pps:g}")]
         if self.in_below_pps is not None and mean < self.in_below_pps and n > self.min:
             return [Decision("scale-in", reason=f"{mean:.0f} pps per instance < {self.in_below_pps:g}")]
+        if self.out_above_pps is None and self.in_below_pps is None:
+            return []           # straggler_factor alone: detection only, the size and spread stay
         if n > 1 and load.imbalance > self.imbalance:
             return [Decision("rebalance", reason=f"imbalance {load.imbalance:.2f} > {self.imbalance:g}")]
         return []
+
+    def straggler(self, load: VertexLoad) -> Decision | None:
+        """§5.3 straggler detection: the instance whose mean service time over the
+        interval is above ``straggler_factor`` x the median of the vertex's other
+        instances (at least 2 instances, none already in a clone pair: one clone of
+        a vertex at a time, as the runtime does one change of a vertex at a time).
+        The median, not the mean: one other slow instance does not hide a straggler."""
+        if self.straggler_factor is None or load.size < 2 or load.cloning:
+            return None
+        busy = [i for i in load.instances if i.packets]
+        if len(busy) < 2:
+            return None
+        worst = max(busy, key=lambda i: (i.service_ns, -i.instance))
+        # The median of the *other* instances: with two, a median including the
+        # straggler is the mean of both and no factor >= 2 could ever be exceeded.
+        times = sorted(i.service_ns for i in busy if i is not worst)
+        mid = len(times) // 2
+        median = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+        if median <= 0:
+            return None
+        if worst.service_ns <= self.straggler_factor * median:
+            return None
+        return Decision("clone", worst.instance,
+                        f"service {worst.service_ns / 1000:.1f} us > {self.straggler_factor:g} x median "
+                        f"{median / 1000:.1f} us")
 
 
 _FIELDS = {f.name for f in dataclasses.fields(ScalingPolicy)} - {"decide_fn"}
@@ -155,10 +193,14 @@ def parse_policy(raw: Any, where: str, max_parallelism: int) -> ScalingPolicy:
             and p.in_below_pps >= p.out_above_pps):
         raise PolicyError(f"{where}.in_below_pps: must be below out_above_pps "
                           f"({p.in_below_pps:g} >= {p.out_above_pps:g}), or the vertex never settles")
+    if p.straggler_factor is not None and (not _number(p.straggler_factor) or p.straggler_factor <= 1):
+        raise PolicyError(f"{where}.straggler_factor: service time x the median that makes a straggler, "
+                          f"a number > 1, got {p.straggler_factor!r}")
     if p.policy is not None:
         p.decide_fn = load_callable(p.policy, f"{where}.policy")
-    elif p.out_above_pps is None and p.in_below_pps is None:
-        raise PolicyError(f"{where}: give out_above_pps and/or in_below_pps, or policy: module:function")
+    elif p.out_above_pps is None and p.in_below_pps is None and p.straggler_factor is None:
+        raise PolicyError(f"{where}: give out_above_pps and/or in_below_pps, straggler_factor, "
+                          "or policy: module:function")
     return p
 
 
@@ -222,9 +264,10 @@ class VertexManager:
         return now_ns >= self.next_ns
 
     def tick(self, now_ns: int, counters: list[tuple[int, int, int, int]], scope: str,
-             finer: bool) -> tuple[VertexLoad, list[Decision]]:
+             finer: bool, cloning: frozenset[int] = frozenset()) -> tuple[VertexLoad, list[Decision]]:
         """``counters``: (instance, packets processed, queue length, busy ns) of each
-        active instance, cumulative.  Raises whatever a policy callable raises."""
+        active instance, cumulative; ``cloning``: those in a clone pair.  Raises
+        whatever a policy callable raises."""
         span = max(1, now_ns - self.last_ns)
         loads = []
         seen = {}
@@ -236,7 +279,7 @@ class VertexManager:
         self._seen = seen
         self.last_ns = now_ns
         self.next_ns = now_ns + self.interval_ns
-        load = VertexLoad(self.vertex, now_ns, span, tuple(loads), scope, finer)
+        load = VertexLoad(self.vertex, now_ns, span, tuple(loads), scope, finer, frozenset(cloning))
         self.last_load = load
         if load.size > 1:
             self.peak_imbalance = max(self.peak_imbalance, load.imbalance)

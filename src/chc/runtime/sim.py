@@ -252,7 +252,9 @@ class SimRuntime:
                                                           e.at_time_ns or 0))
         for ev in self.events:
             ACTIONS[ev.action].resolve(self, ev)     # fail early on a bad target
-        self.track_processed = any(ev.action == "clone" for ev in self.events)
+        self.track_processed = (any(ev.action == "clone" for ev in self.events)
+                                or any(m.policy.straggler_factor is not None or m.policy.decide_fn is not None
+                                       for m in self.managers))     # a manager may clone (§5.3)
         if not clocks:
             for inst in self._all_instances():
                 inst.arrival_clocks = True
@@ -758,8 +760,9 @@ class SimRuntime:
             fm = self.flowmaps[vertex]
             counters = [(i.instance_id, i.packets_in, len(i.queue), i.busy) for i in self.active(vertex)]
             counts = fm.take_counts()
+            cloning = frozenset(i for c in self.clones if c.vertex == vertex for i in c.members())
             try:
-                load, decisions = m.tick(now, counters, fm.scope.name, fm.level + 1 < len(fm.ladder))
+                load, decisions = m.tick(now, counters, fm.scope.name, fm.level + 1 < len(fm.ladder), cloning)
             except Exception as exc:        # operator code: report it, keep the vertex as it is
                 self._log("policy-error", vertex, None, error=f"{type(exc).__name__}: {exc}")
                 continue
@@ -780,6 +783,15 @@ class SimRuntime:
                 self._log("scale-in-refused", vertex, d.instance, reason=f"at min ({policy.min})", by="manager")
             else:
                 self.scale_in(vertex, d.instance, **why)
+        elif d.action == "clone":
+            # §5.3: a straggler the manager found (or a policy callable named).  One
+            # clone pair of a vertex at a time: a second one while a pair runs is
+            # refused, not queued (the next interval measures afresh).
+            if any(c.vertex == vertex for c in self.clones):
+                self._log("clone-refused", vertex, d.instance, reason="a clone pair of this vertex is running",
+                          by="manager")
+            else:
+                self.clone(vertex, d.instance, **why)
         else:
             self._when_idle(vertex, lambda: self._balance(vertex, counts, policy.imbalance, why))
 
