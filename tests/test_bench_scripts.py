@@ -85,3 +85,17 @@ def test_fig9_split_merge_script(tmp_path):
     updates = res["series"]["update"]
     assert len(updates) == sum(phases[ph]["update"]["packets"] for ph in phases)
     assert all(300 <= i < 600 for i, _, _, shared, _ in updates if shared) or phases["after"]["update_shared"]
+
+
+def test_table5_script(tmp_path):
+    """Smoke: the straggler NAT's clone at two loads, suppression off and on; the
+    script itself asserts zero duplicates with suppression and some without."""
+    out = tmp_path / "t5.json"
+    res = load("table5").main(["--packets", "1200", "--connections", "60", "--json", str(out)])
+    assert json.loads(out.read_text()) == res
+    assert list(res["loads"]) == ["30%", "50%"] and set(res["paper"]) == {"30%", "50%"}
+    for row in res["loads"].values():
+        off, on = row["without_suppression"], row["with_suppression"]
+        assert off["duplicates_reaching_portscan"] > 0 and off["duplicate_state_updates"] > 0
+        assert on["duplicates_reaching_portscan"] == 0 and on["duplicate_state_updates"] == 0
+        assert on["suppressed"]["packets"] > 0 and "catch_up_us" in on
