@@ -1247,7 +1247,12 @@ class SimRuntime:
                 h.values.clear()           # model T: the kept copy holds the same state
         if keep_clone:
             # Its flow groups belong to the clone now, as after a handover (§5.1): the
-            # per-flow state is already owned by the one logical instance.
+            # per-flow state is already owned by the one logical instance.  What the
+            # pair (or the straggler before it) has in service leaves by last_vt; the
+            # clone's next packets must not overtake it (one FIFO logical instance, as
+            # §5.1 step 8 keeps a moved flow in order).
+            if c.free_at < pair.last_vt:
+                c.free_at = pair.last_vt
             fm = self.flowmaps[vertex]
             fm.move(fm.groups_of(s.instance_id), c.instance_id)
             self._move_processed(vertex, s.instance_id, c.instance_id)
