@@ -38,6 +38,7 @@ cdef class _Handle(LocalObject):
     cdef public bint per_flow, _write_mostly
     cdef public dict _keys
     cdef public unsigned long long _xor_base
+    cdef public bint private
     cpdef key(self, object key)
 
 

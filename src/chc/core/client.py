@@ -347,7 +347,7 @@ class StoreClient:
 class _Handle(LocalObject):
     """Common parts of the store-backed handles: addressing and the initial value."""
 
-    __slots__ = ("client", "name", "per_flow", "_keys", "_absent", "_write_mostly", "_xor_base")
+    __slots__ = ("client", "name", "per_flow", "_keys", "_absent", "_write_mostly", "_xor_base", "private")
 
     def __init__(self, client: StoreClient, decl: StateObject, config: Any) -> None:
         super().__init__(decl, config)
@@ -362,6 +362,10 @@ class _Handle(LocalObject):
         self._write_mostly = decl.access is Access.WRITE_MOSTLY
         # §5.4: ids XORed into a packet's vector name (instance, object, n).
         self._xor_base = zlib.crc32(f"{client.client_id}/{decl.name}".encode())
+        # §5.3 a clone pair's private view (the sim runtime sets it): a cache miss is
+        # an object absent when the clone started, never a store read, so neither
+        # copy reads what the other has already done.
+        self.private = False
 
     def key(self, key: Hashable) -> ObjectKey:
         k = self._keys.get(key)
@@ -499,6 +503,8 @@ class CachedObject(_Handle):
 
     def _load(self, key: Hashable) -> Any:
         """A cache miss: the value in the store (None when absent)."""
+        if self.private:
+            return None
         c = self.client
         return c.call(c.op("get", self.key(key), update=False))
 

@@ -150,17 +150,6 @@ class Clone:
         return (self.straggler, self.clone)
 
 
-class _PrivateCached(CachedObject):
-    """§5.3 a clone pair's private view: a miss is an object absent when the clone
-    started (everything present then was copied in), never a store read, so neither
-    copy reads what the other has already done."""
-
-    __slots__ = ()
-
-    def _load(self, key: Any) -> Any:
-        return None
-
-
 def _direction(p: Packet) -> tuple:
     """One direction of a connection: what COE keeps in order (§2.1 R2)."""
     return (p.src, p.sport, p.dst, p.dport, p.proto)
@@ -1115,7 +1104,7 @@ class SimRuntime:
         c.prefetchable = []                 # no prefetching from the store either
         for name, h in inst.objects.items():
             if type(h) is CachedObject:
-                h.__class__ = _PrivateCached
+                h.private = True
                 values = h.values
                 for k, val in snap.get(name, {}).items():
                     if k not in values:
@@ -1130,8 +1119,8 @@ class SimRuntime:
         c.settle()
         prefetchable, caching = pair.saved[inst.instance_id]
         for h in inst.objects.values():
-            if type(h) is _PrivateCached:
-                h.__class__ = CachedObject
+            if type(h) is CachedObject and h.private:
+                h.private = False
                 h.values.clear()
         c.prefetchable = prefetchable
         if not caching:
