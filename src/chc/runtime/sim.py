@@ -562,8 +562,15 @@ class SimRuntime:
         if batch:
             self.horizon = max(self.horizon, batch[-1].vt)
             if self.holds:
-                # Every packet from now on arrives at or after batch[0].vt.
-                self.holds = [h for h in self.holds if h.until > batch[0].vt]
+                # A hold ends when no packet can reach its instance before `until`: new
+                # input arrives at or after batch[0].vt, and what is inside the chain is
+                # queued somewhere with its current time (which only grows).  (Input time
+                # alone dropped a hold while an older packet was still upstream: scale.yaml
+                # seed 152 reordered a flow after an LB move.)
+                floor = min((p.vt for insts in self.instances.values() for i in insts for p in i.queue),
+                            default=batch[0].vt)
+                floor = min(floor, batch[0].vt, *(p.vt for h in self.handovers for p in h.buffer))
+                self.holds = [h for h in self.holds if h.until > floor]
         self._enter(batch, out)
         self._pass(out)
         if self.clones:
