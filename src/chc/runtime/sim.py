@@ -684,6 +684,18 @@ class SimRuntime:
             return
         i = self.flowmaps[vertex].add_instance()
         inst = Instance(vertex, i, v.nf, v.config, self.model, self._link(vertex, i), exclusive=False)
+        self._install(vertex, inst)
+        for hook in self.instance_hooks:
+            hook(inst)
+        self._share(vertex)                 # R3: objects the split makes shared
+        self._log("scale-out", vertex, i, **why)
+        self._rebalance(vertex)
+
+    def _install(self, vertex: str, inst: Instance) -> None:
+        """A new instance of ``vertex`` (index ``inst.instance_id``) joins the physical
+        chain: its delay model, its splitters, the vertices' input ordering."""
+        i = inst.instance_id
+        v = self.chain.vertices[vertex]
         inst.arrival_clocks = not self.clocks
         spec = self.delay_specs.get(f"{vertex}[{i}]") or self.delay_specs.get(vertex)
         if spec is not None:
@@ -691,11 +703,6 @@ class SimRuntime:
         self.instances[vertex].append(inst)
         self.splitters[vertex].append(self._splitters(v.successors + v.taps_out))
         self._order = self._ordering()
-        for hook in self.instance_hooks:
-            hook(inst)
-        self._share(vertex)                 # R3: objects the split makes shared
-        self._log("scale-out", vertex, i, **why)
-        self._rebalance(vertex)
 
     def scale_in(self, vertex: str, instance: int | None = None, **why: Any) -> None:
         """Retire an instance: its flow groups move to the others first (§5.1)."""
@@ -1047,13 +1054,7 @@ class SimRuntime:
         clone = Instance(vertex, logical, v.nf, v.config, self.model, self._link(vertex, i), exclusive=excl)
         clone.set_shared(straggler.shared)
         clone.instance_id = i
-        clone.arrival_clocks = not self.clocks
-        spec = self.delay_specs.get(f"{vertex}[{i}]") or self.delay_specs.get(vertex)
-        if spec is not None:
-            clone.delay = Delay(spec, self.seed, f"{vertex}[{i}]")
-        self.instances[vertex].append(clone)
-        self.splitters[vertex].append(self._splitters(v.successors + v.taps_out))
-        self._order = self._ordering()
+        self._install(vertex, clone)
         pair = Clone(vertex, s, i, sum(r.packets_in for r in self.roots), self.horizon, for_packets, why=why)
         # What the straggler has processed leaves it by its free_at; the pair's later
         # output must not overtake that (the sim runs a packet's state changes when it
