@@ -64,6 +64,7 @@ SCALE = ROOT / "examples/scenarios/scale.yaml"
 SPLIT = ROOT / "examples/scenarios/split.yaml"
 LB_BACKENDS = ROOT / "examples/scenarios/lb-backends.yaml"
 STRAGGLER = ROOT / "examples/scenarios/straggler.yaml"
+CRASH = ROOT / "examples/scenarios/crash.yaml"
 
 
 def test_parallel_scenario_passes(capsys, lan_slice, tmp_path):
@@ -200,7 +201,7 @@ def test_every_break_is_caught_and_named(capsys, trojan_slice, tmp_path, name):
     break corrupts; no seed where the break acted goes uncaught."""
     capture, packets = trojan_slice
     scenario = {"naive-move": SCALE, "no-flush": SPLIT, "no-callback": LB_BACKENDS,
-                "no-dup-suppression": STRAGGLER}.get(name, FAULTS)
+                "no-dup-suppression": STRAGGLER, "no-replay": CRASH, "delete-after-output": CRASH}.get(name, FAULTS)
     code, text, data = run_check(capsys, str(PAPER), str(scenario), str(capture), "--seeds", "4",
                                  "--packets", str(packets), "--break", name, "--json", str(tmp_path / "r.json"))
     assert code == 1, text
@@ -234,14 +235,18 @@ def test_a_break_with_nothing_to_act_on_is_not_a_pass(capsys, lan_slice, tmp_pat
     assert "PASS" not in text
 
 
-def test_a_crash_without_recovery_is_unrecoverable(capsys, lan_slice, tmp_path):
+@pytest.mark.parametrize("target, code, verdict, says", [
+    ("root[0]", 1, "unrecoverable", "root[0] crashed at packet 100: no recovery path (root failover is not built yet"),
+    ("nat[1]", 0, "pass", "2 of 2 seeds passed"),         # NF failover (§5.4, test_recovery.py)
+])
+def test_a_crash_is_recovered_or_reported_unrecoverable(capsys, lan_slice, tmp_path, target, code, verdict, says):
     crash = tmp_path / "crash.yaml"
-    crash.write_text("parallelism: 2\nevents: [{at: {packets: 100}, do: crash, target: 'nat[1]'}]\n")
-    code, text, data = run_check(capsys, str(PAPER), str(crash), str(lan_slice), "--seeds", "2",
-                                 "--packets", "500", "--json", str(tmp_path / "r.json"))
-    assert code == 1, text
-    assert [r["verdict"] for r in data["results"]] == ["unrecoverable"] * 2
-    assert "nat[1] crashed at packet 100: no recovery path" in text
+    crash.write_text(f"parallelism: 2\nevents: [{{at: {{packets: 100}}, do: crash, target: '{target}'}}]\n")
+    got, text, data = run_check(capsys, str(PAPER), str(crash), str(lan_slice), "--seeds", "2",
+                                "--packets", "500", "--json", str(tmp_path / "r.json"))
+    assert got == code, text
+    assert [r["verdict"] for r in data["results"]] == [verdict] * 2
+    assert says in text
 
 
 def test_an_empty_capture_checks_nothing(capsys, tmp_path):

@@ -274,7 +274,7 @@ def test_random_events_are_drawn_by_the_seed():
 @pytest.mark.parametrize("raw, field", [
     ({"random": 5}, "random:"),
     ({"random": {"events": -1}}, "random.events"),
-    ({"random": {"events": 2, "actions": ["crash"]}}, "random.actions"),
+    ({"random": {"events": 2, "actions": ["explode"]}}, "random.actions"),
     ({"random": {"events": 2, "vertices": "nat"}}, "random.vertices"),
     ({"random": {"events": 2, "between": {"packets": [9, 3]}}}, "random.between"),
     ({"random": {"events": 2, "when": 1}}, "random.when"),

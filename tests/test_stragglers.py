@@ -45,13 +45,9 @@ def _run(records, raw: dict, seed: int, breaks: tuple = (), tweak=None):
     if tweak is None:
         return check_variant(chain, sc, records, v, breaks)
     # One mechanism off by hand: the runtime built as check_variant does, then tweaked.
-    from chc.coe import BreakState, Observers, check_runtime
-    from chc.runtime.sim import SimRuntime
+    from chc.coe import BreakState, Observers, check_runtime, physical_runtime
     obs = Observers()
-    rt = SimRuntime(chain.with_parallelism(v.parallelism), model=v.model, batch_size=v.batch_size,
-                    pacer=sc.pacer(), delays=sc.expand_delays(list(chain.vertices)), seed=seed,
-                    events=sc.events_for(seed, list(chain.vertices), len(records)), network=sc.network,
-                    recorder=obs.serial)
+    rt = physical_runtime(chain, sc, v, len(records), obs)
     BreakState((), 0).install(rt)
     tweak(rt)
     return check_runtime(chain, rt, records, obs)

@@ -362,8 +362,18 @@ def check_runtime(chain: Chain, rt: SimRuntime, records: list[tuple[int, bytes]]
     rep = replay(obs.serial.steps)
     ref = reference_run(chain, records, rep, control.applied(rt.events_log))
     divs = _compare_store(obs.serial, rep, phys, obs.issued_updates(), obs.deleted) if rt.store is not None else []
-    divs = compare(ref, phys, chain) + divs
+    divs = compare(ref, phys, chain) + divs + _log_liveness(rt)
     return CheckResult(divs, ref.notes, phys, ref, network=rt.net.describe(), steps=len(obs.serial.steps))
+
+
+def _log_liveness(rt: SimRuntime) -> list[Divergence]:
+    """Every packet admitted is done by the end of input: one still logged never
+    completed (a copy was lost in the chain, or an update never committed)."""
+    left = sorted(c for r in rt.roots for c in r.log)
+    if not left:
+        return []
+    return [Divergence("log", f"packet #{left[0] & ((1 << 48) - 1)}", left[0], "completed and deleted",
+                       f"still logged at the end of input ({len(left)} packets never completed)")]
 
 
 # -- mechanism switches ------------------------------------------------------------------------
@@ -399,6 +409,10 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
           "output|state", True),
     Break("no-dup-suppression", "a straggler and its clone both deliver their outputs and alerts, and the store "
           "applies both copies' updates (§5.3)", "output|alert|store|state", True, True),
+    Break("no-replay", "a failover instance starts from the store as it is, without replaying the failed "
+          "instance's packets (§5.4)", "output|state|log|store|alert", True),
+    Break("delete-after-output", "the last NF sends its delete request after its output, so a crash in "
+          "between makes the failover instance output the packets again (§5.4)", "output", True),
 )}
 
 
@@ -438,6 +452,8 @@ class BreakState:
                 raise ValueError("--break no-dup-suppression needs the memory store")
             rt.dup_suppression = False
             engine.emulate = False
+        rt.replay_on_failover = "no-replay" not in self.names
+        rt.delete_before_output = "delete-after-output" not in self.names
 
     def _instance(self, inst: Any) -> None:
         """The per-instance switches, also for instances a scale-out adds later."""
@@ -485,6 +501,17 @@ class BreakState:
             if outputs or updates:
                 self.acted["no-dup-suppression"] = (f"{len(done)} clones: {outputs} duplicate outputs, drops and "
                                                     f"alerts delivered, {updates} duplicate updates applied")
+        failovers = [e for e in rt.events_log if e["kind"] == "failover"]
+        lost = {k: sum(e[k] or 0 for e in failovers)
+                for k in ("lost_in_queue", "updates_lost_in_flight", "timers_pending")}
+        if "no-replay" in self.names and any(lost.values()):
+            self.acted["no-replay"] = (f"{len(failovers)} failovers without replay: {lost['lost_in_queue']} queued "
+                                       f"packets, {lost['updates_lost_in_flight']} updates in flight and "
+                                       f"{lost['timers_pending']} pending timers lost")
+        repeated = sum(e.get("output_before_delete", 0) for e in failovers)
+        if "delete-after-output" in self.names and repeated:
+            self.acted["delete-after-output"] = (f"{repeated} packets the last NF output before a crash, "
+                                                 "replayed as never processed")
         if "no-dedup" in self.names:
             seen: set = set()
             dups = 0
@@ -645,6 +672,16 @@ class SeedResult:
                 "divergences": [str(d) for d in r.divergences], "notes": r.notes[:5]}
 
 
+def physical_runtime(chain: Chain, scenario: Any, v: Variant, n_packets: int, obs: Observers,
+                     store: Any = None) -> SimRuntime:
+    """The physical chain of one seeded variant of ``scenario``, as the checker runs it
+    (``obs.serial`` records the store's serialization)."""
+    return SimRuntime(chain.with_parallelism(v.parallelism), model=v.model, batch_size=v.batch_size, store=store,
+                      pacer=scenario.pacer(), delays=scenario.expand_delays(list(chain.vertices)),
+                      seed=v.seed, events=scenario.events_for(v.seed, list(chain.vertices), n_packets),
+                      network=scenario.network, recorder=obs.serial)
+
+
 def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v: Variant,
                   breaks: tuple[str, ...] = (), open_store: Any = None) -> SeedResult:
     """Run one seeded variant of ``scenario`` (with ``breaks`` switched on) and judge it."""
@@ -656,15 +693,11 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
             raise ValueError(f"--break {name} needs an externalized model (EO, EO+C, EO+C+NA)")
         if b.memory_only and v.store != "memory":
             raise ValueError(f"--break {name} needs the memory store")
-    physical = chain.with_parallelism(v.parallelism)
     store = open_store(v.store) if (open_store is not None and v.model != "T") else None
     obs = Observers()
     state = BreakState(tuple(breaks), from_clock=len(records) // 2)
     try:
-        rt = SimRuntime(physical, model=v.model, batch_size=v.batch_size, store=store,
-                        pacer=scenario.pacer(), delays=scenario.expand_delays(list(chain.vertices)),
-                        seed=v.seed, events=scenario.events_for(v.seed, list(chain.vertices), len(records)),
-                        network=scenario.network, recorder=obs.serial)
+        rt = physical_runtime(chain, scenario, v, len(records), obs, store)
         state.install(rt)
         result = check_runtime(chain, rt, records, obs, tamper=state.tamper)
         if result.unrecoverable is None:

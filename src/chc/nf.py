@@ -240,7 +240,7 @@ class Context:
     """What an NF sees besides the packet: clock, time, alerts, timers."""
 
     __slots__ = ("vertex", "instance", "clock", "packet_clock", "now", "index", "alerts",
-                 "_timers", "_timer_seq", "packet", "partition")
+                 "_timers", "_timer_seq", "_armed", "_parent", "packet", "partition")
 
     def __init__(self, vertex: str, instance: int) -> None:
         self.vertex = vertex
@@ -252,6 +252,12 @@ class Context:
         self.alerts: list[Alert] = []
         self._timers: list = []
         self._timer_seq = 0
+        # Timers armed by the packet (or timer) being processed, and the tag base of
+        # the timer being fired (0 in a packet): a timer's clock-log tags derive from
+        # the packet that armed it, not from this instance's history, so a failover
+        # instance that re-arms it by replay tags its updates the same (§5.4).
+        self._armed = 0
+        self._parent = 0
         # The packet being processed and the vertex's partition function, which
         # gives the packet's partition fields at every scope of the vertex's ladder
         # (a tuple): a timer remembers them, so a handover moves it with the flow
@@ -267,10 +273,13 @@ class Context:
     def set_timer(self, deadline_ns: int, key: Hashable) -> None:
         """Call ``nf.on_timer(key, ctx)`` once input time reaches ``deadline_ns``."""
         self._timer_seq += 1
+        self._armed += 1
         part = None
         if self.partition is not None and self.packet is not None:
             part = self.partition(self.packet)
-        heapq.heappush(self._timers, (deadline_ns, self._timer_seq, key, self.clock, self.index, part))
+        base = self._armed if not self._parent else zlib.crc32(b"%d/%d" % (self._parent, self._armed)) & 0xFFFFF or 1
+        heapq.heappush(self._timers, (deadline_ns, self._timer_seq, key, self.clock, self.index, part, base,
+                                      self.packet_clock))
 
 
 # -- the NF base class -------------------------------------------------------------

@@ -21,10 +21,10 @@ per-instance delay distributions, a seed, and timed events::
       - {at: {time_us: 9000}, do: speed-up, target: "nat[1]"}
       - {at: {packets: 500}, do: partition, target: "nat[0]", duration_us: 2000}
       - {at: {packets: 900}, do: drop, target: "portscan", count: 3}
-      - {at: {packets: 1200}, do: crash, target: "nat[1]"}
+      - {at: {packets: 1200}, do: crash, target: "nat[1]", heartbeat_us: 20, misses: 3}
     random:                         # more events, drawn by each seed
       events: 8
-      actions: [scale-out, scale-in, move, refine, clone]   # default: scale-out, scale-in, move
+      actions: [scale-out, scale-in, move, refine, clone, crash]   # default: scale-out, scale-in, move
       vertices: [nat, portscan]     # default: every vertex
       between: {packets: [200, 3000]}                # default: the whole input
 
@@ -33,10 +33,10 @@ Events fire before the input packet they name (``packets``: its index;
 with events is as deterministic and batch-size independent as one without.
 An event is ``{at, do, target, ...parameters}``; the actions live in
 :data:`chc.runtime.sim.ACTIONS` (``slow``, ``speed-up``; store-link faults
-``drop``, ``duplicate``, ``delay``, ``partition``; ``crash``; elasticity
-``scale-out``, ``scale-in``, ``move``, ``refine``; ``clone`` a straggler, §5.3),
-so later ones (recover a crashed component) are new entries of that table with
-their own parameters, not a new format.
+``drop``, ``duplicate``, ``delay``, ``partition``; ``crash`` an NF instance,
+failed over after ``misses`` missed heartbeats, §5.4; elasticity ``scale-out``,
+``scale-in``, ``move``, ``refine``; ``clone`` a straggler, §5.3), so later ones
+are new entries of that table with their own parameters, not a new format.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Event:
 
 
 #: Actions a scenario's ``random:`` block may draw.
-RANDOM_ACTIONS = ("scale-out", "scale-in", "move", "refine", "clone")
+RANDOM_ACTIONS = ("scale-out", "scale-in", "move", "refine", "clone", "crash")
 _CLONE_FOR = (0, 20, 200)       # input packets a drawn clone runs beside its straggler at least
 _FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
@@ -95,6 +95,8 @@ class RandomEvents:
             params = {"pick": rng.randrange(1 << 16), "fraction": rng.choice(_FRACTIONS)} if action == "move" else {}
             if action == "clone":       # §5.3: the vertex's instance furthest behind
                 params = {"for_packets": rng.choice(_CLONE_FOR)}
+            elif action == "crash":     # §5.4: one of the vertex's active instances
+                params = {"pick": rng.randrange(1 << 16)}
             out.append(Event(action, vertex, params, at_packet=rng.randrange(lo, hi)))
         return out
 

@@ -100,6 +100,13 @@ class MemoryStore:
     def objects(self, vertex: str) -> dict[str, dict[Hashable, Any]]:
         return self.engine.objects(vertex)
 
+    def keep_preimages(self) -> None:
+        """§5.4: keep what NF failover needs (see StoreEngine.objects_at)."""
+        self.engine.preimages = True
+
+    def objects_at(self, vertex: str, replayed: set[int]) -> dict[str, dict[Hashable, Any]]:
+        return self.engine.objects_at(vertex, replayed)
+
     def fail_next(self, n: int = 1) -> None:
         self._fail += n
 

@@ -13,14 +13,14 @@ cdef class CoalescedObject
 cdef class StoreClient:
     cdef public object backend, vertex, client_id, faults, clock, issued
     cdef public object instance
-    cdef public bint caching, no_ack_wait, exclusive, in_timer, retransmit, callbacks
+    cdef public bint caching, no_ack_wait, exclusive, retransmit, callbacks
     cdef public long long seq, n_in_packet, blocking_ops, nonblocking_ops, cache_hits, abandoned
     cdef public unsigned long long packet_xor
     cdef public list pending, prefetchable, unacked
     cdef public dict callback_caches
     cdef public list coalesced
 
-    cpdef begin_packet(self, object clock, bint in_timer=*)
+    cpdef begin_packet(self, object clock)
     @cython.locals(n=cython.longlong, xor_id=cython.ulonglong)
     cdef (long long, unsigned long long) _next_update(self, unsigned long long xor_base)
     cpdef Increments open_increments(self, object key, long long n, object default)

@@ -109,7 +109,6 @@ class StoreClient:
         self.clock = 0
         self.n_in_packet = 0
         self.packet_xor = 0                 # §5.4: XOR of this packet's update ids
-        self.in_timer = False
         self.faults: Any = None             # fault injection (chc check --break)
         self.prefetchable: list[CachedObject] = []   # cached per-flow objects
         self.callback_caches: dict[ObjectKey, CallbackObject] = {}
@@ -119,11 +118,10 @@ class StoreClient:
         self.cache_hits = 0
 
     # -- per packet -------------------------------------------------------------------
-    def begin_packet(self, clock: int, in_timer: bool = False) -> None:
+    def begin_packet(self, clock: int) -> None:
         self.clock = clock
         self.n_in_packet = 0
         self.packet_xor = 0
-        self.in_timer = in_timer
 
     def op(self, code: str, key: ObjectKey, args: tuple = (), default: Any = None,
            update: bool = True, xor_base: int = 0) -> Op:
@@ -140,8 +138,6 @@ class StoreClient:
     def _next_update(self, xor_base: int) -> tuple[int, int]:
         """Number the packet's next update (§5.3 tag) and fold its id into the vector (§5.4)."""
         self.n_in_packet = n = self.n_in_packet + 1
-        if self.in_timer:
-            return n, 0                     # timer updates belong to no packet
         xor_id = (xor_base + n * _XOR_STEP) & _MASK32
         if xor_id == 0:
             xor_id = 1
@@ -344,6 +340,12 @@ class StoreClient:
             h.values[k] = h._cached(v)
 
 
+def _argmin_args(keys: list[ObjectKey], weights: list | tuple | None) -> tuple:
+    # Unweighted: the op keeps its original form (stores, digests, COE steps unchanged).
+    args: tuple = ("argmin_incr", keys)
+    return args + (list(weights),) if weights is not None else args
+
+
 class _Handle(LocalObject):
     """Common parts of the store-backed handles: addressing and the initial value."""
 
@@ -360,8 +362,9 @@ class _Handle(LocalObject):
         self._absent = None if isinstance(self._init, deque) else self._init
         # Write-mostly updates are non-blocking: their results are never waited for.
         self._write_mostly = decl.access is Access.WRITE_MOSTLY
-        # §5.4: ids XORed into a packet's vector name (instance, object, n).
-        self._xor_base = zlib.crc32(f"{client.client_id}/{decl.name}".encode())
+        # §5.4: ids XORed into a packet's vector name (instance, object, n); the logical
+        # instance's, so a clone or failover instance re-issues an update with its id.
+        self._xor_base = zlib.crc32(f"{client.vertex}/{client.instance}/{decl.name}".encode())
         # §5.3 a clone pair's private view (the sim runtime sets it): a cache miss is
         # an object absent when the clone started, never a store read, so neither
         # copy reads what the other has already done.
@@ -441,10 +444,7 @@ class RemoteObject(_Handle):
 
     def incr_least(self, keys: list, weights: list | tuple | None = None) -> int | None:
         c = self.client
-        # Unweighted: the op keeps its original form (stores, digests, COE steps unchanged).
-        args: tuple = ("argmin_incr", [self.key(k) for k in keys])
-        if weights is not None:
-            args += (list(weights),)
+        args = _argmin_args([self.key(k) for k in keys], weights)
         best = c.call(c.op("custom", self.key(None), args, xor_base=self._xor_base))
         if self.recorder is not None:
             self.recorder(self.name, None, "incr_least", best)
@@ -531,10 +531,10 @@ class CachedObject(_Handle):
 
     def pop(self, key: Hashable = None) -> Any:
         lst = self._slot_value(key)
-        v = None
-        if lst:
-            self._queue("pop", key, ())
-            v = lst.popleft()
+        v = lst.popleft() if lst else None
+        # The store gets the op a RemoteObject sends, whatever the cache says (an empty
+        # pop too): a replay with another caching mode re-issues the same tagged ops.
+        self._queue("pop", key, ())
         if self.recorder is not None:
             self.recorder(self.name, key, "pop", v)
         return v
@@ -542,7 +542,8 @@ class CachedObject(_Handle):
     def cas(self, expected: Any, new: Any, key: Hashable = None) -> bool:
         ok = self._slot_value(key) == expected
         if ok:
-            self.set(new, key)
+            self.values[key] = new
+        self._queue("cas", key, (expected, new))
         if self.recorder is not None:
             self.recorder(self.name, key, "cas", ok)
         return ok
@@ -562,9 +563,11 @@ class CachedObject(_Handle):
     def incr_least(self, keys: list, weights: list | tuple | None = None) -> int | None:
         loads = [self._slot_value(k) for k in keys]
         best = least_loaded(loads, weights)
-        if best is None:
-            return None
-        self.incr(1, keys[best])
+        if best is not None:
+            self.values[keys[best]] = loads[best] + 1
+        # The RemoteObject's op (see pop): the store, whose copy a sole user's cache
+        # equals when the op arrives, picks the same counter.
+        self._queue("custom", None, _argmin_args([self.key(k) for k in keys], weights))
         if self.recorder is not None:
             self.recorder(self.name, None, "incr_least", best)
         return best

@@ -55,7 +55,7 @@ def _ladder_parts(ladder: list) -> Any:
 class Instance:
     __slots__ = ("vertex", "instance_id", "nf", "ctx", "queue", "objects", "client",
                  "delay", "free_at", "busy", "arrival_clocks", "arrivals", "inversions", "last_clock",
-                 "finished", "forks",
+                 "finished", "forks", "fired",
                  "packets_in", "packets_out", "dropped", "nf_errors", "first_error", "shared")
 
     def __init__(self, vertex: str, instance_id: int, nf_cls: type[NF], config: Any,
@@ -80,6 +80,9 @@ class Instance:
         self.last_clock = -1
         self.finished: list[tuple[int, int]] = []   # (clock, XOR vector) of packets ended here
         self.forks: list[tuple[int, int]] = []      # (clock, extra copies) made here
+        # (clock, timers re-armed, XOR vector) per timer fired here: a timer is a copy
+        # of the packet that armed it (a fork when armed), and ends when it fires.
+        self.fired: list[tuple[int, int, int]] = []
         # The store client of the externalized models; in model T an optional
         # stand-in with the same binding interface (the COE checker's reference).
         self.client: StoreClient | None = client
@@ -163,6 +166,7 @@ class Instance:
                 self.free_at = pkt.vt = start + service
             elif pkt.vt < self.free_at:
                 pkt.vt = self.free_at       # FIFO: no overtaking what is still in service
+            ctx._armed = 0
             try:
                 res = process(pkt, ctx)
             except StoreLost:
@@ -170,6 +174,11 @@ class Instance:
             except Exception as exc:        # contain NF bugs: count, keep going
                 self._error(pkt, exc)
                 res = None
+            if ctx._armed:
+                # §5.4 a pending timer is a live copy of the packet that armed it: the
+                # packet stays logged until the timer has fired and its updates have
+                # committed, so a failover instance can re-arm it by replay.
+                self.forks.append((clock, ctx._armed))
             # §5.4: the updates this packet caused, folded into its XOR vector.
             vector = pkt.xor ^ client.packet_xor if client is not None else pkt.xor
             if res is None:
@@ -244,21 +253,31 @@ class Instance:
         timers = ctx._timers
         saved = (ctx.clock, ctx.now, ctx.index)
         ctx.packet = None                   # a timer re-armed here belongs to no flow group
+        client = self.client
         while timers and (until is None or timers[0][0] <= until):
-            deadline, seq, key, clock, index = heapq.heappop(timers)[:5]
+            entry = heapq.heappop(timers)
+            deadline, key, clock, index, base = entry[0], entry[2], entry[3], entry[4], entry[6]
             # A timer runs with the clock of the packet that armed it.
-            ctx.clock = ctx.packet_clock = clock
+            ctx.clock = clock
+            ctx.packet_clock = entry[7]
             ctx.now, ctx.index = deadline, index
-            if self.client is not None:
-                # Timer updates belong to no packet's processing: tagged apart, no XOR id.
-                self.client.begin_packet(clock, in_timer=True)
-                self.client.n_in_packet = _TIMER_TAGS + (seq << 10)
+            ctx._armed = 0
+            ctx._parent = base
+            if client is not None:
+                # Its updates are tagged apart from the packet's (tags from the timer's
+                # base, so a replay re-arms and re-tags it the same) and XORed into the
+                # vector this copy of the packet reports when it ends (§5.4).
+                client.begin_packet(clock)
+                client.n_in_packet = _TIMER_TAGS + (base << 10)
             try:
                 self.nf.on_timer(key, ctx)
             except StoreLost:
                 raise
             except Exception as exc:
                 self._error(None, exc)
+            # (reported under the packet's clock: the NF may be shown arrival order)
+            self.fired.append((entry[7], ctx._armed, client.packet_xor if client is not None else 0))
+        ctx._parent = 0
         ctx.clock, ctx.now, ctx.index = saved
         if self.client is not None:
             self.client.begin_packet(ctx.clock)

@@ -51,6 +51,7 @@ left out of the sum) and its own commit report.
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
@@ -58,6 +59,8 @@ from typing import Any, NamedTuple
 from ..nf import VALUE_OPS, least_loaded
 
 READS = frozenset(("get",))
+_ABSENT = object()      # (a pre-image of an object that did not exist)
+_IMMUTABLE = frozenset((int, float, str, bytes, bool, type(None), tuple))
 UPDATES = frozenset(("set", "incr", "incr_many", "push", "pop", "cas", "delete", "custom", "apply"))
 
 
@@ -117,8 +120,8 @@ class Op:
 
 class Increments:
     """Argument of ``incr_many``: increments of one counter, in issue order, each
-    with its clock-log tag ``(clock, n)`` (§5.3) and XOR id (§5.4; 0 for a
-    timer's update, which reports no commit).  Flat lists: the client appends
+    with its clock-log tag ``(clock, n)`` (§5.3) and XOR id (§5.4; 0: no commit
+    report).  Flat lists: the client appends
     what it has, the store builds tags and commit reports once per op."""
 
     __slots__ = ("total", "clocks", "ns", "amounts", "xor_ids")
@@ -208,6 +211,10 @@ class StoreEngine:
         self.commits: list[tuple[int, int]] = []
         self._commit_runs: list[Increments] = []     # incr_many ops' commits, not yet paired
         self.ops_applied = 0
+        # §5.4 NF failover: per object, the value before the first update of each clock
+        # still in the clock log (off unless a runtime may fail an instance over).
+        self.preimages = False
+        self.before: dict[ObjectKey, dict[int, Any]] = {}
 
     # -- operations ---------------------------------------------------------------
     def apply(self, op: Op) -> Any:
@@ -239,6 +246,11 @@ class StoreEngine:
                         r = log[tag]            # §5.3: emulate a duplicate update
                         return r.result if r.__class__ is _Recorded else r
                     self.reapplied += 1
+            if tag is not None and self.preimages:
+                self._preimage(key, tag[0])
+                if code == "custom" and op.args[0] == "argmin_incr":
+                    for k in op.args[1]:        # the counters it may change
+                        self._preimage(k, tag[0])
             result = self._update(op)
             if tag is not None:
                 self.clock_log.setdefault(key, {})[tag] = result
@@ -253,6 +265,16 @@ class StoreEngine:
                 if client != op.client:
                     self.notifications.append((client, ("update", key, value)))
         return result
+
+    def _preimage(self, key: ObjectKey, clock: int) -> None:
+        before = self.before.get(key)
+        if before is None:
+            before = self.before[key] = {}
+        if clock not in before:
+            v = self.data.get(key, _ABSENT)
+            if v is not _ABSENT and v.__class__ not in _IMMUTABLE:
+                v = list(v) if isinstance(v, deque) else copy.deepcopy(v)
+            before[clock] = v
 
     def _retransmitted(self, op: Op) -> Any:
         """§4.3 an op at or below its client's seq mark: applied before, not applied again.
@@ -438,8 +460,33 @@ class StoreEngine:
                     log.pop(t, None)
                 if not log:
                     del self.clock_log[key]
+            before = self.before.get(key)
+            if before is not None:
+                for t in tags:
+                    before.pop(t[0], None)
+                if not before:
+                    del self.before[key]
             n += len(tags)
         return n
+
+    # -- NF failover (§5.4) -------------------------------------------------------------------
+    def objects_at(self, vertex: str, replayed: set[int]) -> dict[str, dict[Hashable, Any]]:
+        """``vertex``'s objects as they were before the first update made by any of the
+        ``replayed`` clocks (the packets a failover instance replays): the state its
+        replay must start from, so that it recomputes the failed instance's updates,
+        re-issuing the ones the store never got.  Needs ``preimages`` on."""
+        out = self.objects(vertex)
+        for key, before in self.before.items():
+            if key.vertex != vertex:
+                continue
+            for clock, value in before.items():     # in the order the store applied them
+                if clock in replayed:
+                    if value is _ABSENT:
+                        out.get(key.obj, {}).pop(key.key, None)
+                    else:
+                        out.setdefault(key.obj, {})[key.key] = value
+                    break
+        return out
 
     # -- introspection --------------------------------------------------------------------
     def objects(self, vertex: str) -> dict[str, dict[Hashable, Any]]:

@@ -145,9 +145,23 @@ class Clone:
     emulated_at_start: int | None = None    # the store's emulation count then (b)
     why: dict = dataclasses.field(default_factory=dict)
     saved: dict = dataclasses.field(default_factory=dict)      # instance -> its prefetch list
+    timers_seen: dict = dataclasses.field(default_factory=dict)     # (side, clock) -> timers fired
+    timers_reported: dict = dataclasses.field(default_factory=dict)  # clock -> firings reported
 
     def members(self) -> tuple[int, int]:
         return (self.straggler, self.clone)
+
+
+@dataclasses.dataclass
+class Failure:
+    """An NF instance that crashed, until its failure is detected (§5.4)."""
+
+    vertex: str
+    instance: int
+    crashed_vt: float
+    detect_vt: float
+    crashed_packet: int
+    why: dict
 
 
 def _direction(p: Packet) -> tuple:
@@ -163,6 +177,10 @@ def _rerouted(table: list[int], a: int, b: int, old: int, new: int) -> Callable[
     """Flows routed to ``old`` at ladder level ``a`` and to ``new`` at level ``b``."""
     size = len(table)
     return lambda part_at: table[crc32(part_at(a)) % size] == old and table[crc32(part_at(b)) % size] == new
+
+
+def _everything(part_at: PartAt) -> bool:
+    return True
 
 
 def _by_clock(p: Packet) -> int:
@@ -237,6 +255,15 @@ class SimRuntime:
         self.clones: list[Clone] = []
         self.dup_suppression = True         # off only for --break no-dup-suppression
         self.processed: dict[tuple[str, int], dict[int, None]] = {}
+        # §5.4 NF failover: instances that crashed and await detection, the dead ones,
+        # and, per instance, what it processed (as it got it, in order) from the oldest
+        # packet its root still logs: what a failover instance replays.
+        self.failures: list[Failure] = []
+        self.dead: set[tuple[str, int]] = set()
+        self.inputs: dict[tuple[str, int], deque[Packet]] = {}
+        self.replay_on_failover = True      # off only for --break no-replay
+        self.delete_before_output = True    # off only for --break delete-after-output
+        self._last_out: dict[tuple[str, int], set[int]] = {}   # --break delete-after-output
         self.events = sorted(events or [], key=lambda e: (e.at_packet is None, e.at_packet or 0,
                                                           e.at_time_ns or 0))
         for ev in self.events:
@@ -244,6 +271,9 @@ class SimRuntime:
         self.track_processed = (any(ev.action == "clone" for ev in self.events)
                                 or any(m.policy.straggler_factor is not None or m.policy.decide_fn is not None
                                        for m in self.managers))     # a manager may clone (§5.3)
+        self.recording = any(ev.action == "crash" and _nf_target(ev.target) for ev in self.events)
+        if self.recording and self.store is not None and hasattr(self.store, "keep_preimages"):
+            self.store.keep_preimages()
         if not clocks:
             for inst in self._all_instances():
                 inst.arrival_clocks = True
@@ -442,9 +472,13 @@ class SimRuntime:
             paired = {i for c in pairs for i in c.members()}
             held: dict[int, tuple] = {}
             for inst, splitters in zip(self.instances[name], self.splitters[name], strict=True):
+                if self.dead and (name, inst.instance_id) in self.dead:
+                    continue                # crashed: what reaches it is lost (replayed later)
                 batch = self._ready(inst, ordered)
                 if not batch:
                     continue
+                if self.recording:
+                    self._record(name, inst.instance_id, batch)
                 if batch[-1].ts > latest:
                     latest = batch[-1].ts
                 if self.links:
@@ -459,13 +493,15 @@ class SimRuntime:
                             p.clock for p in batch))
                     alerts_from = len(inst.ctx.alerts)
                     produced = inst.run(batch)
-                    held[inst.instance_id] = (batch, produced, inst.finished, inst.forks, alerts_from)
-                    inst.finished, inst.forks = [], []
+                    held[inst.instance_id] = (batch, produced, inst.finished, inst.forks, alerts_from, inst.fired)
+                    inst.finished, inst.forks, inst.fired = [], [], []
                     continue
                 if self.track_processed:
                     self.processed.setdefault((name, inst.instance_id), {}).update(dict.fromkeys(
                         p.clock for p in batch))
                 produced = inst.run(batch)
+                if not self.delete_before_output:
+                    self._last_out[(name, inst.instance_id)] = {p.clock for p in produced}
                 if self.handovers:
                     self._handed_over(inst, batch)
                 self._report(inst)
@@ -477,8 +513,9 @@ class SimRuntime:
                 # A retired instance still owns the timers its flows armed: they fire
                 # by the timestamps its vertex sees.
                 for inst in self.instances[name]:
-                    if (name, inst.instance_id) in self.retired:
+                    if (name, inst.instance_id) in self.retired and (name, inst.instance_id) not in self.dead:
                         inst.tick(latest)
+                        self._report(inst)
 
     def _forward(self, v: Any, src: tuple, splitters: dict[str, Splitter], produced: list[Packet],
                  out: list[Packet]) -> None:
@@ -511,10 +548,21 @@ class SimRuntime:
             for clock, k in inst.forks:
                 self._fork(clock, k)
             inst.forks.clear()
+        if inst.fired:
+            self._timers_fired(inst.fired)
+            inst.fired.clear()
         if inst.finished:
             for clock, vector in inst.finished:
                 self._done(clock, vector)
             inst.finished.clear()
+
+    def _timers_fired(self, fired: list[tuple[int, int, int]]) -> None:
+        """§5.4 a timer is a copy of the packet that armed it: re-armed ones are new
+        copies, and the fired one ends with the XOR vector of its updates."""
+        for clock, rearmed, vector in fired:
+            if rearmed:
+                self._fork(clock, rearmed)
+            self._done(clock, vector)
 
     def _settle(self) -> None:
         """Messages due by the horizon; commit reports to the roots (§5.4); root
@@ -535,6 +583,13 @@ class SimRuntime:
                 self._meta_pending = []
             except StoreUnavailable:
                 self._meta_pending = ops        # retransmitted with the next batch
+        if self.inputs:
+            roots = self.roots
+            for rec in self.inputs.values():
+                # Replay starts at the oldest packet still logged: what came before it
+                # is done in the whole chain and in the store (§5.4).
+                while rec and roots[root_of(rec[0].clock)].log.get(rec[0].clock) is None:
+                    rec.popleft()
         if self.processed:
             logged = sum(len(r.log) for r in self.roots)
             for key, seen in self.processed.items():
@@ -571,6 +626,8 @@ class SimRuntime:
                             default=batch[0].vt)
                 floor = min(floor, batch[0].vt, *(p.vt for h in self.handovers for p in h.buffer))
                 self.holds = [h for h in self.holds if h.until > floor]
+        if self.failures:
+            self._detect()
         self._enter(batch, out)
         self._pass(out)
         if self.clones:
@@ -587,6 +644,8 @@ class SimRuntime:
         """End of input: let everything still queued (delayed packets) finish."""
         self.horizon = _INF
         out: list[Packet] = []
+        if self.failures:
+            self._detect()
         while any(i.queue for i in self._all_instances()):
             self._pass(out)
         for hook in self.step_hooks:
@@ -596,7 +655,10 @@ class SimRuntime:
         for vertex, i in list(self.retiring):
             self._retire_if_done(vertex, i)
         for inst in self._all_instances():
+            if (inst.vertex, inst.instance_id) in self.dead:
+                continue                    # its failover instance holds its timers
             inst.finish()
+            self._report(inst)              # the timers that fired at the end
         self._settle()
         while self.net.run_next():          # the last commit reports
             self._settle()
@@ -658,9 +720,11 @@ class SimRuntime:
 
     # -- elasticity (§5.1, Figure 4) -------------------------------------------------------
     def active(self, vertex: str) -> list[Instance]:
-        """The instances of ``vertex`` that take traffic (neither retired nor retiring)."""
+        """The instances of ``vertex`` that take traffic (neither retired nor retiring,
+        nor crashed and awaiting failover)."""
         return [i for i in self.instances[vertex]
-                if (vertex, i.instance_id) not in self.retired and (vertex, i.instance_id) not in self.retiring]
+                if (vertex, i.instance_id) not in self.retired and (vertex, i.instance_id) not in self.retiring
+                and (vertex, i.instance_id) not in self.dead]
 
     def _busy(self, vertex: str) -> bool:
         return any(h.vertex == vertex for h in self.handovers) or any(c.vertex == vertex for c in self.clones)
@@ -853,7 +917,8 @@ class SimRuntime:
         ``vertex`` have several users; every instance caches exactly the others."""
         clones = {c.clone for c in self.clones if c.vertex == vertex}     # one user with their straggler
         users = [i for i in self.instances[vertex]
-                 if (vertex, i.instance_id) not in self.retired and i.instance_id not in clones]
+                 if (vertex, i.instance_id) not in self.retired and i.instance_id not in clones
+                 and (vertex, i.instance_id) not in self.dead]
         shared = self._shared_objects(vertex) if len(users) > 1 else frozenset()
         for inst in users:
             if self.share_on_split:
@@ -958,6 +1023,7 @@ class SimRuntime:
         if not self.naive_moves:
             old.hand_over()
             self._move_timers(h, old, new)
+            self._move_records(h, old, new)
         # Step 8: the old instance finishes what it has in service (its `last` packet
         # and anything before it) at `done`; nothing of the moved flows starts earlier.
         done = max(h.last.vt if h.last is not None else 0, old.free_at)
@@ -989,6 +1055,20 @@ class SimRuntime:
         for t in sorted(moved):
             ctx._timer_seq += 1
             heapq.heappush(ctx._timers, (t[0], ctx._timer_seq, *t[2:]))
+
+    def _move_records(self, h: Handover, old: Instance, new: Instance) -> None:
+        """§5.4 the moved flows' processed packets go with them: a failover of the new
+        instance replays them (they are how its state and timers came to be); the old
+        one no longer may."""
+        rec = self.inputs.get((h.vertex, old.instance_id))
+        if not rec:
+            return
+        ladder = self.flowmaps[h.vertex].ladder
+        moved = [p for p in rec if h.moves(p, ladder)]
+        if moved:
+            ids = {id(p) for p in moved}
+            self.inputs[(h.vertex, old.instance_id)] = deque(p for p in rec if id(p) not in ids)
+            self.inputs.setdefault((h.vertex, new.instance_id), deque()).extend(moved)
 
     def _retire_if_done(self, vertex: str, i: int) -> None:
         if (vertex, i) not in self.retiring or any(h.vertex == vertex and h.old == i for h in self.handovers):
@@ -1065,8 +1145,10 @@ class SimRuntime:
         #    view (the straggler's cache, and the store's objects as they are now), so
         #    neither reads what the other has already done (see _private).
         snap = self.store.objects(vertex) if self.store is not None else {}
-        self._private(pair, straggler, snap)
-        self._private(pair, clone, {})
+        self._private(pair.saved, straggler, snap)
+        self._private(pair.saved, clone, {})
+        if self.recording:
+            self.inputs[(vertex, i)] = deque(self.inputs.get((vertex, s), ()))
         for name, h in straggler.objects.items():
             ch = clone.objects[name]
             ch.values = copy.deepcopy(h.values)
@@ -1099,14 +1181,14 @@ class SimRuntime:
         self._log("clone", vertex, s, clone=i, replayed=pair.replayed, already_processed=pair.already_processed,
                   in_transit=len(replay), **why)
 
-    def _private(self, pair: Clone, inst: Instance, snap: dict) -> None:
+    def _private(self, saved: dict, inst: Instance, snap: dict) -> None:
         """§5.3 one private view per copy: cached per-flow and exclusive objects, filled
         from ``snap`` (the store when the clone started); a miss is an object absent
         then.  In model EO the pair caches for the clone's lifetime."""
         c = inst.client
         if c is None:
             return                          # model T: the state is local already
-        pair.saved[inst.instance_id] = (c.prefetchable, c.caching)
+        saved[inst.instance_id] = (c.prefetchable, c.caching)
         if not c.caching:
             self._rebind(inst, True)
         c.prefetchable = []                 # no prefetching from the store either
@@ -1118,14 +1200,14 @@ class SimRuntime:
                     if k not in values:
                         values[k] = h._cached(val)
 
-    def _shared_view(self, pair: Clone, inst: Instance) -> None:
+    def _shared_view(self, saved: dict, inst: Instance) -> None:
         """Back to the store: updates sent, private caches dropped (they held other
         instances' flows too), the model's own handles again."""
         c = inst.client
         if c is None:
             return
         c.settle()
-        prefetchable, caching = pair.saved[inst.instance_id]
+        prefetchable, caching = saved.pop(inst.instance_id)
         for h in inst.objects.values():
             if type(h) is CachedObject and h.private:
                 h.private = False
@@ -1153,7 +1235,8 @@ class SimRuntime:
         for order, side in enumerate(pair.members()):
             if side not in held:
                 continue
-            batch, produced, finished, forks, _ = held[side]
+            batch, produced, finished, forks, _, fired = held[side]
+            self._pair_timers(pair, side, fired)
             outs: dict[int, list[Packet]] = {}
             for p in produced:
                 outs.setdefault(p.clock, []).append(p)
@@ -1181,10 +1264,10 @@ class SimRuntime:
             for r in cands:
                 if (first and r[2] == winner) or not suppress:
                     emitted += r[3]
+                    for fk in r[5]:
+                        self._fork(*fk)     # (before the copy's end: the entry stays live)
                     for fin in r[4]:
                         self._done(*fin)
-                    for fk in r[5]:
-                        self._fork(*fk)
                 if not first or r[2] != winner:
                     pair.dup_outputs += len(r[3])
                     pair.dup_drops += len(r[4])
@@ -1218,6 +1301,17 @@ class SimRuntime:
         s = pair.straggler
         self._forward(v, (pair.vertex, s), self.splitters[pair.vertex][s], emitted, out)
 
+    def _pair_timers(self, pair: Clone, side: int, fired: list[tuple[int, int, int]]) -> None:
+        """Both copies fire the same timers in the same order (one input sequence): the
+        k-th firing of a clock's timer is reported once, by the copy that gets there
+        first, the other's is a duplicate (unless suppression is off)."""
+        for entry in fired:
+            clock = entry[0]
+            seen = pair.timers_seen[(side, clock)] = pair.timers_seen.get((side, clock), 0) + 1
+            if seen > pair.timers_reported.get(clock, 0) or not self.dup_suppression:
+                pair.timers_reported[clock] = max(seen, pair.timers_reported.get(clock, 0))
+                self._timers_fired([entry])
+
     def _resolve_clones(self, final: bool = False) -> None:
         """Keep one copy of each pair once the clone has caught up (it processed its
         replay) and ``for_packets`` more input packets have come; at the end of input
@@ -1238,7 +1332,8 @@ class SimRuntime:
         # The slower copy stops: its queue and timers are duplicates of the kept one's.
         gone.queue.clear()
         gone.ctx._timers = []
-        self._shared_view(pair, gone)
+        self._shared_view(pair.saved, gone)
+        self.inputs.pop((vertex, gone.instance_id), None)
         if gone.client is None:
             for h in gone.objects.values():
                 h.values.clear()           # model T: the kept copy holds the same state
@@ -1253,16 +1348,10 @@ class SimRuntime:
             fm = self.flowmaps[vertex]
             fm.move(fm.groups_of(s.instance_id), c.instance_id)
             self._move_processed(vertex, s.instance_id, c.instance_id)
-            # The clone's queue holds copies that came over the straggler's data links;
-            # what comes next over its own links must not overtake them (FIFO, as §5.1
-            # step 8 keeps a moved flow in order).
-            last = self.net._data_last
-            for (src, vname, i), t in list(last.items()):
-                if vname == vertex and i == s.instance_id:
-                    key = (src, vertex, c.instance_id)
-                    last[key] = max(last.get(key, 0), t)
+            # The clone's queue holds copies that came over the straggler's data links.
+            self._take_links(vertex, s.instance_id, c.instance_id)
         self.retired.add((vertex, gone.instance_id))
-        self._shared_view(pair, kept)
+        self._shared_view(pair.saved, kept)
         self._share(vertex)
         emulated = self._emulated()
         updates = None if emulated is None or pair.emulated_at_start is None else emulated - pair.emulated_at_start
@@ -1294,6 +1383,173 @@ class SimRuntime:
     def _log(self, kind: str, vertex: str, instance: int | None, **more: Any) -> None:
         self.events_log.append({"kind": kind, "vertex": vertex, "instance": instance,
                                 "packet": sum(r.packets_in for r in self.roots), "vt": self.horizon, **more})
+
+    # -- NF failover (§5.4) ------------------------------------------------------------
+    def _record(self, vertex: str, i: int, batch: list[Packet]) -> None:
+        """What ``vertex[i]`` is about to process, as it got it.  In a deployment this
+        is known outside the instance: its upstream keeps what it sent until the root
+        deletes the clock, and its successors (or the root, for drops) receive its
+        results in processing order."""
+        rec = self.inputs.get((vertex, i))
+        if rec is None:
+            rec = self.inputs[(vertex, i)] = deque()
+        rec.extend([p.copy() for p in batch])
+
+    def crash(self, vertex: str, instance: int, heartbeat_us: float = 20, misses: int = 3, **why: Any) -> None:
+        """``vertex[instance]`` stops (fail-stop): its queue, cache, timers and unsent
+        updates are gone.  The framework notices ``misses`` heartbeats later and fails
+        it over (:meth:`_failover`)."""
+        self._when_idle(vertex, lambda: self._crash(vertex, instance, heartbeat_us, misses, why))
+
+    def _crash(self, vertex: str, instance: int, heartbeat_us: float, misses: int, why: dict) -> None:
+        if self.store is None:
+            raise Unrecoverable(f"{vertex}[{instance}] crashed: in model T its state lived inside it "
+                                "(R1 needs an externalized model: EO, EO+C or EO+C+NA)")
+        if not hasattr(self.store, "objects_at"):
+            raise Unrecoverable(f"{vertex}[{instance}] crashed: NF failover on the {self.store.describe()} "
+                                "store is not built yet (it needs the store's pre-images; use the memory store)")
+        if self.roots[0].log_mode == "off":
+            raise Unrecoverable(f"{vertex}[{instance}] crashed with the packet log off: nothing to replay")
+        if not any(a.instance_id == instance for a in self.active(vertex)) or (vertex, instance) in self.dead:
+            self._log("crash-ignored", vertex, instance, reason="not an active instance", **why)
+            return
+        # The last heartbeat came at the latest multiple of the period; the failure is
+        # noticed when `misses` periods have passed without one.
+        period = int(heartbeat_us * 1000)
+        last = int(self.horizon) // period * period if period else int(self.horizon)
+        f = Failure(vertex, instance, self.horizon, last + misses * period,
+                    sum(r.packets_in for r in self.roots), why)
+        self.dead.add((vertex, instance))
+        self.failures.append(f)
+        self._log("crash", vertex, instance, detect_vt=f.detect_vt, **why)
+
+    def _detect(self) -> None:
+        """Failures whose heartbeats are overdue by now are failed over (at top speed
+        no virtual time passes: at the next batch)."""
+        now = self.horizon
+        topspeed = self.pacer.mode == "topspeed"
+        due = [f for f in self.failures if topspeed or f.detect_vt <= now]
+        for f in due:
+            self.failures.remove(f)
+            self._failover(f)
+
+    def _failover(self, f: Failure) -> None:
+        """§5.4 a failover instance takes over the failed one's processing: under its
+        logical identity (per-flow ownership and XOR ids are the logical instance's),
+        from the store's state before the oldest packet it still has to account for,
+        it re-processes what the failed one processed since (its results are already
+        downstream: state only), then what was lost in its queue."""
+        vertex, x = f.vertex, f.instance
+        failed = self.instances[vertex][x]
+        if len(self.instances[vertex]) >= MAX_PARALLELISM:
+            raise Unrecoverable(f"{vertex}[{x}] crashed and {vertex} has had {MAX_PARALLELISM} instances "
+                                "(MAX_PARALLELISM; retired ones count): no room for a failover instance")
+        # What the dead instance sent and is still on its way is refused from now on.
+        self.node.fenced.add(f"{vertex}[{x}]")
+        unapplied = self._unapplied(failed)
+        timers = len(failed.ctx._timers)
+        processed = list(self.inputs.pop((vertex, x), ()))
+        lost = list(failed.queue)
+        failed.queue.clear()
+        undeleted = 0
+        sink = not self.chain.vertices[vertex].successors and not self.chain.vertices[vertex].offpath
+        if not self.delete_before_output and sink:
+            # --break delete-after-output: the last NF's latest outputs left before their
+            # delete requests; a crash in between leaves them logged as never processed.
+            out = self._last_out.get((vertex, x), set())
+            cut = len(processed)
+            while cut and processed[cut - 1].clock in out:
+                cut -= 1
+            undeleted = len(processed) - cut
+            lost = processed[cut:] + lost
+            processed = processed[:cut]
+        v = self.chain.vertices[vertex]
+        i = self.flowmaps[vertex].add_instance()
+        logical = failed.client.instance
+        new = Instance(vertex, logical, v.nf, v.config, self.model, self._link(vertex, i),
+                       exclusive=failed.client.exclusive)
+        new.set_shared(failed.shared)
+        new.instance_id = i
+        self._install(vertex, new)
+        new.client.client_id = f"{vertex}/{logical}+failover{i}"     # its own exactly-once sequence
+        for hook in self.instance_hooks:
+            hook(new)
+        fm = self.flowmaps[vertex]
+        fm.move(fm.groups_of(x), i)
+        self._move_processed(vertex, x, i)
+        self._take_links(vertex, x, i)
+        self.retired.add((vertex, x))
+        start = f.detect_vt
+        new.free_at = start
+        self.links[(vertex, i)].t = start
+        engine = getattr(self.store, "engine", None)
+        emulated0 = engine.emulated if engine is not None else 0
+        applied0 = engine.ops_applied if engine is not None else 0
+        if self.replay_on_failover:
+            self._catch_up(new, processed)
+            for p in lost:
+                if p.vt < start:
+                    p.vt = start
+            new.queue.extend(lost)
+        # What reaches the failover instance from now on starts no earlier than what
+        # it replays (each flow stays in order, as §5.1 step 8 keeps a moved one).
+        until = max([new.free_at] + [p.vt for p in lost])
+        if until > self.horizon:
+            self.holds.append(Handover(vertex, x, i, _everything, 0, None, [], self.horizon, until))
+        if self.recording:
+            self.inputs[(vertex, i)] = deque(processed)
+        self._share(vertex)
+        self._log("failover", vertex, x, failover_instance=i, crashed_vt=f.crashed_vt, detected_vt=f.detect_vt,
+                  detect_ns=int(f.detect_vt - f.crashed_vt), crashed_packet=f.crashed_packet,
+                  replayed=len(processed) if self.replay_on_failover else 0,
+                  lost_in_queue=len(lost), updates_lost_in_flight=unapplied, timers_pending=timers,
+                  caught_up_vt=new.free_at,
+                  recovery_ns=int(new.free_at - f.crashed_vt),
+                  updates_emulated=(engine.emulated - emulated0) if engine is not None else None,
+                  ops_applied_during_replay=(engine.ops_applied - applied0) if engine is not None else None,
+                  replay=self.replay_on_failover,
+                  **({} if self.delete_before_output else {"output_before_delete": undeleted}), **f.why)
+
+    def _unapplied(self, failed: Instance) -> int | None:
+        """Updates the failed instance had sent or queued that the store never applied
+        (lost with it: the replay re-executes them); None when the store cannot tell."""
+        engine = getattr(self.store, "engine", None)
+        if engine is None:
+            return None
+        n = 0
+        for op in failed.client.unacked + failed.client.pending:
+            log = engine.clock_log.get(op.key, {})
+            tags = op.args[0].tags if op.code == "incr_many" else [op.tag] if op.tag is not None else []
+            n += sum(t not in log for t in tags)
+        return n
+
+    def _catch_up(self, new: Instance, processed: list[Packet]) -> None:
+        """Re-process, from the store's state before them, the packets the failed instance
+        processed since the oldest one still logged, in its order.  Its updates the store
+        has are emulated from the clock log; the ones lost with it are applied now.
+        Outputs, drops, forks, timers' ends and alerts were all reported by the failed
+        instance: only the state is rebuilt."""
+        if not processed:
+            return
+        saved: dict = {}
+        snap = self.store.objects_at(new.vertex, {p.clock for p in processed})
+        self._private(saved, new, snap)
+        alerts_from = len(new.ctx.alerts)
+        new.run([p.copy() for p in processed])
+        new.finished.clear()
+        new.forks.clear()
+        new.fired.clear()
+        del new.ctx.alerts[alerts_from:]
+        self._shared_view(saved, new)
+
+    def _take_links(self, vertex: str, a: int, b: int) -> None:
+        """Instance ``b`` takes over the data links into ``a``: what comes next over them
+        does not overtake what came before (FIFO, as §5.1 step 8 keeps a moved flow in order)."""
+        last = self.net._data_last
+        for (src, vname, i), t in list(last.items()):
+            if vname == vertex and i == a:
+                key = (src, vertex, b)
+                last[key] = max(last.get(key, 0), t)
 
     # -- failures (§7.2 footnote 5) -----------------------------------------------------
     def restart_root(self, root_id: int = 0) -> Root:
@@ -1434,12 +1690,29 @@ def _crash_target(rt: SimRuntime, event: Any) -> str:
     return target
 
 
+def _nf_target(target: str | None) -> bool:
+    """A crash of an NF instance (not of a root or of the store)."""
+    return bool(target) and target != "store" and not str(target).startswith("root")
+
+
 def _crash(rt: SimRuntime, event: Any) -> None:
     target = _crash_target(rt, event)
     at = f"packet {event.at_packet}" if event.at_packet is not None else f"{event.at_time_ns / 1000:g} µs"
-    what = ("store recovery from checkpoints and write-ahead logs" if target == "store"
-            else "root failover" if target.startswith("root") else "NF instance failover")
-    raise Unrecoverable(f"{target} crashed at {at}: no recovery path ({what} is not built yet, R6)")
+    if not _nf_target(target):
+        what = "store recovery from checkpoints and write-ahead logs" if target == "store" else "root failover"
+        raise Unrecoverable(f"{target} crashed at {at}: no recovery path ({what} is not built yet, R6)")
+    vertex, _, rest = target.partition("[")
+    p = event.params
+    why = {"by": "scenario"}
+    if rest:
+        rt.crash(vertex, int(rest.rstrip("]")), p.get("heartbeat_us", 20), p.get("misses", 3), **why)
+        return
+    # A vertex only: the seed's pick among its active instances (when it fires).
+    def pick() -> None:
+        active = rt.active(vertex)
+        rt._crash(vertex, active[int(p.get("pick", 0)) % len(active)].instance_id,
+                  p.get("heartbeat_us", 20), p.get("misses", 3), why)
+    rt._when_idle(vertex, pick)
 
 
 def _fault(kind: str) -> Callable[[SimRuntime, Any], None]:
@@ -1508,8 +1781,8 @@ def _check_delay_fault(event: Any) -> None:
 
 def _check_crash(event: Any) -> None:
     if not event.target:
-        raise ValueError("needs a target: vertex[i], root[i] or store")
-    _check_params(event, {})
+        raise ValueError("needs a target: vertex[i], vertex (an instance the seed picks), root[i] or store")
+    _check_params(event, {"heartbeat_us": _positive, "misses": _is_index, "pick": _is_index})
 
 
 def _vertex(rt: SimRuntime, event: Any) -> str:

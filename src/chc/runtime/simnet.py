@@ -247,6 +247,9 @@ class StoreNode:
         self.backend = backend
         self.record: Any = None             # COE checker: a StoreSteps recorder
         self.crashed = False
+        # §5.4 links of failed instances: what they sent before they died and arrives
+        # after their failover instance took over is refused, never applied.
+        self.fenced: set[str] = set()
 
     def handle(self, ops: list[Op]) -> list[Any]:
         """Apply one request to the backend: its results (raises StoreError)."""
@@ -265,7 +268,7 @@ class StoreNode:
 
     def request(self, link: StoreLink, rid: int, ops: list[Op]) -> None:
         """A request message arrived: apply it, send the reply and the commit reports."""
-        if self.crashed:
+        if self.crashed or link.name in self.fenced:
             return
         try:
             reply: Any = self.handle(ops)
