@@ -291,14 +291,14 @@ def test_a_client_without_a_wal_is_refused():
 
 
 def test_a_pop_pins_the_order_of_pushes_clock_order_would_swap():
-    """I2 pushes 'b' (clock 2) and I1 'a' (clock 3) in that store order; I3's pop gets
+    """I2 pushes 'b' (clock 3) and I1 'a' (clock 2) in that store order; I3's pop gets
     'b'.  Clock order would push 'a' first and contradict the pop: the roll forward
     finds the order the pop saw."""
     run = Instances(3, model="EO")
     run.store.declare(LIST, [])
     ckpt = run.store.engine.checkpoint()
-    run.push(2, 2, LIST, "b")
-    run.push(1, 3, LIST, "a")
+    run.push(2, 3, LIST, "b")
+    run.push(1, 2, LIST, "a")
     c3 = run.clients[2]
     c3.begin_packet(4)
     assert c3.call(c3.op("pop", LIST)) == "b"
@@ -450,3 +450,33 @@ def test_recovered_run_is_one_serial_order_consistent_with_every_read(steps, dat
     for s in seen:
         per_client.setdefault(s[0], []).append(s)
     assert consistent(start, per_client, final)
+
+
+# -- regressions: examples the property tests found ------------------------------------------------
+
+
+def test_regression_a_read_of_an_absent_counter_leaves_it_absent():
+    """A get answers an absent counter with its default (0): recovery started from
+    that read must not create the object (the no-failure store has none)."""
+    steps = [(1, "set", 0, COUNTER)] * 5 + [(1, "get", 0, COUNTER)]
+    final, *_ = _run(steps, "EO", 0, 6)
+    reference, *_ = _run(steps, "EO", None, None, recovery=False)
+    assert final == reference and COUNTER not in final
+
+
+def test_regression_an_incr_by_zero_creates_the_counter():
+    """The result of a blocking incr equals the default too, but the incr created the
+    object: unlike a get, it is not taken for an absent one."""
+    steps = [(1, "incr", 0, COUNTER), (1, "incr_b", 0, COUNTER)]
+    final, *_ = _run(steps, "EO+C+NA", 0, 2)
+    reference, *_ = _run(steps, "EO+C+NA", None, None, recovery=False)
+    assert final == reference == {COUNTER: 0, LIST: (100, 101, 102, 103)}
+
+
+def test_regression_a_read_of_a_counter_created_since_the_checkpoint_keeps_it():
+    """A get answering the default after increments by 0 since the checkpoint: the
+    increments created the counter, so recovery started from the read keeps it."""
+    steps = [(1, "incr", 0, COUNTER)] * 17 + [(1, "get", 0, COUNTER)]
+    final, *_ = _run(steps, "EO+C+NA", 0, 18)
+    reference, *_ = _run(steps, "EO+C+NA", None, None, recovery=False)
+    assert final == reference == {COUNTER: 0, LIST: (100, 101, 102, 103)}

@@ -581,10 +581,11 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
             out.selected[key] = start
             cut_ts = start.ts
             value = start.result[0] if start.op.code == "apply" else start.result
-            if start.op.code == "get" and (value is None or (value == start.op.default
-                                                              and key not in engine.data)):
-                # A read of an absent object answers its default: it stays absent
-                # (every op treats the two alike; the object listing does not).
+            made = key in engine.data or any(s.seq <= _seq(cut_ts, c) for c, run in steps.items() for s in run)
+            if value is None or (start.op.code == "get" and value == start.op.default and not made):
+                # A read of an absent object answers its default: absent it stays if
+                # nothing before the read created it (ops treat the two alike, the
+                # object listing does not).
                 engine.data.pop(key, None)
             else:
                 engine.data[key] = copy.deepcopy(value)
