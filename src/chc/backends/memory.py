@@ -25,8 +25,9 @@ from ..core.store import CustomOp, ObjectKey, Op, StoreEngine
 class MemoryStore:
     name = "memory"
 
-    def __init__(self) -> None:
-        self.engine = StoreEngine()
+    def __init__(self, engine: StoreEngine | None = None) -> None:
+        # A RecoverableEngine (chc.core.recovery) when store failover is on (§5.4).
+        self.engine = StoreEngine() if engine is None else engine
         self.inboxes: dict[str, list[tuple]] = defaultdict(list)
         self.round_trips = 0
         self.ops = 0

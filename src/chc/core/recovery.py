@@ -1,0 +1,618 @@
+"""Store instance failover (§5.4, Figure 7): checkpoints, write-ahead logs, TS selection.
+
+Theory of operation
+-------------------
+A store instance (one :class:`~chc.core.store.StoreEngine`) can fail and lose
+everything it held.  §5.4 recovers it without losing or repeating an update and
+without contradicting anything an NF instance has already seen.
+
+*Per-flow state* is not checkpointed: every instance keeps a cached copy of the
+per-flow objects it owns (Table 1), so the failover store takes them back from
+the instances' caches (:meth:`InstanceLog.from_client`).
+
+*Shared (cross-flow) state* is recovered with checkpointing and write-ahead
+logging:
+
+1. **TS.**  :class:`RecoverableEngine` is a store engine that also keeps *TS*:
+   for each client (NF instance), the :class:`Stamp` (logical clock and client
+   sequence number) of the last shared-state update it executed on that
+   client's behalf.  The paper names the clock; the client's seq stands beside
+   it because it is what orders a client's ops at the store exactly (a
+   coalesced ``incr_many`` carries clocks issued after later ops, a timer's
+   update shares a packet's clock).
+2. **Checkpoint.**  :meth:`RecoverableEngine.checkpoint` returns an immutable
+   :class:`Checkpoint`: a copy of the shared objects, TS, and the metadata the
+   exactly-once and duplicate checks need after a restart (per-client seq
+   marks, clock-log entries of shared objects, subscriptions).  The runtime
+   takes one every checkpoint interval and keeps the latest outside the store.
+3. **Write-ahead log.**  Every instance has a :class:`WriteAheadLog` between its
+   client and its store connection (:func:`attach_wal` wraps the client's
+   backend, so :mod:`chc.core.client` is untouched).  It logs every shared-state
+   update the client sends, in send order, and every *read*: a reply the store
+   returned with a value of shared state (a ``get``, or the result of an
+   ``incr``/``apply``/``pop``/``cas``/custom op), together with the TS the store
+   returned with it (:class:`Stamped`).  Logging is write-ahead: an op is logged
+   before its request leaves, so an op in flight when the store fails is in the
+   log.
+4. **Recovery** (:func:`recover`), per shared object: the paper's two cases.
+   *Case 1*, nobody read the object since the checkpoint: start from the
+   checkpoint's value and roll forward, re-executing each instance's logged
+   updates after the checkpoint's TS.  *Case 2*: start from the value of the
+   most recent read of the object, found by the TS-selection procedure
+   (:func:`select_ts`): form the set of the reads' TS's; traverse each
+   instance's log backwards to the latest update whose stamp is in the set;
+   drop the TS's that do not contain it; what is left is the most recent read.
+   Then roll forward from that TS.  A read returns one object's value, so
+   selection runs per object over that object's reads, with the instances'
+   whole logs (TS counts updates of every shared object of the store).
+   Re-executed updates of different instances are merged in logical clock
+   order, which is a plausible order (§5.4 Case 1); a later read whose result
+   depends on that order (a ``pop``, a ``cas``) pins it: the roll forward keeps
+   the updates before and after it on the right side and searches the order
+   of the ones in between until the read's logged result comes out again, so
+   every read any instance made stays consistent (Case 2).
+5. **Unrecoverable** (Table 3): a store failure together with a component whose
+   state it holds (an instance's write-ahead log and per-flow cache, the root's
+   persisted clock and packet log), with no replica.  :func:`recover` raises
+   :class:`Unrecoverable` naming what was lost; it never returns a state that
+   silently lacks it.
+
+Costs.  Off (the default: a plain :class:`~chc.core.store.StoreEngine`, no WAL)
+nothing of this runs.  On, the store copies TS (one entry per client) into each
+read reply, and the instance appends each shared update to its log and each read
+with a copy of its value; recovery re-executes the ops logged since the
+checkpoint, so a longer checkpoint interval means longer logs and a longer
+roll forward.  Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from .store import UPDATES, ObjectKey, Op, StoreEngine, StoreError, _Recorded
+
+# Replies that carry a value of shared state (a read, or an update's result),
+# so the store returns TS with them (§5.4 Case 2).
+OBSERVED = frozenset(("get", "incr", "apply", "pop", "cas", "custom"))
+# Results that are the object's whole value after the op: a read the roll
+# forward may start from.  pop/cas/custom results only constrain the order.
+_FULL_VALUE = frozenset(("get", "incr", "apply"))
+_EMPTY: Mapping = MappingProxyType({})
+
+
+class RecoveryError(StoreError):
+    """The logs cannot be made consistent (they contradict each other)."""
+
+
+class Unrecoverable(RecoveryError):
+    """Table 3: the store failed together with a component whose state it held."""
+
+    def __init__(self, lost: Sequence[str]) -> None:
+        self.lost = tuple(lost)
+        super().__init__("store instance failover cannot recover: " + "; ".join(self.lost))
+
+
+class Stamp(NamedTuple):
+    """One TS entry: the last shared-state update the store executed for a client."""
+
+    clock: int      # logical clock of the packet that caused it (the paper's TS)
+    seq: int        # the client's sequence number of that op (orders it exactly)
+
+
+TS = Mapping[str, Stamp]
+
+
+class Stamped(NamedTuple):
+    """A reply with the TS the store returned with it (§5.4: "the datastore
+    returns TS along with the latest value of the shared state")."""
+
+    result: Any
+    ts: TS
+
+
+def _seq(ts: TS, client: str) -> int:
+    s = ts.get(client)
+    return 0 if s is None else s.seq
+
+
+def _dominates(a: TS, b: TS) -> bool:
+    """Every client's stamp in ``a`` is at or after its stamp in ``b``."""
+    return all(_seq(a, c) >= s.seq for c, s in b.items())
+
+
+# -- the store side ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The shared state of one store instance with TS, at one point of its op order.
+
+    Immutable: the mappings are read-only views of private copies, and
+    :meth:`restore` copies again, so one checkpoint can seed several recoveries."""
+
+    number: int
+    data: Mapping[ObjectKey, Any]
+    ts: TS
+    applied_seq: Mapping[str, int]
+    clock_log: Mapping[ObjectKey, Mapping[tuple[int, int], Any]]
+    log_order: tuple
+    subscribers: Mapping[ObjectKey, frozenset[str]]
+    users: frozenset[str]
+
+    def restore(self) -> RecoverableEngine:
+        """A new engine holding this checkpoint (the failover store's boot state)."""
+        engine = RecoverableEngine()
+        engine.data = copy.deepcopy(dict(self.data))
+        engine.ts = dict(self.ts)
+        engine.applied_seq = dict(self.applied_seq)
+        engine.clock_log = {k: dict(v) for k, v in self.clock_log.items()}
+        engine.log_order = deque(self.log_order)
+        engine.subscribers = {k: set(v) for k, v in self.subscribers.items()}
+        engine.checkpoints = self.number
+        return engine
+
+
+class RecoverableEngine(StoreEngine):
+    """A store engine that keeps TS and takes checkpoints (§5.4).
+
+    A subclass, so a run with recovery off pays nothing for it.  Replies to the
+    ops in :data:`OBSERVED` on shared objects are :class:`Stamped`; a client of
+    this engine needs a write-ahead log (:func:`attach_wal`), which unwraps them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ts: dict[str, Stamp] = {}
+        self.checkpoints = 0
+        self.refused = 0                # logged updates the roll forward saw refused again
+
+    def apply(self, op: Op) -> Any:
+        if op.key.per_flow:
+            return StoreEngine.apply(self, op)
+        before = self.ops_applied
+        result = StoreEngine.apply(self, op)
+        applied = self.ops_applied != before
+        if applied and op.seq:              # a client's op (the root's writes carry no seq)
+            tag = op.tag
+            self.ts[op.client] = Stamp(-1 if tag is None else tag[0], op.seq)
+        # A retransmitted update answered from the clock log says nothing of where
+        # it stands in the order: only a read or an update applied now is stamped.
+        if op.code in OBSERVED and (applied or op.code == "get"):
+            return Stamped(result, MappingProxyType(dict(self.ts)))
+        return result
+
+    def checkpoint(self) -> Checkpoint:
+        """Snapshot of the shared objects and TS (per-flow objects are left to the caches)."""
+        self.checkpoints += 1
+        shared = {k: v for k, v in self.data.items() if not k.per_flow}
+        log = {k: MappingProxyType({t: (r.result if r.__class__ is _Recorded else r) for t, r in v.items()})
+               for k, v in self.clock_log.items() if not k.per_flow}
+        users = set(self.applied_seq) | set(self.ts)
+        if any(k.vertex == "root" for k in shared):
+            users.add("root")       # its persisted clock (and store-kept packet log) live here
+        return Checkpoint(
+            number=self.checkpoints,
+            data=MappingProxyType(copy.deepcopy(shared)),
+            ts=MappingProxyType(dict(self.ts)),
+            applied_seq=MappingProxyType(dict(self.applied_seq)),
+            clock_log=MappingProxyType(log),
+            log_order=tuple(e for e in self.log_order if not e[1].per_flow),
+            subscribers=MappingProxyType({k: frozenset(v) for k, v in self.subscribers.items()
+                                          if not k.per_flow}),
+            users=frozenset(users))
+
+
+# -- the instance side -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Read:
+    """A logged read: the op, the value or result the store returned, and its TS."""
+
+    op: Op
+    result: Any
+    ts: TS
+
+    @property
+    def key(self) -> ObjectKey:
+        return _effect_key(self.op, self.result)
+
+
+class WriteAheadLog:
+    """One instance's write-ahead log of shared-state updates and reads (§5.4)."""
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self.updates: list[Op] = []         # shared-state updates, in send (seq) order
+        self.reads: list[Read] = []         # replies carrying shared state, with TS
+        self.results: dict[int, Any] = {}   # seq -> result of a logged update (custom ops)
+        self.logged_seq = 0                 # highest seq logged (a resent op is not logged again)
+        self.per_flow_updates = 0           # per-flow updates sent (they are in the cache, not here)
+
+    def log_sent(self, ops: Sequence[Op]) -> None:
+        """Write-ahead: log a request's ops before it leaves."""
+        for op in ops:
+            if op.seq <= self.logged_seq:
+                continue
+            self.logged_seq = op.seq
+            if op.code not in UPDATES:
+                continue
+            if op.key.per_flow:
+                self.per_flow_updates += 1
+            else:
+                self.updates.append(op)
+
+    def log_replies(self, ops: Sequence[Op], results: list[Any]) -> list[Any]:
+        """Log the stamped replies as reads; return the results as the client expects them."""
+        for i, r in enumerate(results):
+            if r.__class__ is Stamped:
+                op = ops[i]
+                value = copy.deepcopy(r.result)     # the store's live object must not move under the log
+                self.reads.append(Read(op, value, r.ts))
+                if op.code in UPDATES:
+                    self.results[op.seq] = value
+                results[i] = r.result
+        return results
+
+    def truncate(self, checkpoint: Checkpoint) -> int:
+        """Forget what ``checkpoint`` already holds (updates at or before its TS,
+        reads before it); call once the checkpoint is durable.  How many entries."""
+        cut = _seq(checkpoint.ts, self.client_id)
+        n = len(self.updates) + len(self.reads)
+        self.updates = [op for op in self.updates if op.seq > cut]
+        self.reads = [r for r in self.reads if _dominates(r.ts, checkpoint.ts)]
+        self.results = {s: v for s, v in self.results.items() if s > cut}
+        return n - len(self.updates) - len(self.reads)
+
+
+class WALBackend:
+    """The client's store connection with its write-ahead log in front of it."""
+
+    def __init__(self, backend: Any, wal: WriteAheadLog) -> None:
+        self.backend = backend
+        self.wal = wal
+        if hasattr(backend, "submit"):
+            self.submit = self._submit      # only a backend that can does not wait
+
+    def execute(self, ops: list[Op]) -> list[Any]:
+        self.wal.log_sent(ops)
+        return self.wal.log_replies(ops, self.backend.execute(ops))
+
+    def _submit(self, ops: list[Op], on_ack: Any) -> None:
+        self.wal.log_sent(ops)
+        self.backend.submit(ops, on_ack)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+
+def attach_wal(client: Any) -> WriteAheadLog:
+    """Give ``client`` (a :class:`~chc.core.client.StoreClient`) a write-ahead log
+    between it and its store connection; the client's own code is unchanged."""
+    wal = WriteAheadLog(client.client_id)
+    client.backend = WALBackend(client.backend, wal)
+    return wal
+
+
+@dataclass
+class InstanceLog:
+    """What a surviving instance hands the failover store (§5.4)."""
+
+    client_id: str
+    instance: int | None
+    wal: WriteAheadLog
+    per_flow: Mapping[ObjectKey, Any] = field(default_factory=dict)   # re-read from its cache
+    sent_seq: int = 0                   # the client's last seq sent: its exactly-once mark
+    subscriptions: frozenset[ObjectKey] = frozenset()
+    caches_per_flow: bool = True
+
+    @classmethod
+    def from_client(cls, client: Any) -> InstanceLog:
+        """Read ``client``'s log and per-flow cache, and drop its queued per-flow
+        ops: the cache already holds their effect, and sending them to the
+        recovered store would apply them a second time."""
+        backend = client.backend
+        if not isinstance(backend, WALBackend):
+            raise RecoveryError(f"{client.client_id} has no write-ahead log (attach_wal)")
+        per_flow: dict[ObjectKey, Any] = {}
+        for h in client.prefetchable:
+            for k, v in h.values.items():
+                per_flow[h.key(k)] = copy.deepcopy(v)
+        client.pending = [op for op in client.pending if not op.key.per_flow]
+        return cls(client.client_id, client.instance, backend.wal, per_flow, client.seq,
+                   frozenset(client.callback_caches), client.caching)
+
+
+# -- TS selection (§5.4) ------------------------------------------------------------------------
+
+
+def select_ts(reads: Sequence[Read], logs: Mapping[str, Sequence[Op]]) -> Read | None:
+    """The most recent of ``reads`` by the paper's TS-selection procedure.
+
+    Form the set of the reads' TS's; for each instance, traverse its log of
+    updates backwards to the latest one whose stamp is in the set, and drop every
+    TS that does not contain that stamp.  What remains are reads with one TS; the
+    last logged of them is returned (equal TS's saw the same state).  A result
+    that is not the latest of all the reads means the logs contradict each other."""
+    if not reads:
+        return None
+    left = list(reads)
+    for client in sorted(logs):
+        present = {_seq(r.ts, client) for r in left}
+        for op in reversed(logs[client]):
+            if op.seq in present:
+                left = [r for r in left if _seq(r.ts, client) == op.seq]
+                break
+    chosen = left[-1]
+    for r in reads:
+        if not _dominates(chosen.ts, r.ts):
+            raise RecoveryError(f"reads of {_name(chosen.key)} do not form one order: TS {dict(r.ts)} "
+                                f"is not before the selected TS {dict(chosen.ts)}")
+    return chosen
+
+
+# -- roll forward --------------------------------------------------------------------------------
+
+
+def _effect_key(op: Op, result: Any = None) -> ObjectKey:
+    """The object an op changes: its key, or for the load balancer's ``argmin_incr``
+    the counter its (logged) result chose."""
+    if op.code == "custom" and op.args and op.args[0] == "argmin_incr" and result is not None:
+        return op.args[1][result]
+    return op.key
+
+
+def _name(key: ObjectKey) -> str:
+    return f"{key.vertex}.{key.obj}[{key.key!r}]"
+
+
+class _Step:
+    """One logged update to re-execute, with what pins its place."""
+
+    __slots__ = ("client", "op", "seq", "order", "segment", "observed", "result")
+
+    def __init__(self, client: str, op: Op, result: Any, observed: bool) -> None:
+        self.client = client
+        self.op = op
+        self.seq = op.seq
+        tag = op.tag or (0, 0)
+        self.order = (tag[0], tag[1], client, op.seq)    # logical clock order: the default merge
+        self.segment = 0
+        self.observed = observed
+        self.result = result
+
+
+_NOT_LOGGED = object()
+_SEARCH_LIMIT = 200_000
+
+
+def _scratch_apply(key: ObjectKey, value: Any, op: Op) -> tuple[Any, Any]:
+    """``op`` on a copy of one object's value: (value after, result)."""
+    engine = StoreEngine()
+    if value is not _NOT_LOGGED:
+        engine.data[key] = copy.deepcopy(value)
+    result = engine.apply(op.replace(seq=0, tag=None, xor_id=0))
+    return engine.data.get(key, _NOT_LOGGED), result
+
+
+def _effect_op(step: _Step) -> Op:
+    """What ``step`` does to its object: the op, or for ``argmin_incr`` with a logged
+    result the increment of the chosen counter (the choice is replayed, not redone)."""
+    op = step.op
+    if op.code == "custom" and step.result is not _NOT_LOGGED:
+        return Op("incr", op.args[1][step.result], (1,), default=0)
+    return op
+
+
+def _order(key: ObjectKey, start: Any, steps: dict[str, list[_Step]], pins: list[Read]) -> list[_Step]:
+    """An order of ``steps`` (each client's in log order) that reproduces every
+    pinned read's result: logical clock order first, a search only when a pin fails."""
+    if not pins:
+        return sorted((s for run in steps.values() for s in run), key=lambda s: s.order)
+    for k, read in enumerate(pins):
+        for run in steps.values():
+            for s in run:
+                if s.segment == k and s.seq > _seq(read.ts, s.client):
+                    s.segment = k + 1
+    runs = [steps[c] for c in sorted(steps)]
+    for run in runs:
+        if any(a.segment > b.segment for a, b in zip(run, run[1:], strict=False)):
+            raise RecoveryError(f"{_name(key)}: a read's TS puts an update before an earlier one")
+    total = sum(len(r) for r in runs)
+
+    def moves(pos: tuple[int, ...], value: Any) -> Iterator[tuple[int, Any]]:
+        """The steps that may come next, in clock order, with the value after each."""
+        heads = [(r[p], i) for i, (r, p) in enumerate(zip(runs, pos, strict=True)) if p < len(r)]
+        seg = min(s.segment for s, _ in heads)
+        left = sum(1 for r, p in zip(runs, pos, strict=True) for s in r[p:] if s.segment == seg)
+        for step, i in sorted((h for h in heads if h[0].segment == seg), key=lambda h: h[0].order):
+            pinned = step.observed and step.op.code in ("pop", "cas")
+            if pinned and left > 1:
+                continue                    # a pinned read comes last in its segment (its TS says so)
+            new, result = _scratch_apply(key, value, _effect_op(step))
+            if pinned and result != step.result:
+                continue
+            yield i, new
+
+    # Depth-first over interleavings, iteratively (a long log must not hit the
+    # recursion limit); states already tried are not tried again.
+    seen: set = set()
+    pos0 = tuple(0 for _ in runs)
+    path: list[_Step] = []
+    stack = [(pos0, moves(pos0, start))]
+    budget = _SEARCH_LIMIT
+    while stack:
+        if len(path) == total:
+            return path
+        pos, it = stack[-1]
+        for i, new in it:
+            nxt = pos[:i] + (pos[i] + 1,) + pos[i + 1:]
+            memo = (nxt, repr(new))
+            if memo in seen:
+                continue
+            seen.add(memo)
+            budget -= 1
+            if budget < 0:
+                raise RecoveryError(f"{_name(key)}: no order of the logged updates reproducing the logged "
+                                    f"reads found within {_SEARCH_LIMIT} states")
+            path.append(runs[i][pos[i]])
+            stack.append((nxt, moves(nxt, new) if len(path) < total else iter(())))
+            break
+        else:
+            stack.pop()
+            if path:
+                path.pop()
+    raise RecoveryError(f"{_name(key)}: no order of the logged updates reproduces the logged reads")
+
+
+def _re_execute(engine: RecoverableEngine, step: _Step) -> None:
+    """Apply one logged update on the recovered engine, with its clock-log tag and
+    commit report, as the failed store applied (or would have applied) it."""
+    op = step.op
+    try:
+        if op.code == "custom" and step.result is not _NOT_LOGGED and op.args[0] == "argmin_incr":
+            # The effect is known from the logged result: replay it, not the choice.
+            target = op.args[1][step.result]
+            engine.data[target] = engine.data.get(target, 0) + 1
+            if op.tag is not None:
+                engine.clock_log.setdefault(op.key, {})[op.tag] = step.result
+                engine.log_order.append((op.tag[0], op.key, op.tag))
+                if op.xor_id:
+                    engine.commits.append((op.tag[0], op.xor_id))
+            return
+        StoreEngine.apply(engine, op.replace(seq=0))
+    except StoreError:
+        engine.refused += 1                 # refused before, refused again: nothing to roll forward
+    if op.tag is not None:
+        engine.ts[step.client] = Stamp(op.tag[0], op.seq)
+
+
+@dataclass
+class Recovery:
+    """The failover store and what recovery did."""
+
+    engine: RecoverableEngine
+    selected: dict[ObjectKey, Read] = field(default_factory=dict)      # Case 2 objects: their start read
+    re_executed: list[tuple[str, Op]] = field(default_factory=list)     # roll forward, in order
+    per_flow: int = 0                   # per-flow objects re-read from caches
+    commits: list[tuple[int, int]] = field(default_factory=list)       # (clock, xor id) of re-executed ops
+
+
+def _check_losses(checkpoint: Checkpoint, logs: Mapping[str, InstanceLog], users: Iterable[str],
+                  failed: Iterable[str]) -> None:
+    lost: list[str] = []
+    failed = set(failed)
+    # A failed component that kept nothing in this store (its state is in another
+    # store instance) is NF or root failover's business, not a loss here.
+    for user in sorted(set(checkpoint.users) | set(users)):
+        if user == "root":
+            if user in failed:
+                lost.append("root: its persisted logical clock and store-kept packet log were in this store")
+            continue
+        if user not in logs:
+            why = "failed with the store" if user in failed else "no write-ahead log was handed in"
+            lost.append(f"{user} ({why}): its shared-state updates since checkpoint {checkpoint.number} "
+                        f"and its per-flow state")
+    for cid, log in sorted(logs.items()):
+        if not log.caches_per_flow and log.wal.per_flow_updates:
+            lost.append(f"{cid}: its per-flow state is not cached at the instance (model EO), "
+                        "so it lived only in the failed store")
+    if lost:
+        raise Unrecoverable(lost)
+
+
+def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Iterable[str] = (),
+            failed: Iterable[str] = (), no_wal: bool = False) -> Recovery:
+    """Build the failover store from ``checkpoint``, the instances' logs and caches.
+
+    ``users``: the clients the runtime knows used the store (besides those the
+    checkpoint names); ``failed``: components that failed with it.  Raises
+    :class:`Unrecoverable` when one of them held state only this store had.
+    ``no_wal``: restore the checkpoint and caches only, no roll forward (what
+    ``--break no-wal`` shows: the result is wrong)."""
+    by_client = {log.client_id: log for log in logs}
+    _check_losses(checkpoint, by_client, users, failed)
+    engine = checkpoint.restore()
+    out = Recovery(engine)
+    for cid, log in by_client.items():
+        engine.applied_seq[cid] = max(engine.applied_seq.get(cid, 0), log.sent_seq)
+        for k, v in log.per_flow.items():
+            engine.data[k] = v
+            if log.instance is not None:
+                engine.owner[k] = log.instance
+        out.per_flow += len(log.per_flow)
+        for k in log.subscriptions:
+            engine.subscribers.setdefault(k, set()).add(cid)
+    if no_wal:
+        return out
+    # Updates logged since the checkpoint, and reads since it, per object.
+    updates: dict[ObjectKey, dict[str, list[_Step]]] = {}
+    reads: dict[ObjectKey, list[Read]] = {}
+    late: list[_Step] = []              # custom ops whose effect is unknown (no reply logged)
+    for cid, log in sorted(by_client.items()):
+        observed = {r.op.seq for r in log.wal.reads}
+        cut = _seq(checkpoint.ts, cid)
+        for op in log.wal.updates:
+            if op.seq <= cut:
+                continue
+            result = log.wal.results.get(op.seq, _NOT_LOGGED)
+            step = _Step(cid, op, result, op.seq in observed)
+            if op.code == "custom" and result is _NOT_LOGGED:
+                late.append(step)
+                continue
+            if op.code == "custom" and op.args[0] != "argmin_incr":
+                raise RecoveryError(f"custom op {op.args[0]!r} of {cid} cannot be rolled forward: "
+                                    "the objects it changed are not known")
+            updates.setdefault(_effect_key(op, result), {}).setdefault(cid, []).append(step)
+        for r in log.wal.reads:
+            if _dominates(r.ts, checkpoint.ts):
+                reads.setdefault(r.key, []).append(r)
+    wal_ops = {cid: log.wal.updates for cid, log in by_client.items()}
+    for key in sorted(set(updates) | set(reads), key=repr):
+        steps = updates.get(key, {})
+        key_reads = reads.get(key, [])
+        start = select_ts([r for r in key_reads if r.op.code in _FULL_VALUE], wal_ops)
+        cut_ts: TS = checkpoint.ts
+        if start is not None:           # Case 2: start from the most recent read
+            out.selected[key] = start
+            cut_ts = start.ts
+            value = start.result[0] if start.op.code == "apply" else start.result
+            made = key in engine.data or any(s.seq <= _seq(cut_ts, c) for c, run in steps.items() for s in run)
+            if value is None or (start.op.code == "get" and value == start.op.default and not made):
+                # A read of an absent object answers its default: absent it stays if
+                # nothing before the read created it (ops treat the two alike, the
+                # object listing does not).
+                engine.data.pop(key, None)
+            else:
+                engine.data[key] = copy.deepcopy(value)
+            steps = {c: [s for s in run if s.seq > _seq(cut_ts, c)] for c, run in steps.items()}
+        pins = sorted((r for r in key_reads if r.op.code in ("pop", "cas") and not _dominates(cut_ts, r.ts)),
+                      key=lambda r: sum(s.seq for s in r.ts.values()))
+        for a, b in zip(pins, pins[1:], strict=False):
+            if not _dominates(b.ts, a.ts):
+                raise RecoveryError(f"reads of {_name(key)} do not form one order")
+        steps = {c: run for c, run in steps.items() if run}
+        start_value = engine.data.get(key, _NOT_LOGGED)
+        for step in _order(key, start_value, steps, pins):
+            _re_execute(engine, step)
+            out.re_executed.append((step.client, step.op))
+    for step in sorted(late, key=lambda s: s.order):
+        if any(_seq(r.ts, step.client) >= step.seq for rs in reads.values() for r in rs):
+            raise RecoveryError(f"{step.client}'s custom op {step.op.args[0]!r} (seq {step.seq}) was executed "
+                                "before the failure but its result was lost: its effect is unknown")
+        _re_execute(engine, step)
+        out.re_executed.append((step.client, step.op))
+    engine.log_order = deque(sorted(engine.log_order, key=lambda e: e[0]))
+    out.commits = engine.drain_commits()
+    return out
+
+
+__all__ = [
+    "OBSERVED", "TS", "Checkpoint", "InstanceLog", "Read", "RecoverableEngine", "Recovery",
+    "RecoveryError", "Stamp", "Stamped", "Unrecoverable", "WALBackend", "WriteAheadLog", "attach_wal",
+    "recover", "select_ts",
+]

@@ -1,0 +1,482 @@
+"""Store instance failover (§5.4, Figure 7): checkpoints, write-ahead logs, TS selection.
+
+The property tests run real store clients against a store that fails at a random
+point after a random checkpoint; the recovered store then serves the rest of the
+run.  The oracle is independent of chc.core.recovery: from the checkpoint's state,
+the ops every instance issued and the results every instance saw, it searches for
+one serial order (each instance's ops in its own order) that gives every result
+seen, before and after the failure, and ends in the recovered run's final state.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chc.backends.memory import MemoryStore
+from chc.core.client import StoreClient
+from chc.core.recovery import (
+    InstanceLog,
+    RecoverableEngine,
+    RecoveryError,
+    Stamped,
+    Unrecoverable,
+    attach_wal,
+    recover,
+    select_ts,
+)
+from chc.core.store import ObjectKey, Op, StoreEngine
+from chc.nf import FLOW as FLOW_SCOPE
+from chc.nf import Access, Value, value_op
+
+X = ObjectKey("fig7", "x", None)
+LIST = ObjectKey("v", "ports", None)
+COUNTER = ObjectKey("v", "packets", None)
+VALUE = ObjectKey("v", "history", None)
+FLOW = ObjectKey("v", "mapping", b"flow-1", per_flow=True)
+
+
+@value_op("rec_append")
+def _rec_append(value, x):
+    new = tuple(value or ()) + (x,)
+    return new, len(new)
+
+
+def plain(v):
+    return tuple(v) if isinstance(v, (deque, list)) else v
+
+
+def shared_state(engine: StoreEngine) -> dict:
+    return {k: plain(v) for k, v in engine.data.items() if not k.per_flow}
+
+
+class Instances:
+    """Clients ``v/1``.. with write-ahead logs on one recoverable memory store."""
+
+    def __init__(self, n: int, model: str = "EO", recovery: bool = True) -> None:
+        self.store = MemoryStore(RecoverableEngine() if recovery else None)
+        self.clients = [StoreClient(self.store, "v", i, model, exclusive=False) for i in range(1, n + 1)]
+        self.wals = [attach_wal(c) for c in self.clients] if recovery else []
+
+    def push(self, i: int, clock: int, key: ObjectKey = X, value=None) -> None:
+        c = self.clients[i - 1]
+        c.begin_packet(clock)
+        c.send(c.op("push", key, (clock if value is None else value,)))
+
+    def read(self, i: int, clock: int, key: ObjectKey = X):
+        c = self.clients[i - 1]
+        c.begin_packet(clock)
+        return plain(c.call(c.op("get", key, update=False)))    # a copy: the memory store answers with its own object
+
+    def logs(self) -> list[InstanceLog]:
+        return [InstanceLog.from_client(c) for c in self.clients]
+
+    def fail_over(self, checkpoint, **kw):
+        rec = recover(checkpoint, self.logs(), **kw)
+        self.store.engine = rec.engine
+        return rec
+
+
+# -- Figure 7 --------------------------------------------------------------------------------
+
+
+def figure7(post_order=(23, 32, 35)):
+    """The scenario of Figure 7: I1..I4 push their clocks on one shared list (so its
+    value is the store's order of updates), I4 reads at 19, I1 at 27, I3 at 18; the
+    store fails after U35, U23, U32 (in ``post_order``)."""
+    run = Instances(4)
+    run.store.declare(X, [])
+    for inst, clock in ((1, 5), (2, 10), (3, 2), (4, 8)):
+        run.push(inst, clock)
+    ckpt = run.store.engine.checkpoint()
+    reads = {}
+    run.push(4, 16)
+    reads[19] = run.read(4, 19)
+    run.push(1, 15)
+    reads[27] = run.read(1, 27)
+    run.push(2, 20)
+    run.push(3, 12)
+    reads[18] = run.read(3, 18)
+    at = {23: 3, 32: 4, 35: 1}
+    for clock in post_order:
+        run.push(at[clock], clock)
+    return run, ckpt, reads
+
+
+def test_figure7_selects_ts18_and_rolls_forward_u35_u23_u32():
+    run, ckpt, reads = figure7()
+    no_failure = shared_state(run.store.engine)
+    assert dict(ckpt.ts) == {"v/1": (5, 1), "v/2": (10, 1), "v/3": (2, 1), "v/4": (8, 1)}
+    by_clock = {r.op.client: r for w in run.wals for r in w.reads}
+    ts18, ts19, ts27 = (by_clock["v/3"].ts, by_clock["v/4"].ts, by_clock["v/1"].ts)
+    assert {c: s.clock for c, s in ts19.items()} == {"v/1": 5, "v/2": 10, "v/3": 2, "v/4": 16}
+    assert {c: s.clock for c, s in ts27.items()} == {"v/1": 15, "v/2": 10, "v/3": 2, "v/4": 16}
+    assert {c: s.clock for c, s in ts18.items()} == {"v/1": 15, "v/2": 20, "v/3": 12, "v/4": 16}
+    # The most recent clock (27) is not the most recent read (18): selection finds TS18.
+    all_reads = [r for w in run.wals for r in w.reads]
+    assert select_ts(all_reads, {w.client_id: w.updates for w in run.wals}) is by_clock["v/3"]
+
+    rec = run.fail_over(ckpt)
+    assert rec.selected[X] is by_clock["v/3"]
+    assert [(c, op.tag[0]) for c, op in rec.re_executed] == [("v/3", 23), ("v/4", 32), ("v/1", 35)]
+    # Initialised from R18's value, then U23, U32, U35: the no-failure state.
+    assert reads[18] == (5, 10, 2, 8, 16, 15, 20, 12)
+    assert shared_state(rec.engine) == no_failure == {X: (5, 10, 2, 8, 16, 15, 20, 12, 23, 32, 35)}
+    # Every read is a prefix of the recovered order: consistent with every instance's view.
+    for value in reads.values():
+        assert shared_state(rec.engine)[X][:len(value)] == tuple(value)
+
+
+def test_figure7_case1_alone_contradicts_r18():
+    """Without the reads (Case 1 only) the roll forward re-executes from the
+    checkpoint's TS in clock order: a plausible state, but not the one I3 read at 18."""
+    run, ckpt, reads = figure7()
+    logs = run.logs()
+    for log in logs:
+        log.wal.reads = []
+    rec = recover(ckpt, logs)
+    state = shared_state(rec.engine)[X]
+    assert sorted(state) == sorted((5, 10, 2, 8, 16, 15, 20, 12, 23, 32, 35))
+    assert state[:8] != tuple(reads[18])
+
+
+def test_figure7_without_the_wal_roll_forward_is_wrong():
+    """``no_wal=True`` (--break no-wal): the checkpoint alone loses U12..U35."""
+    run, ckpt, _ = figure7()
+    no_failure = shared_state(run.store.engine)
+    rec = run.fail_over(ckpt, no_wal=True)
+    assert shared_state(rec.engine) != no_failure
+    assert shared_state(rec.engine) == {X: (5, 10, 2, 8)}
+
+
+def test_retransmissions_after_failover_are_not_applied_twice():
+    """Un-ACKed ops re-executed by the roll forward are deduplicated when the client
+    resends them to the failover store, and a blocking op's resend gets its result."""
+    run = Instances(2, model="EO+C+NA")
+    run.store.declare(LIST, [1, 2, 3])
+    ckpt = run.store.engine.checkpoint()
+    c1, c2 = run.clients
+    c1.begin_packet(1)
+    c1.send(c1.op("incr", COUNTER, (5,), default=0))
+    run.store.fail_next(1)
+    c1.flush()                              # lost: logged, not applied, un-ACKed
+    assert c1.unacked and run.store.engine.data.get(COUNTER) is None
+    c2.begin_packet(2)
+    c2.send(c2.op("incr", COUNTER, (7,), default=0))
+    c2.flush()
+    c2.begin_packet(3)
+    pop = c2.op("pop", LIST)
+    assert c2.call(pop) == 1
+    run.fail_over(ckpt)
+    assert run.store.engine.data[COUNTER] == 12
+    c1.settle()                             # resends the lost incr: already rolled forward
+    assert run.store.engine.data[COUNTER] == 12
+    assert run.store.engine.apply(pop) == 1     # a resent pop is answered from the clock log
+    assert list(run.store.engine.data[LIST]) == [2, 3]
+
+
+def test_per_flow_state_is_reread_from_the_caches():
+    store = MemoryStore(RecoverableEngine())
+    decl = Value(FLOW_SCOPE, Access.READ_WRITE)
+    decl.name = "mapping"
+    c = StoreClient(store, "v", 1, "EO+C+NA")
+    attach_wal(c)
+    h = c.bind(decl, None)
+    c.begin_packet(1)
+    h.set((4000, "open"), b"flow-1")
+    c.flush()
+    ckpt = store.engine.checkpoint()
+    c.begin_packet(2)
+    h.set((4000, "closing"), b"flow-1")       # queued, not sent when the store fails
+    rec = recover(ckpt, [InstanceLog.from_client(c)])
+    key = h.key(b"flow-1")
+    assert rec.engine.data[key] == (4000, "closing") and rec.engine.owner[key] == 1
+    assert rec.per_flow == 1 and not c.pending     # its effect is in the cache: not sent again
+    store.engine = rec.engine
+    c.settle()
+    assert store.engine.data[key] == (4000, "closing")
+
+
+def test_checkpoint_is_immutable_and_can_seed_two_recoveries():
+    eng = RecoverableEngine()
+    eng.declare(LIST, [1, 2])
+    eng.apply(Op("push", LIST, (3,), "v/1", 1, tag=(1, 1)))
+    ckpt = eng.checkpoint()
+    eng.apply(Op("push", LIST, (4,), "v/1", 2, tag=(2, 1)))
+    assert list(ckpt.data[LIST]) == [1, 2, 3]
+    with pytest.raises(TypeError):
+        ckpt.data[LIST] = ()                # type: ignore[index]
+    a, b = ckpt.restore(), ckpt.restore()
+    a.data[LIST].append(9)
+    assert list(b.data[LIST]) == [1, 2, 3] and list(ckpt.data[LIST]) == [1, 2, 3]
+    assert b.applied_seq == {"v/1": 1} and b.ts == {"v/1": (1, 1)}
+    # Exactly-once survives: a resent op is answered from the checkpointed clock log, not applied.
+    assert b.apply(Op("push", LIST, (3,), "v/1", 1, tag=(1, 1))) == 3
+    assert list(b.data[LIST]) == [1, 2, 3]
+
+
+def test_reads_are_stamped_and_per_flow_ops_are_not():
+    eng = RecoverableEngine()
+    assert type(eng.apply(Op("incr", COUNTER, (1,), "v/1", 1, tag=(7, 1), default=0))) is Stamped
+    assert eng.apply(Op("set", VALUE, (1,), "v/1", 2, tag=(7, 2))) is None
+    r = eng.apply(Op("get", VALUE, (), "v/2", 1))
+    assert r.result == 1 and dict(r.ts) == {"v/1": (7, 2)}
+    assert eng.apply(Op("set", FLOW, (1,), "v/2", 2, 2, tag=(8, 1))) is None
+    assert dict(eng.ts) == {"v/1": (7, 2)}
+    assert type(StoreEngine().apply(Op("get", VALUE))) is not Stamped      # off: nothing changes
+
+
+def test_wal_truncate_at_a_checkpoint():
+    run = Instances(2)
+    run.store.declare(X, [])
+    run.read(2, 1)
+    run.push(1, 2)
+    ckpt = run.store.engine.checkpoint()
+    run.read(2, 3)                          # at the checkpoint's TS: kept (it may be after it)
+    run.push(1, 4)
+    w1, w2 = run.wals
+    assert w1.truncate(ckpt) == 1 and [op.tag[0] for op in w1.updates] == [4]
+    assert w2.truncate(ckpt) == 1 and [r.result for r in w2.reads] == [deque([2])]
+
+
+# -- Table 3: the unrecoverable case ---------------------------------------------------------------
+
+
+def test_store_failing_with_an_instance_that_used_it_is_unrecoverable():
+    run, ckpt, _ = figure7()
+    logs = run.logs()[1:]                   # v/1 failed with the store: its WAL is gone
+    with pytest.raises(Unrecoverable) as err:
+        recover(ckpt, logs, failed=["v/1"])
+    assert err.value.lost and "v/1 (failed with the store)" in str(err.value)
+    with pytest.raises(Unrecoverable, match="v/1 .no write-ahead log was handed in"):
+        recover(ckpt, logs)
+
+
+def test_store_failing_with_the_root_whose_clock_it_holds_is_unrecoverable():
+    eng = RecoverableEngine()
+    eng.apply(Op("set", ObjectKey("root", "clock", 0), (1000,)))
+    ckpt = eng.checkpoint()
+    assert "root" in ckpt.users
+    recover(ckpt, [])                       # the root survived: it writes its clock again
+    with pytest.raises(Unrecoverable, match="root: its persisted logical clock"):
+        recover(ckpt, [], failed=["root"])
+
+
+def test_an_instance_of_another_store_failing_too_is_recoverable():
+    run, ckpt, _ = figure7()
+    recover(ckpt, run.logs(), failed=["lb/3"])
+
+
+def test_uncached_per_flow_state_is_reported_lost():
+    store = MemoryStore(RecoverableEngine())
+    c = StoreClient(store, "v", 1, "EO")
+    attach_wal(c)
+    ckpt = store.engine.checkpoint()
+    c.begin_packet(1)
+    c.send(c.op("set", FLOW, (1,)))
+    with pytest.raises(Unrecoverable, match="model EO"):
+        recover(ckpt, [InstanceLog.from_client(c)])
+
+
+def test_a_client_without_a_wal_is_refused():
+    c = StoreClient(MemoryStore(RecoverableEngine()), "v", 1, "EO")
+    with pytest.raises(RecoveryError, match="no write-ahead log"):
+        InstanceLog.from_client(c)
+
+
+# -- pops pin the order of the updates before them ---------------------------------------------------
+
+
+def test_a_pop_pins_the_order_of_pushes_clock_order_would_swap():
+    """I2 pushes 'b' (clock 3) and I1 'a' (clock 2) in that store order; I3's pop gets
+    'b'.  Clock order would push 'a' first and contradict the pop: the roll forward
+    finds the order the pop saw."""
+    run = Instances(3, model="EO")
+    run.store.declare(LIST, [])
+    ckpt = run.store.engine.checkpoint()
+    run.push(2, 3, LIST, "b")
+    run.push(1, 2, LIST, "a")
+    c3 = run.clients[2]
+    c3.begin_packet(4)
+    assert c3.call(c3.op("pop", LIST)) == "b"
+    no_failure = shared_state(run.store.engine)
+    rec = run.fail_over(ckpt)
+    assert shared_state(rec.engine) == no_failure == {LIST: ("a",)}
+
+
+def test_argmin_incr_is_replayed_by_its_logged_choice():
+    keys = [ObjectKey("lb", "active", i) for i in range(3)]
+    run = Instances(2, model="EO")
+    ckpt = run.store.engine.checkpoint()
+    for clock, i in ((1, 1), (2, 2), (3, 1), (4, 2)):
+        c = run.clients[i - 1]
+        c.begin_packet(clock)
+        c.call(c.op("custom", ObjectKey("lb", "active", None), ("argmin_incr", keys)))
+    no_failure = shared_state(run.store.engine)
+    rec = run.fail_over(ckpt)
+    assert shared_state(rec.engine) == no_failure
+
+
+# -- property tests ------------------------------------------------------------------------------------
+
+ACTIONS = ["incr", "incr_b", "set", "apply", "push", "pop", "get", "flush", "lose"]
+STEP = st.tuples(st.integers(1, 3), st.sampled_from(ACTIONS), st.integers(0, 9),
+                 st.sampled_from([COUNTER, VALUE, LIST]))
+
+
+def _issue(run: Instances, seen: list, clock: int, step, model: str) -> None:
+    """One instance's action at ``clock``; blocking results go to ``seen``."""
+    i, action, arg, read_key = step
+    c = run.clients[i - 1]
+    c.begin_packet(clock)
+    if action == "flush" or (action == "lose" and model == "EO"):
+        c.flush()
+        return
+    if action == "lose":
+        if c.pending:
+            run.store.fail_next(1)          # this request is lost on the way: resent later
+        c.flush()
+        return
+    blocking = {"incr_b": ("incr", COUNTER, (arg,)), "apply": ("apply", VALUE, ("rec_append", arg)),
+                "pop": ("pop", LIST, ()), "get": ("get", read_key, ())}
+    if action in blocking:
+        code, key, args = blocking[action]
+        op = c.op(code, key, args, default=0 if key == COUNTER else None, update=code != "get")
+        seen.append((c.client_id, code, key, args, plain(c.call(op)), op))
+        return
+    code, key = {"incr": ("incr", COUNTER), "set": ("set", VALUE), "push": ("push", LIST)}[action]
+    args = ((arg,),) if code == "set" else (arg,)       # VALUE holds tuples (rec_append extends them)
+    op = c.op(code, key, args, default=0 if key == COUNTER else None)
+    seen.append((c.client_id, code, key, args, None, op))
+    c.send(op)
+
+
+def _run(steps, model: str, checkpoint_at: int | None, fail_at: int | None, truncate: bool = False,
+         recovery: bool = True):
+    """The steps on a store that is checkpointed before step ``checkpoint_at`` and
+    fails before step ``fail_at`` (``len(steps)``: after the last); returns the
+    final shared state, the checkpoint's state, and the ops that come after the
+    checkpoint in the store's order with the results the instances saw."""
+    run = Instances(3, model=model, recovery=recovery)
+    run.store.declare(LIST, [100, 101, 102, 103])
+    seen: list = []
+    ckpt = ckpt_state = None
+    for n in range(len(steps) + 1):
+        if n == checkpoint_at:
+            ckpt = run.store.engine.checkpoint()
+            ckpt_state = shared_state(run.store.engine)
+            # Ops the store had applied are in the checkpoint; the rest come after it.
+            mark = run.store.engine.applied_seq
+            seen = [s for s in seen if not (s[5].seq and s[5].seq <= mark.get(s[0], 0))]
+            if truncate:
+                for w in run.wals:
+                    w.truncate(ckpt)
+        if n == fail_at:
+            run.fail_over(ckpt)
+        if n < len(steps):
+            _issue(run, seen, n + 1, steps[n], model)
+    for c in run.clients:
+        c.settle()
+    return shared_state(run.store.engine), ckpt_state, seen
+
+
+def _apply(code, value, args):
+    if code == "incr":
+        v = (value or 0) + args[0]
+        return v, v
+    if code == "set":
+        return args[0], None
+    if code == "apply":
+        new = tuple(value or ()) + (args[1],)
+        return new, (new, len(new))
+    if code == "push":
+        return tuple(value or ()) + (args[0],), None
+    if code == "pop":
+        return (tuple(value[1:]), value[0]) if value else (value, None)
+    return value, value                     # get
+
+
+def consistent(start: dict, ops: dict[str, list], final: dict) -> bool:
+    """Oracle: is there one serial order of each object's ops (every client's in
+    issue order) giving every result seen and ending in ``final``?"""
+    for key in set(final) | set(start):
+        runs = [[o for o in ops[c] if o[2] == key] for c in sorted(ops)]
+        frontier = {(tuple(0 for _ in runs), start.get(key))}
+        for _ in range(sum(len(r) for r in runs)):
+            nxt = set()
+            for pos, value in frontier:
+                for i, p in enumerate(pos):
+                    if p == len(runs[i]):
+                        continue
+                    _, code, _, args, seen, _ = runs[i][p]
+                    new, result = _apply(code, value, args)
+                    if seen is not None and result != seen and not (code == "get" and seen == 0 and value is None):
+                        continue
+                    nxt.add((pos[:i] + (p + 1,) + pos[i + 1:], new))
+            frontier = nxt
+        if final.get(key) not in {v for _, v in frontier}:
+            return False
+    return True
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(STEP, min_size=2, max_size=24), data=st.data())
+def test_recovered_state_equals_the_no_failure_state_when_ops_reach_the_store_in_clock_order(steps, data):
+    """Model EO: every op reaches the store when issued, so the store's order is clock
+    order, which is the order the roll forward merges in: exact equality."""
+    a = data.draw(st.integers(0, len(steps) - 1), label="checkpoint at")
+    b = data.draw(st.integers(a, len(steps)), label="fail at")
+    final, *_ = _run(steps, "EO", a, b, data.draw(st.booleans(), label="truncate"))
+    reference, *_ = _run(steps, "EO", None, None, recovery=False)
+    assert final == reference
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(STEP, min_size=2, max_size=24), data=st.data())
+def test_recovered_run_is_one_serial_order_consistent_with_every_read(steps, data):
+    """Model EO+C+NA: non-blocking ops wait for the batch flush (and some requests
+    are lost and resent), so the store's order is not clock order; the recovered
+    run must still be one serial order consistent with every result any instance saw,
+    and counters (whose updates commute) must equal the no-failure state."""
+    a = data.draw(st.integers(0, len(steps) - 1), label="checkpoint at")
+    b = data.draw(st.integers(a, len(steps)), label="fail at")
+    final, start, seen = _run(steps, "EO+C+NA", a, b, data.draw(st.booleans(), label="truncate"))
+    reference, *_ = _run(steps, "EO+C+NA", None, None, recovery=False)
+    assert final.get(COUNTER) == reference.get(COUNTER)
+    per_client: dict[str, list] = {}
+    for s in seen:
+        per_client.setdefault(s[0], []).append(s)
+    assert consistent(start, per_client, final)
+
+
+# -- regressions: examples the property tests found ------------------------------------------------
+
+
+def test_regression_a_read_of_an_absent_counter_leaves_it_absent():
+    """A get answers an absent counter with its default (0): recovery started from
+    that read must not create the object (the no-failure store has none)."""
+    steps = [(1, "set", 0, COUNTER)] * 5 + [(1, "get", 0, COUNTER)]
+    final, *_ = _run(steps, "EO", 0, 6)
+    reference, *_ = _run(steps, "EO", None, None, recovery=False)
+    assert final == reference and COUNTER not in final
+
+
+def test_regression_an_incr_by_zero_creates_the_counter():
+    """The result of a blocking incr equals the default too, but the incr created the
+    object: unlike a get, it is not taken for an absent one."""
+    steps = [(1, "incr", 0, COUNTER), (1, "incr_b", 0, COUNTER)]
+    final, *_ = _run(steps, "EO+C+NA", 0, 2)
+    reference, *_ = _run(steps, "EO+C+NA", None, None, recovery=False)
+    assert final == reference == {COUNTER: 0, LIST: (100, 101, 102, 103)}
+
+
+def test_regression_a_read_of_a_counter_created_since_the_checkpoint_keeps_it():
+    """A get answering the default after increments by 0 since the checkpoint: the
+    increments created the counter, so recovery started from the read keeps it."""
+    steps = [(1, "incr", 0, COUNTER)] * 17 + [(1, "get", 0, COUNTER)]
+    final, *_ = _run(steps, "EO+C+NA", 0, 18)
+    reference, *_ = _run(steps, "EO+C+NA", None, None, recovery=False)
+    assert final == reference == {COUNTER: 0, LIST: (100, 101, 102, 103)}
