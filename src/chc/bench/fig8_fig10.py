@@ -54,15 +54,17 @@ NFS = ("nat", "portscan", "trojan", "lb")
 
 
 def run_nf(inp: BenchInput, nf: str, model: str, store_spec: StoreSpec, batch: int,
-           latency: bool) -> dict:
-    """One run of ``nf`` alone over ``inp`` (see the module docstring)."""
+           latency: bool, sink: array | None = None) -> dict:
+    """One run of ``nf`` alone over ``inp`` (see the module docstring).  With
+    ``latency``, ``sink`` (if given) receives every packet's time in ns, in input
+    order (R1 feeds them to a queue simulation)."""
     cls = REGISTRY[nf]
     cfg = build_config(cls, inp.configs.get(nf) or {}, f"{nf}.config")
     store = store_spec.open() if model != "T" else None
     try:
         inst = Instance(nf, 0, cls, cfg, model, store, exclusive=True)
         proc = array("q")
-        per_pkt = array("d")
+        per_pkt = sink if sink is not None else array("d")
         if latency:
             instrument(inst, proc)
         mutates = nf in ("nat", "lb")

@@ -210,6 +210,11 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def compiled_build() -> bool:
+    """True when the Cython-compiled modules are loaded (setup.py), False for the pure-Python build."""
+    return not packet_module.__file__.endswith(".py")
+
+
 def meta(args: argparse.Namespace, conf: dict, sections: tuple[str, ...]) -> dict:
     try:
         import hiredis  # noqa: F401
@@ -221,7 +226,7 @@ def meta(args: argparse.Namespace, conf: dict, sections: tuple[str, ...]) -> dic
         "machine": platform.machine(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_start": loadavg(), "hiredis": has_hiredis,
         # the compiled build (setup.py) or the pure-Python fallback
-        "compiled": not packet_module.__file__.endswith(".py"),
+        "compiled": compiled_build(),
         "quick": bool(args.quick), "sections": list(sections), "batch": args.batch, "packets_limit": args.packets,
         **{k: v for k, v in conf.items()},
     }
