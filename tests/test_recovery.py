@@ -176,3 +176,93 @@ def test_store_preimages_give_the_state_before_the_replayed_clocks():
     assert b"f" not in eng.objects_at("v", {1, 3}).get("count", {})     # absent before clock 1
     eng.prune_below(3)                  # clocks 1 and 2 are done in the whole chain
     assert eng.objects_at("v", {3})["count"][b"f"] == 2
+
+
+# -- root failover ------------------------------------------------------------------------------
+
+ROOT_CRASHES = {
+    "pacing": {"multiplier": 1}, "delays": {"*": "uniform:200:2000"}, "store": "memory",
+    "packet_log": "store", "network": FAULTS, "batch_size": 16,
+    "events": [
+        # Noticed seconds later: input and reports for the root are held meanwhile.
+        {"at": {"packets": 400}, "do": "crash", "target": "root[0]", "heartbeat_us": 1_000_000, "misses": 3},
+        {"at": {"packets": 800}, "do": "crash", "target": "nat"},
+        # The portscan detector fails soon after the root: the timeouts it has pending
+        # were armed by packets the old root logged.
+        {"at": {"packets": 1000}, "do": "crash", "target": "root[0]"},
+        {"at": {"packets": 1030}, "do": "crash", "target": "portscan"},
+    ],
+}
+
+
+def _root_failovers(rt) -> list[dict]:
+    return [e for e in rt.events_log if e["kind"] == "root-failover"]
+
+
+@pytest.mark.parametrize("model", ["EO", "EO+C+NA"])
+def test_root_failover_with_a_store_log_keeps_coe(records, model):
+    """The new root resumes its clock from the store, takes the log over from it,
+    gets the input and the reports held while no root was up; NF failovers after
+    it still find every packet they must replay (Table 3: root with NF)."""
+    for seed in range(2):
+        res, rt = _check(records, {**ROOT_CRASHES, "model": model}, seed)
+        assert not res.divergences, (seed, [str(d) for d in res.divergences[:3]])
+        roots = _root_failovers(rt)
+        assert len(roots) == 2 and len(_failovers(rt)) == 2
+        first = roots[0]
+        assert first["input_buffered"] > 0 and first["reports_held"] > 0 and first["log_entries"] > 0, first
+        assert first["clock_resumed"] >= first["root_packets"]     # above every clock the old root used
+        assert rt.summary().packets_in == len(records)
+
+
+def test_reports_to_a_failed_root_are_held_for_the_new_one(records):
+    """Forks, completions and commits sent while no root is up reach the new root;
+    lost, their packets would never complete (caught by the log check)."""
+    def lose(rt):
+        rt.root_inbox = _Forgetful()
+    caught = [s for s in range(2) if _check(records, {**ROOT_CRASHES, "model": "EO+C+NA"}, s, lose)[0].divergences]
+    assert caught, "reports lost while the root was down went unnoticed"
+
+
+class _Forgetful(dict):
+    """A root inbox that loses what is sent to a failed root."""
+
+    def __getitem__(self, key):
+        return []
+
+    def setdefault(self, key, default=None):
+        return []
+
+    def pop(self, key, default=None):
+        return []
+
+
+def test_a_new_root_takes_the_log_over_from_the_store(records):
+    """With a store-held log, the new root has every entry the failed one had, with
+    its live copies and XOR accumulator (so a packet is still deleted exactly when
+    done, and an NF failover can still replay it); a local log is lost."""
+    seen = []
+
+    def watch(rt):
+        restart = rt.restart_root
+
+        def compare(root_id):
+            before = {c: (e.live, e.vector) for c, e in rt.roots[root_id].log.items()}
+            new = restart(root_id)          # (before the reports held meanwhile reach it)
+            seen.append((before, {c: (e.live, e.vector) for c, e in new.log.items()}))
+            return new
+        rt.restart_root = compare
+    res, _ = _check(records, {**ROOT_CRASHES, "model": "EO+C+NA"}, 0, watch)
+    assert not res.divergences
+    assert len(seen) == 2 and all(before and before == after for before, after in seen)
+
+
+def test_a_root_with_a_local_log_fails_over_but_an_nf_failover_after_it_is_unrecoverable(records):
+    raw = {**ROOT_CRASHES, "packet_log": "local", "model": "EO+C",
+           "events": [{"at": {"packets": 400}, "do": "crash", "target": "root[0]"}]}
+    res, rt = _check(records, raw, 0)
+    assert not res.divergences, [str(d) for d in res.divergences[:3]]
+    assert _root_failovers(rt)[0]["log_entries_lost"] > 0
+    raw["events"] = raw["events"] + [{"at": {"packets": 900}, "do": "crash", "target": "nat"}]
+    res, _ = _check(records, raw, 0)
+    assert res.unrecoverable and "lost its local packet log" in res.unrecoverable

@@ -120,11 +120,14 @@ def _collect(rt: SimRuntime, records: list[tuple[int, bytes]]) -> RunResult:
 
 
 def reference_run(chain: Chain, records: list[tuple[int, bytes]], serial: Replay | None = None,
-                  controls: list | tuple = ()) -> LogicalRun:
+                  controls: list | tuple = (), events: list[dict] = ()) -> LogicalRun:
     """The logical chain (one instance per vertex, input order, no delays), following
     the store's re-executed serialization for order-dependent shared operations, with
-    the operator controls the physical run applied, at the input positions it applied them."""
-    return logical_run(chain, records, serial, controls)
+    the operator controls the physical run applied, at the input positions it applied
+    them, and the clocks its failed-over roots resumed at."""
+    resumes = [(e["instance"], e["root_packets"], e["clock_resumed"]) for e in events
+               if e["kind"] == "root-failover"]
+    return logical_run(chain, records, serial, controls, resumes)
 
 
 # -- comparison ----------------------------------------------------------------------------
@@ -360,7 +363,7 @@ def check_runtime(chain: Chain, rt: SimRuntime, records: list[tuple[int, bytes]]
     if tamper is not None:
         tamper(rt, phys)
     rep = replay(obs.serial.steps)
-    ref = reference_run(chain, records, rep, control.applied(rt.events_log))
+    ref = reference_run(chain, records, rep, control.applied(rt.events_log), rt.events_log)
     divs = _compare_store(obs.serial, rep, phys, obs.issued_updates(), obs.deleted) if rt.store is not None else []
     divs = compare(ref, phys, chain) + divs + _log_liveness(rt)
     return CheckResult(divs, ref.notes, phys, ref, network=rt.net.describe(), steps=len(obs.serial.steps))
@@ -679,7 +682,8 @@ def physical_runtime(chain: Chain, scenario: Any, v: Variant, n_packets: int, ob
     return SimRuntime(chain.with_parallelism(v.parallelism), model=v.model, batch_size=v.batch_size, store=store,
                       pacer=scenario.pacer(), delays=scenario.expand_delays(list(chain.vertices)),
                       seed=v.seed, events=scenario.events_for(v.seed, list(chain.vertices), n_packets),
-                      network=scenario.network, recorder=obs.serial)
+                      network=scenario.network, recorder=obs.serial,
+                      log_mode=getattr(scenario, "packet_log", "local"))
 
 
 def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v: Variant,

@@ -579,6 +579,8 @@ class _Interpreter:
         self.choices = _Choices(replay.results, self.notes, replay.weights) if replay is not None else None
         self.nodes = {name: _Node(v, self.choices) for name, v in chain.vertices.items()}
         self.seq = [0] * chain.roots
+        self.fed = [0] * chain.roots      # packets each root has been given
+        self.resumes: dict[int, list[tuple[int, int]]] = {}
         self.drop = {"malformed": chain.policies.get("malformed", "drop") == "drop",
                      "non_ip": chain.policies.get("non_ip", "pass") == "drop"}
         self.run = LogicalRun([], [], {}, self.notes)
@@ -600,6 +602,8 @@ class _Interpreter:
         run = self.run
         pkt = Packet(data, ts, run.packets_in)
         run.packets_in += 1
+        root = self._root_of(pkt) if pkt.l3 and pkt.malformed is None else 0
+        self._resume(root)
         if pkt.malformed is not None or not pkt.l3:
             if self._screened_out(pkt):
                 return
@@ -608,8 +612,16 @@ class _Interpreter:
             run.bypassed += 1
             run.outputs.append((pkt.clock, bytes(pkt.data)))
             return
-        pkt.clock = self._stamp(self._root_of(pkt))
+        pkt.clock = self._stamp(root)
         self._carry(pkt)
+
+    def _resume(self, root: int) -> None:
+        """A root the physical run replaced (§5.4) went on at a higher clock from its
+        ``fed``-th packet: clocks are metadata, only their order is the chain's."""
+        todo = self.resumes.get(root)
+        if todo and self.fed[root] >= todo[0][0]:
+            self.seq[root] = todo.pop(0)[1]
+        self.fed[root] += 1
 
     def _screened_out(self, pkt: Packet) -> bool:
         """Count a frame no NF can use; True when the policy drops it (no clock)."""
@@ -716,7 +728,7 @@ Control = tuple[int, str, str, dict]      # (first input packet that sees it, ve
 
 
 def logical_run(chain: Chain, records: Iterable[tuple[int, bytes]], replay: Replay | None = None,
-                controls: Iterable[Control] = ()) -> LogicalRun:
+                controls: Iterable[Control] = (), resumes: Iterable[tuple[int, int, int]] = ()) -> LogicalRun:
     """The logical chain of ``chain`` on ``(timestamp ns, frame)`` records: one NF
     per vertex, input order, no delays; shared order-dependent operations follow
     ``replay`` (the store's re-executed serialization) where it is legal.
@@ -724,8 +736,11 @@ def logical_run(chain: Chain, records: Iterable[tuple[int, bytes]], replay: Repl
     ``controls`` are operator changes (``NF.control``) with the input position the
     physical run applied them at (its event log: the order, not the values): the
     logical chain computes each change itself, by the NF's ``control`` on its own
-    state, before that packet."""
+    state, before that packet.  ``resumes`` are ``(root, packets it had been given,
+    next sequence number)`` of roots the physical run failed over."""
     interp = _Interpreter(chain, replay)
+    for root, fed, seq in sorted(resumes):
+        interp.resumes.setdefault(root, []).append((fed, seq))
     todo = sorted(controls, key=lambda c: c[0])
     for i, (ts, data) in enumerate(records):
         while todo and todo[0][0] <= i:

@@ -8,6 +8,7 @@ per-instance delay distributions, a seed, and timed events::
     parallelism: 3                  # every vertex, or {vertex: n}
     model: EO+C+NA                  # T | EO | EO+C | EO+C+NA
     store: memory                   # or redis://HOST:PORT[,...]
+    packet_log: store               # local (default) | store: the roots' packet log (§5.4)
     batch_size: 64
     pacing: {mbps: 10000}           # {multiplier: X} | {pps: N} | {mbps: N} | topspeed
     delays: {"*": "uniform:50:100"} # vertex, vertex[i] or "*" -> distribution (µs)
@@ -114,6 +115,7 @@ class Scenario:
     network: dict[str, LinkModel] = dataclasses.field(default_factory=dict)
     events: list[Event] = dataclasses.field(default_factory=list)
     random: RandomEvents | None = None
+    packet_log: str = "local"       # local | store: where roots keep the packet log (§5.4)
 
     def events_for(self, seed: int, vertices: list[str], n_packets: int) -> list[Event]:
         """The scenario's events and those the seed draws."""
@@ -140,7 +142,7 @@ def load_scenario(path: str | os.PathLike) -> Scenario:
 
 
 _FIELDS = ("name", "parallelism", "model", "store", "batch_size", "pacing", "delays", "seed", "network", "events",
-           "random")
+           "random", "packet_log")
 
 
 def parse_scenario(raw: Any) -> Scenario:
@@ -172,6 +174,10 @@ def parse_scenario(raw: Any) -> Scenario:
     sc.network = parse_network(raw.get("network"), ScenarioError)
     sc.events = [_event(e, f"events[{i}]") for i, e in enumerate(raw.get("events") or [])]
     sc.random = _random(raw.get("random"))
+    log = raw.get("packet_log", "local")
+    if log not in ("local", "store"):
+        raise ScenarioError(f"packet_log: expected local or store, got {log!r}")
+    sc.packet_log = log
     return sc
 
 

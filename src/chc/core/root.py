@@ -33,8 +33,15 @@ so it can be replayed after a failure.  When the log holds ``log_limit``
 packets, new input is dropped and counted (back-pressure, not buffer bloat).
 
 The log lives in the root's memory (``local``) or in the store (``store``:
-entries are written and deleted through store ops, batched per input batch).
+entries are written and deleted through store ops, batched per input batch,
+and so is each touched entry's accounting, live copies and XOR accumulator).
 No I/O happens here: store writes are returned as ops for the runtime to send.
+
+Root failover (§5.4).  A new root resumes its clock from the store
+(``resume_from``); with a ``store`` log it takes the log over as the store has
+it (:meth:`restore`), so a packet logged before the crash is still deleted
+exactly when its copies are done and its updates committed, and can still be
+replayed.  A ``local`` log dies with its root.
 """
 
 from __future__ import annotations
@@ -92,6 +99,7 @@ class Root:
         self.xor_skipped = 0              # deletions the XOR check would have held back
         self.observer: Any = None         # COE checker: called with each deleted clock
         self.outbox: list[Op] = []        # store writes (clock persistence, store log)
+        self.dirty: set[int] = set()      # store log: entries whose accounting changed
         self.packets_in = 0
         self.malformed = 0
         self.non_ip = 0
@@ -174,6 +182,8 @@ class Root:
         entry = self.log.get(clock)
         if entry is not None:
             entry.live += copies
+            if self.log_mode == "store":
+                self.dirty.add(clock)
 
     def done(self, clock: int, vector: int) -> None:
         entry = self.log.get(clock)
@@ -185,6 +195,8 @@ class Root:
             if entry.vector:
                 self.xor_skipped += 1
             self._delete(clock)
+        elif self.log_mode == "store":
+            self.dirty.add(clock)
 
     def commit(self, clock: int, xor_id: int) -> None:
         entry = self.log.get(clock)
@@ -193,6 +205,8 @@ class Root:
         entry.vector ^= xor_id
         if entry.live <= 0 and entry.vector == 0:
             self._delete(clock)
+        elif self.log_mode == "store":
+            self.dirty.add(clock)
 
     def _delete(self, clock: int) -> None:
         del self.log[clock]
@@ -200,11 +214,28 @@ class Root:
         if self.observer is not None:
             self.observer(clock)
         if self.log_mode == "store":
-            self.outbox.append(Op("delete", ObjectKey("root", "log", clock)))
+            self.dirty.discard(clock)
+            self.outbox += [Op("delete", ObjectKey("root", "log", clock)),
+                            Op("delete", ObjectKey("root", "acct", clock))]
 
     def drain_outbox(self) -> list[Op]:
+        if self.dirty:
+            log = self.log
+            self.outbox += [Op("set", ObjectKey("root", "acct", c), ((log[c].live, log[c].vector),))
+                            for c in sorted(self.dirty) if c in log]
+            self.dirty.clear()
         out, self.outbox = self.outbox, []
         return out
+
+    def restore(self, stored: dict[str, dict]) -> int:
+        """Take over a store-held log (``store.objects("root")`` after the old root's
+        last write): every entry with its live copies and XOR accumulator.  Returns
+        the number of entries."""
+        acct = stored.get("acct", {})
+        for clock in stored.get("log", {}):
+            entry = self.log[clock] = LogEntry(None)
+            entry.live, entry.vector = acct.get(clock, (1, 0))
+        return len(self.log)
 
     def stats(self) -> dict[str, Any]:
         return {"mode": self.log_mode, "logged": self.logged, "deleted": self.deleted,

@@ -49,9 +49,16 @@ drops and alerts are suppressed (:meth:`SimRuntime._merge_pair`); the store
 emulates the second copy's updates from its clock log, which is kept from the
 clone's start while the pair runs.  The faster copy is kept.
 
-Crashes.  A scenario may crash an instance, a root or the store.  Recovery of
-NF instances, roots and store shards is not built yet (R6, issue 14), so a crash
-stops the run with :class:`Unrecoverable`; the COE checker reports it as such.
+Crashes (§5.4, docs/recovery.md).  A scenario may crash an instance, a root or
+the store.  A crashed NF instance is noticed after missed heartbeats (virtual
+time) and failed over: a new instance under its logical identity replays what
+it processed since the oldest logged packet, from the store's state before
+those packets (the store's pre-images), then what was lost in its queue
+(:meth:`SimRuntime._failover`).  A crashed root is replaced by one that resumes
+its clock from the store and takes over a store-held log; its input and the
+reports sent to it wait (:meth:`SimRuntime._root_failover`).  A store crash,
+and what Table 3 says cannot be recovered, stop the run with
+:class:`Unrecoverable`; the COE checker reports it as such.
 
 Determinism: seeded delays, stable hashes, sorted merges; no wall clock inside.
 """
@@ -87,7 +94,7 @@ _INF = float("inf")
 
 
 class Unrecoverable(Exception):
-    """A component crashed and nothing can recover it (yet): the message says which."""
+    """A component crashed and nothing can recover it: the message says which and why."""
 
 
 PartAt = Callable[[int], bytes]     # a packet's (or timer's) partition fields at a ladder level
@@ -264,6 +271,15 @@ class SimRuntime:
         self.replay_on_failover = True      # off only for --break no-replay
         self.delete_before_output = True    # off only for --break delete-after-output
         self._last_out: dict[tuple[str, int], set[int]] = {}   # --break delete-after-output
+        # §5.4 root failover: crashed roots awaiting detection, the input and the
+        # reports (forks, completions, commits) held for them meanwhile, and whether
+        # a root lost a local packet log (then packets logged before are forgotten).
+        self.root_failures: dict[int, Failure] = {}
+        self.root_input: dict[int, list[Packet]] = {}
+        self.root_inbox: dict[int, list[tuple]] = {}
+        self.root_up_at: dict[int, float] = {}
+        self._root_events: dict[int, dict] = {}
+        self.log_lost = False
         self.events = sorted(events or [], key=lambda e: (e.at_packet is None, e.at_packet or 0,
                                                           e.at_time_ns or 0))
         for ev in self.events:
@@ -369,6 +385,8 @@ class SimRuntime:
         entries = self.chain.entries
         vs = self.chain.vertices
         for root, splitters, part in zip(self.roots, self.root_splitters, parts, strict=True):
+            if self.root_failures or self.root_input or self.root_up_at:
+                part = self._root_input(root.root_id, part)
             admitted, bypass = root.ingest(part)
             bypass_out.extend(bypass)
             if not admitted:
@@ -411,10 +429,18 @@ class SimRuntime:
         self._enqueue(src, vertex, copies, splitter)
 
     def _fork(self, clock: int, k: int) -> None:
-        self.roots[root_of(clock)].fork(clock, k)
+        r = root_of(clock)
+        if r in self.root_failures:
+            self.root_inbox[r].append(("fork", clock, k))
+        else:
+            self.roots[r].fork(clock, k)
 
     def _done(self, clock: int, vector: int) -> None:
-        self.roots[root_of(clock)].done(clock, vector)
+        r = root_of(clock)
+        if r in self.root_failures:
+            self.root_inbox[r].append(("done", clock, vector))
+        else:
+            self.roots[r].done(clock, vector)
 
     def _enqueue(self, src: tuple, vertex: str, batch: list[Packet], splitter: Splitter) -> None:
         for inst, part in zip(self.instances[vertex], splitter.split(batch), strict=True):
@@ -576,14 +602,15 @@ class SimRuntime:
                     self._commits(commits)
                 else:
                     net.send("commits", "root", max(self.horizon, net.now), lambda: self._commits(commits))
-        ops = self._meta_pending + [op for r in self.roots for op in r.drain_outbox()]
+        ops = self._meta_pending + [op for r in self.roots if r.root_id not in self.root_failures
+                                    for op in r.drain_outbox()]
         if ops:
             try:
                 self.meta_store.execute(ops)
                 self._meta_pending = []
             except StoreUnavailable:
                 self._meta_pending = ops        # retransmitted with the next batch
-        if self.inputs:
+        if self.inputs and not self.root_failures:     # (no root to ask meanwhile)
             roots = self.roots
             for rec in self.inputs.values():
                 # Replay starts at the oldest packet still logged: what came before it
@@ -595,9 +622,13 @@ class SimRuntime:
             for key, seen in self.processed.items():
                 if len(seen) > 2 * max(64, logged):
                     self.processed[key] = {c: None for c in seen if self.roots[root_of(c)].log.get(c)}
-        if self.store is not None and len(self.roots) == 1:
+        if self.store is not None and len(self.roots) == 1 and not self.root_failures:
             root = self.roots[0]
             oldest = min(root.log) if root.log else root.base | root.next_seq
+            if self.log_lost:
+                # The log forgot the packets from before the root failed: what the chain
+                # still holds of them is found in the chain itself.
+                oldest = self._oldest_in_chain(oldest)
             for pair in self.clones:
                 # §5.3: the slower copy of a pair may still send updates of packets the
                 # chain is done with; their clock-log entries must answer it.
@@ -606,8 +637,13 @@ class SimRuntime:
 
     def _commits(self, commits: list[tuple[int, int]]) -> None:
         roots = self.roots
+        failed = self.root_failures
         for clock, xor_id in commits:
-            roots[root_of(clock)].commit(clock, xor_id)
+            r = root_of(clock)
+            if failed and r in failed:
+                self.root_inbox[r].append(("commit", clock, xor_id))
+            else:
+                roots[r].commit(clock, xor_id)
 
     def step(self, batch: list[Packet]) -> list[Packet]:
         """Push one input batch through the chain; return the output it releases."""
@@ -626,7 +662,7 @@ class SimRuntime:
                             default=batch[0].vt)
                 floor = min(floor, batch[0].vt, *(p.vt for h in self.handovers for p in h.buffer))
                 self.holds = [h for h in self.holds if h.until > floor]
-        if self.failures:
+        if self.failures or self.root_failures:
             self._detect()
         self._enter(batch, out)
         self._pass(out)
@@ -644,8 +680,10 @@ class SimRuntime:
         """End of input: let everything still queued (delayed packets) finish."""
         self.horizon = _INF
         out: list[Packet] = []
-        if self.failures:
+        if self.failures or self.root_failures:
             self._detect()
+            if self.root_input:
+                self._enter([], out)        # input held for a root that failed at the end
         while any(i.queue for i in self._all_instances()):
             self._pass(out)
         for hook in self.step_hooks:
@@ -1410,6 +1448,10 @@ class SimRuntime:
                                 "store is not built yet (it needs the store's pre-images; use the memory store)")
         if self.roots[0].log_mode == "off":
             raise Unrecoverable(f"{vertex}[{instance}] crashed with the packet log off: nothing to replay")
+        if self.log_lost:
+            raise Unrecoverable(f"{vertex}[{instance}] crashed after a root lost its local packet log: the "
+                                "packets it would replay are forgotten (Table 3: root and NF failures need "
+                                "the store-backed log, packet_log: store)")
         if not any(a.instance_id == instance for a in self.active(vertex)) or (vertex, instance) in self.dead:
             self._log("crash-ignored", vertex, instance, reason="not an active instance", **why)
             return
@@ -1428,6 +1470,9 @@ class SimRuntime:
         no virtual time passes: at the next batch)."""
         now = self.horizon
         topspeed = self.pacer.mode == "topspeed"
+        for r, f in list(self.root_failures.items()):
+            if topspeed or f.detect_vt <= now:
+                self._root_failover(r, f)
         due = [f for f in self.failures if topspeed or f.detect_vt <= now]
         for f in due:
             self.failures.remove(f)
@@ -1551,16 +1596,83 @@ class SimRuntime:
                 key = (src, vertex, b)
                 last[key] = max(last.get(key, 0), t)
 
-    # -- failures (§7.2 footnote 5) -----------------------------------------------------
+    # -- root failover (§5.4; clocks: §7.2 footnote 5) ------------------------------------
     def restart_root(self, root_id: int = 0) -> Root:
-        """Replace a root by a fresh one that resumes its clock from the store."""
+        """Replace a root by a fresh one: its clock resumes from the store (last
+        persisted + n); its packet log is the store's (``store`` log) or lost
+        (``local``).  The flow allocation lives in the vertices' flow maps (the
+        downstream instances'), which its splitters use as the old ones did."""
         old = self.roots[root_id]
         persisted = self.meta_store.execute([_get(clock_key(root_id))])[0]
         new = Root(root_id, self.chain.policies, persist_every=old.persist_every,
                    resume_from=persisted, log_mode=old.log_mode, log_limit=old.log_limit)
-        new.log = old.log          # the log survives in the store or is replayed (§5.4)
+        if new.log_mode == "store":
+            new.restore(self.meta_store.objects("root"))
+        elif old.log:
+            self.log_lost = True
+        new.observer, new.xor_check = old.observer, old.xor_check
+        for counter in ("packets_in", "malformed", "non_ip", "dropped", "bypassed", "logged", "deleted",
+                        "dropped_overflow", "xor_skipped"):
+            setattr(new, counter, getattr(old, counter))    # the run's statistics, not the root's state
         self.roots[root_id] = new
         return new
+
+    def crash_root(self, root_id: int, heartbeat_us: float = 20, misses: int = 3, **why: Any) -> None:
+        """Root ``root_id`` stops: its clock counter and, with a ``local`` log, its
+        packet log are gone.  Input for it and reports to it are held until a new
+        root takes over (§5.4: the framework buffers input during root recovery)."""
+        if root_id in self.root_failures:
+            self._log("crash-ignored", "root", root_id, reason="already failed", **why)
+            return
+        period = int(heartbeat_us * 1000)
+        last = int(self.horizon) // period * period if period else int(self.horizon)
+        f = self.root_failures[root_id] = Failure("root", root_id, self.horizon, last + misses * period,
+                                                  sum(r.packets_in for r in self.roots), why)
+        self.root_input.setdefault(root_id, [])
+        self.root_inbox.setdefault(root_id, [])
+        self._log("crash", "root", root_id, detect_vt=f.detect_vt, log=self.roots[root_id].log_mode, **why)
+
+    def _root_input(self, root_id: int, part: list[Packet]) -> list[Packet]:
+        """A failed root's input is held; once a new root is up it comes first."""
+        if root_id in self.root_failures:
+            self.root_input[root_id].extend(part)
+            return []
+        part = self.root_input.pop(root_id, []) + part
+        up = self.root_up_at.pop(root_id, None)
+        if up is not None:
+            held = [p for p in part if p.vt < up]
+            for p in held:
+                p.vt = up                   # arrived while no root was up: held until now
+            self._root_events.pop(root_id)["input_buffered"] = len(held)
+        return part
+
+    def _root_failover(self, root_id: int, f: Failure) -> None:
+        old_entries = len(self.roots[root_id].log)
+        new = self.restart_root(root_id)
+        del self.root_failures[root_id]
+        # The reports sent meanwhile reach the new root, in order (senders resend
+        # until the root acknowledges).
+        inbox = self.root_inbox.pop(root_id, [])
+        for kind, clock, value in inbox:
+            getattr(new, kind)(clock, value)
+        self.root_up_at[root_id] = f.detect_vt
+        self._log("root-failover", "root", root_id, crashed_vt=f.crashed_vt, detected_vt=f.detect_vt,
+                  detect_ns=int(f.detect_vt - f.crashed_vt), log=new.log_mode,
+                  log_entries=len(new.log), log_entries_lost=old_entries if new.log_mode == "local" else 0,
+                  clock_resumed=new.next_seq, root_packets=new.packets_in, input_buffered=0,
+                  reports_held=len(inbox), **f.why)
+        self._root_events[root_id] = self.events_log[-1]     # input_buffered: once it has entered
+
+    def _oldest_in_chain(self, oldest: int) -> int:
+        """The oldest clock anything in the chain still holds: a queued or buffered
+        packet, a pending timer, an update not yet acknowledged."""
+        clocks = [p.clock for i in self._all_instances() for p in i.queue]
+        clocks += [p.clock for h in self.handovers for p in h.buffer]
+        clocks += [t[7] for i in self._all_instances() for t in i.ctx._timers]
+        for i in self._all_instances():
+            if isinstance(i.client, StoreClient):
+                clocks += [op.tag[0] for op in i.client.unacked + i.client.pending if op.tag is not None]
+        return min(clocks, default=oldest) if not clocks or min(clocks) < oldest else oldest
 
     # -- results -----------------------------------------------------------------------
     def logical_state(self) -> dict[str, dict]:
@@ -1698,11 +1810,15 @@ def _nf_target(target: str | None) -> bool:
 def _crash(rt: SimRuntime, event: Any) -> None:
     target = _crash_target(rt, event)
     at = f"packet {event.at_packet}" if event.at_packet is not None else f"{event.at_time_ns / 1000:g} µs"
-    if not _nf_target(target):
-        what = "store recovery from checkpoints and write-ahead logs" if target == "store" else "root failover"
-        raise Unrecoverable(f"{target} crashed at {at}: no recovery path ({what} is not built yet, R6)")
-    vertex, _, rest = target.partition("[")
     p = event.params
+    if target.startswith("root"):
+        rt.crash_root(int(target.partition("[")[2].rstrip("]")), p.get("heartbeat_us", 20), p.get("misses", 3),
+                      by="scenario")
+        return
+    if not _nf_target(target):
+        raise Unrecoverable(f"{target} crashed at {at}: no recovery path (store recovery from checkpoints "
+                            "and write-ahead logs is not wired into the sim yet, R6)")
+    vertex, _, rest = target.partition("[")
     why = {"by": "scenario"}
     if rest:
         rt.crash(vertex, int(rest.rstrip("]")), p.get("heartbeat_us", 20), p.get("misses", 3), **why)
