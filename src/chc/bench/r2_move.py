@@ -238,6 +238,11 @@ def common_arguments(ap: argparse.ArgumentParser, png: str) -> None:
     """The options R2 and R3 share: rounds, the round-trip model, JSON and PNG output."""
     ap.add_argument("--rounds", type=int, default=5, help="runs per measured part; the best counts (default 5)")
     ap.add_argument("--rtt-us", type=float, default=10.0, help="one control/store round trip (default 10 µs)")
+    output_arguments(ap, png)
+
+
+def output_arguments(ap: argparse.ArgumentParser, png: str) -> None:
+    """``--json FILE`` and ``--png DIR`` (the results and the plot ``png``)."""
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--png", metavar="DIR", help=f"write {png} into DIR")
 

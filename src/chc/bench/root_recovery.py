@@ -35,7 +35,7 @@ from ..core.root import Root, clock_key
 from ..core.store import ObjectKey, Op
 from ..packet import Packet
 from .harness import progress
-from .r2_move import write_outputs
+from .r2_move import output_arguments, write_outputs
 
 PAPER_US = 41.2
 _FRAME = bytes.fromhex("45000028000100004006000a0a000001" "0a000002" "04d20050000000010000000050022000" "00000000")
@@ -128,15 +128,11 @@ def main(argv: list[str] | None = None) -> dict:
                     help="packets logged at the crash (default 0,150,1000,10000)")
     ap.add_argument("--state-keys", type=int, default=50000, help="unrelated objects in the store (default 50000)")
     ap.add_argument("--rounds", type=int, default=20, help="runs per cell; the best counts (default 20)")
-    ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    ap.add_argument("--png", metavar="DIR", help="write root_recovery.png into DIR")
+    output_arguments(ap, "root_recovery.png")
     args = ap.parse_args(argv)
-    try:
-        sizes = tuple(int(x) for x in args.in_flight.split(","))
-    except ValueError:
-        ap.error(f"--in-flight: a comma-separated list of integers, got {args.in_flight!r}")
-    if any(n < 0 for n in sizes) or args.state_keys < 0 or args.rounds < 1:
-        ap.error("--in-flight and --state-keys >= 0, --rounds at least 1")
+    sizes = tuple(int(x) for x in args.in_flight.split(",") if x.strip().isdigit())
+    if len(sizes) != len(args.in_flight.split(",")) or args.state_keys < 0 or args.rounds < 1:
+        ap.error("--in-flight: comma-separated counts >= 0; --state-keys >= 0, --rounds at least 1")
     progress(f"root recovery: in flight {sizes}, {args.state_keys:,} other keys, {args.rounds} rounds ...")
     res = measure(sizes, args.state_keys, args.rounds)
     print(f"root recovery on the memory store, best of {args.rounds} (detection, 3 x 20 µs heartbeats, not included)")
