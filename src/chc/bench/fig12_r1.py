@@ -55,7 +55,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from .fig8_fig10 import _warm, run_nf
-from .harness import PERCENTILES, compiled_build, fmt, pcts, percentile, progress, ratio, rounds, save_plot
+from .harness import (
+    PERCENTILES,
+    compiled_build,
+    fmt,
+    loads_option,
+    pcts,
+    percentile,
+    progress,
+    ratio,
+    rounds,
+    save_plot,
+)
 from .inputs import BenchInput, lan_input
 from .r2_move import write_outputs
 from .stores import StoreSpec
@@ -68,19 +79,20 @@ PAPER = {"load": 0.5, "ftmb_p75_us": 25.5, "ratio_p75": 6.0, "ratio_p50": 2.7,
 BATCH = 64
 
 
-def service_times(inp: BenchInput, packets: int | None, n_rounds: int, batch: int = BATCH) -> dict[str, array]:
-    """Per system, every packet's service time (ns, input order) after the first
-    batch: its median over ``n_rounds`` runs, the systems' order rotated from round
-    to round."""
-    names = list(SYSTEMS)
-    _warm(inp, "nat", tuple(SYSTEMS.values()), batch)
+def service_times(inp: BenchInput, packets: int | None, n_rounds: int, batch: int = BATCH,
+                  systems: dict[str, str] = SYSTEMS, tag: str = "fig12") -> dict[str, array]:
+    """Per system (name -> state model of the NAT), every packet's service time (ns,
+    input order) after the first batch: its median over ``n_rounds`` runs, the
+    systems' order rotated from round to round."""
+    names = list(systems)
+    _warm(inp, "nat", tuple(systems.values()), batch)
     runs: dict[str, list[array]] = {name: [] for name in names}
     spec = StoreSpec("memory", packet_cap=packets)
     for r, rot in enumerate(rounds(n_rounds, 0.0, len(names))):
         for name in names[rot:] + names[:rot]:
-            progress(f"fig12: round {r + 1}/{n_rounds}, {name} ({SYSTEMS[name]}) ...")
+            progress(f"{tag}: round {r + 1}/{n_rounds}, {name} ({systems[name]}) ...")
             sink = array("d")
-            run_nf(inp, "nat", SYSTEMS[name], spec, batch, latency=True, sink=sink)
+            run_nf(inp, "nat", systems[name], spec, batch, latency=True, sink=sink)
             # The first batch is a fresh instance's first calls (about 1 ms on the
             # first packet): a running NAT pays that once, not once per cycle of
             # the reused times, so it is left out.
@@ -250,11 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--png", metavar="DIR", help="write fig12_r1.png into DIR")
     args = ap.parse_args(argv)
-    try:
-        loads = tuple(float(x) for x in args.load.split(","))
-    except ValueError:
-        ap.error(f"--load: comma-separated fractions, got {args.load!r}")
-    if (not loads or any(not 0 < x < 1 for x in loads) or args.rounds < 1 or args.seconds <= 0
+    loads = loads_option(ap, args.load)
+    if (args.rounds < 1 or args.seconds <= 0
             or args.period_ms <= 0 or args.stall_us < 0 or (args.packets is not None and args.packets < 100)):
         ap.error("0 < --load < 1, --rounds at least 1, --seconds and --period-ms positive, --stall-us >= 0, "
                  "--packets at least 100")

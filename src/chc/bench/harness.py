@@ -85,6 +85,18 @@ def pcts(times_ns: array) -> dict[str, float]:
     return out
 
 
+def loads_option(ap: argparse.ArgumentParser, text: str, option: str = "--load") -> tuple[float, ...]:
+    """Offered loads given as comma-separated fractions, each strictly between 0 and 1
+    (an argparse usage error otherwise)."""
+    try:
+        loads = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        ap.error(f"{option}: comma-separated fractions, got {text!r}")
+    if not loads or any(not 0 < x < 1 for x in loads):
+        ap.error(f"{option}: every load strictly between 0 and 1, got {text!r}")
+    return loads
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or not b:
         return None
