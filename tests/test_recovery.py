@@ -81,6 +81,32 @@ def test_failover_of_every_vertex_keeps_coe(records, model):
         assert rt.summary().log["remaining"] == 0
 
 
+@pytest.mark.parametrize("model", ["EO", "EO+C+NA"])
+def test_failover_on_redis_keeps_coe(records, redis_urls, model):
+    """The same crashes with the state in Redis (two shards): ``chc_batch`` records the
+    pre-images and ``objects_at`` gives the replay the state before its packets."""
+    from chc.backends import open_store
+
+    chain = load_spec(PAPER)
+    sc = parse_scenario({**{k: v for k, v in CRASHES.items() if k != "store"}, "model": model})
+    for seed in range(2):
+        v = variant(chain, sc, seed, [",".join(redis_urls[:2])])
+        store = open_store(v.store)
+        try:
+            obs = Observers()
+            rt = physical_runtime(chain, sc, v, len(records), obs, store)
+            BreakState((), 0).install(rt)
+            res = check_runtime(chain, rt, records, obs)
+        finally:
+            store.close()
+        assert res.unrecoverable is None, (seed, res.unrecoverable)
+        assert not res.divergences, (seed, [str(d) for d in res.divergences[:3]])
+        done = _failovers(rt)
+        assert {e["vertex"] for e in done} == {"nat", "lb", "portscan", "trojan"}, done
+        assert sum(e["replayed"] for e in done) > 0 and sum(e["lost_in_queue"] for e in done) > 0, done
+        assert rt.summary().log["remaining"] == 0
+
+
 def test_lost_in_flight_updates_are_applied_once_by_the_replay(records):
     """EO+C+NA over a lossy network: a crash leaves updates in flight that never
     arrive (fenced); the replay re-issues them (applied) and every update the store

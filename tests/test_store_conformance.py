@@ -836,6 +836,136 @@ def test_objects_by_vertex_and_scope_key(store):
     assert store.objects("nothing") == {}
 
 
+# -- pre-images (§5.4 NF failover) ----------------------------------------------------------------------------
+
+
+def tagged(code: str, key: ObjectKey, args: tuple = (), clock: int = 0, n: int = 1, **kw) -> Op:
+    """An update as a packet's processing sends it: tagged (clock, n) (§5.3)."""
+    return Op(code, key, args, tag=(clock, n), **kw)
+
+
+def test_objects_at_is_the_current_state_unless_preimages_are_kept(store):
+    run(store, tagged("incr", COUNTER, (1,), 1), tagged("incr", COUNTER, (1,), 2))
+    assert store.objects_at("nat", {1, 2}) == store.objects("nat") == {"packets": {None: 2}}
+
+
+def test_preimages_give_the_state_before_the_replayed_clocks(store):
+    """The case of test_recovery.py, on every backend: a per-flow counter, three packets."""
+    store.keep_preimages()
+    k = ObjectKey("v", "count", b"f", True)
+    for clock in (1, 2, 3):
+        run(store, Op("incr", k, (1,), "c", clock, 0, (clock, 1), 5, 0))
+    assert store.objects("v")["count"][b"f"] == 3
+    assert store.objects_at("v", {2, 3})["count"][b"f"] == 1     # before clock 2's update
+    assert b"f" not in store.objects_at("v", {1, 3}).get("count", {})     # absent before clock 1
+    store.prune_below(3)                # clocks 1 and 2 are done in the whole chain
+    assert store.objects_at("v", {3})["count"][b"f"] == 2
+    assert store.objects_at("v", {1, 2})["count"][b"f"] == 3     # pruned: nothing to go back to
+
+
+def test_a_preimage_is_the_value_before_the_first_update_of_its_clock(store):
+    """Per object, the first update of a clock counts, in the store's order (not the
+    clocks' order); an emulated duplicate or an untagged update records nothing; in one
+    request the later ops see the earlier ones' effects (the batch cache on Redis)."""
+    store.keep_preimages()
+    run(store, tagged("set", COUNTER, (10,), 9), tagged("incr", COUNTER, (1,), 9, 2),
+        tagged("incr", COUNTER, (1,), 4), tagged("incr", COUNTER, (1,), 9, 2))    # the last: emulated
+    run(store, tagged("incr", COUNTER, (5,), 9, 3))              # clock 9 again, another request
+    run(store, Op("incr", COUNTER, (100,)))                      # untagged: no pre-image
+    run(store, tagged("incr", COUNTER, (1,), 6))
+    assert get(store, COUNTER) == 118
+    at = store.objects_at
+    assert at("nat", {9}) == at("nat", {4, 9}) == {"packets": {}}     # absent before 9, applied first
+    assert at("nat", {4}) == {"packets": {None: 11}}
+    assert at("nat", {4, 6}) == {"packets": {None: 11}}
+    assert at("nat", {6}) == {"packets": {None: 117}}
+    assert at("nat", {7, 8}) == {"packets": {None: 118}}         # clocks that updated nothing
+
+
+def test_preimages_of_list_objects(store):
+    store.keep_preimages()
+    pool = ObjectKey("nat", "pool", None)
+    run(store, tagged("pop", pool, (), 1, default=[1, 2, 3]))             # absent: from the default
+    run(store, tagged("push", pool, ("x",), 2), tagged("pop", pool, (), 2, 2))
+    run(store, tagged("pop", pool, (), 3), tagged("pop", pool, (), 4))    # now empty (still a list)
+    run(store, tagged("pop", pool, (), 5), tagged("push", pool, ("y",), 6))
+    assert list(get(store, pool)) == ["y"]
+    at = store.objects_at
+    assert at("nat", {1}).get("pool", {}) == {}
+    assert at("nat", {2, 3}) == {"pool": {None: [2, 3]}}
+    assert at("nat", {3}) == {"pool": {None: [3, "x"]}}
+    assert at("nat", {4}) == {"pool": {None: ["x"]}}
+    assert at("nat", {5, 6}) == {"pool": {None: []}}              # an empty list object
+    assert at("nat", {6}) == {"pool": {None: []}}
+
+
+def test_preimages_of_argmin_incr_cover_every_counter(store):
+    store.keep_preimages()
+    keys = [ObjectKey("lb", "active", i) for i in range(3)]
+    op_key = ObjectKey("lb", "active", None)
+    run(store, Op("set", keys[0], (2,)), Op("set", keys[1], (1,)))         # keys[2] absent: 0
+    picks = [run(store, tagged("custom", op_key, ("argmin_incr", keys), clock))[0] for clock in (1, 2, 3)]
+    assert picks == [2, 1, 2]
+    assert store.objects_at("lb", {1, 2, 3}) == {"active": {0: 2, 1: 1}}
+    assert store.objects_at("lb", {2}) == {"active": {0: 2, 1: 1, 2: 1}}
+    assert store.objects_at("lb", {3}) == {"active": {0: 2, 1: 2, 2: 1}}
+    assert store.objects("lb") == {"active": {0: 2, 1: 2, 2: 2}}
+
+
+def test_preimages_of_per_flow_objects_and_deletion(store):
+    store.keep_preimages()
+    run(store, tagged("set", VALUE, ("a",), 1, instance=1), tagged("set", VALUE, ("b",), 2, instance=1))
+    with pytest.raises(OwnershipError):
+        run(store, tagged("set", VALUE, ("z",), 3, instance=2))         # refused: no pre-image
+    run(store, tagged("delete", VALUE, (), 4, instance=1))
+    run(store, tagged("cas", VALUE, (None, "c"), 5, instance=1))
+    run(store, tagged("delete", VALUE, (), 6, instance=1))
+    at = store.objects_at
+    assert at("lb", {1}).get("mapping", {}) == {}
+    assert at("lb", {2, 4}) == {"mapping": {VALUE.key: "a"}}
+    assert at("lb", {3, 4}) == {"mapping": {VALUE.key: "b"}}               # 3 changed nothing
+    assert at("lb", {5}).get("mapping", {}) == {}                         # deleted by 4
+    assert at("lb", {6}) == {"mapping": {VALUE.key: "c"}}                 # deleted now, back as it was
+    assert store.objects("lb") == {}
+
+
+def test_preimages_with_a_subscriber_and_over_shards(store, connect):
+    """Objects with callbacks (Redis: the batch's uncached path) and many per-flow
+    objects (on two shards: both servers), in one request each."""
+    store.keep_preimages()
+    other = connect(store)
+    watched = ObjectKey("nat", "watched", None)
+    other.subscribe(watched, "nat/1")
+    flows = [ObjectKey("nat", "mapping", (i, 80), per_flow=True) for i in range(20)]
+    run(store, *[tagged("set", k, (i,), 1, instance=1) for i, k in enumerate(flows)],
+        tagged("incr", watched, (1,), 1), tagged("incr", watched, (1,), 2))
+    run(store, *[tagged("incr", k, (1,), 2, instance=1) for k in flows], tagged("incr", watched, (1,), 3))
+    run(store, *[tagged("incr", k, (1,), 3, instance=1) for k in flows[::2]])
+    assert store.objects_at("nat", {2, 3}) == {"mapping": {k.key: i for i, k in enumerate(flows)},
+                                              "watched": {None: 1}}
+    assert store.objects_at("nat", {3}) == {"mapping": {k.key: i + 1 for i, k in enumerate(flows)},
+                                           "watched": {None: 2}}
+    assert store.objects_at("nat", {1}) == {"mapping": {}, "watched": {}}      # all absent before 1
+
+
+def test_pruning_forgets_preimages_with_the_clock_log(store):
+    store.keep_preimages()
+    keys = [ObjectKey("lb", "active", i) for i in range(2)]
+    # (clocks in the order updates arrive: the memory engine prunes its log front to back)
+    run(store, tagged("incr", COUNTER, (1,), 3),
+        tagged("custom", ObjectKey("lb", "active", None), ("argmin_incr", keys), 4),
+        tagged("incr", COUNTER, (1,), 5))
+    run(store, tagged("incr", COUNTER, (1,), 7))
+    assert store.prune_below(5) == 2                                      # (3,1) and (4,1)
+    assert store.objects_at("nat", {3, 5}) == {"packets": {None: 1}}      # 3 forgotten, 5 kept
+    assert store.objects_at("nat", {7}) == {"packets": {None: 2}}
+    assert store.prune_below(100) == 2
+    assert store.objects_at("nat", {5, 7}) == {"packets": {None: 3}}
+    if store.name == "redis":                                             # nothing left behind
+        for i in range(store.n):
+            assert store._call(i, [("HLEN", store.prefix + b"p"), ("ZCARD", store.prefix + b"lz")]) == [0, 0]
+
+
 # -- Redis only: sharding, limits, failures ----------------------------------------------------------------------------
 
 

@@ -96,6 +96,17 @@ first PINGs each pub/sub connection and reads up to the PONG, so every
 notification caused by an already acknowledged update is delivered (as with the
 memory store), without waiting otherwise.
 
+Pre-images (§5.4 NF failover).  Once ``keep_preimages`` has set the namespace's
+``pre`` key (the runtime does when a scenario can crash an instance), ``chc_batch``
+records, for each tagged update it applies (and each counter an ``argmin_incr`` may
+change), the object's value before the first update of that clock: in one hash per
+server, ordered by (batch, index), pruned by ``chc_prune`` with the clock log.  The
+batch reads the switch with the epoch (one MGET): off, it costs nothing.
+``objects_at(vertex, replayed)`` gives what :meth:`StoreEngine.objects_at` gives: the
+vertex's objects with, per object, the value before the first (in its server's
+application order) update of any replayed clock; shards are read one by one, as
+``objects`` does.
+
 Retransmission is exactly-once for ops with a seq (the client library always
 sets one) and for tagged updates; a retransmitted update whose tag is still in
 the clock log gets its recorded result, as from the memory engine (see
@@ -750,6 +761,10 @@ class RedisStore:
                 raise StoreError(f"{self.servers[i].url}: {_clean(r)}")
         return out
 
+    def _call_all(self, *commands: tuple) -> dict[int, list]:
+        """``commands`` on every server, in one round trip; their replies per server."""
+        return self._checked(self._round_trip({i: [_command(*c) for c in commands] for i in range(self.n)}))
+
     # -- addressing -----------------------------------------------------------------------
     def _locate(self, key: ObjectKey) -> tuple[bytes, int, bytes, bytes]:
         ent = self._keys.get(key)
@@ -1247,13 +1262,11 @@ class RedisStore:
 
     def prune_below(self, clock: int) -> int:
         """Forget clock-log entries of clocks < ``clock``; returns how many."""
-        groups = {i: [_command("FCALL", "chc_prune", 0, self.prefix, int(clock))] for i in range(self.n)}
-        return sum(int(r[0]) for r in self._checked(self._round_trip(groups)).values())
+        return sum(int(r[0]) for r in self._call_all(("FCALL", "chc_prune", 0, self.prefix, int(clock))).values())
 
     def commits(self) -> list[tuple[int, int]]:
         """Drain the commit reports ``(clock, xor id)`` (server by server)."""
-        groups = {i: [_command("FCALL", "chc_commits", 0, self.prefix)] for i in range(self.n)}
-        per = self._checked(self._round_trip(groups))
+        per = self._call_all(("FCALL", "chc_commits", 0, self.prefix))
         out = []
         for i in range(self.n):
             for item in per[i][0]:
@@ -1301,6 +1314,50 @@ class RedisStore:
                             list(value) if v[:1] == b"L" else value
                 if cursor == 0:
                     break
+        return out
+
+    # -- NF failover (§5.4) ----------------------------------------------------------------
+    def keep_preimages(self) -> None:
+        """Record pre-images from now on (what NF failover needs, see :meth:`objects_at`):
+        sets the namespace's ``pre`` key on every server, which ``chc_batch`` reads with the
+        epoch (so every store of the run records them, and a batch without them costs
+        nothing more)."""
+        self._call_all(("SET", self.prefix + b"pre", b"1"))
+
+    def objects_at(self, vertex: str, replayed: set[int]) -> dict[str, dict[Hashable, Any]]:
+        """``vertex``'s objects as they were before the first update made by any of the
+        ``replayed`` clocks, as :meth:`chc.core.store.StoreEngine.objects_at`: per object,
+        the pre-image of the first of those clocks in the order its server applied them
+        (an object absent then is left out).  Needs :meth:`keep_preimages`."""
+        out = self.objects(vertex)
+        prefix = self.prefix + b"k:" + _esc(vertex) + b":"
+        match = b"* " + _glob_escape(prefix) + b"*"
+        for i in range(self.n):
+            first: dict[bytes, bytes] = {}
+            cursor = 0
+            while True:
+                cursor, items = self._call(i, [("HSCAN", self.prefix + b"p", cursor, "MATCH", match,
+                                                "COUNT", 1000)])[0]
+                cursor = int(cursor)
+                for j in range(0, len(items), 2):
+                    clock, _, k = items[j].partition(b" ")
+                    if not k.startswith(prefix) or int(clock) not in replayed:
+                        continue
+                    raw = items[j + 1]          # order (8 bytes, big-endian: compares as bytes), value
+                    got = first.get(k)
+                    if got is None or raw[:8] < got[:8]:
+                        first[k] = raw
+                if cursor == 0:
+                    break
+            for k, raw in first.items():
+                v = raw[8:]
+                obj, _, scope = k[len(prefix):].partition(b":")
+                name, key = _unesc(obj), _unpack(scope)
+                if v[:1] == b"A":
+                    out.get(name, {}).pop(key, None)
+                else:
+                    value = _unpack(v[1:])
+                    out.setdefault(name, {})[key] = list(value) if v[:1] == b"L" else value
         return out
 
     # -- lifecycle ------------------------------------------------------------------------

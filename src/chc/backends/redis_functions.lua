@@ -24,8 +24,13 @@ function; K = P "k:" rest, rest = vertex ":" object ":" msgpack(scope key)):
   P "S"         set: the objects that have subscribers
   P "l"         hash: clock log, "clock:n K" -> recorded result
   P "lc:" id    list: one batch's clock-log records, clock, "clock:n K", ... (pruning)
-  P "lz"        sorted set: those lists scored by their least clock
-  P "lseq"      counter: the last list id
+  P "lz"        sorted set: those lists (and the "pc:" ones) scored by their least clock
+  P "lseq"      counter: the last list id (one per batch that logs; orders pre-images)
+  P "pre"       string: present = record pre-images (RedisStore.keep_preimages, NF failover)
+  P "p"         hash: pre-images, "clock K" -> order (8 bytes: batch id, index; big-endian)
+                .. the value of K before the first update of that clock ("V"/"L" tagged,
+                "A" absent)
+  P "pc:" id    list: one batch's pre-image records, clock, "clock K", ... (pruning)
   P "q"         hash: wire client id -> highest applied seq
   P "c"         list: commit reports "clock:xor_id"
   P "d:" digest a big default (msgpack), referenced by ops as 0xc1 .. digest
@@ -470,6 +475,32 @@ local function record(field, clock, result)
   b.log[field] = result
 end
 
+-- §5.4 NF failover: the value of k before the first update of clock (only when P "pre" is set):
+-- what the batch's cache holds for k, else what Redis holds ("A": absent).  Written at the
+-- batch's end with one HSET, ordered by (batch id, index) so that objects_at finds, per
+-- object, the first replayed clock in the store's application order.
+local function preimage(k, clock)
+  local b = batch
+  local field = clock .. ' ' .. k
+  if b.pseen[field] then return end
+  b.pseen[field] = true
+  if redis.call('HEXISTS', b.P .. 'p', field) == 1 then return end   -- an earlier batch's
+  local v = b.cache[k]
+  if v then
+    if v == EMPTY then v = 'L\144' else v = 'V' .. v end
+  else
+    v = tagged(k) or 'A'
+  end
+  local n = b.npre + 1
+  b.npre = n
+  b.pfields[n] = field
+  b.pvalues[n] = v
+  b.pmembers[2 * n - 1] = clock
+  b.pmembers[2 * n] = field
+  local c = tonumber(clock)
+  if b.pminclock == nil or c < b.pminclock then b.pminclock = c end
+end
+
 local function commit(clock, xor)
   local b = batch
   b.ncommits = b.ncommits + 1
@@ -751,6 +782,13 @@ local function one_op(argv, i, client, ne)
     field = tag .. ' ' .. k
     local r = logged(field)
     if r then return r end                            -- §5.3: emulate the duplicate
+    if b.preimages then
+      preimage(k, argv[i + 6])
+      if code == 'custom' and argv[i + 10] == 'argmin_incr' then
+        local counters = (decode(argv[i + 11], 1))[1]       -- the counters it may change
+        for j = 1, (counters and counters.n or 0) do preimage(counters[j], argv[i + 6]) end
+      end
+    end
   end
   local result
   if b.fast and code == 'set' then
@@ -805,14 +843,19 @@ local OPERANDS = {get = 0, set = 1, incr = 1, incr_many = 4, push = 1, pop = 0, 
 local function chc_batch(keys, argv)
   local P = argv[1]
   PREFIX = P
-  if argv[2] ~= '' and redis.call('GET', P .. 'epoch') ~= argv[2] then
+  -- The epoch and the pre-image switch in one read (the switch costs the batch nothing).
+  local meta = redis.call('MGET', P .. 'epoch', P .. 'pre')
+  if argv[2] ~= '' and meta[1] ~= argv[2] then
     return redis.error_reply('CHCEPOCH the namespace lost its state')   -- restarted empty or flushed
   end
   local nc = tonumber(argv[3])
   local watched = redis.call('EXISTS', P .. 'S') == 1
   batch = {P = P, log = {}, pre = {}, fields = {}, members = {}, nlog = 0, commits = {}, ncommits = 0,
            seqs = {}, dirty_seqs = {}, watched = watched, fast = not watched, cache = {}, dirty = {},
-           ndirty = 0, owners = {}, absent = {}}
+           ndirty = 0, owners = {}, absent = {}, preimages = meta[2] ~= false}
+  if batch.preimages then
+    batch.pseen, batch.npre, batch.pfields, batch.pvalues, batch.pmembers = {}, 0, {}, {}, {}
+  end
   local starts, nops = {}, 0
   local tagfields, nt = {}, 0
   local reads, nr = {}, 0
@@ -886,13 +929,28 @@ local function chc_batch(keys, argv)
   end
   local b = batch
   flush()
+  local id = nil
   if b.nlog > 0 then
     variadic('HSET', P .. 'l', b.fields, b.nlog * 2, 2)
     -- The pruning index: this batch's (clock, field) pairs as one list, indexed by their
     -- least clock (one ZADD per batch, not one skiplist insert per record).
-    local chunk = P .. 'lc:' .. redis.call('INCR', P .. 'lseq')
+    id = redis.call('INCR', P .. 'lseq')
+    local chunk = P .. 'lc:' .. id
     variadic('RPUSH', chunk, b.members, b.nlog * 2, 2)
     redis.call('ZADD', P .. 'lz', string.format('%.17g', b.minclock), chunk)
+  end
+  if b.preimages and b.npre > 0 then
+    -- Pre-images: ordered by (this batch's id, index), pruned with the clock log.
+    id = id or redis.call('INCR', P .. 'lseq')
+    local kv = {}
+    for j = 1, b.npre do
+      kv[2 * j - 1] = b.pfields[j]
+      kv[2 * j] = struct.pack('>I4I4', id, j) .. b.pvalues[j]
+    end
+    variadic('HSET', P .. 'p', kv, b.npre * 2, 2)
+    local chunk = P .. 'pc:' .. id
+    variadic('RPUSH', chunk, b.pmembers, b.npre * 2, 2)
+    redis.call('ZADD', P .. 'lz', string.format('%.17g', b.pminclock), chunk)
   end
   if b.ncommits > 0 then variadic('RPUSH', P .. 'c', b.commits, b.ncommits, 1) end
   local marks, nm = flat(b.dirty_seqs, b.seqs)
@@ -976,14 +1034,17 @@ local function chc_unlease(keys, args)
   return 'ok'
 end
 
--- ARGV = prefix, clock.  Forget clock-log entries of clocks < clock; returns how many.  The
--- chunks whose least clock is below go; entries of theirs at or above the bound are kept in
--- the chunk, indexed by their new least clock.
+-- ARGV = prefix, clock.  Forget clock-log entries (and pre-images) of clocks < clock; returns how
+-- many clock-log entries.  The chunks whose least clock is below go; entries of theirs at or
+-- above the bound are kept in the chunk, indexed by their new least clock.
 local function chc_prune(keys, args)
   local P, limit = args[1], tonumber(args[2])
   local chunks = redis.call('ZRANGEBYSCORE', P .. 'lz', '-inf', '(' .. args[2])
   local n = 0
   for _, chunk in ipairs(chunks) do
+    -- a "pc:" chunk lists pre-images (not counted: the clock log's entries are)
+    local images = string.sub(chunk, #P + 1, #P + 3) == 'pc:'
+    local hash = P .. (images and 'p' or 'l')
     local items = redis.call('LRANGE', chunk, 0, -1)
     local gone, keep, low = {}, {}, nil
     for i = 1, #items, 2 do
@@ -997,7 +1058,8 @@ local function chc_prune(keys, args)
       end
     end
     for i = 1, #gone, CHUNK do
-      n = n + redis.call('HDEL', P .. 'l', unpack(gone, i, math.min(i + CHUNK - 1, #gone)))
+      local d = redis.call('HDEL', hash, unpack(gone, i, math.min(i + CHUNK - 1, #gone)))
+      if not images then n = n + d end
     end
     redis.call('DEL', chunk)
     if #keep > 0 then
