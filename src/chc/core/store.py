@@ -249,8 +249,9 @@ class StoreEngine:
             if tag is not None and self.preimages:
                 self._preimage(key, tag[0])
                 if code == "custom" and op.args[0] == "argmin_incr":
-                    for k in op.args[1]:        # the counters it may change
+                    for k in op.args[1]:        # the counters it may change (pruned with the clock)
                         self._preimage(k, tag[0])
+                        self.log_order.append((tag[0], k, tag))
             result = self._update(op)
             if tag is not None:
                 self.clock_log.setdefault(key, {})[tag] = result
@@ -457,7 +458,7 @@ class StoreEngine:
             log = self.clock_log.get(key)
             if log is not None:
                 for t in tags:
-                    log.pop(t, None)
+                    n += log.pop(t, _ABSENT) is not _ABSENT
                 if not log:
                     del self.clock_log[key]
             before = self.before.get(key)
@@ -466,7 +467,6 @@ class StoreEngine:
                     before.pop(t[0], None)
                 if not before:
                     del self.before[key]
-            n += len(tags)
         return n
 
     # -- NF failover (§5.4) -------------------------------------------------------------------
