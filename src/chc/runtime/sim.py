@@ -49,9 +49,13 @@ drops and alerts are suppressed (:meth:`SimRuntime._merge_pair`); the store
 emulates the second copy's updates from its clock log, which is kept from the
 clone's start while the pair runs.  The faster copy is kept.
 
-Crashes.  A scenario may crash an instance, a root or the store.  Recovery of
-NF instances, roots and store shards is not built yet (R6, issue 14), so a crash
-stops the run with :class:`Unrecoverable`; the COE checker reports it as such.
+Crashes.  A scenario may crash an instance, a root or the store.  An NF
+instance is failed over (§5.4, the NF failover section below); the memory
+store is failed over from a checkpoint and the instances' write-ahead logs and
+caches (:mod:`chc.runtime.storefailover`, Figure 7).  Root failover is not
+built yet (R6, issue 14): a root crash stops the run with
+:class:`Unrecoverable`, and so does a failure nothing can recover (Table 3);
+the COE checker reports it as such.
 
 Determinism: seeded delays, stable hashes, sorted merges; no wall clock inside.
 """
@@ -81,6 +85,7 @@ from ..summary import Summary, merge_states, state_digest
 from . import control
 from .pacing import Delay, Pacer
 from .simnet import LinkModel, Network, StoreLink, StoreNode
+from .storefailover import StoreFailover
 
 DEFAULT_BATCH = 256
 _INF = float("inf")
@@ -293,6 +298,8 @@ class SimRuntime:
         self._meta_pending: list[Op] = []
         self.packets_out = 0
         self.elapsed = 0.0
+        # §5.4 store failover: checkpoints and write-ahead logs, only if the store can crash.
+        self.store_failover = StoreFailover.install(self)
 
     def _link(self, vertex: str, i: int) -> StoreLink | None:
         """The store link of instance ``vertex[i]`` (None in model T)."""
@@ -570,12 +577,7 @@ class SimRuntime:
         net = self.net
         if self.node is not None:
             net.run_until(self.horizon)
-            commits = self.node.commits()
-            if commits:
-                if net.commits_instant:
-                    self._commits(commits)
-                else:
-                    net.send("commits", "root", max(self.horizon, net.now), lambda: self._commits(commits))
+            self._send_commits(self.node.commits())
         ops = self._meta_pending + [op for r in self.roots for op in r.drain_outbox()]
         if ops:
             try:
@@ -603,6 +605,18 @@ class SimRuntime:
                 # chain is done with; their clock-log entries must answer it.
                 oldest = min(oldest, pair.floor)
             self.store.prune_below(oldest)     # §5.3: clocks done in the whole chain
+
+    def _send_commits(self, commits: list[tuple[int, int]]) -> None:
+        """The store's commit reports, on the FIFO commits link to the roots."""
+        if not commits:
+            return
+        if self.store_failover is not None:
+            self.store_failover.reports(commits)
+        net = self.net
+        if net.commits_instant:
+            self._commits(commits)
+        else:
+            net.send("commits", "root", max(self.horizon, net.now), lambda: self._commits(commits))
 
     def _commits(self, commits: list[tuple[int, int]]) -> None:
         roots = self.roots
@@ -727,7 +741,8 @@ class SimRuntime:
                 and (vertex, i.instance_id) not in self.dead]
 
     def _busy(self, vertex: str) -> bool:
-        return any(h.vertex == vertex for h in self.handovers) or any(c.vertex == vertex for c in self.clones)
+        return (any(h.vertex == vertex for h in self.handovers) or any(c.vertex == vertex for c in self.clones)
+                or (self.store_failover is not None and self.store_failover.busy()))
 
     def _when_idle(self, vertex: str, action: Callable[[], None]) -> None:
         """Run ``action`` now, or once the vertex's handovers are done (one move at a time)."""
@@ -1698,9 +1713,11 @@ def _nf_target(target: str | None) -> bool:
 def _crash(rt: SimRuntime, event: Any) -> None:
     target = _crash_target(rt, event)
     at = f"packet {event.at_packet}" if event.at_packet is not None else f"{event.at_time_ns / 1000:g} µs"
+    if target == "store":
+        _crash_store(rt, event, at)
+        return
     if not _nf_target(target):
-        what = "store recovery from checkpoints and write-ahead logs" if target == "store" else "root failover"
-        raise Unrecoverable(f"{target} crashed at {at}: no recovery path ({what} is not built yet, R6)")
+        raise Unrecoverable(f"{target} crashed at {at}: no recovery path (root failover is not built yet, R6)")
     vertex, _, rest = target.partition("[")
     p = event.params
     why = {"by": "scenario"}
@@ -1713,6 +1730,18 @@ def _crash(rt: SimRuntime, event: Any) -> None:
         rt._crash(vertex, active[int(p.get("pick", 0)) % len(active)].instance_id,
                   p.get("heartbeat_us", 20), p.get("misses", 3), why)
     rt._when_idle(vertex, pick)
+
+
+def _crash_store(rt: SimRuntime, event: Any, at: str) -> None:
+    """§5.4 store instance failover (chc.runtime.storefailover): the memory store only."""
+    p = event.params
+    if rt.store is None:
+        rt._log("crash-ignored", "store", None, reason="model T keeps NF state in the instances", by="scenario")
+        return
+    if rt.store_failover is None:
+        raise Unrecoverable(f"store crashed at {at}: store failover needs the memory store (checkpoints with "
+                            f"TS and stamped replies); the {rt.store.describe()} store has neither")
+    rt.store_failover.crash(p.get("heartbeat_us", 20), p.get("misses", 3), {"by": "scenario"})
 
 
 def _fault(kind: str) -> Callable[[SimRuntime, Any], None]:
@@ -1782,7 +1811,10 @@ def _check_delay_fault(event: Any) -> None:
 def _check_crash(event: Any) -> None:
     if not event.target:
         raise ValueError("needs a target: vertex[i], vertex (an instance the seed picks), root[i] or store")
-    _check_params(event, {"heartbeat_us": _positive, "misses": _is_index, "pick": _is_index})
+    allowed = {"heartbeat_us": _positive, "misses": _is_index, "pick": _is_index}
+    if event.target == "store":         # §5.4: the failover store starts from the latest checkpoint
+        allowed = {"heartbeat_us": _positive, "misses": _is_index, "checkpoint_ms": _positive}
+    _check_params(event, allowed)
 
 
 def _vertex(rt: SimRuntime, event: Any) -> str:
