@@ -100,7 +100,8 @@ class Serialization:
         ``since`` (its checkpoint), with the shared updates it re-executed taken out
         and applied again in ``redo``'s order, each with the result an instance
         observed (or ``UNSEEN``).  Per-flow updates stay (the caches keep their
-        effect); ``cached`` ones were never sent and live in a cache only."""
+        effect); ``cached`` ones, in flight or never sent, are in the failover
+        store from a cache from here on."""
         removed = set()
         for op, _ in redo:
             k = op.key

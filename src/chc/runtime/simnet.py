@@ -303,6 +303,7 @@ class StoreLink:
         self._replies: dict[int, Any] = {}
         self._acks: dict[int, tuple[int, Callable[[int], None]]] = {}
         self.retransmissions = 0
+        self.awaiting: list[Op] = []        # the blocking request being waited for (§5.4 store failover)
 
     # -- requests ---------------------------------------------------------------------------
     def execute(self, ops: list[Op]) -> list[Any]:
@@ -312,6 +313,7 @@ class StoreLink:
             return self.node.handle(ops)
         self._rid += 1
         rid = self._rid
+        self.awaiting = ops
         for tries in range(MAX_TRIES):
             if tries:
                 self.retransmissions += 1
@@ -322,6 +324,7 @@ class StoreLink:
             if rid in self._replies:
                 if net.now > self.t:
                     self.t = net.now
+                self.awaiting = []
                 reply = self._replies.pop(rid)
                 if isinstance(reply, BaseException):
                     raise reply

@@ -257,7 +257,10 @@ class StoreFailover:
             mark = marks.get(c.client_id, 0)
             # Un-acknowledged ones at or below the checkpoint's mark were applied, and
             # reported, before it; later ones were reported only if the roots got it.
-            cached += [op for op in c.unacked if op.key.per_flow and op.seq > mark]
+            # (A client waiting on a blocking request resends its un-acknowledged ops in it.)
+            link = rt.links.get((inst.vertex, inst.instance_id))
+            waiting = link.awaiting if link is not None else []
+            cached += [op for op in c.unacked + waiting if op.key.per_flow and op.seq > mark]
             unsent += [op for op in c.pending if op.key.per_flow]
             logs.append(InstanceLog.from_client(c))     # (drops the unsent per-flow ops)
             ts = o.checkpoint.ts.get(c.client_id)
@@ -281,9 +284,10 @@ class StoreFailover:
         redo = [(op, observed.get(client, {}).get(op.seq, UNSEEN)) for client, op in rec.re_executed]
         restored = len(o.checkpoint.data) + rec.per_flow + len(rec.re_executed)
         up = o.detect_vt + restored * RESTORE_NS_PER_OBJECT
-        rt.net.at(up, lambda: self._up(rec, commits, redo, unsent, wal_updates, up))
+        cached += unsent
+        rt.net.at(up, lambda: self._up(rec, commits, redo, cached, wal_updates, up))
 
-    def _up(self, rec: Recovery, commits: list[tuple[int, int]], redo: list[tuple[Op, Any]], unsent: list[Op],
+    def _up(self, rec: Recovery, commits: list[tuple[int, int]], redo: list[tuple[Op, Any]], cached: list[Op],
             wal_updates: int, up: int) -> None:
         """The failover store takes over: swapped into the store, the root's writes
         since the checkpoint again, the owed commit reports sent."""
@@ -299,7 +303,8 @@ class StoreFailover:
         rt.net.store_down = False
         record = rt.node.record
         if record is not None and hasattr(record, "recover"):
-            record.recover(self.position, redo, unsent)
+            # The cached per-flow updates are in the failover store now (a resend is a repeat).
+            record.recover(self.position, redo, cached)
         # The root is alive: its writes since the checkpoint go to the failover store.
         root_writes = list(self.root_log.since_checkpoint)
         if root_writes:
