@@ -65,6 +65,7 @@ SPLIT = ROOT / "examples/scenarios/split.yaml"
 LB_BACKENDS = ROOT / "examples/scenarios/lb-backends.yaml"
 STRAGGLER = ROOT / "examples/scenarios/straggler.yaml"
 CRASH = ROOT / "examples/scenarios/crash.yaml"
+STORE_CRASH = ROOT / "examples/scenarios/store-crash.yaml"
 
 
 def test_parallel_scenario_passes(capsys, lan_slice, tmp_path):
@@ -201,7 +202,8 @@ def test_every_break_is_caught_and_named(capsys, trojan_slice, tmp_path, name):
     break corrupts; no seed where the break acted goes uncaught."""
     capture, packets = trojan_slice
     scenario = {"naive-move": SCALE, "no-flush": SPLIT, "no-callback": LB_BACKENDS,
-                "no-dup-suppression": STRAGGLER, "no-replay": CRASH, "delete-after-output": CRASH}.get(name, FAULTS)
+                "no-dup-suppression": STRAGGLER, "no-replay": CRASH, "delete-after-output": CRASH,
+                "no-wal": STORE_CRASH}.get(name, FAULTS)
     code, text, data = run_check(capsys, str(PAPER), str(scenario), str(capture), "--seeds", "4",
                                  "--packets", str(packets), "--break", name, "--json", str(tmp_path / "r.json"))
     assert code == 1, text

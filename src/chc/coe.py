@@ -54,6 +54,7 @@ from .packet import Packet, describe_flow, ip_str
 from .reference import LogicalRun, Replay, StoreStep, logical_run, replay, same
 from .runtime import control
 from .runtime.sim import SimRuntime, Unrecoverable
+from .runtime.storefailover import UNSEEN
 from .spec import Chain
 from .summary import canonical
 
@@ -72,24 +73,47 @@ class Serialization:
                                     (list(initial),), None, None, None, False))
 
     def request(self, ops: list[Op], results: list[Any]) -> None:
-        add = self.steps.append
         for op, result in zip(ops, results, strict=True):
+            self._add(op, result, True)
+
+    def _add(self, op: Op, result: Any, observed: bool) -> None:
+        add = self.steps.append
+        k = op.key
+        code, args = op.code, op.args
+        if code == "incr_many":
+            inc = args[0]
+            for clock, n, by in zip(inc.clocks, inc.ns, inc.amounts, strict=True):
+                add(StoreStep(k.vertex, k.obj, k.key, k.per_flow, "incr", (by,), (clock, n),
+                              op.default, None, False, op.client))
+            return
+        if code == "custom":
+            if args[0] != "argmin_incr":
+                raise ValueError(f"the COE checker cannot re-execute custom operation {args[0]!r}")
+            code, args = "argmin_incr", ([x.key for x in args[1]], *args[2:])
+        if isinstance(result, (deque, list)):
+            result = list(result)       # a snapshot: the store's list lives on
+        add(StoreStep(k.vertex, k.obj, k.key, k.per_flow, code, tuple(args), op.tag,
+                      op.default, result, observed, op.client))
+
+    def recover(self, since: int, redo: list[tuple[Op, Any]], cached: list[Op]) -> None:
+        """§5.4 a failover store took over: its history is this one's up to position
+        ``since`` (its checkpoint), with the shared updates it re-executed taken out
+        and applied again in ``redo``'s order, each with the result an instance
+        observed (or ``UNSEEN``).  Per-flow updates stay (the caches keep their
+        effect); ``cached`` ones, in flight or never sent, are in the failover
+        store from a cache from here on."""
+        removed = set()
+        for op, _ in redo:
             k = op.key
-            code, args = op.code, op.args
-            if code == "incr_many":
-                inc = args[0]
-                for clock, n, by in zip(inc.clocks, inc.ns, inc.amounts, strict=True):
-                    add(StoreStep(k.vertex, k.obj, k.key, k.per_flow, "incr", (by,), (clock, n),
-                                  op.default, None, False, op.client))
-                continue
-            if code == "custom":
-                if args[0] != "argmin_incr":
-                    raise ValueError(f"the COE checker cannot re-execute custom operation {args[0]!r}")
-                code, args = "argmin_incr", ([x.key for x in args[1]], *args[2:])
-            if isinstance(result, (deque, list)):
-                result = list(result)       # a snapshot: the store's list lives on
-            add(StoreStep(k.vertex, k.obj, k.key, k.per_flow, code, tuple(args), op.tag,
-                          op.default, result, True, op.client))
+            tags = op.args[0].tags if op.code == "incr_many" else [op.tag]
+            removed.update((k.vertex, k.obj, k.key, t) for t in tags)
+        self.steps.append(StoreStep("", "", None, False, "recover", (since, frozenset(removed)), None, None,
+                                    None, False))
+        for op, result in redo:
+            seen = result is not UNSEEN
+            self._add(op, result if seen else None, seen)
+        for op in cached:
+            self._add(op, None, False)
 
     @property
     def position(self) -> int:
@@ -266,7 +290,7 @@ def _log_safety(serial: Serialization, deleted: list[tuple[int, int]]) -> list[D
     last_applied: dict[int, int] = {}
     seen: set = set()
     for i, s in enumerate(serial.steps):
-        if s.tag is None or s.code in ("get", "declare"):
+        if s.tag is None or s.code in ("get", "declare", "recover"):
             continue
         ident = (s.vertex, s.obj, s.key, s.tag)
         if ident not in seen:
@@ -416,6 +440,8 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
           "instance's packets (§5.4)", "output|state|log|store|alert", True),
     Break("delete-after-output", "the last NF sends its delete request after its output, so a crash in "
           "between makes the failover instance output the packets again (§5.4)", "output", True),
+    Break("no-wal", "a failover store is restored from its checkpoint and the instances' caches only, without "
+          "rolling the write-ahead logs forward (§5.4, Figure 7)", "store|state|output", True, True),
 )}
 
 
@@ -457,6 +483,8 @@ class BreakState:
             engine.emulate = False
         rt.replay_on_failover = "no-replay" not in self.names
         rt.delete_before_output = "delete-after-output" not in self.names
+        if "no-wal" in self.names and rt.store_failover is not None:
+            rt.store_failover.no_wal = True
 
     def _instance(self, inst: Any) -> None:
         """The per-instance switches, also for instances a scale-out adds later."""
@@ -515,6 +543,10 @@ class BreakState:
         if "delete-after-output" in self.names and repeated:
             self.acted["delete-after-output"] = (f"{repeated} packets the last NF output before a crash, "
                                                  "replayed as never processed")
+        if "no-wal" in self.names:
+            skipped = sum(e["wal_updates"] for e in rt.events_log if e["kind"] == "store-recovered")
+            if skipped:
+                self.acted["no-wal"] = f"{skipped} logged shared-state updates since the checkpoint not rolled forward"
         if "no-dedup" in self.names:
             seen: set = set()
             dups = 0

@@ -82,7 +82,7 @@ class StoreStep:
     obj: str
     key: Hashable          # scope key (None for global scope)
     per_flow: bool
-    code: str              # declare get set incr push pop cas delete apply argmin_incr
+    code: str              # declare get set incr push pop cas delete apply argmin_incr recover (§5.4)
     args: tuple            # set (v,) incr (by,) push (v,) cas (expected, new) apply (op_name, *op_args)
                            # argmin_incr (list of scope keys of the same vertex/obj,) declare (initial items,)
     tag: tuple[int, int] | None   # clock-log tag (clock, n) of an update, None for reads/untagged
@@ -238,17 +238,44 @@ def same(a: Any, b: Any) -> bool:
 
 
 def replay(steps: Iterable[StoreStep]) -> Replay:
-    """Re-execute a store's serialization; compare every observed answer."""
+    """Re-execute a store's serialization; compare every observed answer.
+
+    A ``recover`` step (§5.4 store failover; args: the position of the failover
+    store's checkpoint, and the (vertex, object, key, tag) of the shared updates it
+    re-executed) rewrites the history in effect: those updates are taken out of it
+    from that position on (the failover store never applied them there) and the
+    steps that follow apply them again in the failover store's order.  Answers
+    given before stay as they were checked."""
+    steps = list(steps)
     data: dict[Address, Any] = {}
     first: dict[tuple, Any] = {}     # (vertex, obj, key, tag) -> answer of its applied update
     out = Replay()
+    history: list[tuple[int, StoreStep]] | None = [] if any(s.code == "recover" for s in steps) else None
     for i, step in enumerate(steps):
+        if step.code == "recover":
+            history = _rewrite(history, step)
+            data, first = {}, {}
+            out.results, out.weights = {}, {}
+            duplicates = out.duplicates
+            for _, s in history:
+                _replay_step(data, first, s, out)
+            out.duplicates = duplicates
+            continue
+        if history is not None:
+            history.append((i, step))
         expected, ok = _replay_step(data, first, step, out)
         if step.observed and not ok:
             out.mismatches.append(Mismatch(i, step, expected))
     out.final = {a: list(v) if isinstance(v, deque) else v for a, v in data.items()}
     out.applied = set(first)
     return out
+
+
+def _rewrite(history: list[tuple[int, StoreStep]], recover: StoreStep) -> list[tuple[int, StoreStep]]:
+    """The history in effect after a failover store took over (see :func:`replay`)."""
+    since, removed = recover.args
+    return [(i, s) for i, s in history
+            if i < since or s.per_flow or (s.vertex, s.obj, s.key, s.tag) not in removed]
 
 
 def _replay_step(data: dict, first: dict, step: StoreStep, out: Replay) -> tuple[Any, bool]:

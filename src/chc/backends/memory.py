@@ -34,6 +34,7 @@ class MemoryStore:
         self._fail = 0
         self.dropped_requests = 0
         self.hold_commits = False       # keep commit reports back (a slow store, §5.4)
+        self.down = False               # crashed (§5.4 store failover): every request is lost
 
     @property
     def dedup(self) -> bool:
@@ -46,7 +47,9 @@ class MemoryStore:
 
     def execute(self, ops: list[Op]) -> list[Any]:
         self.round_trips += 1
-        if self._fail:
+        if self._fail or self.down:
+            if self.down:
+                raise StoreUnavailable("memory store: crashed")
             self._fail -= 1
             self.dropped_requests += 1
             raise StoreUnavailable("memory store: injected request loss")

@@ -68,6 +68,7 @@ roll forward.  Nothing here does I/O.
 from __future__ import annotations
 
 import copy
+import heapq
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -408,11 +409,18 @@ def _effect_op(step: _Step) -> Op:
     return op
 
 
+def _merge(runs: Iterable[list[_Step]]) -> list[_Step]:
+    """Clients' runs merged in logical clock order, each client's kept in its send
+    (seq) order: a timer's update carries the clock of the packet that armed it, so
+    by clock alone it would move before updates its instance sent earlier."""
+    return list(heapq.merge(*(sorted(run, key=lambda s: s.seq) for run in runs), key=lambda s: s.order))
+
+
 def _order(key: ObjectKey, start: Any, steps: dict[str, list[_Step]], pins: list[Read]) -> list[_Step]:
     """An order of ``steps`` (each client's in log order) that reproduces every
     pinned read's result: logical clock order first, a search only when a pin fails."""
     if not pins:
-        return sorted((s for run in steps.values() for s in run), key=lambda s: s.order)
+        return _merge(steps.values())
     for k, read in enumerate(pins):
         for run in steps.values():
             for s in run:
@@ -487,8 +495,35 @@ def _re_execute(engine: RecoverableEngine, step: _Step) -> None:
         StoreEngine.apply(engine, op.replace(seq=0))
     except StoreError:
         engine.refused += 1                 # refused before, refused again: nothing to roll forward
-    if op.tag is not None:
+    stamp = engine.ts.get(step.client)
+    if op.tag is not None and (stamp is None or stamp.seq < op.seq):    # (objects roll forward one by one)
         engine.ts[step.client] = Stamp(op.tag[0], op.seq)
+
+
+def _covered(engine: RecoverableEngine, step: _Step) -> None:
+    """An update whose effect is in a Case 2 start value (applied before the selected
+    read): not re-executed, yet the failover store knows it as the failed one did,
+    in TS, the clock log (a resent copy is answered, never applied) and the
+    commit reports (the failed store may have died before sending its report)."""
+    op = step.op
+    if op.tag is None:
+        return
+    stamp = engine.ts.get(step.client)
+    if stamp is None or stamp.seq < op.seq:
+        engine.ts[step.client] = Stamp(op.tag[0], op.seq)
+    log = engine.clock_log.setdefault(op.key, {})
+    result = None if step.result is _NOT_LOGGED else step.result
+    if op.code == "incr_many":
+        inc = op.args[0]
+        for t in inc.tags:
+            log[t] = result
+        engine.log_order.append((max(inc.clocks), op.key, inc.tags))
+        engine.commits.extend(inc.commits)
+        return
+    log[op.tag] = result
+    engine.log_order.append((op.tag[0], op.key, op.tag))
+    if op.xor_id:
+        engine.commits.append((op.tag[0], op.xor_id))
 
 
 @dataclass
@@ -572,6 +607,8 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
             if _dominates(r.ts, checkpoint.ts):
                 reads.setdefault(r.key, []).append(r)
     wal_ops = {cid: log.wal.updates for cid, log in by_client.items()}
+    chosen_from = {k for step in late for k in step.op.args[1]}     # counters a late choice may change
+    joint: dict[str, list[_Step]] = {}
     for key in sorted(set(updates) | set(reads), key=repr):
         steps = updates.get(key, {})
         key_reads = reads.get(key, [])
@@ -589,6 +626,10 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
                 engine.data.pop(key, None)
             else:
                 engine.data[key] = copy.deepcopy(value)
+            for run in steps.values():
+                for s in run:
+                    if s.seq <= _seq(cut_ts, s.client):
+                        _covered(engine, s)
             steps = {c: [s for s in run if s.seq > _seq(cut_ts, c)] for c, run in steps.items()}
         pins = sorted((r for r in key_reads if r.op.code in ("pop", "cas") and not _dominates(cut_ts, r.ts)),
                       key=lambda r: sum(s.seq for s in r.ts.values()))
@@ -596,14 +637,27 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
             if not _dominates(b.ts, a.ts):
                 raise RecoveryError(f"reads of {_name(key)} do not form one order")
         steps = {c: run for c, run in steps.items() if run}
+        if key in chosen_from:
+            if pins:
+                raise RecoveryError(f"{_name(key)}: a pop or cas result and a choice whose result was lost")
+            # A late choice may land on it: rolled forward with the late ops, in order.
+            for c, run in steps.items():
+                joint.setdefault(c, []).extend(run)
+            continue
         start_value = engine.data.get(key, _NOT_LOGGED)
         for step in _order(key, start_value, steps, pins):
             _re_execute(engine, step)
             out.re_executed.append((step.client, step.op))
-    for step in sorted(late, key=lambda s: s.order):
-        if any(_seq(r.ts, step.client) >= step.seq for rs in reads.values() for r in rs):
+    for step in late:
+        # Only a read of a counter it may have changed depends on which one it chose.
+        if any(_seq(r.ts, step.client) >= step.seq for k in step.op.args[1] for r in reads.get(k, ())):
             raise RecoveryError(f"{step.client}'s custom op {step.op.args[0]!r} (seq {step.seq}) was executed "
                                 "before the failure but its result was lost: its effect is unknown")
+        joint.setdefault(step.client, []).append(step)
+    # The late choices and the updates of the counters they choose from, together in
+    # one plausible order (each client's in send order), so every choice sees the
+    # counters as they were when it was made there.
+    for step in _merge(joint.values()):
         _re_execute(engine, step)
         out.re_executed.append((step.client, step.op))
     engine.log_order = deque(sorted(engine.log_order, key=lambda e: e[0]))

@@ -56,9 +56,11 @@ it processed since the oldest logged packet, from the store's state before
 those packets (the store's pre-images), then what was lost in its queue
 (:meth:`SimRuntime._failover`).  A crashed root is replaced by one that resumes
 its clock from the store and takes over a store-held log; its input and the
-reports sent to it wait (:meth:`SimRuntime._root_failover`).  A store crash,
-and what Table 3 says cannot be recovered, stop the run with
-:class:`Unrecoverable`; the COE checker reports it as such.
+reports sent to it wait (:meth:`SimRuntime._root_failover`).  The memory store
+is failed over from a checkpoint and the instances' write-ahead logs and caches
+(:mod:`chc.runtime.storefailover`, Figure 7).  What Table 3 says cannot be
+recovered stops the run with :class:`Unrecoverable`; the COE checker reports it
+as such.
 
 Determinism: seeded delays, stable hashes, sorted merges; no wall clock inside.
 """
@@ -88,6 +90,7 @@ from ..summary import Summary, merge_states, state_digest
 from . import control
 from .pacing import Delay, Pacer
 from .simnet import LinkModel, Network, StoreLink, StoreNode
+from .storefailover import StoreFailover
 
 DEFAULT_BATCH = 256
 _INF = float("inf")
@@ -309,6 +312,8 @@ class SimRuntime:
         self._meta_pending: list[Op] = []
         self.packets_out = 0
         self.elapsed = 0.0
+        # §5.4 store failover: checkpoints and write-ahead logs, only if the store can crash.
+        self.store_failover = StoreFailover.install(self)
 
     def _link(self, vertex: str, i: int) -> StoreLink | None:
         """The store link of instance ``vertex[i]`` (None in model T)."""
@@ -596,12 +601,7 @@ class SimRuntime:
         net = self.net
         if self.node is not None:
             net.run_until(self.horizon)
-            commits = self.node.commits()
-            if commits:
-                if net.commits_instant:
-                    self._commits(commits)
-                else:
-                    net.send("commits", "root", max(self.horizon, net.now), lambda: self._commits(commits))
+            self._send_commits(self.node.commits())
         ops = self._meta_pending + [op for r in self.roots if r.root_id not in self.root_failures
                                     for op in r.drain_outbox()]
         if ops:
@@ -634,6 +634,18 @@ class SimRuntime:
                 # chain is done with; their clock-log entries must answer it.
                 oldest = min(oldest, pair.floor)
             self.store.prune_below(oldest)     # §5.3: clocks done in the whole chain
+
+    def _send_commits(self, commits: list[tuple[int, int]]) -> None:
+        """The store's commit reports, on the FIFO commits link to the roots."""
+        if not commits:
+            return
+        if self.store_failover is not None:
+            self.store_failover.reports(commits)
+        net = self.net
+        if net.commits_instant:
+            self._commits(commits)
+        else:
+            net.send("commits", "root", max(self.horizon, net.now), lambda: self._commits(commits))
 
     def _commits(self, commits: list[tuple[int, int]]) -> None:
         roots = self.roots
@@ -765,7 +777,8 @@ class SimRuntime:
                 and (vertex, i.instance_id) not in self.dead]
 
     def _busy(self, vertex: str) -> bool:
-        return any(h.vertex == vertex for h in self.handovers) or any(c.vertex == vertex for c in self.clones)
+        return (any(h.vertex == vertex for h in self.handovers) or any(c.vertex == vertex for c in self.clones)
+                or (self.store_failover is not None and self.store_failover.busy()))
 
     def _when_idle(self, vertex: str, action: Callable[[], None]) -> None:
         """Run ``action`` now, or once the vertex's handovers are done (one move at a time)."""
@@ -1810,14 +1823,14 @@ def _nf_target(target: str | None) -> bool:
 def _crash(rt: SimRuntime, event: Any) -> None:
     target = _crash_target(rt, event)
     at = f"packet {event.at_packet}" if event.at_packet is not None else f"{event.at_time_ns / 1000:g} µs"
+    if target == "store":
+        _crash_store(rt, event, at)
+        return
     p = event.params
     if target.startswith("root"):
         rt.crash_root(int(target.partition("[")[2].rstrip("]")), p.get("heartbeat_us", 20), p.get("misses", 3),
                       by="scenario")
         return
-    if not _nf_target(target):
-        raise Unrecoverable(f"{target} crashed at {at}: no recovery path (store recovery from checkpoints "
-                            "and write-ahead logs is not wired into the sim yet, R6)")
     vertex, _, rest = target.partition("[")
     why = {"by": "scenario"}
     if rest:
@@ -1829,6 +1842,18 @@ def _crash(rt: SimRuntime, event: Any) -> None:
         rt._crash(vertex, active[int(p.get("pick", 0)) % len(active)].instance_id,
                   p.get("heartbeat_us", 20), p.get("misses", 3), why)
     rt._when_idle(vertex, pick)
+
+
+def _crash_store(rt: SimRuntime, event: Any, at: str) -> None:
+    """§5.4 store instance failover (chc.runtime.storefailover): the memory store only."""
+    p = event.params
+    if rt.store is None:
+        rt._log("crash-ignored", "store", None, reason="model T keeps NF state in the instances", by="scenario")
+        return
+    if rt.store_failover is None:
+        raise Unrecoverable(f"store crashed at {at}: store failover needs the memory store (checkpoints with "
+                            f"TS and stamped replies); the {rt.store.describe()} store has neither")
+    rt.store_failover.crash(p.get("heartbeat_us", 20), p.get("misses", 3), {"by": "scenario"})
 
 
 def _fault(kind: str) -> Callable[[SimRuntime, Any], None]:
@@ -1898,7 +1923,10 @@ def _check_delay_fault(event: Any) -> None:
 def _check_crash(event: Any) -> None:
     if not event.target:
         raise ValueError("needs a target: vertex[i], vertex (an instance the seed picks), root[i] or store")
-    _check_params(event, {"heartbeat_us": _positive, "misses": _is_index, "pick": _is_index})
+    allowed = {"heartbeat_us": _positive, "misses": _is_index, "pick": _is_index}
+    if event.target == "store":         # §5.4: the failover store starts from the latest checkpoint
+        allowed = {"heartbeat_us": _positive, "misses": _is_index, "checkpoint_ms": _positive}
+    _check_params(event, allowed)
 
 
 def _vertex(rt: SimRuntime, event: Any) -> str:

@@ -50,6 +50,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.client import StoreUnavailable
+from ..core.recovery import Stamped
 from ..core.store import Op, StoreError
 from .pacing import Delay
 
@@ -137,11 +138,18 @@ class Network:
         self.commits_instant = "commits" not in self._latency
         self.data_latency = self._latency.get("data")
         self._data_last: dict[tuple, int] = {}
+        self.store_down = False             # §5.4: the store crashed; requests to it are lost
 
     @property
     def instant(self) -> bool:
         """No message on a store link can be delayed or lost right now."""
-        return self.store_instant and not self.scripted and not self.partitions
+        return self.store_instant and not self.scripted and not self.partitions and not self.store_down
+
+    def at(self, t: int, action: Callable[[], None]) -> None:
+        """Run ``action`` at virtual time ``t``, in order with the messages (a timer
+        of the framework's, e.g. a failure detector's; on no link, never lost)."""
+        self.sent += 1
+        heapq.heappush(self.queue, (t, self.sent, action))
 
     # -- sending -------------------------------------------------------------------------
     def send(self, link: str, endpoint: str, t: int, deliver: Callable[[], None]) -> None:
@@ -255,7 +263,8 @@ class StoreNode:
         """Apply one request to the backend: its results (raises StoreError)."""
         results = self.backend.execute(ops)
         if self.record is not None:
-            self.record.request(ops, results)
+            # A recoverable store stamps replies with TS (§5.4): the record keeps the value.
+            self.record.request(ops, [r.result if r.__class__ is Stamped else r for r in results])
         return results
 
     def commits(self) -> list[tuple[int, int]]:
@@ -294,6 +303,7 @@ class StoreLink:
         self._replies: dict[int, Any] = {}
         self._acks: dict[int, tuple[int, Callable[[int], None]]] = {}
         self.retransmissions = 0
+        self.awaiting: list[Op] = []        # the blocking request being waited for (§5.4 store failover)
 
     # -- requests ---------------------------------------------------------------------------
     def execute(self, ops: list[Op]) -> list[Any]:
@@ -303,6 +313,7 @@ class StoreLink:
             return self.node.handle(ops)
         self._rid += 1
         rid = self._rid
+        self.awaiting = ops
         for tries in range(MAX_TRIES):
             if tries:
                 self.retransmissions += 1
@@ -313,6 +324,7 @@ class StoreLink:
             if rid in self._replies:
                 if net.now > self.t:
                     self.t = net.now
+                self.awaiting = []
                 reply = self._replies.pop(rid)
                 if isinstance(reply, BaseException):
                     raise reply

@@ -1,0 +1,341 @@
+"""Store instance failover in the sim runtime (§5.4, Figure 7).
+
+Theory of operation
+-------------------
+:mod:`chc.core.recovery` is the sans-I/O half: a :class:`RecoverableEngine`
+that keeps TS and takes checkpoints, a write-ahead log in front of each
+instance's store connection, and :func:`recover`.  This module wires it into
+:class:`~chc.runtime.sim.SimRuntime` when a scenario can crash the store
+(``do: crash, target: store``); otherwise nothing of it exists (no cost).
+
+Checkpoints.  The store's engine becomes a :class:`RecoverableEngine`; the
+runtime takes a checkpoint every ``checkpoint_ms`` of virtual time (at the first
+batch boundary past each multiple) and keeps the latest one outside the store.
+The store first sends the commit reports it owes (so every update before the
+checkpoint is reported), and every write-ahead log is then truncated to it.
+
+Write-ahead logs.  Every instance's client gets one (:func:`attach_wal`),
+instances added later too (scale-out, clone, NF failover: ``instance_hooks``).
+The root is a client of the store too (its persisted clock, a store-kept packet
+log): its writes since the checkpoint are kept at the root (:class:`RootLog`)
+and written again once a failover store is up.
+
+A crash.  The store node stops answering: requests and their retransmissions
+are lost (``Network.store_down``), root writes wait.  The failure is noticed
+``misses`` heartbeats (``heartbeat_us``) later, a timer on the network's clock,
+so a client blocked on a reply sees the store come back.  Recovery then reads
+every live instance's log and per-flow cache (:meth:`InstanceLog.from_client`),
+builds the failover store with :func:`recover` and swaps it into the
+``MemoryStore`` after the time restoring takes (:data:`RESTORE_NS_PER_OBJECT`
+per object restored, re-read or re-executed: a model, not a measurement).
+Clients resend what is un-acknowledged as after any lost request; the failover
+store knows their sequence marks, so nothing is applied twice.
+
+Commit reports (§5.4 XOR check).  A re-executed update's report may repeat one
+the failed store already sent, and a repeat cancels itself in the root's XOR.
+The root keeps the (clock, id) of the reports it received since the latest
+checkpoint; of the re-executed updates' reports it takes those it has not
+received (the failed store applied the update after the checkpoint and died
+before reporting it, or never got it).  Updates of the checkpoint itself were
+reported before it was taken.  Per-flow updates whose effect comes back from a
+cache (sent after the checkpoint and not reported, or never sent) are reported
+by the failover store in the same way.
+
+The COE checker follows the store's history: after a recovery that history is
+the failed store's up to the checkpoint, its per-flow updates, the re-executed
+updates in their new order and what came after.  The recorder gets a
+``recover`` step (:meth:`chc.coe.Serialization.recover`) and the re-executed
+steps, each with the result the instance observed, if it observed one, so a
+recovery that contradicts what an instance saw diverges.
+
+Unrecoverable (Table 3) and limits: a store other than the memory store; an NF
+instance that crashed and was not failed over yet when the store failed (its
+log and cache are gone with it: :func:`recover` names the loss); model ``EO``
+(per-flow state never cached); per-flow state whose cache an instance dropped
+(a handover, a clone pair resolved, an NF failover's catch-up) before the crash,
+since per-flow objects are not checkpointed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..backends.memory import MemoryStore
+from ..core.client import StoreLost
+from ..core.recovery import (
+    Checkpoint,
+    InstanceLog,
+    RecoverableEngine,
+    Recovery,
+    RecoveryError,
+    Stamped,
+    WALBackend,
+    WriteAheadLog,
+    attach_wal,
+    recover,
+)
+from ..core.recovery import Unrecoverable as LostState
+from ..core.store import Op, StoreEngine
+
+if TYPE_CHECKING:
+    from ..core.instance import Instance
+    from .sim import SimRuntime
+
+DEFAULT_CHECKPOINT_MS = 100.0
+# Restoring one object (from the checkpoint or a cache) or re-executing one logged
+# update at the failover store: a store op, about a microsecond (§7.1 model).
+RESTORE_NS_PER_OBJECT = 1000
+# Kinds of run events after which some per-flow state is in no instance's cache.
+_DROPS_CACHES = {"move": "a handover (§5.1 step 5)", "clone-resolved": "a clone pair's end (§5.3)",
+                 "failover": "an NF failover's catch-up (§5.4)"}
+
+
+def store_crashes(events: Iterable[Any]) -> list[Any]:
+    return [e for e in events if e.action == "crash" and e.target == "store"]
+
+
+class RootLog:
+    """The root's store connection with its own write-ahead log (the root is a
+    client of the store too): the writes since the latest checkpoint, written
+    again to a failover store.  Replies of a recoverable store lose their TS."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.since_checkpoint: list[Op] = []
+
+    def execute(self, ops: list[Op]) -> list[Any]:
+        results = self.store.execute(ops)
+        self.since_checkpoint += [op for op in ops if op.code != "get"]
+        return [r.result if r.__class__ is Stamped else r for r in results]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+@dataclasses.dataclass
+class Outage:
+    """A store crash, until the failover store is up."""
+
+    crashed_vt: float
+    detect_vt: int
+    crashed_packet: int
+    why: dict
+    checkpoint: Checkpoint
+    checkpoint_vt: float
+
+
+class StoreFailover:
+    """Checkpoints, write-ahead logs and failover of the sim's one memory store."""
+
+    def __init__(self, rt: SimRuntime, interval_ms: float) -> None:
+        self.rt = rt
+        self.store: MemoryStore = rt.store
+        self.interval_ns = int(interval_ms * 1_000_000)
+        self.no_wal = False                 # --break no-wal: checkpoint and caches only
+        old = self.store.engine
+        engine = RecoverableEngine()
+        # What the store holds so far (declared objects) and its switches go over as they are.
+        engine.__dict__.update({k: v for k, v in old.__dict__.items() if k in StoreEngine().__dict__})
+        self.store.engine = engine
+        self.root_log = RootLog(rt.meta_store)
+        rt.meta_store = self.root_log
+        for inst in rt._all_instances():
+            self._attach(inst)
+        rt.instance_hooks.insert(0, self._attach)   # before others see the client
+        rt.step_hooks.append(self._tick)
+        self.reported: set[tuple[int, int]] = set()     # commit reports the roots got since the checkpoint
+        self.outage: Outage | None = None
+        self.waiting: list[tuple[float, int, dict]] = []    # crashes held back while a move or clone runs
+        self.checkpoint_vt: float = 0
+        self.position = 0
+        self.checkpoint = self._take()
+        self.next_vt = self.interval_ns
+
+    @classmethod
+    def install(cls, rt: SimRuntime) -> StoreFailover | None:
+        """Store failover for ``rt`` if a scenario event can crash its memory store."""
+        crashes = store_crashes(rt.events)
+        if not crashes or not isinstance(rt.store, MemoryStore):
+            return None
+        interval = min(float(e.params.get("checkpoint_ms", DEFAULT_CHECKPOINT_MS)) for e in crashes)
+        return cls(rt, interval)
+
+    def _attach(self, inst: Instance) -> None:
+        if inst.client is not None and not isinstance(inst.client.backend, WALBackend):
+            attach_wal(inst.client)
+
+    def _wals(self) -> list[tuple[Instance, WriteAheadLog]]:
+        return [(i, i.client.backend.wal) for i in self.rt._all_instances()
+                if i.client is not None and isinstance(i.client.backend, WALBackend)]
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _tick(self, rt: SimRuntime) -> None:
+        if self.waiting and not (rt.handovers or rt.clones):
+            for args in self.waiting:
+                self._crash(*args)
+            self.waiting = []
+        if self.outage is None and self.next_vt <= rt.horizon < float("inf"):
+            self.checkpoint = self._take()
+            self.next_vt = (int(rt.horizon) // self.interval_ns + 1) * self.interval_ns
+
+    def _take(self) -> Checkpoint:
+        """A checkpoint of the store now: its owed commit reports sent first, the
+        logs truncated after (the checkpoint is durable: kept outside the store)."""
+        rt = self.rt
+        rt._send_commits(rt.node.commits())
+        ckpt = self.store.engine.checkpoint()
+        now = rt.net.now if rt.horizon == float("inf") else max(rt.horizon, rt.net.now)
+        self.checkpoint_vt = now
+        self.position = rt.node.record.position if rt.node.record is not None else 0
+        self.reported = set()
+        self.root_log.since_checkpoint = []
+        for _, wal in self._wals():
+            wal.truncate(ckpt)
+        return ckpt
+
+    def reports(self, commits: list[tuple[int, int]]) -> None:
+        """Commit reports on their way to the roots (what the roots will have got)."""
+        self.reported.update(commits)
+
+    # -- the crash -------------------------------------------------------------------------------
+    def crash(self, heartbeat_us: float, misses: int, why: dict) -> None:
+        rt = self.rt
+        if self.outage is not None:
+            rt._log("crash-ignored", "store", None, reason="the store is already down", **why)
+            return
+        if rt.handovers or rt.clones:
+            # As an NF crash waits for its vertex's move: the checker's crash points
+            # are between moves (an outage does not hold a handover half done).
+            self.waiting.append((heartbeat_us, misses, why))
+            return
+        self._crash(heartbeat_us, misses, why)
+
+    def _crash(self, heartbeat_us: float, misses: int, why: dict) -> None:
+        rt = self.rt
+        at = f"packet {sum(r.packets_in for r in rt.roots)}"
+        if rt.failures:
+            f = rt.failures[0]
+            raise _unrecoverable(f"the store crashed at {at} while {f.vertex}[{f.instance}] (crashed at "
+                                 f"{f.crashed_vt / 1000:g} µs) was not yet failed over: they failed together "
+                                 "(Table 3), and its write-ahead log and per-flow cache are gone with it")
+        dropped = next((e for e in rt.events_log if e["kind"] in _DROPS_CACHES), None)
+        if dropped is not None:
+            raise _unrecoverable(f"the store crashed at {at}: per-flow state is re-read from the instances' "
+                                 f"caches, and {_DROPS_CACHES[dropped['kind']]} at packet {dropped['packet']} "
+                                 "left some only in the store (per-flow checkpoints are not built)")
+        period = int(heartbeat_us * 1000)
+        now = rt.net.now if rt.horizon == float("inf") else max(rt.horizon, rt.net.now)
+        last = int(now) // period * period if period else int(now)
+        o = self.outage = Outage(now, last + misses * period, sum(r.packets_in for r in rt.roots), why,
+                                 self.checkpoint, self.checkpoint_vt)
+        rt.node.crashed = True              # requests in flight and to come are lost
+        rt.net.store_down = True
+        self.store.down = True              # the root's writes wait too
+        rt.net.at(o.detect_vt, self._detected)
+        rt._log("store-crash", "store", None, crashed_vt=o.crashed_vt, detect_vt=o.detect_vt,
+                checkpoint=o.checkpoint.number, checkpoint_age_ns=int(o.crashed_vt - o.checkpoint_vt), **why)
+
+    def busy(self) -> bool:
+        """Moves, clones and NF failures wait while the store is down."""
+        return self.outage is not None
+
+    # -- recovery -------------------------------------------------------------------------------
+    def _detected(self) -> None:
+        """Missed heartbeats: build the failover store from the checkpoint, the
+        instances' logs and caches (§5.4)."""
+        o = self.outage
+        rt = self.rt
+        logs: list[InstanceLog] = []
+        cached: list[Op] = []           # per-flow updates the caches hold and the roots may not know of
+        unsent: list[Op] = []           # of those, never sent: the cache is all that has them
+        wal_updates = 0
+        marks = o.checkpoint.applied_seq
+        for inst, wal in self._wals():
+            c = inst.client
+            mark = marks.get(c.client_id, 0)
+            # Un-acknowledged ones at or below the checkpoint's mark were applied, and
+            # reported, before it; later ones were reported only if the roots got it.
+            # (A client waiting on a blocking request resends its un-acknowledged ops in it.)
+            link = rt.links.get((inst.vertex, inst.instance_id))
+            waiting = link.awaiting if link is not None else []
+            cached += [op for op in c.unacked + waiting if op.key.per_flow and op.seq > mark]
+            unsent += [op for op in c.pending if op.key.per_flow]
+            logs.append(InstanceLog.from_client(c))     # (drops the unsent per-flow ops)
+            ts = o.checkpoint.ts.get(c.client_id)
+            wal_updates += sum(op.seq > (ts.seq if ts else 0) for op in wal.updates)
+        users = {i.client.client_id for i in rt._all_instances() if i.client is not None}
+        try:
+            rec = recover(o.checkpoint, logs, users=users, no_wal=self.no_wal)
+        except LostState as exc:
+            raise _unrecoverable(f"the store crashed at packet {o.crashed_packet}: {exc}") from None
+        except RecoveryError as exc:
+            raise _unrecoverable(f"the store crashed at packet {o.crashed_packet} and its logs cannot be "
+                                 f"rolled forward: {exc}") from None
+        # What the failover store reports: re-executed updates, and the cached per-flow
+        # updates after the checkpoint, unless the roots already got the report.
+        commits = [c for c in rec.commits if c not in self.reported]
+        for op in cached + unsent:
+            tags = op.args[0].commits if op.code == "incr_many" else (
+                [(op.tag[0], op.xor_id)] if op.tag is not None and op.xor_id else [])
+            commits += [c for c in tags if c not in self.reported]
+        observed = {log.client_id: log.wal.results for log in logs}
+        redo = [(op, observed.get(client, {}).get(op.seq, UNSEEN)) for client, op in rec.re_executed]
+        restored = len(o.checkpoint.data) + rec.per_flow + len(rec.re_executed)
+        up = o.detect_vt + restored * RESTORE_NS_PER_OBJECT
+        cached += unsent
+        rt.net.at(up, lambda: self._up(rec, commits, redo, cached, wal_updates, up))
+
+    def _up(self, rec: Recovery, commits: list[tuple[int, int]], redo: list[tuple[Op, Any]], cached: list[Op],
+            wal_updates: int, up: int) -> None:
+        """The failover store takes over: swapped into the store, the root's writes
+        since the checkpoint again, the owed commit reports sent."""
+        o = self.outage
+        rt = self.rt
+        old = self.store.engine
+        engine = rec.engine
+        for name in ("dedup", "emulate", "preimages", "customs", "emulated", "reapplied"):
+            setattr(engine, name, getattr(old, name))   # switches, code and counters, not state
+        self.store.engine = engine
+        self.store.down = False
+        rt.node.crashed = False
+        rt.net.store_down = False
+        record = rt.node.record
+        if record is not None and hasattr(record, "recover"):
+            # The cached per-flow updates are in the failover store now (a resend is a repeat).
+            record.recover(self.position, redo, cached)
+        # The root is alive: its writes since the checkpoint go to the failover store.
+        root_writes = list(self.root_log.since_checkpoint)
+        if root_writes:
+            self.store.execute(root_writes)
+        rt._send_commits(commits)
+        self.outage = None
+        rt._log("store-recovered", "store", None, crashed_vt=o.crashed_vt, detected_vt=o.detect_vt,
+                detect_ns=int(o.detect_vt - o.crashed_vt), checkpoint=o.checkpoint.number,
+                checkpoint_age_ns=int(o.crashed_vt - o.checkpoint_vt), re_executed=len(rec.re_executed),
+                wal_updates=wal_updates, reads_selected=len(rec.selected), per_flow_reread=rec.per_flow,
+                commits_reported=len(commits), root_writes=len(root_writes),
+                up_vt=up, recovery_ns=int(up - o.crashed_vt), restore_ns=int(up - o.detect_vt),
+                wal=not self.no_wal, **o.why)
+        self.checkpoint = self._take()      # a fresh start: the logs need not go back further
+        rt._retry_deferred()
+
+
+UNSEEN = object()        # an update whose result no instance saw
+
+
+def _unrecoverable(message: str) -> Exception:
+    """An :class:`~chc.runtime.sim.Unrecoverable` that is also a
+    :class:`~chc.core.client.StoreLost`: raised where a client waits for the store
+    (a failure detector's timer runs there), it must stop the run, not be taken
+    for an error of the NF that happened to be waiting."""
+    from .sim import Unrecoverable
+
+    class StoreUnrecoverable(Unrecoverable, StoreLost):
+        pass
+
+    return StoreUnrecoverable(message)
+
+
+__all__ = ["DEFAULT_CHECKPOINT_MS", "UNSEEN", "RootLog", "StoreFailover", "store_crashes"]
