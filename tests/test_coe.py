@@ -237,14 +237,16 @@ def test_a_break_with_nothing_to_act_on_is_not_a_pass(capsys, lan_slice, tmp_pat
     assert "PASS" not in text
 
 
-@pytest.mark.parametrize("target, code, verdict, says", [
-    ("store", 1, "unrecoverable", "store crashed at packet 100: no recovery path (store recovery"),
-    ("nat[1]", 0, "pass", "2 of 2 seeds passed"),         # NF failover (§5.4, test_recovery.py)
-    ("root[0]", 0, "pass", "2 of 2 seeds passed"),        # root failover (§5.4)
+@pytest.mark.parametrize("extra, target, code, verdict, says", [
+    # Table 3: in model EO per-flow state lives only in the store: a store crash loses it.
+    ("model: EO\n", "store", 1, "unrecoverable", "store crashed at packet 100: store instance failover cannot"),
+    ("", "nat[1]", 0, "pass", "2 of 2 seeds passed"),        # NF failover (§5.4, test_recovery.py)
+    ("", "root[0]", 0, "pass", "2 of 2 seeds passed"),       # root failover (§5.4)
 ])
-def test_a_crash_is_recovered_or_reported_unrecoverable(capsys, lan_slice, tmp_path, target, code, verdict, says):
+def test_a_crash_is_recovered_or_reported_unrecoverable(capsys, lan_slice, tmp_path, extra, target, code, verdict,
+                                                        says):
     crash = tmp_path / "crash.yaml"
-    crash.write_text(f"parallelism: 2\nevents: [{{at: {{packets: 100}}, do: crash, target: '{target}'}}]\n")
+    crash.write_text(f"parallelism: 2\n{extra}events: [{{at: {{packets: 100}}, do: crash, target: '{target}'}}]\n")
     got, text, data = run_check(capsys, str(PAPER), str(crash), str(lan_slice), "--seeds", "2",
                                 "--packets", "500", "--json", str(tmp_path / "r.json"))
     assert got == code, text
