@@ -88,16 +88,13 @@ from ..packet import Packet, flow_key
 from ..spec import MAX_PARALLELISM, Chain
 from ..summary import Summary, merge_states, state_digest
 from . import control
+from .errors import Unrecoverable
 from .pacing import Delay, Pacer
 from .simnet import LinkModel, Network, StoreLink, StoreNode
 from .storefailover import StoreFailover
 
 DEFAULT_BATCH = 256
 _INF = float("inf")
-
-
-class Unrecoverable(Exception):
-    """A component crashed and nothing can recover it: the message says which and why."""
 
 
 PartAt = Callable[[int], bytes]     # a packet's (or timer's) partition fields at a ladder level

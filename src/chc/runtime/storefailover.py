@@ -78,6 +78,7 @@ from ..core.recovery import (
 )
 from ..core.recovery import Unrecoverable as LostState
 from ..core.store import Op, StoreEngine
+from .errors import Unrecoverable
 
 if TYPE_CHECKING:
     from ..core.instance import Instance
@@ -325,16 +326,14 @@ class StoreFailover:
 UNSEEN = object()        # an update whose result no instance saw
 
 
-def _unrecoverable(message: str) -> Exception:
-    """An :class:`~chc.runtime.sim.Unrecoverable` that is also a
+class StoreUnrecoverable(Unrecoverable, StoreLost):
+    """An :class:`~chc.runtime.errors.Unrecoverable` that is also a
     :class:`~chc.core.client.StoreLost`: raised where a client waits for the store
     (a failure detector's timer runs there), it must stop the run, not be taken
     for an error of the NF that happened to be waiting."""
-    from .sim import Unrecoverable
 
-    class StoreUnrecoverable(Unrecoverable, StoreLost):
-        pass
 
+def _unrecoverable(message: str) -> Exception:
     return StoreUnrecoverable(message)
 
 
