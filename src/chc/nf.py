@@ -278,6 +278,8 @@ class Context:
         if self.partition is not None and self.packet is not None:
             part = self.partition(self.packet)
         base = self._armed if not self._parent else zlib.crc32(b"%d/%d" % (self._parent, self._armed)) & 0xFFFFF or 1
+        # (deadline, arming order, key, clock the NF sees, input index, partition
+        # fields per ladder rung, clock-log tag base, the arming packet's clock)
         heapq.heappush(self._timers, (deadline_ns, self._timer_seq, key, self.clock, self.index, part, base,
                                       self.packet_clock))
 

@@ -288,7 +288,7 @@ class SimRuntime:
                                 or any(m.policy.straggler_factor is not None or m.policy.decide_fn is not None
                                        for m in self.managers))     # a manager may clone (§5.3)
         self.recording = any(ev.action == "crash" and _nf_target(ev.target) for ev in self.events)
-        if self.recording and self.store is not None and hasattr(self.store, "keep_preimages"):
+        if self.recording and self.store is not None:
             self.store.keep_preimages()
         if not clocks:
             for inst in self._all_instances():
@@ -1453,9 +1453,6 @@ class SimRuntime:
         if self.store is None:
             raise Unrecoverable(f"{vertex}[{instance}] crashed: in model T its state lived inside it "
                                 "(R1 needs an externalized model: EO, EO+C or EO+C+NA)")
-        if not hasattr(self.store, "objects_at"):
-            raise Unrecoverable(f"{vertex}[{instance}] crashed: NF failover on the {self.store.describe()} "
-                                "store is not built yet (it needs the store's pre-images; use the memory store)")
         if self.roots[0].log_mode == "off":
             raise Unrecoverable(f"{vertex}[{instance}] crashed with the packet log off: nothing to replay")
         if self.log_lost:
@@ -1499,7 +1496,9 @@ class SimRuntime:
         if len(self.instances[vertex]) >= MAX_PARALLELISM:
             raise Unrecoverable(f"{vertex}[{x}] crashed and {vertex} has had {MAX_PARALLELISM} instances "
                                 "(MAX_PARALLELISM; retired ones count): no room for a failover instance")
-        # What the dead instance sent and is still on its way is refused from now on.
+        # What the dead instance sent and is still on its way is refused from now on:
+        # the clock log would emulate it while its clock is logged, but a copy arriving
+        # after the replay re-executed it and the clock was pruned would apply again.
         self.node.fenced.add(f"{vertex}[{x}]")
         unapplied = self._unapplied(failed)
         timers = len(failed.ctx._timers)

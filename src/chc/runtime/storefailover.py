@@ -218,12 +218,12 @@ class StoreFailover:
         at = f"packet {sum(r.packets_in for r in rt.roots)}"
         if rt.failures:
             f = rt.failures[0]
-            raise _unrecoverable(f"the store crashed at {at} while {f.vertex}[{f.instance}] (crashed at "
+            raise StoreUnrecoverable(f"the store crashed at {at} while {f.vertex}[{f.instance}] (crashed at "
                                  f"{f.crashed_vt / 1000:g} µs) was not yet failed over: they failed together "
                                  "(Table 3), and its write-ahead log and per-flow cache are gone with it")
         dropped = next((e for e in rt.events_log if e["kind"] in _DROPS_CACHES), None)
         if dropped is not None:
-            raise _unrecoverable(f"the store crashed at {at}: per-flow state is re-read from the instances' "
+            raise StoreUnrecoverable(f"the store crashed at {at}: per-flow state is re-read from the instances' "
                                  f"caches, and {_DROPS_CACHES[dropped['kind']]} at packet {dropped['packet']} "
                                  "left some only in the store (per-flow checkpoints are not built)")
         period = int(heartbeat_us * 1000)
@@ -270,9 +270,9 @@ class StoreFailover:
         try:
             rec = recover(o.checkpoint, logs, users=users, no_wal=self.no_wal)
         except LostState as exc:
-            raise _unrecoverable(f"the store crashed at packet {o.crashed_packet}: {exc}") from None
+            raise StoreUnrecoverable(f"the store crashed at packet {o.crashed_packet}: {exc}") from None
         except RecoveryError as exc:
-            raise _unrecoverable(f"the store crashed at packet {o.crashed_packet} and its logs cannot be "
+            raise StoreUnrecoverable(f"the store crashed at packet {o.crashed_packet} and its logs cannot be "
                                  f"rolled forward: {exc}") from None
         # What the failover store reports: re-executed updates, and the cached per-flow
         # updates after the checkpoint, unless the roots already got the report.
@@ -332,9 +332,6 @@ class StoreUnrecoverable(Unrecoverable, StoreLost):
     (a failure detector's timer runs there), it must stop the run, not be taken
     for an error of the NF that happened to be waiting."""
 
-
-def _unrecoverable(message: str) -> Exception:
-    return StoreUnrecoverable(message)
 
 
 __all__ = ["DEFAULT_CHECKPOINT_MS", "UNSEEN", "RootLog", "StoreFailover", "store_crashes"]
