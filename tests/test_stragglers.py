@@ -130,12 +130,25 @@ def test_the_store_emulates_another_clients_duplicates_of_every_kind():
     ({"do": "clone"}, "needs a target"),
     ({"do": "clone", "target": "nat[x]"}, "nat[x]"),
     ({"do": "clone", "target": "nat", "for_packets": -1}, "for_packets"),
+    ({"do": "clone", "target": "nat", "for_us": "long"}, "for_us"),
+    ({"do": "clone", "target": "nat", "for_us": True}, "for_us"),
     ({"do": "clone", "target": "nat", "keep": "clone"}, "keep"),
 ])
 def test_bad_clone_parameters_name_the_field(event, field):
     with pytest.raises(ScenarioError) as exc:
         parse_scenario({"events": [{"at": {"packets": 1}, **event}]})
     assert field in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_for_us_keeps_the_pair_side_by_side_that_long_in_virtual_time(records):
+    """The window a manager watches the pair (Table 5's runs use it): no copy is
+    kept before ``for_us`` of virtual time, and the pair passes COE."""
+    raw = {"pacing": {"multiplier": 1}, "delays": {"*": "uniform:5:20"}, "store": "memory",
+           "events": [{"at": {"packets": 300}, "do": "clone", "target": "nat[0]", "for_us": 50_000}]}
+    r = _run(records[:1500], raw, 0)
+    assert r.verdict == "pass", r.result.first
+    [done] = _clones(r.result)
+    assert done["side_by_side_ns"] >= 50_000_000 and done["backlog_ns"] >= 0
 
 
 def test_an_unknown_clone_target_is_refused_early(records):

@@ -17,19 +17,22 @@ average but builds queues in bursts, so the clone has packets in transit to
 replay.
 
 At ``--clone-at`` input packets the NAT straggler is cloned (``do: clone``,
-§5.3) and the pair runs side by side for ``--for-packets`` more input packets;
-then the faster copy is kept.  The same run is done twice, with the
-``no-dup-suppression`` break's switches (outputs of both copies delivered, the
-store applying both copies' updates) and without.  Counted from the
-``clone-resolved`` event: output packets of the slower copy, i.e. *duplicate
+§5.3) and the pair runs side by side for ``--for-ms`` of virtual time (default
+1 s, so more packets pass the pair at the higher load, as in the paper, whose
+counts grow with load); then the faster copy is kept.  The same run is done
+twice, with the ``no-dup-suppression`` break's switches (outputs of both copies
+delivered, the store applying both copies' updates) and without.  Counted from
+the ``clone-resolved`` event: output packets of the slower copy, i.e. *duplicate
 packets reaching the port-scan detector*, and *duplicate state updates*
 (suppression on: updates the store answered from its clock log instead of
 applying them; off: updates it applied a second time).  Reported as
 ``duplicates_reaching_portscan`` and ``duplicate_state_updates``: with
 suppression these must be 0 and without they must be > 0, which the script
 asserts (``suppressed`` shows what suppression removed).  Also the clone's
-catch-up time: from its start to the end of its replay (virtual time; ``null``
-when the straggler had nothing in transit).
+catch-up: ``catch_up_us``, from its start to the end of its replay of packets in
+transit (virtual time; ``null`` when the straggler had none queued), and
+``backlog_us``, the work the straggler had accepted and not yet finished when it
+was cloned, which the clone's output waits out (it must not overtake it).
 
 The input is a generated trace (``chc trace gen`` profile ``trace1``) so that
 the rate is the pacer's alone; the numbers are counts, not timings, and the
@@ -68,14 +71,14 @@ def chain_spec() -> dict[str, Any]:
             "edges": ["nat -> portscan"]}
 
 
-def run_once(records: list, load: float, lo: float, hi: float, clone_at: int, for_packets: int,
+def run_once(records: list, load: float, lo: float, hi: float, clone_at: int, for_us: float,
              suppression: bool, model: str = "EO+C+NA") -> dict[str, Any]:
     """One run; the clone's ``clone-resolved`` counts."""
     chain = parse_spec(chain_spec())
     pps = load * 1e6 / ((lo + hi) / 2)
     # §7.3: the straggler NAT takes an extra random 3-10 µs per packet.
     sc = parse_scenario({"events": [{"at": {"packets": clone_at}, "do": "clone", "target": "nat[0]",
-                                     "for_packets": for_packets}]})
+                                     "for_us": for_us}]})
     rt = SimRuntime(chain, model=model, store=MemoryStore(), pacer=Pacer("pps", pps),
                     delays={"nat[0]": f"uniform:{lo + 3:g}:{hi + 10:g}", "portscan[0]": f"uniform:{lo:g}:{hi:g}"},
                     seed=0, events=sc.events_for(0, list(chain.vertices), len(records)))
@@ -102,7 +105,8 @@ def run_once(records: list, load: float, lo: float, hi: float, clone_at: int, fo
     outputs = counts["outputs"] + counts["drops"]
     row = {"pps": round(pps), "kept": done["kept"], "replayed": done["replayed"],
            "in_transit": done["in_transit"], "catch_up_us": None if done["catch_up_ns"] is None
-           else round(done["catch_up_ns"] / 1000, 1)}
+           else round(done["catch_up_ns"] / 1000, 1), "backlog_us": round(done["backlog_ns"] / 1000, 1),
+           "side_by_side_us": round(done["side_by_side_ns"] / 1000, 1)}
     row.update(duplicates_reaching_portscan=dups[0], duplicate_state_updates=engine.reapplied)
     if suppression:
         row["suppressed"] = {"packets": outputs, "updates": counts["updates"]}
@@ -116,23 +120,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--loads", default="0.3,0.5", help="offered rate / the NAT's normal capacity")
     ap.add_argument("--delay-us", default="5:20", help="LO:HI of every instance's normal delay")
     ap.add_argument("--clone-at", type=int, default=None, help="input packet (default: packets / 4)")
-    ap.add_argument("--for-packets", type=int, default=None, help="side by side (default: packets / 2)")
+    ap.add_argument("--for-ms", type=float, default=1000.0,
+                    help="virtual time the pair runs side by side (default 1000)")
     ap.add_argument("--model", default="EO+C+NA")
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args(argv)
     lo, hi = (float(x) for x in args.delay_us.split(":"))
     clone_at = args.clone_at if args.clone_at is not None else args.packets // 4
-    for_packets = args.for_packets if args.for_packets is not None else args.packets // 2
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "t5.pcap"
         generate(str(path), resolve_profile("trace1", args.packets, args.connections), seed=5)
         records = list(itertools.islice(open_capture(path), args.packets))
     res: dict[str, Any] = {"packets": len(records), "delay_us": [lo, hi], "straggler_extra_us": [3, 10],
-                           "clone_at": clone_at, "for_packets": for_packets, "model": args.model,
+                           "clone_at": clone_at, "for_ms": args.for_ms, "model": args.model,
                            "paper": PAPER, "loads": {}}
     for load in (float(x) for x in args.loads.split(",")):
-        off = run_once(records, load, lo, hi, clone_at, for_packets, False, args.model)
-        on = run_once(records, load, lo, hi, clone_at, for_packets, True, args.model)
+        off = run_once(records, load, lo, hi, clone_at, args.for_ms * 1000, False, args.model)
+        on = run_once(records, load, lo, hi, clone_at, args.for_ms * 1000, True, args.model)
         # The paper's claim (§7.3): without suppression duplicates get through; with it, none.
         assert off["duplicates_reaching_portscan"] > 0 and off["duplicate_state_updates"] > 0, off
         assert on["duplicates_reaching_portscan"] == 0 and on["duplicate_state_updates"] == 0, on

@@ -138,10 +138,12 @@ class Clone:
     started_packet: int
     started_vt: float
     for_packets: int                # 0: keep the clone as soon as it has caught up
+    for_ns: int = 0                 # and at least this much virtual time side by side
     replayed: int = 0               # logged packets of the straggler's flows replayed
     already_processed: int = 0      # of those, processed by the straggler before the clone started
     decided: dict = dataclasses.field(default_factory=dict)    # clock -> instance whose result left
     last_vt: float = 0              # latest output time of the logical instance
+    backlog_vt: float = 0           # when the straggler's work at the start would be done
     in_transit: int = 0             # replayed packets the clone processes
     floor: int = 0                  # the clock log is kept from here while the pair runs
     replay_done_vt: float | None = None     # when the clone finished its LAST_REPLAYED packet
@@ -1136,10 +1138,12 @@ class SimRuntime:
         self._log("retired", vertex, i)
 
     # -- straggler mitigation (§5.3, Figure 5) --------------------------------------------
-    def clone(self, vertex: str, instance: int | None = None, for_packets: int = 0, **why: Any) -> None:
+    def clone(self, vertex: str, instance: int | None = None, for_packets: int = 0, for_us: float = 0,
+              **why: Any) -> None:
         """Start a clone of a straggler of ``vertex`` (``instance``, or the active one
-        furthest behind); the pair runs side by side until one is kept (§5.3)."""
-        self._when_idle(vertex, lambda: self._clone(vertex, instance, for_packets, why))
+        furthest behind); the pair runs side by side until one is kept (§5.3): at
+        least ``for_packets`` more input packets and ``for_us`` of virtual time."""
+        self._when_idle(vertex, lambda: self._clone(vertex, instance, for_packets, int(for_us * 1000), why))
 
     def _pair(self, vertex: str, i: int) -> Clone | None:
         for c in self.clones:
@@ -1152,7 +1156,7 @@ class SimRuntime:
         engine = getattr(self.store, "engine", None)
         return engine.emulated if engine is not None else None
 
-    def _clone(self, vertex: str, instance: int | None, for_packets: int, why: dict) -> None:
+    def _clone(self, vertex: str, instance: int | None, for_packets: int, for_ns: int, why: dict) -> None:
         active = self.active(vertex)
         if instance is None:
             # The straggler: the instance whose queue is furthest behind in virtual time.
@@ -1183,11 +1187,12 @@ class SimRuntime:
         clone.set_shared(straggler.shared)
         clone.instance_id = i
         self._install(vertex, clone)
-        pair = Clone(vertex, s, i, sum(r.packets_in for r in self.roots), self.horizon, for_packets, why=why)
+        pair = Clone(vertex, s, i, sum(r.packets_in for r in self.roots), self.horizon, for_packets, for_ns,
+                     why=why)
         # What the straggler has processed leaves it by its free_at; the pair's later
         # output must not overtake that (the sim runs a packet's state changes when it
         # enters service, so those packets are in the state the clone starts from).
-        pair.last_vt = straggler.free_at
+        pair.last_vt = pair.backlog_vt = straggler.free_at
         pair.floor = min((min(r.log) if r.log else r.base | r.next_seq) for r in self.roots)
         # 3. The clone starts from the straggler's latest state: both get one private
         #    view (the straggler's cache, and the store's objects as they are now), so
@@ -1362,12 +1367,14 @@ class SimRuntime:
 
     def _resolve_clones(self, final: bool = False) -> None:
         """Keep one copy of each pair once the clone has caught up (it processed its
-        replay) and ``for_packets`` more input packets have come; at the end of input
-        in any case.  The copy that finishes its work first is kept."""
+        replay), ``for_packets`` more input packets have come and ``for_ns`` of virtual
+        time has passed; at the end of input in any case.  The copy that finishes its
+        work first is kept."""
         now = sum(r.packets_in for r in self.roots)
         for pair in list(self.clones):
             caught = pair.in_transit == 0 or pair.replay_done_vt is not None
-            if final or (caught and now - pair.started_packet >= pair.for_packets):
+            if final or (caught and now - pair.started_packet >= pair.for_packets
+                         and self.horizon - pair.started_vt >= pair.for_ns):
                 insts = self.instances[pair.vertex]
                 self._keep(pair, insts[pair.clone].free_at <= insts[pair.straggler].free_at)
 
@@ -1411,7 +1418,8 @@ class SimRuntime:
                   kept="clone" if keep_clone else "straggler", kept_instance=kept.instance_id,
                   retired=gone.instance_id, started_packet=pair.started_packet, started_vt=pair.started_vt,
                   replayed=pair.replayed, already_processed=pair.already_processed, in_transit=pair.in_transit,
-                  catch_up_ns=catch_up,
+                  catch_up_ns=catch_up, backlog_ns=max(0, int(pair.backlog_vt - pair.started_vt)),
+                  side_by_side_ns=max(0, int(self.horizon - pair.started_vt)),
                   **({"duplicates_suppressed": dups} if self.dup_suppression else
                      {"duplicates_delivered": dups,
                       "updates_reapplied": engine.reapplied if engine is not None else None}),
@@ -1973,9 +1981,12 @@ def _check_clone(event: Any) -> None:
     if bracket and not rest.rstrip("]").isdigit():
         raise ValueError(f"target {event.target!r}: expected vertex or vertex[i]")
     for name, value in event.params.items():
-        if name != "for_packets":
-            raise ValueError(f"unknown parameter {name!r} (known: for_packets)")
-        if not _is_index(value):
+        if name == "for_us":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"for_us: virtual microseconds (>= 0), got {value!r}")
+        elif name != "for_packets":
+            raise ValueError(f"unknown parameter {name!r} (known: for_packets, for_us)")
+        elif not _is_index(value):
             raise ValueError(f"for_packets: a whole number of input packets (>= 0), got {value!r}")
 
 
@@ -2026,9 +2037,11 @@ ACTIONS: dict[str, Action] = {
     "set-backends": Action(control.check, control.apply, control.resolve),
     # §5.3 straggler mitigation: clone vertex[i] (or the vertex's instance furthest
     # behind); the pair runs side by side, the faster copy is kept once the clone has
-    # processed its replay and for_packets more input packets came (default 0).
+    # processed its replay, for_packets more input packets came and for_us of virtual
+    # time passed (defaults 0).
     "clone": Action(_check_clone, lambda rt, e: rt.clone(_vertex(rt, e), _index(e),
-                                                         int(e.params.get("for_packets", 0)))),
+                                                         int(e.params.get("for_packets", 0)),
+                                                         float(e.params.get("for_us", 0)))),
     # Crash an instance, a root or the store: its memory is lost (recovery: R6).
     "crash": Action(_check_crash, _crash, _crash_target),
 }
