@@ -342,3 +342,80 @@ def test_bad_target_in_event_is_a_clear_error(capsys, lan_slice, tmp_path):
     bad.write_text("events: [{at: {packets: 10}, do: slow, target: 'ghost[0]', delay: 'const:5'}]\n")
     assert main(["check", str(PAPER), str(bad), str(lan_slice), "--seed", "0"]) == 2
     assert "ghost" in capsys.readouterr().err
+
+
+SCAN = ROOT / "traces/scans/nmap-syn-scan.pcap"
+
+
+def test_parallel_portscans_read_the_shared_likelihood_in_the_store_order(capsys, tmp_path):
+    """Portscan instances partition on host pairs, so a scanner's likelihood is shared
+    and each instance reads its verdict (to block it) in physical time.  A valid
+    serialization (DESIGN "COE, precisely") puts those reads among the other
+    instances' updates where the store did: the logical chain must follow them.
+    Seeds 0-3 diverged when the reference read its own, input-order value."""
+    sc = tmp_path / "scan.yaml"
+    sc.write_text(yaml.safe_dump({"name": "scan", "pacing": {"multiplier": 1},
+                                  "delays": {"*": "uniform:200:2000"}, "parallelism": {"portscan": 3}}))
+    code, text, data = run_check(capsys, str(PAPER), str(sc), str(SCAN), "--seeds", "8",
+                                 "--json", str(tmp_path / "r.json"))
+    assert code == 0, text
+    assert [r["verdict"] for r in data["results"]] == ["pass"] * 8
+
+
+def test_shared_reads_are_followed_only_where_the_store_answered_them():
+    """The physical side records which clock each read of the store was for; the
+    reference takes that read's value for the same object, key and clock where
+    several instances use the object, and its own value elsewhere (an object one
+    instance uses alone, a cached or per-flow read)."""
+    from chc.coe import Observers, physical_runtime
+    from chc.reference import replay
+    chain = load_spec(PAPER)
+    sc = parse_scenario({"pacing": {"multiplier": 1}, "delays": {"*": "uniform:200:2000"},
+                         "parallelism": {"portscan": 3}})
+    records = list(open_capture(SCAN))
+    obs = Observers()
+    rt = physical_runtime(chain, sc, variant(chain, sc, 3, ["memory"]), len(records), obs)
+    from chc.coe import check_runtime
+    result = check_runtime(chain, rt, records, obs)
+    assert result.ok and any(a[1] == "portscan" for a in result.physical.alerts)     # the scan is flagged
+    reads = [s for s in obs.serial.steps if s.code == "get" and s.obj == "likelihood"]
+    assert reads and all(s.read_clock is not None for s in reads)
+    assert len({s.client for s in reads}) >= 2          # several instances read it
+    rep = replay(obs.serial.steps)
+    scanner = {(s.vertex, s.obj, s.key) for s in reads} & rep.shared
+    assert scanner, "the scanner's likelihood is operated on by several instances"
+    for s in reads:
+        # Followed where several instances use the object; one instance's own reads
+        # are in its own order (R4: possibly not clock order) and are not followed.
+        addr = (s.vertex, s.obj, s.key)
+        assert ((*addr, s.read_clock, "get") in rep.results) == (addr in rep.shared), s
+    assert not any(s.read_clock is not None for s in obs.serial.steps if s.code != "get")
+
+
+def test_a_non_atomic_read_modify_write_of_shared_state_is_caught(monkeypatch, lan_slice):
+    """An NF that counts in a shared value by get-then-set (not an offloaded op,
+    §4.3), with instances partitioned on flows: two instances read the same count
+    and one update is lost.  Following the store's reads must not bless that."""
+    from chc.nf import FLOW, GLOBAL, NF, Access, Value
+    from chc.nfs import REGISTRY
+
+    class Tally(NF):
+        kind = "tally"
+        count = Value(GLOBAL, Access.READ_WRITE, init=0)
+
+        @classmethod
+        def partition_scope(cls):
+            return FLOW
+
+        def process(self, pkt, ctx):
+            self.count.set(self.count.get() + 1)
+            return pkt
+
+    monkeypatch.setitem(REGISTRY, "tally", Tally)
+    from chc.spec import parse_spec
+    chain = parse_spec({"vertices": {"t": {"nf": "tally", "parallelism": 2}}})
+    records = list(itertools.islice(open_capture(lan_slice), 400))
+    res = check(chain, records, model="EO+C", store=MemoryStore(), pacer=Pacer("multiplier", 1),
+                delays={"t[0]": "uniform:200:2000", "t[1]": "uniform:200:2000"})
+    assert not res.ok
+    assert any("read-modify-write" in str(d) for d in res.divergences), [str(d) for d in res.divergences][:3]

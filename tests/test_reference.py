@@ -602,3 +602,54 @@ def test_a_new_packet_returned_alone_carries_the_input_clock(monkeypatch):
     chain = parse_spec({"vertices": {"r": {"nf": "renew"}}})
     records = [(i * 1000, tcp("10.0.0.1", "192.0.2.1", 40000 + i, 80, SYN)) for i in range(3)]
     assert [c for c, _ in logical_run(chain, records).outputs] == [0, 1, 2]
+
+
+class Tally(NF):
+    """Counts packets in one shared value by a plain read-modify-write (get, then
+    set): not atomic across instances, which §4.3's offloaded ops are."""
+
+    kind = "tally"
+    count = Value(GLOBAL, Access.READ_WRITE, init=0)
+
+    def process(self, pkt: Packet, ctx: Context) -> Packet:
+        self.count.set(self.count.get() + 1)
+        return pkt
+
+
+def _read(client: str, clock: int, value: Any) -> StoreStep:
+    return StoreStep("t", "count", None, False, "get", (), None, None, value, True, client, clock)
+
+
+def _write(client: str, clock: int, value: Any) -> StoreStep:
+    return StoreStep("t", "count", None, False, "set", (value,), (clock, 1), 0, None, True, client)
+
+
+def test_shared_reads_follow_the_store_and_a_lost_update_is_a_conflict(monkeypatch):
+    """Two instances read the shared count before either writes (store order): each
+    read is followed, and the second packet's write rests on a read the logical
+    chain would not have made, so one update is lost: a conflict at clock 1."""
+    monkeypatch.setitem(REGISTRY, "tally", Tally)
+    chain = parse_spec({"vertices": {"t": {"nf": "tally"}}})
+    records = [(i * 1000, tcp("10.0.0.1", "192.0.2.1", 40000 + i, 80, SYN)) for i in range(2)]
+    lost = [_read("t/0", 0, None), _read("t/1", 1, None), _write("t/0", 0, 1), _write("t/1", 1, 1)]
+    r = replay(lost)
+    assert r.shared == {("t", "count", None)} and r.mismatches == []
+    run = logical_run(chain, records, r)
+    assert run.conflicts == [("t", "count", None, 1)]
+    # In order (the second read sees the first write) nothing is lost, nothing to report.
+    fine = [_read("t/0", 0, None), _write("t/0", 0, 1), _read("t/1", 1, 1), _write("t/1", 1, 2)]
+    run = logical_run(chain, records, replay(fine))
+    assert run.conflicts == [] and run.state == {"t": {"count": [[None, 2]]}}
+
+
+def test_reads_of_an_object_one_instance_uses_alone_are_not_followed(monkeypatch):
+    """One instance's own reads may come in another order than clocks (R4: arrival
+    order); the logical chain keeps its own value for them."""
+    monkeypatch.setitem(REGISTRY, "tally", Tally)
+    chain = parse_spec({"vertices": {"t": {"nf": "tally"}}})
+    records = [(i * 1000, tcp("10.0.0.1", "192.0.2.1", 40000 + i, 80, SYN)) for i in range(2)]
+    alone = [_read("t/0", 1, None), _write("t/0", 1, 1), _read("t/0", 0, 1), _write("t/0", 0, 2)]
+    r = replay(alone)
+    assert r.shared == set() and not any(k[-1] == "get" for k in r.results)
+    run = logical_run(chain, records, r)
+    assert run.conflicts == [] and run.state == {"t": {"count": [[None, 2]]}}

@@ -72,11 +72,13 @@ class Serialization:
         self.steps.append(StoreStep(key.vertex, key.obj, key.key, key.per_flow, "declare",
                                     (list(initial),), None, None, None, False))
 
-    def request(self, ops: list[Op], results: list[Any]) -> None:
+    def request(self, ops: list[Op], results: list[Any], read_clock: int | None = None) -> None:
+        """One request, answered; ``read_clock``: the clock the requesting instance was
+        processing (a blocking request's reads are made for it)."""
         for op, result in zip(ops, results, strict=True):
-            self._add(op, result, True)
+            self._add(op, result, True, read_clock if op.code == "get" else None)
 
-    def _add(self, op: Op, result: Any, observed: bool) -> None:
+    def _add(self, op: Op, result: Any, observed: bool, read_clock: int | None = None) -> None:
         add = self.steps.append
         k = op.key
         code, args = op.code, op.args
@@ -93,7 +95,7 @@ class Serialization:
         if isinstance(result, (deque, list)):
             result = list(result)       # a snapshot: the store's list lives on
         add(StoreStep(k.vertex, k.obj, k.key, k.per_flow, code, tuple(args), op.tag,
-                      op.default, result, observed, op.client))
+                      op.default, result, observed, op.client, read_clock))
 
     def recover(self, since: int, redo: list[tuple[Op, Any]], cached: list[Op]) -> None:
         """§5.4 a failover store took over: its history is this one's up to position
@@ -190,6 +192,13 @@ def compare(ref: Any, phys: RunResult, chain: Chain | None = None) -> list[Diver
         unordered = {(v.name, name) for v in chain.vertices.values()
                      for name, d in v.nf.state_objects().items() if d.equivalence == "multiset"}
     found += _compare_state(ref.state, phys.state, unordered)
+    # A read of shared state in the store's order is a valid serialization only while
+    # what the packet writes does not rest on it: a non-atomic read-modify-write loses
+    # the other instance's update (the state may even agree, both having lost it).
+    found += [Divergence("state", f"{v}.{obj}[{_show(key, 60)}]", clock,
+                         "one packet's read-modify-write of a shared object",
+                         "read in another instance's order, then overwritten (not atomic, §4.3)")
+              for v, obj, key, clock in getattr(ref, "conflicts", ())]
     return found
 
 

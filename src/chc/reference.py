@@ -46,6 +46,7 @@ runtime does with one packet per batch.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import heapq
 from collections import deque
@@ -90,6 +91,7 @@ class StoreStep:
     result: Any            # what the physical store answered
     observed: bool = True  # False: the physical result is unknown (e.g. parts of a coalesced increment)
     client: str = ""
+    read_clock: int | None = None  # a get's: the clock of the packet (or timer) it read for
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -122,13 +124,16 @@ class Replay:
 
     mismatches: list[Mismatch] = dataclasses.field(default_factory=list)
     final: dict[Address, Any] = dataclasses.field(default_factory=dict)
-    # Re-executed results of non-duplicate tagged updates, in store order.
+    # Re-executed results of non-duplicate tagged updates, and of gets made for a
+    # clock, in store order.
     results: dict[ResultKey, list[Any]] = dataclasses.field(default_factory=dict)
     duplicates: int = 0
     applied: set[tuple[str, str, Hashable, tuple[int, int]]] = dataclasses.field(default_factory=set)
     # The weights each of those argmin_incr choices was made with (None: unweighted), in
     # the same order: an instance that chose by a stale copy of its weights is not followed.
     weights: dict[ResultKey, list[Any]] = dataclasses.field(default_factory=dict)
+    # Objects more than one logical instance operated on: their reads are followed.
+    shared: set[Address] = dataclasses.field(default_factory=set)
 
 
 class _Refuse(Exception):
@@ -250,6 +255,7 @@ def replay(steps: Iterable[StoreStep]) -> Replay:
     data: dict[Address, Any] = {}
     first: dict[tuple, Any] = {}     # (vertex, obj, key, tag) -> answer of its applied update
     out = Replay()
+    out.shared = _shared(steps)
     history: list[tuple[int, StoreStep]] | None = [] if any(s.code == "recover" for s in steps) else None
     for i, step in enumerate(steps):
         if step.code == "recover":
@@ -271,6 +277,16 @@ def replay(steps: Iterable[StoreStep]) -> Replay:
     return out
 
 
+def _shared(steps: list[StoreStep]) -> set[Address]:
+    """Objects that operations of more than one logical instance reached (a clone or
+    a failover instance is its straggler's or failed instance's: ``V/i+...``)."""
+    users: dict[Address, set[str]] = {}
+    for s in steps:
+        if s.client:
+            users.setdefault((s.vertex, s.obj, s.key), set()).add(s.client.split("+", 1)[0])
+    return {a for a, u in users.items() if len(u) > 1}
+
+
 def _rewrite(history: list[tuple[int, StoreStep]], recover: StoreStep) -> list[tuple[int, StoreStep]]:
     """The history in effect after a failover store took over (see :func:`replay`)."""
     since, removed = recover.args
@@ -290,6 +306,12 @@ def _replay_step(data: dict, first: dict, step: StoreStep, out: Replay) -> tuple
         expected = first[ident]
         return expected, step.result is None or same(step.result, expected)
     expected = _execute(data, addr, step)
+    if step.read_clock is not None and step.observed and addr in out.shared:
+        # A read of shared state is serialized with the other instances' updates
+        # (DESIGN "COE, precisely"): the logical run reads what the store's order
+        # gives here.  (An object one instance uses alone is read in its own order,
+        # which an NF may see differ from clock order, R4: not followed.)
+        out.results.setdefault((*addr, step.read_clock, "get"), []).append(copy.copy(expected))
     if ident is not None and not isinstance(expected, Refused):
         first[ident] = expected
         out.results.setdefault((*addr, step.tag[0], step.code), []).append(expected)
@@ -308,7 +330,7 @@ class _Choices:
     """The store's results of order-dependent ops (from a :class:`Replay`), each
     taken once, in store order, by the logical run."""
 
-    __slots__ = ("results", "taken", "notes", "weights")
+    __slots__ = ("results", "taken", "notes", "weights", "conflicts")
 
     def __init__(self, results: dict[ResultKey, list[Any]], notes: list[str],
                  weights: dict[ResultKey, list[Any]] | None = None) -> None:
@@ -316,6 +338,9 @@ class _Choices:
         self.taken: dict[ResultKey, int] = {}
         self.notes = notes
         self.weights = weights or {}
+        # (vertex, object, key, clock): a read of shared state that saw another order
+        # than the logical chain's, then overwritten by the same packet.
+        self.conflicts: list[tuple[str, str, Hashable, int]] = []
 
     def unused(self) -> Iterator[tuple[ResultKey, int]]:
         """Results never taken, by key, with how many are left."""
@@ -359,13 +384,19 @@ class _Follow:
     def note(self, obj: str, what: str) -> None:
         self.choices.notes.append(f"clock {self.ctx.packet_clock}: {self.vertex}.{obj}: {what}")
 
+    def clock(self) -> int:
+        return self.ctx.packet_clock
+
+    def conflict(self, obj: str, key: Hashable) -> None:
+        self.choices.conflicts.append((self.vertex, obj, key, self.ctx.packet_clock))
+
 
 class RefObject:
     """One declared state object as the logical chain holds it (model ``T``: a
     dict of scope key -> value), with the operations NF code uses.  With a
     ``follow``, order-dependent operations take the store's choice when legal."""
 
-    __slots__ = ("decl", "config", "values", "follow", "_init", "_init_mutable")
+    __slots__ = ("decl", "config", "values", "follow", "_init", "_init_mutable", "_diverted")
 
     def __init__(self, decl: StateObject, config: Any, follow: _Follow | None = None) -> None:
         self.decl = decl
@@ -374,6 +405,7 @@ class RefObject:
         self.follow = follow
         self._init = self._fresh()
         self._init_mutable = isinstance(self._init, (deque, dict, set))
+        self._diverted: dict[Hashable, int] = {}    # key -> clock of a followed read unlike ours
 
     def _fresh(self) -> Any:
         v = self.decl.initial(self.config)
@@ -396,6 +428,28 @@ class RefObject:
 
     # -- Table 2 -----------------------------------------------------------------------
     def get(self, key: Hashable = None) -> Any:
+        """The value; of a shared object, what the store's serialization gave this
+        packet's read when the physical chain read it there (DESIGN "COE, precisely":
+        a read is serialized with the other instances' updates like any operation)."""
+        if self.follow is not None:
+            found, value = self.follow.take(self.decl.name, key, "get")
+            if found:
+                # Absent in the store reads as the initial value, as a client's read does.
+                value = self._fresh() if value is None else copy.copy(value)
+                if not same(value, self._own(key)):
+                    self._diverted[key] = self.follow.clock()
+                return value
+        return self._own(key)
+
+    def _overwrite(self, key: Hashable) -> None:
+        """A packet that read this key in another order than the logical chain's now
+        writes it from what it read: one packet's read-modify-write was not atomic
+        against another instance's update (§4.3 asks for an offloaded operation)."""
+        if self._diverted and self._diverted.get(key) == self.follow.clock():
+            self.follow.conflict(self.decl.name, key)
+
+    def _own(self, key: Hashable) -> Any:
+        """The value by the logical chain's own operations, in input order."""
         v = self.values.get(key, _MISSING)
         if v is not _MISSING:
             return v
@@ -404,6 +458,7 @@ class RefObject:
         return self._fresh() if self._init_mutable else self._init
 
     def set(self, value: Any, key: Hashable = None) -> None:
+        self._overwrite(key)
         self.values[key] = value
 
     def incr(self, by: int = 1, key: Hashable = None) -> Any:
@@ -417,6 +472,7 @@ class RefObject:
         self._slot(key).append(value)
 
     def delete(self, key: Hashable = None) -> None:
+        self._overwrite(key)
         self.values.pop(key, None)
 
     def pop(self, key: Hashable = None) -> Any:
@@ -438,7 +494,7 @@ class RefObject:
     def cas(self, expected: Any, new: Any, key: Hashable = None) -> bool:
         found, ok = self._take(key, "cas")
         if not found:
-            ok = self.get(key) == expected
+            ok = self._own(key) == expected
         if ok:
             self.values[key] = new
         return bool(ok)
@@ -447,7 +503,7 @@ class RefObject:
         """A registered value operation.  The reference's value always advances by
         its own step, in input order; the NF sees the store's result when there is one."""
         found, outcome = self._take(key, "apply")
-        new, result = VALUE_OPS[op].fn(self.get(key), *args)
+        new, result = VALUE_OPS[op].fn(self._own(key), *args)
         self.values[key] = new
         if not found:
             return result
@@ -484,7 +540,7 @@ class RefObject:
                 if (weights is None or weights[i] > 0) and self._take(k, "incr")[0]:
                     self.incr(1, k)
                     return i
-        loads = [self.get(k) for k in keys]
+        loads = [self._own(k) for k in keys]
         best = least_loaded(loads, weights)
         if best is not None:
             self.incr(1, keys[best])
@@ -594,6 +650,8 @@ class LogicalRun:
     dropped: int = 0
     nf_errors: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)   # first NF error per vertex
+    # (vertex, object, key, clock) of non-atomic read-modify-writes of shared state
+    conflicts: list[tuple[str, str, Any, int]] = dataclasses.field(default_factory=list)
 
 
 class _Interpreter:
@@ -730,6 +788,8 @@ class _Interpreter:
         run.alerts = sorted((a.vertex, a.kind, a.host, a.clock)
                             for node in self.nodes.values() for a in node.ctx.alerts)
         run.state = canonical({name: node.state() for name, node in self.nodes.items()})
+        if self.choices is not None:
+            run.conflicts = list(self.choices.conflicts)
         for node in self.nodes.values():
             run.nf_errors += node.nf_errors
             if not node.vertex.offpath:

@@ -233,6 +233,8 @@ class SimRuntime:
                    for i in range(v.parallelism)]
             for name, v in chain.vertices.items()
         }
+        for inst in self._all_instances():
+            self._clock_reads(inst)
         self.seed = seed
         self.delay_specs = dict(delays or {})
         self._delays(self.delay_specs, seed)
@@ -320,6 +322,14 @@ class SimRuntime:
             return None
         link = self.links[(vertex, i)] = StoreLink(self.net, self.node, f"{vertex}[{i}]")
         return link
+
+    def _clock_reads(self, inst: Instance) -> None:
+        """With the COE checker's recorder: the store learns which packet's clock each
+        blocking read is for (a read of shared state is serialized like an update)."""
+        link = inst.client.backend if isinstance(inst.client, StoreClient) else None
+        if isinstance(link, StoreLink) and link.node.record is not None:
+            client = inst.client
+            link.clock_of = lambda: client.clock
 
     def _all_instances(self) -> list[Instance]:
         return [i for insts in self.instances.values() for i in insts]
@@ -815,6 +825,7 @@ class SimRuntime:
         if spec is not None:
             inst.delay = Delay(spec, self.seed, f"{vertex}[{i}]")
         self.instances[vertex].append(inst)
+        self._clock_reads(inst)
         self.splitters[vertex].append(self._splitters(v.successors + v.taps_out))
         self._order = self._ordering()
 

@@ -259,12 +259,13 @@ class StoreNode:
         # after their failover instance took over is refused, never applied.
         self.fenced: set[str] = set()
 
-    def handle(self, ops: list[Op]) -> list[Any]:
-        """Apply one request to the backend: its results (raises StoreError)."""
+    def handle(self, ops: list[Op], read_clock: int | None = None) -> list[Any]:
+        """Apply one request to the backend: its results (raises StoreError).
+        ``read_clock``: for the checker, the clock a blocking request reads for."""
         results = self.backend.execute(ops)
         if self.record is not None:
             # A recoverable store stamps replies with TS (§5.4): the record keeps the value.
-            self.record.request(ops, [r.result if r.__class__ is Stamped else r for r in results])
+            self.record.request(ops, [r.result if r.__class__ is Stamped else r for r in results], read_clock)
         return results
 
     def commits(self) -> list[tuple[int, int]]:
@@ -275,12 +276,12 @@ class StoreNode:
         if self.record is not None:
             self.record.declare(key, initial)
 
-    def request(self, link: StoreLink, rid: int, ops: list[Op]) -> None:
+    def request(self, link: StoreLink, rid: int, ops: list[Op], read_clock: int | None = None) -> None:
         """A request message arrived: apply it, send the reply and the commit reports."""
         if self.crashed or link.name in self.fenced:
             return
         try:
-            reply: Any = self.handle(ops)
+            reply: Any = self.handle(ops, read_clock)
         except StoreUnavailable:
             return                          # the backend itself is down: no reply
         except StoreError as exc:
@@ -304,20 +305,24 @@ class StoreLink:
         self._acks: dict[int, tuple[int, Callable[[int], None]]] = {}
         self.retransmissions = 0
         self.awaiting: list[Op] = []        # the blocking request being waited for (§5.4 store failover)
+        # The clock its instance is processing (set by the runtime): a blocking request's
+        # reads are made for it, which the COE checker follows (coe.Serialization).
+        self.clock_of: Callable[[], int] | None = None
 
     # -- requests ---------------------------------------------------------------------------
     def execute(self, ops: list[Op]) -> list[Any]:
         """A blocking request: sent, resent after each timeout, until answered."""
         net = self.net
+        clock = self.clock_of() if self.clock_of is not None else None
         if net.instant:
-            return self.node.handle(ops)
+            return self.node.handle(ops, clock)
         self._rid += 1
         rid = self._rid
         self.awaiting = ops
         for tries in range(MAX_TRIES):
             if tries:
                 self.retransmissions += 1
-            self._send(rid, ops)
+            self._send(rid, ops, clock)
             deadline = self.t + net.timeout_ns
             while rid not in self._replies and net.next_time() <= deadline:
                 net.run_next()
@@ -348,12 +353,12 @@ class StoreLink:
         self._send(rid, ops)
         net.run_until(self.t)
 
-    def _send(self, rid: int, ops: list[Op]) -> None:
+    def _send(self, rid: int, ops: list[Op], read_clock: int | None = None) -> None:
         node = self.node
         net = self.net
         if net.now > self.t:
             self.t = net.now                # nothing is sent into the network's past
-        net.send("store", self.name, self.t, lambda: node.request(self, rid, ops))
+        net.send("store", self.name, self.t, lambda: node.request(self, rid, ops, read_clock))
 
     def reply(self, rid: int, reply: Any) -> None:
         ack = self._acks.pop(rid, None)
