@@ -240,7 +240,7 @@ def plot(res: dict, outdir: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
-    for color, n in zip(COLORS, sorted({c["nats"] for c in res["cells"].values()}), strict=False):
+    for k, (color, n) in enumerate(zip(COLORS, sorted({c["nats"] for c in res["cells"].values()}), strict=False)):
         cells = sorted((c for c in res["cells"].values() if c["nats"] == n), key=lambda c: c["interval_ms"])
         xs = [c["interval_ms"] for c in cells]
         ax.plot(xs, [c["recover_ms"] for c in cells], "o-", color=color, label=f"{n} NATs: recover()")
@@ -248,7 +248,7 @@ def plot(res: dict, outdir: str) -> str:
                 label=f"{n} NATs: checkpoint + caches only")
         for c in cells:
             ax.annotate(f"{c['wal_updates']:,}", (c["interval_ms"], c["recover_ms"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7, color=color)
+                        xytext=(4, 4 - 12 * k), fontsize=7, color=color)
     ax.plot([150], [PAPER["max_recovery_ms"]], "k*", label=f"paper: <= {PAPER['max_recovery_ms']} ms (10 NATs, 150 ms)")
     ax.set_xlabel("checkpoint interval (ms of virtual time)")
     ax.set_ylabel("store recovery, wall clock (ms)")
