@@ -115,3 +115,29 @@ def test_root_recovery_script(tmp_path):
     assert json.loads(out.read_text()) == res
     assert {(c["in_flight"], c["state_keys"]) for c in res["cells"].values()} == {(0, 0), (0, 100), (40, 0), (40, 100)}
     assert all(c["clock_only_us"] > 0 and c["with_store_log_us"] > 0 for c in res["cells"].values())
+
+
+def test_fig14_store_recovery_script(tmp_path):
+    """Small Figure 14: each cell has one store recovery from a whole interval of logs,
+    every packet counted once across it (checked inside), and a longer checkpoint
+    interval rolls more log entries forward (no timing asserted)."""
+    out = tmp_path / "f14.json"
+    res = load("fig14_store_recovery").main(["--intervals", "3,8", "--nats", "2,3", "--pps", "50000",
+                                              "--rounds", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == res
+    assert set(res["cells"]) == {"2/3", "2/8", "3/3", "3/8"}
+    for key, c in res["cells"].items():
+        assert c["counted"]["packets"] == c["packets"]
+        assert c["re_executed"] == c["wal_updates"] > 0 and c["per_flow"] > 0
+        assert c["virtual"]["checkpoint"] == 2 and c["virtual"]["detect_ns"] > 0
+        # The crash comes 1 µs before the second checkpoint: the logs hold most of an interval.
+        assert c["virtual"]["checkpoint_age_ns"] > 0.9 * c["interval_ms"] * 1e6 - 1e6
+        for f in ("restore_ms", "base_ms", "recover_ms", "recover_cpu_ms", "checkpoint_ms"):
+            assert c[f] > 0, (key, f)
+    cells = res["cells"]
+    for n in (2, 3):
+        assert cells[f"{n}/8"]["wal_updates"] > cells[f"{n}/3"]["wal_updates"]
+        assert cells[f"{n}/8"]["wal_reads"] >= cells[f"{n}/3"]["wal_reads"]
+    # Each instance coalesces its increments per flush: more instances, more entries.
+    assert cells["3/8"]["wal_updates"] > cells["2/8"]["wal_updates"]
+    assert cells["2/3"]["x_first"] == 1.0

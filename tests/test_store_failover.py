@@ -134,3 +134,22 @@ def test_the_replay_follows_the_recovered_history():
     assert not rep.mismatches and rep.final[("v", "l", None)] == [2]
     lost = replay(steps[:3] + [step("pop", (), (3, 1), 1, obj="l")])     # (2, 1) never applied again
     assert ("v", "l", None, (2, 1)) not in lost.applied
+
+
+def test_nf_failover_replaying_packets_from_before_a_store_failover_is_refused(records, monkeypatch):
+    """Open limit: the failover store has no pre-images or per-flow clock log from
+    before its crash.  nat[0] crashes as soon as the store is back; commit reports
+    take 50 ms, so its replay reaches packets admitted before the store crash.
+    Without the check that replay starts from the wrong state (seed 2 diverges on a
+    NAT mapping); with it every such failover is reported unrecoverable."""
+    import chc.runtime.storefailover as storefailover
+
+    raw = {**CRASHES, "model": "EO+C+NA", "packet_log": "store",
+           "network": {**FAULTS, "commits": {"latency": "const:50000"}},
+           "events": [{"at": {"packets": 500}, "do": "crash", "target": "store", "checkpoint_ms": 2000},
+                      {"at": {"packets": 501}, "do": "crash", "target": "nat"}]}
+    res, _ = _check(records[:1200], raw, 2)
+    assert res.unrecoverable is not None and "failed over after the store failed over" in res.unrecoverable
+    monkeypatch.setattr(storefailover.StoreFailover, "check_replay", lambda *a: None)
+    res, _ = _check(records[:1200], raw, 2)
+    assert res.unrecoverable is None and res.divergences

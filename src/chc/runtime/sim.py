@@ -1559,6 +1559,8 @@ class SimRuntime:
         emulated0 = engine.emulated if engine is not None else 0
         applied0 = engine.ops_applied if engine is not None else 0
         if self.replay_on_failover:
+            if self.store_failover is not None:
+                self.store_failover.check_replay(f"{vertex}[{x}]", processed)
             self._catch_up(new, processed)
             for p in lost:
                 if p.vt < start:

@@ -53,13 +53,16 @@ instance that crashed and was not failed over yet when the store failed (its
 log and cache are gone with it: :func:`recover` names the loss); model ``EO``
 (per-flow state never cached); per-flow state whose cache an instance dropped
 (a handover, a clone pair resolved, an NF failover's catch-up) before the crash,
-since per-flow objects are not checkpointed.
+since per-flow objects are not checkpointed; an NF failover after a store
+failover whose replay reaches a packet admitted before the store crash (the
+failover store has no pre-images or per-flow clock log from before it:
+:meth:`StoreFailover.check_replay`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..backends.memory import MemoryStore
@@ -147,7 +150,11 @@ class StoreFailover:
         rt.instance_hooks.insert(0, self._attach)   # before others see the client
         rt.step_hooks.append(self._tick)
         self.reported: set[tuple[int, int]] = set()     # commit reports the roots got since the checkpoint
+        # Called with what recovery starts from (checkpoint, logs, users) just before
+        # recover(): the Figure 14 benchmark times recover() on copies of them.
+        self.recovery_hooks: list[Callable[[Checkpoint, list[InstanceLog], set[str]], None]] = []
         self.outage: Outage | None = None
+        self.recovered_at = 0               # input packets admitted before the latest store crash
         self.waiting: list[tuple[float, int, dict]] = []    # crashes held back while a move or clone runs
         self.checkpoint_vt: float = 0
         self.position = 0
@@ -238,6 +245,18 @@ class StoreFailover:
         rt._log("store-crash", "store", None, crashed_vt=o.crashed_vt, detect_vt=o.detect_vt,
                 checkpoint=o.checkpoint.number, checkpoint_age_ns=int(o.crashed_vt - o.checkpoint_vt), **why)
 
+    def check_replay(self, instance: str, processed: list[Any]) -> None:
+        """An NF failover after a store failover: the replay starts from the store's
+        pre-images and emulates from its clock log, and the failover store has neither
+        from before the crash (not checkpointed; per-flow updates come back as cached
+        values, not as ops).  A replay reaching a packet admitted before the crash would
+        start from the wrong state, so it is refused (docs/recovery.md, open limits)."""
+        early = [p.index for p in processed if p.index < self.recovered_at]
+        if early:
+            raise Unrecoverable(f"{instance} failed over after the store failed over (its crash at packet "
+                                f"{self.recovered_at}): its replay starts at packet {min(early)}, whose store "
+                                "state before it (pre-images, clock log) the failover store does not have")
+
     def busy(self) -> bool:
         """Moves, clones and NF failures wait while the store is down."""
         return self.outage is not None
@@ -267,6 +286,8 @@ class StoreFailover:
             ts = o.checkpoint.ts.get(c.client_id)
             wal_updates += sum(op.seq > (ts.seq if ts else 0) for op in wal.updates)
         users = {i.client.client_id for i in rt._all_instances() if i.client is not None}
+        for hook in self.recovery_hooks:
+            hook(o.checkpoint, logs, users)
         try:
             rec = recover(o.checkpoint, logs, users=users, no_wal=self.no_wal)
         except LostState as exc:
@@ -319,6 +340,7 @@ class StoreFailover:
                 commits_reported=len(commits), root_writes=len(root_writes),
                 up_vt=up, recovery_ns=int(up - o.crashed_vt), restore_ns=int(up - o.detect_vt),
                 wal=not self.no_wal, **o.why)
+        self.recovered_at = o.crashed_packet
         self.checkpoint = self._take()      # a fresh start: the logs need not go back further
         rt._retry_deferred()
 
