@@ -419,3 +419,34 @@ def test_a_non_atomic_read_modify_write_of_shared_state_is_caught(monkeypatch, l
                 delays={"t[0]": "uniform:200:2000", "t[1]": "uniform:200:2000"})
     assert not res.ok
     assert any("read-modify-write" in str(d) for d in res.divergences), [str(d) for d in res.divergences][:3]
+
+
+def test_refined_portscans_count_a_first_contact_once(tmp_path):
+    """After a refinement to 5-tuples, probes of one scanner to several ports of a
+    destination reach different instances at once, sharing the pair's first-contact
+    record; TRW must count the pair once (portscan takes it with one atomic cas,
+    §4.3).  The sim's batch scheduling did not make two instances interleave a
+    get-then-set here, so this guards the refined case rather than telling the two
+    apart; test_a_non_atomic_read_modify_write_of_shared_state_is_caught does that."""
+    from chc.spec import parse_spec
+    from frames import RST, SYN, tcp
+    chain = parse_spec({"vertices": {"portscan": {"nf": "portscan", "parallelism": 3,
+                                                  "config": {"block": False, "eta1": 1e20, "eta0": 1e-20}}}})
+    records, t = [], 0
+    for d in range(1, 25):
+        dst = f"10.99.1.{d}"
+        for port in range(20, 28):          # eight probes of one destination, 1 µs apart
+            records.append((t, tcp("10.99.0.1", dst, 40000 + port, port, SYN)))
+            t += 1_000
+        for port in range(20, 28):
+            records.append((t, tcp(dst, "10.99.0.1", port, 40000 + port, RST)))
+            t += 1_000
+    sc = parse_scenario({"pacing": {"multiplier": 1}, "delays": {"*": "uniform:5:50"},
+                         "network": {"store": {"latency": "uniform:20:200"}},
+                         "events": [{"at": {"packets": 1}, "do": "refine", "target": "portscan"}]})
+    for seed in range(4):
+        res = check_variant(chain, sc, records, variant(chain, sc, seed, ["memory"]), ())
+        assert res.verdict == "pass", (seed, [str(d) for d in res.result.divergences][:3])
+        assert res.result.physical.summary.vertices["portscan"]["scope"] == "5-tuple"
+        [(_, failures, _)] = [v for k, v in res.result.physical.store.items() if k[1] == "likelihood"]
+        assert failures == 24                   # one failed first contact per destination

@@ -145,10 +145,11 @@ class PortScanDetector(NF):
         return pkt
 
     def _attempt(self, pkt: Packet, ctx: Context) -> None:
-        pair = (pkt.src, pkt.dst)
-        if self.contacted.get(pair):
-            return                          # TRW: first contact per destination only
-        self.contacted.set(True, pair)
+        # TRW: first contact per destination only.  One atomic cas (§4.3), not a read
+        # then a write: instances that share the pair's record after a refinement to
+        # a finer scope never both count the same first contact.
+        if not self.contacted.cas(False, True, (pkt.src, pkt.dst)):
+            return
         flow = FLOW.key(pkt)
         self.pending.set((ctx.now, pkt.src), flow)
         ctx.set_timer(ctx.now + self.timeout_ns, (flow, ctx.now))
