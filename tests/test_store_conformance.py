@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from chc.core.client import StoreLost, StoreUnavailable
 from chc.core.store import Increments, ObjectKey, Op, OwnershipError, StoreError
 from chc.nf import value_op
-from conftest import make_store
+from conftest import make_store, store_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +76,7 @@ def test_backend_interface(store):
     assert run(store, Op("get", COUNTER), Op("get", VALUE), Op("get", LIST)) == [None, None, None]
     assert store.round_trips == before + 2          # one per execute, whatever the servers
     if store.name == "redis":
-        assert store.describe().startswith("redis://127.0.0.1:")
+        assert store.describe().startswith(("redis://127.0.0.1:", "redis-cluster://127.0.0.1:"))
         assert store.describe().endswith("(2 servers)") == (len(store.urls) == 2)
 
 
@@ -777,7 +777,7 @@ def test_a_lossy_network_applies_each_op_once_in_first_arrival_order(store_kind,
     of two clients' tagged ops, the store ends as if each distinct op were applied once in
     first-arrival order, every reply a client accepts carries that op's result, and every
     update's commit is reported once (§4.3, §5.3, §5.4)."""
-    servers = request.getfixturevalue("redis_servers") if store_kind != "memory" else []
+    servers, urls = store_servers(request, store_kind)
 
     @settings(max_examples=200 if store_kind == "memory" else 40, deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
@@ -785,7 +785,7 @@ def test_a_lossy_network_applies_each_op_once_in_first_arrival_order(store_kind,
     def check(steps: list[tuple]) -> None:
         for s in servers:
             s.flush()
-        backend = make_store(store_kind, [s.url for s in servers])
+        backend = make_store(store_kind, urls)
         try:
             _lossy_network_run(backend, steps)
         finally:
@@ -963,7 +963,8 @@ def test_pruning_forgets_preimages_with_the_clock_log(store):
     assert store.objects_at("nat", {5, 7}) == {"packets": {None: 3}}
     if store.name == "redis":                                             # nothing left behind
         for i in range(store.n):
-            assert store._call(i, [("HLEN", store.prefix + b"p"), ("ZCARD", store.prefix + b"lz")]) == [0, 0]
+            p = store.servers[i].prefix
+            assert store._call(i, [("HLEN", p + b"p"), ("ZCARD", p + b"lz")]) == [0, 0]
 
 
 # -- Redis only: sharding, limits, failures ----------------------------------------------------------------------------
@@ -976,7 +977,7 @@ def _redis_only(store):
 
 def test_sharding(store):
     _redis_only(store)
-    n = len(store.urls)
+    n = store.n
     family = [ObjectKey("portscan", "likelihood", bytes([10, 0, 0, i])) for i in range(40)]
     assert len({store.server_of(k) for k in family}) == 1         # a shared family is on one server
     flows = [ObjectKey("nat", "mapping", (i, 80), per_flow=True) for i in range(40)]
@@ -1013,12 +1014,12 @@ def test_values_msgpack_cannot_carry_are_refused(store):
         run(store, Op("set", COUNTER, (2**70,)))
 
 
-def test_a_lost_function_library_is_reloaded(store, redis_servers):
+def test_a_lost_function_library_is_reloaded(store, store_kind, request):
     _redis_only(store)
     import redis
 
     run(store, Op("incr", COUNTER, (1,), "nat/0", 1))
-    for s in redis_servers:
+    for s in store_servers(request, store_kind)[0]:
         r = redis.Redis(host="127.0.0.1", port=s.port)
         r.function_flush()                      # as after a restart without persistence
         r.close()
@@ -1200,14 +1201,14 @@ def test_submit_does_not_wait_and_acks_on_reply(store):
     assert get(store, COUNTER) == 3
 
 
-def test_submit_sends_an_in_flight_op_once(store, redis_servers):
+def test_submit_sends_an_in_flight_op_once(store, store_kind, request):
     _redis_only(store)
     import redis
 
     acks: list[int] = []
     first = [Op("incr", COUNTER, (1,), "nat/0", 1, tag=(1, 1))]
     second = [Op("incr", COUNTER, (2,), "nat/0", 2, tag=(2, 1))]
-    side = [redis.Redis(host="127.0.0.1", port=s.port) for s in redis_servers]
+    side = [redis.Redis(host="127.0.0.1", port=s.port) for s in store_servers(request, store_kind)[0]]
     for r in side:
         r.client_pause(60_000, all=False)           # writes wait until unpaused: surely in flight
     try:

@@ -573,7 +573,7 @@ class RedisStore:
         tls = {"ca": tls_ca, "cert": tls_cert, "key": tls_key}
         self._tls = tls
         self._timeouts = (connect_timeout, timeout)
-        self.servers = [_Server(u, connect_timeout, timeout, tls, p, self._sharded_pubsub)
+        self.servers = [_Server(u, connect_timeout, timeout, tls, p, self.cluster)
                         for u, p in zip(urls, self._shard_prefixes(len(urls)), strict=True)]
         self.urls = [srv.url for srv in self.servers]       # passwords redacted
         self.n = len(self.servers)
@@ -605,6 +605,8 @@ class RedisStore:
         self._lease_due = 0.0
         used = False
         for i in range(self.n):
+            if not self.cluster:
+                self._not_a_cluster_node(i)
             try:
                 self._call(i, [("FUNCTION", "LOAD", "REPLACE", self._library())], attempts=min(self.attempts, 3))
             except StoreUnavailable:
@@ -634,11 +636,19 @@ class RedisStore:
                           "use an empty database for a new run", RuntimeWarning, stacklevel=2)
 
     # -- shards (a cluster store overrides these) --------------------------------------------
-    _sharded_pubsub = False
+    cluster = False               # a RedisClusterStore: shards carry hash tags, pub/sub is sharded
 
     def _shard_prefixes(self, n: int) -> list[bytes]:
         """The key prefix of each server's shard: the namespace's on plain servers."""
         return [self.prefix] * n
+
+    def _not_a_cluster_node(self, i: int) -> None:
+        """Refuse a Redis Cluster node given as redis://: its keys must be in its own slots,
+        and only the cluster store places them so (before loading a library that would
+        replace a cluster run's there)."""
+        info = self._round_trip({i: [_command("INFO", "cluster")]}, attempts=min(self.attempts, 3))[i][0]
+        if isinstance(info, bytes) and b"cluster_enabled:1" in info:     # (an ACL may refuse INFO)
+            raise StoreError(f"{self.servers[i].url} is a Redis Cluster node: use --store redis-cluster://HOST:PORT")
 
     def _redirected(self, i: int, text: str) -> None:
         """Server ``i`` answered MOVED: a plain redis:// server is a cluster node."""
@@ -687,7 +697,7 @@ class RedisStore:
     # -- transport ------------------------------------------------------------------------
     def _library(self) -> str:
         parts = [LIBRARY]
-        if self._sharded_pubsub:
+        if self.cluster:
             parts.append("\nPUBLISH = 'SPUBLISH'\n")
         for name, body in self.customs.items():
             parts.append(f"\nCUSTOM['{name}'] = function(op)\n{body}\nend\n")
