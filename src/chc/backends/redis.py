@@ -417,6 +417,7 @@ class _Server:
         self.lock = threading.RLock()
         self.pubsub: _Connection | None = None
         self.channels: set[bytes] = set()
+        self.dropped: set[bytes] = set()     # sharded channels the node unsubscribed (their slot moved)
         self.plock = threading.RLock()
 
     def _connect(self) -> _Connection:
@@ -463,8 +464,7 @@ class _Server:
     def _subscribe_kind(self) -> bytes:
         return b"ssubscribe" if self.sharded else b"subscribe"
 
-    @staticmethod
-    def _await(conn: _Connection, kind: bytes, channel: bytes | None, sink: list) -> None:
+    def _await(self, conn: _Connection, kind: bytes, channel: bytes | None, sink: list) -> None:
         """Read pub/sub replies up to the ``kind`` one; published messages go to ``sink``."""
         while True:
             msg = conn.reply()
@@ -474,6 +474,9 @@ class _Server:
                 msg = [b"pong", msg]
             if msg[0] in (b"message", b"smessage"):
                 sink.append((msg[1], msg[2]))
+                continue
+            if msg[0] == b"sunsubscribe" and kind != b"sunsubscribe":
+                self.dropped.add(msg[1])        # a cluster node gave the slot away: see notifications()
                 continue
             if msg[0] == kind and (channel is None or msg[1] == channel):
                 return
@@ -1245,8 +1248,18 @@ class RedisStore:
             sink: list = []
             server.drain(sink)
             self._route(sink)
+            if server.dropped:
+                self._subscriptions_lost(server)
         with self._inbox_lock:
             return self._inbox.pop(client, [])
+
+    def _subscriptions_lost(self, server: _Server) -> None:
+        """A cluster slot with subscribed objects moved: what was published there between the
+        move and a subscription on the new node is lost, so caches could be stale unnoticed."""
+        self._lost = (f"{server.url}: a cluster slot of this run's state, with subscribed objects, moved to another "
+                      "node while the run went on: callbacks published meanwhile may be lost; the run cannot "
+                      "continue (do not reshard a running chain's slots)")
+        raise StoreLost(self._lost)
 
     def subscribe(self, key: ObjectKey, client: str) -> Any:
         """Callbacks for ``key`` to ``client`` from now on; returns the current value."""

@@ -191,24 +191,22 @@ class RedisClusterStore(RedisStore):
                           "failover): Redis replicates asynchronously, so updates the old primary acknowledged "
                           "may be missing there; the run cannot continue")
             raise StoreLost(self._lost)
+        if old.channels:
+            self._subscriptions_lost(old)
         self._broken(i)                             # its unanswered requests are sent again
         old.reset_pubsub()
         new = _Server(self._node_url(host, int(port)), *self._timeouts, self._tls, old.prefix, True)
-        new.lock, new.plock, new.channels = old.lock, old.plock, set()
+        new.lock, new.plock = old.lock, old.plock
         self.servers[i] = new
         self._uploaded[i].clear()
-        sink: list = []
         try:
             new.send(_command("FUNCTION", "LOAD", "REPLACE", self._library()))
             reply = new.read(1)[0]
-            for channel in old.channels:
-                new.subscribe(channel, sink)
         except _NETWORK_ERRORS:
             new.reset()                             # the retries of the request find out
             return
         if isinstance(reply, ResponseError):
             raise StoreError(f"{new.url}: FUNCTION LOAD: {_clean_text(str(reply))}")
-        self._route(sink)
 
     def describe(self) -> str:
         return f"{self.urls[0]} ({self.n} primaries)"
