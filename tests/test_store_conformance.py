@@ -1,4 +1,4 @@
-"""One conformance suite for every store backend: memory, redis, redis on 2 shards.
+"""One conformance suite for every store backend: memory, redis, redis on 2 shards, a Redis Cluster.
 
 The store engine (:mod:`chc.core.store`) is the reference semantics; the Redis
 backend implements them as server-side functions and must give the same
@@ -1132,7 +1132,7 @@ def _chc_run(tmp_path, capture: str, model: str, store: str | None, name: str,
 
 def _same_run(got: tuple[bytes, dict], want: tuple[bytes, dict], what: str) -> None:
     out, summary = got
-    assert summary["store"]["backend"].startswith("redis://"), what
+    assert summary["store"]["backend"].startswith(("redis://", "redis-cluster://")), what
     assert summary["store"]["round_trips"] > 0, what
     assert summary["nf_errors"] == 0, (what, summary.get("errors"))
     assert out == want[0], f"{what}: output packets differ"
@@ -1166,17 +1166,19 @@ def test_scan_alerts_on_redis_match_model_t(tmp_path, redis_servers):
     _same_run(got, want, "EO on 2 Redis shards")
 
 
-def test_parallel_chain_on_redis_matches_the_memory_store(tmp_path, redis_servers, lan_head):
-    """Two instances per vertex share state through the store (callbacks, ownership)."""
+@pytest.mark.parametrize("kind", ["redis-2shards", "redis-cluster"])
+def test_parallel_chain_on_redis_matches_the_memory_store(tmp_path, request, kind, lan_head):
+    """Two instances per vertex share state through the store (callbacks, ownership): the
+    same output, alerts and state digest on 2 Redis shards and on a 3-node Redis Cluster
+    (``chc run --store redis-cluster://HOST:PORT``) as on the in-process store."""
     small_lan = lan_head(E2E_PACKETS // 2)
+    servers, urls = store_servers(request, kind)
     for model in ("EO+C", "EO+C+NA"):
         want = _chc_run(tmp_path, small_lan, model, "memory", f"mem-{model}", "--parallelism", "2")
-        for s in redis_servers:
+        for s in servers:
             s.flush()
-        got = _chc_run(tmp_path, small_lan, model, ",".join(s.url for s in redis_servers), f"redis-{model}",
-                       "--parallelism", "2")
-        want[1]["store"]["backend"] = "redis://"
-        _same_run(got, want, f"{model} with 2 instances per vertex on 2 Redis shards")
+        got = _chc_run(tmp_path, small_lan, model, ",".join(urls), f"redis-{model}", "--parallelism", "2")
+        _same_run(got, want, f"{model} with 2 instances per vertex on {kind}")
 
 
 def test_deque_is_what_callbacks_seed_caches_with(store):
