@@ -164,16 +164,19 @@ CLUSTER_NODES = 3
 class RedisCluster:
     """A private Redis Cluster of ``n`` primaries on loopback (no replicas)."""
 
-    def __init__(self, binary: str, directory: Path, n: int = CLUSTER_NODES) -> None:
+    def __init__(self, binary: str, directory: Path, n: int = CLUSTER_NODES, password: str | None = None) -> None:
         from chc.bench.stores import cluster_options
 
         self.cli = shutil.which("redis-cli")
         if self.cli is None:
             _unavailable("redis-cli is not on PATH (it comes with redis-server, e.g. apt-get install "
                          "redis-server): the Redis Cluster tests need it to create the cluster")
-        self.nodes = [RedisProcess(binary, directory / f"n{i}") for i in range(n)]
+        self.password = password
+        auth = ["--requirepass", password, "--masterauth", password] if password else []
+        self.nodes = [RedisProcess(binary, directory / f"n{i}", client={"password": password} if password else None)
+                      for i in range(n)]
         for node in self.nodes:
-            node.extra = cluster_options(node.port)
+            node.extra = [*cluster_options(node.port), *auth]
 
     @property
     def url(self) -> str:
@@ -185,7 +188,7 @@ class RedisCluster:
         for node in self.nodes:
             node.start()
         assert self.cli is not None
-        form_cluster(self.cli, [n.port for n in self.nodes])
+        form_cluster(self.cli, [n.port for n in self.nodes], password=self.password)
 
     def flush(self) -> None:
         for node in self.nodes:
@@ -196,10 +199,10 @@ class RedisCluster:
             node.kill()
 
 
-def _cluster(prefix: str) -> Iterator[RedisCluster]:
+def _cluster(prefix: str, password: str | None = None) -> Iterator[RedisCluster]:
     binary = require_redis_server()
     base = tempfile.mkdtemp(prefix=prefix, dir=_base_dir())
-    cluster = RedisCluster(binary, Path(base))
+    cluster = RedisCluster(binary, Path(base), password=password)
     try:
         cluster.start()
         yield cluster
@@ -218,6 +221,12 @@ def redis_cluster() -> Iterator[RedisCluster]:
 def dedicated_cluster() -> Iterator[RedisCluster]:
     """A Redis Cluster of this test alone (a node may be killed)."""
     yield from _cluster("chc-redis-cluster-own-")
+
+
+@pytest.fixture
+def protected_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of this test alone whose nodes want the password ``cluster-pw``."""
+    yield from _cluster("chc-redis-cluster-pw-", password="cluster-pw")
 
 
 @pytest.fixture

@@ -252,3 +252,24 @@ def test_a_node_that_goes_away_stops_the_run_with_one_line(dedicated_cluster):
                                "the store is unreachable"), text
     finally:
         s.close()
+
+
+def test_a_cluster_that_wants_a_password(protected_cluster):
+    base = protected_cluster.url[len("redis-cluster://"):]
+    s = RedisClusterStore(f"redis-cluster://:cluster-pw@{base}", fresh=True)
+    watcher = RedisClusterStore(f"redis-cluster://:cluster-pw@{base}")
+    try:
+        assert s.describe() == f"redis-cluster://:***@{base} (3 primaries)"
+        assert all(srv.url.startswith("redis://:***@127.0.0.1:") for srv in s.servers)
+        key = ObjectKey("lb", "load", None)
+        watcher.subscribe(key, "lb/1")
+        keys = [key, *[ObjectKey("nat", "n", (i,), per_flow=True) for i in range(9)]]
+        assert s.execute([Op("incr", k, (1,), "nat/0", i + 1) for i, k in enumerate(keys)]) == [1] * 10
+        assert watcher.notifications("lb/1") == [("update", key, 1)]
+    finally:
+        watcher.close()
+        s.close()
+    with pytest.raises(StoreError, match=r"^redis-cluster://127.0.0.1:\d+: authentication required"):
+        RedisClusterStore(protected_cluster.url)
+    with pytest.raises(StoreError, match=r"^redis-cluster://:\*\*\*@127.0.0.1:\d+: authentication failed"):
+        RedisClusterStore(f"redis-cluster://:nope@{base}")

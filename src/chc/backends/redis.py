@@ -87,7 +87,13 @@ family (``argmin_incr``) is one atomic step.  A custom op whose ObjectKey
 arguments span servers is refused.  Client-sequence dedup state is per server:
 each server sees the subsequence of a client's ops addressed to it, still in
 increasing seq order.  Commit reports of several servers are returned server by
-server.
+server.  Every key of a server's shard starts with that server's prefix: the
+namespace's (``<ns>:``) on plain servers; on a Redis Cluster
+(:mod:`chc.backends.redis_cluster`, one shard per primary) the namespace's plus the
+shard's hash tag (``<ns>:{T}:``), so the shard is one slot.  Each function call
+declares one key of its shard: a cluster node that does not serve it answers
+``MOVED`` before running anything (``_redirected``), and a plain redis:// URL of a
+cluster node is refused at start.
 
 Notifications.  Callbacks and ownership handovers are published on a channel
 per client; one pub/sub connection per server listens for the clients that
@@ -177,7 +183,7 @@ _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _MAX_BACKOFF = 1.0         # seconds: the default 12 tries span about 9.5 s of outage
 _LEASE_MS = 60_000         # a run's hold on its namespace lapses this long after it stops renewing
 _LEASE_RENEW = 10.0        # seconds between renewals (during requests)
-_PASSWORD = re.compile(r"(rediss?://)([^:@/]*):[^@/]*@")
+_PASSWORD = re.compile(r"(rediss?(?:-cluster)?://)([^:@/]*):[^@/]*@")
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]{1,64}\Z")
 # Error replies of a server not ready yet, or of a cluster slot being migrated (ASK: the shard's
 # keys are split between two nodes until the migration ends) or of a cluster that lost a node.

@@ -29,12 +29,15 @@ migrated: ``MIGRATE`` moves keys with their values, so the shard's state is whol
 new node) requests follow the slot there; if it is not (a replica took over: Redis
 replicates asynchronously, so updates the old primary acknowledged may be missing) the
 store stops with :class:`StoreLost` instead of going on with state that may have lost
-acknowledged updates.  While a slot is being migrated its keys are on two nodes (``ASK``):
-requests are retried until the migration ends, as ``CLUSTERDOWN`` (a node failed and the
-cluster noticed) and ``TRYAGAIN`` are; a batch cut short inside a node (a key of it moved
-meanwhile) stops the run (see ``RedisStore._check_half_run``).  A node that goes away is a
-server that goes away: its requests are retried with backoff, then :class:`StoreLost`
-names it.  An unreachable or non-cluster address at start is a one-line
+acknowledged updates.  A shard with subscriptions is not followed either (nor is a
+subscriber's channel that the old node dropped, ``sunsubscribe``): callbacks published
+on the new node before a new subscription would be lost, and caches stale unnoticed.
+While a slot is being migrated its keys are on two nodes (``ASK``): requests are
+retried until the migration ends, as ``CLUSTERDOWN`` (a node failed and the cluster
+noticed) and ``TRYAGAIN`` are; a batch cut short inside a node (a key of it moved
+meanwhile) stops the run (see ``RedisStore._check_half_run``).  A node that goes away
+is a server that goes away: its requests are retried with backoff, then
+:class:`StoreLost` names it.  An unreachable or non-cluster address at start is a one-line
 :class:`StoreError` (the CLI exits 2).
 """
 

@@ -82,18 +82,20 @@ def cluster_options(port: int) -> list[str]:
             "--cluster-port", str(_free_port()), "--cluster-node-timeout", "2000"]
 
 
-def form_cluster(cli: str, ports: list[int], timeout: float = 30.0) -> None:
+def form_cluster(cli: str, ports: list[int], timeout: float = 30.0, password: str | None = None) -> None:
     """Join the empty cluster-enabled servers on loopback ``ports`` into one Redis Cluster (no
     replicas, ``redis-cli --cluster create``); return once every node says cluster_state:ok
-    (the nodes learn the slot map by gossip)."""
+    (the nodes learn the slot map by gossip).  ``password``: the nodes' ``requirepass``."""
     import redis
 
-    done = subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas",
-                           "0", "--cluster-yes"], capture_output=True, text=True, timeout=timeout)
+    auth = ["-a", password, "--no-auth-warning"] if password else []
+    done = subprocess.run([cli, *auth, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                           "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True,
+                          timeout=timeout)
     if done.returncode != 0:
         raise BenchError(f"redis-cli --cluster create failed: {(done.stdout + done.stderr)[-2000:]}")
     deadline = time.monotonic() + timeout
-    clients = [redis.Redis(host="127.0.0.1", port=p, socket_timeout=5) for p in ports]
+    clients = [redis.Redis(host="127.0.0.1", port=p, socket_timeout=5, password=password) for p in ports]
     try:
         while True:
             try:
