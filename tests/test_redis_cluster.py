@@ -273,3 +273,23 @@ def test_a_cluster_that_wants_a_password(protected_cluster):
         RedisClusterStore(protected_cluster.url)
     with pytest.raises(StoreError, match=r"^redis-cluster://:\*\*\*@127.0.0.1:\d+: authentication failed"):
         RedisClusterStore(f"redis-cluster://:nope@{base}")
+
+
+def test_a_request_is_one_function_call_per_primary(cluster):
+    """Ops are batched per node: a request over every shard is one chc_batch call on each
+    primary (INFO commandstats), sent to all before any reply is read (one round trip)."""
+    s = RedisClusterStore(cluster.url, fresh=True)
+    clients = _clients(cluster)
+    try:
+        keys = [ObjectKey("nat", "mapping", (i, 80), per_flow=True) for i in range(60)]
+        for c in clients:
+            c.config_resetstat()
+        before = s.round_trips
+        s.execute([Op("incr", k, (1,), "nat/0", i + 1, instance=1, tag=(i + 1, 1)) for i, k in enumerate(keys)])
+        assert s.round_trips == before + 1
+        calls = [c.info("commandstats").get("cmdstat_fcall", {}).get("calls", 0) for c in clients]
+        assert calls == [1, 1, 1]
+    finally:
+        for c in clients:
+            c.close()
+        s.close()
