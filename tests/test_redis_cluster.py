@@ -293,3 +293,19 @@ def test_a_request_is_one_function_call_per_primary(cluster):
         for c in clients:
             c.close()
         s.close()
+
+
+def test_a_fresh_run_clears_its_namespace_on_every_node_and_nothing_else(cluster):
+    import redis
+
+    c = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    try:
+        mine = [f"chc:{{{i}}}:stale" for i in range(30)]     # an earlier layout's keys, on every node
+        for k in [*mine, "chco-other", "user:{chc}:x"]:
+            c.set(k, b"1")
+        s = RedisClusterStore(cluster.url, fresh=True)
+        s.close()
+        assert not any(c.exists(k) for k in mine)
+        assert c.exists("chco-other") and c.exists("user:{chc}:x")
+    finally:
+        c.close()

@@ -697,8 +697,8 @@ class RedisStore:
         while True:
             cursor, keys = self._call(i, [("SCAN", cursor, "MATCH", match, "COUNT", 1000)], attempts=1)[0]
             if keys:
-                # one key per UNLINK: a cluster node refuses a command over several slots
-                self._call(i, [("UNLINK", k) for k in keys], attempts=1)
+                # a cluster node refuses a command over several slots: one key per UNLINK there
+                self._call(i, [("UNLINK", k) for k in keys] if self.cluster else [("UNLINK", *keys)], attempts=1)
                 n += len(keys)
             if cursor in (b"0", 0, "0"):
                 return n
