@@ -4,6 +4,10 @@ Redis-backed tests need ``redis-server`` (Redis 7) on PATH.  Without it they are
 skipped, unless the environment variable ``CI`` is set (``CI=true``): then they
 fail, so CI cannot pass without exercising the Redis backend.
 
+``redis-cluster`` stores run on a private 3-node Redis Cluster (``redis_cluster``: three
+``redis-server --cluster-enabled yes`` joined by ``redis-cli --cluster create``, no
+replicas), which also needs ``redis-cli``.
+
 Servers run with ``--appendonly yes --appendfsync always`` (an acknowledged
 update is on disk before the reply, so it survives a kill -9), in a directory on
 tmpfs when there is one (fsync is then cheap; a process kill keeps the page
@@ -24,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-STORES = ["memory", "redis", "redis-2shards"]
+STORES = ["memory", "redis", "redis-2shards", "redis-cluster"]
 
 
 def _ci() -> bool:
@@ -154,6 +158,77 @@ def redis_urls(redis_servers) -> list[str]:
     return [s.url for s in redis_servers]
 
 
+CLUSTER_NODES = 3
+
+
+class RedisCluster:
+    """A private Redis Cluster of ``n`` primaries on loopback (no replicas)."""
+
+    def __init__(self, binary: str, directory: Path, n: int = CLUSTER_NODES, password: str | None = None) -> None:
+        from chc.bench.stores import cluster_options
+
+        self.cli = shutil.which("redis-cli")
+        if self.cli is None:
+            _unavailable("redis-cli is not on PATH (it comes with redis-server, e.g. apt-get install "
+                         "redis-server): the Redis Cluster tests need it to create the cluster")
+        self.password = password
+        auth = ["--requirepass", password, "--masterauth", password] if password else []
+        self.nodes = [RedisProcess(binary, directory / f"n{i}", client={"password": password} if password else None)
+                      for i in range(n)]
+        for node in self.nodes:
+            node.extra = [*cluster_options(node.port), *auth]
+
+    @property
+    def url(self) -> str:
+        return f"redis-cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        from chc.bench.stores import form_cluster
+
+        for node in self.nodes:
+            node.start()
+        assert self.cli is not None
+        form_cluster(self.cli, [n.port for n in self.nodes], password=self.password)
+
+    def flush(self) -> None:
+        for node in self.nodes:
+            node.flush()
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
+def _cluster(prefix: str, password: str | None = None) -> Iterator[RedisCluster]:
+    binary = require_redis_server()
+    base = tempfile.mkdtemp(prefix=prefix, dir=_base_dir())
+    cluster = RedisCluster(binary, Path(base), password=password)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.kill()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A private 3-node Redis Cluster for the whole session."""
+    yield from _cluster("chc-redis-cluster-")
+
+
+@pytest.fixture
+def dedicated_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of this test alone (a node may be killed)."""
+    yield from _cluster("chc-redis-cluster-own-")
+
+
+@pytest.fixture
+def protected_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of this test alone whose nodes want the password ``cluster-pw``."""
+    yield from _cluster("chc-redis-cluster-pw-", password="cluster-pw")
+
+
 @pytest.fixture
 def dedicated_redis() -> Iterator[RedisProcess]:
     """A redis-server of this test alone (it may be killed and restarted)."""
@@ -168,13 +243,27 @@ def dedicated_redis() -> Iterator[RedisProcess]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def make_store(kind: str, urls: list[str] | None = None):
+def make_store(kind: str, urls: list[str] | None = None, **options):
     if kind == "memory":
         from chc.backends.memory import MemoryStore
         return MemoryStore()
-    from chc.backends.redis import RedisStore
     assert urls is not None
-    return RedisStore(urls[:1] if kind == "redis" else urls[:2])
+    if kind == "redis-cluster":
+        from chc.backends.redis_cluster import RedisClusterStore
+        return RedisClusterStore(urls, **options)
+    from chc.backends.redis import RedisStore
+    return RedisStore(urls[:1] if kind == "redis" else urls[:2], **options)
+
+
+def store_servers(request, kind: str) -> tuple[list[RedisProcess], list[str]]:
+    """The private servers behind a store kind (not flushed) and the URLs make_store takes."""
+    if kind == "memory":
+        return [], []
+    if kind == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        return cluster.nodes, [cluster.url]
+    servers = request.getfixturevalue("redis_servers")
+    return servers, [s.url for s in servers]
 
 
 @pytest.fixture(params=STORES)
@@ -184,8 +273,10 @@ def store_kind(request) -> str:
 
 @pytest.fixture
 def store(request, store_kind):
-    """A fresh backend of each kind: memory, redis (1 server), redis-2shards."""
-    urls = request.getfixturevalue("redis_urls") if store_kind != "memory" else None
+    """A fresh backend of each kind: memory, redis (1 server), redis-2shards, redis-cluster."""
+    servers, urls = store_servers(request, store_kind)
+    for s in servers:
+        s.flush()
     backend = make_store(store_kind, urls)
     try:
         yield backend
@@ -202,8 +293,7 @@ def connect():
     def factory(first):
         if first.name == "memory":
             return first
-        from chc.backends.redis import RedisStore
-        s = RedisStore(first.urls)
+        s = type(first)(first.urls)            # RedisStore or RedisClusterStore
         made.append(s)
         return s
 

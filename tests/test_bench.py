@@ -184,3 +184,30 @@ def test_percentile_and_table():
     assert percentile([5.0], 95) == 5.0
     assert math.isnan(percentile([], 50))
     assert summary_table({}).startswith("benchmark")
+
+
+def test_store_section_on_redis_and_a_private_cluster(redis_urls):
+    """The store section's Redis rows: one server and a private Redis Cluster (as the section
+    starts it), with their ratios to the one-server row and the engine of the same run."""
+    import shutil
+
+    from chc.bench.store_engine import bench_store
+    from chc.bench.stores import PrivateRedis, StoreSpec, redis_server_binary
+    from conftest import require_redis_server
+
+    require_redis_server()
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.skip("redis-cli is not on PATH")
+    cluster = PrivateRedis(str(redis_server_binary()), 3, cluster=cli)
+    try:
+        res = bench_store([StoreSpec("redis", redis_urls[:1]),
+                           StoreSpec("redis-cluster", [str(cluster.cluster_url)], nodes=3)], 300, 100, 1)
+    finally:
+        cluster.close()
+    _check_store({"store_engine": res})
+    assert res["backends"]["redis-cluster"]["entries"] == 900            # per shard, as for 2 shards
+    assert set(res["ratios"]) == {"redis", "redis-cluster"}
+    assert res["ratios"]["redis"]["incr_chc_vs_redis"] == 1.0
+    for r in res["ratios"].values():
+        assert all(_number(v) and v > 0 for v in r.values())

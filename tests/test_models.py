@@ -28,6 +28,7 @@ from chc.nfs import NAT
 from chc.packet import Packet, ip_bytes
 from chc.runtime.sim import SimRuntime
 from chc.spec import load_spec, parse_spec
+from conftest import make_store, store_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAIN = ROOT / "examples/paper_chain.yaml"
@@ -57,16 +58,16 @@ def test_every_model_gives_identical_results(capture):
         assert run_chain(chain, records, model)[:3] == reference, model
 
 
+@pytest.mark.parametrize("kind", ["redis-2shards", "redis-cluster"])
 @pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: Path(p).name)
-def test_every_model_gives_identical_results_on_redis(capture, redis_urls):
-    """The same on a real Redis (two shards): output bytes, alerts, digest."""
-    from chc.backends.redis import RedisStore
-
+def test_every_model_gives_identical_results_on_redis(capture, kind, request):
+    """The same on a real Redis (two shards; a 3-node Redis Cluster): output bytes, alerts, digest."""
     chain = load_spec(CHAIN)
     records = first(capture, 3000)
     reference = run_chain(chain, records, "T")[:3]
+    _, urls = store_servers(request, kind)
     for model in MODELS[1:]:
-        store = RedisStore(redis_urls[:2], fresh=True)
+        store = make_store(kind, urls, fresh=True)
         try:
             assert run_chain(chain, records, model, store)[:3] == reference, model
         finally:

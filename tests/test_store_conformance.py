@@ -1,4 +1,4 @@
-"""One conformance suite for every store backend: memory, redis, redis on 2 shards.
+"""One conformance suite for every store backend: memory, redis, redis on 2 shards, a Redis Cluster.
 
 The store engine (:mod:`chc.core.store`) is the reference semantics; the Redis
 backend implements them as server-side functions and must give the same
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from chc.core.client import StoreLost, StoreUnavailable
 from chc.core.store import Increments, ObjectKey, Op, OwnershipError, StoreError
 from chc.nf import value_op
-from conftest import make_store
+from conftest import make_store, store_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +76,7 @@ def test_backend_interface(store):
     assert run(store, Op("get", COUNTER), Op("get", VALUE), Op("get", LIST)) == [None, None, None]
     assert store.round_trips == before + 2          # one per execute, whatever the servers
     if store.name == "redis":
-        assert store.describe().startswith("redis://127.0.0.1:")
+        assert store.describe().startswith(("redis://127.0.0.1:", "redis-cluster://127.0.0.1:"))
         assert store.describe().endswith("(2 servers)") == (len(store.urls) == 2)
 
 
@@ -777,7 +777,7 @@ def test_a_lossy_network_applies_each_op_once_in_first_arrival_order(store_kind,
     of two clients' tagged ops, the store ends as if each distinct op were applied once in
     first-arrival order, every reply a client accepts carries that op's result, and every
     update's commit is reported once (§4.3, §5.3, §5.4)."""
-    servers = request.getfixturevalue("redis_servers") if store_kind != "memory" else []
+    servers, urls = store_servers(request, store_kind)
 
     @settings(max_examples=200 if store_kind == "memory" else 40, deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
@@ -785,7 +785,7 @@ def test_a_lossy_network_applies_each_op_once_in_first_arrival_order(store_kind,
     def check(steps: list[tuple]) -> None:
         for s in servers:
             s.flush()
-        backend = make_store(store_kind, [s.url for s in servers])
+        backend = make_store(store_kind, urls)
         try:
             _lossy_network_run(backend, steps)
         finally:
@@ -963,7 +963,8 @@ def test_pruning_forgets_preimages_with_the_clock_log(store):
     assert store.objects_at("nat", {5, 7}) == {"packets": {None: 3}}
     if store.name == "redis":                                             # nothing left behind
         for i in range(store.n):
-            assert store._call(i, [("HLEN", store.prefix + b"p"), ("ZCARD", store.prefix + b"lz")]) == [0, 0]
+            p = store.servers[i].prefix
+            assert store._call(i, [("HLEN", p + b"p"), ("ZCARD", p + b"lz")]) == [0, 0]
 
 
 # -- Redis only: sharding, limits, failures ----------------------------------------------------------------------------
@@ -976,7 +977,7 @@ def _redis_only(store):
 
 def test_sharding(store):
     _redis_only(store)
-    n = len(store.urls)
+    n = store.n
     family = [ObjectKey("portscan", "likelihood", bytes([10, 0, 0, i])) for i in range(40)]
     assert len({store.server_of(k) for k in family}) == 1         # a shared family is on one server
     flows = [ObjectKey("nat", "mapping", (i, 80), per_flow=True) for i in range(40)]
@@ -1013,12 +1014,12 @@ def test_values_msgpack_cannot_carry_are_refused(store):
         run(store, Op("set", COUNTER, (2**70,)))
 
 
-def test_a_lost_function_library_is_reloaded(store, redis_servers):
+def test_a_lost_function_library_is_reloaded(store, store_kind, request):
     _redis_only(store)
     import redis
 
     run(store, Op("incr", COUNTER, (1,), "nat/0", 1))
-    for s in redis_servers:
+    for s in store_servers(request, store_kind)[0]:
         r = redis.Redis(host="127.0.0.1", port=s.port)
         r.function_flush()                      # as after a restart without persistence
         r.close()
@@ -1131,7 +1132,7 @@ def _chc_run(tmp_path, capture: str, model: str, store: str | None, name: str,
 
 def _same_run(got: tuple[bytes, dict], want: tuple[bytes, dict], what: str) -> None:
     out, summary = got
-    assert summary["store"]["backend"].startswith("redis://"), what
+    assert summary["store"]["backend"].startswith(("redis://", "redis-cluster://")), what
     assert summary["store"]["round_trips"] > 0, what
     assert summary["nf_errors"] == 0, (what, summary.get("errors"))
     assert out == want[0], f"{what}: output packets differ"
@@ -1165,17 +1166,19 @@ def test_scan_alerts_on_redis_match_model_t(tmp_path, redis_servers):
     _same_run(got, want, "EO on 2 Redis shards")
 
 
-def test_parallel_chain_on_redis_matches_the_memory_store(tmp_path, redis_servers, lan_head):
-    """Two instances per vertex share state through the store (callbacks, ownership)."""
+@pytest.mark.parametrize("kind", ["redis-2shards", "redis-cluster"])
+def test_parallel_chain_on_redis_matches_the_memory_store(tmp_path, request, kind, lan_head):
+    """Two instances per vertex share state through the store (callbacks, ownership): the
+    same output, alerts and state digest on 2 Redis shards and on a 3-node Redis Cluster
+    (``chc run --store redis-cluster://HOST:PORT``) as on the in-process store."""
     small_lan = lan_head(E2E_PACKETS // 2)
+    servers, urls = store_servers(request, kind)
     for model in ("EO+C", "EO+C+NA"):
         want = _chc_run(tmp_path, small_lan, model, "memory", f"mem-{model}", "--parallelism", "2")
-        for s in redis_servers:
+        for s in servers:
             s.flush()
-        got = _chc_run(tmp_path, small_lan, model, ",".join(s.url for s in redis_servers), f"redis-{model}",
-                       "--parallelism", "2")
-        want[1]["store"]["backend"] = "redis://"
-        _same_run(got, want, f"{model} with 2 instances per vertex on 2 Redis shards")
+        got = _chc_run(tmp_path, small_lan, model, ",".join(urls), f"redis-{model}", "--parallelism", "2")
+        _same_run(got, want, f"{model} with 2 instances per vertex on {kind}")
 
 
 def test_deque_is_what_callbacks_seed_caches_with(store):
@@ -1200,14 +1203,14 @@ def test_submit_does_not_wait_and_acks_on_reply(store):
     assert get(store, COUNTER) == 3
 
 
-def test_submit_sends_an_in_flight_op_once(store, redis_servers):
+def test_submit_sends_an_in_flight_op_once(store, store_kind, request):
     _redis_only(store)
     import redis
 
     acks: list[int] = []
     first = [Op("incr", COUNTER, (1,), "nat/0", 1, tag=(1, 1))]
     second = [Op("incr", COUNTER, (2,), "nat/0", 2, tag=(2, 1))]
-    side = [redis.Redis(host="127.0.0.1", port=s.port) for s in redis_servers]
+    side = [redis.Redis(host="127.0.0.1", port=s.port) for s in store_servers(request, store_kind)[0]]
     for r in side:
         r.client_pause(60_000, all=False)           # writes wait until unpaused: surely in flight
     try:

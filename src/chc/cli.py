@@ -89,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="state model: T local state; EO externalized, offloaded ops; EO+C plus "
                           "caching; EO+C+NA plus non-blocking ops (default: %(default)s)")
     run.add_argument("--store", default="memory", metavar="URL",
-                     help="state store: 'memory' (in-process) or redis://[[USER]:PASSWORD@]HOST:PORT[/DB]"
-                          "[,redis://...] (objects sharded over the servers; rediss:// for TLS); "
-                          "default: %(default)s")
+                     help="state store: 'memory' (in-process), redis://[[USER]:PASSWORD@]HOST:PORT[/DB]"
+                          "[,redis://...] (objects sharded over the servers; rediss:// for TLS) or "
+                          "redis-cluster://[[USER]:PASSWORD@]HOST:PORT (any node of a Redis Cluster; objects "
+                          "sharded over its primaries); default: %(default)s")
     run.add_argument("--namespace", metavar="NAME",
                      help="Redis key namespace of this run (default: the chain's name); a run touches no "
                           "key outside it, and a second run on a namespace in use is refused")

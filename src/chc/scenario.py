@@ -7,7 +7,7 @@ per-instance delay distributions, a seed, and timed events::
     name: parallel
     parallelism: 3                  # every vertex, or {vertex: n}
     model: EO+C+NA                  # T | EO | EO+C | EO+C+NA
-    store: memory                   # or redis://HOST:PORT[,...]
+    store: memory                   # or redis://HOST:PORT[,...], redis-cluster://HOST:PORT
     packet_log: store               # local (default) | store: the roots' packet log (§5.4)
     batch_size: 64
     pacing: {mbps: 10000}           # {multiplier: X} | {pps: N} | {mbps: N} | topspeed
@@ -160,8 +160,9 @@ def parse_scenario(raw: Any) -> Scenario:
         raise ScenarioError(f"model: expected one of {', '.join(MODELS)}, got {model!r}")
     sc.model = model
     store = raw.get("store")
-    if store is not None and not (store == "memory" or (isinstance(store, str) and store.startswith("redis://"))):
-        raise ScenarioError(f"store: expected 'memory' or redis://HOST:PORT, got {store!r}")
+    if store is not None and not (store == "memory" or (isinstance(store, str)
+                                                         and store.startswith(("redis://", "redis-cluster://")))):
+        raise ScenarioError(f"store: expected 'memory', redis://HOST:PORT or redis-cluster://HOST:PORT, got {store!r}")
     sc.store = store
     bs = raw.get("batch_size")
     if bs is not None and (not isinstance(bs, int) or isinstance(bs, bool) or bs < 1):

@@ -2,6 +2,7 @@
 
 ``memory``: the store engine in-process (the embedded default).
 ``redis``: one or more Redis 7 servers, a request's ops one server-side call per server.
+``redis-cluster``: a Redis 7 Cluster, as ``redis`` with one shard per primary.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ def namespace_of(name: str) -> str:
 
 
 def open_store(url: str, fresh: bool = True, namespace: str = "chc", **options: Any) -> Any:
-    """``memory`` or ``redis[s]://[[USER]:PASSWORD@]HOST:PORT[/DB][,...]`` -> a backend.
+    """``memory``, ``redis[s]://[[USER]:PASSWORD@]HOST:PORT[/DB][,...]`` or
+    ``redis-cluster://[[USER]:PASSWORD@]HOST:PORT`` -> a backend.
 
     ``fresh``: a run starts from empty state, so the keys of ``namespace`` left in
     Redis by an earlier run (state, client sequence numbers, logs) are deleted
@@ -26,9 +28,13 @@ def open_store(url: str, fresh: bool = True, namespace: str = "chc", **options: 
     if url == "memory":
         from .memory import MemoryStore
         return MemoryStore()
+    if url.startswith("redis-cluster://"):
+        from .redis_cluster import RedisClusterStore
+        return RedisClusterStore(url.split(","), fresh=fresh, namespace=namespace, **options)
     if url.startswith(("redis://", "rediss://")):
         from .redis import RedisStore
         return RedisStore(url.split(","), fresh=fresh, namespace=namespace, **options)
     from .redis import redact
-    raise ValueError(f"unknown store {redact(url)!r}: use 'memory' or "
-                     "'redis://[[USER]:PASSWORD@]HOST:PORT[/DB][,redis://...]' (rediss:// for TLS)")
+    raise ValueError(f"unknown store {redact(url)!r}: use 'memory', "
+                     "'redis://[[USER]:PASSWORD@]HOST:PORT[/DB][,redis://...]' (rediss:// for TLS) or "
+                     "'redis-cluster://[[USER]:PASSWORD@]HOST:PORT' (any node of a Redis Cluster)")

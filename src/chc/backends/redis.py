@@ -87,7 +87,13 @@ family (``argmin_incr``) is one atomic step.  A custom op whose ObjectKey
 arguments span servers is refused.  Client-sequence dedup state is per server:
 each server sees the subsequence of a client's ops addressed to it, still in
 increasing seq order.  Commit reports of several servers are returned server by
-server.
+server.  Every key of a server's shard starts with that server's prefix: the
+namespace's (``<ns>:``) on plain servers; on a Redis Cluster
+(:mod:`chc.backends.redis_cluster`, one shard per primary) the namespace's plus the
+shard's hash tag (``<ns>:{T}:``), so the shard is one slot.  Each function call
+declares one key of its shard: a cluster node that does not serve it answers
+``MOVED`` before running anything (``_redirected``), and a plain redis:// URL of a
+cluster node is refused at start.
 
 Notifications.  Callbacks and ownership handovers are published on a channel
 per client; one pub/sub connection per server listens for the clients that
@@ -177,9 +183,11 @@ _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _MAX_BACKOFF = 1.0         # seconds: the default 12 tries span about 9.5 s of outage
 _LEASE_MS = 60_000         # a run's hold on its namespace lapses this long after it stops renewing
 _LEASE_RENEW = 10.0        # seconds between renewals (during requests)
-_PASSWORD = re.compile(r"(rediss?://)([^:@/]*):[^@/]*@")
+_PASSWORD = re.compile(r"(rediss?(?:-cluster)?://)([^:@/]*):[^@/]*@")
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]{1,64}\Z")
-_RETRY_LATER = ("LOADING", "MASTERDOWN", "TRYAGAIN")     # error replies of a server not ready yet
+# Error replies of a server not ready yet, or of a cluster slot being migrated (ASK: the shard's
+# keys are split between two nodes until the migration ends) or of a cluster that lost a node.
+_RETRY_LATER = ("LOADING", "MASTERDOWN", "TRYAGAIN", "ASK ", "CLUSTERDOWN")
 _BIG_DEFAULT = 64           # list defaults longer than this are sent by reference
 
 _pack = msgpack.Packer(use_bin_type=True).pack
@@ -230,7 +238,9 @@ def _command(*args: Any) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(map(_bulk, args))
 
 
-_BATCH_HEAD = b"$5\r\nFCALL\r\n$9\r\nchc_batch\r\n$1\r\n0\r\n"
+# One key declared (the shard's epoch key): a cluster node answers MOVED for a shard it does
+# not serve, before anything runs, instead of failing inside the function.
+_BATCH_HEAD = b"$5\r\nFCALL\r\n$9\r\nchc_batch\r\n$1\r\n1\r\n"
 # op code -> (its RESP bulk, arguments of the op in a chc_batch call: 10 + operands)
 _CODES = {c: (_bulk(c), 10 + n) for c, n in (("get", 0), ("set", 1), ("incr", 1), ("incr_many", 4), ("push", 1),
                                              ("pop", 0), ("cas", 2), ("delete", 0), ("custom", 2), ("apply", 2))}
@@ -379,8 +389,16 @@ def _tls_context(tls: dict, url: str) -> ssl.SSLContext:
 class _Server:
     """One Redis server: a command connection and, once needed, a pub/sub one."""
 
-    def __init__(self, url: str, connect_timeout: float, timeout: float, tls: dict | None = None) -> None:
+    def __init__(self, url: str, connect_timeout: float, timeout: float, tls: dict | None = None,
+                 prefix: bytes = b"chc:", sharded: bool = False) -> None:
         self.url = redact(url)                  # what messages and summaries show
+        # The key prefix of this server's shard: the namespace's, plus a hash tag on a cluster
+        # (every key of the shard in one slot, see redis_cluster.py).
+        self.prefix = prefix
+        self.prefix_bulk = _bulk(prefix)
+        self.epoch_key_bulk = _bulk(prefix + b"epoch")
+        # Sharded pub/sub (SSUBSCRIBE/SPUBLISH) on a cluster: a plain PUBLISH reaches every node.
+        self.sharded = sharded
         if url.startswith("rediss://"):
             url = "redis://" + url[len("rediss://"):]
             query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
@@ -405,6 +423,7 @@ class _Server:
         self.lock = threading.RLock()
         self.pubsub: _Connection | None = None
         self.channels: set[bytes] = set()
+        self.dropped: set[bytes] = set()     # sharded channels the node unsubscribed (their slot moved)
         self.plock = threading.RLock()
 
     def _connect(self) -> _Connection:
@@ -433,8 +452,8 @@ class _Server:
         if self.pubsub is None:
             conn = self._connect()
             for ch in self.channels:
-                conn.send(_command("SUBSCRIBE", ch))
-                self._await(conn, b"subscribe", ch, sink)
+                conn.send(_command(self._subscribe, ch))
+                self._await(conn, self._subscribe_kind, ch, sink)
             self.pubsub = conn
         return self.pubsub
 
@@ -443,8 +462,15 @@ class _Server:
             self.pubsub.close()
             self.pubsub = None
 
-    @staticmethod
-    def _await(conn: _Connection, kind: bytes, channel: bytes | None, sink: list) -> None:
+    @property
+    def _subscribe(self) -> str:
+        return "SSUBSCRIBE" if self.sharded else "SUBSCRIBE"
+
+    @property
+    def _subscribe_kind(self) -> bytes:
+        return b"ssubscribe" if self.sharded else b"subscribe"
+
+    def _await(self, conn: _Connection, kind: bytes, channel: bytes | None, sink: list) -> None:
         """Read pub/sub replies up to the ``kind`` one; published messages go to ``sink``."""
         while True:
             msg = conn.reply()
@@ -452,8 +478,11 @@ class _Server:
                 raise StoreError(f"redis pub/sub: {msg}")
             if not isinstance(msg, list):
                 msg = [b"pong", msg]
-            if msg[0] == b"message":
+            if msg[0] in (b"message", b"smessage"):
                 sink.append((msg[1], msg[2]))
+                continue
+            if msg[0] == b"sunsubscribe" and kind != b"sunsubscribe":
+                self.dropped.add(msg[1])        # a cluster node gave the slot away: see notifications()
                 continue
             if msg[0] == kind and (channel is None or msg[1] == channel):
                 return
@@ -467,8 +496,8 @@ class _Server:
                 self.pubsub_connection(sink)      # subscribes every channel, this one included
                 return
             try:
-                self.pubsub.send(_command("SUBSCRIBE", channel))
-                self._await(self.pubsub, b"subscribe", channel, sink)
+                self.pubsub.send(_command(self._subscribe, channel))
+                self._await(self.pubsub, self._subscribe_kind, channel, sink)
             except _NETWORK_ERRORS:
                 self.reset_pubsub()
                 self.pubsub_connection(sink)
@@ -548,11 +577,13 @@ class RedisStore:
             raise StoreError(f"namespace {namespace!r}: use 1 to 64 of the characters A-Z a-z 0-9 _ . -")
         self.namespace = namespace
         self.prefix = namespace.encode() + b":"
-        self._prefix_bulk = _bulk(self.prefix)
         self.attempts = max(1, attempts)
         self.backoff = backoff
         tls = {"ca": tls_ca, "cert": tls_cert, "key": tls_key}
-        self.servers = [_Server(u, connect_timeout, timeout, tls) for u in urls]
+        self._tls = tls
+        self._timeouts = (connect_timeout, timeout)
+        self.servers = [_Server(u, connect_timeout, timeout, tls, p, self.cluster)
+                        for u, p in zip(urls, self._shard_prefixes(len(urls)), strict=True)]
         self.urls = [srv.url for srv in self.servers]       # passwords redacted
         self.n = len(self.servers)
         self.round_trips = 0
@@ -567,7 +598,7 @@ class RedisStore:
         self._big: dict[tuple[type, int], list[tuple]] = {}         # big defaults: (copy, digest, msgpack)
         self._big_ids: dict[int, tuple] = {}
         self._uploaded: list[set[bytes]] = [set() for _ in self.servers]
-        self._clients: dict[bytes, str] = {}          # channel -> client id
+        self._clients: dict[bytes, tuple[str, int]] = {}  # channel -> client id, server
         self._listening: set[str] = set()             # clients whose channels are subscribed
         self._watched: dict[bytes, ObjectKey] = {}    # redis key -> ObjectKey (subscribe/take)
         self._inbox: dict[str, list[tuple]] = {}
@@ -583,6 +614,8 @@ class RedisStore:
         self._lease_due = 0.0
         used = False
         for i in range(self.n):
+            if not self.cluster:
+                self._not_a_cluster_node(i)
             try:
                 self._call(i, [("FUNCTION", "LOAD", "REPLACE", self._library())], attempts=min(self.attempts, 3))
             except StoreUnavailable:
@@ -596,13 +629,13 @@ class RedisStore:
                 self._take_lease(i)
             if fresh:
                 self._clear(i)
-                self._call(i, [("SET", self.prefix + b"epoch", self.token), ("SET", self.prefix + b"lease",
-                                                                               self.token, "PX", _LEASE_MS)])
-            used = used or bool(self._call(i, [("EXISTS", self.prefix + b"q")], attempts=1)[0])
+                p = self.servers[i].prefix
+                self._call(i, [("SET", p + b"epoch", self.token), ("SET", p + b"lease", self.token, "PX", _LEASE_MS)])
+            used = used or bool(self._call(i, [("EXISTS", self.servers[i].prefix + b"q")], attempts=1)[0])
         if fresh:
             self.epoch = self.token
         else:
-            self.epoch = self._call(0, [("GET", self.prefix + b"epoch")])[0] or b""
+            self.epoch = self._call(0, [("GET", self.servers[0].prefix + b"epoch")])[0] or b""
         self._epoch_bulk = _bulk(self.epoch)
         self._running = True
         self._lease_due = time.monotonic() + _LEASE_RENEW
@@ -610,6 +643,26 @@ class RedisStore:
             warnings.warn(f"{self.describe()}: the store already holds CHC state (client sequence numbers of "
                           "an earlier run); ops of clients with the same ids count as retransmissions - "
                           "use an empty database for a new run", RuntimeWarning, stacklevel=2)
+
+    # -- shards (a cluster store overrides these) --------------------------------------------
+    cluster = False               # a RedisClusterStore: shards carry hash tags, pub/sub is sharded
+
+    def _shard_prefixes(self, n: int) -> list[bytes]:
+        """The key prefix of each server's shard: the namespace's on plain servers."""
+        return [self.prefix] * n
+
+    def _not_a_cluster_node(self, i: int) -> None:
+        """Refuse a Redis Cluster node given as redis://: its keys must be in its own slots,
+        and only the cluster store places them so (before loading a library that would
+        replace a cluster run's there)."""
+        info = self._round_trip({i: [_command("INFO", "cluster")]}, attempts=min(self.attempts, 3))[i][0]
+        if isinstance(info, bytes) and b"cluster_enabled:1" in info:     # (an ACL may refuse INFO)
+            raise StoreError(f"{self.servers[i].url} is a Redis Cluster node: use --store redis-cluster://HOST:PORT")
+
+    def _redirected(self, i: int, text: str) -> None:
+        """Server ``i`` answered MOVED: a plain redis:// server is a cluster node."""
+        raise StoreError(f"{self.servers[i].url} is a Redis Cluster node (it answered {text.split(' ', 1)[0]}): "
+                         "use --store redis-cluster://HOST:PORT")
 
     @property
     def dedup(self) -> bool:
@@ -624,7 +677,8 @@ class RedisStore:
 
     def _take_lease(self, i: int) -> None:
         """Hold (or renew) the namespace's lease on server ``i``; refused while another run holds it."""
-        holder = self._call(i, [("FCALL", "chc_lease", 0, self.prefix, self.token, _LEASE_MS)])[0]
+        p = self.servers[i].prefix
+        holder = self._call(i, [("FCALL", "chc_lease", 1, p + b"lease", p, self.token, _LEASE_MS)])[0]
         if holder != b"ok":
             raise StoreError(f"{self.servers[i].url}: namespace {self.namespace!r} is in use by another run "
                              f"({holder.decode(errors='replace')}); wait for it to end (its lease expires "
@@ -636,13 +690,15 @@ class RedisStore:
             self._take_lease(i)
 
     def _clear(self, i: int) -> int:
-        """Delete every key of this store's namespace on server ``i``; other keys stay."""
+        """Delete every key of this store's namespace on server ``i`` (of every shard
+        prefix, on a cluster node); other keys stay."""
         cursor, n = b"0", 0
         match = _glob_escape(self.prefix) + b"*"
         while True:
             cursor, keys = self._call(i, [("SCAN", cursor, "MATCH", match, "COUNT", 1000)], attempts=1)[0]
             if keys:
-                self._call(i, [("UNLINK", *keys)], attempts=1)
+                # a cluster node refuses a command over several slots: one key per UNLINK there
+                self._call(i, [("UNLINK", k) for k in keys] if self.cluster else [("UNLINK", *keys)], attempts=1)
                 n += len(keys)
             if cursor in (b"0", 0, "0"):
                 return n
@@ -650,6 +706,8 @@ class RedisStore:
     # -- transport ------------------------------------------------------------------------
     def _library(self) -> str:
         parts = [LIBRARY]
+        if self.cluster:
+            parts.append("\nPUBLISH = 'SPUBLISH'\n")
         for name, body in self.customs.items():
             parts.append(f"\nCUSTOM['{name}'] = function(op)\n{body}\nend\n")
         for name, body in self.value_ops.items():
@@ -712,6 +770,14 @@ class RedisStore:
                         failed[i] = exc
                         self.servers[i].reset()
                         continue
+                    moved = next((r for r in out if isinstance(r, ResponseError)
+                                  and str(r).startswith("MOVED ")), None)
+                    if moved is not None:
+                        # Nothing of this request ran there (every key of a shard is in one
+                        # slot): follow the slot (or refuse, see _redirected) and send again.
+                        self._redirected(i, str(moved))
+                        failed[i] = RedisConnectionError(str(moved))
+                        continue
                     busy = next((r for r in out if isinstance(r, ResponseError)
                                  and str(r).startswith(_RETRY_LATER)), None)
                     if busy is not None:
@@ -761,9 +827,10 @@ class RedisStore:
                 raise StoreError(f"{self.servers[i].url}: {_clean(r)}")
         return out
 
-    def _call_all(self, *commands: tuple) -> dict[int, list]:
-        """``commands`` on every server, in one round trip; their replies per server."""
-        return self._checked(self._round_trip({i: [_command(*c) for c in commands] for i in range(self.n)}))
+    def _call_all(self, command: Callable[[bytes], tuple]) -> dict[int, list]:
+        """``command(shard prefix)`` on every server, in one round trip; their replies per server."""
+        return self._checked(self._round_trip({i: [_command(*command(srv.prefix))]
+                                               for i, srv in enumerate(self.servers)}))
 
     # -- addressing -----------------------------------------------------------------------
     def _locate(self, key: ObjectKey) -> tuple[bytes, int, bytes, bytes]:
@@ -777,6 +844,8 @@ class RedisStore:
                 srv = 0
             else:
                 srv = zlib.crc32(rkey if key.per_flow else family) % self.n
+            if self.servers[srv].prefix != self.prefix:          # a cluster shard's hash tag
+                rkey = self.servers[srv].prefix + rkey[len(self.prefix):]
             ent = self._keys[key] = (rkey, srv, _PER_FLOW[key.per_flow], _bulk(rkey))
         return ent
 
@@ -798,11 +867,11 @@ class RedisStore:
             w = self._wire_bulks[(client, srv)] = _bulk(self._wire_id(client, srv))
         return w
 
-    def _key_of(self, rkey: bytes) -> ObjectKey:
+    def _key_of(self, rkey: bytes, srv: int) -> ObjectKey:
         key = self._watched.get(rkey)
         if key is not None:
             return key
-        vertex, obj, scope = rkey[len(self.prefix) + 2:].split(b":", 2)
+        vertex, obj, scope = rkey[len(self.servers[srv].prefix) + 2:].split(b":", 2)
         return ObjectKey(_unesc(vertex), _unesc(obj), _unpack(scope))
 
     # -- operations -----------------------------------------------------------------------
@@ -833,7 +902,7 @@ class RedisStore:
                 self._big_ids[id(default)] = (default, ent[1], ent[2])
         digest = ent[1]
         if digest not in self._uploaded[srv] and (srv, digest) not in uploading:
-            pre.append(_command("SET", self.prefix + b"d:" + digest, ent[2]))
+            pre.append(_command("SET", self.servers[srv].prefix + b"d:" + digest, ent[2]))
             uploading.add((srv, digest))
         return b"\xc1" + digest
 
@@ -941,21 +1010,29 @@ class RedisStore:
             b[2] += argc
         groups = {}
         for srv, (clients, parts, argc, pre, _) in batches.items():
-            groups[srv] = [*pre, b"".join((b"*%d\r\n" % (argc + 6 + len(clients)), _BATCH_HEAD, self._prefix_bulk,
-                                            self._epoch_bulk, _bulk(len(clients)), *map(_bulk, clients), *parts))]
+            server = self.servers[srv]
+            groups[srv] = [*pre, b"".join((b"*%d\r\n" % (argc + 7 + len(clients)), _BATCH_HEAD, server.epoch_key_bulk,
+                                            server.prefix_bulk, self._epoch_bulk, _bulk(len(clients)),
+                                            *map(_bulk, clients), *parts))]
         return groups, where, {srv: b[4] for srv, b in batches.items()}, uploading
 
     def _split(self, srv: int, out: Any, n: int) -> list[Any]:
         """The ``n`` per-op replies in a ``chc_batch`` reply (ResponseError for a refused op)."""
-        if isinstance(out, ResponseError):          # the whole batch refused (nothing ran)
-            if str(out).startswith("CHCEPOCH"):
+        if isinstance(out, ResponseError):          # the whole batch refused
+            text = str(out)
+            if text.startswith("CHCEPOCH"):
                 self._check_epoch()
+            elif text.startswith("MOVED "):         # nothing ran: the next request goes to the slot's node
+                self._redirected(srv, text)
+            else:
+                self._check_half_run(srv, text)
             return [out] * n
         lens, blob, *errors = out
         refused = {}
         for e in errors:
             i, _, text = e.partition(b" ")
             refused[int(i) - 1] = ResponseError(text.decode("utf-8", "replace"))
+            self._check_half_run(srv, str(refused[int(i) - 1]))
         got: list[Any] = []
         pos = 0
         for j, k in enumerate(map(int, lens.split())):
@@ -965,6 +1042,18 @@ class RedisStore:
             else:
                 got.append(None if k == -1 else refused[j])
         return got
+
+    def _check_half_run(self, srv: int, text: str) -> None:
+        """A cluster node refused a key inside a running batch (its slot is being migrated, or
+        the cluster went down meanwhile): the ops before it were applied, its clock-log records
+        and sequence marks are not.  Retransmitting could apply updates twice, so the run
+        stops here (:class:`StoreLost`) rather than go on with state it cannot vouch for."""
+        if "Script attempted to" in text and any(w in text for w in ("non local key", "same slot",
+                                                                      "cluster is down")):
+            self._lost = (f"{self.servers[srv].url}: a request was cut short by the cluster ({_clean_text(text)}): "
+                          "a slot of this run's state moved or the cluster went down while it ran; the run "
+                          "cannot continue on half-applied state")
+            raise StoreLost(self._lost)
 
     def execute(self, ops: list[Op]) -> list[Any]:
         """Apply ``ops`` in order: one ``chc_batch`` call per server touched, sent to every
@@ -1123,10 +1212,10 @@ class RedisStore:
     def _listen(self, client: str) -> None:
         """Subscribe the client's channel on every server (before anything can be published)."""
         for i, server in enumerate(self.servers):
-            channel = self.prefix + b"n:" + self._wire_id(client, i)
+            channel = server.prefix + b"n:" + self._wire_id(client, i)
             if channel in server.channels:
                 continue
-            self._clients[channel] = client
+            self._clients[channel] = (client, i)
             self._listening.add(client)
             sink: list = []
             try:
@@ -1140,13 +1229,14 @@ class RedisStore:
             return
         with self._inbox_lock:
             for channel, data in messages:
-                client = self._clients.get(channel)
-                if client is None:
+                got = self._clients.get(channel)
+                if got is None:
                     continue
+                client, srv = got
                 n = int.from_bytes(data[1:5], "big")
                 rkey = data[5:5 + n]
                 rest = data[5 + n:]
-                key = self._key_of(rkey)
+                key = self._key_of(rkey, srv)
                 if data[:1] == b"U":
                     value = _unpack(rest[1:])
                     if rest[:1] == b"L":
@@ -1164,8 +1254,18 @@ class RedisStore:
             sink: list = []
             server.drain(sink)
             self._route(sink)
+            if server.dropped:
+                self._subscriptions_lost(server)
         with self._inbox_lock:
             return self._inbox.pop(client, [])
+
+    def _subscriptions_lost(self, server: _Server) -> None:
+        """A cluster slot with subscribed objects moved: what was published there between the
+        move and a subscription on the new node is lost, so caches could be stale unnoticed."""
+        self._lost = (f"{server.url}: a cluster slot of this run's state, with subscribed objects, moved to another "
+                      "node while the run went on: callbacks published meanwhile may be lost; the run cannot "
+                      "continue (do not reshard a running chain's slots)")
+        raise StoreLost(self._lost)
 
     def subscribe(self, key: ObjectKey, client: str) -> Any:
         """Callbacks for ``key`` to ``client`` from now on; returns the current value."""
@@ -1173,7 +1273,8 @@ class RedisStore:
         rkey, srv, *_ = self._locate(key)
         self._watched[rkey] = key
         self._listen(client)
-        reply = self._call(srv, [("FCALL", "chc_subscribe", 1, rkey, self.prefix, self._wire_id(client, srv))])[0]
+        reply = self._call(srv, [("FCALL", "chc_subscribe", 1, rkey, self.servers[srv].prefix,
+                                  self._wire_id(client, srv))])[0]
         if reply is None:
             return None
         value = _unpack(reply[1:])
@@ -1183,10 +1284,11 @@ class RedisStore:
     def declare(self, key: ObjectKey, initial: Any) -> None:
         """Create an object with its initial value unless it exists (idempotent)."""
         rkey, srv, *_ = self._locate(key)
+        p = self.servers[srv].prefix
         if isinstance(initial, (list, tuple, range)):
-            cmd = ("FCALL", "chc_declare", 1, rkey, self.prefix, "L", *[_encode(v) for v in initial])
+            cmd = ("FCALL", "chc_declare", 1, rkey, p, "L", *[_encode(v) for v in initial])
         else:
-            cmd = ("FCALL", "chc_declare", 1, rkey, self.prefix, "V", _encode(initial))
+            cmd = ("FCALL", "chc_declare", 1, rkey, p, "V", _encode(initial))
         self._call(srv, [cmd])
 
     def register(self, name: str, fn: CustomOp, lua: str | None = None) -> None:
@@ -1223,7 +1325,7 @@ class RedisStore:
         """The owner gives up ``key``; the first waiting instance gets it and is notified."""
         rkey, srv, *_ = self._locate(key)
         try:
-            self._call(srv, [("FCALL", "chc_release", 1, rkey, self.prefix, str(instance))])
+            self._call(srv, [("FCALL", "chc_release", 1, rkey, self.servers[srv].prefix, str(instance))])
         except StoreError as exc:
             if "CHCOWN" in str(exc):
                 raise OwnershipError(f"instance {instance} cannot release an object it does not own") from None
@@ -1232,11 +1334,12 @@ class RedisStore:
     def release_instance(self, vertex: str, instance: int) -> int:
         """Handover (§5.1 step 5): ``instance`` of ``vertex`` gives up every per-flow
         object it owns (owner keys found with SCAN, released one by one)."""
-        okeys = self.prefix + b"o:"
-        pattern = _glob_escape(okeys + _esc(vertex)) + b":*"
         me = str(instance).encode()
         n = 0
         for srv in range(self.n):
+            p = self.servers[srv].prefix
+            okeys = p + b"o:"
+            pattern = _glob_escape(okeys + _esc(vertex)) + b":*"
             cursor: Any = b"0"
             while True:
                 cursor, keys = self._call(srv, [("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)])[0]
@@ -1244,8 +1347,8 @@ class RedisStore:
                     owners = self._call(srv, [("GET", k) for k in keys])
                     mine = [k for k, o in zip(keys, owners, strict=True) if o == me]
                     if mine:
-                        self._call(srv, [("FCALL", "chc_release", 1, self.prefix + b"k:" + k[len(okeys):],
-                                               self.prefix, str(instance)) for k in mine])
+                        self._call(srv, [("FCALL", "chc_release", 1, p + b"k:" + k[len(okeys):], p, str(instance))
+                                         for k in mine])
                         n += len(mine)
                 if cursor in (b"0", 0, "0"):
                     break
@@ -1256,17 +1359,18 @@ class RedisStore:
         rkey, srv, *_ = self._locate(key)
         self._watched[rkey] = key
         self._listen(client)
-        reply = self._call(srv, [("FCALL", "chc_take", 1, rkey, self.prefix, self._wire_id(client, srv),
-                                  str(instance))])[0]
+        reply = self._call(srv, [("FCALL", "chc_take", 1, rkey, self.servers[srv].prefix,
+                                  self._wire_id(client, srv), str(instance))])[0]
         return reply == b"1"
 
     def prune_below(self, clock: int) -> int:
         """Forget clock-log entries of clocks < ``clock``; returns how many."""
-        return sum(int(r[0]) for r in self._call_all(("FCALL", "chc_prune", 0, self.prefix, int(clock))).values())
+        return sum(int(r[0]) for r in self._call_all(lambda p: ("FCALL", "chc_prune", 1, p + b"lz", p,
+                                                                int(clock))).values())
 
     def commits(self) -> list[tuple[int, int]]:
         """Drain the commit reports ``(clock, xor id)`` (server by server)."""
-        per = self._call_all(("FCALL", "chc_commits", 0, self.prefix))
+        per = self._call_all(lambda p: ("FCALL", "chc_commits", 1, p + b"c", p))
         out = []
         for i in range(self.n):
             for item in per[i][0]:
@@ -1286,7 +1390,7 @@ class RedisStore:
         if not self.epoch:
             return
         for i in range(self.n):
-            if self._call(i, [("GET", self.prefix + b"epoch")])[0] != self.epoch:
+            if self._call(i, [("GET", self.servers[i].prefix + b"epoch")])[0] != self.epoch:
                 raise StoreLost(f"{self.servers[i].url}: the store lost this run's state (namespace "
                                 f"{self.namespace!r} has another epoch or none: the server restarted empty "
                                 "or was flushed); the run cannot continue on it")
@@ -1294,10 +1398,10 @@ class RedisStore:
     def objects(self, vertex: str) -> dict[str, dict[Hashable, Any]]:
         """Every stored object of ``vertex`` as {object name: {key: value}}."""
         self._check_epoch()
-        prefix = self.prefix + b"k:" + _esc(vertex) + b":"
-        match = _glob_escape(prefix) + b"*"
         out: dict[str, dict[Hashable, Any]] = {}
         for i in range(self.n):
+            prefix = self.servers[i].prefix + b"k:" + _esc(vertex) + b":"
+            match = _glob_escape(prefix) + b"*"
             cursor = 0
             while True:
                 cursor, keys = self._call(i, [("SCAN", cursor, "MATCH", match, "COUNT", 1000)])[0]
@@ -1322,7 +1426,7 @@ class RedisStore:
         sets the namespace's ``pre`` key on every server, which ``chc_batch`` reads with the
         epoch (so every store of the run records them, and a batch without them costs
         nothing more)."""
-        self._call_all(("SET", self.prefix + b"pre", b"1"))
+        self._call_all(lambda p: ("SET", p + b"pre", b"1"))
 
     def objects_at(self, vertex: str, replayed: set[int]) -> dict[str, dict[Hashable, Any]]:
         """``vertex``'s objects as they were before the first update made by any of the
@@ -1330,13 +1434,13 @@ class RedisStore:
         the pre-image of the first of those clocks in the order its server applied them
         (an object absent then is left out).  Needs :meth:`keep_preimages`."""
         out = self.objects(vertex)
-        prefix = self.prefix + b"k:" + _esc(vertex) + b":"
-        match = b"* " + _glob_escape(prefix) + b"*"
         for i in range(self.n):
+            prefix = self.servers[i].prefix + b"k:" + _esc(vertex) + b":"
+            match = b"* " + _glob_escape(prefix) + b"*"
             first: dict[bytes, bytes] = {}
             cursor = 0
             while True:
-                cursor, items = self._call(i, [("HSCAN", self.prefix + b"p", cursor, "MATCH", match,
+                cursor, items = self._call(i, [("HSCAN", self.servers[i].prefix + b"p", cursor, "MATCH", match,
                                                 "COUNT", 1000)])[0]
                 cursor = int(cursor)
                 for j in range(0, len(items), 2):
@@ -1367,7 +1471,8 @@ class RedisStore:
             self._lease = False
             for i in range(self.n):
                 with contextlib.suppress(StoreError):
-                    self._call(i, [("FCALL", "chc_unlease", 0, self.prefix, self.token)], attempts=1)
+                    p = self.servers[i].prefix
+                    self._call(i, [("FCALL", "chc_unlease", 1, p + b"lease", p, self.token)], attempts=1)
         for server in self.servers:
             server.close()
 
@@ -1382,7 +1487,10 @@ class RedisStore:
 
 def _clean(exc: ResponseError) -> str:
     """The server's error text without the script location Redis appends."""
-    text = str(exc)
+    return _clean_text(str(exc))
+
+
+def _clean_text(text: str) -> str:
     cut = text.find(" script: ")
     return text[:cut] if cut >= 0 else text
 

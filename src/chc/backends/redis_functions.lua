@@ -59,6 +59,10 @@ local TWO32 = 4294967296
 local CHUNK = 1000
 -- (no aliases of string/math/table/redis functions: only redis.register_function exists at load time)
 
+-- PUBLISH, or SPUBLISH on a Redis Cluster (the client appends "PUBLISH = 'SPUBLISH'" to the
+-- library): a sharded channel stays on the node of its slot, the shard's own.
+local PUBLISH = 'PUBLISH'
+
 local CUSTOM = {}       -- custom operations: name -> function(op) -> Lua value
 local VALUE_OPS = {}    -- value operations (chc.nf.value_op): name -> function(value, args) -> new, result
 
@@ -822,7 +826,7 @@ local function one_op(argv, i, client, ne)
     end
     local payload = 'U' .. struct.pack('>I4', #k) .. k .. v
     for _, s in ipairs(redis.call('SMEMBERS', derived('s', k))) do
-      if s ~= client then redis.call('PUBLISH', b.P .. 'n:' .. s, payload) end
+      if s ~= client then redis.call(PUBLISH, b.P .. 'n:' .. s, payload) end
     end
   end
   return result
@@ -1012,7 +1016,7 @@ local function chc_release(keys, args)
     local sp = string.find(nxt, ' ', 1, true)
     local inst, client = string.sub(nxt, 1, sp - 1), string.sub(nxt, sp + 1)
     redis.call('SET', ok, inst)
-    redis.call('PUBLISH', PREFIX .. 'n:' .. client, 'O' .. struct.pack('>I4', #k) .. k .. inst)
+    redis.call(PUBLISH, PREFIX .. 'n:' .. client, 'O' .. struct.pack('>I4', #k) .. k .. inst)
   end
   return 'ok'
 end

@@ -5,14 +5,17 @@ Theory of operation
 get/set/incr ops/s with 128-bit (16-byte) scope keys and 64-bit values over
 ``--entries`` keys per shard: the engine (``StoreEngine.apply`` in a loop), the
 memory backend (``execute`` of pipelined batches) and Redis (pipelined batches,
-one and two shards).  ``incr_chc`` is an increment as a CHC client sends it
-(exactly-once sequence number, clock-log tag, XOR id).  No capture is read.
+one and two shards, and a private 3-node Redis Cluster when ``redis-cli`` is there
+too).  ``incr_chc`` is an increment as a CHC client sends it (exactly-once
+sequence number, clock-log tag, XOR id).  Every Redis row is also given as a
+ratio to the one-server row and to the engine of the same run.  No capture is read.
 """
 
 from __future__ import annotations
 
 import gc
 import random
+import shutil
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +23,7 @@ from typing import Any
 from ..backends.memory import MemoryStore
 from ..core.store import ObjectKey, Op, StoreEngine
 from .harness import RunContext, Section, fmt, now_ns, progress, save_plot
-from .stores import StoreSpec
+from .stores import PrivateRedis, StoreSpec, redis_server_binary
 
 
 def _store_ops(entries: int, shard_families: int = 16, seed: int = 7) -> dict[str, list[Op]]:
@@ -88,7 +91,7 @@ def bench_store(stores: list[StoreSpec], entries: int, pipeline: int, repeat: in
     for st in stores:
         if st.name == "memory":
             continue
-        shards = len(st.urls or [])
+        shards = st.shards
 
         def redis(ops: dict[str, list[Op]], st: StoreSpec = st) -> dict[str, float]:
             s = st.open()
@@ -97,20 +100,55 @@ def bench_store(stores: list[StoreSpec], entries: int, pipeline: int, repeat: in
             finally:
                 s.close()
 
+        what = f"{shards} cluster primaries" if st.name == "redis-cluster" else f"{shards} server(s)"
         record(st.name, redis, entries * shards,
-               f"RedisStore.execute, {pipeline} ops per request, {shards} server(s), one client thread")
+               f"RedisStore.execute, {pipeline} ops per request, {what}, one client thread")
+    out["ratios"] = _ratios(out["backends"], kinds)
+    for name, r in out["ratios"].items():
+        progress(f"  store {name:<16} incr_chc x{r['incr_chc_vs_redis']} of one Redis server, "
+                 f"x{r['incr_chc_vs_engine']} of the engine")
     return out
 
 
+def _ratios(backends: dict[str, dict], kinds: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Each Redis row against the one-server row and the engine (same run)."""
+    one, engine = backends.get("redis"), backends["engine"]
+    out = {}
+    for name, d in backends.items():
+        if not name.startswith("redis") or one is None:
+            continue
+        r = {f"{k}_vs_redis": round(d[k] / one[k], 2) for k in kinds}
+        r.update({f"{k}_vs_engine": round(d[k] / engine[k], 3) for k in kinds})
+        out[name] = r
+    return out
+
+
+CLUSTER_NODES = 3
+
+
 def run_section(ctx: RunContext) -> dict:
-    """The engine and the memory backend always; Redis on one server and, given two, sharded."""
+    """The engine and the memory backend always; Redis on one server and, given two, sharded;
+    a private Redis Cluster when the servers are private ones and redis-cli is on PATH."""
     stores = []
     urls = ctx.redis_urls
-    if urls:
-        stores.append(StoreSpec("redis", urls[:1]))
-        if len(urls) >= 2:
-            stores.append(StoreSpec("redis-2shards", urls[:2]))
-    return {"store_engine": bench_store(stores, ctx.conf["entries"], 1000, 1 if ctx.args.quick else 3)}
+    cluster: PrivateRedis | None = None
+    try:
+        if urls:
+            stores.append(StoreSpec("redis", urls[:1]))
+            if len(urls) >= 2:
+                stores.append(StoreSpec("redis-2shards", urls[:2]))
+            binary, cli = redis_server_binary(), shutil.which("redis-cli")
+            if getattr(ctx.args, "redis", None):
+                progress("  store: --redis given: no private Redis Cluster row")
+            elif binary is None or cli is None:
+                progress("  store: no redis-cli on PATH: no Redis Cluster row")
+            else:
+                cluster = PrivateRedis(binary, CLUSTER_NODES, cluster=cli)
+                stores.append(StoreSpec("redis-cluster", [str(cluster.cluster_url)], nodes=CLUSTER_NODES))
+        return {"store_engine": bench_store(stores, ctx.conf["entries"], 1000, 1 if ctx.args.quick else 3)}
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 def table_rows(res: dict) -> list[tuple[str, ...]]:

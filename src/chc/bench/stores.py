@@ -7,6 +7,8 @@ run starts from empty state.  Redis: ``--redis URL[,URL]`` uses those servers
 (only CHC's keys are cleared); otherwise :class:`PrivateRedis` starts a
 ``redis-server`` of this benchmark alone (two for the sharded store test) on
 free loopback ports with ``--save "" --appendonly no`` and stops it at the end.
+``PrivateRedis(..., cluster=REDIS_CLI)`` starts them cluster-enabled and joins them
+into one Redis Cluster (:func:`form_cluster`, also what the test suite's cluster uses).
 """
 
 from __future__ import annotations
@@ -26,13 +28,21 @@ from .harness import BenchError
 
 @dataclasses.dataclass
 class StoreSpec:
-    name: str                        # memory | redis | redis-2shards
+    name: str                        # memory | redis | redis-2shards | redis-cluster
     urls: list[str] | None = None
     packet_cap: int | None = None    # cells on this store use at most this many packets
+    nodes: int | None = None         # redis-cluster: its primaries (the store's shards)
+
+    @property
+    def shards(self) -> int:
+        return self.nodes or len(self.urls or [])
 
     def open(self, fresh: bool = True) -> Any:
         if self.name == "memory":
             return MemoryStore()
+        if self.name == "redis-cluster":
+            from ..backends.redis_cluster import RedisClusterStore
+            return RedisClusterStore(list(self.urls or []), fresh=fresh)
         from ..backends.redis import RedisStore
         return RedisStore(list(self.urls or []), fresh=fresh)
 
@@ -64,27 +74,71 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class PrivateRedis:
-    """``n`` redis-server processes of this benchmark alone, on free loopback ports."""
+def cluster_options(port: int) -> list[str]:
+    """redis-server options of a node of a private Redis Cluster: its bus on another free port
+    (by default port + 10000, beyond 65535 for many free ports), node timeout 2 s (a node that
+    goes away is noticed soon)."""
+    return ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+            "--cluster-port", str(_free_port()), "--cluster-node-timeout", "2000"]
 
-    def __init__(self, binary: str, n: int) -> None:
+
+def form_cluster(cli: str, ports: list[int], timeout: float = 30.0, password: str | None = None) -> None:
+    """Join the empty cluster-enabled servers on loopback ``ports`` into one Redis Cluster (no
+    replicas, ``redis-cli --cluster create``); return once every node says cluster_state:ok
+    (the nodes learn the slot map by gossip).  ``password``: the nodes' ``requirepass``."""
+    import redis
+
+    auth = ["-a", password, "--no-auth-warning"] if password else []
+    done = subprocess.run([cli, *auth, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                           "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True,
+                          timeout=timeout)
+    if done.returncode != 0:
+        raise BenchError(f"redis-cli --cluster create failed: {(done.stdout + done.stderr)[-2000:]}")
+    deadline = time.monotonic() + timeout
+    clients = [redis.Redis(host="127.0.0.1", port=p, socket_timeout=5, password=password) for p in ports]
+    try:
+        while True:
+            try:
+                if all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO") for c in clients):
+                    return
+            except redis.exceptions.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"the Redis Cluster on ports {ports} is not ok after {timeout:g} s")
+            time.sleep(0.05)
+    finally:
+        for c in clients:
+            c.close()
+
+
+class PrivateRedis:
+    """``n`` redis-server processes of this benchmark alone, on free loopback ports; with
+    ``cluster`` (the redis-cli binary) one Redis Cluster of them (``cluster_url``)."""
+
+    def __init__(self, binary: str, n: int, cluster: str | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="chc-bench-redis-")
         self.procs: list[subprocess.Popen] = []
         self.urls: list[str] = []
+        ports: list[int] = []
         try:
             for i in range(n):
                 port = _free_port()
                 log = open(os.path.join(self.dir, f"redis-{i}.log"), "wb")  # noqa: SIM115 - owned by the process
                 proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                         "--appendonly", "no", "--dir", self.dir, "--daemonize", "no"],
+                                         "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
+                                         *(cluster_options(port) if cluster else [])],
                                         stdout=log, stderr=subprocess.STDOUT)
                 log.close()
                 self.procs.append(proc)
                 self.urls.append(f"redis://127.0.0.1:{port}")
+                ports.append(port)
                 self._wait(port, proc)
+            if cluster:
+                form_cluster(cluster, ports)
         except Exception:
             self.close()
             raise
+        self.cluster_url = f"redis-cluster://127.0.0.1:{ports[0]}" if cluster and ports else None
 
     def _wait(self, port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
