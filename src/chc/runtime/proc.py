@@ -129,7 +129,7 @@ class ProcRuntime:
         workers = roots + [instance_name(v, i) for v, i in plan.instances()]
         self.box = Mailbox(self.ctx, plan.address(COORDINATOR), "coordinator", {w.encode() for w in workers})
         mp = multiprocessing.get_context("forkserver")
-        mp.set_forkserver_preload(["chc.runtime.procworker", "chc.runtime.storeserver"])
+        mp.set_forkserver_preload(["chc.cli", "chc.runtime.procworker", "chc.runtime.storeserver"])
         self.guard = Guard([], self._gone)
         self._sentinels: dict[int, str] = {}
         if memory:

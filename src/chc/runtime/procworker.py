@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import resource
 import traceback
 from collections import deque
 from typing import Any
@@ -184,10 +186,18 @@ def main(plan: Plan, role: str, index: Any) -> None:
     ctx = zmq.Context()
     me = root_name(index) if role == "root" else instance_name(*index)
     coordinator = None
+    profile = os.environ.get("CHC_PROC_PROFILE")     # a directory: each worker's cProfile there (docs/proc.md)
+    if profile:
+        import cProfile
+        prof = cProfile.Profile()
+        prof.enable()
     try:
         worker = RootWorker(plan, ctx, index, guard) if role == "root" else InstanceWorker(plan, ctx, *index, guard)
         coordinator = worker.out.coordinator
         worker.run()
+        if profile:
+            prof.disable()
+            prof.dump_stats(os.path.join(profile, f"{me}.pstats"))
     except Exception as exc:            # the coordinator shows it and stops the run
         detail = traceback.format_exc()
         log.debug("%s failed:\n%s", me, detail)
@@ -345,7 +355,7 @@ class RootWorker:
             "counters": {k: getattr(root, k) for k in ("packets_in", "malformed", "non_ip", "dropped", "bypassed")},
             "log": root.stats(), "packets_out": self.out.out_packets,
             "round_trips": getattr(self.store, "round_trips", 0),
-            "rejected": self.input.rejected + self.reports.rejected,
+            "rejected": self.input.rejected + self.reports.rejected, "cpu_s": _cpu(),
         })
         self.store.close()
 
@@ -537,7 +547,13 @@ class InstanceWorker:
             "round_trips": getattr(self.store, "round_trips", 0),
             "state": inst.state() if self.store is None else None,
             "reports": {root_name(r): n for r, n in self.out.report_seq.items()},
-            "packets_out": self.out.out_packets, "rejected": self.box.rejected,
+            "packets_out": self.out.out_packets, "rejected": self.box.rejected, "cpu_s": _cpu(),
         })
         if self.store is not None:
             self.store.close()
+
+
+def _cpu() -> float:
+    """CPU seconds this process has used (user + system)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime

@@ -28,6 +28,7 @@ takes, bans its sender (logged), answered with an error if it had a request id.
 from __future__ import annotations
 
 import logging
+import resource
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -38,14 +39,13 @@ from ..backends.memory import MemoryStore
 from ..core.client import StoreLost, StoreUnavailable
 from ..core.store import CustomOp, ObjectKey, Op, OwnershipError, StoreError
 from .procio import Guard, worker_guard
-from .wire import Kind, Mailbox, WireError, dealer, decode, encode, fields
+from .wire import Kind, Mailbox, WireError, dealer, decode, encode, fields, op_rows, rows_ops
 
 log = logging.getLogger("chc.proc")
 
 # The backend methods a client may call, with a check of their arguments.
 _SERVED: dict[str, Callable[[list], bool]] = {
-    "execute": lambda a: len(a) == 1 and a[0].__class__ is list and all(
-        op.__class__ is Op and op.key.__class__ is ObjectKey for op in a[0]),
+    "execute": lambda a: len(a) == 1 and a[0].__class__ is list,
     "declare": lambda a: len(a) == 2 and a[0].__class__ is ObjectKey,
     "subscribe": lambda a: len(a) == 2 and a[0].__class__ is ObjectKey and a[1].__class__ is str,
     "notifications": lambda a: len(a) == 1 and a[0].__class__ is str,
@@ -92,17 +92,27 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any)
             raise WireError(f"a {Kind(kind).name} message to the store")
         rid, method, args = fields(body, 3, "store request")
         if method == "stop":
+            usage = resource.getrusage(resource.RUSAGE_SELF)
             box.reply(peer, encode(Kind.REPLY, [rid, 1, {"round_trips": store.round_trips, "ops": store.ops,
-                                                         "rejected": box.rejected}]))
+                                                         "rejected": box.rejected,
+                                                         "cpu_s": usage.ru_utime + usage.ru_stime}]))
             return True
         check = _SERVED.get(method)
         if check is None or args.__class__ is not list or not check(args):
             raise WireError(f"bad store request {str(method)[:40]!r}")
     except WireError as exc:
-        box.ban(peer, str(exc))
+        _ban(box, peer, str(exc))
         return False
     try:
-        reply = [rid, 1, getattr(store, method)(*args)]
+        if method == "execute":
+            args = [rows_ops(args[0])]
+        result = getattr(store, method)(*args)
+        if method == "commits":
+            result = [x for pair in result for x in pair]      # flat: a tuple each costs on the wire
+        reply = [rid, 1, result]
+    except WireError as exc:
+        _ban(box, peer, str(exc))
+        return False
     except StoreError as exc:
         reply = [rid, 0, [type(exc).__name__, str(exc)]]
     try:
@@ -111,6 +121,13 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any)
         frame = encode(Kind.REPLY, [rid, 0, ["StoreError", str(exc)]])
     box.reply(peer, frame)
     return False
+
+
+def _ban(box: Mailbox, peer: bytes, why: str) -> None:
+    """Drop the peer, and say so (request id 0): a client of ours that sent it fails at once
+    instead of waiting for an answer that will not come."""
+    box.ban(peer, why)
+    box.reply(peer, encode(Kind.REPLY, [0, 0, ["StoreLost", f"the store server dropped this client: {why}"]]))
 
 
 class RemoteStore:
@@ -150,6 +167,8 @@ class RemoteStore:
             rid, ok, payload = fields(body, 3, "store reply")
         except WireError as exc:
             raise StoreLost(f"store server: {exc}") from None
+        if rid == 0:
+            raise StoreLost(payload[1])
         if self.acks and self.acks[0][0] == rid:
             _, seq, on_ack = self.acks.popleft()
             if ok:
@@ -175,12 +194,12 @@ class RemoteStore:
     def execute(self, ops: list[Op]) -> list[Any]:
         self.round_trips += 1
         self.ops += len(ops)
-        return self._call("execute", ops)
+        return self._call("execute", op_rows(ops))
 
     def submit(self, ops: list[Op], on_ack: Callable[[int], None]) -> None:
         self.round_trips += 1
         self.ops += len(ops)
-        rid = self._send("execute", [ops])
+        rid = self._send("execute", [op_rows(ops)])
         self.acks.append((rid, ops[-1].seq, on_ack))
         while self.acks and self._read(False):
             pass
@@ -225,7 +244,8 @@ class RemoteStore:
         return self._call("prune_below", clock)
 
     def commits(self) -> list[tuple[int, int]]:
-        return self._call("commits")
+        flat = self._call("commits")
+        return list(zip(flat[::2], flat[1::2], strict=True))
 
     def objects(self, vertex: str) -> dict:
         return self._call("objects", vertex)

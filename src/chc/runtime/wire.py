@@ -68,21 +68,22 @@ _TUPLE, _KEY, _OP, _INCS, _DEQUE, _SET, _FROZENSET = range(1, 8)
 
 
 def _default(obj: Any) -> Any:
+    # (Nested values are packed by packb: the shared top-level Packer is not re-entrant.)
     cls = obj.__class__
     if cls is tuple:
-        return msgpack.ExtType(_TUPLE, _pack(list(obj)))
+        return msgpack.ExtType(_TUPLE, _nested(list(obj)))
     if cls is ObjectKey:
-        return msgpack.ExtType(_KEY, _pack(list(obj)))
+        return msgpack.ExtType(_KEY, _nested(list(obj)))
     if cls is Op:
-        return msgpack.ExtType(_OP, _pack([getattr(obj, n) for n in Op.__slots__]))
+        return msgpack.ExtType(_OP, _nested([getattr(obj, n) for n in Op.__slots__]))
     if cls is Increments:
-        return msgpack.ExtType(_INCS, _pack([obj.total, obj.clocks, obj.ns, obj.amounts, obj.xor_ids]))
+        return msgpack.ExtType(_INCS, _nested([obj.total, obj.clocks, obj.ns, obj.amounts, obj.xor_ids]))
     if cls is deque:
-        return msgpack.ExtType(_DEQUE, _pack(list(obj)))
+        return msgpack.ExtType(_DEQUE, _nested(list(obj)))
     if cls is set:
-        return msgpack.ExtType(_SET, _pack(list(obj)))
+        return msgpack.ExtType(_SET, _nested(list(obj)))
     if cls is frozenset:
-        return msgpack.ExtType(_FROZENSET, _pack(list(obj)))
+        return msgpack.ExtType(_FROZENSET, _nested(list(obj)))
     raise TypeError(f"the proc runtime cannot send a {cls.__name__}")
 
 
@@ -111,8 +112,11 @@ def _ext(code: int, data: bytes) -> Any:
     raise ValueError(f"unknown extension type {code}")
 
 
-def _pack(obj: Any) -> bytes:
+def _nested(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True, strict_types=True, default=_default)
+
+
+_pack = msgpack.Packer(use_bin_type=True, strict_types=True, default=_default).pack
 
 
 def _unpack(data: bytes) -> Any:
@@ -144,6 +148,37 @@ def fields(body: Any, n: int, what: str) -> list:
     if body.__class__ is not list or len(body) != n:
         raise WireError(f"malformed {what} message")
     return body
+
+
+# -- store ops ----------------------------------------------------------------------------
+# An op is a flat row (no extension types for its own fields: a store request carries
+# hundreds of them, and each extension value costs a Python call on both sides).
+
+def op_rows(ops: list[Op]) -> list[list]:
+    rows = []
+    for op in ops:
+        k, tag = op.key, op.tag
+        rows.append([op.code, k.vertex, k.obj, k.key, k.per_flow, list(op.args), op.client, op.seq, op.instance,
+                     -1 if tag is None else tag[0], 0 if tag is None else tag[1], op.xor_id, op.default])
+    return rows
+
+
+def rows_ops(rows: Any) -> list[Op]:
+    """Ops from their rows; :class:`WireError` if a row is not one."""
+    if rows.__class__ is not list:
+        raise WireError("malformed op list")
+    new = ObjectKey.__new__
+    ops = []
+    try:
+        for code, vertex, obj, key, per_flow, args, client, seq, instance, clock, n, xor_id, default in rows:
+            if (code.__class__ is not str or vertex.__class__ is not str or obj.__class__ is not str
+                    or args.__class__ is not list or seq.__class__ is not int or clock.__class__ is not int):
+                raise TypeError("field types")
+            ops.append(Op(code, new(ObjectKey, vertex, obj, key, per_flow is True), tuple(args), client, seq,
+                          instance, None if clock < 0 else (clock, n), xor_id, default))
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"malformed op ({exc})") from None
+    return ops
 
 
 # -- packets ------------------------------------------------------------------------------
