@@ -65,6 +65,8 @@ from .sim import DEFAULT_BATCH, root_index, stored_state
 from .wire import Kind, Mailbox, WireError, dealer, encode, endpoint, fields
 
 START_TIMEOUT_S = 60.0          # workers not ready by then: the run fails
+# Imported once by the forkserver, so a forked worker starts with chc loaded.
+PRELOAD = ["chc.runtime.procboot", "chc.cli", "chc.runtime.procworker", "chc.runtime.storeserver"]
 REPORT_GRACE_S = 5.0            # a worker that exited 0 has this long to be heard
 
 
@@ -129,7 +131,7 @@ class ProcRuntime:
         workers = roots + [instance_name(v, i) for v, i in plan.instances()]
         self.box = Mailbox(self.ctx, plan.address(COORDINATOR), "coordinator", {w.encode() for w in workers})
         mp = multiprocessing.get_context("forkserver")
-        mp.set_forkserver_preload(["chc.cli", "chc.runtime.procworker", "chc.runtime.storeserver"])
+        mp.set_forkserver_preload(PRELOAD)
         self.guard = Guard([], self._gone)
         self._sentinels: dict[int, str] = {}
         if memory:

@@ -224,9 +224,8 @@ class RootWorker:
                          persist_every=plan.persist_every)
         self.store = open_backend(plan, ctx, self.me, guard)
         self.prune = plan.model != "T" and chain.roots == 1
-        self.applied: dict[bytes, int] = dict.fromkeys((n.encode() for n in names), 0)
-        self.parked: dict[bytes, deque] = {}        # reports waiting for the ones they depend on
-        self.final: dict[bytes, int] | None = None  # reports each instance sent in all (at the end)
+        self.inbox = CausalInbox()
+        self.final: dict[str, int] | None = None  # reports each instance sent in all (at the end)
         self.watermark = -1
         self.meta_pending: list = []
 
@@ -255,7 +254,7 @@ class RootWorker:
                 elif what == "end":
                     self.out.end()
                 elif what == "finish":
-                    self.final = {k.encode(): v for k, v in body.items()}
+                    self.final = dict(body)
                     self._finish(poller)
                     return
 
@@ -320,19 +319,8 @@ class RootWorker:
             except WireError as exc:
                 self.reports.ban(peer, str(exc))
                 continue
-            self.parked.setdefault(peer, deque()).append((seq, deps, items))
-            self._apply_ready()
-
-    def _apply_ready(self) -> None:
-        progress = True
-        while progress:
-            progress = False
-            for peer, queue in self.parked.items():
-                while queue and all(self.applied.get(k.encode(), 0) >= v for k, v in queue[0][1].items()):
-                    _, _, items = queue.popleft()
-                    self._apply(items)
-                    self.applied[peer] += 1
-                    progress = True
+            for ready in self.inbox.offer(peer.decode(), deps, items):
+                self._apply(ready)
 
     def _apply(self, items: list) -> None:
         root = self.root
@@ -345,7 +333,7 @@ class RootWorker:
 
     def _finish(self, poller: zmq.Poller) -> None:
         """Every report the instances sent applied, the last commits, then the counters."""
-        while any(self.applied[k] < v for k, v in self.final.items()):
+        while any(self.inbox.applied.get(k, 0) < v for k, v in self.final.items()):
             if self.guard.poll(poller, 1000).get(self.reports.sock):
                 self._take_reports()
         self._settle()
@@ -356,8 +344,38 @@ class RootWorker:
             "log": root.stats(), "packets_out": self.out.out_packets,
             "round_trips": getattr(self.store, "round_trips", 0),
             "rejected": self.input.rejected + self.reports.rejected, "cpu_s": _cpu(),
+            "reports_waited": self.inbox.waited,
         })
         self.store.close()
+
+
+class CausalInbox:
+    """Reports applied in causal order (sans-I/O).  Each sender's reports arrive in the
+    order it sent them; a report names, per upstream, how many of that upstream's
+    reports were sent before the packets it concerns, and is applied only after
+    those: a fork is never applied after the end of one of its copies."""
+
+    def __init__(self) -> None:
+        self.applied: dict[str, int] = {}           # sender -> its reports applied
+        self.parked: dict[str, deque] = {}          # sender -> its reports waiting, in order
+        self.waited = 0                             # reports that had to wait for another's
+
+    def offer(self, sender: str, deps: dict[str, int], items: list) -> list[list]:
+        """A report from ``sender``; the reports (item lists) that may be applied now, in order."""
+        queue = self.parked.setdefault(sender, deque())
+        queue.append((deps, items))
+        out: list[list] = []
+        progress = True
+        while progress:
+            progress = False
+            for who, q in self.parked.items():
+                while q and all(self.applied.get(k, 0) >= v for k, v in q[0][0].items()):
+                    out.append(q.popleft()[1])
+                    self.applied[who] = self.applied.get(who, 0) + 1
+                    progress = True
+        if queue:
+            self.waited += 1
+        return out
 
 
 # -- NF instances ------------------------------------------------------------------------------
@@ -432,9 +450,9 @@ class InstanceWorker:
         """What may run now: everything from a sole upstream; else, in clock order, the
         packets every upstream's watermark has passed (the sim runtime's order)."""
         if not self.ordered:
-            q = self.queues[self.feeders[0]]
-            batch = list(q)
-            q.clear()
+            batch = [p for q in self.queues.values() for p in q]
+            for q in self.queues.values():
+                q.clear()
             return batch
         floor = min(self.marks.values())
         batch = []
@@ -454,9 +472,7 @@ class InstanceWorker:
         self.out.batch(parts, self._watermark(batch))
 
     def _watermark(self, batch: list[Packet]) -> int:
-        if self.ordered:
-            return min(self.marks.values())
-        return max(self.marks[self.feeders[0]], batch[-1].clock if batch else -1)
+        return min(self.marks.values())
 
     def _report(self, items: list[list]) -> None:
         """Forks, fired timers and ends of this instance's last run (as the sim reports them)."""
