@@ -97,6 +97,7 @@ class ProcRuntime:
         self.store_stats: dict = {}
         self.packets_out = 0
         self.elapsed = 0.0
+        self.startup_s = 0.0            # of elapsed: until every worker was ready
         self.directory = ""
         self.ctx: zmq.Context | None = None
 
@@ -112,6 +113,7 @@ class ProcRuntime:
             previous = signal.signal(signal.SIGTERM, lambda signum, frame: records.interrupt())
         try:
             self._start()
+            self.startup_s = time.perf_counter() - started
             self._feed(records, progress)
             self._finish()
         finally:
@@ -279,6 +281,9 @@ class ProcRuntime:
         roots = [root_name(r) for r in range(self.chain.roots)]
         while any(n not in self.reported for n in roots):
             self._service(1000)
+        bye = encode(Kind.CONTROL, ["bye", None])
+        for name in roots + instances:
+            self.box.reply(name.encode(), bye)     # everything has arrived: the workers may go
         store = self.remote if self.remote is not None else self.store
         if self.model != "T":
             self.final_state = {name: store.objects(name) for name in self.chain.vertices}

@@ -69,6 +69,7 @@ log = logging.getLogger("chc.proc")
 
 COORDINATOR = "@coordinator"
 STORE = "@store"
+SETTLE_EVERY = 8                # input batches between a root's store round trips (at most)
 INF = (1 << 63) - 1        # the watermark of an upstream that has ended (above every clock)
 
 
@@ -198,6 +199,10 @@ def main(plan: Plan, role: str, index: Any) -> None:
         if profile:
             prof.disable()
             prof.dump_stats(os.path.join(profile, f"{me}.pstats"))
+        # Stay until the coordinator has heard from every worker: what this one sent last
+        # (end of input behind its last packets) may still wait in its sockets for a busy
+        # downstream, and closing them would drop it.
+        guard.recv(coordinator)
     except Exception as exc:            # the coordinator shows it and stops the run
         detail = traceback.format_exc()
         log.debug("%s failed:\n%s", me, detail)
@@ -228,6 +233,7 @@ class RootWorker:
         self.final: dict[str, int] | None = None  # reports each instance sent in all (at the end)
         self.watermark = -1
         self.meta_pending: list = []
+        self.unsettled = 0
 
     def run(self) -> None:
         self.out.to_coordinator("ready", None)
@@ -285,10 +291,16 @@ class RootWorker:
                             parts.setdefault((tap, i), []).extend(sub)
         self.watermark = root.base | (root.next_seq - 1)
         self.out.batch(parts, self.watermark)
-        self._settle()
+        # Store round trips (metadata writes, commit reports, pruning) once per few
+        # batches while input keeps coming, at once when it pauses: each costs a wake-up
+        # of the store process, which under load was the root's main wait (profiled).
+        self.unsettled += 1
+        if self.unsettled >= SETTLE_EVERY or not self.input.sock.poll(0):
+            self._settle()
 
     def _settle(self) -> None:
         """Root writes to the store, its commit reports (§5.4), clock-log pruning (§5.3)."""
+        self.unsettled = 0
         root = self.root
         ops = self.meta_pending + root.drain_outbox()
         if ops:
