@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,3 +112,13 @@ def test_root_recovery_script(tmp_path):
     assert json.loads(out.read_text()) == res
     assert {(c["in_flight"], c["state_keys"]) for c in res["cells"].values()} == {(0, 0), (0, 100), (40, 0), (40, 100)}
     assert all(c["clock_only_us"] > 0 and c["with_store_log_us"] > 0 for c in res["cells"].values())
+
+
+def test_proc_scale_script(tmp_path):
+    out = tmp_path / "proc.json"
+    res = subprocess.run([sys.executable, str(ROOT / "bench/proc_scale.py"), "--packets", "1500", "--repeats", "1",
+                          "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert data["digests"]["sim chain"] == data["digests"]["proc chain"]
+    assert set(data["ratios"]) >= {"proc nat x2 / proc nat", "proc chain / sim chain"}
