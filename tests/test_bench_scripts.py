@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,3 +143,13 @@ def test_fig14_store_recovery_script(tmp_path):
     # Each instance coalesces its increments per flush: more instances, more entries.
     assert cells["3/8"]["wal_updates"] > cells["2/8"]["wal_updates"]
     assert cells["2/3"]["x_first"] == 1.0
+
+
+def test_proc_scale_script(tmp_path):
+    out = tmp_path / "proc.json"
+    res = subprocess.run([sys.executable, str(ROOT / "bench/proc_scale.py"), "--packets", "1500", "--repeats", "1",
+                          "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert data["digests"]["sim chain"] == data["digests"]["proc chain"]
+    assert set(data["ratios"]) >= {"proc nat x2 / proc nat", "proc chain / sim chain"}

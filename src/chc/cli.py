@@ -31,6 +31,7 @@ from .core.store import StoreError
 from .feed import Feed, stop_on_interrupt
 from .linktypes import adapter_for
 from .outfiles import ClobberError, Outputs, refuse_clobber
+from .runtime.errors import ProcFailure
 from .runtime.pacing import Pacer
 from .runtime.sim import DEFAULT_BATCH, SimRuntime
 from .scenario import ScenarioError
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="drop new input while N packets are logged; 0 = no limit (default: %(default)s)")
     meta.add_argument("--clock-persist", type=_positive, default=1000, metavar="N",
                       help="persist each root's clock every N packets (default: %(default)s)")
+    run.add_argument("--runtime", choices=("sim", "proc"), default="sim",
+                     help="sim: one deterministic process (default); proc: every root and NF instance in "
+                          "its own OS process, ZeroMQ between them (docs/proc.md)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
     register_trace(sub)
@@ -158,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--save-failures", metavar="FILE",
                      help="append failing seeds to FILE (YAML) to keep them as regression cases")
     chk.add_argument("--json", metavar="FILE", help="write every seed's verdict as JSON")
+    chk.add_argument("--runtime", choices=("sim", "proc"), default="sim",
+                     help="sim (default); proc is not available for check yet (docs/proc.md)")
     return parser
 
 
@@ -167,6 +173,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.list_breaks:
         print(checkrun.list_breaks())
         return 0
+    if args.runtime == "proc":
+        raise UsageError("check --runtime proc: not yet; the proc runtime runs no scenario events (scaling, "
+                         "clones, crashes) and has no recovery yet (docs/proc.md); use --runtime sim")
     missing = [n for n in ("chain", "scenario", "capture") if getattr(args, n) is None]
     if missing:
         raise UsageError(f"check needs CHAIN SCENARIO CAPTURE (missing: {', '.join(missing).upper()})")
@@ -228,10 +237,13 @@ def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:
     with open_capture(args.capture) as reader:
         feed = _feed(args, reader)
         try:
-            runtime = SimRuntime(chain, model=args.model, batch_size=args.batch_size, store=store,
-                                 pacer=_pacer(args), delays=_delays(args.delay), seed=args.seed,
-                                 log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
-                                 persist_every=args.clock_persist)
+            if args.runtime == "proc":
+                runtime = _proc_runtime(args, chain, store)
+            else:
+                runtime = SimRuntime(chain, model=args.model, batch_size=args.batch_size, store=store,
+                                     pacer=_pacer(args), delays=_delays(args.delay), seed=args.seed,
+                                     log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
+                                     persist_every=args.clock_persist)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         outputs = Outputs()
@@ -257,8 +269,25 @@ def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:
     return EXIT_PARTIAL if reader.stop_reason and not args.allow_partial else 0
 
 
+def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any) -> Any:
+    """``--runtime proc`` (docs/proc.md): what only the sim has is refused."""
+    from .runtime.proc import ProcRuntime
+
+    sim_only = [name for name, on in (("--delay", args.delay), ("--multiplier", args.multiplier is not None),
+                                      ("--pps", args.pps is not None), ("--mbps", args.mbps is not None)) if on]
+    if sim_only:
+        raise UsageError(f"{sim_only[0]} is for --runtime sim (virtual time); --runtime proc runs at top speed")
+    return ProcRuntime(chain, model=args.model, batch_size=args.batch_size, store=store, store_url=args.store,
+                       namespace=args.namespace or namespace_of(chain.name),
+                       tls={"tls_ca": args.store_ca, "tls_cert": args.store_cert, "tls_key": args.store_key},
+                       log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
+                       persist_every=args.clock_persist, write_out=bool(args.out))
+
+
 def _check_live(args: argparse.Namespace) -> None:
     """--live reads interfaces: the capture-only options make no sense with it."""
+    if args.runtime == "proc":
+        raise UsageError("--live runs on --runtime sim only (not on proc yet)")
     given = [name for name, on in (("CAPTURE", args.capture is not None), ("--out", args.out),
                                    ("--filter", args.filter), ("--delay", args.delay),
                                    ("--multiplier", args.multiplier), ("--pps", args.pps),
@@ -418,6 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CaptureError, SpecError, UsageError, StoreError, ScenarioError) as exc:
         print(f"chc: error: {exc}", file=sys.stderr)
         return 2
+    except ProcFailure as exc:          # a proc worker died: no recovery there yet
+        print(f"chc: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("chc: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -12,7 +12,7 @@ JSON keys (``chc run --summary-json``), stable for scripts:
 ``warnings``, ``filter``, ``filtered_out``, ``count``), ``partial`` and
 ``partial_reasons`` (the run saw only part of its input: a capture that stopped
 early, or Ctrl-C),
-``store`` (``backend``, ``model``, ``blocking_ops``, ``nonblocking_ops``,
+``runtime`` (``sim`` or ``proc``), ``store`` (``backend``, ``model``, ``blocking_ops``, ``nonblocking_ops``,
 ``cache_hits``, ``round_trips``), ``log`` (``mode``, ``roots``, ``logged``,
 ``deleted``, ``remaining``, ``dropped_overflow``).
 
@@ -89,6 +89,7 @@ class Summary:
     errors: list[str] = dataclasses.field(default_factory=list)
     events: list[dict] = dataclasses.field(default_factory=list)   # scaling and moves (§5.1)
     partial: bool = False
+    runtime: str = "sim"            # which runtime ran the chain (sim, proc)
     partial_reasons: list[str] = dataclasses.field(default_factory=list)
 
     def mark_partial(self, reason: str) -> None:

@@ -684,6 +684,12 @@ class RedisStore:
                              f"({holder.decode(errors='replace')}); wait for it to end (its lease expires "
                              f"{_LEASE_MS // 1000} s after it stops) or choose another --namespace")
 
+    def renew_lease(self) -> None:
+        """Renew the namespace's lease if it is due: for a holder that makes no requests
+        while other processes work in its namespace (the proc runtime's coordinator)."""
+        if self._lease and time.monotonic() >= self._lease_due:
+            self._renew()
+
     def _renew(self) -> None:
         self._lease_due = time.monotonic() + _LEASE_RENEW
         for i in range(self.n):

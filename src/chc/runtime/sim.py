@@ -379,15 +379,11 @@ class SimRuntime:
 
     def _splitters(self, targets: list[str]) -> dict[str, Splitter]:
         """Splitters for the given downstream vertices and their input taps."""
-        vs = self.chain.vertices
-        names = targets + [t for d in targets for t in vs[d].taps_in]
-        return {d: Splitter(self.flowmaps[d].scope, self.flowmaps[d]) for d in names}
+        return {d: Splitter(self.flowmaps[d].scope, self.flowmaps[d]) for d in split_targets(self.chain, targets)}
 
     # -- data path ------------------------------------------------------------------
     def _root_of_packet(self, pkt: Packet) -> int:
-        # §4.1: roots take disjoint traffic; both directions of a host pair go to one.
-        a, b = pkt.src, pkt.dst
-        return crc32(a + b if a <= b else b + a) % len(self.roots)
+        return root_index(pkt, len(self.roots))
 
     def _enter(self, batch: list[Packet], bypass_out: list[Packet]) -> None:
         if len(self.roots) == 1:
@@ -418,23 +414,7 @@ class SimRuntime:
                     self._copy_to(src, tap, pkts, splitters[tap])
 
     def _classify(self, root: Root, admitted: list[Packet]) -> dict[str, list[Packet]]:
-        """Traffic classes (entry ``match``): each packet to every entry that takes it,
-        ``other`` when none does; a packet taken by several is copied (a fork)."""
-        vs = self.chain.vertices
-        entries = self.chain.entries
-        other = next(n for n in entries if vs[n].match == "other")
-        routed: dict[str, list[Packet]] = {n: [] for n in entries}
-        for pkt in admitted:
-            hits = [n for n in entries if n != other and vs[n].accepts(pkt)]
-            if not hits:
-                routed[other].append(pkt)
-                continue
-            routed[hits[0]].append(pkt)
-            for n in hits[1:]:
-                routed[n].append(_copy(pkt))
-            if len(hits) > 1:
-                root.fork(pkt.clock, len(hits) - 1)
-        return routed
+        return classify(self.chain, root, admitted)
 
     def _copy_to(self, src: tuple, vertex: str, pkts: list[Packet], splitter: Splitter) -> None:
         copies = [_copy(p) for p in pkts]
@@ -988,13 +968,7 @@ class SimRuntime:
                 self.unshared_skipped += 1
 
     def _shared_objects(self, vertex: str) -> frozenset[str]:
-        """Objects of a coarser scope than the partition's (or another scope of the
-        same rank, or global) are reached by several instances."""
-        part = self.flowmaps[vertex].scope
-        nf = self.chain.vertices[vertex].nf
-        return frozenset(name for name, d in nf.state_objects().items()
-                         if not d.scope.per_flow and d.access is Access.READ_WRITE
-                         and d.scope is not part and d.scope.rank >= part.rank)
+        return shared_objects(self.chain, self.flowmaps[vertex], vertex)
 
     # -- handover (§5.1, Figure 4) ------------------------------------------------------
     def _move(self, vertex: str, groups: list[int], to: int, why: dict | None = None) -> None:
@@ -1712,17 +1686,7 @@ class SimRuntime:
 
     def _stored_state(self, vertex: str) -> dict[str, dict]:
         """A vertex's logical state read back from the store (non-initial values)."""
-        handles = self.instances[vertex][0].objects
-        stored = self.store.objects(vertex)
-        out: dict[str, dict] = {}
-        for name, handle in handles.items():
-            init = handle._init                   # the declared initial value
-            if isinstance(init, deque):
-                init = list(init)
-            entries = {k: v for k, v in stored.get(name, {}).items() if not _same(v, init)}
-            if entries:
-                out[name] = entries
-        return out
+        return stored_state(self.instances[vertex][0].objects, self.store.objects(vertex))
 
     def store_stats(self) -> dict:
         clients = [i.client for i in self._all_instances() if isinstance(i.client, StoreClient)]
@@ -1798,6 +1762,62 @@ class SimRuntime:
         s.store = self.store_stats()
         s.log = self.log_stats()
         return s
+
+
+def classify(chain: Chain, root: Root, admitted: list[Packet]) -> dict[str, list[Packet]]:
+    """Traffic classes (entry ``match``): each packet to every entry that takes it,
+    ``other`` when none does; a packet taken by several is copied (a fork)."""
+    vs = chain.vertices
+    entries = chain.entries
+    other = next(n for n in entries if vs[n].match == "other")
+    routed: dict[str, list[Packet]] = {n: [] for n in entries}
+    for pkt in admitted:
+        hits = [n for n in entries if n != other and vs[n].accepts(pkt)]
+        if not hits:
+            routed[other].append(pkt)
+            continue
+        routed[hits[0]].append(pkt)
+        for n in hits[1:]:
+            routed[n].append(_copy(pkt))
+        if len(hits) > 1:
+            root.fork(pkt.clock, len(hits) - 1)
+    return routed
+
+
+def root_index(pkt: Packet, roots: int) -> int:
+    """§4.1: roots take disjoint traffic; both directions of a host pair go to one."""
+    a, b = pkt.src, pkt.dst
+    return crc32(a + b if a <= b else b + a) % roots
+
+
+def split_targets(chain: Chain, targets: list[str]) -> list[str]:
+    """The vertices an upstream feeding ``targets`` has a splitter for: those and their input taps."""
+    vs = chain.vertices
+    return targets + [t for d in targets for t in vs[d].taps_in]
+
+
+def shared_objects(chain: Chain, flowmap: FlowMap, vertex: str) -> frozenset[str]:
+    """Objects of a coarser scope than the partition's (or another scope of the
+    same rank, or global) are reached by several instances (R3)."""
+    part = flowmap.scope
+    nf = chain.vertices[vertex].nf
+    return frozenset(name for name, d in nf.state_objects().items()
+                     if not d.scope.per_flow and d.access is Access.READ_WRITE
+                     and d.scope is not part and d.scope.rank >= part.rank)
+
+
+def stored_state(handles: dict[str, Any], stored: dict[str, dict]) -> dict[str, dict]:
+    """A vertex's logical state from what the store holds of it: per object (its
+    instance's ``handles``), the keys whose value differs from the declared initial one."""
+    out: dict[str, dict] = {}
+    for name, handle in handles.items():
+        init = handle._init                   # the declared initial value
+        if isinstance(init, deque):
+            init = list(init)
+        entries = {k: v for k, v in stored.get(name, {}).items() if not _same(v, init)}
+        if entries:
+            out[name] = entries
+    return out
 
 
 def _due(event: Any, pkt: Packet) -> bool:

@@ -1,0 +1,91 @@
+"""Blocking without hanging: how a ``proc`` worker waits and sends.
+
+Theory of operation
+-------------------
+A worker process must never outlive the run.  Every wait in a worker (for a
+frame, for room to send, for a store reply) therefore also watches the
+*parent sentinel*, a pipe whose write end the coordinator holds (multiprocessing
+passes it to every child it starts): when the coordinator dies, however it
+dies, the pipe reads end-of-file and the worker exits at once.  The coordinator
+in turn watches each worker's sentinel, so a worker that dies is noticed and
+the run stops (docs/proc.md).
+
+:class:`Guard` is that watch: ``poll`` is :class:`zmq.Poller`'s poll with the
+sentinel added, ``send`` sends a frame, waiting for room as long as needed
+(ZeroMQ high-water marks are the data path's back-pressure) but never past the
+coordinator's death.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+EXIT_ORPHANED = 3       # a worker whose coordinator is gone
+
+
+class Guard:
+    """Waits that watch file descriptors besides: ``sentinels`` readable means a
+    process is gone, and ``gone(fd)`` decides what to do (a worker exits; the
+    coordinator stops the run unless the process was done)."""
+
+    def __init__(self, sentinels: list[int], gone: Callable[[int], None] | None = None) -> None:
+        self.sentinels = list(sentinels)
+        self.gone = gone or _orphaned
+
+    def poll(self, poller: zmq.Poller, timeout: float | None = None) -> dict[Any, int]:
+        """``poller.poll(timeout ms)`` as a dict, the sentinels checked first."""
+        for fd in self.sentinels:
+            poller.register(fd, zmq.POLLIN)
+        try:
+            events = dict(poller.poll(timeout))
+        finally:
+            for fd in self.sentinels:
+                poller.unregister(fd)
+        for fd in list(self.sentinels):
+            if events.pop(fd, 0):
+                self.gone(fd)
+        return events
+
+    def send(self, sock: zmq.Socket, frame: bytes) -> None:
+        """Send ``frame``, waiting for room (back-pressure) while the coordinator lives."""
+        try:
+            sock.send(frame, zmq.NOBLOCK, copy=False)
+            return
+        except zmq.Again:
+            pass
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLOUT)
+        while True:
+            if self.poll(poller, 1000).get(sock):
+                try:
+                    sock.send(frame, zmq.NOBLOCK, copy=False)
+                    return
+                except zmq.Again:
+                    continue
+
+    def recv(self, sock: zmq.Socket) -> bytes:
+        """The next frame on ``sock`` (a DEALER), waiting while the coordinator lives."""
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        while True:
+            try:
+                return sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                self.poll(poller, 1000)
+
+
+def _orphaned(fd: int) -> None:
+    os._exit(EXIT_ORPHANED)             # the coordinator is gone: nothing to report to
+
+
+def worker_guard() -> Guard:
+    """A worker's guard: it exits when its coordinator (the process that started it) dies."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C is the coordinator's to handle
+    parent = multiprocessing.parent_process()
+    return Guard([parent.sentinel] if parent is not None else [])

@@ -1,0 +1,587 @@
+"""The worker processes of the ``proc`` runtime: roots and NF instances.
+
+Theory of operation
+-------------------
+Each root and each NF instance runs :func:`main` in its own process, around
+the same sans-I/O state machines the ``sim`` runtime drives
+(:class:`~chc.core.root.Root`, :class:`~chc.core.splitter.Splitter`,
+:class:`~chc.core.instance.Instance`, the store client library); what moves
+between them are messages (:mod:`chc.runtime.wire`) on ZeroMQ sockets.
+
+Data path.  The coordinator sends capture records in batches to the root; the
+root stamps clocks, logs and screens (§5), splits to the entry vertices'
+instances (§4.1) and sends each its sub-batch.  An instance runs what it
+received (its input queue, §4.2: the framework's, here its mailbox), splits its
+output to the next vertex's instances, copies it to off-path taps, and at a
+sink counts it (and sends it to the coordinator when the run writes
+``--out``).  Each data message carries the sender's *watermark*: every packet
+with a clock up to it has been sent.  An instance fed by several upstreams
+(the sim runtime sorts such a vertex's input by clock) processes a packet only
+once every upstream's watermark has passed its clock, in clock order, so it sees
+the sequence the sim runtime gives it and the run's state is the sim's.  ZeroMQ
+high-water marks on data sockets are the back-pressure: a full downstream
+stops its upstream, and in the end the coordinator's reading of the capture.
+
+Completion (§5, §5.4).  After each batch an instance sends the roots one
+report of the copies it made (forks) and of the copies that ended (drops, sink
+outputs, off-path ends, fired timers) with their XOR vectors; the root pulls
+the store's commit reports after each input batch.  A fork must reach the root
+before the end of any of its copies, which travel on other connections: every
+data message carries how many reports its sender had sent each root, each
+report lists those counts of its own upstreams as dependencies, and the root
+applies a report only after the reports it depends on (causal delivery).
+
+End of input.  End-of-input travels the data path behind the last packets (an
+infinite watermark).  An instance that has it from every upstream fires its
+remaining timers and settles its store client (every update acknowledged,
+:meth:`~chc.core.instance.Instance.finish`), reports, passes the end on, and
+sends the coordinator its counters, alerts and (model ``T``) state.  The
+coordinator then tells each root how many reports each instance sent it; the
+root applies them all, pulls the last commit reports, writes its metadata
+and sends its counters.
+
+Every wait also watches the coordinator (:class:`~chc.runtime.procio.Guard`):
+a worker never outlives it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import resource
+import traceback
+from collections import deque
+from typing import Any
+
+import zmq
+
+from ..core.instance import Instance
+from ..core.root import Root, root_of
+from ..core.splitter import FlowMap, Splitter
+from ..packet import Packet
+from ..spec import Chain
+from .procio import Guard, worker_guard
+from .sim import _by_clock, _copy, classify, shared_objects, split_targets
+from .wire import Kind, Mailbox, WireError, dealer, encode, endpoint, fields, pack_packets, unpack_packets
+
+log = logging.getLogger("chc.proc")
+
+COORDINATOR = "@coordinator"
+STORE = "@store"
+SETTLE_EVERY = 8                # input batches between a root's store round trips (at most)
+INF = (1 << 63) - 1        # the watermark of an upstream that has ended (above every clock)
+
+
+def root_name(r: int) -> str:
+    return f"@root.{r}"
+
+
+def instance_name(vertex: str, i: int) -> str:
+    return f"{vertex}.{i}"
+
+
+@dataclasses.dataclass
+class Plan:
+    """What every worker of a run knows (pickled to each)."""
+
+    directory: str
+    chain: Chain
+    model: str
+    batch_size: int
+    store: tuple                    # ("memory", address) or ("redis", urls, namespace, tls options)
+    log_mode: str = "local"
+    log_limit: int = 0
+    persist_every: int = 1000
+    send_out: bool = False          # sinks send their output to the coordinator (--out)
+    hwm: int = 8                    # data messages queued per link (back-pressure)
+
+    def address(self, name: str) -> str:
+        return endpoint(self.directory, name)
+
+    def targets(self, vertex: str | None) -> list[str]:
+        """The vertices a root (None) or an instance of ``vertex`` sends to."""
+        if vertex is None:
+            return split_targets(self.chain, self.chain.entries)
+        v = self.chain.vertices[vertex]
+        return split_targets(self.chain, v.successors + v.taps_out)
+
+    def feeders(self, vertex: str) -> list[str]:
+        """The processes that send ``vertex``'s instances packets."""
+        out = [root_name(r) for r in range(self.chain.roots) if vertex in self.targets(None)]
+        for name, v in self.chain.vertices.items():
+            if vertex in self.targets(name):
+                out += [instance_name(name, i) for i in range(v.parallelism)]
+        return out
+
+    def instances(self) -> list[tuple[str, int]]:
+        return [(name, i) for name, v in self.chain.vertices.items() for i in range(v.parallelism)]
+
+    def flowmaps(self) -> dict[str, FlowMap]:
+        return {name: FlowMap(v.parallelism, v.nf.partition_scopes()) for name, v in self.chain.vertices.items()}
+
+
+def open_backend(plan: Plan, ctx: zmq.Context, identity: str, guard: Guard) -> Any:
+    """This process's own connection to the run's store."""
+    if plan.store[0] == "memory":
+        from .storeserver import RemoteStore
+        return RemoteStore(ctx, plan.store[1], identity, guard)
+    from ..backends.redis import RedisStore
+    _, urls, namespace, tls = plan.store
+    return RedisStore(urls, fresh=False, namespace=namespace, lease=False, **tls)
+
+
+class _Sender:
+    """A worker's sockets to the instances it feeds, with their splitters (§4.1)."""
+
+    def __init__(self, plan: Plan, ctx: zmq.Context, me: str, vertex: str | None, guard: Guard) -> None:
+        self.plan = plan
+        self.me = me
+        self.guard = guard
+        flowmaps = plan.flowmaps()
+        vs = plan.chain.vertices
+        self.splitters = {d: Splitter(flowmaps[d].scope, flowmaps[d]) for d in plan.targets(vertex)}
+        self.socks = {d: [dealer(ctx, plan.address(instance_name(d, i)), me, plan.hwm)
+                          for i in range(vs[d].parallelism)] for d in self.splitters}
+        # Instances fed by several upstreams wait for every upstream's watermark.
+        self.merging = {d for d in self.splitters if len(plan.feeders(d)) > 1}
+        self.coordinator = dealer(ctx, plan.address(COORDINATOR), me)
+        self.report_seq: dict[int, int] = {}    # root -> reports sent to it
+        self.out_packets = 0
+
+    def split(self, vertex: str, pkts: list[Packet]) -> list[list[Packet]]:
+        return self.splitters[vertex].split(pkts)
+
+    def data(self, vertex: str, i: int, pkts: list[Packet], watermark: int, eof: bool = False) -> None:
+        frame = encode(Kind.DATA, [watermark, self.report_seq, pack_packets(pkts), eof])
+        self.guard.send(self.socks[vertex][i], frame)
+
+    def batch(self, parts: dict[tuple[str, int], list[Packet]], watermark: int) -> None:
+        """Each target instance its packets; every merging one the watermark."""
+        for (d, i), pkts in parts.items():
+            self.data(d, i, pkts, watermark)
+        for d in self.merging:
+            for i in range(len(self.socks[d])):
+                if (d, i) not in parts:
+                    self.data(d, i, [], watermark)
+
+    def end(self) -> None:
+        for d, socks in self.socks.items():
+            for i in range(len(socks)):
+                self.data(d, i, [], INF, True)
+
+    def to_coordinator(self, what: str, body: Any) -> None:
+        self.guard.send(self.coordinator, encode(Kind.CONTROL, [what, body]))
+
+    def output(self, pkts: list[Packet]) -> None:
+        """Packets leaving the chain: counted, and to the coordinator for ``--out``."""
+        self.out_packets += len(pkts)
+        if self.plan.send_out and pkts:
+            self.to_coordinator("out", [[p.ts, p.clock, bytes(p.data)] for p in pkts])
+
+
+def main(plan: Plan, role: str, index: Any) -> None:
+    """A worker's entry point: ``role`` "root" (index: root id) or "instance"
+    (index: (vertex, i)).  Errors reach the coordinator as one line."""
+    guard = worker_guard()
+    ctx = zmq.Context()
+    me = root_name(index) if role == "root" else instance_name(*index)
+    coordinator = None
+    profile = os.environ.get("CHC_PROC_PROFILE")     # a directory: each worker's cProfile there (docs/proc.md)
+    if profile:
+        import cProfile
+        prof = cProfile.Profile()
+        prof.enable()
+    try:
+        worker = RootWorker(plan, ctx, index, guard) if role == "root" else InstanceWorker(plan, ctx, *index, guard)
+        coordinator = worker.out.coordinator
+        worker.run()
+        if profile:
+            prof.disable()
+            prof.dump_stats(os.path.join(profile, f"{me}.pstats"))
+        # Stay until the coordinator has heard from every worker: what this one sent last
+        # (end of input behind its last packets) may still wait in its sockets for a busy
+        # downstream, and closing them would drop it.
+        guard.recv(coordinator)
+    except Exception as exc:            # the coordinator shows it and stops the run
+        detail = traceback.format_exc()
+        log.debug("%s failed:\n%s", me, detail)
+        sock = coordinator or dealer(ctx, plan.address(COORDINATOR), me)
+        guard.send(sock, encode(Kind.CONTROL, ["error", f"{me}: {type(exc).__name__}: {exc}"]))
+        sock.close(1000)
+    finally:
+        ctx.destroy(linger=1000)
+
+
+# -- roots ------------------------------------------------------------------------------------
+
+class RootWorker:
+    def __init__(self, plan: Plan, ctx: zmq.Context, r: int, guard: Guard) -> None:
+        self.plan = plan
+        self.guard = guard
+        chain = plan.chain
+        self.me = root_name(r)
+        names = [instance_name(v, i) for v, i in plan.instances()]
+        self.input = Mailbox(ctx, plan.address(self.me + ".in"), self.me, {COORDINATOR.encode()}, plan.hwm)
+        self.reports = Mailbox(ctx, plan.address(self.me), self.me, {n.encode() for n in names})
+        self.out = _Sender(plan, ctx, self.me, None, guard)
+        self.root = Root(r, chain.policies, log_mode=plan.log_mode, log_limit=plan.log_limit,
+                         persist_every=plan.persist_every)
+        self.store = open_backend(plan, ctx, self.me, guard)
+        self.prune = plan.model != "T" and chain.roots == 1
+        self.inbox = CausalInbox()
+        self.final: dict[str, int] | None = None  # reports each instance sent in all (at the end)
+        self.watermark = -1
+        self.meta_pending: list = []
+        self.unsettled = 0
+
+    def run(self) -> None:
+        self.out.to_coordinator("ready", None)
+        poller = zmq.Poller()
+        poller.register(self.input.sock, zmq.POLLIN)
+        poller.register(self.reports.sock, zmq.POLLIN)
+        while True:
+            events = self.guard.poll(poller)
+            if events.get(self.reports.sock):
+                self._take_reports()
+            if events.get(self.input.sock):
+                msg = self.input.recv(zmq.NOBLOCK)
+                if msg is None:
+                    continue
+                try:
+                    if msg[1] != Kind.INPUT:
+                        raise WireError(f"a {Kind(msg[1]).name} message on the input mailbox")
+                    what, body = fields(msg[2], 2, "input")
+                except WireError as exc:
+                    self.input.ban(msg[0], str(exc))
+                    continue
+                if what == "batch":
+                    self._ingest(body)
+                elif what == "end":
+                    self.out.end()
+                elif what == "finish":
+                    self.final = dict(body)
+                    self._finish(poller)
+                    return
+
+    # -- input ----------------------------------------------------------------------------
+    def _ingest(self, rows: list) -> None:
+        root = self.root
+        pkts = [Packet(data, ts, index) for ts, data, index in rows]
+        admitted, bypass = root.ingest(pkts)
+        if bypass:
+            self.out.output(bypass)
+        parts: dict[tuple[str, int], list[Packet]] = {}
+        if admitted:
+            root.record(admitted)       # log first (§5): the reports that follow refer to the entries
+            chain = self.plan.chain
+            routed = ({chain.entries[0]: admitted} if len(chain.entries) == 1
+                      else classify(chain, root, admitted))
+            for name, group in routed.items():
+                for i, sub in enumerate(self.out.split(name, group)):
+                    if sub:
+                        root.place(sub, name, i)
+                        parts[(name, i)] = sub
+                for tap in chain.vertices[name].taps_in:
+                    copies = [_copy(p) for p in group]
+                    for p in group:
+                        root.fork(p.clock, 1)
+                    for i, sub in enumerate(self.out.split(tap, copies)):
+                        if sub:
+                            parts.setdefault((tap, i), []).extend(sub)
+        self.watermark = root.base | (root.next_seq - 1)
+        self.out.batch(parts, self.watermark)
+        # Store round trips (metadata writes, commit reports, pruning) once per few
+        # batches while input keeps coming, at once when it pauses: each costs a wake-up
+        # of the store process, which under load was the root's main wait (profiled).
+        self.unsettled += 1
+        if self.unsettled >= SETTLE_EVERY or not self.input.sock.poll(0):
+            self._settle()
+
+    def _settle(self) -> None:
+        """Root writes to the store, its commit reports (§5.4), clock-log pruning (§5.3)."""
+        self.unsettled = 0
+        root = self.root
+        ops = self.meta_pending + root.drain_outbox()
+        if ops:
+            self.store.execute(ops)
+            self.meta_pending = []
+        for clock, xor_id in self.store.commits():
+            root.commit(clock, xor_id)
+        if self.prune:
+            self.store.prune_below(min(root.log) if root.log else root.base | root.next_seq)
+
+    # -- reports (causal delivery) ------------------------------------------------------------
+    def _take_reports(self) -> None:
+        while True:
+            try:
+                msg = self.reports.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg is None:
+                continue
+            peer, kind, body = msg
+            try:
+                if kind != Kind.REPORT:
+                    raise WireError(f"a {Kind(kind).name} message on the report mailbox")
+                seq, deps, items = fields(body, 3, "report")
+                if deps.__class__ is not dict or items.__class__ is not list or not all(
+                        it.__class__ is list and len(it) == 3 and it[1].__class__ is int for it in items):
+                    raise WireError("malformed report")
+            except WireError as exc:
+                self.reports.ban(peer, str(exc))
+                continue
+            for ready in self.inbox.offer(peer.decode(), deps, items):
+                self._apply(ready)
+
+    def _apply(self, items: list) -> None:
+        root = self.root
+        for item in items:
+            what, clock, value = item
+            if what == 0:
+                root.fork(clock, value)
+            else:
+                root.done(clock, value)
+
+    def _finish(self, poller: zmq.Poller) -> None:
+        """Every report the instances sent applied, the last commits, then the counters."""
+        while any(self.inbox.applied.get(k, 0) < v for k, v in self.final.items()):
+            if self.guard.poll(poller, 1000).get(self.reports.sock):
+                self._take_reports()
+        self._settle()
+        root = self.root
+        self.out.to_coordinator("root", {
+            "root": root.root_id,
+            "counters": {k: getattr(root, k) for k in ("packets_in", "malformed", "non_ip", "dropped", "bypassed")},
+            "log": root.stats(), "packets_out": self.out.out_packets,
+            "round_trips": getattr(self.store, "round_trips", 0),
+            "rejected": self.input.rejected + self.reports.rejected, "cpu_s": _cpu(),
+            "reports_waited": self.inbox.waited,
+        })
+        self.store.close()
+
+
+class CausalInbox:
+    """Reports applied in causal order (sans-I/O).  Each sender's reports arrive in the
+    order it sent them; a report names, per upstream, how many of that upstream's
+    reports were sent before the packets it concerns, and is applied only after
+    those: a fork is never applied after the end of one of its copies."""
+
+    def __init__(self) -> None:
+        self.applied: dict[str, int] = {}           # sender -> its reports applied
+        self.parked: dict[str, deque] = {}          # sender -> its reports waiting, in order
+        self.waited = 0                             # reports that had to wait for another's
+
+    def offer(self, sender: str, deps: dict[str, int], items: list) -> list[list]:
+        """A report from ``sender``; the reports (item lists) that may be applied now, in order."""
+        queue = self.parked.setdefault(sender, deque())
+        queue.append((deps, items))
+        out: list[list] = []
+        progress = True
+        while progress:
+            progress = False
+            for who, q in self.parked.items():
+                while q and all(self.applied.get(k, 0) >= v for k, v in q[0][0].items()):
+                    out.append(q.popleft()[1])
+                    self.applied[who] = self.applied.get(who, 0) + 1
+                    progress = True
+        if queue:
+            self.waited += 1
+        return out
+
+
+# -- NF instances ------------------------------------------------------------------------------
+
+class InstanceWorker:
+    def __init__(self, plan: Plan, ctx: zmq.Context, vertex: str, i: int, guard: Guard) -> None:
+        self.plan = plan
+        self.guard = guard
+        chain = plan.chain
+        v = self.v = chain.vertices[vertex]
+        self.me = instance_name(vertex, i)
+        self.feeders = [f.encode() for f in plan.feeders(vertex)]
+        self.box = Mailbox(ctx, plan.address(self.me), self.me, set(self.feeders), plan.hwm)
+        self.out = _Sender(plan, ctx, self.me, vertex, guard)
+        self.roots = [dealer(ctx, plan.address(root_name(r)), self.me) for r in range(chain.roots)]
+        self.store = open_backend(plan, ctx, self.me, guard) if plan.model != "T" else None
+        self.inst = Instance(vertex, i, v.nf, v.config, plan.model, self.store, exclusive=v.parallelism == 1)
+        if v.parallelism > 1:           # R3: objects every instance of the vertex reaches
+            self.inst.set_shared(shared_objects(chain, plan.flowmaps()[vertex], vertex))
+        self.ordered = len(self.feeders) > 1
+        self.queues: dict[bytes, deque[Packet]] = {f: deque() for f in self.feeders}
+        self.marks: dict[bytes, int] = dict.fromkeys(self.feeders, -1)
+        self.deps: dict[bytes, dict] = {f: {} for f in self.feeders}   # upstream -> its report counts per root
+        self.ended: set[bytes] = set()
+
+    def run(self) -> None:
+        self.out.to_coordinator("ready", None)
+        poller = zmq.Poller()
+        poller.register(self.box.sock, zmq.POLLIN)
+        while len(self.ended) < len(self.feeders) or any(self.queues.values()):
+            if not self._receive():
+                self.guard.poll(poller)
+                continue
+            batch = self._ready()
+            if batch:
+                self._process(batch)
+        self._finish()
+
+    def _receive(self) -> bool:
+        """Take what has arrived (without waiting); False when nothing had."""
+        got = False
+        limit = 4 * len(self.feeders)
+        while limit:
+            try:
+                msg = self.box.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            limit -= 1
+            if msg is None:
+                continue
+            peer, kind, body = msg
+            try:
+                if kind != Kind.DATA:
+                    raise WireError(f"a {Kind(kind).name} message on the data mailbox")
+                mark, seqs, rows, eof = fields(body, 4, "data")
+                if mark.__class__ is not int or seqs.__class__ is not dict:
+                    raise WireError("malformed data header")
+                pkts = unpack_packets(rows)
+            except WireError as exc:
+                self.box.ban(peer, str(exc))
+                continue
+            got = True
+            self.queues[peer].extend(pkts)
+            if mark > self.marks[peer]:
+                self.marks[peer] = mark
+            self.deps[peer] = seqs
+            if eof:
+                self.ended.add(peer)
+        return got
+
+    def _ready(self) -> list[Packet]:
+        """What may run now: everything from a sole upstream; else, in clock order, the
+        packets every upstream's watermark has passed (the sim runtime's order)."""
+        if not self.ordered:
+            batch = [p for q in self.queues.values() for p in q]
+            for q in self.queues.values():
+                q.clear()
+            return batch
+        floor = min(self.marks.values())
+        batch = []
+        for q in self.queues.values():
+            while q and q[0].clock <= floor:
+                batch.append(q.popleft())
+        batch.sort(key=_by_clock)
+        return batch
+
+    def _process(self, batch: list[Packet]) -> None:
+        inst = self.inst
+        produced = inst.run(batch)
+        items: list[list] = []
+        self._report(items)
+        parts = self._forward(produced, items)
+        self._send_reports(items)
+        self.out.batch(parts, self._watermark(batch))
+
+    def _watermark(self, batch: list[Packet]) -> int:
+        return min(self.marks.values())
+
+    def _report(self, items: list[list]) -> None:
+        """Forks, fired timers and ends of this instance's last run (as the sim reports them)."""
+        inst = self.inst
+        for clock, k in inst.forks:
+            items.append([0, clock, k])
+        for clock, rearmed, vector in inst.fired:
+            if rearmed:
+                items.append([0, clock, rearmed])
+            items.append([1, clock, vector])
+        for clock, vector in inst.finished:
+            items.append([1, clock, vector])
+        inst.forks.clear()
+        inst.fired.clear()
+        inst.finished.clear()
+
+    def _forward(self, produced: list[Packet], items: list[list]) -> dict[tuple[str, int], list[Packet]]:
+        """Output to off-path taps, successors or the chain's output (the sim's _forward)."""
+        parts: dict[tuple[str, int], list[Packet]] = {}
+        if not produced:
+            return parts
+        v = self.v
+        if v.offpath:
+            items += [[1, p.clock, p.xor] for p in produced]
+            return parts
+        for tap in v.taps_out:
+            self._copy_to(tap, produced, items, parts)
+        succ = v.successors
+        if not succ:
+            items += [[1, p.clock, p.xor] for p in produced]    # §5.4: delete before output
+            self._sink = produced
+            return parts
+        for k, d in enumerate(succ):
+            if k < len(succ) - 1:
+                part = [_copy(p) for p in produced]
+                items += [[0, p.clock, 1] for p in produced]
+            else:
+                part = produced
+            for tap in self.plan.chain.vertices[d].taps_in:
+                self._copy_to(tap, part, items, parts)
+            self._split_into(d, part, parts)
+        return parts
+
+    def _copy_to(self, tap: str, pkts: list[Packet], items: list[list],
+                 parts: dict[tuple[str, int], list[Packet]]) -> None:
+        items += [[0, p.clock, 1] for p in pkts]
+        self._split_into(tap, [_copy(p) for p in pkts], parts)
+
+    def _split_into(self, d: str, pkts: list[Packet], parts: dict[tuple[str, int], list[Packet]]) -> None:
+        for i, sub in enumerate(self.out.split(d, pkts)):
+            if sub:
+                parts.setdefault((d, i), []).extend(sub)
+
+    _sink: list[Packet] | None = None
+
+    def _send_reports(self, items: list[list]) -> None:
+        """One report per root (before the packets they concern go on), then the sink's output."""
+        if items:
+            per: dict[int, list] = {}
+            for item in items:
+                per.setdefault(root_of(item[1]), []).append(item)
+            seqs = self.out.report_seq
+            for r, mine in per.items():
+                seqs[r] = seqs.get(r, 0) + 1
+                deps = {f.decode(): d[r] for f, d in self.deps.items() if r in d}
+                self.guard.send(self.roots[r], encode(Kind.REPORT, [seqs[r], deps, mine]))
+        if self._sink is not None:
+            self.out.output(self._sink)
+            self._sink = None
+
+    def _finish(self) -> None:
+        """End of input: remaining timers fired, every update acknowledged, then the counters."""
+        inst = self.inst
+        inst.finish()
+        items: list[list] = []
+        self._report(items)
+        self._send_reports(items)
+        self.out.end()
+        client = inst.client
+        self.out.to_coordinator("instance", {
+            "vertex": inst.vertex, "instance": inst.instance_id,
+            "counters": {k: getattr(inst, k) for k in ("packets_in", "packets_out", "dropped", "nf_errors")},
+            "first_error": inst.first_error,
+            "alerts": [[a.vertex, a.instance, a.kind, a.host, a.packet_index, a.clock, a.detail]
+                       for a in inst.ctx.alerts],
+            "client": {k: getattr(client, k) for k in ("blocking_ops", "nonblocking_ops", "cache_hits")}
+            if client is not None else None,
+            "round_trips": getattr(self.store, "round_trips", 0),
+            "state": inst.state() if self.store is None else None,
+            "reports": {root_name(r): n for r, n in self.out.report_seq.items()},
+            "packets_out": self.out.out_packets, "rejected": self.box.rejected, "cpu_s": _cpu(),
+        })
+        if self.store is not None:
+            self.store.close()
+
+
+def _cpu() -> float:
+    """CPU seconds this process has used (user + system)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime

@@ -1,0 +1,267 @@
+"""The store server of the ``proc`` runtime: the store engine in its own process.
+
+Theory of operation
+-------------------
+With no ``--store``, a ``proc`` run keeps NF state in the in-process store
+engine (:class:`~chc.core.store.StoreEngine`, through the ``memory`` backend),
+served from a process of its own: the paper's datastore (§4.3).  :func:`serve`
+is that process: one ROUTER mailbox, requests applied one at a time in arrival
+order (so ops on one object have one global order, as the engine requires),
+each answered on the connection it came on.  ZeroMQ keeps each connection
+FIFO, so a client's requests are applied in the order it sent them and its
+replies come back in that order.
+
+:class:`RemoteStore` is a client's end: the backend interface the store client
+library (:class:`~chc.core.client.StoreClient`) and the root expect of
+``memory`` and ``redis`` (``execute``, ``submit``, ``settle``, ownership,
+callbacks, commits, ``objects``).  ``execute`` is a round trip; ``submit``
+(EO+C+NA, §4.3) sends and returns, and the reply acknowledges the request when
+it is read (at the next request, or when the client settles); a refused
+submitted request is not acknowledged, as on Redis, and the client sends its
+ops again.  The store engine's refusals (:class:`~chc.core.store.StoreError`
+and its subclasses) travel back by name and are raised again at the client.
+
+A request the server cannot decode, or whose arguments are not what the method
+takes, bans its sender (logged), answered with an error if it had a request id.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from ..backends.memory import MemoryStore
+from ..core.client import StoreLost, StoreUnavailable
+from ..core.store import CustomOp, ObjectKey, Op, OwnershipError, StoreError
+from .procio import Guard, worker_guard
+from .wire import Kind, Mailbox, WireError, dealer, decode, encode, fields, op_rows, rows_ops
+
+log = logging.getLogger("chc.proc")
+
+# The backend methods a client may call, with a check of their arguments.
+_SERVED: dict[str, Callable[[list], bool]] = {
+    "execute": lambda a: len(a) == 1 and a[0].__class__ is list,
+    "declare": lambda a: len(a) == 2 and a[0].__class__ is ObjectKey,
+    "subscribe": lambda a: len(a) == 2 and a[0].__class__ is ObjectKey and a[1].__class__ is str,
+    "notifications": lambda a: len(a) == 1 and a[0].__class__ is str,
+    "release": lambda a: len(a) == 2 and a[0].__class__ is ObjectKey and a[1].__class__ is int,
+    "release_instance": lambda a: len(a) == 2 and a[0].__class__ is str and a[1].__class__ is int,
+    "take": lambda a: len(a) == 3 and a[0].__class__ is ObjectKey and a[1].__class__ is str
+    and a[2].__class__ is int,
+    "prune_below": lambda a: len(a) == 1 and a[0].__class__ is int,
+    "commits": lambda a: not a,
+    "objects": lambda a: len(a) == 1 and a[0].__class__ is str,
+    "keep_preimages": lambda a: not a,
+    "objects_at": lambda a: len(a) == 2 and a[0].__class__ is str and a[1].__class__ is set,
+}
+_ERRORS = {c.__name__: c for c in (StoreError, OwnershipError, StoreLost, StoreUnavailable)}
+
+
+def serve(address: str) -> None:
+    """Serve a fresh memory store at ``address`` until a ``stop`` call (a process of its own)."""
+    guard = worker_guard()
+    ctx = zmq.Context()
+    box = Mailbox(ctx, address, "store server")
+    store = MemoryStore()
+    poller = zmq.Poller()
+    poller.register(box.sock, zmq.POLLIN)
+    try:
+        while True:
+            guard.poll(poller)
+            while True:
+                try:
+                    msg = box.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if msg is not None and _handle(box, store, *msg):
+                    return
+    finally:
+        box.close()
+        ctx.term()
+
+
+def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any) -> bool:
+    """Apply one request; True when it was the coordinator's ``stop``."""
+    try:
+        if kind != Kind.CALL:
+            raise WireError(f"a {Kind(kind).name} message to the store")
+        rid, method, args = fields(body, 3, "store request")
+        if method == "stop":
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            box.reply(peer, encode(Kind.REPLY, [rid, 1, {"round_trips": store.round_trips, "ops": store.ops,
+                                                         "rejected": box.rejected,
+                                                         "cpu_s": usage.ru_utime + usage.ru_stime}]))
+            return True
+        check = _SERVED.get(method)
+        if check is None or args.__class__ is not list or not check(args):
+            raise WireError(f"bad store request {str(method)[:40]!r}")
+    except WireError as exc:
+        _ban(box, peer, str(exc))
+        return False
+    try:
+        if method == "execute":
+            args = [rows_ops(args[0])]
+        result = getattr(store, method)(*args)
+        if method == "commits":
+            result = [x for pair in result for x in pair]      # flat: a tuple each costs on the wire
+        reply = [rid, 1, result]
+    except WireError as exc:
+        _ban(box, peer, str(exc))
+        return False
+    except StoreError as exc:
+        reply = [rid, 0, [type(exc).__name__, str(exc)]]
+    try:
+        frame = encode(Kind.REPLY, reply)
+    except TypeError as exc:           # a stored value the wire cannot carry
+        frame = encode(Kind.REPLY, [rid, 0, ["StoreError", str(exc)]])
+    box.reply(peer, frame)
+    return False
+
+
+def _ban(box: Mailbox, peer: bytes, why: str) -> None:
+    """Drop the peer, and say so (request id 0): a client of ours that sent it fails at once
+    instead of waiting for an answer that will not come."""
+    box.ban(peer, why)
+    box.reply(peer, encode(Kind.REPLY, [0, 0, ["StoreLost", f"the store server dropped this client: {why}"]]))
+
+
+class RemoteStore:
+    """A client's connection to the store server (the ``memory`` backend's interface)."""
+
+    name = "memory"
+
+    def __init__(self, ctx: zmq.Context, address: str, identity: str, guard: Guard) -> None:
+        self.sock = dealer(ctx, address, identity)
+        self.guard = guard
+        self.rid = 0
+        self.acks: deque[tuple[int, int, Callable[[int], None]]] = deque()
+        self.round_trips = 0
+        self.ops = 0
+        self.refused = 0                # submitted requests the store refused (not acknowledged)
+        self._answer: tuple | None = None
+        self.dedup = True
+
+    # -- transport ---------------------------------------------------------------------
+    def _send(self, method: str, args: list) -> int:
+        self.rid += 1
+        self.guard.send(self.sock, encode(Kind.CALL, [self.rid, method, args]))
+        return self.rid
+
+    def _read(self, block: bool) -> bool:
+        """Take one reply (waiting for it if ``block``); it acknowledges a submitted
+        request or answers the awaited one.  False when none was there."""
+        if block:
+            frame = self.guard.recv(self.sock)
+        else:
+            try:
+                frame = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+        try:
+            kind, body = decode(frame)
+            rid, ok, payload = fields(body, 3, "store reply")
+        except WireError as exc:
+            raise StoreLost(f"store server: {exc}") from None
+        if rid == 0:
+            raise StoreLost(payload[1])
+        if self.acks and self.acks[0][0] == rid:
+            _, seq, on_ack = self.acks.popleft()
+            if ok:
+                on_ack(seq)
+            else:
+                self.refused += 1
+                log.warning("store refused a non-blocking request (resent with the next): %s", payload[1])
+            return True
+        self._answer = (rid, ok, payload)
+        return True
+
+    def _call(self, method: str, *args: Any) -> Any:
+        rid = self._send(method, list(args))
+        self._answer = None
+        while self._answer is None or self._answer[0] != rid:
+            self._read(True)
+        _, ok, payload = self._answer
+        if not ok:
+            raise _ERRORS.get(payload[0], StoreError)(payload[1])
+        return payload
+
+    # -- the backend interface -------------------------------------------------------------
+    def execute(self, ops: list[Op]) -> list[Any]:
+        self.round_trips += 1
+        self.ops += len(ops)
+        return self._call("execute", op_rows(ops))
+
+    def submit(self, ops: list[Op], on_ack: Callable[[int], None]) -> None:
+        self.round_trips += 1
+        self.ops += len(ops)
+        rid = self._send("execute", [op_rows(ops)])
+        self.acks.append((rid, ops[-1].seq, on_ack))
+        while self.acks and self._read(False):
+            pass
+
+    def settle(self, resend: Callable[[], bool]) -> None:
+        """Every submitted request answered; what is un-ACKed sent again until it is."""
+        for _ in range(100):
+            while self.acks:
+                self._read(True)
+            if not resend():
+                return
+        raise StoreLost("store server: updates still refused after 100 tries")
+
+    def wait(self) -> None:
+        while self.acks:
+            self._read(True)
+
+    def declare(self, key: ObjectKey, initial: Any) -> None:
+        self._call("declare", key, list(initial) if isinstance(initial, range) else initial)
+
+    def subscribe(self, key: ObjectKey, client: str) -> Any:
+        self.round_trips += 1
+        return self._call("subscribe", key, client)
+
+    def notifications(self, client: str) -> list[tuple]:
+        return self._call("notifications", client)
+
+    def register(self, name: str, fn: CustomOp, lua: str | None = None) -> None:
+        raise StoreError(f"custom operation {name!r}: the proc runtime's store server runs the built-in "
+                         "operations only")
+
+    def release(self, key: ObjectKey, instance: int) -> None:
+        self._call("release", key, instance)
+
+    def release_instance(self, vertex: str, instance: int) -> int:
+        return self._call("release_instance", vertex, instance)
+
+    def take(self, key: ObjectKey, client: str, instance: int) -> bool:
+        return self._call("take", key, client, instance)
+
+    def prune_below(self, clock: int) -> int:
+        return self._call("prune_below", clock)
+
+    def commits(self) -> list[tuple[int, int]]:
+        flat = self._call("commits")
+        return list(zip(flat[::2], flat[1::2], strict=True))
+
+    def objects(self, vertex: str) -> dict:
+        return self._call("objects", vertex)
+
+    def keep_preimages(self) -> None:
+        self._call("keep_preimages")
+
+    def objects_at(self, vertex: str, replayed: set[int]) -> dict:
+        return self._call("objects_at", vertex, replayed)
+
+    def stop(self) -> dict:
+        """End the server (the coordinator's last call); its counters."""
+        return self._call("stop")
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+    def describe(self) -> str:
+        return "memory"
