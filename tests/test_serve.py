@@ -369,3 +369,16 @@ def test_the_dashboard_in_a_headless_browser(tmp_path, serves):
     assert any(e["kind"] == "scale-out" for e in data["events"])
     assert math.isfinite(data["elapsed_s"])
 
+
+
+def test_a_truncated_capture_loops_what_it_reads_warns_once_and_is_partial(tmp_path):
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(SCAN.read_bytes()[:50_000])
+    res = _chc("serve", str(PORTSCAN), "--capture", str(cut), "--rate", "20000", "--loop", "-c", "3000",
+               "--summary-json", str(tmp_path / "s.json"))
+    assert res.returncode == 0, res.stderr
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["packets_in"] == 3000 and data["capture"]["replay"]["passes"] == 5     # 698 packets a pass
+    assert data["partial"] is True and data["capture"]["truncated"] is True
+    assert res.stderr.count("last record truncated") == 1
+    assert res.stdout.startswith("PARTIAL: the capture stopped early at byte 49,980")

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import signal
 import sys
@@ -112,7 +113,10 @@ class Replay:
         self.passes = 0             # passes started
         self.offset = 0             # ns added to this pass's timestamps
         self.reader: Any = None
+        self.early: Any = None      # the reader of a pass that stopped early (truncated, corrupt)
         self.exhausted = False
+        self._once = _Once()
+        logging.getLogger("chc.capture").addFilter(self._once)
         self._records = self._passes()
         self._next = self._peek()
         if self._next is None:
@@ -134,6 +138,8 @@ class Replay:
                     elif ts > last:
                         last = ts
                     yield ts + self.offset, data
+            if reader.stop_reason is not None and self.early is None:
+                self.early = reader
             if not self.loop or first is None:
                 return
             # The next pass starts one mean inter-arrival after this one's latest packet.
@@ -175,7 +181,7 @@ class Replay:
         pass                        # the runtime counts them; a replay sends nowhere
 
     def describe(self, stopped_by: str | None) -> dict[str, Any]:
-        out = capture_summary(self.path, self.reader, count=self.count)
+        out = capture_summary(self.path, self.early or self.reader, count=self.count)
         out["replay"] = {"rate": self.rate, "loop": self.loop, "passes": self.passes, "stopped_by": stopped_by}
         return out
 
@@ -184,6 +190,22 @@ class Replay:
 
     def close(self) -> None:
         self._records.close()       # the open capture's file
+        logging.getLogger("chc.capture").removeFilter(self._once)
+
+
+class _Once(logging.Filter):
+    """Each capture warning once: a looped capture would repeat its own every pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg in self.seen:
+            return False
+        self.seen.add(msg)
+        return True
 
 
 @dataclasses.dataclass
