@@ -86,12 +86,12 @@ def served(chain, n: int, rate: float, watch: bool, duration: float | None = Non
     return server.entered / seconds, samples
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=30000)
     ap.add_argument("--half-load-seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=5)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     from chc.spec import load_spec
 
     chain = load_spec(CHAIN)
@@ -111,12 +111,11 @@ def main() -> int:
     rate = med["serve"] / 2
     _, samples = served(chain, 0, rate, True, duration=args.half_load_seconds)
     lat = [s["latency_ms"] for s in samples if s["latency_ms"]]
-    mean = statistics.mean(m["mean"] for m in lat)
+    mean, worst = statistics.mean(m["mean"] for m in lat), max(m["max"] for m in lat)
     print(f"at half load ({rate:,.0f} packets/s, {args.half_load_seconds:g} s, watched): latency from "
-          f"scheduled arrival to output, mean of the per-second means {mean:.2f} ms, "
-          f"max {max(m['max'] for m in lat):.1f} ms")
-    return 0
+          f"scheduled arrival to output, mean of the per-second means {mean:.2f} ms, max {worst:.1f} ms")
+    return {"pps": med, "half_load": {"rate": rate, "latency_mean_ms": mean, "latency_max_ms": worst}}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
