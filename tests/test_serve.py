@@ -148,6 +148,37 @@ def test_serve_once_equals_run(tmp_path):
     assert "chain 'portscan'" in res.stdout and "state digest" in res.stdout
 
 
+CRASH = """\
+name: serve-crash
+parallelism: 2
+delays: {portscan: "uniform:50:150"}
+events:
+  - {at: {packets: 400}, do: crash, target: "portscan[0]"}
+"""
+
+
+def test_a_scenario_crashes_an_instance_and_the_chain_recovers(tmp_path):
+    """--scenario: a detector instance crashes mid-replay and fails over (§5.4); the
+    run ends with chc run's output count, alerts and state, and says what happened."""
+    scenario = tmp_path / "crash.yaml"
+    scenario.write_text(CRASH)
+    a, b = tmp_path / "serve.json", tmp_path / "run.json"
+    res = _chc("serve", str(PORTSCAN), "--capture", str(SCAN), "--rate", "5000", "--scenario", str(scenario),
+               "--summary-json", str(a), "-q")
+    assert res.returncode == 0, res.stderr
+    assert _chc("run", str(PORTSCAN), str(SCAN), "--summary-json", str(b), "-q").returncode == 0
+    served, ran = json.loads(a.read_text()), json.loads(b.read_text())
+    assert [(e["kind"], e["vertex"], e["instance"]) for e in served["events"]] == [
+        ("crash", "portscan", 0), ("failover", "portscan", 0)]
+    assert served["vertices"]["portscan"]["instances"] == 2
+    for key in ("packets_in", "packets_out", "state_digest"):
+        assert served[key] == ran[key], key
+    assert [(a["kind"], a["host"], a["clock"]) for a in served["alerts"]] == [
+        (a["kind"], a["host"], a["clock"]) for a in ran["alerts"]]
+    res = _chc("serve", str(PORTSCAN), "--live", "a:b", "--scenario", str(scenario))
+    assert res.returncode == 2 and "--live takes no --scenario" in res.stderr
+
+
 def test_serve_in_a_loop_for_a_duration_with_metrics(tmp_path, serves):
     pytest.importorskip("prometheus_client")
     port = _free_port()

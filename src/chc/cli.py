@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --live: stop after S seconds (also stopped by -c, SIGTERM, Ctrl-C)")
     run.add_argument("--metrics-port", metavar="[ADDR:]PORT",
                      help="with --live: serve Prometheus metrics on PORT (127.0.0.1 unless ADDR is given)")
-    run.set_defaults(rate=None, loop=False, dashboard_port=None, status=None)
+    run.set_defaults(rate=None, loop=False, dashboard_port=None, status=None, scenario=None)
     run.add_argument("--out", metavar="OUT",
                      help="write the chain's output packets here (.pcap, .pcapng, optionally .gz; '-' is "
                           "pcap on standard output, and the summary then goes to stderr); the input's "
@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --capture: replay at PPS packets per second (default: at the capture's timestamps)")
     srv.add_argument("--loop", action="store_true",
                      help="with --capture: replay it over and over (timestamps shifted to keep increasing)")
+    srv.add_argument("--scenario", metavar="FILE",
+                     help="with --capture: what happens to the chain meanwhile (crashes, slowdowns, scaling; "
+                          "docs/coe.md): the scenario's parallelism, delays, network, packet log, seed and "
+                          "events apply; its model, store, batch size and pacing do not")
     srv.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     srv.add_argument("-c", "--count", type=_positive, metavar="N", help="stop after N packets have entered")
     srv.add_argument("--metrics-port", metavar="[ADDR:]PORT",
@@ -124,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a status line on stderr every S seconds (default: every second on a terminal; 0: none)")
     _outputs_and_state(srv)
     srv.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
-    srv.set_defaults(out=None, filter=None, seed=0)
+    srv.set_defaults(out=None, filter=None, seed=0, delay=[])
     register_trace(sub)
     register_bench(sub)
     chk = sub.add_parser(
@@ -239,22 +243,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``chc serve`` (and ``chc run --live``): :func:`chc.serve.serve`."""
-    from .serve import Options, serve
+    from .serve import Options, scenario_options, serve
 
     if args.live is None and args.capture is None:
         raise UsageError("serve needs --capture FILE or --live IN_IF:OUT_IF")
-    if args.live is not None and (args.rate is not None or args.loop):
-        raise UsageError(f"--live takes no {'--rate' if args.rate is not None else '--loop'} "
-                         f"(it reads the interfaces, at their own pace)")
+    if args.live is not None:
+        given = [name for name, on in (("--rate", args.rate is not None), ("--loop", args.loop),
+                                       ("--scenario", args.scenario is not None)) if on]
+        if given:
+            raise UsageError(f"--live takes no {given[0]} (it reads the interfaces, at their own pace)")
 
     def go(chain: Any, store: Any) -> int:
+        more: dict[str, Any] = {"seed": args.seed, "log_mode": args.packet_log}
+        if args.scenario is not None:
+            chain, more = scenario_options(args.scenario, chain, args.capture, keep_parallelism=bool(args.parallelism))
         opts = Options(chain, live=args.live, capture=args.capture, rate=args.rate, loop=args.loop,
                        duration=args.duration, count=args.count, metrics=args.metrics_port,
                        dashboard=args.dashboard_port, status=args.status, summary_json=args.summary_json,
                        state_json=args.state_json, quiet=args.quiet, batch_size=args.batch_size, model=args.model)
-        return serve(opts, {"model": args.model, "batch_size": args.batch_size, "store": store, "seed": args.seed,
-                            "log_mode": args.packet_log, "log_limit": max(args.log_limit, 0),
-                            "persist_every": args.clock_persist}, _write_json)
+        return serve(opts, {"model": args.model, "batch_size": args.batch_size, "store": store,
+                            "log_limit": max(args.log_limit, 0), "persist_every": args.clock_persist, **more},
+                     _write_json)
     return _with_chain(args, go)
 
 

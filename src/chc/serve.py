@@ -401,6 +401,26 @@ def _source(opts: Options, runtime_kwargs: dict[str, Any]) -> tuple[SimRuntime, 
                         f"chain {chain.name!r} (model {opts.model}); Ctrl-C stops")
 
 
+def scenario_options(path: str, chain: Chain, capture: str, keep_parallelism: bool = False
+                     ) -> tuple[Chain, dict[str, Any]]:
+    """``--scenario``: the chain with the scenario's parallelism (unless
+    ``--parallelism`` was given) and the runtime's keyword arguments for its
+    delays, network, packet log, seed and events (its ``random:`` events drawn
+    by its seed over one pass of the capture)."""
+    from .scenario import load_scenario
+
+    sc = load_scenario(path)
+    if sc.parallelism is not None and not keep_parallelism:
+        chain = chain.with_parallelism(sc.parallelism)
+    vertices = list(chain.vertices)
+    n = 0
+    if sc.random is not None:
+        with open_capture(capture) as reader:
+            n = sum(1 for _ in reader)
+    return chain, {"delays": sc.expand_delays(vertices), "seed": sc.seed, "network": sc.network,
+                   "log_mode": sc.packet_log, "events": sc.events_for(sc.seed, vertices, n)}
+
+
 def serve(opts: Options, runtime_kwargs: dict[str, Any], write_json: Callable[[str, Any], None]) -> int:
     """Run ``opts.chain`` until stopped (see module doc); the caller opened the store
     and built the runtime's other keyword arguments."""
