@@ -427,3 +427,25 @@ def test_the_serve_rate_bench_runs():
     res = mod.main(["--packets", "600", "--half-load-seconds", "2", "--rounds", "1"])
     assert set(res["pps"]) == {"run", "serve", "serve+watch"} and all(v > 0 for v in res["pps"].values())
     assert res["half_load"]["latency_mean_ms"] > 0
+
+
+def test_the_status_line_rewrites_itself_on_a_terminal_and_prints_lines_elsewhere():
+    import io
+
+    from chc.serve import StatusLine
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    rt = SimRuntime(load_spec(PORTSCAN), model="T")
+    obs = Observer(rt, now=0.0)
+    tty, log = Tty(), io.StringIO()
+    on_tty, in_log = StatusLine(1.0, tty), StatusLine(2.0, log)
+    for t in (1.0, 2.0, 3.0, 4.0):
+        s = obs.sample(t)
+        on_tty(s)
+        in_log(s)
+    on_tty.close()
+    assert tty.getvalue().count("\r") == 5 and tty.getvalue().endswith("\r\x1b[K")
+    assert [line.split(",")[0] for line in log.getvalue().splitlines()] == ["chc serve: 1 s", "chc serve: 3 s"]
