@@ -256,11 +256,11 @@ def net() -> Iterator[Net]:
 
 
 class Chc:
-    """``chc run CHAIN --live in0:out0`` in the middle namespace."""
+    """``chc run CHAIN --live in0:out0`` (or ``chc serve``) in the middle namespace."""
 
-    def __init__(self, net: Net, chain: Path, tmp: Path, *more: str) -> None:
+    def __init__(self, net: Net, chain: Path, tmp: Path, *more: str, command: str = "run") -> None:
         self.summary_path = tmp / "summary.json"
-        self.proc = net.spawn(net.mid, sys.executable, "-m", "chc.cli", "run", str(chain), "--live", "in0:out0",
+        self.proc = net.spawn(net.mid, sys.executable, "-m", "chc.cli", command, str(chain), "--live", "in0:out0",
                               "--duration", "120", "--summary-json", str(self.summary_path), *more,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
@@ -274,12 +274,22 @@ class Chc:
         return json.loads(self.summary_path.read_text()), out
 
 
-def test_ctrl_c_drains_and_prints_the_summary(net, tmp_path):
-    chc = Chc(net, PASS, tmp_path)
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_ctrl_c_drains_and_prints_the_summary(net, tmp_path, command):
+    more = ("--dashboard-port", "8765") if command == "serve" else ()
+    chc = Chc(net, PASS, tmp_path, *more, command=command)
     # Three datagrams to a closed port: ARP, then each answered by an ICMP error.
     _sh(sys.executable, "-c", "import socket, time\n"
         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
         "for _ in range(3): s.sendto(b'x', ('10.0.2.10', 9)); time.sleep(0.2)", ns=net.cli)
+    if command == "serve":
+        # The dashboard sees both directions of the one vertex once a sample is taken.
+        time.sleep(1.5)
+        state = json.loads(_sh("curl", "-sS", "--fail", "--max-time", "10", "http://127.0.0.1:8765/state",
+                               ns=net.mid).stdout)
+        assert [v["name"] for v in state["graph"]["vertices"]] == ["pass"]
+        seen = {(i["direction"], i["packets_in"] > 0) for i in state["latest"]["instances"]}
+        assert seen == {("forward", True), ("reverse", True)}
     summary, text = chc.stop(signal.SIGINT, 130)
     assert summary["packets_out"] == summary["packets_in"] >= 5 and summary["dropped"] == 0
     assert summary["capture"]["live"]["stopped_by"] == "interrupt"

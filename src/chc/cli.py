@@ -17,7 +17,7 @@ import os
 import select
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from . import __version__
@@ -28,7 +28,7 @@ from .capture import STDIN, CaptureError, CaptureReader, CaptureWriter, open_cap
 from .cliargs import UsageError, int_at_least
 from .core.client import MODELS
 from .core.store import StoreError
-from .feed import Feed, stop_on_interrupt
+from .feed import Feed, capture_summary, stop_on_interrupt
 from .linktypes import adapter_for
 from .outfiles import ClobberError, Outputs, refuse_clobber
 from .runtime.errors import ProcFailure
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --live: stop after S seconds (also stopped by -c, SIGTERM, Ctrl-C)")
     run.add_argument("--metrics-port", metavar="[ADDR:]PORT",
                      help="with --live: serve Prometheus metrics on PORT (127.0.0.1 unless ADDR is given)")
+    run.set_defaults(rate=None, loop=False, dashboard_port=None, status=None, scenario=None)
     run.add_argument("--out", metavar="OUT",
                      help="write the chain's output packets here (.pcap, .pcapng, optionally .gz; '-' is "
                           "pcap on standard output, and the summary then goes to stderr); the input's "
@@ -84,29 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-partial", action="store_true",
                      help="exit 0, not 3, when the capture stops early (truncated or corrupt); the "
                           "summary says so either way")
-    run.add_argument("--summary-json", metavar="FILE", help="write the summary as JSON (see docs/summary.md)")
-    run.add_argument("--state-json", metavar="FILE", help="write every NF's final logical state as JSON")
-    run.add_argument("--model", choices=MODELS, default="EO+C+NA",
-                     help="state model: T local state; EO externalized, offloaded ops; EO+C plus "
-                          "caching; EO+C+NA plus non-blocking ops (default: %(default)s)")
-    run.add_argument("--store", default="memory", metavar="URL",
-                     help="state store: 'memory' (in-process), redis://[[USER]:PASSWORD@]HOST:PORT[/DB]"
-                          "[,redis://...] (objects sharded over the servers; rediss:// for TLS) or "
-                          "redis-cluster://[[USER]:PASSWORD@]HOST:PORT (any node of a Redis Cluster; objects "
-                          "sharded over its primaries); default: %(default)s")
-    run.add_argument("--namespace", metavar="NAME",
-                     help="Redis key namespace of this run (default: the chain's name); a run touches no "
-                          "key outside it, and a second run on a namespace in use is refused")
-    run.add_argument("--store-ca", metavar="FILE", help="rediss://: CA certificate(s) to verify the server")
-    run.add_argument("--store-cert", metavar="FILE", help="rediss://: client certificate")
-    run.add_argument("--store-key", metavar="FILE", help="rediss://: client certificate's key")
-    run.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH,
-                     help="packets per batch on the data path (default: %(default)s); "
-                          "results do not depend on it")
-    run.add_argument("--parallelism", type=_parallelism, metavar="N",
-                     help=f"override every vertex's parallelism with N instances (1-{MAX_PARALLELISM})")
-    run.add_argument("--no-scaling", action="store_true",
-                     help="ignore the spec's scaling policies: every vertex keeps its parallelism")
+    _outputs_and_state(run)
     pace = run.add_argument_group("pacing and timing (virtual time; tcpreplay's conventions)")
     how = pace.add_mutually_exclusive_group()
     how.add_argument("--multiplier", type=float, metavar="X",
@@ -118,18 +97,42 @@ def build_parser() -> argparse.ArgumentParser:
                       help="per-packet processing delay of a vertex's instances (or instance i): "
                            "uniform:LOW:HIGH, const:X or exp:MEAN in microseconds; repeatable")
     pace.add_argument("--seed", type=int, default=0, help="seed of the delay distributions (default: 0)")
-    meta = run.add_argument_group("metadata (§5, §7.2)")
-    meta.add_argument("--packet-log", choices=("local", "store", "off"), default="local",
-                      help="where roots log packets until the chain is done with them (default: local)")
-    meta.add_argument("--log-limit", type=int, default=1_000_000, metavar="N",
-                      help="drop new input while N packets are logged; 0 = no limit (default: %(default)s)")
-    meta.add_argument("--clock-persist", type=_positive, default=1000, metavar="N",
-                      help="persist each root's clock every N packets (default: %(default)s)")
     run.add_argument("--runtime", choices=("sim", "proc"), default="sim",
                      help="sim: one deterministic process (default); proc: every root and NF instance in "
                           "its own OS process, ZeroMQ between them (docs/proc.md)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
+    srv = sub.add_parser(
+        "serve", help="run a chain until stopped: a capture replayed in real time, or live ports",
+        description="Run the chain of CHAIN in real time until SIGTERM, Ctrl-C or --duration: over CAPTURE "
+                    "replayed at --rate packets/s (at its own timestamps without it), once or in a --loop, "
+                    "or over two live interfaces (--live; docs/live.md). Stopping drains the chain, flushes "
+                    "the store and prints the summary of chc run. --metrics-port serves Prometheus metrics, "
+                    "--dashboard-port a live web dashboard.")
+    srv.add_argument("chain", metavar="CHAIN", help="chain spec (YAML), e.g. examples/portscan.yaml")
+    src = srv.add_mutually_exclusive_group(required=True)
+    src.add_argument("--capture", metavar="FILE", help="replay this capture (.pcap, .pcapng, optionally .gz)")
+    src.add_argument("--live", metavar="IN_IF:OUT_IF",
+                     help="frames from IN_IF cross the chain to OUT_IF, replies cross it back (as root)")
+    srv.add_argument("--rate", type=float, metavar="PPS",
+                     help="with --capture: replay at PPS packets per second (default: at the capture's timestamps)")
+    srv.add_argument("--loop", action="store_true",
+                     help="with --capture: replay it over and over (timestamps shifted to keep increasing)")
+    srv.add_argument("--scenario", metavar="FILE",
+                     help="with --capture: what happens to the chain meanwhile (crashes, slowdowns, scaling; "
+                          "docs/coe.md): the scenario's parallelism, delays, network, packet log, seed and "
+                          "events apply; its model, store, batch size and pacing do not")
+    srv.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    srv.add_argument("-c", "--count", type=_positive, metavar="N", help="stop after N packets have entered")
+    srv.add_argument("--metrics-port", metavar="[ADDR:]PORT",
+                     help="serve Prometheus metrics on PORT (127.0.0.1 unless ADDR is given)")
+    srv.add_argument("--dashboard-port", metavar="[ADDR:]PORT",
+                     help="serve the live dashboard on PORT (127.0.0.1 unless ADDR is given)")
+    srv.add_argument("--status", type=float, metavar="S",
+                     help="a status line on stderr every S seconds (default: every second on a terminal; 0: none)")
+    _outputs_and_state(srv)
+    srv.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
+    srv.set_defaults(out=None, filter=None, seed=0, delay=[])
     register_trace(sub)
     register_bench(sub)
     chk = sub.add_parser(
@@ -165,6 +168,41 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--runtime", choices=("sim", "proc"), default="sim",
                      help="sim (default); proc is not available for check yet (docs/proc.md)")
     return parser
+
+
+def _outputs_and_state(p: argparse.ArgumentParser) -> None:
+    """The options ``chc run`` and ``chc serve`` share: outputs, state model and store,
+    batching, parallelism, metadata."""
+    p.add_argument("--summary-json", metavar="FILE", help="write the summary as JSON (see docs/summary.md)")
+    p.add_argument("--state-json", metavar="FILE", help="write every NF's final logical state as JSON")
+    p.add_argument("--model", choices=MODELS, default="EO+C+NA",
+                     help="state model: T local state; EO externalized, offloaded ops; EO+C plus "
+                          "caching; EO+C+NA plus non-blocking ops (default: %(default)s)")
+    p.add_argument("--store", default="memory", metavar="URL",
+                     help="state store: 'memory' (in-process), redis://[[USER]:PASSWORD@]HOST:PORT[/DB]"
+                          "[,redis://...] (objects sharded over the servers; rediss:// for TLS) or "
+                          "redis-cluster://[[USER]:PASSWORD@]HOST:PORT (any node of a Redis Cluster; objects "
+                          "sharded over its primaries); default: %(default)s")
+    p.add_argument("--namespace", metavar="NAME",
+                     help="Redis key namespace of this run (default: the chain's name); a run touches no "
+                          "key outside it, and a second run on a namespace in use is refused")
+    p.add_argument("--store-ca", metavar="FILE", help="rediss://: CA certificate(s) to verify the server")
+    p.add_argument("--store-cert", metavar="FILE", help="rediss://: client certificate")
+    p.add_argument("--store-key", metavar="FILE", help="rediss://: client certificate's key")
+    p.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH,
+                     help="packets per batch on the data path (default: %(default)s); "
+                          "results do not depend on it")
+    p.add_argument("--parallelism", type=_parallelism, metavar="N",
+                     help=f"override every vertex's parallelism with N instances (1-{MAX_PARALLELISM})")
+    p.add_argument("--no-scaling", action="store_true",
+                     help="ignore the spec's scaling policies: every vertex keeps its parallelism")
+    meta = p.add_argument_group("metadata (§5, §7.2)")
+    meta.add_argument("--packet-log", choices=("local", "store", "off"), default="local",
+                      help="where roots log packets until the chain is done with them (default: local)")
+    meta.add_argument("--log-limit", type=int, default=1_000_000, metavar="N",
+                      help="drop new input while N packets are logged; 0 = no limit (default: %(default)s)")
+    meta.add_argument("--clock-persist", type=_positive, default=1000, metavar="N",
+                      help="persist each root's clock every N packets (default: %(default)s)")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -207,6 +245,40 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("run needs CAPTURE (or --live IN_IF:OUT_IF)")
     elif args.duration is not None or args.metrics_port is not None:
         raise UsageError(f"{'--duration' if args.duration is not None else '--metrics-port'} is for --live")
+    if args.live is not None:
+        return cmd_serve(args)          # the same loop as chc serve --live
+    return _with_chain(args, lambda chain, store: _run(args, chain, store))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``chc serve`` (and ``chc run --live``): :func:`chc.serve.serve`."""
+    from .serve import Options, scenario_options, serve
+
+    if args.live is None and args.capture is None:
+        raise UsageError("serve needs --capture FILE or --live IN_IF:OUT_IF")
+    if args.live is not None:
+        given = [name for name, on in (("--rate", args.rate is not None), ("--loop", args.loop),
+                                       ("--scenario", args.scenario is not None)) if on]
+        if given:
+            raise UsageError(f"--live takes no {given[0]} (it reads the interfaces, at their own pace)")
+
+    def go(chain: Any, store: Any) -> int:
+        more: dict[str, Any] = {"seed": args.seed, "log_mode": args.packet_log}
+        if args.scenario is not None:
+            chain, more = scenario_options(args.scenario, chain, args.capture, keep_parallelism=bool(args.parallelism))
+        opts = Options(chain, live=args.live, capture=args.capture, rate=args.rate, loop=args.loop,
+                       duration=args.duration, count=args.count, metrics=args.metrics_port,
+                       dashboard=args.dashboard_port, status=args.status, summary_json=args.summary_json,
+                       state_json=args.state_json, quiet=args.quiet, batch_size=args.batch_size, model=args.model)
+        return serve(opts, {"model": args.model, "batch_size": args.batch_size, "store": store,
+                            "log_limit": max(args.log_limit, 0), "persist_every": args.clock_persist, **more},
+                     _write_json)
+    return _with_chain(args, go)
+
+
+def _with_chain(args: argparse.Namespace, body: Callable[[Any, Any], int]) -> int:
+    """``body(chain, store)`` with the chain of ``args`` (``--parallelism``,
+    ``--no-scaling`` applied) and its store, closed after."""
     chain = load_spec(args.chain)
     if args.parallelism:
         chain = chain.with_parallelism(args.parallelism)
@@ -221,13 +293,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     try:
-        if args.live is not None:
-            from .live import cmd_live
-            return cmd_live(args, {"chain": chain, "model": args.model, "batch_size": args.batch_size,
-                                   "store": store, "seed": args.seed, "log_mode": args.packet_log,
-                                   "log_limit": max(args.log_limit, 0), "persist_every": args.clock_persist},
-                            _write_json)
-        return _run(args, chain, store)
+        return body(chain, store)
     finally:
         if store is not None:
             store.close()           # gives up the namespace's lease at once
@@ -294,8 +360,6 @@ def _check_live(args: argparse.Namespace) -> None:
                                    ("--mbps", args.mbps), ("--topspeed", args.topspeed)) if on]
     if given:
         raise UsageError(f"--live takes no {given[0]} (it reads the interfaces, at their own pace)")
-    if args.duration is not None and not args.duration > 0:
-        raise UsageError(f"--duration {args.duration}: expected a positive number of seconds")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -355,11 +419,7 @@ def _size(path: str) -> int | None:
 
 
 def _capture_summary(args: argparse.Namespace, feed: Feed) -> dict[str, Any]:
-    reader = feed.reader
-    return {"path": str(args.capture), "format": reader.format, "linktype": reader.linktype,
-            "truncated": reader.stop_reason is not None, "reason": reader.stop_reason,
-            "offset": reader.stop_offset, "warnings": list(reader.warnings),
-            "filter": args.filter, "filtered_out": feed.filtered_out, "count": args.count}
+    return capture_summary(args.capture, feed.reader, args.filter, feed.filtered_out, args.count)
 
 
 def _pacer(args: argparse.Namespace) -> Pacer:
@@ -432,7 +492,7 @@ def _write_json(path: str, data, outputs: Outputs | None = None) -> None:
         raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "trace": cmd_trace, "bench": cmd_bench}
+COMMANDS = {"run": cmd_run, "serve": cmd_serve, "check": cmd_check, "trace": cmd_trace, "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,3 +31,11 @@ def int_at_least(minimum: int, maximum: int | None = None, limit: str = "") -> C
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
     return parse
+
+
+def parse_listen(text: str, option: str = "--metrics-port") -> tuple[str, int]:
+    """``PORT`` (on 127.0.0.1) or ``ADDR:PORT``; ValueError otherwise."""
+    addr, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{option} {text!r}: expected PORT or ADDR:PORT")
+    return addr.strip("[]") or "127.0.0.1", int(port)

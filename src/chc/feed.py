@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from .capture import CaptureReader
 from .linktypes import LinkAdapter
 
-__all__ = ["Feed", "stop_on_interrupt"]
+__all__ = ["Feed", "capture_summary", "stop_on_interrupt"]
 
 
 class Feed:
@@ -91,6 +91,15 @@ class Feed:
         self.interrupted = True
         if self.waiting:
             raise KeyboardInterrupt
+
+
+def capture_summary(path: str, reader: CaptureReader, filter: str | None = None, filtered_out: int = 0,
+                    count: int | None = None) -> dict:
+    """The summary's ``capture`` section (docs/summary.md)."""
+    return {"path": str(path), "format": reader.format, "linktype": reader.linktype,
+            "truncated": reader.stop_reason is not None, "reason": reader.stop_reason,
+            "offset": reader.stop_offset, "warnings": list(reader.warnings),
+            "filter": filter, "filtered_out": filtered_out, "count": count}
 
 
 @contextmanager

@@ -1,15 +1,17 @@
-"""Live ports: ``chc run CHAIN --live IN_IF:OUT_IF``, chc as a bump in the wire.
+"""Live ports: ``chc serve CHAIN --live IN_IF:OUT_IF`` (or ``chc run ... --live``),
+chc as a bump in the wire.
 
 Theory of operation
 -------------------
 Two :class:`LivePort` objects, raw ``AF_PACKET`` sockets bound to ``IN_IF`` (the
 inside: clients, the NAT's internal hosts) and ``OUT_IF`` (the outside: servers),
-receive whole Ethernet frames in promiscuous mode.  The loop waits on both with
-``select``; when either is readable it takes up to ``--batch-size`` frames from
-each (non-blocking ``recv`` until the socket is empty), stamps them with the wall
-clock, and pushes them as one batch through the ``sim`` runtime's :meth:`step`
-(real time instead of virtual time: every packet is available at once, so the
-runtime's results are those of ``--topspeed``).  Frames are read from a
+receive whole Ethernet frames in promiscuous mode.  :class:`Ports` makes them the
+source of :mod:`chc.serve`'s real-time loop, which waits on both with ``select``
+and, when either has frames, takes up to ``--batch-size`` from each
+(non-blocking ``recv`` until the socket is empty), stamps them with the wall
+clock, and pushes them as one batch through the ``sim`` runtime (real time
+instead of virtual time: every packet is available at once, so the runtime's
+results are those of ``--topspeed``).  Frames are read from a
 PACKET_MMAP RX ring (TPACKET_V2) where the kernel gives one: bench/live_io.py
 measured a frame read from it at a quarter to a half of a ``recvfrom_into``.  What the chain outputs is sent
 on the other port than the frame came in on; what it drops is counted in the
@@ -32,24 +34,19 @@ entries are per-flow state keyed by the rewritten 5-tuple, which another
 instance may own, so ``--live`` runs them with one instance.
 
 Non-IP frames (ARP) pass unchanged when the chain's ``input.non_ip`` is ``pass``.
-Stopping: ``--duration``, ``--count``, SIGTERM or Ctrl-C end the loop; the runtime
-drains, and the summary is that of ``chc run``, plus the ports' counters.
-``--metrics-port`` serves Prometheus metrics meanwhile (:mod:`chc.metrics`).
+Stopping, the summary (that of ``chc run``, plus the ports' counters), metrics
+and the dashboard are :mod:`chc.serve`'s, shared with a replayed capture.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import mmap
 import select
-import signal
 import socket
 import struct
-import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from .cliargs import UsageError
@@ -58,7 +55,7 @@ from .runtime.sim import SimRuntime
 from .spec import Chain, Vertex
 from .summary import Summary
 
-__all__ = ["LivePort", "LiveRuntime", "PortError", "cmd_live", "mirrored"]
+__all__ = ["LivePort", "LiveRuntime", "PortError", "Ports", "mirrored"]
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -311,67 +308,50 @@ class LiveRuntime(SimRuntime):
         return s
 
 
-@dataclasses.dataclass
-class LiveRun:
-    """A live run's state: the runtime, the two ports, why it stopped."""
+class Ports:
+    """The two ports of a live run as a :class:`chc.serve.Source`: frames from both,
+    output sent on the port opposite to the one each frame came in on."""
 
-    runtime: LiveRuntime
-    inside: LivePort
-    outside: LivePort
-    count: int | None = None
-    duration: float | None = None
-    stopped_by: str | None = None
-    entered: int = 0
-    on_step: Callable[[int, float], None] | None = None     # frames, seconds (metrics)
+    exhausted = False               # ports never run dry
 
-    def stop(self, why: str) -> None:
-        if self.stopped_by is None:
-            self.stopped_by = why
+    def __init__(self, runtime: LiveRuntime, inside: LivePort, outside: LivePort) -> None:
+        self.runtime = runtime
+        self.inside = inside
+        self.outside = outside
+        self.by_side = {"inside": inside, "outside": outside}      # the metrics' labels
 
-    def loop(self, batch: int) -> None:
-        rt = self.runtime
-        ports = (self.inside, self.outside)
-        started = time.perf_counter()
-        deadline = None if self.duration is None else time.monotonic() + self.duration
-        while self.stopped_by is None:
-            wait = 0.2
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    self.stop("duration")
-                    break
-            ready, _, _ = select.select(ports, [], [], wait)
-            if not ready:
-                continue
-            limit = batch if self.count is None else min(batch, self.count - self.entered)
-            inside = self.inside.recv_batch(limit) if self.inside in ready else []
-            outside = self.outside.recv_batch(limit) if self.outside in ready else []
-            self.push(inside, outside)
-            if self.count is not None and self.entered >= self.count:
-                self.stop("count")
-        self.send(rt.drain())
-        rt.elapsed += time.perf_counter() - started
+    @classmethod
+    def open(cls, runtime: LiveRuntime, pair: str) -> Ports:
+        """The ports of ``--live IN_IF:OUT_IF``."""
+        in_if, out_if = _ifpair(pair)
+        inside = LivePort(in_if)
+        try:
+            outside = LivePort(out_if)
+        except PortError:
+            inside.close()
+            raise
+        return cls(runtime, inside, outside)
 
-    def push(self, inside: list[bytes], outside: list[bytes]) -> int:
-        """One batch through the chain (inside frames first), the output sent on."""
+    def wait(self, timeout: float, elapsed_ns: int) -> None:
+        if timeout > 0:
+            select.select((self.inside, self.outside), [], [], timeout)
+
+    def take(self, limit: int, index: int, t0_ns: int) -> tuple[list[Packet], int, int]:
+        """Up to ``limit`` frames from each port (inside ones first), stamped with the
+        wall clock; a frame from the outside enters at the mirror."""
+        inside = self.inside.recv_batch(limit)
+        outside = self.outside.recv_batch(limit)
         if not inside and not outside:
-            return 0
-        rt = self.runtime
+            return [], 0, 0
         now = time.time_ns()
-        index = self.entered
         pkts = [Packet(f, now, index + i) for i, f in enumerate(inside)]
         base = index + len(inside)
         pkts += [Packet(f, now, base + i) for i, f in enumerate(outside)]
-        rt.reverse = set(range(base, base + len(outside)))
-        self.entered += len(pkts)
-        started = time.perf_counter()
-        out = rt.step(pkts)
-        if self.on_step is not None:
-            self.on_step(len(pkts), time.perf_counter() - started)
-        self.send(out)
-        return len(pkts)
+        self.runtime.reverse = set(range(base, base + len(outside)))
+        arrived = time.monotonic_ns()
+        return pkts, arrived, arrived * len(pkts)
 
-    def send(self, out: list[Packet]) -> None:
+    def emit(self, out: list[Packet]) -> None:
         """Output on the port opposite to the one each frame came in on."""
         if not out:
             return
@@ -381,22 +361,22 @@ class LiveRun:
         self.outside.send_batch(to_out)
         self.inside.send_batch(to_in)
 
+    def describe(self, stopped_by: str | None) -> dict[str, Any]:
+        return {"live": {"inside": self.inside.counters(), "outside": self.outside.counters(),
+                         "stopped_by": stopped_by}}
 
-def _metrics(listen: str, rt: LiveRuntime, ports: dict[str, LivePort]) -> Any:
-    """Serve Prometheus metrics on ``listen`` ([ADDR:]PORT) for the run's life."""
-    try:
-        from .metrics import LiveMetrics, parse_listen
-    except ImportError:
-        raise UsageError("--metrics-port needs prometheus-client (pip install 'chc[live]')") from None
-    try:
-        addr, port = parse_listen(listen)
-        metrics = LiveMetrics(rt, ports)
-        metrics.serve(addr, port)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    except OSError as exc:
-        raise UsageError(f"--metrics-port {listen}: {exc.strerror or exc}") from None
-    return metrics
+    def report(self) -> list[str]:
+        out = []
+        for side, port in self.by_side.items():
+            c = port.counters()
+            out.append(f"live {side} {c['interface']}: {c['received']:,} frames received, {c['sent']:,} sent, "
+                       f"{c['send_errors']:,} send errors, {c['kernel_drops']:,} dropped by the kernel "
+                       f"(buffer full), {c['oversize']:,} oversize")
+        return out
+
+    def close(self) -> None:
+        self.inside.close()
+        self.outside.close()
 
 
 def _ifpair(text: str) -> tuple[str, str]:
@@ -404,54 +384,3 @@ def _ifpair(text: str) -> tuple[str, str]:
     if not sep or not a or not b or a == b:
         raise UsageError(f"--live {text!r}: expected IN_IF:OUT_IF, two different interfaces")
     return a, b
-
-
-def cmd_live(args: argparse.Namespace, runtime_kwargs: dict[str, Any],
-             write_json: Callable[[str, Any], None]) -> int:
-    """``chc run CHAIN --live IN_IF:OUT_IF`` (see module doc); the caller parsed the
-    chain, opened the store and built the runtime's keyword arguments."""
-    in_if, out_if = _ifpair(args.live)
-    chain = runtime_kwargs.pop("chain")
-    try:
-        rt = LiveRuntime(chain, **runtime_kwargs)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    inside = LivePort(in_if)
-    try:
-        outside = LivePort(out_if)
-    except PortError:
-        inside.close()
-        raise
-    run = LiveRun(rt, inside, outside, count=args.count, duration=args.duration)
-    metrics = None
-    if args.metrics_port is not None:
-        metrics = _metrics(args.metrics_port, rt, {"inside": inside, "outside": outside})
-        run.on_step = metrics.batch
-    previous = {sig: signal.signal(sig, lambda s, f, why=why: run.stop(why))
-                for sig, why in ((signal.SIGINT, "interrupt"), (signal.SIGTERM, "terminate"))}
-    try:
-        print(f"chc: live: {in_if} <-> {out_if}, chain {chain.name!r} (model {args.model}); "
-              f"Ctrl-C stops", file=sys.stderr, flush=True)
-        run.loop(args.batch_size)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        counters = {"inside": inside.counters(), "outside": outside.counters()}
-        inside.close()
-        outside.close()
-        if metrics is not None:
-            metrics.close()
-    summary = rt.summary()
-    summary.capture = {"live": {**counters, "stopped_by": run.stopped_by}}
-    if args.summary_json:
-        write_json(args.summary_json, summary.as_json())
-    if args.state_json:
-        from .summary import canonical
-        write_json(args.state_json, canonical(rt.logical_state()))
-    if not args.quiet:
-        print(summary.render())
-        for side, c in counters.items():
-            print(f"live {side} {c['interface']}: {c['received']:,} frames received, {c['sent']:,} sent, "
-                  f"{c['send_errors']:,} send errors, {c['kernel_drops']:,} dropped by the kernel "
-                  f"(buffer full), {c['oversize']:,} oversize")
-    return 130 if run.stopped_by == "interrupt" else 0

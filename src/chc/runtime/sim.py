@@ -288,6 +288,7 @@ class SimRuntime:
                                                           e.at_time_ns or 0))
         for ev in self.events:
             ACTIONS[ev.action].resolve(self, ev)     # fail early on a bad target
+        self._pending_events = list(self.events)     # those not applied yet (run, feed)
         self.track_processed = (any(ev.action == "clone" for ev in self.events)
                                 or any(m.policy.straggler_factor is not None or m.policy.decide_fn is not None
                                        for m in self.managers))     # a manager may clone (§5.3)
@@ -713,28 +714,13 @@ class SimRuntime:
         pace = self.pacer.arrival
         batch: list[Packet] = []
         index = sum(r.packets_in for r in self.roots)
-        events = list(self.events)
+        events = self._pending_events
         managers = self.managers
-        by_ts = self.pacer.mode == "topspeed"     # no virtual time: managers go by input time
         for ts, data in records:
             pkt = Packet(data, ts, index)
             pkt.vt = pace(ts, len(data))
-            if managers:
-                now = ts if by_ts else pkt.vt
-                due = [m for m in managers if m.due(now)]
-                if due:
-                    # A manager acts at an interval boundary, before the packet past it.
-                    if batch:
-                        self._emit(self.step(batch), emit)
-                        batch = []
-                    self._manage(due, now)
-            if events and _due(events[0], pkt):
-                # An event fires before the packet it names, at a batch boundary.
-                if batch:
-                    self._emit(self.step(batch), emit)
-                    batch = []
-                while events and _due(events[0], pkt):
-                    self.apply(events.pop(0))
+            if managers or events:
+                batch = self._before(pkt, batch, emit)
             batch.append(pkt)
             index += 1
             if len(batch) >= size:
@@ -748,6 +734,44 @@ class SimRuntime:
                 progress(len(batch))
         self._emit(self.drain(), emit)
         self.elapsed += time.perf_counter() - started
+
+    def feed(self, pkts: list[Packet], emit: Callable[[list[Packet]], None]) -> None:
+        """Push packets stamped by the caller (``index``, ``ts``, ``vt``), in input
+        order, as one batch, with managers and scenario events acting between the
+        packets they are due at, as in :meth:`run` (the real-time loop of
+        :mod:`chc.serve`, which paces input itself)."""
+        batch: list[Packet] = []
+        if self.managers or self._pending_events:
+            for pkt in pkts:
+                batch = self._before(pkt, batch, emit)
+                batch.append(pkt)
+        else:
+            batch = pkts
+        self._emit(self.step(batch), emit)
+
+    def _before(self, pkt: Packet, batch: list[Packet], emit: Callable[[list[Packet]], None] | None) -> list[Packet]:
+        """Managers and scenario events due before ``pkt`` act at a batch boundary:
+        ``batch`` (the packets before it) is pushed first; returns the batch to go on with."""
+        managers = self.managers
+        if managers:
+            # No virtual time (top speed): managers go by input time.
+            now = pkt.ts if self.pacer.mode == "topspeed" else pkt.vt
+            due = [m for m in managers if m.due(now)]
+            if due:
+                # A manager acts at an interval boundary, before the packet past it.
+                if batch:
+                    self._emit(self.step(batch), emit)
+                    batch = []
+                self._manage(due, now)
+        events = self._pending_events
+        if events and _due(events[0], pkt):
+            # An event fires before the packet it names, at a batch boundary.
+            if batch:
+                self._emit(self.step(batch), emit)
+                batch = []
+            while events and _due(events[0], pkt):
+                self.apply(events.pop(0))
+        return batch
 
     def apply(self, event: Any) -> None:
         ACTIONS[event.action].apply(self, event)
