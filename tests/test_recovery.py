@@ -292,3 +292,37 @@ def test_a_root_with_a_local_log_fails_over_but_an_nf_failover_after_it_is_unrec
     raw["events"] = raw["events"] + [{"at": {"packets": 900}, "do": "crash", "target": "nat"}]
     res, _ = _check(records, raw, 0)
     assert res.unrecoverable and "lost its local packet log" in res.unrecoverable
+
+
+SCAN = ROOT / "traces/scans/nmap-syn-scan.pcap"
+SCAN_CRASH = {"parallelism": 2, "batch_size": 256, "delays": {"portscan": "uniform:50:150"},
+              "events": [{"at": {"packets": 400}, "do": "crash", "target": "portscan[0]"}]}
+
+
+def _scan_check(seed: int, tweak=None):
+    chain = load_spec(ROOT / "examples/portscan.yaml")
+    sc = parse_scenario(SCAN_CRASH)
+    records = list(open_capture(SCAN))
+    obs = Observers()
+    rt = physical_runtime(chain, sc, variant(chain, sc, seed, ["memory"]), len(records), obs)
+    BreakState((), 0).install(rt)
+    if tweak is not None:
+        tweak(rt)
+    return check_runtime(chain, rt, records, obs), rt
+
+
+def test_a_replay_reads_shared_state_as_the_failed_instance_did():
+    """Two portscans share the scanner's likelihood; one crashes after the other has
+    flagged the scanner.  Its replay re-runs SYNs it took before the flag: read from
+    the store as it is now, the verdict drops them and their TRW timeouts are never
+    re-armed (the packets stay logged forever).  The store's read log answers the
+    replay what the failed instance read."""
+    for seed in range(3):
+        res, rt = _scan_check(seed)
+        assert res.ok, (seed, [str(d) for d in res.divergences][:2])
+        [f] = _failovers(rt)
+        assert f["timers_pending"] > 0 and f["replayed"] > 0
+    def no_read_log(rt):
+        rt.node.read_log = None
+    res, _ = _scan_check(0, no_read_log)
+    assert any(d.what == "log" for d in res.divergences), [str(d) for d in res.divergences]

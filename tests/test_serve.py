@@ -181,13 +181,17 @@ def test_a_scenario_crashes_an_instance_during_a_replay(tmp_path):
     assert res.returncode == 2 and "--live takes no --scenario" in res.stderr
 
 
-@pytest.mark.xfail(reason="the sim runtime's NF failover of the portscan detector on this scan is not "
-                          "output-equivalent (chc check with this scenario and batch_size 256 diverges: "
-                          "2 packets never completed); not a serve issue", strict=False)
-def test_a_crash_during_a_replay_ends_with_the_outputs_and_state_of_chc_run(tmp_path):
-    served, ran = _crash_run(tmp_path)
-    for key in ("packets_out", "dropped", "state_digest"):
-        assert served[key] == ran[key], key
+def test_a_crash_during_a_replay_keeps_coe_and_counts_each_packet_once(tmp_path):
+    """The scenario serve applies, checked by chc check in the sim: the failover's
+    replay reads the shared likelihood as the failed instance did (the store's read
+    log), so nothing diverges; and the served summary counts each packet once
+    (the replay's packets were counted by the failed instance).  Its outputs need
+    not be chc run's: with two instances a read of the scanner's verdict may come
+    before another instance's flag, a valid serialization (docs/coe.md)."""
+    served, _ = _crash_run(tmp_path)
+    assert served["packets_out"] + served["dropped"] == served["packets_in"]
+    res = _chc("check", str(PORTSCAN), str(tmp_path / "crash.yaml"), str(SCAN), "--seeds", "2")
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_serve_in_a_loop_for_a_duration_with_metrics(tmp_path, serves):

@@ -295,6 +295,8 @@ class SimRuntime:
         self.recording = any(ev.action == "crash" and _nf_target(ev.target) for ev in self.events)
         if self.recording and self.store is not None:
             self.store.keep_preimages()
+            if self.node is not None:
+                self.node.read_log = {}
         if not clocks:
             for inst in self._all_instances():
                 inst.arrival_clocks = True
@@ -325,10 +327,11 @@ class SimRuntime:
         return link
 
     def _clock_reads(self, inst: Instance) -> None:
-        """With the COE checker's recorder: the store learns which packet's clock each
-        blocking read is for (a read of shared state is serialized like an update)."""
+        """The store learns which packet's clock each blocking read is for: the COE
+        checker follows reads of shared state by it (they are serialized like updates),
+        and the store's read log answers a failover instance's replay by it (§5.4)."""
         link = inst.client.backend if isinstance(inst.client, StoreClient) else None
-        if isinstance(link, StoreLink) and link.node.record is not None:
+        if isinstance(link, StoreLink):
             client = inst.client
             link.clock_of = lambda: client.clock
 
@@ -607,6 +610,12 @@ class SimRuntime:
                 # is done in the whole chain and in the store (§5.4).
                 while rec and roots[root_of(rec[0].clock)].log.get(rec[0].clock) is None:
                     rec.popleft()
+            read_log = self.node.read_log if self.node is not None else None
+            if read_log and len(read_log) > 2 * max(64, sum(len(r.log) for r in roots)):
+                # A replay starts at its root's oldest logged packet: reads before it are done.
+                floors = {r.root_id: (min(r.log) if r.log else r.base | r.next_seq) for r in roots}
+                for slot in [s for s in read_log if s[1] < floors.get(root_of(s[1]), 0)]:
+                    del read_log[slot]
         if self.processed:
             logged = sum(len(r.log) for r in self.roots)
             for key, seen in self.processed.items():
@@ -1608,11 +1617,22 @@ class SimRuntime:
         snap = self.store.objects_at(new.vertex, {p.clock for p in processed})
         self._private(saved, new, snap)
         alerts_from = len(new.ctx.alerts)
-        new.run([p.copy() for p in processed])
+        # The failed instance counted these packets (and their drops and NF errors).
+        counts = (new.packets_in, new.packets_out, new.dropped, new.nf_errors)
+        # Its reads of shared objects get what the failed instance read (the store's read log).
+        link = self.links.get((new.vertex, new.instance_id))
+        if link is not None:
+            self.node.replaying[link.name] = {}
+        try:
+            new.run([p.copy() for p in processed])
+        finally:
+            if link is not None:
+                self.node.replaying.pop(link.name, None)
         new.finished.clear()
         new.forks.clear()
         new.fired.clear()
         del new.ctx.alerts[alerts_from:]
+        new.packets_in, new.packets_out, new.dropped, new.nf_errors = counts
         self._shared_view(saved, new)
 
     def _take_links(self, vertex: str, a: int, b: int) -> None:

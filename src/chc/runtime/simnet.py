@@ -258,15 +258,51 @@ class StoreNode:
         # §5.4 links of failed instances: what they sent before they died and arrives
         # after their failover instance took over is refused, never applied.
         self.fenced: set[str] = set()
+        # §5.4 (with §5.3's emulation applied to reads): while a scenario can crash an
+        # instance, the answers to each logical instance's reads of shared objects, by
+        # the clock they were read for, as long as that clock is logged.  A failover
+        # instance's replay is answered from here, so it decides as the failed one did
+        # (a shared object others kept updating has moved on since).
+        self.read_log: dict[tuple[Any, int], list[Any]] | None = None
+        self.replaying: dict[str, dict[tuple[Any, int], int]] = {}   # link -> read cursor
 
-    def handle(self, ops: list[Op], read_clock: int | None = None) -> list[Any]:
+    def handle(self, ops: list[Op], read_clock: int | None = None, link: str = "") -> list[Any]:
         """Apply one request to the backend: its results (raises StoreError).
-        ``read_clock``: for the checker, the clock a blocking request reads for."""
+        ``read_clock``: the clock a blocking request reads for (the checker follows
+        shared reads by it; the read log keeps them by it)."""
         results = self.backend.execute(ops)
+        replaying = self.replaying.get(link)
         if self.record is not None:
             # A recoverable store stamps replies with TS (§5.4): the record keeps the value.
-            self.record.request(ops, [r.result if r.__class__ is Stamped else r for r in results], read_clock)
+            # A replay's reads are the store's to answer, not the logical chain's to follow.
+            self.record.request(ops, [r.result if r.__class__ is Stamped else r for r in results],
+                                None if replaying is not None else read_clock)
+        if read_clock is not None and self.read_log is not None:
+            self._reads(ops, results, read_clock, replaying)
         return results
+
+    def _reads(self, ops: list[Op], results: list[Any], clock: int, cursor: dict | None) -> None:
+        """Log the answers to reads of shared objects, or, for a replay, answer them
+        from the log (the value the failed instance read for that clock)."""
+        log = self.read_log
+        for k, op in enumerate(ops):
+            if op.code != "get" or op.key.per_flow:
+                continue
+            slot = (op.instance, clock)
+            if cursor is None:
+                log.setdefault(slot, []).append(results[k])
+                continue
+            logged = log.get(slot)
+            i = cursor.get(slot, 0)
+            if logged is not None and i < len(logged):
+                cursor[slot] = i + 1
+                results[k] = logged[i]
+
+    def prune_reads(self, floor: int) -> None:
+        """Forget reads for clocks below ``floor`` (no longer logged: never replayed)."""
+        if self.read_log:
+            for slot in [s for s in self.read_log if s[1] < floor]:
+                del self.read_log[slot]
 
     def commits(self) -> list[tuple[int, int]]:
         return self.backend.commits()
@@ -281,7 +317,7 @@ class StoreNode:
         if self.crashed or link.name in self.fenced:
             return
         try:
-            reply: Any = self.handle(ops, read_clock)
+            reply: Any = self.handle(ops, read_clock, link.name)
         except StoreUnavailable:
             return                          # the backend itself is down: no reply
         except StoreError as exc:
@@ -315,7 +351,7 @@ class StoreLink:
         net = self.net
         clock = self.clock_of() if self.clock_of is not None else None
         if net.instant:
-            return self.node.handle(ops, clock)
+            return self.node.handle(ops, clock, self.name)
         self._rid += 1
         rid = self._rid
         self.awaiting = ops

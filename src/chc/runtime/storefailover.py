@@ -239,6 +239,8 @@ class StoreFailover:
         o = self.outage = Outage(now, last + misses * period, sum(r.packets_in for r in rt.roots), why,
                                  self.checkpoint, self.checkpoint_vt)
         rt.node.crashed = True              # requests in flight and to come are lost
+        if rt.node.read_log:
+            rt.node.read_log.clear()        # the store's read log is in its memory
         rt.net.store_down = True
         self.store.down = True              # the root's writes wait too
         rt.net.at(o.detect_vt, self._detected)
