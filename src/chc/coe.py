@@ -788,9 +788,12 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
     phys = RunResult(out, alerts, canonical(rt.logical_state()), s, stored)
     obs = Observers()
     rt.recorded(obs.serial)
-    for rep in rt.reported.values():
+    did: dict[str, list[str]] = {}
+    for name, rep in sorted(rt.reported.items()):
         obs.issued += rep.get("issued", ())
-        state.acted.update(rep.get("acted", {}))
+        for b, what in rep.get("acted", {}).items():       # each instance process breaks its own client
+            did.setdefault(b, []).append(f"{name}: {what}")
+    state.acted.update({b: "; ".join(lines) for b, lines in did.items()})
     state.tamper(None, phys)
     rep = replay(obs.serial.steps)
     ref = reference_run(chain, records, rep)
