@@ -20,6 +20,9 @@ chose*.  The checker works like a history checker (Jepsen-style):
    (:class:`Serialization`, :class:`chc.reference.StoreStep`); the clients
    record every update they issued; the roots record every packet they
    deleted from the log and when (as a position in that serialization).
+   On the ``proc`` runtime (:func:`_check_proc`) the store server process
+   records the same serialization and ships it back at the end; the instances
+   report their issued updates (log deletions are not positioned there).
 2. :func:`chc.reference.replay` re-executes the serialization with its own
    implementation of Table 2 and the clock log: every answer the store gave
    must be what its own serialization yields, and the store must end holding
