@@ -305,7 +305,7 @@ def test_cli_coordinator_killed_workers_exit(tmp_path):
 @pytest.mark.parametrize("argv, says", [
     (["run", "--runtime", "proc", "examples/autoscale.yaml", str(SCAN)], "scaling policy"),
     (["run", "--runtime", "proc", str(PAPER), str(SCAN), "--delay", "nat=const:5"], "--delay"),
-    (["check", "--runtime", "proc", str(PAPER), "examples/scenarios/crash.yaml", str(SCAN)], "not yet"),
+    (["check", "--runtime", "proc", str(PAPER), "examples/scenarios/crash.yaml", str(SCAN)], "events"),
 ])
 def test_not_yet_in_proc(argv, says, capsys, monkeypatch):
     from chc.cli import main

@@ -28,7 +28,7 @@ import yaml
 
 from .backends import open_store
 from .capture import open_capture
-from .coe import BREAKS, check_variant, variant
+from .coe import BREAKS, check_variant, proc_refusal, variant
 from .scenario import Scenario, load_scenario
 from .spec import Chain, load_spec
 
@@ -48,10 +48,11 @@ class Job:
     records: list[tuple[int, bytes]]
     stores: list[str]
     breaks: tuple[str, ...]
+    runtime: str = "sim"            # the physical run's runtime: sim or proc
 
     @classmethod
     def load(cls, chain: str, scenario: str, capture: str, packets: int | None, stores: list[str],
-             breaks: tuple[str, ...]) -> Job:
+             breaks: tuple[str, ...], runtime: str = "sim") -> Job:
         spec = load_spec(chain)
         sc = load_scenario(scenario)
         with open_capture(capture) as reader:
@@ -61,12 +62,12 @@ class Job:
         for url in stores:
             if url != "memory":
                 open_store(url).close()      # unreachable or malformed: a clear error now
-        return cls(chain, scenario, capture, packets, spec, sc, records, stores, breaks)
+        return cls(chain, scenario, capture, packets, spec, sc, records, stores, breaks, runtime)
 
     def run(self, seed: int) -> dict:
         started = time.perf_counter()
         v = variant(self.chain, self.scenario, seed, self.stores)
-        res = check_variant(self.chain, self.scenario, self.records, v, self.breaks, open_store)
+        res = check_variant(self.chain, self.scenario, self.records, v, self.breaks, open_store, self.runtime)
         out = res.as_json()
         out["seconds"] = round(time.perf_counter() - started, 3)
         return out
@@ -140,7 +141,8 @@ class Report:
     def as_json(self) -> dict:
         return {"chain": self.job.chain_path, "scenario": self.job.scenario_path,
                 "capture": self.job.capture_path, "packets": len(self.job.records),
-                "breaks": list(self.job.breaks), "jobs": self.jobs, "seconds": round(self.seconds, 3),
+                "breaks": list(self.job.breaks), "jobs": self.jobs, "runtime": self.job.runtime,
+                "seconds": round(self.seconds, 3),
                 "seeds_per_second": round(len(self.results) / self.seconds, 3) if self.seconds else None,
                 "verdicts": dict(self.counts()), "results": self.results}
 
@@ -148,6 +150,9 @@ class Report:
 def run_seeds(job: Job, seeds: list[int], jobs: int, say: Callable[[str], Any]) -> Report:
     """Run every seed (in ``jobs`` processes) and print each verdict as it is known."""
     global _JOB
+    if jobs > 1 and job.runtime == "proc":
+        raise ValueError("--jobs: with --runtime proc seeds run one at a time (each seed is already a process "
+                         "per root, instance and store)")
     if jobs > 1 and len(seeds) > 1 and any(_has_db(url) for url in job.stores):
         raise ValueError("--jobs > 1 gives each worker its own Redis database (worker k: database k): "
                          "give the Redis URL without a /DB")
@@ -223,4 +228,5 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
-__all__ = ["BREAKS", "Job", "NothingChecked", "Report", "describe", "list_breaks", "run_seeds", "save_failures"]
+__all__ = ["BREAKS", "Job", "NothingChecked", "Report", "describe", "list_breaks", "proc_refusal", "run_seeds",
+           "save_failures"]

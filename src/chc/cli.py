@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="append failing seeds to FILE (YAML) to keep them as regression cases")
     chk.add_argument("--json", metavar="FILE", help="write every seed's verdict as JSON")
     chk.add_argument("--runtime", choices=("sim", "proc"), default="sim",
-                     help="sim (default); proc is not available for check yet (docs/proc.md)")
+                     help="the physical run's runtime: sim (default) or proc (a process per root, instance and "
+                          "store server; no scenario events, memory store only; docs/coe.md)")
     return parser
 
 
@@ -211,9 +212,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.list_breaks:
         print(checkrun.list_breaks())
         return 0
-    if args.runtime == "proc":
-        raise UsageError("check --runtime proc: not yet; the proc runtime runs no scenario events (scaling, "
-                         "clones, crashes) and has no recovery yet (docs/proc.md); use --runtime sim")
     missing = [n for n in ("chain", "scenario", "capture") if getattr(args, n) is None]
     if missing:
         raise UsageError(f"check needs CHAIN SCENARIO CAPTURE (missing: {', '.join(missing).upper()})")
@@ -222,8 +220,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(f"--break {unknown[0]}: unknown (known: {', '.join(checkrun.BREAKS)})")
     try:
         job = checkrun.Job.load(args.chain, args.scenario, args.capture, args.packets,
-                                args.store or ["memory"], tuple(args.breaks))
+                                args.store or ["memory"], tuple(args.breaks), args.runtime)
         seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+        if args.runtime == "proc":
+            refused = checkrun.proc_refusal(job.scenario, seeds, list(job.chain.vertices), len(job.records),
+                                            job.stores, job.breaks)
+            if refused:
+                raise ValueError(refused)
         report = checkrun.run_seeds(job, seeds, args.jobs, print)
     except (ValueError, checkrun.NothingChecked) as exc:
         raise UsageError(str(exc)) from None

@@ -20,6 +20,9 @@ chose*.  The checker works like a history checker (Jepsen-style):
    (:class:`Serialization`, :class:`chc.reference.StoreStep`); the clients
    record every update they issued; the roots record every packet they
    deleted from the log and when (as a position in that serialization).
+   On the ``proc`` runtime (:func:`_check_proc`) the store server process
+   records the same serialization and ships it back at the end; the instances
+   report their issued updates (log deletions are not positioned there).
 2. :func:`chc.reference.replay` re-executes the serialization with its own
    implementation of Table 2 and the clock log: every answer the store gave
    must be what its own serialization yields, and the store must end holding
@@ -50,7 +53,9 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from .core.store import ObjectKey, Op, StoreError
-from .packet import Packet, describe_flow, ip_str
+from .faults import DropOneUpdate
+from .faults import show as _show
+from .packet import Packet, ip_str
 from .reference import LogicalRun, Replay, StoreStep, logical_run, replay, same
 from .runtime import control
 from .runtime.sim import SimRuntime, Unrecoverable
@@ -316,11 +321,6 @@ def _log_safety(serial: Serialization, deleted: list[tuple[int, int]]) -> list[D
 
 def _hashable(v: Any) -> Hashable:
     return tuple(_hashable(x) for x in v) if isinstance(v, list) else v
-
-
-def _show(v: Any, limit: int = 120) -> str:
-    text = describe_flow(v) if isinstance(v, bytes) else repr(v)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # -- one check ---------------------------------------------------------------------------------
@@ -614,24 +614,6 @@ class BreakState:
                 return
 
 
-class DropOneUpdate:
-    """``--break drop-update``: the first non-blocking update issued for a packet
-    at or after ``from_clock`` is lost: never sent, never retransmitted."""
-
-    def __init__(self, state: BreakState, from_clock: int) -> None:
-        self.state = state
-        self.from_clock = from_clock
-        self.dropped: Any = None
-
-    def swallow(self, op: Any) -> bool:
-        if self.dropped is None and op.tag is not None and op.tag[0] >= self.from_clock:
-            self.dropped = op
-            self.state.acted["drop-update"] = (f"dropped {op.code} on {op.key.vertex}.{op.key.obj}"
-                                               f"[{_show(op.key.key, 60)}] at clock {op.tag[0]}")
-            return True
-        return False
-
-
 class DoubleValueOp:
     """``--break wrong-value-op``: a store that applies the first value operation
     at or after the break's clock twice and answers the second result."""
@@ -728,8 +710,9 @@ def physical_runtime(chain: Chain, scenario: Any, v: Variant, n_packets: int, ob
 
 
 def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v: Variant,
-                  breaks: tuple[str, ...] = (), open_store: Any = None) -> SeedResult:
-    """Run one seeded variant of ``scenario`` (with ``breaks`` switched on) and judge it."""
+                  breaks: tuple[str, ...] = (), open_store: Any = None, runtime: str = "sim") -> SeedResult:
+    """Run one seeded variant of ``scenario`` (with ``breaks`` switched on) on ``runtime``
+    (``sim`` or ``proc``) and judge it."""
     for name in breaks:
         b = BREAKS.get(name)
         if b is None:
@@ -738,6 +721,8 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
             raise ValueError(f"--break {name} needs an externalized model (EO, EO+C, EO+C+NA)")
         if b.memory_only and v.store != "memory":
             raise ValueError(f"--break {name} needs the memory store")
+    if runtime == "proc":
+        return _check_proc(chain, scenario, records, v, breaks)
     store = open_store(v.store) if (open_store is not None and v.model != "T") else None
     obs = Observers()
     state = BreakState(tuple(breaks), from_clock=len(records) // 2)
@@ -750,6 +735,80 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
     finally:
         if store is not None:
             store.close()
+    return SeedResult(v, result, _verdict(result, breaks, state.acted), {b: state.acted.get(b, "") for b in breaks})
+
+
+# -- the proc runtime -----------------------------------------------------------------------
+
+# The breaks a proc run can have: in an instance's store client, or on what the run reports.
+PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow")
+
+
+def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets: int, stores: list[str],
+                 breaks: tuple[str, ...]) -> str | None:
+    """Why ``chc check --runtime proc`` cannot check this (one line), or None."""
+    if any(scenario.events_for(seed, vertices, n_packets) for seed in seeds):
+        return ("check --runtime proc: the scenario has events (scaling, clones, crashes), which the proc "
+                "runtime does not run yet (docs/proc.md); use --runtime sim")
+    if scenario.network:
+        return ("check --runtime proc: the scenario's network: faults are simulated links of the sim "
+                "runtime; use --runtime sim")
+    if any(url != "memory" for url in stores) or (scenario.store not in (None, "memory")):
+        return ("check --runtime proc: the checker records the store's serialization in the proc runtime's "
+                "store server; Redis applies ops itself and reports no order (use the memory store)")
+    other = [b for b in breaks if b not in PROC_BREAKS]
+    if other:
+        return f"--break {other[0]} is for --runtime sim (with --runtime proc: {', '.join(PROC_BREAKS)})"
+    return None
+
+
+def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v: Variant,
+                breaks: tuple[str, ...]) -> SeedResult:
+    """One seed on the proc runtime (docs/coe.md): the store server records the
+    serialization, the instances the updates they issued; the same reference and
+    comparisons as for the sim follow.  Delays and pacing are the sim's virtual time:
+    the proc run's own timing (real processes on real cores) is what varies here."""
+    from .runtime.errors import ProcFailure
+    from .runtime.proc import ProcRuntime
+
+    refused = proc_refusal(scenario, [v.seed], list(chain.vertices), len(records), [v.store], breaks)
+    if refused:
+        raise ValueError(refused)
+    state = BreakState(tuple(breaks), from_clock=len(records) // 2)
+    rt = ProcRuntime(chain.with_parallelism(v.parallelism), model=v.model, batch_size=v.batch_size,
+                     log_mode=getattr(scenario, "packet_log", "local"), write_out=True, record=True,
+                     breaks=breaks, break_from=state.from_clock)
+    out: list[tuple[int, bytes]] = []
+    try:
+        rt.run(records, emit=lambda pkts: out.extend((p.clock, bytes(p.data)) for p in pkts))
+    except ProcFailure as exc:
+        return SeedResult(v, CheckResult([], [], None, None, unrecoverable=str(exc)), "unrecoverable",
+                          {b: "" for b in breaks})
+    s = rt.summary()
+    alerts = sorted((a["vertex"], a["kind"], a["host"], a["clock"]) for a in s.alerts)
+    stored = {(vertex, obj, key): value for vertex, objs in rt.final_state.items()
+              for obj, entries in objs.items() for key, value in entries.items()}
+    phys = RunResult(out, alerts, canonical(rt.logical_state()), s, stored)
+    obs = Observers()
+    rt.recorded(obs.serial)
+    did: dict[str, list[str]] = {}
+    for name, rep in sorted(rt.reported.items()):
+        obs.issued += rep.get("issued", ())
+        for b, what in rep.get("acted", {}).items():       # each instance process breaks its own client
+            did.setdefault(b, []).append(f"{name}: {what}")
+    state.acted.update({b: "; ".join(lines) for b, lines in did.items()})
+    state.tamper(None, phys)
+    rep = replay(obs.serial.steps)
+    ref = reference_run(chain, records, rep)
+    # Log deletions are not positioned in the store's order across processes: the
+    # §5.4 log-safety comparison is the sim's; liveness (every packet completed) holds here.
+    divs = _compare_store(obs.serial, rep, phys, obs.issued_updates(), []) if v.model != "T" else []
+    left = [r["log_first"] for r in rt.reported.values() if r.get("log_first") is not None]
+    if left:
+        divs.append(Divergence("log", f"packet #{min(left) & ((1 << 48) - 1)}", min(left), "completed and deleted",
+                               f"still logged at the end of input ({s.log['remaining']} packets never completed)"))
+    divs = compare(ref, phys, chain) + divs
+    result = CheckResult(divs, ref.notes, phys, ref, steps=len(obs.serial.steps))
     return SeedResult(v, result, _verdict(result, breaks, state.acted), {b: state.acted.get(b, "") for b in breaks})
 
 

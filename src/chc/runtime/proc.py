@@ -77,7 +77,8 @@ class ProcRuntime:
     def __init__(self, chain: Chain, model: str = "T", batch_size: int = DEFAULT_BATCH, store: Any = None, *,
                  store_url: str = "memory", namespace: str = "chc", tls: dict | None = None,
                  log_mode: str = "local", log_limit: int = 0, persist_every: int = 1000,
-                 write_out: bool = False, hwm: int = 8) -> None:
+                 write_out: bool = False, hwm: int = 8, record: bool = False, breaks: tuple[str, ...] = (),
+                 break_from: int = 0) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         scaled = [name for name, v in chain.vertices.items() if v.scaling is not None]
@@ -88,13 +89,19 @@ class ProcRuntime:
         self.model = model
         self.redis = store_url.startswith(("redis://", "rediss://"))
         self.store = store if self.redis else None      # the coordinator's own handle (lease, final state)
-        self.plan = Plan("", chain, model, batch_size, (), log_mode, log_limit, persist_every, write_out, hwm)
+        if record and self.redis:
+            raise ValueError("chc check --runtime proc records the store's serialization in the store server: "
+                             "Redis applies the ops itself and reports no order; use the memory store")
+        self.plan = Plan("", chain, model, batch_size, (), log_mode, log_limit, persist_every, write_out, hwm,
+                         record, tuple(breaks), break_from)
+        self.serial: list[bytes] = []                   # record: the store server's steps (encoded)
         self._redis_spec = (store_url.split(","), namespace, {k: v for k, v in (tls or {}).items() if v})
         self.procs: dict[str, Any] = {}                 # name -> multiprocessing.Process
         self.reported: dict[str, dict] = {}             # name -> its final counters
         self.ready: set[str] = set()
         self.final_state: dict[str, dict] = {}
         self.store_stats: dict = {}
+        self._store_stopping = False
         self.packets_out = 0
         self.elapsed = 0.0
         self.startup_s = 0.0            # of elapsed: until every worker was ready
@@ -137,7 +144,7 @@ class ProcRuntime:
         self.guard = Guard([], self._gone)
         self._sentinels: dict[int, str] = {}
         if memory:
-            self._launch(mp, STORE, storeserver.serve, (plan.store[1],))
+            self._launch(mp, STORE, storeserver.serve, (plan.store[1], plan.record))
         for v, i in plan.instances():
             self._launch(mp, instance_name(v, i), procworker.main, (plan, "instance", (v, i)))
         for r in range(self.chain.roots):
@@ -165,7 +172,7 @@ class ProcRuntime:
         self.guard.sentinels.remove(fd)
         p = self.procs[name]
         p.join(1)
-        if name in self.reported or (name == STORE and self.store_stats):
+        if name in self.reported or (name == STORE and (self.store_stats or self._store_stopping)):
             return
         if p.exitcode == 0:
             # It reported before it exited: the report may still be on its way.
@@ -288,7 +295,11 @@ class ProcRuntime:
         if self.model != "T":
             self.final_state = {name: store.objects(name) for name in self.chain.vertices}
         if self.remote is not None:
+            # Its reply may still be on the way when the store's exit is seen (a large one
+            # is: the recorded serialization), and that exit is then no failure.
+            self._store_stopping = True
             self.store_stats = self.remote.stop()
+            self.serial = self.store_stats.pop("serial", [])
         self.packets_out = sum(r["packets_out"] for r in self.reported.values())
 
     def _stop(self) -> None:
@@ -311,6 +322,11 @@ class ProcRuntime:
         return {name: p.pid for name, p in self.procs.items()}
 
     # -- results ---------------------------------------------------------------------------
+    def recorded(self, recorder: Any) -> None:
+        """With ``record``: give ``recorder`` (:class:`~chc.coe.Serialization`) the store
+        server's serialization, in its order."""
+        storeserver.recorded_steps(self.serial, recorder)
+
     def logical_state(self) -> dict[str, dict]:
         if self.model == "T":
             out = {}

@@ -59,6 +59,7 @@ import zmq
 from ..core.instance import Instance
 from ..core.root import Root, root_of
 from ..core.splitter import FlowMap, Splitter
+from ..faults import DropOneUpdate
 from ..packet import Packet
 from ..spec import Chain
 from .procio import Guard, worker_guard
@@ -95,6 +96,11 @@ class Plan:
     persist_every: int = 1000
     send_out: bool = False          # sinks send their output to the coordinator (--out)
     hwm: int = 8                    # data messages queued per link (back-pressure)
+    # chc check --runtime proc (docs/coe.md): the store server records its serialization,
+    # instances send the clock of each blocking read and report the updates they issued.
+    record: bool = False
+    breaks: tuple[str, ...] = ()    # client-level --break switches (drop-update), for the checker's tests
+    break_from: int = 0             # the clock a break acts from
 
     def address(self, name: str) -> str:
         return endpoint(self.directory, name)
@@ -357,6 +363,7 @@ class RootWorker:
             "round_trips": getattr(self.store, "round_trips", 0),
             "rejected": self.input.rejected + self.reports.rejected, "cpu_s": _cpu(),
             "reports_waited": self.inbox.waited,
+            "log_first": min(root.log) if root.log else None,     # a packet never completed (the checker's)
         })
         self.store.close()
 
@@ -407,6 +414,14 @@ class InstanceWorker:
         self.inst = Instance(vertex, i, v.nf, v.config, plan.model, self.store, exclusive=v.parallelism == 1)
         if v.parallelism > 1:           # R3: objects every instance of the vertex reaches
             self.inst.set_shared(shared_objects(chain, plan.flowmaps()[vertex], vertex))
+        self.acted: dict[str, str] = {}     # what a --break did here (the checker's)
+        client = self.inst.client
+        if plan.record and client is not None:
+            client.issued = []
+            if hasattr(self.store, "clock_of"):
+                self.store.clock_of = lambda: client.clock
+            if "drop-update" in plan.breaks:
+                client.faults = DropOneUpdate(self, plan.break_from)
         self.ordered = len(self.feeders) > 1
         self.queues: dict[bytes, deque[Packet]] = {f: deque() for f in self.feeders}
         self.marks: dict[bytes, int] = dict.fromkeys(self.feeders, -1)
@@ -576,6 +591,7 @@ class InstanceWorker:
             "state": inst.state() if self.store is None else None,
             "reports": {root_name(r): n for r, n in self.out.report_seq.items()},
             "packets_out": self.out.out_packets, "rejected": self.box.rejected, "cpu_s": _cpu(),
+            **({"issued": client.issued, "acted": self.acted} if self.plan.record and client is not None else {}),
         })
         if self.store is not None:
             self.store.close()

@@ -23,6 +23,17 @@ and its subclasses) travel back by name and are raised again at the client.
 
 A request the server cannot decode, or whose arguments are not what the method
 takes, bans its sender (logged), answered with an error if it had a request id.
+
+Recording (``chc check --runtime proc``, docs/coe.md).  Started with
+``record=True``, the server keeps what the sim's
+:class:`~chc.runtime.simnet.StoreNode` gives the COE checker's
+:class:`~chc.coe.Serialization`: every instance's ``execute`` it applied, with
+its answers, in the order it applied them, and every ``declare``.  A client
+that records sends the clock its instance is processing with each blocking
+request (the packet a read is for).  Each step is encoded when it is applied
+(a snapshot: a stored list lives on) and the lot goes back in the answer to
+``stop``.  The roots' metadata writes are not recorded (the sim writes them
+past the recorder too).  Without ``record`` nothing of this runs.
 """
 
 from __future__ import annotations
@@ -45,7 +56,8 @@ log = logging.getLogger("chc.proc")
 
 # The backend methods a client may call, with a check of their arguments.
 _SERVED: dict[str, Callable[[list], bool]] = {
-    "execute": lambda a: len(a) == 1 and a[0].__class__ is list,
+    "execute": lambda a: (len(a) == 1 or (len(a) == 2 and a[1].__class__ in (int, type(None))))
+    and a[0].__class__ is list,
     "declare": lambda a: len(a) == 2 and a[0].__class__ is ObjectKey,
     "subscribe": lambda a: len(a) == 2 and a[0].__class__ is ObjectKey and a[1].__class__ is str,
     "notifications": lambda a: len(a) == 1 and a[0].__class__ is str,
@@ -59,15 +71,19 @@ _SERVED: dict[str, Callable[[list], bool]] = {
     "keep_preimages": lambda a: not a,
     "objects_at": lambda a: len(a) == 2 and a[0].__class__ is str and a[1].__class__ is set,
 }
+LINGER_MS = 10_000         # how long the answer to stop may take to leave
 _ERRORS = {c.__name__: c for c in (StoreError, OwnershipError, StoreLost, StoreUnavailable)}
 
 
-def serve(address: str) -> None:
-    """Serve a fresh memory store at ``address`` until a ``stop`` call (a process of its own)."""
+def serve(address: str, record: bool = False) -> None:
+    """Serve a fresh memory store at ``address`` until a ``stop`` call (a process of its own);
+    ``record``: keep the serialization for the COE checker (module doc)."""
     guard = worker_guard()
     ctx = zmq.Context()
     box = Mailbox(ctx, address, "store server")
     store = MemoryStore()
+    steps: list[bytes] | None = [] if record else None
+    stopped = False
     poller = zmq.Poller()
     poller.register(box.sock, zmq.POLLIN)
     try:
@@ -78,24 +94,31 @@ def serve(address: str) -> None:
                     msg = box.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                if msg is not None and _handle(box, store, *msg):
+                if msg is not None and _handle(box, store, *msg, steps=steps):
+                    stopped = True
                     return
     finally:
-        box.close()
+        # The answer to stop must leave before the socket goes (a recorded serialization
+        # is large enough to be still unsent); an abnormal end drops what is queued.
+        box.close(LINGER_MS if stopped else 0)
         ctx.term()
 
 
-def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any) -> bool:
-    """Apply one request; True when it was the coordinator's ``stop``."""
+def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
+            steps: list[bytes] | None = None) -> bool:
+    """Apply one request; True when it was the coordinator's ``stop``.  ``steps``: the
+    recording of the serialization (module doc), None when not recording."""
     try:
         if kind != Kind.CALL:
             raise WireError(f"a {Kind(kind).name} message to the store")
         rid, method, args = fields(body, 3, "store request")
         if method == "stop":
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            box.reply(peer, encode(Kind.REPLY, [rid, 1, {"round_trips": store.round_trips, "ops": store.ops,
-                                                         "rejected": box.rejected,
-                                                         "cpu_s": usage.ru_utime + usage.ru_stime}]))
+            stats = {"round_trips": store.round_trips, "ops": store.ops, "rejected": box.rejected,
+                     "cpu_s": usage.ru_utime + usage.ru_stime}
+            if steps is not None:
+                stats["serial"] = steps
+            box.reply(peer, encode(Kind.REPLY, [rid, 1, stats]))
             return True
         check = _SERVED.get(method)
         if check is None or args.__class__ is not list or not check(args):
@@ -104,9 +127,17 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any)
         _ban(box, peer, str(exc))
         return False
     try:
+        rows = None
         if method == "execute":
-            args = [rows_ops(args[0])]
+            rows = args[0]
+            read_clock = args[1] if len(args) == 2 else None
+            args = [rows_ops(rows)]
         result = getattr(store, method)(*args)
+        if steps is not None and not peer.startswith(b"@"):     # instances' ops, not roots' metadata
+            if rows is not None:
+                steps.append(encode(Kind.REPLY, ["execute", rows, result, read_clock]))
+            elif method == "declare":
+                steps.append(encode(Kind.REPLY, ["declare", args[0], args[1]]))
         if method == "commits":
             result = [x for pair in result for x in pair]      # flat: a tuple each costs on the wire
         reply = [rid, 1, result]
@@ -145,6 +176,8 @@ class RemoteStore:
         self.refused = 0                # submitted requests the store refused (not acknowledged)
         self._answer: tuple | None = None
         self.dedup = True
+        # The COE checker (module doc): the clock a blocking request reads for, sent along.
+        self.clock_of: Callable[[], int] | None = None
 
     # -- transport ---------------------------------------------------------------------
     def _send(self, method: str, args: list) -> int:
@@ -194,6 +227,8 @@ class RemoteStore:
     def execute(self, ops: list[Op]) -> list[Any]:
         self.round_trips += 1
         self.ops += len(ops)
+        if self.clock_of is not None:
+            return self._call("execute", op_rows(ops), self.clock_of())
         return self._call("execute", op_rows(ops))
 
     def submit(self, ops: list[Op], on_ack: Callable[[int], None]) -> None:
@@ -257,7 +292,8 @@ class RemoteStore:
         return self._call("objects_at", vertex, replayed)
 
     def stop(self) -> dict:
-        """End the server (the coordinator's last call); its counters."""
+        """End the server (the coordinator's last call); its counters, and with
+        ``record`` its serialization (``"serial"``: encoded steps, :func:`recorded_steps`)."""
         return self._call("stop")
 
     def close(self) -> None:
@@ -265,3 +301,14 @@ class RemoteStore:
 
     def describe(self) -> str:
         return "memory"
+
+
+def recorded_steps(serial: list[bytes], recorder: Any) -> None:
+    """Give ``recorder`` (a :class:`~chc.coe.Serialization`) the steps a recording
+    store server shipped, in its order."""
+    for frame in serial:
+        _, body = decode(frame)
+        if body[0] == "execute":
+            recorder.request(rows_ops(body[1]), body[2], body[3])
+        else:
+            recorder.declare(body[1], body[2])

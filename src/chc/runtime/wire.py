@@ -255,8 +255,9 @@ class Mailbox:
     def reply(self, peer: bytes, frame: bytes) -> None:
         self.sock.send_multipart([peer, frame])
 
-    def close(self) -> None:
-        self.sock.close(0)
+    def close(self, linger: int = 0) -> None:
+        """Close; ``linger`` ms for what is still unsent (a last reply) to leave."""
+        self.sock.close(linger)
 
 
 def dealer(ctx: zmq.Context, address: str, identity: str, hwm: int = 0) -> zmq.Socket:
