@@ -416,7 +416,18 @@ end
 -- The number in msgpack string s (at pos, default 1): value, isfloat (bools count as 0/1, like
 -- Python).
 local function number_of(s, pos)
-  local kind, a = head(s, pos or 1)
+  pos = pos or 1
+  local b = string.byte(s, pos)
+  if b then
+    if b <= 0x7f then return b, false end                    -- the usual cases first, without head()
+    if b == 0xcf then
+      local hi, lo = struct.unpack('>I4I4', s, pos + 1)
+      if hi >= 0x200000 then fail('incr on an integer beyond 2^53 (Lua numbers are doubles)') end
+      return hi * TWO32 + lo, false
+    end
+    if b == 0xce then return (struct.unpack('>I4', s, pos + 1)), false end
+  end
+  local kind, a = head(s, pos)
   if kind == 'int' then
     if a >= TWO53 or a <= -TWO53 then fail('incr on an integer beyond 2^53 (Lua numbers are doubles)') end
     return a, false
