@@ -49,6 +49,20 @@ redis.register_function('chcref', chcref)
 """
 
 
+def reference_calls(ops_n: int) -> list[list[bytes]]:
+    """Arguments of the reference function: 1,000 (key, log tag) pairs per call."""
+    import random
+    rng = random.Random(7)
+    calls = []
+    for _ in range(ops_n // 1000):
+        args: list[bytes] = []
+        for _ in range(1000):
+            k = b"chc:k:bench:f3:\xc4\x10" + rng.getrandbits(128).to_bytes(16, "big")
+            args += [k, b"%d:1 " % rng.getrandbits(40) + k]
+        calls.append(args)
+    return calls
+
+
 def _server_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -57,8 +71,6 @@ def _server_cpu(pid: int) -> float:
 
 def worker(url: str, pid: int, ops_n: int, packets: int, workdir: str) -> dict:
     """One version's measurements (runs in a subprocess that imports that version's chc)."""
-    import random
-
     import redis
 
     from chc.backends.redis import RedisStore
@@ -85,14 +97,7 @@ def worker(url: str, pid: int, ops_n: int, packets: int, workdir: str) -> dict:
     # the physical reference: HINCRBY + HSET of a log tag per op, 1,000 ops per call
     r = redis.Redis.from_url(url)
     r.function_load(REF_LIB, replace=True)
-    rng = random.Random(7)
-    calls = []
-    for _ in range(ops_n // 1000):
-        args: list[bytes] = []
-        for _ in range(1000):
-            k = b"chc:k:bench:f3:\xc4\x10" + rng.getrandbits(128).to_bytes(16, "big")
-            args += [k, b"%d:1 " % rng.getrandbits(40) + k]
-        calls.append(args)
+    calls = reference_calls(ops_n)
     w0, s0 = time.perf_counter(), _server_cpu(pid)
     for args in calls:
         r.fcall("chcref", 0, *args)
