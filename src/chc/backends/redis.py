@@ -13,18 +13,21 @@ report (§5.4) and the callbacks to subscribed clients.  The conformance suite
 (``tests/test_store_conformance.py``) runs the same tests against this backend
 and the in-process ``memory`` one.
 
-Why one call per request: a function call and each ``redis.call`` inside it
-cost more than the work of a get/set/incr (profiled with ``INFO
-commandstats``: 25 us per one-op FCALL, under 1 us per GET/SET inside it).  So
-the batch reads what it needs with one variadic command each (HMGET of the
-ops' clock-log tags, MGET of the values of get/incr ops), applies get/set/incr
-of string values on a per-call cache, and writes back with one MSET, one HSET
-of clock-log records, one ZADD (pruning index), one RPUSH of commit reports and
-one HSET of sequence marks.  Every other op (lists, cas, apply, custom,
-coalesced increments) reads and writes Redis directly after the cache is
-written back.  The ops travel as native arguments (code, client index, seq,
-instance, per-flow flag, tag, clock, XOR id, key, default, operands): Redis
-splits them in C, cheaper than any encoding Lua would have to parse.
+Why one call per request, and why this encoding: a function call and each
+``redis.call`` inside it cost more than the work of a get/set/incr (profiled with
+``INFO commandstats`` and callgrind, docs/benchmarks.md).  So a batch's ops travel as
+*one* binary argument (per op a fixed head that one ``struct.unpack`` reads, then its
+strings: one Redis argument per op field cost more server time than the op), the
+batch reads what it needs with one variadic command each (HMGET of the ops'
+clock-log fields, MGET of the values of get/incr ops), applies get/set/incr of
+string values on a per-call cache, and writes back with one MSET, one HSET of
+clock-log records, one SET of their pruning index (a string, not a list item per
+record), one APPEND of commit reports (the client's own text when every op it
+lists was applied, the usual case) and one HSET of sequence marks.  Every other op
+(lists, cas, apply, custom, coalesced increments) reads and writes Redis directly
+after the cache is written back.  The reply is one msgpack array (an element per
+op), which the client decodes in one C call, or not at all for a non-blocking
+request, whose acknowledgement needs only to know that no op was refused.
 
 Requests.  ``execute(ops)`` sends each server touched its pipeline (uploads of
 big defaults, then the one ``chc_batch`` call), to all servers before reading
@@ -150,6 +153,7 @@ import re
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 import urllib.parse
@@ -158,6 +162,7 @@ import warnings
 import zlib
 from collections import deque
 from collections.abc import Callable, Hashable
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -241,11 +246,29 @@ def _command(*args: Any) -> bytes:
 # One key declared (the shard's epoch key): a cluster node answers MOVED for a shard it does
 # not serve, before anything runs, instead of failing inside the function.
 _BATCH_HEAD = b"$5\r\nFCALL\r\n$9\r\nchc_batch\r\n$1\r\n1\r\n"
-# op code -> (its RESP bulk, arguments of the op in a chc_batch call: 10 + operands)
-_CODES = {c: (_bulk(c), 10 + n) for c, n in (("get", 0), ("set", 1), ("incr", 1), ("incr_many", 4), ("push", 1),
-                                             ("pop", 0), ("cas", 2), ("delete", 0), ("custom", 2), ("apply", 2))}
-_NO_TAG = b"$0\r\n\r\n$0\r\n\r\n"
-_PER_FLOW = {False: _bulk(b"0"), True: _bulk(b"1")}
+# op code -> its number in a chc_batch call (CODES in redis_functions.lua)
+_CODE_NUM = {c: i + 1 for i, c in enumerate(("get", "set", "incr", "incr_many", "push", "pop", "cas", "delete",
+                                             "custom", "apply"))}
+# An op's head in a chc_batch call (HEAD in redis_functions.lua): code, flags (1 = per-flow),
+# client index, seq, XOR id, lengths of the instance, tag, key, default and four operands.
+_HEAD = struct.Struct(">BBHdIBBIIIIII").pack
+_ABSENT = object()          # reply element of a get of an absent object (ext 2)
+_REFUSED = object()         # reply element of a refused op (ext 3; its error follows)
+
+
+def _reply_values(blob: bytes) -> tuple[list, bool]:
+    """A ``chc_batch`` reply's elements (one msgpack array; see redis_functions.lua) and
+    whether any of them is special (absent, refused): then the caller looks at each."""
+    special: list[int] = []
+
+    def ext(code: int, data: bytes) -> Any:
+        special.append(code)
+        if code == 1:
+            return list(_unpack(data))          # a list object's contents
+        return _ABSENT if code == 2 else _REFUSED
+
+    values = msgpack.unpackb(blob, raw=False, use_list=False, strict_map_key=False, ext_hook=ext)
+    return list(values), bool(special)
 
 
 class _Connection:
@@ -540,10 +563,10 @@ class _Request:
         self.refused = False
 
     def answer(self, store: RedisStore, srv: int, out: Any) -> None:
-        replies = store._split(srv, out, self.left.pop(srv))
+        self.left.pop(srv)
         for digest in [d for s, d in self.uploading if s == srv]:
             store._uploaded[srv].add(digest)
-        if any(r.__class__ is ResponseError for r in replies):
+        if store._refused(srv, out):
             # A refused update (ownership, type): not acknowledged, as the simulated store
             # does; the client sends it again and the store answers it as a retransmission.
             self.refused = True
@@ -592,9 +615,8 @@ class RedisStore:
         self.customs: dict[str, str] = {}
         self.value_ops: dict[str, str] = {name: v.lua for name, v in VALUE_OPS.items()
                                           if v.lua and _NAME.match(name)}
-        self._keys: dict[ObjectKey, tuple[bytes, int, bytes, bytes]] = {}   # rkey, server, RESP parts
+        self._keys: dict[ObjectKey, tuple[bytes, int, int, int]] = {}   # rkey, server, per-flow flag, len
         self._wire: dict[tuple[str, int], bytes] = {}   # (client id, db) -> wire id
-        self._wire_bulks: dict[tuple[str, int], bytes] = {}
         self._big: dict[tuple[type, int], list[tuple]] = {}         # big defaults: (copy, digest, msgpack)
         self._big_ids: dict[int, tuple] = {}
         self._uploaded: list[set[bytes]] = [set() for _ in self.servers]
@@ -839,7 +861,7 @@ class RedisStore:
                                                for i, srv in enumerate(self.servers)}))
 
     # -- addressing -----------------------------------------------------------------------
-    def _locate(self, key: ObjectKey) -> tuple[bytes, int, bytes, bytes]:
+    def _locate(self, key: ObjectKey) -> tuple[bytes, int, int, int]:
         ent = self._keys.get(key)
         if ent is None:
             if len(self._keys) > _KEY_CACHE_MAX:
@@ -852,7 +874,7 @@ class RedisStore:
                 srv = zlib.crc32(rkey if key.per_flow else family) % self.n
             if self.servers[srv].prefix != self.prefix:          # a cluster shard's hash tag
                 rkey = self.servers[srv].prefix + rkey[len(self.prefix):]
-            ent = self._keys[key] = (rkey, srv, _PER_FLOW[key.per_flow], _bulk(rkey))
+            ent = self._keys[key] = (rkey, srv, 1 if key.per_flow else 0, len(rkey))
         return ent
 
     def server_of(self, key: ObjectKey) -> int:
@@ -865,12 +887,6 @@ class RedisStore:
         w = self._wire.get((client, db))
         if w is None:
             w = self._wire[(client, db)] = f"{db}|{client}".encode()
-        return w
-
-    def _wire_bulk(self, client: str, srv: int) -> bytes:
-        w = self._wire_bulks.get((client, srv))
-        if w is None:
-            w = self._wire_bulks[(client, srv)] = _bulk(self._wire_id(client, srv))
         return w
 
     def _key_of(self, rkey: bytes, srv: int) -> ObjectKey:
@@ -912,75 +928,53 @@ class RedisStore:
             uploading.add((srv, digest))
         return b"\xc1" + digest
 
-    def _op_entry(self, op: Op, uploading: set, clients: dict[bytes, int]) -> tuple[int, bytes, int, list]:
-        """``op`` as arguments of a ``chc_batch`` call (RESP bulks): its server, the bulks, how
-        many they are and commands that must precede the batch there (uploads of big defaults)."""
-        rkey, srv, per_flow, rkey_bulk = self._locate(op.key)
-        pre: list[bytes] = []
+    def _operands(self, op: Op, srv: int, pre: list[bytes], uploading: set) -> tuple[bytes, tuple]:
+        """``op``'s default and operands as a ``chc_batch`` call carries them (msgpack, or text
+        for incr_many's tags); commands that must precede the batch go to ``pre`` (uploads of
+        big defaults)."""
         code = op.code
         args = op.args
-        default = b""
-        extra: tuple = ()
         if code == "get":
-            pass
-        elif code == "set":
-            extra = (_encode(args[0]),)
-        elif code == "incr":
-            extra = (_encode(args[0]),)
-            default = _encode(op.default or 0, "the default")
-        elif code == "incr_many":
-            # §4.3 coalesced increments: tags and XOR ids as text (clocks exceed Lua's 2^53).
+            return b"", ()
+        if code == "set":
+            return b"", (_encode(args[0]),)
+        if code == "incr":
+            return _encode(op.default or 0, "the default"), (_encode(args[0]),)
+        if code == "incr_many":
+            # §4.3 coalesced increments: tags "clock:n ..." and commit reports "clock:n xor ..."
+            # (§5.4, XOR id 0: none) as text, each made by one formatting call (clocks exceed
+            # Lua's 2^53, so they stay text).
             inc = args[0]
-            extra = (_encode(inc.total), " ".join([f"{c}:{n}" for c, n in zip(inc.clocks, inc.ns, strict=True)])
-                     .encode(), _encode(inc.amounts), " ".join(map(str, inc.xor_ids)).encode())
-            default = _encode(op.default or 0, "the default")
-        elif code == "push":
-            extra = (_encode(args[0]),)
-            default = self._default(op.default, srv, pre, uploading)
-        elif code == "pop":
-            default = self._default(op.default, srv, pre, uploading)
-        elif code == "cas":
+            m = len(inc.clocks)
+            tags = (b"%d:%d " * m) % tuple(chain.from_iterable(zip(inc.clocks, inc.ns, strict=True)))
+            xors = inc.xor_ids
+            if all(xors):
+                reports = (b"%d:%d %d " * m) % tuple(chain.from_iterable(zip(inc.clocks, inc.ns, xors, strict=True)))
+            else:
+                reports = b"".join([b"%d:%d %d " % t for t in zip(inc.clocks, inc.ns, xors, strict=True) if t[2]])
+            return _encode(op.default or 0, "the default"), (_encode(inc.total), tags, _encode(inc.amounts), reports)
+        default = self._default(op.default, srv, pre, uploading)
+        if code == "push":
+            return default, (_encode(args[0]),)
+        if code in ("pop", "delete"):
+            return default, ()
+        if code == "cas":
             expected, new = args
-            extra = (_encode(expected), _encode(new))
-            default = self._default(op.default, srv, pre, uploading)
-        elif code == "apply":
+            return default, (_encode(expected), _encode(new))
+        if code == "apply":
             name = args[0]
             if name not in self.value_ops:
                 self._load_value_op(name)
-            extra = (str(name).encode(), _encode(args[1:], "the arguments"))
-            default = self._default(op.default, srv, pre, uploading)
-        elif code == "custom":
+            return default, (str(name).encode(), _encode(args[1:], "the arguments"))
+        if code == "custom":
             name = args[0]
             keys: set[int] = set()
             payload = _encode(self._replace_keys(args[1:], keys), "the arguments")
             if keys - {srv}:
                 raise StoreError(f"custom operation {name!r}: its objects are on different servers "
                                  f"({self.describe()}); keys of one shared object family share a server")
-            extra = (str(name).encode(), payload)
-            default = self._default(op.default, srv, pre, uploading)
-        wire = self._wire_id(op.client, srv)
-        ci = clients.get(wire)
-        if ci is None:
-            ci = clients[wire] = len(clients)
-        tag = op.tag
-        if tag is None or code == "incr_many":      # incr_many logs its tags itself
-            tag_clock = _NO_TAG
-        else:
-            t = b"%d:%d" % tag
-            c = b"%d" % tag[0]
-            tag_clock = b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(t), t, len(c), c)
-        head = _CODES.get(code)
-        if head is None:
-            raise StoreError(f"unknown operation {code!r}")
-        c = b"%d" % ci
-        q = b"%d" % op.seq
-        i = b"" if op.instance is None else b"%d" % op.instance
-        x = b"%d" % op.xor_id
-        cmd = b"".join((head[0], b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n"
-                        % (len(c), c, len(q), q, len(i), i, per_flow, tag_clock, len(x), x, rkey_bulk,
-                           len(default), default),
-                        *[b"$%d\r\n%s\r\n" % (len(e), e) for e in extra]))
-        return srv, cmd, head[1], pre
+            return default, (str(name).encode(), payload)
+        raise StoreError(f"unknown operation {code!r}")
 
     def _replace_keys(self, value: Any, servers: set[int]) -> Any:
         if isinstance(value, ObjectKey):
@@ -995,59 +989,100 @@ class RedisStore:
 
     def _encode(self, ops: list[Op]) -> tuple[dict[int, list[bytes]], list, dict[int, int], set]:
         """``ops`` as one pipeline per server (uploads of big defaults, then one ``chc_batch``
-        call): the pipelines, each op's (server, index in its batch), the ops per server and
-        the big defaults the request uploads."""
+        call whose ops are one binary argument, see HEAD in redis_functions.lua): the
+        pipelines, each op's (server, index in its batch), the ops per server and the big
+        defaults the request uploads."""
         if self._lease and time.monotonic() >= self._lease_due:
             self._renew()
-        batches: dict[int, list] = {}      # server -> [clients, RESP parts, argument count, pre, ops]
+        batches: dict[int, list] = {}      # server -> [clients, parts, ops, pre, least clock, reports]
         where = []
         uploading: set[tuple[int, bytes]] = set()
+        keys = self._keys
+        head = _HEAD
         for op in ops:
-            srv = self._locate(op.key)[1]
+            ent = keys.get(op.key)
+            if ent is None:
+                ent = self._locate(op.key)
+            rkey, srv, flags, klen = ent
             b = batches.get(srv)
             if b is None:
-                b = batches[srv] = [{}, [], 0, [], 0]
-            srv, cmd, argc, pre = self._op_entry(op, uploading, b[0])
-            if pre:
-                b[3].extend(pre)
-            where.append((srv, b[4]))
-            b[4] += 1
-            b[1].append(cmd)
-            b[2] += argc
+                b = batches[srv] = [{}, [], 0, [], None, []]
+            num = _CODE_NUM.get(op.code)
+            if num is None:
+                raise StoreError(f"unknown operation {op.code!r}")
+            default, extra = self._operands(op, srv, b[3], uploading)
+            clients = b[0]
+            ci = clients.get(op.client)
+            if ci is None:
+                ci = clients[op.client] = len(clients)
+            tag = op.tag
+            if num == 4:                    # incr_many logs its tags itself
+                t = b""
+                inc = op.args[0]
+                least = min(inc.clocks) if inc.clocks else None
+            elif tag is None:
+                t = b""
+                least = None
+            else:
+                t = b"%d:%d " % tag          # with the key after it: the op's clock-log field
+                least = tag[0]
+                if op.xor_id:
+                    b[5].append(b"%s%d " % (t, op.xor_id))     # §5.4 its commit report
+            if least is not None and (b[4] is None or least < b[4]):
+                b[4] = least
+            inst = b"" if op.instance is None else b"%d" % op.instance
+            n = len(extra)
+            try:
+                hdr = head(num, flags, ci, op.seq, op.xor_id, len(inst), len(t), klen, len(default),
+                           len(extra[0]) if n else 0, len(extra[1]) if n > 1 else 0,
+                           len(extra[2]) if n > 2 else 0, len(extra[3]) if n > 3 else 0)
+            except struct.error as exc:
+                raise StoreError(f"the redis store cannot carry {op!r}: {exc}") from None
+            where.append((srv, b[2]))
+            b[2] += 1
+            b[1].extend((hdr, inst, t, rkey, default, *extra))
         groups = {}
-        for srv, (clients, parts, argc, pre, _) in batches.items():
+        for srv, (clients, parts, _, pre, least, reports) in batches.items():
             server = self.servers[srv]
-            groups[srv] = [*pre, b"".join((b"*%d\r\n" % (argc + 7 + len(clients)), _BATCH_HEAD, server.epoch_key_bulk,
-                                            server.prefix_bulk, self._epoch_bulk, _bulk(len(clients)),
-                                            *map(_bulk, clients), *parts))]
-        return groups, where, {srv: b[4] for srv, b in batches.items()}, uploading
+            wires = [self._wire_id(c, srv) for c in clients]
+            blob = b"".join(parts)
+            clock = b"" if least is None else b"%d" % least
+            groups[srv] = [*pre, b"".join((b"*%d\r\n" % (11 + len(wires)), _BATCH_HEAD, server.epoch_key_bulk,
+                                            server.prefix_bulk, self._epoch_bulk, _bulk(clock),
+                                            _bulk(b"".join(reports)), _bulk(len(reports)), _bulk(len(wires)),
+                                            *map(_bulk, wires), b"$%d\r\n" % len(blob), blob, b"\r\n"))]
+        return groups, where, {srv: b[2] for srv, b in batches.items()}, uploading
 
-    def _split(self, srv: int, out: Any, n: int) -> list[Any]:
-        """The ``n`` per-op replies in a ``chc_batch`` reply (ResponseError for a refused op)."""
+    def _batch_refused(self, srv: int, text: str) -> None:
+        """The whole ``chc_batch`` call was refused (nothing of it ran, or it was cut short)."""
+        if text.startswith("CHCEPOCH"):
+            self._check_epoch()
+        elif text.startswith("MOVED "):         # nothing ran: the next request goes to the slot's node
+            self._redirected(srv, text)
+        else:
+            self._check_half_run(srv, text)
+
+    def _refused(self, srv: int, out: Any) -> bool:
+        """Whether a ``chc_batch`` reply refused any op (without decoding its values)."""
+        if isinstance(out, ResponseError):
+            self._batch_refused(srv, str(out))
+            return True
+        for e in out[1:]:
+            self._check_half_run(srv, e.decode("utf-8", "replace"))
+        return len(out) > 1
+
+    def _split(self, srv: int, out: Any, n: int) -> tuple[list[Any], bool]:
+        """The ``n`` per-op replies in a ``chc_batch`` reply (ResponseError for a refused op),
+        and whether any is special (absent, a list, refused)."""
         if isinstance(out, ResponseError):          # the whole batch refused
-            text = str(out)
-            if text.startswith("CHCEPOCH"):
-                self._check_epoch()
-            elif text.startswith("MOVED "):         # nothing ran: the next request goes to the slot's node
-                self._redirected(srv, text)
-            else:
-                self._check_half_run(srv, text)
-            return [out] * n
-        lens, blob, *errors = out
-        refused = {}
-        for e in errors:
+            self._batch_refused(srv, str(out))
+            return [out] * n, True
+        got, special = _reply_values(out[0])
+        for e in out[1:]:
             i, _, text = e.partition(b" ")
-            refused[int(i) - 1] = ResponseError(text.decode("utf-8", "replace"))
-            self._check_half_run(srv, str(refused[int(i) - 1]))
-        got: list[Any] = []
-        pos = 0
-        for j, k in enumerate(map(int, lens.split())):
-            if k >= 0:
-                got.append(blob[pos:pos + k])
-                pos += k
-            else:
-                got.append(None if k == -1 else refused[j])
-        return got
+            got[int(i) - 1] = err = ResponseError(text.decode("utf-8", "replace"))
+            self._check_half_run(srv, str(err))
+        return got, special or len(out) > 1
 
     def _check_half_run(self, srv: int, text: str) -> None:
         """A cluster node refused a key inside a running batch (its slot is being migrated, or
@@ -1073,18 +1108,22 @@ class RedisStore:
         for srv, digest in uploading:
             self._uploaded[srv].add(digest)
         replies = {srv: self._split(srv, out[-1], counts[srv]) for srv, out in per.items()}
-        results = []
+        if len(replies) == 1:
+            results, special = next(iter(replies.values()))     # one server: in op order
+            if not special:
+                return results
+        else:
+            results = [replies[srv][0][j] for srv, j in where]
         error: Exception | None = None
-        for op, (srv, j) in zip(ops, where, strict=True):
-            reply = replies[srv][j]
-            if reply.__class__ is ResponseError:
+        for i, (op, reply) in enumerate(zip(ops, results, strict=True)):
+            if reply is _ABSENT:
+                results[i] = op.default
+            elif reply is _REFUSED or reply.__class__ is ResponseError:
                 if "CHCNODEF" in str(reply):
-                    self._uploaded[srv].clear()         # the server lost its data
+                    self._uploaded[where[i][0]].clear()         # the server lost its data
                 if error is None:
                     error = self._error(op, reply)
-                results.append(None)
-                continue
-            results.append(self._result(op, reply))
+                results[i] = None
         if error is not None:
             raise error
         return results
@@ -1190,17 +1229,6 @@ class RedisStore:
         if resend():
             raise StoreLost(f"{self.describe()}: updates still unacknowledged after {self.attempts} tries; "
                             "the run cannot continue")
-
-    @staticmethod
-    def _result(op: Op, reply: bytes | None) -> Any:
-        if reply is None:
-            return None                         # a retransmission: acknowledged, not applied
-        kind = reply[:1]
-        if kind == b"V":
-            return _unpack(reply[1:])
-        if kind == b"A":
-            return op.default
-        return list(_unpack(reply[1:]))
 
     def _error(self, op: Op, reply: ResponseError) -> StoreError:
         text = _clean(reply)
@@ -1379,9 +1407,9 @@ class RedisStore:
         per = self._call_all(lambda p: ("FCALL", "chc_commits", 1, p + b"c", p))
         out = []
         for i in range(self.n):
-            for item in per[i][0]:
-                clock, _, xor = item.partition(b":")
-                out.append((int(clock), int(xor)))
+            words = per[i][0].split()               # "clock:n xor" pairs
+            for j in range(0, len(words), 2):
+                out.append((int(words[j].partition(b":")[0]), int(words[j + 1])))
         return out
 
     def _checked(self, per: dict[int, list]) -> dict[int, list]:

@@ -5,9 +5,11 @@ CHC store operations as Redis 7 functions (library ``chc``).
 The ops of one request for this server are one call of ``chc_batch``: for
 each op, the client-sequence dedup, the per-flow ownership check, the
 clock-log check, the operation itself, the clock-log record, the commit report
-and the callbacks happen in one atomic server step.  Reads are gathered with
-one variadic command per kind and writes of clock-log records, commit reports
-and sequence marks go out with one each at the end (see chc_batch).
+and the callbacks happen in one atomic server step.  The ops arrive as one
+binary argument (see HEAD), reads are gathered with one variadic command per
+kind, and writes of values, clock-log records, their pruning index, commit
+reports and sequence marks go out with one command each at the end (see
+chc_batch).
 ``chc/backends/redis.py`` loads this file with FUNCTION LOAD REPLACE (plus the
 Lua bodies of custom operations registered at run time) and holds it to the
 semantics of ``chc.core.store.StoreEngine``.
@@ -22,9 +24,9 @@ function; K = P "k:" rest, rest = vertex ":" object ":" msgpack(scope key)):
   P "w:" rest   list: instances waiting to take the object, "inst client"
   P "s:" rest   set: subscribed (wire) client ids
   P "S"         set: the objects that have subscribers
-  P "l"         hash: clock log, "clock:n K" -> recorded result
-  P "lc:" id    list: one batch's clock-log records, clock, "clock:n K", ... (pruning)
-  P "lz"        sorted set: those lists (and the "pc:" ones) scored by their least clock
+  P "l"         hash: clock log, "clock:n K" -> recorded result (its reply element)
+  P "lc:" id    string: one batch's clock-log fields (see chunk_of; pruning)
+  P "lz"        sorted set: those chunks (and the "pc:" ones) scored by their least clock
   P "lseq"      counter: the last list id (one per batch that logs; orders pre-images)
   P "pre"       string: present = record pre-images (RedisStore.keep_preimages, NF failover)
   P "p"         hash: pre-images, "clock K" -> order (8 bytes: batch id, index; big-endian)
@@ -32,19 +34,20 @@ function; K = P "k:" rest, rest = vertex ":" object ":" msgpack(scope key)):
                 "A" absent)
   P "pc:" id    list: one batch's pre-image records, clock, "clock K", ... (pruning)
   P "q"         hash: wire client id -> highest applied seq
-  P "c"         list: commit reports "clock:xor_id"
+  P "c"         string: commit reports "clock:n xor_id " each (APPEND)
   P "d:" digest a big default (msgpack), referenced by ops as 0xc1 .. digest
 Notifications are published on P "n:" .. wire client id; a payload is
 "U" or "O", a 4-byte big-endian key length, the key, then the tagged value
 ("U") or the new owner instance ("O").
 
-Results are bulk strings tagged by their first byte: "V" .. msgpack value,
-"L" .. msgpack array (the contents of a list object), "A" (get of an absent
-object: the caller substitutes its default); nil = a retransmitted op that
-was acknowledged without being applied (a retransmitted update whose tag is
-still in the clock log gets its recorded result instead; no switch turns this
-dedup off: ``--break no-dedup`` is the memory store's alone).  Errors are
-"CHCOWN <owner>" (ownership) and "CHCERR <text>" (refused operation).
+chc_batch answers with one msgpack array, an element per op (see X_ABSENT);
+inside, and from the other functions, results are bulk strings tagged by their
+first byte: "V" .. msgpack value, "L" .. msgpack array (the contents of a list
+object), "A" (absent).  A retransmitted op that was acknowledged is answered
+nil without being applied (a retransmitted update whose tag is still in the
+clock log gets its recorded result instead; no switch turns this dedup off:
+``--break no-dedup`` is the memory store's alone).  Errors are "CHCOWN
+<owner>" (ownership) and "CHCERR <text>" (refused operation).
 
 Numbers: Lua numbers are doubles, so incr/argmin_incr are exact for integers
 up to 2^53 and refuse beyond; floats stay floats (msgpack float64).  The
@@ -410,9 +413,21 @@ local function tagged(k)
   return 'L' .. arr_header(#items) .. table.concat(items)
 end
 
--- The number in msgpack string s: value, isfloat (bools count as 0/1, like Python).
-local function number_of(s)
-  local kind, a = head(s, 1)
+-- The number in msgpack string s (at pos, default 1): value, isfloat (bools count as 0/1, like
+-- Python).
+local function number_of(s, pos)
+  pos = pos or 1
+  local b = string.byte(s, pos)
+  if b then
+    if b <= 0x7f then return b, false end                    -- the usual cases first, without head()
+    if b == 0xcf then
+      local hi, lo = struct.unpack('>I4I4', s, pos + 1)
+      if hi >= 0x200000 then fail('incr on an integer beyond 2^53 (Lua numbers are doubles)') end
+      return hi * TWO32 + lo, false
+    end
+    if b == 0xce then return (struct.unpack('>I4', s, pos + 1)), false end
+  end
+  local kind, a = head(s, pos)
   if kind == 'int' then
     if a >= TWO53 or a <= -TWO53 then fail('incr on an integer beyond 2^53 (Lua numbers are doubles)') end
     return a, false
@@ -448,35 +463,55 @@ local CHC = {
   write_number = function(k, n, isfloat) redis.call('SET', k, enc_number(n, isfloat)) end,
 }
 
--- Clock-log records, commit reports and seq marks of one batch, written at its end with one
--- variadic command each (a redis.call costs more than the work of most ops).
+-- The state of the batch being run.  Its hot parts are upvalues (cheaper than table fields):
+-- the value cache (key -> msgpack value, false = known absent), its dirty keys, the clock log
+-- as this batch sees it (field -> recorded result, false = not recorded), the records to write
+-- and the commit reports.  Everything is written at the batch's end with one command each (a
+-- redis.call costs more than the work of most ops).
 local batch = nil
+local Bfast, Bcache, Bdirty, Bdirtylist, Bndirty = false, nil, nil, nil, 0
+local Blog, Bfields, Bnlog = nil, nil, 0
+local Bcommitted, Bcommits = nil, nil
 
+-- The reply is one msgpack array, an element per op, that the client decodes in one C call: a
+-- value as its msgpack; a list object's contents as ext 1 (a msgpack array); an absent object
+-- (get: the caller substitutes its default) as ext 2; a refused op as ext 3 (its error follows
+-- the array); nil for a retransmission acknowledged without being applied.  The clock log
+-- records results in that form too (every logged result is a plain value).
+local X_ABSENT, X_REFUSED = '\212\2\0', '\212\3\0'
+
+local function ext1(data)
+  local n = #data
+  if n < 256 then return '\199' .. string.char(n) .. '\1' .. data end
+  if n < 65536 then return '\200' .. struct.pack('>I2', n) .. '\1' .. data end
+  return '\201' .. struct.pack('>I4', n) .. '\1' .. data
+end
+
+-- A tagged result ("V"/"L"/"A", see tagged) -> its reply element.
+local function wire(r)
+  local t = string.byte(r, 1)
+  if t == 86 then return string.sub(r, 2) end
+  if t == 76 then return ext1(string.sub(r, 2)) end
+  return X_ABSENT
+end
+
+-- The recorded result of a clock-log field (false: none).  The batch read its fields' records
+-- with one HMGET; a field it did not (a retransmitted op's) is read now.
 local function logged(field)
-  local r = batch.log[field]
+  local r = Blog[field]
   if r == nil then
-    r = batch.pre[field]
-    if r == nil then
-      r = redis.call('HGET', batch.P .. 'l', field)
-      batch.pre[field] = r
-    end
+    r = redis.call('HGET', batch.P .. 'l', field)
+    Blog[field] = r
   end
   return r
 end
 
-local function record(field, clock, result)
-  local b = batch
-  if b.log[field] == nil then
-    local n = b.nlog
-    b.fields[n * 2 + 1] = field
-    b.fields[n * 2 + 2] = result
-    b.members[n * 2 + 1] = clock
-    b.members[n * 2 + 2] = field
-    b.nlog = n + 1
-    local c = tonumber(clock)
-    if b.minclock == nil or c < b.minclock then b.minclock = c end
-  end
-  b.log[field] = result
+local function record(field, result)
+  local n = Bnlog + 1
+  Bnlog = n
+  Bfields[2 * n - 1] = field
+  Bfields[2 * n] = result
+  Blog[field] = result
 end
 
 -- §5.4 NF failover: the value of k before the first update of clock (only when P "pre" is set):
@@ -489,7 +524,7 @@ local function preimage(k, clock)
   if b.pseen[field] then return end
   b.pseen[field] = true
   if redis.call('HEXISTS', b.P .. 'p', field) == 1 then return end   -- an earlier batch's
-  local v = b.cache[k]
+  local v = Bcache[k]
   if v then
     if v == EMPTY then v = 'L\144' else v = 'V' .. v end
   else
@@ -505,10 +540,9 @@ local function preimage(k, clock)
   if b.pminclock == nil or c < b.pminclock then b.pminclock = c end
 end
 
-local function commit(clock, xor)
-  local b = batch
-  b.ncommits = b.ncommits + 1
-  b.commits[b.ncommits] = clock .. ':' .. xor
+-- §5.4 a commit report "clock:n xor " (the client keeps the clock).
+local function commit(tag, xor)
+  Bcommits[#Bcommits + 1] = tag .. ' ' .. xor .. ' '
 end
 
 local UPDATE = {}
@@ -526,34 +560,46 @@ UPDATE['incr'] = function(k, args)
   return 'V' .. r
 end
 
--- §4.3 coalesced increments of one counter: ARGV[10] = total, [11] = tags "clock:n ...",
--- [12] = msgpack amounts, [13] = XOR ids "x ..." (both aligned with the tags; 0 = a timer's).
+-- §4.3 coalesced increments of one counter: args[10] = total, [11] = tags "clock:n ...", [12] =
+-- msgpack amounts (aligned with the tags), [13] = commit reports "clock:n xor ..." of the tags
+-- with an XOR id, [14] = the tags' clock-log fields (made from [11] when the batch was read).
 -- One addition; each increment keeps its clock-log entry (§5.3: one already recorded, a
 -- replayed packet's, is left out of the sum and not reported again) and commit (§5.4).
 UPDATE['incr_many'] = function(k, args)
-  local tags, xors = {}, {}
-  for t in string.gmatch(args[11], '%S+') do tags[#tags + 1] = t end
-  for x in string.gmatch(args[13], '%S+') do xors[#xors + 1] = x end
+  local fields = args[14]
   local by, bf = number_of(args[10])
-  local recorded, amounts = {}, nil
-  for i, t in ipairs(tags) do
-    if logged(t .. ' ' .. k) then
+  local replayed, amounts = nil, nil
+  for i = 1, #fields do
+    if logged(fields[i]) then
       amounts = amounts or decode(args[12], 1)
-      recorded[i] = true
+      replayed = replayed or {}
+      replayed[i] = true
       by = by - amounts[i]
     end
   end
   local v, vf = number_at(k, args[9])
-  local r = 'V' .. enc_number(v + by, vf or bf)
-  redis.call('SET', k, string.sub(r, 2))
-  for i, t in ipairs(tags) do
-    if not recorded[i] then
-      local clock = string.sub(t, 1, string.find(t, ':', 1, true) - 1)
-      record(t .. ' ' .. k, clock, r)
-      if xors[i] ~= '0' then commit(clock, xors[i]) end
+  local r = enc_number(v + by, vf or bf)
+  redis.call('SET', k, r)
+  for i = 1, #fields do
+    if not (replayed and replayed[i]) then record(fields[i], r) end
+  end
+  local reports = args[13]
+  if reports ~= '' then
+    if replayed == nil then
+      Bcommits[#Bcommits + 1] = reports     -- all fresh: the client's text as it is
+    else
+      local again = {}
+      local i = 0
+      for t in string.gmatch(args[11], '%S+') do
+        i = i + 1
+        if replayed[i] then again[t] = true end
+      end
+      for t, x in string.gmatch(reports, '(%S+) (%S+)') do
+        if not again[t] then commit(t, x) end
+      end
     end
   end
-  return r
+  return 'V' .. r
 end
 
 UPDATE['push'] = function(k, args)
@@ -671,8 +717,8 @@ local function retransmitted(k, args)
   local code = args[4]
   if code == 'get' or UPDATE[code] == nil then return false end
   if code == 'incr_many' then
-    for t in string.gmatch(args[11], '%S+') do
-      local r = logged(t .. ' ' .. k)
+    for _, f in ipairs(args[14]) do
+      local r = logged(f)
       if r then return r end
     end
     return false
@@ -680,6 +726,7 @@ local function retransmitted(k, args)
   if args[6] == '' then return false end
   return logged(args[6] .. ' ' .. k) or false
 end
+
 
 local function variadic(cmd, key, items, n, step)
   for i = 1, n, CHUNK * step do
@@ -694,83 +741,100 @@ end
 -- get/set/incr on a string value work on the batch's value cache (filled by one MGET, written
 -- back by one MSET): a redis.call costs more than such an op.  Every other op reads and writes
 -- Redis itself, after the cache is written back, and invalidates what it may have changed.
--- {k1, values[k1], k2, values[k2], ...} for the keys of the set keys, and its length.
-local function flat(keys, values)
-  local out, n = {}, 0
-  for k in pairs(keys) do
-    out[n + 1] = k
-    out[n + 2] = values[k]
-    n = n + 2
-  end
-  return out, n
-end
-
 local function flush()
-  local b = batch
-  if b.ndirty > 0 then
-    local kv, n = flat(b.dirty, b.cache)
-    variadic('MSET', nil, kv, n, 2)
-    b.dirty, b.ndirty = {}, 0
+  local n = Bndirty
+  if n > 0 then
+    local kv, keys, cache = {}, Bdirtylist, Bcache
+    for i = 1, n do
+      local k = keys[i]
+      kv[2 * i - 1] = k
+      kv[2 * i] = cache[k]
+    end
+    variadic('MSET', nil, kv, 2 * n, 2)
+    Bdirty, Bdirtylist, Bndirty = {}, {}, 0
   end
 end
 
 local function cache_write(k, v)
-  local b = batch
-  b.cache[k] = v
-  b.absent[k] = nil
-  if not b.dirty[k] then
-    b.dirty[k] = true
-    b.ndirty = b.ndirty + 1
+  Bcache[k] = v
+  if not Bdirty[k] then
+    Bdirty[k] = true
+    local n = Bndirty + 1
+    Bndirty = n
+    Bdirtylist[n] = k
   end
 end
 
--- One op: argv[i] .. = code client# seq instance per_flow tag clock xor_id key default operands...
--- (UPDATE functions, retransmitted and custom ops get the table args = client seq instance code
--- per_flow tag clock xor_id default operands..., built only for them).
-local function op_args(argv, i, client, ne)
-  local args = {client, argv[i + 2], argv[i + 3], argv[i], argv[i + 4], argv[i + 5], argv[i + 6], argv[i + 7],
-                argv[i + 9]}
-  for j = 1, ne do args[9 + j] = argv[i + 9 + j] end
-  return args
+-- The ops of a batch are one binary string, op after op: a fixed head (struct format HEAD:
+-- code, flags (1 = per-flow object), client index, seq, XOR id, then the lengths of the
+-- instance, the tag "clock:n " (with its space, so that tag and key are the op's clock-log
+-- field "clock:n K"), the key, the default and four operands) and those strings.  One
+-- struct.unpack reads a head: one Redis argument per field, or Lua parsing text, cost more
+-- than the ops (docs/benchmarks.md).
+local HEAD = '>BBHdI4BBI4I4I4I4I4I4'
+local CODES = {'get', 'set', 'incr', 'incr_many', 'push', 'pop', 'cas', 'delete', 'custom', 'apply'}
+
+-- The general path: the op as the table UPDATE functions take (client seq instance code
+-- per_flow tag clock xor_id default operands... [14] = incr_many's clock-log fields).
+local function op_args(client, seq, inst, code, pf, tag, xor, default, blob, p, l1, l2, l3, l4, fields)
+  local a1 = string.sub(blob, p, p + l1 - 1)
+  p = p + l1
+  local a2 = string.sub(blob, p, p + l2 - 1)
+  p = p + l2
+  local a3 = string.sub(blob, p, p + l3 - 1)
+  p = p + l3
+  return {client, seq, inst, code, pf, tag, '', xor, default, a1, a2, a3, string.sub(blob, p, p + l4 - 1), fields}
 end
 
-local function one_op(argv, i, client, ne)
+-- Op j of the batch: its reply element, or {err = text} when refused.
+local function apply(j)
   local b = batch
-  local code, seq, k = argv[i], argv[i + 2], argv[i + 8]
-  if seq ~= '0' then
+  local blob = b.blob
+  local code, flags, ci, seq, xor, li, lt, lk, ld, l1, l2, l3, l4, p = struct.unpack(HEAD, blob, b.starts[j])
+  local pk = p + li + lt              -- the key
+  local pd = pk + lk                  -- the default
+  local po = pd + ld                  -- the operands
+  local k, field = b.keys[j], b.opfields[j]
+  local client = b.clients[ci + 1]
+  if seq > 0 then
     local last = b.seqs[client]
     if last == nil then
       last = tonumber(redis.call('HGET', b.P .. 'q', client) or '0')
       b.seqs[client] = last
     end
-    local s = tonumber(seq)
-    if s <= last then
+    if seq <= last then
       -- a resent read is answered again: its first reply may have been lost
-      if code ~= 'get' then return retransmitted(k, op_args(argv, i, client, ne)) end
+      if code ~= 1 then
+        local tag = lt > 0 and string.sub(blob, p + li, pk - 2) or ''
+        return retransmitted(k, op_args(client, seq, '', CODES[code], '', tag, xor, string.sub(blob, pd, po - 1),
+                                        blob, po, l1, l2, l3, l4, b.many[j])) or NIL
+      end
     else
-      b.seqs[client] = s
+      b.seqs[client] = seq
       b.dirty_seqs[client] = true
     end
   end
-  local cached = b.fast and b.cache[k]
-  if code == 'get' then
+  local cached = nil                  -- nil: not cached; false: known absent
+  if Bfast then cached = Bcache[k] end
+  if code == 1 then
     if cached then
-      if cached == EMPTY then return 'L\144' end
-      return 'V' .. cached
+      if cached == EMPTY then return ext1('\144') end
+      return cached
     end
-    if b.fast and b.absent[k] then return 'A' end
-    return tagged(k) or 'A'
+    if cached == false then return X_ABSENT end
+    local v = tagged(k)
+    if v == nil then return X_ABSENT end
+    return wire(v)
   end
-  local update = UPDATE[code]
-  if update == nil then fail("unknown operation '" .. code .. "'") end
-  if argv[i + 4] == '1' then
+  local inst = ''
+  if li > 0 then inst = string.sub(blob, p, p + li - 1) end
+  if flags % 2 == 1 then
     local ok = derived('o', k)
     local owner = b.owners[ok]
     if owner == nil then
       owner = redis.call('GET', ok)
       b.owners[ok] = owner
     end
-    local inst = argv[i + 3]
     if not owner then
       if inst ~= '' then
         redis.call('SET', ok, inst)
@@ -780,47 +844,52 @@ local function one_op(argv, i, client, ne)
       return {err = 'CHCOWN ' .. owner}
     end
   end
-  local tag = argv[i + 5]
-  local field
-  if tag ~= '' then
-    field = tag .. ' ' .. k
-    local r = logged(field)
+  if field then
+    local r = Blog[field]
+    if r == nil then r = logged(field) end
     if r then return r end                            -- §5.3: emulate the duplicate
     if b.preimages then
-      preimage(k, argv[i + 6])
-      if code == 'custom' and argv[i + 10] == 'argmin_incr' then
-        local counters = (decode(argv[i + 11], 1))[1]       -- the counters it may change
-        for j = 1, (counters and counters.n or 0) do preimage(counters[j], argv[i + 6]) end
+      local clock = string.match(field, '^[^:]*')
+      preimage(k, clock)
+      if code == 9 then
+        local args = op_args(client, seq, inst, 'custom', flags, '', xor, '', blob, po, l1, l2, l3, l4)
+        if args[10] == 'argmin_incr' then
+          local counters = (decode(args[11], 1))[1]       -- the counters it may change
+          for i = 1, (counters and counters.n or 0) do preimage(counters[i], clock) end
+        end
       end
     end
   end
   local result
-  if b.fast and code == 'set' then
-    cache_write(k, argv[i + 10])
-    result = R_NIL
-  elseif code == 'incr' and ((cached and cached ~= EMPTY) or (b.fast and b.absent[k])) then
-    local v, vf = number_of(cached or resolve(argv[i + 9]))
-    local by, bf = number_of(argv[i + 10])
-    local r = enc_number(v + by, vf or bf)
-    cache_write(k, r)
-    result = 'V' .. r
+  if Bfast and code == 2 then
+    cache_write(k, string.sub(blob, po, po + l1 - 1))
+    result = NIL
+  elseif code == 3 and ((cached and cached ~= EMPTY) or cached == false) then
+    local v, vf
+    if cached then
+      v, vf = number_of(cached)
+    else
+      v, vf = number_of(resolve(string.sub(blob, pd, po - 1)))
+    end
+    local by, bf = number_of(blob, po)
+    result = enc_number(v + by, vf or bf)
+    cache_write(k, result)
   else
     flush()
-    result = update(k, op_args(argv, i, client, ne))
-    if code == 'custom' then
-      b.cache, b.absent = {}, {}
-    else
-      b.cache[k], b.absent[k] = nil, nil
-    end
+    local name = CODES[code]
+    local tag = lt > 0 and string.sub(blob, p + li, pk - 2) or ''
+    result = wire(UPDATE[name](k, op_args(client, seq, inst, name, flags, tag, xor, string.sub(blob, pd, po - 1),
+                                          blob, po, l1, l2, l3, l4, b.many[j])))
+    if code == 9 then Bcache = {} else Bcache[k] = nil end
   end
   if field then
-    record(field, argv[i + 6], result)
-    if argv[i + 7] ~= '0' then commit(argv[i + 6], argv[i + 7]) end
+    record(field, result)
+    if xor ~= 0 then Bcommitted[#Bcommitted + 1] = j end
   end
   if b.watched and redis.call('SISMEMBER', b.P .. 'S', k) == 1 then
     local v = tagged(k)
     if v == nil then
-      v = resolve(argv[i + 9])
+      v = resolve(string.sub(blob, pd, po - 1))
       if v == '' then v = NIL end
       v = 'V' .. v
     end
@@ -832,18 +901,42 @@ local function one_op(argv, i, client, ne)
   return result
 end
 
--- Operands after the default, per op code.
-local OPERANDS = {get = 0, set = 1, incr = 1, incr_many = 4, push = 1, pop = 0, cas = 2, delete = 0, custom = 2,
-                  apply = 2}
+-- Ops from..n in order; a refused op's error is noted and the others still run.
+local function run(from, n)
+  local b = batch
+  local results = b.results
+  for j = from, n do
+    b.cur = j
+    local r = apply(j)
+    if type(r) == 'table' then
+      results[j] = X_REFUSED
+      b.errors[#b.errors + 1] = j .. ' ' .. r.err
+    else
+      results[j] = r
+    end
+  end
+end
+
+-- The pruning index of a batch's clock-log fields: one string, their count and lengths (4 bytes
+-- each, big-endian), then the fields.
+local function chunk_of(names, n)
+  local lens = {}
+  for i = 1, n do lens[i] = #names[i] end
+  local parts = {struct.pack('>I4', n)}
+  for i = 1, n, CHUNK do
+    local m = math.min(i + CHUNK - 1, n)
+    parts[#parts + 1] = struct.pack('>' .. string.rep('I4', m - i + 1), unpack(lens, i, m))
+  end
+  parts[#parts + 1] = table.concat(names, '', 1, n)
+  return table.concat(parts)
+end
 
 -- ARGV = prefix, epoch ('' = not checked; else the namespace's epoch key must hold it: a server
--- that restarted empty must not be written as if it held the run's state), number of clients,
--- wire clients..., then per op: code client# seq instance
--- per_flow tag clock xor_id key default operands (how many: OPERANDS[code]).  Native arguments,
--- not one encoded string: Redis splits them in C, Lua string parsing cost more than the ops.
--- Returns {lengths, results, errors...}: the results of the ops concatenated, their lengths
--- ("-1": nil, a retransmission; "-2": refused) and "index text" per refused op (the other ops
--- still run).
+-- that restarted empty must not be written as if it held the run's state), the least clock of
+-- the batch's tags ('' = none), the commit reports of its tagged ops with an XOR id ("clock:n
+-- xor " each, incr_many's apart) and how many, the number of clients, wire clients..., the
+-- ops (see HEAD).  Returns {results, errors...}: the msgpack array of the ops' reply elements,
+-- then "index text" per refused op (the other ops still run).
 local function chc_batch(keys, argv)
   local P = argv[1]
   PREFIX = P
@@ -852,46 +945,58 @@ local function chc_batch(keys, argv)
   if argv[2] ~= '' and meta[1] ~= argv[2] then
     return redis.error_reply('CHCEPOCH the namespace lost its state')   -- restarted empty or flushed
   end
-  local nc = tonumber(argv[3])
+  local nc = tonumber(argv[6])
+  local clients = {}
+  for c = 1, nc do clients[c] = argv[6 + c] end
+  local blob = argv[7 + nc]
   local watched = redis.call('EXISTS', P .. 'S') == 1
-  batch = {P = P, log = {}, pre = {}, fields = {}, members = {}, nlog = 0, commits = {}, ncommits = 0,
-           seqs = {}, dirty_seqs = {}, watched = watched, fast = not watched, cache = {}, dirty = {},
-           ndirty = 0, owners = {}, absent = {}, preimages = meta[2] ~= false}
-  if batch.preimages then
-    batch.pseen, batch.npre, batch.pfields, batch.pvalues, batch.pmembers = {}, 0, {}, {}, {}
+  batch = {P = P, blob = blob, clients = clients, seqs = {}, dirty_seqs = {}, watched = watched, owners = {},
+           preimages = meta[2] ~= false, starts = {}, keys = {}, opfields = {}, many = {}, results = {}, errors = {}}
+  Bfast, Bcache, Bdirty, Bdirtylist, Bndirty = not watched, {}, {}, {}, 0
+  Blog, Bfields, Bnlog, Bcommitted, Bcommits = {}, {}, 0, {}, {}
+  local b = batch
+  if b.preimages then
+    b.pseen, b.npre, b.pfields, b.pvalues, b.pmembers = {}, 0, {}, {}, {}
   end
-  local starts, nops = {}, 0
-  local tagfields, nt = {}, 0
-  local reads, nr = {}, 0
-  local i, n = 4 + nc, #argv
-  while i <= n do
-    local code = argv[i]
-    local ne = OPERANDS[code]
-    if ne == nil then fail("unknown operation '" .. code .. "'") end
+  local starts, ks, opfields, many = b.starts, b.keys, b.opfields, b.many
+  local nops, tagfields, nt, reads, nr = 0, {}, 0, {}, 0
+  local pos, size = 1, #blob
+  while pos <= size do
+    local code, _, _, _, _, li, lt, lk, ld, l1, l2, l3, l4, p = struct.unpack(HEAD, blob, pos)
+    if CODES[code] == nil then fail('unknown operation code ' .. code) end
     nops = nops + 1
-    starts[nops] = i
-    local tag, k = argv[i + 5], argv[i + 8]
-    if tag ~= '' then
+    starts[nops] = pos
+    local pk = p + li + lt
+    local k = string.sub(blob, pk, pk + lk - 1)
+    ks[nops] = k
+    if lt > 0 then
+      local field = string.sub(blob, p + li, pk + lk - 1)
+      opfields[nops] = field
       nt = nt + 1
-      tagfields[nt] = tag .. ' ' .. k
-    elseif code == 'incr_many' then
-      for t in string.gmatch(argv[i + 11], '%S+') do
+      tagfields[nt] = field
+    elseif code == 4 then
+      local fields, nf = {}, 0
+      local q = pk + lk + ld + l1
+      for t in string.gmatch(string.sub(blob, q, q + l2 - 1), '%S+') do
+        nf = nf + 1
+        fields[nf] = t .. ' ' .. k
         nt = nt + 1
-        tagfields[nt] = t .. ' ' .. k
+        tagfields[nt] = fields[nf]
       end
+      many[nops] = fields
     end
-    if code == 'incr' or code == 'get' then
+    if code == 1 or code == 3 then
       nr = nr + 1
       reads[nr] = k
     end
-    i = i + 10 + ne
+    pos = pk + lk + ld + l1 + l2 + l3 + l4
   end
   for j = 1, nt, CHUNK do
     local got = redis.call('HMGET', P .. 'l', unpack(tagfields, j, math.min(j + CHUNK - 1, nt)))
-    for m = 1, #got do batch.pre[tagfields[j + m - 1]] = got[m] end
+    for m = 1, #got do Blog[tagfields[j + m - 1]] = got[m] end
   end
-  if batch.fast then
-    local cache, misses, nm = batch.cache, {}, 0
+  if Bfast then
+    local cache, misses, nm = Bcache, {}, 0
     for j = 1, nr, CHUNK do
       local got = redis.call('MGET', unpack(reads, j, math.min(j + CHUNK - 1, nr)))
       for m = 1, #got do
@@ -910,58 +1015,67 @@ local function chc_batch(keys, argv)
       exist = exist + redis.call('EXISTS', unpack(misses, j, math.min(j + CHUNK - 1, nm)))
     end
     if exist == 0 then
-      for j = 1, nm do batch.absent[misses[j]] = true end
+      for j = 1, nm do cache[misses[j]] = false end
     end
   end
-  local lens, results, nres, out = {}, {}, 0, {'', ''}
-  for j = 1, nops do
-    local s = starts[j]
-    local ok, r = pcall(one_op, argv, s, argv[4 + tonumber(argv[s + 1])], OPERANDS[argv[s]])
-    if ok and type(r) ~= 'table' then
-      if r then
-        lens[j] = #r
-        nres = nres + 1
-        results[nres] = r
-      else
-        lens[j] = -1
-      end
-    else
-      if type(r) == 'table' then r = r.err else r = 'ERR ' .. tostring(r) end
-      lens[j] = -2
-      out[#out + 1] = j .. ' ' .. tostring(r)
-    end
+  local j = 1
+  while j <= nops do
+    local ok, e = pcall(run, j, nops)
+    if ok then break end
+    if type(e) == 'table' then e = e.err else e = 'ERR ' .. tostring(e) end
+    b.results[b.cur] = X_REFUSED
+    b.errors[#b.errors + 1] = b.cur .. ' ' .. tostring(e)
+    j = b.cur + 1
   end
-  local b = batch
   flush()
   local id = nil
-  if b.nlog > 0 then
-    variadic('HSET', P .. 'l', b.fields, b.nlog * 2, 2)
-    -- The pruning index: this batch's (clock, field) pairs as one list, indexed by their
-    -- least clock (one ZADD per batch, not one skiplist insert per record).
+  if Bnlog > 0 then
+    variadic('HSET', P .. 'l', Bfields, Bnlog * 2, 2)
+    -- The pruning index: this batch's fields as one string, scored by the least clock of its
+    -- tags (one SET and one ZADD per batch).
     id = redis.call('INCR', P .. 'lseq')
+    local names = {}
+    for i = 1, Bnlog do names[i] = Bfields[2 * i - 1] end
     local chunk = P .. 'lc:' .. id
-    variadic('RPUSH', chunk, b.members, b.nlog * 2, 2)
-    redis.call('ZADD', P .. 'lz', string.format('%.17g', b.minclock), chunk)
+    redis.call('SET', chunk, chunk_of(names, Bnlog))
+    redis.call('ZADD', P .. 'lz', argv[3] ~= '' and argv[3] or '-inf', chunk)
   end
   if b.preimages and b.npre > 0 then
     -- Pre-images: ordered by (this batch's id, index), pruned with the clock log.
     id = id or redis.call('INCR', P .. 'lseq')
     local kv = {}
-    for j = 1, b.npre do
-      kv[2 * j - 1] = b.pfields[j]
-      kv[2 * j] = struct.pack('>I4I4', id, j) .. b.pvalues[j]
+    for i = 1, b.npre do
+      kv[2 * i - 1] = b.pfields[i]
+      kv[2 * i] = struct.pack('>I4I4', id, i) .. b.pvalues[i]
     end
     variadic('HSET', P .. 'p', kv, b.npre * 2, 2)
     local chunk = P .. 'pc:' .. id
     variadic('RPUSH', chunk, b.pmembers, b.npre * 2, 2)
     redis.call('ZADD', P .. 'lz', string.format('%.17g', b.pminclock), chunk)
   end
-  if b.ncommits > 0 then variadic('RPUSH', P .. 'c', b.commits, b.ncommits, 1) end
-  local marks, nm = flat(b.dirty_seqs, b.seqs)
+  -- §5.4 commit reports: the client's text when every op it lists was applied now (the usual
+  -- case), else those of the ops that were; then incr_many's.
+  local reports = argv[4]
+  if #Bcommitted ~= tonumber(argv[5]) then
+    local parts = {}
+    for i, c in ipairs(Bcommitted) do
+      local _, _, _, _, xor, li, lt, _, _, _, _, _, _, p = struct.unpack(HEAD, blob, starts[c])
+      parts[i] = string.sub(blob, p + li, p + li + lt - 1) .. string.format('%d', xor) .. ' '
+    end
+    reports = table.concat(parts)
+  end
+  reports = reports .. table.concat(Bcommits)
+  if reports ~= '' then redis.call('APPEND', P .. 'c', reports) end
+  local marks, nm = {}, 0
+  for c in pairs(b.dirty_seqs) do
+    marks[nm + 1] = c
+    marks[nm + 2] = b.seqs[c]
+    nm = nm + 2
+  end
   if nm > 0 then redis.call('HSET', P .. 'q', unpack(marks)) end
-  batch = nil
-  out[1] = table.concat(lens, ' ')
-  out[2] = table.concat(results)
+  batch, Bcache, Bdirty, Bdirtylist, Blog, Bfields, Bcommitted, Bcommits = nil, nil, nil, nil, nil, nil, nil, nil
+  local out = {arr_header(nops) .. table.concat(b.results)}
+  for i = 1, #b.errors do out[i + 1] = b.errors[i] end
   return out
 end
 
@@ -1040,7 +1154,8 @@ end
 
 -- ARGV = prefix, clock.  Forget clock-log entries (and pre-images) of clocks < clock; returns how
 -- many clock-log entries.  The chunks whose least clock is below go; entries of theirs at or
--- above the bound are kept in the chunk, indexed by their new least clock.
+-- above the bound are kept in the chunk, indexed by their new least clock.  A clock-log chunk
+-- ("lc:") is a string (see chunk_of), a pre-image chunk ("pc:") a list of clock, field pairs.
 local function chc_prune(keys, args)
   local P, limit = args[1], tonumber(args[2])
   local chunks = redis.call('ZRANGEBYSCORE', P .. 'lz', '-inf', '(' .. args[2])
@@ -1049,16 +1164,34 @@ local function chc_prune(keys, args)
     -- a "pc:" chunk lists pre-images (not counted: the clock log's entries are)
     local images = string.sub(chunk, #P + 1, #P + 3) == 'pc:'
     local hash = P .. (images and 'p' or 'l')
-    local items = redis.call('LRANGE', chunk, 0, -1)
     local gone, keep, low = {}, {}, nil
-    for i = 1, #items, 2 do
-      local c = tonumber(items[i])
-      if c < limit then
-        gone[#gone + 1] = items[i + 1]
-      else
-        keep[#keep + 1] = items[i]
-        keep[#keep + 1] = items[i + 1]
-        if low == nil or c < low then low = c end
+    if images then
+      local items = redis.call('LRANGE', chunk, 0, -1)
+      for i = 1, #items, 2 do
+        local c = tonumber(items[i])
+        if c < limit then
+          gone[#gone + 1] = items[i + 1]
+        else
+          keep[#keep + 1] = items[i]
+          keep[#keep + 1] = items[i + 1]
+          if low == nil or c < low then low = c end
+        end
+      end
+    else
+      local raw = redis.call('GET', chunk)
+      local count = raw and struct.unpack('>I4', raw, 1) or 0
+      local pos = 5 + 4 * count
+      for i = 1, count do
+        local len = struct.unpack('>I4', raw, 1 + 4 * i)
+        local f = string.sub(raw, pos, pos + len - 1)
+        pos = pos + len
+        local c = tonumber(string.match(f, '^%d+'))
+        if c < limit then
+          gone[#gone + 1] = f
+        else
+          keep[#keep + 1] = f
+          if low == nil or c < low then low = c end
+        end
       end
     end
     for i = 1, #gone, CHUNK do
@@ -1067,7 +1200,11 @@ local function chc_prune(keys, args)
     end
     redis.call('DEL', chunk)
     if #keep > 0 then
-      variadic('RPUSH', chunk, keep, #keep, 2)
+      if images then
+        variadic('RPUSH', chunk, keep, #keep, 2)
+      else
+        redis.call('SET', chunk, chunk_of(keep, #keep))
+      end
       redis.call('ZADD', P .. 'lz', string.format('%.17g', low), chunk)
     else
       redis.call('ZREM', P .. 'lz', chunk)
@@ -1076,9 +1213,9 @@ local function chc_prune(keys, args)
   return n
 end
 
--- ARGV = prefix.  Drain the commit reports ("clock:xor_id").
+-- ARGV = prefix.  Drain the commit reports: "clock:n xor_id " each.
 local function chc_commits(keys, args)
-  local out = redis.call('LRANGE', args[1] .. 'c', 0, -1)
+  local out = redis.call('GET', args[1] .. 'c') or ''
   redis.call('DEL', args[1] .. 'c')
   return out
 end
