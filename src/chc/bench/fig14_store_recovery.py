@@ -92,7 +92,7 @@ PAPER = {"max_recovery_ms": 388.2, "at": "10 NATs, 150 ms checkpoints", "interva
          "nats": [5, 10], "traffic": "9.4 Gbps"}
 COLORS = ("#4c72b0", "#c44e52", "#55a868", "#dd8452")
 EVENT_FIELDS = ("crashed_vt", "detect_ns", "checkpoint", "checkpoint_age_ns", "re_executed", "wal_updates",
-                "reads_selected", "per_flow_reread", "commits_reported", "root_writes", "restore_ns",
+                "reads_selected", "per_flow_rolled", "commits_reported", "root_writes", "restore_ns",
                 "recovery_ns")
 
 

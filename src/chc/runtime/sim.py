@@ -1099,6 +1099,8 @@ class SimRuntime:
                   flows_buffered=len({flow_key(p) for p in h.buffer}),
                   clock=h.last.clock if h.last is not None else None,
                   started_vt=h.started, handover_ns=max(0, int(done - h.started)), **h.why)
+        if self.store_failover is not None:
+            self.store_failover.owners_changed("a handover")
         self._retire_if_done(h.vertex, h.old)
 
     def _move_timers(self, h: Handover, old: Instance, new: Instance) -> None:
@@ -1435,6 +1437,8 @@ class SimRuntime:
                      {"duplicates_delivered": dups,
                       "updates_reapplied": engine.reapplied if engine is not None else None}),
                   **pair.why)
+        if self.store_failover is not None:
+            self.store_failover.owners_changed("a clone pair's end")
         self._retry_deferred()
 
     def _move_processed(self, vertex: str, a: int, b: int) -> None:
@@ -1560,7 +1564,8 @@ class SimRuntime:
         applied0 = engine.ops_applied if engine is not None else 0
         if self.replay_on_failover:
             if self.store_failover is not None:
-                self.store_failover.check_replay(f"{vertex}[{x}]", processed)
+                self.store_failover.check_replay(f"{vertex}[{x}]", processed,
+                                                 {n for n, h in new.objects.items() if type(h) is CachedObject})
             self._catch_up(new, processed)
             for p in lost:
                 if p.vt < start:
@@ -1584,6 +1589,8 @@ class SimRuntime:
                   ops_applied_during_replay=(engine.ops_applied - applied0) if engine is not None else None,
                   replay=self.replay_on_failover,
                   **({} if self.delete_before_output else {"output_before_delete": undeleted}), **f.why)
+        if self.store_failover is not None:
+            self.store_failover.owners_changed("an NF failover")
 
     def _unapplied(self, failed: Instance) -> int | None:
         """Updates the failed instance had sent or queued that the store never applied
