@@ -114,21 +114,21 @@ MOVES = {**CRASHES, "model": "EO+C+NA", "parallelism": {"nat": 2, "lb": 1},
 
 def test_store_crash_after_a_handover_recovers(records, monkeypatch):
     """A handover drops the old instance's per-flow cache (§5.1 step 5), so that
-    state is in the store only: checkpoints hold per-flow objects, and one is taken
-    at every change of owner, so a later store crash recovers it (it was reported
-    unrecoverable before).  Without the checkpoint at the handover, two instances
-    updated one flow since the latest checkpoint and the order of their updates is
-    unknown: refused, never guessed."""
-    import chc.runtime.storefailover as storefailover
+    state is in the store only: checkpoints hold per-flow objects and the logs
+    their updates since, so a later store crash recovers it (it was reported
+    unrecoverable before).  A checkpoint is taken at every change of owner (two
+    writers of one flow since a checkpoint are refused:
+    test_store_recovery.py).  Without the per-flow roll forward it diverges."""
+    import chc.core.recovery as recovery
 
     res, rt = _check(records[:900], MOVES, 0)
     assert res.ok, (res.unrecoverable, [str(d) for d in res.divergences[:3]])
     assert [e["kind"] for e in rt.events_log if e["kind"] in ("move", "store-recovered")][:2] == \
         ["move", "store-recovered"]
     assert rt.store_failover.owner_checkpoints >= 2
-    monkeypatch.setattr(storefailover.StoreFailover, "owners_changed", lambda *a: None)
+    monkeypatch.setattr(recovery, "_roll_flows_forward", lambda *a: None)
     res, _ = _check(records[:900], MOVES, 0)
-    assert res.unrecoverable is not None and "the order of their updates is unknown" in res.unrecoverable
+    assert res.unrecoverable is None and res.divergences
 
 
 def test_store_crash_while_a_root_is_down_is_unrecoverable(records):
@@ -192,24 +192,25 @@ def test_nf_failover_replaying_packets_from_before_a_store_failover(records, mon
     """nat[0] crashes as soon as the store is back; commit reports take 50 ms, so its
     replay reaches packets admitted before the store crash.  The replay starts from
     the store's pre-images and emulates from its clock log: both are in the
-    checkpoint now, and the roll forward records its own (this was refused as
-    unrecoverable before).  A failover store without pre-images makes seed 2
-    diverge on a NAT mapping."""
+    checkpoint now (per-flow entries too), and the roll forward records its own
+    (this was refused as unrecoverable before).  A failover store without them, as
+    it was, makes seed 6 diverge on a NAT mapping (an update applied twice)."""
     import chc.core.recovery as recovery
 
-    for seed in (2, 3):
+    for seed in (2, 6):
         res, rt = _check(records[:1200], AFTER_STORE, seed)
         assert res.ok, (seed, res.unrecoverable, [str(d) for d in res.divergences[:3]])
         fo = next(e for e in rt.events_log if e["kind"] == "failover")
         assert fo["replayed"] > 0
     restore = recovery.Checkpoint.restore
 
-    def no_preimages(self):                 # what the failover store had before
+    def as_before(self):
         engine = restore(self)
         engine.before, engine.preimages = {}, False
+        engine.clock_log = {k: v for k, v in engine.clock_log.items() if not k.per_flow}
         return engine
-    monkeypatch.setattr(recovery.Checkpoint, "restore", no_preimages)
-    res, _ = _check(records[:1200], AFTER_STORE, 2)
+    monkeypatch.setattr(recovery.Checkpoint, "restore", as_before)
+    res, _ = _check(records[:1200], AFTER_STORE, 6)
     assert res.unrecoverable is None and res.divergences
 
 

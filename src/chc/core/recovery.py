@@ -145,6 +145,15 @@ def _seq(ts: TS, client: str) -> int:
     return 0 if s is None else s.seq
 
 
+def _cut(checkpoint: Checkpoint, client: str) -> int:
+    """The client's seq up to which the store had taken its ops when ``checkpoint``
+    was taken: applied (TS stamps those of shared state), answered from the clock
+    log (a replayed packet's update, emulated) or refused.  Its later updates are
+    the ones to roll forward; an emulated one at or below TS's stamp would be
+    applied again once its clock left the clock log."""
+    return max(checkpoint.applied_seq.get(client, 0), _seq(checkpoint.ts, client))
+
+
 def _dominates(a: TS, b: TS) -> bool:
     """Every client's stamp in ``a`` is at or after its stamp in ``b``."""
     return all(_seq(a, c) >= s.seq for c, s in b.items())
@@ -296,14 +305,13 @@ class WriteAheadLog:
         return results
 
     def truncate(self, checkpoint: Checkpoint) -> int:
-        """Forget what ``checkpoint`` already holds (shared updates at or before its
-        TS, per-flow ones at or below its seq mark, reads before it); call once the
-        checkpoint is durable.  How many entries."""
-        cut = _seq(checkpoint.ts, self.client_id)
-        mark = checkpoint.applied_seq.get(self.client_id, 0)
+        """Forget what ``checkpoint`` already holds (updates at or below its seq mark
+        for this client, reads before its TS); call once the checkpoint is durable.
+        How many entries."""
+        cut = _cut(checkpoint, self.client_id)
         n = len(self.updates) + len(self.flow_updates) + len(self.reads)
         self.updates = [op for op in self.updates if op.seq > cut]
-        self.flow_updates = [op for op in self.flow_updates if op.seq > mark]
+        self.flow_updates = [op for op in self.flow_updates if op.seq > cut]
         self.reads = [r for r in self.reads if _dominates(r.ts, checkpoint.ts)]
         self.results = {s: v for s, v in self.results.items() if s > cut}
         return n - len(self.updates) - len(self.flow_updates) - len(self.reads)
@@ -703,7 +711,7 @@ def _roll_flows_forward(checkpoint: Checkpoint, logs: Mapping[str, InstanceLog],
     by_key: dict[ObjectKey, str] = {}
     steps: list[_Step] = []
     for cid, log in sorted(logs.items()):
-        mark = checkpoint.applied_seq.get(cid, 0)
+        mark = _cut(checkpoint, cid)
         for op in log.wal.flow_updates:
             if op.seq <= mark:
                 continue
@@ -747,7 +755,7 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
     late: list[_Step] = []              # custom ops whose effect is unknown (no reply logged)
     for cid, log in sorted(by_client.items()):
         observed = {r.op.seq for r in log.wal.reads}
-        cut = _seq(checkpoint.ts, cid)
+        cut = _cut(checkpoint, cid)
         for op in log.wal.updates:
             if op.seq <= cut:
                 continue

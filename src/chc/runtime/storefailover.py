@@ -292,10 +292,8 @@ class StoreFailover:
         for inst, wal in self._wals():
             c = inst.client
             logs.append(InstanceLog.from_client(c))
-            ts = o.checkpoint.ts.get(c.client_id)
             mark = marks.get(c.client_id, 0)
-            wal_updates += sum(op.seq > (ts.seq if ts else 0) for op in wal.updates)
-            wal_updates += sum(op.seq > mark for op in wal.flow_updates)
+            wal_updates += sum(op.seq > mark for op in wal.updates + wal.flow_updates)
         users = {log.client_id for log in logs}
         # A failed-over instance's client: its failover instance replayed its work and a
         # checkpoint was taken after (owners_changed), so nothing of it is lost here.
