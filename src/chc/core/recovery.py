@@ -6,9 +6,13 @@ A store instance (one :class:`~chc.core.store.StoreEngine`) can fail and lose
 everything it held.  §5.4 recovers it without losing or repeating an update and
 without contradicting anything an NF instance has already seen.
 
-*Per-flow state* is not checkpointed: every instance keeps a cached copy of the
-per-flow objects it owns (Table 1), so the failover store takes them back from
-the instances' caches (:meth:`InstanceLog.from_client`).
+The paper re-reads *per-flow state* from the instances' caches.  A cache does
+not always hold it (a handover, a clone pair's end and an NF failover's catch-up
+drop one; model ``EO`` keeps none), so here per-flow objects are checkpointed and
+their updates logged like shared ones.  A per-flow object has one owner at a
+time and the runtime takes a checkpoint at every change of owner, so its updates
+since the latest checkpoint come from one instance and are re-executed in that
+instance's send order (two writers are refused, never guessed).
 
 *Shared (cross-flow) state* is recovered with checkpointing and write-ahead
 logging:
@@ -21,23 +25,27 @@ logging:
    coalesced ``incr_many`` carries clocks issued after later ops, a timer's
    update shares a packet's clock).
 2. **Checkpoint.**  :meth:`RecoverableEngine.checkpoint` returns an immutable
-   :class:`Checkpoint`: a copy of the shared objects, TS, and the metadata the
-   exactly-once and duplicate checks need after a restart (per-client seq
-   marks, clock-log entries of shared objects, subscriptions).  The runtime
-   takes one every checkpoint interval and keeps the latest outside the store.
+   :class:`Checkpoint`: a copy of every object with per-flow owners, TS, and
+   the metadata the exactly-once and duplicate checks and a later NF failover
+   need after a restart (per-client seq marks, the whole clock log,
+   subscriptions, pre-images).  The runtime takes one every checkpoint interval
+   and at every change of per-flow owner, and keeps the latest outside the store.
 3. **Write-ahead log.**  Every instance has a :class:`WriteAheadLog` between its
    client and its store connection (:func:`attach_wal` wraps the client's
-   backend, so :mod:`chc.core.client` is untouched).  It logs every shared-state
-   update the client sends, in send order, and every *read*: a reply the store
+   backend, so :mod:`chc.core.client` is untouched).  It logs every update the
+   client sends (shared and per-flow), in send order, and every *read*: a reply the store
    returned with a value of shared state (a ``get``, or the result of an
    ``incr``/``apply``/``pop``/``cas``/custom op), together with the TS the store
    returned with it (:class:`Stamped`).  Logging is write-ahead: an op is logged
    before its request leaves, so an op in flight when the store fails is in the
    log.
 4. **Recovery** (:func:`recover`), per shared object: the paper's two cases.
+   An object one instance alone updated since the checkpoint is re-executed in
+   its send order from the checkpoint's value (the store applied them so).
    *Case 1*, nobody read the object since the checkpoint: start from the
    checkpoint's value and roll forward, re-executing each instance's logged
-   updates after the checkpoint's TS.  *Case 2*: start from the value of the
+   updates after the checkpoint's seq mark for it (which covers TS and the ops
+   the store answered from its clock log).  *Case 2*: start from the value of the
    most recent read of the object, found by the TS-selection procedure
    (:func:`select_ts`): form the set of the reads' TS's; traverse each
    instance's log backwards to the latest update whose stamp is in the set;
@@ -52,15 +60,15 @@ logging:
    of the ones in between until the read's logged result comes out again, so
    every read any instance made stays consistent (Case 2).
 5. **Unrecoverable** (Table 3): a store failure together with a component whose
-   state it holds (an instance's write-ahead log and per-flow cache, the root's
-   persisted clock and packet log), with no replica.  :func:`recover` raises
+   state it holds (an instance's write-ahead log, the root's persisted clock and
+   packet log), with no replica.  :func:`recover` raises
    :class:`Unrecoverable` naming what was lost; it never returns a state that
    silently lacks it.
 
 Costs.  Off (the default: a plain :class:`~chc.core.store.StoreEngine`, no WAL)
 nothing of this runs.  On, the store copies TS (one entry per client) into each
-read reply, and the instance appends each shared update to its log and each read
-with a copy of its value; recovery re-executes the ops logged since the
+read reply, and the instance appends each update to its log (a reference) and
+each read with a copy of its value; recovery re-executes the ops logged since the
 checkpoint, so a longer checkpoint interval means longer logs and a longer
 roll forward.  Nothing here does I/O.
 """

@@ -16,6 +16,11 @@ checkpoint is reported), and every write-ahead log is then truncated to it.
 
 Write-ahead logs.  Every instance's client gets one (:func:`attach_wal`),
 instances added later too (scale-out, clone, NF failover: ``instance_hooks``).
+A checkpoint is also taken at every change of per-flow owner (a handover, a
+clone pair's end, an NF failover: :meth:`StoreFailover.owners_changed`), so each
+per-flow object has one writer since the latest checkpoint and its logged
+updates roll forward in that writer's order.
+
 The root is a client of the store too (its persisted clock, a store-kept packet
 log): its writes since the checkpoint are kept at the root (:class:`RootLog`)
 and written again once a failover store is up.
@@ -24,7 +29,7 @@ A crash.  The store node stops answering: requests and their retransmissions
 are lost (``Network.store_down``), root writes wait.  The failure is noticed
 ``misses`` heartbeats (``heartbeat_us``) later, a timer on the network's clock,
 so a client blocked on a reply sees the store come back.  Recovery then reads
-every live instance's log and per-flow cache (:meth:`InstanceLog.from_client`),
+every live instance's log (:meth:`InstanceLog.from_client`),
 builds the failover store with :func:`recover` and swaps it into the
 ``MemoryStore`` after the time restoring takes (:data:`RESTORE_NS_PER_OBJECT`
 per object restored, re-read or re-executed: a model, not a measurement).
@@ -37,26 +42,21 @@ The root keeps the (clock, id) of the reports it received since the latest
 checkpoint; of the re-executed updates' reports it takes those it has not
 received (the failed store applied the update after the checkpoint and died
 before reporting it, or never got it).  Updates of the checkpoint itself were
-reported before it was taken.  Per-flow updates whose effect comes back from a
-cache (sent after the checkpoint and not reported, or never sent) are reported
-by the failover store in the same way.
+reported before it was taken.
 
 The COE checker follows the store's history: after a recovery that history is
-the failed store's up to the checkpoint, its per-flow updates, the re-executed
-updates in their new order and what came after.  The recorder gets a
+the failed store's up to the checkpoint, then the re-executed updates (those of
+an object with one writer since the checkpoint stay where they were: the
+failover store applied them in the same order) and what came after.  The recorder gets a
 ``recover`` step (:meth:`chc.coe.Serialization.recover`) and the re-executed
 steps, each with the result the instance observed, if it observed one, so a
 recovery that contradicts what an instance saw diverges.
 
 Unrecoverable (Table 3) and limits: a store other than the memory store; an NF
-instance that crashed and was not failed over yet when the store failed (its
-log and cache are gone with it: :func:`recover` names the loss); model ``EO``
-(per-flow state never cached); per-flow state whose cache an instance dropped
-(a handover, a clone pair resolved, an NF failover's catch-up) before the crash,
-since per-flow objects are not checkpointed; an NF failover after a store
-failover whose replay reaches a packet admitted before the store crash (the
-failover store has no pre-images or per-flow clock log from before it:
-:meth:`StoreFailover.check_replay`).
+instance or a root that crashed and was not failed over yet when the store
+failed (its log, or its persisted clock and packet log, are gone with it);
+an NF failover after a store failover whose replay reaches a Case 2 covered
+update of an object it caches (no pre-image: :meth:`StoreFailover.check_replay`).
 """
 
 from __future__ import annotations
