@@ -227,3 +227,13 @@ def test_a_replay_reaching_an_update_without_pre_image_is_refused(records):
     with pytest.raises(Unrecoverable, match="no pre-image"):
         sf.check_replay("nat[0]", [p], {key.obj})
     sf.check_replay("nat[0]", [p], set())       # not a cached object: the replay reads the store
+
+
+def test_random_crashes_may_draw_the_store_and_a_root():
+    sc = parse_scenario({"random": {"events": 40, "actions": ["crash"], "vertices": ["nat", "store", "root[0]"]}})
+    drawn = sc.events_for(1, ["nat", "lb"], 1000)
+    assert {e.target for e in drawn} == {"nat", "store", "root[0]"}
+    assert all(e.action == "crash" for e in drawn)
+    assert all(e.params == {} for e in drawn if e.target != "nat")
+    with pytest.raises(ValueError, match="unknown vertex 'root'"):
+        parse_scenario({"random": {"events": 1, "vertices": ["root"]}}).events_for(0, ["nat"], 10)
