@@ -140,6 +140,20 @@ def test_store_crash_while_a_root_is_down_is_unrecoverable(records):
     assert res.unrecoverable is not None and "root[0]" in res.unrecoverable and "Table 3" in res.unrecoverable
 
 
+def test_a_root_crash_while_the_store_is_down_waits_for_it(records):
+    """The other order is sequential: the root crash waits until the store is back
+    (as an NF crash does), at the next batch boundary.  Run inside the store's
+    recovery it lost the log writes the root had not yet sent (a packet stayed
+    logged for ever)."""
+    raw = {**CRASHES, "model": "EO+C+NA", "packet_log": "store",
+           "events": [{"at": {"packets": 500}, "do": "crash", "target": "store"},
+                      {"at": {"packets": 500}, "do": "crash", "target": "root[0]"}]}
+    res, rt = _check(records[:800], raw, 0)
+    assert res.ok, (res.unrecoverable, [str(d) for d in res.divergences[:3]])
+    kinds = [e["kind"] for e in rt.events_log if e["kind"] in ("store-crash", "store-recovered", "root-failover")]
+    assert kinds == ["store-crash", "store-recovered", "root-failover"]
+
+
 class _Remote:
     """A store that is not the memory store (it stands for Redis here)."""
 

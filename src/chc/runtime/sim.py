@@ -283,6 +283,7 @@ class SimRuntime:
         self.root_inbox: dict[int, list[tuple]] = {}
         self.root_up_at: dict[int, float] = {}
         self._root_events: dict[int, dict] = {}
+        self.root_crashes_waiting: list[tuple[int, float, int, dict]] = []    # while the store is down
         self.log_lost = False
         self.events = sorted(events or [], key=lambda e: (e.at_packet is None, e.at_packet or 0,
                                                           e.at_time_ns or 0))
@@ -669,6 +670,8 @@ class SimRuntime:
     def step(self, batch: list[Packet]) -> list[Packet]:
         """Push one input batch through the chain; return the output it releases."""
         out: list[Packet] = []
+        if self.root_crashes_waiting:
+            self._waiting_root_crashes()
         for hook in self.step_hooks:
             hook(self)
         if batch:
@@ -701,6 +704,8 @@ class SimRuntime:
         """End of input: let everything still queued (delayed packets) finish."""
         self.horizon = _INF
         out: list[Packet] = []
+        if self.root_crashes_waiting:
+            self._waiting_root_crashes()
         if self.failures or self.root_failures:
             self._detect()
             if self.root_input:
@@ -1657,7 +1662,24 @@ class SimRuntime:
     def crash_root(self, root_id: int, heartbeat_us: float = 20, misses: int = 3, **why: Any) -> None:
         """Root ``root_id`` stops: its clock counter and, with a ``local`` log, its
         packet log are gone.  Input for it and reports to it are held until a new
-        root takes over (§5.4: the framework buffers input during root recovery)."""
+        root takes over (§5.4: the framework buffers input during root recovery).
+        While the store is down the crash waits until it is back, as an NF
+        instance's does (a sequential failure; the other order is Table 3's
+        unrecoverable case)."""
+        if self.store_failover is not None and self.store_failover.busy():
+            # (at the next batch boundary, as scenario crashes are: a root stopped
+            # inside the store's recovery would lose what it had not yet written)
+            self.root_crashes_waiting.append((root_id, heartbeat_us, misses, why))
+            return
+        self._crash_root(root_id, heartbeat_us, misses, why)
+
+    def _waiting_root_crashes(self) -> None:
+        if self.store_failover is None or not self.store_failover.busy():
+            waiting, self.root_crashes_waiting = self.root_crashes_waiting, []
+            for args in waiting:
+                self._crash_root(*args)
+
+    def _crash_root(self, root_id: int, heartbeat_us: float, misses: int, why: dict) -> None:
         if root_id in self.root_failures:
             self._log("crash-ignored", "root", root_id, reason="already failed", **why)
             return
