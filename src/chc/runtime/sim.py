@@ -1578,9 +1578,13 @@ class SimRuntime:
             new.queue.extend(lost)
         # What reaches the failover instance from now on starts no earlier than what
         # it replays (each flow stays in order, as §5.1 step 8 keeps a moved one).
+        # (Held even when `until` is before the horizon: a failover detected at a batch's
+        # start routes that batch's packets here, and those that reached the dead
+        # instance's vertex before `until` must not overtake a lost packet of their
+        # flow, whose time was moved up to the detection.  The next step drops the
+        # hold once nothing can arrive before it.)
         until = max([new.free_at] + [p.vt for p in lost])
-        if until > self.horizon:
-            self.holds.append(Handover(vertex, x, i, _everything, 0, None, [], self.horizon, until))
+        self.holds.append(Handover(vertex, x, i, _everything, 0, None, [], self.horizon, until))
         if self.recording:
             self.inputs[(vertex, i)] = deque(processed)
         self._share(vertex)
