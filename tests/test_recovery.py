@@ -292,3 +292,15 @@ def test_a_root_with_a_local_log_fails_over_but_an_nf_failover_after_it_is_unrec
     raw["events"] = raw["events"] + [{"at": {"packets": 900}, "do": "crash", "target": "nat"}]
     res, _ = _check(records, raw, 0)
     assert res.unrecoverable and "lost its local packet log" in res.unrecoverable
+
+
+def test_a_second_crash_of_a_vertex_whose_only_instance_is_down_is_ignored(records):
+    """``target: lb`` picks among the active instances; with the only one down and
+    not yet failed over there is none (crash-all.yaml seed 16 raised there)."""
+    raw = {"model": "EO+C+NA", "packet_log": "store", "parallelism": {"lb": 1},
+           "pacing": {"multiplier": 1},
+           "events": [{"at": {"packets": 400}, "do": "crash", "target": "lb", "heartbeat_us": 1000000},
+                      {"at": {"packets": 401}, "do": "crash", "target": "lb"}]}
+    res, rt = _check(records[:800], raw, 0)
+    assert res.ok, (res.unrecoverable, [str(d) for d in res.divergences[:3]])
+    assert [e["reason"] for e in rt.events_log if e["kind"] == "crash-ignored"] == ["no active instance"]

@@ -1889,6 +1889,9 @@ def _crash(rt: SimRuntime, event: Any) -> None:
     # A vertex only: the seed's pick among its active instances (when it fires).
     def pick() -> None:
         active = rt.active(vertex)
+        if not active:                  # (its only instance is down, awaiting failover)
+            rt._log("crash-ignored", vertex, None, reason="no active instance", **why)
+            return
         rt._crash(vertex, active[int(p.get("pick", 0)) % len(active)].instance_id,
                   p.get("heartbeat_us", 20), p.get("misses", 3), why)
     rt._when_idle(vertex, pick)
