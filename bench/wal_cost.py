@@ -12,7 +12,9 @@ bundled LAN capture three ways, interleaved round by round in one process:
 Prints the median CPU time per packet of each and the ratios to ``shared-wal``
 and ``base`` measured in the same run, and the time spent in the logging itself
 (``WriteAheadLog.log_sent``, timed around each call), which the whole run's time
-on a loaded machine hides.
+on a loaded machine hides; and the CPU time of one checkpoint of the store the
+last ``full-wal`` run left, with per-flow objects, owners, the whole clock log
+and pre-images against the shared objects and their clock log only.
 
 Usage: python bench/wal_cost.py [--packets 20000] [--rounds 5] [--json FILE]
 """
@@ -60,6 +62,32 @@ def _timed(fn):
     return log_sent
 
 
+def _shared_checkpoint(engine) -> None:
+    """What a checkpoint copied before per-flow objects, owners and pre-images were
+    in it: the shared objects and their clock-log entries."""
+    recovery._copy_data({k: v for k, v in engine.data.items() if not k.per_flow})
+    {k: dict(v) for k, v in engine.clock_log.items() if not k.per_flow}
+    tuple(e for e in engine.log_order if not e[1].per_flow)
+
+
+def checkpoint_cost(rt, reps: int = 7) -> dict:
+    """CPU time of one checkpoint of the store as the run left it, both ways (best of ``reps``)."""
+    engine = rt.store.engine
+    out = {}
+    for name, fn in (("shared_only_ms", lambda: _shared_checkpoint(engine)), ("full_ms", engine.checkpoint)):
+        best = None
+        for _ in range(reps):
+            t0 = time.process_time_ns()
+            fn()
+            t = time.process_time_ns() - t0
+            best = t if best is None else min(best, t)
+        out[name] = best / 1e6
+    out["objects"] = len(engine.data)
+    out["per_flow_objects"] = sum(k.per_flow for k in engine.data)
+    out["full_over_shared"] = out["full_ms"] / out["shared_only_ms"]
+    return out
+
+
 def run(chain, records, variant: str) -> tuple[int, int, int]:
     recovery.WriteAheadLog.log_sent = _timed(_shared_only if variant == "shared-wal" else _full_log_sent)
     _in_log[0] = 0
@@ -70,7 +98,12 @@ def run(chain, records, variant: str) -> tuple[int, int, int]:
     cpu = time.process_time_ns() - t0
     logged = sum(len(i.client.backend.wal.flow_updates) for i in rt._all_instances()
                  if i.client is not None and hasattr(i.client.backend, "wal"))
+    if variant == "full-wal":
+        _last[0] = rt
     return cpu, logged, _in_log[0]
+
+
+_last: list = [None]
 
 
 def main() -> None:
@@ -102,6 +135,7 @@ def main() -> None:
            "per_flow_entries_at_end": logged,
            "logging_us_per_packet": {v: statistics.median(t) / len(records) / 1000 for v, t in in_log.items()
                                      if v != "base"}}
+    res["checkpoint"] = checkpoint_cost(_last[0])
     lg = res["logging_us_per_packet"]
     res["logging_full_over_shared"] = lg["full-wal"] / lg["shared-wal"]
     res["logging_added_us_per_packet"] = lg["full-wal"] - lg["shared-wal"]

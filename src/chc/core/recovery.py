@@ -660,8 +660,8 @@ def _check_losses(checkpoint: Checkpoint, logs: Mapping[str, InstanceLog], users
             continue
         if user not in logs:
             why = "failed with the store" if user in failed else "no write-ahead log was handed in"
-            lost.append(f"{user} ({why}): its shared-state updates since checkpoint {checkpoint.number} "
-                        f"and its per-flow state")
+            lost.append(f"{user} ({why}): its updates since checkpoint {checkpoint.number}, shared and "
+                        "per-flow, were in its write-ahead log")
     if lost:
         raise Unrecoverable(lost)
 
