@@ -1576,6 +1576,12 @@ class SimRuntime:
                 if p.vt < start:
                     p.vt = start
             new.queue.extend(lost)
+        caught_up = new.free_at
+        if failed.free_at > new.free_at:
+            # Packets the failed instance took into service before the crash left it at
+            # their finishing times (on the wire); the failover instance's outputs
+            # come after them, or a flow's next packet would overtake its last one.
+            new.free_at = failed.free_at
         # What reaches the failover instance from now on starts no earlier than what
         # it replays (each flow stays in order, as §5.1 step 8 keeps a moved one).
         # (Held even when `until` is before the horizon: a failover detected at a batch's
@@ -1592,8 +1598,8 @@ class SimRuntime:
                   detect_ns=int(f.detect_vt - f.crashed_vt), crashed_packet=f.crashed_packet,
                   replayed=len(processed) if self.replay_on_failover else 0,
                   lost_in_queue=len(lost), updates_lost_in_flight=unapplied, timers_pending=timers,
-                  caught_up_vt=new.free_at,
-                  recovery_ns=int(new.free_at - f.crashed_vt),
+                  caught_up_vt=caught_up,
+                  recovery_ns=int(caught_up - f.crashed_vt),
                   updates_emulated=(engine.emulated - emulated0) if engine is not None else None,
                   ops_applied_during_replay=(engine.ops_applied - applied0) if engine is not None else None,
                   replay=self.replay_on_failover,
