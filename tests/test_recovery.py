@@ -326,3 +326,15 @@ def test_a_replay_reads_shared_state_as_the_failed_instance_did():
         rt.node.read_log = None
     res, _ = _scan_check(0, no_read_log)
     assert any(d.what == "log" for d in res.divergences), [str(d) for d in res.divergences]
+
+
+def test_a_second_crash_of_a_vertex_whose_only_instance_is_down_is_ignored(records):
+    """``target: lb`` picks among the active instances; with the only one down and
+    not yet failed over there is none (crash-all.yaml seed 16 raised there)."""
+    raw = {"model": "EO+C+NA", "packet_log": "store", "parallelism": {"lb": 1},
+           "pacing": {"multiplier": 1},
+           "events": [{"at": {"packets": 400}, "do": "crash", "target": "lb", "heartbeat_us": 1000000},
+                      {"at": {"packets": 401}, "do": "crash", "target": "lb"}]}
+    res, rt = _check(records[:800], raw, 0)
+    assert res.ok, (res.unrecoverable, [str(d) for d in res.divergences[:3]])
+    assert [e["reason"] for e in rt.events_log if e["kind"] == "crash-ignored"] == ["no active instance"]

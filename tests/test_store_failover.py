@@ -14,6 +14,7 @@ import pytest
 from chc.backends.memory import MemoryStore
 from chc.capture import open_capture
 from chc.coe import check_variant, variant
+from chc.packet import Packet
 from chc.reference import StoreStep, replay
 from chc.runtime.sim import SimRuntime, Unrecoverable
 from chc.scenario import load_scenario, parse_scenario
@@ -55,7 +56,7 @@ def test_store_failover_keeps_coe(records, model):
         done = _recovered(rt)
         assert len(done) == 3, rt.events_log
         # Exercised, not vacuous: logged updates were rolled forward, caches re-read.
-        assert sum(e["re_executed"] for e in done) > 0 and all(e["per_flow_reread"] > 0 for e in done), done
+        assert sum(e["re_executed"] for e in done) > 0 and all(e["per_flow_rolled"] > 0 for e in done), done
         assert all(0 < e["detect_ns"] < e["recovery_ns"] for e in done), done
         assert rt.summary().log["remaining"] == 0
     # What the summary's events show of each crash and recovery.
@@ -89,9 +90,68 @@ def test_store_and_instance_failing_together_is_unrecoverable(records):
     assert "failed together" in res.unrecoverable and "Table 3" in res.unrecoverable
 
 
-def test_model_eo_is_unrecoverable(records):
+def test_model_eo_recovers_per_flow_state_from_the_log(records, monkeypatch):
+    """Model EO caches nothing: per-flow state comes back from the checkpoint and the
+    per-flow updates in the write-ahead logs (before they were logged, this was
+    reported unrecoverable).  Without the per-flow roll forward the state is stale
+    and the checker catches it."""
+    import chc.core.recovery as recovery
+
+    res, rt = _check(records[:600], {**CRASHES, "model": "EO"}, 0)
+    assert res.ok, (res.unrecoverable, [str(d) for d in res.divergences[:3]])
+    assert sum(e["per_flow_rolled"] for e in _recovered(rt)) > 0
+    monkeypatch.setattr(recovery, "_roll_flows_forward", lambda *a: None)
     res, _ = _check(records[:600], {**CRASHES, "model": "EO"}, 0)
-    assert res.unrecoverable is not None and "not cached at the instance (model EO)" in res.unrecoverable
+    assert res.unrecoverable is None and res.divergences
+
+
+MOVES = {**CRASHES, "model": "EO+C+NA", "parallelism": {"nat": 2, "lb": 1},
+         "events": [{"at": {"packets": 300}, "do": "move", "target": "nat", "fraction": 0.5, "pick": 1},
+                    {"at": {"packets": 320}, "do": "crash", "target": "store", "checkpoint_ms": 2000},
+                    {"at": {"packets": 500}, "do": "scale-out", "target": "portscan"},
+                    {"at": {"packets": 520}, "do": "crash", "target": "store"}]}
+
+
+def test_store_crash_after_a_handover_recovers(records, monkeypatch):
+    """A handover drops the old instance's per-flow cache (§5.1 step 5), so that
+    state is in the store only: checkpoints hold per-flow objects and the logs
+    their updates since, so a later store crash recovers it (it was reported
+    unrecoverable before).  A checkpoint is taken at every change of owner (two
+    writers of one flow since a checkpoint are refused:
+    test_store_recovery.py).  Without the per-flow roll forward it diverges."""
+    import chc.core.recovery as recovery
+
+    res, rt = _check(records[:900], MOVES, 0)
+    assert res.ok, (res.unrecoverable, [str(d) for d in res.divergences[:3]])
+    assert [e["kind"] for e in rt.events_log if e["kind"] in ("move", "store-recovered")][:2] == \
+        ["move", "store-recovered"]
+    assert rt.store_failover.owner_checkpoints >= 2
+    monkeypatch.setattr(recovery, "_roll_flows_forward", lambda *a: None)
+    res, _ = _check(records[:900], MOVES, 0)
+    assert res.unrecoverable is None and res.divergences
+
+
+def test_store_crash_while_a_root_is_down_is_unrecoverable(records):
+    """Table 3: the root's persisted clock and store-kept packet log are in the store."""
+    raw = {**CRASHES, "model": "EO+C+NA", "packet_log": "store",
+           "events": [{"at": {"packets": 500}, "do": "crash", "target": "root[0]", "heartbeat_us": 1000000},
+                      {"at": {"packets": 505}, "do": "crash", "target": "store"}]}
+    res, _ = _check(records[:800], raw, 0)
+    assert res.unrecoverable is not None and "root[0]" in res.unrecoverable and "Table 3" in res.unrecoverable
+
+
+def test_a_root_crash_while_the_store_is_down_waits_for_it(records):
+    """The other order is sequential: the root crash waits until the store is back
+    (as an NF crash does), at the next batch boundary.  Run inside the store's
+    recovery it lost the log writes the root had not yet sent (a packet stayed
+    logged for ever)."""
+    raw = {**CRASHES, "model": "EO+C+NA", "packet_log": "store",
+           "events": [{"at": {"packets": 500}, "do": "crash", "target": "store"},
+                      {"at": {"packets": 500}, "do": "crash", "target": "root[0]"}]}
+    res, rt = _check(records[:800], raw, 0)
+    assert res.ok, (res.unrecoverable, [str(d) for d in res.divergences[:3]])
+    kinds = [e["kind"] for e in rt.events_log if e["kind"] in ("store-crash", "store-recovered", "root-failover")]
+    assert kinds == ["store-crash", "store-recovered", "root-failover"]
 
 
 class _Remote:
@@ -136,20 +196,58 @@ def test_the_replay_follows_the_recovered_history():
     assert ("v", "l", None, (2, 1)) not in lost.applied
 
 
-def test_nf_failover_replaying_packets_from_before_a_store_failover_is_refused(records, monkeypatch):
-    """Open limit: the failover store has no pre-images or per-flow clock log from
-    before its crash.  nat[0] crashes as soon as the store is back; commit reports
-    take 50 ms, so its replay reaches packets admitted before the store crash.
-    Without the check that replay starts from the wrong state (seed 2 diverges on a
-    NAT mapping); with it every such failover is reported unrecoverable."""
-    import chc.runtime.storefailover as storefailover
+AFTER_STORE = {**CRASHES, "model": "EO+C+NA", "packet_log": "store",
+               "network": {**FAULTS, "commits": {"latency": "const:50000"}},
+               "events": [{"at": {"packets": 500}, "do": "crash", "target": "store", "checkpoint_ms": 2000},
+                          {"at": {"packets": 501}, "do": "crash", "target": "nat"}]}
 
-    raw = {**CRASHES, "model": "EO+C+NA", "packet_log": "store",
-           "network": {**FAULTS, "commits": {"latency": "const:50000"}},
-           "events": [{"at": {"packets": 500}, "do": "crash", "target": "store", "checkpoint_ms": 2000},
-                      {"at": {"packets": 501}, "do": "crash", "target": "nat"}]}
-    res, _ = _check(records[:1200], raw, 2)
-    assert res.unrecoverable is not None and "failed over after the store failed over" in res.unrecoverable
-    monkeypatch.setattr(storefailover.StoreFailover, "check_replay", lambda *a: None)
-    res, _ = _check(records[:1200], raw, 2)
+
+def test_nf_failover_replaying_packets_from_before_a_store_failover(records, monkeypatch):
+    """nat[0] crashes as soon as the store is back; commit reports take 50 ms, so its
+    replay reaches packets admitted before the store crash.  The replay starts from
+    the store's pre-images and emulates from its clock log: both are in the
+    checkpoint now (per-flow entries too), and the roll forward records its own
+    (this was refused as unrecoverable before).  A failover store without them, as
+    it was, makes seed 6 diverge on a NAT mapping (an update applied twice)."""
+    import chc.core.recovery as recovery
+
+    for seed in (2, 6):
+        res, rt = _check(records[:1200], AFTER_STORE, seed)
+        assert res.ok, (seed, res.unrecoverable, [str(d) for d in res.divergences[:3]])
+        fo = next(e for e in rt.events_log if e["kind"] == "failover")
+        assert fo["replayed"] > 0
+    restore = recovery.Checkpoint.restore
+
+    def as_before(self):
+        engine = restore(self)
+        engine.before, engine.preimages = {}, False
+        engine.clock_log = {k: v for k, v in engine.clock_log.items() if not k.per_flow}
+        return engine
+    monkeypatch.setattr(recovery.Checkpoint, "restore", as_before)
+    res, _ = _check(records[:1200], AFTER_STORE, 6)
     assert res.unrecoverable is None and res.divergences
+
+
+def test_a_replay_reaching_an_update_without_pre_image_is_refused(records):
+    """A Case 2 covered update's effect came with a read's value: the failover store
+    has no pre-image for its clock, so an NF failover whose replay reaches it into a
+    cached object is refused (unrecoverable), not replayed from a wrong state."""
+    res, rt = _check(records[:600], {**CRASHES, "model": "EO+C+NA"}, 0)
+    assert res.ok
+    sf = rt.store_failover
+    key = next(k for k in rt.store.engine.data if k.vertex == "nat" and k.per_flow)
+    p = Packet(b"", index=7)
+    sf.unknown_before[key] = {p.clock}
+    with pytest.raises(Unrecoverable, match="no pre-image"):
+        sf.check_replay("nat[0]", [p], {key.obj})
+    sf.check_replay("nat[0]", [p], set())       # not a cached object: the replay reads the store
+
+
+def test_random_crashes_may_draw_the_store_and_a_root():
+    sc = parse_scenario({"random": {"events": 40, "actions": ["crash"], "vertices": ["nat", "store", "root[0]"]}})
+    drawn = sc.events_for(1, ["nat", "lb"], 1000)
+    assert {e.target for e in drawn} == {"nat", "store", "root[0]"}
+    assert all(e.action == "crash" for e in drawn)
+    assert all(e.params == {} for e in drawn if e.target != "nat")
+    with pytest.raises(ValueError, match="unknown vertex 'root'"):
+        parse_scenario({"random": {"events": 1, "vertices": ["root"]}}).events_for(0, ["nat"], 10)

@@ -11,6 +11,7 @@ seen, before and after the failure, and ends in the recovered run's final state.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -178,26 +179,87 @@ def test_retransmissions_after_failover_are_not_applied_twice():
     assert list(run.store.engine.data[LIST]) == [2, 3]
 
 
-def test_per_flow_state_is_reread_from_the_caches():
+def _flow_client(model: str) -> tuple[MemoryStore, StoreClient, Any]:
     store = MemoryStore(RecoverableEngine())
     decl = Value(FLOW_SCOPE, Access.READ_WRITE)
     decl.name = "mapping"
-    c = StoreClient(store, "v", 1, "EO+C+NA")
+    c = StoreClient(store, "v", 1, model)
     attach_wal(c)
-    h = c.bind(decl, None)
+    return store, c, c.bind(decl, None)
+
+
+def test_per_flow_state_rolls_forward_from_the_checkpoint():
+    """Per-flow objects are in the checkpoint; the updates sent since are rolled
+    forward from the log; one still queued at the crash stays queued and reaches
+    the failover store when it is sent."""
+    store, c, h = _flow_client("EO+C+NA")
     c.begin_packet(1)
     h.set((4000, "open"), b"flow-1")
     c.flush()
     ckpt = store.engine.checkpoint()
     c.begin_packet(2)
-    h.set((4000, "closing"), b"flow-1")       # queued, not sent when the store fails
+    h.set((4000, "established"), b"flow-1")
+    c.flush()                               # applied by the store that fails
+    c.begin_packet(3)
+    h.set((4000, "closing"), b"flow-1")     # queued, not sent when the store fails
     rec = recover(ckpt, [InstanceLog.from_client(c)])
     key = h.key(b"flow-1")
-    assert rec.engine.data[key] == (4000, "closing") and rec.engine.owner[key] == 1
-    assert rec.per_flow == 1 and not c.pending     # its effect is in the cache: not sent again
+    assert rec.engine.data[key] == (4000, "established") and rec.engine.owner[key] == 1
+    assert rec.per_flow == 1 and len(c.pending) == 1
     store.engine = rec.engine
     c.settle()
     assert store.engine.data[key] == (4000, "closing")
+    assert c.backend.wal.truncate(store.engine.checkpoint()) == 3 and not c.backend.wal.flow_updates
+
+
+def test_per_flow_state_of_a_dropped_cache_is_recovered():
+    """A handover drops the old instance's cache (§5.1 step 5): the state is then
+    in the store only; the checkpoint and the log still have it (the sim used to
+    report this unrecoverable)."""
+    store, c, h = _flow_client("EO+C+NA")
+    ckpt = store.engine.checkpoint()
+    c.begin_packet(1)
+    h.set((4000, "open"), b"flow-1")
+    c.hand_over()                           # sent, acknowledged, cache dropped, released
+    assert not h.values
+    rec = recover(ckpt, [InstanceLog.from_client(c)])
+    assert rec.engine.data[h.key(b"flow-1")] == (4000, "open")
+
+
+def test_model_eo_per_flow_state_is_recovered():
+    """Model EO caches nothing: per-flow state comes back from the checkpoint and the
+    log (it was reported lost before per-flow updates were logged)."""
+    store, c, h = _flow_client("EO")
+    c.begin_packet(1)
+    h.set((1, "open"), b"flow-1")
+    ckpt = store.engine.checkpoint()
+    c.begin_packet(2)
+    h.set((2, "open"), b"flow-1")
+    h.set((2, "closing"), b"flow-2")
+    rec = recover(ckpt, [InstanceLog.from_client(c)])
+    assert rec.engine.data[h.key(b"flow-1")] == (2, "open")
+    assert rec.engine.data[h.key(b"flow-2")] == (2, "closing")
+    # Without the roll forward the checkpoint alone is wrong.
+    stale = recover(ckpt, [InstanceLog.from_client(c)], no_wal=True)
+    assert stale.engine.data[h.key(b"flow-1")] == (1, "open") and h.key(b"flow-2") not in stale.engine.data
+
+
+def test_two_writers_of_one_per_flow_object_since_the_checkpoint_are_refused():
+    """The sim checkpoints at every change of per-flow owner; without that, two
+    instances' updates of one flow since the checkpoint have no known order."""
+    store = MemoryStore(RecoverableEngine())
+    ckpt = store.engine.checkpoint()
+    a, b = StoreClient(store, "v", 1, "EO"), StoreClient(store, "v", 2, "EO")
+    for c in (a, b):
+        attach_wal(c)
+    a.begin_packet(1)
+    a.send(a.op("set", FLOW, (1,)))
+    store.engine.release_instance("v", 1)
+    b.begin_packet(2)
+    b.send(b.op("set", FLOW, (2,)))
+    with pytest.raises(RecoveryError, match="updated by v/1 and v/2 since checkpoint"):
+        recover(ckpt, [InstanceLog.from_client(a), InstanceLog.from_client(b)])
+    recover(store.engine.checkpoint(), [InstanceLog.from_client(a), InstanceLog.from_client(b)])
 
 
 def test_checkpoint_is_immutable_and_can_seed_two_recoveries():
@@ -268,17 +330,6 @@ def test_store_failing_with_the_root_whose_clock_it_holds_is_unrecoverable():
 def test_an_instance_of_another_store_failing_too_is_recoverable():
     run, ckpt, _ = figure7()
     recover(ckpt, run.logs(), failed=["lb/3"])
-
-
-def test_uncached_per_flow_state_is_reported_lost():
-    store = MemoryStore(RecoverableEngine())
-    c = StoreClient(store, "v", 1, "EO")
-    attach_wal(c)
-    ckpt = store.engine.checkpoint()
-    c.begin_packet(1)
-    c.send(c.op("set", FLOW, (1,)))
-    with pytest.raises(Unrecoverable, match="model EO"):
-        recover(ckpt, [InstanceLog.from_client(c)])
 
 
 def test_a_client_without_a_wal_is_refused():

@@ -102,25 +102,27 @@ class Serialization:
         add(StoreStep(k.vertex, k.obj, k.key, k.per_flow, code, tuple(args), op.tag,
                       op.default, result, observed, op.client, read_clock))
 
-    def recover(self, since: int, redo: list[tuple[Op, Any]], cached: list[Op]) -> None:
+    def recover(self, since: int, redo: list[tuple[Op, Any, bool]]) -> None:
         """§5.4 a failover store took over: its history is this one's up to position
-        ``since`` (its checkpoint), with the shared updates it re-executed taken out
-        and applied again in ``redo``'s order, each with the result an instance
-        observed (or ``UNSEEN``).  Per-flow updates stay (the caches keep their
-        effect); ``cached`` ones, in flight or never sent, are in the failover
-        store from a cache from here on."""
+        ``since`` (its checkpoint), then the updates it re-executed (shared and
+        per-flow), each with the result an instance observed (or ``UNSEEN``) and
+        whether it is *in place*: the failover store applied it in the failed
+        store's own order (its object had one writer since the checkpoint), so an
+        applied one stays where it was and its copy here is a duplicate (a lost
+        one is applied here).  The others are taken out from ``since`` on and
+        applied again in ``redo``'s order."""
         removed = set()
-        for op, _ in redo:
+        for op, _, in_place in redo:
+            if in_place:
+                continue
             k = op.key
             tags = op.args[0].tags if op.code == "incr_many" else [op.tag]
             removed.update((k.vertex, k.obj, k.key, t) for t in tags)
         self.steps.append(StoreStep("", "", None, False, "recover", (since, frozenset(removed)), None, None,
                                     None, False))
-        for op, result in redo:
+        for op, result, _ in redo:
             seen = result is not UNSEEN
             self._add(op, result if seen else None, seen)
-        for op in cached:
-            self._add(op, None, False)
 
     @property
     def position(self) -> int:

@@ -246,7 +246,7 @@ def replay(steps: Iterable[StoreStep]) -> Replay:
     """Re-execute a store's serialization; compare every observed answer.
 
     A ``recover`` step (§5.4 store failover; args: the position of the failover
-    store's checkpoint, and the (vertex, object, key, tag) of the shared updates it
+    store's checkpoint, and the (vertex, object, key, tag) of the updates it
     re-executed) rewrites the history in effect: those updates are taken out of it
     from that position on (the failover store never applied them there) and the
     steps that follow apply them again in the failover store's order.  Answers
@@ -291,7 +291,7 @@ def _rewrite(history: list[tuple[int, StoreStep]], recover: StoreStep) -> list[t
     """The history in effect after a failover store took over (see :func:`replay`)."""
     since, removed = recover.args
     return [(i, s) for i, s in history
-            if i < since or s.per_flow or (s.vertex, s.obj, s.key, s.tag) not in removed]
+            if i < since or (s.vertex, s.obj, s.key, s.tag) not in removed]
 
 
 def _replay_step(data: dict, first: dict, step: StoreStep, out: Replay) -> tuple[Any, bool]:

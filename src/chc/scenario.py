@@ -26,7 +26,7 @@ per-instance delay distributions, a seed, and timed events::
     random:                         # more events, drawn by each seed
       events: 8
       actions: [scale-out, scale-in, move, refine, clone, crash]   # default: scale-out, scale-in, move
-      vertices: [nat, portscan]     # default: every vertex; ``store``: a store crash
+      vertices: [nat, portscan]     # default: every vertex; ``store``, ``root[i]``: their crash
       between: {packets: [200, 3000]}                # default: the whole input
 
 Events fire before the input packet they name (``packets``: its index;
@@ -72,6 +72,10 @@ _CLONE_FOR = (0, 20, 200)       # input packets a drawn clone runs beside its st
 _FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
 
+def _is_root(name: str) -> bool:
+    return name.startswith("root[") and name.endswith("]") and name[5:-1].isdigit()
+
+
 @dataclasses.dataclass
 class RandomEvents:
     """``random:``: ``events`` more events per seed, at packets drawn in ``between``."""
@@ -84,7 +88,7 @@ class RandomEvents:
     def draw(self, seed: int, vertices: list[str], n_packets: int) -> list[Event]:
         """The seed's events (the same for the same seed, chain and input length)."""
         for v in self.vertices or ():
-            if v not in vertices and v != "store":
+            if v not in vertices and v != "store" and not _is_root(v):
                 raise ValueError(f"random.vertices: unknown vertex {v!r} (vertices: {', '.join(vertices)})")
         rng = random.Random(f"{seed}/random-events")
         lo, hi = self.between or (0, n_packets)
@@ -98,7 +102,7 @@ class RandomEvents:
                 params = {"for_packets": rng.choice(_CLONE_FOR)}
             elif action == "crash":     # §5.4: one of the vertex's active instances
                 params = {"pick": rng.randrange(1 << 16)}
-            if vertex == "store":       # §5.4: the store can only crash (and is failed over)
+            if vertex == "store" or _is_root(vertex):   # §5.4: these can only crash (and fail over)
                 action, params = "crash", {}
             out.append(Event(action, vertex, params, at_packet=rng.randrange(lo, hi)))
         return out

@@ -51,7 +51,7 @@ Here the store failover is the sim runtime's (:mod:`chc.runtime.storefailover`,
   checkpoint's TS (rolled forward); ``wal_reads``: logged replies with a value of
   shared state (a ``pop``'s port) since the checkpoint, which TS selection and the
   order search use; ``re_executed``, ``reads_selected`` (Case 2 objects) and
-  ``per_flow`` (objects re-read from caches) are :func:`recover`'s.  Each
+  ``per_flow`` (per-flow updates rolled forward) are :func:`recover`'s.  Each
   instance coalesces its counter increments per flush (``incr_many``, §4.3), so
   the same packets over more instances make more entries.
 * **Checked.**  After the run the NAT's ``packets`` and ``tcp_packets`` counters
@@ -69,7 +69,6 @@ paper's rate; the cost per entry (``us_per_entry``) is what carries over.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import statistics
 from collections.abc import Sequence
@@ -92,7 +91,7 @@ PAPER = {"max_recovery_ms": 388.2, "at": "10 NATs, 150 ms checkpoints", "interva
          "nats": [5, 10], "traffic": "9.4 Gbps"}
 COLORS = ("#4c72b0", "#c44e52", "#55a868", "#dd8452")
 EVENT_FIELDS = ("crashed_vt", "detect_ns", "checkpoint", "checkpoint_age_ns", "re_executed", "wal_updates",
-                "reads_selected", "per_flow_reread", "commits_reported", "root_writes", "restore_ns",
+                "reads_selected", "per_flow_rolled", "commits_reported", "root_writes", "restore_ns",
                 "recovery_ns")
 
 
@@ -102,14 +101,14 @@ def nat_chain(config: dict, nats: int) -> Chain:
 
 
 def _snapshot(log: InstanceLog) -> InstanceLog:
-    """A copy of ``log`` as it is now: the live one grows as the run goes on, and
-    the failover store takes its per-flow values and changes them."""
+    """A copy of ``log`` as it is now: the live one grows as the run goes on."""
     wal = WriteAheadLog(log.wal.client_id)
     wal.updates = list(log.wal.updates)                  # (ops and logged reads are not changed)
     wal.reads = list(log.wal.reads)
     wal.results = dict(log.wal.results)
-    wal.logged_seq, wal.per_flow_updates = log.wal.logged_seq, log.wal.per_flow_updates
-    return dataclasses.replace(log, wal=wal, per_flow=copy.deepcopy(dict(log.per_flow)))
+    wal.flow_updates = list(log.wal.flow_updates)
+    wal.logged_seq = log.wal.logged_seq
+    return dataclasses.replace(log, wal=wal)
 
 
 class Captured:
@@ -192,7 +191,7 @@ def time_recovery(cap: Captured, sim_re_executed: int, n_rounds: int) -> dict[st
         "checkpoint_ms": round(take["best"], 3),
         "x_base": round(full["best"] / base["best"], 2) if base["best"] else None,
         "re_executed": entries, "reads_selected": len(rec.selected), "per_flow": rec.per_flow,
-        "shared_objects": len(ckpt.data), "users": len(users),
+        "shared_objects": sum(not k.per_flow for k in ckpt.data), "users": len(users),
     }
 
 

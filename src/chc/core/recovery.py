@@ -6,9 +6,13 @@ A store instance (one :class:`~chc.core.store.StoreEngine`) can fail and lose
 everything it held.  §5.4 recovers it without losing or repeating an update and
 without contradicting anything an NF instance has already seen.
 
-*Per-flow state* is not checkpointed: every instance keeps a cached copy of the
-per-flow objects it owns (Table 1), so the failover store takes them back from
-the instances' caches (:meth:`InstanceLog.from_client`).
+The paper re-reads *per-flow state* from the instances' caches.  A cache does
+not always hold it (a handover, a clone pair's end and an NF failover's catch-up
+drop one; model ``EO`` keeps none), so here per-flow objects are checkpointed and
+their updates logged like shared ones.  A per-flow object has one owner at a
+time and the runtime takes a checkpoint at every change of owner, so its updates
+since the latest checkpoint come from one instance and are re-executed in that
+instance's send order (two writers are refused, never guessed).
 
 *Shared (cross-flow) state* is recovered with checkpointing and write-ahead
 logging:
@@ -21,23 +25,27 @@ logging:
    coalesced ``incr_many`` carries clocks issued after later ops, a timer's
    update shares a packet's clock).
 2. **Checkpoint.**  :meth:`RecoverableEngine.checkpoint` returns an immutable
-   :class:`Checkpoint`: a copy of the shared objects, TS, and the metadata the
-   exactly-once and duplicate checks need after a restart (per-client seq
-   marks, clock-log entries of shared objects, subscriptions).  The runtime
-   takes one every checkpoint interval and keeps the latest outside the store.
+   :class:`Checkpoint`: a copy of every object with per-flow owners, TS, and
+   the metadata the exactly-once and duplicate checks and a later NF failover
+   need after a restart (per-client seq marks, the whole clock log,
+   subscriptions, pre-images).  The runtime takes one every checkpoint interval
+   and at every change of per-flow owner, and keeps the latest outside the store.
 3. **Write-ahead log.**  Every instance has a :class:`WriteAheadLog` between its
    client and its store connection (:func:`attach_wal` wraps the client's
-   backend, so :mod:`chc.core.client` is untouched).  It logs every shared-state
-   update the client sends, in send order, and every *read*: a reply the store
+   backend, so :mod:`chc.core.client` is untouched).  It logs every update the
+   client sends (shared and per-flow), in send order, and every *read*: a reply the store
    returned with a value of shared state (a ``get``, or the result of an
    ``incr``/``apply``/``pop``/``cas``/custom op), together with the TS the store
    returned with it (:class:`Stamped`).  Logging is write-ahead: an op is logged
    before its request leaves, so an op in flight when the store fails is in the
    log.
 4. **Recovery** (:func:`recover`), per shared object: the paper's two cases.
+   An object one instance alone updated since the checkpoint is re-executed in
+   its send order from the checkpoint's value (the store applied them so).
    *Case 1*, nobody read the object since the checkpoint: start from the
    checkpoint's value and roll forward, re-executing each instance's logged
-   updates after the checkpoint's TS.  *Case 2*: start from the value of the
+   updates after the checkpoint's seq mark for it (which covers TS and the ops
+   the store answered from its clock log).  *Case 2*: start from the value of the
    most recent read of the object, found by the TS-selection procedure
    (:func:`select_ts`): form the set of the reads' TS's; traverse each
    instance's log backwards to the latest update whose stamp is in the set;
@@ -52,15 +60,15 @@ logging:
    of the ones in between until the read's logged result comes out again, so
    every read any instance made stays consistent (Case 2).
 5. **Unrecoverable** (Table 3): a store failure together with a component whose
-   state it holds (an instance's write-ahead log and per-flow cache, the root's
-   persisted clock and packet log), with no replica.  :func:`recover` raises
+   state it holds (an instance's write-ahead log, the root's persisted clock and
+   packet log), with no replica.  :func:`recover` raises
    :class:`Unrecoverable` naming what was lost; it never returns a state that
    silently lacks it.
 
 Costs.  Off (the default: a plain :class:`~chc.core.store.StoreEngine`, no WAL)
 nothing of this runs.  On, the store copies TS (one entry per client) into each
-read reply, and the instance appends each shared update to its log and each read
-with a copy of its value; recovery re-executes the ops logged since the
+read reply, and the instance appends each update to its log (a reference) and
+each read with a copy of its value; recovery re-executes the ops logged since the
 checkpoint, so a longer checkpoint interval means longer logs and a longer
 roll forward.  Nothing here does I/O.
 """
@@ -76,7 +84,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from .store import UPDATES, ObjectKey, Op, StoreEngine, StoreError, _Recorded
+from .store import _ABSENT, UPDATES, ObjectKey, Op, StoreEngine, StoreError, _Recorded
 
 # Replies that carry a value of shared state (a read, or an update's result),
 # so the store returns TS with them (§5.4 Case 2).
@@ -131,13 +139,27 @@ def _copy(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-def _copy_data(data: Mapping[ObjectKey, Any]) -> dict[ObjectKey, Any]:
+def _copy_data(data: Mapping[Any, Any]) -> dict[Any, Any]:
     return {k: _copy(v) for k, v in data.items()}
+
+
+def _copy_before(before: Mapping[int, Any]) -> dict[int, Any]:
+    """One object's pre-images, copied (in their order); the absent marker is kept."""
+    return {c: v if v is _ABSENT else _copy(v) for c, v in before.items()}
 
 
 def _seq(ts: TS, client: str) -> int:
     s = ts.get(client)
     return 0 if s is None else s.seq
+
+
+def _cut(checkpoint: Checkpoint, client: str) -> int:
+    """The client's seq up to which the store had taken its ops when ``checkpoint``
+    was taken: applied (TS stamps those of shared state), answered from the clock
+    log (a replayed packet's update, emulated) or refused.  Its later updates are
+    the ones to roll forward; an emulated one at or below TS's stamp would be
+    applied again once its clock left the clock log."""
+    return max(checkpoint.applied_seq.get(client, 0), _seq(checkpoint.ts, client))
 
 
 def _dominates(a: TS, b: TS) -> bool:
@@ -163,16 +185,24 @@ class Checkpoint:
     log_order: tuple
     subscribers: Mapping[ObjectKey, frozenset[str]]
     users: frozenset[str]
+    owner: Mapping[ObjectKey, int] = field(default_factory=lambda: _EMPTY)    # per-flow owners (§4.3)
+    # §5.4 NF failover after this store failed over: the pre-images the replay starts
+    # from (per object, clock -> value before that clock's first update), when kept.
+    before: Mapping[ObjectKey, Mapping[int, Any]] = field(default_factory=lambda: _EMPTY)
+    preimages: bool = False
 
     def restore(self) -> RecoverableEngine:
         """A new engine holding this checkpoint (the failover store's boot state)."""
         engine = RecoverableEngine()
         engine.data = _copy_data(self.data)
+        engine.owner = dict(self.owner)
         engine.ts = dict(self.ts)
         engine.applied_seq = dict(self.applied_seq)
         engine.clock_log = {k: dict(v) for k, v in self.clock_log.items()}
         engine.log_order = deque(self.log_order)
         engine.subscribers = {k: set(v) for k, v in self.subscribers.items()}
+        engine.before = {k: _copy_before(v) for k, v in self.before.items()}
+        engine.preimages = self.preimages
         engine.checkpoints = self.number
         return engine
 
@@ -206,24 +236,27 @@ class RecoverableEngine(StoreEngine):
         return result
 
     def checkpoint(self) -> Checkpoint:
-        """Snapshot of the shared objects and TS (per-flow objects are left to the caches)."""
+        """Snapshot of every object with its owner, TS, the whole clock log and the
+        pre-images: per-flow objects too, since a cache does not always hold them (an
+        instance drops its cache at a handover; model EO keeps none)."""
         self.checkpoints += 1
-        shared = {k: v for k, v in self.data.items() if not k.per_flow}
         log = {k: MappingProxyType({t: (r.result if r.__class__ is _Recorded else r) for t, r in v.items()})
-               for k, v in self.clock_log.items() if not k.per_flow}
+               for k, v in self.clock_log.items()}
         users = set(self.applied_seq) | set(self.ts)
-        if any(k.vertex == "root" for k in shared):
+        if any(k.vertex == "root" for k in self.data):
             users.add("root")       # its persisted clock (and store-kept packet log) live here
         return Checkpoint(
             number=self.checkpoints,
-            data=MappingProxyType(_copy_data(shared)),
+            data=MappingProxyType(_copy_data(self.data)),
             ts=MappingProxyType(dict(self.ts)),
             applied_seq=MappingProxyType(dict(self.applied_seq)),
             clock_log=MappingProxyType(log),
-            log_order=tuple(e for e in self.log_order if not e[1].per_flow),
-            subscribers=MappingProxyType({k: frozenset(v) for k, v in self.subscribers.items()
-                                          if not k.per_flow}),
-            users=frozenset(users))
+            log_order=tuple(self.log_order),
+            subscribers=MappingProxyType({k: frozenset(v) for k, v in self.subscribers.items()}),
+            users=frozenset(users),
+            owner=MappingProxyType(dict(self.owner)),
+            before=MappingProxyType({k: MappingProxyType(_copy_before(v)) for k, v in self.before.items()}),
+            preimages=self.preimages)
 
 
 # -- the instance side -----------------------------------------------------------------------
@@ -243,18 +276,19 @@ class Read:
 
 
 class WriteAheadLog:
-    """One instance's write-ahead log of shared-state updates and reads (§5.4)."""
+    """One instance's write-ahead log of updates and shared-state reads (§5.4)."""
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
         self.updates: list[Op] = []         # shared-state updates, in send (seq) order
+        self.flow_updates: list[Op] = []    # per-flow updates, in send (seq) order
         self.reads: list[Read] = []         # replies carrying shared state, with TS
         self.results: dict[int, Any] = {}   # seq -> result of a logged update (custom ops)
         self.logged_seq = 0                 # highest seq logged (a resent op is not logged again)
-        self.per_flow_updates = 0           # per-flow updates sent (they are in the cache, not here)
 
     def log_sent(self, ops: Sequence[Op]) -> None:
-        """Write-ahead: log a request's ops before it leaves."""
+        """Write-ahead: log a request's ops before it leaves (a reference each: a
+        sent op is never changed again)."""
         for op in ops:
             if op.seq <= self.logged_seq:
                 continue
@@ -262,7 +296,7 @@ class WriteAheadLog:
             if op.code not in UPDATES:
                 continue
             if op.key.per_flow:
-                self.per_flow_updates += 1
+                self.flow_updates.append(op)
             else:
                 self.updates.append(op)
 
@@ -279,14 +313,16 @@ class WriteAheadLog:
         return results
 
     def truncate(self, checkpoint: Checkpoint) -> int:
-        """Forget what ``checkpoint`` already holds (updates at or before its TS,
-        reads before it); call once the checkpoint is durable.  How many entries."""
-        cut = _seq(checkpoint.ts, self.client_id)
-        n = len(self.updates) + len(self.reads)
+        """Forget what ``checkpoint`` already holds (updates at or below its seq mark
+        for this client, reads before its TS); call once the checkpoint is durable.
+        How many entries."""
+        cut = _cut(checkpoint, self.client_id)
+        n = len(self.updates) + len(self.flow_updates) + len(self.reads)
         self.updates = [op for op in self.updates if op.seq > cut]
+        self.flow_updates = [op for op in self.flow_updates if op.seq > cut]
         self.reads = [r for r in self.reads if _dominates(r.ts, checkpoint.ts)]
         self.results = {s: v for s, v in self.results.items() if s > cut}
-        return n - len(self.updates) - len(self.reads)
+        return n - len(self.updates) - len(self.flow_updates) - len(self.reads)
 
 
 class WALBackend:
@@ -325,26 +361,18 @@ class InstanceLog:
     client_id: str
     instance: int | None
     wal: WriteAheadLog
-    per_flow: Mapping[ObjectKey, Any] = field(default_factory=dict)   # re-read from its cache
     sent_seq: int = 0                   # the client's last seq sent: its exactly-once mark
     subscriptions: frozenset[ObjectKey] = frozenset()
-    caches_per_flow: bool = True
 
     @classmethod
     def from_client(cls, client: Any) -> InstanceLog:
-        """Read ``client``'s log and per-flow cache, and drop its queued per-flow
-        ops: the cache already holds their effect, and sending them to the
-        recovered store would apply them a second time."""
+        """Read ``client``'s log.  Its queued ops stay queued: they were never sent,
+        so the failover store gets them when they are."""
         backend = client.backend
         if not isinstance(backend, WALBackend):
             raise RecoveryError(f"{client.client_id} has no write-ahead log (attach_wal)")
-        per_flow: dict[ObjectKey, Any] = {}
-        for h in client.prefetchable:
-            for k, v in h.values.items():
-                per_flow[h.key(k)] = _copy(v)
-        client.pending = [op for op in client.pending if not op.key.per_flow]
-        return cls(client.client_id, client.instance, backend.wal, per_flow, client.seq,
-                   frozenset(client.callback_caches), client.caching)
+        return cls(client.client_id, client.instance, backend.wal, client.seq,
+                   frozenset(client.callback_caches))
 
 
 # -- TS selection (§5.4) ------------------------------------------------------------------------
@@ -544,7 +572,15 @@ def _re_execute(engine: RecoverableEngine, step: _Step) -> None:
     try:
         if op.code == "custom" and step.result is not _NOT_LOGGED and op.args[0] == "argmin_incr":
             # The effect is known from the logged result: replay it, not the choice.
+            if op.tag is not None and op.tag in engine.clock_log.get(op.key, ()):
+                engine.emulated += 1        # a replayed packet's, emulated as the failed store did
+                return
             target = op.args[1][step.result]
+            if op.tag is not None and engine.preimages:
+                engine._preimage(op.key, op.tag[0])
+                for k in op.args[1]:        # as StoreEngine.apply keeps them
+                    engine._preimage(k, op.tag[0])
+                    engine.log_order.append((op.tag[0], k, op.tag))
             engine.data[target] = engine.data.get(target, 0) + 1
             if op.tag is not None:
                 engine.clock_log.setdefault(op.key, {})[op.tag] = step.result
@@ -555,19 +591,24 @@ def _re_execute(engine: RecoverableEngine, step: _Step) -> None:
         StoreEngine.apply(engine, op.replace(seq=0))
     except StoreError:
         engine.refused += 1                 # refused before, refused again: nothing to roll forward
+    if op.key.per_flow:
+        return                              # (TS stamps shared-state updates only)
     stamp = engine.ts.get(step.client)
     if op.tag is not None and (stamp is None or stamp.seq < op.seq):    # (objects roll forward one by one)
         engine.ts[step.client] = Stamp(op.tag[0], op.seq)
 
 
-def _covered(engine: RecoverableEngine, step: _Step) -> None:
+def _covered(engine: RecoverableEngine, step: _Step, unknown: dict[ObjectKey, set[int]]) -> None:
     """An update whose effect is in a Case 2 start value (applied before the selected
     read): not re-executed, yet the failover store knows it as the failed one did,
     in TS, the clock log (a resent copy is answered, never applied) and the
-    commit reports (the failed store may have died before sending its report)."""
+    commit reports (the failed store may have died before sending its report).
+    The value before it is not known: its clock goes into ``unknown``."""
     op = step.op
     if op.tag is None:
         return
+    clocks = op.args[0].clocks if op.code == "incr_many" else (op.tag[0],)
+    unknown.setdefault(op.key, set()).update(clocks)
     stamp = engine.ts.get(step.client)
     if stamp is None or stamp.seq < op.seq:
         engine.ts[step.client] = Stamp(op.tag[0], op.seq)
@@ -593,64 +634,136 @@ class Recovery:
     engine: RecoverableEngine
     selected: dict[ObjectKey, Read] = field(default_factory=dict)      # Case 2 objects: their start read
     re_executed: list[tuple[str, Op]] = field(default_factory=list)     # roll forward, in order
-    per_flow: int = 0                   # per-flow objects re-read from caches
+    per_flow: int = 0                   # of those, per-flow updates
     commits: list[tuple[int, int]] = field(default_factory=list)       # (clock, xor id) of re-executed ops
+    runs: list[list[_Step]] = field(default_factory=list, repr=False)     # per object, as re-executed
+    # (client, seq) of re-executed updates in the failed store's own order: their
+    # object had one writer since the checkpoint, so it applied them in that
+    # writer's send order, as the roll forward does (a history may keep them where
+    # they were; the others are re-ordered).
+    in_place: set[tuple[str, int]] = field(default_factory=set)
+    # Per object, the clocks of covered updates (Case 2): the failover store has no
+    # pre-image for them, so an NF failover's replay cannot start before them.
+    unknown_before: dict[ObjectKey, set[int]] = field(default_factory=dict)
 
 
 def _check_losses(checkpoint: Checkpoint, logs: Mapping[str, InstanceLog], users: Iterable[str],
-                  failed: Iterable[str]) -> None:
+                  failed: Iterable[str], retired: Iterable[str]) -> None:
     lost: list[str] = []
     failed = set(failed)
     # A failed component that kept nothing in this store (its state is in another
     # store instance) is NF or root failover's business, not a loss here.
-    for user in sorted(set(checkpoint.users) | set(users)):
+    for user in sorted((set(checkpoint.users) | set(users)) - set(retired)):
         if user == "root":
             if user in failed:
                 lost.append("root: its persisted logical clock and store-kept packet log were in this store")
             continue
         if user not in logs:
             why = "failed with the store" if user in failed else "no write-ahead log was handed in"
-            lost.append(f"{user} ({why}): its shared-state updates since checkpoint {checkpoint.number} "
-                        f"and its per-flow state")
-    for cid, log in sorted(logs.items()):
-        if not log.caches_per_flow and log.wal.per_flow_updates:
-            lost.append(f"{cid}: its per-flow state is not cached at the instance (model EO), "
-                        "so it lived only in the failed store")
+            lost.append(f"{user} ({why}): its updates since checkpoint {checkpoint.number}, shared and "
+                        "per-flow, were in its write-ahead log")
     if lost:
         raise Unrecoverable(lost)
 
 
+def _reads_of(step: _Step) -> Sequence[ObjectKey]:
+    """The objects ``step``'s result depends on: its own, or every counter an
+    ``argmin_incr`` chooses from."""
+    op = step.op
+    return op.args[1] if op.code == "custom" and op.args[0] == "argmin_incr" else (op.key,)
+
+
+def _one_order(runs: list[list[_Step]]) -> list[_Step]:
+    """The re-executed updates in one order: each object's as re-executed, each
+    instance's in its send order, logical clock order where those leave a choice.
+
+    Objects roll forward one by one, and the failover store's state does not depend
+    on how their updates interleave; the history it hands the COE checker does: an
+    ``argmin_incr`` reads every counter it chooses from, so grouped per object the
+    history would contradict the choices the instances saw.  Where the per-object
+    orders and the send orders cannot be met together (an object's order searched
+    against its reads' results), the per-object grouping is kept."""
+    steps = [s for run in runs for s in run]
+    after: dict[int, list[_Step]] = {id(s): [] for s in steps}
+    needs = dict.fromkeys(after, 0)
+    by_client: dict[str, list[_Step]] = {}
+    for s in steps:
+        by_client.setdefault(s.client, []).append(s)
+    chains = list(runs) + [sorted(r, key=lambda s: s.seq) for r in by_client.values()]
+    for chain in chains:
+        for a, b in zip(chain, chain[1:], strict=False):
+            after[id(a)].append(b)
+            needs[id(b)] += 1
+    ready = [(s.order, i, s) for i, s in enumerate(steps) if not needs[id(s)]]
+    heapq.heapify(ready)
+    index = {id(s): i for i, s in enumerate(steps)}
+    out: list[_Step] = []
+    while ready:
+        _, _, s = heapq.heappop(ready)
+        out.append(s)
+        for b in after[id(s)]:
+            needs[id(b)] -= 1
+            if not needs[id(b)]:
+                heapq.heappush(ready, (b.order, index[id(b)], b))
+    return out if len(out) == len(steps) else steps
+
+
+def _roll_flows_forward(checkpoint: Checkpoint, logs: Mapping[str, InstanceLog], out: Recovery) -> None:
+    """Per-flow objects: from the checkpoint, each instance's per-flow updates since
+    it (above the checkpoint's seq mark for that instance) re-executed in send order.
+    A per-flow object has one owner at a time and a checkpoint is taken at every
+    change of owner (a handover, a clone pair's end, an NF failover), so since the
+    checkpoint one instance updated it: its send order is the order the store
+    applied them.  Two instances' updates of one object since the checkpoint would
+    leave the order unknown: refused, never guessed."""
+    by_key: dict[ObjectKey, str] = {}
+    steps: list[_Step] = []
+    for cid, log in sorted(logs.items()):
+        mark = _cut(checkpoint, cid)
+        for op in log.wal.flow_updates:
+            if op.seq <= mark:
+                continue
+            other = by_key.setdefault(op.key, cid)
+            if other != cid:
+                raise RecoveryError(f"per-flow object {_name(op.key)} was updated by {other} and {cid} since "
+                                    f"checkpoint {checkpoint.number}: the order of their updates is unknown")
+            steps.append(_Step(cid, op, _NOT_LOGGED, False))
+    for step in steps:
+        _re_execute(out.engine, step)
+        out.in_place.add((step.client, step.seq))
+    out.runs += [[s for s in steps if s.op.key == key] for key in by_key]
+    out.per_flow = len(steps)
+
+
 def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Iterable[str] = (),
-            failed: Iterable[str] = (), no_wal: bool = False) -> Recovery:
-    """Build the failover store from ``checkpoint``, the instances' logs and caches.
+            failed: Iterable[str] = (), retired: Iterable[str] = (), no_wal: bool = False) -> Recovery:
+    """Build the failover store from ``checkpoint`` and the instances' logs.
 
     ``users``: the clients the runtime knows used the store (besides those the
     checkpoint names); ``failed``: components that failed with it.  Raises
     :class:`Unrecoverable` when one of them held state only this store had.
-    ``no_wal``: restore the checkpoint and caches only, no roll forward (what
-    ``--break no-wal`` shows: the result is wrong)."""
+    ``retired``: clients whose work another took over before ``checkpoint`` (an NF
+    instance failed over before it): nothing of theirs is missing.  ``no_wal``:
+    restore the checkpoint only, no roll forward (what ``--break no-wal`` shows:
+    the result is wrong)."""
     by_client = {log.client_id: log for log in logs}
-    _check_losses(checkpoint, by_client, users, failed)
+    _check_losses(checkpoint, by_client, users, failed, retired)
     engine = checkpoint.restore()
     out = Recovery(engine)
     for cid, log in by_client.items():
         engine.applied_seq[cid] = max(engine.applied_seq.get(cid, 0), log.sent_seq)
-        for k, v in log.per_flow.items():
-            engine.data[k] = v
-            if log.instance is not None:
-                engine.owner[k] = log.instance
-        out.per_flow += len(log.per_flow)
         for k in log.subscriptions:
             engine.subscribers.setdefault(k, set()).add(cid)
     if no_wal:
         return out
+    _roll_flows_forward(checkpoint, by_client, out)
     # Updates logged since the checkpoint, and reads since it, per object.
     updates: dict[ObjectKey, dict[str, list[_Step]]] = {}
     reads: dict[ObjectKey, list[Read]] = {}
     late: list[_Step] = []              # custom ops whose effect is unknown (no reply logged)
     for cid, log in sorted(by_client.items()):
         observed = {r.op.seq for r in log.wal.reads}
-        cut = _seq(checkpoint.ts, cid)
+        cut = _cut(checkpoint, cid)
         for op in log.wal.updates:
             if op.seq <= cut:
                 continue
@@ -667,12 +780,21 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
             if _dominates(r.ts, checkpoint.ts):
                 reads.setdefault(r.key, []).append(r)
     wal_ops = {cid: log.wal.updates for cid, log in by_client.items()}
+    writers = {k: set(runs) for k, runs in updates.items()}    # who updated each object since the checkpoint
+    for step in late:
+        for k in step.op.args[1]:
+            writers.setdefault(k, set()).add(step.client)
     chosen_from = {k for step in late for k in step.op.args[1]}     # counters a late choice may change
     joint: dict[str, list[_Step]] = {}
     for key in sorted(set(updates) | set(reads), key=repr):
         steps = updates.get(key, {})
         key_reads = reads.get(key, [])
-        start = select_ts([r for r in key_reads if r.op.code in _FULL_VALUE], wal_ops)
+        # Case 2 only where updates of several instances since the checkpoint may have
+        # been applied in another order than clock order: one instance's were applied
+        # in its send order, which is how Case 1 re-executes them (and then every
+        # update's pre-image is known again).
+        several = sum(1 for run in steps.values() if run) > 1
+        start = select_ts([r for r in key_reads if r.op.code in _FULL_VALUE], wal_ops) if several else None
         cut_ts: TS = checkpoint.ts
         if start is not None:           # Case 2: start from the most recent read
             out.selected[key] = start
@@ -689,7 +811,7 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
             for run in steps.values():
                 for s in run:
                     if s.seq <= _seq(cut_ts, s.client):
-                        _covered(engine, s)
+                        _covered(engine, s, out.unknown_before)
             steps = {c: [s for s in run if s.seq > _seq(cut_ts, c)] for c, run in steps.items()}
         pins = sorted((r for r in key_reads if r.op.code in ("pop", "cas") and not _dominates(cut_ts, r.ts)),
                       key=lambda r: sum(s.seq for s in r.ts.values()))
@@ -705,21 +827,34 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
                 joint.setdefault(c, []).extend(run)
             continue
         start_value = engine.data.get(key, _NOT_LOGGED)
-        for step in _order(key, start_value, steps, pins):
+        run = _order(key, start_value, steps, pins)
+        for step in run:
             _re_execute(engine, step)
-            out.re_executed.append((step.client, step.op))
+            if not several and all(writers.get(k, set()) <= {step.client} for k in _reads_of(step)):
+                out.in_place.add((step.client, step.seq))
+        out.runs.append(run)
+    late_clients = {k: {s.client for s in late if k in s.op.args[1]} for k in chosen_from}
     for step in late:
-        # Only a read of a counter it may have changed depends on which one it chose.
-        if any(_seq(r.ts, step.client) >= step.seq for k in step.op.args[1] for r in reads.get(k, ())):
+        # Only a read of a counter it may have changed depends on which one it chose;
+        # re-executed as the sole user of its counters, it chooses as it did, in the
+        # same order on the same values, whatever it read.
+        counters = step.op.args[1]
+        alone = all(set(updates.get(k, {})) | late_clients[k] <= {step.client} for k in counters)
+        if any(_seq(r.ts, step.client) >= step.seq and not (alone and r.op.client == step.client)
+               for k in counters for r in reads.get(k, ())):
             raise RecoveryError(f"{step.client}'s custom op {step.op.args[0]!r} (seq {step.seq}) was executed "
                                 "before the failure but its result was lost: its effect is unknown")
         joint.setdefault(step.client, []).append(step)
     # The late choices and the updates of the counters they choose from, together in
     # one plausible order (each client's in send order), so every choice sees the
     # counters as they were when it was made there.
-    for step in _merge(joint.values()):
+    run = _merge(joint.values())
+    for step in run:
         _re_execute(engine, step)
-        out.re_executed.append((step.client, step.op))
+        if len(joint) == 1:
+            out.in_place.add((step.client, step.seq))
+    out.runs.append(run)
+    out.re_executed = [(step.client, step.op) for step in _one_order(out.runs)]
     engine.log_order = deque(sorted(engine.log_order, key=lambda e: e[0]))
     out.commits = engine.drain_commits()
     return out

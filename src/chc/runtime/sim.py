@@ -283,6 +283,7 @@ class SimRuntime:
         self.root_inbox: dict[int, list[tuple]] = {}
         self.root_up_at: dict[int, float] = {}
         self._root_events: dict[int, dict] = {}
+        self.root_crashes_waiting: list[tuple[int, float, int, dict]] = []    # while the store is down
         self.log_lost = False
         self.events = sorted(events or [], key=lambda e: (e.at_packet is None, e.at_packet or 0,
                                                           e.at_time_ns or 0))
@@ -659,6 +660,8 @@ class SimRuntime:
     def step(self, batch: list[Packet]) -> list[Packet]:
         """Push one input batch through the chain; return the output it releases."""
         out: list[Packet] = []
+        if self.root_crashes_waiting:
+            self._waiting_root_crashes()
         for hook in self.step_hooks:
             hook(self)
         if batch:
@@ -691,6 +694,8 @@ class SimRuntime:
         """End of input: let everything still queued (delayed packets) finish."""
         self.horizon = _INF
         out: list[Packet] = []
+        if self.root_crashes_waiting:
+            self._waiting_root_crashes()
         if self.failures or self.root_failures:
             self._detect()
             if self.root_input:
@@ -1106,6 +1111,8 @@ class SimRuntime:
                   flows_buffered=len({flow_key(p) for p in h.buffer}),
                   clock=h.last.clock if h.last is not None else None,
                   started_vt=h.started, handover_ns=max(0, int(done - h.started)), **h.why)
+        if self.store_failover is not None:
+            self.store_failover.owners_changed("a handover")
         self._retire_if_done(h.vertex, h.old)
 
     def _move_timers(self, h: Handover, old: Instance, new: Instance) -> None:
@@ -1442,6 +1449,8 @@ class SimRuntime:
                      {"duplicates_delivered": dups,
                       "updates_reapplied": engine.reapplied if engine is not None else None}),
                   **pair.why)
+        if self.store_failover is not None:
+            self.store_failover.owners_changed("a clone pair's end")
         self._retry_deferred()
 
     def _move_processed(self, vertex: str, a: int, b: int) -> None:
@@ -1567,17 +1576,28 @@ class SimRuntime:
         applied0 = engine.ops_applied if engine is not None else 0
         if self.replay_on_failover:
             if self.store_failover is not None:
-                self.store_failover.check_replay(f"{vertex}[{x}]", processed)
+                self.store_failover.check_replay(f"{vertex}[{x}]", processed,
+                                                 {n for n, h in new.objects.items() if type(h) is CachedObject})
             self._catch_up(new, processed)
             for p in lost:
                 if p.vt < start:
                     p.vt = start
             new.queue.extend(lost)
+        caught_up = new.free_at
+        if failed.free_at > new.free_at:
+            # Packets the failed instance took into service before the crash left it at
+            # their finishing times (on the wire); the failover instance's outputs
+            # come after them, or a flow's next packet would overtake its last one.
+            new.free_at = failed.free_at
         # What reaches the failover instance from now on starts no earlier than what
         # it replays (each flow stays in order, as §5.1 step 8 keeps a moved one).
+        # (Held even when `until` is before the horizon: a failover detected at a batch's
+        # start routes that batch's packets here, and those that reached the dead
+        # instance's vertex before `until` must not overtake a lost packet of their
+        # flow, whose time was moved up to the detection.  The next step drops the
+        # hold once nothing can arrive before it.)
         until = max([new.free_at] + [p.vt for p in lost])
-        if until > self.horizon:
-            self.holds.append(Handover(vertex, x, i, _everything, 0, None, [], self.horizon, until))
+        self.holds.append(Handover(vertex, x, i, _everything, 0, None, [], self.horizon, until))
         if self.recording:
             self.inputs[(vertex, i)] = deque(processed)
         self._share(vertex)
@@ -1585,12 +1605,14 @@ class SimRuntime:
                   detect_ns=int(f.detect_vt - f.crashed_vt), crashed_packet=f.crashed_packet,
                   replayed=len(processed) if self.replay_on_failover else 0,
                   lost_in_queue=len(lost), updates_lost_in_flight=unapplied, timers_pending=timers,
-                  caught_up_vt=new.free_at,
-                  recovery_ns=int(new.free_at - f.crashed_vt),
+                  caught_up_vt=caught_up,
+                  recovery_ns=int(caught_up - f.crashed_vt),
                   updates_emulated=(engine.emulated - emulated0) if engine is not None else None,
                   ops_applied_during_replay=(engine.ops_applied - applied0) if engine is not None else None,
                   replay=self.replay_on_failover,
                   **({} if self.delete_before_output else {"output_before_delete": undeleted}), **f.why)
+        if self.store_failover is not None:
+            self.store_failover.owners_changed("an NF failover")
 
     def _unapplied(self, failed: Instance) -> int | None:
         """Updates the failed instance had sent or queued that the store never applied
@@ -1668,7 +1690,24 @@ class SimRuntime:
     def crash_root(self, root_id: int, heartbeat_us: float = 20, misses: int = 3, **why: Any) -> None:
         """Root ``root_id`` stops: its clock counter and, with a ``local`` log, its
         packet log are gone.  Input for it and reports to it are held until a new
-        root takes over (§5.4: the framework buffers input during root recovery)."""
+        root takes over (§5.4: the framework buffers input during root recovery).
+        While the store is down the crash waits until it is back, as an NF
+        instance's does (a sequential failure; the other order is Table 3's
+        unrecoverable case)."""
+        if self.store_failover is not None and self.store_failover.busy():
+            # (at the next batch boundary, as scenario crashes are: a root stopped
+            # inside the store's recovery would lose what it had not yet written)
+            self.root_crashes_waiting.append((root_id, heartbeat_us, misses, why))
+            return
+        self._crash_root(root_id, heartbeat_us, misses, why)
+
+    def _waiting_root_crashes(self) -> None:
+        if self.store_failover is None or not self.store_failover.busy():
+            waiting, self.root_crashes_waiting = self.root_crashes_waiting, []
+            for args in waiting:
+                self._crash_root(*args)
+
+    def _crash_root(self, root_id: int, heartbeat_us: float, misses: int, why: dict) -> None:
         if root_id in self.root_failures:
             self._log("crash-ignored", "root", root_id, reason="already failed", **why)
             return
@@ -1920,6 +1959,9 @@ def _crash(rt: SimRuntime, event: Any) -> None:
     # A vertex only: the seed's pick among its active instances (when it fires).
     def pick() -> None:
         active = rt.active(vertex)
+        if not active:                  # (its only instance is down, awaiting failover)
+            rt._log("crash-ignored", vertex, None, reason="no active instance", **why)
+            return
         rt._crash(vertex, active[int(p.get("pick", 0)) % len(active)].instance_id,
                   p.get("heartbeat_us", 20), p.get("misses", 3), why)
     rt._when_idle(vertex, pick)

@@ -16,6 +16,11 @@ checkpoint is reported), and every write-ahead log is then truncated to it.
 
 Write-ahead logs.  Every instance's client gets one (:func:`attach_wal`),
 instances added later too (scale-out, clone, NF failover: ``instance_hooks``).
+A checkpoint is also taken at every change of per-flow owner (a handover, a
+clone pair's end, an NF failover: :meth:`StoreFailover.owners_changed`), so each
+per-flow object has one writer since the latest checkpoint and its logged
+updates roll forward in that writer's order.
+
 The root is a client of the store too (its persisted clock, a store-kept packet
 log): its writes since the checkpoint are kept at the root (:class:`RootLog`)
 and written again once a failover store is up.
@@ -24,7 +29,7 @@ A crash.  The store node stops answering: requests and their retransmissions
 are lost (``Network.store_down``), root writes wait.  The failure is noticed
 ``misses`` heartbeats (``heartbeat_us``) later, a timer on the network's clock,
 so a client blocked on a reply sees the store come back.  Recovery then reads
-every live instance's log and per-flow cache (:meth:`InstanceLog.from_client`),
+every live instance's log (:meth:`InstanceLog.from_client`),
 builds the failover store with :func:`recover` and swaps it into the
 ``MemoryStore`` after the time restoring takes (:data:`RESTORE_NS_PER_OBJECT`
 per object restored, re-read or re-executed: a model, not a measurement).
@@ -37,26 +42,21 @@ The root keeps the (clock, id) of the reports it received since the latest
 checkpoint; of the re-executed updates' reports it takes those it has not
 received (the failed store applied the update after the checkpoint and died
 before reporting it, or never got it).  Updates of the checkpoint itself were
-reported before it was taken.  Per-flow updates whose effect comes back from a
-cache (sent after the checkpoint and not reported, or never sent) are reported
-by the failover store in the same way.
+reported before it was taken.
 
 The COE checker follows the store's history: after a recovery that history is
-the failed store's up to the checkpoint, its per-flow updates, the re-executed
-updates in their new order and what came after.  The recorder gets a
+the failed store's up to the checkpoint, then the re-executed updates (those of
+an object with one writer since the checkpoint stay where they were: the
+failover store applied them in the same order) and what came after.  The recorder gets a
 ``recover`` step (:meth:`chc.coe.Serialization.recover`) and the re-executed
 steps, each with the result the instance observed, if it observed one, so a
 recovery that contradicts what an instance saw diverges.
 
 Unrecoverable (Table 3) and limits: a store other than the memory store; an NF
-instance that crashed and was not failed over yet when the store failed (its
-log and cache are gone with it: :func:`recover` names the loss); model ``EO``
-(per-flow state never cached); per-flow state whose cache an instance dropped
-(a handover, a clone pair resolved, an NF failover's catch-up) before the crash,
-since per-flow objects are not checkpointed; an NF failover after a store
-failover whose replay reaches a packet admitted before the store crash (the
-failover store has no pre-images or per-flow clock log from before it:
-:meth:`StoreFailover.check_replay`).
+instance or a root that crashed and was not failed over yet when the store
+failed (its log, or its persisted clock and packet log, are gone with it);
+an NF failover after a store failover whose replay reaches a Case 2 covered
+update of an object it caches (no pre-image: :meth:`StoreFailover.check_replay`).
 """
 
 from __future__ import annotations
@@ -91,9 +91,6 @@ DEFAULT_CHECKPOINT_MS = 100.0
 # Restoring one object (from the checkpoint or a cache) or re-executing one logged
 # update at the failover store: a store op, about a microsecond (§7.1 model).
 RESTORE_NS_PER_OBJECT = 1000
-# Kinds of run events after which some per-flow state is in no instance's cache.
-_DROPS_CACHES = {"move": "a handover (§5.1 step 5)", "clone-resolved": "a clone pair's end (§5.3)",
-                 "failover": "an NF failover's catch-up (§5.4)"}
 
 
 def store_crashes(events: Iterable[Any]) -> list[Any]:
@@ -154,10 +151,13 @@ class StoreFailover:
         # recover(): the Figure 14 benchmark times recover() on copies of them.
         self.recovery_hooks: list[Callable[[Checkpoint, list[InstanceLog], set[str]], None]] = []
         self.outage: Outage | None = None
-        self.recovered_at = 0               # input packets admitted before the latest store crash
         self.waiting: list[tuple[float, int, dict]] = []    # crashes held back while a move or clone runs
         self.checkpoint_vt: float = 0
         self.position = 0
+        self.owner_checkpoints = 0          # checkpoints taken at a change of per-flow owner
+        # Per object, clocks whose pre-image no failover store had (Case 2 covered
+        # updates): an NF failover's replay must not start before them.
+        self.unknown_before: dict[Any, set[int]] = {}
         self.checkpoint = self._take()
         self.next_vt = self.interval_ns
 
@@ -175,8 +175,20 @@ class StoreFailover:
             attach_wal(inst.client)
 
     def _wals(self) -> list[tuple[Instance, WriteAheadLog]]:
+        """The live instances' logs (a failed-over instance's died with it)."""
+        dead = self.rt.dead
         return [(i, i.client.backend.wal) for i in self.rt._all_instances()
-                if i.client is not None and isinstance(i.client.backend, WALBackend)]
+                if i.client is not None and isinstance(i.client.backend, WALBackend)
+                and (i.vertex, i.instance_id) not in dead]
+
+    def owners_changed(self, why: str) -> None:
+        """Per-flow objects changed owner (a handover, a clone pair's end, an NF
+        failover): a checkpoint now, so that since the latest checkpoint each
+        per-flow object has one writer, whose log orders its updates exactly."""
+        if self.outage is not None:
+            raise RuntimeError(f"{why} while the store is down (moves, clones and failovers wait for it)")
+        self.checkpoint = self._take()
+        self.owner_checkpoints += 1
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _tick(self, rt: SimRuntime) -> None:
@@ -226,13 +238,14 @@ class StoreFailover:
         if rt.failures:
             f = rt.failures[0]
             raise StoreUnrecoverable(f"the store crashed at {at} while {f.vertex}[{f.instance}] (crashed at "
-                                 f"{f.crashed_vt / 1000:g} µs) was not yet failed over: they failed together "
-                                 "(Table 3), and its write-ahead log and per-flow cache are gone with it")
-        dropped = next((e for e in rt.events_log if e["kind"] in _DROPS_CACHES), None)
-        if dropped is not None:
-            raise StoreUnrecoverable(f"the store crashed at {at}: per-flow state is re-read from the instances' "
-                                 f"caches, and {_DROPS_CACHES[dropped['kind']]} at packet {dropped['packet']} "
-                                 "left some only in the store (per-flow checkpoints are not built)")
+                                     f"{f.crashed_vt / 1000:g} µs) was not yet failed over: they failed together "
+                                     "(Table 3), and its write-ahead log is gone with it")
+        if rt.root_failures:
+            r, f = next(iter(rt.root_failures.items()))
+            raise StoreUnrecoverable(f"the store crashed at {at} while root[{r}] (crashed at "
+                                     f"{f.crashed_vt / 1000:g} µs) was not yet failed over: they failed together "
+                                     "(Table 3), and the root's persisted clock, its packet log and its writes "
+                                     "since the checkpoint were in the two of them")
         period = int(heartbeat_us * 1000)
         now = rt.net.now if rt.horizon == float("inf") else max(rt.horizon, rt.net.now)
         last = int(now) // period * period if period else int(now)
@@ -247,17 +260,23 @@ class StoreFailover:
         rt._log("store-crash", "store", None, crashed_vt=o.crashed_vt, detect_vt=o.detect_vt,
                 checkpoint=o.checkpoint.number, checkpoint_age_ns=int(o.crashed_vt - o.checkpoint_vt), **why)
 
-    def check_replay(self, instance: str, processed: list[Any]) -> None:
-        """An NF failover after a store failover: the replay starts from the store's
-        pre-images and emulates from its clock log, and the failover store has neither
-        from before the crash (not checkpointed; per-flow updates come back as cached
-        values, not as ops).  A replay reaching a packet admitted before the crash would
-        start from the wrong state, so it is refused (docs/recovery.md, open limits)."""
-        early = [p.index for p in processed if p.index < self.recovered_at]
-        if early:
-            raise Unrecoverable(f"{instance} failed over after the store failed over (its crash at packet "
-                                f"{self.recovered_at}): its replay starts at packet {min(early)}, whose store "
-                                "state before it (pre-images, clock log) the failover store does not have")
+    def check_replay(self, instance: str, processed: list[Any], cached: set[str]) -> None:
+        """An NF failover after a store failover: the replay fills the failover
+        instance's cached objects (``cached``: their names) with the store's pre-images
+        of its packets' clocks.  The failover store has them for what it restored or
+        re-executed, not for a Case 2 covered update (its effect came with a read's
+        value): a replay reaching one would start from the wrong state, so it is
+        refused (docs/recovery.md, open limits)."""
+        if not self.unknown_before or not processed:
+            return
+        vertex = instance.partition("[")[0]
+        clocks = {p.clock for p in processed}
+        for key, unknown in self.unknown_before.items():
+            if key.vertex == vertex and key.obj in cached and not clocks.isdisjoint(unknown):
+                first = min(p.index for p in processed if p.clock in unknown)
+                raise Unrecoverable(f"{instance} failed over after the store failed over: its replay reaches "
+                                    f"packet {first}, whose update of {key.obj}[{key.key!r}] the failover store "
+                                    "took from a read's value (§5.4 Case 2) and has no pre-image for")
 
     def busy(self) -> bool:
         """Moves, clones and NF failures wait while the store is down."""
@@ -270,48 +289,38 @@ class StoreFailover:
         o = self.outage
         rt = self.rt
         logs: list[InstanceLog] = []
-        cached: list[Op] = []           # per-flow updates the caches hold and the roots may not know of
-        unsent: list[Op] = []           # of those, never sent: the cache is all that has them
         wal_updates = 0
         marks = o.checkpoint.applied_seq
         for inst, wal in self._wals():
             c = inst.client
+            logs.append(InstanceLog.from_client(c))
             mark = marks.get(c.client_id, 0)
-            # Un-acknowledged ones at or below the checkpoint's mark were applied, and
-            # reported, before it; later ones were reported only if the roots got it.
-            # (A client waiting on a blocking request resends its un-acknowledged ops in it.)
-            link = rt.links.get((inst.vertex, inst.instance_id))
-            waiting = link.awaiting if link is not None else []
-            cached += [op for op in c.unacked + waiting if op.key.per_flow and op.seq > mark]
-            unsent += [op for op in c.pending if op.key.per_flow]
-            logs.append(InstanceLog.from_client(c))     # (drops the unsent per-flow ops)
-            ts = o.checkpoint.ts.get(c.client_id)
-            wal_updates += sum(op.seq > (ts.seq if ts else 0) for op in wal.updates)
-        users = {i.client.client_id for i in rt._all_instances() if i.client is not None}
+            wal_updates += sum(op.seq > mark for op in wal.updates + wal.flow_updates)
+        users = {log.client_id for log in logs}
+        # A failed-over instance's client: its failover instance replayed its work and a
+        # checkpoint was taken after (owners_changed), so nothing of it is lost here.
+        retired = {i.client.client_id for i in rt._all_instances()
+                   if i.client is not None and (i.vertex, i.instance_id) in rt.dead}
         for hook in self.recovery_hooks:
             hook(o.checkpoint, logs, users)
         try:
-            rec = recover(o.checkpoint, logs, users=users, no_wal=self.no_wal)
+            rec = recover(o.checkpoint, logs, users=users, retired=retired, no_wal=self.no_wal)
         except LostState as exc:
             raise StoreUnrecoverable(f"the store crashed at packet {o.crashed_packet}: {exc}") from None
         except RecoveryError as exc:
             raise StoreUnrecoverable(f"the store crashed at packet {o.crashed_packet} and its logs cannot be "
                                  f"rolled forward: {exc}") from None
-        # What the failover store reports: re-executed updates, and the cached per-flow
-        # updates after the checkpoint, unless the roots already got the report.
+        # What the failover store reports: re-executed updates, unless the roots already
+        # got the report.
         commits = [c for c in rec.commits if c not in self.reported]
-        for op in cached + unsent:
-            tags = op.args[0].commits if op.code == "incr_many" else (
-                [(op.tag[0], op.xor_id)] if op.tag is not None and op.xor_id else [])
-            commits += [c for c in tags if c not in self.reported]
         observed = {log.client_id: log.wal.results for log in logs}
-        redo = [(op, observed.get(client, {}).get(op.seq, UNSEEN)) for client, op in rec.re_executed]
-        restored = len(o.checkpoint.data) + rec.per_flow + len(rec.re_executed)
+        redo = [(op, observed.get(client, {}).get(op.seq, UNSEEN), (client, op.seq) in rec.in_place)
+                for client, op in rec.re_executed]
+        restored = len(o.checkpoint.data) + len(rec.re_executed)
         up = o.detect_vt + restored * RESTORE_NS_PER_OBJECT
-        cached += unsent
-        rt.net.at(up, lambda: self._up(rec, commits, redo, cached, wal_updates, up))
+        rt.net.at(up, lambda: self._up(rec, commits, redo, wal_updates, up))
 
-    def _up(self, rec: Recovery, commits: list[tuple[int, int]], redo: list[tuple[Op, Any]], cached: list[Op],
+    def _up(self, rec: Recovery, commits: list[tuple[int, int]], redo: list[tuple[Op, Any, bool]],
             wal_updates: int, up: int) -> None:
         """The failover store takes over: swapped into the store, the root's writes
         since the checkpoint again, the owed commit reports sent."""
@@ -327,8 +336,9 @@ class StoreFailover:
         rt.net.store_down = False
         record = rt.node.record
         if record is not None and hasattr(record, "recover"):
-            # The cached per-flow updates are in the failover store now (a resend is a repeat).
-            record.recover(self.position, redo, cached)
+            record.recover(self.position, redo)
+        for key, clocks in rec.unknown_before.items():
+            self.unknown_before.setdefault(key, set()).update(clocks)
         # The root is alive: its writes since the checkpoint go to the failover store.
         root_writes = list(self.root_log.since_checkpoint)
         if root_writes:
@@ -338,11 +348,10 @@ class StoreFailover:
         rt._log("store-recovered", "store", None, crashed_vt=o.crashed_vt, detected_vt=o.detect_vt,
                 detect_ns=int(o.detect_vt - o.crashed_vt), checkpoint=o.checkpoint.number,
                 checkpoint_age_ns=int(o.crashed_vt - o.checkpoint_vt), re_executed=len(rec.re_executed),
-                wal_updates=wal_updates, reads_selected=len(rec.selected), per_flow_reread=rec.per_flow,
+                wal_updates=wal_updates, reads_selected=len(rec.selected), per_flow_rolled=rec.per_flow,
                 commits_reported=len(commits), root_writes=len(root_writes),
                 up_vt=up, recovery_ns=int(up - o.crashed_vt), restore_ns=int(up - o.detect_vt),
                 wal=not self.no_wal, **o.why)
-        self.recovered_at = o.crashed_packet
         self.checkpoint = self._take()      # a fresh start: the logs need not go back further
         rt._retry_deferred()
 
