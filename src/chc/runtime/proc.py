@@ -62,7 +62,7 @@ from .errors import ProcFailure
 from .procio import Guard
 from .procworker import COORDINATOR, STORE, Plan, instance_name, root_name
 from .sim import DEFAULT_BATCH, root_index, stored_state
-from .wire import Kind, Mailbox, WireError, dealer, encode, endpoint, fields
+from .wire import Kind, Mailbox, dealer, encode, endpoint
 
 START_TIMEOUT_S = 60.0          # workers not ready by then: the run fails
 # Imported once by the forkserver, so a forked worker starts with chc loaded.
@@ -194,21 +194,7 @@ class ProcRuntime:
             self._take()
 
     def _take(self) -> None:
-        while True:
-            try:
-                msg = self.box.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if msg is None:
-                continue
-            peer, kind, body = msg
-            try:
-                if kind != Kind.CONTROL:
-                    raise WireError(f"a {Kind(kind).name} message to the coordinator")
-                what, data = fields(body, 2, "control")
-            except WireError as exc:
-                self.box.ban(peer, str(exc))
-                continue
+        for peer, (what, data) in self.box.messages(Kind.CONTROL, 2, "control"):
             name = peer.decode()
             if what == "ready":
                 self.ready.add(name)

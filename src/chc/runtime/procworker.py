@@ -319,18 +319,8 @@ class RootWorker:
 
     # -- reports (causal delivery) ------------------------------------------------------------
     def _take_reports(self) -> None:
-        while True:
+        for peer, (_seq, deps, items) in self.reports.messages(Kind.REPORT, 3, "report"):
             try:
-                msg = self.reports.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if msg is None:
-                continue
-            peer, kind, body = msg
-            try:
-                if kind != Kind.REPORT:
-                    raise WireError(f"a {Kind(kind).name} message on the report mailbox")
-                seq, deps, items = fields(body, 3, "report")
                 if deps.__class__ is not dict or items.__class__ is not list or not all(
                         it.__class__ is list and len(it) == 3 and it[1].__class__ is int for it in items):
                     raise WireError("malformed report")
@@ -444,20 +434,8 @@ class InstanceWorker:
     def _receive(self) -> bool:
         """Take what has arrived (without waiting); False when nothing had."""
         got = False
-        limit = 4 * len(self.feeders)
-        while limit:
+        for peer, (mark, seqs, rows, eof) in self.box.messages(Kind.DATA, 4, "data", 4 * len(self.feeders)):
             try:
-                msg = self.box.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            limit -= 1
-            if msg is None:
-                continue
-            peer, kind, body = msg
-            try:
-                if kind != Kind.DATA:
-                    raise WireError(f"a {Kind(kind).name} message on the data mailbox")
-                mark, seqs, rows, eof = fields(body, 4, "data")
                 if mark.__class__ is not int or seqs.__class__ is not dict:
                     raise WireError("malformed data header")
                 pkts = unpack_packets(rows)

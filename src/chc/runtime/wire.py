@@ -36,6 +36,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -245,6 +246,28 @@ class Mailbox:
             self.ban(peer, str(exc))
             return None
         return peer, kind, body
+
+    def messages(self, kind: Kind, n: int, what: str, limit: int | None = None) -> Iterator[tuple[bytes, list]]:
+        """Without waiting, the frames of ``kind`` that have arrived (at most ``limit``),
+        as ``(peer, its n body fields)``; a frame of another kind or shape bans its sender."""
+        while limit is None or limit > 0:
+            try:
+                msg = self.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if limit is not None:
+                limit -= 1
+            if msg is None:
+                continue
+            peer, got, body = msg
+            try:
+                if got != kind:
+                    raise WireError(f"a {Kind(got).name} message on the {what} mailbox")
+                parts = fields(body, n, what)
+            except WireError as exc:
+                self.ban(peer, str(exc))
+                continue
+            yield peer, parts
 
     def ban(self, peer: bytes, why: str) -> None:
         self.rejected += 1
