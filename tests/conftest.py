@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,16 +200,22 @@ class RedisCluster:
             node.kill()
 
 
-def _cluster(prefix: str, password: str | None = None) -> Iterator[RedisCluster]:
+def _private(kind: Any, prefix: str, **kw: Any) -> Iterator[Any]:
+    """A private server (``RedisProcess``) or cluster (``RedisCluster``) in a fresh
+    directory, killed and removed after."""
     binary = require_redis_server()
     base = tempfile.mkdtemp(prefix=prefix, dir=_base_dir())
-    cluster = RedisCluster(binary, Path(base), password=password)
+    server = kind(binary, Path(base), **kw)
     try:
-        cluster.start()
-        yield cluster
+        server.start()
+        yield server
     finally:
-        cluster.kill()
+        server.kill()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _cluster(prefix: str, password: str | None = None) -> Iterator[RedisCluster]:
+    yield from _private(RedisCluster, prefix, password=password)
 
 
 @pytest.fixture(scope="session")
@@ -232,15 +239,7 @@ def protected_cluster() -> Iterator[RedisCluster]:
 @pytest.fixture
 def dedicated_redis() -> Iterator[RedisProcess]:
     """A redis-server of this test alone (it may be killed and restarted)."""
-    binary = require_redis_server()
-    base = tempfile.mkdtemp(prefix="chc-redis-own-", dir=_base_dir())
-    server = RedisProcess(binary, Path(base))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.kill()
-        shutil.rmtree(base, ignore_errors=True)
+    yield from _private(RedisProcess, "chc-redis-own-")
 
 
 def make_store(kind: str, urls: list[str] | None = None, **options):
