@@ -36,7 +36,12 @@ parts.
    ``apply``, ``incr_least``) take the store's result for the same vertex,
    object, key, packet clock and op from the replay when it is legal in the
    reference's own state, and the reference's own value always advances by its
-   own operation in input order; anything odd goes to ``notes``.  Every
+   own operation in input order; anything odd goes to ``notes``.  Reads of an
+   object more than one logical instance used take what the replay gives the
+   store read made for that clock (reads are serialized with the updates); a
+   packet that then overwrites the object by ``set`` or ``delete``, having read
+   another value than the reference's own, is a ``conflict`` (a non-atomic
+   read-modify-write: an update lost).  Every
    packet a ``process`` call returns carries its input's clock.
 
 With several roots the clocks of different roots are not ordered by time; the

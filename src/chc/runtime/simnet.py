@@ -32,7 +32,11 @@ root (see docs/coe.md).
 receives to the backend (the in-process engine or Redis), answers it, and
 records the serialization it produced for the COE checker
 (:class:`chc.reference.StoreStep`); the runtime drains the commit reports at
-the end of each step and sends them on the ``commits`` link.
+the end of each step and sends them on the ``commits`` link.  A blocking
+request carries the clock its client is processing: the checker follows reads
+of shared state by it, and, while an instance can crash, the node keeps each
+logical instance's answers to shared reads by clock (its read log), which
+answer a failover instance's replay (§5.4).
 :class:`StoreLink` is one client's connection: the backend its
 :class:`~chc.core.client.StoreClient` talks to.  ``execute`` is a blocking
 request (resent after a timeout until answered); ``submit`` sends a
