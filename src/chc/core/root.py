@@ -113,6 +113,12 @@ class Root:
     def base(self) -> int:
         return self.root_id << CLOCK_BITS
 
+    @property
+    def oldest(self) -> int:
+        """The oldest clock still logged, or the next clock when none is: what a replay
+        may start from (§5.4); the store's clock log is kept from here."""
+        return min(self.log) if self.log else self.base | self.next_seq
+
     def ingest(self, batch: list[Packet]) -> tuple[list[Packet], list[Packet]]:
         """Stamp clocks (§5); return (to the entry vertices, bypassing the chain)."""
         base = self.base

@@ -315,7 +315,7 @@ class RootWorker:
         for clock, xor_id in self.store.commits():
             root.commit(clock, xor_id)
         if self.prune:
-            self.store.prune_below(min(root.log) if root.log else root.base | root.next_seq)
+            self.store.prune_below(root.oldest)
 
     # -- reports (causal delivery) ------------------------------------------------------------
     def _take_reports(self) -> None:

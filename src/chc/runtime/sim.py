@@ -614,7 +614,7 @@ class SimRuntime:
             read_log = self.node.read_log if self.node is not None else None
             if read_log and len(read_log) > 2 * max(64, sum(len(r.log) for r in roots)):
                 # A replay starts at its root's oldest logged packet: reads before it are done.
-                floors = {r.root_id: (min(r.log) if r.log else r.base | r.next_seq) for r in roots}
+                floors = {r.root_id: r.oldest for r in roots}
                 for slot in [s for s in read_log if s[1] < floors.get(root_of(s[1]), 0)]:
                     del read_log[slot]
         if self.processed:
@@ -624,7 +624,7 @@ class SimRuntime:
                     self.processed[key] = {c: None for c in seen if self.roots[root_of(c)].log.get(c)}
         if self.store is not None and len(self.roots) == 1 and not self.root_failures:
             root = self.roots[0]
-            oldest = min(root.log) if root.log else root.base | root.next_seq
+            oldest = root.oldest
             if self.log_lost:
                 # The log forgot the packets from before the root failed: what the chain
                 # still holds of them is found in the chain itself.
@@ -1218,7 +1218,7 @@ class SimRuntime:
         # output must not overtake that (the sim runs a packet's state changes when it
         # enters service, so those packets are in the state the clone starts from).
         pair.last_vt = pair.backlog_vt = straggler.free_at
-        pair.floor = min((min(r.log) if r.log else r.base | r.next_seq) for r in self.roots)
+        pair.floor = min(r.oldest for r in self.roots)
         # 3. The clone starts from the straggler's latest state: both get one private
         #    view (the straggler's cache, and the store's objects as they are now), so
         #    neither reads what the other has already done (see _private).
