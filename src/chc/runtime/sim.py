@@ -1313,8 +1313,7 @@ class SimRuntime:
         for order, side in enumerate(pair.members()):
             if side not in held:
                 continue
-            batch, produced, finished, forks, _, fired = held[side]
-            self._pair_timers(pair, side, fired)
+            batch, produced, finished, forks, _, _ = held[side]
             outs: dict[int, list[Packet]] = {}
             for p in produced:
                 outs.setdefault(p.clock, []).append(p)
@@ -1349,6 +1348,12 @@ class SimRuntime:
                 if not first or r[2] != winner:
                     pair.dup_outputs += len(r[3])
                     pair.dup_drops += len(r[4])
+        # A timer is a copy of the packet that armed it (§5.4): its firing is reported
+        # after the winner's forks, which count that copy, or the root could delete
+        # the packet (live copies 0) before its updates have committed.
+        for side in pair.members():
+            if side in held:
+                self._pair_timers(pair, side, held[side][5])
         insts = self.instances[pair.vertex]
         for side in pair.members():
             if side not in held:
