@@ -8,6 +8,7 @@ many packets a run sees, and the checks hold for any number above one pass.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -222,6 +223,9 @@ def test_serve_in_a_loop_for_a_duration_with_metrics(tmp_path, serves):
     assert 0 < scraped[("chc_store_round_trips_total", ())] <= data["store"]["round_trips"]
     assert scraped[("chc_store_ops_total", (("kind", "blocking"),))] > 0
     assert scraped[("chc_batch_processing_seconds_count", ())] > 0
+    # The instance's own processing time: one observation per batch it ran.
+    assert scraped[("chc_instance_batch_seconds_count", inst)] > 0
+    assert 0 < scraped[("chc_instance_batch_seconds_sum", inst)] < 4
 
 
 @pytest.mark.parametrize("sig, code, why", [(signal.SIGTERM, 0, "terminate"), (signal.SIGINT, 130, "interrupt")])
@@ -319,6 +323,24 @@ def test_metrics_export_events_and_the_store():
     got = _metrics(generate_latest(metrics.registry).decode())
     assert got[("chc_events_total", (("kind", "scale-out"),))] == 1
     assert ("chc_store_round_trips_total", ()) in got
+
+
+def test_metrics_time_each_instance_batch():
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import generate_latest
+
+    from chc.metrics import LiveMetrics
+
+    rt = SimRuntime(load_spec(PAPER).with_parallelism({"lb": 2}), model="T", batch_size=64)
+    metrics = LiveMetrics(Observer(rt), {})
+    with open_capture(LAN) as reader:
+        rt.run(itertools.islice(reader, 1000))
+    got = _metrics(generate_latest(metrics.registry).decode())
+    for vertex, instance in [("nat", "0"), ("portscan", "0"), ("lb", "0"), ("lb", "1"), ("trojan", "0")]:
+        labels = (("direction", "forward"), ("instance", instance), ("vertex", vertex))
+        inst = rt.instances[vertex][int(instance)]
+        assert 0 < got[("chc_instance_batch_seconds_count", labels)] <= inst.packets_in
+        assert got[("chc_instance_batch_seconds_sum", labels)] > 0
 
 
 def test_the_graph_of_a_chain_with_a_tap():

@@ -11,14 +11,17 @@ store's round trips).  :class:`LiveMetrics` exposes both through a
 ``prometheus_client`` collector that reads them when Prometheus scrapes (on the
 HTTP server's thread; it only reads integers, lengths and the observer's latest
 figures, which the loop's thread replaces whole), so the data path pays nothing
-for them but one histogram observation per batch (:meth:`LiveMetrics.batch`).
+for them but one histogram observation per batch (:meth:`LiveMetrics.batch`) and
+one per instance batch (:meth:`LiveMetrics.instance_batch`, timed by the runtime
+around the instance's ``run``).
 
 A vertex's mirror (the reverse direction, :mod:`chc.live`) is reported under
 the vertex's name with ``direction="reverse"``.
 
 Metrics: ``chc_instance_packets_in_total``, ``chc_instance_packets_out_total``,
 ``chc_instance_dropped_total``, ``chc_instance_queue_length``,
-``chc_instance_packets_per_second`` (labels ``vertex``, ``instance``,
+``chc_instance_packets_per_second``, ``chc_instance_batch_seconds`` (histogram
+of an instance's processing time per batch; labels ``vertex``, ``instance``,
 ``direction``); ``chc_batch_processing_seconds`` (histogram);
 ``chc_alerts_total`` (``vertex``, ``kind``); ``chc_events_total`` (``kind``:
 ``scale-out``, ``move``, ``clone``, ``failover``, ...); ``chc_packet_log_size``;
@@ -58,6 +61,11 @@ class LiveMetrics(Collector):
         self.batch_seconds = Histogram("chc_batch_processing_seconds",
                                        "time to push one batch of frames through the chain",
                                        buckets=_BUCKETS, registry=self.registry)
+        self.instance_seconds = Histogram("chc_instance_batch_seconds",
+                                          "time an instance took to process one batch of its input",
+                                          labelnames=_LABELS, buckets=_BUCKETS, registry=self.registry)
+        self._children: dict[tuple[str, int], Any] = {}
+        self.runtime.on_instance_batch = self.instance_batch
         self.registry.register(self)
         self.server: Any = None
 
@@ -73,6 +81,16 @@ class LiveMetrics(Collector):
     def batch(self, seconds: float) -> None:
         """The loop pushed one batch through the chain in ``seconds``."""
         self.batch_seconds.observe(seconds)
+
+    def instance_batch(self, name: str, instance: int, packets: int, seconds: float) -> None:
+        """``name[instance]`` processed a batch of ``packets`` in ``seconds``."""
+        child = self._children.get((name, instance))
+        if child is None:
+            mirrors = getattr(self.runtime, "mirrors", {})
+            vertex, direction = (mirrors[name], "reverse") if name in mirrors else (name, "forward")
+            child = self._children[(name, instance)] = self.instance_seconds.labels(
+                vertex, str(instance), direction)
+        child.observe(seconds)
 
     # -- the scrape's side ----------------------------------------------------------------
     def _instances(self) -> Iterator[tuple[str, str, str, Any]]:

@@ -255,6 +255,9 @@ class SimRuntime:
         self.events_log: list[dict] = []
         self.instance_hooks: list[Callable[[Instance], None]] = []   # (the COE checker's)
         self.step_hooks: list[Callable[[SimRuntime], None]] = []     # at batch boundaries (controls)
+        # (vertex, instance id, packets, wall seconds) of each batch an instance runs
+        # (the live metrics' processing-time histograms); None: nothing is timed.
+        self.on_instance_batch: Callable[[str, int, int, float], None] | None = None
         self.clocks = clocks
         self.share_on_split = True          # off only for --break no-flush
         self.naive_moves = False            # on only for --break naive-move
@@ -517,14 +520,14 @@ class SimRuntime:
                         self.processed.setdefault((name, inst.instance_id), {}).update(dict.fromkeys(
                             p.clock for p in batch))
                     alerts_from = len(inst.ctx.alerts)
-                    produced = inst.run(batch)
+                    produced = self._run(name, inst, batch)
                     held[inst.instance_id] = (batch, produced, inst.finished, inst.forks, alerts_from, inst.fired)
                     inst.finished, inst.forks, inst.fired = [], [], []
                     continue
                 if self.track_processed:
                     self.processed.setdefault((name, inst.instance_id), {}).update(dict.fromkeys(
                         p.clock for p in batch))
-                produced = inst.run(batch)
+                produced = self._run(name, inst, batch)
                 if not self.delete_before_output:
                     self._last_out[(name, inst.instance_id)] = {p.clock for p in produced}
                 if self.handovers:
@@ -541,6 +544,15 @@ class SimRuntime:
                     if (name, inst.instance_id) in self.retired and (name, inst.instance_id) not in self.dead:
                         inst.tick(latest)
                         self._report(inst)
+
+    def _run(self, name: str, inst: Instance, batch: list[Packet]) -> list[Packet]:
+        timed = self.on_instance_batch
+        if timed is None:
+            return inst.run(batch)
+        tick = time.perf_counter()
+        produced = inst.run(batch)
+        timed(name, inst.instance_id, len(batch), time.perf_counter() - tick)
+        return produced
 
     def _forward(self, v: Any, src: tuple, splitters: dict[str, Splitter], produced: list[Packet],
                  out: list[Packet]) -> None:
