@@ -815,6 +815,11 @@ class SimRuntime:
                 if (vertex, i.instance_id) not in self.retired and (vertex, i.instance_id) not in self.retiring
                 and (vertex, i.instance_id) not in self.dead]
 
+    def now(self) -> float:
+        """Virtual time now: the horizon, or the network's clock past it (at the end
+        of input, where the horizon is infinite, only the network's clock)."""
+        return self.net.now if self.horizon == _INF else max(self.horizon, self.net.now)
+
     def _busy(self, vertex: str) -> bool:
         return (any(h.vertex == vertex for h in self.handovers) or any(c.vertex == vertex for c in self.clones)
                 or (self.store_failover is not None and self.store_failover.busy()))
@@ -1461,7 +1466,7 @@ class SimRuntime:
                   retired=gone.instance_id, started_packet=pair.started_packet, started_vt=pair.started_vt,
                   replayed=pair.replayed, already_processed=pair.already_processed, in_transit=pair.in_transit,
                   catch_up_ns=catch_up, backlog_ns=max(0, int(pair.backlog_vt - pair.started_vt)),
-                  side_by_side_ns=max(0, int(self.horizon - pair.started_vt)),
+                  side_by_side_ns=max(0, int(self.now() - pair.started_vt)),
                   **({"duplicates_suppressed": dups} if self.dup_suppression else
                      {"duplicates_delivered": dups,
                       "updates_reapplied": engine.reapplied if engine is not None else None}),
@@ -1482,7 +1487,7 @@ class SimRuntime:
 
     def _log(self, kind: str, vertex: str, instance: int | None, **more: Any) -> None:
         self.events_log.append({"kind": kind, "vertex": vertex, "instance": instance,
-                                "packet": sum(r.packets_in for r in self.roots), "vt": self.horizon, **more})
+                                "packet": sum(r.packets_in for r in self.roots), "vt": self.now(), **more})
 
     # -- NF failover (§5.4) ------------------------------------------------------------
     def _record(self, vertex: str, i: int, batch: list[Packet]) -> None:
@@ -1675,13 +1680,19 @@ class SimRuntime:
         self._shared_view(saved, new)
 
     def _take_links(self, vertex: str, a: int, b: int) -> None:
-        """Instance ``b`` takes over the data links into ``a``: what comes next over them
-        does not overtake what came before (FIFO, as §5.1 step 8 keeps a moved flow in order)."""
+        """Instance ``b`` takes over the data links into and out of ``a``: what comes next
+        over them does not overtake what came before (FIFO, as §5.1 step 8 keeps a moved
+        flow in order).  Out of: a clone pair's output left over the straggler's links;
+        a kept clone's next output of the same flows must not arrive before it."""
         last = self.net._data_last
         for (src, vname, i), t in list(last.items()):
             if vname == vertex and i == a:
                 key = (src, vertex, b)
-                last[key] = max(last.get(key, 0), t)
+            elif src == (vertex, a):
+                key = ((vertex, b), vname, i)
+            else:
+                continue
+            last[key] = max(last.get(key, 0), t)
 
     # -- root failover (§5.4; clocks: §7.2 footnote 5) ------------------------------------
     def restart_root(self, root_id: int = 0) -> Root:

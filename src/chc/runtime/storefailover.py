@@ -206,7 +206,7 @@ class StoreFailover:
         rt = self.rt
         rt._send_commits(rt.node.commits())
         ckpt = self.store.engine.checkpoint()
-        now = rt.net.now if rt.horizon == float("inf") else max(rt.horizon, rt.net.now)
+        now = rt.now()
         self.checkpoint_vt = now
         self.position = rt.node.record.position if rt.node.record is not None else 0
         self.reported = set()
@@ -247,7 +247,7 @@ class StoreFailover:
                                      "(Table 3), and the root's persisted clock, its packet log and its writes "
                                      "since the checkpoint were in the two of them")
         period = int(heartbeat_us * 1000)
-        now = rt.net.now if rt.horizon == float("inf") else max(rt.horizon, rt.net.now)
+        now = rt.now()
         last = int(now) // period * period if period else int(now)
         o = self.outage = Outage(now, last + misses * period, sum(r.packets_in for r in rt.roots), why,
                                  self.checkpoint, self.checkpoint_vt)
