@@ -133,13 +133,24 @@ def test_merged_input_in_clock_order(mixed, monkeypatch):
 
 
 def test_a_fork_is_applied_before_the_end_of_its_copy():
-    # nat.0 forked clock 5 (its 1st report) and sent the copy on; portscan.0 reports the
-    # copy's end, having seen nat.0's report count 1.  Its report arrives first.
+    # nat.0 forked clock 5 (its report through 5) and sent the copy on; portscan.0 reports
+    # the copy's end, having seen nat.0's latest report through 5.  Its report arrives first.
     inbox = CausalInbox()
-    assert inbox.offer("portscan.0", {"nat.0": 1}, [[1, 5, 0]]) == []
-    assert inbox.offer("nat.0", {}, [[0, 5, 1]]) == [[[0, 5, 1]], [[1, 5, 0]]]
-    assert inbox.offer("portscan.0", {"nat.0": 1}, [[1, 6, 0]]) == [[[1, 6, 0]]]
-    assert inbox.waited == 1 and inbox.applied == {"nat.0": 1, "portscan.0": 2}
+    assert inbox.offer("portscan.0", 5, {"nat.0": 5}, [[1, 5, 0]]) == []
+    assert inbox.offer("nat.0", 5, {}, [[0, 5, 1]]) == [[[0, 5, 1]], [[1, 5, 0]]]
+    assert inbox.offer("portscan.0", 6, {"nat.0": 5}, [[1, 6, 0]]) == [[[1, 6, 0]]]
+    assert inbox.waited == 1 and inbox.marks == {"nat.0": 5, "portscan.0": 6}
+
+
+def test_a_failovers_replayed_reports_are_dropped():
+    # §5.4 nat.0 reported through 7 and died; its failover nat.0#1 replays clocks 6..8
+    # one step each: the root takes only step 8.
+    inbox = CausalInbox()
+    assert inbox.offer("nat.0", 7, {}, [[1, 6, 0], [1, 7, 0]]) == [[[1, 6, 0], [1, 7, 0]]]
+    assert inbox.offer("nat.0#1", 6, {}, [[1, 6, 0]]) == []
+    assert inbox.offer("nat.0#1", 7, {}, [[1, 7, 0]]) == []
+    assert inbox.offer("nat.0#1", 8, {}, [[1, 8, 0]]) == [[[1, 8, 0]]]
+    assert inbox.duplicates == 2 and inbox.marks == {"nat.0": 8}
 
 
 # -- garbage -------------------------------------------------------------------------------

@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runtime", choices=("sim", "proc"), default="sim",
                      help="sim: one deterministic process (default); proc: every root and NF instance in "
                           "its own OS process, ZeroMQ between them (docs/proc.md)")
+    run.add_argument("--kill", action="append", default=[], metavar="VERTEX[I]@N",
+                     help="--runtime proc: SIGKILL the process of instance I of VERTEX once N input packets have "
+                          "been fed; a failover instance takes over (§5.4, docs/proc.md); repeatable")
+    run.add_argument("--failover", action="store_true",
+                     help="--runtime proc: recover NF instance processes that die (implied by --kill)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
     srv = sub.add_parser(
@@ -309,6 +314,9 @@ def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:
             if args.runtime == "proc":
                 runtime = _proc_runtime(args, chain, store)
             else:
+                if getattr(args, "kill", None) or getattr(args, "failover", False):
+                    raise UsageError("--kill and --failover are for --runtime proc (with sim, a scenario's crash "
+                                     "events: chc check)")
                 runtime = SimRuntime(chain, model=args.model, batch_size=args.batch_size, store=store,
                                      pacer=_pacer(args), delays=_delays(args.delay), seed=args.seed,
                                      log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
@@ -340,17 +348,19 @@ def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:
 
 def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any) -> Any:
     """``--runtime proc`` (docs/proc.md): what only the sim has is refused."""
-    from .runtime.proc import ProcRuntime
+    from .runtime.proc import ProcRuntime, parse_kill
 
     sim_only = [name for name, on in (("--delay", args.delay), ("--multiplier", args.multiplier is not None),
                                       ("--pps", args.pps is not None), ("--mbps", args.mbps is not None)) if on]
     if sim_only:
         raise UsageError(f"{sim_only[0]} is for --runtime sim (virtual time); --runtime proc runs at top speed")
+    kills = [parse_kill(k, chain) for k in getattr(args, "kill", [])]
     return ProcRuntime(chain, model=args.model, batch_size=args.batch_size, store=store, store_url=args.store,
                        namespace=args.namespace or namespace_of(chain.name),
                        tls={"tls_ca": args.store_ca, "tls_cert": args.store_cert, "tls_key": args.store_key},
                        log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
-                       persist_every=args.clock_persist, write_out=bool(args.out))
+                       persist_every=args.clock_persist, write_out=bool(args.out), kills=kills,
+                       failover=getattr(args, "failover", False))
 
 
 def _check_live(args: argparse.Namespace) -> None:

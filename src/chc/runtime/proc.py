@@ -21,7 +21,9 @@ removed at the end.
 
 No orphans.  The coordinator watches every worker's sentinel: a worker that
 dies before it has reported stops the run (:class:`ProcFailure`, one line,
-exit code 1; recovery is not there yet), and every other worker is killed.
+exit code 1), and every other worker is killed; except, with recovery on
+(``--kill``, ``--failover``), an NF instance's process, which is failed over
+(§5.4, :meth:`ProcRuntime._failover`, docs/proc.md).
 Every worker watches the coordinator's sentinel and exits when it dies,
 however it dies (also by SIGKILL).  On the way out, normal or not, whatever
 still runs is killed and reaped.
@@ -36,12 +38,16 @@ Ctrl-C aborts (the workers are killed).  Workers ignore SIGINT: a terminal's
 Ctrl-C reaches the whole process group, and it is the coordinator's to handle.
 
 Not yet: scenario events (scaling, clones, crashes) and delay models, which
-are the sim's; real kills with recovery; placement on other hosts (Ray).
+are the sim's; root and store-server failover; placement on other hosts (Ray).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import multiprocessing
+import os
+import re
 import shutil
 import signal
 import tempfile
@@ -62,7 +68,9 @@ from .errors import ProcFailure
 from .procio import Guard
 from .procworker import COORDINATOR, STORE, Plan, instance_name, root_name
 from .sim import DEFAULT_BATCH, root_index, stored_state
-from .wire import Kind, Mailbox, dealer, encode, endpoint
+from .wire import Kind, Mailbox, Marks, dealer, encode, endpoint, generation_name, logical
+
+log = logging.getLogger("chc.proc")
 
 START_TIMEOUT_S = 60.0          # workers not ready by then: the run fails
 # Imported once by the forkserver, so a forked worker starts with chc loaded.
@@ -78,9 +86,13 @@ class ProcRuntime:
                  store_url: str = "memory", namespace: str = "chc", tls: dict | None = None,
                  log_mode: str = "local", log_limit: int = 0, persist_every: int = 1000,
                  write_out: bool = False, hwm: int = 8, record: bool = False, breaks: tuple[str, ...] = (),
-                 break_from: int = 0) -> None:
+                 break_from: int = 0, kills: Iterable[Kill] = (), failover: bool = False) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
+        self.kills = sorted(kills, key=lambda k: k.at)
+        recover = failover or bool(self.kills)
+        if recover:
+            _check_recoverable(chain, model, store_url, log_mode, self.kills)
         scaled = [name for name, v in chain.vertices.items() if v.scaling is not None]
         if scaled:
             raise ValueError(f"--runtime proc does not scale vertices yet ({scaled[0]} has a scaling policy); "
@@ -93,7 +105,7 @@ class ProcRuntime:
             raise ValueError("chc check --runtime proc records the store's serialization in the store server: "
                              "Redis applies the ops itself and reports no order; use the memory store")
         self.plan = Plan("", chain, model, batch_size, (), log_mode, log_limit, persist_every, write_out, hwm,
-                         record, tuple(breaks), break_from)
+                         record, tuple(breaks), break_from, recover, "no-replay" not in breaks)
         self.serial: list[bytes] = []                   # record: the store server's steps (encoded)
         self._redis_spec = (store_url.split(","), namespace, {k: v for k, v in (tls or {}).items() if v})
         self.procs: dict[str, Any] = {}                 # name -> multiprocessing.Process
@@ -107,6 +119,16 @@ class ProcRuntime:
         self.startup_s = 0.0            # of elapsed: until every worker was ready
         self.directory = ""
         self.ctx: zmq.Context | None = None
+        # §5.4 NF failover: the process each logical instance runs in now, its generation,
+        # the failovers under way, and what the instances counted (their batches' stats).
+        self.current: dict[str, str] = {}
+        self.generation: dict[str, int] = {}
+        self.recovering: dict[str, dict] = {}
+        self.events: list[dict] = []
+        self.stats: dict[str, dict] = {}
+        self._seen_stats = Marks()
+        self._seen_out = Marks()
+        self.fed = 0
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, records: Iterable[tuple[int, bytes]], emit: Callable[[list[Packet]], None] | None = None,
@@ -144,11 +166,14 @@ class ProcRuntime:
         self.guard = Guard([], self._gone)
         self._sentinels: dict[int, str] = {}
         if memory:
-            self._launch(mp, STORE, storeserver.serve, (plan.store[1], plan.record))
+            self._launch(mp, STORE, storeserver.serve, (plan.store[1], plan.record, plan.recover))
+        self.mp = mp
         for v, i in plan.instances():
             self._launch(mp, instance_name(v, i), procworker.main, (plan, "instance", (v, i)))
         for r in range(self.chain.roots):
             self._launch(mp, root_name(r), procworker.main, (plan, "root", r))
+        self.current = {w: w for w in workers}
+        self.generation = dict.fromkeys(workers, 0)
         self.inputs = [dealer(self.ctx, plan.address(name + ".in"), COORDINATOR, plan.hwm) for name in roots]
         self.remote = (storeserver.RemoteStore(self.ctx, plan.store[1], COORDINATOR, self.guard)
                        if memory else None)
@@ -172,7 +197,11 @@ class ProcRuntime:
         self.guard.sentinels.remove(fd)
         p = self.procs[name]
         p.join(1)
-        if name in self.reported or (name == STORE and (self.store_stats or self._store_stopping)):
+        if _logical(name) in self.reported or (name == STORE and (self.store_stats or self._store_stopping)):
+            return
+        if self.plan.recover and name != STORE and not name.startswith("@") and self.current.get(
+                _logical(name)) == name:
+            self._failover(name, p)
             return
         if p.exitcode == 0:
             # It reported before it exited: the report may still be on its way.
@@ -183,8 +212,64 @@ class ProcRuntime:
                 return
         how = f"was killed by signal {-p.exitcode}" if p.exitcode and p.exitcode < 0 else \
             f"exited with code {p.exitcode}"
+        why = ("roots and the store server are not recovered yet" if self.plan.recover
+               else "no recovery without --kill or --failover")
         raise ProcFailure(f"proc runtime: {name} (pid {p.pid}) {how} before the end of the run; "
-                          "the run stops (no recovery in the proc runtime yet)")
+                          f"the run stops ({why})")
+
+    # -- §5.4 NF failover ------------------------------------------------------------------------
+    def _failover(self, dead: str, p: Any) -> None:
+        """A failover instance takes over the failed one's logical identity (its state
+        ownership and XOR ids, a fresh client): the store fences the failed process and
+        keeps the clock log it will need, every upstream re-points to the failover and
+        hands over what it sent the failed one, and the failover replays it from the
+        oldest clock still logged (:meth:`InstanceWorker._replay`)."""
+        detected = time.perf_counter()
+        name = _logical(dead)
+        vertex, i = name.rsplit(".", 1)
+        gen = self.generation[name] + 1
+        new = generation_name(name, gen)
+        killed = self._killed.pop(dead, None)
+        how = f"killed by signal {-p.exitcode}" if p.exitcode and p.exitcode < 0 else f"exit code {p.exitcode}"
+        event = {"kind": "failover", "vertex": vertex, "instance": int(i), "process": dead, "pid": p.pid,
+                 "how": how, "failover_process": new, "packet": self.fed,
+                 "detect_s": None if killed is None else round(detected - killed[0], 6)}
+        if killed is not None:
+            event["killed_at_packet"] = killed[1]
+        self.remote.fence(dead)
+        floor = self.remote.hold_pruning(True)
+        # Its receivers take nothing more from it (what they read after this its failover
+        # sends again), and take its failover's frames only from then on.
+        self.box.fence(dead.encode())
+        fence = encode(Kind.CONTROL, ["fence", dead])
+        for d in self.plan.targets(vertex):
+            for j in range(self.chain.vertices[d].parallelism):
+                self.box.reply(self.current[instance_name(d, j)].encode(), fence)
+        for r in range(self.chain.roots):
+            self.box.reply(self.current[root_name(r)].encode(), fence)
+        feeders = self.plan.feeders(vertex)
+        records: dict[str, list] = {}
+        self.recovering[name] = {"event": event, "records": records, "started": detected}
+        for f in feeders:
+            self.box.reply(self.current[f].encode(), encode(Kind.CONTROL, ["repoint", [vertex, int(i), new]]))
+        while len(records) < len(feeders):
+            self._service(1000)
+        self.generation[name] = gen
+        self.current[name] = new
+        replay = {"floor": floor, "feeds": records}
+        self._launch(self.mp, new, procworker.main, (self.plan, "instance", (vertex, int(i), gen), replay))
+        event["logged_floor"] = floor
+        event["handed_over"] = sum(len(r[0]) for r in records.values())     # packets sent to it, from the floor
+        log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, how, new)
+
+    def _replayed(self, name: str, body: dict) -> None:
+        """The failover finished its replay: pruning resumes; the event is complete."""
+        rec = self.recovering.pop(name)
+        self.remote.hold_pruning(False)
+        event = rec["event"]
+        event.update(replayed=body["packets"], replay_steps=body["steps"], replay_s=round(body["seconds"], 6),
+                     recovery_s=round(time.perf_counter() - rec["started"], 6))
+        self.events.append(event)
 
     def _service(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` ms for the workers; handle what they sent."""
@@ -201,12 +286,32 @@ class ProcRuntime:
             elif what == "error":
                 raise ProcFailure(f"proc runtime: {data}")
             elif what == "out":
-                if self.emit is not None and data:
-                    self.emit([_out_packet(ts, clock, frame) for ts, clock, frame in data])
+                if self.emit is not None and data[1] and self._seen_out.fresh(peer, data[0]):
+                    self.emit([_out_packet(ts, clock, frame) for ts, clock, frame in data[1]])
+            elif what == "stats":
+                if self._seen_stats.fresh(peer, data[0]):
+                    self._count(_logical(name), data)
+            elif what == "record":
+                vertex, i, record = data
+                self.recovering[instance_name(vertex, i)]["records"][_logical(name)] = record
+            elif what == "replayed":
+                self._replayed(_logical(name), data)
             elif what in ("instance", "root"):
-                self.reported[name] = data
+                self.reported[_logical(name)] = data
             else:
                 self.box.ban(peer, f"unknown control message {str(what)[:40]!r}")
+
+    def _count(self, name: str, data: list) -> None:
+        """A batch's counters, alerts and outputs of an instance (recover: what survives it)."""
+        _, counters, alerts, out, first_error = data
+        st = self.stats.get(name)
+        if st is None:
+            st = self.stats[name] = {"counters": [0, 0, 0, 0], "alerts": [], "packets_out": 0, "first_error": None}
+        st["counters"] = [a + b for a, b in zip(st["counters"], counters, strict=True)]
+        st["alerts"] += alerts
+        st["packets_out"] += out
+        if st["first_error"] is None:
+            st["first_error"] = first_error
 
     def _send(self, sock: zmq.Socket, frame: bytes) -> None:
         """Send to a root, serving the workers while it has no room (back-pressure)."""
@@ -229,6 +334,8 @@ class ProcRuntime:
         batches: list[list] = [[] for _ in range(n)]
         pending = 0
         last_lease = time.monotonic()
+        kills = list(self.kills)
+        self._killed: dict[str, tuple[float, int]] = {}
         for index, (ts, data) in enumerate(records):
             r = 0
             if n > 1:
@@ -242,6 +349,9 @@ class ProcRuntime:
                 if progress is not None:
                     progress(pending)
                 pending = 0
+                self.fed = index + 1
+                while kills and kills[0].at <= self.fed:
+                    self._kill(kills.pop(0))
                 if self.store is not None and time.monotonic() - last_lease > 5:
                     self.store.renew_lease()
                     last_lease = time.monotonic()
@@ -251,6 +361,13 @@ class ProcRuntime:
                 progress(pending)
         for sock in self.inputs:
             self._send(sock, encode(Kind.INPUT, ["end", None]))
+
+    def _kill(self, kill: Kill) -> None:
+        """``--kill``: SIGKILL the process that runs ``kill``'s instance now."""
+        name = self.current[instance_name(kill.vertex, kill.instance)]
+        p = self.procs[name]
+        self._killed[name] = (time.perf_counter(), self.fed)
+        os.kill(p.pid, signal.SIGKILL)
 
     def _flush(self, batches: list[list]) -> None:
         for r, rows in enumerate(batches):
@@ -263,20 +380,16 @@ class ProcRuntime:
     def _finish(self) -> None:
         """Drain: every instance reported, then every root, then the store's final state."""
         instances = [instance_name(v, i) for v, i in self.plan.instances()]
-        while any(n not in self.reported for n in instances):
+        while any(n not in self.reported for n in instances) or self.recovering:
             self._service(1000)
-        sent: dict[str, dict[str, int]] = {}
-        for n in instances:
-            for root, count in self.reported[n]["reports"].items():
-                sent.setdefault(root, {})[n] = count
-        for r, sock in enumerate(self.inputs):
-            self._send(sock, encode(Kind.INPUT, ["finish", sent.get(root_name(r), {})]))
+        for sock in self.inputs:
+            self._send(sock, encode(Kind.INPUT, ["finish", None]))
         roots = [root_name(r) for r in range(self.chain.roots)]
         while any(n not in self.reported for n in roots):
             self._service(1000)
         bye = encode(Kind.CONTROL, ["bye", None])
         for name in roots + instances:
-            self.box.reply(name.encode(), bye)     # everything has arrived: the workers may go
+            self.box.reply(self.current[name].encode(), bye)     # everything has arrived: the workers may go
         store = self.remote if self.remote is not None else self.store
         if self.model != "T":
             self.final_state = {name: store.objects(name) for name in self.chain.vertices}
@@ -286,12 +399,13 @@ class ProcRuntime:
             self._store_stopping = True
             self.store_stats = self.remote.stop()
             self.serial = self.store_stats.pop("serial", [])
-        self.packets_out = sum(r["packets_out"] for r in self.reported.values())
+        self.packets_out = sum((self._instance_report(n) if not n.startswith("@") else r)["packets_out"]
+                               for n, r in self.reported.items())
 
     def _stop(self) -> None:
         """Whatever still runs is killed and reaped; the sockets and the directory go."""
         for name, p in self.procs.items():
-            p.join(0 if name not in self.reported and not (name == STORE and self.store_stats) else 2)
+            p.join(0 if _logical(name) not in self.reported and not (name == STORE and self.store_stats) else 2)
             if p.is_alive():
                 p.kill()
         for p in self.procs.values():
@@ -326,8 +440,20 @@ class ProcRuntime:
             out[name] = stored_state(handles, self.final_state.get(name, {}))
         return out
 
+    def _instance_report(self, name: str) -> dict:
+        """What an instance counted: with recovery, the sum of its batches' stats (a failed
+        process's final report is lost with it); else its final report."""
+        rep = self.reported[name]
+        if not self.plan.recover:
+            return rep
+        st = self.stats.get(name, {"counters": [0, 0, 0, 0], "alerts": [], "packets_out": 0, "first_error": None})
+        return {**rep, "counters": dict(zip(("packets_in", "packets_out", "dropped", "nf_errors"), st["counters"],
+                                            strict=True)),
+                "alerts": st["alerts"], "packets_out": st["packets_out"], "first_error": st["first_error"]}
+
     def alerts(self) -> list[dict]:
-        found = [Alert(*row) for n, rep in self.reported.items() if "alerts" in rep for row in rep["alerts"]]
+        found = [Alert(*row) for n in self.reported for row in
+                 (self._instance_report(n)["alerts"] if not n.startswith("@") else ())]
         found.sort(key=lambda a: (a.clock, a.vertex, a.kind, a.host))
         return [a.as_json() for a in found]
 
@@ -339,10 +465,11 @@ class ProcRuntime:
                     bypassed=total["bypassed"], elapsed_s=self.elapsed)
         s.runtime = "proc"
         s.alerts = self.alerts()
+        s.events = list(self.events)
         dropped = total["dropped"]
         flowmaps = self.plan.flowmaps()
         for name, v in self.chain.vertices.items():
-            reps = [self.reported[instance_name(name, i)] for i in range(v.parallelism)]
+            reps = [self._instance_report(instance_name(name, i)) for i in range(v.parallelism)]
             stats = {"nf": v.nf.kind, "instances": v.parallelism, "retired": 0, "offpath": v.offpath,
                      **{k: sum(r["counters"][k] for r in reps) for k in ("packets_in", "packets_out", "dropped",
                                                                           "nf_errors")},
@@ -366,6 +493,48 @@ class ProcRuntime:
         log = {k: sum(r["log"][k] for r in roots) for k in ("logged", "deleted", "remaining", "dropped_overflow")}
         s.log = {**log, "mode": self.plan.log_mode, "roots": len(roots)}
         return s
+
+
+@dataclasses.dataclass(frozen=True)
+class Kill:
+    """``--kill VERTEX[I]@N``: SIGKILL the process of ``vertex[instance]`` once N input
+    packets have been fed (docs/proc.md)."""
+
+    vertex: str
+    instance: int
+    at: int
+
+
+def parse_kill(text: str, chain: Chain) -> Kill:
+    """``VERTEX[I]@N`` (``VERTEX@N``: instance 0); a one-line ValueError otherwise."""
+    m = re.fullmatch(r"([\w.-]+)(?:\[(\d+)\])?@(\d+)", text.strip())
+    if m is None:
+        raise ValueError(f"--kill {text!r}: expected VERTEX[I]@PACKETS, e.g. nat[0]@1000")
+    vertex, i, at = m.group(1), int(m.group(2) or 0), int(m.group(3))
+    v = chain.vertices.get(vertex)
+    if v is None:
+        raise ValueError(f"--kill {text!r}: no vertex {vertex!r} (vertices: {', '.join(chain.vertices)})")
+    if i >= v.parallelism:
+        raise ValueError(f"--kill {text!r}: {vertex} has {v.parallelism} instance(s)")
+    return Kill(vertex, i, at)
+
+
+def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, kills: list[Kill]) -> None:
+    """What NF failover over processes needs (one-line ValueErrors)."""
+    if model == "T":
+        raise ValueError("--kill: in model T an instance's state lives inside it and dies with it "
+                         "(R1 needs an externalized model: EO, EO+C or EO+C+NA)")
+    if log_mode == "off":
+        raise ValueError("--kill: with the packet log off there is nothing to replay")
+    if store_url != "memory":
+        raise ValueError("--kill: NF failover in the proc runtime needs the default store server (pre-images "
+                         "and the read log are kept there), not Redis")
+    if len({(k.vertex, k.instance) for k in kills}) < len(kills):
+        raise ValueError("--kill: one kill per instance")
+
+
+def _logical(name: str) -> str:
+    return logical(name.encode()).decode()
 
 
 def _out_packet(ts: int, clock: int, frame: bytes) -> Packet:

@@ -36,19 +36,35 @@ class Guard:
     def __init__(self, sentinels: list[int], gone: Callable[[int], None] | None = None) -> None:
         self.sentinels = list(sentinels)
         self.gone = gone or _orphaned
+        # A worker's socket from the coordinator: what arrives there (a failover's
+        # re-pointing, §5.4) is handled in every wait, even one for room to send.
+        self.control: zmq.Socket | None = None
+        self.on_control: Callable[[], None] | None = None
+        self._in_control = False
 
     def poll(self, poller: zmq.Poller, timeout: float | None = None) -> dict[Any, int]:
         """``poller.poll(timeout ms)`` as a dict, the sentinels checked first."""
+        control = self.control if not self._in_control else None
         for fd in self.sentinels:
             poller.register(fd, zmq.POLLIN)
+        if control is not None:
+            poller.register(control, zmq.POLLIN)
         try:
             events = dict(poller.poll(timeout))
         finally:
             for fd in self.sentinels:
                 poller.unregister(fd)
+            if control is not None:
+                poller.unregister(control)
         for fd in list(self.sentinels):
             if events.pop(fd, 0):
                 self.gone(fd)
+        if control is not None and events.pop(control, 0):
+            self._in_control = True
+            try:
+                self.on_control()
+            finally:
+                self._in_control = False
         return events
 
     def send(self, sock: zmq.Socket, frame: bytes) -> None:
@@ -61,7 +77,10 @@ class Guard:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLOUT)
         while True:
-            if self.poll(poller, 1000).get(sock):
+            ready = self.poll(poller, 1000).get(sock)
+            if sock.closed:
+                return              # re-pointed meanwhile: what it carried is replayed (§5.4)
+            if ready:
                 try:
                     sock.send(frame, zmq.NOBLOCK, copy=False)
                     return

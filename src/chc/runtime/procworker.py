@@ -27,17 +27,23 @@ report of the copies it made (forks) and of the copies that ended (drops, sink
 outputs, off-path ends, fired timers) with their XOR vectors; the root pulls
 the store's commit reports after each input batch.  A fork must reach the root
 before the end of any of its copies, which travel on other connections: every
-data message carries how many reports its sender had sent each root, each
-report lists those counts of its own upstreams as dependencies, and the root
-applies a report only after the reports it depends on (causal delivery).
+data message carries the *through* (highest clock of the batch) of its
+sender's latest report to each root, each report lists those of its own
+upstreams as dependencies, and the root applies a report only after the
+reports it depends on (causal delivery).
+
+Failover (§5.4, docs/proc.md).  With ``Plan.recover`` every sender keeps what
+it sent each target; a failover process (``nat.0#1``) replays what the
+upstreams hand over, and every message carries its batch's through, so
+receivers drop what the failed process had already sent them.
 
 End of input.  End-of-input travels the data path behind the last packets (an
 infinite watermark).  An instance that has it from every upstream fires its
 remaining timers and settles its store client (every update acknowledged,
 :meth:`~chc.core.instance.Instance.finish`), reports, passes the end on, and
-sends the coordinator its counters, alerts and (model ``T``) state.  The
-coordinator then tells each root how many reports each instance sent it; the
-root applies them all, pulls the last commit reports, writes its metadata
+sends the coordinator its counters, alerts and (model ``T``) state; its last
+report to every root has through :data:`INF`, and a root, told to finish,
+applies every instance's reports up to that one, pulls the last commit reports, writes its metadata
 and sends its counters.
 
 Every wait also watches the coordinator (:class:`~chc.runtime.procio.Guard`):
@@ -50,12 +56,14 @@ import dataclasses
 import logging
 import os
 import resource
+import time
 import traceback
 from collections import deque
 from typing import Any
 
 import zmq
 
+from ..core.failover import private_view, shared_view
 from ..core.instance import Instance
 from ..core.root import Root, root_of
 from ..core.splitter import FlowMap, Splitter
@@ -64,7 +72,21 @@ from ..packet import Packet
 from ..spec import Chain
 from .procio import Guard, worker_guard
 from .sim import _by_clock, _copy, classify, shared_objects, split_targets
-from .wire import Kind, Mailbox, WireError, dealer, encode, endpoint, fields, pack_packets, unpack_packets
+from .wire import (
+    Kind,
+    Mailbox,
+    Marks,
+    WireError,
+    dealer,
+    decode,
+    encode,
+    endpoint,
+    fields,
+    generation_name,
+    logical,
+    pack_packets,
+    unpack_packets,
+)
 
 log = logging.getLogger("chc.proc")
 
@@ -101,6 +123,11 @@ class Plan:
     record: bool = False
     breaks: tuple[str, ...] = ()    # client-level --break switches (drop-update), for the checker's tests
     break_from: int = 0             # the clock a break acts from
+    # §5.4 NF failover over processes (docs/proc.md): senders keep what they sent until
+    # the root is done with it, instances send their counters after every batch, the
+    # store server keeps pre-images and the read log.
+    recover: bool = False
+    replay: bool = True             # off only for --break no-replay (a test's)
 
     def address(self, name: str) -> str:
         return endpoint(self.directory, name)
@@ -142,6 +169,7 @@ class _Sender:
 
     def __init__(self, plan: Plan, ctx: zmq.Context, me: str, vertex: str | None, guard: Guard) -> None:
         self.plan = plan
+        self.ctx = ctx
         self.me = me
         self.guard = guard
         flowmaps = plan.flowmaps()
@@ -152,46 +180,78 @@ class _Sender:
         # Instances fed by several upstreams wait for every upstream's watermark.
         self.merging = {d for d in self.splitters if len(plan.feeders(d)) > 1}
         self.coordinator = dealer(ctx, plan.address(COORDINATOR), me)
-        self.report_seq: dict[int, int] = {}    # root -> reports sent to it
+        # root -> the through of the latest report sent to it (what a receiver's report waits for)
+        self.rep_through: dict[int, int] = {}
         self.out_packets = 0
+        # §5.4: what was sent to each target, while its root may still need it replayed
+        # (from the oldest clock the root logs, `floor`), with the latest watermark and end.
+        self.sent: dict[tuple[str, int], deque] | None = {} if plan.recover else None
+        self.sent_mark: dict[tuple[str, int], tuple[int, bool]] = {}
+        self.floor = -1
 
     def split(self, vertex: str, pkts: list[Packet]) -> list[list[Packet]]:
         return self.splitters[vertex].split(pkts)
 
-    def data(self, vertex: str, i: int, pkts: list[Packet], watermark: int, eof: bool = False) -> None:
-        frame = encode(Kind.DATA, [watermark, self.report_seq, pack_packets(pkts), eof])
+    def data(self, vertex: str, i: int, pkts: list[Packet], watermark: int, through: int, eof: bool = False) -> None:
+        rows = pack_packets(pkts)
+        if self.sent is not None:
+            kept = self.sent.get((vertex, i))
+            if kept is None:
+                kept = self.sent[(vertex, i)] = deque()
+            kept.extend(rows)
+            self.sent_mark[(vertex, i)] = (watermark, eof)
+        frame = encode(Kind.DATA, [watermark, self.rep_through, rows, eof, through, self.floor])
         self.guard.send(self.socks[vertex][i], frame)
 
-    def batch(self, parts: dict[tuple[str, int], list[Packet]], watermark: int) -> None:
+    def batch(self, parts: dict[tuple[str, int], list[Packet]], watermark: int, through: int) -> None:
         """Each target instance its packets; every merging one the watermark."""
         for (d, i), pkts in parts.items():
-            self.data(d, i, pkts, watermark)
+            self.data(d, i, pkts, watermark, through)
         for d in self.merging:
             for i in range(len(self.socks[d])):
                 if (d, i) not in parts:
-                    self.data(d, i, [], watermark)
+                    self.data(d, i, [], watermark, through)
 
     def end(self) -> None:
         for d, socks in self.socks.items():
             for i in range(len(socks)):
-                self.data(d, i, [], INF, True)
+                self.data(d, i, [], INF, INF, True)
+
+    def prune(self, floor: int) -> None:
+        """The root logs nothing below ``floor`` any more: never replayed (§5.4)."""
+        if floor <= self.floor:
+            return
+        self.floor = floor
+        for kept in self.sent.values():
+            while kept and kept[0][3] < floor:
+                kept.popleft()
+
+    def repoint(self, vertex: str, i: int, name: str) -> list:
+        """§5.4 ``vertex[i]`` failed: what goes to it goes to its failover ``name`` from
+        now on; what was sent to it (the failover replays it), as ``[rows, watermark,
+        ended, report throughs]``."""
+        self.socks[vertex][i].close(0)
+        self.socks[vertex][i] = dealer(self.ctx, self.plan.address(name), self.me, self.plan.hwm)
+        mark, eof = self.sent_mark.get((vertex, i), (-1, False))
+        return [list(self.sent.get((vertex, i), ())), mark, eof, dict(self.rep_through)]
 
     def to_coordinator(self, what: str, body: Any) -> None:
         self.guard.send(self.coordinator, encode(Kind.CONTROL, [what, body]))
 
-    def output(self, pkts: list[Packet]) -> None:
+    def output(self, pkts: list[Packet], through: int) -> None:
         """Packets leaving the chain: counted, and to the coordinator for ``--out``."""
         self.out_packets += len(pkts)
         if self.plan.send_out and pkts:
-            self.to_coordinator("out", [[p.ts, p.clock, bytes(p.data)] for p in pkts])
+            self.to_coordinator("out", [through, [[p.ts, p.clock, bytes(p.data)] for p in pkts]])
 
 
-def main(plan: Plan, role: str, index: Any) -> None:
+def main(plan: Plan, role: str, index: Any, replay: dict | None = None) -> None:
     """A worker's entry point: ``role`` "root" (index: root id) or "instance"
-    (index: (vertex, i)).  Errors reach the coordinator as one line."""
+    (index: (vertex, i) or, for a failover, (vertex, i, generation) with what it
+    replays).  Errors reach the coordinator as one line."""
     guard = worker_guard()
     ctx = zmq.Context()
-    me = root_name(index) if role == "root" else instance_name(*index)
+    me = root_name(index) if role == "root" else generation_name(instance_name(*index[:2]), (index + (0,))[2])
     coordinator = None
     profile = os.environ.get("CHC_PROC_PROFILE")     # a directory: each worker's cProfile there (docs/proc.md)
     if profile:
@@ -199,8 +259,10 @@ def main(plan: Plan, role: str, index: Any) -> None:
         prof = cProfile.Profile()
         prof.enable()
     try:
-        worker = RootWorker(plan, ctx, index, guard) if role == "root" else InstanceWorker(plan, ctx, *index, guard)
+        worker = (RootWorker(plan, ctx, index, guard) if role == "root"
+                  else InstanceWorker(plan, ctx, index[0], index[1], guard, me, replay))
         coordinator = worker.out.coordinator
+        control = Control(worker.out, guard, worker.boxes)
         worker.run()
         if profile:
             prof.disable()
@@ -208,7 +270,8 @@ def main(plan: Plan, role: str, index: Any) -> None:
         # Stay until the coordinator has heard from every worker: what this one sent last
         # (end of input behind its last packets) may still wait in its sockets for a busy
         # downstream, and closing them would drop it.
-        guard.recv(coordinator)
+        while not control.bye:
+            guard.poll(zmq.Poller(), 1000)
     except Exception as exc:            # the coordinator shows it and stops the run
         detail = traceback.format_exc()
         log.debug("%s failed:\n%s", me, detail)
@@ -217,6 +280,41 @@ def main(plan: Plan, role: str, index: Any) -> None:
         sock.close(1000)
     finally:
         ctx.destroy(linger=1000)
+
+
+class Control:
+    """What the coordinator tells a worker while it runs (§5.4): re-point a target to
+    its failover, answered with what was sent to the failed one; fence a failed
+    upstream (its failover's frames are taken from then on); and bye."""
+
+    def __init__(self, out: _Sender, guard: Guard, boxes: list[Mailbox]) -> None:
+        self.out = out
+        self.boxes = boxes
+        self.guard = guard
+        self.bye = False
+        guard.control = out.coordinator
+        guard.on_control = self.take
+
+    def take(self) -> None:
+        sock = self.out.coordinator
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                what, body = fields(decode(frame)[1], 2, "control")
+            except WireError as exc:
+                log.warning("%s: a bad control message: %s", self.out.me, exc)
+                continue
+            if what == "bye":
+                self.bye = True
+            elif what == "fence":
+                for box in self.boxes:
+                    box.fence(body.encode())
+            elif what == "repoint":
+                vertex, i, name = body
+                self.out.to_coordinator("record", [vertex, i, self.out.repoint(vertex, i, name)])
 
 
 # -- roots ------------------------------------------------------------------------------------
@@ -231,12 +329,13 @@ class RootWorker:
         self.input = Mailbox(ctx, plan.address(self.me + ".in"), self.me, {COORDINATOR.encode()}, plan.hwm)
         self.reports = Mailbox(ctx, plan.address(self.me), self.me, {n.encode() for n in names})
         self.out = _Sender(plan, ctx, self.me, None, guard)
+        self.boxes = [self.reports]
         self.root = Root(r, chain.policies, log_mode=plan.log_mode, log_limit=plan.log_limit,
                          persist_every=plan.persist_every)
         self.store = open_backend(plan, ctx, self.me, guard)
         self.prune = plan.model != "T" and chain.roots == 1
         self.inbox = CausalInbox()
-        self.final: dict[str, int] | None = None  # reports each instance sent in all (at the end)
+        self.instances = [instance_name(v, i) for v, i in plan.instances()]
         self.watermark = -1
         self.meta_pending: list = []
         self.unsettled = 0
@@ -248,7 +347,7 @@ class RootWorker:
         poller.register(self.reports.sock, zmq.POLLIN)
         while True:
             events = self.guard.poll(poller)
-            if events.get(self.reports.sock):
+            if events.get(self.reports.sock) or self.reports.released:
                 self._take_reports()
             if events.get(self.input.sock):
                 msg = self.input.recv(zmq.NOBLOCK)
@@ -266,7 +365,6 @@ class RootWorker:
                 elif what == "end":
                     self.out.end()
                 elif what == "finish":
-                    self.final = dict(body)
                     self._finish(poller)
                     return
 
@@ -276,7 +374,7 @@ class RootWorker:
         pkts = [Packet(data, ts, index) for ts, data, index in rows]
         admitted, bypass = root.ingest(pkts)
         if bypass:
-            self.out.output(bypass)
+            self.out.output(bypass, 0)
         parts: dict[tuple[str, int], list[Packet]] = {}
         if admitted:
             root.record(admitted)       # log first (§5): the reports that follow refer to the entries
@@ -296,7 +394,7 @@ class RootWorker:
                         if sub:
                             parts.setdefault((tap, i), []).extend(sub)
         self.watermark = root.base | (root.next_seq - 1)
-        self.out.batch(parts, self.watermark)
+        self.out.batch(parts, self.watermark, self.watermark)
         # Store round trips (metadata writes, commit reports, pruning) once per few
         # batches while input keeps coming, at once when it pauses: each costs a wake-up
         # of the store process, which under load was the root's main wait (profiled).
@@ -316,18 +414,20 @@ class RootWorker:
             root.commit(clock, xor_id)
         if self.prune:
             self.store.prune_below(root.oldest)
+            if self.out.sent is not None:
+                self.out.prune(root.oldest)     # and the instances, told with the next data
 
     # -- reports (causal delivery) ------------------------------------------------------------
     def _take_reports(self) -> None:
-        for peer, (_seq, deps, items) in self.reports.messages(Kind.REPORT, 3, "report"):
+        for peer, (through, deps, items) in self.reports.messages(Kind.REPORT, 3, "report"):
             try:
-                if deps.__class__ is not dict or items.__class__ is not list or not all(
-                        it.__class__ is list and len(it) == 3 and it[1].__class__ is int for it in items):
+                if through.__class__ is not int or deps.__class__ is not dict or items.__class__ is not list or \
+                        not all(it.__class__ is list and len(it) == 3 and it[1].__class__ is int for it in items):
                     raise WireError("malformed report")
             except WireError as exc:
                 self.reports.ban(peer, str(exc))
                 continue
-            for ready in self.inbox.offer(peer.decode(), deps, items):
+            for ready in self.inbox.offer(peer.decode(), through, deps, items):
                 self._apply(ready)
 
     def _apply(self, items: list) -> None:
@@ -341,8 +441,8 @@ class RootWorker:
 
     def _finish(self, poller: zmq.Poller) -> None:
         """Every report the instances sent applied, the last commits, then the counters."""
-        while any(self.inbox.applied.get(k, 0) < v for k, v in self.final.items()):
-            if self.guard.poll(poller, 1000).get(self.reports.sock):
+        while any(self.inbox.marks.get(k, -1) < INF for k in self.instances):
+            if self.guard.poll(poller, 1000).get(self.reports.sock) or self.reports.released:
                 self._take_reports()
         self._settle()
         root = self.root
@@ -352,7 +452,7 @@ class RootWorker:
             "log": root.stats(), "packets_out": self.out.out_packets,
             "round_trips": getattr(self.store, "round_trips", 0),
             "rejected": self.input.rejected + self.reports.rejected, "cpu_s": _cpu(),
-            "reports_waited": self.inbox.waited,
+            "reports_waited": self.inbox.waited, "reports_duplicate": self.inbox.duplicates,
             "log_first": min(root.log) if root.log else None,     # a packet never completed (the checker's)
         })
         self.store.close()
@@ -360,27 +460,41 @@ class RootWorker:
 
 class CausalInbox:
     """Reports applied in causal order (sans-I/O).  Each sender's reports arrive in the
-    order it sent them; a report names, per upstream, how many of that upstream's
-    reports were sent before the packets it concerns, and is applied only after
-    those: a fork is never applied after the end of one of its copies."""
+    order it sent them, each with its *through* (the highest clock of the batch it
+    is about, :data:`INF` for the last); a report names, per upstream, the through of
+    that upstream's latest report sent before the packets it concerns, and is applied
+    only after it: a fork is never applied after the end of one of its copies.
+
+    §5.4: a failover process (``nat.0#1``) reports under its logical sender's name;
+    what its replay reports again (a through the root already has) is a duplicate,
+    dropped."""
 
     def __init__(self) -> None:
-        self.applied: dict[str, int] = {}           # sender -> its reports applied
-        self.parked: dict[str, deque] = {}          # sender -> its reports waiting, in order
+        self.marks: dict[str, int] = {}             # logical sender -> through of its latest report
+        self.parked: dict[str, deque] = {}          # logical sender -> its reports waiting, in order
         self.waited = 0                             # reports that had to wait for another's
+        self.duplicates = 0                         # a failover's reports the root already had
 
-    def offer(self, sender: str, deps: dict[str, int], items: list) -> list[list]:
+    def offer(self, sender: str, through: int, deps: dict[str, int], items: list) -> list[list]:
         """A report from ``sender``; the reports (item lists) that may be applied now, in order."""
-        queue = self.parked.setdefault(sender, deque())
-        queue.append((deps, items))
+        name = logical(sender.encode()).decode()
+        queue = self.parked.setdefault(name, deque())
+        queue.append((name != sender, through, deps, items))
         out: list[list] = []
+        marks = self.marks
         progress = True
         while progress:
             progress = False
             for who, q in self.parked.items():
-                while q and all(self.applied.get(k, 0) >= v for k, v in q[0][0].items()):
-                    out.append(q.popleft()[1])
-                    self.applied[who] = self.applied.get(who, 0) + 1
+                while q and all(marks.get(k, -1) >= v for k, v in q[0][2].items()):
+                    failover, t, _, its = q.popleft()
+                    seen = marks.get(who, -1)
+                    if failover and t <= seen:
+                        self.duplicates += 1
+                    else:
+                        out.append(its)
+                        if t > seen:
+                            marks[who] = t
                     progress = True
         if queue:
             self.waited += 1
@@ -390,15 +504,18 @@ class CausalInbox:
 # -- NF instances ------------------------------------------------------------------------------
 
 class InstanceWorker:
-    def __init__(self, plan: Plan, ctx: zmq.Context, vertex: str, i: int, guard: Guard) -> None:
+    def __init__(self, plan: Plan, ctx: zmq.Context, vertex: str, i: int, guard: Guard, me: str = "",
+                 replay: dict | None = None) -> None:
         self.plan = plan
         self.guard = guard
         chain = plan.chain
         v = self.v = chain.vertices[vertex]
-        self.me = instance_name(vertex, i)
+        self.name = instance_name(vertex, i)            # the logical instance
+        self.me = me or self.name                       # this process (a failover's: nat.0#1)
         self.feeders = [f.encode() for f in plan.feeders(vertex)]
         self.box = Mailbox(ctx, plan.address(self.me), self.me, set(self.feeders), plan.hwm)
         self.out = _Sender(plan, ctx, self.me, vertex, guard)
+        self.boxes = [self.box]
         self.roots = [dealer(ctx, plan.address(root_name(r)), self.me) for r in range(chain.roots)]
         self.store = open_backend(plan, ctx, self.me, guard) if plan.model != "T" else None
         self.inst = Instance(vertex, i, v.nf, v.config, plan.model, self.store, exclusive=v.parallelism == 1)
@@ -406,20 +523,28 @@ class InstanceWorker:
             self.inst.set_shared(shared_objects(chain, plan.flowmaps()[vertex], vertex))
         self.acted: dict[str, str] = {}     # what a --break did here (the checker's)
         client = self.inst.client
+        if client is not None and self.me != self.name:
+            client.client_id = f"{vertex}/{i}+failover{self.me.rsplit('#', 1)[1]}"  # its own exactly-once sequence
+        if (plan.record or plan.recover) and client is not None and hasattr(self.store, "clock_of"):
+            self.store.clock_of = lambda: client.clock      # the clock a read is for (read log, checker)
         if plan.record and client is not None:
             client.issued = []
-            if hasattr(self.store, "clock_of"):
-                self.store.clock_of = lambda: client.clock
             if "drop-update" in plan.breaks:
                 client.faults = DropOneUpdate(self, plan.break_from)
         self.ordered = len(self.feeders) > 1
         self.queues: dict[bytes, deque[Packet]] = {f: deque() for f in self.feeders}
         self.marks: dict[bytes, int] = dict.fromkeys(self.feeders, -1)
-        self.deps: dict[bytes, dict] = {f: {} for f in self.feeders}   # upstream -> its report counts per root
+        self.deps: dict[bytes, dict] = {f: {} for f in self.feeders}   # upstream -> its report throughs per root
         self.ended: set[bytes] = set()
+        self.seen = Marks()                 # §5.4 a failed upstream's replay: what came already
+        self.counted = [0, 0, 0, 0]         # counters sent to the coordinator so far (recover)
+        self.alerts_sent = 0
+        self.replay = replay
 
     def run(self) -> None:
         self.out.to_coordinator("ready", None)
+        if self.replay is not None:
+            self._replay(self.replay)
         poller = zmq.Poller()
         poller.register(self.box.sock, zmq.POLLIN)
         while len(self.ended) < len(self.feeders) or any(self.queues.values()):
@@ -428,27 +553,75 @@ class InstanceWorker:
                 continue
             batch = self._ready()
             if batch:
-                self._process(batch)
+                self._process(batch, self._watermark(batch))
         self._finish()
 
+    # -- §5.4 failover: the replay ---------------------------------------------------------------
+    def _replay(self, replay: dict) -> None:
+        """Re-process, from the store's state before them, what the upstreams sent the failed
+        instance from the oldest clock still logged on (``floor``), in the order it got
+        them, then go on with what comes.  Updates the store already has are answered
+        from its clock log, reads from its read log; each step (one clock) carries that
+        clock as its through, so receivers drop what they already had from the failed
+        instance."""
+        started = time.perf_counter()
+        floor = replay["floor"]
+        pkts: list[Packet] = []
+        for feeder in self.feeders:
+            rows, mark, eof, throughs = replay["feeds"][feeder.decode()]
+            self.marks[feeder] = mark
+            self.deps[feeder] = throughs
+            if eof:
+                self.ended.add(feeder)
+            pkts += [p for p in unpack_packets(rows) if p.clock >= floor]
+        if self.ordered:
+            pkts.sort(key=_by_clock)
+        steps = 0
+        if pkts and self.plan.replay:
+            inst = self.inst
+            saved: dict = {}
+            if self.store is not None:
+                self.store.replaying(True)
+                private_view(saved, inst, self.store.objects_at(inst.vertex, {p.clock for p in pkts}))
+            start = 0
+            while start < len(pkts):
+                end = start + 1
+                while end < len(pkts) and pkts[end].clock == pkts[start].clock:
+                    end += 1
+                self._process(pkts[start:end], pkts[start].clock)
+                steps += 1
+                start = end
+            if self.store is not None:
+                shared_view(saved, inst)
+                self.store.replaying(False)
+        self.out.to_coordinator("replayed", {"packets": len(pkts) if self.plan.replay else 0, "steps": steps,
+                                             "seconds": time.perf_counter() - started})
+
+    # -- the data path -------------------------------------------------------------------------
     def _receive(self) -> bool:
         """Take what has arrived (without waiting); False when nothing had."""
         got = False
-        for peer, (mark, seqs, rows, eof) in self.box.messages(Kind.DATA, 4, "data", 4 * len(self.feeders)):
+        for peer, (mark, seqs, rows, eof, through, floor) in self.box.messages(Kind.DATA, 6, "data",
+                                                                                4 * len(self.feeders)):
             try:
-                if mark.__class__ is not int or seqs.__class__ is not dict:
+                if mark.__class__ is not int or seqs.__class__ is not dict or through.__class__ is not int:
                     raise WireError("malformed data header")
                 pkts = unpack_packets(rows)
             except WireError as exc:
                 self.box.ban(peer, str(exc))
                 continue
             got = True
+            if not self.seen.fresh(peer, through):
+                continue                    # a failover upstream's replay of what came already
+            peer = logical(peer)
             self.queues[peer].extend(pkts)
             if mark > self.marks[peer]:
                 self.marks[peer] = mark
             self.deps[peer] = seqs
             if eof:
                 self.ended.add(peer)
+            if floor > self.out.floor and self.out.sent is not None:
+                self.out.prune(floor)
         return got
 
     def _ready(self) -> list[Packet]:
@@ -467,17 +640,33 @@ class InstanceWorker:
         batch.sort(key=_by_clock)
         return batch
 
-    def _process(self, batch: list[Packet]) -> None:
+    def _process(self, batch: list[Packet], watermark: int) -> None:
         inst = self.inst
+        through = max(p.clock for p in batch)
         produced = inst.run(batch)
         items: list[list] = []
         self._report(items)
         parts = self._forward(produced, items)
-        self._send_reports(items)
-        self.out.batch(parts, self._watermark(batch))
+        self._send_reports(items, through)
+        self.out.batch(parts, watermark, through)
+        if self.plan.recover:
+            self._stats(through)
 
     def _watermark(self, batch: list[Packet]) -> int:
         return min(self.marks.values())
+
+    def _stats(self, through: int) -> None:
+        """§5.4 this batch's counters and alerts, to the coordinator: a failed instance's
+        would be lost with it (its failover's replay counts only what is new)."""
+        inst = self.inst
+        now = [inst.packets_in, inst.packets_out, inst.dropped, inst.nf_errors]
+        alerts = inst.ctx.alerts[self.alerts_sent:]
+        self.alerts_sent = len(inst.ctx.alerts)
+        self.out.to_coordinator("stats", [through, [a - b for a, b in zip(now, self.counted, strict=True)],
+                                          [_alert_row(a) for a in alerts], self.out.out_packets,
+                                          inst.first_error])
+        self.counted = now
+        self.out.out_packets = 0
 
     def _report(self, items: list[list]) -> None:
         """Forks, fired timers and ends of this instance's last run (as the sim reports them)."""
@@ -533,19 +722,20 @@ class InstanceWorker:
 
     _sink: list[Packet] | None = None
 
-    def _send_reports(self, items: list[list]) -> None:
-        """One report per root (before the packets they concern go on), then the sink's output."""
-        if items:
-            per: dict[int, list] = {}
+    def _send_reports(self, items: list[list], through: int, every: bool = False) -> None:
+        """One report per root (before the packets they concern go on; ``every``: to each
+        root, even empty), then the sink's output."""
+        if items or every:
+            per: dict[int, list] = {r: [] for r in range(len(self.roots))} if every else {}
             for item in items:
                 per.setdefault(root_of(item[1]), []).append(item)
-            seqs = self.out.report_seq
+            sent = self.out.rep_through
             for r, mine in per.items():
-                seqs[r] = seqs.get(r, 0) + 1
+                sent[r] = through
                 deps = {f.decode(): d[r] for f, d in self.deps.items() if r in d}
-                self.guard.send(self.roots[r], encode(Kind.REPORT, [seqs[r], deps, mine]))
+                self.guard.send(self.roots[r], encode(Kind.REPORT, [through, deps, mine]))
         if self._sink is not None:
-            self.out.output(self._sink)
+            self.out.output(self._sink, through)
             self._sink = None
 
     def _finish(self) -> None:
@@ -554,25 +744,29 @@ class InstanceWorker:
         inst.finish()
         items: list[list] = []
         self._report(items)
-        self._send_reports(items)
+        self._send_reports(items, INF, every=True)      # the last report (through INF) to every root
+        if self.plan.recover:
+            self._stats(INF)
         self.out.end()
         client = inst.client
         self.out.to_coordinator("instance", {
             "vertex": inst.vertex, "instance": inst.instance_id,
             "counters": {k: getattr(inst, k) for k in ("packets_in", "packets_out", "dropped", "nf_errors")},
             "first_error": inst.first_error,
-            "alerts": [[a.vertex, a.instance, a.kind, a.host, a.packet_index, a.clock, a.detail]
-                       for a in inst.ctx.alerts],
+            "alerts": [_alert_row(a) for a in inst.ctx.alerts],
             "client": {k: getattr(client, k) for k in ("blocking_ops", "nonblocking_ops", "cache_hits")}
             if client is not None else None,
             "round_trips": getattr(self.store, "round_trips", 0),
             "state": inst.state() if self.store is None else None,
-            "reports": {root_name(r): n for r, n in self.out.report_seq.items()},
             "packets_out": self.out.out_packets, "rejected": self.box.rejected, "cpu_s": _cpu(),
             **({"issued": client.issued, "acted": self.acted} if self.plan.record and client is not None else {}),
         })
         if self.store is not None:
             self.store.close()
+
+
+def _alert_row(a: Any) -> list:
+    return [a.vertex, a.instance, a.kind, a.host, a.packet_index, a.clock, a.detail]
 
 
 def _cpu() -> float:

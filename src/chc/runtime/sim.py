@@ -78,6 +78,7 @@ from zlib import crc32
 
 from ..backends.memory import MemoryStore
 from ..core.client import CachedObject, StoreClient, StoreUnavailable
+from ..core.failover import private_view, shared_view
 from ..core.instance import Instance
 from ..core.manager import Decision, VertexManager
 from ..core.root import CLOCK_BITS, Root, clock_key, root_of
@@ -1277,48 +1278,10 @@ class SimRuntime:
                   in_transit=len(replay), **why)
 
     def _private(self, saved: dict, inst: Instance, snap: dict) -> None:
-        """§5.3 one private view per copy: cached per-flow and exclusive objects, filled
-        from ``snap`` (the store when the clone started); a miss is an object absent
-        then.  In model EO the pair caches for the clone's lifetime."""
-        c = inst.client
-        if c is None:
-            return                          # model T: the state is local already
-        saved[inst.instance_id] = (c.prefetchable, c.caching)
-        if not c.caching:
-            self._rebind(inst, True)
-        c.prefetchable = []                 # no prefetching from the store either
-        for name, h in inst.objects.items():
-            if type(h) is CachedObject:
-                h.private = True
-                values = h.values
-                for k, val in snap.get(name, {}).items():
-                    if k not in values:
-                        values[k] = h._cached(val)
+        private_view(saved, inst, snap)
 
     def _shared_view(self, saved: dict, inst: Instance) -> None:
-        """Back to the store: updates sent, private caches dropped (they held other
-        instances' flows too), the model's own handles again."""
-        c = inst.client
-        if c is None:
-            return
-        c.settle()
-        prefetchable, caching = saved.pop(inst.instance_id)
-        for h in inst.objects.values():
-            if type(h) is CachedObject and h.private:
-                h.private = False
-                h.values.clear()
-        c.prefetchable = prefetchable
-        if not caching:
-            self._rebind(inst, False)
-            c.prefetchable = prefetchable
-
-    def _rebind(self, inst: Instance, caching: bool) -> None:
-        c = inst.client
-        c.caching = caching
-        for name, decl in type(inst.nf).state_objects().items():
-            h = c.bind(decl, inst.nf.config, exclusive=name not in inst.shared)
-            inst.objects[name] = h
-            setattr(inst.nf, name, h)
+        shared_view(saved, inst)
 
     def _merge_pair(self, pair: Clone, v: Any, held: dict[int, tuple], out: list[Packet]) -> None:
         """§5.3 (a): what leaves the logical instance.  Per clock, the copy that finished

@@ -54,6 +54,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.client import StoreUnavailable
+from ..core.failover import log_reads, prune_reads
 from ..core.recovery import Stamped
 from ..core.store import Op, StoreError
 from .pacing import Delay
@@ -288,25 +289,11 @@ class StoreNode:
     def _reads(self, ops: list[Op], results: list[Any], clock: int, cursor: dict | None) -> None:
         """Log the answers to reads of shared objects, or, for a replay, answer them
         from the log (the value the failed instance read for that clock)."""
-        log = self.read_log
-        for k, op in enumerate(ops):
-            if op.code != "get" or op.key.per_flow:
-                continue
-            slot = (op.instance, clock)
-            if cursor is None:
-                log.setdefault(slot, []).append(results[k])
-                continue
-            logged = log.get(slot)
-            i = cursor.get(slot, 0)
-            if logged is not None and i < len(logged):
-                cursor[slot] = i + 1
-                results[k] = logged[i]
+        log_reads(self.read_log, ops, results, clock, cursor)
 
     def prune_reads(self, floor: int) -> None:
         """Forget reads for clocks below ``floor`` (no longer logged: never replayed)."""
-        if self.read_log:
-            for slot in [s for s in self.read_log if s[1] < floor]:
-                del self.read_log[slot]
+        prune_reads(self.read_log, floor)
 
     def commits(self) -> list[tuple[int, int]]:
         return self.backend.commits()

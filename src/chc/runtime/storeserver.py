@@ -48,6 +48,7 @@ import zmq
 
 from ..backends.memory import MemoryStore
 from ..core.client import StoreLost, StoreUnavailable
+from ..core.failover import log_reads, prune_reads
 from ..core.store import CustomOp, ObjectKey, Op, OwnershipError, StoreError
 from .procio import Guard, worker_guard
 from .wire import Kind, Mailbox, WireError, dealer, decode, encode, fields, op_rows, rows_ops
@@ -71,17 +72,60 @@ _SERVED: dict[str, Callable[[list], bool]] = {
     "keep_preimages": lambda a: not a,
     "objects_at": lambda a: len(a) == 2 and a[0].__class__ is str and a[1].__class__ is set,
 }
+# §5.4 NF failover (the coordinator's and a failover instance's; served only with recover=True)
+_FAILOVER: dict[str, Callable[[list], bool]] = {
+    "fence": lambda a: len(a) == 1 and a[0].__class__ is str,
+    "hold_pruning": lambda a: len(a) == 1 and a[0].__class__ is bool,
+    "replaying": lambda a: len(a) == 1 and a[0].__class__ is bool,
+}
 LINGER_MS = 10_000         # how long the answer to stop may take to leave
 _ERRORS = {c.__name__: c for c in (StoreError, OwnershipError, StoreLost, StoreUnavailable)}
 
 
-def serve(address: str, record: bool = False) -> None:
+class Failover:
+    """§5.4 what the store server keeps for NF failover: pre-images (in the engine), the
+    read log, the fenced clients of failed instances (in the mailbox: what they sent
+    and arrives late is never applied), the replaying clients (their reads answered from the read
+    log), and pruning held while a failover instance replays (the clock-log entries
+    its replay needs stay)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        store.keep_preimages()
+        self.reads: dict = {}
+        self.replaying: dict[bytes, dict] = {}
+        self.holds = 0
+        self.floor = -1                 # the clock log is kept from here
+
+    def call(self, box: Mailbox, peer: bytes, method: str, arg: Any) -> Any:
+        if method == "fence":
+            box.fence(arg.encode())     # what it sent and is read from now on is never applied
+            return None
+        if method == "hold_pruning":
+            self.holds += 1 if arg else -1
+            return self.floor
+        if arg:
+            self.replaying[peer] = {}
+        else:
+            self.replaying.pop(peer, None)
+        return None
+
+    def prune_below(self, store: MemoryStore, clock: int) -> int:
+        if self.holds > 0 or clock <= self.floor:
+            return 0
+        self.floor = clock
+        prune_reads(self.reads, clock)
+        return store.prune_below(clock)
+
+
+def serve(address: str, record: bool = False, recover: bool = False) -> None:
     """Serve a fresh memory store at ``address`` until a ``stop`` call (a process of its own);
-    ``record``: keep the serialization for the COE checker (module doc)."""
+    ``record``: keep the serialization for the COE checker (module doc); ``recover``:
+    keep what NF failover needs (:class:`Failover`)."""
     guard = worker_guard()
     ctx = zmq.Context()
     box = Mailbox(ctx, address, "store server")
     store = MemoryStore()
+    failover = Failover(store) if recover else None
     steps: list[bytes] | None = [] if record else None
     stopped = False
     poller = zmq.Poller()
@@ -94,7 +138,7 @@ def serve(address: str, record: bool = False) -> None:
                     msg = box.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                if msg is not None and _handle(box, store, *msg, steps=steps):
+                if msg is not None and _handle(box, store, *msg, steps=steps, failover=failover):
                     stopped = True
                     return
     finally:
@@ -105,7 +149,7 @@ def serve(address: str, record: bool = False) -> None:
 
 
 def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
-            steps: list[bytes] | None = None) -> bool:
+            steps: list[bytes] | None = None, failover: Failover | None = None) -> bool:
     """Apply one request; True when it was the coordinator's ``stop``.  ``steps``: the
     recording of the serialization (module doc), None when not recording."""
     try:
@@ -120,7 +164,7 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
                 stats["serial"] = steps
             box.reply(peer, encode(Kind.REPLY, [rid, 1, stats]))
             return True
-        check = _SERVED.get(method)
+        check = _SERVED.get(method) or (_FAILOVER.get(method) if failover is not None else None)
         if check is None or args.__class__ is not list or not check(args):
             raise WireError(f"bad store request {str(method)[:40]!r}")
     except WireError as exc:
@@ -132,10 +176,23 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
             rows = args[0]
             read_clock = args[1] if len(args) == 2 else None
             args = [rows_ops(rows)]
-        result = getattr(store, method)(*args)
+        replaying = None
+        if failover is None:
+            result = getattr(store, method)(*args)
+        elif method in _FAILOVER:
+            result = failover.call(box, peer, method, args[0])
+        elif method == "prune_below":
+            result = failover.prune_below(store, args[0])
+        else:
+            result = getattr(store, method)(*args)
+            replaying = failover.replaying.get(peer)
+            if rows is not None and read_clock is not None:
+                log_reads(failover.reads, args[0], result, read_clock, replaying)
         if steps is not None and not peer.startswith(b"@"):     # instances' ops, not roots' metadata
             if rows is not None:
-                steps.append(encode(Kind.REPLY, ["execute", rows, result, read_clock]))
+                # A replay's reads are the store's to answer, not the logical chain's to follow.
+                steps.append(encode(Kind.REPLY, ["execute", rows, result,
+                                                 read_clock if replaying is None else None]))
             elif method == "declare":
                 steps.append(encode(Kind.REPLY, ["declare", args[0], args[1]]))
         if method == "commits":
@@ -290,6 +347,16 @@ class RemoteStore:
 
     def objects_at(self, vertex: str, replayed: set[int]) -> dict:
         return self._call("objects_at", vertex, replayed)
+
+    def fence(self, identity: str) -> None:
+        self._call("fence", identity)
+
+    def hold_pruning(self, on: bool) -> int:
+        """Hold (or release) the clock log's pruning; the clock it is kept from."""
+        return self._call("hold_pruning", on)
+
+    def replaying(self, on: bool) -> None:
+        self._call("replaying", on)
 
     def stop(self) -> dict:
         """End the server (the coordinator's last call); its counters, and with

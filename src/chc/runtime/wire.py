@@ -225,27 +225,47 @@ class Mailbox:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(address)
         self.owner = owner
-        self.expected = expected            # None: any peer
+        self.expected = expected            # None: any peer (a failover generation counts as its peer)
         self.banned: set[bytes] = set()
         self.rejected = 0                   # frames discarded (garbage, banned or unknown peers)
+        # §5.4 failed peers: what they sent and is read after the fence is dropped (their
+        # failover sends it again); a failover's frames wait until its predecessor is fenced.
+        self.fenced: set[bytes] = set()
+        self.late = 0                       # frames of fenced peers dropped
+        self.held: dict[bytes, deque] = {}
+        self.released: deque = deque()
 
     def recv(self, flags: int = 0) -> tuple[bytes, int, Any] | None:
-        """The next frame as ``(peer, kind, body)``; None when it was discarded."""
+        """The next frame as ``(peer, kind, body)``; None when it was discarded (or held)."""
+        if self.released:
+            return self.released.popleft()
         parts = self.sock.recv_multipart(flags, copy=True)
         peer = parts[0]
         if peer in self.banned:
             self.rejected += 1
             return None
+        if peer in self.fenced:
+            self.late += 1
+            return None
         try:
             if len(parts) != 2:
                 raise WireError(f"{len(parts) - 1} frames in one message, expected 1")
-            if self.expected is not None and peer not in self.expected:
+            if self.expected is not None and logical(peer) not in self.expected:
                 raise WireError("not a peer of this process")
             kind, body = decode(parts[1])
         except WireError as exc:
             self.ban(peer, str(exc))
             return None
+        if GENERATION in peer and previous(peer) not in self.fenced:
+            self.held.setdefault(peer, deque()).append((peer, kind, body))
+            return None
         return peer, kind, body
+
+    def fence(self, peer: bytes) -> None:
+        """§5.4 ``peer`` failed: nothing more of it is taken; its failover's frames may come."""
+        self.fenced.add(peer)
+        for successor in [p for p in self.held if previous(p) == peer]:
+            self.released.extend(self.held.pop(successor))
 
     def messages(self, kind: Kind, n: int, what: str, limit: int | None = None) -> Iterator[tuple[bytes, list]]:
         """Without waiting, the frames of ``kind`` that have arrived (at most ``limit``),
@@ -281,6 +301,42 @@ class Mailbox:
     def close(self, linger: int = 0) -> None:
         """Close; ``linger`` ms for what is still unsent (a last reply) to leave."""
         self.sock.close(linger)
+
+
+GENERATION = b"#"      # "nat.0#2": the second failover process of logical instance nat.0
+
+
+def logical(peer: bytes) -> bytes:
+    """The logical name of a peer (a failover process speaks for its failed predecessor)."""
+    return peer.split(GENERATION, 1)[0]
+
+
+def previous(peer: bytes) -> bytes:
+    """The process a failover generation replaced."""
+    base, _, g = peer.partition(GENERATION)
+    return base if g == b"1" else base + GENERATION + str(int(g) - 1).encode()
+
+
+def generation_name(name: str, generation: int) -> str:
+    return name if generation == 0 else f"{name}#{generation}"
+
+
+class Marks:
+    """Duplicate suppression by *through* (§5.4): every message an instance sends after
+    a batch carries the highest clock of that batch; a failover re-sends what it
+    replays, and a receiver takes from a failover generation only what goes past what
+    it already has from that logical sender."""
+
+    def __init__(self) -> None:
+        self.mark: dict[bytes, int] = {}
+
+    def fresh(self, peer: bytes, through: int) -> bool:
+        name = logical(peer)
+        seen = self.mark.get(name, -1)
+        if through > seen:
+            self.mark[name] = through
+            return True
+        return name == peer         # the first generation's messages are never duplicates
 
 
 def dealer(ctx: zmq.Context, address: str, identity: str, hwm: int = 0) -> zmq.Socket:

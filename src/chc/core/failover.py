@@ -1,0 +1,104 @@
+"""NF failover pieces both runtimes share (§5.4, with §5.3's emulation): private views, the read log.
+
+Theory of operation
+-------------------
+A failover instance (§5.4) re-processes, under the failed instance's logical
+identity, the packets the failed one may not have finished.  Two things make
+that replay recompute what the failed instance computed:
+
+* **Private view** (:func:`private_view`, :func:`shared_view`): during the
+  replay its cached per-flow and exclusive objects start from the store's
+  state *before* the first replayed packet (``objects_at``, the store's
+  pre-images), not from what the store holds now, and nothing is prefetched;
+  afterwards its updates are settled and the private caches dropped.  The same
+  pair of steps gives a §5.3 clone and its straggler one private view each.
+* **Read log** (:func:`log_reads`): the store logs its answers to each logical
+  instance's reads of shared objects, by the clock they were read for; a
+  replay is answered from there, so it decides as the failed instance did (a
+  shared object other instances kept updating has moved on since).
+
+Updates the store already applied are answered from its clock log (§5.3
+duplicate emulation), in the store engine itself.  Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .client import CachedObject
+from .instance import Instance
+
+
+def private_view(saved: dict, inst: Instance, snap: dict) -> None:
+    """§5.3 one private view per copy: cached per-flow and exclusive objects, filled
+    from ``snap`` (the store when the copy started); a miss is an object absent
+    then.  In model EO the copy caches for the view's lifetime.  ``saved`` keeps
+    what :func:`shared_view` restores."""
+    c = inst.client
+    if c is None:
+        return                          # model T: the state is local already
+    saved[inst.instance_id] = (c.prefetchable, c.caching)
+    if not c.caching:
+        rebind(inst, True)
+    c.prefetchable = []                 # no prefetching from the store either
+    for name, h in inst.objects.items():
+        if type(h) is CachedObject:
+            h.private = True
+            values = h.values
+            for k, val in snap.get(name, {}).items():
+                if k not in values:
+                    values[k] = h._cached(val)
+
+
+def shared_view(saved: dict, inst: Instance) -> None:
+    """Back to the store: updates sent, private caches dropped (they held other
+    instances' flows too), the model's own handles again."""
+    c = inst.client
+    if c is None:
+        return
+    c.settle()
+    prefetchable, caching = saved.pop(inst.instance_id)
+    for h in inst.objects.values():
+        if type(h) is CachedObject and h.private:
+            h.private = False
+            h.values.clear()
+    c.prefetchable = prefetchable
+    if not caching:
+        rebind(inst, False)
+        c.prefetchable = prefetchable
+
+
+def rebind(inst: Instance, caching: bool) -> None:
+    """Bind every declared object again, caching or not."""
+    c = inst.client
+    c.caching = caching
+    for name, decl in type(inst.nf).state_objects().items():
+        h = c.bind(decl, inst.nf.config, exclusive=name not in inst.shared)
+        inst.objects[name] = h
+        setattr(inst.nf, name, h)
+
+
+def log_reads(log: dict[tuple[Any, int], list[Any]], ops: list, results: list[Any], clock: int,
+              cursor: dict | None) -> None:
+    """§5.4 the read log: the answers to reads of shared objects, per (logical
+    instance, clock read for), are logged; or, for a replay (``cursor``: the
+    replay's read positions), answered from the log in the order they were made."""
+    for k, op in enumerate(ops):
+        if op.code != "get" or op.key.per_flow:
+            continue
+        slot = (op.instance, clock)
+        if cursor is None:
+            log.setdefault(slot, []).append(results[k])
+            continue
+        logged = log.get(slot)
+        i = cursor.get(slot, 0)
+        if logged is not None and i < len(logged):
+            cursor[slot] = i + 1
+            results[k] = logged[i]
+
+
+def prune_reads(log: dict[tuple[Any, int], list[Any]] | None, floor: int) -> None:
+    """Forget reads for clocks below ``floor`` (no longer logged: never replayed)."""
+    if log:
+        for slot in [s for s in log if s[1] < floor]:
+            del log[slot]
