@@ -115,6 +115,24 @@ def test_parallel_seeds_on_redis_use_a_database_each(capsys, lan_slice, redis_ur
     assert "own Redis database" in capsys.readouterr().err
 
 
+def test_parallel_redis_seeds_after_other_child_processes(capsys, lan_slice, redis_urls):
+    """A process that started children before (a test session, a notebook) numbers
+    its next pool's workers past 16: the workers' databases must not follow that."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(17):
+        p = ctx.Process(target=int)
+        p.start()
+        p.join()
+    code, text, _ = run_check(capsys, str(PAPER), str(FAULTS), str(lan_slice), "--seeds", "2", "--jobs", "2",
+                              "--packets", "300", "--store", redis_urls[0])
+    assert code == 0, text
+    assert main(["check", str(PAPER), str(FAULTS), str(lan_slice), "--seeds", "2", "--jobs", "16",
+                 "--store", redis_urls[0]]) == 2
+    assert "at most 15" in capsys.readouterr().err
+
+
 def test_scaling_out_and_in_and_moving_flows_keeps_coe(capsys, trojan_slice, tmp_path):
     """Every vertex scaled out and back in, flow groups moved while packets queue
     (§5.1 handover, R2; R3 shared state across split and merge)."""

@@ -74,6 +74,7 @@ class Job:
 
 
 _JOB: Job | None = None         # the job of a forked worker
+_REDIS_DATABASES = 16           # a Redis server's default number of databases (0 is left to the user)
 
 
 def _run_in_worker(seed: int) -> dict:
@@ -84,11 +85,13 @@ def _run_in_worker(seed: int) -> dict:
         return {"seed": seed, "error": str(exc)}
 
 
-def _own_database() -> None:
-    """A worker's Redis seeds use a database of their own (worker k: database k),
-    so parallel seeds never share CHC's keys."""
+def _own_database(numbers: Any) -> None:
+    """A worker's Redis seeds use a database of their own (worker k: database k, from
+    ``numbers``, a queue of 1..J), so parallel seeds never share CHC's keys.  (Not the
+    worker's multiprocessing identity: it keeps counting in a process that started
+    other children before, and database 22 does not exist.)"""
     assert _JOB is not None
-    k = multiprocessing.current_process()._identity[0]
+    k = numbers.get()
     _JOB.stores = [_with_db(url, k) for url in _JOB.stores]
 
 
@@ -156,12 +159,19 @@ def run_seeds(job: Job, seeds: list[int], jobs: int, say: Callable[[str], Any]) 
     if jobs > 1 and len(seeds) > 1 and any(_has_db(url) for url in job.stores):
         raise ValueError("--jobs > 1 gives each worker its own Redis database (worker k: database k): "
                          "give the Redis URL without a /DB")
+    if jobs > _REDIS_DATABASES - 1 and len(seeds) > 1 and any(u != "memory" for u in job.stores):
+        raise ValueError(f"--jobs {jobs}: with Redis, at most {_REDIS_DATABASES - 1} (worker k uses database k "
+                         f"of a server's {_REDIS_DATABASES})")
     started = time.perf_counter()
     results: list[dict] = []
     if jobs > 1 and len(seeds) > 1:
         _JOB = job
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(min(jobs, len(seeds)), initializer=_own_database) as pool:
+        workers = min(jobs, len(seeds))
+        numbers = ctx.SimpleQueue()
+        for k in range(1, workers + 1):
+            numbers.put(k)
+        with ctx.Pool(workers, initializer=_own_database, initargs=(numbers,)) as pool:
             for r in pool.imap(_run_in_worker, seeds):
                 _take(r, results, say)
         _JOB = None
