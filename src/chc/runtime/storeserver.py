@@ -186,15 +186,17 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
         else:
             result = getattr(store, method)(*args)
             replaying = failover.replaying.get(peer)
-            if rows is not None and read_clock is not None:
-                log_reads(failover.reads, args[0], result, read_clock, replaying)
         if steps is not None and not peer.startswith(b"@"):     # instances' ops, not roots' metadata
             if rows is not None:
-                # A replay's reads are the store's to answer, not the logical chain's to follow.
+                # The store's own answers (before a replay's reads are answered from the
+                # read log, below); a replay's reads are the store's to answer, not the
+                # logical chain's to follow.
                 steps.append(encode(Kind.REPLY, ["execute", rows, result,
                                                  read_clock if replaying is None else None]))
             elif method == "declare":
                 steps.append(encode(Kind.REPLY, ["declare", args[0], args[1]]))
+        if failover is not None and rows is not None and read_clock is not None:
+            log_reads(failover.reads, args[0], result, read_clock, replaying)     # §5.4 the read log
         if method == "commits":
             result = [x for pair in result for x in pair]      # flat: a tuple each costs on the wire
         reply = [rid, 1, result]
