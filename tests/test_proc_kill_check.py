@@ -141,3 +141,42 @@ def test_the_recording_keeps_the_stores_answer_to_a_replayed_read():
     assert call(b"portscan.0#1", "execute", [op("get"), 5]) == [1]        # the replay: the logged value
     recorded = decode(steps[-1])[1]
     assert recorded[0] == "execute" and recorded[2] == [2] and recorded[3] is None
+
+
+def test_a_submitted_request_does_not_carry_the_ops_still_in_flight(tmp_path):
+    """ZeroMQ loses nothing and keeps order: a non-blocking request sends the un-ACKed
+    ops an earlier, unanswered request carries only after that one was refused (the
+    client's go-back-N resend made a failover's one-clock replay steps quadratic)."""
+    import zmq
+
+    from chc.core.store import ObjectKey, Op
+    from chc.runtime.procio import Guard
+    from chc.runtime.storeserver import RemoteStore
+    from chc.runtime.wire import Kind, decode, encode
+
+    ctx = zmq.Context()
+    try:
+        server = ctx.socket(zmq.ROUTER)
+        address = f"ipc://{tmp_path}/store"
+        server.bind(address)
+        remote = RemoteStore(ctx, address, "nat.0#1", Guard([]))
+        key = ObjectKey("nat", "map", 1, True)
+        ops = [Op("set", key, (n,), "nat/0", n, 0, (n, 0)) for n in range(1, 6)]
+
+        def request() -> tuple[bytes, int, list[int]]:
+            peer, frame = server.recv_multipart()
+            rid, _, args = decode(frame)[1]
+            return peer, rid, [row[7] for row in args[0]]          # the ops' seqs
+
+        remote.submit(ops[:2], lambda seq: None)
+        peer, first, seqs = request()
+        assert seqs == [1, 2]
+        remote.submit(ops[:3], lambda seq: None)                    # un-ACKed 1, 2 in front of 3
+        assert request()[2] == [3]
+        server.send_multipart([peer, encode(Kind.REPLY, [first, 0, ["StoreError", "refused"]])])
+        while remote.acks[0][0] == first:
+            remote._read(True)
+        remote.submit(ops[:5], lambda seq: None)                    # after the refusal: all again
+        assert request()[2] == [1, 2, 3, 4, 5]
+    finally:
+        ctx.destroy(linger=0)

@@ -233,6 +233,7 @@ class RemoteStore:
         self.round_trips = 0
         self.ops = 0
         self.refused = 0                # submitted requests the store refused (not acknowledged)
+        self.in_flight = 0              # the highest op seq sent and not refused (submit)
         self._answer: tuple | None = None
         self.dedup = True
         # The COE checker (module doc): the clock a blocking request reads for, sent along.
@@ -267,6 +268,7 @@ class RemoteStore:
                 on_ack(seq)
             else:
                 self.refused += 1
+                self.in_flight = 0          # every un-ACKed op goes out again with the next request
                 log.warning("store refused a non-blocking request (resent with the next): %s", payload[1])
             return True
         self._answer = (rid, ok, payload)
@@ -291,9 +293,17 @@ class RemoteStore:
         return self._call("execute", op_rows(ops))
 
     def submit(self, ops: list[Op], on_ack: Callable[[int], None]) -> None:
+        # §4.3 the client resends its un-ACKed ops in front of each request (go-back-N,
+        # for a lossy link).  This connection loses nothing and keeps order: ops of a
+        # request not yet answered are in flight, not lost, and go out again only after
+        # a refusal.  Resending them made each small request carry the whole window:
+        # a failover's replay (a request per clock, §5.4) grew quadratic.
+        if self.acks and self.in_flight:
+            ops = [op for op in ops if op.seq > self.in_flight]
         self.round_trips += 1
         self.ops += len(ops)
         rid = self._send("execute", [op_rows(ops)])
+        self.in_flight = ops[-1].seq
         self.acks.append((rid, ops[-1].seq, on_ack))
         while self.acks and self._read(False):
             pass
