@@ -28,9 +28,9 @@ import yaml
 
 from .backends import open_store
 from .capture import open_capture
-from .coe import BREAKS, check_variant, proc_refusal, variant
+from .coe import BREAKS, check_variant, draw_kill, proc_refusal, variant
 from .scenario import Scenario, load_scenario
-from .spec import Chain, load_spec
+from .spec import MAX_PARALLELISM, Chain, load_spec
 
 
 class NothingChecked(Exception):
@@ -49,12 +49,15 @@ class Job:
     stores: list[str]
     breaks: tuple[str, ...]
     runtime: str = "sim"            # the physical run's runtime: sim or proc
+    kill: str = ""                  # proc: "random" or VERTEX[I]@N, a SIGKILL per seed (draw_kill)
 
     @classmethod
     def load(cls, chain: str, scenario: str, capture: str, packets: int | None, stores: list[str],
-             breaks: tuple[str, ...], runtime: str = "sim") -> Job:
+             breaks: tuple[str, ...], runtime: str = "sim", kill: str = "") -> Job:
         spec = load_spec(chain)
         sc = load_scenario(scenario)
+        if kill:
+            _check_kill(kill, spec, runtime)
         with open_capture(capture) as reader:
             records = list(itertools.islice(reader, packets) if packets else reader)
         if not records:
@@ -62,15 +65,28 @@ class Job:
         for url in stores:
             if url != "memory":
                 open_store(url).close()      # unreachable or malformed: a clear error now
-        return cls(chain, scenario, capture, packets, spec, sc, records, stores, breaks, runtime)
+        return cls(chain, scenario, capture, packets, spec, sc, records, stores, breaks, runtime, kill)
 
     def run(self, seed: int) -> dict:
         started = time.perf_counter()
         v = variant(self.chain, self.scenario, seed, self.stores)
+        if self.kill:
+            v.kill = draw_kill(v, len(self.records), self.kill)
         res = check_variant(self.chain, self.scenario, self.records, v, self.breaks, open_store, self.runtime)
         out = res.as_json()
         out["seconds"] = round(time.perf_counter() - started, 3)
         return out
+
+
+def _check_kill(kill: str, chain: Chain, runtime: str) -> None:
+    """``--kill``'s one-line errors before any seed runs (an instance index is checked
+    again per seed, against the parallelism it draws)."""
+    if runtime != "proc":
+        raise ValueError("--kill is for --runtime proc (with sim, a scenario's crash events kill instances: "
+                         "docs/recovery.md)")
+    if kill != "random":
+        from .runtime.proc import parse_kill
+        parse_kill(kill, chain.with_parallelism(MAX_PARALLELISM))
 
 
 _JOB: Job | None = None         # the job of a forked worker
@@ -145,6 +161,7 @@ class Report:
         return {"chain": self.job.chain_path, "scenario": self.job.scenario_path,
                 "capture": self.job.capture_path, "packets": len(self.job.records),
                 "breaks": list(self.job.breaks), "jobs": self.jobs, "runtime": self.job.runtime,
+                **({"kill": self.job.kill} if self.job.kill else {}),
                 "seconds": round(self.seconds, 3),
                 "seeds_per_second": round(len(self.results) / self.seconds, 3) if self.seconds else None,
                 "verdicts": dict(self.counts()), "results": self.results}

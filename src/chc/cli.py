@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--runtime", choices=("sim", "proc"), default="sim",
                      help="the physical run's runtime: sim (default) or proc (a process per root, instance and "
                           "store server; no scenario events, memory store only; docs/coe.md)")
+    chk.add_argument("--kill", metavar="random|VERTEX[I]@N",
+                     help="--runtime proc: each seed SIGKILLs one NF instance process, a failover instance "
+                          "takes over (§5.4) and the run is checked; 'random': an instance and an input packet "
+                          "(middle 80%%) drawn per seed; VERTEX[I]@N: instance I of VERTEX once N input packets "
+                          "have been fed (docs/proc.md)")
     return parser
 
 
@@ -225,11 +230,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(f"--break {unknown[0]}: unknown (known: {', '.join(checkrun.BREAKS)})")
     try:
         job = checkrun.Job.load(args.chain, args.scenario, args.capture, args.packets,
-                                args.store or ["memory"], tuple(args.breaks), args.runtime)
+                                args.store or ["memory"], tuple(args.breaks), args.runtime, args.kill or "")
         seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
         if args.runtime == "proc":
             refused = checkrun.proc_refusal(job.scenario, seeds, list(job.chain.vertices), len(job.records),
-                                            job.stores, job.breaks)
+                                            job.stores, job.breaks, job.kill)
             if refused:
                 raise ValueError(refused)
         report = checkrun.run_seeds(job, seeds, args.jobs, print)

@@ -653,13 +653,18 @@ class Variant:
     model: str
     store: str
     batch_size: int
+    kill: str = ""                  # --runtime proc --kill: the SIGKILL this seed makes (VERTEX[I]@N)
 
     def describe(self) -> str:
         par = ",".join(f"{k}={v}" for k, v in self.parallelism.items())
-        return f"model {self.model}, store {self.store}, batch {self.batch_size}, parallelism {par}"
+        text = f"model {self.model}, store {self.store}, batch {self.batch_size}, parallelism {par}"
+        return text + (f", kill {self.kill}" if self.kill else "")
 
     def as_json(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not self.kill:
+            del out["kill"]
+        return out
 
 
 def variant(chain: Chain, scenario: Any, seed: int, stores: list[str]) -> Variant:
@@ -679,6 +684,21 @@ def variant(chain: Chain, scenario: Any, seed: int, stores: list[str]) -> Varian
     store = scenario.store or rng.choice(stores)
     batch = scenario.batch_size or rng.choice([1, 7, 32, 64, 256])
     return Variant(seed, par, model, store, batch)
+
+
+def draw_kill(v: Variant, n_packets: int, spec: str) -> str:
+    """``chc check --runtime proc --kill SPEC`` (docs/proc.md): the kill seed ``v`` makes.
+    ``random``: an NF instance of the seed's chain and an input packet, drawn from the
+    seed (apart from what :func:`variant` draws, so a seed's variant is the same with and
+    without a kill), the packet in the middle 80% of the input; else ``SPEC`` itself
+    (``VERTEX[I]@N``)."""
+    if spec != "random":
+        return spec
+    rng = random.Random(f"kill:{v.seed}")
+    instances = [(name, i) for name, n in v.parallelism.items() for i in range(n)]
+    vertex, i = rng.choice(instances)
+    at = rng.randint(max(1, n_packets // 10), max(1, n_packets - n_packets // 10))
+    return f"{vertex}[{i}]@{at}"
 
 
 @dataclasses.dataclass
@@ -742,13 +762,16 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
 
 # -- the proc runtime -----------------------------------------------------------------------
 
-# The breaks a proc run can have: in an instance's store client, or on what the run reports.
-PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow")
+# The breaks a proc run can have: in an instance's store client, on what the run reports,
+# or (with --kill) in the failover.
+PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow", "no-replay")
 
 
 def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets: int, stores: list[str],
-                 breaks: tuple[str, ...]) -> str | None:
+                 breaks: tuple[str, ...], kill: str | None = None) -> str | None:
     """Why ``chc check --runtime proc`` cannot check this (one line), or None."""
+    if "no-replay" in breaks and not kill:
+        return "--break no-replay with --runtime proc needs a --kill (it switches off the failover's replay)"
     if any(scenario.events_for(seed, vertices, n_packets) for seed in seeds):
         return ("check --runtime proc: the scenario has events (scaling, clones, crashes), which the proc "
                 "runtime does not run yet (docs/proc.md); use --runtime sim")
@@ -771,15 +794,17 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
     comparisons as for the sim follow.  Delays and pacing are the sim's virtual time:
     the proc run's own timing (real processes on real cores) is what varies here."""
     from .runtime.errors import ProcFailure
-    from .runtime.proc import ProcRuntime
+    from .runtime.proc import ProcRuntime, parse_kill
 
-    refused = proc_refusal(scenario, [v.seed], list(chain.vertices), len(records), [v.store], breaks)
+    refused = proc_refusal(scenario, [v.seed], list(chain.vertices), len(records), [v.store], breaks, v.kill)
     if refused:
         raise ValueError(refused)
     state = BreakState(tuple(breaks), from_clock=len(records) // 2)
-    rt = ProcRuntime(chain.with_parallelism(v.parallelism), model=v.model, batch_size=v.batch_size,
+    physical = chain.with_parallelism(v.parallelism)
+    kills = [parse_kill(v.kill, physical)] if v.kill else []
+    rt = ProcRuntime(physical, model=v.model, batch_size=v.batch_size,
                      log_mode=getattr(scenario, "packet_log", "local"), write_out=True, record=True,
-                     breaks=breaks, break_from=state.from_clock)
+                     breaks=breaks, break_from=state.from_clock, kills=kills)
     out: list[tuple[int, bytes]] = []
     try:
         rt.run(records, emit=lambda pkts: out.extend((p.clock, bytes(p.data)) for p in pkts))
@@ -793,12 +818,17 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
     phys = RunResult(out, alerts, canonical(rt.logical_state()), s, stored)
     obs = Observers()
     rt.recorded(obs.serial)
+    obs.issued += rt.issued_updates()
     did: dict[str, list[str]] = {}
     for name, rep in sorted(rt.reported.items()):
-        obs.issued += rep.get("issued", ())
         for b, what in rep.get("acted", {}).items():       # each instance process breaks its own client
             did.setdefault(b, []).append(f"{name}: {what}")
     state.acted.update({b: "; ".join(lines) for b, lines in did.items()})
+    failovers = [e for e in s.events if e["kind"] == "failover"]
+    skipped = [f"{e['failover_process']} replayed none of the {e['not_replayed']} packets handed over to it"
+               for e in failovers if e.get("not_replayed")]
+    if "no-replay" in breaks and skipped:
+        state.acted["no-replay"] = "; ".join(skipped)
     state.tamper(None, phys)
     rep = replay(obs.serial.steps)
     ref = reference_run(chain, records, rep)
@@ -810,8 +840,21 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
         divs.append(Divergence("log", f"packet #{min(left) & ((1 << 48) - 1)}", min(left), "completed and deleted",
                                f"still logged at the end of input ({s.log['remaining']} packets never completed)"))
     divs = compare(ref, phys, chain) + divs
-    result = CheckResult(divs, ref.notes, phys, ref, steps=len(obs.serial.steps))
+    result = CheckResult(divs, ref.notes, phys, ref, network=_kill_faults(v.kill, failovers),
+                         steps=len(obs.serial.steps))
     return SeedResult(v, result, _verdict(result, breaks, state.acted), {b: state.acted.get(b, "") for b in breaks})
+
+
+def _kill_faults(kill: str, failovers: list[dict]) -> dict:
+    """What a seed's ``--kill`` did, for its report's faults (the sim's are its network's)."""
+    if not kill:
+        return {}
+    if not failovers:
+        return {"killed": f"{kill}, after the instance had finished (nothing to recover)"}
+    e = failovers[0]
+    return {"killed": f"{e['process']} at input packet {e.get('killed_at_packet')}",
+            "failover": f"{e['failover_process']} replayed {e['replayed']} packets in {e['replay_s']:.2f} s "
+                        f"(logged floor {e['logged_floor']}, recovery {e['recovery_s']:.2f} s)"}
 
 
 def _verdict(result: CheckResult, breaks: tuple[str, ...], acted: dict[str, str]) -> str:

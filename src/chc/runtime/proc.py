@@ -126,6 +126,7 @@ class ProcRuntime:
         self.recovering: dict[str, dict] = {}
         self.events: list[dict] = []
         self.stats: dict[str, dict] = {}
+        self.issued: list = []          # record + recover: the updates issued, from every batch's stats
         self._seen_stats = Marks()
         self._seen_out = Marks()
         self.fed = 0
@@ -267,7 +268,8 @@ class ProcRuntime:
         rec = self.recovering.pop(name)
         self.remote.hold_pruning(False)
         event = rec["event"]
-        event.update(replayed=body["packets"], replay_steps=body["steps"], replay_s=round(body["seconds"], 6),
+        event.update(replayed=body["packets"], not_replayed=body["skipped"], replay_steps=body["steps"],
+                     replay_s=round(body["seconds"], 6),
                      recovery_s=round(time.perf_counter() - rec["started"], 6))
         self.events.append(event)
 
@@ -289,6 +291,8 @@ class ProcRuntime:
                 if self.emit is not None and data[1] and self._seen_out.fresh(peer, data[0]):
                     self.emit([_out_packet(ts, clock, frame) for ts, clock, frame in data[1]])
             elif what == "stats":
+                # Issued updates are a set to the checker: a replay's (the same tags) count too.
+                self.issued += data[5]
                 if self._seen_stats.fresh(peer, data[0]):
                     self._count(_logical(name), data)
             elif what == "record":
@@ -303,7 +307,7 @@ class ProcRuntime:
 
     def _count(self, name: str, data: list) -> None:
         """A batch's counters, alerts and outputs of an instance (recover: what survives it)."""
-        _, counters, alerts, out, first_error = data
+        _, counters, alerts, out, first_error, _ = data
         st = self.stats.get(name)
         if st is None:
             st = self.stats[name] = {"counters": [0, 0, 0, 0], "alerts": [], "packets_out": 0, "first_error": None}
@@ -350,8 +354,7 @@ class ProcRuntime:
                     progress(pending)
                 pending = 0
                 self.fed = index + 1
-                while kills and kills[0].at <= self.fed:
-                    self._kill(kills.pop(0))
+                self._kill_due(kills)
                 if self.store is not None and time.monotonic() - last_lease > 5:
                     self.store.renew_lease()
                     last_lease = time.monotonic()
@@ -359,8 +362,14 @@ class ProcRuntime:
             self._flush(batches)
             if progress is not None:
                 progress(pending)
+            self.fed += pending
+            self._kill_due(kills)       # a kill in the last, short batch
         for sock in self.inputs:
             self._send(sock, encode(Kind.INPUT, ["end", None]))
+
+    def _kill_due(self, kills: list[Kill]) -> None:
+        while kills and kills[0].at <= self.fed:
+            self._kill(kills.pop(0))
 
     def _kill(self, kill: Kill) -> None:
         """``--kill``: SIGKILL the process that runs ``kill``'s instance now."""
@@ -426,6 +435,12 @@ class ProcRuntime:
         """With ``record``: give ``recorder`` (:class:`~chc.coe.Serialization`) the store
         server's serialization, in its order."""
         storeserver.recorded_steps(self.serial, recorder)
+
+    def issued_updates(self) -> list:
+        """With ``record``: every update the instances issued, as ``(key, tag)`` (the
+        checker's exactly-once comparison); with recovery, also those of processes that
+        were killed (sent with every batch's stats), and their failovers' replays."""
+        return self.issued + [x for rep in self.reported.values() for x in rep.get("issued", ())]
 
     def logical_state(self) -> dict[str, dict]:
         if self.model == "T":

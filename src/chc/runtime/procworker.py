@@ -539,6 +539,7 @@ class InstanceWorker:
         self.seen = Marks()                 # §5.4 a failed upstream's replay: what came already
         self.counted = [0, 0, 0, 0]         # counters sent to the coordinator so far (recover)
         self.alerts_sent = 0
+        self.issued_sent = 0                # updates issued sent to the coordinator so far (record)
         self.replay = replay
 
     def run(self) -> None:
@@ -595,6 +596,7 @@ class InstanceWorker:
                 shared_view(saved, inst)
                 self.store.replaying(False)
         self.out.to_coordinator("replayed", {"packets": len(pkts) if self.plan.replay else 0, "steps": steps,
+                                             "skipped": 0 if self.plan.replay else len(pkts),
                                              "seconds": time.perf_counter() - started})
 
     # -- the data path -------------------------------------------------------------------------
@@ -664,9 +666,20 @@ class InstanceWorker:
         self.alerts_sent = len(inst.ctx.alerts)
         self.out.to_coordinator("stats", [through, [a - b for a, b in zip(now, self.counted, strict=True)],
                                           [_alert_row(a) for a in alerts], self.out.out_packets,
-                                          inst.first_error])
+                                          inst.first_error, self._issued()])
         self.counted = now
         self.out.out_packets = 0
+
+    def _issued(self) -> list:
+        """The checker's: the updates issued since the last call (the store client's
+        ``issued``; empty unless the run records).  With recovery they go with every
+        batch's stats: a killed process's list dies with it."""
+        client = self.inst.client
+        if client is None or client.issued is None:
+            return []
+        new = client.issued[self.issued_sent:]
+        self.issued_sent = len(client.issued)
+        return new
 
     def _report(self, items: list[list]) -> None:
         """Forks, fired timers and ends of this instance's last run (as the sim reports them)."""
@@ -759,7 +772,7 @@ class InstanceWorker:
             "round_trips": getattr(self.store, "round_trips", 0),
             "state": inst.state() if self.store is None else None,
             "packets_out": self.out.out_packets, "rejected": self.box.rejected, "cpu_s": _cpu(),
-            **({"issued": client.issued, "acted": self.acted} if self.plan.record and client is not None else {}),
+            **({"issued": self._issued(), "acted": self.acted} if self.plan.record and client is not None else {}),
         })
         if self.store is not None:
             self.store.close()

@@ -186,15 +186,17 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
         else:
             result = getattr(store, method)(*args)
             replaying = failover.replaying.get(peer)
-            if rows is not None and read_clock is not None:
-                log_reads(failover.reads, args[0], result, read_clock, replaying)
         if steps is not None and not peer.startswith(b"@"):     # instances' ops, not roots' metadata
             if rows is not None:
-                # A replay's reads are the store's to answer, not the logical chain's to follow.
+                # The store's own answers (before a replay's reads are answered from the
+                # read log, below); a replay's reads are the store's to answer, not the
+                # logical chain's to follow.
                 steps.append(encode(Kind.REPLY, ["execute", rows, result,
                                                  read_clock if replaying is None else None]))
             elif method == "declare":
                 steps.append(encode(Kind.REPLY, ["declare", args[0], args[1]]))
+        if failover is not None and rows is not None and read_clock is not None:
+            log_reads(failover.reads, args[0], result, read_clock, replaying)     # §5.4 the read log
         if method == "commits":
             result = [x for pair in result for x in pair]      # flat: a tuple each costs on the wire
         reply = [rid, 1, result]
@@ -231,6 +233,7 @@ class RemoteStore:
         self.round_trips = 0
         self.ops = 0
         self.refused = 0                # submitted requests the store refused (not acknowledged)
+        self.in_flight = 0              # the highest op seq sent and not refused (submit)
         self._answer: tuple | None = None
         self.dedup = True
         # The COE checker (module doc): the clock a blocking request reads for, sent along.
@@ -265,6 +268,7 @@ class RemoteStore:
                 on_ack(seq)
             else:
                 self.refused += 1
+                self.in_flight = 0          # every un-ACKed op goes out again with the next request
                 log.warning("store refused a non-blocking request (resent with the next): %s", payload[1])
             return True
         self._answer = (rid, ok, payload)
@@ -289,9 +293,17 @@ class RemoteStore:
         return self._call("execute", op_rows(ops))
 
     def submit(self, ops: list[Op], on_ack: Callable[[int], None]) -> None:
+        # §4.3 the client resends its un-ACKed ops in front of each request (go-back-N,
+        # for a lossy link).  This connection loses nothing and keeps order: ops of a
+        # request not yet answered are in flight, not lost, and go out again only after
+        # a refusal.  Resending them made each small request carry the whole window:
+        # a failover's replay (a request per clock, §5.4) grew quadratic.
+        if self.acks and self.in_flight:
+            ops = [op for op in ops if op.seq > self.in_flight]
         self.round_trips += 1
         self.ops += len(ops)
         rid = self._send("execute", [op_rows(ops)])
+        self.in_flight = ops[-1].seq
         self.acks.append((rid, ops[-1].seq, on_ack))
         while self.acks and self._read(False):
             pass

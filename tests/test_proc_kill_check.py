@@ -1,0 +1,184 @@
+"""``chc check --runtime proc --kill``: the COE oracle judging a run with a real SIGKILL.
+
+Each seed SIGKILLs one NF instance process (``random``: an instance and an input
+packet drawn from the seed; or ``VERTEX[I]@N``), a failover process takes over
+(§5.4) and the checker compares the run with the logical chain under the store's
+serialization.  The run passes; with the failover's replay switched off
+(``--break no-replay``) the same seed diverges; the updates the killed process
+issued reach the checker although its final report dies with it (they travel
+with every batch's stats).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("zmq")
+
+from chc.capture import open_capture  # noqa: E402
+from chc.cli import main  # noqa: E402
+from chc.coe import draw_kill, variant  # noqa: E402
+from chc.runtime.proc import Kill, ProcRuntime  # noqa: E402
+from chc.scenario import load_scenario  # noqa: E402
+from chc.spec import load_spec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+LAN = str(ROOT / "traces/pathspider/lan-2012.pcap.gz")
+PAPER = str(ROOT / "examples/paper_chain.yaml")
+PARALLEL = str(ROOT / "examples/scenarios/parallel.yaml")
+# Seed 6 of the parallel scenario draws EO+C+NA with batches of 64: updates in flight at the kill.
+SEED = "6"
+KILL = "nat[0]@1000"
+
+
+def _check(argv: list[str], monkeypatch) -> int:
+    monkeypatch.chdir(ROOT)
+    return main(["check", "--runtime", "proc", PAPER, PARALLEL, LAN, *argv])
+
+
+def test_a_killed_nat_instance_passes_the_check(monkeypatch, capsys):
+    assert _check(["--packets", "2000", "--seed", SEED, "--kill", KILL], monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert f"kill {KILL}" in out and "PASS" in out
+    assert "killed nat.0 at input packet" in out and "failover nat.0#1 replayed" in out
+
+
+def test_without_the_replay_the_killed_run_diverges(monkeypatch, capsys):
+    assert _check(["--packets", "2000", "--seed", SEED, "--kill", KILL, "--break", "no-replay"], monkeypatch) == 1
+    out = capsys.readouterr().out
+    assert "DIVERGED" in out and "break no-replay: nat.0#1 replayed none of the" in out
+
+
+def test_a_random_kill_per_seed(monkeypatch, capsys):
+    # Seed 2 draws lb[2]@1028.  (Seed 0 draws an early portscan kill, which can hit the
+    # open bug in docs/proc.md, "Not yet": it is left out until that is fixed.)
+    assert _check(["--packets", "1500", "--seed", "2", "--kill", "random"], monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "1 of 1 seeds passed" in out and "kill lb[2]@1028" in out
+    assert out.count("    faults: killed lb.2 at input packet") == 1
+
+
+def test_a_seeds_kill_is_drawn_from_the_seed_apart_from_its_variant():
+    chain, sc = load_spec(PAPER), load_scenario(PARALLEL)
+    v = variant(chain, sc, 3, ["memory"])
+    kills = {draw_kill(v, 1000, "random") for _ in range(3)}
+    assert len(kills) == 1
+    vertex, rest = kills.pop().split("[")
+    i, at = rest.split("]@")
+    assert vertex in chain.vertices and int(i) < v.parallelism[vertex] and 100 <= int(at) <= 900
+    assert variant(chain, sc, 3, ["memory"]) == v                   # the kill changes nothing else
+    assert "kill" not in v.as_json()                                # a sim seed's JSON is as before
+    assert draw_kill(v, 1000, "lb[1]@5") == "lb[1]@5"
+
+
+def test_the_killed_process_issued_updates_reach_the_checker():
+    """Without the replay nothing re-issues what the killed NAT issued before the kill:
+    the checker gets those updates only from the per-batch stats."""
+    with open_capture(LAN) as reader:
+        records = list(itertools.islice(reader, 3000))
+    rt = ProcRuntime(load_spec(PAPER), model="EO+C+NA", record=True, kills=[Kill("nat", 0, 2000)],
+                     breaks=("no-replay",))
+    rt.run(records)
+    (event,) = rt.summary().events
+    assert event["replayed"] == 0
+    nat = sorted(tag[0] for key, tag in rt.issued_updates() if key.vertex == "nat")
+    assert nat and nat[0] < 100            # issued by nat.0 (the killed process) early in the run
+    assert "nat.0" not in {n for n, r in rt.reported.items() if "issued" in r and r["issued"]}
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--kill", "nat@x"], "VERTEX[I]@PACKETS"),
+    (["--kill", "nope@10"], "no vertex"),
+    (["--kill", "nat[7]@10"], "3 instance(s)"),                    # the seed's parallelism
+    (["--break", "no-replay"], "needs a --kill"),
+    (["--kill", "random", "--runtime", "sim"], "--runtime proc"),
+])
+def test_bad_kills_are_one_line(argv, says, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    argv = ["check", PAPER, PARALLEL, LAN, "--packets", "50", "--seeds", "1", *argv]
+    if "--runtime" not in argv:
+        argv += ["--runtime", "proc"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0]
+
+
+class _Box:
+    """What ``storeserver._handle`` needs of a mailbox: its replies, kept."""
+
+    def __init__(self) -> None:
+        self.replies: list = []
+
+    def reply(self, peer: bytes, frame: bytes) -> None:
+        self.replies.append((peer, frame))
+
+
+def test_the_recording_keeps_the_stores_answer_to_a_replayed_read():
+    """§5.4 a failover's replayed read of a shared object is answered from the read log
+    (the value the killed instance read); the checker's recording must keep what the
+    store itself answered, or its re-execution of the serialization disagrees."""
+    from chc.backends.memory import MemoryStore
+    from chc.core.store import ObjectKey, Op
+    from chc.runtime.storeserver import Failover, _handle
+    from chc.runtime.wire import Kind, decode, encode, op_rows
+
+    store, box, steps = MemoryStore(), _Box(), []
+    failover = Failover(store)
+    key = ObjectKey("portscan", "likelihood", b"h", False)
+
+    def call(peer: bytes, method: str, args: list) -> object:
+        _handle(box, store, peer, Kind.CALL, decode(encode(Kind.CALL, [1, method, args]))[1], steps, failover)
+        return decode(box.replies[-1][1])[1][2]
+
+    def op(code: str, *args, seq: int = 0, clock: int = -1, i: int = 0) -> list:
+        return op_rows([Op(code, key, args, f"portscan/{i}", seq, i, None if clock < 0 else (clock, 0))])
+
+    call(b"portscan.0", "execute", [op("set", 1, seq=1, clock=4), 4])
+    assert call(b"portscan.0", "execute", [op("get"), 5]) == [1]          # logged for clock 5
+    call(b"portscan.1", "execute", [op("set", 2, seq=1, clock=6, i=1), 6])      # another instance moves it on
+    call(b"portscan.0#1", "replaying", [True])
+    assert call(b"portscan.0#1", "execute", [op("get"), 5]) == [1]        # the replay: the logged value
+    recorded = decode(steps[-1])[1]
+    assert recorded[0] == "execute" and recorded[2] == [2] and recorded[3] is None
+
+
+def test_a_submitted_request_does_not_carry_the_ops_still_in_flight(tmp_path):
+    """ZeroMQ loses nothing and keeps order: a non-blocking request sends the un-ACKed
+    ops an earlier, unanswered request carries only after that one was refused (the
+    client's go-back-N resend made a failover's one-clock replay steps quadratic)."""
+    import zmq
+
+    from chc.core.store import ObjectKey, Op
+    from chc.runtime.procio import Guard
+    from chc.runtime.storeserver import RemoteStore
+    from chc.runtime.wire import Kind, decode, encode
+
+    ctx = zmq.Context()
+    try:
+        server = ctx.socket(zmq.ROUTER)
+        address = f"ipc://{tmp_path}/store"
+        server.bind(address)
+        remote = RemoteStore(ctx, address, "nat.0#1", Guard([]))
+        key = ObjectKey("nat", "map", 1, True)
+        ops = [Op("set", key, (n,), "nat/0", n, 0, (n, 0)) for n in range(1, 6)]
+
+        def request() -> tuple[bytes, int, list[int]]:
+            peer, frame = server.recv_multipart()
+            rid, _, args = decode(frame)[1]
+            return peer, rid, [row[7] for row in args[0]]          # the ops' seqs
+
+        remote.submit(ops[:2], lambda seq: None)
+        peer, first, seqs = request()
+        assert seqs == [1, 2]
+        remote.submit(ops[:3], lambda seq: None)                    # un-ACKed 1, 2 in front of 3
+        assert request()[2] == [3]
+        server.send_multipart([peer, encode(Kind.REPLY, [first, 0, ["StoreError", "refused"]])])
+        while remote.acks[0][0] == first:
+            remote._read(True)
+        remote.submit(ops[:5], lambda seq: None)                    # after the refusal: all again
+        assert request()[2] == [1, 2, 3, 4, 5]
+    finally:
+        ctx.destroy(linger=0)
