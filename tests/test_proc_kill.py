@@ -116,3 +116,71 @@ def test_bad_kills_are_one_line(argv, says, monkeypatch, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0]
+
+
+def test_a_failover_replays_only_what_every_upstreams_watermark_had_passed(tmp_path):
+    """§5.4 the hand-over to a failover of an instance fed by several upstreams (the
+    parallel chain's portscan.2, fed by nat.0-2).  The failed instance could have run
+    only what every upstream's watermark had passed (clock 6 here); the failover
+    replays that and keeps the rest (nat.0's 20-23) queued.  Replayed at once, 20-23
+    ran before nat.2's later 10-19, whose batch then went out with a through (19)
+    below what the replay had sent (23), and every lb instance dropped it as a
+    failover's duplicate: ``chc check --kill random`` seeds 0 and 4 lost packets."""
+    import zmq
+
+    from chc.packet import Packet
+    from chc.runtime.procio import Guard
+    from chc.runtime.procworker import INF, InstanceWorker, Plan
+    from chc.runtime.wire import Kind, dealer, encode, pack_packets
+
+    with open_capture(str(LAN)) as r:
+        pkts = [p for p in (Packet(data, ts, k) for k, (ts, data) in enumerate(itertools.islice(r, 60)))
+                if p.src is not None][:24]
+    assert len(pkts) == 24
+    for clock, p in enumerate(pkts):
+        p.clock = clock
+    plan = Plan(str(tmp_path), load_spec(str(PAPER)).with_parallelism(3), "T", 1, ("memory", ""), recover=True)
+    ctx = zmq.Context()
+    guard = Guard([])
+    try:
+        lbs = [InstanceWorker(plan, ctx, "lb", j, guard) for j in range(3)]
+        # The failed portscan.2 had run clocks 3 and 4 (one batch, through 4) before its SIGKILL.
+        dead = [dealer(ctx, plan.address(f"lb.{j}"), "portscan.2") for j in range(3)]
+        for j, sock in enumerate(dead):
+            sock.send(encode(Kind.DATA, [4, {}, pack_packets(pkts[3:5] if j == 0 else []), False, 4, -1]))
+        for lb in lbs:
+            _pump(lb, lambda lb=lb: lb.seen.mark.get(b"portscan.2") == 4)
+            lb.box.fence(b"portscan.2")                 # the coordinator's fence: its failover's frames come
+        handed = {"nat.0": [pack_packets([pkts[c] for c in (3, 5, 20, 21, 22, 23)]), 23, False, {}],
+                  "nat.1": [pack_packets([pkts[4]]), 7, False, {}],
+                  "nat.2": [pack_packets([pkts[6]]), 6, False, {}]}
+        failover = InstanceWorker(plan, ctx, "portscan", 2, guard, "portscan.2#1", {"floor": 0, "feeds": handed})
+        runs: list[list[int]] = []
+        process = failover._process
+        failover._process = lambda batch, mark: (runs.append([p.clock for p in batch]), process(batch, mark))
+        # What the upstreams send after the re-pointing: nat.2's 10-19 (it lagged), then the end.
+        for name, sent in (("nat.0", []), ("nat.1", []), ("nat.2", pkts[10:20])):
+            sock = dealer(ctx, plan.address("portscan.2#1"), name)
+            sock.send(encode(Kind.DATA, [INF, {}, pack_packets(sent), True, INF, -1]))
+        failover.run()
+        assert runs[:4] == [[3], [4], [5], [6]]         # the replay: one clock a step, nothing past 6
+        assert [c for batch in runs for c in batch] == [3, 4, 5, 6, *range(10, 24)]
+        got: list[int] = []
+        for lb in lbs:
+            _pump(lb, lambda lb=lb: b"portscan.2" in lb.ended)
+            clocks = [p.clock for p in lb.queues[b"portscan.2"]]
+            assert clocks == sorted(clocks)
+            got += clocks
+        assert sorted(got) == [3, 4, 5, 6, *range(10, 24)]     # every packet once: none lost, none twice
+    finally:
+        ctx.destroy(linger=0)
+
+
+def _pump(worker, done, tries: int = 500) -> None:
+    """Take what reaches ``worker``'s mailbox until ``done()`` (a bounded wait, not a timing assert)."""
+    for _ in range(tries):
+        if done():
+            return
+        if not worker._receive():
+            worker.box.sock.poll(20)
+    raise AssertionError(f"{worker.me} did not get what was sent to it")

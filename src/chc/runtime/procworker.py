@@ -560,25 +560,35 @@ class InstanceWorker:
     # -- §5.4 failover: the replay ---------------------------------------------------------------
     def _replay(self, replay: dict) -> None:
         """Re-process, from the store's state before them, what the upstreams sent the failed
-        instance from the oldest clock still logged on (``floor``), in the order it got
-        them, then go on with what comes.  Updates the store already has are answered
-        from its clock log, reads from its read log; each step (one clock) carries that
-        clock as its through, so receivers drop what they already had from the failed
-        instance."""
+        instance from the oldest clock still logged on (``floor``) and it may have run,
+        in the order it ran them, then go on with what comes.  Updates the store already
+        has are answered from its clock log, reads from its read log; each step (one
+        clock) carries that clock as its through, so receivers drop what they already
+        had from the failed instance.
+
+        What it may have run is what the merge rule releases (:meth:`_ready`): with
+        several upstreams, only the packets every upstream's handed-over watermark has
+        passed.  The rest wait in the queues for the watermarks to come, as they would
+        have in the failed instance: replayed now, they would run before a lagging
+        upstream's packets of lower clocks, which then run out of clock order (not the
+        sim's state) and go out with a through the replay has already passed, so every
+        receiver drops them as duplicates (packets lost; docs/proc.md)."""
         started = time.perf_counter()
         floor = replay["floor"]
-        pkts: list[Packet] = []
+        handed = 0
         for feeder in self.feeders:
             rows, mark, eof, throughs = replay["feeds"][feeder.decode()]
             self.marks[feeder] = mark
             self.deps[feeder] = throughs
             if eof:
                 self.ended.add(feeder)
-            pkts += [p for p in unpack_packets(rows) if p.clock >= floor]
-        if self.ordered:
-            pkts.sort(key=_by_clock)
+            kept = [p for p in unpack_packets(rows) if p.clock >= floor]
+            handed += len(kept)
+            if self.plan.replay:        # --break no-replay: what was handed over is lost
+                self.queues[feeder].extend(kept)
+        pkts = self._ready()
         steps = 0
-        if pkts and self.plan.replay:
+        if pkts:
             inst = self.inst
             saved: dict = {}
             if self.store is not None:
@@ -595,8 +605,8 @@ class InstanceWorker:
             if self.store is not None:
                 shared_view(saved, inst)
                 self.store.replaying(False)
-        self.out.to_coordinator("replayed", {"packets": len(pkts) if self.plan.replay else 0, "steps": steps,
-                                             "skipped": 0 if self.plan.replay else len(pkts),
+        self.out.to_coordinator("replayed", {"packets": len(pkts), "steps": steps,
+                                             "skipped": 0 if self.plan.replay else handed,
                                              "seconds": time.perf_counter() - started})
 
     # -- the data path -------------------------------------------------------------------------
