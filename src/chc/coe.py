@@ -853,8 +853,9 @@ def _kill_faults(kill: str, failovers: list[dict]) -> dict:
         return {"killed": f"{kill}, after the instance had finished (nothing to recover)"}
     e = failovers[0]
     return {"killed": f"{e['process']} at input packet {e.get('killed_at_packet')}",
-            "failover": f"{e['failover_process']} replayed {e['replayed']} packets in {e['replay_s']:.2f} s "
-                        f"(logged floor {e['logged_floor']}, recovery {e['recovery_s']:.2f} s)"}
+            "failover": f"{e['failover_process']} replayed {e['replayed']} of the {e['handed_over']} packets handed "
+                        f"over in {e['replay_s']:.2f} s (logged floor {e['logged_floor']}, "
+                        f"recovery {e['recovery_s']:.2f} s)"}
 
 
 def _verdict(result: CheckResult, breaks: tuple[str, ...], acted: dict[str, str]) -> str:
