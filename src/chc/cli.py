@@ -97,9 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="per-packet processing delay of a vertex's instances (or instance i): "
                            "uniform:LOW:HIGH, const:X or exp:MEAN in microseconds; repeatable")
     pace.add_argument("--seed", type=int, default=0, help="seed of the delay distributions (default: 0)")
-    run.add_argument("--runtime", choices=("sim", "proc"), default="sim",
+    run.add_argument("--runtime", choices=("sim", "proc", "ray"), default="sim",
                      help="sim: one deterministic process (default); proc: every root and NF instance in "
-                          "its own OS process, ZeroMQ between them (docs/proc.md)")
+                          "its own OS process, ZeroMQ between them (docs/proc.md); ray: proc's processes "
+                          "each in a Ray actor (the [ray] extra)")
+    run.add_argument("--ray-address", default="auto", metavar="ADDR",
+                     help="--runtime ray: the Ray cluster to join (default: auto, the running one)")
+    run.add_argument("--ray-pin", action="append", default=[], metavar="VERTEX[I]=RESOURCE",
+                     help="--runtime ray: run instance I of VERTEX on a node with custom resource RESOURCE "
+                          "(default: instances in turn over the alive nodes); repeatable")
     run.add_argument("--kill", action="append", default=[], metavar="VERTEX[I]@N",
                      help="--runtime proc: SIGKILL the process of instance I of VERTEX once N input packets have "
                           "been fed; a failover instance takes over (§5.4, docs/proc.md); repeatable")
@@ -316,7 +322,7 @@ def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:
     with open_capture(args.capture) as reader:
         feed = _feed(args, reader)
         try:
-            if args.runtime == "proc":
+            if args.runtime in ("proc", "ray"):
                 runtime = _proc_runtime(args, chain, store)
             else:
                 if getattr(args, "kill", None) or getattr(args, "failover", False):
@@ -360,18 +366,28 @@ def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any) -> Any:
     if sim_only:
         raise UsageError(f"{sim_only[0]} is for --runtime sim (virtual time); --runtime proc runs at top speed")
     kills = [parse_kill(k, chain) for k in getattr(args, "kill", [])]
-    return ProcRuntime(chain, model=args.model, batch_size=args.batch_size, store=store, store_url=args.store,
+    cls: Any = ProcRuntime
+    extra: dict[str, Any] = {}
+    if getattr(args, "runtime", "proc") == "ray":
+        from .runtime import procray
+        if not procray.available():
+            raise UsageError(procray.EXTRA)
+        cls = procray.RayRuntime
+        extra = {"address": args.ray_address, "pins": dict(procray.parse_pin(p) for p in args.ray_pin)}
+    elif getattr(args, "ray_pin", None):
+        raise UsageError("--ray-pin is for --runtime ray")
+    return cls(chain, model=args.model, batch_size=args.batch_size, store=store, store_url=args.store,
                        namespace=args.namespace or namespace_of(chain.name),
                        tls={"tls_ca": args.store_ca, "tls_cert": args.store_cert, "tls_key": args.store_key},
                        log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
                        persist_every=args.clock_persist, write_out=bool(args.out), kills=kills,
-                       failover=getattr(args, "failover", False))
+                       failover=getattr(args, "failover", False), **extra)
 
 
 def _check_live(args: argparse.Namespace) -> None:
     """--live reads interfaces: the capture-only options make no sense with it."""
-    if args.runtime == "proc":
-        raise UsageError("--live runs on --runtime sim only (not on proc yet)")
+    if args.runtime != "sim":
+        raise UsageError(f"--live runs on --runtime sim only (not on {args.runtime} yet)")
     given = [name for name, on in (("CAPTURE", args.capture is not None), ("--out", args.out),
                                    ("--filter", args.filter), ("--delay", args.delay),
                                    ("--multiplier", args.multiplier), ("--pps", args.pps),

@@ -46,7 +46,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
-import os
 import re
 import shutil
 import signal
@@ -68,7 +67,7 @@ from .errors import ProcFailure
 from .procio import Guard
 from .procworker import COORDINATOR, STORE, Plan, instance_name, root_name
 from .sim import DEFAULT_BATCH, root_index, stored_state
-from .wire import Kind, Mailbox, Marks, dealer, encode, endpoint, generation_name, logical
+from .wire import Kind, Mailbox, Marks, dealer, encode, generation_name, logical
 
 log = logging.getLogger("chc.proc")
 
@@ -81,6 +80,8 @@ REPORT_GRACE_S = 5.0            # a worker that exited 0 has this long to be hea
 class ProcRuntime:
     """The coordinator of a ``proc`` run: the interface of :class:`~chc.runtime.sim.SimRuntime`
     that ``chc run`` uses (``run``, ``summary``, ``logical_state``)."""
+
+    name = "proc"           # the summary's runtime
 
     def __init__(self, chain: Chain, model: str = "T", batch_size: int = DEFAULT_BATCH, store: Any = None, *,
                  store_url: str = "memory", namespace: str = "chc", tls: dict | None = None,
@@ -156,14 +157,14 @@ class ProcRuntime:
         self.directory = tempfile.mkdtemp(prefix="chc-proc-")      # mode 0700: this user's alone
         plan = self.plan
         plan.directory = self.directory
+        self._address(plan)
         memory = not self.redis
-        plan.store = ("memory", endpoint(self.directory, STORE)) if memory else ("redis", *self._redis_spec)
+        plan.store = ("memory", plan.address(STORE)) if memory else ("redis", *self._redis_spec)
         self.ctx = zmq.Context()
         roots = [root_name(r) for r in range(self.chain.roots)]
         workers = roots + [instance_name(v, i) for v, i in plan.instances()]
         self.box = Mailbox(self.ctx, plan.address(COORDINATOR), "coordinator", {w.encode() for w in workers})
-        mp = multiprocessing.get_context("forkserver")
-        mp.set_forkserver_preload(PRELOAD)
+        mp = self._context()
         self.guard = Guard([], self._gone)
         self._sentinels: dict[int, str] = {}
         if memory:
@@ -184,6 +185,15 @@ class ProcRuntime:
                 raise ProcFailure(f"proc runtime: workers not ready after {START_TIMEOUT_S:g} s: "
                                   f"{', '.join(sorted(set(workers) - self.ready))}")
             self._service(1000)
+
+    def _address(self, plan: Plan) -> None:
+        """Where the mailboxes are: ``ipc://`` in the run's directory (the plan's default)."""
+
+    def _context(self) -> Any:
+        """What starts the workers: multiprocessing's forkserver (module doc)."""
+        mp = multiprocessing.get_context("forkserver")
+        mp.set_forkserver_preload(PRELOAD)
+        return mp
 
     def _launch(self, mp: Any, name: str, target: Callable, args: tuple) -> None:
         p = mp.Process(target=target, args=args, name=f"chc {name}", daemon=True)
@@ -211,8 +221,7 @@ class ProcRuntime:
                 self._service(100)
             if name in self.reported:
                 return
-        how = f"was killed by signal {-p.exitcode}" if p.exitcode and p.exitcode < 0 else \
-            f"exited with code {p.exitcode}"
+        how = _how(p)
         why = ("roots and the store server are not recovered yet" if self.plan.recover
                else "no recovery without --kill or --failover")
         raise ProcFailure(f"proc runtime: {name} (pid {p.pid}) {how} before the end of the run; "
@@ -231,7 +240,7 @@ class ProcRuntime:
         gen = self.generation[name] + 1
         new = generation_name(name, gen)
         killed = self._killed.pop(dead, None)
-        how = f"killed by signal {-p.exitcode}" if p.exitcode and p.exitcode < 0 else f"exit code {p.exitcode}"
+        how = _how(p, short=True)
         event = {"kind": "failover", "vertex": vertex, "instance": int(i), "process": dead, "pid": p.pid,
                  "how": how, "failover_process": new, "packet": self.fed,
                  "detect_s": None if killed is None else round(detected - killed[0], 6)}
@@ -376,7 +385,7 @@ class ProcRuntime:
         name = self.current[instance_name(kill.vertex, kill.instance)]
         p = self.procs[name]
         self._killed[name] = (time.perf_counter(), self.fed)
-        os.kill(p.pid, signal.SIGKILL)
+        p.kill()                # multiprocessing: SIGKILL
 
     def _flush(self, batches: list[list]) -> None:
         for r, rows in enumerate(batches):
@@ -478,7 +487,7 @@ class ProcRuntime:
         s = Summary(chain=self.chain.name, model=self.model, packets_in=total["packets_in"],
                     packets_out=self.packets_out, malformed=total["malformed"], non_ip=total["non_ip"],
                     bypassed=total["bypassed"], elapsed_s=self.elapsed)
-        s.runtime = "proc"
+        s.runtime = self.name
         s.alerts = self.alerts()
         s.events = list(self.events)
         dropped = total["dropped"]
@@ -546,6 +555,15 @@ def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, 
                          "and the read log are kept there), not Redis")
     if len({(k.vertex, k.instance) for k in kills}) < len(kills):
         raise ValueError("--kill: one kill per instance")
+
+
+def _how(p: Any, short: bool = False) -> str:
+    """How a worker ended, from its exit code (a Ray actor's host says it itself)."""
+    if hasattr(p, "how"):
+        return p.how
+    if p.exitcode and p.exitcode < 0:
+        return f"{'' if short else 'was '}killed by signal {-p.exitcode}"
+    return f"exit code {p.exitcode}" if short else f"exited with code {p.exitcode}"
 
 
 def _logical(name: str) -> str:

@@ -73,6 +73,7 @@ from ..spec import Chain
 from .procio import Guard, worker_guard
 from .sim import _by_clock, _copy, classify, shared_objects, split_targets
 from .wire import (
+    GENERATION,
     Kind,
     Mailbox,
     Marks,
@@ -85,6 +86,7 @@ from .wire import (
     generation_name,
     logical,
     pack_packets,
+    tcp_endpoint,
     unpack_packets,
 )
 
@@ -128,9 +130,28 @@ class Plan:
     # store server keeps pre-images and the read log.
     recover: bool = False
     replay: bool = True             # off only for --break no-replay (a test's)
+    # tcp:// instead of ipc:// (--runtime ray, docs/proc.md): mailbox ``name`` is at
+    # ``host:base_port + slot(name)``, a port every worker derives from the plan alone,
+    # so a failover generation's port is known to its upstreams without being told.
+    host: str = ""
+    base_port: int = 0
 
     def address(self, name: str) -> str:
+        if self.base_port:
+            return tcp_endpoint(self.host, self.base_port + self.slot(name))
         return endpoint(self.directory, name)
+
+    def mailboxes(self) -> list[str]:
+        """Every mailbox of generation 0: coordinator, store, roots (reports and input), instances."""
+        roots = [root_name(r) for r in range(self.chain.roots)]
+        return [COORDINATOR, STORE, *roots, *(r + ".in" for r in roots),
+                *(instance_name(v, i) for v, i in self.instances())]
+
+    def slot(self, name: str) -> int:
+        """``name``'s port offset: its index among :meth:`mailboxes`, one block per failover generation."""
+        base, _, gen = name.partition(GENERATION.decode())
+        names = self.mailboxes()
+        return names.index(base) + int(gen or 0) * len(names)
 
     def targets(self, vertex: str | None) -> list[str]:
         """The vertices a root (None) or an instance of ``vertex`` sends to."""

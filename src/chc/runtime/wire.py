@@ -214,6 +214,11 @@ def endpoint(directory: str, name: str) -> str:
     return f"ipc://{directory}/{name.replace('/', '.')}"
 
 
+def tcp_endpoint(host: str, port: int) -> str:
+    """A ``tcp://`` address (``--runtime ray``: the workers need not share a filesystem)."""
+    return f"tcp://{host}:{port}"
+
+
 class Mailbox:
     """A bound ROUTER socket: frames from named peers; garbage bans its sender (logged)."""
 

@@ -1,0 +1,301 @@
+"""The ``ray`` runtime: the ``proc`` runtime's workers placed on a Ray cluster.
+
+Theory of operation
+-------------------
+:class:`RayRuntime` is :class:`~chc.runtime.proc.ProcRuntime` with two things
+changed, at its seam (``_address``, ``_context``): where the mailboxes are, and
+what starts a worker.  Everything else (the workers' main loops, the messages,
+the drain, §5.4 NF failover) is the proc runtime's.
+
+Placement.  Each worker (root, NF instance, store server, a failover instance)
+runs inside its own Ray actor: the actor's process *is* the worker's process,
+its one call (``run``) is the worker's main loop, and it returns when the
+worker ends.  Packets never go through Ray (an actor call costs about 0.27 ms):
+ZeroMQ carries them as in ``proc``, over ``tcp://`` (the nodes need not share
+a filesystem for ``ipc://``), each mailbox at a port every worker derives from
+the plan (:meth:`~chc.runtime.procworker.Plan.slot`).  Roots and the store
+server run on the coordinator's node (they are not failed over yet, and they
+talk to it most); NF instances are spread over the cluster's alive nodes in
+turn, or pinned with ``--ray-pin VERTEX[I]=RESOURCE`` to a node that has that
+custom resource.
+
+Failures.  Actors are created with ``max_restarts=0`` and their call with
+``max_task_retries=0``: Ray restarts nothing; CHC's recovery decides.  The
+proc runtime waits on each worker's *sentinel*, a file descriptor that becomes
+readable when the process ends; here it is the read end of a pipe whose write
+end a watcher thread closes when the actor's ``run`` ObjectRef resolves: with
+the worker's return (it ended), its exception, or ``RayActorError`` (the actor
+died: killed, its process gone, or its node removed).  So a dead actor is
+detected from Ray itself, and is failed over (``--failover``) or stops the run
+exactly as a dead process does.
+
+No orphans.  A worker whose ``run`` returned is killed (its actor would
+otherwise idle on); at the end every actor still alive is killed.  The actors
+are not detached: if the coordinator dies, Ray kills them with their owner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ProcFailure
+from .proc import ProcRuntime
+from .procworker import Plan
+
+try:
+    import ray
+    from ray.exceptions import RayActorError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+except ImportError:         # the [ray] extra: chc run --runtime ray says so (exit 2)
+    ray = None
+
+EXTRA = "--runtime ray needs Ray: pip install -e '.[ray]'"
+HOST = "127.0.0.1"          # every node on loopback (docs/proc.md: one machine, several Ray nodes)
+GENERATIONS = 4             # port blocks checked free: the workers and 3 failover generations
+
+
+def available() -> bool:
+    return ray is not None
+
+
+class _Host:
+    """The Ray actor that owns a worker's process (made remote in :func:`_host_class`)."""
+
+    def node(self) -> tuple[str, int]:
+        return ray.get_runtime_context().get_node_id(), os.getpid()
+
+    def run(self, target: Callable, args: tuple) -> int:
+        target(*args)
+        return 0
+
+
+_HOST: Any = None
+
+
+def _host_class() -> Any:
+    global _HOST
+    if _HOST is None:
+        _HOST = ray.remote(_Host)
+    return _HOST
+
+
+class RayProcess:
+    """A worker in a Ray actor, as :class:`multiprocessing.Process` looks to the
+    coordinator: ``start``, ``sentinel``, ``join``, ``is_alive``, ``kill``, ``pid``."""
+
+    def __init__(self, watcher: _Watcher, name: str, node: str | None, resource: str | None,
+                 target: Callable, args: tuple) -> None:
+        self.name = name
+        self._watcher = watcher
+        self._node = node
+        self._resource = resource
+        self._target, self._args = target, args
+        self.exitcode: int | None = None
+        self.how = "is running"
+        self._done = threading.Event()
+        self.sentinel, self._w = os.pipe()
+
+    def start(self) -> None:
+        opts: dict[str, Any] = {"num_cpus": 0, "max_restarts": 0, "max_task_retries": 0,
+                                "name": None}
+        if self._resource is not None:
+            opts["resources"] = {self._resource: 0.001}
+        elif self._node is not None:
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self._node, soft=False)
+        self.actor = _host_class().options(**opts).remote()
+        self._where = self.actor.node.remote()          # runs first: the actor's node and pid
+        self.ref = self.actor.run.remote(self._target, self._args)
+        self._watcher.add(self)
+
+    def placed(self, timeout: float = 60) -> tuple[str, int] | None:
+        """The actor's (node id, pid), once it has started; None if it never did."""
+        try:
+            return ray.get(self._where, timeout=timeout)
+        except Exception:       # noqa: BLE001 - died or never placed: no pid to show
+            return None
+
+    @property
+    def pid(self) -> int | None:
+        where = self.placed(5)
+        return None if where is None else where[1]
+
+    def ended(self, how: str, code: int) -> None:
+        """The watcher saw ``run`` resolve: the sentinel becomes readable."""
+        self.how, self.exitcode = how, code
+        self._done.set()
+        os.close(self._w)
+        with contextlib.suppress(Exception):    # already dead
+            ray.kill(self.actor, no_restart=True)       # a returned worker's actor would idle on
+
+    def join(self, timeout: float | None = None) -> None:
+        self._done.wait(timeout)
+
+    def is_alive(self) -> bool:
+        return not self._done.is_set()
+
+    def kill(self) -> None:
+        ray.kill(self.actor, no_restart=True)
+
+
+class _Watcher:
+    """One thread that waits on every worker's ``run`` ObjectRef."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[Any, RayProcess] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="chc ray watcher", daemon=True)
+        self._thread.start()
+
+    def add(self, p: RayProcess) -> None:
+        with self._lock:
+            self._running[p.ref] = p
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                refs = list(self._running)
+            if not refs:
+                self._stop.wait(0.05)
+                continue
+            done, _ = ray.wait(refs, num_returns=1, timeout=0.1)
+            for ref in done:
+                with self._lock:
+                    p = self._running.pop(ref)
+                p.ended(*_outcome(ref))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _outcome(ref: Any) -> tuple[str, int]:
+    try:
+        return "exited with code 0", ray.get(ref)
+    except RayActorError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"lost its Ray actor ({first[:160]})", -9
+    except Exception as exc:    # noqa: BLE001 - the worker's own error (it also told the coordinator)
+        return f"failed in its Ray actor ({type(exc).__name__})", 1
+
+
+class RayContext:
+    """What :meth:`ProcRuntime._launch` starts workers with: ``Process(target, args, name)``."""
+
+    def __init__(self, home: str, pins: dict[str, str]) -> None:
+        self.home = home                # the coordinator's node: roots and the store server
+        self.pins = pins                # logical instance -> custom resource
+        self.watcher = _Watcher()
+        self.started: list[RayProcess] = []
+        self._turn = 0
+
+    def Process(self, target: Callable, args: tuple, name: str, daemon: bool = True) -> RayProcess:  # noqa: N802
+        worker = name.removeprefix("chc ")
+        logical = worker.split("#", 1)[0]
+        resource = self.pins.get(logical)
+        node = None
+        if resource is None:
+            node = self.home if worker.startswith("@") else self._next_node()
+        p = RayProcess(self.watcher, worker, node, resource, target, args)
+        self.started.append(p)
+        return p
+
+    def _next_node(self) -> str:
+        """NF instances in turn over the alive nodes (sorted, the coordinator's last)."""
+        nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+        nodes.sort(key=lambda n: n == self.home)
+        node = nodes[self._turn % len(nodes)]
+        self._turn += 1
+        return node
+
+    def close(self) -> None:
+        for p in self.started:
+            if p.is_alive():
+                p.kill()
+        for p in self.started:
+            p.join(10)
+        self.watcher.close()
+
+
+class RayRuntime(ProcRuntime):
+    """``chc run --runtime ray --ray-address ADDR``: the proc runtime on a Ray cluster."""
+
+    name = "ray"
+
+    def __init__(self, *args: Any, address: str = "auto", pins: dict[str, str] | None = None,
+                 **kwargs: Any) -> None:
+        if ray is None:
+            raise ValueError(EXTRA)
+        super().__init__(*args, **kwargs)
+        self.address = address
+        self.pins = dict(pins or {})
+        self.placement: dict[str, str] = {}         # worker -> the Ray node id it ran on
+        self._owns_ray = False
+        self.rayctx: RayContext | None = None
+
+    def _address(self, plan: Plan) -> None:
+        plan.host = HOST
+        plan.base_port = _free_ports(len(plan.mailboxes()) * GENERATIONS)
+
+    def _context(self) -> RayContext:
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            try:
+                ray.init(address=self.address, _node_ip_address=HOST, logging_level="ERROR",
+                         log_to_driver=True, configure_logging=True)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ProcFailure(f"ray runtime: cannot connect to Ray at {self.address!r}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            self._owns_ray = True
+        self.rayctx = RayContext(ray.get_runtime_context().get_node_id(), self.pins)
+        return self.rayctx
+
+    def _stop(self) -> None:
+        try:
+            if self.rayctx is not None:
+                for p in self.rayctx.started:
+                    where = p.placed(1)
+                    if where is not None:
+                        self.placement[p.name] = where[0]
+            super()._stop()
+            if self.rayctx is not None:
+                self.rayctx.close()
+        finally:
+            if self._owns_ray:
+                ray.shutdown()
+                self._owns_ray = False
+
+
+def parse_pin(text: str) -> tuple[str, str]:
+    """``VERTEX[I]=RESOURCE`` (``VERTEX=RESOURCE``: instance 0) as ``("vertex.i", resource)``."""
+    m = re.fullmatch(r"([\w.-]+)(?:\[(\d+)\])?=([\w.-]+)", text.strip())
+    if m is None:
+        raise ValueError(f"--ray-pin {text!r}: expected VERTEX[I]=RESOURCE, e.g. nat[0]=node-b")
+    return f"{m.group(1)}.{int(m.group(2) or 0)}", m.group(3)
+
+
+def _free_ports(n: int, tries: int = 50) -> int:
+    """A base port with ``n`` consecutive ports free on :data:`HOST` now."""
+    rng = random.Random()
+    for _ in range(tries):
+        base = rng.randrange(20000, 60000 - n)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((HOST, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise ProcFailure(f"ray runtime: no {n} consecutive free ports on {HOST}")
