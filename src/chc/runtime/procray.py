@@ -17,7 +17,7 @@ the plan (:meth:`~chc.runtime.procworker.Plan.slot`).  Roots and the store
 server run on the coordinator's node (they are not failed over yet, and they
 talk to it most); NF instances are spread over the cluster's alive nodes in
 turn, or pinned with ``--ray-pin VERTEX[I]=RESOURCE`` to a node that has that
-custom resource.
+custom resource (its failover, after a failure, goes to an alive node in turn).
 
 Failures.  Actors are created with ``max_restarts=0`` and their call with
 ``max_task_retries=0``: Ray restarts nothing; CHC's recovery decides.  The
@@ -49,6 +49,8 @@ from .errors import ProcFailure
 from .proc import ProcRuntime
 from .procworker import Plan
 
+# Ray reads this at import; a node must not bind the machine's other address (docs/proc.md).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 try:
     import ray
     from ray.exceptions import RayActorError
@@ -91,8 +93,9 @@ class RayProcess:
     coordinator: ``start``, ``sentinel``, ``join``, ``is_alive``, ``kill``, ``pid``."""
 
     def __init__(self, watcher: _Watcher, name: str, node: str | None, resource: str | None,
-                 target: Callable, args: tuple) -> None:
+                 target: Callable, args: tuple, soft: bool = False) -> None:
         self.name = name
+        self._soft = soft
         self._watcher = watcher
         self._node = node
         self._resource = resource
@@ -108,7 +111,7 @@ class RayProcess:
         if self._resource is not None:
             opts["resources"] = {self._resource: 0.001}
         elif self._node is not None:
-            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self._node, soft=False)
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self._node, soft=self._soft)
         self.actor = _host_class().options(**opts).remote()
         self._where = self.actor.node.remote()          # runs first: the actor's node and pid
         self.ref = self.actor.run.remote(self._target, self._args)
@@ -198,12 +201,15 @@ class RayContext:
 
     def Process(self, target: Callable, args: tuple, name: str, daemon: bool = True) -> RayProcess:  # noqa: N802
         worker = name.removeprefix("chc ")
-        logical = worker.split("#", 1)[0]
-        resource = self.pins.get(logical)
+        # A pin places the instance's first process; a failover goes where nodes are alive
+        # (the pinned node may be the one that failed).
+        resource = self.pins.get(worker)
         node = None
         if resource is None:
             node = self.home if worker.startswith("@") else self._next_node()
-        p = RayProcess(self.watcher, worker, node, resource, target, args)
+        # A failover may be sent to a node Ray still lists as alive but is going away
+        # (the one that failed): soft, so Ray places it on another node then.
+        p = RayProcess(self.watcher, worker, node, resource, target, args, soft="#" in worker)
         self.started.append(p)
         return p
 
@@ -246,7 +252,6 @@ class RayRuntime(ProcRuntime):
 
     def _context(self) -> RayContext:
         if not ray.is_initialized():
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             try:
                 ray.init(address=self.address, _node_ip_address=HOST, logging_level="ERROR",
                          log_to_driver=True, configure_logging=True)

@@ -1,0 +1,186 @@
+"""``--runtime ray``: the proc runtime's workers in Ray actors on a 2-node local cluster.
+
+The cluster (``ray.cluster_utils.Cluster``, both nodes on 127.0.0.1, one module
+fixture, always shut down) has a custom resource per node, ``node-a`` (the head,
+where the coordinator connects) and ``node-b``.  A run must give the sim's state
+digest, packet counts and alerts with its NF instances spread over both nodes,
+and leave no actor and no process behind; an actor killed through Ray is
+detected from Ray (its ObjectRef) and failed over; removing the node that hosts
+an NF instance fails that instance over to the surviving node.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from chc.capture import open_capture
+from chc.cli import main
+from chc.runtime import procray
+from chc.runtime.proc import Kill
+from chc.runtime.procworker import Plan
+from chc.runtime.sim import SimRuntime
+from chc.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+LAN = ROOT / "traces/pathspider/lan-2012.pcap.gz"
+SCAN = ROOT / "traces/scans/nmap-syn-scan.pcap"
+PAPER = ROOT / "examples/paper_chain.yaml"
+MODEL = "EO+C+NA"
+needs_ray = pytest.mark.skipif(not procray.available(),
+                               reason="ray is not installed (pip install -e '.[ray]'): --runtime ray untested")
+
+
+def _records(path: Path, n: int | None = None) -> list[tuple[int, bytes]]:
+    with open_capture(str(path)) as reader:
+        return list(itertools.islice(reader, n))
+
+
+def test_without_ray_runtime_ray_is_one_line_exit_2(monkeypatch, capsys):
+    monkeypatch.setattr(procray, "ray", None)
+    rc = main(["run", "--runtime", "ray", str(PAPER), str(LAN), "-c", "10", "-q", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and ".[ray]" in err
+
+
+def test_tcp_mailboxes_get_distinct_ports_per_generation():
+    plan = Plan("", load_spec(str(PAPER)), MODEL, 256, (), host="127.0.0.1", base_port=30000)
+    names = plan.mailboxes()
+    addresses = {plan.address(n) for n in names} | {plan.address(n + "#1") for n in names if not n.startswith("@")}
+    assert len(addresses) == len(names) + 4 and all(a.startswith("tcp://127.0.0.1:") for a in addresses)
+    assert plan.address("nat.0#1") == f"tcp://127.0.0.1:{30000 + names.index('nat.0') + len(names)}"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if not procray.available():
+        pytest.skip("ray is not installed (pip install -e '.[ray]'): --runtime ray untested")
+    import ray
+    from ray.cluster_utils import Cluster
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
+                                                      "resources": {"node-a": 100}})
+    try:
+        b = c.add_node(num_cpus=1, node_ip_address="127.0.0.1", resources={"node-b": 100})
+        c.wait_for_nodes()
+        ray.init(address=c.address, _node_ip_address="127.0.0.1", logging_level="ERROR")
+        ids = {n["Resources"].get("node-a") and "a" or "b": n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        yield c, b, ids
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    return _records(SCAN) + _records(LAN, 2000)
+
+
+def _sim(records):
+    rt = SimRuntime(load_spec(str(PAPER)), model=MODEL)
+    rt.run(records)
+    return rt.summary()
+
+
+def _assert_like_sim(s, sim) -> None:
+    assert s.runtime == "ray"
+    assert s.state_digest == sim.state_digest
+    assert (s.packets_in, s.packets_out, s.dropped, s.malformed, s.non_ip) == \
+        (sim.packets_in, sim.packets_out, sim.dropped, sim.malformed, sim.non_ip)
+    assert s.alerts == sim.alerts
+    per = ("packets_in", "packets_out", "dropped", "alerts")
+    assert {n: {k: v[k] for k in per} for n, v in s.vertices.items()} == \
+        {n: {k: v[k] for k in per} for n, v in sim.vertices.items()}
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _nothing_left(rt) -> None:
+    """No actor of the run alive in Ray's table, no worker process on this machine."""
+    import ray
+    from ray._private.state import actors  # the GCS's actor table (list_actors needs the dashboard)
+    hosts = [a for a in actors().values() if a["ActorClassName"].endswith("_Host")]
+    assert hosts and {a["State"] for a in hosts} == {"DEAD"}
+    pids = [p for p in rt.pids.values() if p is not None]
+    assert len(pids) == len(rt.pids)
+    deadline = time.monotonic() + 20         # ray.kill is asynchronous: the raylet ends the process
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_running(pid) for pid in pids)
+    assert ray.is_initialized()         # the test's connection: the runtime left it alone
+
+
+@needs_ray
+def test_ray_run_matches_sim_spread_over_both_nodes(cluster, mixed):
+    _, _, ids = cluster
+    sim = _sim(mixed)
+    assert sim.alerts and sim.dropped       # the comparison covers both
+    rt = procray.RayRuntime(load_spec(str(PAPER)), model=MODEL, pins={"trojan.0": "node-b"})
+    rt.run(mixed)
+    _assert_like_sim(rt.summary(), sim)
+    instances = {n: node for n, node in rt.placement.items() if not n.startswith("@")}
+    assert set(instances) == {"nat.0", "portscan.0", "lb.0", "trojan.0"}
+    assert set(instances.values()) == {ids["a"], ids["b"]}
+    assert instances["trojan.0"] == ids["b"]                        # the pin
+    assert rt.placement["@root.0"] == rt.placement["@store"] == ids["a"]   # the coordinator's node
+    _nothing_left(rt)
+
+
+@pytest.fixture(scope="module")
+def lan():
+    return _records(LAN, 6000)
+
+
+@pytest.fixture(scope="module")
+def lan_sim(lan):
+    return _sim(lan)
+
+
+def _failed_over(s, sim, vertex: str) -> dict:
+    (event,) = s.events
+    assert event["kind"] == "failover" and event["process"] == f"{vertex}.0"
+    assert event["failover_process"] == f"{vertex}.0#1"
+    assert event["how"].startswith("lost its Ray actor")       # seen from Ray, not from a process sentinel
+    _assert_like_sim(s, sim)
+    return event
+
+
+@needs_ray
+def test_an_actor_killed_through_ray_fails_over(cluster, lan, lan_sim):
+    """``--kill nat[0]@4000`` on Ray is ``ray.kill`` of nat.0's actor: its run
+    ObjectRef raises RayActorError, and the proc runtime's NF failover takes over."""
+    rt = procray.RayRuntime(load_spec(str(PAPER)), model=MODEL, kills=[Kill("nat", 0, 4000)])
+    rt.run(lan)
+    event = _failed_over(rt.summary(), lan_sim, "nat")
+    assert event["replayed"] > 0
+    _nothing_left(rt)
+
+
+@needs_ray
+def test_removing_the_node_of_an_instance_fails_it_over(cluster, lan, lan_sim):
+    """portscan.0 alone on node b; node b is removed mid-run: portscan fails over to
+    node a (runs last: the cluster has one node afterwards)."""
+    c, b, ids = cluster
+    pins = {"nat.0": "node-a", "lb.0": "node-a", "trojan.0": "node-a", "portscan.0": "node-b"}
+    rt = procray.RayRuntime(load_spec(str(PAPER)), model=MODEL, pins=pins, failover=True)
+    removed = []
+
+    def progress(_n: int) -> None:
+        if not removed and rt.fed >= 3000:
+            removed.append(rt.fed)
+            c.remove_node(b)
+
+    rt.run(lan, progress=progress)
+    assert removed
+    _failed_over(rt.summary(), lan_sim, "portscan")
+    assert rt.placement["portscan.0"] == ids["b"] and rt.placement["portscan.0#1"] == ids["a"]
+    _nothing_left(rt)
