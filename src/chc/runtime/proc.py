@@ -38,7 +38,8 @@ Ctrl-C aborts (the workers are killed).  Workers ignore SIGINT: a terminal's
 Ctrl-C reaches the whole process group, and it is the coordinator's to handle.
 
 Not yet: scenario events (scaling, clones, crashes) and delay models, which
-are the sim's; root and store-server failover; placement on other hosts (Ray).
+are the sim's; root and store-server failover.  :mod:`chc.runtime.procray` places the same
+workers in Ray actors, through ``_address`` and ``_context``.
 """
 
 from __future__ import annotations

@@ -130,7 +130,8 @@ class RayProcess:
         return None if where is None else where[1]
 
     def ended(self, how: str, code: int) -> None:
-        """The watcher saw ``run`` resolve: the sentinel becomes readable."""
+        """The watcher saw ``run`` resolve: the sentinel becomes readable (§5.4: the
+        failure detection the coordinator's failover starts from)."""
         self.how, self.exitcode = how, code
         self._done.set()
         os.close(self._w)
