@@ -299,9 +299,9 @@ SCAN_CRASH = {"parallelism": 2, "batch_size": 256, "delays": {"portscan": "unifo
               "events": [{"at": {"packets": 400}, "do": "crash", "target": "portscan[0]"}]}
 
 
-def _scan_check(seed: int, tweak=None):
+def _scan_check(seed: int, tweak=None, before: tuple = ()):
     chain = load_spec(ROOT / "examples/portscan.yaml")
-    sc = parse_scenario(SCAN_CRASH)
+    sc = parse_scenario({**SCAN_CRASH, "events": [*before, *SCAN_CRASH["events"]]})
     records = list(open_capture(SCAN))
     obs = Observers()
     rt = physical_runtime(chain, sc, variant(chain, sc, seed, ["memory"]), len(records), obs)
@@ -326,6 +326,41 @@ def test_a_replay_reads_shared_state_as_the_failed_instance_did():
         rt.node.read_log = None
     res, _ = _scan_check(0, no_read_log)
     assert any(d.what == "log" for d in res.divergences), [str(d) for d in res.divergences]
+
+
+STORE_CRASH = ({"at": {"packets": 250}, "do": "crash", "target": "store"},)
+
+
+def test_the_read_log_outlives_a_store_failover(monkeypatch):
+    """The same crash after a store crash and failover: the store's read log died with
+    it and is rebuilt from the instances' copies, so the replay still reads what the
+    failed instance read.  Without the rebuild it reads the live verdict."""
+    for seed in range(2):
+        res, rt = _scan_check(seed, before=STORE_CRASH)
+        assert res.ok, (seed, [str(d) for d in res.divergences][:2])
+        [rec] = [e for e in rt.events_log if e["kind"] == "store-recovered"]
+        [f] = _failovers(rt)
+        assert rec["read_log_rebuilt"] > 0 and f["replayed"] > 0
+    monkeypatch.setattr("chc.runtime.storefailover.merge_reads", lambda copies: {})
+    res, _ = _scan_check(0, before=STORE_CRASH)
+    assert any(d.what == "log" for d in res.divergences), [str(d) for d in res.divergences]
+
+
+def test_read_log_slots_are_per_vertex_and_merge_keeps_the_longest():
+    """Instance numbers repeat across vertices: a packet's shared reads at nat[0] and
+    at lb[0] are two slots, and a replay at lb[0] is answered with lb's value."""
+    from chc.core.failover import log_reads, merge_reads
+
+    def get(vertex: str) -> Op:
+        return Op("get", ObjectKey(vertex, "shared", None), instance=0)
+    log: dict = {}
+    log_reads(log, [get("nat")], ["nat-value"], 7, None)
+    log_reads(log, [get("lb")], ["lb-value"], 7, None)
+    results = ["live"]
+    log_reads(log, [get("lb")], results, 7, {})
+    assert results == ["lb-value"]
+    assert merge_reads([{("lb", 0, 7): ["a"]}, {("lb", 0, 7): ["a", "b"], ("nat", 0, 7): ["c"]}]) == {
+        ("lb", 0, 7): ["a", "b"], ("nat", 0, 7): ["c"]}
 
 
 def test_a_second_crash_of_a_vertex_whose_only_instance_is_down_is_ignored(records):

@@ -15,7 +15,9 @@ that replay recompute what the failed instance computed:
 * **Read log** (:func:`log_reads`): the store logs its answers to each logical
   instance's reads of shared objects, by the clock they were read for; a
   replay is answered from there, so it decides as the failed instance did (a
-  shared object other instances kept updating has moved on since).
+  shared object other instances kept updating has moved on since).  Each
+  instance keeps a copy of its own part (in its write-ahead log) from which a
+  failover store rebuilds the log (:func:`merge_reads`).
 
 Updates the store already applied are answered from its clock log (§5.3
 duplicate emulation), in the store engine itself.  Nothing here does I/O.
@@ -23,6 +25,7 @@ duplicate emulation), in the store engine itself.  Nothing here does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .client import CachedObject
@@ -78,15 +81,19 @@ def rebind(inst: Instance, caching: bool) -> None:
         setattr(inst.nf, name, h)
 
 
-def log_reads(log: dict[tuple[Any, int], list[Any]], ops: list, results: list[Any], clock: int,
-              cursor: dict | None) -> None:
-    """§5.4 the read log: the answers to reads of shared objects, per (logical
-    instance, clock read for), are logged; or, for a replay (``cursor``: the
-    replay's read positions), answered from the log in the order they were made."""
+ReadLog = dict[tuple[str, Any, int], list[Any]]     # (vertex, instance, clock) -> answers
+
+
+def log_reads(log: ReadLog, ops: list, results: list[Any], clock: int, cursor: dict | None) -> None:
+    """§5.4 the read log: the answers to reads of shared objects, per (vertex,
+    logical instance, clock read for), are logged; or, for a replay (``cursor``:
+    the replay's read positions), answered from the log in the order they were
+    made.  (The vertex is in the slot: instance numbers repeat across vertices, and
+    a packet's reads at two vertices must not answer each other.)"""
     for k, op in enumerate(ops):
         if op.code != "get" or op.key.per_flow:
             continue
-        slot = (op.instance, clock)
+        slot = (op.key.vertex, op.instance, clock)
         if cursor is None:
             log.setdefault(slot, []).append(results[k])
             continue
@@ -97,8 +104,21 @@ def log_reads(log: dict[tuple[Any, int], list[Any]], ops: list, results: list[An
             results[k] = logged[i]
 
 
-def prune_reads(log: dict[tuple[Any, int], list[Any]] | None, floor: int) -> None:
-    """Forget reads for clocks below ``floor`` (no longer logged: never replayed)."""
+def prune_reads(log: ReadLog | None, done: Callable[[int], bool]) -> None:
+    """Forget reads for the clocks ``done`` says are no longer logged (never replayed)."""
     if log:
-        for slot in [s for s in log if s[1] < floor]:
+        for slot in [s for s in log if done(s[2])]:
             del log[slot]
+
+
+def merge_reads(copies: Iterable[ReadLog]) -> ReadLog:
+    """§5.4 a failover store's read log, from the instances' copies of their parts
+    (the failed store's died with it).  Copies of one slot are of one logical
+    instance: a §5.3 clone pair, or a failover instance that took the log over;
+    the longest is the most complete."""
+    log: ReadLog = {}
+    for copy in copies:
+        for slot, answers in copy.items():
+            if len(answers) > len(log.get(slot, ())):
+                log[slot] = list(answers)
+    return log

@@ -79,11 +79,12 @@ import copy
 import heapq
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from .failover import ReadLog, log_reads
 from .store import _ABSENT, UPDATES, ObjectKey, Op, StoreEngine, StoreError, _Recorded
 
 # Replies that carry a value of shared state (a read, or an update's result),
@@ -285,6 +286,14 @@ class WriteAheadLog:
         self.reads: list[Read] = []         # replies carrying shared state, with TS
         self.results: dict[int, Any] = {}   # seq -> result of a logged update (custom ops)
         self.logged_seq = 0                 # highest seq logged (a resent op is not logged again)
+        # §5.4 this instance's part of the store's read log (its answers to reads of
+        # shared objects, by the clock read for), kept while NF failover is possible:
+        # a failover store rebuilds the log from these.  ``read_clock`` gives the clock
+        # a request reads for; nothing is logged while ``replaying`` (a failover
+        # instance took its part over from the store, as the store answers its replay).
+        self.shared_reads: ReadLog | None = None
+        self.read_clock: Callable[[], int | None] | None = None
+        self.replaying = False
 
     def log_sent(self, ops: Sequence[Op]) -> None:
         """Write-ahead: log a request's ops before it leaves (a reference each: a
@@ -335,8 +344,14 @@ class WALBackend:
             self.submit = self._submit      # only a backend that can does not wait
 
     def execute(self, ops: list[Op]) -> list[Any]:
-        self.wal.log_sent(ops)
-        return self.wal.log_replies(ops, self.backend.execute(ops))
+        wal = self.wal
+        wal.log_sent(ops)
+        results = self.backend.execute(ops)
+        if wal.shared_reads is not None and not wal.replaying:
+            clock = wal.read_clock()
+            if clock is not None:
+                log_reads(wal.shared_reads, ops, results, clock, None)
+        return wal.log_replies(ops, results)
 
     def _submit(self, ops: list[Op], on_ack: Any) -> None:
         self.wal.log_sent(ops)

@@ -78,7 +78,7 @@ from zlib import crc32
 
 from ..backends.memory import MemoryStore
 from ..core.client import CachedObject, StoreClient, StoreUnavailable
-from ..core.failover import private_view, shared_view
+from ..core.failover import private_view, prune_reads, shared_view
 from ..core.instance import Instance
 from ..core.manager import Decision, VertexManager
 from ..core.root import CLOCK_BITS, Root, clock_key, root_of
@@ -628,8 +628,12 @@ class SimRuntime:
             if read_log and len(read_log) > 2 * max(64, sum(len(r.log) for r in roots)):
                 # A replay starts at its root's oldest logged packet: reads before it are done.
                 floors = {r.root_id: r.oldest for r in roots}
-                for slot in [s for s in read_log if s[1] < floors.get(root_of(s[1]), 0)]:
-                    del read_log[slot]
+
+                def done(clock: int) -> bool:
+                    return clock < floors.get(root_of(clock), 0)
+                prune_reads(read_log, done)
+                if self.store_failover is not None:
+                    self.store_failover.prune_reads(done)
         if self.processed:
             logged = sum(len(r.log) for r in self.roots)
             for key, seen in self.processed.items():
@@ -1241,8 +1245,8 @@ class SimRuntime:
         #    view (the straggler's cache, and the store's objects as they are now), so
         #    neither reads what the other has already done (see _private).
         snap = self.store.objects(vertex) if self.store is not None else {}
-        self._private(pair.saved, straggler, snap)
-        self._private(pair.saved, clone, {})
+        private_view(pair.saved, straggler, snap)
+        private_view(pair.saved, clone, {})
         if self.recording:
             self.inputs[(vertex, i)] = deque(self.inputs.get((vertex, s), ()))
         for name, h in straggler.objects.items():
@@ -1276,12 +1280,6 @@ class SimRuntime:
         self.clones.append(pair)
         self._log("clone", vertex, s, clone=i, replayed=pair.replayed, already_processed=pair.already_processed,
                   in_transit=len(replay), **why)
-
-    def _private(self, saved: dict, inst: Instance, snap: dict) -> None:
-        private_view(saved, inst, snap)
-
-    def _shared_view(self, saved: dict, inst: Instance) -> None:
-        shared_view(saved, inst)
 
     def _merge_pair(self, pair: Clone, v: Any, held: dict[int, tuple], out: list[Packet]) -> None:
         """§5.3 (a): what leaves the logical instance.  Per clock, the copy that finished
@@ -1397,7 +1395,7 @@ class SimRuntime:
         # The slower copy stops: its queue and timers are duplicates of the kept one's.
         gone.queue.clear()
         gone.ctx._timers = []
-        self._shared_view(pair.saved, gone)
+        shared_view(pair.saved, gone)
         self.inputs.pop((vertex, gone.instance_id), None)
         if gone.client is None:
             for h in gone.objects.values():
@@ -1416,7 +1414,7 @@ class SimRuntime:
             # The clone's queue holds copies that came over the straggler's data links.
             self._take_links(vertex, s.instance_id, c.instance_id)
         self.retired.add((vertex, gone.instance_id))
-        self._shared_view(pair.saved, kept)
+        shared_view(pair.saved, kept)
         self._share(vertex)
         emulated = self._emulated()
         updates = None if emulated is None or pair.emulated_at_start is None else emulated - pair.emulated_at_start
@@ -1622,7 +1620,7 @@ class SimRuntime:
             return
         saved: dict = {}
         snap = self.store.objects_at(new.vertex, {p.clock for p in processed})
-        self._private(saved, new, snap)
+        private_view(saved, new, snap)
         alerts_from = len(new.ctx.alerts)
         # The failed instance counted these packets (and their drops and NF errors).
         counts = (new.packets_in, new.packets_out, new.dropped, new.nf_errors)
@@ -1630,17 +1628,21 @@ class SimRuntime:
         link = self.links.get((new.vertex, new.instance_id))
         if link is not None:
             self.node.replaying[link.name] = {}
+        if self.store_failover is not None:
+            self.store_failover.replaying(new, True)
         try:
             new.run([p.copy() for p in processed])
         finally:
             if link is not None:
                 self.node.replaying.pop(link.name, None)
+            if self.store_failover is not None:
+                self.store_failover.replaying(new, False)
         new.finished.clear()
         new.forks.clear()
         new.fired.clear()
         del new.ctx.alerts[alerts_from:]
         new.packets_in, new.packets_out, new.dropped, new.nf_errors = counts
-        self._shared_view(saved, new)
+        shared_view(saved, new)
 
     def _take_links(self, vertex: str, a: int, b: int) -> None:
         """Instance ``b`` takes over the data links into and out of ``a``: what comes next

@@ -54,7 +54,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.client import StoreUnavailable
-from ..core.failover import log_reads, prune_reads
+from ..core.failover import ReadLog, log_reads
 from ..core.recovery import Stamped
 from ..core.store import Op, StoreError
 from .pacing import Delay
@@ -268,7 +268,7 @@ class StoreNode:
         # the clock they were read for, as long as that clock is logged.  A failover
         # instance's replay is answered from here, so it decides as the failed one did
         # (a shared object others kept updating has moved on since).
-        self.read_log: dict[tuple[Any, int], list[Any]] | None = None
+        self.read_log: ReadLog | None = None
         self.replaying: dict[str, dict[tuple[Any, int], int]] = {}   # link -> read cursor
 
     def handle(self, ops: list[Op], read_clock: int | None = None, link: str = "") -> list[Any]:
@@ -290,10 +290,6 @@ class StoreNode:
         """Log the answers to reads of shared objects, or, for a replay, answer them
         from the log (the value the failed instance read for that clock)."""
         log_reads(self.read_log, ops, results, clock, cursor)
-
-    def prune_reads(self, floor: int) -> None:
-        """Forget reads for clocks below ``floor`` (no longer logged: never replayed)."""
-        prune_reads(self.read_log, floor)
 
     def commits(self) -> list[tuple[int, int]]:
         return self.backend.commits()

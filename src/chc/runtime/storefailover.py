@@ -52,6 +52,14 @@ failover store applied them in the same order) and what came after.  The recorde
 steps, each with the result the instance observed, if it observed one, so a
 recovery that contradicts what an instance saw diverges.
 
+The read log (§5.4 with §5.3's emulation, :mod:`chc.core.failover`).  While an NF
+instance can crash too, the store logs its answers to reads of shared objects so
+that a failover instance's replay reads what the failed one read; that log is in
+the store's memory and dies with it.  Each instance's write-ahead log keeps a copy
+of its own part (a failover instance takes its part over from the store when its
+replay starts), and the failover store's log is rebuilt from the live instances'
+copies.
+
 Unrecoverable (Table 3) and limits: a store other than the memory store; an NF
 instance or a root that crashed and was not failed over yet when the store
 failed (its log, or its persisted clock and packet log, are gone with it);
@@ -67,6 +75,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.memory import MemoryStore
 from ..core.client import StoreLost
+from ..core.failover import merge_reads, prune_reads
 from ..core.recovery import (
     Checkpoint,
     InstanceLog,
@@ -171,8 +180,33 @@ class StoreFailover:
         return cls(rt, interval)
 
     def _attach(self, inst: Instance) -> None:
-        if inst.client is not None and not isinstance(inst.client.backend, WALBackend):
-            attach_wal(inst.client)
+        c = inst.client
+        if c is None or isinstance(c.backend, WALBackend):
+            return
+        link = c.backend
+        wal = attach_wal(c)
+        if self.rt.node.read_log is not None:
+            # §5.4 the instance's copy of its part of the store's read log.
+            wal.shared_reads = {}
+            wal.read_clock = lambda: link.clock_of() if link.clock_of is not None else None
+
+    def replaying(self, inst: Instance, on: bool) -> None:
+        """A failover instance's replay starts (``on``) or ends.  It takes its logical
+        instance's part of the read log over from the store (the store answers its
+        replay from there) and logs nothing of the replay itself, as the store does not."""
+        wal = inst.client.backend.wal if inst.client is not None else None
+        if wal is None or wal.shared_reads is None:
+            return
+        wal.replaying = on
+        if on:
+            mine = (inst.vertex, inst.client.instance)
+            wal.shared_reads.update({slot: list(answers) for slot, answers in self.rt.node.read_log.items()
+                                     if slot[:2] == mine})
+
+    def prune_reads(self, done: Callable[[int], bool]) -> None:
+        """The instances' copies of the read log forget what the store's forgets."""
+        for _, wal in self._wals():
+            prune_reads(wal.shared_reads, done)
 
     def _wals(self) -> list[tuple[Instance, WriteAheadLog]]:
         """The live instances' logs (a failed-over instance's died with it)."""
@@ -253,7 +287,7 @@ class StoreFailover:
                                  self.checkpoint, self.checkpoint_vt)
         rt.node.crashed = True              # requests in flight and to come are lost
         if rt.node.read_log:
-            rt.node.read_log.clear()        # the store's read log is in its memory
+            rt.node.read_log.clear()        # the store's read log is in its memory (rebuilt in _up)
         rt.net.store_down = True
         self.store.down = True              # the root's writes wait too
         rt.net.at(o.detect_vt, self._detected)
@@ -333,6 +367,13 @@ class StoreFailover:
         self.store.engine = engine
         self.store.down = False
         rt.node.crashed = False
+        reads = 0
+        if rt.node.read_log is not None:
+            # §5.4 the read log, from the live instances' copies: a failover instance's
+            # replay after this recovery still decides as the failed instance did.
+            rt.node.read_log.update(merge_reads(wal.shared_reads for _, wal in self._wals()
+                                                if wal.shared_reads is not None))
+            reads = len(rt.node.read_log)
         rt.net.store_down = False
         record = rt.node.record
         if record is not None and hasattr(record, "recover"):
@@ -349,7 +390,7 @@ class StoreFailover:
                 detect_ns=int(o.detect_vt - o.crashed_vt), checkpoint=o.checkpoint.number,
                 checkpoint_age_ns=int(o.crashed_vt - o.checkpoint_vt), re_executed=len(rec.re_executed),
                 wal_updates=wal_updates, reads_selected=len(rec.selected), per_flow_rolled=rec.per_flow,
-                commits_reported=len(commits), root_writes=len(root_writes),
+                commits_reported=len(commits), root_writes=len(root_writes), read_log_rebuilt=reads,
                 up_vt=up, recovery_ns=int(up - o.crashed_vt), restore_ns=int(up - o.detect_vt),
                 wal=not self.no_wal, **o.why)
         self.checkpoint = self._take()      # a fresh start: the logs need not go back further

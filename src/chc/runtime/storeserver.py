@@ -113,7 +113,7 @@ class Failover:
         if self.holds > 0 or clock <= self.floor:
             return 0
         self.floor = clock
-        prune_reads(self.reads, clock)
+        prune_reads(self.reads, lambda c: c < clock)
         return store.prune_below(clock)
 
 
