@@ -84,6 +84,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from ..nf import least_loaded
 from .failover import ReadLog, log_reads
 from .store import _ABSENT, UPDATES, ObjectKey, Op, StoreEngine, StoreError, _Recorded
 
@@ -436,7 +437,7 @@ def _name(key: ObjectKey) -> str:
 class _Step:
     """One logged update to re-execute, with what pins its place."""
 
-    __slots__ = ("client", "op", "seq", "order", "segment", "observed", "result")
+    __slots__ = ("client", "op", "seq", "order", "segment", "observed", "result", "inert")
 
     def __init__(self, client: str, op: Op, result: Any, observed: bool) -> None:
         self.client = client
@@ -447,6 +448,7 @@ class _Step:
         self.segment = 0
         self.observed = observed
         self.result = result
+        self.inert = False                  # re-executed as an emulated duplicate: no effect
 
 
 _NOT_LOGGED = object()
@@ -589,6 +591,7 @@ def _re_execute(engine: RecoverableEngine, step: _Step) -> None:
             # The effect is known from the logged result: replay it, not the choice.
             if op.tag is not None and op.tag in engine.clock_log.get(op.key, ()):
                 engine.emulated += 1        # a replayed packet's, emulated as the failed store did
+                step.inert = True
                 return
             target = op.args[1][step.result]
             if op.tag is not None and engine.preimages:
@@ -603,6 +606,7 @@ def _re_execute(engine: RecoverableEngine, step: _Step) -> None:
                 if op.xor_id:
                     engine.commits.append((op.tag[0], op.xor_id))
             return
+        step.inert = op.tag is not None and op.tag in engine.clock_log.get(op.key, ())
         StoreEngine.apply(engine, op.replace(seq=0))
     except StoreError:
         engine.refused += 1                 # refused before, refused again: nothing to roll forward
@@ -688,27 +692,29 @@ def _reads_of(step: _Step) -> Sequence[ObjectKey]:
     return op.args[1] if op.code == "custom" and op.args[0] == "argmin_incr" else (op.key,)
 
 
-def _one_order(runs: list[list[_Step]]) -> list[_Step]:
+_COMMUTE = frozenset(("incr", "incr_many"))     # updates whose order the state does not see
+
+
+def _is_choice(op: Op) -> bool:
+    return op.code == "custom" and op.args[0] == "argmin_incr"
+
+
+def _one_order(runs: list[list[_Step]], starts: Mapping[ObjectKey, Any] | None = None) -> list[_Step]:
     """The re-executed updates in one order: each object's as re-executed, each
     instance's in its send order, logical clock order where those leave a choice.
 
     Objects roll forward one by one, and the failover store's state does not depend
     on how their updates interleave; the history it hands the COE checker does: an
     ``argmin_incr`` reads every counter it chooses from, so grouped per object the
-    history would contradict the choices the instances saw.  Where the per-object
-    orders and the send orders cannot be met together (an object's order searched
-    against its reads' results), the per-object grouping is kept."""
+    history would contradict the choices the instances saw.  With ``starts`` (the
+    counters' values where the re-execution starts) the choices are searched for
+    (:func:`_choice_order`).  Where the per-object orders and the send orders cannot
+    be met together, the per-object grouping is kept."""
     steps = [s for run in runs for s in run]
-    after: dict[int, list[_Step]] = {id(s): [] for s in steps}
-    needs = dict.fromkeys(after, 0)
-    by_client: dict[str, list[_Step]] = {}
-    for s in steps:
-        by_client.setdefault(s.client, []).append(s)
-    chains = list(runs) + [sorted(r, key=lambda s: s.seq) for r in by_client.values()]
-    for chain in chains:
-        for a, b in zip(chain, chain[1:], strict=False):
-            after[id(a)].append(b)
-            needs[id(b)] += 1
+    counters = _choice_counters(steps) if starts is not None else {}
+    if counters:
+        return _choice_order(runs, starts, counters)
+    after, needs = _precedence(runs, steps, frozenset())
     ready = [(s.order, i, s) for i, s in enumerate(steps) if not needs[id(s)]]
     heapq.heapify(ready)
     index = {id(s): i for i, s in enumerate(steps)}
@@ -721,6 +727,102 @@ def _one_order(runs: list[list[_Step]]) -> list[_Step]:
             if not needs[id(b)]:
                 heapq.heappush(ready, (b.order, index[id(b)], b))
     return out if len(out) == len(steps) else steps
+
+
+def _precedence(runs: list[list[_Step]], steps: list[_Step], free: frozenset[int]
+                ) -> tuple[dict[int, list[_Step]], dict[int, int]]:
+    """What must come before what: each run's order (but the runs in ``free``, by
+    index) and each client's send order."""
+    after: dict[int, list[_Step]] = {id(s): [] for s in steps}
+    needs = dict.fromkeys(after, 0)
+    by_client: dict[str, list[_Step]] = {}
+    for s in steps:
+        by_client.setdefault(s.client, []).append(s)
+    chains = [r for i, r in enumerate(runs) if i not in free] + [sorted(r, key=lambda s: s.seq)
+                                                                  for r in by_client.values()]
+    for chain in chains:
+        for a, b in zip(chain, chain[1:], strict=False):
+            after[id(a)].append(b)
+            needs[id(b)] += 1
+    return after, needs
+
+
+def _choice_counters(steps: list[_Step]) -> dict[ObjectKey, None]:
+    """The counters the ``argmin_incr`` steps choose from, if every step on them is
+    a choice or an increment (so only the choices depend on the order); else none."""
+    counters = {k: None for s in steps if _is_choice(s.op) for k in s.op.args[1]}
+    for s in steps:
+        op = s.op
+        if not _is_choice(op) and op.key in counters and op.code != "incr":
+            return {}
+    return counters
+
+
+def _choice_effect(step: _Step, values: dict[ObjectKey, Any]) -> tuple[bool, ObjectKey | None, Any]:
+    """``step`` on the counters as they are: (whether a logged answer is given again,
+    a choice or an increment's new value, the counter it changes, by how much)."""
+    op = step.op
+    if step.inert:
+        return True, None, 0
+    if not _is_choice(op):
+        by = op.args[0]
+        return step.result is _NOT_LOGGED or step.result == values[op.key] + by, op.key, by
+    keys = op.args[1]
+    best = least_loaded([values[k] for k in keys], op.args[2] if len(op.args) > 2 else None)
+    if step.result is not _NOT_LOGGED:
+        return best == step.result, (keys[step.result] if step.result is not None else None), 1
+    return True, (keys[best] if best is not None else None), 1
+
+
+def _choice_order(runs: list[list[_Step]], starts: Mapping[ObjectKey, Any],
+                  counters: dict[ObjectKey, None]) -> list[_Step]:
+    """§5.4 with the load balancer's choices: an order of the re-executed updates, each
+    client's in send order and the other objects' runs kept, in which every logged
+    ``argmin_incr`` chooses the counter its instance was answered, on the counters
+    as the re-executed history has them (increments are free to move among the
+    clients' interleavings: they commute).  Depth first in logical clock
+    order, positions that failed remembered; none found is a RecoveryError."""
+    steps = [s for run in runs for s in run]
+    free = frozenset(i for i, run in enumerate(runs) if all(s.op.code in _COMMUTE or _is_choice(s.op) for s in run))
+    after, needs = _precedence(runs, steps, free)
+    values = {k: starts.get(k, 0) for k in counters}
+    touches = {id(s) for s in steps if s.op.key in counters or _is_choice(s.op)}
+    done: set[int] = set()
+    dead: set[frozenset[int]] = set()
+    path: list[tuple[_Step, ObjectKey | None, Any]] = []
+    # A frame: the candidates at one depth, in clock order, and the next to try.
+    frames: list[list] = [[sorted((s for s in steps if not needs[id(s)]), key=lambda s: s.order), 0]]
+    tries = 0
+    while len(path) < len(steps):
+        cands, i = frames[-1]
+        if i == len(cands) or tries > _SEARCH_LIMIT:
+            if tries > _SEARCH_LIMIT or not path:
+                raise RecoveryError("no order of the re-executed updates reproduces the load balancer's "
+                                    f"choices (argmin_incr) its instances were answered ({tries} tried)")
+            dead.add(frozenset(done))
+            frames.pop()
+            step, key, by = path.pop()
+            done.discard(id(step))
+            if key is not None:
+                values[key] -= by
+            for b in after[id(step)]:
+                needs[id(b)] += 1
+            continue
+        frames[-1][1] += 1
+        step = cands[i]
+        tries += 1
+        ok, key, by = _choice_effect(step, values) if id(step) in touches else (True, None, 0)
+        if not ok or frozenset(done | {id(step)}) in dead:
+            continue
+        if key is not None:
+            values[key] += by
+        done.add(id(step))
+        path.append((step, key, by))
+        for b in after[id(step)]:
+            needs[id(b)] -= 1
+        frames.append([sorted((s for s in steps if id(s) not in done and not needs[id(s)]),
+                              key=lambda s: s.order), 0])
+    return [s for s, _, _ in path]
 
 
 def _roll_flows_forward(checkpoint: Checkpoint, logs: Mapping[str, InstanceLog], out: Recovery) -> None:
@@ -796,9 +898,20 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
                 reads.setdefault(r.key, []).append(r)
     wal_ops = {cid: log.wal.updates for cid, log in by_client.items()}
     writers = {k: set(runs) for k, runs in updates.items()}    # who updated each object since the checkpoint
-    for step in late:
+    choices = late + [s for runs in updates.values() for run in runs.values() for s in run if _is_choice(s.op)]
+    for step in choices:
+        # A choice reads every counter it chooses from: none of them has one writer
+        # whose updates could stay in place while the choice moves.
         for k in step.op.args[1]:
             writers.setdefault(k, set()).add(step.client)
+    starts: dict[ObjectKey, Any] = {}       # the counters where their re-execution starts
+    # Counters the choices read whose every update since the checkpoint commutes: each
+    # is re-executed from the checkpoint (Case 1), never covered by a read (Case 2),
+    # so every choice is made again in one history (_choice_order) rather than left
+    # in place where it would no longer see the re-executed updates before it.
+    commuting = {k for step in choices for k in step.op.args[1]}
+    commuting -= {k for k in commuting for run in updates.get(k, {}).values() for s in run
+                  if s.op.code not in _COMMUTE and not _is_choice(s.op)}
     chosen_from = {k for step in late for k in step.op.args[1]}     # counters a late choice may change
     joint: dict[str, list[_Step]] = {}
     for key in sorted(set(updates) | set(reads), key=repr):
@@ -808,7 +921,7 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
         # been applied in another order than clock order: one instance's were applied
         # in its send order, which is how Case 1 re-executes them (and then every
         # update's pre-image is known again).
-        several = sum(1 for run in steps.values() if run) > 1
+        several = sum(1 for run in steps.values() if run) > 1 and key not in commuting
         start = select_ts([r for r in key_reads if r.op.code in _FULL_VALUE], wal_ops) if several else None
         cut_ts: TS = checkpoint.ts
         if start is not None:           # Case 2: start from the most recent read
@@ -834,6 +947,7 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
             if not _dominates(b.ts, a.ts):
                 raise RecoveryError(f"reads of {_name(key)} do not form one order")
         steps = {c: run for c, run in steps.items() if run}
+        starts[key] = engine.data.get(key, 0)
         if key in chosen_from:
             if pins:
                 raise RecoveryError(f"{_name(key)}: a pop or cas result and a choice whose result was lost")
@@ -854,6 +968,11 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
         # re-executed as the sole user of its counters, it chooses as it did, in the
         # same order on the same values, whatever it read.
         counters = step.op.args[1]
+        if all(k in commuting for k in counters):
+            # The one history of the choices is searched for (_choice_order): every
+            # logged answer is given again in it, and this choice is made at its place.
+            joint.setdefault(step.client, []).append(step)
+            continue
         alone = all(set(updates.get(k, {})) | late_clients[k] <= {step.client} for k in counters)
         if any(_seq(r.ts, step.client) >= step.seq and not (alone and r.op.client == step.client)
                for k in counters for r in reads.get(k, ())):
@@ -862,14 +981,22 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
         joint.setdefault(step.client, []).append(step)
     # The late choices and the updates of the counters they choose from, together in
     # one plausible order (each client's in send order), so every choice sees the
-    # counters as they were when it was made there.
-    run = _merge(joint.values())
+    # counters as they were when it was made there: the order of the whole history,
+    # in which every logged choice is made again (_choice_order).
+    for step in choices:
+        for k in step.op.args[1]:
+            starts.setdefault(k, engine.data.get(k, 0))
+    for step in (s for run in joint.values() for s in run):
+        step.inert = step.op.tag is not None and step.op.tag in engine.clock_log.get(step.op.key, ())
+    order = _one_order(out.runs + [sorted(r, key=lambda s: s.seq) for r in joint.values()], starts)
+    deferred = {id(s) for r in joint.values() for s in r}
+    run = [s for s in order if id(s) in deferred]
     for step in run:
         _re_execute(engine, step)
         if len(joint) == 1:
             out.in_place.add((step.client, step.seq))
     out.runs.append(run)
-    out.re_executed = [(step.client, step.op) for step in _one_order(out.runs)]
+    out.re_executed = [(step.client, step.op) for step in order]
     engine.log_order = deque(sorted(engine.log_order, key=lambda e: e[0]))
     out.commits = engine.drain_commits()
     return out
