@@ -712,9 +712,25 @@ def _one_order(runs: list[list[_Step]], starts: Mapping[ObjectKey, Any] | None =
     be met together, the per-object grouping is kept."""
     steps = [s for run in runs for s in run]
     counters = _choice_counters(steps) if starts is not None else {}
+    free = frozenset(i for i, run in enumerate(runs) if all(s.op.code in _COMMUTE or _is_choice(s.op)
+                                                            for s in run)) if counters else frozenset()
+    after, needs = _precedence(runs, steps, free)
+    order = _topological(steps, after, dict(needs))
+    if order is None:
+        return steps
     if counters:
-        return _choice_order(runs, starts, counters)
-    after, needs = _precedence(runs, steps, frozenset())
+        chosen = _choice_order(order, after, starts, counters)
+        for x, y in zip(chosen, chosen[1:], strict=False):     # the choices' order, kept
+            after[id(x)].append(y)
+            needs[id(y)] += 1
+        order = _topological(steps, after, needs)
+        assert order is not None        # the chain follows every precedence among its steps
+    return order
+
+
+def _topological(steps: list[_Step], after: dict[int, list[_Step]], needs: dict[int, int]) -> list[_Step] | None:
+    """``steps`` with every step after what ``after`` puts before it, logical clock
+    order where that leaves a choice; None on a cycle (consumes ``needs``)."""
     ready = [(s.order, i, s) for i, s in enumerate(steps) if not needs[id(s)]]
     heapq.heapify(ready)
     index = {id(s): i for i, s in enumerate(steps)}
@@ -726,7 +742,7 @@ def _one_order(runs: list[list[_Step]], starts: Mapping[ObjectKey, Any] | None =
             needs[id(b)] -= 1
             if not needs[id(b)]:
                 heapq.heappush(ready, (b.order, index[id(b)], b))
-    return out if len(out) == len(steps) else steps
+    return out if len(out) == len(steps) else None
 
 
 def _precedence(runs: list[list[_Step]], steps: list[_Step], free: frozenset[int]
@@ -774,55 +790,65 @@ def _choice_effect(step: _Step, values: dict[ObjectKey, Any]) -> tuple[bool, Obj
     return True, (keys[best] if best is not None else None), 1
 
 
-def _choice_order(runs: list[list[_Step]], starts: Mapping[ObjectKey, Any],
+def _choice_order(order: list[_Step], after: dict[int, list[_Step]], starts: Mapping[ObjectKey, Any],
                   counters: dict[ObjectKey, None]) -> list[_Step]:
-    """§5.4 with the load balancer's choices: an order of the re-executed updates, each
-    client's in send order and the other objects' runs kept, in which every logged
-    ``argmin_incr`` chooses the counter its instance was answered, on the counters
-    as the re-executed history has them (increments are free to move among the
-    clients' interleavings: they commute).  Depth first in logical clock
-    order, positions that failed remembered; none found is a RecoveryError."""
-    steps = [s for run in runs for s in run]
-    free = frozenset(i for i, run in enumerate(runs) if all(s.op.code in _COMMUTE or _is_choice(s.op) for s in run))
-    after, needs = _precedence(runs, steps, free)
+    """§5.4 with the load balancer's choices: an order of the choices and the updates
+    of the counters they choose from (``order``: all re-executed updates, one
+    topological order of ``after``) that keeps every precedence among them and in
+    which every logged ``argmin_incr`` chooses the counter its instance was answered,
+    and every logged increment gives its new value, on the counters as the
+    re-executed history has them.  Depth first in logical clock order over these
+    steps alone, the sets of steps done that led nowhere remembered; none found is
+    a RecoveryError (the failed store's own order is one, so there is one)."""
+    touches = [s for s in order if s.op.key in counters or _is_choice(s.op)]
+    bit = {id(s): 1 << i for i, s in enumerate(touches)}
+    # Which of them must come before each (through any chain of precedences).
+    before: dict[int, int] = {}
+    for s in order:
+        own = before.get(id(s), 0) | bit.get(id(s), 0)
+        for b in after[id(s)]:
+            before[id(b)] = before.get(id(b), 0) | own
+    need = [before.get(id(s), 0) for s in touches]
+    ranked = sorted(range(len(touches)), key=lambda i: touches[i].order)
     values = {k: starts.get(k, 0) for k in counters}
-    touches = {id(s) for s in steps if s.op.key in counters or _is_choice(s.op)}
-    done: set[int] = set()
-    dead: set[frozenset[int]] = set()
-    path: list[tuple[_Step, ObjectKey | None, Any]] = []
-    # A frame: the candidates at one depth, in clock order, and the next to try.
-    frames: list[list] = [[sorted((s for s in steps if not needs[id(s)]), key=lambda s: s.order), 0]]
+    done = 0
+    dead: set[int] = set()
+    path: list[tuple[int, ObjectKey | None, Any]] = []
+    nexts = [0]                     # per depth: where in ``ranked`` the next try starts
     tries = 0
-    while len(path) < len(steps):
-        cands, i = frames[-1]
-        if i == len(cands) or tries > _SEARCH_LIMIT:
-            if tries > _SEARCH_LIMIT or not path:
-                raise RecoveryError("no order of the re-executed updates reproduces the load balancer's "
-                                    f"choices (argmin_incr) its instances were answered ({tries} tried)")
-            dead.add(frozenset(done))
-            frames.pop()
-            step, key, by = path.pop()
-            done.discard(id(step))
+    while len(path) < len(touches):
+        j = nexts[-1]
+        pick = None
+        while j < len(ranked):
+            i = ranked[j]
+            j += 1
+            b = 1 << i
+            if done & b or need[i] & ~done or (done | b) in dead:
+                continue
+            tries += 1
+            ok, key, by = _choice_effect(touches[i], values)
+            if ok:
+                pick = (i, key, by)
+                break
+        nexts[-1] = j
+        if tries > _SEARCH_LIMIT or (pick is None and not path):
+            raise RecoveryError("no order of the re-executed updates reproduces the load balancer's "
+                                f"choices (argmin_incr) its instances were answered ({tries} tried)")
+        if pick is None:            # back: this set of done steps leads nowhere
+            dead.add(done)
+            nexts.pop()
+            i, key, by = path.pop()
+            done &= ~(1 << i)
             if key is not None:
                 values[key] -= by
-            for b in after[id(step)]:
-                needs[id(b)] += 1
             continue
-        frames[-1][1] += 1
-        step = cands[i]
-        tries += 1
-        ok, key, by = _choice_effect(step, values) if id(step) in touches else (True, None, 0)
-        if not ok or frozenset(done | {id(step)}) in dead:
-            continue
+        i, key, by = pick
         if key is not None:
             values[key] += by
-        done.add(id(step))
-        path.append((step, key, by))
-        for b in after[id(step)]:
-            needs[id(b)] -= 1
-        frames.append([sorted((s for s in steps if id(s) not in done and not needs[id(s)]),
-                              key=lambda s: s.order), 0])
-    return [s for s, _, _ in path]
+        done |= 1 << i
+        path.append(pick)
+        nexts.append(0)
+    return [touches[i] for i, _, _ in path]
 
 
 def _roll_flows_forward(checkpoint: Checkpoint, logs: Mapping[str, InstanceLog], out: Recovery) -> None:
