@@ -798,7 +798,7 @@ def _choice_order(order: list[_Step], after: dict[int, list[_Step]], starts: Map
     which every logged ``argmin_incr`` chooses the counter its instance was answered,
     and every logged increment gives its new value, on the counters as the
     re-executed history has them.  Depth first in logical clock order over these
-    steps alone, the sets of steps done that led nowhere remembered; none found is
+    steps alone, the (steps done, counters) that led nowhere remembered; none found is
     a RecoveryError (the failed store's own order is one, so there is one)."""
     touches = [s for s in order if s.op.key in counters or _is_choice(s.op)]
     bit = {id(s): 1 << i for i, s in enumerate(touches)}
@@ -812,7 +812,9 @@ def _choice_order(order: list[_Step], after: dict[int, list[_Step]], starts: Map
     ranked = sorted(range(len(touches)), key=lambda i: touches[i].order)
     values = {k: starts.get(k, 0) for k in counters}
     done = 0
-    dead: set[int] = set()
+    # Failed (done, counters) pairs: with a lost reply's choice made where it lands,
+    # the counters are not a function of the steps done alone.
+    dead: set[tuple[int, tuple]] = set()
     path: list[tuple[int, ObjectKey | None, Any]] = []
     nexts = [0]                     # per depth: where in ``ranked`` the next try starts
     tries = 0
@@ -823,10 +825,16 @@ def _choice_order(order: list[_Step], after: dict[int, list[_Step]], starts: Map
             i = ranked[j]
             j += 1
             b = 1 << i
-            if done & b or need[i] & ~done or (done | b) in dead:
+            if done & b or need[i] & ~done:
                 continue
             tries += 1
             ok, key, by = _choice_effect(touches[i], values)
+            if ok and key is not None:
+                values[key] += by
+                ok = (done | b, tuple(values.values())) not in dead
+                values[key] -= by
+            elif ok:
+                ok = (done | b, tuple(values.values())) not in dead
             if ok:
                 pick = (i, key, by)
                 break
@@ -834,8 +842,8 @@ def _choice_order(order: list[_Step], after: dict[int, list[_Step]], starts: Map
         if tries > _SEARCH_LIMIT or (pick is None and not path):
             raise RecoveryError("no order of the re-executed updates reproduces the load balancer's "
                                 f"choices (argmin_incr) its instances were answered ({tries} tried)")
-        if pick is None:            # back: this set of done steps leads nowhere
-            dead.add(done)
+        if pick is None:            # back: these steps done, these counters, lead nowhere
+            dead.add((done, tuple(values.values())))
             nexts.pop()
             i, key, by = path.pop()
             done &= ~(1 << i)
@@ -974,10 +982,12 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
                 raise RecoveryError(f"reads of {_name(key)} do not form one order")
         steps = {c: run for c, run in steps.items() if run}
         starts[key] = engine.data.get(key, 0)
-        if key in chosen_from:
+        if key in chosen_from or key in commuting:
             if pins:
                 raise RecoveryError(f"{_name(key)}: a pop or cas result and a choice whose result was lost")
-            # A late choice may land on it: rolled forward with the late ops, in order.
+            # A late choice may land on it, or the choices read it: rolled forward with
+            # the choices, in the one order found for them (the clock log keeps each
+            # update's answer as that order gives it, for a later replay's emulation).
             for c, run in steps.items():
                 joint.setdefault(c, []).extend(run)
             continue
