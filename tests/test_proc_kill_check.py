@@ -12,7 +12,6 @@ with every batch's stats).
 from __future__ import annotations
 
 import itertools
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from chc.coe import draw_kill, variant  # noqa: E402
 from chc.runtime.proc import Kill, ProcRuntime  # noqa: E402
 from chc.scenario import load_scenario  # noqa: E402
 from chc.spec import load_spec  # noqa: E402
+from procpace import held  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LAN = str(ROOT / "traces/pathspider/lan-2012.pcap.gz")
@@ -82,18 +82,7 @@ def test_the_killed_process_issued_updates_reach_the_checker():
         records = list(itertools.islice(reader, 3000))
     rt = ProcRuntime(load_spec(PAPER), model="EO+C+NA", record=True, kills=[Kill("nat", 0, 2000)],
                      breaks=("no-replay",))
-
-    def paced():
-        """Hold the input until nat.0 has reported a batch: on a loaded machine the kill at
-        packet 2000 can otherwise come before nat.0 processed anything (CI saw it)."""
-        for index, record in enumerate(records):
-            if index == 1500:
-                deadline = time.monotonic() + 60
-                while not rt.stats.get("nat.0", {}).get("counters", [0])[0] and time.monotonic() < deadline:
-                    rt._service(100)
-            yield record
-
-    rt.run(paced())
+    rt.run(held(rt, records, "nat.0", 1500))
     (event,) = rt.summary().events
     assert event["replayed"] == 0
     nat = sorted(tag[0] for key, tag in rt.issued_updates() if key.vertex == "nat")

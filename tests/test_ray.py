@@ -25,6 +25,7 @@ from chc.runtime.proc import Kill
 from chc.runtime.procworker import Plan
 from chc.runtime.sim import SimRuntime
 from chc.spec import load_spec
+from procpace import held
 
 ROOT = Path(__file__).resolve().parent.parent
 LAN = ROOT / "traces/pathspider/lan-2012.pcap.gz"
@@ -159,13 +160,33 @@ def test_an_actor_killed_through_ray_fails_over(cluster, lan, lan_sim):
     """``--kill nat[0]@4000`` on Ray is ``ray.kill`` of nat.0's actor: its run
     ObjectRef raises RayActorError, and the proc runtime's NF failover takes over."""
     rt = procray.RayRuntime(load_spec(str(PAPER)), model=MODEL, kills=[Kill("nat", 0, 4000)])
-    rt.run(lan)
+    rt.run(held(rt, lan, "nat.0", 3000))
     event = _failed_over(rt.summary(), lan_sim, "nat")
     assert event["replayed"] > 0
     _nothing_left(rt)
 
 
 @needs_ray
+def test_check_on_ray_judges_a_killed_instance_with_the_oracle(cluster, capsys):
+    """``chc check --runtime ray``: the proc check (the store server's serialization,
+    the COE oracle) on the cluster's actors, with a random SIGKILL per seed."""
+    c, _, _ = cluster
+    rc = main(["check", "--runtime", "ray", "--ray-address", c.address, str(PAPER),
+               str(ROOT / "examples/scenarios/parallel.yaml"), str(LAN), "--packets", "1500", "--seed", "2",
+               "--kill", "random"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "1 of 1 seeds passed" in out and "kill lb[2]@1028" in out and "killed lb.2 at input packet" in out
+
+
+def test_check_ray_options_are_one_line(capsys):
+    argv = ["check", str(PAPER), str(ROOT / "examples/scenarios/parallel.yaml"), str(LAN), "--packets", "50"]
+    assert main([*argv, "--ray-address", "127.0.0.1:1"]) == 2
+    assert capsys.readouterr().err.strip() == "chc: error: --ray-address is for --runtime ray"
+    assert main([*argv, "--runtime", "ray", "--jobs", "2", "--seeds", "2"]) == 2
+    assert "--runtime ray seeds run one at a time" in capsys.readouterr().err
+
+
 def test_removing_the_node_of_an_instance_fails_it_over(cluster, lan, lan_sim):
     """portscan.0 alone on node b; node b is removed mid-run: portscan fails over to
     node a (runs last: the cluster has one node afterwards)."""

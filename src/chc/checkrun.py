@@ -48,12 +48,13 @@ class Job:
     records: list[tuple[int, bytes]]
     stores: list[str]
     breaks: tuple[str, ...]
-    runtime: str = "sim"            # the physical run's runtime: sim or proc
-    kill: str = ""                  # proc: "random" or VERTEX[I]@N, a SIGKILL per seed (draw_kill)
+    runtime: str = "sim"            # the physical run's runtime: sim, proc or ray
+    kill: str = ""                  # proc, ray: "random" or VERTEX[I]@N, a SIGKILL per seed (draw_kill)
+    ray_address: str = "auto"       # ray: the cluster to join
 
     @classmethod
     def load(cls, chain: str, scenario: str, capture: str, packets: int | None, stores: list[str],
-             breaks: tuple[str, ...], runtime: str = "sim", kill: str = "") -> Job:
+             breaks: tuple[str, ...], runtime: str = "sim", kill: str = "", ray_address: str = "auto") -> Job:
         spec = load_spec(chain)
         sc = load_scenario(scenario)
         if kill:
@@ -65,14 +66,15 @@ class Job:
         for url in stores:
             if url != "memory":
                 open_store(url).close()      # unreachable or malformed: a clear error now
-        return cls(chain, scenario, capture, packets, spec, sc, records, stores, breaks, runtime, kill)
+        return cls(chain, scenario, capture, packets, spec, sc, records, stores, breaks, runtime, kill, ray_address)
 
     def run(self, seed: int) -> dict:
         started = time.perf_counter()
         v = variant(self.chain, self.scenario, seed, self.stores)
         if self.kill:
             v.kill = draw_kill(v, len(self.records), self.kill)
-        res = check_variant(self.chain, self.scenario, self.records, v, self.breaks, open_store, self.runtime)
+        res = check_variant(self.chain, self.scenario, self.records, v, self.breaks, open_store, self.runtime,
+                            self.ray_address)
         out = res.as_json()
         out["seconds"] = round(time.perf_counter() - started, 3)
         return out
@@ -81,8 +83,8 @@ class Job:
 def _check_kill(kill: str, chain: Chain, runtime: str) -> None:
     """``--kill``'s one-line errors before any seed runs (an instance index is checked
     again per seed, against the parallelism it draws)."""
-    if runtime != "proc":
-        raise ValueError("--kill is for --runtime proc (with sim, a scenario's crash events kill instances: "
+    if runtime not in ("proc", "ray"):
+        raise ValueError("--kill is for --runtime proc or ray (with sim, a scenario's crash events kill instances: "
                          "docs/recovery.md)")
     if kill != "random":
         from .runtime.proc import parse_kill
@@ -170,9 +172,9 @@ class Report:
 def run_seeds(job: Job, seeds: list[int], jobs: int, say: Callable[[str], Any]) -> Report:
     """Run every seed (in ``jobs`` processes) and print each verdict as it is known."""
     global _JOB
-    if jobs > 1 and job.runtime == "proc":
-        raise ValueError("--jobs: with --runtime proc seeds run one at a time (each seed is already a process "
-                         "per root, instance and store)")
+    if jobs > 1 and job.runtime in ("proc", "ray"):
+        raise ValueError(f"--jobs: with --runtime {job.runtime} seeds run one at a time (each seed is already "
+                         "a process per root, instance and store)")
     if jobs > 1 and len(seeds) > 1 and any(_has_db(url) for url in job.stores):
         raise ValueError("--jobs > 1 gives each worker its own Redis database (worker k: database k): "
                          "give the Redis URL without a /DB")

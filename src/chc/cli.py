@@ -97,12 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="per-packet processing delay of a vertex's instances (or instance i): "
                            "uniform:LOW:HIGH, const:X or exp:MEAN in microseconds; repeatable")
     pace.add_argument("--seed", type=int, default=0, help="seed of the delay distributions (default: 0)")
-    run.add_argument("--runtime", choices=("sim", "proc", "ray"), default="sim",
-                     help="sim: one deterministic process (default); proc: every root and NF instance in "
-                          "its own OS process, ZeroMQ between them (docs/proc.md); ray: proc's processes "
-                          "each in a Ray actor (the [ray] extra)")
-    run.add_argument("--ray-address", default="auto", metavar="ADDR",
-                     help="--runtime ray: the Ray cluster to join (default: auto, the running one)")
+    _runtime_args(run, "sim: one deterministic process (default); proc: every root and NF instance in "
+                       "its own OS process, ZeroMQ between them (docs/proc.md); ray: proc's processes "
+                       "each in a Ray actor (the [ray] extra)")
     run.add_argument("--ray-pin", action="append", default=[], metavar="VERTEX[I]=RESOURCE",
                      help="--runtime ray: run instance I of VERTEX on a node with custom resource RESOURCE "
                           "(default: instances in turn over the alive nodes); repeatable")
@@ -176,15 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--save-failures", metavar="FILE",
                      help="append failing seeds to FILE (YAML) to keep them as regression cases")
     chk.add_argument("--json", metavar="FILE", help="write every seed's verdict as JSON")
-    chk.add_argument("--runtime", choices=("sim", "proc"), default="sim",
-                     help="the physical run's runtime: sim (default) or proc (a process per root, instance and "
-                          "store server; no scenario events, memory store only; docs/coe.md)")
+    _runtime_args(chk, "the physical run's runtime: sim (default), proc (a process per root, instance and "
+                       "store server; no scenario events, memory store only; docs/coe.md) or ray (proc's "
+                       "processes in actors of a Ray cluster, --ray-address)")
     chk.add_argument("--kill", metavar="random|VERTEX[I]@N",
-                     help="--runtime proc: each seed SIGKILLs one NF instance process, a failover instance "
+                     help="--runtime proc or ray: each seed SIGKILLs one NF instance process, a failover instance "
                           "takes over (§5.4) and the run is checked; 'random': an instance and an input packet "
                           "(middle 80%%) drawn per seed; VERTEX[I]@N: instance I of VERTEX once N input packets "
                           "have been fed (docs/proc.md)")
     return parser
+
+
+def _runtime_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--runtime`` and ``--ray-address``, as ``chc run`` and ``chc check`` take them."""
+    p.add_argument("--runtime", choices=("sim", "proc", "ray"), default="sim", help=what)
+    p.add_argument("--ray-address", default="auto", metavar="ADDR",
+                   help="--runtime ray: the Ray cluster to join (default: auto, the running one)")
 
 
 def _outputs_and_state(p: argparse.ArgumentParser) -> None:
@@ -235,10 +239,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"--break {unknown[0]}: unknown (known: {', '.join(checkrun.BREAKS)})")
     try:
+        if args.runtime == "ray":
+            from .runtime import procray
+            if not procray.available():
+                raise UsageError(procray.EXTRA)
+        elif args.ray_address != "auto":
+            raise UsageError("--ray-address is for --runtime ray")
         job = checkrun.Job.load(args.chain, args.scenario, args.capture, args.packets,
-                                args.store or ["memory"], tuple(args.breaks), args.runtime, args.kill or "")
+                                args.store or ["memory"], tuple(args.breaks), args.runtime, args.kill or "",
+                                args.ray_address)
         seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
-        if args.runtime == "proc":
+        if args.runtime in ("proc", "ray"):
             refused = checkrun.proc_refusal(job.scenario, seeds, list(job.chain.vertices), len(job.records),
                                             job.stores, job.breaks, job.kill)
             if refused:

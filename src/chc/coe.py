@@ -732,9 +732,11 @@ def physical_runtime(chain: Chain, scenario: Any, v: Variant, n_packets: int, ob
 
 
 def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v: Variant,
-                  breaks: tuple[str, ...] = (), open_store: Any = None, runtime: str = "sim") -> SeedResult:
+                  breaks: tuple[str, ...] = (), open_store: Any = None, runtime: str = "sim",
+                  ray_address: str = "auto") -> SeedResult:
     """Run one seeded variant of ``scenario`` (with ``breaks`` switched on) on ``runtime``
-    (``sim`` or ``proc``) and judge it."""
+    (``sim``, ``proc``, or ``ray``: the proc runtime's workers in actors of the Ray
+    cluster at ``ray_address``) and judge it."""
     for name in breaks:
         b = BREAKS.get(name)
         if b is None:
@@ -743,8 +745,8 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
             raise ValueError(f"--break {name} needs an externalized model (EO, EO+C, EO+C+NA)")
         if b.memory_only and v.store != "memory":
             raise ValueError(f"--break {name} needs the memory store")
-    if runtime == "proc":
-        return _check_proc(chain, scenario, records, v, breaks)
+    if runtime in ("proc", "ray"):
+        return _check_proc(chain, scenario, records, v, breaks, ray_address if runtime == "ray" else None)
     store = open_store(v.store) if (open_store is not None and v.model != "T") else None
     obs = Observers()
     state = BreakState(tuple(breaks), from_clock=len(records) // 2)
@@ -788,8 +790,9 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
 
 
 def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v: Variant,
-                breaks: tuple[str, ...]) -> SeedResult:
-    """One seed on the proc runtime (docs/coe.md): the store server records the
+                breaks: tuple[str, ...], ray_address: str | None = None) -> SeedResult:
+    """One seed on the proc runtime (docs/coe.md), or with ``ray_address`` on the ray
+    runtime (the same workers in Ray actors): the store server records the
     serialization, the instances the updates they issued; the same reference and
     comparisons as for the sim follow.  Delays and pacing are the sim's virtual time:
     the proc run's own timing (real processes on real cores) is what varies here."""
@@ -802,9 +805,14 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
     state = BreakState(tuple(breaks), from_clock=len(records) // 2)
     physical = chain.with_parallelism(v.parallelism)
     kills = [parse_kill(v.kill, physical)] if v.kill else []
-    rt = ProcRuntime(physical, model=v.model, batch_size=v.batch_size,
-                     log_mode=getattr(scenario, "packet_log", "local"), write_out=True, record=True,
-                     breaks=breaks, break_from=state.from_clock, kills=kills)
+    cls: Any = ProcRuntime
+    extra: dict[str, Any] = {}
+    if ray_address is not None:
+        from .runtime.procray import RayRuntime
+        cls, extra = RayRuntime, {"address": ray_address}
+    rt = cls(physical, model=v.model, batch_size=v.batch_size,
+             log_mode=getattr(scenario, "packet_log", "local"), write_out=True, record=True,
+             breaks=breaks, break_from=state.from_clock, kills=kills, **extra)
     out: list[tuple[int, bytes]] = []
     try:
         rt.run(records, emit=lambda pkts: out.extend((p.clock, bytes(p.data)) for p in pkts))
