@@ -279,7 +279,7 @@ def test_a_store_crash_while_an_instance_is_down_is_reported_unrecoverable(capsy
     crash = tmp_path / "crash.yaml"
     crash.write_text("parallelism: 2\nevents:\n"
                      "  - {at: {packets: 100}, do: crash, target: 'nat[1]', heartbeat_us: 1000000000}\n"
-                     "  - {at: {packets: 101}, do: crash, target: store}\n")
+                     "  - {at: {packets: 101}, do: crash, target: store, together: true}\n")
     got, text, data = run_check(capsys, str(PAPER), str(crash), str(lan_slice), "--seeds", "2",
                                 "--packets", "500", "--json", str(tmp_path / "r.json"))
     assert got == 1, text

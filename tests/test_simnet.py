@@ -163,3 +163,25 @@ def test_a_moved_flows_timers_move_with_it(records):
     rt.move("portscan", 0, 1, 1.0)
     assert [t[2] for t in new.ctx._timers] == ["flow timeout"]
     assert [t[2] for t in old.ctx._timers] == ["no flow"]
+
+
+def test_a_reply_of_a_failed_store_still_on_the_wire_is_void():
+    """§5.4: once the store's failure is detected (its epoch moves on), a reply it sent
+    before it died and that is still on the wire is dropped on arrival: recovery read
+    the instances' logs without it, and the client asks the failover store again."""
+    from chc.core.store import ObjectKey, Op
+    from chc.runtime.simnet import StoreLink, StoreNode
+
+    net = Network({"store": LinkModel(latency="const:10")})
+    node = StoreNode(net, MemoryStore())
+    got: list = []
+    link = StoreLink(net, node, "lb[0]")
+    link.reply = lambda rid, reply: got.append(reply)
+    op = Op("incr", ObjectKey("lb", "active", 0), (1,), client="lb/0", seq=1, default=0)
+    for epoch_moves in (False, True):
+        node.request(link, 1, [op])
+        if epoch_moves:
+            node.epoch += 1             # StoreFailover._detected
+        while net.run_next():
+            pass
+    assert got == [[1]]

@@ -606,12 +606,14 @@ def _lb_issue(run: Instances, clock: int, step) -> None:
 
 
 def _replays_every_answer(ckpt_state: dict, rec, logs: list[InstanceLog]) -> bool:
-    """The history the failover store hands the COE checker: from the checkpoint,
-    the re-executed updates in ``rec.re_executed``'s order give every answer an
-    instance logged (each choice, each increment's new value) and the failover
-    store's counters."""
+    """The history the failover store hands the COE checker: from the checkpoint
+    (or, for a counter recovered by Case 2, the selected read's value: the updates
+    it covers stay where they were), the re-executed updates in
+    ``rec.re_executed``'s order give every answer an instance logged (each choice,
+    each increment's new value) and the failover store's counters."""
     engine = StoreEngine()
     engine.data.update({k: v for k, v in ckpt_state.items() if k.obj == "active"})
+    engine.data.update({k: read.result for k, read in rec.selected.items()})
     answers = {(log.client_id, seq): r for log in logs for seq, r in log.wal.results.items()}
     for client, op in rec.re_executed:
         result = engine.apply(op.replace(seq=0, tag=None, xor_id=0))

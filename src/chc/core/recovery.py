@@ -311,15 +311,23 @@ class WriteAheadLog:
                 self.updates.append(op)
 
     def log_replies(self, ops: Sequence[Op], results: list[Any]) -> list[Any]:
-        """Log the stamped replies as reads; return the results as the client expects them."""
+        """Log the stamped replies as reads, and the updates' results; return the
+        results as the client expects them.  A retransmitted custom op (the load
+        balancer's choice) is answered from the clock log, unstamped: its result is
+        logged too, since the instance acts on it and a recovery that took it for
+        lost would choose again."""
         for i, r in enumerate(results):
+            op = ops[i]
             if r.__class__ is Stamped:
-                op = ops[i]
                 value = _copy(r.result)     # the store's live object must not move under the log
                 self.reads.append(Read(op, value, r.ts))
-                if op.code in UPDATES:
-                    self.results[op.seq] = value
                 results[i] = r.result
+            elif op.code == "custom" and not isinstance(r, BaseException):
+                value = _copy(r)
+            else:
+                continue
+            if op.code in UPDATES:
+                self.results[op.seq] = value
         return results
 
     def truncate(self, checkpoint: Checkpoint) -> int:

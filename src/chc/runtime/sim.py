@@ -1969,7 +1969,8 @@ def _crash_store(rt: SimRuntime, event: Any, at: str) -> None:
     if rt.store_failover is None:
         raise Unrecoverable(f"store crashed at {at}: store failover needs the memory store (checkpoints with "
                             f"TS and stamped replies); the {rt.store.describe()} store has neither")
-    rt.store_failover.crash(p.get("heartbeat_us", 20), p.get("misses", 3), {"by": "scenario"})
+    why = {"by": "scenario", **({"together": True} if p.get("together") else {})}
+    rt.store_failover.crash(p.get("heartbeat_us", 20), p.get("misses", 3), why)
 
 
 def _fault(kind: str) -> Callable[[SimRuntime, Any], None]:
@@ -2041,7 +2042,8 @@ def _check_crash(event: Any) -> None:
         raise ValueError("needs a target: vertex[i], vertex (an instance the seed picks), root[i] or store")
     allowed = {"heartbeat_us": _positive, "misses": _is_index, "pick": _is_index}
     if event.target == "store":         # §5.4: the failover store starts from the latest checkpoint
-        allowed = {"heartbeat_us": _positive, "misses": _is_index, "checkpoint_ms": _positive}
+        allowed = {"heartbeat_us": _positive, "misses": _is_index, "checkpoint_ms": _positive,
+                   "together": lambda v: isinstance(v, bool)}
     _check_params(event, allowed)
 
 

@@ -260,6 +260,11 @@ class StoreNode:
         self.backend = backend
         self.record: Any = None             # COE checker: a StoreSteps recorder
         self.crashed = False
+        # §5.4 store failover: the store instance answering (one more at each failover
+        # detected).  A reply the failed one sent that is still on the wire when its
+        # failure is detected is dropped on arrival: recovery has read the instances'
+        # logs without it, and the client asks the failover store again.
+        self.epoch = 0
         # §5.4 links of failed instances: what they sent before they died and arrives
         # after their failover instance took over is refused, never applied.
         self.fenced: set[str] = set()
@@ -310,7 +315,8 @@ class StoreNode:
         except StoreError as exc:
             reply = exc
         net = self.net
-        net.send("store", link.name, net.now, lambda: link.reply(rid, reply))
+        epoch = self.epoch
+        net.send("store", link.name, net.now, lambda: self.epoch == epoch and link.reply(rid, reply))
 
 
 class StoreLink:

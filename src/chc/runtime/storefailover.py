@@ -226,10 +226,11 @@ class StoreFailover:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _tick(self, rt: SimRuntime) -> None:
-        if self.waiting and not (rt.handovers or rt.clones):
-            for args in self.waiting:
+        if self.waiting:
+            ready = [w for w in self.waiting if not self._held(w[2])]
+            self.waiting = [w for w in self.waiting if self._held(w[2])]
+            for args in ready:
                 self._crash(*args)
-            self.waiting = []
         if self.outage is None and self.next_vt <= rt.horizon < float("inf"):
             self.checkpoint = self._take()
             self.next_vt = (int(rt.horizon) // self.interval_ns + 1) * self.interval_ns
@@ -259,12 +260,22 @@ class StoreFailover:
         if self.outage is not None:
             rt._log("crash-ignored", "store", None, reason="the store is already down", **why)
             return
-        if rt.handovers or rt.clones:
-            # As an NF crash waits for its vertex's move: the checker's crash points
-            # are between moves (an outage does not hold a handover half done).
+        if self._held(why):
             self.waiting.append((heartbeat_us, misses, why))
             return
         self._crash(heartbeat_us, misses, why)
+
+    def _held(self, why: dict) -> bool:
+        """A crash waits while a handover or a clone pair runs (as an NF crash waits for
+        its vertex's move: an outage does not hold one half done), and, unless it is
+        one of Table 3's failures ``together`` with another component, while an NF
+        instance or a root is down and not yet failed over: a scenario's failures are
+        then one after another, each recovered before the next (as an NF or root crash
+        waits while the store is down)."""
+        rt = self.rt
+        if rt.handovers or rt.clones:
+            return True
+        return not why.get("together") and bool(rt.failures or rt.root_failures)
 
     def _crash(self, heartbeat_us: float, misses: int, why: dict) -> None:
         rt = self.rt
@@ -322,6 +333,7 @@ class StoreFailover:
         instances' logs and caches (§5.4)."""
         o = self.outage
         rt = self.rt
+        rt.node.epoch += 1                  # replies of the failed store still on the wire are void
         logs: list[InstanceLog] = []
         wal_updates = 0
         marks = o.checkpoint.applied_seq
