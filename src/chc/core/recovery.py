@@ -312,17 +312,17 @@ class WriteAheadLog:
 
     def log_replies(self, ops: Sequence[Op], results: list[Any]) -> list[Any]:
         """Log the stamped replies as reads, and the updates' results; return the
-        results as the client expects them.  A retransmitted custom op (the load
-        balancer's choice) is answered from the clock log, unstamped: its result is
-        logged too, since the instance acts on it and a recovery that took it for
-        lost would choose again."""
+        results as the client expects them.  A retransmitted update is answered from
+        the clock log, unstamped: the result of one the instance acts on (the load
+        balancer's choice, a pop, a cas) is logged too, or a recovery would take the
+        choice for lost and choose again, or hand the popped item to another pop."""
         for i, r in enumerate(results):
             op = ops[i]
             if r.__class__ is Stamped:
                 value = _copy(r.result)     # the store's live object must not move under the log
                 self.reads.append(Read(op, value, r.ts))
                 results[i] = r.result
-            elif op.code == "custom" and not isinstance(r, BaseException):
+            elif op.code in _ACTED_ON and not isinstance(r, BaseException):
                 value = _copy(r)
             else:
                 continue
@@ -460,6 +460,7 @@ class _Step:
 
 
 _NOT_LOGGED = object()
+_ACTED_ON = frozenset(("custom", "pop", "cas"))     # updates whose answers instances act on
 _SEARCH_LIMIT = 200_000
 
 
@@ -489,7 +490,14 @@ def _merge(runs: Iterable[list[_Step]]) -> list[_Step]:
 
 
 def _pinned(step: _Step) -> bool:
+    """A pop or cas whose answer came with TS: it ends its segment (the pins before it)."""
     return step.observed and step.op.code in ("pop", "cas")
+
+
+def _checked(step: _Step) -> bool:
+    """A pop or cas whose answer the instance logged (stamped or not): the order must
+    give that answer again (a retransmission's answer has no TS, so no segment)."""
+    return step.result is not _NOT_LOGGED and step.op.code in ("pop", "cas")
 
 
 def _first_path(key: ObjectKey, start: Any, runs: list[list[_Step]], total: int) -> list[_Step] | None:
@@ -514,7 +522,7 @@ def _first_path(key: ObjectKey, start: Any, runs: list[list[_Step]], total: int)
             return None
         step, i = pick
         result = engine.apply(_effect_op(step).replace(seq=0, tag=None, xor_id=0))
-        if _pinned(step) and result != step.result:
+        if _checked(step) and result != step.result:
             return None
         left[seg] -= 1
         pos[i] += 1
@@ -524,8 +532,9 @@ def _first_path(key: ObjectKey, start: Any, runs: list[list[_Step]], total: int)
 
 def _order(key: ObjectKey, start: Any, steps: dict[str, list[_Step]], pins: list[Read]) -> list[_Step]:
     """An order of ``steps`` (each client's in log order) that reproduces every
-    pinned read's result: logical clock order first, a search only when a pin fails."""
-    if not pins:
+    pinned read's result and every other logged pop or cas answer: logical clock
+    order first, a search only when one fails."""
+    if not pins and not any(_checked(s) for run in steps.values() for s in run):
         return _merge(steps.values())
     # A step's segment: the pins before it (it is after pin k when its seq is past
     # k's TS for its client).  The pins form one order, so per client their seqs do
@@ -555,7 +564,7 @@ def _order(key: ObjectKey, start: Any, steps: dict[str, list[_Step]], pins: list
             if pinned and left > 1:
                 continue                    # a pinned read comes last in its segment (its TS says so)
             new, result = _scratch_apply(key, value, _effect_op(step))
-            if pinned and result != step.result:
+            if _checked(step) and result != step.result:
                 continue
             yield i, new
 
