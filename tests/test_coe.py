@@ -64,7 +64,7 @@ SCALE = ROOT / "examples/scenarios/scale.yaml"
 SPLIT = ROOT / "examples/scenarios/split.yaml"
 LB_BACKENDS = ROOT / "examples/scenarios/lb-backends.yaml"
 STRAGGLER = ROOT / "examples/scenarios/straggler.yaml"
-CRASH = ROOT / "examples/scenarios/crash.yaml"
+CRASH = ROOT / "examples/scenarios/nf-crash.yaml"
 STORE_CRASH = ROOT / "examples/scenarios/store-crash.yaml"
 
 
