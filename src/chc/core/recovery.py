@@ -36,9 +36,13 @@ logging:
    client sends (shared and per-flow), in send order, and every *read*: a reply the store
    returned with a value of shared state (a ``get``, or the result of an
    ``incr``/``apply``/``pop``/``cas``/custom op), together with the TS the store
-   returned with it (:class:`Stamped`).  Logging is write-ahead: an op is logged
+   returned with it (:class:`Stamped`).  A retransmitted update is answered from
+   the clock log without TS; the answers instances act on (a ``pop``, a ``cas``,
+   a choice) are logged all the same.  Logging is write-ahead: an op is logged
    before its request leaves, so an op in flight when the store fails is in the
-   log.
+   log.  While NF failover is possible too, it also keeps the instance's part of
+   the store's read log (:mod:`chc.core.failover`), from which a failover store
+   rebuilds that log.
 4. **Recovery** (:func:`recover`), per shared object: the paper's two cases.
    An object one instance alone updated since the checkpoint is re-executed in
    its send order from the checkpoint's value (the store applied them so).
@@ -58,7 +62,15 @@ logging:
    depends on that order (a ``pop``, a ``cas``) pins it: the roll forward keeps
    the updates before and after it on the right side and searches the order
    of the ones in between until the read's logged result comes out again, so
-   every read any instance made stays consistent (Case 2).
+   every read any instance made stays consistent (Case 2); a ``pop`` or ``cas``
+   answer logged without TS must come out again too, without a place of its own.
+   *The load balancer's choices* (``argmin_incr``) read every counter they
+   choose from, so their order across instances matters: those counters roll
+   forward from the checkpoint (their updates commute: Case 1, no read selected),
+   and one order of all choices and counter updates is searched for
+   (:func:`_choice_order`) in which every logged choice and increment answer
+   comes out again; a choice whose reply was lost is made where it lands.  The
+   failed store's own order is one such order.
 5. **Unrecoverable** (Table 3): a store failure together with a component whose
    state it holds (an instance's write-ahead log, the root's persisted clock and
    packet log), with no replica.  :func:`recover` raises
@@ -430,10 +442,15 @@ def select_ts(reads: Sequence[Read], logs: Mapping[str, Sequence[Op]]) -> Read |
 # -- roll forward --------------------------------------------------------------------------------
 
 
+def _is_choice(op: Op) -> bool:
+    """The load balancer's choice (``incr_least``, the store's ``argmin_incr``)."""
+    return op.code == "custom" and bool(op.args) and op.args[0] == "argmin_incr"
+
+
 def _effect_key(op: Op, result: Any = None) -> ObjectKey:
     """The object an op changes: its key, or for the load balancer's ``argmin_incr``
     the counter its (logged) result chose."""
-    if op.code == "custom" and op.args and op.args[0] == "argmin_incr" and result is not None:
+    if _is_choice(op) and result is not None:
         return op.args[1][result]
     return op.key
 
@@ -461,6 +478,7 @@ class _Step:
 
 _NOT_LOGGED = object()
 _ACTED_ON = frozenset(("custom", "pop", "cas"))     # updates whose answers instances act on
+_COMMUTE = frozenset(("incr", "incr_many"))     # updates whose order the state does not see
 _SEARCH_LIMIT = 200_000
 
 
@@ -604,7 +622,7 @@ def _re_execute(engine: RecoverableEngine, step: _Step) -> None:
     commit report, as the failed store applied (or would have applied) it."""
     op = step.op
     try:
-        if op.code == "custom" and step.result is not _NOT_LOGGED and op.args[0] == "argmin_incr":
+        if _is_choice(op) and step.result is not _NOT_LOGGED:
             # The effect is known from the logged result: replay it, not the choice.
             if op.tag is not None and op.tag in engine.clock_log.get(op.key, ()):
                 engine.emulated += 1        # a replayed packet's, emulated as the failed store did
@@ -706,14 +724,7 @@ def _reads_of(step: _Step) -> Sequence[ObjectKey]:
     """The objects ``step``'s result depends on: its own, or every counter an
     ``argmin_incr`` chooses from."""
     op = step.op
-    return op.args[1] if op.code == "custom" and op.args[0] == "argmin_incr" else (op.key,)
-
-
-_COMMUTE = frozenset(("incr", "incr_many"))     # updates whose order the state does not see
-
-
-def _is_choice(op: Op) -> bool:
-    return op.code == "custom" and op.args[0] == "argmin_incr"
+    return op.args[1] if _is_choice(op) else (op.key,)
 
 
 def _one_order(runs: list[list[_Step]], starts: Mapping[ObjectKey, Any] | None = None) -> list[_Step]:
@@ -940,7 +951,7 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
             if op.code == "custom" and result is _NOT_LOGGED:
                 late.append(step)
                 continue
-            if op.code == "custom" and op.args[0] != "argmin_incr":
+            if op.code == "custom" and not _is_choice(op):
                 raise RecoveryError(f"custom op {op.args[0]!r} of {cid} cannot be rolled forward: "
                                     "the objects it changed are not known")
             updates.setdefault(_effect_key(op, result), {}).setdefault(cid, []).append(step)
@@ -955,7 +966,6 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
         # whose updates could stay in place while the choice moves.
         for k in step.op.args[1]:
             writers.setdefault(k, set()).add(step.client)
-    starts: dict[ObjectKey, Any] = {}       # the counters where their re-execution starts
     # Counters the choices read whose every update since the checkpoint commutes: each
     # is re-executed from the checkpoint (Case 1), never covered by a read (Case 2),
     # so every choice is made again in one history (_choice_order) rather than left
@@ -998,7 +1008,6 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
             if not _dominates(b.ts, a.ts):
                 raise RecoveryError(f"reads of {_name(key)} do not form one order")
         steps = {c: run for c, run in steps.items() if run}
-        starts[key] = engine.data.get(key, 0)
         if key in chosen_from or key in commuting:
             if pins:
                 raise RecoveryError(f"{_name(key)}: a pop or cas result and a choice whose result was lost")
@@ -1036,9 +1045,9 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
     # one plausible order (each client's in send order), so every choice sees the
     # counters as they were when it was made there: the order of the whole history,
     # in which every logged choice is made again (_choice_order).
-    for step in choices:
-        for k in step.op.args[1]:
-            starts.setdefault(k, engine.data.get(k, 0))
+    # The counters where their re-execution starts: those the search uses are in
+    # ``commuting``, left untouched until now (no Case 2, deferred to the joint run).
+    starts = {k: engine.data.get(k, 0) for step in choices for k in step.op.args[1]}
     for step in (s for run in joint.values() for s in run):
         step.inert = step.op.tag is not None and step.op.tag in engine.clock_log.get(step.op.key, ())
     order = _one_order(out.runs + [sorted(r, key=lambda s: s.seq) for r in joint.values()], starts)

@@ -1243,7 +1243,7 @@ class SimRuntime:
         pair.floor = min(r.oldest for r in self.roots)
         # 3. The clone starts from the straggler's latest state: both get one private
         #    view (the straggler's cache, and the store's objects as they are now), so
-        #    neither reads what the other has already done (see _private).
+        #    neither reads what the other has already done (core.failover.private_view).
         snap = self.store.objects(vertex) if self.store is not None else {}
         private_view(pair.saved, straggler, snap)
         private_view(pair.saved, clone, {})

@@ -25,10 +25,14 @@ The root is a client of the store too (its persisted clock, a store-kept packet
 log): its writes since the checkpoint are kept at the root (:class:`RootLog`)
 and written again once a failover store is up.
 
-A crash.  The store node stops answering: requests and their retransmissions
-are lost (``Network.store_down``), root writes wait.  The failure is noticed
-``misses`` heartbeats (``heartbeat_us``) later, a timer on the network's clock,
-so a client blocked on a reply sees the store come back.  Recovery then reads
+A crash.  It waits while a move or clone runs, or an NF instance or root is
+down and not yet failed over (a scenario's failures come one after another),
+unless the event says ``together`` (Table 3's correlated failure).  The store
+node stops answering: requests and their retransmissions are lost
+(``Network.store_down``), root writes wait.  The failure is noticed ``misses``
+heartbeats (``heartbeat_us``) later, a timer on the network's clock, so a client
+blocked on a reply sees the store come back; replies the failed store sent that
+are still on the wire then are void (the node's ``epoch``).  Recovery then reads
 every live instance's log (:meth:`InstanceLog.from_client`),
 builds the failover store with :func:`recover` and swaps it into the
 ``MemoryStore`` after the time restoring takes (:data:`RESTORE_NS_PER_OBJECT`
