@@ -159,9 +159,13 @@ def test_a_failover_replays_only_what_every_upstreams_watermark_had_passed(tmp_p
         process = failover._process
         failover._process = lambda batch, mark: (runs.append([p.clock for p in batch]), process(batch, mark))
         # What the upstreams send after the re-pointing: nat.2's 10-19 (it lagged), then the end.
+        # Each socket is kept until the run ends: one dropped at once closes with
+        # LINGER 0 and loses its frame if the ipc connection is not up yet (under
+        # CI's load that hung failover.run() until the 90-minute limit).
+        upstreams = []
         for name, sent in (("nat.0", []), ("nat.1", []), ("nat.2", pkts[10:20])):
-            sock = dealer(ctx, plan.address("portscan.2#1"), name)
-            sock.send(encode(Kind.DATA, [INF, {}, pack_packets(sent), True, INF, -1]))
+            upstreams.append(dealer(ctx, plan.address("portscan.2#1"), name))
+            upstreams[-1].send(encode(Kind.DATA, [INF, {}, pack_packets(sent), True, INF, -1]))
         failover.run()
         assert runs[:4] == [[3], [4], [5], [6]]         # the replay: one clock a step, nothing past 6
         assert [c for batch in runs for c in batch] == [3, 4, 5, 6, *range(10, 24)]
