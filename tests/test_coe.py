@@ -304,6 +304,17 @@ def test_same_seed_same_result(lan_slice):
     assert runs[0].result.network == runs[1].result.network
 
 
+def test_first_seed_runs_a_range_of_seeds(capsys, lan_slice, tmp_path):
+    """A long hunt in ranges (1,000 seeds over several sessions): --first-seed S --seeds N is S..S+N-1."""
+    out = tmp_path / "range.json"
+    code, _, data = run_check(capsys, str(PAPER), str(FAULTS), str(lan_slice), "--packets", "300",
+                              "--first-seed", "7", "--seeds", "2", "--json", str(out))
+    assert code == 0
+    assert sorted(r["seed"] for r in data["results"]) == [7, 8]
+    assert main(["check", str(PAPER), str(FAULTS), str(lan_slice), "--first-seed", "3", "--seed", "4"]) == 2
+    assert "--first-seed goes with --seeds" in capsys.readouterr().err
+
+
 def test_saved_failures_load_as_regression_cases(capsys, lan_slice, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     saved = tmp_path / "failures.yaml"

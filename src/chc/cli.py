@@ -44,6 +44,7 @@ EXIT_CLOSED_STDOUT = 141  # 128 + SIGPIPE, as a shell reports `tool | head`
 
 
 _positive = int_at_least(1)
+_natural = int_at_least(0)
 _parallelism = int_at_least(1, MAX_PARALLELISM, "the parallelism limit")
 
 
@@ -161,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     which = chk.add_mutually_exclusive_group()
     which.add_argument("--seeds", type=_positive, default=10, metavar="N", help="run seeds 0..N-1 (default: 10)")
     which.add_argument("--seed", type=int, metavar="S", help="run only seed S (reproduce a failure)")
+    chk.add_argument("--first-seed", type=_natural, default=0, metavar="S",
+                     help="with --seeds N: run seeds S..S+N-1 (a long hunt in ranges; default: 0)")
     chk.add_argument("--jobs", "-j", type=_positive, default=1, metavar="J",
                      help="run seeds in J parallel processes (default: 1)")
     chk.add_argument("--break", dest="breaks", action="append", default=[], metavar="NAME",
@@ -248,7 +251,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         job = checkrun.Job.load(args.chain, args.scenario, args.capture, args.packets,
                                 args.store or ["memory"], tuple(args.breaks), args.runtime, args.kill or "",
                                 args.ray_address)
-        seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+        if args.first_seed and args.seed is not None:
+            raise ValueError("--first-seed goes with --seeds, not --seed")
+        seeds = [args.seed] if args.seed is not None else list(range(args.first_seed, args.first_seed + args.seeds))
         if args.runtime in ("proc", "ray"):
             refused = checkrun.proc_refusal(job.scenario, seeds, list(job.chain.vertices), len(job.records),
                                             job.stores, job.breaks, job.kill)
