@@ -11,6 +11,7 @@ pipe into ``head``), as for a tool killed by SIGPIPE.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -259,7 +260,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                                             job.stores, job.breaks, job.kill)
             if refused:
                 raise ValueError(refused)
-        report = checkrun.run_seeds(job, seeds, args.jobs, print)
+        # flushed: a long hunt logged to a file shows each seed's verdict as it is known
+        report = checkrun.run_seeds(job, seeds, args.jobs, functools.partial(print, flush=True))
     except (ValueError, checkrun.NothingChecked) as exc:
         raise UsageError(str(exc)) from None
     print(report.summary_line())
