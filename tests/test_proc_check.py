@@ -38,6 +38,25 @@ def test_parallel_scenario_passes_under_proc(monkeypatch, capsys):
     assert "2 of 2 seeds passed" in out
 
 
+def test_two_roots_under_proc_complete_every_packet_and_prune(tmp_path, monkeypatch, capsys):
+    """Each root pulls its own commit reports from the one store server (before, a root
+    drained the other's too, and the other's packets stayed logged for good: the
+    checker saw packets never completed), and prunes the clock log of its own clocks."""
+    two = tmp_path / "two_roots.yaml"
+    two.write_text("roots: 2\n" + Path(PAPER).read_text())
+    monkeypatch.chdir(ROOT)
+    assert main(["check", "--runtime", "proc", str(two), PARALLEL, LAN, "--packets", "1500", "--seed", "1"]) == 0
+    assert "1 of 1 seeds passed" in capsys.readouterr().out
+    chain = load_spec(str(two))
+    with open_capture(LAN) as r:
+        records = list(itertools.islice(r, 6000))
+    rt = ProcRuntime(chain, model="EO+C+NA")
+    rt.run(records)
+    s = rt.summary()
+    assert s.log["deleted"] == s.log["logged"] > 0 and s.log["remaining"] == 0
+    assert rt.store_stats["clock_log"] == 0
+
+
 def test_a_dropped_update_in_a_proc_client_is_caught(monkeypatch, capsys):
     assert _check(["--packets", "1500", "--seed", "1", "--break", "drop-update"], monkeypatch) == 1
     out = capsys.readouterr().out

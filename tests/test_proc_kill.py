@@ -147,14 +147,14 @@ def test_a_failover_replays_only_what_every_upstreams_watermark_had_passed(tmp_p
         # The failed portscan.2 had run clocks 3 and 4 (one batch, through 4) before its SIGKILL.
         dead = [dealer(ctx, plan.address(f"lb.{j}"), "portscan.2") for j in range(3)]
         for j, sock in enumerate(dead):
-            sock.send(encode(Kind.DATA, [4, {}, pack_packets(pkts[3:5] if j == 0 else []), False, 4, -1]))
+            sock.send(encode(Kind.DATA, [4, {}, pack_packets(pkts[3:5] if j == 0 else []), False, 4, {}]))
         for lb in lbs:
             _pump(lb, lambda lb=lb: lb.seen.mark.get(b"portscan.2") == 4)
             lb.box.fence(b"portscan.2")                 # the coordinator's fence: its failover's frames come
         handed = {"nat.0": [pack_packets([pkts[c] for c in (3, 5, 20, 21, 22, 23)]), 23, False, {}],
                   "nat.1": [pack_packets([pkts[4]]), 7, False, {}],
                   "nat.2": [pack_packets([pkts[6]]), 6, False, {}]}
-        failover = InstanceWorker(plan, ctx, "portscan", 2, guard, "portscan.2#1", {"floor": 0, "feeds": handed})
+        failover = InstanceWorker(plan, ctx, "portscan", 2, guard, "portscan.2#1", {"floors": {0: 0}, "feeds": handed})
         runs: list[list[int]] = []
         process = failover._process
         failover._process = lambda batch, mark: (runs.append([p.clock for p in batch]), process(batch, mark))
@@ -165,7 +165,7 @@ def test_a_failover_replays_only_what_every_upstreams_watermark_had_passed(tmp_p
         upstreams = []
         for name, sent in (("nat.0", []), ("nat.1", []), ("nat.2", pkts[10:20])):
             upstreams.append(dealer(ctx, plan.address("portscan.2#1"), name))
-            upstreams[-1].send(encode(Kind.DATA, [INF, {}, pack_packets(sent), True, INF, -1]))
+            upstreams[-1].send(encode(Kind.DATA, [INF, {}, pack_packets(sent), True, INF, {}]))
         failover.run()
         assert runs[:4] == [[3], [4], [5], [6]]         # the replay: one clock a step, nothing past 6
         assert [c for batch in runs for c in batch] == [3, 4, 5, 6, *range(10, 24)]

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chc.core.client import StoreLost, StoreUnavailable
-from chc.core.store import Increments, ObjectKey, Op, OwnershipError, StoreError
+from chc.core.store import CLOCK_BITS, Increments, ObjectKey, Op, OwnershipError, StoreError
 from chc.nf import value_op
 from conftest import make_store, store_servers
 
@@ -431,6 +431,36 @@ def test_prune_below(store):
     assert run(store, Op("incr", COUNTER, (1,), tag=(7, 1))) == [4]
 
 
+def test_each_root_prunes_its_own_clocks(store):
+    """Clocks carry their root's id in the high bits (§5): one root's floor says nothing
+    of the other's packets, so root 1 pruning below its clock 5 keeps every entry of
+    root 0 (whose clocks are all lower), and root 0 pruning keeps root 1's."""
+    r1 = 1 << CLOCK_BITS
+    for k, clock in enumerate((3, r1 + 2, r1 + 7, 9), 1):    # (a request each: Redis indexes a request's
+        assert run(store, Op("incr", COUNTER, (1,), tag=(clock, 1))) == [k]     # entries together)
+    assert store.prune_below(r1 + 5) == 1                                 # root 1's (r1+2,1) only
+    assert run(store, Op("incr", COUNTER, (1,), tag=(3, 1))) == [1]       # root 0's: still recorded
+    assert run(store, Op("incr", COUNTER, (1,), tag=(r1 + 2, 1))) == [5]  # forgotten: applies again
+    assert store.prune_below(5) == 1                                      # root 0's (3,1)
+    assert run(store, Op("incr", COUNTER, (1,), tag=(r1 + 7, 1))) == [3]  # root 1's above its floor
+    assert run(store, Op("incr", COUNTER, (1,), tag=(9, 1))) == [4]
+    assert store.prune_below(10) + store.prune_below(r1 + 10) == 3
+    assert run(store, Op("incr", COUNTER, (1,), tag=(9, 1))) == [6]
+
+
+def test_coalesced_increments_of_two_roots_go_when_both_are_done(store):
+    """One batch's incr_many may hold clocks of both roots: each increment's entry stays
+    until its own root is past it."""
+    r1 = 1 << CLOCK_BITS
+    run(store, Op("incr_many", COUNTER, increments((4, 1, 1, 0), (r1 + 4, 1, 1, 0))))
+    store.prune_below(r1 + 9)
+    run(store, Op("incr", COUNTER, (1,), tag=(4, 1)))
+    assert get(store, COUNTER) == 2                                       # root 0's: emulated
+    store.prune_below(9)
+    run(store, Op("incr", COUNTER, (1,), tag=(4, 1)))
+    assert get(store, COUNTER) == 3                                       # now forgotten: applied
+
+
 def test_commit_reports(store):
     run(store,
         Op("incr", COUNTER, (1,), tag=(7, 1), xor_id=0xA1),
@@ -440,6 +470,18 @@ def test_commit_reports(store):
         Op("incr", COUNTER, (1,), xor_id=0xC3))                           # no tag: no report
     assert sorted(store.commits()) == [(7, 0xA1), (8, 0xB2)]
     assert store.commits() == []                                          # drained
+
+
+def test_each_root_drains_its_own_commit_reports(store):
+    """Roots of one chain share the store; each pulls the reports of its own clocks."""
+    r1 = 1 << CLOCK_BITS
+    run(store, Op("incr", COUNTER, (1,), tag=(7, 1), xor_id=0xA1), Op("incr", COUNTER, (1,), tag=(r1 + 3, 1),
+                                                                         xor_id=0xB2))
+    assert store.commits(1) == [(r1 + 3, 0xB2)]
+    run(store, Op("incr", COUNTER, (1,), tag=(r1 + 4, 1), xor_id=0xC3))
+    assert store.commits(0) == [(7, 0xA1)]
+    assert store.commits(0) == []
+    assert store.commits(1) == [(r1 + 4, 0xC3)]
 
 
 def increments(*items: tuple[int, int, int, int]) -> tuple[Increments]:

@@ -19,7 +19,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from ..core.client import StoreUnavailable
-from ..core.store import CustomOp, ObjectKey, Op, StoreEngine
+from ..core.store import CLOCK_BITS, CustomOp, ObjectKey, Op, StoreEngine
 
 
 class MemoryStore:
@@ -35,6 +35,7 @@ class MemoryStore:
         self.dropped_requests = 0
         self.hold_commits = False       # keep commit reports back (a slow store, §5.4)
         self.down = False               # crashed (§5.4 store failover): every request is lost
+        self.held: dict[int, list[tuple[int, int]]] = {}    # root id -> its commit reports, drained for it
 
     @property
     def dedup(self) -> bool:
@@ -96,10 +97,22 @@ class MemoryStore:
     def prune_below(self, clock: int) -> int:
         return self.engine.prune_below(clock)
 
-    def commits(self) -> list[tuple[int, int]]:
+    def commits(self, root: int | None = None) -> list[tuple[int, int]]:
+        """Drain the commit reports ``(clock, xor id)``; ``root``: only that root's (each
+        root of a proc run pulls its own from one store server), the others' kept for them."""
         if self.hold_commits:
             return []
-        return self.engine.drain_commits()
+        fresh = self.engine.drain_commits()
+        if root is None:
+            return fresh
+        held = self.held
+        for c in fresh:
+            mine = held.get(c[0] >> CLOCK_BITS)
+            if mine is None:
+                held[c[0] >> CLOCK_BITS] = [c]
+            else:
+                mine.append(c)
+        return held.pop(root, [])
 
     def objects(self, vertex: str) -> dict[str, dict[Hashable, Any]]:
         return self.engine.objects(vertex)

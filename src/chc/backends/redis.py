@@ -173,7 +173,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.client import StoreLost, StoreUnavailable
-from ..core.store import CustomOp, ObjectKey, Op, OwnershipError, StoreError
+from ..core.store import CLOCK_BITS, CustomOp, ObjectKey, Op, OwnershipError, StoreError
 from ..nf import VALUE_OPS
 
 try:                                    # the C reply parser, when installed (not required)
@@ -1398,13 +1398,18 @@ class RedisStore:
         return reply == b"1"
 
     def prune_below(self, clock: int) -> int:
-        """Forget clock-log entries of clocks < ``clock``; returns how many."""
+        """Forget clock-log entries of clocks < ``clock`` that ``clock``'s root stamped
+        (each root prunes its own: core.store; the entries of one request that hold
+        clocks of several roots go once the lowest root is past them); returns how many."""
+        base = int(clock) >> CLOCK_BITS << CLOCK_BITS
         return sum(int(r[0]) for r in self._call_all(lambda p: ("FCALL", "chc_prune", 1, p + b"lz", p,
-                                                                int(clock))).values())
+                                                                int(clock), base)).values())
 
-    def commits(self) -> list[tuple[int, int]]:
-        """Drain the commit reports ``(clock, xor id)`` (server by server)."""
-        per = self._call_all(lambda p: ("FCALL", "chc_commits", 1, p + b"c", p))
+    def commits(self, root: int | None = None) -> list[tuple[int, int]]:
+        """Drain the commit reports ``(clock, xor id)`` (server by server); ``root``: only
+        that root's (each root of a proc run pulls its own), the others' stay."""
+        extra = () if root is None else (root,)
+        per = self._call_all(lambda p: ("FCALL", "chc_commits", 1, p + b"c", p, *extra))
         out = []
         for i in range(self.n):
             words = per[i][0].split()               # "clock:n xor" pairs

@@ -1157,8 +1157,12 @@ end
 -- above the bound are kept in the chunk, indexed by their new least clock.  A clock-log chunk
 -- ("lc:") is a string (see chunk_of), a pre-image chunk ("pc:") a list of clock, field pairs.
 local function chc_prune(keys, args)
+  -- args[3]: the first clock of the limit's root (each root prunes its own clocks).  A chunk is
+  -- scored by its least clock, so those scored from there below the limit hold no entry of a
+  -- lower root, and a higher root's are above the limit: kept, and the chunk re-scored.  A
+  -- request's chunk with clocks of several roots waits for the lowest one's root.
   local P, limit = args[1], tonumber(args[2])
-  local chunks = redis.call('ZRANGEBYSCORE', P .. 'lz', '-inf', '(' .. args[2])
+  local chunks = redis.call('ZRANGEBYSCORE', P .. 'lz', args[3] or '-inf', '(' .. args[2])
   local n = 0
   for _, chunk in ipairs(chunks) do
     -- a "pc:" chunk lists pre-images (not counted: the clock log's entries are)
@@ -1217,7 +1221,16 @@ end
 local function chc_commits(keys, args)
   local out = redis.call('GET', args[1] .. 'c') or ''
   redis.call('DEL', args[1] .. 'c')
-  return out
+  if args[2] == nil then return out end
+  -- args[2]: a root id; only its reports (a clock's root is in its high bits), the rest stay
+  local root, mine, rest = tonumber(args[2]), {}, {}
+  for report in string.gmatch(out, '%S+ %S+') do
+    local clock = tonumber(string.match(report, '^%d+'))
+    if math.floor(clock / 281474976710656) == root then mine[#mine + 1] = report
+    else rest[#rest + 1] = report end
+  end
+  if #rest > 0 then redis.call('SET', args[1] .. 'c', table.concat(rest, ' ') .. ' ') end
+  return table.concat(mine, ' ')
 end
 
 -- KEYS[1] = object.  Tagged current value, nil when absent (no side effects).

@@ -98,7 +98,7 @@ from typing import Any, NamedTuple
 
 from ..nf import least_loaded
 from .failover import ReadLog, log_reads
-from .store import _ABSENT, UPDATES, ObjectKey, Op, StoreEngine, StoreError, _Recorded
+from .store import _ABSENT, UPDATES, ClockLogOrder, ObjectKey, Op, StoreEngine, StoreError, _Recorded
 
 # Replies that carry a value of shared state (a read, or an update's result),
 # so the store returns TS with them (§5.4 Case 2).
@@ -213,7 +213,7 @@ class Checkpoint:
         engine.ts = dict(self.ts)
         engine.applied_seq = dict(self.applied_seq)
         engine.clock_log = {k: dict(v) for k, v in self.clock_log.items()}
-        engine.log_order = deque(self.log_order)
+        engine.log_order = ClockLogOrder(self.log_order)
         engine.subscribers = {k: set(v) for k, v in self.subscribers.items()}
         engine.before = {k: _copy_before(v) for k, v in self.before.items()}
         engine.preimages = self.preimages
@@ -1059,7 +1059,7 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
             out.in_place.add((step.client, step.seq))
     out.runs.append(run)
     out.re_executed = [(step.client, step.op) for step in order]
-    engine.log_order = deque(sorted(engine.log_order, key=lambda e: e[0]))
+    engine.log_order = ClockLogOrder(sorted(engine.log_order, key=lambda e: e[0]))
     out.commits = engine.drain_commits()
     return out
 

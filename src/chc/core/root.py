@@ -50,9 +50,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..packet import Packet
-from .store import ObjectKey, Op
+from .store import CLOCK_BITS, ObjectKey, Op
 
-CLOCK_BITS = 48          # per-root sequence space; the root id sits above it
 _SEQ_MASK = (1 << CLOCK_BITS) - 1
 
 
@@ -235,10 +234,13 @@ class Root:
 
     def restore(self, stored: dict[str, dict]) -> int:
         """Take over a store-held log (``store.objects("root")`` after the old root's
-        last write): every entry with its live copies and XOR accumulator.  Returns
-        the number of entries."""
+        last write): every entry of its own clocks, with its live copies and XOR
+        accumulator.  Returns the number of entries."""
         acct = stored.get("acct", {})
+        mine = self.root_id
         for clock in stored.get("log", {}):
+            if clock >> CLOCK_BITS != mine:
+                continue                # another root's (one store holds every root's log)
             entry = self.log[clock] = LogEntry(None)
             entry.live, entry.vector = acct.get(clock, (1, 0))
         return len(self.log)

@@ -248,7 +248,7 @@ class ProcRuntime:
         if killed is not None:
             event["killed_at_packet"] = killed[1]
         self.remote.fence(dead)
-        floor = self.remote.hold_pruning(True)
+        floors = self.remote.hold_pruning(True)
         # Its receivers take nothing more from it (what they read after this its failover
         # sends again), and take its failover's frames only from then on.
         self.box.fence(dead.encode())
@@ -267,9 +267,9 @@ class ProcRuntime:
             self._service(1000)
         self.generation[name] = gen
         self.current[name] = new
-        replay = {"floor": floor, "feeds": records}
+        replay = {"floors": floors, "feeds": records}
         self._launch(self.mp, new, procworker.main, (self.plan, "instance", (vertex, int(i), gen), replay))
-        event["logged_floor"] = floor
+        event["logged_floor"] = [floors.get(r, -1) for r in range(self.chain.roots)]    # per root
         event["handed_over"] = sum(len(r[0]) for r in records.values())     # packets sent to it, from the floor
         log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, how, new)
 

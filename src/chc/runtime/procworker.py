@@ -205,10 +205,10 @@ class _Sender:
         self.rep_through: dict[int, int] = {}
         self.out_packets = 0
         # §5.4: what was sent to each target, while its root may still need it replayed
-        # (from the oldest clock the root logs, `floor`), with the latest watermark and end.
+        # (from the oldest clock the root logs, its floor), with the latest watermark and end.
         self.sent: dict[tuple[str, int], deque] | None = {} if plan.recover else None
         self.sent_mark: dict[tuple[str, int], tuple[int, bool]] = {}
-        self.floor = -1
+        self.floors: dict[int, int] = {}        # root id -> its floor, as last heard
 
     def split(self, vertex: str, pkts: list[Packet]) -> list[list[Packet]]:
         return self.splitters[vertex].split(pkts)
@@ -221,7 +221,7 @@ class _Sender:
                 kept = self.sent[(vertex, i)] = deque()
             kept.extend(rows)
             self.sent_mark[(vertex, i)] = (watermark, eof)
-        frame = encode(Kind.DATA, [watermark, self.rep_through, rows, eof, through, self.floor])
+        frame = encode(Kind.DATA, [watermark, self.rep_through, rows, eof, through, self.floors])
         self.guard.send(self.socks[vertex][i], frame)
 
     def batch(self, parts: dict[tuple[str, int], list[Packet]], watermark: int, through: int) -> None:
@@ -238,13 +238,19 @@ class _Sender:
             for i in range(len(socks)):
                 self.data(d, i, [], INF, INF, True)
 
-    def prune(self, floor: int) -> None:
-        """The root logs nothing below ``floor`` any more: never replayed (§5.4)."""
-        if floor <= self.floor:
+    def prune(self, floors: dict[int, int]) -> None:
+        """Each root in ``floors`` logs none of its clocks below its floor any more: they
+        are never replayed (§5.4).  Per root: a clock's root is in its high bits."""
+        mine = self.floors
+        changed = False
+        for r, floor in floors.items():
+            if floor > mine.get(r, -1):
+                mine[r] = floor
+                changed = True
+        if not changed:
             return
-        self.floor = floor
         for kept in self.sent.values():
-            while kept and kept[0][3] < floor:
+            while kept and kept[0][3] < mine.get(root_of(kept[0][3]), -1):
                 kept.popleft()
 
     def repoint(self, vertex: str, i: int, name: str) -> list:
@@ -354,7 +360,9 @@ class RootWorker:
         self.root = Root(r, chain.policies, log_mode=plan.log_mode, log_limit=plan.log_limit,
                          persist_every=plan.persist_every)
         self.store = open_backend(plan, ctx, self.me, guard)
-        self.prune = plan.model != "T" and chain.roots == 1
+        # §5.3 its own clocks (core.store); with several roots not while a failover may
+        # replay (a replay can hold another root's packets that root is done with: sim.py)
+        self.prune = plan.model != "T" and (chain.roots == 1 or not plan.recover)
         self.inbox = CausalInbox()
         self.instances = [instance_name(v, i) for v, i in plan.instances()]
         self.watermark = -1
@@ -431,12 +439,12 @@ class RootWorker:
         if ops:
             self.store.execute(ops)
             self.meta_pending = []
-        for clock, xor_id in self.store.commits():
+        for clock, xor_id in self.store.commits(root.root_id):     # its own: several roots share the store
             root.commit(clock, xor_id)
         if self.prune:
-            self.store.prune_below(root.oldest)
+            self.store.prune_below(root.oldest)     # its own clocks (core.store)
             if self.out.sent is not None:
-                self.out.prune(root.oldest)     # and the instances, told with the next data
+                self.out.prune({root.root_id: root.oldest})     # and the instances, told with the next data
 
     # -- reports (causal delivery) ------------------------------------------------------------
     def _take_reports(self) -> None:
@@ -581,7 +589,7 @@ class InstanceWorker:
     # -- §5.4 failover: the replay ---------------------------------------------------------------
     def _replay(self, replay: dict) -> None:
         """Re-process, from the store's state before them, what the upstreams sent the failed
-        instance from the oldest clock still logged on (``floor``) and it may have run,
+        instance from the oldest clock its root still logs (``floors``) and it may have run,
         in the order it ran them, then go on with what comes.  Updates the store already
         has are answered from its clock log, reads from its read log; each step (one
         clock) carries that clock as its through, so receivers drop what they already
@@ -595,7 +603,7 @@ class InstanceWorker:
         sim's state) and go out with a through the replay has already passed, so every
         receiver drops them as duplicates (packets lost; docs/proc.md)."""
         started = time.perf_counter()
-        floor = replay["floor"]
+        floors = replay["floors"]
         handed = 0
         for feeder in self.feeders:
             rows, mark, eof, throughs = replay["feeds"][feeder.decode()]
@@ -603,7 +611,7 @@ class InstanceWorker:
             self.deps[feeder] = throughs
             if eof:
                 self.ended.add(feeder)
-            kept = [p for p in unpack_packets(rows) if p.clock >= floor]
+            kept = [p for p in unpack_packets(rows) if p.clock >= floors.get(root_of(p.clock), -1)]
             handed += len(kept)
             if self.plan.replay:        # --break no-replay: what was handed over is lost
                 self.queues[feeder].extend(kept)
@@ -634,10 +642,12 @@ class InstanceWorker:
     def _receive(self) -> bool:
         """Take what has arrived (without waiting); False when nothing had."""
         got = False
-        for peer, (mark, seqs, rows, eof, through, floor) in self.box.messages(Kind.DATA, 6, "data",
-                                                                                4 * len(self.feeders)):
+        for peer, (mark, seqs, rows, eof, through, floors) in self.box.messages(Kind.DATA, 6, "data",
+                                                                                 4 * len(self.feeders)):
             try:
-                if mark.__class__ is not int or seqs.__class__ is not dict or through.__class__ is not int:
+                if mark.__class__ is not int or seqs.__class__ is not dict or through.__class__ is not int \
+                        or floors.__class__ is not dict \
+                        or not all(r.__class__ is int and f.__class__ is int for r, f in floors.items()):
                     raise WireError("malformed data header")
                 pkts = unpack_packets(rows)
             except WireError as exc:
@@ -653,8 +663,8 @@ class InstanceWorker:
             self.deps[peer] = seqs
             if eof:
                 self.ended.add(peer)
-            if floor > self.out.floor and self.out.sent is not None:
-                self.out.prune(floor)
+            if floors and self.out.sent is not None:
+                self.out.prune(floors)
         return got
 
     def _ready(self) -> list[Packet]:

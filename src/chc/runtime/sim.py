@@ -146,7 +146,7 @@ class Clone:
     last_vt: float = 0              # latest output time of the logical instance
     backlog_vt: float = 0           # when the straggler's work at the start would be done
     in_transit: int = 0             # replayed packets the clone processes
-    floor: int = 0                  # the clock log is kept from here while the pair runs
+    floors: dict = dataclasses.field(default_factory=dict)    # root -> the clock log is kept from here meanwhile
     replay_done_vt: float | None = None     # when the clone finished its LAST_REPLAYED packet
     alert_keys: set = dataclasses.field(default_factory=set)
     dup_outputs: int = 0            # duplicate output packets suppressed (a)
@@ -639,18 +639,23 @@ class SimRuntime:
             for key, seen in self.processed.items():
                 if len(seen) > 2 * max(64, logged):
                     self.processed[key] = {c: None for c in seen if self.roots[root_of(c)].log.get(c)}
-        if self.store is not None and len(self.roots) == 1 and not self.root_failures:
-            root = self.roots[0]
-            oldest = root.oldest
-            if self.log_lost:
-                # The log forgot the packets from before the root failed: what the chain
-                # still holds of them is found in the chain itself.
-                oldest = self._oldest_in_chain(oldest)
-            for pair in self.clones:
-                # §5.3: the slower copy of a pair may still send updates of packets the
-                # chain is done with; their clock-log entries must answer it.
-                oldest = min(oldest, pair.floor)
-            self.store.prune_below(oldest)     # §5.3: clocks done in the whole chain
+        # §5.3 each root prunes its own clocks (core.store).  A failover's replay takes
+        # what an instance processed from its oldest packet still logged, and with several
+        # roots that can hold a packet of another root which that root is done with: its
+        # clock-log entries must stay, so while a crash is possible several roots prune
+        # nothing (with nf-crash.yaml on two roots pruning re-applied replayed updates).
+        if self.store is not None and not self.root_failures and (len(self.roots) == 1 or not self.recording):
+            for root in self.roots:
+                oldest = root.oldest
+                if self.log_lost:
+                    # The log forgot the packets from before the root failed: what the chain
+                    # still holds of them is found in the chain itself.
+                    oldest = self._oldest_in_chain(root.root_id, oldest)
+                for pair in self.clones:
+                    # §5.3: the slower copy of a pair may still send updates of packets the
+                    # chain is done with; their clock-log entries must answer it.
+                    oldest = min(oldest, pair.floors.get(root.root_id, oldest))
+                self.store.prune_below(oldest)     # §5.3: clocks done in the whole chain
 
     def _send_commits(self, commits: list[tuple[int, int]]) -> None:
         """The store's commit reports, on the FIFO commits link to the roots."""
@@ -1240,7 +1245,7 @@ class SimRuntime:
         # output must not overtake that (the sim runs a packet's state changes when it
         # enters service, so those packets are in the state the clone starts from).
         pair.last_vt = pair.backlog_vt = straggler.free_at
-        pair.floor = min(r.oldest for r in self.roots)
+        pair.floors = {r.root_id: r.oldest for r in self.roots}
         # 3. The clone starts from the straggler's latest state: both get one private
         #    view (the straggler's cache, and the store's objects as they are now), so
         #    neither reads what the other has already done (core.failover.private_view).
@@ -1743,16 +1748,17 @@ class SimRuntime:
                   reports_held=len(inbox), **f.why)
         self._root_events[root_id] = self.events_log[-1]     # input_buffered: once it has entered
 
-    def _oldest_in_chain(self, oldest: int) -> int:
-        """The oldest clock anything in the chain still holds: a queued or buffered
-        packet, a pending timer, an update not yet acknowledged."""
+    def _oldest_in_chain(self, root_id: int, oldest: int) -> int:
+        """The oldest clock of root ``root_id`` anything in the chain still holds: a queued
+        or buffered packet, a pending timer, an update not yet acknowledged."""
         clocks = [p.clock for i in self._all_instances() for p in i.queue]
         clocks += [p.clock for h in self.handovers for p in h.buffer]
         clocks += [t[7] for i in self._all_instances() for t in i.ctx._timers]
         for i in self._all_instances():
             if isinstance(i.client, StoreClient):
                 clocks += [op.tag[0] for op in i.client.unacked + i.client.pending if op.tag is not None]
-        return min(clocks, default=oldest) if not clocks or min(clocks) < oldest else oldest
+        clocks = [c for c in clocks if root_of(c) == root_id]
+        return min(clocks) if clocks and min(clocks) < oldest else oldest
 
     # -- results -----------------------------------------------------------------------
     def logical_state(self) -> dict[str, dict]:

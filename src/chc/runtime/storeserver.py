@@ -49,7 +49,7 @@ import zmq
 from ..backends.memory import MemoryStore
 from ..core.client import StoreLost, StoreUnavailable
 from ..core.failover import log_reads, prune_reads
-from ..core.store import CustomOp, ObjectKey, Op, OwnershipError, StoreError
+from ..core.store import CLOCK_BITS, CustomOp, ObjectKey, Op, OwnershipError, StoreError
 from .procio import Guard, worker_guard
 from .wire import Kind, Mailbox, WireError, dealer, decode, encode, fields, op_rows, rows_ops
 
@@ -67,7 +67,7 @@ _SERVED: dict[str, Callable[[list], bool]] = {
     "take": lambda a: len(a) == 3 and a[0].__class__ is ObjectKey and a[1].__class__ is str
     and a[2].__class__ is int,
     "prune_below": lambda a: len(a) == 1 and a[0].__class__ is int,
-    "commits": lambda a: not a,
+    "commits": lambda a: not a or (len(a) == 1 and a[0].__class__ is int),
     "objects": lambda a: len(a) == 1 and a[0].__class__ is str,
     "keep_preimages": lambda a: not a,
     "objects_at": lambda a: len(a) == 2 and a[0].__class__ is str and a[1].__class__ is set,
@@ -94,7 +94,7 @@ class Failover:
         self.reads: dict = {}
         self.replaying: dict[bytes, dict] = {}
         self.holds = 0
-        self.floor = -1                 # the clock log is kept from here
+        self.floors: dict[int, int] = {}    # root id -> the clock log of its clocks is kept from here
 
     def call(self, box: Mailbox, peer: bytes, method: str, arg: Any) -> Any:
         if method == "fence":
@@ -102,7 +102,7 @@ class Failover:
             return None
         if method == "hold_pruning":
             self.holds += 1 if arg else -1
-            return self.floor
+            return self.floors
         if arg:
             self.replaying[peer] = {}
         else:
@@ -110,10 +110,13 @@ class Failover:
         return None
 
     def prune_below(self, store: MemoryStore, clock: int) -> int:
-        if self.holds > 0 or clock <= self.floor:
+        """``clock``'s root is done with its clocks below it (each root prunes its own)."""
+        floors = self.floors
+        root = clock >> CLOCK_BITS
+        if self.holds > 0 or clock <= floors.get(root, -1):
             return 0
-        self.floor = clock
-        prune_reads(self.reads, lambda c: c < clock)
+        floors[root] = clock
+        prune_reads(self.reads, lambda c: c < floors.get(c >> CLOCK_BITS, -1))
         return store.prune_below(clock)
 
 
@@ -159,7 +162,7 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
         if method == "stop":
             usage = resource.getrusage(resource.RUSAGE_SELF)
             stats = {"round_trips": store.round_trips, "ops": store.ops, "rejected": box.rejected,
-                     "cpu_s": usage.ru_utime + usage.ru_stime}
+                     "cpu_s": usage.ru_utime + usage.ru_stime, "clock_log": len(store.engine.log_order)}
             if steps is not None:
                 stats["serial"] = steps
             box.reply(peer, encode(Kind.REPLY, [rid, 1, stats]))
@@ -347,8 +350,8 @@ class RemoteStore:
     def prune_below(self, clock: int) -> int:
         return self._call("prune_below", clock)
 
-    def commits(self) -> list[tuple[int, int]]:
-        flat = self._call("commits")
+    def commits(self, root: int | None = None) -> list[tuple[int, int]]:
+        flat = self._call("commits") if root is None else self._call("commits", root)
         return list(zip(flat[::2], flat[1::2], strict=True))
 
     def objects(self, vertex: str) -> dict:
@@ -363,8 +366,8 @@ class RemoteStore:
     def fence(self, identity: str) -> None:
         self._call("fence", identity)
 
-    def hold_pruning(self, on: bool) -> int:
-        """Hold (or release) the clock log's pruning; the clock it is kept from."""
+    def hold_pruning(self, on: bool) -> dict[int, int]:
+        """Hold (or release) the clock log's pruning; per root id, the clock it is kept from."""
         return self._call("hold_pruning", on)
 
     def replaying(self, on: bool) -> None:
