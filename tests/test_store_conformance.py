@@ -1245,6 +1245,20 @@ def test_submit_does_not_wait_and_acks_on_reply(store):
     assert get(store, COUNTER) == 3
 
 
+def test_submit_waits_once_its_pipeline_window_is_full(store):
+    """Flow control: at most ``window`` non-blocking requests in flight; the next one
+    reads the replies first (a client faster than the server queued without bound)."""
+    _redis_only(store)
+    store.window = 3
+    acks: list[int] = []
+    for seq in range(1, 11):
+        store.submit([Op("incr", COUNTER, (1,), "nat/0", seq, tag=(seq, 1))], acks.append)
+        assert len(store._inflight_reqs) <= 3
+    assert acks and acks == sorted(acks)                # replies read on the way, in order
+    store.wait()
+    assert acks[-1] == 10 and get(store, COUNTER) == 10
+
+
 def test_submit_sends_an_in_flight_op_once(store, store_kind, request):
     _redis_only(store)
     import redis

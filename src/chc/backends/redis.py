@@ -198,6 +198,9 @@ _BIG_DEFAULT = 64           # list defaults longer than this are sent by referen
 _pack = msgpack.Packer(use_bin_type=True).pack
 
 
+PIPELINE_WINDOW = 64        # non-blocking requests in flight before submit waits for their replies
+
+
 def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
 
@@ -631,6 +634,7 @@ class RedisStore:
         self._running = False               # set once connected: later failures are fatal (StoreLost)
         self._inflight: set[tuple[str, int]] = set()     # (client, seq) of submitted, unanswered ops
         self._inflight_reqs: deque[_Request] = deque()
+        self.window = PIPELINE_WINDOW
         self._lost = ""
         self._lease = fresh if lease is None else lease
         self._lease_due = 0.0
@@ -1172,6 +1176,10 @@ class RedisStore:
             if op.seq:
                 self._inflight.add((op.client, op.seq))
         self._inflight_reqs.append(req)
+        if len(self._inflight_reqs) > self.window:
+            # Flow control: a client faster than the server would otherwise queue
+            # requests (and their un-ACKed ops) without bound.
+            self._drain(block=True)
 
     def _broken(self, srv: int) -> None:
         """Server ``srv``'s connection failed: its pending requests will never be answered."""
