@@ -298,3 +298,14 @@ def test_a_drawn_move_picks_two_active_instances(lan_slice):
     s = run(load_spec(PAPER).with_parallelism({"nat": 3}), records, events=sc.events)
     moves = [e for e in s["events"] if e["kind"] == "move" and e["packet"] >= 300]
     assert moves and all(e["instance"] != 1 and e["source"] != 1 for e in moves)
+
+
+def test_a_refused_decision_keeps_the_reason_it_was_asked_for():
+    """A manager's decision carries a reason; refusing it (the last active instance
+    stays) logged a second ``reason`` and raised TypeError (found with autoscale.yaml
+    under straggler.yaml).  The refusal's reason is ``reason``, the decision's ``asked``."""
+    rt = SimRuntime(load_spec(ROOT / "examples/paper_chain.yaml"), model="EO+C+NA", store=MemoryStore())
+    rt.scale_in("portscan", by="manager", reason="below 1500 pps")
+    refused = [e for e in rt.events_log if e["kind"] == "scale-in-refused"]
+    assert refused and refused[0]["reason"] == "the last active instance stays"
+    assert refused[0]["asked"] == "below 1500 pps" and refused[0]["by"] == "manager"

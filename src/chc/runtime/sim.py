@@ -848,8 +848,8 @@ class SimRuntime:
     def _scale_out(self, vertex: str, why: dict) -> None:
         v = self.chain.vertices[vertex]
         if len(self.instances[vertex]) >= MAX_PARALLELISM:
-            self._log("scale-out-refused", vertex, None, reason=f"{vertex} has had {MAX_PARALLELISM} instances "
-                      "(MAX_PARALLELISM; retired ones count)", **why)
+            self._refuse("scale-out-refused", vertex, None, f"{vertex} has had {MAX_PARALLELISM} instances "
+                      "(MAX_PARALLELISM; retired ones count)", why)
             return
         i = self.flowmaps[vertex].add_instance()
         inst = Instance(vertex, i, v.nf, v.config, self.model, self._link(vertex, i), exclusive=False)
@@ -881,11 +881,11 @@ class SimRuntime:
     def _scale_in(self, vertex: str, instance: int | None, why: dict) -> None:
         active = self.active(vertex)
         if len(active) < 2:
-            self._log("scale-in-refused", vertex, instance, reason="the last active instance stays", **why)
+            self._refuse("scale-in-refused", vertex, instance, "the last active instance stays", why)
             return
         victim = active[-1] if instance is None else next((a for a in active if a.instance_id == instance), None)
         if victim is None:
-            self._log("scale-in-refused", vertex, instance, reason="not an active instance", **why)
+            self._refuse("scale-in-refused", vertex, instance, "not an active instance", why)
             return
         self.retiring.add((vertex, victim.instance_id))
         rest = [a.instance_id for a in active if a is not victim]
@@ -1004,7 +1004,7 @@ class SimRuntime:
         fm = self.flowmaps[vertex]
         a = fm.level
         if a + 1 >= len(fm.ladder):
-            self._log("refine-refused", vertex, None, reason=f"{fm.scope.name} is the finest scope", **why)
+            self._refuse("refine-refused", vertex, None, f"{fm.scope.name} is the finest scope", why)
             return
         fm._ensure_table()
         table = list(fm.table)
@@ -1216,12 +1216,12 @@ class SimRuntime:
         else:
             straggler = next((a for a in active if a.instance_id == instance), None)
             if straggler is None:
-                self._log("clone-refused", vertex, instance, reason="not an active instance", **why)
+                self._refuse("clone-refused", vertex, instance, "not an active instance", why)
                 return
         s = straggler.instance_id
         if len(self.instances[vertex]) >= MAX_PARALLELISM:
-            self._log("clone-refused", vertex, s, reason=f"{vertex} has had {MAX_PARALLELISM} instances "
-                      "(MAX_PARALLELISM; retired ones count)", **why)
+            self._refuse("clone-refused", vertex, s, f"{vertex} has had {MAX_PARALLELISM} instances "
+                      "(MAX_PARALLELISM; retired ones count)", why)
             return
         v = self.chain.vertices[vertex]
         # 1. The straggler flushes its cache, as before a handover (§5.1 step 5): the
@@ -1451,6 +1451,14 @@ class SimRuntime:
         for vertex, action in waiting:
             self._when_idle(vertex, action)
 
+    def _refuse(self, kind: str, vertex: str, instance: int | None, reason: str, why: dict) -> None:
+        """An action refused or ignored, logged with why; the reason it was asked for (a
+        vertex manager's decision has one) stays beside it as ``asked``."""
+        more = {k: v for k, v in why.items() if k != "reason"}
+        if "reason" in why:
+            more["asked"] = why["reason"]
+        self._log(kind, vertex, instance, reason=reason, **more)
+
     def _log(self, kind: str, vertex: str, instance: int | None, **more: Any) -> None:
         self.events_log.append({"kind": kind, "vertex": vertex, "instance": instance,
                                 "packet": sum(r.packets_in for r in self.roots), "vt": self.now(), **more})
@@ -1483,7 +1491,7 @@ class SimRuntime:
                                 "packets it would replay are forgotten (Table 3: root and NF failures need "
                                 "the store-backed log, packet_log: store)")
         if not any(a.instance_id == instance for a in self.active(vertex)) or (vertex, instance) in self.dead:
-            self._log("crash-ignored", vertex, instance, reason="not an active instance", **why)
+            self._refuse("crash-ignored", vertex, instance, "not an active instance", why)
             return
         # The last heartbeat came at the latest multiple of the period; the failure is
         # noticed when `misses` periods have passed without one.
@@ -1707,7 +1715,7 @@ class SimRuntime:
 
     def _crash_root(self, root_id: int, heartbeat_us: float, misses: int, why: dict) -> None:
         if root_id in self.root_failures:
-            self._log("crash-ignored", "root", root_id, reason="already failed", **why)
+            self._refuse("crash-ignored", "root", root_id, "already failed", why)
             return
         period = int(heartbeat_us * 1000)
         last = int(self.horizon) // period * period if period else int(self.horizon)
@@ -1959,7 +1967,7 @@ def _crash(rt: SimRuntime, event: Any) -> None:
     def pick() -> None:
         active = rt.active(vertex)
         if not active:                  # (its only instance is down, awaiting failover)
-            rt._log("crash-ignored", vertex, None, reason="no active instance", **why)
+            rt._refuse("crash-ignored", vertex, None, "no active instance", why)
             return
         rt._crash(vertex, active[int(p.get("pick", 0)) % len(active)].instance_id,
                   p.get("heartbeat_us", 20), p.get("misses", 3), why)

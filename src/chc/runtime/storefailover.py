@@ -262,7 +262,7 @@ class StoreFailover:
     def crash(self, heartbeat_us: float, misses: int, why: dict) -> None:
         rt = self.rt
         if self.outage is not None:
-            rt._log("crash-ignored", "store", None, reason="the store is already down", **why)
+            rt._refuse("crash-ignored", "store", None, "the store is already down", why)
             return
         if self._held(why):
             self.waiting.append((heartbeat_us, misses, why))
