@@ -315,6 +315,30 @@ def test_first_seed_runs_a_range_of_seeds(capsys, lan_slice, tmp_path):
     assert "--first-seed goes with --seeds" in capsys.readouterr().err
 
 
+def test_a_seed_that_raises_is_an_error_and_the_hunt_goes_on(capsys, lan_slice, tmp_path, monkeypatch):
+    """A bug met in one seed (a traceback ended the whole run: autoscale.yaml under
+    straggler.yaml) is that seed's verdict ``error``, named with where it was raised;
+    the other seeds run, the exit is 1, and --save-failures keeps it."""
+    from chc import checkrun
+
+    real = checkrun.check_variant
+
+    def flaky(chain, scenario, records, v, *args, **kw):
+        if v.seed == 1:
+            raise RuntimeError("boom")
+        return real(chain, scenario, records, v, *args, **kw)
+
+    monkeypatch.setattr(checkrun, "check_variant", flaky)
+    saved = tmp_path / "f.yaml"
+    code, text, data = run_check(capsys, str(PAPER), str(FAULTS), str(lan_slice), "--packets", "300", "--seeds", "3",
+                                 "--save-failures", str(saved), "--json", str(tmp_path / "r.json"))
+    assert code == 1
+    assert "seed 1: ERROR" in text and "internal error: RuntimeError: boom (at test_coe.py:" in text
+    assert "2 pass, 1 error" in text
+    assert [r["verdict"] for r in data["results"]] == ["pass", "error", "pass"]
+    assert yaml.safe_load(saved.read_text())[0]["seed"] == 1
+
+
 def test_saved_failures_load_as_regression_cases(capsys, lan_slice, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     saved = tmp_path / "failures.yaml"

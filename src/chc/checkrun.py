@@ -7,9 +7,11 @@ with them in memory) and come back as plain JSON-able verdicts
 
 Verdicts: ``pass``; ``diverged`` (the first divergence is named);
 ``unrecoverable`` (a component crashed and nothing can recover it yet);
+``error`` (the run raised: a bug, reported with where it was raised, and the
+other seeds still run);
 with ``--break``: ``not-exercised`` (the break found nothing to act on in that
 seed) and ``uncaught`` (it acted and the checker saw nothing: a hole).
-Exit codes: 0 every seed passed; 1 a seed diverged or was unrecoverable; 2 bad
+Exit codes: 0 every seed passed; 1 a seed diverged, was unrecoverable or raised; 2 bad
 input, or nothing was checked; 3 a ``--break`` run in which no seed caught it.
 """
 
@@ -20,6 +22,7 @@ import itertools
 import multiprocessing
 import os
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -73,11 +76,28 @@ class Job:
         v = variant(self.chain, self.scenario, seed, self.stores)
         if self.kill:
             v.kill = draw_kill(v, len(self.records), self.kill)
-        res = check_variant(self.chain, self.scenario, self.records, v, self.breaks, open_store, self.runtime,
-                            self.ray_address)
-        out = res.as_json()
+        try:
+            res = check_variant(self.chain, self.scenario, self.records, v, self.breaks, open_store, self.runtime,
+                                self.ray_address)
+        except ValueError:
+            raise                           # the variant cannot run here (bad input): the whole check stops
+        except Exception as exc:            # a bug met in this seed: reported, and the hunt goes on
+            out = _internal_error(v, exc)
+        else:
+            out = res.as_json()
         out["seconds"] = round(time.perf_counter() - started, 3)
         return out
+
+
+def _internal_error(v: Any, exc: Exception) -> dict:
+    """A seed whose run raised: verdict ``error``, with where it was raised (a long hunt
+    keeps going; ``--save-failures`` keeps the seed)."""
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    what = (f"internal error: {type(exc).__name__}: {exc} (at {os.path.basename(frame.filename)}:{frame.lineno}"
+            f" in {frame.name}; please report it)")
+    return {"seed": v.seed, "verdict": "error", "ok": False, "variant": v.as_json(), "drawn": v.describe(),
+            "faults": {}, "breaks": {}, "store_steps": 0, "unrecoverable": None, "first_divergence": what,
+            "divergences": [what], "notes": []}
 
 
 def _check_kill(kill: str, chain: Chain, runtime: str) -> None:
@@ -134,12 +154,12 @@ class Report:
         return Counter(r["verdict"] for r in self.results)
 
     def failures(self) -> list[dict]:
-        return [r for r in self.results if r["verdict"] in ("diverged", "unrecoverable")]
+        return [r for r in self.results if r["verdict"] in ("diverged", "unrecoverable", "error")]
 
     def exit_code(self) -> int:
         c = self.counts()
-        if c["diverged"] or c["unrecoverable"]:
-            return 1
+        if c["diverged"] or c["unrecoverable"] or (c["error"] and not self.job.breaks):
+            return 1                        # (with --break only a divergence is the break caught)
         if self.job.breaks:
             return 3
         return 0
@@ -148,7 +168,8 @@ class Report:
         c = self.counts()
         n = len(self.results)
         rate = n / self.seconds if self.seconds else 0.0
-        parts = [f"{c[v]} {v}" for v in ("pass", "diverged", "unrecoverable", "not-exercised", "uncaught") if c[v]]
+        parts = [f"{c[v]} {v}" for v in ("pass", "diverged", "unrecoverable", "error", "not-exercised", "uncaught")
+                 if c[v]]
         line = f"{n} seeds: {', '.join(parts)} ({rate:.2f} seeds/s, {self.jobs} jobs)"
         if not self.job.breaks:
             line = f"{c['pass']} of {n} seeds passed; " + line
