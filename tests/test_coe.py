@@ -339,6 +339,25 @@ def test_a_seed_that_raises_is_an_error_and_the_hunt_goes_on(capsys, lan_slice, 
     assert yaml.safe_load(saved.read_text())[0]["seed"] == 1
 
 
+def test_ctrl_c_keeps_the_seeds_that_finished(capsys, lan_slice, tmp_path, monkeypatch):
+    """A long hunt stopped with Ctrl-C reports, writes and saves what finished (exit 130)."""
+    from chc import checkrun
+
+    real = checkrun.Job.run
+
+    def run(self, seed):
+        if seed == 2:
+            raise KeyboardInterrupt
+        return real(self, seed)
+
+    monkeypatch.setattr(checkrun.Job, "run", run)
+    code, text, data = run_check(capsys, str(PAPER), str(FAULTS), str(lan_slice), "--packets", "300", "--seeds", "5",
+                                 "--json", str(tmp_path / "r.json"))
+    assert code == 130
+    assert "interrupted (Ctrl-C) after 2 of 5 seeds" in text
+    assert data["interrupted"] and [r["seed"] for r in data["results"]] == [0, 1]
+
+
 def test_saved_failures_load_as_regression_cases(capsys, lan_slice, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     saved = tmp_path / "failures.yaml"

@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import multiprocessing
 import os
+import signal
 import time
 import traceback
 from collections import Counter
@@ -31,6 +32,7 @@ import yaml
 
 from .backends import open_store
 from .capture import open_capture
+from .cliargs import EXIT_INTERRUPTED
 from .coe import BREAKS, check_variant, draw_kill, proc_refusal, variant
 from .scenario import Scenario, load_scenario
 from .spec import MAX_PARALLELISM, Chain, load_spec
@@ -129,6 +131,7 @@ def _own_database(numbers: Any) -> None:
     worker's multiprocessing identity: it keeps counting in a process that started
     other children before, and database 22 does not exist.)"""
     assert _JOB is not None
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's: it stops the pool
     k = numbers.get()
     _JOB.stores = [_with_db(url, k) for url in _JOB.stores]
 
@@ -149,6 +152,8 @@ class Report:
     results: list[dict]
     seconds: float
     jobs: int
+    interrupted: bool = False       # Ctrl-C: the results are the seeds that finished before it
+    asked: int = 0                  # seeds asked for
 
     def counts(self) -> Counter:
         return Counter(r["verdict"] for r in self.results)
@@ -160,6 +165,8 @@ class Report:
         c = self.counts()
         if c["diverged"] or c["unrecoverable"] or (c["error"] and not self.job.breaks):
             return 1                        # (with --break only a divergence is the break caught)
+        if self.interrupted:
+            return EXIT_INTERRUPTED
         if self.job.breaks:
             return 3
         return 0
@@ -178,6 +185,8 @@ class Report:
             line += f"; rerun a failure with --seed {fails[0]['seed']}"
         if self.job.breaks and not c["diverged"]:
             line += f"; the break ({', '.join(self.job.breaks)}) was never caught"
+        if self.interrupted:
+            line += f"; interrupted (Ctrl-C) after {n} of {self.asked} seeds"
         return line
 
     def as_json(self) -> dict:
@@ -187,7 +196,7 @@ class Report:
                 **({"kill": self.job.kill} if self.job.kill else {}),
                 "seconds": round(self.seconds, 3),
                 "seeds_per_second": round(len(self.results) / self.seconds, 3) if self.seconds else None,
-                "verdicts": dict(self.counts()), "results": self.results}
+                "verdicts": dict(self.counts()), "interrupted": self.interrupted, "results": self.results}
 
 
 def run_seeds(job: Job, seeds: list[int], jobs: int, say: Callable[[str], Any]) -> Report:
@@ -204,21 +213,26 @@ def run_seeds(job: Job, seeds: list[int], jobs: int, say: Callable[[str], Any]) 
                          f"of a server's {_REDIS_DATABASES})")
     started = time.perf_counter()
     results: list[dict] = []
-    if jobs > 1 and len(seeds) > 1:
-        _JOB = job
-        ctx = multiprocessing.get_context("fork")
-        workers = min(jobs, len(seeds))
-        numbers = ctx.SimpleQueue()
-        for k in range(1, workers + 1):
-            numbers.put(k)
-        with ctx.Pool(workers, initializer=_own_database, initargs=(numbers,)) as pool:
-            for r in pool.imap(_run_in_worker, seeds):
-                _take(r, results, say)
+    interrupted = False
+    try:
+        if jobs > 1 and len(seeds) > 1:
+            _JOB = job
+            ctx = multiprocessing.get_context("fork")
+            workers = min(jobs, len(seeds))
+            numbers = ctx.SimpleQueue()
+            for k in range(1, workers + 1):
+                numbers.put(k)
+            with ctx.Pool(workers, initializer=_own_database, initargs=(numbers,)) as pool:
+                for r in pool.imap(_run_in_worker, seeds):
+                    _take(r, results, say)
+        else:
+            for seed in seeds:
+                _take(job.run(seed), results, say)
+    except KeyboardInterrupt:
+        interrupted = True                  # what finished is kept: reported, written, saved
+    finally:
         _JOB = None
-    else:
-        for seed in seeds:
-            _take(job.run(seed), results, say)
-    return Report(job, results, time.perf_counter() - started, jobs)
+    return Report(job, results, time.perf_counter() - started, jobs, interrupted, len(seeds))
 
 
 def _take(r: dict, results: list[dict], say: Callable[[str], Any]) -> None:

@@ -1,4 +1,5 @@
-"""What the command-line modules share: argument types and :class:`UsageError`.
+"""What the command-line modules share: argument types, :class:`UsageError` and the
+exit code of an interrupted command.
 
 ``chc.cli`` imports the subcommand modules (``chc.trace.cli``, ``chc.bench``), and
 they raise the same usage error; it lives here, in a module that imports nothing
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+
+EXIT_INTERRUPTED = 130     # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 class UsageError(Exception):

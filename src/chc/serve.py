@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TextIO
 
 from .capture import STDIN, open_capture
-from .cliargs import UsageError, parse_listen
+from .cliargs import EXIT_INTERRUPTED, UsageError, parse_listen
 from .feed import Feed, capture_summary
 from .linktypes import adapter_for
 from .observe import Observer, Sample, status_line
@@ -66,7 +66,6 @@ from .summary import canonical
 __all__ = ["Options", "Replay", "Server", "Source", "serve"]
 
 WAIT_S = 0.2                # longest wait for input: how late a stop or a sample can be
-EXIT_INTERRUPTED = 130
 
 
 class Source(Protocol):
