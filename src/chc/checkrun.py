@@ -33,7 +33,7 @@ import yaml
 from .backends import open_store
 from .capture import open_capture
 from .cliargs import EXIT_INTERRUPTED
-from .coe import BREAKS, check_variant, draw_kill, proc_refusal, variant
+from .coe import BREAKS, CheckResult, SeedResult, check_variant, draw_kill, proc_refusal, variant
 from .scenario import Scenario, load_scenario
 from .spec import MAX_PARALLELISM, Chain, load_spec
 
@@ -97,9 +97,9 @@ def _internal_error(v: Any, exc: Exception) -> dict:
     frame = traceback.extract_tb(exc.__traceback__)[-1]
     what = (f"internal error: {type(exc).__name__}: {exc} (at {os.path.basename(frame.filename)}:{frame.lineno}"
             f" in {frame.name}; please report it)")
-    return {"seed": v.seed, "verdict": "error", "ok": False, "variant": v.as_json(), "drawn": v.describe(),
-            "faults": {}, "breaks": {}, "store_steps": 0, "unrecoverable": None, "first_divergence": what,
-            "divergences": [what], "notes": []}
+    out = SeedResult(v, CheckResult([], [], None, None), "error", {}).as_json()
+    out.update(first_divergence=what, divergences=[what])
+    return out
 
 
 def _check_kill(kill: str, chain: Chain, runtime: str) -> None:

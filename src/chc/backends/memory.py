@@ -19,7 +19,8 @@ from collections.abc import Hashable
 from typing import Any
 
 from ..core.client import StoreUnavailable
-from ..core.store import CLOCK_BITS, CustomOp, ObjectKey, Op, StoreEngine
+from ..core.root import root_of
+from ..core.store import CustomOp, ObjectKey, Op, StoreEngine
 
 
 class MemoryStore:
@@ -105,14 +106,9 @@ class MemoryStore:
         fresh = self.engine.drain_commits()
         if root is None:
             return fresh
-        held = self.held
         for c in fresh:
-            mine = held.get(c[0] >> CLOCK_BITS)
-            if mine is None:
-                held[c[0] >> CLOCK_BITS] = [c]
-            else:
-                mine.append(c)
-        return held.pop(root, [])
+            self.held.setdefault(root_of(c[0]), []).append(c)
+        return self.held.pop(root, [])
 
     def objects(self, vertex: str) -> dict[str, dict[Hashable, Any]]:
         return self.engine.objects(vertex)

@@ -239,7 +239,7 @@ class Root:
         acct = stored.get("acct", {})
         mine = self.root_id
         for clock in stored.get("log", {}):
-            if clock >> CLOCK_BITS != mine:
+            if root_of(clock) != mine:
                 continue                # another root's (one store holds every root's log)
             entry = self.log[clock] = LogEntry(None)
             entry.live, entry.vector = acct.get(clock, (1, 0))

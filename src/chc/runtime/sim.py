@@ -849,7 +849,7 @@ class SimRuntime:
         v = self.chain.vertices[vertex]
         if len(self.instances[vertex]) >= MAX_PARALLELISM:
             self._refuse("scale-out-refused", vertex, None, f"{vertex} has had {MAX_PARALLELISM} instances "
-                      "(MAX_PARALLELISM; retired ones count)", why)
+                         "(MAX_PARALLELISM; retired ones count)", why)
             return
         i = self.flowmaps[vertex].add_instance()
         inst = Instance(vertex, i, v.nf, v.config, self.model, self._link(vertex, i), exclusive=False)
@@ -1221,7 +1221,7 @@ class SimRuntime:
         s = straggler.instance_id
         if len(self.instances[vertex]) >= MAX_PARALLELISM:
             self._refuse("clone-refused", vertex, s, f"{vertex} has had {MAX_PARALLELISM} instances "
-                      "(MAX_PARALLELISM; retired ones count)", why)
+                         "(MAX_PARALLELISM; retired ones count)", why)
             return
         v = self.chain.vertices[vertex]
         # 1. The straggler flushes its cache, as before a handover (§5.1 step 5): the

@@ -49,7 +49,8 @@ import zmq
 from ..backends.memory import MemoryStore
 from ..core.client import StoreLost, StoreUnavailable
 from ..core.failover import log_reads, prune_reads
-from ..core.store import CLOCK_BITS, CustomOp, ObjectKey, Op, OwnershipError, StoreError
+from ..core.root import root_of
+from ..core.store import CustomOp, ObjectKey, Op, OwnershipError, StoreError
 from .procio import Guard, worker_guard
 from .wire import Kind, Mailbox, WireError, dealer, decode, encode, fields, op_rows, rows_ops
 
@@ -112,11 +113,11 @@ class Failover:
     def prune_below(self, store: MemoryStore, clock: int) -> int:
         """``clock``'s root is done with its clocks below it (each root prunes its own)."""
         floors = self.floors
-        root = clock >> CLOCK_BITS
+        root = root_of(clock)
         if self.holds > 0 or clock <= floors.get(root, -1):
             return 0
         floors[root] = clock
-        prune_reads(self.reads, lambda c: c < floors.get(c >> CLOCK_BITS, -1))
+        prune_reads(self.reads, lambda c: c < floors.get(root_of(c), -1))
         return store.prune_below(clock)
 
 
