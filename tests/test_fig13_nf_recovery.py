@@ -63,11 +63,14 @@ def test_fig13_script_spike_and_return(tmp_path):
     out = tmp_path / "f13.json"
     # The script is the module's main (run_path without __main__ runs nothing).
     assert runpy.run_path(str(ROOT / "bench" / "fig13_nf_recovery.py"))["main"] is main
-    res = main(["--packets", "600", "--rounds", "1", "--loads", "0.3,0.5", "--before-ms", "3",
-                          "--after-ms", "8", "--heartbeat-us", "500", "--misses", "3", "--json", str(out)])
+    # A fixed 7 µs a packet: measured times on a busy CI machine had an outlier that
+    # queued the 50% run's baseline up to 87 µs, and the spike is judged against it.
+    res = main(["--service-us", "7", "--loads", "0.3,0.5", "--before-ms", "3",
+                "--after-ms", "8", "--heartbeat-us", "500", "--misses", "3", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(res))
     assert res["build"] in ("compiled", "pure-python") and res["model"] == "EO+C+NA"
+    assert res["service_us"]["mean_us"] == 7.0 and res["service_us"]["source"].startswith("fixed")
     assert res["crash"] == {"target": "nat[0]", "at_ms": 3.0, "heartbeat_us": 500.0, "misses": 3}
     assert res["paper"]["recovery_ms"] == {"30%": 4.5, "50%": 5.6}
     assert list(res["loads"]) == ["30%", "50%"]
@@ -93,3 +96,14 @@ def test_fig13_script_spike_and_return(tmp_path):
         tail = sorted(w[1] for w in after if w[0] >= row["recovery_ms"])
         assert tail and tail[len(tail) // 2] < 2 * base
         assert row["drained_us"] is not None and row["drained_us"] > f["detect_ns"] / US / 2
+
+
+def test_fig13_measures_service_times_when_none_is_given():
+    """The default path times the NAT; only what no timing can move is asserted."""
+    res = main(["--packets", "300", "--rounds", "1", "--loads", "0.3", "--before-ms", "2",
+                "--after-ms", "3", "--heartbeat-us", "500"])
+    svc = res["service_us"]
+    assert svc["source"] == "measured" and svc["mean_us"] > 0 and res["input"]["ip_packets_timed"] > 0
+    row = res["loads"]["30%"]
+    assert row["duplicates"] == 0 and row["outputs"] + row["dropped"] == row["packets"]
+    assert 1000 * US <= row["failover"]["detect_ns"] <= 1500 * US

@@ -17,7 +17,9 @@ Here the failover is the sim runtime's (:meth:`chc.runtime.sim.SimRuntime.crash`
   ``process`` call with its store operations plus an equal share of its batch's
   flush; the median over ``--rounds`` rounds; the first batch, a fresh
   instance's first calls, left out).  The build (compiled or pure Python) is in
-  the report: the times are this machine's and this build's.
+  the report: the times are this machine's and this build's.  ``--service-us``
+  gives every packet one fixed cost instead (a what-if; the tests use it, since a
+  measured outlier on a busy machine moves the baseline the spike is compared to).
 * **The chain, simulated.**  A one-vertex chain, that NAT alone (the paper
   fails a NAT; no portscan detector, whose timers would keep packets logged),
   model ``EO+C+NA`` on the memory store, in :class:`~chc.runtime.sim.SimRuntime`.
@@ -225,9 +227,14 @@ def analyze(arrivals: Sequence[int], exits: dict[int, int], fail: dict, width_ns
 
 def measure(inp: BenchInput, packets: int | None = None, loads: Sequence[float] = (0.3, 0.5), n_rounds: int = 3,
             before_ms: float = 10.0, after_ms: float = 30.0, window_us: float = 500.0, heartbeat_us: float = 1000.0,
-            misses: int = 3, commit_us: float = 10.0, batch: int = 1, tolerance: float = 0.1) -> dict[str, Any]:
-    """Service times measured, then one crash simulated per load; the report dict."""
-    svc = service_times(inp, packets, n_rounds, systems={"chc": MODEL}, tag="fig13")["chc"]
+            misses: int = 3, commit_us: float = 10.0, batch: int = 1, tolerance: float = 0.1,
+            service_us: float | None = None) -> dict[str, Any]:
+    """Service times measured (or ``service_us`` for every packet), then one crash
+    simulated per load; the report dict."""
+    if service_us is None:
+        svc = service_times(inp, packets, n_rounds, systems={"chc": MODEL}, tag="fig13")["chc"]
+    else:
+        svc = [service_us * 1e3]
     mean = sum(svc) / len(svc)
     capacity = 1e9 / mean
     chain = nat_chain(inp.configs.get(VERTEX) or {})
@@ -237,7 +244,8 @@ def measure(inp: BenchInput, packets: int | None = None, loads: Sequence[float] 
                   "nat_config": inp.configs.get(VERTEX)},
         "model": MODEL, "store": "memory (in-process)", "rounds": n_rounds,
         "service_us": {"mean_us": round(mean / 1e3, 3), "p50_us": round(statistics.median(svc) / 1e3, 3),
-                       "capacity_pps": round(capacity, 1)},
+                       "capacity_pps": round(capacity, 1),
+                       "source": "measured" if service_us is None else "fixed (--service-us)"},
         "crash": {"target": f"{VERTEX}[0]", "at_ms": before_ms, "heartbeat_us": heartbeat_us, "misses": misses},
         "sim": {"pacing": "pps", "before_ms": before_ms, "after_ms": after_ms, "batch": batch,
                 "commit_us": commit_us, "window_us": window_us, "tolerance": tolerance},
@@ -299,6 +307,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="sim input batch (default 1: commit reports are delivered at batch boundaries, so a "
                          "larger batch keeps more packets logged and replayed)")
     ap.add_argument("--tolerance", type=float, default=0.1, help="'normal': within this of the baseline (0.1)")
+    ap.add_argument("--service-us", type=float,
+                    help="every packet costs this many µs instead of measured service times (a what-if, and "
+                         "what the tests use: the outcome then depends on no machine's timing)")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--png", metavar="DIR", help="write fig13_nf_recovery.png into DIR")
     args = ap.parse_args(argv)
@@ -306,18 +317,20 @@ def main(argv: list[str] | None = None) -> dict:
     if (args.rounds < 1 or args.before_ms <= 0
             or args.after_ms <= 0 or args.window_us <= 0 or args.heartbeat_us <= 0 or args.misses < 1
             or args.commit_us < 0 or args.batch < 1 or args.tolerance < 0
-            or (args.packets is not None and args.packets < 100)):
+            or (args.packets is not None and args.packets < 100)
+            or (args.service_us is not None and args.service_us <= 0)):
         ap.error("--rounds, --misses, --batch at least 1; --before-ms, --after-ms, --window-us, "
-                 "--heartbeat-us positive; --commit-us, --tolerance >= 0; --packets at least 100")
+                 "--heartbeat-us, --service-us positive; --commit-us, --tolerance >= 0; --packets at least 100")
     inp = lan_input()
     try:
         res = measure(inp, args.packets, loads, args.rounds, args.before_ms, args.after_ms, args.window_us,
-                      args.heartbeat_us, args.misses, args.commit_us, args.batch, args.tolerance)
+                      args.heartbeat_us, args.misses, args.commit_us, args.batch, args.tolerance, args.service_us)
     except ValueError as exc:
         ap.error(str(exc))
     svc = res["service_us"]
     print(f"Figure 13: NAT failover, {res['build']} build, {MODEL} on the memory store; service time "
-          f"{svc['mean_us']:.2f} µs mean ({svc['capacity_pps']:,.0f} pps); heartbeat {args.heartbeat_us:g} µs x "
+          f"{svc['mean_us']:.2f} µs mean, {svc['source']} ({svc['capacity_pps']:,.0f} pps); "
+          f"heartbeat {args.heartbeat_us:g} µs x "
           f"{args.misses}; commits {args.commit_us:g} µs; {args.window_us:g} µs windows")
     print(f"  {'load':<6}{'pps':>9}{'base µs':>9}{'peak µs':>10}{'detect µs':>10}{'replayed':>9}{'replay µs':>10}"
           f"{'caught µs':>10}{'drained µs':>11}{'back ms':>8}{'paper ms':>9}")
