@@ -151,10 +151,11 @@ def test_a_failover_replays_only_what_every_upstreams_watermark_had_passed(tmp_p
         for lb in lbs:
             _pump(lb, lambda lb=lb: lb.seen.mark.get(b"portscan.2") == 4)
             lb.box.fence(b"portscan.2")                 # the coordinator's fence: its failover's frames come
-        handed = {"nat.0": [pack_packets([pkts[c] for c in (3, 5, 20, 21, 22, 23)]), 23, False, {}],
-                  "nat.1": [pack_packets([pkts[4]]), 7, False, {}],
-                  "nat.2": [pack_packets([pkts[6]]), 6, False, {}]}
-        failover = InstanceWorker(plan, ctx, "portscan", 2, guard, "portscan.2#1", {"floors": {0: 0}, "feeds": handed})
+        handed = {"nat.0": [pack_packets([pkts[c] for c in (3, 5, 20, 21, 22, 23)]), 23, False, {}, 23],
+                  "nat.1": [pack_packets([pkts[4]]), 7, False, {}, 7],
+                  "nat.2": [pack_packets([pkts[6]]), 6, False, {}, 6]}
+        failover = InstanceWorker(plan, ctx, "portscan", 2, guard, "portscan.2#1",
+                                  {"floors": {0: 0}, "feeds": handed, "bound": 6})
         runs: list[list[int]] = []
         process = failover._process
         failover._process = lambda batch, mark: (runs.append([p.clock for p in batch]), process(batch, mark))
@@ -176,6 +177,56 @@ def test_a_failover_replays_only_what_every_upstreams_watermark_had_passed(tmp_p
             assert clocks == sorted(clocks)
             got += clocks
         assert sorted(got) == [3, 4, 5, 6, *range(10, 24)]     # every packet once: none lost, none twice
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_failover_fed_by_a_failover_still_replaying_replays_what_comes_behind(tmp_path):
+    """§5.4 two failures in a row: nat.0 and portscan.2 die together, nat.0#1 is still
+    replaying when it hands over what it sent portscan.2 (clocks 3 and 5, watermark 5),
+    but the dead nat.0 may have sent the dead portscan.2 up to 12 (the bound the
+    coordinator computes from what nat.0 was handed).  The failover waits for nat.0#1's
+    replay to come and replays everything up to 12 one clock a step: taken as new
+    input in one batch, clocks the dead portscan.2 had run went out again under a new
+    through, and the root applied a packet's fork twice (``chc check --kill
+    portscan[2]@900,nat[0]@900``: a packet never completed)."""
+    import zmq
+
+    from chc.packet import Packet
+    from chc.runtime.procio import Guard
+    from chc.runtime.procworker import INF, InstanceWorker, Plan
+    from chc.runtime.wire import Kind, dealer, encode, pack_packets
+
+    with open_capture(str(LAN)) as r:
+        pkts = [p for p in (Packet(data, ts, k) for k, (ts, data) in enumerate(itertools.islice(r, 60)))
+                if p.src is not None][:24]
+    for clock, p in enumerate(pkts):
+        p.clock = clock
+    plan = Plan(str(tmp_path), load_spec(str(PAPER)).with_parallelism(3), "T", 1, ("memory", ""), recover=True)
+    ctx = zmq.Context()
+    guard = Guard([])
+    try:
+        _lbs = [InstanceWorker(plan, ctx, "lb", j, guard) for j in range(3)]    # bound: they take its output
+        handed = {"nat.0": [pack_packets([pkts[3], pkts[5]]), 5, False, {}, 5],
+                  "nat.1": [pack_packets([pkts[4]]), 12, False, {}, 12],
+                  "nat.2": [pack_packets([pkts[6], pkts[8]]), 12, False, {}, 12]}
+        failover = InstanceWorker(plan, ctx, "portscan", 2, guard, "portscan.2#1",
+                                  {"floors": {0: 0}, "feeds": handed, "bound": 12, "fenced": ["nat.0"]})
+        runs: list[list[int]] = []
+        process = failover._process
+        failover._process = lambda batch, mark: (runs.append([p.clock for p in batch]), process(batch, mark))
+        frames = {"nat.0#1": [[pkts[3], pkts[5]], 5, 5, False],       # what it handed over already: dropped
+                  "nat.1": [pkts[13:15], INF, INF, True], "nat.2": [[pkts[15]], INF, INF, True]}
+        upstreams = []
+        for name, (sent, mark, through, eof) in frames.items():
+            upstreams.append(dealer(ctx, plan.address("portscan.2#1"), name))
+            upstreams[-1].send(encode(Kind.DATA, [mark, {}, pack_packets(sent), eof, through, {}]))
+        later = upstreams[0]
+        later.send(encode(Kind.DATA, [12, {}, pack_packets([pkts[7], pkts[9], pkts[11]]), False, 11, {}]))
+        later.send(encode(Kind.DATA, [INF, {}, pack_packets(pkts[20:22]), True, INF, {}]))
+        failover.run()
+        assert runs[:8] == [[3], [4], [5], [6], [7], [8], [9], [11]]
+        assert sorted(c for batch in runs for c in batch) == [3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 20, 21]
     finally:
         ctx.destroy(linger=0)
 

@@ -62,6 +62,31 @@ def test_a_random_kill_per_seed(monkeypatch, capsys):
     assert out.count("    faults: killed lb.2 at input packet") == 1
 
 
+def test_two_kills_at_once_both_fail_over_and_pass(monkeypatch, capsys):
+    """Both processes die before the coordinator looks: their deaths reach it in one
+    wait, the upstream NAT is a feeder of the portscan instance being failed over.
+    Before deaths were taken one failover at a time (a feeder that died first), a
+    failover sent its hand-over request to a failover not yet connected (lost) and a
+    failover started later held its upstream failover's frames for a fence it never
+    got: each of these hung the run."""
+    kill = "portscan[2]@900,nat[0]@900"
+    assert _check(["--packets", "2500", "--seed", "4", "--kill", kill], monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "1 of 1 seeds passed" in out and f"kill {kill}" in out
+    assert "failover portscan.2#1 replayed" in out and "nat.0#1 replayed" in out
+
+
+def test_random_k_draws_k_kills_of_different_instances():
+    chain, sc = load_spec(PAPER), load_scenario(PARALLEL)
+    v = variant(chain, sc, 3, ["memory"])
+    one = draw_kill(v, 1000, "random")
+    three = draw_kill(v, 1000, "random:3").split(",")
+    assert len(three) == 3 and three[0] == one              # random is random:1: seeds keep their kill
+    assert len({k.split("@")[0] for k in three}) == 3
+    with pytest.raises(ValueError, match="random:K"):
+        draw_kill(v, 1000, "random:0")
+
+
 def test_a_seeds_kill_is_drawn_from_the_seed_apart_from_its_variant():
     chain, sc = load_spec(PAPER), load_scenario(PARALLEL)
     v = variant(chain, sc, 3, ["memory"])
@@ -94,6 +119,8 @@ def test_the_killed_process_issued_updates_reach_the_checker():
     (["--kill", "nat@x"], "VERTEX[I]@PACKETS"),
     (["--kill", "nope@10"], "no vertex"),
     (["--kill", "nat[7]@10"], "3 instance(s)"),                    # the seed's parallelism
+    (["--kill", "nat[0]@10,lb@x"], "VERTEX[I]@PACKETS"),
+    (["--kill", "random:x"], "random:K"),
     (["--break", "no-replay"], "needs a --kill"),
     (["--kill", "random", "--runtime", "sim"], "--runtime proc"),
 ])

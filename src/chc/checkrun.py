@@ -33,7 +33,7 @@ import yaml
 from .backends import open_store
 from .capture import open_capture
 from .cliargs import EXIT_INTERRUPTED
-from .coe import BREAKS, CheckResult, SeedResult, check_variant, draw_kill, proc_refusal, variant
+from .coe import BREAKS, CheckResult, SeedResult, check_variant, draw_kill, kill_count, proc_refusal, variant
 from .scenario import Scenario, load_scenario
 from .spec import MAX_PARALLELISM, Chain, load_spec
 
@@ -108,9 +108,10 @@ def _check_kill(kill: str, chain: Chain, runtime: str) -> None:
     if runtime not in ("proc", "ray"):
         raise ValueError("--kill is for --runtime proc or ray (with sim, a scenario's crash events kill instances: "
                          "docs/recovery.md)")
-    if kill != "random":
+    if not kill_count(kill):
         from .runtime.proc import parse_kill
-        parse_kill(kill, chain.with_parallelism(MAX_PARALLELISM))
+        for k in kill.split(","):
+            parse_kill(k, chain.with_parallelism(MAX_PARALLELISM))
 
 
 _JOB: Job | None = None         # the job of a forked worker

@@ -179,11 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_args(chk, "the physical run's runtime: sim (default), proc (a process per root, instance and "
                        "store server; no scenario events, memory store only; docs/coe.md) or ray (proc's "
                        "processes in actors of a Ray cluster, --ray-address)")
-    chk.add_argument("--kill", metavar="random|VERTEX[I]@N",
-                     help="--runtime proc or ray: each seed SIGKILLs one NF instance process, a failover instance "
-                          "takes over (§5.4) and the run is checked; 'random': an instance and an input packet "
-                          "(middle 80%%) drawn per seed; VERTEX[I]@N: instance I of VERTEX once N input packets "
-                          "have been fed (docs/proc.md)")
+    chk.add_argument("--kill", metavar="random[:K]|VERTEX[I]@N[,...]",
+                     help="--runtime proc or ray: each seed SIGKILLs NF instance processes, a failover instance "
+                          "takes over each (§5.4) and the run is checked; 'random': an instance and an input packet "
+                          "(middle 80%%) drawn per seed, 'random:K' K of them (different instances); VERTEX[I]@N: "
+                          "instance I of VERTEX once N input packets have been fed, several comma-separated "
+                          "(docs/proc.md)")
     return parser
 
 

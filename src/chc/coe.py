@@ -686,19 +686,37 @@ def variant(chain: Chain, scenario: Any, seed: int, stores: list[str]) -> Varian
     return Variant(seed, par, model, store, batch)
 
 
+def kill_count(spec: str) -> int:
+    """How many kills ``random`` or ``random:K`` draws; 0 for explicit kills."""
+    if spec == "random":
+        return 1
+    if not spec.startswith("random:"):
+        return 0
+    k = spec[len("random:"):]
+    if not k.isdigit() or int(k) < 1:
+        raise ValueError(f"--kill {spec!r}: random:K needs K, the kills per seed, at least 1")
+    return int(k)
+
+
 def draw_kill(v: Variant, n_packets: int, spec: str) -> str:
-    """``chc check --runtime proc --kill SPEC`` (docs/proc.md): the kill seed ``v`` makes.
-    ``random``: an NF instance of the seed's chain and an input packet, drawn from the
-    seed (apart from what :func:`variant` draws, so a seed's variant is the same with and
-    without a kill), the packet in the middle 80% of the input; else ``SPEC`` itself
-    (``VERTEX[I]@N``)."""
-    if spec != "random":
+    """``chc check --runtime proc --kill SPEC`` (docs/proc.md): the kills seed ``v`` makes,
+    comma-separated.  ``random`` (``random:K``: K of them, of different instances): an
+    NF instance of the seed's chain and an input packet, drawn from the seed (apart from
+    what :func:`variant` draws, so a seed's variant is the same with and without a
+    kill), the packet in the middle 80% of the input; else ``SPEC`` itself
+    (``VERTEX[I]@N``, comma-separated)."""
+    k = kill_count(spec)
+    if not k:
         return spec
     rng = random.Random(f"kill:{v.seed}")
     instances = [(name, i) for name, n in v.parallelism.items() for i in range(n)]
-    vertex, i = rng.choice(instances)
-    at = rng.randint(max(1, n_packets // 10), max(1, n_packets - n_packets // 10))
-    return f"{vertex}[{i}]@{at}"
+    kills = []
+    for _ in range(min(k, len(instances))):
+        vertex, i = rng.choice(instances)       # (the first draw is random:1's: seeds keep their kill)
+        instances.remove((vertex, i))
+        at = rng.randint(max(1, n_packets // 10), max(1, n_packets - n_packets // 10))
+        kills.append(f"{vertex}[{i}]@{at}")
+    return ",".join(kills)
 
 
 @dataclasses.dataclass
@@ -804,7 +822,7 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
         raise ValueError(refused)
     state = BreakState(tuple(breaks), from_clock=len(records) // 2)
     physical = chain.with_parallelism(v.parallelism)
-    kills = [parse_kill(v.kill, physical)] if v.kill else []
+    kills = [parse_kill(k, physical) for k in v.kill.split(",")] if v.kill else []
     cls: Any = ProcRuntime
     extra: dict[str, Any] = {}
     if ray_address is not None:
@@ -858,12 +876,12 @@ def _kill_faults(kill: str, failovers: list[dict]) -> dict:
     if not kill:
         return {}
     if not failovers:
-        return {"killed": f"{kill}, after the instance had finished (nothing to recover)"}
-    e = failovers[0]
-    return {"killed": f"{e['process']} at input packet {e.get('killed_at_packet')}",
-            "failover": f"{e['failover_process']} replayed {e['replayed']} of the {e['handed_over']} packets handed "
-                        f"over in {e['replay_s']:.2f} s (logged floor {e['logged_floor']}, "
-                        f"recovery {e['recovery_s']:.2f} s)"}
+        return {"killed": f"{kill}, after the instances had finished (nothing to recover)"}
+    return {"killed": "; ".join(f"{e['process']} at input packet {e.get('killed_at_packet')}" for e in failovers),
+            "failover": "; ".join(
+                f"{e['failover_process']} replayed {e['replayed']} packets ({e['handed_over']} handed over) "
+                f"in {e['replay_s']:.2f} s (logged floor {e['logged_floor']}, recovery {e['recovery_s']:.2f} s)"
+                for e in failovers)}
 
 
 def _verdict(result: CheckResult, breaks: tuple[str, ...], acted: dict[str, str]) -> str:

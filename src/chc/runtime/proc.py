@@ -126,6 +126,13 @@ class ProcRuntime:
         self.current: dict[str, str] = {}
         self.generation: dict[str, int] = {}
         self.recovering: dict[str, dict] = {}
+        # Deaths seen while a failover is under way wait for it (a wait inside it, say for
+        # the store's answer, must not start another); a dead feeder of the instance being
+        # failed over goes first, since its hand-over can only come from its failover.
+        self._failing = False
+        self._deaths: list[tuple[str, Any]] = []
+        self.fenced: list[str] = []     # failed processes: a failover started later fences them too
+        self.bounds: dict[str, int] = {}    # logical instance -> the highest clock its last failover replays
         self.events: list[dict] = []
         self.stats: dict[str, dict] = {}
         self.issued: list = []          # record + recover: the updates issued, from every batch's stats
@@ -213,7 +220,12 @@ class ProcRuntime:
             return
         if self.plan.recover and name != STORE and not name.startswith("@") and self.current.get(
                 _logical(name)) == name:
+            if self._failing:
+                self._deaths.append((name, p))
+                return
             self._failover(name, p)
+            while self._deaths:
+                self._failover(*self._deaths.pop(0))
             return
         if p.exitcode == 0:
             # It reported before it exited: the report may still be on its way.
@@ -235,6 +247,13 @@ class ProcRuntime:
         keeps the clock log it will need, every upstream re-points to the failover and
         hands over what it sent the failed one, and the failover replays it from the
         oldest clock still logged (:meth:`InstanceWorker._replay`)."""
+        failing, self._failing = self._failing, True
+        try:
+            self._fail_over(dead, p)
+        finally:
+            self._failing = failing
+
+    def _fail_over(self, dead: str, p: Any) -> None:
         detected = time.perf_counter()
         name = _logical(dead)
         vertex, i = name.rsplit(".", 1)
@@ -248,6 +267,7 @@ class ProcRuntime:
         if killed is not None:
             event["killed_at_packet"] = killed[1]
         self.remote.fence(dead)
+        self.fenced.append(dead)
         floors = self.remote.hold_pruning(True)
         # Its receivers take nothing more from it (what they read after this its failover
         # sends again), and take its failover's frames only from then on.
@@ -260,18 +280,45 @@ class ProcRuntime:
             self.box.reply(self.current[root_name(r)].encode(), fence)
         feeders = self.plan.feeders(vertex)
         records: dict[str, list] = {}
-        self.recovering[name] = {"event": event, "records": records, "started": detected}
+        self.recovering[name] = {"event": event, "records": records, "partial": set(), "started": detected}
         for f in feeders:
-            self.box.reply(self.current[f].encode(), encode(Kind.CONTROL, ["repoint", [vertex, int(i), new]]))
+            self._repoint(f, vertex, int(i), new)
         while len(records) < len(feeders):
             self._service(1000)
+            self._dead_feeders(vertex, int(i), new, feeders, records)
         self.generation[name] = gen
         self.current[name] = new
-        replay = {"floors": floors, "feeds": records}
+        # What the failed one may have run: what every upstream's hand-over watermark has
+        # passed; an upstream still replaying (a failover itself) has handed over only
+        # part, and will send up to what its own failed process can have sent.
+        partial = self.recovering[name]["partial"]
+        bound = self.bounds[name] = min(self.bounds[f] if f in partial else records[f][1] for f in feeders)
+        replay = {"floors": floors, "feeds": records, "bound": bound, "current": dict(self.current),
+                  "fenced": list(self.fenced)}
         self._launch(self.mp, new, procworker.main, (self.plan, "instance", (vertex, int(i), gen), replay))
         event["logged_floor"] = [floors.get(r, -1) for r in range(self.chain.roots)]    # per root
         event["handed_over"] = sum(len(r[0]) for r in records.values())     # packets sent to it, from the floor
         log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, how, new)
+
+    def _dead_feeders(self, vertex: str, i: int, new: str, feeders: list[str], records: dict) -> None:
+        """A feeder that died before handing over what it sent ``vertex[i]``: its own
+        failover first (a sequential failure), then that failover hands it over (its
+        replay sends again what the dead feeder had sent)."""
+        for dead, p in list(self._deaths):
+            feeder = _logical(dead)
+            if feeder in feeders and feeder not in records:
+                self._deaths.remove((dead, p))
+                self._failover(dead, p)
+                self._repoint(feeder, vertex, i, new)
+
+    def _repoint(self, feeder: str, vertex: str, i: int, new: str) -> None:
+        """Tell ``feeder`` to send to ``new`` from now on and hand over what it sent
+        ``vertex[i]``; a feeder that is itself a failover just started is waited for
+        (the mailbox drops what goes to a peer not yet connected)."""
+        process = self.current[feeder]
+        while process not in self.ready:
+            self._service(100)
+        self.box.reply(process.encode(), encode(Kind.CONTROL, ["repoint", [vertex, i, new]]))
 
     def _replayed(self, name: str, body: dict) -> None:
         """The failover finished its replay: pruning resumes; the event is complete."""
@@ -307,7 +354,10 @@ class ProcRuntime:
                     self._count(_logical(name), data)
             elif what == "record":
                 vertex, i, record = data
-                self.recovering[instance_name(vertex, i)]["records"][_logical(name)] = record
+                rec, feeder = self.recovering[instance_name(vertex, i)], _logical(name)
+                rec["records"][feeder] = record
+                if feeder in self.recovering:       # its own replay not done: more comes behind
+                    rec["partial"].add(feeder)
             elif what == "replayed":
                 self._replayed(_logical(name), data)
             elif what in ("instance", "root"):

@@ -57,7 +57,8 @@ class Guard:
             if control is not None:
                 poller.unregister(control)
         for fd in list(self.sentinels):
-            if events.pop(fd, 0):
+            # (one gone() can wait and see the next death itself: then it is no sentinel now)
+            if events.pop(fd, 0) and fd in self.sentinels:
                 self.gone(fd)
         if control is not None and events.pop(control, 0):
             self._in_control = True

@@ -188,7 +188,8 @@ def open_backend(plan: Plan, ctx: zmq.Context, identity: str, guard: Guard) -> A
 class _Sender:
     """A worker's sockets to the instances it feeds, with their splitters (§4.1)."""
 
-    def __init__(self, plan: Plan, ctx: zmq.Context, me: str, vertex: str | None, guard: Guard) -> None:
+    def __init__(self, plan: Plan, ctx: zmq.Context, me: str, vertex: str | None, guard: Guard,
+                 current: dict[str, str] | None = None) -> None:
         self.plan = plan
         self.ctx = ctx
         self.me = me
@@ -196,7 +197,10 @@ class _Sender:
         flowmaps = plan.flowmaps()
         vs = plan.chain.vertices
         self.splitters = {d: Splitter(flowmaps[d].scope, flowmaps[d]) for d in plan.targets(vertex)}
-        self.socks = {d: [dealer(ctx, plan.address(instance_name(d, i)), me, plan.hwm)
+        # A failover process started after a target failed over feeds the target's
+        # failover (``current``: logical instance -> its process now, §5.4).
+        at = current or {}
+        self.socks = {d: [dealer(ctx, plan.address(at.get(instance_name(d, i), instance_name(d, i))), me, plan.hwm)
                           for i in range(vs[d].parallelism)] for d in self.splitters}
         # Instances fed by several upstreams wait for every upstream's watermark.
         self.merging = {d for d in self.splitters if len(plan.feeders(d)) > 1}
@@ -207,7 +211,7 @@ class _Sender:
         # §5.4: what was sent to each target, while its root may still need it replayed
         # (from the oldest clock the root logs, its floor), with the latest watermark and end.
         self.sent: dict[tuple[str, int], deque] | None = {} if plan.recover else None
-        self.sent_mark: dict[tuple[str, int], tuple[int, bool]] = {}
+        self.sent_mark: dict[tuple[str, int], tuple[int, bool, int]] = {}     # watermark, end, through
         self.floors: dict[int, int] = {}        # root id -> its floor, as last heard
 
     def split(self, vertex: str, pkts: list[Packet]) -> list[list[Packet]]:
@@ -220,7 +224,7 @@ class _Sender:
             if kept is None:
                 kept = self.sent[(vertex, i)] = deque()
             kept.extend(rows)
-            self.sent_mark[(vertex, i)] = (watermark, eof)
+            self.sent_mark[(vertex, i)] = (watermark, eof, through)
         frame = encode(Kind.DATA, [watermark, self.rep_through, rows, eof, through, self.floors])
         self.guard.send(self.socks[vertex][i], frame)
 
@@ -256,11 +260,11 @@ class _Sender:
     def repoint(self, vertex: str, i: int, name: str) -> list:
         """§5.4 ``vertex[i]`` failed: what goes to it goes to its failover ``name`` from
         now on; what was sent to it (the failover replays it), as ``[rows, watermark,
-        ended, report throughs]``."""
+        ended, report throughs, through of the last message]``."""
         self.socks[vertex][i].close(0)
         self.socks[vertex][i] = dealer(self.ctx, self.plan.address(name), self.me, self.plan.hwm)
-        mark, eof = self.sent_mark.get((vertex, i), (-1, False))
-        return [list(self.sent.get((vertex, i), ())), mark, eof, dict(self.rep_through)]
+        mark, eof, through = self.sent_mark.get((vertex, i), (-1, False, -1))
+        return [list(self.sent.get((vertex, i), ())), mark, eof, dict(self.rep_through), through]
 
     def to_coordinator(self, what: str, body: Any) -> None:
         self.guard.send(self.coordinator, encode(Kind.CONTROL, [what, body]))
@@ -543,7 +547,9 @@ class InstanceWorker:
         self.me = me or self.name                       # this process (a failover's: nat.0#1)
         self.feeders = [f.encode() for f in plan.feeders(vertex)]
         self.box = Mailbox(ctx, plan.address(self.me), self.me, set(self.feeders), plan.hwm)
-        self.out = _Sender(plan, ctx, self.me, vertex, guard)
+        for dead in (replay or {}).get("fenced", ()):      # failed before this failover started
+            self.box.fence(dead.encode())
+        self.out = _Sender(plan, ctx, self.me, vertex, guard, (replay or {}).get("current"))
         self.boxes = [self.box]
         self.roots = [dealer(ctx, plan.address(root_name(r)), self.me) for r in range(chain.roots)]
         self.store = open_backend(plan, ctx, self.me, guard) if plan.model != "T" else None
@@ -578,12 +584,12 @@ class InstanceWorker:
         poller = zmq.Poller()
         poller.register(self.box.sock, zmq.POLLIN)
         while len(self.ended) < len(self.feeders) or any(self.queues.values()):
-            if not self._receive():
-                self.guard.poll(poller)
-                continue
-            batch = self._ready()
+            got = self._receive()
+            batch = self._ready()       # (a replay's wait may have taken everything already)
             if batch:
                 self._process(batch, self._watermark(batch))
+            elif not got:
+                self.guard.poll(poller)
         self._finish()
 
     # -- §5.4 failover: the replay ---------------------------------------------------------------
@@ -606,7 +612,10 @@ class InstanceWorker:
         floors = replay["floors"]
         handed = 0
         for feeder in self.feeders:
-            rows, mark, eof, throughs = replay["feeds"][feeder.decode()]
+            rows, mark, eof, throughs, through = replay["feeds"][feeder.decode()]
+            # What came from that upstream: if it is itself a failover by now, its replay
+            # re-sends it (two failures in a row), and only what goes past is new.
+            self.seen.mark[feeder] = through
             self.marks[feeder] = mark
             self.deps[feeder] = throughs
             if eof:
@@ -615,7 +624,10 @@ class InstanceWorker:
             handed += len(kept)
             if self.plan.replay:        # --break no-replay: what was handed over is lost
                 self.queues[feeder].extend(kept)
-        pkts = self._ready()
+        bound = replay["bound"]
+        if self.plan.replay:
+            self._await(bound)
+        pkts = self._ready(bound)
         steps = 0
         if pkts:
             inst = self.inst
@@ -667,15 +679,33 @@ class InstanceWorker:
                 self.out.prune(floors)
         return got
 
-    def _ready(self) -> list[Packet]:
-        """What may run now: everything from a sole upstream; else, in clock order, the
-        packets every upstream's watermark has passed (the sim runtime's order)."""
-        if not self.ordered:
+    def _await(self, bound: int) -> None:
+        """Take what comes until every upstream's watermark has passed ``bound`` (or it
+        ended): an upstream that is itself a failover still replaying hands over only
+        what it has re-sent so far, and the rest of what the failed instance may have
+        run comes behind (two failures in a row)."""
+        poller = zmq.Poller()
+        poller.register(self.box.sock, zmq.POLLIN)
+        while min(self.marks.values()) < bound and len(self.ended) < len(self.feeders):
+            if not self._receive():
+                self.guard.poll(poller)
+
+    def _ready(self, limit: int = INF) -> list[Packet]:
+        """What may run now (up to clock ``limit``): everything from a sole upstream; else,
+        in clock order, the packets every upstream's watermark has passed (the sim
+        runtime's order)."""
+        if not self.ordered and limit == INF:
             batch = [p for q in self.queues.values() for p in q]
             for q in self.queues.values():
                 q.clear()
             return batch
-        floor = min(self.marks.values())
+        if not self.ordered:
+            batch = []
+            for q in self.queues.values():
+                while q and q[0].clock <= limit:
+                    batch.append(q.popleft())
+            return batch
+        floor = min(min(self.marks.values()), limit)
         batch = []
         for q in self.queues.values():
             while q and q[0].clock <= floor:
