@@ -128,18 +128,11 @@ def test_a_failover_replays_only_what_every_upstreams_watermark_had_passed(tmp_p
     failover's duplicate: ``chc check --kill random`` seeds 0 and 4 lost packets."""
     import zmq
 
-    from chc.packet import Packet
     from chc.runtime.procio import Guard
-    from chc.runtime.procworker import INF, InstanceWorker, Plan
+    from chc.runtime.procworker import INF, InstanceWorker
     from chc.runtime.wire import Kind, dealer, encode, pack_packets
 
-    with open_capture(str(LAN)) as r:
-        pkts = [p for p in (Packet(data, ts, k) for k, (ts, data) in enumerate(itertools.islice(r, 60)))
-                if p.src is not None][:24]
-    assert len(pkts) == 24
-    for clock, p in enumerate(pkts):
-        p.clock = clock
-    plan = Plan(str(tmp_path), load_spec(str(PAPER)).with_parallelism(3), "T", 1, ("memory", ""), recover=True)
+    pkts, plan = _clocked(tmp_path)
     ctx = zmq.Context()
     guard = Guard([])
     try:
@@ -192,17 +185,11 @@ def test_a_failover_fed_by_a_failover_still_replaying_replays_what_comes_behind(
     portscan[2]@900,nat[0]@900``: a packet never completed)."""
     import zmq
 
-    from chc.packet import Packet
     from chc.runtime.procio import Guard
-    from chc.runtime.procworker import INF, InstanceWorker, Plan
+    from chc.runtime.procworker import INF, InstanceWorker
     from chc.runtime.wire import Kind, dealer, encode, pack_packets
 
-    with open_capture(str(LAN)) as r:
-        pkts = [p for p in (Packet(data, ts, k) for k, (ts, data) in enumerate(itertools.islice(r, 60)))
-                if p.src is not None][:24]
-    for clock, p in enumerate(pkts):
-        p.clock = clock
-    plan = Plan(str(tmp_path), load_spec(str(PAPER)).with_parallelism(3), "T", 1, ("memory", ""), recover=True)
+    pkts, plan = _clocked(tmp_path)
     ctx = zmq.Context()
     guard = Guard([])
     try:
@@ -229,6 +216,21 @@ def test_a_failover_fed_by_a_failover_still_replaying_replays_what_comes_behind(
         assert sorted(c for batch in runs for c in batch) == [3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 20, 21]
     finally:
         ctx.destroy(linger=0)
+
+
+def _clocked(tmp_path):
+    """24 IP packets of the LAN capture with clocks 0-23, and a recovering plan of the
+    paper chain at parallelism 3 (in-process workers, model T: no store)."""
+    from chc.packet import Packet
+    from chc.runtime.procworker import Plan
+
+    with open_capture(str(LAN)) as r:
+        pkts = [p for p in (Packet(data, ts, k) for k, (ts, data) in enumerate(itertools.islice(r, 60)))
+                if p.src is not None][:24]
+    assert len(pkts) == 24
+    for clock, p in enumerate(pkts):
+        p.clock = clock
+    return pkts, Plan(str(tmp_path), load_spec(str(PAPER)).with_parallelism(3), "T", 1, ("memory", ""), recover=True)
 
 
 def _pump(worker, done, tries: int = 500) -> None:
