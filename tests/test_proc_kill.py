@@ -241,3 +241,54 @@ def _pump(worker, done, tries: int = 500) -> None:
         if not worker._receive():
             worker.box.sock.poll(20)
     raise AssertionError(f"{worker.me} did not get what was sent to it")
+
+
+def test_a_store_call_made_while_another_waits_takes_only_its_own_answer(tmp_path):
+    """The coordinator's wait for the store server's answer to one call also watches
+    its workers, and a death it sees there starts a failover, which calls the store
+    again.  The inner call must leave the outer one's answer to it (``chc check
+    --kill random:3``, seed 5: the inner call took it, and the run hung)."""
+    import threading
+
+    import zmq
+
+    from chc.runtime.procio import Guard
+    from chc.runtime.storeserver import RemoteStore
+    from chc.runtime.wire import Kind, decode, encode
+
+    ctx = zmq.Context()
+    address = f"ipc://{tmp_path}/store"
+    server = ctx.socket(zmq.ROUTER)
+    server.bind(address)
+    died_r, died_w = os.pipe()
+    inner: list = []
+
+    def gone(fd: int) -> None:                  # a worker died: its failover calls the store
+        guard.sentinels.remove(fd)
+        inner.append(remote._call("hold_pruning", True))
+
+    guard = Guard([died_r], gone)
+    remote = RemoteStore(ctx, address, "@coordinator", guard)
+
+    def serve() -> None:
+        """Answer the first request only once the second is in: the inner call reads both."""
+        requests = []
+        while len(requests) < 2:
+            peer, frame = server.recv_multipart()
+            requests.append((peer, decode(frame)[1][0]))
+            if len(requests) == 1:
+                os.write(died_w, b"x")
+        for peer, rid in requests:
+            server.send_multipart([peer, encode(Kind.REPLY, [rid, 1, f"answer {rid}"])])
+
+    threading.Thread(target=serve, daemon=True).start()
+    outer: list = []
+    caller = threading.Thread(target=lambda: outer.append(remote._call("fence", "nat.0")), daemon=True)
+    caller.start()
+    caller.join(20)
+    try:
+        assert inner == ["answer 2"] and outer == ["answer 1"]
+    finally:
+        os.close(died_r)
+        os.close(died_w)
+        ctx.destroy(linger=0)

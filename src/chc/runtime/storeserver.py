@@ -238,7 +238,10 @@ class RemoteStore:
         self.ops = 0
         self.refused = 0                # submitted requests the store refused (not acknowledged)
         self.in_flight = 0              # the highest op seq sent and not refused (submit)
-        self._answer: tuple | None = None
+        # Answers by request id: a wait for one can run another call (the coordinator's
+        # wait sees a process die and fails it over, which calls the store), whose
+        # loop must not take the first one's answer (that hung a run with three kills).
+        self._answers: dict[int, tuple[bool, Any]] = {}
         self.dedup = True
         # The COE checker (module doc): the clock a blocking request reads for, sent along.
         self.clock_of: Callable[[], int] | None = None
@@ -275,15 +278,17 @@ class RemoteStore:
                 self.in_flight = 0          # every un-ACKed op goes out again with the next request
                 log.warning("store refused a non-blocking request (resent with the next): %s", payload[1])
             return True
-        self._answer = (rid, ok, payload)
+        self._answers[rid] = (ok, payload)
         return True
 
     def _call(self, method: str, *args: Any) -> Any:
         rid = self._send(method, list(args))
-        self._answer = None
-        while self._answer is None or self._answer[0] != rid:
-            self._read(True)
-        _, ok, payload = self._answer
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while rid not in self._answers:         # (not a blocking read: a call inside the wait may take it)
+            if not self._read(False):
+                self.guard.poll(poller, 1000)
+        ok, payload = self._answers.pop(rid)
         if not ok:
             raise _ERRORS.get(payload[0], StoreError)(payload[1])
         return payload
