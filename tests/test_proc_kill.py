@@ -292,3 +292,38 @@ def test_a_store_call_made_while_another_waits_takes_only_its_own_answer(tmp_pat
         os.close(died_r)
         os.close(died_w)
         ctx.destroy(linger=0)
+
+
+def test_a_control_message_to_a_failover_waits_until_it_is_connected():
+    """The coordinator's mailbox drops a message to a peer not yet connected: a fence
+    sent to a failover just launched (lb.2#1, when portscan.2 died next) was lost, and
+    lb.2#1 held portscan.2#1's frames for good (``chc check --kill random:3`` seed 2
+    hung in 2 of 4 runs).  So it waits until the process said it is ready, or is gone."""
+    rt = ProcRuntime(load_spec(str(PAPER)))
+    sent: list = []
+
+    class Box:
+        def reply(self, peer: bytes, frame: bytes) -> None:
+            sent.append((peer, peer.decode() in rt.ready))
+
+    class Alive:
+        def __init__(self, alive: bool) -> None:
+            self.alive = alive
+
+        def is_alive(self) -> bool:
+            return self.alive
+
+    waits = []
+
+    def service(ms: float) -> None:             # its "ready" arrives on the third wait
+        waits.append(ms)
+        if len(waits) == 3:
+            rt.ready.add("lb.2#1")
+
+    rt.box, rt._service = Box(), service
+    rt.current = {"lb.2": "lb.2#1", "lb.1": "lb.1#1"}
+    rt.procs = {"lb.2#1": Alive(True), "lb.1#1": Alive(False)}
+    rt._tell("lb.2", b"fence")
+    assert sent == [(b"lb.2#1", True)] and len(waits) == 3
+    rt._tell("lb.1", b"fence")                  # died before it was ready: no wait for ever
+    assert sent[-1] == (b"lb.1#1", False) and len(waits) == 3

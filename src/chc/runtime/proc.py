@@ -275,9 +275,9 @@ class ProcRuntime:
         fence = encode(Kind.CONTROL, ["fence", dead])
         for d in self.plan.targets(vertex):
             for j in range(self.chain.vertices[d].parallelism):
-                self.box.reply(self.current[instance_name(d, j)].encode(), fence)
+                self._tell(instance_name(d, j), fence)
         for r in range(self.chain.roots):
-            self.box.reply(self.current[root_name(r)].encode(), fence)
+            self._tell(root_name(r), fence)
         feeders = self.plan.feeders(vertex)
         records: dict[str, list] = {}
         self.recovering[name] = {"event": event, "records": records, "partial": set(), "started": detected}
@@ -312,13 +312,17 @@ class ProcRuntime:
                 self._repoint(feeder, vertex, i, new)
 
     def _repoint(self, feeder: str, vertex: str, i: int, new: str) -> None:
-        """Tell ``feeder`` to send to ``new`` from now on and hand over what it sent
-        ``vertex[i]``; a feeder that is itself a failover just started is waited for
-        (the mailbox drops what goes to a peer not yet connected)."""
-        process = self.current[feeder]
-        while process not in self.ready:
+        """Tell ``feeder`` to send to ``new`` from now on and hand over what it sent ``vertex[i]``."""
+        self._tell(feeder, encode(Kind.CONTROL, ["repoint", [vertex, i, new]]))
+
+    def _tell(self, name: str, frame: bytes) -> None:
+        """A control message to the process logical instance ``name`` runs in now; one that
+        is a failover just started is waited for (the mailbox drops what goes to a peer
+        not yet connected: a lost fence held a failover's frames at it for good)."""
+        process = self.current[name]
+        while process not in self.ready and self.procs[process].is_alive():
             self._service(100)
-        self.box.reply(process.encode(), encode(Kind.CONTROL, ["repoint", [vertex, i, new]]))
+        self.box.reply(process.encode(), frame)
 
     def _replayed(self, name: str, body: dict) -> None:
         """The failover finished its replay: pruning resumes; the event is complete."""
