@@ -358,10 +358,13 @@ class ProcRuntime:
                     self._count(_logical(name), data)
             elif what == "record":
                 vertex, i, record = data
-                rec, feeder = self.recovering[instance_name(vertex, i)], _logical(name)
-                rec["records"][feeder] = record
-                if feeder in self.recovering:       # its own replay not done: more comes behind
-                    rec["partial"].add(feeder)
+                rec, feeder = self.recovering.get(instance_name(vertex, i)), _logical(name)
+                # The first hand-over wins: a feeder that answered and then died, whose
+                # failover was asked again, answers twice (the second may come late).
+                if rec is not None and feeder not in rec["records"]:
+                    rec["records"][feeder] = record
+                    if feeder in self.recovering:       # its own replay not done: more comes behind
+                        rec["partial"].add(feeder)
             elif what == "replayed":
                 self._replayed(_logical(name), data)
             elif what in ("instance", "root"):
