@@ -76,6 +76,19 @@ def test_two_kills_at_once_both_fail_over_and_pass(monkeypatch, capsys):
     assert "failover portscan.2#1 replayed" in out and "nat.0#1 replayed" in out
 
 
+def test_killing_an_instance_again_kills_its_failover(monkeypatch, capsys):
+    """A second kill of lb[1] kills lb.1#1, a third lb.1#2 (the coordinator fails over
+    what died before it looks for the instance's process).  A failover that dies
+    before its replay is reported gets its event all the same, and its hold on the
+    store's pruning is released when the next failover takes over."""
+    kill = "lb[1]@800,lb[1]@1100,lb[1]@1500"
+    assert _check(["--packets", "2500", "--seed", SEED, "--kill", kill], monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "1 of 1 seeds passed" in out
+    assert "killed lb.1 at input packet" in out and "; lb.1#1 at input packet" in out and "; lb.1#2 at" in out
+    assert "lb.1#3 replayed" in out
+
+
 def test_random_k_draws_k_kills_of_different_instances():
     chain, sc = load_spec(PAPER), load_scenario(PARALLEL)
     v = variant(chain, sc, 3, ["memory"])

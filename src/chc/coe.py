@@ -879,6 +879,7 @@ def _kill_faults(kill: str, failovers: list[dict]) -> dict:
         return {"killed": f"{kill}, after the instances had finished (nothing to recover)"}
     return {"killed": "; ".join(f"{e['process']} at input packet {e.get('killed_at_packet')}" for e in failovers),
             "failover": "; ".join(
+                e["interrupted"] if "interrupted" in e else
                 f"{e['failover_process']} replayed {e['replayed']} packets ({e['handed_over']} handed over) "
                 f"in {e['replay_s']:.2f} s (logged floor {e['logged_floor']}, recovery {e['recovery_s']:.2f} s)"
                 for e in failovers)}
