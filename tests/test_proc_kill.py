@@ -327,3 +327,65 @@ def test_a_control_message_to_a_failover_waits_until_it_is_connected():
     assert sent == [(b"lb.2#1", True)] and len(waits) == 3
     rt._tell("lb.1", b"fence")                  # died before it was ready: no wait for ever
     assert sent[-1] == (b"lb.1#1", False) and len(waits) == 3
+
+
+def test_a_death_seen_during_a_failover_waits_for_it_and_a_dead_feeder_goes_first():
+    """§5.4 failures in a row, in the coordinator: a death seen inside a failover's waits
+    is queued, not failed over there (a downstream instance failed over inside its
+    upstream's failover would ask the dead upstream for its hand-over and wait for
+    ever); once the failover ends the queued deaths follow in order.  A dead feeder of
+    the instance being failed over is the exception: it goes first, inside."""
+    from chc.runtime.procio import Guard
+
+    rt = ProcRuntime(load_spec(str(PAPER)).with_parallelism(3), model="EO+C+NA", failover=True)
+    done: list[str] = []
+
+    class Proc:
+        pid = 1
+
+        def join(self, timeout: float) -> None:
+            pass
+
+    fds = {"nat.0": 100, "lb.2": 101}
+
+    def failover(dead: str, p) -> None:
+        done.append(dead)
+        if dead == "nat.0":                     # lb.2 dies while nat.0 is failed over
+            rt._failing = True
+            rt._gone(fds["lb.2"])
+            assert done == ["nat.0"]            # (not inside)
+            rt._failing = False
+
+    rt.guard = Guard(list(fds.values()))
+    rt._sentinels = {fd: n for n, fd in fds.items()}
+    rt.procs = {"nat.0": Proc(), "lb.2": Proc()}
+    rt.current = {"nat.0": "nat.0", "lb.2": "lb.2"}
+    rt._failover = failover
+    rt._gone(fds["nat.0"])
+    assert done == ["nat.0", "lb.2"] and rt._deaths == []
+    # Inside portscan.2's failover, nat.0 (a feeder) is dead and queued: failed over there.
+    done.clear()
+    rt._deaths = [("nat.0", Proc())]
+    rt._failover = lambda dead, p: done.append(dead)
+    told: list = []
+    rt._repoint = lambda feeder, vertex, i, new: told.append((feeder, new))
+    rt._dead_feeders("portscan", 2, "portscan.2#1", ["nat.0", "nat.1", "nat.2"], {"nat.1": [], "nat.2": []})
+    assert done == ["nat.0"] and told == [("nat.0", "portscan.2#1")] and rt._deaths == []
+
+
+def test_a_failover_started_after_a_target_failed_over_sends_to_the_targets_failover(tmp_path):
+    """§5.4 nat.0 fails after portscan.2 already did: nat.0#1 feeds portscan.2#1 (the
+    dead portscan.2's address has nobody behind it)."""
+    import zmq
+
+    from chc.runtime.procio import Guard
+    from chc.runtime.procworker import _Sender
+
+    _, plan = _clocked(tmp_path)
+    ctx = zmq.Context()
+    try:
+        out = _Sender(plan, ctx, "nat.0#1", "nat", Guard([]), {"portscan.2": "portscan.2#1"})
+        ends = [s.getsockopt(zmq.LAST_ENDPOINT).decode() for s in out.socks["portscan"]]
+        assert ends == [plan.address("portscan.0"), plan.address("portscan.1"), plan.address("portscan.2#1")]
+    finally:
+        ctx.destroy(linger=0)
