@@ -622,7 +622,6 @@ def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, 
                          "and the read log are kept there), not Redis")
 
 
-
 def _how(p: Any, short: bool = False) -> str:
     """How a worker ended, from its exit code (a Ray actor's host says it itself)."""
     if hasattr(p, "how"):
