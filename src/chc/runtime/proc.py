@@ -23,7 +23,10 @@ No orphans.  The coordinator watches every worker's sentinel: a worker that
 dies before it has reported stops the run (:class:`ProcFailure`, one line,
 exit code 1), and every other worker is killed; except, with recovery on
 (``--kill``, ``--failover``), an NF instance's process, which is failed over
-(§5.4, :meth:`ProcRuntime._failover`, docs/proc.md).
+(§5.4, :meth:`ProcRuntime._failover`, docs/proc.md).  Failovers run one at a
+time: a death seen during one waits for it, except a dead feeder of the
+instance being failed over, which goes first; control messages to a failover
+wait until it is connected.
 Every worker watches the coordinator's sentinel and exits when it dies,
 however it dies (also by SIGKILL).  On the way out, normal or not, whatever
 still runs is killed and reaped.

@@ -34,8 +34,10 @@ reports it depends on (causal delivery).
 
 Failover (§5.4, docs/proc.md).  With ``Plan.recover`` every sender keeps what
 it sent each target; a failover process (``nat.0#1``) replays what the
-upstreams hand over, and every message carries its batch's through, so
-receivers drop what the failed process had already sent them.
+upstreams hand over, up to the coordinator's bound on what the failed one can
+have run (an upstream that is itself a failover still replaying sends the rest
+behind), and every message carries its batch's through, so receivers drop what
+the failed process had already sent them.
 
 End of input.  End-of-input travels the data path behind the last packets (an
 infinite watermark).  An instance that has it from every upstream fires its
