@@ -77,7 +77,7 @@ class Job:
         started = time.perf_counter()
         v = variant(self.chain, self.scenario, seed, self.stores)
         if self.kill:
-            v.kill = draw_kill(v, len(self.records), self.kill)
+            v.kill = draw_kill(v, len(self.records), self.kill, self.chain.roots)
         try:
             res = check_variant(self.chain, self.scenario, self.records, v, self.breaks, open_store, self.runtime,
                                 self.ray_address)

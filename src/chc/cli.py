@@ -105,10 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--runtime ray: run instance I of VERTEX on a node with custom resource RESOURCE "
                           "(default: instances in turn over the alive nodes); repeatable")
     run.add_argument("--kill", action="append", default=[], metavar="VERTEX[I]@N",
-                     help="--runtime proc: SIGKILL the process of instance I of VERTEX once N input packets have "
-                          "been fed; a failover instance takes over (§5.4, docs/proc.md); repeatable")
+                     help="--runtime proc: SIGKILL the process of instance I of VERTEX (root[R]: root R) once N "
+                          "input packets have been fed; a failover process takes over (§5.4, docs/proc.md); "
+                          "repeatable")
     run.add_argument("--failover", action="store_true",
-                     help="--runtime proc: recover NF instance processes that die (implied by --kill)")
+                     help="--runtime proc: recover NF instance and root processes that die (implied by --kill)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
     srv = sub.add_parser(
@@ -180,11 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "store server; no scenario events, memory store only; docs/coe.md) or ray (proc's "
                        "processes in actors of a Ray cluster, --ray-address)")
     chk.add_argument("--kill", metavar="random[:K]|VERTEX[I]@N[,...]",
-                     help="--runtime proc or ray: each seed SIGKILLs NF instance processes, a failover instance "
-                          "takes over each (§5.4) and the run is checked; 'random': an instance and an input packet "
-                          "(middle 80%%) drawn per seed, 'random:K' K of them (different instances); VERTEX[I]@N: "
-                          "instance I of VERTEX once N input packets have been fed, several comma-separated "
-                          "(docs/proc.md)")
+                     help="--runtime proc or ray: each seed SIGKILLs NF instance or root processes, a failover "
+                          "process takes over each (§5.4) and the run is checked; 'random': an instance or root and "
+                          "an input packet (middle 80%%) drawn per seed, 'random:K' K of them (different "
+                          "processes); VERTEX[I]@N: instance I of VERTEX (root[R]: root R) once N input packets "
+                          "have been fed, several comma-separated (docs/proc.md)")
     return parser
 
 

@@ -698,18 +698,19 @@ def kill_count(spec: str) -> int:
     return int(k)
 
 
-def draw_kill(v: Variant, n_packets: int, spec: str) -> str:
+def draw_kill(v: Variant, n_packets: int, spec: str, roots: int = 1) -> str:
     """``chc check --runtime proc --kill SPEC`` (docs/proc.md): the kills seed ``v`` makes,
-    comma-separated.  ``random`` (``random:K``: K of them, of different instances): an
-    NF instance of the seed's chain and an input packet, drawn from the seed (apart from
-    what :func:`variant` draws, so a seed's variant is the same with and without a
-    kill), the packet in the middle 80% of the input; else ``SPEC`` itself
-    (``VERTEX[I]@N``, comma-separated)."""
+    comma-separated.  ``random`` (``random:K``: K of them, of different processes): an
+    NF instance or a root (one of ``roots``) of the seed's chain and an input packet,
+    drawn from the seed (apart from what :func:`variant` draws, so a seed's variant is
+    the same with and without a kill), the packet in the middle 80% of the input; else
+    ``SPEC`` itself (``VERTEX[I]@N`` or ``root[R]@N``, comma-separated)."""
     k = kill_count(spec)
     if not k:
         return spec
     rng = random.Random(f"kill:{v.seed}")
     instances = [(name, i) for name, n in v.parallelism.items() for i in range(n)]
+    instances += [("root", r) for r in range(roots)]
     kills = []
     for _ in range(min(k, len(instances))):
         vertex, i = rng.choice(instances)       # (the first draw is random:1's: seeds keep their kill)
@@ -850,7 +851,7 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
         for b, what in rep.get("acted", {}).items():       # each instance process breaks its own client
             did.setdefault(b, []).append(f"{name}: {what}")
     state.acted.update({b: "; ".join(lines) for b, lines in did.items()})
-    failovers = [e for e in s.events if e["kind"] == "failover"]
+    failovers = [e for e in s.events if e["kind"] in ("failover", "root-failover")]
     skipped = [f"{e['failover_process']} replayed none of the {e['not_replayed']} packets handed over to it"
                for e in failovers if e.get("not_replayed")]
     if "no-replay" in breaks and skipped:
@@ -880,6 +881,8 @@ def _kill_faults(kill: str, failovers: list[dict]) -> dict:
     return {"killed": "; ".join(f"{e['process']} at input packet {e.get('killed_at_packet')}" for e in failovers),
             "failover": "; ".join(
                 e["interrupted"] if "interrupted" in e else
+                f"{e['failover_process']} replayed {e['replayed']} input packets kept since its floor "
+                f"{e['logged_floor']} (recovery {e['recovery_s']:.2f} s)" if e["kind"] == "root-failover" else
                 f"{e['failover_process']} replayed {e['replayed']} packets ({e['handed_over']} handed over) "
                 f"in {e['replay_s']:.2f} s (logged floor {e['logged_floor']}, recovery {e['recovery_s']:.2f} s)"
                 for e in failovers)}

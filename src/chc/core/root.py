@@ -232,6 +232,18 @@ class Root:
         out, self.outbox = self.outbox, []
         return out
 
+    def forget_below(self, floor: int) -> int:
+        """Root failover in the proc runtime (§5.4): the failed root had deleted every
+        entry below ``floor``, its floor as someone last heard it; a successor that logged
+        them again from the input it replayed drops them (their reports and commits are
+        not kept any more, so they would never complete).  Not counted as deletions.
+        Returns how many went."""
+        old = [c for c in self.log if c < floor and root_of(c) == self.root_id]
+        for c in old:
+            del self.log[c]
+        self.logged -= len(old)
+        return len(old)
+
     def restore(self, stored: dict[str, dict]) -> int:
         """Take over a store-held log (``store.objects("root")`` after the old root's
         last write): every entry of its own clocks, with its live copies and XOR

@@ -22,8 +22,11 @@ removed at the end.
 No orphans.  The coordinator watches every worker's sentinel: a worker that
 dies before it has reported stops the run (:class:`ProcFailure`, one line,
 exit code 1), and every other worker is killed; except, with recovery on
-(``--kill``, ``--failover``), an NF instance's process, which is failed over
-(§5.4, :meth:`ProcRuntime._failover`, docs/proc.md).  Failovers run one at a
+(``--kill``, ``--failover``), an NF instance's or a root's process, which is
+failed over (§5.4, :meth:`ProcRuntime._failover`, docs/proc.md).  For a root's,
+the coordinator keeps the input it sent each root from the oldest clock the
+root still logs (the root says its floor after every batch), which the failover
+root stamps again (:meth:`ProcRuntime._fail_over_root`).  Failovers run one at a
 time: a death seen during one waits for it, except a dead feeder of the
 instance being failed over, which goes first; control messages to a failover
 wait until it is connected.
@@ -41,7 +44,7 @@ Ctrl-C aborts (the workers are killed).  Workers ignore SIGINT: a terminal's
 Ctrl-C reaches the whole process group, and it is the coordinator's to handle.
 
 Not yet: scenario events (scaling, clones, crashes) and delay models, which
-are the sim's; root and store-server failover.  :mod:`chc.runtime.procray` places the same
+are the sim's; store-server failover.  :mod:`chc.runtime.procray` places the same
 workers in Ray actors, through ``_address`` and ``_context``.
 """
 
@@ -56,12 +59,14 @@ import signal
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
 
 from ..core.state import LocalObject
+from ..core.store import CLOCK_BITS
 from ..nf import Alert
 from ..packet import Packet
 from ..spec import Chain
@@ -69,7 +74,7 @@ from ..summary import Summary, merge_states, state_digest
 from . import procworker, storeserver
 from .errors import ProcFailure
 from .procio import Guard
-from .procworker import COORDINATOR, STORE, Plan, instance_name, root_name
+from .procworker import COORDINATOR, ROOT_COUNTERS, STORE, Plan, input_name, instance_name, root_name
 from .sim import DEFAULT_BATCH, root_index, stored_state
 from .wire import Kind, Mailbox, Marks, dealer, encode, generation_name, logical
 
@@ -98,6 +103,8 @@ class ProcRuntime:
         recover = failover or bool(self.kills)
         if recover:
             _check_recoverable(chain, model, store_url, log_mode, self.kills)
+        # §5.4 a root is failed over when its packet log is its own (rebuilt from the input replayed)
+        self.roots_recover = recover and log_mode == "local"
         scaled = [name for name, v in chain.vertices.items() if v.scaling is not None]
         if scaled:
             raise ValueError(f"--runtime proc does not scale vertices yet ({scaled[0]} has a scaling policy); "
@@ -129,6 +136,15 @@ class ProcRuntime:
         self.current: dict[str, str] = {}
         self.generation: dict[str, int] = {}
         self.recovering: dict[str, dict] = {}
+        # §5.4 root failover: per root, the input batches sent to it from the oldest clock
+        # it logs (number, rows), what it said after each (next clock, counters), the
+        # state its failover starts from (first kept batch, next clock, counters), its floor.
+        self.kept_input: dict[int, deque] = {r: deque() for r in range(chain.roots)}
+        self.ingested: dict[int, dict[int, tuple]] = {r: {} for r in range(chain.roots)}
+        self.input_start: dict[int, tuple] = {r: (0, r << CLOCK_BITS, [0] * len(ROOT_COUNTERS))
+                                              for r in range(chain.roots)}
+        self.root_floor: dict[int, int] = dict.fromkeys(range(chain.roots), -1)
+        self.sent_batches: dict[int, int] = dict.fromkeys(range(chain.roots), 0)
         # Deaths seen while a failover is under way wait for it (a wait inside it, say for
         # the store's answer, must not start another); a dead feeder of the instance being
         # failed over goes first, since its hand-over can only come from its failover.
@@ -221,8 +237,8 @@ class ProcRuntime:
         p.join(1)
         if _logical(name) in self.reported or (name == STORE and (self.store_stats or self._store_stopping)):
             return
-        if self.plan.recover and name != STORE and not name.startswith("@") and self.current.get(
-                _logical(name)) == name:
+        if self.plan.recover and name != STORE and self.current.get(_logical(name)) == name and (
+                not name.startswith("@") or self.roots_recover):
             if self._failing:
                 self._deaths.append((name, p))
                 return
@@ -238,7 +254,8 @@ class ProcRuntime:
             if name in self.reported:
                 return
         how = _how(p)
-        why = ("roots and the store server are not recovered yet" if self.plan.recover
+        why = ("the store server is not recovered yet" if self.plan.recover and name == STORE
+               else "a root with its packet log in the store is not recovered here" if self.plan.recover
                else "no recovery without --kill or --failover")
         raise ProcFailure(f"proc runtime: {name} (pid {p.pid}) {how} before the end of the run; "
                           f"the run stops ({why})")
@@ -252,7 +269,7 @@ class ProcRuntime:
         oldest clock still logged (:meth:`InstanceWorker._replay`)."""
         failing, self._failing = self._failing, True
         try:
-            self._fail_over(dead, p)
+            (self._fail_over_root if dead.startswith("@root") else self._fail_over)(dead, p)
         finally:
             self._failing = failing
 
@@ -308,6 +325,80 @@ class ProcRuntime:
         event["logged_floor"] = [floors.get(r, -1) for r in range(self.chain.roots)]    # per root
         event["handed_over"] = sum(len(r[0]) for r in records.values())     # packets sent to it, from the floor
         log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, how, new)
+
+    def _fail_over_root(self, dead: str, p: Any) -> None:
+        """§5.4 a root failed (docs/proc.md, "Root failover"): every instance takes nothing
+        more from it and sends its reports to the failover root, first the ones it kept
+        since the root's floor; the failover root starts from the input the coordinator
+        kept since that floor (:meth:`RootWorker._restore`), and new input goes to it."""
+        detected = time.perf_counter()
+        name = _logical(dead)
+        r = int(name.rsplit(".", 1)[1])
+        gen = self.generation[name] + 1
+        new = generation_name(name, gen)
+        killed = self._killed.pop(dead, None)
+        how = _how(p, short=True)
+        event = {"kind": "root-failover", "root": r, "process": dead, "pid": p.pid, "how": how,
+                 "failover_process": new, "packet": self.fed,
+                 "detect_s": None if killed is None else round(detected - killed[0], 6)}
+        if killed is not None:
+            event["killed_at_packet"] = killed[1]
+        self.remote.fence(dead)
+        self.fenced.append(dead)
+        self.box.fence(dead.encode())
+        interrupted = self.recovering.pop(name, None)
+        if interrupted is not None:
+            interrupted["event"]["interrupted"] = f"{dead} died before its replay was reported"
+            self.events.append(interrupted["event"])
+        fence = encode(Kind.CONTROL, ["fence", dead])
+        reroot = encode(Kind.CONTROL, ["reroot", [r, new]])
+        for v, i in self.plan.instances():
+            self._tell(instance_name(v, i), fence)
+            self._tell(instance_name(v, i), reroot)
+        self.generation[name] = gen
+        self.current[name] = new
+        first, nxt, counters = self.input_start[r]
+        kept = self.kept_input[r]
+        last = self.ingested[r].get(first + len(kept) - 1)
+        overflow = ROOT_COUNTERS.index("dropped_overflow")
+        if last is not None and last[1][overflow] > counters[overflow]:
+            # Its log was full: it dropped input by the log's size, which its failover's
+            # log, rebuilt as it replays, does not reproduce.
+            raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {_how(p)} after dropping input for a full "
+                              "packet log (--log-limit); its failover cannot replay the same input")
+        replay = {"first": first, "next": nxt, "counters": counters, "batches": [rows for _, rows in kept],
+                  "floor": self.root_floor[r], "current": dict(self.current), "fenced": list(self.fenced)}
+        self.recovering[name] = {"event": event, "started": detected}
+        self._launch(self.mp, new, procworker.main, (self.plan, "root", (r, gen), replay))
+        self.inputs[r].close(0)
+        self.inputs[r] = dealer(self.ctx, self.plan.address(input_name(new)), COORDINATOR, self.plan.hwm)
+        event["logged_floor"] = self.root_floor[r]
+        event["handed_over"] = sum(len(rows) for _, rows in kept)     # input packets kept, from the floor
+        log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, how, new)
+
+    def _root_replayed(self, name: str, body: dict) -> None:
+        """The failover root has replayed the input kept for it: the event is complete."""
+        rec = self.recovering.pop(name)
+        event = rec["event"]
+        event.update(replayed=body["packets"], replayed_batches=body["batches"],
+                     not_replayed=0 if self.plan.replay else event["handed_over"],
+                     commits_pulled_again=body["commits"], log_entries=body["logged"],
+                     dropped_below_floor=body["forgotten"], replay_s=round(body["seconds"], 6),
+                     recovery_s=round(time.perf_counter() - rec["started"], 6))
+        self.events.append(event)
+
+    def _ingested(self, r: int, body: list) -> None:
+        """Root ``r`` ingested an input batch: what it kept and said lets the coordinator
+        forget the batches whose clocks are all below its floor (its failover needs none)."""
+        k, nxt, counters, oldest = body
+        if oldest > self.root_floor[r]:
+            self.root_floor[r] = oldest
+        if k >= self.input_start[r][0]:
+            self.ingested[r][k] = (nxt, counters)
+        kept, said, floor = self.kept_input[r], self.ingested[r], self.root_floor[r]
+        while kept and kept[0][0] in said and said[kept[0][0]][0] <= floor:
+            k0 = kept.popleft()[0]
+            self.input_start[r] = (k0 + 1, *said.pop(k0))
 
     def _dead_feeders(self, vertex: str, i: int, new: str, feeders: list[str], records: dict) -> None:
         """A feeder that died before handing over what it sent ``vertex[i]``: its own
@@ -372,10 +463,14 @@ class ProcRuntime:
                 # failover was asked again, answers twice (the second may come late).
                 if rec is not None and feeder not in rec["records"]:
                     rec["records"][feeder] = record
-                    if feeder in self.recovering:       # its own replay not done: more comes behind
+                    # Its own replay not done: more comes behind.  (Not a failover root's: it
+                    # is ready to hand over only once its replay is computed, all of it.)
+                    if feeder in self.recovering and not feeder.startswith("@root"):
                         rec["partial"].add(feeder)
             elif what == "replayed":
-                self._replayed(_logical(name), data)
+                (self._root_replayed if name.startswith("@root") else self._replayed)(_logical(name), data)
+            elif what == "ingested":
+                self._ingested(int(_logical(name).rsplit(".", 1)[1]), data)
             elif what in ("instance", "root"):
                 self.reported[_logical(name)] = data
             else:
@@ -393,20 +488,26 @@ class ProcRuntime:
         if st["first_error"] is None:
             st["first_error"] = first_error
 
-    def _send(self, sock: zmq.Socket, frame: bytes) -> None:
-        """Send to a root, serving the workers while it has no room (back-pressure)."""
-        poller = zmq.Poller()
-        poller.register(self.box.sock, zmq.POLLIN)
-        poller.register(sock, zmq.POLLOUT)
+    def _send(self, r: int, frame: bytes, kept: bool = False) -> None:
+        """Send to root ``r``, serving the workers while it has no room (back-pressure).
+        If the root fails over meanwhile, a ``kept`` batch is in its failover's replay;
+        anything else goes to the failover."""
         while True:
-            try:
-                sock.send(frame, zmq.NOBLOCK, copy=False)
+            sock = self.inputs[r]
+            poller = zmq.Poller()
+            poller.register(self.box.sock, zmq.POLLIN)
+            poller.register(sock, zmq.POLLOUT)
+            while not sock.closed:
+                try:
+                    sock.send(frame, zmq.NOBLOCK, copy=False)
+                    return
+                except zmq.Again:
+                    pass
+                events = self.guard.poll(poller, 1000)
+                if events.get(self.box.sock):
+                    self._take()
+            if kept:
                 return
-            except zmq.Again:
-                pass
-            events = self.guard.poll(poller, 1000)
-            if events.get(self.box.sock):
-                self._take()
 
     def _feed(self, records: Iterable[tuple[int, bytes]], progress: Callable[[int], None] | None) -> None:
         size = self.plan.batch_size
@@ -440,8 +541,8 @@ class ProcRuntime:
                 progress(pending)
             self.fed += pending
             self._kill_due(kills)       # a kill in the last, short batch
-        for sock in self.inputs:
-            self._send(sock, encode(Kind.INPUT, ["end", None]))
+        for r in range(len(self.inputs)):
+            self._send(r, encode(Kind.INPUT, ["end", None]))
 
     def _kill_due(self, kills: list[Kill]) -> None:
         while kills and kills[0].at <= self.fed:
@@ -451,7 +552,7 @@ class ProcRuntime:
         """``--kill``: SIGKILL the process that runs ``kill``'s instance now (deaths not
         yet seen are failed over first: a second kill of an instance kills its failover)."""
         self._service(0)
-        name = self.current[instance_name(kill.vertex, kill.instance)]
+        name = self.current[kill.process]
         p = self.procs[name]
         self._killed[name] = (time.perf_counter(), self.fed)
         p.kill()                # multiprocessing: SIGKILL
@@ -460,7 +561,10 @@ class ProcRuntime:
     def _flush(self, batches: list[list]) -> None:
         for r, rows in enumerate(batches):
             if rows:
-                self._send(self.inputs[r], encode(Kind.INPUT, ["batch", rows]))
+                if self.plan.recover:       # §5.4 kept until the root's floor passes it
+                    self.kept_input[r].append((self.sent_batches[r], rows))
+                    self.sent_batches[r] += 1
+                self._send(r, encode(Kind.INPUT, ["batch", rows]), self.plan.recover)
                 batches[r] = []
         if self.box.sock.poll(0):
             self._take()
@@ -470,8 +574,8 @@ class ProcRuntime:
         instances = [instance_name(v, i) for v, i in self.plan.instances()]
         while any(n not in self.reported for n in instances) or self.recovering:
             self._service(1000)
-        for sock in self.inputs:
-            self._send(sock, encode(Kind.INPUT, ["finish", None]))
+        for r in range(len(self.inputs)):
+            self._send(r, encode(Kind.INPUT, ["finish", None]))
         roots = [root_name(r) for r in range(self.chain.roots)]
         while any(n not in self.reported for n in roots):
             self._service(1000)
@@ -594,17 +698,30 @@ class Kill:
     """``--kill VERTEX[I]@N``: SIGKILL the process of ``vertex[instance]`` once N input
     packets have been fed (docs/proc.md)."""
 
-    vertex: str
+    vertex: str                     # ROOT for a root
     instance: int
     at: int
 
+    @property
+    def process(self) -> str:
+        """The logical process it kills (a root, or an NF instance)."""
+        return root_name(self.instance) if self.vertex == ROOT else instance_name(self.vertex, self.instance)
+
+
+ROOT = "root"           # --kill root[R]@N: root R (unless a vertex has that name)
+
 
 def parse_kill(text: str, chain: Chain) -> Kill:
-    """``VERTEX[I]@N`` (``VERTEX@N``: instance 0); a one-line ValueError otherwise."""
+    """``VERTEX[I]@N`` (``VERTEX@N``: instance 0) or ``root[R]@N``; a one-line ValueError
+    otherwise."""
     m = re.fullmatch(r"([\w.-]+)(?:\[(\d+)\])?@(\d+)", text.strip())
     if m is None:
-        raise ValueError(f"--kill {text!r}: expected VERTEX[I]@PACKETS, e.g. nat[0]@1000")
+        raise ValueError(f"--kill {text!r}: expected VERTEX[I]@PACKETS or root[R]@PACKETS, e.g. nat[0]@1000")
     vertex, i, at = m.group(1), int(m.group(2) or 0), int(m.group(3))
+    if vertex == ROOT and ROOT not in chain.vertices:
+        if i >= chain.roots:
+            raise ValueError(f"--kill {text!r}: the chain has {chain.roots} root(s)")
+        return Kill(ROOT, i, at)
     v = chain.vertices.get(vertex)
     if v is None:
         raise ValueError(f"--kill {text!r}: no vertex {vertex!r} (vertices: {', '.join(chain.vertices)})")
@@ -623,6 +740,9 @@ def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, 
     if store_url != "memory":
         raise ValueError("--kill: NF failover in the proc runtime needs the default store server (pre-images "
                          "and the read log are kept there), not Redis")
+    if any(k.vertex == ROOT for k in kills) and log_mode != "local":
+        raise ValueError("--kill root: a failover root rebuilds its packet log from the input it replays "
+                         "(docs/proc.md); with the log in the store (--packet-log store) it is not recovered here")
 
 
 def _how(p: Any, short: bool = False) -> str:

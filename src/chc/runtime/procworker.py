@@ -37,7 +37,13 @@ it sent each target; a failover process (``nat.0#1``) replays what the
 upstreams hand over, up to the coordinator's bound on what the failed one can
 have run (an upstream that is itself a failover still replaying sends the rest
 behind), and every message carries its batch's through, so receivers drop what
-the failed process had already sent them.
+the failed process had already sent them.  A root fails over the same way from
+the other side: a failover root (``@root.0#1``) stamps the input the
+coordinator kept since its floor again with the same clocks and splits it the
+same way (receivers drop by through), and rebuilds its packet log from it, from
+the commit reports the store server pulls again and from the reports every
+instance kept since the floor and sends again (:meth:`RootWorker._restore`,
+:meth:`InstanceWorker.reroot`).
 
 End of input.  End-of-input travels the data path behind the last packets (an
 infinite watermark).  An instance that has it from every upstream fires its
@@ -98,6 +104,8 @@ COORDINATOR = "@coordinator"
 STORE = "@store"
 SETTLE_EVERY = 8                # input batches between a root's store round trips (at most)
 INF = (1 << 63) - 1        # the watermark of an upstream that has ended (above every clock)
+# A root's counters a failover root starts from (the coordinator keeps them per input batch)
+ROOT_COUNTERS = ("packets_in", "malformed", "non_ip", "dropped", "bypassed", "dropped_overflow")
 
 
 def root_name(r: int) -> str:
@@ -106,6 +114,12 @@ def root_name(r: int) -> str:
 
 def instance_name(vertex: str, i: int) -> str:
     return f"{vertex}.{i}"
+
+
+def input_name(root: str) -> str:
+    """The input mailbox of root process ``root`` (a failover root's: ``@root.0.in#1``)."""
+    base, _, gen = root.partition(GENERATION.decode())
+    return f"{base}.in" + (f"{GENERATION.decode()}{gen}" if gen else "")
 
 
 @dataclasses.dataclass
@@ -219,7 +233,10 @@ class _Sender:
     def split(self, vertex: str, pkts: list[Packet]) -> list[list[Packet]]:
         return self.splitters[vertex].split(pkts)
 
-    def data(self, vertex: str, i: int, pkts: list[Packet], watermark: int, through: int, eof: bool = False) -> None:
+    def data(self, vertex: str, i: int, pkts: list[Packet], watermark: int, through: int, eof: bool = False,
+             hold: list | None = None) -> None:
+        """Send ``vertex[i]`` packets (kept first, with recovery: §5.4); ``hold``: not
+        yet, the message goes there for :meth:`transmit` (a failover root's replay)."""
         rows = pack_packets(pkts)
         if self.sent is not None:
             kept = self.sent.get((vertex, i))
@@ -227,17 +244,24 @@ class _Sender:
                 kept = self.sent[(vertex, i)] = deque()
             kept.extend(rows)
             self.sent_mark[(vertex, i)] = (watermark, eof, through)
+        if hold is None:
+            self.transmit(vertex, i, rows, watermark, through, eof)
+        else:
+            hold.append((vertex, i, rows, watermark, through, eof))
+
+    def transmit(self, vertex: str, i: int, rows: list, watermark: int, through: int, eof: bool = False) -> None:
         frame = encode(Kind.DATA, [watermark, self.rep_through, rows, eof, through, self.floors])
         self.guard.send(self.socks[vertex][i], frame)
 
-    def batch(self, parts: dict[tuple[str, int], list[Packet]], watermark: int, through: int) -> None:
+    def batch(self, parts: dict[tuple[str, int], list[Packet]], watermark: int, through: int,
+              hold: list | None = None) -> None:
         """Each target instance its packets; every merging one the watermark."""
         for (d, i), pkts in parts.items():
-            self.data(d, i, pkts, watermark, through)
+            self.data(d, i, pkts, watermark, through, hold=hold)
         for d in self.merging:
             for i in range(len(self.socks[d])):
                 if (d, i) not in parts:
-                    self.data(d, i, [], watermark, through)
+                    self.data(d, i, [], watermark, through, hold=hold)
 
     def end(self) -> None:
         for d, socks in self.socks.items():
@@ -284,7 +308,11 @@ def main(plan: Plan, role: str, index: Any, replay: dict | None = None) -> None:
     replays).  Errors reach the coordinator as one line."""
     guard = worker_guard()
     ctx = zmq.Context()
-    me = root_name(index) if role == "root" else generation_name(instance_name(*index[:2]), (index + (0,))[2])
+    if role == "root":
+        r, gen = index if isinstance(index, tuple) else (index, 0)
+        me = generation_name(root_name(r), gen)
+    else:
+        me = generation_name(instance_name(*index[:2]), (index + (0,))[2])
     coordinator = None
     profile = os.environ.get("CHC_PROC_PROFILE")     # a directory: each worker's cProfile there (docs/proc.md)
     if profile:
@@ -292,10 +320,10 @@ def main(plan: Plan, role: str, index: Any, replay: dict | None = None) -> None:
         prof = cProfile.Profile()
         prof.enable()
     try:
-        worker = (RootWorker(plan, ctx, index, guard) if role == "root"
+        worker = (RootWorker(plan, ctx, r, guard, me, replay) if role == "root"
                   else InstanceWorker(plan, ctx, index[0], index[1], guard, me, replay))
         coordinator = worker.out.coordinator
-        control = Control(worker.out, guard, worker.boxes)
+        control = Control(worker.out, guard, worker.boxes, getattr(worker, "reroot", None))
         worker.run()
         if profile:
             prof.disable()
@@ -318,11 +346,14 @@ def main(plan: Plan, role: str, index: Any, replay: dict | None = None) -> None:
 class Control:
     """What the coordinator tells a worker while it runs (§5.4): re-point a target to
     its failover, answered with what was sent to the failed one; fence a failed
-    upstream (its failover's frames are taken from then on); and bye."""
+    upstream (its failover's frames are taken from then on); re-point the reports
+    to a root's failover (an instance: ``reroot``); and bye."""
 
-    def __init__(self, out: _Sender, guard: Guard, boxes: list[Mailbox]) -> None:
+    def __init__(self, out: _Sender, guard: Guard, boxes: list[Mailbox],
+                 reroot: Any = None) -> None:
         self.out = out
         self.boxes = boxes
+        self.reroot = reroot
         self.guard = guard
         self.bye = False
         guard.control = out.coordinator
@@ -348,20 +379,25 @@ class Control:
             elif what == "repoint":
                 vertex, i, name = body
                 self.out.to_coordinator("record", [vertex, i, self.out.repoint(vertex, i, name)])
+            elif what == "reroot" and self.reroot is not None:
+                self.reroot(*body)
 
 
 # -- roots ------------------------------------------------------------------------------------
 
 class RootWorker:
-    def __init__(self, plan: Plan, ctx: zmq.Context, r: int, guard: Guard) -> None:
+    def __init__(self, plan: Plan, ctx: zmq.Context, r: int, guard: Guard, me: str = "",
+                 replay: dict | None = None) -> None:
         self.plan = plan
         self.guard = guard
         chain = plan.chain
-        self.me = root_name(r)
+        self.me = me or root_name(r)        # this process (a failover's: @root.0#1)
         names = [instance_name(v, i) for v, i in plan.instances()]
-        self.input = Mailbox(ctx, plan.address(self.me + ".in"), self.me, {COORDINATOR.encode()}, plan.hwm)
+        self.input = Mailbox(ctx, plan.address(input_name(self.me)), self.me, {COORDINATOR.encode()}, plan.hwm)
         self.reports = Mailbox(ctx, plan.address(self.me), self.me, {n.encode() for n in names})
-        self.out = _Sender(plan, ctx, self.me, None, guard)
+        for dead in (replay or {}).get("fenced", ()):      # failed before this root started
+            self.reports.fence(dead.encode())
+        self.out = _Sender(plan, ctx, self.me, None, guard, (replay or {}).get("current"))
         self.boxes = [self.reports]
         self.root = Root(r, chain.policies, log_mode=plan.log_mode, log_limit=plan.log_limit,
                          persist_every=plan.persist_every)
@@ -374,9 +410,17 @@ class RootWorker:
         self.watermark = -1
         self.meta_pending: list = []
         self.unsettled = 0
+        self.batches = 0                    # input batches ingested (the coordinator's count, recover)
+        self.replay = replay
+        self.restoring = False
 
     def run(self) -> None:
+        held = self._restore(self.replay) if self.replay is not None else []
         self.out.to_coordinator("ready", None)
+        for message in held:
+            self.out.transmit(*message)
+        if self.replay is not None:
+            self.out.to_coordinator("replayed", self.replayed)
         poller = zmq.Poller()
         poller.register(self.input.sock, zmq.POLLIN)
         poller.register(self.reports.sock, zmq.POLLIN)
@@ -403,13 +447,50 @@ class RootWorker:
                     self._finish(poller)
                     return
 
+    # -- §5.4 root failover ------------------------------------------------------------------
+    def _restore(self, replay: dict) -> list:
+        """Take over from a failed root (docs/proc.md): its counters and next clock as of
+        the input the coordinator still keeps (everything from the oldest clock it had
+        logged), that input stamped again with the same clocks and split the same way,
+        so every receiver drops by through what it had already; the packet log rebuilt
+        from it, from the commit reports the store had handed over (pulled before any
+        new ones), and from the reports every instance kept and sends again
+        (``reroot``); entries below a floor someone heard are done with and dropped.
+        The messages to send are returned (held until the coordinator may re-point
+        this root: what it hands over is then complete)."""
+        started = time.perf_counter()
+        root = self.root
+        self.batches = replay["first"]
+        root.next_seq = replay["next"] - root.base
+        for k, v in zip(ROOT_COUNTERS, replay["counters"], strict=True):
+            setattr(root, k, v)
+        floor, commits = self.store.recommits(root.root_id) if hasattr(self.store, "recommits") else (-1, [])
+        held: list = []
+        self.restoring = True
+        packets = 0
+        if self.plan.replay:            # --break no-root-replay: the kept input is lost
+            for rows in replay["batches"]:
+                self._ingest(rows, held)
+                packets += len(rows)
+        self.restoring = False
+        for clock, xor_id in commits:
+            root.commit(clock, xor_id)
+        forgotten = root.forget_below(max(floor, replay["floor"]))
+        self._settle()
+        self.replayed = {"packets": packets, "batches": len(replay["batches"]), "commits": len(commits),
+                         "forgotten": forgotten, "logged": len(root.log), "floor": max(floor, replay["floor"]),
+                         "seconds": time.perf_counter() - started}
+        return held
+
     # -- input ----------------------------------------------------------------------------
-    def _ingest(self, rows: list) -> None:
+    def _ingest(self, rows: list, hold: list | None = None) -> None:
         root = self.root
         pkts = [Packet(data, ts, index) for ts, data, index in rows]
         admitted, bypass = root.ingest(pkts)
         if bypass:
-            self.out.output(bypass, 0)
+            # (through: the batch's last input index, so a failover root's replay of it is
+            # recognised and dropped at the coordinator)
+            self.out.output(bypass, rows[-1][2])
         parts: dict[tuple[str, int], list[Packet]] = {}
         if admitted:
             root.record(admitted)       # log first (§5): the reports that follow refer to the entries
@@ -429,13 +510,20 @@ class RootWorker:
                         if sub:
                             parts.setdefault((tap, i), []).extend(sub)
         self.watermark = root.base | (root.next_seq - 1)
-        self.out.batch(parts, self.watermark, self.watermark)
+        self.out.batch(parts, self.watermark, self.watermark, hold)
         # Store round trips (metadata writes, commit reports, pruning) once per few
         # batches while input keeps coming, at once when it pauses: each costs a wake-up
         # of the store process, which under load was the root's main wait (profiled).
+        # Not while a failover root replays: the commits it pulls again come first.
         self.unsettled += 1
-        if self.unsettled >= SETTLE_EVERY or not self.input.sock.poll(0):
+        if not self.restoring and (self.unsettled >= SETTLE_EVERY or not self.input.sock.poll(0)):
             self._settle()
+        if self.plan.recover:
+            # §5.4 what the coordinator keeps for this root's failover: from this batch on
+            # the clocks start at ``next``, with these counters; below ``oldest`` all is done.
+            self.out.to_coordinator("ingested", [self.batches, root.base | root.next_seq,
+                                                 [getattr(root, k) for k in ROOT_COUNTERS], root.oldest])
+        self.batches += 1
 
     def _settle(self) -> None:
         """Root writes to the store, its commit reports (§5.4), clock-log pruning (§5.3)."""
@@ -462,8 +550,13 @@ class RootWorker:
             except WireError as exc:
                 self.reports.ban(peer, str(exc))
                 continue
-            for ready in self.inbox.offer(peer.decode(), through, deps, items):
-                self._apply(ready)
+            if items and items[0][0] == 2:     # a root failover: the sender's kept reports follow
+                self.root.forget_below(items[0][1])
+                ready = self.inbox.start(peer.decode(), through)
+            else:
+                ready = self.inbox.offer(peer.decode(), through, deps, items)
+            for its in ready:
+                self._apply(its)
 
     def _apply(self, items: list) -> None:
         root = self.root
@@ -515,6 +608,21 @@ class CausalInbox:
         name = logical(sender.encode()).decode()
         queue = self.parked.setdefault(name, deque())
         queue.append((name != sender, through, deps, items))
+        out = self._release()
+        if queue:
+            self.waited += 1
+        return out
+
+    def start(self, sender: str, through: int) -> list[list]:
+        """Root failover: ``sender`` kept its reports from the one after ``through`` on
+        (what it sent before is done with), and sends them again; the reports that may
+        be applied now."""
+        name = logical(sender.encode()).decode()
+        if through > self.marks.get(name, -1):
+            self.marks[name] = through
+        return self._release()
+
+    def _release(self) -> list[list]:
         out: list[list] = []
         marks = self.marks
         progress = True
@@ -531,8 +639,6 @@ class CausalInbox:
                         if t > seen:
                             marks[who] = t
                     progress = True
-        if queue:
-            self.waited += 1
         return out
 
 
@@ -553,7 +659,13 @@ class InstanceWorker:
             self.box.fence(dead.encode())
         self.out = _Sender(plan, ctx, self.me, vertex, guard, (replay or {}).get("current"))
         self.boxes = [self.box]
-        self.roots = [dealer(ctx, plan.address(root_name(r)), self.me) for r in range(chain.roots)]
+        at = (replay or {}).get("current", {})
+        self.roots = [dealer(ctx, plan.address(at.get(root_name(r), root_name(r))), self.me)
+                      for r in range(chain.roots)]
+        # §5.4 root failover: per root, the reports sent to it from its floor on, and the
+        # through of the last one dropped (a failover root is sent them again: reroot)
+        self.kept: dict[int, deque] | None = {} if plan.recover else None
+        self.kept_from: dict[int, int] = {}
         self.store = open_backend(plan, ctx, self.me, guard) if plan.model != "T" else None
         self.inst = Instance(vertex, i, v.nf, v.config, plan.model, self.store, exclusive=v.parallelism == 1)
         if v.parallelism > 1:           # R3: objects every instance of the vertex reaches
@@ -679,7 +791,30 @@ class InstanceWorker:
                 self.ended.add(peer)
             if floors and self.out.sent is not None:
                 self.out.prune(floors)
+                self._prune_reports()
         return got
+
+    # -- §5.4 root failover ----------------------------------------------------------------------
+    def _prune_reports(self) -> None:
+        """Drop the kept reports whose every clock is below its root's floor (done with)."""
+        floors = self.out.floors
+        for r, q in self.kept.items():
+            floor = floors.get(r, -1)
+            while q and all(item[1] < floor for item in q[0][2]):
+                self.kept_from[r] = q.popleft()[0]
+
+    def reroot(self, r: int, name: str) -> None:
+        """Root ``r`` failed: reports go to its failover ``name`` from now on, first the
+        floor this instance last heard (below it the failover drops what it logged again),
+        then every report kept."""
+        self.roots[r].close(0)
+        sock = self.roots[r] = dealer(self.out.ctx, self.plan.address(name), self.me)
+        if self.kept is None:
+            return
+        self.guard.send(sock, encode(Kind.REPORT, [self.kept_from.get(r, -1), {},
+                                                   [[2, self.out.floors.get(r, -1), 0]]]))
+        for through, deps, items in self.kept.get(r, ()):
+            self.guard.send(sock, encode(Kind.REPORT, [through, deps, items]))
 
     def _await(self, bound: int) -> None:
         """Take what comes until every upstream's watermark has passed ``bound`` (or it
@@ -816,9 +951,12 @@ class InstanceWorker:
             for item in items:
                 per.setdefault(root_of(item[1]), []).append(item)
             sent = self.out.rep_through
+            kept = self.kept
             for r, mine in per.items():
                 sent[r] = through
                 deps = {f.decode(): d[r] for f, d in self.deps.items() if r in d}
+                if kept is not None:
+                    kept.setdefault(r, deque()).append((through, deps, mine))
                 self.guard.send(self.roots[r], encode(Kind.REPORT, [through, deps, mine]))
         if self._sink is not None:
             self.out.output(self._sink, through)

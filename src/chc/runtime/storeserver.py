@@ -78,6 +78,7 @@ _FAILOVER: dict[str, Callable[[list], bool]] = {
     "fence": lambda a: len(a) == 1 and a[0].__class__ is str,
     "hold_pruning": lambda a: len(a) == 1 and a[0].__class__ is bool,
     "replaying": lambda a: len(a) == 1 and a[0].__class__ is bool,
+    "recommits": lambda a: len(a) == 1 and a[0].__class__ is int,
 }
 LINGER_MS = 10_000         # how long the answer to stop may take to leave
 _ERRORS = {c.__name__: c for c in (StoreError, OwnershipError, StoreLost, StoreUnavailable)}
@@ -96,8 +97,17 @@ class Failover:
         self.replaying: dict[bytes, dict] = {}
         self.holds = 0
         self.floors: dict[int, int] = {}    # root id -> the clock log of its clocks is kept from here
+        self.delivered: dict[int, list[tuple[int, int]]] = {}  # root id -> commits pulled, from its floor
+
+    def commits(self, store: MemoryStore, root: int) -> list[tuple[int, int]]:
+        """A root pulls its commit reports; they are kept for its successor."""
+        fresh = store.commits(root)
+        self.delivered.setdefault(root, []).extend(fresh)
+        return fresh
 
     def call(self, box: Mailbox, peer: bytes, method: str, arg: Any) -> Any:
+        if method == "recommits":       # a new root: its floor here, then every commit of its clocks
+            return [self.floors.get(arg, -1), [x for pair in self.delivered.get(arg, ()) for x in pair]]
         if method == "fence":
             box.fence(arg.encode())     # what it sent and is read from now on is never applied
             return None
@@ -118,6 +128,9 @@ class Failover:
             return 0
         floors[root] = clock
         prune_reads(self.reads, lambda c: c < floors.get(root_of(c), -1))
+        kept = self.delivered.get(root)
+        if kept:
+            self.delivered[root] = [c for c in kept if c[0] >= clock]
         return store.prune_below(clock)
 
 
@@ -187,6 +200,8 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
             result = failover.call(box, peer, method, args[0])
         elif method == "prune_below":
             result = failover.prune_below(store, args[0])
+        elif method == "commits" and args:
+            result = failover.commits(store, args[0])
         else:
             result = getattr(store, method)(*args)
             replaying = failover.replaying.get(peer)
@@ -378,6 +393,12 @@ class RemoteStore:
 
     def replaying(self, on: bool) -> None:
         self._call("replaying", on)
+
+    def recommits(self, root: int) -> tuple[int, list[tuple[int, int]]]:
+        """Root failover: the store's floor of ``root``'s clocks, and every commit report
+        of them it pulled from there (:class:`Failover`)."""
+        floor, flat = self._call("recommits", root)
+        return floor, list(zip(flat[::2], flat[1::2], strict=True))
 
     def stop(self) -> dict:
         """End the server (the coordinator's last call); its counters, and with
