@@ -34,6 +34,7 @@ from chc.runtime.procworker import CausalInbox  # noqa: E402
 from chc.runtime.sim import SimRuntime  # noqa: E402
 from chc.runtime.wire import Kind, WireError, decode, encode, endpoint, op_rows, rows_ops  # noqa: E402
 from chc.spec import load_spec, parse_spec  # noqa: E402
+from procpace import descendants  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LAN = ROOT / "traces/pathspider/lan-2012.pcap.gz"
@@ -238,23 +239,6 @@ def test_a_worker_that_dies_fails_the_run_and_leaves_nothing(mixed):
     assert not os.path.exists(rt.directory)
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
-
-
 def _start_cli(tmp_path, *extra) -> tuple[subprocess.Popen, set[int]]:
     """``chc run --runtime proc`` on the whole LAN capture, once its workers run."""
     proc = subprocess.Popen([sys.executable, "-m", "chc.cli", "run", "--runtime", "proc", str(PAPER), str(LAN),
@@ -262,10 +246,10 @@ def _start_cli(tmp_path, *extra) -> tuple[subprocess.Popen, set[int]]:
                             cwd=tmp_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        workers = _descendants(proc.pid)
+        workers = descendants(proc.pid)
         if len(workers) >= 7:               # forkserver, store server, root, 4 instances
             time.sleep(0.5)
-            return proc, _descendants(proc.pid)
+            return proc, descendants(proc.pid)
         time.sleep(0.05)
     proc.kill()
     pytest.fail("the proc run's workers did not start")

@@ -167,6 +167,20 @@ def test_an_actor_killed_through_ray_fails_over(cluster, lan, lan_sim):
 
 
 @needs_ray
+def test_a_roots_actor_killed_through_ray_fails_over(cluster, lan, lan_sim):
+    """``--kill root[0]@3000`` on Ray: the failover root (an actor on the coordinator's
+    node) stamps the kept input again, with the same results as the sim."""
+    rt = procray.RayRuntime(load_spec(str(PAPER)), model=MODEL, kills=[Kill("root", 0, 3000)])
+    rt.run(lan)
+    s = rt.summary()
+    (event,) = s.events
+    assert event["kind"] == "root-failover" and event["failover_process"] == "@root.0#1"
+    assert event["how"].startswith("lost its Ray actor") and event["replayed"] > 0
+    _assert_like_sim(s, lan_sim)
+    _nothing_left(rt)
+
+
+@needs_ray
 def test_check_on_ray_judges_a_killed_instance_with_the_oracle(cluster, capsys):
     """``chc check --runtime ray``: the proc check (the store server's serialization,
     the COE oracle) on the cluster's actors, with a random SIGKILL per seed."""

@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve the live dashboard on PORT (127.0.0.1 unless ADDR is given)")
     srv.add_argument("--status", type=float, metavar="S",
                      help="a status line on stderr every S seconds (default: every second on a terminal; 0: none)")
+    _runtime_args(srv, "sim: one process, in real time (default); proc: every root and NF instance in its own "
+                       "OS process (docs/proc.md); ray: proc's processes in Ray actors")
+    srv.add_argument("--kill", action="append", default=[], metavar="VERTEX[I]@N",
+                     help="--runtime proc: SIGKILL instance I of VERTEX (root[R]: root R) once N packets have "
+                          "entered; a failover process takes over (§5.4); repeatable")
+    srv.add_argument("--failover", action="store_true",
+                     help="--runtime proc: recover NF instance and root processes that die (implied by --kill)")
     _outputs_and_state(srv)
     srv.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
     srv.set_defaults(out=None, filter=None, seed=0, delay=[])
@@ -300,7 +307,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if given:
             raise UsageError(f"--live takes no {given[0]} (it reads the interfaces, at their own pace)")
 
+    if args.runtime == "sim" and (args.kill or args.failover):
+        raise UsageError("--kill and --failover are for --runtime proc (with sim, a --scenario's crash events)")
+    if args.runtime != "sim" and args.scenario is not None:
+        raise UsageError("--scenario is for --runtime sim (the proc runtime runs no scenario events yet)")
+
     def go(chain: Any, store: Any) -> int:
+        if args.runtime != "sim":
+            opts = Options(chain, live=args.live, capture=args.capture, rate=args.rate, loop=args.loop,
+                           duration=args.duration, count=args.count, metrics=args.metrics_port,
+                           dashboard=args.dashboard_port, status=args.status, summary_json=args.summary_json,
+                           state_json=args.state_json, quiet=args.quiet, batch_size=args.batch_size,
+                           model=args.model)
+            try:
+                proc = _proc_runtime(args, chain, store)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            return serve(opts, {}, _write_json, proc)
         more: dict[str, Any] = {"seed": args.seed, "log_mode": args.packet_log}
         if args.scenario is not None:
             chain, more = scenario_options(args.scenario, chain, args.capture, keep_parallelism=bool(args.parallelism))
@@ -380,8 +403,10 @@ def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any) -> Any:
     """``--runtime proc`` (docs/proc.md): what only the sim has is refused."""
     from .runtime.proc import ProcRuntime, parse_kill
 
-    sim_only = [name for name, on in (("--delay", args.delay), ("--multiplier", args.multiplier is not None),
-                                      ("--pps", args.pps is not None), ("--mbps", args.mbps is not None)) if on]
+    sim_only = [name for name, on in (("--delay", getattr(args, "delay", None)),
+                                      ("--multiplier", getattr(args, "multiplier", None) is not None),
+                                      ("--pps", getattr(args, "pps", None) is not None),
+                                      ("--mbps", getattr(args, "mbps", None) is not None)) if on]
     if sim_only:
         raise UsageError(f"{sim_only[0]} is for --runtime sim (virtual time); --runtime proc runs at top speed")
     kills = [parse_kill(k, chain) for k in getattr(args, "kill", [])]
@@ -392,7 +417,8 @@ def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any) -> Any:
         if not procray.available():
             raise UsageError(procray.EXTRA)
         cls = procray.RayRuntime
-        extra = {"address": args.ray_address, "pins": dict(procray.parse_pin(p) for p in args.ray_pin)}
+        extra = {"address": args.ray_address,
+                 "pins": dict(procray.parse_pin(p) for p in getattr(args, "ray_pin", []))}
     elif getattr(args, "ray_pin", None):
         raise UsageError("--ray-pin is for --runtime ray")
     return cls(chain, model=args.model, batch_size=args.batch_size, store=store, store_url=args.store,

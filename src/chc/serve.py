@@ -38,6 +38,17 @@ Watching.  An :class:`~chc.observe.Observer` samples the runtime once a
 second; the samples feed the status line on stderr (``--status``), the
 dashboard (``--dashboard-port``, :mod:`chc.dashboard`) and the Prometheus
 metrics (``--metrics-port``, :mod:`chc.metrics`).
+
+On the proc runtime (``--runtime proc`` or ``ray``, docs/proc.md) the chain
+runs in worker processes and the coordinator is this process: a
+:class:`ProcServer` is the replay as the coordinator's input, the records as
+they fall due and, when none is due, a ``None`` that makes the coordinator send
+what it holds (so a slow replay is not held back by a part-filled batch) and
+look after its workers (a death is failed over with ``--kill``/``--failover``).
+The same stops end the input; the coordinator then drains the chain as at the
+end of ``chc run``.  Its status line counts what entered; the observer's
+per-instance figures live in the workers, so the dashboard and the metrics are
+the sim's only.
 """
 
 from __future__ import annotations
@@ -242,21 +253,30 @@ class Options:
                     raise UsageError(str(exc)) from None
 
 
-class Server:
-    """The real-time loop over one source (see module doc)."""
+class _Stops:
+    """What stops a server: SIGINT, SIGTERM, its deadline, its count, its source's end;
+    and what it takes from its source."""
 
-    def __init__(self, runtime: SimRuntime, source: Source, batch_size: int, count: int | None = None,
-                 duration: float | None = None, interval: float = 1.0) -> None:
-        self.runtime = runtime
-        self.source = source
-        self.batch_size = batch_size
-        self.count = count
-        self.duration = duration
-        self.observer = Observer(runtime, interval)
-        self.on_sample: list[Callable[[Sample], None]] = []
-        self.on_batch: list[Callable[[float], None]] = []      # processing seconds of a batch
-        self.stopped_by: str | None = None
-        self.entered = 0
+    stopped_by: str | None = None
+    source: Source
+    batch_size: int
+    count: int | None
+    entered: int
+
+    def _due(self, t0: int, now: float, deadline: float | None) -> tuple[list[Packet], int, int] | None:
+        """The packets due now (``Source.take``), counted in; None when the loop stops."""
+        if deadline is not None and now >= deadline:
+            self.stop("duration")
+            return None
+        limit = self.batch_size if self.count is None else min(self.batch_size, self.count - self.entered)
+        pkts, first, arrivals = self.source.take(limit, self.entered, t0)
+        if not pkts and self.source.exhausted:
+            self.stop("end")
+            return None
+        self.entered += len(pkts)
+        if self.count is not None and self.entered >= self.count:
+            self.stop("count")
+        return pkts, first, arrivals
 
     def stop(self, why: str) -> None:
         if self.stopped_by is None:
@@ -277,6 +297,22 @@ class Server:
             for sig, h in previous.items():
                 signal.signal(sig, h)
 
+
+class Server(_Stops):
+    """The real-time loop over one source (see module doc)."""
+
+    def __init__(self, runtime: SimRuntime, source: Source, batch_size: int, count: int | None = None,
+                 duration: float | None = None, interval: float = 1.0) -> None:
+        self.runtime = runtime
+        self.source = source
+        self.batch_size = batch_size
+        self.count = count
+        self.duration = duration
+        self.observer = Observer(runtime, interval)
+        self.on_sample: list[Callable[[Sample], None]] = []
+        self.on_batch: list[Callable[[float], None]] = []      # processing seconds of a batch
+        self.entered = 0
+
     def _sample(self, now: float | None = None) -> None:
         s = self.observer.sample(now)
         for sink in self.on_sample:
@@ -289,21 +325,16 @@ class Server:
         deadline = None if self.duration is None else time.monotonic() + self.duration
         while self.stopped_by is None:
             now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                self.stop("duration")
-                break
             if obs.due(now):
                 self._sample(now)
-            limit = self.batch_size if self.count is None else min(self.batch_size, self.count - self.entered)
-            pkts, first, arrivals = src.take(limit, self.entered, t0)
+            due = self._due(t0, now, deadline)
+            if due is None:
+                break
+            pkts, first, arrivals = due
             if not pkts:
-                if src.exhausted:
-                    self.stop("end")
-                    break
                 wait = min(WAIT_S, obs.next_at - now, WAIT_S if deadline is None else deadline - now)
                 src.wait(wait, time.monotonic_ns() - t0)
                 continue
-            self.entered += len(pkts)
             tick = time.perf_counter()
             rt.feed(pkts, src.emit)
             seconds = time.perf_counter() - tick
@@ -311,11 +342,59 @@ class Server:
             obs.batch(len(pkts), (done * len(pkts) - arrivals) / 1e9, (done - first) / 1e9)
             for hook in self.on_batch:
                 hook(seconds)
-            if self.count is not None and self.entered >= self.count:
-                self.stop("count")
         src.emit(rt.drain())
         rt.elapsed += time.perf_counter() - started
         self._sample()              # the final figures, drain included
+
+
+class ProcServer(_Stops):
+    """A replay as the proc runtime's input (see module doc): iterate it for the records,
+    each as it falls due, and ``None`` whenever none is."""
+
+    def __init__(self, source: Replay, batch_size: int, count: int | None = None, duration: float | None = None,
+                 status: float = 0, stream: TextIO = sys.stderr) -> None:
+        self.source = source
+        self.batch_size = batch_size
+        self.count = count
+        self.duration = duration
+        self.status = status
+        self.stream = stream
+        self.entered = 0
+        self.started = 0.0
+        self._shown = (0.0, 0)          # the last status line's time and count (the start's first)
+
+    def __iter__(self) -> Iterator[tuple[int, bytes] | None]:
+        src = self.source
+        self.started = time.monotonic()
+        self._shown = (self.started, 0)
+        t0 = time.monotonic_ns()
+        deadline = None if self.duration is None else self.started + self.duration
+        while self.stopped_by is None:
+            now = time.monotonic()
+            if self.status and now - self._shown[0] >= self.status:
+                self._status(now)
+            due = self._due(t0, now, deadline)
+            if due is None:
+                break
+            for p in due[0]:
+                yield p.ts, bytes(p.data)
+            yield None          # (nothing more due now: the coordinator sends what it holds)
+            if not due[0]:
+                wait = WAIT_S if deadline is None else min(WAIT_S, deadline - now)
+                src.wait(wait, time.monotonic_ns() - t0)
+
+    def interrupt(self) -> None:
+        """The proc runtime's SIGTERM: a stop, a second one aborts (as the handlers here)."""
+        if self.stopped_by in ("interrupt", "terminate"):
+            raise KeyboardInterrupt
+        self.stop("terminate")
+
+    def _status(self, now: float) -> None:
+        then, before = self._shown
+        rate = (self.entered - before) / (now - then)
+        self._shown = (now, self.entered)
+        self.stream.write(f"chc serve: {now - self.started:,.0f} s, {self.entered:,} in ({rate:,.0f}/s)\n")
+        self.stream.flush()
 
 
 class StatusLine:
@@ -420,10 +499,13 @@ def scenario_options(path: str, chain: Chain, capture: str, keep_parallelism: bo
                    "log_mode": sc.packet_log, "events": sc.events_for(sc.seed, vertices, n)}
 
 
-def serve(opts: Options, runtime_kwargs: dict[str, Any], write_json: Callable[[str, Any], None]) -> int:
+def serve(opts: Options, runtime_kwargs: dict[str, Any], write_json: Callable[[str, Any], None],
+          proc: Any = None) -> int:
     """Run ``opts.chain`` until stopped (see module doc); the caller opened the store
-    and built the runtime's other keyword arguments."""
+    and built the runtime's other keyword arguments, or (``proc``) the proc runtime."""
     opts.check()
+    if proc is not None:
+        return _serve_proc(opts, proc, write_json)
     rt, source, banner = _source(opts, runtime_kwargs)
     server = Server(rt, source, opts.batch_size, opts.count, opts.duration)
     closers: list[Callable[[], None]] = []
@@ -453,6 +535,12 @@ def serve(opts: Options, runtime_kwargs: dict[str, Any], write_json: Callable[[s
         lines = source.report()
         capture = source.describe(server.stopped_by)
         source.close()
+    return _report(opts, rt, capture, write_json, lines, server.stopped_by)
+
+
+def _report(opts: Options, rt: Any, capture: dict[str, Any], write_json: Callable[[str, Any], None],
+            lines: list[str], stopped_by: str | None) -> int:
+    """The end of a server: the summary printed and written, its exit code."""
     summary = rt.summary()
     summary.capture = capture
     if capture.get("truncated"):
@@ -463,7 +551,29 @@ def serve(opts: Options, runtime_kwargs: dict[str, Any], write_json: Callable[[s
         write_json(opts.state_json, canonical(rt.logical_state()))
     if not opts.quiet:
         print("\n".join([summary.render(), *lines]))
-    return EXIT_INTERRUPTED if server.stopped_by == "interrupt" else 0
+    return EXIT_INTERRUPTED if stopped_by == "interrupt" else 0
+
+
+def _serve_proc(opts: Options, rt: Any, write_json: Callable[[str, Any], None]) -> int:
+    """``chc serve --runtime proc``: a replay through the proc runtime (module doc)."""
+    given = [name for name, on in (("--live", opts.live is not None), ("--metrics-port", opts.metrics is not None),
+                                   ("--dashboard-port", opts.dashboard is not None)) if on]
+    if given:
+        raise UsageError(f"{given[0]} is for --runtime sim (the proc runtime's figures live in its workers)")
+    assert opts.capture is not None
+    source = Replay(opts.capture, opts.rate, opts.loop, opts.count)
+    every = opts.status if opts.status is not None else (1.0 if sys.stderr.isatty() and not opts.quiet else 0)
+    server = ProcServer(source, opts.batch_size, opts.count, opts.duration, every)
+    pace = "at its timestamps" if opts.rate is None else f"at {opts.rate:,g} packets/s"
+    print(f"chc: serve: {opts.capture} {pace}{', in a loop' if opts.loop else ''}, chain {opts.chain.name!r} "
+          f"(model {opts.model}, runtime {rt.name}); Ctrl-C stops", file=sys.stderr, flush=True)
+    try:
+        with server.signals():
+            rt.run(server)
+    finally:
+        capture = source.describe(server.stopped_by)
+        source.close()
+    return _report(opts, rt, capture, write_json, [], server.stopped_by)
 
 
 def _host(listen: str) -> str:

@@ -236,12 +236,12 @@ class Root:
         """Root failover in the proc runtime (§5.4): the failed root had deleted every
         entry below ``floor``, its floor as someone last heard it; a successor that logged
         them again from the input it replayed drops them (their reports and commits are
-        not kept any more, so they would never complete).  Not counted as deletions.
-        Returns how many went."""
+        not kept any more, so they would never complete), counted as the deletions they
+        were.  Returns how many went."""
         old = [c for c in self.log if c < floor and root_of(c) == self.root_id]
         for c in old:
             del self.log[c]
-        self.logged -= len(old)
+        self.deleted += len(old)
         return len(old)
 
     def restore(self, stored: dict[str, dict]) -> int:

@@ -509,40 +509,52 @@ class ProcRuntime:
             if kept:
                 return
 
-    def _feed(self, records: Iterable[tuple[int, bytes]], progress: Callable[[int], None] | None) -> None:
+    def _feed(self, records: Iterable[tuple[int, bytes] | None], progress: Callable[[int], None] | None) -> None:
+        """Send the records to the roots in batches; a ``None`` record says nothing more is
+        ready now (``chc serve``'s paced replay): what is pending goes at once."""
         size = self.plan.batch_size
         n = self.chain.roots
         batches: list[list] = [[] for _ in range(n)]
         pending = 0
-        last_lease = time.monotonic()
+        self._last_lease = time.monotonic()
         kills = list(self.kills)
         self._killed: dict[str, tuple[float, int]] = {}
-        for index, (ts, data) in enumerate(records):
+        index = 0
+        for rec in records:
+            if rec is None:
+                if pending:
+                    self._sent(batches, pending, progress, kills)
+                    pending = 0
+                self._service(0)        # (idle input: a worker's death is seen now)
+                continue
+            ts, data = rec
             r = 0
             if n > 1:
                 p = Packet(data, ts, index)
                 if p.l3 and p.malformed is None:
                     r = root_index(p, n)
             batches[r].append([ts, data, index])
+            index += 1
             pending += 1
             if pending >= size:
-                self._flush(batches)
-                if progress is not None:
-                    progress(pending)
+                self._sent(batches, pending, progress, kills)
                 pending = 0
-                self.fed = index + 1
-                self._kill_due(kills)
-                if self.store is not None and time.monotonic() - last_lease > 5:
-                    self.store.renew_lease()
-                    last_lease = time.monotonic()
         if pending:
-            self._flush(batches)
-            if progress is not None:
-                progress(pending)
-            self.fed += pending
-            self._kill_due(kills)       # a kill in the last, short batch
+            self._sent(batches, pending, progress, kills)
         for r in range(len(self.inputs)):
             self._send(r, encode(Kind.INPUT, ["end", None]))
+
+    def _sent(self, batches: list[list], pending: int, progress: Callable[[int], None] | None,
+              kills: list[Kill]) -> None:
+        """The ``pending`` records in ``batches`` to the roots; the kills now due."""
+        self._flush(batches)
+        if progress is not None:
+            progress(pending)
+        self.fed += pending
+        self._kill_due(kills)
+        if self.store is not None and time.monotonic() - self._last_lease > 5:
+            self.store.renew_lease()
+            self._last_lease = time.monotonic()
 
     def _kill_due(self, kills: list[Kill]) -> None:
         while kills and kills[0].at <= self.fed:

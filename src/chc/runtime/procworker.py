@@ -105,7 +105,7 @@ STORE = "@store"
 SETTLE_EVERY = 8                # input batches between a root's store round trips (at most)
 INF = (1 << 63) - 1        # the watermark of an upstream that has ended (above every clock)
 # A root's counters a failover root starts from (the coordinator keeps them per input batch)
-ROOT_COUNTERS = ("packets_in", "malformed", "non_ip", "dropped", "bypassed", "dropped_overflow")
+ROOT_COUNTERS = ("packets_in", "malformed", "non_ip", "dropped", "bypassed", "dropped_overflow", "logged")
 
 
 def root_name(r: int) -> str:
@@ -464,6 +464,7 @@ class RootWorker:
         root.next_seq = replay["next"] - root.base
         for k, v in zip(ROOT_COUNTERS, replay["counters"], strict=True):
             setattr(root, k, v)
+        root.deleted = root.logged      # (what was logged before the kept input is done with)
         floor, commits = self.store.recommits(root.root_id) if hasattr(self.store, "recommits") else (-1, [])
         held: list = []
         self.restoring = True
@@ -577,7 +578,7 @@ class RootWorker:
         self.out.to_coordinator("root", {
             "root": root.root_id,
             "counters": {k: getattr(root, k) for k in ("packets_in", "malformed", "non_ip", "dropped", "bypassed")},
-            "log": root.stats(), "packets_out": self.out.out_packets,
+            "log": root.stats(), "packets_out": root.bypassed,     # (its outputs: a failover root's too)
             "round_trips": getattr(self.store, "round_trips", 0),
             "rejected": self.input.rejected + self.reports.rejected, "cpu_s": _cpu(),
             "reports_waited": self.inbox.waited, "reports_duplicate": self.inbox.duplicates,
