@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
@@ -213,3 +214,34 @@ def test_an_instance_keeps_its_reports_from_the_floor_and_sends_them_to_a_new_ro
 
 def test_a_failover_roots_input_mailbox_has_its_generation():
     assert input_name("@root.0") == "@root.0.in" and input_name("@root.0#2") == "@root.0.in#2"
+
+
+class _EndLost(ProcRuntime):
+    """The kill stops the root (SIGSTOP) and SIGKILLs it once the end of input is sent:
+    that end dies unread in its socket."""
+
+    stopped = None
+
+    def _kill(self, kill):
+        self.stopped = self.procs[self.current[kill.process]]
+        os.kill(self.stopped.pid, signal.SIGSTOP)
+
+    def _tell_root(self, r, what):
+        super()._tell_root(r, what)
+        if what == "end" and self.stopped is not None:
+            p, self.stopped = self.stopped, None
+            p.kill()
+            p.join(5)
+
+
+def test_a_root_killed_after_its_last_input_is_told_the_end_again(records):
+    """The end of input went to the dead root's socket and was never read; its failover
+    is told it again (before, the run waited for good: a hunt's seed hung)."""
+    head = records[:2000]
+    ref = SimRuntime(load_spec(PAPER), model=MODEL)
+    ref.run(head)
+    rt = _EndLost(load_spec(PAPER), model=MODEL, kills=[Kill("root", 0, 1500)], hwm=64)     # room for the end
+    rt.run(head)
+    s = rt.summary()
+    assert s.state_digest == ref.summary().state_digest and s.log["remaining"] == 0
+    assert [e["kind"] for e in s.events] == ["root-failover"]

@@ -145,6 +145,7 @@ class ProcRuntime:
                                               for r in range(chain.roots)}
         self.root_floor: dict[int, int] = dict.fromkeys(range(chain.roots), -1)
         self.sent_batches: dict[int, int] = dict.fromkeys(range(chain.roots), 0)
+        self.told: dict[int, list[str]] = {r: [] for r in range(chain.roots)}     # end, finish
         # Deaths seen while a failover is under way wait for it (a wait inside it, say for
         # the store's answer, must not start another); a dead feeder of the instance being
         # failed over goes first, since its hand-over can only come from its failover.
@@ -372,6 +373,8 @@ class ProcRuntime:
         self._launch(self.mp, new, procworker.main, (self.plan, "root", (r, gen), replay))
         self.inputs[r].close(0)
         self.inputs[r] = dealer(self.ctx, self.plan.address(input_name(new)), COORDINATOR, self.plan.hwm)
+        for what in self.told[r]:
+            self._send(r, encode(Kind.INPUT, [what, None]))
         event["logged_floor"] = self.root_floor[r]
         event["handed_over"] = sum(len(rows) for _, rows in kept)     # input packets kept, from the floor
         log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, how, new)
@@ -542,7 +545,7 @@ class ProcRuntime:
         if pending:
             self._sent(batches, pending, progress, kills)
         for r in range(len(self.inputs)):
-            self._send(r, encode(Kind.INPUT, ["end", None]))
+            self._tell_root(r, "end")
 
     def _sent(self, batches: list[list], pending: int, progress: Callable[[int], None] | None,
               kills: list[Kill]) -> None:
@@ -555,6 +558,12 @@ class ProcRuntime:
         if self.store is not None and time.monotonic() - self._last_lease > 5:
             self.store.renew_lease()
             self._last_lease = time.monotonic()
+
+    def _tell_root(self, r: int, what: str) -> None:
+        """End of input or finish to root ``r``; kept for its failover, which is told again
+        (a root that dies right after one is sent never reads it)."""
+        self._send(r, encode(Kind.INPUT, [what, None]))
+        self.told[r].append(what)
 
     def _kill_due(self, kills: list[Kill]) -> None:
         while kills and kills[0].at <= self.fed:
@@ -587,7 +596,7 @@ class ProcRuntime:
         while any(n not in self.reported for n in instances) or self.recovering:
             self._service(1000)
         for r in range(len(self.inputs)):
-            self._send(r, encode(Kind.INPUT, ["finish", None]))
+            self._tell_root(r, "finish")
         roots = [root_name(r) for r in range(self.chain.roots)]
         while any(n not in self.reported for n in roots):
             self._service(1000)
