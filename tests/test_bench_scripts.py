@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -117,6 +119,16 @@ def test_root_recovery_script(tmp_path):
     assert json.loads(out.read_text()) == res
     assert {(c["in_flight"], c["state_keys"]) for c in res["cells"].values()} == {(0, 0), (0, 100), (40, 0), (40, 100)}
     assert all(c["clock_only_us"] > 0 and c["with_store_log_us"] > 0 for c in res["cells"].values())
+
+
+def test_root_recovery_script_on_the_proc_runtime(tmp_path):
+    """A real root kill per run beside an undisturbed run (the digests are compared
+    inside: a failover that changes the state raises); the figures come from the event."""
+    pytest.importorskip("zmq")
+    res = load("root_recovery").main(["--in-flight", "0", "--state-keys", "0", "--rounds", "1", "--proc-runs", "1",
+                                      "--proc-packets", "1500", "--proc-kill-at", "800"])
+    (run,) = res["proc"]["runs"]
+    assert run["kept_input"] >= run["replayed"] > 0 and run["recovery_ms"] > 0 and run["run_ratio"] > 0
 
 
 def test_fig14_store_recovery_script(tmp_path):

@@ -22,6 +22,15 @@ detection (missed heartbeats: 3 x 20 µs by default in the sim) comes on top and
 is reported separately.  Unrelated NF state in the store (``--state-keys``)
 shows what finding the root's keys costs when the store holds other objects.
 Every cell is the best of ``--rounds`` runs.
+
+**On the proc runtime** (``--proc-runs K``): a real SIGKILL of the root's
+process in the paper chain (``EO+C+NA``, the first ``--proc-packets`` packets
+of the LAN capture), the failover of docs/proc.md (the kept input stamped again,
+the log rebuilt); per run, from the summary's ``root-failover`` event: detection
+(kill to the coordinator seeing the death), the replay (input packets and time),
+recovery (detection to the replay's report); and the run's time against an
+undisturbed run of the same input measured in the same round, with the state
+digests compared.
 """
 
 from __future__ import annotations
@@ -100,6 +109,37 @@ def measure(sizes: tuple[int, ...], state_keys: int, rounds: int, every: int = 1
             "detection_us_default": 3 * 20, "cells": rows}
 
 
+def measure_proc(runs: int, packets: int, kill_at: int) -> dict:
+    """Root failovers on the proc runtime (module doc); raises if a digest differs."""
+    import itertools
+
+    from ..capture import open_capture
+    from ..runtime.proc import Kill, ProcRuntime
+    from ..spec import load_spec
+    from .inputs import LAN_CAPTURE, LAN_CHAIN
+
+    with open_capture(str(LAN_CAPTURE)) as reader:
+        records = list(itertools.islice(reader, packets))
+    rows = []
+    for _ in range(runs):
+        timed = []
+        for kills in ([], [Kill("root", 0, kill_at)]):
+            rt = ProcRuntime(load_spec(str(LAN_CHAIN)), model="EO+C+NA", kills=kills, failover=True)
+            started = time.perf_counter()
+            rt.run(records)
+            timed.append((time.perf_counter() - started, rt.summary()))
+        (plain_s, plain), (killed_s, killed) = timed
+        if plain.state_digest != killed.state_digest:
+            raise AssertionError("a root failover changed the state digest")
+        (event,) = killed.events
+        rows.append({"detect_ms": round(event["detect_s"] * 1e3, 2), "kept_input": event["handed_over"],
+                     "replayed": event["replayed"], "replay_ms": round(event["replay_s"] * 1e3, 2),
+                     "replay_us_per_packet": round(event["replay_s"] * 1e6 / max(event["replayed"], 1), 2),
+                     "recovery_ms": round(event["recovery_s"] * 1e3, 2), "run_s": round(killed_s, 3),
+                     "undisturbed_run_s": round(plain_s, 3), "run_ratio": round(killed_s / plain_s, 3)})
+    return {"packets": packets, "kill_at": kill_at, "model": "EO+C+NA", "runs": rows}
+
+
 def plot(res: dict, outdir: str) -> str:
     import matplotlib
     matplotlib.use("Agg")
@@ -128,8 +168,16 @@ def main(argv: list[str] | None = None) -> dict:
                     help="packets logged at the crash (default 0,150,1000,10000)")
     ap.add_argument("--state-keys", type=int, default=50000, help="unrelated objects in the store (default 50000)")
     ap.add_argument("--rounds", type=int, default=20, help="runs per cell; the best counts (default 20)")
+    ap.add_argument("--proc-runs", type=int, default=0, metavar="K",
+                    help="also K root failovers on the proc runtime, each beside an undisturbed run (default 0)")
+    ap.add_argument("--proc-packets", type=int, default=6000, metavar="N",
+                    help="--proc-runs: the first N packets of the LAN capture (default 6000)")
+    ap.add_argument("--proc-kill-at", type=int, default=3000, metavar="P",
+                    help="--proc-runs: kill the root once P packets have been fed (default 3000)")
     output_arguments(ap, "root_recovery.png")
     args = ap.parse_args(argv)
+    if args.proc_runs < 0 or not 0 < args.proc_kill_at <= args.proc_packets:
+        ap.error("--proc-runs >= 0; --proc-kill-at between 1 and --proc-packets")
     sizes = tuple(int(x) for x in args.in_flight.split(",") if x.strip().isdigit())
     if len(sizes) != len(args.in_flight.split(",")) or args.state_keys < 0 or args.rounds < 1:
         ap.error("--in-flight: comma-separated counts >= 0; --state-keys >= 0, --rounds at least 1")
@@ -141,5 +189,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{c['in_flight']:>10,}{c['state_keys']:>12,}{c['clock_only_us']:>15.1f}"
               f"{c['with_store_log_us']:>16.1f}{c['vs_paper']:>9.2f}x")
     print(f"paper: < {PAPER_US} µs")
+    if args.proc_runs:
+        progress(f"root failover on the proc runtime: {args.proc_runs} runs, {args.proc_packets:,} packets, "
+                 f"kill at {args.proc_kill_at:,} ...")
+        res["proc"] = measure_proc(args.proc_runs, args.proc_packets, args.proc_kill_at)
+        print(f"proc runtime, a SIGKILL of the root at input packet {args.proc_kill_at:,} of {args.proc_packets:,} "
+              "(same digest as the undisturbed run each time)")
+        print(f"{'detect ms':>10}{'kept input':>12}{'replay ms':>11}{'µs/packet':>11}{'recovery ms':>13}"
+              f"{'run / undisturbed':>19}")
+        for r in res["proc"]["runs"]:
+            print(f"{r['detect_ms']:>10.1f}{r['kept_input']:>12,}{r['replay_ms']:>11.1f}"
+                  f"{r['replay_us_per_packet']:>11.1f}{r['recovery_ms']:>13.1f}{r['run_ratio']:>18.2f}x")
     write_outputs(res, args, plot)
     return res
