@@ -245,3 +245,31 @@ def test_a_root_killed_after_its_last_input_is_told_the_end_again(records):
     s = rt.summary()
     assert s.state_digest == ref.summary().state_digest and s.log["remaining"] == 0
     assert [e["kind"] for e in s.events] == ["root-failover"]
+
+
+def test_a_root_killed_from_outside_fails_over_with_failover_on(records, sim):
+    """``--failover``: no planned kill; a SIGKILL from outside (here, the input's generator)."""
+    rt = ProcRuntime(load_spec(PAPER), model=MODEL, failover=True)
+
+    def feed():
+        for index, record in enumerate(records):
+            if index == 3500:
+                os.kill(rt.procs["@root.0"].pid, signal.SIGKILL)
+            yield record
+    rt.run(feed())
+    s = rt.summary()
+    assert s.state_digest == sim.state_digest and s.log == sim.log
+    [event] = s.events
+    assert event["kind"] == "root-failover" and event["detect_s"] is None and "killed_at_packet" not in event
+
+
+def test_the_second_of_two_roots_killed_passes_the_check(tmp_path, monkeypatch, capsys):
+    """Each root keeps to its own clocks: the failover of root 1 re-stamps root 1's input
+    (root 0's packets and reports are none of its business)."""
+    two = tmp_path / "two_roots.yaml"
+    two.write_text("roots: 2\n" + Path(PAPER).read_text())
+    monkeypatch.chdir(ROOT)
+    assert main(["check", "--runtime", "proc", str(two), PARALLEL, LAN, "--packets", "2000", "--seed", "1",
+                 "--kill", "root[1]@1000"]) == 0
+    out = capsys.readouterr().out
+    assert "killed @root.1 at input packet" in out and "@root.1#1 replayed" in out

@@ -448,7 +448,8 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
     Break("no-dup-suppression", "a straggler and its clone both deliver their outputs and alerts, and the store "
           "applies both copies' updates (§5.3)", "output|alert|store|state", True, True),
     Break("no-replay", "a failover instance starts from the store as it is, without replaying the failed "
-          "instance's packets (§5.4)", "output|state|log|store|alert", True),
+          "instance's packets (§5.4); with --runtime proc a failover root also starts without the input kept "
+          "for it", "output|state|log|store|alert", True),
     Break("delete-after-output", "the last NF sends its delete request after its output, so a crash in "
           "between makes the failover instance output the packets again (§5.4)", "output", True),
     Break("no-wal", "a failover store is restored from its checkpoint and the instances' caches only, without "
