@@ -469,7 +469,7 @@ class RootWorker:
         held: list = []
         self.restoring = True
         packets = 0
-        if self.plan.replay:            # --break no-root-replay: the kept input is lost
+        if self.plan.replay:            # --break no-replay: the kept input is lost
             for rows in replay["batches"]:
                 self._ingest(rows, held)
                 packets += len(rows)
