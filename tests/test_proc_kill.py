@@ -10,6 +10,7 @@ differs: the test that the replay is what recovers the state.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -105,6 +106,9 @@ def test_cli_kill_shows_the_failover(tmp_path, monkeypatch, capsys):
     (["--kill", "nat@x"], "VERTEX[I]@PACKETS"),
     (["--kill", "nat@10", "--model", "T"], "model T"),
     (["--kill", "nat@10", "--runtime", "sim"], "--runtime proc"),
+    (["--kill", "root[1]@10"], "1 root(s)"),
+    (["--kill", "root@10", "--packet-log", "store"], "packet-log store"),
+    (["--heartbeat", "-1"], "heartbeats: an interval >= 0"),
 ])
 def test_bad_kills_are_one_line(argv, says, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
@@ -389,3 +393,43 @@ def test_a_failover_started_after_a_target_failed_over_sends_to_the_targets_fail
         assert ends == [plan.address("portscan.0"), plan.address("portscan.1"), plan.address("portscan.2#1")]
     finally:
         ctx.destroy(linger=0)
+
+
+# -- a worker that hangs: heartbeats (procio) ---------------------------------------------------
+
+def _stopped_at(rt: ProcRuntime, records, process: str, at: int):
+    """The records, SIGSTOPping ``process`` (it hangs: alive, silent) at record ``at``; it
+    goes on after 60 s if nothing killed it (so a test without detection fails, not hangs)."""
+    import signal
+    import threading
+    for index, record in enumerate(records):
+        if index == at:
+            pid = rt.procs[process].pid
+            os.kill(pid, signal.SIGSTOP)
+            wake = threading.Timer(60, _signal, (pid, signal.SIGCONT))
+            wake.daemon = True
+            wake.start()
+        yield record
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def test_a_hung_instance_is_found_by_its_heartbeats_killed_and_failed_over(records, sim):
+    rt = ProcRuntime(load_spec(str(PAPER)), model=MODEL, failover=True, heartbeat_s=0.1, misses=10)
+    rt.run(_stopped_at(rt, records, "nat.0", 3500))
+    s = rt.summary()
+    assert s.state_digest == sim.state_digest and s.packets_out == sim.packets_out
+    hung = [e for e in s.events if e["process"] == "nat.0"]
+    assert len(hung) == 1 and hung[0]["how"].startswith("silent for") and "killed" in hung[0]["how"]
+    assert _gone(rt.pids.values())
+
+
+def test_a_hung_instance_without_recovery_stops_the_run_with_one_line(records):
+    from chc.runtime.errors import ProcFailure
+    rt = ProcRuntime(load_spec(str(PAPER)), model=MODEL, heartbeat_s=0.1, misses=10)
+    with pytest.raises(ProcFailure, match=r"nat\.0 \(pid \d+\) was silent for [\d.]+ s \(10 heartbeats\) and killed"):
+        rt.run(_stopped_at(rt, records, "nat.0", 3500))
+    assert _gone(rt.pids.values())

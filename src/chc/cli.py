@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "repeatable")
     run.add_argument("--failover", action="store_true",
                      help="--runtime proc: recover NF instance and root processes that die (implied by --kill)")
+    _heartbeat_args(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
     srv = sub.add_parser(
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "entered; a failover process takes over (§5.4); repeatable")
     srv.add_argument("--failover", action="store_true",
                      help="--runtime proc: recover NF instance and root processes that die (implied by --kill)")
+    _heartbeat_args(srv)
     _outputs_and_state(srv)
     srv.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
     srv.set_defaults(out=None, filter=None, seed=0, delay=[])
@@ -194,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "processes); VERTEX[I]@N: instance I of VERTEX (root[R]: root R) once N input packets "
                           "have been fed, several comma-separated (docs/proc.md)")
     return parser
+
+
+def _heartbeat_args(p: argparse.ArgumentParser) -> None:
+    """``--heartbeat`` and ``--misses``: how the proc runtime finds a worker that hangs."""
+    p.add_argument("--heartbeat", type=float, default=500, metavar="MS",
+                   help="--runtime proc: every worker sends a heartbeat every MS ms (default 500; 0: none)")
+    p.add_argument("--misses", type=_positive, default=10, metavar="N",
+                   help="--runtime proc: a worker silent for N heartbeats hangs: it is killed, then failed over "
+                        "(--failover, --kill) or the run stops (default 10)")
 
 
 def _runtime_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -426,7 +437,8 @@ def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any) -> Any:
                        tls={"tls_ca": args.store_ca, "tls_cert": args.store_cert, "tls_key": args.store_key},
                        log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
                        persist_every=args.clock_persist, write_out=bool(args.out), kills=kills,
-                       failover=getattr(args, "failover", False), **extra)
+                       failover=getattr(args, "failover", False), heartbeat_s=args.heartbeat / 1000,
+                       misses=args.misses, **extra)
 
 
 def _check_live(args: argparse.Namespace) -> None:

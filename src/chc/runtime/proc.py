@@ -19,8 +19,10 @@ threads or open capture, which ``fork`` from the coordinator would copy and
 endpoints are ``ipc://`` sockets in a private temporary directory (mode 0700),
 removed at the end.
 
-No orphans.  The coordinator watches every worker's sentinel: a worker that
-dies before it has reported stops the run (:class:`ProcFailure`, one line,
+No orphans.  The coordinator watches every worker's sentinel, and its
+heartbeats (:mod:`chc.runtime.procio`: one silent for ``misses`` of them is
+killed, so a hung worker ends too): a worker that dies before it has reported
+stops the run (:class:`ProcFailure`, one line,
 exit code 1), and every other worker is killed; except, with recovery on
 (``--kill``, ``--failover``), an NF instance's or a root's process, which is
 failed over (§5.4, :meth:`ProcRuntime._failover`, docs/proc.md).  For a root's,
@@ -96,9 +98,12 @@ class ProcRuntime:
                  store_url: str = "memory", namespace: str = "chc", tls: dict | None = None,
                  log_mode: str = "local", log_limit: int = 0, persist_every: int = 1000,
                  write_out: bool = False, hwm: int = 8, record: bool = False, breaks: tuple[str, ...] = (),
-                 break_from: int = 0, kills: Iterable[Kill] = (), failover: bool = False) -> None:
+                 break_from: int = 0, kills: Iterable[Kill] = (), failover: bool = False,
+                 heartbeat_s: float = 0.5, misses: int = 10) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
+        if heartbeat_s < 0 or misses < 1:
+            raise ValueError("heartbeats: an interval >= 0 (0: none) and at least 1 miss")
         self.kills = sorted(kills, key=lambda k: k.at)
         recover = failover or bool(self.kills)
         if recover:
@@ -116,8 +121,14 @@ class ProcRuntime:
         if record and self.redis:
             raise ValueError("chc check --runtime proc records the store's serialization in the store server: "
                              "Redis applies the ops itself and reports no order; use the memory store")
-        self.plan = Plan("", chain, model, batch_size, (), log_mode, log_limit, persist_every, write_out, hwm,
-                         record, tuple(breaks), break_from, recover, "no-replay" not in breaks)
+        self.plan = Plan("", chain, model, batch_size, (), log_mode=log_mode, log_limit=log_limit,
+                         persist_every=persist_every, send_out=write_out, hwm=hwm, record=record,
+                         breaks=tuple(breaks), break_from=break_from, recover=recover,
+                         replay="no-replay" not in breaks, heartbeat_s=heartbeat_s)
+        self.misses = misses
+        self.heard: dict[str, float] = {}               # process -> when it last sent anything
+        self.hung: dict[str, float] = {}                # process -> how long it had been silent (killed)
+        self._next_check = 0.0
         self.serial: list[bytes] = []                   # record: the store server's steps (encoded)
         self._redis_spec = (store_url.split(","), namespace, {k: v for k, v in (tls or {}).items() if v})
         self.procs: dict[str, Any] = {}                 # name -> multiprocessing.Process
@@ -254,7 +265,7 @@ class ProcRuntime:
                 self._service(100)
             if name in self.reported:
                 return
-        how = _how(p)
+        how = self._how(name, p)
         why = ("the store server is not recovered yet" if self.plan.recover and name == STORE
                else "a root with its packet log in the store is not recovered here" if self.plan.recover
                else "no recovery without --kill or --failover")
@@ -281,7 +292,7 @@ class ProcRuntime:
         gen = self.generation[name] + 1
         new = generation_name(name, gen)
         killed = self._killed.pop(dead, None)
-        how = _how(p, short=True)
+        how = self._how(dead, p, short=True)
         event = {"kind": "failover", "vertex": vertex, "instance": int(i), "process": dead, "pid": p.pid,
                  "how": how, "failover_process": new, "packet": self.fed,
                  "detect_s": None if killed is None else round(detected - killed[0], 6)}
@@ -338,7 +349,7 @@ class ProcRuntime:
         gen = self.generation[name] + 1
         new = generation_name(name, gen)
         killed = self._killed.pop(dead, None)
-        how = _how(p, short=True)
+        how = self._how(dead, p, short=True)
         event = {"kind": "root-failover", "root": r, "process": dead, "pid": p.pid, "how": how,
                  "failover_process": new, "packet": self.fed,
                  "detect_s": None if killed is None else round(detected - killed[0], 6)}
@@ -365,8 +376,8 @@ class ProcRuntime:
         if last is not None and last[1][overflow] > counters[overflow]:
             # Its log was full: it dropped input by the log's size, which its failover's
             # log, rebuilt as it replays, does not reproduce.
-            raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {_how(p)} after dropping input for a full "
-                              "packet log (--log-limit); its failover cannot replay the same input")
+            raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} after dropping input for "
+                              "a full packet log (--log-limit); its failover cannot replay the same input")
         replay = {"first": first, "next": nxt, "counters": counters, "batches": [rows for _, rows in kept],
                   "floor": self.root_floor[r], "current": dict(self.current), "fenced": list(self.fenced)}
         self.recovering[name] = {"event": event, "started": detected}
@@ -443,10 +454,40 @@ class ProcRuntime:
         poller.register(self.box.sock, zmq.POLLIN)
         if self.guard.poll(poller, timeout):
             self._take()
+        self._check_beats()
+
+    def _check_beats(self) -> None:
+        """A worker that has sent nothing (not even a heartbeat) for ``misses`` heartbeats
+        hangs: it is killed (fail-stop), and its end is handled as any death (procio)."""
+        every = self.plan.heartbeat_s
+        now = time.monotonic()
+        if not every or now < self._next_check:
+            return
+        self._next_check = now + every
+        for name, p in list(self.procs.items()):
+            if (name not in self.ready or name in self.hung or _logical(name) in self.reported
+                    or self.current.get(_logical(name)) != name):
+                continue
+            silent = now - self.heard.get(name, now)
+            if silent > every * self.misses and p.is_alive():
+                self.hung[name] = silent
+                log.warning("proc runtime: %s (pid %s) sent nothing for %.1f s (%d heartbeats); killing it",
+                            name, p.pid, silent, self.misses)
+                p.kill()
+
+    def _how(self, name: str, p: Any, short: bool = False) -> str:
+        """How a worker ended (one that hung: how long it was silent)."""
+        if name in self.hung:
+            return f"{'' if short else 'was '}silent for {self.hung[name]:.1f} s ({self.misses} heartbeats) and killed"
+        return _how(p, short)
 
     def _take(self) -> None:
+        now = time.monotonic()
         for peer, (what, data) in self.box.messages(Kind.CONTROL, 2, "control"):
             name = peer.decode()
+            self.heard[name] = now
+            if what == "hb":
+                continue
             if what == "ready":
                 self.ready.add(name)
             elif what == "error":
@@ -509,6 +550,7 @@ class ProcRuntime:
                 events = self.guard.poll(poller, 1000)
                 if events.get(self.box.sock):
                     self._take()
+                self._check_beats()
             if kept:
                 return
 

@@ -14,12 +14,21 @@ the run stops (docs/proc.md).
 sentinel added, ``send`` sends a frame, waiting for room as long as needed
 (ZeroMQ high-water marks are the data path's back-pressure) but never past the
 coordinator's death.
+
+Heartbeats.  A process that hangs (stopped, deadlocked, a host that stops
+answering) never closes its sentinel.  So a worker's guard also sends the
+coordinator a heartbeat every ``beat_s`` seconds, from every wait and every
+send (a worker busy in a long replay sends too); the coordinator takes a
+worker that has sent nothing for ``misses`` beats for failed, kills it (fail-stop,
+so it can never come back) and recovers it or stops the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,10 +50,31 @@ class Guard:
         self.control: zmq.Socket | None = None
         self.on_control: Callable[[], None] | None = None
         self._in_control = False
+        self.beat_s = 0.0                   # heartbeats to the coordinator (on ``control``); 0: none
+        self._next_beat = 0.0
+        self._beat = b""
+
+    def heartbeat(self, every_s: float, frame: bytes) -> None:
+        """Send ``frame`` on ``control`` every ``every_s`` seconds, from now on (module doc)."""
+        self.beat_s = every_s
+        self._beat = frame
+        self._next_beat = 0.0
+        self._tick()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_beat and self.control is not None:
+            self._next_beat = now + self.beat_s
+            with contextlib.suppress(zmq.Again):     # (not reading now: it will see later ones)
+                self.control.send(self._beat, zmq.NOBLOCK)
 
     def poll(self, poller: zmq.Poller, timeout: float | None = None) -> dict[Any, int]:
         """``poller.poll(timeout ms)`` as a dict, the sentinels checked first."""
         control = self.control if not self._in_control else None
+        if self.beat_s:
+            self._tick()
+            wait = max(self._next_beat - time.monotonic(), 0) * 1000
+            timeout = wait if timeout is None else min(timeout, wait)
         for fd in self.sentinels:
             poller.register(fd, zmq.POLLIN)
         if control is not None:
@@ -70,6 +100,8 @@ class Guard:
 
     def send(self, sock: zmq.Socket, frame: bytes) -> None:
         """Send ``frame``, waiting for room (back-pressure) while the coordinator lives."""
+        if self.beat_s:
+            self._tick()
         try:
             sock.send(frame, zmq.NOBLOCK, copy=False)
             return

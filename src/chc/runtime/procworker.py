@@ -151,6 +151,7 @@ class Plan:
     # so a failover generation's port is known to its upstreams without being told.
     host: str = ""
     base_port: int = 0
+    heartbeat_s: float = 0.5        # a worker's heartbeats to the coordinator (procio; 0: none)
 
     def address(self, name: str) -> str:
         if self.base_port:
@@ -324,6 +325,8 @@ def main(plan: Plan, role: str, index: Any, replay: dict | None = None) -> None:
                   else InstanceWorker(plan, ctx, index[0], index[1], guard, me, replay))
         coordinator = worker.out.coordinator
         control = Control(worker.out, guard, worker.boxes, getattr(worker, "reroot", None))
+        if plan.heartbeat_s:
+            guard.heartbeat(plan.heartbeat_s, encode(Kind.CONTROL, ["hb", None]))
         worker.run()
         if profile:
             prof.disable()
