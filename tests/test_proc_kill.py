@@ -433,3 +433,13 @@ def test_a_hung_instance_without_recovery_stops_the_run_with_one_line(records):
     with pytest.raises(ProcFailure, match=r"nat\.0 \(pid \d+\) was silent for [\d.]+ s \(10 heartbeats\) and killed"):
         rt.run(_stopped_at(rt, records, "nat.0", 3500))
     assert _gone(rt.pids.values())
+
+
+def test_a_hung_store_server_stops_the_run_with_one_line(records):
+    """The store server beats too: one that hangs is killed and the run stops (it is not
+    failed over yet), instead of waiting for it for good."""
+    from chc.runtime.errors import ProcFailure
+    rt = ProcRuntime(load_spec(str(PAPER)), model=MODEL, heartbeat_s=0.1, misses=10)
+    with pytest.raises(ProcFailure, match=r"@store \(pid \d+\) was silent for [\d.]+ s .*store server is not "):
+        rt.run(_stopped_at(rt, records, "@store", 3500))
+    assert _gone(rt.pids.values())

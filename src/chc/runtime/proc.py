@@ -202,12 +202,14 @@ class ProcRuntime:
         self.ctx = zmq.Context()
         roots = [root_name(r) for r in range(self.chain.roots)]
         workers = roots + [instance_name(v, i) for v, i in plan.instances()]
-        self.box = Mailbox(self.ctx, plan.address(COORDINATOR), "coordinator", {w.encode() for w in workers})
+        self.box = Mailbox(self.ctx, plan.address(COORDINATOR), "coordinator",
+                           {w.encode() for w in [*workers, STORE]})
         mp = self._context()
         self.guard = Guard([], self._gone)
         self._sentinels: dict[int, str] = {}
         if memory:
-            self._launch(mp, STORE, storeserver.serve, (plan.store[1], plan.record, plan.recover))
+            self._launch(mp, STORE, storeserver.serve, (plan.store[1], plan.record, plan.recover,
+                                                        plan.address(COORDINATOR), plan.heartbeat_s))
         self.mp = mp
         for v, i in plan.instances():
             self._launch(mp, instance_name(v, i), procworker.main, (plan, "instance", (v, i)))
@@ -266,7 +268,7 @@ class ProcRuntime:
             if name in self.reported:
                 return
         how = self._how(name, p)
-        why = ("the store server is not recovered yet" if self.plan.recover and name == STORE
+        why = ("the store server is not recovered yet" if name == STORE
                else "a root with its packet log in the store is not recovered here" if self.plan.recover
                else "no recovery without --kill or --failover")
         raise ProcFailure(f"proc runtime: {name} (pid {p.pid}) {how} before the end of the run; "
@@ -465,7 +467,10 @@ class ProcRuntime:
             return
         self._next_check = now + every
         for name, p in list(self.procs.items()):
-            if (name not in self.ready or name in self.hung or _logical(name) in self.reported
+            if name == STORE:           # (it says no "ready": checked once it has beaten)
+                if name not in self.heard or name in self.hung or self._store_stopping:
+                    continue
+            elif (name not in self.ready or name in self.hung or _logical(name) in self.reported
                     or self.current.get(_logical(name)) != name):
                 continue
             silent = now - self.heard.get(name, now)

@@ -50,29 +50,32 @@ class Guard:
         self.control: zmq.Socket | None = None
         self.on_control: Callable[[], None] | None = None
         self._in_control = False
-        self.beat_s = 0.0                   # heartbeats to the coordinator (on ``control``); 0: none
+        self.beat_s = 0.0                   # heartbeats to the coordinator; 0: none
         self._next_beat = 0.0
         self._beat = b""
+        self._beat_to: zmq.Socket | None = None
 
-    def heartbeat(self, every_s: float, frame: bytes) -> None:
-        """Send ``frame`` on ``control`` every ``every_s`` seconds, from now on (module doc)."""
+    def heartbeat(self, every_s: float, frame: bytes, sock: zmq.Socket) -> None:
+        """Send ``frame`` on ``sock`` every ``every_s`` seconds, from now on (module doc)."""
         self.beat_s = every_s
         self._beat = frame
+        self._beat_to = sock
         self._next_beat = 0.0
-        self._tick()
+        self.tick()
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
+        """A heartbeat, if one is due (a loop that may run long without a wait calls it)."""
         now = time.monotonic()
-        if now >= self._next_beat and self.control is not None:
+        if now >= self._next_beat and self._beat_to is not None:
             self._next_beat = now + self.beat_s
             with contextlib.suppress(zmq.Again):     # (not reading now: it will see later ones)
-                self.control.send(self._beat, zmq.NOBLOCK)
+                self._beat_to.send(self._beat, zmq.NOBLOCK)
 
     def poll(self, poller: zmq.Poller, timeout: float | None = None) -> dict[Any, int]:
         """``poller.poll(timeout ms)`` as a dict, the sentinels checked first."""
         control = self.control if not self._in_control else None
         if self.beat_s:
-            self._tick()
+            self.tick()
             wait = max(self._next_beat - time.monotonic(), 0) * 1000
             timeout = wait if timeout is None else min(timeout, wait)
         for fd in self.sentinels:
@@ -101,7 +104,7 @@ class Guard:
     def send(self, sock: zmq.Socket, frame: bytes) -> None:
         """Send ``frame``, waiting for room (back-pressure) while the coordinator lives."""
         if self.beat_s:
-            self._tick()
+            self.tick()
         try:
             sock.send(frame, zmq.NOBLOCK, copy=False)
             return

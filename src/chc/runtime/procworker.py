@@ -326,7 +326,7 @@ def main(plan: Plan, role: str, index: Any, replay: dict | None = None) -> None:
         coordinator = worker.out.coordinator
         control = Control(worker.out, guard, worker.boxes, getattr(worker, "reroot", None))
         if plan.heartbeat_s:
-            guard.heartbeat(plan.heartbeat_s, encode(Kind.CONTROL, ["hb", None]))
+            guard.heartbeat(plan.heartbeat_s, encode(Kind.CONTROL, ["hb", None]), worker.out.coordinator)
         worker.run()
         if profile:
             prof.disable()

@@ -134,13 +134,18 @@ class Failover:
         return store.prune_below(clock)
 
 
-def serve(address: str, record: bool = False, recover: bool = False) -> None:
+def serve(address: str, record: bool = False, recover: bool = False, coordinator: str = "",
+          heartbeat_s: float = 0.0) -> None:
     """Serve a fresh memory store at ``address`` until a ``stop`` call (a process of its own);
     ``record``: keep the serialization for the COE checker (module doc); ``recover``:
-    keep what NF failover needs (:class:`Failover`)."""
+    keep what NF failover needs (:class:`Failover`); heartbeats to ``coordinator``
+    every ``heartbeat_s`` (:mod:`chc.runtime.procio`)."""
     guard = worker_guard()
     ctx = zmq.Context()
     box = Mailbox(ctx, address, "store server")
+    if coordinator and heartbeat_s:
+        from .procworker import STORE
+        guard.heartbeat(heartbeat_s, encode(Kind.CONTROL, ["hb", None]), dealer(ctx, coordinator, STORE))
     store = MemoryStore()
     failover = Failover(store) if recover else None
     steps: list[bytes] | None = [] if record else None
@@ -158,6 +163,7 @@ def serve(address: str, record: bool = False, recover: bool = False) -> None:
                 if msg is not None and _handle(box, store, *msg, steps=steps, failover=failover):
                     stopped = True
                     return
+                guard.tick()                # (a busy store server may not wait for a long time)
     finally:
         # The answer to stop must leave before the socket goes (a recorded serialization
         # is large enough to be still unsent); an abnormal end drops what is queued.
