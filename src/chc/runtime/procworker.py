@@ -80,6 +80,7 @@ from ..packet import Packet
 from ..spec import Chain
 from .procio import Guard, worker_guard
 from .sim import _by_clock, _copy, classify, shared_objects, split_targets
+from .storeserver import STORE
 from .wire import (
     GENERATION,
     Kind,
@@ -101,7 +102,6 @@ from .wire import (
 log = logging.getLogger("chc.proc")
 
 COORDINATOR = "@coordinator"
-STORE = "@store"
 SETTLE_EVERY = 8                # input batches between a root's store round trips (at most)
 INF = (1 << 63) - 1        # the watermark of an upstream that has ended (above every clock)
 # A root's counters a failover root starts from (the coordinator keeps them per input batch)

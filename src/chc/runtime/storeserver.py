@@ -81,6 +81,7 @@ _FAILOVER: dict[str, Callable[[list], bool]] = {
     "recommits": lambda a: len(a) == 1 and a[0].__class__ is int,
 }
 LINGER_MS = 10_000         # how long the answer to stop may take to leave
+STORE = "@store"           # the store server's mailbox, and its name to the coordinator
 _ERRORS = {c.__name__: c for c in (StoreError, OwnershipError, StoreLost, StoreUnavailable)}
 
 
@@ -144,7 +145,6 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
     ctx = zmq.Context()
     box = Mailbox(ctx, address, "store server")
     if coordinator and heartbeat_s:
-        from .procworker import STORE
         guard.heartbeat(heartbeat_s, encode(Kind.CONTROL, ["hb", None]), dealer(ctx, coordinator, STORE))
     store = MemoryStore()
     failover = Failover(store) if recover else None
