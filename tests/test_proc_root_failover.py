@@ -273,3 +273,47 @@ def test_the_second_of_two_roots_killed_passes_the_check(tmp_path, monkeypatch, 
                  "--kill", "root[1]@1000"]) == 0
     out = capsys.readouterr().out
     assert "killed @root.1 at input packet" in out and "@root.1#1 replayed" in out
+
+
+class _NoStore:
+    """What a failover root asks of the store while it restores: nothing pulled before."""
+
+    round_trips = 0
+
+    def recommits(self, root: int) -> tuple[int, list]:
+        return -1, []
+
+    def execute(self, ops: list) -> list:
+        return [None] * len(ops)
+
+    def commits(self, root: int) -> list:
+        return []
+
+    def prune_below(self, clock: int) -> int:
+        return 0
+
+
+def test_a_failover_roots_replay_is_not_cut_by_the_log_bound(records, tmp_path):
+    """Replaying, the rebuilt log holds what the failed root had already deleted (reports
+    come after): the log bound must not drop input there, or every later packet gets
+    another clock than the failed root gave it."""
+    from chc.runtime.procworker import Plan, RootWorker
+
+    zmq_ctx = zmq.Context()
+    try:
+        plan = Plan(str(tmp_path), load_spec(PAPER), MODEL, 256, ("memory", endpoint(str(tmp_path), "@store")),
+                    log_limit=500, recover=True)
+        rows = [[ts, data, k] for k, (ts, data) in enumerate(records[:1024])]
+        batches = [rows[k:k + 256] for k in range(0, len(rows), 256)]
+        replay = {"first": 0, "next": 0, "counters": [0] * 7, "batches": batches, "floor": -1,
+                  "current": {}, "fenced": []}
+        worker = RootWorker(plan, zmq_ctx, 0, Guard([]), "@root.0#1", replay)
+        worker.store = _NoStore()
+        held = worker._restore(replay)
+        root = worker.root
+        assert root.next_seq == len(rows)           # every frame stamped: the failed root's clocks
+        assert root.dropped_overflow == 0 and len(root.log) > 500
+        assert root.log_limit == 500                # and the bound is back for new input
+        assert held and worker.replayed["packets"] == len(rows)
+    finally:
+        zmq_ctx.destroy(linger=0)

@@ -284,9 +284,10 @@ class _Stops:
 
     @contextlib.contextmanager
     def signals(self) -> Iterator[None]:
-        """SIGINT and SIGTERM stop the loop; a second one aborts (KeyboardInterrupt)."""
+        """SIGINT and SIGTERM stop the loop; one after it has stopped (a second one, or the
+        first once the input ended by itself: the drain) aborts (KeyboardInterrupt)."""
         def handler(signum: int, frame: Any, why: str) -> None:
-            if self.stopped_by in ("interrupt", "terminate"):
+            if self.stopped_by is not None:
                 raise KeyboardInterrupt
             self.stop(why)
         previous = {sig: signal.signal(sig, lambda s, f, why=why: handler(s, f, why))
@@ -384,8 +385,8 @@ class ProcServer(_Stops):
                 src.wait(wait, time.monotonic_ns() - t0)
 
     def interrupt(self) -> None:
-        """The proc runtime's SIGTERM: a stop, a second one aborts (as the handlers here)."""
-        if self.stopped_by in ("interrupt", "terminate"):
+        """The proc runtime's SIGTERM: a stop, one after it aborts (as the handlers here)."""
+        if self.stopped_by is not None:
             raise KeyboardInterrupt
         self.stop("terminate")
 

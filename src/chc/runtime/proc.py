@@ -367,8 +367,14 @@ class ProcRuntime:
         fence = encode(Kind.CONTROL, ["fence", dead])
         reroot = encode(Kind.CONTROL, ["reroot", [r, new]])
         for v, i in self.plan.instances():
-            self._tell(instance_name(v, i), fence)
-            self._tell(instance_name(v, i), reroot)
+            inst = instance_name(v, i)
+            if inst in self.reported and not self.procs[self.current[inst]].is_alive():
+                # Done and gone (it is not failed over): its reports, which the failover
+                # root needs to complete its packets, are gone with it (Table 3).
+                raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} after {inst} had "
+                                  f"finished and gone with the reports its failover needs; the run stops")
+            self._tell(inst, fence)
+            self._tell(inst, reroot)
         self.generation[name] = gen
         self.current[name] = new
         first, nxt, counters = self.input_start[r]
@@ -470,9 +476,9 @@ class ProcRuntime:
             if name == STORE:           # (it says no "ready": checked once it has beaten)
                 if name not in self.heard or name in self.hung or self._store_stopping:
                     continue
-            elif (name not in self.ready or name in self.hung or _logical(name) in self.reported
+            elif (name not in self.heard or name in self.hung or _logical(name) in self.reported
                     or self.current.get(_logical(name)) != name):
-                continue
+                continue                # (checked once heard from: a failover root beats while it replays)
             silent = now - self.heard.get(name, now)
             if silent > every * self.misses and p.is_alive():
                 self.hung[name] = silent
@@ -487,10 +493,11 @@ class ProcRuntime:
         return _how(p, short)
 
     def _take(self) -> None:
-        now = time.monotonic()
+        heard = self.heard
         for peer, (what, data) in self.box.messages(Kind.CONTROL, 2, "control"):
             name = peer.decode()
-            self.heard[name] = now
+            # (each message's own time: a handler below can wait, even fail a process over)
+            heard[name] = max(time.monotonic(), heard.get(name, 0.0))
             if what == "hb":
                 continue
             if what == "ready":

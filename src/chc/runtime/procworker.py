@@ -472,10 +472,16 @@ class RootWorker:
         held: list = []
         self.restoring = True
         packets = 0
+        # No log bound while replaying: the rebuilt log still holds what the failed one
+        # had deleted (reports come after), so the bound would drop what it admitted
+        # (the coordinator stops the run if it had dropped any for a full log).
+        limit, root.log_limit = root.log_limit, 0
         if self.plan.replay:            # --break no-replay: the kept input is lost
             for rows in replay["batches"]:
                 self._ingest(rows, held)
+                self.guard.tick()
                 packets += len(rows)
+        root.log_limit = limit
         self.restoring = False
         for clock, xor_id in commits:
             root.commit(clock, xor_id)
@@ -546,7 +552,9 @@ class RootWorker:
 
     # -- reports (causal delivery) ------------------------------------------------------------
     def _take_reports(self) -> None:
+        tick = self.guard.tick          # (a failover root's backlog can take long: it still beats)
         for peer, (through, deps, items) in self.reports.messages(Kind.REPORT, 3, "report"):
+            tick()
             try:
                 if through.__class__ is not int or deps.__class__ is not dict or items.__class__ is not list or \
                         not all(it.__class__ is list and len(it) == 3 and it[1].__class__ is int for it in items):
