@@ -436,10 +436,21 @@ def test_a_hung_instance_without_recovery_stops_the_run_with_one_line(records):
 
 
 def test_a_hung_store_server_stops_the_run_with_one_line(records):
-    """The store server beats too: one that hangs is killed and the run stops (it is not
-    failed over yet), instead of waiting for it for good."""
+    """The store server beats too: one that hangs is killed and, without recovery on, the
+    run stops, instead of waiting for it for good."""
     from chc.runtime.errors import ProcFailure
     rt = ProcRuntime(load_spec(str(PAPER)), model=MODEL, heartbeat_s=0.1, misses=10)
-    with pytest.raises(ProcFailure, match=r"@store \(pid \d+\) was silent for [\d.]+ s .*store server is not "):
+    with pytest.raises(ProcFailure, match=r"@store \(pid \d+\) was silent for [\d.]+ s .*store server is recovered "
+                                          r"only with --kill or --failover"):
         rt.run(_stopped_at(rt, records, "@store", 3500))
+    assert _gone(rt.pids.values())
+
+
+def test_a_hung_store_server_with_failover_on_is_killed_and_failed_over(records, sim):
+    rt = ProcRuntime(load_spec(str(PAPER)), model=MODEL, heartbeat_s=0.1, misses=10, failover=True)
+    rt.run(_stopped_at(rt, records, "@store", 3500))
+    s = rt.summary()
+    assert s.state_digest == sim.state_digest
+    [e] = [e for e in s.events if e["kind"] == "store-failover"]
+    assert e["how"].startswith("silent for") and e["failover_process"] == "@store#1"
     assert _gone(rt.pids.values())

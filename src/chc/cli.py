@@ -105,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--runtime ray: run instance I of VERTEX on a node with custom resource RESOURCE "
                           "(default: instances in turn over the alive nodes); repeatable")
     run.add_argument("--kill", action="append", default=[], metavar="VERTEX[I]@N",
-                     help="--runtime proc: SIGKILL the process of instance I of VERTEX (root[R]: root R) once N "
-                          "input packets have been fed; a failover process takes over (§5.4, docs/proc.md); "
-                          "repeatable")
+                     help="--runtime proc: SIGKILL the process of instance I of VERTEX (root[R]: root R; store: "
+                          "the store server) once N input packets have been fed; a failover process takes over "
+                          "(§5.4, docs/proc.md); repeatable")
     run.add_argument("--failover", action="store_true",
                      help="--runtime proc: recover NF instance and root processes that die (implied by --kill)")
     _heartbeat_args(run)
@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_args(srv, "sim: one process, in real time (default); proc: every root and NF instance in its own "
                        "OS process (docs/proc.md); ray: proc's processes in Ray actors")
     srv.add_argument("--kill", action="append", default=[], metavar="VERTEX[I]@N",
-                     help="--runtime proc: SIGKILL instance I of VERTEX (root[R]: root R) once N packets have "
-                          "entered; a failover process takes over (§5.4); repeatable")
+                     help="--runtime proc: SIGKILL instance I of VERTEX (root[R]: root R; store: the store "
+                          "server) once N packets have entered; a failover process takes over (§5.4); repeatable")
     srv.add_argument("--failover", action="store_true",
                      help="--runtime proc: recover NF instance and root processes that die (implied by --kill)")
     _heartbeat_args(srv)
@@ -205,6 +205,9 @@ def _heartbeat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--misses", type=_positive, default=10, metavar="N",
                    help="--runtime proc: a worker silent for N heartbeats hangs: it is killed, then failed over "
                         "(--failover, --kill) or the run stops (default 10)")
+    p.add_argument("--checkpoint-ms", type=float, default=None, metavar="MS",
+                   help="--runtime proc with --failover or --kill: the store server checkpoints every MS ms, so "
+                        "that its failover rolls forward from there (§5.4; default 100)")
 
 
 def _runtime_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -438,7 +441,7 @@ def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any) -> Any:
                        log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
                        persist_every=args.clock_persist, write_out=bool(args.out), kills=kills,
                        failover=getattr(args, "failover", False), heartbeat_s=args.heartbeat / 1000,
-                       misses=args.misses, **extra)
+                       misses=args.misses, checkpoint_ms=args.checkpoint_ms, **extra)
 
 
 def _check_live(args: argparse.Namespace) -> None:

@@ -702,7 +702,8 @@ def kill_count(spec: str) -> int:
 def draw_kill(v: Variant, n_packets: int, spec: str, roots: int = 1) -> str:
     """``chc check --runtime proc --kill SPEC`` (docs/proc.md): the kills seed ``v`` makes,
     comma-separated.  ``random`` (``random:K``: K of them, of different processes): an
-    NF instance or a root (one of ``roots``) of the seed's chain and an input packet,
+    NF instance, a root (one of ``roots``) or the store server (not in model T) of the
+    seed's chain and an input packet,
     drawn from the seed (apart from what :func:`variant` draws, so a seed's variant is
     the same with and without a kill), the packet in the middle 80% of the input; else
     ``SPEC`` itself (``VERTEX[I]@N`` or ``root[R]@N``, comma-separated)."""
@@ -712,12 +713,14 @@ def draw_kill(v: Variant, n_packets: int, spec: str, roots: int = 1) -> str:
     rng = random.Random(f"kill:{v.seed}")
     instances = [(name, i) for name, n in v.parallelism.items() for i in range(n)]
     instances += [("root", r) for r in range(roots)]
+    if v.model != "T":
+        instances.append(("store", 0))         # the store server (§5.4 store failover)
     kills = []
     for _ in range(min(k, len(instances))):
         vertex, i = rng.choice(instances)       # (the first draw is random:1's: seeds keep their kill)
         instances.remove((vertex, i))
         at = rng.randint(max(1, n_packets // 10), max(1, n_packets - n_packets // 10))
-        kills.append(f"{vertex}[{i}]@{at}")
+        kills.append(f"{vertex}@{at}" if vertex == "store" else f"{vertex}[{i}]@{at}")
     return ",".join(kills)
 
 
@@ -786,7 +789,7 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
 
 # The breaks a proc run can have: in an instance's store client, on what the run reports,
 # or (with --kill) in the failover.
-PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow", "no-replay")
+PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow", "no-replay", "no-wal")
 
 
 def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets: int, stores: list[str],
@@ -794,6 +797,9 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
     """Why ``chc check --runtime proc`` cannot check this (one line), or None."""
     if "no-replay" in breaks and not kill:
         return "--break no-replay with --runtime proc needs a --kill (it switches off the failover's replay)"
+    if "no-wal" in breaks and not (kill and (kill.startswith("random") or "store@" in kill)):
+        return ("--break no-wal with --runtime proc needs a --kill of the store server (store@N, or random "
+                "draws; it switches off the failover store's roll forward)")
     if any(scenario.events_for(seed, vertices, n_packets) for seed in seeds):
         return ("check --runtime proc: the scenario has events (scaling, clones, crashes), which the proc "
                 "runtime does not run yet (docs/proc.md); use --runtime sim")
@@ -852,11 +858,16 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
         for b, what in rep.get("acted", {}).items():       # each instance process breaks its own client
             did.setdefault(b, []).append(f"{name}: {what}")
     state.acted.update({b: "; ".join(lines) for b, lines in did.items()})
-    failovers = [e for e in s.events if e["kind"] in ("failover", "root-failover")]
+    failovers = [e for e in s.events if e["kind"] in ("failover", "root-failover", "store-failover")]
     skipped = [f"{e['failover_process']} replayed none of the {e['not_replayed']} packets handed over to it"
                for e in failovers if e.get("not_replayed")]
     if "no-replay" in breaks and skipped:
         state.acted["no-replay"] = "; ".join(skipped)
+    unrolled = [f"{e['failover_process']} rolled none of the {e['wal_updates']} logged updates since checkpoint "
+                f"{e['checkpoint']} forward" for e in failovers if e["kind"] == "store-failover" and not e["wal"]
+                and e["wal_updates"]]
+    if "no-wal" in breaks and unrolled:
+        state.acted["no-wal"] = "; ".join(unrolled)
     state.tamper(None, phys)
     rep = replay(obs.serial.steps)
     ref = reference_run(chain, records, rep)
@@ -884,6 +895,8 @@ def _kill_faults(kill: str, failovers: list[dict]) -> dict:
                 e["interrupted"] if "interrupted" in e else
                 f"{e['failover_process']} replayed {e['replayed']} input packets kept since its floor "
                 f"{e['logged_floor']} (recovery {e['recovery_s']:.2f} s)" if e["kind"] == "root-failover" else
+                f"{e['failover_process']} restored checkpoint {e['checkpoint']} and re-executed {e['re_executed']} "
+                f"logged updates (recovery {e['recovery_s']:.2f} s)" if e["kind"] == "store-failover" else
                 f"{e['failover_process']} replayed {e['replayed']} packets ({e['handed_over']} handed over) "
                 f"in {e['replay_s']:.2f} s (logged floor {e['logged_floor']}, recovery {e['recovery_s']:.2f} s)"
                 for e in failovers)}

@@ -124,6 +124,21 @@ class Summary:
                        f"{sum(e.get('buffered', 0) for e in moves):,} packets buffered meanwhile"] + out
         return out
 
+    def _render_failovers(self) -> list[str]:
+        """The proc runtime's failovers (§5.4): what failed, how, and what recovery did."""
+        out = []
+        for e in self.events:
+            if "failover_process" not in e:
+                continue
+            what = (f"re-executed {e['re_executed']:,} logged updates from checkpoint {e['checkpoint']}"
+                    if e["kind"] == "store-failover" else
+                    e["interrupted"] if "interrupted" in e else
+                    f"replayed {e.get('replayed', 0):,} packets")
+            out.append(f"  {e['process']} {e['how']} at input packet {e.get('killed_at_packet', e['packet']):,}: "
+                       f"{e['failover_process']} took over, {what}"
+                       + (f", recovery {e['recovery_s'] * 1000:.0f} ms" if "recovery_s" in e else ""))
+        return ["", f"failovers ({len(out)}):", *out] if out else []
+
     def render(self) -> str:
         """Human-readable summary for the terminal."""
         lines = [f"PARTIAL: {reason}" for reason in self.partial_reasons] + [
@@ -138,6 +153,7 @@ class Summary:
             lines.append(f"  {name:<14}{v['nf']:<10}{v['instances']:>5}{v['packets_in']:>12,}"
                          f"{v['packets_out']:>12,}{v['dropped']:>10,}{v['alerts']:>8,}")
         lines += self._render_scaling()
+        lines += self._render_failovers()
         if self.alerts:
             lines += ["", f"alerts ({len(self.alerts)}):"]
             shown = self.alerts[:20]

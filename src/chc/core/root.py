@@ -65,13 +65,14 @@ def clock_key(root_id: int) -> ObjectKey:
 
 
 class LogEntry:
-    __slots__ = ("packet", "instance", "live", "vector")
+    __slots__ = ("packet", "instance", "live", "vector", "commits")
 
     def __init__(self, packet: Packet | None) -> None:
         self.packet = packet
         self.instance: tuple[str, int] | None = None     # entry (vertex, instance) it went to
         self.live = 1
         self.vector = 0
+        self.commits: set[int] | None = None     # xor ids committed (dedup_commits)
 
 
 class Root:
@@ -96,6 +97,11 @@ class Root:
         self.log: dict[int, LogEntry] = {}
         self.xor_check = True             # off only to show what it prevents (--break no-xor)
         self.xor_skipped = 0              # deletions the XOR check would have held back
+        # §5.4 store failover over processes: a failover store reports again what it
+        # re-executed and what was unpulled at its checkpoint; a report the root had
+        # already taken would cancel itself in the XOR, so each entry keeps its ids.
+        self.dedup_commits = False
+        self.duplicate_commits = 0
         self.observer: Any = None         # COE checker: called with each deleted clock
         self.outbox: list[Op] = []        # store writes (clock persistence, store log)
         self.dirty: set[int] = set()      # store log: entries whose accounting changed
@@ -207,6 +213,13 @@ class Root:
         entry = self.log.get(clock)
         if entry is None:
             return
+        if self.dedup_commits:
+            if entry.commits is None:
+                entry.commits = set()
+            elif xor_id in entry.commits:
+                self.duplicate_commits += 1
+                return
+            entry.commits.add(xor_id)
         entry.vector ^= xor_id
         if entry.live <= 0 and entry.vector == 0:
             self._delete(clock)

@@ -55,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
 import re
 import shutil
 import signal
@@ -67,13 +68,15 @@ from typing import Any
 
 import zmq
 
+from ..core.recovery import RecoveryError
+from ..core.recovery import Unrecoverable as LostState
 from ..core.state import LocalObject
 from ..core.store import CLOCK_BITS
 from ..nf import Alert
 from ..packet import Packet
 from ..spec import Chain
 from ..summary import Summary, merge_states, state_digest
-from . import procworker, storeserver
+from . import procstore, procworker, storeserver
 from .errors import ProcFailure
 from .procio import Guard
 from .procworker import COORDINATOR, ROOT_COUNTERS, STORE, Plan, input_name, instance_name, root_name
@@ -99,7 +102,7 @@ class ProcRuntime:
                  log_mode: str = "local", log_limit: int = 0, persist_every: int = 1000,
                  write_out: bool = False, hwm: int = 8, record: bool = False, breaks: tuple[str, ...] = (),
                  break_from: int = 0, kills: Iterable[Kill] = (), failover: bool = False,
-                 heartbeat_s: float = 0.5, misses: int = 10) -> None:
+                 heartbeat_s: float = 0.5, misses: int = 10, checkpoint_ms: float | None = None) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         if heartbeat_s < 0 or misses < 1:
@@ -121,10 +124,15 @@ class ProcRuntime:
         if record and self.redis:
             raise ValueError("chc check --runtime proc records the store's serialization in the store server: "
                              "Redis applies the ops itself and reports no order; use the memory store")
+        # §5.4 store-server failover (chc.runtime.procstore): with recovery on the default store
+        if checkpoint_ms is not None and checkpoint_ms <= 0:
+            raise ValueError("--checkpoint-ms: the store server's checkpoint interval must be > 0 ms")
+        checkpoint_s = (checkpoint_ms or procstore.DEFAULT_CHECKPOINT_MS) / 1000 if recover and not self.redis else 0.0
         self.plan = Plan("", chain, model, batch_size, (), log_mode=log_mode, log_limit=log_limit,
                          persist_every=persist_every, send_out=write_out, hwm=hwm, record=record,
                          breaks=tuple(breaks), break_from=break_from, recover=recover,
-                         replay="no-replay" not in breaks, heartbeat_s=heartbeat_s)
+                         replay="no-replay" not in breaks, heartbeat_s=heartbeat_s, checkpoint_s=checkpoint_s)
+        self.no_wal = "no-wal" in breaks      # --break no-wal: the failover store is the checkpoint alone
         self.misses = misses
         self.heard: dict[str, float] = {}               # process -> when it last sent anything
         self.hung: dict[str, float] = {}                # process -> how long it had been silent (killed)
@@ -165,6 +173,8 @@ class ProcRuntime:
         self.fenced: list[str] = []     # failed processes: a failover started later fences them too
         self.bounds: dict[str, int] = {}    # logical instance -> the highest clock its last failover replays
         self.events: list[dict] = []
+        self.wals: set[str] = set()     # store failover: the processes that handed in their logs
+        self._killed: dict[str, tuple[float, int]] = {}     # --kill: process -> (when, packets fed)
         self.stats: dict[str, dict] = {}
         self.issued: list = []          # record + recover: the updates issued, from every batch's stats
         self._seen_stats = Marks()
@@ -207,16 +217,15 @@ class ProcRuntime:
         mp = self._context()
         self.guard = Guard([], self._gone)
         self._sentinels: dict[int, str] = {}
-        if memory:
-            self._launch(mp, STORE, storeserver.serve, (plan.store[1], plan.record, plan.recover,
-                                                        plan.address(COORDINATOR), plan.heartbeat_s))
         self.mp = mp
+        if memory:
+            self._launch_store(STORE, "")
         for v, i in plan.instances():
             self._launch(mp, instance_name(v, i), procworker.main, (plan, "instance", (v, i)))
         for r in range(self.chain.roots):
             self._launch(mp, root_name(r), procworker.main, (plan, "root", r))
-        self.current = {w: w for w in workers}
-        self.generation = dict.fromkeys(workers, 0)
+        self.current = {w: w for w in [*workers, STORE]}
+        self.generation = dict.fromkeys([*workers, STORE], 0)
         self.inputs = [dealer(self.ctx, plan.address(name + ".in"), COORDINATOR, plan.hwm) for name in roots]
         self.remote = (storeserver.RemoteStore(self.ctx, plan.store[1], COORDINATOR, self.guard)
                        if memory else None)
@@ -236,6 +245,13 @@ class ProcRuntime:
         mp.set_forkserver_preload(PRELOAD)
         return mp
 
+    def _launch_store(self, name: str, restore: str) -> None:
+        """The store server process ``name`` (a failover's boots from ``restore``)."""
+        plan = self.plan
+        self._launch(self.mp, name, storeserver.serve, (plan.store[1], plan.record, plan.recover,
+                                                        plan.address(COORDINATOR), plan.heartbeat_s,
+                                                        plan.directory, plan.checkpoint_s, name, restore))
+
     def _launch(self, mp: Any, name: str, target: Callable, args: tuple) -> None:
         p = mp.Process(target=target, args=args, name=f"chc {name}", daemon=True)
         p.start()
@@ -249,10 +265,11 @@ class ProcRuntime:
         self.guard.sentinels.remove(fd)
         p = self.procs[name]
         p.join(1)
-        if _logical(name) in self.reported or (name == STORE and (self.store_stats or self._store_stopping)):
+        store = _logical(name) == STORE
+        if _logical(name) in self.reported or (store and (self.store_stats or self._store_stopping)):
             return
-        if self.plan.recover and name != STORE and self.current.get(_logical(name)) == name and (
-                not name.startswith("@") or self.roots_recover):
+        if self.plan.recover and self.current.get(_logical(name)) == name and (
+                not name.startswith("@") or self.roots_recover or (store and self.plan.checkpoint_s)):
             if self._failing:
                 self._deaths.append((name, p))
                 return
@@ -268,7 +285,7 @@ class ProcRuntime:
             if name in self.reported:
                 return
         how = self._how(name, p)
-        why = ("the store server is not recovered yet" if name == STORE
+        why = ("the store server is recovered only with --kill or --failover" if store
                else "a root with its packet log in the store is not recovered here" if self.plan.recover
                else "no recovery without --kill or --failover")
         raise ProcFailure(f"proc runtime: {name} (pid {p.pid}) {how} before the end of the run; "
@@ -283,7 +300,10 @@ class ProcRuntime:
         oldest clock still logged (:meth:`InstanceWorker._replay`)."""
         failing, self._failing = self._failing, True
         try:
-            (self._fail_over_root if dead.startswith("@root") else self._fail_over)(dead, p)
+            if _logical(dead) == STORE:
+                self._fail_over_store(dead, p)
+            else:
+                (self._fail_over_root if dead.startswith("@root") else self._fail_over)(dead, p)
         finally:
             self._failing = failing
 
@@ -398,6 +418,86 @@ class ProcRuntime:
         event["handed_over"] = sum(len(rows) for _, rows in kept)     # input packets kept, from the floor
         log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, how, new)
 
+    def _fail_over_store(self, dead: str, p: Any) -> None:
+        """§5.4 the store server failed (docs/proc.md, "Store-server failover"): every live
+        instance hands in its write-ahead log; the failover store is the latest checkpoint
+        rolled forward from them (:func:`procstore.rebuild`), in a new process that every
+        client re-points to, sending again what was not answered."""
+        detected = time.perf_counter()
+        killed = self._killed.pop(dead, None)
+        how = self._how(dead, p, short=True)
+        busy = sorted(self.recovering) + [d for d, _ in self._deaths]
+        if busy:
+            # Table 3: failed together (a failover under way needs the store; a dead process's
+            # log died with it)
+            raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} while {busy[0]} was "
+                              "down and not yet failed over: they failed together (Table 3), and the store's "
+                              "failover needs its write-ahead log; the run stops")
+        gen = self.generation[STORE] + 1
+        new = generation_name(STORE, gen)
+        event = {"kind": "store-failover", "process": dead, "pid": p.pid, "how": how, "failover_process": new,
+                 "packet": self.fed, "detect_s": None if killed is None else round(detected - killed[0], 6)}
+        if killed is not None:
+            event["killed_at_packet"] = killed[1]
+        self.box.fence(dead.encode())
+        logs = self._collect_wals(dead, p)
+        directory = self.plan.directory
+        serial = os.path.join(directory, procstore.SERIAL)
+        position = None
+        try:
+            rec, state = procstore.rebuild(directory, logs, {procstore.client_id(f) for f in self.fenced
+                                                             if not f.startswith("@")}, self.fenced, self.no_wal)
+        except (LostState, RecoveryError) as exc:
+            raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} and cannot be "
+                              f"recovered: {exc}") from None
+        if self.plan.record:        # the checker's record: the failover store's history (procstore)
+            position = state["serial"]
+            log_ = procstore.SerialLog(serial)
+            log_.append(encode(Kind.REPLY, ["recover", position, procstore.redo(rec, logs)]))
+            log_.close()
+        self.generation[STORE] = gen
+        self.current[STORE] = new
+        self.plan.store = ("memory", self.plan.address(new))
+        self._launch_store(new, os.path.join(directory, procstore.RESTORE))
+        address = self.plan.store[1]
+        self.remote.repoint(address)
+        frame = encode(Kind.CONTROL, ["store", address])
+        for name in self._workers():
+            self._tell(name, frame)
+        ckpt = state["checkpoint"]
+        marks = ckpt.applied_seq
+        event.update(checkpoint=ckpt.number, wal_updates=sum(
+            sum(op.seq > max(marks.get(lg.client_id, 0), 0) for op in lg.wal.updates + lg.wal.flow_updates)
+            for lg in logs), re_executed=len(rec.re_executed), reads_selected=len(rec.selected),
+            per_flow_rolled=rec.per_flow, commits_reported=len(rec.commits),
+            read_log_rebuilt=sum(1 for lg in logs for _ in (lg.wal.shared_reads or ())),
+            wal=not self.no_wal, recovery_s=round(time.perf_counter() - detected, 6))
+        self.events.append(event)
+        log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, how, new)
+
+    def _workers(self) -> list[str]:
+        """Every logical root and instance."""
+        return [root_name(r) for r in range(self.chain.roots)] + [instance_name(v, i) for v, i in
+                                                                   self.plan.instances()]
+
+    def _collect_wals(self, dead: str, p: Any) -> list:
+        """§5.4 every instance's write-ahead log, written where the coordinator reads it."""
+        if self.model == "T":
+            return []
+        asked = {instance_name(v, i): self.current[instance_name(v, i)] for v, i in self.plan.instances()}
+        self.wals: set[str] = set()
+        ask = encode(Kind.CONTROL, ["wal", None])
+        for name in asked:
+            self._tell(name, ask)
+        while not set(asked.values()) <= self.wals:
+            self._service(100)
+            for process in asked.values():
+                if process not in self.wals and not self.procs[process].is_alive():
+                    raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} and {process} "
+                                      "died before it handed in its write-ahead log: they failed together "
+                                      "(Table 3); the run stops")
+        return [procstore.load_wal(procstore.wal_path(self.plan.directory, process)) for process in asked.values()]
+
     def _root_replayed(self, name: str, body: dict) -> None:
         """The failover root has replayed the input kept for it: the event is complete."""
         rec = self.recovering.pop(name)
@@ -450,6 +550,9 @@ class ProcRuntime:
         """The failover finished its replay: pruning resumes; the event is complete."""
         rec = self.recovering.pop(name)
         self.remote.hold_pruning(False)
+        if self.plan.checkpoint_s:
+            # §5.4 per-flow owners changed: since the checkpoint each object has one writer
+            self.remote.checkpoint()
         event = rec["event"]
         event.update(replayed=body["packets"], not_replayed=body["skipped"], replay_steps=body["steps"],
                      replay_s=round(body["seconds"], 6),
@@ -473,8 +576,9 @@ class ProcRuntime:
             return
         self._next_check = now + every
         for name, p in list(self.procs.items()):
-            if name == STORE:           # (it says no "ready": checked once it has beaten)
-                if name not in self.heard or name in self.hung or self._store_stopping:
+            if _logical(name) == STORE:     # (it says no "ready": checked once it has beaten)
+                if name not in self.heard or name in self.hung or self._store_stopping \
+                        or self.current.get(STORE) != name:
                     continue
             elif (name not in self.heard or name in self.hung or _logical(name) in self.reported
                     or self.current.get(_logical(name)) != name):
@@ -529,8 +633,19 @@ class ProcRuntime:
                 self._ingested(int(_logical(name).rsplit(".", 1)[1]), data)
             elif what in ("instance", "root"):
                 self.reported[_logical(name)] = data
+            elif what == "wal":
+                self.wals.add(name)
+            elif what == "checkpoint":      # §5.4 durable: the instances truncate their logs
+                self._truncate(data)
             else:
                 self.box.ban(peer, f"unknown control message {str(what)[:40]!r}")
+
+    def _truncate(self, notice: list) -> None:
+        frame = encode(Kind.CONTROL, ["truncate", notice])
+        for v, i in self.plan.instances():
+            process = self.current[instance_name(v, i)]
+            if process in self.ready and self.procs[process].is_alive():
+                self.box.reply(process.encode(), frame)
 
     def _count(self, name: str, data: list) -> None:
         """A batch's counters, alerts and outputs of an instance (recover: what survives it)."""
@@ -575,7 +690,6 @@ class ProcRuntime:
         pending = 0
         self._last_lease = time.monotonic()
         kills = list(self.kills)
-        self._killed: dict[str, tuple[float, int]] = {}
         index = 0
         for rec in records:
             if rec is None:
@@ -665,14 +779,16 @@ class ProcRuntime:
             # is: the recorded serialization), and that exit is then no failure.
             self._store_stopping = True
             self.store_stats = self.remote.stop()
-            self.serial = self.store_stats.pop("serial", [])
+            if self.plan.record:
+                self.serial = procstore.frames(os.path.join(self.plan.directory, procstore.SERIAL))
         self.packets_out = sum((self._instance_report(n) if not n.startswith("@") else r)["packets_out"]
                                for n, r in self.reported.items())
 
     def _stop(self) -> None:
         """Whatever still runs is killed and reaped; the sockets and the directory go."""
         for name, p in self.procs.items():
-            p.join(0 if _logical(name) not in self.reported and not (name == STORE and self.store_stats) else 2)
+            p.join(0 if _logical(name) not in self.reported and not (_logical(name) == STORE and self.store_stats)
+                   else 2)
             if p.is_alive():
                 p.kill()
         for p in self.procs.values():
@@ -779,20 +895,28 @@ class Kill:
 
     @property
     def process(self) -> str:
-        """The logical process it kills (a root, or an NF instance)."""
-        return root_name(self.instance) if self.vertex == ROOT else instance_name(self.vertex, self.instance)
+        """The logical process it kills (a root, the store server, or an NF instance)."""
+        if self.vertex == ROOT:
+            return root_name(self.instance)
+        return STORE if self.vertex == STORE_KILL else instance_name(self.vertex, self.instance)
 
 
 ROOT = "root"           # --kill root[R]@N: root R (unless a vertex has that name)
+STORE_KILL = "store"    # --kill store@N: the store server (unless a vertex has that name)
 
 
 def parse_kill(text: str, chain: Chain) -> Kill:
-    """``VERTEX[I]@N`` (``VERTEX@N``: instance 0) or ``root[R]@N``; a one-line ValueError
-    otherwise."""
+    """``VERTEX[I]@N`` (``VERTEX@N``: instance 0), ``root[R]@N`` or ``store@N``; a one-line
+    ValueError otherwise."""
     m = re.fullmatch(r"([\w.-]+)(?:\[(\d+)\])?@(\d+)", text.strip())
     if m is None:
-        raise ValueError(f"--kill {text!r}: expected VERTEX[I]@PACKETS or root[R]@PACKETS, e.g. nat[0]@1000")
+        raise ValueError(f"--kill {text!r}: expected VERTEX[I]@PACKETS, root[R]@PACKETS or store@PACKETS, "
+                         "e.g. nat[0]@1000")
     vertex, i, at = m.group(1), int(m.group(2) or 0), int(m.group(3))
+    if vertex == STORE_KILL and STORE_KILL not in chain.vertices:
+        if i:
+            raise ValueError(f"--kill {text!r}: there is one store server (store@PACKETS)")
+        return Kill(STORE_KILL, 0, at)
     if vertex == ROOT and ROOT not in chain.vertices:
         if i >= chain.roots:
             raise ValueError(f"--kill {text!r}: the chain has {chain.roots} root(s)")

@@ -71,13 +71,15 @@ from typing import Any
 
 import zmq
 
-from ..core.failover import private_view, shared_view
+from ..core.failover import private_view, prune_reads, shared_view
 from ..core.instance import Instance
+from ..core.recovery import attach_wal
 from ..core.root import Root, root_of
 from ..core.splitter import FlowMap, Splitter
 from ..faults import DropOneUpdate
 from ..packet import Packet
 from ..spec import Chain
+from . import procstore
 from .procio import Guard, worker_guard
 from .sim import _by_clock, _copy, classify, shared_objects, split_targets
 from .storeserver import STORE
@@ -152,6 +154,9 @@ class Plan:
     host: str = ""
     base_port: int = 0
     heartbeat_s: float = 0.5        # a worker's heartbeats to the coordinator (procio; 0: none)
+    # §5.4 store-server failover (chc.runtime.procstore): the store server's checkpoint
+    # interval (0: none), every instance's write-ahead log, the roots' commit dedup.
+    checkpoint_s: float = 0.0
 
     def address(self, name: str) -> str:
         if self.base_port:
@@ -324,7 +329,7 @@ def main(plan: Plan, role: str, index: Any, replay: dict | None = None) -> None:
         worker = (RootWorker(plan, ctx, r, guard, me, replay) if role == "root"
                   else InstanceWorker(plan, ctx, index[0], index[1], guard, me, replay))
         coordinator = worker.out.coordinator
-        control = Control(worker.out, guard, worker.boxes, getattr(worker, "reroot", None))
+        control = Control(worker.out, guard, worker.boxes, getattr(worker, "reroot", None), worker.store_failed)
         if plan.heartbeat_s:
             guard.heartbeat(plan.heartbeat_s, encode(Kind.CONTROL, ["hb", None]), worker.out.coordinator)
         worker.run()
@@ -350,13 +355,15 @@ class Control:
     """What the coordinator tells a worker while it runs (§5.4): re-point a target to
     its failover, answered with what was sent to the failed one; fence a failed
     upstream (its failover's frames are taken from then on); re-point the reports
-    to a root's failover (an instance: ``reroot``); and bye."""
+    to a root's failover (an instance: ``reroot``); the store server's failover
+    (``wal``, ``truncate``, ``store``: :meth:`InstanceWorker.store_failed`); and bye."""
 
     def __init__(self, out: _Sender, guard: Guard, boxes: list[Mailbox],
-                 reroot: Any = None) -> None:
+                 reroot: Any = None, store_failed: Any = None) -> None:
         self.out = out
         self.boxes = boxes
         self.reroot = reroot
+        self.store_failed = store_failed
         self.guard = guard
         self.bye = False
         guard.control = out.coordinator
@@ -384,6 +391,8 @@ class Control:
                 self.out.to_coordinator("record", [vertex, i, self.out.repoint(vertex, i, name)])
             elif what == "reroot" and self.reroot is not None:
                 self.reroot(*body)
+            elif what in ("wal", "truncate", "store"):
+                self.store_failed(what, body)
 
 
 # -- roots ------------------------------------------------------------------------------------
@@ -405,6 +414,7 @@ class RootWorker:
         self.root = Root(r, chain.policies, log_mode=plan.log_mode, log_limit=plan.log_limit,
                          persist_every=plan.persist_every)
         self.store = open_backend(plan, ctx, self.me, guard)
+        self.root.dedup_commits = bool(plan.checkpoint_s)   # §5.4 a failover store reports again
         # §5.3 its own clocks (core.store); with several roots not while a failover may
         # replay (a replay can hold another root's packets that root is done with: sim.py)
         self.prune = plan.model != "T" and (chain.roots == 1 or not plan.recover)
@@ -449,6 +459,11 @@ class RootWorker:
                 elif what == "finish":
                     self._finish(poller)
                     return
+
+    def store_failed(self, what: str, body: Any) -> None:
+        """§5.4 the store server failed over: its failover is at ``body``."""
+        if what == "store":
+            self.store.repoint(body)
 
     # -- §5.4 root failover ------------------------------------------------------------------
     def _restore(self, replay: dict) -> list:
@@ -688,6 +703,12 @@ class InstanceWorker:
             client.client_id = f"{vertex}/{i}+failover{self.me.rsplit('#', 1)[1]}"  # its own exactly-once sequence
         if (plan.record or plan.recover) and client is not None and hasattr(self.store, "clock_of"):
             self.store.clock_of = lambda: client.clock      # the clock a read is for (read log, checker)
+        self.wal = None
+        if plan.checkpoint_s and client is not None:
+            # §5.4 store failover: its write-ahead log, with its copy of its part of the read log
+            self.wal = attach_wal(client)
+            self.wal.shared_reads = {}
+            self.wal.read_clock = lambda: client.clock
         if plan.record and client is not None:
             client.issued = []
             if "drop-update" in plan.breaks:
@@ -717,6 +738,22 @@ class InstanceWorker:
             elif not got:
                 self.guard.poll(poller)
         self._finish()
+
+    # -- §5.4 store failover (chc.runtime.procstore) ----------------------------------------------
+    def store_failed(self, what: str, body: Any) -> None:
+        """The coordinator's part: hand in the write-ahead log (``wal``), forget what a
+        durable checkpoint holds (``truncate``), talk to the failover store (``store``)."""
+        if self.wal is None:
+            if what == "wal":       # (model T: nothing in the store)
+                self.out.to_coordinator("wal", None)
+            return
+        if what == "wal":
+            procstore.dump_wal(procstore.wal_path(self.plan.directory, self.me), self.inst.client)
+            self.out.to_coordinator("wal", None)
+        elif what == "truncate":
+            self.wal.truncate(procstore.truncation(body))
+        else:
+            self.store.repoint(body)
 
     # -- §5.4 failover: the replay ---------------------------------------------------------------
     def _replay(self, replay: dict) -> None:
@@ -760,6 +797,11 @@ class InstanceWorker:
             saved: dict = {}
             if self.store is not None:
                 self.store.replaying(True)
+                if self.wal is not None:
+                    # §5.4 its copy of the read log: what the failed instance read, which the
+                    # store answers this replay from (a failover store rebuilds it from copies)
+                    self.wal.shared_reads.update(self.store.read_part(inst.vertex, inst.instance_id))
+                    self.wal.replaying = True
                 private_view(saved, inst, self.store.objects_at(inst.vertex, {p.clock for p in pkts}))
             start = 0
             while start < len(pkts):
@@ -772,6 +814,8 @@ class InstanceWorker:
             if self.store is not None:
                 shared_view(saved, inst)
                 self.store.replaying(False)
+                if self.wal is not None:
+                    self.wal.replaying = False
         self.out.to_coordinator("replayed", {"packets": len(pkts), "steps": steps,
                                              "skipped": 0 if self.plan.replay else handed,
                                              "seconds": time.perf_counter() - started})
@@ -804,6 +848,8 @@ class InstanceWorker:
             if floors and self.out.sent is not None:
                 self.out.prune(floors)
                 self._prune_reports()
+                if self.wal is not None:        # (the store's read log forgets these too)
+                    prune_reads(self.wal.shared_reads, lambda c, f=self.out.floors: c < f.get(root_of(c), -1))
         return got
 
     # -- §5.4 root failover ----------------------------------------------------------------------

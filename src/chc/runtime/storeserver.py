@@ -39,6 +39,7 @@ past the recorder too).  Without ``record`` nothing of this runs.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 from collections import deque
 from collections.abc import Callable
@@ -49,9 +50,12 @@ import zmq
 from ..backends.memory import MemoryStore
 from ..core.client import StoreLost, StoreUnavailable
 from ..core.failover import log_reads, prune_reads
+from ..core.recovery import RecoverableEngine, Stamped
 from ..core.root import root_of
 from ..core.store import CustomOp, ObjectKey, Op, OwnershipError, StoreError
+from . import procstore
 from .procio import Guard, worker_guard
+from .storefailover import UNSEEN
 from .wire import Kind, Mailbox, WireError, dealer, decode, encode, fields, op_rows, rows_ops
 
 log = logging.getLogger("chc.proc")
@@ -79,6 +83,8 @@ _FAILOVER: dict[str, Callable[[list], bool]] = {
     "hold_pruning": lambda a: len(a) == 1 and a[0].__class__ is bool,
     "replaying": lambda a: len(a) == 1 and a[0].__class__ is bool,
     "recommits": lambda a: len(a) == 1 and a[0].__class__ is int,
+    "checkpoint": lambda a: not a,
+    "read_part": lambda a: len(a) == 1 and a[0].__class__ is list and len(a[0]) == 2,
 }
 LINGER_MS = 10_000         # how long the answer to stop may take to leave
 STORE = "@store"           # the store server's mailbox, and its name to the coordinator
@@ -99,6 +105,9 @@ class Failover:
         self.holds = 0
         self.floors: dict[int, int] = {}    # root id -> the clock log of its clocks is kept from here
         self.delivered: dict[int, list[tuple[int, int]]] = {}  # root id -> commits pulled, from its floor
+        # §5.4 after a store failover: per object, the clocks whose pre-image the failover
+        # store has not (left out of its checkpoint, or a Case 2 covered update)
+        self.unknown: dict[ObjectKey, set[int]] = {}
 
     def commits(self, store: MemoryStore, root: int) -> list[tuple[int, int]]:
         """A root pulls its commit reports; they are kept for its successor."""
@@ -107,6 +116,8 @@ class Failover:
         return fresh
 
     def call(self, box: Mailbox, peer: bytes, method: str, arg: Any) -> Any:
+        if method == "read_part":       # a failover instance's part of the read log (its copy)
+            return [[list(slot), answers] for slot, answers in self.reads.items() if list(slot[:2]) == arg]
         if method == "recommits":       # a new root: its floor here, then every commit of its clocks
             return [self.floors.get(arg, -1), [x for pair in self.delivered.get(arg, ()) for x in pair]]
         if method == "fence":
@@ -132,35 +143,68 @@ class Failover:
         kept = self.delivered.get(root)
         if kept:
             self.delivered[root] = [c for c in kept if c[0] >= clock]
+        for key in list(self.unknown):
+            self.unknown[key] = {c for c in self.unknown[key] if c >= floors.get(root_of(c), -1)}
+            if not self.unknown[key]:
+                del self.unknown[key]
         return store.prune_below(clock)
+
+    def objects_at(self, store: MemoryStore, vertex: str, replayed: set[int]) -> dict:
+        """A failover instance's start (pre-images); refused where the store has none (one
+        line: its replay would start from the wrong state)."""
+        for key, clocks in self.unknown.items():
+            if key.vertex == vertex and not clocks.isdisjoint(replayed):
+                raise StoreError(f"{vertex} failed over after the store server did: its replay reaches packet clock "
+                                 f"{min(clocks & replayed)}, whose pre-image of {key.obj}[{key.key!r}] the failover "
+                                 "store has not (docs/proc.md, store-server failover); not recovered")
+        return store.objects_at(vertex, replayed)
 
 
 def serve(address: str, record: bool = False, recover: bool = False, coordinator: str = "",
-          heartbeat_s: float = 0.0) -> None:
+          heartbeat_s: float = 0.0, directory: str = "", checkpoint_s: float = 0.0,
+          me: str = STORE, restore: str = "") -> None:
     """Serve a fresh memory store at ``address`` until a ``stop`` call (a process of its own);
-    ``record``: keep the serialization for the COE checker (module doc); ``recover``:
-    keep what NF failover needs (:class:`Failover`); heartbeats to ``coordinator``
-    every ``heartbeat_s`` (:mod:`chc.runtime.procio`)."""
+    ``record``: write the serialization for the COE checker to the run's ``directory``
+    (module doc); ``recover``: keep what NF failover needs (:class:`Failover`);
+    ``checkpoint_s``: checkpoints for store failover (:mod:`chc.runtime.procstore`),
+    ``restore``: a failover store's boot state; heartbeats to ``coordinator`` every
+    ``heartbeat_s`` (:mod:`chc.runtime.procio`)."""
     guard = worker_guard()
     ctx = zmq.Context()
     box = Mailbox(ctx, address, "store server")
-    if coordinator and heartbeat_s:
-        guard.heartbeat(heartbeat_s, encode(Kind.CONTROL, ["hb", None]), dealer(ctx, coordinator, STORE))
-    store = MemoryStore()
+    to_coordinator = dealer(ctx, coordinator, me) if coordinator else None
+    if to_coordinator is not None and heartbeat_s:
+        guard.heartbeat(heartbeat_s, encode(Kind.CONTROL, ["hb", None]), to_coordinator)
+    store = MemoryStore(RecoverableEngine() if checkpoint_s else None)
+    state = procstore.boot(restore) if restore else None
+    if state is not None:
+        _boot(store, box, state)
     failover = Failover(store) if recover else None
-    steps: list[bytes] | None = [] if record else None
+    if state is not None and failover is not None:
+        failover.floors, failover.delivered, failover.reads = state["floors"], state["delivered"], state["reads"]
+        failover.unknown = state["unknown"]
+    steps = procstore.SerialLog(os.path.join(directory, procstore.SERIAL)) if record else None
+    durable = None
+    if checkpoint_s:
+        def told(body: list) -> None:
+            guard.send(to_coordinator, encode(Kind.CONTROL, ["checkpoint", body]))
+        durable = procstore.Durable(store, failover, directory, checkpoint_s, told, steps)
+        durable.take()              # the first: a failover store's fresh start too
     stopped = False
     poller = zmq.Poller()
     poller.register(box.sock, zmq.POLLIN)
     try:
         while True:
-            guard.poll(poller)
+            guard.poll(poller, durable.wait_ms() if durable is not None else None)
             while True:
+                if durable is not None and durable.due():
+                    durable.take()
                 try:
                     msg = box.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                if msg is not None and _handle(box, store, *msg, steps=steps, failover=failover):
+                if msg is not None and _handle(box, store, *msg, steps=steps, failover=failover,
+                                               durable=durable):
                     stopped = True
                     return
                 guard.tick()                # (a busy store server may not wait for a long time)
@@ -171,8 +215,17 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
         ctx.term()
 
 
+def _boot(store: MemoryStore, box: Mailbox, state: dict) -> None:
+    """§5.4 a failover store server: the state recovery built (:mod:`chc.runtime.procstore`)."""
+    store.engine = state["checkpoint"].restore()
+    store.held = state["held"]
+    store.inboxes.update(state["inboxes"])
+    for dead in state["fenced"]:
+        box.fence(dead.encode())
+
+
 def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
-            steps: list[bytes] | None = None, failover: Failover | None = None) -> bool:
+            steps: Any = None, failover: Failover | None = None, durable: Any = None) -> bool:
     """Apply one request; True when it was the coordinator's ``stop``.  ``steps``: the
     recording of the serialization (module doc), None when not recording."""
     try:
@@ -183,8 +236,9 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
             usage = resource.getrusage(resource.RUSAGE_SELF)
             stats = {"round_trips": store.round_trips, "ops": store.ops, "rejected": box.rejected,
                      "cpu_s": usage.ru_utime + usage.ru_stime, "clock_log": len(store.engine.log_order)}
-            if steps is not None:
-                stats["serial"] = steps
+            if durable is not None:
+                stats["checkpoints"] = durable.taken
+                stats["checkpoint_s"] = round(durable.seconds, 6)
             box.reply(peer, encode(Kind.REPLY, [rid, 1, stats]))
             return True
         check = _SERVED.get(method) or (_FAILOVER.get(method) if failover is not None else None)
@@ -202,21 +256,31 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
         replaying = None
         if failover is None:
             result = getattr(store, method)(*args)
+        elif method == "checkpoint":        # §5.4 per-flow owners changed (an NF failover's end)
+            if durable is not None:
+                durable.take()
+            result = None
         elif method in _FAILOVER:
             result = failover.call(box, peer, method, args[0])
         elif method == "prune_below":
             result = failover.prune_below(store, args[0])
         elif method == "commits" and args:
             result = failover.commits(store, args[0])
+        elif method == "objects_at":
+            result = failover.objects_at(store, *args)
         else:
             result = getattr(store, method)(*args)
             replaying = failover.replaying.get(peer)
+            if method == "declare" and durable is not None:
+                durable.take()      # §5.4 durable before it is answered (no log holds declarations)
         if steps is not None and not peer.startswith(b"@"):     # instances' ops, not roots' metadata
             if rows is not None:
                 # The store's own answers (before a replay's reads are answered from the
                 # read log, below); a replay's reads are the store's to answer, not the
                 # logical chain's to follow.
-                steps.append(encode(Kind.REPLY, ["execute", rows, result,
+                answers = result if durable is None else [     # (the answers, not their TS: §5.4)
+                    r.result if r.__class__ is Stamped else r for r in result]
+                steps.append(encode(Kind.REPLY, ["execute", rows, answers,
                                                  read_clock if replaying is None else None]))
             elif method == "declare":
                 steps.append(encode(Kind.REPLY, ["declare", args[0], args[1]]))
@@ -251,9 +315,13 @@ class RemoteStore:
     name = "memory"
 
     def __init__(self, ctx: zmq.Context, address: str, identity: str, guard: Guard) -> None:
+        self.ctx = ctx
+        self.identity = identity
         self.sock = dealer(ctx, address, identity)
         self.guard = guard
         self.rid = 0
+        # §5.4 store failover: every request not yet answered, sent again to a failover store
+        self.unanswered: dict[int, bytes] = {}
         self.acks: deque[tuple[int, int, Callable[[int], None]]] = deque()
         self.round_trips = 0
         self.ops = 0
@@ -270,19 +338,36 @@ class RemoteStore:
     # -- transport ---------------------------------------------------------------------
     def _send(self, method: str, args: list) -> int:
         self.rid += 1
-        self.guard.send(self.sock, encode(Kind.CALL, [self.rid, method, args]))
+        frame = self.unanswered[self.rid] = encode(Kind.CALL, [self.rid, method, args])
+        self.guard.send(self.sock, frame)
         return self.rid
+
+    def repoint(self, address: str) -> None:
+        """§5.4 the store server failed over: talk to its failover at ``address`` from now
+        on, and send it again every request not yet answered, in their order (replies
+        still unread from the failed one are dropped with its connection)."""
+        self.sock.close(0)
+        self.sock = dealer(self.ctx, address, self.identity)
+        for rid in sorted(self.unanswered):
+            self.guard.send(self.sock, self.unanswered[rid])
+
+    def _wait(self) -> None:
+        """Wait a while for a reply (on the connection of now: a wait can re-point it)."""
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        self.guard.poll(poller, 1000)
 
     def _read(self, block: bool) -> bool:
         """Take one reply (waiting for it if ``block``); it acknowledges a submitted
         request or answers the awaited one.  False when none was there."""
-        if block:
-            frame = self.guard.recv(self.sock)
-        else:
+        while True:
             try:
                 frame = self.sock.recv(zmq.NOBLOCK)
+                break
             except zmq.Again:
-                return False
+                if not block:
+                    return False
+                self._wait()
         try:
             kind, body = decode(frame)
             rid, ok, payload = fields(body, 3, "store reply")
@@ -290,6 +375,8 @@ class RemoteStore:
             raise StoreLost(f"store server: {exc}") from None
         if rid == 0:
             raise StoreLost(payload[1])
+        if self.unanswered.pop(rid, None) is None:
+            return True                 # (answered already: a request sent again)
         if self.acks and self.acks[0][0] == rid:
             _, seq, on_ack = self.acks.popleft()
             if ok:
@@ -304,11 +391,9 @@ class RemoteStore:
 
     def _call(self, method: str, *args: Any) -> Any:
         rid = self._send(method, list(args))
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
         while rid not in self._answers:         # (not a blocking read: a call inside the wait may take it)
             if not self._read(False):
-                self.guard.poll(poller, 1000)
+                self._wait()
         ok, payload = self._answers.pop(rid)
         if not ok:
             raise _ERRORS.get(payload[0], StoreError)(payload[1])
@@ -400,6 +485,14 @@ class RemoteStore:
     def replaying(self, on: bool) -> None:
         self._call("replaying", on)
 
+    def checkpoint(self) -> None:
+        """§5.4 a checkpoint now (per-flow owners changed)."""
+        self._call("checkpoint")
+
+    def read_part(self, vertex: str, instance: int) -> dict:
+        """§5.4 the read log's part of ``vertex[instance]`` (a failover instance's copy)."""
+        return {tuple(slot): answers for slot, answers in self._call("read_part", [vertex, instance])}
+
     def recommits(self, root: int) -> tuple[int, list[tuple[int, int]]]:
         """Root failover: the store's floor of ``root``'s clocks, and every commit report
         of them it pulled from there (:class:`Failover`)."""
@@ -421,9 +514,14 @@ class RemoteStore:
 def recorded_steps(serial: list[bytes], recorder: Any) -> None:
     """Give ``recorder`` (a :class:`~chc.coe.Serialization`) the steps a recording
     store server shipped, in its order."""
+    at: list[int] = []          # the recorder's position before each frame
     for frame in serial:
+        at.append(recorder.position)
         _, body = decode(frame)
         if body[0] == "execute":
             recorder.request(rows_ops(body[1]), body[2], body[3])
+        elif body[0] == "recover":      # §5.4 a failover store's history (chc.runtime.procstore)
+            recorder.recover(at[body[1]], [(op, result if seen else UNSEEN, in_place)
+                                           for op, seen, result, in_place in body[2]])
         else:
             recorder.declare(body[1], body[2])

@@ -11,7 +11,7 @@ the sender (see :class:`Mailbox`) and logs it, and goes on with the others.
 Values travel exactly: msgpack carries ints, floats, str, bytes, lists, dicts
 and None natively, and the few Python types the store and NF state hold besides
 (tuples, the store's :class:`~chc.core.store.ObjectKey`, :class:`Op` and
-:class:`Increments`, deques, sets) are msgpack extension types, rebuilt only
+:class:`Increments`, deques, sets, a reply stamped with TS for store failover) are msgpack extension types, rebuilt only
 as those types (never by a generic loader such as pickle, which would run
 whatever a hostile peer sends).  A value of any other type is refused on the
 sending side (:class:`TypeError`).
@@ -42,6 +42,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from ..core.recovery import Stamp, Stamped
 from ..core.store import Increments, ObjectKey, Op
 from ..packet import Packet
 
@@ -65,7 +66,7 @@ class Kind(enum.IntEnum):
 _KINDS = frozenset(int(k) for k in Kind)
 
 # extension type codes
-_TUPLE, _KEY, _OP, _INCS, _DEQUE, _SET, _FROZENSET = range(1, 8)
+_TUPLE, _KEY, _OP, _INCS, _DEQUE, _SET, _FROZENSET, _STAMPED = range(1, 9)
 
 
 def _default(obj: Any) -> Any:
@@ -85,6 +86,8 @@ def _default(obj: Any) -> Any:
         return msgpack.ExtType(_SET, _nested(list(obj)))
     if cls is frozenset:
         return msgpack.ExtType(_FROZENSET, _nested(list(obj)))
+    if cls is Stamped:          # §5.4 a reply with the TS the store returned with it
+        return msgpack.ExtType(_STAMPED, _nested([obj.result, [[c, s.clock, s.seq] for c, s in obj.ts.items()]]))
     raise TypeError(f"the proc runtime cannot send a {cls.__name__}")
 
 
@@ -110,6 +113,9 @@ def _ext(code: int, data: bytes) -> Any:
         return set(items)
     if code == _FROZENSET:
         return frozenset(items)
+    if code == _STAMPED:
+        result, ts = items
+        return Stamped(result, {str(c): Stamp(int(clock), int(seq)) for c, clock, seq in ts})
     raise ValueError(f"unknown extension type {code}")
 
 

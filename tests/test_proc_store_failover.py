@@ -1,0 +1,250 @@
+"""§5.4 store-server failover over processes: a real SIGKILL of the store server.
+
+The store server checkpoints to a file of the run's directory every interval and
+at every declaration; every instance keeps a write-ahead log of what it sent and
+read.  When the store server dies, each live instance hands its log in, the
+coordinator rolls the latest checkpoint forward from the logs (TS selection, as
+the sim's store failover) and starts a failover store server from the result;
+every client re-points to it and sends again what was not answered, and the roots
+take each commit report once.  The run ends with the sim's state digest, counts
+and alerts; without the roll forward (``--break no-wal``) it does not.  The pieces
+are tested on their own too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+zmq = pytest.importorskip("zmq")
+
+from chc.capture import open_capture  # noqa: E402
+from chc.cli import main  # noqa: E402
+from chc.core.recovery import RecoverableEngine, WriteAheadLog  # noqa: E402
+from chc.core.root import LogEntry, Root  # noqa: E402
+from chc.core.store import ObjectKey, Op  # noqa: E402
+from chc.runtime import procstore  # noqa: E402
+from chc.runtime.errors import ProcFailure  # noqa: E402
+from chc.runtime.proc import Kill, ProcRuntime, parse_kill  # noqa: E402
+from chc.runtime.procio import Guard  # noqa: E402
+from chc.runtime.sim import SimRuntime  # noqa: E402
+from chc.runtime.storeserver import RemoteStore  # noqa: E402
+from chc.runtime.wire import Kind, decode, endpoint  # noqa: E402
+from chc.spec import load_spec  # noqa: E402
+from procpace import descendants, held  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+LAN = str(ROOT / "traces/pathspider/lan-2012.pcap.gz")
+PAPER = str(ROOT / "examples/paper_chain.yaml")
+PARALLEL = str(ROOT / "examples/scenarios/parallel.yaml")
+N = 6000
+MODEL = "EO+C+NA"
+STORE_KILL = Kill("store", 0, 4000)
+
+
+@pytest.fixture(scope="module")
+def records() -> list[tuple[int, bytes]]:
+    with open_capture(LAN) as r:
+        return list(itertools.islice(r, N))
+
+
+@pytest.fixture(scope="module")
+def sim(records):
+    rt = SimRuntime(load_spec(PAPER), model=MODEL)
+    rt.run(records)
+    return rt.summary()
+
+
+def _run(records, checkpoint_ms: float, breaks=(), kills=(STORE_KILL,)):
+    """A proc run whose store server is killed once NAT has processed a batch (so its
+    log holds updates to roll forward)."""
+    rt = ProcRuntime(load_spec(PAPER), model=MODEL, kills=list(kills), checkpoint_ms=checkpoint_ms,
+                     breaks=breaks)
+    rt.run(held(rt, records, "nat.0", STORE_KILL.at))
+    return rt, rt.summary()
+
+
+def _same(s, sim) -> None:
+    assert s.state_digest == sim.state_digest
+    for k in ("packets_in", "packets_out", "dropped", "bypassed", "nf_errors"):
+        assert getattr(s, k) == getattr(sim, k), k
+    assert s.alerts == sim.alerts
+    assert s.log["remaining"] == 0
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+def test_a_killed_store_server_fails_over_with_the_sims_results(records, sim):
+    # No periodic checkpoint: everything since the declarations is rolled forward from the logs.
+    rt, s = _run(records, checkpoint_ms=600_000)
+    _same(s, sim)
+    [e] = [e for e in s.events if e["kind"] == "store-failover"]
+    assert e["process"] == "@store" and e["failover_process"] == "@store#1" and e["wal"]
+    assert e["re_executed"] > 0 and e["wal_updates"] == e["re_executed"]
+    assert e["how"] == "killed by signal 9" and e["killed_at_packet"] >= STORE_KILL.at
+    assert not descendants(os.getpid()) & set(rt.pids.values())
+
+
+def test_checkpoints_every_few_milliseconds_truncate_the_logs_and_recover_the_same(records, sim):
+    rt, s = _run(records, checkpoint_ms=20)
+    _same(s, sim)
+    [e] = [e for e in s.events if e["kind"] == "store-failover"]
+    assert rt.store_stats["checkpoints"] > 3      # (the failover store's own, periodic)
+    assert e["checkpoint"] > 1
+
+
+def test_without_the_roll_forward_the_failover_store_loses_updates(records, sim):
+    rt, s = _run(records, checkpoint_ms=600_000, breaks=("no-wal",))
+    [e] = [e for e in s.events if e["kind"] == "store-failover"]
+    assert not e["wal"] and e["re_executed"] == 0 and e["wal_updates"] > 0
+    assert s.state_digest != sim.state_digest
+
+
+def test_the_store_killed_while_an_instance_fails_over_stops_the_run_in_one_line(records):
+    # Table 3: an NF failover under way needs the store, and its log would be needed too.
+    rt = ProcRuntime(load_spec(PAPER), model=MODEL, kills=[Kill("nat", 0, 3000), Kill("store", 0, 3000)])
+    with pytest.raises(ProcFailure) as err:
+        rt.run(held(rt, records, "nat.0", 3000))
+    assert "failed together (Table 3)" in str(err.value) and "\n" not in str(err.value)
+    assert not descendants(os.getpid()) & set(rt.pids.values())
+
+
+def test_chc_run_kill_store_prints_the_sims_digest(capsys, records, sim, tmp_path):
+    out = tmp_path / "s.json"
+    code = main(["run", "--runtime", "proc", PAPER, LAN, "-c", "3000", "--model", MODEL, "--kill", "store@2000",
+                 "--summary-json", str(out)])
+    assert code == 0
+    s = json.loads(out.read_text())
+    ref = SimRuntime(load_spec(PAPER), model=MODEL)
+    ref.run(records[:3000])
+    assert s["state_digest"] == ref.summary().state_digest
+    assert [e["kind"] for e in s["events"]] == ["store-failover"]
+
+
+def test_chc_check_kill_store_passes_and_no_wal_is_caught(capsys):
+    base = ["check", "--runtime", "proc", PAPER, PARALLEL, LAN, "--packets", "3000", "--seeds", "1",
+            "--first-seed", "1", "--kill", "store@2000"]
+    assert main(base) == 0
+    assert "restored checkpoint" in capsys.readouterr().out
+    assert main([*base, "--break", "no-wal"]) == 1
+    assert "rolled none of the" in capsys.readouterr().out
+
+
+def test_kill_store_parses_and_bad_ones_are_one_line():
+    chain = load_spec(PAPER)
+    assert parse_kill("store@10", chain) == Kill("store", 0, 10)
+    assert parse_kill("store@10", chain).process == "@store"
+    with pytest.raises(ValueError, match="one store server"):
+        parse_kill("store[1]@10", chain)
+    with pytest.raises(ValueError, match="Redis"):
+        ProcRuntime(chain, model=MODEL, store_url="redis://127.0.0.1:1", kills=[Kill("store", 0, 10)])
+    with pytest.raises(ValueError, match="checkpoint interval"):
+        ProcRuntime(chain, model=MODEL, failover=True, checkpoint_ms=0)
+
+
+# -- the pieces --------------------------------------------------------------------------------
+
+def _engine() -> RecoverableEngine:
+    e = RecoverableEngine()
+    e.preimages = True
+    pool, n = ObjectKey("nat", "ports", None, False), ObjectKey("nat", "packets", None, False)
+    e.declare(pool, list(range(2000)))
+    e.declare(n, 0)
+    e.apply(Op("pop", pool, (), "nat/0", 1, 0, (5, 0), 11))
+    e.apply(Op("incr", n, (1,), "nat/0", 2, 0, (5, 1), 12))
+    e.apply(Op("set", ObjectKey("nat", "new", "k", False), (3,), "nat/0", 3, 0, (6, 0), 13))
+    return e
+
+
+def test_a_checkpoint_survives_a_file_and_leaves_long_preimages_out(tmp_path):
+    e = _engine()
+    want = e.checkpoint()
+    image = e.image(procstore.PREIMAGE_LIMIT)
+    path = str(tmp_path / "c")
+    procstore.write_state(path, image, {0: [(5, 11)]}, {}, {0: 3}, {}, None, [], 7, {})
+    state = procstore.boot(path)
+    got = state["checkpoint"]
+    assert dict(got.data) == dict(want.data) and dict(got.ts) == dict(want.ts)
+    assert {k: dict(v) for k, v in got.clock_log.items()} == {k: dict(v) for k, v in want.clock_log.items()}
+    pool = ObjectKey("nat", "ports", None, False)
+    # the 2,000-port pool's pre-image is left out, and named; the others are kept
+    assert pool not in got.before and got.unknown_before[pool] == frozenset({5})
+    new = ObjectKey("nat", "new", "k", False)
+    assert got.restore().before[new][6] is want.restore().before[new][6]     # the absent marker itself
+    assert state["held"] == {0: [(5, 11)]} and state["floors"] == {0: 3} and state["serial"] == 7
+    assert pickle.loads(pickle.dumps(want)).restore().data == want.restore().data
+
+
+def test_the_serial_log_cuts_a_half_written_frame(tmp_path):
+    path = str(tmp_path / "serial")
+    log = procstore.SerialLog(path)
+    log.append(b"one")
+    log.append(b"two")
+    log.close()
+    with open(path, "ab") as f:
+        f.write((100).to_bytes(4, "little") + b"cut")     # a kill in the middle of a write
+    assert procstore.frames(path) == [b"one", b"two"]
+    again = procstore.SerialLog(path)
+    assert again.count == 2
+    again.append(b"three")
+    again.close()
+    assert procstore.frames(path) == [b"one", b"two", b"three"]
+
+
+def test_a_remote_store_sends_what_is_unanswered_to_the_failover(tmp_path):
+    ctx = zmq.Context()
+    try:
+        old, new = endpoint(str(tmp_path), "a"), endpoint(str(tmp_path), "b")
+        a, b = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+        a.bind(old)
+        b.bind(new)
+        remote = RemoteStore(ctx, old, "nat.0", Guard([]))
+        rid = remote._send("commits", [0])
+        peer, frame = a.recv_multipart()
+        assert peer == b"nat.0" and remote.unanswered == {rid: frame}
+        remote.repoint(new)
+        assert b.poll(2000)
+        assert b.recv_multipart() == [b"nat.0", frame]      # the same request, to the failover
+        assert decode(frame)[0] == Kind.CALL
+        remote.close()
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_root_takes_each_commit_report_once_after_a_store_failover():
+    root = Root(0)
+    root.dedup_commits = True
+    entry = root.log[7] = LogEntry(None)
+    entry.live = 0
+    entry.vector = 0b110
+    root.commit(7, 0b010)
+    root.commit(7, 0b010)           # reported again by the failover store: not cancelled
+    assert root.duplicate_commits == 1 and 7 in root.log
+    root.commit(7, 0b100)
+    assert 7 not in root.log
+    root.dedup_commits = False      # (without it the repeat cancels the first: never deleted)
+    entry = root.log[8] = LogEntry(None)
+    entry.live, entry.vector = 0, 0b010
+    root.commit(8, 0b010)
+    assert 8 not in root.log
+
+
+def test_an_instance_log_survives_its_file(tmp_path):
+    wal = WriteAheadLog("nat/0")
+    key = ObjectKey("nat", "packets", None, False)
+    wal.log_sent([Op("incr", key, (1,), "nat/0", 1, 0, (5, 0), 12)])
+    wal.shared_reads = {("nat", 0, 5): [3]}
+    client = SimpleNamespace(backend=SimpleNamespace(wal=wal), client_id="nat/0", instance=0, seq=1,
+                             callback_caches={key: None})
+    path = procstore.wal_path(str(tmp_path), "nat.0")
+    procstore.dump_wal(path, client)
+    log = procstore.load_wal(path)
+    assert (log.client_id, log.instance, log.sent_seq, log.subscriptions) == ("nat/0", 0, 1, frozenset({key}))
+    assert [op.seq for op in log.wal.updates] == [1] and log.wal.shared_reads == {("nat", 0, 5): [3]}
+    assert procstore.client_id("nat.0") == "nat/0" and procstore.client_id("nat.0#2") == "nat/0+failover2"
