@@ -106,13 +106,31 @@ def test_without_the_roll_forward_the_failover_store_loses_updates(records, sim)
     assert s.state_digest != sim.state_digest
 
 
+def _store_killed_during_a_failover(rt, records):
+    """The records; once an NF failover is under way, a SIGKILL of the store server."""
+    done = False
+    for record in records:
+        if not done and rt.recovering:
+            rt.procs["@store"].kill()
+            done = True
+        yield record
+
+
 def test_the_store_killed_while_an_instance_fails_over_stops_the_run_in_one_line(records):
-    # Table 3: an NF failover under way needs the store, and its log would be needed too.
-    rt = ProcRuntime(load_spec(PAPER), model=MODEL, kills=[Kill("nat", 0, 3000), Kill("store", 0, 3000)])
+    # Table 3: the failover under way needs the store, and the failed instance's log is gone.
+    rt = ProcRuntime(load_spec(PAPER), model=MODEL, kills=[Kill("nat", 0, 3000)], failover=True)
     with pytest.raises(ProcFailure) as err:
-        rt.run(held(rt, records, "nat.0", 3000))
+        rt.run(_store_killed_during_a_failover(rt, held(rt, records, "nat.0", 3000)))
     assert "failed together (Table 3)" in str(err.value) and "\n" not in str(err.value)
     assert not descendants(os.getpid()) & set(rt.pids.values())
+
+
+def test_a_store_kill_waits_for_a_failover_under_way_and_both_recover(records, sim):
+    rt = ProcRuntime(load_spec(PAPER), model=MODEL, kills=[Kill("nat", 0, 3000), Kill("store", 0, 3000)])
+    rt.run(held(rt, records, "nat.0", 3000))
+    s = rt.summary()
+    _same(s, sim)
+    assert [e["kind"] for e in s.events] == ["failover", "store-failover"]
 
 
 def test_chc_run_kill_store_prints_the_sims_digest(capsys, records, sim, tmp_path):
@@ -248,3 +266,17 @@ def test_an_instance_log_survives_its_file(tmp_path):
     assert (log.client_id, log.instance, log.sent_seq, log.subscriptions) == ("nat/0", 0, 1, frozenset({key}))
     assert [op.seq for op in log.wal.updates] == [1] and log.wal.shared_reads == {("nat", 0, 5): [3]}
     assert procstore.client_id("nat.0") == "nat/0" and procstore.client_id("nat.0#2") == "nat/0+failover2"
+
+
+@pytest.mark.parametrize("checkpoint_s", [0.1, 0.0])
+def test_a_root_dedups_commit_reports_exactly_when_the_store_can_fail_over(tmp_path, checkpoint_s):
+    from chc.runtime.procworker import Plan, RootWorker
+
+    ctx = zmq.Context()
+    try:
+        plan = Plan(str(tmp_path), load_spec(PAPER), MODEL, 256, ("memory", endpoint(str(tmp_path), "@store")),
+                    recover=True, checkpoint_s=checkpoint_s)
+        worker = RootWorker(plan, ctx, 0, Guard([]))
+        assert worker.root.dedup_commits is bool(checkpoint_s)
+    finally:
+        ctx.destroy(linger=0)

@@ -54,6 +54,15 @@ Here the store failover is the sim runtime's (:mod:`chc.runtime.storefailover`,
   ``per_flow`` (per-flow updates rolled forward) are :func:`recover`'s.  Each
   instance coalesces its counter increments per flush (``incr_many``, §4.3), so
   the same packets over more instances make more entries.
+* **On the proc runtime** (``--proc-runs K``, ``--proc-only``): a real SIGKILL of
+  the store server process in the paper chain (``EO+C+NA``, the first
+  ``--proc-packets`` LAN packets, the kill once ``--proc-kill-at`` were fed),
+  the failover of docs/proc.md, per checkpoint interval: the run with recovery
+  on and no kill (its checkpoints: how many, ms each, their share of the run)
+  and the run with the kill (detection, logged updates rolled forward,
+  recovery: detection to the failover store's clients re-pointed), each against
+  a run without recovery measured in the same round; the three digests must be
+  equal.
 * **Checked.**  After the run the NAT's ``packets`` and ``tcp_packets`` counters
   equal the input's packets and TCP packets (every update exactly once across the
   failover), every re-timed :func:`recover` re-executes what the sim's did, and
@@ -267,6 +276,61 @@ def _numbers(ap: argparse.ArgumentParser, text: str, option: str, kind: type) ->
     return vals
 
 
+def measure_proc(runs: int, packets: int, kill_at: int, intervals_ms: Sequence[float]) -> dict:
+    """Store-server failovers on the proc runtime (module doc); raises if a digest differs."""
+    import itertools
+    import time
+
+    from ..capture import open_capture
+    from ..runtime.proc import Kill, ProcRuntime
+    from ..spec import load_spec
+    from .inputs import LAN_CAPTURE, LAN_CHAIN
+
+    with open_capture(str(LAN_CAPTURE)) as reader:
+        records = list(itertools.islice(reader, packets))
+
+    def run(**kw: Any) -> tuple[float, Any]:
+        rt = ProcRuntime(load_spec(str(LAN_CHAIN)), model=MODEL, **kw)
+        started = time.perf_counter()
+        rt.run(records)
+        return time.perf_counter() - started, rt
+
+    rows = []
+    for _ in range(runs):
+        base_s, base = run()
+        for interval in intervals_ms:
+            on_s, on = run(failover=True, checkpoint_ms=interval)
+            killed_s, killed = run(kills=[Kill("store", 0, kill_at)], checkpoint_ms=interval)
+            digests = {r.summary().state_digest for r in (base, on, killed)}
+            if len(digests) != 1:
+                raise AssertionError("a store-server failover changed the state digest")
+            (event,) = killed.summary().events
+            st = on.store_stats
+            rows.append({"interval_ms": interval, "baseline_s": round(base_s, 3),
+                         "failover_on_s": round(on_s, 3), "x_on": round(on_s / base_s, 3),
+                         "checkpoints": st["checkpoints"],
+                         "checkpoint_ms_mean": round(st["checkpoint_s"] * 1e3 / max(st["checkpoints"], 1), 2),
+                         "checkpoint_share": round(st["checkpoint_s"] / on_s, 3),
+                         "killed_s": round(killed_s, 3), "x_killed": round(killed_s / base_s, 3),
+                         "detect_ms": round(event["detect_s"] * 1e3, 2), "wal_updates": event["wal_updates"],
+                         "re_executed": event["re_executed"], "recovery_ms": round(event["recovery_s"] * 1e3, 2)})
+    return {"packets": packets, "kill_at": kill_at, "model": MODEL, "runs": rows}
+
+
+def _print_proc(res: dict) -> None:
+    print(f"proc runtime: the paper chain, {res['packets']:,} LAN packets, {MODEL}; a SIGKILL of the store server "
+          f"at input packet {res['kill_at']:,} (every run's digest the undisturbed run's)")
+    print(f"  {'ckpt ms':>8}{'base s':>8}{'on s':>7}{'x on':>6}{'ckpts':>6}{'ms/ckpt':>8}{'share':>6}"
+          f"{'killed s':>9}{'x kill':>7}{'detect':>7}{'WAL upd':>8}{'re-exec':>8}{'recovery ms':>12}")
+    for r in res["runs"]:
+        print(f"  {r['interval_ms']:>8g}{r['baseline_s']:>8.2f}{r['failover_on_s']:>7.2f}{r['x_on']:>6.2f}"
+              f"{r['checkpoints']:>6}{r['checkpoint_ms_mean']:>8.1f}{r['checkpoint_share']:>6.2f}"
+              f"{r['killed_s']:>9.2f}{r['x_killed']:>7.2f}{r['detect_ms']:>7.1f}{r['wal_updates']:>8,}"
+              f"{r['re_executed']:>8,}{r['recovery_ms']:>12.1f}")
+    print("  'x on': --failover (checkpoints, logs) over the run without recovery; 'share': of the run, "
+          "the store server taking checkpoints")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description="Figure 14: store instance recovery time against the checkpoint "
                                              "interval, with 5 and 10 NAT instances")
@@ -275,12 +339,31 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pps", type=float, default=200_000.0, help="offered packets/s, all NATs (default 200000)")
     ap.add_argument("--batch", type=int, default=64, help="sim input batch (default 64)")
     ap.add_argument("--rounds", type=int, default=5, help="timings per cell; the best counts (default 5)")
+    ap.add_argument("--proc-runs", type=int, default=0, metavar="K",
+                    help="also K rounds on the proc runtime: per interval, a run with recovery on and one with "
+                         "the store server killed, beside a run without recovery (default 0)")
+    ap.add_argument("--proc-only", action="store_true", help="only the proc runtime's rounds")
+    ap.add_argument("--proc-packets", type=int, default=20000, metavar="N",
+                    help="--proc-runs: the first N packets of the LAN capture (default 20000)")
+    ap.add_argument("--proc-kill-at", type=int, default=12000, metavar="P",
+                    help="--proc-runs: kill the store server once P packets have been fed (default 12000)")
     output_arguments(ap, "fig14_store_recovery.png")
     args = ap.parse_args(argv)
+    if args.proc_runs < 0 or not 0 < args.proc_kill_at <= args.proc_packets or (args.proc_only and
+                                                                                 not args.proc_runs):
+        ap.error("--proc-runs >= 0 (and > 0 with --proc-only); --proc-kill-at between 1 and --proc-packets")
     intervals = _numbers(ap, args.intervals, "--intervals", float)
     nats = _numbers(ap, args.nats, "--nats", int)
     if args.pps <= 0 or args.batch < 1 or args.rounds < 1:
         ap.error("--pps positive; --batch, --rounds at least 1")
+    if args.proc_only and args.png:
+        ap.error("--png: the plot is the sim's Figure 14 (without --proc-only)")
+    if args.proc_only:
+        progress(f"store-server failover on the proc runtime: {args.proc_runs} rounds ...")
+        res = {"proc": measure_proc(args.proc_runs, args.proc_packets, args.proc_kill_at, intervals)}
+        _print_proc(res["proc"])
+        write_outputs(res, args, None)
+        return res
     inp = lan_input()
     try:
         res = measure(inp, intervals, nats, args.pps, args.batch, args.rounds)
@@ -303,5 +386,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{v['recovery_ns'] / 1e3:>11.0f}")
     print(f"  paper: <= {PAPER['max_recovery_ms']} ms ({PAPER['at']}, {PAPER['traffic']}); times in ms, "
           "'virt up': crash to failover store up in the sim's virtual time (modelled)")
+    if args.proc_runs:
+        progress(f"store-server failover on the proc runtime: {args.proc_runs} rounds ...")
+        res["proc"] = measure_proc(args.proc_runs, args.proc_packets, args.proc_kill_at, intervals)
+        _print_proc(res["proc"])
     write_outputs(res, args, plot)
     return res

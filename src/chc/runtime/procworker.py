@@ -608,6 +608,7 @@ class RootWorker:
             "round_trips": getattr(self.store, "round_trips", 0),
             "rejected": self.input.rejected + self.reports.rejected, "cpu_s": _cpu(),
             "reports_waited": self.inbox.waited, "reports_duplicate": self.inbox.duplicates,
+            "commits_duplicate": root.duplicate_commits,
             "log_first": min(root.log) if root.log else None,     # a packet never completed (the checker's)
         })
         self.store.close()
