@@ -280,3 +280,21 @@ def test_a_root_dedups_commit_reports_exactly_when_the_store_can_fail_over(tmp_p
         assert worker.root.dedup_commits is bool(checkpoint_s)
     finally:
         ctx.destroy(linger=0)
+
+
+def test_a_replay_reaching_a_preimage_the_failover_store_lacks_is_refused_in_one_line():
+    from chc.core.client import CachedObject
+    from chc.core.store import StoreError
+    from chc.runtime.procworker import InstanceWorker
+
+    pool = CachedObject.__new__(CachedObject)
+    pool.private = True
+    shared = object()               # (a shared object is read from the store: no pre-image used)
+    unknown = [["ports", None, [5, 9]], ["packets", None, [7]]]
+    worker = SimpleNamespace(me="nat.0#1", inst=SimpleNamespace(vertex="nat", objects={"ports": pool,
+                                                                                        "packets": shared}),
+                             store=SimpleNamespace(unknown_of=lambda vertex: unknown))
+    pkt = SimpleNamespace
+    InstanceWorker._check_preimages(worker, [pkt(clock=6), pkt(clock=7)])       # ports not reached
+    with pytest.raises(StoreError, match=r"nat\.0#1 replays packet clock 9, whose pre-image of ports\[None\]"):
+        InstanceWorker._check_preimages(worker, [pkt(clock=8), pkt(clock=9)])

@@ -71,11 +71,13 @@ from typing import Any
 
 import zmq
 
+from ..core.client import CachedObject
 from ..core.failover import private_view, prune_reads, shared_view
 from ..core.instance import Instance
 from ..core.recovery import attach_wal
 from ..core.root import Root, root_of
 from ..core.splitter import FlowMap, Splitter
+from ..core.store import StoreError
 from ..faults import DropOneUpdate
 from ..packet import Packet
 from ..spec import Chain
@@ -804,6 +806,8 @@ class InstanceWorker:
                     self.wal.shared_reads.update(self.store.read_part(inst.vertex, inst.instance_id))
                     self.wal.replaying = True
                 private_view(saved, inst, self.store.objects_at(inst.vertex, {p.clock for p in pkts}))
+                if self.wal is not None:
+                    self._check_preimages(pkts)
             start = 0
             while start < len(pkts):
                 end = start + 1
@@ -820,6 +824,20 @@ class InstanceWorker:
         self.out.to_coordinator("replayed", {"packets": len(pkts), "steps": steps,
                                              "skipped": 0 if self.plan.replay else handed,
                                              "seconds": time.perf_counter() - started})
+
+    def _check_preimages(self, pkts: list[Packet]) -> None:
+        """§5.4 after a store failover: the objects this replay starts from their pre-images
+        (its private view) must have one for every clock replayed; a failover store lacks
+        some (left out of its checkpoint, or a Case 2 covered update).  Refused in one line
+        rather than replayed from the wrong state (docs/proc.md)."""
+        clocks = {p.clock for p in pkts}
+        for obj, key, unknown in self.store.unknown_of(self.inst.vertex):
+            h = self.inst.objects.get(obj)
+            reached = clocks.intersection(unknown)
+            if type(h) is CachedObject and h.private and reached:
+                raise StoreError(f"{self.me} replays packet clock {min(reached)}, whose pre-image of {obj}[{key!r}] "
+                                 "the failover store server has not (docs/proc.md, store-server failover); "
+                                 "not recovered")
 
     # -- the data path -------------------------------------------------------------------------
     def _receive(self) -> bool:

@@ -84,6 +84,7 @@ _FAILOVER: dict[str, Callable[[list], bool]] = {
     "replaying": lambda a: len(a) == 1 and a[0].__class__ is bool,
     "recommits": lambda a: len(a) == 1 and a[0].__class__ is int,
     "checkpoint": lambda a: not a,
+    "unknown_of": lambda a: len(a) == 1 and a[0].__class__ is str,
     "read_part": lambda a: len(a) == 1 and a[0].__class__ is list and len(a[0]) == 2,
 }
 LINGER_MS = 10_000         # how long the answer to stop may take to leave
@@ -116,6 +117,8 @@ class Failover:
         return fresh
 
     def call(self, box: Mailbox, peer: bytes, method: str, arg: Any) -> Any:
+        if method == "unknown_of":
+            return self.unknown_of(arg)
         if method == "read_part":       # a failover instance's part of the read log (its copy)
             return [[list(slot), answers] for slot, answers in self.reads.items() if list(slot[:2]) == arg]
         if method == "recommits":       # a new root: its floor here, then every commit of its clocks
@@ -149,15 +152,10 @@ class Failover:
                 del self.unknown[key]
         return store.prune_below(clock)
 
-    def objects_at(self, store: MemoryStore, vertex: str, replayed: set[int]) -> dict:
-        """A failover instance's start (pre-images); refused where the store has none (one
-        line: its replay would start from the wrong state)."""
-        for key, clocks in self.unknown.items():
-            if key.vertex == vertex and not clocks.isdisjoint(replayed):
-                raise StoreError(f"{vertex} failed over after the store server did: its replay reaches packet clock "
-                                 f"{min(clocks & replayed)}, whose pre-image of {key.obj}[{key.key!r}] the failover "
-                                 "store has not (docs/proc.md, store-server failover); not recovered")
-        return store.objects_at(vertex, replayed)
+    def unknown_of(self, vertex: str) -> list[list]:
+        """``vertex``'s objects whose pre-images of some clocks this (failover) store has not:
+        ``[object name, key, clocks]`` each, for a failover instance to check its replay."""
+        return [[key.obj, key.key, sorted(clocks)] for key, clocks in self.unknown.items() if key.vertex == vertex]
 
 
 def serve(address: str, record: bool = False, recover: bool = False, coordinator: str = "",
@@ -266,8 +264,6 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
             result = failover.prune_below(store, args[0])
         elif method == "commits" and args:
             result = failover.commits(store, args[0])
-        elif method == "objects_at":
-            result = failover.objects_at(store, *args)
         else:
             result = getattr(store, method)(*args)
             replaying = failover.replaying.get(peer)
@@ -488,6 +484,10 @@ class RemoteStore:
     def checkpoint(self) -> None:
         """§5.4 a checkpoint now (per-flow owners changed)."""
         self._call("checkpoint")
+
+    def unknown_of(self, vertex: str) -> list[list]:
+        """§5.4 ``vertex``'s objects whose pre-images a failover store lacks (:class:`Failover`)."""
+        return self._call("unknown_of", vertex)
 
     def read_part(self, vertex: str, instance: int) -> dict:
         """§5.4 the read log's part of ``vertex[instance]`` (a failover instance's copy)."""
