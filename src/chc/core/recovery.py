@@ -223,17 +223,18 @@ class Checkpoint:
                               dict(self.subscribers), self.users, dict(self.owner), before, self.preimages,
                               dict(self.unknown_before)))
 
-    def restore(self) -> RecoverableEngine:
-        """A new engine holding this checkpoint (the failover store's boot state)."""
+    def restore(self, copy: bool = True) -> RecoverableEngine:
+        """A new engine holding this checkpoint (the failover store's boot state);
+        ``copy=False`` for a checkpoint used once (one just read from a file)."""
         engine = RecoverableEngine()
-        engine.data = _copy_data(self.data)
+        engine.data = _copy_data(self.data) if copy else dict(self.data)
         engine.owner = dict(self.owner)
         engine.ts = dict(self.ts)
         engine.applied_seq = dict(self.applied_seq)
         engine.clock_log = {k: dict(v) for k, v in self.clock_log.items()}
         engine.log_order = ClockLogOrder(self.log_order)
         engine.subscribers = {k: set(v) for k, v in self.subscribers.items()}
-        engine.before = {k: _copy_before(v) for k, v in self.before.items()}
+        engine.before = {k: _copy_before(v) if copy else dict(v) for k, v in self.before.items()}
         engine.preimages = self.preimages
         engine.checkpoints = self.number
         return engine
@@ -970,7 +971,8 @@ def _roll_flows_forward(checkpoint: Checkpoint, logs: Mapping[str, InstanceLog],
 
 
 def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Iterable[str] = (),
-            failed: Iterable[str] = (), retired: Iterable[str] = (), no_wal: bool = False) -> Recovery:
+            failed: Iterable[str] = (), retired: Iterable[str] = (), no_wal: bool = False,
+            copy: bool = True) -> Recovery:
     """Build the failover store from ``checkpoint`` and the instances' logs.
 
     ``users``: the clients the runtime knows used the store (besides those the
@@ -979,10 +981,10 @@ def recover(checkpoint: Checkpoint, logs: Iterable[InstanceLog], *, users: Itera
     ``retired``: clients whose work another took over before ``checkpoint`` (an NF
     instance failed over before it): nothing of theirs is missing.  ``no_wal``:
     restore the checkpoint only, no roll forward (what ``--break no-wal`` shows:
-    the result is wrong)."""
+    the result is wrong).  ``copy=False``: ``checkpoint`` is used up (one read from a file)."""
     by_client = {log.client_id: log for log in logs}
     _check_losses(checkpoint, by_client, users, failed, retired)
-    engine = checkpoint.restore()
+    engine = checkpoint.restore() if copy else checkpoint.restore(copy=False)
     out = Recovery(engine)
     for cid, log in by_client.items():
         engine.applied_seq[cid] = max(engine.applied_seq.get(cid, 0), log.sent_seq)

@@ -444,6 +444,7 @@ class ProcRuntime:
         finished = [self.current[n] for n in (instance_name(v, i) for v, i in self.plan.instances())
                     if n in self.reported and not self.procs[self.current[n]].is_alive()]
         logs = self._collect_wals(dead, p, finished)
+        collected = time.perf_counter()
         directory = self.plan.directory
         serial = os.path.join(directory, procstore.SERIAL)
         position = None
@@ -454,6 +455,7 @@ class ProcRuntime:
         except (LostState, RecoveryError) as exc:
             raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} and cannot be "
                               f"recovered: {exc}") from None
+        rebuilt = time.perf_counter()
         if self.plan.record:        # the checker's record: the failover store's history (procstore)
             position = state["serial"]
             log_ = procstore.SerialLog(serial)
@@ -475,7 +477,8 @@ class ProcRuntime:
             for lg in logs), re_executed=len(rec.re_executed), reads_selected=len(rec.selected),
             per_flow_rolled=rec.per_flow, commits_reported=len(rec.commits),
             read_log_rebuilt=sum(1 for lg in logs for _ in (lg.wal.shared_reads or ())),
-            wal=not self.no_wal, recovery_s=round(time.perf_counter() - detected, 6))
+            wal=not self.no_wal, logs_s=round(collected - detected, 6), rebuild_s=round(rebuilt - collected, 6),
+            recovery_s=round(time.perf_counter() - detected, 6))
         self.events.append(event)
         log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, how, new)
 

@@ -214,7 +214,7 @@ def rebuild(directory: str, logs: list[InstanceLog], retired: Iterable[str], fen
     :func:`~chc.core.recovery.recover` raises (Table 3: ``Unrecoverable``)."""
     state = _read(os.path.join(directory, CHECKPOINT))
     rec = recover(state["checkpoint"], logs, users={log.client_id for log in logs}, retired=retired,
-                  no_wal=no_wal)
+                  no_wal=no_wal, copy=False)
     engine = rec.engine
     held = state["held"]
     for c in rec.commits:
@@ -227,7 +227,7 @@ def rebuild(directory: str, logs: list[InstanceLog], retired: Iterable[str], fen
     for part in (state["checkpoint"].unknown_before, rec.unknown_before):
         for key, clocks in part.items():
             unknown.setdefault(key, set()).update(clocks)
-    write_state(os.path.join(directory, RESTORE), engine.checkpoint(), held, inboxes, state["floors"],
+    write_state(os.path.join(directory, RESTORE), engine.image(), held, inboxes, state["floors"],
                 state["delivered"], reads, fenced, 0, unknown)
     return rec, state
 

@@ -215,7 +215,7 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
 
 def _boot(store: MemoryStore, box: Mailbox, state: dict) -> None:
     """§5.4 a failover store server: the state recovery built (:mod:`chc.runtime.procstore`)."""
-    store.engine = state["checkpoint"].restore()
+    store.engine = state["checkpoint"].restore(copy=False)
     store.held = state["held"]
     store.inboxes.update(state["inboxes"])
     for dead in state["fenced"]:
