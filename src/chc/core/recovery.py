@@ -315,7 +315,8 @@ class RecoverableEngine(StoreEngine):
         before: dict[ObjectKey, Any] = {}
         unknown: dict[ObjectKey, frozenset[int]] = {}
         for k, v in self.before.items():
-            if preimage_limit and any(_longer(x, preimage_limit) for x in v.values()):
+            # (an object's pre-images are about its size now: one look, not one per clock)
+            if preimage_limit and _longer(self.data.get(k), preimage_limit):
                 unknown[k] = frozenset(v)
             else:
                 before[k] = {c: _AbsentToken() if x is _ABSENT else x for c, x in copy_before(v).items()}

@@ -452,7 +452,7 @@ class ProcRuntime:
             # retired: failed instances (failed over, a checkpoint after), finished ones gone
             retired = {procstore.client_id(f) for f in [*self.fenced, *finished] if not f.startswith("@")}
             rec, state = procstore.rebuild(directory, logs, retired, self.fenced, self.no_wal)
-        except (LostState, RecoveryError) as exc:
+        except (LostState, RecoveryError, OSError) as exc:
             raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} and cannot be "
                               f"recovered: {exc}") from None
         rebuilt = time.perf_counter()
@@ -504,7 +504,12 @@ class ProcRuntime:
                     raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} and {process} "
                                       "died before it handed in its write-ahead log: they failed together "
                                       "(Table 3); the run stops")
-        return [procstore.load_wal(procstore.wal_path(self.plan.directory, process)) for process in asked.values()]
+        try:
+            return [procstore.load_wal(procstore.wal_path(self.plan.directory, process))
+                    for process in asked.values()]
+        except OSError as exc:
+            raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} and a write-ahead log "
+                              f"cannot be read: {exc}") from None
 
     def _root_replayed(self, name: str, body: dict) -> None:
         """The failover root has replayed the input kept for it: the event is complete."""

@@ -43,11 +43,13 @@ applied twice (§4.3).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import pickle
 import time
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..core.failover import merge_reads
@@ -63,17 +65,30 @@ DEFAULT_CHECKPOINT_MS = 100.0
 PREIMAGE_LIMIT = 1000
 
 
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic GC off while a state is (un)pickled: measured, it ran repeatedly while a
+    1 MB checkpoint was read, 27-354 ms a read instead of 19 ms."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _write(path: str, data: Any) -> None:
     """Whole or not at all: a kill while writing leaves the previous file.  (No fsync:
     the failure model is a process's, not the machine's; the page cache survives it.)"""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with open(tmp, "wb") as f, _no_gc():
         pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, path)
 
 
 def _read(path: str) -> Any:
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, _no_gc():
         return pickle.load(f)
 
 
@@ -106,7 +121,8 @@ class Durable:
         held = store.held
         for c in store.engine.drain_commits():      # §5.4 every update before it is reported
             held.setdefault(root_of(c[0]), []).append(c)
-        image = store.engine.image(PREIMAGE_LIMIT)
+        with _no_gc():
+            image = store.engine.image(PREIMAGE_LIMIT)
         f = self.failover
         write_state(self.path, image, held, store.inboxes, f.floors, f.delivered, None, [],
                     self.serial.count if self.serial is not None else 0, f.unknown)

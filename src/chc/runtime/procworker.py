@@ -751,7 +751,11 @@ class InstanceWorker:
                 self.out.to_coordinator("wal", None)
             return
         if what == "wal":
-            procstore.dump_wal(procstore.wal_path(self.plan.directory, self.me), self.inst.client)
+            try:
+                procstore.dump_wal(procstore.wal_path(self.plan.directory, self.me), self.inst.client)
+            except OSError as exc:          # (not the NF's error: the run's)
+                self.out.to_coordinator("error", f"{self.me}: its write-ahead log could not be handed in: {exc}")
+                return
             self.out.to_coordinator("wal", None)
         elif what == "truncate":
             self.wal.truncate(procstore.truncation(body))
