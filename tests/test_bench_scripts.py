@@ -157,6 +157,22 @@ def test_fig14_store_recovery_script(tmp_path):
     assert cells["2/3"]["x_first"] == 1.0
 
 
+def test_fig14_store_recovery_script_on_the_proc_runtime(tmp_path):
+    """A real store-server kill per interval beside runs without recovery and without
+    periodic checkpoints (the digests are compared inside: a failover that changes the
+    state raises); the figures come from the event and the store server's counters."""
+    pytest.importorskip("zmq")
+    out = tmp_path / "f14p.json"
+    res = load("fig14_store_recovery").main(["--proc-only", "--proc-runs", "1", "--intervals", "50",
+                                              "--proc-packets", "1500", "--proc-kill-at", "800", "--json", str(out)])
+    assert json.loads(out.read_text()) == res
+    (run,) = res["proc"]["runs"]
+    assert run["interval_ms"] == 50 and run["checkpoints"] >= 1 and run["recovery_ms"] > 0
+    assert run["re_executed"] == run["wal_updates"] >= 0 and run["x_on"] > 0 and run["x_without_checkpoints"] > 0
+    with pytest.raises(SystemExit):
+        load("fig14_store_recovery").main(["--proc-only", "--proc-runs", "1", "--png", str(tmp_path)])
+
+
 def test_proc_scale_script(tmp_path):
     out = tmp_path / "proc.json"
     res = subprocess.run([sys.executable, str(ROOT / "bench/proc_scale.py"), "--packets", "1500", "--repeats", "1",

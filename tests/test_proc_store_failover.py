@@ -106,22 +106,22 @@ def test_without_the_roll_forward_the_failover_store_loses_updates(records, sim)
     assert s.state_digest != sim.state_digest
 
 
-def _store_killed_during_a_failover(rt, records):
-    """The records; once an NF failover is under way, a SIGKILL of the store server."""
-    done = False
-    for record in records:
-        if not done and rt.recovering:
-            rt.procs["@store"].kill()
-            done = True
-        yield record
+class _StoreDiesInAReplay(ProcRuntime):
+    """The store server SIGKILLed as soon as an NF failover has started its process (its
+    replay needs the store: it cannot be done before the death is seen)."""
+
+    def _fail_over(self, dead, p):
+        super()._fail_over(dead, p)
+        self.procs[self.current["@store"]].kill()
 
 
 def test_the_store_killed_while_an_instance_fails_over_stops_the_run_in_one_line(records):
     # Table 3: the failover under way needs the store, and the failed instance's log is gone.
-    rt = ProcRuntime(load_spec(PAPER), model=MODEL, kills=[Kill("nat", 0, 3000)], failover=True)
+    rt = _StoreDiesInAReplay(load_spec(PAPER), model=MODEL, kills=[Kill("nat", 0, 3000)])
     with pytest.raises(ProcFailure) as err:
-        rt.run(_store_killed_during_a_failover(rt, held(rt, records, "nat.0", 3000)))
-    assert "failed together (Table 3)" in str(err.value) and "\n" not in str(err.value)
+        rt.run(held(rt, records, "nat.0", 3000))
+    assert "nat.0 was down and not yet failed over: they failed together (Table 3)" in str(err.value)
+    assert "\n" not in str(err.value)
     assert not descendants(os.getpid()) & set(rt.pids.values())
 
 
@@ -298,3 +298,47 @@ def test_a_replay_reaching_a_preimage_the_failover_store_lacks_is_refused_in_one
     InstanceWorker._check_preimages(worker, [pkt(clock=6), pkt(clock=7)])       # ports not reached
     with pytest.raises(StoreError, match=r"nat\.0#1 replays packet clock 9, whose pre-image of ports\[None\]"):
         InstanceWorker._check_preimages(worker, [pkt(clock=8), pkt(clock=9)])
+
+
+class _StoreDiesInAFailover(ProcRuntime):
+    """The store server SIGKILLed just as an NF failover starts (its first store call)."""
+
+    def _fail_over(self, dead, p):
+        store = self.procs[self.current["@store"]]
+        store.kill()
+        store.join(5)
+        return super()._fail_over(dead, p)
+
+
+@pytest.mark.timeout(120)
+def test_the_store_dying_inside_a_failover_stops_the_run_in_one_line_not_a_hang(records):
+    rt = _StoreDiesInAFailover(load_spec(PAPER), model=MODEL, kills=[Kill("nat", 0, 3000)])
+    with pytest.raises(ProcFailure, match=r"@store \(pid \d+\) was killed by signal 9 while nat\.0's failover "
+                                          r"was under way"):
+        rt.run(held(rt, records, "nat.0", 3000))
+    assert not descendants(os.getpid()) & set(rt.pids.values())
+
+
+def _store_hangs_during_a_call(rt, records, at: int):
+    """The records; at ``at``, the store server SIGSTOPped and the coordinator calling it."""
+    import signal
+    for index, record in enumerate(records):
+        if index == at:
+            os.kill(rt.procs["@store"].pid, signal.SIGSTOP)
+            rt.remote.checkpoint()      # (waits: the hung server must be seen from inside this wait)
+        yield record
+
+
+@pytest.mark.timeout(120)
+def test_a_store_hung_while_the_coordinator_waits_for_it_is_failed_over(records, sim):
+    rt = ProcRuntime(load_spec(PAPER), model=MODEL, failover=True, heartbeat_s=0.1, misses=10)
+    rt.run(_store_hangs_during_a_call(rt, records, 3500))
+    s = rt.summary()
+    _same(s, sim)
+    [e] = [e for e in s.events if e["kind"] == "store-failover"]
+    assert e["how"].startswith("silent for")
+
+
+def test_kill_store_with_the_packet_log_in_the_store_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="--packet-log store"):
+        ProcRuntime(load_spec(PAPER), model=MODEL, log_mode="store", kills=[Kill("store", 0, 10)])

@@ -68,6 +68,7 @@ from typing import Any
 
 import zmq
 
+from ..core.client import StoreLost
 from ..core.recovery import RecoveryError
 from ..core.recovery import Unrecoverable as LostState
 from ..core.state import LocalObject
@@ -127,7 +128,10 @@ class ProcRuntime:
         # §5.4 store-server failover (chc.runtime.procstore): with recovery on the default store
         if checkpoint_ms is not None and checkpoint_ms <= 0:
             raise ValueError("--checkpoint-ms: the store server's checkpoint interval must be > 0 ms")
-        checkpoint_s = (checkpoint_ms or procstore.DEFAULT_CHECKPOINT_MS) / 1000 if recover and not self.redis else 0.0
+        # (not with the packet log in the store: the roots' writes to it since a checkpoint
+        # would be lost with the store server; docs/proc.md)
+        checkpoint_s = ((checkpoint_ms or procstore.DEFAULT_CHECKPOINT_MS) / 1000
+                        if recover and not self.redis and log_mode == "local" else 0.0)
         self.plan = Plan("", chain, model, batch_size, (), log_mode=log_mode, log_limit=log_limit,
                          persist_every=persist_every, send_out=write_out, hwm=hwm, record=record,
                          breaks=tuple(breaks), break_from=break_from, recover=recover,
@@ -168,13 +172,15 @@ class ProcRuntime:
         # Deaths seen while a failover is under way wait for it (a wait inside it, say for
         # the store's answer, must not start another); a dead feeder of the instance being
         # failed over goes first, since its hand-over can only come from its failover.
-        self._failing = False
+        self._failing = ""              # the process being failed over
         self._deaths: list[tuple[str, Any]] = []
         self.fenced: list[str] = []     # failed processes: a failover started later fences them too
         self.bounds: dict[str, int] = {}    # logical instance -> the highest clock its last failover replays
         self.events: list[dict] = []
         self.wals: set[str] = set()     # store failover: the processes that handed in their logs
         self._killed: dict[str, tuple[float, int]] = {}     # --kill: process -> (when, packets fed)
+        self._started = False           # every worker ready
+        self._bye = False               # the workers were told to go (everything durable before)
         self.stats: dict[str, dict] = {}
         self.issued: list = []          # record + recover: the updates issued, from every batch's stats
         self._seen_stats = Marks()
@@ -229,12 +235,14 @@ class ProcRuntime:
         self.inputs = [dealer(self.ctx, plan.address(name + ".in"), COORDINATOR, plan.hwm) for name in roots]
         self.remote = (storeserver.RemoteStore(self.ctx, plan.store[1], COORDINATOR, self.guard)
                        if memory else None)
+        self.guard.idle = self._idle
         deadline = time.monotonic() + START_TIMEOUT_S
         while len(self.ready) < len(workers):
             if time.monotonic() > deadline:
                 raise ProcFailure(f"proc runtime: workers not ready after {START_TIMEOUT_S:g} s: "
                                   f"{', '.join(sorted(set(workers) - self.ready))}")
             self._service(1000)
+        self._started = True
 
     def _address(self, plan: Plan) -> None:
         """Where the mailboxes are: ``ipc://`` in the run's directory (the plan's default)."""
@@ -266,8 +274,19 @@ class ProcRuntime:
         p = self.procs[name]
         p.join(1)
         store = _logical(name) == STORE
-        if _logical(name) in self.reported or (store and (self.store_stats or self._store_stopping)):
+        if _logical(name) in self.reported or (store and self.store_stats):
             return
+        if store and self._store_stopping:
+            # Its answer to stop may still be on its way; if none comes, the wait gives up.
+            self.remote.deadline = time.monotonic() + REPORT_GRACE_S
+            return
+        if store and self.current.get(STORE) == name and self.plan.checkpoint_s and (self._failing
+                                                                                      or not self._started):
+            # §5.4 a failover under way needs the store (Table 3: together); workers still
+            # starting are in their declarations and cannot hand in a log yet.
+            why = ("while the run was starting" if not self._started else
+                   f"while {self._failing}'s failover was under way: they failed together (Table 3)")
+            raise ProcFailure(f"proc runtime: {name} (pid {p.pid}) {self._how(name, p)} {why}; the run stops")
         if self.plan.recover and self.current.get(_logical(name)) == name and (
                 not name.startswith("@") or self.roots_recover or (store and self.plan.checkpoint_s)):
             if self._failing:
@@ -298,7 +317,7 @@ class ProcRuntime:
         keeps the clock log it will need, every upstream re-points to the failover and
         hands over what it sent the failed one, and the failover replays it from the
         oldest clock still logged (:meth:`InstanceWorker._replay`)."""
-        failing, self._failing = self._failing, True
+        failing, self._failing = self._failing, dead
         try:
             if _logical(dead) == STORE:
                 self._fail_over_store(dead, p)
@@ -442,7 +461,7 @@ class ProcRuntime:
         self.box.fence(dead.encode())
         # (one that finished and went: its last updates are in the checkpoint taken before it went)
         finished = [self.current[n] for n in (instance_name(v, i) for v, i in self.plan.instances())
-                    if n in self.reported and not self.procs[self.current[n]].is_alive()]
+                    if self._bye or (n in self.reported and not self.procs[self.current[n]].is_alive())]
         logs = self._collect_wals(dead, p, finished)
         collected = time.perf_counter()
         directory = self.plan.directory
@@ -493,7 +512,7 @@ class ProcRuntime:
             return []
         asked = {instance_name(v, i): self.current[instance_name(v, i)] for v, i in self.plan.instances()
                  if self.current[instance_name(v, i)] not in finished}
-        self.wals: set[str] = set()
+        self.wals = set()
         ask = encode(Kind.CONTROL, ["wal", None])
         for name in asked:
             self._tell(name, ask)
@@ -561,11 +580,12 @@ class ProcRuntime:
 
     def _replayed(self, name: str, body: dict) -> None:
         """The failover finished its replay: pruning resumes; the event is complete."""
-        rec = self.recovering.pop(name)
+        rec = self.recovering[name]         # (under way until durable: a store lost before is Table 3's)
         self.remote.hold_pruning(False)
         if self.plan.checkpoint_s:
             # §5.4 per-flow owners changed: since the checkpoint each object has one writer
             self.remote.checkpoint()
+        del self.recovering[name]
         event = rec["event"]
         event.update(replayed=body["packets"], not_replayed=body["skipped"], replay_steps=body["steps"],
                      replay_s=round(body["seconds"], 6),
@@ -577,6 +597,14 @@ class ProcRuntime:
         poller = zmq.Poller()
         poller.register(self.box.sock, zmq.POLLIN)
         if self.guard.poll(poller, timeout):
+            self._take()
+        self._check_beats()
+
+    def _idle(self) -> None:
+        """After every wait of the coordinator, also one for the store inside a failover or a
+        drain: what the workers said (their heartbeats too), then who is silent (a hung store
+        server is seen while the coordinator waits for it)."""
+        if self.box.sock.poll(0):
             self._take()
         self._check_beats()
 
@@ -789,6 +817,7 @@ class ProcRuntime:
         if self.plan.checkpoint_s:
             # §5.4 everything the workers did is durable before they go with their logs
             self.remote.checkpoint()
+        self._bye = True
         bye = encode(Kind.CONTROL, ["bye", None])
         for name in roots + instances:
             self.box.reply(self.current[name].encode(), bye)     # everything has arrived: the workers may go
@@ -799,7 +828,11 @@ class ProcRuntime:
             # Its reply may still be on the way when the store's exit is seen (a large one
             # is: the recorded serialization), and that exit is then no failure.
             self._store_stopping = True
-            self.store_stats = self.remote.stop()
+            try:
+                self.store_stats = self.remote.stop()
+            except StoreLost as exc:        # (gone while stopping: the state was read already)
+                log.warning("proc runtime: %s", exc)
+                self.store_stats = {"lost": str(exc)}
             if self.plan.record:
                 self.serial = procstore.frames(os.path.join(self.plan.directory, procstore.SERIAL))
         self.packets_out = sum((self._instance_report(n) if not n.startswith("@") else r)["packets_out"]
@@ -902,8 +935,6 @@ class ProcRuntime:
                    "round_trips": round_trips if self.model != "T" else 0}
         log = {k: sum(r["log"][k] for r in roots) for k in ("logged", "deleted", "remaining", "dropped_overflow")}
         s.log = {**log, "mode": self.plan.log_mode, "roots": len(roots)}
-        if self.plan.checkpoint_s:      # §5.4 commit reports a failover store gave again, taken once
-            s.log["commits_repeated"] = sum(r.get("commits_duplicate", 0) for r in roots)
         return s
 
 
@@ -962,6 +993,10 @@ def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, 
     if store_url != "memory":
         raise ValueError("--kill: NF failover in the proc runtime needs the default store server (pre-images "
                          "and the read log are kept there), not Redis")
+    if any(k.vertex == STORE_KILL for k in kills) and log_mode != "local":
+        raise ValueError("--kill store: the failover store server is rebuilt from checkpoints and the instances' "
+                         "logs; the roots' writes of a packet log in the store (--packet-log store) are not "
+                         "logged (docs/proc.md)")
     if any(k.vertex == ROOT for k in kills) and log_mode != "local":
         raise ValueError("--kill root: a failover root rebuilds its packet log from the input it replays "
                          "(docs/proc.md); with the log in the store (--packet-log store) it is not recovered here")

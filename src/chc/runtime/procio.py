@@ -54,6 +54,7 @@ class Guard:
         self._next_beat = 0.0
         self._beat = b""
         self._beat_to: zmq.Socket | None = None
+        self.idle: Callable[[], None] | None = None    # called after every wait (the coordinator's beat check)
 
     def heartbeat(self, every_s: float, frame: bytes, sock: zmq.Socket) -> None:
         """Send ``frame`` on ``sock`` every ``every_s`` seconds, from now on (module doc)."""
@@ -99,6 +100,8 @@ class Guard:
                 self.on_control()
             finally:
                 self._in_control = False
+        if self.idle is not None:
+            self.idle()
         return events
 
     def send(self, sock: zmq.Socket, frame: bytes) -> None:

@@ -75,9 +75,9 @@ from ..core.client import CachedObject
 from ..core.failover import private_view, prune_reads, shared_view
 from ..core.instance import Instance
 from ..core.recovery import attach_wal
-from ..core.root import Root, root_of
+from ..core.root import Root, clock_key, root_of
 from ..core.splitter import FlowMap, Splitter
-from ..core.store import StoreError
+from ..core.store import Op, StoreError
 from ..faults import DropOneUpdate
 from ..packet import Packet
 from ..spec import Chain
@@ -463,9 +463,14 @@ class RootWorker:
                     return
 
     def store_failed(self, what: str, body: Any) -> None:
-        """§5.4 the store server failed over: its failover is at ``body``."""
+        """§5.4 the store server failed over: its failover is at ``body``.  The persisted
+        clock it wrote since the failover's checkpoint is written again (its last one)."""
         if what == "store":
             self.store.repoint(body)
+            root = self.root
+            if root.next_seq:
+                last = (root.next_seq - 1) // root.persist_every * root.persist_every
+                self.meta_pending.append(Op("set", clock_key(root.root_id), (root.base | last,)))
 
     # -- §5.4 root failover ------------------------------------------------------------------
     def _restore(self, replay: dict) -> list:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -127,7 +128,7 @@ class Failover:
             box.fence(arg.encode())     # what it sent and is read from now on is never applied
             return None
         if method == "hold_pruning":
-            self.holds += 1 if arg else -1
+            self.holds = max(self.holds + (1 if arg else -1), 0)
             return self.floors
         if arg:
             self.replaying[peer] = {}
@@ -318,6 +319,7 @@ class RemoteStore:
         self.rid = 0
         # §5.4 store failover: every request not yet answered, sent again to a failover store
         self.unanswered: dict[int, bytes] = {}
+        self.deadline = 0.0             # a server seen gone: waits give up then (0: none)
         self.acks: deque[tuple[int, int, Callable[[int], None]]] = deque()
         self.round_trips = 0
         self.ops = 0
@@ -349,9 +351,11 @@ class RemoteStore:
 
     def _wait(self) -> None:
         """Wait a while for a reply (on the connection of now: a wait can re-point it)."""
+        if self.deadline and time.monotonic() > self.deadline:
+            raise StoreLost("store server: gone before it answered")
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        self.guard.poll(poller, 1000)
+        self.guard.poll(poller, 100 if self.deadline else 1000)
 
     def _read(self, block: bool) -> bool:
         """Take one reply (waiting for it if ``block``); it acknowledges a submitted
