@@ -342,3 +342,17 @@ def test_a_store_hung_while_the_coordinator_waits_for_it_is_failed_over(records,
 def test_kill_store_with_the_packet_log_in_the_store_is_refused_in_one_line():
     with pytest.raises(ValueError, match="--packet-log store"):
         ProcRuntime(load_spec(PAPER), model=MODEL, log_mode="store", kills=[Kill("store", 0, 10)])
+
+
+def test_a_failover_store_tells_each_subscriber_the_value_now(tmp_path):
+    e = _engine()
+    pool = ObjectKey("lb", "pool", None, False)
+    e.declare(pool, ["a", "b"])
+    e.subscribe(pool, "lb/1")
+    e.apply(Op("set", pool, (["a", "b", "c"],), "lb/0", 1, 0, (9, 0), 21))
+    stale = ("update", pool, ["a", "b"])
+    procstore.write_state(os.path.join(str(tmp_path), procstore.CHECKPOINT), e.image(), {}, {"lb/1": [stale]},
+                          {}, {}, None, [], 0, {})
+    procstore.rebuild(str(tmp_path), [], {"lb/0", "nat/0"}, [])     # (retired: nothing since)
+    state = procstore.boot(os.path.join(str(tmp_path), procstore.RESTORE))
+    assert state["inboxes"] == {"lb/1": [("update", pool, ["a", "b", "c"])]}

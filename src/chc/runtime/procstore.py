@@ -235,9 +235,16 @@ def rebuild(directory: str, logs: list[InstanceLog], retired: Iterable[str], fen
     held = state["held"]
     for c in rec.commits:
         held.setdefault(root_of(c[0]), []).append(c)
-    inboxes = state["inboxes"]
-    for client, msg in engine.drain_notifications():
-        inboxes.setdefault(client, []).append(msg)
+    # Callbacks: each subscriber is told every subscribed object's value now.  (The
+    # checkpoint's undelivered ones may have been fetched since, and one of the
+    # subscriber's own later updates would never be notified to it: a stale cache.)
+    engine.drain_notifications()
+    inboxes: dict = {}
+    for client, msgs in state["inboxes"].items():
+        inboxes[client] = [m for m in msgs if m[0] != "update"]
+    for key, clients in engine.subscribers.items():
+        for client in clients:
+            inboxes.setdefault(client, []).append(("update", key, engine.data.get(key)))
     reads = merge_reads(log.wal.shared_reads for log in logs if log.wal.shared_reads is not None)
     unknown = state["unknown"]
     for part in (state["checkpoint"].unknown_before, rec.unknown_before):
