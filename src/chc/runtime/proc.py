@@ -24,8 +24,9 @@ heartbeats (:mod:`chc.runtime.procio`: one silent for ``misses`` of them is
 killed, so a hung worker ends too): a worker that dies before it has reported
 stops the run (:class:`ProcFailure`, one line,
 exit code 1), and every other worker is killed; except, with recovery on
-(``--kill``, ``--failover``), an NF instance's or a root's process, which is
-failed over (§5.4, :meth:`ProcRuntime._failover`, docs/proc.md).  For a root's,
+(``--kill``, ``--failover``), an NF instance's, a root's or the store server's
+process, which is failed over (§5.4, :meth:`ProcRuntime._failover`,
+:mod:`chc.runtime.procstore`, docs/proc.md).  For a root's,
 the coordinator keeps the input it sent each root from the oldest clock the
 root still logs (the root says its floor after every batch), which the failover
 root stamps again (:meth:`ProcRuntime._fail_over_root`).  Failovers run one at a
@@ -46,7 +47,7 @@ Ctrl-C aborts (the workers are killed).  Workers ignore SIGINT: a terminal's
 Ctrl-C reaches the whole process group, and it is the coordinator's to handle.
 
 Not yet: scenario events (scaling, clones, crashes) and delay models, which
-are the sim's; store-server failover.  :mod:`chc.runtime.procray` places the same
+are the sim's; failover on Redis.  :mod:`chc.runtime.procray` places the same
 workers in Ray actors, through ``_address`` and ``_context``.
 """
 
