@@ -349,6 +349,7 @@ def test_a_failover_store_tells_each_subscriber_the_value_now(tmp_path):
     pool = ObjectKey("lb", "pool", None, False)
     e.declare(pool, ["a", "b"])
     e.subscribe(pool, "lb/1")
+    e.subscribe(ObjectKey("lb", "never-written", None, False), "lb/1")    # (its default stands: no news)
     e.apply(Op("set", pool, (["a", "b", "c"],), "lb/0", 1, 0, (9, 0), 21))
     stale = ("update", pool, ["a", "b"])
     procstore.write_state(os.path.join(str(tmp_path), procstore.CHECKPOINT), e.image(), {}, {"lb/1": [stale]},

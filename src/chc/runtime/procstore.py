@@ -243,8 +243,9 @@ def rebuild(directory: str, logs: list[InstanceLog], retired: Iterable[str], fen
     for client, msgs in state["inboxes"].items():
         inboxes[client] = [m for m in msgs if m[0] != "update"]
     for key, clients in engine.subscribers.items():
-        for client in clients:
-            inboxes.setdefault(client, []).append(("update", key, engine.data.get(key)))
+        if key in engine.data:          # (never written: the subscriber's default is its value)
+            for client in clients:
+                inboxes.setdefault(client, []).append(("update", key, engine.data[key]))
     reads = merge_reads(log.wal.shared_reads for log in logs if log.wal.shared_reads is not None)
     unknown = state["unknown"]
     for part in (state["checkpoint"].unknown_before, rec.unknown_before):
