@@ -33,8 +33,8 @@ that records sends the clock its instance is processing with each blocking
 request (the packet a read is for).  Each step is encoded when it is applied
 (a snapshot: a stored list lives on) and appended to a file of the run's
 directory as it is applied (:class:`~chc.runtime.procstore.SerialLog`: a killed
-server's steps survive it), which the coordinator reads at the end.  The roots' metadata writes are not recorded (the sim writes them
-past the recorder too).  Without ``record`` nothing of this runs.
+server's steps survive it), which the coordinator reads at the end.  The roots'
+metadata writes are not recorded (the sim writes them past the recorder too).  Without ``record`` nothing of this runs.
 """
 
 from __future__ import annotations
