@@ -181,6 +181,20 @@ def test_a_roots_actor_killed_through_ray_fails_over(cluster, lan, lan_sim):
 
 
 @needs_ray
+def test_the_store_servers_actor_killed_through_ray_fails_over(cluster, lan, lan_sim):
+    """``--kill store@3000`` on Ray: a failover store server (an actor too) starts from the
+    checkpoint rolled forward from the instances' logs, with the same results as the sim."""
+    rt = procray.RayRuntime(load_spec(str(PAPER)), model=MODEL, kills=[Kill("store", 0, 3000)])
+    rt.run(held(rt, lan, "nat.0", 3000))
+    s = rt.summary()
+    (event,) = s.events
+    assert event["kind"] == "store-failover" and event["failover_process"] == "@store#1"
+    assert event["how"].startswith("lost its Ray actor")
+    _assert_like_sim(s, lan_sim)
+    _nothing_left(rt)
+
+
+@needs_ray
 def test_check_on_ray_judges_a_killed_instance_with_the_oracle(cluster, capsys):
     """``chc check --runtime ray``: the proc check (the store server's serialization,
     the COE oracle) on the cluster's actors, with a random SIGKILL per seed."""
