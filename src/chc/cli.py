@@ -190,11 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "store server; no scenario events, memory store only; docs/coe.md) or ray (proc's "
                        "processes in actors of a Ray cluster, --ray-address)")
     chk.add_argument("--kill", metavar="random[:K]|VERTEX[I]@N[,...]",
-                     help="--runtime proc or ray: each seed SIGKILLs NF instance or root processes, a failover "
-                          "process takes over each (§5.4) and the run is checked; 'random': an instance or root and "
-                          "an input packet (middle 80%%) drawn per seed, 'random:K' K of them (different "
-                          "processes); VERTEX[I]@N: instance I of VERTEX (root[R]: root R) once N input packets "
-                          "have been fed, several comma-separated (docs/proc.md)")
+                     help="--runtime proc or ray: each seed SIGKILLs NF instance, root or store server processes, a "
+                          "failover process takes over each (§5.4) and the run is checked; 'random': an instance, "
+                          "root or the store server and an input packet (middle 80%%) drawn per seed, 'random:K' K "
+                          "of them (different processes); VERTEX[I]@N: instance I of VERTEX (root[R]: root R; "
+                          "store: the store server) once N input packets have been fed, several comma-separated "
+                          "(docs/proc.md)")
     return parser
 
 
