@@ -56,10 +56,12 @@ class Job:
     runtime: str = "sim"            # the physical run's runtime: sim, proc or ray
     kill: str = ""                  # proc, ray: "random" or VERTEX[I]@N, a SIGKILL per seed (draw_kill)
     ray_address: str = "auto"       # ray: the cluster to join
+    checkpoint_ms: float | None = None  # proc, ray with kills: the store server's checkpoint interval
 
     @classmethod
     def load(cls, chain: str, scenario: str, capture: str, packets: int | None, stores: list[str],
-             breaks: tuple[str, ...], runtime: str = "sim", kill: str = "", ray_address: str = "auto") -> Job:
+             breaks: tuple[str, ...], runtime: str = "sim", kill: str = "", ray_address: str = "auto",
+             checkpoint_ms: float | None = None) -> Job:
         spec = load_spec(chain)
         sc = load_scenario(scenario)
         if kill:
@@ -71,7 +73,8 @@ class Job:
         for url in stores:
             if url != "memory":
                 open_store(url).close()      # unreachable or malformed: a clear error now
-        return cls(chain, scenario, capture, packets, spec, sc, records, stores, breaks, runtime, kill, ray_address)
+        return cls(chain, scenario, capture, packets, spec, sc, records, stores, breaks, runtime, kill, ray_address,
+                   checkpoint_ms)
 
     def run(self, seed: int) -> dict:
         started = time.perf_counter()
@@ -80,7 +83,7 @@ class Job:
             v.kill = draw_kill(v, len(self.records), self.kill, self.chain.roots)
         try:
             res = check_variant(self.chain, self.scenario, self.records, v, self.breaks, open_store, self.runtime,
-                                self.ray_address)
+                                self.ray_address, self.checkpoint_ms)
         except ValueError:
             raise                           # the variant cannot run here (bad input): the whole check stops
         except Exception as exc:            # a bug met in this seed: reported, and the hunt goes on

@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_args(chk, "the physical run's runtime: sim (default), proc (a process per root, instance and "
                        "store server; no scenario events, memory store only; docs/coe.md) or ray (proc's "
                        "processes in actors of a Ray cluster, --ray-address)")
+    chk.add_argument("--checkpoint-ms", type=float, default=None, metavar="MS",
+                     help="--runtime proc or ray with --kill: the store server's checkpoint interval (default 100)")
     chk.add_argument("--kill", metavar="random[:K]|VERTEX[I]@N[,...]",
                      help="--runtime proc or ray: each seed SIGKILLs NF instance, root or store server processes, a "
                           "failover process takes over each (§5.4) and the run is checked; 'random': an instance, "
@@ -274,7 +276,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise UsageError("--ray-address is for --runtime ray")
         job = checkrun.Job.load(args.chain, args.scenario, args.capture, args.packets,
                                 args.store or ["memory"], tuple(args.breaks), args.runtime, args.kill or "",
-                                args.ray_address)
+                                args.ray_address, args.checkpoint_ms)
         if args.first_seed and args.seed is not None:
             raise ValueError("--first-seed goes with --seeds, not --seed")
         seeds = [args.seed] if args.seed is not None else list(range(args.first_seed, args.first_seed + args.seeds))

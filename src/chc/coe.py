@@ -756,7 +756,7 @@ def physical_runtime(chain: Chain, scenario: Any, v: Variant, n_packets: int, ob
 
 def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v: Variant,
                   breaks: tuple[str, ...] = (), open_store: Any = None, runtime: str = "sim",
-                  ray_address: str = "auto") -> SeedResult:
+                  ray_address: str = "auto", checkpoint_ms: float | None = None) -> SeedResult:
     """Run one seeded variant of ``scenario`` (with ``breaks`` switched on) on ``runtime``
     (``sim``, ``proc``, or ``ray``: the proc runtime's workers in actors of the Ray
     cluster at ``ray_address``) and judge it."""
@@ -769,7 +769,8 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
         if b.memory_only and v.store != "memory":
             raise ValueError(f"--break {name} needs the memory store")
     if runtime in ("proc", "ray"):
-        return _check_proc(chain, scenario, records, v, breaks, ray_address if runtime == "ray" else None)
+        return _check_proc(chain, scenario, records, v, breaks, ray_address if runtime == "ray" else None,
+                           checkpoint_ms)
     store = open_store(v.store) if (open_store is not None and v.model != "T") else None
     obs = Observers()
     state = BreakState(tuple(breaks), from_clock=len(records) // 2)
@@ -816,7 +817,8 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
 
 
 def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v: Variant,
-                breaks: tuple[str, ...], ray_address: str | None = None) -> SeedResult:
+                breaks: tuple[str, ...], ray_address: str | None = None,
+                checkpoint_ms: float | None = None) -> SeedResult:
     """One seed on the proc runtime (docs/coe.md), or with ``ray_address`` on the ray
     runtime (the same workers in Ray actors): the store server records the
     serialization, the instances the updates they issued; the same reference and
@@ -838,7 +840,7 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
         cls, extra = RayRuntime, {"address": ray_address}
     rt = cls(physical, model=v.model, batch_size=v.batch_size,
              log_mode=getattr(scenario, "packet_log", "local"), write_out=True, record=True,
-             breaks=breaks, break_from=state.from_clock, kills=kills, **extra)
+             breaks=breaks, break_from=state.from_clock, kills=kills, checkpoint_ms=checkpoint_ms, **extra)
     out: list[tuple[int, bytes]] = []
     try:
         rt.run(records, emit=lambda pkts: out.extend((p.clock, bytes(p.data)) for p in pkts))
