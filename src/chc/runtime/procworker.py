@@ -756,6 +756,7 @@ class InstanceWorker:
                 self.out.to_coordinator("wal", None)
             return
         if what == "wal":
+            self.store.detach()             # (its log is final: nothing more from the dead server)
             try:
                 procstore.dump_wal(procstore.wal_path(self.plan.directory, self.me), self.inst.client)
             except OSError as exc:          # (not the NF's error: the run's)

@@ -341,6 +341,14 @@ class RemoteStore:
         self.guard.send(self.sock, frame)
         return self.rid
 
+    def detach(self) -> None:
+        """§5.4 the store server died and this client's log went to its recovery: nothing
+        more is taken from it (a reply read now, say a popped port, would be one the
+        failover store, rolled forward from the log, does not know of); what is unanswered
+        goes to the failover once re-pointed (a send meanwhile waits for that)."""
+        self.sock.close(0)
+        self.sock = self.ctx.socket(zmq.DEALER)     # (connected to nothing until repoint)
+
     def repoint(self, address: str) -> None:
         """§5.4 the store server failed over: talk to its failover at ``address`` from now
         on, and send it again every request not yet answered, in their order (replies
