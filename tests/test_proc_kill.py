@@ -441,7 +441,7 @@ def test_a_hung_store_server_stops_the_run_with_one_line(records):
     from chc.runtime.errors import ProcFailure
     rt = ProcRuntime(load_spec(str(PAPER)), model=MODEL, heartbeat_s=0.1, misses=10)
     with pytest.raises(ProcFailure, match=r"@store \(pid \d+\) was silent for [\d.]+ s .*store server is recovered "
-                                          r"only with --kill or --failover"):
+                                          r"only with --failover or a --kill store@N"):
         rt.run(_stopped_at(rt, records, "@store", 3500))
     assert _gone(rt.pids.values())
 

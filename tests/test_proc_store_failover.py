@@ -117,7 +117,7 @@ class _StoreDiesInAReplay(ProcRuntime):
 
 def test_the_store_killed_while_an_instance_fails_over_stops_the_run_in_one_line(records):
     # Table 3: the failover under way needs the store, and the failed instance's log is gone.
-    rt = _StoreDiesInAReplay(load_spec(PAPER), model=MODEL, kills=[Kill("nat", 0, 3000)])
+    rt = _StoreDiesInAReplay(load_spec(PAPER), model=MODEL, kills=[Kill("nat", 0, 3000)], failover=True)
     with pytest.raises(ProcFailure) as err:
         rt.run(held(rt, records, "nat.0", 3000))
     assert "nat.0 was down and not yet failed over: they failed together (Table 3)" in str(err.value)
@@ -149,8 +149,8 @@ def test_chc_check_kill_store_passes_and_no_wal_is_caught(capsys):
     # (no periodic checkpoint, and the kill well past what the coordinator feeds ahead of
     # the chain: whatever the chain did is in the logs, so the roll forward, and the break,
     # always have something to do)
-    base = ["check", "--runtime", "proc", PAPER, PARALLEL, LAN, "--packets", "6000", "--seeds", "1",
-            "--first-seed", "1", "--kill", "store@5000", "--checkpoint-ms", "600000"]
+    base = ["check", "--runtime", "proc", PAPER, PARALLEL, LAN, "--packets", "3000", "--seeds", "1",
+            "--first-seed", "1", "--kill", "store@2700", "--checkpoint-ms", "600000"]
     assert main(base) == 0
     assert "restored checkpoint" in capsys.readouterr().out
     assert main([*base, "--break", "no-wal"]) == 1
@@ -321,7 +321,7 @@ class _StoreDiesInAFailover(ProcRuntime):
 
 @pytest.mark.timeout(120)
 def test_the_store_dying_inside_a_failover_stops_the_run_in_one_line_not_a_hang(records):
-    rt = _StoreDiesInAFailover(load_spec(PAPER), model=MODEL, kills=[Kill("nat", 0, 3000)])
+    rt = _StoreDiesInAFailover(load_spec(PAPER), model=MODEL, kills=[Kill("nat", 0, 3000)], failover=True)
     with pytest.raises(ProcFailure, match=r"@store \(pid \d+\) was killed by signal 9 while nat\.0's failover "
                                           r"was under way"):
         rt.run(held(rt, records, "nat.0", 3000))
