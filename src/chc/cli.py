@@ -209,8 +209,8 @@ def _heartbeat_args(p: argparse.ArgumentParser) -> None:
                    help="--runtime proc: a worker silent for N heartbeats hangs: it is killed, then failed over "
                         "(--failover, --kill) or the run stops (default 10)")
     p.add_argument("--checkpoint-ms", type=float, default=None, metavar="MS",
-                   help="--runtime proc with --failover or --kill: the store server checkpoints every MS ms, so "
-                        "that its failover rolls forward from there (§5.4; default 100)")
+                   help="--runtime proc with --failover or --kill store@N: the store server checkpoints every MS ms, "
+                        "so that its failover rolls forward from there (§5.4; default 100)")
 
 
 def _runtime_args(p: argparse.ArgumentParser, what: str) -> None:
