@@ -366,3 +366,20 @@ def test_a_failover_store_tells_each_subscriber_the_value_now(tmp_path):
     procstore.rebuild(str(tmp_path), [], {"lb/0", "nat/0"}, [])     # (retired: nothing since)
     state = procstore.boot(os.path.join(str(tmp_path), procstore.RESTORE))
     assert state["inboxes"] == {"lb/1": [("update", pool, ["a", "b", "c"])]}
+
+
+def test_a_root_writes_its_last_persisted_clock_again_to_a_failover_store(tmp_path):
+    from chc.core.root import clock_key
+    from chc.runtime.procworker import Plan, RootWorker
+
+    ctx = zmq.Context()
+    try:
+        plan = Plan(str(tmp_path), load_spec(PAPER), MODEL, 256, ("memory", endpoint(str(tmp_path), "@store")),
+                    recover=True, checkpoint_s=0.1, persist_every=1000)
+        worker = RootWorker(plan, ctx, 0, Guard([]))
+        worker.root.next_seq = 2500             # clocks 0, 1000 and 2000 were persisted
+        worker.store_failed("store", endpoint(str(tmp_path), "@store#1"))
+        [op] = worker.meta_pending
+        assert (op.code, op.key, op.args) == ("set", clock_key(0), (worker.root.base | 2000,))
+    finally:
+        ctx.destroy(linger=0)

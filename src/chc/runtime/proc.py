@@ -221,7 +221,7 @@ class ProcRuntime:
         plan.store = ("memory", plan.address(STORE)) if memory else ("redis", *self._redis_spec)
         self.ctx = zmq.Context()
         roots = [root_name(r) for r in range(self.chain.roots)]
-        workers = roots + [instance_name(v, i) for v, i in plan.instances()]
+        workers = self._workers()
         self.box = Mailbox(self.ctx, plan.address(COORDINATOR), "coordinator",
                            {w.encode() for w in [*workers, STORE]})
         mp = self._context()
@@ -469,8 +469,6 @@ class ProcRuntime:
         logs = self._collect_wals(dead, p, finished)
         collected = time.perf_counter()
         directory = self.plan.directory
-        serial = os.path.join(directory, procstore.SERIAL)
-        position = None
         try:
             # retired: failed instances (failed over, a checkpoint after), finished ones gone
             retired = {procstore.client_id(f) for f in [*self.fenced, *finished] if not f.startswith("@")}
@@ -480,10 +478,9 @@ class ProcRuntime:
                               f"recovered: {exc}") from None
         rebuilt = time.perf_counter()
         if self.plan.record:        # the checker's record: the failover store's history (procstore)
-            position = state["serial"]
-            log_ = procstore.SerialLog(serial)
-            log_.append(encode(Kind.REPLY, ["recover", position, procstore.redo(rec, logs)]))
-            log_.close()
+            serial = procstore.SerialLog(os.path.join(directory, procstore.SERIAL))
+            serial.append(encode(Kind.REPLY, ["recover", state["serial"], procstore.redo(rec, logs)]))
+            serial.close()
         self.generation[STORE] = gen
         self.current[STORE] = new
         self.plan.store = ("memory", self.plan.address(new))
@@ -496,7 +493,7 @@ class ProcRuntime:
         ckpt = state["checkpoint"]
         marks = ckpt.applied_seq
         event.update(checkpoint=ckpt.number, wal_updates=sum(
-            sum(op.seq > max(marks.get(lg.client_id, 0), 0) for op in lg.wal.updates + lg.wal.flow_updates)
+            sum(op.seq > marks.get(lg.client_id, 0) for op in lg.wal.updates + lg.wal.flow_updates)
             for lg in logs), re_executed=len(rec.re_executed), reads_selected=len(rec.selected),
             per_flow_rolled=rec.per_flow, commits_reported=len(rec.commits),
             read_log_rebuilt=sum(1 for lg in logs for _ in (lg.wal.shared_reads or ())),
