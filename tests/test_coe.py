@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 from collections import Counter
 from pathlib import Path
 
@@ -70,7 +71,7 @@ STORE_CRASH = ROOT / "examples/scenarios/store-crash.yaml"
 
 def test_parallel_scenario_passes(capsys, lan_slice, tmp_path):
     code, text, data = run_check(capsys, str(PAPER), str(PARALLEL), str(lan_slice), "--seeds", "3",
-                                 "--json", str(tmp_path / "r.json"))
+                                 "--jobs", "2", "--json", str(tmp_path / "r.json"))
     assert code == 0, text
     assert [r["verdict"] for r in data["results"]] == ["pass"] * 3
     assert "3 of 3 seeds passed" in text
@@ -194,16 +195,28 @@ def test_break_no_clocks_is_reported_at_the_trojan_alert(capsys, r4_capture, tmp
 
 
 def test_break_drop_update_names_the_lost_update(lan_slice):
-    chain, sc = load_spec(PAPER), load_scenario(PARALLEL)
-    records = list(open_capture(lan_slice))
-    for seed in range(6):       # every seed: the lost update is named, whatever else it hides behind
-        v = variant(chain, sc, seed, ["memory"])
-        res = check_variant(chain, sc, records, v, ("drop-update",))
-        assert res.verdict == "diverged", res.breaks
+    # every seed: the lost update is named, whatever else it hides behind
+    with _two_at_a_time() as pool:
+        runs = pool.starmap(_drop_update, [(lan_slice, seed) for seed in range(6)], chunksize=1)
+    for verdict, breaks, divergences in runs:
+        assert verdict == "diverged", breaks
         # "dropped incr on nat.packets[None] at clock 3000"
-        obj = res.breaks["drop-update"].split(" on ", 1)[1].split("[", 1)[0]
-        assert any(d.what == "store" and f"update of {obj}[" in d.where for d in res.result.divergences), (
-            res.breaks, [str(d) for d in res.result.divergences])
+        obj = breaks["drop-update"].split(" on ", 1)[1].split("[", 1)[0]
+        assert any(what == "store" and f"update of {obj}[" in where for what, where, _ in divergences), (
+            breaks, [text for _, _, text in divergences])
+
+
+def _two_at_a_time():
+    """A pool of two forked workers: a test's independent sim checks, one a core (as
+    chc check --jobs runs seeds)."""
+    return multiprocessing.get_context("fork").Pool(2)
+
+
+def _drop_update(capture: Path, seed: int) -> tuple[str, dict, list[tuple[str, str, str]]]:
+    chain, sc = load_spec(PAPER), load_scenario(PARALLEL)
+    res = check_variant(chain, sc, list(open_capture(capture)), variant(chain, sc, seed, ["memory"]),
+                        ("drop-update",))
+    return res.verdict, res.breaks, [(d.what, d.where, str(d)) for d in res.result.divergences]
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +235,7 @@ def test_every_break_is_caught_and_named(capsys, trojan_slice, tmp_path, name):
     scenario = {"naive-move": SCALE, "no-flush": SPLIT, "no-callback": LB_BACKENDS,
                 "no-dup-suppression": STRAGGLER, "no-replay": CRASH, "delete-after-output": CRASH,
                 "no-wal": STORE_CRASH}.get(name, FAULTS)
-    code, text, data = run_check(capsys, str(PAPER), str(scenario), str(capture), "--seeds", "4",
+    code, text, data = run_check(capsys, str(PAPER), str(scenario), str(capture), "--seeds", "4", "--jobs", "2",
                                  "--packets", str(packets), "--break", name, "--json", str(tmp_path / "r.json"))
     assert code == 1, text
     verdicts = Counter(r["verdict"] for r in data["results"])
@@ -373,20 +386,30 @@ def test_saved_failures_load_as_regression_cases(capsys, lan_slice, tmp_path, mo
         _run_case(case, tmp_path)
 
 
-def _run_case(case: dict, base: Path) -> None:
+def _check_case(case: dict, base: Path):
     chain = load_spec(base / case["chain"])
     sc = load_scenario(base / case["scenario"])
     records = list(itertools.islice(open_capture(base / case["capture"]), case.get("packets") or None))
-    res = check_variant(chain, sc, records, variant(chain, sc, case["seed"], ["memory"]),
-                        tuple(case.get("breaks") or ()))
+    return check_variant(chain, sc, records, variant(chain, sc, case["seed"], ["memory"]),
+                         tuple(case.get("breaks") or ()))
+
+
+def _run_case(case: dict, base: Path) -> None:
+    res = _check_case(case, base)
     assert res.verdict == case.get("expect", "pass"), f"{case['why']}: {res.result.first}"
 
 
 def test_kept_failing_seeds_now_pass():
     cases = yaml.safe_load(REGRESSIONS.read_text()) or []
     assert cases, "the regression list is empty"
-    for case in cases:
-        _run_case(case, ROOT)
+    with _two_at_a_time() as pool:     # (the suite's slowest test)
+        for case, (verdict, first) in zip(cases, pool.map(_verdict_of, cases, chunksize=1), strict=True):
+            assert verdict == case.get("expect", "pass"), f"{case['why']}: {first}"
+
+
+def _verdict_of(case: dict) -> tuple[str, str]:
+    res = _check_case(case, ROOT)
+    return res.verdict, str(res.result.first)
 
 
 @pytest.mark.parametrize("raw, field", [
@@ -444,7 +467,7 @@ def test_parallel_portscans_read_the_shared_likelihood_in_the_store_order(capsys
     sc.write_text(yaml.safe_dump({"name": "scan", "pacing": {"multiplier": 1},
                                   "delays": {"*": "uniform:200:2000"}, "parallelism": {"portscan": 3}}))
     code, text, data = run_check(capsys, str(PAPER), str(sc), str(SCAN), "--seeds", "8",
-                                 "--json", str(tmp_path / "r.json"))
+                                 "--jobs", "2", "--json", str(tmp_path / "r.json"))
     assert code == 0, text
     assert [r["verdict"] for r in data["results"]] == ["pass"] * 8
 

@@ -330,19 +330,24 @@ class ProcRuntime:
         finally:
             self._failing = failing
 
-    def _fail_over(self, dead: str, p: Any) -> None:
+    def _failure(self, kind: str, dead: str, p: Any, name: str, **where: Any) -> tuple[dict, str, float]:
+        """A failure's summary event as every failover opens it (what died, how, when it
+        was found), its failover process's name and when it was found."""
         detected = time.perf_counter()
-        name = _logical(dead)
-        vertex, i = name.rsplit(".", 1)
-        gen = self.generation[name] + 1
-        new = generation_name(name, gen)
+        new = generation_name(name, self.generation[name] + 1)
         killed = self._killed.pop(dead, None)
-        how = self._how(dead, p, short=True)
-        event = {"kind": "failover", "vertex": vertex, "instance": int(i), "process": dead, "pid": p.pid,
-                 "how": how, "failover_process": new, "packet": self.fed,
+        event = {"kind": kind, **where, "process": dead, "pid": p.pid, "how": self._how(dead, p, short=True),
+                 "failover_process": new, "packet": self.fed,
                  "detect_s": None if killed is None else round(detected - killed[0], 6)}
         if killed is not None:
             event["killed_at_packet"] = killed[1]
+        return event, new, detected
+
+    def _fail_over(self, dead: str, p: Any) -> None:
+        name = _logical(dead)
+        vertex, i = name.rsplit(".", 1)
+        event, new, detected = self._failure("failover", dead, p, name, vertex=vertex, instance=int(i))
+        gen = self.generation[name] + 1
         self.remote.fence(dead)
         self.fenced.append(dead)
         floors = self.remote.hold_pruning(True)
@@ -381,25 +386,17 @@ class ProcRuntime:
         self._launch(self.mp, new, procworker.main, (self.plan, "instance", (vertex, int(i), gen), replay))
         event["logged_floor"] = [floors.get(r, -1) for r in range(self.chain.roots)]    # per root
         event["handed_over"] = sum(len(r[0]) for r in records.values())     # packets sent to it, from the floor
-        log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, how, new)
+        log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, event["how"], new)
 
     def _fail_over_root(self, dead: str, p: Any) -> None:
         """§5.4 a root failed (docs/proc.md, "Root failover"): every instance takes nothing
         more from it and sends its reports to the failover root, first the ones it kept
         since the root's floor; the failover root starts from the input the coordinator
         kept since that floor (:meth:`RootWorker._restore`), and new input goes to it."""
-        detected = time.perf_counter()
         name = _logical(dead)
         r = int(name.rsplit(".", 1)[1])
+        event, new, detected = self._failure("root-failover", dead, p, name, root=r)
         gen = self.generation[name] + 1
-        new = generation_name(name, gen)
-        killed = self._killed.pop(dead, None)
-        how = self._how(dead, p, short=True)
-        event = {"kind": "root-failover", "root": r, "process": dead, "pid": p.pid, "how": how,
-                 "failover_process": new, "packet": self.fed,
-                 "detect_s": None if killed is None else round(detected - killed[0], 6)}
-        if killed is not None:
-            event["killed_at_packet"] = killed[1]
         self.remote.fence(dead)
         self.fenced.append(dead)
         self.box.fence(dead.encode())
@@ -439,16 +436,14 @@ class ProcRuntime:
             self._send(r, encode(Kind.INPUT, [what, None]))
         event["logged_floor"] = self.root_floor[r]
         event["handed_over"] = sum(len(rows) for _, rows in kept)     # input packets kept, from the floor
-        log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, how, new)
+        log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, event["how"], new)
 
     def _fail_over_store(self, dead: str, p: Any) -> None:
         """§5.4 the store server failed (docs/proc.md, "Store-server failover"): every live
         instance hands in its write-ahead log; the failover store is the latest checkpoint
         rolled forward from them (:func:`procstore.rebuild`), in a new process that every
         client re-points to, sending again what was not answered."""
-        detected = time.perf_counter()
-        killed = self._killed.pop(dead, None)
-        how = self._how(dead, p, short=True)
+        event, new, detected = self._failure("store-failover", dead, p, STORE)
         busy = sorted(self.recovering) + [d for d, _ in self._deaths]
         if busy:
             # Table 3: failed together (a failover under way needs the store; a dead process's
@@ -457,11 +452,6 @@ class ProcRuntime:
                               "down and not yet failed over: they failed together (Table 3), and the store's "
                               "failover needs its write-ahead log; the run stops")
         gen = self.generation[STORE] + 1
-        new = generation_name(STORE, gen)
-        event = {"kind": "store-failover", "process": dead, "pid": p.pid, "how": how, "failover_process": new,
-                 "packet": self.fed, "detect_s": None if killed is None else round(detected - killed[0], 6)}
-        if killed is not None:
-            event["killed_at_packet"] = killed[1]
         self.box.fence(dead.encode())
         # (one that finished and went: its last updates are in the checkpoint taken before it went)
         finished = [self.current[n] for n in (instance_name(v, i) for v, i in self.plan.instances())
@@ -500,7 +490,7 @@ class ProcRuntime:
             wal=not self.no_wal, logs_s=round(collected - detected, 6), rebuild_s=round(rebuilt - collected, 6),
             recovery_s=round(time.perf_counter() - detected, 6))
         self.events.append(event)
-        log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, how, new)
+        log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, event["how"], new)
 
     def _workers(self) -> list[str]:
         """Every logical root and instance."""
