@@ -70,7 +70,7 @@ def test_a_lost_output_of_a_proc_run_is_caught(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--store", "redis://127.0.0.1:1"], "Redis"),
+    (["--store", "redis-cluster://127.0.0.1:1"], "Redis Cluster"),
     (["--break", "no-xor"], "--runtime sim"),
     (["--jobs", "2"], "one at a time"),
 ])

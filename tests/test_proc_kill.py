@@ -52,6 +52,27 @@ def _proc(records, kill: Kill, breaks: tuple[str, ...] = ()) -> ProcRuntime:
     return rt
 
 
+def test_on_redis_a_killed_nat_and_root_fail_over_with_the_sims_results(records, sim, redis_urls):
+    """``--store redis://`` with kills: the store server runs in front of Redis (what NF
+    and root failover keep at the store: the read log, fences, the reports roots
+    pulled), and both failovers end as the sim does."""
+    from chc.backends.redis import RedisStore
+    store = RedisStore(redis_urls[:1], fresh=True, namespace="proc-kill")      # what chc run opens
+    try:
+        rt = ProcRuntime(load_spec(str(PAPER)), model=MODEL, store=store, store_url=redis_urls[0],
+                         namespace="proc-kill", kills=[Kill("nat", 0, 3000), Kill("root", 0, 4500)])
+        rt.run(records)
+    finally:
+        store.close()
+    s = rt.summary()
+    assert sorted(e["kind"] for e in s.events) == ["failover", "root-failover"]
+    assert all(e["replayed"] > 0 for e in s.events)
+    assert s.store["backend"] == f"{redis_urls[0]} (through the store server)"
+    assert s.state_digest == sim.state_digest and s.alerts == sim.alerts
+    assert (s.packets_in, s.packets_out, s.dropped) == (sim.packets_in, sim.packets_out, sim.dropped)
+    assert _gone(rt.pids.values())
+
+
 def _gone(pids) -> bool:
     for pid in pids:
         try:
@@ -435,11 +456,13 @@ def test_a_hung_instance_without_recovery_stops_the_run_with_one_line(records):
     assert _gone(rt.pids.values())
 
 
-def test_a_hung_store_server_stops_the_run_with_one_line(records):
-    """The store server beats too: one that hangs is killed and, without recovery on, the
-    run stops, instead of waiting for it for good."""
+@pytest.mark.parametrize("kills", [[], [Kill("nat", 0, 5500)]], ids=["no-recovery", "nf-recovery-only"])
+def test_a_hung_store_server_stops_the_run_with_one_line(records, kills):
+    """The store server beats too: one that hangs is killed and, without its recovery on,
+    the run stops, instead of waiting for it for good.  (With NF recovery on and no
+    checkpoints, its death was taken for a recoverable store's: a missing-log error.)"""
     from chc.runtime.errors import ProcFailure
-    rt = ProcRuntime(load_spec(str(PAPER)), model=MODEL, heartbeat_s=0.1, misses=10)
+    rt = ProcRuntime(load_spec(str(PAPER)), model=MODEL, heartbeat_s=0.1, misses=10, kills=kills)
     with pytest.raises(ProcFailure, match=r"@store \(pid \d+\) was silent for [\d.]+ s .*store server is recovered "
                                           r"only with --failover or a --kill store@N"):
         rt.run(_stopped_at(rt, records, "@store", 3500))

@@ -223,3 +223,30 @@ def test_a_submitted_request_does_not_carry_the_ops_still_in_flight(tmp_path):
         assert request()[2] == [1, 2, 3, 4, 5]
     finally:
         ctx.destroy(linger=0)
+
+
+# -- on Redis: the store server in front of it (docs/proc.md) ------------------------------------
+
+def test_on_redis_a_killed_nat_passes_and_without_the_replay_diverges(monkeypatch, capsys, redis_urls):
+    """On Redis the store server stands in front of it (the read log, fences, the
+    recorded order): seed 6's NAT kill passes, and without the replay diverges."""
+    argv = ["--packets", "2000", "--seed", SEED, "--kill", KILL, "--store", redis_urls[0]]
+    assert _check(argv, monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert f"store {redis_urls[0]}" in out and "PASS" in out and "failover nat.0#1 replayed" in out
+    assert _check([*argv, "--break", "no-replay"], monkeypatch) == 1
+    assert "DIVERGED" in capsys.readouterr().out
+
+
+def test_on_redis_random_kills_draw_no_store_and_a_store_kill_is_one_line(monkeypatch, capsys, redis_urls):
+    """Redis's own failover is not built: --kill random draws instances and roots only,
+    and --kill store on Redis is refused before anything starts."""
+    chain, sc = load_spec(PAPER), load_scenario(PARALLEL)
+    url = redis_urls[0]
+    on_redis = [draw_kill(variant(chain, sc, seed, [url]), 1000, "random:3") for seed in range(40)]
+    assert not any("store@" in k for k in on_redis)
+    assert any("store@" in draw_kill(variant(chain, sc, seed, ["memory"]), 1000, "random:3") for seed in range(40))
+    monkeypatch.chdir(ROOT)
+    assert main(["run", "--runtime", "proc", PAPER, LAN, "--store", url, "--model", "EO", "--kill", "store@10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("chc: error: --kill store: with --store redis") and "\n" not in err

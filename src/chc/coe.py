@@ -713,8 +713,9 @@ def draw_kill(v: Variant, n_packets: int, spec: str, roots: int = 1) -> str:
     rng = random.Random(f"kill:{v.seed}")
     instances = [(name, i) for name, n in v.parallelism.items() for i in range(n)]
     instances += [("root", r) for r in range(roots)]
-    if v.model != "T":
-        instances.append(("store", 0))         # the store server (§5.4 store failover)
+    if v.model != "T" and v.store == "memory":
+        # the store server (§5.4 store failover; on Redis the state is in the Redis server)
+        instances.append(("store", 0))
     kills = []
     for _ in range(min(k, len(instances))):
         vertex, i = rng.choice(instances)       # (the first draw is random:1's: seeds keep their kill)
@@ -770,7 +771,7 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
             raise ValueError(f"--break {name} needs the memory store")
     if runtime in ("proc", "ray"):
         return _check_proc(chain, scenario, records, v, breaks, ray_address if runtime == "ray" else None,
-                           checkpoint_ms)
+                           checkpoint_ms, open_store)
     store = open_store(v.store) if (open_store is not None and v.model != "T") else None
     obs = Observers()
     state = BreakState(tuple(breaks), from_clock=len(records) // 2)
@@ -807,9 +808,9 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
     if scenario.network:
         return ("check --runtime proc: the scenario's network: faults are simulated links of the sim "
                 "runtime; use --runtime sim")
-    if any(url != "memory" for url in stores) or (scenario.store not in (None, "memory")):
-        return ("check --runtime proc: the checker records the store's serialization in the proc runtime's "
-                "store server; Redis applies ops itself and reports no order (use the memory store)")
+    if any(url.startswith("redis-cluster://") for url in [*stores, scenario.store or "memory"]):
+        return ("check --runtime proc: the proc runtime runs on its store server or on redis://, not on a "
+                "Redis Cluster yet (use --runtime sim)")
     other = [b for b in breaks if b not in PROC_BREAKS]
     if other:
         return f"--break {other[0]} is for --runtime sim (with --runtime proc: {', '.join(PROC_BREAKS)})"
@@ -818,7 +819,7 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
 
 def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v: Variant,
                 breaks: tuple[str, ...], ray_address: str | None = None,
-                checkpoint_ms: float | None = None) -> SeedResult:
+                checkpoint_ms: float | None = None, open_store: Any = None) -> SeedResult:
     """One seed on the proc runtime (docs/coe.md), or with ``ray_address`` on the ray
     runtime (the same workers in Ray actors): the store server records the
     serialization, the instances the updates they issued; the same reference and
@@ -838,15 +839,22 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
     if ray_address is not None:
         from .runtime.procray import RayRuntime
         cls, extra = RayRuntime, {"address": ray_address}
-    rt = cls(physical, model=v.model, batch_size=v.batch_size,
-             log_mode=getattr(scenario, "packet_log", "local"), write_out=True, record=True,
-             breaks=breaks, break_from=state.from_clock, kills=kills, checkpoint_ms=checkpoint_ms, **extra)
+    # On Redis the store server records in front of it (docs/proc.md); the namespace made fresh here
+    if open_store is None:
+        from .backends import open_store
+    store = open_store(v.store) if v.store != "memory" else None
     out: list[tuple[int, bytes]] = []
     try:
+        rt = cls(physical, model=v.model, batch_size=v.batch_size, store=store, store_url=v.store,
+                 log_mode=getattr(scenario, "packet_log", "local"), write_out=True, record=True,
+                 breaks=breaks, break_from=state.from_clock, kills=kills, checkpoint_ms=checkpoint_ms, **extra)
         rt.run(records, emit=lambda pkts: out.extend((p.clock, bytes(p.data)) for p in pkts))
     except ProcFailure as exc:
         return SeedResult(v, CheckResult([], [], None, None, unrecoverable=str(exc)), "unrecoverable",
                           {b: "" for b in breaks})
+    finally:
+        if store is not None:
+            store.close()
     s = rt.summary()
     alerts = sorted((a["vertex"], a["kind"], a["host"], a["clock"]) for a in s.alerts)
     stored = {(vertex, obj, key): value for vertex, objs in rt.final_state.items()

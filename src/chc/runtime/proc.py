@@ -121,11 +121,15 @@ class ProcRuntime:
                              "use --no-scaling, or --runtime sim")
         self.chain = chain
         self.model = model
+        if store_url.startswith("redis-cluster://"):
+            raise ValueError("--runtime proc runs on its store server (the default) or on redis://, not on a "
+                             "Redis Cluster yet; use --runtime sim")
         self.redis = store_url.startswith(("redis://", "rediss://"))
         self.store = store if self.redis else None      # the coordinator's own handle (lease, final state)
-        if record and self.redis:
-            raise ValueError("chc check --runtime proc records the store's serialization in the store server: "
-                             "Redis applies the ops itself and reports no order; use the memory store")
+        # On Redis, what NF and root failover keep at the store (the read log, pre-image
+        # holds, fences) and the checker's record of the serialization live in a store
+        # server in front of Redis, the one connection every op goes through (docs/proc.md)
+        self.fronted = self.redis and (recover or record)
         # §5.4 store-server failover (chc.runtime.procstore): with recovery on the default store
         if checkpoint_ms is not None and checkpoint_ms <= 0:
             raise ValueError("--checkpoint-ms: the store server's checkpoint interval must be > 0 ms")
@@ -217,8 +221,8 @@ class ProcRuntime:
         plan = self.plan
         plan.directory = self.directory
         self._address(plan)
-        memory = not self.redis
-        plan.store = ("memory", plan.address(STORE)) if memory else ("redis", *self._redis_spec)
+        served = not self.redis or self.fronted
+        plan.store = ("memory", plan.address(STORE)) if served else ("redis", *self._redis_spec)
         self.ctx = zmq.Context()
         roots = [root_name(r) for r in range(self.chain.roots)]
         workers = self._workers()
@@ -228,7 +232,7 @@ class ProcRuntime:
         self.guard = Guard([], self._gone)
         self._sentinels: dict[int, str] = {}
         self.mp = mp
-        if memory:
+        if served:
             self._launch_store(STORE, "")
         for v, i in plan.instances():
             self._launch(mp, instance_name(v, i), procworker.main, (plan, "instance", (v, i)))
@@ -238,7 +242,7 @@ class ProcRuntime:
         self.generation = dict.fromkeys([*workers, STORE], 0)
         self.inputs = [dealer(self.ctx, plan.address(name + ".in"), COORDINATOR, plan.hwm) for name in roots]
         self.remote = (storeserver.RemoteStore(self.ctx, plan.store[1], COORDINATOR, self.guard)
-                       if memory else None)
+                       if served else None)
         self.guard.idle = self._idle
         deadline = time.monotonic() + START_TIMEOUT_S
         while len(self.ready) < len(workers):
@@ -262,7 +266,8 @@ class ProcRuntime:
         plan = self.plan
         self._launch(self.mp, name, storeserver.serve, (plan.store[1], plan.record, plan.recover,
                                                         plan.address(COORDINATOR), plan.heartbeat_s,
-                                                        plan.directory, plan.checkpoint_s, name, restore))
+                                                        plan.directory, plan.checkpoint_s, name, restore,
+                                                        self._redis_spec if self.fronted else None))
 
     def _launch(self, mp: Any, name: str, target: Callable, args: tuple) -> None:
         p = mp.Process(target=target, args=args, name=f"chc {name}", daemon=True)
@@ -291,8 +296,9 @@ class ProcRuntime:
             why = ("while the run was starting" if not self._started else
                    f"while {self._failing}'s failover was under way: they failed together (Table 3)")
             raise ProcFailure(f"proc runtime: {name} (pid {p.pid}) {self._how(name, p)} {why}; the run stops")
-        if self.plan.recover and self.current.get(_logical(name)) == name and (
-                not name.startswith("@") or self.roots_recover or (store and self.plan.checkpoint_s)):
+        # (the store server is recovered only from its checkpoints; a root only with its own log)
+        recoverable = self.plan.checkpoint_s if store else not name.startswith("@") or self.roots_recover
+        if self.plan.recover and self.current.get(_logical(name)) == name and recoverable:
             if self._failing:
                 self._deaths.append((name, p))
                 return
@@ -308,7 +314,8 @@ class ProcRuntime:
             if name in self.reported:
                 return
         how = self._how(name, p)
-        why = ("the store server is recovered only with --failover or a --kill store@N" if store
+        why = ("the state is in Redis, and this server in front of it is not failed over" if store and self.redis
+               else "the store server is recovered only with --failover or a --kill store@N" if store
                else "a root with its packet log in the store is not recovered here" if self.plan.recover
                else "no recovery without --kill or --failover")
         raise ProcFailure(f"proc runtime: {name} (pid {p.pid}) {how} before the end of the run; "
@@ -925,8 +932,8 @@ class ProcRuntime:
         clients = [r["client"] for r in self.reported.values() if r.get("client")]
         round_trips = (self.store_stats.get("round_trips", 0) if self.remote is not None
                        else sum(r["round_trips"] for r in self.reported.values()))
-        s.store = {"backend": "local" if self.model == "T" else
-                   ("memory" if self.remote is not None else self.store.describe()),
+        s.store = {"backend": "local" if self.model == "T" else self.store.describe() + (
+                       " (through the store server)" if self.fronted else "") if self.redis else "memory",
                    "model": self.model, **{k: sum(c[k] for c in clients)
                                            for k in ("blocking_ops", "nonblocking_ops", "cache_hits")},
                    "round_trips": round_trips if self.model != "T" else 0}
@@ -987,9 +994,9 @@ def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, 
                          "(R1 needs an externalized model: EO, EO+C or EO+C+NA)")
     if log_mode == "off":
         raise ValueError("--kill: with the packet log off there is nothing to replay")
-    if store_url != "memory":
-        raise ValueError("--kill: NF failover in the proc runtime needs the default store server (pre-images "
-                         "and the read log are kept there), not Redis")
+    if store_url != "memory" and any(k.vertex == STORE_KILL for k in kills):
+        raise ValueError("--kill store: with --store redis the state lives in the Redis server, and a failover "
+                         "of Redis is not built (docs/proc.md); NF and root kills recover on Redis")
     if any(k.vertex == STORE_KILL for k in kills) and log_mode != "local":
         raise ValueError("--kill store: the failover store server is rebuilt from checkpoints and the instances' "
                          "logs; the roots' writes of a packet log in the store (--packet-log store) are not "

@@ -35,6 +35,15 @@ request (the packet a read is for).  Each step is encoded when it is applied
 directory as it is applied (:class:`~chc.runtime.procstore.SerialLog`: a killed
 server's steps survive it), which the coordinator reads at the end.  The roots'
 metadata writes are not recorded (the sim writes them past the recorder too).  Without ``record`` nothing of this runs.
+
+In front of Redis (``redis``: ``--store redis://`` with a ``--kill``, ``--failover``
+or ``chc check``).  The same server, its engine the run's Redis store
+(:class:`~chc.backends.redis.RedisStore`, one connection) instead of the memory
+engine: Redis keeps the state and its clock log and pre-images, this server
+what the instances cannot each keep for themselves (NF failover's read log,
+fences and pruning holds, the reports roots pulled) and the one order the COE
+checker records; every client's ops go through it.  Without those, each
+process talks to Redis directly.
 """
 
 from __future__ import annotations
@@ -162,8 +171,9 @@ class Failover:
 
 def serve(address: str, record: bool = False, recover: bool = False, coordinator: str = "",
           heartbeat_s: float = 0.0, directory: str = "", checkpoint_s: float = 0.0,
-          me: str = STORE, restore: str = "") -> None:
-    """Serve a fresh memory store at ``address`` until a ``stop`` call (a process of its own);
+          me: str = STORE, restore: str = "", redis: tuple | None = None) -> None:
+    """Serve a fresh memory store at ``address`` until a ``stop`` call (a process of its own),
+    or with ``redis`` (URLs, namespace, TLS options) the run's Redis store, in front of it;
     ``record``: write the serialization for the COE checker to the run's ``directory``
     (module doc); ``recover``: keep what NF failover needs (:class:`Failover`);
     ``checkpoint_s``: checkpoints for store failover (:mod:`chc.runtime.procstore`),
@@ -175,7 +185,7 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
     to_coordinator = dealer(ctx, coordinator, me) if coordinator else None
     if to_coordinator is not None and heartbeat_s:
         guard.heartbeat(heartbeat_s, encode(Kind.CONTROL, ["hb", None]), to_coordinator)
-    store = MemoryStore(RecoverableEngine() if checkpoint_s else None)
+    store = MemoryStore(RecoverableEngine() if checkpoint_s else None) if redis is None else _redis(*redis)
     state = procstore.boot(restore) if restore else None
     if state is not None:
         _boot(store, box, state)
@@ -215,6 +225,13 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
         ctx.term()
 
 
+def _redis(urls: list[str], namespace: str, tls: dict) -> Any:
+    """The run's Redis store, whose namespace the coordinator made fresh (and holds the lease
+    of): this server is every op's one way to it (the module doc's "In front of Redis")."""
+    from ..backends.redis import RedisStore
+    return RedisStore(urls, fresh=False, namespace=namespace, lease=False, **tls)
+
+
 def _boot(store: MemoryStore, box: Mailbox, state: dict) -> None:
     """§5.4 a failover store server: the state recovery built (:mod:`chc.runtime.procstore`)."""
     store.engine = state["checkpoint"].restore(copy=False)
@@ -235,7 +252,9 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
         if method == "stop":
             usage = resource.getrusage(resource.RUSAGE_SELF)
             stats = {"round_trips": store.round_trips, "ops": store.ops, "rejected": box.rejected,
-                     "cpu_s": usage.ru_utime + usage.ru_stime, "clock_log": len(store.engine.log_order)}
+                     "cpu_s": usage.ru_utime + usage.ru_stime}
+            if isinstance(store, MemoryStore):
+                stats["clock_log"] = len(store.engine.log_order)
             if durable is not None:
                 stats["checkpoints"] = durable.taken
                 stats["checkpoint_s"] = round(durable.seconds, 6)
