@@ -70,7 +70,6 @@ def test_a_lost_output_of_a_proc_run_is_caught(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--store", "redis-cluster://127.0.0.1:1"], "Redis Cluster"),
     (["--break", "no-xor"], "--runtime sim"),
     (["--jobs", "2"], "one at a time"),
 ])

@@ -5,6 +5,7 @@ and a node that goes away.  Clusters are private 3-node ones on loopback (tests/
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -309,3 +310,22 @@ def test_a_fresh_run_clears_its_namespace_on_every_node_and_nothing_else(cluster
         assert c.exists("chco-other") and c.exists("user:{chc}:x")
     finally:
         c.close()
+
+
+def test_the_proc_runtime_on_a_cluster_directly_and_with_a_kill_checked(cluster, tmp_path, capsys, monkeypatch):
+    """``--runtime proc --store redis-cluster://``: each process's own cluster
+    connection gives the sim's digest; with a kill under ``chc check`` the store server
+    in front of the cluster keeps what NF failover needs, and the seed passes."""
+    from chc.cli import main
+    monkeypatch.chdir(ROOT)
+    chain, lan = "examples/paper_chain.yaml", "traces/pathspider/lan-2012.pcap.gz"
+    digests = []
+    for extra in (["--runtime", "proc", "--store", cluster.url], []):
+        out = tmp_path / f"s{len(digests)}.json"
+        assert main(["run", chain, lan, "-c", "2000", "--model", "EO+C+NA", "--no-progress", "-q",
+                     "--summary-json", str(out), *extra]) == 0
+        digests.append(json.loads(out.read_text())["state_digest"])
+    assert digests[0] == digests[1]
+    assert main(["check", "--runtime", "proc", chain, "examples/scenarios/parallel.yaml", lan, "--packets", "2000",
+                 "--seed", "6", "--kill", "nat[0]@1000", "--store", cluster.url]) == 0
+    assert "failover nat.0#1 replayed" in capsys.readouterr().out

@@ -808,9 +808,6 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
     if scenario.network:
         return ("check --runtime proc: the scenario's network: faults are simulated links of the sim "
                 "runtime; use --runtime sim")
-    if any(url.startswith("redis-cluster://") for url in [*stores, scenario.store or "memory"]):
-        return ("check --runtime proc: the proc runtime runs on its store server or on redis://, not on a "
-                "Redis Cluster yet (use --runtime sim)")
     other = [b for b in breaks if b not in PROC_BREAKS]
     if other:
         return f"--break {other[0]} is for --runtime sim (with --runtime proc: {', '.join(PROC_BREAKS)})"

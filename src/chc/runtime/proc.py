@@ -121,10 +121,7 @@ class ProcRuntime:
                              "use --no-scaling, or --runtime sim")
         self.chain = chain
         self.model = model
-        if store_url.startswith("redis-cluster://"):
-            raise ValueError("--runtime proc runs on its store server (the default) or on redis://, not on a "
-                             "Redis Cluster yet; use --runtime sim")
-        self.redis = store_url.startswith(("redis://", "rediss://"))
+        self.redis = store_url.startswith(("redis://", "rediss://", "redis-cluster://"))
         self.store = store if self.redis else None      # the coordinator's own handle (lease, final state)
         # On Redis, what NF and root failover keep at the store (the read log, pre-image
         # holds, fences) and the checker's record of the serialization live in a store

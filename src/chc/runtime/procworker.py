@@ -204,9 +204,8 @@ def open_backend(plan: Plan, ctx: zmq.Context, identity: str, guard: Guard) -> A
     if plan.store[0] == "memory":
         from .storeserver import RemoteStore
         return RemoteStore(ctx, plan.store[1], identity, guard)
-    from ..backends.redis import RedisStore
-    _, urls, namespace, tls = plan.store
-    return RedisStore(urls, fresh=False, namespace=namespace, lease=False, **tls)
+    from .storeserver import redis_store
+    return redis_store(*plan.store[1:])
 
 
 class _Sender:

@@ -185,7 +185,7 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
     to_coordinator = dealer(ctx, coordinator, me) if coordinator else None
     if to_coordinator is not None and heartbeat_s:
         guard.heartbeat(heartbeat_s, encode(Kind.CONTROL, ["hb", None]), to_coordinator)
-    store = MemoryStore(RecoverableEngine() if checkpoint_s else None) if redis is None else _redis(*redis)
+    store = MemoryStore(RecoverableEngine() if checkpoint_s else None) if redis is None else redis_store(*redis)
     state = procstore.boot(restore) if restore else None
     if state is not None:
         _boot(store, box, state)
@@ -225,11 +225,12 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
         ctx.term()
 
 
-def _redis(urls: list[str], namespace: str, tls: dict) -> Any:
-    """The run's Redis store, whose namespace the coordinator made fresh (and holds the lease
-    of): this server is every op's one way to it (the module doc's "In front of Redis")."""
-    from ..backends.redis import RedisStore
-    return RedisStore(urls, fresh=False, namespace=namespace, lease=False, **tls)
+def redis_store(urls: list[str], namespace: str, tls: dict) -> Any:
+    """A process's own connection to the run's Redis store (or Redis Cluster), whose
+    namespace the coordinator made fresh and holds the lease of: a worker's, or this
+    server's in front of it (the module doc's "In front of Redis")."""
+    from ..backends import open_store
+    return open_store(",".join(urls), fresh=False, namespace=namespace, lease=False, **tls)
 
 
 def _boot(store: MemoryStore, box: Mailbox, state: dict) -> None:
