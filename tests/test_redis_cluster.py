@@ -322,10 +322,10 @@ def test_the_proc_runtime_on_a_cluster_directly_and_with_a_kill_checked(cluster,
     digests = []
     for extra in (["--runtime", "proc", "--store", cluster.url], []):
         out = tmp_path / f"s{len(digests)}.json"
-        assert main(["run", chain, lan, "-c", "2000", "--model", "EO+C+NA", "--no-progress", "-q",
+        assert main(["run", chain, lan, "-c", "1000", "--model", "EO+C+NA", "--no-progress", "-q",
                      "--summary-json", str(out), *extra]) == 0
         digests.append(json.loads(out.read_text())["state_digest"])
     assert digests[0] == digests[1]
-    assert main(["check", "--runtime", "proc", chain, "examples/scenarios/parallel.yaml", lan, "--packets", "2000",
-                 "--seed", "6", "--kill", "nat[0]@1000", "--store", cluster.url]) == 0
+    assert main(["check", "--runtime", "proc", chain, "examples/scenarios/parallel.yaml", lan, "--packets", "1500",
+                 "--seed", "6", "--kill", "nat[0]@700", "--store", cluster.url]) == 0
     assert "failover nat.0#1 replayed" in capsys.readouterr().out
