@@ -111,9 +111,12 @@ class Failover:
     its replay needs stay)."""
 
     def __init__(self, store: MemoryStore, shared: list[tuple[str, str]] | None = None) -> None:
-        # In front of Redis the objects no replay starts from are left out (a copy each
-        # there; the memory engine keeps references)
-        store.keep_preimages(shared) if shared else store.keep_preimages()
+        if shared:
+            # In front of Redis the objects no replay starts from are left out (a copy each
+            # there; the memory engine keeps references)
+            store.keep_preimages(shared)
+        else:
+            store.keep_preimages()
         self.reads: dict = {}
         self.replaying: dict[bytes, dict] = {}
         self.holds = 0
