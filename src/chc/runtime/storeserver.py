@@ -111,12 +111,9 @@ class Failover:
     its replay needs stay)."""
 
     def __init__(self, store: MemoryStore, shared: list[tuple[str, str]] | None = None) -> None:
-        if shared:
-            # In front of Redis the objects no replay starts from are left out (a copy each
-            # there; the memory engine keeps references)
-            store.keep_preimages(shared)
-        else:
-            store.keep_preimages()
+        # In front of Redis the objects no replay starts from are left out (a copy each
+        # there; the memory engine keeps references)
+        store.keep_preimages(shared) if shared else store.keep_preimages()
         self.reads: dict = {}
         self.replaying: dict[bytes, dict] = {}
         self.holds = 0
