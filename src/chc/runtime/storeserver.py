@@ -110,9 +110,8 @@ class Failover:
     log), and pruning held while a failover instance replays (the clock-log entries
     its replay needs stay)."""
 
-    def __init__(self, store: MemoryStore, shared: list[tuple[str, str]] | None = None) -> None:
-        # In front of Redis the objects no replay starts from are left out (a copy each
-        # there; the memory engine keeps references)
+    def __init__(self, store: MemoryStore, shared: list[tuple[str, str]]) -> None:
+        # (in front of Redis, the objects no replay starts from are left out: a copy each)
         store.keep_preimages(shared) if shared else store.keep_preimages()
         self.reads: dict = {}
         self.replaying: dict[bytes, dict] = {}
@@ -193,7 +192,7 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
     state = procstore.boot(restore) if restore else None
     if state is not None:
         _boot(store, box, state)
-    failover = Failover(store, shared if redis is not None else None) if recover else None
+    failover = Failover(store, shared or []) if recover else None
     if state is not None and failover is not None:
         failover.floors, failover.delivered, failover.reads = state["floors"], state["delivered"], state["reads"]
         failover.unknown = state["unknown"]
