@@ -941,21 +941,6 @@ def test_preimages_of_list_objects(store):
     assert at("nat", {6}) == {"pool": {None: []}}
 
 
-def test_on_redis_the_preimages_of_shared_objects_are_left_out(store):
-    """``keep_preimages(shared)``: an object several instances write is never cached, so
-    no replay starts from its pre-images, and Redis keeps none (the NAT pool's was a copy
-    of its 40,000 ports per clock); the other objects' are kept as before."""
-    if store.name == "memory":
-        pytest.skip("the memory engine keeps every pre-image (a reference, not a copy)")
-    store.keep_preimages([("nat", "pool"), ("lb", "active")])
-    pool, flow = ObjectKey("nat", "pool", None), ObjectKey("nat", "mapping", b"f", True)
-    run(store, tagged("pop", pool, (), 1, default=[1, 2, 3]), tagged("set", flow, (7,), 1))
-    run(store, tagged("pop", pool, (), 2), tagged("set", flow, (8,), 2))
-    at = store.objects_at("nat", {2})
-    assert list(at["pool"][None]) == [3]        # the value now: no pre-image kept
-    assert at["mapping"] == {b"f": 7}           # before clock 2's update
-
-
 def test_preimages_of_argmin_incr_cover_every_counter(store):
     store.keep_preimages()
     keys = [ObjectKey("lb", "active", i) for i in range(3)]

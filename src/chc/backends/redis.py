@@ -161,7 +161,7 @@ import uuid
 import warnings
 import zlib
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -1468,15 +1468,12 @@ class RedisStore:
         return out
 
     # -- NF failover (§5.4) ----------------------------------------------------------------
-    def keep_preimages(self, shared: Iterable[tuple[str, str]] = ()) -> None:
+    def keep_preimages(self) -> None:
         """Record pre-images from now on (what NF failover needs, see :meth:`objects_at`):
         sets the namespace's ``pre`` key on every server, which ``chc_batch`` reads with the
         epoch (so every store of the run records them, and a batch without them costs
-        nothing more).  ``shared``: (vertex, object) pairs no instance ever caches (several
-        instances write them), whose pre-images no replay starts from: left out (measured:
-        the NAT pool's, a 40,000-port list copied per clock, was most of the server's work)."""
-        value = b"1" + b"".join(b"\nk:" + _esc(v) + b":" + _esc(o) + b":" for v, o in sorted(shared))
-        self._call_all(lambda p: ("SET", p + b"pre", value))
+        nothing more)."""
+        self._call_all(lambda p: ("SET", p + b"pre", b"1"))
 
     def objects_at(self, vertex: str, replayed: set[int]) -> dict[str, dict[Hashable, Any]]:
         """``vertex``'s objects as they were before the first update made by any of the

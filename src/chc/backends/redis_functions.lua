@@ -28,8 +28,7 @@ function; K = P "k:" rest, rest = vertex ":" object ":" msgpack(scope key)):
   P "lc:" id    string: one batch's clock-log fields (see chunk_of; pruning)
   P "lz"        sorted set: those chunks (and the "pc:" ones) scored by their least clock
   P "lseq"      counter: the last list id (one per batch that logs; orders pre-images)
-  P "pre"       string: present = record pre-images (RedisStore.keep_preimages, NF failover):
-                "1", then a line "k:VERTEX:OBJECT:" per object whose pre-images are left out
+  P "pre"       string: present = record pre-images (RedisStore.keep_preimages, NF failover)
   P "p"         hash: pre-images, "clock K" -> order (8 bytes: batch id, index; big-endian)
                 .. the value of K before the first update of that clock ("V"/"L" tagged,
                 "A" absent)
@@ -524,10 +523,6 @@ local function preimage(k, clock)
   local field = clock .. ' ' .. k
   if b.pseen[field] then return end
   b.pseen[field] = true
-  if b.pskip then                                   -- an object no replay starts from
-    local rel = string.match(k, '^k:[^:]*:[^:]*:', #b.P + 1)
-    if rel and b.pskip[rel] then return end
-  end
   if redis.call('HEXISTS', b.P .. 'p', field) == 1 then return end   -- an earlier batch's
   local v = Bcache[k]
   if v then
@@ -962,10 +957,6 @@ local function chc_batch(keys, argv)
   local b = batch
   if b.preimages then
     b.pseen, b.npre, b.pfields, b.pvalues, b.pmembers = {}, 0, {}, {}, {}
-    if #meta[2] > 1 then
-      b.pskip = {}
-      for rel in string.gmatch(meta[2], 'k:[^\n]*') do b.pskip[rel] = true end
-    end
   end
   local starts, ks, opfields, many = b.starts, b.keys, b.opfields, b.many
   local nops, tagfields, nt, reads, nr = 0, {}, 0, {}, 0

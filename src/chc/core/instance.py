@@ -43,13 +43,6 @@ log = logging.getLogger("chc.instance")
 _TIMER_TAGS = 1 << 20      # clock-log tags of timer updates start here (never a packet's)
 
 
-def shared_objects(nf_cls: type[NF]) -> frozenset[str]:
-    """R3: the NF's cross-flow read/write objects, which an instance does not cache when
-    other instances of its vertex use them too (so no replay starts from their pre-images)."""
-    return frozenset(name for name, d in nf_cls.state_objects().items()
-                     if not d.scope.per_flow and d.access is Access.READ_WRITE)
-
-
 def _ladder_parts(ladder: list) -> Any:
     """The partition fields of a packet at every scope of the ladder (§4.1)."""
     if len(ladder) == 1:
@@ -98,7 +91,9 @@ class Instance:
                 raise ValueError(f"model {model} needs a store")
             self.client = StoreClient(store, vertex, instance_id, model, exclusive)
         # R3: the cross-flow read/write-often objects other instances use too (not cached).
-        self.shared: frozenset[str] = frozenset() if exclusive else shared_objects(nf_cls)
+        self.shared: frozenset[str] = frozenset() if exclusive else frozenset(
+            name for name, d in nf_cls.state_objects().items()
+            if not d.scope.per_flow and d.access is Access.READ_WRITE)
         # Bind every declared object to a handle; NF code reaches them as self.<name>.
         self.objects: dict[str, LocalObject] = {}
         for name, decl in nf_cls.state_objects().items():

@@ -70,7 +70,6 @@ from typing import Any
 import zmq
 
 from ..core.client import StoreLost
-from ..core.instance import shared_objects
 from ..core.recovery import RecoveryError
 from ..core.recovery import Unrecoverable as LostState
 from ..core.state import LocalObject
@@ -265,8 +264,7 @@ class ProcRuntime:
         self._launch(self.mp, name, storeserver.serve, (plan.store[1], plan.record, plan.recover,
                                                         plan.address(COORDINATOR), plan.heartbeat_s,
                                                         plan.directory, plan.checkpoint_s, name, restore,
-                                                        self._redis_spec if self.fronted else None,
-                                                        _shared(self.chain)))
+                                                        self._redis_spec if self.fronted else None))
 
     def _launch(self, mp: Any, name: str, target: Callable, args: tuple) -> None:
         p = mp.Process(target=target, args=args, name=f"chc {name}", daemon=True)
@@ -984,12 +982,6 @@ def parse_kill(text: str, chain: Chain) -> Kill:
     if i >= v.parallelism:
         raise ValueError(f"--kill {text!r}: {vertex} has {v.parallelism} instance(s)")
     return Kill(vertex, i, at)
-
-
-def _shared(chain: Chain) -> list[tuple[str, str]]:
-    """The (vertex, object) pairs no instance caches (several instances write them, R3):
-    no replay starts from their pre-images (the parallelism is fixed in this runtime)."""
-    return [(name, obj) for name, v in chain.vertices.items() if v.parallelism > 1 for obj in shared_objects(v.nf)]
 
 
 def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, kills: list[Kill]) -> None:

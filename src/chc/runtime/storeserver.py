@@ -110,9 +110,8 @@ class Failover:
     log), and pruning held while a failover instance replays (the clock-log entries
     its replay needs stay)."""
 
-    def __init__(self, store: MemoryStore, shared: list[tuple[str, str]]) -> None:
-        # (in front of Redis, the objects no replay starts from are left out: a copy each)
-        store.keep_preimages(shared) if shared else store.keep_preimages()
+    def __init__(self, store: MemoryStore) -> None:
+        store.keep_preimages()
         self.reads: dict = {}
         self.replaying: dict[bytes, dict] = {}
         self.holds = 0
@@ -172,11 +171,9 @@ class Failover:
 
 def serve(address: str, record: bool = False, recover: bool = False, coordinator: str = "",
           heartbeat_s: float = 0.0, directory: str = "", checkpoint_s: float = 0.0,
-          me: str = STORE, restore: str = "", redis: tuple | None = None,
-          shared: list[tuple[str, str]] | None = None) -> None:
+          me: str = STORE, restore: str = "", redis: tuple | None = None) -> None:
     """Serve a fresh memory store at ``address`` until a ``stop`` call (a process of its own),
-    or with ``redis`` (URLs, namespace, TLS options) the run's Redis store, in front of it
-    (``shared``: the (vertex, object) pairs whose pre-images Redis need not keep);
+    or with ``redis`` (URLs, namespace, TLS options) the run's Redis store, in front of it;
     ``record``: write the serialization for the COE checker to the run's ``directory``
     (module doc); ``recover``: keep what NF failover needs (:class:`Failover`);
     ``checkpoint_s``: checkpoints for store failover (:mod:`chc.runtime.procstore`),
@@ -192,7 +189,7 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
     state = procstore.boot(restore) if restore else None
     if state is not None:
         _boot(store, box, state)
-    failover = Failover(store, shared or []) if recover else None
+    failover = Failover(store) if recover else None
     if state is not None and failover is not None:
         failover.floors, failover.delivered, failover.reads = state["floors"], state["delivered"], state["reads"]
         failover.unknown = state["unknown"]
