@@ -10,8 +10,11 @@ the ``sim`` runtime, with ZeroMQ between them (:mod:`chc.runtime.wire`).
 
 Processes.  One per root and one per NF instance; with no ``--store``, one more
 serves the store engine (:mod:`chc.runtime.storeserver`, the paper's
-datastore); with ``--store redis://...`` each process has its own connection
-to Redis.  They are started with multiprocessing's ``forkserver`` method: a
+datastore); with ``--store redis://...`` (or ``redis-cluster://``) each process
+has its own connection to Redis, except with recovery on or under ``chc check``:
+then the store server runs in front of Redis, every op's one way there (§5.4:
+NF failover's read log and fences, the checker's one order; docs/proc.md, "In
+front of Redis").  They are started with multiprocessing's ``forkserver`` method: a
 clean server process (started once, with chc imported) forks each worker, so a
 worker starts in milliseconds without inheriting the coordinator's sockets,
 threads or open capture, which ``fork`` from the coordinator would copy and
@@ -47,7 +50,7 @@ Ctrl-C aborts (the workers are killed).  Workers ignore SIGINT: a terminal's
 Ctrl-C reaches the whole process group, and it is the coordinator's to handle.
 
 Not yet: scenario events (scaling, clones, crashes) and delay models, which
-are the sim's; failover on Redis.  :mod:`chc.runtime.procray` places the same
+are the sim's; failover of the Redis server itself.  :mod:`chc.runtime.procray` places the same
 workers in Ray actors, through ``_address`` and ``_context``.
 """
 
@@ -334,24 +337,24 @@ class ProcRuntime:
         finally:
             self._failing = failing
 
-    def _failure(self, kind: str, dead: str, p: Any, name: str, **where: Any) -> tuple[dict, str, float]:
+    def _failure(self, kind: str, dead: str, p: Any, name: str, **where: Any) -> tuple[dict, int, str, float]:
         """A failure's summary event as every failover opens it (what died, how, when it
-        was found), its failover process's name and when it was found."""
+        was found), its failover's generation and process name, and when it was found."""
         detected = time.perf_counter()
-        new = generation_name(name, self.generation[name] + 1)
+        gen = self.generation[name] + 1
+        new = generation_name(name, gen)
         killed = self._killed.pop(dead, None)
         event = {"kind": kind, **where, "process": dead, "pid": p.pid, "how": self._how(dead, p, short=True),
                  "failover_process": new, "packet": self.fed,
                  "detect_s": None if killed is None else round(detected - killed[0], 6)}
         if killed is not None:
             event["killed_at_packet"] = killed[1]
-        return event, new, detected
+        return event, gen, new, detected
 
     def _fail_over(self, dead: str, p: Any) -> None:
         name = _logical(dead)
         vertex, i = name.rsplit(".", 1)
-        event, new, detected = self._failure("failover", dead, p, name, vertex=vertex, instance=int(i))
-        gen = self.generation[name] + 1
+        event, gen, new, detected = self._failure("failover", dead, p, name, vertex=vertex, instance=int(i))
         self.remote.fence(dead)
         self.fenced.append(dead)
         floors = self.remote.hold_pruning(True)
@@ -399,8 +402,7 @@ class ProcRuntime:
         kept since that floor (:meth:`RootWorker._restore`), and new input goes to it."""
         name = _logical(dead)
         r = int(name.rsplit(".", 1)[1])
-        event, new, detected = self._failure("root-failover", dead, p, name, root=r)
-        gen = self.generation[name] + 1
+        event, gen, new, detected = self._failure("root-failover", dead, p, name, root=r)
         self.remote.fence(dead)
         self.fenced.append(dead)
         self.box.fence(dead.encode())
@@ -447,7 +449,7 @@ class ProcRuntime:
         instance hands in its write-ahead log; the failover store is the latest checkpoint
         rolled forward from them (:func:`procstore.rebuild`), in a new process that every
         client re-points to, sending again what was not answered."""
-        event, new, detected = self._failure("store-failover", dead, p, STORE)
+        event, gen, new, detected = self._failure("store-failover", dead, p, STORE)
         busy = sorted(self.recovering) + [d for d, _ in self._deaths]
         if busy:
             # Table 3: failed together (a failover under way needs the store; a dead process's
@@ -455,7 +457,6 @@ class ProcRuntime:
             raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} while {busy[0]} was "
                               "down and not yet failed over: they failed together (Table 3), and the store's "
                               "failover needs its write-ahead log; the run stops")
-        gen = self.generation[STORE] + 1
         self.box.fence(dead.encode())
         # (one that finished and went: its last updates are in the checkpoint taken before it went)
         finished = [self.current[n] for n in (instance_name(v, i) for v, i in self.plan.instances())
@@ -495,6 +496,14 @@ class ProcRuntime:
             recovery_s=round(time.perf_counter() - detected, 6))
         self.events.append(event)
         log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, event["how"], new)
+
+    def _backend(self) -> str:
+        """The summary's store backend."""
+        if self.model == "T":
+            return "local"
+        if not self.redis:
+            return "memory"
+        return self.store.describe() + (" (through the store server)" if self.fronted else "")
 
     def _workers(self) -> list[str]:
         """Every logical root and instance."""
@@ -929,8 +938,7 @@ class ProcRuntime:
         clients = [r["client"] for r in self.reported.values() if r.get("client")]
         round_trips = (self.store_stats.get("round_trips", 0) if self.remote is not None
                        else sum(r["round_trips"] for r in self.reported.values()))
-        s.store = {"backend": "local" if self.model == "T" else self.store.describe() + (
-                       " (through the store server)" if self.fronted else "") if self.redis else "memory",
+        s.store = {"backend": self._backend(),
                    "model": self.model, **{k: sum(c[k] for c in clients)
                                            for k in ("blocking_ops", "nonblocking_ops", "cache_hits")},
                    "round_trips": round_trips if self.model != "T" else 0}

@@ -36,8 +36,8 @@ directory as it is applied (:class:`~chc.runtime.procstore.SerialLog`: a killed
 server's steps survive it), which the coordinator reads at the end.  The roots'
 metadata writes are not recorded (the sim writes them past the recorder too).  Without ``record`` nothing of this runs.
 
-In front of Redis (``redis``: ``--store redis://`` with a ``--kill``, ``--failover``
-or ``chc check``).  The same server, its engine the run's Redis store
+In front of Redis (§5.4; ``redis``: ``--store redis://`` with a ``--kill``,
+``--failover`` or ``chc check``).  The same server, its engine the run's Redis store
 (:class:`~chc.backends.redis.RedisStore`, one connection) instead of the memory
 engine: Redis keeps the state and its clock log and pre-images, this server
 what the instances cannot each keep for themselves (NF failover's read log,
