@@ -83,8 +83,8 @@ def test_what_proc_cannot_check_is_refused(argv, says, monkeypatch, capsys):
     assert len(err) == 1 and says in err[0]
 
 
-@pytest.mark.parametrize("scenario", ["scale.yaml", "faults.yaml"])
-def test_dynamic_or_network_scenarios_are_refused(scenario, monkeypatch, capsys):
+@pytest.mark.parametrize("scenario", ["straggler.yaml", "crash.yaml", "faults.yaml"])
+def test_clone_crash_or_network_scenarios_are_refused(scenario, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     assert main(["check", "--runtime", "proc", PAPER, f"examples/scenarios/{scenario}", LAN,
                  "--packets", "100", "--seeds", "1"]) == 2

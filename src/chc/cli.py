@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="append failing seeds to FILE (YAML) to keep them as regression cases")
     chk.add_argument("--json", metavar="FILE", help="write every seed's verdict as JSON")
     _runtime_args(chk, "the physical run's runtime: sim (default), proc (a process per root, instance and "
-                       "store server; no scenario events, memory store only; docs/coe.md) or ray (proc's "
+                       "store server; of scenario events the scaling ones; docs/coe.md) or ray (proc's "
                        "processes in actors of a Ray cluster, --ray-address)")
     chk.add_argument("--checkpoint-ms", type=float, default=None, metavar="MS",
                      help="--runtime proc or ray with --kill: the store server's checkpoint interval (default 100)")
@@ -327,7 +327,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.runtime == "sim" and (args.kill or args.failover):
         raise UsageError("--kill and --failover are for --runtime proc (with sim, a --scenario's crash events)")
     if args.runtime != "sim" and args.scenario is not None:
-        raise UsageError("--scenario is for --runtime sim (the proc runtime runs no scenario events yet)")
+        raise UsageError("--scenario is for --runtime sim (the proc runtime runs scaling events under chc check; "
+                         "docs/proc.md)")
 
     def go(chain: Any, store: Any) -> int:
         if args.runtime != "sim":

@@ -791,7 +791,7 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
 
 # The breaks a proc run can have: in an instance's store client, on what the run reports,
 # or (with --kill) in the failover.
-PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow", "no-replay", "no-wal")
+PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow", "no-replay", "no-wal", "naive-move")
 
 
 def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets: int, stores: list[str],
@@ -802,9 +802,19 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
     if "no-wal" in breaks and not (kill and (kill.startswith("random") or "store@" in kill)):
         return ("--break no-wal with --runtime proc needs a --kill of the store server (store@N, or random "
                 "draws; it switches off the failover store's roll forward)")
-    if any(scenario.events_for(seed, vertices, n_packets) for seed in seeds):
-        return ("check --runtime proc: the scenario has events (scaling, clones, crashes), which the proc "
-                "runtime does not run yet (docs/proc.md); use --runtime sim")
+    from .runtime import procscale
+    events = [e for seed in seeds for e in scenario.events_for(seed, vertices, n_packets)]
+    if "naive-move" in breaks and not events:
+        return "--break naive-move needs a scenario with scaling events (scale-out, scale-in, move, refine)"
+    if events:
+        other = sorted({e.action for e in events} - set(procscale.ACTIONS))
+        if other:
+            return (f"check --runtime proc: the scenario has {other[0]} events; the proc runtime runs "
+                    f"{', '.join(procscale.ACTIONS)} (docs/proc.md); use --runtime sim")
+        if kill:
+            return "check --runtime proc: scaling events together with --kill are not run yet (docs/proc.md)"
+        if any(e.at_packet is None for e in events):
+            return "check --runtime proc: scenario events run at an input packet (at: {packets: N}), not at a time"
     if scenario.network:
         return ("check --runtime proc: the scenario's network: faults are simulated links of the sim "
                 "runtime; use --runtime sim")
@@ -844,7 +854,8 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
     try:
         rt = cls(physical, model=v.model, batch_size=v.batch_size, store=store, store_url=v.store,
                  log_mode=getattr(scenario, "packet_log", "local"), write_out=True, record=True,
-                 breaks=breaks, break_from=state.from_clock, kills=kills, checkpoint_ms=checkpoint_ms, **extra)
+                 breaks=breaks, break_from=state.from_clock, kills=kills, checkpoint_ms=checkpoint_ms,
+                 events=scenario.events_for(v.seed, list(chain.vertices), len(records)), **extra)
         rt.run(records, emit=lambda pkts: out.extend((p.clock, bytes(p.data)) for p in pkts))
     except ProcFailure as exc:
         return SeedResult(v, CheckResult([], [], None, None, unrecoverable=str(exc)), "unrecoverable",
@@ -875,6 +886,10 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
                 and e["wal_updates"]]
     if "no-wal" in breaks and unrolled:
         state.acted["no-wal"] = "; ".join(unrolled)
+    naive = [f"{e['kind']} of {e['vertex']} at input packet {e['packet']} moved {e['groups']} flow groups "
+             "with no hand-over" for e in s.events if e.get("naive")]
+    if "naive-move" in breaks and naive:
+        state.acted["naive-move"] = "; ".join(naive)
     state.tamper(None, phys)
     rep = replay(obs.serial.steps)
     ref = reference_run(chain, records, rep)

@@ -107,6 +107,32 @@ class FlowMap:
                 table[g] = to
         return lost
 
+    def even(self, active: list[int]) -> list[tuple[list[int], int]]:
+        """§5.1 the moves (flow groups, to) that even the group counts over the
+        ``active`` instances (a scale-out's new instance takes its share); the map
+        is not changed."""
+        load = self.load()
+        share = len(self.table) // len(active)
+        spare = [g for i in active for g in self.groups_of(i)[share:]]
+        out = []
+        for i in active:
+            need = share - min(load.get(i, 0), share)
+            if need > 0 and spare:
+                out.append((spare[:need], i))
+                spare = spare[need:]
+        return out
+
+    def spread(self, source: int, rest: list[int]) -> list[tuple[list[int], int]]:
+        """§5.1 scale-in: the moves that deal ``source``'s flow groups out over ``rest``."""
+        groups = self.groups_of(source)
+        return [(groups[k::len(rest)], to) for k, to in enumerate(rest)]
+
+    def owner(self, parts: tuple) -> int:
+        """The instance a packet with partition fields ``parts`` (one per ladder rung,
+        as a timer keeps them) goes to."""
+        h = crc32(parts[self.level])
+        return h % self.n if self.table is None else self.table[h % len(self.table)]
+
     def load(self) -> dict[int, int]:
         """Flow groups per instance."""
         self._ensure_table()

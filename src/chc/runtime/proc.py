@@ -49,8 +49,11 @@ reads the final state from the store and stops the store server.  A second
 Ctrl-C aborts (the workers are killed).  Workers ignore SIGINT: a terminal's
 Ctrl-C reaches the whole process group, and it is the coordinator's to handle.
 
-Not yet: scenario events (scaling, clones, crashes) and delay models, which
-are the sim's; failover of the Redis server itself.  :mod:`chc.runtime.procray` places the same
+Scaling (§5.1): a scenario's scale-out, scale-in, move and refine events are
+the coordinator's :class:`~chc.runtime.procscale.Scaler`'s, tied to a barrier
+clock (docs/proc.md, "Scaling").  Not yet: the other scenario events (clones,
+crashes: ``--kill``) and delay models, which are the sim's; failover of the
+Redis server itself.  :mod:`chc.runtime.procray` places the same
 workers in Ray actors, through ``_address`` and ``_context``.
 """
 
@@ -81,7 +84,7 @@ from ..nf import Alert
 from ..packet import Packet
 from ..spec import Chain
 from ..summary import Summary, merge_states, state_digest
-from . import procstore, procworker, storeserver
+from . import procscale, procstore, procworker, storeserver
 from .errors import ProcFailure
 from .procio import Guard
 from .procworker import COORDINATOR, ROOT_COUNTERS, STORE, Plan, input_name, instance_name, root_name
@@ -107,7 +110,8 @@ class ProcRuntime:
                  log_mode: str = "local", log_limit: int = 0, persist_every: int = 1000,
                  write_out: bool = False, hwm: int = 8, record: bool = False, breaks: tuple[str, ...] = (),
                  break_from: int = 0, kills: Iterable[Kill] = (), failover: bool = False,
-                 heartbeat_s: float = 0.5, misses: int = 10, checkpoint_ms: float | None = None) -> None:
+                 heartbeat_s: float = 0.5, misses: int = 10, checkpoint_ms: float | None = None,
+                 events: Iterable[Any] = ()) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         if heartbeat_s < 0 or misses < 1:
@@ -122,6 +126,10 @@ class ProcRuntime:
         if scaled:
             raise ValueError(f"--runtime proc does not scale vertices yet ({scaled[0]} has a scaling policy); "
                              "use --no-scaling, or --runtime sim")
+        events = list(events)
+        refused = procscale.refusal(events, chain, model, recover, self.name != "proc")
+        if refused:
+            raise ValueError(refused)
         self.chain = chain
         self.model = model
         self.redis = store_url.startswith(("redis://", "rediss://", "redis-cluster://"))
@@ -194,6 +202,8 @@ class ProcRuntime:
         self._seen_stats = Marks()
         self._seen_out = Marks()
         self.fed = 0
+        # §5.1 the scenario's scaling events (chc.runtime.procscale)
+        self.scaler = procscale.Scaler(self, events) if events else None
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, records: Iterable[tuple[int, bytes]], emit: Callable[[list[Packet]], None] | None = None,
@@ -268,6 +278,19 @@ class ProcRuntime:
                                                         plan.address(COORDINATOR), plan.heartbeat_s,
                                                         plan.directory, plan.checkpoint_s, name, restore,
                                                         self._redis_spec if self.fronted else None))
+
+    def _join(self, name: str, args: tuple) -> None:
+        """§5.1 a scale-out's new instance process; waited for until it is ready."""
+        self.box.expected.add(name.encode())
+        self.current[name] = name
+        self.generation[name] = 0
+        self._launch(self.mp, name, procworker.main, args)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while name not in self.ready:
+            if time.monotonic() > deadline:
+                raise ProcFailure(f"proc runtime: {name} (a scale-out's new instance) not ready after "
+                                  f"{START_TIMEOUT_S:g} s")
+            self._service(100)
 
     def _launch(self, mp: Any, name: str, target: Callable, args: tuple) -> None:
         p = mp.Process(target=target, args=args, name=f"chc {name}", daemon=True)
@@ -682,6 +705,8 @@ class ProcRuntime:
                 self.wals.add(name)
             elif what == "checkpoint":      # §5.4 durable: the instances truncate their logs
                 self._truncate(data)
+            elif self.scaler is not None and self.scaler.take(name, what, data):
+                pass
             else:
                 self.box.ban(peer, f"unknown control message {str(what)[:40]!r}")
 
@@ -743,6 +768,11 @@ class ProcRuntime:
                     pending = 0
                 self._service(0)        # (idle input: a worker's death is seen now)
                 continue
+            if self.scaler is not None and self.scaler.due(index):
+                if pending:             # (§5.1 the barrier: what came before it goes first)
+                    self._sent(batches, pending, progress, kills)
+                    pending = 0
+                self.scaler.run_due(index)
             ts, data = rec
             r = 0
             if n > 1:
@@ -757,6 +787,8 @@ class ProcRuntime:
                 pending = 0
         if pending:
             self._sent(batches, pending, progress, kills)
+        if self.scaler is not None:
+            self.scaler.expire()
         for r in range(len(self.inputs)):
             self._tell_root(r, "end")
 
@@ -883,8 +915,8 @@ class ProcRuntime:
     def logical_state(self) -> dict[str, dict]:
         if self.model == "T":
             out = {}
-            for name, v in self.chain.vertices.items():
-                states = [self.reported[instance_name(name, i)]["state"] for i in range(v.parallelism)]
+            for name in self.chain.vertices:
+                states = [self.reported[instance_name(name, i)]["state"] for i in range(self.plan.width(name))]
                 out[name] = merge_states(states)
             return out
         out = {}
@@ -921,13 +953,16 @@ class ProcRuntime:
         s.events = list(self.events)
         dropped = total["dropped"]
         flowmaps = self.plan.flowmaps()
+        scaler = self.scaler
         for name, v in self.chain.vertices.items():
-            reps = [self._instance_report(instance_name(name, i)) for i in range(v.parallelism)]
-            stats = {"nf": v.nf.kind, "instances": v.parallelism, "retired": 0, "offpath": v.offpath,
+            width = self.plan.width(name)
+            reps = [self._instance_report(instance_name(name, i)) for i in range(width)]
+            stats = {"nf": v.nf.kind, "instances": width, "retired": scaler.retired[name] if scaler else 0,
+                     "offpath": v.offpath,
                      **{k: sum(r["counters"][k] for r in reps) for k in ("packets_in", "packets_out", "dropped",
                                                                           "nf_errors")},
                      "alerts": sum(len(r["alerts"]) for r in reps), "scope": flowmaps[name].scope.name,
-                     "sizes": [v.parallelism]}
+                     "sizes": scaler.sizes[name] if scaler else [v.parallelism]}
             s.vertices[name] = stats
             s.nf_errors += stats["nf_errors"]
             s.errors += [r["first_error"] for r in reps if r["first_error"]]

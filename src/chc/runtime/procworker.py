@@ -61,6 +61,7 @@ a worker never outlives it.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
 import os
 import resource
@@ -159,6 +160,17 @@ class Plan:
     # §5.4 store-server failover (chc.runtime.procstore): the store server's checkpoint
     # interval (0: none), every instance's write-ahead log, the roots' commit dedup.
     checkpoint_s: float = 0.0
+    # §5.1 elasticity (docs/proc.md, "Scaling"): per vertex changed since the start, its
+    # instances (retired ones count), flow-group table and scope level as of the latest
+    # change, what a process started since starts from; and the instances retired so far
+    # (they feed no process started later: they had ended before it began).
+    maps: dict = dataclasses.field(default_factory=dict)
+    retired: tuple[str, ...] = ()
+
+    def width(self, vertex: str) -> int:
+        """``vertex``'s instances so far (retired ones count)."""
+        m = self.maps.get(vertex)
+        return m[0] if m else self.chain.vertices[vertex].parallelism
 
     def address(self, name: str) -> str:
         if self.base_port:
@@ -187,16 +199,32 @@ class Plan:
     def feeders(self, vertex: str) -> list[str]:
         """The processes that send ``vertex``'s instances packets."""
         out = [root_name(r) for r in range(self.chain.roots) if vertex in self.targets(None)]
-        for name, v in self.chain.vertices.items():
+        for name in self.chain.vertices:
             if vertex in self.targets(name):
-                out += [instance_name(name, i) for i in range(v.parallelism)]
+                out += [n for i in range(self.width(name)) if (n := instance_name(name, i)) not in self.retired]
         return out
 
     def instances(self) -> list[tuple[str, int]]:
-        return [(name, i) for name, v in self.chain.vertices.items() for i in range(v.parallelism)]
+        return [(name, i) for name in self.chain.vertices for i in range(self.width(name))]
 
     def flowmaps(self) -> dict[str, FlowMap]:
-        return {name: FlowMap(v.parallelism, v.nf.partition_scopes()) for name, v in self.chain.vertices.items()}
+        out = {}
+        for name, v in self.chain.vertices.items():
+            fm = out[name] = FlowMap(v.parallelism, v.nf.partition_scopes())
+            if name in self.maps:
+                fm.n, table, level = self.maps[name]
+                fm.table = list(table) if table is not None else None
+                fm.set_level(level)
+        return out
+
+
+def take_change(plan: Plan, change: dict) -> FlowMap:
+    """§5.1 a vertex's change (docs/proc.md, "Scaling") in this process's copy of the
+    plan; the vertex's new flow map."""
+    vertex = change["vertex"]
+    plan.maps[vertex] = [change["n"], change["table"], change["level"]]
+    plan.retired += tuple(n for i in change["retire"] if (n := instance_name(vertex, i)) not in plan.retired)
+    return plan.flowmaps()[vertex]
 
 
 def open_backend(plan: Plan, ctx: zmq.Context, identity: str, guard: Guard) -> Any:
@@ -218,13 +246,17 @@ class _Sender:
         self.me = me
         self.guard = guard
         flowmaps = plan.flowmaps()
-        vs = plan.chain.vertices
         self.splitters = {d: Splitter(flowmaps[d].scope, flowmaps[d]) for d in plan.targets(vertex)}
         # A failover process started after a target failed over feeds the target's
         # failover (``current``: logical instance -> its process now, §5.4).
         at = current or {}
         self.socks = {d: [dealer(ctx, plan.address(at.get(instance_name(d, i), instance_name(d, i))), me, plan.hwm)
-                          for i in range(vs[d].parallelism)] for d in self.splitters}
+                          for i in range(plan.width(d))] for d in self.splitters}
+        # §5.1 a vertex whose flow groups move: from the clock after ``barrier`` on its
+        # packets go by the new map (vertex -> barrier, splitter); its retired instances.
+        self.switching: dict[str, tuple[int, Splitter]] = {}
+        self.gone: set[tuple[str, int]] = {(d, i) for d in self.socks for i in range(len(self.socks[d]))
+                                           if instance_name(d, i) in plan.retired}
         # Instances fed by several upstreams wait for every upstream's watermark.
         self.merging = {d for d in self.splitters if len(plan.feeders(d)) > 1}
         self.coordinator = dealer(ctx, plan.address(COORDINATOR), me)
@@ -238,7 +270,48 @@ class _Sender:
         self.floors: dict[int, int] = {}        # root id -> its floor, as last heard
 
     def split(self, vertex: str, pkts: list[Packet]) -> list[list[Packet]]:
-        return self.splitters[vertex].split(pkts)
+        sw = self.switching.get(vertex)
+        if sw is None:
+            return self.splitters[vertex].split(pkts)
+        barrier, new = sw           # §5.1 up to the barrier by the old map, after it by the new
+        after = new.split([p for p in pkts if p.clock > barrier])
+        for i, sub in enumerate(self.splitters[vertex].split([p for p in pkts if p.clock <= barrier])):
+            after[i][:0] = sub
+        return after
+
+    def switch(self, vertex: str, flowmap: FlowMap, barrier: int) -> None:
+        """§5.1 ``vertex``'s flow groups move at ``barrier``: sockets to its new instances;
+        which vertices now have several feeders (each of their instances is sent every
+        watermark)."""
+        socks = self.socks[vertex]
+        while len(socks) < flowmap.n:
+            socks.append(dealer(self.ctx, self.plan.address(instance_name(vertex, len(socks))), self.me,
+                                self.plan.hwm))
+        self.switching[vertex] = (barrier, Splitter(flowmap.scope, flowmap))
+        self.merging = {d for d in self.splitters if len(self.plan.feeders(d)) > 1}
+
+    def watermark(self, watermark: int) -> None:
+        """§5.1 a change's barrier passed: every instance fed hears how far this sender
+        is (it may send none of them anything else for long)."""
+        for d, socks in self.socks.items():
+            for i in range(len(socks)):
+                if (d, i) not in self.gone:
+                    self.data(d, i, [], watermark, watermark)
+
+    def advance(self, watermark: int, through: int) -> None:
+        """Everything up to ``watermark`` was sent: a vertex switching at a barrier below
+        it takes the new map alone, and each of its instances hears the watermark (an
+        instance that loses flow groups knows then that it has all it will get of them)."""
+        for vertex, (barrier, new) in list(self.switching.items()):
+            if watermark >= barrier:
+                del self.switching[vertex]
+                self.splitters[vertex] = new
+                for i in range(len(self.socks[vertex])):
+                    if (vertex, i) not in self.gone:
+                        self.data(vertex, i, [], watermark, through)
+                # (an instance retiring here has it all now: nothing more goes to it)
+                self.gone |= {(vertex, i) for i in range(len(self.socks[vertex]))
+                              if instance_name(vertex, i) in self.plan.retired}
 
     def data(self, vertex: str, i: int, pkts: list[Packet], watermark: int, through: int, eof: bool = False,
              hold: list | None = None) -> None:
@@ -267,13 +340,14 @@ class _Sender:
             self.data(d, i, pkts, watermark, through, hold=hold)
         for d in self.merging:
             for i in range(len(self.socks[d])):
-                if (d, i) not in parts:
+                if (d, i) not in parts and (d, i) not in self.gone:
                     self.data(d, i, [], watermark, through, hold=hold)
 
     def end(self) -> None:
         for d, socks in self.socks.items():
             for i in range(len(socks)):
-                self.data(d, i, [], INF, INF, True)
+                if (d, i) not in self.gone:
+                    self.data(d, i, [], INF, INF, True)
 
     def prune(self, floors: dict[int, int]) -> None:
         """Each root in ``floors`` logs none of its clocks below its floor any more: they
@@ -309,10 +383,11 @@ class _Sender:
             self.to_coordinator("out", [through, [[p.ts, p.clock, bytes(p.data)] for p in pkts]])
 
 
-def main(plan: Plan, role: str, index: Any, replay: dict | None = None) -> None:
+def main(plan: Plan, role: str, index: Any, replay: dict | None = None, join: dict | None = None) -> None:
     """A worker's entry point: ``role`` "root" (index: root id) or "instance"
     (index: (vertex, i) or, for a failover, (vertex, i, generation) with what it
-    replays).  Errors reach the coordinator as one line."""
+    replays; ``join``: a scale-out's new instance, the change it joins in).
+    Errors reach the coordinator as one line."""
     guard = worker_guard()
     ctx = zmq.Context()
     if role == "root":
@@ -328,9 +403,10 @@ def main(plan: Plan, role: str, index: Any, replay: dict | None = None) -> None:
         prof.enable()
     try:
         worker = (RootWorker(plan, ctx, r, guard, me, replay) if role == "root"
-                  else InstanceWorker(plan, ctx, index[0], index[1], guard, me, replay))
+                  else InstanceWorker(plan, ctx, index[0], index[1], guard, me, replay, join))
         coordinator = worker.out.coordinator
-        control = Control(worker.out, guard, worker.boxes, getattr(worker, "reroot", None), worker.store_failed)
+        control = Control(worker.out, guard, worker.boxes, getattr(worker, "reroot", None), worker.store_failed,
+                          getattr(worker, "change", None))
         if plan.heartbeat_s:
             guard.heartbeat(plan.heartbeat_s, encode(Kind.CONTROL, ["hb", None]), worker.out.coordinator)
         worker.run()
@@ -357,14 +433,17 @@ class Control:
     its failover, answered with what was sent to the failed one; fence a failed
     upstream (its failover's frames are taken from then on); re-point the reports
     to a root's failover (an instance: ``reroot``); the store server's failover
-    (``wal``, ``truncate``, ``store``: :meth:`InstanceWorker.store_failed`); and bye."""
+    (``wal``, ``truncate``, ``store``: :meth:`InstanceWorker.store_failed`); §5.1 a
+    vertex's change and its go-ahead (``epoch``, ``go``: :meth:`InstanceWorker.change`);
+    and bye."""
 
     def __init__(self, out: _Sender, guard: Guard, boxes: list[Mailbox],
-                 reroot: Any = None, store_failed: Any = None) -> None:
+                 reroot: Any = None, store_failed: Any = None, change: Any = None) -> None:
         self.out = out
         self.boxes = boxes
         self.reroot = reroot
         self.store_failed = store_failed
+        self.change = change
         self.guard = guard
         self.bye = False
         guard.control = out.coordinator
@@ -394,6 +473,8 @@ class Control:
                 self.reroot(*body)
             elif what in ("wal", "truncate", "store"):
                 self.store_failed(what, body)
+            elif what in ("epoch", "go") and self.change is not None:
+                self.change(what, body)
 
 
 # -- roots ------------------------------------------------------------------------------------
@@ -455,11 +536,29 @@ class RootWorker:
                     continue
                 if what == "batch":
                     self._ingest(body)
+                elif what == "epoch":
+                    self._epoch(body)
                 elif what == "end":
                     self.out.end()
                 elif what == "finish":
                     self._finish(poller)
                     return
+
+    def _epoch(self, change: dict) -> None:
+        """§5.1 a vertex changes (docs/proc.md, "Scaling"), told behind the input sent so
+        far: every clock stamped from now on is past the barrier, this root's watermark,
+        and goes by the new map; the coordinator hears the barrier."""
+        barrier = self.watermark
+        vertex = change["vertex"]
+        flowmap = take_change(self.plan, change)
+        names = [instance_name(vertex, j) for j in change["new"]]
+        self.instances += names
+        self.reports.expected |= {n.encode() for n in names}
+        if vertex in self.out.splitters:
+            self.out.switch(vertex, flowmap, barrier)
+            self.out.advance(barrier, barrier)
+        self.out.watermark(barrier)
+        self.out.to_coordinator("barrier", [change["id"], barrier])
 
     def store_failed(self, what: str, body: Any) -> None:
         """§5.4 the store server failed over: its failover is at ``body``.  The persisted
@@ -680,7 +779,7 @@ class CausalInbox:
 
 class InstanceWorker:
     def __init__(self, plan: Plan, ctx: zmq.Context, vertex: str, i: int, guard: Guard, me: str = "",
-                 replay: dict | None = None) -> None:
+                 replay: dict | None = None, join: dict | None = None) -> None:
         self.plan = plan
         self.guard = guard
         chain = plan.chain
@@ -701,8 +800,9 @@ class InstanceWorker:
         self.kept: dict[int, deque] | None = {} if plan.recover else None
         self.kept_from: dict[int, int] = {}
         self.store = open_backend(plan, ctx, self.me, guard) if plan.model != "T" else None
-        self.inst = Instance(vertex, i, v.nf, v.config, plan.model, self.store, exclusive=v.parallelism == 1)
-        if v.parallelism > 1:           # R3: objects every instance of the vertex reaches
+        width = plan.width(vertex)
+        self.inst = Instance(vertex, i, v.nf, v.config, plan.model, self.store, exclusive=width == 1 and not join)
+        if width > 1:                   # R3: objects every instance of the vertex reaches
             self.inst.set_shared(shared_objects(chain, plan.flowmaps()[vertex], vertex))
         self.acted: dict[str, str] = {}     # what a --break did here (the checker's)
         client = self.inst.client
@@ -730,6 +830,19 @@ class InstanceWorker:
         self.alerts_sent = 0
         self.issued_sent = 0                # updates issued sent to the coordinator so far (record)
         self.replay = replay
+        # §5.1 a change of this vertex or another (docs/proc.md, "Scaling"): the control
+        # messages not yet taken, the clock this instance runs no further than until its
+        # go-ahead, its part in the change under way; retired (its flow groups all moved).
+        self.changes: deque = deque()
+        self.hold = INF
+        self.changing: dict | None = None
+        self.flood: int | None = None       # a barrier to send on once this instance passes it
+        self.retired = False
+        self.finished = False
+        if join is not None:            # a scale-out's new instance: it has nothing up to the barrier
+            for f in self.feeders:
+                self.marks[f] = join["barrier"]
+            self._join(join)
 
     def run(self) -> None:
         self.out.to_coordinator("ready", None)
@@ -737,14 +850,128 @@ class InstanceWorker:
             self._replay(self.replay)
         poller = zmq.Poller()
         poller.register(self.box.sock, zmq.POLLIN)
-        while len(self.ended) < len(self.feeders) or any(self.queues.values()):
+        while not self.retired and (len(self.ended) < len(self.feeders) or any(self.queues.values())):
+            if self.changes:
+                self._take_changes()
             got = self._receive()
-            batch = self._ready()       # (a replay's wait may have taken everything already)
+            batch = self._ready(self.hold)      # (a replay's wait may have taken everything already)
             if batch:
                 self._process(batch, self._watermark(batch))
-            elif not got:
+            if self.changing is not None or self.out.switching or self.flood is not None:
+                self._progress()
+            if not batch and not got:
                 self.guard.poll(poller)
         self._finish()
+        self.finished = True
+        for what, body in self.changes:     # (told while it finished)
+            if what == "epoch":
+                self.out.to_coordinator("epoch", body["id"])
+
+    # -- §5.1 elasticity (docs/proc.md, "Scaling") --------------------------------------------------
+    def change(self, what: str, body: Any) -> None:
+        """The coordinator's ``epoch`` (a vertex changes) or ``go`` (this instance may run
+        past the barrier): taken between batches (:meth:`_take_changes`)."""
+        if self.finished:               # (retired: nothing of it changes any more)
+            if what == "epoch":
+                self.out.to_coordinator("epoch", body["id"])
+            return
+        self.changes.append((what, body))
+
+    def _take_changes(self) -> None:
+        while self.changes:
+            what, body = self.changes.popleft()
+            if what == "epoch":
+                self._epoch(body)
+            else:
+                self._go(*body)
+
+    def _epoch(self, change: dict) -> None:
+        """Vertex ``change["vertex"]`` changes at ``change["barrier"]``: as its upstream,
+        split by the new map past the barrier; as its successor, take its new instances'
+        packets (nothing up to the barrier comes from them); as one of its instances,
+        take part (:meth:`_join`).  Acknowledged: the coordinator feeds no clock past
+        the barrier before every process knows."""
+        vertex, barrier = change["vertex"], change["barrier"]
+        flowmap = take_change(self.plan, change)
+        self.flood = barrier
+        if vertex in self.out.splitters:
+            self.out.switch(vertex, flowmap, barrier)
+        if self.inst.vertex in self.plan.targets(vertex):
+            for j in change["new"]:
+                f = instance_name(vertex, j).encode()
+                self.feeders.append(f)
+                self.box.expected.add(f)
+                self.queues[f] = deque()
+                self.marks[f] = barrier
+                self.deps[f] = {}
+            self.ordered = len(self.feeders) > 1
+        if vertex == self.inst.vertex:
+            self._join(change)
+        self.out.to_coordinator("epoch", change["id"])
+
+    def _join(self, change: dict) -> None:
+        """This instance's part in a change of its vertex: one that loses flow groups (or
+        all, when what is shared changes, R3) runs up to the barrier and then hands over
+        (:meth:`_progress`); one that gains them (a new one, or all) waits at the
+        barrier for the go-ahead, which comes once every one of those has."""
+        i = self.inst.instance_id
+        passes, waits = i in change["passers"], i in change["waiters"]
+        if passes or waits:
+            self.hold = change["barrier"]
+            self.changing = {**change, "passed": not passes, "waits": waits}
+
+    def _progress(self) -> None:
+        """After a batch: everything up to ``mark`` has run.  Past a switching vertex's
+        barrier, the new map alone (its instances told); at this vertex's barrier, the
+        hand-over: every update acknowledged and per-flow ownership given up, the moved
+        flows' timers to the coordinator, which sends them on with the go-ahead."""
+        mark = min(min(self.marks.values(), default=INF), self.hold)
+        if self.out.switching:
+            self.out.advance(mark, mark)
+        if self.flood is not None and mark >= self.flood:
+            self.flood = None
+            self.out.watermark(mark)
+        c = self.changing
+        if c is None or c["passed"] or mark < c["barrier"]:
+            return
+        inst = self.inst
+        i = inst.instance_id
+        if i in c["losers"]:
+            inst.hand_over()
+        elif inst.client is not None:
+            inst.client.settle()
+        flowmap = self.plan.flowmaps()[inst.vertex]
+        keep, moving = [], []
+        for t in inst.ctx._timers:
+            to = flowmap.owner(t[5]) if t[5] is not None else i
+            if to == i:
+                keep.append(t)
+            else:
+                moving.append([to, t[0], list(t[2:])])
+        if moving:
+            heapq.heapify(keep)
+            inst.ctx._timers = keep
+        self.out.to_coordinator("passed", [c["id"], moving])
+        c["passed"] = True
+        if i in c["retire"]:
+            self.retired = True         # (the loop ends: its end goes to every successor)
+        elif not c["waits"]:
+            self.hold = INF
+            self.changing = None
+
+    def _go(self, change_id: int, timers: list) -> None:
+        """Every instance that hands over has: the moved flows' timers here, R3's
+        sharing as the change makes it, and on past the barrier."""
+        c = self.changing
+        inst = self.inst
+        ctx = inst.ctx
+        for deadline, rest in timers:
+            ctx._timer_seq += 1
+            heapq.heappush(ctx._timers, (deadline, ctx._timer_seq, *rest))
+        if inst.client is not None and c is not None:
+            inst.set_shared(frozenset(c["shared"]))
+        self.hold = INF
+        self.changing = None
 
     # -- §5.4 store failover (chc.runtime.procstore) ----------------------------------------------
     def store_failed(self, what: str, body: Any) -> None:
@@ -949,7 +1176,7 @@ class InstanceWorker:
             self._stats(through)
 
     def _watermark(self, batch: list[Packet]) -> int:
-        return min(self.marks.values())
+        return min(min(self.marks.values()), self.hold)
 
     def _stats(self, through: int) -> None:
         """§5.4 this batch's counters and alerts, to the coordinator: a failed instance's

@@ -889,10 +889,9 @@ class SimRuntime:
             return
         self.retiring.add((vertex, victim.instance_id))
         rest = [a.instance_id for a in active if a is not victim]
-        groups = self.flowmaps[vertex].groups_of(victim.instance_id)
         self._log("scale-in", vertex, victim.instance_id, **why)
-        for k, to in enumerate(rest):
-            self._move(vertex, groups[k::len(rest)], to)
+        for groups, to in self.flowmaps[vertex].spread(victim.instance_id, rest):
+            self._move(vertex, groups, to)
         self._retire_if_done(vertex, victim.instance_id)
 
     def move(self, vertex: str, source: int, to: int, fraction: float) -> None:
@@ -911,19 +910,8 @@ class SimRuntime:
 
     def _rebalance(self, vertex: str) -> None:
         """Even flow-group counts over the active instances."""
-        active = [a.instance_id for a in self.active(vertex)]
-        fm = self.flowmaps[vertex]
-        load = fm.load()
-        share = len(fm.table) // len(active)
-        spare = []
-        for i in active:
-            groups = fm.groups_of(i)
-            spare += groups[share:]
-        for i in active:
-            need = share - min(load.get(i, 0), share)
-            if need > 0 and spare:
-                self._move(vertex, spare[:need], i)
-                spare = spare[need:]
+        for groups, to in self.flowmaps[vertex].even([a.instance_id for a in self.active(vertex)]):
+            self._move(vertex, groups, to)
 
     # -- vertex managers (§3) and scope refinement (§4.1) ------------------------------------
     def _manage(self, due: list[VertexManager], now: int) -> None:

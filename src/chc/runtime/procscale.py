@@ -1,0 +1,279 @@
+"""§5.1 elasticity on the ``proc`` runtime: the coordinator's part.
+
+Theory of operation
+-------------------
+A scenario's ``scale-out``, ``scale-in``, ``move`` and ``refine`` events (each at an
+input packet) change a vertex's flow map: which instance each flow group goes to,
+on which partition scope (§4.1).  The processes that split packets to the vertex
+cannot all switch maps at one instant, so a change is tied to a clock, the
+*barrier*, instead (docs/proc.md, "Scaling"):
+
+1. The coordinator stops feeding, plans the change (:func:`plan_change`, the
+   sim's rules: :meth:`~chc.core.splitter.FlowMap.even`, ``spread``) and tells
+   the root in band, behind the input sent so far (``epoch``): the root's
+   watermark is the barrier, and every clock it stamps from then on is past it.
+2. A scale-out's new instance starts from the plan as changed; it gets nothing
+   up to the barrier.
+3. Every instance process is told (``epoch``) and acknowledges; only then does
+   input resume.  Every upstream of the vertex splits packets past the barrier by
+   the new map; once its watermark passes the barrier it keeps the new map alone
+   and sends each instance of the vertex that watermark.
+4. Handover (§5.1, Figure 4): each instance that loses flow groups (every one, when
+   the change alters which objects several instances share: R3) runs up to the
+   barrier, then flushes its updates and gives up per-flow ownership
+   (``hand_over``) and sends the moved flows' timers (``passed``); each one that
+   gains flow groups waits at the barrier.
+5. When every instance that hands over has, each waiting one gets the go-ahead
+   (``go``) with its timers and its new R3 sharing, and runs on.  A retiring
+   instance ends once it has handed over, as at the end of input (its successors
+   see it end).
+
+Deviation from the paper: the paper's old instance marks each moved flow's last
+packet and its new instance buffers the moved flows only; here the barrier is
+that mark for every flow, and an instance that gains flow groups holds all its
+packets past the barrier until the go-ahead (nothing per flow to track across
+processes; the cost is that pause, measured in the events' ``handover_s``).
+The barrier reaches every process without more input: the root sends every
+instance it feeds its watermark with the change, and every instance, once its
+watermark has passed the barrier, sends it on to every instance it feeds (one
+message a link).  One change at a time: an event due while one is under way
+waits for its go.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+from ..core.splitter import FlowMap
+from ..spec import MAX_PARALLELISM, Chain
+from . import procworker
+from .procworker import instance_name
+from .sim import shared_objects
+from .wire import Kind, encode
+
+#: The scenario actions the proc runtime carries out.
+ACTIONS = ("scale-out", "scale-in", "move", "refine")
+
+
+def refusal(events: list, chain: Chain, model: str, recover: bool, ray: bool = False) -> str | None:
+    """Why the proc runtime cannot run these scenario events (one line), or None."""
+    if not events:
+        return None
+    other = sorted({e.action for e in events} - set(ACTIONS))
+    if other:
+        return (f"the proc runtime runs the scenario actions {', '.join(ACTIONS)}; not yet {other[0]} "
+                "(docs/proc.md); use --runtime sim")
+    if any(e.at_packet is None for e in events):
+        return "the proc runtime runs scenario events at an input packet (at: {packets: N}), not at a time"
+    if recover:
+        return "the proc runtime does not yet scale together with --kill or --failover (docs/proc.md)"
+    if model == "T":
+        return "scaling moves flows between instances through the store: model T has none (use EO, EO+C, EO+C+NA)"
+    if chain.roots > 1:
+        return "the proc runtime scales with one root (a barrier per root is not built yet; docs/proc.md)"
+    if ray:
+        return "the ray runtime does not scale yet (its ports are fixed at the start; docs/proc.md)"
+    return None
+
+
+def _target(event: Any, chain: Chain) -> tuple[str, int | None]:
+    name, bracket, rest = (event.target or "").partition("[")
+    if name not in chain.vertices:
+        raise ValueError(f"unknown vertex {name!r} in {event.target!r} (vertices: {', '.join(chain.vertices)})")
+    return name, int(rest.rstrip("]")) if bracket else None
+
+
+def plan_change(chain: Chain, flowmap: FlowMap, active: list[int], event: Any) -> dict:
+    """What ``event`` does to a vertex whose map is ``flowmap`` and whose active
+    instances are ``active`` (sans-I/O; the sim's rules): the new map and who hands
+    over to whom, or ``refused`` with the reason."""
+    vertex, index = _target(event, chain)
+    fm = copy.deepcopy(flowmap)
+    fm._ensure_table()
+    new: list[int] = []
+    retire: list[int] = []
+    after = list(active)
+    moves: list[tuple[list[int], int]] = []
+    action = event.action
+    if action == "scale-out":
+        if fm.n >= MAX_PARALLELISM:
+            return {"refused": f"{vertex} has had {MAX_PARALLELISM} instances (MAX_PARALLELISM; retired ones count)"}
+        new = [fm.add_instance()]
+        after.append(new[0])
+        moves = fm.even(after)
+    elif action == "scale-in":
+        victim = active[-1] if index is None else index
+        if len(active) < 2 or victim not in active:
+            return {"refused": "the last active instance stays" if len(active) < 2 else "not an active instance"}
+        retire = [victim]
+        after.remove(victim)
+        moves = fm.spread(victim, after)
+    elif action == "move":
+        if "pick" in event.params:      # seed-drawn: two of the instances active now
+            if len(active) < 2:
+                return {"refused": "one active instance"}
+            k = event.params["pick"]
+            source = active[k % len(active)]
+            to = active[(k % len(active) + 1 + (k // len(active)) % (len(active) - 1)) % len(active)]
+        else:
+            source, to = event.params["from"], event.params["to"]
+        if source not in active or to not in active:
+            return {"refused": "not an active instance"}
+        groups = fm.groups_of(source)
+        moves = [(groups[:int(len(groups) * float(event.params.get("fraction", 0.5)))], to)]
+    else:                               # refine (§4.1)
+        if fm.level + 1 >= len(fm.ladder):
+            return {"refused": f"{fm.scope.name} is the finest scope"}
+        fm.set_level(fm.level + 1)
+    losers: set[int] = set()
+    gainers: set[int] = set(new)
+    for groups, to in moves:
+        lost = fm.move(groups, to)
+        losers |= set(lost)
+        if lost:
+            gainers.add(to)
+    if action == "refine":              # any flow may change instance
+        losers, gainers = set(active), set(active)
+    if len(after) == 1:
+        fm.set_level(0)                 # one instance: back to the coarsest scope, nothing moves
+    was = shared_objects(chain, flowmap, vertex) if len(active) > 1 else frozenset()
+    shared = shared_objects(chain, fm, vertex) if len(after) > 1 else frozenset()
+    passers, waiters = set(losers), gainers
+    if was != shared:                   # R3: every instance flushes and rebinds at the barrier
+        passers |= set(active)
+        waiters |= set(after)
+    return {"flowmap": fm, "new": new, "retire": retire, "after": after, "shared": sorted(shared),
+            "passers": sorted(passers), "waiters": sorted(waiters), "losers": sorted(losers),
+            "moves": [[len(g), to] for g, to in moves if g]}
+
+
+class Scaler:
+    """The coordinator's side of the changes (module doc): the events still to come,
+    every vertex's map and active instances, the change under way."""
+
+    def __init__(self, rt: Any, events: list) -> None:
+        self.rt = rt
+        self.events = sorted(events, key=lambda e: e.at_packet)
+        self.flowmaps = rt.plan.flowmaps()
+        chain = rt.chain
+        self.active = {v: list(range(chain.vertices[v].parallelism)) for v in chain.vertices}
+        self.sizes = {v: [len(a)] for v, a in self.active.items()}
+        self.retired = dict.fromkeys(chain.vertices, 0)
+        self.open: dict | None = None           # the change under way, until its go
+        self.ids = 0
+        self.barriers: dict[int, int] = {}
+        self.acks: set[str] = set()
+
+    def due(self, index: int) -> bool:
+        return bool(self.events) and self.events[0].at_packet <= index
+
+    def expire(self) -> None:
+        """End of input: events at packets past its end are not run (logged why)."""
+        for event in self.events:
+            self.rt.events.append({"kind": f"{event.action}-refused", "vertex": _target(event, self.rt.chain)[0],
+                                   "instance": None, "packet": event.at_packet, "by": "scenario",
+                                   "reason": "the input ended before it"})
+        self.events = []
+
+    def run_due(self, index: int) -> None:
+        while self.due(index):
+            self._change(self.events.pop(0), index)
+
+    def take(self, name: str, what: str, data: Any) -> bool:
+        """A worker's message about a change; False if it is none."""
+        if what == "barrier":
+            self.barriers[data[0]] = data[1]
+        elif what == "epoch":
+            self.acks.add(name)
+        elif what == "passed":
+            self._passed(name, data)
+        else:
+            return False
+        return True
+
+    # -- one change ----------------------------------------------------------------------------
+    def _change(self, event: Any, index: int) -> None:
+        rt = self.rt
+        while self.open is not None:    # one change at a time (the barriers' watermarks flow without input)
+            rt._service(100)
+        vertex, _ = _target(event, rt.chain)
+        plan = plan_change(rt.chain, self.flowmaps[vertex], self.active[vertex], event)
+        if "refused" in plan:
+            rt.events.append({"kind": f"{event.action}-refused", "vertex": vertex, "instance": None,
+                              "packet": index, "reason": plan["refused"], "by": "scenario"})
+            return
+        if not plan["passers"] and not plan["new"]:
+            rt.events.append({"kind": event.action, "vertex": vertex, "instance": None, "packet": index,
+                              "groups": 0, "by": "scenario"})
+            return
+        started = time.perf_counter()
+        fm = plan["flowmap"]
+        # --break naive-move (a test's: the checker must catch it): the instances that
+        # gain flow groups do not wait for the hand-over (what they read may be stale)
+        naive = "naive-move" in rt.plan.breaks
+        if naive:
+            plan["waiters"] = []
+        self.ids += 1
+        change = {"id": self.ids, "vertex": vertex, "n": fm.n, "table": fm.table, "level": fm.level,
+                  "new": plan["new"], "retire": plan["retire"], "shared": plan["shared"],
+                  "passers": plan["passers"], "waiters": plan["waiters"], "losers": plan["losers"]}
+        self.flowmaps[vertex] = fm
+        self.active[vertex] = plan["after"]
+        if len(plan["after"]) != self.sizes[vertex][-1]:
+            self.sizes[vertex].append(len(plan["after"]))
+        procworker.take_change(rt.plan, change)
+        # 1. the barrier: the root's watermark behind everything fed so far
+        rt._send(0, encode(Kind.INPUT, ["epoch", change]))
+        while change["id"] not in self.barriers:
+            rt._service(100)
+        change["barrier"] = self.barriers.pop(change["id"])
+        # 2. a new instance, from the plan as changed
+        for j in plan["new"]:
+            rt._join(instance_name(vertex, j), (rt.plan, "instance", (vertex, j), None, change))
+        # 3. every instance process knows before any clock past the barrier is fed
+        told = [rt.current[instance_name(v, i)] for v, i in rt.plan.instances()
+                if not (v == vertex and i in plan["new"])]
+        self.acks = set()
+        # (open before anyone is told: an instance may hand over before the last acknowledges)
+        self.open = o = {"change": change, "passed": set(), "timers": {}, "started": started, "packet": index,
+                         "action": event.action, "moves": plan["moves"], "naive": naive, "fed_s": 0.0}
+        frame = encode(Kind.CONTROL, ["epoch", change])
+        for name in told:
+            rt.box.reply(name.encode(), frame)
+        while not self.acks.issuperset(told):
+            rt._service(100)
+        o["fed_s"] = time.perf_counter() - started
+        if not change["passers"] and self.open is o:
+            self._go()
+
+    def _passed(self, name: str, data: list) -> None:
+        o = self.open
+        if o is None or data[0] != o["change"]["id"]:
+            return
+        o["passed"].add(int(name.rsplit(".", 1)[1]))
+        for to, deadline, rest in data[1]:
+            o["timers"].setdefault(to, []).append([deadline, rest])
+        if o["passed"].issuperset(o["change"]["passers"]):
+            self._go()
+
+    def _go(self) -> None:
+        o, self.open = self.open, None
+        c = o["change"]
+        vertex = c["vertex"]
+        rt = self.rt
+        for i in c["waiters"]:
+            rt.box.reply(rt.current[instance_name(vertex, i)].encode(),
+                         encode(Kind.CONTROL, ["go", [c["id"], o["timers"].get(i, [])]]))
+        self.retired[vertex] += len(c["retire"])
+        instance = (c["new"] or c["retire"] or [None])[0]
+        rt.events.append({"kind": o["action"], "vertex": vertex, "instance": instance, "packet": o["packet"],
+                          "barrier_clock": c["barrier"], "groups": sum(n for n, _ in o["moves"]),
+                          "moves": o["moves"], "handed_over": len(c["passers"]), "waited": len(c["waiters"]),
+                          "timers_moved": sum(len(t) for t in o["timers"].values()),
+                          "instances": len(self.active[vertex]), "scope": self.flowmaps[vertex].scope.name,
+                          "pause_s": round(o["fed_s"], 6),
+                          "handover_s": round(time.perf_counter() - o["started"], 6), "by": "scenario",
+                          **({"naive": True} if o["naive"] else {})})
+

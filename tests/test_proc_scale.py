@@ -1,0 +1,127 @@
+"""§5.1 elasticity on the proc runtime (chc.runtime.procscale): scale-out, scale-in,
+moves and scope refinement while real processes run.
+
+A change is tied to a barrier clock: every upstream splits by the new map past
+it, each instance that loses flow groups hands over at it, each one that gains
+them waits there for the go-ahead.  The COE oracle judges seeded runs of the
+scale scenario; with the wait switched off (``--break naive-move``) they diverge.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("zmq")
+
+from chc.capture import open_capture  # noqa: E402
+from chc.cli import main  # noqa: E402
+from chc.core.splitter import FlowMap  # noqa: E402
+from chc.runtime.proc import ProcRuntime  # noqa: E402
+from chc.runtime.procscale import plan_change, refusal  # noqa: E402
+from chc.scenario import Event  # noqa: E402
+from chc.spec import load_spec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+LAN = str(ROOT / "traces/pathspider/lan-2012.pcap.gz")
+PAPER = str(ROOT / "examples/paper_chain.yaml")
+SCALE = str(ROOT / "examples/scenarios/scale.yaml")
+
+
+def _records(n: int) -> list[tuple[int, bytes]]:
+    with open_capture(LAN) as reader:
+        return list(itertools.islice(reader, n))
+
+
+def _ev(action: str, target: str, at: int, **params) -> Event:
+    return Event(action, target, params, at_packet=at)
+
+
+# -- the plan (sans-I/O) ------------------------------------------------------------------------
+
+def _nat_map(n: int) -> FlowMap:
+    chain = load_spec(PAPER)
+    return FlowMap(n, chain.vertices["nat"].nf.partition_scopes())
+
+
+def test_a_scale_out_gives_the_new_instance_an_even_share_and_the_losers_hand_over():
+    chain = load_spec(PAPER)
+    plan = plan_change(chain, _nat_map(2), [0, 1], _ev("scale-out", "nat", 10))
+    fm = plan["flowmap"]
+    assert plan["new"] == [2] and fm.n == 3
+    assert sorted(fm.load().values()) == [170, 170, 172]     # (the sim's rule: 512 // 3 each)
+    assert plan["losers"] == [0, 1] and 2 in plan["waiters"]
+
+
+def test_a_scale_in_deals_the_victims_groups_out_and_one_instance_is_coarse_again():
+    chain = load_spec(PAPER)
+    plan = plan_change(chain, _nat_map(2), [0, 1], _ev("scale-in", "nat", 10))
+    fm = plan["flowmap"]
+    assert plan["retire"] == [1] and plan["after"] == [0]
+    assert fm.groups_of(1) == [] and fm.level == 0
+    assert plan["passers"] == [0, 1] and plan["waiters"] == [0]
+
+
+def test_a_move_hands_over_from_one_instance_to_another_only():
+    chain = load_spec(PAPER)
+    plan = plan_change(chain, _nat_map(3), [0, 1, 2], _ev("move", "nat", 10, **{"from": 0, "to": 1,
+                                                                                "fraction": 0.5}))
+    assert plan["losers"] == [0] and plan["passers"] == [0] and plan["waiters"] == [1]
+    assert plan["moves"] == [[128, 1]]
+
+
+@pytest.mark.parametrize("event, reason", [
+    (_ev("scale-in", "nat", 1), "the last active instance stays"),
+    (_ev("move", "nat", 1, **{"from": 0, "to": 3}), "not an active instance"),
+])
+def test_what_cannot_be_done_is_refused_with_a_reason(event, reason):
+    assert plan_change(load_spec(PAPER), _nat_map(1), [0], event)["refused"] == reason
+
+
+def test_the_proc_runtime_refuses_what_it_does_not_scale_yet():
+    chain = load_spec(PAPER)
+    assert "clone" in refusal([_ev("clone", "nat", 5)], chain, "EO", False)
+    assert "--kill" in refusal([_ev("scale-out", "nat", 5)], chain, "EO", True)
+    assert "model T" in refusal([_ev("scale-out", "nat", 5)], chain, "T", False)
+    assert refusal([_ev("scale-out", "nat", 5)], chain, "EO+C", False) is None
+    with pytest.raises(ValueError, match="clone"):
+        ProcRuntime(chain, model="EO", events=[_ev("clone", "nat", 5)])
+
+
+# -- a run ------------------------------------------------------------------------------------------
+
+def test_a_run_scales_out_moves_and_scales_in_with_every_packet_through():
+    chain = load_spec(PAPER)
+    events = [_ev("scale-out", "nat", 300), _ev("scale-out", "portscan", 500),
+              _ev("move", "nat", 700, **{"from": 0, "to": 1, "fraction": 1.0}),
+              _ev("scale-in", "portscan", 900), _ev("scale-out", "lb", 5000)]
+    rt = ProcRuntime(chain, model="EO+C", batch_size=32, events=events)
+    rt.run(_records(1200))
+    s = rt.summary()
+    events = sorted(s.events, key=lambda e: e["packet"])
+    assert [e["kind"] for e in events] == ["scale-out", "scale-out", "move", "scale-in", "scale-out-refused"]
+    assert events[-1]["reason"] == "the input ended before it"
+    nat, portscan = s.vertices["nat"], s.vertices["portscan"]
+    assert nat["instances"] == 2 and nat["sizes"] == [1, 2] and nat["retired"] == 0
+    assert portscan["instances"] == 2 and portscan["sizes"] == [1, 2, 1] and portscan["retired"] == 1
+    assert [e["barrier_clock"] for e in events[:-1]] == [299, 499, 699, 899]    # (every frame admitted)
+    assert nat["packets_in"] == portscan["packets_in"] + nat["dropped"] == s.packets_in - s.malformed - s.non_ip
+    assert s.log["remaining"] == 0
+    assert not any(p.is_alive() for p in rt.procs.values())
+
+
+def test_the_scale_scenario_passes_the_check(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert main(["check", "--runtime", "proc", PAPER, SCALE, LAN, "--packets", "3000", "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 seeds passed" in out
+
+
+def test_without_the_wait_at_the_barrier_the_scale_scenario_diverges(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert main(["check", "--runtime", "proc", PAPER, SCALE, LAN, "--packets", "3000", "--seeds", "2",
+                 "--break", "naive-move"]) == 1
+    out = capsys.readouterr().out
+    assert "DIVERGED" in out and "with no hand-over" in out
