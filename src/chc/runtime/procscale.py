@@ -245,6 +245,8 @@ class Scaler:
         while not self.acks.issuperset(told):
             rt._service(100)
         o["fed_s"] = time.perf_counter() - started
+        if "event" in o:                # (the go-ahead came first: every hand-over was quick)
+            o["event"]["pause_s"] = round(o["fed_s"], 6)
         if not change["passers"] and self.open is o:
             self._go()
 
@@ -268,12 +270,13 @@ class Scaler:
                          encode(Kind.CONTROL, ["go", [c["id"], o["timers"].get(i, [])]]))
         self.retired[vertex] += len(c["retire"])
         instance = (c["new"] or c["retire"] or [None])[0]
-        rt.events.append({"kind": o["action"], "vertex": vertex, "instance": instance, "packet": o["packet"],
-                          "barrier_clock": c["barrier"], "groups": sum(n for n, _ in o["moves"]),
-                          "moves": o["moves"], "handed_over": len(c["passers"]), "waited": len(c["waiters"]),
-                          "timers_moved": sum(len(t) for t in o["timers"].values()),
-                          "instances": len(self.active[vertex]), "scope": self.flowmaps[vertex].scope.name,
-                          "pause_s": round(o["fed_s"], 6),
-                          "handover_s": round(time.perf_counter() - o["started"], 6), "by": "scenario",
-                          **({"naive": True} if o["naive"] else {})})
+        o["event"] = {"kind": o["action"], "vertex": vertex, "instance": instance, "packet": o["packet"],
+                      "barrier_clock": c["barrier"], "groups": sum(n for n, _ in o["moves"]),
+                      "moves": o["moves"], "handed_over": len(c["passers"]), "waited": len(c["waiters"]),
+                      "timers_moved": sum(len(t) for t in o["timers"].values()),
+                      "instances": len(self.active[vertex]), "scope": self.flowmaps[vertex].scope.name,
+                      "pause_s": round(o["fed_s"], 6),
+                      "handover_s": round(time.perf_counter() - o["started"], 6), "by": "scenario",
+                      **({"naive": True} if o["naive"] else {})}
+        rt.events.append(o["event"])
 
