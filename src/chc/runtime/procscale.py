@@ -255,8 +255,8 @@ class Scaler:
         if o is None or data[0] != o["change"]["id"]:
             return
         o["passed"].add(int(name.rsplit(".", 1)[1]))
-        for to, deadline, rest in data[1]:
-            o["timers"].setdefault(to, []).append([deadline, rest])
+        for to, timer in data[1]:
+            o["timers"].setdefault(to, []).append(timer)
         if o["passed"].issuperset(o["change"]["passers"]):
             self._go()
 

@@ -61,7 +61,6 @@ a worker never outlives it.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import logging
 import os
 import resource
@@ -84,7 +83,7 @@ from ..packet import Packet
 from ..spec import Chain
 from . import procstore
 from .procio import Guard, worker_guard
-from .sim import _by_clock, _copy, classify, shared_objects, split_targets
+from .sim import _by_clock, _copy, classify, give_timers, shared_objects, split_targets, take_timers
 from .storeserver import STORE
 from .wire import (
     GENERATION,
@@ -940,17 +939,8 @@ class InstanceWorker:
             inst.hand_over()
         elif inst.client is not None:
             inst.client.settle()
-        flowmap = self.plan.flowmaps()[inst.vertex]
-        keep, moving = [], []
-        for t in inst.ctx._timers:
-            to = flowmap.owner(t[5]) if t[5] is not None else i
-            if to == i:
-                keep.append(t)
-            else:
-                moving.append([to, t[0], list(t[2:])])
-        if moving:
-            heapq.heapify(keep)
-            inst.ctx._timers = keep
+        owner = self.plan.flowmaps()[inst.vertex].owner
+        moving = [[owner(t[5]), t] for t in take_timers(inst.ctx, lambda parts: owner(parts) != i)]
         self.out.to_coordinator("passed", [c["id"], moving])
         c["passed"] = True
         if i in c["retire"]:
@@ -964,10 +954,7 @@ class InstanceWorker:
         sharing as the change makes it, and on past the barrier."""
         c = self.changing
         inst = self.inst
-        ctx = inst.ctx
-        for deadline, rest in timers:
-            ctx._timer_seq += 1
-            heapq.heappush(ctx._timers, (deadline, ctx._timer_seq, *rest))
+        give_timers(inst.ctx, timers)
         if inst.client is not None and c is not None:
             inst.set_shared(frozenset(c["shared"]))
         self.hold = INF

@@ -1133,18 +1133,7 @@ class SimRuntime:
     def _move_timers(self, h: Handover, old: Instance, new: Instance) -> None:
         """The moved flows' timers go with them: they fire by the new instance's
         packets, after the answers it processes in order."""
-        keep, moved = [], []
-        for t in old.ctx._timers:
-            parts = t[5]
-            (moved if parts is not None and h.covers(parts.__getitem__) else keep).append(t)
-        if not moved:
-            return
-        heapq.heapify(keep)
-        old.ctx._timers = keep
-        ctx = new.ctx
-        for t in sorted(moved):
-            ctx._timer_seq += 1
-            heapq.heappush(ctx._timers, (t[0], ctx._timer_seq, *t[2:]))
+        give_timers(new.ctx, take_timers(old.ctx, lambda parts: h.covers(parts.__getitem__)))
 
     def _move_records(self, h: Handover, old: Instance, new: Instance) -> None:
         """§5.4 the moved flows' processed packets go with them: a failover of the new
@@ -1872,6 +1861,25 @@ def split_targets(chain: Chain, targets: list[str]) -> list[str]:
     """The vertices an upstream feeding ``targets`` has a splitter for: those and their input taps."""
     vs = chain.vertices
     return targets + [t for d in targets for t in vs[d].taps_in]
+
+
+def take_timers(ctx: Any, moves: Callable[[tuple], bool]) -> list[tuple]:
+    """§5.1 the timers of the flows ``moves`` picks (by the partition fields they were
+    armed with), taken out of ``ctx``'s heap; a timer armed outside a flow stays."""
+    keep, moved = [], []
+    for t in ctx._timers:
+        (moved if t[5] is not None and moves(t[5]) else keep).append(t)
+    if moved:
+        heapq.heapify(keep)
+        ctx._timers = keep
+    return moved
+
+
+def give_timers(ctx: Any, timers: Iterable[tuple]) -> None:
+    """§5.1 timers taken from another instance, armed here in their order."""
+    for t in sorted(timers):
+        ctx._timer_seq += 1
+        heapq.heappush(ctx._timers, (t[0], ctx._timer_seq, *t[2:]))
 
 
 def shared_objects(chain: Chain, flowmap: FlowMap, vertex: str) -> frozenset[str]:
