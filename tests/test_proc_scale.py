@@ -125,3 +125,16 @@ def test_without_the_wait_at_the_barrier_the_scale_scenario_diverges(monkeypatch
                  "--break", "naive-move"]) == 1
     out = capsys.readouterr().out
     assert "DIVERGED" in out and "with no hand-over" in out
+
+
+def test_the_moved_flows_timers_go_with_them():
+    # Two port-scan instances; at input packet 300 every flow of instance 0 moves to 1,
+    # and the first-contact timers instance 0 had armed by then (two: the barrier fixes
+    # which) are armed at instance 1 (a COE check cannot tell: a timer fired late at the
+    # old instance is a serialization the store could have had).
+    chain = load_spec(PAPER).with_parallelism(2)
+    rt = ProcRuntime(chain, model="EO+C", batch_size=32,
+                     events=[_ev("move", "portscan", 300, **{"from": 0, "to": 1, "fraction": 1.0})])
+    rt.run(_records(600))
+    (event,) = rt.summary().events
+    assert event["kind"] == "move" and event["timers_moved"] == 2
