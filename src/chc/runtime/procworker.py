@@ -45,6 +45,15 @@ the commit reports the store server pulls again and from the reports every
 instance kept since the floor and sends again (:meth:`RootWorker._restore`,
 :meth:`InstanceWorker.reroot`).
 
+Scaling (§5.1, :mod:`chc.runtime.procscale`, docs/proc.md).  A vertex's change
+comes with a barrier clock: the root (told in band) and every upstream split
+packets past it by the new map (:meth:`_Sender.split`), and take the new map alone
+once their watermark passes it (:meth:`_Sender.advance`); each process sends its
+watermark on once past a barrier, so the change completes without more input.
+An instance that loses flow groups runs to the barrier, hands over and sends its
+moved flows' timers; one that gains them holds at the barrier until the go-ahead
+(:meth:`InstanceWorker._progress`, :meth:`InstanceWorker._go`).
+
 End of input.  End-of-input travels the data path behind the last packets (an
 infinite watermark).  An instance that has it from every upstream fires its
 remaining timers and settles its store client (every update acknowledged,
