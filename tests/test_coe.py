@@ -65,6 +65,7 @@ SCALE = ROOT / "examples/scenarios/scale.yaml"
 SPLIT = ROOT / "examples/scenarios/split.yaml"
 LB_BACKENDS = ROOT / "examples/scenarios/lb-backends.yaml"
 STRAGGLER = ROOT / "examples/scenarios/straggler.yaml"
+SCALE_CRASH = ROOT / "examples/scenarios/scale-crash.yaml"
 CRASH = ROOT / "examples/scenarios/nf-crash.yaml"
 STORE_CRASH = ROOT / "examples/scenarios/store-crash.yaml"
 
@@ -232,10 +233,14 @@ def test_every_break_is_caught_and_named(capsys, trojan_slice, tmp_path, name):
     """`chc check ... --break NAME` exits 1 and names a divergence of the kind the
     break corrupts; no seed where the break acted goes uncaught."""
     capture, packets = trojan_slice
+    seeds = ["--seeds", "4"]
     scenario = {"naive-move": SCALE, "no-flush": SPLIT, "no-callback": LB_BACKENDS,
                 "no-dup-suppression": STRAGGLER, "no-replay": CRASH, "delete-after-output": CRASH,
-                "no-wal": STORE_CRASH}.get(name, FAULTS)
-    code, text, data = run_check(capsys, str(PAPER), str(scenario), str(capture), "--seeds", "4", "--jobs", "2",
+                "no-wal": STORE_CRASH, "no-moved-timers": SCALE_CRASH,
+                "replay-as-now": SCALE_CRASH}.get(name, FAULTS)
+    if name == "replay-as-now":         # (a failover crossing a scale-in of the LB: rarer; found by a hunt)
+        capture, packets, seeds = LAN, 3000, ["--first-seed", "302", "--seeds", "2"]
+    code, text, data = run_check(capsys, str(PAPER), str(scenario), str(capture), *seeds, "--jobs", "2",
                                  "--packets", str(packets), "--break", name, "--json", str(tmp_path / "r.json"))
     assert code == 1, text
     verdicts = Counter(r["verdict"] for r in data["results"])

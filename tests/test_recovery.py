@@ -388,3 +388,59 @@ def test_two_roots_recover_from_crashes(tmp_path, capsys):
     assert main(["check", str(two), str(ROOT / "examples/scenarios/nf-crash.yaml"), str(LAN), "--packets", "3000",
                  "--first-seed", "1", "--seeds", "2"]) == 0
     assert "2 of 2 seeds passed" in capsys.readouterr().out
+
+
+# -- failovers after scaling (§5.1 with §5.4) -------------------------------------------------
+
+SCALE_CRASH = ROOT / "examples/scenarios/scale-crash.yaml"
+
+
+def _scale_crash(seed: int, breaks: tuple[str, ...] = (), tweak=None):
+    from chc.scenario import load_scenario
+
+    chain, sc = load_spec(PAPER), load_scenario(SCALE_CRASH)
+    recs = list(itertools.islice(open_capture(LAN), 3000))
+    v = variant(chain, sc, seed, ["memory"])
+    obs = Observers()
+    rt = physical_runtime(chain, sc, v, len(recs), obs)
+    BreakState(breaks, 0).install(rt)
+    if tweak is not None:
+        tweak(rt)
+    return check_runtime(chain, rt, recs, obs), rt
+
+
+def test_scaling_and_crashes_together_keep_coe():
+    """Seeds that diverged before a failover's replay was what the failed instance
+    processed itself (tests/regressions/coe_seeds.yaml has them too): a moved flow's
+    earlier packets replayed at the new owner's failover ran after its own ones and
+    fired their timers early (a packet never done), or without the answers the
+    other instance had read (the LB picked another backend, a counter went negative);
+    and (seed 302) a replay crossing a scale-in ran packets processed while the LB's
+    counters were shared from a private copy of them (R3)."""
+    for seed in (10, 19, 49, 302):
+        res, rt = _scale_crash(seed)
+        assert not res.divergences, (seed, [str(d) for d in res.divergences[:3]])
+        kinds = {e["kind"] for e in rt.events_log}
+        assert {"failover", "retired", "move"} <= kinds, kinds
+
+
+def test_a_replay_shares_what_each_packet_shared():
+    """--break replay-as-now: the replay runs every packet sharing what the vertex
+    shares at the failover; packets processed while the LB's counters were shared
+    recompute a backend from a private copy (caught)."""
+    res, rt = _scale_crash(302)
+    assert not res.divergences
+    assert sum(e["replayed_sharing_otherwise"] for e in _failovers(rt)) > 0
+    res, rt = _scale_crash(302, ("replay-as-now",))
+    assert any(str(d).startswith(("state", "store", "log")) for d in res.divergences), res.divergences[:3]
+
+
+def test_a_failover_gets_the_timers_moved_flows_brought():
+    """--break no-moved-timers: the replay leaves out the timers a move gave the
+    failed instance; the packet that armed one is never done (caught)."""
+    res, rt = _scale_crash(8)
+    assert not res.divergences
+    assert sum(e["moved_timers_replayed"] for e in _failovers(rt)) > 0
+    res, rt = _scale_crash(8, ("no-moved-timers",))
+    assert rt.gifts_dropped > 0
+    assert any(str(d).startswith("log") for d in res.divergences), [str(d) for d in res.divergences[:3]]

@@ -452,6 +452,10 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
           "for it", "output|state|log|store|alert", True),
     Break("delete-after-output", "the last NF sends its delete request after its output, so a crash in "
           "between makes the failover instance output the packets again (§5.4)", "output", True),
+    Break("replay-as-now", "a failover replays every packet sharing what its vertex shares now, not what it "
+          "shared when the packet ran before a scale-in or -out (R3 with §5.4)", "state|store|output|log", True),
+    Break("no-moved-timers", "a failover's replay leaves out the timers that moved flows brought the failed "
+          "instance (§5.1 with §5.4)", "log|alert|state|store", True),
     Break("no-wal", "a failover store is restored from its checkpoint and the instances' caches only, without "
           "rolling the write-ahead logs forward (§5.4, Figure 7)", "store|state|output", True, True),
 )}
@@ -494,6 +498,8 @@ class BreakState:
             rt.dup_suppression = False
             engine.emulate = False
         rt.replay_on_failover = "no-replay" not in self.names
+        rt.replay_moved_timers = "no-moved-timers" not in self.names
+        rt.replay_as_processed = "replay-as-now" not in self.names
         rt.delete_before_output = "delete-after-output" not in self.names
         if "no-wal" in self.names and rt.store_failover is not None:
             rt.store_failover.no_wal = True
@@ -551,6 +557,11 @@ class BreakState:
             self.acted["no-replay"] = (f"{len(failovers)} failovers without replay: {lost['lost_in_queue']} queued "
                                        f"packets, {lost['updates_lost_in_flight']} updates in flight and "
                                        f"{lost['timers_pending']} pending timers lost")
+        other = sum(e.get("replayed_sharing_otherwise", 0) for e in failovers)
+        if "replay-as-now" in self.names and other:
+            self.acted["replay-as-now"] = f"{other} packets replayed sharing what their vertex shares now"
+        if "no-moved-timers" in self.names and rt.gifts_dropped:
+            self.acted["no-moved-timers"] = f"{rt.gifts_dropped} moved timers left out of failover replays"
         repeated = sum(e.get("output_before_delete", 0) for e in failovers)
         if "delete-after-output" in self.names and repeated:
             self.acted["delete-after-output"] = (f"{repeated} packets the last NF output before a crash, "

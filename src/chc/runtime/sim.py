@@ -276,7 +276,17 @@ class SimRuntime:
         self.failures: list[Failure] = []
         self.dead: set[tuple[str, int]] = set()
         self.inputs: dict[tuple[str, int], deque[Packet]] = {}
+        # R3 with §5.4: per (vertex, clock) recorded, the objects its instance shared
+        # then; a replay runs each packet as it ran (a scale-in or -out in between
+        # changed what the instance caches, and what its store reads log).
+        self.record_shared: dict[tuple[str, int], frozenset[str]] = {}
+        # §5.1 with §5.4: per instance, the timers moved flows brought it, after which
+        # clock of its record (-1: before all), while any of their packets is logged.
+        self.gifts: dict[tuple[str, int], list[tuple[int, list[tuple]]]] = {}
         self.replay_on_failover = True      # off only for --break no-replay
+        self.replay_moved_timers = True     # off only for --break no-moved-timers
+        self.replay_as_processed = True     # off only for --break replay-as-now (R3)
+        self.gifts_dropped = 0              # (what that break left out)
         self.delete_before_output = True    # off only for --break delete-after-output
         self._last_out: dict[tuple[str, int], set[int]] = {}   # --break delete-after-output
         # §5.4 root failover: crashed roots awaiting detection, the input and the
@@ -507,7 +517,7 @@ class SimRuntime:
                 if not batch:
                     continue
                 if self.recording:
-                    self._record(name, inst.instance_id, batch)
+                    self._record(name, inst, batch)
                 if batch[-1].ts > latest:
                     latest = batch[-1].ts
                 if self.links:
@@ -619,11 +629,14 @@ class SimRuntime:
                 self._meta_pending = ops        # retransmitted with the next batch
         if self.inputs and not self.root_failures:     # (no root to ask meanwhile)
             roots = self.roots
-            for rec in self.inputs.values():
+            modes = self.record_shared
+            for (vertex, _), rec in self.inputs.items():
                 # Replay starts at the oldest packet still logged: what came before it
                 # is done in the whole chain and in the store (§5.4).
                 while rec and roots[root_of(rec[0].clock)].log.get(rec[0].clock) is None:
-                    rec.popleft()
+                    modes.pop((vertex, rec.popleft().clock), None)
+            if self.gifts:
+                self._prune_gifts()
             read_log = self.node.read_log if self.node is not None else None
             if read_log and len(read_log) > 2 * max(64, sum(len(r.log) for r in roots)):
                 # A replay starts at its root's oldest logged packet: reads before it are done.
@@ -1132,22 +1145,27 @@ class SimRuntime:
 
     def _move_timers(self, h: Handover, old: Instance, new: Instance) -> None:
         """The moved flows' timers go with them: they fire by the new instance's
-        packets, after the answers it processes in order."""
-        give_timers(new.ctx, take_timers(old.ctx, lambda parts: h.covers(parts.__getitem__)))
+        packets, after the answers it processes in order.  §5.4 with recording on,
+        the gift is recorded where it came in the new instance's input (after its
+        latest packet), for its failover's replay to receive it there."""
+        timers = take_timers(old.ctx, lambda parts: h.covers(parts.__getitem__))
+        give_timers(new.ctx, timers)
+        if timers and self.recording:
+            rec = self.inputs.get((h.vertex, new.instance_id))
+            self.gifts.setdefault((h.vertex, new.instance_id), []).append((rec[-1].clock if rec else -1, timers))
 
     def _move_records(self, h: Handover, old: Instance, new: Instance) -> None:
-        """§5.4 the moved flows' processed packets go with them: a failover of the new
-        instance replays them (they are how its state and timers came to be); the old
-        one no longer may."""
+        """§5.4 the moved flows' processed packets leave the old instance's record: its
+        failover must not replay them (it would re-arm their timers, which the new
+        instance has, and fire them twice).  They do not join the new instance's:
+        its replay is what it processed itself, in its order (interleaving another
+        instance's packets fires its timers by their times, before it had them),
+        with the moved flows' state from the store (their hand-over is before its
+        first replayed clock) and their timers as it got them (:meth:`_move_timers`)."""
         rec = self.inputs.get((h.vertex, old.instance_id))
-        if not rec:
-            return
-        ladder = self.flowmaps[h.vertex].ladder
-        moved = [p for p in rec if h.moves(p, ladder)]
-        if moved:
-            ids = {id(p) for p in moved}
-            self.inputs[(h.vertex, old.instance_id)] = deque(p for p in rec if id(p) not in ids)
-            self.inputs.setdefault((h.vertex, new.instance_id), deque()).extend(moved)
+        if rec:
+            ladder = self.flowmaps[h.vertex].ladder
+            self.inputs[(h.vertex, old.instance_id)] = deque(p for p in rec if not h.moves(p, ladder))
 
     def _retire_if_done(self, vertex: str, i: int) -> None:
         if (vertex, i) not in self.retiring or any(h.vertex == vertex and h.old == i for h in self.handovers):
@@ -1231,6 +1249,8 @@ class SimRuntime:
         private_view(pair.saved, clone, {})
         if self.recording:
             self.inputs[(vertex, i)] = deque(self.inputs.get((vertex, s), ()))
+            if (vertex, s) in self.gifts:
+                self.gifts[(vertex, i)] = list(self.gifts[(vertex, s)])
         for name, h in straggler.objects.items():
             ch = clone.objects[name]
             ch.values = copy.deepcopy(h.values)
@@ -1379,6 +1399,7 @@ class SimRuntime:
         gone.ctx._timers = []
         shared_view(pair.saved, gone)
         self.inputs.pop((vertex, gone.instance_id), None)
+        self.gifts.pop((vertex, gone.instance_id), None)
         if gone.client is None:
             for h in gone.objects.values():
                 h.values.clear()           # model T: the kept copy holds the same state
@@ -1441,15 +1462,19 @@ class SimRuntime:
                                 "packet": sum(r.packets_in for r in self.roots), "vt": self.now(), **more})
 
     # -- NF failover (§5.4) ------------------------------------------------------------
-    def _record(self, vertex: str, i: int, batch: list[Packet]) -> None:
-        """What ``vertex[i]`` is about to process, as it got it.  In a deployment this
-        is known outside the instance: its upstream keeps what it sent until the root
-        deletes the clock, and its successors (or the root, for drops) receive its
-        results in processing order."""
-        rec = self.inputs.get((vertex, i))
+    def _record(self, vertex: str, inst: Instance, batch: list[Packet]) -> None:
+        """What ``inst`` of ``vertex`` is about to process, as it got it, and what it
+        shares meanwhile (R3).  In a deployment this is known outside the instance:
+        its upstream keeps what it sent until the root deletes the clock, and its
+        successors (or the root, for drops) receive its results in processing order."""
+        rec = self.inputs.get((vertex, inst.instance_id))
         if rec is None:
-            rec = self.inputs[(vertex, i)] = deque()
+            rec = self.inputs[(vertex, inst.instance_id)] = deque()
         rec.extend([p.copy() for p in batch])
+        shared = inst.shared
+        modes = self.record_shared
+        for p in batch:
+            modes[(vertex, p.clock)] = shared
 
     def crash(self, vertex: str, instance: int, heartbeat_us: float = 20, misses: int = 3, **why: Any) -> None:
         """``vertex[instance]`` stops (fail-stop): its queue, cache, timers and unsent
@@ -1511,6 +1536,7 @@ class SimRuntime:
         unapplied = self._unapplied(failed)
         timers = len(failed.ctx._timers)
         processed = list(self.inputs.pop((vertex, x), ()))
+        gifts = self.gifts.pop((vertex, x), [])
         lost = list(failed.queue)
         failed.queue.clear()
         undeleted = 0
@@ -1547,11 +1573,12 @@ class SimRuntime:
         engine = getattr(self.store, "engine", None)
         emulated0 = engine.emulated if engine is not None else 0
         applied0 = engine.ops_applied if engine is not None else 0
+        other = given = 0
         if self.replay_on_failover:
             if self.store_failover is not None:
                 self.store_failover.check_replay(f"{vertex}[{x}]", processed,
                                                  {n for n, h in new.objects.items() if type(h) is CachedObject})
-            self._catch_up(new, processed)
+            other, given = self._catch_up(new, processed, gifts)
             for p in lost:
                 if p.vt < start:
                     p.vt = start
@@ -1573,10 +1600,13 @@ class SimRuntime:
         self.holds.append(Handover(vertex, x, i, _everything, 0, None, [], self.horizon, until))
         if self.recording:
             self.inputs[(vertex, i)] = deque(processed)
+            if gifts:
+                self.gifts[(vertex, i)] = gifts
         self._share(vertex)
         self._log("failover", vertex, x, failover_instance=i, crashed_vt=f.crashed_vt, detected_vt=f.detect_vt,
                   detect_ns=int(f.detect_vt - f.crashed_vt), crashed_packet=f.crashed_packet,
                   replayed=len(processed) if self.replay_on_failover else 0,
+                  replayed_sharing_otherwise=other, moved_timers_replayed=given,
                   lost_in_queue=len(lost), updates_lost_in_flight=unapplied, timers_pending=timers,
                   caught_up_vt=caught_up,
                   recovery_ns=int(caught_up - f.crashed_vt),
@@ -1600,14 +1630,66 @@ class SimRuntime:
             n += sum(t not in log for t in tags)
         return n
 
-    def _catch_up(self, new: Instance, processed: list[Packet]) -> None:
+    def _prune_gifts(self) -> None:
+        """A moved timer whose packet is no longer logged has ended (its packet stays
+        logged while it is armed): never replayed again."""
+        roots = self.roots
+        for key, gifts in list(self.gifts.items()):
+            kept = []
+            for after, timers in gifts:
+                timers = [t for t in timers if roots[root_of(t[7])].log.get(t[7]) is not None]
+                if timers:
+                    kept.append((after, timers))
+            if kept:
+                self.gifts[key] = kept
+            else:
+                del self.gifts[key]
+
+    def _catch_up(self, new: Instance, processed: list[Packet],
+                  gifts: list[tuple[int, list[tuple]]]) -> tuple[int, int]:
         """Re-process, from the store's state before them, the packets the failed instance
         processed since the oldest one still logged, in its order.  Its updates the store
         has are emulated from the clock log; the ones lost with it are applied now.
         Outputs, drops, forks, timers' ends and alerts were all reported by the failed
-        instance: only the state is rebuilt."""
-        if not processed:
-            return
+        instance: only the state is rebuilt.
+
+        R3: each run of packets sharing what it was processed sharing: a packet run
+        while a counter was shared, replayed after a scale-in made it exclusive, would
+        recompute from a private copy without the other instance's changes (the LB
+        picked another backend: ``scale-crash.yaml`` seeds 302, 331, 360).  §5.1 the
+        timers moved flows brought it (``gifts``) are given where they came, between
+        its packets.  Returns how many packets it replayed sharing other objects than
+        the vertex does now, and how many moved timers it gave."""
+        final = new.shared
+        modes = self.record_shared
+        gifts = sorted(gifts, key=lambda g: g[0])
+        g = start = other = given = 0
+        n = len(processed)
+        while True:
+            while g < len(gifts) and (start == n or gifts[g][0] < processed[start].clock):
+                if self.replay_moved_timers:
+                    give_timers(new.ctx, gifts[g][1])
+                    given += len(gifts[g][1])
+                else:
+                    self.gifts_dropped += len(gifts[g][1])
+                g += 1
+            if start == n:
+                break
+            shared = modes.get((new.vertex, processed[start].clock), final)
+            until = gifts[g][0] if g < len(gifts) else processed[-1].clock
+            end = start + 1
+            while end < n and processed[end].clock <= until \
+                    and modes.get((new.vertex, processed[end].clock), final) == shared:
+                end += 1
+            if shared != final:
+                other += end - start
+            new.set_shared(shared if self.replay_as_processed else final)
+            self._replay_run(new, processed[start:end])
+            start = end
+        new.set_shared(final)
+        return other, given
+
+    def _replay_run(self, new: Instance, processed: list[Packet]) -> None:
         saved: dict = {}
         snap = self.store.objects_at(new.vertex, {p.clock for p in processed})
         private_view(saved, new, snap)
