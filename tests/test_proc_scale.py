@@ -82,10 +82,10 @@ def test_what_cannot_be_done_is_refused_with_a_reason(event, reason):
 
 def test_the_proc_runtime_refuses_what_it_does_not_scale_yet():
     chain = load_spec(PAPER)
-    assert "clone" in refusal([_ev("clone", "nat", 5)], chain, "EO", False)
-    assert "--kill" in refusal([_ev("scale-out", "nat", 5)], chain, "EO", True)
-    assert "model T" in refusal([_ev("scale-out", "nat", 5)], chain, "T", False)
-    assert refusal([_ev("scale-out", "nat", 5)], chain, "EO+C", False) is None
+    assert "clone" in refusal([_ev("clone", "nat", 5)], chain, "EO")
+    assert "model T" in refusal([_ev("scale-out", "nat", 5)], chain, "T")
+    assert "ray" in refusal([_ev("scale-out", "nat", 5)], chain, "EO", ray=True)
+    assert refusal([_ev("scale-out", "nat", 5)], chain, "EO+C") is None
     with pytest.raises(ValueError, match="clone"):
         ProcRuntime(chain, model="EO", events=[_ev("clone", "nat", 5)])
 
@@ -138,3 +138,80 @@ def test_the_moved_flows_timers_go_with_them():
     rt.run(_records(600))
     (event,) = rt.summary().events
     assert event["kind"] == "move" and event["timers_moved"] == 2
+
+
+# -- scaling and real failures together (§5.1 with §5.4) ----------------------------------------
+
+def _check_kill(events: list, kill: str, parallelism: int, breaks: tuple[str, ...] = (), n: int = 1500):
+    """One COE-checked proc run of ``events`` with a SIGKILL (``kill``), every vertex at
+    ``parallelism`` instances: its verdict and the run's events."""
+    from chc import coe
+    from chc.runtime import proc as procmod
+    from chc.scenario import parse_scenario
+
+    chain = load_spec(PAPER)
+    sc = parse_scenario({"name": "t", "model": "EO+C", "batch_size": 32, "parallelism": parallelism})
+    sc.events_for = lambda seed, vertices, n_packets: list(events)
+    v = coe.variant(chain, sc, 0, ["memory"])
+    v.kill = kill
+    seen: dict = {}
+    real = procmod.ProcRuntime.summary
+
+    def summary(self):
+        s = seen["summary"] = real(self)
+        return s
+    procmod.ProcRuntime.summary = summary
+    try:
+        res = coe.check_variant(chain, sc, _records(n), v, breaks, None, "proc")
+    finally:
+        procmod.ProcRuntime.summary = real
+    return res, seen["summary"].events
+
+
+def test_a_failover_after_a_move_is_given_the_timers_the_move_brought():
+    # The move at 300 arms two first-contact timers at portscan 1 (the test above); it
+    # is killed at 450: its failover replays its own packets, and gets the two timers
+    # at the barrier.  Without them (--break no-moved-timers) the SYNs that armed them
+    # are never done: the check says so.
+    move = _ev("move", "portscan", 300, **{"from": 0, "to": 1, "fraction": 1.0})
+    res, events = _check_kill([move], "portscan[1]@450", 2)
+    assert res.verdict == "pass", [str(d) for d in res.result.divergences[:3]]
+    (failover,) = [e for e in events if e["kind"] == "failover"]
+    assert failover["moved_timers_replayed"] == 2, failover
+    res, _ = _check_kill([move], "portscan[1]@450", 2, ("no-moved-timers",))
+    assert res.verdict == "diverged", res.verdict
+    assert any(str(d).startswith("log") for d in res.result.divergences), res.result.divergences[:3]
+
+
+def test_a_kill_waits_for_a_change_and_a_retired_instance_is_not_killed():
+    events = [_ev("scale-out", "nat", 300), _ev("scale-in", "nat", 600)]
+    res, log = _check_kill(events, "nat[1]@301,nat[1]@700", 1)
+    assert res.verdict == "pass", [str(d) for d in res.result.divergences[:3]]
+    kinds = [e["kind"] for e in log]
+    assert kinds == ["scale-out", "failover", "scale-in", "kill-skipped"], kinds
+
+
+def test_a_failover_replays_each_packet_sharing_what_it_shared():
+    # Two LB instances share the active-connection counters; the scale-in at 400 makes
+    # them lb.0's alone (cached).  Killed at 405, lb.0's failover replays packets from
+    # before the barrier (its root still logs the first ones) sharing them, as they
+    # ran; replayed from a private copy (--break replay-as-now) it picks other backends.
+    scale_in = [_ev("scale-in", "lb", 400)]
+    res, events = _check_kill(scale_in, "lb[0]@405", 2)
+    assert res.verdict == "pass", [str(d) for d in res.result.divergences[:3]]
+    (failover,) = [e for e in events if e["kind"] == "failover"]
+    assert failover["replayed_sharing_otherwise"] > 0, failover
+    res, _ = _check_kill(scale_in, "lb[0]@405", 2, ("replay-as-now",))
+    assert res.verdict == "diverged", res.verdict
+
+
+def test_the_failover_of_an_instance_that_lost_its_flows_sends_their_packets_on_again():
+    # Every flow of portscan 0 moves to 1 at 300; killed at 450 (soon after), what it
+    # sent on before the barrier may have died with it in its sockets: its failover
+    # replays the moved flows' packets too (lb drops what it had), but the two timers
+    # they re-arm are portscan 1's (it has them from the move) and are dropped.
+    move = _ev("move", "portscan", 300, **{"from": 0, "to": 1, "fraction": 1.0})
+    res, events = _check_kill([move], "portscan[0]@450", 2, n=3000)
+    assert res.verdict == "pass", [str(d) for d in res.result.divergences[:3]]
+    (failover,) = [e for e in events if e["kind"] == "failover"]
+    assert failover["replayed"] > 0 and failover["timers_moved_away"] == 2, failover

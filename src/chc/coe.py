@@ -60,7 +60,7 @@ from .reference import LogicalRun, Replay, StoreStep, logical_run, replay, same
 from .runtime import control
 from .runtime.sim import SimRuntime, Unrecoverable
 from .runtime.storefailover import UNSEEN
-from .spec import Chain
+from .spec import MAX_PARALLELISM, Chain
 from .summary import canonical
 
 # -- the physical run's records ---------------------------------------------------------------
@@ -802,7 +802,8 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
 
 # The breaks a proc run can have: in an instance's store client, on what the run reports,
 # or (with --kill) in the failover.
-PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow", "no-replay", "no-wal", "naive-move")
+PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow", "no-replay", "no-wal", "naive-move",
+               "no-moved-timers", "replay-as-now")
 
 
 def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets: int, stores: list[str],
@@ -822,8 +823,6 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
         if other:
             return (f"check --runtime proc: the scenario has {other[0]} events; the proc runtime runs "
                     f"{', '.join(procscale.ACTIONS)} (docs/proc.md); use --runtime sim")
-        if kill:
-            return "check --runtime proc: scaling events together with --kill are not run yet (docs/proc.md)"
         if any(e.at_packet is None for e in events):
             return "check --runtime proc: scenario events run at an input packet (at: {packets: N}), not at a time"
     if scenario.network:
@@ -851,7 +850,10 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
         raise ValueError(refused)
     state = BreakState(tuple(breaks), from_clock=len(records) // 2)
     physical = chain.with_parallelism(v.parallelism)
-    kills = [parse_kill(k, physical) for k in v.kill.split(",")] if v.kill else []
+    events = scenario.events_for(v.seed, list(chain.vertices), len(records))
+    # (with scaling, an instance a scale-out adds may be named: one not there at its kill is skipped)
+    named = physical.with_parallelism(MAX_PARALLELISM) if events else physical
+    kills = [parse_kill(k, named) for k in v.kill.split(",")] if v.kill else []
     cls: Any = ProcRuntime
     extra: dict[str, Any] = {}
     if ray_address is not None:
@@ -866,7 +868,7 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
         rt = cls(physical, model=v.model, batch_size=v.batch_size, store=store, store_url=v.store,
                  log_mode=getattr(scenario, "packet_log", "local"), write_out=True, record=True,
                  breaks=breaks, break_from=state.from_clock, kills=kills, checkpoint_ms=checkpoint_ms,
-                 events=scenario.events_for(v.seed, list(chain.vertices), len(records)), **extra)
+                 events=events, **extra)
         rt.run(records, emit=lambda pkts: out.extend((p.clock, bytes(p.data)) for p in pkts))
     except ProcFailure as exc:
         return SeedResult(v, CheckResult([], [], None, None, unrecoverable=str(exc)), "unrecoverable",

@@ -51,9 +51,10 @@ Ctrl-C reaches the whole process group, and it is the coordinator's to handle.
 
 Scaling (§5.1): a scenario's scale-out, scale-in, move and refine events are
 the coordinator's :class:`~chc.runtime.procscale.Scaler`'s, tied to a barrier
-clock (docs/proc.md, "Scaling").  Not yet: the other scenario events (clones,
-crashes: ``--kill``) and delay models, which are the sim's; failover of the
-Redis server itself.  :mod:`chc.runtime.procray` places the same
+clock (docs/proc.md, "Scaling"), also with ``--kill`` and ``--failover`` (one
+at a time: a kill waits for a change's go-ahead).  Not yet: the other scenario
+events (clones, crashes: ``--kill``) and delay models, which are the sim's;
+failover of the Redis server itself.  :mod:`chc.runtime.procray` places the same
 workers in Ray actors, through ``_address`` and ``_context``.
 """
 
@@ -87,7 +88,7 @@ from ..summary import Summary, merge_states, state_digest
 from . import procscale, procstore, procworker, storeserver
 from .errors import ProcFailure
 from .procio import Guard
-from .procworker import COORDINATOR, ROOT_COUNTERS, STORE, Plan, input_name, instance_name, root_name
+from .procworker import COORDINATOR, INF, ROOT_COUNTERS, STORE, Plan, input_name, instance_name, root_name
 from .sim import DEFAULT_BATCH, root_index, stored_state
 from .wire import Kind, Mailbox, Marks, dealer, encode, generation_name, logical
 
@@ -127,9 +128,11 @@ class ProcRuntime:
             raise ValueError(f"--runtime proc does not scale vertices yet ({scaled[0]} has a scaling policy); "
                              "use --no-scaling, or --runtime sim")
         events = list(events)
-        refused = procscale.refusal(events, chain, model, recover, self.name != "proc")
+        refused = procscale.refusal(events, chain, model, self.name != "proc")
         if refused:
             raise ValueError(refused)
+        if events and any(k.vertex == ROOT for k in self.kills):
+            raise ValueError(ROOT_AFTER_SCALING)
         self.chain = chain
         self.model = model
         self.redis = store_url.startswith(("redis://", "rediss://", "redis-cluster://"))
@@ -351,6 +354,11 @@ class ProcRuntime:
         keeps the clock log it will need, every upstream re-points to the failover and
         hands over what it sent the failed one, and the failover replays it from the
         oldest clock still logged (:meth:`InstanceWorker._replay`)."""
+        if self.scaler is not None and self.scaler.open is not None:
+            c = self.scaler.open["change"]
+            raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} during a change of "
+                              f"{c['vertex']} (§5.1, barrier at clock {c.get('barrier')}); a failure in the middle "
+                              "of a scaling change is not recovered yet (docs/proc.md); the run stops")
         failing, self._failing = self._failing, dead
         try:
             if _logical(dead) == STORE:
@@ -392,11 +400,13 @@ class ProcRuntime:
         self.box.fence(dead.encode())
         fence = encode(Kind.CONTROL, ["fence", dead])
         for d in self.plan.targets(vertex):
-            for j in range(self.chain.vertices[d].parallelism):
+            for j in range(self.plan.width(d)):
                 self._tell(instance_name(d, j), fence)
         for r in range(self.chain.roots):
             self._tell(root_name(r), fence)
-        feeders = self.plan.feeders(vertex)
+        # (a retired upstream stays until the end with what it sent: §5.1, docs/proc.md)
+        feeders = [f for f in self.plan.feeders(vertex, retired=True)
+                   if f not in self.plan.retired or self.procs[self.current[f]].is_alive()]
         records: dict[str, list] = {}
         self.recovering[name] = {"event": event, "records": records, "partial": set(), "started": detected}
         for f in feeders:
@@ -404,6 +414,12 @@ class ProcRuntime:
         while len(records) < len(feeders):
             self._service(1000)
             self._dead_feeders(vertex, int(i), new, feeders, records)
+        for f in feeders:
+            if f in self.plan.retired:
+                # §5.1 it ended when it retired, after its go-ahead: everything it will ever
+                # send this instance is in its record (one it never fed: nothing), and its
+                # end may have gone to the dead process.
+                records[f][1:3] = [INF, True]
         self.generation[name] = gen
         self.current[name] = new
         # What the failed one may have run: what every upstream's hand-over watermark has
@@ -412,7 +428,9 @@ class ProcRuntime:
         partial = self.recovering[name]["partial"]
         bound = self.bounds[name] = min(self.bounds[f] if f in partial else records[f][1] for f in feeders)
         replay = {"floors": floors, "feeds": records, "bound": bound, "current": dict(self.current),
-                  "fenced": list(self.fenced)}
+                  "fenced": list(self.fenced), "feeders": feeders}
+        if self.scaler is not None:     # §5.1 what moves gave it, and R3 as the vertex shares now
+            replay.update(self.scaler.for_failover(name, floors))
         self._launch(self.mp, new, procworker.main, (self.plan, "instance", (vertex, int(i), gen), replay))
         event["logged_floor"] = [floors.get(r, -1) for r in range(self.chain.roots)]    # per root
         event["handed_over"] = sum(len(r[0]) for r in records.values())     # packets sent to it, from the floor
@@ -425,6 +443,8 @@ class ProcRuntime:
         kept since that floor (:meth:`RootWorker._restore`), and new input goes to it."""
         name = _logical(dead)
         r = int(name.rsplit(".", 1)[1])
+        if self.scaler is not None and self.scaler.ids:
+            raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)}; {ROOT_AFTER_SCALING}")
         event, gen, new, detected = self._failure("root-failover", dead, p, name, root=r)
         self.remote.fence(dead)
         self.fenced.append(dead)
@@ -615,7 +635,9 @@ class ProcRuntime:
         del self.recovering[name]
         event = rec["event"]
         event.update(replayed=body["packets"], not_replayed=body["skipped"], replay_steps=body["steps"],
-                     replay_s=round(body["seconds"], 6),
+                     moved_timers_replayed=body.get("moved_timers", 0),
+                     replayed_sharing_otherwise=body.get("sharing_otherwise", 0),
+                     timers_moved_away=body.get("timers_moved_away", 0), replay_s=round(body["seconds"], 6),
                      recovery_s=round(time.perf_counter() - rec["started"], 6))
         self.events.append(event)
 
@@ -713,7 +735,7 @@ class ProcRuntime:
     def _truncate(self, notice: list) -> None:
         frame = encode(Kind.CONTROL, ["truncate", notice])
         for v, i in self.plan.instances():
-            process = self.current[instance_name(v, i)]
+            process = self.current.get(instance_name(v, i))     # (None: a scale-out's, not started yet)
             if process in self.ready and self.procs[process].is_alive():
                 self.box.reply(process.encode(), frame)
 
@@ -823,6 +845,13 @@ class ProcRuntime:
             # One failure after another (the sim's scenarios too): a failover under way
             # needs the store, and a store lost meanwhile is Table 3's (the run stops).
             self._service(100)
+        while self.scaler is not None and self.scaler.open is not None:
+            self._service(100)      # §5.1 a change under way completes first (docs/proc.md)
+        if kill.process in self.plan.retired or kill.process not in self.current:
+            self.events.append({"kind": "kill-skipped", "process": kill.process, "packet": self.fed,
+                                "reason": "retired by a scale-in before it" if kill.process in self.plan.retired
+                                else "no such instance (yet): no scale-out added it"})
+            return
         name = self.current[kill.process]
         p = self.procs[name]
         self._killed[name] = (time.perf_counter(), self.fed)
@@ -1025,6 +1054,10 @@ def parse_kill(text: str, chain: Chain) -> Kill:
     if i >= v.parallelism:
         raise ValueError(f"--kill {text!r}: {vertex} has {v.parallelism} instance(s)")
     return Kill(vertex, i, at)
+
+
+ROOT_AFTER_SCALING = ("a root's failover after scaling changes is not built yet: it would re-send its kept input "
+                      "by today's flow maps, packets from before a change to their new owners (docs/proc.md)")
 
 
 def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, kills: list[Kill]) -> None:

@@ -38,6 +38,14 @@ instance it feeds its watermark with the change, and every instance, once its
 watermark has passed the barrier, sends it on to every instance it feeds (one
 message a link).  One change at a time: an event due while one is under way
 waits for its go.
+
+With failures (§5.4, docs/proc.md "Scaling and real failures together"): a kill
+waits for the change under way and a change for the failover under way; a
+death between a barrier and its go-ahead stops the run.  What a failover needs
+from the changes before it, this keeps: per instance the timers each go-ahead
+gave it, per vertex what its instances shared since each change
+(:meth:`Scaler.for_failover`).  A retired instance's process stays until the
+end of the run with what it sent and the reports it kept.
 """
 
 from __future__ import annotations
@@ -46,18 +54,19 @@ import copy
 import time
 from typing import Any
 
+from ..core.root import root_of
 from ..core.splitter import FlowMap
 from ..spec import MAX_PARALLELISM, Chain
 from . import procworker
 from .procworker import instance_name
 from .sim import shared_objects
-from .wire import Kind, encode
+from .wire import Kind, encode, logical
 
 #: The scenario actions the proc runtime carries out.
 ACTIONS = ("scale-out", "scale-in", "move", "refine")
 
 
-def refusal(events: list, chain: Chain, model: str, recover: bool, ray: bool = False) -> str | None:
+def refusal(events: list, chain: Chain, model: str, ray: bool = False) -> str | None:
     """Why the proc runtime cannot run these scenario events (one line), or None."""
     if not events:
         return None
@@ -67,8 +76,6 @@ def refusal(events: list, chain: Chain, model: str, recover: bool, ray: bool = F
                 "(docs/proc.md); use --runtime sim")
     if any(e.at_packet is None for e in events):
         return "the proc runtime runs scenario events at an input packet (at: {packets: N}), not at a time"
-    if recover:
-        return "the proc runtime does not yet scale together with --kill or --failover (docs/proc.md)"
     if model == "T":
         return "scaling moves flows between instances through the store: model T has none (use EO, EO+C, EO+C+NA)"
     if chain.roots > 1:
@@ -165,6 +172,12 @@ class Scaler:
         self.ids = 0
         self.barriers: dict[int, int] = {}
         self.acks: set[str] = set()
+        # §5.4 for failovers: per logical instance, the timers each go-ahead gave it (with
+        # its barrier); per vertex, what its instances share now (R3)
+        self.gifts: dict[str, list[tuple[int, list]]] = {}
+        self.sharing: dict[str, list[tuple[int, list[str]]]] = {
+            v: [(-1, sorted(shared_objects(chain, self.flowmaps[v], v)) if chain.vertices[v].parallelism > 1
+                 else [])] for v in chain.vertices}
 
     def due(self, index: int) -> bool:
         return bool(self.events) and self.events[0].at_packet <= index
@@ -176,6 +189,20 @@ class Scaler:
                                    "instance": None, "packet": event.at_packet, "by": "scenario",
                                    "reason": "the input ended before it"})
         self.events = []
+
+    def for_failover(self, name: str, floors: dict[int, int]) -> dict:
+        """What a failover of logical instance ``name`` needs besides its records: the
+        timers moves gave it (those whose packet is below its root's floor have ended:
+        an armed timer keeps its packet logged), and what its vertex shared since each
+        change (R3: the replay runs each packet sharing what it ran sharing)."""
+        gifts = []
+        for barrier, timers in self.gifts.get(name, ()):
+            live = [t for t in timers if t[7] >= floors.get(root_of(t[7]), -1)]
+            if live:
+                gifts.append((barrier, live))
+        self.gifts[name] = gifts
+        sharing = self.sharing[name.rsplit(".", 1)[0]]
+        return {"gifts": gifts, "sharing": sharing, "shared": sharing[-1][1]}
 
     def run_due(self, index: int) -> None:
         while self.due(index):
@@ -196,7 +223,9 @@ class Scaler:
     # -- one change ----------------------------------------------------------------------------
     def _change(self, event: Any, index: int) -> None:
         rt = self.rt
-        while self.open is not None:    # one change at a time (the barriers' watermarks flow without input)
+        while self.open is not None or rt.recovering:
+            # one change at a time (the barriers' watermarks flow without input), and none
+            # while a failover is under way (docs/proc.md: they are not combined yet)
             rt._service(100)
         vertex, _ = _target(event, rt.chain)
         plan = plan_change(rt.chain, self.flowmaps[vertex], self.active[vertex], event)
@@ -230,8 +259,9 @@ class Scaler:
             rt._service(100)
         change["barrier"] = self.barriers.pop(change["id"])
         # 2. a new instance, from the plan as changed
-        for j in plan["new"]:
-            rt._join(instance_name(vertex, j), (rt.plan, "instance", (vertex, j), None, change))
+        for j in plan["new"]:       # (after failovers: it talks to them, not the dead)
+            joins = {**change, "current": dict(rt.current), "fenced": list(rt.fenced)}
+            rt._join(instance_name(vertex, j), (rt.plan, "instance", (vertex, j), None, joins))
         # 3. every instance process knows before any clock past the barrier is fed
         told = [rt.current[instance_name(v, i)] for v, i in rt.plan.instances()
                 if not (v == vertex and i in plan["new"])]
@@ -254,7 +284,7 @@ class Scaler:
         o = self.open
         if o is None or data[0] != o["change"]["id"]:
             return
-        o["passed"].add(int(name.rsplit(".", 1)[1]))
+        o["passed"].add(int(logical(name.encode()).decode().rsplit(".", 1)[1]))   # (a failover: nat.0#1)
         for to, timer in data[1]:
             o["timers"].setdefault(to, []).append(timer)
         if o["passed"].issuperset(o["change"]["passers"]):
@@ -266,8 +296,14 @@ class Scaler:
         vertex = c["vertex"]
         rt = self.rt
         for i in c["waiters"]:
-            rt.box.reply(rt.current[instance_name(vertex, i)].encode(),
-                         encode(Kind.CONTROL, ["go", [c["id"], o["timers"].get(i, [])]]))
+            timers = o["timers"].get(i, [])
+            rt.box.reply(rt.current[instance_name(vertex, i)].encode(), encode(Kind.CONTROL, ["go", [c["id"], timers]]))
+            if timers and rt.plan.recover:      # §5.4 its failover's replay gets them there too
+                self.gifts.setdefault(instance_name(vertex, i), []).append((c["barrier"], timers))
+        if sorted(c["shared"]) != self.sharing[vertex][-1][1]:
+            self.sharing[vertex].append((c["barrier"], sorted(c["shared"])))
+        if rt.plan.checkpoint_s:
+            rt.remote.checkpoint()      # §5.4 per-flow owners changed: one writer each since a checkpoint
         self.retired[vertex] += len(c["retire"])
         instance = (c["new"] or c["retire"] or [None])[0]
         o["event"] = {"kind": o["action"], "vertex": vertex, "instance": instance, "packet": o["packet"],

@@ -204,12 +204,14 @@ class Plan:
         v = self.chain.vertices[vertex]
         return split_targets(self.chain, v.successors + v.taps_out)
 
-    def feeders(self, vertex: str) -> list[str]:
-        """The processes that send ``vertex``'s instances packets."""
+    def feeders(self, vertex: str, retired: bool = False) -> list[str]:
+        """The processes that send ``vertex``'s instances packets (``retired``: also the
+        ones that did before they retired, which a failover's replay may need)."""
         out = [root_name(r) for r in range(self.chain.roots) if vertex in self.targets(None)]
         for name in self.chain.vertices:
             if vertex in self.targets(name):
-                out += [n for i in range(self.width(name)) if (n := instance_name(name, i)) not in self.retired]
+                names = [instance_name(name, i) for i in range(self.width(name))]
+                out += [n for n in names if retired or n not in self.retired]
         return out
 
     def instances(self) -> list[tuple[str, int]]:
@@ -275,6 +277,9 @@ class _Sender:
         # (from the oldest clock the root logs, its floor), with the latest watermark and end.
         self.sent: dict[tuple[str, int], deque] | None = {} if plan.recover else None
         self.sent_mark: dict[tuple[str, int], tuple[int, bool, int]] = {}     # watermark, end, through
+        # §5.1 a scale-out's new instance has nothing up to the barrier it joined at: a
+        # target it has sent nothing yet has had everything from it up to there
+        self.born = -1
         self.floors: dict[int, int] = {}        # root id -> its floor, as last heard
 
     def split(self, vertex: str, pkts: list[Packet]) -> list[list[Packet]]:
@@ -378,7 +383,7 @@ class _Sender:
         ended, report throughs, through of the last message]``."""
         self.socks[vertex][i].close(0)
         self.socks[vertex][i] = dealer(self.ctx, self.plan.address(name), self.me, self.plan.hwm)
-        mark, eof, through = self.sent_mark.get((vertex, i), (-1, False, -1))
+        mark, eof, through = self.sent_mark.get((vertex, i), (self.born, False, self.born))
         return [list(self.sent.get((vertex, i), ())), mark, eof, dict(self.rep_through), through]
 
     def to_coordinator(self, what: str, body: Any) -> None:
@@ -794,13 +799,17 @@ class InstanceWorker:
         v = self.v = chain.vertices[vertex]
         self.name = instance_name(vertex, i)            # the logical instance
         self.me = me or self.name                       # this process (a failover's: nat.0#1)
-        self.feeders = [f.encode() for f in plan.feeders(vertex)]
+        # (a failover's: the coordinator's list, with retired upstreams whose records it replays)
+        self.feeders = [f.encode() for f in (replay or {}).get("feeders", None) or plan.feeders(vertex)]
         self.box = Mailbox(ctx, plan.address(self.me), self.me, set(self.feeders), plan.hwm)
-        for dead in (replay or {}).get("fenced", ()):      # failed before this failover started
+        # A failover, or a scale-out's new instance, starts after others failed over: it
+        # fences the dead and talks to their failovers (§5.4).
+        started = replay or join or {}
+        for dead in started.get("fenced", ()):
             self.box.fence(dead.encode())
-        self.out = _Sender(plan, ctx, self.me, vertex, guard, (replay or {}).get("current"))
+        self.out = _Sender(plan, ctx, self.me, vertex, guard, started.get("current"))
         self.boxes = [self.box]
-        at = (replay or {}).get("current", {})
+        at = started.get("current", {})
         self.roots = [dealer(ctx, plan.address(at.get(root_name(r), root_name(r))), self.me)
                       for r in range(chain.roots)]
         # §5.4 root failover: per root, the reports sent to it from its floor on, and the
@@ -810,7 +819,9 @@ class InstanceWorker:
         self.store = open_backend(plan, ctx, self.me, guard) if plan.model != "T" else None
         width = plan.width(vertex)
         self.inst = Instance(vertex, i, v.nf, v.config, plan.model, self.store, exclusive=width == 1 and not join)
-        if width > 1:                   # R3: objects every instance of the vertex reaches
+        if replay is not None and "shared" in replay:   # R3 as the vertex shares now (a failover)
+            self.inst.set_shared(frozenset(replay["shared"]))
+        elif width > 1:                 # R3: objects every instance of the vertex reaches
             self.inst.set_shared(shared_objects(chain, plan.flowmaps()[vertex], vertex))
         self.acted: dict[str, str] = {}     # what a --break did here (the checker's)
         client = self.inst.client
@@ -850,6 +861,7 @@ class InstanceWorker:
         if join is not None:            # a scale-out's new instance: it has nothing up to the barrier
             for f in self.feeders:
                 self.marks[f] = join["barrier"]
+            self.out.born = join["barrier"]
             self._join(join)
 
     def run(self) -> None:
@@ -1026,36 +1038,85 @@ class InstanceWorker:
         if self.plan.replay:
             self._await(bound)
         pkts = self._ready(bound)
-        steps = 0
-        if pkts:
-            inst = self.inst
-            saved: dict = {}
-            if self.store is not None:
-                self.store.replaying(True)
-                if self.wal is not None:
-                    # §5.4 its copy of the read log: what the failed instance read, which the
-                    # store answers this replay from (a failover store rebuilds it from copies)
-                    self.wal.shared_reads.update(self.store.read_part(inst.vertex, inst.instance_id))
-                    self.wal.replaying = True
-                private_view(saved, inst, self.store.objects_at(inst.vertex, {p.clock for p in pkts}))
-                if self.wal is not None:
-                    self._check_preimages(pkts)
-            start = 0
-            while start < len(pkts):
-                end = start + 1
-                while end < len(pkts) and pkts[end].clock == pkts[start].clock:
-                    end += 1
-                self._process(pkts[start:end], pkts[start].clock)
-                steps += 1
+        inst = self.inst
+        if pkts and self.store is not None:
+            self.store.replaying(True)
+            if self.wal is not None:
+                # §5.4 its copy of the read log: what the failed instance read, which the
+                # store answers this replay from (a failover store rebuilds it from copies)
+                self.wal.shared_reads.update(self.store.read_part(inst.vertex, inst.instance_id))
+                self.wal.replaying = True
+        # §5.1 cut at the barriers of its vertex's changes: the timers moves brought the
+        # failed instance are given where they came, and each part runs sharing what
+        # the vertex shared then (R3: a packet run while a counter was shared, replayed
+        # from a private copy after a scale-in made it exclusive, picks another backend)
+        gifts = sorted(replay.get("gifts", ()), key=lambda g: g[0])
+        sharing = replay.get("sharing") or [(-1, sorted(inst.shared))]
+        now = inst.shared
+        steps = given = other = start = 0
+        for cut in sorted({b for b, _ in gifts} | {b for b, _ in sharing[1:]}) + [INF]:
+            end = start
+            while end < len(pkts) and pkts[end].clock <= cut:
+                end += 1
+            if end > start:
+                shared = frozenset(next(s for b, s in reversed(sharing) if b < pkts[start].clock))
+                other += (end - start) * (shared != now)
+                if inst.client is not None and "replay-as-now" not in self.plan.breaks:
+                    inst.set_shared(shared)
+                steps += self._replay_run(pkts[start:end])
                 start = end
-            if self.store is not None:
-                shared_view(saved, inst)
-                self.store.replaying(False)
-                if self.wal is not None:
-                    self.wal.replaying = False
-        self.out.to_coordinator("replayed", {"packets": len(pkts), "steps": steps,
+            given += self._give(gifts, cut + 1)
+        if inst.client is not None:
+            inst.set_shared(now)
+        # §5.1 the packets of flows that moved away since are replayed too (what the failed
+        # one sent on may have died with it in its sockets: the replay sends it again),
+        # but their timers are their new owner's: re-armed here they would fire twice.
+        owner = self.plan.flowmaps()[inst.vertex].owner
+        dropped = len(take_timers(inst.ctx, lambda parts: owner(parts) != inst.instance_id))
+        if pkts and self.store is not None:
+            self.store.replaying(False)
+            if self.wal is not None:
+                self.wal.replaying = False
+        if other and "replay-as-now" in self.plan.breaks:
+            self.acted["replay-as-now"] = f"{other} packets replayed sharing what the vertex shares now"
+        self.out.to_coordinator("replayed", {"packets": len(pkts), "steps": steps, "moved_timers": given,
+                                             "sharing_otherwise": other, "timers_moved_away": dropped,
                                              "skipped": 0 if self.plan.replay else handed,
                                              "seconds": time.perf_counter() - started})
+
+    def _replay_run(self, pkts: list[Packet]) -> int:
+        """One part of a replay, from a private view of the store before it; its steps
+        (one a clock, carrying that clock as its through)."""
+        inst = self.inst
+        saved: dict = {}
+        if self.store is not None:
+            private_view(saved, inst, self.store.objects_at(inst.vertex, {p.clock for p in pkts}))
+            if self.wal is not None:
+                self._check_preimages(pkts)
+        steps = start = 0
+        while start < len(pkts):
+            end = start + 1
+            while end < len(pkts) and pkts[end].clock == pkts[start].clock:
+                end += 1
+            self._process(pkts[start:end], pkts[start].clock)
+            steps += 1
+            start = end
+        if self.store is not None:
+            shared_view(saved, inst)
+        return steps
+
+    def _give(self, gifts: list, clock: int) -> int:
+        """§5.1 with §5.4: before the replay runs ``clock``, the timers that moves gave
+        the failed instance at barriers below it (as its go-ahead gave them); how many."""
+        given = 0
+        while gifts and gifts[0][0] < clock:
+            timers = [tuple(t) for t in gifts.pop(0)[1]]
+            if "no-moved-timers" in self.plan.breaks:
+                self.acted["no-moved-timers"] = "moved timers left out of a failover's replay"
+                continue
+            give_timers(self.inst.ctx, timers)
+            given += len(timers)
+        return given
 
     def _check_preimages(self, pkts: list[Packet]) -> None:
         """§5.4 after a store failover: the objects this replay starts from their pre-images
