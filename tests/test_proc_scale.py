@@ -215,3 +215,18 @@ def test_the_failover_of_an_instance_that_lost_its_flows_sends_their_packets_on_
     assert res.verdict == "pass", [str(d) for d in res.result.divergences[:3]]
     (failover,) = [e for e in events if e["kind"] == "failover"]
     assert failover["replayed"] > 0 and failover["timers_moved_away"] == 2, failover
+
+
+def test_a_flood_at_the_end_does_not_hide_the_end_from_a_failovers_receiver():
+    # Seed 121 of scale.yaml --kill random:2 hung: a failover whose upstreams had all
+    # ended flooded its watermark (INF) with INF as its through; its receiver, which
+    # takes from a failover only what goes past the latest through, then dropped the
+    # end that followed (through INF too) and waited for it for good.
+    from chc.runtime.procworker import INF, _below_end
+    from chc.runtime.wire import Marks
+
+    seen = Marks()
+    assert seen.fresh(b"portscan.2#1", _below_end(INF))     # the flood
+    assert seen.fresh(b"portscan.2#1", INF)                  # the end still counts
+    before = Marks()
+    assert before.fresh(b"portscan.2#1", INF) and not before.fresh(b"portscan.2#1", INF)

@@ -246,6 +246,14 @@ def open_backend(plan: Plan, ctx: zmq.Context, identity: str, guard: Guard) -> A
     return redis_store(*plan.store[1:])
 
 
+def _below_end(through: int) -> int:
+    """A watermark message's *through*: below the end's (INF).  A receiver takes from a
+    failover only what goes past the latest through it had from that logical sender,
+    and a flood at INF (every upstream ended) made it drop the end that came next:
+    the receiver waited for it for good."""
+    return min(through, INF - 1)
+
+
 class _Sender:
     """A worker's sockets to the instances it feeds, with their splitters (§4.1)."""
 
@@ -309,7 +317,7 @@ class _Sender:
         for d, socks in self.socks.items():
             for i in range(len(socks)):
                 if (d, i) not in self.gone:
-                    self.data(d, i, [], watermark, watermark)
+                    self.data(d, i, [], watermark, _below_end(watermark))
 
     def advance(self, watermark: int, through: int) -> None:
         """Everything up to ``watermark`` was sent: a vertex switching at a barrier below
@@ -321,7 +329,7 @@ class _Sender:
                 self.splitters[vertex] = new
                 for i in range(len(self.socks[vertex])):
                     if (vertex, i) not in self.gone:
-                        self.data(vertex, i, [], watermark, through)
+                        self.data(vertex, i, [], watermark, _below_end(through))
                 # (an instance retiring here has it all now: nothing more goes to it)
                 self.gone |= {(vertex, i) for i in range(len(self.socks[vertex]))
                               if instance_name(vertex, i) in self.plan.retired}
