@@ -225,7 +225,7 @@ class Scaler:
         rt = self.rt
         while self.open is not None or rt.recovering:
             # one change at a time (the barriers' watermarks flow without input), and none
-            # while a failover is under way (docs/proc.md: they are not combined yet)
+            # while a failover is under way (docs/proc.md: a barrier does not survive a death)
             rt._service(100)
         vertex, _ = _target(event, rt.chain)
         plan = plan_change(rt.chain, self.flowmaps[vertex], self.active[vertex], event)
