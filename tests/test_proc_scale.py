@@ -230,3 +230,21 @@ def test_a_flood_at_the_end_does_not_hide_the_end_from_a_failovers_receiver():
     assert seen.fresh(b"portscan.2#1", INF)                  # the end still counts
     before = Marks()
     assert before.fresh(b"portscan.2#1", INF) and not before.fresh(b"portscan.2#1", INF)
+
+
+def test_a_root_failover_after_a_scale_out_sends_each_kept_packet_by_its_map():
+    # The NAT scales out at 300; the root is killed at 360.  Its failover sends the
+    # input kept since its floor again: the packets from before the barrier by the map
+    # they went by (nat.0 alone), not today's, where a moved flow's packet would reach
+    # nat.1, which never had it (it ran it again: an output twice, seed 137 of
+    # scale.yaml --kill random:2 before this).
+    res, events = _check_kill([_ev("scale-out", "nat", 300)], "root[0]@360", 1)
+    assert res.verdict == "pass", [str(d) for d in res.result.divergences[:3]]
+    (failover,) = [e for e in events if e["kind"] == "root-failover"]
+    assert failover["past_maps"] == 1 and failover["sent_by_past_maps"] > 0, failover
+    # Switched off, the failover sends by today's map (the divergence it causes needs
+    # nat.1 not to have heard the dead root's barrier watermark: not every run).
+    res, events = _check_kill([_ev("scale-out", "nat", 300)], "root[0]@360", 1, ("replay-by-today",))
+    assert res.breaks["replay-by-today"], res.breaks
+    (failover,) = [e for e in events if e["kind"] == "root-failover"]
+    assert failover["sent_by_past_maps"] == 0, failover

@@ -80,10 +80,7 @@ class Job:
         started = time.perf_counter()
         v = variant(self.chain, self.scenario, seed, self.stores)
         if self.kill:
-            # (with scaling events no root is drawn: its failover after changes is not built)
-            scales = self.runtime != "sim" and self.scenario.events_for(seed, list(self.chain.vertices),
-                                                                         len(self.records))
-            v.kill = draw_kill(v, len(self.records), self.kill, 0 if scales else self.chain.roots)
+            v.kill = draw_kill(v, len(self.records), self.kill, self.chain.roots)
         try:
             res = check_variant(self.chain, self.scenario, self.records, v, self.breaks, open_store, self.runtime,
                                 self.ray_address, self.checkpoint_ms)

@@ -425,6 +425,7 @@ class Break:
     caught_as: str               # the divergence kind that names it
     needs_store: bool = False    # only meaningful in an externalized model
     memory_only: bool = False
+    proc_only: bool = False      # a mechanism of the proc runtime's (the sim's moves differ)
 
 
 BREAKS: dict[str, Break] = {b.name: b for b in (
@@ -456,6 +457,9 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
           "shared when the packet ran before a scale-in or -out (R3 with §5.4)", "state|store|output|log", True),
     Break("no-moved-timers", "a failover's replay leaves out the timers that moved flows brought the failed "
           "instance (§5.1 with §5.4)", "log|alert|state|store", True),
+    Break("replay-by-today", "a failover sends what it replays by today's flow maps, not by the map each "
+          "packet went by before a scale-in, -out or move (§5.1 with §5.4; --runtime proc)",
+          "output|log|state|store|alert", True, proc_only=True),
     Break("no-wal", "a failover store is restored from its checkpoint and the instances' caches only, without "
           "rolling the write-ahead logs forward (§5.4, Figure 7)", "store|state|output", True, True),
 )}
@@ -780,6 +784,8 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
             raise ValueError(f"--break {name} needs an externalized model (EO, EO+C, EO+C+NA)")
         if b.memory_only and v.store != "memory":
             raise ValueError(f"--break {name} needs the memory store")
+        if b.proc_only and runtime == "sim":
+            raise ValueError(f"--break {name} is for --runtime proc (a mechanism of its failovers)")
     if runtime in ("proc", "ray"):
         return _check_proc(chain, scenario, records, v, breaks, ray_address if runtime == "ray" else None,
                            checkpoint_ms, open_store)
@@ -803,7 +809,7 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
 # The breaks a proc run can have: in an instance's store client, on what the run reports,
 # or (with --kill) in the failover.
 PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow", "no-replay", "no-wal", "naive-move",
-               "no-moved-timers", "replay-as-now")
+               "no-moved-timers", "replay-as-now", "replay-by-today")
 
 
 def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets: int, stores: list[str],
@@ -903,6 +909,10 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
              "with no hand-over" for e in s.events if e.get("naive")]
     if "naive-move" in breaks and naive:
         state.acted["naive-move"] = "; ".join(naive)
+    today = [f"{e.get('failover_process', e['kind'])} replayed by today's maps across {e['past_maps']} changes"
+             for e in failovers if e.get("past_maps")]
+    if "replay-by-today" in breaks and today:
+        state.acted["replay-by-today"] = "; ".join(today)
     state.tamper(None, phys)
     rep = replay(obs.serial.steps)
     ref = reference_run(chain, records, rep)

@@ -131,8 +131,6 @@ class ProcRuntime:
         refused = procscale.refusal(events, chain, model, self.name != "proc")
         if refused:
             raise ValueError(refused)
-        if events and any(k.vertex == ROOT for k in self.kills):
-            raise ValueError(ROOT_AFTER_SCALING)
         self.chain = chain
         self.model = model
         self.redis = store_url.startswith(("redis://", "rediss://", "redis-cluster://"))
@@ -443,8 +441,6 @@ class ProcRuntime:
         kept since that floor (:meth:`RootWorker._restore`), and new input goes to it."""
         name = _logical(dead)
         r = int(name.rsplit(".", 1)[1])
-        if self.scaler is not None and self.scaler.ids:
-            raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)}; {ROOT_AFTER_SCALING}")
         event, gen, new, detected = self._failure("root-failover", dead, p, name, root=r)
         self.remote.fence(dead)
         self.fenced.append(dead)
@@ -476,7 +472,8 @@ class ProcRuntime:
             raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} after dropping input for "
                               "a full packet log (--log-limit); its failover cannot replay the same input")
         replay = {"first": first, "next": nxt, "counters": counters, "batches": [rows for _, rows in kept],
-                  "floor": self.root_floor[r], "current": dict(self.current), "fenced": list(self.fenced)}
+                  "floor": self.root_floor[r], "current": dict(self.current), "fenced": list(self.fenced),
+                  "past": self.scaler.past({r: self.root_floor[r]}) if self.scaler is not None else {}}
         self.recovering[name] = {"event": event, "started": detected}
         self._launch(self.mp, new, procworker.main, (self.plan, "root", (r, gen), replay))
         self.inputs[r].close(0)
@@ -584,7 +581,8 @@ class ProcRuntime:
         event.update(replayed=body["packets"], replayed_batches=body["batches"],
                      not_replayed=0 if self.plan.replay else event["handed_over"],
                      commits_pulled_again=body["commits"], log_entries=body["logged"],
-                     dropped_below_floor=body["forgotten"], replay_s=round(body["seconds"], 6),
+                     dropped_below_floor=body["forgotten"], past_maps=body["past_maps"],
+                     sent_by_past_maps=body["by_past_maps"], replay_s=round(body["seconds"], 6),
                      recovery_s=round(time.perf_counter() - rec["started"], 6))
         self.events.append(event)
 
@@ -637,7 +635,8 @@ class ProcRuntime:
         event.update(replayed=body["packets"], not_replayed=body["skipped"], replay_steps=body["steps"],
                      moved_timers_replayed=body.get("moved_timers", 0),
                      replayed_sharing_otherwise=body.get("sharing_otherwise", 0),
-                     timers_moved_away=body.get("timers_moved_away", 0), replay_s=round(body["seconds"], 6),
+                     timers_moved_away=body.get("timers_moved_away", 0), past_maps=body["past_maps"],
+                     sent_by_past_maps=body["by_past_maps"], replay_s=round(body["seconds"], 6),
                      recovery_s=round(time.perf_counter() - rec["started"], 6))
         self.events.append(event)
 
@@ -1054,10 +1053,6 @@ def parse_kill(text: str, chain: Chain) -> Kill:
     if i >= v.parallelism:
         raise ValueError(f"--kill {text!r}: {vertex} has {v.parallelism} instance(s)")
     return Kill(vertex, i, at)
-
-
-ROOT_AFTER_SCALING = ("a root's failover after scaling changes is not built yet: it would re-send its kept input "
-                      "by today's flow maps, packets from before a change to their new owners (docs/proc.md)")
 
 
 def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, kills: list[Kill]) -> None:

@@ -175,6 +175,9 @@ class Scaler:
         # §5.4 for failovers: per logical instance, the timers each go-ahead gave it (with
         # its barrier); per vertex, what its instances share now (R3)
         self.gifts: dict[str, list[tuple[int, list]]] = {}
+        # per vertex, the map in force up to each change's barrier ([barrier, n, table,
+        # level], oldest first): a failover sends what it replays by them (§5.1 with §5.4)
+        self.eras: dict[str, list[list]] = {}
         self.sharing: dict[str, list[tuple[int, list[str]]]] = {
             v: [(-1, sorted(shared_objects(chain, self.flowmaps[v], v)) if chain.vertices[v].parallelism > 1
                  else [])] for v in chain.vertices}
@@ -202,7 +205,13 @@ class Scaler:
                 gifts.append((barrier, live))
         self.gifts[name] = gifts
         sharing = self.sharing[name.rsplit(".", 1)[0]]
-        return {"gifts": gifts, "sharing": sharing, "shared": sharing[-1][1]}
+        return {"gifts": gifts, "sharing": sharing, "shared": sharing[-1][1], "past": self.past(floors)}
+
+    def past(self, floors: dict[int, int]) -> dict[str, list[list]]:
+        """Per vertex, the maps in force before each change whose barrier a replay from
+        ``floors`` can reach (below a floor nothing is replayed)."""
+        return {v: kept for v, eras in self.eras.items()
+                if (kept := [e for e in eras if e[0] >= floors.get(root_of(e[0]), -1)])}
 
     def run_due(self, index: int) -> None:
         while self.due(index):
@@ -245,6 +254,7 @@ class Scaler:
         if naive:
             plan["waiters"] = []
         self.ids += 1
+        was = self.flowmaps[vertex]
         change = {"id": self.ids, "vertex": vertex, "n": fm.n, "table": fm.table, "level": fm.level,
                   "new": plan["new"], "retire": plan["retire"], "shared": plan["shared"],
                   "passers": plan["passers"], "waiters": plan["waiters"], "losers": plan["losers"]}
@@ -258,6 +268,8 @@ class Scaler:
         while change["id"] not in self.barriers:
             rt._service(100)
         change["barrier"] = self.barriers.pop(change["id"])
+        self.eras.setdefault(vertex, []).append(
+            [change["barrier"], was.n, list(was.table) if was.table is not None else None, was.level])
         # 2. a new instance, from the plan as changed
         for j in plan["new"]:       # (after failovers: it talks to them, not the dead)
             joins = {**change, "current": dict(rt.current), "fenced": list(rt.fenced)}

@@ -218,14 +218,17 @@ class Plan:
         return [(name, i) for name in self.chain.vertices for i in range(self.width(name))]
 
     def flowmaps(self) -> dict[str, FlowMap]:
-        out = {}
-        for name, v in self.chain.vertices.items():
-            fm = out[name] = FlowMap(v.parallelism, v.nf.partition_scopes())
-            if name in self.maps:
-                fm.n, table, level = self.maps[name]
-                fm.table = list(table) if table is not None else None
-                fm.set_level(level)
-        return out
+        return {name: self.flowmap(name, self.maps.get(name)) for name in self.chain.vertices}
+
+    def flowmap(self, vertex: str, change: list | None) -> FlowMap:
+        """``vertex``'s flow map as a change ``[n, table, level]`` left it (None: as at the start)."""
+        v = self.chain.vertices[vertex]
+        fm = FlowMap(v.parallelism, v.nf.partition_scopes())
+        if change is not None:
+            fm.n, table, level = change
+            fm.table = list(table) if table is not None else None
+            fm.set_level(level)
+        return fm
 
 
 def take_change(plan: Plan, change: dict) -> FlowMap:
@@ -273,6 +276,13 @@ class _Sender:
         # §5.1 a vertex whose flow groups move: from the clock after ``barrier`` on its
         # packets go by the new map (vertex -> barrier, splitter); its retired instances.
         self.switching: dict[str, tuple[int, Splitter]] = {}
+        # §5.1 with §5.4: a failover sends again packets stamped before changes of the
+        # vertices it feeds; each goes by the map in force at its clock (vertex -> [(barrier,
+        # splitter of the clocks up to it)], oldest first), not today's: a new instance
+        # would take a packet of a flow it never had (a duplicate), and the records a
+        # later failover replays would hold it.  Only while the failover replays.
+        self.past: dict[str, list[tuple[int, Splitter]]] = {}
+        self.by_past = 0                        # packets the replay sent by a past map
         self.gone: set[tuple[str, int]] = {(d, i) for d in self.socks for i in range(len(self.socks[d]))
                                            if instance_name(d, i) in plan.retired}
         # Instances fed by several upstreams wait for every upstream's watermark.
@@ -292,13 +302,39 @@ class _Sender:
 
     def split(self, vertex: str, pkts: list[Packet]) -> list[list[Packet]]:
         sw = self.switching.get(vertex)
-        if sw is None:
+        if sw is None and not self.past:
             return self.splitters[vertex].split(pkts)
-        barrier, new = sw           # §5.1 up to the barrier by the old map, after it by the new
-        after = new.split([p for p in pkts if p.clock > barrier])
-        for i, sub in enumerate(self.splitters[vertex].split([p for p in pkts if p.clock <= barrier])):
-            after[i][:0] = sub
-        return after
+        # §5.1 up to each barrier by the map in force until it, after the last by the newest
+        eras = list(self.past.get(vertex, ()))
+        if sw is None:
+            newest = self.splitters[vertex]
+        else:
+            eras.append((sw[0], self.splitters[vertex]))
+            newest = sw[1]
+        if not eras:
+            return newest.split(pkts)
+        out = newest.split([p for p in pkts if p.clock > eras[-1][0]])
+        for k in range(len(eras) - 1, -1, -1):
+            lo, (hi, splitter) = eras[k - 1][0] if k else -1, eras[k]
+            part = [p for p in pkts if lo < p.clock <= hi]
+            if part:
+                self.by_past += len(part) if sw is None or k < len(eras) - 1 else 0
+                for i, sub in enumerate(splitter.split(part)):
+                    out[i][:0] = sub
+        return out
+
+    def replaying(self, past: dict[str, list] | None) -> int:
+        """A failover's replay starts (``past``: per vertex, the maps in force before each
+        change since its floor, ``[barrier, n, table, level]``) or ends (None); how many
+        of those changes are of vertices it feeds."""
+        self.past = {}
+        eras = {d: e for d, e in (past or {}).items() if d in self.splitters and e}
+        if "replay-by-today" in self.plan.breaks:   # (a test's: the checker must catch it)
+            return sum(map(len, eras.values()))
+        for d, changes in eras.items():
+            fms = [(barrier, self.plan.flowmap(d, change)) for barrier, *change in changes]
+            self.past[d] = [(barrier, Splitter(fm.scope, fm)) for barrier, fm in fms]
+        return sum(map(len, eras.values()))
 
     def switch(self, vertex: str, flowmap: FlowMap, barrier: int) -> None:
         """§5.1 ``vertex``'s flow groups move at ``barrier``: sockets to its new instances;
@@ -612,16 +648,18 @@ class RootWorker:
         floor, commits = self.store.recommits(root.root_id) if hasattr(self.store, "recommits") else (-1, [])
         held: list = []
         self.restoring = True
-        packets = 0
+        packets = past = 0
         # No log bound while replaying: the rebuilt log still holds what the failed one
         # had deleted (reports come after), so the bound would drop what it admitted
         # (the coordinator stops the run if it had dropped any for a full log).
         limit, root.log_limit = root.log_limit, 0
         if self.plan.replay:            # --break no-replay: the kept input is lost
+            past = self.out.replaying(replay.get("past"))      # §5.1 each packet by the map it went by
             for rows in replay["batches"]:
                 self._ingest(rows, held)
                 self.guard.tick()
                 packets += len(rows)
+            self.out.replaying(None)
         root.log_limit = limit
         self.restoring = False
         for clock, xor_id in commits:
@@ -629,6 +667,7 @@ class RootWorker:
         forgotten = root.forget_below(max(floor, replay["floor"]))
         self._settle()
         self.replayed = {"packets": packets, "batches": len(replay["batches"]), "commits": len(commits),
+                         "past_maps": past if self.plan.replay else 0, "by_past_maps": self.out.by_past,
                          "forgotten": forgotten, "logged": len(root.log), "floor": max(floor, replay["floor"]),
                          "seconds": time.perf_counter() - started}
         return held
@@ -1058,6 +1097,7 @@ class InstanceWorker:
         # failed instance are given where they came, and each part runs sharing what
         # the vertex shared then (R3: a packet run while a counter was shared, replayed
         # from a private copy after a scale-in made it exclusive, picks another backend)
+        past = self.out.replaying(replay.get("past"))      # what it sends on, by the map in force then
         gifts = sorted(replay.get("gifts", ()), key=lambda g: g[0])
         sharing = replay.get("sharing") or [(-1, sorted(inst.shared))]
         now = inst.shared
@@ -1076,6 +1116,7 @@ class InstanceWorker:
             given += self._give(gifts, cut + 1)
         if inst.client is not None:
             inst.set_shared(now)
+        self.out.replaying(None)
         # §5.1 the packets of flows that moved away since are replayed too (what the failed
         # one sent on may have died with it in its sockets: the replay sends it again),
         # but their timers are their new owner's: re-armed here they would fire twice.
@@ -1089,6 +1130,7 @@ class InstanceWorker:
             self.acted["replay-as-now"] = f"{other} packets replayed sharing what the vertex shares now"
         self.out.to_coordinator("replayed", {"packets": len(pkts), "steps": steps, "moved_timers": given,
                                              "sharing_otherwise": other, "timers_moved_away": dropped,
+                                             "past_maps": past, "by_past_maps": self.out.by_past,
                                              "skipped": 0 if self.plan.replay else handed,
                                              "seconds": time.perf_counter() - started})
 
