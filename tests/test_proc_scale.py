@@ -243,8 +243,52 @@ def test_a_root_failover_after_a_scale_out_sends_each_kept_packet_by_its_map():
     (failover,) = [e for e in events if e["kind"] == "root-failover"]
     assert failover["past_maps"] == 1 and failover["sent_by_past_maps"] > 0, failover
     # Switched off, the failover sends by today's map (the divergence it causes needs
-    # nat.1 not to have heard the dead root's barrier watermark: not every run).
+    # nat.1 not to have heard the dead root's barrier watermark: not every run; the
+    # split itself is checked in the next test, every time).
     res, events = _check_kill([_ev("scale-out", "nat", 300)], "root[0]@360", 1, ("replay-by-today",))
     assert res.breaks["replay-by-today"], res.breaks
     (failover,) = [e for e in events if e["kind"] == "root-failover"]
     assert failover["sent_by_past_maps"] == 0, failover
+
+
+@pytest.mark.parametrize("breaks", [(), ("replay-by-today",)])
+def test_a_replaying_sender_splits_each_packet_by_the_map_in_force_at_its_clock(tmp_path, breaks):
+    # The mechanism of the test above, without its timing: the end-to-end divergence
+    # needs the new instance not to have heard the dead root's barrier (ZeroMQ had not
+    # delivered it: 2 runs in 4), this does not.  The NAT goes from one instance to two
+    # at clock 11; a replay sends clocks 0-11 to nat[0] (the map of then) and the rest by
+    # today's; switched off, some of 0-11 reach nat[1], which never had them.
+    import zmq
+
+    from chc.packet import Packet
+    from chc.runtime.procio import Guard
+    from chc.runtime.procworker import Plan, _Sender
+
+    with open_capture(str(LAN)) as r:
+        pkts = [p for p in (Packet(data, ts, k) for k, (ts, data) in enumerate(itertools.islice(r, 200)))
+                if p.src is not None][:60]
+    for clock, p in enumerate(pkts):
+        p.clock = clock
+    plan = Plan(str(tmp_path), load_spec(str(PAPER)).with_parallelism(1), "EO", 1, ("memory", ""),
+                recover=True, breaks=breaks)
+    ctx = zmq.Context()
+    try:
+        sender = _Sender(plan, ctx, "@root.0", None, Guard([]))
+        today = plan.flowmap("nat", [2, None, 0])
+        sender.switch("nat", today, 11)
+        sender.advance(11, 11)
+        assert sender.replaying({"nat": [[11, 1, None, 0]]}) == 1
+        old, new = sender.split("nat", pkts)
+        sender.replaying(None)
+        after = sender.split("nat", pkts)
+    finally:
+        ctx.destroy(linger=0)
+    assert len(old) + len(new) == len(after[0]) + len(after[1]) == len(pkts)
+    reached_new = sorted(p.clock for p in new if p.clock <= 11)
+    today_new = sorted(p.clock for p in after[1] if p.clock <= 11)
+    assert today_new, "the case needs a packet before the barrier that today's map sends to nat[1]"
+    if breaks:
+        assert reached_new == today_new and sender.by_past == 0
+    else:
+        assert reached_new == [] and sender.by_past == 12
+        assert sorted(p.clock for p in new) == sorted(p.clock for p in after[1] if p.clock > 11)
