@@ -292,3 +292,78 @@ def test_a_replaying_sender_splits_each_packet_by_the_map_in_force_at_its_clock(
     else:
         assert reached_new == [] and sender.by_past == 12
         assert sorted(p.clock for p in new) == sorted(p.clock for p in after[1] if p.clock > 11)
+
+
+# -- a death during a change (§5.1 with §5.4) ----------------------------------------------------
+
+def _failover_during(tmp_path, vertex: str, i: int, passed: bool):
+    """The failover of ``vertex[i]`` started while portscan (2 instances) scales in at
+    clock 10, as the coordinator starts it: the plan as changed, the change in its replay."""
+    import zmq
+
+    from chc.runtime.procio import Guard
+    from chc.runtime.procworker import InstanceWorker, Plan, take_change
+
+    chain = load_spec(PAPER).with_parallelism(2)
+    was = FlowMap(2, chain.vertices["portscan"].nf.partition_scopes())
+    p = plan_change(chain, was, [0, 1], _ev("scale-in", "portscan", 10))
+    fm = p["flowmap"]
+    change = {"id": 1, "vertex": "portscan", "n": fm.n, "table": fm.table, "level": fm.level, "new": p["new"],
+              "retire": p["retire"], "shared": p["shared"], "passers": p["passers"], "waiters": p["waiters"],
+              "losers": p["losers"], "barrier": 10, "old": [2, None, 0], "passed": passed}
+    plan = Plan(str(tmp_path), chain, "T", 1, ("memory", ""), recover=True)
+    take_change(plan, change)
+    ctx = zmq.Context()
+    return ctx, InstanceWorker(plan, ctx, vertex, i, Guard([]), f"{vertex}.{i}#1",
+                               {"floors": {0: 0}, "feeds": {}, "bound": 0, "change": change}), was, fm
+
+
+def test_a_failover_started_during_a_change_takes_its_instances_part(tmp_path):
+    # An upstream's failover splits by the map of then up to the barrier (and the
+    # retiring instance hears its watermarks), by the new one past it, and sends its
+    # watermark on at the barrier; the retiring instance's failover runs to the
+    # barrier and hands over; one whose hand-over the coordinator had does not again.
+    ctx, nat, was, now = _failover_during(tmp_path, "nat", 0, False)
+    try:
+        barrier, new = nat.out.switching["portscan"]
+        assert barrier == 10 and nat.out.splitters["portscan"].map.table == was.table
+        assert new.map.table == now.table and new.map.table != was.table
+        assert nat.flood == 10 and ("portscan", 1) not in nat.out.gone and nat.changing is None
+    finally:
+        ctx.destroy(linger=0)
+    ctx, victim, _, _ = _failover_during(tmp_path, "portscan", 1, False)
+    try:
+        assert victim.hold == 10 and victim.changing["passed"] is False and 1 in victim.changing["retire"]
+    finally:
+        ctx.destroy(linger=0)
+    ctx, victim, _, _ = _failover_during(tmp_path, "portscan", 1, True)
+    try:
+        assert victim.changing is None and victim.hold > 10     # (not a waiter: it runs on)
+    finally:
+        ctx.destroy(linger=0)
+
+
+@pytest.mark.parametrize("case", [
+    ("passer", [_ev("scale-out", "nat", 300)], "nat[0]@change:1", 1, {"hands over", "waits"}),
+    ("new instance", [_ev("scale-out", "nat", 300)], "nat[1]@change:1", 1, {"waits"}),
+    ("retiring", [_ev("scale-in", "portscan", 300)], "portscan[1]@change:1", 2, {"hands over"}),
+    ("upstream", [_ev("scale-out", "portscan", 300)], "nat[0]@change:1", 2, {"feeds it"}),
+], ids=lambda c: c[0])
+def test_an_instance_that_dies_during_a_change_is_failed_over_into_it(case):
+    # Killed past the barrier, before the instances are told (--kill V[I]@change:K), its
+    # failover takes its part: the change completes, the run passes the check.
+    _, events, kill, parallelism, part = case
+    res, log = _check_kill(events, kill, parallelism)
+    assert res.verdict == "pass", [str(d) for d in res.result.divergences[:3]]
+    (failover,) = [e for e in log if e["kind"] == "failover"]
+    assert failover["during_change"] == 1 and set(failover["change_part"]) == part, failover
+    (change,) = [e for e in log if e["kind"] == events[0].action]
+    assert change["failed_over"] == [kill.split("@")[0].replace("[", ".").rstrip("]")], change
+
+
+def test_a_failover_that_starts_as_if_the_change_were_done_diverges():
+    # --break resume-as-done: the passer's failover neither hands over nor waits at the
+    # barrier: nat.1 takes the moved flows without their state (ports given twice).
+    res, _ = _check_kill([_ev("scale-out", "nat", 300)], "nat[0]@change:1", 1, ("resume-as-done",))
+    assert res.breaks["resume-as-done"], res.breaks
+    assert res.verdict == "diverged", res.verdict

@@ -33,7 +33,17 @@ import yaml
 from .backends import open_store
 from .capture import open_capture
 from .cliargs import EXIT_INTERRUPTED
-from .coe import BREAKS, CheckResult, SeedResult, check_variant, draw_kill, kill_count, proc_refusal, variant
+from .coe import (
+    BREAKS,
+    DURING,
+    CheckResult,
+    SeedResult,
+    check_variant,
+    draw_kill,
+    kill_count,
+    proc_refusal,
+    variant,
+)
 from .scenario import Scenario, load_scenario
 from .spec import MAX_PARALLELISM, Chain, load_spec
 
@@ -80,7 +90,11 @@ class Job:
         started = time.perf_counter()
         v = variant(self.chain, self.scenario, seed, self.stores)
         if self.kill:
-            v.kill = draw_kill(v, len(self.records), self.kill, self.chain.roots)
+            from .runtime.procscale import ACTIONS
+            changes = [(e.target or "").partition("[")[0]
+                       for e in self.scenario.events_for(seed, list(self.chain.vertices), len(self.records))
+                       if e.action in ACTIONS]
+            v.kill = draw_kill(v, len(self.records), self.kill, self.chain.roots, changes)
         try:
             res = check_variant(self.chain, self.scenario, self.records, v, self.breaks, open_store, self.runtime,
                                 self.ray_address, self.checkpoint_ms)
@@ -111,7 +125,7 @@ def _check_kill(kill: str, chain: Chain, runtime: str) -> None:
     if runtime not in ("proc", "ray"):
         raise ValueError("--kill is for --runtime proc or ray (with sim, a scenario's crash events kill instances: "
                          "docs/recovery.md)")
-    if not kill_count(kill):
+    if not kill_count(kill) and kill != DURING:
         from .runtime.proc import parse_kill
         for k in kill.split(","):
             parse_kill(k, chain.with_parallelism(MAX_PARALLELISM))

@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: instances in turn over the alive nodes); repeatable")
     run.add_argument("--kill", action="append", default=[], metavar="VERTEX[I]@N",
                      help="--runtime proc: SIGKILL the process of instance I of VERTEX (root[R]: root R; store: "
-                          "the store server) once N input packets have been fed; a failover process takes over "
-                          "(§5.4, docs/proc.md); repeatable")
+                          "the store server) once N input packets have been fed (VERTEX[I]@change:K: during the "
+                          "K-th scaling change); a failover process takes over (§5.4, docs/proc.md); repeatable")
     run.add_argument("--failover", action="store_true",
                      help="--runtime proc: recover NF instance and root processes that die (implied by --kill)")
     _heartbeat_args(run)
@@ -191,13 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "processes in actors of a Ray cluster, --ray-address)")
     chk.add_argument("--checkpoint-ms", type=float, default=None, metavar="MS",
                      help="--runtime proc or ray with --kill: the store server's checkpoint interval (default 100)")
-    chk.add_argument("--kill", metavar="random[:K]|VERTEX[I]@N[,...]",
+    chk.add_argument("--kill", metavar="random[:K]|during|VERTEX[I]@N[,...]",
                      help="--runtime proc or ray: each seed SIGKILLs NF instance, root or store server processes, a "
                           "failover process takes over each (§5.4) and the run is checked; 'random': an instance, "
                           "root or the store server and an input packet (middle 80%%) drawn per seed, 'random:K' K "
                           "of them (different processes); VERTEX[I]@N: instance I of VERTEX (root[R]: root R; "
-                          "store: the store server) once N input packets have been fed, several comma-separated "
-                          "(docs/proc.md)")
+                          "store: the store server) once N input packets have been fed, several comma-separated; "
+                          "'during': an NF instance killed during one of the seed's scaling changes, both drawn "
+                          "(VERTEX[I]@change:K: during the K-th) (docs/proc.md)")
     return parser
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from .core.store import ObjectKey, Op, StoreError
@@ -460,6 +460,9 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
     Break("replay-by-today", "a failover sends what it replays by today's flow maps, not by the map each "
           "packet went by before a scale-in, -out or move (§5.1 with §5.4; --runtime proc)",
           "output|log|state|store|alert", True, proc_only=True),
+    Break("resume-as-done", "the failover of an instance that died during a scale-in, -out or move of its "
+          "vertex starts as if the change were done: no hand-over, no wait at the barrier (§5.1 with §5.4; "
+          "--runtime proc)", "output|log|state|store|alert", True, proc_only=True),
     Break("no-wal", "a failover store is restored from its checkpoint and the instances' caches only, without "
           "rolling the write-ahead logs forward (§5.4, Figure 7)", "store|state|output", True, True),
 )}
@@ -714,14 +717,27 @@ def kill_count(spec: str) -> int:
     return int(k)
 
 
-def draw_kill(v: Variant, n_packets: int, spec: str, roots: int = 1) -> str:
+DURING = "during"           # --kill during: an NF instance killed during one of the seed's changes
+
+
+def draw_kill(v: Variant, n_packets: int, spec: str, roots: int = 1, changes: Sequence[str] = ()) -> str:
     """``chc check --runtime proc --kill SPEC`` (docs/proc.md): the kills seed ``v`` makes,
     comma-separated.  ``random`` (``random:K``: K of them, of different processes): an
     NF instance, a root (one of ``roots``) or the store server (not in model T) of the
     seed's chain and an input packet,
     drawn from the seed (apart from what :func:`variant` draws, so a seed's variant is
     the same with and without a kill), the packet in the middle 80% of the input; else
-    ``SPEC`` itself (``VERTEX[I]@N`` or ``root[R]@N``, comma-separated)."""
+    ``SPEC`` itself (``VERTEX[I]@N`` or ``root[R]@N``, comma-separated).  ``during``: an
+    NF instance killed during the K-th of the seed's scaling changes (``changes``: the
+    vertex each scaling event changes), drawn too: half the time one of the changing
+    vertex's (a scale-out's new one included), else any vertex's (§5.1 with §5.4)."""
+    if spec == DURING:
+        if not changes:
+            return ""
+        rng = random.Random(f"during:{v.seed}")
+        k = rng.randrange(len(changes))
+        vertex = changes[k] if rng.random() < 0.5 else rng.choice(sorted(v.parallelism))
+        return f"{vertex}[{rng.randrange(v.parallelism[vertex] + 1)}]@change:{k + 1}"
     k = kill_count(spec)
     if not k:
         return spec
@@ -809,7 +825,7 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
 # The breaks a proc run can have: in an instance's store client, on what the run reports,
 # or (with --kill) in the failover.
 PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow", "no-replay", "no-wal", "naive-move",
-               "no-moved-timers", "replay-as-now", "replay-by-today")
+               "no-moved-timers", "replay-as-now", "replay-by-today", "resume-as-done")
 
 
 def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets: int, stores: list[str],
@@ -913,6 +929,10 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
              for e in failovers if e.get("past_maps")]
     if "replay-by-today" in breaks and today:
         state.acted["replay-by-today"] = "; ".join(today)
+    resumed = [f"{e['failover_process']} started as if change {e['during_change']} were done"
+               for e in failovers if {"hands over", "waits"} & set(e.get("change_part", ()))]
+    if "resume-as-done" in breaks and resumed:
+        state.acted["resume-as-done"] = "; ".join(resumed)
     state.tamper(None, phys)
     rep = replay(obs.serial.steps)
     ref = reference_run(chain, records, rep)
@@ -924,18 +944,21 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
         divs.append(Divergence("log", f"packet #{min(left) & ((1 << 48) - 1)}", min(left), "completed and deleted",
                                f"still logged at the end of input ({s.log['remaining']} packets never completed)"))
     divs = compare(ref, phys, chain) + divs
-    result = CheckResult(divs, ref.notes, phys, ref, network=_kill_faults(v.kill, failovers),
+    result = CheckResult(divs, ref.notes, phys, ref, network=_kill_faults(v.kill, failovers, s.events),
                          steps=len(obs.serial.steps))
     return SeedResult(v, result, _verdict(result, breaks, state.acted), {b: state.acted.get(b, "") for b in breaks})
 
 
-def _kill_faults(kill: str, failovers: list[dict]) -> dict:
+def _kill_faults(kill: str, failovers: list[dict], events: list[dict]) -> dict:
     """What a seed's ``--kill`` did, for its report's faults (the sim's are its network's)."""
     if not kill:
         return {}
+    skipped = "; ".join(f"{e['process']} not killed: {e['reason']}" for e in events if e["kind"] == "kill-skipped")
     if not failovers:
-        return {"killed": f"{kill}, after the instances had finished (nothing to recover)"}
-    return {"killed": "; ".join(f"{e['process']} at input packet {e.get('killed_at_packet')}" for e in failovers),
+        return {"killed": skipped or f"{kill}, after the instances had finished (nothing to recover)"}
+    return {"killed": "; ".join(f"{e['process']} at input packet {e.get('killed_at_packet')}"
+                                + (f" during change {e['during_change']}" if e.get("during_change") else "")
+                                for e in failovers),
             "failover": "; ".join(
                 e["interrupted"] if "interrupted" in e else
                 f"{e['failover_process']} replayed {e['replayed']} input packets kept since its floor "

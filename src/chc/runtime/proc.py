@@ -128,6 +128,9 @@ class ProcRuntime:
             raise ValueError(f"--runtime proc does not scale vertices yet ({scaled[0]} has a scaling policy); "
                              "use --no-scaling, or --runtime sim")
         events = list(events)
+        if any(k.during for k in self.kills) and not events:
+            raise ValueError("--kill VERTEX[I]@change:K: the run makes no scaling changes (give a --scenario "
+                             "with scale-out, scale-in, move or refine events)")
         refused = procscale.refusal(events, chain, model, self.name != "proc")
         if refused:
             raise ValueError(refused)
@@ -352,11 +355,13 @@ class ProcRuntime:
         keeps the clock log it will need, every upstream re-points to the failover and
         hands over what it sent the failed one, and the failover replays it from the
         oldest clock still logged (:meth:`InstanceWorker._replay`)."""
-        if self.scaler is not None and self.scaler.open is not None:
+        if self.scaler is not None and self.scaler.open is not None and (
+                dead.startswith("@") or self.scaler.open["change"].get("barrier") is None):
             c = self.scaler.open["change"]
             raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} during a change of "
-                              f"{c['vertex']} (§5.1, barrier at clock {c.get('barrier')}); a failure in the middle "
-                              "of a scaling change is not recovered yet (docs/proc.md); the run stops")
+                              f"{c['vertex']} (§5.1, barrier at clock {c.get('barrier')}); a root's or the store "
+                              "server's failure in the middle of a scaling change, or an instance's before its "
+                              "barrier, is not recovered (docs/proc.md); the run stops")
         failing, self._failing = self._failing, dead
         try:
             if _logical(dead) == STORE:
@@ -429,6 +434,10 @@ class ProcRuntime:
                   "fenced": list(self.fenced), "feeders": feeders}
         if self.scaler is not None:     # §5.1 what moves gave it, and R3 as the vertex shares now
             replay.update(self.scaler.for_failover(name, floors))
+            if "change" in replay:      # §5.1 with §5.4 it died during a change: its failover takes its part
+                event["during_change"] = replay["change"]["id"]
+                event["change_part"] = procscale.part_in(replay["change"], vertex, int(i),
+                                                         self.plan.targets(vertex))
         self._launch(self.mp, new, procworker.main, (self.plan, "instance", (vertex, int(i), gen), replay))
         event["logged_floor"] = [floors.get(r, -1) for r in range(self.chain.roots)]    # per root
         event["handed_over"] = sum(len(r[0]) for r in records.values())     # packets sent to it, from the floor
@@ -780,7 +789,7 @@ class ProcRuntime:
         batches: list[list] = [[] for _ in range(n)]
         pending = 0
         self._last_lease = time.monotonic()
-        kills = list(self.kills)
+        kills = [k for k in self.kills if not k.during]
         index = 0
         for rec in records:
             if rec is None:
@@ -839,14 +848,18 @@ class ProcRuntime:
         """``--kill``: SIGKILL the process that runs ``kill``'s instance now (deaths not
         yet seen are failed over first: a second kill of an instance kills its failover;
         the store server's waits for the failovers under way)."""
-        self._service(0)
+        if not kill.during:         # (during a change: now, before its go-ahead can come)
+            self._service(0)
         while kill.process == STORE and self.recovering:
             # One failure after another (the sim's scenarios too): a failover under way
             # needs the store, and a store lost meanwhile is Table 3's (the run stops).
             self._service(100)
-        while self.scaler is not None and self.scaler.open is not None:
-            self._service(100)      # §5.1 a change under way completes first (docs/proc.md)
-        if kill.process in self.plan.retired or kill.process not in self.current:
+        while self.scaler is not None and self.scaler.open is not None and not kill.during:
+            # §5.1 a change under way completes first (a kill at a packet is one between
+            # changes; VERTEX[I]@change:K is one during a change: docs/proc.md)
+            self._service(100)
+        retiring = kill.during and kill.process in self.scaler.open["change"].get("retiring", ())
+        if (kill.process in self.plan.retired and not retiring) or kill.process not in self.current:
             self.events.append({"kind": "kill-skipped", "process": kill.process, "packet": self.fed,
                                 "reason": "retired by a scale-in before it" if kill.process in self.plan.retired
                                 else "no such instance (yet): no scale-out added it"})
@@ -1013,11 +1026,13 @@ class ProcRuntime:
 @dataclasses.dataclass(frozen=True)
 class Kill:
     """``--kill VERTEX[I]@N``: SIGKILL the process of ``vertex[instance]`` once N input
-    packets have been fed (docs/proc.md)."""
+    packets have been fed; ``VERTEX[I]@change:K``: during the K-th scaling change, past
+    its barrier and before the instances are told of it (docs/proc.md)."""
 
     vertex: str                     # ROOT for a root
     instance: int
     at: int
+    during: int = 0                 # the change (1, 2, ...) it kills during; 0: at ``at``
 
     @property
     def process(self) -> str:
@@ -1034,11 +1049,21 @@ STORE_KILL = "store"    # --kill store@N: the store server (unless a vertex has 
 def parse_kill(text: str, chain: Chain) -> Kill:
     """``VERTEX[I]@N`` (``VERTEX@N``: instance 0), ``root[R]@N`` or ``store@N``; a one-line
     ValueError otherwise."""
-    m = re.fullmatch(r"([\w.-]+)(?:\[(\d+)\])?@(\d+)", text.strip())
+    m = re.fullmatch(r"([\w.-]+)(?:\[(\d+)\])?@(change:)?(\d+)", text.strip())
     if m is None:
-        raise ValueError(f"--kill {text!r}: expected VERTEX[I]@PACKETS, root[R]@PACKETS or store@PACKETS, "
-                         "e.g. nat[0]@1000")
-    vertex, i, at = m.group(1), int(m.group(2) or 0), int(m.group(3))
+        raise ValueError(f"--kill {text!r}: expected VERTEX[I]@PACKETS, root[R]@PACKETS, store@PACKETS or "
+                         "VERTEX[I]@change:K, e.g. nat[0]@1000")
+    vertex, i, at = m.group(1), int(m.group(2) or 0), int(m.group(4))
+    if m.group(3):
+        if at < 1:
+            raise ValueError(f"--kill {text!r}: changes are counted from 1")
+        if vertex in (STORE_KILL, ROOT) and vertex not in chain.vertices:
+            raise ValueError(f"--kill {text!r}: a root or the store server killed during a change is not "
+                             "recovered (docs/proc.md); kill an NF instance, or at a packet")
+        v = chain.vertices.get(vertex)
+        if v is None:
+            raise ValueError(f"--kill {text!r}: no vertex {vertex!r} (vertices: {', '.join(chain.vertices)})")
+        return Kill(vertex, i, 0, during=at)
     if vertex == STORE_KILL and STORE_KILL not in chain.vertices:
         if i:
             raise ValueError(f"--kill {text!r}: there is one store server (store@PACKETS)")

@@ -66,6 +66,19 @@ from .wire import Kind, encode, logical
 ACTIONS = ("scale-out", "scale-in", "move", "refine")
 
 
+def part_in(change: dict, vertex: str, i: int, targets: list[str]) -> list[str]:
+    """What instance ``vertex[i]`` does in ``change`` (a failover's event says it)."""
+    part = []
+    if vertex == change["vertex"]:
+        if i in change["passers"]:
+            part.append("handed over" if change.get("passed") else "hands over")
+        if i in change["waiters"]:
+            part.append("waits")
+    if change["vertex"] in targets:
+        part.append("feeds it")
+    return part
+
+
 def refusal(events: list, chain: Chain, model: str, ray: bool = False) -> str | None:
     """Why the proc runtime cannot run these scenario events (one line), or None."""
     if not events:
@@ -178,6 +191,13 @@ class Scaler:
         # per vertex, the map in force up to each change's barrier ([barrier, n, table,
         # level], oldest first): a failover sends what it replays by them (§5.1 with §5.4)
         self.eras: dict[str, list[list]] = {}
+        # a scale-out's new instance: the barrier it joined at (it has nothing up to it)
+        self.born: dict[str, int] = {}
+        # --kill VERTEX[I]@change:K: change K -> the kills during it
+        self.kills: dict[int, list] = {}
+        for k in rt.kills:
+            if k.during:
+                self.kills.setdefault(k.during, []).append(k)
         self.sharing: dict[str, list[tuple[int, list[str]]]] = {
             v: [(-1, sorted(shared_objects(chain, self.flowmaps[v], v)) if chain.vertices[v].parallelism > 1
                  else [])] for v in chain.vertices}
@@ -192,6 +212,10 @@ class Scaler:
                                    "instance": None, "packet": event.at_packet, "by": "scenario",
                                    "reason": "the input ended before it"})
         self.events = []
+        for k in (k for kills in self.kills.values() for k in kills):
+            self.rt.events.append({"kind": "kill-skipped", "process": k.process, "packet": self.rt.fed,
+                                   "reason": f"no change {k.during}: the run made {self.ids}"})
+        self.kills = {}
 
     def for_failover(self, name: str, floors: dict[int, int]) -> dict:
         """What a failover of logical instance ``name`` needs besides its records: the
@@ -204,8 +228,23 @@ class Scaler:
             if live:
                 gifts.append((barrier, live))
         self.gifts[name] = gifts
-        sharing = self.sharing[name.rsplit(".", 1)[0]]
-        return {"gifts": gifts, "sharing": sharing, "shared": sharing[-1][1], "past": self.past(floors)}
+        vertex, i = name.rsplit(".", 1)
+        # (a failover starts from the plan as changed: it knows every change made so far,
+        # also one whose epoch its instance died before acknowledging, maybe after the go)
+        self.acks.add(name)
+        sharing = self.sharing[vertex]
+        out = {"gifts": gifts, "sharing": sharing, "shared": sharing[-1][1], "past": self.past(floors),
+               "born": self.born.get(name, -1)}
+        o = self.open
+        if o is not None:
+            # §5.1 with §5.4 it died during a change: its failover takes its part in it
+            # (docs/proc.md, "A death during a change"), from the map in force until the
+            # barrier; a hand-over the coordinator has had is not done again
+            c = o["change"]
+            o.setdefault("failed_over", []).append(name)
+            out["change"] = {**c, "old": self.eras[c["vertex"]][-1][1:],
+                             "passed": vertex == c["vertex"] and int(i) in o["passed"]}
+        return out
 
     def past(self, floors: dict[int, int]) -> dict[str, list[list]]:
         """Per vertex, the maps in force before each change whose barrier a replay from
@@ -222,7 +261,7 @@ class Scaler:
         if what == "barrier":
             self.barriers[data[0]] = data[1]
         elif what == "epoch":
-            self.acks.add(name)
+            self.acks.add(logical(name.encode()).decode())      # (a failover acknowledges for its instance)
         elif what == "passed":
             self._passed(name, data)
         else:
@@ -257,33 +296,39 @@ class Scaler:
         was = self.flowmaps[vertex]
         change = {"id": self.ids, "vertex": vertex, "n": fm.n, "table": fm.table, "level": fm.level,
                   "new": plan["new"], "retire": plan["retire"], "shared": plan["shared"],
-                  "passers": plan["passers"], "waiters": plan["waiters"], "losers": plan["losers"]}
+                  "passers": plan["passers"], "waiters": plan["waiters"], "losers": plan["losers"],
+                  "retiring": [instance_name(vertex, j) for j in plan["retire"]]}
         self.flowmaps[vertex] = fm
         self.active[vertex] = plan["after"]
         if len(plan["after"]) != self.sizes[vertex][-1]:
             self.sizes[vertex].append(len(plan["after"]))
         procworker.take_change(rt.plan, change)
+        # (open from here: a death before the barrier is known stops the run, after it
+        # the failover takes the dead one's part; an instance may hand over before the
+        # last acknowledges)
+        self.open = o = {"change": change, "passed": set(), "timers": {}, "started": started, "packet": index,
+                         "action": event.action, "moves": plan["moves"], "naive": naive, "fed_s": 0.0}
+        self.acks = set()
         # 1. the barrier: the root's watermark behind everything fed so far
         rt._send(0, encode(Kind.INPUT, ["epoch", change]))
         while change["id"] not in self.barriers:
             rt._service(100)
-        change["barrier"] = self.barriers.pop(change["id"])
         self.eras.setdefault(vertex, []).append(
-            [change["barrier"], was.n, list(was.table) if was.table is not None else None, was.level])
+            [self.barriers[change["id"]], was.n, list(was.table) if was.table is not None else None, was.level])
+        change["barrier"] = self.barriers.pop(change["id"])
         # 2. a new instance, from the plan as changed
         for j in plan["new"]:       # (after failovers: it talks to them, not the dead)
+            self.born[instance_name(vertex, j)] = change["barrier"]
             joins = {**change, "current": dict(rt.current), "fenced": list(rt.fenced)}
             rt._join(instance_name(vertex, j), (rt.plan, "instance", (vertex, j), None, joins))
-        # 3. every instance process knows before any clock past the barrier is fed
-        told = [rt.current[instance_name(v, i)] for v, i in rt.plan.instances()
-                if not (v == vertex and i in plan["new"])]
-        self.acks = set()
-        # (open before anyone is told: an instance may hand over before the last acknowledges)
-        self.open = o = {"change": change, "passed": set(), "timers": {}, "started": started, "packet": index,
-                         "action": event.action, "moves": plan["moves"], "naive": naive, "fed_s": 0.0}
+        # 3. every instance process knows before any clock past the barrier is fed (a
+        # failover started since is told by its replay, and acknowledges for its instance)
+        told = [instance_name(v, i) for v, i in rt.plan.instances() if not (v == vertex and i in plan["new"])]
+        for kill in self.kills.pop(change["id"], ()):
+            rt._kill(kill)              # --kill VERTEX[I]@change:K: a death mid-change, before it is told
         frame = encode(Kind.CONTROL, ["epoch", change])
         for name in told:
-            rt.box.reply(name.encode(), frame)
+            rt._tell(name, frame)
         while not self.acks.issuperset(told):
             rt._service(100)
         o["fed_s"] = time.perf_counter() - started
@@ -309,7 +354,7 @@ class Scaler:
         rt = self.rt
         for i in c["waiters"]:
             timers = o["timers"].get(i, [])
-            rt.box.reply(rt.current[instance_name(vertex, i)].encode(), encode(Kind.CONTROL, ["go", [c["id"], timers]]))
+            rt._tell(instance_name(vertex, i), encode(Kind.CONTROL, ["go", [c["id"], timers]]))
             if timers and rt.plan.recover:      # §5.4 its failover's replay gets them there too
                 self.gifts.setdefault(instance_name(vertex, i), []).append((c["barrier"], timers))
         if sorted(c["shared"]) != self.sharing[vertex][-1][1]:
@@ -323,7 +368,8 @@ class Scaler:
                       "moves": o["moves"], "handed_over": len(c["passers"]), "waited": len(c["waiters"]),
                       "timers_moved": sum(len(t) for t in o["timers"].values()),
                       "instances": len(self.active[vertex]), "scope": self.flowmaps[vertex].scope.name,
-                      "pause_s": round(o["fed_s"], 6),
+                      "pause_s": round(o["fed_s"], 6), **({"failed_over": o["failed_over"]}
+                                                           if "failed_over" in o else {}),
                       "handover_s": round(time.perf_counter() - o["started"], 6), "by": "scenario",
                       **({"naive": True} if o["naive"] else {})}
         rt.events.append(o["event"])

@@ -905,15 +905,25 @@ class InstanceWorker:
         self.flood: int | None = None       # a barrier to send on once this instance passes it
         self.retired = False
         self.finished = False
+        self.epochs: set[int] = set()       # the changes this process knows of
         if join is not None:            # a scale-out's new instance: it has nothing up to the barrier
             for f in self.feeders:
                 self.marks[f] = join["barrier"]
             self.out.born = join["barrier"]
+            self.epochs.add(join["id"])
             self._join(join)
+        if replay is not None:
+            self.out.born = replay.get("born", -1)      # (a failover of a scale-out's new instance)
+            if "change" in replay:
+                self._resume_change(replay["change"])
 
     def run(self) -> None:
         self.out.to_coordinator("ready", None)
         if self.replay is not None:
+            c = self.replay.get("change")
+            if c is not None and "resume-as-done" in self.plan.breaks and c["vertex"] == self.inst.vertex \
+                    and self.inst.instance_id in c["passers"] and not c["passed"]:
+                self.out.to_coordinator("passed", [c["id"], []])    # (no hand-over, nothing held)
             self._replay(self.replay)
         poller = zmq.Poller()
         poller.register(self.box.sock, zmq.POLLIN)
@@ -938,7 +948,8 @@ class InstanceWorker:
     def change(self, what: str, body: Any) -> None:
         """The coordinator's ``epoch`` (a vertex changes) or ``go`` (this instance may run
         past the barrier): taken between batches (:meth:`_take_changes`)."""
-        if self.finished:               # (retired: nothing of it changes any more)
+        if self.finished or (what == "epoch" and body["id"] in self.epochs):
+            # (retired: nothing of it changes any more; a failover knew it from its replay)
             if what == "epoch":
                 self.out.to_coordinator("epoch", body["id"])
             return
@@ -959,6 +970,7 @@ class InstanceWorker:
         take part (:meth:`_join`).  Acknowledged: the coordinator feeds no clock past
         the barrier before every process knows."""
         vertex, barrier = change["vertex"], change["barrier"]
+        self.epochs.add(change["id"])
         flowmap = take_change(self.plan, change)
         self.flood = barrier
         if vertex in self.out.splitters:
@@ -975,6 +987,26 @@ class InstanceWorker:
         if vertex == self.inst.vertex:
             self._join(change)
         self.out.to_coordinator("epoch", change["id"])
+
+    def _resume_change(self, change: dict) -> None:
+        """§5.1 with §5.4 the instance this failover replaces died during ``change``
+        (docs/proc.md, "A death during a change"); the plan it started from has the
+        change made.  As an upstream of the changing vertex: up to the barrier the map
+        of then (retiring instances hear the watermarks), past it the new one; as one of
+        its instances: its part (:meth:`_join`), less a hand-over the coordinator had."""
+        vertex, barrier = change["vertex"], change["barrier"]
+        self.epochs.add(change["id"])
+        self.flood = barrier
+        if vertex in self.out.splitters:
+            old = self.plan.flowmap(vertex, change["old"])
+            self.out.splitters[vertex] = Splitter(old.scope, old)
+            self.out.switch(vertex, self.plan.flowmaps()[vertex], barrier)
+            self.out.gone -= {(vertex, j) for j in change["retire"]}
+        # (--break resume-as-done, a test's: as an instance of the vertex, as if started
+        # after the change: no hand-over, no wait at the barrier)
+        if vertex == self.inst.vertex and "resume-as-done" not in self.plan.breaks:
+            i = self.inst.instance_id
+            self._join({**change, "passers": [p for p in change["passers"] if p != i or not change["passed"]]})
 
     def _join(self, change: dict) -> None:
         """This instance's part in a change of its vertex: one that loses flow groups (or
@@ -1082,6 +1114,9 @@ class InstanceWorker:
             if self.plan.replay:        # --break no-replay: what was handed over is lost
                 self.queues[feeder].extend(kept)
         bound = replay["bound"]
+        if self.changing is not None:
+            # §5.1 died during a change, holding at its barrier: it ran nothing past it
+            bound = min(bound, self.hold)
         if self.plan.replay:
             self._await(bound)
         pkts = self._ready(bound)
@@ -1120,8 +1155,10 @@ class InstanceWorker:
         # §5.1 the packets of flows that moved away since are replayed too (what the failed
         # one sent on may have died with it in its sockets: the replay sends it again),
         # but their timers are their new owner's: re-armed here they would fire twice.
+        # (Unless its hand-over is still to come: that sends them to their new owner.)
         owner = self.plan.flowmaps()[inst.vertex].owner
-        dropped = len(take_timers(inst.ctx, lambda parts: owner(parts) != inst.instance_id))
+        handing = self.changing is not None and not self.changing["passed"]
+        dropped = 0 if handing else len(take_timers(inst.ctx, lambda parts: owner(parts) != inst.instance_id))
         if pkts and self.store is not None:
             self.store.replaying(False)
             if self.wal is not None:
