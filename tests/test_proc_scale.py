@@ -84,7 +84,6 @@ def test_the_proc_runtime_refuses_what_it_does_not_scale_yet():
     chain = load_spec(PAPER)
     assert "clone" in refusal([_ev("clone", "nat", 5)], chain, "EO")
     assert "model T" in refusal([_ev("scale-out", "nat", 5)], chain, "T")
-    assert "ray" in refusal([_ev("scale-out", "nat", 5)], chain, "EO", ray=True)
     assert refusal([_ev("scale-out", "nat", 5)], chain, "EO+C") is None
     with pytest.raises(ValueError, match="clone"):
         ProcRuntime(chain, model="EO", events=[_ev("clone", "nat", 5)])
@@ -359,6 +358,17 @@ def test_an_instance_that_dies_during_a_change_is_failed_over_into_it(case):
     assert failover["during_change"] == 1 and set(failover["change_part"]) == part, failover
     (change,) = [e for e in log if e["kind"] == events[0].action]
     assert change["failed_over"] == [kill.split("@")[0].replace("[", ".").rstrip("]")], change
+
+
+def test_a_root_that_dies_during_a_change_is_failed_over_past_its_barrier():
+    # Its part was the barrier (stamped, the new map taken): its failover replays the
+    # kept input by the map of then up to the barrier and the rest by the new one.
+    res, log = _check_kill([_ev("scale-out", "nat", 300)], "root[0]@change:1", 1)
+    assert res.verdict == "pass", [str(d) for d in res.result.divergences[:3]]
+    (failover,) = [e for e in log if e["kind"] == "root-failover"]
+    assert failover["during_change"] == 1 and failover["past_maps"] == 1, failover
+    (change,) = [e for e in log if e["kind"] == "scale-out"]
+    assert change["failed_over"] == ["@root.0"], change
 
 
 def test_a_failover_that_starts_as_if_the_change_were_done_diverges():

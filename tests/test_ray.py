@@ -207,6 +207,21 @@ def test_check_on_ray_judges_a_killed_instance_with_the_oracle(cluster, capsys):
     assert "1 of 1 seeds passed" in out and "kill lb[2]@1028" in out and "killed lb.2 at input packet" in out
 
 
+@needs_ray
+def test_check_on_ray_scales_and_fails_over_during_a_change(cluster, capsys):
+    """§5.1 on Ray: a scale-out's new instance is an actor too, at a port set aside from
+    the start (``Plan.room``); the scale scenario with a kill during a change passes."""
+    c, _, _ = cluster
+    rc = main(["check", "--runtime", "ray", "--ray-address", c.address, str(PAPER),
+               str(ROOT / "examples/scenarios/scale.yaml"), str(LAN), "--packets", "3000", "--seed", "10",
+               "--kill", "during"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    # (seed 10: nat starts with one instance; nat.1, a scale-out's actor, dies during change 5)
+    assert "1 of 1 seeds passed" in out and "kill nat[1]@change:5" in out, out
+    assert "killed nat.1 at input packet" in out and "during change 5" in out, out
+
+
 def test_check_ray_options_are_one_line(capsys):
     argv = ["check", str(PAPER), str(ROOT / "examples/scenarios/parallel.yaml"), str(LAN), "--packets", "50"]
     assert main([*argv, "--ray-address", "127.0.0.1:1"]) == 2

@@ -131,7 +131,7 @@ class ProcRuntime:
         if any(k.during for k in self.kills) and not events:
             raise ValueError("--kill VERTEX[I]@change:K: the run makes no scaling changes (give a --scenario "
                              "with scale-out, scale-in, move or refine events)")
-        refused = procscale.refusal(events, chain, model, self.name != "proc")
+        refused = procscale.refusal(events, chain, model)
         if refused:
             raise ValueError(refused)
         self.chain = chain
@@ -208,6 +208,8 @@ class ProcRuntime:
         self.fed = 0
         # §5.1 the scenario's scaling events (chc.runtime.procscale)
         self.scaler = procscale.Scaler(self, events) if events else None
+        if events:
+            self.plan.room = procscale.room(chain, events)
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, records: Iterable[tuple[int, bytes]], emit: Callable[[list[Packet]], None] | None = None,
@@ -356,12 +358,12 @@ class ProcRuntime:
         hands over what it sent the failed one, and the failover replays it from the
         oldest clock still logged (:meth:`InstanceWorker._replay`)."""
         if self.scaler is not None and self.scaler.open is not None and (
-                dead.startswith("@") or self.scaler.open["change"].get("barrier") is None):
+                _logical(dead) == STORE or self.scaler.open["change"].get("barrier") is None):
             c = self.scaler.open["change"]
             raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} during a change of "
-                              f"{c['vertex']} (§5.1, barrier at clock {c.get('barrier')}); a root's or the store "
-                              "server's failure in the middle of a scaling change, or an instance's before its "
-                              "barrier, is not recovered (docs/proc.md); the run stops")
+                              f"{c['vertex']} (§5.1, barrier at clock {c.get('barrier')}); the store server's "
+                              "failure in the middle of a scaling change, or any before its barrier is known, is "
+                              "not recovered (docs/proc.md); the run stops")
         failing, self._failing = self._failing, dead
         try:
             if _logical(dead) == STORE:
@@ -483,6 +485,11 @@ class ProcRuntime:
         replay = {"first": first, "next": nxt, "counters": counters, "batches": [rows for _, rows in kept],
                   "floor": self.root_floor[r], "current": dict(self.current), "fenced": list(self.fenced),
                   "past": self.scaler.past({r: self.root_floor[r]}) if self.scaler is not None else {}}
+        if self.scaler is not None and self.scaler.open is not None:
+            # §5.1 with §5.4 past the barrier the root's part is done (it stamped the barrier
+            # and switched): its failover replays by the maps of then and goes on by the new
+            event["during_change"] = self.scaler.open["change"]["id"]
+            self.scaler.open.setdefault("failed_over", []).append(name)
         self.recovering[name] = {"event": event, "started": detected}
         self._launch(self.mp, new, procworker.main, (self.plan, "root", (r, gen), replay))
         self.inputs[r].close(0)
@@ -1057,9 +1064,13 @@ def parse_kill(text: str, chain: Chain) -> Kill:
     if m.group(3):
         if at < 1:
             raise ValueError(f"--kill {text!r}: changes are counted from 1")
-        if vertex in (STORE_KILL, ROOT) and vertex not in chain.vertices:
-            raise ValueError(f"--kill {text!r}: a root or the store server killed during a change is not "
-                             "recovered (docs/proc.md); kill an NF instance, or at a packet")
+        if vertex == STORE_KILL and vertex not in chain.vertices:
+            raise ValueError(f"--kill {text!r}: the store server killed during a change is not recovered "
+                             "(docs/proc.md); kill an NF instance or a root, or the store at a packet")
+        if vertex == ROOT and vertex not in chain.vertices:
+            if i >= chain.roots:
+                raise ValueError(f"--kill {text!r}: the chain has {chain.roots} root(s)")
+            return Kill(ROOT, i, 0, during=at)
         v = chain.vertices.get(vertex)
         if v is None:
             raise ValueError(f"--kill {text!r}: no vertex {vertex!r} (vertices: {', '.join(chain.vertices)})")

@@ -79,7 +79,7 @@ def part_in(change: dict, vertex: str, i: int, targets: list[str]) -> list[str]:
     return part
 
 
-def refusal(events: list, chain: Chain, model: str, ray: bool = False) -> str | None:
+def refusal(events: list, chain: Chain, model: str) -> str | None:
     """Why the proc runtime cannot run these scenario events (one line), or None."""
     if not events:
         return None
@@ -93,9 +93,17 @@ def refusal(events: list, chain: Chain, model: str, ray: bool = False) -> str | 
         return "scaling moves flows between instances through the store: model T has none (use EO, EO+C, EO+C+NA)"
     if chain.roots > 1:
         return "the proc runtime scales with one root (a barrier per root is not built yet; docs/proc.md)"
-    if ray:
-        return "the ray runtime does not scale yet (its ports are fixed at the start; docs/proc.md)"
     return None
+
+
+def room(chain: Chain, events: list) -> dict[str, int]:
+    """Per vertex, the most instances it can have in a run of ``events`` (a scale-out adds
+    one; retired ones keep their names): the mailboxes a tcp:// run sets ports aside for."""
+    out = {v: chain.vertices[v].parallelism for v in chain.vertices}
+    for e in events:
+        if e.action == "scale-out":
+            out[_target(e, chain)[0]] += 1
+    return out
 
 
 def _target(event: Any, chain: Chain) -> tuple[str, int | None]:

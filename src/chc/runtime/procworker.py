@@ -174,6 +174,10 @@ class Plan:
     # (they feed no process started later: they had ended before it began).
     maps: dict = dataclasses.field(default_factory=dict)
     retired: tuple[str, ...] = ()
+    # §5.1 on tcp:// (--runtime ray): per vertex the most instances it can have in the run
+    # (its scale-outs counted), so every mailbox's port, a scale-out's new one's too, is
+    # fixed from the start: a slot does not move when a vertex grows
+    room: dict = dataclasses.field(default_factory=dict)
 
     def width(self, vertex: str) -> int:
         """``vertex``'s instances so far (retired ones count)."""
@@ -189,7 +193,8 @@ class Plan:
         """Every mailbox of generation 0: coordinator, store, roots (reports and input), instances."""
         roots = [root_name(r) for r in range(self.chain.roots)]
         return [COORDINATOR, STORE, *roots, *(r + ".in" for r in roots),
-                *(instance_name(v, i) for v, i in self.instances())]
+                *(instance_name(v, i) for v in self.chain.vertices
+                  for i in range(self.room.get(v) or self.width(v)))]
 
     def slot(self, name: str) -> int:
         """``name``'s port offset: its index among :meth:`mailboxes`, one block per failover generation."""
