@@ -194,16 +194,22 @@ def test_the_store_servers_actor_killed_through_ray_fails_over(cluster, lan, lan
     _nothing_left(rt)
 
 
+def _check_one_seed(cluster, capsys, scenario: str, packets: int, seed: int, kill: str) -> str:
+    """``chc check --runtime ray`` of one seed on the cluster: it passes; its output."""
+    c, _, _ = cluster
+    rc = main(["check", "--runtime", "ray", "--ray-address", c.address, str(PAPER),
+               str(ROOT / "examples/scenarios" / scenario), str(LAN), "--packets", str(packets), "--seed", str(seed),
+               "--kill", kill])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    return out
+
+
 @needs_ray
 def test_check_on_ray_judges_a_killed_instance_with_the_oracle(cluster, capsys):
     """``chc check --runtime ray``: the proc check (the store server's serialization,
     the COE oracle) on the cluster's actors, with a random SIGKILL per seed."""
-    c, _, _ = cluster
-    rc = main(["check", "--runtime", "ray", "--ray-address", c.address, str(PAPER),
-               str(ROOT / "examples/scenarios/parallel.yaml"), str(LAN), "--packets", "1500", "--seed", "2",
-               "--kill", "random"])
-    out = capsys.readouterr().out
-    assert rc == 0, out
+    out = _check_one_seed(cluster, capsys, "parallel.yaml", 1500, 2, "random")
     assert "1 of 1 seeds passed" in out and "kill lb[2]@1028" in out and "killed lb.2 at input packet" in out
 
 
@@ -211,12 +217,7 @@ def test_check_on_ray_judges_a_killed_instance_with_the_oracle(cluster, capsys):
 def test_check_on_ray_scales_and_fails_over_during_a_change(cluster, capsys):
     """§5.1 on Ray: a scale-out's new instance is an actor too, at a port set aside from
     the start (``Plan.room``); the scale scenario with a kill during a change passes."""
-    c, _, _ = cluster
-    rc = main(["check", "--runtime", "ray", "--ray-address", c.address, str(PAPER),
-               str(ROOT / "examples/scenarios/scale.yaml"), str(LAN), "--packets", "3000", "--seed", "10",
-               "--kill", "during"])
-    out = capsys.readouterr().out
-    assert rc == 0, out
+    out = _check_one_seed(cluster, capsys, "scale.yaml", 3000, 10, "during")
     # (seed 10: nat starts with one instance; nat.1, a scale-out's actor, dies during change 5)
     assert "1 of 1 seeds passed" in out and "kill nat[1]@change:5" in out, out
     assert "killed nat.1 at input packet" in out and "during change 5" in out, out
