@@ -295,7 +295,7 @@ def test_a_replaying_sender_splits_each_packet_by_the_map_in_force_at_its_clock(
 
 # -- a death during a change (§5.1 with §5.4) ----------------------------------------------------
 
-def _failover_during(tmp_path, vertex: str, i: int, passed: bool):
+def _failover_during(tmp_path, vertex: str, i: int, passed: bool, born: int = -1, feeds: dict | None = None):
     """The failover of ``vertex[i]`` started while portscan (2 instances) scales in at
     clock 10, as the coordinator starts it: the plan as changed, the change in its replay."""
     import zmq
@@ -314,7 +314,9 @@ def _failover_during(tmp_path, vertex: str, i: int, passed: bool):
     take_change(plan, change)
     ctx = zmq.Context()
     return ctx, InstanceWorker(plan, ctx, vertex, i, Guard([]), f"{vertex}.{i}#1",
-                               {"floors": {0: 0}, "feeds": {}, "bound": 0, "change": change}), was, fm
+                               {"floors": {0: 0}, "feeds": feeds or {}, "bound": min(
+                                   (f[1] for f in (feeds or {}).values()), default=0),
+                                "change": change, "born": born}), was, fm
 
 
 def test_a_failover_started_during_a_change_takes_its_instances_part(tmp_path):
@@ -338,6 +340,41 @@ def test_a_failover_started_during_a_change_takes_its_instances_part(tmp_path):
     ctx, victim, _, _ = _failover_during(tmp_path, "portscan", 1, True)
     try:
         assert victim.changing is None and victim.hold > 10     # (not a waiter: it runs on)
+        assert victim.out.repoint("lb", 0, "lb.0#1")[1] == -1   # (sent nothing: everything from -1 on)
+    finally:
+        ctx.destroy(linger=0)
+    # The failover of a scale-out's instance born at clock 7: a receiver it has sent nothing
+    # yet had everything from it up to there (its own failover waits for nothing below).
+    ctx, newbie, _, _ = _failover_during(tmp_path, "portscan", 1, True, born=7)
+    try:
+        assert newbie.out.repoint("lb", 0, "lb.0#1")[1:3] == [7, False]
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_failover_holding_at_the_barrier_replays_nothing_past_it(tmp_path):
+    # The retiring portscan.1 died before handing over at clock 10, with packets past the
+    # barrier already sent to it (held, as it held them): its failover replays 3-5 and
+    # leaves 11-14 queued until it has handed over (run past the barrier first, they
+    # would be a retiring instance's, after the go-ahead of no one).
+    from chc.packet import Packet
+    from chc.runtime.wire import pack_packets
+
+    with open_capture(LAN) as r:
+        pkts = [p for p in (Packet(data, ts, k) for k, (ts, data) in enumerate(itertools.islice(r, 60)))
+                if p.src is not None][:24]
+    for clock, p in enumerate(pkts):
+        p.clock = clock
+    feeds = {"nat.0": [pack_packets([pkts[c] for c in (3, 5, 12, 14)]), 14, False, {}, 14],
+             "nat.1": [pack_packets([pkts[c] for c in (4, 11)]), 14, False, {}, 14]}
+    ctx, victim, _, _ = _failover_during(tmp_path, "portscan", 1, False, feeds=feeds)
+    try:
+        runs: list[int] = []
+        process = victim._process
+        victim._process = lambda batch, mark: (runs.extend(p.clock for p in batch), process(batch, mark))
+        victim._replay(victim.replay)
+        assert runs == [3, 4, 5]
+        assert sorted(p.clock for q in victim.queues.values() for p in q) == [11, 12, 14]
     finally:
         ctx.destroy(linger=0)
 
