@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kill", action="append", default=[], metavar="VERTEX[I]@N",
                      help="--runtime proc: SIGKILL the process of instance I of VERTEX (root[R]: root R; store: "
                           "the store server) once N input packets have been fed (VERTEX[I]@change:K: during the "
-                          "K-th scaling change, an NF instance or a root); a failover process takes over "
+                          "K-th scaling change; store@change:K too); a failover process takes over "
                           "(§5.4, docs/proc.md); repeatable")
     run.add_argument("--failover", action="store_true",
                      help="--runtime proc: recover NF instance and root processes that die (implied by --kill)")

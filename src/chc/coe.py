@@ -730,13 +730,17 @@ def draw_kill(v: Variant, n_packets: int, spec: str, roots: int = 1, changes: Se
     ``SPEC`` itself (``VERTEX[I]@N`` or ``root[R]@N``, comma-separated).  ``during``: an
     NF instance killed during the K-th of the seed's scaling changes (``changes``: the
     vertex each scaling event changes), drawn too: half the time one of the changing
-    vertex's (a scale-out's new one included), else any vertex's or a root (§5.1 with §5.4)."""
+    vertex's (a scale-out's new one included), else any vertex's, a root or the store
+    server (§5.1 with §5.4)."""
     if spec == DURING:
         if not changes:
             return ""
         rng = random.Random(f"during:{v.seed}")
         k = rng.randrange(len(changes))
-        vertex = changes[k] if rng.random() < 0.5 else rng.choice([*sorted(v.parallelism), "root"])
+        store = ["store"] if v.model != "T" and v.store == "memory" else []
+        vertex = changes[k] if rng.random() < 0.5 else rng.choice([*sorted(v.parallelism), "root", *store])
+        if vertex == "store":
+            return f"store@change:{k + 1}"
         i = rng.randrange(roots) if vertex == "root" else rng.randrange(v.parallelism[vertex] + 1)
         return f"{vertex}[{i}]@change:{k + 1}"
     k = kill_count(spec)

@@ -358,12 +358,12 @@ class ProcRuntime:
         hands over what it sent the failed one, and the failover replays it from the
         oldest clock still logged (:meth:`InstanceWorker._replay`)."""
         if self.scaler is not None and self.scaler.open is not None and (
-                _logical(dead) == STORE or self.scaler.open["change"].get("barrier") is None):
+                self.scaler.open["change"].get("barrier") is None):
             c = self.scaler.open["change"]
             raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} during a change of "
-                              f"{c['vertex']} (§5.1, barrier at clock {c.get('barrier')}); the store server's "
-                              "failure in the middle of a scaling change, or any before its barrier is known, is "
-                              "not recovered (docs/proc.md); the run stops")
+                              f"{c['vertex']} (§5.1, barrier at clock {c.get('barrier')}); a failure in the middle "
+                              "of a scaling change before its barrier is known is not recovered (docs/proc.md); "
+                              "the run stops")
         failing, self._failing = self._failing, dead
         try:
             if _logical(dead) == STORE:
@@ -538,9 +538,13 @@ class ProcRuntime:
         self._launch_store(new, os.path.join(directory, procstore.RESTORE))
         address = self.plan.store[1]
         self.remote.repoint(address)
+        if self.scaler is not None:     # §5.1 with §5.4 a change under way (docs/proc.md)
+            event.update(self.scaler.store_failed_over())
         frame = encode(Kind.CONTROL, ["store", address])
         for name in self._workers():
             self._tell(name, frame)
+        if self.scaler is not None:
+            self.scaler.go_if_owed()
         ckpt = state["checkpoint"]
         marks = ckpt.applied_seq
         event.update(checkpoint=ckpt.number, wal_updates=sum(
@@ -1065,8 +1069,7 @@ def parse_kill(text: str, chain: Chain) -> Kill:
         if at < 1:
             raise ValueError(f"--kill {text!r}: changes are counted from 1")
         if vertex == STORE_KILL and vertex not in chain.vertices:
-            raise ValueError(f"--kill {text!r}: the store server killed during a change is not recovered "
-                             "(docs/proc.md); kill an NF instance or a root, or the store at a packet")
+            return Kill(STORE_KILL, 0, 0, during=at)
         if vertex == ROOT and vertex not in chain.vertices:
             if i >= chain.roots:
                 raise ValueError(f"--kill {text!r}: the chain has {chain.roots} root(s)")
