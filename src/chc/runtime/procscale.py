@@ -40,11 +40,15 @@ message a link).  One change at a time: an event due while one is under way
 waits for its go.
 
 With failures (§5.4, docs/proc.md "Scaling and real failures together"): a kill
-waits for the change under way and a change for the failover under way; a
-death between a barrier and its go-ahead stops the run.  What a failover needs
-from the changes before it, this keeps: per instance the timers each go-ahead
-gave it, per vertex what its instances shared since each change
-(:meth:`Scaler.for_failover`).  A retired instance's process stays until the
+at a packet waits for the change under way and a change for the failover under
+way.  A process that dies between a barrier and its go-ahead is failed over into
+the change (docs/proc.md, "A death during a change"): an instance's failover
+takes its part (:meth:`Scaler.for_failover` gives it the change), a root's is
+past it, the store server's gives up again the hand-overs' ownership
+(:meth:`Scaler.store_failed_over`) and the go-ahead waits for it; a death before
+the barrier is known stops the run.  What a failover needs from the changes
+before it, this keeps: per instance the timers each go-ahead gave it, per vertex
+what its instances shared since each change (:meth:`Scaler.for_failover`).  A retired instance's process stays until the
 end of the run with what it sent and the reports it kept.
 """
 
@@ -282,7 +286,7 @@ class Scaler:
         rt = self.rt
         while self.open is not None or rt.recovering:
             # one change at a time (the barriers' watermarks flow without input), and none
-            # while a failover is under way (docs/proc.md: a barrier does not survive a death)
+            # while a failover is under way (its process started from the plan before it)
             rt._service(100)
         vertex, _ = _target(event, rt.chain)
         plan = plan_change(rt.chain, self.flowmaps[vertex], self.active[vertex], event)
