@@ -958,9 +958,10 @@ def _kill_faults(kill: str, failovers: list[dict], events: list[dict]) -> dict:
     """What a seed's ``--kill`` did, for its report's faults (the sim's are its network's)."""
     if not kill:
         return {}
-    skipped = "; ".join(f"{e['process']} not killed: {e['reason']}" for e in events if e["kind"] == "kill-skipped")
+    skipped = "; ".join(f"{e['process']} ({e['reason']})" for e in events if e["kind"] == "kill-skipped")
     if not failovers:
-        return {"killed": skipped or f"{kill}, after the instances had finished (nothing to recover)"}
+        return {"not_killed": skipped} if skipped else \
+            {"killed": f"{kill}, after the instances had finished (nothing to recover)"}
     return {"killed": "; ".join(f"{e['process']} at input packet {e.get('killed_at_packet')}"
                                 + (f" during change {e['during_change']}" if e.get("during_change") else "")
                                 for e in failovers),
