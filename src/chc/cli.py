@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--scenario", metavar="FILE",
                      help="with --capture: what happens to the chain meanwhile (crashes, slowdowns, scaling; "
                           "docs/coe.md): the scenario's parallelism, delays, network, packet log, seed and "
-                          "events apply; its model, store, batch size and pacing do not")
+                          "events apply; its model, store, batch size and pacing do not (--runtime proc: its "
+                          "scaling events and parallelism, docs/proc.md)")
     srv.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     srv.add_argument("-c", "--count", type=_positive, metavar="N", help="stop after N packets have entered")
     srv.add_argument("--metrics-port", metavar="[ADDR:]PORT",
@@ -328,19 +329,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.runtime == "sim" and (args.kill or args.failover):
         raise UsageError("--kill and --failover are for --runtime proc (with sim, a --scenario's crash events)")
-    if args.runtime != "sim" and args.scenario is not None:
-        raise UsageError("--scenario is for --runtime sim (the proc runtime runs scaling events under chc check; "
-                         "docs/proc.md)")
 
     def go(chain: Any, store: Any) -> int:
         if args.runtime != "sim":
+            events: list = []
+            if args.scenario is not None:   # §5.1 its scaling events, at input packets (docs/proc.md)
+                chain, more = scenario_options(args.scenario, chain, args.capture,
+                                               keep_parallelism=bool(args.parallelism))
+                if more["network"]:
+                    raise UsageError(f"--scenario {args.scenario}: its network: faults are simulated links of the "
+                                     "sim runtime; use --runtime sim")
+                events = more["events"]
             opts = Options(chain, live=args.live, capture=args.capture, rate=args.rate, loop=args.loop,
                            duration=args.duration, count=args.count, metrics=args.metrics_port,
                            dashboard=args.dashboard_port, status=args.status, summary_json=args.summary_json,
                            state_json=args.state_json, quiet=args.quiet, batch_size=args.batch_size,
                            model=args.model)
             try:
-                proc = _proc_runtime(args, chain, store)
+                proc = _proc_runtime(args, chain, store, events)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             return serve(opts, {}, _write_json, proc)
@@ -419,8 +425,9 @@ def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:
     return EXIT_PARTIAL if reader.stop_reason and not args.allow_partial else 0
 
 
-def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any) -> Any:
-    """``--runtime proc`` (docs/proc.md): what only the sim has is refused."""
+def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any, events: list | None = None) -> Any:
+    """``--runtime proc`` (docs/proc.md): what only the sim has is refused; ``events``: a
+    scenario's scaling events (``chc serve --scenario``)."""
     from .runtime.proc import ProcRuntime, parse_kill
 
     sim_only = [name for name, on in (("--delay", getattr(args, "delay", None)),
@@ -447,7 +454,7 @@ def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any) -> Any:
                        log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
                        persist_every=args.clock_persist, write_out=bool(args.out), kills=kills,
                        failover=getattr(args, "failover", False), heartbeat_s=args.heartbeat / 1000,
-                       misses=args.misses, checkpoint_ms=args.checkpoint_ms, **extra)
+                       misses=args.misses, checkpoint_ms=args.checkpoint_ms, events=events or (), **extra)
 
 
 def _check_live(args: argparse.Namespace) -> None:

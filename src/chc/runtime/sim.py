@@ -1052,7 +1052,9 @@ class SimRuntime:
         old = self.instances[vertex][old_id]
         new = self.instances[vertex][to]
         ladder = self.flowmaps[vertex].ladder
-        h = Handover(vertex, old_id, to, covers, groups, None, [], self.horizon, why=why)
+        # (started at the virtual time now: at the end of input the horizon is infinite,
+        # and a scale-in deferred until then made chc serve's drain crash on it)
+        h = Handover(vertex, old_id, to, covers, groups, None, [], self.now(), why=why)
         # Step 1: the last packet of the moved flows queued at the old instance.
         for p in reversed(old.queue):
             if h.moves(p, ladder):
