@@ -459,3 +459,19 @@ def test_a_go_ahead_due_while_the_store_fails_over_waits_for_it():
     scaler.rt._failing = None
     scaler.go_if_owed()
     assert gone == [1] and scaler.open["go_after_store_failover"]
+
+
+def test_a_kill_during_a_change_is_parsed_and_refused_without_changes():
+    from chc.runtime.proc import ROOT as ROOT_KILL
+    from chc.runtime.proc import STORE_KILL, Kill, parse_kill
+
+    chain = load_spec(PAPER)
+    assert parse_kill("nat[3]@change:2", chain) == Kill("nat", 3, 0, during=2)   # (a scale-out's, maybe)
+    assert parse_kill("root[0]@change:1", chain) == Kill(ROOT_KILL, 0, 0, during=1)
+    assert parse_kill("store@change:4", chain) == Kill(STORE_KILL, 0, 0, during=4)
+    with pytest.raises(ValueError, match="counted from 1"):
+        parse_kill("nat@change:0", chain)
+    with pytest.raises(ValueError, match="no vertex"):
+        parse_kill("natt@change:1", chain)
+    with pytest.raises(ValueError, match="no scaling changes"):
+        ProcRuntime(chain, model="EO", kills=[Kill("nat", 0, 0, during=1)])
