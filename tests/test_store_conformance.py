@@ -321,6 +321,20 @@ def test_per_flow_ownership(store):
         run(store, Op("delete", VALUE, instance=1))
 
 
+def test_a_logged_duplicate_from_another_instance_is_answered_and_takes_no_ownership(store):
+    # §5.1 with §5.4: a failover replays updates of flows that have moved to another
+    # instance since; the store has them (clock log): answered, not refused, and the key
+    # stays free for whoever writes it next (refused, it was resent with every request)
+    key = ObjectKey("lb", "mapping", 9, per_flow=True)
+    assert run(store, Op("incr", key, (3,), instance=1, tag=(7, 1))) == [3]
+    store.release_instance("lb", 1)                                  # 1 hands the flow over
+    assert run(store, Op("incr", key, (3,), instance=1, tag=(7, 1))) == [3]   # the duplicate
+    assert run(store, Op("incr", key, (4,), instance=2, tag=(9, 1))) == [7]   # 2 takes it
+    assert run(store, Op("incr", key, (3,), instance=1, tag=(7, 1))) == [3]   # from a non-owner
+    with pytest.raises(OwnershipError, match="owned by instance 2"):
+        run(store, Op("incr", key, (1,), instance=1, tag=(10, 1)))          # a new update is not
+
+
 def test_release_take_notifies_the_waiting_client(store, connect):
     other = connect(store)                        # the waiting instance's own connection
     run(store, Op("set", VALUE, ((0, "open"),), instance=1))

@@ -826,6 +826,13 @@ local function apply(j)
     if v == nil then return X_ABSENT end
     return wire(v)
   end
+  if field then
+    local r = Blog[field]
+    if r == nil then r = logged(field) end
+    -- §5.3: emulate the duplicate, whoever sends it (it writes nothing, so it takes no
+    -- ownership: a failover replays updates of flows that have moved since)
+    if r then return r end
+  end
   local inst = ''
   if li > 0 then inst = string.sub(blob, p, p + li - 1) end
   if flags % 2 == 1 then
@@ -845,9 +852,6 @@ local function apply(j)
     end
   end
   if field then
-    local r = Blog[field]
-    if r == nil then r = logged(field) end
-    if r then return r end                            -- §5.3: emulate the duplicate
     if b.preimages then
       local clock = string.match(field, '^[^:]*')
       preimage(k, clock)

@@ -271,9 +271,9 @@ class StoreEngine:
         if code not in UPDATES:
             raise StoreError(f"unknown operation {code!r}")
         key = op.key
-        if key.per_flow:
-            self._check_owner(op)
         if code == "incr_many":
+            if key.per_flow:
+                self._check_owner(op)
             result = self._incr_many(op)
         else:
             tag = op.tag
@@ -281,10 +281,15 @@ class StoreEngine:
                 log = self.clock_log.get(key)
                 if log is not None and tag in log and self.dedup:
                     if self.emulate:
+                        # §5.3: emulate a duplicate update, whoever sends it (it writes
+                        # nothing, so it takes no ownership: a failover replays updates of
+                        # flows that have moved to another instance since, §5.1 with §5.4)
                         self.emulated += 1
-                        r = log[tag]            # §5.3: emulate a duplicate update
+                        r = log[tag]
                         return r.result if r.__class__ is _Recorded else r
                     self.reapplied += 1
+            if key.per_flow:
+                self._check_owner(op)
             if tag is not None and self.preimages:
                 self._preimage(key, tag[0])
                 if code == "custom" and op.args[0] == "argmin_incr":
