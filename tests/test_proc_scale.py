@@ -379,6 +379,31 @@ def test_a_failover_holding_at_the_barrier_replays_nothing_past_it(tmp_path):
         ctx.destroy(linger=0)
 
 
+def test_a_failover_that_still_hands_over_keeps_the_timers_its_replay_armed_for_moved_flows(tmp_path):
+    # Its replay re-arms first-contact timers of flows that move away at the barrier; as
+    # its hand-over is still to come, they stay for it to send to their new owner (after
+    # a change they are dropped: the new owner has them).  Dropped here, the SYNs that
+    # armed them would never be done.
+    from chc.packet import Packet
+    from chc.runtime.sim import take_timers
+    from chc.runtime.wire import pack_packets
+
+    with open_capture(LAN) as r:
+        pkts = [Packet(data, ts, k) for k, (ts, data) in enumerate(itertools.islice(r, 400))]
+    syns = [p for p in pkts if p.src is not None and p.proto == 6 and p.flags & 0x12 == 0x02][:5]
+    for clock, p in enumerate(syns, 2):
+        p.clock = clock
+    feeds = {"nat.0": [pack_packets(syns[:3]), 14, False, {}, 14],
+             "nat.1": [pack_packets(syns[3:]), 14, False, {}, 14]}
+    ctx, victim, _, now = _failover_during(tmp_path, "portscan", 1, False, feeds=feeds)
+    try:
+        victim._replay(victim.replay)
+        moving = take_timers(victim.inst.ctx, lambda parts: now.owner(parts) != 1)
+        assert len(moving) == 2, moving
+    finally:
+        ctx.destroy(linger=0)
+
+
 @pytest.mark.parametrize("case", [
     ("passer", [_ev("scale-out", "nat", 300)], "nat[0]@change:1", 1, {"hands over", "waits"}),
     ("new instance", [_ev("scale-out", "nat", 300)], "nat[1]@change:1", 1, {"waits"}),
