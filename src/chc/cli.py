@@ -199,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "root or the store server and an input packet (middle 80%%) drawn per seed, 'random:K' K "
                           "of them (different processes); VERTEX[I]@N: instance I of VERTEX (root[R]: root R; "
                           "store: the store server) once N input packets have been fed, several comma-separated; "
-                          "'during': an NF instance killed during one of the seed's scaling changes, both drawn "
-                          "(VERTEX[I]@change:K: during the K-th) (docs/proc.md)")
+                          "'during': an instance, root or the store server killed during one of the seed's "
+                          "scaling changes, both drawn (VERTEX[I]@change:K: during the K-th) (docs/proc.md)")
     return parser
 
 

@@ -717,7 +717,7 @@ def kill_count(spec: str) -> int:
     return int(k)
 
 
-DURING = "during"           # --kill during: an NF instance killed during one of the seed's changes
+DURING = "during"           # --kill during: a process killed during one of the seed's changes
 
 
 def draw_kill(v: Variant, n_packets: int, spec: str, roots: int = 1, changes: Sequence[str] = ()) -> str:
@@ -727,11 +727,11 @@ def draw_kill(v: Variant, n_packets: int, spec: str, roots: int = 1, changes: Se
     seed's chain and an input packet,
     drawn from the seed (apart from what :func:`variant` draws, so a seed's variant is
     the same with and without a kill), the packet in the middle 80% of the input; else
-    ``SPEC`` itself (``VERTEX[I]@N`` or ``root[R]@N``, comma-separated).  ``during``: an
-    NF instance killed during the K-th of the seed's scaling changes (``changes``: the
-    vertex each scaling event changes), drawn too: half the time one of the changing
-    vertex's (a scale-out's new one included), else any vertex's, a root or the store
-    server (§5.1 with §5.4)."""
+    ``SPEC`` itself (``VERTEX[I]@N`` or ``root[R]@N``, comma-separated).  ``during``: a
+    process killed during the K-th of the seed's scaling changes (``changes``: the
+    vertex each scaling event changes), both drawn: half the time an instance of the
+    changing vertex (a scale-out's new one included), else any vertex's instance, a
+    root or the store server (§5.1 with §5.4)."""
     if spec == DURING:
         if not changes:
             return ""

@@ -869,7 +869,9 @@ class ProcRuntime:
             # §5.1 a change under way completes first (a kill at a packet is one between
             # changes; VERTEX[I]@change:K is one during a change: docs/proc.md)
             self._service(100)
-        retiring = kill.during and kill.process in self.scaler.open["change"].get("retiring", ())
+        # (during a scale-in the instance retiring in it is alive until it hands over)
+        retiring = kill.during and kill.vertex == self.scaler.open["change"]["vertex"] \
+            and kill.instance in self.scaler.open["change"]["retire"]
         if (kill.process in self.plan.retired and not retiring) or kill.process not in self.current:
             self.events.append({"kind": "kill-skipped", "process": kill.process, "packet": self.fed,
                                 "reason": "retired by a scale-in before it" if kill.process in self.plan.retired
@@ -1058,40 +1060,30 @@ STORE_KILL = "store"    # --kill store@N: the store server (unless a vertex has 
 
 
 def parse_kill(text: str, chain: Chain) -> Kill:
-    """``VERTEX[I]@N`` (``VERTEX@N``: instance 0), ``root[R]@N`` or ``store@N``; a one-line
-    ValueError otherwise."""
+    """``VERTEX[I]@N`` (``VERTEX@N``: instance 0), ``root[R]@N`` or ``store@N``, or any of
+    them ``@change:K`` (during the K-th scaling change); a one-line ValueError otherwise."""
     m = re.fullmatch(r"([\w.-]+)(?:\[(\d+)\])?@(change:)?(\d+)", text.strip())
     if m is None:
         raise ValueError(f"--kill {text!r}: expected VERTEX[I]@PACKETS, root[R]@PACKETS, store@PACKETS or "
                          "VERTEX[I]@change:K, e.g. nat[0]@1000")
     vertex, i, at = m.group(1), int(m.group(2) or 0), int(m.group(4))
-    if m.group(3):
-        if at < 1:
-            raise ValueError(f"--kill {text!r}: changes are counted from 1")
-        if vertex == STORE_KILL and vertex not in chain.vertices:
-            return Kill(STORE_KILL, 0, 0, during=at)
-        if vertex == ROOT and vertex not in chain.vertices:
-            if i >= chain.roots:
-                raise ValueError(f"--kill {text!r}: the chain has {chain.roots} root(s)")
-            return Kill(ROOT, i, 0, during=at)
-        v = chain.vertices.get(vertex)
-        if v is None:
-            raise ValueError(f"--kill {text!r}: no vertex {vertex!r} (vertices: {', '.join(chain.vertices)})")
-        return Kill(vertex, i, 0, during=at)
+    during, at = (at, 0) if m.group(3) else (0, at)
+    if m.group(3) and during < 1:
+        raise ValueError(f"--kill {text!r}: changes are counted from 1")
     if vertex == STORE_KILL and STORE_KILL not in chain.vertices:
-        if i:
+        if i and not during:
             raise ValueError(f"--kill {text!r}: there is one store server (store@PACKETS)")
-        return Kill(STORE_KILL, 0, at)
+        return Kill(STORE_KILL, 0, at, during)
     if vertex == ROOT and ROOT not in chain.vertices:
         if i >= chain.roots:
             raise ValueError(f"--kill {text!r}: the chain has {chain.roots} root(s)")
-        return Kill(ROOT, i, at)
+        return Kill(ROOT, i, at, during)
     v = chain.vertices.get(vertex)
     if v is None:
         raise ValueError(f"--kill {text!r}: no vertex {vertex!r} (vertices: {', '.join(chain.vertices)})")
-    if i >= v.parallelism:
+    if i >= v.parallelism and not during:      # (during a change: maybe a scale-out's instance)
         raise ValueError(f"--kill {text!r}: {vertex} has {v.parallelism} instance(s)")
-    return Kill(vertex, i, at)
+    return Kill(vertex, i, at, during)
 
 
 def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, kills: list[Kill]) -> None:

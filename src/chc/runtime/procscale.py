@@ -48,8 +48,9 @@ past it, the store server's gives up again the hand-overs' ownership
 (:meth:`Scaler.store_failed_over`) and the go-ahead waits for it; a death before
 the barrier is known stops the run.  What a failover needs from the changes
 before it, this keeps: per instance the timers each go-ahead gave it, per vertex
-what its instances shared since each change (:meth:`Scaler.for_failover`).  A retired instance's process stays until the
-end of the run with what it sent and the reports it kept.
+what its instances shared since each change (:meth:`Scaler.for_failover`).  A
+retired instance's process stays until the end of the run with what it sent and
+the reports it kept.
 """
 
 from __future__ import annotations
@@ -309,8 +310,7 @@ class Scaler:
         was = self.flowmaps[vertex]
         change = {"id": self.ids, "vertex": vertex, "n": fm.n, "table": fm.table, "level": fm.level,
                   "new": plan["new"], "retire": plan["retire"], "shared": plan["shared"],
-                  "passers": plan["passers"], "waiters": plan["waiters"], "losers": plan["losers"],
-                  "retiring": [instance_name(vertex, j) for j in plan["retire"]]}
+                  "passers": plan["passers"], "waiters": plan["waiters"], "losers": plan["losers"]}
         self.flowmaps[vertex] = fm
         self.active[vertex] = plan["after"]
         if len(plan["after"]) != self.sizes[vertex][-1]:
