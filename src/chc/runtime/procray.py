@@ -287,11 +287,24 @@ def parse_pin(text: str) -> tuple[str, str]:
     return f"{m.group(1)}.{int(m.group(2) or 0)}", m.group(3)
 
 
+def _ephemeral_low(default: int = 32768) -> int:
+    """The lowest port the kernel hands out to outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
 def _free_ports(n: int, tries: int = 50) -> int:
-    """A base port with ``n`` consecutive ports free on :data:`HOST` now."""
+    """A base port with ``n`` consecutive ports free on :data:`HOST` now, below the
+    ephemeral range: a block in it was free when checked, but every connection the run
+    opens (ZeroMQ's, Ray's) takes a local port from that range, and a failover's mailbox,
+    bound later, then found its port taken ("Address already in use", seen in the tests)."""
     rng = random.Random()
+    top = min(_ephemeral_low(), 60000) - n
     for _ in range(tries):
-        base = rng.randrange(20000, 60000 - n)
+        base = rng.randrange(10000, max(top, 10001))
         socks = []
         try:
             for port in range(base, base + n):
