@@ -298,7 +298,7 @@ def test_cli_coordinator_killed_workers_exit(tmp_path):
 # -- what proc does not do yet: one line, exit 2 ----------------------------------------------
 
 @pytest.mark.parametrize("argv, says", [
-    (["run", "--runtime", "proc", "examples/autoscale.yaml", str(SCAN)], "scaling policy"),
+    (["run", "--runtime", "proc", "examples/autoscale.yaml", str(SCAN), "--model", "T"], "model T has none"),
     (["run", "--runtime", "proc", str(PAPER), str(SCAN), "--delay", "nat=const:5"], "--delay"),
     (["check", "--runtime", "proc", str(PAPER), "examples/scenarios/crash.yaml", str(SCAN)], "events"),
 ])

@@ -249,3 +249,23 @@ def test_removing_the_node_of_an_instance_fails_it_over(cluster, lan, lan_sim):
     _failed_over(rt.summary(), lan_sim, "portscan")
     assert rt.placement["portscan.0"] == ids["b"] and rt.placement["portscan.0#1"] == ids["a"]
     _nothing_left(rt)
+
+
+@needs_ray
+def test_ray_runs_the_vertex_managers_as_actors(cluster, tmp_path):
+    """examples/autoscale.yaml on the cluster: each vertex manager is an actor of its own,
+    they scale the detectors out, and the state is the unscaled sim run's."""
+    from chc.trace.gen import generate, resolve_profile
+    path = tmp_path / "rise.pcap"
+    generate(str(path), resolve_profile("trace1", 24000, 240, shape=(1, 6, 1)), seed=3)
+    records = _records(path)
+    chain = load_spec(str(ROOT / "examples/autoscale.yaml"))
+    sim = SimRuntime(chain.without_scaling(), model=MODEL)
+    sim.run(records)
+    rt = procray.RayRuntime(chain, model=MODEL)
+    rt.run(records)
+    s = rt.summary()
+    assert {"@manager.portscan", "@manager.trojan"} <= set(rt.placement)
+    assert any(e.get("by") == "manager" and e["kind"] == "scale-out" for e in s.events)
+    assert s.state_digest == sim.summary().state_digest and s.packets_in == 24000
+    _nothing_left(rt)

@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--runtime proc: SIGKILL the process of instance I of VERTEX (root[R]: root R; store: "
                           "the store server) once N input packets have been fed (VERTEX[I]@change:K: during the "
                           "K-th scaling change; store@change:K too); a failover process takes over "
-                          "(§5.4, docs/proc.md); repeatable")
+                          "(§5.4, docs/proc.md); manager:VERTEX@N: VERTEX's manager process, started "
+                          "again; repeatable")
     run.add_argument("--failover", action="store_true",
                      help="--runtime proc: recover NF instance and root processes that die (implied by --kill)")
     _heartbeat_args(run)
@@ -285,7 +286,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         seeds = [args.seed] if args.seed is not None else list(range(args.first_seed, args.first_seed + args.seeds))
         if args.runtime in ("proc", "ray"):
             refused = checkrun.proc_refusal(job.scenario, seeds, list(job.chain.vertices), len(job.records),
-                                            job.stores, job.breaks, job.kill)
+                                            job.stores, job.breaks, job.kill,
+                                            any(v.scaling is not None for v in job.chain.vertices.values()))
             if refused:
                 raise ValueError(refused)
         # flushed: a long hunt logged to a file shows each seed's verdict as it is known

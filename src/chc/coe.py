@@ -834,8 +834,9 @@ PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow", "no-
 
 
 def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets: int, stores: list[str],
-                 breaks: tuple[str, ...], kill: str | None = None) -> str | None:
-    """Why ``chc check --runtime proc`` cannot check this (one line), or None."""
+                 breaks: tuple[str, ...], kill: str | None = None, managed: bool = False) -> str | None:
+    """Why ``chc check --runtime proc`` cannot check this (one line), or None (``managed``:
+    a vertex has a scaling policy, whose manager makes changes)."""
     if "no-replay" in breaks and not kill:
         return "--break no-replay with --runtime proc needs a --kill (it switches off the failover's replay)"
     if "no-wal" in breaks and not (kill and (kill.startswith("random") or "store@" in kill)):
@@ -843,8 +844,9 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
                 "draws; it switches off the failover store's roll forward)")
     from .runtime import procscale
     events = [e for seed in seeds for e in scenario.events_for(seed, vertices, n_packets)]
-    if "naive-move" in breaks and not events:
-        return "--break naive-move needs a scenario with scaling events (scale-out, scale-in, move, refine)"
+    if "naive-move" in breaks and not events and not managed:
+        return ("--break naive-move needs a scenario with scaling events (scale-out, scale-in, move, refine) "
+                "or a chain with a scaling: policy")
     if events:
         other = sorted({e.action for e in events} - set(procscale.ACTIONS))
         if other:
@@ -872,7 +874,8 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
     from .runtime.errors import ProcFailure
     from .runtime.proc import ProcRuntime, parse_kill
 
-    refused = proc_refusal(scenario, [v.seed], list(chain.vertices), len(records), [v.store], breaks, v.kill)
+    refused = proc_refusal(scenario, [v.seed], list(chain.vertices), len(records), [v.store], breaks, v.kill,
+                           any(x.scaling is not None for x in chain.vertices.values()))
     if refused:
         raise ValueError(refused)
     state = BreakState(tuple(breaks), from_clock=len(records) // 2)

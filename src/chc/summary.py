@@ -118,11 +118,17 @@ class Summary:
             if "imbalance" in v:
                 line += f", imbalance {v['imbalance']:.2f} (peak {v['peak_imbalance']:.2f})"
             out.append(line)
-        moves = [e for e in self.events if e["kind"] == "move"]
-        if out:
-            out = ["", f"scaling: {len(moves)} handovers, "
-                       f"{sum(e.get('buffered', 0) for e in moves):,} packets buffered meanwhile"] + out
-        return out
+        if not out:
+            return out
+        changes = [e for e in self.events if "barrier_clock" in e]      # the proc runtime's (one per change)
+        if changes:
+            head = (f"scaling: {len(changes)} changes, {sum(e['handed_over'] for e in changes)} hand-overs, "
+                    f"input paused {sum(e['pause_s'] for e in changes):.2f} s")
+        else:
+            moves = [e for e in self.events if e["kind"] == "move"]
+            head = (f"scaling: {len(moves)} handovers, "
+                    f"{sum(e.get('buffered', 0) for e in moves):,} packets buffered meanwhile")
+        return ["", head, *out]
 
     def _render_failovers(self) -> list[str]:
         """The proc runtime's failovers (§5.4): what failed, how, and what recovery did."""

@@ -243,6 +243,36 @@ def as_decisions(result: Any) -> list[Decision]:
     return out
 
 
+def balance(table: list[int], counts: list[int], active: list[int], tolerance: float,
+            finer: bool) -> tuple[str, list[int], int] | None:
+    """§4.1 how to even a vertex's measured load (sans-I/O; the sim's and the proc
+    runtime's framework manager both carry it out): ``("move", flow groups, to)``
+    from the hottest instance to the coolest, ``("refine", [], -1)`` when one group
+    alone is too hot for that and a finer scope is left, or None.  ``counts``: the
+    packets per flow group (index into ``table``, group -> instance) over the interval."""
+    if len(active) < 2:
+        return None
+    load = dict.fromkeys(active, 0)
+    for g, c in enumerate(counts[:len(table)]):
+        if table[g] in load:
+            load[table[g]] += c
+    mean = sum(load.values()) / len(active)
+    hot = max(active, key=lambda i: (load[i], -i))
+    cold = min(active, key=lambda i: (load[i], i))
+    if mean == 0 or load[hot] <= tolerance * mean:
+        return None
+    mine = sorted((g for g in range(min(len(table), len(counts))) if table[g] == hot and counts[g]),
+                  key=lambda g: (-counts[g], g))
+    if counts[mine[0]] > tolerance * mean and finer:
+        return ("refine", [], -1)
+    gap, moved, take = load[hot] - load[cold], 0, []
+    for g in mine:
+        if 2 * (moved + counts[g]) <= gap:      # never past even: no ping-pong
+            take.append(g)
+            moved += counts[g]
+    return ("move", take, cold) if take else None
+
+
 class VertexManager:
     """One vertex's manager: interval statistics -> the policy's decisions (§3)."""
 
@@ -264,17 +294,22 @@ class VertexManager:
         return now_ns >= self.next_ns
 
     def tick(self, now_ns: int, counters: list[tuple[int, int, int, int]], scope: str,
-             finer: bool, cloning: frozenset[int] = frozenset()) -> tuple[VertexLoad, list[Decision]]:
+             finer: bool, cloning: frozenset[int] = frozenset(),
+             spans: dict[int, int] | None = None) -> tuple[VertexLoad, list[Decision]]:
         """``counters``: (instance, packets processed, queue length, busy ns) of each
-        active instance, cumulative; ``cloning``: those in a clone pair.  Raises
-        whatever a policy callable raises."""
+        active instance, cumulative; ``cloning``: those in a clone pair; ``spans``: an
+        instance's own stretch of input time since the last tick, where its counters
+        are not all as of ``now_ns`` (reported ones).  Raises whatever a policy
+        callable raises."""
         span = max(1, now_ns - self.last_ns)
         loads = []
         seen = {}
         for inst, packets, queue, busy in counters:
             p0, b0 = self._seen.get(inst, (0, 0))       # a new instance counts from zero
             n = packets - p0
-            loads.append(InstanceLoad(inst, n, n * 1e9 / span, queue, (busy - b0) / n if n else 0.0))
+            own = (spans or {}).get(inst, 0)
+            loads.append(InstanceLoad(inst, n, n * 1e9 / (own if own > 0 else span), queue,
+                                      (busy - b0) / n if n else 0.0))
             seen[inst] = (packets, busy)
         self._seen = seen
         self.last_ns = now_ns
@@ -284,3 +319,86 @@ class VertexManager:
         if load.size > 1:
             self.peak_imbalance = max(self.peak_imbalance, load.imbalance)
         return load, self.policy.decide(load)
+
+
+class ReportingManager:
+    """A vertex manager fed by reports rather than by looking (the ``proc`` runtime's,
+    where it is a process of its own, :mod:`chc.runtime.procmanager`).  Each instance
+    reports its cumulative counters and the input time it has reached
+    (:meth:`load`); every process that splits packets to the vertex reports packets
+    per flow group (:meth:`groups`).  An interval ends when the instances' reports
+    reach past it in input time, as the sim's managers go by input time at top speed
+    (:meth:`due`): each instance reports after a batch, so one may lag behind another,
+    and its counters are taken once every instance that reports has passed the
+    interval's end, or one more interval has gone by (an instance may have gone idle).
+    One decision at a time: once it has decided, it waits to be told the vertex's
+    shape after the framework manager carried the decision out (:meth:`shape`)."""
+
+    def __init__(self, vertex: str, policy: ScalingPolicy, active: list[int], scope: str, finer: bool,
+                 restarted: bool = False) -> None:
+        self.manager = VertexManager(vertex, policy)
+        # a manager started again mid-run: an instance's first report is where it counts from
+        # (its counters since the start of the run are no interval's)
+        self.restarted = restarted
+        self.active, self.scope, self.finer = list(active), scope, finer
+        self.latest: dict[int, list[int]] = {}      # instance -> [packets, queue, busy ns], cumulative
+        self.base: dict[int, list[int]] = {}        # what a failed instance had counted (§5.4)
+        self.counts: list[int] = []                 # packets per flow group this interval
+        self.reached: dict[int, int] = {}           # instance -> the input time it reported last
+        self.waiting = False                        # decided; the new shape not told yet
+        self.reports = 0
+        self.ticked: dict[int, int] = {}            # instance -> the input time it had reached at the last tick
+
+    def load(self, instance: int, packets: int, queue: int, busy_ns: int, ts: int) -> None:
+        last = self.latest.get(instance)
+        if last is None and self.restarted:
+            self.manager._seen[instance] = (packets, busy_ns)
+            self.ticked[instance] = ts
+        elif last is not None and packets < last[0]:
+            # a failover counts from zero: what its instance counted before stays counted
+            self.base[instance] = [a + b for a, b in zip(self.base.get(instance, [0, 0]), (last[0], last[2]),
+                                                         strict=True)]
+        self.latest[instance] = [packets, queue, busy_ns]
+        self.reached[instance] = max(ts, self.reached.get(instance, ts))
+        self.reports += 1
+
+    def groups(self, counts: list[int]) -> None:
+        if len(counts) != len(self.counts):
+            self.counts = [0] * len(counts)
+        self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
+
+    def shape(self, active: list[int], scope: str, finer: bool) -> None:
+        self.active, self.scope, self.finer = list(active), scope, finer
+        self.waiting = False
+
+    def due(self) -> tuple[VertexLoad, list[Decision], list[int]] | None:
+        """An interval's load, the policy's decisions and the flow-group counts, if an
+        interval has ended (and no decision is being carried out); else None.  Raises
+        whatever a policy callable raises."""
+        if self.waiting or not self.reached:
+            return None
+        m = self.manager
+        latest = max(self.reached.values())
+        behind = [t for i, t in self.reached.items() if i in self.active and t < latest]
+        if m.next_ns is not None and behind and min(behind) < m.next_ns <= latest - m.interval_ns:
+            now = latest                # (one has gone quiet: the others' intervals go on)
+        elif m.next_ns is not None and behind and min(behind) < m.next_ns:
+            return None                 # (a laggard has not reported this interval's end yet)
+        else:
+            now = min(behind, default=latest)
+        if not m.due(now):
+            return None
+        counters = []
+        for i in self.active:
+            packets, queue, busy = self.latest.get(i, (0, 0, 0))
+            base = self.base.get(i, (0, 0))
+            counters.append((i, packets + base[0], queue, busy + base[1]))
+        counts, self.counts = self.counts, [0] * len(self.counts)
+        # each instance's rate over its own stretch of input time: reports come after
+        # batches, and one instance may be an interval ahead of another
+        since = m.last_ns
+        spans = {i: t - self.ticked.get(i, since) for i, t in self.reached.items() if i in self.active}
+        self.ticked = dict(self.reached)
+        load, decisions = m.tick(now, counters, self.scope, self.finer, spans=spans)
+        self.waiting = bool(decisions)
+        return load, decisions, counts

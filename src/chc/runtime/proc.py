@@ -85,10 +85,20 @@ from ..nf import Alert
 from ..packet import Packet
 from ..spec import Chain
 from ..summary import Summary, merge_states, state_digest
-from . import procscale, procstore, procworker, storeserver
+from . import procmanager, procscale, procstore, procworker, storeserver
 from .errors import ProcFailure
 from .procio import Guard
-from .procworker import COORDINATOR, INF, ROOT_COUNTERS, STORE, Plan, input_name, instance_name, root_name
+from .procworker import (
+    COORDINATOR,
+    INF,
+    ROOT_COUNTERS,
+    STORE,
+    Plan,
+    input_name,
+    instance_name,
+    manager_name,
+    root_name,
+)
 from .sim import DEFAULT_BATCH, root_index, stored_state
 from .wire import Kind, Mailbox, Marks, dealer, encode, generation_name, logical
 
@@ -118,20 +128,19 @@ class ProcRuntime:
         if heartbeat_s < 0 or misses < 1:
             raise ValueError("heartbeats: an interval >= 0 (0: none) and at least 1 miss")
         self.kills = sorted(kills, key=lambda k: k.at)
-        recover = failover or bool(self.kills)
+        # (a vertex manager holds no packet and no state: its death needs no recovery)
+        recover = failover or any(not k.vertex.startswith(MANAGER_KILL) for k in self.kills)
         if recover:
             _check_recoverable(chain, model, store_url, log_mode, self.kills)
         # §5.4 a root is failed over when its packet log is its own (rebuilt from the input replayed)
         self.roots_recover = recover and log_mode == "local"
-        scaled = [name for name, v in chain.vertices.items() if v.scaling is not None]
-        if scaled:
-            raise ValueError(f"--runtime proc does not scale vertices yet ({scaled[0]} has a scaling policy); "
-                             "use --no-scaling, or --runtime sim")
+        # §3 a vertex manager process per vertex with a scaling policy (procmanager)
+        managed = tuple(name for name, v in chain.vertices.items() if v.scaling is not None)
         events = list(events)
         if any(k.during for k in self.kills) and not events:
             raise ValueError("--kill VERTEX[I]@change:K: the run makes no scaling changes (give a --scenario "
                              "with scale-out, scale-in, move or refine events)")
-        refused = procscale.refusal(events, chain, model)
+        refused = procscale.refusal(events, chain, model, managed)
         if refused:
             raise ValueError(refused)
         self.chain = chain
@@ -155,7 +164,8 @@ class ProcRuntime:
         self.plan = Plan("", chain, model, batch_size, (), log_mode=log_mode, log_limit=log_limit,
                          persist_every=persist_every, send_out=write_out, hwm=hwm, record=record,
                          breaks=tuple(breaks), break_from=break_from, recover=recover,
-                         replay="no-replay" not in breaks, heartbeat_s=heartbeat_s, checkpoint_s=checkpoint_s)
+                         replay="no-replay" not in breaks, heartbeat_s=heartbeat_s, checkpoint_s=checkpoint_s,
+                         managers=managed)
         self.no_wal = "no-wal" in breaks      # --break no-wal: the failover store is the checkpoint alone
         self.misses = misses
         self.heard: dict[str, float] = {}               # process -> when it last sent anything
@@ -207,9 +217,10 @@ class ProcRuntime:
         self._seen_out = Marks()
         self.fed = 0
         # §5.1 the scenario's scaling events (chc.runtime.procscale)
-        self.scaler = procscale.Scaler(self, events) if events else None
-        if events:
+        self.scaler = procscale.Scaler(self, events) if events or managed else None
+        if self.scaler is not None:
             self.plan.room = procscale.room(chain, events)
+        self.decisions: list[list] = []     # §3 the vertex managers' decisions not yet carried out
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, records: Iterable[tuple[int, bytes]], emit: Callable[[list[Packet]], None] | None = None,
@@ -242,29 +253,32 @@ class ProcRuntime:
         self.ctx = zmq.Context()
         roots = [root_name(r) for r in range(self.chain.roots)]
         workers = self._workers()
+        managers = [manager_name(v) for v in plan.managers]
         self.box = Mailbox(self.ctx, plan.address(COORDINATOR), "coordinator",
-                           {w.encode() for w in [*workers, STORE]})
+                           {w.encode() for w in [*workers, STORE, *managers]})
         mp = self._context()
         self.guard = Guard([], self._gone)
         self._sentinels: dict[int, str] = {}
         self.mp = mp
         if served:
             self._launch_store(STORE, "")
+        for v in plan.managers:
+            self._launch(mp, manager_name(v), procmanager.main, (plan, v))
         for v, i in plan.instances():
             self._launch(mp, instance_name(v, i), procworker.main, (plan, "instance", (v, i)))
         for r in range(self.chain.roots):
             self._launch(mp, root_name(r), procworker.main, (plan, "root", r))
-        self.current = {w: w for w in [*workers, STORE]}
+        self.current = {w: w for w in [*workers, STORE, *managers]}
         self.generation = dict.fromkeys([*workers, STORE], 0)
         self.inputs = [dealer(self.ctx, plan.address(name + ".in"), COORDINATOR, plan.hwm) for name in roots]
         self.remote = (storeserver.RemoteStore(self.ctx, plan.store[1], COORDINATOR, self.guard)
                        if served else None)
         self.guard.idle = self._idle
         deadline = time.monotonic() + START_TIMEOUT_S
-        while len(self.ready) < len(workers):
+        while len(self.ready) < len(workers) + len(managers):
             if time.monotonic() > deadline:
                 raise ProcFailure(f"proc runtime: workers not ready after {START_TIMEOUT_S:g} s: "
-                                  f"{', '.join(sorted(set(workers) - self.ready))}")
+                                  f"{', '.join(sorted(set(workers + managers) - self.ready))}")
             self._service(1000)
         self._started = True
 
@@ -314,6 +328,9 @@ class ProcRuntime:
         store = _logical(name) == STORE
         if _logical(name) in self.reported or (store and self.store_stats):
             return
+        if name.startswith("@manager."):
+            self._manager_gone(name, p)
+            return
         if store and self._store_stopping:
             # Its answer to stop may still be on its way; if none comes, the wait gives up.
             self.remote.deadline = time.monotonic() + REPORT_GRACE_S
@@ -349,6 +366,37 @@ class ProcRuntime:
                else "no recovery without --kill or --failover")
         raise ProcFailure(f"proc runtime: {name} (pid {p.pid}) {how} before the end of the run; "
                           f"the run stops ({why})")
+
+    # -- §3 vertex managers -----------------------------------------------------------------------
+    def _manager_gone(self, name: str, p: Any) -> None:
+        """A vertex manager holds no packet and no state: one that dies is started again
+        (it counts from then on) and the run goes on; after the workers' bye it is done."""
+        if self._bye:
+            return
+        vertex = name.split(".", 1)[1]
+        how = self._how(name, p)
+        self.ready.discard(name)
+        self.heard.pop(name, None)
+        self.hung.pop(name, None)
+        self.decisions = [d for d in self.decisions if d[0] != vertex]
+        self._launch(self.mp, name, procmanager.main, (self.plan, vertex, True))
+        event = {"kind": "manager-restarted", "vertex": vertex, "packet": self.fed, "pid": p.pid, "how": how,
+                 "new_pid": self.procs[name].pid}
+        if name in self._killed:
+            event["killed_at_packet"] = self._killed[name][1]
+        self.events.append(event)
+
+    def _decided(self, index: int) -> None:
+        """§3 carry out the vertex managers' decisions that came (procscale), and tell each
+        manager its vertex's shape after them (it decides again only then)."""
+        while self.decisions:
+            vertex, decisions, counts, load = self.decisions.pop(0)
+            self.scaler.decide(vertex, decisions, counts, load, index)
+            fm = self.scaler.flowmaps[vertex]
+            shape = [self.scaler.active[vertex], fm.scope.name, fm.level + 1 < len(fm.ladder)]
+            name = manager_name(vertex)
+            if self.procs[name].is_alive() and name in self.ready:
+                self.box.reply(name.encode(), encode(Kind.CONTROL, ["shape", shape]))
 
     # -- §5.4 NF failover ------------------------------------------------------------------------
     def _failover(self, dead: str, p: Any) -> None:
@@ -746,6 +794,11 @@ class ProcRuntime:
                 self.wals.add(name)
             elif what == "checkpoint":      # §5.4 durable: the instances truncate their logs
                 self._truncate(data)
+            elif what == "decide":
+                self.decisions.append(data)
+            elif what == "policy-error":
+                self.events.append({"kind": "policy-error", "vertex": data[0], "instance": None,
+                                    "packet": self.fed, "error": data[1]})
             elif self.scaler is not None and self.scaler.take(name, what, data):
                 pass
             else:
@@ -809,11 +862,12 @@ class ProcRuntime:
                     pending = 0
                 self._service(0)        # (idle input: a worker's death is seen now)
                 continue
-            if self.scaler is not None and self.scaler.due(index):
+            if self.scaler is not None and (self.decisions or self.scaler.due(index)):
                 if pending:             # (§5.1 the barrier: what came before it goes first)
                     self._sent(batches, pending, progress, kills)
                     pending = 0
                 self.scaler.run_due(index)
+                self._decided(index)
             ts, data = rec
             r = 0
             if n > 1:
@@ -915,7 +969,7 @@ class ProcRuntime:
             self.remote.checkpoint()
         self._bye = True
         bye = encode(Kind.CONTROL, ["bye", None])
-        for name in roots + instances:
+        for name in roots + instances + [manager_name(v) for v in self.plan.managers]:
             self.box.reply(self.current[name].encode(), bye)     # everything has arrived: the workers may go
         store = self.remote if self.remote is not None else self.store
         if self.model != "T":
@@ -1052,20 +1106,31 @@ class Kill:
         """The logical process it kills (a root, the store server, or an NF instance)."""
         if self.vertex == ROOT:
             return root_name(self.instance)
+        if self.vertex.startswith(MANAGER_KILL):
+            return self.vertex
         return STORE if self.vertex == STORE_KILL else instance_name(self.vertex, self.instance)
 
 
 ROOT = "root"           # --kill root[R]@N: root R (unless a vertex has that name)
 STORE_KILL = "store"    # --kill store@N: the store server (unless a vertex has that name)
+MANAGER_KILL = "@manager."  # --kill manager:VERTEX@N: VERTEX's manager process (started again)
 
 
 def parse_kill(text: str, chain: Chain) -> Kill:
     """``VERTEX[I]@N`` (``VERTEX@N``: instance 0), ``root[R]@N`` or ``store@N``, or any of
-    them ``@change:K`` (during the K-th scaling change); a one-line ValueError otherwise."""
+    them ``@change:K`` (during the K-th scaling change), or ``manager:VERTEX@N`` (a vertex
+    manager's process); a one-line ValueError otherwise."""
+    m = re.fullmatch(r"manager:([\w.-]+)@(\d+)", text.strip())
+    if m is not None:
+        v = chain.vertices.get(m.group(1))
+        if v is None or v.scaling is None:
+            raise ValueError(f"--kill {text!r}: no vertex {m.group(1)!r} with a scaling policy (vertices with "
+                             f"a manager: {', '.join(n for n, x in chain.vertices.items() if x.scaling) or 'none'})")
+        return Kill(manager_name(m.group(1)), 0, int(m.group(2)))
     m = re.fullmatch(r"([\w.-]+)(?:\[(\d+)\])?@(change:)?(\d+)", text.strip())
     if m is None:
-        raise ValueError(f"--kill {text!r}: expected VERTEX[I]@PACKETS, root[R]@PACKETS, store@PACKETS or "
-                         "VERTEX[I]@change:K, e.g. nat[0]@1000")
+        raise ValueError(f"--kill {text!r}: expected VERTEX[I]@PACKETS, root[R]@PACKETS, store@PACKETS, "
+                         "VERTEX[I]@change:K or manager:VERTEX@PACKETS, e.g. nat[0]@1000")
     vertex, i, at = m.group(1), int(m.group(2) or 0), int(m.group(4))
     during, at = (at, 0) if m.group(3) else (0, at)
     if m.group(3) and during < 1:

@@ -59,8 +59,10 @@ import copy
 import time
 from typing import Any
 
+from ..core.manager import balance
 from ..core.root import root_of
 from ..core.splitter import FlowMap
+from ..scenario import Event
 from ..spec import MAX_PARALLELISM, Chain
 from . import procworker
 from .procworker import instance_name
@@ -85,9 +87,10 @@ def part_in(change: dict, vertex: str, i: int, targets: list[str]) -> list[str]:
     return part
 
 
-def refusal(events: list, chain: Chain, model: str) -> str | None:
-    """Why the proc runtime cannot run these scenario events (one line), or None."""
-    if not events:
+def refusal(events: list, chain: Chain, model: str, managed: tuple[str, ...] = ()) -> str | None:
+    """Why the proc runtime cannot run these scenario events, or the scaling policies of
+    the vertices ``managed`` (one line), or None."""
+    if not events and not managed:
         return None
     other = sorted({e.action for e in events} - set(ACTIONS))
     if other:
@@ -95,21 +98,30 @@ def refusal(events: list, chain: Chain, model: str) -> str | None:
                 "(docs/proc.md); use --runtime sim")
     if any(e.at_packet is None for e in events):
         return "the proc runtime runs scenario events at an input packet (at: {packets: N}), not at a time"
+    what = "scaling" if events else f"{managed[0]}'s scaling policy"
     if model == "T":
-        return "scaling moves flows between instances through the store: model T has none (use EO, EO+C, EO+C+NA)"
+        return (f"{what}: scaling moves flows between instances through the store: model T has none "
+                "(use EO, EO+C, EO+C+NA, or --no-scaling)")
     if chain.roots > 1:
-        return "the proc runtime scales with one root (a barrier per root is not built yet; docs/proc.md)"
+        return f"{what}: the proc runtime scales with one root (a barrier per root is not built yet; docs/proc.md)"
     return None
 
 
 def room(chain: Chain, events: list) -> dict[str, int]:
     """Per vertex, the most instances it can have in a run of ``events`` (a scale-out adds
-    one; retired ones keep their names): the mailboxes a tcp:// run sets ports aside for."""
-    out = {v: chain.vertices[v].parallelism for v in chain.vertices}
+    one; retired ones keep their names; a vertex manager may add up to the limit): the
+    mailboxes a tcp:// run sets ports aside for."""
+    out = {v: MAX_PARALLELISM if x.scaling is not None else x.parallelism for v, x in chain.vertices.items()}
     for e in events:
         if e.action == "scale-out":
             out[_target(e, chain)[0]] += 1
     return out
+
+
+def _by(event: Any, reason: str = "reason") -> dict:
+    """Who asked for a change: the scenario, or a vertex manager (with its reason)."""
+    p = event.params
+    return {"by": p.get("by", "scenario"), **({reason: p["reason"]} if p.get("reason") else {})}
 
 
 def _target(event: Any, chain: Chain) -> tuple[str, int | None]:
@@ -144,6 +156,11 @@ def plan_change(chain: Chain, flowmap: FlowMap, active: list[int], event: Any) -
         retire = [victim]
         after.remove(victim)
         moves = fm.spread(victim, after)
+    elif action == "move" and "groups" in event.params:
+        # a vertex manager's rebalance (§4.1): these flow groups to one instance
+        if event.params["to"] not in active:
+            return {"refused": "not an active instance"}
+        moves = [(list(event.params["groups"]), event.params["to"])]
     elif action == "move":
         if "pick" in event.params:      # seed-drawn: two of the instances active now
             if len(active) < 2:
@@ -270,6 +287,37 @@ class Scaler:
         while self.due(index):
             self._change(self.events.pop(0), index)
 
+    def decide(self, vertex: str, decisions: list, counts: list[int], load: dict, index: int) -> None:
+        """§3 a vertex manager's decisions (``[action, instance, reason]``, with the
+        interval's flow-group counts and load), carried out at input packet ``index`` as
+        the scenario events of the same action; the policy's bounds hold (§4.1 a rebalance
+        moves the hottest groups, or refines: :func:`~chc.core.manager.balance`)."""
+        policy = self.rt.chain.vertices[vertex].scaling
+        for action, instance, reason in decisions:
+            why = {"by": "manager", "reason": reason}
+            n = len(self.active[vertex])
+            refused = (f"at max ({policy.max})" if action == "scale-out" and n >= policy.max else
+                       f"at min ({policy.min})" if action == "scale-in" and n <= policy.min else
+                       "clones are not built on the proc runtime yet (docs/stragglers.md)" if action == "clone"
+                       else None)
+            if refused:
+                self.rt.events.append({"kind": f"{action}-refused", "vertex": vertex, "instance": instance,
+                                       "packet": index, "reason": refused, "by": "manager", "asked": reason})
+                continue
+            if action == "rebalance":
+                fm = self.flowmaps[vertex]
+                fm._ensure_table()
+                step = balance(fm.table, counts, self.active[vertex], policy.imbalance,
+                               fm.level + 1 < len(fm.ladder))
+                if step is None:
+                    continue
+                event = (Event("refine", vertex, why) if step[0] == "refine" else
+                         Event("move", vertex, {**why, "groups": step[1], "to": step[2]}))
+            else:
+                target = vertex if instance is None else f"{vertex}[{instance}]"
+                event = Event(action, target, why)
+            self._change(event, index)
+
     def take(self, name: str, what: str, data: Any) -> bool:
         """A worker's message about a change; False if it is none."""
         if what == "barrier":
@@ -293,11 +341,11 @@ class Scaler:
         plan = plan_change(rt.chain, self.flowmaps[vertex], self.active[vertex], event)
         if "refused" in plan:
             rt.events.append({"kind": f"{event.action}-refused", "vertex": vertex, "instance": None,
-                              "packet": index, "reason": plan["refused"], "by": "scenario"})
+                              "packet": index, "reason": plan["refused"], **_by(event, "asked")})
             return
         if not plan["passers"] and not plan["new"]:
             rt.events.append({"kind": event.action, "vertex": vertex, "instance": None, "packet": index,
-                              "groups": 0, "by": "scenario"})
+                              "groups": 0, **_by(event)})
             return
         started = time.perf_counter()
         fm = plan["flowmap"]
@@ -320,7 +368,8 @@ class Scaler:
         # the failover takes the dead one's part; an instance may hand over before the
         # last acknowledges)
         self.open = o = {"change": change, "passed": set(), "timers": {}, "started": started, "packet": index,
-                         "action": event.action, "moves": plan["moves"], "naive": naive, "fed_s": 0.0}
+                         "action": event.action, "moves": plan["moves"], "naive": naive, "fed_s": 0.0,
+                         "by": _by(event)}
         self.acks = set()
         # 1. the barrier: the root's watermark behind everything fed so far
         rt._send(0, encode(Kind.INPUT, ["epoch", change]))
@@ -407,7 +456,7 @@ class Scaler:
                       "pause_s": round(o["fed_s"], 6), **({"failed_over": o["failed_over"]}
                                                            if "failed_over" in o else {}),
                       **({"go_after_store_failover": True} if o.get("go_after_store_failover") else {}),
-                      "handover_s": round(time.perf_counter() - o["started"], 6), "by": "scenario",
+                      "handover_s": round(time.perf_counter() - o["started"], 6), **o["by"],
                       **({"naive": True} if o["naive"] else {})}
         rt.events.append(o["event"])
 

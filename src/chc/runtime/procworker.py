@@ -69,6 +69,7 @@ a worker never outlives it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -115,6 +116,7 @@ from .wire import (
 log = logging.getLogger("chc.proc")
 
 COORDINATOR = "@coordinator"
+REPORT_HWM = 64                 # load reports queued for a vertex manager (more are dropped: cumulative)
 SETTLE_EVERY = 8                # input batches between a root's store round trips (at most)
 INF = (1 << 63) - 1        # the watermark of an upstream that has ended (above every clock)
 # A root's counters a failover root starts from (the coordinator keeps them per input batch)
@@ -127,6 +129,11 @@ def root_name(r: int) -> str:
 
 def instance_name(vertex: str, i: int) -> str:
     return f"{vertex}.{i}"
+
+
+def manager_name(vertex: str) -> str:
+    """The vertex manager process of ``vertex`` (:mod:`chc.runtime.procmanager`)."""
+    return f"@manager.{vertex}"
 
 
 def input_name(root: str) -> str:
@@ -178,6 +185,9 @@ class Plan:
     # (its scale-outs counted), so every mailbox's port, a scale-out's new one's too, is
     # fixed from the start: a slot does not move when a vertex grows
     room: dict = dataclasses.field(default_factory=dict)
+    # §3 the vertices with a manager process (a scaling: policy; chc.runtime.procmanager):
+    # their instances report their load to it, their feeders packets per flow group
+    managers: tuple[str, ...] = ()
 
     def width(self, vertex: str) -> int:
         """``vertex``'s instances so far (retired ones count)."""
@@ -190,11 +200,12 @@ class Plan:
         return endpoint(self.directory, name)
 
     def mailboxes(self) -> list[str]:
-        """Every mailbox of generation 0: coordinator, store, roots (reports and input), instances."""
+        """Every mailbox of generation 0: coordinator, store, roots (reports and input), instances,
+        vertex managers."""
         roots = [root_name(r) for r in range(self.chain.roots)]
         return [COORDINATOR, STORE, *roots, *(r + ".in" for r in roots),
                 *(instance_name(v, i) for v in self.chain.vertices
-                  for i in range(self.room.get(v) or self.width(v)))]
+                  for i in range(self.room.get(v) or self.width(v))), *map(manager_name, self.managers)]
 
     def slot(self, name: str) -> int:
         """``name``'s port offset: its index among :meth:`mailboxes`, one block per failover generation."""
@@ -304,6 +315,12 @@ class _Sender:
         # target it has sent nothing yet has had everything from it up to there
         self.born = -1
         self.floors: dict[int, int] = {}        # root id -> its floor, as last heard
+        # §4.1 per vertex with a manager process: packets per flow group go to it (it
+        # rebalances by them); counted by the splitters, sent after each batch
+        self.managers = {d: dealer(ctx, plan.address(manager_name(d)), me, REPORT_HWM) for d in self.splitters
+                         if d in plan.managers}
+        for d in self.managers:
+            self.splitters[d].map.count_groups()
 
     def split(self, vertex: str, pkts: list[Packet]) -> list[list[Packet]]:
         sw = self.switching.get(vertex)
@@ -349,6 +366,8 @@ class _Sender:
         while len(socks) < flowmap.n:
             socks.append(dealer(self.ctx, self.plan.address(instance_name(vertex, len(socks))), self.me,
                                 self.plan.hwm))
+        if vertex in self.managers:
+            flowmap.count_groups()
         self.switching[vertex] = (barrier, Splitter(flowmap.scope, flowmap))
         self.merging = {d for d in self.splitters if len(self.plan.feeders(d)) > 1}
 
@@ -404,6 +423,21 @@ class _Sender:
             for i in range(len(self.socks[d])):
                 if (d, i) not in parts and (d, i) not in self.gone:
                     self.data(d, i, [], watermark, through, hold=hold)
+        if self.managers:
+            self.groups()
+
+    def groups(self) -> None:
+        """§4.1 each managed vertex's packets per flow group since the last call, to its
+        manager (a report lost to a full or missing manager is only a coarser view)."""
+        for d, sock in self.managers.items():
+            maps = [self.splitters[d].map] + ([self.switching[d][1].map] if d in self.switching else [])
+            counts = [m.take_counts() for m in maps if m.counts is not None]
+            if len(counts) == 2 and len(counts[0]) == len(counts[1]):
+                counts = [[a + b for a, b in zip(*counts, strict=True)]]
+            for c in counts:
+                if any(c):
+                    with contextlib.suppress(zmq.Again):
+                        sock.send(encode(Kind.CONTROL, ["groups", c]), zmq.NOBLOCK)
 
     def end(self) -> None:
         for d, socks in self.socks.items():
@@ -911,6 +945,12 @@ class InstanceWorker:
         self.retired = False
         self.finished = False
         self.epochs: set[int] = set()       # the changes this process knows of
+        # §3 its vertex manager's load reports: about four an interval of input time
+        self.manager = (dealer(ctx, plan.address(manager_name(vertex)), self.me, REPORT_HWM)
+                        if vertex in plan.managers else None)
+        self.busy_ns = 0
+        self.report_at = -1
+        self.report_every = v.scaling.interval_ns // 4 if self.manager is not None else 0
         if join is not None:            # a scale-out's new instance: it has nothing up to the barrier
             for f in self.feeders:
                 self.marks[f] = join["barrier"]
@@ -1315,7 +1355,12 @@ class InstanceWorker:
     def _process(self, batch: list[Packet], watermark: int) -> None:
         inst = self.inst
         through = max(p.clock for p in batch)
-        produced = inst.run(batch)
+        if self.manager is None:
+            produced = inst.run(batch)
+        else:
+            started = time.perf_counter_ns()
+            produced = inst.run(batch)
+            self._load(batch[-1].ts, time.perf_counter_ns() - started)
         items: list[list] = []
         self._report(items)
         parts = self._forward(produced, items)
@@ -1323,6 +1368,17 @@ class InstanceWorker:
         self.out.batch(parts, watermark, through)
         if self.plan.recover:
             self._stats(through)
+
+    def _load(self, ts: int, busy_ns: int) -> None:
+        """§3 this instance's counters to its vertex manager, if due by input time."""
+        self.busy_ns += busy_ns
+        if ts < self.report_at:
+            return
+        self.report_at = ts + self.report_every
+        queued = sum(map(len, self.queues.values()))
+        with contextlib.suppress(zmq.Again):     # (a full or missing manager: it sees the next one)
+            self.manager.send(encode(Kind.CONTROL, ["load", [self.inst.instance_id, self.inst.packets_in, queued,
+                                                             self.busy_ns, ts]]), zmq.NOBLOCK)
 
     def _watermark(self, batch: list[Packet]) -> int:
         return min(min(self.marks.values()), self.hold)

@@ -80,7 +80,7 @@ from ..backends.memory import MemoryStore
 from ..core.client import CachedObject, StoreClient, StoreUnavailable
 from ..core.failover import private_view, prune_reads, shared_view
 from ..core.instance import Instance
-from ..core.manager import Decision, VertexManager
+from ..core.manager import Decision, VertexManager, balance
 from ..core.root import CLOCK_BITS, Root, clock_key, root_of
 from ..core.splitter import FlowMap, Splitter
 from ..core.store import Op
@@ -972,31 +972,17 @@ class SimRuntime:
     def _balance(self, vertex: str, counts: list[int], tolerance: float, why: dict) -> None:
         """Even the measured load: move the hottest instance's flow groups to the
         coolest, or, when one group alone is too hot for that, refine the scope."""
-        active = [a.instance_id for a in self.active(vertex)]
         fm = self.flowmaps[vertex]
-        table = fm.table
-        if len(active) < 2 or table is None:
+        if fm.table is None:
             return
-        load = dict.fromkeys(active, 0)
-        for g, c in enumerate(counts):
-            if table[g] in load:
-                load[table[g]] += c
-        mean = sum(load.values()) / len(active)
-        hot = max(active, key=lambda i: (load[i], -i))
-        cold = min(active, key=lambda i: (load[i], i))
-        if mean == 0 or load[hot] <= tolerance * mean:
+        step = balance(fm.table, counts, [a.instance_id for a in self.active(vertex)], tolerance,
+                       fm.level + 1 < len(fm.ladder))
+        if step is None:
             return
-        mine = sorted((g for g in range(len(table)) if table[g] == hot and counts[g]), key=lambda g: (-counts[g], g))
-        if counts[mine[0]] > tolerance * mean and fm.level + 1 < len(fm.ladder):
+        if step[0] == "refine":
             self._refine(vertex, why)
-            return
-        gap, moved, take = load[hot] - load[cold], 0, []
-        for g in mine:
-            if 2 * (moved + counts[g]) <= gap:      # never past even: no ping-pong
-                take.append(g)
-                moved += counts[g]
-        if take:
-            self._move(vertex, take, cold, why)
+        else:
+            self._move(vertex, step[1], step[2], why)
 
     def _refine(self, vertex: str, why: dict) -> None:
         """§4.1: the next finer scope of the ladder.  Every flow whose instance

@@ -1,0 +1,183 @@
+"""Vertex managers as processes of the proc runtime (§3, §4.1; docs/proc.md, "Vertex managers").
+
+The sans-I/O part (:class:`~chc.core.manager.ReportingManager`, :func:`~chc.core.manager.balance`)
+is checked directly; the processes end to end on a generated trace whose rate rises
+six-fold and falls back: the managers scale out and in by themselves, the COE check
+passes, ``--break naive-move`` on their changes is caught, and a manager killed is
+started again while the chain runs on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("zmq")
+
+from chc.cli import main  # noqa: E402
+from chc.core.manager import ReportingManager, ScalingPolicy, balance  # noqa: E402
+from chc.trace.gen import generate, resolve_profile  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+AUTOSCALE = ROOT / "examples/autoscale.yaml"
+MS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def rising(tmp_path_factory) -> Path:
+    """A generated trace whose rate rises six-fold and falls back (as tests/test_scaling.py's)."""
+    path = tmp_path_factory.mktemp("rise") / "rise.pcap"
+    generate(str(path), resolve_profile("trace1", 24000, 240, shape=(1, 6, 1)), seed=3)
+    return path
+
+
+def _desk(active=(0, 1), **policy) -> ReportingManager:
+    """A manager whose clock has started at input time 0 (every instance reported 0 packets)."""
+    p = ScalingPolicy(**{"out_above_pps": 1000, "in_below_pps": 10, "max": 4, "interval_ms": 100, **policy})
+    desk = ReportingManager("nat", p, list(active), "5-tuple", False)
+    for i in active:
+        desk.load(i, 0, 0, 0, 0)
+    assert desk.due() is None                       # the first report starts the clock
+    return desk
+
+
+# -- sans-I/O ----------------------------------------------------------------------------------
+
+def test_an_interval_ends_when_every_reporting_instance_has_passed_it():
+    desk = _desk(out_above_pps=5000, imbalance=10)
+    desk.load(0, 500, 0, 0, 120 * MS)
+    assert desk.due() is None                       # instance 1 has not reported past 100 ms yet
+    desk.load(1, 30, 0, 0, 110 * MS)
+    load, decisions, _ = desk.due()
+    assert [round(i.pps) for i in load.instances] == [round(500 / 0.12), round(30 / 0.11)]
+    assert decisions == []                          # mean 2,220 pps is between the bounds
+
+
+def test_each_instance_is_measured_over_its_own_stretch_of_input():
+    """Reports come after batches: one instance may be far ahead of another.  Its rate is
+    its packets over its own input time, not over the other's (which read 2x here)."""
+    desk = _desk(out_above_pps=5000)
+    desk.load(0, 800, 0, 0, 200 * MS)               # 4,000 pps
+    desk.load(1, 400, 0, 0, 100 * MS)               # 4,000 pps
+    load, decisions, _ = desk.due()
+    assert [round(i.pps) for i in load.instances] == [4000, 4000] and decisions == []
+
+
+def test_a_quiet_instance_holds_the_interval_for_one_more_at_most():
+    desk = _desk()
+    desk.load(1, 5, 0, 0, 20 * MS)                  # then nothing more for instance 1
+    desk.load(0, 100, 0, 0, 150 * MS)
+    assert desk.due() is None
+    desk.load(0, 300, 0, 0, 230 * MS)               # an interval past the end: go on without it
+    assert desk.due() is not None
+
+
+def test_one_decision_at_a_time_until_the_new_shape_is_told():
+    desk = _desk(active=(0,))
+    desk.load(0, 5000, 0, 0, 100 * MS)
+    _, decisions, _ = desk.due()
+    assert [d.action for d in decisions] == ["scale-out"]
+    desk.load(0, 10000, 0, 0, 200 * MS)
+    assert desk.due() is None                       # waiting for the framework manager
+    desk.shape([0, 1], "5-tuple", False)
+    desk.load(0, 15000, 0, 0, 300 * MS)
+    assert desk.due() is not None
+
+
+def test_a_failover_counting_from_zero_keeps_what_its_instance_counted():
+    desk = _desk(active=(0,))
+    desk.load(0, 60, 0, 0, 50 * MS)
+    desk.load(0, 40, 0, 0, 100 * MS)                # a failover: its own counters start at 0
+    load, _, _ = desk.due()
+    assert load.instances[0].packets == 100
+
+
+def test_a_manager_started_again_counts_from_each_instances_first_report():
+    p = ScalingPolicy(out_above_pps=1000, in_below_pps=10, interval_ms=100)
+    desk = ReportingManager("nat", p, [0], "5-tuple", False, restarted=True)
+    desk.load(0, 90000, 0, 0, 0)                    # counted since the start of the run
+    desk.due()
+    desk.load(0, 90050, 0, 0, 100 * MS)
+    load, decisions, _ = desk.due()
+    assert load.instances[0].packets == 50 and decisions == []
+
+
+def test_balance_moves_the_hottest_groups_refines_a_hot_one_or_leaves_it():
+    table = [0, 1, 0, 1]
+    assert balance(table, [10, 10, 10, 10], [0, 1], 1.2, True) is None
+    assert balance(table, [35, 5, 10, 5], [0, 1], 1.2, False) == ("move", [2], 1)
+    assert balance(table, [35, 5, 10, 5], [0, 1], 1.2, True) == ("refine", [], -1)
+
+
+# -- the processes ---------------------------------------------------------------------------
+
+def _run(argv: list[str], tmp_path: Path, name: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    assert main([*argv, "--no-progress", "-q", "--summary-json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_the_managers_scale_out_and_in_and_the_state_is_the_unscaled_runs(rising, tmp_path):
+    """examples/autoscale.yaml's detectors: their state does not depend on how the store
+    ordered the instances' updates, so the digest equals the unscaled chain's."""
+    scaled = _run(["run", "--runtime", "proc", str(AUTOSCALE), str(rising)], tmp_path, "proc")
+    fixed = _run(["run", str(AUTOSCALE), str(rising), "--no-scaling"], tmp_path, "fixed")
+    assert scaled["state_digest"] == fixed["state_digest"]
+    assert scaled["packets_in"] == fixed["packets_in"] and scaled["log"]["remaining"] == 0
+    for vertex in ("portscan", "trojan"):
+        sizes = scaled["vertices"][vertex]["sizes"]
+        assert max(sizes) >= 3, sizes
+    manager = [e for e in scaled["events"] if e.get("by") == "manager"]
+    assert {e["kind"] for e in manager} >= {"scale-out"}
+    assert all("pps" in e["reason"] or "imbalance" in e["reason"] for e in manager)
+    assert all(e["handed_over"] >= 0 and e["barrier_clock"] >= 0 for e in manager)
+
+
+@pytest.fixture(scope="module")
+def all_scaled(tmp_path_factory) -> tuple[Path, Path]:
+    """autoscale.yaml with the NAT and the LB managed too (shared ports and backends:
+    their digest may differ from the unscaled run's, the COE check says whether it is
+    equivalent), and a scenario that only picks the model."""
+    d = yaml.safe_load(AUTOSCALE.read_text())
+    for v in ("nat", "lb"):
+        d["vertices"][v]["scaling"] = dict(d["vertices"]["portscan"]["scaling"])
+    home = tmp_path_factory.mktemp("managed")
+    chain, scenario = home / "all.yaml", home / "plain.yaml"
+    chain.write_text(yaml.safe_dump(d))
+    scenario.write_text("model: EO+C+NA\n")
+    return chain, scenario
+
+
+def test_changes_the_managers_make_pass_the_check(all_scaled, rising, tmp_path):
+    chain, scenario = all_scaled
+    out = tmp_path / "check.json"
+    assert main(["check", "--runtime", "proc", str(chain), str(scenario), str(rising), "--seed", "1",
+                 "--json", str(out)]) == 0
+
+
+def test_the_managers_changes_without_the_wait_at_the_barrier_diverge(all_scaled, rising, tmp_path):
+    chain, scenario = all_scaled
+    assert main(["check", "--runtime", "proc", str(chain), str(scenario), str(rising), "--seed", "1",
+                 "--break", "naive-move"]) == 1
+
+
+def test_a_manager_killed_is_started_again_and_goes_on_deciding(rising, tmp_path):
+    s = _run(["run", "--runtime", "proc", str(AUTOSCALE), str(rising), "--kill", "manager:portscan@3000"],
+             tmp_path, "killed")
+    restarted = [e for e in s["events"] if e["kind"] == "manager-restarted"]
+    assert len(restarted) == 1 and restarted[0]["vertex"] == "portscan"
+    assert restarted[0]["killed_at_packet"] >= 3000 and "signal 9" in restarted[0]["how"]
+    later = [e for e in s["events"] if e.get("by") == "manager" and e["vertex"] == "portscan"
+             and e["packet"] > restarted[0]["packet"]]
+    assert later, "the restarted manager made no decision"
+    assert all(int(e["reason"].split()[0]) < 20000 for e in later if "pps" in e["reason"])
+    assert s["log"]["remaining"] == 0
+
+
+def test_bad_manager_kills_are_one_line(capsys):
+    assert main(["run", "--runtime", "proc", str(AUTOSCALE), str(ROOT / "traces/pathspider/lan-2012.pcap.gz"),
+                 "--kill", "manager:nat@10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no vertex 'nat' with a scaling policy" in err[0] and "portscan" in err[0]
