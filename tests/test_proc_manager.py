@@ -181,3 +181,46 @@ def test_bad_manager_kills_are_one_line(capsys):
                  "--kill", "manager:nat@10"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no vertex 'nat' with a scaling policy" in err[0] and "portscan" in err[0]
+
+
+def test_a_feeder_reports_the_packets_it_split_per_flow_group_to_the_manager(tmp_path):
+    """What a rebalance decides by (§4.1): the root counts what it splits to a managed
+    vertex per flow group, across a change too, and sends it to the vertex's manager."""
+    import itertools
+    import time
+
+    import zmq
+
+    from chc.capture import open_capture
+    from chc.packet import Packet
+    from chc.runtime.procio import Guard
+    from chc.runtime.procworker import Plan, _Sender, manager_name
+    from chc.runtime.wire import Kind, Mailbox
+    from chc.spec import load_spec
+
+    with open_capture(str(ROOT / "traces/pathspider/lan-2012.pcap.gz")) as r:
+        pkts = [p for p in (Packet(data, ts, k) for k, (ts, data) in enumerate(itertools.islice(r, 300)))
+                if p.src is not None][:120]
+    for clock, p in enumerate(pkts):
+        p.clock = clock
+    plan = Plan(str(tmp_path), load_spec(str(ROOT / "examples/paper_chain.yaml")).with_parallelism(2), "EO", 1,
+                ("memory", ""), managers=("nat",))
+    ctx = zmq.Context()
+    try:
+        box = Mailbox(ctx, plan.address(manager_name("nat")), "manager")
+        sender = _Sender(plan, ctx, "@root.0", None, Guard([]))
+        first = sender.split("nat", pkts[:60])
+        sender.switch("nat", plan.flowmap("nat", [3, None, 0]), 200)    # a change under way: two maps
+        second = sender.split("nat", pkts[60:])
+        sender.batch({}, -1, -1)                # (after every batch it sends)
+        got = []
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            box.sock.poll(100)
+            got = [body for _, (what, body) in box.messages(Kind.CONTROL, 2, "report") if what == "groups"]
+    finally:
+        ctx.destroy(linger=0)
+    assert len(got) == 1 and sum(got[0]) == len(pkts)
+    table = sender.splitters["nat"].map.table
+    per_instance = [sum(c for g, c in enumerate(got[0]) if table[g] == i) for i in range(2)]
+    assert per_instance == [len(first[i]) + len(second[i]) for i in range(2)]

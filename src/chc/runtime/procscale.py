@@ -3,8 +3,10 @@
 Theory of operation
 -------------------
 A scenario's ``scale-out``, ``scale-in``, ``move`` and ``refine`` events (each at an
-input packet) change a vertex's flow map: which instance each flow group goes to,
-on which partition scope (§4.1).  The processes that split packets to the vertex
+input packet), and the decisions of the vertex managers (:mod:`procmanager`, carried
+out as those events at the next input packet: :meth:`Scaler.decide`), change a
+vertex's flow map: which instance each flow group goes to, on which partition scope
+(§4.1).  The processes that split packets to the vertex
 cannot all switch maps at one instant, so a change is tied to a clock, the
 *barrier*, instead (docs/proc.md, "Scaling"):
 
