@@ -111,6 +111,30 @@ def test_a_run_scales_out_moves_and_scales_in_with_every_packet_through():
     assert not any(p.is_alive() for p in rt.procs.values())
 
 
+def test_events_at_a_time_run_at_the_first_packet_arriving_by_then(tmp_path, capsys):
+    """``at: {time_us: T}``: at the first input packet whose capture time since the first
+    packet reaches T (the sim's at pacing multiplier 1); one past the end is refused."""
+    recs = _records(3000)
+
+    def first(t_s: float) -> int:
+        return next(k for k, (ts, _) in enumerate(recs) if ts - recs[0][0] >= t_s * 1e9)
+
+    events = [Event("scale-out", "nat", at_time_ns=20 * 10**9), _ev("scale-out", "portscan", 1500),
+              Event("scale-in", "nat[0]", at_time_ns=100 * 10**9), Event("scale-out", "lb", at_time_ns=900 * 10**9)]
+    rt = ProcRuntime(load_spec(PAPER), model="EO+C+NA", events=events)
+    rt.run(recs)
+    got = [(e["kind"], e["vertex"], e["packet"]) for e in rt.events]
+    assert got == [("scale-out", "nat", first(20)), ("scale-out", "portscan", 1500),
+                   ("scale-in", "nat", first(100)), ("scale-out-refused", "lb", None)]
+    assert 0 < first(20) < 1500 < first(100) and rt.events[-1]["at_us"] == 900e6
+    scenario = tmp_path / "timed.yaml"
+    scenario.write_text("parallelism: 2\nmodel: EO+C+NA\nevents:\n"
+                        "  - {at: {time_us: 20000000}, do: scale-out, target: nat}\n"
+                        "  - {at: {time_us: 60000000}, do: move, target: lb, from: 0, to: 1, fraction: 0.5}\n"
+                        "  - {at: {time_us: 100000000}, do: scale-in, target: 'nat[0]'}\n")
+    assert main(["check", "--runtime", "proc", PAPER, str(scenario), LAN, "--packets", "3000", "--seed", "0"]) == 0
+
+
 def test_the_scale_scenario_passes_the_check(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     assert main(["check", "--runtime", "proc", PAPER, SCALE, LAN, "--packets", "3000", "--seeds", "2"]) == 0

@@ -852,8 +852,6 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
         if other:
             return (f"check --runtime proc: the scenario has {other[0]} events; the proc runtime runs "
                     f"{', '.join(procscale.ACTIONS)} (docs/proc.md); use --runtime sim")
-        if any(e.at_packet is None for e in events):
-            return "check --runtime proc: scenario events run at an input packet (at: {packets: N}), not at a time"
     if scenario.network:
         return ("check --runtime proc: the scenario's network: faults are simulated links of the sim "
                 "runtime; use --runtime sim")
@@ -898,7 +896,7 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
         rt = cls(physical, model=v.model, batch_size=v.batch_size, store=store, store_url=v.store,
                  log_mode=getattr(scenario, "packet_log", "local"), write_out=True, record=True,
                  breaks=breaks, break_from=state.from_clock, kills=kills, checkpoint_ms=checkpoint_ms,
-                 events=events, **extra)
+                 events=events, pacer=scenario.pacer(), **extra)
         rt.run(records, emit=lambda pkts: out.extend((p.clock, bytes(p.data)) for p in pkts))
     except ProcFailure as exc:
         return SeedResult(v, CheckResult([], [], None, None, unrecoverable=str(exc)), "unrecoverable",

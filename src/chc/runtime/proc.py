@@ -87,6 +87,7 @@ from ..spec import Chain
 from ..summary import Summary, merge_states, state_digest
 from . import procmanager, procscale, procstore, procworker, storeserver
 from .errors import ProcFailure
+from .pacing import Pacer
 from .procio import Guard
 from .procworker import (
     COORDINATOR,
@@ -122,7 +123,7 @@ class ProcRuntime:
                  write_out: bool = False, hwm: int = 8, record: bool = False, breaks: tuple[str, ...] = (),
                  break_from: int = 0, kills: Iterable[Kill] = (), failover: bool = False,
                  heartbeat_s: float = 0.5, misses: int = 10, checkpoint_ms: float | None = None,
-                 events: Iterable[Any] = ()) -> None:
+                 events: Iterable[Any] = (), pacer: Pacer | None = None) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         if heartbeat_s < 0 or misses < 1:
@@ -221,6 +222,9 @@ class ProcRuntime:
         if self.scaler is not None:
             self.plan.room = procscale.room(chain, events)
         self.decisions: list[list] = []     # §3 the vertex managers' decisions not yet carried out
+        # scenario events at a time: input arrival by the scenario's pacing (default: the
+        # capture's time since its first packet, as the sim's at multiplier 1)
+        self.pacer = pacer or Pacer("multiplier", 1)
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, records: Iterable[tuple[int, bytes]], emit: Callable[[list[Packet]], None] | None = None,
@@ -854,6 +858,7 @@ class ProcRuntime:
         pending = 0
         self._last_lease = time.monotonic()
         kills = [k for k in self.kills if not k.during]
+        timed = self.scaler is not None and bool(self.scaler.timed)
         index = 0
         for rec in records:
             if rec is None:
@@ -862,13 +867,15 @@ class ProcRuntime:
                     pending = 0
                 self._service(0)        # (idle input: a worker's death is seen now)
                 continue
-            if self.scaler is not None and (self.decisions or self.scaler.due(index)):
+            ts, data = rec
+            # (events at a time: when this packet arrives, by the scenario's pacing)
+            vt = self.pacer.arrival(ts, len(data)) if timed else None
+            if self.scaler is not None and (self.decisions or self.scaler.due(index, vt)):
                 if pending:             # (§5.1 the barrier: what came before it goes first)
                     self._sent(batches, pending, progress, kills)
                     pending = 0
-                self.scaler.run_due(index)
+                self.scaler.run_due(index, vt)
                 self._decided(index)
-            ts, data = rec
             r = 0
             if n > 1:
                 p = Packet(data, ts, index)

@@ -98,8 +98,6 @@ def refusal(events: list, chain: Chain, model: str, managed: tuple[str, ...] = (
     if other:
         return (f"the proc runtime runs the scenario actions {', '.join(ACTIONS)}; not yet {other[0]} "
                 "(docs/proc.md); use --runtime sim")
-    if any(e.at_packet is None for e in events):
-        return "the proc runtime runs scenario events at an input packet (at: {packets: N}), not at a time"
     what = "scaling" if events else f"{managed[0]}'s scaling policy"
     if model == "T":
         return (f"{what}: scaling moves flows between instances through the store: model T has none "
@@ -208,7 +206,10 @@ class Scaler:
 
     def __init__(self, rt: Any, events: list) -> None:
         self.rt = rt
-        self.events = sorted(events, key=lambda e: e.at_packet)
+        self.events = sorted((e for e in events if e.at_packet is not None), key=lambda e: e.at_packet)
+        # events at a time: at the first input packet whose arrival (the scenario's
+        # pacing; by default its capture time since the first packet) reaches it
+        self.timed = sorted((e for e in events if e.at_packet is None), key=lambda e: e.at_time_ns)
         self.flowmaps = rt.plan.flowmaps()
         chain = rt.chain
         self.active = {v: list(range(chain.vertices[v].parallelism)) for v in chain.vertices}
@@ -235,16 +236,26 @@ class Scaler:
             v: [(-1, sorted(shared_objects(chain, self.flowmaps[v], v)) if chain.vertices[v].parallelism > 1
                  else [])] for v in chain.vertices}
 
-    def due(self, index: int) -> bool:
-        return bool(self.events) and self.events[0].at_packet <= index
+    def due(self, index: int, vt: int | None = None) -> bool:
+        """Whether an event is due at input packet ``index``, which arrives at ``vt``."""
+        return self._next(index, vt, pop=False) is not None
+
+    def _next(self, index: int, vt: int | None, pop: bool = True) -> Any:
+        for queue, due in ((self.events, lambda e: e.at_packet <= index),
+                           (self.timed, lambda e: vt is not None and e.at_time_ns <= vt)):
+            if queue and due(queue[0]):
+                return queue.pop(0) if pop else queue[0]
+        return None
 
     def expire(self) -> None:
-        """End of input: events at packets past its end are not run (logged why)."""
-        for event in self.events:
+        """End of input: events past its end are not run (logged why)."""
+        for event in self.events + self.timed:
+            at = {"packet": event.at_packet} if event.at_packet is not None else {
+                "packet": None, "at_us": event.at_time_ns / 1000}
             self.rt.events.append({"kind": f"{event.action}-refused", "vertex": _target(event, self.rt.chain)[0],
-                                   "instance": None, "packet": event.at_packet, "by": "scenario",
+                                   "instance": None, **at, "by": "scenario",
                                    "reason": "the input ended before it"})
-        self.events = []
+        self.events, self.timed = [], []
         for k in (k for kills in self.kills.values() for k in kills):
             self.rt.events.append({"kind": "kill-skipped", "process": k.process, "packet": self.rt.fed,
                                    "reason": f"no change {k.during}: the run made {self.ids}"})
@@ -285,9 +296,9 @@ class Scaler:
         return {v: kept for v, eras in self.eras.items()
                 if (kept := [e for e in eras if e[0] >= floors.get(root_of(e[0]), -1)])}
 
-    def run_due(self, index: int) -> None:
-        while self.due(index):
-            self._change(self.events.pop(0), index)
+    def run_due(self, index: int, vt: int | None = None) -> None:
+        while (event := self._next(index, vt)) is not None:
+            self._change(event, index)
 
     def decide(self, vertex: str, decisions: list, counts: list[int], load: dict, index: int) -> None:
         """§3 a vertex manager's decisions (``[action, instance, reason]``, with the
