@@ -224,3 +224,39 @@ def test_a_feeder_reports_the_packets_it_split_per_flow_group_to_the_manager(tmp
     table = sender.splitters["nat"].map.table
     per_instance = [sum(c for g, c in enumerate(got[0]) if table[g] == i) for i in range(2)]
     assert per_instance == [len(first[i]) + len(second[i]) for i in range(2)]
+
+
+def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
+    """:meth:`Scaler.decide`: a decision that would cross ``min``/``max`` is refused and
+    logged, as a clone is (not built on proc); an even load rebalances nothing; the
+    rest become changes with the manager's reason."""
+    import types
+
+    from chc.runtime.procscale import Scaler
+    from chc.runtime.procworker import Plan
+    from chc.spec import load_spec
+
+    chain = load_spec(str(AUTOSCALE))
+    rt = types.SimpleNamespace(chain=chain, plan=Plan(str(tmp_path), chain, "EO", 1, ("memory", "")), kills=[],
+                               events=[])
+    scaler = Scaler(rt, [])
+    made = []
+    scaler._change = lambda event, index: made.append((event.action, event.target, event.params, index))
+    scaler.active["portscan"] = [0, 1, 2, 3]                        # at max (4), evenly loaded
+    fm = scaler.flowmaps["portscan"]
+    fm.table = [g % 4 for g in range(64)]
+    scaler.decide("portscan", [["scale-out", None, "9000 pps per instance > 3000"], ["clone", 2, "slow"],
+                               ["rebalance", None, "imbalance 1.6 > 1.5"]], [5] * 64, {}, 700)
+    assert [(e["kind"], e["reason"]) for e in rt.events] == [
+        ("scale-out-refused", "at max (4)"), ("clone-refused", "clones are not built on the proc runtime yet "
+                                                               "(docs/stragglers.md)")]
+    assert all(e["by"] == "manager" and e["packet"] == 700 for e in rt.events) and made == []
+    scaler.active["trojan"] = [0, 1]
+    counts = [10 if g % 2 == 0 else 0 for g in range(64)]
+    scaler.flowmaps["trojan"].table = [g % 2 for g in range(64)]     # instance 0 has all the load
+    scaler.decide("trojan", [["scale-in", 1, "100 pps per instance < 1500"],
+                             ["rebalance", None, "imbalance 2.00 > 1.5"]], counts, {}, 800)
+    (a, target, params, index), (b, _, moved, _) = made
+    assert (a, target, params["by"], params["reason"], index) == ("scale-in", "trojan[1]", "manager",
+                                                                  "100 pps per instance < 1500", 800)
+    assert b == "move" and moved["to"] == 1 and moved["groups"] and all(g % 2 == 0 for g in moved["groups"])
