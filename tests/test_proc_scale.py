@@ -111,6 +111,27 @@ def test_a_run_scales_out_moves_and_scales_in_with_every_packet_through():
     assert not any(p.is_alive() for p in rt.procs.values())
 
 
+@pytest.mark.timeout(120)
+def test_a_root_failover_replaying_past_a_scale_in_sends_the_retired_instance_nothing(tmp_path):
+    """A failover root replays from its floor (here 0: a flow's timer keeps the first
+    packet logged) by the maps of then, which send a scale-in's retired instance its old
+    share; it reads nothing any more, and the replay blocked once that link was full
+    (found by chc check --runtime proc with vertex managers and --kill random: a hang)."""
+    from chc.runtime.proc import parse_kill
+    from chc.trace.gen import generate, resolve_profile
+    path = tmp_path / "rise.pcap"
+    generate(str(path), resolve_profile("trace1", 24000, 240, shape=(1, 6, 1)), seed=3)
+    with open_capture(str(path)) as reader:
+        recs = list(reader)
+    chain = load_spec(PAPER)
+    rt = ProcRuntime(chain, model="EO+C+NA", batch_size=64, kills=[parse_kill("root[0]@12000", chain)],
+                     events=[_ev("scale-out", "nat", 100), _ev("scale-in", "nat[1]", 10000)])
+    rt.run(recs)
+    s = rt.summary()
+    (failover,) = [e for e in s.events if e["kind"] == "root-failover"]
+    assert failover["logged_floor"] < 10000 and s.log["remaining"] == 0 and s.packets_in == 24000
+
+
 def test_events_at_a_time_run_at_the_first_packet_arriving_by_then(tmp_path, capsys):
     """``at: {time_us: T}``: at the first input packet whose capture time since the first
     packet reaches T (the sim's at pacing multiplier 1); one past the end is refused."""

@@ -416,9 +416,14 @@ class _Sender:
 
     def batch(self, parts: dict[tuple[str, int], list[Packet]], watermark: int, through: int,
               hold: list | None = None) -> None:
-        """Each target instance its packets; every merging one the watermark."""
+        """Each target instance its packets; every merging one the watermark.  Not a
+        retired one: it has had all it will process (a failover root's replay by a past
+        map would send it what it ran before it retired, and it reads nothing any more:
+        the replay blocked once its link was full)."""
+        gone = self.gone
         for (d, i), pkts in parts.items():
-            self.data(d, i, pkts, watermark, through, hold=hold)
+            if (d, i) not in gone:
+                self.data(d, i, pkts, watermark, through, hold=hold)
         for d in self.merging:
             for i in range(len(self.socks[d])):
                 if (d, i) not in parts and (d, i) not in self.gone:
