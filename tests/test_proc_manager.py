@@ -260,3 +260,35 @@ def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
     assert (a, target, params["by"], params["reason"], index) == ("scale-in", "trojan[1]", "manager",
                                                                   "100 pps per instance < 1500", 800)
     assert b == "move" and moved["to"] == 1 and moved["groups"] and all(g % 2 == 0 for g in moved["groups"])
+
+
+def test_a_policy_the_manager_cannot_import_stops_the_run_in_one_line(tmp_path, monkeypatch, capsys):
+    """A policy callable goes to the manager process by its reference (a lambda does not
+    pickle), which imports it there; one the coordinator imports but a worker cannot
+    (here a module that exists only in this process's memory) stops the run with the
+    manager's words (starting it again would fail the same way for ever)."""
+    import sys
+    import types
+
+    mod = types.ModuleType("chc_only_here")
+    mod.always_out = lambda load: "scale-out"
+    monkeypatch.setitem(sys.modules, "chc_only_here", mod)
+    d = yaml.safe_load(AUTOSCALE.read_text())
+    d["vertices"]["trojan"]["scaling"] = {"policy": "chc_only_here:always_out", "max": 2}
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(yaml.safe_dump(d))
+    assert main(["run", "--runtime", "proc", str(spec), str(ROOT / "traces/scans/nmap-syn-scan.pcap"),
+                 "--no-progress", "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "@manager.trojan" in err[0] and "cannot import 'chc_only_here'" in err[0]
+
+
+def test_a_policy_callable_runs_in_the_manager_process(rising, tmp_path):
+    d = yaml.safe_load(AUTOSCALE.read_text())
+    d["vertices"]["trojan"]["scaling"] = {"policy": "proc_policies:to_two", "max": 3}
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(yaml.safe_dump(d))
+    s = _run(["run", "--runtime", "proc", str(spec), str(rising)], tmp_path, "policy")
+    assert s["vertices"]["trojan"]["sizes"] == [1, 2]
+    (out,) = [e for e in s["events"] if e["vertex"] == "trojan"]
+    assert out["kind"] == "scale-out" and out["reason"] == "1 instance(s), want two" and out["by"] == "manager"

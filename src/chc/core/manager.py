@@ -118,6 +118,18 @@ class ScalingPolicy:
     def interval_ns(self) -> int:
         return int(self.interval_ms * 1_000_000)
 
+    def __getstate__(self) -> dict:
+        # (to another process by its reference, ``policy``: the callable itself may not
+        # pickle, a lambda say; :meth:`loaded` imports it there)
+        return {**self.__dict__, "decide_fn": None}
+
+    def loaded(self) -> ScalingPolicy:
+        """With its callable imported (in a process the policy was sent to);
+        :class:`PolicyError` if it cannot be."""
+        if self.policy is not None and self.decide_fn is None:
+            self.decide_fn = load_callable(self.policy, "scaling.policy")
+        return self
+
     def decide(self, load: VertexLoad) -> list[Decision]:
         if self.decide_fn is not None:
             return as_decisions(self.decide_fn(load))

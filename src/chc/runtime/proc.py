@@ -379,6 +379,13 @@ class ProcRuntime:
             return
         vertex = name.split(".", 1)[1]
         how = self._how(name, p)
+        if name not in self.ready:      # (never started: another would fail the same way)
+            deadline = time.monotonic() + REPORT_GRACE_S
+            while time.monotonic() < deadline and name not in self.ready:
+                self._service(100)      # (its error, if it sent one, stops the run with its words)
+            if name not in self.ready:
+                raise ProcFailure(f"proc runtime: {vertex}'s vertex manager {how} before it started; "
+                                  "the run stops")
         self.ready.discard(name)
         self.heard.pop(name, None)
         self.hung.pop(name, None)

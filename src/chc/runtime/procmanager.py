@@ -72,7 +72,7 @@ class ManagerWorker:
         fm = plan.flowmaps()[vertex]
         width = plan.width(vertex)
         active = [i for i in range(width) if f"{vertex}.{i}" not in plan.retired]
-        self.desk = ReportingManager(vertex, plan.chain.vertices[vertex].scaling, active, fm.scope.name,
+        self.desk = ReportingManager(vertex, plan.chain.vertices[vertex].scaling.loaded(), active, fm.scope.name,
                                      fm.level + 1 < len(fm.ladder), restarted)
         self.box = Mailbox(ctx, plan.address(manager_name(vertex)), manager_name(vertex))
         self.bye = False
