@@ -91,6 +91,9 @@ def test_paper_chain_matches_sim(mixed, model):
     rt, proc = _proc(chain, mixed, model)
     _assert_same(proc, sim)
     assert _gone(rt.pids.values())           # no worker outlives a run
+    # ...and each ended by itself, none killed at the end: the store server's context
+    # waited for a socket left open, and the coordinator killed it after 2 s every run
+    assert {name: p.exitcode for name, p in rt.procs.items()} == dict.fromkeys(rt.procs, 0)
 
 
 def test_one_nf_chain_matches_sim(mixed):

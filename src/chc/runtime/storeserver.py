@@ -222,6 +222,10 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
         # The answer to stop must leave before the socket goes (a recorded serialization
         # is large enough to be still unsent); an abnormal end drops what is queued.
         box.close(LINGER_MS if stopped else 0)
+        if to_coordinator is not None:
+            # (ctx.term() waits for every socket to be closed: this one left open held the
+            # exit until the coordinator gave up waiting and killed the process, 2 s a run)
+            to_coordinator.close(LINGER_MS if stopped else 0)
         ctx.term()
 
 
