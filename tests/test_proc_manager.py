@@ -292,3 +292,14 @@ def test_a_policy_callable_runs_in_the_manager_process(rising, tmp_path):
     assert s["vertices"]["trojan"]["sizes"] == [1, 2]
     (out,) = [e for e in s["events"] if e["vertex"] == "trojan"]
     assert out["kind"] == "scale-out" and out["reason"] == "1 instance(s), want two" and out["by"] == "manager"
+
+
+def test_a_death_during_a_change_a_manager_made_is_failed_over_into_it(all_scaled, rising, tmp_path):
+    """``--kill during`` with vertex managers: the K-th change is the managers' (drawn
+    without knowing which vertex it changes); seed 45 kills trojan.2 during change 1."""
+    chain, scenario = all_scaled
+    out = tmp_path / "check.json"
+    assert main(["check", "--runtime", "proc", str(chain), str(scenario), str(rising), "--seed", "45",
+                 "--kill", "during", "--json", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    assert "@change:" in result["variant"]["kill"] and "killed" in result["faults"], result["faults"]

@@ -138,9 +138,9 @@ class ProcRuntime:
         # §3 a vertex manager process per vertex with a scaling policy (procmanager)
         managed = tuple(name for name, v in chain.vertices.items() if v.scaling is not None)
         events = list(events)
-        if any(k.during for k in self.kills) and not events:
+        if any(k.during for k in self.kills) and not events and not managed:
             raise ValueError("--kill VERTEX[I]@change:K: the run makes no scaling changes (give a --scenario "
-                             "with scale-out, scale-in, move or refine events)")
+                             "with scale-out, scale-in, move or refine events, or a chain with a scaling: policy)")
         refused = procscale.refusal(events, chain, model, managed)
         if refused:
             raise ValueError(refused)
