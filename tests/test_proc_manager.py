@@ -86,12 +86,41 @@ def test_one_decision_at_a_time_until_the_new_shape_is_told():
     assert desk.due() is not None
 
 
-def test_a_failover_counting_from_zero_keeps_what_its_instance_counted():
+def test_a_failover_goes_on_from_its_instances_count_and_a_late_report_of_the_dead_is_ignored():
+    """§5.4 a failover (generation 1) counts from zero, its replay included: what it
+    reports first is where the failed process's count was, and only what it adds after
+    is load; a report of the failed process read after its failover's is dropped."""
     desk = _desk(active=(0,))
     desk.load(0, 60, 0, 0, 50 * MS)
-    desk.load(0, 40, 0, 0, 100 * MS)                # a failover: its own counters start at 0
+    desk.load(0, 40, 0, 0, 60 * MS, 1)              # the failover, its replay of 40 packets
+    desk.load(0, 65, 0, 0, 70 * MS)                 # the dead one's, late
+    desk.load(0, 70, 0, 0, 100 * MS, 1)
     load, _, _ = desk.due()
-    assert load.instances[0].packets == 100
+    assert load.instances[0].packets == 90          # 60, then 30 new ones
+
+
+def test_after_a_change_the_interval_starts_afresh():
+    """Three instances at 900 packets/s each decide a scale-in; after it two carry 1,350
+    each.  An interval run on across the change read 966 (the retired one's packets gone,
+    the span the whole interval) and scaled in again; afresh it reads 1,350."""
+    desk = _desk(active=(0, 1, 2), in_below_pps=1000, out_above_pps=5000, imbalance=10)
+    for i in range(3):
+        desk.load(i, 90, 0, 0, 100 * MS)
+    _, decisions, _ = desk.due()
+    assert [d.action for d in decisions] == ["scale-in"]
+    for i in range(3):
+        desk.load(i, 90 + 27, 0, 0, 130 * MS)       # 900 pps until the barrier at 130 ms
+    desk.shape([0, 1], "5-tuple", False)            # instance 2 retired
+    for i in range(2):
+        desk.load(i, 117 + 135, 0, 0, 230 * MS)     # 1,350 pps each from then
+    load, decisions, _ = desk.due()
+    assert [round(x.pps) for x in load.instances] == [1350, 1350] and decisions == []
+
+
+def test_a_policy_that_names_no_instance_number_is_a_policy_error():
+    from chc.core.manager import Decision, as_decisions
+    with pytest.raises(ValueError, match="instance number"):
+        as_decisions(Decision("scale-in", "nat1"))
 
 
 def test_a_manager_started_again_counts_from_each_instances_first_report():
@@ -131,8 +160,9 @@ def test_the_managers_scale_out_and_in_and_the_state_is_the_unscaled_runs(rising
         assert max(sizes) >= 3, sizes
     manager = [e for e in scaled["events"] if e.get("by") == "manager"]
     assert {e["kind"] for e in manager} >= {"scale-out"}
-    assert all("pps" in e["reason"] or "imbalance" in e["reason"] for e in manager)
-    assert all(e["handed_over"] >= 0 and e["barrier_clock"] >= 0 for e in manager)
+    # (a refused decision keeps the policy's reason as "asked")
+    assert all("pps" in e.get("asked", e["reason"]) or "imbalance" in e.get("asked", e["reason"]) for e in manager)
+    assert all(e["handed_over"] >= 0 and e["barrier_clock"] >= 0 for e in manager if "refused" not in e["kind"])
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +204,16 @@ def test_a_manager_killed_is_started_again_and_goes_on_deciding(rising, tmp_path
     assert later, "the restarted manager made no decision"
     assert all(int(e["reason"].split()[0]) < 20000 for e in later if "pps" in e["reason"])
     assert s["log"]["remaining"] == 0
+
+
+def test_a_straggler_policy_is_refused_on_proc_in_one_line(capsys, tmp_path):
+    d = yaml.safe_load(AUTOSCALE.read_text())
+    d["vertices"]["trojan"]["scaling"]["straggler_factor"] = 3.0
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(yaml.safe_dump(d))
+    assert main(["run", "--runtime", "proc", str(spec), str(ROOT / "traces/scans/nmap-syn-scan.pcap")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "straggler_factor" in err[0] and "clones" in err[0]
 
 
 def test_bad_manager_kills_are_one_line(capsys):

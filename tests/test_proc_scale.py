@@ -478,6 +478,16 @@ def test_a_root_that_dies_during_a_change_is_failed_over_past_its_barrier():
     assert change["failed_over"] == ["@root.0"], change
 
 
+def test_a_root_that_dies_during_a_scale_in_still_feeds_the_retiring_instance():
+    # The retiring instance is in the plan's retired list from the change on, but it has
+    # not handed over: the failover root's replay up to the barrier must still reach it.
+    res, log = _check_kill([_ev("scale-in", "nat[1]", 700)], "root[0]@change:1", 2)
+    assert res.verdict == "pass", [str(d) for d in res.result.divergences[:3]]
+    (failover,) = [e for e in log if e["kind"] == "root-failover"]
+    (change,) = [e for e in log if e["kind"] == "scale-in"]
+    assert failover["during_change"] == 1 and change["failed_over"] == ["@root.0"], (failover, change)
+
+
 def test_a_failover_that_starts_as_if_the_change_were_done_diverges():
     # --break resume-as-done: the passer's failover neither hands over nor waits at the
     # barrier: nat.1 takes the moved flows without their state (ports given twice).

@@ -137,6 +137,10 @@ class ProcRuntime:
         self.roots_recover = recover and log_mode == "local"
         # §3 a vertex manager process per vertex with a scaling policy (procmanager)
         managed = tuple(name for name, v in chain.vertices.items() if v.scaling is not None)
+        cloning = [name for name in managed if chain.vertices[name].scaling.straggler_factor is not None]
+        if cloning:
+            raise ValueError(f"{cloning[0]}'s scaling policy: straggler_factor clones stragglers, and clones are "
+                             "not built on the proc runtime yet (docs/stragglers.md); use --runtime sim")
         events = list(events)
         if any(k.during for k in self.kills) and not events and not managed:
             raise ValueError("--kill VERTEX[I]@change:K: the run makes no scaling changes (give a --scenario "
@@ -222,6 +226,7 @@ class ProcRuntime:
         if self.scaler is not None:
             self.plan.room = procscale.room(chain, events)
         self.decisions: list[list] = []     # §3 the vertex managers' decisions not yet carried out
+        self.managers_up: set[str] = set()  # the managers that have been ready (a dead one is started again)
         # scenario events at a time: input arrival by the scenario's pacing (default: the
         # capture's time since its first packet, as the sim's at multiplier 1)
         self.pacer = pacer or Pacer("multiplier", 1)
@@ -260,6 +265,11 @@ class ProcRuntime:
         managers = [manager_name(v) for v in plan.managers]
         self.box = Mailbox(self.ctx, plan.address(COORDINATOR), "coordinator",
                            {w.encode() for w in [*workers, STORE, *managers]})
+        # A worker that fails while it is built says why on a new connection under its own
+        # name, while the one its half-built state opened is still up: the new one takes
+        # over (a ROUTER drops a second peer of one name, and the error was lost: the run
+        # said only "exited with code 0")
+        self.box.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         mp = self._context()
         self.guard = Guard([], self._gone)
         self._sentinels: dict[int, str] = {}
@@ -379,7 +389,7 @@ class ProcRuntime:
             return
         vertex = name.split(".", 1)[1]
         how = self._how(name, p)
-        if name not in self.ready:      # (never started: another would fail the same way)
+        if name not in self.managers_up:    # (never started: another would fail the same way)
             deadline = time.monotonic() + REPORT_GRACE_S
             while time.monotonic() < deadline and name not in self.ready:
                 self._service(100)      # (its error, if it sent one, stops the run with its words)
@@ -394,7 +404,7 @@ class ProcRuntime:
         event = {"kind": "manager-restarted", "vertex": vertex, "packet": self.fed, "pid": p.pid, "how": how,
                  "new_pid": self.procs[name].pid}
         if name in self._killed:
-            event["killed_at_packet"] = self._killed[name][1]
+            event["killed_at_packet"] = self._killed.pop(name)[1]
         self.events.append(event)
 
     def _decided(self, index: int) -> None:
@@ -403,11 +413,26 @@ class ProcRuntime:
         while self.decisions:
             vertex, decisions, counts, load = self.decisions.pop(0)
             self.scaler.decide(vertex, decisions, counts, load, index)
-            fm = self.scaler.flowmaps[vertex]
-            shape = [self.scaler.active[vertex], fm.scope.name, fm.level + 1 < len(fm.ladder)]
-            name = manager_name(vertex)
-            if self.procs[name].is_alive() and name in self.ready:
-                self.box.reply(name.encode(), encode(Kind.CONTROL, ["shape", shape]))
+            self._shape(vertex, answered=True)
+
+    def _shape(self, vertex: str, answered: bool) -> None:
+        """Tell ``vertex``'s manager (if it has one, and it runs) the vertex as it is now:
+        after every change of it (``answered``: one the manager asked for)."""
+        name = manager_name(vertex)
+        if self.scaler is None or name not in self.ready or not self.procs[name].is_alive():
+            return
+        fm = self.scaler.flowmaps[vertex]
+        shape = [self.scaler.active[vertex], fm.scope.name, fm.level + 1 < len(fm.ladder), answered]
+        self.box.reply(name.encode(), encode(Kind.CONTROL, ["shape", shape]))
+
+    def _decisions_expired(self) -> None:
+        """Decisions that came after the input ended are not carried out (logged why)."""
+        for vertex, decisions, _, _ in self.decisions:
+            for action, instance, reason in decisions:
+                self.events.append({"kind": f"{action}-refused", "vertex": vertex, "instance": instance,
+                                    "packet": self.fed, "reason": "the input ended before it", "by": "manager",
+                                    "asked": reason})
+        self.decisions = []
 
     # -- §5.4 NF failover ------------------------------------------------------------------------
     def _failover(self, dead: str, p: Any) -> None:
@@ -549,6 +574,10 @@ class ProcRuntime:
             # and switched): its failover replays by the maps of then and goes on by the new
             event["during_change"] = self.scaler.open["change"]["id"]
             self.scaler.open.setdefault("failed_over", []).append(name)
+            # (an instance retiring in it has not handed over yet: it may still need the
+            # replay's packets up to the barrier, which went by the map of then)
+            c = self.scaler.open["change"]
+            replay["retiring"] = [[c["vertex"], i] for i in c["retire"]]
         self.recovering[name] = {"event": event, "started": detected}
         self._launch(self.mp, new, procworker.main, (self.plan, "root", (r, gen), replay))
         self.inputs[r].close(0)
@@ -774,6 +803,9 @@ class ProcRuntime:
                 continue
             if what == "ready":
                 self.ready.add(name)
+                if name.startswith(MANAGER_KILL):
+                    self.managers_up.add(name)
+                    self._shape(name.split(".", 1)[1], answered=False)     # (a restarted one: the vertex now)
             elif what == "error":
                 raise ProcFailure(f"proc runtime: {data}")
             elif what == "out":
@@ -973,6 +1005,7 @@ class ProcRuntime:
         instances = [instance_name(v, i) for v, i in self.plan.instances()]
         while any(n not in self.reported for n in instances) or self.recovering:
             self._service(1000)
+        self._decisions_expired()
         for r in range(len(self.inputs)):
             self._tell_root(r, "finish")
         roots = [root_name(r) for r in range(self.chain.roots)]

@@ -472,4 +472,5 @@ class Scaler:
                       "handover_s": round(time.perf_counter() - o["started"], 6), **o["by"],
                       **({"naive": True} if o["naive"] else {})}
         rt.events.append(o["event"])
+        rt._shape(vertex, answered=False)       # §3 its manager measures the vertex as it is now
 

@@ -593,6 +593,9 @@ class RootWorker:
         for dead in (replay or {}).get("fenced", ()):      # failed before this root started
             self.reports.fence(dead.encode())
         self.out = _Sender(plan, ctx, self.me, None, guard, (replay or {}).get("current"))
+        # §5.1 with §5.4 a failover root started during a scale-in: the retiring instance
+        # is fed until its watermark passes the barrier, as by the dead root (advance)
+        self.out.gone -= {(v, i) for v, i in (replay or {}).get("retiring", ())}
         self.boxes = [self.reports]
         self.root = Root(r, chain.policies, log_mode=plan.log_mode, log_limit=plan.log_limit,
                          persist_every=plan.persist_every)
@@ -956,6 +959,7 @@ class InstanceWorker:
         self.busy_ns = 0
         self.report_at = -1
         self.report_every = v.scaling.interval_ns // 4 if self.manager is not None else 0
+        self.generation = int(self.me.partition(GENERATION.decode())[2] or 0)      # (a failover's: nat.0#1)
         if join is not None:            # a scale-out's new instance: it has nothing up to the barrier
             for f in self.feeders:
                 self.marks[f] = join["barrier"]
@@ -1383,7 +1387,7 @@ class InstanceWorker:
         queued = sum(map(len, self.queues.values()))
         with contextlib.suppress(zmq.Again):     # (a full or missing manager: it sees the next one)
             self.manager.send(encode(Kind.CONTROL, ["load", [self.inst.instance_id, self.inst.packets_in, queued,
-                                                             self.busy_ns, ts]]), zmq.NOBLOCK)
+                                                             self.busy_ns, ts, self.generation]]), zmq.NOBLOCK)
 
     def _watermark(self, batch: list[Packet]) -> int:
         return min(min(self.marks.values()), self.hold)
