@@ -1,9 +1,25 @@
-"""Operator policies for tests/test_proc_manager.py: a module a vertex manager process
-imports by its reference (``scaling: {policy: "proc_policies:to_two"}``)."""
+"""Operator code for tests/test_proc_manager.py, a module the proc runtime's worker
+processes import by reference: a scaling policy (``scaling: {policy:
+"proc_policies:to_two"}``) and an NF that cannot start in a worker process."""
 
 from __future__ import annotations
 
+import multiprocessing
+from typing import Any
+
 from chc.core.manager import Decision, VertexLoad
+from chc.nfs.passthrough import PassThrough
+
+
+class FailsInAWorker(PassThrough):
+    """Passes packets in the coordinator's process; raises where a worker builds it."""
+
+    kind = "fails-in-a-worker"
+
+    def __init__(self, config: Any) -> None:
+        if multiprocessing.parent_process() is not None:
+            raise RuntimeError("this NF cannot start here")
+        super().__init__(config)
 
 
 def to_two(load: VertexLoad) -> Decision | None:

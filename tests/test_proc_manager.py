@@ -343,3 +343,18 @@ def test_a_death_during_a_change_a_manager_made_is_failed_over_into_it(all_scale
                  "--kill", "during", "--json", str(out)]) == 0
     (result,) = json.loads(out.read_text())["results"]
     assert "@change:" in result["variant"]["kill"] and "killed" in result["faults"], result["faults"]
+
+
+def test_a_worker_that_fails_while_it_is_built_says_why(monkeypatch, capsys, tmp_path):
+    """Its half-built state has a connection to the coordinator under its name; the error
+    goes on a new one, which the coordinator takes over (ROUTER_HANDOVER).  Without, the
+    error was dropped and the run said only "exited with code 0"."""
+    from chc.nfs import REGISTRY
+    from proc_policies import FailsInAWorker
+    monkeypatch.setitem(REGISTRY, FailsInAWorker.kind, FailsInAWorker)
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(yaml.safe_dump({"name": "fails", "vertices": {"x": {"nf": FailsInAWorker.kind}}, "edges": []}))
+    assert main(["run", "--runtime", "proc", str(spec), str(ROOT / "traces/scans/nmap-syn-scan.pcap"),
+                 "--no-progress", "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "x.0: RuntimeError: this NF cannot start here" in err[0], err
