@@ -244,8 +244,11 @@ def test_a_feeder_reports_the_packets_it_split_per_flow_group_to_the_manager(tmp
                 if p.src is not None][:120]
     for clock, p in enumerate(pkts):
         p.clock = clock
-    plan = Plan(str(tmp_path), load_spec(str(ROOT / "examples/paper_chain.yaml")).with_parallelism(2), "EO", 1,
-                ("memory", ""), managers=("nat",))
+    d = yaml.safe_load((ROOT / "examples/paper_chain.yaml").read_text())
+    d["vertices"]["nat"]["scaling"] = {"out_above_pps": 5000, "max": 4}
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(yaml.safe_dump(d))
+    plan = Plan(str(tmp_path), load_spec(str(spec)).with_parallelism(2), "EO", 1, ("memory", ""), managers=("nat",))
     ctx = zmq.Context()
     try:
         box = Mailbox(ctx, plan.address(manager_name("nat")), "manager")

@@ -321,6 +321,9 @@ class _Sender:
                          if d in plan.managers}
         for d in self.managers:
             self.splitters[d].map.count_groups()
+        # (sent about four times an interval of input time, as the instances' load reports)
+        self.groups_every = min((plan.chain.vertices[d].scaling.interval_ns // 4 for d in self.managers), default=0)
+        self.groups_at = -1
 
     def split(self, vertex: str, pkts: list[Packet]) -> list[list[Packet]]:
         sw = self.switching.get(vertex)
@@ -429,7 +432,10 @@ class _Sender:
                 if (d, i) not in parts and (d, i) not in self.gone:
                     self.data(d, i, [], watermark, through, hold=hold)
         if self.managers:
-            self.groups()
+            ts = max((p[-1].ts for p in parts.values() if p), default=-1)
+            if ts >= self.groups_at:
+                self.groups_at = ts + self.groups_every
+                self.groups()
 
     def groups(self) -> None:
         """§4.1 each managed vertex's packets per flow group since the last call, to its
