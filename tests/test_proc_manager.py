@@ -290,7 +290,7 @@ def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
     fm = scaler.flowmaps["portscan"]
     fm.table = [g % 4 for g in range(64)]
     scaler.decide("portscan", [["scale-out", None, "9000 pps per instance > 3000"], ["clone", 2, "slow"],
-                               ["rebalance", None, "imbalance 1.6 > 1.5"]], [5] * 64, {}, 700)
+                               ["rebalance", None, "imbalance 1.6 > 1.5"]], [5] * 64, 700)
     assert [(e["kind"], e["reason"]) for e in rt.events] == [
         ("scale-out-refused", "at max (4)"), ("clone-refused", "clones are not built on the proc runtime yet "
                                                                "(docs/stragglers.md)")]
@@ -299,7 +299,7 @@ def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
     counts = [10 if g % 2 == 0 else 0 for g in range(64)]
     scaler.flowmaps["trojan"].table = [g % 2 for g in range(64)]     # instance 0 has all the load
     scaler.decide("trojan", [["scale-in", 1, "100 pps per instance < 1500"],
-                             ["rebalance", None, "imbalance 2.00 > 1.5"]], counts, {}, 800)
+                             ["rebalance", None, "imbalance 2.00 > 1.5"]], counts, 800)
     (a, target, params, index), (b, _, moved, _) = made
     assert (a, target, params["by"], params["reason"], index) == ("scale-in", "trojan[1]", "manager",
                                                                   "100 pps per instance < 1500", 800)

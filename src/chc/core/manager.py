@@ -308,6 +308,17 @@ class VertexManager:
             return False
         return now_ns >= self.next_ns
 
+    def restart(self, now_ns: int, counted: dict[int, tuple[int, int]]) -> None:
+        """The next interval starts at ``now_ns`` from ``counted`` (instance -> packets,
+        busy ns, cumulative), not from the last tick (a vertex that changed, or a
+        manager started again mid-run, measures from here)."""
+        self._seen = dict(counted)
+        self.last_ns, self.next_ns = now_ns, now_ns + self.interval_ns
+
+    def count_from(self, instance: int, packets: int, busy_ns: int) -> None:
+        """``instance``'s next interval counts from these cumulative counters."""
+        self._seen[instance] = (packets, busy_ns)
+
     def tick(self, now_ns: int, counters: list[tuple[int, int, int, int]], scope: str,
              finer: bool, cloning: frozenset[int] = frozenset(),
              spans: dict[int, int] | None = None) -> tuple[VertexLoad, list[Decision]]:
@@ -361,7 +372,6 @@ class ReportingManager:
         self.counts: list[int] = []                 # packets per flow group this interval
         self.reached: dict[int, int] = {}           # instance -> the input time it reported last
         self.waiting = False                        # decided; the new shape not told yet
-        self.reports = 0
         self.ticked: dict[int, int] = {}            # instance -> the input time it had reached at the last tick
         self.generations: dict[int, int] = {}       # instance -> the generation of its latest report
 
@@ -373,7 +383,7 @@ class ReportingManager:
             return                      # (a failed process's report read after its failover's)
         last = self.latest.get(instance)
         if last is None and self.restarted:
-            self.manager._seen[instance] = (packets, busy_ns)
+            self.manager.count_from(instance, packets, busy_ns)
             self.ticked[instance] = ts
         elif last is not None and generation > seen:
             # a failover counts from zero, its replay too: it goes on from where the
@@ -383,7 +393,6 @@ class ReportingManager:
         self.generations[instance] = generation
         self.latest[instance] = [packets, queue, busy_ns]
         self.reached[instance] = max(ts, self.reached.get(instance, ts))
-        self.reports += 1
 
     def groups(self, counts: list[int]) -> None:
         if len(counts) != len(self.counts):
@@ -402,12 +411,11 @@ class ReportingManager:
         m = self.manager
         if m.next_ns is None or not self.reached:
             return
-        now = max(self.reached.values())
-        m._seen = {i: (p + self.base.get(i, (0, 0))[0], b + self.base.get(i, (0, 0))[1])
+        counted = {i: (p + self.base.get(i, (0, 0))[0], b + self.base.get(i, (0, 0))[1])
                    for i, (p, _, b) in self.latest.items()}
+        m.restart(max(self.reached.values()), counted)
         self.ticked = dict(self.reached)
         self.counts = [0] * len(self.counts)
-        m.last_ns, m.next_ns = now, now + m.interval_ns
 
     def due(self) -> tuple[VertexLoad, list[Decision], list[int]] | None:
         """An interval's load, the policy's decisions and the flow-group counts, if an

@@ -97,6 +97,7 @@ from .procworker import (
     Plan,
     input_name,
     instance_name,
+    managed_vertex,
     manager_name,
     root_name,
 )
@@ -130,7 +131,7 @@ class ProcRuntime:
             raise ValueError("heartbeats: an interval >= 0 (0: none) and at least 1 miss")
         self.kills = sorted(kills, key=lambda k: k.at)
         # (a vertex manager holds no packet and no state: its death needs no recovery)
-        recover = failover or any(not k.vertex.startswith(MANAGER_KILL) for k in self.kills)
+        recover = failover or any(managed_vertex(k.vertex) is None for k in self.kills)
         if recover:
             _check_recoverable(chain, model, store_url, log_mode, self.kills)
         # §5.4 a root is failed over when its packet log is its own (rebuilt from the input replayed)
@@ -342,7 +343,7 @@ class ProcRuntime:
         store = _logical(name) == STORE
         if _logical(name) in self.reported or (store and self.store_stats):
             return
-        if name.startswith("@manager."):
+        if managed_vertex(name) is not None:
             self._manager_gone(name, p)
             return
         if store and self._store_stopping:
@@ -387,7 +388,7 @@ class ProcRuntime:
         (it counts from then on) and the run goes on; after the workers' bye it is done."""
         if self._bye:
             return
-        vertex = name.split(".", 1)[1]
+        vertex = managed_vertex(name)
         how = self._how(name, p)
         if name not in self.managers_up:    # (never started: another would fail the same way)
             deadline = time.monotonic() + REPORT_GRACE_S
@@ -411,8 +412,8 @@ class ProcRuntime:
         """§3 carry out the vertex managers' decisions that came (procscale), and tell each
         manager its vertex's shape after them (it decides again only then)."""
         while self.decisions:
-            vertex, decisions, counts, load = self.decisions.pop(0)
-            self.scaler.decide(vertex, decisions, counts, load, index)
+            vertex, decisions, counts = self.decisions.pop(0)
+            self.scaler.decide(vertex, decisions, counts, index)
             self._shape(vertex, answered=True)
 
     def _shape(self, vertex: str, answered: bool) -> None:
@@ -427,7 +428,7 @@ class ProcRuntime:
 
     def _decisions_expired(self) -> None:
         """Decisions that came after the input ended are not carried out (logged why)."""
-        for vertex, decisions, _, _ in self.decisions:
+        for vertex, decisions, _ in self.decisions:
             for action, instance, reason in decisions:
                 self.events.append({"kind": f"{action}-refused", "vertex": vertex, "instance": instance,
                                     "packet": self.fed, "reason": "the input ended before it", "by": "manager",
@@ -803,9 +804,9 @@ class ProcRuntime:
                 continue
             if what == "ready":
                 self.ready.add(name)
-                if name.startswith(MANAGER_KILL):
+                if managed_vertex(name) is not None:
                     self.managers_up.add(name)
-                    self._shape(name.split(".", 1)[1], answered=False)     # (a restarted one: the vertex now)
+                    self._shape(managed_vertex(name), answered=False)     # (a restarted one: the vertex now)
             elif what == "error":
                 raise ProcFailure(f"proc runtime: {data}")
             elif what == "out":
@@ -1153,14 +1154,13 @@ class Kill:
         """The logical process it kills (a root, the store server, or an NF instance)."""
         if self.vertex == ROOT:
             return root_name(self.instance)
-        if self.vertex.startswith(MANAGER_KILL):
+        if managed_vertex(self.vertex) is not None:
             return self.vertex
         return STORE if self.vertex == STORE_KILL else instance_name(self.vertex, self.instance)
 
 
 ROOT = "root"           # --kill root[R]@N: root R (unless a vertex has that name)
 STORE_KILL = "store"    # --kill store@N: the store server (unless a vertex has that name)
-MANAGER_KILL = "@manager."  # --kill manager:VERTEX@N: VERTEX's manager process (started again)
 
 
 def parse_kill(text: str, chain: Chain) -> Kill:

@@ -13,14 +13,17 @@ It takes, on its mailbox:
 
 - ``load`` from each instance of the vertex, after a batch about four times an
   interval of input time: ``[instance, packets processed, queued, busy ns, input
-  time reached]``, cumulative;
+  time reached, generation]``, cumulative (a failover, §5.4, is a later
+  generation);
 - ``groups`` from every process that splits packets to the vertex (roots,
-  upstream instances): packets per flow group since its last one (§4.1: a
-  rebalance moves the hottest groups; one group too hot for that refines);
+  upstream instances), as often: packets per flow group since its last one
+  (§4.1: a rebalance moves the hottest groups; one group too hot for that
+  refines);
 
 and from the coordinator (the framework manager) ``shape`` (the vertex's active
-instances, scope and whether a finer one is left, after each decision was
-carried out or refused) and ``bye``.  It sends the coordinator ``ready``,
+instances, scope and whether a finer one is left, after every change of the
+vertex, after each of this manager's decisions was carried out or refused, and
+when it starts; an interval starts afresh there) and ``bye``.  It sends the coordinator ``ready``,
 heartbeats, ``decide`` (the policy's decisions with the interval's load and
 flow-group counts; one at a time: it decides again once told the new shape) and
 ``policy-error``.  The coordinator carries a decision out as a scenario event
@@ -28,8 +31,9 @@ of the same action at the next input packet it feeds (:mod:`procscale`), with
 ``by: manager`` and the policy's reason.
 
 Time is input time (the capture's timestamps), as for the sim's managers at
-top speed: an interval ends when an instance reports a packet past it, so the
-policy's packets/s are per second of input, not of this machine's speed.
+top speed: an interval ends when every instance that reports has reported a
+packet past it (or one interval later), so the policy's packets/s are per second
+of input, not of this machine's speed.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import zmq
 
 from ..core.manager import ReportingManager
 from .procio import Guard, worker_guard
-from .procworker import COORDINATOR, Plan, manager_name
+from .procworker import COORDINATOR, Plan, instance_name, manager_name
 from .wire import Kind, Mailbox, WireError, dealer, decode, encode, fields
 
 log = logging.getLogger("chc.proc")
@@ -71,7 +75,7 @@ class ManagerWorker:
         self.coordinator = coordinator
         fm = plan.flowmaps()[vertex]
         width = plan.width(vertex)
-        active = [i for i in range(width) if f"{vertex}.{i}" not in plan.retired]
+        active = [i for i in range(width) if instance_name(vertex, i) not in plan.retired]
         self.desk = ReportingManager(vertex, plan.chain.vertices[vertex].scaling.loaded(), active, fm.scope.name,
                                      fm.level + 1 < len(fm.ladder), restarted)
         self.box = Mailbox(ctx, plan.address(manager_name(vertex)), manager_name(vertex))
@@ -108,11 +112,9 @@ class ManagerWorker:
             return
         if due is None:
             return
-        load, decisions, counts = due
+        _, decisions, counts = due
         if decisions:
-            self._tell("decide", [self.vertex, [[d.action, d.instance, d.reason] for d in decisions], counts,
-                                  {"pps": round(load.total_pps, 1), "instances": load.size,
-                                   "imbalance": round(load.imbalance, 3), "now_ns": load.now_ns}])
+            self._tell("decide", [self.vertex, [[d.action, d.instance, d.reason] for d in decisions], counts])
 
     def _from_coordinator(self) -> None:
         while True:

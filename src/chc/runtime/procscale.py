@@ -300,9 +300,9 @@ class Scaler:
         while (event := self._next(index, vt)) is not None:
             self._change(event, index)
 
-    def decide(self, vertex: str, decisions: list, counts: list[int], load: dict, index: int) -> None:
+    def decide(self, vertex: str, decisions: list, counts: list[int], index: int) -> None:
         """§3 a vertex manager's decisions (``[action, instance, reason]``, with the
-        interval's flow-group counts and load), carried out at input packet ``index`` as
+        interval's flow-group counts), carried out at input packet ``index`` as
         the scenario events of the same action; the policy's bounds hold (§4.1 a rebalance
         moves the hottest groups, or refines: :func:`~chc.core.manager.balance`)."""
         policy = self.rt.chain.vertices[vertex].scaling

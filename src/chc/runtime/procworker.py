@@ -131,9 +131,17 @@ def instance_name(vertex: str, i: int) -> str:
     return f"{vertex}.{i}"
 
 
+MANAGER = "@manager."            # the vertex manager processes' names begin so
+
+
 def manager_name(vertex: str) -> str:
     """The vertex manager process of ``vertex`` (:mod:`chc.runtime.procmanager`)."""
-    return f"@manager.{vertex}"
+    return MANAGER + vertex
+
+
+def managed_vertex(name: str) -> str | None:
+    """The vertex whose manager process ``name`` is, or None if it is none."""
+    return name[len(MANAGER):] if name.startswith(MANAGER) else None
 
 
 def input_name(root: str) -> str:
@@ -316,7 +324,7 @@ class _Sender:
         self.born = -1
         self.floors: dict[int, int] = {}        # root id -> its floor, as last heard
         # §4.1 per vertex with a manager process: packets per flow group go to it (it
-        # rebalances by them); counted by the splitters, sent after each batch
+        # rebalances by them); counted by the splitters, sent after a batch now and then
         self.managers = {d: dealer(ctx, plan.address(manager_name(d)), me, REPORT_HWM) for d in self.splitters
                          if d in plan.managers}
         for d in self.managers:
