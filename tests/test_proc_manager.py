@@ -362,3 +362,16 @@ def test_a_worker_that_fails_while_it_is_built_says_why(monkeypatch, capsys, tmp
                  "--no-progress", "-q"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "x.0: RuntimeError: this NF cannot start here" in err[0], err
+
+
+def test_decisions_that_come_after_the_input_are_logged_as_refused():
+    import types
+
+    from chc.runtime.proc import ProcRuntime
+    rt = types.SimpleNamespace(decisions=[["nat", [["scale-in", 1, "10 pps per instance < 1500"]], []]],
+                               events=[], fed=24000)
+    ProcRuntime._decisions_expired(rt)
+    assert rt.events == [{"kind": "scale-in-refused", "vertex": "nat", "instance": 1, "packet": 24000,
+                          "reason": "the input ended before it", "by": "manager",
+                          "asked": "10 pps per instance < 1500"}]
+    assert rt.decisions == []
