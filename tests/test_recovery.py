@@ -14,6 +14,7 @@ import pytest
 
 from chc.capture import open_capture
 from chc.coe import BreakState, Observers, check_runtime, check_variant, physical_runtime, variant
+from chc.core.recovery import RecoverableEngine
 from chc.core.root import LogEntry, Root
 from chc.core.store import ObjectKey, Op, StoreEngine
 from chc.runtime.sim import SimRuntime, Unrecoverable
@@ -202,6 +203,24 @@ def test_store_preimages_give_the_state_before_the_replayed_clocks():
     assert b"f" not in eng.objects_at("v", {1, 3}).get("count", {})     # absent before clock 1
     eng.prune_below(3)                  # clocks 1 and 2 are done in the whole chain
     assert eng.objects_at("v", {3})["count"][b"f"] == 2
+
+
+def test_preimages_are_shared_by_checkpoints_and_handed_out_as_copies():
+    """A checkpoint shares the engine's pre-images instead of copying them (§5.4: they
+    are written once): what ``objects_at`` hands a replay must be a copy, or an NF
+    changing its view would change the checkpoint and the engine's pre-image."""
+    eng = RecoverableEngine()
+    eng.preimages = True
+    pool = ObjectKey("nat", "pool", None)
+    eng.apply(Op("pop", pool, (), "c", 0, 0, (1, 1), 5, [7, 8, 9]))
+    eng.apply(Op("pop", pool, (), "c", 0, 0, (2, 1), 6, 0))
+    ckpt = eng.checkpoint()
+    view = eng.objects_at("nat", {2})["pool"][None]
+    assert view == [8, 9]
+    view.clear()                        # the replaying instance takes its ports
+    assert eng.objects_at("nat", {2})["pool"][None] == [8, 9]
+    assert list(ckpt.before[pool][2]) == [8, 9]
+    assert ckpt.restore().objects_at("nat", {2})["pool"][None] == [8, 9]
 
 
 # -- root failover ------------------------------------------------------------------------------

@@ -162,11 +162,6 @@ def _longer(value: Any, limit: int) -> bool:
     return value.__class__ in (list, deque, dict, set, tuple) and len(value) > limit
 
 
-def _copy_before(before: Mapping[int, Any]) -> dict[int, Any]:
-    """One object's pre-images, copied (in their order); the absent marker is kept."""
-    return {c: v if v is _ABSENT else _copy(v) for c, v in before.items()}
-
-
 def _seq(ts: TS, client: str) -> int:
     s = ts.get(client)
     return 0 if s is None else s.seq
@@ -234,7 +229,8 @@ class Checkpoint:
         engine.clock_log = {k: dict(v) for k, v in self.clock_log.items()}
         engine.log_order = ClockLogOrder(self.log_order)
         engine.subscribers = {k: set(v) for k, v in self.subscribers.items()}
-        engine.before = {k: _copy_before(v) if copy else dict(v) for k, v in self.before.items()}
+        # (pre-images are never changed, the engine's or a checkpoint's: shared, not copied)
+        engine.before = {k: dict(v) for k, v in self.before.items()}
         engine.preimages = self.preimages
         engine.checkpoints = self.number
         return engine
@@ -301,16 +297,19 @@ class RecoverableEngine(StoreEngine):
         ``preimage_limit``: pre-images of containers longer than that are left out
         (named in ``unknown_before``): one of the NAT's 40,000-port pool per clock that
         took a port made a checkpoint of the proc runtime's store server take 1.3 s."""
-        return _checkpoint(*self._parts(preimage_limit, _copy_data, _copy_before))
+        return _checkpoint(*self._parts(preimage_limit, _copy_data))
 
     def image(self, preimage_limit: int = 0) -> CheckpointImage:
         """:meth:`checkpoint` to be pickled at once (the proc runtime's store server writes
         it to a file): nothing is copied, pickling is the copy (half of a checkpoint's
         time was copying)."""
-        return CheckpointImage(self._parts(preimage_limit, dict, dict))
+        return CheckpointImage(self._parts(preimage_limit, dict))
 
-    def _parts(self, preimage_limit: int, copy_data: Callable, copy_before: Callable) -> tuple:
-        """:func:`_checkpoint`'s arguments, of plain dicts (pre-images absent as tokens)."""
+    def _parts(self, preimage_limit: int, copy_data: Callable) -> tuple:
+        """:func:`_checkpoint`'s arguments, of plain dicts (pre-images absent as tokens).
+        Pre-images are shared, not copied: each is a private copy the engine writes once
+        and never changes (``StoreEngine._preimage``; copying them was 36% of a
+        ``crash.yaml`` seed's time, the NAT's port pool once per clock that took a port)."""
         self.checkpoints += 1
         before: dict[ObjectKey, Any] = {}
         unknown: dict[ObjectKey, frozenset[int]] = {}
@@ -319,7 +318,7 @@ class RecoverableEngine(StoreEngine):
             if preimage_limit and _longer(self.data.get(k), preimage_limit):
                 unknown[k] = frozenset(v)
             else:
-                before[k] = {c: _AbsentToken() if x is _ABSENT else x for c, x in copy_before(v).items()}
+                before[k] = {c: _AbsentToken() if x is _ABSENT else x for c, x in v.items()}
         log = {k: {t: (r.result if r.__class__ is _Recorded else r) for t, r in v.items()}
                for k, v in self.clock_log.items()}
         users = set(self.applied_seq) | set(self.ts)

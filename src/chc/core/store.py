@@ -65,6 +65,19 @@ CLOCK_BITS = 48          # per-root sequence space of a logical clock; the root 
 READS = frozenset(("get",))
 _ABSENT = object()      # (a pre-image of an object that did not exist)
 _IMMUTABLE = frozenset((int, float, str, bytes, bool, type(None), tuple))
+
+
+def _private(value: Any) -> Any:
+    """A copy of a stored value nothing else refers to (a deque as a list, as it was
+    always kept; a list of atoms, the NAT's port pool, without deepcopy's cost)."""
+    cls = value.__class__
+    if cls in _IMMUTABLE:
+        return value
+    if cls is deque or (cls is list and all(map(_IMMUTABLE.__contains__, map(type, value)))):
+        return list(value)
+    return copy.deepcopy(value)
+
+
 UPDATES = frozenset(("set", "incr", "incr_many", "push", "pop", "cas", "delete", "custom", "apply"))
 
 
@@ -251,7 +264,9 @@ class StoreEngine:
         self._commit_runs: list[Increments] = []     # incr_many ops' commits, not yet paired
         self.ops_applied = 0
         # §5.4 NF failover: per object, the value before the first update of each clock
-        # still in the clock log (off unless a runtime may fail an instance over).
+        # still in the clock log (off unless a runtime may fail an instance over).  A
+        # pre-image is a private copy, written once and never changed (objects_at hands
+        # out copies), so a checkpoint shares it instead of copying it (§5.4).
         self.preimages = False
         self.before: dict[ObjectKey, dict[int, Any]] = {}
 
@@ -317,9 +332,7 @@ class StoreEngine:
             before = self.before[key] = {}
         if clock not in before:
             v = self.data.get(key, _ABSENT)
-            if v is not _ABSENT and v.__class__ not in _IMMUTABLE:
-                v = list(v) if isinstance(v, deque) else copy.deepcopy(v)
-            before[clock] = v
+            before[clock] = v if v is _ABSENT else _private(v)
 
     def _retransmitted(self, op: Op) -> Any:
         """§4.3 an op at or below its client's seq mark: applied before, not applied again.
@@ -543,7 +556,7 @@ class StoreEngine:
                     if value is _ABSENT:
                         out.get(key.obj, {}).pop(key.key, None)
                     else:
-                        out.setdefault(key.obj, {})[key.key] = value
+                        out.setdefault(key.obj, {})[key.key] = _private(value)
                     break
         return out
 
