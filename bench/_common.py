@@ -25,3 +25,19 @@ def run(sections: tuple[str, ...], prog: str) -> int:
     from chc.bench import main
 
     return main(sys.argv[1:], sections, prog)
+
+
+def write_json(path: str | None, data: dict) -> None:
+    """``data`` as indented JSON at ``path`` (its directory made), if a path was given."""
+    if path:
+        import json
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def print_ratios(ratios: dict[str, float]) -> None:
+    """Each ratio on a line of its own, after a blank line."""
+    print()
+    width = max(map(len, ratios), default=0) + 2
+    for k, v in ratios.items():
+        print(f"{k:<{width}}{v:6.2f}x")

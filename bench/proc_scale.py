@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import statistics
 import sys
@@ -27,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import print_ratios, write_json  # noqa: E402
 
 NAT_CONFIG = {"external_ip": "198.51.100.7", "internal": ["10.64.0.0/16"], "port_range": [20000, 59999],
               "unsolicited": "pass"}
@@ -101,17 +103,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(records):,} packets, {os.cpu_count()} cores)")
     for k, m in med.items():
         print(f"{k:<16}{m['pps']:>10,.0f}{m['pps_steady']:>12,.0f}{m['wall_s']:>9.2f}")
-    print()
-    for k, v in ratios.items():
-        print(f"{k:<42}{v:6.2f}x")
+    print_ratios(ratios)
     print(f"\nsame digest, sim and proc chain: {digests['sim chain'] == digests['proc chain']}; "
           f"NAT x1 and sim: {digests['sim nat'] == digests['proc nat']}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"packets": len(records), "repeats": args.repeats,
-                                               "cores": os.cpu_count(), "median": med, "ratios": ratios,
-                                               "digests": digests, "runs": runs,
-                                               "load_avg": os.getloadavg()}, indent=2) + "\n")
+    write_json(args.json, {"packets": len(records), "repeats": args.repeats, "cores": os.cpu_count(),
+                           "median": med, "ratios": ratios, "digests": digests, "runs": runs,
+                           "load_avg": os.getloadavg()})
     return 0
 
 

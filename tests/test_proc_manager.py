@@ -282,7 +282,7 @@ def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
 
     chain = load_spec(str(AUTOSCALE))
     rt = types.SimpleNamespace(chain=chain, plan=Plan(str(tmp_path), chain, "EO", 1, ("memory", "")), kills=[],
-                               events=[])
+                               events=[], spares=False)
     scaler = Scaler(rt, [])
     made = []
     scaler._change = lambda event, index: made.append((event.action, event.target, event.params, index))

@@ -563,3 +563,48 @@ def test_a_kill_during_a_change_is_parsed_and_refused_without_changes():
         parse_kill("natt@change:1", chain)
     with pytest.raises(ValueError, match="no scaling changes"):
         ProcRuntime(chain, model="EO", kills=[Kill("nat", 0, 0, during=1)])
+
+
+# -- §5.1 warm spares ---------------------------------------------------------------------------
+
+def _two_nat_scale_outs(**kw) -> ProcRuntime:
+    rt = ProcRuntime(load_spec(PAPER), model="EO+C", batch_size=32,
+                     events=[_ev("scale-out", "nat", 300), _ev("scale-out", "nat", 700)], **kw)
+    rt.run(_records(1200))
+    return rt
+
+
+@pytest.mark.parametrize("spares", [True, False])
+def test_a_scale_out_takes_its_warm_spare_and_no_spare_outlives_the_run(spares):
+    rt = _two_nat_scale_outs(spares=spares)
+    s = rt.summary()
+    outs = [e for e in s.events if e["kind"] == "scale-out"]
+    assert [e["spare"] for e in outs] == [spares, spares]
+    assert s.vertices["nat"]["sizes"] == [1, 2, 3]
+    assert s.vertices["nat"]["packets_in"] == s.packets_in - s.malformed - s.non_ip
+    # after the second, a spare for a fourth instance was started and nobody took it:
+    # told to go at the end, it exits by itself, as every other process
+    assert ("nat.3" in rt.procs) == spares
+    assert {name: p.exitcode for name, p in rt.procs.items()} == dict.fromkeys(rt.procs, 0)
+
+
+def test_a_spare_that_died_is_replaced_by_a_new_process_at_the_scale_out():
+    import os
+    import signal
+
+    class KillsTheSpare(ProcRuntime):
+        def _join(self, name: str, args: tuple) -> bool:
+            # dead when the scale-out comes, its end not seen yet (no wait in between)
+            while name not in self.scaler.spares_up:
+                self._service(100)
+            os.kill(self.procs[name].pid, signal.SIGKILL)
+            self.procs[name].join(5)
+            return super()._join(name, args)
+
+    rt = KillsTheSpare(load_spec(PAPER), model="EO+C", batch_size=32, events=[_ev("scale-out", "nat", 300)])
+    rt.run(_records(600))
+    s = rt.summary()
+    (out,) = [e for e in s.events if e["kind"] == "scale-out"]
+    assert out["spare"] is False
+    assert s.vertices["nat"]["packets_in"] == s.packets_in - s.malformed - s.non_ip
+    assert rt.procs["nat.1"].exitcode == 0      # the new process, not the killed spare

@@ -64,6 +64,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -124,7 +125,7 @@ class ProcRuntime:
                  write_out: bool = False, hwm: int = 8, record: bool = False, breaks: tuple[str, ...] = (),
                  break_from: int = 0, kills: Iterable[Kill] = (), failover: bool = False,
                  heartbeat_s: float = 0.5, misses: int = 10, checkpoint_ms: float | None = None,
-                 events: Iterable[Any] = (), pacer: Pacer | None = None) -> None:
+                 events: Iterable[Any] = (), pacer: Pacer | None = None, spares: bool = True) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         if heartbeat_s < 0 or misses < 1:
@@ -222,7 +223,9 @@ class ProcRuntime:
         self._seen_stats = Marks()
         self._seen_out = Marks()
         self.fed = 0
-        # §5.1 the scenario's scaling events (chc.runtime.procscale)
+        # §5.1 the scenario's scaling events (chc.runtime.procscale); warm spares for the
+        # vertices that may scale out (off: each scale-out starts its process then)
+        self.spares = spares
         self.scaler = procscale.Scaler(self, events) if events or managed else None
         if self.scaler is not None:
             self.plan.room = procscale.room(chain, events)
@@ -296,6 +299,8 @@ class ProcRuntime:
                                   f"{', '.join(sorted(set(workers + managers) - self.ready))}")
             self._service(1000)
         self._started = True
+        if self.scaler is not None:
+            self.scaler.start_spares()      # (§5.1 once the chain is up: not in its way)
 
     def _address(self, plan: Plan) -> None:
         """Where the mailboxes are: ``ipc://`` in the run's directory (the plan's default)."""
@@ -314,18 +319,25 @@ class ProcRuntime:
                                                         plan.directory, plan.checkpoint_s, name, restore,
                                                         self._redis_spec if self.fronted else None))
 
-    def _join(self, name: str, args: tuple) -> None:
-        """§5.1 a scale-out's new instance process; waited for until it is ready."""
+    def _join(self, name: str, args: tuple) -> bool:
+        """§5.1 a scale-out's new instance process, its warm spare if it has one up (then
+        True); waited for until it is ready."""
         self.box.expected.add(name.encode())
         self.current[name] = name
         self.generation[name] = 0
-        self._launch(self.mp, name, procworker.main, args)
+        spare = self.scaler is not None and self.scaler.take_spare(name)
+        if spare:
+            self.heard.pop(name, None)      # (its beats are checked once it is an instance)
+            self.box.reply(name.encode(), encode(Kind.CONTROL, ["assign", pickle.dumps(args)]))
+        else:
+            self._launch(self.mp, name, procworker.main, args)
         deadline = time.monotonic() + START_TIMEOUT_S
         while name not in self.ready:
             if time.monotonic() > deadline:
                 raise ProcFailure(f"proc runtime: {name} (a scale-out's new instance) not ready after "
                                   f"{START_TIMEOUT_S:g} s")
             self._service(100)
+        return spare
 
     def _launch(self, mp: Any, name: str, target: Callable, args: tuple) -> None:
         p = mp.Process(target=target, args=args, name=f"chc {name}", daemon=True)
@@ -334,12 +346,21 @@ class ProcRuntime:
         self._sentinels[p.sentinel] = name
         self.guard.sentinels.append(p.sentinel)
 
+    def _reap(self, name: str) -> None:
+        """The end of ``name``'s process, handled now if it has not been yet (before another
+        process of that name starts)."""
+        fd = self.procs[name].sentinel
+        if fd in self.guard.sentinels:
+            self._gone(fd)
+
     def _gone(self, fd: int) -> None:
         """A worker's process ended: fine once it has reported, else the run fails."""
         name = self._sentinels[fd]
         self.guard.sentinels.remove(fd)
         p = self.procs[name]
         p.join(1)
+        if self.scaler is not None and self.scaler.spare_gone(name):
+            return                          # (§5.1 a warm spare: a scale-out starts a process then)
         store = _logical(name) == STORE
         if _logical(name) in self.reported or (store and self.store_stats):
             return
@@ -1019,6 +1040,8 @@ class ProcRuntime:
         bye = encode(Kind.CONTROL, ["bye", None])
         for name in roots + instances + [manager_name(v) for v in self.plan.managers]:
             self.box.reply(self.current[name].encode(), bye)     # everything has arrived: the workers may go
+        if self.scaler is not None:
+            self.scaler.end_spares()
         store = self.remote if self.remote is not None else self.store
         if self.model != "T":
             self.final_state = {name: store.objects(name) for name in self.chain.vertices}
@@ -1038,9 +1061,10 @@ class ProcRuntime:
 
     def _stop(self) -> None:
         """Whatever still runs is killed and reaped; the sockets and the directory go."""
+        dismissed = self.scaler.dismissed if self.scaler is not None else ()
         for name, p in self.procs.items():
             p.join(0 if _logical(name) not in self.reported and not (_logical(name) == STORE and self.store_stats)
-                   else 2)
+                   and name not in dismissed else 2)
             if p.is_alive():
                 p.kill()
         for p in self.procs.values():

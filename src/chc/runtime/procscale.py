@@ -53,6 +53,11 @@ before it, this keeps: per instance the timers each go-ahead gave it, per vertex
 what its instances shared since each change (:meth:`Scaler.for_failover`).  A
 retired instance's process stays until the end of the run with what it sent and
 the reports it kept.
+
+Warm spares: for each vertex that may scale out (a scenario's scale-out, or a
+vertex manager), the process of its next instance is started ahead and waits
+(:func:`procworker.spare`); the scale-out hands it the plan and the change
+(:meth:`Scaler.take_spare`), and the next one is started after the change.
 """
 
 from __future__ import annotations
@@ -235,6 +240,13 @@ class Scaler:
         self.sharing: dict[str, list[tuple[int, list[str]]]] = {
             v: [(-1, sorted(shared_objects(chain, self.flowmaps[v], v)) if chain.vertices[v].parallelism > 1
                  else [])] for v in chain.vertices}
+        # §5.1 warm spares (procworker.spare): per vertex that may scale out, the process of
+        # its next instance, started ahead; those that said they are up; those told to go
+        grow = {_target(e, chain)[0] for e in [*self.events, *self.timed] if e.action == "scale-out"}
+        self.may_grow = sorted(grow | set(rt.plan.managers)) if rt.spares else []
+        self.spares: dict[str, str] = {}
+        self.spares_up: set[str] = set()
+        self.dismissed: set[str] = set()
 
     def due(self, index: int, vt: int | None = None) -> bool:
         """Whether an event is due at input packet ``index``, which arrives at ``vt``."""
@@ -331,9 +343,54 @@ class Scaler:
                 event = Event(action, target, why)
             self._change(event, index)
 
+    # -- §5.1 warm spares -----------------------------------------------------------------------
+    def start_spares(self) -> None:
+        """A spare for each vertex that may scale out and has none (at the start and after
+        each change: the next instance's number is the width of the vertex's map)."""
+        rt = self.rt
+        for v in self.may_grow:
+            n = self.flowmaps[v].n
+            if v not in self.spares and n < MAX_PARALLELISM:
+                name = self.spares[v] = instance_name(v, n)
+                rt.box.expected.add(name.encode())
+                rt._launch(rt.mp, name, procworker.spare, (rt.plan, v, n))
+
+    def take_spare(self, name: str) -> bool:
+        """Whether the scale-out's new instance ``name`` has a spare process up, now its own;
+        waits for one still starting (it is up sooner than a new one would be)."""
+        vertex = name.rsplit(".", 1)[0]
+        if self.spares.get(vertex) != name:
+            return False
+        rt = self.rt
+        while name not in self.spares_up and self.spares.get(vertex) == name:
+            rt._service(100)
+        if self.spares.get(vertex) == name and not rt.procs[name].is_alive():
+            rt._reap(name)              # (dead, its end not seen yet: spare_gone forgets it)
+        return self.spares.pop(vertex, None) == name
+
+    def spare_gone(self, name: str) -> bool:
+        """Whether the process that ended was a spare nobody took (or one told to go)."""
+        vertex = name.rsplit(".", 1)[0]
+        if self.spares.get(vertex) == name:
+            del self.spares[vertex]
+            self.spares_up.discard(name)
+            return True
+        return name in self.dismissed
+
+    def end_spares(self) -> None:
+        """The run is over: the spares nobody took go."""
+        bye = encode(Kind.CONTROL, ["bye", None])
+        for name in self.spares.values():
+            if name in self.spares_up:
+                self.rt.box.reply(name.encode(), bye)
+                self.dismissed.add(name)
+        self.spares.clear()
+
     def take(self, name: str, what: str, data: Any) -> bool:
         """A worker's message about a change; False if it is none."""
-        if what == "barrier":
+        if what == "spare":
+            self.spares_up.add(name)
+        elif what == "barrier":
             self.barriers[data[0]] = data[1]
         elif what == "epoch":
             self.acks.add(logical(name.encode()).decode())      # (a failover acknowledges for its instance)
@@ -395,7 +452,9 @@ class Scaler:
         for j in plan["new"]:       # (after failovers: it talks to them, not the dead)
             self.born[instance_name(vertex, j)] = change["barrier"]
             joins = {**change, "current": dict(rt.current), "fenced": list(rt.fenced)}
-            rt._join(instance_name(vertex, j), (rt.plan, "instance", (vertex, j), None, joins))
+            joined = time.perf_counter()
+            o["spare"] = rt._join(instance_name(vertex, j), (rt.plan, "instance", (vertex, j), None, joins))
+            o["start_s"] = round(time.perf_counter() - joined, 6)
         # 3. every instance process knows before any clock past the barrier is fed (a
         # failover started since is told by its replay, and acknowledges for its instance)
         told = [instance_name(v, i) for v, i in rt.plan.instances() if not (v == vertex and i in plan["new"])]
@@ -469,8 +528,10 @@ class Scaler:
                       "pause_s": round(o["fed_s"], 6), **({"failed_over": o["failed_over"]}
                                                            if "failed_over" in o else {}),
                       **({"go_after_store_failover": True} if o.get("go_after_store_failover") else {}),
+                      **({"spare": o["spare"], "start_s": o["start_s"]} if "spare" in o else {}),
                       "handover_s": round(time.perf_counter() - o["started"], 6), **o["by"],
                       **({"naive": True} if o["naive"] else {})}
         rt.events.append(o["event"])
         rt._shape(vertex, answered=False)       # §3 its manager measures the vertex as it is now
+        self.start_spares()
 
