@@ -514,3 +514,24 @@ def test_trace_outputs_never_overwrite_an_input(tmp_path, capsys, command):
     assert main(["trace", *args]) == 2
     assert capture.read_bytes() == before
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_chc_is_still_importing_is_one_line(monkeypatch, capsys):
+    """The ``chc`` command's entry point: a Ctrl-C during its imports (a heavy start, an
+    early ^C) printed a KeyboardInterrupt traceback from the import machinery."""
+    import chc
+
+    class Interrupted:
+        def find_spec(self, name, path=None, target=None):
+            if name == "chc.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "chc.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    try:
+        code = chc.console()
+    except KeyboardInterrupt:           # (not let through: it would stop the whole test run)
+        pytest.fail("a Ctrl-C during chc's imports escaped as KeyboardInterrupt")
+    assert code == 130
+    assert capsys.readouterr().err == "chc: interrupted\n"

@@ -88,12 +88,17 @@ def test_a_proc_serve_runs_a_scenarios_scaling_events(tmp_path):
     assert served["vertices"]["nat"]["sizes"][:2] == [1, 2]
 
 
-@pytest.mark.parametrize("sig, code, why", [(signal.SIGTERM, 0, "terminate"), (signal.SIGINT, 130, "interrupt")])
-def test_a_signal_stops_a_proc_serve_drains_it_and_leaves_no_process(tmp_path, sig, code, why):
+@pytest.mark.parametrize("sig, code, why, group", [
+    (signal.SIGTERM, 0, "terminate", False), (signal.SIGINT, 130, "interrupt", False),
+    # to the whole process group, as systemd, timeout(1), a terminal's Ctrl-C and kill -- -PGID
+    # send it: the workers get it too (SIGTERM killed them: no summary, exit 1)
+    (signal.SIGTERM, 0, "terminate", True), (signal.SIGINT, 130, "interrupt", True)])
+def test_a_signal_stops_a_proc_serve_drains_it_and_leaves_no_process(tmp_path, sig, code, why, group):
     summary = tmp_path / "s.json"
     proc = subprocess.Popen([sys.executable, "-m", "chc.cli", "serve", PAPER, "--capture", LAN, "--rate", "3000",
                              "--loop", "--runtime", "proc", "--status", "0.5", "--summary-json", str(summary)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            start_new_session=True)
     try:
         lines = []
         while True:                         # a status line: packets are flowing
@@ -104,7 +109,10 @@ def test_a_signal_stops_a_proc_serve_drains_it_and_leaves_no_process(tmp_path, s
                 break
         workers = descendants(proc.pid)
         assert len(workers) >= 7            # forkserver, store server, root, 4 instances
-        proc.send_signal(sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         out, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:

@@ -63,6 +63,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import pickle
 import re
@@ -309,6 +310,18 @@ class ProcRuntime:
         """What starts the workers: multiprocessing's forkserver (module doc)."""
         mp = multiprocessing.get_context("forkserver")
         mp.set_forkserver_preload(PRELOAD)
+        if threading.current_thread() is threading.main_thread():
+            # Started with SIGTERM and SIGINT ignored (kept across its exec, and by the
+            # workers it forks until worker_guard): a SIGTERM to the whole process group
+            # (systemd, timeout(1), kill -- -PGID) killed it, and every worker's end, which
+            # it reports, read as "exited with code 255"; a Ctrl-C while a worker started
+            # ended that worker ("exited with code 1").  It ends with the coordinator.
+            previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                multiprocessing.forkserver.ensure_running()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
         return mp
 
     def _launch_store(self, name: str, restore: str) -> None:

@@ -144,6 +144,11 @@ def _orphaned(fd: int) -> None:
 def worker_guard() -> Guard:
     """A worker's guard: it exits when its coordinator (the process that started it) dies."""
     import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C is the coordinator's to handle
+    # Ctrl-C and SIGTERM are the coordinator's to handle (it drains the run and reports):
+    # sent to the whole process group (a terminal, systemd, timeout(1)), a worker gets
+    # them too, and one SIGTERM ended mid-run was a failure with no summary.  Workers end
+    # on the coordinator's bye, on SIGKILL, or when the coordinator is gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     return Guard([parent.sentinel] if parent is not None else [])
