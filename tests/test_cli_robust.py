@@ -535,3 +535,17 @@ def test_ctrl_c_while_chc_is_still_importing_is_one_line(monkeypatch, capsys):
         pytest.fail("a Ctrl-C during chc's imports escaped as KeyboardInterrupt")
     assert code == 130
     assert capsys.readouterr().err == "chc: interrupted\n"
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_a_typo_in_a_scenario_target_names_the_file_and_the_event(tmp_path, capsys, command):
+    scenario = tmp_path / "typo.yaml"
+    scenario.write_text("events:\n  - {at: {packets: 10}, do: scale-out, target: \"nat[0]\"}\n"
+                        "  - {at: {packets: 100}, do: scale-out, target: trojn}\n")
+    chain, lan = str(ROOT / "examples/paper_chain.yaml"), str(ROOT / "traces/pathspider/lan-2012.pcap.gz")
+    argv = (["check", chain, str(scenario), lan, "--packets", "200"] if command == "check"
+            else ["serve", chain, "--capture", lan, "--scenario", str(scenario), "--duration", "1"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"chc: error: {scenario}: events[1].target: unknown vertex 'trojn' in 'trojn' "
+                   "(vertices: nat, trojan, portscan, lb; root[R], store)")

@@ -259,6 +259,14 @@ def test_refine_of_a_vertex_with_one_scope_is_refused_and_logged(lan_slice):
     assert [e["kind"] for e in s["events"]] == ["refine-refused"]
 
 
+def test_a_move_between_instances_that_do_not_exist_is_refused_and_logged(lan_slice):
+    """As the proc runtime does; it raised in the middle of the run (a traceback under
+    ``chc serve --scenario``, found by a new-user trial)."""
+    sc = parse_scenario({"events": [{"at": {"packets": 100}, "do": "move", "target": "nat", "from": 0, "to": 5}]})
+    s = run(load_spec(PAPER), list(open_capture(lan_slice))[:500], events=sc.events)
+    assert [(e["kind"], e["reason"]) for e in s["events"]] == [("move-refused", "instances are 0-0, got from 0 to 5")]
+
+
 # -- seed-drawn events -------------------------------------------------------------------
 def test_random_events_are_drawn_by_the_seed():
     sc = parse_scenario({"random": {"events": 6, "actions": ["scale-out", "move", "refine"],

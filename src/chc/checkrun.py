@@ -44,7 +44,7 @@ from .coe import (
     proc_refusal,
     variant,
 )
-from .scenario import Scenario, load_scenario
+from .scenario import Scenario, ScenarioError, load_scenario
 from .spec import MAX_PARALLELISM, Chain, load_spec
 
 
@@ -74,6 +74,10 @@ class Job:
              checkpoint_ms: float | None = None) -> Job:
         spec = load_spec(chain)
         sc = load_scenario(scenario)
+        try:
+            sc.check_targets(list(spec.vertices))
+        except ScenarioError as exc:
+            raise ScenarioError(f"{scenario}: {exc}") from None
         if kill:
             _check_kill(kill, spec, runtime)
         with open_capture(capture) as reader:

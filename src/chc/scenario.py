@@ -128,6 +128,17 @@ class Scenario:
         drawn = self.random.draw(seed, vertices, n_packets) if self.random else []
         return self.events + drawn
 
+    def check_targets(self, vertices: list[str]) -> None:
+        """Every event's target is a vertex of the chain (``nat``, ``nat[1]``), a root or
+        the store: a typo is named with its event before anything runs (it was "unknown
+        vertex 'trojn' in 'trojn'", from whichever runtime met it first)."""
+        for i, ev in enumerate(self.events):
+            name = (ev.target or "").partition("[")[0]
+            if ev.target is None or name in vertices or name in ("store", "root"):
+                continue
+            raise ScenarioError(f"events[{i}].target: unknown vertex {name!r} in {ev.target!r} "
+                                f"(vertices: {', '.join(vertices)}; root[R], store)")
+
     def pacer(self) -> Pacer:
         """A new pacer for one run (pacers keep state: the first timestamp seen)."""
         return Pacer(*self.pacing) if self.pacing else Pacer("multiplier", 1.0)

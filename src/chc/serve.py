@@ -486,12 +486,16 @@ def scenario_options(path: str, chain: Chain, capture: str, keep_parallelism: bo
     ``--parallelism`` was given) and the runtime's keyword arguments for its
     delays, network, packet log, seed and events (its ``random:`` events drawn
     by its seed over one pass of the capture)."""
-    from .scenario import load_scenario
+    from .scenario import ScenarioError, load_scenario
 
     sc = load_scenario(path)
     if sc.parallelism is not None and not keep_parallelism:
         chain = chain.with_parallelism(sc.parallelism)
     vertices = list(chain.vertices)
+    try:
+        sc.check_targets(vertices)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
     n = 0
     if sc.random is not None:
         with open_capture(capture) as reader:
@@ -557,7 +561,9 @@ def _report(opts: Options, rt: Any, capture: dict[str, Any], write_json: Callabl
 
 def _serve_proc(opts: Options, rt: Any, write_json: Callable[[str, Any], None]) -> int:
     """``chc serve --runtime proc``: a replay through the proc runtime (module doc)."""
-    given = [name for name, on in (("--live", opts.live is not None), ("--metrics-port", opts.metrics is not None),
+    if opts.live is not None:
+        raise UsageError("--live is for --runtime sim (live ports are not built on the proc runtime yet)")
+    given = [name for name, on in (("--metrics-port", opts.metrics is not None),
                                    ("--dashboard-port", opts.dashboard is not None)) if on]
     if given:
         raise UsageError(f"{given[0]} is for --runtime sim (the proc runtime's figures live in its workers)")

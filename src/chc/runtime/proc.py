@@ -146,8 +146,9 @@ class ProcRuntime:
                              "not built on the proc runtime yet (docs/stragglers.md); use --runtime sim")
         events = list(events)
         if any(k.during for k in self.kills) and not events and not managed:
-            raise ValueError("--kill VERTEX[I]@change:K: the run makes no scaling changes (give a --scenario "
-                             "with scale-out, scale-in, move or refine events, or a chain with a scaling: policy)")
+            raise ValueError("--kill VERTEX[I]@change:K: the run makes no scaling changes (it needs a chain with "
+                             "a scaling: policy, or scale-out, scale-in, move or refine events: chc check's "
+                             "scenario, chc serve --scenario)")
         refused = procscale.refusal(events, chain, model, managed)
         if refused:
             raise ValueError(refused)

@@ -2199,7 +2199,10 @@ def _apply_move(rt: SimRuntime, event: Any) -> None:
         return
     src, to = event.params["from"], event.params["to"]
     if src >= n or to >= n:
-        raise ValueError(f"move on {vertex}: instances are 0-{n - 1}, got from {src} to {to}")
+        # (how many there are depends on the run so far: refused and logged, as the proc
+        # runtime does, not a failure in the middle of a run or a serve)
+        rt._refuse("move-refused", vertex, src, f"instances are 0-{n - 1}, got from {src} to {to}", {})
+        return
     rt.move(vertex, src, to, float(event.params.get("fraction", 0.5)))
 
 
