@@ -347,6 +347,16 @@ class VertexManager:
         return load, self.policy.decide(load)
 
 
+# Intervals of input time one instance's reports may be ahead of another's before the
+# manager takes the one behind for idle (it counts nothing for it): instances lag one
+# another by what waits in their queues, up to a high-water mark of batches (8 of 256
+# packets a link: about 1 s of input time at 2,000 packets/s).  With one interval, a
+# lagging instance read as idle halved the vertex's rate (on proc, autoscale.yaml
+# scaled the port-scan detector in at 1,421 packets/s per instance where the input
+# carried about 6,000).
+QUIET_INTERVALS = 5
+
+
 class ReportingManager:
     """A vertex manager fed by reports rather than by looking (the ``proc`` runtime's,
     where it is a process of its own, :mod:`chc.runtime.procmanager`).  Each instance
@@ -355,8 +365,8 @@ class ReportingManager:
     per flow group (:meth:`groups`).  An interval ends when the instances' reports
     reach past it in input time, as the sim's managers go by input time at top speed
     (:meth:`due`): each instance reports after a batch, so one may lag behind another,
-    and its counters are taken once every instance that reports has passed the
-    interval's end, or one more interval has gone by (an instance may have gone idle).
+    and its counters are taken once every active instance has passed the interval's
+    end, or :data:`QUIET_INTERVALS` more have gone by (an instance may have gone idle).
     One decision at a time: once it has decided, it waits to be told the vertex's
     shape after the framework manager carried the decision out (:meth:`shape`)."""
 
@@ -411,11 +421,14 @@ class ReportingManager:
         m = self.manager
         if m.next_ns is None or not self.reached:
             return
-        counted = {i: (p + self.base.get(i, (0, 0))[0], b + self.base.get(i, (0, 0))[1])
-                   for i, (p, _, b) in self.latest.items()}
-        m.restart(max(self.reached.values()), counted)
+        m.restart(max(self.reached.values()), self._counted())
         self.ticked = dict(self.reached)
         self.counts = [0] * len(self.counts)
+
+    def _counted(self) -> dict[int, tuple[int, int]]:
+        """Each instance's cumulative packets and busy ns, a failed one's included (§5.4)."""
+        return {i: (p + self.base.get(i, (0, 0))[0], b + self.base.get(i, (0, 0))[1])
+                for i, (p, _, b) in self.latest.items()}
 
     def due(self) -> tuple[VertexLoad, list[Decision], list[int]] | None:
         """An interval's load, the policy's decisions and the flow-group counts, if an
@@ -425,8 +438,16 @@ class ReportingManager:
             return None
         m = self.manager
         latest = max(self.reached.values())
-        behind = [t for i, t in self.reached.items() if i in self.active and t < latest]
-        if m.next_ns is not None and behind and min(behind) < m.next_ns <= latest - m.interval_ns:
+        if m.next_ns is None:
+            # The first report starts the clock, from the counters it brings: a manager that
+            # read its first reports late (its process was slow to start) counted every
+            # packet before them into one interval (30,056 packets/s where 3,590 came).
+            m.restart(latest, self._counted())
+            self.ticked = dict(self.reached)
+            return None
+        # (an instance not heard from since the interval began, a new one, is behind too)
+        behind = [t for t in (self.reached.get(i, m.last_ns) for i in self.active) if t < latest]
+        if m.next_ns is not None and behind and min(behind) < m.next_ns <= latest - QUIET_INTERVALS * m.interval_ns:
             now = latest                # (one has gone quiet: the others' intervals go on)
         elif m.next_ns is not None and behind and min(behind) < m.next_ns:
             return None                 # (a laggard has not reported this interval's end yet)

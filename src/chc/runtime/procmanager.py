@@ -31,9 +31,9 @@ of the same action at the next input packet it feeds (:mod:`procscale`), with
 ``by: manager`` and the policy's reason.
 
 Time is input time (the capture's timestamps), as for the sim's managers at
-top speed: an interval ends when every instance that reports has reported a
-packet past it (or one interval later), so the policy's packets/s are per second
-of input, not of this machine's speed.
+top speed: an interval ends when every active instance has reported a packet
+past it (or ``QUIET_INTERVALS`` later: instances lag one another by their queues),
+so the policy's packets/s are per second of input, not of this machine's speed.
 """
 
 from __future__ import annotations
