@@ -262,6 +262,16 @@ def test_store_killed_mid_run_stops_the_run(dedicated_redis, model):
     assert "unreachable" in err and "cannot continue" in err
 
 
+def test_store_killed_mid_run_under_proc_is_named_not_a_hung_worker(dedicated_redis):
+    """Each process retries for its budget (about 9.5 s); its heartbeats went quiet
+    meanwhile, and the coordinator killed it as hung after 5 s: "@root.0 was silent for
+    5.4 s ... killed", which named the wrong fault (found by a new-user trial)."""
+    code, err = _run_and(dedicated_redis, "EO+C+NA", dedicated_redis.kill, "--runtime", "proc")
+    assert code == 1, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    assert "silent" not in err and "unreachable" in err and "cannot continue" in err, err
+
+
 def test_store_restarted_empty_mid_run_is_noticed(dedicated_redis):
     def restart_empty():
         dedicated_redis.kill()

@@ -632,6 +632,9 @@ class RedisStore:
         self.epoch = b""
         self._epoch_bulk = _bulk(b"")
         self._running = False               # set once connected: later failures are fatal (StoreLost)
+        # Called while a retry backs off: a proc worker's heartbeats go on, so a store that
+        # is gone reads as that (StoreLost), not as a worker hung for its retry budget.
+        self.waiting: Callable[[], None] | None = None
         self._inflight: set[tuple[str, int]] = set()     # (client, seq) of submitted, unanswered ops
         self._inflight_reqs: deque[_Request] = deque()
         self.window = PIPELINE_WINDOW
@@ -846,11 +849,21 @@ class RedisStore:
                                       "the run cannot continue without its state")
                         raise StoreLost(self._lost)
                     raise self._unavailable(self.servers[i], exc)
-                time.sleep(min(self.backoff * (2 ** (tries - 1)), _MAX_BACKOFF))
+                self._back_off(min(self.backoff * (2 ** (tries - 1)), _MAX_BACKOFF))
                 pending = sorted(failed)
         finally:
             for lock in reversed(locks):
                 lock.release()
+
+    def _back_off(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while True:
+            if self.waiting is not None:
+                self.waiting()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
 
     def _call(self, i: int, commands: list[tuple], attempts: int | None = None) -> list:
         out = self._round_trip({i: [_command(*c) for c in commands]}, attempts)[i]

@@ -271,7 +271,7 @@ def open_backend(plan: Plan, ctx: zmq.Context, identity: str, guard: Guard) -> A
         from .storeserver import RemoteStore
         return RemoteStore(ctx, plan.store[1], identity, guard)
     from .storeserver import redis_store
-    return redis_store(*plan.store[1:])
+    return redis_store(*plan.store[1:], guard)
 
 
 def _below_end(through: int) -> int:

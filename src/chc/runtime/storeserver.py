@@ -185,7 +185,7 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
     to_coordinator = dealer(ctx, coordinator, me) if coordinator else None
     if to_coordinator is not None and heartbeat_s:
         guard.heartbeat(heartbeat_s, encode(Kind.CONTROL, ["hb", None]), to_coordinator)
-    store = MemoryStore(RecoverableEngine() if checkpoint_s else None) if redis is None else redis_store(*redis)
+    store = MemoryStore(RecoverableEngine() if checkpoint_s else None) if redis is None else redis_store(*redis, guard)
     state = procstore.boot(restore) if restore else None
     if state is not None:
         _boot(store, box, state)
@@ -229,12 +229,15 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
         ctx.term()
 
 
-def redis_store(urls: list[str], namespace: str, tls: dict) -> Any:
+def redis_store(urls: list[str], namespace: str, tls: dict, guard: Guard) -> Any:
     """A process's own connection to the run's Redis store (or Redis Cluster), whose
     namespace the coordinator made fresh and holds the lease of: a worker's, or this
-    server's in front of it (the module doc's "In front of Redis")."""
+    server's in front of it (the module doc's "In front of Redis").  Its retries keep
+    the process's heartbeats going (``guard``)."""
     from ..backends import open_store
-    return open_store(",".join(urls), fresh=False, namespace=namespace, lease=False, **tls)
+    store = open_store(",".join(urls), fresh=False, namespace=namespace, lease=False, **tls)
+    store.waiting = guard.tick
+    return store
 
 
 def _boot(store: MemoryStore, box: Mailbox, state: dict) -> None:
