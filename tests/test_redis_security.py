@@ -309,3 +309,22 @@ def test_epoch_check_at_the_store(dedicated_redis):
     finally:
         s.close()
         joiner.close()
+
+
+def test_a_process_joining_a_run_is_not_warned_of_the_runs_own_state(redis_urls):
+    """A proc runtime's scale-out or failover opens the run's namespace mid-run (not
+    fresh, the lease the coordinator's): each printed "the store already holds CHC
+    state ... use an empty database" (found by a new-user trial).  Someone else opening
+    a namespace with state in it is still warned."""
+    import warnings
+    url = redis_urls[0]
+    run = _store(url, fresh=True, namespace="joined")
+    try:
+        assert run.execute([Op("incr", COUNTER, (1,), "nat/0", 1)]) == [1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _store(url, namespace="joined", lease=False).close()
+        with pytest.warns(RuntimeWarning, match="already holds CHC state"):
+            _store(url, namespace="joined").close()
+    finally:
+        run.close()

@@ -668,7 +668,9 @@ class RedisStore:
         self._epoch_bulk = _bulk(self.epoch)
         self._running = True
         self._lease_due = time.monotonic() + _LEASE_RENEW
-        if used:
+        # (a process joining a run whose lease another holds, a proc runtime's scale-out or
+        # failover, finds the run's own state there: no warning)
+        if used and not (lease is False and not fresh):
             warnings.warn(f"{self.describe()}: the store already holds CHC state (client sequence numbers of "
                           "an earlier run); ops of clients with the same ids count as retransmissions - "
                           "use an empty database for a new run", RuntimeWarning, stacklevel=2)
