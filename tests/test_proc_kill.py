@@ -477,3 +477,20 @@ def test_a_hung_store_server_with_failover_on_is_killed_and_failed_over(records,
     [e] = [e for e in s.events if e["kind"] == "store-failover"]
     assert e["how"].startswith("silent for") and e["failover_process"] == "@store#1"
     assert _gone(rt.pids.values())
+
+
+def test_a_kill_past_the_input_is_logged_as_skipped_and_checks_say_so():
+    """It killed nothing, silently (chc run), and chc check said "killed ..., after the
+    instances had finished" (found by a new-user trial)."""
+    from chc.coe import _kill_faults
+    with open_capture(str(LAN)) as reader:
+        records = list(itertools.islice(reader, 500))
+    rt = ProcRuntime(load_spec(PAPER), model="EO+C+NA", kills=[Kill("nat", 0, 999_999)])
+    rt.run(records)
+    skipped = [e for e in rt.summary().events if e["kind"] == "kill-skipped"]
+    assert [(e["process"], e["reason"]) for e in skipped] == [("nat.0", "the input ended before packet 999999")]
+    assert _kill_faults("nat[0]@999999", [], skipped) == {
+        "not_killed": "nat.0 (the input ended before packet 999999)"}
+    restarted = [{"kind": "manager-restarted", "vertex": "portscan", "killed_at_packet": 3072}]
+    assert _kill_faults("manager:portscan@3000", [], restarted) == {
+        "killed": "manager:portscan at input packet 3072, started again"}

@@ -960,8 +960,10 @@ def _kill_faults(kill: str, failovers: list[dict], events: list[dict]) -> dict:
     if not kill:
         return {}
     skipped = "; ".join(f"{e['process']} ({e['reason']})" for e in events if e["kind"] == "kill-skipped")
+    restarted = "; ".join(f"manager:{e['vertex']} at input packet {e.get('killed_at_packet')}, started again"
+                          for e in events if e["kind"] == "manager-restarted")
     if not failovers:
-        return {"not_killed": skipped} if skipped else \
+        return {"not_killed": skipped} if skipped else {"killed": restarted} if restarted else \
             {"killed": f"{kill}, after the instances had finished (nothing to recover)"}
     return {"killed": "; ".join(f"{e['process']} at input packet {e.get('killed_at_packet')}"
                                 + (f" during change {e['during_change']}" if e.get("during_change") else "")

@@ -964,6 +964,9 @@ class ProcRuntime:
                 pending = 0
         if pending:
             self._sent(batches, pending, progress, kills)
+        for kill in kills:              # (past the input: never done, and said so)
+            self.events.append({"kind": "kill-skipped", "process": kill.process, "packet": self.fed,
+                                "reason": f"the input ended before packet {kill.at}"})
         if self.scaler is not None:
             self.scaler.expire()
         for r in range(len(self.inputs)):
