@@ -104,7 +104,7 @@ def test_a_run_scales_out_moves_and_scales_in_with_every_packet_through():
     assert events[-1]["reason"] == "the input ended before it"
     nat, portscan = s.vertices["nat"], s.vertices["portscan"]
     assert nat["instances"] == 2 and nat["sizes"] == [1, 2] and nat["retired"] == 0
-    assert portscan["instances"] == 2 and portscan["sizes"] == [1, 2, 1] and portscan["retired"] == 1
+    assert portscan["instances"] == 1 and portscan["sizes"] == [1, 2, 1] and portscan["retired"] == 1
     assert [e["barrier_clock"] for e in events[:-1]] == [299, 499, 699, 899]    # (every frame admitted)
     assert nat["packets_in"] == portscan["packets_in"] + nat["dropped"] == s.packets_in - s.malformed - s.non_ip
     assert s.log["remaining"] == 0

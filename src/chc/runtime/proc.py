@@ -1154,7 +1154,9 @@ class ProcRuntime:
         for name, v in self.chain.vertices.items():
             width = self.plan.width(name)
             reps = [self._instance_report(instance_name(name, i)) for i in range(width)]
-            stats = {"nf": v.nf.kind, "instances": width, "retired": scaler.retired[name] if scaler else 0,
+            retired = scaler.retired[name] if scaler else 0
+            # (active at the end, as the sim counts them: every one started, less the retired)
+            stats = {"nf": v.nf.kind, "instances": width - retired, "retired": retired,
                      "offpath": v.offpath,
                      **{k: sum(r["counters"][k] for r in reps) for k in ("packets_in", "packets_out", "dropped",
                                                                           "nf_errors")},
