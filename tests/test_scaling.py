@@ -317,3 +317,17 @@ def test_a_refused_decision_keeps_the_reason_it_was_asked_for():
     refused = [e for e in rt.events_log if e["kind"] == "scale-in-refused"]
     assert refused and refused[0]["reason"] == "the last active instance stays"
     assert refused[0]["asked"] == "below 1500 pps" and refused[0]["by"] == "manager"
+
+
+def test_a_checked_seed_says_what_its_scenario_did(tmp_path, capsys):
+    """Each seed's report counts the run's events (scale-outs, moves, refusals, ...): it
+    said nothing of them, so a user could not tell whether the scenario was exercised."""
+    scenario = tmp_path / "sc.yaml"
+    scenario.write_text("events:\n  - {at: {packets: 100}, do: scale-out, target: nat}\n"
+                        "  - {at: {packets: 200}, do: refine, target: trojan}\n")
+    out = tmp_path / "check.json"
+    assert main(["check", str(PAPER), str(scenario), str(LAN), "--packets", "400", "--seeds", "1",
+                 "--json", str(out)]) == 0
+    (seed,) = json.loads(out.read_text())["results"]
+    assert seed["events"]["scale-out"] == 1 and seed["events"]["refine-refused"] == 1
+    assert "    events: " in capsys.readouterr().out

@@ -277,6 +277,8 @@ def describe(r: dict) -> str:
     faults = {k: v for k, v in r["faults"].items() if not k.endswith(".sent") and v}
     if faults:
         lines.append("    faults: " + ", ".join(f"{k} {v}" for k, v in faults.items()))
+    if r.get("events"):
+        lines.append("    events: " + ", ".join(f"{k} {n}" for k, n in r["events"].items()))
     for name, did in r["breaks"].items():
         lines.append(f"    break {name}: {did or 'found nothing to act on (not exercised)'}")
     if r["unrecoverable"]:

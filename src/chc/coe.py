@@ -46,6 +46,7 @@ a pass; one that acted and was not caught is *uncaught*, a hole in the checker.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import random
 from collections import deque
@@ -336,6 +337,7 @@ class CheckResult:
     unrecoverable: str | None = None
     network: dict = dataclasses.field(default_factory=dict)
     steps: int = 0                       # store operations recorded
+    events: dict = dataclasses.field(default_factory=dict)     # what the run did: kind -> how often
 
     @property
     def ok(self) -> bool:
@@ -388,20 +390,22 @@ def check_runtime(chain: Chain, rt: SimRuntime, records: list[tuple[int, bytes]]
     try:
         phys = _collect(rt, records)
     except Unrecoverable as exc:
-        return CheckResult([], [], None, None, unrecoverable=str(exc), network=rt.net.describe())
+        return CheckResult([], [], None, None, unrecoverable=str(exc), network=rt.net.describe(),
+                           events=_event_counts(rt.events_log))
     except StoreError as exc:
         # The store refused the physical run (e.g. two instances updating one flow's
         # state): a divergence in itself, reported rather than raised.
         div = Divergence("store", "refused an operation and stopped the physical run", None,
                          "every operation accepted", f"{type(exc).__name__}: {exc}")
-        return CheckResult([div], [], None, None, network=rt.net.describe())
+        return CheckResult([div], [], None, None, network=rt.net.describe(), events=_event_counts(rt.events_log))
     if tamper is not None:
         tamper(rt, phys)
     rep = replay(obs.serial.steps)
     ref = reference_run(chain, records, rep, control.applied(rt.events_log), rt.events_log)
     divs = _compare_store(obs.serial, rep, phys, obs.issued_updates(), obs.deleted) if rt.store is not None else []
     divs = compare(ref, phys, chain) + divs + _log_liveness(rt)
-    return CheckResult(divs, ref.notes, phys, ref, network=rt.net.describe(), steps=len(obs.serial.steps))
+    return CheckResult(divs, ref.notes, phys, ref, network=rt.net.describe(), steps=len(obs.serial.steps),
+                       events=_event_counts(rt.events_log))
 
 
 def _log_liveness(rt: SimRuntime) -> list[Divergence]:
@@ -774,7 +778,7 @@ class SeedResult:
         r = self.result
         return {"seed": self.variant.seed, "verdict": self.verdict, "ok": self.verdict == "pass",
                 "variant": self.variant.as_json(), "drawn": self.variant.describe(),
-                "faults": r.network, "breaks": self.breaks, "store_steps": r.steps,
+                "faults": r.network, "events": r.events, "breaks": self.breaks, "store_steps": r.steps,
                 "unrecoverable": r.unrecoverable,
                 "first_divergence": str(r.first) if r.first else None,
                 "divergences": [str(d) for d in r.divergences], "notes": r.notes[:5]}
@@ -951,8 +955,14 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
                                f"still logged at the end of input ({s.log['remaining']} packets never completed)"))
     divs = compare(ref, phys, chain) + divs
     result = CheckResult(divs, ref.notes, phys, ref, network=_kill_faults(v.kill, failovers, s.events),
-                         steps=len(obs.serial.steps))
+                         steps=len(obs.serial.steps), events=_event_counts(s.events))
     return SeedResult(v, result, _verdict(result, breaks, state.acted), {b: state.acted.get(b, "") for b in breaks})
+
+
+def _event_counts(events: list[dict]) -> dict[str, int]:
+    """How often the run did each kind of thing (scale-out, move, crash, failover, a
+    refusal, ...), so a seed's report shows what its scenario exercised."""
+    return dict(sorted(collections.Counter(e["kind"] for e in events).items()))
 
 
 def _kill_faults(kill: str, failovers: list[dict], events: list[dict]) -> dict:
