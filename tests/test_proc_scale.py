@@ -608,3 +608,22 @@ def test_a_spare_that_died_is_replaced_by_a_new_process_at_the_scale_out():
     assert out["spare"] is False
     assert s.vertices["nat"]["packets_in"] == s.packets_in - s.malformed - s.non_ip
     assert rt.procs["nat.1"].exitcode == 0      # the new process, not the killed spare
+
+
+def test_the_end_of_a_run_waits_for_a_spare_still_starting_and_tells_it_to_go(tmp_path):
+    """A spare started after the last change of a short run may not be up when the run
+    ends: told nothing, it was killed (an exit by signal, not by itself)."""
+    import types
+
+    from chc.runtime.procscale import Scaler
+    from chc.runtime.procworker import Plan
+
+    chain = load_spec(PAPER)
+    told = []
+    rt = types.SimpleNamespace(chain=chain, plan=Plan(str(tmp_path), chain, "EO", 1, ("memory", "")), kills=[],
+                               spares=True, box=types.SimpleNamespace(reply=lambda peer, frame: told.append(peer)))
+    scaler = Scaler(rt, [])
+    scaler.spares = {"nat": "nat.1"}
+    rt._service = lambda ms: scaler.spares_up.add("nat.1")     # it comes up while the end waits
+    scaler.end_spares()
+    assert told == [b"nat.1"] and scaler.dismissed == {"nat.1"} and not scaler.spares

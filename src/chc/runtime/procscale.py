@@ -81,6 +81,9 @@ from .wire import Kind, encode, logical
 ACTIONS = ("scale-out", "scale-in", "move", "refine")
 
 
+SPARE_UP_S = 10.0       # how long the end of a run waits for a spare still starting
+
+
 def part_in(change: dict, vertex: str, i: int, targets: list[str]) -> list[str]:
     """What instance ``vertex[i]`` does in ``change`` (a failover's event says it)."""
     part = []
@@ -378,7 +381,12 @@ class Scaler:
         return name in self.dismissed
 
     def end_spares(self) -> None:
-        """The run is over: the spares nobody took go."""
+        """The run is over: the spares nobody took go (one still starting, once it is up:
+        else it would be killed, one started after the last change of a short run)."""
+        rt = self.rt
+        deadline = time.monotonic() + SPARE_UP_S
+        while any(n not in self.spares_up for n in self.spares.values()) and time.monotonic() < deadline:
+            rt._service(100)
         bye = encode(Kind.CONTROL, ["bye", None])
         for name in self.spares.values():
             if name in self.spares_up:
