@@ -31,6 +31,7 @@ import copy
 import dataclasses
 import enum
 import heapq
+import typing
 import zlib
 from collections.abc import Callable, Hashable
 from typing import Any, ClassVar
@@ -367,6 +368,28 @@ class ConfigError(ValueError):
         self.field = field
 
 
+_SCALARS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _check_types(schema: type, raw: dict, where: str) -> None:
+    """Options annotated ``int``, ``float``, ``bool`` or ``str`` get a value of that type
+    (YAML's ``abc``, ``3.5`` or ``true`` for an ``int`` ran on, wrong); other
+    annotations are the NF's ``validate`` to check."""
+    try:
+        hints = typing.get_type_hints(schema)
+    except Exception:           # (an annotation that does not resolve: nothing to check by)
+        return
+    for name, value in raw.items():
+        want = hints.get(name)
+        if want not in _SCALARS:
+            continue
+        ok = (isinstance(value, bool) if want is bool else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
+              isinstance(value, want) and not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{where}.{name}", f"expected {_SCALARS[want]}, got {value!r}")
+
+
 def build_config(nf_cls: type[NF], raw: Any, where: str) -> Any:
     """Check ``raw`` (a mapping from the spec) against ``nf_cls.Config``."""
     schema = nf_cls.Config
@@ -385,6 +408,7 @@ def build_config(nf_cls: type[NF], raw: Any, where: str) -> Any:
     for f in fields.values():
         if f.name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}.{f.name}", "required option missing")
+    _check_types(schema, raw, where)
     try:
         cfg = schema(**raw)
     except (TypeError, ValueError) as exc:

@@ -30,8 +30,10 @@ Spec format::
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import re
+import sys
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -131,16 +133,18 @@ def read_yaml(path: str | os.PathLike, error: type[Exception]) -> Any:
 
 
 def load_spec(path: str | os.PathLike) -> Chain:
-    """Read, validate and compile a YAML chain spec."""
+    """Read, validate and compile a YAML chain spec (an operator's own NF module is
+    looked for beside it too)."""
     raw = read_yaml(path, SpecError)
     try:
-        return parse_spec(raw)
+        return parse_spec(raw, os.path.dirname(os.path.abspath(path)))
     except SpecError as exc:
         raise SpecError(f"{path}: {exc}") from None
 
 
-def parse_spec(raw: Any) -> Chain:
-    """Validate a spec given as Python data and compile it."""
+def parse_spec(raw: Any, home: str | None = None) -> Chain:
+    """Validate a spec given as Python data and compile it; ``home``: where a relative
+    ``nf: FILE.py:Class`` is, and a directory ``nf: module:Class`` is imported from too."""
     if not isinstance(raw, dict):
         raise SpecError("the spec must be a mapping with 'vertices' and 'edges'")
     known = {"name", "input", "vertices", "edges", "offpath", "roots"}
@@ -151,7 +155,7 @@ def parse_spec(raw: Any) -> Chain:
     if not isinstance(name, str):
         raise SpecError("name: must be a string")
     policies = _policies(raw.get("input"))
-    vertices = _vertices(raw.get("vertices"))
+    vertices = _vertices(raw.get("vertices"), home)
     for src, dst in _edges(raw.get("edges"), vertices, "edges"):
         if dst in vertices[src].successors:
             raise SpecError(f"edges: duplicate edge {src} -> {dst}")
@@ -180,7 +184,7 @@ def _policies(raw: Any) -> dict[str, str]:
     return out
 
 
-def _vertices(raw: Any) -> dict[str, Vertex]:
+def _vertices(raw: Any, home: str | None = None) -> dict[str, Vertex]:
     if not isinstance(raw, dict) or not raw:
         raise SpecError("vertices: must be a non-empty mapping of vertex name -> {nf, config, parallelism}")
     out: dict[str, Vertex] = {}
@@ -194,12 +198,10 @@ def _vertices(raw: Any) -> dict[str, Vertex]:
             if key not in ("nf", "config", "parallelism", "match", "scaling"):
                 raise SpecError(f"{where}.{key}: unknown field (known: config, match, nf, parallelism, scaling)")
         if "nf" not in body:
-            raise SpecError(f"{where}.nf: missing (the NF type; known: {', '.join(sorted(REGISTRY))})")
-        kind = body["nf"]
-        if kind not in REGISTRY:
-            raise SpecError(f"{where}.nf: unknown NF {kind!r} (known: {', '.join(sorted(REGISTRY))})")
+            raise SpecError(f"{where}.nf: missing (the NF type; known: {', '.join(sorted(REGISTRY))}; "
+                            f"or your own: {OWN_NF})")
         par = check_parallelism(body.get("parallelism", 1), f"{where}.parallelism")
-        nf_cls = REGISTRY[kind]
+        nf_cls = resolve_nf(body["nf"], f"{where}.nf", home)
         try:
             config = build_config(nf_cls, body.get("config"), f"{where}.config")
         except ConfigError as exc:
@@ -208,6 +210,44 @@ def _vertices(raw: Any) -> dict[str, Vertex]:
                            scaling=_scaling(body.get("scaling"), f"{where}.scaling", par))
 
     return out
+
+
+OWN_NF = "module:Class or path/to/file.py:Class"
+
+
+def resolve_nf(kind: Any, where: str, home: str | None = None) -> type[NF]:
+    """A shipped NF by name, or an operator's: ``module:Class`` (importable, or a module
+    beside the spec) or ``FILE.py:Class`` (relative to the spec).  Imported by module
+    name, its directory put on ``sys.path``: the proc runtime's workers (which get the
+    coordinator's ``sys.path``) import it again by the same name."""
+    if isinstance(kind, str) and kind in REGISTRY:
+        return REGISTRY[kind]
+    if not isinstance(kind, str) or kind.count(":") != 1 or not all(kind.split(":")):
+        raise SpecError(f"{where}: unknown NF {kind!r} (known: {', '.join(sorted(REGISTRY))}; "
+                        f"or your own: {OWN_NF})")
+    ref, attr = kind.split(":")
+    if ref.endswith(".py"):
+        path = ref if os.path.isabs(ref) or home is None else os.path.join(home, ref)
+        if not os.path.isfile(path):
+            raise SpecError(f"{where}: {path}: no such file")
+        _importable(os.path.dirname(os.path.abspath(path)))
+        ref = os.path.basename(path)[:-3]
+    elif home is not None:
+        _importable(home)
+    try:
+        module = importlib.import_module(ref)
+    except Exception as exc:        # an operator's module may fail in any way on import
+        raise SpecError(f"{where}: cannot import {ref!r} ({type(exc).__name__}: {exc})") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, NF)):
+        raise SpecError(f"{where}: {kind} is not an NF class (a subclass of chc.nf.NF)"
+                        if cls is not None else f"{where}: module {ref!r} has no {attr!r}")
+    return cls
+
+
+def _importable(directory: str) -> None:
+    if directory not in sys.path:
+        sys.path.append(directory)
 
 
 def _scaling(raw: Any, where: str, parallelism: int) -> ScalingPolicy | None:

@@ -1,0 +1,107 @@
+"""An operator's own NF, named in a chain spec (``nf: FILE.py:Class`` beside the spec,
+or ``nf: module:Class``), runs on the sim and on the proc runtime, whose workers
+import it again; mistakes in naming it are one line."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from chc.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+LAN = str(ROOT / "traces/pathspider/lan-2012.pcap.gz")
+
+HEAVY = textwrap.dedent('''
+    import dataclasses
+    from chc.nf import NF, SRC_IP, GLOBAL, Access, Counter
+    from chc.packet import ip_str
+
+    @dataclasses.dataclass
+    class Config:
+        limit: int = 100
+
+    class HeavyHitter(NF):
+        kind = "heavy"
+        Config = Config
+
+        packets = Counter(GLOBAL, Access.WRITE_MOSTLY, doc="all packets seen")
+        per_host = Counter(SRC_IP, Access.READ_WRITE, doc="packets per source host")
+
+        def process(self, pkt, ctx):
+            self.packets.incr()
+            n = self.per_host.incr(1, pkt.src)
+            if n == self.config.limit:
+                ctx.alert("heavy-hitter", ip_str(pkt.src), packets=n)
+            return pkt
+''')
+
+
+def _spec(home: Path, nf: str) -> Path:
+    spec = home / "chain.yaml"
+    spec.write_text(textwrap.dedent(f'''
+        name: own
+        vertices:
+          heavy: {{nf: "{nf}", config: {{limit: 50}}}}
+          nat:
+            nf: nat
+            config: {{external_ip: 198.51.100.7, internal: [10.64.0.0/16], port_range: [20000, 59999]}}
+        edges:
+          - heavy -> nat
+    '''))
+    return spec
+
+
+def _run(spec: Path, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / f"s{len(list(tmp_path.glob('s*.json')))}.json"
+    assert main(["run", str(spec), LAN, "-c", "3000", "--no-progress", "-q", "--model", "EO+C+NA",
+                 "--summary-json", str(out), *extra]) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("ref", ["heavy_mine.py:HeavyHitter", "heavy_mine:HeavyHitter"])
+def test_an_nf_of_ones_own_beside_the_spec_runs_on_sim_and_proc(tmp_path, ref):
+    home = tmp_path / "mine"
+    home.mkdir()
+    (home / "heavy_mine.py").write_text(HEAVY)
+    spec = _spec(home, ref)
+    sim = _run(spec, tmp_path)
+    proc = _run(spec, tmp_path, "--runtime", "proc")
+    assert sim["vertices"]["heavy"]["nf"] == "heavy" and sim["alerts"]
+    for key in ("state_digest", "packets_in", "packets_out", "alerts"):
+        assert proc[key] == sim[key], key
+
+
+@pytest.mark.parametrize("ref, says", [
+    ("heavy", "unknown NF 'heavy' (known: lb, nat, pass, portscan, trojan; or your own: "
+              "module:Class or path/to/file.py:Class)"),
+    ("nowhere.py:HeavyHitter", "nowhere.py: no such file"),
+    ("no_such_module_here:HeavyHitter", "cannot import 'no_such_module_here' (ModuleNotFoundError"),
+    ("heavy_mine.py:Heavy", "module 'heavy_mine' has no 'Heavy'"),
+    ("heavy_mine.py:Config", "heavy_mine.py:Config is not an NF class (a subclass of chc.nf.NF)"),
+    ("broken_mine.py:X", "cannot import 'broken_mine' (ZeroDivisionError: division by zero)"),
+])
+def test_naming_ones_own_nf_wrongly_is_one_line(tmp_path, capsys, ref, says):
+    (tmp_path / "heavy_mine.py").write_text(HEAVY)
+    (tmp_path / "broken_mine.py").write_text("1 / 0\n")
+    assert main(["run", str(_spec(tmp_path, ref)), LAN, "-c", "10", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err and "vertices.heavy.nf" in err, err
+
+
+@pytest.mark.parametrize("value, says", [
+    ("abc", "expected an integer, got 'abc'"), ("3.5", "expected an integer, got 3.5"),
+    ("true", "expected an integer, got True"),
+])
+def test_a_config_value_of_the_wrong_type_is_one_line(tmp_path, capsys, value, says):
+    """``limit: int`` took ``abc`` (no alert ever) and ``true`` (an alert at the first
+    packet): chain-spec.md says bad values are errors (found by a new-user trial)."""
+    (tmp_path / "heavy_mine.py").write_text(HEAVY)
+    spec = _spec(tmp_path, "heavy_mine.py:HeavyHitter")
+    spec.write_text(spec.read_text().replace("limit: 50", f"limit: {value}"))
+    assert main(["run", str(spec), LAN, "-c", "10", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith(f"vertices.heavy.config.limit: {says}"), err
