@@ -40,12 +40,12 @@ HEAVY = textwrap.dedent('''
 ''')
 
 
-def _spec(home: Path, nf: str) -> Path:
+def _spec(home: Path, nf: str, config: str = "{limit: 50}") -> Path:
     spec = home / "chain.yaml"
     spec.write_text(textwrap.dedent(f'''
         name: own
         vertices:
-          heavy: {{nf: "{nf}", config: {{limit: 50}}}}
+          heavy: {{nf: "{nf}", config: {config}}}
           nat:
             nf: nat
             config: {{external_ip: 198.51.100.7, internal: [10.64.0.0/16], port_range: [20000, 59999]}}
@@ -105,3 +105,39 @@ def test_a_config_value_of_the_wrong_type_is_one_line(tmp_path, capsys, value, s
     assert main(["run", str(spec), LAN, "-c", "10", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.endswith(f"vertices.heavy.config.limit: {says}"), err
+
+
+BAD_RETURNS = textwrap.dedent('''
+    from chc.nf import NF
+
+    class ReturnsTrue(NF):
+        kind = "true"
+        def process(self, pkt, ctx):
+            return True
+
+    class ReturnsData(NF):
+        kind = "data"
+        def process(self, pkt, ctx):
+            return pkt.data
+
+    class ReturnsNoneInAList(NF):
+        kind = "listed"
+        def process(self, pkt, ctx):
+            return [pkt, None]
+''')
+
+
+@pytest.mark.parametrize("cls, says", [
+    ("ReturnsTrue", "process() returned bool True: expected the packet, None or a list of packets"),
+    ("ReturnsData", "process() returned bytes b"),
+    ("ReturnsNoneInAList", "process() returned list [<Packet"),
+])
+@pytest.mark.parametrize("runtime", ["sim", "proc"])
+def test_a_wrong_return_from_process_is_a_counted_nf_error(tmp_path, cls, says, runtime):
+    """As an exception in ``process`` is: the packet dropped and counted, the run goes
+    on; it ended the run with a traceback (found by a new-user trial)."""
+    (tmp_path / "bad_returns.py").write_text(BAD_RETURNS)
+    s = _run(_spec(tmp_path, f"bad_returns.py:{cls}", config="{}"), tmp_path, "--runtime", runtime)
+    heavy = s["vertices"]["heavy"]
+    assert heavy["nf_errors"] == heavy["packets_in"] == s["packets_in"] - s["non_ip"] - s["malformed"]
+    assert heavy["packets_out"] == 0 and says in s["errors"][0], s["errors"]

@@ -196,6 +196,11 @@ class Instance:
         return out
 
     def _emit_many(self, pkt: Packet, res: list[Packet], vector: int, out: list[Packet]) -> None:
+        if res.__class__ not in (list, tuple) or not all(isinstance(p, Packet) for p in res):
+            # an NF bug as an exception is: counted, the packet dropped (it ended the run)
+            self._error(pkt, TypeError(f"process() returned {type(res).__name__} {_short(res)}: expected the "
+                                       "packet, None or a list of packets"))
+            res = ()
         if not res:
             self.dropped += 1
             self.finished.append((pkt.clock, vector))
@@ -287,9 +292,15 @@ class Instance:
         if self.first_error is None:
             where = f"packet #{pkt.index}" if pkt is not None else "timer"
             self.first_error = f"{self.vertex}[{self.instance_id}] {where}: {type(exc).__name__}: {exc}"
-            log.warning("NF error (packet dropped): %s\n%s", self.first_error, traceback.format_exc())
+            log.warning("NF error (packet dropped): %s\n%s", self.first_error,
+                        "".join(traceback.format_exception(exc)))
 
     def state(self) -> dict[str, dict]:
         """This instance's local state objects as {object: {key: value}} (non-initial
         keys); in the externalized models the store holds the state instead."""
         return {name: dict(h.items()) for name, h in self.objects.items()}
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
