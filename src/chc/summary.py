@@ -168,7 +168,7 @@ class Summary:
             if len(self.alerts) > len(shown):
                 lines.append(f"  ... {len(self.alerts) - len(shown)} more (see --summary-json)")
         if self.nf_errors:
-            lines += ["", f"NF errors: {self.nf_errors} packets dropped; first: {self.errors[0]}"]
+            lines += ["", f"NF errors: {self.nf_errors:,} packets dropped; first: {self.errors[0]}"]
         for w in self.capture.get("warnings", []):
             lines.append(f"warning: {w}")
         st = self.store
