@@ -484,8 +484,15 @@ class _Sender:
         """§5.4 ``vertex[i]`` failed: what goes to it goes to its failover ``name`` from
         now on; what was sent to it (the failover replays it), as ``[rows, watermark,
         ended, report throughs, through of the last message]``."""
-        self.socks[vertex][i].close(0)
-        self.socks[vertex][i] = dealer(self.ctx, self.plan.address(name), self.me, self.plan.hwm)
+        socks = self.socks[vertex]
+        while len(socks) <= i:
+            # §5.1 with §5.4 a scale-out's new instance died before this sender heard of the
+            # change (--kill VERTEX[I]@change:K; its IndexError stopped the run): nothing was
+            # sent to it; the change, when it comes, finds its socket there
+            socks.append(dealer(self.ctx, self.plan.address(instance_name(vertex, len(socks))), self.me,
+                                self.plan.hwm))
+        socks[i].close(0)
+        socks[i] = dealer(self.ctx, self.plan.address(name), self.me, self.plan.hwm)
         mark, eof, through = self.sent_mark.get((vertex, i), (self.born, False, self.born))
         return [list(self.sent.get((vertex, i), ())), mark, eof, dict(self.rep_through), through]
 
