@@ -140,17 +140,16 @@ class LoadBalancer(NF):
             rewrite_src(pkt, addr)
         return self._track(pkt, key, entry, to_server)
 
-    def _track(self, pkt: Packet, key, entry: tuple[int, int], to_server: bool, backside=None) -> Packet:
+    def _track(self, pkt: Packet, key, entry: tuple[int, int], to_server: bool) -> Packet:
         """Close tracking: a closed connection no longer counts as active on its
-        server (and on a wire its backend-side entry goes; ``backside`` is that
-        key for a reply, whose own key after translation is the VIP one)."""
+        server.  Its entries stay (on a wire the backend-side one too): the last ACK
+        of a close comes after both FINs (deleting that entry at the second FIN let
+        the backend's last ACK out untranslated, and the NAT dropped it)."""
         if pkt.proto == PROTO_TCP and pkt.flags & (TCP_FIN | TCP_RST) and not entry[1] & CLOSED:
             server = entry[0]
             state = track_close(entry[1], pkt.flags, to_server)
             if state & CLOSED:
                 self.active.decr(1, server)
-                if self.wire:
-                    self.mapping.delete(FLOW.key(pkt) if to_server else backside)
             self.mapping.set((server, state), key)
         return pkt
 
@@ -167,7 +166,7 @@ class LoadBalancer(NF):
         entry = self.mapping.get(key)
         if entry is None or entry[0] != server:
             return pkt                      # (a stale backend-side entry)
-        return self._track(pkt, key, entry, False, backside)
+        return self._track(pkt, key, entry, False)
 
     def reads_flow_state(self, pkt: Packet) -> bool:
         """Only the VIP's traffic reads a mapping (the batch prefetch's hint)."""

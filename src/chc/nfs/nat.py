@@ -132,16 +132,17 @@ class NAT(NF):
             rewrite_dst(pkt, self.external, entry[0])
         return self._track(pkt, key, entry, src_in)
 
-    def _track(self, pkt: Packet, key, entry: tuple[int, int], src_in: bool, outside=None) -> Packet:
-        """Close tracking of a translated connection: on close its port goes back
-        to the pool (and on a wire its outside entry goes; ``outside`` is that key
-        for a reply, whose own key after translation is the inside one)."""
+    def _track(self, pkt: Packet, key, entry: tuple[int, int], src_in: bool) -> Packet:
+        """Close tracking of a translated connection: on close its port goes back to
+        the pool (at the tail: reused as late as possible).  Its entries stay, the
+        inside one closed and on a wire the outside one: the last ACK of a close
+        comes after both FINs, and a retransmitted FIN after it (on a live wire,
+        deleting the outside entry at the second FIN dropped the server's last ACK
+        as unsolicited, and the client retransmitted its FIN for seconds)."""
         if pkt.proto == PROTO_TCP and pkt.flags & (TCP_FIN | TCP_RST) and not entry[1] & CLOSED:
             state = track_close(entry[1], pkt.flags, src_in)
             if state & CLOSED:
                 self.ports.push(entry[0])
-                if self.wire:
-                    self.mapping.delete(FLOW.key(pkt) if src_in else outside)
             self.mapping.set((entry[0], state), key)
         return pkt
 
@@ -157,7 +158,7 @@ class NAT(NF):
         entry = self.mapping.get(key)
         if entry is None or entry[0] != port:
             return pkt                      # (a stale outside entry: the connection is gone)
-        return self._track(pkt, key, entry, False, outside)
+        return self._track(pkt, key, entry, False)
 
     def _open(self, key) -> tuple[int, int] | None:
         port = self.ports.pop()
