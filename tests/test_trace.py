@@ -404,3 +404,34 @@ def test_tshark_check_finds_bad_checksums():
     # pe_pe.pcap was captured on the FTP server with checksum offload: 14 of its
     # frames carry unfinished checksums, so the check above can fail.
     assert tshark_bad_checksums(ROOT / "traces/zeek/pe_pe.pcap") == 14
+
+
+@pytest.mark.parametrize("argv", [
+    ["inspect", "{raw}"], ["rewrite", "{raw}", "-o", "{out}", "--map", "192.168.6.110=10.1.1.1"],
+    ["trojan", "{raw}", "-o", "{out}", "--count", "1", "--truth", "{truth}"],
+    ["scan", "{raw}", "-o", "{out}", "--truth", "{truth}"], ["merge", "{raw}", "-o", "{out}"],
+])
+def test_a_capture_that_is_not_ethernet_is_refused_in_one_line(tmp_path, capsys, argv):
+    """The tools parse Ethernet frames: on raw IP, inspect counted no IPv4 and trojan
+    wrote Ethernet frames into a raw-IP file, exit 0 (found by a new-user trial)."""
+    from chc.capture import LINKTYPE_RAW, CaptureWriter
+    raw = tmp_path / "raw.pcap"
+    with open_capture(str(ROOT / "traces/zeek/irc-basic.pcap")) as reader, \
+            CaptureWriter(str(raw), linktype=LINKTYPE_RAW) as w:
+        for ts, frame in reader:
+            w.write(ts, frame[14:])
+    names = {"raw": str(raw), "out": str(tmp_path / "o.pcap"), "truth": str(tmp_path / "t.json")}
+    assert main(["trace", *(a.format(**names) for a in argv)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"chc: error: {raw}: link type 101 (RAW (raw IPv4/IPv6)): chc trace reads Ethernet captures "
+                   "only (chc run reads this one)")
+    assert not (tmp_path / "o.pcap").exists()
+
+
+def test_a_capture_to_a_terminal_is_refused(monkeypatch, capsys):
+    """``chc trace merge ... -o -`` wrote binary pcap onto the terminal (chc run --out -
+    refuses that); a pipe or a redirect is fine."""
+    import sys
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(["trace", "merge", str(ROOT / "traces/zeek/irc-basic.pcap"), "-o", "-"]) == 2
+    assert "standard output is a terminal" in capsys.readouterr().err

@@ -311,12 +311,31 @@ def _refuse_clobber(args: argparse.Namespace) -> None:
         raise UsageError(str(exc)) from None
 
 
+def _refuse_what_it_cannot_do(args: argparse.Namespace) -> None:
+    """A capture written to a terminal; an input that is not Ethernet: the tools parse
+    Ethernet frames (on raw IP ``inspect`` counted no IPv4 and ``trojan`` wrote
+    Ethernet frames into a raw-IP file, exit 0), where ``chc run`` adapts the others."""
+    from ..capture import LINKTYPE_ETHERNET, open_capture
+    from ..linktypes import LINK_NAMES
+    if getattr(args, "out", None) == "-" and sys.stdout.isatty():
+        raise UsageError("-o -: standard output is a terminal; pipe it (| tshark -r -) or redirect it")
+    sources = [*(getattr(args, "inputs", None) or []), getattr(args, "capture", None),
+               getattr(args, "background", None)]
+    for path in (p for p in sources if p and p != "-"):
+        with open_capture(path) as reader:
+            if reader.linktype != LINKTYPE_ETHERNET:
+                kind = LINK_NAMES.get(reader.linktype, "")
+                raise UsageError(f"{path}: link type {reader.linktype}{f' ({kind})' if kind else ''}: chc trace "
+                                 "reads Ethernet captures only (chc run reads this one)")
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     """Run ``chc trace SUBCOMMAND``."""
     name = getattr(args, "trace_command", None)
     if not name:
         raise UsageError("chc trace: choose a subcommand: " + ", ".join(_SUBCOMMANDS) + " (chc trace -h)")
     _refuse_clobber(args)
+    _refuse_what_it_cannot_do(args)
     try:
         return _SUBCOMMANDS[name](args)
     except CaptureError:

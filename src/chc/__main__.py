@@ -1,0 +1,7 @@
+"""``python -m chc``: the ``chc`` command."""
+
+import sys
+
+from . import console
+
+sys.exit(console())
