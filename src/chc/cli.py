@@ -26,7 +26,7 @@ from .backends import namespace_of, open_store
 from .bench import cmd_bench, register_bench
 from .bpf import compile_filter
 from .capture import STDIN, CaptureError, CaptureReader, CaptureWriter, open_capture
-from .cliargs import EXIT_INTERRUPTED, UsageError, int_at_least
+from .cliargs import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError, int_at_least
 from .core.client import MODELS
 from .core.store import StoreError
 from .feed import Feed, capture_summary, stop_on_interrupt
@@ -39,7 +39,6 @@ from .scenario import ScenarioError
 from .spec import MAX_PARALLELISM, SpecError, load_spec
 from .trace.cli import cmd_trace, register_trace
 
-EXIT_PARTIAL = 3          # the capture stopped early: the results cover part of it
 EXIT_CLOSED_STDOUT = 141  # 128 + SIGPIPE, as a shell reports `tool | head`
 
 

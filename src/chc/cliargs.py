@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Callable
 
 EXIT_INTERRUPTED = 130     # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_PARTIAL = 3           # the capture stopped early: the results cover part of it
 
 
 class UsageError(Exception):

@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TextIO
 
 from .capture import STDIN, open_capture
-from .cliargs import EXIT_INTERRUPTED, UsageError, parse_listen
+from .cliargs import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError, parse_listen
 from .feed import Feed, capture_summary
 from .linktypes import adapter_for
 from .observe import Observer, Sample, status_line
@@ -556,7 +556,9 @@ def _report(opts: Options, rt: Any, capture: dict[str, Any], write_json: Callabl
         write_json(opts.state_json, canonical(rt.logical_state()))
     if not opts.quiet:
         print("\n".join([summary.render(), *lines]))
-    return EXIT_INTERRUPTED if stopped_by == "interrupt" else 0
+    if stopped_by == "interrupt":
+        return EXIT_INTERRUPTED
+    return EXIT_PARTIAL if capture.get("truncated") else 0     # (as chc run's)
 
 
 def _serve_proc(opts: Options, rt: Any, write_json: Callable[[str, Any], None]) -> int:
