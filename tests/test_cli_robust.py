@@ -549,3 +549,20 @@ def test_a_typo_in_a_scenario_target_names_the_file_and_the_event(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert err == (f"chc: error: {scenario}: events[1].target: unknown vertex 'trojn' in 'trojn' "
                    "(vertices: nat, trojan, portscan, lb; root[R], store)")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["run", "x.yaml", "--bogus"], "chc: error: unrecognized arguments: --bogus (see chc run -h)\n"),
+    (["trace", "inspect", "x.pcap", "--bogus"],
+     "chc: error: unrecognized arguments: --bogus (see chc trace inspect -h)\n"),
+    (["run", "x.yaml", "y.pcap", "--batch-size", "abc"],
+     "chc: error: argument --batch-size: expected a positive integer, got 'abc' (see chc run -h)\n"),
+    (["frobnicate"], "chc: error: argument COMMAND: invalid choice: 'frobnicate' (choose from 'run', 'serve', "
+                     "'trace', 'bench', 'check') (see chc -h)\n"),
+])
+def test_a_bad_command_line_is_one_line_naming_the_help_to_read(capsys, argv, says):
+    """argparse printed its usage block first, and an unknown option of a subcommand
+    the top level's usage (found by a new-user trial)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and capsys.readouterr().err == says

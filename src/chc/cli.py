@@ -19,7 +19,7 @@ import select
 import stat
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from . import __version__
 from .backends import namespace_of, open_store
@@ -47,8 +47,27 @@ _natural = int_at_least(0)
 _parallelism = int_at_least(1, MAX_PARALLELISM, "the parallelism limit")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as every other error of chc: one line, exit 2 (it printed
+    its usage block first), naming where the options are listed."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"chc: error: {message} (see {self.prog} -h)\n")
+
+
+def _subcommand(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost (sub)command parser ``args`` went through (``chc trace inspect``)."""
+    for dest in ("command", "trace_command"):
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction) and a.dest == dest]
+        chosen = getattr(args, dest, None)
+        if not actions or chosen not in actions[0].choices:
+            break
+        parser = actions[0].choices[chosen]
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="chc",
         description="chc: chains of stateful network functions that keep chain output "
                     "equivalence (CHC, NSDI 2019).")
@@ -611,7 +630,9 @@ COMMANDS = {"run": cmd_run, "serve": cmd_serve, "check": cmd_check, "trace": cmd
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:                           # (named by the (sub)command they were given to)
+        _subcommand(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.WARNING, format="chc: %(levelname)s: %(message)s")
     if not args.command:
         parser.print_help()
