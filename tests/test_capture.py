@@ -321,7 +321,7 @@ def test_truncated_gzip_stream(tmp_path: Path) -> None:
     assert 0 < len(got) < 62781
     assert reader.truncated
     assert "cut.pcap.gz" in reader.warnings[0]
-    assert f"after {len(got)} packets" in reader.warnings[0]
+    assert f"after {len(got):,} packets" in reader.warnings[0]
 
 
 def test_corrupt_gzip_stream(tmp_path: Path) -> None:
@@ -333,7 +333,7 @@ def test_corrupt_gzip_stream(tmp_path: Path) -> None:
     got, reader = read_all(path)
     assert 1000 < len(got) < 62781
     assert reader.corrupt
-    assert reader.warnings[0].startswith(f"{path}: corrupt data after {len(got)} packets")
+    assert reader.warnings[0].startswith(f"{path}: corrupt data after {len(got):,} packets")
 
 
 def test_truncated_pcapng(tmp_path: Path) -> None:

@@ -218,7 +218,7 @@ def test_corrupt_record_is_partial_exit_3_with_reason_and_offset(tmp_path):
     assert s["partial"] is True and str(f"{offset:,}") in s["partial_reasons"][0]
     res = chc("run", CHAIN, str(path), "--no-progress", "-q")
     assert res.returncode == 3 and res.stdout == b""
-    assert f"corrupt data after 1000 packets at byte {offset:,}" in res.stderr.decode()
+    assert f"corrupt data after 1,000 packets at byte {offset:,}" in res.stderr.decode()
     s = summary_of(tmp_path, CHAIN, str(path), "--allow-partial")
     assert s["partial"] is True and s["capture"]["truncated"] is True
 
@@ -566,3 +566,11 @@ def test_a_bad_command_line_is_one_line_naming_the_help_to_read(capsys, argv, sa
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and capsys.readouterr().err == says
+
+
+def test_metrics_and_dashboard_on_one_port_is_named_as_such(capsys):
+    """It said "--dashboard-port 18091: Address already in use" (found by a new-user trial)."""
+    assert main(["serve", str(ROOT / "examples/paper_chain.yaml"), "--capture", LAN, "--metrics-port", "18091",
+                 "--dashboard-port", "18091"]) == 2
+    assert capsys.readouterr().err == ("chc: error: --metrics-port and --dashboard-port: both 18091: give each its "
+                                       "own port (it said 'Address already in use')\n")

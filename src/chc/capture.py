@@ -365,7 +365,7 @@ class CaptureReader:
     def _stop_corrupt(self, count: int, detail: str, offset: int) -> None:
         self.corrupt = True
         self._stopped(offset, f"corrupt data: {detail}")
-        self._warn(f"{self.path}: corrupt data after {count} packets at byte {self.stop_offset:,} "
+        self._warn(f"{self.path}: corrupt data after {count:,} packets at byte {self.stop_offset:,} "
                    f"({detail}); stopped reading")
 
     def _finish(self, count: int, off: int, end: int) -> None:
@@ -377,11 +377,11 @@ class CaptureReader:
         elif off < end:
             self.truncated = True
             self._stopped(off, "last record truncated")
-            self._warn(f"{self.path}: last record truncated after {count} packets at byte {self.stop_offset:,}")
+            self._warn(f"{self.path}: last record truncated after {count:,} packets at byte {self.stop_offset:,}")
         elif gz is not None and gz.truncated:
             self.truncated = True
             self._stopped(off, "gzip stream truncated")
-            self._warn(f"{self.path}: gzip stream truncated after {count} packets at byte {self.stop_offset:,}")
+            self._warn(f"{self.path}: gzip stream truncated after {count:,} packets at byte {self.stop_offset:,}")
         if gz is not None and gz.trailing:
             self._warn(f"{self.path}: ignored trailing bytes after the gzip stream")
 

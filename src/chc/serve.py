@@ -245,12 +245,16 @@ class Options:
             raise UsageError(f"--rate {self.rate}: expected a positive number of packets per second")
         if self.status is not None and not (self.status >= 0 and math.isfinite(self.status)):
             raise UsageError(f"--status {self.status}: expected seconds between status lines (0: none)")
+        listens = {}
         for option, value in (("--metrics-port", self.metrics), ("--dashboard-port", self.dashboard)):
             if value is not None:
                 try:
-                    parse_listen(value, option)
+                    listens[option] = parse_listen(value, option)
                 except ValueError as exc:
                     raise UsageError(str(exc)) from None
+        if len(listens) == 2 and len(set(listens.values())) == 1:
+            raise UsageError(f"--metrics-port and --dashboard-port: both {self.metrics}: give each its own port "
+                             "(it said 'Address already in use')")
 
 
 class _Stops:

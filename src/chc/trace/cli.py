@@ -236,7 +236,8 @@ def _merge(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     res = merge_captures(args.inputs, args.out, shifts, align=args.align)
-    print(f"{args.out}: {res['packets']:,} packets from {len(args.inputs)} inputs")
+    n = len(args.inputs)
+    print(f"{args.out}: {res['packets']:,} packets from {n} input{'' if n == 1 else 's'}")
     return 0
 
 
