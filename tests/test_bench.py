@@ -211,3 +211,25 @@ def test_store_section_on_redis_and_a_private_cluster(redis_urls):
     assert res["ratios"]["redis"]["incr_chc_vs_redis"] == 1.0
     for r in res["ratios"].values():
         assert all(_number(v) and v > 0 for v in r.values())
+
+
+def test_ctrl_c_keeps_the_sections_that_finished(tmp_path, capsys, monkeypatch):
+    """chc bench stopped with Ctrl-C printed "chc: interrupted" and kept nothing, not
+    even the sections that had finished (found by a new-user trial)."""
+    import dataclasses
+
+    from chc.bench import runner
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+    experiments = [dataclasses.replace(s, run=interrupted) if s.name == "offload" else s
+                   for s in runner.EXPERIMENTS]
+    monkeypatch.setattr(runner, "EXPERIMENTS", experiments)
+    out = tmp_path / "bench.json"
+    assert main(["bench", *TINY, "--json", str(out), "--workdir", str(tmp_path)]) == 130
+    data = json.loads(out.read_text())
+    assert data["meta"]["interrupted"] == "Ctrl-C during offload: the sections before it are complete"
+    _check_nfs(data)
+    _check_chain(data)
+    assert "offload" not in data and "store" not in data
+    assert "chain" in capsys.readouterr().out

@@ -53,7 +53,7 @@ from .harness import MODELS, BenchError, RunContext, Section, percentile
 from .inputs import BenchInput, lan_input, trace2_input
 from .offload import NaiveObject, NaiveStats, bench_offload, run_offload
 from .profiling import profile_main
-from .runner import EXPERIMENTS, SECTIONS, add_arguments, finish, main, run, summary_table, write_plots
+from .runner import EXPERIMENTS, SECTIONS, add_arguments, exit_code, finish, main, run, summary_table, write_plots
 from .store_engine import bench_store
 from .stores import StoreSpec
 
@@ -73,7 +73,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except BenchError as exc:
         raise UsageError(str(exc)) from None
     finish(res, args)
-    return 0
+    return exit_code(res)
 
 
 __all__ = ["EXPERIMENTS", "MODELS", "NFS", "SECTIONS", "BenchError", "BenchInput", "NaiveObject", "NaiveStats",

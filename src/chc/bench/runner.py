@@ -19,6 +19,7 @@ import tempfile
 import time
 from typing import Any
 
+from ..cliargs import EXIT_INTERRUPTED
 from . import chain, fig8_fig10, offload, store_engine
 from .harness import (
     BenchError,
@@ -155,7 +156,12 @@ def run(args: argparse.Namespace, sections: tuple[str, ...] = SECTIONS) -> dict:
         ctx = RunContext(args, conf, inputs, stores, urls, min_time)
         for section in selected:
             progress(section.banner)
-            results.update(section.run(ctx))
+            try:
+                results.update(section.run(ctx))
+            except KeyboardInterrupt:
+                # what finished is printed and written: a long run stopped did keep nothing
+                results["meta"]["interrupted"] = f"Ctrl-C during {section.name}: the sections before it are complete"
+                break
     finally:
         if private is not None:
             private.close()
@@ -192,5 +198,13 @@ def main(argv: list[str] | None = None, sections: tuple[str, ...] = SECTIONS, pr
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     finish(res, args)
+    return exit_code(res)
+
+
+def exit_code(res: dict) -> int:
+    """130 after a Ctrl-C (what finished was kept), else 0."""
+    if "interrupted" in res["meta"]:
+        progress(f"chc bench: {res['meta']['interrupted']}")
+        return EXIT_INTERRUPTED
     return 0
 
