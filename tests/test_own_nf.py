@@ -40,6 +40,21 @@ HEAVY = textwrap.dedent('''
 ''')
 
 
+@pytest.fixture(autouse=True)
+def _forget_own_modules(tmp_path_factory):
+    """Each test's NF files are modules imported by name from its own directory: the next
+    test's file of that name is another file, which chc refuses (rightly) while the first
+    is imported or its directory is on ``sys.path``."""
+    import sys
+    path = list(sys.path)
+    yield
+    sys.path[:] = path
+    base = str(tmp_path_factory.getbasetemp())
+    for name, module in list(sys.modules.items()):
+        if (getattr(module, "__file__", None) or "").startswith(base):
+            del sys.modules[name]
+
+
 def _spec(home: Path, nf: str, config: str = "{limit: 50}") -> Path:
     spec = home / "chain.yaml"
     spec.write_text(textwrap.dedent(f'''
@@ -83,9 +98,12 @@ def test_an_nf_of_ones_own_beside_the_spec_runs_on_sim_and_proc(tmp_path, ref):
     ("heavy_mine.py:Heavy", "module 'heavy_mine' has no 'Heavy'"),
     ("heavy_mine.py:Config", "heavy_mine.py:Config is not an NF class (a subclass of chc.nf.NF)"),
     ("broken_mine.py:X", "cannot import 'broken_mine' (ZeroDivisionError: division by zero)"),
+    # imported by its name: a module of Python's of that name won (found by a review)
+    ("trace.py:HeavyHitter", "trace.py: the module name 'trace' is taken by "),
 ])
 def test_naming_ones_own_nf_wrongly_is_one_line(tmp_path, capsys, ref, says):
     (tmp_path / "heavy_mine.py").write_text(HEAVY)
+    (tmp_path / "trace.py").write_text(HEAVY)
     (tmp_path / "broken_mine.py").write_text("1 / 0\n")
     assert main(["run", str(_spec(tmp_path, ref)), LAN, "-c", "10", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()

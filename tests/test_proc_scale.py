@@ -631,3 +631,32 @@ def test_the_end_of_a_run_waits_for_a_spare_still_starting_and_tells_it_to_go(tm
     rt._service = lambda ms: scaler.spares_up.add("nat.1")     # it comes up while the end waits
     scaler.end_spares()
     assert told == [b"nat.1"] and scaler.dismissed == {"nat.1"} and not scaler.spares
+
+
+def test_a_new_process_after_a_dead_spare_is_not_taken_for_silent():
+    """The dead spare's last message stayed in the heartbeat record under the instance's
+    name: the process a later scale-out started was killed as silent before it was ready
+    (found by a review)."""
+    import os
+    import signal
+    import time
+
+    class KillsTheSpareEarly(ProcRuntime):
+        def _start(self) -> None:
+            super()._start()
+            while "nat.1" not in self.scaler.spares_up:
+                self._service(100)
+            os.kill(self.procs["nat.1"].pid, signal.SIGKILL)
+            time.sleep(0.5)             # well past misses x heartbeat
+
+        def _launch(self, mp, name, target, args) -> None:
+            super()._launch(mp, name, target, args)
+            if name == "nat.1" and self._started:
+                self._next_check = 0    # the heartbeat check right away, before it is ready
+                self._check_beats()
+
+    rt = KillsTheSpareEarly(load_spec(PAPER), model="EO+C", batch_size=32, heartbeat_s=0.05, misses=3,
+                            events=[_ev("scale-out", "nat", 300)])
+    rt.run(_records(600))
+    (out,) = [e for e in rt.summary().events if e["kind"] == "scale-out"]
+    assert out["spare"] is False

@@ -134,7 +134,7 @@ class Scenario:
         vertex 'trojn' in 'trojn'", from whichever runtime met it first)."""
         for i, ev in enumerate(self.events):
             name = (ev.target or "").partition("[")[0]
-            if ev.target is None or name in vertices or name in ("store", "root"):
+            if ev.target is None or name in vertices or name in ("store", "root", "*"):
                 continue
             raise ScenarioError(f"events[{i}].target: unknown vertex {name!r} in {ev.target!r} "
                                 f"(vertices: {', '.join(vertices)}; root[R], store)")

@@ -226,6 +226,7 @@ def resolve_nf(kind: Any, where: str, home: str | None = None) -> type[NF]:
         raise SpecError(f"{where}: unknown NF {kind!r} (known: {', '.join(sorted(REGISTRY))}; "
                         f"or your own: {OWN_NF})")
     ref, attr = kind.split(":")
+    path = None
     if ref.endswith(".py"):
         path = ref if os.path.isabs(ref) or home is None else os.path.join(home, ref)
         if not os.path.isfile(path):
@@ -238,6 +239,12 @@ def resolve_nf(kind: Any, where: str, home: str | None = None) -> type[NF]:
         module = importlib.import_module(ref)
     except Exception as exc:        # an operator's module may fail in any way on import
         raise SpecError(f"{where}: cannot import {ref!r} ({type(exc).__name__}: {exc})") from None
+    found = getattr(module, "__file__", None)
+    if path is not None and (found is None or not os.path.samefile(found, path)):
+        # (imported by its name, so another module of that name wins: one from Python or
+        # an installed package, or another file of that name an earlier vertex named)
+        raise SpecError(f"{where}: {path}: the module name {ref!r} is taken by {found or 'a built-in module'}; "
+                        "rename the file")
     cls = getattr(module, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, NF)):
         raise SpecError(f"{where}: {kind} is not an NF class (a subclass of chc.nf.NF)"

@@ -347,13 +347,13 @@ class VertexManager:
         return load, self.policy.decide(load)
 
 
-# Intervals of input time one instance's reports may be ahead of another's before the
-# manager takes the one behind for idle (it counts nothing for it): instances lag one
-# another by what waits in their queues, up to a high-water mark of batches (8 of 256
-# packets a link: about 1 s of input time at 2,000 packets/s).  With one interval, a
-# lagging instance read as idle halved the vertex's rate (on proc, autoscale.yaml
-# scaled the port-scan detector in at 1,421 packets/s per instance where the input
-# carried about 6,000).
+# Intervals of input time one instance's reports may be ahead of another's, one that
+# had packets queued at its last report, before the manager takes it for idle (it counts
+# nothing for it): instances lag one another by what waits in their queues, up to a
+# high-water mark of batches (8 of 256 packets a link: about 1 s of input time at 2,000
+# packets/s).  With one interval, a lagging instance read as idle halved the vertex's
+# rate (on proc, autoscale.yaml scaled the port-scan detector in at 1,421 packets/s per
+# instance where the input carried about 6,000).
 QUIET_INTERVALS = 5
 
 
@@ -425,6 +425,14 @@ class ReportingManager:
         self.ticked = dict(self.reached)
         self.counts = [0] * len(self.counts)
 
+    def _patience(self, instance: int) -> int:
+        """Intervals of input time the others may be ahead of ``instance`` before it counts
+        as idle: :data:`QUIET_INTERVALS` while its last report had packets queued (it lags
+        behind them), one when it had none or has not reported (waiting longer for an idle
+        one, which reports nothing, made every decision five intervals late)."""
+        last = self.latest.get(instance)
+        return QUIET_INTERVALS if last is not None and last[1] > 0 else 1
+
     def _counted(self) -> dict[int, tuple[int, int]]:
         """Each instance's cumulative packets and busy ns, a failed one's included (§5.4)."""
         return {i: (p + self.base.get(i, (0, 0))[0], b + self.base.get(i, (0, 0))[1])
@@ -447,12 +455,11 @@ class ReportingManager:
             return None
         # (an instance not heard from since the interval began, a new one, is behind too)
         behind = [t for t in (self.reached.get(i, m.last_ns) for i in self.active) if t < latest]
-        if m.next_ns is not None and behind and min(behind) < m.next_ns <= latest - QUIET_INTERVALS * m.interval_ns:
-            now = latest                # (one has gone quiet: the others' intervals go on)
-        elif m.next_ns is not None and behind and min(behind) < m.next_ns:
+        laggards = [self._patience(i) for i in self.active if self.reached.get(i, m.last_ns) < m.next_ns]
+        if any(m.next_ns > latest - patience * m.interval_ns for patience in laggards):
             return None                 # (a laggard has not reported this interval's end yet)
-        else:
-            now = min(behind, default=latest)
+        # (past their patience they have gone quiet: the others' intervals go on)
+        now = latest if laggards else min(behind, default=latest)
         if not m.due(now):
             return None
         counters = []

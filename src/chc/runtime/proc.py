@@ -340,8 +340,10 @@ class ProcRuntime:
         self.current[name] = name
         self.generation[name] = 0
         spare = self.scaler is not None and self.scaler.take_spare(name)
+        # (its beats are checked once it is an instance: not by what a spare of that name,
+        # taken or dead, last sent; a new process was killed as silent)
+        self.heard.pop(name, None)
         if spare:
-            self.heard.pop(name, None)      # (its beats are checked once it is an instance)
             self.box.reply(name.encode(), encode(Kind.CONTROL, ["assign", pickle.dumps(args)]))
         else:
             self._launch(self.mp, name, procworker.main, args)

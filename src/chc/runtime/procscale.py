@@ -249,6 +249,7 @@ class Scaler:
         self.may_grow = sorted(grow | set(rt.plan.managers)) if rt.spares else []
         self.spares: dict[str, str] = {}
         self.spares_up: set[str] = set()
+        self.spare_started: dict[str, float] = {}
         self.dismissed: set[str] = set()
 
     def due(self, index: int, vt: int | None = None) -> bool:
@@ -356,19 +357,37 @@ class Scaler:
             if v not in self.spares and n < MAX_PARALLELISM:
                 name = self.spares[v] = instance_name(v, n)
                 rt.box.expected.add(name.encode())
+                self.spare_started[name] = time.monotonic()
                 rt._launch(rt.mp, name, procworker.spare, (rt.plan, v, n))
 
+    def _spare_starting(self, event: Any) -> bool:
+        """Whether a scale-out of ``event``'s vertex has a spare still starting to wait for
+        (at most SPARE_UP_S from its start: one never up by then is killed, and the
+        scale-out starts a process of its own)."""
+        if event.action != "scale-out":
+            return False
+        name = self.spares.get(_target(event, self.rt.chain)[0])
+        if name is None or name in self.spares_up:
+            return False
+        p = self.rt.procs[name]
+        if p.is_alive() and time.monotonic() - self.spare_started[name] < SPARE_UP_S:
+            return True
+        p.kill()
+        p.join(5)
+        self.rt._reap(name)             # (spare_gone forgets it)
+        return False
+
     def take_spare(self, name: str) -> bool:
-        """Whether the scale-out's new instance ``name`` has a spare process up, now its own;
-        waits for one still starting (it is up sooner than a new one would be)."""
+        """Whether the scale-out's new instance ``name`` has a spare process up (waited for
+        before the change began: ``_spare_starting``), now its own."""
         vertex = name.rsplit(".", 1)[0]
         if self.spares.get(vertex) != name:
             return False
         rt = self.rt
-        while name not in self.spares_up and self.spares.get(vertex) == name:
-            rt._service(100)
-        if self.spares.get(vertex) == name and not rt.procs[name].is_alive():
-            rt._reap(name)              # (dead, its end not seen yet: spare_gone forgets it)
+        if name not in self.spares_up or not rt.procs[name].is_alive():
+            rt.procs[name].kill()       # (not up, or dead with its end not seen yet)
+            rt.procs[name].join(5)
+            rt._reap(name)              # (spare_gone forgets it)
         return self.spares.pop(vertex, None) == name
 
     def spare_gone(self, name: str) -> bool:
@@ -411,9 +430,12 @@ class Scaler:
     # -- one change ----------------------------------------------------------------------------
     def _change(self, event: Any, index: int) -> None:
         rt = self.rt
-        while self.open is not None or rt.recovering:
+        while self.open is not None or rt.recovering or self._spare_starting(event):
             # one change at a time (the barriers' watermarks flow without input), and none
-            # while a failover is under way (its process started from the plan before it)
+            # while a failover is under way (its process started from the plan before it);
+            # a scale-out's spare, if starting, is waited for here, before the plan has the
+            # new instance: a failover while _join waited for it told the instance, which
+            # a spare never answers until assigned (the run hung)
             rt._service(100)
         vertex, _ = _target(event, rt.chain)
         plan = plan_change(rt.chain, self.flowmaps[vertex], self.active[vertex], event)
