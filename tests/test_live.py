@@ -162,6 +162,15 @@ def test_a_missing_interface_is_a_one_line_error():
     assert res.returncode == 2 and "--live takes no CAPTURE" in res.stderr
 
 
+def test_an_interface_that_is_not_ethernet_is_a_one_line_error():
+    """Loopback was accepted and its frames taken for Ethernet (found by a new-user trial)."""
+    res = _chc("run", str(PASS), "--live", "lo:chcnosuch1")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "chc: error: --live lo: not an Ethernet interface (link type 772); a bump in the wire needs two "
+        "Ethernet interfaces (a veth pair, a NIC)"]
+
+
 def test_no_permission_is_a_one_line_error():
     cmd = [sys.executable, "-m", "chc.cli", "run", str(PASS), "--live", "lo:lo2"]
     if os.geteuid() == 0:

@@ -81,6 +81,18 @@ MIRROR = "~"                        # not allowed in spec names, so never a clas
 REWRITERS = ("nat", "lb")
 
 
+ARPHRD_ETHER = 1           # an Ethernet interface's type in /sys/class/net/IF/type
+
+
+def _link_type(ifname: str) -> int | None:
+    """The interface's ARPHRD type, None when the system does not say."""
+    try:
+        with open(f"/sys/class/net/{ifname}/type") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return None
+
+
 class PortError(UsageError):
     """A live port cannot be opened (no such interface, no permission)."""
 
@@ -108,6 +120,13 @@ class LivePort:
         except PermissionError:
             raise PortError(f"--live {ifname}: no permission for AF_PACKET sockets "
                             f"(run as root or with CAP_NET_RAW)") from None
+        kind = _link_type(ifname)
+        if kind is not None and kind != ARPHRD_ETHER:
+            # (the chain parses Ethernet frames: on loopback, type 772, the frames were
+            # taken for Ethernet anyway and the chain saw nonsense)
+            sock.close()
+            raise PortError(f"--live {ifname}: not an Ethernet interface (link type {kind}); a bump in the "
+                            "wire needs two Ethernet interfaces (a veth pair, a NIC)")
         try:
             if ring:
                 self._map_ring(sock, ifname)
