@@ -221,6 +221,12 @@ def test_preimages_are_shared_by_checkpoints_and_handed_out_as_copies():
     assert eng.objects_at("nat", {2})["pool"][None] == [8, 9]
     assert list(ckpt.before[pool][2]) == [8, 9]
     assert ckpt.restore().objects_at("nat", {2})["pool"][None] == [8, 9]
+    # a tuple holding a list is no atom: its list is copied too (found by a review)
+    pair = ObjectKey("nat", "pair", None)
+    eng.apply(Op("set", pair, (([1, 2], 3),), "c", 0, 0, (3, 1), 7, None))
+    eng.apply(Op("set", pair, (([5], 6),), "c", 0, 0, (4, 1), 8, None))
+    eng.objects_at("nat", {4})["pair"][None][0].append(9)
+    assert eng.objects_at("nat", {4})["pair"][None] == ([1, 2], 3)
 
 
 # -- root failover ------------------------------------------------------------------------------

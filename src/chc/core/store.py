@@ -65,17 +65,18 @@ CLOCK_BITS = 48          # per-root sequence space of a logical clock; the root 
 READS = frozenset(("get",))
 _ABSENT = object()      # (a pre-image of an object that did not exist)
 _IMMUTABLE = frozenset((int, float, str, bytes, bool, type(None), tuple))
+_ATOMS = _IMMUTABLE - {tuple}
 
 
 def _private(value: Any) -> Any:
     """A copy of a stored value nothing else refers to (a deque as a list, as it was
     always kept; a list of atoms, the NAT's port pool, without deepcopy's cost)."""
     cls = value.__class__
-    if cls in _IMMUTABLE:
+    if cls in _ATOMS or (cls is tuple and all(map(_ATOMS.__contains__, map(type, value)))):
         return value
-    if cls is deque or (cls is list and all(map(_IMMUTABLE.__contains__, map(type, value)))):
+    if cls is deque or (cls is list and all(map(_ATOMS.__contains__, map(type, value)))):
         return list(value)
-    return copy.deepcopy(value)
+    return copy.deepcopy(value)     # (a tuple holding a list, say: its list is copied too)
 
 
 UPDATES = frozenset(("set", "incr", "incr_many", "push", "pop", "cas", "delete", "custom", "apply"))
