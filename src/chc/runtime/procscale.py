@@ -81,7 +81,7 @@ from .wire import Kind, encode, logical
 ACTIONS = ("scale-out", "scale-in", "move", "refine")
 
 
-SPARE_UP_S = 10.0       # how long the end of a run waits for a spare still starting
+SPARE_UP_S = 10.0       # how long a scale-out, or the end of a run, waits for a spare still starting
 
 
 def part_in(change: dict, vertex: str, i: int, targets: list[str]) -> list[str]:
@@ -369,12 +369,9 @@ class Scaler:
         name = self.spares.get(_target(event, self.rt.chain)[0])
         if name is None or name in self.spares_up:
             return False
-        p = self.rt.procs[name]
-        if p.is_alive() and time.monotonic() - self.spare_started[name] < SPARE_UP_S:
+        if self.rt.procs[name].is_alive() and time.monotonic() - self.spare_started[name] < SPARE_UP_S:
             return True
-        p.kill()
-        p.join(5)
-        self.rt._reap(name)             # (spare_gone forgets it)
+        self._drop_spare(name)
         return False
 
     def take_spare(self, name: str) -> bool:
@@ -383,12 +380,16 @@ class Scaler:
         vertex = name.rsplit(".", 1)[0]
         if self.spares.get(vertex) != name:
             return False
-        rt = self.rt
-        if name not in self.spares_up or not rt.procs[name].is_alive():
-            rt.procs[name].kill()       # (not up, or dead with its end not seen yet)
-            rt.procs[name].join(5)
-            rt._reap(name)              # (spare_gone forgets it)
+        if name not in self.spares_up or not self.rt.procs[name].is_alive():
+            self._drop_spare(name)      # (not up, or dead with its end not seen yet)
         return self.spares.pop(vertex, None) == name
+
+    def _drop_spare(self, name: str) -> None:
+        """Kill spare ``name`` (if it still runs) and handle its end now: spare_gone forgets it."""
+        p = self.rt.procs[name]
+        p.kill()
+        p.join(5)
+        self.rt._reap(name)
 
     def spare_gone(self, name: str) -> bool:
         """Whether the process that ended was a spare nobody took (or one told to go)."""
@@ -409,7 +410,7 @@ class Scaler:
         bye = encode(Kind.CONTROL, ["bye", None])
         for name in self.spares.values():
             if name in self.spares_up:
-                self.rt.box.reply(name.encode(), bye)
+                rt.box.reply(name.encode(), bye)
                 self.dismissed.add(name)
         self.spares.clear()
 

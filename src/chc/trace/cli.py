@@ -299,15 +299,20 @@ _SUBCOMMANDS = {"gen": _gen, "inspect": _inspect, "merge": _merge, "rewrite": _r
                 "trojan": _trojan, "scan": _scan}
 
 
+def _sources(args: argparse.Namespace) -> list[str]:
+    """The input captures a subcommand was given."""
+    sources = [*(getattr(args, "inputs", None) or []), getattr(args, "capture", None),
+               getattr(args, "background", None)]
+    return [p for p in sources if p]
+
+
 def _refuse_clobber(args: argparse.Namespace) -> None:
     """An output (-o, --truth) must not be an input capture or the other output:
     ``chc trace rewrite in.pcap -o in.pcap`` would read what it is overwriting."""
     from ..outfiles import ClobberError, refuse_clobber
-    sources = [*(getattr(args, "inputs", None) or []), getattr(args, "capture", None),
-               getattr(args, "background", None)]
     try:
         refuse_clobber({"-o": getattr(args, "out", None), "--truth": getattr(args, "truth", None)},
-                       {f"input {k + 1}": path for k, path in enumerate(p for p in sources if p)})
+                       {f"input {k + 1}": path for k, path in enumerate(_sources(args))})
     except ClobberError as exc:
         raise UsageError(str(exc)) from None
 
@@ -320,9 +325,7 @@ def _refuse_what_it_cannot_do(args: argparse.Namespace) -> None:
     from ..linktypes import LINK_NAMES
     if getattr(args, "out", None) == "-" and sys.stdout.isatty():
         raise UsageError("-o -: standard output is a terminal; pipe it (| tshark -r -) or redirect it")
-    sources = [*(getattr(args, "inputs", None) or []), getattr(args, "capture", None),
-               getattr(args, "background", None)]
-    for path in (p for p in sources if p and p != "-"):
+    for path in (p for p in _sources(args) if p != "-"):
         with open_capture(path) as reader:
             if reader.linktype != LINKTYPE_ETHERNET:
                 kind = LINK_NAMES.get(reader.linktype, "")
