@@ -46,13 +46,15 @@ roots end-of-input, which follows the last packets through the chain; each
 instance then fires its timers, settles its store client and reports; the
 roots apply every report and pull the last commit reports; the coordinator
 reads the final state from the store and stops the store server.  A second
-Ctrl-C aborts (the workers are killed).  Workers ignore SIGINT: a terminal's
-Ctrl-C reaches the whole process group, and it is the coordinator's to handle.
+Ctrl-C aborts (the workers are killed).  Workers and the forkserver ignore
+SIGINT and SIGTERM: a terminal's Ctrl-C, systemd's or timeout(1)'s SIGTERM
+reach the whole process group, and they are the coordinator's to handle.
 
 Scaling (§5.1): a scenario's scale-out, scale-in, move and refine events are
 the coordinator's :class:`~chc.runtime.procscale.Scaler`'s, tied to a barrier
 clock (docs/proc.md, "Scaling"), also with ``--kill`` and ``--failover`` (one
-at a time: a kill waits for a change's go-ahead).  Not yet: the other scenario
+at a time: a kill waits for a change's go-ahead); a scale-out's new instance is
+a warm spare process started ahead when one is up.  Not yet: the other scenario
 events (clones, crashes: ``--kill``) and delay models, which are the sim's;
 failover of the Redis server itself.  :mod:`chc.runtime.procray` places the same
 workers in Ray actors, through ``_address`` and ``_context``.

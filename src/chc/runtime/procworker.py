@@ -52,7 +52,9 @@ once their watermark passes it (:meth:`_Sender.advance`); each process sends its
 watermark on once past a barrier, so the change completes without more input.
 An instance that loses flow groups runs to the barrier, hands over and sends its
 moved flows' timers; one that gains them holds at the barrier until the go-ahead
-(:meth:`InstanceWorker._progress`, :meth:`InstanceWorker._go`).
+(:meth:`InstanceWorker._progress`, :meth:`InstanceWorker._go`).  A scale-out's new
+instance may be a warm spare (:func:`spare`): a process started ahead that runs
+:func:`main` once the coordinator assigns it the plan and the change.
 
 End of input.  End-of-input travels the data path behind the last packets (an
 infinite watermark).  An instance that has it from every upstream fires its
