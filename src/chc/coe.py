@@ -468,7 +468,7 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
           "vertex starts as if the change were done: no hand-over, no wait at the barrier (§5.1 with §5.4; "
           "--runtime proc)", "output|log|state|store|alert", True, proc_only=True),
     Break("no-wal", "a failover store is restored from its checkpoint and the instances' caches only, without "
-          "rolling the write-ahead logs forward (§5.4, Figure 7)", "store|state|output", True, True),
+          "rolling the write-ahead logs forward (§5.4, Figure 7)", "store|state|output", True),
 )}
 
 

@@ -164,6 +164,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from itertools import chain
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import msgpack
@@ -173,6 +174,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.client import StoreLost, StoreUnavailable
+from ..core.recovery import Stamp, Stamped
 from ..core.store import CLOCK_BITS, CustomOp, ObjectKey, Op, OwnershipError, StoreError
 from ..nf import VALUE_OPS
 
@@ -268,10 +270,24 @@ def _reply_values(blob: bytes) -> tuple[list, bool]:
         special.append(code)
         if code == 1:
             return list(_unpack(data))          # a list object's contents
+        if code == 4:                           # §5.4 a reply with TS (keep_ts): TS text, then the reply
+            parts = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=False, ext_hook=ext)
+            parts.feed(data)
+            ts = _ts(next(parts))
+            return Stamped(next(parts), ts)
         return _ABSENT if code == 2 else _REFUSED
 
     values = msgpack.unpackb(blob, raw=False, use_list=False, strict_map_key=False, ext_hook=ext)
     return list(values), bool(special)
+
+
+def _ts(text: str) -> MappingProxyType:
+    """TS as ``chc_batch`` sends it ("wire-client clock seq" lines) by client id."""
+    ts = {}
+    for line in text.splitlines():
+        wire, clock, seq = line.rsplit(" ", 2)
+        ts[wire.partition("|")[2]] = Stamp(int(clock), int(seq))
+    return MappingProxyType(ts)
 
 
 class _Connection:
@@ -639,6 +655,7 @@ class RedisStore:
         self._inflight_reqs: deque[_Request] = deque()
         self.window = PIPELINE_WINDOW
         self._lost = ""
+        self.down = False                   # the sim's store crash (§5.4 store failover): requests are lost
         self._lease = fresh if lease is None else lease
         self._lease_due = 0.0
         used = False
@@ -1119,6 +1136,8 @@ class RedisStore:
         """Apply ``ops`` in order: one ``chc_batch`` call per server touched, sent to every
         server before any reply is read (one round trip); return their results."""
         self.round_trips += 1
+        if self.down:
+            raise StoreUnavailable(f"{self.urls[0]}: crashed")
         self.ops += len(ops)
         if not ops:
             return []
@@ -1137,6 +1156,8 @@ class RedisStore:
         for i, (op, reply) in enumerate(zip(ops, results, strict=True)):
             if reply is _ABSENT:
                 results[i] = op.default
+            elif reply.__class__ is Stamped and reply.result is _ABSENT:
+                results[i] = Stamped(op.default, reply.ts)
             elif reply is _REFUSED or reply.__class__ is ResponseError:
                 if "CHCNODEF" in str(reply):
                     self._uploaded[where[i][0]].clear()         # the server lost its data
@@ -1489,6 +1510,14 @@ class RedisStore:
         epoch (so every store of the run records them, and a batch without them costs
         nothing more)."""
         self._call_all(lambda p: ("SET", p + b"pre", b"1"))
+
+    def keep_ts(self) -> None:
+        """Keep TS from now on (§5.4 store failover, :mod:`chc.backends.redis_checkpoint`):
+        ``chc_batch`` then records, per client, the stamp of its last shared-state update
+        and returns TS with every reply that carries a value of shared state
+        (:class:`~chc.core.recovery.Stamped`, as a :class:`~chc.core.recovery.RecoverableEngine`
+        does).  Off, a batch reads the switch with the epoch and pays nothing more."""
+        self._call_all(lambda p: ("SET", p + b"ts", b"1"))
 
     def objects_at(self, vertex: str, replayed: set[int]) -> dict[str, dict[Hashable, Any]]:
         """``vertex``'s objects as they were before the first update made by any of the

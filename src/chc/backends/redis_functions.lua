@@ -34,6 +34,11 @@ function; K = P "k:" rest, rest = vertex ":" object ":" msgpack(scope key)):
                 "A" absent)
   P "pc:" id    list: one batch's pre-image records, clock, "clock K", ... (pruning)
   P "q"         hash: wire client id -> highest applied seq
+  P "ts"        string: present = keep TS (RedisStore.keep_ts, store failover, §5.4)
+  P "t"         hash: TS, wire client id -> "clock seq" of the last shared-state update
+                applied for it (clock -1: an incr_many); replies that carry a value of
+                shared state are then ext 4: msgpack str of TS ("client clock seq\n"
+                each), then the reply element
   P "c"         string: commit reports "clock:n xor_id " each (APPEND)
   P "d:" digest a big default (msgpack), referenced by ops as 0xc1 .. digest
 Notifications are published on P "n:" .. wire client id; a payload is
@@ -545,6 +550,26 @@ local function commit(tag, xor)
   Bcommits[#Bcommits + 1] = tag .. ' ' .. xor .. ' '
 end
 
+-- §5.4 TS: a reply carrying a value of shared state, with the TS after the op (ext 4).
+local function stamped(result)
+  local b = batch
+  local enc = b.tsenc
+  if enc == nil then
+    local parts = {}
+    for c, stamp in pairs(b.ts) do parts[#parts + 1] = c .. ' ' .. stamp .. '\n' end
+    enc = encode(table.concat(parts))
+    b.tsenc = enc
+  end
+  local data = enc .. result
+  local n = #data
+  if n < 256 then return '\199' .. string.char(n) .. '\4' .. data end
+  if n < 65536 then return '\200' .. struct.pack('>I2', n) .. '\4' .. data end
+  return '\201' .. struct.pack('>I4', n) .. '\4' .. data
+end
+
+-- Op codes whose reply carries a value of shared state when applied (get: always).
+local OBSERVED = {[3] = true, [6] = true, [7] = true, [9] = true, [10] = true}
+
 local UPDATE = {}
 
 UPDATE['set'] = function(k, args)
@@ -817,14 +842,17 @@ local function apply(j)
   local cached = nil                  -- nil: not cached; false: known absent
   if Bfast then cached = Bcache[k] end
   if code == 1 then
+    local r
     if cached then
-      if cached == EMPTY then return ext1('\144') end
-      return cached
+      if cached == EMPTY then r = ext1('\144') else r = cached end
+    elseif cached == false then
+      r = X_ABSENT
+    else
+      local v = tagged(k)
+      if v == nil then r = X_ABSENT else r = wire(v) end
     end
-    if cached == false then return X_ABSENT end
-    local v = tagged(k)
-    if v == nil then return X_ABSENT end
-    return wire(v)
+    if b.ts and flags % 2 == 0 then return stamped(r) end
+    return r
   end
   if field then
     local r = Blog[field]
@@ -890,6 +918,17 @@ local function apply(j)
     record(field, result)
     if xor ~= 0 then Bcommitted[#Bcommitted + 1] = j end
   end
+  if b.ts and flags % 2 == 0 then
+    -- §5.4 TS: the client's last shared-state update (the root's writes carry no seq)
+    if seq > 0 then
+      local clock = '-1'
+      if lt > 0 then clock = string.match(string.sub(blob, p + li, pk - 2), '^[^:]*') end
+      b.ts[client] = clock .. ' ' .. string.format('%d', seq)
+      b.tsenc = nil
+      b.tsdirty = true
+    end
+    if OBSERVED[code] then result = stamped(result) end
+  end
   if b.watched and redis.call('SISMEMBER', b.P .. 'S', k) == 1 then
     local v = tagged(k)
     if v == nil then
@@ -945,7 +984,7 @@ local function chc_batch(keys, argv)
   local P = argv[1]
   PREFIX = P
   -- The epoch and the pre-image switch in one read (the switch costs the batch nothing).
-  local meta = redis.call('MGET', P .. 'epoch', P .. 'pre')
+  local meta = redis.call('MGET', P .. 'epoch', P .. 'pre', P .. 'ts')
   if argv[2] ~= '' and meta[1] ~= argv[2] then
     return redis.error_reply('CHCEPOCH the namespace lost its state')   -- restarted empty or flushed
   end
@@ -961,6 +1000,11 @@ local function chc_batch(keys, argv)
   local b = batch
   if b.preimages then
     b.pseen, b.npre, b.pfields, b.pvalues, b.pmembers = {}, 0, {}, {}, {}
+  end
+  if meta[3] then
+    local ts, flat = {}, redis.call('HGETALL', P .. 't')
+    for i = 1, #flat, 2 do ts[flat[i]] = flat[i + 1] end
+    b.ts, b.tsdirty = ts, false
   end
   local starts, ks, opfields, many = b.starts, b.keys, b.opfields, b.many
   local nops, tagfields, nt, reads, nr = 0, {}, 0, {}, 0
@@ -1077,6 +1121,14 @@ local function chc_batch(keys, argv)
     nm = nm + 2
   end
   if nm > 0 then redis.call('HSET', P .. 'q', unpack(marks)) end
+  if b.tsdirty then
+    local kv = {}
+    for c, stamp in pairs(b.ts) do
+      kv[#kv + 1] = c
+      kv[#kv + 1] = stamp
+    end
+    redis.call('HSET', P .. 't', unpack(kv))
+  end
   batch, Bcache, Bdirty, Bdirtylist, Blog, Bfields, Bcommitted, Bcommits = nil, nil, nil, nil, nil, nil, nil, nil
   local out = {arr_header(nops) .. table.concat(b.results)}
   for i = 1, #b.errors do out[i + 1] = b.errors[i] end

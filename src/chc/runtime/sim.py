@@ -2047,8 +2047,9 @@ def _crash_store(rt: SimRuntime, event: Any, at: str) -> None:
         rt._log("crash-ignored", "store", None, reason="model T keeps NF state in the instances", by="scenario")
         return
     if rt.store_failover is None:
-        raise Unrecoverable(f"store crashed at {at}: store failover needs the memory store (checkpoints with "
-                            f"TS and stamped replies); the {rt.store.describe()} store has neither")
+        raise Unrecoverable(f"store crashed at {at}: store failover needs the memory store or one Redis server "
+                            f"(one store instance with TS and checkpoints); the {rt.store.describe()} store is "
+                            "several")
     why = {"by": "scenario", **({"together": True} if p.get("together") else {})}
     rt.store_failover.crash(p.get("heartbeat_us", 20), p.get("misses", 3), why)
 

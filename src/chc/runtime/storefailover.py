@@ -77,7 +77,9 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..backends import redis_checkpoint
 from ..backends.memory import MemoryStore
+from ..backends.redis import RedisStore
 from ..core.client import StoreLost
 from ..core.failover import merge_reads, prune_reads
 from ..core.recovery import (
@@ -104,6 +106,13 @@ DEFAULT_CHECKPOINT_MS = 100.0
 # Restoring one object (from the checkpoint or a cache) or re-executing one logged
 # update at the failover store: a store op, about a microsecond (§7.1 model).
 RESTORE_NS_PER_OBJECT = 1000
+
+
+def recoverable(store: Any) -> bool:
+    """Whether store failover can run on ``store``: the memory store, or a Redis store of
+    one server (with several, each would be a store instance with its own TS)."""
+    return isinstance(store, MemoryStore) or (isinstance(store, RedisStore) and store.n == 1
+                                              and not store.cluster)
 
 
 def store_crashes(events: Iterable[Any]) -> list[Any]:
@@ -148,11 +157,19 @@ class StoreFailover:
         self.store: MemoryStore = rt.store
         self.interval_ns = int(interval_ms * 1_000_000)
         self.no_wal = False                 # --break no-wal: checkpoint and caches only
-        old = self.store.engine
-        engine = RecoverableEngine()
-        # What the store holds so far (declared objects) and its switches go over as they are.
-        engine.__dict__.update({k: v for k, v in old.__dict__.items() if k in StoreEngine().__dict__})
-        self.store.engine = engine
+        self.redis = not isinstance(self.store, MemoryStore)
+        self.checkpoints = 0
+        if self.redis:
+            # (a Redis key does not say whether its object is per-flow: the NFs' declarations do)
+            self.per_flow = {(name, obj) for name, v in rt.chain.vertices.items()
+                             for obj, decl in v.nf.state_objects().items() if decl.scope.per_flow}
+            self.store.keep_ts()
+        else:
+            old = self.store.engine
+            engine = RecoverableEngine()
+            # What the store holds so far (declared objects) and its switches go over as they are.
+            engine.__dict__.update({k: v for k, v in old.__dict__.items() if k in StoreEngine().__dict__})
+            self.store.engine = engine
         self.root_log = RootLog(rt.meta_store)
         rt.meta_store = self.root_log
         for inst in rt._all_instances():
@@ -176,9 +193,10 @@ class StoreFailover:
 
     @classmethod
     def install(cls, rt: SimRuntime) -> StoreFailover | None:
-        """Store failover for ``rt`` if a scenario event can crash its memory store."""
+        """Store failover for ``rt`` if a scenario event can crash its store: the memory
+        store, or one Redis server (:mod:`chc.backends.redis_checkpoint`)."""
         crashes = store_crashes(rt.events)
-        if not crashes or not isinstance(rt.store, MemoryStore):
+        if not crashes or rt.store is None or not recoverable(rt.store):
             return None
         interval = min(float(e.params.get("checkpoint_ms", DEFAULT_CHECKPOINT_MS)) for e in crashes)
         return cls(rt, interval)
@@ -244,7 +262,11 @@ class StoreFailover:
         logs truncated after (the checkpoint is durable: kept outside the store)."""
         rt = self.rt
         rt._send_commits(rt.node.commits())
-        ckpt = self.store.engine.checkpoint()
+        if self.redis:
+            self.checkpoints += 1
+            ckpt = redis_checkpoint.checkpoint(self.store, self.checkpoints, self.per_flow)
+        else:
+            ckpt = self.store.engine.checkpoint()
         now = rt.now()
         self.checkpoint_vt = now
         self.position = rt.node.record.position if rt.node.record is not None else 0
@@ -305,6 +327,8 @@ class StoreFailover:
             rt.node.read_log.clear()        # the store's read log is in its memory (rebuilt in _up)
         rt.net.store_down = True
         self.store.down = True              # the root's writes wait too
+        if self.redis:
+            redis_checkpoint.wipe(self.store)   # the server lost the namespace
         rt.net.at(o.detect_vt, self._detected)
         rt._log("store-crash", "store", None, crashed_vt=o.crashed_vt, detect_vt=o.detect_vt,
                 checkpoint=o.checkpoint.number, checkpoint_age_ns=int(o.crashed_vt - o.checkpoint_vt), **why)
@@ -376,11 +400,14 @@ class StoreFailover:
         since the checkpoint again, the owed commit reports sent."""
         o = self.outage
         rt = self.rt
-        old = self.store.engine
         engine = rec.engine
-        for name in ("dedup", "emulate", "preimages", "customs", "emulated", "reapplied"):
-            setattr(engine, name, getattr(old, name))   # switches, code and counters, not state
-        self.store.engine = engine
+        if self.redis:
+            redis_checkpoint.restore(self.store, engine)
+        else:
+            old = self.store.engine
+            for name in ("dedup", "emulate", "preimages", "customs", "emulated", "reapplied"):
+                setattr(engine, name, getattr(old, name))   # switches, code and counters, not state
+            self.store.engine = engine
         self.store.down = False
         rt.node.crashed = False
         reads = 0

@@ -1,0 +1,230 @@
+"""Store instance failover on Redis (§5.4, Figure 7): a namespace to a checkpoint and back.
+
+Theory of operation
+-------------------
+Store failover (:mod:`chc.runtime.storefailover`) works on the store engine's
+format: a :class:`~chc.core.recovery.Checkpoint` in, :func:`~chc.core.recovery.recover`
+rolls it forward with the instances' write-ahead logs, a
+:class:`~chc.core.recovery.RecoverableEngine` out.  The memory store *is* such an
+engine.  A Redis server holds the same state in its own encoding (see
+:mod:`chc.backends.redis`), so this module translates, and nothing else:
+
+- :func:`checkpoint` reads one server's namespace (objects, per-flow owners,
+  subscriptions, TS, sequence marks, the clock log, pre-images) into a
+  :class:`Checkpoint`.  TS exists there once :meth:`RedisStore.keep_ts` is on:
+  ``chc_batch`` then keeps each client's stamp and returns TS with every reply
+  that carries a value of shared state, as the engine does.
+- :func:`wipe` is the crash: the server loses the namespace.
+- :func:`restore` writes a recovered engine into the (empty) namespace, with the
+  run's epoch and lease, so the run's stores go on with it.
+
+A round trip (engine -> Redis -> checkpoint) gives the engine's own checkpoint
+back (``tests/test_store_failover.py``).  Limits: one server (with several, each
+would be a store instance with its own TS and checkpoints; refused in the sim);
+instances queued to take a per-flow object are not kept (the runtime holds a
+store crash while a handover runs).  Costs: a checkpoint reads the whole
+namespace (a SCAN and one ``chc_peek`` per object, pipelined), so on Redis the
+checkpoint interval is worth more than in memory.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Collection, Iterator
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from ..core.recovery import Checkpoint, RecoverableEngine, Stamp, _checkpoint
+from ..core.store import _ABSENT, ObjectKey, _Recorded
+from .redis import _LEASE_MS, _command, _glob_escape, _pack, _unpack
+
+if TYPE_CHECKING:
+    from .redis import RedisStore
+
+_EMPTY_LIST = b"\xc1"           # a list object with no items (EMPTY in redis_functions.lua)
+_SCAN = 1000
+
+
+def _keys(store: RedisStore) -> Iterator[list[bytes]]:
+    prefix = store.servers[0].prefix
+    cursor: Any = 0
+    while True:
+        cursor, keys = store._call(0, [("SCAN", cursor, "MATCH", _glob_escape(prefix) + b"*", "COUNT", _SCAN)])[0]
+        if keys:
+            yield keys
+        if int(cursor) == 0:
+            return
+
+
+def _element(raw: bytes) -> Any:
+    """A reply element (a clock-log record) as the client sees it."""
+    def ext(code: int, data: bytes) -> Any:
+        return list(_unpack(data)) if code == 1 else None
+    return msgpack.unpackb(raw, raw=False, use_list=False, strict_map_key=False, ext_hook=ext)
+
+
+def _wire_element(result: Any) -> bytes:
+    if result.__class__ is _Recorded:
+        result = result.result
+    if isinstance(result, (list, deque)):
+        return msgpack.packb(msgpack.ExtType(1, _pack(list(result))))
+    return _pack(result)
+
+
+def _tagged(raw: bytes, lists: type = deque) -> Any:
+    """A tagged value ("V"/"L"/"A", as chc_peek and pre-images hold it) in the engine's
+    form: a list object as a deque, or in a pre-image as a list (``_private``'s copy)."""
+    kind = raw[:1]
+    if kind == b"A":
+        return _ABSENT
+    value = _unpack(raw[1:])
+    return lists(value) if kind == b"L" else value
+
+
+def _client(wire: bytes) -> str:
+    return wire.decode().partition("|")[2]
+
+
+def checkpoint(store: RedisStore, number: int, per_flow: Collection[tuple[str, str]]) -> Checkpoint:
+    """The namespace of ``store``'s one server as checkpoint ``number`` (§5.4).
+    ``per_flow``: the (vertex, object) names of per-flow objects (the NFs' declarations
+    say it; a Redis key does not)."""
+    p = store.servers[0].prefix
+
+    def key_of(k: bytes) -> ObjectKey:
+        key = store._key_of(k, 0)
+        return key._replace(per_flow=True) if (key.vertex, key.obj) in per_flow else key
+
+    objects: list[bytes] = []
+    owners: list[bytes] = []
+    subs: list[bytes] = []
+    for keys in _keys(store):
+        for k in keys:
+            rest = k[len(p):]
+            if rest.startswith(b"k:"):
+                objects.append(k)
+            elif rest.startswith(b"o:"):
+                owners.append(k)
+            elif rest.startswith(b"s:"):
+                subs.append(k)
+    data: dict[ObjectKey, Any] = {}
+    for i in range(0, len(objects), _SCAN):
+        chunk = objects[i:i + _SCAN]
+        for k, v in zip(chunk, store._call(0, [("FCALL_RO", "chc_peek", 1, k) for k in chunk]), strict=True):
+            if v is not None:
+                data[key_of(k)] = _tagged(v)
+    owner = {}
+    if owners:
+        for k, v in zip(owners, store._call(0, [("GET", k) for k in owners]), strict=True):
+            owner[key_of(p + b"k:" + k[len(p) + 2:])] = int(v)
+    subscribers = {}
+    if subs:
+        for k, members in zip(subs, store._call(0, [("SMEMBERS", k) for k in subs]), strict=True):
+            subscribers[key_of(p + b"k:" + k[len(p) + 2:])] = frozenset(map(_client, members))
+    ts_raw, marks, log_raw, pre_raw, switch = store._call(0, [("HGETALL", p + b"t"), ("HGETALL", p + b"q"),
+                                                             ("HGETALL", p + b"l"), ("HGETALL", p + b"p"),
+                                                             ("EXISTS", p + b"pre")])
+    ts = {}
+    for j in range(0, len(ts_raw), 2):
+        clock, seq = ts_raw[j + 1].split()
+        ts[_client(ts_raw[j])] = Stamp(int(clock), int(seq))
+    applied_seq = {_client(marks[j]): int(marks[j + 1]) for j in range(0, len(marks), 2)}
+    clock_log: dict[ObjectKey, dict[tuple[int, int], Any]] = {}
+    order = []
+    for j in range(0, len(log_raw), 2):
+        tag_raw, _, k = log_raw[j].partition(b" ")
+        clock, _, n = tag_raw.partition(b":")
+        key, tag = key_of(k), (int(clock), int(n))
+        clock_log.setdefault(key, {})[tag] = _element(log_raw[j + 1])
+        order.append((tag[0], key, tag))
+    order.sort(key=lambda e: e[0])
+    images = sorted((pre_raw[j + 1][:8], pre_raw[j], pre_raw[j + 1][8:]) for j in range(0, len(pre_raw), 2))
+    before: dict[ObjectKey, dict[int, Any]] = {}
+    for _, field, raw in images:
+        clock, _, k = field.partition(b" ")
+        before.setdefault(key_of(k), {})[int(clock)] = _tagged(raw, list)
+    users = set(applied_seq) | set(ts)
+    if any(k.vertex == "root" for k in data):
+        users.add("root")
+    return _checkpoint(number, data, ts, applied_seq, clock_log, tuple(order), subscribers, frozenset(users),
+                       owner, {k: dict(v) for k, v in before.items()}, bool(switch), {})
+
+
+def wipe(store: RedisStore) -> None:
+    """The store server loses the namespace (a crash, §5.4): every key of it goes."""
+    store._clear(0)
+    store._uploaded[0].clear()          # big defaults are uploaded again when next used
+
+
+def _chunk(fields: list[bytes]) -> bytes:
+    """A pruning index entry (chunk_of in redis_functions.lua)."""
+    return struct.pack(f">I{len(fields)}I", len(fields), *map(len, fields)) + b"".join(fields)
+
+
+def restore(store: RedisStore, engine: RecoverableEngine) -> int:
+    """Write ``engine`` (a failover store's state) into ``store``'s empty namespace, with
+    the run's epoch and lease and the TS and pre-image switches; returns the number of
+    objects written."""
+    p = store.servers[0].prefix
+    wire = store._wire_id
+    cmds: list[tuple] = [("SET", p + b"epoch", store.epoch), ("SET", p + b"lease", store.token, "PX", _LEASE_MS),
+                         ("SET", p + b"ts", b"1")]
+    if engine.preimages:
+        cmds.append(("SET", p + b"pre", b"1"))
+    for key, value in engine.data.items():
+        rkey = store._locate(key)[0]
+        if isinstance(value, deque):
+            cmds.append(("RPUSH", rkey, *map(_pack, value)) if value else ("SET", rkey, _EMPTY_LIST))
+        else:
+            cmds.append(("SET", rkey, _pack(value)))
+    rest = len(p) + 2
+    for key, inst in engine.owner.items():
+        rkey = store._locate(key)[0]
+        cmds.append(("SET", p + b"o:" + rkey[rest:], inst))
+    for key, clients in engine.subscribers.items():
+        if clients:
+            rkey = store._locate(key)[0]
+            cmds.append(("SADD", p + b"s:" + rkey[rest:], *(wire(c, 0) for c in clients)))
+            cmds.append(("SADD", p + b"S", rkey))
+    if engine.ts:
+        cmds.append(("HSET", p + b"t", *[x for c, s in engine.ts.items() for x in (wire(c, 0), b"%d %d" % s)]))
+    if engine.applied_seq:
+        cmds.append(("HSET", p + b"q", *[x for c, s in engine.applied_seq.items() for x in (wire(c, 0), s)]))
+    batch = 0
+    fields, low = [], None
+    log = []
+    for key, entries in engine.clock_log.items():
+        rkey = store._locate(key)[0]
+        for (clock, n), result in entries.items():
+            field = b"%d:%d %s" % (clock, n, rkey)
+            fields.append(field)
+            log += [field, _wire_element(result)]
+            low = clock if low is None else min(low, clock)
+    if fields:
+        batch += 1
+        cmds += [("HSET", p + b"l", *log), ("SET", p + b"lc:%d" % batch, _chunk(fields)),
+                 ("ZADD", p + b"lz", low, p + b"lc:%d" % batch)]
+    images, members, low = [], [], None
+    for key, clocks in engine.before.items():
+        rkey = store._locate(key)[0]
+        for clock, value in clocks.items():
+            field = b"%d %s" % (clock, rkey)
+            if value is _ABSENT:
+                tagged = b"A"
+            elif isinstance(value, (list, deque)):
+                tagged = b"L" + _pack(list(value))
+            else:
+                tagged = b"V" + _pack(value)
+            images += [field, struct.pack(">II", batch + 1, len(members) // 2 + 1) + tagged]
+            members += [b"%d" % clock, field]
+            low = clock if low is None else min(low, clock)
+    if images:
+        batch += 1
+        cmds += [("HSET", p + b"p", *images), ("RPUSH", p + b"pc:%d" % batch, *members),
+                 ("ZADD", p + b"lz", low, p + b"pc:%d" % batch)]
+    cmds.append(("SET", p + b"lseq", batch))
+    for i in range(0, len(cmds), _SCAN):
+        store._checked(store._round_trip({0: [_command(*c) for c in cmds[i:i + _SCAN]]}))
+    return len(engine.data)
