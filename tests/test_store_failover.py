@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from chc.backends.memory import MemoryStore
 from chc.capture import open_capture
-from chc.coe import check_variant, variant
+from chc.coe import BreakState, Observers, check_runtime, check_variant, physical_runtime, variant
 from chc.packet import Packet
 from chc.reference import StoreStep, replay
 from chc.runtime.sim import SimRuntime, Unrecoverable
@@ -154,26 +153,50 @@ def test_a_root_crash_while_the_store_is_down_waits_for_it(records):
     assert kinds == ["store-crash", "store-recovered", "root-failover"]
 
 
-class _Remote:
-    """A store that is not the memory store (it stands for Redis here)."""
+def _on_redis(records, urls: list[str], raw: dict, seed: int, breaks: tuple[str, ...] = ()):
+    """One seed of ``raw`` with its state on the Redis servers ``urls``: (result, runtime)."""
+    from chc.backends import open_store
 
-    def __init__(self) -> None:
-        self._store = MemoryStore()
-
-    def __getattr__(self, name: str):
-        return getattr(self._store, name)
-
-    def describe(self) -> str:
-        return "redis://127.0.0.1:6379"
-
-
-def test_a_store_crash_on_redis_is_unrecoverable(records):
     chain = load_spec(PAPER)
-    sc = parse_scenario({"model": "EO+C", "events": [{"at": {"packets": 50}, "do": "crash", "target": "store"}]})
-    rt = SimRuntime(chain, model="EO+C", store=_Remote(), events=sc.events_for(0, list(chain.vertices), 100))
+    sc = parse_scenario({k: v for k, v in raw.items() if k != "store"})
+    v = variant(chain, sc, seed, [",".join(urls)])
+    store = open_store(v.store)
+    try:
+        obs = Observers()
+        rt = physical_runtime(chain, sc, v, len(records), obs, store)
+        BreakState(breaks, 0).install(rt)
+        return check_runtime(chain, rt, records, obs), rt
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("model", ["EO", "EO+C+NA"])
+def test_store_failover_on_redis_keeps_coe(records, redis_urls, model):
+    """§5.4 on one Redis server: its namespace is checkpointed, lost at the crash and
+    rebuilt from the checkpoint and the write-ahead logs (redis_checkpoint)."""
+    for seed in range(2):
+        res, rt = _on_redis(records, redis_urls[:1], {**CRASHES, "model": model}, seed)
+        assert res.ok, (seed, res.unrecoverable, [str(d) for d in res.divergences[:3]])
+        done = _recovered(rt)
+        assert len(done) == 3, rt.events_log
+        assert sum(e["re_executed"] for e in done) > 0 and all(e["per_flow_rolled"] > 0 for e in done), done
+        assert rt.summary().log["remaining"] == 0
+
+
+def test_no_wal_on_redis_is_caught(records, redis_urls):
+    raw = {**CRASHES, "model": "EO+C+NA"}
+    verdicts = [_on_redis(records, redis_urls[:1], raw, s, ("no-wal",))[0].ok for s in range(2)]
+    assert verdicts == [False, False]
+
+
+def test_a_store_crash_on_several_redis_servers_is_unrecoverable(records, redis_urls):
+    """Two servers would be two store instances, each with its own TS and checkpoints:
+    not built, so reported, never silently wrong."""
+    raw = {"model": "EO+C", "events": [{"at": {"packets": 50}, "do": "crash", "target": "store"}]}
+    res, rt = _on_redis(records[:100], redis_urls[:2], raw, 0)
     assert rt.store_failover is None            # no checkpoints, no logs: nothing is paid for
-    with pytest.raises(Unrecoverable, match="needs the memory store.*redis://"):
-        rt.run(records[:100])
+    assert res.unrecoverable is not None and "one Redis server" in res.unrecoverable
+    assert "2 servers" in res.unrecoverable
 
 
 def test_no_store_crash_no_cost(records):
@@ -265,3 +288,105 @@ def test_a_store_crash_waits_for_a_down_instance_unless_they_fail_together(recor
     assert res.ok, (res.unrecoverable, [str(d) for d in res.divergences[:3]])
     kinds = [e["kind"] for e in rt.events_log]
     assert kinds.index("failover") < kinds.index("store-crash") < kinds.index("store-recovered")
+
+
+def _random_ops(seed: int, n: int = 120, start: int = 0) -> list:
+    """Ops of two clients over counters, a list, per-flow objects, coalesced increments,
+    the LB's choice, retransmissions and replayed (emulated) updates."""
+    import random
+
+    from chc.core.store import Increments, ObjectKey, Op
+
+    rnd = random.Random(seed)
+    counters = [ObjectKey("v", "cnt", i) for i in range(3)]
+    flows = [ObjectKey("v", "flow", b"f%d" % i, True) for i in range(2)]
+    pool = ObjectKey("v", "pool", None)
+    seqs: dict[str, int] = {"a/0": start, "b/1": start}
+    ops: list = []
+    clock = start
+    for _ in range(n):
+        client = rnd.choice(["a/0", "b/1"])
+        kind = rnd.choice(["incr", "get", "set", "push", "pop", "cas", "flow", "many", "choice", "again"])
+        if kind == "again" and ops:
+            ops.append(rnd.choice(ops))         # a retransmission, or a replayed packet's update
+            continue
+        seqs[client] = seqs.get(client, 0) + 1
+        clock += 1
+        tag = (clock, 0)
+        k = rnd.choice(counters)
+        head = dict(client=client, seq=seqs[client])
+        if kind == "get":
+            op = Op("get", k, (), default=0, **head)
+        elif kind == "incr":
+            op = Op("incr", k, (rnd.randint(1, 5),), tag=tag, xor_id=7, default=0, **head)
+        elif kind == "set":
+            op = Op("set", k, (rnd.randint(0, 9),), tag=tag, **head)
+        elif kind in ("push", "pop"):
+            op = Op(kind, pool, (rnd.randint(0, 99),) if kind == "push" else (), tag=tag, default=[1, 2], **head)
+        elif kind == "cas":
+            op = Op("cas", k, (rnd.randint(0, 4), 4), tag=tag, default=0, **head)
+        elif kind == "flow":
+            op = Op("incr", rnd.choice(flows), (1,), tag=tag, instance=int(client[-1]), default=0, **head)
+        elif kind == "many":
+            inc = Increments()
+            for j in range(rnd.randint(1, 3)):
+                inc.add(clock, j + 1, rnd.randint(1, 3), 5)
+            op = Op("incr_many", k, (inc,), default=0, **head)
+        else:
+            op = Op("custom", counters[0], ("argmin_incr", counters), tag=tag, default=0, **head)
+        ops.append(op)
+    return ops
+
+
+def _same(a, b) -> bool:
+    return {k: (dict(v) if hasattr(v, "items") else v) for k, v in a.items()} == \
+        {k: (dict(v) if hasattr(v, "items") else v) for k, v in b.items()}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_redis_keeps_ts_and_checkpoints_as_the_engine_does(redis_urls, seed):
+    """The same ops on a RecoverableEngine and on Redis with keep_ts: every reply with
+    its TS, and the checkpoint (objects, owners, TS, seq marks, clock log, pre-images),
+    are the engine's; written back (restore) and read again, the checkpoint is unchanged."""
+    from chc.backends import redis_checkpoint
+    from chc.backends.redis import RedisStore
+    from chc.core.recovery import RecoverableEngine
+    from chc.core.store import StoreError
+
+    engine = RecoverableEngine()
+    engine.preimages = True
+    store = RedisStore(redis_urls[:1], fresh=True)
+    try:
+        store.keep_ts()
+        store.keep_preimages()
+
+        def answer(apply, op):
+            try:
+                return apply(op)
+            except StoreError as exc:
+                return type(exc).__name__
+        stamped = 0
+        for op in _random_ops(seed):
+            mine, theirs = answer(engine.apply, op), answer(lambda o: store.execute([o])[0], op)
+            assert repr(mine) == repr(theirs) or mine == theirs, (op.code, op.key, mine, theirs)
+            stamped += hasattr(theirs, "ts")
+        assert stamped > 10
+        per_flow = {("v", "flow")}
+        mine, theirs = engine.checkpoint(), redis_checkpoint.checkpoint(store, 1, per_flow)
+        for part in ("data", "owner", "ts", "applied_seq", "clock_log", "before"):
+            assert _same(getattr(mine, part), getattr(theirs, part)), part
+        assert mine.users == theirs.users and theirs.preimages
+        redis_checkpoint.wipe(store)
+        assert redis_checkpoint.checkpoint(store, 2, per_flow).data == {}
+        redis_checkpoint.restore(store, mine.restore())
+        again = redis_checkpoint.checkpoint(store, 3, per_flow)
+        for part in ("data", "owner", "ts", "applied_seq", "clock_log", "before"):
+            assert _same(getattr(mine, part), getattr(again, part)), part
+        # The restored namespace goes on as the engine does (epoch, switches, clock log).
+        engine = mine.restore()
+        for op in _random_ops(seed + 100, 40, start=1000):
+            ours, redis = answer(engine.apply, op), answer(lambda o: store.execute([o])[0], op)
+            assert repr(ours) == repr(redis) or ours == redis, (op.code, op.key, ours, redis)
+        assert _same(engine.checkpoint().data, redis_checkpoint.checkpoint(store, 4, per_flow).data)
+    finally:
+        store.close()
