@@ -54,8 +54,10 @@ Failures.  An unreachable server at start raises :class:`StoreUnavailable`
 naming its (password-redacted) address.  Mid-run, a failed request is retried
 with backoff (12 tries, about 9.5 s); past that the store raises
 :class:`StoreLost` and every later call does at once: the run cannot go on
-without its state (no store failover yet), and the runtime stops with that one
-line instead of dropping packet after packet.  A fresh store (a run's first)
+without its state (store failover, with checkpoints and TS, runs where a
+scenario crashes the store: :mod:`chc.backends.redis_checkpoint`; a run keeps
+neither otherwise), and the runtime stops with that one line instead of
+dropping packet after packet.  A fresh store (a run's first)
 writes an epoch key into its namespace and every ``chc_batch`` checks it, as do
 ``objects()`` reads: a server that restarted empty or was flushed is never
 written or read as if it still held the run's state (:class:`StoreLost`).
@@ -104,6 +106,12 @@ called ``subscribe``/``take`` through this store.  ``notifications(client)``
 first PINGs each pub/sub connection and reads up to the PONG, so every
 notification caused by an already acknowledged update is delivered (as with the
 memory store), without waiting otherwise.
+
+TS (§5.4 store failover).  Once ``keep_ts`` has set the namespace's ``ts`` key,
+``chc_batch`` keeps per client the stamp of its last applied shared-state update
+(hash ``t``) and sends TS with every reply carrying a value of shared state (ext 4,
+decoded to :class:`~chc.core.recovery.Stamped`), as a
+:class:`~chc.core.recovery.RecoverableEngine` does.
 
 Pre-images (§5.4 NF failover).  Once ``keep_preimages`` has set the namespace's
 ``pre`` key (the runtime does when a scenario can crash an instance), ``chc_batch``
@@ -862,7 +870,7 @@ class RedisStore:
                     i, exc = next(iter(failed.items()))
                     if self._running:
                         # Mid-run, past the retry budget: the run cannot go on without its state
-                        # (no store failover yet), so stop now rather than drop packet after packet.
+                        # (no checkpoints kept here), so stop now rather than drop packet after packet.
                         self._lost = (f"{self.servers[i].url}: {_reason(exc)}: the store is unreachable "
                                       f"(gave up after {tries} tries over {time.monotonic() - t0:.1f} s); "
                                       "the run cannot continue without its state")

@@ -1,4 +1,4 @@
-"""Store instance failover in the sim runtime (§5.4, Figure 7).
+"""Store instance failover in the sim runtime (§5.4, Figure 7): memory store or one Redis server.
 
 Theory of operation
 -------------------
@@ -64,7 +64,12 @@ of its own part (a failover instance takes its part over from the store when its
 replay starts), and the failover store's log is rebuilt from the live instances'
 copies.
 
-Unrecoverable (Table 3) and limits: a store other than the memory store; an NF
+On Redis (one server) the same recovery runs on the engine's format:
+:mod:`chc.backends.redis_checkpoint` reads the namespace into each checkpoint
+(``chc_batch`` keeps TS once :meth:`RedisStore.keep_ts` is on), deletes it at the
+crash, and writes the recovered engine back when the failover store is up.
+
+Unrecoverable (Table 3) and limits: several Redis servers or a cluster; an NF
 instance or a root that crashed and was not failed over yet when the store
 failed (its log, or its persisted clock and packet log, are gone with it);
 an NF failover after a store failover whose replay reaches a Case 2 covered
@@ -150,7 +155,7 @@ class Outage:
 
 
 class StoreFailover:
-    """Checkpoints, write-ahead logs and failover of the sim's one memory store."""
+    """Checkpoints, write-ahead logs and failover of the sim's one store instance."""
 
     def __init__(self, rt: SimRuntime, interval_ms: float) -> None:
         self.rt = rt
