@@ -61,12 +61,21 @@ def sim(records):
     return rt.summary()
 
 
-def _run(records, checkpoint_ms: float, breaks=(), kills=(STORE_KILL,)):
+def _run(records, checkpoint_ms: float, breaks=(), kills=(STORE_KILL,), redis: str = ""):
     """A proc run whose store server is killed once NAT has processed a batch (so its
-    log holds updates to roll forward)."""
-    rt = ProcRuntime(load_spec(PAPER), model=MODEL, kills=list(kills), checkpoint_ms=checkpoint_ms,
-                     breaks=breaks)
-    rt.run(held(rt, records, "nat.0", STORE_KILL.at))
+    log holds updates to roll forward); ``redis``: the state on that Redis server, the
+    store server in front of it."""
+    store = None
+    if redis:
+        from chc.backends.redis import RedisStore
+        store = RedisStore([redis], fresh=True, namespace="proc-store-kill")      # what chc run opens
+    try:
+        rt = ProcRuntime(load_spec(PAPER), model=MODEL, kills=list(kills), checkpoint_ms=checkpoint_ms,
+                         breaks=breaks, store=store, store_url=redis or "memory", namespace="proc-store-kill")
+        rt.run(held(rt, records, "nat.0", STORE_KILL.at))
+    finally:
+        if store is not None:
+            store.close()
     return rt, rt.summary()
 
 
@@ -89,6 +98,28 @@ def test_a_killed_store_server_fails_over_with_the_sims_results(records, sim):
     assert e["re_executed"] > 0 and e["wal_updates"] == e["re_executed"]
     assert e["how"] == "killed by signal 9" and e["killed_at_packet"] >= STORE_KILL.at
     assert not descendants(os.getpid()) & set(rt.pids.values())
+
+
+@pytest.mark.parametrize("checkpoint_ms", [600_000, 20])
+def test_on_redis_a_killed_store_server_fails_over_with_the_sims_results(records, sim, redis_urls, checkpoint_ms):
+    """§5.4 on one Redis server: the store server in front of it checkpoints the namespace
+    (with TS), the namespace is lost with it, and the failover server writes back the
+    checkpoint rolled forward from the instances' logs."""
+    rt, s = _run(records, checkpoint_ms=checkpoint_ms, redis=redis_urls[0])
+    _same(s, sim)
+    [e] = [e for e in s.events if e["kind"] == "store-failover"]
+    assert e["re_executed"] > 0 and e["wal"]
+    assert s.store["backend"] == f"{redis_urls[0]} (through the store server)"
+    if checkpoint_ms == 20:
+        assert e["checkpoint"] > 1
+    assert not descendants(os.getpid()) & set(rt.pids.values())
+
+
+def test_on_redis_without_the_roll_forward_the_failover_store_loses_updates(records, sim, redis_urls):
+    rt, s = _run(records, checkpoint_ms=600_000, breaks=("no-wal",), redis=redis_urls[0])
+    [e] = [e for e in s.events if e["kind"] == "store-failover"]
+    assert not e["wal"] and e["re_executed"] == 0 and e["wal_updates"] > 0
+    assert s.state_digest != sim.state_digest
 
 
 def test_checkpoints_every_few_milliseconds_truncate_the_logs_and_recover_the_same(records, sim):
@@ -163,8 +194,9 @@ def test_kill_store_parses_and_bad_ones_are_one_line():
     assert parse_kill("store@10", chain).process == "@store"
     with pytest.raises(ValueError, match="one store server"):
         parse_kill("store[1]@10", chain)
-    with pytest.raises(ValueError, match="Redis"):
-        ProcRuntime(chain, model=MODEL, store_url="redis://127.0.0.1:1", kills=[Kill("store", 0, 10)])
+    with pytest.raises(ValueError, match="one Redis server.*several"):
+        ProcRuntime(chain, model=MODEL, store_url="redis://127.0.0.1:1,redis://127.0.0.1:2",
+                    kills=[Kill("store", 0, 10)])
     with pytest.raises(ValueError, match="checkpoint interval"):
         ProcRuntime(chain, model=MODEL, failover=True, checkpoint_ms=0)
 

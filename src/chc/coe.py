@@ -60,7 +60,7 @@ from .packet import Packet, ip_str
 from .reference import LogicalRun, Replay, StoreStep, logical_run, replay, same
 from .runtime import control
 from .runtime.sim import SimRuntime, Unrecoverable
-from .runtime.storefailover import UNSEEN
+from .runtime.storefailover import UNSEEN, recoverable_url
 from .spec import MAX_PARALLELISM, Chain
 from .summary import canonical
 
@@ -741,7 +741,7 @@ def draw_kill(v: Variant, n_packets: int, spec: str, roots: int = 1, changes: Se
             return ""
         rng = random.Random(f"during:{v.seed}")
         k = rng.randrange(len(changes))
-        store = ["store"] if v.model != "T" and v.store == "memory" else []
+        store = ["store"] if v.model != "T" and recoverable_url(v.store) else []
         vertex = changes[k] if rng.random() < 0.5 else rng.choice([*sorted(v.parallelism), "root", *store])
         if vertex == "store":
             return f"store@change:{k + 1}"
@@ -753,8 +753,8 @@ def draw_kill(v: Variant, n_packets: int, spec: str, roots: int = 1, changes: Se
     rng = random.Random(f"kill:{v.seed}")
     instances = [(name, i) for name, n in v.parallelism.items() for i in range(n)]
     instances += [("root", r) for r in range(roots)]
-    if v.model != "T" and v.store == "memory":
-        # the store server (§5.4 store failover; on Redis the state is in the Redis server)
+    if v.model != "T" and recoverable_url(v.store):
+        # the store server (§5.4 store failover; on Redis, in front of one server)
         instances.append(("store", 0))
     kills = []
     for _ in range(min(k, len(instances))):

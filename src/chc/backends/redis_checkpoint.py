@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from ..core.recovery import Checkpoint, RecoverableEngine, Stamp, _checkpoint
+from ..core.recovery import Checkpoint, CheckpointImage, RecoverableEngine, Stamp, _AbsentToken, _checkpoint, _longer
 from ..core.store import _ABSENT, ObjectKey, _Recorded
-from .redis import _LEASE_MS, _command, _glob_escape, _pack, _unpack
+from .redis import _command, _glob_escape, _pack, _unpack
 
 if TYPE_CHECKING:
     from .redis import RedisStore
@@ -87,10 +87,29 @@ def _client(wire: bytes) -> str:
     return wire.decode().partition("|")[2]
 
 
-def checkpoint(store: RedisStore, number: int, per_flow: Collection[tuple[str, str]]) -> Checkpoint:
+def per_flow_objects(chain: Any) -> frozenset[tuple[str, str]]:
+    """The (vertex, object) names of ``chain``'s per-flow objects (its NFs' declarations)."""
+    return frozenset((name, obj) for name, v in chain.vertices.items()
+                     for obj, decl in v.nf.state_objects().items() if decl.scope.per_flow)
+
+
+def checkpoint(store: RedisStore, number: int, per_flow: Collection[tuple[str, str]],
+               preimage_limit: int = 0) -> Checkpoint:
     """The namespace of ``store``'s one server as checkpoint ``number`` (§5.4).
-    ``per_flow``: the (vertex, object) names of per-flow objects (the NFs' declarations
-    say it; a Redis key does not)."""
+    ``per_flow``: the (vertex, object) names of per-flow objects (:func:`per_flow_objects`;
+    a Redis key does not say it).  ``preimage_limit``: as
+    :meth:`RecoverableEngine.checkpoint`'s (pre-images of longer containers are left out,
+    named in ``unknown_before``, and not even read)."""
+    return _checkpoint(*_parts(store, number, per_flow, preimage_limit))
+
+
+def image(store: RedisStore, number: int, per_flow: Collection[tuple[str, str]],
+          preimage_limit: int = 0) -> CheckpointImage:
+    """:func:`checkpoint` as :meth:`RecoverableEngine.image` gives it (pickled at once)."""
+    return CheckpointImage(_parts(store, number, per_flow, preimage_limit))
+
+
+def _parts(store: RedisStore, number: int, per_flow: Collection[tuple[str, str]], preimage_limit: int) -> tuple:
     p = store.servers[0].prefix
 
     def key_of(k: bytes) -> ObjectKey:
@@ -110,11 +129,14 @@ def checkpoint(store: RedisStore, number: int, per_flow: Collection[tuple[str, s
             elif rest.startswith(b"s:"):
                 subs.append(k)
     data: dict[ObjectKey, Any] = {}
+    long: set[bytes] = set()
     for i in range(0, len(objects), _SCAN):
         chunk = objects[i:i + _SCAN]
         for k, v in zip(chunk, store._call(0, [("FCALL_RO", "chc_peek", 1, k) for k in chunk]), strict=True):
             if v is not None:
-                data[key_of(k)] = _tagged(v)
+                value = data[key_of(k)] = _tagged(v)
+                if preimage_limit and _longer(value, preimage_limit):
+                    long.add(k)
     owner = {}
     if owners:
         for k, v in zip(owners, store._call(0, [("GET", k) for k in owners]), strict=True):
@@ -123,9 +145,9 @@ def checkpoint(store: RedisStore, number: int, per_flow: Collection[tuple[str, s
     if subs:
         for k, members in zip(subs, store._call(0, [("SMEMBERS", k) for k in subs]), strict=True):
             subscribers[key_of(p + b"k:" + k[len(p) + 2:])] = frozenset(map(_client, members))
-    ts_raw, marks, log_raw, pre_raw, switch = store._call(0, [("HGETALL", p + b"t"), ("HGETALL", p + b"q"),
-                                                             ("HGETALL", p + b"l"), ("HGETALL", p + b"p"),
-                                                             ("EXISTS", p + b"pre")])
+    ts_raw, marks, log_raw, fields, switch = store._call(0, [("HGETALL", p + b"t"), ("HGETALL", p + b"q"),
+                                                            ("HGETALL", p + b"l"), ("HKEYS", p + b"p"),
+                                                            ("EXISTS", p + b"pre")])
     ts = {}
     for j in range(0, len(ts_raw), 2):
         clock, seq = ts_raw[j + 1].split()
@@ -140,7 +162,22 @@ def checkpoint(store: RedisStore, number: int, per_flow: Collection[tuple[str, s
         clock_log.setdefault(key, {})[tag] = _element(log_raw[j + 1])
         order.append((tag[0], key, tag))
     order.sort(key=lambda e: e[0])
-    images = sorted((pre_raw[j + 1][:8], pre_raw[j], pre_raw[j + 1][8:]) for j in range(0, len(pre_raw), 2))
+    # Pre-images: those of long containers are named, not read (the NAT's port pool, once per
+    # clock that took a port).
+    unknown: dict[ObjectKey, set[int]] = {}
+    wanted = []
+    for field in fields:
+        clock, _, k = field.partition(b" ")
+        if k in long:
+            unknown.setdefault(key_of(k), set()).add(int(clock))
+        else:
+            wanted.append(field)
+    images = []
+    for i in range(0, len(wanted), _SCAN):
+        chunk = wanted[i:i + _SCAN]
+        raws = store._call(0, [("HMGET", p + b"p", *chunk)])[0]
+        images += [(raw[:8], field, raw[8:]) for field, raw in zip(chunk, raws, strict=True) if raw is not None]
+    images.sort()
     before: dict[ObjectKey, dict[int, Any]] = {}
     for _, field, raw in images:
         clock, _, k = field.partition(b" ")
@@ -148,14 +185,23 @@ def checkpoint(store: RedisStore, number: int, per_flow: Collection[tuple[str, s
     users = set(applied_seq) | set(ts)
     if any(k.vertex == "root" for k in data):
         users.add("root")
-    return _checkpoint(number, data, ts, applied_seq, clock_log, tuple(order), subscribers, frozenset(users),
-                       owner, {k: dict(v) for k, v in before.items()}, bool(switch), {})
+    return (number, data, ts, applied_seq, clock_log, tuple(order), subscribers, frozenset(users), owner,
+            {k: {c: _AbsentToken() if v is _ABSENT else v for c, v in b.items()} for k, b in before.items()},
+            bool(switch), {k: frozenset(v) for k, v in unknown.items()})
 
 
-def wipe(store: RedisStore) -> None:
-    """The store server loses the namespace (a crash, §5.4): every key of it goes."""
-    store._clear(0)
+def wipe(store: RedisStore) -> int:
+    """The store server loses the namespace (a crash, §5.4): every key of it goes but the
+    run's lease (the operator's hold on the namespace, not the store's state); how many."""
+    lease = store.servers[0].prefix + b"lease"
+    n = 0
+    for keys in _keys(store):
+        gone = [k for k in keys if k != lease]
+        if gone:
+            store._call(0, [("UNLINK", *gone)])
+            n += len(gone)
     store._uploaded[0].clear()          # big defaults are uploaded again when next used
+    return n
 
 
 def _chunk(fields: list[bytes]) -> bytes:
@@ -164,13 +210,12 @@ def _chunk(fields: list[bytes]) -> bytes:
 
 
 def restore(store: RedisStore, engine: RecoverableEngine) -> int:
-    """Write ``engine`` (a failover store's state) into ``store``'s empty namespace, with
-    the run's epoch and lease and the TS and pre-image switches; returns the number of
-    objects written."""
+    """Write ``engine`` (a failover store's state) into ``store``'s empty namespace (see
+    :func:`wipe`), with the run's epoch and the TS and pre-image switches; returns the
+    number of objects written."""
     p = store.servers[0].prefix
     wire = store._wire_id
-    cmds: list[tuple] = [("SET", p + b"epoch", store.epoch), ("SET", p + b"lease", store.token, "PX", _LEASE_MS),
-                         ("SET", p + b"ts", b"1")]
+    cmds: list[tuple] = [("SET", p + b"epoch", store.epoch), ("SET", p + b"ts", b"1")]
     if engine.preimages:
         cmds.append(("SET", p + b"pre", b"1"))
     for key, value in engine.data.items():

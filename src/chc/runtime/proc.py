@@ -80,6 +80,8 @@ from typing import Any
 
 import zmq
 
+from ..backends.redis import redact
+from ..backends.redis_checkpoint import per_flow_objects
 from ..core.client import StoreLost
 from ..core.recovery import RecoveryError
 from ..core.recovery import Unrecoverable as LostState
@@ -106,6 +108,7 @@ from .procworker import (
     root_name,
 )
 from .sim import DEFAULT_BATCH, root_index, stored_state
+from .storefailover import recoverable_url
 from .wire import Kind, Mailbox, Marks, dealer, encode, generation_name, logical
 
 log = logging.getLogger("chc.proc")
@@ -171,7 +174,7 @@ class ProcRuntime:
         # does not pay for checkpoints and logs)
         store_can_fail = failover or any(k.vertex == STORE_KILL for k in self.kills)
         checkpoint_s = ((checkpoint_ms or procstore.DEFAULT_CHECKPOINT_MS) / 1000
-                        if store_can_fail and not self.redis and log_mode == "local" else 0.0)
+                        if store_can_fail and recoverable_url(store_url) and log_mode == "local" else 0.0)
         self.plan = Plan("", chain, model, batch_size, (), log_mode=log_mode, log_limit=log_limit,
                          persist_every=persist_every, send_out=write_out, hwm=hwm, record=record,
                          breaks=tuple(breaks), break_from=break_from, recover=recover,
@@ -333,7 +336,8 @@ class ProcRuntime:
         self._launch(self.mp, name, storeserver.serve, (plan.store[1], plan.record, plan.recover,
                                                         plan.address(COORDINATOR), plan.heartbeat_s,
                                                         plan.directory, plan.checkpoint_s, name, restore,
-                                                        self._redis_spec if self.fronted else None))
+                                                        self._redis_spec if self.fronted else None,
+                                                        per_flow_objects(plan.chain) if self.fronted else None))
 
     def _join(self, name: str, args: tuple) -> bool:
         """§5.1 a scale-out's new instance process, its warm spare if it has one up (then
@@ -414,8 +418,8 @@ class ProcRuntime:
             if name in self.reported:
                 return
         how = self._how(name, p)
-        why = ("the state is in Redis, and this server in front of it is not failed over" if store and self.redis
-               else "the store server is recovered only with --failover or a --kill store@N" if store
+        why = ("the store server is recovered only with --failover or a --kill store@N, on the default store "
+               "or one Redis server" if store
                else "a root with its packet log in the store is not recovered here" if self.plan.recover
                else "no recovery without --kill or --failover")
         raise ProcFailure(f"proc runtime: {name} (pid {p.pid}) {how} before the end of the run; "
@@ -1252,9 +1256,10 @@ def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, 
                          "(R1 needs an externalized model: EO, EO+C or EO+C+NA)")
     if log_mode == "off":
         raise ValueError("--kill: with the packet log off there is nothing to replay")
-    if store_url != "memory" and any(k.vertex == STORE_KILL for k in kills):
-        raise ValueError("--kill store: with --store redis the state lives in the Redis server, and a failover "
-                         "of Redis is not built (docs/proc.md); NF and root kills recover on Redis")
+    if not recoverable_url(store_url) and any(k.vertex == STORE_KILL for k in kills):
+        raise ValueError("--kill store: store failover needs the default store server or one Redis server; "
+                         f"{redact(store_url)} is several (each would be a store instance of its own, docs/proc.md); "
+                         "NF and root kills recover there")
     if any(k.vertex == STORE_KILL for k in kills) and log_mode != "local":
         raise ValueError("--kill store: the failover store server is rebuilt from checkpoints and the instances' "
                          "logs; the roots' writes of a packet log in the store (--packet-log store) are not "

@@ -120,6 +120,11 @@ def recoverable(store: Any) -> bool:
                                               and not store.cluster)
 
 
+def recoverable_url(url: str) -> bool:
+    """:func:`recoverable` of the store at ``url`` (before it is opened)."""
+    return url == "memory" or (url.startswith(("redis://", "rediss://")) and "," not in url)
+
+
 def store_crashes(events: Iterable[Any]) -> list[Any]:
     return [e for e in events if e.action == "crash" and e.target == "store"]
 
@@ -165,9 +170,7 @@ class StoreFailover:
         self.redis = not isinstance(self.store, MemoryStore)
         self.checkpoints = 0
         if self.redis:
-            # (a Redis key does not say whether its object is per-flow: the NFs' declarations do)
-            self.per_flow = {(name, obj) for name, v in rt.chain.vertices.items()
-                             for obj, decl in v.nf.state_objects().items() if decl.scope.per_flow}
+            self.per_flow = redis_checkpoint.per_flow_objects(rt.chain)
             self.store.keep_ts()
         else:
             old = self.store.engine

@@ -58,6 +58,7 @@ from typing import Any
 
 import zmq
 
+from ..backends import redis_checkpoint
 from ..backends.memory import MemoryStore
 from ..core.client import StoreLost, StoreUnavailable
 from ..core.failover import log_reads, prune_reads
@@ -171,21 +172,29 @@ class Failover:
 
 def serve(address: str, record: bool = False, recover: bool = False, coordinator: str = "",
           heartbeat_s: float = 0.0, directory: str = "", checkpoint_s: float = 0.0,
-          me: str = STORE, restore: str = "", redis: tuple | None = None) -> None:
+          me: str = STORE, restore: str = "", redis: tuple | None = None,
+          per_flow: frozenset | None = None) -> None:
     """Serve a fresh memory store at ``address`` until a ``stop`` call (a process of its own),
     or with ``redis`` (URLs, namespace, TLS options) the run's Redis store, in front of it;
     ``record``: write the serialization for the COE checker to the run's ``directory``
     (module doc); ``recover``: keep what NF failover needs (:class:`Failover`);
     ``checkpoint_s``: checkpoints for store failover (:mod:`chc.runtime.procstore`),
-    ``restore``: a failover store's boot state; heartbeats to ``coordinator`` every
-    ``heartbeat_s`` (:mod:`chc.runtime.procio`)."""
+    ``restore``: a failover store's boot state (on Redis: ``per_flow``, the chain's
+    per-flow object names, :class:`CheckpointedRedis`); heartbeats to ``coordinator``
+    every ``heartbeat_s`` (:mod:`chc.runtime.procio`)."""
     guard = worker_guard()
     ctx = zmq.Context()
     box = Mailbox(ctx, address, "store server")
     to_coordinator = dealer(ctx, coordinator, me) if coordinator else None
     if to_coordinator is not None and heartbeat_s:
         guard.heartbeat(heartbeat_s, encode(Kind.CONTROL, ["hb", None]), to_coordinator)
-    store = MemoryStore(RecoverableEngine() if checkpoint_s else None) if redis is None else redis_store(*redis, guard)
+    store: Any
+    if redis is None:
+        store = MemoryStore(RecoverableEngine() if checkpoint_s else None)
+    else:
+        store = redis_store(*redis, guard)
+        if checkpoint_s:
+            store = CheckpointedRedis(store, per_flow or frozenset())
     state = procstore.boot(restore) if restore else None
     if state is not None:
         _boot(store, box, state)
@@ -240,9 +249,57 @@ def redis_store(urls: list[str], namespace: str, tls: dict, guard: Guard) -> Any
     return store
 
 
-def _boot(store: MemoryStore, box: Mailbox, state: dict) -> None:
+class CheckpointedRedis:
+    """§5.4 the run's Redis store (one server) as the store server's checkpoints take a
+    store: Redis keeps TS (``keep_ts``); :class:`procstore.Durable` drains its commit
+    reports into ``held`` and reads the namespace as a checkpoint
+    (:mod:`chc.backends.redis_checkpoint`); a failover server writes the recovered state
+    back (:meth:`boot`).  Every other call goes to the Redis store."""
+
+    def __init__(self, redis: Any, per_flow: frozenset) -> None:
+        self.redis = redis
+        self.per_flow = per_flow
+        self.held: dict[int, list[tuple[int, int]]] = {}     # root id -> commit reports drained for it
+        self.inboxes: dict[str, list[tuple]] = {}           # a failover's callbacks, not yet fetched
+        self.engine = self                                  # (what Durable asks of an engine)
+        self.taken = 0
+        redis.keep_ts()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.redis, name)
+
+    def drain_commits(self) -> list[tuple[int, int]]:
+        return self.redis.commits()
+
+    def image(self, preimage_limit: int = 0) -> Any:
+        self.taken += 1
+        return redis_checkpoint.image(self.redis, self.taken, self.per_flow, preimage_limit)
+
+    def commits(self, root: int | None = None) -> list[tuple[int, int]]:
+        if root is not None:
+            return self.held.pop(root, []) + self.redis.commits(root)
+        held, self.held = self.held, {}
+        return [c for v in held.values() for c in v] + self.redis.commits()
+
+    def notifications(self, client: str) -> list[tuple]:
+        box = self.inboxes.pop(client, None)
+        got = self.redis.notifications(client)
+        return box + got if box else got
+
+    def boot(self, engine: RecoverableEngine) -> None:
+        """A failover store: the namespace is what the failed one lost, then the recovered state."""
+        redis_checkpoint.wipe(self.redis)
+        redis_checkpoint.restore(self.redis, engine)
+        self.taken = engine.checkpoints
+
+
+def _boot(store: Any, box: Mailbox, state: dict) -> None:
     """§5.4 a failover store server: the state recovery built (:mod:`chc.runtime.procstore`)."""
-    store.engine = state["checkpoint"].restore(copy=False)
+    engine = state["checkpoint"].restore(copy=False)
+    if isinstance(store, CheckpointedRedis):
+        store.boot(engine)
+    else:
+        store.engine = engine
     store.held = state["held"]
     store.inboxes.update(state["inboxes"])
     for dead in state["fenced"]:
