@@ -574,3 +574,14 @@ def test_metrics_and_dashboard_on_one_port_is_named_as_such(capsys):
                  "--dashboard-port", "18091"]) == 2
     assert capsys.readouterr().err == ("chc: error: --metrics-port and --dashboard-port: both 18091: give each its "
                                        "own port (it said 'Address already in use')\n")
+
+
+def test_check_with_a_store_the_scenario_does_not_pin_is_one_line(tmp_path, capsys):
+    """A scenario that pins its store and a --store naming another: the pin would win
+    silently (a check of something else than asked); refused in one line, exit 2."""
+    sc = tmp_path / "pinned.yaml"
+    sc.write_text("name: pinned\nstore: memory\n")
+    code = main(["check", CHAIN, str(sc), str(ROOT / "traces/pathspider/lan-2012.pcap.gz"), "--packets", "50",
+                 "--store", "redis://127.0.0.1:1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "pins store: memory" in err and "\n" not in err

@@ -78,6 +78,10 @@ class Job:
             sc.check_targets(list(spec.vertices))
         except ScenarioError as exc:
             raise ScenarioError(f"{scenario}: {exc}") from None
+        if sc.store and stores != ["memory"] and sc.store not in stores:
+            # (the pin wins: a --store that is not used would be a check of something else)
+            raise ScenarioError(f"{scenario}: the scenario pins store: {sc.store}, so --store "
+                                f"{', '.join(stores)} would not be used; drop one of them")
         if kill:
             _check_kill(kill, spec, runtime)
         with open_capture(capture) as reader:

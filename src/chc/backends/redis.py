@@ -282,7 +282,10 @@ def _reply_values(blob: bytes) -> tuple[list, bool]:
             parts = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=False, ext_hook=ext)
             parts.feed(data)
             ts = _ts(next(parts))
-            return Stamped(next(parts), ts)
+            result = next(parts)
+            # (a list object's contents as the engine holds them: the roll forward may start
+            # from this value, and push/pop need a deque; a value is never a list here)
+            return Stamped(deque(result) if result.__class__ is list else result, ts)
         return _ABSENT if code == 2 else _REFUSED
 
     values = msgpack.unpackb(blob, raw=False, use_list=False, strict_map_key=False, ext_hook=ext)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from ..core.recovery import Checkpoint, CheckpointImage, RecoverableEngine, Stamp, _AbsentToken, _checkpoint, _longer
-from ..core.store import _ABSENT, ObjectKey, _Recorded
+from ..core.store import _ABSENT, CLOCK_BITS, ObjectKey, _Recorded
 from .redis import _command, _glob_escape, _pack, _unpack
 
 if TYPE_CHECKING:
@@ -237,21 +237,22 @@ def restore(store: RedisStore, engine: RecoverableEngine) -> int:
         cmds.append(("HSET", p + b"t", *[x for c, s in engine.ts.items() for x in (wire(c, 0), b"%d %d" % s)]))
     if engine.applied_seq:
         cmds.append(("HSET", p + b"q", *[x for c, s in engine.applied_seq.items() for x in (wire(c, 0), s)]))
+    # The pruning index: a chunk per root (each root prunes its own clocks, chc_prune).
     batch = 0
-    fields, low = [], None
-    log = []
+    log: dict[int, list[bytes]] = {}
     for key, entries in engine.clock_log.items():
         rkey = store._locate(key)[0]
         for (clock, n), result in entries.items():
-            field = b"%d:%d %s" % (clock, n, rkey)
-            fields.append(field)
-            log += [field, _wire_element(result)]
-            low = clock if low is None else min(low, clock)
-    if fields:
+            log.setdefault(clock >> CLOCK_BITS, []).append(b"%d:%d %s" % (clock, n, rkey))
+            log[clock >> CLOCK_BITS].append(_wire_element(result))
+    for pairs in log.values():
         batch += 1
-        cmds += [("HSET", p + b"l", *log), ("SET", p + b"lc:%d" % batch, _chunk(fields)),
+        fields = pairs[::2]
+        low = min(int(f.partition(b":")[0]) for f in fields)
+        cmds += [("HSET", p + b"l", *pairs), ("SET", p + b"lc:%d" % batch, _chunk(fields)),
                  ("ZADD", p + b"lz", low, p + b"lc:%d" % batch)]
-    images, members, low = [], [], None
+    images: dict[int, tuple[list, list]] = {}
+    order = 0
     for key, clocks in engine.before.items():
         rkey = store._locate(key)[0]
         for clock, value in clocks.items():
@@ -262,12 +263,16 @@ def restore(store: RedisStore, engine: RecoverableEngine) -> int:
                 tagged = b"L" + _pack(list(value))
             else:
                 tagged = b"V" + _pack(value)
-            images += [field, struct.pack(">II", batch + 1, len(members) // 2 + 1) + tagged]
+            pairs, members = images.setdefault(clock >> CLOCK_BITS, ([], []))
+            # (ordered by (batch id, index) as chc_batch orders them: the engine's order, one
+            # id for all; the pruning index has a chunk per root)
+            order += 1
+            pairs += [field, struct.pack(">II", batch + 1, order) + tagged]
             members += [b"%d" % clock, field]
-            low = clock if low is None else min(low, clock)
-    if images:
+    for pairs, members in images.values():
         batch += 1
-        cmds += [("HSET", p + b"p", *images), ("RPUSH", p + b"pc:%d" % batch, *members),
+        low = min(int(c) for c in members[::2])
+        cmds += [("HSET", p + b"p", *pairs), ("RPUSH", p + b"pc:%d" % batch, *members),
                  ("ZADD", p + b"lz", low, p + b"pc:%d" % batch)]
     cmds.append(("SET", p + b"lseq", batch))
     for i in range(0, len(cmds), _SCAN):

@@ -36,7 +36,7 @@ function; K = P "k:" rest, rest = vertex ":" object ":" msgpack(scope key)):
   P "q"         hash: wire client id -> highest applied seq
   P "ts"        string: present = keep TS (RedisStore.keep_ts, store failover, §5.4)
   P "t"         hash: TS, wire client id -> "clock seq" of the last shared-state update
-                applied for it (clock -1: an incr_many); replies that carry a value of
+                applied for it (an incr_many's: its first increment's clock); replies that carry a value of
                 shared state are then ext 4: msgpack str of TS ("client clock seq\n"
                 each), then the reply element
   P "c"         string: commit reports "clock:n xor_id " each (APPEND)
@@ -922,7 +922,11 @@ local function apply(j)
     -- §5.4 TS: the client's last shared-state update (the root's writes carry no seq)
     if seq > 0 then
       local clock = '-1'
-      if lt > 0 then clock = string.match(string.sub(blob, p + li, pk - 2), '^[^:]*') end
+      if lt > 0 then
+        clock = string.match(string.sub(blob, p + li, pk - 2), '^[^:]*')
+      elseif code == 4 and b.many[j] and b.many[j][1] then
+        clock = string.match(b.many[j][1], '^[^:]*')     -- (its tag is its first increment's)
+      end
       b.ts[client] = clock .. ' ' .. string.format('%d', seq)
       b.tsenc = nil
       b.tsdirty = true
