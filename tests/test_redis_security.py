@@ -191,6 +191,29 @@ def test_a_run_touches_nothing_outside_its_namespace(dedicated_redis):
     r.close()
 
 
+def test_two_runs_on_one_server_keep_each_others_operations(dedicated_redis):
+    """The ``chc`` library is one per server: a second run loading its own custom
+    operation kept the first run's (a plain REPLACE took it away mid-run: 'unknown
+    custom operation')."""
+    body = "local v = CHC.read(op.key) or 0\nCHC.write(op.key, v + op.args[1] * {m})\nreturn v + op.args[1] * {m}"
+    a = _store(dedicated_redis.url, fresh=True, namespace="run-a")
+    b = None
+    try:
+        a.register("times_two", None, lua=body.format(m=2))
+        assert a.execute([Op("custom", COUNTER, ("times_two", 5), "nat/0", 1)]) == [10]
+        b = _store(dedicated_redis.url, fresh=True, namespace="run-b")
+        b.register("times_three", None, lua=body.format(m=3))
+        assert a.execute([Op("custom", COUNTER, ("times_two", 1), "nat/0", 2)]) == [12]
+        assert b.execute([Op("custom", COUNTER, ("times_three", 1), "nat/0", 1)]) == [3]
+        a.register("times_two", None, lua=body.format(m=4))        # one's own new body wins
+        assert a.execute([Op("custom", COUNTER, ("times_two", 1), "nat/0", 3)]) == [16]
+        assert b.execute([Op("custom", COUNTER, ("times_three", 1), "nat/0", 2)]) == [6]
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
+
+
 def test_a_second_run_on_a_namespace_in_use_is_refused(dedicated_redis):
     a = _store(dedicated_redis.url, fresh=True, namespace="chain")
     try:

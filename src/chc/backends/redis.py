@@ -196,6 +196,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _KEY_CACHE_MAX = 100_000
 _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _MAX_BACKOFF = 1.0         # seconds: the default 12 tries span about 9.5 s of outage
+# A custom or value operation's block in the library: kind, name, length of the block that follows.
+_OP_HEADER = re.compile(r"\n-- chc-op (custom|value) ([A-Za-z_][A-Za-z0-9_]*) (\d+)\n")
 _LEASE_MS = 60_000         # a run's hold on its namespace lapses this long after it stops renewing
 _LEASE_RENEW = 10.0        # seconds between renewals (during requests)
 _PASSWORD = re.compile(r"(rediss?(?:-cluster)?://)([^:@/]*):[^@/]*@")
@@ -674,7 +676,7 @@ class RedisStore:
             if not self.cluster:
                 self._not_a_cluster_node(i)
             try:
-                self._call(i, [("FUNCTION", "LOAD", "REPLACE", self._library())], attempts=min(self.attempts, 3))
+                self._load_library(i, attempts=min(self.attempts, 3))
             except StoreUnavailable:
                 raise
             except StoreError as exc:
@@ -769,19 +771,42 @@ class RedisStore:
                 return n
 
     # -- transport ------------------------------------------------------------------------
-    def _library(self) -> str:
+    def _library(self, loaded: str = "") -> str:
+        """The ``chc`` library with this store's custom and value operations, and those of
+        ``loaded`` (the library the server has: another run's on the same server, whose
+        operations a plain REPLACE would take away from it mid-run).  Each operation is one
+        block behind a header naming it and its length (``_OP_HEADER``)."""
+        blocks: dict[tuple[str, str], str] = {}
+        if loaded.startswith(LIBRARY):
+            for m in _OP_HEADER.finditer(loaded, len(LIBRARY)):
+                blocks[(m[1], m[2])] = loaded[m.end():m.end() + int(m[3])]
+        for name, body in self.customs.items():
+            blocks[("custom", name)] = f"CUSTOM['{name}'] = function(op)\n{body}\nend\n"
+        for name, body in self.value_ops.items():
+            blocks[("value", name)] = f"VALUE_OPS['{name}'] = function(value, args)\n{body}\nend\n"
         parts = [LIBRARY]
         if self.cluster:
             parts.append("\nPUBLISH = 'SPUBLISH'\n")
-        for name, body in self.customs.items():
-            parts.append(f"\nCUSTOM['{name}'] = function(op)\n{body}\nend\n")
-        for name, body in self.value_ops.items():
-            parts.append(f"\nVALUE_OPS['{name}'] = function(value, args)\n{body}\nend\n")
+        for (kind, name), block in blocks.items():
+            parts.append(f"\n-- chc-op {kind} {name} {len(block)}\n{block}")
         return "".join(parts)
+
+    def _load_library(self, i: int, attempts: int | None = None) -> None:
+        """FUNCTION LOAD REPLACE on server ``i``, keeping the operations another run loaded
+        there (:meth:`_library`).  (Two runs loading at the same moment can still miss each
+        other's newest operation: the read and the load are two commands.)"""
+        listed = self._call(i, [("FUNCTION", "LIST", "LIBRARYNAME", "chc", "WITHCODE")], attempts=attempts)[0]
+        loaded = ""
+        for lib in listed or ():
+            fields = dict(zip(lib[::2], lib[1::2], strict=True))
+            if fields.get(b"library_name") == b"chc":
+                code = fields.get(b"library_code") or b""
+                loaded = code.decode() if isinstance(code, bytes) else code
+        self._call(i, [("FUNCTION", "LOAD", "REPLACE", self._library(loaded))], attempts=attempts)
 
     def _reload(self) -> None:
         for i in range(self.n):
-            self._call(i, [("FUNCTION", "LOAD", "REPLACE", self._library())])
+            self._load_library(i)
 
     def _load_value_op(self, name: str) -> None:
         """Add a value operation (chc.nf.value_op) to the library, from its Lua chunk."""
