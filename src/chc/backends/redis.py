@@ -1527,7 +1527,7 @@ class RedisStore:
                 cursor = int(cursor)
                 keys = [k for k in keys if k.count(b":", len(prefix)) >= 1]
                 if keys:
-                    values = self._call(i, [("FCALL_RO", "chc_peek", 1, k) for k in keys])
+                    values = self._call(i, [("FCALL_RO", "chc_peek_many", len(keys), *keys)])[0]
                     for k, v in zip(keys, values, strict=True):
                         if v is None:
                             continue                  # deleted meanwhile

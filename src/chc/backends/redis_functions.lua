@@ -1298,6 +1298,15 @@ local function chc_peek(keys, args)
   return tagged(keys[1])
 end
 
+-- KEYS = objects (one shard's).  Their tagged current values, nil when absent (no side effects):
+-- a whole shard's objects in a few calls (objects(), checkpoints), where a call per object cost
+-- more than reading it.
+local function chc_peek_many(keys, args)
+  local out = {}
+  for i = 1, #keys do out[i] = tagged(keys[i]) or false end
+  return out
+end
+
 redis.register_function('chc_batch', chc_batch)
 redis.register_function('chc_declare', chc_declare)
 redis.register_function('chc_subscribe', chc_subscribe)
@@ -1308,6 +1317,7 @@ redis.register_function('chc_lease', chc_lease)
 redis.register_function('chc_unlease', chc_unlease)
 redis.register_function('chc_commits', chc_commits)
 redis.register_function{function_name = 'chc_peek', callback = chc_peek, flags = {'no-writes'}}
+redis.register_function{function_name = 'chc_peek_many', callback = chc_peek_many, flags = {'no-writes'}}
 
 -- Custom operations registered at run time follow, one per block:
 --   CUSTOM['name'] = function(op) <body> end
