@@ -415,3 +415,60 @@ def test_a_root_writes_its_last_persisted_clock_again_to_a_failover_store(tmp_pa
         assert (op.code, op.key, op.args) == ("set", clock_key(0), (worker.root.base | 2000,))
     finally:
         ctx.destroy(linger=0)
+
+
+def test_on_redis_a_failover_store_server_delivers_callbacks_again(redis_urls):
+    """The failed server's pub/sub connection died with it: the failover server listens
+    for the restored subscriptions, so a cache kept by callbacks hears later updates."""
+    import time
+
+    from chc.backends.redis import RedisStore
+    from chc.core.recovery import recover
+    from chc.runtime.storeserver import CheckpointedRedis, redis_store
+
+    guard = SimpleNamespace(tick=lambda: None)
+    owner = RedisStore(redis_urls[:1], fresh=True, namespace="callbacks")       # the coordinator's
+    try:
+        first = CheckpointedRedis(redis_store(redis_urls[:1], "callbacks", {}, guard), frozenset())
+        pool = ObjectKey("lb", "pool", None)
+        first.subscribe(pool, "lb/1")
+        first.execute([Op("set", pool, ((1, 2),), "lb/0", 1, tag=(1, 0))])
+        assert first.notifications("lb/1")
+        ckpt = pickle.loads(pickle.dumps(first.image(1000)))
+        first.close()                                   # (its connections die with it)
+        engine = recover(ckpt, [], users=set(), retired={"lb/0", "lb/1"}, copy=False).engine
+        failover = CheckpointedRedis(redis_store(redis_urls[:1], "callbacks", {}, guard), frozenset())
+        failover.boot(pickle.loads(pickle.dumps(engine.image())).restore(copy=False))
+        failover.execute([Op("set", pool, ((3, 4),), "lb/0", 2, tag=(2, 0))])
+        got = []
+        for _ in range(20):
+            got += failover.notifications("lb/1")
+            if got:
+                break
+            time.sleep(0.05)
+        assert got and got[-1][2] == (3, 4), got
+        failover.close()
+    finally:
+        owner.close()
+
+
+def test_a_checkpoint_that_takes_long_puts_the_next_off(tmp_path):
+    """A checkpoint's cost sets the next one's time when it exceeds the interval: a store
+    server whose checkpoints took seconds did little but checkpoint."""
+    import time
+
+    store = SimpleNamespace(held={}, inboxes={}, engine=None)
+
+    class SlowEngine:
+        def drain_commits(self):
+            return []
+
+        def image(self, limit):
+            time.sleep(0.05)
+            return RecoverableEngine().image()
+
+    store.engine = SlowEngine()
+    failover = SimpleNamespace(floors={}, delivered={}, unknown={})
+    d = procstore.Durable(store, failover, str(tmp_path), every_s=0.01, told=lambda body: None, serial=None)
+    d.take()
+    assert d.next - time.monotonic() >= procstore.COST_RATIO * 0.05 * 0.9

@@ -1257,8 +1257,9 @@ def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, 
     if log_mode == "off":
         raise ValueError("--kill: with the packet log off there is nothing to replay")
     if not recoverable_url(store_url) and any(k.vertex == STORE_KILL for k in kills):
+        what = "a Redis Cluster" if store_url.startswith("redis-cluster") else "several servers"
         raise ValueError("--kill store: store failover needs the default store server or one Redis server; "
-                         f"{redact(store_url)} is several (each would be a store instance of its own, docs/proc.md); "
+                         f"{redact(store_url)} is {what} (each would be a store instance of its own, docs/proc.md); "
                          "NF and root kills recover there")
     if any(k.vertex == STORE_KILL for k in kills) and log_mode != "local":
         raise ValueError("--kill store: the failover store server is rebuilt from checkpoints and the instances' "

@@ -60,6 +60,8 @@ CHECKPOINT = "store.ckpt"
 RESTORE = "store.restore"
 SERIAL = "store.serial"
 DEFAULT_CHECKPOINT_MS = 100.0
+# Checkpoints take at most 1 / (1 + COST_RATIO) of the store server's time (see Durable.take).
+COST_RATIO = 4.0
 # Pre-images of containers longer than this stay out of checkpoints (measured: the NAT's
 # 40,000-port pool, one pre-image per clock that took a port, made a checkpoint 1.3 s).
 PREIMAGE_LIMIT = 1000
@@ -131,7 +133,10 @@ class Durable:
         self.told([number, applied, [[c, s.clock, s.seq] for c, s in ts.items()]])
         now = time.monotonic()
         self.seconds += now - started
-        self.next = now + self.every_s
+        # The next one after the interval, or after COST_RATIO times what this one took if
+        # longer: on a large Redis namespace a checkpoint took seconds, and the server did
+        # little but checkpoint (a run of a review's did not end in 16 minutes).
+        self.next = now + max(self.every_s, COST_RATIO * (now - started))
 
 
 def write_state(path: str, ckpt: Checkpoint | CheckpointImage, held: dict, inboxes: dict, floors: dict, delivered: dict,

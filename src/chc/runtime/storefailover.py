@@ -122,7 +122,8 @@ def recoverable(store: Any) -> bool:
 
 def recoverable_url(url: str) -> bool:
     """:func:`recoverable` of the store at ``url`` (before it is opened)."""
-    return url == "memory" or (url.startswith(("redis://", "rediss://")) and "," not in url)
+    return url == "memory" or (url.startswith(("redis://", "rediss://"))
+                               and len([u for u in url.split(",") if u.strip()]) == 1)
 
 
 def store_crashes(events: Iterable[Any]) -> list[Any]:

@@ -287,9 +287,14 @@ class CheckpointedRedis:
         return box + got if box else got
 
     def boot(self, engine: RecoverableEngine) -> None:
-        """A failover store: the namespace is what the failed one lost, then the recovered state."""
+        """A failover store: the namespace is what the failed one lost, then the recovered
+        state; this server listens for the restored subscriptions' callbacks (the failed
+        one's pub/sub connection died with it: without this, no callback arrived again)."""
         redis_checkpoint.wipe(self.redis)
         redis_checkpoint.restore(self.redis, engine)
+        for key, clients in engine.subscribers.items():
+            for client in clients:
+                self.redis.subscribe(key, client)
         self.taken = engine.checkpoints
 
 
