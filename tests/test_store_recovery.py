@@ -25,6 +25,7 @@ from chc.core.recovery import (
     RecoveryError,
     Stamped,
     Unrecoverable,
+    WriteAheadLog,
     attach_wal,
     recover,
     select_ts,
@@ -736,3 +737,19 @@ def test_pops_answered_by_retransmission_keep_their_items():
     answers = {client: engine.apply(op.replace(seq=0, tag=None, xor_id=0)).result for client, op in rec.re_executed}
     assert answers == took
     assert plain(rec.engine.data[LIST]) == (102, 103)
+
+
+def test_a_read_logged_with_a_later_push_of_the_same_request_is_the_value_read():
+    """A get answers the store's live list; a push later in the same request changed it
+    before the write-ahead log copied the reply, so the read was logged with the value
+    after the push and the TS from before it (a Case 2 roll forward from it would push
+    twice)."""
+    engine = RecoverableEngine()
+    pool = ObjectKey("nat", "ports", None)
+    engine.declare(pool, [1, 2])
+    wal = WriteAheadLog("nat/0")
+    ops = [Op("get", pool, (), "nat/0", 1), Op("push", pool, (3,), "nat/0", 2, tag=(5, 0))]
+    wal.log_sent(ops)
+    wal.log_replies(ops, [engine.apply(op) for op in ops])
+    [read] = wal.reads
+    assert list(read.result) == [1, 2]

@@ -287,7 +287,9 @@ class RecoverableEngine(StoreEngine):
         # A retransmitted update answered from the clock log says nothing of where
         # it stands in the order: only a read or an update applied now is stamped.
         if op.code in OBSERVED and (applied or op.code == "get"):
-            return Stamped(result, MappingProxyType(dict(self.ts)))
+            # (a copy: a get answers the live object, which a later op of the same request
+            # would change before the write-ahead log copies the reply; a review found it)
+            return Stamped(_copy(result), MappingProxyType(dict(self.ts)))
         return result
 
     def checkpoint(self, preimage_limit: int = 0) -> Checkpoint:
