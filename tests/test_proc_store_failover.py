@@ -13,6 +13,7 @@ are tested on their own too.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -472,3 +473,46 @@ def test_a_checkpoint_that_takes_long_puts_the_next_off(tmp_path):
     d = procstore.Durable(store, failover, str(tmp_path), every_s=0.01, told=lambda body: None, serial=None)
     d.take()
     assert d.next - time.monotonic() >= procstore.COST_RATIO * 0.05 * 0.9
+
+
+def test_on_redis_a_redis_server_that_dies_by_itself_stops_a_failover_run_in_one_line(records, dedicated_redis):
+    """With --failover on Redis, a Redis server that died by itself killed the store
+    server in front of it, and every failover store server after it, one every half
+    second without end (a new-user trial): the run now stops, naming Redis."""
+    import threading
+    import time
+
+    from chc.backends.redis import RedisStore
+
+    store = RedisStore([dedicated_redis.url], fresh=True, namespace="dies")
+    rt = ProcRuntime(load_spec(PAPER), model=MODEL, failover=True, store=store, store_url=dedicated_redis.url,
+                     namespace="dies")
+    killer = threading.Timer(2.0, dedicated_redis.kill)
+    killer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProcFailure, match="Redis server behind it is unreachable"):
+            rt.run(records * 20)
+    finally:
+        killer.cancel()
+        with contextlib.suppress(Exception):
+            store.close()
+    assert time.monotonic() - started < 90
+    assert not [e for e in rt.events if e["kind"] == "store-failover"]
+    assert not descendants(os.getpid()) & set(rt.pids.values())
+
+
+def test_a_failover_store_server_that_dies_before_it_is_up_stops_the_run(records):
+    """A failover store server that dies before its first checkpoint would be followed by
+    another that dies the same way: the run stops instead."""
+
+    class _BootDies(ProcRuntime):
+        def _launch_store(self, name, restore):
+            super()._launch_store(name, restore)
+            if "#" in name:
+                self.procs[name].kill()
+
+    rt = _BootDies(load_spec(PAPER), model=MODEL, kills=[STORE_KILL], checkpoint_ms=600_000)
+    with pytest.raises(ProcFailure, match="before it was up"):
+        rt.run(held(rt, records, "nat.0", STORE_KILL.at))
+    assert not descendants(os.getpid()) & set(rt.pids.values())

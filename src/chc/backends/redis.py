@@ -1547,6 +1547,15 @@ class RedisStore:
         nothing more)."""
         self._call_all(lambda p: ("SET", p + b"pre", b"1"))
 
+    def unreachable(self) -> str:
+        """'' when every server answers a PING (retried as any request), else why not."""
+        try:
+            for i in range(self.n):
+                self._call(i, [("PING",)])
+        except StoreError as exc:       # (StoreLost, StoreUnavailable: subclasses)
+            return str(exc)
+        return ""
+
     def keep_ts(self) -> None:
         """Keep TS from now on (§5.4 store failover, :mod:`chc.backends.redis_checkpoint`):
         ``chc_batch`` then records, per client, the stamp of its last shared-state update

@@ -218,6 +218,7 @@ class ProcRuntime:
         # failed over goes first, since its hand-over can only come from its failover.
         self._failing = ""              # the process being failed over
         self._deaths: list[tuple[str, Any]] = []
+        self._store_up: set[str] = set()               # store server processes that took a checkpoint
         self.fenced: list[str] = []     # failed processes: a failover started later fences them too
         self.bounds: dict[str, int] = {}    # logical instance -> the highest clock its last failover replays
         self.events: list[dict] = []
@@ -632,6 +633,23 @@ class ProcRuntime:
         event["handed_over"] = sum(len(rows) for _, rows in kept)     # input packets kept, from the floor
         log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, event["how"], new)
 
+    def _store_can_fail_over(self, dead: str, p: Any, event: dict) -> None:
+        """A store server that died of what its failover would die of too stops the run
+        (a new-user trial: a Redis server that died by itself under ``--failover`` was met
+        with a failover store server every half second, without end): on Redis, the Redis
+        server gone too; and a failover store server that died before it was up (its
+        first checkpoint), unless a ``--kill`` of ours killed it."""
+        how = self._how(dead, p)
+        if self.redis:
+            why = self.store.unreachable()
+            if why:
+                raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {how}, and the Redis server behind it "
+                                  f"is unreachable ({why}): a store server cannot be failed over without it; "
+                                  "the run stops")
+        if "#" in dead and dead not in self._store_up and "killed_at_packet" not in event:
+            raise ProcFailure(f"proc runtime: the failover store server {dead} (pid {p.pid}) {how} before it "
+                              "was up: another would end the same way; the run stops")
+
     def _fail_over_store(self, dead: str, p: Any) -> None:
         """§5.4 the store server failed (docs/proc.md, "Store-server failover"): every live
         instance hands in its write-ahead log; the failover store is the latest checkpoint
@@ -645,6 +663,7 @@ class ProcRuntime:
             raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} while {busy[0]} was "
                               "down and not yet failed over: they failed together (Table 3), and the store's "
                               "failover needs its write-ahead log; the run stops")
+        self._store_can_fail_over(dead, p, event)
         self.box.fence(dead.encode())
         # (one that finished and went: its last updates are in the checkpoint taken before it went)
         finished = [self.current[n] for n in (instance_name(v, i) for v, i in self.plan.instances())
@@ -880,6 +899,7 @@ class ProcRuntime:
             elif what == "wal":
                 self.wals.add(name)
             elif what == "checkpoint":      # §5.4 durable: the instances truncate their logs
+                self._store_up.add(name)
                 self._truncate(data)
             elif what == "decide":
                 self.decisions.append(data)
