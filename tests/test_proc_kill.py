@@ -489,6 +489,8 @@ def test_a_kill_past_the_input_is_logged_as_skipped_and_checks_say_so():
     rt.run(records)
     skipped = [e for e in rt.summary().events if e["kind"] == "kill-skipped"]
     assert [(e["process"], e["reason"]) for e in skipped] == [("nat.0", "the input ended before packet 999999")]
+    # the printed summary says it too (it was in the JSON alone: a new-user trial)
+    assert "kills not done (1):\n  nat.0: the input ended before packet 999999" in rt.summary().render()
     assert _kill_faults("nat[0]@999999", [], skipped) == {
         "not_killed": "nat.0 (the input ended before packet 999999)"}
     restarted = [{"kind": "manager-restarted", "vertex": "portscan", "killed_at_packet": 3072}]

@@ -133,6 +133,7 @@ class Summary:
     def _render_failovers(self) -> list[str]:
         """The proc runtime's failovers (§5.4): what failed, how, and what recovery did."""
         out = []
+        skipped = [f"  {e['process']}: {e['reason']}" for e in self.events if e["kind"] == "kill-skipped"]
         for e in self.events:
             if "failover_process" not in e:
                 continue
@@ -140,10 +141,14 @@ class Summary:
                     if e["kind"] == "store-failover" else
                     e["interrupted"] if "interrupted" in e else
                     f"replayed {e.get('replayed', 0):,} packets")
-            out.append(f"  {e['process']} {e['how']} at input packet {e.get('killed_at_packet', e['packet']):,}: "
+            asked = e.get("kill_asked_at")
+            at = (f" (the --kill named {asked:,}: kills land between the coordinator's input batches)"
+                  if isinstance(asked, int) else "")
+            out.append(f"  {e['process']} {e['how']} at input packet {e.get('killed_at_packet', e['packet']):,}{at}: "
                        f"{e['failover_process']} took over, {what}"
                        + (f", recovery {e['recovery_s'] * 1000:.0f} ms" if "recovery_s" in e else ""))
-        return ["", f"failovers ({len(out)}):", *out] if out else []
+        return ((["", f"failovers ({len(out)}):", *out] if out else [])
+                + (["", f"kills not done ({len(skipped)}):", *skipped] if skipped else []))
 
     def render(self) -> str:
         """Human-readable summary for the terminal."""

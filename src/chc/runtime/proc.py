@@ -223,7 +223,8 @@ class ProcRuntime:
         self.bounds: dict[str, int] = {}    # logical instance -> the highest clock its last failover replays
         self.events: list[dict] = []
         self.wals: set[str] = set()     # store failover: the processes that handed in their logs
-        self._killed: dict[str, tuple[float, int]] = {}     # --kill: process -> (when, packets fed)
+        # --kill: process -> (when, packets fed, the packet the kill named)
+        self._killed: dict[str, tuple[float, int, int | str]] = {}
         self._started = False           # every worker ready
         self._bye = False               # the workers were told to go (everything durable before)
         self.stats: dict[str, dict] = {}
@@ -514,6 +515,8 @@ class ProcRuntime:
                  "detect_s": None if killed is None else round(detected - killed[0], 6)}
         if killed is not None:
             event["killed_at_packet"] = killed[1]
+            if killed[2] != killed[1]:      # (kills land between input batches: said, not hidden)
+                event["kill_asked_at"] = killed[2]
         return event, gen, new, detected
 
     def _fail_over(self, dead: str, p: Any) -> None:
@@ -1046,7 +1049,7 @@ class ProcRuntime:
             return
         name = self.current[kill.process]
         p = self.procs[name]
-        self._killed[name] = (time.perf_counter(), self.fed)
+        self._killed[name] = (time.perf_counter(), self.fed, self.fed if kill.during else kill.at)
         p.kill()                # multiprocessing: SIGKILL
         p.join(5)               # gone before the next kill looks for the instance's process
         # ...and its death handled (failed over) before the next kill: join may read the exit
