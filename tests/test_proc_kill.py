@@ -126,6 +126,7 @@ def test_cli_kill_shows_the_failover(tmp_path, monkeypatch, capsys):
     (["--kill", "nope@10"], "no vertex"),
     (["--kill", "nat@x"], "VERTEX[I]@PACKETS"),
     (["--kill", "nat@10", "--model", "T"], "model T"),
+    (["--kill", "store@10", "--model", "T"], "no store server to kill"),
     (["--kill", "nat@10", "--runtime", "sim"], "--runtime proc"),
     (["--kill", "root[1]@10"], "1 root(s)"),
     (["--kill", "root@10", "--packet-log", "store"], "packet-log store"),

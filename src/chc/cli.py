@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--first-seed", type=_natural, default=0, metavar="S",
                      help="with --seeds N: run seeds S..S+N-1 (a long hunt in ranges; default: 0)")
     chk.add_argument("--jobs", "-j", type=_positive, default=1, metavar="J",
-                     help="run seeds in J parallel processes (default: 1)")
+                     help="run seeds in J parallel processes (default: 1); with Redis, worker k uses "
+                          "database k of each --store server")
     chk.add_argument("--break", dest="breaks", action="append", default=[], metavar="NAME",
                      help="switch a mechanism off (or corrupt one compared thing) in the physical run to "
                           "test the checker; see --list-breaks")

@@ -1274,6 +1274,9 @@ def parse_kill(text: str, chain: Chain) -> Kill:
 
 def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, kills: list[Kill]) -> None:
     """What NF failover over processes needs (one-line ValueErrors)."""
+    if model == "T" and any(k.vertex == STORE_KILL for k in kills):
+        raise ValueError("--kill store: in model T the NFs' state lives inside their instances: there is no "
+                         "store server to kill (store failover needs EO, EO+C or EO+C+NA)")
     if model == "T":
         raise ValueError("--kill: in model T an instance's state lives inside it and dies with it "
                          "(R1 needs an externalized model: EO, EO+C or EO+C+NA)")
