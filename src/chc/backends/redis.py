@@ -294,6 +294,13 @@ def _reply_values(blob: bytes) -> tuple[list, bool]:
     return list(values), bool(special)
 
 
+def _untag(tagged: bytes, lists: type = list) -> Any:
+    """A tagged value ("V" + msgpack, or "L" + a list object's items as a msgpack array;
+    see redis_functions.lua) as a value, a list object's contents as ``lists``."""
+    value = _unpack(tagged[1:])
+    return lists(value) if tagged[:1] == b"L" else value
+
+
 def _ts(text: str) -> MappingProxyType:
     """TS as ``chc_batch`` sends it ("wire-client clock seq" lines) by client id."""
     ts = {}
@@ -1352,10 +1359,7 @@ class RedisStore:
                 rest = data[5 + n:]
                 key = self._key_of(rkey, srv)
                 if data[:1] == b"U":
-                    value = _unpack(rest[1:])
-                    if rest[:1] == b"L":
-                        value = deque(value)
-                    msg: tuple = ("update", key, value)
+                    msg: tuple = ("update", key, _untag(rest, deque))
                 else:
                     msg = ("owned", key, int(rest))
                 self._inbox.setdefault(client, []).append(msg)
@@ -1391,8 +1395,7 @@ class RedisStore:
                                   self._wire_id(client, srv))])[0]
         if reply is None:
             return None
-        value = _unpack(reply[1:])
-        return deque(value) if reply[:1] == b"L" else value
+        return _untag(reply, deque)
 
     # -- objects, ownership ---------------------------------------------------------------
     def declare(self, key: ObjectKey, initial: Any) -> None:
@@ -1532,9 +1535,7 @@ class RedisStore:
                         if v is None:
                             continue                  # deleted meanwhile
                         obj, _, scope = k[len(prefix):].partition(b":")
-                        value = _unpack(v[1:])
-                        out.setdefault(_unesc(obj), {})[_unpack(scope)] = \
-                            list(value) if v[:1] == b"L" else value
+                        out.setdefault(_unesc(obj), {})[_unpack(scope)] = _untag(v)
                 if cursor == 0:
                     break
         return out
@@ -1596,8 +1597,7 @@ class RedisStore:
                 if v[:1] == b"A":
                     out.get(name, {}).pop(key, None)
                 else:
-                    value = _unpack(v[1:])
-                    out.setdefault(name, {})[key] = list(value) if v[:1] == b"L" else value
+                    out.setdefault(name, {})[key] = _untag(v)
         return out
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ engine.  A Redis server holds the same state in its own encoding (see
   that carries a value of shared state, as the engine does.
 - :func:`wipe` is the crash: the server loses the namespace.
 - :func:`restore` writes a recovered engine into the (empty) namespace, with the
-  run's epoch and lease, so the run's stores go on with it.
+  run's epoch (the lease :func:`wipe` kept), so the run's stores go on with it.
 
 A round trip (engine -> Redis -> checkpoint) gives the engine's own checkpoint
 back (``tests/test_store_failover.py``).  Limits: one server (with several, each
@@ -39,7 +39,7 @@ import msgpack
 
 from ..core.recovery import Checkpoint, CheckpointImage, RecoverableEngine, Stamp, _AbsentToken, _checkpoint, _longer
 from ..core.store import _ABSENT, CLOCK_BITS, ObjectKey, _Recorded
-from .redis import _command, _glob_escape, _pack, _unpack
+from .redis import _command, _glob_escape, _pack, _unpack, _untag
 
 if TYPE_CHECKING:
     from .redis import RedisStore
@@ -81,11 +81,7 @@ def _wire_element(result: Any) -> bytes:
 def _tagged(raw: bytes, lists: type = deque) -> Any:
     """A tagged value ("V"/"L"/"A", as chc_peek and pre-images hold it) in the engine's
     form: a list object as a deque, or in a pre-image as a list (``_private``'s copy)."""
-    kind = raw[:1]
-    if kind == b"A":
-        return _ABSENT
-    value = _unpack(raw[1:])
-    return lists(value) if kind == b"L" else value
+    return _ABSENT if raw[:1] == b"A" else _untag(raw, lists)
 
 
 def _client(wire: bytes) -> str:
