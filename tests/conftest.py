@@ -56,10 +56,22 @@ def require_redis_server() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(bus: bool = False) -> int:
+    """A free port; ``bus``: one whose cluster bus port (+10000) is free too (a cluster
+    node whose bus port was taken exited at start: a CI run's one error)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not bus:
+            return port
+        if port + 10000 <= 65535:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + 10000))
+                    return port
+                except OSError:
+                    pass
 
 
 class RedisProcess:
@@ -177,6 +189,7 @@ class RedisCluster:
         self.nodes = [RedisProcess(binary, directory / f"n{i}", client={"password": password} if password else None)
                       for i in range(n)]
         for node in self.nodes:
+            node.port = _free_port(bus=True)
             node.extra = [*cluster_options(node.port), *auth]
 
     @property
