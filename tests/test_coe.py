@@ -112,9 +112,14 @@ def test_parallel_seeds_on_redis_use_a_database_each(capsys, lan_slice, redis_ur
                                  "--packets", "1500", "--store", redis_urls[0], "--json", str(tmp_path / "r.json"))
     assert code == 0, text
     assert [r["verdict"] for r in data["results"]] == ["pass", "pass"]
+    import redis
+    db3 = redis.Redis.from_url(redis_urls[0] + "/3")
+    db3.flushdb()
     assert main(["check", str(PAPER), str(FAULTS), str(lan_slice), "--seeds", "2", "--jobs", "2",
                  "--store", redis_urls[0] + "/3"]) == 2
     assert "own Redis database" in capsys.readouterr().err
+    assert db3.dbsize() == 0            # refused before the store was opened: nothing left there
+    db3.close()
 
 
 def test_parallel_redis_seeds_after_other_child_processes(capsys, lan_slice, redis_urls):

@@ -77,7 +77,7 @@ def test_backend_interface(store):
     assert store.round_trips == before + 2          # one per execute, whatever the servers
     if store.name == "redis":
         assert store.describe().startswith(("redis://127.0.0.1:", "redis-cluster://127.0.0.1:"))
-        assert store.describe().endswith("(2 servers)") == (len(store.urls) == 2)
+        assert store.describe().count(",") == len(store.urls) - 1      # every server named
 
 
 def test_get_absent_returns_the_default(store):
@@ -1095,7 +1095,7 @@ def test_open_store_url(redis_urls):
 
     s = open_store(",".join(redis_urls))
     try:
-        assert s.name == "redis" and s.describe() == f"{redis_urls[0]} (2 servers)"
+        assert s.name == "redis" and s.describe() == ",".join(redis_urls)
         assert s.execute([Op("incr", COUNTER, (1,))]) == [1]
     finally:
         s.close()
@@ -1293,6 +1293,34 @@ def test_submit_sends_an_in_flight_op_once(store, store_kind, request):
             r.close()
     store.wait()
     assert acks == [1, 2] and get(store, COUNTER) == 3
+
+
+def test_a_blocking_request_leaves_out_what_an_answered_request_applied(store):
+    """go-back-N puts every un-ACKed op in front of a blocking request; one whose own
+    non-blocking request was answered before it went out is not sent again (it was half
+    of what the NAT sent to Redis, each suppressed there by its sequence number)."""
+    _redis_only(store)
+    acks: list[int] = []
+    ops = [Op("incr", COUNTER, (1,), "nat/0", seq, tag=(seq, 1)) for seq in range(1, 4)]
+    store.submit(ops, acks.append)
+    sent = store.sent_ops
+    assert store.execute([*ops, Op("get", COUNTER)]) == [None, None, None, 3]
+    assert store.sent_ops == sent + 1 and acks == [3]
+
+
+def test_a_blocking_request_resends_a_refused_update(store):
+    """An in-flight update that its own reply refused (ownership) is not acknowledged:
+    the blocking request that carries it again sends it (and the store answers it as the
+    retransmission it is: not applied)."""
+    _redis_only(store)
+    run(store, Op("set", VALUE, (1,), instance=1))
+    acks: list[int] = []
+    theirs = Op("set", VALUE, (2,), "nat/2", 1, instance=2)
+    store.submit([theirs], acks.append)
+    sent = store.sent_ops
+    store.execute([theirs, Op("get", COUNTER, default=0)])
+    assert store.sent_ops == sent + 2 and acks == []
+    assert get(store, VALUE) == 1
 
 
 def test_submit_over_a_broken_connection_is_resent_exactly_once(dedicated_redis):

@@ -231,18 +231,24 @@ class Report:
                 "verdicts": dict(self.counts()), "interrupted": self.interrupted, "results": self.results}
 
 
+def check_jobs(jobs: int, seeds: int, stores: list[str], runtime: str) -> None:
+    """Refuse (ValueError) a ``--jobs`` these seeds cannot run with; before any store is
+    opened, so that a refused check leaves nothing behind in a Redis database."""
+    if jobs > 1 and runtime in ("proc", "ray"):
+        raise ValueError(f"--jobs: with --runtime {runtime} seeds run one at a time (each seed is already "
+                         "a process per root, instance and store)")
+    if jobs > 1 and seeds > 1 and any(_has_db(url) for url in stores):
+        raise ValueError("--jobs > 1 gives each worker its own Redis database (worker k: database k): "
+                         "give the Redis URL without a /DB")
+    if jobs > _REDIS_DATABASES - 1 and seeds > 1 and any(u != "memory" for u in stores):
+        raise ValueError(f"--jobs {jobs}: with Redis, at most {_REDIS_DATABASES - 1} (worker k uses database k "
+                         f"of a server's {_REDIS_DATABASES})")
+
+
 def run_seeds(job: Job, seeds: list[int], jobs: int, say: Callable[[str], Any]) -> Report:
     """Run every seed (in ``jobs`` processes) and print each verdict as it is known."""
     global _JOB
-    if jobs > 1 and job.runtime in ("proc", "ray"):
-        raise ValueError(f"--jobs: with --runtime {job.runtime} seeds run one at a time (each seed is already "
-                         "a process per root, instance and store)")
-    if jobs > 1 and len(seeds) > 1 and any(_has_db(url) for url in job.stores):
-        raise ValueError("--jobs > 1 gives each worker its own Redis database (worker k: database k): "
-                         "give the Redis URL without a /DB")
-    if jobs > _REDIS_DATABASES - 1 and len(seeds) > 1 and any(u != "memory" for u in job.stores):
-        raise ValueError(f"--jobs {jobs}: with Redis, at most {_REDIS_DATABASES - 1} (worker k uses database k "
-                         f"of a server's {_REDIS_DATABASES})")
+    check_jobs(jobs, len(seeds), job.stores, job.runtime)
     started = time.perf_counter()
     results: list[dict] = []
     interrupted = False
@@ -326,5 +332,5 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
-__all__ = ["BREAKS", "Job", "NothingChecked", "Report", "describe", "list_breaks", "proc_refusal", "run_seeds",
-           "save_failures"]
+__all__ = ["BREAKS", "Job", "NothingChecked", "Report", "check_jobs", "describe", "list_breaks", "proc_refusal",
+           "run_seeds", "save_failures"]

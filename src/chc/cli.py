@@ -297,12 +297,13 @@ def cmd_check(args: argparse.Namespace) -> int:
                 raise UsageError(procray.EXTRA)
         elif args.ray_address != "auto":
             raise UsageError("--ray-address is for --runtime ray")
-        job = checkrun.Job.load(args.chain, args.scenario, args.capture, args.packets,
-                                args.store or ["memory"], tuple(args.breaks), args.runtime, args.kill or "",
-                                args.ray_address, args.checkpoint_ms)
         if args.first_seed and args.seed is not None:
             raise ValueError("--first-seed goes with --seeds, not --seed")
         seeds = [args.seed] if args.seed is not None else list(range(args.first_seed, args.first_seed + args.seeds))
+        checkrun.check_jobs(args.jobs, len(seeds), args.store or ["memory"], args.runtime)
+        job = checkrun.Job.load(args.chain, args.scenario, args.capture, args.packets,
+                                args.store or ["memory"], tuple(args.breaks), args.runtime, args.kill or "",
+                                args.ray_address, args.checkpoint_ms)
         if args.runtime in ("proc", "ray"):
             refused = checkrun.proc_refusal(job.scenario, seeds, list(job.chain.vertices), len(job.records),
                                             job.stores, job.breaks, job.kill,
