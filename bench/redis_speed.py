@@ -6,7 +6,8 @@ Theory of operation
 -------------------
 The machine is shared and its load swings 2-3x within minutes, so numbers of two runs made
 at different times do not compare.  This script takes the code "before" from a git ref
-(``git archive REF src``, default ``main``) and "after" from this checkout, starts one
+(``git archive REF src``, default ``main``) and "after" from this checkout (copied without
+its compiled modules: both run as plain Python), starts one
 private ``redis-server`` (loopback, no persistence), and runs both versions in alternation,
 round after round, each in a fresh subprocess that imports its own ``chc`` (``--worker``).
 A worker measures, on a fresh namespace: ``get``/``set``/``incr``/``incr_chc`` batches of
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -192,7 +194,11 @@ def main() -> int:
         print(f"redis_speed: git archive {args.before_ref}: {exc.stderr.decode().strip()}", file=sys.stderr)
         return 2
     subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
-    srcs = {"before": str(before / "src"), "after": str(ROOT / "src")}
+    # "after" is copied too, without compiled modules: an in-place build (pip install -e) leaves
+    # them in src, where they win over the .py files, and the two trees must run alike.
+    shutil.copytree(ROOT / "src", Path(tmp) / "after" / "src",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    srcs = {"before": str(before / "src"), "after": str(Path(tmp) / "after" / "src")}
     load0 = os.getloadavg()
     server = PrivateRedis(binary, 1)
     runs: dict[str, list[dict]] = {"before": [], "after": []}
