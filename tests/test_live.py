@@ -52,8 +52,8 @@ TOOLS = ("ip", "ethtool", "curl", "nmap", "iperf3")
 
 # -- the reverse path, no namespaces --------------------------------------------------
 
-def _run(rt: LiveRuntime, frames: list[bytes], reverse: set[int], start: int) -> list[Packet]:
-    pkts = [Packet(f, 1_000_000 * (start + i), start + i) for i, f in enumerate(frames)]
+def _run(rt: LiveRuntime, frames: list[bytes], reverse: set[int], start: int, later_ns: int = 0) -> list[Packet]:
+    pkts = [Packet(f, later_ns + 1_000_000 * (start + i), start + i) for i, f in enumerate(frames)]
     rt.reverse = {start + i for i in reverse}
     return rt.step(pkts)
 
@@ -114,9 +114,66 @@ def test_a_closed_connection_gives_back_its_port_and_its_last_ack_still_crosses(
     nat, lb = state["nat"], state["lb"]
     assert sorted(nat["ports"][None]) == list(range(20000, 30000))      # the port is back
     assert all(v == 0 for v in lb.get("active", {}).values())
-    # Both sides' entries stay, closed (not yet expired after a TIME_WAIT: docs/live.md)
+    # Both sides' entries stay, closed, for a TIME_WAIT (docs/live.md)
     assert len(lb["mapping"]) == 2 and len(nat["mapping"]) == 2
     assert rt.summary().dropped == 0
+
+
+@pytest.mark.parametrize("model", ["T", "EO", "EO+C+NA"])
+def test_a_closed_connection_is_forgotten_after_its_time_wait(model):
+    """Until its TIME_WAIT (120 s of input time) is over a closed connection's FIN sent
+    again still crosses; after it the outside host's packets to its old external port
+    are unsolicited (they reached the inside host for ever before), and both NFs'
+    entries of it are gone."""
+    rt = LiveRuntime(load_spec(NAT_LB), model=model)
+    eport = Packet(bytes(_run(rt, [tcp("10.0.1.1", "10.0.2.100", 40000, 8080, SYN)], set(), 0)[0].data)).sport
+    s_fin = tcp("10.0.2.10", "10.0.2.200", 8080, eport, FIN_ACK)
+    _run(rt, [tcp("10.0.2.10", "10.0.2.200", 8080, eport, SYN_ACK)], {0}, 1)
+    _run(rt, [tcp("10.0.1.1", "10.0.2.100", 40000, 8080, FIN_ACK), s_fin], {1}, 2)
+    again = _run(rt, [s_fin], {0}, 4, later_ns=119 * 10**9)         # within the TIME_WAIT
+    assert len(again) == 1 and Packet(bytes(again[0].data)).dst == ip_bytes("10.0.1.1")
+    # A while later (the timers fire as input time passes them) the old port is unsolicited.
+    stray = tcp("10.0.2.10", "10.0.2.200", 8080, eport, ACK)
+    assert _run(rt, [stray], {0}, 5, later_ns=121 * 10**9) == []
+    state = rt.logical_state()
+    assert not state["nat"].get("mapping") and not state["lb"].get("mapping")
+    assert sorted(state["nat"]["ports"][None]) == list(range(20000, 30000))
+    assert rt.summary().dropped == 1
+
+
+def test_a_new_connection_on_the_same_5_tuple_keeps_its_entries_past_the_old_time_wait():
+    rt = LiveRuntime(load_spec(NAT_LB))
+    syn = tcp("10.0.1.1", "10.0.2.100", 40000, 8080, SYN)
+    old = Packet(bytes(_run(rt, [syn], set(), 0)[0].data)).sport
+    _run(rt, [tcp("10.0.2.10", "10.0.2.200", 8080, old, SYN_ACK)], {0}, 1)
+    _run(rt, [tcp("10.0.1.1", "10.0.2.100", 40000, 8080, FIN_ACK),
+              tcp("10.0.2.10", "10.0.2.200", 8080, old, FIN_ACK)], {1}, 2)
+    new = Packet(bytes(_run(rt, [syn], set(), 4, later_ns=10**9)[0].data)).sport     # the client reconnects
+    assert new != old
+    assert _run(rt, [tcp("10.0.2.10", "10.0.2.200", 8080, old, ACK)], {0}, 5, later_ns=2 * 10**9) == []
+    out = _run(rt, [tcp("10.0.2.10", "10.0.2.200", 8080, new, ACK)], {0}, 6, later_ns=130 * 10**9)
+    assert len(out) == 1 and Packet(bytes(out[0].data)).dst == ip_bytes("10.0.1.1")
+    assert len(rt.logical_state()["nat"]["mapping"]) == 2       # the new connection's two entries
+
+
+def test_a_reopened_connection_on_the_same_port_outlives_the_old_time_wait(tmp_path):
+    """A pool of one port: the client's new connection gets the old one's port, so both
+    sides' entries have the old connection's keys (and the LB's the same backend): the
+    old connection's expiry must leave them."""
+    spec = tmp_path / "one-port.yaml"
+    spec.write_text(NAT_LB.read_text().replace("port_range: [20000, 29999]", "port_range: [20000, 20000]"))
+    rt = LiveRuntime(load_spec(spec))
+    syn = tcp("10.0.1.1", "10.0.2.100", 40000, 8080, SYN)
+    assert Packet(bytes(_run(rt, [syn], set(), 0)[0].data)).sport == 20000
+    _run(rt, [tcp("10.0.2.10", "10.0.2.200", 8080, 20000, SYN_ACK)], {0}, 1)
+    _run(rt, [tcp("10.0.1.1", "10.0.2.100", 40000, 8080, FIN_ACK),
+              tcp("10.0.2.10", "10.0.2.200", 8080, 20000, FIN_ACK)], {1}, 2)
+    again = Packet(bytes(_run(rt, [syn], set(), 4, later_ns=10**9)[0].data))
+    assert (again.sport, again.dst) == (20000, ip_bytes("10.0.2.10"))
+    out = _run(rt, [tcp("10.0.2.10", "10.0.2.200", 8080, 20000, SYN_ACK)], {0}, 5, later_ns=130 * 10**9)
+    assert len(out) == 1 and Packet(bytes(out[0].data)).dst == ip_bytes("10.0.1.1")
+    state = rt.logical_state()
+    assert len(state["nat"]["mapping"]) == 2 and len(state["lb"]["mapping"]) == 2
 
 
 def test_unsolicited_and_non_ip_frames_from_the_outside():
@@ -479,3 +536,15 @@ def _wait_listening(net: Net, ns: str, port: int) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"nothing listens on port {port} in {ns}")
+
+
+@pytest.mark.parametrize("nf, base", [("nat", {"external_ip": "10.0.2.200"}),
+                                      ("lb", {"vip": "10.0.2.100", "backends": ["10.0.2.10"]})])
+@pytest.mark.parametrize("bad", [0, -1, "120", True])
+def test_a_time_wait_must_be_a_positive_number_of_seconds(nf, base, bad):
+    from chc.nf import ConfigError, build_config
+    from chc.nfs import REGISTRY
+
+    with pytest.raises(ConfigError, match="time_wait_s: expected a number"):
+        build_config(REGISTRY[nf], {**base, "time_wait_s": bad}, "config")
+    assert build_config(REGISTRY[nf], {**base, "time_wait_s": 0.5}, "config").time_wait_s == 0.5

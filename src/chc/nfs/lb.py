@@ -38,6 +38,8 @@ new backend is appended.  At least one weight stays positive.
 On a wire (``wire: true``, for ``chc run --live``) replies come from the backend
 itself, ``backend -> client``, and leave as ``vip -> client``; the mapping then
 also holds each connection's backend-side 5-tuple (see the NAT's module doc).
+A closed connection's two entries go ``time_wait_s`` (default 120) of input time
+after its close, as the NAT's.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from typing import Any
 
 from ..nf import FLOW, GLOBAL, NF, Access, ConfigError, Context, Counter, Value
 from ..packet import PROTO_TCP, TCP_FIN, TCP_RST, Packet, rewrite_dst, rewrite_src
-from ._common import CLOSED, needs_new_mapping, parse_ip, track_close
+from ._common import CLOSED, forget_closed, needs_new_mapping, parse_ip, time_wait_ns, track_close
 
 
 def _addresses(field: str, raw: Any, family: int) -> tuple[bytes, ...]:
@@ -78,6 +80,7 @@ class LBConfig:
     port: int | None = None
     weights: list | None = None
     wire: bool = False
+    time_wait_s: float = 120
     vip_addr: bytes = dataclasses.field(init=False, default=b"")
     backend_addrs: tuple = dataclasses.field(init=False, default=())
     backend_weights: tuple = dataclasses.field(init=False, default=())
@@ -91,6 +94,7 @@ class LBConfig:
             raise ConfigError("port", f"expected a port number, got {self.port!r}")
         if not isinstance(self.wire, bool):
             raise ConfigError("wire", f"expected true or false, got {self.wire!r}")
+        time_wait_ns("time_wait_s", self.time_wait_s)
 
 
 class LoadBalancer(NF):
@@ -108,13 +112,14 @@ class LoadBalancer(NF):
         self.vip = config.vip_addr
         self.port = config.port
         self.wire = config.wire
+        self.time_wait_ns = time_wait_ns("time_wait_s", config.time_wait_s)
 
     def process(self, pkt: Packet, ctx: Context) -> Packet:
         if pkt.dst == self.vip and (self.port is None or pkt.dport == self.port):
             to_server = True
         elif self.wire:
             if pkt.src in self.pool.get()[0] and (self.port is None or pkt.sport == self.port):
-                return self._reply(pkt)
+                return self._reply(pkt, ctx)
             return pkt
         elif pkt.src == self.vip and (self.port is None or pkt.sport == self.port):
             to_server = False
@@ -138,22 +143,31 @@ class LoadBalancer(NF):
                 self.mapping.set(entry, FLOW.key(pkt))   # the backend-side form, for _reply
         else:
             rewrite_src(pkt, addr)
-        return self._track(pkt, key, entry, to_server)
+        return self._track(pkt, key, entry, to_server, ctx)
 
-    def _track(self, pkt: Packet, key, entry: tuple[int, int], to_server: bool) -> Packet:
+    def _track(self, pkt: Packet, key, entry: tuple[int, int], to_server: bool, ctx: Context,
+               backside=None) -> Packet:
         """Close tracking: a closed connection no longer counts as active on its
-        server.  Its entries stay (on a wire the backend-side one too): the last ACK
-        of a close comes after both FINs (deleting that entry at the second FIN let
-        the backend's last ACK out untranslated, and the NAT dropped it)."""
+        server.  Its entries stay (on a wire the backend-side one too) for a
+        TIME_WAIT: the last ACK of a close comes after both FINs (deleting that entry
+        at the second FIN let the backend's last ACK out untranslated, and the NAT
+        dropped it).  ``backside``: the backend-side 5-tuple when ``pkt`` is in its
+        client-side form."""
         if pkt.proto == PROTO_TCP and pkt.flags & (TCP_FIN | TCP_RST) and not entry[1] & CLOSED:
             server = entry[0]
             state = track_close(entry[1], pkt.flags, to_server)
             if state & CLOSED:
                 self.active.decr(1, server)
             self.mapping.set((server, state), key)
+            if state & CLOSED and self.wire:
+                backside = backside or FLOW.key(pkt)
+                ctx.set_timer(pkt.ts + self.time_wait_ns, (key, server, backside, self.mapping.get(backside)))
         return pkt
 
-    def _reply(self, pkt: Packet) -> Packet:
+    def on_timer(self, key, ctx: Context) -> None:
+        forget_closed(self.mapping, *key)
+
+    def _reply(self, pkt: Packet, ctx: Context) -> Packet:
         """A reply on the wire, ``backend -> client``: it leaves from the VIP."""
         backside = FLOW.key(pkt)
         entry = self.mapping.get(backside)
@@ -166,7 +180,7 @@ class LoadBalancer(NF):
         entry = self.mapping.get(key)
         if entry is None or entry[0] != server:
             return pkt                      # (a stale backend-side entry)
-        return self._track(pkt, key, entry, False)
+        return self._track(pkt, key, entry, False, ctx, backside)
 
     def reads_flow_state(self, pkt: Packet) -> bool:
         """Only the VIP's traffic reads a mapping (the batch prefetch's hint)."""

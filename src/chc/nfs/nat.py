@@ -28,7 +28,10 @@ reply reaches the NAT as the outside host sent it, ``remote -> external_ip:port`
 and must leave as ``remote -> internal:iport``.  With ``wire`` the NAT also keeps,
 in ``mapping``, the connection's outside 5-tuple (its output form) with the
 internal endpoint, translates such replies back, and treats a packet from outside
-sent straight to an internal address as unsolicited.  The live runtime sends
+sent straight to an internal address as unsolicited.  A closed connection's two
+entries go ``time_wait_s`` (default 120, Linux's TIME_WAIT) of input time after
+its close (a timer): from then on the outside host's packets to that port are
+unsolicited.  The live runtime sends
 replies through the chain in reverse vertex order (:mod:`chc.live`), so the NAT
 sees a reply exactly in the form its own output had.
 """
@@ -39,7 +42,7 @@ import dataclasses
 
 from ..nf import FLOW, GLOBAL, NF, Access, ConfigError, Context, Counter, List, Value
 from ..packet import PROTO_TCP, PROTO_UDP, TCP_FIN, TCP_RST, Packet, ip_str, rewrite_dst, rewrite_src
-from ._common import CLOSED, Prefixes, needs_new_mapping, parse_ip, track_close
+from ._common import CLOSED, Prefixes, forget_closed, needs_new_mapping, parse_ip, time_wait_ns, track_close
 
 _UNTRANSLATED = 0      # mapping of a connection opened from outside (passed as is)
 
@@ -51,6 +54,7 @@ class NATConfig:
     port_range: list = dataclasses.field(default_factory=lambda: [1024, 65535])
     unsolicited: str = "pass"
     wire: bool = False
+    time_wait_s: float = 120
     external: bytes = dataclasses.field(init=False, default=b"")
     inside: Prefixes = dataclasses.field(init=False, default=None)
 
@@ -67,6 +71,7 @@ class NATConfig:
             raise ConfigError("unsolicited", f"expected 'pass' or 'drop', got {self.unsolicited!r}")
         if not isinstance(self.wire, bool):
             raise ConfigError("wire", f"expected true or false, got {self.wire!r}")
+        time_wait_ns("time_wait_s", self.time_wait_s)
 
 
 class NAT(NF):
@@ -86,6 +91,7 @@ class NAT(NF):
         self.inside = config.inside
         self.drop_unsolicited = config.unsolicited == "drop"
         self.wire = config.wire
+        self.time_wait_ns = time_wait_ns("time_wait_s", config.time_wait_s)
 
     def process(self, pkt: Packet, ctx: Context) -> Packet | None:
         self.packets.incr()
@@ -101,7 +107,7 @@ class NAT(NF):
         dst_in = pkt.dst in inside
         if src_in == dst_in:
             if self.wire and not src_in and pkt.dst == self.external:
-                return self._inbound(pkt)
+                return self._inbound(pkt, ctx)
             return pkt
         if self.wire and not src_in:
             # On a wire, outside hosts reach inside ones only through external_ip.
@@ -130,23 +136,31 @@ class NAT(NF):
                 self.mapping.set((_UNTRANSLATED, 0), key)
                 return pkt
             rewrite_dst(pkt, self.external, entry[0])
-        return self._track(pkt, key, entry, src_in)
+        return self._track(pkt, key, entry, src_in, ctx)
 
-    def _track(self, pkt: Packet, key, entry: tuple[int, int], src_in: bool) -> Packet:
+    def _track(self, pkt: Packet, key, entry: tuple[int, int], src_in: bool, ctx: Context,
+               outside=None) -> Packet:
         """Close tracking of a translated connection: on close its port goes back to
         the pool (at the tail: reused as late as possible).  Its entries stay, the
-        inside one closed and on a wire the outside one: the last ACK of a close
-        comes after both FINs, and a retransmitted FIN after it (on a live wire,
-        deleting the outside entry at the second FIN dropped the server's last ACK
-        as unsolicited, and the client retransmitted its FIN for seconds)."""
+        inside one closed and on a wire the outside one, for a TIME_WAIT: the last ACK
+        of a close comes after both FINs, and a retransmitted FIN after it (on a live
+        wire, deleting the outside entry at the second FIN dropped the server's last
+        ACK as unsolicited, and the client retransmitted its FIN for seconds).
+        ``outside``: the outside 5-tuple when ``pkt`` is in its inside form."""
         if pkt.proto == PROTO_TCP and pkt.flags & (TCP_FIN | TCP_RST) and not entry[1] & CLOSED:
             state = track_close(entry[1], pkt.flags, src_in)
             if state & CLOSED:
                 self.ports.push(entry[0])
             self.mapping.set((entry[0], state), key)
+            if state & CLOSED and self.wire:
+                outside = outside or FLOW.key(pkt)
+                ctx.set_timer(pkt.ts + self.time_wait_ns, (key, entry[0], outside, self.mapping.get(outside)))
         return pkt
 
-    def _inbound(self, pkt: Packet) -> Packet | None:
+    def on_timer(self, key, ctx: Context) -> None:
+        forget_closed(self.mapping, *key)
+
+    def _inbound(self, pkt: Packet, ctx: Context) -> Packet | None:
         """A reply on the wire, ``remote -> external_ip:port``: back to the internal host."""
         outside = FLOW.key(pkt)
         back = self.mapping.get(outside)
@@ -157,8 +171,11 @@ class NAT(NF):
         key = FLOW.key(pkt)
         entry = self.mapping.get(key)
         if entry is None or entry[0] != port:
-            return pkt                      # (a stale outside entry: the connection is gone)
-        return self._track(pkt, key, entry, False)
+            # A stale outside entry (the 5-tuple has a new connection since): unsolicited,
+            # not let through to the inside host.
+            rewrite_dst(pkt, self.external, port)
+            return None if self.drop_unsolicited else pkt
+        return self._track(pkt, key, entry, False, ctx, outside)
 
     def _open(self, key) -> tuple[int, int] | None:
         port = self.ports.pop()
