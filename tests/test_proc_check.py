@@ -64,13 +64,23 @@ def test_a_dropped_update_in_a_proc_client_is_caught(monkeypatch, capsys):
     assert "never applied" in out        # the issued updates against the store's serialization
 
 
+def test_roots_deleting_before_their_commit_reports_are_caught(monkeypatch, capsys):
+    """§5.4 log safety across processes: a root's deletions are placed at its latest pull
+    of commit reports in the store server's order; with the XOR check off (EO+C+NA:
+    non-blocking updates still in flight) a packet goes before its update is applied."""
+    assert _check(["--packets", "1500", "--seed", "5", "--break", "no-xor"], monkeypatch) == 1
+    out = capsys.readouterr().out
+    assert "EO+C+NA" in out and "break no-xor: " in out and "packets deleted with updates not yet committed" in out
+    assert "deleted from the root's log before its update at store step" in out
+
+
 def test_a_lost_output_of_a_proc_run_is_caught(monkeypatch, capsys):
     assert _check(["--packets", "800", "--seed", "0", "--break", "lose-output"], monkeypatch) == 1
     assert "first divergence: output packet" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--break", "no-xor"], "--runtime sim"),
+    (["--break", "no-clocks"], "--runtime sim"),
     (["--jobs", "2"], "one at a time"),
 ])
 def test_what_proc_cannot_check_is_refused(argv, says, monkeypatch, capsys):

@@ -1129,10 +1129,22 @@ class ProcRuntime:
         return {name: p.pid for name, p in self.procs.items()}
 
     # -- results ---------------------------------------------------------------------------
-    def recorded(self, recorder: Any) -> None:
+    def recorded(self, recorder: Any) -> list[tuple[int, int]]:
         """With ``record``: give ``recorder`` (:class:`~chc.coe.Serialization`) the store
-        server's serialization, in its order."""
-        storeserver.recorded_steps(self.serial, recorder)
+        server's serialization, in its order; return the roots' deletions from their
+        packet logs as ``(clock, position)``: a deletion after a root's n-th pull of
+        commit reports is placed at that pull (§5.4: it may delete a packet only once
+        every update of it was applied, which it learns from those reports).  A root
+        that was failed over reports its failover's deletions alone."""
+        pulls = storeserver.recorded_steps(self.serial, recorder)
+        deleted = []
+        for name, rep in self.reported.items():
+            if not name.startswith("@root"):
+                continue
+            flat, marks = rep.get("deleted", ()), pulls.get(rep.get("process", ""), [])
+            deleted += [(clock, marks[n - 1] if n else 0) for clock, n in zip(flat[::2], flat[1::2], strict=True)
+                        if n <= len(marks)]
+        return deleted
 
     def issued_updates(self) -> list:
         """With ``record``: every update the instances issued, as ``(key, tag)`` (the

@@ -646,6 +646,15 @@ class RootWorker:
                          persist_every=plan.persist_every)
         self.store = open_backend(plan, ctx, self.me, guard)
         self.root.dedup_commits = bool(plan.checkpoint_s)   # §5.4 a failover store reports again
+        # chc check (docs/coe.md): each deletion from the log with how many commit pulls
+        # preceded it; the store server records where each pull falls in its order.
+        self.pulls = 0
+        self.deleted: list[int] | None = None
+        if plan.record:
+            self.deleted = []
+            self.root.observer = lambda clock: self.deleted.extend((clock, self.pulls))
+        if "no-xor" in plan.breaks and plan.model == "EO+C+NA":
+            self.root.xor_check = False     # --break no-xor (only non-blocking updates can lag)
         # §5.3 its own clocks (core.store); with several roots not while a failover may
         # replay (a replay can hold another root's packets that root is done with: sim.py)
         self.prune = plan.model != "T" and (chain.roots == 1 or not plan.recover)
@@ -815,7 +824,9 @@ class RootWorker:
         if ops:
             self.store.execute(ops)
             self.meta_pending = []
-        for clock, xor_id in self.store.commits(root.root_id):     # its own: several roots share the store
+        commits = self.store.commits(root.root_id)     # its own: several roots share the store
+        self.pulls += 1             # (what they let the root delete comes after this pull)
+        for clock, xor_id in commits:
             root.commit(clock, xor_id)
         if self.prune:
             self.store.prune_below(root.oldest)     # its own clocks (core.store)
@@ -867,6 +878,8 @@ class RootWorker:
             "reports_waited": self.inbox.waited, "reports_duplicate": self.inbox.duplicates,
             "commits_duplicate": root.duplicate_commits,
             "log_first": min(root.log) if root.log else None,     # a packet never completed (the checker's)
+            "xor_skipped": root.xor_skipped, "process": self.me,
+            **({"deleted": self.deleted} if self.deleted is not None else {}),
         })
         self.store.close()
 

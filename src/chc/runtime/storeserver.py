@@ -28,7 +28,8 @@ Recording (``chc check --runtime proc``, docs/coe.md).  Started with
 ``record=True``, the server keeps what the sim's
 :class:`~chc.runtime.simnet.StoreNode` gives the COE checker's
 :class:`~chc.coe.Serialization`: every instance's ``execute`` it applied, with
-its answers, in the order it applied them, and every ``declare``.  A client
+its answers, in the order it applied them, every ``declare``, and where each
+root's pull of commit reports falls (the §5.4 log-safety check).  A client
 that records sends the clock its instance is processing with each blocking
 request (the packet a read is for).  Each step is encoded when it is applied
 (a snapshot: a stored list lives on) and appended to a file of the run's
@@ -371,6 +372,10 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
                                                  read_clock if replaying is None else None]))
             elif method == "declare":
                 steps.append(encode(Kind.REPLY, ["declare", args[0], args[1]]))
+        elif steps is not None and method == "commits":
+            # §5.4 where a root's pull of commit reports falls: what it deletes after it
+            # must have had every update applied before it (the checker's log safety)
+            steps.append(encode(Kind.REPLY, ["commits", peer.decode()]))
         if failover is not None and rows is not None and read_clock is not None:
             log_reads(failover.reads, args[0], result, read_clock, replaying)     # §5.4 the read log
         if method == "commits":
@@ -613,17 +618,22 @@ class RemoteStore:
         return "memory"
 
 
-def recorded_steps(serial: list[bytes], recorder: Any) -> None:
+def recorded_steps(serial: list[bytes], recorder: Any) -> dict[str, list[int]]:
     """Give ``recorder`` (a :class:`~chc.coe.Serialization`) the steps a recording
-    store server shipped, in its order."""
+    store server shipped, in its order; return, per root process, the recorder's
+    position at each of its commit pulls."""
     at: list[int] = []          # the recorder's position before each frame
+    pulls: dict[str, list[int]] = {}
     for frame in serial:
         at.append(recorder.position)
         _, body = decode(frame)
-        if body[0] == "execute":
+        if body[0] == "commits":
+            pulls.setdefault(body[1], []).append(recorder.position)
+        elif body[0] == "execute":
             recorder.request(rows_ops(body[1]), body[2], body[3])
         elif body[0] == "recover":      # §5.4 a failover store's history (chc.runtime.procstore)
             recorder.recover(at[body[1]], [(op, result if seen else UNSEEN, in_place)
                                            for op, seen, result, in_place in body[2]])
         else:
             recorder.declare(body[1], body[2])
+    return pulls
