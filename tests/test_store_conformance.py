@@ -1090,6 +1090,26 @@ def test_unreachable_store_at_construction():
         RedisStore(["redis://127.0.0.1:1"], attempts=2, backoff=0.01)
 
 
+def test_one_server_named_twice_is_refused(redis_urls, capsys):
+    """Its two shards would be one keyspace: the chain's state came out wrong, exit 0 (a
+    new-user trial).  Two databases of one server are two keyspaces: accepted."""
+    from chc.backends.redis import RedisStore
+    from chc.cli import main
+
+    url = redis_urls[0]
+    alias = url.replace("127.0.0.1", "localhost")
+    for twice in ([url, url], [url, alias]):
+        with pytest.raises(StoreError, match="is the server of .* again .*name each server once"):
+            RedisStore(twice)
+    RedisStore([url + "/1", alias + "/2"]).close()
+    with pytest.raises(StoreError, match="the path must be a database number"):
+        RedisStore([url + "/abc"])
+    lan = str(Path(__file__).resolve().parent.parent / "traces/pathspider/lan-2012.pcap.gz")
+    spec = str(Path(__file__).resolve().parent.parent / "examples/paper_chain.yaml")
+    assert main(["run", spec, lan, "--store", f"{url},{alias}", "-c", "10", "-q"]) == 2
+    assert "name each server once" in capsys.readouterr().err
+
+
 def test_open_store_url(redis_urls):
     from chc.backends import open_store
 

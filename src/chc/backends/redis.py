@@ -476,6 +476,11 @@ class _Server:
             self.params = parse_url(url)
         except ValueError as exc:
             raise StoreError(f"{self.url}: {exc}") from None
+        path = urllib.parse.urlsplit(url).path.strip("/")
+        if url.startswith("redis://") and path and not path.isdigit():
+            # (redis-py reads a path that is not a number as database 0, silently)
+            raise StoreError(f"{self.url}: the path must be a database number (redis://HOST:PORT/DB), "
+                             f"not {path!r}")
         self.params["tls"] = tls
         self.connect_timeout = connect_timeout
         self.timeout = timeout
@@ -682,6 +687,9 @@ class RedisStore:
         for i in range(self.n):
             if not self.cluster:
                 self._not_a_cluster_node(i)
+        if self.n > 1 and not self.cluster:
+            self._each_server_once()
+        for i in range(self.n):
             try:
                 self._load_library(i, attempts=min(self.attempts, 3))
             except StoreUnavailable:
@@ -726,6 +734,20 @@ class RedisStore:
         info = self._round_trip({i: [_command("INFO", "cluster")]}, attempts=min(self.attempts, 3))[i][0]
         if isinstance(info, bytes) and b"cluster_enabled:1" in info:     # (an ACL may refuse INFO)
             raise StoreError(f"{self.servers[i].url} is a Redis Cluster node: use --store redis-cluster://HOST:PORT")
+
+    def _each_server_once(self) -> None:
+        """Refuse a server named twice (``localhost`` and ``127.0.0.1``, or one URL twice):
+        its two shards would be one keyspace, and the run's state silently wrong."""
+        seen: dict[tuple[bytes, int], int] = {}
+        for i, srv in enumerate(self.servers):
+            info = self._round_trip({i: [_command("INFO", "server")]}, attempts=min(self.attempts, 3))[i][0]
+            run_id = re.search(rb"run_id:(\w+)", info) if isinstance(info, bytes) else None
+            if run_id is None:
+                continue                    # (an ACL may refuse INFO: nothing to compare)
+            first = seen.setdefault((run_id.group(1), srv.db), i)
+            if first != i:
+                raise StoreError(f"{srv.url} is the server of {self.servers[first].url} again (database "
+                                 f"{srv.db} of one Redis server): name each server once")
 
     def _redirected(self, i: int, text: str) -> None:
         """Server ``i`` answered MOVED: a plain redis:// server is a cluster node."""
