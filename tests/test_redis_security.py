@@ -116,6 +116,19 @@ def test_summary_and_json_redact_the_password(protected, tmp_path):
     assert PASSWORD not in out.read_text() and PASSWORD not in err and PASSWORD not in printed[0]
 
 
+def test_check_redacts_the_password_too(protected, tmp_path):
+    """``chc check`` printed each seed's store, and wrote it to --json, as given (a new-user trial)."""
+    out = tmp_path / "c.json"
+    printed: list[str] = []
+    code, err = _chc("check", str(CHAIN), str(ROOT / "examples/scenarios/parallel.yaml"), str(LAN), "--packets", "300",
+                     "--seeds", "1", "--json", str(out), "--store", f"redis://:{PASSWORD}@127.0.0.1:{protected.port}",
+                     out=printed)
+    assert code == 0, err
+    assert f"store redis://:***@127.0.0.1:{protected.port}" in printed[0]
+    assert json.loads(out.read_text())["results"][0]["variant"]["store"] == f"redis://:***@127.0.0.1:{protected.port}"
+    assert PASSWORD not in out.read_text() and PASSWORD not in err and PASSWORD not in printed[0]
+
+
 # -- TLS ---------------------------------------------------------------------------------------------------------------
 
 

@@ -53,6 +53,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+from .backends.redis import redact
 from .core.store import ObjectKey, Op, StoreError
 from .faults import DropOneUpdate
 from .faults import show as _show
@@ -680,11 +681,12 @@ class Variant:
 
     def describe(self) -> str:
         par = ",".join(f"{k}={v}" for k, v in self.parallelism.items())
-        text = f"model {self.model}, store {self.store}, batch {self.batch_size}, parallelism {par}"
+        text = f"model {self.model}, store {redact(self.store)}, batch {self.batch_size}, parallelism {par}"
         return text + (f", kill {self.kill}" if self.kill else "")
 
     def as_json(self) -> dict:
         out = dataclasses.asdict(self)
+        out["store"] = redact(self.store)       # (a password is never printed or written)
         if not self.kill:
             del out["kill"]
         return out
