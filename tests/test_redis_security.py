@@ -7,6 +7,7 @@ it needs: a password, TLS with a CA made here, AOF so a restart keeps state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -306,6 +307,40 @@ def test_store_killed_mid_run_under_proc_is_named_not_a_hung_worker(dedicated_re
     assert code == 1, err
     assert "Traceback" not in err and err.strip().count("\n") == 0, err
     assert "silent" not in err and "unreachable" in err and "cannot continue" in err, err
+
+
+@pytest.mark.parametrize("outage", ["kill", "flush"])
+def test_a_check_whose_redis_goes_away_stops_in_one_line(dedicated_redis, tmp_path, outage):
+    """A seed that failed because Redis went away (or lost its state) was reported as a
+    divergence or an internal error, and --save-failures kept it as a regression (a
+    new-user trial): it is no verdict on the chain."""
+    import redis
+    saved = tmp_path / "failures.yaml"
+    args = [sys.executable, "-c", "import sys; from chc.cli import main; sys.exit(main())", "check", str(CHAIN),
+            str(ROOT / "examples/scenarios/parallel.yaml"), str(LAN), "--packets", "20000", "--seeds", "3",
+            "--store", dedicated_redis.url, "--save-failures", str(saved)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    r = redis.Redis(host="127.0.0.1", port=dedicated_redis.port)
+    try:
+        while proc.poll() is None:
+            with contextlib.suppress(redis.exceptions.RedisError):
+                if r.exists("chc:q"):
+                    break
+        assert proc.poll() is None, "the check ended before the store failed"
+        if outage == "kill":
+            dedicated_redis.kill()
+        else:
+            r.flushall()
+        out, err = proc.communicate(timeout=240)      # a hang guard, not a timing test
+    finally:
+        r.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 2, (out, err)
+    assert err.strip().count("\n") == 0 and "the check stops: a store outage is no verdict on the chain" in err, err
+    assert ("went away during seed" if outage == "kill" else "lost seed") in err, err
+    assert "DIVERGED" not in out and "ERROR" not in out and not saved.exists()
 
 
 def test_store_restarted_empty_mid_run_is_noticed(dedicated_redis):

@@ -44,6 +44,7 @@ from .coe import (
     proc_refusal,
     variant,
 )
+from .core.store import StoreError
 from .scenario import Scenario, ScenarioError, load_scenario
 from .spec import MAX_PARALLELISM, Chain, load_spec
 
@@ -118,8 +119,38 @@ class Job:
             out = _internal_error(v, exc)
         else:
             out = res.as_json()
+        if out["verdict"] != "pass":
+            _store_gone(v, seed, " ".join(filter(None, (out.get("unrecoverable"), *out.get("divergences", ())))))
         out["seconds"] = round(time.perf_counter() - started, 3)
         return out
+
+
+_LOST = ("StoreLost", "StoreUnavailable", "the store is unreachable", "lost this run's state")
+
+
+def _store_gone(v: Any, seed: int, failure: str) -> None:
+    """A seed that failed because its Redis server went away (or restarted empty, or was
+    flushed) says nothing of the chain: stop the whole check in one line (ValueError)
+    instead of reporting a divergence or an internal error, and saving it as a regression.
+    The sim's store crashes never reach Redis itself, so a server that answers now and
+    kept no lost state is the seed's own failure."""
+    if v.store == "memory" or not any(s in failure for s in _LOST):
+        return
+    from .backends.redis import RedisStore, redact
+    where = f"{redact(v.store)}: the Redis server"
+    if "lost this run's state" in failure:
+        raise ValueError(f"{where} lost seed {seed}'s state during its run (restarted empty or flushed); "
+                         "the check stops: a store outage is no verdict on the chain")
+    try:
+        probe = RedisStore(v.store, attempts=2, backoff=0.05, lease=False)
+    except StoreError as exc:
+        gone = str(exc)
+    else:
+        gone = probe.unreachable()
+        probe.close()
+    if gone:
+        raise ValueError(f"{where} went away during seed {seed} ({gone}); the check stops: a store outage "
+                         "is no verdict on the chain")
 
 
 def _internal_error(v: Any, exc: Exception) -> dict:
