@@ -475,10 +475,12 @@ def test_a_checkpoint_that_takes_long_puts_the_next_off(tmp_path):
     assert d.next - time.monotonic() >= procstore.COST_RATIO * 0.05 * 0.9
 
 
-def test_on_redis_a_redis_server_that_dies_by_itself_stops_a_failover_run_in_one_line(records, dedicated_redis):
+def test_on_redis_a_redis_server_that_dies_by_itself_stops_a_failover_run_in_one_line(records, dedicated_redis,
+                                                                                     capfd):
     """With --failover on Redis, a Redis server that died by itself killed the store
     server in front of it, and every failover store server after it, one every half
-    second without end (a new-user trial): the run now stops, naming Redis."""
+    second without end (a new-user trial): the run now stops, naming Redis, and the
+    store server leaves no traceback on the way (a second trial)."""
     import threading
     import time
 
@@ -498,6 +500,7 @@ def test_on_redis_a_redis_server_that_dies_by_itself_stops_a_failover_run_in_one
         with contextlib.suppress(Exception):
             store.close()
     assert time.monotonic() - started < 90
+    assert "Traceback" not in capfd.readouterr().err
     assert not [e for e in rt.events if e["kind"] == "store-failover"]
     assert not descendants(os.getpid()) & set(rt.pids.values())
 

@@ -209,11 +209,12 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
         def told(body: list) -> None:
             guard.send(to_coordinator, encode(Kind.CONTROL, ["checkpoint", body]))
         durable = procstore.Durable(store, failover, directory, checkpoint_s, told, steps)
-        durable.take()              # the first: a failover store's fresh start too
     stopped = False
     poller = zmq.Poller()
     poller.register(box.sock, zmq.POLLIN)
     try:
+        if durable is not None:
+            durable.take()          # the first: a failover store's fresh start too
         while True:
             guard.poll(poller, durable.wait_ms() if durable is not None else None)
             while True:
@@ -228,6 +229,11 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
                     stopped = True
                     return
                 guard.tick()                # (a busy store server may not wait for a long time)
+    except (StoreLost, StoreUnavailable) as exc:
+        # The Redis server behind it went away (a checkpoint's read met it): the coordinator
+        # names that in one line when this process exits; a traceback would only repeat it.
+        log.debug("store server: %s", exc)
+        raise SystemExit(1) from None
     finally:
         # The answer to stop must leave before the socket goes (a recorded serialization
         # is large enough to be still unsent); an abnormal end drops what is queued.
