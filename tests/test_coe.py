@@ -396,30 +396,56 @@ def test_saved_failures_load_as_regression_cases(capsys, lan_slice, tmp_path, mo
         _run_case(case, tmp_path)
 
 
-def _check_case(case: dict, base: Path):
-    chain = load_spec(base / case["chain"])
-    sc = load_scenario(base / case["scenario"])
-    records = list(itertools.islice(open_capture(base / case["capture"]), case.get("packets") or None))
-    return check_variant(chain, sc, records, variant(chain, sc, case["seed"], ["memory"]),
-                         tuple(case.get("breaks") or ()))
+def _check_case(case: dict, base: Path, redis_url: str | None = None) -> dict:
+    """A kept seed rerun as ``chc check`` runs it: on its store kind (``store: redis``:
+    the suite's Redis server ``redis_url``), runtime and ``--kill``."""
+    from chc.checkrun import Job
+
+    store = case.get("store", "memory")
+    stores = ["memory"] if store == "memory" else [redis_url]
+    assert store in ("memory", "redis") and stores[0], f"a kept seed on {store}: give it a server"
+    job = Job.load(str(base / case["chain"]), str(base / case["scenario"]), str(base / case["capture"]),
+                   case.get("packets"), stores, tuple(case.get("breaks") or ()), case.get("runtime", "sim"),
+                   case.get("kill", ""))
+    return job.run(case["seed"])
 
 
-def _run_case(case: dict, base: Path) -> None:
-    res = _check_case(case, base)
-    assert res.verdict == case.get("expect", "pass"), f"{case['why']}: {res.result.first}"
+def _run_case(case: dict, base: Path, redis_url: str | None = None) -> dict:
+    res = _check_case(case, base, redis_url)
+    assert res["verdict"] == case.get("expect", "pass"), f"{case['why']}: {res['first_divergence']}"
+    return res
 
 
-def test_kept_failing_seeds_now_pass():
+def test_kept_failing_seeds_now_pass(request):
     cases = yaml.safe_load(REGRESSIONS.read_text()) or []
     assert cases, "the regression list is empty"
+    if any(case.get("store", "memory") != "memory" for case in cases):
+        url = request.getfixturevalue("redis_urls")[0]
+        cases = [{**case, "_redis": url} for case in cases]
     with _two_at_a_time() as pool:     # (the suite's slowest test)
         for case, (verdict, first) in zip(cases, pool.map(_verdict_of, cases, chunksize=1), strict=True):
             assert verdict == case.get("expect", "pass"), f"{case['why']}: {first}"
 
 
 def _verdict_of(case: dict) -> tuple[str, str]:
-    res = _check_case(case, ROOT)
-    return res.verdict, str(res.result.first)
+    res = _check_case(case, ROOT, case.get("_redis"))
+    return res["verdict"], str(res["first_divergence"])
+
+
+def test_a_saved_seed_reruns_on_its_store_runtime_and_kill(capsys, lan_slice, tmp_path, monkeypatch, redis_urls):
+    """--save-failures wrote chain, scenario, seed and breaks only: a seed found on Redis or
+    under --runtime proc reran on the memory store in the sim (a new-user trial)."""
+    monkeypatch.chdir(tmp_path)
+    saved = tmp_path / "f.yaml"
+    code, _, _ = run_check(capsys, str(PAPER), str(PARALLEL), str(lan_slice), "--seed", "0", "--packets", "1000",
+                           "--runtime", "proc", "--kill", "nat@500", "--store", redis_urls[0],
+                           "--break", "lose-output", "--save-failures", str(saved))
+    assert code == 1
+    case = yaml.safe_load(saved.read_text())[0]
+    assert (case["store"], case["runtime"], case["kill"]) == ("redis", "proc", "nat@500")
+    assert redis_urls[0] not in saved.read_text()
+    res = _run_case(case, tmp_path, redis_urls[0])
+    assert res["variant"]["store"] == redis_urls[0] and res["drawn"].endswith("kill nat@500")
 
 
 @pytest.mark.parametrize("raw, field", [

@@ -347,9 +347,18 @@ def save_failures(path: str, job: Job, failures: list[dict]) -> None:
     for r in failures:
         entry = {"chain": rel(job.chain_path), "scenario": rel(job.scenario_path),
                  "capture": rel(job.capture_path), "packets": job.packets, "seed": r["seed"],
-                 "breaks": list(job.breaks),
-                 "expect": "diverged" if job.breaks else "pass",
-                 "why": f"{r['verdict']}: {r['unrecoverable'] or r['first_divergence']}"}
+                 "breaks": list(job.breaks)}
+        # What the seed ran on, so that it reruns there (a Redis seed reran on the memory
+        # store): the kind of store, never its URL (credentials, another machine's host)
+        store = r["variant"]["store"]
+        if store != "memory":
+            entry["store"] = "redis-cluster" if store.startswith("redis-cluster") else "redis"
+        if job.runtime != "sim":
+            entry["runtime"] = job.runtime
+        if job.kill:
+            entry["kill"] = job.kill
+        entry["expect"] = "diverged" if job.breaks else "pass"
+        entry["why"] = f"{r['verdict']}: {r['unrecoverable'] or r['first_divergence']}"
         entries.append(entry)
     text = yaml.dump(entries, Dumper=_NoAliases, sort_keys=False, allow_unicode=True, width=100)
     with open(path, "a", encoding="utf-8") as fh:
