@@ -130,6 +130,21 @@ def test_check_redacts_the_password_too(protected, tmp_path):
     assert PASSWORD not in out.read_text() and PASSWORD not in err and PASSWORD not in printed[0]
 
 
+def test_options_a_run_does_not_use_are_said(dedicated_redis):
+    """Model T never opens the store (not even an unreachable one) and the memory store has
+    no namespace: both were silently accepted; an empty --namespace silently became the
+    default one (a new-user trial)."""
+    code, err = _chc("run", str(CHAIN), str(LAN), "-c", "10", "-q", "--no-progress", "--model", "T",
+                     "--store", f"redis://:{PASSWORD}@127.0.0.1:1")
+    assert code == 0 and err == ("chc: warning: model T keeps state inside the instances: --store "
+                                 "redis://:***@127.0.0.1:1 is not used\n"), err
+    code, err = _chc("run", str(CHAIN), str(LAN), "-c", "10", "-q", "--no-progress", "--namespace", "x")
+    assert code == 0 and "--namespace names a Redis store's keys: not used with the memory store" in err, err
+    code, err = _chc("run", str(CHAIN), str(LAN), "-c", "10", "-q", "--no-progress", "--namespace", "",
+                     "--store", dedicated_redis.url)
+    assert code == 2 and err == "chc: error: namespace '': use 1 to 64 of the characters A-Z a-z 0-9 _ . -\n", err
+
+
 # -- TLS ---------------------------------------------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from typing import Any, NoReturn, TextIO
 
 from . import __version__
 from .backends import namespace_of, open_store
+from .backends.redis import redact
 from .bench import cmd_bench, register_bench
 from .bpf import compile_filter
 from .capture import STDIN, CaptureError, CaptureReader, CaptureWriter, open_capture
@@ -391,6 +392,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _with_chain(args, go)
 
 
+def _namespace(args: argparse.Namespace, chain: Any) -> str:
+    """The Redis key namespace: --namespace as given (an empty one is refused by the
+    store), else the chain's name's."""
+    return namespace_of(chain.name) if args.namespace is None else args.namespace
+
+
 def _with_chain(args: argparse.Namespace, body: Callable[[Any, Any], int]) -> int:
     """``body(chain, store)`` with the chain of ``args`` (``--parallelism``,
     ``--no-scaling`` applied) and its store, closed after."""
@@ -401,9 +408,17 @@ def _with_chain(args: argparse.Namespace, body: Callable[[Any, Any], int]) -> in
         chain = chain.without_scaling()
     _check_outputs(args)
     store = None
+    if args.model == "T" and (args.store != "memory" or args.namespace is not None):
+        # (T keeps each NF's state inside its instances: the store, even an unreachable one, is
+        # never opened; said, not refused, since T is the baseline the others are timed against)
+        print(f"chc: warning: model T keeps state inside the instances: --store {redact(args.store)} "
+              f"{'and --namespace are' if args.namespace is not None else 'is'} not used", file=sys.stderr)
+    elif args.store == "memory" and args.namespace is not None:
+        print("chc: warning: --namespace names a Redis store's keys: not used with the memory store",
+              file=sys.stderr)
     if args.model != "T":
         try:
-            store = open_store(args.store, namespace=args.namespace or namespace_of(chain.name),
+            store = open_store(args.store, namespace=_namespace(args, chain),
                                tls_ca=args.store_ca, tls_cert=args.store_cert, tls_key=args.store_key)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -477,7 +492,7 @@ def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any, events: list
     elif getattr(args, "ray_pin", None):
         raise UsageError("--ray-pin is for --runtime ray")
     return cls(chain, model=args.model, batch_size=args.batch_size, store=store, store_url=args.store,
-                       namespace=args.namespace or namespace_of(chain.name),
+                       namespace=_namespace(args, chain),
                        tls={"tls_ca": args.store_ca, "tls_cert": args.store_cert, "tls_key": args.store_key},
                        log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
                        persist_every=args.clock_persist, write_out=bool(args.out), kills=kills,

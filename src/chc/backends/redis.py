@@ -772,7 +772,8 @@ class RedisStore:
         if holder != b"ok":
             raise StoreError(f"{self.servers[i].url}: namespace {self.namespace!r} is in use by another run "
                              f"({holder.decode(errors='replace')}); wait for it to end (its lease expires "
-                             f"{_LEASE_MS // 1000} s after it stops) or choose another --namespace")
+                             f"{_LEASE_MS // 1000} s after it stops), or choose another namespace (chc run "
+                             "--namespace) or database (redis://HOST:PORT/DB)")
 
     def renew_lease(self) -> None:
         """Renew the namespace's lease if it is due: for a holder that makes no requests
