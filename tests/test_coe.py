@@ -75,7 +75,7 @@ def test_parallel_scenario_passes(capsys, lan_slice, tmp_path):
                                  "--jobs", "2", "--json", str(tmp_path / "r.json"))
     assert code == 0, text
     assert [r["verdict"] for r in data["results"]] == ["pass"] * 3
-    assert "3 of 3 seeds passed" in text
+    assert "3 of 3 seeds passed (" in text and "2 jobs)" in text and "3 seeds: 3 pass" not in text
     assert data["seeds_per_second"] > 0 and all(r["store_steps"] > 0 for r in data["results"]
                                                  if r["variant"]["model"] != "T")
 

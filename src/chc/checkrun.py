@@ -240,9 +240,12 @@ class Report:
         rate = n / self.seconds if self.seconds else 0.0
         parts = [f"{c[v]} {v}" for v in ("pass", "diverged", "unrecoverable", "error", "not-exercised", "uncaught")
                  if c[v]]
-        line = f"{n} seeds: {', '.join(parts)} ({rate:.2f} seeds/s, {self.jobs} jobs)"
+        pace = f"({rate:.2f} seeds/s, {self.jobs} job{'s' if self.jobs != 1 else ''})"
+        line = f"{n} seeds: {', '.join(parts)} {pace}"
         if not self.job.breaks:
-            line = f"{c['pass']} of {n} seeds passed; " + line
+            # (all passed: the counts would say it twice)
+            line = f"{c['pass']} of {n} seeds passed " + pace if c["pass"] == n else \
+                f"{c['pass']} of {n} seeds passed; " + line
         fails = self.failures()
         if fails:
             line += f"; rerun a failure with --seed {fails[0]['seed']}"

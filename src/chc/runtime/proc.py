@@ -575,7 +575,7 @@ class ProcRuntime:
         self._launch(self.mp, new, procworker.main, (self.plan, "instance", (vertex, int(i), gen), replay))
         event["logged_floor"] = [floors.get(r, -1) for r in range(self.chain.roots)]    # per root
         event["handed_over"] = sum(len(r[0]) for r in records.values())     # packets sent to it, from the floor
-        log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, event["how"], new)
+        _say_failover(event, dead, p.pid, new)
 
     def _fail_over_root(self, dead: str, p: Any) -> None:
         """§5.4 a root failed (docs/proc.md, "Root failover"): every instance takes nothing
@@ -634,7 +634,7 @@ class ProcRuntime:
             self._send(r, encode(Kind.INPUT, [what, None]))
         event["logged_floor"] = self.root_floor[r]
         event["handed_over"] = sum(len(rows) for _, rows in kept)     # input packets kept, from the floor
-        log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, event["how"], new)
+        _say_failover(event, dead, p.pid, new)
 
     def _store_can_fail_over(self, dead: str, p: Any, event: dict) -> None:
         """A store server that died of what its failover would die of too stops the run
@@ -709,7 +709,7 @@ class ProcRuntime:
             wal=not self.no_wal, logs_s=round(collected - detected, 6), rebuild_s=round(rebuilt - collected, 6),
             recovery_s=round(time.perf_counter() - detected, 6))
         self.events.append(event)
-        log.warning("proc runtime: %s (pid %s) %s; failing over to %s", dead, p.pid, event["how"], new)
+        _say_failover(event, dead, p.pid, new)
 
     def _backend(self) -> str:
         """The summary's store backend."""
@@ -1282,6 +1282,13 @@ def parse_kill(text: str, chain: Chain) -> Kill:
     if i >= v.parallelism and not during:      # (during a change: maybe a scale-out's instance)
         raise ValueError(f"--kill {text!r}: {vertex} has {v.parallelism} instance(s)")
     return Kill(vertex, i, at, during)
+
+
+def _say_failover(event: dict, dead: str, pid: int, new: str) -> None:
+    """A failover, on the log: a warning when the process died by itself, an info line
+    when it was a --kill of ours (chc check printed a warning for every seed's kill)."""
+    log.log(logging.INFO if "killed_at_packet" in event else logging.WARNING,
+            "proc runtime: %s (pid %s) %s; failing over to %s", dead, pid, event["how"], new)
 
 
 def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, kills: list[Kill]) -> None:
