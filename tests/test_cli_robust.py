@@ -267,6 +267,8 @@ def test_ctrl_c_prints_and_writes_the_partial_summary(tmp_path):
     assert s["partial"] is True and s["packets_in"] == 300
     assert s["packets_out"] + s["dropped"] == 300 and len(records(out)) == s["packets_out"]
     assert b"Traceback" not in stderr
+    # said at once: a proc run finishes what it read ahead, seconds on Redis (a new-user trial)
+    assert b"chc: stopping: no more input; finishing what the chain holds (Ctrl-C again to abort)" in stderr
 
 
 def test_interrupt_flag_stops_the_feed_between_records(tmp_path):

@@ -25,6 +25,7 @@ there, so a quiet ``tcpdump -w - | chc run ... -`` still stops at once.
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -89,6 +90,9 @@ class Feed:
         if self.interrupted:
             raise KeyboardInterrupt
         self.interrupted = True
+        # (the proc runtime finishes what it has read ahead: seconds on Redis, silent before)
+        print("chc: stopping: no more input; finishing what the chain holds (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
         if self.waiting:
             raise KeyboardInterrupt
 
