@@ -278,6 +278,26 @@ def test_cli_unreachable_store_at_start(tmp_path):
     assert err.startswith("chc: error: redis://:***@127.0.0.1:1: connection refused"), err
 
 
+def test_unreachable_store_messages_say_why(redis_urls):
+    """A URL without a port, an unknown host, TLS to a plain server: each said plainly
+    (they read "connection refused", "[Errno -2] Name or service not known", and a
+    handshake timeout; a new-user trial)."""
+    import socket
+
+    from chc.core.client import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable, match=r"^redis://nosuchhost\.invalid:6390: no such host"):
+        _store("redis://nosuchhost.invalid:6390")
+    plain = "rediss://" + redis_urls[0].split("://", 1)[1]
+    with pytest.raises(StoreUnavailable, match=r"is the server speaking TLS\? \(rediss:// is for TLS"):
+        _store(plain, connect_timeout=0.3, timeout=0.3)
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 6379)) == 0:
+            return                          # (a Redis on the default port here: nothing to refuse)
+    with pytest.raises(StoreUnavailable, match=r"^redis://127\.0\.0\.1: connection refused \(port 6379, the default\)"):
+        _store("redis://127.0.0.1")
+
+
 def _run_and(server: RedisProcess, model: str, action, *extra: str) -> tuple[int, str]:
     """``chc run`` on ``server``; ``action()`` once the run has written state (its
     namespace's seq marks exist), then wait for the run to end."""

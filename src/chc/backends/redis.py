@@ -240,6 +240,10 @@ def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     if "refused" in text.lower():
         return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"no such host ({exc.strerror})"
+    if isinstance(exc, ssl.SSLError) or "handshake" in text.lower():
+        return f"TLS failed ({text}); is the server speaking TLS? (rediss:// is for TLS, redis:// for plain)"
     return text
 
 
@@ -855,7 +859,10 @@ class RedisStore:
             raise StoreError(f"value operation {name!r}: its Lua chunk does not load: {exc}") from None
 
     def _unavailable(self, server: _Server, exc: BaseException) -> StoreUnavailable:
-        return StoreUnavailable(f"{server.url}: {_reason(exc)}")
+        # (a URL without a port means Redis's 6379: said, as the user may not know it)
+        port = "" if urllib.parse.urlsplit(server.url).port or server.url.startswith("unix:") else \
+            f" (port {server.params.get('port', 6379)}, the default)"
+        return StoreUnavailable(f"{server.url}: {_reason(exc)}{port}")
 
     def _round_trip(self, groups: dict[int, list[bytes]], attempts: int | None = None) -> dict[int, list]:
         """Send each server its (RESP-encoded) commands, to all servers before reading any
