@@ -4,6 +4,7 @@ and (on a live wire) the expiry of closed connections' entries after a TIME_WAIT
 from __future__ import annotations
 
 import ipaddress
+import math
 
 from ..nf import ConfigError
 from ..packet import TCP_ACK, TCP_RST, TCP_SYN, ip_bytes
@@ -62,25 +63,20 @@ def track_close(state: int, flags: int, from_a: bool) -> int:
 
 def time_wait_ns(field: str, seconds: object) -> int:
     """A TIME_WAIT from config, in ns (seconds > 0)."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
         raise ConfigError(field, f"expected a number of seconds above 0, got {seconds!r}")
     return int(seconds * 1_000_000_000)
 
 
-def forget_closed(mapping, key, slot: int, other, theirs) -> None:
-    """A closed connection's TIME_WAIT is over (a timer set at its close, on a live
-    wire): its entry ``key`` (``(slot, close state)``, ``slot`` its NAT port or LB
-    backend) and its other side's entry ``other`` (which held ``theirs``) go, unless
-    a new connection has taken them since.  Until then a late last ACK or a FIN sent
-    again still crosses; after it, the other side's traffic to that connection is
-    unsolicited, as on a real NAT or LB (it reached the inside host for ever before)."""
-    entry = mapping.get(key)
-    closed = entry is not None and entry[0] == slot and entry[1] & CLOSED
-    if closed:
-        mapping.delete(key)
-    # (the 5-tuple reopened on the same slot: the other side's entry is the new one's)
-    if (closed or entry is None or entry[0] != slot) and mapping.get(other) == theirs:
-        mapping.delete(other)
+def closed_entry(slot: int, state: int, ts: int, wire: bool) -> tuple:
+    """A mapping entry after a FIN or RST: ``(slot, close state)``, on a wire with the
+    close time once closed (its TIME_WAIT runs from there: :func:`expired`)."""
+    return (slot, state, ts) if wire and state & CLOSED else (slot, state)
+
+
+def expired(entry: tuple, ts: int, time_wait_ns: int) -> bool:
+    """Whether a closed entry's TIME_WAIT was over at input time ``ts``."""
+    return len(entry) > 2 and ts - entry[2] > time_wait_ns
 
 
 def needs_new_mapping(entry: tuple | None, flags: int) -> bool:

@@ -38,8 +38,8 @@ new backend is appended.  At least one weight stays positive.
 On a wire (``wire: true``, for ``chc run --live``) replies come from the backend
 itself, ``backend -> client``, and leave as ``vip -> client``; the mapping then
 also holds each connection's backend-side 5-tuple (see the NAT's module doc).
-A closed connection's two entries go ``time_wait_s`` (default 120) of input time
-after its close, as the NAT's.
+A closed connection's entries expire ``time_wait_s`` (default 120) of input
+time after its close, as the NAT's.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from typing import Any
 
 from ..nf import FLOW, GLOBAL, NF, Access, ConfigError, Context, Counter, Value
 from ..packet import PROTO_TCP, TCP_FIN, TCP_RST, Packet, rewrite_dst, rewrite_src
-from ._common import CLOSED, forget_closed, needs_new_mapping, parse_ip, time_wait_ns, track_close
+from ._common import CLOSED, closed_entry, expired, needs_new_mapping, parse_ip, time_wait_ns, track_close
 
 
 def _addresses(field: str, raw: Any, family: int) -> tuple[bytes, ...]:
@@ -119,7 +119,7 @@ class LoadBalancer(NF):
             to_server = True
         elif self.wire:
             if pkt.src in self.pool.get()[0] and (self.port is None or pkt.sport == self.port):
-                return self._reply(pkt, ctx)
+                return self._reply(pkt)
             return pkt
         elif pkt.src == self.vip and (self.port is None or pkt.sport == self.port):
             to_server = False
@@ -143,44 +143,45 @@ class LoadBalancer(NF):
                 self.mapping.set(entry, FLOW.key(pkt))   # the backend-side form, for _reply
         else:
             rewrite_src(pkt, addr)
-        return self._track(pkt, key, entry, to_server, ctx)
+        return self._track(pkt, key, entry, to_server)
 
-    def _track(self, pkt: Packet, key, entry: tuple[int, int], to_server: bool, ctx: Context,
-               backside=None) -> Packet:
+    def _track(self, pkt: Packet, key, entry: tuple, to_server: bool) -> Packet:
         """Close tracking: a closed connection no longer counts as active on its
         server.  Its entries stay (on a wire the backend-side one too) for a
         TIME_WAIT: the last ACK of a close comes after both FINs (deleting that entry
         at the second FIN let the backend's last ACK out untranslated, and the NAT
-        dropped it).  ``backside``: the backend-side 5-tuple when ``pkt`` is in its
-        client-side form."""
+        dropped it).  On a wire the closed entry keeps its close time (:meth:`_reply`
+        expires it)."""
         if pkt.proto == PROTO_TCP and pkt.flags & (TCP_FIN | TCP_RST) and not entry[1] & CLOSED:
             server = entry[0]
             state = track_close(entry[1], pkt.flags, to_server)
             if state & CLOSED:
                 self.active.decr(1, server)
-            self.mapping.set((server, state), key)
-            if state & CLOSED and self.wire:
-                backside = backside or FLOW.key(pkt)
-                ctx.set_timer(pkt.ts + self.time_wait_ns, (key, server, backside, self.mapping.get(backside)))
+            self.mapping.set(closed_entry(server, state, pkt.ts, self.wire), key)
         return pkt
 
-    def on_timer(self, key, ctx: Context) -> None:
-        forget_closed(self.mapping, *key)
-
-    def _reply(self, pkt: Packet, ctx: Context) -> Packet:
-        """A reply on the wire, ``backend -> client``: it leaves from the VIP."""
+    def _reply(self, pkt: Packet) -> Packet:
+        """A reply on the wire, ``backend -> client``: it leaves from the VIP, unless its
+        connection closed more than ``time_wait_s`` ago (both entries go then, as the
+        NAT's: found expired by the packet that looks them up)."""
         backside = FLOW.key(pkt)
         entry = self.mapping.get(backside)
         if entry is None:
             return pkt                      # the backend's own traffic, not a balanced connection
         server = entry[0]
-        self.bytes.incr(len(pkt.data), server)
+        backend = pkt.src
         rewrite_src(pkt, self.vip)
         key = FLOW.key(pkt)
         entry = self.mapping.get(key)
+        if entry is not None and entry[0] == server and expired(entry, pkt.ts, self.time_wait_ns):
+            self.mapping.delete(key)
+            self.mapping.delete(backside)
+            rewrite_src(pkt, backend)       # not a balanced connection any more: as the backend sent it
+            return pkt
+        self.bytes.incr(len(pkt.data), server)
         if entry is None or entry[0] != server:
             return pkt                      # (a stale backend-side entry)
-        return self._track(pkt, key, entry, False, ctx, backside)
+        return self._track(pkt, key, entry, False)
 
     def reads_flow_state(self, pkt: Packet) -> bool:
         """Only the VIP's traffic reads a mapping (the batch prefetch's hint)."""

@@ -28,10 +28,10 @@ reply reaches the NAT as the outside host sent it, ``remote -> external_ip:port`
 and must leave as ``remote -> internal:iport``.  With ``wire`` the NAT also keeps,
 in ``mapping``, the connection's outside 5-tuple (its output form) with the
 internal endpoint, translates such replies back, and treats a packet from outside
-sent straight to an internal address as unsolicited.  A closed connection's two
-entries go ``time_wait_s`` (default 120, Linux's TIME_WAIT) of input time after
-its close (a timer): from then on the outside host's packets to that port are
-unsolicited.  The live runtime sends
+sent straight to an internal address as unsolicited.  A closed connection's
+entries expire ``time_wait_s`` (default 120, Linux's TIME_WAIT) of input time
+after its close: from then on the outside host's packets to that port are
+unsolicited, and the first of them deletes both entries.  The live runtime sends
 replies through the chain in reverse vertex order (:mod:`chc.live`), so the NAT
 sees a reply exactly in the form its own output had.
 """
@@ -42,7 +42,16 @@ import dataclasses
 
 from ..nf import FLOW, GLOBAL, NF, Access, ConfigError, Context, Counter, List, Value
 from ..packet import PROTO_TCP, PROTO_UDP, TCP_FIN, TCP_RST, Packet, ip_str, rewrite_dst, rewrite_src
-from ._common import CLOSED, Prefixes, forget_closed, needs_new_mapping, parse_ip, time_wait_ns, track_close
+from ._common import (
+    CLOSED,
+    Prefixes,
+    closed_entry,
+    expired,
+    needs_new_mapping,
+    parse_ip,
+    time_wait_ns,
+    track_close,
+)
 
 _UNTRANSLATED = 0      # mapping of a connection opened from outside (passed as is)
 
@@ -107,7 +116,7 @@ class NAT(NF):
         dst_in = pkt.dst in inside
         if src_in == dst_in:
             if self.wire and not src_in and pkt.dst == self.external:
-                return self._inbound(pkt, ctx)
+                return self._inbound(pkt)
             return pkt
         if self.wire and not src_in:
             # On a wire, outside hosts reach inside ones only through external_ip.
@@ -136,32 +145,29 @@ class NAT(NF):
                 self.mapping.set((_UNTRANSLATED, 0), key)
                 return pkt
             rewrite_dst(pkt, self.external, entry[0])
-        return self._track(pkt, key, entry, src_in, ctx)
+        return self._track(pkt, key, entry, src_in)
 
-    def _track(self, pkt: Packet, key, entry: tuple[int, int], src_in: bool, ctx: Context,
-               outside=None) -> Packet:
+    def _track(self, pkt: Packet, key, entry: tuple, src_in: bool) -> Packet:
         """Close tracking of a translated connection: on close its port goes back to
         the pool (at the tail: reused as late as possible).  Its entries stay, the
         inside one closed and on a wire the outside one, for a TIME_WAIT: the last ACK
         of a close comes after both FINs, and a retransmitted FIN after it (on a live
         wire, deleting the outside entry at the second FIN dropped the server's last
-        ACK as unsolicited, and the client retransmitted its FIN for seconds).
-        ``outside``: the outside 5-tuple when ``pkt`` is in its inside form."""
+        ACK as unsolicited, and the client retransmitted its FIN for seconds).  On a
+        wire the closed entry keeps its close time (:meth:`_inbound` expires it)."""
         if pkt.proto == PROTO_TCP and pkt.flags & (TCP_FIN | TCP_RST) and not entry[1] & CLOSED:
             state = track_close(entry[1], pkt.flags, src_in)
             if state & CLOSED:
                 self.ports.push(entry[0])
-            self.mapping.set((entry[0], state), key)
-            if state & CLOSED and self.wire:
-                outside = outside or FLOW.key(pkt)
-                ctx.set_timer(pkt.ts + self.time_wait_ns, (key, entry[0], outside, self.mapping.get(outside)))
+            self.mapping.set(closed_entry(entry[0], state, pkt.ts, self.wire), key)
         return pkt
 
-    def on_timer(self, key, ctx: Context) -> None:
-        forget_closed(self.mapping, *key)
-
-    def _inbound(self, pkt: Packet, ctx: Context) -> Packet | None:
-        """A reply on the wire, ``remote -> external_ip:port``: back to the internal host."""
+    def _inbound(self, pkt: Packet) -> Packet | None:
+        """A reply on the wire, ``remote -> external_ip:port``: back to the internal host,
+        unless its connection has a new one on its 5-tuple since (a stale outside entry)
+        or closed more than ``time_wait_s`` ago (both entries go then, found expired by
+        the packet that looks them up: a timer per close would hold every packet of the
+        TIME_WAIT in the root's log and the store's clock log, §5.3-§5.4)."""
         outside = FLOW.key(pkt)
         back = self.mapping.get(outside)
         if back is None:
@@ -170,12 +176,14 @@ class NAT(NF):
         rewrite_dst(pkt, ip, iport)
         key = FLOW.key(pkt)
         entry = self.mapping.get(key)
-        if entry is None or entry[0] != port:
-            # A stale outside entry (the 5-tuple has a new connection since): unsolicited,
-            # not let through to the inside host.
-            rewrite_dst(pkt, self.external, port)
+        stale = entry is None or entry[0] != port
+        if stale or expired(entry, pkt.ts, self.time_wait_ns):
+            self.mapping.delete(outside)                # (a stale one can never be valid again)
+            if not stale:
+                self.mapping.delete(key)
+            rewrite_dst(pkt, self.external, port)       # unsolicited: not let through to the inside host
             return None if self.drop_unsolicited else pkt
-        return self._track(pkt, key, entry, False, ctx, outside)
+        return self._track(pkt, key, entry, False)
 
     def _open(self, key) -> tuple[int, int] | None:
         port = self.ports.pop()
