@@ -74,6 +74,20 @@ def test_roots_deleting_before_their_commit_reports_are_caught(monkeypatch, caps
     assert "deleted from the root's log before its update at store step" in out
 
 
+def test_a_commit_pull_sent_again_to_a_failover_store_counts_once():
+    """A root's pull the failed store server recorded but did not answer goes again to its
+    failover (the same request): two marks of one pull made every later deletion one pull
+    early, a false divergence (found by a review)."""
+    from chc.core.store import ObjectKey, Op
+    from chc.runtime.storeserver import recorded_steps
+    from chc.runtime.wire import Kind, encode, op_rows
+
+    incr = op_rows([Op("incr", ObjectKey("nat", "packets", None), (1,), "nat/0", 1, tag=(5, 1), xor_id=3)])
+    frames = [encode(Kind.REPLY, ["commits", "@root.0", 7]), encode(Kind.REPLY, ["execute", incr, [1], None]),
+              encode(Kind.REPLY, ["commits", "@root.0", 7]), encode(Kind.REPLY, ["commits", "@root.0", 9])]
+    assert recorded_steps(frames, Serialization()) == {"@root.0": [1, 1]}
+
+
 def test_a_lost_output_of_a_proc_run_is_caught(monkeypatch, capsys):
     assert _check(["--packets", "800", "--seed", "0", "--break", "lose-output"], monkeypatch) == 1
     assert "first divergence: output packet" in capsys.readouterr().out

@@ -1142,8 +1142,11 @@ class ProcRuntime:
             if not name.startswith("@root"):
                 continue
             flat, marks = rep.get("deleted", ()), pulls.get(rep.get("process", ""), [])
-            deleted += [(clock, marks[n - 1] if n else 0) for clock, n in zip(flat[::2], flat[1::2], strict=True)
-                        if n <= len(marks)]
+            if flat and flat[-1] > len(marks):
+                # (a miscount would place every later deletion wrongly: not guessed)
+                raise RuntimeError(f"{rep.get('process')} counted {flat[-1]} commit pulls, the store server "
+                                   f"recorded {len(marks)}")
+            deleted += [(clock, marks[n - 1] if n else 0) for clock, n in zip(flat[::2], flat[1::2], strict=True)]
         return deleted
 
     def issued_updates(self) -> list:

@@ -380,8 +380,9 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
                 steps.append(encode(Kind.REPLY, ["declare", args[0], args[1]]))
         elif steps is not None and method == "commits":
             # §5.4 where a root's pull of commit reports falls: what it deletes after it
-            # must have had every update applied before it (the checker's log safety)
-            steps.append(encode(Kind.REPLY, ["commits", peer.decode()]))
+            # must have had every update applied before it (the checker's log safety);
+            # with its request id, as a pull a failover store is sent again counts once
+            steps.append(encode(Kind.REPLY, ["commits", peer.decode(), rid]))
         if failover is not None and rows is not None and read_clock is not None:
             log_reads(failover.reads, args[0], result, read_clock, replaying)     # §5.4 the read log
         if method == "commits":
@@ -629,12 +630,18 @@ def recorded_steps(serial: list[bytes], recorder: Any) -> dict[str, list[int]]:
     store server shipped, in its order; return, per root process, the recorder's
     position at each of its commit pulls."""
     at: list[int] = []          # the recorder's position before each frame
-    pulls: dict[str, list[int]] = {}
+    pulls: dict[str, list[tuple[int | None, int]]] = {}     # root process -> (request id, position)
     for frame in serial:
         at.append(recorder.position)
         _, body = decode(frame)
         if body[0] == "commits":
-            pulls.setdefault(body[1], []).append(recorder.position)
+            # (a pull sent again to a failover store, its reply lost with the failed one, is
+            # the same pull: the root counted it once; its answer is the later one)
+            mine = pulls.setdefault(body[1], [])
+            if len(body) > 2 and (mine and mine[-1][0] == body[2]):
+                mine[-1] = (body[2], recorder.position)
+            else:
+                mine.append((body[2] if len(body) > 2 else None, recorder.position))
         elif body[0] == "execute":
             recorder.request(rows_ops(body[1]), body[2], body[3])
         elif body[0] == "recover":      # §5.4 a failover store's history (chc.runtime.procstore)
@@ -642,4 +649,4 @@ def recorded_steps(serial: list[bytes], recorder: Any) -> dict[str, list[int]]:
                                            for op, seen, result, in_place in body[2]])
         else:
             recorder.declare(body[1], body[2])
-    return pulls
+    return {peer: [at for _, at in marks] for peer, marks in pulls.items()}
