@@ -2049,7 +2049,8 @@ def _crash_store(rt: SimRuntime, event: Any, at: str) -> None:
     if rt.store_failover is None:
         raise Unrecoverable(f"store crashed at {at}: store failover needs the memory store or one Redis server "
                             f"(one store instance with TS and checkpoints); this run's store is "
-                            f"{rt.store.describe()}")
+                            f"{rt.store.describe()}" + (f" ({rt.store.n} servers)" if getattr(rt.store, "n", 1) > 1
+                                                        else ""))
     why = {"by": "scenario", **({"together": True} if p.get("together") else {})}
     rt.store_failover.crash(p.get("heartbeat_us", 20), p.get("misses", 3), why)
 
