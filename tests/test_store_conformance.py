@@ -1343,6 +1343,39 @@ def test_a_blocking_request_resends_a_refused_update(store):
     assert get(store, VALUE) == 1
 
 
+def test_an_ack_never_covers_an_earlier_request_a_server_has_not_answered(store, store_kind, request):
+    """Two shards: request A goes to both, B (after it) to the second only.  B answered
+    first acknowledged every op up to its own, A's on the first server too; when that
+    server's connection then broke, A's op there was never sent again: lost (found by
+    a review).  Acknowledgements now come in request order."""
+    if store_kind != "redis-2shards":
+        pytest.skip("two plain servers: one answers, the other holds its request")
+    import redis
+
+    k0, k1 = (next(ObjectKey("nat", f"count{i}", None) for i in range(100)
+                   if store.server_of(ObjectKey("nat", f"count{i}", None)) == srv) for srv in (0, 1))
+    servers, _ = store_servers(request, store_kind)
+    held = redis.Redis(host="127.0.0.1", port=servers[0].port)
+    acks: list[int] = []
+    a = [Op("incr", k0, (1,), "nat/0", 1, tag=(1, 1)), Op("incr", k1, (1,), "nat/0", 2, tag=(1, 2))]
+    b = [Op("incr", k1, (1,), "nat/0", 3, tag=(2, 1))]
+    held.client_pause(60_000, all=False)        # the first server holds A's part
+    try:
+        store.submit(a, acks.append)
+        store.submit(a + b, acks.append)        # go-back-N: A's ops in front, still in flight
+        store._drain(block=True, servers=[1])   # the second server answered A's part and B
+        assert acks == []                       # B answered, A not: nothing acknowledged yet
+        held.client_kill_filter(_type="normal", skipme=True)     # A's connection breaks
+    finally:
+        held.client_unpause()
+        held.close()
+    store.wait()
+    assert acks == []                           # A failed: neither is acknowledged
+    store.submit(a + b, acks.append)            # the client resends every un-ACKed op
+    store.wait()
+    assert acks == [3] and get(store, k0) == 1 and get(store, k1) == 2
+
+
 def test_submit_over_a_broken_connection_is_resent_exactly_once(dedicated_redis):
     import redis
 

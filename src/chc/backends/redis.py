@@ -42,7 +42,8 @@ request and returns without reading its reply; replies are read as they
 arrive (at the next request, without waiting), and before any blocking request
 on that connection, whose replies come after them (one connection per server:
 Redis answers in order).  A request is acknowledged (``on_ack(highest seq)``)
-when every server it went to answered without refusing an op; the client
+when every server it went to answered without refusing an op, and every request
+sent before it was acknowledged (acknowledgements are cumulative); the client
 library keeps un-ACKed ops and resends them ahead of its next request
 (go-back-N), but an op still in flight on a healthy connection is not put on
 the wire again: TCP delivers it ahead of the new request.  When a connection
@@ -619,9 +620,7 @@ class _Request:
             # does; the client sends it again and the store answers it as a retransmission.
             self.refused = True
         if not self.left and not self.failed:
-            self.done = True
-            if not self.refused:
-                self.on_ack(self.seq)
+            self.done = True                # (acknowledged in request order: RedisStore._ack_in_order)
 
 
 class RedisStore:
@@ -1299,11 +1298,17 @@ class RedisStore:
         if req.failed:
             # A connection failed: wait for this request after all, with the blocking path's
             # retries, so that a server gone for good ends the run within its retry budget
-            # (StoreLost) instead of every later request failing quietly.
+            # (StoreLost) instead of every later request failing quietly.  All of ``ops``
+            # goes (go-back-N): what was in flight on the broken connection is lost with it,
+            # and this request's acknowledgement covers it.
+            self._drain(block=True)
+            groups, where, counts, uploading = self._encode(ops)
             per = self._round_trip(groups)
-            retry = _Request(fresh, ops[-1].seq, on_ack, counts, uploading)
+            retry = _Request(ops, ops[-1].seq, on_ack, counts, uploading)
             for srv, out in per.items():
                 retry.answer(self, srv, out[-1])
+            if retry.done and not retry.refused:
+                on_ack(retry.seq)
             return
         for op in fresh:
             if op.seq:
@@ -1321,17 +1326,29 @@ class RedisStore:
         for req, _, _ in server.pending:
             req.failed = True
         server.pending.clear()
-        self._forget_failed()
+        self._ack_in_order()
 
-    def _forget_failed(self) -> None:
-        keep = deque()
-        for req in self._inflight_reqs:
-            if req.failed or req.done:
-                for op in req.ops:
-                    self._inflight.pop((op.client, op.seq), None)
-            else:
-                keep.append(req)
-        self._inflight_reqs = keep
+    def _ack_in_order(self) -> None:
+        """Acknowledge the answered requests in the order they were sent: an acknowledgement
+        is cumulative (§4.3 go-back-N: every op up to its seq), so one must not cover an
+        earlier request a server has not answered yet (with two shards a later request can
+        be answered first; the earlier one's op was lost when its connection then broke).
+        A failed request ends the order: its ops and those of every request behind it go
+        again with the client's next request (none is skipped as in flight meanwhile)."""
+        reqs = self._inflight_reqs
+        while reqs:
+            head = reqs[0]
+            if head.failed:
+                reqs.clear()
+                self._inflight.clear()
+                return
+            if not head.done:
+                return
+            reqs.popleft()
+            for op in head.ops:
+                self._inflight.pop((op.client, op.seq), None)
+            if not head.refused:
+                head.on_ack(head.seq)
 
     def _drain(self, block: bool, servers: Any = None) -> None:
         """Read the replies of submitted requests: all of them (``block``), or those already
@@ -1352,8 +1369,7 @@ class RedisStore:
                         break
                     server.pending.popleft()
                     req.answer(self, srv, out[-1])
-        if any(req.done or req.failed for req in self._inflight_reqs):
-            self._forget_failed()
+        self._ack_in_order()
 
     def wait(self) -> None:
         """Block until every submitted request is answered (acknowledged or failed)."""
