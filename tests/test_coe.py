@@ -278,6 +278,19 @@ def test_a_break_with_nothing_to_act_on_is_not_a_pass(capsys, lan_slice, tmp_pat
     assert "PASS" not in text
 
 
+def test_no_xor_without_an_early_deletion_is_not_exercised_and_says_why(capsys, lan_slice, tmp_path):
+    """parallel.yaml has no store latency: a root that skips the XOR check deletes packets
+    whose updates were applied already, which harms nothing.  That was reported as
+    UNCAUGHT, "a hole in the checker" (a new-user trial); a seed of another model says
+    the break acts in EO+C+NA."""
+    code, text, data = run_check(capsys, str(PAPER), str(PARALLEL), str(lan_slice), "--first-seed", "4",
+                                 "--seeds", "2", "--packets", "3000", "--break", "no-xor",
+                                 "--json", str(tmp_path / "r.json"))
+    assert code == 3 and [r["verdict"] for r in data["results"]] == ["not-exercised"] * 2, text
+    assert "break no-xor: not exercised: it acts in EO+C+NA, this seed's model is EO" in text
+    assert "each after its updates were applied (nothing was early in the store's order)" in text
+
+
 @pytest.mark.parametrize("extra, target, code, verdict, says", [
     # Model EO keeps per-flow state only in the store: its updates are in the write-ahead
     # logs, so a store crash recovers (docs/recovery.md).
