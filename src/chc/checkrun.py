@@ -36,6 +36,7 @@ from .cliargs import EXIT_INTERRUPTED
 from .coe import (
     BREAKS,
     DURING,
+    PROC_BREAKS,
     CheckResult,
     SeedResult,
     check_variant,
@@ -247,7 +248,7 @@ class Report:
             line = f"{c['pass']} of {n} seeds passed " + pace if c["pass"] == n else \
                 f"{c['pass']} of {n} seeds passed; " + line
         fails = self.failures()
-        if fails:
+        if fails and n > 1:
             line += f"; rerun a failure with --seed {fails[0]['seed']}"
         if self.job.breaks and not c["diverged"]:
             line += f"; the break ({', '.join(self.job.breaks)}) was never caught"
@@ -335,7 +336,11 @@ def describe(r: dict) -> str:
 
 def list_breaks() -> str:
     width = max(len(n) for n in BREAKS)
-    return "\n".join(f"{b.name:<{width}}  {b.what} (caught as: {b.caught_as})" for b in BREAKS.values())
+    def runtimes(b: Any) -> str:
+        return "proc" if b.proc_only else "sim, proc" if b.name in PROC_BREAKS else "sim"
+
+    return "\n".join(f"{b.name:<{width}}  {b.what} (caught as: {b.caught_as}; runs on: {runtimes(b)})"
+                     for b in BREAKS.values())
 
 
 def save_failures(path: str, job: Job, failures: list[dict]) -> None:

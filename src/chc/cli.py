@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(§5.4, docs/proc.md); manager:VERTEX@N: VERTEX's manager process, started "
                           "again; repeatable")
     run.add_argument("--failover", action="store_true",
-                     help="--runtime proc: recover NF instance and root processes that die (implied by --kill)")
+                     help="--runtime proc: recover NF instance, root and store server processes that die "
+                          "(implied by --kill)")
     _heartbeat_args(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
@@ -169,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--runtime proc: SIGKILL instance I of VERTEX (root[R]: root R; store: the store "
                           "server) once N packets have entered; a failover process takes over (§5.4); repeatable")
     srv.add_argument("--failover", action="store_true",
-                     help="--runtime proc: recover NF instance and root processes that die (implied by --kill)")
+                     help="--runtime proc: recover NF instance, root and store server processes that die "
+                          "(implied by --kill)")
     _heartbeat_args(srv)
     _outputs_and_state(srv)
     srv.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")

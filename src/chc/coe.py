@@ -443,7 +443,7 @@ class Break:
 
 
 BREAKS: dict[str, Break] = {b.name: b for b in (
-    Break("no-clocks", "NFs see arrival order at each instance instead of logical clocks (R4)", "alert"),
+    Break("no-clocks", "NFs see arrival order at each instance instead of logical clocks (R4)", "alert|state"),
     Break("drop-update", "one non-blocking update is lost: never sent, never retransmitted", "store", True),
     Break("wrong-value-op", "the store applies one value operation twice and answers the second result",
           "store", True),

@@ -202,7 +202,7 @@ def status_line(s: Sample) -> str:
     return (f"chc serve: {s['t']:,.0f} s, {s['packets_in']:,} in ({s['pps_in']:,.0f}/s), "
             f"{s['packets_out']:,} out, {s['dropped']:,} dropped, instances {active}, queued {queued:,}, "
             f"log {s['log']:,}, latency {'-' if lat is None else format(lat['mean'], '.2f')} ms, "
-            f"{s['alerts_total']:,} alerts")
+            f"{s['alerts_total']:,} alert{'' if s['alerts_total'] == 1 else 's'}")
 
 
 def dumps(sample: Sample) -> str:
