@@ -278,6 +278,18 @@ def test_a_break_with_nothing_to_act_on_is_not_a_pass(capsys, lan_slice, tmp_pat
     assert "PASS" not in text
 
 
+def test_a_truncated_capture_is_checked_as_far_as_it_goes_and_said(capsys, lan_slice, tmp_path):
+    """chc check passed a capture cut short with exit 0 and said so nowhere but a warning
+    (chc run and serve exit 3, PARTIAL; a new-user trial)."""
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(lan_slice.read_bytes()[:100_000])
+    code, text, data = run_check(capsys, str(PAPER), str(PARALLEL), str(cut), "--seeds", "1",
+                                 "--json", str(tmp_path / "r.json"))
+    assert code == 3, text
+    assert "1 of 1 seeds passed" in text and "PARTIAL: the capture stopped after" in text
+    assert data["capture_truncated"] and data["results"][0]["verdict"] == "pass"
+
+
 def test_no_xor_without_an_early_deletion_is_not_exercised_and_says_why(capsys, lan_slice, tmp_path):
     """parallel.yaml has no store latency: a root that skips the XOR check deletes packets
     whose updates were applied already, which harms nothing.  That was reported as

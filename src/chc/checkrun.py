@@ -69,6 +69,7 @@ class Job:
     kill: str = ""                  # proc, ray: "random" or VERTEX[I]@N, a SIGKILL per seed (draw_kill)
     ray_address: str = "auto"       # ray: the cluster to join
     checkpoint_ms: float | None = None  # proc, ray with kills: the store server's checkpoint interval
+    truncated: str | None = None    # why the capture stopped early (cut short, corrupt), if it did
 
     @classmethod
     def load(cls, chain: str, scenario: str, capture: str, packets: int | None, stores: list[str],
@@ -88,13 +89,14 @@ class Job:
             _check_kill(kill, spec, runtime)
         with open_capture(capture) as reader:
             records = list(itertools.islice(reader, packets) if packets else reader)
+            cut = reader.stop_reason        # (a capture cut short: the check covers what was read)
         if not records:
             raise NothingChecked(f"{capture}: no packets to check (an empty capture checks nothing)")
         for url in stores:
             if url != "memory":
                 open_store(url).close()      # unreachable or malformed: a clear error now
         return cls(chain, scenario, capture, packets, spec, sc, records, stores, breaks, runtime, kill, ray_address,
-                   checkpoint_ms)
+                   checkpoint_ms, cut)
 
     def run(self, seed: int) -> dict:
         started = time.perf_counter()
@@ -231,8 +233,8 @@ class Report:
             return 1                        # (with --break only a divergence is the break caught)
         if self.interrupted:
             return EXIT_INTERRUPTED
-        if self.job.breaks:
-            return 3
+        if self.job.breaks or self.job.truncated:
+            return 3                        # (a truncated capture: partial input, as chc run says)
         return 0
 
     def summary_line(self) -> str:
@@ -254,11 +256,15 @@ class Report:
             line += f"; the break ({', '.join(self.job.breaks)}) was never caught"
         if self.interrupted:
             line += f"; interrupted (Ctrl-C) after {n} of {self.asked} seeds"
+        if self.job.truncated:
+            line += (f"; PARTIAL: the capture stopped after {len(self.job.records):,} packets "
+                     f"({self.job.truncated}), only those were checked")
         return line
 
     def as_json(self) -> dict:
         return {"chain": self.job.chain_path, "scenario": self.job.scenario_path,
                 "capture": self.job.capture_path, "packets": len(self.job.records),
+                "capture_truncated": self.job.truncated,
                 "breaks": list(self.job.breaks), "jobs": self.jobs, "runtime": self.job.runtime,
                 **({"kill": self.job.kill} if self.job.kill else {}),
                 "seconds": round(self.seconds, 3),
