@@ -725,6 +725,9 @@ class RedisStore:
 
     # -- shards (a cluster store overrides these) --------------------------------------------
     cluster = False               # a RedisClusterStore: shards carry hash tags, pub/sub is sharded
+    # Taking callbacks is a round trip (notifications: PING on the pub/sub connection): the
+    # store client takes them before each batch, not after every request (core.client).
+    callbacks_per_batch = True
 
     def _shard_prefixes(self, n: int) -> list[bytes]:
         """The key prefix of each server's shard: the namespace's on plain servers."""

@@ -273,10 +273,15 @@ class StoreClient:
         """Take the callbacks that arrived since the last request (the instance runs
         this before each batch): a change another instance or the operator made to
         a cached read-heavy object reaches this cache before the batch reads it."""
-        self._notifications()
+        self._notifications(request=False)
 
-    def _notifications(self) -> None:
+    def _notifications(self, request: bool = True) -> None:
         if not self.callback_caches:
+            return
+        if request and getattr(self.backend, "callbacks_per_batch", False):
+            # A backend where taking them is a round trip (Redis: a PING on the pub/sub
+            # connection, a fifth of the LB's time) takes them before each batch only: a
+            # callback is asynchronous, and within a batch nobody else runs in the sim.
             return
         for msg in self.backend.notifications(self.client_id):
             if msg[0] == "update" and self.callbacks:
