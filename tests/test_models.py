@@ -23,7 +23,7 @@ from chc.core.client import (
 )
 from chc.core.state import LocalObject
 from chc.core.store import ObjectKey
-from chc.nf import FLOW, GLOBAL, Access, Counter
+from chc.nf import FLOW, GLOBAL, Access, Counter, Value
 from chc.nfs import NAT
 from chc.packet import Packet, ip_bytes
 from chc.runtime.sim import SimRuntime
@@ -179,6 +179,40 @@ def write_mostly_counter(store):
     decl.name = "hits"
     client = StoreClient(store, "v", 0, "EO+C+NA")
     return client, client.bind(decl, None)
+
+
+class _CountingTakes(MemoryStore):
+    """Counts the client's takes of callbacks (on Redis each is a round trip)."""
+
+    def __init__(self, per_batch: bool) -> None:
+        super().__init__()
+        self.takes = 0
+        self.callbacks_per_batch = per_batch
+
+    def notifications(self, client):
+        self.takes += 1
+        return super().notifications(client)
+
+
+def test_where_a_take_of_callbacks_is_a_round_trip_the_client_takes_them_once_a_batch():
+    """A cached read-heavy object is refreshed by callbacks; on Redis the client took them
+    after every request, each a PING round trip (a fifth of the LB's time): there, only
+    before each batch (poll); elsewhere after every request as before."""
+    decl = Value(GLOBAL, Access.READ_HEAVY)
+    decl.name = "pool"
+    takes = {}
+    for per_batch in (False, True):
+        store = _CountingTakes(per_batch)
+        client = StoreClient(store, "lb", 0, "EO+C+NA", exclusive=False)
+        pool = client.bind(decl, None)
+        assert isinstance(pool, CallbackObject) and pool.get() is None     # subscribed
+        client.poll()                                   # before a batch
+        client.begin_packet(1)
+        client.call(client.op("incr", ObjectKey("lb", "active", 0), (1,)))     # a blocking request
+        client.send(client.op("incr", ObjectKey("lb", "active", 1), (1,)))
+        client.flush()                                  # a non-blocking one
+        takes[per_batch] = store.takes
+    assert takes == {False: 3, True: 1}
 
 
 def test_a_batch_of_increments_is_one_op_per_key():
