@@ -281,7 +281,7 @@ class StoreClient:
         if request and getattr(self.backend, "callbacks_per_batch", False):
             # A backend where taking them is a round trip (Redis: a PING on the pub/sub
             # connection, a fifth of the LB's time) takes them before each batch only: a
-            # callback is asynchronous, and within a batch nobody else runs in the sim.
+            # callback is asynchronous (Table 1); the cache is fresh as of the batch's start.
             return
         for msg in self.backend.notifications(self.client_id):
             if msg[0] == "update" and self.callbacks:
