@@ -7,6 +7,7 @@ log's accounting must be equal.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -265,6 +266,22 @@ def _wait_gone(pids: set[int], timeout: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_each_worker_process_is_named_for_ps(tmp_path):
+    """Every worker's command line is the forkserver's: a user who wanted to kill nat.0 from
+    outside (to try --failover) could not tell the processes apart (a new-user trial)."""
+    proc, pids = _start_cli(tmp_path)
+    try:
+        names = set()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                names.add(Path(f"/proc/{pid}/comm").read_text().strip())
+        assert {"@store", "@root.0", "nat.0", "portscan.0", "lb.0", "trojan.0"} <= names, names
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _wait_gone(pids)
 
 
 def test_cli_worker_killed_exit_1_one_line(tmp_path):

@@ -141,9 +141,14 @@ def _orphaned(fd: int) -> None:
     os._exit(EXIT_ORPHANED)             # the coordinator is gone: nothing to report to
 
 
-def worker_guard() -> Guard:
-    """A worker's guard: it exits when its coordinator (the process that started it) dies."""
+def worker_guard(name: str = "") -> Guard:
+    """A worker's guard: it exits when its coordinator (the process that started it) dies.
+    ``name`` (``nat.0``, ``@root.0#1``, ``@store``) becomes the process's name as ``ps -o
+    comm``, ``top`` and ``pgrep`` show it: every worker's command line is the forkserver's,
+    and a user who wanted to kill one from outside could not tell them apart."""
     import signal
+    if name:
+        _name_process(name)
     # Ctrl-C and SIGTERM are the coordinator's to handle (it drains the run and reports):
     # sent to the whole process group (a terminal, systemd, timeout(1)), a worker gets
     # them too, and one SIGTERM ended mid-run was a failure with no summary.  Workers end
@@ -152,3 +157,10 @@ def worker_guard() -> Guard:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     return Guard([parent.sentinel] if parent is not None else [])
+
+
+def _name_process(name: str) -> None:
+    # prctl(PR_SET_NAME): at most 15 bytes; Linux only (elsewhere, nothing)
+    import ctypes
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)

@@ -53,9 +53,9 @@ log = logging.getLogger("chc.proc")
 
 def main(plan: Plan, vertex: str, restarted: bool = False) -> None:
     """A vertex manager's process; errors reach the coordinator as one line."""
-    guard = worker_guard()
-    ctx = zmq.Context()
     me = manager_name(vertex)
+    guard = worker_guard(me)
+    ctx = zmq.Context()
     coordinator = dealer(ctx, plan.address(COORDINATOR), me)
     try:
         ManagerWorker(plan, ctx, vertex, guard, coordinator, restarted).run()

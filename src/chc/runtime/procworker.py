@@ -513,13 +513,13 @@ def main(plan: Plan, role: str, index: Any, replay: dict | None = None, join: di
     (index: (vertex, i) or, for a failover, (vertex, i, generation) with what it
     replays; ``join``: a scale-out's new instance, the change it joins in).
     Errors reach the coordinator as one line."""
-    guard = worker_guard()
-    ctx = zmq.Context()
     if role == "root":
         r, gen = index if isinstance(index, tuple) else (index, 0)
         me = generation_name(root_name(r), gen)
     else:
         me = generation_name(instance_name(*index[:2]), (index + (0,))[2])
+    guard = worker_guard(me)
+    ctx = zmq.Context()
     coordinator = None
     profile = os.environ.get("CHC_PROC_PROFILE")     # a directory: each worker's cProfile there (docs/proc.md)
     if profile:
@@ -559,7 +559,7 @@ def spare(plan: Plan, vertex: str, i: int) -> None:
     38-113 ms, fork and start-up under load).  It says so, waits, and runs :func:`main`
     with what the coordinator sends when the scale-out comes (the plan as it is then,
     and the change it joins); told ``bye`` first, it ends."""
-    guard = worker_guard()
+    guard = worker_guard(f"spare {instance_name(vertex, i)}")
     ctx = zmq.Context()
     sock = dealer(ctx, plan.address(COORDINATOR), instance_name(vertex, i))
     try:

@@ -183,7 +183,7 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
     ``restore``: a failover store's boot state (on Redis: ``per_flow``, the chain's
     per-flow object names, :class:`CheckpointedRedis`); heartbeats to ``coordinator``
     every ``heartbeat_s`` (:mod:`chc.runtime.procio`)."""
-    guard = worker_guard()
+    guard = worker_guard(me)
     ctx = zmq.Context()
     box = Mailbox(ctx, address, "store server")
     to_coordinator = dealer(ctx, coordinator, me) if coordinator else None
