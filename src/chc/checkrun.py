@@ -327,7 +327,7 @@ def describe(r: dict) -> str:
     lines = [f"seed {r['seed']}: {verdict}  ({r['drawn']}; {r['seconds']:.1f} s)"]
     faults = {k: v for k, v in r["faults"].items() if not k.endswith(".sent") and v}
     if faults:
-        lines.append("    faults: " + ", ".join(f"{k} {v}" for k, v in faults.items()))
+        lines.append("    faults: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in faults.items()))
     if r.get("events"):
         lines.append("    events: " + ", ".join(f"{k} {n}" for k, n in r["events"].items()))
     for name, did in r["breaks"].items():
