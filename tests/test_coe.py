@@ -278,6 +278,21 @@ def test_a_break_with_nothing_to_act_on_is_not_a_pass(capsys, lan_slice, tmp_pat
     assert "PASS" not in text
 
 
+def test_alert_and_order_divergences_read_the_right_way_round():
+    """'reference after clock 12 vs physical clock 10 emitted after clock 12' said the
+    reference put 10 after 12; an alert raised one clock late read as missing only
+    (a new-user trial)."""
+    from chc.coe import _compare_alerts, _compare_order
+    from frames import tcp
+
+    late = _compare_alerts([("trojan", "trojan", "10.0.0.1", 27)], [("trojan", "trojan", "10.0.0.1", 28)])
+    assert str(late[0]) == ("alert trojan on 10.0.0.1 by trojan at clock 27: reference raised vs physical "
+                            "not raised (raised at clock 28 instead)")
+    f = tcp("10.0.0.1", "10.0.0.2", 1000, 80, 0x10)
+    swapped = _compare_order([(12, f), (10, f)])
+    assert str(swapped[0]).endswith("at clock 10: reference before clock 12 vs physical emitted after clock 12")
+
+
 def test_a_truncated_capture_is_checked_as_far_as_it_goes_and_said(capsys, lan_slice, tmp_path):
     """chc check passed a capture cut short with exit 0 and said so nowhere but a warning
     (chc run and serve exit 3, PARTIAL; a new-user trial)."""

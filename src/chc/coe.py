@@ -236,7 +236,7 @@ def _compare_order(phys: list[tuple[int, bytes]]) -> list[Divergence]:
         key = (p.src, p.sport, p.dst, p.dport, p.proto)
         if key in last and c < last[key]:
             return [Divergence("order", f"of flow {_describe(f)}", c,
-                               f"after clock {last[key]}", f"clock {c} emitted after clock {last[key]}")]
+                               f"before clock {last[key]}", f"emitted after clock {last[key]}")]
         last[key] = c
     return []
 
@@ -251,9 +251,12 @@ def _compare_alerts(ref: list[tuple], phys: list[tuple]) -> list[Divergence]:
         return [Divergence("alert", "count", None, len(ref), len(phys))]
     clock, kind, a = min(cands)
     desc = f"{a[1]} on {a[2]} by {a[0]}"
+    # (the same alert at another clock is the likelier story: say so)
+    other = next((b[3] for b in (extra if kind == "missing" else missing) if b[:3] == a[:3]), None)
+    elsewhere = "" if other is None else f" (raised at clock {other} instead)"
     if kind == "missing":
-        return [Divergence("alert", desc, clock, "raised", "not raised")]
-    return [Divergence("alert", desc, clock, "not raised", "raised")]
+        return [Divergence("alert", desc, clock, "raised", "not raised" + elsewhere)]
+    return [Divergence("alert", desc, clock, "not raised" + elsewhere, "raised")]
 
 
 def _compare_state(ref: dict, phys: dict, unordered: set[tuple[str, str]]) -> list[Divergence]:
