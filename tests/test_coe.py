@@ -293,6 +293,14 @@ def test_alert_and_order_divergences_read_the_right_way_round():
     assert str(swapped[0]).endswith("at clock 10: reference before clock 12 vs physical emitted after clock 12")
 
 
+def test_store_divergences_show_addresses_as_addresses():
+    """portscan.contacted[(b'\\n@^\\x8d', b'\\n@Xi')] next to state's ['10.64.88.105'] (a new-user trial)."""
+    from chc.faults import show
+
+    assert show((b"\n@^\x8d", b"\n@Xi")) == "('10.64.94.141', '10.64.88.105')"
+    assert show(b"\n@X\x07") == "'10.64.88.7'" and show(None) == "None" and show(b"xyz") == "b'xyz'"
+
+
 def test_a_truncated_capture_is_checked_as_far_as_it_goes_and_said(capsys, lan_slice, tmp_path):
     """chc check passed a capture cut short with exit 0 and said so nowhere but a warning
     (chc run and serve exit 3, PARTIAL; a new-user trial)."""

@@ -14,13 +14,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from .packet import describe_flow
+from .packet import describe_flow, ip_str
 
 
 def show(v: Any, limit: int = 120) -> str:
-    """A value as a report shows it: a flow key as a flow, the rest by repr, cut at ``limit``."""
-    text = describe_flow(v) if isinstance(v, bytes) else repr(v)
+    """A value as a report shows it: a flow key as a flow, an address as an address (also
+    inside a tuple: the port-scan detector's keys), the rest by repr, cut at ``limit``."""
+    text = _shown(v)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _shown(v: Any) -> str:
+    if isinstance(v, bytes):
+        return repr(ip_str(v)) if len(v) in (4, 16) else describe_flow(v)
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_shown(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    return repr(v)
 
 
 class DropOneUpdate:
