@@ -813,7 +813,9 @@ class SeedResult:
                 "faults": r.network, "events": r.events, "breaks": self.breaks, "store_steps": r.steps,
                 "unrecoverable": r.unrecoverable,
                 "first_divergence": str(r.first) if r.first else None,
-                "divergences": [str(d) for d in r.divergences], "notes": r.notes[:5]}
+                "divergences": [str(d) for d in r.divergences],
+                "divergence_kinds": [d.what for d in r.divergences],     # output, order, alert, state, store, log
+                "notes": r.notes[:5]}
 
 
 def physical_runtime(chain: Chain, scenario: Any, v: Variant, n_packets: int, obs: Observers,
