@@ -885,14 +885,15 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
     if "naive-move" in breaks and not events and not managed:
         return ("--break naive-move needs a scenario with scaling events (scale-out, scale-in, move, refine) "
                 "or a chain with a scaling: policy")
-    if events:
-        other = sorted({e.action for e in events} - set(procscale.ACTIONS))
-        if other:
-            return (f"check --runtime proc: the scenario has {other[0]} events; the proc runtime runs "
-                    f"{', '.join(procscale.ACTIONS)} (docs/proc.md); use --runtime sim")
-    if scenario.network:
-        return ("check --runtime proc: the scenario's network: faults are simulated links of the sim "
-                "runtime; use --runtime sim")
+    other = sorted({e.action for e in events} - set(procscale.ACTIONS))
+    if other or scenario.network:
+        # every reason at once (a user fixing one met the next), and the proc way to crash
+        why = ([f"{', '.join(other)} events"] if other else []) + (
+            ["network: faults (simulated links)"] if scenario.network else [])
+        crash = (" (processes crash for real with --kill VERTEX[I]@N or --kill random)"
+                 if "crash" in other else "")
+        return (f"check --runtime proc: the scenario has {' and '.join(why)}; the proc runtime runs "
+                f"{', '.join(procscale.ACTIONS)} events (docs/proc.md){crash}; use --runtime sim")
     other = [b for b in breaks if b not in PROC_BREAKS]
     if other:
         return f"--break {other[0]} is for --runtime sim (with --runtime proc: {', '.join(PROC_BREAKS)})"
