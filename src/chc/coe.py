@@ -1012,6 +1012,8 @@ def _kill_faults(kill: str, failovers: list[dict], events: list[dict]) -> dict:
         return {"not_killed": skipped} if skipped else {"killed": restarted} if restarted else \
             {"killed": f"{kill}, after the instances had finished (nothing to recover)"}
     return {"killed": "; ".join(f"{e['process']} at input packet {e.get('killed_at_packet')}"
+                                + (f" (asked at {e['kill_asked_at']}: kills land between input batches)"
+                                   if e.get("kill_asked_at") is not None else "")
                                 + (f" during change {e['during_change']}" if e.get("during_change") else "")
                                 for e in failovers),
             "failover": "; ".join(
