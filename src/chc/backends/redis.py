@@ -1211,7 +1211,9 @@ class RedisStore:
         """Apply ``ops`` in order: one ``chc_batch`` call per server touched, sent to every
         server before any reply is read (one round trip); return their results.  An op
         the client sends again (go-back-N) whose own non-blocking request was answered
-        meanwhile, and applied, is not sent a second time: its result is None."""
+        meanwhile, and applied, is not sent a second time: its result is None (the
+        callers read only their fresh ops' results; a wrapper that logs replies, the
+        recovery WAL, is never put around a store whose client submits)."""
         self.round_trips += 1
         if self.down:
             raise StoreUnavailable(f"{self.urls[0]}: crashed")
