@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -56,22 +55,10 @@ def require_redis_server() -> str:
     return path
 
 
-def _free_port(bus: bool = False) -> int:
-    """A free port; ``bus``: one whose cluster bus port (+10000) is free too (a cluster
-    node whose bus port was taken exited at start: a CI run's one error)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not bus:
-            return port
-        if port + 10000 <= 65535:
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port + 10000))
-                    return port
-                except OSError:
-                    pass
+def _free_port() -> int:
+    """A free port for a private server (below the ephemeral range: chc.bench.stores)."""
+    from chc.bench.stores import free_ports
+    return free_ports(1)[0]
 
 
 class RedisProcess:
@@ -178,7 +165,7 @@ class RedisCluster:
     """A private Redis Cluster of ``n`` primaries on loopback (no replicas)."""
 
     def __init__(self, binary: str, directory: Path, n: int = CLUSTER_NODES, password: str | None = None) -> None:
-        from chc.bench.stores import cluster_options
+        from chc.bench.stores import cluster_options, free_ports
 
         self.cli = shutil.which("redis-cli")
         if self.cli is None:
@@ -188,9 +175,12 @@ class RedisCluster:
         auth = ["--requirepass", password, "--masterauth", password] if password else []
         self.nodes = [RedisProcess(binary, directory / f"n{i}", client={"password": password} if password else None)
                       for i in range(n)]
-        for node in self.nodes:
-            node.port = _free_port(bus=True)
-            node.extra = [*cluster_options(node.port), *auth]
+        # every node's port and bus port distinct, and none an outgoing connection may take
+        # (a node whose bus port was taken meanwhile exited at start: CI runs' one error)
+        ports = free_ports(2 * n)
+        for node, port, bus in zip(self.nodes, ports[:n], ports[n:], strict=True):
+            node.port = port
+            node.extra = [*cluster_options(port, bus), *auth]
 
     @property
     def url(self) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -68,18 +69,40 @@ def redis_server_binary() -> str | None:
     return None
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free now, below the ephemeral range (a port taken from
+    it, from a bind to port 0, was taken again by an outgoing connection before the server
+    that was to listen there started: a private cluster node exited, a CI run's error)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = rng.randrange(10000, max(low, 10001))
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
-def cluster_options(port: int) -> list[str]:
-    """redis-server options of a node of a private Redis Cluster: its bus on another free port
-    (by default port + 10000, beyond 65535 for many free ports), node timeout 2 s (a node that
-    goes away is noticed soon)."""
+def cluster_options(port: int, bus: int | None = None) -> list[str]:
+    """redis-server options of a node of a private Redis Cluster: its bus on ``bus`` (else
+    another free port: by default port + 10000, beyond 65535 for many free ports), node
+    timeout 2 s (a node that goes away is noticed soon)."""
     return ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-            "--cluster-port", str(_free_port()), "--cluster-node-timeout", "2000"]
+            "--cluster-port", str(bus or _free_port()), "--cluster-node-timeout", "2000"]
 
 
 def form_cluster(cli: str, ports: list[int], timeout: float = 30.0, password: str | None = None) -> None:
