@@ -344,6 +344,16 @@ def test_store_killed_mid_run_under_proc_is_named_not_a_hung_worker(dedicated_re
     assert "silent" not in err and "unreachable" in err and "cannot continue" in err, err
 
 
+def test_a_failed_seed_on_a_healthy_cluster_is_not_called_an_outage(redis_cluster):
+    """The probe of a seed's store opened redis-cluster:// URLs as one plain server, which
+    refused them, so a StoreLost seed on a healthy cluster stopped the check as an outage."""
+    from types import SimpleNamespace
+
+    from chc.checkrun import _store_gone
+
+    _store_gone(SimpleNamespace(store=redis_cluster.url), 3, "StoreLost: redis-cluster://...: gave up")
+
+
 @pytest.mark.parametrize("outage", ["kill", "flush"])
 def test_a_check_whose_redis_goes_away_stops_in_one_line(dedicated_redis, tmp_path, outage):
     """A seed that failed because Redis went away (or lost its state) was reported as a

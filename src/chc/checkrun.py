@@ -139,13 +139,14 @@ def _store_gone(v: Any, seed: int, failure: str) -> None:
     kept no lost state is the seed's own failure."""
     if v.store == "memory" or not any(s in failure for s in _LOST):
         return
-    from .backends.redis import RedisStore, redact
+    from .backends.redis import redact
     where = f"{redact(v.store)}: the Redis server"
     if "lost this run's state" in failure:
         raise ValueError(f"{where} lost seed {seed}'s state during its run (restarted empty or flushed); "
                          "the check stops: a store outage is no verdict on the chain")
     try:
-        probe = RedisStore(v.store, attempts=2, backoff=0.05, lease=False)
+        # (open_store: a redis-cluster:// URL too; not fresh: it takes no lease, deletes nothing)
+        probe = open_store(v.store, fresh=False, attempts=2, backoff=0.05)
     except StoreError as exc:
         gone = str(exc)
     else:
