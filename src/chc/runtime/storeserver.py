@@ -630,7 +630,7 @@ def recorded_steps(serial: list[bytes], recorder: Any) -> dict[str, list[int]]:
     store server shipped, in its order; return, per root process, the recorder's
     position at each of its commit pulls."""
     at: list[int] = []          # the recorder's position before each frame
-    pulls: dict[str, list[tuple[int | None, int]]] = {}     # root process -> (request id, position)
+    pulls: dict[str, list[tuple[int, int]]] = {}     # root process -> (request id, position)
     for frame in serial:
         at.append(recorder.position)
         _, body = decode(frame)
@@ -638,10 +638,9 @@ def recorded_steps(serial: list[bytes], recorder: Any) -> dict[str, list[int]]:
             # (a pull sent again to a failover store, its reply lost with the failed one, is
             # the same pull: the root counted it once; its answer is the later one)
             mine = pulls.setdefault(body[1], [])
-            if len(body) > 2 and (mine and mine[-1][0] == body[2]):
-                mine[-1] = (body[2], recorder.position)
-            else:
-                mine.append((body[2] if len(body) > 2 else None, recorder.position))
+            if mine and mine[-1][0] == body[2]:
+                mine.pop()
+            mine.append((body[2], recorder.position))
         elif body[0] == "execute":
             recorder.request(rows_ops(body[1]), body[2], body[3])
         elif body[0] == "recover":      # §5.4 a failover store's history (chc.runtime.procstore)
