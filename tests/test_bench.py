@@ -75,7 +75,7 @@ def _check_store(res: dict) -> None:
     assert se["key_bytes"] == 16 and se["value_bits"] == 64
     assert {"engine", "memory"} <= set(se["backends"])
     for d in se["backends"].values():
-        for kind in ("get", "set", "incr", "incr_chc"):
+        for kind in ("get", "set", "incr", "incr_chc", "incr_chc_nb"):
             assert _number(d[kind]) and d[kind] > 0
 
 
