@@ -214,6 +214,7 @@ def test_serve_in_a_loop_for_a_duration_with_metrics(tmp_path, serves):
     assert code == 0, err
     data = json.loads(summary.read_text())
     assert data["capture"]["replay"]["stopped_by"] == "duration"
+    assert out.rstrip().splitlines()[-1] == "stopped by --duration 4 s"
     assert data["capture"]["replay"]["passes"] >= 2 and data["packets_in"] > 1242
     # Looping the same scan: its scanner is flagged once; its later probes are dropped.
     assert [(a["kind"], a["host"]) for a in data["alerts"]] == [("portscan", "10.99.0.1")]
@@ -243,6 +244,7 @@ def test_a_signal_stops_drains_and_writes_the_summary(tmp_path, serves, sig, cod
     assert "Traceback" not in err
     data = json.loads(summary.read_text())
     assert data["capture"]["replay"]["stopped_by"] == why
+    assert out.rstrip().splitlines()[-1].startswith("stopped by " + ("SIGTERM" if why == "terminate" else "Ctrl-C"))
     assert data["packets_in"] > 0
     # Drained: every packet that entered left or was dropped, and the roots' logs are empty.
     assert data["log"]["remaining"] == 0 and data["log"]["logged"] == data["log"]["deleted"]

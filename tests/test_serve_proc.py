@@ -121,6 +121,7 @@ def test_a_signal_stops_a_proc_serve_drains_it_and_leaves_no_process(tmp_path, s
     assert "Traceback" not in err
     data = json.loads(summary.read_text())
     assert data["capture"]["replay"]["stopped_by"] == why and data["packets_in"] > 0
+    assert out.rstrip().splitlines()[-1].startswith("stopped by " + ("SIGTERM" if why == "terminate" else "Ctrl-C"))
     assert data["log"]["remaining"] == 0 and data["packets_in"] == data["packets_out"] + data["dropped"]
     deadline = time.monotonic() + 10
     while any(os.path.exists(f"/proc/{pid}") for pid in workers) and time.monotonic() < deadline:

@@ -559,10 +559,21 @@ def _report(opts: Options, rt: Any, capture: dict[str, Any], write_json: Callabl
     if opts.state_json:
         write_json(opts.state_json, canonical(rt.logical_state()))
     if not opts.quiet:
-        print("\n".join([summary.render(), *lines]))
+        print("\n".join([summary.render(), *lines, f"stopped by {_stopped_by(opts, stopped_by)}"]))
     if stopped_by == "interrupt":
         return EXIT_INTERRUPTED
     return EXIT_PARTIAL if capture.get("truncated") else 0     # (as chc run's)
+
+
+def _stopped_by(opts: Options, why: str | None) -> str:
+    """The summary's last line: what ended the server (the JSON's ``capture.*.stopped_by``)."""
+    if why == "duration":
+        return f"--duration {opts.duration:g} s"
+    if why == "count":
+        return f"-c {opts.count:,} packets"
+    return {"interrupt": "Ctrl-C (SIGINT): input stopped, queues drained",
+            "terminate": "SIGTERM: input stopped, queues drained",
+            "end": "the end of its input"}.get(why or "", why or "an error")
 
 
 def _serve_proc(opts: Options, rt: Any, write_json: Callable[[str, Any], None]) -> int:
