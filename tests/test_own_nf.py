@@ -90,6 +90,51 @@ def test_an_nf_of_ones_own_beside_the_spec_runs_on_sim_and_proc(tmp_path, ref):
         assert proc[key] == sim[key], key
 
 
+HOST_OP = textwrap.dedent('''
+    import dataclasses
+    from chc.nf import NF, SRC_IP, FLOW, Access, Value, value_op
+    from chc.packet import ip_str
+
+    @value_op("host_add_mine", lua="local p, b = 0, 0\\nif value then p, b = value[1], value[2] end\\n"
+                                    "return {p + 1, b + args[1]}, p + 1")
+    def host_add(value, size):
+        p, b = value if value is not None else (0, 0)
+        return (p + 1, b + size), p + 1
+
+    @dataclasses.dataclass
+    class Config:
+        limit: int = 100
+
+    class HostOp(NF):
+        kind = "hostop"
+        Config = Config
+        host = Value(SRC_IP, Access.READ_WRITE, doc="(packets, bytes) per source host")
+
+        @classmethod
+        def partition_scope(cls):
+            return FLOW
+
+        def process(self, pkt, ctx):
+            if self.host.apply("host_add_mine", len(pkt.data), key=pkt.src) == self.config.limit:
+                ctx.alert("host-packets", ip_str(pkt.src))
+            return pkt
+''')
+
+
+@pytest.mark.parametrize("store", ["", "redis"])
+def test_an_own_value_operation_runs_in_the_proc_runtimes_store_server(tmp_path, request, store):
+    """§4.3 custom operations: the store server (a process of its own) imports the chain's
+    NF modules, or it knew none of their value operations and refused every one."""
+    (tmp_path / "hostop_mine.py").write_text(HOST_OP)
+    spec = _spec(tmp_path, "hostop_mine.py:HostOp")
+    where = ("--store", request.getfixturevalue("redis_urls")[0]) if store else ()
+    sim = _run(spec, tmp_path)
+    proc = _run(spec, tmp_path, "--runtime", "proc", *where)
+    assert sim["alerts"] and not sim["nf_errors"] and sim["vertices"]["heavy"]["nf"] == "hostop"
+    for key in ("state_digest", "packets_in", "packets_out", "alerts"):
+        assert proc[key] == sim[key], key
+
+
 @pytest.mark.parametrize("ref, says", [
     ("heavy", "unknown NF 'heavy' (known: lb, nat, pass, portscan, trojan; or your own: "
               "module:Class or path/to/file.py:Class)"),

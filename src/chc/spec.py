@@ -93,6 +93,12 @@ class Chain:
     def entry(self) -> str:
         return self.entries[0]
 
+    def nf_modules(self) -> tuple[str, ...]:
+        """The modules of the operators' own NFs (a process that runs their value
+        operations, the proc runtime's store server, imports them too)."""
+        return tuple(sorted({v.nf.__module__ for v in self.vertices.values()
+                             if not v.nf.__module__.startswith("chc.")}))
+
     def without_scaling(self) -> Chain:
         """A copy whose vertices have no vertex-manager policy (fixed size)."""
         return dataclasses.replace(self, vertices={n: dataclasses.replace(v, scaling=None)

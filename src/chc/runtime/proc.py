@@ -339,7 +339,8 @@ class ProcRuntime:
                                                         plan.address(COORDINATOR), plan.heartbeat_s,
                                                         plan.directory, plan.checkpoint_s, name, restore,
                                                         self._redis_spec if self.fronted else None,
-                                                        per_flow_objects(plan.chain) if self.fronted else None))
+                                                        per_flow_objects(plan.chain) if self.fronted else None,
+                                                        plan.chain.nf_modules()))
 
     def _join(self, name: str, args: tuple) -> bool:
         """§5.1 a scale-out's new instance process, its warm spare if it has one up (then

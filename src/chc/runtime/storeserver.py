@@ -49,6 +49,7 @@ process talks to Redis directly.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import resource
@@ -174,7 +175,7 @@ class Failover:
 def serve(address: str, record: bool = False, recover: bool = False, coordinator: str = "",
           heartbeat_s: float = 0.0, directory: str = "", checkpoint_s: float = 0.0,
           me: str = STORE, restore: str = "", redis: tuple | None = None,
-          per_flow: frozenset | None = None) -> None:
+          per_flow: frozenset | None = None, modules: tuple[str, ...] = ()) -> None:
     """Serve a fresh memory store at ``address`` until a ``stop`` call (a process of its own),
     or with ``redis`` (URLs, namespace, TLS options) the run's Redis store, in front of it;
     ``record``: write the serialization for the COE checker to the run's ``directory``
@@ -182,8 +183,12 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
     ``checkpoint_s``: checkpoints for store failover (:mod:`chc.runtime.procstore`),
     ``restore``: a failover store's boot state (on Redis: ``per_flow``, the chain's
     per-flow object names, :class:`CheckpointedRedis`); heartbeats to ``coordinator``
-    every ``heartbeat_s`` (:mod:`chc.runtime.procio`)."""
+    every ``heartbeat_s`` (:mod:`chc.runtime.procio`); ``modules``: the operators' NF
+    modules, imported first: the value operations they register (``chc.nf.value_op``)
+    are run by the store (§4.3), which knew none of them (every op refused)."""
     guard = worker_guard(me)
+    for name in modules:
+        importlib.import_module(name)
     ctx = zmq.Context()
     box = Mailbox(ctx, address, "store server")
     to_coordinator = dealer(ctx, coordinator, me) if coordinator else None
