@@ -48,6 +48,35 @@ def test_without_ray_runtime_ray_is_one_line_exit_2(monkeypatch, capsys):
     assert rc == 2 and "\n" not in err and ".[ray]" in err
 
 
+@needs_ray
+def test_a_ray_address_with_nothing_there_is_one_line_at_once(capsys):
+    import socket
+    with socket.socket() as s:              # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    rc = main(["run", "--runtime", "ray", "--ray-address", f"127.0.0.1:{port}", str(PAPER), str(LAN), "-c", "10",
+               "-q", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.count("\n") == 0 and "cannot connect to Ray at" in err and "refused" in err
+    assert time.monotonic() - t0 < 30       # (ray.init alone retried for over five minutes)
+
+
+def test_placement_rings_instances_and_sends_failovers_to_the_next_node():
+    nodes = {"n1": {"Resources": {"node-b": 1}}, "n2": {"Resources": {}}, "home": {"Resources": {"node-a": 1}}}
+    ring, starts = procray.placement(["nat.0", "nat.1", "lb.0", "lb.1"], nodes, "home", {"lb.1": "node-a"})
+    assert ring == ["n1", "n2", "home"]                     # the coordinator's node last
+    assert starts == {"nat.0": 0, "nat.1": 1, "lb.0": 2, "lb.1": 2}
+    plan = Plan("", load_spec(str(PAPER)), MODEL, 256, (), host="10.0.0.9", base_port=30000,
+                ring=("10.0.0.1", "10.0.0.2", "10.0.0.9"), starts={"nat.0": 0})
+    assert plan.address("nat.0").startswith("tcp://10.0.0.1:")
+    assert plan.address("nat.0#1").startswith("tcp://10.0.0.2:")         # a failover: the next node
+    assert plan.address("nat.0#3").startswith("tcp://10.0.0.1:")         # round the ring
+    assert plan.address("@root.0").startswith("tcp://10.0.0.9:")         # the coordinator's node
+    with pytest.raises(procray.ProcFailure, match="no alive node has the resource 'node-x'"):
+        procray.placement(["nat.0"], nodes, "home", {"nat.0": "node-x"})
+
+
 def test_tcp_mailboxes_get_distinct_ports_per_generation():
     plan = Plan("", load_spec(str(PAPER)), MODEL, 256, (), host="127.0.0.1", base_port=30000)
     names = plan.mailboxes()
@@ -66,7 +95,8 @@ def cluster():
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
                                                       "resources": {"node-a": 100}})
     try:
-        b = c.add_node(num_cpus=1, node_ip_address="127.0.0.1", resources={"node-b": 100})
+        # Node b on another loopback address: its workers bind there, as on another machine.
+        b = c.add_node(num_cpus=1, node_ip_address="127.0.0.2", resources={"node-b": 100})
         c.wait_for_nodes()
         ray.init(address=c.address, _node_ip_address="127.0.0.1", logging_level="ERROR")
         ids = {n["Resources"].get("node-a") and "a" or "b": n["NodeID"] for n in ray.nodes() if n["Alive"]}
@@ -133,7 +163,20 @@ def test_ray_run_matches_sim_spread_over_both_nodes(cluster, mixed):
     assert set(instances.values()) == {ids["a"], ids["b"]}
     assert instances["trojan.0"] == ids["b"]                        # the pin
     assert rt.placement["@root.0"] == rt.placement["@store"] == ids["a"]   # the coordinator's node
+    _mailboxes_on_their_nodes(rt, ids)
     _nothing_left(rt)
+
+
+NODE_IPS = {"a": "127.0.0.1", "b": "127.0.0.2"}
+
+
+def _mailboxes_on_their_nodes(rt, ids) -> None:
+    """Every worker's mailbox is at the address of the node its actor ran on (on other
+    machines, a mailbox elsewhere would be unreachable; here every loopback address works)."""
+    ip = {ids[k]: v for k, v in NODE_IPS.items()}
+    assert {name: rt.plan.host_of(name) for name in rt.placement} == \
+        {name: ip[node] for name, node in rt.placement.items()}
+    assert "127.0.0.2" in {rt.plan.host_of(name) for name in rt.placement}
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +293,7 @@ def test_removing_the_node_of_an_instance_fails_it_over(cluster, lan, lan_sim):
     assert removed
     _failed_over(rt.summary(), lan_sim, "portscan")
     assert rt.placement["portscan.0"] == ids["b"] and rt.placement["portscan.0#1"] == ids["a"]
+    _mailboxes_on_their_nodes(rt, ids)
     _nothing_left(rt)
 
 

@@ -12,12 +12,17 @@ runs inside its own Ray actor: the actor's process *is* the worker's process,
 its one call (``run``) is the worker's main loop, and it returns when the
 worker ends.  Packets never go through Ray (an actor call costs about 0.27 ms):
 ZeroMQ carries them as in ``proc``, over ``tcp://`` (the nodes need not share
-a filesystem for ``ipc://``), each mailbox at a port every worker derives from
-the plan (:meth:`~chc.runtime.procworker.Plan.slot`).  Roots and the store
-server run on the coordinator's node (they are not failed over yet, and they
-talk to it most); NF instances are spread over the cluster's alive nodes in
-turn, or pinned with ``--ray-pin VERTEX[I]=RESOURCE`` to a node that has that
-custom resource (its failover, after a failure, goes to an alive node in turn).
+a filesystem for ``ipc://``), each mailbox at an address every worker derives
+from the plan (:meth:`~chc.runtime.procworker.Plan.address`): its node's address
+(Ray's ``NodeManagerAddress``, the one given to ``ray start --node-ip-address``)
+and a port (:meth:`~chc.runtime.procworker.Plan.slot`).  So placement is decided
+before anything starts (:func:`placement`): roots, the store server and the vertex
+managers on the coordinator's node (they talk to it most); NF instances spread over
+the alive nodes in turn (the coordinator's last), or pinned with ``--ray-pin
+VERTEX[I]=RESOURCE`` to a node that has that custom resource; an instance's k-th
+failover on the k-th next node of that ring (another machine when there is one).
+Each actor is placed on its node with hard node affinity: a node that is gone
+when a failover is due there stops the run with one line.
 
 Failures.  Actors are created with ``max_restarts=0`` and their call with
 ``max_task_retries=0``: Ray restarts nothing; CHC's recovery decides.  The
@@ -47,7 +52,7 @@ from typing import Any
 
 from .errors import ProcFailure
 from .proc import ProcRuntime
-from .procworker import Plan
+from .procworker import Plan, on_ring
 
 # Ray reads this at import; a node must not bind the machine's other address (docs/proc.md).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -59,7 +64,7 @@ except ImportError:         # the [ray] extra: chc run --runtime ray says so (ex
     ray = None
 
 EXTRA = "--runtime ray needs Ray: pip install -e '.[ray]'"
-HOST = "127.0.0.1"          # every node on loopback (docs/proc.md: one machine, several Ray nodes)
+HOST = "127.0.0.1"          # this machine's default: every node on loopback (docs/proc.md)
 GENERATIONS = 4             # port blocks checked free: the workers and 3 failover generations
 
 
@@ -92,13 +97,10 @@ class RayProcess:
     """A worker in a Ray actor, as :class:`multiprocessing.Process` looks to the
     coordinator: ``start``, ``sentinel``, ``join``, ``is_alive``, ``kill``, ``pid``."""
 
-    def __init__(self, watcher: _Watcher, name: str, node: str | None, resource: str | None,
-                 target: Callable, args: tuple, soft: bool = False) -> None:
+    def __init__(self, watcher: _Watcher, name: str, node: str, target: Callable, args: tuple) -> None:
         self.name = name
-        self._soft = soft
         self._watcher = watcher
         self._node = node
-        self._resource = resource
         self._target, self._args = target, args
         self.exitcode: int | None = None
         self.how = "is running"
@@ -108,10 +110,8 @@ class RayProcess:
     def start(self) -> None:
         opts: dict[str, Any] = {"num_cpus": 0, "max_restarts": 0, "max_task_retries": 0,
                                 "name": None}
-        if self._resource is not None:
-            opts["resources"] = {self._resource: 0.001}
-        elif self._node is not None:
-            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self._node, soft=self._soft)
+        # Hard: the worker's mailbox is at its node's address (Plan.address).
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self._node, soft=False)
         self.actor = _host_class().options(**opts).remote()
         self._where = self.actor.node.remote()          # runs first: the actor's node and pid
         self.ref = self.actor.run.remote(self._target, self._args)
@@ -191,36 +191,28 @@ def _outcome(ref: Any) -> tuple[str, int]:
 
 
 class RayContext:
-    """What :meth:`ProcRuntime._launch` starts workers with: ``Process(target, args, name)``."""
+    """What :meth:`ProcRuntime._launch` starts workers with: ``Process(target, args, name)``,
+    each on the node :func:`placement` chose for it."""
 
-    def __init__(self, home: str, pins: dict[str, str]) -> None:
-        self.home = home                # the coordinator's node: roots and the store server
-        self.pins = pins                # logical instance -> custom resource
+    def __init__(self, home: str, ring: list[str], starts: dict[str, int]) -> None:
+        self.home = home                # the coordinator's node: roots, store server, managers
+        self.ring = ring                # node ids, aligned with Plan.ring
+        self.starts = starts
         self.watcher = _Watcher()
         self.started: list[RayProcess] = []
-        self._turn = 0
+
+    def node_of(self, worker: str) -> str:
+        return on_ring(worker, self.starts, self.ring) or self.home
 
     def Process(self, target: Callable, args: tuple, name: str, daemon: bool = True) -> RayProcess:  # noqa: N802
         worker = name.removeprefix("chc ")
-        # A pin places the instance's first process; a failover goes where nodes are alive
-        # (the pinned node may be the one that failed).
-        resource = self.pins.get(worker)
-        node = None
-        if resource is None:
-            node = self.home if worker.startswith("@") else self._next_node()
-        # A failover may be sent to a node Ray still lists as alive but is going away
-        # (the one that failed): soft, so Ray places it on another node then.
-        p = RayProcess(self.watcher, worker, node, resource, target, args, soft="#" in worker)
+        node = self.node_of(worker)
+        if node not in _alive():
+            raise ProcFailure(f"ray runtime: {worker} is placed on node {node[:12]}, which is gone "
+                              "(an instance's failovers go round the nodes alive at the start)")
+        p = RayProcess(self.watcher, worker, node, target, args)
         self.started.append(p)
         return p
-
-    def _next_node(self) -> str:
-        """NF instances in turn over the alive nodes (sorted, the coordinator's last)."""
-        nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-        nodes.sort(key=lambda n: n == self.home)
-        node = nodes[self._turn % len(nodes)]
-        self._turn += 1
-        return node
 
     def close(self) -> None:
         for p in self.started:
@@ -229,6 +221,63 @@ class RayContext:
         for p in self.started:
             p.join(10)
         self.watcher.close()
+
+
+def _alive() -> dict[str, dict]:
+    return {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+
+
+def placement(instances: list[str], nodes: dict[str, dict], home: str,
+              pins: dict[str, str]) -> tuple[list[str], dict[str, int]]:
+    """Where NF instances run (module doc): the ring of alive node ids (sorted, the
+    coordinator's ``home`` last) and each instance's index in it.  ``nodes`` are Ray's
+    node records by id; ``pins`` maps an instance to a custom resource its node has."""
+    ring = sorted(nodes, key=lambda n: (n == home, n))
+    starts, turn = {}, 0
+    for name in instances:
+        resource = pins.get(name)
+        if resource is None:
+            starts[name] = turn % len(ring)
+            turn += 1
+            continue
+        having = [i for i, n in enumerate(ring) if nodes[n].get("Resources", {}).get(resource, 0) > 0]
+        if not having:
+            raise ProcFailure(f"ray runtime: --ray-pin {name}: no alive node has the resource {resource!r}")
+        starts[name] = having[0]
+    return ring, starts
+
+
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A ``HOST:PORT`` with nothing listening is one line now: ``ray.init`` retried it for
+    over five minutes (measured) before it gave up."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return                              # auto, or a form ray.init judges itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout_s).close()
+    except OSError as exc:
+        raise ProcFailure(f"ray runtime: cannot connect to Ray at {address!r}: {exc.strerror or exc} "
+                          "(is a Ray head node running there? ray start --head)") from None
+
+
+def _node_ip(address: str) -> str:
+    """This machine's address towards the cluster's head (what the driver gives Ray as its
+    node's address): the source address the kernel picks for a UDP socket connected there
+    (no packet is sent).  ``auto`` reads the running cluster's address; loopback when
+    unknown (this machine's rule: no node binds another address)."""
+    if address in ("", "auto"):
+        try:        # (a private helper of Ray's: what ray.init does with "auto")
+            from ray._private.services import canonicalize_bootstrap_address_or_die
+            address = canonicalize_bootstrap_address_or_die("auto")
+        except Exception:   # noqa: BLE001 - no cluster running: ray.init says so
+            return HOST
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return HOST
 
 
 class RayRuntime(ProcRuntime):
@@ -248,19 +297,32 @@ class RayRuntime(ProcRuntime):
         self.rayctx: RayContext | None = None
 
     def _address(self, plan: Plan) -> None:
-        plan.host = HOST
-        plan.base_port = _free_ports(len(plan.mailboxes()) * GENERATIONS)
+        """Placement (module doc), decided before anything starts: every worker derives
+        every mailbox's address from the plan."""
+        self._connect()
+        nodes, home = _alive(), ray.get_runtime_context().get_node_id()
+        instances = [n for n in plan.mailboxes() if not n.startswith("@")]
+        ring, starts = placement(instances, nodes, home, self.pins)
+        plan.host = nodes[home]["NodeManagerAddress"]
+        plan.ring = tuple(nodes[n]["NodeManagerAddress"] for n in ring)
+        plan.starts = starts
+        plan.base_port = _free_ports(plan.host, len(plan.mailboxes()) * GENERATIONS)
+        self.rayctx = RayContext(home, ring, starts)
+
+    def _connect(self) -> None:
+        if ray.is_initialized():
+            return
+        _reachable(self.address)
+        try:
+            ray.init(address=self.address, _node_ip_address=_node_ip(self.address), logging_level="ERROR",
+                     log_to_driver=True, configure_logging=True)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ProcFailure(f"ray runtime: cannot connect to Ray at {self.address!r}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        self._owns_ray = True
 
     def _context(self) -> RayContext:
-        if not ray.is_initialized():
-            try:
-                ray.init(address=self.address, _node_ip_address=HOST, logging_level="ERROR",
-                         log_to_driver=True, configure_logging=True)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ProcFailure(f"ray runtime: cannot connect to Ray at {self.address!r}: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-            self._owns_ray = True
-        self.rayctx = RayContext(ray.get_runtime_context().get_node_id(), self.pins)
+        assert self.rayctx is not None      # (made by _address, which runs first)
         return self.rayctx
 
     def _stop(self) -> None:
@@ -296,8 +358,8 @@ def _ephemeral_low(default: int = 32768) -> int:
         return default
 
 
-def _free_ports(n: int, tries: int = 50) -> int:
-    """A base port with ``n`` consecutive ports free on :data:`HOST` now, below the
+def _free_ports(host: str, n: int, tries: int = 50) -> int:
+    """A base port with ``n`` consecutive ports free on ``host`` (this machine's) now, below the
     ephemeral range: a block in it was free when checked, but every connection the run
     opens (ZeroMQ's, Ray's) takes a local port from that range, and a failover's mailbox,
     bound later, then found its port taken ("Address already in use", seen in the tests)."""
@@ -310,11 +372,11 @@ def _free_ports(n: int, tries: int = 50) -> int:
             for port in range(base, base + n):
                 s = socket.socket()
                 socks.append(s)
-                s.bind((HOST, port))
+                s.bind((host, port))
             return base
         except OSError:
             continue
         finally:
             for s in socks:
                 s.close()
-    raise ProcFailure(f"ray runtime: no {n} consecutive free ports on {HOST}")
+    raise ProcFailure(f"ray runtime: no {n} consecutive free ports on {host}")

@@ -80,6 +80,7 @@ import resource
 import time
 import traceback
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
@@ -137,6 +138,14 @@ def instance_name(vertex: str, i: int) -> str:
 MANAGER = "@manager."            # the vertex manager processes' names begin so
 
 
+def on_ring(name: str, starts: dict[str, int], ring: Sequence[str]) -> str | None:
+    """The node of worker ``name`` (an instance's generation g: ``g`` places after its
+    start in ``ring``), or None for one placed on the coordinator's node (not in ``starts``)."""
+    base, _, gen = name.partition(GENERATION.decode())
+    start = starts.get(base)
+    return None if start is None else ring[(start + int(gen or 0)) % len(ring)]
+
+
 def manager_name(vertex: str) -> str:
     """The vertex manager process of ``vertex`` (:mod:`chc.runtime.procmanager`)."""
     return MANAGER + vertex
@@ -178,10 +187,15 @@ class Plan:
     recover: bool = False
     replay: bool = True             # off only for --break no-replay (a test's)
     # tcp:// instead of ipc:// (--runtime ray, docs/proc.md): mailbox ``name`` is at
-    # ``host:base_port + slot(name)``, a port every worker derives from the plan alone,
-    # so a failover generation's port is known to its upstreams without being told.
+    # ``host_of(name):base_port + slot(name)``, an address every worker derives from the
+    # plan alone, so a failover generation's is known to its upstreams without being told.
+    # ``host`` is the coordinator's node (roots, store server, managers: names with "@");
+    # an NF instance's generation g runs on node ``ring[(starts[instance] + g) % len(ring)]``
+    # (a failover on the next node of the ring: another machine when there is one).
     host: str = ""
     base_port: int = 0
+    ring: tuple[str, ...] = ()
+    starts: dict = dataclasses.field(default_factory=dict)
     heartbeat_s: float = 0.5        # a worker's heartbeats to the coordinator (procio; 0: none)
     # §5.4 store-server failover (chc.runtime.procstore): the store server's checkpoint
     # interval (0: none), every instance's write-ahead log, the roots' commit dedup.
@@ -207,8 +221,12 @@ class Plan:
 
     def address(self, name: str) -> str:
         if self.base_port:
-            return tcp_endpoint(self.host, self.base_port + self.slot(name))
+            return tcp_endpoint(self.host_of(name), self.base_port + self.slot(name))
         return endpoint(self.directory, name)
+
+    def host_of(self, name: str) -> str:
+        """The address of the node mailbox ``name`` is on (tcp://: see ``ring``)."""
+        return on_ring(name, self.starts, self.ring) or self.host
 
     def mailboxes(self) -> list[str]:
         """Every mailbox of generation 0: coordinator, store, roots (reports and input), instances,
