@@ -644,3 +644,60 @@ def test_refined_portscans_count_a_first_contact_once(tmp_path):
         assert res.result.physical.summary.vertices["portscan"]["scope"] == "5-tuple"
         [(_, failures, _)] = [v for k, v in res.result.physical.store.items() if k[1] == "likelihood"]
         assert failures == 24                   # one failed first contact per destination
+
+
+# -- the comparisons themselves, each on the case a mutation hunt found unpinned ----------
+
+def test_an_output_the_reference_never_emitted_is_a_divergence():
+    """A physical frame at a clock where the logical chain emitted nothing (it dropped
+    the packet) must not go unseen because the reference has no output there."""
+    from chc.coe import _compare_outputs
+    from frames import tcp
+
+    f = tcp("10.0.0.1", "10.0.0.2", 1000, 80, 0x10)
+    assert _compare_outputs([(5, f)], [(5, f)]) == []
+    (d,) = _compare_outputs([(5, f)], [(5, f), (6, f)])
+    assert (d.what, d.clock, d.reference) == ("output", 6, "(dropped)")
+    (d,) = _compare_outputs([(5, f), (6, f)], [(5, f)])
+    assert (d.clock, d.physical) == (6, "(dropped)")
+
+
+def test_an_alert_raised_twice_is_a_divergence():
+    from chc.coe import _compare_alerts
+
+    a = ("portscan", "portscan", "10.99.0.1", 40)
+    assert _compare_alerts([a], [a]) == []
+    (d,) = _compare_alerts([a], [a, a])
+    assert (d.what, d.reference, d.physical) == ("alert", 1, 2)
+
+
+def test_a_deletion_just_before_its_packets_next_update_is_premature():
+    """§5.4: a root that deletes a packet at store position p while the packet's update
+    is step p (the very next one) deleted it before the update was applied."""
+    from chc.coe import Serialization, _premature
+    from chc.core.store import ObjectKey, Op
+
+    serial = Serialization()
+    k = ObjectKey("nat", "packets", None, False)
+    serial.request([Op("incr", k, (1,), "nat/0", 1, 0, (7, 1), 0x55, 0)], [1])          # step 0
+    serial.request([Op("incr", k, (1,), "nat/0", 2, 0, (8, 1), 0x66, 0)], [2])          # step 1
+    assert _premature(serial, [(7, 0)]) == [(7, 0)]          # deleted before step 0
+    assert _premature(serial, [(7, 1)]) == []                # after it
+    assert _premature(serial, [(8, 1)]) == [(8, 1)]
+    assert _premature(serial, [(8, 2)]) == []
+
+
+def test_an_object_the_serialization_holds_and_the_store_lost_is_a_divergence():
+    """The store compared with its own serialization both ways: an object the physical
+    store no longer holds is a divergence, not only a value that differs."""
+    import types
+
+    from chc.coe import RunResult, Serialization, _compare_store
+
+    addr = ("nat", "mapping", b"flow")
+    rep = types.SimpleNamespace(mismatches=[], final={addr: (20006, 7)}, applied=set())
+    held = RunResult([], [], {}, None, {addr: (20006, 7)})
+    lost = RunResult([], [], {}, None, {})
+    assert _compare_store(Serialization(), rep, held, set(), []) == []
+    (d,) = _compare_store(Serialization(), rep, lost, set(), [])
+    assert d.what == "store" and d.where.startswith("value of nat.mapping") and d.physical == "None"
