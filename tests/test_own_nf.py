@@ -135,6 +135,56 @@ def test_an_own_value_operation_runs_in_the_proc_runtimes_store_server(tmp_path,
         assert proc[key] == sim[key], key
 
 
+HOSTS_AND_FLOWS = textwrap.dedent('''
+    import dataclasses
+    from chc.nf import NF, SRC_IP, FLOW, Access, Counter, Value
+
+    @dataclasses.dataclass
+    class Config:
+        limit: int = 100
+
+    class HostsAndFlows(NF):
+        kind = "hostsflows"
+        Config = Config
+        per_host = Counter(SRC_IP, Access.READ_WRITE, doc="packets per source host")
+        first_seen = Value(FLOW, Access.READ_WRITE, doc="the connection's first packet time")
+        packets = Counter(FLOW, Access.READ_WRITE, doc="the connection's packets")
+
+        def process(self, pkt, ctx):
+            self.per_host.incr(1, pkt.src)
+            key = FLOW.key(pkt)
+            if self.first_seen.get(key) is None:
+                self.first_seen.set(pkt.ts, key)
+            self.packets.incr(1, key)
+            return pkt
+''')
+
+
+def test_per_host_and_per_flow_state_partition_on_the_flow(tmp_path):
+    """§4.1: the default partition scope keeps each per-flow object on one instance.  It
+    was the coarsest declared scope, source IP here, which sends a connection's two
+    directions to two instances: their per-flow state went wrong without an error (sim),
+    or stopped the run with an OwnershipError (proc; a new user's trial)."""
+    from chc.nf import FLOW, SRC_IP
+    from chc.nfs.portscan import HOST_PAIR, PortScanDetector
+    from chc.nfs.trojan import TrojanDetector
+
+    (tmp_path / "hostsflows_mine.py").write_text(HOSTS_AND_FLOWS)
+    spec = _spec(tmp_path, "hostsflows_mine.py:HostsAndFlows")
+    from chc.spec import load_spec
+    assert load_spec(str(spec)).vertices["heavy"].nf.partition_scope() is FLOW
+    assert TrojanDetector.partition_scope() is SRC_IP          # no per-flow state: per host still
+    assert PortScanDetector.partition_scope() is HOST_PAIR     # its own choice, which joins flows
+    states = {}
+    for label, extra in (("one", ()), ("three", ("--parallelism", "3")), ("proc", ("--runtime", "proc",
+                                                                              "--parallelism", "2"))):
+        out = tmp_path / f"{label}.json"
+        _run(spec, tmp_path, "--state-json", str(out), *extra)
+        states[label] = json.loads(out.read_text())["heavy"]
+    assert states["one"]["first_seen"] and states["one"]["packets"]
+    assert states["three"] == states["one"] and states["proc"] == states["one"]
+
+
 @pytest.mark.parametrize("ref, says", [
     ("heavy", "unknown NF 'heavy' (known: lb, nat, pass, portscan, trojan; or your own: "
               "module:Class or path/to/file.py:Class)"),

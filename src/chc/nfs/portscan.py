@@ -54,7 +54,7 @@ def _pair_bytes(p: Packet) -> bytes:
 # Both directions of every connection between two hosts: the partition keeps a
 # connection's packets together (per-flow order) and a (host, destination)
 # first-contact record on one instance; the per-host likelihood is shared.
-HOST_PAIR = Scope("host-pair", 1, False, _pair_key, _pair_bytes)
+HOST_PAIR = Scope("host-pair", 1, False, _pair_key, _pair_bytes, joins_flows=True)
 
 
 SCANNER, UNDECIDED, BENIGN = 1, 0, -1
