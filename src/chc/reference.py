@@ -33,7 +33,7 @@ parts.
    runtime gives it (clock order, copies of one packet in the order their
    producers run).  NF state lives in :class:`RefObject` handles (model ``T``
    semantics).  A shared object's order-dependent operations (``pop``, ``cas``,
-   ``apply``, ``incr_least``) take the store's result for the same vertex,
+   ``apply``, ``incr_least``, and ``incr``'s result) take the store's result for the same vertex,
    object, key, packet clock and op from the replay when it is legal in the
    reference's own state, and the reference's own value always advances by its
    own operation in input order; anything odd goes to ``notes``.  Reads of an
@@ -72,7 +72,7 @@ CLOCK_BITS = 48
 UPDATES = frozenset(("set", "incr", "push", "pop", "cas", "delete", "apply", "argmin_incr"))
 # Those whose result depends on the order the store serializes them in: the
 # logical run takes the store's choice for them (on shared objects).
-FOLLOWED = frozenset(("pop", "cas", "apply", "argmin_incr"))
+FOLLOWED = frozenset(("pop", "cas", "apply", "argmin_incr", "incr"))
 
 Address = tuple[str, str, Hashable]                   # (vertex, object, scope key)
 ResultKey = tuple[str, str, Hashable, int, str]       # (vertex, object, key, clock, code)
@@ -467,7 +467,14 @@ class RefObject:
         self.values[key] = value
 
     def incr(self, by: int = 1, key: Hashable = None) -> Any:
+        """The reference's value advances by ``by``; the NF sees the store's result when
+        there is one: a shared counter's new value depends on the order the store
+        serialized the instances' increments in (a per-host threshold crossed "at the
+        300th packet" is crossed by whichever packet the store counted 300th)."""
         v = self.values[key] = self.values.get(key, self._init) + by
+        found, counted = self._take(key, "incr")
+        if found and isinstance(counted, (int, float)) and not isinstance(counted, bool):
+            return counted
         return v
 
     def decr(self, by: int = 1, key: Hashable = None) -> Any:
