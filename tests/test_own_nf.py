@@ -185,6 +185,32 @@ def test_per_host_and_per_flow_state_partition_on_the_flow(tmp_path):
     assert states["three"] == states["one"] and states["proc"] == states["one"]
 
 
+OBJECT_IN_STATE = textwrap.dedent('''
+    from chc.nf import NF, SRC_IP, Access, Value
+
+    class Seen:
+        pass
+
+    class KeepsObjects(NF):
+        kind = "keepsobjects"
+        last = Value(SRC_IP, Access.READ_WRITE, doc="an object per host")
+
+        def process(self, pkt, ctx):
+            self.last.set(Seen(), pkt.src)
+            return pkt
+''')
+
+
+def test_a_state_value_chc_cannot_store_is_one_line_naming_it(tmp_path, capsys):
+    """It was a traceback from json at the very end (the state digest), no summary."""
+    (tmp_path / "objects_mine.py").write_text(OBJECT_IN_STATE)
+    spec = _spec(tmp_path, "objects_mine.py:KeepsObjects", "{}")
+    rc = main(["run", str(spec), LAN, "-c", "300", "--no-progress", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0, err
+    assert err.startswith("chc: error: heavy.last[") and "holds a Seen" in err and "None, bool, int" in err
+
+
 @pytest.mark.parametrize("ref, says", [
     ("heavy", "unknown NF 'heavy' (known: lb, nat, pass, portscan, trojan; or your own: "
               "module:Class or path/to/file.py:Class)"),

@@ -38,6 +38,7 @@ from .runtime.pacing import Pacer
 from .runtime.sim import DEFAULT_BATCH, SimRuntime
 from .scenario import ScenarioError
 from .spec import MAX_PARALLELISM, SpecError, load_spec
+from .summary import StateValueError
 from .trace.cli import cmd_trace, register_trace
 
 EXIT_CLOSED_STDOUT = 141  # 128 + SIGPIPE, as a shell reports `tool | head`
@@ -658,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command](args)
-    except (CaptureError, SpecError, UsageError, StoreError, ScenarioError) as exc:
+    except (CaptureError, SpecError, UsageError, StoreError, ScenarioError, StateValueError) as exc:
         print(f"chc: error: {exc}", file=sys.stderr)
         return 2
     except ProcFailure as exc:          # a proc worker died: no recovery there yet

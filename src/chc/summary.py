@@ -63,9 +63,31 @@ def merge_states(per_instance: list[dict[str, dict]]) -> dict[str, dict]:
             for obj, entries in merged.items() if entries}
 
 
+class StateValueError(ValueError):
+    """An NF's state holds a value chc cannot compare, digest or store."""
+
+
 def state_digest(logical: dict[str, dict[str, dict]]) -> str:
-    blob = json.dumps(canonical(logical), sort_keys=True, separators=(",", ":"))
+    try:
+        blob = json.dumps(canonical(logical), sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        raise StateValueError(_unserializable(logical)) from None
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _unserializable(logical: dict[str, dict[str, dict]]) -> str:
+    """Which value of which object could not be digested (the rare path: searched for)."""
+    for vertex, objects in logical.items():
+        for obj, entries in objects.items():
+            for key, value in (entries.items() if isinstance(entries, dict) else [(None, entries)]):
+                try:
+                    json.dumps(canonical(value))
+                except (TypeError, ValueError):
+                    at = "" if key is None else f"[{canonical(key)!r}]"
+                    return (f"{vertex}.{obj}{at} holds a {type(value).__name__} ({value!r:.60}), which chc cannot "
+                            "compare or store: state values are None, bool, int, float, str, bytes, and lists, "
+                            "tuples, dicts and sets of them (docs/nf-api.md)")
+    return "the chain's state holds a value chc cannot compare or store (docs/nf-api.md)"
 
 
 @dataclasses.dataclass
