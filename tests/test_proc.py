@@ -328,3 +328,18 @@ def test_not_yet_in_proc(argv, says, capsys, monkeypatch):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0]
+
+
+def test_a_module_in_the_working_directory_named_like_the_standard_librarys_is_harmless(tmp_path):
+    """The forkserver is ``python -c``, which put the working directory first on sys.path:
+    a queue.py there was imported for the standard library's and the store server died
+    (a new user's trial).  Run as a user runs it: the console script, from that directory."""
+    (tmp_path / "queue.py").write_text("raise SystemExit('the working directory was imported from')\n")
+    chc = Path(sys.executable).parent / "chc"
+    if not chc.exists():
+        pytest.skip("no chc console script beside this interpreter")
+    r = subprocess.run([str(chc), "run", str(ROOT / "examples/paper_chain.yaml"), str(LAN), "-c", "300",
+                        "--runtime", "proc", "--no-progress"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "state digest" in r.stdout

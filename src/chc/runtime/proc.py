@@ -318,18 +318,33 @@ class ProcRuntime:
         """What starts the workers: multiprocessing's forkserver (module doc)."""
         mp = multiprocessing.get_context("forkserver")
         mp.set_forkserver_preload(PRELOAD)
-        if threading.current_thread() is threading.main_thread():
-            # Started with SIGTERM and SIGINT ignored (kept across its exec, and by the
-            # workers it forks until worker_guard): a SIGTERM to the whole process group
-            # (systemd, timeout(1), kill -- -PGID) killed it, and every worker's end, which
-            # it reports, read as "exited with code 255"; a Ctrl-C while a worker started
-            # ended that worker ("exited with code 1").  It ends with the coordinator.
-            previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
-            try:
+        # The forkserver is ``python -c ...``, which puts the working directory first on
+        # sys.path while it boots: a queue.py there was imported for the standard
+        # library's, and the store server died on it with a message about failover (a
+        # new user's trial).  PYTHONSAFEPATH (3.11) leaves it out; the workers get the
+        # coordinator's sys.path as before.
+        safe = os.environ.get("PYTHONSAFEPATH")
+        os.environ["PYTHONSAFEPATH"] = "1"
+        try:
+            if threading.current_thread() is threading.main_thread():
+                # Started with SIGTERM and SIGINT ignored (kept across its exec, and by the
+                # workers it forks until worker_guard): a SIGTERM to the whole process group
+                # (systemd, timeout(1), kill -- -PGID) killed it, and every worker's end, which
+                # it reports, read as "exited with code 255"; a Ctrl-C while a worker started
+                # ended that worker ("exited with code 1").  It ends with the coordinator.
+                previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+                try:
+                    multiprocessing.forkserver.ensure_running()
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+            else:
                 multiprocessing.forkserver.ensure_running()
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+        finally:
+            if safe is None:
+                del os.environ["PYTHONSAFEPATH"]
+            else:
+                os.environ["PYTHONSAFEPATH"] = safe
         return mp
 
     def _launch_store(self, name: str, restore: str) -> None:
