@@ -201,6 +201,21 @@ OBJECT_IN_STATE = textwrap.dedent('''
 ''')
 
 
+def test_an_nf_without_a_kind_is_named_by_its_class():
+    from chc.nf import NF
+
+    class Unnamed(NF):
+        pass
+
+    class Named(Unnamed):
+        kind = "named"
+
+    class Child(Named):
+        pass
+
+    assert (Unnamed.kind, Named.kind, Child.kind) == ("Unnamed", "named", "named")
+
+
 def test_a_state_value_chc_cannot_store_is_one_line_naming_it(tmp_path, capsys):
     """It was a traceback from json at the very end (the state digest), no summary."""
     (tmp_path / "objects_mine.py").write_text(OBJECT_IN_STATE)

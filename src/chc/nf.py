@@ -294,10 +294,16 @@ class Context:
 class NF:
     """Base class of vertex programs.  Subclasses declare state and ``process``."""
 
-    #: name used as ``nf:`` in chain specs
+    #: name used as ``nf:`` in chain specs, and in summaries and messages (default: the class name)
     kind: ClassVar[str] = ""
     #: operator configuration schema; override with a dataclass
     Config: ClassVar[type] = type("Config", (), {})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.kind:
+            # (an NF without one showed an empty name: "NF '' takes no config")
+            cls.kind = cls.__name__
 
     def __init__(self, config: Any) -> None:
         self.config = config
