@@ -173,3 +173,11 @@ def test_console_script_help_and_run(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "67 packets in" in res.stdout and "state digest" in res.stdout
+
+
+def test_check_takes_c_for_its_packet_count_as_run_does():
+    """``chc run -c N`` and ``chc check --packets N`` named one thing two ways (a new user's trial)."""
+    from chc.cli import build_parser
+
+    args = build_parser().parse_args(["check", "chain.yaml", "scenario.yaml", "capture.pcap", "-c", "300"])
+    assert args.packets == 300

@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--list-breaks", action="store_true", help="list the --break switches and exit")
     chk.add_argument("--store", action="append", default=[], metavar="URL",
                      help="stores seeds may use (default: memory); repeat to add redis://HOST:PORT")
-    chk.add_argument("--packets", type=_positive, metavar="N", help="use only the first N packets of CAPTURE")
+    chk.add_argument("-c", "--packets", type=_positive, metavar="N",
+                     help="use only the first N packets of CAPTURE (-c as in chc run)")
     chk.add_argument("--save-failures", metavar="FILE",
                      help="append failing seeds to FILE (YAML) to keep them as regression cases")
     chk.add_argument("--json", metavar="FILE", help="write every seed's verdict as JSON")
