@@ -368,14 +368,35 @@ class Observers:
         self.serial = Serialization()
         self.issued: list = []
         self.deleted: list[tuple[int, int]] = []
+        # §5.4 a packet's copies by the runtime's own account (1, plus its forks, minus
+        # the copies that ended), counted apart from the root's; and the deletions made
+        # while copies were still in the chain: (clock, how many)
+        self.live: dict[int, int] = {}
+        self.early: list[tuple[int, int]] = []
 
     def attach(self, rt: SimRuntime) -> None:
         for inst in (i for insts in rt.instances.values() for i in insts):
             self._hook(inst)
         rt.instance_hooks.append(self._hook)
-        serial, deleted = self.serial, self.deleted
+        serial, deleted, live, early = self.serial, self.deleted, self.live, self.early
+
+        def deleting(clock: int) -> None:
+            deleted.append((clock, serial.position))
+            n = live.pop(clock, 1)
+            if n > 0:
+                early.append((clock, n))
         for root in rt.roots:
-            root.observer = lambda clock: deleted.append((clock, serial.position))
+            root.observer = deleting
+        fork, done = rt._fork, rt._done
+
+        def forked(clock: int, k: int) -> None:
+            live[clock] = live.get(clock, 1) + k
+            fork(clock, k)
+
+        def ended(clock: int, vector: int) -> None:
+            live[clock] = live.get(clock, 1) - 1
+            done(clock, vector)
+        rt._fork, rt._done = forked, ended
 
     def _hook(self, inst: Any) -> None:
         if inst.client is not None and hasattr(inst.client, "issued"):
@@ -416,9 +437,19 @@ def check_runtime(chain: Chain, rt: SimRuntime, records: list[tuple[int, bytes]]
     rep = replay(obs.serial.steps)
     ref = reference_run(chain, records, rep, control.applied(rt.events_log), rt.events_log)
     divs = _compare_store(obs.serial, rep, phys, obs.issued_updates(), obs.deleted) if rt.store is not None else []
-    divs = compare(ref, phys, chain) + divs + _log_liveness(rt)
+    divs = compare(ref, phys, chain) + divs + _live_at_deletion(obs) + _log_liveness(rt)
     return CheckResult(divs, ref.notes, phys, ref, network=rt.net.describe(), steps=len(obs.serial.steps),
                        events=_event_counts(rt.events_log))
+
+
+def _live_at_deletion(obs: Observers) -> list[Divergence]:
+    """§5.4: a root deletes a logged packet only once no copy of it is live: a copy still
+    in the chain when its packet left the log cannot be replayed if its instance fails."""
+    for clock, n in obs.early[:1]:
+        return [Divergence("log", f"packet #{clock & ((1 << 48) - 1)}", clock, "deleted once no copy of it is live",
+                           f"deleted with {n} {'copy' if n == 1 else 'copies'} still in the chain "
+                           f"({len(obs.early)} packets so; §5.4)")]
+    return []
 
 
 def _log_liveness(rt: SimRuntime) -> list[Divergence]:
@@ -455,6 +486,8 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
     Break("lose-output", "one output packet is lost after the chain processed it", "output"),
     Break("state-drift", "one stored counter is off by one after the last update", "state", True, True),
     Break("no-xor", "roots delete logged packets ignoring the XOR vector (§5.4)", "log", True),
+    Break("no-live-count", "roots delete a logged packet once its updates committed, with copies of it still "
+          "in the chain (§5.4)", "log", True),
     Break("no-dedup", "the store applies retransmitted duplicates again (§4.3, §5.3)", "store", True, True),
     Break("no-retransmit", "clients never resend un-ACKed non-blocking updates (§4.3)", "store", True),
     Break("naive-move", "flow groups move without last/first marks, buffering or handover (§5.1)",
@@ -509,6 +542,9 @@ class BreakState:
             # Only non-blocking updates can still be in flight when a packet is done.
             for root in rt.roots:
                 root.xor_check = False
+        if "no-live-count" in self.names:
+            for root in rt.roots:
+                root.live_check = False
         if "no-dedup" in self.names:
             engine = getattr(rt.store, "engine", None)
             if engine is None:
@@ -572,6 +608,8 @@ class BreakState:
                 self.acted["no-retransmit"] = f"{lost} store messages lost, {abandoned} ops never resent"
         if "no-xor" in self.names:
             self.xor_skipped(sum(r.xor_skipped for r in rt.roots), obs, rt.model)
+        if "no-live-count" in self.names and obs.early:
+            self.acted["no-live-count"] = f"{len(obs.early)} packets deleted with copies still in the chain"
         if "naive-move" in self.names and rt.naive_raced:
             self.acted["naive-move"] = (f"{rt.naive_skipped} moves made while the old instance had packets queued; "
                                         f"{rt.naive_raced} moved packets overtook their flow's last one")

@@ -96,6 +96,7 @@ class Root:
         self.log_limit = log_limit
         self.log: dict[int, LogEntry] = {}
         self.xor_check = True             # off only to show what it prevents (--break no-xor)
+        self.live_check = True            # likewise (--break no-live-count)
         self.xor_skipped = 0              # deletions the XOR check would have held back
         # §5.4 store failover over processes: a failover store reports again what it
         # re-executed and what was unpulled at its checkpoint; a report the root had
@@ -202,7 +203,7 @@ class Root:
             return
         entry.live -= 1
         entry.vector ^= vector
-        if entry.live <= 0 and (entry.vector == 0 or not self.xor_check):
+        if (entry.live <= 0 or not self.live_check) and (entry.vector == 0 or not self.xor_check):
             if entry.vector:
                 self.xor_skipped += 1
             self._delete(clock)
@@ -221,7 +222,7 @@ class Root:
                 return
             entry.commits.add(xor_id)
         entry.vector ^= xor_id
-        if entry.live <= 0 and entry.vector == 0:
+        if (entry.live <= 0 or not self.live_check) and entry.vector == 0:
             self._delete(clock)
         elif self.log_mode == "store":
             self.dirty.add(clock)

@@ -1733,7 +1733,7 @@ class SimRuntime:
             new.restore(self.meta_store.objects("root"))
         elif old.log:
             self.log_lost = True
-        new.observer, new.xor_check = old.observer, old.xor_check
+        new.observer, new.xor_check, new.live_check = old.observer, old.xor_check, old.live_check
         for counter in ("packets_in", "malformed", "non_ip", "dropped", "bypassed", "logged", "deleted",
                         "dropped_overflow", "xor_skipped"):
             setattr(new, counter, getattr(old, counter))    # the run's statistics, not the root's state
