@@ -181,3 +181,16 @@ def test_check_takes_c_for_its_packet_count_as_run_does():
 
     args = build_parser().parse_args(["check", "chain.yaml", "scenario.yaml", "capture.pcap", "-c", "300"])
     assert args.packets == 300
+
+
+def test_state_json_prints_connection_keys_and_the_digest_keeps_hex(tmp_path):
+    """--state-json wrote a connection's key as 26 hex digits (a new user's trial)."""
+    from chc.summary import canonical
+
+    out = tmp_path / "state.json"
+    summary = tmp_path / "s.json"
+    assert main(["run", str(ROOT / "examples/paper_chain.yaml"), LAN, "-c", "500", "--no-progress", "-q",
+                 "--state-json", str(out), "--summary-json", str(summary)]) == 0
+    keys = [k for k, _ in json.loads(out.read_text())["nat"]["mapping"]]
+    assert keys and all(" <-> " in k and k.endswith((" tcp", " udp")) for k in keys), keys[:3]
+    assert canonical(b"\x0a\x00\x00\x01\x04\xd2\xc0\x00\x02\x09\x00\x50\x06") == "0a00000104d2c00002090050" "06"

@@ -463,7 +463,7 @@ def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:
                 _write_json(args.summary_json, summary.as_json(), outputs)
             if args.state_json:
                 from .summary import canonical
-                _write_json(args.state_json, canonical(runtime.logical_state()), outputs)
+                _write_json(args.state_json, canonical(runtime.logical_state(), flows=True), outputs)
     if not args.quiet:
         # With the packets on stdout, the summary goes where tcpdump puts its counts.
         print(summary.render(), file=sys.stderr if args.out == STDIN else sys.stdout)

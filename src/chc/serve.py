@@ -557,7 +557,7 @@ def _report(opts: Options, rt: Any, capture: dict[str, Any], write_json: Callabl
     if opts.summary_json:
         write_json(opts.summary_json, summary.as_json())
     if opts.state_json:
-        write_json(opts.state_json, canonical(rt.logical_state()))
+        write_json(opts.state_json, canonical(rt.logical_state(), flows=True))
     if not opts.quiet:
         print("\n".join([summary.render(), *lines, f"stopped by {_stopped_by(opts, stopped_by)}"]))
     if stopped_by == "interrupt":

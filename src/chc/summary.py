@@ -30,24 +30,30 @@ import hashlib
 import json
 from typing import Any
 
-from .packet import ip_str
+from .packet import describe_flow, ip_str
 
 
-def canonical(value: Any) -> Any:
-    """JSON-able canonical form: addresses printable, tuples as lists, maps sorted."""
+def canonical(value: Any, flows: bool = False) -> Any:
+    """JSON-able canonical form: addresses printable, tuples as lists, maps sorted.
+    ``flows``: connection keys (``chc.nf.FLOW``'s) as ``10.0.0.1:1234 <-> ...`` rather
+    than hex (``--state-json``: for people; the digest keeps the hex)."""
     if isinstance(value, (bytes, bytearray)):
-        return ip_str(bytes(value)) if len(value) in (4, 16) else bytes(value).hex()
+        if len(value) in (4, 16):
+            return ip_str(bytes(value))
+        if flows and len(value) in (13, 37):
+            return describe_flow(bytes(value))
+        return bytes(value).hex()
     if isinstance(value, (list, tuple)):
-        return [canonical(v) for v in value]
+        return [canonical(v, flows) for v in value]
     if isinstance(value, dict):
         if all(isinstance(k, str) for k in value):
-            return {k: canonical(value[k]) for k in sorted(value)}
-        items = [(canonical(k), canonical(v)) for k, v in value.items()]
+            return {k: canonical(value[k], flows) for k in sorted(value)}
+        items = [(canonical(k, flows), canonical(v, flows)) for k, v in value.items()]
         return [list(kv) for kv in sorted(items, key=lambda kv: json.dumps(kv[0], sort_keys=True))]
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, (set, frozenset)):
-        return sorted((canonical(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+        return sorted((canonical(v, flows) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
     return value
 
 
