@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import signal
 import socket
@@ -343,3 +344,36 @@ def test_a_module_in_the_working_directory_named_like_the_standard_librarys_is_h
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "state digest" in r.stdout
+
+
+ENV_NF = '''
+import os
+from chc.nf import NF, GLOBAL, Access, Value
+
+class EnvNF(NF):
+    kind = "envnf"
+    seen = Value(GLOBAL, Access.READ_WRITE)
+
+    def process(self, pkt, ctx):
+        if self.seen.get() is None:
+            self.seen.set(os.environ.get("PYTHONSAFEPATH", "unset"))
+        return pkt
+'''
+
+
+def test_the_workers_environment_is_the_users(tmp_path):
+    """chc sets PYTHONSAFEPATH for the forkserver's start only: the workers (and what an
+    NF starts) see the user's environment (a review found it leaked into every worker)."""
+    (tmp_path / "envnf_mine.py").write_text(ENV_NF)
+    (tmp_path / "chain.yaml").write_text("name: env\nvertices:\n  e: {nf: envnf_mine.py:EnvNF}\nedges: []\n")
+    chc = Path(sys.executable).parent / "chc"
+    if not chc.exists():
+        pytest.skip("no chc console script beside this interpreter")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    for given, seen in ((None, "unset"), ("x", "x")):
+        out = tmp_path / f"state-{seen}.json"
+        r = subprocess.run([str(chc), "run", str(tmp_path / "chain.yaml"), str(LAN), "-c", "50", "--runtime", "proc",
+                            "--no-progress", "-q", "--state-json", str(out)], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120, env=env if given is None else {**env, "PYTHONSAFEPATH": given})
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.loads(out.read_text())["e"]["seen"] == [[None, seen]]

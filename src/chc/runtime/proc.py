@@ -91,7 +91,7 @@ from ..nf import Alert
 from ..packet import Packet
 from ..spec import Chain
 from ..summary import Summary, merge_states, state_digest
-from . import procmanager, procscale, procstore, procworker, storeserver
+from . import procboot, procmanager, procscale, procstore, procworker, storeserver
 from .errors import ProcFailure
 from .pacing import Pacer
 from .procio import Guard
@@ -115,6 +115,7 @@ log = logging.getLogger("chc.proc")
 
 START_TIMEOUT_S = 60.0          # workers not ready by then: the run fails
 # Imported once by the forkserver, so a forked worker starts with chc loaded.
+_ENVIRON = threading.Lock()         # os.environ changed around the forkserver's start
 PRELOAD = ["chc.runtime.procboot", "chc.cli", "chc.runtime.procworker", "chc.runtime.storeserver"]
 REPORT_GRACE_S = 5.0            # a worker that exited 0 has this long to be heard
 
@@ -323,29 +324,36 @@ class ProcRuntime:
         # library's, and the store server died on it with a message about failover (a
         # new user's trial).  PYTHONSAFEPATH (3.11) leaves it out; the workers get the
         # coordinator's sys.path as before.
-        safe = os.environ.get("PYTHONSAFEPATH")
-        os.environ["PYTHONSAFEPATH"] = "1"
-        try:
-            if threading.current_thread() is threading.main_thread():
-                # Started with SIGTERM and SIGINT ignored (kept across its exec, and by the
-                # workers it forks until worker_guard): a SIGTERM to the whole process group
-                # (systemd, timeout(1), kill -- -PGID) killed it, and every worker's end, which
-                # it reports, read as "exited with code 255"; a Ctrl-C while a worker started
-                # ended that worker ("exited with code 1").  It ends with the coordinator.
-                previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
-                try:
-                    multiprocessing.forkserver.ensure_running()
-                finally:
-                    for sig, handler in previous.items():
-                        signal.signal(sig, handler)
-            else:
-                multiprocessing.forkserver.ensure_running()
-        finally:
-            if safe is None:
-                del os.environ["PYTHONSAFEPATH"]
-            else:
-                os.environ["PYTHONSAFEPATH"] = safe
+        with _ENVIRON:
+            safe = os.environ.get("PYTHONSAFEPATH")
+            os.environ["PYTHONSAFEPATH"] = "1"
+            os.environ[procboot.SAFEPATH_WAS] = safe or ""     # (procboot gives it back)
+            try:
+                self._start_forkserver()
+            finally:
+                del os.environ[procboot.SAFEPATH_WAS]
+                if safe is None:
+                    del os.environ["PYTHONSAFEPATH"]
+                else:
+                    os.environ["PYTHONSAFEPATH"] = safe
         return mp
+
+    @staticmethod
+    def _start_forkserver() -> None:
+        if threading.current_thread() is not threading.main_thread():
+            multiprocessing.forkserver.ensure_running()
+            return
+        # Started with SIGTERM and SIGINT ignored (kept across its exec, and by the
+        # workers it forks until worker_guard): a SIGTERM to the whole process group
+        # (systemd, timeout(1), kill -- -PGID) killed it, and every worker's end, which
+        # it reports, read as "exited with code 255"; a Ctrl-C while a worker started
+        # ended that worker ("exited with code 1").  It ends with the coordinator.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _launch_store(self, name: str, restore: str) -> None:
         """The store server process ``name`` (a failover's boots from ``restore``)."""
