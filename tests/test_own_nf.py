@@ -175,6 +175,15 @@ def test_per_host_and_per_flow_state_partition_on_the_flow(tmp_path):
     assert load_spec(str(spec)).vertices["heavy"].nf.partition_scope() is FLOW
     assert TrojanDetector.partition_scope() is SRC_IP          # no per-flow state: per host still
     assert PortScanDetector.partition_scope() is HOST_PAIR     # its own choice, which joins flows
+    from chc.nf import NF, Access, Scope, Value
+
+    pair = Scope("mine", 1, True, lambda p: (p.src, p.dst), lambda p: p.src + p.dst)   # per-flow, directional
+
+    class OwnPerFlow(NF):
+        one = Value(SRC_IP, Access.READ_WRITE)
+        two = Value(pair, Access.READ_WRITE)
+
+    assert OwnPerFlow.partition_scope() is pair        # keeps its own per-flow objects together
     states = {}
     for label, extra in (("one", ()), ("three", ("--parallelism", "3")), ("proc", ("--runtime", "proc",
                                                                               "--parallelism", "2"))):
@@ -213,7 +222,10 @@ def test_an_nf_without_a_kind_is_named_by_its_class():
     class Child(Named):
         pass
 
-    assert (Unnamed.kind, Named.kind, Child.kind) == ("Unnamed", "named", "named")
+    class Mine(Unnamed):
+        pass
+
+    assert (Unnamed.kind, Named.kind, Child.kind, Mine.kind) == ("Unnamed", "named", "named", "Mine")
 
 
 def test_a_state_value_chc_cannot_store_is_one_line_naming_it(tmp_path, capsys):

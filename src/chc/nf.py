@@ -296,14 +296,16 @@ class NF:
 
     #: name used as ``nf:`` in chain specs, and in summaries and messages (default: the class name)
     kind: ClassVar[str] = ""
+    _kind_default: ClassVar[str] = ""     # the class name a kind-less class got as its kind
     #: operator configuration schema; override with a dataclass
     Config: ClassVar[type] = type("Config", (), {})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.kind:
-            # (an NF without one showed an empty name: "NF '' takes no config")
-            cls.kind = cls.__name__
+        # (an NF without one showed an empty name: "NF '' takes no config"); a subclass
+        # of such an NF is named by its own class, not its parent's
+        if "kind" not in cls.__dict__ and (not cls.kind or cls.kind == cls._kind_default):
+            cls.kind = cls._kind_default = cls.__name__
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -338,7 +340,8 @@ class NF:
         """
         scopes = [s for s in cls.scopes() if s is not GLOBAL]
         if any(s.per_flow for s in scopes):
-            scopes = [s for s in scopes if s.joins_flows]
+            # (a per-flow scope of the NF's own keeps its own objects together)
+            scopes = [s for s in scopes if s.joins_flows or s.per_flow]
         return scopes[-1] if scopes else FLOW
 
     @classmethod

@@ -471,10 +471,16 @@ class RefObject:
         there is one: a shared counter's new value depends on the order the store
         serialized the instances' increments in (a per-host threshold crossed "at the
         300th packet" is crossed by whichever packet the store counted 300th)."""
-        v = self.values[key] = self.values.get(key, self._init) + by
+        v = self._add(key, by)
         found, counted = self._take(key, "incr")
         if found and isinstance(counted, (int, float)) and not isinstance(counted, bool):
             return counted
+        return v
+
+    def _add(self, key: Hashable, by: int) -> Any:
+        """The reference's own counter advanced (no store result taken: ``incr_least``'s
+        own increment must not take that of a later ``incr`` of the same key)."""
+        v = self.values[key] = self.values.get(key, self._init) + by
         return v
 
     def decr(self, by: int = 1, key: Hashable = None) -> Any:
@@ -541,7 +547,7 @@ class RefObject:
                 return None
             elif (isinstance(best, int) and not isinstance(best, bool) and 0 <= best < len(keys)
                     and (weights is None or weights[best] > 0)):
-                self.incr(1, keys[best])
+                self._add(keys[best], 1)
                 return best
             else:
                 self._note(f"the store chose index {best!r} among {len(keys)} keys")
@@ -550,12 +556,12 @@ class RefObject:
             # the chosen key: that increment's place in the store's order is the choice.
             for i, k in enumerate(keys):
                 if (weights is None or weights[i] > 0) and self._take(k, "incr")[0]:
-                    self.incr(1, k)
+                    self._add(k, 1)
                     return i
         loads = [self._own(k) for k in keys]
         best = least_loaded(loads, weights)
         if best is not None:
-            self.incr(1, keys[best])
+            self._add(keys[best], 1)
         return best
 
     # -- the final state ---------------------------------------------------------------
