@@ -76,6 +76,21 @@ def test_two_kills_at_once_both_fail_over_and_pass(monkeypatch, capsys):
     assert "failover portscan.2#1 replayed" in out and "nat.0#1 replayed" in out
 
 
+@pytest.mark.parametrize("kill, seeds", [
+    # A failover root forgets the log entries below its floor, the oldest packet it still
+    # logs: one more (<=) silently dropped packet 0 while a copy of it was in the chain,
+    # which only a second failure (lb.0's replay) showed: its output lost.
+    ("root[0]@1000,lb[0]@2000", ["--seed", "0"]),
+    # A failover root takes each instance's kept reports again; a report at the through it
+    # has already applied (<= seen) is a duplicate: applied twice, the counts went wrong.
+    ("trojan[1]@1500", ["--seeds", "3"]),
+])
+def test_failure_pairs_a_mutation_hunt_found_only_these_runs_catch(monkeypatch, capsys, kill, seeds):
+    """Kept as regressions: each exits 1 with its mechanism switched off (a mutation hunt;
+    single random kills never caught them)."""
+    assert _check(["--packets", "3000", *seeds, "--kill", kill], monkeypatch) == 0, capsys.readouterr().out
+
+
 def test_killing_an_instance_again_kills_its_failover(monkeypatch, capsys):
     """A second kill of lb[1] kills lb.1#1, a third lb.1#2 (the coordinator fails over
     what died before it looks for the instance's process).  A failover that dies

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from chc.capture import open_capture
+from chc.cli import main
 from chc.coe import BreakState, Observers, check_runtime, check_variant, physical_runtime, variant
 from chc.core.recovery import RecoverableEngine
 from chc.core.root import LogEntry, Root
@@ -469,3 +470,14 @@ def test_a_failover_gets_the_timers_moved_flows_brought():
     res, rt = _scale_crash(8, ("no-moved-timers",))
     assert rt.gifts_dropped > 0
     assert any(str(d).startswith("log") for d in res.divergences), [str(d) for d in res.divergences[:3]]
+
+
+def test_a_failover_store_logs_the_updates_a_read_already_covered(monkeypatch, capsys):
+    """§5.4 store failover, Case 2: an update whose effect the selected read's value
+    already holds is written to the failover store's clock log, so a replay or resend of
+    it is answered, not applied again.  Without it crash.yaml's seed 21 counted one LB
+    byte total twice (lb.bytes[0] 85734 against 85162; a mutation hunt: no other seed
+    or test caught it)."""
+    monkeypatch.chdir(ROOT)
+    assert main(["check", str(PAPER), str(ROOT / "examples/scenarios/crash.yaml"), str(LAN),
+                 "--seed", "21", "-c", "3000"]) == 0, capsys.readouterr().out
