@@ -63,10 +63,13 @@ def test_a_ray_address_with_nothing_there_is_one_line_at_once(capsys):
 
 
 def test_placement_rings_instances_and_sends_failovers_to_the_next_node():
-    nodes = {"n1": {"Resources": {"node-b": 1}}, "n2": {"Resources": {}}, "home": {"Resources": {"node-a": 1}}}
-    ring, starts = procray.placement(["nat.0", "nat.1", "lb.0", "lb.1"], nodes, "home", {"lb.1": "node-a"})
+    nodes = {"n1": {"Resources": {"node-b": 1, "edge": 1}}, "n2": {"Resources": {"edge": 1}},
+             "home": {"Resources": {"node-a": 1}}}
+    ring, starts = procray.placement(["nat.0", "nat.1", "lb.0", "lb.1", "pass.0", "pass.1"], nodes, "home",
+                                     {"lb.1": "node-a", "pass.0": "edge", "pass.1": "edge"})
     assert ring == ["n1", "n2", "home"]                     # the coordinator's node last
-    assert starts == {"nat.0": 0, "nat.1": 1, "lb.0": 2, "lb.1": 2}
+    assert starts == {"nat.0": 0, "nat.1": 1, "lb.0": 2, "lb.1": 2,
+                      "pass.0": 0, "pass.1": 1}             # pinned to one resource: round its nodes
     plan = Plan("", load_spec(str(PAPER)), MODEL, 256, (), host="10.0.0.9", base_port=30000,
                 ring=("10.0.0.1", "10.0.0.2", "10.0.0.9"), starts={"nat.0": 0})
     assert plan.address("nat.0").startswith("tcp://10.0.0.1:")

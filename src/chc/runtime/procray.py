@@ -233,7 +233,7 @@ def placement(instances: list[str], nodes: dict[str, dict], home: str,
     coordinator's ``home`` last) and each instance's index in it.  ``nodes`` are Ray's
     node records by id; ``pins`` maps an instance to a custom resource its node has."""
     ring = sorted(nodes, key=lambda n: (n == home, n))
-    starts, turn = {}, 0
+    starts, turn, pinned = {}, 0, {}
     for name in instances:
         resource = pins.get(name)
         if resource is None:
@@ -243,7 +243,8 @@ def placement(instances: list[str], nodes: dict[str, dict], home: str,
         having = [i for i, n in enumerate(ring) if nodes[n].get("Resources", {}).get(resource, 0) > 0]
         if not having:
             raise ProcFailure(f"ray runtime: --ray-pin {name}: no alive node has the resource {resource!r}")
-        starts[name] = having[0]
+        starts[name] = having[pinned.get(resource, 0) % len(having)]      # round the nodes that have it
+        pinned[resource] = pinned.get(resource, 0) + 1
     return ring, starts
 
 
