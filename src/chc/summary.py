@@ -86,14 +86,26 @@ def _unserializable(logical: dict[str, dict[str, dict]]) -> str:
     for vertex, objects in logical.items():
         for obj, entries in objects.items():
             for key, value in (entries.items() if isinstance(entries, dict) else [(None, entries)]):
-                try:
-                    json.dumps(canonical(value))
-                except (TypeError, ValueError):
+                bad = _innermost(value)
+                if bad is not None:
                     at = "" if key is None else f"[{canonical(key)!r}]"
-                    return (f"{vertex}.{obj}{at} holds a {type(value).__name__} ({value!r:.60}), which chc cannot "
-                            "compare or store: state values are None, bool, int, float, str, bytes, and lists, "
-                            "tuples, dicts and sets of them (docs/nf-api.md)")
+                    inside = "" if bad is value else f" inside its {type(value).__name__}"
+                    return (f"{vertex}.{obj}{at} holds a {type(bad).__name__}{inside} ({bad!r:.60}), which chc "
+                            "cannot compare or store: state values are None, bool, int, float, str, bytes, and "
+                            "lists, tuples, dicts and sets of them (docs/nf-api.md)")
     return "the chain's state holds a value chc cannot compare or store (docs/nf-api.md)"
+
+
+def _innermost(value: Any) -> Any:
+    """The innermost part of ``value`` chc cannot digest (None: it can)."""
+    try:
+        json.dumps(canonical(value))
+        return None
+    except (TypeError, ValueError):
+        pass
+    parts = (list(value.keys()) + list(value.values()) if isinstance(value, dict)
+             else list(value) if isinstance(value, (list, tuple, set, frozenset)) else [])
+    return next((bad for bad in map(_innermost, parts) if bad is not None), value)
 
 
 @dataclasses.dataclass
