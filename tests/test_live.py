@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from chc.live import LiveRuntime, mirrored
+from chc.live import LivePort, LiveRuntime, mirrored
 from chc.packet import Packet, ip_bytes, ipv4_header_ok, l4_checksum_ok
 from chc.spec import load_spec
 from conftest import _unavailable
@@ -565,3 +565,28 @@ def test_a_time_wait_must_be_a_positive_number_of_seconds(nf, base, bad):
     with pytest.raises(ConfigError, match="time_wait_s: expected a number"):
         build_config(REGISTRY[nf], {**base, "time_wait_s": bad}, "config")
     assert build_config(REGISTRY[nf], {**base, "time_wait_s": 0.5}, "config").time_wait_s == 0.5
+
+
+def test_a_down_interface_and_offloads_on_are_said_at_the_start(caplog):
+    """Both made a run that passed nothing (or frames cut short) with no word but a counter
+    in the final summary (a new user's trial): veths have their offloads on by default."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and ip (a veth pair in this namespace)")
+    a, b = f"chcw{os.getpid() % 10000}a", f"chcw{os.getpid() % 10000}b"
+    _sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+    try:
+        _sh("ip", "link", "set", b, "up")           # a stays down; both keep the default offloads
+        caplog.set_level("WARNING", logger="chc.live")
+        for name in (a, b):
+            LivePort(name).close()
+        said = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith(f"--live {a}: the interface is down") for m in said), said
+        assert not any(m.startswith(f"--live {b}: the interface is down") for m in said), said
+        assert any(m.startswith(f"--live {b}: offloads on (") and "ethtool -K" in m for m in said), said
+        if shutil.which("ethtool"):
+            _sh("ethtool", "-K", b, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off")
+            caplog.clear()
+            LivePort(b).close()
+            assert not [r for r in caplog.records if "offloads on" in r.getMessage()]
+    finally:
+        _sh("ip", "link", "del", a, check=False)

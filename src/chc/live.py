@@ -40,8 +40,11 @@ and the dashboard are :mod:`chc.serve`'s, shared with a replayed capture.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import dataclasses
+import fcntl
+import logging
 import mmap
 import select
 import socket
@@ -93,6 +96,64 @@ def _link_type(ifname: str) -> int | None:
         return None
 
 
+log = logging.getLogger("chc.live")
+
+IFF_UP = 0x1
+SIOCETHTOOL = 0x8946
+# ethtool's legacy get commands (linux/ethtool.h): offloads that hand AF_PACKET frames
+# bigger than the MTU (GRO, LRO) or leave them to be cut up / checksummed by the NIC
+# (TSO, GSO, TX checksums)
+_OFFLOADS = (("gro", 0x2B), ("lro", None), ("tso", 0x1E), ("gso", 0x23), ("tx", 0x16))
+ETHTOOL_GFLAGS, ETH_FLAG_LRO = 0x25, 1 << 15
+
+
+def _is_up(ifname: str) -> bool | None:
+    try:
+        with open(f"/sys/class/net/{ifname}/flags") as fh:
+            return bool(int(fh.read(), 16) & IFF_UP)
+    except (OSError, ValueError):
+        return None
+
+
+def _ethtool(sock: socket.socket, ifname: str, cmd: int) -> int | None:
+    """One ethtool get command's value (struct ethtool_value), None when refused."""
+    value = array.array("I", [cmd, 0])
+    addr, _ = value.buffer_info()
+    ifreq = struct.pack("16sP", ifname.encode()[:15], addr)
+    try:
+        fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+    except OSError:
+        return None
+    return value[1]
+
+
+def offloads_on(sock: socket.socket, ifname: str) -> list[str]:
+    """The offloads of ``ifname`` that are on and that break a bump in the wire (docs/live.md)."""
+    on = []
+    for name, cmd in _OFFLOADS:
+        if name == "lro":
+            flags = _ethtool(sock, ifname, ETHTOOL_GFLAGS)
+            if flags is not None and flags & ETH_FLAG_LRO:
+                on.append(name)
+        elif _ethtool(sock, ifname, cmd):
+            on.append(name)
+    return on
+
+
+def _warn_setup(sock: socket.socket, ifname: str) -> None:
+    """What makes a port pass nothing, or frames cut short, said at the start (a new
+    user's trial: a down interface, and the offloads veths have on by default, each gave
+    a run that forwarded nothing with no word but a counter in the final summary)."""
+    if _is_up(ifname) is False:
+        log.warning("--live %s: the interface is down: nothing passes until it is up (ip link set %s up)",
+                    ifname, ifname)
+    on = offloads_on(sock, ifname)
+    if on:
+        log.warning("--live %s: offloads on (%s): frames bigger than the MTU reach the chain and are dropped "
+                    "(oversize), or leave with checksums unfinished; turn them off: ethtool -K %s tx off rx off "
+                    "tso off gso off gro off (docs/live.md, Offloads)", ifname, ", ".join(on), ifname)
+
+
 class PortError(UsageError):
     """A live port cannot be opened (no such interface, no permission)."""
 
@@ -127,6 +188,7 @@ class LivePort:
             sock.close()
             raise PortError(f"--live {ifname}: not an Ethernet interface (link type {kind}); a bump in the "
                             "wire needs two Ethernet interfaces (a veth pair, a NIC)")
+        _warn_setup(sock, ifname)
         try:
             if ring:
                 self._map_ring(sock, ifname)
@@ -211,6 +273,9 @@ class LivePort:
                 self.outgoing_seen += 1
             elif snap < length:
                 self.oversize += 1
+                if self.oversize == 1:
+                    log.warning("--live %s: a %d-byte frame, larger than a ring slot, dropped (offloads on? "
+                                "ethtool -K %s gro off gso off tso off; docs/live.md)", self.name, length, self.name)
             elif status & TP_STATUS_VLAN_VALID:
                 # The kernel took the 802.1Q tag off the frame (VLAN offload): put it
                 # back, or a trunk's frames would leave untagged.
