@@ -194,3 +194,11 @@ def test_state_json_prints_connection_keys_and_the_digest_keeps_hex(tmp_path):
     keys = [k for k, _ in json.loads(out.read_text())["nat"]["mapping"]]
     assert keys and all(" <-> " in k and k.endswith((" tcp", " udp")) for k in keys), keys[:3]
     assert canonical(b"\x0a\x00\x00\x01\x04\xd2\xc0\x00\x02\x09\x00\x50\x06") == "0a00000104d2c00002090050" "06"
+
+
+def test_a_capture_given_for_the_chain_says_the_capture_comes_last(capsys):
+    """It said "not valid YAML ('utf-8' codec can't decode byte 0xd4 ...)" (a new user's trial)."""
+    assert main(["run", LAN, CHAIN]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("a capture, not YAML: the capture comes last (chc run CHAIN CAPTURE, "
+                        "chc check CHAIN SCENARIO CAPTURE)"), err

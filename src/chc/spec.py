@@ -134,8 +134,24 @@ def read_yaml(path: str | os.PathLike, error: type[Exception]) -> Any:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise error(f"{where}: not valid YAML ({exc.problem or exc.context or 'syntax error'})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        if _looks_like_a_capture(path):
+            raise error(f"{path}: a capture, not YAML: the capture comes last (chc run CHAIN CAPTURE, "
+                        "chc check CHAIN SCENARIO CAPTURE)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise error(f"{path}: not valid YAML ({first})") from None
+
+
+# pcap (both byte orders, us and ns), pcapng, gzip: what a capture given for a spec starts with
+_CAPTURE_MAGIC = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d",
+                  b"\x0a\x0d\x0d\x0a", b"\x1f\x8b")
+
+
+def _looks_like_a_capture(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4).startswith(_CAPTURE_MAGIC)
+    except OSError:
+        return False
 
 
 def load_spec(path: str | os.PathLike) -> Chain:
