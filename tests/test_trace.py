@@ -435,3 +435,27 @@ def test_a_capture_to_a_terminal_is_refused(monkeypatch, capsys):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     assert main(["trace", "merge", str(ROOT / "traces/zeek/irc-basic.pcap"), "-o", "-"]) == 2
     assert "standard output is a terminal" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sub", [["inspect"], ["rewrite", "--map", "10.0.0.1=10.0.0.2", "-o", "OUT"]])
+def test_a_capture_that_stops_early_is_exit_3_as_in_chc_run(tmp_path, capsys, sub):
+    """They printed the capture's warning and exited 0 (a new user's trial); chc run exits 3."""
+    whole = (Path(__file__).resolve().parent.parent / "traces/zeek/http_get.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(whole[:-30])
+    argv = ["trace", sub[0], str(cut), *[str(tmp_path / "out.pcap") if a == "OUT" else a for a in sub[1:]]]
+    assert main(argv) == 3
+    assert "stopped early (last record truncated): the result covers the part before it (exit 3)" in \
+        capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_chc_trace_quietly_as_chc_run(tmp_path):
+    """'chc: error: output: Broken pipe', exit 2, where chc run ... | head exits 141 quietly."""
+    import sys
+    chc = Path(sys.executable).parent / "chc"
+    if not chc.exists():
+        pytest.skip("no chc console script beside this interpreter")
+    r = subprocess.run(f"{chc} trace gen --profile trace1 --packets 20000 -o - | head -c 100 >/dev/null; "
+                       "echo ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", capture_output=True, text=True,
+                       timeout=120)
+    assert r.stdout.strip() == "141" and "error" not in r.stderr, r.stderr

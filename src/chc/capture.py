@@ -77,6 +77,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("chc.capture")
+# Called with (path, reason) when a capture being read stops early (truncated or corrupt):
+# tools that read captures inside library calls (chc trace) learn it for their exit code.
+EARLY_STOP_OBSERVERS: list = []
 # A library does not print by itself: without a handler configured by the
 # application, warnings stay in CaptureReader.warnings (no "last resort" echo).
 log.addHandler(logging.NullHandler())
@@ -361,6 +364,8 @@ class CaptureReader:
     def _stopped(self, offset: int, reason: str) -> None:
         self.stop_reason = reason
         self.stop_offset = self._base + offset
+        for observe in EARLY_STOP_OBSERVERS:
+            observe(self.path, reason)
 
     def _stop_corrupt(self, count: int, detail: str, offset: int) -> None:
         self.corrupt = True

@@ -17,8 +17,8 @@ import json
 import sys
 from typing import Any
 
-from ..capture import CaptureError
-from ..cliargs import UsageError, int_at_least
+from ..capture import EARLY_STOP_OBSERVERS, CaptureError
+from ..cliargs import EXIT_PARTIAL, UsageError, int_at_least
 
 __all__ = ["cmd_trace", "register_trace"]
 
@@ -340,9 +340,20 @@ def cmd_trace(args: argparse.Namespace) -> int:
         raise UsageError("chc trace: choose a subcommand: " + ", ".join(_SUBCOMMANDS) + " (chc trace -h)")
     _refuse_clobber(args)
     _refuse_what_it_cannot_do(args)
+    early: list[tuple[str, str]] = []
+    EARLY_STOP_OBSERVERS.append(lambda path, reason: early.append((path, reason)))
     try:
-        return _SUBCOMMANDS[name](args)
-    except CaptureError:
-        raise
+        code = _SUBCOMMANDS[name](args)
+    except (CaptureError, BrokenPipeError):
+        raise                           # (a closed pipe: chc's main exits as chc run does)
     except OSError as exc:
         raise UsageError(f"{getattr(exc, 'filename', None) or 'output'}: {exc.strerror or exc}") from None
+    finally:
+        EARLY_STOP_OBSERVERS.pop()
+    if early and code == 0:
+        # As chc run: never a silent success on part of the input (cli.md, exit codes).
+        path, reason = early[0]
+        print(f"chc trace {name}: {path} stopped early ({reason}): the result covers the part before it "
+              f"(exit {EXIT_PARTIAL})", file=sys.stderr)
+        return EXIT_PARTIAL
+    return code
