@@ -77,6 +77,7 @@ from .summary import canonical
 __all__ = ["Options", "Replay", "Server", "Source", "serve"]
 
 WAIT_S = 0.2                # longest wait for input: how late a stop or a sample can be
+SAME_STOP_S = 1.0           # a second SIGTERM this soon after the first is the same stop (timeout(1))
 
 
 class Source(Protocol):
@@ -262,6 +263,7 @@ class _Stops:
     and what it takes from its source."""
 
     stopped_by: str | None = None
+    stopped_at = 0.0
     source: Source
     batch_size: int
     count: int | None
@@ -285,15 +287,24 @@ class _Stops:
     def stop(self, why: str) -> None:
         if self.stopped_by is None:
             self.stopped_by = why
+            self.stopped_at = time.monotonic()
+
+    def _signalled(self, why: str) -> None:
+        """A stop signal: the first stops the loop, one after it has stopped (a second one,
+        or the first once the input ended by itself: the drain) aborts (KeyboardInterrupt).
+        A SIGTERM within ``SAME_STOP_S`` of a SIGTERM stop is the same stop: ``timeout``
+        and process-group kills deliver it twice (a new user's trial: the second aborted
+        the drain and the summary was lost)."""
+        if self.stopped_by is None:
+            self.stop(why)
+        elif not (why == "terminate" == self.stopped_by and time.monotonic() - self.stopped_at < SAME_STOP_S):
+            raise KeyboardInterrupt
 
     @contextlib.contextmanager
     def signals(self) -> Iterator[None]:
-        """SIGINT and SIGTERM stop the loop; one after it has stopped (a second one, or the
-        first once the input ended by itself: the drain) aborts (KeyboardInterrupt)."""
+        """SIGINT and SIGTERM stop the loop (:meth:`_signalled`)."""
         def handler(signum: int, frame: Any, why: str) -> None:
-            if self.stopped_by is not None:
-                raise KeyboardInterrupt
-            self.stop(why)
+            self._signalled(why)
         previous = {sig: signal.signal(sig, lambda s, f, why=why: handler(s, f, why))
                     for sig, why in ((signal.SIGINT, "interrupt"), (signal.SIGTERM, "terminate"))}
         try:
@@ -390,9 +401,7 @@ class ProcServer(_Stops):
 
     def interrupt(self) -> None:
         """The proc runtime's SIGTERM: a stop, one after it aborts (as the handlers here)."""
-        if self.stopped_by is not None:
-            raise KeyboardInterrupt
-        self.stop("terminate")
+        self._signalled("terminate")
 
     def _status(self, now: float) -> None:
         then, before = self._shown
