@@ -233,3 +233,21 @@ def test_ctrl_c_keeps_the_sections_that_finished(tmp_path, capsys, monkeypatch):
     _check_chain(data)
     assert "offload" not in data and "store" not in data
     assert "chain" in capsys.readouterr().out
+
+
+def test_a_bad_redis_or_output_is_refused_before_anything_is_measured(capsys, tmp_path):
+    """A --redis with nothing there was found after the memory cells had run (minutes in a
+    full run) and nothing was written; --png into /proc was a traceback at the end."""
+    import time
+
+    from chc.bench.stores import free_ports
+
+    t0 = time.monotonic()
+    port = free_ports(1)[0]
+    assert main(["bench", "--quick", "--sections", "chain", "--redis", f"redis://127.0.0.1:{port}",
+                 "--json", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--redis: redis://127.0.0.1:" in err and "connection refused" in err
+    assert main(["bench", "--quick", "--sections", "store", "--no-redis", "--png", "/proc/x"]) == 2
+    assert "--png /proc/x: cannot write there" in capsys.readouterr().err
+    assert time.monotonic() - t0 < 30 and not (tmp_path / "r.json").exists()

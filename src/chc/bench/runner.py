@@ -13,6 +13,7 @@ that order, each adding its keys to one results dict (the ``--json`` file).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -127,9 +128,33 @@ def _redis(args: argparse.Namespace, servers: int) -> tuple[list[str], str, Priv
                           "loopback"), private
 
 
+def _check_early(args: argparse.Namespace) -> None:
+    """What would fail only after minutes of measuring, checked first (a new user's trial:
+    a --redis with nothing there was found after the memory cells, and nothing was written)."""
+    from ..backends import open_store
+    from ..core.store import StoreError
+    if args.redis and not args.no_redis:
+        for url in (u.strip() for u in args.redis.split(",") if u.strip()):
+            try:
+                open_store(url, fresh=False, lease=False, attempts=2, backoff=0.05).close()
+            except (StoreError, ValueError) as exc:
+                raise BenchError(f"--redis: {exc}") from None
+    for flag, path in (("--png", getattr(args, "png", None)), ("--json", getattr(args, "json", None))):
+        if not path:
+            continue
+        where = path if flag == "--png" else (os.path.dirname(os.path.abspath(path)) or ".")
+        try:
+            os.makedirs(where, exist_ok=True)
+        except OSError as exc:
+            raise BenchError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
+        if not os.access(where, os.W_OK):
+            raise BenchError(f"{flag} {path}: cannot write there (permission denied)")
+
+
 def run(args: argparse.Namespace, sections: tuple[str, ...] = SECTIONS) -> dict:
     """Run the selected sections; return the results (as written to --json)."""
     started = time.perf_counter()
+    _check_early(args)
     conf = _config(args)
     chosen = _chosen(args, sections)
     names = _input_names(args)
