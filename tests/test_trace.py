@@ -459,3 +459,14 @@ def test_a_closed_pipe_ends_chc_trace_quietly_as_chc_run(tmp_path):
                        "echo ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", capture_output=True, text=True,
                        timeout=120)
     assert r.stdout.strip() == "141" and "error" not in r.stderr, r.stderr
+
+
+def test_scan_says_when_the_background_has_fewer_targets_than_asked(tmp_path, capsys):
+    """--targets 100 on a background of 18 hosts scanned 18 without a word (a new user's trial)."""
+    bg = Path(__file__).resolve().parent.parent / "traces/zeek/http_get.pcap"
+    assert main(["trace", "scan", str(bg), "-o", str(tmp_path / "s.pcap"), "--truth", str(tmp_path / "t.json"),
+                 "--targets", "100", "--ports", "20-30", "--any-order"]) == 0
+    truth = json.loads((tmp_path / "t.json").read_text())
+    assert truth["targets_asked"] == 100 and truth["targets_available"] < 100
+    assert all(len(x["targets"]) == truth["targets_available"] for x in truth["scanners"])
+    assert f"--targets 100: the background has {truth['targets_available']} hosts to scan" in capsys.readouterr().err

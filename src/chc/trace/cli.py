@@ -286,6 +286,9 @@ def _scan(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     _write_json(args.truth, truth)
+    if truth["targets_available"] < truth["targets_asked"]:
+        print(f"chc: warning: --targets {truth['targets_asked']}: the background has {truth['targets_available']} "
+              "hosts to scan; each scanner probes those", file=sys.stderr)
     missed = [x["host"] for x in truth["scanners"] if not x["trw_flagged"]]
     print(f"{args.out}: {truth['packets']:,} packets ({truth['planted_packets']:,} planted), "
           f"{len(truth['scanners'])} scanner(s): {', '.join(x['host'] for x in truth['scanners'])}")

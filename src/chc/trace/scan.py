@@ -286,6 +286,8 @@ def plant_scans(background: str | os.PathLike[str], out: str | os.PathLike[str],
         "answered": answered,
         "silent": silent,
         "seed": seed,
+        "targets_asked": targets,
+        "targets_available": len(pool),          # hosts the background has to scan (fewer: all of them)
         "scanners": info,
         "expected_alerts": [x["host"] for x in info if x["trw_flagged"]],
     }
