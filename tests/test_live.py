@@ -579,6 +579,15 @@ def test_a_down_interface_and_offloads_on_are_said_at_the_start(caplog):
         caplog.set_level("WARNING", logger="chc.live")
         for name in (a, b):
             LivePort(name).close()
+        # One interface, two chc processes: the second is refused (both forwarded every frame).
+        from chc.cliargs import UsageError
+        first = LivePort(b)
+        try:
+            with pytest.raises(UsageError, match=f"--live {b}: another chc \\(pid {os.getpid()}\\) is bridging"):
+                LivePort(b)
+        finally:
+            first.close()
+        LivePort(b).close()                        # free again once closed
         said = [r.getMessage() for r in caplog.records]
         assert any(m.startswith(f"--live {a}: the interface is down") for m in said), said
         assert not any(m.startswith(f"--live {b}: the interface is down") for m in said), said
@@ -590,3 +599,13 @@ def test_a_down_interface_and_offloads_on_are_said_at_the_start(caplog):
             assert not [r for r in caplog.records if "offloads on" in r.getMessage()]
     finally:
         _sh("ip", "link", "del", a, check=False)
+
+
+def test_a_live_pair_with_a_third_name_is_refused():
+    """--live in0:out0:x ran on out0 and was reported as out0:x (a new user's trial)."""
+    from chc.cliargs import UsageError
+    from chc.live import _ifpair
+
+    assert _ifpair("in0:out0") == ("in0", "out0")
+    with pytest.raises(UsageError, match="expected IN_IF:OUT_IF"):
+        _ifpair("in0:out0:x")

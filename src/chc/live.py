@@ -46,9 +46,11 @@ import dataclasses
 import fcntl
 import logging
 import mmap
+import os
 import select
 import socket
 import struct
+import tempfile
 import time
 from typing import Any
 
@@ -158,6 +160,35 @@ class PortError(UsageError):
     """A live port cannot be opened (no such interface, no permission)."""
 
 
+def _claim(ifname: str) -> Any:
+    """An exclusive lock on ``ifname`` in this network namespace, held while the port is
+    open: two chc processes on one interface both forwarded every frame, each packet
+    twice (a new user's trial).  None where no lock can be made (then nothing is said)."""
+    try:
+        netns = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        netns = 0
+    directory = "/run/lock" if os.access("/run/lock", os.W_OK) else tempfile.gettempdir()
+    path = os.path.join(directory, f"chc-live-{netns}-{ifname}.lock")
+    try:
+        fh = open(path, "a+")       # noqa: SIM115 - held open for the port's life
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise PortError(f"--live {ifname}: another chc ({holder}) is bridging this interface; two would "
+                        "forward every frame twice") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()}")
+    fh.flush()
+    return fh
+
+
 class LivePort:
     """One interface's raw Ethernet frames, read and written in batches."""
 
@@ -170,6 +201,7 @@ class LivePort:
         self.kernel_drops = 0           # frames the socket's buffer had no room for
         self.oversize = 0               # frames larger than a ring slot (offloads left on?)
         self.ring: mmap.mmap | None = None
+        self._lock: Any = None
         try:
             index = socket.if_nametoindex(ifname)
         except OSError:
@@ -207,6 +239,11 @@ class LivePort:
         except OSError as exc:
             sock.close()
             raise PortError(f"--live {ifname}: {exc.strerror or exc}") from None
+        try:
+            self._lock = _claim(ifname)
+        except PortError:
+            sock.close()
+            raise
         sock.setblocking(False)
         self.sock = sock
         self._buf = bytearray(MAX_FRAME)
@@ -323,6 +360,9 @@ class LivePort:
             self.ring.close()
             self.ring = None
         self.sock.close()
+        if self._lock is not None:
+            self._lock.close()      # (releases the flock)
+            self._lock = None
 
 
 def mirrored(chain: Chain) -> tuple[Chain, dict[str, str]]:
@@ -465,6 +505,6 @@ class Ports:
 
 def _ifpair(text: str) -> tuple[str, str]:
     a, sep, b = text.partition(":")
-    if not sep or not a or not b or a == b:
+    if not sep or not a or not b or a == b or ":" in b:
         raise UsageError(f"--live {text!r}: expected IN_IF:OUT_IF, two different interfaces")
     return a, b
