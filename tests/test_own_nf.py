@@ -232,11 +232,16 @@ def test_a_state_value_chc_cannot_store_is_one_line_naming_it(tmp_path, capsys):
     """It was a traceback from json at the very end (the state digest), no summary."""
     (tmp_path / "objects_mine.py").write_text(OBJECT_IN_STATE)
     spec = _spec(tmp_path, "objects_mine.py:KeepsObjects", "{}")
-    rc = main(["run", str(spec), LAN, "-c", "300", "--no-progress", "-q"])
+    rc = main(["run", str(spec), LAN, "-c", "300", "--no-progress", "-q",
+               "--summary-json", str(tmp_path / "s.json"), "--state-json", str(tmp_path / "state.json")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0, err
     assert err.startswith("chc: error: heavy.last[") and "holds a Seen inside its tuple" in err, err
     assert "None, bool, int" in err
+    # The rest of the run's summary stands (a long chc serve lost it): written, with the reason.
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["packets_in"] > 0 and summary["state_digest"] == "" and "holds a Seen" in summary["state_error"]
+    assert not (tmp_path / "state.json").exists()
 
 
 @pytest.mark.parametrize("ref, says", [

@@ -461,12 +461,14 @@ def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:
                 summary.mark_partial(f"interrupted after {feed.read:,} packets read")
             if args.summary_json:
                 _write_json(args.summary_json, summary.as_json(), outputs)
-            if args.state_json:
+            if args.state_json and summary.state_error is None:
                 from .summary import canonical
                 _write_json(args.state_json, canonical(runtime.logical_state(), flows=True), outputs)
     if not args.quiet:
         # With the packets on stdout, the summary goes where tcpdump puts its counts.
         print(summary.render(), file=sys.stderr if args.out == STDIN else sys.stdout)
+    if summary.state_error is not None:
+        raise StateValueError(summary.state_error)
     if feed.stopped_by == "interrupt":
         return EXIT_INTERRUPTED
     return EXIT_PARTIAL if reader.stop_reason and not args.allow_partial else 0

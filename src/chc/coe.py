@@ -63,7 +63,7 @@ from .runtime import control
 from .runtime.sim import SimRuntime, Unrecoverable
 from .runtime.storefailover import UNSEEN, recoverable_url
 from .spec import MAX_PARALLELISM, Chain
-from .summary import canonical
+from .summary import StateValueError, canonical
 
 # -- the physical run's records ---------------------------------------------------------------
 
@@ -144,6 +144,8 @@ def _collect(rt: SimRuntime, records: list[tuple[int, bytes]]) -> RunResult:
     out: list[tuple[int, bytes]] = []
     rt.run(records, emit=lambda pkts: out.extend((p.clock, bytes(p.data)) for p in pkts))
     s = rt.summary()
+    if s.state_error is not None:
+        raise StateValueError(s.state_error)        # (the NF's values, not a divergence)
     alerts = sorted((a["vertex"], a["kind"], a["host"], a["clock"]) for a in s.alerts)
     stored: dict = {}
     if rt.store is not None:
@@ -982,6 +984,8 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
         if store is not None:
             store.close()
     s = rt.summary()
+    if s.state_error is not None:
+        raise StateValueError(s.state_error)        # (the NF's values, not a divergence)
     alerts = sorted((a["vertex"], a["kind"], a["host"], a["clock"]) for a in s.alerts)
     stored = {(vertex, obj, key): value for vertex, objs in rt.final_state.items()
               for obj, entries in objs.items() for key, value in entries.items()}

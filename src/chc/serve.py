@@ -72,7 +72,7 @@ from .packet import Packet
 from .runtime.pacing import Pacer
 from .runtime.sim import SimRuntime
 from .spec import Chain
-from .summary import canonical
+from .summary import StateValueError, canonical
 
 __all__ = ["Options", "Replay", "Server", "Source", "serve"]
 
@@ -565,10 +565,12 @@ def _report(opts: Options, rt: Any, capture: dict[str, Any], write_json: Callabl
         summary.mark_partial(f"the capture stopped early at byte {capture['offset']:,} ({capture['reason']})")
     if opts.summary_json:
         write_json(opts.summary_json, summary.as_json())
-    if opts.state_json:
+    if opts.state_json and summary.state_error is None:
         write_json(opts.state_json, canonical(rt.logical_state(), flows=True))
     if not opts.quiet:
         print("\n".join([summary.render(), *lines, f"stopped by {_stopped_by(opts, stopped_by)}"]))
+    if summary.state_error is not None:
+        raise StateValueError(summary.state_error)
     if stopped_by == "interrupt":
         return EXIT_INTERRUPTED
     return EXIT_PARTIAL if capture.get("truncated") else 0     # (as chc run's)

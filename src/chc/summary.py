@@ -123,6 +123,7 @@ class Summary:
     vertices: dict[str, dict] = dataclasses.field(default_factory=dict)
     alerts: list[dict] = dataclasses.field(default_factory=list)
     state_digest: str = ""
+    state_error: str | None = None      # why there is no digest (a value chc cannot digest)
     capture: dict = dataclasses.field(default_factory=dict)
     store: dict = dataclasses.field(default_factory=dict)
     log: dict = dataclasses.field(default_factory=dict)
@@ -140,6 +141,14 @@ class Summary:
     @property
     def pps(self) -> float:
         return self.packets_in / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def digest_state(self, logical: dict[str, dict[str, dict]]) -> None:
+        """``state_digest`` of the run's logical state; or, when the state holds a value chc
+        cannot digest, ``state_error`` saying which (the rest of the summary still stands)."""
+        try:
+            self.state_digest = state_digest(logical)
+        except StateValueError as exc:
+            self.state_digest, self.state_error = "", str(exc)
 
     def as_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -226,5 +235,6 @@ class Summary:
         if lg:
             lines.append(f"packet log ({lg['mode']}): {lg['logged']:,} logged, {lg['deleted']:,} deleted, "
                          f"{lg['remaining']:,} remaining, {lg['dropped_overflow']:,} dropped on overflow")
-        lines += ["", f"state digest {self.state_digest}"]
+        lines += ["", f"state digest {self.state_digest}" if self.state_error is None
+                  else "state digest unavailable: the state holds a value chc cannot digest (below)"]
         return "\n".join(lines)

@@ -90,7 +90,7 @@ from ..core.store import CLOCK_BITS
 from ..nf import Alert
 from ..packet import Packet
 from ..spec import Chain
-from ..summary import Summary, merge_states, state_digest
+from ..summary import Summary, merge_states
 from . import procboot, procmanager, procscale, procstore, procworker, storeserver
 from .errors import ProcFailure
 from .pacing import Pacer
@@ -1238,7 +1238,7 @@ class ProcRuntime:
             if not v.offpath:
                 dropped += stats["dropped"]
         s.dropped = dropped
-        s.state_digest = state_digest(self.logical_state())
+        s.digest_state(self.logical_state())
         clients = [r["client"] for r in self.reported.values() if r.get("client")]
         round_trips = (self.store_stats.get("round_trips", 0) if self.remote is not None
                        else sum(r["round_trips"] for r in self.reported.values()))

@@ -87,7 +87,7 @@ from ..core.store import Op
 from ..nf import Access
 from ..packet import Packet, flow_key
 from ..spec import MAX_PARALLELISM, Chain
-from ..summary import Summary, merge_states, state_digest
+from ..summary import Summary, merge_states
 from . import control
 from .errors import Unrecoverable
 from .pacing import Delay, Pacer
@@ -1894,7 +1894,7 @@ class SimRuntime:
             if not v.offpath:
                 dropped += stats["dropped"]
         s.dropped = dropped
-        s.state_digest = state_digest(self.logical_state())
+        s.digest_state(self.logical_state())
         s.events = list(self.events_log)
         s.store = self.store_stats()
         s.log = self.log_stats()
