@@ -369,3 +369,21 @@ def test_a_flow_moved_away_and_back_is_not_read_from_a_stale_cache():
         r = check_variant(chain, sc, records, variant(chain, sc, seed, ["memory"]), ())
         assert r.verdict == "pass", r.result.first
         assert r.result.events.get("move") == 2, r.result.events
+
+
+def test_an_event_on_an_instance_a_scale_out_adds_is_judged_when_it_fires(lan_slice):
+    """Validated against the starting size, a crash of nat[1] after a scale-out of nat
+    stopped the whole check on a seed that drew one starting instance (a new user's
+    trial).  Now it fires on the added instance, or is logged refused if none is there."""
+    sc = parse_scenario({"events": [
+        {"at": {"packets": 100}, "do": "crash", "target": "nat[2]"},       # before any scale-out: refused
+        {"at": {"packets": 200}, "do": "scale-out", "target": "nat"},
+        {"at": {"packets": 400}, "do": "crash", "target": "nat[1]"}]})     # the added one
+    s = run(load_spec(PAPER), list(open_capture(lan_slice))[:1000], events=sc.events)
+    kinds = [(e["kind"], e.get("instance")) for e in s["events"] if e["kind"] in ("crash", "crash-refused")]
+    assert kinds == [("crash-refused", None), ("crash", 1)], s["events"]
+    refused = next(e for e in s["events"] if e["kind"] == "crash-refused")
+    assert "no such instance when it fired: 'nat[2]': nat has instances 0-0" in refused["reason"]
+    with pytest.raises(ValueError, match="nat has instances 0-0"):     # no scale-out of nat: an error at once
+        run(load_spec(PAPER), [], events=parse_scenario({"events": [
+            {"at": {"packets": 10}, "do": "crash", "target": "nat[1]"}]}).events)

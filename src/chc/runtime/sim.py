@@ -301,8 +301,16 @@ class SimRuntime:
         self.log_lost = False
         self.events = sorted(events or [], key=lambda e: (e.at_packet is None, e.at_packet or 0,
                                                           e.at_time_ns or 0))
+        growing = {(e.target or "").partition("[")[0] for e in self.events if e.action == "scale-out"}
+        growing |= {m.vertex for m in self.managers}
         for ev in self.events:
-            ACTIONS[ev.action].resolve(self, ev)     # fail early on a bad target
+            try:
+                ACTIONS[ev.action].resolve(self, ev)     # fail early on a bad target
+            except NoSuchInstance:
+                # An instance a scale-out may add before the event: judged when it fires
+                # (a seed that drew fewer starting instances stopped the whole check).
+                if (ev.target or "").partition("[")[0] not in growing:
+                    raise
         self._pending_events = list(self.events)     # those not applied yet (run, feed)
         self.track_processed = (any(ev.action == "clone" for ev in self.events)
                                 or any(m.policy.straggler_factor is not None or m.policy.decide_fn is not None
@@ -363,8 +371,10 @@ class SimRuntime:
         insts = self.instances[name]
         if rest:
             idx = rest.rstrip("]")
-            if not idx.isdigit() or int(idx) >= len(insts):
-                raise ValueError(f"{target!r}: {name} has instances 0-{len(insts) - 1}")
+            if not idx.isdigit():
+                raise ValueError(f"{target!r}: expected {name}[N] with a number N")
+            if int(idx) >= len(insts):
+                raise NoSuchInstance(f"{target!r}: {name} has instances 0-{len(insts) - 1}")
             insts = [insts[int(idx)]]
         return insts
 
@@ -823,7 +833,11 @@ class SimRuntime:
         return batch
 
     def apply(self, event: Any) -> None:
-        ACTIONS[event.action].apply(self, event)
+        try:
+            ACTIONS[event.action].apply(self, event)
+        except NoSuchInstance as exc:        # (not added by then: logged, as proc logs a kill-skipped)
+            self._log(f"{event.action}-refused", (event.target or "").partition("[")[0], None,
+                      reason=f"no such instance when it fired: {exc}", by="scenario")
 
     @staticmethod
     def _emit(out: list[Packet], emit: Callable[[list[Packet]], None] | None) -> None:
@@ -1974,6 +1988,10 @@ def stored_state(handles: dict[str, Any], stored: dict[str, dict]) -> dict[str, 
         if entries:
             out[name] = entries
     return out
+
+
+class NoSuchInstance(ValueError):
+    """A scenario event names an instance the vertex does not have (yet)."""
 
 
 def _due(event: Any, pkt: Packet) -> bool:
