@@ -190,6 +190,11 @@ def test_a_policy_that_raises_is_reported_and_the_vertex_keeps_its_size(policies
     assert errors and errors[0]["error"] == "RuntimeError: operator bug" and len(policies) == len(errors)
     assert s["vertices"]["portscan"]["instances"] == 1 and s["vertices"]["portscan"]["sizes"] == [1]
     assert s["packets_out"] == run(load_spec(PAPER), records)["packets_out"]
+    # ... and the printed summary says so (the JSON alone had it: a new user's trial)
+    from chc.summary import Summary
+    text = Summary(**{k: v for k, v in s.items() if k != "pps"}).render()
+    assert (f"  portscan: its policy failed {len(errors)} times, the vertex kept its size; "
+            "first: RuntimeError: operator bug") in text
 
 
 def test_a_callable_policy_is_bounded_by_max(policies, lan_slice):

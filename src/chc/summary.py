@@ -167,6 +167,13 @@ class Summary:
             if "imbalance" in v:
                 line += f", imbalance {v['imbalance']:.2f} (peak {v['peak_imbalance']:.2f})"
             out.append(line)
+        errors: dict[str, list[str]] = {}
+        for e in self.events:
+            if e["kind"] == "policy-error":
+                errors.setdefault(e["vertex"], []).append(e.get("error", ""))
+        # (a policy that failed at every interval left the vertex at its size with no word: a trial)
+        out += [f"  {v}: its policy failed {len(errs)} time{'s' if len(errs) > 1 else ''}, the vertex kept its "
+                f"size; first: {errs[0]}" for v, errs in errors.items()]
         if not out:
             return out
         changes = [e for e in self.events if "barrier_clock" in e]      # the proc runtime's (one per change)
