@@ -151,6 +151,7 @@ def test_the_killed_process_issued_updates_reach_the_checker():
     (["--kill", "random:x"], "random:K"),
     (["--break", "no-replay"], "needs a --kill"),
     (["--kill", "random", "--runtime", "sim"], "--runtime proc"),
+    (["--kill", "nat[0]@10", "--kill", "during"], "--kill during draws the kills itself: give it alone"),
 ])
 def test_bad_kills_are_one_line(argv, says, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
@@ -266,3 +267,9 @@ def test_on_several_redis_servers_random_kills_draw_no_store_and_a_store_kill_is
     assert main(["run", "--runtime", "proc", PAPER, LAN, "--store", two, "--model", "EO", "--kill", "store@10"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("chc: error: --kill store: store failover needs") and "\n" not in err
+
+
+def test_kills_given_in_two_options_are_both_made():
+    """A second --kill silently replaced the first (a new user's trial)."""
+    from chc.cli import _one_kill
+    assert _one_kill(["nat[0]@10", "lb[1]@20"]) == "nat[0]@10,lb[1]@20" and _one_kill(None) == ""

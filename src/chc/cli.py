@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "processes in actors of a Ray cluster, --ray-address)")
     chk.add_argument("--checkpoint-ms", type=float, default=None, metavar="MS",
                      help="--runtime proc or ray with --kill: the store server's checkpoint interval (default 100)")
-    chk.add_argument("--kill", metavar="random[:K]|during|VERTEX[I]@N[,...]",
+    chk.add_argument("--kill", action="append", metavar="random[:K]|during|VERTEX[I]@N[,...]",
                      help="--runtime proc or ray: each seed SIGKILLs NF instance, root or store server processes, a "
                           "failover process takes over each (§5.4) and the run is checked; 'random': an instance, "
                           "root or the store server and an input packet (middle 80%%) drawn per seed, 'random:K' K "
@@ -307,7 +307,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         seeds = [args.seed] if args.seed is not None else list(range(args.first_seed, args.first_seed + args.seeds))
         checkrun.check_jobs(args.jobs, len(seeds), args.store or ["memory"], args.runtime)
         job = checkrun.Job.load(args.chain, args.scenario, args.capture, args.packets,
-                                args.store or ["memory"], tuple(args.breaks), args.runtime, args.kill or "",
+                                args.store or ["memory"], tuple(args.breaks), args.runtime, _one_kill(args.kill),
                                 args.ray_address, args.checkpoint_ms)
         if args.runtime in ("proc", "ray"):
             refused = checkrun.proc_refusal(job.scenario, seeds, list(job.chain.vertices), len(job.records),
@@ -649,6 +649,19 @@ def _write_json(path: str, data, outputs: Outputs | None = None) -> None:
 
 
 COMMANDS = {"run": cmd_run, "serve": cmd_serve, "check": cmd_check, "trace": cmd_trace, "bench": cmd_bench}
+
+
+def _one_kill(kills: list[str] | None) -> str:
+    """chc check's --kill, given once; explicit kills given twice are joined (a second
+    --kill silently replaced the first: a new user's trial)."""
+    if not kills:
+        return ""
+    if len(kills) > 1:
+        drawn = [k for k in kills if k.split(":")[0] in ("random", "during")]
+        if drawn:
+            raise UsageError(f"--kill {drawn[0]} draws the kills itself: give it alone, not with another --kill "
+                             f"(explicit kills go in one --kill, comma-separated)")
+    return ",".join(kills)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
