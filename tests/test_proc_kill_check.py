@@ -273,3 +273,14 @@ def test_kills_given_in_two_options_are_both_made():
     """A second --kill silently replaced the first (a new user's trial)."""
     from chc.cli import _one_kill
     assert _one_kill(["nat[0]@10", "lb[1]@20"]) == "nat[0]@10,lb[1]@20" and _one_kill(None) == ""
+
+
+def test_a_kill_may_name_an_instance_a_manager_adds():
+    """chc serve refused --kill portscan[1]@N for a vertex its policy scales out (chc check
+    took it): the kill lands if the instance is there by then, else it is logged skipped."""
+    from chc.runtime.proc import parse_kill
+
+    scaled = load_spec(str(ROOT / "examples/autoscale.yaml"))
+    assert parse_kill("portscan[1]@8000", scaled).instance == 1
+    with pytest.raises(ValueError, match="nat has 1 instance"):
+        parse_kill("nat[1]@8000", scaled)          # no policy on nat: one instance, always

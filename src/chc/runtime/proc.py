@@ -1306,7 +1306,9 @@ def parse_kill(text: str, chain: Chain) -> Kill:
     v = chain.vertices.get(vertex)
     if v is None:
         raise ValueError(f"--kill {text!r}: no vertex {vertex!r} (vertices: {', '.join(chain.vertices)})")
-    if i >= v.parallelism and not during:      # (during a change: maybe a scale-out's instance)
+    # (during a change, or of a vertex its manager scales: maybe a scale-out's instance, killed
+    # if it is there when the kill is due, else logged kill-skipped)
+    if i >= v.parallelism and not during and v.scaling is None:
         raise ValueError(f"--kill {text!r}: {vertex} has {v.parallelism} instance(s)")
     return Kill(vertex, i, at, during)
 
