@@ -23,7 +23,7 @@ from chc.nf import FLOW, NF, Access, Value
 from chc.runtime.pacing import Pacer
 from chc.runtime.sim import SimRuntime
 from chc.scenario import ScenarioError, parse_scenario
-from chc.spec import SpecError, load_spec, parse_spec
+from chc.spec import MAX_PARALLELISM, SpecError, load_spec, parse_spec
 from chc.trace.gen import generate, resolve_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -392,3 +392,17 @@ def test_an_event_on_an_instance_a_scale_out_adds_is_judged_when_it_fires(lan_sl
     with pytest.raises(ValueError, match="nat has instances 0-0"):     # no scale-out of nat: an error at once
         run(load_spec(PAPER), [], events=parse_scenario({"events": [
             {"at": {"packets": 10}, "do": "crash", "target": "nat[1]"}]}).events)
+
+
+def test_a_managed_vertex_starts_within_its_policys_bounds():
+    """--parallelism 3 under max 2 ran 3 -> 2 -> 1 -> 2, and chc check seeds drew 4 against
+    max 2 (a new user's trial): refused, and drawn within min..max."""
+    raw = yaml.safe_load(PAPER.read_text())
+    raw["vertices"]["trojan"]["scaling"] = {"out_above_pps": 3000, "in_below_pps": 1500, "min": 2, "max": 3}
+    raw["vertices"]["trojan"]["parallelism"] = 2
+    chain = parse_spec(raw)
+    with pytest.raises(SpecError, match=r"trojan.parallelism 4: outside min..max \(2..3\) of its scaling policy"):
+        chain.with_parallelism(4)
+    sc = parse_scenario({"name": "drawn"})
+    assert {variant(chain, sc, seed, ["memory"]).parallelism["trojan"] for seed in range(40)} == {2, 3}
+    assert chain.with_room().vertices["trojan"].parallelism == MAX_PARALLELISM      # naming only, never run

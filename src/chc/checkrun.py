@@ -47,7 +47,7 @@ from .coe import (
 )
 from .core.store import StoreError
 from .scenario import Scenario, ScenarioError, load_scenario
-from .spec import MAX_PARALLELISM, Chain, load_spec
+from .spec import Chain, load_spec
 
 
 class NothingChecked(Exception):
@@ -177,7 +177,7 @@ def _check_kill(kill: str, chain: Chain, runtime: str) -> None:
     if not kill_count(kill) and kill != DURING:
         from .runtime.proc import parse_kill
         for k in kill.split(","):
-            parse_kill(k, chain.with_parallelism(MAX_PARALLELISM))
+            parse_kill(k, chain.with_room())
 
 
 _JOB: Job | None = None         # the job of a forked worker

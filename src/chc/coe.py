@@ -62,7 +62,7 @@ from .reference import LogicalRun, Replay, StoreStep, logical_run, replay, same
 from .runtime import control
 from .runtime.sim import SimRuntime, Unrecoverable
 from .runtime.storefailover import UNSEEN, recoverable_url
-from .spec import MAX_PARALLELISM, Chain
+from .spec import Chain
 from .summary import StateValueError, canonical
 
 # -- the physical run's records ---------------------------------------------------------------
@@ -774,7 +774,9 @@ def variant(chain: Chain, scenario: Any, seed: int, stores: list[str]) -> Varian
         elif isinstance(fixed, dict) and name in fixed:
             par[name] = fixed[name]
         else:
-            par[name] = rng.randint(1, 4)
+            pol = chain.vertices[name].scaling       # (a managed vertex starts within its min..max)
+            lo, hi = (1, 4) if pol is None else (max(1, pol.min), max(pol.min, min(4, pol.max)))
+            par[name] = rng.randint(lo, hi)
     model = scenario.model or rng.choice(["EO", "EO+C", "EO+C+NA"])
     store = scenario.store or rng.choice(stores)
     batch = scenario.batch_size or rng.choice([1, 7, 32, 64, 256])
@@ -959,7 +961,7 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
     physical = chain.with_parallelism(v.parallelism)
     events = scenario.events_for(v.seed, list(chain.vertices), len(records))
     # (with scaling, an instance a scale-out adds may be named: one not there at its kill is skipped)
-    named = physical.with_parallelism(MAX_PARALLELISM) if events else physical
+    named = physical.with_room() if events else physical
     kills = [parse_kill(k, named) for k in v.kill.split(",")] if v.kill else []
     cls: Any = ProcRuntime
     extra: dict[str, Any] = {}

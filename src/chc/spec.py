@@ -104,12 +104,24 @@ class Chain:
         return dataclasses.replace(self, vertices={n: dataclasses.replace(v, scaling=None)
                                                    for n, v in self.vertices.items()})
 
+    def with_room(self, names: Any = None) -> Chain:
+        """A copy whose vertices ``names`` (all: None) have the most instances a chain may
+        have: to name an instance a scale-out may add (a --kill), not to run."""
+        return dataclasses.replace(self, vertices={
+            n: dataclasses.replace(v, parallelism=MAX_PARALLELISM) if names is None or n in names else v
+            for n, v in self.vertices.items()})
+
     def with_parallelism(self, parallelism: int | dict[str, int]) -> Chain:
         """A copy with other instance counts (all vertices, or by name)."""
         out = dataclasses.replace(self, vertices={})
         for name, v in self.vertices.items():
             p = parallelism.get(name, v.parallelism) if isinstance(parallelism, dict) else parallelism
-            out.vertices[name] = dataclasses.replace(v, parallelism=check_parallelism(p, f"{name}.parallelism"))
+            p = check_parallelism(p, f"{name}.parallelism")
+            if v.scaling is not None and not v.scaling.min <= p <= v.scaling.max:
+                # (as the spec's own parallelism: a start of 3 under max 2 ran 3 -> 2 -> 1 -> 2)
+                raise SpecError(f"{name}.parallelism {p}: outside min..max ({v.scaling.min}..{v.scaling.max}) "
+                                "of its scaling policy")
+            out.vertices[name] = dataclasses.replace(v, parallelism=p)
         return out
 
 
