@@ -406,3 +406,14 @@ def test_a_managed_vertex_starts_within_its_policys_bounds():
     sc = parse_scenario({"name": "drawn"})
     assert {variant(chain, sc, seed, ["memory"]).parallelism["trojan"] for seed in range(40)} == {2, 3}
     assert chain.with_room().vertices["trojan"].parallelism == MAX_PARALLELISM      # naming only, never run
+
+
+@pytest.mark.parametrize("event, says", [
+    ({"do": "move", "target": "nat", "from": 0, "to": 1, "fraction": 1.5},
+     "fraction: a number above 0 and at most 1, got 1.5"),
+    ({"do": "move", "target": "nat", "from": 1, "to": 1}, "from and to are both 1: a move between two instances"),
+])
+def test_a_move_that_cannot_be_says_why(event, says):
+    """'fraction: a positive number, got 1.5'; a move from 1 to 1 did nothing, silently (a trial)."""
+    with pytest.raises(ScenarioError, match=says):
+        parse_scenario({"events": [{"at": {"packets": 100}, **event}]})

@@ -461,7 +461,8 @@ def _log_liveness(rt: SimRuntime) -> list[Divergence]:
     if not left:
         return []
     return [Divergence("log", f"packet #{left[0] & ((1 << 48) - 1)}", left[0], "completed and deleted",
-                       f"still logged at the end of input ({len(left)} packets never completed)")]
+                       f"still logged at the end of input ({len(left)} packet{'s' if len(left) > 1 else ''} never "
+                       "completed)")]
 
 
 # -- mechanism switches ------------------------------------------------------------------------
@@ -613,8 +614,9 @@ class BreakState:
         if "no-live-count" in self.names and obs.early:
             self.acted["no-live-count"] = f"{len(obs.early)} packets deleted with copies still in the chain"
         if "naive-move" in self.names and rt.naive_raced:
-            self.acted["naive-move"] = (f"{rt.naive_skipped} moves made while the old instance had packets queued; "
-                                        f"{rt.naive_raced} moved packets overtook their flow's last one")
+            n = rt.naive_skipped
+            self.acted["naive-move"] = (f"{n} move{'s' if n != 1 else ''} made while the old instance had packets "
+                                        f"queued; {rt.naive_raced} moved packets overtook their flow's last one")
         if "no-callback" in self.names:
             stale = sum(len(i.client.callback_caches) for i in insts if i.client is not None)
             total = sum(r.packets_in for r in rt.roots)
@@ -1032,7 +1034,8 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
     left = [r["log_first"] for r in rt.reported.values() if r.get("log_first") is not None]
     if left:
         divs.append(Divergence("log", f"packet #{min(left) & ((1 << 48) - 1)}", min(left), "completed and deleted",
-                               f"still logged at the end of input ({s.log['remaining']} packets never completed)"))
+                               f"still logged at the end of input ({s.log['remaining']} packet"
+                               f"{'s' if s.log['remaining'] > 1 else ''} never completed)"))
     divs = compare(ref, phys, chain) + divs
     result = CheckResult(divs, ref.notes, phys, ref, network=_kill_faults(v.kill, failovers, s.events),
                          steps=len(obs.serial.steps), events=_event_counts(s.events))

@@ -2121,7 +2121,11 @@ def _check_params(event: Any, allowed: dict[str, Callable[[Any], bool]], require
         if ok is None:
             raise ValueError(f"unknown parameter {name!r} (known: {', '.join(allowed) or 'none'})")
         if not ok(value):
-            raise ValueError(f"{name}: a positive number, got {value!r}")
+            raise ValueError(f"{name}: {_WANTED.get(name, 'a positive number')}, got {value!r}")
+
+
+_WANTED = {"fraction": "a number above 0 and at most 1", "from": "an instance index (0, 1, ...)",
+           "to": "an instance index (0, 1, ...)", "pick": "an index (0, 1, ...)"}
 
 
 def _positive(v: Any) -> bool:
@@ -2175,6 +2179,8 @@ def _is_index(v: Any) -> bool:
 def _check_move(event: Any) -> None:
     if not event.target or "[" in event.target:
         raise ValueError("needs a target: the vertex whose flow groups move")
+    if event.params.get("from") == event.params.get("to") is not None:
+        raise ValueError(f"from and to are both {event.params['to']}: a move between two instances")
     fraction = {"fraction": lambda v: _positive(v) and v <= 1}
     if "pick" in event.params:          # drawn by the seed (scenario ``random:``)
         _check_params(event, {"pick": _is_index, **fraction}, ("pick",))
