@@ -245,7 +245,7 @@ class Report:
         parts = [f"{c[v]} {v}" for v in ("pass", "diverged", "unrecoverable", "error", "not-exercised", "uncaught")
                  if c[v]]
         pace = f"({rate:.2f} seeds/s, {self.jobs} job{'s' if self.jobs != 1 else ''})"
-        line = f"{n} seeds: {', '.join(parts)} {pace}"
+        line = f"{n} seed{'s' if n != 1 else ''}: {', '.join(parts)} {pace}"
         if not self.job.breaks:
             # (all passed: the counts would say it twice)
             line = f"{c['pass']} of {n} seeds passed " + pace if c["pass"] == n else \
