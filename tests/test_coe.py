@@ -737,3 +737,21 @@ def test_a_shared_counters_result_follows_the_stores_order():
     verdicts = [check_variant(chain, sc, records, variant(chain, sc, seed, ["memory"]), ()) for seed in range(6)]
     assert [r.verdict for r in verdicts] == ["pass"] * 6, [str(r.result.first) for r in verdicts]
     assert all(r.result.physical.alerts for r in verdicts)
+
+
+def test_copies_of_a_packet_two_traffic_classes_take_are_counted():
+    """A packet two entries' match classes take is copied at the root: that fork went to
+    the root directly, not through the runtime the checker counts copies at, so a root
+    deleting with the copy live went unseen ('not exercised', a review)."""
+    from chc.spec import parse_spec
+
+    chain = parse_spec({"name": "classes", "vertices": {
+        "zabbix": {"nf": "pass", "match": {"ports": [10050]}}, "tcp": {"nf": "pass", "match": {"ports": [10050, 53]}},
+        "rest": {"nf": "pass", "match": "other"}}, "edges": []})
+    sc = parse_scenario({"name": "plain", "model": "EO", "parallelism": 1})
+    records = list(itertools.islice(open_capture(LAN), 2000))
+    ok = check_variant(chain, sc, records, variant(chain, sc, 0, ["memory"]), ())
+    assert ok.verdict == "pass", ok.result.first
+    broken = check_variant(chain, sc, records, variant(chain, sc, 0, ["memory"]), ("no-live-count",))
+    assert broken.verdict == "diverged", broken.breaks
+    assert any(d.what == "log" and "copy still in the chain" in d.physical for d in broken.result.divergences)

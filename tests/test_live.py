@@ -591,6 +591,8 @@ def test_a_down_interface_and_offloads_on_are_said_at_the_start(caplog):
         said = [r.getMessage() for r in caplog.records]
         assert any(m.startswith(f"--live {a}: the interface is down") for m in said), said
         assert not any(m.startswith(f"--live {b}: the interface is down") for m in said), said
+        # b is up, but its peer (a) is down: no carrier, nothing passes either (a review)
+        assert any(m.startswith(f"--live {b}: no carrier") for m in said), said
         assert any(m.startswith(f"--live {b}: offloads on (") and "ethtool -K" in m for m in said), said
         if shutil.which("ethtool"):
             _sh("ethtool", "-K", b, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off")

@@ -492,19 +492,3 @@ def test_the_status_line_rewrites_itself_on_a_terminal_and_prints_lines_elsewher
     assert tty.getvalue().count("\r") == 5 and tty.getvalue().endswith("\r\x1b[K")
     assert [line.split(",")[0] for line in log.getvalue().splitlines()] == ["chc serve: 1 s", "chc serve: 3 s"]
 
-
-def test_a_sigterm_delivered_twice_at_once_is_one_stop(tmp_path, serves):
-    """timeout(1) and process-group kills deliver SIGTERM twice: the second aborted the
-    drain and the summary was lost (a new user's trial).  A second SIGTERM within a
-    second is the same stop; the summary is written."""
-    summary = tmp_path / "s.json"
-    s = Serve(str(PAPER), "--capture", str(LAN), "--rate", "2000", "--loop", "--status", "0.5",
-              "--summary-json", str(summary))
-    serves.append(s)
-    s.wait_line("chc serve: ")
-    s.proc.send_signal(signal.SIGTERM)
-    code, out, err = s.stop(signal.SIGTERM)
-    assert code == 0, err
-    assert "Traceback" not in err and "interrupted" not in err
-    assert json.loads(summary.read_text())["capture"]["replay"]["stopped_by"] == "terminate"
-    assert out.rstrip().splitlines()[-1].startswith("stopped by SIGTERM")

@@ -117,6 +117,15 @@ def _is_up(ifname: str) -> bool | None:
         return None
 
 
+def _has_carrier(ifname: str) -> bool | None:
+    """Up but no link (a veth whose peer is down, a NIC without a cable): passes nothing."""
+    try:
+        with open(f"/sys/class/net/{ifname}/carrier") as fh:
+            return fh.read().strip() == "1"
+    except (OSError, ValueError):         # (reading carrier of a down interface fails: EINVAL)
+        return None
+
+
 def _ethtool(sock: socket.socket, ifname: str, cmd: int) -> int | None:
     """One ethtool get command's value (struct ethtool_value), None when refused."""
     value = array.array("I", [cmd, 0])
@@ -149,6 +158,9 @@ def _warn_setup(sock: socket.socket, ifname: str) -> None:
     if _is_up(ifname) is False:
         log.warning("--live %s: the interface is down: nothing passes until it is up (ip link set %s up)",
                     ifname, ifname)
+    elif _has_carrier(ifname) is False:
+        log.warning("--live %s: no carrier (no link: a veth whose peer is down, a cable out): nothing passes "
+                    "until there is", ifname)
     on = offloads_on(sock, ifname)
     if on:
         log.warning("--live %s: offloads on (%s): frames bigger than the MTU reach the chain and are dropped "

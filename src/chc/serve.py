@@ -526,6 +526,12 @@ def serve(opts: Options, runtime_kwargs: dict[str, Any], write_json: Callable[[s
         return _serve_proc(opts, proc, write_json)
     rt, source, banner = _source(opts, runtime_kwargs)
     server = Server(rt, source, opts.batch_size, opts.count, opts.duration)
+    with server.signals():      # (through the report: timeout(1)'s second SIGTERM may come after the drain)
+        return _serve(opts, rt, source, banner, server, write_json)
+
+
+def _serve(opts: Options, rt: Any, source: Source, banner: str, server: Server,
+           write_json: Callable[[str, Any], None]) -> int:
     closers: list[Callable[[], None]] = []
     status = None
     try:
@@ -543,8 +549,7 @@ def serve(opts: Options, runtime_kwargs: dict[str, Any], write_json: Callable[[s
             status = StatusLine(every, sys.stderr)
             server.on_sample.append(status)
         print("\n".join([banner, *urls]), file=sys.stderr, flush=True)
-        with server.signals():
-            server.loop()
+        server.loop()
     finally:
         if status is not None:
             status.close()
@@ -602,13 +607,13 @@ def _serve_proc(opts: Options, rt: Any, write_json: Callable[[str, Any], None]) 
     pace = "at its timestamps" if opts.rate is None else f"at {opts.rate:,g} packets/s"
     print(f"chc: serve: {opts.capture} {pace}{', in a loop' if opts.loop else ''}, chain {opts.chain.name!r} "
           f"(model {opts.model}, runtime {rt.name}); Ctrl-C stops", file=sys.stderr, flush=True)
-    try:
-        with server.signals():
+    with server.signals():      # (through the report, as serve's)
+        try:
             rt.run(server)
-    finally:
-        capture = source.describe(server.stopped_by)
-        source.close()
-    return _report(opts, rt, capture, write_json, [], server.stopped_by)
+        finally:
+            capture = source.describe(server.stopped_by)
+            source.close()
+        return _report(opts, rt, capture, write_json, [], server.stopped_by)
 
 
 def _host(listen: str) -> str:

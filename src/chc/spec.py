@@ -155,7 +155,7 @@ def read_yaml(path: str | os.PathLike, error: type[Exception]) -> Any:
 
 # pcap (both byte orders, us and ns), pcapng, gzip: what a capture given for a spec starts with
 _CAPTURE_MAGIC = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d",
-                  b"\x0a\x0d\x0d\x0a", b"\x1f\x8b")
+                  b"\x34\xcd\xb2\xa1", b"\xa1\xb2\xcd\x34", b"\x0a\x0d\x0d\x0a", b"\x1f\x8b")
 
 
 def _looks_like_a_capture(path: str | os.PathLike) -> bool:

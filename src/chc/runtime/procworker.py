@@ -805,7 +805,7 @@ class RootWorker:
             root.record(admitted)       # log first (§5): the reports that follow refer to the entries
             chain = self.plan.chain
             routed = ({chain.entries[0]: admitted} if len(chain.entries) == 1
-                      else classify(chain, root, admitted))
+                      else classify(chain, root.fork, admitted))
             for name, group in routed.items():
                 for i, sub in enumerate(self.out.split(name, group)):
                     if sub:

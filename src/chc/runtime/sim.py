@@ -443,7 +443,7 @@ class SimRuntime:
                     self._copy_to(src, tap, pkts, splitters[tap])
 
     def _classify(self, root: Root, admitted: list[Packet]) -> dict[str, list[Packet]]:
-        return classify(self.chain, root, admitted)
+        return classify(self.chain, self._fork, admitted)
 
     def _copy_to(self, src: tuple, vertex: str, pkts: list[Packet], splitter: Splitter) -> None:
         copies = [_copy(p) for p in pkts]
@@ -1915,9 +1915,10 @@ class SimRuntime:
         return s
 
 
-def classify(chain: Chain, root: Root, admitted: list[Packet]) -> dict[str, list[Packet]]:
+def classify(chain: Chain, fork: Callable[[int, int], None], admitted: list[Packet]) -> dict[str, list[Packet]]:
     """Traffic classes (entry ``match``): each packet to every entry that takes it,
-    ``other`` when none does; a packet taken by several is copied (a fork)."""
+    ``other`` when none does; a packet taken by several is copied (``fork(clock, copies)``
+    to its root: the sim's goes through the runtime, which the checker counts copies at)."""
     vs = chain.vertices
     entries = chain.entries
     other = next(n for n in entries if vs[n].match == "other")
@@ -1931,7 +1932,7 @@ def classify(chain: Chain, root: Root, admitted: list[Packet]) -> dict[str, list
         for n in hits[1:]:
             routed[n].append(_copy(pkt))
         if len(hits) > 1:
-            root.fork(pkt.clock, len(hits) - 1)
+            fork(pkt.clock, len(hits) - 1)
     return routed
 
 

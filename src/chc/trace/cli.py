@@ -344,7 +344,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
     _refuse_clobber(args)
     _refuse_what_it_cannot_do(args)
     early: list[tuple[str, str]] = []
-    EARLY_STOP_OBSERVERS.append(lambda path, reason: early.append((path, reason)))
+
+    def observe(path: str, reason: str) -> None:
+        early.append((path, reason))
+    EARLY_STOP_OBSERVERS.append(observe)
     try:
         code = _SUBCOMMANDS[name](args)
     except (CaptureError, BrokenPipeError):
@@ -352,7 +355,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"{getattr(exc, 'filename', None) or 'output'}: {exc.strerror or exc}") from None
     finally:
-        EARLY_STOP_OBSERVERS.pop()
+        EARLY_STOP_OBSERVERS.remove(observe)
     if early and code == 0:
         # As chc run: never a silent success on part of the input (cli.md, exit codes).
         path, reason = early[0]
