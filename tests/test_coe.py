@@ -755,3 +755,16 @@ def test_copies_of_a_packet_two_traffic_classes_take_are_counted():
     broken = check_variant(chain, sc, records, variant(chain, sc, 0, ["memory"]), ("no-live-count",))
     assert broken.verdict == "diverged", broken.breaks
     assert any(d.what == "log" and "copy still in the chain" in d.physical for d in broken.result.divergences)
+
+
+def test_a_second_copy_of_an_earlier_packet_is_not_a_reordering():
+    """Two traffic classes each emit a copy: one path's copies may all leave before the
+    other's.  That 'diverged' on order with no break (a review); a first emission out of
+    clock order still does."""
+    from chc.coe import _compare_order
+    from frames import tcp
+
+    f = tcp("10.0.0.1", "10.0.0.2", 1000, 80, 0x10)
+    assert _compare_order([(1, f), (2, f), (1, f), (2, f)]) == []
+    (d,) = _compare_order([(2, f), (1, f), (1, f)])
+    assert (d.what, d.clock) == ("order", 1)
