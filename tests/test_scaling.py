@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sys
 import types
 from collections import Counter
@@ -417,3 +418,14 @@ def test_a_move_that_cannot_be_says_why(event, says):
     """'fraction: a positive number, got 1.5'; a move from 1 to 1 did nothing, silently (a trial)."""
     with pytest.raises(ScenarioError, match=says):
         parse_scenario({"events": [{"at": {"packets": 100}, **event}]})
+
+
+@pytest.mark.parametrize("event, says", [
+    ({"at": {"packets": 100}, "do": "scale-out", "target": "nat[0]"},
+     "a scale-out adds an instance: target the vertex"),
+    ({"at": {"packets": True}, "do": "scale-out", "target": "nat"}, "expected {packets: N}"),
+])
+def test_scenario_values_that_were_taken_silently_are_refused(event, says):
+    """scale-out nat[0] ignored its index; at: {packets: true} ran at packet 1 (a trial)."""
+    with pytest.raises(ScenarioError, match=re.escape(says)):
+        parse_scenario({"events": [event]})

@@ -283,7 +283,8 @@ def _event(raw: Any, where: str) -> Event:
         raise ScenarioError(f"{where}.do: unknown action {action!r} (known: {', '.join(sorted(ACTIONS))})")
     at = raw["at"]
     ev = Event(action, raw.get("target"), {k: v for k, v in raw.items() if k not in ("at", "do", "target")})
-    if isinstance(at, dict) and set(at) == {"packets"} and isinstance(at["packets"], int) and at["packets"] >= 0:
+    if (isinstance(at, dict) and set(at) == {"packets"} and isinstance(at["packets"], int)
+            and not isinstance(at["packets"], bool) and at["packets"] >= 0):
         ev.at_packet = at["packets"]
     elif isinstance(at, dict) and set(at) == {"time_us"} and isinstance(at["time_us"], (int, float)):
         ev.at_time_ns = int(at["time_us"] * 1000)

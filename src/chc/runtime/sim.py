@@ -2167,9 +2167,12 @@ def _index(event: Any) -> int | None:
 def _check_scale(event: Any) -> None:
     if not event.target:
         raise ValueError("needs a target: vertex (or vertex[i] for scale-in)")
-    _, bracket, rest = event.target.partition("[")
+    name, bracket, rest = event.target.partition("[")
     if bracket and not rest.rstrip("]").isdigit():
         raise ValueError(f"target {event.target!r}: expected vertex or vertex[i]")
+    if bracket and event.action == "scale-out":
+        # (the index was ignored: the new instance's number is the vertex's next one)
+        raise ValueError(f"target {event.target!r}: a scale-out adds an instance: target the vertex ({name})")
     _check_params(event, {})
 
 
