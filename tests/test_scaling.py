@@ -106,6 +106,8 @@ def spec_with(scaling) -> dict:
     ({"policy": "json:no_such_function"}, "vertices.nat.scaling.policy: module 'json' has no"),
     ({"policy": "json"}, "vertices.nat.scaling.policy: expected 'module:function'"),
     ({"policy": "json:__doc__"}, "is not callable"),
+    # (ignored silently beside a callable: a new user's trial)
+    ({"policy": "json:dumps", "out_above_pps": 5}, "vertices.nat.scaling.out_above_pps: a policy callable decides"),
 ])
 def test_bad_policies_name_the_field(scaling, field):
     with pytest.raises(SpecError) as err:

@@ -210,6 +210,11 @@ def parse_policy(raw: Any, where: str, max_parallelism: int) -> ScalingPolicy:
         raise PolicyError(f"{where}.straggler_factor: service time x the median that makes a straggler, "
                           f"a number > 1, got {p.straggler_factor!r}")
     if p.policy is not None:
+        unused = [k for k in ("out_above_pps", "in_below_pps", "straggler_factor", "imbalance") if k in raw]
+        if unused:
+            # (they were ignored, silently: the callable decides alone)
+            raise PolicyError(f"{where}.{unused[0]}: a policy callable decides alone (its thresholds are its "
+                              "own); give the callable or the declarative fields, not both")
         p.decide_fn = load_callable(p.policy, f"{where}.policy")
     elif p.out_above_pps is None and p.in_below_pps is None and p.straggler_factor is None:
         raise PolicyError(f"{where}: give out_above_pps and/or in_below_pps, straggler_factor, "
