@@ -81,10 +81,13 @@ def test_a_policy_callable_returns_decisions():
     assert as_decisions(None) == []
     assert as_decisions("scale-out") == [Decision("scale-out")]
     assert as_decisions([Decision("scale-in", 2), "rebalance"]) == [Decision("scale-in", 2), Decision("rebalance")]
-    with pytest.raises(ValueError, match="a policy returns"):
+    with pytest.raises(ValueError, match="a policy's action is one of scale-out, .*; got 'explode'"):
         as_decisions("explode")
     with pytest.raises(ValueError, match="a policy returns"):
         as_decisions(42)
+    # (it said "a policy returns None ... got None" of a None in a list: a new user's trial)
+    with pytest.raises(ValueError, match=r"a list of decisions \(no None in it\); got None in its list"):
+        as_decisions([None])
 
 
 def spec_with(scaling) -> dict:

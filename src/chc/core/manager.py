@@ -254,9 +254,12 @@ def as_decisions(result: Any) -> list[Decision]:
     for item in items:
         if isinstance(item, str):
             item = Decision(item)
-        if not isinstance(item, Decision) or item.action not in DECISIONS:
-            raise ValueError(f"a policy returns None, one of {', '.join(DECISIONS)}, a Decision "
-                             f"or a list of them; got {item!r}")
+        if isinstance(item, Decision) and item.action not in DECISIONS:
+            raise ValueError(f"a policy's action is one of {', '.join(DECISIONS)}; got {item.action!r}")
+        if not isinstance(item, Decision):
+            inside = " in its list" if items is result else ""
+            raise ValueError(f"a policy returns None, one of {', '.join(DECISIONS)}, a Decision or a list of "
+                             f"decisions (no None in it); got {item!r}{inside}")
         if item.instance is not None and (not isinstance(item.instance, int) or isinstance(item.instance, bool)):
             raise ValueError(f"a Decision's instance is an instance number or None; got {item.instance!r}")
         out.append(item)
