@@ -434,3 +434,10 @@ def test_scenario_values_that_were_taken_silently_are_refused(event, says):
     """scale-out nat[0] ignored its index; at: {packets: true} ran at packet 1 (a trial)."""
     with pytest.raises(ScenarioError, match=re.escape(says)):
         parse_scenario({"events": [event]})
+
+
+def test_a_scenario_event_the_input_never_reaches_is_logged(lan_slice):
+    """It did nothing, silently (a new user's trial); proc logged it already."""
+    sc = parse_scenario({"events": [{"at": {"packets": 10**9}, "do": "scale-out", "target": "nat"}]})
+    s = run(load_spec(PAPER), list(open_capture(lan_slice))[:300], events=sc.events)
+    assert [(e["kind"], e["reason"]) for e in s["events"]] == [("scale-out-refused", "the input ended before it")]

@@ -739,6 +739,10 @@ class SimRuntime:
         """End of input: let everything still queued (delayed packets) finish."""
         self.horizon = _INF
         out: list[Packet] = []
+        for event in self._pending_events:     # (they did nothing, silently: as proc, logged)
+            self._log(f"{event.action}-refused", (event.target or "").partition("[")[0] or None, None,
+                      reason="the input ended before it", by="scenario")
+        self._pending_events = []
         if self.root_crashes_waiting:
             self._waiting_root_crashes()
         if self.failures or self.root_failures:
