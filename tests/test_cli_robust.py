@@ -542,7 +542,7 @@ def test_ctrl_c_while_chc_is_still_importing_is_one_line(monkeypatch, capsys):
 @pytest.mark.parametrize("command", ["check", "serve"])
 def test_a_typo_in_a_scenario_target_names_the_file_and_the_event(tmp_path, capsys, command):
     scenario = tmp_path / "typo.yaml"
-    scenario.write_text("events:\n  - {at: {packets: 10}, do: scale-out, target: \"nat[0]\"}\n"
+    scenario.write_text("events:\n  - {at: {packets: 10}, do: scale-out, target: nat}\n"
                         "  - {at: {packets: 100}, do: scale-out, target: trojn}\n")
     chain, lan = str(ROOT / "examples/paper_chain.yaml"), str(ROOT / "traces/pathspider/lan-2012.pcap.gz")
     argv = (["check", chain, str(scenario), lan, "--packets", "200"] if command == "check"
