@@ -123,6 +123,18 @@ _BT_PB = 2  # obsolete Packet Block
 _BT_SPB = 3
 _BT_EPB = 6
 _SHB_MAGIC = b"\x0a\x0d\x0d\x0a"
+
+
+def starts_like_a_capture(head: bytes) -> bool:
+    """Whether ``head`` (a file's first 4 bytes) is what a pcap (either byte order, any
+    of its magics), pcapng or gzip file begins with: a hint for a file given in the
+    wrong place, not a check that it reads."""
+    if head[:2] == _GZIP_MAGIC or head[:4] == _SHB_MAGIC:
+        return True
+    if len(head) < 4:
+        return False
+    magics = (PCAP_MAGIC_USEC, PCAP_MAGIC_NSEC, _PCAP_MAGIC_KUZNETZOV)
+    return any(struct.unpack(order + "I", head[:4])[0] in magics for order in "<>")
 _BOM_LE = b"\x4d\x3c\x2b\x1a"
 _BOM_BE = b"\x1a\x2b\x3c\x4d"
 _OPT_ENDOFOPT = 0

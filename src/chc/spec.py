@@ -153,15 +153,11 @@ def read_yaml(path: str | os.PathLike, error: type[Exception]) -> Any:
         raise error(f"{path}: not valid YAML ({first})") from None
 
 
-# pcap (both byte orders, us and ns), pcapng, gzip: what a capture given for a spec starts with
-_CAPTURE_MAGIC = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d",
-                  b"\x34\xcd\xb2\xa1", b"\xa1\xb2\xcd\x34", b"\x0a\x0d\x0d\x0a", b"\x1f\x8b")
-
-
 def _looks_like_a_capture(path: str | os.PathLike) -> bool:
+    from .capture import starts_like_a_capture
     try:
         with open(path, "rb") as fh:
-            return fh.read(4).startswith(_CAPTURE_MAGIC)
+            return starts_like_a_capture(fh.read(4))
     except OSError:
         return False
 
