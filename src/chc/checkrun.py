@@ -103,7 +103,7 @@ class Job:
         v = variant(self.chain, self.scenario, seed, self.stores)
         if self.kill:
             from .runtime.procscale import ACTIONS
-            changes = [(e.target or "").partition("[")[0]
+            changes = [e.vertex
                        for e in self.scenario.events_for(seed, list(self.chain.vertices), len(self.records))
                        if e.action in ACTIONS]
             if not changes:

@@ -486,7 +486,7 @@ def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any, events: list
     if sim_only:
         raise UsageError(f"{sim_only[0]} is for --runtime sim (virtual time); --runtime proc runs at top speed")
     # (a scenario's scale-outs add instances a --kill may name, as chc check allows)
-    grown = {(e.target or "").partition("[")[0] for e in events or () if e.action == "scale-out"}
+    grown = {e.vertex for e in events or () if e.action == "scale-out"}
     named = chain.with_room(grown) if grown else chain
     kills = [parse_kill(k, named) for k in getattr(args, "kill", [])]
     cls: Any = ProcRuntime

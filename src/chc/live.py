@@ -105,8 +105,8 @@ SIOCETHTOOL = 0x8946
 # ethtool's legacy get commands (linux/ethtool.h): offloads that hand AF_PACKET frames
 # bigger than the MTU (GRO, LRO) or leave them to be cut up / checksummed by the NIC
 # (TSO, GSO, TX checksums)
-_OFFLOADS = (("gro", 0x2B), ("lro", None), ("tso", 0x1E), ("gso", 0x23), ("tx", 0x16))
-ETHTOOL_GFLAGS, ETH_FLAG_LRO = 0x25, 1 << 15
+_OFFLOADS = (("gro", 0x2B), ("tso", 0x1E), ("gso", 0x23), ("tx", 0x16))
+ETHTOOL_GFLAGS, ETH_FLAG_LRO = 0x25, 1 << 15       # LRO is a flag, not a command of its own
 
 
 def _is_up(ifname: str) -> bool | None:
@@ -140,14 +140,9 @@ def _ethtool(sock: socket.socket, ifname: str, cmd: int) -> int | None:
 
 def offloads_on(sock: socket.socket, ifname: str) -> list[str]:
     """The offloads of ``ifname`` that are on and that break a bump in the wire (docs/live.md)."""
-    on = []
-    for name, cmd in _OFFLOADS:
-        if name == "lro":
-            flags = _ethtool(sock, ifname, ETHTOOL_GFLAGS)
-            if flags is not None and flags & ETH_FLAG_LRO:
-                on.append(name)
-        elif _ethtool(sock, ifname, cmd):
-            on.append(name)
+    on = [name for name, cmd in _OFFLOADS if _ethtool(sock, ifname, cmd)]
+    if (_ethtool(sock, ifname, ETHTOOL_GFLAGS) or 0) & ETH_FLAG_LRO:
+        on.append("lro")
     return on
 
 

@@ -65,6 +65,11 @@ class Event:
     at_packet: int | None = None
     at_time_ns: int | None = None
 
+    @property
+    def vertex(self) -> str:
+        """The vertex the target names (``nat`` of ``nat[1]``; "" without a target)."""
+        return (self.target or "").partition("[")[0]
+
 
 #: Actions a scenario's ``random:`` block may draw.
 RANDOM_ACTIONS = ("scale-out", "scale-in", "move", "refine", "clone", "crash")
@@ -133,7 +138,7 @@ class Scenario:
         the store: a typo is named with its event before anything runs (it was "unknown
         vertex 'trojn' in 'trojn'", from whichever runtime met it first)."""
         for i, ev in enumerate(self.events):
-            name = (ev.target or "").partition("[")[0]
+            name = ev.vertex
             if ev.target is None or name in vertices or name in ("store", "root", "*"):
                 continue
             raise ScenarioError(f"events[{i}].target: unknown vertex {name!r} in {ev.target!r} "

@@ -64,7 +64,7 @@ def check(event: Any) -> None:
 def resolve(rt: Any, event: Any) -> str:
     """Runtime construction: the vertex exists, its NF takes the control, and the
     parameters are valid against the configured state (one-line error naming the field)."""
-    vertex = (event.target or "").partition("[")[0]
+    vertex = event.vertex
     if vertex not in rt.chain.vertices:
         raise ValueError(f"unknown vertex {vertex!r} (vertices: {', '.join(rt.chain.vertices)})")
     v = rt.chain.vertices[vertex]

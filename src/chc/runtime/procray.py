@@ -248,14 +248,20 @@ def placement(instances: list[str], nodes: dict[str, dict], home: str,
     return ring, starts
 
 
+def _host_port(address: str) -> tuple[str, str]:
+    """``[ray://]HOST:PORT`` as (host, port); ("", address) when it has no port (``auto``)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return host.strip("[]"), port
+
+
 def _reachable(address: str, timeout_s: float = 5.0) -> None:
     """A ``HOST:PORT`` with nothing listening is one line now: ``ray.init`` retried it for
     over five minutes (measured) before it gave up."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, port = _host_port(address)
     if not host or not port.isdigit():
         return                              # auto, or a form ray.init judges itself
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout_s).close()
+        socket.create_connection((host, int(port)), timeout_s).close()
     except OSError as exc:
         raise ProcFailure(f"ray runtime: cannot connect to Ray at {address!r}: {exc.strerror or exc} "
                           "(is a Ray head node running there? ray start --head)") from None
@@ -272,7 +278,7 @@ def _node_ip(address: str) -> str:
             address = canonicalize_bootstrap_address_or_die("auto")
         except Exception:   # noqa: BLE001 - no cluster running: ray.init says so
             return HOST
-    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    host = _host_port(address)[0] or address
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect((host, 9))

@@ -301,7 +301,7 @@ class SimRuntime:
         self.log_lost = False
         self.events = sorted(events or [], key=lambda e: (e.at_packet is None, e.at_packet or 0,
                                                           e.at_time_ns or 0))
-        growing = {(e.target or "").partition("[")[0] for e in self.events if e.action == "scale-out"}
+        growing = {e.vertex for e in self.events if e.action == "scale-out"}
         growing |= {m.vertex for m in self.managers}
         for ev in self.events:
             try:
@@ -309,7 +309,7 @@ class SimRuntime:
             except NoSuchInstance:
                 # An instance a scale-out may add before the event: judged when it fires
                 # (a seed that drew fewer starting instances stopped the whole check).
-                if (ev.target or "").partition("[")[0] not in growing:
+                if ev.vertex not in growing:
                     raise
         self._pending_events = list(self.events)     # those not applied yet (run, feed)
         self.track_processed = (any(ev.action == "clone" for ev in self.events)
@@ -740,7 +740,7 @@ class SimRuntime:
         self.horizon = _INF
         out: list[Packet] = []
         for event in self._pending_events:     # (they did nothing, silently: as proc, logged)
-            self._log(f"{event.action}-refused", (event.target or "").partition("[")[0] or None, None,
+            self._log(f"{event.action}-refused", event.vertex or None, None,
                       reason="the input ended before it", by="scenario")
         self._pending_events = []
         if self.root_crashes_waiting:
@@ -840,7 +840,7 @@ class SimRuntime:
         try:
             ACTIONS[event.action].apply(self, event)
         except NoSuchInstance as exc:        # (not added by then: logged, as proc logs a kill-skipped)
-            self._log(f"{event.action}-refused", (event.target or "").partition("[")[0], None,
+            self._log(f"{event.action}-refused", event.vertex, None,
                       reason=f"no such instance when it fired: {exc}", by="scenario")
 
     @staticmethod
@@ -2157,7 +2157,7 @@ def _check_crash(event: Any) -> None:
 
 
 def _vertex(rt: SimRuntime, event: Any) -> str:
-    name = (event.target or "").partition("[")[0]
+    name = event.vertex
     if name not in rt.instances:
         raise ValueError(f"unknown vertex {name!r} in {event.target!r} (vertices: {', '.join(rt.instances)})")
     return name
