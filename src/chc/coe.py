@@ -241,11 +241,12 @@ def _compare_order(phys: list[tuple[int, bytes]]) -> list[Divergence]:
         p = Packet(f)
         key = (p.src, p.sport, p.dst, p.dport, p.proto)
         seen = out.setdefault(key, set())
-        if key in last and c < last[key] and c not in seen:
+        top = last.get(key, c)
+        if c < top and c not in seen:
             return [Divergence("order", f"of flow {_describe(f)}", c,
-                               f"before clock {last[key]}", f"emitted after clock {last[key]}")]
+                               f"before clock {top}", f"emitted after clock {top}")]
         seen.add(c)
-        last[key] = max(c, last.get(key, c))
+        last[key] = max(c, top)
     return []
 
 
