@@ -281,10 +281,13 @@ def test_check_ray_options_are_one_line(capsys):
 
 def test_removing_the_node_of_an_instance_fails_it_over(cluster, lan, lan_sim):
     """portscan.0 alone on node b; node b is removed mid-run: portscan fails over to
-    node a (runs last: the cluster has one node afterwards)."""
+    node a.  Then nat.0 (on node a) is killed: its first failover's node (b) is gone,
+    so the failover goes on round the ring to node a as nat.0#2, nat.0#1 fenced in its
+    place (runs last: the cluster has one node afterwards)."""
     c, b, ids = cluster
     pins = {"nat.0": "node-a", "lb.0": "node-a", "trojan.0": "node-a", "portscan.0": "node-b"}
-    rt = procray.RayRuntime(load_spec(str(PAPER)), model=MODEL, pins=pins, failover=True)
+    rt = procray.RayRuntime(load_spec(str(PAPER)), model=MODEL, pins=pins, failover=True,
+                            kills=[Kill("nat", 0, 5000)])
     removed = []
 
     def progress(_n: int) -> None:
@@ -294,8 +297,13 @@ def test_removing_the_node_of_an_instance_fails_it_over(cluster, lan, lan_sim):
 
     rt.run(lan, progress=progress)
     assert removed
-    _failed_over(rt.summary(), lan_sim, "portscan")
+    s = rt.summary()
+    lost, killed = s.events
+    assert (lost["process"], lost["failover_process"], lost.get("skipped")) == ("portscan.0", "portscan.0#1", None)
+    assert (killed["process"], killed["failover_process"], killed["skipped"]) == ("nat.0", "nat.0#2", ["nat.0#1"])
+    _assert_like_sim(s, lan_sim)
     assert rt.placement["portscan.0"] == ids["b"] and rt.placement["portscan.0#1"] == ids["a"]
+    assert rt.placement["nat.0"] == ids["a"] and rt.placement["nat.0#2"] == ids["a"]
     _mailboxes_on_their_nodes(rt, ids)
     _nothing_left(rt)
 

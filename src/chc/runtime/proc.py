@@ -532,23 +532,40 @@ class ProcRuntime:
         was found), its failover's generation and process name, and when it was found."""
         detected = time.perf_counter()
         gen = self.generation[name] + 1
+        # On Ray a generation is placed on the next node of the ring (on_ring); one whose
+        # node is gone is skipped, and fenced as if it had failed (_fence), since each
+        # receiver takes a generation's frames once the one before it is fenced
+        # (wire.previous).  Once round the ring at most: then the launch says no node is left.
+        skipped = []
+        while len(skipped) < len(self.plan.ring) and not self._placeable(generation_name(name, gen)):
+            skipped.append(generation_name(name, gen))
+            gen += 1
         new = generation_name(name, gen)
         killed = self._killed.pop(dead, None)
         event = {"kind": kind, **where, "process": dead, "pid": p.pid, "how": self._how(dead, p, short=True),
                  "failover_process": new, "packet": self.fed,
                  "detect_s": None if killed is None else round(detected - killed[0], 6)}
+        if skipped:
+            event["skipped"] = skipped      # (their nodes were gone)
         if killed is not None:
             event["killed_at_packet"] = killed[1]
             if killed[2] != killed[1]:      # (kills land between input batches: said, not hidden)
                 event["kill_asked_at"] = killed[2]
         return event, gen, new, detected
 
+    def _placeable(self, worker: str) -> bool:
+        """Whether ``worker`` can start where the plan places it (on Ray: its node is alive)."""
+        placeable = getattr(self.mp, "placeable", None)
+        return placeable is None or placeable(worker)
+
     def _fail_over(self, dead: str, p: Any) -> None:
         name = _logical(dead)
         vertex, i = name.rsplit(".", 1)
         event, gen, new, detected = self._failure("failover", dead, p, name, vertex=vertex, instance=int(i))
-        self.remote.fence(dead)
-        self.fenced.append(dead)
+        gone = [dead, *event.get("skipped", ())]
+        for g in gone:
+            self.remote.fence(g)
+        self.fenced += gone
         floors = self.remote.hold_pruning(True)
         interrupted = self.recovering.pop(name, None)
         # A failover that died before its replay was reported (fenced: a late report is dropped).
@@ -558,13 +575,14 @@ class ProcRuntime:
             self.events.append(interrupted["event"])
         # Its receivers take nothing more from it (what they read after this its failover
         # sends again), and take its failover's frames only from then on.
-        self.box.fence(dead.encode())
-        fence = encode(Kind.CONTROL, ["fence", dead])
-        for d in self.plan.targets(vertex):
-            for j in range(self.plan.width(d)):
-                self._tell(instance_name(d, j), fence)
-        for r in range(self.chain.roots):
-            self._tell(root_name(r), fence)
+        for g in gone:
+            self.box.fence(g.encode())
+            fence = encode(Kind.CONTROL, ["fence", g])
+            for d in self.plan.targets(vertex):
+                for j in range(self.plan.width(d)):
+                    self._tell(instance_name(d, j), fence)
+            for r in range(self.chain.roots):
+                self._tell(root_name(r), fence)
         # (a retired upstream stays until the end with what it sent: §5.1, docs/proc.md)
         feeders = [f for f in self.plan.feeders(vertex, retired=True)
                    if f not in self.plan.retired or self.procs[self.current[f]].is_alive()]

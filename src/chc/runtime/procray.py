@@ -21,8 +21,11 @@ managers on the coordinator's node (they talk to it most); NF instances spread o
 the alive nodes in turn (the coordinator's last), or pinned with ``--ray-pin
 VERTEX[I]=RESOURCE`` to a node that has that custom resource; an instance's k-th
 failover on the k-th next node of that ring (another machine when there is one).
-Each actor is placed on its node with hard node affinity: a node that is gone
-when a failover is due there stops the run with one line.
+Each actor is placed on its node with hard node affinity.  A failover whose node
+is gone goes on round the ring to the next alive one: the generations it skips
+are fenced everywhere as if they had failed (a receiver takes a generation's
+frames once the one before it is fenced); no alive node at all stops the run
+with one line.
 
 Failures.  Actors are created with ``max_restarts=0`` and their call with
 ``max_task_retries=0``: Ray restarts nothing; CHC's recovery decides.  The
@@ -204,12 +207,17 @@ class RayContext:
     def node_of(self, worker: str) -> str:
         return on_ring(worker, self.starts, self.ring) or self.home
 
+    def placeable(self, worker: str) -> bool:
+        """Whether the node ``worker`` is placed on is alive (a failover skips a gone one)."""
+        return self.node_of(worker) in _alive()
+
     def Process(self, target: Callable, args: tuple, name: str, daemon: bool = True) -> RayProcess:  # noqa: N802
         worker = name.removeprefix("chc ")
         node = self.node_of(worker)
         if node not in _alive():
-            raise ProcFailure(f"ray runtime: {worker} is placed on node {node[:12]}, which is gone "
-                              "(an instance's failovers go round the nodes alive at the start)")
+            raise ProcFailure(f"ray runtime: {worker} is placed on node {node[:12]}, which is gone, and so "
+                              "is every other node of the ring (an instance's failovers go round the nodes "
+                              "alive at the start)")
         p = RayProcess(self.watcher, worker, node, target, args)
         self.started.append(p)
         return p
