@@ -352,6 +352,23 @@ def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
     assert b == "move" and moved["to"] == 1 and moved["groups"] and all(g % 2 == 0 for g in moved["groups"])
 
 
+def test_a_clone_decided_after_the_input_ended_is_refused_for_what_it_is():
+    """Decisions still pending at the end of input are logged refused: a scale-out because
+    the input ended first, a clone because proc has no clones (a short run said "the
+    input ended before it" for a clone, hiding the reason a longer run gives)."""
+    import types
+
+    from chc.runtime.proc import ProcRuntime
+
+    rt = types.SimpleNamespace(events=[], fed=900, decisions=[
+        ("portscan", [["clone", 1, "slow"], ["scale-out", None, "busy"]], [])])
+    ProcRuntime._decisions_expired(rt)
+    assert [(e["kind"], e["reason"], e["asked"]) for e in rt.events] == [
+        ("clone-refused", "clones are not built on the proc runtime yet (docs/stragglers.md)", "slow"),
+        ("scale-out-refused", "the input ended before it", "busy")]
+    assert rt.decisions == [] and {e["packet"] for e in rt.events} == {900}
+
+
 def test_a_policy_the_manager_cannot_import_stops_the_run_in_one_line(tmp_path, monkeypatch, capsys):
     """A policy callable goes to the manager process by its reference (a lambda does not
     pickle), which imports it there; one the coordinator imports but a worker cannot

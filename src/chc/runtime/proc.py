@@ -496,12 +496,13 @@ class ProcRuntime:
         self.box.reply(name.encode(), encode(Kind.CONTROL, ["shape", shape]))
 
     def _decisions_expired(self) -> None:
-        """Decisions that came after the input ended are not carried out (logged why)."""
+        """Decisions that came after the input ended are not carried out (logged why: a
+        clone would not have been at any time)."""
         for vertex, decisions, _ in self.decisions:
             for action, instance, reason in decisions:
+                why = procscale.NO_CLONES if action == "clone" else "the input ended before it"
                 self.events.append({"kind": f"{action}-refused", "vertex": vertex, "instance": instance,
-                                    "packet": self.fed, "reason": "the input ended before it", "by": "manager",
-                                    "asked": reason})
+                                    "packet": self.fed, "reason": why, "by": "manager", "asked": reason})
         self.decisions = []
 
     # -- §5.4 NF failover ------------------------------------------------------------------------

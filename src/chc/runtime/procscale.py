@@ -77,6 +77,9 @@ from .sim import shared_objects
 from .storeserver import STORE
 from .wire import Kind, encode, logical
 
+#: Why a vertex manager's ``clone`` decision is refused on this runtime (§5.3 runs on sim only).
+NO_CLONES = "clones are not built on the proc runtime yet (docs/stragglers.md)"
+
 #: The scenario actions the proc runtime carries out.
 ACTIONS = ("scale-out", "scale-in", "move", "refine")
 
@@ -327,8 +330,7 @@ class Scaler:
             n = len(self.active[vertex])
             refused = (f"at max ({policy.max})" if action == "scale-out" and n >= policy.max else
                        f"at min ({policy.min})" if action == "scale-in" and n <= policy.min else
-                       "clones are not built on the proc runtime yet (docs/stragglers.md)" if action == "clone"
-                       else None)
+                       NO_CLONES if action == "clone" else None)
             if refused:
                 self.rt.events.append({"kind": f"{action}-refused", "vertex": vertex, "instance": instance,
                                        "packet": index, "reason": refused, "by": "manager", "asked": reason})
