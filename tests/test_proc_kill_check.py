@@ -284,3 +284,51 @@ def test_a_kill_may_name_an_instance_a_manager_adds():
     assert parse_kill("portscan[1]@8000", scaled).instance == 1
     with pytest.raises(ValueError, match="nat has 1 instance"):
         parse_kill("nat[1]@8000", scaled)          # no policy on nat: one instance, always
+
+
+def test_a_seed_whose_kill_was_not_made_is_no_plain_pass(monkeypatch, capsys, tmp_path):
+    """A kill past the input was skipped and the seed counted as a plain pass ("2 of 2
+    seeds passed"): a user believed recovery was tested when it was not.  Its line, the
+    last line and the JSON now say the kill was not made, and why; still exit 0."""
+    import json
+    out_json = tmp_path / "check.json"
+    assert _check(["--packets", "500", "--seeds", "2", "--kill", "nat[0]@50000", "--json", str(out_json)],
+                  monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert out.count("PASS WITHOUT ITS KILL (nat.0 not killed: the input ended before packet 50000)") == 2, out
+    assert "0 of 2 seeds passed with their kill, 2 passed without it (kill not made in seeds 0, 1: the input " \
+           "ended before packet 50000)" in out, out
+    assert "2 of 2 seeds passed" not in out
+    report = json.loads(out_json.read_text())
+    assert report["passed_without_kill"] == [0, 1] and report["verdicts"] == {"pass": 2}
+    assert [r["kills_not_made"] for r in report["results"]] == [
+        [{"process": "nat.0", "reason": "the input ended before packet 50000"}]] * 2
+
+
+def test_a_seed_that_made_one_of_its_two_kills_says_which_was_not_made(monkeypatch, capsys):
+    """The made kill's failover and the skipped one both show (the skipped one was dropped
+    from the faults when another kill had failed over)."""
+    assert _check(["--packets", "500", "--seed", "0", "--kill", "nat[0]@200,nat[1]@50000"], monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "PASS WITHOUT 1 OF ITS 2 KILLS (nat.1 not killed: the input ended before packet 50000)" in out, out
+    assert "faults: killed nat.0 at input packet" in out and "failover nat.0#1 replayed" in out
+    assert "0 of 1 seeds passed with their kill, 1 passed without it" in out
+
+
+def test_the_last_line_counts_the_seeds_without_their_kill_apart():
+    from types import SimpleNamespace
+
+    from chc.checkrun import Report
+
+    def seed(n: int, verdict: str, missed: list[dict]) -> dict:
+        return {"seed": n, "verdict": verdict, "kills_not_made": missed}
+
+    retired = [{"process": "lb.3", "reason": "retired by a scale-in before it"}]
+    results = [seed(0, "pass", []), seed(1, "pass", retired), seed(2, "diverged", []), seed(3, "pass", []),
+               seed(4, "pass", retired)]
+    job = SimpleNamespace(breaks=(), truncated=None, kill="during", records=[])
+    line = Report(job, results, 1.0, 1, asked=5).summary_line()     # type: ignore[arg-type]
+    assert line.startswith("2 of 5 seeds passed with their kill, 2 passed without it (kill not made in seeds 1, 4: "
+                           "retired by a scale-in before it); 5 seeds: 2 pass, 2 pass without their kill, "
+                           "1 diverged ("), line
+    assert Report(job, results[:1], 1.0, 1, asked=1).summary_line().startswith("1 of 1 seeds passed (")

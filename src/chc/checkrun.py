@@ -11,6 +11,8 @@ Verdicts: ``pass``; ``diverged`` (the first divergence is named);
 other seeds still run);
 with ``--break``: ``not-exercised`` (the break found nothing to act on in that
 seed) and ``uncaught`` (it acted and the checker saw nothing: a hole).
+With ``--kill``, a ``pass`` whose kill was not made (``kills_not_made``) tested
+no recovery: its line and the last line say so, counted apart (still exit 0).
 Exit codes: 0 every seed passed; 1 a seed diverged, was unrecoverable or raised; 2 bad
 input, or nothing was checked; 3 a ``--break`` run in which no seed caught it.
 """
@@ -225,6 +227,11 @@ class Report:
     def counts(self) -> Counter:
         return Counter(r["verdict"] for r in self.results)
 
+    def passed_without_kill(self) -> list[dict]:
+        """The seeds that passed although a kill they planned was not made (or found
+        nothing to recover): ``--kill`` tested no recovery in them, or less than asked."""
+        return [r for r in self.results if r["verdict"] == "pass" and r.get("kills_not_made")]
+
     def failures(self) -> list[dict]:
         return [r for r in self.results if r["verdict"] in ("diverged", "unrecoverable", "error")]
 
@@ -242,14 +249,20 @@ class Report:
         c = self.counts()
         n = len(self.results)
         rate = n / self.seconds if self.seconds else 0.0
+        bare = self.passed_without_kill()
+        # (a pass whose kill was not made tested no recovery: counted apart, never as a plain pass)
+        c["pass"] -= len(bare)
         parts = [f"{c[v]} {v}" for v in ("pass", "diverged", "unrecoverable", "error", "not-exercised", "uncaught")
                  if c[v]]
+        if bare:
+            parts.insert(1 if c["pass"] else 0, f"{len(bare)} pass without their kill")
         pace = f"({rate:.2f} seeds/s, {self.jobs} job{'s' if self.jobs != 1 else ''})"
         line = f"{n} seed{'s' if n != 1 else ''}: {', '.join(parts)} {pace}"
         if not self.job.breaks:
             # (all passed: the counts would say it twice)
-            line = f"{c['pass']} of {n} seeds passed " + pace if c["pass"] == n else \
-                f"{c['pass']} of {n} seeds passed; " + line
+            passed = f"{c['pass']} of {n} seeds passed" + (f" with their kill, {len(bare)} passed without it ("
+                                                          f"{_not_made(bare)})" if bare else "")
+            line = f"{passed} " + pace if c["pass"] + len(bare) == n else f"{passed}; " + line
         fails = self.failures()
         if fails and n > 1:
             line += f"; rerun a failure with --seed {fails[0]['seed']}"
@@ -270,7 +283,24 @@ class Report:
                 **({"kill": self.job.kill} if self.job.kill else {}),
                 "seconds": round(self.seconds, 3),
                 "seeds_per_second": round(len(self.results) / self.seconds, 3) if self.seconds else None,
-                "verdicts": dict(self.counts()), "interrupted": self.interrupted, "results": self.results}
+                "verdicts": dict(self.counts()),
+                # (counted in verdicts' pass too; each one's kills_not_made says which and why)
+                **({"passed_without_kill": [r["seed"] for r in self.passed_without_kill()]} if self.job.kill else {}),
+                "interrupted": self.interrupted, "results": self.results}
+
+
+def _not_made(bare: list[dict]) -> str:
+    """Which seeds passed without their kill and why, in short (each seed's line has it all)."""
+    by: dict[str, list[int]] = {}
+    for r in bare:
+        by.setdefault(r["kills_not_made"][0]["reason"], []).append(r["seed"])
+    said = []
+    for reason, seeds in list(by.items())[:2]:
+        names = ", ".join(map(str, seeds[:5])) + (", ..." if len(seeds) > 5 else "")
+        said.append(f"seed{'s' if len(seeds) > 1 else ''} {names}: {reason}")
+    more = len(by) - len(said)
+    return "kill not made in " + "; ".join(said) + (f"; and {more} other reason{'s' if more > 1 else ''}"
+                                                      if more else "")
 
 
 def check_jobs(jobs: int, seeds: int, stores: list[str], runtime: str) -> None:
@@ -325,8 +355,16 @@ def _take(r: dict, results: list[dict], say: Callable[[str], Any]) -> None:
 def describe(r: dict) -> str:
     """One seed's lines for the terminal."""
     verdict = r["verdict"].upper()
+    missed = r.get("kills_not_made")
+    if missed:
+        # (the kill was the point of the seed: a pass without it tested no recovery, said on its first line)
+        planned = len(r["variant"]["kill"].split(","))
+        verdict += (" WITHOUT ITS KILL" if planned == 1 else " WITHOUT ALL ITS KILLS" if len(missed) >= planned
+                    else f" WITHOUT {len(missed)} OF ITS {planned} KILLS")
+        verdict += " (" + "; ".join(f"{m['process']} not killed: {m['reason']}" for m in missed) + ")"
     lines = [f"seed {r['seed']}: {verdict}  ({r['drawn']}; {r['seconds']:.1f} s)"]
-    faults = {k: v for k, v in r["faults"].items() if not k.endswith(".sent") and v}
+    faults = {k: v for k, v in r["faults"].items() if not k.endswith(".sent") and v
+              and not (missed and k == "not_killed")}
     if faults:
         lines.append("    faults: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in faults.items()))
     if r.get("events"):

@@ -360,6 +360,8 @@ class CheckResult:
     network: dict = dataclasses.field(default_factory=dict)
     steps: int = 0                       # store operations recorded
     events: dict = dataclasses.field(default_factory=dict)     # what the run did: kind -> how often
+    # --kill: each planned kill that tested no recovery ({process, reason}; None: not known)
+    kills_not_made: list[dict] | None = None
 
     @property
     def ok(self) -> bool:
@@ -866,7 +868,9 @@ class SeedResult:
                 "first_divergence": str(r.first) if r.first else None,
                 "divergences": [str(d) for d in r.divergences],
                 "divergence_kinds": [d.what for d in r.divergences],     # output, order, alert, state, store, log
-                "notes": r.notes[:5]}
+                "notes": r.notes[:5],
+                # (with --kill: the kills that were not made, so recovery was not tested by them)
+                **({"kills_not_made": r.kills_not_made} if self.variant.kill else {})}
 
 
 def physical_runtime(chain: Chain, scenario: Any, v: Variant, n_packets: int, obs: Observers,
@@ -1045,7 +1049,8 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
                                f"{'s' if s.log['remaining'] > 1 else ''} never completed)"))
     divs = compare(ref, phys, chain) + divs
     result = CheckResult(divs, ref.notes, phys, ref, network=_kill_faults(v.kill, failovers, s.events),
-                         steps=len(obs.serial.steps), events=_event_counts(s.events))
+                         steps=len(obs.serial.steps), events=_event_counts(s.events),
+                         kills_not_made=_kills_not_made(v.kill, failovers, s.events))
     return SeedResult(v, result, _verdict(result, breaks, state.acted), state.said())
 
 
@@ -1053,6 +1058,19 @@ def _event_counts(events: list[dict]) -> dict[str, int]:
     """How often the run did each kind of thing (scale-out, move, crash, failover, a
     refusal, ...), so a seed's report shows what its scenario exercised."""
     return dict(sorted(collections.Counter(e["kind"] for e in events).items()))
+
+
+def _kills_not_made(kill: str, failovers: list[dict], events: list[dict]) -> list[dict]:
+    """The seed's planned kills that tested no recovery, each with why: those the run
+    skipped (past the input, an instance retired or never added, a change never made),
+    and a kill that found nothing to recover.  A seed that passes with one of these
+    passed without (part of) what ``--kill`` was to test, and is counted apart."""
+    if not kill:
+        return []
+    out = [{"process": e["process"], "reason": e["reason"]} for e in events if e["kind"] == "kill-skipped"]
+    if not out and not failovers and not any(e["kind"] == "manager-restarted" for e in events):
+        out.append({"process": kill, "reason": "it came after the instances had finished (nothing to recover)"})
+    return out
 
 
 def _kill_faults(kill: str, failovers: list[dict], events: list[dict]) -> dict:
@@ -1078,7 +1096,8 @@ def _kill_faults(kill: str, failovers: list[dict], events: list[dict]) -> dict:
                 f"logged updates (recovery {e['recovery_s']:.2f} s)" if e["kind"] == "store-failover" else
                 f"{e['failover_process']} replayed {e['replayed']} packets ({e['handed_over']} handed over) "
                 f"in {e['replay_s']:.2f} s (logged floor {e['logged_floor']}, recovery {e['recovery_s']:.2f} s)"
-                for e in failovers)}
+                for e in failovers),
+            **({"not_killed": skipped} if skipped else {})}     # (random:K: one skipped, others made)
 
 
 def _verdict(result: CheckResult, breaks: tuple[str, ...], acted: dict[str, str]) -> str:
