@@ -549,8 +549,59 @@ def test_a_typo_in_a_scenario_target_names_the_file_and_the_event(tmp_path, caps
             else ["serve", chain, "--capture", lan, "--scenario", str(scenario), "--duration", "1"])
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"chc: error: {scenario}: events[1].target: unknown vertex 'trojn' in 'trojn' "
-                   "(vertices: nat, trojan, portscan, lb; root[R], store)")
+    assert err == (f"chc: error: {scenario}: events[1].target: unknown vertex 'trojn' "
+                   "(vertices: nat, trojan, portscan, lb)")       # (a scale-out takes no root, no store)
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+@pytest.mark.parametrize("scenario, says", [
+    # a scale-out of the store: "unknown vertex 'store' in 'store' (vertices: ...)", from the runtime
+    ("events:\n  - {at: {packets: 10}, do: scale-out, target: nat}\n"
+     "  - {at: {packets: 100}, do: scale-out, target: store}\n",
+     "events[1].target: 'store': only a crash targets the store or a root (vertices: nat, trojan, portscan, lb)"),
+    ("events:\n  - {at: {packets: 100}, do: drop, target: 'root[0]', count: 1}\n",
+     "events[0].target: 'root[0]': only a crash targets the store or a root "
+     "(vertices: nat, trojan, portscan, lb; * (every store link))"),
+    ("events:\n  - {at: {packets: 100}, do: slow, target: '*', delay: 'const:5'}\n",
+     "events[0].target: '*' (every store link) is the target of a store-link fault only "
+     "(vertices: nat, trojan, portscan, lb)"),
+    ("events:\n  - {at: {packets: 100}, do: crash, target: 'root[x]'}\n",
+     "events[0].target: 'root[x]': a root is root[R] (vertices: nat, trojan, portscan, lb; root[R], store)"),
+    # a bad random.vertices: "random.vertices: unknown vertex 'natt' (...)", no file
+    ("random: {events: 3, vertices: [nat, natt]}\n",
+     "random.vertices: unknown vertex 'natt' (vertices: nat, trojan, portscan, lb; root[R], store)"),
+    # "unknown vertex 'natt' in 'natt'" from the runtime; a parallelism of 'natt' was ignored
+    ("delays: {natt: 'const:5'}\n", "delays.natt: unknown vertex 'natt' (vertices: nat, trojan, portscan, lb)"),
+    ("parallelism: {natt: 2}\n", "parallelism.natt: unknown vertex 'natt' (vertices: nat, trojan, portscan, lb)"),
+], ids=["scale-out-store", "drop-root", "slow-every-link", "root-x", "random-vertices", "delays",
+        "parallelism"])
+def test_a_scenario_error_names_the_file_and_the_field(tmp_path, capsys, command, scenario, says):
+    """Some scenario mistakes were found by the runtime, named with neither the file nor
+    the event (or field), and a parallelism naming no vertex was ignored."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(scenario)
+    chain, lan = str(ROOT / "examples/paper_chain.yaml"), str(ROOT / "traces/pathspider/lan-2012.pcap.gz")
+    argv = (["check", chain, str(path), lan, "--packets", "200"] if command == "check"
+            else ["serve", chain, "--capture", lan, "--scenario", str(path), "--duration", "1"])
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"chc: error: {path}: {says}"
+
+
+@pytest.mark.parametrize("scenario, says", [
+    ("events:\n  - {at: {packets: 100}, do: crash, target: 'root[3]'}\n", "events[0].target: 'root[3]': the chain "
+     "has roots 0-0"),
+    ("random: {events: 3, actions: [crash], vertices: ['root[2]']}\n",
+     "random.vertices: 'root[2]': the chain has roots 0-0"),
+    ("events:\n  - {at: {packets: 100}, do: set-backends, target: nat, backends: [10.0.0.1]}\n",
+     "events[0]: nat (nat): do: the nat NF has no operator control 'set-backends'"),
+], ids=["root-3", "random-root-2", "control"])
+def test_a_check_names_the_file_for_what_the_chain_refuses_in_a_scenario(tmp_path, capsys, scenario, says):
+    """What only the chain spec tells (its roots, its NFs' controls): the check knows it."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(scenario)
+    assert main(["check", str(ROOT / "examples/paper_chain.yaml"), str(path),
+                 str(ROOT / "traces/pathspider/lan-2012.pcap.gz"), "--packets", "200"]) == 2
+    assert capsys.readouterr().err.strip() == f"chc: error: {path}: {says}"
 
 
 @pytest.mark.parametrize("argv, says", [

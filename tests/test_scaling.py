@@ -414,6 +414,13 @@ def test_a_managed_vertex_starts_within_its_policys_bounds():
     assert chain.with_room().vertices["trojan"].parallelism == MAX_PARALLELISM      # naming only, never run
 
 
+def test_a_scenario_parallelism_outside_a_scaling_policy_is_a_scenario_error():
+    """chc check said "portscan.parallelism 6: outside min..max ..." with no scenario named."""
+    chain = load_spec(str(ROOT / "examples/autoscale.yaml"))
+    with pytest.raises(ScenarioError, match=re.escape("parallelism: portscan.parallelism 6: outside min..max (1..4)")):
+        parse_scenario({"parallelism": {"portscan": 6}}).check_targets(list(chain.vertices), chain)
+
+
 @pytest.mark.parametrize("event, says", [
     ({"do": "move", "target": "nat", "from": 0, "to": 1, "fraction": 1.5},
      "fraction: a number above 0 and at most 1, got 1.5"),

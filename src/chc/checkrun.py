@@ -80,7 +80,7 @@ class Job:
         spec = load_spec(chain)
         sc = load_scenario(scenario)
         try:
-            sc.check_targets(list(spec.vertices))
+            sc.check_targets(list(spec.vertices), spec)
         except ScenarioError as exc:
             raise ScenarioError(f"{scenario}: {exc}") from None
         if sc.store and stores != ["memory"] and sc.store not in stores:

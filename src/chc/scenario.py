@@ -50,7 +50,7 @@ from typing import Any
 from .core.client import MODELS
 from .runtime.pacing import Delay, Pacer
 from .runtime.simnet import LinkModel, parse_network
-from .spec import MAX_PARALLELISM, read_yaml
+from .spec import MAX_PARALLELISM, SpecError, read_yaml
 
 
 class ScenarioError(ValueError):
@@ -81,6 +81,37 @@ def _is_root(name: str) -> bool:
     return name.startswith("root[") and name.endswith("]") and name[5:-1].isdigit()
 
 
+# What an event may target besides a chain's vertex (``nat``, ``nat[1]``): a crash the
+# store or a root (§5.4); a store-link fault every link (``*``, or no target).
+_CRASH_TARGETS = "root[R], store"
+_LINKS = "* (every store link)"
+_OTHER_TARGETS = {"crash": _CRASH_TARGETS, "drop": _LINKS, "duplicate": _LINKS, "delay": _LINKS, "partition": _LINKS}
+
+
+def _not_a_target(target: str, vertices: list[str], roots: int | None, others: str,
+                  instance: bool = True) -> str | None:
+    """Why ``target`` (an event's, or a ``random.vertices`` name) is no target here; None
+    if it is one.  ``others``: what the action takes besides a vertex (``vertex[i]`` too
+    if ``instance``; its index is the runtime's to judge: a scale-out may add it)."""
+    name = target.partition("[")[0] if instance else target
+    if name in vertices or (target == "*" and "*" in others):
+        return None
+    known = f"(vertices: {', '.join(vertices)}{'; ' + others if others else ''})"
+    if target == "store" or target.startswith("root["):
+        if others != _CRASH_TARGETS:
+            return f"{target!r}: only a crash targets the store or a root {known}"
+        if target == "store":
+            return None
+        if not _is_root(target):
+            return f"{target!r}: a root is root[R] {known}"
+        if roots is not None and int(target[5:-1]) >= roots:
+            return f"{target!r}: the chain has roots 0-{roots - 1}"
+        return None
+    if target == "*":
+        return f"'*' (every store link) is the target of a store-link fault only {known}"
+    return f"unknown vertex {name!r}{f' in {target!r}' if name != target else ''} {known}"
+
+
 @dataclasses.dataclass
 class RandomEvents:
     """``random:``: ``events`` more events per seed, at packets drawn in ``between``."""
@@ -90,11 +121,16 @@ class RandomEvents:
     vertices: tuple[str, ...] | None = None
     between: tuple[int, int] | None = None
 
+    def check(self, vertices: list[str], roots: int | None = None) -> None:
+        """Every name of ``vertices:`` is a vertex of the chain, a root or the store."""
+        for v in self.vertices or ():
+            why = _not_a_target(v, vertices, roots, _CRASH_TARGETS, instance=False)
+            if why is not None:
+                raise ScenarioError(f"random.vertices: {why}")
+
     def draw(self, seed: int, vertices: list[str], n_packets: int) -> list[Event]:
         """The seed's events (the same for the same seed, chain and input length)."""
-        for v in self.vertices or ():
-            if v not in vertices and v != "store" and not _is_root(v):
-                raise ValueError(f"random.vertices: unknown vertex {v!r} (vertices: {', '.join(vertices)})")
+        self.check(vertices)
         rng = random.Random(f"{seed}/random-events")
         lo, hi = self.between or (0, n_packets)
         hi = max(lo + 1, min(hi, n_packets))
@@ -133,16 +169,49 @@ class Scenario:
         drawn = self.random.draw(seed, vertices, n_packets) if self.random else []
         return self.events + drawn
 
-    def check_targets(self, vertices: list[str]) -> None:
-        """Every event's target is a vertex of the chain (``nat``, ``nat[1]``), a root or
-        the store: a typo is named with its event before anything runs (it was "unknown
-        vertex 'trojn' in 'trojn'", from whichever runtime met it first)."""
+    def check_targets(self, vertices: list[str], chain: Any = None) -> None:
+        """Every event's target is one its action takes: a vertex of the chain (``nat``,
+        ``nat[1]``), a root (``root[R]``) or the store for a crash, ``*`` for a
+        store-link fault; every name in ``random.vertices``, ``parallelism`` and
+        ``delays`` is one too.  With ``chain`` (the :class:`chc.spec.Chain`), a root's
+        number is checked against its roots, the parallelism against its scaling
+        policies and each operator control's parameters against its NF.  A mistake is
+        named with its field before anything runs (it was "unknown vertex 'trojn' in
+        'trojn'", or "unknown vertex 'store'" for a scale-out of the store, from
+        whichever runtime met it first: no file, no event; a parallelism of no vertex
+        was ignored)."""
+        roots = None if chain is None else chain.roots
         for i, ev in enumerate(self.events):
-            name = ev.vertex
-            if ev.target is None or name in vertices or name in ("store", "root", "*"):
-                continue
-            raise ScenarioError(f"events[{i}].target: unknown vertex {name!r} in {ev.target!r} "
-                                f"(vertices: {', '.join(vertices)}; root[R], store)")
+            why = None if ev.target is None else \
+                _not_a_target(ev.target, vertices, roots, _OTHER_TARGETS.get(ev.action, ""))
+            if why is not None:
+                raise ScenarioError(f"events[{i}].target: {why}")
+        if self.random is not None:
+            self.random.check(vertices, roots)
+        # (a typo here was ignored, or failed in the runtime with no file and no field)
+        for name in self.parallelism if isinstance(self.parallelism, dict) else ():
+            why = _not_a_target(name, vertices, None, "", instance=False)
+            if why is not None:
+                raise ScenarioError(f"parallelism.{name}: {why}")
+        for target in self.delays:
+            why = None if target == "*" else _not_a_target(target, vertices, None, "")
+            if why is not None:
+                raise ScenarioError(f"delays.{target}: {why}")
+        if chain is not None:
+            from types import SimpleNamespace
+
+            from .runtime import control
+            try:
+                if self.parallelism is not None:
+                    chain.with_parallelism(self.parallelism)        # (against a vertex's scaling policy)
+            except SpecError as exc:
+                raise ScenarioError(f"parallelism: {exc}") from None
+            for i, ev in enumerate(self.events):
+                if ev.action in control.CONTROLS:
+                    try:
+                        control.resolve(SimpleNamespace(chain=chain), ev)
+                    except ValueError as exc:
+                        raise ScenarioError(f"events[{i}]: {exc}") from None
 
     def pacer(self) -> Pacer:
         """A new pacer for one run (pacers keep state: the first timestamp seen)."""
