@@ -213,3 +213,35 @@ def test_r4_property_any_delays_any_batching(seed, which, batch):
     s = rt.summary()
     assert [(a["host"], a["clock"]) for a in s.alerts] == [(HOST, 22)]
     assert s.log["remaining"] == 0 and s.packets_out == len(frames)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["record", "replay", "done", "restore", "forget"]),
+                          st.integers(0, 40), st.integers(1, 6)), max_size=60))
+def test_the_oldest_logged_clock_is_the_logs_minimum(steps):
+    """``Root.oldest`` follows the log from its last answer (clocks enter in increasing
+    order, leave in any): whatever the sequence of records, deletions, a restore of
+    arbitrary clocks, input logged again from a floor and a failover's forgetting below
+    a floor, it is the log's minimum
+    (what a replay starts from and the store's clock log is kept from: §5.4)."""
+    from types import SimpleNamespace
+
+    root = Root(1)
+    base = root.base
+    nxt = base
+    for what, a, n in steps:
+        if what == "record":        # a batch stamped in order, gaps for unlogged clocks
+            nxt += a % 3
+            root.record([SimpleNamespace(clock=nxt + k) for k in range(n)])
+            nxt += n
+        elif what == "replay":      # input logged again from a floor (below the last answer)
+            root.record([SimpleNamespace(clock=base + a + k) for k in range(n)])
+            nxt = max(nxt, base + a + n)
+        elif what == "done" and root.log:
+            root.done(sorted(root.log)[a % len(root.log)], 0)
+        elif what == "restore":     # a store-held log taken over: any clocks, below the last answer too
+            root.restore({"log": dict.fromkeys(base + (a + k * 7) % 50 for k in range(n))})
+            nxt = max(nxt, max(root.log) + 1)
+        elif what == "forget":
+            root.forget_below(base + a)
+        assert root.oldest == (min(root.log) if root.log else base | root.next_seq)
