@@ -244,6 +244,90 @@ def test_a_state_value_chc_cannot_store_is_one_line_naming_it(tmp_path, capsys):
     assert not (tmp_path / "state.json").exists()
 
 
+SET_IN_STATE = textwrap.dedent('''
+    from chc.nf import NF, SRC_IP, Access, Value
+
+    class KeepsSets(NF):
+        kind = "keepssets"
+        ports = Value(SRC_IP, Access.READ_WRITE, doc="a set per host")
+
+        def process(self, pkt, ctx):
+            self.ports.set(frozenset([pkt.dport]), pkt.src)
+            return pkt
+''')
+
+
+@pytest.mark.parametrize("model", ["EO", "EO+C+NA"])
+def test_a_value_the_redis_store_cannot_hold_keeps_the_summary(tmp_path, capsys, redis_urls, model):
+    """On Redis a set (or an object) in state was ``chc: error: the redis store cannot hold
+    value ...`` from the batch's non-blocking flush in EO+C+NA, with no summary at all (and
+    in EO an NF error per packet, every packet left in the root's log, exit 0).  As the
+    memory store's digest does: the run goes on, the summary is printed and written with
+    state_error naming the value, then one line, exit 2; the refused updates are NF errors
+    whose packets complete."""
+    (tmp_path / "sets_mine.py").write_text(SET_IN_STATE)
+    spec = _spec(tmp_path, "sets_mine.py:KeepsSets", "{}")
+    rc = main(["run", str(spec), LAN, "-c", "300", "--no-progress", "--model", model, "--store", redis_urls[0],
+               "--summary-json", str(tmp_path / "s.json"), "--state-json", str(tmp_path / "state.json")])
+    out, err = capsys.readouterr()
+    assert rc == 2 and err.strip().count("\n") == 0, err
+    assert err.startswith("chc: error: heavy.ports['10.64.") and "holds a frozenset (frozenset({" in err, err
+    assert "which the redis store cannot hold" in err and "docs/nf-api.md" in err
+    assert "chain 'own'" in out and "state digest unavailable" in out
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["packets_in"] == 300 and summary["state_digest"] == ""
+    assert summary["state_error"] == err.strip()[len("chc: error: "):]
+    assert summary["nf_errors"] == 300 and "UnstorableValue" in summary["errors"][0]
+    assert summary["log"]["remaining"] == 0 and summary["log"]["deleted"] == 300
+    assert not (tmp_path / "state.json").exists()
+
+
+REFUSED_UPDATES = textwrap.dedent('''
+    from chc.nf import NF, SRC_IP, Access, Counter
+
+    class Refused(NF):
+        kind = "refused"
+        tally = Counter(SRC_IP, Access.WRITE_MOSTLY, doc="made a word, then incremented")
+        seen = Counter(SRC_IP, Access.READ_WRITE, doc="made a word, then incremented")
+
+        def process(self, pkt, ctx):
+            self.tally.set("many", pkt.src)
+            self.tally.incr(1, pkt.src)         # refused by the store (write-mostly: not waited for)
+            if pkt.index % 2:
+                self.seen.set("many", pkt.src)
+                self.seen.incr(1, pkt.src)      # waited for: raises in process (or in the cache)
+            return pkt
+''')
+
+
+@pytest.mark.parametrize("model", ["EO", "EO+C", "EO+C+NA"])
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_updates_the_store_refuses_let_their_packets_complete(tmp_path, capsys, request, model, backend):
+    """§5.4: an update the store refuses never commits; its packet stayed in the root's
+    log for good (EO, EO+C), or the refusal stopped the run with no summary (EO+C+NA,
+    sent in the batch's flush).  Each refusal is an NF error and every packet completes,
+    on both stores alike; the run goes on, exit 0 (as an NF exception).  Where the
+    client waits for the update (EO, EO+C) its refusal raises in process, which drops the
+    packet as the logical chain's NF does; in EO+C+NA the packet went on before it."""
+    store = request.getfixturevalue("redis_urls")[0] if backend == "redis" else "memory"
+    (tmp_path / "refused_mine.py").write_text(REFUSED_UPDATES)
+    spec = _spec(tmp_path, "refused_mine.py:Refused", "{}")
+    rc = main(["run", str(spec), LAN, "-c", "300", "--no-progress", "-q", "--model", model, "--store", store,
+               "--summary-json", str(tmp_path / "s.json")])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["log"]["remaining"] == 0 and summary["log"]["deleted"] == 300
+    if model == "EO+C+NA":
+        # every packet's tally increment refused after it went on (counted); every other
+        # packet's seen increment raised in process (dropped, by the cache)
+        assert summary["nf_errors"] == 450 and summary["packets_out"] == 150, summary["errors"]
+    else:
+        # every packet's tally increment refused, raised in process: dropped
+        assert summary["nf_errors"] == 300 and summary["packets_out"] == 0, summary["errors"]
+        assert "incr on a non-number value" in summary["errors"][0]
+    assert summary["state_error"] is None and summary["state_digest"]
+
+
 @pytest.mark.parametrize("ref, says", [
     ("heavy", "unknown NF 'heavy' (known: lb, nat, pass, portscan, trojan; or your own: "
               "module:Class or path/to/file.py:Class)"),

@@ -400,7 +400,8 @@ def test_a_step_the_store_must_refuse():
                 step("apply", ("no-such-op",), None, key=1, tag=(0, 3))])
     assert [type(m.expected) for m in r.mismatches] == [Refused, Refused]
     assert r.final == {("v", "o", None): [1]}
-    assert len(r.applied) == 1
+    # The store took all three once: one applied, two refused (final, not lost updates)
+    assert r.refused == {("v", "o", None, (0, 2)), ("v", "o", 1, (0, 3))} and len(r.applied) == 3
 
 
 # -- replay: property against a plain model ----------------------------------------------------

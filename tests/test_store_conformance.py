@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chc.core.client import StoreLost, StoreUnavailable
-from chc.core.store import CLOCK_BITS, Increments, ObjectKey, Op, OwnershipError, StoreError
+from chc.core.store import CLOCK_BITS, Increments, ObjectKey, Op, OwnershipError, Refused, StoreError
 from chc.nf import value_op
 from conftest import make_store, store_servers
 
@@ -1068,6 +1068,58 @@ def test_values_msgpack_cannot_carry_are_refused(store):
         run(store, Op("set", COUNTER, ({1, 2},)))
     with pytest.raises(StoreError, match="cannot hold"):
         run(store, Op("set", COUNTER, (2**70,)))
+
+
+def test_an_op_refused_for_what_it_is_leaves_the_rest_of_its_request_applied(store):
+    """Refused (an increment of a non-number; on Redis also a value msgpack cannot carry,
+    refused before sending) names every such op after the whole request ran, with the
+    others' results: the memory store stopped at the first and lost the ops behind it
+    (a non-blocking batch's updates of other packets: never applied, never resent)."""
+    word = ObjectKey("nat", "word", None)
+    run(store, Op("set", word, ("many",)))
+    make = seqs("nat/0")
+    ops = [make("incr", COUNTER, (1,), tag=(5, 1), xor_id=0xA1), make("incr", word, (1,), tag=(5, 2), xor_id=0xA2),
+           make("incr", COUNTER, (1,), tag=(6, 1), xor_id=0xB1), make("get", COUNTER)]
+    if store.name == "redis":
+        ops.insert(3, make("set", VALUE, ({1, 2},), tag=(6, 2), xor_id=0xB2, instance=0))
+    with pytest.raises(Refused) as err:
+        run(store, *ops)
+    refused = [op for op, _ in err.value.refused]
+    assert refused == [ops[1]] + ([ops[3]] if store.name == "redis" else [])
+    assert "non-number" in str(err.value.refused[0][1]) and str(err.value) == str(err.value.refused[0][1])
+    assert err.value.results[:3] == [1, None, 2] and err.value.results[-1] == 2
+    assert get(store, COUNTER) == 2 and get(store, word) == "many" and get(store, VALUE) is None
+    assert sorted(store.commits()) == [(5, 0xA1), (6, 0xB1)]        # a refused update never commits
+    # Resent (its reply lost), each is refused again and the rest answered as before
+    # (nothing applied twice); the client notes a refusal once, whichever reply it is in.
+    with pytest.raises(Refused) as again:
+        run(store, *ops)
+    assert [op for op, _ in again.value.refused] == refused and again.value.results == err.value.results
+    assert get(store, COUNTER) == 2 and store.commits() == []
+    store.prune_below(7)            # their clocks done: the refusals go with the clock log
+    sendable = [op for op in ops if op.code != "set"]
+    assert run(store, *sendable) == [None] * (len(sendable) - 1) + [2]
+
+
+def test_a_non_blocking_request_acknowledges_its_refusals(store):
+    """submit: the refused ops come with the acknowledgement (``on_ack(seq, refused)``),
+    the others applied; a request whose every op is refused before sending is
+    acknowledged all the same (it was never acknowledged: the client resent it for good)."""
+    _redis_only(store)
+    acks: list = []
+    make = seqs("nat/0")
+    word = ObjectKey("nat", "word", None)
+    run(store, Op("set", word, ("many",)))
+    ops = [make("incr", COUNTER, (1,), tag=(5, 1)), make("incr", word, (1,), tag=(5, 2)),
+           make("set", VALUE, (frozenset(),), tag=(5, 3), instance=0)]
+    store.submit(ops, lambda seq, refused=(): acks.append((seq, [op for op, _ in refused])))
+    store.wait()
+    assert acks == [(3, [ops[2], ops[1]])] or acks == [(3, [ops[1], ops[2]])]
+    assert get(store, COUNTER) == 1
+    alone = [make("set", VALUE, (frozenset(),), tag=(6, 1), instance=0)]
+    store.submit(alone, lambda seq, refused=(): acks.append((seq, [op for op, _ in refused])))
+    store.wait()
+    assert acks[-1] == (4, alone)
 
 
 def test_a_lost_function_library_is_reloaded(store, store_kind, request):

@@ -133,7 +133,10 @@ class Replay:
     # clock, in store order.
     results: dict[ResultKey, list[Any]] = dataclasses.field(default_factory=dict)
     duplicates: int = 0
+    # The tagged updates the store took once: applied, or (also in ``refused``) refused
+    # for what they are, an increment of a non-number: final, not a lost update.
     applied: set[tuple[str, str, Hashable, tuple[int, int]]] = dataclasses.field(default_factory=set)
+    refused: set[tuple[str, str, Hashable, tuple[int, int]]] = dataclasses.field(default_factory=set)
     # The weights each of those argmin_incr choices was made with (None: unweighted), in
     # the same order: an instance that chose by a stale copy of its weights is not followed.
     weights: dict[ResultKey, list[Any]] = dataclasses.field(default_factory=dict)
@@ -266,7 +269,7 @@ def replay(steps: Iterable[StoreStep]) -> Replay:
         if step.code == "recover":
             history = _rewrite(history, step)
             data, first = {}, {}
-            out.results, out.weights = {}, {}
+            out.results, out.weights, out.refused = {}, {}, set()
             duplicates = out.duplicates
             for _, s in history:
                 _replay_step(data, first, s, out)
@@ -278,7 +281,7 @@ def replay(steps: Iterable[StoreStep]) -> Replay:
         if step.observed and not ok:
             out.mismatches.append(Mismatch(i, step, expected))
     out.final = {a: list(v) if isinstance(v, deque) else v for a, v in data.items()}
-    out.applied = set(first)
+    out.applied = set(first) | out.refused
     return out
 
 
@@ -310,6 +313,10 @@ def _replay_step(data: dict, first: dict, step: StoreStep, out: Replay) -> tuple
         out.duplicates += 1
         expected = first[ident]
         return expected, step.result is None or same(step.result, expected)
+    if ident is not None and ident in out.refused:
+        # A copy of an update the store refused: refused again, or (its refusal pruned
+        # with the clock log once its packet was done) answered nothing.
+        return Refused("refused before"), step.result is None
     expected = _execute(data, addr, step)
     if step.read_clock is not None and step.observed and addr in out.shared:
         # A read of shared state is serialized with the other instances' updates
@@ -317,7 +324,9 @@ def _replay_step(data: dict, first: dict, step: StoreStep, out: Replay) -> tuple
         # gives here.  (An object one instance uses alone is read in its own order,
         # which an NF may see differ from clock order, R4: not followed.)
         out.results.setdefault((*addr, step.read_clock, "get"), []).append(copy.copy(expected))
-    if ident is not None and not isinstance(expected, Refused):
+    if ident is not None and isinstance(expected, Refused):
+        out.refused.add(ident)
+    elif ident is not None:
         first[ident] = expected
         out.results.setdefault((*addr, step.tag[0], step.code), []).append(expected)
         if step.code == "argmin_incr":

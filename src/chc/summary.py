@@ -96,6 +96,19 @@ def _unserializable(logical: dict[str, dict[str, dict]]) -> str:
     return "the chain's state holds a value chc cannot compare or store (docs/nf-api.md)"
 
 
+def unstorable_error(key: Any, error: Any, store: str) -> str:
+    """``state_error`` for a value the ``store`` refused to hold (``error``, an
+    :class:`~chc.core.store.UnstorableValue`, of an update of the object at ``key``, an
+    ObjectKey): named as a value chc cannot digest is."""
+    at = f"{key.vertex}.{key.obj}" + ("" if key.key is None else f"[{canonical(key.key)!r}]")
+    value, part = error.value, error.part
+    inside = "" if part is value else f" inside its {type(value).__name__}"
+    held = "holds" if error.what == "value" else f"was updated with {error.what} holding"
+    return (f"{at} {held} a {type(part).__name__}{inside} ({part!r:.60}), which the {store} store cannot "
+            "hold: its values are None, bool, int (64 bits), float, str, bytes, and lists, tuples and dicts "
+            "of them (docs/nf-api.md)")
+
+
 def _innermost(value: Any) -> Any:
     """The innermost part of ``value`` chc cannot digest (None: it can)."""
     try:
@@ -149,6 +162,11 @@ class Summary:
             self.state_digest = state_digest(logical)
         except StateValueError as exc:
             self.state_digest, self.state_error = "", str(exc)
+
+    def no_state(self, reason: str) -> None:
+        """No digest: the store refused a state value (``reason``: which); the first reason stands."""
+        if self.state_error is None:
+            self.state_digest, self.state_error = "", reason
 
     def as_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -229,7 +247,7 @@ class Summary:
             if len(self.alerts) > len(shown):
                 lines.append(f"  ... {len(self.alerts) - len(shown)} more (see --summary-json)")
         if self.nf_errors:
-            lines += ["", f"NF errors: {self.nf_errors:,} packets dropped; first: {self.errors[0]}"]
+            lines += ["", f"NF errors: {self.nf_errors:,} packets dropped or updates refused; first: {self.errors[0]}"]
         for w in self.capture.get("warnings", []):
             lines.append(f"warning: {w}")
         st = self.store
@@ -243,5 +261,5 @@ class Summary:
             lines.append(f"packet log ({lg['mode']}): {lg['logged']:,} logged, {lg['deleted']:,} deleted, "
                          f"{lg['remaining']:,} remaining, {lg['dropped_overflow']:,} dropped on overflow")
         lines += ["", f"state digest {self.state_digest}" if self.state_error is None
-                  else "state digest unavailable: the state holds a value chc cannot digest (below)"]
+                  else "state digest unavailable: the state holds a value chc cannot digest or store (below)"]
         return "\n".join(lines)

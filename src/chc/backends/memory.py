@@ -5,6 +5,10 @@ network store; there is no network, so the cost of a round trip here is only
 the call.  Notifications (callbacks, ownership changes) are routed to
 per-client inboxes that clients poll after each request.
 
+A request's ops refused for what they are (an increment of a non-number, an unknown
+operation) do not stop it: the others are applied, then :class:`~chc.core.store.Refused`
+names them all, as the Redis backend does.
+
 Fault injection for tests and scenarios: ``fail_next(n)`` makes the next ``n``
 requests fail before reaching the engine (the client keeps and retransmits its
 non-blocking ops), ``hold_commits`` keeps commit reports back (§5.4 tests), and
@@ -20,7 +24,7 @@ from typing import Any
 
 from ..core.client import StoreUnavailable
 from ..core.root import root_of
-from ..core.store import CustomOp, ObjectKey, Op, StoreEngine
+from ..core.store import CustomOp, ObjectKey, Op, OwnershipError, Refused, StoreEngine, StoreError
 
 
 class MemoryStore:
@@ -56,9 +60,22 @@ class MemoryStore:
             self.dropped_requests += 1
             raise StoreUnavailable("memory store: injected request loss")
         apply = self.engine.apply
-        results = [apply(op) for op in ops]
+        results = []
+        refused = None
+        for op in ops:
+            try:
+                results.append(apply(op))
+            except OwnershipError:
+                raise
+            except StoreError as exc:       # refused for what it is: the others still apply
+                results.append(None)
+                if refused is None:
+                    refused = []
+                refused.append((op, exc))
         self.ops += len(ops)
         self._route()
+        if refused is not None:
+            raise Refused(refused, results)
         return results
 
     def _route(self) -> None:

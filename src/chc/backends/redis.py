@@ -32,18 +32,22 @@ request, whose acknowledgement needs only to know that no op was refused.
 Requests.  ``execute(ops)`` sends each server touched its pipeline (uploads of
 big defaults, then the one ``chc_batch`` call), to all servers before reading
 any reply: one round trip (``round_trips`` counts one per ``execute``).  If an
-op is refused (:class:`OwnershipError`, :class:`StoreError`) the first refusal
-in op order is raised after the whole request ran; unlike the memory store, the
-later ops of that request have been applied (retransmitting them is harmless:
-their seqs are recorded).
+op is refused for ownership (:class:`OwnershipError`) or anything but what it is,
+the first such refusal in op order is raised after the whole request ran (the
+later ops of that request have been applied; retransmitting them is harmless:
+their seqs are recorded).  Ops refused for what they are (a value msgpack cannot
+carry, refused before sending; ``CHCERR`` from the server: an increment of a
+non-number...) are raised together as :class:`~chc.core.store.Refused` after the
+request ran, as the memory store does.
 
 Non-blocking requests (EO+C+NA, §4.3).  ``submit(ops, on_ack)`` sends a
 request and returns without reading its reply; replies are read as they
 arrive (at the next request, without waiting), and before any blocking request
 on that connection, whose replies come after them (one connection per server:
 Redis answers in order).  A request is acknowledged (``on_ack(highest seq)``)
-when every server it went to answered without refusing an op, and every request
-sent before it was acknowledged (acknowledgements are cumulative); the client
+when every server it went to answered without refusing an op for ownership, and
+every request sent before it was acknowledged (acknowledgements are cumulative;
+ops refused for what they are come with it: ``on_ack(seq, refused)``); the client
 library keeps un-ACKed ops and resends them ahead of its next request
 (go-back-N), but an op still in flight on a healthy connection is not put on
 the wire again: TCP delivers it ahead of the new request.  When a connection
@@ -83,7 +87,8 @@ back as a Python list (``get``, ``objects``; a ``deque`` from ``subscribe`` and
 callbacks, which seed caches).  ``incr`` keeps ints ints and floats floats,
 exactly for integers up to 2**53 (Lua numbers are doubles; the store refuses
 beyond).  Values msgpack cannot carry (sets, ints beyond 64 bits, arbitrary
-objects) are refused with :class:`StoreError` before anything is sent.
+objects) are refused (:class:`~chc.core.store.UnstorableValue`) before their op is
+sent; the request's other ops go.
 
 Sharding.  With several servers each object lives on exactly one,
 ``zlib.crc32(k) % n``: for per-flow objects ``k`` is the full object key; for
@@ -127,7 +132,8 @@ application order) update of any replayed clock; shards are read one by one, as
 
 Retransmission is exactly-once for ops with a seq (the client library always
 sets one) and for tagged updates; a retransmitted update whose tag is still in
-the clock log gets its recorded result, as from the memory engine (see
+the clock log gets its recorded result, and one refused for what it is is refused
+again until its clock is pruned, as from the memory engine (see
 :mod:`chc.core.store`).  A Redis restart keeps every acknowledged update if the
 server runs with
 ``appendonly yes`` and ``appendfsync always`` (the test fixtures start it so):
@@ -184,7 +190,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.client import StoreLost, StoreUnavailable
 from ..core.recovery import Stamp, Stamped
-from ..core.store import CLOCK_BITS, CustomOp, ObjectKey, Op, OwnershipError, StoreError
+from ..core.store import CLOCK_BITS, CustomOp, ObjectKey, Op, OwnershipError, Refused, StoreError, UnstorableValue
 from ..nf import VALUE_OPS
 
 try:                                    # the C reply parser, when installed (not required)
@@ -222,7 +228,20 @@ def _encode(value: Any, what: str = "value") -> bytes:
     try:
         return _pack(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise StoreError(f"the redis store cannot hold {what} {value!r}: {exc}") from None
+        raise UnstorableValue(f"the redis store cannot hold {what} {value!r}: {exc}", what, value,
+                              _unpackable(value)) from None
+
+
+def _unpackable(value: Any) -> Any:
+    """The innermost part of ``value`` msgpack cannot carry (None: it can)."""
+    try:
+        _pack(value)
+        return None
+    except (TypeError, ValueError, OverflowError):
+        pass
+    parts = (list(value.keys()) + list(value.values()) if isinstance(value, dict)
+             else list(value) if isinstance(value, (list, tuple)) else [])
+    return next((bad for bad in map(_unpackable, parts) if bad is not None), value)
 
 
 def _esc(name: str) -> bytes:
@@ -598,29 +617,49 @@ class _Server:
 class _Request:
     """A submitted (non-blocking) request: acknowledged once every server it went to answered."""
 
-    __slots__ = ("ops", "seq", "on_ack", "left", "uploading", "failed", "done", "refused")
+    __slots__ = ("ops", "seq", "on_ack", "left", "uploading", "failed", "done", "refused", "where", "refusals")
 
-    def __init__(self, ops: list[Op], seq: int, on_ack: Callable[[int], None], counts: dict[int, int],
-                 uploading: set) -> None:
+    def __init__(self, ops: list[Op], seq: int, on_ack: Callable[..., None], counts: dict[int, int],
+                 uploading: set, where: list, refusals: list) -> None:
         self.ops = ops
         self.seq = seq
         self.on_ack = on_ack
         self.left = dict(counts)            # server -> ops it answers
         self.uploading = uploading
         self.failed = False
-        self.done = False
+        self.done = not counts              # (every op refused before sending: nothing to answer)
         self.refused = False
+        self.where = where                  # each op's (server, index in its batch), None: refused here
+        self.refusals = refusals            # (op, error) refused for what they are: with the ack
 
     def answer(self, store: RedisStore, srv: int, out: Any) -> None:
         self.left.pop(srv)
         for digest in [d for s, d in self.uploading if s == srv]:
             store._uploaded[srv].add(digest)
-        if store._refused(srv, out):
-            # A refused update (ownership, type): not acknowledged, as the simulated store
-            # does; the client sends it again and the store answers it as a retransmission.
+        if isinstance(out, ResponseError):
+            store._batch_refused(srv, str(out))
             self.refused = True
+        for e in out[1:] if not isinstance(out, ResponseError) else ():
+            i, _, raw = e.partition(b" ")
+            text = raw.decode("utf-8", "replace")
+            store._check_half_run(srv, text)
+            if _refused_for_itself(text):
+                # Refused for what it is (a non-number incremented...): final, the others ran;
+                # the acknowledgement carries it to the client (on_ack(seq, refusals)).
+                op = self.ops[self.where.index((srv, int(i) - 1))]
+                self.refusals.append((op, store._error(op, ResponseError(text))))
+            else:
+                # Any other refusal (ownership): not acknowledged, as the simulated store does;
+                # the client sends it again and the store answers it as a retransmission.
+                self.refused = True
         if not self.left and not self.failed:
             self.done = True                # (acknowledged in request order: RedisStore._ack_in_order)
+
+    def acknowledge(self) -> None:
+        if self.refusals:
+            self.on_ack(self.seq, self.refusals)
+        else:
+            self.on_ack(self.seq)
 
 
 class RedisStore:
@@ -1064,28 +1103,30 @@ class RedisStore:
             else:
                 reports = b"".join([b"%d:%d %d " % t for t in zip(inc.clocks, inc.ns, xors, strict=True) if t[2]])
             return _encode(op.default or 0, "the default"), (_encode(inc.total), tags, _encode(inc.amounts), reports)
-        default = self._default(op.default, srv, pre, uploading)
+        # (the operands first: an op refused for them uploads no default)
         if code == "push":
-            return default, (_encode(args[0]),)
-        if code in ("pop", "delete"):
-            return default, ()
-        if code == "cas":
+            extra: tuple = (_encode(args[0]),)
+        elif code in ("pop", "delete"):
+            extra = ()
+        elif code == "cas":
             expected, new = args
-            return default, (_encode(expected), _encode(new))
-        if code == "apply":
+            extra = (_encode(expected), _encode(new))
+        elif code == "apply":
             name = args[0]
             if name not in self.value_ops:
                 self._load_value_op(name)
-            return default, (str(name).encode(), _encode(args[1:], "the arguments"))
-        if code == "custom":
+            extra = (str(name).encode(), _encode(args[1:], "the arguments"))
+        elif code == "custom":
             name = args[0]
             keys: set[int] = set()
             payload = _encode(self._replace_keys(args[1:], keys), "the arguments")
             if keys - {srv}:
                 raise StoreError(f"custom operation {name!r}: its objects are on different servers "
                                  f"({self.describe()}); keys of one shared object family share a server")
-            return default, (str(name).encode(), payload)
-        raise StoreError(f"unknown operation {code!r}")
+            extra = (str(name).encode(), payload)
+        else:
+            raise StoreError(f"unknown operation {code!r}")
+        return self._default(op.default, srv, pre, uploading), extra
 
     def _replace_keys(self, value: Any, servers: set[int]) -> Any:
         if isinstance(value, ObjectKey):
@@ -1098,11 +1139,13 @@ class RedisStore:
             return list(value)
         return value
 
-    def _encode(self, ops: list[Op]) -> tuple[dict[int, list[bytes]], list, dict[int, int], set]:
+    def _encode(self, ops: list[Op]) -> tuple[dict[int, list[bytes]], list, dict[int, int], set, list]:
         """``ops`` as one pipeline per server (uploads of big defaults, then one ``chc_batch``
         call whose ops are one binary argument, see HEAD in redis_functions.lua): the
-        pipelines, each op's (server, index in its batch), the ops per server and the big
-        defaults the request uploads."""
+        pipelines, each op's (server, index in its batch), the ops per server, the big
+        defaults the request uploads, and the (op, error) pairs of the ops refused here, for
+        a value the store cannot hold (:class:`UnstorableValue`; their ``where`` is None,
+        the others go)."""
         if self._lease and time.monotonic() >= self._lease_due:
             self._renew()
         batches: dict[int, list] = {}      # server -> [clients, parts, ops, pre, least clock, reports]
@@ -1110,18 +1153,25 @@ class RedisStore:
         uploading: set[tuple[int, bytes]] = set()
         keys = self._keys
         head = _HEAD
+        refused: list = []
         for op in ops:
             ent = keys.get(op.key)
-            if ent is None:
-                ent = self._locate(op.key)
-            rkey, srv, flags, klen = ent
-            b = batches.get(srv)
-            if b is None:
-                b = batches[srv] = [{}, [], 0, [], None, []]
             num = _CODE_NUM.get(op.code)
             if num is None:
                 raise StoreError(f"unknown operation {op.code!r}")
-            default, extra = self._operands(op, srv, b[3], uploading)
+            try:
+                if ent is None:
+                    ent = self._locate(op.key)
+                rkey, srv, flags, klen = ent
+                b = batches.get(srv)
+                pre = [] if b is None else b[3]
+                default, extra = self._operands(op, srv, pre, uploading)
+            except UnstorableValue as exc:
+                refused.append((op, exc))
+                where.append(None)
+                continue
+            if b is None:
+                b = batches[srv] = [{}, [], 0, pre, None, []]
             clients = b[0]
             ci = clients.get(op.client)
             if ci is None:
@@ -1162,7 +1212,7 @@ class RedisStore:
                                             server.prefix_bulk, self._epoch_bulk, _bulk(clock),
                                             _bulk(b"".join(reports)), _bulk(len(reports)), _bulk(len(wires)),
                                             *map(_bulk, wires), b"$%d\r\n" % len(blob), blob, b"\r\n"))]
-        return groups, where, {srv: b[2] for srv, b in batches.items()}, uploading
+        return groups, where, {srv: b[2] for srv, b in batches.items()}, uploading, refused
 
     def _batch_refused(self, srv: int, text: str) -> None:
         """The whole ``chc_batch`` call was refused (nothing of it ran, or it was cut short)."""
@@ -1172,15 +1222,6 @@ class RedisStore:
             self._redirected(srv, text)
         else:
             self._check_half_run(srv, text)
-
-    def _refused(self, srv: int, out: Any) -> bool:
-        """Whether a ``chc_batch`` reply refused any op (without decoding its values)."""
-        if isinstance(out, ResponseError):
-            self._batch_refused(srv, str(out))
-            return True
-        for e in out[1:]:
-            self._check_half_run(srv, e.decode("utf-8", "replace"))
-        return len(out) > 1
 
     def _split(self, srv: int, out: Any, n: int) -> tuple[list[Any], bool]:
         """The ``n`` per-op replies in a ``chc_batch`` reply (ResponseError for a refused op),
@@ -1237,23 +1278,29 @@ class RedisStore:
         if all(keep):
             return self._execute(ops)
         sent = [op for op, k in zip(ops, keep, strict=True) if k]
-        got = iter(self._execute(sent) if sent else ())
+        try:
+            got = iter(self._execute(sent) if sent else ())
+        except Refused as exc:
+            got = iter(exc.results)
+            exc.results = [next(got) if k else None for k in keep]
+            raise
         return [next(got) if k else None for k in keep]
 
     def _execute(self, ops: list[Op]) -> list[Any]:
         self.sent_ops += len(ops)
-        groups, where, counts, uploading = self._encode(ops)
-        per = self._round_trip(groups)
+        groups, where, counts, uploading, refused = self._encode(ops)
+        per = self._round_trip(groups) if groups else {}
         for srv, digest in uploading:
             self._uploaded[srv].add(digest)
         replies = {srv: self._split(srv, out[-1], counts[srv]) for srv, out in per.items()}
-        if len(replies) == 1:
+        if len(replies) == 1 and not refused:
             results, special = next(iter(replies.values()))     # one server: in op order
             if not special:
                 return results
         else:
-            results = [replies[srv][0][j] for srv, j in where]
+            results = [None if w is None else replies[w[0]][0][w[1]] for w in where]
         error: Exception | None = None
+        early = len(refused)                # refused before sending
         for i, (op, reply) in enumerate(zip(ops, results, strict=True)):
             if reply is _ABSENT:
                 results[i] = op.default
@@ -1262,11 +1309,19 @@ class RedisStore:
             elif reply is _REFUSED or reply.__class__ is ResponseError:
                 if "CHCNODEF" in str(reply):
                     self._uploaded[where[i][0]].clear()         # the server lost its data
-                if error is None:
-                    error = self._error(op, reply)
+                err = self._error(op, reply)
+                if _refused_for_itself(_clean(reply)):
+                    refused.append((op, err))                   # for what it is: the others ran
+                elif error is None:
+                    error = err
                 results[i] = None
         if error is not None:
             raise error
+        if refused:
+            if 0 < early < len(refused):    # both kinds: in request order
+                order = {id(op): i for i, op in enumerate(ops)}
+                refused.sort(key=lambda r: order[id(r[0])])
+            raise Refused(refused, results)
         return results
 
     # -- non-blocking requests (EO+C+NA) ---------------------------------------------------
@@ -1288,8 +1343,8 @@ class RedisStore:
         if not fresh:
             return                          # all in flight: their own replies acknowledge them
         self.sent_ops += len(fresh)
-        groups, where, counts, uploading = self._encode(fresh)
-        req = _Request(fresh, ops[-1].seq, on_ack, counts, uploading)
+        groups, where, counts, uploading, refused = self._encode(fresh)
+        req = _Request(fresh, ops[-1].seq, on_ack, counts, uploading, where, refused)
         for srv in sorted(groups):
             server = self.servers[srv]
             with server.lock:
@@ -1307,18 +1362,20 @@ class RedisStore:
             # goes (go-back-N): what was in flight on the broken connection is lost with it,
             # and this request's acknowledgement covers it.
             self._drain(block=True)
-            groups, where, counts, uploading = self._encode(ops)
-            per = self._round_trip(groups)
-            retry = _Request(ops, ops[-1].seq, on_ack, counts, uploading)
+            groups, where, counts, uploading, refused = self._encode(ops)
+            per = self._round_trip(groups) if groups else {}
+            retry = _Request(ops, ops[-1].seq, on_ack, counts, uploading, where, refused)
             for srv, out in per.items():
                 retry.answer(self, srv, out[-1])
             if retry.done and not retry.refused:
-                on_ack(retry.seq)
+                retry.acknowledge()
             return
         for op in fresh:
             if op.seq:
                 self._inflight[op.client, op.seq] = req
         self._inflight_reqs.append(req)
+        if req.done:
+            self._ack_in_order()            # (all refused before sending: acknowledged in order)
         if len(self._inflight_reqs) > self.window:
             # Flow control: a client faster than the server would otherwise queue
             # requests (and their un-ACKed ops) without bound.
@@ -1353,7 +1410,7 @@ class RedisStore:
             for op in head.ops:
                 self._inflight.pop((op.client, op.seq), None)
             if not head.refused:
-                head.on_ack(head.seq)
+                head.acknowledge()
 
     def _drain(self, block: bool, servers: Any = None) -> None:
         """Read the replies of submitted requests: all of them (``block``), or those already
@@ -1399,8 +1456,8 @@ class RedisStore:
             owner = text[7:]
             return OwnershipError(f"{k.vertex}.{k.obj}[{k.key!r}] is owned by instance {owner}; "
                                   f"instance {op.instance} may not update it")
-        if text.startswith("CHCERR "):
-            return StoreError(f"{k.vertex}.{k.obj}[{k.key!r}]: {text[7:]}")
+        if _refused_for_itself(text):
+            return StoreError(f"{k.vertex}.{k.obj}[{k.key!r}]: {text.split('CHCERR ', 1)[1]}")
         url = self.servers[self._locate(k)[1]].url
         return StoreError(f"{url}: {op.code} on {k.vertex}.{k.obj}[{k.key!r}]: {text}")
 
@@ -1693,6 +1750,12 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore({self.urls!r})"
+
+
+def _refused_for_itself(text: str) -> bool:
+    """An op the server refused for what it is (``fail`` in the library: CHCERR, which a
+    refusal raised inside the batch's protected call carries behind ``ERR ``)."""
+    return text.startswith(("CHCERR ", "ERR CHCERR "))
 
 
 def _clean(exc: ResponseError) -> str:

@@ -40,6 +40,10 @@ function; K = P "k:" rest, rest = vertex ":" object ":" msgpack(scope key)):
                 shared state are then ext 4: msgpack str of TS ("client clock seq\n"
                 each), then the reply element
   P "c"         string: commit reports "clock:n xor_id " each (APPEND)
+  P "rf"        hash: wire client id .. " " .. seq -> "clock text" of each tagged update
+                refused for what it is (CHCERR): a retransmission of it is refused again
+                (its first reply may have been lost), until chc_prune passes its clock
+  P "rn"        string: present = "rf" has entries (read with the epoch: costs nothing)
   P "d:" digest a big default (msgpack), referenced by ops as 0xc1 .. digest
 Notifications are published on P "n:" .. wire client id; a payload is
 "U" or "O", a 4-byte big-endian key length, the key, then the tagged value
@@ -51,7 +55,8 @@ first byte: "V" .. msgpack value, "L" .. msgpack array (the contents of a list
 object), "A" (absent).  A retransmitted op that was acknowledged is answered
 nil without being applied (a retransmitted update whose tag is still in the
 clock log gets its recorded result instead; no switch turns this dedup off:
-``--break no-dedup`` is the memory store's alone).  Errors are "CHCOWN
+``--break no-dedup`` is the memory store's alone; a retransmitted update that
+was refused for what it is is refused again, see "rf").  Errors are "CHCOWN
 <owner>" (ownership) and "CHCERR <text>" (refused operation).
 
 Numbers: Lua numbers are doubles, so incr/argmin_incr are exact for integers
@@ -829,6 +834,10 @@ local function apply(j)
     end
     if seq <= last then
       -- a resent read is answered again: its first reply may have been lost
+      if code ~= 1 and b.refusals then
+        local refused = redis.call('HGET', b.P .. 'rf', client .. ' ' .. seq)
+        if refused then return {err = string.match(refused, '^%S+ (.*)$')} end
+      end
       if code ~= 1 then
         local tag = lt > 0 and string.sub(blob, p + li, pk - 2) or ''
         return retransmitted(k, op_args(client, seq, '', CODES[code], '', tag, xor, string.sub(blob, pd, po - 1),
@@ -948,6 +957,24 @@ local function apply(j)
   return result
 end
 
+-- Op j was refused with error text e: a tagged update refused for what it is (CHCERR) is kept
+-- in "rf" by its client and seq, with its clock, so that a retransmission is refused again.
+local function refused(j, e)
+  if not string.find(e, 'CHCERR ', 1, true) then return end
+  local b = batch
+  local _, _, ci, seq, _, li, lt, _, _, _, _, _, _, p = struct.unpack(HEAD, b.blob, b.starts[j])
+  local clock
+  if lt > 0 then
+    clock = string.match(string.sub(b.blob, p + li, p + li + lt - 1), '^%d+')
+  elseif b.many[j] and b.many[j][1] then
+    clock = string.match(b.many[j][1], '^%d+')
+  end
+  if seq == 0 or not clock then return end
+  redis.call('HSET', b.P .. 'rf', b.clients[ci + 1] .. ' ' .. seq, clock .. ' ' .. e)
+  redis.call('SET', b.P .. 'rn', '1')
+  b.refusals = true
+end
+
 -- Ops from..n in order; a refused op's error is noted and the others still run.
 local function run(from, n)
   local b = batch
@@ -988,7 +1015,7 @@ local function chc_batch(keys, argv)
   local P = argv[1]
   PREFIX = P
   -- The epoch and the pre-image switch in one read (the switch costs the batch nothing).
-  local meta = redis.call('MGET', P .. 'epoch', P .. 'pre', P .. 'ts')
+  local meta = redis.call('MGET', P .. 'epoch', P .. 'pre', P .. 'ts', P .. 'rn')
   if argv[2] ~= '' and meta[1] ~= argv[2] then
     return redis.error_reply('CHCEPOCH the namespace lost its state')   -- restarted empty or flushed
   end
@@ -998,7 +1025,8 @@ local function chc_batch(keys, argv)
   local blob = argv[7 + nc]
   local watched = redis.call('EXISTS', P .. 'S') == 1
   batch = {P = P, blob = blob, clients = clients, seqs = {}, dirty_seqs = {}, watched = watched, owners = {},
-           preimages = meta[2] ~= false, starts = {}, keys = {}, opfields = {}, many = {}, results = {}, errors = {}}
+           preimages = meta[2] ~= false, starts = {}, keys = {}, opfields = {}, many = {}, results = {}, errors = {},
+           refusals = meta[4] ~= false}
   Bfast, Bcache, Bdirty, Bdirtylist, Bndirty = not watched, {}, {}, {}, 0
   Blog, Bfields, Bnlog, Bcommitted, Bcommits = {}, {}, 0, {}, {}
   local b = batch
@@ -1077,6 +1105,7 @@ local function chc_batch(keys, argv)
     if type(e) == 'table' then e = e.err else e = 'ERR ' .. tostring(e) end
     b.results[b.cur] = X_REFUSED
     b.errors[#b.errors + 1] = b.cur .. ' ' .. tostring(e)
+    refused(b.cur, tostring(e))
     j = b.cur + 1
   end
   flush()
@@ -1222,6 +1251,16 @@ local function chc_prune(keys, args)
   -- lower root, and a higher root's are above the limit: kept, and the chunk re-scored.  A
   -- request's chunk with clocks of several roots waits for the lowest one's root.
   local P, limit = args[1], tonumber(args[2])
+  if redis.call('EXISTS', P .. 'rn') == 1 then
+    -- refusals of the limit's root below it (few: each one is an NF error)
+    local first, flat, gone = tonumber(args[3] or '0'), redis.call('HGETALL', P .. 'rf'), {}
+    for i = 1, #flat, 2 do
+      local c = tonumber(string.match(flat[i + 1], '^%d+'))
+      if c >= first and c < limit then gone[#gone + 1] = flat[i] end
+    end
+    for i = 1, #gone, CHUNK do redis.call('HDEL', P .. 'rf', unpack(gone, i, math.min(i + CHUNK - 1, #gone))) end
+    if redis.call('EXISTS', P .. 'rf') == 0 then redis.call('DEL', P .. 'rn') end
+  end
   local chunks = redis.call('ZRANGEBYSCORE', P .. 'lz', args[3] or '-inf', '(' .. args[2])
   local n = 0
   for _, chunk in ipairs(chunks) do

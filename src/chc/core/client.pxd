@@ -18,7 +18,9 @@ cdef class StoreClient:
     cdef public unsigned long long packet_xor
     cdef public list pending, prefetchable, unacked
     cdef public dict callback_caches
-    cdef public list coalesced
+    cdef public list coalesced, refused, late
+    cdef public object unstorable
+    cdef public dict noted
 
     cpdef begin_packet(self, object clock)
     @cython.locals(n=cython.longlong, xor_id=cython.ulonglong)
@@ -27,8 +29,8 @@ cdef class StoreClient:
     @cython.locals(h=CoalescedObject)
     cdef list _take_pending(self)
     cpdef send(self, object op)
-    cpdef flush(self)
-    cpdef _acked(self, long long seq)
+    cpdef flush(self, object waited=*)
+    cpdef _acked(self, long long seq, object refused=*)
     cdef list _resend(self)
 
 

@@ -54,6 +54,16 @@ Order-dependent shared updates go to the store as one atomic step: ``pop``,
 ``cas``, ``incr_least`` (custom op ``argmin_incr``) and registered value
 operations (``apply``, :func:`chc.nf.value_op`).
 
+Refused updates (§5.4).  An op the store refuses for what it is (a value it cannot
+hold, an increment of a non-number: :class:`~chc.core.store.Refused`) is final: the
+request's other ops were applied, and the refused update never commits.  The client
+keeps its commit ids in ``refused`` (``(clock, xor id)``), which the instance reports
+to the root as ended, so its packet completes.  The refusal of an op the client
+waits for (every op but EO+C+NA's non-blocking ones) is raised to the NF, as the
+logical chain's NF raises on its own state; one the NF could not wait for (EO+C+NA:
+refused after its packet went on) is kept in ``late`` for the instance to count.
+The first value the store could not hold is kept in ``unstorable`` for the summary.
+
 The client does no I/O itself: it hands op lists to a backend's ``execute``
 (in-process engine or Redis).
 """
@@ -67,12 +77,13 @@ from typing import Any
 
 from ..nf import VALUE_OPS, Access, StateObject, least_loaded
 from .state import LocalObject
-from .store import Increments, ObjectKey, Op, StoreError
+from .store import Increments, ObjectKey, Op, Refused, StoreError, UnstorableValue
 
 MODELS = ("T", "EO", "EO+C", "EO+C+NA")
 _XOR_STEP = 0x9E3779B1          # §5.4 ids of one object's successive updates in a packet
 _MASK32 = 0xFFFFFFFF
 _MISSING = object()
+_NOTED = 4096                   # refused ops remembered (their seqs), so each is noted once
 _new_tuple = tuple.__new__
 
 
@@ -116,6 +127,14 @@ class StoreClient:
         self.blocking_ops = 0
         self.nonblocking_ops = 0
         self.cache_hits = 0
+        # Refused updates (see above): their (clock, xor id), the (op, error) of those the
+        # NF did not see, and the first (op, error) of a value the store cannot hold.
+        self.refused: list[tuple[int, int]] = []
+        self.late: list[tuple[Op, StoreError]] = []
+        self.unstorable: tuple[Op, UnstorableValue] | None = None
+        # The seqs of the refusals noted (recent ones): a refused op resent before its
+        # refusal came back is refused again, in the reply to each request that carried it.
+        self.noted: dict[int, None] = {}
 
     # -- per packet -------------------------------------------------------------------
     def begin_packet(self, clock: int) -> None:
@@ -188,12 +207,48 @@ class StoreClient:
         self.pending.append(op)
         ops = self._resend() + self._take_pending()
         self.pending = []
-        results = self.backend.execute(ops)
+        results = self._execute(ops, op)
         self._notifications()
         return results[-1]
 
-    def _acked(self, seq: int) -> None:
-        """The store acknowledged every op up to ``seq``."""
+    def _execute(self, ops: list[Op], waited: Any = None) -> list[Any]:
+        """``backend.execute(ops)``; the ops it refuses for what they are are noted
+        (see Refused updates above), their results None; ``waited``'s refusal is raised."""
+        try:
+            return self.backend.execute(ops)
+        except Refused as exc:
+            self._refuse(exc.refused, waited)
+            return exc.results
+
+    def _refuse(self, refused: list, waited: Any = None) -> None:
+        mine = None
+        noted = self.noted
+        for op, err in refused:
+            if op.seq in noted:
+                continue                    # (noted from an earlier reply: once only, §5.4)
+            noted[op.seq] = None
+            if len(noted) > _NOTED:         # long answered: forget the older half
+                for seq in list(noted)[:_NOTED // 2]:
+                    del noted[seq]
+            if op.code == "incr_many":
+                inc = op.args[0]
+                self.refused += [(c, x) for c, x in zip(inc.clocks, inc.xor_ids, strict=True) if x]
+            elif op.tag is not None and op.xor_id:
+                self.refused.append((op.tag[0], op.xor_id))
+            if self.unstorable is None and isinstance(err, UnstorableValue):
+                self.unstorable = (op, err)
+            if op is waited:
+                mine = err
+            else:
+                self.late.append((op, err))
+        if mine is not None:
+            raise mine from None
+
+    def _acked(self, seq: int, refused: Any = None) -> None:
+        """The store acknowledged every op up to ``seq``; ``refused``: the (op, error)
+        pairs of those it refused for what they are."""
+        if refused:
+            self._refuse(refused)
         unacked = self.unacked
         if unacked and unacked[-1].seq <= seq:
             self.unacked = []
@@ -208,12 +263,13 @@ class StoreClient:
             return                          # injected loss: never sent, never retransmitted
         self.pending.append(op)
         if not self.no_ack_wait:
-            self.flush()
+            self.flush(op)                  # (waited for: a refusal is raised to the NF)
 
-    def flush(self) -> None:
+    def flush(self, waited: Any = None) -> None:
         """Send queued ops as one pipelined request.  In EO+C+NA over a backend that
         can (``submit``), do not wait: the reply acknowledges them later.  Otherwise
-        wait; in EO+C+NA a failed request's ops stay un-ACKed and go out again."""
+        wait; in EO+C+NA a failed request's ops stay un-ACKed and go out again.
+        ``waited``: the op whose refusal, if the store refuses it, is raised here."""
         if not self.pending:
             return
         fresh = self._take_pending()
@@ -227,7 +283,7 @@ class StoreClient:
                 self._notifications()
                 return
         try:
-            self.backend.execute(ops)
+            self._execute(ops, waited)
         except StoreUnavailable:
             if not self.no_ack_wait:
                 raise
@@ -243,7 +299,7 @@ class StoreClient:
         settle = getattr(self.backend, "settle", None)
         if settle is None:
             try:
-                self.backend.execute(self._resend())
+                self._execute(self._resend())
             except StoreUnavailable:
                 return
             return
@@ -339,7 +395,7 @@ class StoreClient:
         self.pending.extend(ops)
         sent = self._resend() + self._take_pending()
         self.pending = []
-        results = self.backend.execute(sent)[len(sent) - len(ops):]
+        results = self._execute(sent)[len(sent) - len(ops):]
         self._notifications()
         for (h, k), v in zip(slots, results, strict=True):
             h.values[k] = h._cached(v)

@@ -21,6 +21,14 @@ the batch's non-blocking updates (§4.3).  Each packet's update ids are folded
 into its XOR vector (§5.4); packets that end here are listed in ``finished``
 and copies made here in ``forks`` for the root.
 
+An update the store refuses (a value it cannot hold, an increment of a non-number)
+never commits (§5.4), so the root would keep its packet logged for good: the client
+library notes its commit id, and the instance reports it as a copy of the packet that
+ends carrying that id (``forks`` one, ``finished`` with the id), which balances the
+packet's vector as its commit would have; the packet completes.  A refusal the NF did
+not see (a non-blocking update refused after its packet went on) is counted under
+``nf_errors`` too.
+
 Input: batches of packets.  Output: batches of packets for the splitter(s) after
 the instance, alerts in ``ctx.alerts``.  No I/O.
 """
@@ -191,6 +199,8 @@ class Instance:
                 self._emit_many(pkt, res, vector, out)
         if client is not None:
             client.flush()                  # §4.3: one pipelined request per batch
+            if client.refused or client.late:
+                self._refusals()
         self.packets_in += len(batch)
         self.packets_out += len(out)
         return out
@@ -218,11 +228,13 @@ class Instance:
         self._fire(None)
         if self.client is not None:
             self.client.settle()            # every update sent and acknowledged
+            self._refusals()
 
     def hand_over(self) -> None:
         """§5.1 step 5: this instance processed its ``last`` packet of moved flows."""
         if self.client is not None:
             self.client.hand_over()
+            self._refusals()
 
     def set_shared(self, shared: frozenset[str]) -> int:
         """R3 (Table 1, last column): the cross-flow read/write-often objects named in
@@ -234,6 +246,7 @@ class Instance:
             return 0
         changed = 0
         client.settle()
+        self._refusals()
         for name, decl in type(self.nf).state_objects().items():
             if decl.scope.per_flow or decl.access is not Access.READ_WRITE:
                 continue
@@ -252,6 +265,7 @@ class Instance:
             self._fire(until)
             if self.client is not None:
                 self.client.flush()
+                self._refusals()
 
     def _fire(self, until: int | None) -> None:
         ctx = self.ctx
@@ -287,13 +301,30 @@ class Instance:
         if self.client is not None:
             self.client.begin_packet(ctx.clock)
 
-    def _error(self, pkt: Packet | None, exc: Exception) -> None:
+    def _refusals(self) -> None:
+        """Report the updates the store refused (see the module doc): each commit id as a
+        copy of its packet that ends with it; each refusal the NF did not see as an NF error."""
+        client = self.client
+        for clock, xor_id in client.refused:
+            self.forks.append((clock, 1))
+            self.finished.append((clock, xor_id))
+        client.refused = []
+        for op, err in client.late:
+            self._error(None, err, f"update at clock {op.tag[0] if op.tag is not None else '-'}")
+        client.late = []
+
+    def _error(self, pkt: Packet | None, exc: Exception, where: str = "") -> None:
+        """An NF error: of ``pkt`` (dropped), a timer, or (``where``) a refused update."""
         self.nf_errors += 1
         if self.first_error is None:
-            where = f"packet #{pkt.index}" if pkt is not None else "timer"
-            self.first_error = f"{self.vertex}[{self.instance_id}] {where}: {type(exc).__name__}: {exc}"
-            log.warning("NF error (packet dropped): %s\n%s", self.first_error,
-                        "".join(traceback.format_exception(exc)))
+            self.first_error = (f"{self.vertex}[{self.instance_id}] "
+                                f"{where or (f'packet #{pkt.index}' if pkt is not None else 'timer')}: "
+                                f"{type(exc).__name__}: {exc}")
+            if where:                       # (the store's one line says it all: no NF frame)
+                log.warning("NF error (a non-blocking update the store refused): %s", self.first_error)
+            else:
+                log.warning("NF error (packet dropped): %s\n%s", self.first_error,
+                            "".join(traceback.format_exception(exc)))
 
     def state(self) -> dict[str, dict]:
         """This instance's local state objects as {object: {key: value}} (non-initial

@@ -98,7 +98,7 @@ from typing import Any, NamedTuple
 
 from ..nf import least_loaded
 from .failover import ReadLog, log_reads
-from .store import _ABSENT, UPDATES, ClockLogOrder, ObjectKey, Op, StoreEngine, StoreError, _Recorded
+from .store import _ABSENT, UPDATES, ClockLogOrder, ObjectKey, Op, Refused, StoreEngine, StoreError, _Recorded
 
 # Replies that carry a value of shared state (a read, or an update's result),
 # so the store returns TS with them (§5.4 Case 2).
@@ -425,7 +425,11 @@ class WALBackend:
     def execute(self, ops: list[Op]) -> list[Any]:
         wal = self.wal
         wal.log_sent(ops)
-        results = self.backend.execute(ops)
+        try:
+            results = self.backend.execute(ops)
+        except Refused as exc:              # the others applied: their replies as ever
+            exc.results = wal.log_replies(ops, exc.results)
+            raise
         if wal.shared_reads is not None and not wal.replaying:
             clock = wal.read_clock()
             if clock is not None:

@@ -25,7 +25,11 @@ that mark was applied (or refused) before: an op missing from an applied request
 had been acknowledged.  Such a retransmission is never applied again; its result
 is the one recorded for its clock-log tag while the tag is in the log (the reply
 that was lost carried it: a blocking ``pop`` must not lose its port), else None
-(an untagged op, or one whose tag was pruned: it was acknowledged).  ``dedup =
+(an untagged op, or one whose tag was pruned: it was acknowledged).  A tagged
+update refused for what it is (an increment of a non-number: :class:`Refused` from
+a backend) is refused again while its clock is kept (``refusals``): the lost reply
+carried the refusal, which its client must hear of once (§5.4: the update never
+commits).  ``dedup =
 False`` turns both checks off (every copy is applied: what the COE checker's
 ``--break no-dedup`` shows).
 
@@ -88,6 +92,34 @@ class StoreError(Exception):
 
 class OwnershipError(StoreError):
     """A per-flow object updated by an instance that does not own it (§4.3)."""
+
+
+class UnstorableValue(StoreError):
+    """A value a store cannot hold (a set or an object of the NF's own in Redis), refused
+    before it is sent: ``what`` it is in the op (``value``, ``the scope key``, ...), the
+    ``value`` and its innermost ``part`` the store cannot hold."""
+
+    def __init__(self, message: str, what: str = "value", value: Any = None, part: Any = None) -> None:
+        super().__init__(message)
+        self.what = what
+        self.value = value
+        self.part = value if part is None else part
+
+
+class Refused(StoreError):
+    """Ops of one request a store refused for what they are: a value it cannot hold, an
+    increment of a non-number, an unknown operation (the NF's doing; an
+    :class:`OwnershipError` is not one of these).  Every other op of the request was
+    applied, so nothing is sent again.  ``refused``: the (op, error) pairs in request
+    order; ``results``: the request's results, None at a refused op.  A refused update
+    is final: it never commits (§5.4), which the client library tells its instance.
+    Raised by ``execute``; a non-blocking request's refusals come with its
+    acknowledgement instead (``on_ack(seq, refused)``)."""
+
+    def __init__(self, refused: list, results: list) -> None:
+        super().__init__(str(refused[0][1]))
+        self.refused = refused
+        self.results = results
 
 
 class ObjectKey(NamedTuple):
@@ -259,6 +291,10 @@ class StoreEngine:
         self.clock_log: dict[ObjectKey, dict[tuple[int, int], Any]] = {}
         self.log_order = ClockLogOrder()
         self.floors: dict[int, int] = {}    # root id -> the clock its entries are kept from
+        # (client, seq) -> (clock, error) of tagged updates refused for what they are: a
+        # retransmission is refused again (its first reply may have been lost), until
+        # the clock's root prunes it with the clock log.
+        self.refusals: dict[tuple[str, int], tuple[int, StoreError]] = {}
         self.customs: dict[str, CustomOp] = {"argmin_incr": _argmin_incr}
         self.notifications: list[tuple[str, tuple]] = []
         self.commits: list[tuple[int, int]] = []
@@ -280,44 +316,57 @@ class StoreEngine:
             if seq > self.applied_seq.get(op.client, 0):
                 self.applied_seq[op.client] = seq
             elif self.dedup and code not in READS:
+                if self.refusals:
+                    refused = self.refusals.get((op.client, seq))
+                    if refused is not None:
+                        raise refused[1]    # refused again: its first reply may have been lost
                 return self._retransmitted(op)
         if code in READS:
             # A read is answered again when resent: its first reply may have been lost.
             return self.data.get(op.key, op.default)
-        if code not in UPDATES:
-            raise StoreError(f"unknown operation {code!r}")
         key = op.key
-        if code == "incr_many":
-            if key.per_flow:
-                self._check_owner(op)
-            result = self._incr_many(op)
-        else:
-            tag = op.tag
-            if tag is not None:
-                log = self.clock_log.get(key)
-                if log is not None and tag in log and self.dedup:
-                    if self.emulate:
-                        # §5.3: emulate a duplicate update, whoever sends it (it writes
-                        # nothing, so it takes no ownership: a failover replays updates of
-                        # flows that have moved to another instance since, §5.1 with §5.4)
-                        self.emulated += 1
-                        r = log[tag]
-                        return r.result if r.__class__ is _Recorded else r
-                    self.reapplied += 1
-            if key.per_flow:
-                self._check_owner(op)
-            if tag is not None and self.preimages:
-                self._preimage(key, tag[0])
-                if code == "custom" and op.args[0] == "argmin_incr":
-                    for k in op.args[1]:        # the counters it may change (pruned with the clock)
-                        self._preimage(k, tag[0])
-                        self.log_order.append((tag[0], k, tag))
-            result = self._update(op)
-            if tag is not None:
-                self.clock_log.setdefault(key, {})[tag] = result
-                self.log_order.append((tag[0], key, tag))
-                if op.xor_id:
-                    self.commits.append((tag[0], op.xor_id))
+        try:
+            if code not in UPDATES:
+                raise StoreError(f"unknown operation {code!r}")
+            if code == "incr_many":
+                if key.per_flow:
+                    self._check_owner(op)
+                result = self._incr_many(op)
+            else:
+                tag = op.tag
+                if tag is not None:
+                    log = self.clock_log.get(key)
+                    if log is not None and tag in log and self.dedup:
+                        if self.emulate:
+                            # §5.3: emulate a duplicate update, whoever sends it (it writes
+                            # nothing, so it takes no ownership: a failover replays updates of
+                            # flows that have moved to another instance since, §5.1 with §5.4)
+                            self.emulated += 1
+                            r = log[tag]
+                            return r.result if r.__class__ is _Recorded else r
+                        self.reapplied += 1
+                if key.per_flow:
+                    self._check_owner(op)
+                if tag is not None and self.preimages:
+                    self._preimage(key, tag[0])
+                    if code == "custom" and op.args[0] == "argmin_incr":
+                        for k in op.args[1]:        # the counters it may change (pruned with the clock)
+                            self._preimage(k, tag[0])
+                            self.log_order.append((tag[0], k, tag))
+                result = self._update(op)
+                if tag is not None:
+                    self.clock_log.setdefault(key, {})[tag] = result
+                    self.log_order.append((tag[0], key, tag))
+                    if op.xor_id:
+                        self.commits.append((tag[0], op.xor_id))
+        except OwnershipError:
+            raise
+        except StoreError as exc:
+            # Refused for what it is: kept by (client, seq) for a retransmission (see refusals).
+            clock = op.tag[0] if op.tag is not None else min(op.args[0].clocks) if code == "incr_many" else None
+            if seq and clock is not None:
+                self.refusals[(op.client, seq)] = (clock, exc)
+            raise
         self.ops_applied += 1
         subs = self.subscribers.get(key)
         if subs:
@@ -359,6 +408,8 @@ class StoreEngine:
         """§4.3 coalesced increments; per increment, the §5.3 clock log and §5.4 commit."""
         inc: Increments = op.args[0]
         key = op.key
+        # Refused (a non-number) before anything is recorded: a refused op leaves no trace.
+        _add(self.data.get(key, op.default or 0), inc.total, key)
         tags = inc.tags
         log = self.clock_log.get(key)
         if log is None:
@@ -518,6 +569,8 @@ class StoreEngine:
         if clock <= floors.get(root, -1):
             return 0
         floors[root] = clock
+        if self.refusals:
+            self.refusals = {k: v for k, v in self.refusals.items() if not _done((v[0],), floors)}
         n = 0
         for order in self.log_order.queues.values():
             while order and _done(order[0][2], floors):

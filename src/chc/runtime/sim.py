@@ -87,7 +87,7 @@ from ..core.store import Op
 from ..nf import Access
 from ..packet import Packet, flow_key
 from ..spec import MAX_PARALLELISM, Chain
-from ..summary import Summary, merge_states
+from ..summary import Summary, merge_states, unstorable_error
 from . import control
 from .errors import Unrecoverable
 from .pacing import Delay, Pacer
@@ -1913,6 +1913,10 @@ class SimRuntime:
                 dropped += stats["dropped"]
         s.dropped = dropped
         s.digest_state(self.logical_state())
+        refused = next((i.client.unstorable for i in self._all_instances()
+                        if isinstance(i.client, StoreClient) and i.client.unstorable is not None), None)
+        if refused is not None:             # (the store never held what the NF wrote)
+            s.no_state(unstorable_error(refused[0].key, refused[1], getattr(self.store, "name", "")))
         s.events = list(self.events_log)
         s.store = self.store_stats()
         s.log = self.log_stats()

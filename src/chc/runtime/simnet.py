@@ -56,7 +56,7 @@ from typing import Any
 from ..core.client import StoreUnavailable
 from ..core.failover import ReadLog, log_reads
 from ..core.recovery import Stamped
-from ..core.store import Op, StoreError
+from ..core.store import Op, Refused, StoreError
 from .pacing import Delay
 
 LINKS = {"data": ("latency",), "store": ("latency", "drop", "duplicate", "reorder", "timeout_us"),
@@ -280,8 +280,13 @@ class StoreNode:
         """Apply one request to the backend: its results (raises StoreError).
         ``read_clock``: the clock a blocking request reads for (the checker follows
         shared reads by it; the read log keeps them by it)."""
-        results = self.backend.execute(ops)
         replaying = self.replaying.get(link)
+        try:
+            results = self.backend.execute(ops)
+        except Refused as exc:
+            if self.record is not None:
+                self._record_refused(ops, exc, None if replaying is not None else read_clock)
+            raise
         if self.record is not None:
             # A recoverable store stamps replies with TS (§5.4): the record keeps the value.
             # A replay's reads are the store's to answer, not the logical chain's to follow.
@@ -290,6 +295,17 @@ class StoreNode:
         if read_clock is not None and self.read_log is not None:
             self._reads(ops, results, read_clock, replaying)
         return results
+
+    def _record_refused(self, ops: list[Op], exc: Refused, read_clock: int | None) -> None:
+        """A request some ops of which the store refused for what they are, the others
+        applied: each in its place, a refused one unobserved (the checker's re-execution
+        decides again that it is refused: a store that applied it shows in the state)."""
+        refused = {id(op) for op, _ in exc.refused}
+        for op, r in zip(ops, exc.results, strict=True):
+            if id(op) in refused:
+                self.record._add(op, None, False)
+            else:
+                self.record.request([op], [r.result if r.__class__ is Stamped else r], read_clock)
 
     def _reads(self, ops: list[Op], results: list[Any], clock: int, cursor: dict | None) -> None:
         """Log the answers to reads of shared objects, or, for a replay, answer them
@@ -374,6 +390,9 @@ class StoreLink:
                 self.node.handle(ops)
             except StoreUnavailable:
                 return                      # lost: un-ACKed, resent with the next request
+            except Refused as exc:
+                on_ack(ops[-1].seq, exc.refused)    # the others applied; these refused (final)
+                return
             on_ack(ops[-1].seq)
             return
         self._rid += 1
@@ -392,7 +411,9 @@ class StoreLink:
     def reply(self, rid: int, reply: Any) -> None:
         ack = self._acks.pop(rid, None)
         if ack is not None:
-            if not isinstance(reply, BaseException):
+            if reply.__class__ is Refused:
+                ack[1](ack[0], reply.refused)       # the others applied; these refused (final)
+            elif not isinstance(reply, BaseException):
                 ack[1](ack[0])
             return
         if rid == self._rid and rid not in self._replies:
