@@ -252,6 +252,83 @@ def test_a_signal_stops_drains_and_writes_the_summary(tmp_path, serves, sig, cod
     assert "chain 'paper-chain'" in out
 
 
+OWN_STATE = """
+from chc.nf import NF, SRC_IP, Access, Value
+
+class Seen:
+    pass
+
+class KeepsObjects(NF):
+    kind = "keepsobjects"
+    last = Value(SRC_IP, Access.READ_WRITE)
+
+    def process(self, pkt, ctx):
+        self.last.set((1, Seen()), pkt.src)
+        return pkt
+
+class KeepsSets(NF):
+    kind = "keepssets"
+    last = Value(SRC_IP, Access.READ_WRITE)
+
+    def process(self, pkt, ctx):
+        self.last.set(frozenset([pkt.dport]), pkt.src)
+        return pkt
+"""
+
+
+@pytest.mark.parametrize("nf, store, says", [
+    ("KeepsObjects", "memory", "holds a Seen inside its tuple"),
+    ("KeepsSets", "redis", "holds a frozenset (frozenset({"),
+])
+def test_a_state_value_chc_cannot_keep_ends_serve_with_its_summary(tmp_path, request, nf, store, says):
+    """As chc run: the summary printed and written with state_error, then one line, exit
+    2.  On Redis (EO+C+NA) the batch flush that sent the set stopped the server with
+    ``chc: error: the redis store cannot hold ...`` and no summary at all."""
+    (tmp_path / "own_state_mine.py").write_text(OWN_STATE)
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(f"name: own\nvertices:\n  heavy: {{nf: 'own_state_mine.py:{nf}'}}\nedges: []\n")
+    url = request.getfixturevalue("redis_urls")[0] if store == "redis" else "memory"
+    summary = tmp_path / "s.json"
+    res = _chc("serve", str(spec), "--capture", str(LAN), "-c", "300", "--rate", "100000", "--model", "EO+C+NA",
+               "--store", url, "--summary-json", str(summary), "--state-json", str(tmp_path / "state.json"))
+    assert res.returncode == 2, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("chc: error: heavy.last['10.") and says in last, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "chain 'own'" in res.stdout and res.stdout.rstrip().endswith("stopped by -c 300 packets")
+    data = json.loads(summary.read_text())
+    assert data["packets_in"] == 300 and data["state_digest"] == "" and data["state_error"] == last[12:]
+    assert data["log"]["remaining"] == 0
+    assert not (tmp_path / "state.json").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_process_exits_keeps_the_exit_code(tmp_path, sig):
+    """The summary out, a SIGTERM while the interpreter exited (timeout(1)'s second, a
+    process-group kill) killed the process: exit 143 (SIGINT: a KeyboardInterrupt in its
+    exit).  It ends it with the command's own exit code.  (An exit handler stands for a
+    slow interpreter exit: it says when it runs, then waits for the signal.)"""
+    boot = ("import atexit, sys, time, runpy\n"
+            "atexit.register(lambda: (print('exiting', file=sys.stderr, flush=True), time.sleep(30)))\n"
+            "runpy.run_module('chc.cli', run_name='__main__')\n")
+    summary = tmp_path / "s.json"
+    proc = subprocess.Popen([sys.executable, "-c", boot, "serve", str(PORTSCAN), "--capture", str(SCAN), "-c", "50",
+                             "--rate", "10000", "--summary-json", str(summary)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        lines = []
+        while not lines or lines[-1] != "exiting\n":
+            lines.append(proc.stderr.readline())
+            assert lines[-1], f"chc serve ended (exit {proc.wait()}) first: {lines}"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, (proc.returncode, lines, err)
+    assert out.rstrip().endswith("stopped by -c 50 packets") and json.loads(summary.read_text())["packets_in"] == 50
+    assert "Traceback" not in err
+
+
 # -- bad input -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [

@@ -11,11 +11,13 @@ pipe into ``head``), as for a tool killed by SIGPIPE.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
 import os
 import select
+import signal
 import stat
 import sys
 from collections.abc import Callable, Sequence
@@ -694,6 +696,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CLOSED_STDOUT
 
 
+def finished(code: int) -> None:
+    """The ``chc`` process's command has returned ``code`` (its report out): a SIGTERM or
+    SIGINT while the interpreter exits (``timeout``'s second SIGTERM, a process-group
+    kill) ends it at once with that code; it made it 143 or 130.  (Not ignored: an exit
+    that hangs can still be stopped.)  Called by the process's entry points only, never
+    by an in-process caller of :func:`main`."""
+    def now(signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):    # (a closed pipe, a flush the signal interrupted)
+                stream.flush()
+        os._exit(code)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, now)
+
+
 def _stdout_closed() -> bool:
     """Has the reader of standard output gone away (``chc ... | head -1``)?"""
     try:
@@ -715,4 +732,6 @@ def _silence_stdout() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    finished(code)
+    sys.exit(code)

@@ -32,7 +32,9 @@ no batch is cut in half; a second signal aborts at once.  Then the input stops
 queue processed, every timer fired) and every store client settles (each update
 sent and acknowledged, so the store holds the final state), and the summary is
 the one ``chc run`` prints and writes, its ``capture`` section saying what the
-input was and what stopped it.
+input was and what stopped it.  Once it is out, SIGTERM and SIGINT are ignored, and
+while the process exits they end it with its own exit code (:func:`chc.cli.finished`):
+a late one (``timeout``'s second, a process-group kill) made the exit code 143 or 130.
 
 Watching.  An :class:`~chc.observe.Observer` samples the runtime once a
 second; the samples feed the status line on stderr (``--status``), the
@@ -264,6 +266,7 @@ class _Stops:
 
     stopped_by: str | None = None
     stopped_at = 0.0
+    done = False                # the report is out (or an error on its way): signals are ignored
     source: Source
     batch_size: int
     count: int | None
@@ -294,7 +297,10 @@ class _Stops:
         or the first once the input ended by itself: the drain) aborts (KeyboardInterrupt).
         A SIGTERM within ``SAME_STOP_S`` of a SIGTERM stop is the same stop: ``timeout``
         and process-group kills deliver it twice (a new user's trial: the second aborted
-        the drain and the summary was lost)."""
+        the drain and the summary was lost).  Once the server is done (its summary out)
+        a signal is ignored: it could only change the exit code."""
+        if self.done:
+            return                          # (the summary is out: it would only change the exit code)
         if self.stopped_by is None:
             self.stop(why)
         elif not (why == "terminate" == self.stopped_by and time.monotonic() - self.stopped_at < SAME_STOP_S):
@@ -527,7 +533,10 @@ def serve(opts: Options, runtime_kwargs: dict[str, Any], write_json: Callable[[s
     rt, source, banner = _source(opts, runtime_kwargs)
     server = Server(rt, source, opts.batch_size, opts.count, opts.duration)
     with server.signals():      # (through the report: timeout(1)'s second SIGTERM may come after the drain)
-        return _serve(opts, rt, source, banner, server, write_json)
+        try:
+            return _serve(opts, rt, source, banner, server, write_json)
+        finally:
+            server.done = True
 
 
 def _serve(opts: Options, rt: Any, source: Source, banner: str, server: Server,
@@ -609,11 +618,14 @@ def _serve_proc(opts: Options, rt: Any, write_json: Callable[[str, Any], None]) 
           f"(model {opts.model}, runtime {rt.name}); Ctrl-C stops", file=sys.stderr, flush=True)
     with server.signals():      # (through the report, as serve's)
         try:
-            rt.run(server)
+            try:
+                rt.run(server)
+            finally:
+                capture = source.describe(server.stopped_by)
+                source.close()
+            return _report(opts, rt, capture, write_json, [], server.stopped_by)
         finally:
-            capture = source.describe(server.stopped_by)
-            source.close()
-        return _report(opts, rt, capture, write_json, [], server.stopped_by)
+            server.done = True
 
 
 def _host(listen: str) -> str:
