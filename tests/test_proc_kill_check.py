@@ -332,3 +332,16 @@ def test_the_last_line_counts_the_seeds_without_their_kill_apart():
                            "retired by a scale-in before it); 5 seeds: 2 pass, 2 pass without their kill, "
                            "1 diverged ("), line
     assert Report(job, results[:1], 1.0, 1, asked=1).summary_line().startswith("1 of 1 seeds passed (")
+
+
+def test_kill_during_a_scenario_with_no_change_is_refused(monkeypatch, capsys):
+    """--kill during with no scaling event and no scaling policy drew no kill in any
+    seed, and each passed as a plain PASS ("2 of 2 seeds passed"): nothing was killed,
+    no recovery was tested.  The explicit VERTEX[I]@change:K is refused the same way."""
+    assert _check(["--packets", "500", "--seeds", "2", "--kill", "during"], monkeypatch) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        f"chc: error: --kill during: {PARALLEL} makes no scaling change and no vertex of {PAPER} has a "
+        "scaling: policy, so no seed has a change to kill during (it needs scale-out, scale-in, move or "
+        "refine events); use --kill random or VERTEX[I]@N")
+    assert "PASS" not in captured.out

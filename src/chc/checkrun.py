@@ -89,6 +89,11 @@ class Job:
                                 f"{', '.join(stores)} would not be used; drop one of them")
         if kill:
             _check_kill(kill, spec, runtime)
+            if kill == DURING and not _may_change(sc, spec):
+                # (each seed drew no kill and passed as if its recovery had been tested)
+                raise ValueError(f"--kill during: {scenario} makes no scaling change and no vertex of {chain} "
+                                 "has a scaling: policy, so no seed has a change to kill during (it needs "
+                                 "scale-out, scale-in, move or refine events); use --kill random or VERTEX[I]@N")
         with open_capture(capture) as reader:
             records = list(itertools.islice(reader, packets) if packets else reader)
             cut = reader.stop_reason        # (a capture cut short: the check covers what was read)
@@ -180,6 +185,15 @@ def _check_kill(kill: str, chain: Chain, runtime: str) -> None:
         from .runtime.proc import parse_kill
         for k in kill.split(","):
             parse_kill(k, chain.with_room())
+
+
+def _may_change(sc: Scenario, chain: Chain) -> bool:
+    """Whether a seed of ``sc`` on ``chain`` can make a scaling change (what ``--kill
+    during`` draws its kill in: :meth:`Job.run`)."""
+    from .runtime.procscale import ACTIONS
+    drawn = sc.random is not None and sc.random.events > 0 and bool(set(sc.random.actions) & set(ACTIONS))
+    return drawn or any(e.action in ACTIONS for e in sc.events) or \
+        any(v.scaling is not None for v in chain.vertices.values())
 
 
 _JOB: Job | None = None         # the job of a forked worker
