@@ -587,6 +587,15 @@ def test_a_scenario_error_names_the_file_and_the_field(tmp_path, capsys, command
     assert capsys.readouterr().err.strip() == f"chc: error: {path}: {says}"
 
 
+def _check_refuses_scenario(tmp_path, capsys, scenario: str, says: str) -> None:
+    """chc check over the paper chain refuses ``scenario`` with exit 2 and one line naming the file."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(scenario)
+    assert main(["check", str(ROOT / "examples/paper_chain.yaml"), str(path),
+                 str(ROOT / "traces/pathspider/lan-2012.pcap.gz"), "--packets", "200"]) == 2
+    assert capsys.readouterr().err.strip() == f"chc: error: {path}: {says}"
+
+
 @pytest.mark.parametrize("scenario, says", [
     ("events:\n  - {at: {packets: 100}, do: crash, target: 'root[3]'}\n", "events[0].target: 'root[3]': the chain "
      "has roots 0-0"),
@@ -597,11 +606,22 @@ def test_a_scenario_error_names_the_file_and_the_field(tmp_path, capsys, command
 ], ids=["root-3", "random-root-2", "control"])
 def test_a_check_names_the_file_for_what_the_chain_refuses_in_a_scenario(tmp_path, capsys, scenario, says):
     """What only the chain spec tells (its roots, its NFs' controls): the check knows it."""
-    path = tmp_path / "bad.yaml"
-    path.write_text(scenario)
-    assert main(["check", str(ROOT / "examples/paper_chain.yaml"), str(path),
-                 str(ROOT / "traces/pathspider/lan-2012.pcap.gz"), "--packets", "200"]) == 2
-    assert capsys.readouterr().err.strip() == f"chc: error: {path}: {says}"
+    _check_refuses_scenario(tmp_path, capsys, scenario, says)
+
+
+@pytest.mark.parametrize("scenario, says", [
+    # a target that is no string: AttributeError ('int' object has no attribute 'partition')
+    ("events:\n  - {at: {packets: 100}, do: crash, target: 5}\n",
+     "events[0].target: a name (vertex, vertex[i], root[R], store or *), got 5"),
+    ("events:\n  - {at: {packets: 100}, do: scale-out, target: [nat]}\n",
+     "events[0].target: a name (vertex, vertex[i], root[R], store or *), got ['nat']"),
+    # "'nat[x]': expected nat[N] with a number N" from the runtime, no file; 'nat[' crashed any nat instance
+    ("delays: {'nat[x]': 'const:5'}\n", "delays.nat[x]: 'nat[x]': an instance is nat[N] with a number N"),
+    ("events:\n  - {at: {packets: 100}, do: crash, target: 'nat['}\n",
+     "events[0].target: 'nat[': an instance is nat[N] with a number N"),
+], ids=["int", "list", "delays-index", "crash-index"])
+def test_a_malformed_scenario_target_is_one_line_naming_the_file(tmp_path, capsys, scenario, says):
+    _check_refuses_scenario(tmp_path, capsys, scenario, says)
 
 
 @pytest.mark.parametrize("argv, says", [

@@ -94,7 +94,13 @@ def _not_a_target(target: str, vertices: list[str], roots: int | None, others: s
     if it is one.  ``others``: what the action takes besides a vertex (``vertex[i]`` too
     if ``instance``; its index is the runtime's to judge: a scale-out may add it)."""
     name = target.partition("[")[0] if instance else target
-    if name in vertices or (target == "*" and "*" in others):
+    if name in vertices:
+        index = target[len(name):]
+        if index and not (index[0] == "[" and index[-1] == "]" and index[1:-1].isdigit()):
+            # (the runtime said "'nat[x]': expected nat[N] ...", with no file; 'nat[' was all of nat)
+            return f"{target!r}: an instance is {name}[N] with a number N"
+        return None
+    if target == "*" and "*" in others:
         return None
     known = f"(vertices: {', '.join(vertices)}{'; ' + others if others else ''})"
     if target == "store" or target.startswith("root["):
@@ -356,7 +362,11 @@ def _event(raw: Any, where: str) -> Event:
     if action not in ACTIONS:
         raise ScenarioError(f"{where}.do: unknown action {action!r} (known: {', '.join(sorted(ACTIONS))})")
     at = raw["at"]
-    ev = Event(action, raw.get("target"), {k: v for k, v in raw.items() if k not in ("at", "do", "target")})
+    target = raw.get("target")
+    if target is not None and not isinstance(target, str):
+        # (a number or a list met str methods in the checks: a traceback)
+        raise ScenarioError(f"{where}.target: a name (vertex, vertex[i], root[R], store or *), got {target!r}")
+    ev = Event(action, target, {k: v for k, v in raw.items() if k not in ("at", "do", "target")})
     if (isinstance(at, dict) and set(at) == {"packets"} and isinstance(at["packets"], int)
             and not isinstance(at["packets"], bool) and at["packets"] >= 0):
         ev.at_packet = at["packets"]
