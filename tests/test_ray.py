@@ -80,6 +80,26 @@ def test_placement_rings_instances_and_sends_failovers_to_the_next_node():
         procray.placement(["nat.0"], nodes, "home", {"nat.0": "node-x"})
 
 
+def test_an_instance_placed_on_a_gone_node_says_whether_it_went_round_the_ring(monkeypatch):
+    """A failover goes round the ring past gone nodes (ProcRuntime._failure), so one that
+    meets a gone node has found no alive one; a scale-out's instance (generation 0) is
+    placed before the run and goes nowhere else: it said "and so is every other node of
+    the ring" too, which was not so (node a was alive)."""
+    monkeypatch.setattr(procray, "_alive", lambda: {"node-a": {}})
+    ctx = procray.RayContext("node-a", ["node-b", "node-a"], {"nat.0": 0, "nat.1": 0})
+    try:
+        with pytest.raises(procray.ProcFailure) as exc:
+            ctx.Process(print, (), "chc nat.1")
+        assert str(exc.value) == ("ray runtime: nat.1 is placed on node node-b, which is gone (instances are "
+                                  "placed on the nodes alive at the start, those a scale-out adds too; only a "
+                                  "failover goes on round the ring)")
+        with pytest.raises(procray.ProcFailure, match="which is gone, and so is every other node of the ring"):
+            ctx.Process(print, (), "chc nat.0#2")
+        assert ctx.placeable("nat.0#1") and not ctx.placeable("nat.0#2")
+    finally:
+        ctx.watcher.close()
+
+
 def test_tcp_mailboxes_get_distinct_ports_per_generation():
     plan = Plan("", load_spec(str(PAPER)), MODEL, 256, (), host="127.0.0.1", base_port=30000)
     names = plan.mailboxes()

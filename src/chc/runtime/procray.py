@@ -25,7 +25,7 @@ Each actor is placed on its node with hard node affinity.  A failover whose node
 is gone goes on round the ring to the next alive one: the generations it skips
 are fenced everywhere as if they had failed (a receiver takes a generation's
 frames once the one before it is fenced); no alive node at all stops the run
-with one line.
+with one line, and so does an instance a scale-out adds on a node that is gone.
 
 Failures.  Actors are created with ``max_restarts=0`` and their call with
 ``max_task_retries=0``: Ray restarts nothing; CHC's recovery decides.  The
@@ -215,9 +215,13 @@ class RayContext:
         worker = name.removeprefix("chc ")
         node = self.node_of(worker)
         if node not in _alive():
-            raise ProcFailure(f"ray runtime: {worker} is placed on node {node[:12]}, which is gone, and so "
-                              "is every other node of the ring (an instance's failovers go round the nodes "
-                              "alive at the start)")
+            # A failover got here only after going round the ring (ProcRuntime._failure); an
+            # instance a scale-out starts (or its warm spare) is placed before the run
+            why = (", and so is every other node of the ring (an instance's failovers go round the nodes "
+                   "alive at the start)" if "#" in worker else
+                   " (instances are placed on the nodes alive at the start, those a scale-out adds too; "
+                   "only a failover goes on round the ring)")
+            raise ProcFailure(f"ray runtime: {worker} is placed on node {node[:12]}, which is gone{why}")
         p = RayProcess(self.watcher, worker, node, target, args)
         self.started.append(p)
         return p
