@@ -345,3 +345,19 @@ def test_kill_during_a_scenario_with_no_change_is_refused(monkeypatch, capsys):
         "scaling: policy, so no seed has a change to kill during (it needs scale-out, scale-in, move or "
         "refine events); use --kill random or VERTEX[I]@N")
     assert "PASS" not in captured.out
+
+
+def test_a_skipped_kill_beside_a_made_one_stays_in_the_faults():
+    """random:K, VERTEX[I]@N,...: one kill failed over, another skipped; the skipped one
+    was dropped from the seed's faults (--json) once another had failed over."""
+    from chc.coe import _kill_faults, _kills_not_made
+
+    failover = {"kind": "failover", "process": "nat.0", "killed_at_packet": 200, "failover_process": "nat.0#1",
+                "replayed": 3, "handed_over": 5, "replay_s": 0.01, "logged_floor": [100], "recovery_s": 0.02}
+    skipped = {"kind": "kill-skipped", "process": "nat.1", "packet": 500,
+               "reason": "the input ended before packet 50000"}
+    faults = _kill_faults("nat[0]@200,nat[1]@50000", [failover], [failover, skipped])
+    assert faults["killed"] == "nat.0 at input packet 200"
+    assert faults["not_killed"] == "nat.1 (the input ended before packet 50000)"
+    assert _kills_not_made("nat[0]@200,nat[1]@50000", [failover], [failover, skipped]) == [
+        {"process": "nat.1", "reason": "the input ended before packet 50000"}]
