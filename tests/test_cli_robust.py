@@ -587,12 +587,15 @@ def test_a_scenario_error_names_the_file_and_the_field(tmp_path, capsys, command
     assert capsys.readouterr().err.strip() == f"chc: error: {path}: {says}"
 
 
-def _check_refuses_scenario(tmp_path, capsys, scenario: str, says: str) -> None:
-    """chc check over the paper chain refuses ``scenario`` with exit 2 and one line naming the file."""
+def _check_refuses_scenario(tmp_path, capsys, scenario: str, says: str, command: str = "check") -> None:
+    """chc check (or serve) over the paper chain refuses ``scenario`` with exit 2 and one
+    line naming the file."""
     path = tmp_path / "bad.yaml"
     path.write_text(scenario)
-    assert main(["check", str(ROOT / "examples/paper_chain.yaml"), str(path),
-                 str(ROOT / "traces/pathspider/lan-2012.pcap.gz"), "--packets", "200"]) == 2
+    chain, lan = str(ROOT / "examples/paper_chain.yaml"), str(ROOT / "traces/pathspider/lan-2012.pcap.gz")
+    argv = (["check", chain, str(path), lan, "--packets", "200"] if command == "check"
+            else ["serve", chain, "--capture", lan, "--scenario", str(path), "--duration", "1"])
+    assert main(argv) == 2
     assert capsys.readouterr().err.strip() == f"chc: error: {path}: {says}"
 
 
@@ -604,9 +607,11 @@ def _check_refuses_scenario(tmp_path, capsys, scenario: str, says: str) -> None:
     ("events:\n  - {at: {packets: 100}, do: set-backends, target: nat, backends: [10.0.0.1]}\n",
      "events[0]: nat (nat): do: the nat NF has no operator control 'set-backends'"),
 ], ids=["root-3", "random-root-2", "control"])
-def test_a_check_names_the_file_for_what_the_chain_refuses_in_a_scenario(tmp_path, capsys, scenario, says):
-    """What only the chain spec tells (its roots, its NFs' controls): the check knows it."""
-    _check_refuses_scenario(tmp_path, capsys, scenario, says)
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_a_check_names_the_file_for_what_the_chain_refuses_in_a_scenario(tmp_path, capsys, scenario, says, command):
+    """What only the chain spec tells (its roots, its NFs' controls): check and serve know it
+    (serve said the runtime's words without the file)."""
+    _check_refuses_scenario(tmp_path, capsys, scenario, says, command)
 
 
 @pytest.mark.parametrize("scenario, says", [

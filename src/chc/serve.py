@@ -512,7 +512,7 @@ def scenario_options(path: str, chain: Chain, capture: str, keep_parallelism: bo
         chain = chain.with_parallelism(sc.parallelism)
     vertices = list(chain.vertices)
     try:
-        sc.check_targets(vertices)
+        sc.check_targets(vertices, chain)       # (its roots, its NFs' controls: as chc check)
     except ScenarioError as exc:
         raise ScenarioError(f"{path}: {exc}") from None
     n = 0
