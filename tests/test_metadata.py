@@ -245,3 +245,20 @@ def test_the_oldest_logged_clock_is_the_logs_minimum(steps):
         elif what == "forget":
             root.forget_below(base + a)
         assert root.oldest == (min(root.log) if root.log else base | root.next_seq)
+
+
+def test_clocks_are_shown_as_root_and_sequence_number():
+    """A clock in a report: root 0's as its sequence number, another root's as R:seq (a
+    failover root of root 2 said 'kept since its floor 562949953421412')."""
+    from chc.coe import _kill_faults
+    from chc.core.root import clock_text
+
+    assert [clock_text(c) for c in (-1, 0, 4711, (2 << CLOCK_BITS) | 100)] == ["-1", "0", "4711", "2:100"]
+    root = {"kind": "root-failover", "process": "@root.2", "failover_process": "@root.2#1", "replayed": 7,
+            "logged_floor": (2 << CLOCK_BITS) | 100, "recovery_s": 0.5, "killed_at_packet": 900}
+    nf = {"kind": "failover", "process": "nat.0", "failover_process": "nat.0#1", "replayed": 3, "handed_over": 4,
+          "replay_s": 0.1, "logged_floor": [-1, 1 << CLOCK_BITS, (2 << CLOCK_BITS) | 7], "recovery_s": 0.2,
+          "killed_at_packet": 950}
+    faults = _kill_faults("root[2]@900", [root, nf], [root, nf])
+    assert "kept since its floor 2:100 " in faults["failover"]
+    assert "logged floor -1, 1:0, 2:7," in faults["failover"]

@@ -54,6 +54,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from .backends.redis import redact
+from .core.root import clock_text
 from .core.store import ObjectKey, Op, StoreError
 from .faults import DropOneUpdate
 from .faults import show as _show
@@ -1091,11 +1092,12 @@ def _kill_faults(kill: str, failovers: list[dict], events: list[dict]) -> dict:
             "failover": "; ".join(
                 e["interrupted"] if "interrupted" in e else
                 f"{e['failover_process']} replayed {e['replayed']} input packets kept since its floor "
-                f"{e['logged_floor']} (recovery {e['recovery_s']:.2f} s)" if e["kind"] == "root-failover" else
+                f"{clock_text(e['logged_floor'])} (recovery {e['recovery_s']:.2f} s)" if e["kind"] == "root-failover" else
                 f"{e['failover_process']} restored checkpoint {e['checkpoint']} and re-executed {e['re_executed']} "
                 f"logged updates (recovery {e['recovery_s']:.2f} s)" if e["kind"] == "store-failover" else
                 f"{e['failover_process']} replayed {e['replayed']} packets ({e['handed_over']} handed over) "
-                f"in {e['replay_s']:.2f} s (logged floor {e['logged_floor']}, recovery {e['recovery_s']:.2f} s)"
+                f"in {e['replay_s']:.2f} s (logged floor {', '.join(map(clock_text, e['logged_floor']))}, "
+                f"recovery {e['recovery_s']:.2f} s)"
                 for e in failovers),
             **({"not_killed": skipped} if skipped else {})}     # (random:K: one skipped, others made)
 

@@ -60,6 +60,15 @@ def root_of(clock: int) -> int:
     return clock >> CLOCK_BITS
 
 
+def clock_text(clock: int) -> str:
+    """``clock`` for people: root 0's as its sequence number, another root's as
+    ``R:seq`` (a raw clock of root 1 is 281474976710656 and up), none as -1."""
+    if clock < 0:
+        return str(clock)
+    root = clock >> CLOCK_BITS
+    return str(clock & _SEQ_MASK) if root == 0 else f"{root}:{clock & _SEQ_MASK}"
+
+
 def clock_key(root_id: int) -> ObjectKey:
     return ObjectKey("root", "clock", root_id)
 
