@@ -1092,7 +1092,8 @@ def _kill_faults(kill: str, failovers: list[dict], events: list[dict]) -> dict:
             "failover": "; ".join(
                 e["interrupted"] if "interrupted" in e else
                 f"{e['failover_process']} replayed {e['replayed']} input packets kept since its floor "
-                f"{clock_text(e['logged_floor'])} (recovery {e['recovery_s']:.2f} s)" if e["kind"] == "root-failover" else
+                f"{clock_text(e['logged_floor'])} (recovery {e['recovery_s']:.2f} s)"
+                if e["kind"] == "root-failover" else
                 f"{e['failover_process']} restored checkpoint {e['checkpoint']} and re-executed {e['re_executed']} "
                 f"logged updates (recovery {e['recovery_s']:.2f} s)" if e["kind"] == "store-failover" else
                 f"{e['failover_process']} replayed {e['replayed']} packets ({e['handed_over']} handed over) "
