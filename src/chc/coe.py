@@ -50,7 +50,7 @@ import collections
 import dataclasses
 import random
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from typing import Any
 
 from .backends.redis import redact
@@ -75,16 +75,29 @@ class Serialization:
 
     def __init__(self) -> None:
         self.steps: list[StoreStep] = []
+        # The places of the steps of updates the store refused: never applied, so the
+        # deletion of their packet (once its instance heard of the refusal) need not
+        # follow them (§5.4 log safety, :func:`_premature`).
+        self.refused: set[int] = set()
 
     def declare(self, key: ObjectKey, initial: Any) -> None:
         self.steps.append(StoreStep(key.vertex, key.obj, key.key, key.per_flow, "declare",
                                     (list(initial),), None, None, None, False))
 
-    def request(self, ops: list[Op], results: list[Any], read_clock: int | None = None) -> None:
+    def request(self, ops: list[Op], results: list[Any], read_clock: int | None = None,
+                refused: Collection[int] = ()) -> None:
         """One request, answered; ``read_clock``: the clock the requesting instance was
-        processing (a blocking request's reads are made for it)."""
-        for op, result in zip(ops, results, strict=True):
-            self._add(op, result, True, read_clock if op.code == "get" else None)
+        processing (a blocking request's reads are made for it); ``refused``: the places
+        of the ops the store refused for what they are, the others applied (recorded
+        unobserved: the checker's re-execution decides again that they are refused, and
+        a store that applied one shows in the state)."""
+        for i, (op, result) in enumerate(zip(ops, results, strict=True)):
+            if i in refused:
+                at = len(self.steps)
+                self._add(op, None, False)
+                self.refused.update(range(at, len(self.steps)))
+            else:
+                self._add(op, result, True, read_clock if op.code == "get" else None)
 
     def _add(self, op: Op, result: Any, observed: bool, read_clock: int | None = None) -> None:
         add = self.steps.append
@@ -331,7 +344,7 @@ def _premature(serial: Serialization, deleted: list[tuple[int, int]]) -> list[tu
     last_applied: dict[int, int] = {}
     seen: set = set()
     for i, s in enumerate(serial.steps):
-        if s.tag is None or s.code in ("get", "declare", "recover"):
+        if s.tag is None or s.code in ("get", "declare", "recover") or i in serial.refused:
             continue
         ident = (s.vertex, s.obj, s.key, s.tag)
         if ident not in seen:

@@ -96,17 +96,20 @@ def _unserializable(logical: dict[str, dict[str, dict]]) -> str:
     return "the chain's state holds a value chc cannot compare or store (docs/nf-api.md)"
 
 
-def unstorable_error(key: Any, error: Any, store: str) -> str:
+REDIS_VALUES = "None, bool, int (64 bits), float, str, bytes, and lists, tuples and dicts of them"
+
+
+def unstorable_error(key: Any, error: Any, store: str, why: str = "") -> str:
     """``state_error`` for a value the ``store`` refused to hold (``error``, an
     :class:`~chc.core.store.UnstorableValue`, of an update of the object at ``key``, an
-    ObjectKey): named as a value chc cannot digest is."""
+    ObjectKey; ``why``: what refused it and what it takes, if not the store): named as a
+    value chc cannot digest is."""
     at = f"{key.vertex}.{key.obj}" + ("" if key.key is None else f"[{canonical(key.key)!r}]")
     value, part = error.value, error.part
     inside = "" if part is value else f" inside its {type(value).__name__}"
     held = "holds" if error.what == "value" else f"was updated with {error.what} holding"
-    return (f"{at} {held} a {type(part).__name__}{inside} ({part!r:.60}), which the {store} store cannot "
-            "hold: its values are None, bool, int (64 bits), float, str, bytes, and lists, tuples and dicts "
-            "of them (docs/nf-api.md)")
+    why = why or f"the {store} store cannot hold: its values are {REDIS_VALUES}"
+    return f"{at} {held} a {type(part).__name__}{inside} ({part!r:.60}), which {why} (docs/nf-api.md)"
 
 
 def _innermost(value: Any) -> Any:

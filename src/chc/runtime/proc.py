@@ -966,15 +966,17 @@ class ProcRuntime:
 
     def _count(self, name: str, data: list) -> None:
         """A batch's counters, alerts and outputs of an instance (recover: what survives it)."""
-        _, counters, alerts, out, first_error, _ = data
+        _, counters, alerts, out, first_error, _, state_error = data
         st = self.stats.get(name)
         if st is None:
-            st = self.stats[name] = {"counters": [0, 0, 0, 0], "alerts": [], "packets_out": 0, "first_error": None}
+            st = self.stats[name] = _no_stats()
         st["counters"] = [a + b for a, b in zip(st["counters"], counters, strict=True)]
         st["alerts"] += alerts
         st["packets_out"] += out
         if st["first_error"] is None:
             st["first_error"] = first_error
+        if st["state_error"] is None:
+            st["state_error"] = state_error
 
     def _send(self, r: int, frame: bytes, kept: bool = False) -> None:
         """Send to root ``r``, serving the workers while it has no room (back-pressure).
@@ -1217,10 +1219,11 @@ class ProcRuntime:
         rep = self.reported[name]
         if not self.plan.recover:
             return rep
-        st = self.stats.get(name, {"counters": [0, 0, 0, 0], "alerts": [], "packets_out": 0, "first_error": None})
+        st = self.stats.get(name, _no_stats())
         return {**rep, "counters": dict(zip(("packets_in", "packets_out", "dropped", "nf_errors"), st["counters"],
                                             strict=True)),
-                "alerts": st["alerts"], "packets_out": st["packets_out"], "first_error": st["first_error"]}
+                "alerts": st["alerts"], "packets_out": st["packets_out"], "first_error": st["first_error"],
+                "state_error": st["state_error"] or rep.get("state_error")}
 
     def alerts(self) -> list[dict]:
         found = [Alert(*row) for n in self.reported for row in
@@ -1240,6 +1243,7 @@ class ProcRuntime:
         dropped = total["dropped"]
         flowmaps = self.plan.flowmaps()
         scaler = self.scaler
+        refused: list[str] = []
         for name, v in self.chain.vertices.items():
             width = self.plan.width(name)
             reps = [self._instance_report(instance_name(name, i)) for i in range(width)]
@@ -1254,10 +1258,13 @@ class ProcRuntime:
             s.vertices[name] = stats
             s.nf_errors += stats["nf_errors"]
             s.errors += [r["first_error"] for r in reps if r["first_error"]]
+            refused += [r["state_error"] for r in reps if r.get("state_error")]
             if not v.offpath:
                 dropped += stats["dropped"]
         s.dropped = dropped
         s.digest_state(self.logical_state())
+        for r in refused:                   # (the store never held what the NF wrote; or, model T,
+            s.no_state(r)                   # an instance's own state could not be sent: as the sim)
         clients = [r["client"] for r in self.reported.values() if r.get("client")]
         round_trips = (self.store_stats.get("round_trips", 0) if self.remote is not None
                        else sum(r["round_trips"] for r in self.reported.values()))
@@ -1268,6 +1275,11 @@ class ProcRuntime:
         log = {k: sum(r["log"][k] for r in roots) for k in ("logged", "deleted", "remaining", "dropped_overflow")}
         s.log = {**log, "mode": self.plan.log_mode, "roots": len(roots)}
         return s
+
+
+def _no_stats() -> dict:
+    """An instance's counters from its batches' stats (recovery on), none yet."""
+    return {"counters": [0, 0, 0, 0], "alerts": [], "packets_out": 0, "first_error": None, "state_error": None}
 
 
 @dataclasses.dataclass(frozen=True)

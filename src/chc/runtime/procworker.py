@@ -95,15 +95,18 @@ from ..core.store import Op, StoreError
 from ..faults import DropOneUpdate
 from ..packet import Packet
 from ..spec import Chain
+from ..summary import StateValueError, state_digest, unstorable_error
 from . import procstore
 from .procio import Guard, worker_guard
 from .sim import _by_clock, _copy, classify, give_timers, shared_objects, split_targets, take_timers
 from .storeserver import STORE
 from .wire import (
     GENERATION,
+    SENDABLE,
     Kind,
     Mailbox,
     Marks,
+    UnsendableValue,
     WireError,
     dealer,
     decode,
@@ -1477,9 +1480,22 @@ class InstanceWorker:
         self.alerts_sent = len(inst.ctx.alerts)
         self.out.to_coordinator("stats", [through, [a - b for a, b in zip(now, self.counted, strict=True)],
                                           [_alert_row(a) for a in alerts], self.out.out_packets,
-                                          inst.first_error, self._issued()])
+                                          inst.first_error, self._issued(), self._unstorable()])
         self.counted = now
         self.out.out_packets = 0
+
+    _refused_value: str | None = None
+
+    def _unstorable(self) -> str | None:
+        """The summary's ``state_error`` for the first value this instance's store refused to
+        hold (the sim's: :func:`~chc.summary.unstorable_error`), or None."""
+        client = self.inst.client
+        if self._refused_value is None and client is not None and client.unstorable is not None:
+            op, err = client.unstorable
+            self._refused_value = unstorable_error(op.key, err, "redis", f"the proc runtime cannot send to its "
+                                                   f"store: it sends {SENDABLE}"
+                                                   if isinstance(err, UnsendableValue) else "")
+        return self._refused_value
 
     def _issued(self) -> list:
         """The checker's: the updates issued since the last call (the store client's
@@ -1576,7 +1592,7 @@ class InstanceWorker:
             self._stats(INF)
         self.out.end()
         client = inst.client
-        self.out.to_coordinator("instance", {
+        report = {
             "vertex": inst.vertex, "instance": inst.instance_id,
             "counters": {k: getattr(inst, k) for k in ("packets_in", "packets_out", "dropped", "nf_errors")},
             "first_error": inst.first_error,
@@ -1585,11 +1601,33 @@ class InstanceWorker:
             if client is not None else None,
             "round_trips": getattr(self.store, "round_trips", 0),
             "state": inst.state() if self.store is None else None,
+            "state_error": self._unstorable(),
             "packets_out": self.out.out_packets, "rejected": self.box.rejected, "cpu_s": _cpu(),
             **({"issued": self._issued(), "acted": self.acted} if self.plan.record and client is not None else {}),
-        })
+        }
+        try:
+            self.out.to_coordinator("instance", report)
+        except (TypeError, ValueError, OverflowError):
+            if report["state"] is None:
+                raise
+            # Model T: its own state holds a value the wire cannot carry (an object of
+            # the NF's class): the coordinator has no digest, and says why (as the sim).
+            report["state_error"] = _state_error(inst.vertex, report["state"])
+            report["state"] = {}
+            self.out.to_coordinator("instance", report)
         if self.store is not None:
             self.store.close()
+
+
+def _state_error(vertex: str, state: dict) -> str:
+    """Why ``vertex``'s own state (model T) cannot reach the coordinator: named as the
+    sim's digest names what it cannot digest, or as what the wire cannot carry."""
+    try:
+        state_digest({vertex: state})
+    except StateValueError as exc:
+        return str(exc)
+    return (f"{vertex}'s state holds a value the proc runtime cannot send: it sends {SENDABLE} "
+            "(docs/nf-api.md)")
 
 
 def _alert_row(a: Any) -> list:

@@ -301,11 +301,8 @@ class StoreNode:
         applied: each in its place, a refused one unobserved (the checker's re-execution
         decides again that it is refused: a store that applied it shows in the state)."""
         refused = {id(op) for op, _ in exc.refused}
-        for op, r in zip(ops, exc.results, strict=True):
-            if id(op) in refused:
-                self.record._add(op, None, False)
-            else:
-                self.record.request([op], [r.result if r.__class__ is Stamped else r], read_clock)
+        self.record.request(ops, [r.result if r.__class__ is Stamped else r for r in exc.results], read_clock,
+                            {i for i, op in enumerate(ops) if id(op) in refused})
 
     def _reads(self, ops: list[Op], results: list[Any], clock: int, cursor: dict | None) -> None:
         """Log the answers to reads of shared objects, or, for a replay, answer them

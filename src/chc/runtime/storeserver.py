@@ -20,6 +20,13 @@ it is read (at the next request, or when the client settles); a refused
 submitted request is not acknowledged, as on Redis, and the client sends its
 ops again.  The store engine's refusals (:class:`~chc.core.store.StoreError`
 and its subclasses) travel back by name and are raised again at the client.
+Ops refused for what they are (:class:`~chc.core.store.Refused`: an increment of
+a non-number; behind Redis, a value it cannot hold) while the request's others
+were applied come back as such (reply status 2: the results, and each refused
+op's place and error), raised again as ``Refused`` (``execute``) or given to the
+acknowledgement (``submit``), as the in-process backends do; an op whose value
+the wire cannot carry is refused so at the client, before sending
+(:func:`~chc.runtime.wire.sendable`).
 
 A request the server cannot decode, or whose arguments are not what the method
 takes, bans its sender (logged), answered with an error if it had a request id.
@@ -66,11 +73,11 @@ from ..core.client import StoreLost, StoreUnavailable
 from ..core.failover import log_reads, prune_reads
 from ..core.recovery import RecoverableEngine, Stamped
 from ..core.root import root_of
-from ..core.store import CustomOp, ObjectKey, Op, OwnershipError, StoreError
+from ..core.store import CustomOp, ObjectKey, Op, OwnershipError, Refused, StoreError, UnstorableValue
 from . import procstore
 from .procio import Guard, worker_guard
 from .storefailover import UNSEEN
-from .wire import Kind, Mailbox, WireError, dealer, decode, encode, fields, op_rows, rows_ops
+from .wire import Kind, Mailbox, WireError, dealer, decode, encode, fields, op_rows, rows_ops, sendable
 
 log = logging.getLogger("chc.proc")
 
@@ -104,6 +111,8 @@ _FAILOVER: dict[str, Callable[[list], bool]] = {
 LINGER_MS = 10_000         # how long the answer to stop may take to leave
 STORE = "@store"           # the store server's mailbox, and its name to the coordinator
 _ERRORS = {c.__name__: c for c in (StoreError, OwnershipError, StoreLost, StoreUnavailable)}
+REFUSED = 2                # a reply's status: applied, but for the ops it names, refused (Refused)
+_UNSENDABLE = (TypeError, ValueError, OverflowError)    # a request holding a value the wire cannot carry
 
 
 class Failover:
@@ -349,29 +358,32 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
         _ban(box, peer, str(exc))
         return False
     try:
-        rows = None
+        rows = refused = replaying = None
         if method == "execute":
             rows = args[0]
             read_clock = args[1] if len(args) == 2 else None
             args = [rows_ops(rows)]
-        replaying = None
-        if failover is None:
-            result = getattr(store, method)(*args)
-        elif method == "checkpoint":        # §5.4 per-flow owners changed (an NF failover's end)
-            if durable is not None:
-                durable.take()
-            result = None
-        elif method in _FAILOVER:
-            result = failover.call(box, peer, method, args[0])
-        elif method == "prune_below":
-            result = failover.prune_below(store, args[0])
-        elif method == "commits" and args:
-            result = failover.commits(store, args[0])
-        else:
-            result = getattr(store, method)(*args)
-            replaying = failover.replaying.get(peer)
-            if method == "declare" and durable is not None:
-                durable.take()      # §5.4 durable before it is answered (no log holds declarations)
+            if failover is not None:
+                replaying = failover.replaying.get(peer)
+        try:
+            if failover is None:
+                result = getattr(store, method)(*args)
+            elif method == "checkpoint":    # §5.4 per-flow owners changed (an NF failover's end)
+                if durable is not None:
+                    durable.take()
+                result = None
+            elif method in _FAILOVER:
+                result = failover.call(box, peer, method, args[0])
+            elif method == "prune_below":
+                result = failover.prune_below(store, args[0])
+            elif method == "commits" and args:
+                result = failover.commits(store, args[0])
+            else:
+                result = getattr(store, method)(*args)
+                if method == "declare" and durable is not None:
+                    durable.take()  # §5.4 durable before it is answered (no log holds declarations)
+        except Refused as exc:              # (execute) these refused for what they are, the others applied
+            result, refused = exc.results, _refusal_rows(args[0], exc.refused)
         if steps is not None and not peer.startswith(b"@"):     # instances' ops, not roots' metadata
             if rows is not None:
                 # The store's own answers (before a replay's reads are answered from the
@@ -380,7 +392,8 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
                 answers = result if durable is None else [     # (the answers, not their TS: §5.4)
                     r.result if r.__class__ is Stamped else r for r in result]
                 steps.append(encode(Kind.REPLY, ["execute", rows, answers,
-                                                 read_clock if replaying is None else None]))
+                                                 read_clock if replaying is None else None]
+                                    + ([[r[0] for r in refused]] if refused else [])))
             elif method == "declare":
                 steps.append(encode(Kind.REPLY, ["declare", args[0], args[1]]))
         elif steps is not None and method == "commits":
@@ -392,7 +405,7 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
             log_reads(failover.reads, args[0], result, read_clock, replaying)     # §5.4 the read log
         if method == "commits":
             result = [x for pair in result for x in pair]      # flat: a tuple each costs on the wire
-        reply = [rid, 1, result]
+        reply = [rid, 1, result] if refused is None else [rid, REFUSED, [result, refused]]
     except WireError as exc:
         _ban(box, peer, str(exc))
         return False
@@ -404,6 +417,36 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
         frame = encode(Kind.REPLY, [rid, 0, ["StoreError", str(exc)]])
     box.reply(peer, frame)
     return False
+
+
+def _refusal_rows(ops: list[Op], refused: list) -> list[list]:
+    """A :class:`Refused`'s (op, error) pairs as they travel: the op's place in the request,
+    the error's class and text, and what a value the store cannot hold needs
+    (:class:`UnstorableValue`: Redis behind the server)."""
+    at = {id(op): i for i, op in enumerate(ops)}
+    return [[at[id(op)], "UnstorableValue" if isinstance(err, UnstorableValue) else "StoreError", str(err),
+             *((err.what, err.value, None if err.part is err.value else err.part)   # (None: the value itself)
+               if isinstance(err, UnstorableValue) else ())]
+            for op, err in refused]
+
+
+def _refusals(ops: list[Op], rows: Any) -> list[tuple[Op, StoreError]]:
+    """The (op, error) pairs of a reply's refusals (:func:`_refusal_rows`) of request ``ops``."""
+    try:
+        out = []
+        for row in rows:
+            err = (UnstorableValue(row[2], *row[3:6]) if row[1] == "UnstorableValue" and len(row) == 6
+                   else StoreError(row[2]))
+            out.append((ops[row[0]], err))
+        return out
+    except (TypeError, IndexError, KeyError) as exc:
+        raise StoreLost(f"store server: a malformed refusal ({exc})") from None
+
+
+def _in_order(ops: list[Op], *parts: list) -> list:
+    """(op, error) pairs of ``parts`` merged in the order of request ``ops``."""
+    at = {id(op): i for i, op in enumerate(ops)}
+    return sorted((r for part in parts for r in part), key=lambda r: at[id(r[0])])
 
 
 def _ban(box: Mailbox, peer: bytes, why: str) -> None:
@@ -427,7 +470,9 @@ class RemoteStore:
         # §5.4 store failover: every request not yet answered, sent again to a failover store
         self.unanswered: dict[int, bytes] = {}
         self.deadline = 0.0             # a server seen gone: waits give up then (0: none)
-        self.acks: deque[tuple[int, int, Callable[[int], None]]] = deque()
+        # submitted requests not yet answered: (request id, seq, on_ack, the ops sent, the
+        # (op, error) of those refused before sending)
+        self.acks: deque[tuple[int, int, Callable[..., None], list[Op], list]] = deque()
         self.round_trips = 0
         self.ops = 0
         self.refused = 0                # submitted requests the store refused (not acknowledged)
@@ -442,8 +487,9 @@ class RemoteStore:
 
     # -- transport ---------------------------------------------------------------------
     def _send(self, method: str, args: list) -> int:
+        frame = encode(Kind.CALL, [self.rid + 1, method, args])    # (TypeError: what the wire cannot carry)
         self.rid += 1
-        frame = self.unanswered[self.rid] = encode(Kind.CALL, [self.rid, method, args])
+        self.unanswered[self.rid] = frame
         self.guard.send(self.sock, frame)
         return self.rid
 
@@ -493,8 +539,12 @@ class RemoteStore:
         if self.unanswered.pop(rid, None) is None:
             return True                 # (answered already: a request sent again)
         if self.acks and self.acks[0][0] == rid:
-            _, seq, on_ack = self.acks.popleft()
-            if ok:
+            _, seq, on_ack, sent, early = self.acks.popleft()
+            if ok == REFUSED:
+                on_ack(seq, _in_order(sent, early, _refusals(sent, payload[1])))
+            elif ok and early:
+                on_ack(seq, early)
+            elif ok:
                 on_ack(seq)
             else:
                 self.refused += 1
@@ -505,11 +555,16 @@ class RemoteStore:
         return True
 
     def _call(self, method: str, *args: Any) -> Any:
-        rid = self._send(method, list(args))
+        return self._answer(self._send(method, list(args)))
+
+    def _answer(self, rid: int, ops: Any = None) -> Any:
+        """The answer to request ``rid`` (``execute``'s: of ``ops``), waited for."""
         while rid not in self._answers:         # (not a blocking read: a call inside the wait may take it)
             if not self._read(False):
                 self._wait()
         ok, payload = self._answers.pop(rid)
+        if ok == REFUSED and ops is not None:
+            raise Refused(_refusals(ops, payload[1]), payload[0])
         if not ok:
             raise _ERRORS.get(payload[0], StoreError)(payload[1])
         return payload
@@ -518,9 +573,26 @@ class RemoteStore:
     def execute(self, ops: list[Op]) -> list[Any]:
         self.round_trips += 1
         self.ops += len(ops)
-        if self.clock_of is not None:
-            return self._call("execute", op_rows(ops), self.clock_of())
-        return self._call("execute", op_rows(ops))
+        clock = [self.clock_of()] if self.clock_of is not None else []
+        try:
+            rid = self._send("execute", [op_rows(ops), *clock])
+        except _UNSENDABLE:
+            return self._execute_sendable(ops, clock)
+        return self._answer(rid, ops)
+
+    def _execute_sendable(self, ops: list[Op], clock: list) -> list[Any]:
+        """``execute`` of a request some ops of which the wire cannot carry: those are
+        refused (:func:`~chc.runtime.wire.sendable`), the others go."""
+        keep, early = sendable(ops)
+        got: list = []
+        if keep:
+            try:
+                got = self._answer(self._send("execute", [op_rows(keep), *clock]), keep)
+            except Refused as exc:
+                got, early = exc.results, _in_order(ops, early, exc.refused)
+        it = iter(got)
+        bad = {id(op) for op, _ in early}
+        raise Refused(early, [None if id(op) in bad else next(it) for op in ops])
 
     def submit(self, ops: list[Op], on_ack: Callable[[int], None]) -> None:
         # §4.3 the client resends its un-ACKed ops in front of each request (go-back-N,
@@ -532,9 +604,16 @@ class RemoteStore:
             ops = [op for op in ops if op.seq > self.in_flight]
         self.round_trips += 1
         self.ops += len(ops)
-        rid = self._send("execute", [op_rows(ops)])
+        sent, early = ops, []
+        try:
+            rid = self._send("execute", [op_rows(ops)])
+        except _UNSENDABLE:
+            # Those the wire cannot carry refused here; the others go (none: an empty
+            # request, whose reply acknowledges the refusals in their turn).
+            sent, early = sendable(ops)
+            rid = self._send("execute", [op_rows(sent)])
         self.in_flight = ops[-1].seq
-        self.acks.append((rid, ops[-1].seq, on_ack))
+        self.acks.append((rid, ops[-1].seq, on_ack, sent, early))
         while self.acks and self._read(False):
             pass
 
@@ -647,7 +726,7 @@ def recorded_steps(serial: list[bytes], recorder: Any) -> dict[str, list[int]]:
                 mine.pop()
             mine.append((body[2], recorder.position))
         elif body[0] == "execute":
-            recorder.request(rows_ops(body[1]), body[2], body[3])
+            recorder.request(rows_ops(body[1]), body[2], body[3], body[4] if len(body) > 4 else ())
         elif body[0] == "recover":      # §5.4 a failover store's history (chc.runtime.procstore)
             recorder.recover(at[body[1]], [(op, result if seen else UNSEEN, in_place)
                                            for op, seen, result, in_place in body[2]])

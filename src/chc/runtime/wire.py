@@ -14,7 +14,9 @@ and None natively, and the few Python types the store and NF state hold besides
 :class:`Increments`, deques, sets, a reply stamped with TS for store failover) are msgpack extension types, rebuilt only
 as those types (never by a generic loader such as pickle, which would run
 whatever a hostile peer sends).  A value of any other type is refused on the
-sending side (:class:`TypeError`).
+sending side (:class:`TypeError`); a store op holding one is refused for what it
+is before its request is sent (:func:`sendable`: an :class:`UnsendableValue`, as
+the Redis store refuses a value it cannot hold), and the request's other ops go.
 
 Packets travel as ``[frame bytes, ts, index, clock, xor vector, marks]`` and
 are parsed again by the receiver: the parse is a function of the bytes, so the
@@ -43,7 +45,7 @@ import msgpack
 import zmq
 
 from ..core.recovery import Stamp, Stamped
-from ..core.store import Increments, ObjectKey, Op
+from ..core.store import Increments, ObjectKey, Op, UnstorableValue
 from ..packet import Packet
 
 VERSION = 1
@@ -186,6 +188,61 @@ def rows_ops(rows: Any) -> list[Op]:
     except (TypeError, ValueError) as exc:
         raise WireError(f"malformed op ({exc})") from None
     return ops
+
+
+# What a store op's values may be to travel (docs/nf-api.md): what the default store server
+# can hold (it holds whatever arrives; Redis, behind it or not, holds no sets).
+SENDABLE = "None, bool, int (64 bits), float, str, bytes, and lists, tuples, dicts and sets of them"
+_CANNOT = (TypeError, ValueError, OverflowError)    # what msgpack raises for a value it cannot pack
+
+
+class UnsendableValue(UnstorableValue):
+    """A store op's value the wire cannot carry (an object of the NF's own class, an int
+    beyond 64 bits): refused before its request is sent, as final as any refusal."""
+
+
+def unsendable(value: Any) -> Any:
+    """The innermost part of ``value`` the wire cannot carry (None: it can)."""
+    try:
+        _nested(value)
+        return None
+    except _CANNOT:
+        pass
+    parts = (list(value.keys()) + list(value.values()) if isinstance(value, dict)
+             else list(value) if isinstance(value, (list, tuple, set, frozenset, deque)) else [])
+    return next((bad for bad in map(unsendable, parts) if bad is not None), value)
+
+
+def _unsendable_op(op: Op) -> UnsendableValue | None:
+    """Why ``op`` cannot travel (named as the Redis store names what it cannot hold), or None."""
+    try:
+        _nested(op_rows([op]))
+        return None
+    except _CANNOT:
+        pass
+    args = op.args
+    parts = ([("the arguments", args[1:])] if op.code in ("apply", "custom")
+             else [("value", a) for a in args])
+    for what, value in [*parts, ("the default", op.default), ("the scope key", op.key.key)]:
+        part = unsendable(value)
+        if part is not None:
+            return UnsendableValue(f"the proc runtime cannot send {what} {value!r:.200} to its store "
+                                   f"(a {type(part).__name__})", what, value, part)
+    return UnsendableValue(f"the proc runtime cannot send {op.code} on {op.key!r} to its store",
+                           "the arguments", args)
+
+
+def sendable(ops: list[Op]) -> tuple[list[Op], list[tuple[Op, UnsendableValue]]]:
+    """``ops`` split into those the wire carries and (op, error) of those it cannot (the
+    rare path: a request that did not encode)."""
+    keep, refused = [], []
+    for op in ops:
+        err = _unsendable_op(op)
+        if err is None:
+            keep.append(op)
+        else:
+            refused.append((op, err))
+    return keep, refused
 
 
 # -- packets ------------------------------------------------------------------------------
