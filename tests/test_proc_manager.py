@@ -353,19 +353,25 @@ def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
 
 
 def test_a_clone_decided_after_the_input_ended_is_refused_for_what_it_is():
-    """Decisions still pending at the end of input are logged refused: a scale-out because
-    the input ended first, a clone because proc has no clones (a short run said "the
-    input ended before it" for a clone, hiding the reason a longer run gives)."""
-    import types
-
+    """Decisions still pending at the end of input are logged refused: a scale-out or a
+    scale-in the policy's bounds allow because the input ended first, a clone because proc
+    has no clones, one at a bound as the manager's decision is refused then (a short run
+    said "the input ended before it" for those, hiding the reason a longer run gives)."""
     from chc.runtime.proc import ProcRuntime
+    from chc.spec import load_spec
 
-    rt = types.SimpleNamespace(events=[], fed=900, decisions=[
-        ("portscan", [["clone", 1, "slow"], ["scale-out", None, "busy"]], [])])
+    rt = ProcRuntime(load_spec(AUTOSCALE), model="EO+C+NA")     # (not run: its coordinator's state)
+    rt.scaler.active["trojan"] = [0, 1, 2, 3]                   # at its max, 4; portscan at its min, 1
+    rt.fed = 900
+    rt.decisions = [("portscan", [["clone", 1, "slow"], ["scale-out", None, "busy"], ["scale-in", 0, "idle"]], []),
+                    ("trojan", [["scale-out", None, "busier"], ["scale-in", 3, "idler"]], [])]
     ProcRuntime._decisions_expired(rt)
-    assert [(e["kind"], e["reason"], e["asked"]) for e in rt.events] == [
-        ("clone-refused", "clones are not built on the proc runtime yet (docs/stragglers.md)", "slow"),
-        ("scale-out-refused", "the input ended before it", "busy")]
+    assert [(e["vertex"], e["kind"], e["reason"], e["asked"]) for e in rt.events] == [
+        ("portscan", "clone-refused", "clones are not built on the proc runtime yet (docs/stragglers.md)", "slow"),
+        ("portscan", "scale-out-refused", "the input ended before it", "busy"),
+        ("portscan", "scale-in-refused", "at min (1)", "idle"),
+        ("trojan", "scale-out-refused", "at max (4)", "busier"),
+        ("trojan", "scale-in-refused", "the input ended before it", "idler")]
     assert rt.decisions == [] and {e["packet"] for e in rt.events} == {900}
 
 
@@ -428,13 +434,14 @@ def test_a_worker_that_fails_while_it_is_built_says_why(monkeypatch, capsys, tmp
 
 
 def test_decisions_that_come_after_the_input_are_logged_as_refused():
-    import types
-
     from chc.runtime.proc import ProcRuntime
-    rt = types.SimpleNamespace(decisions=[["nat", [["scale-in", 1, "10 pps per instance < 1500"]], []]],
-                               events=[], fed=24000)
+    from chc.spec import load_spec
+
+    rt = ProcRuntime(load_spec(AUTOSCALE), model="EO+C+NA")     # (not run: its coordinator's state)
+    rt.scaler.active["trojan"] = [0, 1]
+    rt.decisions, rt.fed = [["trojan", [["scale-in", 1, "10 pps per instance < 1500"]], []]], 24000
     ProcRuntime._decisions_expired(rt)
-    assert rt.events == [{"kind": "scale-in-refused", "vertex": "nat", "instance": 1, "packet": 24000,
+    assert rt.events == [{"kind": "scale-in-refused", "vertex": "trojan", "instance": 1, "packet": 24000,
                           "reason": "the input ended before it", "by": "manager",
                           "asked": "10 pps per instance < 1500"}]
     assert rt.decisions == []

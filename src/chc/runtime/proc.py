@@ -496,11 +496,11 @@ class ProcRuntime:
         self.box.reply(name.encode(), encode(Kind.CONTROL, ["shape", shape]))
 
     def _decisions_expired(self) -> None:
-        """Decisions that came after the input ended are not carried out (logged why: a
-        clone would not have been at any time)."""
+        """Decisions that came after the input ended are not carried out (logged why: the
+        reason a longer run would give, a clone or the policy's bounds, if there is one)."""
         for vertex, decisions, _ in self.decisions:
             for action, instance, reason in decisions:
-                why = procscale.NO_CLONES if action == "clone" else "the input ended before it"
+                why = self.scaler.why_refused(vertex, action) or "the input ended before it"
                 self.events.append({"kind": f"{action}-refused", "vertex": vertex, "instance": instance,
                                     "packet": self.fed, "reason": why, "by": "manager", "asked": reason})
         self.decisions = []

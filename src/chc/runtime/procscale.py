@@ -327,10 +327,7 @@ class Scaler:
         policy = self.rt.chain.vertices[vertex].scaling
         for action, instance, reason in decisions:
             why = {"by": "manager", "reason": reason}
-            n = len(self.active[vertex])
-            refused = (f"at max ({policy.max})" if action == "scale-out" and n >= policy.max else
-                       f"at min ({policy.min})" if action == "scale-in" and n <= policy.min else
-                       NO_CLONES if action == "clone" else None)
+            refused = self.why_refused(vertex, action)
             if refused:
                 self.rt.events.append({"kind": f"{action}-refused", "vertex": vertex, "instance": instance,
                                        "packet": index, "reason": refused, "by": "manager", "asked": reason})
@@ -348,6 +345,15 @@ class Scaler:
                 target = vertex if instance is None else f"{vertex}[{instance}]"
                 event = Event(action, target, why)
             self._change(event, index)
+
+    def why_refused(self, vertex: str, action: str) -> str | None:
+        """Why a vertex manager's ``action`` on ``vertex`` is refused now (the policy's
+        bounds, or a clone), or None."""
+        policy = self.rt.chain.vertices[vertex].scaling
+        n = len(self.active[vertex])
+        return (f"at max ({policy.max})" if action == "scale-out" and n >= policy.max else
+                f"at min ({policy.min})" if action == "scale-in" and n <= policy.min else
+                NO_CLONES if action == "clone" else None)
 
     # -- §5.1 warm spares -----------------------------------------------------------------------
     def start_spares(self) -> None:
