@@ -5,6 +5,7 @@ import it again; mistakes in naming it are one line."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -397,3 +398,23 @@ def test_a_wrong_return_from_process_is_a_counted_nf_error(tmp_path, cls, says, 
     heavy = s["vertices"]["heavy"]
     assert heavy["nf_errors"] == heavy["packets_in"] == s["packets_in"] - s["non_ip"] - s["malformed"]
     assert heavy["packets_out"] == 0 and says in s["errors"][0], s["errors"]
+
+
+@pytest.mark.parametrize("detail, says", [
+    ({"what": {1, 2}}, "what=set {1, 2} is not plain data"),
+    ({"what": b"ab"}, "what=bytes b'ab' is not plain data"),
+    ({"nested": {"k": [1, object]}}, "nested=dict"),
+])
+def test_an_alert_with_a_detail_the_summary_cannot_hold_is_the_nfs_error(detail, says):
+    """ctx.alert takes plain data (it goes into the summary's JSON and over the proc wire):
+    a set, bytes or an object ended the run at the summary with json's traceback; now the
+    NF's own error at the alert, one line, the run goes on."""
+    from chc.nf import Context
+
+    ctx = Context("v", 0)
+    ctx.alert("fine", "10.0.0.1", n=1, ratio=0.5, hosts=["a", "b"], pair=(1, "x"), more={"k": None})
+    with pytest.raises(TypeError, match=re.escape(says)):
+        ctx.alert("bad", "10.0.0.1", **detail)
+    with pytest.raises(TypeError, match="the host is bytes"):
+        ctx.alert("bad", b"\x0a\x00\x00\x01")
+    assert [a.kind for a in ctx.alerts] == ["fine"]

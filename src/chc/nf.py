@@ -271,6 +271,13 @@ class Context:
         self.partition: Any = None
 
     def alert(self, kind: str, host: str, **detail: Any) -> None:
+        """Raise an alert about ``host`` (a string, e.g. ``ip_str(pkt.src)``); ``detail``
+        values are plain data (None, bool, int, float, str, and lists, tuples and
+        str-keyed dicts of them): an alert goes into the summary's JSON and over the
+        proc runtime's wire.  Anything else is the NF's error, raised here (a set or an
+        object of the NF's own ended the run with json's traceback at the summary)."""
+        if not isinstance(host, str) or (detail and not _plain(detail)):
+            raise TypeError(_alert_refused(kind, host, detail))
         self.alerts.append(Alert(self.vertex, self.instance, kind, host, self.index,
                                  self.clock, detail))
 
@@ -386,6 +393,27 @@ class ConfigError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is plain data an alert can carry (see Context.alert)."""
+    if value is None or isinstance(value, (int, float, str)):       # (bool is an int; numpy floats are floats)
+        return True
+    if depth > 16:
+        return False
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _alert_refused(kind: str, host: Any, detail: dict) -> str:
+    if not isinstance(host, str):
+        return f"alert {kind!r}: the host is {type(host).__name__} {host!r:.60}, expected a string (ip_str(...))"
+    name, bad = next((k, v) for k, v in detail.items() if not _plain(v))
+    return (f"alert {kind!r}: {name}={type(bad).__name__} {bad!r:.60} is not plain data (None, bool, int, float, "
+            "str, and lists, tuples and str-keyed dicts of them): an alert goes into the summary's JSON")
 
 
 _SCALARS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
