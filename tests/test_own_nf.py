@@ -400,6 +400,20 @@ def test_a_wrong_return_from_process_is_a_counted_nf_error(tmp_path, cls, says, 
     assert heavy["packets_out"] == 0 and says in s["errors"][0], s["errors"]
 
 
+@pytest.mark.parametrize("cls", ["ReturnsTrue", "ReturnsData", "ReturnsNoneInAList"])
+def test_chc_check_judges_an_nf_that_returns_the_wrong_thing(tmp_path, capsys, cls):
+    """The checker's reference counts a wrong return as the physical instance does (an NF
+    error, the packet dropped): it stopped every seed with an internal TypeError ('bool'
+    object is not iterable), so such an NF could not be checked at all (a new user's trial)."""
+    (tmp_path / "bad_returns.py").write_text(BAD_RETURNS)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("events: []\n")
+    rc = main(["check", str(_spec(tmp_path, f"bad_returns.py:{cls}", config="{}")), str(plain), LAN,
+               "--packets", "300", "--seeds", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "2 of 2 seeds passed" in out and "internal error" not in out, out
+
+
 @pytest.mark.parametrize("detail, says", [
     ({"what": {1, 2}}, "what=set {1, 2} is not plain data"),
     ({"what": b"ab"}, "what=bytes b'ab' is not plain data"),

@@ -59,6 +59,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 from zlib import crc32
 
+from .core.instance import bad_return
 from .nf import NF, VALUE_OPS, Context, StateObject, least_loaded
 from .packet import Packet
 from .spec import Chain, Vertex
@@ -621,7 +622,13 @@ class _Node:
         if res is None:
             self.dropped += 1
             return []
-        out = [res] if res.__class__ is Packet else list(res)
+        if res.__class__ is Packet:
+            out = [res]
+        elif (bad := bad_return(res)) is not None:     # (the physical instance's NF error, the same)
+            self._error(f"packet #{pkt.index}", bad)
+            out = []
+        else:
+            out = list(res)
         if not out:
             self.dropped += 1
             return []
