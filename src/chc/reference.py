@@ -59,7 +59,6 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 from zlib import crc32
 
-from .core.instance import bad_return
 from .nf import NF, VALUE_OPS, Context, StateObject, least_loaded
 from .packet import Packet
 from .spec import Chain, Vertex
@@ -624,11 +623,12 @@ class _Node:
             return []
         if res.__class__ is Packet:
             out = [res]
-        elif (bad := bad_return(res)) is not None:     # (the physical instance's NF error, the same)
-            self._error(f"packet #{pkt.index}", bad)
-            out = []
-        else:
+        elif res.__class__ in (list, tuple) and all(isinstance(p, Packet) for p in res):
             out = list(res)
+        else:       # not what process may return: the NF's error, the packet dropped (nf-api.md)
+            self._error(f"packet #{pkt.index}", TypeError(f"process() returned {type(res).__name__}: expected "
+                                                          "the packet, None or a list of packets"))
+            out = []
         if not out:
             self.dropped += 1
             return []

@@ -206,10 +206,10 @@ class Instance:
         return out
 
     def _emit_many(self, pkt: Packet, res: list[Packet], vector: int, out: list[Packet]) -> None:
-        bad = bad_return(res)
-        if bad is not None:
+        if res.__class__ not in (list, tuple) or not all(isinstance(p, Packet) for p in res):
             # an NF bug as an exception is: counted, the packet dropped (it ended the run)
-            self._error(pkt, bad)
+            self._error(pkt, TypeError(f"process() returned {type(res).__name__} {_short(res)}: expected the "
+                                       "packet, None or a list of packets"))
             res = ()
         if not res:
             self.dropped += 1
@@ -330,15 +330,6 @@ class Instance:
         """This instance's local state objects as {object: {key: value}} (non-initial
         keys); in the externalized models the store holds the state instead."""
         return {name: dict(h.items()) for name, h in self.objects.items()}
-
-
-def bad_return(res: Any) -> TypeError | None:
-    """What is wrong with ``res``, what ``process`` returned besides a packet or None
-    (the NF's error), or None for a list or tuple of packets."""
-    if res.__class__ in (list, tuple) and all(isinstance(p, Packet) for p in res):
-        return None
-    return TypeError(f"process() returned {type(res).__name__} {_short(res)}: expected the packet, None or "
-                     "a list of packets")
 
 
 def _short(value: object) -> str:
