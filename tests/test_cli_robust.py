@@ -663,3 +663,13 @@ def test_check_with_a_store_the_scenario_does_not_pin_is_one_line(tmp_path, caps
                  "--store", "redis://127.0.0.1:1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "pins store: memory" in err and "\n" not in err
+
+
+def test_check_with_the_scenario_left_out_says_the_scenario_is_missing(capsys):
+    """``chc check CHAIN CAPTURE`` said 'missing: CAPTURE' (the capture had taken the
+    scenario's place): a new user's trial."""
+    assert main(["check", str(ROOT / "examples/paper_chain.yaml"),
+                 str(ROOT / "traces/pathspider/lan-2012.pcap.gz"), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("chc: error: check needs CHAIN SCENARIO CAPTURE (missing: SCENARIO; ") and \
+        "lan-2012.pcap.gz is a capture: the scenario comes between the chain and the capture" in err, err

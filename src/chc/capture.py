@@ -135,6 +135,16 @@ def starts_like_a_capture(head: bytes) -> bool:
         return False
     magics = (PCAP_MAGIC_USEC, PCAP_MAGIC_NSEC, _PCAP_MAGIC_KUZNETZOV)
     return any(struct.unpack(order + "I", head[:4])[0] in magics for order in "<>")
+
+
+def looks_like_a_capture(path: str | os.PathLike[str]) -> bool:
+    """Whether the file at ``path`` begins as a capture does (starts_like_a_capture);
+    False when it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            return starts_like_a_capture(fh.read(4))
+    except OSError:
+        return False
 _BOM_LE = b"\x4d\x3c\x2b\x1a"
 _BOM_BE = b"\x1a\x2b\x3c\x4d"
 _OPT_ENDOFOPT = 0

@@ -28,7 +28,7 @@ from .backends import namespace_of, open_store
 from .backends.redis import redact
 from .bench import cmd_bench, register_bench
 from .bpf import compile_filter
-from .capture import STDIN, CaptureError, CaptureReader, CaptureWriter, open_capture
+from .capture import STDIN, CaptureError, CaptureReader, CaptureWriter, looks_like_a_capture, open_capture
 from .cliargs import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError, int_at_least
 from .core.client import MODELS
 from .core.store import StoreError
@@ -292,6 +292,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(checkrun.list_breaks())
         return 0
     missing = [n for n in ("chain", "scenario", "capture") if getattr(args, n) is None]
+    if missing == ["capture"] and looks_like_a_capture(args.scenario):
+        raise UsageError(f"check needs CHAIN SCENARIO CAPTURE (missing: SCENARIO; {args.scenario} is a capture: "
+                         "the scenario comes between the chain and the capture, e.g. "
+                         "examples/scenarios/parallel.yaml)")
     if missing:
         raise UsageError(f"check needs CHAIN SCENARIO CAPTURE (missing: {', '.join(missing).upper()})")
     unknown = [b for b in args.breaks if b not in checkrun.BREAKS]

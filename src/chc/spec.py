@@ -146,20 +146,12 @@ def read_yaml(path: str | os.PathLike, error: type[Exception]) -> Any:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise error(f"{where}: not valid YAML ({exc.problem or exc.context or 'syntax error'})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        if _looks_like_a_capture(path):
+        from .capture import looks_like_a_capture
+        if looks_like_a_capture(path):
             raise error(f"{path}: a capture, not YAML: the capture comes last (chc run CHAIN CAPTURE, "
                         "chc check CHAIN SCENARIO CAPTURE)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise error(f"{path}: not valid YAML ({first})") from None
-
-
-def _looks_like_a_capture(path: str | os.PathLike) -> bool:
-    from .capture import starts_like_a_capture
-    try:
-        with open(path, "rb") as fh:
-            return starts_like_a_capture(fh.read(4))
-    except OSError:
-        return False
 
 
 def load_spec(path: str | os.PathLike) -> Chain:
