@@ -614,7 +614,25 @@ def test_a_non_atomic_read_modify_write_of_shared_state_is_caught(monkeypatch, l
     res = check(chain, records, model="EO+C", store=MemoryStore(), pacer=Pacer("multiplier", 1),
                 delays={"t[0]": "uniform:200:2000", "t[1]": "uniform:200:2000"})
     assert not res.ok
-    assert any("read-modify-write" in str(d) for d in res.divergences), [str(d) for d in res.divergences][:3]
+    # the diagnosis first, before the state values it explains (their reference side
+    # follows the physical reads, not the logical chain's)
+    states = [str(d) for d in res.divergences if d.what == "state"]
+    assert states and "read-modify-write" in states[0], states[:3]
+
+
+def test_a_non_atomic_read_modify_write_is_said_before_the_state_it_explains():
+    """The state values of a lost update compare the physical run with a reference that
+    followed the physical reads (not the logical chain's value): the diagnosis comes
+    first (a new user read 'reference 4 vs physical 6' as the physical run over-counting)."""
+    from types import SimpleNamespace
+
+    from chc.coe import compare
+
+    ref = SimpleNamespace(outputs=[], alerts=[], state={"t": {"count": [(None, 4)]}},
+                          conflicts=[("t", "count", None, 100)])
+    phys = SimpleNamespace(outputs=[], alerts=[], state={"t": {"count": [(None, 6)]}})
+    found = [str(d) for d in compare(ref, phys)]
+    assert len(found) == 2 and "read-modify-write" in found[0] and "reference 4" in found[1], found
 
 
 def test_refined_portscans_count_a_first_contact_once(tmp_path):

@@ -216,14 +216,17 @@ def compare(ref: Any, phys: RunResult, chain: Chain | None = None) -> list[Diver
     if chain is not None:
         unordered = {(v.name, name) for v in chain.vertices.values()
                      for name, d in v.nf.state_objects().items() if d.equivalence == "multiset"}
-    found += _compare_state(ref.state, phys.state, unordered)
     # A read of shared state in the store's order is a valid serialization only while
     # what the packet writes does not rest on it: a non-atomic read-modify-write loses
     # the other instance's update (the state may even agree, both having lost it).
+    # Said before the state values it explains: their "reference" side followed the
+    # physical run's reads, so it is not the logical chain's value (a new user read
+    # "reference 4 vs physical 6" as the physical run over-counting).
     found += [Divergence("state", f"{v}.{obj}[{_show(key, 60)}]", clock,
                          "one packet's read-modify-write of a shared object",
                          "read in another instance's order, then overwritten (not atomic, §4.3)")
               for v, obj, key, clock in getattr(ref, "conflicts", ())]
+    found += _compare_state(ref.state, phys.state, unordered)
     return found
 
 
