@@ -673,3 +673,13 @@ def test_check_with_the_scenario_left_out_says_the_scenario_is_missing(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("chc: error: check needs CHAIN SCENARIO CAPTURE (missing: SCENARIO; ") and \
         "lan-2012.pcap.gz is a capture: the scenario comes between the chain and the capture" in err, err
+
+
+def test_a_chain_spec_given_as_the_scenario_says_so(capsys):
+    """A chain spec where the scenario goes said 'input: unknown field (known: name,
+    parallelism, ...)', not that the file was read as a scenario (a new user's trial)."""
+    chain = str(ROOT / "examples/paper_chain.yaml")
+    assert main(["check", chain, chain, str(ROOT / "traces/pathspider/lan-2012.pcap.gz"), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"chc: error: {chain}: a chain spec (it has vertices), given where the scenario goes: "
+                   "chc check CHAIN SCENARIO CAPTURE (e.g. examples/scenarios/parallel.yaml)"), err

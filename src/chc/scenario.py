@@ -245,6 +245,9 @@ _FIELDS = ("name", "parallelism", "model", "store", "batch_size", "pacing", "del
 def parse_scenario(raw: Any) -> Scenario:
     if not isinstance(raw, dict):
         raise ScenarioError("a scenario is a mapping")
+    if "vertices" in raw:
+        raise ScenarioError("a chain spec (it has vertices), given where the scenario goes: chc check CHAIN "
+                            "SCENARIO CAPTURE (e.g. examples/scenarios/parallel.yaml)")
     for key in raw:
         if key not in _FIELDS:
             raise ScenarioError(f"{key}: unknown field (known: {', '.join(_FIELDS)})")
