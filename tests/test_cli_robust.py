@@ -578,13 +578,7 @@ def test_a_typo_in_a_scenario_target_names_the_file_and_the_event(tmp_path, caps
 def test_a_scenario_error_names_the_file_and_the_field(tmp_path, capsys, command, scenario, says):
     """Some scenario mistakes were found by the runtime, named with neither the file nor
     the event (or field), and a parallelism naming no vertex was ignored."""
-    path = tmp_path / "bad.yaml"
-    path.write_text(scenario)
-    chain, lan = str(ROOT / "examples/paper_chain.yaml"), str(ROOT / "traces/pathspider/lan-2012.pcap.gz")
-    argv = (["check", chain, str(path), lan, "--packets", "200"] if command == "check"
-            else ["serve", chain, "--capture", lan, "--scenario", str(path), "--duration", "1"])
-    assert main(argv) == 2
-    assert capsys.readouterr().err.strip() == f"chc: error: {path}: {says}"
+    _check_refuses_scenario(tmp_path, capsys, scenario, says, command)
 
 
 def _check_refuses_scenario(tmp_path, capsys, scenario: str, says: str, command: str = "check") -> None:
