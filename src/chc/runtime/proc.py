@@ -533,7 +533,7 @@ class ProcRuntime:
         was found), its failover's generation and process name, and when it was found."""
         detected = time.perf_counter()
         gen = self.generation[name] + 1
-        # On Ray a generation is placed on the next node of the ring (on_ring); one whose
+        # §5.4 on Ray a generation is placed on the next node of the ring (on_ring); one whose
         # node is gone is skipped, and fenced as if it had failed (_fence), since each
         # receiver takes a generation's frames once the one before it is fenced
         # (wire.previous).  Once round the ring at most: then the launch says no node is left.
