@@ -142,6 +142,40 @@ def test_parallel_redis_seeds_after_other_child_processes(capsys, lan_slice, red
     assert "at most 15" in capsys.readouterr().err
 
 
+def test_a_check_on_a_namespace_in_use_says_what_to_do_and_namespace_runs_beside_it(capsys, lan_slice, redis_urls):
+    """A namespace another run holds on a worker's database was a seed's 'internal error:
+    please report it' (exit 1) naming chc run's --namespace: it is one line (exit 2)
+    naming chc check's own, and --namespace runs the seeds beside the other run,
+    whose keys it leaves alone."""
+    from chc.backends import open_store
+    from chc.core.store import ObjectKey, Op
+
+    kept = ObjectKey("nat", "packets", None)
+    url = redis_urls[0]
+    held = open_store(url + "/1")                       # another run on worker 1's database
+    other = open_store(url, namespace="chain")          # and one on the URL's own
+    try:
+        held.execute([Op("incr", kept, (1,), "nat/0", 1)])
+        args = [str(PAPER), str(PARALLEL), str(lan_slice), "--packets", "300", "--seeds", "2", "--store", url]
+        assert main(["check", *args, "--jobs", "2"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "chc check --namespace NAME" in err and "worker 1's" in err, err
+        assert "internal error" not in err and "chc run" not in err
+        assert main(["check", *args, "--namespace", "chain"]) == 2       # one job: the URL's database
+        err = capsys.readouterr().err.strip()
+        assert "'chain' is in use" in err and "(chc check --namespace NAME) or database (redis://" in err, err
+        code, text, _ = run_check(capsys, *args, "--jobs", "2", "--namespace", "mine")
+        assert code == 0, text
+        assert held.execute([Op("get", kept)]) == [1]           # the other run's keys untouched
+        import redis
+        db1 = redis.Redis.from_url(url + "/1")
+        assert db1.keys("mine:*") and db1.keys("chc:*")
+        db1.close()
+    finally:
+        held.close()
+        other.close()
+
+
 def test_scaling_out_and_in_and_moving_flows_keeps_coe(capsys, trojan_slice, tmp_path):
     """Every vertex scaled out and back in, flow groups moved while packets queue
     (§5.1 handover, R2; R3 shared state across split and merge)."""

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from .backends import open_store
+from .backends.redis import NamespaceInUse
 from .capture import open_capture
 from .cliargs import EXIT_INTERRUPTED
 from .coe import (
@@ -72,11 +73,13 @@ class Job:
     ray_address: str = "auto"       # ray: the cluster to join
     checkpoint_ms: float | None = None  # proc, ray with kills: the store server's checkpoint interval
     truncated: str | None = None    # why the capture stopped early (cut short, corrupt), if it did
+    namespace: str = "chc"          # Redis: the key namespace every seed starts fresh (--namespace)
+    worker: int = 0                 # --jobs J: this worker's number k (its Redis database k); 0: none
 
     @classmethod
     def load(cls, chain: str, scenario: str, capture: str, packets: int | None, stores: list[str],
              breaks: tuple[str, ...], runtime: str = "sim", kill: str = "", ray_address: str = "auto",
-             checkpoint_ms: float | None = None) -> Job:
+             checkpoint_ms: float | None = None, namespace: str = "chc") -> Job:
         spec = load_spec(chain)
         sc = load_scenario(scenario)
         try:
@@ -99,11 +102,26 @@ class Job:
             cut = reader.stop_reason        # (a capture cut short: the check covers what was read)
         if not records:
             raise NothingChecked(f"{capture}: no packets to check (an empty capture checks nothing)")
+        job = cls(chain, scenario, capture, packets, spec, sc, records, stores, breaks, runtime, kill, ray_address,
+                  checkpoint_ms, cut, namespace)
         for url in stores:
             if url != "memory":
-                open_store(url).close()      # unreachable or malformed: a clear error now
-        return cls(chain, scenario, capture, packets, spec, sc, records, stores, breaks, runtime, kill, ray_address,
-                   checkpoint_ms, cut)
+                job.open_store(url).close()      # unreachable, malformed or in use: a clear error now
+        return job
+
+    def open_store(self, url: str) -> Any:
+        """A seed's store: ``url`` with the check's namespace made fresh.  A namespace another
+        run holds stops the whole check in one line (ValueError) saying what to do with
+        ``chc check`` (it was a seed's internal error when a worker's database was in use)."""
+        try:
+            return open_store(url, namespace=self.namespace)
+        except NamespaceInUse as exc:
+            hint = "give this check another namespace (chc check --namespace NAME)"
+            if self.worker:
+                hint += f"; with --jobs, worker k uses database k ({exc.url} is worker {self.worker}'s)"
+            else:
+                hint += " or database (redis://HOST:PORT/DB)"
+            raise ValueError(str(exc.hinting(hint))) from None
 
     def run(self, seed: int) -> dict:
         started = time.perf_counter()
@@ -121,8 +139,8 @@ class Job:
                            if x.scaling is not None]
             v.kill = draw_kill(v, len(self.records), self.kill, self.chain.roots, changes)
         try:
-            res = check_variant(self.chain, self.scenario, self.records, v, self.breaks, open_store, self.runtime,
-                                self.ray_address, self.checkpoint_ms)
+            res = check_variant(self.chain, self.scenario, self.records, v, self.breaks, self.open_store,
+                                self.runtime, self.ray_address, self.checkpoint_ms, self.namespace)
         except ValueError:
             raise                           # the variant cannot run here (bad input): the whole check stops
         except Exception as exc:            # a bug met in this seed: reported, and the hunt goes on
@@ -217,6 +235,7 @@ def _own_database(numbers: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's: it stops the pool
     k = numbers.get()
     _JOB.stores = [_with_db(url, k) for url in _JOB.stores]
+    _JOB.worker = k
 
 
 def _with_db(url: str, db: int) -> str:

@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--list-breaks", action="store_true", help="list the --break switches and exit")
     chk.add_argument("--store", action="append", default=[], metavar="URL",
                      help="stores seeds may use (default: memory); repeat to add redis://HOST:PORT")
+    chk.add_argument("--namespace", metavar="NAME",
+                     help="Redis key namespace every seed starts fresh (default: chc), on each worker's "
+                          "database; a check touches no key outside it, and one on a namespace in use is refused")
     chk.add_argument("-c", "--packets", type=_positive, metavar="N",
                      help="use only the first N packets of CAPTURE (-c as in chc run)")
     chk.add_argument("--save-failures", metavar="FILE",
@@ -312,9 +315,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise ValueError("--first-seed goes with --seeds, not --seed")
         seeds = [args.seed] if args.seed is not None else list(range(args.first_seed, args.first_seed + args.seeds))
         checkrun.check_jobs(args.jobs, len(seeds), args.store or ["memory"], args.runtime)
+        if args.namespace is not None and all(url == "memory" for url in args.store or ["memory"]):
+            print("chc: warning: --namespace names a Redis store's keys: not used with the memory store",
+                  file=sys.stderr)
         job = checkrun.Job.load(args.chain, args.scenario, args.capture, args.packets,
                                 args.store or ["memory"], tuple(args.breaks), args.runtime, _one_kill(args.kill),
-                                args.ray_address, args.checkpoint_ms)
+                                args.ray_address, args.checkpoint_ms,
+                                "chc" if args.namespace is None else args.namespace)
         if args.runtime in ("proc", "ray"):
             refused = checkrun.proc_refusal(job.scenario, seeds, list(job.chain.vertices), len(job.records),
                                             job.stores, job.breaks, job.kill,

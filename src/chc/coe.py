@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import random
 from collections import deque
 from collections.abc import Callable, Collection, Hashable, Sequence
@@ -903,10 +904,12 @@ def physical_runtime(chain: Chain, scenario: Any, v: Variant, n_packets: int, ob
 
 def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v: Variant,
                   breaks: tuple[str, ...] = (), open_store: Any = None, runtime: str = "sim",
-                  ray_address: str = "auto", checkpoint_ms: float | None = None) -> SeedResult:
+                  ray_address: str = "auto", checkpoint_ms: float | None = None,
+                  namespace: str = "chc") -> SeedResult:
     """Run one seeded variant of ``scenario`` (with ``breaks`` switched on) on ``runtime``
     (``sim``, ``proc``, or ``ray``: the proc runtime's workers in actors of the Ray
-    cluster at ``ray_address``) and judge it."""
+    cluster at ``ray_address``) and judge it.  ``open_store(url)`` opens a Redis store
+    (fresh, in the Redis key ``namespace``, which the proc runtime's processes join)."""
     for name in breaks:
         b = BREAKS.get(name)
         if b is None:
@@ -919,7 +922,7 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
             raise ValueError(f"--break {name} is for --runtime proc (a mechanism of its failovers)")
     if runtime in ("proc", "ray"):
         return _check_proc(chain, scenario, records, v, breaks, ray_address if runtime == "ray" else None,
-                           checkpoint_ms, open_store)
+                           checkpoint_ms, open_store, namespace)
     store = open_store(v.store) if (open_store is not None and v.model != "T") else None
     obs = Observers()
     state = BreakState(tuple(breaks), from_clock=len(records) // 2)
@@ -974,7 +977,7 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
 
 def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v: Variant,
                 breaks: tuple[str, ...], ray_address: str | None = None,
-                checkpoint_ms: float | None = None, open_store: Any = None) -> SeedResult:
+                checkpoint_ms: float | None = None, open_store: Any = None, namespace: str = "chc") -> SeedResult:
     """One seed on the proc runtime (docs/coe.md), or with ``ray_address`` on the ray
     runtime (the same workers in Ray actors): the store server records the
     serialization, the instances the updates they issued; the same reference and
@@ -1000,11 +1003,12 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
         cls, extra = RayRuntime, {"address": ray_address}
     # On Redis the store server records in front of it (docs/proc.md); the namespace made fresh here
     if open_store is None:
-        from .backends import open_store
+        from .backends import open_store as plain
+        open_store = functools.partial(plain, namespace=namespace)
     store = open_store(v.store) if v.store != "memory" else None
     out: list[tuple[int, bytes]] = []
     try:
-        rt = cls(physical, model=v.model, batch_size=v.batch_size, store=store, store_url=v.store,
+        rt = cls(physical, model=v.model, batch_size=v.batch_size, store=store, store_url=v.store, namespace=namespace,
                  log_mode=getattr(scenario, "packet_log", "local"), write_out=True, record=True,
                  breaks=breaks, break_from=state.from_clock, kills=kills, checkpoint_ms=checkpoint_ms,
                  events=events, pacer=scenario.pacer(), **extra)

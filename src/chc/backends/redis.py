@@ -220,6 +220,23 @@ _pack = msgpack.Packer(use_bin_type=True).pack
 PIPELINE_WINDOW = 64        # non-blocking requests in flight before submit waits for their replies
 
 
+class NamespaceInUse(StoreError):
+    """A fresh store's namespace is leased by another run (``holder``).  The message says
+    what to do: wait, or ``hint`` (another namespace or database; a caller that picks the
+    database itself, as ``chc check --jobs`` does, says its own)."""
+
+    def __init__(self, url: str, namespace: str, holder: str,
+                 hint: str = "choose another namespace (--namespace NAME) or database (redis://HOST:PORT/DB)"
+                 ) -> None:
+        self.url, self.namespace, self.holder = url, namespace, holder
+        super().__init__(f"{url}: namespace {namespace!r} is in use by another run ({holder}); wait for it to "
+                         f"end (its lease expires {_LEASE_MS // 1000} s after it stops), or {hint}")
+
+    def hinting(self, hint: str) -> NamespaceInUse:
+        """The same refusal with another ``hint``."""
+        return NamespaceInUse(self.url, self.namespace, self.holder, hint)
+
+
 def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
 
@@ -815,10 +832,7 @@ class RedisStore:
         p = self.servers[i].prefix
         holder = self._call(i, [("FCALL", "chc_lease", 1, p + b"lease", p, self.token, _LEASE_MS)])[0]
         if holder != b"ok":
-            raise StoreError(f"{self.servers[i].url}: namespace {self.namespace!r} is in use by another run "
-                             f"({holder.decode(errors='replace')}); wait for it to end (its lease expires "
-                             f"{_LEASE_MS // 1000} s after it stops), or choose another namespace (chc run "
-                             "--namespace) or database (redis://HOST:PORT/DB)")
+            raise NamespaceInUse(self.servers[i].url, self.namespace, holder.decode(errors="replace"))
 
     def renew_lease(self) -> None:
         """Renew the namespace's lease if it is due: for a holder that makes no requests
@@ -1768,4 +1782,4 @@ def _clean_text(text: str) -> str:
     return text[:cut] if cut >= 0 else text
 
 
-__all__ = ["RedisStore"]
+__all__ = ["NamespaceInUse", "RedisStore"]
