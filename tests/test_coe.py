@@ -791,6 +791,54 @@ def test_a_shared_counters_result_follows_the_stores_order():
     assert all(r.result.physical.alerts for r in verdicts)
 
 
+class HostCount(chcnf.NF):
+    """nf-api.md's HeavyHitter without its partition_scope: split by source host."""
+
+    kind = "hostcount"
+    per_host = chcnf.Counter(chcnf.SRC_IP, chcnf.Access.READ_WRITE, doc="packets per source host")
+
+    def process(self, pkt, ctx):
+        self.per_host.incr(1, pkt.src)
+        return pkt
+
+
+class FlowHostCount(HostCount):
+    kind = "flowhostcount"
+
+    @classmethod
+    def partition_scope(cls):
+        return chcnf.FLOW
+
+
+def test_a_divergence_an_upstream_partition_causes_names_the_upstream_vertex_and_its_scope():
+    """nf-api.md's third pitfall: a vertex split by source host in front of the NAT.  The
+    divergence shows at the NAT (an untranslated packet, its mapping); a new user's report
+    named neither the vertex before it nor its scope.  The seed's report says it."""
+    from chc.checkrun import describe
+    from chc.spec import parse_spec
+
+    def chain(nf):
+        return parse_spec({"name": "heavy-nat", "vertices": {
+            "heavy": {"nf": f"{__name__}:{nf}"},
+            "nat": {"nf": "nat", "config": {"external_ip": "198.51.100.7", "internal": ["10.64.0.0/16"],
+                                            "unsolicited": "pass"}}},
+            "edges": ["heavy -> nat"]})
+    sc = parse_scenario({"name": "scale-heavy", "pacing": {"multiplier": 1}, "delays": {"*": "uniform:200:2000"},
+                         "events": [{"at": {"packets": 100}, "do": "scale-out", "target": "heavy"},
+                                    {"at": {"packets": 300}, "do": "scale-out", "target": "heavy"}]})
+    records = list(itertools.islice(open_capture(LAN), 1200))
+    split, kept = chain("HostCount"), chain("FlowHostCount")
+    res = check_variant(split, sc, records, variant(split, sc, 0, ["memory"]), ())
+    assert res.verdict == "diverged", res.variant.describe()
+    report = res.as_json()
+    report["seconds"] = 0.0
+    cause = report["likely_cause"]
+    assert cause.startswith("heavy is partitioned by SRC_IP") and "so nat, which needs" in cause, cause
+    assert f"    likely cause: {cause}" in describe(report).splitlines()
+    ok = check_variant(kept, sc, records, variant(kept, sc, 0, ["memory"]), ())
+    assert ok.verdict == "pass" and ok.as_json()["likely_cause"] is None, ok.result.first
+
+
 def test_copies_of_a_packet_two_traffic_classes_take_are_counted():
     """A packet two entries' match classes take is copied at the root: that fork went to
     the root directly, not through the runtime the checker counts copies at, so a root

@@ -408,6 +408,8 @@ def describe(r: dict) -> str:
         lines.append(f"    {r['unrecoverable']}")
     if r["first_divergence"]:
         lines.append(f"    first divergence: {r['first_divergence']}")
+        if r.get("likely_cause"):
+            lines.append(f"    likely cause: {r['likely_cause']}")
         lines += [f"    also: {d}" for d in r["divergences"][1:3]]
     return "\n".join(lines)
 

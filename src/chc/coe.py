@@ -59,7 +59,7 @@ from .core.root import clock_text
 from .core.store import ObjectKey, Op, StoreError
 from .faults import DropOneUpdate
 from .faults import show as _show
-from .packet import Packet, ip_str
+from .packet import Packet, flow_key, ip_str
 from .reference import LogicalRun, Replay, StoreStep, logical_run, replay, same
 from .runtime import control
 from .runtime.sim import SimRuntime, Unrecoverable
@@ -380,6 +380,7 @@ class CheckResult:
     events: dict = dataclasses.field(default_factory=dict)     # what the run did: kind -> how often
     # --kill: each planned kill that tested no recovery ({process, reason}; None: not known)
     kills_not_made: list[dict] | None = None
+    cause: str | None = None             # what likely explains the divergences (split_cause)
 
     @property
     def ok(self) -> bool:
@@ -431,8 +432,99 @@ class Observers:
         if inst.client is not None and hasattr(inst.client, "issued"):
             inst.client.issued = self.issued
 
+    def watch_splits(self, rt: SimRuntime, chain: Chain) -> None:
+        """docs/nf-api.md's third pitfall, watched where the chain has it (``split_feeders``):
+        which instances of each connection-splitting upstream vertex ran, and each packet a
+        vertex that needs a connection's packets in order got after a later one of its
+        connection (clock order, both directions)."""
+        pairs = split_feeders(chain)
+        if not pairs:
+            return
+        self.splits = pairs
+        ran = self.ran = {u: set() for us in pairs.values() for u in us}
+        latest: dict[str, dict[bytes, int]] = {v: {} for v in pairs}
+        late = self.late = {v: [0, None] for v in pairs}     # vertex -> [how many, first (clock, later clock)]
+        run = rt._run
+
+        def observed(name: str, inst: Any, batch: list[Packet]) -> list[Packet]:
+            if name in ran:
+                ran[name].add(inst.instance_id)
+            seen = latest.get(name)
+            if seen is not None:
+                for p in batch:
+                    k = flow_key(p)
+                    top = seen.get(k, -1)
+                    if p.clock < top:
+                        said = late[name]
+                        said[0] += 1
+                        if said[1] is None:
+                            said[1] = (p.clock, top)
+                    else:
+                        seen[k] = p.clock
+            return run(name, inst, batch)
+        rt._run = observed
+
+    def split_cause(self) -> str | None:
+        """The likely cause of a run's divergences when the pitfall is what happened: an
+        upstream vertex that ran several instances and partitions by a scope that splits
+        connections, and a vertex after it that got packets of a connection out of order."""
+        for v, us in getattr(self, "splits", {}).items():
+            n, first = self.late[v]
+            split = [u for u in us if len(self.ran[u]) > 1]
+            if not n or not split:
+                continue
+            u = split[0]
+            scope = _scope_name(self.splits[v][u])
+            early, later = (c & ((1 << 48) - 1) for c in first)
+            return (f"{u} is partitioned by {scope}, which sends the two directions of a connection to different "
+                    f"{u} instances ({len(self.ran[u])} ran), so {v}, which needs each connection's packets in "
+                    f"order, got {n} packet{'s' if n != 1 else ''} after a later one of {'their' if n != 1 else 'its'}"
+                    f" connection (first: packet #{early} after #{later}); partition {u} by connection (FLOW, or "
+                    "override its NF's partition_scope(): docs/nf-api.md, 'A partition scope that splits a "
+                    "connection')")
+        return None
+
     def issued_updates(self) -> set:
         return {(k.vertex, k.obj, k.key, tag) for k, tag in self.issued}
+
+
+def split_feeders(chain: Chain) -> dict[str, dict[str, Any]]:
+    """Each vertex whose NF keeps per-flow state on a partition that joins a connection's two
+    directions (it needs them in order: the NAT's reply after its mapping), with the vertices
+    upstream of it (on-path, or copied from by a tap) whose partition scope does not (by host:
+    their instances may reorder a connection's two directions): ``{vertex: {upstream: scope}}``."""
+    vs = chain.vertices
+    feeds: dict[str, set[str]] = {n: set() for n in vs}      # vertex -> the vertices its input comes from
+    for n, v in vs.items():
+        for d in v.successors + v.taps_out:
+            feeds[d].add(n)
+    for n, v in vs.items():
+        for t in v.taps_in:
+            feeds[t] |= feeds[n]
+    out: dict[str, dict[str, Any]] = {}
+    for n, v in vs.items():
+        own = v.nf.partition_scope()
+        if not own.joins_flows or not any(o.scope.per_flow for o in v.nf.state_objects().values()):
+            continue
+        up: set[str] = set()
+        todo = list(feeds[n])
+        while todo:
+            u = todo.pop()
+            if u not in up:
+                up.add(u)
+                todo += feeds[u]
+        splitting = {u: vs[u].nf.partition_scope() for u in sorted(up)}
+        splitting = {u: sc for u, sc in splitting.items() if not sc.joins_flows}
+        if splitting:
+            out[n] = splitting
+    return out
+
+
+def _scope_name(scope: Any) -> str:
+    """A scope as an NF declares it (``SRC_IP``), or by its name if it is an NF's own."""
+    from . import nf
+    known = {id(getattr(nf, c)): c for c in ("FLOW", "SRC_IP", "DST_IP", "INITIATOR", "GLOBAL")}
+    return known.get(id(scope), f"its own scope {scope.name!r}")
 
 
 def check(chain: Chain, records: list[tuple[int, bytes]], **runtime_kw: Any) -> CheckResult:
@@ -450,6 +542,7 @@ def check_runtime(chain: Chain, rt: SimRuntime, records: list[tuple[int, bytes]]
     store recorder) and the logical chain following the store's order; compare."""
     obs = obs or Observers()
     obs.attach(rt)
+    obs.watch_splits(rt, chain)
     try:
         phys = _collect(rt, records)
     except Unrecoverable as exc:
@@ -468,7 +561,7 @@ def check_runtime(chain: Chain, rt: SimRuntime, records: list[tuple[int, bytes]]
     divs = _compare_store(obs.serial, rep, phys, obs.issued_updates(), obs.deleted) if rt.store is not None else []
     divs = compare(ref, phys, chain) + divs + _live_at_deletion(obs) + _log_liveness(rt)
     return CheckResult(divs, ref.notes, phys, ref, network=rt.net.describe(), steps=len(obs.serial.steps),
-                       events=_event_counts(rt.events_log))
+                       events=_event_counts(rt.events_log), cause=obs.split_cause() if divs else None)
 
 
 def _live_at_deletion(obs: Observers) -> list[Divergence]:
@@ -884,6 +977,7 @@ class SeedResult:
                 "faults": r.network, "events": r.events, "breaks": self.breaks, "store_steps": r.steps,
                 "unrecoverable": r.unrecoverable,
                 "first_divergence": str(r.first) if r.first else None,
+                "likely_cause": r.cause,
                 "divergences": [str(d) for d in r.divergences],
                 "divergence_kinds": [d.what for d in r.divergences],     # output, order, alert, state, store, log
                 "notes": r.notes[:5],
