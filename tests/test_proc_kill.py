@@ -166,7 +166,7 @@ def test_a_failover_replays_only_what_every_upstreams_watermark_had_passed(tmp_p
         # The failed portscan.2 had run clocks 3 and 4 (one batch, through 4) before its SIGKILL.
         dead = [dealer(ctx, plan.address(f"lb.{j}"), "portscan.2") for j in range(3)]
         for j, sock in enumerate(dead):
-            sock.send(encode(Kind.DATA, [4, {}, pack_packets(pkts[3:5] if j == 0 else []), False, 4, {}]))
+            sock.send(encode(Kind.DATA, [4, {}, pack_packets(pkts[3:5] if j == 0 else []), False, 4, {}, []]))
         for lb in lbs:
             _pump(lb, lambda lb=lb: lb.seen.mark.get(b"portscan.2") == 4)
             lb.box.fence(b"portscan.2")                 # the coordinator's fence: its failover's frames come
@@ -185,7 +185,7 @@ def test_a_failover_replays_only_what_every_upstreams_watermark_had_passed(tmp_p
         upstreams = []
         for name, sent in (("nat.0", []), ("nat.1", []), ("nat.2", pkts[10:20])):
             upstreams.append(dealer(ctx, plan.address("portscan.2#1"), name))
-            upstreams[-1].send(encode(Kind.DATA, [INF, {}, pack_packets(sent), True, INF, {}]))
+            upstreams[-1].send(encode(Kind.DATA, [INF, {}, pack_packets(sent), True, INF, {}, []]))
         failover.run()
         assert runs[:4] == [[3], [4], [5], [6]]         # the replay: one clock a step, nothing past 6
         assert [c for batch in runs for c in batch] == [3, 4, 5, 6, *range(10, 24)]
@@ -233,10 +233,10 @@ def test_a_failover_fed_by_a_failover_still_replaying_replays_what_comes_behind(
         upstreams = []
         for name, (sent, mark, through, eof) in frames.items():
             upstreams.append(dealer(ctx, plan.address("portscan.2#1"), name))
-            upstreams[-1].send(encode(Kind.DATA, [mark, {}, pack_packets(sent), eof, through, {}]))
+            upstreams[-1].send(encode(Kind.DATA, [mark, {}, pack_packets(sent), eof, through, {}, []]))
         later = upstreams[0]
-        later.send(encode(Kind.DATA, [12, {}, pack_packets([pkts[7], pkts[9], pkts[11]]), False, 11, {}]))
-        later.send(encode(Kind.DATA, [INF, {}, pack_packets(pkts[20:22]), True, INF, {}]))
+        later.send(encode(Kind.DATA, [12, {}, pack_packets([pkts[7], pkts[9], pkts[11]]), False, 11, {}, []]))
+        later.send(encode(Kind.DATA, [INF, {}, pack_packets(pkts[20:22]), True, INF, {}, []]))
         failover.run()
         assert runs[:8] == [[3], [4], [5], [6], [7], [8], [9], [11]]
         assert sorted(c for batch in runs for c in batch) == [3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 20, 21]

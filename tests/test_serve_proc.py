@@ -148,14 +148,3 @@ def test_what_a_proc_serve_cannot_do_is_one_line_exit_2(args, says):
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and says in lines[0], res.stderr
-
-
-def test_a_chain_with_several_roots_is_refused_in_one_line(tmp_path, capsys):
-    """An instance fed by two roots takes their packets in clock order, root 0's first:
-    root 1's would wait for the end of a chain that is served until stopped."""
-    from chc.cli import main
-    spec = tmp_path / "two-roots.yaml"
-    spec.write_text(Path(PAPER).read_text() + "\nroots: 2\n")
-    assert main(["serve", str(spec), "--runtime", "proc", "--capture", LAN, "--duration", "1"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "several roots (2)" in err[0]

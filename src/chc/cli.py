@@ -372,12 +372,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def go(chain: Any, store: Any) -> int:
         if args.runtime != "sim":
-            if chain.roots > 1:
-                # (clock order across roots: an instance fed by two roots holds root 1's packets
-                # until root 0's input ends, which a chain served until stopped never reaches)
-                raise UsageError(f"chc serve --runtime {args.runtime}: a chain with several roots ({chain.roots}) "
-                                 "would hold every root but the first's packets until the end (docs/proc.md); "
-                                 "use --runtime sim, or chc run")
+            if chain.roots > 1 and (args.kill or args.failover):
+                # (with recovery one clock order across roots: an instance fed by two roots holds
+                # root 1's packets until root 0's input ends, which a served chain never reaches)
+                raise UsageError(f"chc serve --runtime {args.runtime} --{'kill' if args.kill else 'failover'}: "
+                                 f"with recovery on, a chain with several roots ({chain.roots}) would hold every "
+                                 "root but the first's packets until the end (docs/proc.md); use one root, "
+                                 "or chc run")
             events: list = []
             if args.scenario is not None:   # §5.1 its scaling events, at input packets (docs/proc.md)
                 chain, more = scenario_options(args.scenario, chain, args.capture,

@@ -217,6 +217,14 @@ class Plan:
     # their instances report their load to it, their feeders packets per flow group
     managers: tuple[str, ...] = ()
 
+    @property
+    def per_root(self) -> bool:
+        """§5 several roots, each its own clock sequence: watermarks travel per root, and
+        an instance fed by several upstreams orders each root's packets apart (docs/proc.md,
+        "Several roots").  Not with recovery: a failover's replay bound and the receivers'
+        duplicate suppression (:class:`~chc.runtime.wire.Marks`) go by one clock order."""
+        return self.chain.roots > 1 and not self.recover
+
     def width(self, vertex: str) -> int:
         """``vertex``'s instances so far (retired ones count)."""
         m = self.maps.get(vertex)
@@ -338,6 +346,9 @@ class _Sender:
         self.coordinator = dealer(ctx, plan.address(COORDINATOR), me)
         # root -> the through of the latest report sent to it (what a receiver's report waits for)
         self.rep_through: dict[int, int] = {}
+        # §5 per root (Plan.per_root): how far this sender is in each root's clocks; None:
+        # the watermark alone says it
+        self.rmarks: list[int] | None = None
         self.out_packets = 0
         # §5.4: what was sent to each target, while its root may still need it replayed
         # (from the oldest clock the root logs, its floor), with the latest watermark and end.
@@ -446,7 +457,8 @@ class _Sender:
             hold.append((vertex, i, rows, watermark, through, eof))
 
     def transmit(self, vertex: str, i: int, rows: list, watermark: int, through: int, eof: bool = False) -> None:
-        frame = encode(Kind.DATA, [watermark, self.rep_through, rows, eof, through, self.floors])
+        frame = encode(Kind.DATA, [watermark, self.rep_through, rows, eof, through, self.floors,
+                                   self.rmarks or []])
         self.guard.send(self.socks[vertex][i], frame)
 
     def batch(self, parts: dict[tuple[str, int], list[Packet]], watermark: int, through: int,
@@ -483,6 +495,8 @@ class _Sender:
                         sock.send(encode(Kind.CONTROL, ["groups", c]), zmq.NOBLOCK)
 
     def end(self) -> None:
+        if self.rmarks is not None:
+            self.rmarks = [INF] * len(self.rmarks)
         for d, socks in self.socks.items():
             for i in range(len(socks)):
                 if (d, i) not in self.gone:
@@ -662,6 +676,9 @@ class RootWorker:
         # §5.1 with §5.4 a failover root started during a scale-in: the retiring instance
         # is fed until its watermark passes the barrier, as by the dead root (advance)
         self.out.gone -= {(v, i) for v, i in (replay or {}).get("retiring", ())}
+        if plan.per_root:
+            self.out.rmarks = [INF] * chain.roots       # (it sends no other root's clocks, ever)
+            self.out.rmarks[r] = -1
         self.boxes = [self.reports]
         self.root = Root(r, chain.policies, log_mode=plan.log_mode, log_limit=plan.log_limit,
                          persist_every=plan.persist_every)
@@ -822,6 +839,8 @@ class RootWorker:
                         if sub:
                             parts.setdefault((tap, i), []).extend(sub)
         self.watermark = root.base | (root.next_seq - 1)
+        if self.out.rmarks is not None:
+            self.out.rmarks[root.root_id] = self.watermark
         self.out.batch(parts, self.watermark, self.watermark, hold)
         # Store round trips (metadata writes, commit reports, pruning) once per few
         # batches while input keeps coming, at once when it pauses: each costs a wake-up
@@ -1013,8 +1032,20 @@ class InstanceWorker:
             if "drop-update" in plan.breaks:
                 client.faults = DropOneUpdate(self, plan.break_from)
         self.ordered = len(self.feeders) > 1
-        self.queues: dict[bytes, deque[Packet]] = {f: deque() for f in self.feeders}
+        self.queues: dict[Any, deque[Packet]] = {f: deque() for f in self.feeders}
         self.marks: dict[bytes, int] = dict.fromkeys(self.feeders, -1)
+        # §5 several roots (Plan.per_root): every upstream's watermark per root; fed by
+        # several, a queue per upstream and root, and each root's packets wait only for
+        # that root's watermarks (one order of all clocks held root 1's back until root
+        # 0's input ended: a root's id is in its clocks' high bits)
+        self.rmarks: dict[bytes, list[int]] | None = None
+        if plan.per_root:
+            roots = plan.chain.roots
+            self.rmarks = {f: [-1] * roots for f in self.feeders}
+            self.out.rmarks = [-1] * roots
+            if self.ordered:
+                self.queues = {(f, r): deque() for f in self.feeders for r in range(roots)}
+        self.through = -1                   # (per root: the through of its latest batch)
         self.deps: dict[bytes, dict] = {f: {} for f in self.feeders}   # upstream -> its report throughs per root
         self.ended: set[bytes] = set()
         self.seen = Marks()                 # §5.4 a failed upstream's replay: what came already
@@ -1356,12 +1387,15 @@ class InstanceWorker:
     def _receive(self) -> bool:
         """Take what has arrived (without waiting); False when nothing had."""
         got = False
-        for peer, (mark, seqs, rows, eof, through, floors) in self.box.messages(Kind.DATA, 6, "data",
-                                                                                 4 * len(self.feeders)):
+        rmarks = self.rmarks
+        for peer, (mark, seqs, rows, eof, through, floors, rm) in self.box.messages(Kind.DATA, 7, "data",
+                                                                                     4 * len(self.feeders)):
             try:
                 if mark.__class__ is not int or seqs.__class__ is not dict or through.__class__ is not int \
                         or floors.__class__ is not dict \
-                        or not all(r.__class__ is int and f.__class__ is int for r, f in floors.items()):
+                        or not all(r.__class__ is int and f.__class__ is int for r, f in floors.items()) \
+                        or rm.__class__ is not list or not all(m.__class__ is int for m in rm) \
+                        or (rmarks is not None and len(rm) != self.plan.chain.roots):
                     raise WireError("malformed data header")
                 pkts = unpack_packets(rows)
             except WireError as exc:
@@ -1371,7 +1405,16 @@ class InstanceWorker:
             if not self.seen.fresh(peer, through):
                 continue                    # a failover upstream's replay of what came already
             peer = logical(peer)
-            self.queues[peer].extend(pkts)
+            if rmarks is None:
+                self.queues[peer].extend(pkts)
+            else:
+                rmarks[peer] = rm
+                if self.ordered:
+                    queues = self.queues
+                    for p in pkts:
+                        queues[(peer, root_of(p.clock))].append(p)
+                else:
+                    self.queues[peer].extend(pkts)
             if mark > self.marks[peer]:
                 self.marks[peer] = mark
             self.deps[peer] = seqs
@@ -1432,17 +1475,33 @@ class InstanceWorker:
                 while q and q[0].clock <= limit:
                     batch.append(q.popleft())
             return batch
-        floor = min(min(self.marks.values()), limit)
         batch = []
-        for q in self.queues.values():
-            while q and q[0].clock <= floor:
-                batch.append(q.popleft())
+        if self.rmarks is None:
+            floor = min(min(self.marks.values()), limit)
+            for q in self.queues.values():
+                while q and q[0].clock <= floor:
+                    batch.append(q.popleft())
+        else:
+            floors = [min(f, limit) for f in self._floors()]
+            for (_, r), q in self.queues.items():
+                floor = floors[r]
+                while q and q[0].clock <= floor:
+                    batch.append(q.popleft())
         batch.sort(key=_by_clock)
         return batch
+
+    def _floors(self) -> list[int]:
+        """§5 per root, the clock every upstream has sent all of (Plan.per_root)."""
+        return [min(col) for col in zip(*self.rmarks.values(), strict=True)]
 
     def _process(self, batch: list[Packet], watermark: int) -> None:
         inst = self.inst
         through = max(p.clock for p in batch)
+        if self.rmarks is not None:
+            # §5 a root's packets may run before a lower clock of another's: the through
+            # of a report must still grow from batch to batch (a downstream's report that
+            # depends on this one's would be applied before it: causal delivery)
+            through = self.through = max(through, self.through + 1)
         if self.manager is None:
             produced = inst.run(batch)
         else:
@@ -1469,6 +1528,8 @@ class InstanceWorker:
                                                              self.busy_ns, ts, self.generation]]), zmq.NOBLOCK)
 
     def _watermark(self, batch: list[Packet]) -> int:
+        if self.rmarks is not None:
+            self.out.rmarks = self._floors()
         return min(min(self.marks.values()), self.hold)
 
     def _stats(self, through: int) -> None:
