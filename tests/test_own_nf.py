@@ -390,7 +390,7 @@ BAD_RETURNS = textwrap.dedent('''
 
 
 @pytest.mark.parametrize("cls, says", [
-    ("ReturnsTrue", "process() returned bool True: expected the packet, None or a list of packets"),
+    ("ReturnsTrue", "process() returned bool True: expected the packet, None, or a list or tuple of packets"),
     ("ReturnsData", "process() returned bytes b"),
     ("ReturnsNoneInAList", "process() returned list [<Packet"),
 ])
@@ -417,6 +417,46 @@ def test_chc_check_judges_an_nf_that_returns_the_wrong_thing(tmp_path, capsys, c
                "--packets", "300", "--seeds", "2"])
     out = capsys.readouterr().out
     assert rc == 0 and "2 of 2 seeds passed" in out and "internal error" not in out, out
+
+
+MANY_ERRORS = textwrap.dedent('''
+    from chc.nf import NF
+
+    class Erring(NF):
+        kind = "erring"
+        def process(self, pkt, ctx):
+            if pkt.sport % 5 == 0:
+                raise KeyError(pkt.dport)          # line 8
+            if pkt.sport % 7 == 0:
+                return 7                           # a wrong return
+            if pkt.sport % 2:
+                return (pkt,)                      # a tuple: forwarded, as a list is
+            return pkt
+''')
+
+
+def test_chc_check_lists_every_kind_of_nf_error_and_takes_a_tuple(tmp_path, capsys):
+    """chc check showed only the first NF error (a log line per instance); a tuple
+    returned by process is taken by the instances and the reference alike."""
+    (tmp_path / "many_errors.py").write_text(MANY_ERRORS)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("parallelism: 2\n")
+    spec = _spec(tmp_path, "many_errors.py:Erring", config="{}")
+    rc = main(["check", str(spec), str(plain), LAN, "--packets", "600", "--seeds", "2",
+               "--json", str(tmp_path / "c.json")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "2 of 2 seeds passed" in out and "NF errors in 2 of 2 seeds" in out, out
+    seed = json.loads((tmp_path / "c.json").read_text())["results"][0]
+    errors = seed["nf_errors"]
+    kinds = {(k["error"], k["at"]): k["count"] for k in errors["kinds"]}
+    assert set(kinds) == {("KeyError", "many_errors.py:8"), ("TypeError", "")}, kinds
+    assert errors["physical"] == errors["logical"] == sum(kinds.values())
+    assert all(n > 1 for n in kinds.values()), kinds           # more than the first of each
+    lines = out.split("seed 1:")[0]
+    assert f"NF errors: {errors['logical']} in both runs" in lines, lines
+    assert f"{kinds[('KeyError', 'many_errors.py:8')]} x KeyError at many_errors.py:8, first: heavy packet #" in lines
+    assert "x TypeError, first: heavy packet #" in lines and "process() returned int 7" in lines
+    assert "tuple" not in " ".join(k["first"] for k in errors["kinds"] if k["error"] == "KeyError")
 
 
 @pytest.mark.parametrize("detail, says", [

@@ -303,6 +303,10 @@ class Report:
             line += f"; the break ({', '.join(self.job.breaks)}) was never caught"
         if self.interrupted:
             line += f"; interrupted (Ctrl-C) after {n} of {self.asked} seeds"
+        erring = [r["seed"] for r in self.results if r.get("nf_errors")]
+        if erring:
+            line += (f"; NF errors in {len(erring)} of {n} seeds" if n > 1 else "; NF errors") + \
+                " (the seed's lines name them)"
         if self.job.truncated:
             line += (f"; PARTIAL: the capture stopped after {len(self.job.records):,} packets "
                      f"({self.job.truncated}), only those were checked")
@@ -406,12 +410,36 @@ def describe(r: dict) -> str:
         lines.append(f"    break {name}: {did or 'found nothing to act on (not exercised)'}")
     if r["unrecoverable"]:
         lines.append(f"    {r['unrecoverable']}")
+    if r.get("nf_errors"):
+        lines += _nf_error_lines(r["nf_errors"])
     if r["first_divergence"]:
         lines.append(f"    first divergence: {r['first_divergence']}")
         if r.get("likely_cause"):
             lines.append(f"    likely cause: {r['likely_cause']}")
         lines += [f"    also: {d}" for d in r["divergences"][1:3]]
     return "\n".join(lines)
+
+
+SHOWN_KINDS = 3         # kinds of NF error a seed's lines show (--json has every one)
+
+
+def _nf_error_lines(errors: dict) -> list[str]:
+    """A seed's NF errors: how many in each run, then each kind (type and the NF's line
+    that raised it) with its count and first occurrence, the most frequent first."""
+    phys, logical = errors["physical"], errors["logical"]
+    both = (f"{phys:,} in both runs" if phys == logical
+            else f"{phys:,} in the physical run, {logical:,} in the logical chain")
+    lines = [f"    NF errors: {both} (each packet dropped, or an update refused)"]
+    kinds = errors["kinds"]
+    for k in kinds[:SHOWN_KINDS]:
+        at = f" at {k['at']}" if k["at"] else ""
+        lines.append(f"      {k['count']:,} x {k['error']}{at}, first: {k['first']}")
+    if len(kinds) > SHOWN_KINDS:
+        more = len(kinds) - SHOWN_KINDS
+        lines.append(f"      and {more} more kind{'s' if more > 1 else ''} (--json: nf_errors)")
+    if phys != logical and errors["physical_first"]:
+        lines.append("      the physical run's first: " + "; ".join(errors["physical_first"][:SHOWN_KINDS]))
+    return lines
 
 
 def list_breaks() -> str:

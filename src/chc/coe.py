@@ -981,8 +981,23 @@ class SeedResult:
                 "divergences": [str(d) for d in r.divergences],
                 "divergence_kinds": [d.what for d in r.divergences],     # output, order, alert, state, store, log
                 "notes": r.notes[:5],
+                **({"nf_errors": errors} if (errors := _nf_errors(r)) else {}),
                 # (with --kill: the kills that were not made, so recovery was not tested by them)
                 **({"kills_not_made": r.kills_not_made} if self.variant.kill else {})}
+
+
+def _nf_errors(r: CheckResult) -> dict | None:
+    """The NF's own errors (exceptions, wrong returns, refused updates) in the seed's two
+    runs: how many in each, every kind the logical chain met (its type, the NF's line that
+    raised it, how many, the first), and the physical instances' first ones; None if none."""
+    ref, phys = r.reference, r.physical
+    summary = phys.summary if phys is not None else None
+    physical = summary.nf_errors if summary is not None else 0
+    logical = ref.nf_errors if ref is not None else 0
+    if not physical and not logical:
+        return None
+    return {"physical": physical, "logical": logical, "kinds": ref.error_kinds if ref is not None else [],
+            "physical_first": list(summary.errors[:5]) if summary is not None else []}
 
 
 def physical_runtime(chain: Chain, scenario: Any, v: Variant, n_packets: int, obs: Observers,

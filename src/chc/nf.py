@@ -14,7 +14,7 @@ incr/decr, push/pop, compare-and-update), and the very same code runs unchanged
 against any backend.
 
 ``process(pkt, ctx)`` returns the packet to forward (possibly rewritten),
-``None`` to drop it, or a list of packets; alerts go through ``ctx.alert``.
+``None`` to drop it, or a list or tuple of packets; alerts go through ``ctx.alert``.
 ``ctx`` also carries the packet's logical clock (§5.2) and timestamp, and a timer
 service owned by the framework (fired in timestamp order before the packet whose
 timestamp passes the deadline, and at end of input), so an NF needs no private
@@ -118,6 +118,16 @@ class ValueOp:
 
 
 VALUE_OPS: dict[str, ValueOp] = {}
+
+
+def wrong_return(res: object) -> TypeError:
+    """The NF's error when ``process`` returned something it may not: it may return the
+    packet, ``None``, or a list or tuple of packets (docs/nf-api.md).  The physical
+    instances and the COE reference both say it so."""
+    text = repr(res)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return TypeError(f"process() returned {type(res).__name__} {text}: expected the packet, None, or a list or "
+                     "tuple of packets")
 
 
 def least_loaded(loads: list, weights: list | tuple | None = None) -> int:

@@ -54,12 +54,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import heapq
+import os
+import sys
+import traceback
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 from zlib import crc32
 
-from .nf import NF, VALUE_OPS, Context, StateObject, least_loaded
+from .nf import NF, VALUE_OPS, Context, StateObject, least_loaded, wrong_return
 from .packet import Packet
 from .spec import Chain, Vertex
 from .summary import canonical
@@ -586,7 +589,7 @@ class _Node:
     """One vertex of the logical chain: its NF object, context, state and counts."""
 
     __slots__ = ("vertex", "nf", "ctx", "objects", "packets_in", "packets_out", "dropped",
-                 "nf_errors", "first_error")
+                 "nf_errors", "first_error", "kinds")
 
     def __init__(self, vertex: Vertex, choices: _Choices | None) -> None:
         self.vertex = vertex
@@ -602,6 +605,7 @@ class _Node:
             setattr(self.nf, name, handle)
         self.packets_in = self.packets_out = self.dropped = self.nf_errors = 0
         self.first_error = ""
+        self.kinds: dict[tuple[str, str], list] = {}     # (error, where raised) -> [how many, first]
 
     def process(self, pkt: Packet) -> list[Packet]:
         """The NF on one packet, after the timers its timestamp has reached."""
@@ -626,8 +630,7 @@ class _Node:
         elif res.__class__ in (list, tuple) and all(isinstance(p, Packet) for p in res):
             out = list(res)
         else:       # not what process may return: the NF's error, the packet dropped (nf-api.md)
-            self._error(f"packet #{pkt.index}", TypeError(f"process() returned {type(res).__name__}: expected "
-                                                          "the packet, None or a list of packets"))
+            self._error(f"packet #{pkt.index}", wrong_return(res))
             out = []
         if not out:
             self.dropped += 1
@@ -657,8 +660,16 @@ class _Node:
 
     def _error(self, where: str, exc: Exception) -> None:
         self.nf_errors += 1
+        line = f"{self.vertex.name} {where}: {type(exc).__name__}: {exc}"
         if not self.first_error:
-            self.first_error = f"{self.vertex.name} {where}: {type(exc).__name__}: {exc}"
+            self.first_error = line
+        # every error counted by kind: its type and the NF's line that raised it
+        kind = (type(exc).__name__, _raised_at(exc, type(self.nf)))
+        seen = self.kinds.get(kind)
+        if seen is None:
+            self.kinds[kind] = [1, line]
+        else:
+            seen[0] += 1
 
     def state(self) -> dict[str, dict]:
         out: dict[str, dict] = {}
@@ -667,6 +678,19 @@ class _Node:
             if entries:
                 out[name] = entries
         return out
+
+
+def _raised_at(exc: BaseException, nf: type) -> str:
+    """Where ``exc`` was raised, as ``file.py:LINE``: the innermost frame in the NF's own
+    module (not the state handle it called), else the innermost; "" when nothing raised
+    it (a wrong return)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    home = getattr(sys.modules.get(nf.__module__), "__file__", None)
+    mine = [f for f in frames if home is not None and os.path.abspath(f.filename) == os.path.abspath(home)]
+    f = (mine or frames)[-1]
+    return f"{os.path.basename(f.filename)}:{f.lineno}"
 
 
 @dataclasses.dataclass
@@ -684,6 +708,8 @@ class LogicalRun:
     dropped: int = 0
     nf_errors: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)   # first NF error per vertex
+    # every NF error by kind, most frequent first: {vertex, error, at, count, first}
+    error_kinds: list[dict] = dataclasses.field(default_factory=list)
     # (vertex, object, key, clock) of non-atomic read-modify-writes of shared state
     conflicts: list[tuple[str, str, Any, int]] = dataclasses.field(default_factory=list)
 
@@ -830,6 +856,9 @@ class _Interpreter:
                 run.dropped += node.dropped
             if node.first_error:
                 run.errors.append(node.first_error)
+            run.error_kinds += [{"vertex": node.vertex.name, "error": error, "at": at, "count": n, "first": first}
+                                for (error, at), (n, first) in node.kinds.items()]
+        run.error_kinds.sort(key=lambda k: -k["count"])
         return run
 
     def _note_unused(self) -> None:

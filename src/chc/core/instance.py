@@ -41,7 +41,7 @@ import traceback
 from collections import deque
 from typing import Any
 
-from ..nf import NF, Access, Context
+from ..nf import NF, Access, Context, wrong_return
 from ..packet import Packet
 from .client import MODELS, StoreClient, StoreLost
 from .state import LocalObject
@@ -208,8 +208,7 @@ class Instance:
     def _emit_many(self, pkt: Packet, res: list[Packet], vector: int, out: list[Packet]) -> None:
         if res.__class__ not in (list, tuple) or not all(isinstance(p, Packet) for p in res):
             # an NF bug as an exception is: counted, the packet dropped (it ended the run)
-            self._error(pkt, TypeError(f"process() returned {type(res).__name__} {_short(res)}: expected the "
-                                       "packet, None or a list of packets"))
+            self._error(pkt, wrong_return(res))
             res = ()
         if not res:
             self.dropped += 1
@@ -331,7 +330,3 @@ class Instance:
         keys); in the externalized models the store holds the state instead."""
         return {name: dict(h.items()) for name, h in self.objects.items()}
 
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
