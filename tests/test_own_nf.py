@@ -477,3 +477,27 @@ def test_an_alert_with_a_detail_the_summary_cannot_hold_is_the_nfs_error(detail,
     with pytest.raises(TypeError, match="the host is bytes"):
         ctx.alert("bad", b"\x0a\x00\x00\x01")
     assert [a.kind for a in ctx.alerts] == ["fine"]
+
+
+NEW_PACKET = textwrap.dedent('''
+    from chc.nf import NF
+    from chc.packet import Packet
+
+    class Rebuilds(NF):
+        """Returns a new packet of the same bytes, alone (not in a list)."""
+        kind = "rebuilds"
+        def process(self, pkt, ctx):
+            return Packet(bytes(pkt.data), pkt.ts)
+''')
+
+
+@pytest.mark.parametrize("runtime", ["sim", "proc"])
+def test_a_new_packet_returned_alone_carries_its_inputs_clock(tmp_path, capsys, runtime):
+    """A new packet returned by itself took the clock of a fresh Packet (its index, 0)
+    where one in a list took its input's: its end reached the root under another
+    packet's clock, and the packet log never emptied (the reference set it; a helper's
+    reading of the two found it)."""
+    (tmp_path / "rebuilds.py").write_text(NEW_PACKET)
+    s = _run(_spec(tmp_path, "rebuilds.py:Rebuilds", config="{}"), tmp_path, "--runtime", runtime)
+    assert s["log"]["remaining"] == 0 and s["log"]["deleted"] == s["log"]["logged"] > 0, s["log"]
+    assert s["vertices"]["heavy"]["nf_errors"] == 0

@@ -193,6 +193,9 @@ class Instance:
                 self.dropped += 1
                 self.finished.append((clock, vector))
             elif res.__class__ is Packet:
+                if res is not pkt:          # a new packet, alone: its input's clock too
+                    res.clock = clock
+                    res.vt = pkt.vt
                 res.xor = vector
                 append(res)
             else:
