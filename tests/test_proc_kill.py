@@ -502,3 +502,33 @@ def test_a_kill_past_the_input_is_logged_as_skipped_and_checks_say_so():
     restarted = [{"kind": "manager-restarted", "vertex": "portscan", "killed_at_packet": 3072}]
     assert _kill_faults("manager:portscan@3000", [], restarted) == {
         "killed": "manager:portscan at input packet 3072, started again"}
+
+
+def test_a_scenarios_crashes_are_real_kills_and_pass_the_check(tmp_path, monkeypatch, capsys):
+    """§5.4 a scenario's crash events on proc are SIGKILLs at their input packets (they were
+    refused: "use --kill"), among its scaling changes (scale-crash.yaml: five fixed
+    crashes and seed-drawn ones); each is failed over and the seed passes, and without
+    the failover's replay it diverges."""
+    monkeypatch.chdir(ROOT)
+    scenario = "examples/scenarios/scale-crash.yaml"
+    argv = ["check", "--runtime", "proc", str(PAPER), scenario, str(LAN), "--packets", "3000", "--seeds", "2"]
+    assert main([*argv, "--json", str(tmp_path / "c.json")]) == 0
+    results = json.loads((tmp_path / "c.json").read_text())["results"]
+    assert all(r["events"].get("failover", 0) >= 5 for r in results), [r["events"] for r in results]
+    assert "2 of 2 seeds passed" in capsys.readouterr().out
+    assert main([*argv, "--break", "no-replay"]) == 1
+
+
+def test_scenario_crash_targets_become_kills():
+    from chc.runtime.proc import ROOT as ROOT_KILL
+    from chc.runtime.proc import STORE_KILL, crash_kill
+    from chc.scenario import Event
+
+    chain = load_spec(str(PAPER)).with_parallelism(3)
+    kill = crash_kill(Event("crash", "nat", {"pick": 7}, at_packet=100), chain)
+    assert (kill.vertex, kill.at, kill.pick) == ("nat", 100, 7)     # an instance of nat when it is due
+    assert crash_kill(Event("crash", "lb[2]", at_packet=5), chain).instance == 2
+    assert crash_kill(Event("crash", "root[0]", at_packet=5), chain).vertex == ROOT_KILL
+    assert crash_kill(Event("crash", "store", at_packet=5), chain).vertex == STORE_KILL
+    with pytest.raises(ValueError, match="kills at input packets"):
+        crash_kill(Event("crash", "nat", at_time_ns=5_000_000), chain)

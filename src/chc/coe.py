@@ -1059,25 +1059,27 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
                  breaks: tuple[str, ...], kill: str | None = None, managed: bool = False) -> str | None:
     """Why ``chc check --runtime proc`` cannot check this (one line), or None (``managed``:
     a vertex has a scaling policy, whose manager makes changes)."""
-    if "no-replay" in breaks and not kill:
-        return "--break no-replay with --runtime proc needs a --kill (it switches off the failover's replay)"
-    if "no-wal" in breaks and not (kill and (kill.startswith("random") or "store@" in kill)):
-        return ("--break no-wal with --runtime proc needs a --kill of the store server (store@N, or random "
-                "draws; it switches off the failover store's roll forward)")
     from .runtime import procscale
     events = [e for seed in seeds for e in scenario.events_for(seed, vertices, n_packets)]
+    crashes = [e.target for e in events if e.action == "crash"]
+    if "no-replay" in breaks and not kill and not crashes:
+        return ("--break no-replay with --runtime proc needs a --kill or a scenario's crash (it switches off "
+                "the failover's replay)")
+    if "no-wal" in breaks and not (kill and (kill.startswith("random") or "store@" in kill)) \
+            and "store" not in crashes:
+        return ("--break no-wal with --runtime proc needs a --kill of the store server (store@N, or random "
+                "draws) or a scenario's crash of the store (it switches off the failover store's roll forward)")
     if "naive-move" in breaks and not events and not managed:
         return ("--break naive-move needs a scenario with scaling events (scale-out, scale-in, move, refine) "
                 "or a chain with a scaling: policy")
-    other = sorted({e.action for e in events} - set(procscale.ACTIONS))
+    other = sorted({e.action for e in events} - set(procscale.ACTIONS) - {"crash"})
     if other or scenario.network:
-        # every reason at once (a user fixing one met the next), and the proc way to crash
+        # every reason at once (a user fixing one met the next)
         why = ([f"{', '.join(other)} events"] if other else []) + (
             ["network: faults (simulated links)"] if scenario.network else [])
-        crash = (" (processes crash for real with --kill VERTEX[I]@N or --kill random)"
-                 if "crash" in other else "")
         return (f"check --runtime proc: the scenario has {' and '.join(why)}; the proc runtime runs "
-                f"{', '.join(procscale.ACTIONS)} events (docs/proc.md){crash}; use --runtime sim")
+                f"{', '.join(procscale.ACTIONS)} and crash events (a crash is a real SIGKILL; docs/proc.md); "
+                "use --runtime sim")
     other = [b for b in breaks if b not in PROC_BREAKS]
     if other:
         return f"--break {other[0]} is for --runtime sim (with --runtime proc: {', '.join(PROC_BREAKS)})"

@@ -54,8 +54,9 @@ Scaling (§5.1): a scenario's scale-out, scale-in, move and refine events are
 the coordinator's :class:`~chc.runtime.procscale.Scaler`'s, tied to a barrier
 clock (docs/proc.md, "Scaling"), also with ``--kill`` and ``--failover`` (one
 at a time: a kill waits for a change's go-ahead); a scale-out's new instance is
-a warm spare process started ahead when one is up.  Not yet: the other scenario
-events (clones, crashes: ``--kill``) and delay models, which are the sim's;
+a warm spare process started ahead when one is up.  A scenario's crash events
+are kills (SIGKILL) at their input packets, as ``--kill``.  Not yet: the other
+scenario events (clones, slow-downs, operator controls) and delay models, which are the sim's;
 failover of the Redis server itself.  :mod:`chc.runtime.procray` places the same
 workers in Ray actors, through ``_address`` and ``_context``.
 """
@@ -137,7 +138,11 @@ class ProcRuntime:
             raise ValueError("batch size must be at least 1")
         if heartbeat_s < 0 or misses < 1:
             raise ValueError("heartbeats: an interval >= 0 (0: none) and at least 1 miss")
-        self.kills = sorted(kills, key=lambda k: k.at)
+        # §5.4 a scenario's crash events are real kills (SIGKILL) at their input packets
+        events = list(events)
+        crashes = [crash_kill(e, chain) for e in events if e.action == "crash"]
+        events = [e for e in events if e.action != "crash"]
+        self.kills = sorted([*kills, *crashes], key=lambda k: k.at)
         # (a vertex manager holds no packet and no state: its death needs no recovery)
         recover = failover or any(managed_vertex(k.vertex) is None for k in self.kills)
         if recover:
@@ -150,7 +155,6 @@ class ProcRuntime:
         if cloning:
             raise ValueError(f"{cloning[0]}'s scaling policy: straggler_factor clones stragglers, and clones are "
                              "not built on the proc runtime yet (docs/stragglers.md); use --runtime sim")
-        events = list(events)
         if any(k.during for k in self.kills) and not events and not managed:
             raise ValueError("--kill VERTEX[I]@change:K: the run makes no scaling changes (it needs a chain with "
                              "a scaling: policy, or scale-out, scale-in, move or refine events: chc check's "
@@ -1070,6 +1074,13 @@ class ProcRuntime:
         while kills and kills[0].at <= self.fed:
             self._kill(kills.pop(0))
 
+    def _picked(self, kill: Kill) -> Kill:
+        """A scenario's crash of a vertex: of its instances now (not retired), the seed's
+        pick (the sim picks among the active ones so too)."""
+        width = self.plan.width(kill.vertex)
+        active = [i for i in range(width) if instance_name(kill.vertex, i) not in self.plan.retired] or [0]
+        return dataclasses.replace(kill, instance=active[kill.pick % len(active)], pick=None)
+
     def _kill(self, kill: Kill) -> None:
         """``--kill``: SIGKILL the process that runs ``kill``'s instance now (deaths not
         yet seen are failed over first: a second kill of an instance kills its failover;
@@ -1084,6 +1095,8 @@ class ProcRuntime:
             # §5.1 a change under way completes first (a kill at a packet is one between
             # changes; VERTEX[I]@change:K is one during a change: docs/proc.md)
             self._service(100)
+        if kill.pick is not None:
+            kill = self._picked(kill)
         # (during a scale-in the instance retiring in it is alive until it hands over)
         retiring = kill.during and kill.vertex == self.scaler.open["change"]["vertex"] \
             and kill.instance in self.scaler.open["change"]["retire"]
@@ -1292,6 +1305,7 @@ class Kill:
     instance: int
     at: int
     during: int = 0                 # the change (1, 2, ...) it kills during; 0: at ``at``
+    pick: int | None = None         # a scenario's crash of a vertex: of its instances then, this one
 
     @property
     def process(self) -> str:
@@ -1342,6 +1356,25 @@ def parse_kill(text: str, chain: Chain) -> Kill:
     if i >= v.parallelism and not during and v.scaling is None:
         raise ValueError(f"--kill {text!r}: {vertex} has {v.parallelism} instance(s)")
     return Kill(vertex, i, at, during)
+
+
+def crash_kill(event: Any, chain: Chain) -> Kill:
+    """§5.4 a scenario's ``crash`` event as a real kill at its input packet: ``vertex[i]``,
+    ``vertex`` (one of its instances when the kill is due, by the seed's ``pick``, as the
+    sim picks among the active ones), ``root[R]`` or ``store``; a one-line ValueError."""
+    where = f"crash of {event.target}"
+    if event.at_packet is None:
+        raise ValueError(f"{where} at {event.at_time_ns / 1000:g} µs: the proc runtime kills at input packets "
+                         "(at: {packets: N}); a time is the sim's virtual time")
+    target = event.target or ""
+    name, bracket, rest = target.partition("[")
+    if name in (STORE_KILL, ROOT) and name not in chain.vertices:
+        return parse_kill(f"{target}@{event.at_packet}", chain)
+    if name not in chain.vertices:
+        raise ValueError(f"{where}: no vertex {name!r} (vertices: {', '.join(chain.vertices)})")
+    if bracket:
+        return Kill(name, int(rest.rstrip("]")), event.at_packet)
+    return Kill(name, 0, event.at_packet, pick=int(event.params.get("pick", 0)))
 
 
 def _say_failover(event: dict, dead: str, pid: int, new: str) -> None:
