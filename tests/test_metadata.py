@@ -259,6 +259,6 @@ def test_clocks_are_shown_as_root_and_sequence_number():
     nf = {"kind": "failover", "process": "nat.0", "failover_process": "nat.0#1", "replayed": 3, "handed_over": 4,
           "replay_s": 0.1, "logged_floor": [-1, 1 << CLOCK_BITS, (2 << CLOCK_BITS) | 7], "recovery_s": 0.2,
           "killed_at_packet": 950}
-    faults = _kill_faults("root[2]@900", [root, nf], [root, nf])
+    faults = _kill_faults(1, "root[2]@900", [root, nf], [root, nf])
     assert "kept since its floor 2:100 " in faults["failover"]
     assert "logged floor -1, 1:0, 2:7," in faults["failover"]

@@ -492,15 +492,15 @@ def test_a_kill_past_the_input_is_logged_as_skipped_and_checks_say_so():
     assert [(e["process"], e["reason"]) for e in skipped] == [("nat.0", "the input ended before packet 999999")]
     # the printed summary says it too (it was in the JSON alone: a new-user trial)
     assert "kills not done (1):\n  nat.0: the input ended before packet 999999" in rt.summary().render()
-    assert _kill_faults("nat[0]@999999", [], skipped) == {
+    assert _kill_faults(1, "nat[0]@999999", [], skipped) == {
         "not_killed": "nat.0 (the input ended before packet 999999)"}
     moved = [{"kind": "failover", "process": "nat.0", "killed_at_packet": 1728, "kill_asked_at": 1709,
               "failover_process": "nat.0#1", "replayed": 5, "handed_over": 5, "replay_s": 0.01,
               "logged_floor": [0], "recovery_s": 0.02}]
-    assert _kill_faults("nat[0]@1709", moved, [])["killed"] == (
+    assert _kill_faults(1, "nat[0]@1709", moved, [])["killed"] == (
         "nat.0 at input packet 1728 (asked at 1709: kills land between input batches)")
     restarted = [{"kind": "manager-restarted", "vertex": "portscan", "killed_at_packet": 3072}]
-    assert _kill_faults("manager:portscan@3000", [], restarted) == {
+    assert _kill_faults(1, "manager:portscan@3000", [], restarted) == {
         "killed": "manager:portscan at input packet 3072, started again"}
 
 
@@ -532,3 +532,50 @@ def test_scenario_crash_targets_become_kills():
     assert crash_kill(Event("crash", "store", at_packet=5), chain).vertex == STORE_KILL
     with pytest.raises(ValueError, match="kills at input packets"):
         crash_kill(Event("crash", "nat", at_time_ns=5_000_000), chain)
+
+
+def test_a_scenario_crash_not_made_is_a_pass_without_its_kill(tmp_path, monkeypatch, capsys):
+    """A crash past the input was a plain PASS (nothing killed, nothing recovered: a new
+    user's trial); it is counted as --kill's are.  A crash of an instance the vertex
+    never has is refused in one line (as the sim and --kill refuse it)."""
+    monkeypatch.chdir(ROOT)
+    late = tmp_path / "late.yaml"
+    late.write_text("parallelism: {nat: 2}\nevents:\n  - {at: {packets: 99999}, do: crash, target: nat}\n")
+    assert main(["check", "--runtime", "proc", str(PAPER), str(late), str(LAN), "--packets", "600",
+                 "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS WITHOUT ITS KILL (nat." in out and "the input ended before packet 99999" in out, out
+    none = tmp_path / "none.yaml"
+    none.write_text("parallelism: {nat: 2}\nevents:\n  - {at: {packets: 100}, do: crash, target: 'nat[5]'}\n")
+    assert main(["check", "--runtime", "proc", str(PAPER), str(none), str(LAN), "--packets", "600",
+                 "--seed", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "crash of nat[5]: nat has instances 0-1" in err[0], err
+
+
+@pytest.mark.parametrize("scenario, argv, says", [
+    ("model: T\n", [], "a scenario's crash: in model T"),
+    ("packet_log: store\n", [], "a scenario's crash of the root: a failover root"),
+    ("packet_log: store\n", ["--kill", "nat@50"], "--kill root: a failover root"),
+])
+def test_what_a_scenario_crash_cannot_recover_names_the_crash(tmp_path, monkeypatch, capsys, scenario, argv, says):
+    """Its refusals said '--kill: ...' though no --kill was given (a new user's trial)."""
+    monkeypatch.chdir(ROOT)
+    sc = tmp_path / "sc.yaml"
+    sc.write_text(scenario + "events:\n  - {at: {packets: 100}, do: crash, target: 'root[0]'}\n")
+    rc = main(["check", "--runtime", "proc", str(PAPER), str(sc), str(LAN), "--packets", "300", "--seed", "0", *argv])
+    out = capsys.readouterr()
+    assert rc in (1, 2) and says in out.out + out.err, out
+
+
+def test_serving_several_roots_with_a_scenarios_crashes_is_refused(tmp_path, capsys):
+    """Crash events turn recovery on as --kill does: with several roots root 1's packets
+    would wait for an end a served chain never reaches (it ran, exit 0)."""
+    spec = tmp_path / "two.yaml"
+    spec.write_text(PAPER.read_text() + "\nroots: 2\n")
+    sc = tmp_path / "c.yaml"
+    sc.write_text("events:\n  - {at: {packets: 100}, do: crash, target: nat}\n")
+    assert main(["serve", str(spec), "--runtime", "proc", "--capture", str(LAN), "--scenario", str(sc),
+                 "-c", "300"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "c.yaml's crash events" in err[0] and "several roots (2)" in err[0], err

@@ -356,8 +356,8 @@ def test_a_skipped_kill_beside_a_made_one_stays_in_the_faults():
                 "replayed": 3, "handed_over": 5, "replay_s": 0.01, "logged_floor": [100], "recovery_s": 0.02}
     skipped = {"kind": "kill-skipped", "process": "nat.1", "packet": 500,
                "reason": "the input ended before packet 50000"}
-    faults = _kill_faults("nat[0]@200,nat[1]@50000", [failover], [failover, skipped])
+    faults = _kill_faults(2, "nat[0]@200,nat[1]@50000", [failover], [failover, skipped])
     assert faults["killed"] == "nat.0 at input packet 200"
     assert faults["not_killed"] == "nat.1 (the input ended before packet 50000)"
-    assert _kills_not_made("nat[0]@200,nat[1]@50000", [failover], [failover, skipped]) == [
+    assert _kills_not_made(2, "nat[0]@200,nat[1]@50000", [failover], [failover, skipped]) == [
         {"process": "nat.1", "reason": "the input ended before packet 50000"}]

@@ -395,7 +395,7 @@ def describe(r: dict) -> str:
     missed = r.get("kills_not_made")
     if missed:
         # (the kill was the point of the seed: a pass without it tested no recovery, said on its first line)
-        planned = len(r["variant"]["kill"].split(","))
+        planned = r["kills_planned"]
         verdict += (" WITHOUT ITS KILL" if planned == 1 else " WITHOUT ALL ITS KILLS" if len(missed) >= planned
                     else f" WITHOUT {len(missed)} OF ITS {planned} KILLS")
         verdict += " (" + "; ".join(f"{m['process']} not killed: {m['reason']}" for m in missed) + ")"

@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --capture: what happens to the chain meanwhile (crashes, slowdowns, scaling; "
                           "docs/coe.md): the scenario's parallelism, delays, network, packet log, seed and "
                           "events apply; its model, store, batch size and pacing do not (--runtime proc: its "
-                          "scaling events and parallelism, docs/proc.md)")
+                          "scaling and crash events, a crash a real kill, and its parallelism; docs/proc.md)")
     srv.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     srv.add_argument("-c", "--count", type=_positive, metavar="N", help="stop after N packets have entered")
     srv.add_argument("--metrics-port", metavar="[ADDR:]PORT",
@@ -171,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "OS process (docs/proc.md); ray: proc's processes in Ray actors")
     srv.add_argument("--kill", action="append", default=[], metavar="VERTEX[I]@N",
                      help="--runtime proc: SIGKILL instance I of VERTEX (root[R]: root R; store: the store "
-                          "server) once N packets have entered; a failover process takes over (§5.4); repeatable")
+                          "server) once N packets have entered (VERTEX[I]@change:K: during the K-th scaling "
+                          "change); a failover process takes over (§5.4); manager:VERTEX@N: VERTEX's manager "
+                          "process, started again; repeatable")
     srv.add_argument("--failover", action="store_true",
                      help="--runtime proc: recover NF instance, root and store server processes that die "
                           "(implied by --kill)")
@@ -219,10 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="append failing seeds to FILE (YAML) to keep them as regression cases")
     chk.add_argument("--json", metavar="FILE", help="write every seed's verdict as JSON")
     _runtime_args(chk, "the physical run's runtime: sim (default), proc (a process per root, instance and "
-                       "store server; of scenario events the scaling ones; docs/coe.md) or ray (proc's "
+                       "store server; of scenario events the scaling and crash ones; docs/coe.md) or ray (proc's "
                        "processes in actors of a Ray cluster, --ray-address)")
     chk.add_argument("--checkpoint-ms", type=float, default=None, metavar="MS",
-                     help="--runtime proc or ray with --kill: the store server's checkpoint interval (default 100)")
+                     help="--runtime proc or ray with a kill of the store server (--kill store@N, random draws, "
+                          "a scenario's crash of the store): its checkpoint interval (default 100)")
     chk.add_argument("--kill", action="append", metavar="random[:K]|during|VERTEX[I]@N[,...]",
                      help="--runtime proc or ray: each seed SIGKILLs NF instance, root or store server processes, a "
                           "failover process takes over each (§5.4) and the run is checked; 'random': an instance, "
@@ -372,13 +375,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def go(chain: Any, store: Any) -> int:
         if args.runtime != "sim":
-            if chain.roots > 1 and (args.kill or args.failover):
-                # (with recovery one clock order across roots: an instance fed by two roots holds
-                # root 1's packets until root 0's input ends, which a served chain never reaches)
-                raise UsageError(f"chc serve --runtime {args.runtime} --{'kill' if args.kill else 'failover'}: "
-                                 f"with recovery on, a chain with several roots ({chain.roots}) would hold every "
-                                 "root but the first's packets until the end (docs/proc.md); use one root, "
-                                 "or chc run")
             events: list = []
             if args.scenario is not None:   # §5.1 its scaling events, at input packets (docs/proc.md)
                 chain, more = scenario_options(args.scenario, chain, args.capture,
@@ -387,6 +383,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     raise UsageError(f"--scenario {args.scenario}: its network: faults are simulated links of the "
                                      "sim runtime; use --runtime sim")
                 events = more["events"]
+            # (a vertex manager's kill turns no recovery on: it holds no packet and no state)
+            recovery = ([f"--kill {k}" for k in args.kill if not k.startswith("manager:")]
+                        + ["--failover"] * bool(args.failover)
+                        + [f"{args.scenario}'s crash events"] * any(e.action == "crash" for e in events))
+            if chain.roots > 1 and recovery:
+                # (with recovery one clock order across roots: an instance fed by two roots holds
+                # root 1's packets until root 0's input ends, which a served chain never reaches)
+                raise UsageError(f"chc serve --runtime {args.runtime}: with recovery on ({recovery[0]}), a chain "
+                                 f"with several roots ({chain.roots}) would hold every root but the first's "
+                                 "packets until the end (docs/proc.md); use one root, or chc run")
             opts = Options(chain, live=args.live, capture=args.capture, rate=args.rate, loop=args.loop,
                            duration=args.duration, count=args.count, metrics=args.metrics_port,
                            dashboard=args.dashboard_port, status=args.status, summary_json=args.summary_json,

@@ -378,8 +378,10 @@ class CheckResult:
     network: dict = dataclasses.field(default_factory=dict)
     steps: int = 0                       # store operations recorded
     events: dict = dataclasses.field(default_factory=dict)     # what the run did: kind -> how often
-    # --kill: each planned kill that tested no recovery ({process, reason}; None: not known)
+    # --kill (and proc's scenario crashes): each planned kill that tested no recovery
+    # ({process, reason}; None: not known), and how many were planned
     kills_not_made: list[dict] | None = None
+    kills_planned: int = 0
     cause: str | None = None             # what likely explains the divergences (split_cause)
 
     @property
@@ -982,8 +984,10 @@ class SeedResult:
                 "divergence_kinds": [d.what for d in r.divergences],     # output, order, alert, state, store, log
                 "notes": r.notes[:5],
                 **({"nf_errors": errors} if (errors := _nf_errors(r)) else {}),
-                # (with --kill: the kills that were not made, so recovery was not tested by them)
-                **({"kills_not_made": r.kills_not_made} if self.variant.kill else {})}
+                # (with --kill or a scenario's crashes on proc: the kills that were not made, so
+                # recovery was not tested by them, of how many)
+                **({"kills_not_made": r.kills_not_made, "kills_planned": r.kills_planned}
+                   if r.kills_planned else {})}
 
 
 def _nf_errors(r: CheckResult) -> dict | None:
@@ -1180,9 +1184,13 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
                                f"still logged at the end of input ({s.log['remaining']} packet"
                                f"{'s' if s.log['remaining'] > 1 else ''} never completed)"))
     divs = compare(ref, phys, chain) + divs
-    result = CheckResult(divs, ref.notes, phys, ref, network=_kill_faults(v.kill, failovers, s.events),
+    # (a scenario's crashes are kills on proc: planned as --kill's are)
+    planned = len(v.kill.split(",")) if v.kill else 0
+    planned += sum(e.action == "crash" for e in events)
+    result = CheckResult(divs, ref.notes, phys, ref, network=_kill_faults(planned, v.kill, failovers, s.events),
                          steps=len(obs.serial.steps), events=_event_counts(s.events),
-                         kills_not_made=_kills_not_made(v.kill, failovers, s.events))
+                         kills_not_made=_kills_not_made(planned, v.kill, failovers, s.events),
+                         kills_planned=planned)
     return SeedResult(v, result, _verdict(result, breaks, state.acted), state.said())
 
 
@@ -1192,29 +1200,33 @@ def _event_counts(events: list[dict]) -> dict[str, int]:
     return dict(sorted(collections.Counter(e["kind"] for e in events).items()))
 
 
-def _kills_not_made(kill: str, failovers: list[dict], events: list[dict]) -> list[dict]:
-    """The seed's planned kills that tested no recovery, each with why: those the run
-    skipped (past the input, an instance retired or never added, a change never made),
-    and a kill that found nothing to recover.  A seed that passes with one of these
-    passed without (part of) what ``--kill`` was to test, and is counted apart."""
-    if not kill:
+def _kills_not_made(planned: int, kill: str, failovers: list[dict], events: list[dict]) -> list[dict]:
+    """The seed's ``planned`` kills (``--kill``'s and a scenario's crashes) that tested no
+    recovery, each with why: those the run skipped (past the input, an instance retired
+    or never added, a change never made), and kills that found nothing to recover.  A
+    seed that passes with one of these passed without (part of) what its kills were to
+    test, and is counted apart."""
+    if not planned:
         return []
     out = [{"process": e["process"], "reason": e["reason"]} for e in events if e["kind"] == "kill-skipped"]
     if not out and not failovers and not any(e["kind"] == "manager-restarted" for e in events):
-        out.append({"process": kill, "reason": "it came after the instances had finished (nothing to recover)"})
+        out.append({"process": kill or "the scenario crashes",
+                    "reason": "it came after the instances had finished (nothing to recover)"})
     return out
 
 
-def _kill_faults(kill: str, failovers: list[dict], events: list[dict]) -> dict:
-    """What a seed's ``--kill`` did, for its report's faults (the sim's are its network's)."""
-    if not kill:
+def _kill_faults(planned: int, kill: str, failovers: list[dict], events: list[dict]) -> dict:
+    """What a seed's kills (``--kill``'s, a scenario's crashes) did, for its report's
+    faults (the sim's are its network's), in the order they were made."""
+    if not planned:
         return {}
+    failovers = sorted(failovers, key=lambda e: e.get("killed_at_packet") or 0)
     skipped = "; ".join(f"{e['process']} ({e['reason']})" for e in events if e["kind"] == "kill-skipped")
     restarted = "; ".join(f"manager:{e['vertex']} at input packet {e.get('killed_at_packet')}, started again"
                           for e in events if e["kind"] == "manager-restarted")
     if not failovers:
         return {"not_killed": skipped} if skipped else {"killed": restarted} if restarted else \
-            {"killed": f"{kill}, after the instances had finished (nothing to recover)"}
+            {"killed": f"{kill or 'the scenario crashes'}, after the instances had finished (nothing to recover)"}
     return {"killed": "; ".join(f"{e['process']} at input packet {e.get('killed_at_packet')}"
                                 + (f" (asked at {e['kill_asked_at']}: kills land between input batches)"
                                    if e.get("kill_asked_at") is not None else "")

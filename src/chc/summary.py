@@ -219,7 +219,7 @@ class Summary:
                     e["interrupted"] if "interrupted" in e else
                     f"replayed {e.get('replayed', 0):,} packets")
             asked = e.get("kill_asked_at")
-            at = (f" (the --kill named {asked:,}: kills land between the coordinator's input batches)"
+            at = (f" (the kill named {asked:,}: kills land between the coordinator's input batches)"
                   if isinstance(asked, int) else "")
             out.append(f"  {e['process']} {e['how']} at input packet {e.get('killed_at_packet', e['packet']):,}{at}: "
                        f"{e['failover_process']} took over, {what}"

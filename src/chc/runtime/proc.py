@@ -139,14 +139,16 @@ class ProcRuntime:
         if heartbeat_s < 0 or misses < 1:
             raise ValueError("heartbeats: an interval >= 0 (0: none) and at least 1 miss")
         # §5.4 a scenario's crash events are real kills (SIGKILL) at their input packets
-        events = list(events)
-        crashes = [crash_kill(e, chain) for e in events if e.action == "crash"]
+        events, kills = list(events), list(kills)
+        grown = {e.vertex for e in events if e.action == "scale-out"}
+        crashes = [crash_kill(e, chain, grown) for e in events if e.action == "crash"]
         events = [e for e in events if e.action != "crash"]
         self.kills = sorted([*kills, *crashes], key=lambda k: k.at)
         # (a vertex manager holds no packet and no state: its death needs no recovery)
         recover = failover or any(managed_vertex(k.vertex) is None for k in self.kills)
         if recover:
-            _check_recoverable(chain, model, store_url, log_mode, self.kills)
+            cause = "--kill" if kills else "a scenario's crash" if crashes else "--failover"
+            _check_recoverable(chain, model, store_url, log_mode, self.kills, cause)
         # §5.4 a root is failed over when its packet log is its own (rebuilt from the input replayed)
         self.roots_recover = recover and log_mode == "local"
         # §3 a vertex manager process per vertex with a scaling policy (procmanager)
@@ -1358,10 +1360,11 @@ def parse_kill(text: str, chain: Chain) -> Kill:
     return Kill(vertex, i, at, during)
 
 
-def crash_kill(event: Any, chain: Chain) -> Kill:
+def crash_kill(event: Any, chain: Chain, grown: frozenset[str] | set[str] = frozenset()) -> Kill:
     """§5.4 a scenario's ``crash`` event as a real kill at its input packet: ``vertex[i]``,
     ``vertex`` (one of its instances when the kill is due, by the seed's ``pick``, as the
-    sim picks among the active ones), ``root[R]`` or ``store``; a one-line ValueError."""
+    sim picks among the active ones), ``root[R]`` or ``store``; a one-line ValueError.
+    ``grown``: the vertices a scale-out of the scenario adds instances to."""
     where = f"crash of {event.target}"
     if event.at_packet is None:
         raise ValueError(f"{where} at {event.at_time_ns / 1000:g} µs: the proc runtime kills at input packets "
@@ -1373,7 +1376,11 @@ def crash_kill(event: Any, chain: Chain) -> Kill:
     if name not in chain.vertices:
         raise ValueError(f"{where}: no vertex {name!r} (vertices: {', '.join(chain.vertices)})")
     if bracket:
-        return Kill(name, int(rest.rstrip("]")), event.at_packet)
+        i, v = int(rest.rstrip("]")), chain.vertices[name]
+        if i >= v.parallelism and name not in grown and v.scaling is None:
+            # (as the sim refuses it, and --kill: it would never be made)
+            raise ValueError(f"{where}: {name} has instances 0-{v.parallelism - 1}")
+        return Kill(name, i, event.at_packet)
     return Kill(name, 0, event.at_packet, pick=int(event.params.get("pick", 0)))
 
 
@@ -1384,27 +1391,31 @@ def _say_failover(event: dict, dead: str, pid: int, new: str) -> None:
             "proc runtime: %s (pid %s) %s; failing over to %s", dead, pid, event["how"], new)
 
 
-def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, kills: list[Kill]) -> None:
-    """What NF failover over processes needs (one-line ValueErrors)."""
+def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, kills: list[Kill],
+                       cause: str = "--kill") -> None:
+    """What NF failover over processes needs (one-line ValueErrors, naming the ``cause``:
+    ``--kill``, a scenario's crash or ``--failover``)."""
+    def of(target: str) -> str:
+        return f"{cause} {target}" if cause == "--kill" else f"{cause} of the {target}"
     if model == "T" and any(k.vertex == STORE_KILL for k in kills):
-        raise ValueError("--kill store: in model T the NFs' state lives inside their instances: there is no "
+        raise ValueError(f"{of('store')}: in model T the NFs' state lives inside their instances: there is no "
                          "store server to kill (store failover needs EO, EO+C or EO+C+NA)")
     if model == "T":
-        raise ValueError("--kill: in model T an instance's state lives inside it and dies with it "
+        raise ValueError(f"{cause}: in model T an instance's state lives inside it and dies with it "
                          "(R1 needs an externalized model: EO, EO+C or EO+C+NA)")
     if log_mode == "off":
-        raise ValueError("--kill: with the packet log off there is nothing to replay")
+        raise ValueError(f"{cause}: with the packet log off there is nothing to replay")
     if not recoverable_url(store_url) and any(k.vertex == STORE_KILL for k in kills):
         what = "a Redis Cluster" if store_url.startswith("redis-cluster") else "several servers"
-        raise ValueError("--kill store: store failover needs the default store server or one Redis server; "
+        raise ValueError(f"{of('store')}: store failover needs the default store server or one Redis server; "
                          f"{redact(store_url)} is {what} (each would be a store instance of its own, docs/proc.md); "
                          "NF and root kills recover there")
     if any(k.vertex == STORE_KILL for k in kills) and log_mode != "local":
-        raise ValueError("--kill store: the failover store server is rebuilt from checkpoints and the instances' "
+        raise ValueError(f"{of('store')}: the failover store server is rebuilt from checkpoints and the instances' "
                          "logs; the roots' writes of a packet log in the store (--packet-log store) are not "
                          "logged (docs/proc.md)")
     if any(k.vertex == ROOT for k in kills) and log_mode != "local":
-        raise ValueError("--kill root: a failover root rebuilds its packet log from the input it replays "
+        raise ValueError(f"{of('root')}: a failover root rebuilds its packet log from the input it replays "
                          "(docs/proc.md); with the log in the store (--packet-log store) it is not recovered here")
 
 
