@@ -199,7 +199,8 @@ class Summary:
             return out
         changes = [e for e in self.events if "barrier_clock" in e]      # the proc runtime's (one per change)
         if changes:
-            head = (f"scaling: {len(changes)} changes, {sum(e['handed_over'] for e in changes)} hand-overs, "
+            n = len(changes)
+            head = (f"scaling: {n} change{'s' * (n != 1)}, {sum(e['handed_over'] for e in changes)} hand-overs, "
                     f"input paused {sum(e['pause_s'] for e in changes):.2f} s")
         else:
             moves = [e for e in self.events if e["kind"] == "move"]
@@ -230,7 +231,8 @@ class Summary:
     def render(self) -> str:
         """Human-readable summary for the terminal."""
         lines = [f"PARTIAL: {reason}" for reason in self.partial_reasons] + [
-            f"chain {self.chain!r} (model {self.model}): {self.packets_in:,} packets in, "
+            f"chain {self.chain!r} (model {self.model}"
+            f"{'' if self.runtime == 'sim' else f', runtime {self.runtime}'}): {self.packets_in:,} packets in, "
             f"{self.packets_out:,} out, {self.dropped:,} dropped, {self.malformed:,} malformed, "
             f"{self.non_ip:,} non-IP",
             f"{self.elapsed_s:.2f} s, {self.pps:,.0f} packets/s",
