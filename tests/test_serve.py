@@ -198,6 +198,22 @@ def test_a_crash_during_a_replay_keeps_coe_and_counts_each_packet_once(tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+
+def test_a_crash_deferred_to_the_end_of_a_serve_is_failed_over_in_its_drain(tmp_path):
+    """scale-crash.yaml served at 3,000 packets/s: crashes waiting for their vertex's
+    hand-overs ran in the drain, at an infinite virtual time, and serve exited 1 with
+    OverflowError (a new user's trial, every time).  Each crash is failed over, and
+    every packet is accounted for."""
+    summary = tmp_path / "s.json"
+    res = _chc("serve", str(PAPER), "--scenario", str(ROOT / "examples" / "scenarios" / "scale-crash.yaml"),
+               "--capture", str(LAN), "--rate", "3000", "-c", "3000", "-q", "--summary-json", str(summary))
+    assert res.returncode == 0, res.stderr[-2000:]
+    served = json.loads(summary.read_text())
+    assert served["packets_in"] == 3000 and served["packets_out"] + served["dropped"] == 3000
+    crashes = [(e["vertex"], e["instance"]) for e in served["events"] if e["kind"] == "crash"]
+    assert crashes and sorted(crashes) == sorted((e["vertex"], e["instance"]) for e in served["events"]
+                                                 if e["kind"] == "failover")
+
 def test_serve_in_a_loop_for_a_duration_with_metrics(tmp_path, serves):
     pytest.importorskip("prometheus_client")
     port = _free_port()

@@ -336,6 +336,7 @@ class SimRuntime:
         self.timed = (any(i.delay is not None for i in self._all_instances())
                       or self.net.data_latency is not None)
         self.horizon: float = 0
+        self.input_end_vt: float = 0    # the horizon the input ended at (drain makes it infinite)
         self._meta_pending: list[Op] = []
         self.packets_out = 0
         self.elapsed = 0.0
@@ -737,6 +738,7 @@ class SimRuntime:
 
     def drain(self) -> list[Packet]:
         """End of input: let everything still queued (delayed packets) finish."""
+        self.input_end_vt = self.horizon
         self.horizon = _INF
         out: list[Packet] = []
         for event in self._pending_events:     # (they did nothing, silently: as proc, logged)
@@ -751,6 +753,12 @@ class SimRuntime:
                 self._enter([], out)        # input held for a root that failed at the end
         while any(i.queue for i in self._all_instances()):
             self._pass(out)
+            if self.failures:
+                # a crash deferred until a hand-over it waited for ended in this drain:
+                # failed over now (a dead instance's queue would never empty), then
+                # what waited for the failover
+                self._detect()
+                self._retry_deferred()
         for hook in self.step_hooks:
             hook(self)                      # e.g. a control still waiting for a quiet chain
         if self.clones:
@@ -863,7 +871,12 @@ class SimRuntime:
 
     def _busy(self, vertex: str) -> bool:
         return (any(h.vertex == vertex for h in self.handovers) or any(c.vertex == vertex for c in self.clones)
-                or (self.store_failover is not None and self.store_failover.busy()))
+                or (self.store_failover is not None and self.store_failover.busy())
+                # At the end of input, a crash that waited for a hand-over is failed over in
+                # the drain (_failure_vt), and what waited with it waits for that failover: a
+                # move out of the dead instance waited for a last packet it would never
+                # process, and 306 packets of its flows stayed buffered (never output).
+                or (self.horizon == _INF and any(f.vertex == vertex for f in self.failures)))
 
     def _when_idle(self, vertex: str, action: Callable[[], None]) -> None:
         """Run ``action`` now, or once the vertex's handovers are done (one move at a time)."""
@@ -1501,15 +1514,23 @@ class SimRuntime:
         if not any(a.instance_id == instance for a in self.active(vertex)) or (vertex, instance) in self.dead:
             self._refuse("crash-ignored", vertex, instance, "not an active instance", why)
             return
-        # The last heartbeat came at the latest multiple of the period; the failure is
-        # noticed when `misses` periods have passed without one.
-        period = int(heartbeat_us * 1000)
-        last = int(self.horizon) // period * period if period else int(self.horizon)
-        f = Failure(vertex, instance, self.horizon, last + misses * period,
-                    sum(r.packets_in for r in self.roots), why)
+        f = Failure(vertex, instance, *self._failure_vt(heartbeat_us, misses), sum(r.packets_in for r in self.roots),
+                    why)
         self.dead.add((vertex, instance))
         self.failures.append(f)
         self._log("crash", vertex, instance, detect_vt=f.detect_vt, **why)
+
+    def _failure_vt(self, heartbeat_us: float, misses: int) -> tuple[float, int]:
+        """A crash now: when it happens and when it is noticed.  The last heartbeat came at
+        the latest multiple of the period; the failure is noticed when ``misses`` periods
+        have passed without one.  At the end of input (the horizon infinite: a crash that
+        waited for a hand-over, or a root's for the store's failover, made chc serve's
+        drain raise OverflowError) it happens when the input ended, or later on the
+        network's clock, and is failed over in the drain."""
+        now = self.horizon if self.horizon != _INF else max(self.input_end_vt, self.net.now)
+        period = int(heartbeat_us * 1000)
+        last = int(now) // period * period if period else int(now)
+        return now, last + misses * period
 
     def _detect(self) -> None:
         """Failures whose heartbeats are overdue by now are failed over (at top speed
@@ -1782,9 +1803,7 @@ class SimRuntime:
         if root_id in self.root_failures:
             self._refuse("crash-ignored", "root", root_id, "already failed", why)
             return
-        period = int(heartbeat_us * 1000)
-        last = int(self.horizon) // period * period if period else int(self.horizon)
-        f = self.root_failures[root_id] = Failure("root", root_id, self.horizon, last + misses * period,
+        f = self.root_failures[root_id] = Failure("root", root_id, *self._failure_vt(heartbeat_us, misses),
                                                   sum(r.packets_in for r in self.roots), why)
         self.root_input.setdefault(root_id, [])
         self.root_inbox.setdefault(root_id, [])
