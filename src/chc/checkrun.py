@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from . import ctrlc
 from .backends import open_store
 from .backends.redis import NamespaceInUse
 from .capture import open_capture
@@ -362,19 +363,31 @@ def run_seeds(job: Job, seeds: list[int], jobs: int, say: Callable[[str], Any]) 
     results: list[dict] = []
     interrupted = False
     try:
-        if jobs > 1 and len(seeds) > 1:
-            _JOB = job
-            ctx = multiprocessing.get_context("fork")
-            workers = min(jobs, len(seeds))
-            numbers = ctx.SimpleQueue()
-            for k in range(1, workers + 1):
-                numbers.put(k)
-            with ctx.Pool(workers, initializer=_own_database, initargs=(numbers,)) as pool:
-                for r in pool.imap(_run_in_worker, seeds):
+        # Ctrl-C (chc.ctrlc): the first stops the check, the seed under way dropped (the proc
+        # runtime's at its next wait, its workers killed); the second aborts, reporting nothing
+        with ctrlc.flagged("chc: stopping: the seed under way is dropped, the seeds that finished are "
+                           "reported (Ctrl-C again to abort)") as ctrl:
+            if jobs > 1 and len(seeds) > 1:
+                _JOB = job
+                ctx = multiprocessing.get_context("fork")
+                workers = min(jobs, len(seeds))
+                numbers = ctx.SimpleQueue()
+                for k in range(1, workers + 1):
+                    numbers.put(k)
+                with ctx.Pool(workers, initializer=_own_database, initargs=(numbers,)) as pool:
+                    for r in pool.imap(_run_in_worker, seeds):
+                        _take(r, results, say)
+                        ctrl.poll()
+            else:
+                for seed in seeds:
+                    r = job.run(seed)
+                    if ctrl.count > 1:
+                        raise ctrlc.Aborted     # (its workers were killed: no verdict)
                     _take(r, results, say)
-        else:
-            for seed in seeds:
-                _take(job.run(seed), results, say)
+                    # (a Ctrl-C whose KeyboardInterrupt was lost where it landed, chc.ctrlc)
+                    ctrl.poll()
+    except ctrlc.Aborted:
+        raise
     except KeyboardInterrupt:
         interrupted = True                  # what finished is kept: reported, written, saved
     finally:

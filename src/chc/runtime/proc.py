@@ -63,7 +63,9 @@ workers in Ray actors, through ``_address`` and ``_context``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import multiprocessing.forkserver
@@ -81,6 +83,7 @@ from typing import Any
 
 import zmq
 
+from .. import ctrlc
 from ..backends.redis import redact
 from ..backends.redis_checkpoint import per_flow_objects
 from ..core.client import StoreLost
@@ -115,6 +118,9 @@ from .wire import Kind, Mailbox, Marks, dealer, encode, generation_name, logical
 log = logging.getLogger("chc.proc")
 
 START_TIMEOUT_S = 60.0          # workers not ready by then: the run fails
+STOP_GRACE_S = 2.0              # the workers that reported exit by then, all together, or are killed
+KILLED_S = 5.0                  # killed workers reaped by then, all together
+SAY_WAIT_S = 0.5                # a stop that waits longer says so
 # Imported once by the forkserver, so a forked worker starts with chc loaded.
 _ENVIRON = threading.Lock()         # os.environ changed around the forkserver's start
 PRELOAD = ["chc.runtime.procboot", "chc.cli", "chc.runtime.procworker", "chc.runtime.storeserver"]
@@ -126,6 +132,7 @@ class ProcRuntime:
     that ``chc run`` uses (``run``, ``summary``, ``logical_state``)."""
 
     name = "proc"           # the summary's runtime
+    _abandoned = True       # the run did not finish (yet): _stop kills every worker at once
 
     def __init__(self, chain: Chain, model: str = "T", batch_size: int = DEFAULT_BATCH, store: Any = None, *,
                  store_url: str = "memory", namespace: str = "chc", tls: dict | None = None,
@@ -261,11 +268,16 @@ class ProcRuntime:
         if hasattr(records, "interrupt") and threading.current_thread() is threading.main_thread():
             # SIGTERM ends the input as Ctrl-C does: the run drains and reports.
             previous = signal.signal(signal.SIGTERM, lambda signum, frame: records.interrupt())
+        self._abandoned = True          # (until it finishes: then _stop lets the workers exit)
         try:
-            self._start()
-            self.startup_s = time.perf_counter() - started
-            self._feed(records, progress)
-            self._finish()
+            # chc check's Ctrl-C (chc.ctrlc): the first stops the seed at the next wait or
+            # batch, the second kills the workers at once
+            with ctrlc.polling(functools.partial(self._kill_all, checked=False)):
+                self._start()
+                self.startup_s = time.perf_counter() - started
+                self._feed(records, progress)
+                self._finish()
+            self._abandoned = False
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -409,6 +421,7 @@ class ProcRuntime:
 
     def _gone(self, fd: int) -> None:
         """A worker's process ended: fine once it has reported, else the run fails."""
+        ctrlc.poll()                        # (a death after chc check's Ctrl-C is no failure: its kills)
         name = self._sentinels[fd]
         self.guard.sentinels.remove(fd)
         p = self.procs[name]
@@ -873,8 +886,10 @@ class ProcRuntime:
 
     def _idle(self) -> None:
         """After every wait of the coordinator, also one for the store inside a failover or a
-        drain: what the workers said (their heartbeats too), then who is silent (a hung store
-        server is seen while the coordinator waits for it)."""
+        drain: a Ctrl-C of chc check (chc.ctrlc), what the workers said (their heartbeats
+        too), then who is silent (a hung store server is seen while the coordinator waits
+        for it)."""
+        ctrlc.poll()
         if self.box.sock.poll(0):
             self._take()
         self._check_beats()
@@ -1057,6 +1072,7 @@ class ProcRuntime:
     def _sent(self, batches: list[list], pending: int, progress: Callable[[int], None] | None,
               kills: list[Kill]) -> None:
         """The ``pending`` records in ``batches`` to the roots; the kills now due."""
+        ctrlc.poll()
         self._flush(batches)
         if progress is not None:
             progress(pending)
@@ -1168,20 +1184,37 @@ class ProcRuntime:
                                for n, r in self.reported.items())
 
     def _stop(self) -> None:
-        """Whatever still runs is killed and reaped; the sockets and the directory go."""
-        dismissed = self.scaler.dismissed if self.scaler is not None else ()
-        for name, p in self.procs.items():
-            p.join(0 if _logical(name) not in self.reported and not (_logical(name) == STORE and self.store_stats)
-                   and name not in dismissed else 2)
-            if p.is_alive():
-                p.kill()
-        for p in self.procs.values():
-            p.join(5)
-        if self.ctx is not None:
-            self.ctx.destroy(linger=0)
-            self.ctx = None
-        if self.directory:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        """Whatever still runs is killed and reaped; the sockets and the directory go.  After
+        a finished run the workers that reported (and dismissed spares) may exit on their
+        own for :data:`STOP_GRACE_S` in all; after a failed or interrupted one none waits.
+        (Each had 2 s in turn: a Ctrl-C's stop took up to 24 s, silently, and a second
+        Ctrl-C inside it left the workers running and the interpreter's exit joined them
+        for good.)"""
+        try:
+            dismissed = self.scaler.dismissed if self.scaler is not None else ()
+            done = [p for name, p in self.procs.items()
+                    if not self._abandoned and (_logical(name) in self.reported or name in dismissed
+                                                or (_logical(name) == STORE and self.store_stats))]
+            self._kill_all(spare=done)
+            _join_all(done, STOP_GRACE_S, "exit")
+        finally:
+            self._kill_all()            # (also when a second Ctrl-C cut the wait short)
+            _join_all(list(self.procs.values()), KILLED_S, "be reaped")
+            if self.ctx is not None:
+                self.ctx.destroy(linger=0)
+                self.ctx = None
+            if self.directory:
+                shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _kill_all(self, spare: Iterable[Any] = (), checked: bool = True) -> None:
+        """SIGKILL every worker still running but those in ``spare``.  Not ``checked``: from
+        a signal handler (a second Ctrl-C of chc check, chc.ctrlc), each is killed without
+        reading its exit status, which the code it interrupted may be reading."""
+        keep = {id(p) for p in spare}
+        for p in list(self.procs.values()):
+            if id(p) not in keep and (not checked or p.exitcode is None):
+                with contextlib.suppress(ValueError):     # (closed)
+                    p.kill()
 
     @property
     def pids(self) -> dict[str, int]:
@@ -1321,6 +1354,24 @@ class Kill:
 
 ROOT = "root"           # --kill root[R]@N: root R (unless a vertex has that name)
 STORE_KILL = "store"    # --kill store@N: the store server (unless a vertex has that name)
+
+
+def _join_all(procs: list[Any], within_s: float, what: str) -> None:
+    """Wait for ``procs`` to end, all of them within ``within_s`` (one deadline, not one
+    each); a wait past :data:`SAY_WAIT_S` says so."""
+    start = time.monotonic()
+    deadline, said = start + within_s, False
+    for p in procs:
+        while p.exitcode is None:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            if not said and now - start >= SAY_WAIT_S:
+                left = sum(q.exitcode is None for q in procs)
+                log.warning("proc runtime: waiting up to %.1f s more for %d worker%s to %s",
+                            deadline - now, left, "s" if left > 1 else "", what)
+                said = True
+            p.join(min(deadline - now, SAY_WAIT_S) if not said else deadline - now)
 
 
 def parse_kill(text: str, chain: Chain) -> Kill:
