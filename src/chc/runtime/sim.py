@@ -252,7 +252,7 @@ class SimRuntime:
         self.retiring: set[tuple[str, int]] = set()
         self.handovers: list[Handover] = []
         self.holds: list[Handover] = []
-        self.deferred: list[tuple[str, Callable[[], None]]] = []
+        self.deferred: list[tuple[str, Callable[[], None], bool]] = []
         self.events_log: list[dict] = []
         self.instance_hooks: list[Callable[[Instance], None]] = []   # (the COE checker's)
         self.step_hooks: list[Callable[[SimRuntime], None]] = []     # at batch boundaries (controls)
@@ -723,7 +723,10 @@ class SimRuntime:
                 floor = min(floor, batch[0].vt, *(p.vt for h in self.handovers for p in h.buffer))
                 self.holds = [h for h in self.holds if h.until > floor]
         if self.failures or self.root_failures:
+            waited = len(self.failures)
             self._detect()
+            if len(self.failures) < waited:
+                self._retry_deferred()      # what waited for a failover (_busy)
         self._enter(batch, out)
         self._pass(out)
         if self.clones:
@@ -869,19 +872,24 @@ class SimRuntime:
         of input, where the horizon is infinite, only the network's clock)."""
         return self.net.now if self.horizon == _INF else max(self.horizon, self.net.now)
 
-    def _busy(self, vertex: str) -> bool:
+    def _busy(self, vertex: str, failover: bool = True) -> bool:
         return (any(h.vertex == vertex for h in self.handovers) or any(c.vertex == vertex for c in self.clones)
                 or (self.store_failover is not None and self.store_failover.busy())
-                # At the end of input, a crash that waited for a hand-over is failed over in
-                # the drain (_failure_vt), and what waited with it waits for that failover: a
-                # move out of the dead instance waited for a last packet it would never
-                # process, and 306 packets of its flows stayed buffered (never output).
-                or (self.horizon == _INF and any(f.vertex == vertex for f in self.failures)))
+                # §5.1 with §5.4: a crashed instance not yet failed over keeps its vertex
+                # busy, so what waited with its crash waits for the failover: a move out of
+                # the dead instance waited for a last packet it would never process, and its
+                # flows' packets stayed buffered for good (at the end of input, the crash is
+                # failed over in the drain, _failure_vt; mid-run too, when a deferred crash
+                # and the move after it ran at one hand-over's end: scale-crash.yaml at
+                # pps 3000, seed 2, 572 packets never output).  A crash waits for it only
+                # at the end of input: mid-run a second one finds no active instance.
+                or ((failover or self.horizon == _INF) and any(f.vertex == vertex for f in self.failures)))
 
-    def _when_idle(self, vertex: str, action: Callable[[], None]) -> None:
-        """Run ``action`` now, or once the vertex's handovers are done (one move at a time)."""
-        if self._busy(vertex):
-            self.deferred.append((vertex, action))
+    def _when_idle(self, vertex: str, action: Callable[[], None], failover: bool = True) -> None:
+        """Run ``action`` now, or once the vertex's handovers are done (one move at a time)
+        and, with ``failover``, its crashed instances failed over."""
+        if self._busy(vertex, failover):
+            self.deferred.append((vertex, action, failover))
         else:
             action()
 
@@ -1072,11 +1080,16 @@ class SimRuntime:
         # (started at the virtual time now: at the end of input the horizon is infinite,
         # and a scale-in deferred until then made chc serve's drain crash on it)
         h = Handover(vertex, old_id, to, covers, groups, None, [], self.now(), why=why)
-        # Step 1: the last packet of the moved flows queued at the old instance.
-        for p in reversed(old.queue):
-            if h.moves(p, ladder):
-                h.last = p
-                break
+        # Step 1 (§5.1): the last packet of the moved flows the old instance will
+        # process.  In virtual time it takes its queue by arrival (_ready: (vt, clock)),
+        # not in the order packets were queued: several upstream instances, one far
+        # behind another, queue packets whose arrivals are out of that order.  The
+        # last one queued could then be processed before an earlier-queued moved packet,
+        # which the old instance would process after its hand-over, taking its flow's
+        # state back from the new owner (OwnershipError at the new instance).
+        moved = [p for p in old.queue if h.moves(p, ladder)]
+        if moved:
+            h.last = max(moved, key=_by_time) if self.timed else moved[-1]
         if self.naive_moves:
             if h.last is not None:
                 self.naive_skipped += 1
@@ -1465,8 +1478,8 @@ class SimRuntime:
 
     def _retry_deferred(self) -> None:
         waiting, self.deferred = self.deferred, []
-        for vertex, action in waiting:
-            self._when_idle(vertex, action)
+        for vertex, action, failover in waiting:
+            self._when_idle(vertex, action, failover)
 
     def _refuse(self, kind: str, vertex: str, instance: int | None, reason: str, why: dict) -> None:
         """An action refused or ignored, logged with why; the reason it was asked for (a
@@ -1499,7 +1512,7 @@ class SimRuntime:
         """``vertex[instance]`` stops (fail-stop): its queue, cache, timers and unsent
         updates are gone.  The framework notices ``misses`` heartbeats later and fails
         it over (:meth:`_failover`)."""
-        self._when_idle(vertex, lambda: self._crash(vertex, instance, heartbeat_us, misses, why))
+        self._when_idle(vertex, lambda: self._crash(vertex, instance, heartbeat_us, misses, why), failover=False)
 
     def _crash(self, vertex: str, instance: int, heartbeat_us: float, misses: int, why: dict) -> None:
         if self.store is None:
@@ -1689,11 +1702,20 @@ class SimRuntime:
         the vertex does now, and how many moved timers it gave."""
         final = new.shared
         modes = self.record_shared
-        gifts = sorted(gifts, key=lambda g: g[0])
-        g = start = other = given = 0
         n = len(processed)
+        # §5.1 a gift came after the packet its instance had processed last (by clock):
+        # it is given right after that packet in the replay, which is in processing
+        # order, not clock order.  (Before the first later clock, it came too early when
+        # upstream instances far apart in time fed this one out of clock order: the
+        # replay's later packets fired the timer, as one the failed instance had fired,
+        # and its packet was never done: scale-crash.yaml at pps 3000, seed 23.)  A
+        # packet no longer in the record (done and pruned, or moved away): the old rule.
+        at = {p.clock: i for i, p in enumerate(processed)}
+        gifts = sorted(((at[a] + 1 if a in at else next((i for i, p in enumerate(processed) if p.clock > a), n),
+                         timers) for a, timers in gifts), key=lambda g: g[0])
+        g = start = other = given = 0
         while True:
-            while g < len(gifts) and (start == n or gifts[g][0] < processed[start].clock):
+            while g < len(gifts) and gifts[g][0] <= start:
                 if self.replay_moved_timers:
                     give_timers(new.ctx, gifts[g][1])
                     given += len(gifts[g][1])
@@ -1703,9 +1725,9 @@ class SimRuntime:
             if start == n:
                 break
             shared = modes.get((new.vertex, processed[start].clock), final)
-            until = gifts[g][0] if g < len(gifts) else processed[-1].clock
+            until = gifts[g][0] if g < len(gifts) else n
             end = start + 1
-            while end < n and processed[end].clock <= until \
+            while end < min(n, until) \
                     and modes.get((new.vertex, processed[end].clock), final) == shared:
                 end += 1
             if shared != final:
@@ -2083,7 +2105,7 @@ def _crash(rt: SimRuntime, event: Any) -> None:
             return
         rt._crash(vertex, active[int(p.get("pick", 0)) % len(active)].instance_id,
                   p.get("heartbeat_us", 20), p.get("misses", 3), why)
-    rt._when_idle(vertex, pick)
+    rt._when_idle(vertex, pick, failover=False)
 
 
 def _crash_store(rt: SimRuntime, event: Any, at: str) -> None:
