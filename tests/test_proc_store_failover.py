@@ -493,7 +493,11 @@ def test_on_redis_a_redis_server_that_dies_by_itself_stops_a_failover_run_in_one
     killer.start()
     started = time.monotonic()
     try:
-        with pytest.raises(ProcFailure, match="Redis server behind it is unreachable"):
+        # Whichever sees it first stops the run naming Redis: the store server in front of
+        # it (at a checkpoint's read) or an instance whose retries gave up (under load; it
+        # failed a full suite's run once this way, both one line)
+        with pytest.raises(ProcFailure, match=r"Redis server behind it is unreachable|StoreLost: redis://\S+: "
+                                              r"connection refused: the store is unreachable"):
             rt.run(records * 20)
     finally:
         killer.cancel()
