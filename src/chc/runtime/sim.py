@@ -281,8 +281,10 @@ class SimRuntime:
         # changed what the instance caches, and what its store reads log).
         self.record_shared: dict[tuple[str, int], frozenset[str]] = {}
         # §5.1 with §5.4: per instance, the timers moved flows brought it, after which
-        # clock of its record (-1: before all), while any of their packets is logged.
-        self.gifts: dict[tuple[str, int], list[tuple[int, list[tuple]]]] = {}
+        # clock of its record (-1: before all), while any of their packets is logged;
+        # and, in their order, its hand-overs (the moved flows' ``covers``: where its
+        # replay gives their timers up, _move_records).
+        self.gifts: dict[tuple[str, int], list[tuple[int, list[tuple] | Callable[[PartAt], bool]]]] = {}
         self.replay_on_failover = True      # off only for --break no-replay
         self.replay_moved_timers = True     # off only for --break no-moved-timers
         self.replay_as_processed = True     # off only for --break replay-as-now (R3)
@@ -641,11 +643,19 @@ class SimRuntime:
         if self.inputs and not self.root_failures:     # (no root to ask meanwhile)
             roots = self.roots
             modes = self.record_shared
-            for (vertex, _), rec in self.inputs.items():
+            gifts = self.gifts
+            for key, rec in self.inputs.items():
                 # Replay starts at the oldest packet still logged: what came before it
                 # is done in the whole chain and in the store (§5.4).
+                gone = []
                 while rec and roots[root_of(rec[0].clock)].log.get(rec[0].clock) is None:
-                    modes.pop((vertex, rec.popleft().clock), None)
+                    gone.append(rec.popleft().clock)
+                    modes.pop((key[0], gone[-1]), None)
+                if gone and key in gifts:
+                    # A hand-over after a packet no longer replayed: before all (-1).
+                    gone = set(gone)
+                    gifts[key] = [(-1 if callable(what) and after in gone else after, what)
+                                  for after, what in gifts[key]]
             if self.gifts:
                 self._prune_gifts()
             read_log = self.node.read_log if self.node is not None else None
@@ -1187,17 +1197,21 @@ class SimRuntime:
             self.gifts.setdefault((h.vertex, new.instance_id), []).append((rec[-1].clock if rec else -1, timers))
 
     def _move_records(self, h: Handover, old: Instance, new: Instance) -> None:
-        """§5.4 the moved flows' processed packets leave the old instance's record: its
-        failover must not replay them (it would re-arm their timers, which the new
-        instance has, and fire them twice).  They do not join the new instance's:
-        its replay is what it processed itself, in its order (interleaving another
-        instance's packets fires its timers by their times, before it had them),
-        with the moved flows' state from the store (their hand-over is before its
-        first replayed clock) and their timers as it got them (:meth:`_move_timers`)."""
-        rec = self.inputs.get((h.vertex, old.instance_id))
-        if rec:
-            ladder = self.flowmaps[h.vertex].ladder
-            self.inputs[(h.vertex, old.instance_id)] = deque(p for p in rec if not h.moves(p, ladder))
+        """§5.4 with §5.1 the hand-over is recorded where it came in the old instance's
+        record (after its latest packet): its failover's replay gives the moved flows'
+        timers up there, as the old instance did (the new instance has them: kept, they
+        would fire twice).  The moved flows' packets stay in its record: its replay
+        recomputes the cross-flow state it cached while it was their vertex's only
+        instance from every packet it processed then (left out, the LB's replayed
+        counters missed their connections and picked other backends: its failover
+        re-applied their updates, ``lb.active`` went negative).  They do not join the
+        new instance's: its replay is what it processed itself, in its order
+        (interleaving another instance's packets fires its timers by their times,
+        before it had them), with the moved flows' state from the store and their
+        timers as it got them (:meth:`_move_timers`)."""
+        if self.recording:
+            rec = self.inputs.get((h.vertex, old.instance_id))
+            self.gifts.setdefault((h.vertex, old.instance_id), []).append((rec[-1].clock if rec else -1, h.covers))
 
     def _retire_if_done(self, vertex: str, i: int) -> None:
         if (vertex, i) not in self.retiring or any(h.vertex == vertex and h.old == i for h in self.handovers):
@@ -1613,12 +1627,12 @@ class SimRuntime:
         engine = getattr(self.store, "engine", None)
         emulated0 = engine.emulated if engine is not None else 0
         applied0 = engine.ops_applied if engine is not None else 0
-        other = given = 0
+        other = given = taken = 0
         if self.replay_on_failover:
             if self.store_failover is not None:
                 self.store_failover.check_replay(f"{vertex}[{x}]", processed,
                                                  {n for n, h in new.objects.items() if type(h) is CachedObject})
-            other, given = self._catch_up(new, processed, gifts)
+            other, given, taken = self._catch_up(new, processed, gifts)
             for p in lost:
                 if p.vt < start:
                     p.vt = start
@@ -1647,6 +1661,7 @@ class SimRuntime:
                   detect_ns=int(f.detect_vt - f.crashed_vt), crashed_packet=f.crashed_packet,
                   replayed=len(processed) if self.replay_on_failover else 0,
                   replayed_sharing_otherwise=other, moved_timers_replayed=given,
+                  timers_moved_away=taken,
                   lost_in_queue=len(lost), updates_lost_in_flight=unapplied, timers_pending=timers,
                   caught_up_vt=caught_up,
                   recovery_ns=int(caught_up - f.crashed_vt),
@@ -1672,11 +1687,17 @@ class SimRuntime:
 
     def _prune_gifts(self) -> None:
         """A moved timer whose packet is no longer logged has ended (its packet stays
-        logged while it is armed): never replayed again."""
+        logged while it is armed): never replayed again.  A hand-over before every
+        replayed packet (-1) gives up only moved timers given before it: with none,
+        it has nothing to take."""
         roots = self.roots
         for key, gifts in list(self.gifts.items()):
-            kept = []
+            kept: list = []
             for after, timers in gifts:
+                if callable(timers):
+                    if after != -1 or kept:
+                        kept.append((after, timers))
+                    continue
                 timers = [t for t in timers if roots[root_of(t[7])].log.get(t[7]) is not None]
                 if timers:
                     kept.append((after, timers))
@@ -1686,7 +1707,7 @@ class SimRuntime:
                 del self.gifts[key]
 
     def _catch_up(self, new: Instance, processed: list[Packet],
-                  gifts: list[tuple[int, list[tuple]]]) -> tuple[int, int]:
+                  gifts: list[tuple[int, Any]]) -> tuple[int, int, int]:
         """Re-process, from the store's state before them, the packets the failed instance
         processed since the oldest one still logged, in its order.  Its updates the store
         has are emulated from the clock log; the ones lost with it are applied now.
@@ -1698,8 +1719,10 @@ class SimRuntime:
         recompute from a private copy without the other instance's changes (the LB
         picked another backend: ``scale-crash.yaml`` seeds 302, 331, 360).  §5.1 the
         timers moved flows brought it (``gifts``) are given where they came, between
-        its packets.  Returns how many packets it replayed sharing other objects than
-        the vertex does now, and how many moved timers it gave."""
+        its packets, and its hand-overs take the moved flows' timers where they came
+        (:meth:`_move_records`).  Returns how many packets it replayed sharing other
+        objects than the vertex does now, how many moved timers it gave and how many
+        it gave up."""
         final = new.shared
         modes = self.record_shared
         n = len(processed)
@@ -1709,14 +1732,20 @@ class SimRuntime:
         # upstream instances far apart in time fed this one out of clock order: the
         # replay's later packets fired the timer, as one the failed instance had fired,
         # and its packet was never done: scale-crash.yaml at pps 3000, seed 23.)  A
-        # packet no longer in the record (done and pruned, or moved away): the old rule.
+        # packet no longer in the record (done and pruned): the old rule.  A hand-over
+        # after such a packet came before every replayed one.  (A stable sort: what
+        # came at one place is given in its order.)
         at = {p.clock: i for i, p in enumerate(processed)}
-        gifts = sorted(((at[a] + 1 if a in at else next((i for i, p in enumerate(processed) if p.clock > a), n),
+        gifts = sorted(((at[a] + 1 if a in at else 0 if callable(timers)
+                         else next((i for i, p in enumerate(processed) if p.clock > a), n),
                          timers) for a, timers in gifts), key=lambda g: g[0])
-        g = start = other = given = 0
+        g = start = other = given = taken = 0
         while True:
             while g < len(gifts) and gifts[g][0] <= start:
-                if self.replay_moved_timers:
+                covers = gifts[g][1]
+                if callable(covers):
+                    taken += len(take_timers(new.ctx, lambda parts, covers=covers: covers(parts.__getitem__)))
+                elif self.replay_moved_timers:
                     give_timers(new.ctx, gifts[g][1])
                     given += len(gifts[g][1])
                 else:
@@ -1736,7 +1765,7 @@ class SimRuntime:
             self._replay_run(new, processed[start:end])
             start = end
         new.set_shared(final)
-        return other, given
+        return other, given, taken
 
     def _replay_run(self, new: Instance, processed: list[Packet]) -> None:
         saved: dict = {}
