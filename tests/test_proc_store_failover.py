@@ -108,7 +108,11 @@ def test_on_redis_a_killed_store_server_fails_over_with_the_sims_results(records
     checkpoint rolled forward from the instances' logs."""
     rt, s = _run(records, checkpoint_ms=checkpoint_ms, redis=redis_urls[0])
     _same(s, sim)
-    [e] = [e for e in s.events if e["kind"] == "store-failover"]
+    # The kill's failover; on a machine loaded enough that a failover store server misses
+    # ten heartbeats (5 s) it is taken for hung and failed over again, which must keep the
+    # sim's results too (seen once, under two CPU hogs)
+    e, *hung = [e for e in s.events if e["kind"] == "store-failover"]
+    assert all("heartbeats" in h["how"] for h in hung), hung
     assert e["re_executed"] > 0 and e["wal"]
     assert s.store["backend"] == f"{redis_urls[0]} (through the store server)"
     if checkpoint_ms == 20:
