@@ -18,7 +18,10 @@ sink counts it (and sends it to the coordinator when the run writes
 with a clock up to it has been sent.  An instance fed by several upstreams
 (the sim runtime sorts such a vertex's input by clock) processes a packet only
 once every upstream's watermark has passed its clock, in clock order, so it sees
-the sequence the sim runtime gives it and the run's state is the sim's.  ZeroMQ
+the sequence the sim runtime gives it and the run's state is the sim's.  With
+several roots and no recovery (:attr:`Plan.per_root`, §5) watermarks travel per
+root and each root's packets wait only for that root's: a root's clocks are
+ordered among themselves, not against another root's.  ZeroMQ
 high-water marks on data sockets are the back-pressure: a full downstream
 stops its upstream, and in the end the coordinator's reading of the capture.
 
