@@ -160,6 +160,9 @@ class ProcRuntime:
             name for name in managed if chain.vertices[name].scaling.straggler_factor is not None]
         if cloning:
             _check_clonable(chain, model, log_mode, cloning[0], type(self).name)
+        elif model != "T" and log_mode != "off" and type(self).name == "proc":
+            # (a policy callable may decide a clone too; where it cannot, it is refused then)
+            cloning = [name for name in managed if chain.vertices[name].scaling.policy is not None]
         # (a vertex manager holds no packet and no state: its death needs no recovery)
         recover = failover or bool(cloning) or any(managed_vertex(k.vertex) is None for k in self.kills)
         if failover or any(managed_vertex(k.vertex) is None for k in self.kills):
@@ -921,12 +924,16 @@ class ProcRuntime:
             instance = min(active, key=lambda j: (self.through_of.get(self.current[instance_name(vertex, j)], -1), j))
         name = instance_name(vertex, instance)
         refused = ("not an active instance" if instance not in active else
-                   f"a clone pair of {vertex} runs" if any(p["vertex"] == vertex for p in self.pairs.values())
+                   f"a clone pair of {vertex} runs" if why.get("by") == "manager" and self.pairs
                    else f"{name} has ended" if name in self.reported else None)
         if refused:
             self.events.append({"kind": "clone-refused", "vertex": vertex, "instance": instance, "packet": self.fed,
                                 "reason": refused, **why})
             return
+        # One pair at a time (docs/proc.md, "Clones"): a pair's upstream copies only to the
+        # process its record came from, so a pair next to another would miss the other
+        # copy's packets; a scenario's clone ends the running pair first
+        self.resolve_due(final=True)
         started = time.perf_counter()
         straggler = self.current[name]
         # (the clock log and read log stay from here until the pair ends: the slower copy
@@ -968,7 +975,7 @@ class ProcRuntime:
         self.events.append(event)
         self.pairs[name] = {"vertex": vertex, "instance": instance, "straggler": straggler, "clone": new,
                             "feeders": feeders, "started": self.fed, "started_s": time.perf_counter(),
-                            "for_packets": for_packets, "from": snap["through"]}
+                            "for_packets": for_packets, "from": snap["through"], "dup": dict(self.dup)}
 
     def _await_pairing(self, key: tuple, process: str) -> Any:
         """What ``process`` says when paired or cloned (the run stops if it dies first)."""
@@ -1016,7 +1023,10 @@ class ProcRuntime:
                             "kept": "clone" if keep_clone else "straggler", "kept_process": kept,
                             "stopped_process": gone, "started_packet": pair["started"],
                             "clock_straggler": s_at, "clock_clone": c_at,
-                            "side_by_side_s": round(time.perf_counter() - pair["started_s"], 6)})
+                            "side_by_side_s": round(time.perf_counter() - pair["started_s"], 6),
+                            # (what the coordinator saw of the pair: sink outputs and alerts)
+                            ("duplicates_delivered" if "no-dup-suppression" in self.plan.breaks else
+                             "duplicates_suppressed"): {k: self.dup[k] - pair["dup"][k] for k in self.dup}})
 
     def _service(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` ms for the workers; handle what they sent."""

@@ -278,7 +278,7 @@ def client_id(process: str) -> str:
     name = logical(process.encode()).decode()
     vertex, i = name.rsplit(".", 1)
     rest = process[len(name):]
-    if rest[1:].isdigit():          # (nat.0#2)
+    if rest[:1] == "#" and rest[1:].isdigit():      # (nat.0#2)
         return f"{vertex}/{i}+failover{rest[1:]}"
     return f"{vertex}/{i}" + (f"+{rest}" if rest else "")     # (§5.3 a clone, nat.0~1, and its failovers)
 

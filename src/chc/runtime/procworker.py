@@ -470,8 +470,12 @@ class _Sender:
         sock = self.socks[vertex][i]        # (both picked before a wait: a tee set meanwhile has it in its record)
         tee = self.tees.get((vertex, i))
         if tee is not None:
-            # §5.3 the clone first: a send blocked on the straggler that loses gives up (untee)
+            # §5.3 the clone first: a send blocked on the straggler that loses gives up
+            # (untee); one that waited for the clone may find the straggler's socket
+            # closed since (the clone kept: it had the frame)
             self.guard.send(tee, frame)
+            if sock.closed:
+                return
         self.guard.send(sock, frame)
 
     def batch(self, parts: dict[tuple[str, int], list[Packet]], watermark: int, through: int,
@@ -1103,6 +1107,8 @@ class InstanceWorker:
             self.inst.set_shared(shared_objects(chain, plan.flowmaps()[vertex], vertex))
         self.acted: dict[str, str] = {}     # what a --break did here (the checker's)
         self.no_dedup = "no-dup-suppression" in plan.breaks     # (§5.3 a test's: a clone's duplicates pass)
+        self.dup_taken = 0
+        self.paired: set[bytes] = set()     # (with it: the logical senders a clone has sent from)
         client = self.inst.client
         if client is not None and self.me != self.name:
             client.client_id = procstore.client_id(self.me)     # its own exactly-once sequence
@@ -1569,8 +1575,14 @@ class InstanceWorker:
                 # of their own (a failover's replay is one of them: the rule holds for it)
                 name = logical(peer)
                 seen = self.seen.mark.get(name, -1)
-                if pkts and pkts[0].clock <= seen and not (self.no_dedup and CLONE in peer):
-                    pkts = [p for p in pkts if p.clock > seen]
+                if self.no_dedup and CLONE in peer:
+                    self.paired.add(name)
+                if pkts and pkts[0].clock <= seen:
+                    if name in self.paired:     # (--break no-dup-suppression: either copy's, once cloned)
+                        self.dup_taken += sum(p.clock <= seen for p in pkts)
+                        self.acted["no-dup-suppression"] = f"{self.dup_taken} duplicate packets of a clone taken"
+                    else:
+                        pkts = [p for p in pkts if p.clock > seen]
                 if through > seen:
                     self.seen.mark[name] = through
                 deps = self.deps[name]
