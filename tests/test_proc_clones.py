@@ -131,13 +131,13 @@ def test_clones_of_named_and_lagging_instances_give_the_sims_state_and_counts(mo
     resolved at the end of input; a clone while another pair runs ends that pair
     first (one pair at a time).  (Parallel instances only where they share nothing:
     where they do, their updates' order is the processes' race, docs/proc.md.)"""
-    events = [_ev("nat[0]", 600, for_packets=300), _ev("portscan", 1400, for_packets=200), _ev("trojan", 1500),
-              _ev("lb[0]", 2600, for_packets=100000)]
-    got = _compare(_records(LAN, 3000), events, model, {"trojan": 2})
+    events = [_ev("nat[0]", 300, for_packets=3000), _ev("portscan", 3500, for_packets=200), _ev("trojan", 3800),
+              _ev("lb[0]", 4500, for_packets=100000)]
+    got = _compare(_records(LAN, 6000), events, model, {"trojan": 2})
     kinds = [e["kind"] for e in got["events"]]
     assert kinds.count("clone") == 4 and kinds.count("clone-resolved") == 4
     resolved = [e for e in got["events"] if e["kind"] == "clone-resolved"]
-    assert resolved[-1]["packet"] == 3000 and resolved[-1]["vertex"] == "lb"     # (at the end of input)
+    assert resolved[-1]["packet"] == 6000 and resolved[-1]["vertex"] == "lb"     # (at the end of input)
     for e in resolved:
         assert e["stopped_process"] != e["kept_process"]
         assert e["kept_process"] == (e["stopped_process"] + "~1" if e["kept"] == "clone"
@@ -229,3 +229,28 @@ def test_the_coordinator_counts_each_clock_of_a_pair_once():
     rt._count_clocks("nat.0~1", [13, None, [], 0, None, [], None, [[12, 1, 0, 1, 0, 0], [13, 1, 1, 0, 0, 0]]])
     st = rt.stats["nat.0"]
     assert st["counters"] == [3, 2, 1, 0] and st["alerts"] == [alert] and rt.dup["alerts"] == 1
+
+
+def test_the_store_answers_a_pairs_read_of_a_clock_the_other_copy_read_first():
+    """§5.3 the slower copy sees what the faster saw: its read of a shared object for a
+    clock the other copy read already is answered from the read log (another instance
+    has moved the object on since); past the log, a copy's reads are logged; the
+    checker's recording follows the first copy's read (the second's has no clock)."""
+    from chc.runtime.wire import decode
+    from test_proc_kill_check import store_server
+
+    call, op, steps, failover = store_server()
+    call(b"portscan.1", "execute", [op("set", 1, seq=1, clock=4, i=1), 4])
+    assert call(b"portscan.0", "execute", [op("get"), 5]) == [1]            # before the pair: logged
+    cursor = call(b"portscan.0", "pairing", [True, ["portscan", 0], None])
+    assert cursor == [[["portscan", 0, 5], 1]]                              # its reads so far
+    call(b"portscan.0~1", "pairing", [True, ["portscan", 0], cursor])
+    assert call(b"portscan.0~1", "execute", [op("get"), 7]) == [1]          # the clone first: logged
+    call(b"portscan.1", "execute", [op("set", 2, seq=2, clock=8, i=1), 8])  # another instance moves it on
+    assert call(b"portscan.0", "execute", [op("get"), 7]) == [1]            # the straggler: the logged value
+    assert decode(steps[-1])[1][3] is None
+    assert call(b"portscan.0", "execute", [op("get"), 9]) == [2]            # past the log: the store's, logged
+    assert decode(steps[-1])[1][3] == 9
+    assert call(b"portscan.0~1", "execute", [op("get"), 9]) == [2]
+    call(b"portscan.0", "pairing", [False, ["portscan", 0], None])
+    assert b"portscan.0" not in failover.pairs and b"portscan.0~1" in failover.pairs
