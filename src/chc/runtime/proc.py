@@ -648,8 +648,10 @@ class ProcRuntime:
         # part, and will send up to what its own failed process can have sent.
         partial = self.recovering[name]["partial"]
         bound = self.bounds[name] = min(self.bounds[f] if f in partial else records[f][1] for f in feeders)
+        # (its load reports' generation: every process of the instance counts, §5.3 clones too)
+        self.processes[name] = self.processes.get(name, 0) + 1
         replay = {"floors": floors, "feeds": records, "bound": bound, "current": dict(self.current),
-                  "fenced": list(self.fenced), "feeders": feeders}
+                  "fenced": list(self.fenced), "feeders": feeders, "generation": self.processes[name]}
         if self.scaler is not None:     # §5.1 what moves gave it, and R3 as the vertex shares now
             replay.update(self.scaler.for_failover(name, floors))
             if "change" in replay:      # §5.1 with §5.4 it died during a change: its failover takes its part

@@ -444,7 +444,7 @@ class Scaler:
         rt = self.rt
         if event.action == "clone":
             vertex, i = _target(event, rt.chain)
-            while rt.recovering:
+            while self.open is not None or rt.recovering:     # (one change at a time)
                 rt._service(100)
             rt.clone(vertex, i, _by(event), int(event.params.get("for_packets", 0)))
             return

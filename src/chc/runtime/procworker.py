@@ -1211,6 +1211,8 @@ class InstanceWorker:
         for what, body in self.changes:     # (told while it finished)
             if what == "epoch":
                 self.out.to_coordinator("epoch", body["id"])
+            elif what == "pair":
+                self.out.to_coordinator("paired", None)     # (§5.3 retired: nothing to clone)
 
     # -- §5.1 elasticity (docs/proc.md, "Scaling") --------------------------------------------------
     def change(self, what: str, body: Any) -> None:
