@@ -128,8 +128,8 @@ def test_the_root_takes_each_item_of_a_pair_once_whatever_the_batches():
 @pytest.mark.parametrize("model", ["EO+C+NA", "EO"])
 def test_clones_of_named_and_lagging_instances_give_the_sims_state_and_counts(model):
     """Clones of nat[0] (kept or not), of a vertex's instance furthest behind, one
-    resolved at the end of input; a clone while another pair runs ends that pair
-    first (one pair at a time).  (Parallel instances only where they share nothing:
+    resolved at the end of input; a clone while another pair of its vertex runs ends
+    that pair first (one pair a vertex).  (Parallel instances only where they share nothing:
     where they do, their updates' order is the processes' race, docs/proc.md.)"""
     events = [_ev("nat[0]", 300, for_packets=3000), _ev("portscan", 3500, for_packets=200), _ev("trojan", 3800),
               _ev("lb[0]", 4500, for_packets=100000)]
@@ -142,6 +142,19 @@ def test_clones_of_named_and_lagging_instances_give_the_sims_state_and_counts(mo
         assert e["stopped_process"] != e["kept_process"]
         assert e["kept_process"] == (e["stopped_process"] + "~1" if e["kept"] == "clone"
                                      else e["stopped_process"].rsplit("~", 1)[0])
+
+
+@pytest.mark.timeout(120)
+def test_pairs_side_by_side_on_adjacent_vertices_give_the_sims_state():
+    """Pairs of nat, portscan and lb at once: an upstream in a pair copies to the clone
+    downstream from both its copies (their two records merged, each clock once), and
+    a clone started beside a pair downstream copies to that pair's clone too.  (With
+    the upstream's straggler alone teed, a pair next to another missed the other
+    copy's packets: chc check hung at the end.)"""
+    events = [_ev("nat[0]", 300, for_packets=100000), _ev("portscan[0]", 500, for_packets=100000),
+              _ev("lb[0]", 700, for_packets=1500), _ev("lb[0]", 2500, for_packets=100000)]
+    got = _compare(_records(LAN, 6000), events, "EO+C+NA")
+    assert [e["kind"] for e in got["events"]].count("clone-resolved") == 4
 
 
 @pytest.mark.timeout(120)

@@ -320,7 +320,7 @@ def test_a_feeder_reports_the_packets_it_split_per_flow_group_to_the_manager(tmp
 
 def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
     """:meth:`Scaler.decide`: a decision that would cross ``min``/``max`` is refused and
-    logged, as a clone is while a clone pair runs (one at a time on proc); an even load
+    logged, as a clone is while a clone pair of the vertex runs (one a vertex); an even load
     rebalances nothing; the rest become changes with the manager's reason."""
     import types
 
@@ -330,7 +330,7 @@ def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
 
     chain = load_spec(str(AUTOSCALE))
     rt = types.SimpleNamespace(chain=chain, plan=Plan(str(tmp_path), chain, "EO", 1, ("memory", "")), kills=[],
-                               events=[], spares=False, pairs={"trojan.0": {"vertex": "trojan"}})
+                               events=[], spares=False, pairs={"portscan.1": {"vertex": "portscan"}})
     scaler = Scaler(rt, [])
     made = []
     scaler._change = lambda event, index: made.append((event.action, event.target, event.params, index))
@@ -340,7 +340,7 @@ def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
     scaler.decide("portscan", [["scale-out", None, "9000 pps per instance > 3000"], ["clone", 2, "slow"],
                                ["rebalance", None, "imbalance 1.6 > 1.5"]], [5] * 64, 700)
     assert [(e["kind"], e["reason"]) for e in rt.events] == [
-        ("scale-out-refused", "at max (4)"), ("clone-refused", "a clone pair runs")]
+        ("scale-out-refused", "at max (4)"), ("clone-refused", "a clone pair of portscan runs")]
     assert all(e["by"] == "manager" and e["packet"] == 700 for e in rt.events) and made == []
     scaler.active["trojan"] = [0, 1]
     counts = [10 if g % 2 == 0 else 0 for g in range(64)]
@@ -355,8 +355,9 @@ def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
 
 def test_a_clone_decided_after_the_input_ended_is_refused_for_what_it_is():
     """Decisions still pending at the end of input are logged refused: a scale-out or a
-    scale-in the policy's bounds allow and a clone because the input ended first, one at a
-    bound as the manager's decision is refused then (a short run
+    scale-in the policy's bounds allow because the input ended first, a clone because the
+    run keeps nothing for clones (its policies cannot clone), one at a bound as the
+    manager's decision is refused then (a short run
     said "the input ended before it" for those, hiding the reason a longer run gives)."""
     from chc.runtime.proc import ProcRuntime
     from chc.spec import load_spec
@@ -368,7 +369,8 @@ def test_a_clone_decided_after_the_input_ended_is_refused_for_what_it_is():
                     ("trojan", [["scale-out", None, "busier"], ["scale-in", 3, "idler"]], [])]
     ProcRuntime._decisions_expired(rt)
     assert [(e["vertex"], e["kind"], e["reason"], e["asked"]) for e in rt.events] == [
-        ("portscan", "clone-refused", "the input ended before it", "slow"),
+        ("portscan", "clone-refused", "the run was not started for clones (no clone event, straggler_factor or "
+                                      "policy callable; docs/proc.md, \"Clones\")", "slow"),
         ("portscan", "scale-out-refused", "the input ended before it", "busy"),
         ("portscan", "scale-in-refused", "at min (1)", "idle"),
         ("trojan", "scale-out-refused", "at max (4)", "busier"),

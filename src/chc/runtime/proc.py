@@ -671,6 +671,9 @@ class ProcRuntime:
         for d in self.plan.targets(vertex):
             for j in range(self.plan.width(d)):
                 self._tell(instance_name(d, j), fence)
+                clone = self.pairs.get(instance_name(d, j), {}).get("clone")
+                if clone is not None:       # (§5.3 both copies of a pair receive)
+                    self._tell_process(clone, fence)
         for r in range(self.chain.roots):
             self._tell(root_name(r), fence)
 
@@ -925,17 +928,17 @@ class ProcRuntime:
         if instance is None:
             instance = min(active, key=lambda j: (self.through_of.get(self.current[instance_name(vertex, j)], -1), j))
         name = instance_name(vertex, instance)
+        paired = any(p["vertex"] == vertex for p in self.pairs.values())
         refused = ("not an active instance" if instance not in active else
-                   f"a clone pair of {vertex} runs" if why.get("by") == "manager" and self.pairs
+                   f"a clone pair of {vertex} runs" if why.get("by") == "manager" and paired
                    else f"{name} has ended" if name in self.reported else None)
         if refused:
             self.events.append({"kind": "clone-refused", "vertex": vertex, "instance": instance, "packet": self.fed,
                                 "reason": refused, **why})
             return
-        # One pair at a time (docs/proc.md, "Clones"): a pair's upstream copies only to the
-        # process its record came from, so a pair next to another would miss the other
-        # copy's packets; a scenario's clone ends the running pair first
-        self.resolve_due(final=True)
+        # one pair a vertex (as the sim): a scenario's clone ends the vertex's pair first
+        for other in [n for n, p in self.pairs.items() if p["vertex"] == vertex]:
+            self._resolve(other)
         started = time.perf_counter()
         straggler = self.current[name]
         # (the clock log and read log stay from here until the pair ends: the slower copy
@@ -956,17 +959,25 @@ class ProcRuntime:
         key = ("teed", vertex, instance)
         self.pairing[key] = {}
         tee = encode(Kind.CONTROL, ["tee", [vertex, instance, new]])
-        for f in feeders:
-            self._tell(f, tee)
-        while len(self.pairing[key]) < len(feeders):
+        # (an upstream in a pair of its own: both copies send the straggler, both copy to the clone)
+        senders = [p for f in feeders for p in self._copies(f)]
+        for p in senders:
+            self._tell_process(p, tee)
+        while len(self.pairing[key]) < len(senders):
             self._service(100)
-        records = {_logical(p): r for p, r in self.pairing.pop(key).items()}
+        records: dict[str, list] = {}
+        for p, record in self.pairing.pop(key).items():
+            f = _logical(p)
+            records[f] = _merged(records[f], record) if f in records else record
         for f in feeders:
             if f in self.plan.retired:      # (§5.1 it sent all it will: as for a failover)
                 records[f][1:3] = [INF, True]
         gen = self.processes[name] = self.processes.get(name, 0) + 1
+        # (a target in a pair of its own: the clone copies to that pair's clone too)
+        tees = [[d, j, self.pairs[instance_name(d, j)]["clone"]] for d in self.plan.targets(vertex)
+                for j in range(self.plan.width(d)) if instance_name(d, j) in self.pairs]
         replay = {"clone": snap, "feeds": records, "current": dict(self.current), "fenced": list(self.fenced),
-                  "feeders": feeders, "shared": snap["shared"], "generation": gen,
+                  "feeders": feeders, "shared": snap["shared"], "generation": gen, "tees": tees,
                   "born": self.scaler.born.get(name, -1) if self.scaler is not None else -1}
         self._launch(self.mp, new, procworker.main, (self.plan, "instance", (vertex, instance, new), replay))
         cloned = self._await_pairing(("cloned", new), new)
@@ -978,6 +989,18 @@ class ProcRuntime:
         self.pairs[name] = {"vertex": vertex, "instance": instance, "straggler": straggler, "clone": new,
                             "feeders": feeders, "started": self.fed, "started_s": time.perf_counter(),
                             "for_packets": for_packets, "from": snap["through"], "dup": dict(self.dup)}
+
+    def _copies(self, name: str) -> list[str]:
+        """The live processes of logical instance ``name``: its process, and its clone
+        while it is in a pair (§5.3)."""
+        pair = self.pairs.get(name)
+        return [p for p in [self.current[name]] + ([pair["clone"]] if pair else []) if self.procs[p].is_alive()]
+
+    def _tell_process(self, process: str, frame: bytes) -> None:
+        """:meth:`_tell` to a process by its name (a pair's clone is no instance's current one)."""
+        while process not in self.ready and self.procs[process].is_alive():
+            self._service(100)
+        self.box.reply(process.encode(), frame)
 
     def _await_pairing(self, key: tuple, process: str) -> Any:
         """What ``process`` says when paired or cloned (the run stops if it dies first)."""
@@ -1012,8 +1035,8 @@ class ProcRuntime:
         self._fence_at_receivers(vertex, gone)
         untee = encode(Kind.CONTROL, ["untee", [vertex, i, keep_clone]])
         for f in pair["feeders"]:
-            if self.procs[self.current[f]].is_alive():
-                self._tell(f, untee)
+            for p in self._copies(f):
+                self._tell_process(p, untee)
         self.procs[gone].kill()
         if keep_clone:
             # its failovers are its generations (nat.0~1#1): wire.previous names it
@@ -1675,6 +1698,16 @@ def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, 
     if any(k.vertex == ROOT for k in kills) and log_mode != "local":
         raise ValueError(f"{of('root')}: a failover root rebuilds its packet log from the input it replays "
                          "(docs/proc.md); with the log in the store (--packet-log store) it is not recovered here")
+
+
+def _merged(a: list, b: list) -> list:
+    """§5.3 one record of what an upstream in a clone pair sent: its two copies' records
+    (``[rows, watermark, ended, report throughs, through]``), each clock once."""
+    seen = {row[3] for row in a[0]}
+    rows = sorted(a[0] + [row for row in b[0] if row[3] not in seen], key=lambda row: row[3])
+    throughs = {r: max(t, b[3].get(r, -1)) for r, t in a[3].items()} | {r: t for r, t in b[3].items()
+                                                                          if r not in a[3]}
+    return [rows, max(a[1], b[1]), a[2] or b[2], throughs, max(a[4], b[4])]
 
 
 def _check_clonable(chain: Chain, model: str, log_mode: str, target: str, runtime: str) -> None:

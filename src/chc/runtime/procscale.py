@@ -354,9 +354,10 @@ class Scaler:
         n = len(self.active[vertex])
         return (f"at max ({policy.max})" if action == "scale-out" and n >= policy.max else
                 f"at min ({policy.min})" if action == "scale-in" and n <= policy.min else
-                "a clone pair runs" if action == "clone" and self.rt.pairs else
-                "clones need an externalized model and the packet log (docs/proc.md, \"Clones\")"
-                if action == "clone" and not self.rt.plan.clones else None)
+                f"a clone pair of {vertex} runs" if action == "clone" and
+                any(p["vertex"] == vertex for p in self.rt.pairs.values()) else
+                "the run was not started for clones (no clone event, straggler_factor or policy callable; "
+                "docs/proc.md, \"Clones\")" if action == "clone" and not self.rt.plan.clones else None)
 
     # -- §5.1 warm spares -----------------------------------------------------------------------
     def start_spares(self) -> None:

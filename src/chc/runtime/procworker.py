@@ -1090,6 +1090,8 @@ class InstanceWorker:
         for dead in started.get("fenced", ()):
             self.box.fence(dead.encode())
         self.out = _Sender(plan, ctx, self.me, vertex, guard, started.get("current"))
+        for d, j, clone in started.get("tees", ()):     # (§5.3 a clone beside a pair downstream)
+            self.out.tee(d, j, clone)
         self.boxes = [self.box]
         at = started.get("current", {})
         self.roots = [dealer(ctx, plan.address(at.get(root_name(r), root_name(r))), self.me)
