@@ -245,6 +245,9 @@ class ProcRuntime:
         # processes a resolution stopped, each instance's base name (a kept clone's
         # failover is nat.0~1#1: wire.previous), every process's count (its load reports)
         self.pairs: dict[str, dict] = {}
+        # (kept copies still reading their private view: a new clone of one, or a scaling
+        # change, waits until it has run what the pair had been sent and says so)
+        self.unpairing: set[str] = set()
         self.clone_count: dict[str, int] = {}
         self.stopped_copies: set[str] = set()
         self.base: dict[str, str] = {}
@@ -939,6 +942,8 @@ class ProcRuntime:
         # one pair a vertex (as the sim): a scenario's clone ends the vertex's pair first
         for other in [n for n, p in self.pairs.items() if p["vertex"] == vertex]:
             self._resolve(other)
+        while name in self.unpairing:
+            self._service(100)
         started = time.perf_counter()
         straggler = self.current[name]
         # (the clock log and read log stay from here until the pair ends: the slower copy
@@ -1023,7 +1028,10 @@ class ProcRuntime:
         """§5.3 keep the copy that has counted the higher clock (the clone on a tie: it
         has caught up), stop the other: the store, the receivers and this coordinator
         take nothing more of it (fenced: the kept copy sends every clock it did not),
-        the upstreams send only to the kept one, and the kept one reads the store again."""
+        the upstreams send only to the kept one, and the kept one reads the store again
+        once it has run everything the pair had been sent (before, the store may hold
+        the stopped copy's updates of clocks the kept one has not run: it counted less
+        than it had run, its batch unfinished; read back, they were counted twice)."""
         pair = self.pairs.pop(name)
         vertex, i = pair["vertex"], pair["instance"]
         s_at = self.through_of.get(pair["straggler"], -1)
@@ -1034,15 +1042,23 @@ class ProcRuntime:
         self.remote.fence(gone)
         self._fence_at_receivers(vertex, gone)
         untee = encode(Kind.CONTROL, ["untee", [vertex, i, keep_clone]])
-        for f in pair["feeders"]:
-            for p in self._copies(f):
-                self._tell_process(p, untee)
+        key = ("untee'd", vertex, i)
+        self.pairing[key] = {}
+        senders = [p for f in pair["feeders"] for p in self._copies(f)]
+        for p in senders:
+            self._tell_process(p, untee)
+        while len(self.pairing[key]) < len(senders):
+            self._service(100)
+        sent: dict[str, int] = {}       # upstream -> the through of the last message it sent the pair
+        for p, through in self.pairing.pop(key).items():
+            sent[_logical(p)] = max(through, sent.get(_logical(p), -1))
         self.procs[gone].kill()
         if keep_clone:
             # its failovers are its generations (nat.0~1#1): wire.previous names it
             self.current[name] = self.base[name] = kept
             self.generation[name] = 0
-        self._tell(name, encode(Kind.CONTROL, ["unpair", None]))
+        self.unpairing.add(name)
+        self._tell(name, encode(Kind.CONTROL, ["unpair", sent]))
         self.remote.hold_pruning(False)
         self.events.append({"kind": "clone-resolved", "vertex": vertex, "instance": i, "packet": self.fed,
                             "kept": "clone" if keep_clone else "straggler", "kept_process": kept,
@@ -1130,9 +1146,11 @@ class ProcRuntime:
                     self._count_clocks(name, data)
                 elif self._seen_stats.fresh(peer, data[0]):
                     self._count(_logical(name), data)
-            elif what in ("paired", "teed", "cloned"):
-                if what == "teed":
-                    self.pairing.setdefault(("teed", data[0], data[1]), {})[name] = data[2]
+            elif what == "unpaired":
+                self.unpairing.discard(_logical(name))
+            elif what in ("paired", "teed", "cloned", "untee'd"):
+                if what in ("teed", "untee'd"):
+                    self.pairing.setdefault((what, data[0], data[1]), {})[name] = data[2]
                 else:
                     self.pairing[(what, name)] = data
             elif what == "record":

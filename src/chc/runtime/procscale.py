@@ -452,6 +452,8 @@ class Scaler:
         # §5.3 one change at a time: a clone pair ends first (the scaling change's hand-overs
         # and the new instances' feeders would not know the pair)
         rt.resolve_due(final=True)
+        while rt.unpairing:             # (§5.3 a kept copy back on the store first)
+            rt._service(100)
         while self.open is not None or rt.recovering or self._spare_starting(event):
             # one change at a time (the barriers' watermarks flow without input), and none
             # while a failover is under way (its process started from the plan before it);

@@ -692,7 +692,10 @@ class Control:
                 vertex, i, name = body
                 self.out.to_coordinator("teed", [vertex, i, self.out.tee(vertex, i, name)])
             elif what == "untee":
+                vertex, i, _ = body
                 self.out.untee(*body)
+                through = self.out.sent_mark.get((vertex, i), (-1, False, -1))[2]
+                self.out.to_coordinator("untee'd", [vertex, i, through])
             elif what == "reroot" and self.reroot is not None:
                 self.reroot(*body)
             elif what in ("wal", "truncate", "store"):
@@ -1174,6 +1177,7 @@ class InstanceWorker:
         self.processed = -1
         self.firings: dict[int, int] | None = {} if plan.clones else None
         self.cloned = (replay or {}).get("clone")
+        self.unpair_at: dict[bytes, int] | None = None      # kept: unpaired once past these
         if join is not None:            # a scale-out's new instance: it has nothing up to the barrier
             for f in self.feeders:
                 self.marks[f] = join["barrier"]
@@ -1206,6 +1210,8 @@ class InstanceWorker:
                 self._process(batch, self._watermark(batch))
             if self.changing is not None or self.out.switching or self.flood is not None:
                 self._progress()
+            if self.unpair_at is not None:
+                self._unpair_when_done()
             if not batch and not got:
                 self.guard.poll(poller)
         self._finish()
@@ -1237,7 +1243,7 @@ class InstanceWorker:
             elif what == "pair":
                 self._pair()
             elif what == "unpair":
-                self._unpair()
+                self._unpair(body)
             else:
                 self._go(*body)
 
@@ -1281,14 +1287,30 @@ class InstanceWorker:
             private_view(self.view, inst, snap["objects"])
         self.out.to_coordinator("cloned", {"handed_over": sum(map(len, self.queues.values()))})
 
-    def _unpair(self) -> None:
-        """§5.3 this copy is kept: back to the store (updates settled, private view dropped)."""
+    def _unpair(self, sent: dict | None) -> None:
+        """§5.3 this copy is kept: back to the store (updates settled, private view dropped)
+        once it has run everything its upstreams had sent the pair (``sent``: per
+        upstream, the through of its last message then): the stopped copy may have
+        updated the store for clocks up to there, which read back now would count twice."""
+        self.cloned = None
+        self.unpair_at = {f.encode(): t for f, t in (sent or {}).items()}
+        if self.view is not None:
+            self.store.pairing(False, [self.inst.vertex, self.inst.instance_id])
+        self._unpair_when_done()
+
+    def _unpair_when_done(self) -> None:
+        if self.unpair_at is None:
+            return
+        last = max(self.unpair_at.values(), default=-1)
+        if any(self.seen.mark.get(f, -1) < t for f, t in self.unpair_at.items() if f in self.queues) or \
+                any(p.clock <= last for q in self.queues.values() for p in q):
+            return
+        self.unpair_at = None
         inst = self.inst
         if self.view is not None:
             shared_view(self.view, inst)
-            self.store.pairing(False, [inst.vertex, inst.instance_id])
             self.view = None
-        self.cloned = None
+        self.out.to_coordinator("unpaired", None)
 
     def _epoch(self, change: dict) -> None:
         """Vertex ``change["vertex"]`` changes at ``change["barrier"]``: as its upstream,
@@ -1872,6 +1894,9 @@ class InstanceWorker:
     def _finish(self) -> None:
         """End of input: remaining timers fired, every update acknowledged, then the counters."""
         inst = self.inst
+        if self.unpair_at is not None:      # (§5.3 kept: all of it has run)
+            self.unpair_at = {}
+            self._unpair_when_done()
         inst.finish()
         items: list[list] = []
         self._report(items)
