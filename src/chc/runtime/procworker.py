@@ -558,6 +558,26 @@ class _Sender:
         mark, eof, through = self.sent_mark.get((vertex, i), (self.born, False, self.born))
         return [list(self.sent.get((vertex, i), ())), mark, eof, dict(self.rep_through), through]
 
+    def records(self) -> list:
+        """§5.3 what this process sent each target since the floors, as ``[vertex, i, rows,
+        watermark, eof, through]``: a clone of it sends it again first (:meth:`resend`)."""
+        return [[d, i, list(rows), *self.sent_mark[(d, i)]] for (d, i), rows in self.sent.items()
+                if rows and (d, i) in self.sent_mark]
+
+    def resend(self, records: list) -> None:
+        """§5.3 a clone's first messages: what its straggler had sent each target (its
+        :meth:`records`), taken as its own.  The straggler's last ones may still be on
+        their way (a slow target's queue) when the clone's first batch past them comes
+        on its own link, and a receiver takes a logical sender's clocks past the highest
+        through of either copy: they were dropped (seed 0 of proc-clone.yaml lost 3-300
+        packets).  Sent again, whichever copy's comes first has them."""
+        for d, i, rows, mark, eof, through in records:
+            if (d, i) in self.gone:
+                continue
+            self.sent.setdefault((d, i), deque()).extend(rows)
+            self.sent_mark[(d, i)] = (mark, eof, through)
+            self.transmit(d, i, rows, mark, through, eof)
+
     def untee(self, vertex: str, i: int, keep_clone: bool) -> None:
         """§5.3 the pair of ``vertex[i]`` is resolved: only the kept copy is sent to."""
         tee = self.tees.pop((vertex, i), None)
@@ -1265,9 +1285,12 @@ class InstanceWorker:
         cursor = self.store.pairing(True, [inst.vertex, inst.instance_id])
         self.view = {}
         private_view(self.view, inst, snap)
+        reports = [[r, *report] for r, q in (self.kept or {}).items() for report in q]
         self.out.to_coordinator("paired", {"through": self.processed, "objects": snap,
                                            "timers": list(inst.ctx._timers), "firings": self.firings,
-                                           "cursor": cursor, "shared": sorted(inst.shared)})
+                                           "cursor": cursor, "shared": sorted(inst.shared),
+                                           "sent": self.out.records() if self.out.sent is not None else [],
+                                           "reports": reports})
 
     def _start_clone(self, replay: dict) -> None:
         """§5.3 a clone starts where its straggler was when cloned: its state (a private
@@ -1285,6 +1308,15 @@ class InstanceWorker:
             self.store.pairing(True, [inst.vertex, inst.instance_id], snap["cursor"])
             self.view = {}
             private_view(self.view, inst, snap["objects"])
+        # What the straggler had sent its targets and roots, again (whichever copy's comes
+        # first has it; each receiver takes each clock once): its last messages may be
+        # overtaken by this clone's first (_Sender.resend)
+        for r, through, deps, items in snap.get("reports", ()):
+            if self.kept is not None:
+                self.kept.setdefault(r, deque()).append((through, deps, items))
+            self.out.rep_through[r] = max(through, self.out.rep_through.get(r, -1))
+            self.guard.send(self.roots[r], encode(Kind.REPORT, [through, deps, items]))
+        self.out.resend(snap.get("sent", ()))
         self.out.to_coordinator("cloned", {"handed_over": sum(map(len, self.queues.values()))})
 
     def _unpair(self, sent: dict | None) -> None:
