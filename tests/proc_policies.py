@@ -25,3 +25,14 @@ class FailsInAWorker(PassThrough):
 def to_two(load: VertexLoad) -> Decision | None:
     """One more instance while there is one, with a reason of its own."""
     return Decision("scale-out", reason=f"{load.size} instance(s), want two") if load.size < 2 else None
+
+
+_cloned: list[int] = []
+
+
+def clone_once(load: VertexLoad) -> Decision | None:
+    """§5.3 a clone of instance 0, once (tests/test_proc_clones.py)."""
+    if _cloned:
+        return None
+    _cloned.append(0)
+    return Decision("clone", 0, reason="clone_once")

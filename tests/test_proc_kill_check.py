@@ -173,10 +173,10 @@ class _Box:
         self.replies.append((peer, frame))
 
 
-def test_the_recording_keeps_the_stores_answer_to_a_replayed_read():
-    """§5.4 a failover's replayed read of a shared object is answered from the read log
-    (the value the killed instance read); the checker's recording must keep what the
-    store itself answered, or its re-execution of the serialization disagrees."""
+def store_server(vertex: str = "portscan", obj: str = "likelihood") -> tuple:
+    """A store server's request handling without its process (a memory store with what
+    NF failover keeps): ``call(peer, method, args)`` answers as it would, ``op(code,
+    *args, ...)`` is one op of ``vertex[i]`` on a shared object; the recording, kept."""
     from chc.backends.memory import MemoryStore
     from chc.core.store import ObjectKey, Op
     from chc.runtime.storeserver import Failover, _handle
@@ -184,15 +184,24 @@ def test_the_recording_keeps_the_stores_answer_to_a_replayed_read():
 
     store, box, steps = MemoryStore(), _Box(), []
     failover = Failover(store)
-    key = ObjectKey("portscan", "likelihood", b"h", False)
+    key = ObjectKey(vertex, obj, b"h", False)
 
     def call(peer: bytes, method: str, args: list) -> object:
         _handle(box, store, peer, Kind.CALL, decode(encode(Kind.CALL, [1, method, args]))[1], steps, failover)
         return decode(box.replies[-1][1])[1][2]
 
     def op(code: str, *args, seq: int = 0, clock: int = -1, i: int = 0) -> list:
-        return op_rows([Op(code, key, args, f"portscan/{i}", seq, i, None if clock < 0 else (clock, 0))])
+        return op_rows([Op(code, key, args, f"{vertex}/{i}", seq, i, None if clock < 0 else (clock, 0))])
+    return call, op, steps, failover
 
+
+def test_the_recording_keeps_the_stores_answer_to_a_replayed_read():
+    """§5.4 a failover's replayed read of a shared object is answered from the read log
+    (the value the killed instance read); the checker's recording must keep what the
+    store itself answered, or its re-execution of the serialization disagrees."""
+    from chc.runtime.wire import decode
+
+    call, op, steps, _ = store_server()
     call(b"portscan.0", "execute", [op("set", 1, seq=1, clock=4), 4])
     assert call(b"portscan.0", "execute", [op("get"), 5]) == [1]          # logged for clock 5
     call(b"portscan.1", "execute", [op("set", 2, seq=1, clock=6, i=1), 6])      # another instance moves it on

@@ -253,14 +253,16 @@ def test_a_manager_killed_is_started_again_and_goes_on_deciding(rising, tmp_path
     assert s["log"]["remaining"] == 0
 
 
-def test_a_straggler_policy_is_refused_on_proc_in_one_line(capsys, tmp_path):
+def test_a_straggler_policy_in_model_t_is_refused_on_proc_in_one_line(capsys, tmp_path):
+    """§5.3 a clone starts from its straggler's state in the store: model T has none there."""
     d = yaml.safe_load(AUTOSCALE.read_text())
     d["vertices"]["trojan"]["scaling"]["straggler_factor"] = 3.0
     spec = tmp_path / "chain.yaml"
     spec.write_text(yaml.safe_dump(d))
-    assert main(["run", "--runtime", "proc", str(spec), str(ROOT / "traces/scans/nmap-syn-scan.pcap")]) == 2
+    assert main(["run", "--runtime", "proc", str(spec), str(ROOT / "traces/scans/nmap-syn-scan.pcap"),
+                 "--model", "T"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "straggler_factor" in err[0] and "clones" in err[0]
+    assert len(err) == 1 and "clone of trojan" in err[0] and "model T" in err[0]
 
 
 def test_bad_manager_kills_are_one_line(capsys):
@@ -318,8 +320,8 @@ def test_a_feeder_reports_the_packets_it_split_per_flow_group_to_the_manager(tmp
 
 def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
     """:meth:`Scaler.decide`: a decision that would cross ``min``/``max`` is refused and
-    logged, as a clone is (not built on proc); an even load rebalances nothing; the
-    rest become changes with the manager's reason."""
+    logged, as a clone is while a clone pair of the vertex runs (one a vertex); an even load
+    rebalances nothing; the rest become changes with the manager's reason."""
     import types
 
     from chc.runtime.procscale import Scaler
@@ -328,7 +330,7 @@ def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
 
     chain = load_spec(str(AUTOSCALE))
     rt = types.SimpleNamespace(chain=chain, plan=Plan(str(tmp_path), chain, "EO", 1, ("memory", "")), kills=[],
-                               events=[], spares=False)
+                               events=[], spares=False, pairs={"portscan.1": {"vertex": "portscan"}})
     scaler = Scaler(rt, [])
     made = []
     scaler._change = lambda event, index: made.append((event.action, event.target, event.params, index))
@@ -338,8 +340,7 @@ def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
     scaler.decide("portscan", [["scale-out", None, "9000 pps per instance > 3000"], ["clone", 2, "slow"],
                                ["rebalance", None, "imbalance 1.6 > 1.5"]], [5] * 64, 700)
     assert [(e["kind"], e["reason"]) for e in rt.events] == [
-        ("scale-out-refused", "at max (4)"), ("clone-refused", "clones are not built on the proc runtime yet "
-                                                               "(docs/stragglers.md)")]
+        ("scale-out-refused", "at max (4)"), ("clone-refused", "a clone pair of portscan runs")]
     assert all(e["by"] == "manager" and e["packet"] == 700 for e in rt.events) and made == []
     scaler.active["trojan"] = [0, 1]
     counts = [10 if g % 2 == 0 else 0 for g in range(64)]
@@ -354,8 +355,9 @@ def test_the_framework_manager_holds_the_bounds_and_refuses_clones(tmp_path):
 
 def test_a_clone_decided_after_the_input_ended_is_refused_for_what_it_is():
     """Decisions still pending at the end of input are logged refused: a scale-out or a
-    scale-in the policy's bounds allow because the input ended first, a clone because proc
-    has no clones, one at a bound as the manager's decision is refused then (a short run
+    scale-in the policy's bounds allow because the input ended first, a clone because the
+    run keeps nothing for clones (its policies cannot clone), one at a bound as the
+    manager's decision is refused then (a short run
     said "the input ended before it" for those, hiding the reason a longer run gives)."""
     from chc.runtime.proc import ProcRuntime
     from chc.spec import load_spec
@@ -367,7 +369,8 @@ def test_a_clone_decided_after_the_input_ended_is_refused_for_what_it_is():
                     ("trojan", [["scale-out", None, "busier"], ["scale-in", 3, "idler"]], [])]
     ProcRuntime._decisions_expired(rt)
     assert [(e["vertex"], e["kind"], e["reason"], e["asked"]) for e in rt.events] == [
-        ("portscan", "clone-refused", "clones are not built on the proc runtime yet (docs/stragglers.md)", "slow"),
+        ("portscan", "clone-refused", "the run was not started for clones (no clone event, straggler_factor or "
+                                      "policy callable; docs/proc.md, \"Clones\")", "slow"),
         ("portscan", "scale-out-refused", "the input ended before it", "busy"),
         ("portscan", "scale-in-refused", "at min (1)", "idle"),
         ("trojan", "scale-out-refused", "at max (4)", "busier"),

@@ -82,11 +82,13 @@ def test_what_cannot_be_done_is_refused_with_a_reason(event, reason):
 
 def test_the_proc_runtime_refuses_what_it_does_not_scale_yet():
     chain = load_spec(PAPER)
-    assert "clone" in refusal([_ev("clone", "nat", 5)], chain, "EO")
+    assert refusal([_ev("clone", "nat", 5)], chain, "EO") is None
+    assert "for_us" in refusal([_ev("clone", "nat", 5, for_us=100)], chain, "EO")
+    assert "slow" in refusal([_ev("slow", "nat", 5)], chain, "EO")
     assert "model T" in refusal([_ev("scale-out", "nat", 5)], chain, "T")
     assert refusal([_ev("scale-out", "nat", 5)], chain, "EO+C") is None
-    with pytest.raises(ValueError, match="clone"):
-        ProcRuntime(chain, model="EO", events=[_ev("clone", "nat", 5)])
+    with pytest.raises(ValueError, match="clone of nat.*model T"):
+        ProcRuntime(chain, model="T", events=[_ev("clone", "nat", 5)])
 
 
 # -- a run ------------------------------------------------------------------------------------------

@@ -1056,7 +1056,8 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
 # The breaks a proc run can have: in an instance's store client, on what the run reports,
 # or (with --kill) in the failover.
 PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow", "no-xor", "no-replay", "no-wal",
-               "naive-move", "no-moved-timers", "replay-as-now", "replay-by-today", "resume-as-done")
+               "naive-move", "no-moved-timers", "replay-as-now", "replay-by-today", "resume-as-done",
+               "no-dup-suppression")
 
 
 def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets: int, stores: list[str],
@@ -1073,6 +1074,9 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
             and "store" not in crashes:
         return ("--break no-wal with --runtime proc needs a --kill of the store server (store@N, or random "
                 "draws) or a scenario's crash of the store (it switches off the failover store's roll forward)")
+    if "no-dup-suppression" in breaks and not any(e.action == "clone" for e in events) and not managed:
+        return ("--break no-dup-suppression needs a scenario with clone events or a chain with a "
+                "straggler_factor (it lets a clone pair's duplicates through)")
     if "naive-move" in breaks and not events and not managed:
         return ("--break naive-move needs a scenario with scaling events (scale-out, scale-in, move, refine) "
                 "or a chain with a scaling: policy")
@@ -1170,6 +1174,12 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
              for e in failovers if e.get("past_maps")]
     if "replay-by-today" in breaks and today:
         state.acted["replay-by-today"] = "; ".join(today)
+    dups = [e["duplicates_delivered"] for e in s.events if "duplicates_delivered" in e]
+    delivered = sum(d["outputs"] + d["alerts"] for d in dups)
+    if "no-dup-suppression" in breaks and delivered:     # (and the instances' own, in their acted)
+        said = state.acted.get("no-dup-suppression")
+        state.acted["no-dup-suppression"] = "; ".join(
+            ([said] if said else []) + [f"{len(dups)} clones: {delivered} duplicate outputs and alerts delivered"])
     resumed = [f"{e['failover_process']} started as if change {e['during_change']} were done"
                for e in failovers if {"hands over", "waits"} & set(e.get("change_part", ()))]
     if "resume-as-done" in breaks and resumed:

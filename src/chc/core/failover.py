@@ -84,12 +84,16 @@ def rebind(inst: Instance, caching: bool) -> None:
 ReadLog = dict[tuple[str, Any, int], list[Any]]     # (vertex, instance, clock) -> answers
 
 
-def log_reads(log: ReadLog, ops: list, results: list[Any], clock: int, cursor: dict | None) -> None:
+def log_reads(log: ReadLog, ops: list, results: list[Any], clock: int, cursor: dict | None,
+              pair: bool = False) -> bool:
     """§5.4 the read log: the answers to reads of shared objects, per (vertex,
     logical instance, clock read for), are logged; or, for a replay (``cursor``:
     the replay's read positions), answered from the log in the order they were
     made.  (The vertex is in the slot: instance numbers repeat across vertices, and
-    a packet's reads at two vertices must not answer each other.)"""
+    a packet's reads at two vertices must not answer each other.)  §5.3 a copy of a
+    clone pair (``pair``): past the log's end its reads are logged (for the other
+    copy).  Whether any read was answered from the log."""
+    from_log = False
     for k, op in enumerate(ops):
         if op.code != "get" or op.key.per_flow:
             continue
@@ -102,6 +106,11 @@ def log_reads(log: ReadLog, ops: list, results: list[Any], clock: int, cursor: d
         if logged is not None and i < len(logged):
             cursor[slot] = i + 1
             results[k] = logged[i]
+            from_log = True
+        elif pair:
+            log.setdefault(slot, []).append(results[k])
+            cursor[slot] = i + 1
+    return from_log
 
 
 def prune_reads(log: ReadLog | None, done: Callable[[int], bool]) -> None:

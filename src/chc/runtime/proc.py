@@ -113,7 +113,7 @@ from .procworker import (
 )
 from .sim import DEFAULT_BATCH, root_index, stored_state
 from .storefailover import recoverable_url
-from .wire import Kind, Mailbox, Marks, dealer, encode, generation_name, logical
+from .wire import CLONE, Kind, Mailbox, Marks, dealer, encode, generation_name, logical
 
 log = logging.getLogger("chc.proc")
 
@@ -151,19 +151,25 @@ class ProcRuntime:
         crashes = [crash_kill(e, chain, grown) for e in events if e.action == "crash"]
         events = [e for e in events if e.action != "crash"]
         self.kills = sorted([*kills, *crashes], key=lambda k: k.at)
+        # §3 a vertex manager process per vertex with a scaling policy (procmanager)
+        managed = tuple(name for name, v in chain.vertices.items() if v.scaling is not None)
+        # §5.3 clones (scenario events, or a policy's straggler_factor): a clone starts from
+        # its straggler's state and takes what the upstreams sent it from the records they
+        # keep for failover, so the run keeps them (docs/proc.md, "Clones")
+        cloning = [e.target for e in events if e.action == "clone"] + [
+            name for name in managed if chain.vertices[name].scaling.straggler_factor is not None]
+        if cloning:
+            _check_clonable(chain, model, log_mode, cloning[0], type(self).name)
+        elif model != "T" and log_mode != "off" and type(self).name == "proc":
+            # (a policy callable may decide a clone too; where it cannot, it is refused then)
+            cloning = [name for name in managed if chain.vertices[name].scaling.policy is not None]
         # (a vertex manager holds no packet and no state: its death needs no recovery)
-        recover = failover or any(managed_vertex(k.vertex) is None for k in self.kills)
-        if recover:
+        recover = failover or bool(cloning) or any(managed_vertex(k.vertex) is None for k in self.kills)
+        if failover or any(managed_vertex(k.vertex) is None for k in self.kills):
             cause = "--kill" if kills else "a scenario's crash" if crashes else "--failover"
             _check_recoverable(chain, model, store_url, log_mode, self.kills, cause)
         # §5.4 a root is failed over when its packet log is its own (rebuilt from the input replayed)
         self.roots_recover = recover and log_mode == "local"
-        # §3 a vertex manager process per vertex with a scaling policy (procmanager)
-        managed = tuple(name for name, v in chain.vertices.items() if v.scaling is not None)
-        cloning = [name for name in managed if chain.vertices[name].scaling.straggler_factor is not None]
-        if cloning:
-            raise ValueError(f"{cloning[0]}'s scaling policy: straggler_factor clones stragglers, and clones are "
-                             "not built on the proc runtime yet (docs/stragglers.md); use --runtime sim")
         if any(k.during for k in self.kills) and not events and not managed:
             raise ValueError("--kill VERTEX[I]@change:K: the run makes no scaling changes (it needs a chain with "
                              "a scaling: policy, or scale-out, scale-in, move or refine events: chc check's "
@@ -193,7 +199,7 @@ class ProcRuntime:
                          persist_every=persist_every, send_out=write_out, hwm=hwm, record=record,
                          breaks=tuple(breaks), break_from=break_from, recover=recover,
                          replay="no-replay" not in breaks, heartbeat_s=heartbeat_s, checkpoint_s=checkpoint_s,
-                         managers=managed)
+                         managers=managed, clones=bool(cloning))
         self.no_wal = "no-wal" in breaks      # --break no-wal: the failover store is the checkpoint alone
         self.misses = misses
         self.heard: dict[str, float] = {}               # process -> when it last sent anything
@@ -235,6 +241,24 @@ class ProcRuntime:
         self._store_up: set[str] = set()               # store server processes that took a checkpoint
         self.fenced: list[str] = []     # failed processes: a failover started later fences them too
         self.bounds: dict[str, int] = {}    # logical instance -> the highest clock its last failover replays
+        # §5.3 clone pairs (logical instance -> the pair), clones made per instance, the
+        # processes a resolution stopped, each instance's base name (a kept clone's
+        # failover is nat.0~1#1: wire.previous), every process's count (its load reports)
+        self.pairs: dict[str, dict] = {}
+        # (kept copies still reading their private view: a new clone of one, or a scaling
+        # change, waits until it has run what the pair had been sent and says so)
+        self.unpairing: set[str] = set()
+        self.clone_count: dict[str, int] = {}
+        self.stopped_copies: set[str] = set()
+        self.base: dict[str, str] = {}
+        self.processes: dict[str, int] = {}
+        self.through_of: dict[str, int] = {}       # process -> the highest clock of its counted batches
+        self.pairing: dict[str, Any] = {}          # process -> what it said when paired / cloned / teed
+        # §5.3 per logical instance, what was counted: clocks up to a mark, alerts by key
+        self._count_mark: dict[str, int] = {}
+        self._alert_keys: dict[str, set] = {}
+        self._out_mark: dict[str, int] = {}
+        self.dup = {"outputs": 0, "alerts": 0}     # a pair's duplicates the coordinator saw
         self.events: list[dict] = []
         self.wals: set[str] = set()     # store failover: the processes that handed in their logs
         # --kill: process -> (when, packets fed, the packet the kill named)
@@ -428,6 +452,8 @@ class ProcRuntime:
         p.join(1)
         if self.scaler is not None and self.scaler.spare_gone(name):
             return                          # (§5.1 a warm spare: a scale-out starts a process then)
+        if name in self.stopped_copies:
+            return                          # (§5.3 the copy a clone pair's resolution stopped)
         store = _logical(name) == STORE
         if _logical(name) in self.reported or (store and self.store_stats):
             return
@@ -538,6 +564,10 @@ class ProcRuntime:
                               f"{c['vertex']} (§5.1, barrier at clock {c.get('barrier')}); a failure in the middle "
                               "of a scaling change before its barrier is known is not recovered (docs/proc.md); "
                               "the run stops")
+        if self.pairs:
+            raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} while a clone pair of "
+                              f"{', '.join(sorted(self.pairs))} ran; a failure during a pair is not recovered "
+                              "(docs/proc.md, \"Clones\"); the run stops")
         failing, self._failing = self._failing, dead
         try:
             if _logical(dead) == STORE:
@@ -552,15 +582,16 @@ class ProcRuntime:
         was found), its failover's generation and process name, and when it was found."""
         detected = time.perf_counter()
         gen = self.generation[name] + 1
+        base = self.base.get(name, name)       # (§5.3 a kept clone's failovers: nat.0~1#1)
         # §5.4 on Ray a generation is placed on the next node of the ring (on_ring); one whose
         # node is gone is skipped, and fenced as if it had failed (_fence), since each
         # receiver takes a generation's frames once the one before it is fenced
         # (wire.previous).  Once round the ring at most: then the launch says no node is left.
         skipped = []
-        while len(skipped) < len(self.plan.ring) and not self._placeable(generation_name(name, gen)):
-            skipped.append(generation_name(name, gen))
+        while len(skipped) < len(self.plan.ring) and not self._placeable(generation_name(base, gen)):
+            skipped.append(generation_name(base, gen))
             gen += 1
-        new = generation_name(name, gen)
+        new = generation_name(base, gen)
         killed = self._killed.pop(dead, None)
         event = {"kind": kind, **where, "process": dead, "pid": p.pid, "how": self._how(dead, p, short=True),
                  "failover_process": new, "packet": self.fed,
@@ -596,13 +627,7 @@ class ProcRuntime:
         # Its receivers take nothing more from it (what they read after this its failover
         # sends again), and take its failover's frames only from then on.
         for g in gone:
-            self.box.fence(g.encode())
-            fence = encode(Kind.CONTROL, ["fence", g])
-            for d in self.plan.targets(vertex):
-                for j in range(self.plan.width(d)):
-                    self._tell(instance_name(d, j), fence)
-            for r in range(self.chain.roots):
-                self._tell(root_name(r), fence)
+            self._fence_at_receivers(vertex, g)
         # (a retired upstream stays until the end with what it sent: §5.1, docs/proc.md)
         feeders = [f for f in self.plan.feeders(vertex, retired=True)
                    if f not in self.plan.retired or self.procs[self.current[f]].is_alive()]
@@ -626,8 +651,10 @@ class ProcRuntime:
         # part, and will send up to what its own failed process can have sent.
         partial = self.recovering[name]["partial"]
         bound = self.bounds[name] = min(self.bounds[f] if f in partial else records[f][1] for f in feeders)
+        # (its load reports' generation: every process of the instance counts, §5.3 clones too)
+        self.processes[name] = self.processes.get(name, 0) + 1
         replay = {"floors": floors, "feeds": records, "bound": bound, "current": dict(self.current),
-                  "fenced": list(self.fenced), "feeders": feeders}
+                  "fenced": list(self.fenced), "feeders": feeders, "generation": self.processes[name]}
         if self.scaler is not None:     # §5.1 what moves gave it, and R3 as the vertex shares now
             replay.update(self.scaler.for_failover(name, floors))
             if "change" in replay:      # §5.1 with §5.4 it died during a change: its failover takes its part
@@ -638,6 +665,20 @@ class ProcRuntime:
         event["logged_floor"] = [floors.get(r, -1) for r in range(self.chain.roots)]    # per root
         event["handed_over"] = sum(len(r[0]) for r in records.values())     # packets sent to it, from the floor
         _say_failover(event, dead, p.pid, new)
+
+    def _fence_at_receivers(self, vertex: str, process: str) -> None:
+        """Nothing more of ``process`` (an instance of ``vertex``) is taken here, at the next
+        vertex's instances and at the roots (§5.4 a dead one; §5.3 a pair's stopped copy)."""
+        self.box.fence(process.encode())
+        fence = encode(Kind.CONTROL, ["fence", process])
+        for d in self.plan.targets(vertex):
+            for j in range(self.plan.width(d)):
+                self._tell(instance_name(d, j), fence)
+                clone = self.pairs.get(instance_name(d, j), {}).get("clone")
+                if clone is not None:       # (§5.3 both copies of a pair receive)
+                    self._tell_process(clone, fence)
+        for r in range(self.chain.roots):
+            self._tell(root_name(r), fence)
 
     def _fail_over_root(self, dead: str, p: Any) -> None:
         """§5.4 a root failed (docs/proc.md, "Root failover"): every instance takes nothing
@@ -876,6 +917,158 @@ class ProcRuntime:
                      recovery_s=round(time.perf_counter() - rec["started"], 6))
         self.events.append(event)
 
+    # -- §5.3 clones (docs/proc.md, "Clones") -------------------------------------------------------
+    def clone(self, vertex: str, instance: int | None, why: dict, for_packets: int = 0) -> None:
+        """§5.3 start a clone of ``vertex[instance]`` (None: the active instance furthest
+        behind, by the highest clock it has counted) while it runs: the straggler settles
+        and reads from a private view of its state from then on, and says where it is
+        (:meth:`InstanceWorker._pair`); each upstream copies everything it sends the
+        straggler to the clone from then on, and hands over what it had sent it (``tee``,
+        one message); the clone starts from the straggler's state and runs what the
+        straggler had not (:meth:`InstanceWorker._start_clone`).  Receivers take each
+        clock once of the pair; :meth:`_resolve` keeps the copy that is further."""
+        active = self.scaler.active[vertex] if self.scaler is not None else list(range(self.plan.width(vertex)))
+        if instance is None:
+            instance = min(active, key=lambda j: (self.through_of.get(self.current[instance_name(vertex, j)], -1), j))
+        name = instance_name(vertex, instance)
+        paired = any(p["vertex"] == vertex for p in self.pairs.values())
+        refused = ("not an active instance" if instance not in active else
+                   f"a clone pair of {vertex} runs" if why.get("by") == "manager" and paired
+                   else f"{name} has ended" if name in self.reported else None)
+        if refused:
+            self.events.append({"kind": "clone-refused", "vertex": vertex, "instance": instance, "packet": self.fed,
+                                "reason": refused, **why})
+            return
+        # one pair a vertex (as the sim): a scenario's clone ends the vertex's pair first
+        for other in [n for n, p in self.pairs.items() if p["vertex"] == vertex]:
+            self._resolve(other)
+        while name in self.unpairing:
+            self._service(100)
+        started = time.perf_counter()
+        straggler = self.current[name]
+        # (the clock log and read log stay from here until the pair ends: the slower copy
+        # needs the entries of clocks the faster one completed)
+        self.remote.hold_pruning(True)
+        self.pairing.pop(("paired", straggler), None)
+        self._tell(name, encode(Kind.CONTROL, ["pair", None]))
+        snap = self._await_pairing(("paired", straggler), straggler)
+        if snap is None:
+            self.remote.hold_pruning(False)
+            self.events.append({"kind": "clone-refused", "vertex": vertex, "instance": instance,
+                                "packet": self.fed, "reason": f"{name} has ended", **why})
+            return
+        k = self.clone_count[name] = self.clone_count.get(name, 0) + 1
+        new = f"{straggler}{CLONE.decode()}{k}"
+        feeders = [f for f in self.plan.feeders(vertex, retired=True)
+                   if f not in self.plan.retired or self.procs[self.current[f]].is_alive()]
+        key = ("teed", vertex, instance)
+        self.pairing[key] = {}
+        tee = encode(Kind.CONTROL, ["tee", [vertex, instance, new]])
+        # (an upstream in a pair of its own: both copies send the straggler, both copy to the clone)
+        senders = [p for f in feeders for p in self._copies(f)]
+        for p in senders:
+            self._tell_process(p, tee)
+        while len(self.pairing[key]) < len(senders):
+            self._service(100)
+        records: dict[str, list] = {}
+        for p, record in self.pairing.pop(key).items():
+            f = _logical(p)
+            records[f] = _merged(records[f], record) if f in records else record
+        for f in feeders:
+            if f in self.plan.retired:      # (§5.1 it sent all it will: as for a failover)
+                records[f][1:3] = [INF, True]
+        gen = self.processes[name] = self.processes.get(name, 0) + 1
+        # (a target in a pair of its own: the clone copies to that pair's clone too)
+        tees = [[d, j, self.pairs[instance_name(d, j)]["clone"]] for d in self.plan.targets(vertex)
+                for j in range(self.plan.width(d)) if instance_name(d, j) in self.pairs]
+        replay = {"clone": snap, "feeds": records, "current": dict(self.current), "fenced": list(self.fenced),
+                  "feeders": feeders, "shared": snap["shared"], "generation": gen, "tees": tees,
+                  "born": self.scaler.born.get(name, -1) if self.scaler is not None else -1}
+        self._launch(self.mp, new, procworker.main, (self.plan, "instance", (vertex, instance, new), replay))
+        cloned = self._await_pairing(("cloned", new), new)
+        event = {"kind": "clone", "vertex": vertex, "instance": instance, "packet": self.fed,
+                 "straggler_process": straggler, "clone_process": new, "from_clock": snap["through"],
+                 "handed_over": cloned["handed_over"], "timers": len(snap["timers"]),
+                 "start_s": round(time.perf_counter() - started, 6), **why}
+        self.events.append(event)
+        self.pairs[name] = {"vertex": vertex, "instance": instance, "straggler": straggler, "clone": new,
+                            "feeders": feeders, "started": self.fed, "started_s": time.perf_counter(),
+                            "for_packets": for_packets, "from": snap["through"], "dup": dict(self.dup)}
+
+    def _copies(self, name: str) -> list[str]:
+        """The live processes of logical instance ``name``: its process, and its clone
+        while it is in a pair (§5.3)."""
+        pair = self.pairs.get(name)
+        return [p for p in [self.current[name]] + ([pair["clone"]] if pair else []) if self.procs[p].is_alive()]
+
+    def _tell_process(self, process: str, frame: bytes) -> None:
+        """:meth:`_tell` to a process by its name (a pair's clone is no instance's current one)."""
+        while process not in self.ready and self.procs[process].is_alive():
+            self._service(100)
+        self.box.reply(process.encode(), frame)
+
+    def _await_pairing(self, key: tuple, process: str) -> Any:
+        """What ``process`` says when paired or cloned (the run stops if it dies first)."""
+        while key not in self.pairing:
+            self._service(100)
+            if key not in self.pairing and not self.procs[process].is_alive():
+                self._reap(process)
+        return self.pairing.pop(key)
+
+    def resolve_due(self, final: bool = False) -> None:
+        """§5.3 resolve each pair that has run ``for_packets`` input packets side by side
+        and whose clone has counted a batch past where it started; all at the end of
+        input (and before a scaling change: one change at a time, as the sim)."""
+        for name, pair in list(self.pairs.items()):
+            if final or (self.fed - pair["started"] >= pair["for_packets"]
+                         and self.through_of.get(pair["clone"], -1) > pair["from"]):
+                self._resolve(name)
+
+    def _resolve(self, name: str) -> None:
+        """§5.3 keep the copy that has counted the higher clock (the clone on a tie: it
+        has caught up), stop the other: the store, the receivers and this coordinator
+        take nothing more of it (fenced: the kept copy sends every clock it did not),
+        the upstreams send only to the kept one, and the kept one reads the store again
+        once it has run everything the pair had been sent (before, the store may hold
+        the stopped copy's updates of clocks the kept one has not run: it counted less
+        than it had run, its batch unfinished; read back, they were counted twice)."""
+        pair = self.pairs.pop(name)
+        vertex, i = pair["vertex"], pair["instance"]
+        s_at = self.through_of.get(pair["straggler"], -1)
+        c_at = self.through_of.get(pair["clone"], -1)
+        keep_clone = c_at >= s_at and self.procs[pair["clone"]].is_alive()
+        kept, gone = (pair["clone"], pair["straggler"]) if keep_clone else (pair["straggler"], pair["clone"])
+        self.stopped_copies.add(gone)
+        self.remote.fence(gone)
+        self._fence_at_receivers(vertex, gone)
+        untee = encode(Kind.CONTROL, ["untee", [vertex, i, keep_clone]])
+        key = ("untee'd", vertex, i)
+        self.pairing[key] = {}
+        senders = [p for f in pair["feeders"] for p in self._copies(f)]
+        for p in senders:
+            self._tell_process(p, untee)
+        while len(self.pairing[key]) < len(senders):
+            self._service(100)
+        sent: dict[str, int] = {}       # upstream -> the through of the last message it sent the pair
+        for p, through in self.pairing.pop(key).items():
+            sent[_logical(p)] = max(through, sent.get(_logical(p), -1))
+        self.procs[gone].kill()
+        if keep_clone:
+            # its failovers are its generations (nat.0~1#1): wire.previous names it
+            self.current[name] = self.base[name] = kept
+            self.generation[name] = 0
+        self.unpairing.add(name)
+        self._tell(name, encode(Kind.CONTROL, ["unpair", sent]))
+        self.remote.hold_pruning(False)
+        self.events.append({"kind": "clone-resolved", "vertex": vertex, "instance": i, "packet": self.fed,
+                            "kept": "clone" if keep_clone else "straggler", "kept_process": kept,
+                            "stopped_process": gone, "started_packet": pair["started"],
+                            "clock_straggler": s_at, "clock_clone": c_at,
+                            "side_by_side_s": round(time.perf_counter() - pair["started_s"], 6),
+                            # (what the coordinator saw of the pair: sink outputs and alerts)
+                            ("duplicates_delivered" if "no-dup-suppression" in self.plan.breaks else
+                             "duplicates_suppressed"): {k: self.dup[k] - pair["dup"][k] for k in self.dup}})
+
     def _service(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` ms for the workers; handle what they sent."""
         poller = zmq.Poller()
@@ -939,13 +1132,27 @@ class ProcRuntime:
             elif what == "error":
                 raise ProcFailure(f"proc runtime: {data}")
             elif what == "out":
-                if self.emit is not None and data[1] and self._seen_out.fresh(peer, data[0]):
-                    self.emit([_out_packet(ts, clock, frame) for ts, clock, frame in data[1]])
+                if self.emit is not None and data[1]:
+                    rows = self._fresh_out(name, data) if self.plan.clones else (
+                        data[1] if self._seen_out.fresh(peer, data[0]) else [])
+                    if rows:
+                        self.emit([_out_packet(ts, clock, frame) for ts, clock, frame in rows])
             elif what == "stats":
                 # Issued updates are a set to the checker: a replay's (the same tags) count too.
                 self.issued += data[5]
-                if self._seen_stats.fresh(peer, data[0]):
+                if data[0] > self.through_of.get(name, -1):
+                    self.through_of[name] = data[0]
+                if self.plan.clones:
+                    self._count_clocks(name, data)
+                elif self._seen_stats.fresh(peer, data[0]):
                     self._count(_logical(name), data)
+            elif what == "unpaired":
+                self.unpairing.discard(_logical(name))
+            elif what in ("paired", "teed", "cloned", "untee'd"):
+                if what in ("teed", "untee'd"):
+                    self.pairing.setdefault((what, data[0], data[1]), {})[name] = data[2]
+                else:
+                    self.pairing[(what, name)] = data
             elif what == "record":
                 vertex, i, record = data
                 rec, feeder = self.recovering.get(instance_name(vertex, i)), _logical(name)
@@ -985,9 +1192,44 @@ class ProcRuntime:
             if process in self.ready and self.procs[process].is_alive():
                 self.box.reply(process.encode(), frame)
 
+    def _count_clocks(self, process: str, data: list) -> None:
+        """§5.3 a batch's counters with clones: per clock, each counted once of the logical
+        instance (the two copies of a pair send the same clocks in batches of their own);
+        alerts once per (kind, host, clock), as the sim's pairs."""
+        name = _logical(process)
+        through, clocks, alerts = data[0], data[7], data[2]
+        mark = self._count_mark.get(name, -1)
+        fresh = [row for row in clocks or () if row[0] > mark]
+        keys = self._alert_keys.setdefault(name, set())
+        kept = []
+        for a in alerts:
+            key = (a[2], a[3], a[5])
+            if key in keys:
+                self.dup["alerts"] += 1
+                if "no-dup-suppression" not in self.plan.breaks:
+                    continue
+            keys.add(key)
+            kept.append(a)
+        self._count_mark[name] = max(mark, through)
+        counters = [sum(row[k] for row in fresh) for k in (1, 2, 3, 4)]
+        self._count(name, [through, counters, kept, sum(row[5] for row in fresh), *data[4:7]])
+
+    def _fresh_out(self, process: str, data: list) -> list:
+        """§5.3 a sink's output with clones: each packet once per logical instance, by clock."""
+        name = _logical(process)
+        mark = self._out_mark.get(name, -1)
+        rows = data[1]
+        if rows[0][1] <= mark:
+            fresh = [r for r in rows if r[1] > mark]
+            self.dup["outputs"] += len(rows) - len(fresh)
+            if "no-dup-suppression" not in self.plan.breaks:
+                rows = fresh
+        self._out_mark[name] = max(mark, data[0])
+        return rows
+
     def _count(self, name: str, data: list) -> None:
         """A batch's counters, alerts and outputs of an instance (recover: what survives it)."""
-        _, counters, alerts, out, first_error, _, state_error = data
+        _, counters, alerts, out, first_error, _, state_error = data[:7]
         st = self.stats.get(name)
         if st is None:
             st = self.stats[name] = _no_stats()
@@ -1061,6 +1303,9 @@ class ProcRuntime:
                 pending = 0
         if pending:
             self._sent(batches, pending, progress, kills)
+        if self.pairs:
+            self.resolve_due(final=True)       # (§5.3 one copy of each pair sees the end)
+            self._kill_due(kills)           # (those that waited for the pair)
         for kill in kills:              # (past the input: never done, and said so)
             self.events.append({"kind": "kill-skipped", "process": kill.process, "packet": self.fed,
                                 "reason": f"the input ended before packet {kill.at}"})
@@ -1077,6 +1322,8 @@ class ProcRuntime:
         if progress is not None:
             progress(pending)
         self.fed += pending
+        if self.pairs:
+            self.resolve_due()
         self._kill_due(kills)
         if self.store is not None and time.monotonic() - self._last_lease > 5:
             self.store.renew_lease()
@@ -1089,7 +1336,8 @@ class ProcRuntime:
         self.told[r].append(what)
 
     def _kill_due(self, kills: list[Kill]) -> None:
-        while kills and kills[0].at <= self.fed:
+        # (§5.3 kills wait while a clone pair runs, as they wait for a scaling change)
+        while kills and kills[0].at <= self.fed and not self.pairs:
             self._kill(kills.pop(0))
 
     def _picked(self, kill: Kill) -> Kill:
@@ -1468,6 +1716,28 @@ def _check_recoverable(chain: Chain, model: str, store_url: str, log_mode: str, 
     if any(k.vertex == ROOT for k in kills) and log_mode != "local":
         raise ValueError(f"{of('root')}: a failover root rebuilds its packet log from the input it replays "
                          "(docs/proc.md); with the log in the store (--packet-log store) it is not recovered here")
+
+
+def _merged(a: list, b: list) -> list:
+    """§5.3 one record of what an upstream in a clone pair sent: its two copies' records
+    (``[rows, watermark, ended, report throughs, through]``), each clock once."""
+    seen = {row[3] for row in a[0]}
+    rows = sorted(a[0] + [row for row in b[0] if row[3] not in seen], key=lambda row: row[3])
+    throughs = {r: max(t, b[3].get(r, -1)) for r, t in a[3].items()} | {r: t for r, t in b[3].items()
+                                                                          if r not in a[3]}
+    return [rows, max(a[1], b[1]), a[2] or b[2], throughs, max(a[4], b[4])]
+
+
+def _check_clonable(chain: Chain, model: str, log_mode: str, target: str, runtime: str) -> None:
+    """What clones over processes need (one-line ValueErrors; docs/proc.md, "Clones")."""
+    what = f"clone of {target}"
+    if runtime != "proc":
+        raise ValueError(f"{what}: clones run on --runtime proc and sim; not yet on {runtime} (docs/proc.md)")
+    if model == "T":
+        raise ValueError(f"{what}: in model T an instance's state lives inside it, and a clone starts from the "
+                         "state in the store (§5.3 needs an externalized model: EO, EO+C or EO+C+NA)")
+    if log_mode == "off":
+        raise ValueError(f"{what}: with the packet log off the upstreams keep nothing a clone could take over")
 
 
 def _how(p: Any, short: bool = False) -> str:

@@ -77,11 +77,8 @@ from .sim import shared_objects
 from .storeserver import STORE
 from .wire import Kind, encode, logical
 
-#: Why a vertex manager's ``clone`` decision is refused on this runtime (§5.3 runs on sim only).
-NO_CLONES = "clones are not built on the proc runtime yet (docs/stragglers.md)"
-
-#: The scenario actions the proc runtime carries out.
-ACTIONS = ("scale-out", "scale-in", "move", "refine")
+#: The scenario actions the proc runtime carries out (§5.3 clones: ProcRuntime.clone).
+ACTIONS = ("scale-out", "scale-in", "move", "refine", "clone")
 
 
 SPARE_UP_S = 10.0       # how long a scale-out, or the end of a run, waits for a spare still starting
@@ -109,6 +106,10 @@ def refusal(events: list, chain: Chain, model: str, managed: tuple[str, ...] = (
     if other:
         return (f"the proc runtime runs the scenario actions {', '.join(ACTIONS)}; not yet {other[0]} "
                 "(docs/proc.md); use --runtime sim")
+    timed = next((e for e in events if e.action == "clone" and e.params.get("for_us")), None)
+    if timed is not None:
+        return (f"clone of {timed.target}: for_us (virtual time) is the sim's; the proc runtime runs a pair "
+                "for_packets input packets (docs/proc.md, \"Clones\"); use --runtime sim")
     what = "scaling" if events else f"{managed[0]}'s scaling policy"
     if model == "T":
         return (f"{what}: scaling moves flows between instances through the store: model T has none "
@@ -353,7 +354,10 @@ class Scaler:
         n = len(self.active[vertex])
         return (f"at max ({policy.max})" if action == "scale-out" and n >= policy.max else
                 f"at min ({policy.min})" if action == "scale-in" and n <= policy.min else
-                NO_CLONES if action == "clone" else None)
+                f"a clone pair of {vertex} runs" if action == "clone" and
+                any(p["vertex"] == vertex for p in self.rt.pairs.values()) else
+                "the run was not started for clones (no clone event, straggler_factor or policy callable; "
+                "docs/proc.md, \"Clones\")" if action == "clone" and not self.rt.plan.clones else None)
 
     # -- §5.1 warm spares -----------------------------------------------------------------------
     def start_spares(self) -> None:
@@ -439,6 +443,17 @@ class Scaler:
     # -- one change ----------------------------------------------------------------------------
     def _change(self, event: Any, index: int) -> None:
         rt = self.rt
+        if event.action == "clone":
+            vertex, i = _target(event, rt.chain)
+            while self.open is not None or rt.recovering:     # (one change at a time)
+                rt._service(100)
+            rt.clone(vertex, i, _by(event), int(event.params.get("for_packets", 0)))
+            return
+        # §5.3 one change at a time: a clone pair ends first (the scaling change's hand-overs
+        # and the new instances' feeders would not know the pair)
+        rt.resolve_due(final=True)
+        while rt.unpairing:             # (§5.3 a kept copy back on the store first)
+            rt._service(100)
         while self.open is not None or rt.recovering or self._spare_starting(event):
             # one change at a time (the barriers' watermarks flow without input), and none
             # while a failover is under way (its process started from the plan before it);

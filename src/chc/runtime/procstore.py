@@ -55,6 +55,7 @@ from typing import Any
 from ..core.failover import merge_reads
 from ..core.recovery import Checkpoint, CheckpointImage, InstanceLog, Recovery, Stamp, WriteAheadLog, recover
 from ..core.root import root_of
+from .wire import logical
 
 CHECKPOINT = "store.ckpt"
 RESTORE = "store.restore"
@@ -274,9 +275,12 @@ def redo(rec: Recovery, logs: list[InstanceLog]) -> list[list]:
 
 def client_id(process: str) -> str:
     """The store client id of an NF instance's process (``nat.0#1``: its failover's own)."""
-    name, _, gen = process.partition("#")
+    name = logical(process.encode()).decode()
     vertex, i = name.rsplit(".", 1)
-    return f"{vertex}/{i}" + (f"+failover{gen}" if gen else "")
+    rest = process[len(name):]
+    if rest[:1] == "#" and rest[1:].isdigit():      # (nat.0#2)
+        return f"{vertex}/{i}+failover{rest[1:]}"
+    return f"{vertex}/{i}" + (f"+{rest}" if rest else "")     # (§5.3 a clone, nat.0~1, and its failovers)
 
 
 __all__ = ["CHECKPOINT", "DEFAULT_CHECKPOINT_MS", "RESTORE", "SERIAL", "Durable", "SerialLog", "boot",

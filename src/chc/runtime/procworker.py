@@ -104,6 +104,7 @@ from .procio import Guard, worker_guard
 from .sim import _by_clock, _copy, classify, give_timers, shared_objects, split_targets, take_timers
 from .storeserver import STORE
 from .wire import (
+    CLONE,
     GENERATION,
     SENDABLE,
     Kind,
@@ -117,6 +118,7 @@ from .wire import (
     endpoint,
     fields,
     generation_name,
+    is_generation,
     logical,
     pack_packets,
     tcp_endpoint,
@@ -219,6 +221,10 @@ class Plan:
     # §3 the vertices with a manager process (a scaling: policy; chc.runtime.procmanager):
     # their instances report their load to it, their feeders packets per flow group
     managers: tuple[str, ...] = ()
+    # §5.3 the run may clone stragglers (scenario clone events, a straggler_factor): every
+    # receiver takes a logical sender's packets, reports and counters per clock, since the
+    # two copies of a clone pair run one clock sequence in batches of their own
+    clones: bool = False
 
     @property
     def per_root(self) -> bool:
@@ -360,6 +366,8 @@ class _Sender:
         # §5.1 a scale-out's new instance has nothing up to the barrier it joined at: a
         # target it has sent nothing yet has had everything from it up to there
         self.born = -1
+        # §5.3 a target in a clone pair: the clone's socket; each message to the target goes to it too
+        self.tees: dict[tuple[str, int], zmq.Socket] = {}
         self.floors: dict[int, int] = {}        # root id -> its floor, as last heard
         # §4.1 per vertex with a manager process: packets per flow group go to it (it
         # rebalances by them); counted by the splitters, sent after a batch now and then
@@ -462,7 +470,16 @@ class _Sender:
     def transmit(self, vertex: str, i: int, rows: list, watermark: int, through: int, eof: bool = False) -> None:
         frame = encode(Kind.DATA, [watermark, self.rep_through, rows, eof, through, self.floors,
                                    self.rmarks or []])
-        self.guard.send(self.socks[vertex][i], frame)
+        sock = self.socks[vertex][i]        # (both picked before a wait: a tee set meanwhile has it in its record)
+        tee = self.tees.get((vertex, i))
+        if tee is not None:
+            # §5.3 the clone first: a send blocked on the straggler that loses gives up
+            # (untee); one that waited for the clone may find the straggler's socket
+            # closed since (the clone kept: it had the frame)
+            self.guard.send(tee, frame)
+            if sock.closed:
+                return
+        self.guard.send(sock, frame)
 
     def batch(self, parts: dict[tuple[str, int], list[Packet]], watermark: int, through: int,
               hold: list | None = None) -> None:
@@ -536,6 +553,45 @@ class _Sender:
         mark, eof, through = self.sent_mark.get((vertex, i), (self.born, False, self.born))
         return [list(self.sent.get((vertex, i), ())), mark, eof, dict(self.rep_through), through]
 
+    def tee(self, vertex: str, i: int, name: str) -> list:
+        """§5.3 ``vertex[i]`` is cloned as ``name``: from now on every message to it goes to
+        the clone too; what was sent to it so far (as :meth:`repoint`'s record) is the
+        clone's to take from.  One control message, so nothing falls between the two."""
+        self.tees[(vertex, i)] = dealer(self.ctx, self.plan.address(name), self.me, self.plan.hwm)
+        mark, eof, through = self.sent_mark.get((vertex, i), (self.born, False, self.born))
+        return [list(self.sent.get((vertex, i), ())), mark, eof, dict(self.rep_through), through]
+
+    def records(self) -> list:
+        """§5.3 what this process sent each target since the floors, as ``[vertex, i, rows,
+        watermark, eof, through]``: a clone of it sends it again first (:meth:`resend`)."""
+        return [[d, i, list(rows), *self.sent_mark[(d, i)]] for (d, i), rows in self.sent.items()
+                if rows and (d, i) in self.sent_mark]
+
+    def resend(self, records: list) -> None:
+        """§5.3 a clone's first messages: what its straggler had sent each target (its
+        :meth:`records`), taken as its own.  The straggler's last ones may still be on
+        their way (a slow target's queue) when the clone's first batch past them comes
+        on its own link, and a receiver takes a logical sender's clocks past the highest
+        through of either copy: they were dropped (seed 0 of proc-clone.yaml lost 3-300
+        packets).  Sent again, whichever copy's comes first has them."""
+        for d, i, rows, mark, eof, through in records:
+            if (d, i) in self.gone:
+                continue
+            self.sent.setdefault((d, i), deque()).extend(rows)
+            self.sent_mark[(d, i)] = (mark, eof, through)
+            self.transmit(d, i, rows, mark, through, eof)
+
+    def untee(self, vertex: str, i: int, keep_clone: bool) -> None:
+        """§5.3 the pair of ``vertex[i]`` is resolved: only the kept copy is sent to."""
+        tee = self.tees.pop((vertex, i), None)
+        if tee is None:
+            return
+        if keep_clone:
+            self.socks[vertex][i].close(0)
+            self.socks[vertex][i] = tee
+        else:
+            tee.close(0)
+
     def to_coordinator(self, what: str, body: Any) -> None:
         self.guard.send(self.coordinator, encode(Kind.CONTROL, [what, body]))
 
@@ -554,6 +610,8 @@ def main(plan: Plan, role: str, index: Any, replay: dict | None = None, join: di
     if role == "root":
         r, gen = index if isinstance(index, tuple) else (index, 0)
         me = generation_name(root_name(r), gen)
+    elif len(index) > 2 and isinstance(index[2], str):
+        me = index[2]                   # §5.3 a clone (nat.0~1)
     else:
         me = generation_name(instance_name(*index[:2]), (index + (0,))[2])
     guard = worker_guard(me)
@@ -653,11 +711,19 @@ class Control:
             elif what == "repoint":
                 vertex, i, name = body
                 self.out.to_coordinator("record", [vertex, i, self.out.repoint(vertex, i, name)])
+            elif what == "tee":
+                vertex, i, name = body
+                self.out.to_coordinator("teed", [vertex, i, self.out.tee(vertex, i, name)])
+            elif what == "untee":
+                vertex, i, _ = body
+                self.out.untee(*body)
+                through = self.out.sent_mark.get((vertex, i), (-1, False, -1))[2]
+                self.out.to_coordinator("untee'd", [vertex, i, through])
             elif what == "reroot" and self.reroot is not None:
                 self.reroot(*body)
             elif what in ("wal", "truncate", "store"):
                 self.store_failed(what, body)
-            elif what in ("epoch", "go") and self.change is not None:
+            elif what in ("epoch", "go", "pair", "unpair") and self.change is not None:
                 self.change(what, body)
 
 
@@ -699,7 +765,7 @@ class RootWorker:
         # §5.3 its own clocks (core.store); with several roots not while a failover may
         # replay (a replay can hold another root's packets that root is done with: sim.py)
         self.prune = plan.model != "T" and (chain.roots == 1 or not plan.recover)
-        self.inbox = CausalInbox()
+        self.inbox = CausalInbox(per_item=plan.clones)
         self.instances = [instance_name(v, i) for v, i in plan.instances()]
         self.watermark = -1
         self.meta_pending: list = []
@@ -871,6 +937,8 @@ class RootWorker:
         self.pulls += 1             # (what they let the root delete comes after this pull)
         for clock, xor_id in commits:
             root.commit(clock, xor_id)
+        if self.inbox.fired:
+            self.inbox.forget_below(root.oldest)
         if self.prune:
             self.store.prune_below(root.oldest)     # its own clocks (core.store)
             if self.out.sent is not None:
@@ -902,6 +970,10 @@ class RootWorker:
             what, clock, value = item
             if what == 0:
                 root.fork(clock, value)
+            elif what == TIMER:         # (a timer's firing: its re-armed copies, its end)
+                if value[0]:
+                    root.fork(clock, value[0])
+                root.done(clock, value[1])
             else:
                 root.done(clock, value)
 
@@ -938,11 +1010,17 @@ class CausalInbox:
     what its replay reports again (a through the root already has) is a duplicate,
     dropped."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_item: bool = False) -> None:
         self.marks: dict[str, int] = {}             # logical sender -> through of its latest report
         self.parked: dict[str, deque] = {}          # logical sender -> its reports waiting, in order
         self.waited = 0                             # reports that had to wait for another's
         self.duplicates = 0                         # a failover's reports the root already had
+        # §5.3 with clones: items are taken one by one (the two copies of a pair report
+        # the same items in batches of their own): an item of a clock above the logical
+        # sender's mark, a timer's k-th firing of a clock if fewer were taken
+        self.per_item = per_item
+        self.fired: dict[tuple[str, int], int] = {}     # (logical sender, clock) -> firings taken
+        self.duplicate_items = 0
 
     def offer(self, sender: str, through: int, deps: dict[str, int], items: list) -> list[list]:
         """A report from ``sender``; the reports (item lists) that may be applied now, in order."""
@@ -973,7 +1051,12 @@ class CausalInbox:
                 while q and all(marks.get(k, -1) >= v for k, v in q[0][2].items()):
                     failover, t, _, its = q.popleft()
                     seen = marks.get(who, -1)
-                    if failover and t <= seen:
+                    if self.per_item:
+                        its = self._fresh_items(who, seen, its)
+                        out.append(its)
+                        if t > seen:
+                            marks[who] = t
+                    elif failover and t <= seen:
                         self.duplicates += 1
                     else:
                         out.append(its)
@@ -981,6 +1064,36 @@ class CausalInbox:
                             marks[who] = t
                     progress = True
         return out
+
+
+    def _fresh_items(self, who: str, seen: int, items: list) -> list:
+        """§5.3 what of a report is new: the items of clocks past ``seen`` (the copies run
+        one clock sequence, and a report's items are of clocks past its sender's last
+        through), and each timer firing that is its clock's k-th and fewer were taken
+        (a firing carries its arming clock, which another copy may have passed)."""
+        out = []
+        fired = self.fired
+        for item in items:
+            if item[0] == TIMER:
+                slot = (who, item[1])
+                if item[2][2] <= fired.get(slot, 0):
+                    self.duplicate_items += 1
+                    continue
+                fired[slot] = item[2][2]
+            elif item[1] <= seen:
+                self.duplicate_items += 1
+                continue
+            out.append(item)
+        return out
+
+    def forget_below(self, clock: int) -> None:
+        """Timer firings of clocks done with (below the root's oldest logged) are forgotten:
+        a replay's firing of one ends a packet the root no longer has (ignored)."""
+        for slot in [s for s in self.fired if s[1] < clock]:
+            del self.fired[slot]
+
+
+TIMER = 3       # a report item of a timer's firing: [TIMER, clock, [re-armed, vector, k-th firing]]
 
 
 # -- NF instances ------------------------------------------------------------------------------
@@ -1003,6 +1116,8 @@ class InstanceWorker:
         for dead in started.get("fenced", ()):
             self.box.fence(dead.encode())
         self.out = _Sender(plan, ctx, self.me, vertex, guard, started.get("current"))
+        for d, j, clone in started.get("tees", ()):     # (§5.3 a clone beside a pair downstream)
+            self.out.tee(d, j, clone)
         self.boxes = [self.box]
         at = started.get("current", {})
         self.roots = [dealer(ctx, plan.address(at.get(root_name(r), root_name(r))), self.me)
@@ -1019,9 +1134,12 @@ class InstanceWorker:
         elif width > 1:                 # R3: objects every instance of the vertex reaches
             self.inst.set_shared(shared_objects(chain, plan.flowmaps()[vertex], vertex))
         self.acted: dict[str, str] = {}     # what a --break did here (the checker's)
+        self.no_dedup = "no-dup-suppression" in plan.breaks     # (§5.3 a test's: a clone's duplicates pass)
+        self.dup_taken = 0
+        self.paired: set[bytes] = set()     # (with it: the logical senders a clone has sent from)
         client = self.inst.client
         if client is not None and self.me != self.name:
-            client.client_id = f"{vertex}/{i}+failover{self.me.rsplit('#', 1)[1]}"  # its own exactly-once sequence
+            client.client_id = procstore.client_id(self.me)     # its own exactly-once sequence
         if (plan.record or plan.recover) and client is not None and hasattr(self.store, "clock_of"):
             self.store.clock_of = lambda: client.clock      # the clock a read is for (read log, checker)
         self.wal = None
@@ -1072,7 +1190,17 @@ class InstanceWorker:
         self.busy_ns = 0
         self.report_at = -1
         self.report_every = v.scaling.interval_ns // 4 if self.manager is not None else 0
-        self.generation = int(self.me.partition(GENERATION.decode())[2] or 0)      # (a failover's: nat.0#1)
+        # (a failover's: nat.0#1; the coordinator counts every process of the instance, clones too)
+        self.generation = (started.get("generation") if "generation" in started else
+                           int(self.me.rpartition(GENERATION.decode())[2]) if is_generation(self.me.encode()) else 0)
+        # §5.3 a clone pair (docs/stragglers.md): the private view this copy reads while
+        # it runs (what shared_view restores), the highest clock processed, per clock the
+        # timer firings so far (each firing's k is reported), and this process a clone
+        self.view: dict | None = None
+        self.processed = -1
+        self.firings: dict[int, int] | None = {} if plan.clones else None
+        self.cloned = (replay or {}).get("clone")
+        self.unpair_at: dict[bytes, int] | None = None      # kept: unpaired once past these
         if join is not None:            # a scale-out's new instance: it has nothing up to the barrier
             for f in self.feeders:
                 self.marks[f] = join["barrier"]
@@ -1086,7 +1214,9 @@ class InstanceWorker:
 
     def run(self) -> None:
         self.out.to_coordinator("ready", None)
-        if self.replay is not None:
+        if self.cloned is not None:
+            self._start_clone(self.replay)
+        elif self.replay is not None:
             c = self.replay.get("change")
             if c is not None and "resume-as-done" in self.plan.breaks and c["vertex"] == self.inst.vertex \
                     and self.inst.instance_id in c["passers"] and not c["passed"]:
@@ -1103,6 +1233,8 @@ class InstanceWorker:
                 self._process(batch, self._watermark(batch))
             if self.changing is not None or self.out.switching or self.flood is not None:
                 self._progress()
+            if self.unpair_at is not None:
+                self._unpair_when_done()
             if not batch and not got:
                 self.guard.poll(poller)
         self._finish()
@@ -1110,6 +1242,8 @@ class InstanceWorker:
         for what, body in self.changes:     # (told while it finished)
             if what == "epoch":
                 self.out.to_coordinator("epoch", body["id"])
+            elif what == "pair":
+                self.out.to_coordinator("paired", None)     # (§5.3 retired: nothing to clone)
 
     # -- §5.1 elasticity (docs/proc.md, "Scaling") --------------------------------------------------
     def change(self, what: str, body: Any) -> None:
@@ -1119,6 +1253,8 @@ class InstanceWorker:
             # (retired: nothing of it changes any more; a failover knew it from its replay)
             if what == "epoch":
                 self.out.to_coordinator("epoch", body["id"])
+            elif what == "pair":
+                self.out.to_coordinator("paired", None)     # (§5.3 done: nothing to clone)
             return
         self.changes.append((what, body))
 
@@ -1127,8 +1263,89 @@ class InstanceWorker:
             what, body = self.changes.popleft()
             if what == "epoch":
                 self._epoch(body)
+            elif what == "pair":
+                self._pair()
+            elif what == "unpair":
+                self._unpair(body)
             else:
                 self._go(*body)
+
+    # -- §5.3 clones (docs/stragglers.md, docs/proc.md "Clones") ----------------------------------
+    def _pair(self) -> None:
+        """This instance is cloned (between two batches): every update acknowledged, its
+        state as the store holds it now read back, and from here on read from that
+        private view (the clone, which runs at its own speed, updates the same logical
+        state: a copy reading the store would see the other's later packets); its reads
+        of shared objects a copy made first are answered from the read log.  What the
+        clone starts from goes to the coordinator: the state, the pending timers, the
+        highest clock processed (the clone runs the packets past it)."""
+        inst = self.inst
+        if inst.client is None:         # (model T: refused before; nothing to share)
+            self.out.to_coordinator("paired", None)
+            return
+        inst.client.settle()
+        snap = self.store.objects(inst.vertex)
+        cursor = self.store.pairing(True, [inst.vertex, inst.instance_id])
+        self.view = {}
+        private_view(self.view, inst, snap)
+        reports = [[r, *report] for r, q in (self.kept or {}).items() for report in q]
+        self.out.to_coordinator("paired", {"through": self.processed, "objects": snap,
+                                           "timers": list(inst.ctx._timers), "firings": self.firings,
+                                           "cursor": cursor, "shared": sorted(inst.shared),
+                                           "sent": self.out.records() if self.out.sent is not None else [],
+                                           "reports": reports})
+
+    def _start_clone(self, replay: dict) -> None:
+        """§5.3 a clone starts where its straggler was when cloned: its state (a private
+        view), its timers and their firings so far; of what the upstreams had sent the
+        straggler (their records), the packets past the straggler's highest processed
+        clock are its input, ahead of what the upstreams copy to it from now on."""
+        snap = self.cloned
+        inst = self.inst
+        through = self.processed = snap["through"]
+        for feeder, pkts in self._take_records(replay["feeds"]).items():
+            self.queues[feeder].extend(p for p in pkts if p.clock > through)
+        give_timers(inst.ctx, [tuple(t) for t in snap["timers"]])
+        self.firings = {int(c): k for c, k in snap["firings"].items()}
+        if inst.client is not None:
+            self.store.pairing(True, [inst.vertex, inst.instance_id], snap["cursor"])
+            self.view = {}
+            private_view(self.view, inst, snap["objects"])
+        # What the straggler had sent its targets and roots, again (whichever copy's comes
+        # first has it; each receiver takes each clock once): its last messages may be
+        # overtaken by this clone's first (_Sender.resend)
+        for r, through, deps, items in snap.get("reports", ()):
+            if self.kept is not None:
+                self.kept.setdefault(r, deque()).append((through, deps, items))
+            self.out.rep_through[r] = max(through, self.out.rep_through.get(r, -1))
+            self.guard.send(self.roots[r], encode(Kind.REPORT, [through, deps, items]))
+        self.out.resend(snap.get("sent", ()))
+        self.out.to_coordinator("cloned", {"handed_over": sum(map(len, self.queues.values()))})
+
+    def _unpair(self, sent: dict | None) -> None:
+        """§5.3 this copy is kept: back to the store (updates settled, private view dropped)
+        once it has run everything its upstreams had sent the pair (``sent``: per
+        upstream, the through of its last message then): the stopped copy may have
+        updated the store for clocks up to there, which read back now would count twice."""
+        self.cloned = None
+        self.unpair_at = {f.encode(): t for f, t in (sent or {}).items()}
+        if self.view is not None:
+            self.store.pairing(False, [self.inst.vertex, self.inst.instance_id])
+        self._unpair_when_done()
+
+    def _unpair_when_done(self) -> None:
+        if self.unpair_at is None:
+            return
+        last = max(self.unpair_at.values(), default=-1)
+        if any(self.seen.mark.get(f, -1) < t for f, t in self.unpair_at.items() if f in self.queues) or \
+                any(p.clock <= last for q in self.queues.values() for p in q):
+            return
+        self.unpair_at = None
+        inst = self.inst
+        if self.view is not None:
+            shared_view(self.view, inst)
+            self.view = None
+        self.out.to_coordinator("unpaired", None)
 
     def _epoch(self, change: dict) -> None:
         """Vertex ``change["vertex"]`` changes at ``change["barrier"]``: as its upstream,
@@ -1267,16 +1484,8 @@ class InstanceWorker:
         started = time.perf_counter()
         floors = replay["floors"]
         handed = 0
-        for feeder in self.feeders:
-            rows, mark, eof, throughs, through = replay["feeds"][feeder.decode()]
-            # What came from that upstream: if it is itself a failover by now, its replay
-            # re-sends it (two failures in a row), and only what goes past is new.
-            self.seen.mark[feeder] = through
-            self.marks[feeder] = mark
-            self.deps[feeder] = throughs
-            if eof:
-                self.ended.add(feeder)
-            kept = [p for p in unpack_packets(rows) if p.clock >= floors.get(root_of(p.clock), -1)]
+        for feeder, pkts in self._take_records(replay["feeds"]).items():
+            kept = [p for p in pkts if p.clock >= floors.get(root_of(p.clock), -1)]
             handed += len(kept)
             if self.plan.replay:        # --break no-replay: what was handed over is lost
                 self.queues[feeder].extend(kept)
@@ -1337,6 +1546,23 @@ class InstanceWorker:
                                              "past_maps": past, "by_past_maps": self.out.by_past,
                                              "skipped": 0 if self.plan.replay else handed,
                                              "seconds": time.perf_counter() - started})
+
+    def _take_records(self, feeds: dict) -> dict[bytes, list[Packet]]:
+        """What each upstream handed over (its record of what it sent the instance this
+        process takes over or copies): its watermark, end, report throughs and the through
+        of its last message, taken as if received; per upstream, the packets."""
+        out = {}
+        for feeder in self.feeders:
+            rows, mark, eof, throughs, through = feeds[feeder.decode()]
+            # What came from that upstream: if it is itself a failover by now, its replay
+            # re-sends it (two failures in a row), and only what goes past is new.
+            self.seen.mark[feeder] = through
+            self.marks[feeder] = mark
+            self.deps[feeder] = throughs
+            if eof:
+                self.ended.add(feeder)
+            out[feeder] = unpack_packets(rows)
+        return out
 
     def _replay_run(self, pkts: list[Packet]) -> int:
         """One part of a replay, from a private view of the store before it; its steps
@@ -1405,7 +1631,25 @@ class InstanceWorker:
                 self.box.ban(peer, str(exc))
                 continue
             got = True
-            if not self.seen.fresh(peer, through):
+            if self.firings is not None:
+                # §5.3 per packet: a clone pair's copies send one clock sequence in batches
+                # of their own (a failover's replay is one of them: the rule holds for it)
+                name = logical(peer)
+                seen = self.seen.mark.get(name, -1)
+                if self.no_dedup and CLONE in peer:
+                    self.paired.add(name)
+                if pkts and pkts[0].clock <= seen:
+                    if name in self.paired:     # (--break no-dup-suppression: either copy's, once cloned)
+                        self.dup_taken += sum(p.clock <= seen for p in pkts)
+                        self.acted["no-dup-suppression"] = f"{self.dup_taken} duplicate packets of a clone taken"
+                    else:
+                        pkts = [p for p in pkts if p.clock > seen]
+                if through > seen:
+                    self.seen.mark[name] = through
+                deps = self.deps[name]
+                seqs = {r: max(t, deps.get(r, -1)) for r, t in seqs.items()} | \
+                    {r: t for r, t in deps.items() if r not in seqs}
+            elif not self.seen.fresh(peer, through):
                 continue                    # a failover upstream's replay of what came already
             peer = logical(peer)
             if rmarks is None:
@@ -1426,6 +1670,10 @@ class InstanceWorker:
             if floors and self.out.sent is not None:
                 self.out.prune(floors)
                 self._prune_reports()
+                if self.firings:            # (a timer keeps its packet logged: these have fired for good)
+                    done = self.out.floors
+                    for c in [c for c in self.firings if c < done.get(root_of(c), -1)]:
+                        del self.firings[c]
                 if self.wal is not None:        # (the store's read log forgets these too)
                     prune_reads(self.wal.shared_reads, lambda c, f=self.out.floors: c < f.get(root_of(c), -1))
         return got
@@ -1505,19 +1753,45 @@ class InstanceWorker:
             # of a report must still grow from batch to batch (a downstream's report that
             # depends on this one's would be applied before it: causal delivery)
             through = self.through = max(through, self.through + 1)
-        if self.manager is None:
+        errors = inst.nf_errors
+        if self.manager is None or self.cloned is not None:    # (§5.3 a clone is no load until kept)
             produced = inst.run(batch)
         else:
             started = time.perf_counter_ns()
             produced = inst.run(batch)
             self._load(batch[-1].ts, time.perf_counter_ns() - started)
+        if through > self.processed:
+            self.processed = through
+        clocks = self._per_clock(batch, produced, through, inst.nf_errors - errors) \
+            if self.firings is not None else None
         items: list[list] = []
         self._report(items)
         parts = self._forward(produced, items)
         self._send_reports(items, through)
         self.out.batch(parts, watermark, through)
         if self.plan.recover:
-            self._stats(through)
+            self._stats(through, clocks)
+
+    def _per_clock(self, batch: list[Packet], produced: list[Packet], through: int, errors: int) -> list[list]:
+        """§5.3 this batch's counters per clock (``[clock, in, out, dropped, errors, sink
+        outputs]``): the coordinator counts a clone pair's clocks once, whichever copy's
+        batch has them (an NF error is counted at the batch's last clock)."""
+        per: dict[int, list[int]] = {}
+        for p in batch:
+            row = per.get(p.clock)
+            if row is None:
+                row = per[p.clock] = [p.clock, 0, 0, 0, 0, 0]
+            row[1] += 1
+        sink = not self.v.offpath and not self.v.successors
+        for p in produced:
+            row = per.setdefault(p.clock, [p.clock, 0, 0, 0, 0, 0])
+            row[2] += 1
+            row[5] += sink
+        for c, _ in self.inst.finished:
+            per.setdefault(c, [c, 0, 0, 0, 0, 0])[3] += 1
+        if errors:
+            per.setdefault(through, [through, 0, 0, 0, 0, 0])[4] += errors
+        return list(per.values())
 
     def _load(self, ts: int, busy_ns: int) -> None:
         """§3 this instance's counters to its vertex manager, if due by input time."""
@@ -1535,16 +1809,17 @@ class InstanceWorker:
             self.out.rmarks = self._floors()
         return min(min(self.marks.values()), self.hold)
 
-    def _stats(self, through: int) -> None:
+    def _stats(self, through: int, clocks: list | None = None) -> None:
         """§5.4 this batch's counters and alerts, to the coordinator: a failed instance's
-        would be lost with it (its failover's replay counts only what is new)."""
+        would be lost with it (its failover's replay counts only what is new); with
+        clones, also per clock (§5.3)."""
         inst = self.inst
         now = [inst.packets_in, inst.packets_out, inst.dropped, inst.nf_errors]
         alerts = inst.ctx.alerts[self.alerts_sent:]
         self.alerts_sent = len(inst.ctx.alerts)
         self.out.to_coordinator("stats", [through, [a - b for a, b in zip(now, self.counted, strict=True)],
                                           [_alert_row(a) for a in alerts], self.out.out_packets,
-                                          inst.first_error, self._issued(), self._unstorable()])
+                                          inst.first_error, self._issued(), self._unstorable(), clocks])
         self.counted = now
         self.out.out_packets = 0
 
@@ -1577,7 +1852,13 @@ class InstanceWorker:
         inst = self.inst
         for clock, k in inst.forks:
             items.append([0, clock, k])
+        firings = self.firings
         for clock, rearmed, vector in inst.fired:
+            if firings is not None:
+                # §5.3 the k-th firing of this clock's timers: the root takes it once of a pair
+                k = firings[clock] = firings.get(clock, 0) + 1
+                items.append([TIMER, clock, [rearmed, vector, k]])
+                continue
             if rearmed:
                 items.append([0, clock, rearmed])
             items.append([1, clock, vector])
@@ -1648,12 +1929,16 @@ class InstanceWorker:
     def _finish(self) -> None:
         """End of input: remaining timers fired, every update acknowledged, then the counters."""
         inst = self.inst
+        if self.unpair_at is not None:      # (§5.3 kept: all of it has run)
+            self.unpair_at = {}
+            self._unpair_when_done()
         inst.finish()
         items: list[list] = []
         self._report(items)
         self._send_reports(items, INF, every=True)      # the last report (through INF) to every root
         if self.plan.recover:
-            self._stats(INF)
+            errors = inst.nf_errors - self.counted[3]
+            self._stats(INF, [[INF, 0, 0, 0, errors, 0]] if self.firings is not None else None)
         self.out.end()
         client = inst.client
         report = {

@@ -103,6 +103,8 @@ _FAILOVER: dict[str, Callable[[list], bool]] = {
     "fence": lambda a: len(a) == 1 and a[0].__class__ is str,
     "hold_pruning": lambda a: len(a) == 1 and a[0].__class__ is bool,
     "replaying": lambda a: len(a) == 1 and a[0].__class__ is bool,
+    "pairing": lambda a: len(a) == 3 and a[0].__class__ is bool and a[1].__class__ is list and len(a[1]) == 2
+    and (a[2] is None or a[2].__class__ is list),
     "recommits": lambda a: len(a) == 1 and a[0].__class__ is int,
     "checkpoint": lambda a: not a,
     "unknown_of": lambda a: len(a) == 1 and a[0].__class__ is str,
@@ -126,6 +128,10 @@ class Failover:
         store.keep_preimages()
         self.reads: dict = {}
         self.replaying: dict[bytes, dict] = {}
+        # §5.3 the copies of a clone pair: their reads of a clock the other copy read first
+        # are answered from the read log (the slower copy sees what the faster one saw),
+        # the others are answered by the store and logged (peer -> its read positions)
+        self.pairs: set[bytes] = set()
         self.holds = 0
         self.floors: dict[int, int] = {}    # root id -> the clock log of its clocks is kept from here
         self.delivered: dict[int, list[tuple[int, int]]] = {}  # root id -> commits pulled, from its floor
@@ -157,6 +163,24 @@ class Failover:
         else:
             self.replaying.pop(peer, None)
         return None
+
+    def pairing(self, peer: bytes, on: bool, instance: list, cursor: list | None) -> list | None:
+        """§5.3 ``peer`` is (``on``) or is no longer a copy of logical instance ``instance``
+        (``[vertex, i]``) in a clone pair.  Its read positions start from ``cursor`` (the
+        clone: the straggler's when it was cloned), or from what the log holds of the
+        instance now (the straggler: every read logged so far is its own), which is returned."""
+        if not on:
+            self.pairs.discard(peer)
+            self.replaying.pop(peer, None)
+            return None
+        if cursor is None:
+            mine = [[list(slot), len(answers)] for slot, answers in self.reads.items()
+                    if list(slot[:2]) == instance]
+        else:
+            mine = cursor
+        self.replaying[peer] = {tuple(slot): n for slot, n in mine}
+        self.pairs.add(peer)
+        return mine
 
     def prune_below(self, store: MemoryStore, clock: int) -> int:
         """``clock``'s root is done with its clocks below it (each root prunes its own)."""
@@ -372,6 +396,8 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
                 if durable is not None:
                     durable.take()
                 result = None
+            elif method == "pairing":
+                result = failover.pairing(peer, *args)
             elif method in _FAILOVER:
                 result = failover.call(box, peer, method, args[0])
             elif method == "prune_below":
@@ -384,8 +410,17 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
                     durable.take()  # §5.4 durable before it is answered (no log holds declarations)
         except Refused as exc:              # (execute) these refused for what they are, the others applied
             result, refused = exc.results, _refusal_rows(args[0], exc.refused)
+        paired = failover is not None and rows is not None and read_clock is not None and peer in failover.pairs
+        if paired:
+            # §5.3 a pair's reads: those of a clock the other copy read first are answered
+            # from the read log (the checker follows the first copy's, the store's answers)
+            answers = list(result)
+            from_log = log_reads(failover.reads, args[0], result, read_clock, replaying, pair=True)
         if steps is not None and not peer.startswith(b"@"):     # instances' ops, not roots' metadata
-            if rows is not None:
+            if paired:
+                steps.append(encode(Kind.REPLY, ["execute", rows, answers, None if from_log else read_clock]
+                                    + ([[r[0] for r in refused]] if refused else [])))
+            elif rows is not None:
                 # The store's own answers (before a replay's reads are answered from the
                 # read log, below); a replay's reads are the store's to answer, not the
                 # logical chain's to follow.
@@ -401,7 +436,7 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
             # must have had every update applied before it (the checker's log safety);
             # with its request id, as a pull a failover store is sent again counts once
             steps.append(encode(Kind.REPLY, ["commits", peer.decode(), rid]))
-        if failover is not None and rows is not None and read_clock is not None:
+        if failover is not None and rows is not None and read_clock is not None and not paired:
             log_reads(failover.reads, args[0], result, read_clock, replaying)     # §5.4 the read log
         if method == "commits":
             result = [x for pair in result for x in pair]      # flat: a tuple each costs on the wire
@@ -678,6 +713,10 @@ class RemoteStore:
 
     def replaying(self, on: bool) -> None:
         self._call("replaying", on)
+
+    def pairing(self, on: bool, instance: list, cursor: list | None = None) -> list | None:
+        """§5.3 this client is (or no longer is) a copy of ``instance`` in a clone pair (:class:`Failover`)."""
+        return self._call("pairing", on, instance, cursor)
 
     def checkpoint(self) -> None:
         """§5.4 a checkpoint now (per-flow owners changed)."""

@@ -324,7 +324,7 @@ class Mailbox:
         except WireError as exc:
             self.ban(peer, str(exc))
             return None
-        if GENERATION in peer and previous(peer) not in self.fenced:
+        if GENERATION in peer and is_generation(peer) and previous(peer) not in self.fenced:
             self.held.setdefault(peer, deque()).append((peer, kind, body))
             return None
         return peer, kind, body
@@ -372,16 +372,26 @@ class Mailbox:
 
 
 GENERATION = b"#"      # "nat.0#2": the second failover process of logical instance nat.0
+# §5.3 a clone of process P is ``P~k`` (the k-th clone of its logical instance): not a
+# generation (receivers never hold its frames for a predecessor's fence); kept, it is the
+# base of its own failover generations (``nat.0~1#1``), so ``previous`` stays right.
+CLONE = b"~"
 
 
 def logical(peer: bytes) -> bytes:
-    """The logical name of a peer (a failover process speaks for its failed predecessor)."""
-    return peer.split(GENERATION, 1)[0]
+    """The logical name of a peer (a failover process or a clone speaks for its logical instance)."""
+    return peer.split(GENERATION, 1)[0].split(CLONE, 1)[0]
+
+
+def is_generation(peer: bytes) -> bool:
+    """Whether ``peer`` is a failover generation (``nat.0#1``, ``nat.0~1#2``; not a clone ``nat.0#1~1``)."""
+    _, sep, g = peer.rpartition(GENERATION)
+    return bool(sep) and g.isdigit()
 
 
 def previous(peer: bytes) -> bytes:
     """The process a failover generation replaced."""
-    base, _, g = peer.partition(GENERATION)
+    base, _, g = peer.rpartition(GENERATION)
     return base if g == b"1" else base + GENERATION + str(int(g) - 1).encode()
 
 
