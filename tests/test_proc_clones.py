@@ -164,6 +164,67 @@ def test_a_clone_of_the_portscan_detector_gives_the_sims_alerts():
     assert len(got["alerts"]) == 1
 
 
+# -- a copy of a pair that dies (§5.3 with §5.4) -----------------------------------------------------
+
+def _crash(target: str, at: int, **params) -> Event:
+    return Event("crash", target, params, at_packet=at)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("model", ["EO+C+NA", "EO"])
+def test_a_killed_copy_of_a_pair_leaves_the_other_to_go_on(model):
+    """A crash of a paired instance kills its straggler, ``copy: clone`` its clone, while
+    the pair runs (kills of other processes wait for the pairs): the pair is resolved for
+    the copy that lives, which needs no replay, and the run gives the sim's state."""
+    events = [_ev("nat[0]", 1000, for_packets=100000), _crash("nat[0]", 2000),
+              _ev("lb[0]", 2500, for_packets=100000), _crash("lb[0]", 3000, copy="clone")]
+    got = _compare(_records(LAN, 5000), events, model)
+    deaths = [e for e in got["events"] if e["kind"] == "clone-resolved"]
+    assert [(e["vertex"], e["kept"], e.get("by"), e.get("died")) for e in deaths] == [
+        ("nat", "clone", "death", "nat.0"), ("lb", "straggler", "death", "lb.0~1")]
+    assert all(2000 <= e["killed_at_packet"] < 2500 for e in deaths[:1]) and deaths[1]["killed_at_packet"] >= 3000
+    assert not any(e["kind"] in ("failover", "kill-skipped") for e in got["events"])
+
+
+def test_a_kill_of_a_clone_names_an_nf_instance_at_a_packet():
+    from chc.runtime.proc import Kill, crash_kill, parse_kill
+    chain = load_spec(PAPER)
+    assert parse_kill("lb[0]~@500", chain) == Kill("lb", 0, 500, clone=True)
+    assert parse_kill("lb@500", chain) == Kill("lb", 0, 500)
+    assert crash_kill(_crash("lb", 9, copy="clone"), chain) == Kill("lb", 0, 9, pick=0, clone=True)
+    for bad in ("root[0]~@5", "store~@5", "nat[0]~@change:1"):
+        with pytest.raises(ValueError, match="a clone"):
+            parse_kill(bad, chain)
+    with pytest.raises(ValueError, match="copy is straggler"):
+        crash_kill(_crash("nat[0]", 9, copy="both"), chain)
+
+
+@pytest.mark.timeout(300)
+def test_chc_check_passes_kills_of_pair_copies_and_catches_duplicates(monkeypatch, capsys, tmp_path):
+    """``chc check``: a pair whose straggler is killed passes (the kill counted as made:
+    the other copy went on), and with --break no-dup-suppression the same run fails (the
+    pairs of test_without_duplicate_suppression_the_check_fails, for the same reason)."""
+    monkeypatch.chdir(ROOT)
+    scenario = tmp_path / "pair-death.yaml"
+    scenario.write_text("name: pair-death\nevents:\n"
+                        "  - {at: {packets: 300}, do: clone, target: \"nat[0]\", for_packets: 100}\n"
+                        "  - {at: {packets: 400}, do: clone, target: \"portscan[0]\", for_packets: 100000}\n"
+                        "  - {at: {packets: 5000}, do: crash, target: \"portscan[0]\"}\n")
+    assert main(["check", "--runtime", "proc", PAPER, str(scenario), LAN, "--packets", "6000", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 1 seeds passed" in out and "went on alone" in out and "WITHOUT" not in out
+    assert main(["check", "--runtime", "proc", PAPER, str(scenario), LAN, "--packets", "6000", "--seeds", "1",
+                 "--break", "no-dup-suppression"]) == 1
+    assert "duplicate" in capsys.readouterr().out
+
+
+def test_the_sim_refuses_a_crash_of_a_clone_copy(tmp_path):
+    sim = None
+    with pytest.raises(ValueError, match="proc runtime's"):
+        sim = SimRuntime(load_spec(PAPER), model="EO", events=[_crash("nat[0]", 10, copy="clone")])
+    assert sim is None
+
+
 # -- the COE check --------------------------------------------------------------------------------
 
 @pytest.mark.timeout(300)

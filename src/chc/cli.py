@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--runtime proc: SIGKILL the process of instance I of VERTEX (root[R]: root R; store: "
                           "the store server) once N input packets have been fed (VERTEX[I]@change:K: during the "
                           "K-th scaling change; store@change:K too); a failover process takes over "
-                          "(§5.4, docs/proc.md); manager:VERTEX@N: VERTEX's manager process, started "
-                          "again; repeatable")
+                          "(§5.4, docs/proc.md); VERTEX[I]~@N: the clone of its running clone pair (§5.3); "
+                          "manager:VERTEX@N: VERTEX's manager process, started again; repeatable")
     run.add_argument("--failover", action="store_true",
                      help="--runtime proc: recover NF instance, root and store server processes that die "
                           "(implied by --kill)")
@@ -172,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--kill", action="append", default=[], metavar="VERTEX[I]@N",
                      help="--runtime proc: SIGKILL instance I of VERTEX (root[R]: root R; store: the store "
                           "server) once N packets have entered (VERTEX[I]@change:K: during the K-th scaling "
-                          "change); a failover process takes over (§5.4); manager:VERTEX@N: VERTEX's manager "
-                          "process, started again; repeatable")
+                          "change); a failover process takes over (§5.4); VERTEX[I]~@N: the clone of its "
+                          "running clone pair (§5.3); manager:VERTEX@N: VERTEX's manager process, started "
+                          "again; repeatable")
     srv.add_argument("--failover", action="store_true",
                      help="--runtime proc: recover NF instance, root and store server processes that die "
                           "(implied by --kill)")

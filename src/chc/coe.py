@@ -1197,9 +1197,11 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
     # (a scenario's crashes are kills on proc: planned as --kill's are)
     planned = len(v.kill.split(",")) if v.kill else 0
     planned += sum(e.action == "crash" for e in events)
-    result = CheckResult(divs, ref.notes, phys, ref, network=_kill_faults(planned, v.kill, failovers, s.events),
+    # (§5.3 a copy of a clone pair killed: the pair went on as the other copy, its recovery)
+    recovered = failovers + [e for e in s.events if e["kind"] == "clone-resolved" and e.get("by") == "death"]
+    result = CheckResult(divs, ref.notes, phys, ref, network=_kill_faults(planned, v.kill, recovered, s.events),
                          steps=len(obs.serial.steps), events=_event_counts(s.events),
-                         kills_not_made=_kills_not_made(planned, v.kill, failovers, s.events),
+                         kills_not_made=_kills_not_made(planned, v.kill, recovered, s.events),
                          kills_planned=planned)
     return SeedResult(v, result, _verdict(result, breaks, state.acted), state.said())
 
@@ -1237,13 +1239,15 @@ def _kill_faults(planned: int, kill: str, failovers: list[dict], events: list[di
     if not failovers:
         return {"not_killed": skipped} if skipped else {"killed": restarted} if restarted else \
             {"killed": f"{kill or 'the scenario crashes'}, after the instances had finished (nothing to recover)"}
-    return {"killed": "; ".join(f"{e['process']} at input packet {e.get('killed_at_packet')}"
+    return {"killed": "; ".join(f"{e.get('died') or e['process']} at input packet {e.get('killed_at_packet')}"
                                 + (f" (asked at {e['kill_asked_at']}: kills land between input batches)"
                                    if e.get("kill_asked_at") is not None else "")
                                 + (f" during change {e['during_change']}" if e.get("during_change") else "")
                                 for e in failovers),
             "failover": "; ".join(
                 e["interrupted"] if "interrupted" in e else
+                f"{e['kept_process']} went on alone (the other copy of its clone pair)"
+                if e["kind"] == "clone-resolved" else
                 f"{e['failover_process']} replayed {e['replayed']} input packets kept since its floor "
                 f"{clock_text(e['logged_floor'])} (recovery {e['recovery_s']:.2f} s)"
                 if e["kind"] == "root-failover" else

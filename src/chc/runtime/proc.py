@@ -454,6 +454,10 @@ class ProcRuntime:
             return                          # (§5.1 a warm spare: a scale-out starts a process then)
         if name in self.stopped_copies:
             return                          # (§5.3 the copy a clone pair's resolution stopped)
+        paired = next((n for n, pair in self.pairs.items() if name in (pair["straggler"], pair["clone"])), None)
+        if paired is not None:
+            self._copy_died(paired, name, p)
+            return
         store = _logical(name) == STORE
         if _logical(name) in self.reported or (store and self.store_stats):
             return
@@ -1024,7 +1028,25 @@ class ProcRuntime:
                          and self.through_of.get(pair["clone"], -1) > pair["from"]):
                 self._resolve(name)
 
-    def _resolve(self, name: str) -> None:
+    def _copy_died(self, name: str, dead: str, p: Any) -> None:
+        """§5.3 with §5.4: a copy of a clone pair died.  The pair is resolved for the other,
+        which needs no replay: the tee gave it every packet either copy was sent since the
+        clone started (and the straggler's in-transit ones before), its state is its own, its
+        reads of clocks the dead copy read are answered from the read log, its updates of
+        clocks whose updates the dead copy made are the clock log's, and the receivers take
+        each clock of the pair once.  So a resolution with the survivor kept is its recovery."""
+        killed = self._killed.pop(dead, None)
+        died = {"died": dead, "pid": p.pid, "how": self._how(dead, p, short=True)}
+        if killed is not None:
+            died["killed_at_packet"] = killed[1]
+            if killed[2] != killed[1]:
+                died["kill_asked_at"] = killed[2]
+        pair = self.pairs[name]
+        other = pair["clone"] if dead == pair["straggler"] else pair["straggler"]
+        _say_failover(died, dead, p.pid, f"{other}, the other copy of its clone pair")
+        self._resolve(name, died)
+
+    def _resolve(self, name: str, died: dict | None = None) -> None:
         """§5.3 keep the copy that has counted the higher clock (the clone on a tie: it
         has caught up), stop the other: the store, the receivers and this coordinator
         take nothing more of it (fenced: the kept copy sends every clock it did not),
@@ -1036,7 +1058,8 @@ class ProcRuntime:
         vertex, i = pair["vertex"], pair["instance"]
         s_at = self.through_of.get(pair["straggler"], -1)
         c_at = self.through_of.get(pair["clone"], -1)
-        keep_clone = c_at >= s_at and self.procs[pair["clone"]].is_alive()
+        keep_clone = c_at >= s_at and self.procs[pair["clone"]].is_alive() if died is None else \
+            died["died"] == pair["straggler"]
         kept, gone = (pair["clone"], pair["straggler"]) if keep_clone else (pair["straggler"], pair["clone"])
         self.stopped_copies.add(gone)
         self.remote.fence(gone)
@@ -1059,12 +1082,15 @@ class ProcRuntime:
             self.generation[name] = 0
         self.unpairing.add(name)
         self._tell(name, encode(Kind.CONTROL, ["unpair", sent]))
-        self.remote.hold_pruning(False)
+        # (pruning stays held until it is back on the store, "unpaired": a kept copy behind
+        # the stopped one, say a straggler whose clone died, runs clocks the other completed,
+        # and the roots prune what they completed; pruned, its updates of them applied again)
         self.events.append({"kind": "clone-resolved", "vertex": vertex, "instance": i, "packet": self.fed,
                             "kept": "clone" if keep_clone else "straggler", "kept_process": kept,
                             "stopped_process": gone, "started_packet": pair["started"],
                             "clock_straggler": s_at, "clock_clone": c_at,
                             "side_by_side_s": round(time.perf_counter() - pair["started_s"], 6),
+                            **({"by": "death", **died} if died is not None else {}),
                             # (what the coordinator saw of the pair: sink outputs and alerts)
                             ("duplicates_delivered" if "no-dup-suppression" in self.plan.breaks else
                              "duplicates_suppressed"): {k: self.dup[k] - pair["dup"][k] for k in self.dup}})
@@ -1148,6 +1174,7 @@ class ProcRuntime:
                     self._count(_logical(name), data)
             elif what == "unpaired":
                 self.unpairing.discard(_logical(name))
+                self.remote.hold_pruning(False)     # (§5.3 held since its pair started)
             elif what in ("paired", "teed", "cloned", "untee'd"):
                 if what in ("teed", "untee'd"):
                     self.pairing.setdefault((what, data[0], data[1]), {})[name] = data[2]
@@ -1336,9 +1363,14 @@ class ProcRuntime:
         self.told[r].append(what)
 
     def _kill_due(self, kills: list[Kill]) -> None:
-        # (§5.3 kills wait while a clone pair runs, as they wait for a scaling change)
-        while kills and kills[0].at <= self.fed and not self.pairs:
+        # (§5.3 kills wait while a clone pair runs, as they wait for a scaling change; one of
+        # a pair's own copies does not: the pair goes on as the other copy, _copy_died)
+        while kills and kills[0].at <= self.fed and (not self.pairs or self._of_a_pair(kills[0])):
             self._kill(kills.pop(0))
+
+    def _of_a_pair(self, kill: Kill) -> bool:
+        """Whether ``kill`` is of a copy of a clone pair that runs now."""
+        return (self._picked(kill) if kill.pick is not None else kill).process in self.pairs
 
     def _picked(self, kill: Kill) -> Kill:
         """A scenario's crash of a vertex: of its instances now (not retired), the seed's
@@ -1372,6 +1404,12 @@ class ProcRuntime:
                                 else "no such instance (yet): no scale-out added it"})
             return
         name = self.current[kill.process]
+        if kill.clone:
+            if kill.process not in self.pairs:
+                self.events.append({"kind": "kill-skipped", "process": f"{kill.process}~", "packet": self.fed,
+                                    "reason": "no clone pair of it ran then"})
+                return
+            name = self.pairs[kill.process]["clone"]
         p = self.procs[name]
         self._killed[name] = (time.perf_counter(), self.fed, self.fed if kill.during else kill.at)
         p.kill()                # multiprocessing: SIGKILL
@@ -1582,13 +1620,15 @@ def _no_stats() -> dict:
 class Kill:
     """``--kill VERTEX[I]@N``: SIGKILL the process of ``vertex[instance]`` once N input
     packets have been fed; ``VERTEX[I]@change:K``: during the K-th scaling change, past
-    its barrier and before the instances are told of it (docs/proc.md)."""
+    its barrier and before the instances are told of it; ``VERTEX[I]~@N``: the clone of
+    the instance's running clone pair (docs/proc.md)."""
 
     vertex: str                     # ROOT for a root
     instance: int
     at: int
     during: int = 0                 # the change (1, 2, ...) it kills during; 0: at ``at``
     pick: int | None = None         # a scenario's crash of a vertex: of its instances then, this one
+    clone: bool = False             # §5.3 the clone of the instance's pair (not its straggler)
 
     @property
     def process(self) -> str:
@@ -1625,7 +1665,8 @@ def _join_all(procs: list[Any], within_s: float, what: str) -> None:
 def parse_kill(text: str, chain: Chain) -> Kill:
     """``VERTEX[I]@N`` (``VERTEX@N``: instance 0), ``root[R]@N`` or ``store@N``, or any of
     them ``@change:K`` (during the K-th scaling change), or ``manager:VERTEX@N`` (a vertex
-    manager's process); a one-line ValueError otherwise."""
+    manager's process), or ``VERTEX[I]~@N`` (the clone of the instance's clone pair that
+    runs then); a one-line ValueError otherwise."""
     m = re.fullmatch(r"manager:([\w.-]+)@(\d+)", text.strip())
     if m is not None:
         v = chain.vertices.get(m.group(1))
@@ -1633,13 +1674,17 @@ def parse_kill(text: str, chain: Chain) -> Kill:
             raise ValueError(f"--kill {text!r}: no vertex {m.group(1)!r} with a scaling policy (vertices with "
                              f"a manager: {', '.join(n for n, x in chain.vertices.items() if x.scaling) or 'none'})")
         return Kill(manager_name(m.group(1)), 0, int(m.group(2)))
-    m = re.fullmatch(r"([\w.-]+)(?:\[(\d+)\])?@(change:)?(\d+)", text.strip())
+    m = re.fullmatch(r"([\w.-]+)(?:\[(\d+)\])?(~)?@(change:)?(\d+)", text.strip())
     if m is None:
         raise ValueError(f"--kill {text!r}: expected VERTEX[I]@PACKETS, root[R]@PACKETS, store@PACKETS, "
-                         "VERTEX[I]@change:K or manager:VERTEX@PACKETS, e.g. nat[0]@1000")
-    vertex, i, at = m.group(1), int(m.group(2) or 0), int(m.group(4))
-    during, at = (at, 0) if m.group(3) else (0, at)
-    if m.group(3) and during < 1:
+                         "VERTEX[I]@change:K, VERTEX[I]~@PACKETS (a clone) or manager:VERTEX@PACKETS, "
+                         "e.g. nat[0]@1000")
+    vertex, i, clone, at = m.group(1), int(m.group(2) or 0), bool(m.group(3)), int(m.group(5))
+    during, at = (at, 0) if m.group(4) else (0, at)
+    if clone and (during or vertex in (STORE_KILL, ROOT) and vertex not in chain.vertices):
+        raise ValueError(f"--kill {text!r}: a clone (~) is an NF instance's, at an input packet "
+                         "(no change runs while a clone pair does)")
+    if m.group(4) and during < 1:
         raise ValueError(f"--kill {text!r}: changes are counted from 1")
     if vertex == STORE_KILL and STORE_KILL not in chain.vertices:
         if i and not during:
@@ -1656,21 +1701,28 @@ def parse_kill(text: str, chain: Chain) -> Kill:
     # if it is there when the kill is due, else logged kill-skipped)
     if i >= v.parallelism and not during and v.scaling is None:
         raise ValueError(f"--kill {text!r}: {vertex} has {v.parallelism} instance(s)")
-    return Kill(vertex, i, at, during)
+    return Kill(vertex, i, at, during, clone=clone)
 
 
 def crash_kill(event: Any, chain: Chain, grown: frozenset[str] | set[str] = frozenset()) -> Kill:
     """§5.4 a scenario's ``crash`` event as a real kill at its input packet: ``vertex[i]``,
     ``vertex`` (one of its instances when the kill is due, by the seed's ``pick``, as the
     sim picks among the active ones), ``root[R]`` or ``store``; a one-line ValueError.
+    ``copy: clone`` kills the clone of the instance's clone pair that runs then (§5.3);
     ``grown``: the vertices a scale-out of the scenario adds instances to."""
     where = f"crash of {event.target}"
+    copy = event.params.get("copy", "straggler")
+    if copy not in ("straggler", "clone"):
+        raise ValueError(f"{where}: copy is straggler (the default: the instance's own process) or clone, "
+                         f"not {copy!r}")
     if event.at_packet is None:
         raise ValueError(f"{where} at {event.at_time_ns / 1000:g} µs: the proc runtime kills at input packets "
                          "(at: {packets: N}); a time is the sim's virtual time")
     target = event.target or ""
     name, bracket, rest = target.partition("[")
     if name in (STORE_KILL, ROOT) and name not in chain.vertices:
+        if copy == "clone":
+            raise ValueError(f"{where}: copy: clone is an NF instance's (a root or the store has no clone)")
         return parse_kill(f"{target}@{event.at_packet}", chain)
     if name not in chain.vertices:
         raise ValueError(f"{where}: no vertex {name!r} (vertices: {', '.join(chain.vertices)})")
@@ -1679,8 +1731,8 @@ def crash_kill(event: Any, chain: Chain, grown: frozenset[str] | set[str] = froz
         if i >= v.parallelism and name not in grown and v.scaling is None:
             # (as the sim refuses it, and --kill: it would never be made)
             raise ValueError(f"{where}: {name} has instances 0-{v.parallelism - 1}")
-        return Kill(name, i, event.at_packet)
-    return Kill(name, 0, event.at_packet, pick=int(event.params.get("pick", 0)))
+        return Kill(name, i, event.at_packet, clone=copy == "clone")
+    return Kill(name, 0, event.at_packet, pick=int(event.params.get("pick", 0)), clone=copy == "clone")
 
 
 def _say_failover(event: dict, dead: str, pid: int, new: str) -> None:

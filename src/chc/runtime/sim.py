@@ -2096,6 +2096,10 @@ def _link_targets(rt: SimRuntime, event: Any) -> list[str | None]:
 
 def _crash_target(rt: SimRuntime, event: Any) -> str:
     target = event.target or ""
+    if event.params.get("copy") == "clone":
+        # (the sim's clone is an instance of its own: crash it by its index)
+        raise ValueError(f"crash of {target}: copy: clone (the second process of a clone pair) is the proc "
+                         "runtime's")
     name, _, rest = target.partition("[")
     if target == "store" or name == "root":
         if name == "root" and rest.rstrip("]") not in {str(r) for r in range(len(rt.roots))}:
@@ -2223,7 +2227,8 @@ def _check_delay_fault(event: Any) -> None:
 def _check_crash(event: Any) -> None:
     if not event.target:
         raise ValueError("needs a target: vertex[i], vertex (an instance the seed picks), root[i] or store")
-    allowed = {"heartbeat_us": _positive, "misses": _is_index, "pick": _is_index}
+    allowed = {"heartbeat_us": _positive, "misses": _is_index, "pick": _is_index,
+               "copy": lambda v: v in ("straggler", "clone")}
     if event.target == "store":         # §5.4: the failover store starts from the latest checkpoint
         allowed = {"heartbeat_us": _positive, "misses": _is_index, "checkpoint_ms": _positive,
                    "together": lambda v: isinstance(v, bool)}
