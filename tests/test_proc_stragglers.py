@@ -15,6 +15,7 @@ import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ pytest.importorskip("zmq")
 
 from chc.capture import open_capture  # noqa: E402
 from chc.cli import main  # noqa: E402
-from chc.runtime.proc import ProcRuntime  # noqa: E402
+from chc.runtime.proc import Kill, ProcRuntime  # noqa: E402
 from chc.scenario import Event  # noqa: E402
 from chc.spec import load_spec  # noqa: E402
 from test_proc_clones import against_sim  # noqa: E402
@@ -43,8 +44,8 @@ def _ev(action: str, target: str, at: int, **params) -> Event:
     return Event(action, target, params, at_packet=at)
 
 
-def _run(records: list, events: list[Event], chain=None, pause: tuple[int, float] | None = None
-         ) -> tuple[ProcRuntime, dict]:
+def _run(records: list, events: list[Event], chain=None, pause: tuple[int, float] | None = None,
+         **kw: Any) -> tuple[ProcRuntime, dict]:
     """A proc run with ``events`` (seed 3), its summary the sim's run's without them.
     ``pause`` (K, S): the feed sends what it has before record K and waits S seconds
     (the chain works meanwhile): the coordinator feeds ahead of the chain by thousands
@@ -56,7 +57,7 @@ def _run(records: list, events: list[Event], chain=None, pause: tuple[int, float
                 yield None              # (what is pending goes at once: ProcRuntime._feed)
                 time.sleep(pause[1])
             yield rec
-    return against_sim(chain or load_spec(PAPER), records, events, "EO+C+NA", feed=paced(), seed=3)
+    return against_sim(chain or load_spec(PAPER), records, events, "EO+C+NA", feed=paced(), seed=3, **kw)
 
 
 def _kinds(summary: dict, kind: str) -> list[dict]:
@@ -99,6 +100,18 @@ def test_a_clone_of_a_slowed_straggler_is_at_full_speed_and_is_kept():
     assert resolved["packet"] < 4000 and resolved["clock_clone"] > resolved["clock_straggler"], resolved
     assert rt.reported["nat.0"]["slept_s"] == 0       # (the kept clone's report: full speed)
     assert not rt.slowed                                # (the stopped straggler slows nothing now)
+
+
+@pytest.mark.timeout(120)
+def test_a_failover_of_a_slowed_process_is_at_full_speed():
+    """§5.4 with §5.3: a slow-down is the process's (its host's), as in the sim, whose
+    failover is a new physical instance: nat.0 slowed from the start and killed once
+    3,200 packets were fed (more than the queues hold: it has run some, slowly), its
+    failover nat.0#1 replays and runs the rest and slept nothing; the sim's results."""
+    rt, got = _run(_records(4000), [_ev("slow", "nat[0]", 0, delay="const:1000")], kills=[Kill("nat", 0, 3200)])
+    failover, = _kinds(got, "failover")
+    assert failover["process"] == "nat.0" and failover["failover_process"] == "nat.0#1", failover
+    assert rt.reported["nat.0"]["slept_s"] == 0           # (the failover's report)
 
 
 @pytest.mark.timeout(180)
