@@ -108,15 +108,20 @@ def test_what_proc_cannot_check_is_refused(argv, says, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("scenario", ["straggler.yaml", "crash.yaml", "faults.yaml"])
-def test_clone_or_network_scenarios_are_refused(scenario, monkeypatch, capsys):
+def test_scenarios_with_faults_are_refused_naming_the_file_and_events(scenario, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     assert main(["check", "--runtime", "proc", PAPER, f"examples/scenarios/{scenario}", LAN,
                  "--packets", "100", "--seeds", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    # every reason at once (it named the first only: a new-user trial); crashes run as kills
+    # the file and each event (every reason at once: it named the first only, a new-user
+    # trial); crashes run as kills, slow-downs as sleeps
+    assert err[0].startswith(f"chc: error: examples/scenarios/{scenario}: events["), err[0]
     if scenario == "crash.yaml":
-        assert "drop, duplicate events and network: faults" in err[0] and "and crash events" in err[0]
+        assert "events[8]: drop of *" in err[0] and "events[9]: duplicate of *" in err[0], err[0]
+        assert "network: faults" in err[0] and "and crash events" in err[0], err[0]
+    if scenario == "straggler.yaml":
+        assert "events[0]" not in err[0] and "events[2]: partition of nat" in err[0], err[0]
 
 
 class _Closed:

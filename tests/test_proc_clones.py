@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,11 +51,19 @@ def _compare(records: list, events: list[Event], model: str, parallelism: dict |
     chain = load_spec(PAPER)
     if parallelism:
         chain = chain.with_parallelism(parallelism)
+    return against_sim(chain, records, events, model)[1]
+
+
+def against_sim(chain: Any, records: list, events: list[Event], model: str, feed: Any = None,
+                **kw: Any) -> tuple[ProcRuntime, dict]:
+    """A proc run of ``chain`` with ``events`` (``kw``: more of ProcRuntime's; ``feed``:
+    the records as the run takes them, paced) and its summary, which must be the sim's
+    run's without them (clones and slow-downs change no result)."""
     sim = SimRuntime(chain, model=model)
     sim.run(records)
     want = sim.summary().as_json()
-    rt = ProcRuntime(chain, model=model, batch_size=64, events=events)
-    rt.run(records)
+    rt = ProcRuntime(chain, model=model, batch_size=64, events=events, **kw)
+    rt.run(records if feed is None else feed)
     got = rt.summary().as_json()
     assert not any(p.is_alive() for p in rt.procs.values())
     for key in ("state_digest", "packets_in", "packets_out", "dropped", "alerts"):
@@ -63,7 +72,7 @@ def _compare(records: list, events: list[Event], model: str, parallelism: dict |
         for key in ("packets_in", "packets_out", "dropped", "alerts"):
             assert got["vertices"][v][key] == want["vertices"][v][key], (v, key)
     assert got["log"]["remaining"] == 0
-    return got
+    return rt, got
 
 
 # -- names and the per-item rules (sans-I/O) ---------------------------------------------------

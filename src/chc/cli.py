@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --capture: what happens to the chain meanwhile (crashes, slowdowns, scaling; "
                           "docs/coe.md): the scenario's parallelism, delays, network, packet log, seed and "
                           "events apply; its model, store, batch size and pacing do not (--runtime proc: its "
-                          "scaling and crash events, a crash a real kill, and its parallelism; docs/proc.md)")
+                          "scaling, clone, slow and crash events, a crash a real kill, a slow a real sleep, and "
+                          "its parallelism; docs/proc.md)")
     srv.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     srv.add_argument("-c", "--count", type=_positive, metavar="N", help="stop after N packets have entered")
     srv.add_argument("--metrics-port", metavar="[ADDR:]PORT",
@@ -222,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="append failing seeds to FILE (YAML) to keep them as regression cases")
     chk.add_argument("--json", metavar="FILE", help="write every seed's verdict as JSON")
     _runtime_args(chk, "the physical run's runtime: sim (default), proc (a process per root, instance and "
-                       "store server; of scenario events the scaling and crash ones; docs/coe.md) or ray (proc's "
+                       "store server; of scenario events the scaling, clone, slow and crash ones; docs/proc.md) "
+                       "or ray (proc's "
                        "processes in actors of a Ray cluster, --ray-address)")
     chk.add_argument("--checkpoint-ms", type=float, default=None, metavar="MS",
                      help="--runtime proc or ray with a kill of the store server (--kill store@N, random draws, "
@@ -377,13 +379,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def go(chain: Any, store: Any) -> int:
         if args.runtime != "sim":
             events: list = []
+            seed = 0
             if args.scenario is not None:   # §5.1 its scaling events, at input packets (docs/proc.md)
+                from .runtime.procscale import scenario_refusal
+                from .scenario import load_scenario
+                refused = scenario_refusal(load_scenario(args.scenario), args.scenario)
+                if refused:                 # (each event proc cannot run, with its file)
+                    raise UsageError(refused)
                 chain, more = scenario_options(args.scenario, chain, args.capture,
                                                keep_parallelism=bool(args.parallelism))
-                if more["network"]:
-                    raise UsageError(f"--scenario {args.scenario}: its network: faults are simulated links of the "
-                                     "sim runtime; use --runtime sim")
-                events = more["events"]
+                events, seed = more["events"], more["seed"]
             # (a vertex manager's kill turns no recovery on: it holds no packet and no state)
             recovery = ([f"--kill {k}" for k in args.kill if not k.startswith("manager:")]
                         + ["--failover"] * bool(args.failover)
@@ -400,7 +405,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            state_json=args.state_json, quiet=args.quiet, batch_size=args.batch_size,
                            model=args.model)
             try:
-                proc = _proc_runtime(args, chain, store, events)
+                proc = _proc_runtime(args, chain, store, events, seed)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             return serve(opts, {}, _write_json, proc)
@@ -495,9 +500,10 @@ def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:
     return EXIT_PARTIAL if reader.stop_reason and not args.allow_partial else 0
 
 
-def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any, events: list | None = None) -> Any:
+def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any, events: list | None = None,
+                  seed: int = 0) -> Any:
     """``--runtime proc`` (docs/proc.md): what only the sim has is refused; ``events``: a
-    scenario's scaling events (``chc serve --scenario``)."""
+    scenario's events (``chc serve --scenario``), ``seed`` its seed (its slow-downs' draws)."""
     from .runtime.proc import ProcRuntime, parse_kill
 
     sim_only = [name for name, on in (("--delay", getattr(args, "delay", None)),
@@ -527,7 +533,8 @@ def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any, events: list
                        log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
                        persist_every=args.clock_persist, write_out=bool(args.out), kills=kills,
                        failover=getattr(args, "failover", False), heartbeat_s=args.heartbeat / 1000,
-                       misses=args.misses, checkpoint_ms=args.checkpoint_ms, events=events or (), **extra)
+                       misses=args.misses, checkpoint_ms=args.checkpoint_ms, events=events or (), seed=seed,
+                       **extra)
 
 
 def _check_live(args: argparse.Namespace) -> None:

@@ -1080,14 +1080,11 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
     if "naive-move" in breaks and not events and not managed:
         return ("--break naive-move needs a scenario with scaling events (scale-out, scale-in, move, refine) "
                 "or a chain with a scaling: policy")
-    other = sorted({e.action for e in events} - set(procscale.ACTIONS) - {"crash"})
-    if other or scenario.network:
-        # every reason at once (a user fixing one met the next)
-        why = ([f"{', '.join(other)} events"] if other else []) + (
-            ["network: faults (simulated links)"] if scenario.network else [])
-        return (f"check --runtime proc: the scenario has {' and '.join(why)}; the proc runtime runs "
-                f"{', '.join(procscale.ACTIONS)} and crash events (a crash is a real SIGKILL; docs/proc.md); "
-                "use --runtime sim")
+    # each event proc cannot run, named with its file (every reason at once: a user fixing
+    # one met the next)
+    refused = procscale.scenario_refusal(scenario, getattr(scenario, "source", "") or "the scenario")
+    if refused:
+        return refused
     other = [b for b in breaks if b not in PROC_BREAKS]
     if other:
         return f"--break {other[0]} is for --runtime sim (with --runtime proc: {', '.join(PROC_BREAKS)})"
@@ -1130,7 +1127,7 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
         rt = cls(physical, model=v.model, batch_size=v.batch_size, store=store, store_url=v.store, namespace=namespace,
                  log_mode=getattr(scenario, "packet_log", "local"), write_out=True, record=True,
                  breaks=breaks, break_from=state.from_clock, kills=kills, checkpoint_ms=checkpoint_ms,
-                 events=events, pacer=scenario.pacer(), **extra)
+                 events=events, pacer=scenario.pacer(), seed=v.seed, **extra)
         rt.run(records, emit=lambda pkts: out.extend((p.clock, bytes(p.data)) for p in pkts))
     except ProcFailure as exc:
         return SeedResult(v, CheckResult([], [], None, None, unrecoverable=str(exc)), "unrecoverable",

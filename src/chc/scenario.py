@@ -169,6 +169,7 @@ class Scenario:
     events: list[Event] = dataclasses.field(default_factory=list)
     random: RandomEvents | None = None
     packet_log: str = "local"       # local | store: where roots keep the packet log (§5.4)
+    source: str = ""                # the file it was read from ("" if built in code): for messages
 
     def events_for(self, seed: int, vertices: list[str], n_packets: int) -> list[Event]:
         """The scenario's events and those the seed draws."""
@@ -233,9 +234,11 @@ class Scenario:
 def load_scenario(path: str | os.PathLike) -> Scenario:
     raw = read_yaml(path, ScenarioError)
     try:
-        return parse_scenario(raw if raw is not None else {})
+        sc = parse_scenario(raw if raw is not None else {})
     except ScenarioError as exc:
         raise ScenarioError(f"{path}: {exc}") from None
+    sc.source = str(path)
+    return sc
 
 
 _FIELDS = ("name", "parallelism", "model", "store", "batch_size", "pacing", "delays", "seed", "network", "events",

@@ -55,8 +55,10 @@ the coordinator's :class:`~chc.runtime.procscale.Scaler`'s, tied to a barrier
 clock (docs/proc.md, "Scaling"), also with ``--kill`` and ``--failover`` (one
 at a time: a kill waits for a change's go-ahead); a scale-out's new instance is
 a warm spare process started ahead when one is up.  A scenario's crash events
-are kills (SIGKILL) at their input packets, as ``--kill``.  Not yet: the other
-scenario events (clones, slow-downs, operator controls) and delay models, which are the sim's;
+are kills (SIGKILL) at their input packets, as ``--kill``.  Clones (§5.3) are
+:meth:`ProcRuntime.clone`; slow-downs (``slow``, ``speed-up``) make a process really
+sleep per packet (:meth:`ProcRuntime.slow`).  Not yet: operator controls, network
+faults and the scenario's ``delays:`` (the sim's virtual time);
 failover of the Redis server itself.  :mod:`chc.runtime.procray` places the same
 workers in Ray actors, through ``_address`` and ``_context``.
 """
@@ -140,7 +142,8 @@ class ProcRuntime:
                  write_out: bool = False, hwm: int = 8, record: bool = False, breaks: tuple[str, ...] = (),
                  break_from: int = 0, kills: Iterable[Kill] = (), failover: bool = False,
                  heartbeat_s: float = 0.5, misses: int = 10, checkpoint_ms: float | None = None,
-                 events: Iterable[Any] = (), pacer: Pacer | None = None, spares: bool = True) -> None:
+                 events: Iterable[Any] = (), pacer: Pacer | None = None, spares: bool = True,
+                 seed: int = 0) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         if heartbeat_s < 0 or misses < 1:
@@ -259,6 +262,10 @@ class ProcRuntime:
         self._alert_keys: dict[str, set] = {}
         self._out_mark: dict[str, int] = {}
         self.dup = {"outputs": 0, "alerts": 0}     # a pair's duplicates the coordinator saw
+        # §5.3 stragglers made by a scenario's slow events: the process -> its delay model
+        # (the run's seed draws it, as the sim's), until a speed-up (docs/proc.md, "Slow-downs")
+        self.seed = seed
+        self.slowed: dict[str, str] = {}
         self.events: list[dict] = []
         self.wals: set[str] = set()     # store failover: the processes that handed in their logs
         # --kill: process -> (when, packets fed, the packet the kill named)
@@ -994,10 +1001,39 @@ class ProcRuntime:
                  "straggler_process": straggler, "clone_process": new, "from_clock": snap["through"],
                  "handed_over": cloned["handed_over"], "timers": len(snap["timers"]),
                  "start_s": round(time.perf_counter() - started, 6), **why}
+        if straggler in self.slowed:        # (§5.3 the clone is not: it runs at full speed)
+            event["straggler_delay"] = self.slowed[straggler]
         self.events.append(event)
         self.pairs[name] = {"vertex": vertex, "instance": instance, "straggler": straggler, "clone": new,
                             "feeders": feeders, "started": self.fed, "started_s": time.perf_counter(),
                             "for_packets": for_packets, "from": snap["through"], "dup": dict(self.dup)}
+
+    # -- §5.3 slow-downs (docs/proc.md, "Slow-downs") ------------------------------------------------
+    def slow(self, vertex: str, instance: int | None, spec: str | None, why: dict, action: str = "slow") -> None:
+        """§5.3 make a straggler: the process logical instance ``vertex[instance]`` runs in
+        now (None: every active instance of the vertex) sleeps ``spec`` (a delay model, µs
+        per packet) per packet it processes, from its next batch on; ``spec`` None (a
+        speed-up) ends that.  A control message, not in band: it acts on the packets the
+        process takes next, which the coordinator's feed is ahead of (as a --kill).  The
+        slow-down is the process's: a clone or failover of it starts at full speed (the
+        sim's new instances take no slow event; §5.3, the clone is the fast copy)."""
+        active = self.scaler.active[vertex] if self.scaler is not None else list(range(self.plan.width(vertex)))
+        for i in active if instance is None else [instance]:
+            name = instance_name(vertex, i)
+            refused = ("not an active instance" if i not in active else
+                       f"{name} has ended" if name in self.reported else None)
+            if refused:
+                self.events.append({"kind": f"{action}-refused", "vertex": vertex, "instance": i,
+                                    "packet": self.fed, "reason": refused, **why})
+                continue
+            process = self.current[name]
+            self._tell(name, encode(Kind.CONTROL, ["slow", [spec, self.seed, f"{vertex}[{i}]"]]))
+            if spec is None:
+                self.slowed.pop(process, None)
+            else:
+                self.slowed[process] = spec
+            self.events.append({"kind": action, "vertex": vertex, "instance": i, "packet": self.fed,
+                                "process": process, "delay": spec, **why})
 
     def _copies(self, name: str) -> list[str]:
         """The live processes of logical instance ``name``: its process, and its clone
@@ -1093,7 +1129,10 @@ class ProcRuntime:
                             **({"by": "death", **died} if died is not None else {}),
                             # (what the coordinator saw of the pair: sink outputs and alerts)
                             ("duplicates_delivered" if "no-dup-suppression" in self.plan.breaks else
-                             "duplicates_suppressed"): {k: self.dup[k] - pair["dup"][k] for k in self.dup}})
+                             "duplicates_suppressed"): {k: self.dup[k] - pair["dup"][k] for k in self.dup},
+                            **({"straggler_delay": self.slowed[pair["straggler"]]}
+                               if pair["straggler"] in self.slowed else {})})
+        self.slowed.pop(gone, None)         # (stopped: slow no more)
 
     def _service(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` ms for the workers; handle what they sent."""

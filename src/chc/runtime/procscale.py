@@ -77,8 +77,11 @@ from .sim import shared_objects
 from .storeserver import STORE
 from .wire import Kind, encode, logical
 
-#: The scenario actions the proc runtime carries out (§5.3 clones: ProcRuntime.clone).
-ACTIONS = ("scale-out", "scale-in", "move", "refine", "clone")
+#: The scenario actions the proc runtime carries out (§5.3 clones: ProcRuntime.clone;
+#: slow-downs: ProcRuntime.slow); besides, a crash is a kill (proc.crash_kill).
+ACTIONS = ("scale-out", "scale-in", "move", "refine", "clone", "slow", "speed-up")
+#: Of them, those that change no flow map and need no store (a process sleeps per packet).
+SLOWDOWNS = ("slow", "speed-up")
 
 
 SPARE_UP_S = 10.0       # how long a scale-out, or the end of a run, waits for a spare still starting
@@ -110,6 +113,9 @@ def refusal(events: list, chain: Chain, model: str, managed: tuple[str, ...] = (
     if timed is not None:
         return (f"clone of {timed.target}: for_us (virtual time) is the sim's; the proc runtime runs a pair "
                 "for_packets input packets (docs/proc.md, \"Clones\"); use --runtime sim")
+    events = [e for e in events if e.action not in SLOWDOWNS]     # (§5.3 a sleep: any model, any roots)
+    if not events and not managed:
+        return None
     what = "scaling" if events else f"{managed[0]}'s scaling policy"
     if model == "T":
         return (f"{what}: scaling moves flows between instances through the store: model T has none "
@@ -117,6 +123,37 @@ def refusal(events: list, chain: Chain, model: str, managed: tuple[str, ...] = (
     if chain.roots > 1:
         return f"{what}: the proc runtime scales with one root (a barrier per root is not built yet; docs/proc.md)"
     return None
+
+
+#: What each scenario action proc does not run is (one line's words).
+_FAULT = "a store-link fault: the sim's simulated links"
+_SIM_ONLY = {"drop": _FAULT, "duplicate": _FAULT, "delay": _FAULT, "partition": _FAULT,
+             "set-backends": "an operator control: not yet on proc"}
+
+
+def scenario_refusal(scenario: Any, where: str) -> str | None:
+    """Why the proc runtime cannot run ``scenario`` (one line, exit 2 for the CLI), or None:
+    each event it cannot run named as ``FILE: events[i]: ...`` (``where``: the file; every
+    reason at once, as a user fixing one met the next), and ``network:`` faults.  (What a
+    ``random:`` block draws, proc runs: scaling, clones, crashes at input packets.)"""
+    why = []
+    for i, e in enumerate(scenario.events):
+        label = f"events[{i}]"
+        if e.action in _SIM_ONLY:
+            why.append(f"{label}: {e.action} of {e.target or '*'} ({_SIM_ONLY[e.action]})")
+        elif e.action not in ACTIONS and e.action != "crash":
+            why.append(f"{label}: {e.action} (not yet on proc)")
+        elif e.at_packet is None and e.action == "crash":
+            why.append(f"{label}: crash of {e.target} at {{time_us: {e.at_time_ns / 1000:g}}} (a kill is at an "
+                       "input packet: at {packets: N})")
+        elif e.action == "clone" and e.params.get("for_us"):
+            why.append(f"{label}: clone of {e.target} for_us (virtual time: a pair runs for_packets)")
+    if getattr(scenario, "network", None):
+        why.append("network: faults (the sim's simulated links)")
+    if not why:
+        return None
+    return (f"{where}: {'; '.join(why)}: the proc runtime runs {', '.join(ACTIONS)} and crash events (a crash is "
+            "a real SIGKILL, a slow a real sleep per packet; docs/proc.md); use --runtime sim")
 
 
 def room(chain: Chain, events: list) -> dict[str, int]:
@@ -443,6 +480,11 @@ class Scaler:
     # -- one change ----------------------------------------------------------------------------
     def _change(self, event: Any, index: int) -> None:
         rt = self.rt
+        if event.action in SLOWDOWNS:       # §5.3 a straggler made (or undone): no change to wait for
+            vertex, i = _target(event, rt.chain)
+            spec = event.params.get("delay")
+            rt.slow(vertex, i, None if spec is None else str(spec), _by(event), event.action)
+            return
         if event.action == "clone":
             vertex, i = _target(event, rt.chain)
             while self.open is not None or rt.recovering:     # (one change at a time)

@@ -100,6 +100,7 @@ from ..packet import Packet
 from ..spec import Chain
 from ..summary import StateValueError, state_digest, unstorable_error
 from . import procstore
+from .pacing import Delay
 from .procio import Guard, worker_guard
 from .sim import _by_clock, _copy, classify, give_timers, shared_objects, split_targets, take_timers
 from .storeserver import STORE
@@ -627,7 +628,7 @@ def main(plan: Plan, role: str, index: Any, replay: dict | None = None, join: di
                   else InstanceWorker(plan, ctx, index[0], index[1], guard, me, replay, join))
         coordinator = worker.out.coordinator
         control = Control(worker.out, guard, worker.boxes, getattr(worker, "reroot", None), worker.store_failed,
-                          getattr(worker, "change", None))
+                          getattr(worker, "change", None), getattr(worker, "slow", None))
         if plan.heartbeat_s:
             guard.heartbeat(plan.heartbeat_s, encode(Kind.CONTROL, ["hb", None]), worker.out.coordinator)
         worker.run()
@@ -677,15 +678,17 @@ class Control:
     to a root's failover (an instance: ``reroot``); the store server's failover
     (``wal``, ``truncate``, ``store``: :meth:`InstanceWorker.store_failed`); §5.1 a
     vertex's change and its go-ahead (``epoch``, ``go``: :meth:`InstanceWorker.change`);
-    and bye."""
+    §5.3 a scenario's slow-down or speed-up of this process (``slow``:
+    :meth:`InstanceWorker.slow`); and bye."""
 
     def __init__(self, out: _Sender, guard: Guard, boxes: list[Mailbox],
-                 reroot: Any = None, store_failed: Any = None, change: Any = None) -> None:
+                 reroot: Any = None, store_failed: Any = None, change: Any = None, slow: Any = None) -> None:
         self.out = out
         self.boxes = boxes
         self.reroot = reroot
         self.store_failed = store_failed
         self.change = change
+        self.slow = slow
         self.guard = guard
         self.bye = False
         guard.control = out.coordinator
@@ -725,6 +728,8 @@ class Control:
                 self.store_failed(what, body)
             elif what in ("epoch", "go", "pair", "unpair") and self.change is not None:
                 self.change(what, body)
+            elif what == "slow" and self.slow is not None:
+                self.slow(body)
 
 
 # -- roots ------------------------------------------------------------------------------------
@@ -1201,6 +1206,13 @@ class InstanceWorker:
         self.firings: dict[int, int] | None = {} if plan.clones else None
         self.cloned = (replay or {}).get("clone")
         self.unpair_at: dict[bytes, int] | None = None      # kept: unpaired once past these
+        # §5.3 a straggler made by a scenario's slow event: this process really takes the
+        # delay model's time per packet (slow), until a speed-up; the time slept so far.
+        # A slow-down is this process's (its host's), not the logical instance's: a
+        # clone, a failover or a scale-out's new process starts at full speed, as the
+        # sim's new instances do (docs/proc.md, "Slow-downs")
+        self.slowdown: Delay | None = None
+        self.slept_ns = 0
         if join is not None:            # a scale-out's new instance: it has nothing up to the barrier
             for f in self.feeders:
                 self.marks[f] = join["barrier"]
@@ -1756,9 +1768,13 @@ class InstanceWorker:
         errors = inst.nf_errors
         if self.manager is None or self.cloned is not None:    # (§5.3 a clone is no load until kept)
             produced = inst.run(batch)
+            if self.slowdown is not None:
+                self._straggle(len(batch))
         else:
             started = time.perf_counter_ns()
             produced = inst.run(batch)
+            if self.slowdown is not None:
+                self._straggle(len(batch))      # (busy time: what a manager's straggler_factor sees)
             self._load(batch[-1].ts, time.perf_counter_ns() - started)
         if through > self.processed:
             self.processed = through
@@ -1771,6 +1787,34 @@ class InstanceWorker:
         self.out.batch(parts, watermark, through)
         if self.plan.recover:
             self._stats(through, clocks)
+
+    def slow(self, body: list) -> None:
+        """§5.3 the coordinator's ``slow``: ``[spec, seed, name]`` (a delay model such as
+        ``uniform:200:2000`` in µs, drawn from the run's seed and the logical instance's
+        name ``nat[0]``, as the sim's :class:`~chc.runtime.pacing.Delay`), or a spec of
+        None: full speed again (a speed-up).  Taken at once, also mid-batch: the next
+        batch sleeps by it."""
+        spec, seed, name = body
+        self.slowdown = None if spec is None else Delay(str(spec), int(seed), str(name))
+
+    def _straggle(self, n: int) -> None:
+        """§5.3 a straggler really is slow: a batch of ``n`` packets takes the sum of
+        ``n`` per-packet draws of the delay model, slept once after the NF has run them
+        and before their output goes on (the sim's: state changes as a packet enters
+        service, its output leaves when service ends).  Batch-wise, not per packet: one
+        sleep of the sum (the per-packet draws are the sim's sequence, so a seed repeats
+        them, whatever the batches).  The sleep is a guard wait, in slices: heartbeats
+        go on (a batch of 1,000 packets at 2 ms each is 2 s, and 10 missed beats read as
+        hung) and so do control messages (a tee, a fence, a speed-up)."""
+        delay = self.slowdown
+        total = 0
+        for _ in range(n):
+            total += delay.sample()
+        self.slept_ns += total
+        deadline = time.monotonic() + total / 1e9
+        poller = zmq.Poller()
+        while (left := deadline - time.monotonic()) > 0:
+            self.guard.poll(poller, max(left * 1000, 1))     # (ms; a float below 1 would spin)
 
     def _per_clock(self, batch: list[Packet], produced: list[Packet], through: int, errors: int) -> list[list]:
         """§5.3 this batch's counters per clock (``[clock, in, out, dropped, errors, sink
@@ -1952,6 +1996,7 @@ class InstanceWorker:
             "state": inst.state() if self.store is None else None,
             "state_error": self._unstorable(),
             "packets_out": self.out.out_packets, "rejected": self.box.rejected, "cpu_s": _cpu(),
+            "slept_s": round(self.slept_ns / 1e9, 6),
             **({"issued": self._issued(), "acted": self.acted} if self.plan.record and client is not None else {}),
         }
         try:
