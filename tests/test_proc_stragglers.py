@@ -222,3 +222,19 @@ def test_slow_downs_are_not_refused_in_any_model(events, tmp_path):
     sc = load_scenario(scenario)
     assert procscale.scenario_refusal(sc, str(scenario)) is None
     assert procscale.refusal(sc.events, load_spec(PAPER), "T") is None
+
+
+@pytest.mark.timeout(180)
+def test_a_slowed_straggler_whose_clone_dies_catches_up_on_held_clocks():
+    """§5.3 with §5.4: nat.0 sleeps 2 ms a packet, its clone runs ahead at full speed and
+    is killed (``copy: clone``) once 1,500 packets were fed and the chain had 1.5 s for
+    them: the straggler, kept, is hundreds of clocks behind and runs clocks its clone
+    completed.  The clock log keeps their entries until it is back on the store (pruning
+    held), so its updates of them are the log's, not applied again: the sim's state.
+    (With pruning released at the resolution, the digest and the NAT's counters differ.)"""
+    events = [_ev("slow", "nat[0]", 0, delay=SLOW), _ev("clone", "nat[0]", 200, for_packets=100000),
+              Event("crash", "nat[0]", {"copy": "clone"}, at_packet=1501), _ev("speed-up", "nat[0]", 1700)]
+    rt, got = _run(_records(3000), events, pause=(1500, 1.5))
+    resolved, = _kinds(got, "clone-resolved")
+    assert (resolved["kept"], resolved.get("by"), resolved.get("died")) == ("straggler", "death", "nat.0~1")
+    assert resolved["clock_clone"] > resolved["clock_straggler"], resolved
