@@ -355,7 +355,9 @@ class Scaler:
 
     def run_due(self, index: int, vt: int | None = None) -> None:
         while (event := self._next(index, vt)) is not None:
-            self._change(event, index)
+            if self._change(event, index) is False:
+                (self.events if event.at_packet is not None else self.timed).insert(0, event)
+                return              # (it and those after it, at the next input packet)
 
     def decide(self, vertex: str, decisions: list, counts: list[int], index: int) -> None:
         """§3 a vertex manager's decisions (``[action, instance, reason]``, with the
@@ -382,7 +384,11 @@ class Scaler:
             else:
                 target = vertex if instance is None else f"{vertex}[{instance}]"
                 event = Event(action, target, why)
-            self._change(event, index)
+            if self._change(event, index) is False:     # (the manager decides again)
+                self.rt.events.append({"kind": f"{action}-refused", "vertex": vertex, "instance": instance,
+                                       "packet": index, "by": "manager", "asked": reason,
+                                       "reason": "the kept copy of a clone pair of "
+                                                 f"{', '.join(sorted(self.rt.unpairing))} is not back on the store"})
 
     def why_refused(self, vertex: str, action: str) -> str | None:
         """Why a vertex manager's ``action`` on ``vertex`` is refused now (the policy's
@@ -478,7 +484,8 @@ class Scaler:
         return True
 
     # -- one change ----------------------------------------------------------------------------
-    def _change(self, event: Any, index: int) -> None:
+    def _change(self, event: Any, index: int) -> bool | None:
+        """Carry out ``event``; False: not now (a kept copy not yet back on the store)."""
         rt = self.rt
         if event.action in SLOWDOWNS:       # §5.3 a straggler made (or undone): no change to wait for
             vertex, i = _target(event, rt.chain)
@@ -494,8 +501,10 @@ class Scaler:
         # §5.3 one change at a time: a clone pair ends first (the scaling change's hand-overs
         # and the new instances' feeders would not know the pair)
         rt.resolve_due(final=True)
-        while rt.unpairing:             # (§5.3 a kept copy back on the store first)
-            rt._service(100)
+        if rt.unpairing:
+            # §5.3 a kept copy back on the store first; not waited for here, with the feed
+            # stopped: it may need watermarks that only more input brings (ProcRuntime.clone)
+            return False
         while self.open is not None or rt.recovering or self._spare_starting(event):
             # one change at a time (the barriers' watermarks flow without input), and none
             # while a failover is under way (its process started from the plan before it);
