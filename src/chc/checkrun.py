@@ -19,6 +19,7 @@ input, or nothing was checked; 3 a ``--break`` run in which no seed caught it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import multiprocessing
@@ -379,13 +380,14 @@ def run_seeds(job: Job, seeds: list[int], jobs: int, say: Callable[[str], Any]) 
                         _take(r, results, say)
                         ctrl.poll()
             else:
-                for seed in seeds:
-                    r = job.run(seed)
-                    if ctrl.count > 1:
-                        raise ctrlc.Aborted     # (its workers were killed: no verdict)
-                    _take(r, results, say)
-                    # (a Ctrl-C whose KeyboardInterrupt was lost where it landed, chc.ctrlc)
-                    ctrl.poll()
+                with _forkserver_kept(job.runtime):
+                    for seed in seeds:
+                        r = job.run(seed)
+                        if ctrl.count > 1:
+                            raise ctrlc.Aborted     # (its workers were killed: no verdict)
+                        _take(r, results, say)
+                        # (a Ctrl-C whose KeyboardInterrupt was lost where it landed, chc.ctrlc)
+                        ctrl.poll()
     except ctrlc.Aborted:
         raise
     except KeyboardInterrupt:
@@ -393,6 +395,15 @@ def run_seeds(job: Job, seeds: list[int], jobs: int, say: Callable[[str], Any]) 
     finally:
         _JOB = None
     return Report(job, results, time.perf_counter() - started, jobs, interrupted, len(seeds))
+
+
+def _forkserver_kept(runtime: str) -> Any:
+    """proc: the forkserver kept from one seed to the next (a run stops it: each seed
+    started it again), stopped at the end of the check."""
+    if runtime != "proc":
+        return contextlib.nullcontext()
+    from .runtime.proc import forkserver_kept
+    return forkserver_kept()
 
 
 def _take(r: dict, results: list[dict], say: Callable[[str], Any]) -> None:
