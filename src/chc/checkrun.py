@@ -99,6 +99,10 @@ class Job:
                 raise ValueError(f"--kill during: {scenario} makes no scaling change and no vertex of {chain} "
                                  "has a scaling: policy, so no seed has a change to kill during (it needs "
                                  "scale-out, scale-in, move or refine events); use --kill random or VERTEX[I]@N")
+        if checkpoint_ms is not None:
+            unused = _checkpoints_unused(sc, runtime, kill, stores)
+            if unused:
+                raise ValueError(f"--checkpoint-ms: {unused}")
         with open_capture(capture) as reader:
             records = list(itertools.islice(reader, packets) if packets else reader)
             cut = reader.stop_reason        # (a capture cut short: the check covers what was read)
@@ -205,6 +209,30 @@ def _check_kill(kill: str, chain: Chain, runtime: str) -> None:
         from .runtime.proc import parse_kill
         for k in kill.split(","):
             parse_kill(k, chain.with_room())
+
+
+def _checkpoints_unused(sc: Scenario, runtime: str, kill: str, stores: list[str]) -> str:
+    """Why no seed's store server would take the checkpoints ``--checkpoint-ms`` times (it
+    takes them only when it can be killed and failed over), or "" (it was accepted
+    silently, as chc run's was).  Random draws may kill it: not refused then."""
+    from .runtime.storefailover import recoverable_url
+    if runtime not in ("proc", "ray"):
+        return ("it is for --runtime proc or ray, with a kill of the store server (with sim, a scenario's crash "
+                "of the store takes checkpoint_ms)")
+    if sc.packet_log != "local":
+        return (f"with the scenario's packet_log: {sc.packet_log} the store server is not failed over, so it "
+                "takes no checkpoints")
+    if not any(recoverable_url(url) for url in ([sc.store] if sc.store else stores)):
+        return ("the store server is not failed over on a sharded Redis or a Redis Cluster (store failover needs "
+                "the memory store or one Redis server), so it takes no checkpoints")
+    drawn = sc.random is not None and sc.random.events > 0 and "store" in (sc.random.vertices or ())
+    crashed = any(e.action == "crash" and e.target == "store" for e in sc.events)
+    killed = bool(kill_count(kill)) or kill == DURING or any(k.strip().startswith("store@")
+                                                             for k in kill.split(",") if kill)
+    if not (drawn or crashed or killed):
+        return ("no seed kills the store server (--kill store@N, --kill random or during, which may draw it, or "
+                "a scenario's crash of the store), so it takes no checkpoints")
+    return ""
 
 
 def _may_change(sc: Scenario, chain: Chain) -> bool:

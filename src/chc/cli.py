@@ -372,6 +372,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.runtime == "sim" and (args.kill or args.failover):
         raise UsageError("--kill and --failover are for --runtime proc (with sim, a --scenario's crash events)")
+    if args.runtime == "sim" and args.checkpoint_ms is not None:
+        raise UsageError("--checkpoint-ms is for --runtime proc, with --failover or --kill store@N (with sim, "
+                         "a --scenario's crash of the store takes checkpoint_ms)")
 
     def go(chain: Any, store: Any) -> int:
         if args.runtime != "sim":
@@ -463,6 +466,9 @@ def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:
                 if getattr(args, "kill", None) or getattr(args, "failover", False):
                     raise UsageError("--kill and --failover are for --runtime proc (with sim, a scenario's crash "
                                      "events: chc check)")
+                if args.checkpoint_ms is not None:
+                    raise UsageError("--checkpoint-ms is for --runtime proc, with --failover or --kill store@N "
+                                     "(with sim, a scenario's crash of the store takes checkpoint_ms)")
                 runtime = SimRuntime(chain, model=args.model, batch_size=args.batch_size, store=store,
                                      pacer=_pacer(args), delays=_delays(args.delay), seed=args.seed,
                                      log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
@@ -520,13 +526,17 @@ def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any, events: list
                  "pins": dict(procray.parse_pin(p) for p in getattr(args, "ray_pin", []))}
     elif getattr(args, "ray_pin", None):
         raise UsageError("--ray-pin is for --runtime ray")
-    return cls(chain, model=args.model, batch_size=args.batch_size, store=store, store_url=args.store,
-                       namespace=_namespace(args, chain),
-                       tls={"tls_ca": args.store_ca, "tls_cert": args.store_cert, "tls_key": args.store_key},
-                       log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
-                       persist_every=args.clock_persist, write_out=bool(args.out), kills=kills,
-                       failover=getattr(args, "failover", False), heartbeat_s=args.heartbeat / 1000,
-                       misses=args.misses, checkpoint_ms=args.checkpoint_ms, events=events or (), **extra)
+    rt = cls(chain, model=args.model, batch_size=args.batch_size, store=store, store_url=args.store,
+             namespace=_namespace(args, chain),
+             tls={"tls_ca": args.store_ca, "tls_cert": args.store_cert, "tls_key": args.store_key},
+             log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
+             persist_every=args.clock_persist, write_out=bool(args.out), kills=kills,
+             failover=getattr(args, "failover", False), heartbeat_s=args.heartbeat / 1000,
+             misses=args.misses, checkpoint_ms=args.checkpoint_ms, events=events or (), **extra)
+    if args.checkpoint_ms is not None and rt.no_checkpoints:
+        # (refused, as the other options that would do nothing here: it was accepted silently)
+        raise UsageError(f"--checkpoint-ms: {rt.no_checkpoints}")
+    return rt
 
 
 def _check_live(args: argparse.Namespace) -> None:

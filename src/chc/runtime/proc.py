@@ -199,8 +199,16 @@ class ProcRuntime:
         # (on with --failover or a planned kill of the store server: an NF or root kill alone
         # does not pay for checkpoints and logs)
         store_can_fail = failover or any(k.vertex == STORE_KILL for k in self.kills)
-        checkpoint_s = ((checkpoint_ms or procstore.DEFAULT_CHECKPOINT_MS) / 1000
-                        if store_can_fail and recoverable_url(store_url) and log_mode == "local" else 0.0)
+        # (why the store server takes no checkpoints, if it takes none: chc run and serve
+        # refuse a --checkpoint-ms that would do nothing, in one line)
+        self.no_checkpoints = (
+            "the store server takes checkpoints only to fail over, with --failover or --kill store@N "
+            "(or a scenario's crash of the store); this run has neither" if not store_can_fail else
+            f"the store server is not failed over on {redact(store_url)} (store failover needs the memory store "
+            "or one Redis server), so it takes no checkpoints" if not recoverable_url(store_url) else
+            "with --packet-log store the store server is not failed over (the roots' writes to that log are "
+            "not logged), so it takes no checkpoints" if log_mode != "local" else "")
+        checkpoint_s = 0.0 if self.no_checkpoints else (checkpoint_ms or procstore.DEFAULT_CHECKPOINT_MS) / 1000
         self.plan = Plan("", chain, model, batch_size, (), log_mode=log_mode, log_limit=log_limit,
                          persist_every=persist_every, send_out=write_out, hwm=hwm, record=record,
                          breaks=tuple(breaks), break_from=break_from, recover=recover,
