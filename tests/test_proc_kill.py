@@ -534,6 +534,22 @@ def test_scenario_crash_targets_become_kills():
         crash_kill(Event("crash", "nat", at_time_ns=5_000_000), chain)
 
 
+def test_a_crash_at_a_time_is_refused_naming_its_file_and_event(tmp_path, monkeypatch, capsys):
+    """It was the bare reason, without the file and event the scenario's other mistakes
+    name (a new user's trial)."""
+    monkeypatch.chdir(ROOT)
+    timed = tmp_path / "timed.yaml"
+    timed.write_text("events:\n  - {at: {packets: 100}, do: scale-out, target: nat}\n"
+                     "  - {at: {time_us: 500}, do: crash, target: nat}\n")
+    line = (f"chc: error: {timed}: events[1]: crash of nat at 500 µs: the proc runtime kills at input packets "
+            "(at: {packets: N}); a time is the sim's virtual time")
+    for argv in (["check", "--runtime", "proc", str(PAPER), str(timed), str(LAN), "--packets", "300", "--seed", "0"],
+                 ["serve", "--runtime", "proc", str(PAPER), "--capture", str(LAN), "--scenario", str(timed),
+                  "-c", "300"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [line]
+
+
 def test_a_scenario_crash_not_made_is_a_pass_without_its_kill(tmp_path, monkeypatch, capsys):
     """A crash past the input was a plain PASS (nothing killed, nothing recovered: a new
     user's trial); it is counted as --kill's are.  A crash of an instance the vertex

@@ -92,6 +92,11 @@ class Job:
             # (the pin wins: a --store that is not used would be a check of something else)
             raise ScenarioError(f"{scenario}: the scenario pins store: {sc.store}, so --store "
                                 f"{', '.join(stores)} would not be used; drop one of them")
+        if runtime in ("proc", "ray"):
+            from .runtime.proc import timed_crash
+            refused = timed_crash(sc.events, scenario)
+            if refused:
+                raise ScenarioError(refused)
         if kill:
             _check_kill(kill, spec, runtime)
             if kill == DURING and not _may_change(sc, spec):

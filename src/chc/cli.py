@@ -386,6 +386,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     raise UsageError(f"--scenario {args.scenario}: its network: faults are simulated links of the "
                                      "sim runtime; use --runtime sim")
                 events = more["events"]
+                from .runtime.proc import timed_crash
+                refused = timed_crash(events, args.scenario)
+                if refused:
+                    raise UsageError(refused)
             # (a vertex manager's kill turns no recovery on: it holds no packet and no state)
             recovery = ([f"--kill {k}" for k in args.kill if not k.startswith("manager:")]
                         + ["--failover"] * bool(args.failover)

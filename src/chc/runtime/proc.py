@@ -1766,8 +1766,7 @@ def crash_kill(event: Any, chain: Chain, grown: frozenset[str] | set[str] = froz
     ``grown``: the vertices a scale-out of the scenario adds instances to."""
     where = f"crash of {event.target}"
     if event.at_packet is None:
-        raise ValueError(f"{where} at {event.at_time_ns / 1000:g} µs: the proc runtime kills at input packets "
-                         "(at: {packets: N}); a time is the sim's virtual time")
+        raise ValueError(_at_a_time(event))
     target = event.target or ""
     name, bracket, rest = target.partition("[")
     if name in (STORE_KILL, ROOT) and name not in chain.vertices:
@@ -1781,6 +1780,21 @@ def crash_kill(event: Any, chain: Chain, grown: frozenset[str] | set[str] = froz
             raise ValueError(f"{where}: {name} has instances 0-{v.parallelism - 1}")
         return Kill(name, i, event.at_packet)
     return Kill(name, 0, event.at_packet, pick=int(event.params.get("pick", 0)))
+
+
+def _at_a_time(event: Any) -> str:
+    return (f"crash of {event.target} at {event.at_time_ns / 1000:g} µs: the proc runtime kills at input packets "
+            "(at: {packets: N}); a time is the sim's virtual time")
+
+
+def timed_crash(events: Iterable[Any], path: str) -> str | None:
+    """Why the proc runtime cannot run the scenario file ``path``'s ``events``: a crash at
+    a time, named by its file and event as the scenario's other mistakes are (it was the
+    bare reason, from whichever run met it first); or None.  (Drawn events are at packets.)"""
+    for i, event in enumerate(events):
+        if event.action == "crash" and event.at_packet is None:
+            return f"{path}: events[{i}]: {_at_a_time(event)}"
+    return None
 
 
 def _say_failover(event: dict, dead: str, pid: int, new: str) -> None:
