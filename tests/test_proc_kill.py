@@ -515,7 +515,13 @@ def test_a_scenarios_crashes_are_real_kills_and_pass_the_check(tmp_path, monkeyp
     assert main([*argv, "--json", str(tmp_path / "c.json")]) == 0
     results = json.loads((tmp_path / "c.json").read_text())["results"]
     assert all(r["events"].get("failover", 0) >= 5 for r in results), [r["events"] for r in results]
-    assert "2 of 2 seeds passed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 of 2 seeds passed" in out
+    # each seed's faults: counted, the first kills a line each, the others by process and packet
+    # (one line of 1,200-1,400 characters before); --json keeps every one in full
+    assert max(map(len, out.splitlines())) < 400, out
+    assert out.count("each failed over (the first 3 below; --json: faults has every one):") == 2, out
+    assert all(r["faults"]["killed"].count(" at input packet ") >= 5 for r in results)
     assert main([*argv, "--break", "no-replay"]) == 1
 
 

@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import multiprocessing
 import os
+import re
 import signal
 import time
 import traceback
@@ -460,7 +461,7 @@ def describe(r: dict) -> str:
     faults = {k: v for k, v in r["faults"].items() if not k.endswith(".sent") and v
               and not (missed and k == "not_killed")}
     if faults:
-        lines.append("    faults: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in faults.items()))
+        lines += _fault_lines(faults)
     if r.get("events"):
         lines.append("    events: " + ", ".join(f"{k} {n}" for k, n in r["events"].items()))
     for name, did in r["breaks"].items():
@@ -478,6 +479,31 @@ def describe(r: dict) -> str:
 
 
 SHOWN_KINDS = 3         # kinds of NF error a seed's lines show (--json has every one)
+SHOWN_KILLS = 3         # kills a seed's faults show one by one (--json has every one)
+
+
+def _fault_lines(faults: dict) -> list[str]:
+    """A seed's faults: one line, or with more than :data:`SHOWN_KILLS` kills (a
+    scenario's crashes and drawn ones: 5-7 failovers made a line of 1,500 characters) how
+    many of each process were killed, the first ones each on its line with its
+    failover, and the others by process and input packet."""
+    line = "    faults: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in faults.items())
+    killed = faults.get("killed", "").split("; ")
+    failovers = faults.get("failover", "").split("; ")
+    if len(killed) <= SHOWN_KILLS or len(failovers) != len(killed):     # (as _kill_faults pairs them)
+        return [line]
+    kinds = Counter("root" if k.startswith("@root") else "store server" if k.startswith("@store")
+                    else "NF instance" for k in killed)
+    each = ", ".join(f"{n} {kind}{'s' if n > 1 else ''}" for kind, n in kinds.most_common())
+    lines = [f"    faults: {len(killed)} kills ({each}), each failed over (the first {SHOWN_KILLS} below; "
+             "--json: faults has every one):"]
+    shown = zip(killed[:SHOWN_KILLS], failovers[:SHOWN_KILLS], strict=True)
+    lines += [f"      killed {k}; failover {f}" for k, f in shown]
+    rest = [re.sub(r" at input packet (\d+).*", r" at \1", k) for k in killed[SHOWN_KILLS:]]
+    lines.append(f"      and {len(rest)} more: {', '.join(rest)}")
+    if faults.get("not_killed"):
+        lines.append(f"      not killed: {faults['not_killed']}")
+    return lines
 
 
 def _nf_error_lines(errors: dict) -> list[str]:
