@@ -131,6 +131,11 @@ def test_cli_kill_shows_the_failover(tmp_path, monkeypatch, capsys):
     (["--kill", "root[1]@10"], "1 root(s)"),
     (["--kill", "root@10", "--packet-log", "store"], "packet-log store"),
     (["--heartbeat", "-1"], "heartbeats: an interval >= 0"),
+    # another runtime's options: accepted, and nothing done with them (a new user's trial)
+    (["--heartbeat", "100", "--runtime", "sim"], "--heartbeat is for --runtime proc"),
+    (["--misses", "3", "--runtime", "sim"], "--misses is for --runtime proc"),
+    (["--ray-address", "auto:1"], "--ray-address is for --runtime ray"),
+    (["--ray-pin", "nat[0]=gpu", "--runtime", "sim"], "--ray-pin is for --runtime ray"),
 ])
 def test_bad_kills_are_one_line(argv, says, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)

@@ -44,6 +44,8 @@ from .summary import StateValueError
 from .trace.cli import cmd_trace, register_trace
 
 EXIT_CLOSED_STDOUT = 141  # 128 + SIGPIPE, as a shell reports `tool | head`
+HEARTBEAT_MS = 500        # --runtime proc: --heartbeat's default
+MISSES = 10               # --runtime proc: --misses' default
 
 
 _positive = int_at_least(1)
@@ -80,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="run a chain over a capture and print a summary",
         description="Run the chain of CHAIN (a YAML chain spec) over CAPTURE (pcap, pcapng, "
-                    "optionally gzip-compressed) in the deterministic sim runtime, write the "
-                    "chain's output packets to --out, and print a summary of packets, drops, "
-                    "per-vertex counts and alerts.")
+                    "optionally gzip-compressed) in the deterministic sim runtime (or --runtime proc: "
+                    "a process per root and NF instance), write the chain's output packets to --out, "
+                    "and print a summary of packets, drops, per-vertex counts and alerts.")
     run.add_argument("chain", metavar="CHAIN", help="chain spec (YAML), e.g. examples/paper_chain.yaml")
     run.add_argument("capture", metavar="CAPTURE", nargs="?",
                      help="input capture: .pcap, .pcapng, optionally .gz; '-' reads standard input "
@@ -239,9 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _heartbeat_args(p: argparse.ArgumentParser) -> None:
     """``--heartbeat`` and ``--misses``: how the proc runtime finds a worker that hangs."""
-    p.add_argument("--heartbeat", type=float, default=500, metavar="MS",
+    # (defaults None: given on --runtime sim, they are refused; _proc_runtime's defaults)
+    p.add_argument("--heartbeat", type=float, default=None, metavar="MS",
                    help="--runtime proc: every worker sends a heartbeat every MS ms (default 500; 0: none)")
-    p.add_argument("--misses", type=_positive, default=10, metavar="N",
+    p.add_argument("--misses", type=_positive, default=None, metavar="N",
                    help="--runtime proc: a worker silent for N heartbeats hangs: it is killed, then failed over "
                         "(--failover, --kill) or the run stops (default 10)")
     p.add_argument("--checkpoint-ms", type=float, default=None, metavar="MS",
@@ -346,7 +349,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     return report.exit_code()
 
 
+def _runtime_options(args: argparse.Namespace) -> None:
+    """Options of another runtime than ``--runtime``'s, refused in one line as chc check
+    refuses them (chc run and serve accepted them and did nothing)."""
+    if args.runtime != "ray":
+        given = [name for name, on in (("--ray-address", args.ray_address != "auto"),
+                                       ("--ray-pin", getattr(args, "ray_pin", None))) if on]
+        if given:
+            raise UsageError(f"{given[0]} is for --runtime ray")
+    if args.runtime == "sim":
+        given = [(name, knob) for name, value, knob in (("--heartbeat", args.heartbeat, "heartbeat_us"),
+                                                        ("--misses", args.misses, "misses")) if value is not None]
+        if given:
+            raise UsageError(f"{given[0][0]} is for --runtime proc (with sim, a scenario's crash event takes "
+                             f"{given[0][1]})")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _runtime_options(args)
     if args.live is not None:
         _check_live(args)
     elif args.capture is None:
@@ -364,6 +384,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.live is None and args.capture is None:
         raise UsageError("serve needs --capture FILE or --live IN_IF:OUT_IF")
+    _runtime_options(args)
     if args.live is not None:
         given = [name for name, on in (("--rate", args.rate is not None), ("--loop", args.loop),
                                        ("--scenario", args.scenario is not None)) if on]
@@ -528,15 +549,15 @@ def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any, events: list
         cls = procray.RayRuntime
         extra = {"address": args.ray_address,
                  "pins": dict(procray.parse_pin(p) for p in getattr(args, "ray_pin", []))}
-    elif getattr(args, "ray_pin", None):
-        raise UsageError("--ray-pin is for --runtime ray")
     rt = cls(chain, model=args.model, batch_size=args.batch_size, store=store, store_url=args.store,
              namespace=_namespace(args, chain),
              tls={"tls_ca": args.store_ca, "tls_cert": args.store_cert, "tls_key": args.store_key},
              log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
              persist_every=args.clock_persist, write_out=bool(args.out), kills=kills,
-             failover=getattr(args, "failover", False), heartbeat_s=args.heartbeat / 1000,
-             misses=args.misses, checkpoint_ms=args.checkpoint_ms, events=events or (), **extra)
+             failover=getattr(args, "failover", False),
+             heartbeat_s=(HEARTBEAT_MS if args.heartbeat is None else args.heartbeat) / 1000,
+             misses=MISSES if args.misses is None else args.misses, checkpoint_ms=args.checkpoint_ms,
+             events=events or (), **extra)
     if args.checkpoint_ms is not None and rt.no_checkpoints:
         # (refused, as the other options that would do nothing here: it was accepted silently)
         raise UsageError(f"--checkpoint-ms: {rt.no_checkpoints}")
