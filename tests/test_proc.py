@@ -267,7 +267,7 @@ def _start_cli(tmp_path, *extra) -> tuple[subprocess.Popen, set[int]]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         workers = descendants(proc.pid)
-        if len(workers) >= 7:               # forkserver, store server, root, 4 instances
+        if len(workers) >= 8:               # resource tracker, forkserver, store server, root, 4 instances
             time.sleep(0.5)
             return proc, descendants(proc.pid)
         time.sleep(0.05)
