@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--filter", metavar="EXPR",
                      help="only packets matching this BPF expression (tcpdump syntax, e.g. 'tcp port 80') "
                           "enter the chain")
-    run.add_argument("-c", "--count", type=_positive, metavar="N",
+    # (--packets: chc check's name of -c, which a new user gave chc run and was refused)
+    run.add_argument("-c", "--count", "--packets", type=_positive, metavar="N",
                      help="stop after N packets have entered the chain (after --filter)")
     run.add_argument("--allow-partial", action="store_true",
                      help="exit 0, not 3, when the capture stops early (truncated or corrupt); the "
@@ -162,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "events apply; its model, store, batch size and pacing do not (--runtime proc: its "
                           "scaling and crash events, a crash a real kill, and its parallelism; docs/proc.md)")
     srv.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    srv.add_argument("-c", "--count", type=_positive, metavar="N", help="stop after N packets have entered")
+    srv.add_argument("-c", "--count", "--packets", type=_positive, metavar="N",
+                     help="stop after N packets have entered")
     srv.add_argument("--metrics-port", metavar="[ADDR:]PORT",
                      help="serve Prometheus metrics on PORT (127.0.0.1 unless ADDR is given)")
     srv.add_argument("--dashboard-port", metavar="[ADDR:]PORT",
