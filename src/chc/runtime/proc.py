@@ -1481,7 +1481,7 @@ class ProcRuntime:
         resource tracker if these runs started it.  They ended only when they saw the
         coordinator's process end: the forkserver outlived a finished, failed or
         interrupted ``chc run`` by up to 1.4 s (a new user's trial), a library run for as
-        long as its process lived.  Stopping them takes 10-100 ms; a next run in this
+        long as its process lived.  Stopping them takes 0.01-0.4 s; a next run in this
         process starts them again (0.3-1.5 s on a loaded two-core machine:
         :func:`forkserver_kept` keeps it over several)."""
         if self._forking:
