@@ -181,6 +181,9 @@ def test_check_takes_c_for_its_packet_count_as_run_does():
 
     args = build_parser().parse_args(["check", "chain.yaml", "scenario.yaml", "capture.pcap", "-c", "300"])
     assert args.packets == 300
+    # ...and run and serve take check's --packets (chc run ... --packets 2000 was refused)
+    assert build_parser().parse_args(["run", "chain.yaml", "capture.pcap", "--packets", "300"]).count == 300
+    assert build_parser().parse_args(["serve", "chain.yaml", "--capture", "c.pcap", "--packets", "30"]).count == 30
 
 
 def test_state_json_prints_connection_keys_and_the_digest_keeps_hex(tmp_path):

@@ -85,14 +85,26 @@ def _gone(pids) -> bool:
     return not any(os.path.exists(f"/proc/{pid}") for pid in pids)
 
 
+def _helpers() -> list[str]:
+    """multiprocessing's forkserver and resource tracker processes below this one, now."""
+    out = []
+    for pid in descendants(os.getpid()):
+        with contextlib.suppress(OSError):
+            line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if "multiprocessing.forkserver" in line or "multiprocessing.resource_tracker" in line:
+                out.append(line[:80])
+    return out
+
+
 @pytest.mark.parametrize("model", ["EO+C+NA", "T"])
 def test_paper_chain_matches_sim(mixed, model):
     chain = load_spec(PAPER)
     sim = _sim(chain, mixed, model)
     assert sim.alerts and sim.dropped        # the comparison covers both
     rt, proc = _proc(chain, mixed, model)
+    assert not _helpers()                    # (at once: it outlived the run by up to 1.4 s)
     _assert_same(proc, sim)
-    assert _gone(rt.pids.values())           # no worker outlives a run
+    assert _gone(rt.pids.values())           # no worker outlives a run, nor the forkserver
     # ...and each ended by itself, none killed at the end: the store server's context
     # waited for a socket left open, and the coordinator killed it after 2 s every run
     assert {name: p.exitcode for name, p in rt.procs.items()} == dict.fromkeys(rt.procs, 0)
@@ -240,24 +252,33 @@ def test_a_worker_that_dies_fails_the_run_and_leaves_nothing(mixed):
 
     with pytest.raises(ProcFailure, match=r"portscan\.0 .* killed by signal 9"):
         rt.run(feed())
+    assert not _helpers()
     assert _gone(rt.pids.values())
     assert not os.path.exists(rt.directory)
 
 
 def _start_cli(tmp_path, *extra) -> tuple[subprocess.Popen, set[int]]:
-    """``chc run --runtime proc`` on the whole LAN capture, once its workers run."""
-    proc = subprocess.Popen([sys.executable, "-m", "chc.cli", "run", "--runtime", "proc", str(PAPER), str(LAN),
-                             "--no-progress", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path)
+    """``chc run --runtime proc`` on the whole LAN capture, once its workers run (its
+    output into files: a pipe is held by the forkserver too, and reading it to the end
+    waited for the forkserver's end)."""
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "chc.cli", "run", "--runtime", "proc", str(PAPER), str(LAN),
+                                 "--no-progress", *extra], stdout=out, stderr=err, text=True, cwd=tmp_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         workers = descendants(proc.pid)
-        if len(workers) >= 7:               # forkserver, store server, root, 4 instances
+        if len(workers) >= 8:               # resource tracker, forkserver, store server, root, 4 instances
             time.sleep(0.5)
             return proc, descendants(proc.pid)
         time.sleep(0.05)
     proc.kill()
     pytest.fail("the proc run's workers did not start")
+
+
+def _ended(proc: subprocess.Popen, tmp_path) -> tuple[str, str]:
+    """Wait for the ``chc run`` of :func:`_start_cli`: its standard output and error."""
+    proc.wait(timeout=60)
+    return (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
 
 
 def _wait_gone(pids: set[int], timeout: float = 10) -> bool:
@@ -289,24 +310,26 @@ def test_cli_worker_killed_exit_1_one_line(tmp_path):
     proc, pids = _start_cli(tmp_path)
     forkserver = min(pids)
     os.kill(max(pids - {forkserver}), signal.SIGKILL)       # a worker (the last one started)
-    out, err = proc.communicate(timeout=60)
+    out, err = _ended(proc, tmp_path)
+    left = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]     # (at once: no process outlives it)
     assert proc.returncode == 1
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("chc: error: proc runtime: ") and "killed by signal 9" in lines[0]
-    assert _wait_gone(pids)
+    assert not left, left
 
 
 def test_cli_sigterm_drains_and_reports(tmp_path):
     proc, pids = _start_cli(tmp_path, "--summary-json", "s.json")
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    out, err = _ended(proc, tmp_path)
+    left = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]     # (at once, as Ctrl-C's drain)
     assert proc.returncode == 130, err
+    assert not left, left
     assert "PARTIAL: interrupted" in out and "state digest" in out
     import json
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["partial"] and summary["runtime"] == "proc"
     assert summary["log"]["remaining"] == 0 and summary["packets_in"] > 0
-    assert _wait_gone(pids)
 
 
 def test_cli_coordinator_killed_workers_exit(tmp_path):

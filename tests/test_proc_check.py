@@ -9,6 +9,7 @@ lost, is caught; what proc cannot check is refused in one line (exit 2).
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from chc.cli import main  # noqa: E402
 from chc.coe import Serialization  # noqa: E402
 from chc.runtime.proc import ProcRuntime  # noqa: E402
 from chc.spec import load_spec  # noqa: E402
+from procpace import descendants  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LAN = str(ROOT / "traces/pathspider/lan-2012.pcap.gz")
@@ -33,9 +35,24 @@ def _check(argv: list[str], monkeypatch) -> int:
 
 
 def test_parallel_scenario_passes_under_proc(monkeypatch, capsys):
+    from chc.runtime import proc
+
+    stops = []
+    stop = proc.stop_forkserver
+    monkeypatch.setattr(proc, "stop_forkserver", lambda **kw: (stops.append(kw), stop(**kw)))
     assert _check(["--packets", "1500", "--seeds", "2"], monkeypatch) == 0
     out = capsys.readouterr().out
     assert "2 of 2 seeds passed" in out
+    # the forkserver kept from one seed to the next (each started it again), stopped at the end
+    assert len(stops) == 1
+    assert not [pid for pid in descendants(os.getpid()) if b"multiprocessing.forkserver" in _cmdline(pid)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_two_roots_under_proc_complete_every_packet_and_prune(tmp_path, monkeypatch, capsys):

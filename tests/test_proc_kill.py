@@ -131,6 +131,11 @@ def test_cli_kill_shows_the_failover(tmp_path, monkeypatch, capsys):
     (["--kill", "root[1]@10"], "1 root(s)"),
     (["--kill", "root@10", "--packet-log", "store"], "packet-log store"),
     (["--heartbeat", "-1"], "heartbeats: an interval >= 0"),
+    # another runtime's options: accepted, and nothing done with them (a new user's trial)
+    (["--heartbeat", "100", "--runtime", "sim"], "--heartbeat is for --runtime proc"),
+    (["--misses", "3", "--runtime", "sim"], "--misses is for --runtime proc"),
+    (["--ray-address", "auto:1"], "--ray-address is for --runtime ray"),
+    (["--ray-pin", "nat[0]=gpu", "--runtime", "sim"], "--ray-pin is for --runtime ray"),
 ])
 def test_bad_kills_are_one_line(argv, says, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
@@ -515,7 +520,13 @@ def test_a_scenarios_crashes_are_real_kills_and_pass_the_check(tmp_path, monkeyp
     assert main([*argv, "--json", str(tmp_path / "c.json")]) == 0
     results = json.loads((tmp_path / "c.json").read_text())["results"]
     assert all(r["events"].get("failover", 0) >= 5 for r in results), [r["events"] for r in results]
-    assert "2 of 2 seeds passed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 of 2 seeds passed" in out
+    # each seed's faults: counted, the first kills a line each, the others by process and packet
+    # (one line of 1,200-1,400 characters before); --json keeps every one in full
+    assert max(map(len, out.splitlines())) < 400, out
+    assert out.count("each failed over (the first 3 below; --json: faults has every one):") == 2, out
+    assert all(r["faults"]["killed"].count(" at input packet ") >= 5 for r in results)
     assert main([*argv, "--break", "no-replay"]) == 1
 
 

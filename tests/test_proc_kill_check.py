@@ -356,6 +356,34 @@ def test_kill_during_a_scenario_with_no_change_is_refused(monkeypatch, capsys):
     assert "PASS" not in captured.out
 
 
+def test_a_seed_with_many_kills_shows_them_counted_and_wrapped():
+    """A scenario's crashes and drawn ones made 5-7 failovers a seed, printed as one line
+    of 1,200-1,400 characters (a new user's trial).  Up to three stay one line."""
+    from chc.checkrun import _fault_lines
+    from chc.coe import _kill_faults
+
+    def nf(name: str, at: int) -> dict:
+        return {"kind": "failover", "process": name, "killed_at_packet": at, "failover_process": f"{name}#1",
+                "replayed": 3, "handed_over": 5, "replay_s": 0.01, "logged_floor": [100], "recovery_s": 0.02}
+    root = {"kind": "root-failover", "process": "@root.0", "killed_at_packet": 900, "failover_process": "@root.0#1",
+            "replayed": 7, "logged_floor": 1 << 40, "recovery_s": 0.03}
+    store = {"kind": "store-failover", "process": "@store", "killed_at_packet": 1000, "failover_process": "@store#1",
+             "checkpoint": 4, "re_executed": 9, "recovery_s": 0.04, "wal": True, "wal_updates": 9}
+    skipped = {"kind": "kill-skipped", "process": "nat.3", "reason": "retired by a scale-in before it"}
+    failovers = [nf("nat.0", 100), nf("lb.1", 300), root, store, nf("portscan.0", 1200)]
+    faults = _kill_faults(6, "", failovers, [*failovers, skipped])
+    lines = _fault_lines(faults)
+    assert lines[0] == ("    faults: 5 kills (3 NF instances, 1 root, 1 store server), each failed over (the first 3 "
+                        "below; --json: faults has every one):")
+    assert lines[1] == ("      killed nat.0 at input packet 100; failover nat.0#1 replayed 3 packets (5 handed over) "
+                        "in 0.01 s (logged floor 100, recovery 0.02 s)")
+    assert lines[3].startswith("      killed @root.0 at input packet 900; failover @root.0#1 replayed 7 input packets")
+    assert lines[4:] == ["      and 2 more: @store at 1000, portscan.0 at 1200",
+                         "      not killed: nat.3 (retired by a scale-in before it)"]
+    three = _fault_lines(_kill_faults(3, "", failovers[:3], failovers[:3]))
+    assert len(three) == 1 and three[0].startswith("    faults: killed nat.0 at input packet 100; lb.1 at input")
+
+
 def test_a_skipped_kill_beside_a_made_one_stays_in_the_faults():
     """random:K, VERTEX[I]@N,...: one kill failed over, another skipped; the skipped one
     was dropped from the seed's faults (--json) once another had failed over."""

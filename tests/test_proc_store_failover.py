@@ -206,6 +206,43 @@ def test_kill_store_parses_and_bad_ones_are_one_line():
         ProcRuntime(chain, model=MODEL, failover=True, checkpoint_ms=0)
 
 
+NEITHER = "--checkpoint-ms: the store server takes checkpoints only to fail over, with --failover or --kill store@N"
+NO_SEED = "--checkpoint-ms: no seed kills the store server"
+FOR_PROC = "--checkpoint-ms is for --runtime proc"
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["run", "--runtime", "proc", PAPER, LAN, "-c", "10"], NEITHER),
+    (["run", "--runtime", "proc", PAPER, LAN, "-c", "10", "--kill", "nat[0]@5"], NEITHER),
+    (["run", "--runtime", "proc", PAPER, LAN, "-c", "10", "--failover", "--packet-log", "store"],
+     "--checkpoint-ms: with --packet-log store the store server is not failed over"),
+    (["run", PAPER, LAN, "-c", "10"], FOR_PROC),
+    (["serve", "--runtime", "proc", PAPER, "--capture", LAN, "-c", "10"], NEITHER),
+    (["serve", PAPER, "--capture", LAN, "-c", "10"], FOR_PROC),
+    (["check", "--runtime", "proc", PAPER, PARALLEL, LAN, "--packets", "10", "--seed", "0"], NO_SEED),
+    (["check", "--runtime", "proc", PAPER, PARALLEL, LAN, "--packets", "10", "--seed", "0", "--kill", "nat[0]@5"],
+     NO_SEED),
+    (["check", PAPER, PARALLEL, LAN, "--packets", "10", "--seed", "0"], "--checkpoint-ms: it is for --runtime proc"),
+])
+def test_a_checkpoint_interval_nothing_uses_is_refused_in_one_line(argv, says, capsys):
+    """It was accepted and did nothing: the store server checkpoints only when it can fail
+    over (a new user's trial).  Refused as the other options that do nothing there are."""
+    assert main([*argv, "--checkpoint-ms", "50"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"chc: error: {says}"), err
+
+
+def test_a_checkpoint_interval_for_kills_a_seed_may_draw_is_taken():
+    from chc.checkrun import _checkpoints_unused
+    from chc.scenario import load_scenario
+
+    sc = load_scenario(PARALLEL)
+    for kill in ("random", "random:2", "during", "nat[0]@5,store@9"):
+        assert _checkpoints_unused(sc, "proc", kill, ["memory"]) == "", kill
+    assert "sharded Redis" in _checkpoints_unused(sc, "proc", "random", ["redis-cluster://127.0.0.1:1"])
+    assert _checkpoints_unused(sc, "proc", "nat[0]@5", ["memory"]).startswith("no seed kills")
+
+
 # -- the pieces --------------------------------------------------------------------------------
 
 def _engine() -> RecoverableEngine:

@@ -19,10 +19,12 @@ input, or nothing was checked; 3 a ``--break`` run in which no seed caught it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import multiprocessing
 import os
+import re
 import signal
 import time
 import traceback
@@ -91,6 +93,11 @@ class Job:
             # (the pin wins: a --store that is not used would be a check of something else)
             raise ScenarioError(f"{scenario}: the scenario pins store: {sc.store}, so --store "
                                 f"{', '.join(stores)} would not be used; drop one of them")
+        if runtime in ("proc", "ray"):
+            from .runtime.procscale import scenario_refusal
+            refused = scenario_refusal(sc, scenario)     # (at once, before any seed)
+            if refused:
+                raise ScenarioError(refused)
         if kill:
             _check_kill(kill, spec, runtime)
             if kill == DURING and not _may_change(sc, spec):
@@ -98,6 +105,10 @@ class Job:
                 raise ValueError(f"--kill during: {scenario} makes no scaling change and no vertex of {chain} "
                                  "has a scaling: policy, so no seed has a change to kill during (it needs "
                                  "scale-out, scale-in, move or refine events); use --kill random or VERTEX[I]@N")
+        if checkpoint_ms is not None:
+            unused = _checkpoints_unused(sc, runtime, kill, stores)
+            if unused:
+                raise ValueError(f"--checkpoint-ms: {unused}")
         with open_capture(capture) as reader:
             records = list(itertools.islice(reader, packets) if packets else reader)
             cut = reader.stop_reason        # (a capture cut short: the check covers what was read)
@@ -204,6 +215,30 @@ def _check_kill(kill: str, chain: Chain, runtime: str) -> None:
         from .runtime.proc import parse_kill
         for k in kill.split(","):
             parse_kill(k, chain.with_room())
+
+
+def _checkpoints_unused(sc: Scenario, runtime: str, kill: str, stores: list[str]) -> str:
+    """Why no seed's store server would take the checkpoints ``--checkpoint-ms`` times (it
+    takes them only when it can be killed and failed over), or "" (it was accepted
+    silently, as chc run's was).  Random draws may kill it: not refused then."""
+    from .runtime.storefailover import recoverable_url
+    if runtime not in ("proc", "ray"):
+        return ("it is for --runtime proc or ray, with a kill of the store server (with sim, a scenario's crash "
+                "of the store takes checkpoint_ms)")
+    if sc.packet_log != "local":
+        return (f"with the scenario's packet_log: {sc.packet_log} the store server is not failed over, so it "
+                "takes no checkpoints")
+    if not any(recoverable_url(url) for url in ([sc.store] if sc.store else stores)):
+        return ("the store server is not failed over on a sharded Redis or a Redis Cluster (store failover needs "
+                "the memory store or one Redis server), so it takes no checkpoints")
+    drawn = sc.random is not None and sc.random.events > 0 and "store" in (sc.random.vertices or ())
+    crashed = any(e.action == "crash" and e.target == "store" for e in sc.events)
+    killed = bool(kill_count(kill)) or kill == DURING or any(k.strip().startswith("store@")
+                                                             for k in kill.split(",") if kill)
+    if not (drawn or crashed or killed):
+        return ("no seed kills the store server (--kill store@N, --kill random or during, which may draw it, or "
+                "a scenario's crash of the store), so it takes no checkpoints")
+    return ""
 
 
 def _may_change(sc: Scenario, chain: Chain) -> bool:
@@ -379,13 +414,14 @@ def run_seeds(job: Job, seeds: list[int], jobs: int, say: Callable[[str], Any]) 
                         _take(r, results, say)
                         ctrl.poll()
             else:
-                for seed in seeds:
-                    r = job.run(seed)
-                    if ctrl.count > 1:
-                        raise ctrlc.Aborted     # (its workers were killed: no verdict)
-                    _take(r, results, say)
-                    # (a Ctrl-C whose KeyboardInterrupt was lost where it landed, chc.ctrlc)
-                    ctrl.poll()
+                with _forkserver_kept(job.runtime):
+                    for seed in seeds:
+                        r = job.run(seed)
+                        if ctrl.count > 1:
+                            raise ctrlc.Aborted     # (its workers were killed: no verdict)
+                        _take(r, results, say)
+                        # (a Ctrl-C whose KeyboardInterrupt was lost where it landed, chc.ctrlc)
+                        ctrl.poll()
     except ctrlc.Aborted:
         raise
     except KeyboardInterrupt:
@@ -393,6 +429,15 @@ def run_seeds(job: Job, seeds: list[int], jobs: int, say: Callable[[str], Any]) 
     finally:
         _JOB = None
     return Report(job, results, time.perf_counter() - started, jobs, interrupted, len(seeds))
+
+
+def _forkserver_kept(runtime: str) -> Any:
+    """proc: the forkserver kept from one seed to the next (a run stops it: each seed
+    started it again), stopped at the end of the check."""
+    if runtime != "proc":
+        return contextlib.nullcontext()
+    from .runtime.proc import forkserver_kept
+    return forkserver_kept()
 
 
 def _take(r: dict, results: list[dict], say: Callable[[str], Any]) -> None:
@@ -416,7 +461,7 @@ def describe(r: dict) -> str:
     faults = {k: v for k, v in r["faults"].items() if not k.endswith(".sent") and v
               and not (missed and k == "not_killed")}
     if faults:
-        lines.append("    faults: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in faults.items()))
+        lines += _fault_lines(faults)
     if r.get("events"):
         lines.append("    events: " + ", ".join(f"{k} {n}" for k, n in r["events"].items()))
     for name, did in r["breaks"].items():
@@ -434,6 +479,31 @@ def describe(r: dict) -> str:
 
 
 SHOWN_KINDS = 3         # kinds of NF error a seed's lines show (--json has every one)
+SHOWN_KILLS = 3         # kills a seed's faults show one by one (--json has every one)
+
+
+def _fault_lines(faults: dict) -> list[str]:
+    """A seed's faults: one line, or with more than :data:`SHOWN_KILLS` kills (a
+    scenario's crashes and drawn ones: 5-7 failovers made a line of 1,500 characters) how
+    many of each process were killed, the first ones each on its line with its
+    failover, and the others by process and input packet."""
+    line = "    faults: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in faults.items())
+    killed = faults.get("killed", "").split("; ")
+    failovers = faults.get("failover", "").split("; ")
+    if len(killed) <= SHOWN_KILLS or len(failovers) != len(killed):     # (as _kill_faults pairs them)
+        return [line]
+    kinds = Counter("root" if k.startswith("@root") else "store server" if k.startswith("@store")
+                    else "NF instance" for k in killed)
+    each = ", ".join(f"{n} {kind}{'s' if n > 1 else ''}" for kind, n in kinds.most_common())
+    lines = [f"    faults: {len(killed)} kills ({each}), each failed over (the first {SHOWN_KILLS} below; "
+             "--json: faults has every one):"]
+    shown = zip(killed[:SHOWN_KILLS], failovers[:SHOWN_KILLS], strict=True)
+    lines += [f"      killed {k}; failover {f}" for k, f in shown]
+    rest = [re.sub(r" at input packet (\d+).*", r" at \1", k) for k in killed[SHOWN_KILLS:]]
+    lines.append(f"      and {len(rest)} more: {', '.join(rest)}")
+    if faults.get("not_killed"):
+        lines.append(f"      not killed: {faults['not_killed']}")
+    return lines
 
 
 def _nf_error_lines(errors: dict) -> list[str]:

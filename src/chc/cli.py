@@ -44,6 +44,8 @@ from .summary import StateValueError
 from .trace.cli import cmd_trace, register_trace
 
 EXIT_CLOSED_STDOUT = 141  # 128 + SIGPIPE, as a shell reports `tool | head`
+HEARTBEAT_MS = 500        # --runtime proc: --heartbeat's default
+MISSES = 10               # --runtime proc: --misses' default
 
 
 _positive = int_at_least(1)
@@ -80,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="run a chain over a capture and print a summary",
         description="Run the chain of CHAIN (a YAML chain spec) over CAPTURE (pcap, pcapng, "
-                    "optionally gzip-compressed) in the deterministic sim runtime, write the "
-                    "chain's output packets to --out, and print a summary of packets, drops, "
-                    "per-vertex counts and alerts.")
+                    "optionally gzip-compressed) in the deterministic sim runtime (or --runtime proc: "
+                    "a process per root and NF instance), write the chain's output packets to --out, "
+                    "and print a summary of packets, drops, per-vertex counts and alerts.")
     run.add_argument("chain", metavar="CHAIN", help="chain spec (YAML), e.g. examples/paper_chain.yaml")
     run.add_argument("capture", metavar="CAPTURE", nargs="?",
                      help="input capture: .pcap, .pcapng, optionally .gz; '-' reads standard input "
@@ -103,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--filter", metavar="EXPR",
                      help="only packets matching this BPF expression (tcpdump syntax, e.g. 'tcp port 80') "
                           "enter the chain")
-    run.add_argument("-c", "--count", type=_positive, metavar="N",
+    # (--packets: chc check's name of -c, which a new user gave chc run and was refused)
+    run.add_argument("-c", "--count", "--packets", type=_positive, metavar="N",
                      help="stop after N packets have entered the chain (after --filter)")
     run.add_argument("--allow-partial", action="store_true",
                      help="exit 0, not 3, when the capture stops early (truncated or corrupt); the "
@@ -161,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "scaling, clone, slow and crash events, a crash a real kill, a slow a real sleep, and "
                           "its parallelism; docs/proc.md)")
     srv.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    srv.add_argument("-c", "--count", type=_positive, metavar="N", help="stop after N packets have entered")
+    srv.add_argument("-c", "--count", "--packets", type=_positive, metavar="N",
+                     help="stop after N packets have entered")
     srv.add_argument("--metrics-port", metavar="[ADDR:]PORT",
                      help="serve Prometheus metrics on PORT (127.0.0.1 unless ADDR is given)")
     srv.add_argument("--dashboard-port", metavar="[ADDR:]PORT",
@@ -242,9 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _heartbeat_args(p: argparse.ArgumentParser) -> None:
     """``--heartbeat`` and ``--misses``: how the proc runtime finds a worker that hangs."""
-    p.add_argument("--heartbeat", type=float, default=500, metavar="MS",
+    # (defaults None: given on --runtime sim, they are refused; _proc_runtime's defaults)
+    p.add_argument("--heartbeat", type=float, default=None, metavar="MS",
                    help="--runtime proc: every worker sends a heartbeat every MS ms (default 500; 0: none)")
-    p.add_argument("--misses", type=_positive, default=10, metavar="N",
+    p.add_argument("--misses", type=_positive, default=None, metavar="N",
                    help="--runtime proc: a worker silent for N heartbeats hangs: it is killed, then failed over "
                         "(--failover, --kill) or the run stops (default 10)")
     p.add_argument("--checkpoint-ms", type=float, default=None, metavar="MS",
@@ -349,7 +354,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     return report.exit_code()
 
 
+def _runtime_options(args: argparse.Namespace) -> None:
+    """Options of another runtime than ``--runtime``'s, refused in one line as chc check
+    refuses them (chc run and serve accepted them and did nothing)."""
+    if args.runtime != "ray":
+        given = [name for name, on in (("--ray-address", args.ray_address != "auto"),
+                                       ("--ray-pin", getattr(args, "ray_pin", None))) if on]
+        if given:
+            raise UsageError(f"{given[0]} is for --runtime ray")
+    if args.runtime == "sim":
+        given = [(name, knob) for name, value, knob in (("--heartbeat", args.heartbeat, "heartbeat_us"),
+                                                        ("--misses", args.misses, "misses")) if value is not None]
+        if given:
+            raise UsageError(f"{given[0][0]} is for --runtime proc (with sim, a scenario's crash event takes "
+                             f"{given[0][1]})")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _runtime_options(args)
     if args.live is not None:
         _check_live(args)
     elif args.capture is None:
@@ -367,6 +389,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.live is None and args.capture is None:
         raise UsageError("serve needs --capture FILE or --live IN_IF:OUT_IF")
+    _runtime_options(args)
     if args.live is not None:
         given = [name for name, on in (("--rate", args.rate is not None), ("--loop", args.loop),
                                        ("--scenario", args.scenario is not None)) if on]
@@ -375,6 +398,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.runtime == "sim" and (args.kill or args.failover):
         raise UsageError("--kill and --failover are for --runtime proc (with sim, a --scenario's crash events)")
+    if args.runtime == "sim" and args.checkpoint_ms is not None:
+        raise UsageError("--checkpoint-ms is for --runtime proc, with --failover or --kill store@N (with sim, "
+                         "a --scenario's crash of the store takes checkpoint_ms)")
 
     def go(chain: Any, store: Any) -> int:
         if args.runtime != "sim":
@@ -469,6 +495,9 @@ def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:
                 if getattr(args, "kill", None) or getattr(args, "failover", False):
                     raise UsageError("--kill and --failover are for --runtime proc (with sim, a scenario's crash "
                                      "events: chc check)")
+                if args.checkpoint_ms is not None:
+                    raise UsageError("--checkpoint-ms is for --runtime proc, with --failover or --kill store@N "
+                                     "(with sim, a scenario's crash of the store takes checkpoint_ms)")
                 runtime = SimRuntime(chain, model=args.model, batch_size=args.batch_size, store=store,
                                      pacer=_pacer(args), delays=_delays(args.delay), seed=args.seed,
                                      log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
@@ -525,16 +554,19 @@ def _proc_runtime(args: argparse.Namespace, chain: Any, store: Any, events: list
         cls = procray.RayRuntime
         extra = {"address": args.ray_address,
                  "pins": dict(procray.parse_pin(p) for p in getattr(args, "ray_pin", []))}
-    elif getattr(args, "ray_pin", None):
-        raise UsageError("--ray-pin is for --runtime ray")
-    return cls(chain, model=args.model, batch_size=args.batch_size, store=store, store_url=args.store,
-                       namespace=_namespace(args, chain),
-                       tls={"tls_ca": args.store_ca, "tls_cert": args.store_cert, "tls_key": args.store_key},
-                       log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
-                       persist_every=args.clock_persist, write_out=bool(args.out), kills=kills,
-                       failover=getattr(args, "failover", False), heartbeat_s=args.heartbeat / 1000,
-                       misses=args.misses, checkpoint_ms=args.checkpoint_ms, events=events or (), seed=seed,
-                       **extra)
+    rt = cls(chain, model=args.model, batch_size=args.batch_size, store=store, store_url=args.store,
+             namespace=_namespace(args, chain),
+             tls={"tls_ca": args.store_ca, "tls_cert": args.store_cert, "tls_key": args.store_key},
+             log_mode=args.packet_log, log_limit=max(args.log_limit, 0),
+             persist_every=args.clock_persist, write_out=bool(args.out), kills=kills,
+             failover=getattr(args, "failover", False),
+             heartbeat_s=(HEARTBEAT_MS if args.heartbeat is None else args.heartbeat) / 1000,
+             misses=MISSES if args.misses is None else args.misses, checkpoint_ms=args.checkpoint_ms,
+             events=events or (), seed=seed, **extra)
+    if args.checkpoint_ms is not None and rt.no_checkpoints:
+        # (refused, as the other options that would do nothing here: it was accepted silently)
+        raise UsageError(f"--checkpoint-ms: {rt.no_checkpoints}")
+    return rt
 
 
 def _check_live(args: argparse.Namespace) -> None:

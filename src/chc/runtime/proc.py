@@ -38,7 +38,7 @@ instance being failed over, which goes first; control messages to a failover
 wait until it is connected.
 Every worker watches the coordinator's sentinel and exits when it dies,
 however it dies (also by SIGKILL).  On the way out, normal or not, whatever
-still runs is killed and reaped.
+still runs is killed and reaped, and the forkserver stopped (:func:`stop_forkserver`).
 
 End of input, Ctrl-C and SIGTERM.  At the end of the feed (its end, ``-c``, or
 the first Ctrl-C or SIGTERM, which end the feed) the coordinator sends the
@@ -71,6 +71,7 @@ import functools
 import logging
 import multiprocessing
 import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
 import pickle
 import re
@@ -80,7 +81,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import zmq
@@ -124,7 +125,11 @@ STOP_GRACE_S = 2.0              # the workers that reported exit by then, all to
 KILLED_S = 5.0                  # killed workers reaped by then, all together
 SAY_WAIT_S = 0.5                # a stop that waits longer says so
 # Imported once by the forkserver, so a forked worker starts with chc loaded.
-_ENVIRON = threading.Lock()         # os.environ changed around the forkserver's start
+_ENVIRON = threading.Lock()         # os.environ changed around the forkserver's start; _FORKING
+# The runs of this process under way whose workers the forkserver forks (and forkserver_kept
+# blocks), whether the first of them started multiprocessing's resource tracker too (it
+# starts with the forkserver), and workers of ended runs that were not reaped
+_FORKING: dict[str, Any] = {"runs": 0, "tracker": False, "unreaped": []}
 PRELOAD = ["chc.runtime.procboot", "chc.cli", "chc.runtime.procworker", "chc.runtime.storeserver"]
 REPORT_GRACE_S = 5.0            # a worker that exited 0 has this long to be heard
 
@@ -135,6 +140,7 @@ class ProcRuntime:
 
     name = "proc"           # the summary's runtime
     _abandoned = True       # the run did not finish (yet): _stop kills every worker at once
+    _forking = False        # this run counted in _FORKING (its workers forked by the forkserver)
 
     def __init__(self, chain: Chain, model: str = "T", batch_size: int = DEFAULT_BATCH, store: Any = None, *,
                  store_url: str = "memory", namespace: str = "chc", tls: dict | None = None,
@@ -196,8 +202,16 @@ class ProcRuntime:
         # (on with --failover or a planned kill of the store server: an NF or root kill alone
         # does not pay for checkpoints and logs)
         store_can_fail = failover or any(k.vertex == STORE_KILL for k in self.kills)
-        checkpoint_s = ((checkpoint_ms or procstore.DEFAULT_CHECKPOINT_MS) / 1000
-                        if store_can_fail and recoverable_url(store_url) and log_mode == "local" else 0.0)
+        # (why the store server takes no checkpoints, if it takes none: chc run and serve
+        # refuse a --checkpoint-ms that would do nothing, in one line)
+        self.no_checkpoints = (
+            "the store server takes checkpoints only to fail over, with --failover or --kill store@N "
+            "(or a scenario's crash of the store); this run has neither" if not store_can_fail else
+            f"the store server is not failed over on {redact(store_url)} (store failover needs the memory store "
+            "or one Redis server), so it takes no checkpoints" if not recoverable_url(store_url) else
+            "with --packet-log store the store server is not failed over (the roots' writes to that log are "
+            "not logged), so it takes no checkpoints" if log_mode != "local" else "")
+        checkpoint_s = 0.0 if self.no_checkpoints else (checkpoint_ms or procstore.DEFAULT_CHECKPOINT_MS) / 1000
         self.plan = Plan("", chain, model, batch_size, (), log_mode=log_mode, log_limit=log_limit,
                          persist_every=persist_every, send_out=write_out, hwm=hwm, record=record,
                          breaks=tuple(breaks), break_from=break_from, recover=recover,
@@ -379,7 +393,11 @@ class ProcRuntime:
             os.environ["PYTHONSAFEPATH"] = "1"
             os.environ[procboot.SAFEPATH_WAS] = safe or ""     # (procboot gives it back)
             try:
+                if not _FORKING["runs"]:
+                    _FORKING["tracker"] = not _tracker_running()
                 self._start_forkserver()
+                _FORKING["runs"] += 1       # (the last run to stop stops the forkserver: _end_forkserver)
+                self._forking = True
             finally:
                 del os.environ[procboot.SAFEPATH_WAS]
                 if safe is None:
@@ -1548,13 +1566,29 @@ class ProcRuntime:
             self._kill_all(spare=done)
             _join_all(done, STOP_GRACE_S, "exit")
         finally:
-            self._kill_all()            # (also when a second Ctrl-C cut the wait short)
-            _join_all(list(self.procs.values()), KILLED_S, "be reaped")
-            if self.ctx is not None:
-                self.ctx.destroy(linger=0)
-                self.ctx = None
-            if self.directory:
-                shutil.rmtree(self.directory, ignore_errors=True)
+            try:
+                self._kill_all()            # (also when a second Ctrl-C cut the wait short)
+                _join_all(list(self.procs.values()), KILLED_S, "be reaped")
+                if self.ctx is not None:
+                    self.ctx.destroy(linger=0)
+                    self.ctx = None
+                if self.directory:
+                    shutil.rmtree(self.directory, ignore_errors=True)
+            finally:
+                self._end_forkserver()
+
+    def _end_forkserver(self) -> None:
+        """The forkserver stops with the last run of this process that forks from it, once
+        every worker it forked is reaped (each holds the pipe it waits on), and so does the
+        resource tracker if these runs started it.  They ended only when they saw the
+        coordinator's process end: the forkserver outlived a finished, failed or
+        interrupted ``chc run`` by up to 1.4 s (a new user's trial), a library run for as
+        long as its process lived.  Stopping them takes 0.01-0.4 s; a next run in this
+        process starts them again (0.3-1.5 s on a loaded two-core machine:
+        :func:`forkserver_kept` keeps it over several)."""
+        if self._forking:
+            self._forking = False
+            _forking_ends(list(self.procs.values()))
 
     def _kill_all(self, spare: Iterable[Any] = (), checked: bool = True) -> None:
         """SIGKILL every worker still running but those in ``spare``.  Not ``checked``: from
@@ -1708,6 +1742,72 @@ ROOT = "root"           # --kill root[R]@N: root R (unless a vertex has that nam
 STORE_KILL = "store"    # --kill store@N: the store server (unless a vertex has that name)
 
 
+@contextlib.contextmanager
+def forkserver_kept() -> Iterator[None]:
+    """The forkserver kept for the runs inside, one after another (chc check's seeds: each
+    would start it again, 0.3-1.5 s), and stopped at the end as a run's own is."""
+    with _ENVIRON:
+        if not _FORKING["runs"]:
+            _FORKING["tracker"] = not _tracker_running()
+        _FORKING["runs"] += 1
+    try:
+        yield
+    finally:
+        _forking_ends([])
+
+
+def _forking_ends(procs: list[Any]) -> None:
+    """A run (with its ``procs``) or a :func:`forkserver_kept` block has ended: the last one
+    stops the forkserver, unless a process it forked still runs (each holds the pipe the
+    forkserver waits on: the stop would wait for it; they end together later)."""
+    with _ENVIRON:
+        _FORKING["runs"] -= 1
+        unreaped = _FORKING["unreaped"] = [p for p in [*_FORKING["unreaped"], *procs] if _running(p)]
+        if not _FORKING["runs"] and not unreaped:
+            stop_forkserver(tracker=_FORKING["tracker"])
+
+
+def _running(p: Any) -> bool:
+    try:
+        return p.exitcode is None
+    except ValueError:                  # (closed: reaped)
+        return False
+
+
+def stop_forkserver(tracker: bool = False) -> None:
+    """Stop multiprocessing's forkserver of this process, if one runs, and (``tracker``) its
+    resource tracker, and wait for their ends.  Only once no process the forkserver forked
+    runs: it waits until every one has closed its pipe.  Private API: the standard library
+    has no public way to stop either (``_stop`` is what its own tests use; 3.11-3.13 have
+    it), so each is looked up and skipped when absent: it then ends, as before, once it
+    sees this process end."""
+    helpers = [(multiprocessing.forkserver, "_forkserver")]
+    if tracker:
+        helpers.append((multiprocessing.resource_tracker, "_resource_tracker"))
+    # (a Ctrl-C or SIGTERM waits the few ms: raised inside a stop, it left it half done)
+    main = threading.current_thread() is threading.main_thread()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if main else None
+    try:
+        for module, name in helpers:
+            stop = getattr(getattr(module, name, None), "_stop", None)
+            if stop is None:
+                continue
+            try:
+                stop()
+            except (OSError, ChildProcessError) as exc:     # (already reaped, its socket file gone)
+                log.debug("proc runtime: stopping %s: %s", name, exc)
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _tracker_running() -> bool:
+    """Whether multiprocessing's resource tracker runs for this process already (started by
+    its own use of multiprocessing: then not ours to stop)."""
+    tracker = getattr(multiprocessing.resource_tracker, "_resource_tracker", None)
+    return getattr(tracker, "_fd", 1) is not None
+
+
 def _join_all(procs: list[Any], within_s: float, what: str) -> None:
     """Wait for ``procs`` to end, all of them within ``within_s`` (one deadline, not one
     each); a wait past :data:`SAY_WAIT_S` says so."""
@@ -1780,8 +1880,7 @@ def crash_kill(event: Any, chain: Chain, grown: frozenset[str] | set[str] = froz
         raise ValueError(f"{where}: copy is straggler (the default: the instance's own process) or clone, "
                          f"not {copy!r}")
     if event.at_packet is None:
-        raise ValueError(f"{where} at {event.at_time_ns / 1000:g} µs: the proc runtime kills at input packets "
-                         "(at: {packets: N}); a time is the sim's virtual time")
+        raise ValueError(_at_a_time(event))
     target = event.target or ""
     name, bracket, rest = target.partition("[")
     if name in (STORE_KILL, ROOT) and name not in chain.vertices:
@@ -1797,6 +1896,11 @@ def crash_kill(event: Any, chain: Chain, grown: frozenset[str] | set[str] = froz
             raise ValueError(f"{where}: {name} has instances 0-{v.parallelism - 1}")
         return Kill(name, i, event.at_packet, clone=copy == "clone")
     return Kill(name, 0, event.at_packet, pick=int(event.params.get("pick", 0)), clone=copy == "clone")
+
+
+def _at_a_time(event: Any) -> str:
+    return (f"crash of {event.target} at {event.at_time_ns / 1000:g} µs: the proc runtime kills at input packets "
+            "(at: {packets: N}); a time is the sim's virtual time")
 
 
 def _say_failover(event: dict, dead: str, pid: int, new: str) -> None:
