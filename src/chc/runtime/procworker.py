@@ -19,9 +19,9 @@ with a clock up to it has been sent.  An instance fed by several upstreams
 (the sim runtime sorts such a vertex's input by clock) processes a packet only
 once every upstream's watermark has passed its clock, in clock order, so it sees
 the sequence the sim runtime gives it and the run's state is the sim's.  With
-several roots and no recovery (:attr:`Plan.per_root`, §5) watermarks travel per
-root and each root's packets wait only for that root's: a root's clocks are
-ordered among themselves, not against another root's.  ZeroMQ
+several roots (:attr:`Plan.per_root`, §5) watermarks travel per root and each
+root's packets wait only for that root's: a root's clocks are ordered among
+themselves, not against another root's.  ZeroMQ
 high-water marks on data sockets are the back-pressure: a full downstream
 stops its upstream, and in the end the coordinator's reading of the capture.
 
@@ -40,7 +40,10 @@ it sent each target; a failover process (``nat.0#1``) replays what the
 upstreams hand over, up to the coordinator's bound on what the failed one can
 have run (an upstream that is itself a failover still replaying sends the rest
 behind), and every message carries its batch's through, so receivers drop what
-the failed process had already sent them.  A root fails over the same way from
+the failed process had already sent them.  With several roots an instance's
+batches interleave the roots as their packets come: each is told to the store
+server before it runs, and a failover replays exactly those (:attr:`Plan.orders`,
+:meth:`InstanceWorker._replay_batches`).  A root fails over the same way from
 the other side: a failover root (``@root.0#1``) stamps the input the
 coordinator kept since its floor again with the same clocks and splits it the
 same way (receivers drop by through), and rebuilds its packet log from it, from
