@@ -312,3 +312,40 @@ def test_a_failover_that_does_not_replay_the_batches_told_is_caught(tmp_path, ca
     assert _check(tmp_path, "--seed", "0", "--kill", "nat[0]@1500", "--break", "replay-by-clock") == 1
     out = capsys.readouterr().out
     assert "DIVERGED" in out and "replay-by-clock: nat.0" in out
+
+
+def test_clones_with_several_roots_are_refused_in_one_line(tmp_path):
+    """§5.3 a clone pair's duplicates are dropped per clock, which needs one clock order;
+    with two roots a clone event is refused before anything starts."""
+    from chc.scenario import Event
+    _, plan = _setup(tmp_path, 1)
+    with pytest.raises(ValueError, match=r"clone of nat: clones with several roots \(2\) are not built"):
+        ProcRuntime(plan.chain, model="EO+C+NA", events=[Event("clone", "nat", {}, at_packet=5)])
+
+
+def test_per_root_marks_travel_with_each_message_and_only_grow_at_the_receiver(tmp_path):
+    """A failover root's replayed messages leave after its whole replay: each carries
+    the per-root marks of when it was made, not the last ones (a receiver would run
+    root 0's packets up to them before the rest had come).  A receiver keeps the higher
+    of each root's mark (a failover upstream's replay may say less than the failed one
+    had)."""
+    from chc.runtime.procworker import _Sender
+    pkts, plan = _setup(tmp_path, 1, recover=True)
+    ctx = zmq.Context()
+    try:
+        out = _Sender(plan, ctx, "@root.0#1", None, Guard([]))
+        held: list = []
+        out.rmarks = [3, INF]
+        out.data("nat", 0, _clocked(pkts[:4], [0, 1, 2, 3]), 3, 3, hold=held)
+        out.rmarks = [7, INF]
+        out.data("nat", 0, _clocked(pkts[4:8], [4, 5, 6, 7]), 7, 7, hold=held)
+        assert [m[6] for m in held] == [[3, INF], [7, INF]]
+        assert out.repoint("nat", 0, "nat.0#1")[5] == [7, INF]      # (the record's: the last message's)
+        nat = InstanceWorker(plan, ctx, "nat", 0, Guard([]))
+        roots = [dealer(ctx, plan.address("nat.0"), f"@root.{r}") for r in (0, 1)]
+        roots[1].send(encode(Kind.DATA, [R1 + 5, {}, [], False, R1 + 5, {}, [INF, R1 + 5]]))
+        roots[1].send(encode(Kind.DATA, [R1 + 2, {}, [], False, R1 + 6, {}, [INF, R1 + 2]]))
+        _take(nat, lambda: nat.rmarks[b"@root.1"] == [INF, R1 + 5] and nat.seen.mark.get(b"@root.1") == R1 + 6)
+        assert nat.rmarks[b"@root.1"] == [INF, R1 + 5]
+    finally:
+        ctx.destroy(linger=0)
