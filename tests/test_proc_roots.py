@@ -281,8 +281,15 @@ PARALLEL = ROOT / "examples/scenarios/parallel.yaml"
 
 
 def _check(tmp_path, *argv: str) -> int:
+    """chc check of the paper chain with two roots, the port-scan detector's timeout out
+    of reach: with per-root order one root's packets may run ahead of the other's at an
+    instance, and a packet past a deadline then fires a timer before the other root's
+    timely answer (the timer limit, docs/coe.md "Limits today"; seed 2 below diverged so,
+    portscan.likelihood alone, once under the load of the whole proc suite)."""
     spec = tmp_path / "two-roots.yaml"
-    spec.write_text(PAPER.read_text() + "\nroots: 2\n")
+    text = PAPER.read_text()
+    assert "timeout_s: 5}" in text
+    spec.write_text(text.replace("timeout_s: 5}", "timeout_s: 1000000}") + "\nroots: 2\n")
     return main(["check", "--runtime", "proc", str(spec), str(PARALLEL), str(LAN), "--packets", "3000", *argv])
 
 
