@@ -415,16 +415,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 chain, more = scenario_options(args.scenario, chain, args.capture,
                                                keep_parallelism=bool(args.parallelism))
                 events, seed = more["events"], more["seed"]
-            # (a vertex manager's kill turns no recovery on: it holds no packet and no state)
-            recovery = ([f"--kill {k}" for k in args.kill if not k.startswith("manager:")]
-                        + ["--failover"] * bool(args.failover)
-                        + [f"{args.scenario}'s crash events"] * any(e.action == "crash" for e in events))
-            if chain.roots > 1 and recovery:
-                # (with recovery one clock order across roots: an instance fed by two roots holds
-                # root 1's packets until root 0's input ends, which a served chain never reaches)
-                raise UsageError(f"chc serve --runtime {args.runtime}: with recovery on ({recovery[0]}), a chain "
-                                 f"with several roots ({chain.roots}) would hold every root but the first's "
-                                 "packets until the end (docs/proc.md); use one root, or chc run")
             opts = Options(chain, live=args.live, capture=args.capture, rate=args.rate, loop=args.loop,
                            duration=args.duration, count=args.count, metrics=args.metrics_port,
                            dashboard=args.dashboard_port, status=args.status, summary_json=args.summary_json,

@@ -638,6 +638,12 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
     Break("resume-as-done", "the failover of an instance that died during a scale-in, -out or move of its "
           "vertex starts as if the change were done: no hand-over, no wait at the barrier (§5.1 with §5.4; "
           "--runtime proc)", "output|log|state|store|alert", True, proc_only=True),
+    Break("replay-by-clock", "the failover of an instance fed by several roots runs what was handed over as new "
+          "input, not the batches the failed one told the store it ran, in their order and with their throughs "
+          "(§5 with §5.4; --runtime proc)", "output|log|state|store|alert", True, proc_only=True),
+    Break("no-root-bound", "the failover of an instance fed by several roots replays the batches the failed one "
+          "ran without first waiting, per root, for all of their packets (§5 with §5.4; --runtime proc)",
+          "output|log|state|store|alert", True, proc_only=True),
     Break("no-wal", "a failover store is restored from its checkpoint and the instances' caches only, without "
           "rolling the write-ahead logs forward (§5.4, Figure 7)", "store|state|output", True),
 )}
@@ -1057,7 +1063,7 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
 # or (with --kill) in the failover.
 PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow", "no-xor", "no-replay", "no-wal",
                "naive-move", "no-moved-timers", "replay-as-now", "replay-by-today", "resume-as-done",
-               "no-dup-suppression")
+               "no-dup-suppression", "replay-by-clock", "no-root-bound")
 
 
 def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets: int, stores: list[str],

@@ -365,6 +365,10 @@ class WriteAheadLog:
         self.shared_reads: ReadLog | None = None
         self.read_clock: Callable[[], int | None] | None = None
         self.replaying = False
+        # §5 with §5.4 several roots on the proc runtime: (logical instance, the batches it
+        # ran in order), its copy of what the store server keeps of it for its failover
+        # (chc.runtime.storeserver, Failover.orders); a failover store rebuilds from these
+        self.orders: tuple[str, list] | None = None
 
     def log_sent(self, ops: Sequence[Op]) -> None:
         """Write-ahead: log a request's ops before it leaves (a reference each: a

@@ -944,6 +944,7 @@ class ProcRuntime:
                      replayed_sharing_otherwise=body.get("sharing_otherwise", 0),
                      timers_moved_away=body.get("timers_moved_away", 0), past_maps=body["past_maps"],
                      sent_by_past_maps=body["by_past_maps"], replay_s=round(body["seconds"], 6),
+                     **({"replayed_batches": body["batches"]} if "batches" in body else {}),     # §5 several roots
                      recovery_s=round(time.perf_counter() - rec["started"], 6))
         self.events.append(event)
 

@@ -120,6 +120,14 @@ def refusal(events: list, chain: Chain, model: str, managed: tuple[str, ...] = (
     if model == "T":
         return (f"{what}: scaling moves flows between instances through the store: model T has none "
                 "(use EO, EO+C, EO+C+NA, or --no-scaling)")
+    clone = next((e for e in events if e.action == "clone"), None)
+    if clone is not None and chain.roots > 1:
+        # §5.3 a pair's copies run one clock sequence in batches of their own, and receivers
+        # drop per clock past the highest through either copy sent: with several roots a
+        # through is no clock of every root (Plan.orders replays one process's batches)
+        return (f"clone of {clone.target}: clones with several roots ({chain.roots}) are not built on the proc "
+                "runtime (a pair's duplicates are dropped per clock, which needs one clock order; "
+                "docs/proc.md); use one root, or --runtime sim")
     if chain.roots > 1:
         return f"{what}: the proc runtime scales with one root (a barrier per root is not built yet; docs/proc.md)"
     return None

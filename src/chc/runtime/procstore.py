@@ -141,14 +141,16 @@ class Durable:
 
 
 def write_state(path: str, ckpt: Checkpoint | CheckpointImage, held: dict, inboxes: dict, floors: dict, delivered: dict,
-                reads: dict | None, fenced: list[str], serial: int, unknown: dict) -> None:
+                reads: dict | None, fenced: list[str], serial: int, unknown: dict, orders: dict | None = None) -> None:
     """A store server's durable state: a checkpoint, or a failover store's boot state.
     ``unknown``: the pre-images a failover store of it lacks besides those the checkpoint
-    left out (its own predecessor's)."""
+    left out (its own predecessor's); ``orders``: a failover store's batch orders (several
+    roots; rebuilt, as the read log, from the instances' copies)."""
     _write(path, {"checkpoint": ckpt, "held": {r: list(v) for r, v in held.items()},
                   "inboxes": {c: list(v) for c, v in inboxes.items() if v}, "floors": dict(floors),
                   "delivered": {r: list(v) for r, v in delivered.items()}, "reads": reads,
-                  "fenced": list(fenced), "serial": serial, "unknown": {k: set(v) for k, v in unknown.items()}})
+                  "fenced": list(fenced), "serial": serial, "unknown": {k: set(v) for k, v in unknown.items()},
+                  "orders": orders})
 
 
 def boot(path: str) -> dict:
@@ -210,7 +212,7 @@ def dump_wal(path: str, client: Any) -> None:
     _write(path, {"client_id": client.client_id, "instance": client.instance, "sent_seq": client.seq,
                   "subscriptions": frozenset(client.callback_caches), "updates": wal.updates,
                   "flow_updates": wal.flow_updates, "reads": wal.reads, "results": wal.results,
-                  "logged_seq": wal.logged_seq, "shared_reads": wal.shared_reads})
+                  "logged_seq": wal.logged_seq, "shared_reads": wal.shared_reads, "orders": wal.orders})
 
 
 def load_wal(path: str) -> InstanceLog:
@@ -218,6 +220,7 @@ def load_wal(path: str) -> InstanceLog:
     wal = WriteAheadLog(d["client_id"])
     for k in ("updates", "flow_updates", "reads", "results", "logged_seq", "shared_reads"):
         setattr(wal, k, d[k])
+    wal.orders = d.get("orders")
     return InstanceLog(d["client_id"], d["instance"], wal, d["sent_seq"], d["subscriptions"])
 
 
@@ -257,8 +260,14 @@ def rebuild(directory: str, logs: list[InstanceLog], retired: Iterable[str], fen
     for part in (state["checkpoint"].unknown_before, rec.unknown_before):
         for key, clocks in part.items():
             unknown.setdefault(key, set()).update(clocks)
+    # §5 with §5.4 several roots: each instance's batch order, from its copy (the longest
+    # of a logical instance's: a failover's holds its predecessor's, fetched at its start)
+    orders: dict[str, list] = {}
+    for lg in logs:
+        if lg.wal.orders is not None and len(lg.wal.orders[1]) >= len(orders.get(lg.wal.orders[0], ())):
+            orders[lg.wal.orders[0]] = list(lg.wal.orders[1])
     write_state(os.path.join(directory, RESTORE), engine.image(), held, inboxes, state["floors"],
-                state["delivered"], reads, fenced, 0, unknown)
+                state["delivered"], reads, fenced, 0, unknown, orders)
     return rec, state
 
 

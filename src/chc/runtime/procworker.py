@@ -19,9 +19,9 @@ with a clock up to it has been sent.  An instance fed by several upstreams
 (the sim runtime sorts such a vertex's input by clock) processes a packet only
 once every upstream's watermark has passed its clock, in clock order, so it sees
 the sequence the sim runtime gives it and the run's state is the sim's.  With
-several roots and no recovery (:attr:`Plan.per_root`, §5) watermarks travel per
-root and each root's packets wait only for that root's: a root's clocks are
-ordered among themselves, not against another root's.  ZeroMQ
+several roots (:attr:`Plan.per_root`, §5) watermarks travel per root and each
+root's packets wait only for that root's: a root's clocks are ordered among
+themselves, not against another root's.  ZeroMQ
 high-water marks on data sockets are the back-pressure: a full downstream
 stops its upstream, and in the end the coordinator's reading of the capture.
 
@@ -40,7 +40,10 @@ it sent each target; a failover process (``nat.0#1``) replays what the
 upstreams hand over, up to the coordinator's bound on what the failed one can
 have run (an upstream that is itself a failover still replaying sends the rest
 behind), and every message carries its batch's through, so receivers drop what
-the failed process had already sent them.  A root fails over the same way from
+the failed process had already sent them.  With several roots an instance's
+batches interleave the roots as their packets come: each is told to the store
+server before it runs, and a failover replays exactly those (:attr:`Plan.orders`,
+:meth:`InstanceWorker._replay_batches`).  A root fails over the same way from
 the other side: a failover root (``@root.0#1``) stamps the input the
 coordinator kept since its floor again with the same clocks and splits it the
 same way (receivers drop by through), and rebuilds its packet log from it, from
@@ -231,9 +234,19 @@ class Plan:
     def per_root(self) -> bool:
         """§5 several roots, each its own clock sequence: watermarks travel per root, and
         an instance fed by several upstreams orders each root's packets apart (docs/proc.md,
-        "Several roots").  Not with recovery: a failover's replay bound and the receivers'
-        duplicate suppression (:class:`~chc.runtime.wire.Marks`) go by one clock order."""
-        return self.chain.roots > 1 and not self.recover
+        "Several roots").  With recovery too (:attr:`orders`)."""
+        return self.chain.roots > 1
+
+    @property
+    def orders(self) -> bool:
+        """§5 with §5.4 several roots and recovery: an instance interleaves the roots'
+        packets as they arrive, so its batches are not a function of its input.  Each
+        instance tells the store server every batch it runs (before the batch's first op,
+        answered before its output leaves), and a failover replays the same batches in
+        the same order with the same *through*: what receivers drop by through
+        (:class:`~chc.runtime.wire.Marks`) is what the failed one had sent them, and the
+        replay sees the state the failed one saw (docs/proc.md, "Several roots")."""
+        return self.chain.roots > 1 and self.recover
 
     def width(self, vertex: str) -> int:
         """``vertex``'s instances so far (retired ones count)."""
@@ -364,6 +377,7 @@ class _Sender:
         # (from the oldest clock the root logs, its floor), with the latest watermark and end.
         self.sent: dict[tuple[str, int], deque] | None = {} if plan.recover else None
         self.sent_mark: dict[tuple[str, int], tuple[int, bool, int]] = {}     # watermark, end, through
+        self.sent_rmarks: dict[tuple[str, int], list[int]] = {}               # §5 and per root (per_root)
         # §5.1 a scale-out's new instance has nothing up to the barrier it joined at: a
         # target it has sent nothing yet has had everything from it up to there
         self.born = -1
@@ -457,20 +471,27 @@ class _Sender:
         """Send ``vertex[i]`` packets (kept first, with recovery: §5.4); ``hold``: not
         yet, the message goes there for :meth:`transmit` (a failover root's replay)."""
         rows = pack_packets(pkts)
+        # §5 per root: the marks of now go with the message (a failover root's held
+        # messages leave after its whole replay, each with its own)
+        rm = list(self.rmarks) if self.rmarks is not None else None
         if self.sent is not None:
             kept = self.sent.get((vertex, i))
             if kept is None:
                 kept = self.sent[(vertex, i)] = deque()
             kept.extend(rows)
             self.sent_mark[(vertex, i)] = (watermark, eof, through)
+            if rm is not None:
+                self.sent_rmarks[(vertex, i)] = rm
         if hold is None:
-            self.transmit(vertex, i, rows, watermark, through, eof)
+            self.transmit(vertex, i, rows, watermark, through, eof, rm)
         else:
-            hold.append((vertex, i, rows, watermark, through, eof))
+            hold.append((vertex, i, rows, watermark, through, eof, rm))
 
-    def transmit(self, vertex: str, i: int, rows: list, watermark: int, through: int, eof: bool = False) -> None:
-        frame = encode(Kind.DATA, [watermark, self.rep_through, rows, eof, through, self.floors,
-                                   self.rmarks or []])
+    def transmit(self, vertex: str, i: int, rows: list, watermark: int, through: int, eof: bool = False,
+                 rm: list[int] | None = None) -> None:
+        if rm is None:
+            rm = self.rmarks or []
+        frame = encode(Kind.DATA, [watermark, self.rep_through, rows, eof, through, self.floors, rm])
         sock = self.socks[vertex][i]        # (both picked before a wait: a tee set meanwhile has it in its record)
         tee = self.tees.get((vertex, i))
         if tee is not None:
@@ -552,7 +573,9 @@ class _Sender:
         socks[i].close(0)
         socks[i] = dealer(self.ctx, self.plan.address(name), self.me, self.plan.hwm)
         mark, eof, through = self.sent_mark.get((vertex, i), (self.born, False, self.born))
-        return [list(self.sent.get((vertex, i), ())), mark, eof, dict(self.rep_through), through]
+        # (§5 per root: the marks of the last message, for the failover's wait, _await_roots)
+        return [list(self.sent.get((vertex, i), ())), mark, eof, dict(self.rep_through), through,
+                self.sent_rmarks.get((vertex, i))]
 
     def tee(self, vertex: str, i: int, name: str) -> list:
         """§5.3 ``vertex[i]`` is cloned as ``name``: from now on every message to it goes to
@@ -1165,12 +1188,24 @@ class InstanceWorker:
         # that root's watermarks (one order of all clocks held root 1's back until root
         # 0's input ended: a root's id is in its clocks' high bits)
         self.rmarks: dict[bytes, list[int]] | None = None
+        # §5 with §5.4 (Plan.orders): the batches this logical instance ran, ``[k, through,
+        # highest clock of each root so far]`` each, as the store server has them; a
+        # failover starts from the store's and replays them (_replay_batches)
+        self.orders: list[list[int]] | None = None
+        self.hi: list[int] = []
+        self.replaying_batches = False
         if plan.per_root:
             roots = plan.chain.roots
             self.rmarks = {f: [-1] * roots for f in self.feeders}
             self.out.rmarks = [-1] * roots
-            if self.ordered:
-                self.queues = {(f, r): deque() for f in self.feeders for r in range(roots)}
+            # (a queue per upstream and root even from one upstream: a batch runs in clock
+            # order, so that the batches told (orders) say the order too)
+            self.queues = {(f, r): deque() for f in self.feeders for r in range(roots)}
+            if plan.orders and self.store is not None:
+                self.orders = []
+                self.hi = [-1] * roots
+                if self.wal is not None:        # (its copy: a failover store rebuilds from it)
+                    self.wal.orders = (self.name, self.orders)
         self.through = -1                   # (per root: the through of its latest batch)
         self.deps: dict[bytes, dict] = {f: {} for f in self.feeders}   # upstream -> its report throughs per root
         self.ended: set[bytes] = set()
@@ -1493,6 +1528,9 @@ class InstanceWorker:
         upstream's packets of lower clocks, which then run out of clock order (not the
         sim's state) and go out with a through the replay has already passed, so every
         receiver drops them as duplicates (packets lost; docs/proc.md)."""
+        if self.orders is not None:
+            self._replay_batches(replay)        # §5 several roots
+            return
         started = time.perf_counter()
         floors = replay["floors"]
         handed = 0
@@ -1559,17 +1597,102 @@ class InstanceWorker:
                                              "skipped": 0 if self.plan.replay else handed,
                                              "seconds": time.perf_counter() - started})
 
+    def _replay_batches(self, replay: dict) -> None:
+        """§5 with §5.4 several roots (:attr:`Plan.orders`): the failed instance ran the
+        roots' packets interleaved as they came, so no rule on its input says what it ran
+        or in which order.  The store server has every batch it ran, in order, each told
+        before its first op and answered before its output left: replayed as they were
+        (each root's packets up to the batch's highest clock of that root, in clock
+        order, with the batch's through), the replay sees what the failed one saw (the
+        exclusive objects start from their pre-images and change in the same order) and
+        sends each receiver what it sent under the same throughs, which the receivers,
+        the roots and the coordinator drop (:class:`~chc.runtime.wire.Marks`).  A batch
+        it did not tell was never begun: what follows runs as new input.
+
+        First every packet of those batches must be here: per root, every upstream's
+        watermark past the last batch's highest clock (an upstream that is itself a
+        failover still replaying has handed over only part)."""
+        started = time.perf_counter()
+        handed = 0
+        for feeder, pkts in self._take_records(replay["feeds"]).items():
+            handed += len(pkts)
+            if self.plan.replay:        # --break no-replay: what was handed over is lost
+                for p in pkts:
+                    self.queues[(feeder, root_of(p.clock))].append(p)
+        orders = self.store.orders(self.name) if self.plan.replay else []
+        self.orders[:] = orders         # (new batches are told from the next k on)
+        if "replay-by-clock" in self.plan.breaks:       # (a test's: the batches not kept)
+            orders = []
+            self.acted["replay-by-clock"] = "a failover replayed by clock, not by the batches told"
+        elif orders:
+            if "no-root-bound" not in self.plan.breaks:     # (a test's: no wait for the rest)
+                self._await_roots(orders[-1][2:])
+            else:
+                self.acted["no-root-bound"] = "a failover replayed without waiting for its batches' packets"
+        batches = []
+        for _, _, *hi in orders:
+            batch = []
+            for (_, r), q in self.queues.items():
+                while q and q[0].clock <= hi[r]:
+                    batch.append(q.popleft())
+            batch.sort(key=_by_clock)
+            batches.append(batch)
+        pkts = [p for b in batches for p in b]
+        inst = self.inst
+        if pkts:
+            self.store.replaying(True)
+            if self.wal is not None:    # (its copy of the read log, as _replay's)
+                self.wal.shared_reads.update(self.store.read_part(inst.vertex, inst.instance_id))
+                self.wal.replaying = True
+            saved: dict = {}
+            private_view(saved, inst, self.store.objects_at(inst.vertex, {p.clock for p in pkts}))
+            if self.wal is not None:
+                self._check_preimages(pkts)
+            self.replaying_batches = True
+            for (_, through, *hi), batch in zip(orders, batches, strict=True):
+                if not batch:
+                    continue
+                self.hi = list(hi)
+                self.out.rmarks = list(hi)      # (what of each root has run: all up to hi)
+                self.through = through - 1      # (its through: the failed one's)
+                self._process(batch, min(hi))
+            self.replaying_batches = False
+            shared_view(saved, inst)
+            self.store.replaying(False)
+            if self.wal is not None:
+                self.wal.replaying = False
+        if orders:
+            self.hi = list(orders[-1][2:])
+            self.through = max(self.through, orders[-1][1])
+        self.out.to_coordinator("replayed", {"packets": len(pkts), "steps": len(batches), "moved_timers": 0,
+                                             "sharing_otherwise": 0, "timers_moved_away": 0,
+                                             "past_maps": 0, "by_past_maps": 0, "batches": len(batches),
+                                             "skipped": 0 if self.plan.replay else handed,
+                                             "seconds": time.perf_counter() - started})
+
+    def _await_roots(self, hi: list[int]) -> None:
+        """§5 per root: take what comes until every upstream's watermark of each root has
+        passed ``hi`` of that root (or it ended)."""
+        poller = zmq.Poller()
+        poller.register(self.box.sock, zmq.POLLIN)
+        while len(self.ended) < len(self.feeders) and any(f < h for f, h in zip(self._floors(), hi, strict=True)):
+            if not self._receive():
+                self.guard.poll(poller)
+
     def _take_records(self, feeds: dict) -> dict[bytes, list[Packet]]:
         """What each upstream handed over (its record of what it sent the instance this
         process takes over or copies): its watermark, end, report throughs and the through
         of its last message, taken as if received; per upstream, the packets."""
         out = {}
         for feeder in self.feeders:
-            rows, mark, eof, throughs, through = feeds[feeder.decode()]
+            record = feeds[feeder.decode()]
+            rows, mark, eof, throughs, through = record[:5]
             # What came from that upstream: if it is itself a failover by now, its replay
             # re-sends it (two failures in a row), and only what goes past is new.
             self.seen.mark[feeder] = through
             self.marks[feeder] = mark
+            if self.rmarks is not None and len(record) > 5 and record[5] is not None:
+                self.rmarks[feeder] = list(record[5])       # §5 per root
             self.deps[feeder] = throughs
             if eof:
                 self.ended.add(feeder)
@@ -1667,13 +1790,12 @@ class InstanceWorker:
             if rmarks is None:
                 self.queues[peer].extend(pkts)
             else:
-                rmarks[peer] = rm
-                if self.ordered:
-                    queues = self.queues
-                    for p in pkts:
-                        queues[(peer, root_of(p.clock))].append(p)
-                else:
-                    self.queues[peer].extend(pkts)
+                # (the higher of each: a failover upstream's replay may say less than the
+                # failed one had, and a watermark once heard holds for the logical sender)
+                rmarks[peer] = [a if a > b else b for a, b in zip(rmarks[peer], rm, strict=True)]
+                queues = self.queues
+                for p in pkts:
+                    queues[(peer, root_of(p.clock))].append(p)
             if mark > self.marks[peer]:
                 self.marks[peer] = mark
             self.deps[peer] = seqs
@@ -1727,6 +1849,17 @@ class InstanceWorker:
         """What may run now (up to clock ``limit``): everything from a sole upstream; else,
         in clock order, the packets every upstream's watermark has passed (the sim
         runtime's order)."""
+        if self.rmarks is not None:
+            # §5 per root: each root's packets that every upstream's watermark of that root
+            # has passed (from one upstream: all), each batch in clock order
+            floors = [min(f, limit) for f in self._floors()] if self.ordered else [limit] * self.plan.chain.roots
+            batch = []
+            for (_, r), q in self.queues.items():
+                floor = floors[r]
+                while q and q[0].clock <= floor:
+                    batch.append(q.popleft())
+            batch.sort(key=_by_clock)
+            return batch
         if not self.ordered:
             if limit == INF:            # the data path: all of it, at C speed
                 batch = [p for q in self.queues.values() for p in q]
@@ -1739,17 +1872,10 @@ class InstanceWorker:
                     batch.append(q.popleft())
             return batch
         batch = []
-        if self.rmarks is None:
-            floor = min(min(self.marks.values()), limit)
-            for q in self.queues.values():
-                while q and q[0].clock <= floor:
-                    batch.append(q.popleft())
-        else:
-            floors = [min(f, limit) for f in self._floors()]
-            for (_, r), q in self.queues.items():
-                floor = floors[r]
-                while q and q[0].clock <= floor:
-                    batch.append(q.popleft())
+        floor = min(min(self.marks.values()), limit)
+        for q in self.queues.values():
+            while q and q[0].clock <= floor:
+                batch.append(q.popleft())
         batch.sort(key=_by_clock)
         return batch
 
@@ -1765,6 +1891,19 @@ class InstanceWorker:
             # of a report must still grow from batch to batch (a downstream's report that
             # depends on this one's would be applied before it: causal delivery)
             through = self.through = max(through, self.through + 1)
+        told = None
+        if self.orders is not None and not self.replaying_batches:
+            # §5 with §5.4 this batch, told to the store server before its first op (so a
+            # batch any of whose updates the store has is one it knows of) and answered
+            # before its output leaves (so a batch anyone downstream saw is one too)
+            hi = self.hi
+            for p in batch:
+                r = root_of(p.clock)
+                if p.clock > hi[r]:
+                    hi[r] = p.clock
+            record = [len(self.orders), through, *hi]
+            self.orders.append(record)
+            told = self.store.order(record)
         errors = inst.nf_errors
         if self.manager is None or self.cloned is not None:    # (§5.3 a clone is no load until kept)
             produced = inst.run(batch)
@@ -1776,6 +1915,8 @@ class InstanceWorker:
             if self.slowdown is not None:
                 self._straggle(len(batch))      # (busy time: what a manager's straggler_factor sees)
             self._load(batch[-1].ts, time.perf_counter_ns() - started)
+        if told is not None:
+            self.store.answered(told)
         if through > self.processed:
             self.processed = through
         clocks = self._per_clock(batch, produced, through, inst.nf_errors - errors) \

@@ -77,7 +77,7 @@ from ..core.store import CustomOp, ObjectKey, Op, OwnershipError, Refused, Store
 from . import procstore
 from .procio import Guard, worker_guard
 from .storefailover import UNSEEN
-from .wire import Kind, Mailbox, WireError, dealer, decode, encode, fields, op_rows, rows_ops, sendable
+from .wire import Kind, Mailbox, WireError, dealer, decode, encode, fields, logical, op_rows, rows_ops, sendable
 
 log = logging.getLogger("chc.proc")
 
@@ -109,6 +109,9 @@ _FAILOVER: dict[str, Callable[[list], bool]] = {
     "checkpoint": lambda a: not a,
     "unknown_of": lambda a: len(a) == 1 and a[0].__class__ is str,
     "read_part": lambda a: len(a) == 1 and a[0].__class__ is list and len(a[0]) == 2,
+    "order": lambda a: len(a) == 1 and a[0].__class__ is list and len(a[0]) >= 3
+    and all(x.__class__ is int for x in a[0]),
+    "orders": lambda a: len(a) == 1 and a[0].__class__ is str,
 }
 LINGER_MS = 10_000         # how long the answer to stop may take to leave
 STORE = "@store"           # the store server's mailbox, and its name to the coordinator
@@ -138,6 +141,11 @@ class Failover:
         # §5.4 after a store failover: per object, the clocks whose pre-image the failover
         # store has not (left out of its checkpoint, or a Case 2 covered update)
         self.unknown: dict[ObjectKey, set[int]] = {}
+        # §5 with §5.4 several roots (Plan.per_root): per logical instance, the batches it
+        # ran in the order it ran them, ``[k, through, highest clock of each root so far]``
+        # each, told before the batch's first op (its failover replays the same batches:
+        # an instance interleaves the roots' packets as they arrive)
+        self.orders: dict[str, list[list[int]]] = {}
 
     def commits(self, store: MemoryStore, root: int) -> list[tuple[int, int]]:
         """A root pulls its commit reports; they are kept for its successor."""
@@ -146,6 +154,13 @@ class Failover:
         return fresh
 
     def call(self, box: Mailbox, peer: bytes, method: str, arg: Any) -> Any:
+        if method == "order":           # (k-th: one sent again to a failover store is had)
+            mine = self.orders.setdefault(logical(peer).decode(), [])
+            if arg[0] == len(mine):
+                mine.append(arg)
+            return None
+        if method == "orders":          # a failover instance's: what its logical instance ran
+            return self.orders.get(arg, [])
         if method == "unknown_of":
             return self.unknown_of(arg)
         if method == "read_part":       # a failover instance's part of the read log (its copy)
@@ -241,6 +256,7 @@ def serve(address: str, record: bool = False, recover: bool = False, coordinator
     if state is not None and failover is not None:
         failover.floors, failover.delivered, failover.reads = state["floors"], state["delivered"], state["reads"]
         failover.unknown = state["unknown"]
+        failover.orders = state.get("orders") or {}
     steps = procstore.SerialLog(os.path.join(directory, procstore.SERIAL)) if record else None
     durable = None
     if checkpoint_s:
@@ -729,6 +745,21 @@ class RemoteStore:
     def read_part(self, vertex: str, instance: int) -> dict:
         """§5.4 the read log's part of ``vertex[instance]`` (a failover instance's copy)."""
         return {tuple(slot): answers for slot, answers in self._call("read_part", [vertex, instance])}
+
+    def order(self, record: list[int]) -> int:
+        """§5 with §5.4 several roots: the batch this instance is about to run (the k-th,
+        ``[k, through, highest clock of each root so far]``), told before its first op
+        and not waited for here; the request id, whose answer :meth:`answered` waits for
+        before the batch's output leaves (a batch seen downstream is one its failover
+        replays)."""
+        return self._send("order", [record])
+
+    def answered(self, rid: int) -> None:
+        self._answer(rid)
+
+    def orders(self, instance: str) -> list[list[int]]:
+        """§5 with §5.4 the batches logical ``instance`` ran, in order (:meth:`order`)."""
+        return self._call("orders", instance)
 
     def recommits(self, root: int) -> tuple[int, list[tuple[int, int]]]:
         """Root failover: the store's floor of ``root``'s clocks, and every commit report
