@@ -732,8 +732,9 @@ class RedisStore:
         self.epoch = b""
         self._epoch_bulk = _bulk(b"")
         self._running = False               # set once connected: later failures are fatal (StoreLost)
-        # Called while a retry backs off: a proc worker's heartbeats go on, so a store that
-        # is gone reads as that (StoreLost), not as a worker hung for its retry budget.
+        # Called while a retry backs off and before each round trip: a proc worker's
+        # heartbeats go on, so a store that is gone reads as that (StoreLost), not as a
+        # worker hung for its retry budget, and a long scan is no hang either.
         self.waiting: Callable[[], None] | None = None
         self._inflight: dict[tuple[str, int], _Request] = {}     # (client, seq) of submitted, unanswered ops
         self._inflight_reqs: deque[_Request] = deque()
@@ -925,6 +926,11 @@ class RedisStore:
         attempts = self.attempts if attempts is None else attempts
         if self._lost:
             raise StoreLost(self._lost)
+        if self.waiting is not None:
+            # (a proc worker's heartbeats go on through long scans too: an NF failover's
+            # objects_at is hundreds of round trips, and the store server in front of Redis
+            # that ran one under load went 6.2 s without a beat and was killed as hung)
+            self.waiting()
         self._drain(block=True, servers=groups)     # replies of submitted requests come first
         t0 = time.monotonic()
         order = sorted(groups)
