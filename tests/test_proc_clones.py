@@ -55,11 +55,12 @@ def _compare(records: list, events: list[Event], model: str, parallelism: dict |
 
 
 def against_sim(chain: Any, records: list, events: list[Event], model: str, feed: Any = None,
-                **kw: Any) -> tuple[ProcRuntime, dict]:
+                sim_events: list[Event] = (), **kw: Any) -> tuple[ProcRuntime, dict]:
     """A proc run of ``chain`` with ``events`` (``kw``: more of ProcRuntime's; ``feed``:
     the records as the run takes them, paced) and its summary, which must be the sim's
-    run's without them (clones and slow-downs change no result)."""
-    sim = SimRuntime(chain, model=model)
+    run's without them (clones and slow-downs change no result), or with ``sim_events``
+    (§4.3 operator controls change results: the sim's run gets the same)."""
+    sim = SimRuntime(chain, model=model, events=list(sim_events))
     sim.run(records)
     want = sim.summary().as_json()
     rt = ProcRuntime(chain, model=model, batch_size=64, events=events, **kw)

@@ -85,7 +85,8 @@ def test_the_proc_runtime_refuses_what_it_does_not_scale_yet():
     assert refusal([_ev("clone", "nat", 5)], chain, "EO") is None
     assert "for_us" in refusal([_ev("clone", "nat", 5, for_us=100)], chain, "EO")
     assert refusal([_ev("slow", "nat", 5)], chain, "T") is None     # (§5.3 a sleep: no store needed)
-    assert "not yet set-backends" in refusal([_ev("set-backends", "lb", 5)], chain, "EO")
+    assert refusal([_ev("set-backends", "lb", 5)], chain, "EO") is None     # (§4.3 tests/test_proc_controls.py)
+    assert "not yet drop" in refusal([_ev("drop", "nat", 5)], chain, "EO")
     assert "model T" in refusal([_ev("scale-out", "nat", 5)], chain, "T")
     assert refusal([_ev("scale-out", "nat", 5)], chain, "EO+C") is None
     with pytest.raises(ValueError, match="clone of nat.*model T"):

@@ -185,15 +185,15 @@ def test_a_slowed_straggler_beside_its_clone_passes_the_check_and_fails_without_
 
 @pytest.mark.parametrize("events, says", [
     ("  - {at: {packets: 10}, do: slow, target: 'nat[0]', delay: 'const:5'}\n"
-     "  - {at: {packets: 100}, do: set-backends, target: lb, weights: [1, 3, 0]}\n",
-     "events[1]: set-backends of lb (an operator control: not yet on proc)"),
+     "  - {at: {packets: 100}, do: partition, target: lb, duration_us: 50}\n",
+     "events[1]: partition of lb (a store-link fault: the sim's simulated links)"),
     ("  - {at: {time_us: 5000}, do: crash, target: 'nat[0]'}\n",
      "events[0]: crash of nat[0] at {time_us: 5000} (a kill is at an input packet: at {packets: N})"),
     ("  - {at: {packets: 10}, do: clone, target: 'nat[0]', for_us: 100}\n",
      "events[0]: clone of nat[0] for_us (virtual time: a pair runs for_packets)"),
     ("  - {at: {packets: 10}, do: partition, target: nat, duration_us: 50}\n",
      "events[0]: partition of nat (a store-link fault: the sim's simulated links)"),
-], ids=["operator-control", "crash-at-a-time", "clone-for-us", "partition"])
+], ids=["store-link-fault", "crash-at-a-time", "clone-for-us", "partition"])
 def test_what_proc_does_not_run_is_one_line_naming_the_file_and_event(events, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     scenario = tmp_path / "sc.yaml"

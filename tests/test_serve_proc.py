@@ -138,8 +138,6 @@ def test_a_signal_stops_a_proc_serve_drains_it_and_leaves_no_process(tmp_path, s
 
 @pytest.mark.parametrize("args, says", [
     (["--runtime", "proc", "--metrics-port", "9"], "--metrics-port is for --runtime sim"),
-    (["--runtime", "proc", "--scenario", "examples/scenarios/lb-backends.yaml"],
-     "examples/scenarios/lb-backends.yaml: events[0]: set-backends of lb (an operator control: not yet on proc)"),
     (["--runtime", "proc", "--scenario", "examples/scenarios/crash.yaml"], "network: faults"),
     (["--kill", "nat[0]@5"], "--kill and --failover are for --runtime proc"),
     (["--runtime", "proc", "--kill", "nat[7]@5"], "nat has 1 instance"),

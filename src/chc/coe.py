@@ -1063,7 +1063,7 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
 # or (with --kill) in the failover.
 PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow", "no-xor", "no-replay", "no-wal",
                "naive-move", "no-moved-timers", "replay-as-now", "replay-by-today", "resume-as-done",
-               "no-dup-suppression", "replay-by-clock", "no-root-bound")
+               "no-dup-suppression", "replay-by-clock", "no-root-bound", "no-callback")
 
 
 def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets: int, stores: list[str],
@@ -1083,6 +1083,9 @@ def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets
     if "no-dup-suppression" in breaks and not any(e.action == "clone" for e in events) and not managed:
         return ("--break no-dup-suppression needs a scenario with clone events or a chain with a "
                 "straggler_factor (it lets a clone pair's duplicates through)")
+    if "no-callback" in breaks and not any(e.action in control.CONTROLS for e in events):
+        return ("--break no-callback needs a scenario with operator controls (set-backends): it drops the "
+                "callbacks those changes send to cached copies")
     if "naive-move" in breaks and not events and not managed:
         return ("--break naive-move needs a scenario with scaling events (scale-out, scale-in, move, refine) "
                 "or a chain with a scaling: policy")
@@ -1187,9 +1190,15 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
                for e in failovers if {"hands over", "waits"} & set(e.get("change_part", ()))]
     if "resume-as-done" in breaks and resumed:
         state.acted["resume-as-done"] = "; ".join(resumed)
+    controls = control.applied(s.events)
+    if "no-callback" in state.acted:        # (§4.3 the instances' stale caches: with a change only)
+        if controls:
+            state.acted["no-callback"] = f"{len(controls)} operator changes; {state.acted['no-callback']}"
+        else:
+            del state.acted["no-callback"]
     state.tamper(None, phys)
     rep = replay(obs.serial.steps)
-    ref = reference_run(chain, records, rep)
+    ref = reference_run(chain, records, rep, controls)     # (a proc root failover stamps the same clocks)
     divs = _compare_store(obs.serial, rep, phys, obs.issued_updates(), obs.deleted) if v.model != "T" else []
     left = [r["log_first"] for r in rt.reported.values() if r.get("log_first") is not None]
     if left:

@@ -57,7 +57,9 @@ at a time: a kill waits for a change's go-ahead); a scale-out's new instance is
 a warm spare process started ahead when one is up.  A scenario's crash events
 are kills (SIGKILL) at their input packets, as ``--kill``.  Clones (§5.3) are
 :meth:`ProcRuntime.clone`; slow-downs (``slow``, ``speed-up``) make a process really
-sleep per packet (:meth:`ProcRuntime.slow`).  Not yet: operator controls, network
+sleep per packet (:meth:`ProcRuntime.slow`).  Operator controls (``set-backends``,
+§4.3) wait for a quiet chain and write the store as client ``operator``
+(:mod:`chc.runtime.proccontrol`).  Not yet: network
 faults and the scenario's ``delays:`` (the sim's virtual time);
 failover of the Redis server itself.  :mod:`chc.runtime.procray` places the same
 workers in Ray actors, through ``_address`` and ``_context``.
@@ -98,7 +100,7 @@ from ..nf import Alert
 from ..packet import Packet
 from ..spec import Chain
 from ..summary import Summary, merge_states
-from . import procboot, procmanager, procscale, procstore, procworker, storeserver
+from . import procboot, proccontrol, procmanager, procscale, procstore, procworker, storeserver
 from .errors import ProcFailure
 from .pacing import Pacer
 from .procio import Guard
@@ -282,6 +284,11 @@ class ProcRuntime:
         self.seed = seed
         self.slowed: dict[str, str] = {}
         self.events: list[dict] = []
+        # §4.3 operator controls (proccontrol): how many so far, the root's barrier of each,
+        # the instances past it (by id; model T's acknowledged values by -id)
+        self.controls = 0
+        self.quiet_barriers: dict[int, int] = {}
+        self.quiet_acks: dict[int, set[str]] = {}
         self.wals: set[str] = set()     # store failover: the processes that handed in their logs
         # --kill: process -> (when, packets fed, the packet the kill named)
         self._killed: dict[str, tuple[float, int, int | str]] = {}
@@ -1284,6 +1291,8 @@ class ProcRuntime:
                 self._truncate(data)
             elif what == "decide":
                 self.decisions.append(data)
+            elif what in ("quiet", "control"):     # §4.3 an operator control (proccontrol)
+                proccontrol.take(self, name, what, data)
             elif what == "policy-error":
                 self.events.append({"kind": "policy-error", "vertex": data[0], "instance": None,
                                     "packet": self.fed, "error": data[1]})

@@ -71,7 +71,8 @@ from ..core.root import root_of
 from ..core.splitter import FlowMap
 from ..scenario import Event
 from ..spec import MAX_PARALLELISM, Chain
-from . import procworker
+from . import proccontrol, procworker
+from .control import CONTROLS
 from .procworker import instance_name
 from .sim import shared_objects
 from .storeserver import STORE
@@ -79,7 +80,7 @@ from .wire import Kind, encode, logical
 
 #: The scenario actions the proc runtime carries out (§5.3 clones: ProcRuntime.clone;
 #: slow-downs: ProcRuntime.slow); besides, a crash is a kill (proc.crash_kill).
-ACTIONS = ("scale-out", "scale-in", "move", "refine", "clone", "slow", "speed-up")
+ACTIONS = ("scale-out", "scale-in", "move", "refine", "clone", "slow", "speed-up", "set-backends")
 #: Of them, those that change no flow map and need no store (a process sleeps per packet).
 SLOWDOWNS = ("slow", "speed-up")
 
@@ -113,7 +114,16 @@ def refusal(events: list, chain: Chain, model: str, managed: tuple[str, ...] = (
     if timed is not None:
         return (f"clone of {timed.target}: for_us (virtual time) is the sim's; the proc runtime runs a pair "
                 "for_packets input packets (docs/proc.md, \"Clones\"); use --runtime sim")
-    events = [e for e in events if e.action not in SLOWDOWNS]     # (§5.3 a sleep: any model, any roots)
+    controls = [e for e in events if e.action in CONTROLS]
+    if controls and chain.roots > 1:
+        return (f"{controls[0].action} of {controls[0].target}: operator controls with several roots "
+                f"({chain.roots}) are not built on the proc runtime (the quiet barrier is one root's; "
+                "docs/proc.md, \"Operator controls\"); use one root, or --runtime sim")
+    if controls and any(e.action == "clone" for e in events):
+        return (f"{controls[0].action} of {controls[0].target}: operator controls with clone events are not "
+                "built on the proc runtime (docs/proc.md, \"Operator controls\"); use --runtime sim")
+    # (§5.3 a sleep, §4.3 a control: any model)
+    events = [e for e in events if e.action not in SLOWDOWNS and e.action not in CONTROLS]
     if not events and not managed:
         return None
     what = "scaling" if events else f"{managed[0]}'s scaling policy"
@@ -135,8 +145,7 @@ def refusal(events: list, chain: Chain, model: str, managed: tuple[str, ...] = (
 
 #: What each scenario action proc does not run is (one line's words).
 _FAULT = "a store-link fault: the sim's simulated links"
-_SIM_ONLY = {"drop": _FAULT, "duplicate": _FAULT, "delay": _FAULT, "partition": _FAULT,
-             "set-backends": "an operator control: not yet on proc"}
+_SIM_ONLY = {"drop": _FAULT, "duplicate": _FAULT, "delay": _FAULT, "partition": _FAULT}
 
 
 def scenario_refusal(scenario: Any, where: str) -> str | None:
@@ -495,6 +504,9 @@ class Scaler:
     def _change(self, event: Any, index: int) -> bool | None:
         """Carry out ``event``; False: not now (a kept copy not yet back on the store)."""
         rt = self.rt
+        if event.action in CONTROLS:        # §4.3 an operator control, with the chain quiet
+            proccontrol.run(rt, event, index)
+            return
         if event.action in SLOWDOWNS:       # §5.3 a straggler made (or undone): no change to wait for
             vertex, i = _target(event, rt.chain)
             spec = event.params.get("delay")

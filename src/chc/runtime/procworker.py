@@ -701,6 +701,8 @@ class Control:
     to a root's failover (an instance: ``reroot``); the store server's failover
     (``wal``, ``truncate``, ``store``: :meth:`InstanceWorker.store_failed`); §5.1 a
     vertex's change and its go-ahead (``epoch``, ``go``: :meth:`InstanceWorker.change`);
+    §4.3 an operator control's quiet barrier and, in model T, its values (``quiet``,
+    ``control``: :meth:`InstanceWorker.change`);
     §5.3 a scenario's slow-down or speed-up of this process (``slow``:
     :meth:`InstanceWorker.slow`); and bye."""
 
@@ -749,7 +751,7 @@ class Control:
                 self.reroot(*body)
             elif what in ("wal", "truncate", "store"):
                 self.store_failed(what, body)
-            elif what in ("epoch", "go", "pair", "unpair") and self.change is not None:
+            elif what in ("epoch", "go", "pair", "unpair", "quiet", "control") and self.change is not None:
                 self.change(what, body)
             elif what == "slow" and self.slow is not None:
                 self.slow(body)
@@ -831,6 +833,8 @@ class RootWorker:
                     self._ingest(body)
                 elif what == "epoch":
                     self._epoch(body)
+                elif what == "quiet":
+                    self._quiet(body)
                 elif what == "end":
                     self.out.end()
                 elif what == "finish":
@@ -852,6 +856,15 @@ class RootWorker:
             self.out.advance(barrier, barrier)
         self.out.watermark(barrier)
         self.out.to_coordinator("barrier", [change["id"], barrier])
+
+    def _quiet(self, qid: int) -> None:
+        """§4.3 an operator control waits for a quiet chain (docs/proc.md, "Operator
+        controls"), told behind the input sent so far: this root's watermark is the
+        barrier; every instance it feeds hears it (the instances send it on once past it,
+        :meth:`InstanceWorker._progress`), and the coordinator hears the barrier."""
+        barrier = self.watermark
+        self.out.watermark(barrier)
+        self.out.to_coordinator("quiet", [qid, barrier])
 
     def store_failed(self, what: str, body: Any) -> None:
         """§5.4 the store server failed over: its failover is at ``body``.  The persisted
@@ -1176,6 +1189,8 @@ class InstanceWorker:
             self.wal = attach_wal(client)
             self.wal.shared_reads = {}
             self.wal.read_clock = lambda: client.clock
+        if "no-callback" in plan.breaks and client is not None:
+            client.callbacks = False    # --break no-callback (a test's): read-heavy caches go stale (§4.3)
         if plan.record and client is not None:
             client.issued = []
             if "drop-update" in plan.breaks:
@@ -1221,6 +1236,7 @@ class InstanceWorker:
         self.hold = INF
         self.changing: dict | None = None
         self.flood: int | None = None       # a barrier to send on once this instance passes it
+        self.quiet: list | None = None      # §4.3 an operator control's [id, barrier] not yet passed
         self.retired = False
         self.finished = False
         self.epochs: set[int] = set()       # the changes this process knows of
@@ -1289,6 +1305,8 @@ class InstanceWorker:
         for what, body in self.changes:     # (told while it finished)
             if what == "epoch":
                 self.out.to_coordinator("epoch", body["id"])
+            elif what in ("quiet", "control"):
+                self.out.to_coordinator(what, body[0])     # (§4.3 ended: nothing more runs here)
             elif what == "pair":
                 self.out.to_coordinator("paired", None)     # (§5.3 retired: nothing to clone)
 
@@ -1300,6 +1318,8 @@ class InstanceWorker:
             # (retired: nothing of it changes any more; a failover knew it from its replay)
             if what == "epoch":
                 self.out.to_coordinator("epoch", body["id"])
+            elif what in ("quiet", "control"):
+                self.out.to_coordinator(what, body[0])     # (§4.3 ended: nothing more runs here)
             elif what == "pair":
                 self.out.to_coordinator("paired", None)     # (§5.3 done: nothing to clone)
             return
@@ -1314,6 +1334,13 @@ class InstanceWorker:
                 self._pair()
             elif what == "unpair":
                 self._unpair(body)
+            elif what == "quiet":
+                # §4.3 an operator control: once past the barrier (everything fed before
+                # the control has run here), say so, and send the barrier on
+                self.quiet = body
+                self.flood = body[1] if self.flood is None else max(self.flood, body[1])
+            elif what == "control":
+                self._control(*body)
             else:
                 self._go(*body)
 
@@ -1461,6 +1488,11 @@ class InstanceWorker:
         if self.flood is not None and mark >= self.flood:
             self.flood = None
             self.out.watermark(mark)
+        if self.quiet is not None and mark >= self.quiet[1]:
+            # §4.3 everything up to the control's barrier ran here, its output and the
+            # watermark past it sent on (each link in order): the coordinator's quiet wait
+            self.out.to_coordinator("quiet", self.quiet[0])
+            self.quiet = None
         c = self.changing
         if c is None or c["passed"] or mark < c["barrier"]:
             return
@@ -1479,6 +1511,13 @@ class InstanceWorker:
         elif not c["waits"]:
             self.hold = INF
             self.changing = None
+
+    def _control(self, qid: int, values: dict) -> None:
+        """§4.3 an operator control in model T (no store): the new values of this
+        instance's local cross-flow objects, set with the chain quiet; acknowledged."""
+        for name, value in values.items():
+            self.inst.objects[name].set(value)
+        self.out.to_coordinator("control", qid)
 
     def _go(self, change_id: int, timers: list) -> None:
         """Every instance that hands over has: the moved flows' timers here, R3's
@@ -2126,6 +2165,8 @@ class InstanceWorker:
             self._stats(INF, [[INF, 0, 0, 0, errors, 0]] if self.firings is not None else None)
         self.out.end()
         client = inst.client
+        if "no-callback" in self.plan.breaks and client is not None and client.callback_caches:
+            self.acted["no-callback"] = f"{len(client.callback_caches)} cached copies never refreshed"
         report = {
             "vertex": inst.vertex, "instance": inst.instance_id,
             "counters": {k: getattr(inst, k) for k in ("packets_in", "packets_out", "dropped", "nf_errors")},

@@ -115,6 +115,7 @@ _FAILOVER: dict[str, Callable[[list], bool]] = {
 }
 LINGER_MS = 10_000         # how long the answer to stop may take to leave
 STORE = "@store"           # the store server's mailbox, and its name to the coordinator
+OPERATOR = "operator"      # §4.3 the client of operator controls (the coordinator records them too)
 _ERRORS = {c.__name__: c for c in (StoreError, OwnershipError, StoreLost, StoreUnavailable)}
 REFUSED = 2                # a reply's status: applied, but for the ops it names, refused (Refused)
 _UNSENDABLE = (TypeError, ValueError, OverflowError)    # a request holding a value the wire cannot carry
@@ -432,7 +433,9 @@ def _handle(box: Mailbox, store: MemoryStore, peer: bytes, kind: int, body: Any,
             # from the read log (the checker follows the first copy's, the store's answers)
             answers = list(result)
             from_log = log_reads(failover.reads, args[0], result, read_clock, replaying, pair=True)
-        if steps is not None and not peer.startswith(b"@"):     # instances' ops, not roots' metadata
+        # (instances' ops, not roots' metadata; §4.3 and the coordinator's operator controls)
+        operator = method == "execute" and peer.startswith(b"@") and all(op.client == OPERATOR for op in args[0])
+        if steps is not None and (not peer.startswith(b"@") or operator):
             if paired:
                 steps.append(encode(Kind.REPLY, ["execute", rows, answers, None if from_log else read_clock]
                                     + ([[r[0] for r in refused]] if refused else [])))
