@@ -56,7 +56,8 @@ clock (docs/proc.md, "Scaling"), also with ``--kill`` and ``--failover`` (one
 at a time: a kill waits for a change's go-ahead); a scale-out's new instance is
 a warm spare process started ahead when one is up.  A scenario's crash events
 are kills (SIGKILL) at their input packets, as ``--kill``.  Clones (§5.3) are
-:meth:`ProcRuntime.clone`; slow-downs (``slow``, ``speed-up``) make a process really
+:meth:`ProcRuntime.clone`; a copy of a pair that dies leaves the other to go on
+(:meth:`ProcRuntime._copy_died`, §5.3 with §5.4); slow-downs (``slow``, ``speed-up``) make a process really
 sleep per packet (:meth:`ProcRuntime.slow`).  Operator controls (``set-backends``,
 §4.3) wait for a quiet chain and write the store as client ``operator``
 (:mod:`chc.runtime.proccontrol`).  Not yet: network
@@ -603,7 +604,7 @@ class ProcRuntime:
                               "the run stops")
         if self.pairs:
             raise ProcFailure(f"proc runtime: {dead} (pid {p.pid}) {self._how(dead, p)} while a clone pair of "
-                              f"{', '.join(sorted(self.pairs))} ran; a failure during a pair is not recovered "
+                              f"{', '.join(sorted(self.pairs))} ran; only a copy of a pair that dies is recovered then "
                               "(docs/proc.md, \"Clones\"); the run stops")
         failing, self._failing = self._failing, dead
         try:
@@ -629,17 +630,21 @@ class ProcRuntime:
             skipped.append(generation_name(base, gen))
             gen += 1
         new = generation_name(base, gen)
-        killed = self._killed.pop(dead, None)
+        killed = self._killed.get(dead)
         event = {"kind": kind, **where, "process": dead, "pid": p.pid, "how": self._how(dead, p, short=True),
                  "failover_process": new, "packet": self.fed,
                  "detect_s": None if killed is None else round(detected - killed[0], 6)}
         if skipped:
             event["skipped"] = skipped      # (their nodes were gone)
-        if killed is not None:
-            event["killed_at_packet"] = killed[1]
-            if killed[2] != killed[1]:      # (kills land between input batches: said, not hidden)
-                event["kill_asked_at"] = killed[2]
-        return event, gen, new, detected
+        return {**event, **self._kill_marks(dead)}, gen, new, detected
+
+    def _kill_marks(self, dead: str) -> dict:
+        """Where a kill of ours that ``dead`` died of was made (and asked: kills land between
+        input batches, said, not hidden); {} when it died by itself."""
+        killed = self._killed.pop(dead, None)
+        if killed is None:
+            return {}
+        return {"killed_at_packet": killed[1], **({"kill_asked_at": killed[2]} if killed[2] != killed[1] else {})}
 
     def _placeable(self, worker: str) -> bool:
         """Whether ``worker`` can start where the plan places it (on Ray: its node is alive)."""
@@ -1119,12 +1124,7 @@ class ProcRuntime:
         reads of clocks the dead copy read are answered from the read log, its updates of
         clocks whose updates the dead copy made are the clock log's, and the receivers take
         each clock of the pair once.  So a resolution with the survivor kept is its recovery."""
-        killed = self._killed.pop(dead, None)
-        died = {"died": dead, "pid": p.pid, "how": self._how(dead, p, short=True)}
-        if killed is not None:
-            died["killed_at_packet"] = killed[1]
-            if killed[2] != killed[1]:
-                died["kill_asked_at"] = killed[2]
+        died = {"died": dead, "pid": p.pid, "how": self._how(dead, p, short=True), **self._kill_marks(dead)}
         pair = self.pairs[name]
         other = pair["clone"] if dead == pair["straggler"] else pair["straggler"]
         _say_failover(died, dead, p.pid, f"{other}, the other copy of its clone pair")
