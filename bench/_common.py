@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +26,16 @@ def run(sections: tuple[str, ...], prog: str) -> int:
     from chc.bench import main
 
     return main(sys.argv[1:], sections, prog)
+
+
+def load_floor() -> Any:
+    """This checkout's ``chc/bench/floor.py`` (issue 15's floor), loaded by its path: a
+    worker subprocess that imports an older ``chc`` runs the same floor."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("chc_floor", ROOT / "src" / "chc" / "bench" / "floor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_json(path: str | None, data: dict) -> None:

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from redis_speed import REF_LIB, reference_calls
+from _common import load_floor
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("get", "set", "incr", "incr_chc", "incr_many")
@@ -110,13 +110,14 @@ def worker(port: int, ops_n: int) -> dict:
         mark(kind)
     store.close()
     r = redis.Redis(port=port)
-    r.function_load(REF_LIB, replace=True)
-    calls = reference_calls(ops_n)
+    floor = load_floor()
+    r.function_load(floor.FLOOR_LIB, replace=True)
+    calls = floor.floor_calls(ops_n)
     mark("zero")
     for args in calls:
-        r.fcall("chcref", 0, *args)
+        r.fcall("chcfloor", 2, *floor.FLOOR_KEYS, *args)
     mark("reference")
-    r.delete("chcref:h", "chcref:l")
+    r.delete(*floor.FLOOR_KEYS)
     print("done", flush=True)
     return {}
 

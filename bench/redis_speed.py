@@ -36,34 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import load_floor
+
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("get", "set", "incr", "incr_chc")
-
-REF_LIB = """#!lua name=chcref
-local function chcref(keys, argv)
-  for i = 1, #argv, 2 do
-    redis.call('HINCRBY', 'chcref:h', argv[i], 1)
-    redis.call('HSET', 'chcref:l', argv[i + 1], '1')
-  end
-  return 1
-end
-redis.register_function('chcref', chcref)
-"""
-
-
-def reference_calls(ops_n: int) -> list[list[bytes]]:
-    """Arguments of the reference function: 1,000 (key, log tag) pairs per call."""
-    import random
-    rng = random.Random(7)
-    calls = []
-    for _ in range(ops_n // 1000):
-        args: list[bytes] = []
-        for _ in range(1000):
-            k = b"chc:k:bench:f3:\xc4\x10" + rng.getrandbits(128).to_bytes(16, "big")
-            args += [k, b"%d:1 " % rng.getrandbits(40) + k]
-        calls.append(args)
-    return calls
-
 
 def _server_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
@@ -98,14 +74,15 @@ def worker(url: str, pid: int, ops_n: int, packets: int, workdir: str) -> dict:
         store.close()
     # the physical reference: HINCRBY + HSET of a log tag per op, 1,000 ops per call
     r = redis.Redis.from_url(url)
-    r.function_load(REF_LIB, replace=True)
-    calls = reference_calls(ops_n)
+    floor = load_floor()
+    r.function_load(floor.FLOOR_LIB, replace=True)
+    calls = floor.floor_calls(ops_n)
     w0, s0 = time.perf_counter(), _server_cpu(pid)
     for args in calls:
-        r.fcall("chcref", 0, *args)
+        r.fcall("chcfloor", 2, *floor.FLOOR_KEYS, *args)
     w1, s1 = time.perf_counter(), _server_cpu(pid)
     out["store"]["reference"] = {"ops_s": ops_n / (w1 - w0), "server_us": (s1 - s0) / ops_n * 1e6}
-    r.delete("chcref:h", "chcref:l")
+    r.delete(*floor.FLOOR_KEYS)
     r.close()
     inp = trace2_input(0.005, workdir)
     red = StoreSpec("redis", [url], packet_cap=packets)

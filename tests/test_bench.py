@@ -209,6 +209,10 @@ def test_store_section_on_redis_and_a_private_cluster(redis_urls):
     assert res["backends"]["redis-cluster"]["entries"] == 900            # per shard, as for 2 shards
     assert set(res["ratios"]) == {"redis", "redis-cluster"}
     assert res["ratios"]["redis"]["incr_chc_vs_redis"] == 1.0
+    # issue 15's floor beside one server's CHC increment (not on the cluster row)
+    one = res["backends"]["redis"]
+    assert all(_number(one[k]) and one[k] > 0 for k in ("floor", "floor_server_us", "incr_chc_nb_server_us"))
+    assert "floor" not in res["backends"]["redis-cluster"]
     for r in res["ratios"].values():
         assert all(_number(v) and v > 0 for v in r.values())
 

@@ -35,12 +35,14 @@ def profile_main(argv: list[str] | None = None, prog: str = "bench/profile_nf.py
     p.add_argument("--top", type=int, default=25, help="functions listed (default: %(default)s)")
     p.add_argument("--pyinstrument", action="store_true", help="a call tree from pyinstrument instead")
     p.add_argument("--workdir", metavar="DIR", help="where the generated input goes")
+    p.add_argument("--redis", metavar="URL", help="run on this Redis server instead of the in-process "
+                   "store (redis://HOST:PORT; its chc keys of the run's namespace are cleared)")
     args = p.parse_args(argv)
     workdir = args.workdir or tempfile.mkdtemp(prefix="chc-profile-")
     try:
         inp = (lan_input(args.packets) if args.input == "lan"
                else trace2_input(args.trace2_scale, workdir, args.packets))
-        st = StoreSpec("memory")
+        st = StoreSpec("redis", [args.redis]) if args.redis else StoreSpec("memory")
         pps = max(run_nf(inp, args.nf, args.model, st, 256, latency=False)["pps"] for _ in range(2))
         progress(f"{args.nf} {args.model} on {inp.name}: {pps / 1e3:.1f} kpps without profiler (best of 2)")
         if args.pyinstrument:

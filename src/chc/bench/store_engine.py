@@ -14,6 +14,15 @@ end, inside the timing): the client encodes the next request while the server
 applies this one.  Backends without a non-blocking path (the engine, the memory
 backend) give their ``incr_chc`` there.  Every Redis row is also given as a
 ratio to the one-server row and to the engine of the same run.  No capture is read.
+
+On one Redis server the section also measures issue 15's *floor*: one Lua function
+applying 1,000 ops per call, an ``HINCRBY`` and an ``HSET`` of a clock-log tag each
+(no reads, no dedup, no commit reports), the calls pipelined as ``incr_chc_nb``'s
+requests are; and the server's CPU time per op of both (``INFO cpu``), which the
+client's speed does not change.  A CHC increment does what the floor does plus
+what §5.3/§5.4 need of it (its tag looked up in the clock log, the sequence mark,
+the commit report, the pruning index), so its server time over the floor's is the
+cost of those in Lua (docs/benchmarks.md, "The Redis store").
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from typing import Any
 
 from ..backends.memory import MemoryStore
 from ..core.store import ObjectKey, Op, StoreEngine
+from .floor import FLOOR_KEYS, FLOOR_LIB, floor_calls
 from .harness import RunContext, Section, fmt, now_ns, progress, save_plot
 from .stores import PrivateRedis, StoreSpec, redis_server_binary
 
@@ -84,6 +94,34 @@ def _time_submit(ops: list[Op], store: Any, pipeline: int) -> float:
     return rate
 
 
+def _server_cpu(r: Any) -> float:
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _time_floor(url: str, n_ops: int) -> dict[str, float]:
+    """The floor on ``url``: ops/s (calls pipelined, every reply read inside the timing)
+    and the server's CPU microseconds per op."""
+    import redis
+    r = redis.Redis.from_url(url)
+    try:
+        r.function_load(FLOOR_LIB, replace=True)
+        calls = floor_calls(n_ops)
+        pipe = r.pipeline(transaction=False)
+        for args in calls:
+            pipe.fcall("chcfloor", 2, *FLOOR_KEYS, *args)
+        cpu0 = _server_cpu(r)
+        rate = _ops_per_s([pipe], lambda p: p.execute(), n_ops)
+        cpu1 = _server_cpu(r)
+        if r.hlen(FLOOR_KEYS[1]) != n_ops:      # every op's log tag written: the floor ran them all
+            raise RuntimeError(f"store bench: the floor logged {r.hlen(FLOOR_KEYS[1])} of {n_ops} ops")
+        return {"floor": rate, "floor_server_us": (cpu1 - cpu0) / n_ops * 1e6}
+    finally:
+        r.delete(*FLOOR_KEYS)
+        r.function_delete("chcfloor")
+        r.close()
+
+
 def bench_store(stores: list[StoreSpec], entries: int, pipeline: int, repeat: int) -> dict:
     """ops/s per op kind for the engine, the memory backend and Redis (1 and 2 shards)."""
     out: dict[str, Any] = {"entries_per_shard": entries, "key_bytes": 16, "value_bits": 64,
@@ -94,10 +132,17 @@ def bench_store(stores: list[StoreSpec], entries: int, pipeline: int, repeat: in
         ops = _store_ops(n)
         runs = [fn(ops) for _ in range(repeat)]
         res = {k: round(statistics.median(r[k] for r in runs)) for k in kinds}
+        for k in ("floor", "floor_server_us", "incr_chc_nb_server_us"):
+            if k in runs[0]:
+                res[k] = round(statistics.median(r[k] for r in runs), 3 if k.endswith("_us") else None)
         res["note"] = note
         res["entries"] = n
         out["backends"][name] = res
         progress(f"  store {name:<16} " + "  ".join(f"{k} {res[k] / 1e6:6.3f} Mops/s" for k in kinds))
+        if "floor" in res:
+            progress(f"  store {name:<16} floor (HINCRBY + HSET in Lua) {res['floor'] / 1e6:6.3f} Mops/s; server "
+                     f"CPU per op: incr_chc_nb {res['incr_chc_nb_server_us']:.2f} us, "
+                     f"floor {res['floor_server_us']:.2f} us")
 
     def engine(ops: dict[str, list[Op]]) -> dict[str, float]:
         e = StoreEngine()
@@ -125,9 +170,19 @@ def bench_store(stores: list[StoreSpec], entries: int, pipeline: int, repeat: in
             s = st.open()           # a fresh client and namespace: incr_chc's seqs are its own
             try:
                 s.execute(ops["set"])                   # the same keys present, as for incr_chc
+                if st.name == "redis":
+                    import redis as redis_py
+                    probe = redis_py.Redis.from_url(st.urls[0])
+                    cpu0 = _server_cpu(probe)
                 out["incr_chc_nb"] = _time_submit(ops["incr_chc"], s, pipeline)
+                if st.name == "redis":
+                    cpu = _server_cpu(probe) - cpu0
+                    probe.close()
+                    out["incr_chc_nb_server_us"] = cpu / len(ops["incr_chc"]) * 1e6
             finally:
                 s.close()
+            if st.name == "redis":
+                out.update(_time_floor(st.urls[0], len(ops["incr_chc"])))
             return out
 
         what = f"{shards} cluster primaries" if st.name == "redis-cluster" else f"{shards} server(s)"
@@ -193,6 +248,11 @@ def table_rows(res: dict) -> list[tuple[str, ...]]:
             if "incr_chc_nb" in d:
                 rows.append(("", "", "", "Mops/s: incr-tagged non-blocking", "-", "-", "-",
                              fmt(d["incr_chc_nb"] / 1e6, 3), ""))
+            if "floor" in d:
+                rows.append(("", "", "", "Mops/s: floor (HINCRBY+HSET, Lua)", "-", "-", "-",
+                             fmt(d["floor"] / 1e6, 3), f"nb/floor x{d['incr_chc_nb'] / d['floor']:.2f}"))
+                rows.append(("", "", "", "server us/op: incr-tagged nb, floor", "-", "-",
+                             fmt(d["incr_chc_nb_server_us"], 2), fmt(d["floor_server_us"], 2), ""))
     return rows
 
 
