@@ -376,7 +376,7 @@ def _run_next(worker: InstanceWorker) -> list[int]:
 
 @pytest.mark.parametrize("off", [False, True])
 def test_a_root_running_ahead_fires_no_timer_before_the_others_timely_answer(tmp_path, off):
-    """The timer limit (docs/proc.md, "The timer limit"), made to happen: portscan.0 runs
+    """The timer limit (docs/proc.md, "Timers with several roots"), made to happen: portscan.0 runs
     root 0's SYN (ts 0), then a packet of root 1 at 6 s, past the SYN's 5 s deadline,
     and only then root 0's SYN-ACK of 1 s.  Input order (the reference's) has the
     answer in time: a success.  A timer fires only once every root's time mark run
@@ -431,7 +431,8 @@ def _ahead(tmp_path) -> tuple[Path, Path]:
     packets of its own in between; root 1 sends one packet at T+0.5 s and one at T+5.01 s.
     With the NAT slowed its mailbox fills, it takes the roots' messages in turn, and
     root 1's next message (at T+5.01 s) comes in among root 0's first ones, long before
-    root 0's answer: the timer limit, every time (main diverged on every seed tried)."""
+    root 0's answer: the timer limit (without the cap, seeds 0-9 twice: 8 and 7 of 10
+    diverged)."""
     from chc.capture import CaptureWriter
     from frames import SYN, SYN_ACK, tcp, udp
     s = 1_000_000_000
@@ -460,14 +461,15 @@ def test_a_root_running_ahead_past_a_deadline_passes_the_coe_check(tmp_path, cap
     1 runs ahead of root 0 past a deadline at portscan.0 (:func:`_ahead`), and the host's
     timely answer counts as the reference counts it.  Switched off (--break
     timers-by-packets), the check finds the early timer: portscan.likelihood, a success
-    counted a failure (main, without the cap, diverged so on every seed: 3 of 3)."""
+    counted a failure (on most seeds: the timing is the processes'; four seeds, so that
+    one at least diverges)."""
     scenario, capture = _ahead(tmp_path)
-    argv = ["--seeds", "2"] + (["--break", "timers-by-packets"] if off else [])
+    argv = ["--seeds", "4"] + (["--break", "timers-by-packets"] if off else [])
     code = _check(tmp_path, *argv, scenario=scenario, capture=capture)
     out = capsys.readouterr().out
     if not off:
         assert code == 0, out
-        assert "2 of 2 seeds passed" in out
+        assert "4 of 4 seeds passed" in out
     else:
         assert code == 1, out
         assert "DIVERGED" in out and "break timers-by-packets: portscan.0" in out
