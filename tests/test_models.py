@@ -364,3 +364,26 @@ def test_coalescing_keeps_order_state_and_commits(actions):
     for c, xor_id in store.commits():
         reported[c] ^= xor_id
     assert {c: v for c, v in reported.items() if v} == {c: v for c, v in vectors.items() if v}
+
+
+@pytest.mark.parametrize("model", ["T", "EO", "EO+C", "EO+C+NA"])
+def test_a_write_mostly_incr_returns_none_in_every_model_and_in_the_reference(model):
+    """Table 1: write-mostly updates are blind (non-blocking in the externalized models), so an
+    NF using incr's new value acted in T and not in EO (a new user's per-source counter raised
+    3 alerts in T and none elsewhere).  Every model, and the COE reference, returns None; a
+    read-write counter still returns its value."""
+    from chc.reference import RefObject
+
+    for access, expect in ((Access.WRITE_MOSTLY, None), (Access.READ_WRITE, 3)):
+        decl = Counter(GLOBAL, access)
+        decl.name = "hits"
+        if model == "T":
+            handle = LocalObject(decl, None)
+        else:
+            handle = StoreClient(MemoryStore(), "v", 0, model).bind(decl, None)
+        handle.incr(2)
+        assert handle.incr(1) == expect, (model, access)
+        assert handle.decr(0) == expect, (model, access)
+        ref = RefObject(decl, None)
+        ref.incr(2)
+        assert ref.incr(1) == expect, access

@@ -219,7 +219,8 @@ class Quirky(NF):
     seen = Counter(FLOW, Access.WRITE_MOSTLY)
 
     def process(self, pkt: Packet, ctx: Context) -> Any:
-        n = self.seen.incr(1, FLOW.key(pkt))
+        self.seen.incr(1, FLOW.key(pkt))        # (write-mostly: blind, returns None)
+        n = self.seen.get(FLOW.key(pkt))
         h = (pkt.index + pkt.sport + n) % 11
         if h == 0:
             raise ValueError("boom")

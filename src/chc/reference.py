@@ -62,7 +62,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 from zlib import crc32
 
-from .nf import NF, VALUE_OPS, Context, StateObject, least_loaded, wrong_return
+from .nf import NF, VALUE_OPS, Access, Context, StateObject, least_loaded, wrong_return
 from .packet import Packet
 from .spec import Chain, Vertex
 from .summary import canonical
@@ -484,6 +484,8 @@ class RefObject:
         serialized the instances' increments in (a per-host threshold crossed "at the
         300th packet" is crossed by whichever packet the store counted 300th)."""
         v = self._add(key, by)
+        if self.decl.access is Access.WRITE_MOSTLY:
+            return None             # blind, as in every physical model (Table 1)
         found, counted = self._take(key, "incr")
         if found and isinstance(counted, (int, float)) and not isinstance(counted, bool):
             return counted

@@ -3,4 +3,4 @@
 cdef class LocalObject:
     cdef public object decl, config, _init, recorder
     cdef public dict values
-    cdef public bint _init_mutable
+    cdef public bint _init_mutable, _blind

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Hashable, Iterator
 from typing import Any
 
-from ..nf import VALUE_OPS, StateObject, least_loaded
+from ..nf import VALUE_OPS, Access, StateObject, least_loaded
 
 _MISSING = object()
 
@@ -34,7 +34,7 @@ _MISSING = object()
 class LocalObject:
     """Model T: one state object family in a local dict (Table 2 operations)."""
 
-    __slots__ = ("decl", "config", "values", "_init", "_init_mutable", "recorder")
+    __slots__ = ("decl", "config", "values", "_init", "_init_mutable", "recorder", "_blind")
 
     def __init__(self, decl: StateObject, config: Any) -> None:
         self.decl = decl
@@ -46,6 +46,11 @@ class LocalObject:
         self.recorder: Any = None
         self._init = self._fresh()
         self._init_mutable = isinstance(self._init, (deque, dict, set))
+        # Table 1: a write-mostly object's updates are blind (non-blocking in the
+        # externalized models, their results never waited for), so its incr returns
+        # None in every model: an NF that used the new value would act in T and not
+        # in EO (the same NF, other alerts).
+        self._blind = decl.access is Access.WRITE_MOSTLY
 
     def _fresh(self) -> Any:
         v = self.decl.initial(self.config)
@@ -74,11 +79,11 @@ class LocalObject:
     def set(self, value: Any, key: Hashable = None) -> None:
         self.values[key] = value
 
-    def incr(self, by: int = 1, key: Hashable = None) -> int:
+    def incr(self, by: int = 1, key: Hashable = None) -> int | None:
         v = self.values[key] = self.values.get(key, self._init) + by
-        return v
+        return None if self._blind else v
 
-    def decr(self, by: int = 1, key: Hashable = None) -> int:
+    def decr(self, by: int = 1, key: Hashable = None) -> int | None:
         return self.incr(-by, key)
 
     def push(self, value: Any, key: Hashable = None) -> None:
