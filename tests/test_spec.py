@@ -94,6 +94,14 @@ def test_yaml_file_errors(tmp_path):
         load_spec(bad)
     with pytest.raises(SpecError, match="missing.yaml"):
         load_spec(tmp_path / "missing.yaml")
+    # a key given twice: PyYAML kept the last silently (a new user's two vertices ``a``)
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("name: x\nvertices:\n  a: {nf: pass}\n  a: {nf: nat}\n")
+    with pytest.raises(SpecError, match=r"dup.yaml:4:3: not valid YAML \(duplicate key 'a', first at line 3\)"):
+        load_spec(dup)
+    (tmp_path / "twice.yaml").write_text("name: x\nname: y\nvertices: {a: {nf: pass}}\n")
+    with pytest.raises(SpecError, match="duplicate key 'name'"):
+        load_spec(tmp_path / "twice.yaml")
     listy = tmp_path / "list.yaml"
     listy.write_text("- a\n- b\n")
     with pytest.raises(SpecError, match="list.yaml: the spec must be a mapping"):

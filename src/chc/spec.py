@@ -133,11 +133,32 @@ def check_parallelism(value: Any, where: str) -> int:
     return value
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML as ``safe_load`` reads it, but a key given twice in one mapping is an error:
+    PyYAML keeps the last silently, so ``vertices: {a: {nf: pass}, a: {nf: nat}}`` ran
+    one vertex ``a`` and reported the first copy's missing config (a new user's)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:       # an unhashable key: the base class says so
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}, first at line {first.start_mark.line + 1}",
+                    key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | os.PathLike, error: type[Exception]) -> Any:
     """A YAML file's data; ``error`` with a one-line message naming the file."""
     try:
         with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            return yaml.load(fh, Loader=_UniqueKeys)     # (a SafeLoader)
     except OSError as exc:
         raise error(f"{path}: {exc.strerror or exc}") from None
     except yaml.MarkedYAMLError as exc:
