@@ -106,3 +106,49 @@ def test_yaml_file_errors(tmp_path):
     listy.write_text("- a\n- b\n")
     with pytest.raises(SpecError, match="list.yaml: the spec must be a mapping"):
         load_spec(listy)
+
+
+def test_an_nf_config_may_refuse_values_with_either_form_of_config_error():
+    """A new user's ``raise ConfigError('msg')`` in ``__post_init__`` failed on the exception's
+    own signature ("__init__() takes exactly 3 positional arguments"); both forms, a plain
+    ValueError and a ``validate()`` hook give one line naming where."""
+    import dataclasses
+
+    from chc.nf import NF, ConfigError, build_config
+
+    def nf_with(check):
+        @dataclasses.dataclass
+        class Config:
+            limit: int = 1
+
+            def __post_init__(self):
+                check(self)
+
+        return type("Own", (NF,), {"kind": "own", "Config": Config})
+
+    def plain(cfg):
+        raise ConfigError("limit must be >= 1")
+
+    def named(cfg):
+        raise ConfigError("limit", "must be >= 1")
+
+    def value(cfg):
+        raise ValueError("limit must be >= 1")
+
+    for check, text in ((plain, "v.config: limit must be >= 1"), (named, "v.config.limit: must be >= 1"),
+                        (value, "v.config: limit must be >= 1")):
+        with pytest.raises(ConfigError) as info:
+            build_config(nf_with(check), {"limit": 0}, "v.config")
+        assert str(info.value) == text
+
+    @dataclasses.dataclass
+    class Checked:
+        limit: int = 1
+
+        def validate(self):
+            if self.limit < 1:
+                raise ConfigError("must be positive")
+
+    with pytest.raises(ConfigError) as info:
+        build_config(type("Own2", (NF,), {"kind": "own2", "Config": Checked}), {"limit": 0}, "v.config")
+    assert str(info.value) == "v.config: must be positive"

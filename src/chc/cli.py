@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "what the scenario leaves open (parallelism 1-4, model, batch size, store) and "
                     "seeds delays and faults; a failing seed reproduces exactly with --seed. Exit 0 "
                     "if every seed passes, 1 if any diverges or crashed without recovery, 2 on bad "
-                    "input or when nothing was checked, 3 when a --break was never caught.")
+                    "input or when nothing was checked, 3 when a --break was never caught or the "
+                    "capture stopped early (truncated: the packets before were checked, PARTIAL).")
     chk.add_argument("chain", metavar="CHAIN", nargs="?", help="chain spec (YAML)")
     chk.add_argument("scenario", metavar="SCENARIO", nargs="?",
                      help="scenario (YAML), e.g. examples/scenarios/faults.yaml")

@@ -398,11 +398,16 @@ class NF:
 
 
 class ConfigError(ValueError):
-    """Bad NF configuration; ``field`` names the offending key."""
+    """Bad NF configuration: ``ConfigError(message)``, or ``ConfigError(field, message)``
+    naming the offending key (an NF's ``Config.__post_init__`` or ``validate()`` may raise
+    either; a new user's ``ConfigError('msg')`` failed on this signature itself)."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+    def __init__(self, field: str, message: str | None = None) -> None:
+        if message is None:
+            field, message = "", field
+        super().__init__(f"{field}: {message}" if field else message)
         self.field = field
+        self.message = message
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
@@ -469,6 +474,8 @@ def build_config(nf_cls: type[NF], raw: Any, where: str) -> Any:
     _check_types(schema, raw, where)
     try:
         cfg = schema(**raw)
+    except ConfigError as exc:          # from the NF's __post_init__
+        raise ConfigError(f"{where}.{exc.field}" if exc.field else where, exc.message) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(where, str(exc)) from None
     check = getattr(cfg, "validate", None)
@@ -476,5 +483,7 @@ def build_config(nf_cls: type[NF], raw: Any, where: str) -> Any:
         try:
             check()
         except ConfigError as exc:
-            raise ConfigError(f"{where}.{exc.field}", str(exc).split(": ", 1)[-1]) from None
+            raise ConfigError(f"{where}.{exc.field}" if exc.field else where, exc.message) from None
+        except ValueError as exc:
+            raise ConfigError(where, str(exc)) from None
     return cfg
