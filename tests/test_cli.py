@@ -205,3 +205,16 @@ def test_a_capture_given_for_the_chain_says_the_capture_comes_last(capsys):
     err = capsys.readouterr().err.strip()
     assert err.endswith("a capture, not YAML: the capture comes last (chc run CHAIN CAPTURE, "
                         "chc check CHAIN SCENARIO CAPTURE)"), err
+
+
+def test_model_t_with_several_instances_of_cross_flow_state_is_said(tmp_path, capsys):
+    """In T each instance keeps its own copy of cross-flow state (the NAT's port pool, the
+    port-scan detector's per-host likelihood): a new user's --parallelism 3 missed a planted
+    scanner without a word.  Said once, naming the vertices and objects; not with parallelism 1."""
+    run(tmp_path, CHAIN, LAN, "-c", "50", "--model", "T", "--parallelism", "3")
+    err = capsys.readouterr().err
+    assert err.count("chc: warning: model T keeps a copy of each instance's cross-flow state") == 1, err
+    assert "portscan (likelihood)" in err and "nat (ports," in err
+    run(tmp_path, CHAIN, LAN, "-c", "50", "--model", "T")
+    run(tmp_path, CHAIN, LAN, "-c", "50", "--parallelism", "3")
+    assert "cross-flow" not in capsys.readouterr().err

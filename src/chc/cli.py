@@ -463,6 +463,8 @@ def _with_chain(args: argparse.Namespace, body: Callable[[Any, Any], int]) -> in
     elif args.store == "memory" and args.namespace is not None:
         print("chc: warning: --namespace names a Redis store's keys: not used with the memory store",
               file=sys.stderr)
+    if args.model == "T":
+        _warn_split_state(chain)
     if args.model != "T":
         try:
             store = open_store(args.store, namespace=_namespace(args, chain),
@@ -474,6 +476,19 @@ def _with_chain(args: argparse.Namespace, body: Callable[[Any, Any], int]) -> in
     finally:
         if store is not None:
             store.close()           # gives up the namespace's lease at once
+
+
+def _warn_split_state(chain: Any) -> None:
+    """Model T with several instances of a vertex that has cross-flow state: each instance
+    keeps its own copy, so the results are not one NF's (a new user's scan went unreported
+    with --parallelism 3); said, not refused, as T is the baseline the others are timed against."""
+    split = [f"{v.name} ({', '.join(objs)})" for v in chain.vertices.values()
+             if (v.parallelism > 1 or (v.scaling is not None and v.scaling.max > 1))
+             and (objs := v.cross_flow_objects())]
+    if split:
+        print(f"chc: warning: model T keeps a copy of each instance's cross-flow state, so with several "
+              f"instances of {'; '.join(split)} the results are not one NF's: use an external model "
+              f"(EO, EO+C, EO+C+NA) or parallelism 1 (docs/chain-spec.md)", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:

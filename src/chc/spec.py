@@ -78,6 +78,14 @@ class Vertex:
     def partition(self) -> Scope:
         return self.nf.partition_scope()
 
+    def cross_flow_objects(self) -> list[str]:
+        """Its state objects that several instances reach (a coarser scope than the
+        partition's, another of the same rank, or global): one object in the store, but
+        a copy per instance in model T (R3)."""
+        part = self.partition
+        return [name for name, d in self.nf.state_objects().items()
+                if not d.scope.per_flow and d.scope is not part and d.scope.rank >= part.rank]
+
 
 @dataclasses.dataclass
 class Chain:
