@@ -327,8 +327,8 @@ def _parallelism(raw: Any) -> int | dict[str, int] | None:
         return raw
     if isinstance(raw, dict) and all(isinstance(k, str) and ok(v) for k, v in raw.items()):
         return dict(raw)
-    raise ScenarioError(f"parallelism: an integer 1-{MAX_PARALLELISM} (MAX_PARALLELISM) or {{vertex: n}}, "
-                        f"got {raw!r}")
+    raise ScenarioError(f"parallelism: an integer from 1 to {MAX_PARALLELISM} (the parallelism limit) "
+                        f"or {{vertex: n}}, got {raw!r}")
 
 
 def _pacing(raw: Any) -> tuple[str, float] | None:

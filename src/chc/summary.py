@@ -232,7 +232,8 @@ class Summary:
         """Human-readable summary for the terminal."""
         lines = [f"PARTIAL: {reason}" for reason in self.partial_reasons] + [
             f"chain {self.chain!r} (model {self.model}"
-            f"{'' if self.runtime == 'sim' else f', runtime {self.runtime}'}): {self.packets_in:,} packets in, "
+            f"{'' if self.runtime == 'sim' else f', runtime {self.runtime}'}): {self.packets_in:,} "
+            f"packet{'' if self.packets_in == 1 else 's'} in, "
             f"{self.packets_out:,} out, {self.dropped:,} dropped, {self.malformed:,} malformed, "
             f"{self.non_ip:,} non-IP",
             f"{self.elapsed_s:.2f} s, {self.pps:,.0f} packets/s",
