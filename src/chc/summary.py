@@ -30,6 +30,7 @@ import hashlib
 import json
 from typing import Any
 
+from .core.root import clock_text
 from .packet import describe_flow, ip_str
 
 
@@ -249,7 +250,9 @@ class Summary:
             lines += ["", f"alerts ({len(self.alerts)}):"]
             shown = self.alerts[:20]
             for a in shown:
-                lines.append(f"  clock {a['clock']:>10,}  {a['vertex']:<12}{a['kind']:<22}{a['host']}")
+                # (a root's id is in its clocks' high bits: root 1's show as 1:seq, not 2^48 + seq)
+                lines.append(f"  clock {clock_text(a['clock'], grouped=True):>10}  {a['vertex']:<12}"
+                             f"{a['kind']:<22}{a['host']}")
             if len(self.alerts) > len(shown):
                 lines.append(f"  ... {len(self.alerts) - len(shown)} more (see --summary-json)")
         if self.nf_errors:

@@ -60,13 +60,15 @@ def root_of(clock: int) -> int:
     return clock >> CLOCK_BITS
 
 
-def clock_text(clock: int) -> str:
+def clock_text(clock: int, grouped: bool = False) -> str:
     """``clock`` for people: root 0's as its sequence number, another root's as
-    ``R:seq`` (a raw clock of root 1 is 281474976710656 and up), none as -1."""
+    ``R:seq`` (a raw clock of root 1 is 281474976710656 and up), none as -1;
+    ``grouped``: the sequence number with thousands separators (the summary's)."""
     if clock < 0:
         return str(clock)
     root = clock >> CLOCK_BITS
-    return str(clock & _SEQ_MASK) if root == 0 else f"{root}:{clock & _SEQ_MASK}"
+    seq = f"{clock & _SEQ_MASK:,}" if grouped else str(clock & _SEQ_MASK)
+    return seq if root == 0 else f"{root}:{seq}"
 
 
 def clock_key(root_id: int) -> ObjectKey:
