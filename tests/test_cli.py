@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -218,3 +219,17 @@ def test_model_t_with_several_instances_of_cross_flow_state_is_said(tmp_path, ca
     run(tmp_path, CHAIN, LAN, "-c", "50", "--model", "T")
     run(tmp_path, CHAIN, LAN, "-c", "50", "--parallelism", "3")
     assert "cross-flow" not in capsys.readouterr().err
+
+
+def test_summary_alerts_show_another_roots_clock_as_root_and_sequence(tmp_path, capsys):
+    """A root's id is in its clocks' high bits: root 1's alert showed `clock 281,474,976,711,587`
+    (a new user's trial); now `1:seq`, as chc check prints clocks."""
+    import yaml
+    spec = yaml.safe_load(Path(CHAIN).read_text())
+    spec["roots"] = 2
+    chain = tmp_path / "two.yaml"
+    chain.write_text(yaml.safe_dump(spec))
+    assert main(["run", str(chain), str(ROOT / "traces/scans/nmap-syn-scan.pcap"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    alerts = out.split("alerts (", 1)[1].splitlines()[1:2]
+    assert alerts and re.match(r"\s+clock\s+1:[\d,]+\s+portscan", alerts[0]), out
