@@ -233,3 +233,18 @@ def test_summary_alerts_show_another_roots_clock_as_root_and_sequence(tmp_path, 
     out = capsys.readouterr().out
     alerts = out.split("alerts (", 1)[1].splitlines()[1:2]
     assert alerts and re.match(r"\s+clock\s+1:[\d,]+\s+portscan", alerts[0]), out
+
+
+def test_options_the_run_does_not_use_are_said_and_a_negative_log_limit_refused(tmp_path, capsys):
+    """A new user's --store-ca with the memory store and --log-limit with --packet-log off
+    were taken without a word; --log-limit -1 was taken though the help defines only 0."""
+    run(tmp_path, CHAIN, LAN, "-c", "5", "--store-ca", str(tmp_path / "ca.pem"))
+    assert "chc: warning: --store-ca is for a TLS store (rediss://): not used with --store memory" \
+        in capsys.readouterr().err
+    run(tmp_path, CHAIN, LAN, "-c", "5", "--packet-log", "off", "--log-limit", "10")
+    assert "--log-limit bounds the packet log: not used with --packet-log off" in capsys.readouterr().err
+    run(tmp_path, CHAIN, LAN, "-c", "5", "--log-limit", "0")
+    assert "warning" not in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["run", CHAIN, LAN, "--log-limit", "-1"])
+    assert info.value.code == 2 and "expected an integer >= 0" in capsys.readouterr().err

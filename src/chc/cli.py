@@ -294,7 +294,7 @@ def _outputs_and_state(p: argparse.ArgumentParser) -> None:
     meta = p.add_argument_group("metadata (§5, §7.2)")
     meta.add_argument("--packet-log", choices=("local", "store", "off"), default="local",
                       help="where roots log packets until the chain is done with them (default: local)")
-    meta.add_argument("--log-limit", type=int, default=1_000_000, metavar="N",
+    meta.add_argument("--log-limit", type=int_at_least(0), default=1_000_000, metavar="N",
                       help="drop new input while N packets are logged; 0 = no limit (default: %(default)s)")
     meta.add_argument("--clock-persist", type=_positive, default=1000, metavar="N",
                       help="persist each root's clock every N packets (default: %(default)s)")
@@ -465,6 +465,7 @@ def _with_chain(args: argparse.Namespace, body: Callable[[Any, Any], int]) -> in
               file=sys.stderr)
     if args.model == "T":
         _warn_split_state(chain)
+    _warn_unused(args)
     if args.model != "T":
         try:
             store = open_store(args.store, namespace=_namespace(args, chain),
@@ -476,6 +477,18 @@ def _with_chain(args: argparse.Namespace, body: Callable[[Any, Any], int]) -> in
     finally:
         if store is not None:
             store.close()           # gives up the namespace's lease at once
+
+
+def _warn_unused(args: argparse.Namespace) -> None:
+    """Options this run does not use, said (a new user's --store-ca with a plain redis:// URL,
+    --log-limit with --packet-log off, were taken without a word)."""
+    tls = [o for o, v in (("--store-ca", args.store_ca), ("--store-cert", args.store_cert),
+                          ("--store-key", args.store_key)) if v is not None]
+    if tls and args.model != "T" and not str(args.store).startswith("rediss"):
+        print(f"chc: warning: {', '.join(tls)} {'is' if len(tls) == 1 else 'are'} for a TLS store "
+              f"(rediss://): not used with --store {redact(args.store)}", file=sys.stderr)
+    if getattr(args, "packet_log", None) == "off" and args.log_limit != 1_000_000:
+        print("chc: warning: --log-limit bounds the packet log: not used with --packet-log off", file=sys.stderr)
 
 
 def _warn_split_state(chain: Any) -> None:
