@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from chc import cli
+from chc.cli import main
 from chc.outfiles import OutputPathError, Outputs, check_writable
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAIN = str(ROOT / "examples/paper_chain.yaml")
+LAN = str(ROOT / "traces/pathspider/lan-2012.pcap.gz")
+SCENARIO = str(ROOT / "examples/scenarios/parallel.yaml")
 
 
 def _partials(*dirs: Path) -> list[str]:
@@ -80,3 +87,65 @@ def test_check_writable_passes_what_can_be_written(tmp_path, monkeypatch, kind, 
     (tmp_path / "d").mkdir()
     check_writable(path, kind)
     assert sorted(os.listdir(tmp_path)) == ["d", "f"]
+
+
+# -- every command: checked before any work ----------------------------------------
+
+# (command line, with {path} the output under test; the output is given last)
+COMMANDS = {
+    "run --out": ["run", CHAIN, LAN, "--out", "{path}.pcap"],
+    "run --summary-json": ["run", CHAIN, LAN, "--out", "{keep}", "--summary-json", "{path}"],
+    "run --state-json": ["run", CHAIN, LAN, "--state-json", "{path}"],
+    "serve --summary-json": ["serve", CHAIN, "--capture", LAN, "--duration", "3", "--summary-json", "{path}"],
+    "serve --state-json": ["serve", CHAIN, "--capture", LAN, "--duration", "3", "--state-json", "{path}"],
+    "check --json": ["check", CHAIN, SCENARIO, LAN, "--json", "{path}"],
+    "check --save-failures": ["check", CHAIN, SCENARIO, LAN, "--save-failures", "{path}"],
+    "trace gen -o": ["trace", "gen", "--packets", "10", "-o", "{path}.pcap"],
+    "trace scan --truth": ["trace", "scan", "-o", "{keep}", "--truth", "{path}"],
+    "trace trojan -o": ["trace", "trojan", "--truth", "{keep}.json", "-o", "{path}.pcap"],
+}
+
+
+@pytest.mark.parametrize("bad", ["directory", "missing folder"])
+@pytest.mark.parametrize("which", list(COMMANDS))
+def test_a_bad_output_path_is_refused_before_any_work(tmp_path, monkeypatch, capsys, which, bad):
+    """Every output option of every command is checked before the command runs: a
+    missing folder was found after the whole capture (every seed, the whole --duration)
+    and the other outputs were thrown away; a directory was a traceback."""
+    started = []
+    monkeypatch.setattr(cli, "COMMANDS", {name: lambda args, name=name: started.append(name) or 0
+                                          for name in cli.COMMANDS})
+    path = str(tmp_path / "nx" / "o") if bad == "missing folder" else str(tmp_path / "d")
+    argv = [a.format(path=path, keep=tmp_path / "keep.pcap") for a in COMMANDS[which]]
+    if bad == "directory":
+        os.mkdir(argv[-1])
+    assert main(argv) == 2
+    why = "Is a directory" if bad == "directory" else f"no such directory {tmp_path}/nx"
+    assert _one_line(capsys) == f"chc: error: {argv[-1]}: cannot write ({why})"
+    assert started == [] and not (tmp_path / "keep.pcap").exists()
+
+
+@pytest.mark.parametrize("flag, name", [("--out", "d.pcap"), ("--summary-json", "d"), ("--state-json", "d")])
+def test_chc_run_into_a_directory_is_one_line_and_leaves_nothing(tmp_path, capsys, flag, name):
+    """The reports: ``--summary-json /tmp`` was ``IsADirectoryError`` (a traceback,
+    exit 1) with ``/.tmp.XXXX.partial`` left in ``/``."""
+    target = tmp_path / name
+    target.mkdir()
+    assert main(["run", CHAIN, LAN, "-c", "20", "-q", flag, str(target)]) == 2
+    assert _one_line(capsys) == f"chc: error: {target}: cannot write (Is a directory)"
+    assert _partials(tmp_path, target) == [] and os.listdir(target) == []
+
+
+def test_chc_run_into_a_missing_folder_is_one_line(tmp_path, capsys):
+    """``--out /nonexistent/dir/x.pcap`` was ``FileNotFoundError`` from outfiles, exit 1."""
+    out = tmp_path / "nx" / "x.pcap"
+    assert main(["run", CHAIN, LAN, "-c", "20", "-q", "--out", str(out)]) == 2
+    assert _one_line(capsys) == f"chc: error: {out}: cannot write (no such directory {tmp_path}/nx)"
+    assert os.listdir(tmp_path) == []
+
+
+def test_chc_run_still_writes_into_the_current_folder(tmp_path, monkeypatch):
+    """A bare file name's folder is the current one (dirname says "")."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", CHAIN, LAN, "-c", "20", "-q", "--out", "o.pcap", "--summary-json", "s.json"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["o.pcap", "s.json"]

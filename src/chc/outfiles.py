@@ -12,15 +12,16 @@ symbolic links count, whatever the spelling of the path).
 A path that cannot be an output at all (a directory, a folder that does not
 exist, one this process may not create files in) is refused before any work
 too, by :func:`check_writable`: the commands declare their output options with
-:class:`chc.cliargs.OutputPath` and ``chc``'s entry point checks them all before
-it runs the command, so a mistyped folder costs no run and no result.  Should a
-path go bad during the run anyway (a folder removed meanwhile), :meth:`Outputs.open`
-and :meth:`Outputs.commit` report it as the same one-line error and leave no
-temporary file behind.
+:class:`chc.cliargs.OutputPath`, and ``chc``'s entry point checks them all
+(:func:`check_outputs`) before it runs the command, so a mistyped folder costs
+no run and no result.  Should a path go bad during the run anyway (a folder
+removed meanwhile), :meth:`Outputs.open` and :meth:`Outputs.commit` report it as
+the same one-line error and leave no temporary file behind.
 """
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import secrets
@@ -29,8 +30,9 @@ from contextlib import contextmanager, suppress
 from typing import BinaryIO
 
 from .capture import STDIN
+from .cliargs import OutputPath
 
-__all__ = ["ClobberError", "OutputPathError", "Outputs", "check_writable", "refuse_clobber"]
+__all__ = ["ClobberError", "OutputPathError", "Outputs", "check_outputs", "check_writable", "refuse_clobber"]
 
 
 class ClobberError(ValueError):
@@ -73,6 +75,17 @@ def check_writable(path: str, kind: str = "file") -> None:
                           f"{shown}: {os.strerror(errno.ENOTDIR)}")
     if not os.access(target, os.W_OK | os.X_OK):        # (a read-only file system says so too)
         raise _cannot(path, errno.EACCES)
+
+
+def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """OutputPathError for the first output option of ``parser`` (declared with
+    ``action=OutputPath``) given a path that cannot be written: every command runs
+    this before any work, so a mistyped path costs no run and loses no result (found
+    when the results were written, it threw all of them away).  Nothing is created."""
+    for action in parser._actions:
+        path = getattr(args, action.dest, None) if isinstance(action, OutputPath) else None
+        if path:
+            check_writable(path, action.kind)
 
 
 def _identity(path: str) -> tuple[int, int] | None:
