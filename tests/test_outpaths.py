@@ -5,6 +5,7 @@ never a traceback, a lost run or a ``.partial`` file left behind."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,7 @@ COMMANDS = {
     "serve --state-json": ["serve", CHAIN, "--capture", LAN, "--duration", "3", "--state-json", "{path}"],
     "check --json": ["check", CHAIN, SCENARIO, LAN, "--json", "{path}"],
     "check --save-failures": ["check", CHAIN, SCENARIO, LAN, "--save-failures", "{path}"],
+    "bench --json": ["bench", "--quick", "--no-redis", "--json", "{path}"],
     "trace gen -o": ["trace", "gen", "--packets", "10", "-o", "{path}.pcap"],
     "trace scan --truth": ["trace", "scan", "-o", "{keep}", "--truth", "{path}"],
     "trace trojan -o": ["trace", "trojan", "--truth", "{keep}.json", "-o", "{path}.pcap"],
@@ -149,3 +151,48 @@ def test_chc_run_still_writes_into_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["run", CHAIN, LAN, "-c", "20", "-q", "--out", "o.pcap", "--summary-json", "s.json"]) == 0
     assert sorted(os.listdir(tmp_path)) == ["o.pcap", "s.json"]
+
+
+# -- chc bench: as the other commands ----------------------------------------------
+
+def test_bench_json_in_a_missing_folder_is_refused_not_created(tmp_path, capsys):
+    """chc bench made the missing folders of --json, where every other command refuses."""
+    out = tmp_path / "nx" / "r.json"
+    assert main(["bench", "--quick", "--no-redis", "--sections", "store", "--json", str(out)]) == 2
+    assert _one_line(capsys) == f"chc: error: {out}: cannot write (no such directory {tmp_path}/nx)"
+    assert os.listdir(tmp_path) == []
+
+
+def test_bench_png_makes_only_dir_itself_and_refuses_a_missing_parent(tmp_path, capsys):
+    png = tmp_path / "nx" / "plots"
+    assert main(["bench", "--quick", "--no-redis", "--sections", "store", "--png", str(png)]) == 2
+    assert _one_line(capsys) == f"chc: error: {png}: cannot write (no such directory {tmp_path}/nx)"
+    assert os.listdir(tmp_path) == []
+
+
+def test_bench_png_without_matplotlib_is_refused_before_creating_anything(tmp_path, monkeypatch, capsys):
+    """``--png /nonexistent/x`` made the folders, then measured, then said matplotlib
+    was missing: no plots, and folders nobody asked for."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)        # (import matplotlib: ImportError)
+    from chc.bench import runner
+
+    monkeypatch.setattr(runner, "_config", lambda args: pytest.fail("the bench started"))
+    png = tmp_path / "plots"
+    assert main(["bench", "--quick", "--no-redis", "--sections", "store", "--png", str(png)]) == 2
+    assert "needs matplotlib" in _one_line(capsys)
+    assert not png.exists()
+
+
+def test_bench_no_redis_with_redis_is_refused(monkeypatch, capsys):
+    """--no-redis --redis URL ran on memory only and said nothing of the URL."""
+    from chc.bench import runner
+
+    monkeypatch.setattr(runner, "_config", lambda args: pytest.fail("the bench started"))
+    assert main(["bench", "--quick", "--no-redis", "--redis", "redis://127.0.0.1:1", "--sections", "store"]) == 2
+    assert _one_line(capsys) == "chc: error: --no-redis and --redis: give one of them"
+
+
+def test_bench_help_says_what_png_creates(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "-h"])
+    assert "created if missing (its parent must exist)" in " ".join(capsys.readouterr().out.split())
