@@ -29,12 +29,12 @@ from .backends.redis import redact
 from .bench import cmd_bench, register_bench
 from .bpf import compile_filter
 from .capture import STDIN, CaptureError, CaptureReader, CaptureWriter, looks_like_a_capture, open_capture
-from .cliargs import EXIT_INTERRUPTED, EXIT_PARTIAL, UsageError, int_at_least
+from .cliargs import EXIT_INTERRUPTED, EXIT_PARTIAL, OutputPath, UsageError, int_at_least
 from .core.client import MODELS
 from .core.store import StoreError
 from .feed import Feed, capture_summary, stop_on_interrupt
 from .linktypes import adapter_for
-from .outfiles import ClobberError, Outputs, refuse_clobber
+from .outfiles import ClobberError, OutputPathError, Outputs, check_outputs, refuse_clobber
 from .runtime.errors import ProcFailure
 from .runtime.pacing import Pacer
 from .runtime.sim import DEFAULT_BATCH, SimRuntime
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", metavar="[ADDR:]PORT",
                      help="with --live: serve Prometheus metrics on PORT (127.0.0.1 unless ADDR is given)")
     run.set_defaults(rate=None, loop=False, dashboard_port=None, status=None, scenario=None)
-    run.add_argument("--out", metavar="OUT",
+    run.add_argument("--out", action=OutputPath, metavar="OUT",
                      help="write the chain's output packets here (.pcap, .pcapng, optionally .gz; '-' is "
                           "pcap on standard output, and the summary then goes to stderr); the input's "
                           "link type is kept")
@@ -224,9 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "database; a check touches no key outside it, and one on a namespace in use is refused")
     chk.add_argument("-c", "--packets", type=_positive, metavar="N",
                      help="use only the first N packets of CAPTURE (-c as in chc run)")
-    chk.add_argument("--save-failures", metavar="FILE",
+    chk.add_argument("--save-failures", action=OutputPath, kind="append", metavar="FILE",
                      help="append failing seeds to FILE (YAML) to keep them as regression cases")
-    chk.add_argument("--json", metavar="FILE", help="write every seed's verdict as JSON")
+    chk.add_argument("--json", action=OutputPath, metavar="FILE", help="write every seed's verdict as JSON")
     _runtime_args(chk, "the physical run's runtime: sim (default), proc (a process per root, instance and "
                        "store server; of scenario events the scaling, clone, slow and crash ones; docs/proc.md) "
                        "or ray (proc's "
@@ -268,8 +268,10 @@ def _runtime_args(p: argparse.ArgumentParser, what: str) -> None:
 def _outputs_and_state(p: argparse.ArgumentParser) -> None:
     """The options ``chc run`` and ``chc serve`` share: outputs, state model and store,
     batching, parallelism, metadata."""
-    p.add_argument("--summary-json", metavar="FILE", help="write the summary as JSON (see docs/summary.md)")
-    p.add_argument("--state-json", metavar="FILE", help="write every NF's final logical state as JSON")
+    p.add_argument("--summary-json", action=OutputPath, metavar="FILE",
+                   help="write the summary as JSON (see docs/summary.md)")
+    p.add_argument("--state-json", action=OutputPath, metavar="FILE",
+                   help="write every NF's final logical state as JSON")
     p.add_argument("--model", choices=MODELS, default="EO+C+NA",
                      help="state model: T local state; EO externalized, offloaded ops; EO+C plus "
                           "caching; EO+C+NA plus non-blocking ops (default: %(default)s)")
@@ -453,7 +455,7 @@ def _with_chain(args: argparse.Namespace, body: Callable[[Any, Any], int]) -> in
         chain = chain.with_parallelism(args.parallelism)
     if args.no_scaling:
         chain = chain.without_scaling()
-    _check_outputs(args)
+    _refuse_clobber(args)
     store = None
     if args.model == "T" and (args.store != "memory" or args.namespace is not None):
         # (T keeps each NF's state inside its instances: the store, even an unreachable one, is
@@ -600,7 +602,7 @@ def _check_live(args: argparse.Namespace) -> None:
         raise UsageError(f"--live takes no {given[0]} (it reads the interfaces, at their own pace)")
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
+def _refuse_clobber(args: argparse.Namespace) -> None:
     """Refuse, before any work, outputs that would destroy an input or each other."""
     try:
         refuse_clobber({"--out": args.out, "--summary-json": args.summary_json, "--state-json": args.state_json},
@@ -756,8 +758,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        # (before any work: a bad --out found after the run threw the whole run away)
+        check_outputs(_subcommand(parser, args), args)
         return COMMANDS[args.command](args)
-    except (CaptureError, SpecError, UsageError, StoreError, ScenarioError, StateValueError) as exc:
+    except (CaptureError, SpecError, UsageError, StoreError, ScenarioError, StateValueError,
+            OutputPathError) as exc:
         print(f"chc: error: {exc}", file=sys.stderr)
         return 2
     except ProcFailure as exc:          # a proc worker died: no recovery there yet

@@ -1,5 +1,6 @@
-"""What the command-line modules share: argument types, :class:`UsageError` and the
-exit code of an interrupted command.
+"""What the command-line modules share: argument types, :class:`UsageError`, the
+exit code of an interrupted command, and the declaration of output options
+(:class:`OutputPath`, checked by :func:`chc.outfiles.check_outputs`).
 
 ``chc.cli`` imports the subcommand modules (``chc.trace.cli``, ``chc.bench``), and
 they raise the same usage error; it lives here, in a module that imports nothing
@@ -9,7 +10,8 @@ of chc, so that no subcommand module has to import ``chc.cli`` back.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 EXIT_INTERRUPTED = 130     # 128 + SIGINT, as a shell reports Ctrl-C
 EXIT_PARTIAL = 3           # the capture stopped early: the results cover part of it
@@ -17,6 +19,22 @@ EXIT_PARTIAL = 3           # the capture stopped early: the results cover part o
 
 class UsageError(Exception):
     """Bad command-line input: reported in one line, exit code 2."""
+
+
+class OutputPath(argparse.Action):
+    """``add_argument(..., action=OutputPath)``: the option names something the command
+    writes, a file (``kind="file"``, the default), a file it appends to (``"append"``)
+    or a directory it writes files into (``"dir"``).  So declared, the option is
+    checked by :func:`chc.outfiles.check_outputs` before the command starts,
+    wherever it is."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, kind: str = "file", **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.kind = kind
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
 
 
 def int_at_least(minimum: int, maximum: int | None = None, limit: str = "") -> Callable[[str], int]:

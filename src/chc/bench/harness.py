@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from .. import packet as packet_module
 from ..core.instance import Instance
+from ..outfiles import OutputPathError, Outputs
 from ..packet import Packet
 
 if TYPE_CHECKING:                    # inputs and stores import this module
@@ -268,16 +269,36 @@ def render_table(res: dict, sections: Sequence[Section]) -> str:
     return "\n".join(out)
 
 
-def render_plots(res: dict, outdir: str, sections: Sequence[Section]) -> list[str]:
-    """PNG plots of every section that ran; [] with a message if matplotlib is missing."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display needed), or None if
+    matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plots_available() -> bool:
+    """Can :func:`render_plots` draw (is matplotlib installed)?"""
+    return _pyplot() is not None
+
+
+def render_plots(res: dict, outdir: str, sections: Sequence[Section]) -> list[str]:
+    """PNG plots of every section that ran into ``outdir`` (made if missing, but not
+    its parent: a typo there made a tree of folders); [] with a message if
+    matplotlib is missing."""
+    plt = _pyplot()
+    if plt is None:
         progress("chc bench: matplotlib is not installed; no plots (pip install matplotlib)")
         return []
-    os.makedirs(outdir, exist_ok=True)
+    try:
+        if not os.path.isdir(outdir):
+            os.mkdir(outdir)
+    except OSError as exc:          # (checked at the start; what the check cannot see, e.g. root in /proc)
+        raise OutputPathError(f"{outdir}: cannot write ({exc.strerror or exc})") from None
     files = []
     for section in sections:
         files.extend(section.plots(res, plt, outdir))
@@ -299,9 +320,9 @@ def write_results(res: dict, args: argparse.Namespace, sections: Sequence[Sectio
     print(f"\n{res['meta']['elapsed_s']} s; load average {res['meta']['loadavg_start']} -> "
           f"{res['meta']['loadavg_end']} ({res['meta']['cpus']} CPUs)")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(res, fh, indent=1)
-            fh.write("\n")
+        # (renamed into place as chc run's outputs: a failed write keeps an earlier file)
+        with Outputs().transaction() as out:
+            out.open(args.json).write(json.dumps(res, indent=1).encode() + b"\n")
     if args.png:
         files = render_plots(res, args.png, sections)
         if files:

@@ -13,14 +13,14 @@ that order, each adding its keys to one results dict (the ``--json`` file).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 import time
 from typing import Any
 
-from ..cliargs import EXIT_INTERRUPTED
+from ..cliargs import EXIT_INTERRUPTED, OutputPath
+from ..outfiles import OutputPathError, check_outputs
 from . import chain, fig8_fig10, offload, store_engine
 from .harness import (
     BenchError,
@@ -28,6 +28,7 @@ from .harness import (
     Section,
     loadavg,
     meta,
+    plots_available,
     progress,
     render_plots,
     render_table,
@@ -53,12 +54,15 @@ def add_arguments(p: argparse.ArgumentParser, sections: tuple[str, ...] = SECTIO
     p.add_argument("--quick", action="store_true",
                    help="reduced grid (trace2-shaped input only, 2 repetitions, Redis cells capped): "
                         "under 2 minutes")
-    p.add_argument("--json", metavar="FILE", help="write every result as JSON")
-    p.add_argument("--png", metavar="DIR", help="write plots (PNG, needs matplotlib) into DIR")
+    p.add_argument("--json", action=OutputPath, metavar="FILE",
+                   help="write every result as JSON (its directory must exist)")
+    p.add_argument("--png", action=OutputPath, kind="dir", metavar="DIR",
+                   help="write plots (PNG, needs matplotlib: refused at the start without it) into DIR, "
+                        "which is created if missing (its parent must exist)")
     p.add_argument("--redis", metavar="URL",
                    help="Redis server(s) to use, redis://HOST:PORT[,redis://...] (a second URL enables the "
                         "2-shard store test); default: start a private redis-server if one is installed")
-    p.add_argument("--no-redis", action="store_true", help="memory store only")
+    p.add_argument("--no-redis", action="store_true", help="memory store only (not with --redis)")
     p.add_argument("--trace2-scale", type=float, metavar="F",
                    help="scale of the generated trace2-shaped input (default: 0.01 = 64,000 packets; "
                         "quick: 0.005; 1 = full size, 6.4M packets)")
@@ -130,25 +134,22 @@ def _redis(args: argparse.Namespace, servers: int) -> tuple[list[str], str, Priv
 
 def _check_early(args: argparse.Namespace) -> None:
     """What would fail only after minutes of measuring, checked first (a new user's trial:
-    a --redis with nothing there was found after the memory cells, and nothing was written)."""
+    a --redis with nothing there was found after the memory cells, and nothing was written).
+    The output paths themselves are checked before this, by :func:`~chc.outfiles.check_outputs`."""
     from ..backends import open_store
     from ..core.store import StoreError
-    if args.redis and not args.no_redis:
+    if args.redis and args.no_redis:
+        # (the URL was silently ignored: a user meaning one of them got the other)
+        raise BenchError("--no-redis and --redis: give one of them")
+    if getattr(args, "png", None) and not plots_available():
+        # (refused, not skipped at the end: minutes of measuring for plots that never come)
+        raise BenchError(f"--png {args.png}: needs matplotlib, which is not installed (pip install matplotlib)")
+    if args.redis:
         for url in (u.strip() for u in args.redis.split(",") if u.strip()):
             try:
                 open_store(url, fresh=False, lease=False, attempts=2, backoff=0.05).close()
             except (StoreError, ValueError) as exc:
                 raise BenchError(f"--redis: {exc}") from None
-    for flag, path in (("--png", getattr(args, "png", None)), ("--json", getattr(args, "json", None))):
-        if not path:
-            continue
-        where = path if flag == "--png" else (os.path.dirname(os.path.abspath(path)) or ".")
-        try:
-            os.makedirs(where, exist_ok=True)
-        except OSError as exc:
-            raise BenchError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
-        if not os.access(where, os.W_OK):
-            raise BenchError(f"{flag} {path}: cannot write there (permission denied)")
 
 
 def run(args: argparse.Namespace, sections: tuple[str, ...] = SECTIONS) -> dict:
@@ -218,11 +219,12 @@ def main(argv: list[str] | None = None, sections: tuple[str, ...] = SECTIONS, pr
     add_arguments(parser, sections)
     args = parser.parse_args(argv)
     try:
+        check_outputs(parser, args)         # (chc bench: chc's entry point does it)
         res = run(args, sections)
-    except BenchError as exc:
+        finish(res, args)
+    except (BenchError, OutputPathError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    finish(res, args)
     return exit_code(res)
 
 

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from ..capture import EARLY_STOP_OBSERVERS, CaptureError
-from ..cliargs import EXIT_PARTIAL, UsageError, int_at_least
+from ..cliargs import EXIT_PARTIAL, OutputPath, UsageError, int_at_least
 
 __all__ = ["cmd_trace", "register_trace"]
 
@@ -75,7 +75,7 @@ def register_trace(sub: Any) -> None:
                         "1,4,1 rises to 4x and falls back (connections start at that rate); default: constant")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     g.add_argument("--nanosecond", action="store_true", help="nanosecond timestamps (default: microsecond)")
-    g.add_argument("-o", "--out", required=True, metavar="OUT",
+    g.add_argument("-o", "--out", required=True, action=OutputPath, metavar="OUT",
                    help="output capture: .pcap or .pcapng, optionally .gz")
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -93,7 +93,7 @@ def register_trace(sub: Any) -> None:
                                     "input in time (INPUT: the path as given, its file name, or its 1-based "
                                     "position; OFFSET like +1.5s, -200ms, 30us, 12ns).")
     m.add_argument("inputs", nargs="+", metavar="INPUT")
-    m.add_argument("-o", "--out", required=True, metavar="OUT")
+    m.add_argument("-o", "--out", required=True, action=OutputPath, metavar="OUT")
     m.add_argument("--shift", action="append", metavar="INPUT=OFFSET", help="repeatable")
     m.add_argument("--align", action="store_true",
                    help="first shift every input to start when the first input starts")
@@ -102,7 +102,7 @@ def register_trace(sub: Any) -> None:
                         description="Copy a capture, mapping source and destination addresses "
                                     "(RFC 1624 incremental checksum updates).")
     r.add_argument("capture", metavar="FILE")
-    r.add_argument("-o", "--out", required=True, metavar="OUT")
+    r.add_argument("-o", "--out", required=True, action=OutputPath, metavar="OUT")
     r.add_argument("--map", action="append", required=True, metavar="OLD=NEW", help="repeatable")
     r.add_argument("--fix-checksums", action="store_true",
                    help="also recompute checksums that were already wrong in the input (NIC offload)")
@@ -113,7 +113,7 @@ def register_trace(sub: Any) -> None:
                                     "one internal host per instance, and write the ground truth.")
     t.add_argument("background", nargs="?", default=str(DEFAULT_BACKGROUND), metavar="BACKGROUND",
                    help="background capture (default: the bundled lan-2012.pcap.gz)")
-    t.add_argument("-o", "--out", required=True, metavar="OUT")
+    t.add_argument("-o", "--out", required=True, action=OutputPath, metavar="OUT")
     where = t.add_mutually_exclusive_group()
     where.add_argument("--count", type=_positive_int, help="number of instances, evenly spread (default 1)")
     where.add_argument("--at", action="append", metavar="POSITIONS",
@@ -127,13 +127,14 @@ def register_trace(sub: Any) -> None:
     t.add_argument("--spread", type=_positive_int, default=1, metavar="D",
                    help="background packets between two packets of a session (default: %(default)s)")
     t.add_argument("--ftp-file", default="NOTEPAD.EXE", help="the RETR of pe_pe.pcap to use (default: %(default)s)")
-    t.add_argument("--truth", required=True, metavar="TRUTH.json", help="write the ground truth here")
+    t.add_argument("--truth", required=True, action=OutputPath, metavar="TRUTH.json",
+                   help="write the ground truth here")
 
     s = tsub.add_parser("scan", help="plant TCP SYN scans (ground truth JSON)",
                         description="Plant TCP SYN scans from new internal hosts against hosts of a background "
                                     "capture and write the ground truth (scanner hosts).")
     s.add_argument("background", nargs="?", default=str(DEFAULT_BACKGROUND), metavar="BACKGROUND")
-    s.add_argument("-o", "--out", required=True, metavar="OUT")
+    s.add_argument("-o", "--out", required=True, action=OutputPath, metavar="OUT")
     s.add_argument("--scanners", type=_positive_int, default=1, metavar="N", help="default: %(default)s")
     s.add_argument("--ports", default="1-1024", help="ports to probe, e.g. 1-1024 or 22,80,443 (default: %(default)s)")
     s.add_argument("--targets", type=_positive_int, default=8, metavar="N",
@@ -152,7 +153,8 @@ def register_trace(sub: Any) -> None:
     s.add_argument("--any-order", action="store_true",
                    help="keep the first probing order drawn even if TRW would not flag the scanner "
                         "(default: redraw the order, never which ports are open)")
-    s.add_argument("--truth", required=True, metavar="TRUTH.json", help="write the ground truth here")
+    s.add_argument("--truth", required=True, action=OutputPath, metavar="TRUTH.json",
+                   help="write the ground truth here")
 
 
 def _bar(args: argparse.Namespace, desc: str, total: int | None = None, unit: str = " pkt"):
