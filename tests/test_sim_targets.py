@@ -125,3 +125,13 @@ def test_the_same_seed_resolves_the_same_instances(records):
               {"at": {"packets": 1200}, "do": "crash", "target": "nat[0]"}]
     runs = [_check(records, events)[1].events_log for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def test_a_scale_out_after_a_failover_adds_the_next_logical_index(records):
+    """As on proc: nat[2] is the scale-out's instance, not nat[0]'s failover instance
+    (whose index on the sim is 2)."""
+    res, rt, _ = _check(records, [CRASH, {"at": {"packets": 600}, "do": "scale-out", "target": "nat"},
+                                  {"at": {"packets": 900}, "do": "crash", "target": "nat[2]"}])
+    [out] = _of(rt, "scale-out")
+    assert out["logical"] == 2 and out["instance"] != _failover_instance(rt)
+    assert _of(rt, "crash")[1]["instance"] == out["instance"] and res.not_done == []
