@@ -464,6 +464,7 @@ def describe(r: dict) -> str:
         lines += _fault_lines(faults)
     if r.get("events"):
         lines.append("    events: " + ", ".join(f"{k} {n}" for k, n in r["events"].items()))
+    lines += _not_done_lines(r.get("not_done") or [])
     for name, did in r["breaks"].items():
         lines.append(f"    break {name}: {did or 'found nothing to act on (not exercised)'}")
     if r["unrecoverable"]:
@@ -476,6 +477,20 @@ def describe(r: dict) -> str:
             lines.append(f"    likely cause: {r['likely_cause']}")
         lines += [f"    also: {d}" for d in r["divergences"][1:3]]
     return "\n".join(lines)
+
+
+SHOWN_NOT_DONE = 5      # events not carried out a seed's lines name (--json: not_done has every one)
+
+
+def _not_done_lines(not_done: list[dict]) -> list[str]:
+    """What the seed's run was asked and did not do, each with its reason (a PASS was
+    read as "the clone was checked" beside a bare "clone-refused 1")."""
+    lines = [f"    not done: {d['kind']} {d['target']}"
+             + (f" at packet {d['packet']}" if d.get("packet") is not None else "")
+             + (f": {d['reason']}" if d.get("reason") else "") for d in not_done[:SHOWN_NOT_DONE]]
+    if len(not_done) > SHOWN_NOT_DONE:
+        lines.append(f"    and {len(not_done) - SHOWN_NOT_DONE} more not done (--json: not_done)")
+    return lines
 
 
 SHOWN_KINDS = 3         # kinds of NF error a seed's lines show (--json has every one)

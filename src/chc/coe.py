@@ -378,6 +378,8 @@ class CheckResult:
     network: dict = dataclasses.field(default_factory=dict)
     steps: int = 0                       # store operations recorded
     events: dict = dataclasses.field(default_factory=dict)     # what the run did: kind -> how often
+    # what it did not do of what it was asked (refused, ignored, skipped), each with why
+    not_done: list[dict] = dataclasses.field(default_factory=list)
     # --kill (and proc's scenario crashes): each planned kill that tested no recovery
     # ({process, reason}; None: not known), and how many were planned
     kills_not_made: list[dict] | None = None
@@ -549,13 +551,14 @@ def check_runtime(chain: Chain, rt: SimRuntime, records: list[tuple[int, bytes]]
         phys = _collect(rt, records)
     except Unrecoverable as exc:
         return CheckResult([], [], None, None, unrecoverable=str(exc), network=rt.net.describe(),
-                           events=_event_counts(rt.events_log))
+                           events=_event_counts(rt.events_log), not_done=_not_done(rt.events_log))
     except StoreError as exc:
         # The store refused the physical run (e.g. two instances updating one flow's
         # state): a divergence in itself, reported rather than raised.
         div = Divergence("store", "refused an operation and stopped the physical run", None,
                          "every operation accepted", f"{type(exc).__name__}: {exc}")
-        return CheckResult([div], [], None, None, network=rt.net.describe(), events=_event_counts(rt.events_log))
+        return CheckResult([div], [], None, None, network=rt.net.describe(), events=_event_counts(rt.events_log),
+                           not_done=_not_done(rt.events_log))
     if tamper is not None:
         tamper(rt, phys)
     rep = replay(obs.serial.steps)
@@ -563,7 +566,8 @@ def check_runtime(chain: Chain, rt: SimRuntime, records: list[tuple[int, bytes]]
     divs = _compare_store(obs.serial, rep, phys, obs.issued_updates(), obs.deleted) if rt.store is not None else []
     divs = compare(ref, phys, chain) + divs + _live_at_deletion(obs) + _log_liveness(rt)
     return CheckResult(divs, ref.notes, phys, ref, network=rt.net.describe(), steps=len(obs.serial.steps),
-                       events=_event_counts(rt.events_log), cause=obs.split_cause() if divs else None)
+                       events=_event_counts(rt.events_log), not_done=_not_done(rt.events_log),
+                       cause=obs.split_cause() if divs else None)
 
 
 def _live_at_deletion(obs: Observers) -> list[Divergence]:
@@ -985,7 +989,8 @@ class SeedResult:
         r = self.result
         return {"seed": self.variant.seed, "verdict": self.verdict, "ok": self.verdict == "pass",
                 "variant": self.variant.as_json(), "drawn": self.variant.describe(),
-                "faults": r.network, "events": r.events, "breaks": self.breaks, "store_steps": r.steps,
+                "faults": r.network, "events": r.events, "not_done": r.not_done, "breaks": self.breaks,
+                "store_steps": r.steps,
                 "unrecoverable": r.unrecoverable,
                 "first_divergence": str(r.first) if r.first else None,
                 "likely_cause": r.cause,
@@ -1215,7 +1220,7 @@ def _check_proc(chain: Chain, scenario: Any, records: list[tuple[int, bytes]], v
     # (§5.3 a copy of a clone pair killed: the pair went on as the other copy, its recovery)
     recovered = failovers + [e for e in s.events if e["kind"] == "clone-resolved" and e.get("by") == "death"]
     result = CheckResult(divs, ref.notes, phys, ref, network=_kill_faults(planned, v.kill, recovered, s.events),
-                         steps=len(obs.serial.steps), events=_event_counts(s.events),
+                         steps=len(obs.serial.steps), events=_event_counts(s.events), not_done=_not_done(s.events),
                          kills_not_made=_kills_not_made(planned, v.kill, recovered, s.events),
                          kills_planned=planned)
     return SeedResult(v, result, _verdict(result, breaks, state.acted), state.said())
@@ -1225,6 +1230,26 @@ def _event_counts(events: list[dict]) -> dict[str, int]:
     """How often the run did each kind of thing (scale-out, move, crash, failover, a
     refusal, ...), so a seed's report shows what its scenario exercised."""
     return dict(sorted(collections.Counter(e["kind"] for e in events).items()))
+
+
+_NOT_DONE = ("-refused", "-ignored", "-skipped")
+
+
+def _not_done(events: list[dict]) -> list[dict]:
+    """Each thing the run was asked to do and did not (a kind ending in -refused,
+    -ignored or -skipped), with what it named, when and why.  The counts alone read
+    as done: "clone-refused 1" beside a PASS, with no reason in the output or in
+    --json, was taken for a checked clone."""
+    out = []
+    for e in events:
+        if not e["kind"].endswith(_NOT_DONE):
+            continue
+        inst = e.get("instance")
+        named = e.get("target") or e.get("process") or \
+            (f"{e['vertex']}[{inst}]" if inst is not None else e.get("vertex"))
+        out.append({"kind": e["kind"], "target": named, "packet": e.get("packet"), "reason": e.get("reason"),
+                    **({"by": e["by"]} if "by" in e else {})})
+    return out
 
 
 def _kills_not_made(planned: int, kill: str, failovers: list[dict], events: list[dict]) -> list[dict]:

@@ -29,6 +29,11 @@ per-instance delay distributions, a seed, and timed events::
       vertices: [nat, portscan]     # default: every vertex; ``store``, ``root[i]``: their crash
       between: {packets: [200, 3000]}                # default: the whole input
 
+``vertex[i]`` names logical instance ``i`` (one the chain started with or a
+scale-out added), whichever instance serves it now: after ``nat[0]`` failed over,
+its failover instance, on either runtime (:mod:`chc.runtime.sim`'s theory of
+operation).  An event that cannot apply is logged refused or ignored with why.
+
 Events fire before the input packet they name (``packets``: its index;
 ``time_us``: the first packet arriving at or after that virtual time), so a run
 with events is as deterministic and batch-size independent as one without.

@@ -62,6 +62,17 @@ is failed over from a checkpoint and the instances' write-ahead logs and caches
 recovered stops the run with :class:`Unrecoverable`; the COE checker reports it
 as such.
 
+Logical instances.  A failover instance, and a clone that is kept, is a new
+instance here with an index of its own (the vertex's next one), serving under the
+logical identity of the one it replaces.  A scenario's ``vertex[i]`` names logical
+instance ``i``, as on the proc runtime (where the failover process keeps its name):
+one the chain started with or a scale-out added, whichever instance serves it now
+(:attr:`SimRuntime.serving`, :meth:`SimRuntime.resolve`).  A crash, slow, clone or
+move of ``nat[0]`` after ``nat[0]`` failed over reaches its failover instance (it
+reached the retired one: ignored, or refused with no reason shown).  An event
+whose logical instance cannot take it (retired by a scale-in, crashed and not failed
+over yet) is logged ``<action>-refused`` or ``-ignored`` with the reason.
+
 Determinism: seeded delays, stable hashes, sorted merges; no wall clock inside.
 """
 
@@ -236,6 +247,12 @@ class SimRuntime:
         }
         for inst in self._all_instances():
             self._clock_reads(inst)
+        # Per vertex, logical instance -> the instance serving it now: a failover
+        # instance, or a kept clone, takes its slot; a scale-out adds one.  What a
+        # scenario's ``vertex[i]`` names (see the module's theory of operation).
+        self.serving: dict[str, list[int]] = {name: list(range(v.parallelism))
+                                              for name, v in chain.vertices.items()}
+        self.retired_why: dict[tuple[str, int], str] = {}     # (vertex, instance) -> how it was retired
         self.seed = seed
         self.delay_specs = dict(delays or {})
         self._delays(self.delay_specs, seed)
@@ -365,7 +382,8 @@ class SimRuntime:
         return [i for insts in self.instances.values() for i in insts]
 
     def targets(self, target: str | None) -> list[Instance]:
-        """Instances named by ``vertex`` (all of them) or ``vertex[i]`` (one)."""
+        """Instances named by ``vertex`` (all of them) or ``vertex[i]`` (the one serving
+        logical instance ``i`` now, :meth:`resolve`)."""
         if not target:
             raise ValueError("an instance target (vertex or vertex[i]) is required")
         name, _, rest = target.partition("[")
@@ -376,10 +394,43 @@ class SimRuntime:
             idx = rest.rstrip("]")
             if not idx.isdigit():
                 raise ValueError(f"{target!r}: expected {name}[N] with a number N")
-            if int(idx) >= len(insts):
-                raise NoSuchInstance(f"{target!r}: {name} has instances 0-{len(insts) - 1}")
-            insts = [insts[int(idx)]]
+            insts = [insts[self.resolve(name, int(idx))]]
         return insts
+
+    def resolve(self, vertex: str, logical: int) -> int:
+        """The instance serving logical instance ``vertex[logical]`` now (after failovers
+        and kept clones); :class:`NoSuchInstance` if the vertex has not had it."""
+        slots = self.serving[vertex]
+        if not 0 <= logical < len(slots):
+            raise NoSuchInstance(f"'{vertex}[{logical}]': {vertex} has instances 0-{len(slots) - 1}")
+        return slots[logical]
+
+    def _serve(self, vertex: str, old: int, new: int) -> None:
+        """Instance ``new`` takes over the logical instance ``old`` served (§5.3, §5.4)."""
+        slots = self.serving[vertex]
+        if old in slots:
+            slots[slots.index(old)] = new
+
+    def unavailable(self, vertex: str, logical: int) -> str | None:
+        """Why logical instance ``vertex[logical]`` cannot take an event now (retired by a
+        scale-in, crashed and not failed over yet); None if it can."""
+        i = self.resolve(vertex, logical)
+        name = f"{vertex}[{logical}]"
+        if (vertex, i) in self.dead:
+            f = next((f for f in self.failures if f.vertex == vertex and f.instance == i), None)
+            return f"{name} crashed{f' at packet {f.crashed_packet}' if f else ''} and is not failed over yet"
+        if (vertex, i) in self.retired:
+            return f"{name} was {self.retired_why.get((vertex, i), 'retired')}"
+        if (vertex, i) in self.retiring:
+            return f"{name} is being retired by a scale-in"
+        return None
+
+    def _named(self, vertex: str, i: int) -> dict:
+        """For a log entry about instance ``i``: the logical instance it serves, when its
+        index is not that one's (a failover instance, a kept clone), so the entry says
+        which ``vertex[i]`` of the scenario it is."""
+        slots = self.serving.get(vertex, [])
+        return {"logical": slots.index(i)} if i in slots and slots.index(i) != i else {}
 
     def set_delay(self, target: str, spec: str | None) -> None:
         for inst in self.targets(target):
@@ -916,10 +967,11 @@ class SimRuntime:
         i = self.flowmaps[vertex].add_instance()
         inst = Instance(vertex, i, v.nf, v.config, self.model, self._link(vertex, i), exclusive=False)
         self._install(vertex, inst)
+        self.serving[vertex].append(i)      # a new logical instance: vertex[len - 1] names it
         for hook in self.instance_hooks:
             hook(inst)
         self._share(vertex)                 # R3: objects the split makes shared
-        self._log("scale-out", vertex, i, **why)
+        self._log("scale-out", vertex, i, **self._named(vertex, i), **why)
         self._rebalance(vertex)
 
     def _install(self, vertex: str, inst: Instance) -> None:
@@ -936,9 +988,28 @@ class SimRuntime:
         self.splitters[vertex].append(self._splitters(v.successors + v.taps_out))
         self._order = self._ordering()
 
-    def scale_in(self, vertex: str, instance: int | None = None, **why: Any) -> None:
-        """Retire an instance: its flow groups move to the others first (§5.1)."""
-        self._when_idle(vertex, lambda: self._scale_in(vertex, instance, why))
+    def scale_in(self, vertex: str, instance: int | None = None, *, logical: bool = False, **why: Any) -> None:
+        """Retire an instance: its flow groups move to the others first (§5.1).  With
+        ``logical``, ``instance`` names a logical instance (a scenario's ``vertex[i]``),
+        resolved when the scale-in runs (:meth:`resolve`)."""
+        def go() -> None:
+            i = instance if instance is None or not logical else \
+                self._serving_now("scale-in-refused", vertex, instance, why)
+            if i is not None or instance is None:
+                self._scale_in(vertex, i, why)
+        self._when_idle(vertex, go)
+
+    def _serving_now(self, refused: str, vertex: str, logical: int, why: dict) -> int | None:
+        """The instance serving ``vertex[logical]`` when an event on it runs (it may have
+        failed over since it fired, or while it waited for a hand-over); None, and the
+        event logged as ``refused`` with the reason, if that logical instance cannot take
+        it (retired by a scale-in, crashed and not failed over yet)."""
+        reason = self.unavailable(vertex, logical)
+        if reason is not None:
+            self._refuse(refused, vertex, self.resolve(vertex, logical), reason,
+                         {**why, "target": f"{vertex}[{logical}]"})
+            return None
+        return self.resolve(vertex, logical)
 
     def _scale_in(self, vertex: str, instance: int | None, why: dict) -> None:
         active = self.active(vertex)
@@ -956,14 +1027,24 @@ class SimRuntime:
             self._move(vertex, groups, to)
         self._retire_if_done(vertex, victim.instance_id)
 
-    def move(self, vertex: str, source: int, to: int, fraction: float) -> None:
-        """Move ``fraction`` of ``source``'s flow groups to instance ``to``."""
+    def move(self, vertex: str, source: int, to: int, fraction: float, *, logical: bool = False,
+             **why: Any) -> None:
+        """Move ``fraction`` of ``source``'s flow groups to instance ``to``.  With
+        ``logical``, both name logical instances (a scenario's ``from`` and ``to``),
+        resolved when the move runs: after a failover, the failover instance."""
         def go() -> None:
-            if to not in {a.instance_id for a in self.active(vertex)}:
-                self._log("move-refused", vertex, to, source=source, reason="not an active instance")
+            src, dst = source, to
+            if logical:
+                src = self._serving_now("move-refused", vertex, source, {**why, "source": source, "to": to})
+                dst = None if src is None else \
+                    self._serving_now("move-refused", vertex, to, {**why, "source": source, "to": to})
+                if src is None or dst is None:
+                    return
+            if dst not in {a.instance_id for a in self.active(vertex)}:
+                self._log("move-refused", vertex, dst, source=src, reason="not an active instance", **why)
                 return
-            groups = self.flowmaps[vertex].groups_of(source)
-            self._move(vertex, groups[:int(len(groups) * fraction)], to)
+            groups = self.flowmaps[vertex].groups_of(src)
+            self._move(vertex, groups[:int(len(groups) * fraction)], dst, why)
         self._when_idle(vertex, go)
 
     def refine(self, vertex: str, **why: Any) -> None:
@@ -1221,6 +1302,7 @@ class SimRuntime:
             return                          # still has packets or flow groups of its own
         self.retiring.discard((vertex, i))
         self.retired.add((vertex, i))
+        self.retired_why[(vertex, i)] = f"retired by scale-in at packet {sum(r.packets_in for r in self.roots)}"
         if inst.client is not None:
             inst.client.settle()
         fm = self.flowmaps[vertex]
@@ -1232,11 +1314,17 @@ class SimRuntime:
 
     # -- straggler mitigation (§5.3, Figure 5) --------------------------------------------
     def clone(self, vertex: str, instance: int | None = None, for_packets: int = 0, for_us: float = 0,
-              **why: Any) -> None:
+              *, logical: bool = False, **why: Any) -> None:
         """Start a clone of a straggler of ``vertex`` (``instance``, or the active one
         furthest behind); the pair runs side by side until one is kept (§5.3): at
-        least ``for_packets`` more input packets and ``for_us`` of virtual time."""
-        self._when_idle(vertex, lambda: self._clone(vertex, instance, for_packets, int(for_us * 1000), why))
+        least ``for_packets`` more input packets and ``for_us`` of virtual time.  With
+        ``logical``, ``instance`` names a logical instance, resolved when the clone starts."""
+        def go() -> None:
+            i = instance if instance is None or not logical else \
+                self._serving_now("clone-refused", vertex, instance, why)
+            if i is not None or instance is None:
+                self._clone(vertex, i, for_packets, int(for_us * 1000), why)
+        self._when_idle(vertex, go)
 
     def _pair(self, vertex: str, i: int) -> Clone | None:
         for c in self.clones:
@@ -1326,7 +1414,8 @@ class SimRuntime:
         pair.emulated_at_start = self._emulated()
         clone.queue.extend(replay)
         self.clones.append(pair)
-        self._log("clone", vertex, s, clone=i, replayed=pair.replayed, already_processed=pair.already_processed,
+        self._log("clone", vertex, s, clone=i, **self._named(vertex, s),
+                  replayed=pair.replayed, already_processed=pair.already_processed,
                   in_transit=len(replay), **why)
 
     def _merge_pair(self, pair: Clone, v: Any, held: dict[int, tuple], out: list[Packet]) -> None:
@@ -1459,10 +1548,12 @@ class SimRuntime:
                 c.free_at = pair.last_vt
             fm = self.flowmaps[vertex]
             fm.move(fm.groups_of(s.instance_id), c.instance_id)
+            self._serve(vertex, s.instance_id, c.instance_id)
             self._move_processed(vertex, s.instance_id, c.instance_id)
             # The clone's queue holds copies that came over the straggler's data links.
             self._take_links(vertex, s.instance_id, c.instance_id)
         self.retired.add((vertex, gone.instance_id))
+        self.retired_why[(vertex, gone.instance_id)] = "retired as the slower copy of a clone pair"
         shared_view(pair.saved, kept)
         self._share(vertex)
         emulated = self._emulated()
@@ -1522,11 +1613,17 @@ class SimRuntime:
         for p in batch:
             modes[(vertex, p.clock)] = shared
 
-    def crash(self, vertex: str, instance: int, heartbeat_us: float = 20, misses: int = 3, **why: Any) -> None:
+    def crash(self, vertex: str, instance: int, heartbeat_us: float = 20, misses: int = 3, *,
+              logical: bool = False, **why: Any) -> None:
         """``vertex[instance]`` stops (fail-stop): its queue, cache, timers and unsent
         updates are gone.  The framework notices ``misses`` heartbeats later and fails
-        it over (:meth:`_failover`)."""
-        self._when_idle(vertex, lambda: self._crash(vertex, instance, heartbeat_us, misses, why), failover=False)
+        it over (:meth:`_failover`).  With ``logical``, ``instance`` names a logical
+        instance: after a failover, its failover instance crashes."""
+        def go() -> None:
+            i = self._serving_now("crash-ignored", vertex, instance, why) if logical else instance
+            if i is not None:
+                self._crash(vertex, i, heartbeat_us, misses, why)
+        self._when_idle(vertex, go, failover=False)
 
     def _crash(self, vertex: str, instance: int, heartbeat_us: float, misses: int, why: dict) -> None:
         if self.store is None:
@@ -1545,7 +1642,7 @@ class SimRuntime:
                     why)
         self.dead.add((vertex, instance))
         self.failures.append(f)
-        self._log("crash", vertex, instance, detect_vt=f.detect_vt, **why)
+        self._log("crash", vertex, instance, detect_vt=f.detect_vt, **self._named(vertex, instance), **why)
 
     def _failure_vt(self, heartbeat_us: float, misses: int) -> tuple[float, int]:
         """A crash now: when it happens and when it is noticed.  The last heartbeat came at
@@ -1618,9 +1715,11 @@ class SimRuntime:
             hook(new)
         fm = self.flowmaps[vertex]
         fm.move(fm.groups_of(x), i)
+        self._serve(vertex, x, i)
         self._move_processed(vertex, x, i)
         self._take_links(vertex, x, i)
         self.retired.add((vertex, x))
+        self.retired_why[(vertex, x)] = f"failed over to instance {i}"
         start = f.detect_vt
         new.free_at = start
         self.links[(vertex, i)].t = start
@@ -1657,7 +1756,8 @@ class SimRuntime:
             if gifts:
                 self.gifts[(vertex, i)] = gifts
         self._share(vertex)
-        self._log("failover", vertex, x, failover_instance=i, crashed_vt=f.crashed_vt, detected_vt=f.detect_vt,
+        self._log("failover", vertex, x, failover_instance=i, **self._named(vertex, i),
+                  crashed_vt=f.crashed_vt, detected_vt=f.detect_vt,
                   detect_ns=int(f.detect_vt - f.crashed_vt), crashed_packet=f.crashed_packet,
                   replayed=len(processed) if self.replay_on_failover else 0,
                   replayed_sharing_otherwise=other, moved_timers_replayed=given,
@@ -2085,6 +2185,20 @@ def _instance_targets(rt: SimRuntime, event: Any) -> list[Instance]:
     return rt.targets(event.target)
 
 
+def _set_delay(rt: SimRuntime, event: Any, spec: str | None) -> None:
+    """``slow`` and ``speed-up``: the instances named (``vertex[i]``: the one serving
+    logical instance ``i`` now); one that cannot take it is logged refused with why, as
+    proc logs it (the delay of a retired instance changed nothing, silently)."""
+    i = _index(event)
+    if i is not None:
+        reason = rt.unavailable(event.vertex, i)
+        if reason is not None:
+            rt._log(f"{event.action}-refused", event.vertex, rt.resolve(event.vertex, i), reason=reason,
+                    by="scenario", target=event.target)
+            return
+    rt.set_delay(event.target, spec)
+
+
 def _link_targets(rt: SimRuntime, event: Any) -> list[str | None]:
     """Store links named by an event: every link (no target, or ``*``), a vertex's, one instance's."""
     if event.target in (None, "*"):
@@ -2128,7 +2242,9 @@ def _crash(rt: SimRuntime, event: Any) -> None:
     vertex, _, rest = target.partition("[")
     why = {"by": "scenario"}
     if rest:
-        rt.crash(vertex, int(rest.rstrip("]")), p.get("heartbeat_us", 20), p.get("misses", 3), **why)
+        # a logical instance: its failover instance after a failover (the module's theory)
+        rt.crash(vertex, int(rest.rstrip("]")), p.get("heartbeat_us", 20), p.get("misses", 3), logical=True,
+                 **why, target=target)
         return
     # A vertex only: the seed's pick among its active instances (when it fires).
     def pick() -> None:
@@ -2299,7 +2415,6 @@ def _check_clone(event: Any) -> None:
 
 def _apply_move(rt: SimRuntime, event: Any) -> None:
     vertex = _vertex(rt, event)
-    n = len(rt.instances[vertex])
     if "pick" in event.params:
         # A seed-drawn move: two of the instances active now.
         active = [a.instance_id for a in rt.active(vertex)]
@@ -2311,21 +2426,40 @@ def _apply_move(rt: SimRuntime, event: Any) -> None:
         rt.move(vertex, src, to, float(event.params.get("fraction", 0.5)))
         return
     src, to = event.params["from"], event.params["to"]
+    n = len(rt.serving[vertex])
     if src >= n or to >= n:
         # (how many there are depends on the run so far: refused and logged, as the proc
         # runtime does, not a failure in the middle of a run or a serve)
         rt._refuse("move-refused", vertex, src, f"instances are 0-{n - 1}, got from {src} to {to}", {})
         return
-    rt.move(vertex, src, to, float(event.params.get("fraction", 0.5)))
+    # from and to name logical instances, as on proc: after a failover, its instance
+    rt.move(vertex, src, to, float(event.params.get("fraction", 0.5)), logical=True)
+
+
+def _apply_scale_in(rt: SimRuntime, event: Any) -> None:
+    vertex, i = _vertex(rt, event), _index(event)
+    if i is None:
+        rt.scale_in(vertex)
+        return
+    rt.resolve(vertex, i)               # (NoSuchInstance now: refused as not there when it fired)
+    rt.scale_in(vertex, i, logical=True, target=event.target)
+
+
+def _apply_clone(rt: SimRuntime, event: Any) -> None:
+    vertex, i = _vertex(rt, event), _index(event)
+    if i is not None:
+        rt.resolve(vertex, i)
+    rt.clone(vertex, i, int(event.params.get("for_packets", 0)), float(event.params.get("for_us", 0)),
+             logical=i is not None, **({"target": event.target} if i is not None else {}))
 
 
 ACTIONS: dict[str, Action] = {
     # Slow an instance down: a new per-packet delay distribution from here on.
     "slow": Action(lambda e: _check_delay(e, True),
-                   lambda rt, e: rt.set_delay(e.target, str(e.params["delay"]))),
+                   lambda rt, e: _set_delay(rt, e, str(e.params["delay"]))),
     # Speed it up again: a faster distribution, or none (instant processing).
     "speed-up": Action(lambda e: _check_delay(e, False),
-                       lambda rt, e: rt.set_delay(e.target, e.params.get("delay"))),
+                       lambda rt, e: _set_delay(rt, e, e.params.get("delay"))),
     # Store-link faults of one instance (target), a vertex's or every link (no target):
     # lose, duplicate or hold back (by_us) the next `count` messages (requests or replies).
     "drop": Action(_check_fault, _fault("drop"), _link_targets),
@@ -2338,7 +2472,7 @@ ACTIONS: dict[str, Action] = {
     # one (vertex: its newest active instance; vertex[i]: that one), move a fraction
     # of one instance's flow groups to another.
     "scale-out": Action(_check_scale, lambda rt, e: rt.scale_out(_vertex(rt, e)), _vertex),
-    "scale-in": Action(_check_scale, lambda rt, e: rt.scale_in(_vertex(rt, e), _index(e)), _vertex),
+    "scale-in": Action(_check_scale, _apply_scale_in, _vertex),
     "move": Action(_check_move, _apply_move, _vertex),
     # §4.1: partition a vertex on the next finer scope of its NF (flows handed over).
     "refine": Action(_check_refine, lambda rt, e: rt.refine(_vertex(rt, e)), _vertex),
@@ -2349,9 +2483,7 @@ ACTIONS: dict[str, Action] = {
     # behind); the pair runs side by side, the faster copy is kept once the clone has
     # processed its replay, for_packets more input packets came and for_us of virtual
     # time passed (defaults 0).
-    "clone": Action(_check_clone, lambda rt, e: rt.clone(_vertex(rt, e), _index(e),
-                                                         int(e.params.get("for_packets", 0)),
-                                                         float(e.params.get("for_us", 0)))),
+    "clone": Action(_check_clone, _apply_clone),
     # Crash an instance, a root or the store: its memory is lost (recovery: R6).
     "crash": Action(_check_crash, _crash, _crash_target),
 }
