@@ -33,7 +33,7 @@ from chc.packet import (
 from chc.trace.gen import PROFILES
 from chc.trace.ops import parse_offset
 from chc.trace.scan import parse_ports
-from chc.trace.stats import inspect_capture
+from chc.trace.stats import inspect_capture, render
 
 ROOT = Path(__file__).resolve().parent.parent
 LAN = str(ROOT / "traces/pathspider/lan-2012.pcap.gz")
@@ -183,7 +183,7 @@ def test_inspect_lan_exact_counts(capsys):
     assert s["hosts"] == 25
     assert s["non_ip"] == 743 and s["malformed"] == 0 and s["ipv4"] == 62038
     assert {k: s["sizes"][k] for k in ("p5", "p50", "p95")} == {"p5": 62, "p50": 66, "p95": 90}
-    assert s["protocols"] == {"icmp": 105, "ip-proto-2": 29, "tcp": 60873, "udp": 1031}
+    assert s["protocols"] == {"icmp": 105, "igmp": 29, "tcp": 60873, "udp": 1031}
     assert s["duration_s"] == pytest.approx(3598.996093)
 
 
@@ -199,6 +199,9 @@ def test_inspect_garbage_counts_malformed():
     assert s["packets"] == 5000
     assert s["malformed"] + s["non_ip"] + s["ipv4"] + s["ipv6"] == 5000
     assert s["non_ip"] > 4000
+    # (rendered: no empty protocol list, no "(; 0 distinct" from an empty flow breakdown)
+    text = render(s)
+    assert "flows        0  (0 distinct 5-tuples)" in text and "protocols    none (no IP packet)" in text
 
 
 def test_inspect_bad_file(tmp_path, capsys):

@@ -286,7 +286,7 @@ def _outputs_and_state(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store-ca", metavar="FILE", help="rediss://: CA certificate(s) to verify the server")
     p.add_argument("--store-cert", metavar="FILE", help="rediss://: client certificate")
     p.add_argument("--store-key", metavar="FILE", help="rediss://: client certificate's key")
-    p.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH,
+    p.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH, metavar="N",
                      help="packets per batch on the data path (default: %(default)s); "
                           "results do not depend on it")
     p.add_argument("--parallelism", type=_parallelism, metavar="N",

@@ -66,7 +66,7 @@ def register_trace(sub: Any) -> None:
                                     "trace1 = 3.8M packets, 1.7K connections, median 368 B; trace2 = 6.4M "
                                     "packets, 199K connections, median 1434 B.")
     g.add_argument("--profile", choices=("trace1", "trace2"), default="trace2", help="default: %(default)s")
-    g.add_argument("--packets", type=_positive_int, help="number of packets (overrides the profile)")
+    g.add_argument("--packets", type=_positive_int, metavar="N", help="number of packets (overrides the profile)")
     g.add_argument("--connections", type=_positive_int, help="number of connections (overrides the profile)")
     g.add_argument("--scale", type=_positive_float, default=1.0,
                    help="scale packets and connections (and duration) of the profile; default 1")

@@ -42,7 +42,10 @@ __all__ = ["PERCENTILES", "inspect_capture", "render"]
 PERCENTILES = (5, 25, 50, 75, 95)
 _U32 = struct.Struct("!I")
 _NEW = object()
-_PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMP6: "icmpv6"}
+_PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMP6: "icmpv6",
+                # (IANA numbers of the others a LAN capture holds: a new user read IGMP as "ip-proto-2")
+                2: "igmp", 4: "ipip", 41: "ipv6-in-ipv4", 47: "gre", 50: "esp", 51: "ah", 89: "ospf",
+                103: "pim", 112: "vrrp", 132: "sctp"}
 
 
 def _percentiles(hist: dict[int, int], total: int) -> dict[str, int]:
@@ -173,12 +176,14 @@ def render(s: dict) -> str:
     lines = [
         f"{s['path']} ({s['format']}, link type {s['linktype']})",
         f"  packets      {s['packets']:,}  ({s['bytes']:,} bytes)",
-        f"  flows        {s['flows']:,}  (" + ", ".join(f"{k} {v:,}" for k, v in s["flows_by_protocol"].items())
-        + f"; {s['five_tuples']:,} distinct 5-tuples)",
+        f"  flows        {s['flows']:,}  ("
+        + "".join(f"{k} {v:,}, " for k, v in s["flows_by_protocol"].items()).removesuffix(", ")
+        + ("; " if s["flows_by_protocol"] else "") + f"{s['five_tuples']:,} distinct 5-tuples)",
         f"  TCP SYNs     {s['tcp_syns']:,}",
         f"  hosts        {s['hosts']:,}",
         "  sizes        " + "  ".join(f"{k} {v}" for k, v in s["sizes"].items()),
-        "  protocols    " + ", ".join(f"{k} {v:,} ({100 * v / n:.1f}%)" for k, v in s["protocols"].items()),
+        "  protocols    " + (", ".join(f"{k} {v:,} ({100 * v / n:.1f}%)" for k, v in s["protocols"].items())
+                             or "none (no IP packet)"),
         f"  IPv4 {s['ipv4']:,}  IPv6 {s['ipv6']:,}  fragments {s['fragments']:,}  "
         f"non-IP {s['non_ip']:,}  malformed {s['malformed']:,}",
         f"  duration     {s['duration_s']:.6f} s" + (f"  ({s['out_of_order']:,} frames out of time order)"
