@@ -322,6 +322,8 @@ def test_truncated_gzip_stream(tmp_path: Path) -> None:
     assert reader.truncated
     assert "cut.pcap.gz" in reader.warnings[0]
     assert f"after {len(got):,} packets" in reader.warnings[0]
+    # the cause named (it said "last record truncated", a new user's trial)
+    assert reader.stop_reason.startswith("gzip stream truncated"), reader.stop_reason
 
 
 def test_corrupt_gzip_stream(tmp_path: Path) -> None:

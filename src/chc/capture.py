@@ -401,14 +401,16 @@ class CaptureReader:
         gz = self._gunzip
         if gz is not None and gz.error:
             self._stop_corrupt(count, f"gzip data corrupt: {gz.error}", off)
+        elif gz is not None and gz.truncated:
+            # (first: a gzip file cut short usually cuts a record too, and the cause is the stream)
+            self.truncated = True
+            what = "gzip stream truncated" + (", its last record cut short" if off < end else "")
+            self._stopped(off, what)
+            self._warn(f"{self.path}: {what} after {count:,} packets at byte {self.stop_offset:,}")
         elif off < end:
             self.truncated = True
             self._stopped(off, "last record truncated")
             self._warn(f"{self.path}: last record truncated after {count:,} packets at byte {self.stop_offset:,}")
-        elif gz is not None and gz.truncated:
-            self.truncated = True
-            self._stopped(off, "gzip stream truncated")
-            self._warn(f"{self.path}: gzip stream truncated after {count:,} packets at byte {self.stop_offset:,}")
         if gz is not None and gz.trailing:
             self._warn(f"{self.path}: ignored trailing bytes after the gzip stream")
 
