@@ -398,3 +398,16 @@ def test_a_skipped_kill_beside_a_made_one_stays_in_the_faults():
     assert faults["not_killed"] == "nat.1 (the input ended before packet 50000)"
     assert _kills_not_made(2, "nat[0]@200,nat[1]@50000", [failover], [failover, skipped]) == [
         {"process": "nat.1", "reason": "the input ended before packet 50000"}]
+
+
+def test_a_failover_that_replayed_nothing_says_only_the_takeover_was_checked():
+    """A --kill random seed can pass with `replayed 0 packets`: its line did not say that no
+    replay was exercised (a new user's trial)."""
+    from chc.coe import _kill_faults
+
+    def nf(replayed: int) -> dict:
+        return {"kind": "failover", "process": "nat.0", "killed_at_packet": 100, "failover_process": "nat.0#1",
+                "replayed": replayed, "handed_over": 0, "replay_s": 0.0, "logged_floor": [100], "recovery_s": 0.01}
+    assert _kill_faults(1, "", [nf(0)], [nf(0)])["failover"].endswith("; nothing to replay: only the takeover "
+                                                                         "was checked")
+    assert "only the takeover" not in _kill_faults(1, "", [nf(2)], [nf(2)])["failover"]

@@ -1296,6 +1296,8 @@ def _kill_faults(planned: int, kill: str, failovers: list[dict], events: list[di
                 f"{e['failover_process']} replayed {e['replayed']} packets ({e['handed_over']} handed over) "
                 f"in {e['replay_s']:.2f} s (logged floor {', '.join(map(clock_text, e['logged_floor']))}, "
                 f"recovery {e['recovery_s']:.2f} s)"
+                # (a pass that replayed nothing checked the takeover, not the replay: said so)
+                + ("; nothing to replay: only the takeover was checked" if not e["replayed"] else "")
                 for e in failovers),
             **({"not_killed": skipped} if skipped else {})}     # (random:K: one skipped, others made)
 
