@@ -648,9 +648,6 @@ BREAKS: dict[str, Break] = {b.name: b for b in (
     Break("no-root-bound", "the failover of an instance fed by several roots replays the batches the failed one "
           "ran without first waiting, per root, for all of their packets (§5 with §5.4; --runtime proc)",
           "output|log|state|store|alert", True, proc_only=True),
-    Break("timers-by-packets", "an instance fed by several roots fires a timer by the timestamps of the packets "
-          "it ran alone, not once every root's input has passed the deadline: a root running ahead fires it before "
-          "another root's timely packets (§5 with §4; --runtime proc)", "state|alert|output|store", proc_only=True),
     Break("no-wal", "a failover store is restored from its checkpoint and the instances' caches only, without "
           "rolling the write-ahead logs forward (§5.4, Figure 7)", "store|state|output", True),
 )}
@@ -1071,7 +1068,7 @@ def check_variant(chain: Chain, scenario: Any, records: list[tuple[int, bytes]],
 # or (with --kill) in the failover.
 PROC_BREAKS = ("drop-update", "lose-output", "alert-clock", "reorder-flow", "no-xor", "no-replay", "no-wal",
                "naive-move", "no-moved-timers", "replay-as-now", "replay-by-today", "resume-as-done",
-               "no-dup-suppression", "replay-by-clock", "no-root-bound", "no-callback", "timers-by-packets")
+               "no-dup-suppression", "replay-by-clock", "no-root-bound", "no-callback")
 
 
 def proc_refusal(scenario: Any, seeds: list[int], vertices: list[str], n_packets: int, stores: list[str],

@@ -11,8 +11,8 @@ cdef class Instance:
     cdef public object queue
     cdef public dict objects
     cdef public bint arrival_clocks
-    cdef public long long cap, arrivals, inversions, last_clock, packets_in, packets_out, dropped, nf_errors
+    cdef public long long arrivals, inversions, last_clock, packets_in, packets_out, dropped, nf_errors
     cdef public list finished, forks, fired
 
-    @cython.locals(pkt=Packet, res=object, ctx=Context, out=list, timers=list, cap=cython.longlong)
+    @cython.locals(pkt=Packet, res=object, ctx=Context, out=list, timers=list)
     cpdef list run(self, list batch)

@@ -10,12 +10,6 @@ the timers its NF set through ``ctx.set_timer``.
 ``run(batch)`` processes packets in queue order.  Before each packet, timers whose
 deadline the packet's timestamp has reached fire in (deadline, arming order), so
 an NF's timeouts depend on input timestamps only, never on how input is batched.
-With several roots on the proc runtime (§5) one root's packets may run here ahead of
-another's, so a timestamp alone no longer says that every packet before the deadline
-has run: there ``cap`` (the least, over roots, of the timestamps this instance has
-run all input up to: the roots' *time marks*) bounds the timers that may fire too,
-and ``tick(cap)`` after a batch fires those the cap has passed since.  With one root
-(and in the sim) the cap is never lowered from :data:`NO_CAP`, and nothing changes.
 An exception in NF code is contained: the packet is dropped and counted under
 ``nf_errors`` (the first error is kept for the summary), and the run goes on;
 except :class:`~chc.core.client.StoreLost` (the store is gone or lost the run's
@@ -55,7 +49,6 @@ from .state import LocalObject
 log = logging.getLogger("chc.instance")
 
 _TIMER_TAGS = 1 << 20      # clock-log tags of timer updates start here (never a packet's)
-NO_CAP = (1 << 63) - 1     # a cap above every deadline: timers fire by packet timestamps alone
 
 
 def _ladder_parts(ladder: list) -> Any:
@@ -70,7 +63,7 @@ def _ladder_parts(ladder: list) -> Any:
 class Instance:
     __slots__ = ("vertex", "instance_id", "nf", "ctx", "queue", "objects", "client",
                  "delay", "free_at", "busy", "arrival_clocks", "arrivals", "inversions", "last_clock",
-                 "finished", "forks", "fired", "cap",
+                 "finished", "forks", "fired",
                  "packets_in", "packets_out", "dropped", "nf_errors", "first_error", "shared")
 
     def __init__(self, vertex: str, instance_id: int, nf_cls: type[NF], config: Any,
@@ -98,9 +91,6 @@ class Instance:
         # (clock, timers re-armed, XOR vector) per timer fired here: a timer is a copy
         # of the packet that armed it (a fork when armed), and ends when it fires.
         self.fired: list[tuple[int, int, int]] = []
-        # §5 several roots (proc): no timer fires past this timestamp, the least of the
-        # roots' time marks this instance has run all input up to (the module doc)
-        self.cap = NO_CAP
         # The store client of the externalized models; in model T an optional
         # stand-in with the same binding interface (the COE checker's reference).
         self.client: StoreClient | None = client
@@ -154,7 +144,6 @@ class Instance:
         append = out.append
         client = self.client
         delay = self.delay
-        cap = self.cap
         if client is not None:
             if client.callback_caches:
                 client.poll()               # Table 1 callbacks: refresh read-heavy caches first
@@ -162,10 +151,7 @@ class Instance:
                 client.prefetch(batch, self.nf.reads_flow_state)
         for pkt in batch:
             if timers and timers[0][0] <= pkt.ts:
-                if pkt.ts <= cap:
-                    self._fire(pkt.ts)
-                elif timers[0][0] <= cap:   # (§5 several roots: not past what every root has run)
-                    self._fire(cap)
+                self._fire(pkt.ts)
             ctx.packet_clock = clock = pkt.clock
             if self.arrival_clocks:
                 self.arrivals += 1
@@ -276,8 +262,7 @@ class Instance:
         return changed
 
     def tick(self, until: int) -> None:
-        """Fire the timers due by ``until`` (an instance that gets no packets any more;
-        with several roots, after a batch, the timers its cap has passed: the module doc)."""
+        """Fire the timers due by ``until`` (an instance that gets no packets any more)."""
         if self.ctx._timers:
             self._fire(until)
             if self.client is not None:

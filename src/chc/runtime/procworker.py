@@ -21,11 +21,7 @@ once every upstream's watermark has passed its clock, in clock order, so it sees
 the sequence the sim runtime gives it and the run's state is the sim's.  With
 several roots (:attr:`Plan.per_root`, §5) watermarks travel per root and each
 root's packets wait only for that root's: a root's clocks are ordered among
-themselves, not against another root's.  With them travel the roots' *time marks*
-(the highest input timestamp each root has stamped), and an instance fires a timer
-only once every root's time mark that it has run all input up to has passed the
-deadline (:meth:`InstanceWorker._process`): a root running ahead of another at an
-instance cannot fire a timer before the other root's timely packets.  ZeroMQ
+themselves, not against another root's.  ZeroMQ
 high-water marks on data sockets are the back-pressure: a full downstream
 stops its upstream, and in the end the coordinator's reading of the capture.
 
@@ -340,19 +336,6 @@ def _below_end(through: int) -> int:
     return min(through, INF - 1)
 
 
-def root_marks(roots: int, r: int | None = None) -> list[int]:
-    """§5 per-root marks as they travel (``rmarks``): each root's clock watermark, then
-    each root's time mark (the highest input timestamp it has stamped: every later
-    packet of that root comes after it in input order, so the reference has fired every
-    timer of a deadline up to it before that packet).  Nothing yet of any root; for a
-    root's own (``r``), "never" for every other root's (it sends none of their clocks)."""
-    if r is None:
-        return [-1] * (2 * roots)
-    marks = [INF] * (2 * roots)
-    marks[r] = marks[roots + r] = -1
-    return marks
-
-
 class _Sender:
     """A worker's sockets to the instances it feeds, with their splitters (§4.1)."""
 
@@ -386,8 +369,8 @@ class _Sender:
         self.coordinator = dealer(ctx, plan.address(COORDINATOR), me)
         # root -> the through of the latest report sent to it (what a receiver's report waits for)
         self.rep_through: dict[int, int] = {}
-        # §5 per root (Plan.per_root): how far this sender is in each root's clocks, then in
-        # each root's input time (root_marks); None: the watermark alone says it
+        # §5 per root (Plan.per_root): how far this sender is in each root's clocks; None:
+        # the watermark alone says it
         self.rmarks: list[int] | None = None
         self.out_packets = 0
         # §5.4: what was sent to each target, while its root may still need it replayed
@@ -793,7 +776,8 @@ class RootWorker:
         # is fed until its watermark passes the barrier, as by the dead root (advance)
         self.out.gone -= {(v, i) for v, i in (replay or {}).get("retiring", ())}
         if plan.per_root:
-            self.out.rmarks = root_marks(chain.roots, r)    # (it sends no other root's clocks, ever)
+            self.out.rmarks = [INF] * chain.roots       # (it sends no other root's clocks, ever)
+            self.out.rmarks[r] = -1
         self.boxes = [self.reports]
         self.root = Root(r, chain.policies, log_mode=plan.log_mode, log_limit=plan.log_limit,
                          persist_every=plan.persist_every)
@@ -965,15 +949,8 @@ class RootWorker:
                         if sub:
                             parts.setdefault((tap, i), []).extend(sub)
         self.watermark = root.base | (root.next_seq - 1)
-        rm = self.out.rmarks
-        if rm is not None:
-            r = root.root_id
-            rm[r] = self.watermark
-            # its time mark: the highest timestamp read (the input comes in capture order)
-            latest = max((row[0] for row in rows), default=-1)
-            n = len(rm) // 2
-            if latest > rm[n + r]:
-                rm[n + r] = latest
+        if self.out.rmarks is not None:
+            self.out.rmarks[root.root_id] = self.watermark
         self.out.batch(parts, self.watermark, self.watermark, hold)
         # Store round trips (metadata writes, commit reports, pruning) once per few
         # batches while input keeps coming, at once when it pauses: each costs a wake-up
@@ -1227,23 +1204,15 @@ class InstanceWorker:
         # 0's input ended: a root's id is in its clocks' high bits)
         self.rmarks: dict[bytes, list[int]] | None = None
         # §5 with §5.4 (Plan.orders): the batches this logical instance ran, ``[k, through,
-        # highest clock of each root so far, time mark of each root run after it]`` each,
-        # as the store server has them; a failover starts from the store's and replays
-        # them (_replay_batches): the time marks give it the failed one's timer caps
+        # highest clock of each root so far]`` each, as the store server has them; a
+        # failover starts from the store's and replays them (_replay_batches)
         self.orders: list[list[int]] | None = None
         self.hi: list[int] = []
         self.replaying_batches = False
-        # §5 several roots: a timer fires only once every root's input has passed its
-        # deadline here (the least time mark this instance has run all input up to:
-        # Instance.cap, from -1, nothing of any root run yet); off, --break timers-by-packets
-        self.capped = plan.per_root and "timers-by-packets" not in plan.breaks
         if plan.per_root:
             roots = plan.chain.roots
-            self.rmarks = {f: root_marks(roots) for f in self.feeders}
-            self.out.rmarks = root_marks(roots)
-            if self.capped:
-                self.inst.cap = -1
-            self.would_cap = -1         # (--break timers-by-packets: the cap it would have)
+            self.rmarks = {f: [-1] * roots for f in self.feeders}
+            self.out.rmarks = [-1] * roots
             # (a queue per upstream and root even from one upstream: a batch runs in clock
             # order, so that the batches told (orders) say the order too)
             self.queues = {(f, r): deque() for f in self.feeders for r in range(roots)}
@@ -1691,18 +1660,16 @@ class InstanceWorker:
                     self.queues[(feeder, root_of(p.clock))].append(p)
         orders = self.store.orders(self.name) if self.plan.replay else []
         self.orders[:] = orders         # (new batches are told from the next k on)
-        n = self.plan.chain.roots
         if "replay-by-clock" in self.plan.breaks:       # (a test's: the batches not kept)
             orders = []
             self.acted["replay-by-clock"] = "a failover replayed by clock, not by the batches told"
         elif orders:
             if "no-root-bound" not in self.plan.breaks:     # (a test's: no wait for the rest)
-                self._await_roots(orders[-1][2:2 + n])
+                self._await_roots(orders[-1][2:])
             else:
                 self.acted["no-root-bound"] = "a failover replayed without waiting for its batches' packets"
         batches = []
-        for record in orders:
-            hi = record[2:2 + n]
+        for _, _, *hi in orders:
             batch = []
             for (_, r), q in self.queues.items():
                 while q and q[0].clock <= hi[r]:
@@ -1721,16 +1688,11 @@ class InstanceWorker:
             if self.wal is not None:
                 self._check_preimages(pkts)
             self.replaying_batches = True
-            for (_, through, *marks), batch in zip(orders, batches, strict=True):
+            for (_, through, *hi), batch in zip(orders, batches, strict=True):
                 if not batch:
-                    if self.capped:         # (none of it handed over: its cap holds still)
-                        inst.cap = min(marks[n:])
                     continue
-                hi = marks[:n]
                 self.hi = list(hi)
-                # (what of each root has run: all up to hi; and the time marks it had run
-                # all input up to then, the failed one's cap after the batch: its timers)
-                self.out.rmarks = list(hi) + marks[n:]
+                self.out.rmarks = list(hi)      # (what of each root has run: all up to hi)
                 self.through = through - 1      # (its through: the failed one's)
                 self._process(batch, min(hi))
             self.replaying_batches = False
@@ -1739,7 +1701,7 @@ class InstanceWorker:
             if self.wal is not None:
                 self.wal.replaying = False
         if orders:
-            self.hi = list(orders[-1][2:2 + n])
+            self.hi = list(orders[-1][2:])
             self.through = max(self.through, orders[-1][1])
         self.out.to_coordinator("replayed", {"packets": len(pkts), "steps": len(batches), "moved_timers": 0,
                                              "sharing_otherwise": 0, "timers_moved_away": 0,
@@ -1752,8 +1714,7 @@ class InstanceWorker:
         passed ``hi`` of that root (or it ended)."""
         poller = zmq.Poller()
         poller.register(self.box.sock, zmq.POLLIN)
-        while len(self.ended) < len(self.feeders) and \
-                any(f < h for f, h in zip(self._floors()[:len(hi)], hi, strict=True)):
+        while len(self.ended) < len(self.feeders) and any(f < h for f, h in zip(self._floors(), hi, strict=True)):
             if not self._receive():
                 self.guard.poll(poller)
 
@@ -1837,7 +1798,7 @@ class InstanceWorker:
                         or floors.__class__ is not dict \
                         or not all(r.__class__ is int and f.__class__ is int for r, f in floors.items()) \
                         or rm.__class__ is not list or not all(m.__class__ is int for m in rm) \
-                        or (rmarks is not None and len(rm) != 2 * self.plan.chain.roots):
+                        or (rmarks is not None and len(rm) != self.plan.chain.roots):
                     raise WireError("malformed data header")
                 pkts = unpack_packets(rows)
             except WireError as exc:
@@ -1958,9 +1919,7 @@ class InstanceWorker:
         return batch
 
     def _floors(self) -> list[int]:
-        """§5 per root, the clock every upstream has sent all of, then per root the time
-        mark that goes with it (Plan.per_root, :func:`root_marks`): both grow together
-        along a root's input, so the least of each is one point of it."""
+        """§5 per root, the clock every upstream has sent all of (Plan.per_root)."""
         return [min(col) for col in zip(*self.rmarks.values(), strict=True)]
 
     def _process(self, batch: list[Packet], watermark: int) -> None:
@@ -1981,14 +1940,10 @@ class InstanceWorker:
                 r = root_of(p.clock)
                 if p.clock > hi[r]:
                     hi[r] = p.clock
-            # (and the time marks it will have run all input up to: its timers' cap after
-            # the batch, which a failover's replay of it takes again)
-            record = [len(self.orders), through, *hi, *self.out.rmarks[len(hi):]]
+            record = [len(self.orders), through, *hi]
             self.orders.append(record)
             told = self.store.order(record)
         errors = inst.nf_errors
-        if self.rmarks is not None and not self.capped:
-            self._uncapped(batch)
         if self.manager is None or self.cloned is not None:    # (§5.3 a clone is no load until kept)
             produced = inst.run(batch)
             if self.slowdown is not None:
@@ -1999,12 +1954,6 @@ class InstanceWorker:
             if self.slowdown is not None:
                 self._straggle(len(batch))      # (busy time: what a manager's straggler_factor sees)
             self._load(batch[-1].ts, time.perf_counter_ns() - started)
-        if self.capped:
-            # §5 several roots: this batch ran each root's input up to the time marks sent
-            # on with it; the timers every root has passed fire now, the rest wait
-            n = len(self.out.rmarks) // 2
-            inst.cap = min(self.out.rmarks[n:])
-            inst.tick(inst.cap)
         if told is not None:
             self.store.answered(told)
         if through > self.processed:
@@ -2018,15 +1967,6 @@ class InstanceWorker:
         self.out.batch(parts, watermark, through)
         if self.plan.recover:
             self._stats(through, clocks)
-
-    def _uncapped(self, batch: list[Packet]) -> None:
-        """--break timers-by-packets (a test's): timers fire by the batch's timestamps
-        alone; said when one fires that the roots' time marks run here would have held."""
-        timers = self.inst.ctx._timers
-        if timers and self.would_cap < timers[0][0] <= max(p.ts for p in batch):
-            self.acted["timers-by-packets"] = ("a timer fired at a packet past its deadline before every root's "
-                                               "input had passed it")
-        self.would_cap = min(self.out.rmarks[len(self.out.rmarks) // 2:])      # (the cap it would have had)
 
     def slow(self, body: list) -> None:
         """§5.3 the coordinator's ``slow``: ``[spec, seed, name]`` (a delay model such as
