@@ -102,6 +102,11 @@ def test_yaml_file_errors(tmp_path):
     (tmp_path / "twice.yaml").write_text("name: x\nname: y\nvertices: {a: {nf: pass}}\n")
     with pytest.raises(SpecError, match="duplicate key 'name'"):
         load_spec(tmp_path / "twice.yaml")
+    # YAML merge keys still work, and a merged key may be overridden (a review's finding)
+    (tmp_path / "merge.yaml").write_text("name: x\nbase: &b {nf: pass, parallelism: 1}\n"
+                                         "vertices:\n  a: {<<: *b, parallelism: 2}\n")
+    from chc.spec import read_yaml
+    assert read_yaml(tmp_path / "merge.yaml", SpecError)["vertices"]["a"] == {"nf": "pass", "parallelism": 2}
     listy = tmp_path / "list.yaml"
     listy.write_text("- a\n- b\n")
     with pytest.raises(SpecError, match="list.yaml: the spec must be a mapping"):

@@ -149,6 +149,8 @@ class _UniqueKeys(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
         seen: dict[Any, yaml.Node] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue            # (<<: *base: its keys may be overridden; only explicit ones count)
             key = self.construct_object(key_node, deep=True)
             try:
                 first = seen.get(key)
