@@ -196,3 +196,31 @@ def test_bench_help_says_what_png_creates(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "-h"])
     assert "created if missing (its parent must exist)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_special_files_and_links_are_written_through_not_replaced(tmp_path):
+    """A review's finding: outputs renamed into place replaced a FIFO with a regular file and a
+    symbolic link with a file (and as root would have replaced /dev/null or /dev/stdout).  A
+    FIFO or a device is written in place, a link through to its target."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    target = tmp_path / "real.pcap"
+    link = tmp_path / "link.pcap"
+    link.symlink_to(target)
+    try:
+        assert main(["run", CHAIN, LAN, "-c", "20", "-q", "--no-progress", "--summary-json", str(fifo),
+                     "--out", str(link), "--state-json", os.devnull]) == 0
+    finally:
+        if reader.is_alive():       # (a run that never opened the FIFO: unblock the reader)
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+        reader.join(10)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and b'"packets_in": 20' in got[0]
+    assert link.is_symlink() and target.stat().st_size > 24
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)

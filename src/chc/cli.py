@@ -465,8 +465,6 @@ def _with_chain(args: argparse.Namespace, body: Callable[[Any, Any], int]) -> in
     elif args.store == "memory" and args.namespace is not None:
         print("chc: warning: --namespace names a Redis store's keys: not used with the memory store",
               file=sys.stderr)
-    if args.model == "T":
-        _warn_split_state(chain)
     _warn_unused(args)
     if args.model != "T":
         try:
@@ -494,7 +492,7 @@ def _warn_unused(args: argparse.Namespace) -> None:
 
 
 def _warn_split_state(chain: Any) -> None:
-    """Model T with several instances of a vertex that has cross-flow state: each instance
+    """chc run: model T with several instances of a vertex that has cross-flow state: each instance
     keeps its own copy, so the results are not one NF's (a new user's scan went unreported
     with --parallelism 3); said, not refused, as T is the baseline the others are timed against."""
     split = [f"{v.name} ({', '.join(objs)})" for v in chain.vertices.values()
@@ -525,6 +523,8 @@ def _run(args: argparse.Namespace, chain: Any, store: Any) -> int:
                                      persist_every=args.clock_persist)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        if args.model == "T":
+            _warn_split_state(chain)        # (once the runtime took the chain: not before a refusal)
         outputs = Outputs()
         with outputs.transaction():
             _run_feed(args, runtime, feed, outputs)

@@ -17,6 +17,11 @@ too, by :func:`check_writable`: the commands declare their output options with
 no run and no result.  Should a path go bad during the run anyway (a folder
 removed meanwhile), :meth:`Outputs.open` and :meth:`Outputs.commit` report it as
 the same one-line error and leave no temporary file behind.
+
+An output that is a symbolic link is written through it (its target replaced,
+the link kept); one that is a FIFO or a device (``/dev/null``, ``/dev/stdout``, a
+shell's ``/dev/fd/N``) is written in place, as the shell's ``>`` would: there is
+nothing to rename over.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import argparse
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import BinaryIO
@@ -47,6 +53,16 @@ def _cannot(path: str, why: str | int) -> OutputPathError:
     return OutputPathError(f"{path}: cannot write ({os.strerror(why) if isinstance(why, int) else why})")
 
 
+def _special(path: str) -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a directory (a FIFO,
+    a device, a socket; followed through links)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def check_writable(path: str, kind: str = "file") -> None:
     """OutputPathError unless ``path`` can become an output, without creating anything.
 
@@ -58,6 +74,10 @@ def check_writable(path: str, kind: str = "file") -> None:
     a folder that takes new entries.  ``-`` (standard output) always passes."""
     if path == STDIN:
         return
+    if kind != "dir" and _special(path):
+        if not os.access(path, os.W_OK):
+            raise _cannot(path, errno.EACCES)
+        return                              # (written in place: Outputs.open)
     if kind == "dir" and os.path.isdir(path):
         target = path
     elif kind == "dir" and os.path.exists(path):
@@ -118,7 +138,8 @@ class Outputs:
     place together by :meth:`commit` (see module doc)."""
 
     def __init__(self) -> None:
-        self._pending: list[tuple[BinaryIO, str, str]] = []   # (file, temporary, final)
+        # (file, temporary, final); temporary None: a special file written in place
+        self._pending: list[tuple[BinaryIO, str | None, str]] = []
 
     def open(self, path: str) -> BinaryIO:
         """A new binary file that becomes ``path`` at :meth:`commit`; OutputPathError
@@ -126,6 +147,18 @@ class Outputs:
         # Checked here too, not only up front: a directory as ``path`` put the temporary
         # file in its parent (``/tmp`` -> ``/.tmp.XXXX.partial``) and failed only at the rename.
         check_writable(path)
+        if _special(path):
+            # A FIFO, a device (/dev/null, /dev/stdout), a process substitution's /dev/fd/N:
+            # nothing to rename over (a rename replaced the FIFO with a file, and as root
+            # would replace /dev/stdout), so written in place, as `>` writes it.
+            try:
+                fh = open(path, "wb")       # noqa: SIM115 (closed at commit or discard)
+            except OSError as exc:
+                raise _cannot(path, exc.strerror or str(exc)) from None
+            self._pending.append((fh, None, path))
+            return fh
+        if os.path.islink(path):
+            path = os.path.realpath(path)   # written through the link, as `>` does (not replacing it)
         head, tail = os.path.split(path)
         # Same directory (atomic rename), hidden, and the final suffix kept.
         temp = os.path.join(head, f".{tail}.{secrets.token_hex(4)}.partial")
@@ -147,6 +180,9 @@ class Outputs:
             for fh, _temp, _final in pending:
                 fh.close()
             for _fh, temp, final in pending:
+                if temp is None:            # (written in place)
+                    renamed += 1
+                    continue
                 try:
                     os.replace(temp, final)
                 except OSError as exc:
@@ -156,16 +192,18 @@ class Outputs:
             for fh, temp, _final in pending[renamed:]:
                 with suppress(OSError):
                     fh.close()
-                with suppress(OSError):
-                    os.unlink(temp)
+                if temp is not None:
+                    with suppress(OSError):
+                        os.unlink(temp)
 
     def discard(self) -> None:
         """Close and remove every file not committed (idempotent)."""
         pending, self._pending = self._pending, []
         for fh, temp, _final in pending:
             fh.close()
-            with suppress(FileNotFoundError):
-                os.unlink(temp)
+            if temp is not None:
+                with suppress(FileNotFoundError):
+                    os.unlink(temp)
 
     @contextmanager
     def transaction(self) -> Iterator[Outputs]:

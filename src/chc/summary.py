@@ -30,7 +30,6 @@ import hashlib
 import json
 from typing import Any
 
-from .core.root import clock_text
 from .packet import describe_flow, ip_str
 
 
@@ -247,6 +246,7 @@ class Summary:
         lines += self._render_scaling()
         lines += self._render_failovers()
         if self.alerts:
+            from .core.root import clock_text  # (here: the reference imports this module, never core)
             lines += ["", f"alerts ({len(self.alerts)}):"]
             shown = self.alerts[:20]
             for a in shown:
