@@ -252,7 +252,8 @@ def test_a_bad_redis_or_output_is_refused_before_anything_is_measured(capsys, tm
                  "--json", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
     assert "--redis: redis://127.0.0.1:" in err and "connection refused" in err
-    png = tmp_path / "nx" / "plots"
+    (tmp_path / "file").write_text("x")
+    png = tmp_path / "file" / "plots"           # (a folder that cannot be made)
     assert main(["bench", "--quick", "--sections", "store", "--no-redis", "--png", str(png)]) == 2
-    assert f"{png}: cannot write (no such directory" in capsys.readouterr().err
+    assert f"{png}: cannot write ({tmp_path}/file: Not a directory)" in capsys.readouterr().err
     assert time.monotonic() - t0 < 30 and not (tmp_path / "r.json").exists()

@@ -287,16 +287,15 @@ def plots_available() -> bool:
 
 
 def render_plots(res: dict, outdir: str, sections: Sequence[Section]) -> list[str]:
-    """PNG plots of every section that ran into ``outdir`` (made if missing, but not
-    its parent: a typo there made a tree of folders); [] with a message if
+    """PNG plots of every section that ran into ``outdir`` (made if missing, with its
+    missing folders, as the bench scripts' outputs are); [] with a message if
     matplotlib is missing."""
     plt = _pyplot()
     if plt is None:
         progress("chc bench: matplotlib is not installed; no plots (pip install matplotlib)")
         return []
     try:
-        if not os.path.isdir(outdir):
-            os.mkdir(outdir)
+        os.makedirs(outdir, exist_ok=True)
     except OSError as exc:          # (checked at the start; what the check cannot see, e.g. root in /proc)
         raise OutputPathError(f"{outdir}: cannot write ({exc.strerror or exc})") from None
     files = []
@@ -321,6 +320,12 @@ def write_results(res: dict, args: argparse.Namespace, sections: Sequence[Sectio
           f"{res['meta']['loadavg_end']} ({res['meta']['cpus']} CPUs)")
     if args.json:
         # (renamed into place as chc run's outputs: a failed write keeps an earlier file)
+        folder = os.path.dirname(args.json)
+        if folder:
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise OutputPathError(f"{args.json}: cannot write ({exc.strerror or exc})") from None
         with Outputs().transaction() as out:
             out.open(args.json).write(json.dumps(res, indent=1).encode() + b"\n")
     if args.png:

@@ -54,11 +54,11 @@ def add_arguments(p: argparse.ArgumentParser, sections: tuple[str, ...] = SECTIO
     p.add_argument("--quick", action="store_true",
                    help="reduced grid (trace2-shaped input only, 2 repetitions, Redis cells capped): "
                         "under 2 minutes")
-    p.add_argument("--json", action=OutputPath, metavar="FILE",
-                   help="write every result as JSON (its directory must exist)")
-    p.add_argument("--png", action=OutputPath, kind="dir", metavar="DIR",
+    p.add_argument("--json", action=OutputPath, kind="tree", metavar="FILE",
+                   help="write every result as JSON (missing folders are made: --json out/bench.json)")
+    p.add_argument("--png", action=OutputPath, kind="tree-dir", metavar="DIR",
                    help="write plots (PNG, needs matplotlib: refused at the start without it) into DIR, "
-                        "which is created if missing (its parent must exist)")
+                        "made if missing")
     p.add_argument("--redis", metavar="URL",
                    help="Redis server(s) to use, redis://HOST:PORT[,redis://...] (a second URL enables the "
                         "2-shard store test); default: start a private redis-server if one is installed")
