@@ -2211,7 +2211,8 @@ def _link_targets(rt: SimRuntime, event: Any) -> list[str | None]:
 def _crash_target(rt: SimRuntime, event: Any) -> str:
     target = event.target or ""
     if event.params.get("copy") == "clone":
-        # (the sim's clone is an instance of its own: crash it by its index)
+        # (vertex[i] names logical instance i, a pair's straggler or kept copy; the sim has no
+        # way to name the clone of a running pair apart)
         raise ValueError(f"crash of {target}: copy: clone (the second process of a clone pair) is the proc "
                          "runtime's")
     name, _, rest = target.partition("[")
