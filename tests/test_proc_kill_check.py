@@ -408,6 +408,11 @@ def test_a_failover_that_replayed_nothing_says_only_the_takeover_was_checked():
     def nf(replayed: int) -> dict:
         return {"kind": "failover", "process": "nat.0", "killed_at_packet": 100, "failover_process": "nat.0#1",
                 "replayed": replayed, "handed_over": 0, "replay_s": 0.0, "logged_floor": [100], "recovery_s": 0.01}
-    assert _kill_faults(1, "", [nf(0)], [nf(0)])["failover"].endswith("; nothing to replay: only the takeover "
-                                                                         "was checked")
+    assert _kill_faults(1, "", [nf(0)], [nf(0)])["failover"].endswith(", nothing to replay: only the takeover "
+                                                                         "was checked)")
     assert "only the takeover" not in _kill_faults(1, "", [nf(2)], [nf(2)])["failover"]
+    # (inside the parentheses: "; " separates failovers, and a seed with many kills is still
+    # wrapped: the CI caught a 1,900-character line when it was not)
+    from chc.checkrun import _fault_lines
+    five = [nf(0), nf(2), nf(0), nf(3), nf(0)]
+    assert _fault_lines(_kill_faults(5, "", five, five))[0].startswith("    faults: 5 kills (5 NF instances)")

@@ -1292,9 +1292,10 @@ def _kill_faults(planned: int, kill: str, failovers: list[dict], events: list[di
                 f"logged updates (recovery {e['recovery_s']:.2f} s)" if e["kind"] == "store-failover" else
                 f"{e['failover_process']} replayed {e['replayed']} packets ({e['handed_over']} handed over) "
                 f"in {e['replay_s']:.2f} s (logged floor {', '.join(map(clock_text, e['logged_floor']))}, "
-                f"recovery {e['recovery_s']:.2f} s)"
-                # (a pass that replayed nothing checked the takeover, not the replay: said so)
-                + ("; nothing to replay: only the takeover was checked" if not e["replayed"] else "")
+                f"recovery {e['recovery_s']:.2f} s"
+                # (a pass that replayed nothing checked the takeover, not the replay: said so, inside
+                # the parentheses: "; " separates the failovers, which the wrapping counts)
+                + (", nothing to replay: only the takeover was checked)" if not e["replayed"] else ")")
                 for e in failovers),
             **({"not_killed": skipped} if skipped else {})}     # (random:K: one skipped, others made)
 
