@@ -135,3 +135,28 @@ def test_a_scale_out_after_a_failover_adds_the_next_logical_index(records):
     [out] = _of(rt, "scale-out")
     assert out["logical"] == 2 and out["instance"] != _failover_instance(rt)
     assert _of(rt, "crash")[1]["instance"] == out["instance"] and res.not_done == []
+
+
+# A seed's pick and a scale-in of the vertex alone take the instances in logical order,
+# as proc's do (they took the sim's physical order, so after nat[0] failed over, to the
+# sim's index 2, pick 0 was nat[1] on the sim and nat[0] on proc).
+
+def test_a_picked_crash_after_a_failover_counts_the_failover_instance_as_its_logical_one(records):
+    res, rt, _ = _check(records, [CRASH, {"at": {"packets": 900}, "do": "crash", "target": "nat", "pick": 0}])
+    assert res.events.get("crash") == 2 and res.not_done == []
+    second = _of(rt, "crash")[1]
+    assert second["instance"] == _failover_instance(rt) and second["logical"] == 0, second
+
+
+def test_a_scale_in_of_the_vertex_after_a_failover_retires_its_last_logical_instance(records):
+    res, rt, _ = _check(records, [CRASH, {"at": {"packets": 900}, "do": "scale-in", "target": "nat"}])
+    [scale_in] = _of(rt, "scale-in")
+    assert scale_in["instance"] == 1 and "logical" not in scale_in, scale_in
+    assert rt.unavailable("nat", 1) and rt.unavailable("nat", 0) is None and res.not_done == []
+
+
+def test_a_picked_move_on_one_instance_says_why_it_did_nothing(records):
+    """It logged nothing: a PASS with no move and no word of it."""
+    res, _, _ = _check(records[:600], [{"at": {"packets": 300}, "do": "move", "target": "portscan", "pick": 3}])
+    assert [(d["kind"], d["target"], d["reason"]) for d in res.not_done] == [
+        ("move-refused", "portscan", "one active instance")]

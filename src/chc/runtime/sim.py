@@ -928,6 +928,15 @@ class SimRuntime:
                 if (vertex, i.instance_id) not in self.retired and (vertex, i.instance_id) not in self.retiring
                 and (vertex, i.instance_id) not in self.dead]
 
+    def in_logical_order(self, vertex: str) -> list[Instance]:
+        """The active instances by the logical instance each serves (a scenario's
+        ``vertex[i]``): the order a seed's pick and a scale-in of the vertex take them in,
+        as proc's do.  After a failover or a kept clone the physical order differs, and
+        the same scenario acted on another instance on each runtime."""
+        slots = self.serving[vertex]
+        return sorted(self.active(vertex), key=lambda a: slots.index(a.instance_id) if a.instance_id in slots
+                      else len(slots) + a.instance_id)
+
     def now(self) -> float:
         """Virtual time now: the horizon, or the network's clock past it (at the end
         of input, where the horizon is infinite, only the network's clock)."""
@@ -1012,7 +1021,7 @@ class SimRuntime:
         return self.resolve(vertex, logical)
 
     def _scale_in(self, vertex: str, instance: int | None, why: dict) -> None:
-        active = self.active(vertex)
+        active = self.in_logical_order(vertex)      # (the vertex's last logical instance goes, as on proc)
         if len(active) < 2:
             self._refuse("scale-in-refused", vertex, instance, "the last active instance stays", why)
             return
@@ -2249,7 +2258,7 @@ def _crash(rt: SimRuntime, event: Any) -> None:
         return
     # A vertex only: the seed's pick among its active instances (when it fires).
     def pick() -> None:
-        active = rt.active(vertex)
+        active = rt.in_logical_order(vertex)
         if not active:                  # (its only instance is down, awaiting failover)
             rt._refuse("crash-ignored", vertex, None, "no active instance", why)
             return
@@ -2418,8 +2427,9 @@ def _apply_move(rt: SimRuntime, event: Any) -> None:
     vertex = _vertex(rt, event)
     if "pick" in event.params:
         # A seed-drawn move: two of the instances active now.
-        active = [a.instance_id for a in rt.active(vertex)]
+        active = [a.instance_id for a in rt.in_logical_order(vertex)]
         if len(active) < 2:
+            rt._refuse("move-refused", vertex, None, f"{'one' if active else 'no'} active instance", {"by": "scenario"})
             return
         k = event.params["pick"]
         src = active[k % len(active)]
