@@ -302,3 +302,26 @@ def connect():
     yield factory
     for s in made:
         s.close()
+
+
+def _devnull_is_device() -> bool:
+    import stat
+    try:
+        return stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    except OSError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _devnull_stays_a_device() -> Iterator[None]:
+    """Tests run as root: a rename over /dev/null makes it a regular file for every later
+    test and tool (CI once failed so, far from the cause).  The test that does it fails
+    here, named, and /dev/null is made again so that the rest of the run is not affected."""
+    before = _devnull_is_device()
+    yield
+    if before and not _devnull_is_device():
+        with __import__("contextlib").suppress(OSError):
+            os.unlink(os.devnull)
+            os.mknod(os.devnull, 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 3))
+            os.chmod(os.devnull, 0o666)
+        pytest.fail(f"this test replaced {os.devnull} with a regular file", pytrace=False)
