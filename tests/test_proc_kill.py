@@ -588,7 +588,9 @@ def test_serving_several_roots_with_a_scenarios_crashes(tmp_path):
     sc = tmp_path / "c.yaml"
     sc.write_text("events:\n  - {at: {packets: 600}, do: crash, target: nat}\n")
     out = tmp_path / "s.json"
+    # (--rate: at the capture's own timestamps these 1,500 packets take 72 s)
     assert main(["serve", str(spec), "--runtime", "proc", "--capture", str(LAN), "--scenario", str(sc),
-                 "--model", "EO+C+NA", "-c", "1500", "--summary-json", str(out), "--quiet"]) == 0
+                 "--rate", "3000", "--model", "EO+C+NA", "-c", "1500", "--summary-json", str(out),
+                 "--quiet"]) == 0
     s = json.loads(out.read_text())
     assert s["packets_in"] == s["packets_out"] == 1500 and [e["kind"] for e in s["events"]] == ["failover"]
