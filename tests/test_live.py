@@ -49,6 +49,9 @@ PORTSCAN = ROOT / "examples" / "portscan.yaml"
 PASS = ROOT / "examples" / "passthrough.yaml"
 TOOLS = ("ip", "ethtool", "curl", "nmap", "iperf3")
 
+# one pytest-xdist worker runs them all: they listen on fixed ports (9464, 8765)
+pytestmark = pytest.mark.xdist_group("live")
+
 
 # -- the reverse path, no namespaces --------------------------------------------------
 

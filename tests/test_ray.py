@@ -28,6 +28,9 @@ from chc.spec import load_spec
 from procpace import held
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# one pytest-xdist worker runs them all: one Ray cluster (a module fixture), not one a worker
+pytestmark = pytest.mark.xdist_group("ray")
 LAN = ROOT / "traces/pathspider/lan-2012.pcap.gz"
 SCAN = ROOT / "traces/scans/nmap-syn-scan.pcap"
 PAPER = ROOT / "examples/paper_chain.yaml"
