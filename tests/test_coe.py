@@ -279,8 +279,13 @@ def test_every_break_is_caught_and_named(capsys, trojan_slice, tmp_path, name):
                 "no-dup-suppression": STRAGGLER, "no-replay": CRASH, "delete-after-output": CRASH,
                 "no-wal": STORE_CRASH, "no-moved-timers": SCALE_CRASH,
                 "replay-as-now": SCALE_CRASH}.get(name, FAULTS)
-    if name == "replay-as-now":         # (a failover crossing a scale-in of the LB: rarer; found by a hunt)
-        capture, packets, seeds = LAN, 3000, ["--first-seed", "302", "--seeds", "2"]
+    # (Seeds found by a hunt: the sim's picks took logical order on 2026-12-06, and what each
+    # seed exercises moved; of seeds 250-369, only 285 and 319 cross a scale-in of the LB with
+    # a failover; of 0-29, 13, 19, 24 and 25 give a failover timers a move brought.)
+    if name == "replay-as-now":
+        capture, packets, seeds = LAN, 3000, ["--first-seed", "285", "--seeds", "1"]
+    elif name == "no-moved-timers":
+        seeds = ["--first-seed", "24", "--seeds", "2"]
     code, text, data = run_check(capsys, str(PAPER), str(scenario), str(capture), *seeds, "--jobs", "2",
                                  "--packets", str(packets), "--break", name, "--json", str(tmp_path / "r.json"))
     assert code == 1, text

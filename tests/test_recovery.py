@@ -455,20 +455,20 @@ def test_a_replay_shares_what_each_packet_shared():
     """--break replay-as-now: the replay runs every packet sharing what the vertex
     shares at the failover; packets processed while the LB's counters were shared
     recompute a backend from a private copy (caught)."""
-    res, rt = _scale_crash(302)
+    res, rt = _scale_crash(285)         # (found by a hunt, as test_coe's seeds of this break)
     assert not res.divergences
     assert sum(e["replayed_sharing_otherwise"] for e in _failovers(rt)) > 0
-    res, rt = _scale_crash(302, ("replay-as-now",))
+    res, rt = _scale_crash(285, ("replay-as-now",))
     assert any(str(d).startswith(("state", "store", "log")) for d in res.divergences), res.divergences[:3]
 
 
 def test_a_failover_gets_the_timers_moved_flows_brought():
     """--break no-moved-timers: the replay leaves out the timers a move gave the
     failed instance; the packet that armed one is never done (caught)."""
-    res, rt = _scale_crash(8)
+    res, rt = _scale_crash(53)          # (of seeds 0-59 the one that needs it: a hunt)
     assert not res.divergences
     assert sum(e["moved_timers_replayed"] for e in _failovers(rt)) > 0
-    res, rt = _scale_crash(8, ("no-moved-timers",))
+    res, rt = _scale_crash(53, ("no-moved-timers",))
     assert rt.gifts_dropped > 0
     assert any(str(d).startswith("log") for d in res.divergences), [str(d) for d in res.divergences[:3]]
 
