@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
-from . import __version__
+from . import LOG_FORMAT, __version__
 from .backends import namespace_of, open_store
 from .backends.redis import redact
 from .bench import cmd_bench, register_bench
@@ -753,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:                           # (named by the (sub)command they were given to)
         _subcommand(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.WARNING, format="chc: %(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     if not args.command:
         parser.print_help()
         return 2
