@@ -221,6 +221,15 @@ def test_model_t_with_several_instances_of_cross_flow_state_is_said(tmp_path, ca
     assert "cross-flow" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("runtime", ["sim", "proc"])
+def test_a_serve_in_model_t_with_several_instances_of_cross_flow_state_says_so(capsys, runtime):
+    """As chc run does (a new user's trial: chc serve said nothing)."""
+    assert main(["serve", CHAIN, "--capture", LAN, "--rate", "5000", "-c", "100", "--quiet", "--model", "T",
+                 "--parallelism", "2", "--runtime", runtime]) == 0
+    err = capsys.readouterr().err
+    assert err.count("chc: warning: model T keeps a copy of each instance's cross-flow state") == 1, err
+
+
 def test_summary_alerts_show_another_roots_clock_as_root_and_sequence(tmp_path, capsys):
     """A root's id is in its clocks' high bits: root 1's alert showed `clock 281,474,976,711,587`
     (a new user's trial); now `1:seq`, as chc check prints clocks."""

@@ -395,7 +395,7 @@ BAD_RETURNS = textwrap.dedent('''
     ("ReturnsNoneInAList", "process() returned list [<Packet"),
 ])
 @pytest.mark.parametrize("runtime", ["sim", "proc"])
-def test_a_wrong_return_from_process_is_a_counted_nf_error(tmp_path, cls, says, runtime):
+def test_a_wrong_return_from_process_is_a_counted_nf_error(tmp_path, capfd, cls, says, runtime):
     """As an exception in ``process`` is: the packet dropped and counted, the run goes
     on; it ended the run with a traceback (found by a new-user trial)."""
     (tmp_path / "bad_returns.py").write_text(BAD_RETURNS)
@@ -403,6 +403,8 @@ def test_a_wrong_return_from_process_is_a_counted_nf_error(tmp_path, cls, says, 
     heavy = s["vertices"]["heavy"]
     assert heavy["nf_errors"] == heavy["packets_in"] == s["packets_in"] - s["non_ip"] - s["malformed"]
     assert heavy["packets_out"] == 0 and says in s["errors"][0], s["errors"]
+    if runtime == "proc":       # (a worker's warning read bare, not as the command's; pytest takes the sim's)
+        assert "chc: WARNING: NF error (packet dropped): heavy[0] packet #" in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("cls", ["ReturnsTrue", "ReturnsData", "ReturnsNoneInAList"])

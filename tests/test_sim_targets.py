@@ -101,12 +101,16 @@ def test_an_event_on_an_instance_retired_by_a_scale_in_says_why(records):
                                   {"at": {"packets": 900}, "do": "clone", "target": "nat[1]"},
                                   {"at": {"packets": 1000}, "do": "move", "target": "nat", "from": 1, "to": 0},
                                   {"at": {"packets": 1100}, "do": "slow", "target": "nat[1]",
-                                   "delay": "const:300"}])
+                                   "delay": "const:300"},
+                                  {"at": {"packets": 1200}, "do": "drop", "target": "nat[1]", "count": 3},
+                                  {"at": {"packets": 1300}, "do": "partition", "target": "nat[1]",
+                                   "duration_us": 300}])
     [retired] = _of(rt, "retired")
     why = f"nat[1] was retired by scale-in at packet {retired['packet']}"
     assert [(d["kind"], d["target"], d["packet"], d["reason"]) for d in res.not_done] == [
         ("clone-refused", "nat[1]", 900, why), ("move-refused", "nat[1]", 1000, why),
-        ("slow-refused", "nat[1]", 1100, why)]
+        ("slow-refused", "nat[1]", 1100, why), ("drop-refused", "nat[1]", 1200, why),
+        ("partition-refused", "nat[1]", 1300, why)]
     out = SeedResult(v, res, "pass", {}).as_json()
     out["seconds"] = 0.0
     assert out["not_done"] == res.not_done

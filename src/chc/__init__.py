@@ -2,6 +2,9 @@
 
 __version__ = "0.1.0"
 
+# How chc's warnings and errors read on stderr, from the command and from a proc worker alike
+LOG_FORMAT = "chc: %(levelname)s: %(message)s"
+
 
 def console() -> int:
     """The ``chc`` command: :func:`chc.cli.main`, and a Ctrl-C that comes while it is

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
-from . import __version__
+from . import LOG_FORMAT, __version__
 from .backends import namespace_of, open_store
 from .backends.redis import redact
 from .bench import cmd_bench, register_bench
@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --seeds N: run seeds S..S+N-1 (a long hunt in ranges; default: 0)")
     chk.add_argument("--jobs", "-j", type=_positive, default=1, metavar="J",
                      help="run seeds in J parallel processes (default: 1); with Redis, worker k uses "
-                          "database k of each --store server")
+                          "database k of each --store server; sim only (proc and ray run a seed's "
+                          "components in processes of their own, one seed at a time)")
     chk.add_argument("--break", dest="breaks", action="append", default=[], metavar="NAME",
                      help="switch a mechanism off (or corrupt one compared thing) in the physical run to "
                           "test the checker; see --list-breaks")
@@ -427,10 +428,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 proc = _proc_runtime(args, chain, store, events, seed)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
+            if args.model == "T":
+                _warn_split_state(chain)
             return serve(opts, {}, _write_json, proc)
         more: dict[str, Any] = {"seed": args.seed, "log_mode": args.packet_log}
         if args.scenario is not None:
             chain, more = scenario_options(args.scenario, chain, args.capture, keep_parallelism=bool(args.parallelism))
+        if args.model == "T":
+            _warn_split_state(chain)        # (chc serve, chc run --live: a serve's chain as chc run's)
         opts = Options(chain, live=args.live, capture=args.capture, rate=args.rate, loop=args.loop,
                        duration=args.duration, count=args.count, metrics=args.metrics_port,
                        dashboard=args.dashboard_port, status=args.status, summary_json=args.summary_json,
@@ -492,7 +497,7 @@ def _warn_unused(args: argparse.Namespace) -> None:
 
 
 def _warn_split_state(chain: Any) -> None:
-    """chc run: model T with several instances of a vertex that has cross-flow state: each instance
+    """chc run and serve: model T with several instances of a vertex that has cross-flow state: each instance
     keeps its own copy, so the results are not one NF's (a new user's scan went unreported
     with --parallelism 3); said, not refused, as T is the baseline the others are timed against."""
     split = [f"{v.name} ({', '.join(objs)})" for v in chain.vertices.values()
@@ -753,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:                           # (named by the (sub)command they were given to)
         _subcommand(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.WARNING, format="chc: %(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     if not args.command:
         parser.print_help()
         return 2

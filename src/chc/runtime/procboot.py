@@ -11,12 +11,18 @@ The coordinator starts the forkserver with ``PYTHONSAFEPATH`` set (its working
 directory stays off ``sys.path``, :meth:`ProcRuntime._context`); the forkserver's
 environment, which every worker inherits, gets the user's value back here, so a
 Python subprocess an NF starts runs as the user's would.
+
+Workers log as the command does (``chc: WARNING: NF error ...``): without it a worker's
+warnings reached stderr bare, through logging's last resort.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
+
+from chc import LOG_FORMAT
 
 SAFEPATH_WAS = "CHC_PYTHONSAFEPATH_WAS"     # the user's PYTHONSAFEPATH ("" = unset), while chc sets it
 
@@ -26,6 +32,8 @@ if SAFEPATH_WAS in os.environ:
         os.environ["PYTHONSAFEPATH"] = was
     else:
         os.environ.pop("PYTHONSAFEPATH", None)
+
+logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
 
 warnings.filterwarnings("ignore", message=r"'[\w.]+' found in sys\.modules after import of package",
                         category=RuntimeWarning)

@@ -2198,14 +2198,21 @@ def _set_delay(rt: SimRuntime, event: Any, spec: str | None) -> None:
     """``slow`` and ``speed-up``: the instances named (``vertex[i]``: the one serving
     logical instance ``i`` now); one that cannot take it is logged refused with why, as
     proc logs it (the delay of a retired instance changed nothing, silently)."""
+    if not _refused_on_its_instance(rt, event):
+        rt.set_delay(event.target, spec)
+
+
+def _refused_on_its_instance(rt: SimRuntime, event: Any) -> bool:
+    """Whether ``event`` names one logical instance (``vertex[i]``) that cannot take it now
+    (retired by a scale-in, crashed and not failed over yet); if so it is logged
+    ``<action>-refused`` with the reason, which ``chc check`` prints (a slow or a store-link
+    fault on a retired instance changed nothing, and said nothing)."""
     i = _index(event)
-    if i is not None:
-        reason = rt.unavailable(event.vertex, i)
-        if reason is not None:
-            rt._log(f"{event.action}-refused", event.vertex, rt.resolve(event.vertex, i), reason=reason,
-                    by="scenario", target=event.target)
-            return
-    rt.set_delay(event.target, spec)
+    reason = None if i is None else rt.unavailable(event.vertex, i)
+    if reason is not None:
+        rt._log(f"{event.action}-refused", event.vertex, rt.resolve(event.vertex, i), reason=reason,
+                by="scenario", target=event.target)
+    return reason is not None
 
 
 def _link_targets(rt: SimRuntime, event: Any) -> list[str | None]:
@@ -2285,6 +2292,8 @@ def _crash_store(rt: SimRuntime, event: Any, at: str) -> None:
 def _fault(kind: str) -> Callable[[SimRuntime, Any], None]:
     def apply(rt: SimRuntime, event: Any) -> None:
         extra = int(float(event.params.get("by_us", 0)) * 1000)
+        if _refused_on_its_instance(rt, event):
+            return
         for endpoint in _link_targets(rt, event):
             rt.net.scripted.append([kind, endpoint, int(event.params.get("count", 1)), extra])
     return apply
@@ -2293,6 +2302,8 @@ def _fault(kind: str) -> Callable[[SimRuntime, Any], None]:
 def _partition(rt: SimRuntime, event: Any) -> None:
     start = event.at_time_ns if event.at_time_ns is not None else rt.horizon
     until = int(start + float(event.params["duration_us"]) * 1000)
+    if _refused_on_its_instance(rt, event):
+        return
     for endpoint in _link_targets(rt, event):
         rt.net.partitions.append((endpoint, until))
 
