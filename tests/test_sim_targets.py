@@ -164,3 +164,24 @@ def test_a_picked_move_on_one_instance_says_why_it_did_nothing(records):
     res, _, _ = _check(records[:600], [{"at": {"packets": 300}, "do": "move", "target": "portscan", "pick": 3}])
     assert [(d["kind"], d["target"], d["reason"]) for d in res.not_done] == [
         ("move-refused", "portscan", "one active instance")]
+
+
+def test_a_scenarios_delay_of_an_instance_follows_its_logical_instance(records):
+    """``delays: {nat[1]: ...}`` names logical instance 1: its failover instance takes it (by
+    its own index, 2 on the sim, it took none, or another instance's); nat[0] and a
+    scale-out's instance take the vertex's."""
+    chain = load_spec(PAPER)
+    sc = parse_scenario({**BASE, "delays": {"nat": "const:100", "nat[1]": "const:300"},
+                         "events": [{**CRASH, "target": "nat[1]"},
+                                    {"at": {"packets": 600}, "do": "scale-out", "target": "nat"}]})
+    v = variant(chain, sc, 2, ["memory"])
+    obs = Observers()
+    rt = physical_runtime(chain, sc, v, len(records), obs)
+    BreakState((), 0).install(rt)
+    res = check_runtime(chain, rt, records, obs)
+    assert res.ok, [str(d) for d in res.divergences[:3]]
+    delay = {i.instance_id: i.delay for i in rt.instances["nat"]}
+    [failed] = _of(rt, "failover")
+    failover, [out] = failed["failover_instance"], [e["instance"] for e in _of(rt, "scale-out")]
+    assert (failed["instance"], failover, out) == (1, 2, 3)
+    assert delay[failover].spec == "const:300" and delay[0].spec == delay[out].spec == "const:100"

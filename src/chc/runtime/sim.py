@@ -975,7 +975,7 @@ class SimRuntime:
             return
         i = self.flowmaps[vertex].add_instance()
         inst = Instance(vertex, i, v.nf, v.config, self.model, self._link(vertex, i), exclusive=False)
-        self._install(vertex, inst)
+        self._install(vertex, inst, len(self.serving[vertex]))
         self.serving[vertex].append(i)      # a new logical instance: vertex[len - 1] names it
         for hook in self.instance_hooks:
             hook(inst)
@@ -983,13 +983,17 @@ class SimRuntime:
         self._log("scale-out", vertex, i, **self._named(vertex, i), **why)
         self._rebalance(vertex)
 
-    def _install(self, vertex: str, inst: Instance) -> None:
+    def _install(self, vertex: str, inst: Instance, logical: int | None) -> None:
         """A new instance of ``vertex`` (index ``inst.instance_id``) joins the physical
-        chain: its delay model, its splitters, the vertices' input ordering."""
+        chain: its delay model, its splitters, the vertices' input ordering.  Its delay is
+        the scenario's for the logical instance it serves (``delays: {nat[0]: ...}`` names
+        logical instance 0, its failover instance too, as every ``vertex[i]`` does; by its
+        own index a failover took another instance's delay); a clone (``logical`` None),
+        §5.3's fast copy, takes the vertex's."""
         i = inst.instance_id
         v = self.chain.vertices[vertex]
         inst.arrival_clocks = not self.clocks
-        spec = self.delay_specs.get(f"{vertex}[{i}]") or self.delay_specs.get(vertex)
+        spec = (logical is not None and self.delay_specs.get(f"{vertex}[{logical}]")) or self.delay_specs.get(vertex)
         if spec is not None:
             inst.delay = Delay(spec, self.seed, f"{vertex}[{i}]")
         self.instances[vertex].append(inst)
@@ -1376,7 +1380,7 @@ class SimRuntime:
         clone = Instance(vertex, logical, v.nf, v.config, self.model, self._link(vertex, i), exclusive=excl)
         clone.set_shared(straggler.shared)
         clone.instance_id = i
-        self._install(vertex, clone)
+        self._install(vertex, clone, None)
         pair = Clone(vertex, s, i, sum(r.packets_in for r in self.roots), self.horizon, for_packets, for_ns,
                      why=why)
         # What the straggler has processed leaves it by its free_at; the pair's later
@@ -1718,7 +1722,7 @@ class SimRuntime:
                        exclusive=failed.client.exclusive)
         new.set_shared(failed.shared)
         new.instance_id = i
-        self._install(vertex, new)
+        self._install(vertex, new, self.serving[vertex].index(x) if x in self.serving[vertex] else None)
         new.client.client_id = f"{vertex}/{logical}+failover{i}"     # its own exactly-once sequence
         for hook in self.instance_hooks:
             hook(new)
