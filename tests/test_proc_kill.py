@@ -503,7 +503,7 @@ def test_a_kill_past_the_input_is_logged_as_skipped_and_checks_say_so():
               "failover_process": "nat.0#1", "replayed": 5, "handed_over": 5, "replay_s": 0.01,
               "logged_floor": [0], "recovery_s": 0.02}]
     assert _kill_faults(1, "nat[0]@1709", moved, [])["killed"] == (
-        "nat.0 at input packet 1728 (asked at 1709: kills land between input batches)")
+        "nat[0] (nat.0) at input packet 1728 (asked at 1709: kills land between input batches)")
     restarted = [{"kind": "manager-restarted", "vertex": "portscan", "killed_at_packet": 3072}]
     assert _kill_faults(1, "manager:portscan@3000", [], restarted) == {
         "killed": "manager:portscan at input packet 3072, started again"}

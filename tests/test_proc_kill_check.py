@@ -44,7 +44,7 @@ def test_a_killed_nat_instance_passes_the_check(monkeypatch, capsys):
     assert _check(["--packets", "2000", "--seed", SEED, "--kill", KILL], monkeypatch) == 0
     out = capsys.readouterr().out
     assert f"kill {KILL}" in out and "PASS" in out
-    assert "killed nat.0 at input packet" in out and "failover nat.0#1 replayed" in out
+    assert "killed nat[0] (nat.0) at input packet" in out and "failover nat.0#1 replayed" in out
 
 
 def test_without_the_replay_the_killed_run_diverges(monkeypatch, capsys):
@@ -59,7 +59,7 @@ def test_a_random_kill_per_seed(monkeypatch, capsys):
     assert _check(["--packets", "1500", "--seed", "2", "--kill", "random"], monkeypatch) == 0
     out = capsys.readouterr().out
     assert "1 of 1 seeds passed" in out and "kill lb[2]@1028" in out
-    assert out.count("    faults: killed lb.2 at input packet") == 1
+    assert out.count("    faults: killed lb[2] (lb.2) at input packet") == 1
 
 
 def test_two_kills_at_once_both_fail_over_and_pass(monkeypatch, capsys):
@@ -100,7 +100,8 @@ def test_killing_an_instance_again_kills_its_failover(monkeypatch, capsys):
     assert _check(["--packets", "2500", "--seed", SEED, "--kill", kill], monkeypatch) == 0
     out = capsys.readouterr().out
     assert "1 of 1 seeds passed" in out
-    assert "killed lb.1 at input packet" in out and "; lb.1#1 at input packet" in out and "; lb.1#2 at" in out
+    assert "killed lb[1] (lb.1) at input packet" in out and "; lb[1] (lb.1#1) at input packet" in out
+    assert "; lb[1] (lb.1#2) at" in out
     assert "lb.1#3 replayed" in out
 
 
@@ -320,7 +321,7 @@ def test_a_seed_that_made_one_of_its_two_kills_says_which_was_not_made(monkeypat
     assert _check(["--packets", "500", "--seed", "0", "--kill", "nat[0]@200,nat[1]@50000"], monkeypatch) == 0
     out = capsys.readouterr().out
     assert "PASS WITHOUT 1 OF ITS 2 KILLS (nat.1 not killed: the input ended before packet 50000)" in out, out
-    assert "faults: killed nat.0 at input packet" in out and "failover nat.0#1 replayed" in out
+    assert "faults: killed nat[0] (nat.0) at input packet" in out and "failover nat.0#1 replayed" in out
     assert "0 of 1 seeds passed with their kill, 1 passed without it" in out
 
 
@@ -375,13 +376,16 @@ def test_a_seed_with_many_kills_shows_them_counted_and_wrapped():
     lines = _fault_lines(faults)
     assert lines[0] == ("    faults: 5 kills (3 NF instances, 1 root, 1 store server), each failed over (the first 3 "
                         "below; --json: faults has every one):")
-    assert lines[1] == ("      killed nat.0 at input packet 100; failover nat.0#1 replayed 3 packets (5 handed over) "
+    assert lines[1] == ("      killed nat[0] (nat.0) at input packet 100; failover nat.0#1 replayed 3 packets "
+                        "(5 handed over) "
                         "in 0.01 s (logged floor 100, recovery 0.02 s)")
-    assert lines[3].startswith("      killed @root.0 at input packet 900; failover @root.0#1 replayed 7 input packets")
-    assert lines[4:] == ["      and 2 more: @store at 1000, portscan.0 at 1200",
+    assert lines[3].startswith("      killed root[0] (@root.0) at input packet 900; failover @root.0#1 replayed 7 "
+                               "input packets")
+    assert lines[4:] == ["      and 2 more: store (@store) at 1000, portscan[0] (portscan.0) at 1200",
                          "      not killed: nat.3 (retired by a scale-in before it)"]
     three = _fault_lines(_kill_faults(3, "", failovers[:3], failovers[:3]))
-    assert len(three) == 1 and three[0].startswith("    faults: killed nat.0 at input packet 100; lb.1 at input")
+    assert len(three) == 1 and three[0].startswith("    faults: killed nat[0] (nat.0) at input packet 100; "
+                                                   "lb[1] (lb.1) at input")
 
 
 def test_a_skipped_kill_beside_a_made_one_stays_in_the_faults():
@@ -394,7 +398,7 @@ def test_a_skipped_kill_beside_a_made_one_stays_in_the_faults():
     skipped = {"kind": "kill-skipped", "process": "nat.1", "packet": 500,
                "reason": "the input ended before packet 50000"}
     faults = _kill_faults(2, "nat[0]@200,nat[1]@50000", [failover], [failover, skipped])
-    assert faults["killed"] == "nat.0 at input packet 200"
+    assert faults["killed"] == "nat[0] (nat.0) at input packet 200"
     assert faults["not_killed"] == "nat.1 (the input ended before packet 50000)"
     assert _kills_not_made(2, "nat[0]@200,nat[1]@50000", [failover], [failover, skipped]) == [
         {"process": "nat.1", "reason": "the input ended before packet 50000"}]

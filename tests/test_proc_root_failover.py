@@ -105,7 +105,7 @@ def _check(argv: list[str], monkeypatch) -> int:
 def test_a_killed_root_passes_the_check_and_without_the_replay_diverges(monkeypatch, capsys):
     assert _check(["--packets", "2000", "--seed", "6", "--kill", "root[0]@1000"], monkeypatch) == 0
     out = capsys.readouterr().out
-    assert "PASS" in out and "killed @root.0 at input packet" in out and "@root.0#1 replayed" in out
+    assert "PASS" in out and "killed root[0] (@root.0) at input packet" in out and "@root.0#1 replayed" in out
     assert _check(["--packets", "2000", "--seed", "6", "--kill", "root[0]@1000", "--break", "no-replay"],
                   monkeypatch) == 1
     assert "DIVERGED" in capsys.readouterr().out
@@ -272,7 +272,7 @@ def test_the_second_of_two_roots_killed_passes_the_check(tmp_path, monkeypatch, 
     assert main(["check", "--runtime", "proc", str(two), PARALLEL, LAN, "--packets", "2000", "--seed", "1",
                  "--kill", "root[1]@1000"]) == 0
     out = capsys.readouterr().out
-    assert "killed @root.1 at input packet" in out and "@root.1#1 replayed" in out
+    assert "killed root[1] (@root.1) at input packet" in out and "@root.1#1 replayed" in out
 
 
 class _NoStore:

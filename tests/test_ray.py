@@ -279,7 +279,7 @@ def test_check_on_ray_judges_a_killed_instance_with_the_oracle(cluster, capsys):
     """``chc check --runtime ray``: the proc check (the store server's serialization,
     the COE oracle) on the cluster's actors, with a random SIGKILL per seed."""
     out = _check_one_seed(cluster, capsys, "parallel.yaml", 1500, 2, "random")
-    assert "1 of 1 seeds passed" in out and "kill lb[2]@1028" in out and "killed lb.2 at input packet" in out
+    assert "1 of 1 seeds passed" in out and "kill lb[2]@1028" in out and "killed lb[2] (lb.2) at input packet" in out
 
 
 @needs_ray
@@ -289,7 +289,7 @@ def test_check_on_ray_scales_and_fails_over_during_a_change(cluster, capsys):
     out = _check_one_seed(cluster, capsys, "scale.yaml", 3000, 10, "during")
     # (seed 10: nat starts with one instance; nat.1, a scale-out's actor, dies during change 5)
     assert "1 of 1 seeds passed" in out and "kill nat[1]@change:5" in out, out
-    assert "killed nat.1 at input packet" in out and "during change 5" in out, out
+    assert "killed nat[1] (nat.1) at input packet" in out and "during change 5" in out, out
 
 
 def test_check_ray_options_are_one_line(capsys):

@@ -507,7 +507,7 @@ def _fault_lines(faults: dict) -> list[str]:
     failovers = faults.get("failover", "").split("; ")
     if len(killed) <= SHOWN_KILLS or len(failovers) != len(killed):     # (as _kill_faults pairs them)
         return [line]
-    kinds = Counter("root" if k.startswith("@root") else "store server" if k.startswith("@store")
+    kinds = Counter("root" if k.startswith("root[") else "store server" if k.startswith("store (")
                     else "NF instance" for k in killed)
     each = ", ".join(f"{n} {kind}{'s' if n > 1 else ''}" for kind, n in kinds.most_common())
     lines = [f"    faults: {len(killed)} kills ({each}), each failed over (the first {SHOWN_KILLS} below; "

@@ -1264,6 +1264,19 @@ def _kills_not_made(planned: int, kill: str, failovers: list[dict], events: list
     return out
 
 
+def _as_kill_target(process: str) -> str:
+    """``process`` as ``--kill`` and a scenario name it, with the process's own name after
+    it: ``nat[0] (nat.0#1)``, ``root[0] (@root.0)``, ``store (@store)``.  The process name
+    alone (``@root.0``) was not what the user had written (a new user's trial)."""
+    base = process.split("#", 1)[0].split("~", 1)[0]
+    if base == "@store":
+        return f"store ({process})"
+    if base.startswith("@root."):
+        return f"root[{base.removeprefix('@root.')}] ({process})"
+    vertex, _, i = base.rpartition(".")
+    return f"{vertex}[{i}] ({process})" if vertex and i.isdigit() and not vertex.startswith("@") else process
+
+
 def _kill_faults(planned: int, kill: str, failovers: list[dict], events: list[dict]) -> dict:
     """What a seed's kills (``--kill``'s, a scenario's crashes) did, for its report's
     faults (the sim's are its network's), in the order they were made."""
@@ -1276,7 +1289,8 @@ def _kill_faults(planned: int, kill: str, failovers: list[dict], events: list[di
     if not failovers:
         return {"not_killed": skipped} if skipped else {"killed": restarted} if restarted else \
             {"killed": f"{kill or 'the scenario crashes'}, after the instances had finished (nothing to recover)"}
-    return {"killed": "; ".join(f"{e.get('died') or e['process']} at input packet {e.get('killed_at_packet')}"
+    return {"killed": "; ".join(f"{_as_kill_target(e.get('died') or e['process'])} at input packet "
+                                f"{e.get('killed_at_packet')}"
                                 + (f" (asked at {e['kill_asked_at']}: kills land between input batches)"
                                    if e.get("kill_asked_at") is not None else "")
                                 + (f" during change {e['during_change']}" if e.get("during_change") else "")
