@@ -13,7 +13,9 @@ environment, which every worker inherits, gets the user's value back here, so a
 Python subprocess an NF starts runs as the user's would.
 
 Workers log as the command does (``chc: WARNING: NF error ...``): without it a worker's
-warnings reached stderr bare, through logging's last resort.
+warnings reached stderr bare, through logging's last resort.  Set in the forkserver only
+(the variable above is there only while the coordinator starts it): the coordinator
+imports this module too, and a library's import configures no logging.
 """
 
 from __future__ import annotations
@@ -26,14 +28,13 @@ from chc import LOG_FORMAT
 
 SAFEPATH_WAS = "CHC_PYTHONSAFEPATH_WAS"     # the user's PYTHONSAFEPATH ("" = unset), while chc sets it
 
-if SAFEPATH_WAS in os.environ:
+if SAFEPATH_WAS in os.environ:         # (the forkserver, booting)
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     was = os.environ.pop(SAFEPATH_WAS)
     if was:
         os.environ["PYTHONSAFEPATH"] = was
     else:
         os.environ.pop("PYTHONSAFEPATH", None)
-
-logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
 
 warnings.filterwarnings("ignore", message=r"'[\w.]+' found in sys\.modules after import of package",
                         category=RuntimeWarning)
