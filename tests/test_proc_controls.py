@@ -109,3 +109,47 @@ def test_controls_between_scaling_changes_and_one_refused_at_run_time(tmp_path, 
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "2 of 2 seeds passed" in out and "set-backends 2, set-backends-refused 1" in out, out
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("victim", ["@root.0", "lb.0"])
+def test_a_process_that_dies_in_a_controls_quiet_wait_is_told_again(victim, monkeypatch):
+    """A root or an instance that died while a control waited for a quiet chain (killed from
+    outside, --failover) left the wait without end: what the coordinator had told the dead
+    process (the root's ``quiet``, an instance's barrier) was lost with it.  Each is killed
+    here just before it is told, so it never reads it; its failover is told again, and the
+    run gives the sim's results with the controls."""
+    import os
+    import signal
+
+    from chc.runtime.wire import Kind, decode, encode
+
+    killed: list[str] = []
+
+    def kill(rt: ProcRuntime, name: str) -> None:
+        p = rt.procs[rt.current[name]]
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(10)
+        killed.append(rt.current[name])
+
+    send, tell = ProcRuntime._send, ProcRuntime._tell
+
+    def send_killing(rt: ProcRuntime, r: int, frame: bytes, kept: bool = False) -> None:
+        if victim == "@root.0" and not killed and frame == encode(Kind.INPUT, ["quiet", 1]):
+            kill(rt, victim)
+        send(rt, r, frame, kept)
+
+    def tell_killing(rt: ProcRuntime, name: str, frame: bytes) -> None:
+        kind, body = decode(frame)
+        if name == victim and not killed and kind == Kind.CONTROL and body[0] == "quiet":
+            kill(rt, victim)
+        tell(rt, name, frame)
+
+    monkeypatch.setattr(ProcRuntime, "_send", send_killing)
+    monkeypatch.setattr(ProcRuntime, "_tell", tell_killing)
+    chain, events = _lb3()
+    rt, _ = against_sim(chain.with_parallelism({"lb": 1}), _records(LAN, 3000), events, "EO+C+NA",
+                        sim_events=events, failover=True)
+    assert killed == [victim]
+    assert [e["process"] for e in rt.events if "failover" in e["kind"]] == [victim]
+    assert len([e for e in rt.events if e.get("control")]) == len(events)

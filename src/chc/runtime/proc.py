@@ -252,7 +252,9 @@ class ProcRuntime:
                                               for r in range(chain.roots)}
         self.root_floor: dict[int, int] = dict.fromkeys(range(chain.roots), -1)
         self.sent_batches: dict[int, int] = dict.fromkeys(range(chain.roots), 0)
-        self.told: dict[int, list[str]] = {r: [] for r in range(chain.roots)}     # end, finish
+        # what each root was told in band that its failover must be told again: end, finish,
+        # and an operator control's quiet while its barrier is awaited ([what, body] each)
+        self.told: dict[int, list[list]] = {r: [] for r in range(chain.roots)}
         # Deaths seen while a failover is under way wait for it (a wait inside it, say for
         # the store's answer, must not start another); a dead feeder of the instance being
         # failed over goes first, since its hand-over can only come from its failover.
@@ -775,8 +777,8 @@ class ProcRuntime:
         self._launch(self.mp, new, procworker.main, (self.plan, "root", (r, gen), replay))
         self.inputs[r].close(0)
         self.inputs[r] = dealer(self.ctx, self.plan.address(input_name(new)), COORDINATOR, self.plan.hwm)
-        for what in self.told[r]:
-            self._send(r, encode(Kind.INPUT, [what, None]))
+        for what, body in self.told[r]:
+            self._send(r, encode(Kind.INPUT, [what, body]))
         event["logged_floor"] = self.root_floor[r]
         event["handed_over"] = sum(len(rows) for _, rows in kept)     # input packets kept, from the floor
         _say_failover(event, dead, p.pid, new)
@@ -1452,7 +1454,7 @@ class ProcRuntime:
         """End of input or finish to root ``r``; kept for its failover, which is told again
         (a root that dies right after one is sent never reads it)."""
         self._send(r, encode(Kind.INPUT, [what, None]))
-        self.told[r].append(what)
+        self.told[r].append([what, None])
 
     def _kill_due(self, kills: list[Kill]) -> None:
         # (§5.3 kills wait while a clone pair runs, as they wait for a scaling change; one of

@@ -41,6 +41,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..core.recovery import Stamped
 from ..core.store import ObjectKey, Op
 from ..nf import ConfigError
 from . import control
@@ -57,18 +58,17 @@ def run(rt: Any, event: Any, index: int) -> None:
     started = time.perf_counter()
     rt.controls += 1
     qid = rt.controls
-    # 1. §4.3 the quiet barrier: the root's watermark behind everything fed so far
-    rt._send(0, encode(Kind.INPUT, ["quiet", qid]))
+    # 1. §4.3 the quiet barrier: the root's watermark behind everything fed so far (kept
+    # with what a root failover is told again: a root that died before it sent the barrier
+    # left the wait without end)
+    quiet = ["quiet", qid]
+    rt._send(0, encode(Kind.INPUT, quiet))
+    rt.told[0].append(quiet)
     while qid not in rt.quiet_barriers:
         rt._service(100)
+    rt.told[0].remove(quiet)
     barrier = rt.quiet_barriers.pop(qid)
-    told = [instance_name(v, i) for v, i in rt.plan.instances()]
-    acks: set[str] = rt.quiet_acks.setdefault(qid, set())
-    frame = encode(Kind.CONTROL, ["quiet", [qid, barrier]])
-    for name in told:
-        rt._tell(name, frame)
-    while not acks.issuperset(told):
-        rt._service(100)
+    _await_quiet(rt, qid, barrier, [instance_name(v, i) for v, i in rt.plan.instances()])
     quiet_s = time.perf_counter() - started
     # 2. the NF's values from the current ones, written where the state lives
     v = rt.chain.vertices[vertex]
@@ -85,6 +85,8 @@ def run(rt: Any, event: Any, index: int) -> None:
     else:
         def current(name: str) -> Any:
             stored = store.execute([Op("get", _key(vertex, name), client=OPERATOR)])[0]
+            if stored.__class__ is Stamped:     # (§5.4 with recovery on, the store stamps its reads)
+                stored = stored.result
             return decls[name].initial(v.config) if stored is None else stored
     try:
         values = v.nf.control(event.action, dict(event.params), current, v.config)
@@ -113,6 +115,24 @@ def run(rt: Any, event: Any, index: int) -> None:
                       "params": dict(event.params), "control": True, "by": "scenario",
                       "barrier_clock": barrier, "quiet_s": round(quiet_s, 6),
                       "pause_s": round(time.perf_counter() - started, 6)})
+
+
+def _await_quiet(rt: Any, qid: int, barrier: int, told: list[str]) -> None:
+    """Tell every instance the barrier and wait until each is past it.  An instance that
+    fails over before it said so is told again (its failover replays and goes on past the
+    barrier; what went to the dead process was lost, and the wait had no end)."""
+    acks: set[str] = rt.quiet_acks.setdefault(qid, set())
+    frame = encode(Kind.CONTROL, ["quiet", [qid, barrier]])
+    sent: dict[str, str] = {}
+    for name in told:
+        rt._tell(name, frame)
+        sent[name] = rt.current[name]
+    while not acks.issuperset(told):
+        rt._service(100)
+        for name in told:
+            if name not in acks and rt.current[name] != sent[name] and name not in rt.recovering:
+                rt._tell(name, frame)
+                sent[name] = rt.current[name]
 
 
 def take(rt: Any, name: str, what: str, data: Any) -> None:
