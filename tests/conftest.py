@@ -16,9 +16,11 @@ cache either way).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -305,7 +307,6 @@ def connect():
 
 
 def _devnull_is_device() -> bool:
-    import stat
     try:
         return stat.S_ISCHR(os.stat(os.devnull).st_mode)
     except OSError:
@@ -320,8 +321,8 @@ def _devnull_stays_a_device() -> Iterator[None]:
     before = _devnull_is_device()
     yield
     if before and not _devnull_is_device():
-        with __import__("contextlib").suppress(OSError):
+        with contextlib.suppress(OSError):
             os.unlink(os.devnull)
-            os.mknod(os.devnull, 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 3))
+            os.mknod(os.devnull, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
             os.chmod(os.devnull, 0o666)
         pytest.fail(f"this test replaced {os.devnull} with a regular file", pytrace=False)

@@ -1268,7 +1268,9 @@ def _as_kill_target(process: str) -> str:
     """``process`` as ``--kill`` and a scenario name it, with the process's own name after
     it: ``nat[0] (nat.0#1)``, ``root[0] (@root.0)``, ``store (@store)``.  The process name
     alone (``@root.0``) was not what the user had written (a new user's trial)."""
-    base = process.split("#", 1)[0].split("~", 1)[0]
+    from .runtime.wire import logical  # (proc runs only: the wire module needs zmq)
+
+    base = logical(process.encode()).decode()
     if base == "@store":
         return f"store ({process})"
     if base.startswith("@root."):

@@ -16,7 +16,10 @@ K, run by :meth:`procscale.Scaler.run_due` before packet K is fed:
    feeds and tells the coordinator (``quiet``).  When every instance has, no packet
    that entered before K is queued or running anywhere.  The wait needs no more
    input (the barrier reaches every process as a scaling change's does,
-   :mod:`procscale`), so stopping the feed cannot deadlock it.
+   :mod:`procscale`), so stopping the feed cannot deadlock it.  A process that dies
+   in the wait is failed over (§5.4) and told again: the root's ``quiet`` waits in
+   what a root failover is told (``ProcRuntime.told``) until its barrier comes; an
+   instance whose failover has not said it is past the barrier gets it again.
 2. *Write it where the state lives.*  The NF's ``control`` computes the new values
    from the store's current ones, read (``get``) and written (one ``set`` per
    cross-flow object) as client ``operator`` through the coordinator's store

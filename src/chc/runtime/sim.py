@@ -69,9 +69,12 @@ instance ``i``, as on the proc runtime (where the failover process keeps its nam
 one the chain started with or a scale-out added, whichever instance serves it now
 (:attr:`SimRuntime.serving`, :meth:`SimRuntime.resolve`).  A crash, slow, clone or
 move of ``nat[0]`` after ``nat[0]`` failed over reaches its failover instance (it
-reached the retired one: ignored, or refused with no reason shown).  An event
-whose logical instance cannot take it (retired by a scale-in, crashed and not failed
-over yet) is logged ``<action>-refused`` or ``-ignored`` with the reason.
+reached the retired one: ignored, or refused with no reason shown), and so does a
+``delays:`` entry for ``nat[0]``.  A seed's ``pick`` and a scale-in of the vertex alone
+take the active instances in logical order (:meth:`SimRuntime.in_logical_order`), as
+proc does.  An event whose logical instance cannot take it (retired by a scale-in,
+crashed and not failed over yet) is logged ``<action>-refused`` or ``-ignored`` with
+the reason.
 
 Determinism: seeded delays, stable hashes, sorted merges; no wall clock inside.
 """
